@@ -1,0 +1,1 @@
+"""HTTP resources: decode, call one domain function, render. No storage code here."""

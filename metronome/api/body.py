@@ -1,0 +1,53 @@
+"""Reading request bodies within limits, and decoding JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon.asgi
+import orjson
+
+from metronome.errors import InvalidJSON, PayloadTooLarge, UnsupportedMediaType
+
+__all__ = ["decode_json", "read_body", "require_content_type"]
+
+
+def require_content_type(req: falcon.asgi.Request, allowed: tuple[str, ...]) -> str:
+    """The request's media type, if it is one of ``allowed``; else 415 naming them."""
+    media = (req.content_type or "").split(";", 1)[0].strip().lower()
+    if media not in allowed:
+        raise UnsupportedMediaType(
+            f"send the body as {' or '.join(allowed)}"
+            f" (got {media or 'no Content-Type'}); with curl add"
+            " -H 'Content-Type: application/json'",
+            allowed=list(allowed),
+        )
+    return media
+
+
+async def read_body(req: falcon.asgi.Request, max_bytes: int) -> bytes:
+    """The whole body, refusing (413) anything over ``max_bytes`` before reading it all."""
+    if req.content_length is not None and req.content_length > max_bytes:
+        raise PayloadTooLarge(
+            f"the body is {req.content_length} bytes; the limit is {max_bytes}",
+            limit=max_bytes,
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in req.stream:
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"the body is over the limit of {max_bytes} bytes",
+                                  limit=max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_json(data: bytes, what: str = "the body") -> Any:
+    """Parse JSON, with a 400 that says where it broke."""
+    if not data.strip():
+        raise InvalidJSON(f"{what} is empty; send a JSON object")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"{what} is not valid JSON: {exc}") from None

@@ -1,0 +1,122 @@
+"""``POST /tick`` (one tick) and ``POST /ticks`` (a JSON array or NDJSON of ticks)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import falcon
+import falcon.asgi
+import orjson
+
+from metronome.config import Settings
+from metronome.errors import (
+    BadRequest,
+    InvalidField,
+    InvalidJSON,
+    LimitExceeded,
+    MetronomeError,
+    StoreUnavailable,
+)
+from metronome.events.document import Document
+from metronome.events.enrich import client_address
+from metronome.events.tick import Limits, RequestInfo, build_tick
+from metronome.pipeline import Pipeline
+
+from .body import decode_json, read_body, require_content_type
+
+__all__ = ["Tick", "Ticks"]
+
+JSON_TYPES = ("application/json", "text/plain")  # text/plain: navigator.sendBeacon
+BATCH_TYPES = (*JSON_TYPES, "application/x-ndjson", "application/jsonl")
+
+
+class _TickResource:
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        self._settings = settings
+        self._pipeline = pipeline
+        self._limits = Limits(settings.max_params, settings.max_key_length,
+                              settings.max_value_length)
+
+    def _request_info(self, req: falcon.asgi.Request) -> RequestInfo:
+        return RequestInfo(
+            received_ms=int(time.time() * 1000),
+            client_ip=client_address(req.remote_addr, req.get_header("X-Forwarded-For"),
+                                     self._settings.trusted_proxies),
+            user_agent=req.user_agent,
+        )
+
+
+class Tick(_TickResource):
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        require_content_type(req, JSON_TYPES)
+        raw = decode_json(await read_body(req, self._settings.max_body_bytes))
+        document = build_tick(raw, self._request_info(req), self._limits)
+        (outcome,) = await self._pipeline.ingest([document])
+        if not outcome.ok:
+            if outcome.retriable:
+                raise StoreUnavailable(f"the store could not take the tick: {outcome.reason}")
+            raise InvalidField(f"the store refused the tick: {outcome.reason}",
+                               field="(tick)")
+        resp.status = falcon.HTTP_202
+        resp.media = {"id": outcome.id}
+
+
+def _split_batch(data: bytes) -> list[Any]:
+    """A JSON array, or NDJSON (one tick per line). Bad NDJSON lines become errors in place."""
+    stripped = data.strip()
+    if not stripped:
+        raise InvalidJSON("the body is empty; send a JSON array or NDJSON of ticks")
+    if stripped.startswith(b"["):
+        items = decode_json(stripped)
+        if not isinstance(items, list):
+            raise InvalidJSON("the body must be a JSON array of ticks")
+        return items
+    items = []
+    for number, line in enumerate(stripped.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            items.append(InvalidJSON(f"line {number} is not valid JSON: {exc}"))
+    return items
+
+
+class Ticks(_TickResource):
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        require_content_type(req, BATCH_TYPES)
+        items = _split_batch(await read_body(req, self._settings.max_batch_bytes))
+        if len(items) > self._settings.max_batch_ticks:
+            raise LimitExceeded(
+                f"a batch may hold at most {self._settings.max_batch_ticks} ticks;"
+                f" this one has {len(items)}",
+                limit=self._settings.max_batch_ticks,
+            )
+        if not items:
+            raise BadRequest("the batch holds no ticks")
+        info = self._request_info(req)
+        ids: list[str | None] = [None] * len(items)
+        rejected: list[dict[str, Any]] = []
+        documents: list[Document] = []
+        positions: list[int] = []
+        for index, item in enumerate(items):
+            try:
+                if isinstance(item, MetronomeError):
+                    raise item
+                documents.append(build_tick(item, info, self._limits))
+                positions.append(index)
+            except BadRequest as exc:
+                rejected.append({"index": index, **exc.to_dict()})
+        outcomes = await self._pipeline.ingest(documents)
+        accepted = 0
+        for index, outcome in zip(positions, outcomes, strict=True):
+            if outcome.ok:
+                ids[index] = outcome.id
+                accepted += 1
+            else:
+                code = "store_unavailable" if outcome.retriable else "store_refused"
+                rejected.append({"index": index, "error": code, "message": outcome.reason})
+        rejected.sort(key=lambda r: r["index"])
+        resp.status = falcon.HTTP_202
+        resp.media = {"accepted": accepted, "rejected": rejected, "ids": ids}

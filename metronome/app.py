@@ -1,0 +1,131 @@
+"""Builds the Falcon ASGI app: routes, error handling, and the store's lifespan.
+
+``create_app(settings)`` is cheap: connections open in ``process_startup`` (once per
+worker process) and close in ``process_shutdown``. Every error leaves as JSON:
+``{"error": "<code>", "message": "...", "details": {...}}``; unexpected exceptions are
+logged with their traceback and answered ``internal_error`` without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import partial
+from typing import Any
+
+import falcon
+import falcon.asgi
+import falcon.media
+import orjson
+
+from metronome.api.health import Health, Ready
+from metronome.api.ticks import Tick, Ticks
+from metronome.api.tock import Tock
+from metronome.config import Settings
+from metronome.errors import MetronomeError, StoreUnavailable
+from metronome.pipeline import Pipeline
+from metronome.store import Store, open_store
+
+__all__ = ["app_from_env", "create_app"]
+
+log = logging.getLogger("metronome")
+
+_FALCON_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    503: "store_unavailable",
+}
+
+
+class _Lifespan:
+    """Opens the store and installs its schema when a worker starts; closes it at exit."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        await self._store.open()
+        try:
+            changes = await self._store.ensure_schema()
+        except StoreUnavailable as exc:
+            log.warning("schema_install_deferred reason=%s", exc.message)
+            return
+        for change in changes:
+            if change.action != "unchanged":
+                log.info("schema_installed name=%s action=%s", change.name, change.action)
+
+    async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        await self._store.close()
+
+
+async def _metronome_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                           ex: MetronomeError, params: dict[str, Any]) -> None:
+    if ex.http_status >= 500:
+        log.warning("request_failed path=%s error=%s message=%s", req.path, ex.code, ex.message)
+    resp.status = ex.http_status
+    resp.media = ex.to_dict()
+    if isinstance(ex, StoreUnavailable):
+        resp.set_header("Retry-After", "5")
+
+
+async def _http_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                      ex: falcon.HTTPError, params: dict[str, Any]) -> None:
+    status = ex.status_code
+    code = _FALCON_CODES.get(status, "bad_request" if status < 500 else "internal_error")
+    if status == 404:
+        message = f"no route {req.method} {req.path}; see the README for the API"
+    elif status == 405:
+        allowed = (ex.headers or {}).get("Allow", "")
+        message = f"{req.method} is not allowed on {req.path}; allowed: {allowed}"
+    else:
+        message = ex.description or ex.title or "bad request"
+    resp.status = status
+    for name, value in (ex.headers or {}).items():
+        resp.set_header(name, value)
+    resp.media = {"error": code, "message": message}
+
+
+async def _unexpected(req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                      ex: Exception, params: dict[str, Any]) -> None:
+    log.exception("unexpected_error method=%s path=%s", req.method, req.path)
+    resp.status = falcon.HTTP_500
+    resp.media = {"error": "internal_error",
+                  "message": "Metronome failed to answer; the server log has the details"}
+
+
+def create_app(settings: Settings, store: Store | None = None) -> falcon.asgi.App:
+    """The ASGI app for ``settings`` (on ``store`` if given, else the configured one)."""
+    store = store or open_store(settings)
+    pipeline = Pipeline(store)
+    app = falcon.asgi.App(middleware=[_Lifespan(store)], cors_enable=False)
+    app.req_options.strip_url_path_trailing_slash = True
+    app.req_options.auto_parse_qs_csv = False
+    json_handler = falcon.media.JSONHandler(
+        dumps=partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS), loads=orjson.loads
+    )
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
+
+    app.add_route("/healthz", Health())
+    app.add_route("/readyz", Ready(store))
+    app.add_route("/tick", Tick(settings, pipeline))
+    app.add_route("/ticks", Ticks(settings, pipeline))
+    tock = Tock(store)
+    app.add_route("/tock", tock)
+    app.add_route("/tock/{item_id}", tock, suffix="item")
+
+    app.add_error_handler(Exception, _unexpected)
+    app.add_error_handler(falcon.HTTPError, _http_error)
+    app.add_error_handler(MetronomeError, _metronome_error)
+    return app
+
+
+def app_from_env() -> falcon.asgi.App:
+    """The app for the current environment (what each server worker loads)."""
+    from metronome.logconfig import configure_logging
+
+    settings = Settings.from_env(os.environ)
+    configure_logging(settings)
+    return create_app(settings)

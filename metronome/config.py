@@ -1,0 +1,216 @@
+"""Settings, read once from ``METRONOME_*`` environment variables.
+
+Every setting is one :class:`Setting` in :data:`SETTINGS`: its variable name, its default
+and a line of help. The README's configuration table is generated from the same list
+(``metronome settings --markdown``) and a test fails when the two drift apart.
+
+A bad value fails at start-up with a message naming the variable and the value; nothing
+else in Metronome reads the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from metronome.errors import ConfigError
+
+__all__ = ["SETTINGS", "Setting", "Settings", "settings_table"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _str(raw: str) -> str:
+    return raw
+
+
+def _optional_str(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _int(minimum: int, maximum: int) -> Callable[[str], int]:
+    def cast(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+        if not minimum <= value <= maximum:
+            raise ValueError(f"expected a number from {minimum} to {maximum}, got {value}")
+        return value
+
+    return cast
+
+
+def _networks(raw: str) -> tuple[Network, ...]:
+    networks = []
+    for part in raw.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def cast(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return cast
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One configuration value: attribute name, environment default (as text) and help."""
+
+    name: str
+    default: str
+    help: str
+    cast: Callable[[str], Any]
+
+    @property
+    def env(self) -> str:
+        return "METRONOME_" + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", "127.0.0.1", "Address the HTTP server binds to.", _str),
+    Setting("port", "8080", "Port the HTTP server listens on.", _int(0, 65535)),
+    Setting("workers", "2", "Number of server worker processes.", _int(1, 256)),
+    Setting(
+        "data_dir",
+        "./metronome-data",
+        "Directory for the embedded store (and, later, the spool).",
+        _str,
+    ),
+    Setting(
+        "elasticsearch_url",
+        "",
+        "Elasticsearch URL, e.g. `http://localhost:9200`. Unset: use the embedded store.",
+        _optional_str,
+    ),
+    Setting(
+        "elasticsearch_timeout_s",
+        "10",
+        "Seconds to wait for one Elasticsearch request.",
+        _int(1, 600),
+    ),
+    Setting(
+        "index_prefix",
+        "metronome",
+        "Prefix of index and template names: ticks go to `<prefix>-ticks-YYYY.MM.DD`.",
+        _str,
+    ),
+    Setting("index_shards", "1", "Primary shards of each new daily index.", _int(1, 1024)),
+    Setting("index_replicas", "0", "Replicas of each new daily index.", _int(0, 16)),
+    Setting(
+        "index_fields_limit",
+        "1000",
+        "Most fields one daily index maps; further free parameters are kept in `_source`"
+        " but not indexed.",
+        _int(100, 100_000),
+    ),
+    Setting(
+        "max_body_bytes", "65536", "Largest body `POST /tick` accepts.", _int(1024, 1 << 30)
+    ),
+    Setting(
+        "max_batch_bytes",
+        "4194304",
+        "Largest body `POST /ticks` accepts.",
+        _int(1024, 1 << 30),
+    ),
+    Setting(
+        "max_batch_ticks", "1000", "Most ticks in one `POST /ticks` body.", _int(1, 1_000_000)
+    ),
+    Setting("max_params", "100", "Most free parameters in one tick.", _int(0, 10_000)),
+    Setting("max_key_length", "64", "Longest free-parameter name.", _int(1, 1024)),
+    Setting(
+        "max_value_length",
+        "2048",
+        "Longest string value (free parameters, `url`, `referrer`, `id`).",
+        _int(16, 1 << 20),
+    ),
+    Setting(
+        "trusted_proxies",
+        "",
+        "Comma-separated CIDR list of proxies whose `X-Forwarded-For` is believed.",
+        _networks,
+    ),
+    Setting("log_level", "info", "Log level: debug, info, warning or error.", _choice(
+        "debug", "info", "warning", "error"
+    )),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Metronome's configuration. Build it with :meth:`from_env`; never mutate it."""
+
+    host: str
+    port: int
+    workers: int
+    data_dir: str
+    elasticsearch_url: str | None
+    elasticsearch_timeout_s: int
+    index_prefix: str
+    index_shards: int
+    index_replicas: int
+    index_fields_limit: int
+    max_body_bytes: int
+    max_batch_bytes: int
+    max_batch_ticks: int
+    max_params: int
+    max_key_length: int
+    max_value_length: int
+    trusted_proxies: tuple[Network, ...]
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+        """Read every setting from ``env`` (``METRONOME_*``); ``overrides`` win."""
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            if setting.name in overrides:
+                values[setting.name] = overrides.pop(setting.name)
+                continue
+            raw = env.get(setting.env, setting.default)
+            try:
+                values[setting.name] = setting.cast(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{setting.env}: {exc}", variable=setting.env) from None
+        if overrides:
+            raise TypeError(f"unknown settings: {', '.join(sorted(overrides))}")
+        prefix = values["index_prefix"]
+        if not prefix or prefix != prefix.lower() or not all(
+            c.isalnum() or c in "-_" for c in prefix
+        ):
+            raise ConfigError(
+                "METRONOME_INDEX_PREFIX: use lowercase letters, digits, '-' and '_' only,"
+                f" got {prefix!r}",
+                variable="METRONOME_INDEX_PREFIX",
+            )
+        return cls(**values)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+assert [f.name for f in fields(Settings)] == [s.name for s in SETTINGS], "SETTINGS drifted"
+
+
+def settings_table() -> str:
+    """The README's configuration table, as Markdown."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else "(unset)"
+        lines.append(f"| `{s.env}` | {default} | {s.help} |")
+    return "\n".join(lines)

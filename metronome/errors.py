@@ -1,0 +1,142 @@
+"""The one error tree. Every error a user can see has a stable ``code`` and HTTP status.
+
+::
+
+    MetronomeError                      (500 internal_error)
+    ├── ConfigError                     (500 config_invalid)       bad METRONOME_* value
+    ├── BadRequest                      (400 bad_request)
+    │   ├── InvalidJSON                 (400 invalid_json)         body is not JSON
+    │   ├── InvalidField                (400 invalid_field)        a tick field is wrong
+    │   ├── InvalidParameter            (400 invalid_parameter)    a query parameter is wrong
+    │   └── LimitExceeded               (400 limit_exceeded)       too many params, too long
+    ├── NotFound                        (404 not_found)
+    ├── MethodNotAllowed                (405 method_not_allowed)
+    ├── PayloadTooLarge                 (413 payload_too_large)
+    ├── UnsupportedMediaType            (415 unsupported_media_type)
+    └── StoreUnavailable                (503 store_unavailable)
+
+Codes never change once shipped; a test checks they are unique and listed in the README.
+Domain code raises these; only ``app.py`` turns them into HTTP answers of the shape
+``{"error": code, "message": ..., "details": {...}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "BadRequest",
+    "ConfigError",
+    "InvalidField",
+    "InvalidJSON",
+    "InvalidParameter",
+    "LimitExceeded",
+    "MetronomeError",
+    "MethodNotAllowed",
+    "NotFound",
+    "PayloadTooLarge",
+    "StoreUnavailable",
+    "UnsupportedMediaType",
+    "all_error_classes",
+]
+
+
+class MetronomeError(Exception):
+    """Base of every Metronome error; ``details`` is JSON-safe context for the client."""
+
+    code: ClassVar[str] = "internal_error"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class ConfigError(MetronomeError):
+    """A ``METRONOME_*`` variable has a value Metronome cannot use."""
+
+    code = "config_invalid"
+
+
+class BadRequest(MetronomeError):
+    """The request cannot be processed as sent."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class InvalidJSON(BadRequest):
+    """The body is not valid JSON (or NDJSON)."""
+
+    code = "invalid_json"
+
+
+class InvalidField(BadRequest):
+    """A field of a tick is missing, of the wrong type or out of range."""
+
+    code = "invalid_field"
+
+
+class InvalidParameter(BadRequest):
+    """A query-string parameter is wrong."""
+
+    code = "invalid_parameter"
+
+
+class LimitExceeded(BadRequest):
+    """A configured limit (parameters per tick, key or value length, batch size) is exceeded."""
+
+    code = "limit_exceeded"
+
+
+class NotFound(MetronomeError):
+    """No such route or resource."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class MethodNotAllowed(MetronomeError):
+    """The route exists but not with this HTTP method."""
+
+    code = "method_not_allowed"
+    http_status = 405
+
+
+class PayloadTooLarge(MetronomeError):
+    """The body is larger than the configured limit."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
+class UnsupportedMediaType(MetronomeError):
+    """The body's Content-Type is not one this route reads."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class StoreUnavailable(MetronomeError):
+    """The store (Elasticsearch or the embedded store) cannot be reached or refused work."""
+
+    code = "store_unavailable"
+    http_status = 503
+
+
+def all_error_classes() -> list[type[MetronomeError]]:
+    """Every error class, the base first; used by the docs test."""
+    seen: list[type[MetronomeError]] = []
+    todo: list[type[MetronomeError]] = [MetronomeError]
+    while todo:
+        cls = todo.pop(0)
+        seen.append(cls)
+        todo.extend(cls.__subclasses__())
+    return seen

@@ -1,0 +1,1 @@
+"""Documents: field names, tick validation and enrichment. No I/O here."""

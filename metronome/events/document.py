@@ -1,0 +1,37 @@
+"""A stored document: its id, its time, which dataset it belongs to, and its source."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["Document", "format_timestamp", "new_event_id"]
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One event ready for a store.
+
+    ``id`` is assigned at ingestion and becomes the Elasticsearch ``_id`` (and the embedded
+    store's primary key), so writing the same document twice stores it once.
+    """
+
+    id: str
+    timestamp_ms: int
+    dataset: str  # "ticks"; later "logs", "metrics"
+    source: dict[str, Any]
+
+
+def new_event_id(now_ms: int | None = None) -> str:
+    """A 32-hex-digit id: 48 bits of milliseconds then 80 random bits (sorts by time)."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return f"{ms & 0xFFFFFFFFFFFF:012x}{secrets.token_hex(10)}"
+
+
+def format_timestamp(ms: int) -> str:
+    """Epoch milliseconds as ISO 8601 UTC with milliseconds, as Logstash writes them."""
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"

@@ -1,0 +1,125 @@
+"""What the server adds to an event: client address, parsed user agent, referrer keys."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+import ua_parser
+
+__all__ = ["UserAgent", "client_address", "parse_user_agent", "referrer_keys", "url_parts"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class UserAgent:
+    """The parts of a User-Agent header that reports use."""
+
+    name: str | None
+    version: str | None
+    os_name: str | None
+    os_version: str | None
+    device_name: str | None
+    is_bot: bool
+
+
+def _join_version(*parts: str | None) -> str | None:
+    present = [p for p in parts if p]
+    return ".".join(present) or None
+
+
+@lru_cache(maxsize=4096)
+def parse_user_agent(header: str) -> UserAgent:
+    """Parse a User-Agent with uap-core's maintained rules (cached per distinct header).
+
+    A user agent is a bot when uap-core classifies its device as ``Spider``: its list of
+    known crawlers (Googlebot, bingbot, ...). Command-line clients such as curl are not.
+    """
+    result = ua_parser.parse(header)
+    ua, os_, device = result.user_agent, result.os, result.device
+    return UserAgent(
+        name=ua.family if ua and ua.family != "Other" else None,
+        version=_join_version(ua.major, ua.minor, ua.patch) if ua else None,
+        os_name=os_.family if os_ and os_.family != "Other" else None,
+        os_version=_join_version(os_.major, os_.minor, os_.patch) if os_ else None,
+        device_name=device.family if device and device.family != "Other" else None,
+        is_bot=bool(device and device.family == "Spider"),
+    )
+
+
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # [v6]:port
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # v4:port
+        text = text.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def client_address(
+    peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]
+) -> str | None:
+    """The client's address: the direct peer, unless that peer is a trusted proxy.
+
+    Behind trusted proxies, ``X-Forwarded-For`` is read right to left and the first address
+    that is not itself a trusted proxy is the client. Addresses a client could forge (those
+    left of an untrusted hop) are never believed.
+    """
+    peer_ip = _parse_ip(peer) if peer else None
+    if peer_ip is None:
+        return None
+    if not forwarded_for or not any(peer_ip in net for net in trusted):
+        return str(peer_ip)
+    client = peer_ip
+    for hop in reversed(forwarded_for.split(",")):
+        hop_ip = _parse_ip(hop)
+        if hop_ip is None:
+            break
+        client = hop_ip
+        if not any(hop_ip in net for net in trusted):
+            break
+    return str(client)
+
+
+def _host(netloc_host: str | None) -> str | None:
+    if not netloc_host:
+        return None
+    host = netloc_host.lower().rstrip(".")
+    return host or None
+
+
+def url_parts(url: str) -> tuple[str | None, str | None]:
+    """``(domain, path)`` of a URL; either may be None when the URL has none."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+    except ValueError:
+        return None, None
+    return _host(host), parts.path or None
+
+
+def referrer_keys(referrer: str) -> tuple[str | None, str | None]:
+    """``(domain, page)`` of a referrer, the keys ``/tock`` counts referrers by.
+
+    The domain drops a leading ``www.``; the page is domain + path with no scheme, query,
+    fragment or trailing slash: ``https://www.example.com/a/b/?q=1`` gives
+    ``("example.com", "example.com/a/b")``. A referrer without a host (``android-app:``
+    schemes aside) gives ``(None, None)``.
+    """
+    text = referrer.strip()
+    if "://" not in text and not text.startswith("//"):
+        text = "//" + text  # "example.com/path" is a bare host + path
+    domain, path = url_parts(text)
+    if domain is None:
+        return None, None
+    if domain.startswith("www."):
+        domain = domain[4:]
+    page = domain + (path or "").rstrip("/")
+    return domain, page

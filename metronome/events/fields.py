@@ -1,0 +1,98 @@
+"""The one place that names document fields.
+
+Documents are Logstash format (``@timestamp``, ``@version``) with Elastic Common Schema
+names where ECS has one. Fields ECS has no name for live under ``item.*``, ``referrer.*``
+and ``bot``; a client's free-form tick parameters live under ``params.*`` only.
+
+The index templates in ``index_templates/`` map exactly :data:`TICK_FIELDS` (a test
+checks it), and the embedded store's columns are chosen from these names.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BOT",
+    "CLIENT_IP",
+    "EVENT_ACTION",
+    "EVENT_DATASET",
+    "EVENT_ID",
+    "EVENT_INGESTED",
+    "HTTP_REQUEST_REFERRER",
+    "ITEM_FORMAT",
+    "ITEM_ID",
+    "PARAMS",
+    "REFERRER_DOMAIN",
+    "REFERRER_PAGE",
+    "TICK_FIELDS",
+    "TIMESTAMP",
+    "URL_DOMAIN",
+    "URL_ORIGINAL",
+    "URL_PATH",
+    "USER_AGENT_DEVICE_NAME",
+    "USER_AGENT_NAME",
+    "USER_AGENT_ORIGINAL",
+    "USER_AGENT_OS_NAME",
+    "USER_AGENT_OS_VERSION",
+    "USER_AGENT_VERSION",
+    "VERSION",
+]
+
+TIMESTAMP = "@timestamp"
+VERSION = "@version"
+
+EVENT_ID = "event.id"  # assigned at ingestion; also the Elasticsearch _id
+EVENT_ACTION = "event.action"  # the tick's `event`: view, download, error, ...
+EVENT_DATASET = "event.dataset"  # metronome.ticks
+EVENT_INGESTED = "event.ingested"
+
+ITEM_ID = "item.id"  # the tick's `id`: a page, dataset, map or app
+ITEM_FORMAT = "item.format"  # the tick's `format`, lowercased: csv, kml, shp, ...
+
+URL_ORIGINAL = "url.original"
+URL_DOMAIN = "url.domain"
+URL_PATH = "url.path"
+
+HTTP_REQUEST_REFERRER = "http.request.referrer"  # as sent
+REFERRER_DOMAIN = "referrer.domain"  # host without a leading www.
+REFERRER_PAGE = "referrer.page"  # host + path, no scheme, query or trailing slash
+
+CLIENT_IP = "client.ip"
+
+USER_AGENT_ORIGINAL = "user_agent.original"
+USER_AGENT_NAME = "user_agent.name"
+USER_AGENT_VERSION = "user_agent.version"
+USER_AGENT_OS_NAME = "user_agent.os.name"
+USER_AGENT_OS_VERSION = "user_agent.os.version"
+USER_AGENT_DEVICE_NAME = "user_agent.device.name"
+
+BOT = "bot"  # true for known crawlers
+
+PARAMS = "params"  # object of free parameters, one keyword field each
+
+TICK_FIELDS: frozenset[str] = frozenset(
+    {
+        TIMESTAMP,
+        VERSION,
+        EVENT_ID,
+        EVENT_ACTION,
+        EVENT_DATASET,
+        EVENT_INGESTED,
+        ITEM_ID,
+        ITEM_FORMAT,
+        URL_ORIGINAL,
+        URL_DOMAIN,
+        URL_PATH,
+        HTTP_REQUEST_REFERRER,
+        REFERRER_DOMAIN,
+        REFERRER_PAGE,
+        CLIENT_IP,
+        USER_AGENT_ORIGINAL,
+        USER_AGENT_NAME,
+        USER_AGENT_VERSION,
+        USER_AGENT_OS_NAME,
+        USER_AGENT_OS_VERSION,
+        USER_AGENT_DEVICE_NAME,
+        BOT,
+    }
+)
+"""Every fixed field of a tick document (``params.*`` excluded)."""

@@ -1,0 +1,210 @@
+"""Ticks: validate one flat JSON object and turn it into a Logstash-format document.
+
+The contract (after esridc/metronome): known keys ``id``, ``event``, ``format``, ``url``,
+``referrer`` (or ``referer``) and ``ts``; every other key is a free parameter stored under
+``params.*``. Free parameters are scalars; names are 1 to ``max_key_length`` characters of
+letters, digits, ``_``, ``-``, ``:``, ``@`` and ``$`` (no dots, so they can never become
+nested objects).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from metronome.errors import InvalidField, LimitExceeded
+from metronome.events import fields as F
+from metronome.events.document import Document, format_timestamp, new_event_id
+from metronome.events.enrich import parse_user_agent, referrer_keys, url_parts
+
+__all__ = ["KNOWN_KEYS", "Limits", "RequestInfo", "build_tick", "parse_timestamp"]
+
+KNOWN_KEYS = frozenset({"id", "event", "format", "url", "referrer", "referer", "ts"})
+DATASET = "ticks"
+_KEY_PATTERN = re.compile(r"^[\w\-:@$]+$")
+_MAX_FUTURE_MS = 24 * 3600 * 1000  # clocks drift; a day ahead is a broken clock
+_MIN_TS_MS = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size limits a tick must respect (from settings)."""
+
+    max_params: int = 100
+    max_key_length: int = 64
+    max_value_length: int = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What the server knows about the request that carried a tick."""
+
+    received_ms: int
+    client_ip: str | None
+    user_agent: str | None
+
+
+def _string(raw: dict[str, Any], key: str, limits: Limits, *, max_length: int | None = None
+            ) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidField(f"'{key}' must be a string", field=key)
+    value = value.strip()
+    limit = max_length or limits.max_value_length
+    if len(value) > limit:
+        raise LimitExceeded(
+            f"'{key}' is {len(value)} characters long; the limit is {limit}",
+            field=key, limit=limit,
+        )
+    return value or None
+
+
+def parse_timestamp(value: Any, field: str = "ts") -> int:
+    """ISO 8601 text or epoch milliseconds (a number or digits) to epoch milliseconds.
+
+    Text without an offset is UTC. Raises :class:`InvalidField` naming ``field``.
+    """
+    if isinstance(value, bool):
+        raise InvalidField(f"'{field}' must be ISO 8601 text or epoch milliseconds", field=field)
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+(\.\d+)?\s*", value):
+        value = float(value)
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise InvalidField(f"'{field}' must be a finite number", field=field)
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidField(
+                f"'{field}' is not an ISO 8601 timestamp or epoch milliseconds: {value!r}",
+                field=field,
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return int(moment.timestamp() * 1000)
+    raise InvalidField(f"'{field}' must be ISO 8601 text or epoch milliseconds", field=field)
+
+
+def _params(raw: dict[str, Any], limits: Limits) -> dict[str, str | int | float | bool | None]:
+    params: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in KNOWN_KEYS:
+            continue
+        if len(key) > limits.max_key_length:
+            raise LimitExceeded(
+                f"parameter name {key[:80]!r} is {len(key)} characters long;"
+                f" the limit is {limits.max_key_length}",
+                field=key[:80], limit=limits.max_key_length,
+            )
+        if not _KEY_PATTERN.match(key):
+            raise InvalidField(
+                f"parameter name {key!r} may only contain letters, digits, '_', '-', ':',"
+                " '@' and '$'",
+                field=key,
+            )
+        if isinstance(value, dict | list):
+            raise InvalidField(
+                f"parameter {key!r} must be a string, number, boolean or null, not"
+                f" {'an object' if isinstance(value, dict) else 'an array'}",
+                field=key,
+            )
+        if isinstance(value, str) and len(value) > limits.max_value_length:
+            raise LimitExceeded(
+                f"parameter {key!r} is {len(value)} characters long;"
+                f" the limit is {limits.max_value_length}",
+                field=key, limit=limits.max_value_length,
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidField(f"parameter {key!r} must be a finite number", field=key)
+        params[key] = value
+    if len(params) > limits.max_params:
+        raise LimitExceeded(
+            f"a tick may have at most {limits.max_params} free parameters; this one has"
+            f" {len(params)}",
+            field="params", limit=limits.max_params,
+        )
+    return params
+
+
+def build_tick(raw: Any, request: RequestInfo, limits: Limits) -> Document:
+    """Validate one tick and build its document. Raises a 4xx :mod:`metronome.errors` error."""
+    if not isinstance(raw, dict):
+        raise InvalidField("a tick must be a JSON object", field="(tick)")
+    item_id = _string(raw, "id", limits)
+    if item_id is None:
+        raise InvalidField("'id' is required: the item (page, dataset, map, app) ticked",
+                           field="id")
+    action = _string(raw, "event", limits, max_length=64) or "view"
+    fmt = _string(raw, "format", limits, max_length=64)
+    if fmt:
+        fmt = fmt.lower().lstrip(".") or None
+    url = _string(raw, "url", limits)
+    referrer = _string(raw, "referrer", limits)
+    if referrer is None:
+        referrer = _string(raw, "referer", limits)
+
+    if raw.get("ts") is None:
+        ts_ms = request.received_ms
+    else:
+        ts_ms = parse_timestamp(raw["ts"])
+        if ts_ms < _MIN_TS_MS or ts_ms > request.received_ms + _MAX_FUTURE_MS:
+            raise InvalidField(
+                "'ts' must be after 1970 and at most a day ahead of the server's clock",
+                field="ts",
+            )
+    params = _params(raw, limits)
+
+    event_id = new_event_id(request.received_ms)
+    source: dict[str, Any] = {
+        F.TIMESTAMP: format_timestamp(ts_ms),
+        F.VERSION: "1",
+        "event": {
+            "id": event_id,
+            "action": action,
+            "dataset": "metronome." + DATASET,
+            "ingested": format_timestamp(request.received_ms),
+        },
+        "item": {"id": item_id},
+        F.BOT: False,
+        F.PARAMS: params,
+    }
+    if fmt:
+        source["item"]["format"] = fmt
+    if url:
+        domain, path = url_parts(url)
+        source["url"] = {"original": url}
+        if domain:
+            source["url"]["domain"] = domain
+        if path:
+            source["url"]["path"] = path
+    if referrer:
+        source["http"] = {"request": {"referrer": referrer}}
+        ref_domain, ref_page = referrer_keys(referrer)
+        if ref_domain:
+            source["referrer"] = {"domain": ref_domain, "page": ref_page}
+    if request.client_ip:
+        source["client"] = {"ip": request.client_ip}
+    if request.user_agent:
+        ua = parse_user_agent(request.user_agent[:1024])
+        agent: dict[str, Any] = {"original": request.user_agent[: limits.max_value_length]}
+        if ua.name:
+            agent["name"] = ua.name
+        if ua.version:
+            agent["version"] = ua.version
+        os_part = {k: v for k, v in (("name", ua.os_name), ("version", ua.os_version)) if v}
+        if os_part:
+            agent["os"] = os_part
+        if ua.device_name:
+            agent["device"] = {"name": ua.device_name}
+        source["user_agent"] = agent
+        source[F.BOT] = ua.is_bot
+    return Document(id=event_id, timestamp_ms=ts_ms, dataset=DATASET, source=source)

@@ -1,0 +1,69 @@
+"""Time ranges and calendar buckets in a time zone (DST-aware), computed once for every store."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from metronome.reports.model import Interval
+
+__all__ = ["MAX_BUCKETS", "bucket_label", "bucket_starts", "floor_to_bucket"]
+
+MAX_BUCKETS = 10_000
+
+
+def _local_midnight(day: date, tz: ZoneInfo) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=tz)
+
+
+def floor_to_bucket(moment: datetime, interval: Interval, tz: ZoneInfo) -> datetime:
+    """The start (in ``tz``) of the bucket holding ``moment``."""
+    local = moment.astimezone(tz)
+    if interval == "hour":
+        return local.replace(minute=0, second=0, microsecond=0)
+    day = local.date()
+    if interval == "week":
+        day -= timedelta(days=day.weekday())  # ISO weeks start on Monday, as in Elasticsearch
+    elif interval == "month":
+        day = day.replace(day=1)
+    return _local_midnight(day, tz)
+
+
+def _next_start(start: datetime, interval: Interval, tz: ZoneInfo) -> datetime:
+    if interval == "hour":
+        # step in absolute time so repeated or skipped local hours around DST work out
+        return (start.astimezone(UTC) + timedelta(hours=1)).astimezone(tz)
+    day = start.date()
+    if interval == "day":
+        day += timedelta(days=1)
+    elif interval == "week":
+        day += timedelta(days=7)
+    else:
+        day = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return _local_midnight(day, tz)
+
+
+def bucket_starts(start_ms: int, end_ms: int, interval: Interval, tz: ZoneInfo) -> list[int]:
+    """Starts (epoch ms) of every bucket overlapping ``[start_ms, end_ms)``.
+
+    Raises ValueError when there would be more than :data:`MAX_BUCKETS`.
+    """
+    current = floor_to_bucket(datetime.fromtimestamp(start_ms / 1000, tz=UTC), interval, tz)
+    starts: list[int] = []
+    while (ms := int(current.timestamp() * 1000)) < end_ms:
+        starts.append(ms)
+        if len(starts) > MAX_BUCKETS:
+            raise ValueError(f"more than {MAX_BUCKETS} {interval} buckets")
+        current = _next_start(current, interval, tz)
+    return starts
+
+
+def bucket_label(start_ms: int, interval: Interval, tz: ZoneInfo) -> str:
+    """The key a report shows for a bucket: ``2015-01-22`` for days and weeks (the week's
+    Monday), ``2015-01`` for months, ``2015-01-22T13:00+01:00`` for hours."""
+    local = datetime.fromtimestamp(start_ms / 1000, tz=UTC).astimezone(tz)
+    if interval == "month":
+        return local.strftime("%Y-%m")
+    if interval == "hour":
+        return local.isoformat(timespec="minutes")
+    return local.strftime("%Y-%m-%d")

@@ -1,0 +1,173 @@
+"""The item report behind ``GET /tock/{id}`` (the esridc/metronome shape).
+
+::
+
+    {"views": {"2015-01-22": 9200, "2015-01-21": 8800, ...},   every bucket, newest first
+     "downloads": {"csv": 120000, "kml": 4500},                event=download by format
+     "referers": {"washingtonpost.com/articles/dc-news": 230000, "arcgis.com": 4200}}
+
+``views`` counts ``event=view`` per bucket; ``referers`` counts the views' referrer pages
+(host + path); both ``downloads`` and ``referers`` are the ``top`` most frequent, most
+first, ties by name. Known crawlers are left out unless ``bots=include``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from metronome.errors import InvalidParameter
+from metronome.events import fields as F
+from metronome.events.tick import DATASET
+from metronome.reports.model import (
+    Histogram,
+    Interval,
+    IsFilter,
+    ReportResult,
+    ReportSpec,
+    Terms,
+)
+from metronome.reports.timebuckets import bucket_label, bucket_starts
+
+__all__ = ["DEFAULT_DAYS", "TockQuery", "parse_tock_query", "shape_tock", "tock_spec"]
+
+DEFAULT_DAYS = 30
+MAX_TOP = 1000
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DIGITS = re.compile(r"^-?\d+$")
+
+
+@dataclass(frozen=True, slots=True)
+class TockQuery:
+    item_id: str
+    start_ms: int
+    end_ms: int
+    tz: ZoneInfo
+    interval: Interval
+    top: int
+    include_bots: bool
+
+
+def _zone(params: Mapping[str, str]) -> ZoneInfo:
+    name = params.get("tz", "UTC") or "UTC"
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidParameter(
+            f"'tz' must be an IANA time zone name such as Europe/Berlin, got {name!r}",
+            parameter="tz",
+        ) from None
+
+
+def _moment(name: str, text: str, tz: ZoneInfo, *, end: bool) -> int:
+    """A ``from``/``to`` value to epoch ms. A date means the start of that day in ``tz``;
+    as ``to`` it includes the whole day."""
+    text = text.strip()
+    if _DATE.match(text):
+        try:
+            day = datetime.strptime(text, "%Y-%m-%d").date()
+        except ValueError:
+            raise InvalidParameter(f"'{name}' is not a valid date: {text!r}",
+                                   parameter=name) from None
+        if end:
+            day += timedelta(days=1)
+        return int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp() * 1000)
+    if _DIGITS.match(text):
+        return int(text)
+    iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        raise InvalidParameter(
+            f"'{name}' must be a date (2015-01-22), an ISO 8601 timestamp or epoch"
+            f" milliseconds, got {text!r}",
+            parameter=name,
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=tz)
+    return int(moment.timestamp() * 1000)
+
+
+def parse_tock_query(item_id: str, params: Mapping[str, str], now_ms: int | None = None
+                     ) -> TockQuery:
+    """Read ``from``, ``to``, ``tz``, ``interval``, ``top`` and ``bots`` from a query string.
+
+    Defaults: the last 30 days in ``tz`` (today included), daily buckets, top 10, no bots.
+    """
+    known = {"from", "to", "tz", "interval", "top", "bots"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise InvalidParameter(
+            f"unknown parameter {unknown[0]!r}; /tock takes {', '.join(sorted(known))}",
+            parameter=unknown[0],
+        )
+    tz = _zone(params)
+    interval = params.get("interval", "day")
+    if interval not in get_args(Interval):
+        raise InvalidParameter(
+            f"'interval' must be one of {', '.join(get_args(Interval))}, got {interval!r}",
+            parameter="interval",
+        )
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    end_ms = _moment("to", params["to"], tz, end=True) if params.get("to") else now + 1
+    if params.get("from"):
+        start_ms = _moment("from", params["from"], tz, end=False)
+    else:
+        end_local = datetime.fromtimestamp((end_ms - 1) / 1000, tz=UTC).astimezone(tz)
+        first = end_local.date() - timedelta(days=DEFAULT_DAYS - 1)
+        start_ms = int(datetime(first.year, first.month, first.day, tzinfo=tz).timestamp()
+                       * 1000)
+    if start_ms >= end_ms:
+        raise InvalidParameter("'from' must be before 'to'", parameter="from")
+    top_text = params.get("top", "10")
+    if not top_text.isdigit() or not 1 <= int(top_text) <= MAX_TOP:
+        raise InvalidParameter(f"'top' must be a whole number from 1 to {MAX_TOP}",
+                               parameter="top")
+    bots = params.get("bots", "exclude")
+    if bots not in ("exclude", "include"):
+        raise InvalidParameter("'bots' must be 'exclude' or 'include'", parameter="bots")
+    return TockQuery(item_id, start_ms, end_ms, tz, interval,  # type: ignore[arg-type]
+                     int(top_text), bots == "include")
+
+
+def tock_spec(query: TockQuery) -> ReportSpec:
+    """The backend-neutral report for one item."""
+    try:
+        starts = bucket_starts(query.start_ms, query.end_ms, query.interval, query.tz)
+    except ValueError as exc:
+        raise InvalidParameter(
+            f"the range holds {exc}; choose a shorter range or a longer interval",
+            parameter="interval",
+        ) from None
+    views = (IsFilter(F.EVENT_ACTION, ("view",)),)
+    filters = [IsFilter(F.ITEM_ID, (query.item_id,))]
+    if not query.include_bots:
+        filters.append(IsFilter(F.BOT, (True,), negate=True))
+    return ReportSpec(
+        dataset=DATASET,
+        start_ms=query.start_ms,
+        end_ms=query.end_ms,
+        filters=tuple(filters),
+        parts=(
+            Histogram("views", query.interval, query.tz.key, tuple(starts), views),
+            Terms("downloads", F.ITEM_FORMAT, query.top,
+                  (IsFilter(F.EVENT_ACTION, ("download",)),), missing="unknown"),
+            Terms("referers", F.REFERRER_PAGE, query.top, views),
+        ),
+    )
+
+
+def shape_tock(query: TockQuery, result: ReportResult) -> dict[str, Any]:
+    """The JSON answer: views newest first, downloads and referers most first."""
+    views = {bucket_label(int(start), query.interval, query.tz): count
+             for start, count in reversed(result.parts["views"])}
+    return {
+        "views": views,
+        "downloads": {str(k): n for k, n in result.parts["downloads"]},
+        "referers": {str(k): n for k, n in result.parts["referers"]},
+    }

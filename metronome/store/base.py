@@ -1,0 +1,61 @@
+"""The storage interface both backends implement, and what it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from metronome.events.document import Document
+from metronome.reports.model import ReportResult, ReportSpec
+
+__all__ = ["SchemaChange", "Store", "WriteOutcome"]
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaChange:
+    """One template (or table) checked at install: was it created, updated or unchanged?"""
+
+    name: str
+    action: Literal["created", "updated", "unchanged"]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """The store's answer for one document: stored (or already stored), or refused.
+
+    ``retriable`` refusals (overload, outage) may succeed later; the others never will.
+    """
+
+    id: str
+    ok: bool
+    reason: str | None = None
+    retriable: bool = False
+
+
+class Store(Protocol):
+    """Where documents live and reports are computed."""
+
+    backend: str  # "elasticsearch" or "sqlite"
+
+    async def open(self) -> None:
+        """Connect; cheap and safe to call in every worker process."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def ensure_schema(self) -> list[SchemaChange]:
+        """Install index templates (or tables) idempotently; report what changed."""
+        ...
+
+    async def check_ready(self) -> str | None:
+        """None when the store answers and its schema is installed, else the reason."""
+        ...
+
+    async def write(self, documents: Sequence[Document]) -> list[WriteOutcome]:
+        """Store documents by id (a second write of an id is a no-op); one outcome each."""
+        ...
+
+    async def report(self, spec: ReportSpec) -> ReportResult:
+        """Compute a report inside the store (aggregations or SQL), never in Python."""
+        ...

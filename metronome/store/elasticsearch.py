@@ -1,0 +1,219 @@
+"""The Elasticsearch store: daily Logstash-format indices, bulk writes, aggregations.
+
+Documents go to ``<prefix>-<dataset>-YYYY.MM.DD`` (the UTC day of ``@timestamp``) with
+``op_type=create`` and the event id as ``_id``: a second write of the same event answers
+409, which means "already stored". Reports compile to one search with ``size: 0``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from elastic_transport import ConnectionError as TransportConnectionError
+from elastic_transport import ConnectionTimeout
+from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError
+
+from metronome.config import Settings
+from metronome.errors import StoreUnavailable
+from metronome.events import fields as F
+from metronome.events.document import Document
+from metronome.reports.model import Histogram, IsFilter, ReportResult, ReportSpec, Terms
+from metronome.store.base import SchemaChange, WriteOutcome
+from metronome.store.templates import Template, load_templates
+
+__all__ = ["ElasticsearchStore", "compile_report", "index_name"]
+
+_UNREACHABLE = (TransportConnectionError, ConnectionTimeout)
+
+
+def index_name(prefix: str, dataset: str, timestamp_ms: int) -> str:
+    """``metronome-ticks-2015.01.22``: the daily index for a document's UTC day."""
+    day = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
+    return f"{prefix}-{dataset}-{day:%Y.%m.%d}"
+
+
+def _filter_clauses(filters: Sequence[IsFilter]) -> dict[str, list[dict[str, Any]]]:
+    must: list[dict[str, Any]] = []
+    must_not: list[dict[str, Any]] = []
+    for f in filters:
+        (must_not if f.negate else must).append({"terms": {f.field: list(f.values)}})
+    bool_query: dict[str, list[dict[str, Any]]] = {"filter": must}
+    if must_not:
+        bool_query["must_not"] = must_not
+    return bool_query
+
+
+def compile_report(spec: ReportSpec) -> dict[str, Any]:
+    """The search body for a report: a range + filters query and one aggregation per part."""
+    query = _filter_clauses(spec.filters)
+    query["filter"].insert(
+        0,
+        {"range": {F.TIMESTAMP: {"gte": spec.start_ms, "lt": spec.end_ms,
+                                 "format": "epoch_millis"}}},
+    )
+    aggs: dict[str, Any] = {}
+    for part in spec.parts:
+        inner: dict[str, Any]
+        if isinstance(part, Histogram):
+            inner = {"date_histogram": {
+                "field": F.TIMESTAMP,
+                "calendar_interval": part.interval,
+                "time_zone": part.tz,
+                "min_doc_count": 0,
+                "extended_bounds": {"min": part.bucket_starts_ms[0], "max": spec.end_ms - 1},
+            }}
+        else:
+            terms: dict[str, Any] = {
+                "field": part.field,
+                "size": part.size,
+                "order": [{"_count": "desc"}, {"_key": "asc"}],
+            }
+            if part.missing is not None:
+                terms["missing"] = part.missing
+            inner = {"terms": terms}
+        aggs[part.name] = {"filter": {"bool": _filter_clauses(part.filters)},
+                           "aggs": {"rows": inner}}
+    return {"size": 0, "track_total_hits": False, "query": {"bool": query}, "aggs": aggs}
+
+
+class ElasticsearchStore:
+    """Documents and reports in a real Elasticsearch cluster (client and server major 8)."""
+
+    backend = "elasticsearch"
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.elasticsearch_url
+        self._settings = settings
+        self._prefix = settings.index_prefix
+        self._client = AsyncElasticsearch(
+            settings.elasticsearch_url,
+            request_timeout=settings.elasticsearch_timeout_s,
+            max_retries=2,
+            retry_on_timeout=True,
+        )
+        self._templates: list[Template] = load_templates(settings)
+
+    @property
+    def client(self) -> AsyncElasticsearch:
+        return self._client
+
+    async def open(self) -> None:
+        """The client connects lazily; nothing to do until the first request."""
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def _installed_digest(self, template: Template) -> str | None:
+        try:
+            if template.kind == "component":
+                resp = await self._client.cluster.get_component_template(name=template.name)
+                found = resp["component_templates"][0]["component_template"]
+            else:
+                resp = await self._client.indices.get_index_template(name=template.name)
+                found = resp["index_templates"][0]["index_template"]
+        except NotFoundError:
+            return None
+        meta = found.get("_meta") or {}
+        return meta.get("metronome_hash")
+
+    async def ensure_schema(self) -> list[SchemaChange]:
+        changes = []
+        try:
+            for template in self._templates:
+                installed = await self._installed_digest(template)
+                if installed == template.digest:
+                    changes.append(SchemaChange(template.name, "unchanged"))
+                    continue
+                if template.kind == "component":
+                    await self._client.cluster.put_component_template(
+                        name=template.name, body=template.body
+                    )
+                else:
+                    await self._client.indices.put_index_template(
+                        name=template.name, body=template.body
+                    )
+                changes.append(
+                    SchemaChange(template.name, "created" if installed is None else "updated")
+                )
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(f"Elasticsearch is unreachable: {exc}") from exc
+        return changes
+
+    async def check_ready(self) -> str | None:
+        try:
+            health = await self._client.cluster.health(timeout="2s")
+            if health["status"] == "red":
+                return "the Elasticsearch cluster is red"
+            for template in self._templates:
+                if await self._installed_digest(template) != template.digest:
+                    return f"index template {template.name!r} is missing or outdated"
+        except _UNREACHABLE as exc:
+            return f"Elasticsearch is unreachable: {exc.__class__.__name__}"
+        except ApiError as exc:
+            return f"Elasticsearch answered {exc.meta.status}: {exc.message}"
+        return None
+
+    async def write(self, documents: Sequence[Document]) -> list[WriteOutcome]:
+        if not documents:
+            return []
+        operations: list[dict[str, Any]] = []
+        for doc in documents:
+            index = index_name(self._prefix, doc.dataset, doc.timestamp_ms)
+            operations.append({"create": {"_index": index, "_id": doc.id}})
+            operations.append(doc.source)
+        try:
+            resp = await self._client.bulk(operations=operations)
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(f"Elasticsearch is unreachable: {exc}") from exc
+        except ApiError as exc:
+            raise StoreUnavailable(
+                f"Elasticsearch refused the bulk request ({exc.meta.status}): {exc.message}"
+            ) from exc
+        outcomes = []
+        for doc, item in zip(documents, resp["items"], strict=True):
+            result = item["create"]
+            status = result["status"]
+            if status in (200, 201, 409):  # 409: this id is already stored
+                outcomes.append(WriteOutcome(doc.id, True))
+            else:
+                error = result.get("error") or {}
+                reason = f"{error.get('type', status)}: {error.get('reason', '')}".strip()
+                outcomes.append(WriteOutcome(doc.id, False, reason,
+                                             retriable=status == 429 or status >= 500))
+        return outcomes
+
+    async def report(self, spec: ReportSpec) -> ReportResult:
+        try:
+            resp = await self._client.search(
+                index=f"{self._prefix}-{spec.dataset}-*",
+                body=compile_report(spec),
+                ignore_unavailable=True,
+                allow_no_indices=True,
+            )
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(f"Elasticsearch is unreachable: {exc}") from exc
+        except ApiError as exc:
+            raise StoreUnavailable(
+                f"Elasticsearch refused the report ({exc.meta.status}): {exc.message}"
+            ) from exc
+        aggregations = resp.get("aggregations") or {}
+        parts: dict[str, list[tuple[str | int, int]]] = {}
+        for part in spec.parts:
+            buckets = aggregations.get(part.name, {}).get("rows", {}).get("buckets", [])
+            if isinstance(part, Histogram):
+                starts = part.bucket_starts_ms
+                counts = [0] * len(starts)
+                for bucket in buckets:
+                    slot = bisect_right(starts, int(bucket["key"])) - 1
+                    if 0 <= slot < len(starts):
+                        counts[slot] += int(bucket["doc_count"])
+                parts[part.name] = list(zip(starts, counts, strict=True))
+            else:
+                assert isinstance(part, Terms)
+                parts[part.name] = [
+                    (b.get("key_as_string", b["key"]), int(b["doc_count"])) for b in buckets
+                ]
+        return ReportResult(parts)

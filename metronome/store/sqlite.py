@@ -1,0 +1,272 @@
+"""The embedded store: SQLite in WAL mode, in ``METRONOME_DATA_DIR``.
+
+Why SQLite: it ships with Python, keeps everything in one file, and its WAL mode lets
+several server processes read while one writes, with a busy timeout serialising writers;
+``synchronous=FULL`` makes an acknowledged write survive power loss. Reports compile to
+SQL (GROUP BY, and a join on generated bucket bounds for time series) over indexed columns.
+
+One row per document: the columns reports filter and group by, plus the whole document as
+JSON (``doc``) so any other field stays queryable with ``json_extract``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import sqlite3
+from collections.abc import Iterator
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from metronome.config import Settings
+from metronome.errors import StoreUnavailable
+from metronome.events import fields as F
+from metronome.events.document import Document
+from metronome.reports.model import Histogram, IsFilter, ReportResult, ReportSpec, Terms
+from metronome.store.base import SchemaChange, WriteOutcome
+
+__all__ = ["COLUMNS", "SQLiteStore"]
+
+DB_NAME = "metronome.sqlite3"
+
+# document field -> column; fields without a column are read from the JSON document
+COLUMNS: dict[str, str] = {
+    F.TIMESTAMP: "ts",
+    F.ITEM_ID: "item_id",
+    F.EVENT_ACTION: "action",
+    F.ITEM_FORMAT: "format",
+    F.REFERRER_PAGE: "referrer_page",
+    F.BOT: "bot",
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    item_id TEXT,
+    action TEXT,
+    format TEXT,
+    referrer_page TEXT,
+    bot INTEGER NOT NULL DEFAULT 0,
+    doc TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_item_action_ts ON events (dataset, item_id, action, ts);
+CREATE INDEX IF NOT EXISTS events_ts ON events (dataset, ts);
+"""
+
+
+def _get(source: dict[str, Any], field: str) -> Any:
+    value: Any = source
+    for part in field.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _column(field: str) -> str:
+    if field in COLUMNS:
+        return COLUMNS[field]
+    path = "$" + "".join(f'."{part}"' for part in field.split("."))
+    return f"json_extract(doc, {_sql_literal(path)})"
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _value(value: Any) -> Any:
+    return int(value) if isinstance(value, bool) else value
+
+
+def _where(filters: Sequence[IsFilter], args: list[Any]) -> list[str]:
+    clauses = []
+    for f in filters:
+        column = _column(f.field)
+        marks = ", ".join("?" for _ in f.values)
+        args.extend(_value(v) for v in f.values)
+        if f.negate:  # like Elasticsearch must_not: documents without the field match
+            clauses.append(f"({column} IS NULL OR {column} NOT IN ({marks}))")
+        else:
+            clauses.append(f"{column} IN ({marks})")
+    return clauses
+
+
+@contextlib.contextmanager
+def _setup_lock(path: Path) -> Iterator[None]:
+    """Serialise first-time setup (WAL switch, schema) between server processes."""
+    with open(path.with_suffix(".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class SQLiteStore:
+    """The embedded store. Each process opens its own connection to the shared file."""
+
+    backend = "sqlite"
+
+    def __init__(self, settings: Settings) -> None:
+        self._path = Path(settings.data_dir) / DB_NAME
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"the embedded store failed: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            with _setup_lock(self._path):
+                conn = sqlite3.connect(self._path, isolation_level=None, timeout=30.0,
+                                       check_same_thread=False)
+                conn.execute("PRAGMA busy_timeout = 30000")
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            self._conn = conn
+        return self._conn
+
+    async def open(self) -> None:
+        await self._run(self._connect)
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await self._run(_close)
+        self._executor.shutdown(wait=True)
+
+    async def ensure_schema(self) -> list[SchemaChange]:
+        def _install() -> list[SchemaChange]:
+            conn = self._connect()
+            with _setup_lock(self._path):
+                existed = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+                ).fetchone()
+                conn.executescript(_SCHEMA)
+            return [SchemaChange("events", "unchanged" if existed else "created")]
+
+        result: list[SchemaChange] = await self._run(_install)
+        return result
+
+    async def check_ready(self) -> str | None:
+        def _check() -> str | None:
+            conn = self._connect()
+            row = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+            ).fetchone()
+            return None if row else "the embedded store has no schema yet"
+
+        try:
+            result: str | None = await self._run(_check)
+        except StoreUnavailable as exc:
+            return exc.message
+        return result
+
+    async def write(self, documents: Sequence[Document]) -> list[WriteOutcome]:
+        rows = [
+            (
+                d.id,
+                d.dataset,
+                d.timestamp_ms,
+                _get(d.source, F.ITEM_ID),
+                _get(d.source, F.EVENT_ACTION),
+                _get(d.source, F.ITEM_FORMAT),
+                _get(d.source, F.REFERRER_PAGE),
+                int(bool(_get(d.source, F.BOT))),
+                orjson.dumps(d.source).decode(),
+            )
+            for d in documents
+        ]
+
+        def _insert() -> None:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO events (id, dataset, ts, item_id, action, format,"
+                    " referrer_page, bot, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+        await self._run(_insert)
+        return [WriteOutcome(d.id, True) for d in documents]
+
+    async def report(self, spec: ReportSpec) -> ReportResult:
+        def _query() -> ReportResult:
+            conn = self._connect()
+            parts: dict[str, list[tuple[str | int, int]]] = {}
+            for part in spec.parts:
+                if isinstance(part, Histogram):
+                    parts[part.name] = self._histogram(conn, spec, part)
+                else:
+                    parts[part.name] = self._terms(conn, spec, part)
+            return ReportResult(parts)
+
+        result: ReportResult = await self._run(_query)
+        return result
+
+    @staticmethod
+    def _histogram(conn: sqlite3.Connection, spec: ReportSpec, part: Histogram
+                   ) -> list[tuple[str | int, int]]:
+        starts = part.bucket_starts_ms
+        bounds = [
+            [start, max(start, spec.start_ms), min(spec.end_ms, nxt)]
+            for start, nxt in zip(starts, [*starts[1:], spec.end_ms], strict=True)
+        ]
+        args: list[Any] = [json.dumps(bounds), spec.dataset]
+        clauses = _where([*spec.filters, *part.filters], args)
+        sql = (
+            "WITH b(k, lo, hi) AS (SELECT json_extract(value, '$[0]'),"
+            " json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?))"
+            " SELECT b.k, count(e.id) FROM b LEFT JOIN events e"
+            " ON e.dataset = ? AND e.ts >= b.lo AND e.ts < b.hi"
+            + "".join(" AND " + c for c in clauses)
+            + " GROUP BY b.k ORDER BY b.k"
+        )
+        return [(int(k), int(n)) for k, n in conn.execute(sql, args)]
+
+    @staticmethod
+    def _terms(conn: sqlite3.Connection, spec: ReportSpec, part: Terms
+               ) -> list[tuple[str | int, int]]:
+        column = _column(part.field)
+        args: list[Any] = []
+        key = column
+        if part.missing is not None:
+            key = f"COALESCE({column}, ?)"
+            args.append(part.missing)
+        args += [spec.dataset, spec.start_ms, spec.end_ms]
+        clauses = ["dataset = ?", "ts >= ?", "ts < ?"]
+        clauses += _where([*spec.filters, *part.filters], args)
+        if part.missing is None:
+            clauses.append(f"{column} IS NOT NULL")
+        args.append(part.size)
+        sql = (
+            f"SELECT {key} AS k, count(*) AS n FROM events WHERE "
+            + " AND ".join(clauses)
+            + " GROUP BY k ORDER BY n DESC, k ASC LIMIT ?"
+        )
+        return [(k, int(n)) for k, n in conn.execute(sql, args)]

@@ -1,0 +1,80 @@
+"""Index templates from ``index_templates/``, adapted to the configured prefix and sizes.
+
+Files are named after the template with the default prefix ``metronome``; installing with
+another prefix renames them and their index patterns. Each body carries
+``_meta.metronome_hash``, a digest of the body itself, so an install can tell whether the
+installed template is current without comparing Elasticsearch's normalised copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from metronome.config import Settings
+
+__all__ = ["Template", "load_templates", "templates_dir"]
+
+DEFAULT_PREFIX = "metronome"
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    kind: Literal["component", "index"]
+    name: str
+    body: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        return str(self.body["_meta"]["metronome_hash"])
+
+
+def templates_dir() -> Path:
+    """``index_templates/``: inside the installed package, or at the top of a checkout."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "index_templates", package.parent / "index_templates"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("index_templates/ is missing from this installation")
+
+
+def _rename(name: str, prefix: str) -> str:
+    if not name.startswith(DEFAULT_PREFIX):
+        raise ValueError(f"template {name!r} must start with {DEFAULT_PREFIX!r}")
+    return prefix + name[len(DEFAULT_PREFIX):]
+
+
+def _apply_settings(body: dict[str, Any], settings: Settings) -> None:
+    index = body.get("template", {}).get("settings", {}).get("index")
+    if index is None:
+        return
+    index["number_of_shards"] = settings.index_shards
+    index["number_of_replicas"] = settings.index_replicas
+    index["mapping"]["total_fields"]["limit"] = settings.index_fields_limit
+
+
+def load_templates(settings: Settings, directory: Path | None = None) -> list[Template]:
+    """Component templates first (index templates need them), each ready to PUT."""
+    root = directory or templates_dir()
+    prefix = settings.index_prefix
+    result: list[Template] = []
+    for kind in ("component", "index"):
+        for path in sorted((root / kind).glob("*.json")):
+            body = copy.deepcopy(orjson.loads(path.read_bytes()))
+            if kind == "index":
+                body["index_patterns"] = [
+                    _rename(p, prefix) for p in body["index_patterns"]
+                ]
+                body["composed_of"] = [_rename(c, prefix) for c in body["composed_of"]]
+            else:
+                _apply_settings(body, settings)
+            body.setdefault("_meta", {}).pop("metronome_hash", None)
+            digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+            body["_meta"]["metronome_hash"] = digest.hexdigest()[:16]
+            result.append(Template(kind, _rename(path.stem, prefix), body))  # type: ignore[arg-type]
+    return result
