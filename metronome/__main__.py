@@ -1,0 +1,3 @@
+from metronome.cli import main
+
+main()

@@ -1,0 +1,79 @@
+"""A running Metronome (``metronome serve``: gunicorn + uvicorn workers) on a free port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.es_server import free_port
+
+__all__ = ["MetronomeServer"]
+
+
+class MetronomeServer:
+    """``metronome serve`` as a subprocess; ``env`` adds ``METRONOME_*`` settings."""
+
+    def __init__(self, env: dict[str, str], data_dir: Path | None = None,
+                 workers: int = 2) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="metronome-data-"))
+        self.env = {
+            **os.environ,
+            "METRONOME_HOST": "127.0.0.1",
+            "METRONOME_PORT": str(self.port),
+            "METRONOME_WORKERS": str(workers),
+            "METRONOME_DATA_DIR": str(self.data_dir),
+            "METRONOME_LOG_LEVEL": "warning",
+            **env,
+        }
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_ready: bool = True, timeout_s: float = 60.0) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "metronome", "serve"], env=self.env,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        path = "/readyz" if wait_ready else "/healthz"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"metronome serve exited ({self.proc.returncode}):\n"
+                                   + self.log_tail())
+            try:
+                if httpx.get(self.url + path, timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"metronome serve not ready in {timeout_s:.0f}s:\n"
+                           + self.log_tail())
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit code (0 for a clean shutdown)."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
