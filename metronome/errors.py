@@ -13,6 +13,7 @@
     ├── MethodNotAllowed                (405 method_not_allowed)
     ├── PayloadTooLarge                 (413 payload_too_large)
     ├── UnsupportedMediaType            (415 unsupported_media_type)
+    ├── StoreRefused                    (422 store_refused)        the store will never take it
     └── StoreUnavailable                (503 store_unavailable)
 
 Codes never change once shipped; a test checks they are unique and listed in the README.
@@ -35,6 +36,7 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
+    "StoreRefused",
     "StoreUnavailable",
     "UnsupportedMediaType",
     "all_error_classes",
@@ -122,6 +124,13 @@ class UnsupportedMediaType(MetronomeError):
 
     code = "unsupported_media_type"
     http_status = 415
+
+
+class StoreRefused(MetronomeError):
+    """The store refused a valid-looking document for good (say, a mapping conflict)."""
+
+    code = "store_refused"
+    http_status = 422
 
 
 class StoreUnavailable(MetronomeError):

@@ -12,10 +12,10 @@ import orjson
 from metronome.config import Settings
 from metronome.errors import (
     BadRequest,
-    InvalidField,
     InvalidJSON,
     LimitExceeded,
     MetronomeError,
+    StoreRefused,
     StoreUnavailable,
 )
 from metronome.events.document import Document
@@ -56,8 +56,7 @@ class Tick(_TickResource):
         if not outcome.ok:
             if outcome.retriable:
                 raise StoreUnavailable(f"the store could not take the tick: {outcome.reason}")
-            raise InvalidField(f"the store refused the tick: {outcome.reason}",
-                               field="(tick)")
+            raise StoreRefused(f"the store refused the tick: {outcome.reason}")
         resp.status = falcon.HTTP_202
         resp.media = {"id": outcome.id}
 

@@ -1,0 +1,33 @@
+"""The README stays true: settings table, error codes, public names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from metronome.config import SETTINGS, settings_table
+from metronome.errors import all_error_classes
+
+README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def test_every_setting_is_documented_in_the_generated_table() -> None:
+    block = re.search(r"<!-- settings:start -->\n(.*?)\n<!-- settings:end -->", README, re.S)
+    assert block, "README lost its settings markers"
+    assert block.group(1) == settings_table(), "regenerate: metronome settings --markdown"
+    for setting in SETTINGS:
+        assert f"`{setting.env}`" in README
+
+
+def test_error_codes_are_unique_and_listed_in_the_readme() -> None:
+    codes = [cls.code for cls in all_error_classes()]
+    assert len(codes) == len(set(codes))
+    for cls in all_error_classes():
+        assert f"| `{cls.code}` |" in README, cls.code
+
+
+def test_readme_names_the_two_commands_ci_runs() -> None:
+    assert "pip install . && metronome serve" in README
+    assert "\nscripts/test\n" in README
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    assert "exec ./scripts/test" in ci

@@ -1,0 +1,117 @@
+"""Elasticsearch-only: index templates install idempotently and keep the mapping closed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from metronome.config import Settings
+from metronome.events import fields as F
+from metronome.store.templates import load_templates, templates_dir
+from tests.conftest import Backend, unique_prefix
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "metronome", *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def _leaf_fields(properties: dict[str, Any], prefix: str = "") -> set[str]:
+    found: set[str] = set()
+    for name, spec in properties.items():
+        path = prefix + name
+        if "properties" in spec and spec.get("type", "object") == "object":
+            found |= _leaf_fields(spec["properties"], path + ".")
+        else:
+            found.add(path)
+        for sub in spec.get("fields", {}):
+            found.add(f"{path}.{sub}")
+    return found
+
+
+def test_templates_install_is_idempotent_and_follows_file_changes(es_url: str,
+                                                                  tmp_path: Path) -> None:
+    prefix = unique_prefix()
+    env = {"METRONOME_ELASTICSEARCH_URL": es_url, "METRONOME_INDEX_PREFIX": prefix}
+    try:
+        first = _cli("templates", "install", env=env)
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.split() == [
+            "created", f"{prefix}-base-mappings", "created", f"{prefix}-settings",
+            "created", f"{prefix}-ticks-mappings", "created", f"{prefix}-ticks"]
+
+        again = _cli("templates", "install", env=env)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.split()[::2] == ["unchanged"] * 4
+
+        replicas = _cli("templates", "install", env={**env, "METRONOME_INDEX_REPLICAS": "1"})
+        assert [line.split() for line in replicas.stdout.splitlines()][1] == [
+            "updated", f"{prefix}-settings"]
+        installed = httpx.get(f"{es_url}/_component_template/{prefix}-settings").json()
+        settings = installed["component_templates"][0]["component_template"]["template"]
+        assert settings["settings"]["index"]["number_of_replicas"] == "1"
+    finally:
+        httpx.delete(f"{es_url}/_index_template/{prefix}-*")
+        httpx.delete(f"{es_url}/_component_template/{prefix}-*")
+
+
+def test_changed_template_file_updates_the_installed_template(es_url: str,
+                                                               tmp_path: Path) -> None:
+    prefix = unique_prefix()
+    settings = Settings.from_env({"METRONOME_INDEX_PREFIX": prefix})
+    copy = tmp_path / "index_templates"
+    shutil.copytree(templates_dir(), copy)
+    before = {t.name: t.digest for t in load_templates(settings, copy)}
+    path = copy / "component" / "metronome-ticks-mappings.json"
+    body = json.loads(path.read_text())
+    body["template"]["mappings"]["properties"]["item"]["properties"]["format"][
+        "ignore_above"] = 128
+    path.write_text(json.dumps(body))
+    after = {t.name: t.digest for t in load_templates(settings, copy)}
+    assert [n for n in before if before[n] != after[n]] == [f"{prefix}-ticks-mappings"]
+
+
+def test_index_templates_map_exactly_the_fields_events_names() -> None:
+    settings = Settings.from_env({})
+    mapped: set[str] = set()
+    for template in load_templates(settings):
+        if template.kind == "component":
+            mappings = template.body["template"].get("mappings", {})
+            mapped |= _leaf_fields(mappings.get("properties", {}))
+    assert mapped - {F.PARAMS} == set(F.TICK_FIELDS)
+
+
+@pytest.mark.parametrize("backend", ["elasticsearch"], indirect=True)
+def test_odd_parameters_never_create_fields_outside_params_elasticsearch(
+        backend: Backend, item: str) -> None:
+    odd: list[dict[str, object]] = [
+        {"__proto__": "x", "constructor": 1, "@timestamp": "not a date", "$where": "1==1",
+         "x-y": True, "Ünïcödé": "ß", "num": 12, "event_id": None, "_id": "forged",
+         "_source": "s", "ts_ms": 1.5e300},
+        {"mixed": 5},
+        {"mixed": "five"},  # a number first, then text: stored, num sub-field ignored
+        {"bot": "yes", "item": "nested?", "URL": "ftp://odd", "params": "params"},
+        {f"k{i}": i for i in range(100)},
+    ]
+    ids = [backend.tick(id=item, ts="2026-07-01T00:00:00Z", **fields) for fields in odd]
+    backend.settle()
+    mapping = httpx.get(f"{backend.es_url}/{backend.index_prefix}-ticks-2026.07.01/_mapping"
+                        ).json()
+    (index_mapping,) = mapping.values()
+    fields = _leaf_fields(index_mapping["mappings"]["properties"])
+    outside = {f for f in fields if not f.startswith("params.")}
+    assert outside == set(F.TICK_FIELDS)
+    assert {"params.__proto__", "params.@timestamp", "params.mixed", "params.mixed.num",
+            "params.Ünïcödé", "params._id"} <= fields
+    for event_id, sent in zip(ids, odd, strict=True):
+        assert backend.fetch(event_id)["params"] == sent
+    assert backend.tock(item, **{"from": "2026-07-01", "to": "2026-07-01"})["views"] == {
+        "2026-07-01": len(odd)}
