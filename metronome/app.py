@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from functools import partial
 from typing import Any
 
@@ -18,12 +19,12 @@ import falcon.asgi
 import falcon.media
 import orjson
 
-from metronome.api.health import Health, Ready
+from metronome.api.health import Health, Metrics, Ready
 from metronome.api.ticks import Tick, Ticks
 from metronome.api.tock import Tock
 from metronome.config import Settings
-from metronome.errors import MetronomeError, StoreUnavailable
-from metronome.pipeline import Pipeline
+from metronome.errors import MetronomeError, SpoolFull, StoreUnavailable
+from metronome.pipeline import Pipeline, metrics
 from metronome.store import Store, open_store
 
 __all__ = ["app_from_env", "create_app"]
@@ -42,8 +43,9 @@ _FALCON_CODES = {
 class _Lifespan:
     """Opens the store and installs its schema when a worker starts; closes it at exit."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, pipeline: Pipeline) -> None:
         self._store = store
+        self._pipeline = pipeline
 
     async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
         await self._store.open()
@@ -57,7 +59,24 @@ class _Lifespan:
                 log.info("schema_installed name=%s action=%s", change.name, change.action)
 
     async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        self._pipeline.close()
         await self._store.close()
+
+
+class _Timing:
+    """Observes each request's latency by route template."""
+
+    async def process_request(self, req: falcon.asgi.Request,
+                              resp: falcon.asgi.Response) -> None:
+        req.context.started = time.perf_counter()
+
+    async def process_response(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                               resource: object, req_succeeded: bool) -> None:
+        started = getattr(req.context, "started", None)
+        if started is not None:
+            route = req.uri_template or "(no route)"
+            metrics.REQUEST_SECONDS.labels(route, req.method).observe(
+                time.perf_counter() - started)
 
 
 async def _metronome_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
@@ -66,8 +85,8 @@ async def _metronome_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
         log.warning("request_failed path=%s error=%s message=%s", req.path, ex.code, ex.message)
     resp.status = ex.http_status
     resp.media = ex.to_dict()
-    if isinstance(ex, StoreUnavailable):
-        resp.set_header("Retry-After", "5")
+    if isinstance(ex, StoreUnavailable | SpoolFull):
+        resp.set_header("Retry-After", "5" if isinstance(ex, StoreUnavailable) else "30")
 
 
 async def _http_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
@@ -98,8 +117,9 @@ async def _unexpected(req: falcon.asgi.Request, resp: falcon.asgi.Response,
 def create_app(settings: Settings, store: Store | None = None) -> falcon.asgi.App:
     """The ASGI app for ``settings`` (on ``store`` if given, else the configured one)."""
     store = store or open_store(settings)
-    pipeline = Pipeline(store)
-    app = falcon.asgi.App(middleware=[_Lifespan(store)], cors_enable=False)
+    pipeline = Pipeline(settings)
+    app = falcon.asgi.App(middleware=[_Lifespan(store, pipeline), _Timing()],
+                          cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_qs_csv = False
     json_handler = falcon.media.JSONHandler(
@@ -109,7 +129,8 @@ def create_app(settings: Settings, store: Store | None = None) -> falcon.asgi.Ap
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
 
     app.add_route("/healthz", Health())
-    app.add_route("/readyz", Ready(store))
+    app.add_route("/readyz", Ready(store, pipeline))
+    app.add_route("/metrics", Metrics(pipeline.spool))
     app.add_route("/tick", Tick(settings, pipeline))
     app.add_route("/ticks", Ticks(settings, pipeline))
     tock = Tock(store)

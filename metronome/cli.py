@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -35,11 +38,14 @@ def main() -> None:
 @click.option("--port", type=int, help="Port [default: METRONOME_PORT or 8080].")
 @click.option("--workers", type=click.IntRange(1, 256),
               help="Worker processes [default: METRONOME_WORKERS or 2].")
-def serve(host: str | None, port: int | None, workers: int | None) -> None:
-    """Run the HTTP API (gunicorn with uvicorn workers)."""
+@click.option("--no-shipper", is_flag=True,
+              help="Only spool; run `metronome worker` separately to ship to the store.")
+def serve(host: str | None, port: int | None, workers: int | None, no_shipper: bool) -> None:
+    """Run the HTTP API (gunicorn with uvicorn workers) and the shipper."""
     from metronome.server import run_server
 
     settings = _settings(host=host, port=port, workers=workers)
+    _multiprocess_metrics(settings)
     # the workers read their settings from the environment: pass the CLI's choices on
     os.environ["METRONOME_HOST"] = settings.host
     os.environ["METRONOME_PORT"] = str(settings.port)
@@ -48,7 +54,84 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         else f"the embedded store in {settings.data_dir}"
     click.echo(f"metronome {__version__} on http://{settings.host}:{settings.port}"
                f" with {settings.workers} workers, storing in {store}", err=True)
-    run_server(settings)
+    shipper = None
+    if not no_shipper:
+        shipper = subprocess.Popen(
+            [sys.executable, "-m", "metronome", "worker"],
+            env={**os.environ, "METRONOME_SHIPPER_PARENT": str(os.getpid())},
+        )
+    try:
+        run_server(settings)
+    finally:
+        if shipper is not None:
+            shipper.send_signal(signal.SIGTERM)
+            try:
+                shipper.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                shipper.kill()
+
+
+def _multiprocess_metrics(settings: Settings) -> None:
+    """Give every process of this server one Prometheus multiprocess directory."""
+    directory = Path(settings.data_dir) / "metrics"
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.db"):
+        old.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory.resolve())
+
+
+@main.command()
+@click.option("--drain", is_flag=True, help="Exit once the spool is empty.")
+def worker(drain: bool) -> None:
+    """Ship spooled events to the store (started by `serve` unless --no-shipper)."""
+    from metronome.logconfig import configure_logging
+    from metronome.pipeline.worker import run_worker
+
+    settings = _settings()
+    configure_logging(settings)
+    parent = os.environ.get("METRONOME_SHIPPER_PARENT")
+    stats = asyncio.run(run_worker(settings, drain=drain,
+                                   parent_pid=int(parent) if parent else None))
+    click.echo(f"shipped {stats.shipped} events, {stats.retries} retries,"
+               f" {stats.dead_letters} dead letters, {stats.torn_bytes} torn bytes cut",
+               err=True)
+
+
+@main.command()
+def status() -> None:
+    """Show the spool backlog, shipping lag, dead letters and store health."""
+    import time
+
+    from metronome.pipeline.shipper import DEAD_LETTERS
+    from metronome.pipeline.spool import backlog, spool_dir
+    from metronome.store import open_store
+
+    settings = _settings()
+    state = backlog(spool_dir(settings.data_dir))
+
+    async def _ready() -> str | None:
+        store = open_store(settings)
+        await store.open()
+        try:
+            return await store.check_ready()
+        finally:
+            await store.close()
+
+    reason = asyncio.run(_ready())
+    store = settings.elasticsearch_url or f"embedded ({settings.data_dir})"
+    lag = "none"
+    if state.oldest_unshipped_ms is not None:
+        lag = f"{max(0.0, time.time() - state.oldest_unshipped_ms / 1000):.1f}s"
+    dead = Path(settings.data_dir) / DEAD_LETTERS
+    dead_count = sum(1 for _ in dead.open("rb")) if dead.exists() else 0
+    used = 100 * state.bytes_total / settings.spool_max_bytes
+    click.echo(f"store:        {store}: {'ready' if reason is None else 'NOT READY: ' + reason}")
+    click.echo(f"backlog:      {state.bytes_unshipped} bytes unshipped in"
+               f" {state.segments} segments")
+    click.echo(f"spool:        {state.bytes_total} of {settings.spool_max_bytes} bytes"
+               f" ({used:.1f}%)")
+    click.echo(f"lag:          {lag} (oldest unshipped event)")
+    click.echo(f"dead letters: {dead_count} in {dead}")
 
 
 @main.group()

@@ -139,6 +139,26 @@ SETTINGS: tuple[Setting, ...] = (
         _int(16, 1 << 20),
     ),
     Setting(
+        "spool_max_bytes",
+        "1073741824",
+        "Most bytes the spool holds while the store is behind; past it ingestion answers 503.",
+        _int(1 << 16, 1 << 50),
+    ),
+    Setting(
+        "spool_segment_bytes",
+        "67108864",
+        "Size at which a worker starts a new spool segment file.",
+        _int(1 << 12, 1 << 40),
+    ),
+    Setting("ship_batch_docs", "1000", "Most documents in one bulk write to the store.",
+            _int(1, 100_000)),
+    Setting("ship_batch_bytes", "8388608", "Most bytes read from the spool for one bulk write.",
+            _int(1 << 12, 1 << 30)),
+    Setting("ship_poll_ms", "50", "How often an idle shipper looks for new events.",
+            _int(1, 60_000)),
+    Setting("ship_backoff_max_s", "30", "Longest wait between retries of a failed bulk write.",
+            _int(1, 3600)),
+    Setting(
         "trusted_proxies",
         "",
         "Comma-separated CIDR list of proxies whose `X-Forwarded-For` is believed.",
@@ -170,6 +190,12 @@ class Settings:
     max_params: int
     max_key_length: int
     max_value_length: int
+    spool_max_bytes: int
+    spool_segment_bytes: int
+    ship_batch_docs: int
+    ship_batch_bytes: int
+    ship_poll_ms: int
+    ship_backoff_max_s: int
     trusted_proxies: tuple[Network, ...]
     log_level: str
 

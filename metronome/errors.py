@@ -14,7 +14,8 @@
     ├── PayloadTooLarge                 (413 payload_too_large)
     ├── UnsupportedMediaType            (415 unsupported_media_type)
     ├── StoreRefused                    (422 store_refused)        the store will never take it
-    └── StoreUnavailable                (503 store_unavailable)
+    ├── StoreUnavailable                (503 store_unavailable)
+    └── SpoolFull                       (503 spool_full)           the store is too far behind
 
 Codes never change once shipped; a test checks they are unique and listed in the README.
 Domain code raises these; only ``app.py`` turns them into HTTP answers of the shape
@@ -36,6 +37,7 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
+    "SpoolFull",
     "StoreRefused",
     "StoreUnavailable",
     "UnsupportedMediaType",
@@ -149,3 +151,10 @@ def all_error_classes() -> list[type[MetronomeError]]:
         seen.append(cls)
         todo.extend(cls.__subclasses__())
     return seen
+
+
+class SpoolFull(MetronomeError):
+    """The spool reached METRONOME_SPOOL_MAX_BYTES while the store is behind; retry later."""
+
+    code = "spool_full"
+    http_status = 503

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
+
+from metronome.pipeline.spool import backlog, spool_dir
 
 from tests.support.es_server import ElasticsearchServer
 from tests.support.metronome_server import MetronomeServer
@@ -67,6 +70,16 @@ def es_url() -> str:
     return _es.url
 
 
+def wait_for_drain(server: MetronomeServer, timeout_s: float = 60.0) -> None:
+    """Wait until the shipper has moved everything acknowledged into the store."""
+    deadline = time.monotonic() + timeout_s
+    spool = spool_dir(server.data_dir)
+    while backlog(spool, with_age=False).bytes_unshipped:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"spool not drained in {timeout_s}s:\n{server.log_tail()}")
+        time.sleep(0.02)
+
+
 def unique_prefix() -> str:
     return "mt-" + uuid.uuid4().hex[:10]
 
@@ -96,8 +109,8 @@ class Backend:
 
     def fetch(self, event_id: str) -> dict[str, object]:
         """The stored document for an event id, read from the store itself."""
+        self.settle()
         if self.es_url:
-            self.settle()
             resp = httpx.post(f"{self.es_url}/{self.index_prefix}-ticks-*/_search",
                               json={"query": {"ids": {"values": [event_id]}}}, timeout=30)
             hits = resp.json()["hits"]["hits"]
@@ -130,6 +143,7 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     server.start()
 
     def settle() -> None:
+        wait_for_drain(server)
         if es_url:
             httpx.post(f"{es_url}/{prefix}-*/_refresh", timeout=30).raise_for_status()
 

@@ -7,14 +7,20 @@ from pathlib import Path
 
 from metronome.config import SETTINGS, settings_table
 from metronome.errors import all_error_classes
+from scripts.gen_readme import render
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
+
+
+def test_generated_readme_blocks_are_current() -> None:
+    assert "<!-- settings:start -->" in README and "<!-- errors:start -->" in README
+    assert render(README) == README, "regenerate with: python scripts/gen_readme.py"
 
 
 def test_every_setting_is_documented_in_the_generated_table() -> None:
     block = re.search(r"<!-- settings:start -->\n(.*?)\n<!-- settings:end -->", README, re.S)
     assert block, "README lost its settings markers"
-    assert block.group(1) == settings_table(), "regenerate: metronome settings --markdown"
+    assert block.group(1) == settings_table()
     for setting in SETTINGS:
         assert f"`{setting.env}`" in README
 

@@ -1,4 +1,4 @@
-"""The embedded store shared by many server processes: nothing lost, nothing doubled."""
+"""Many server processes spooling at once, one shipper: nothing lost, nothing doubled."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import wait_for_drain
 from tests.support.metronome_server import MetronomeServer
 
 
@@ -33,6 +34,7 @@ def test_many_workers_writing_at_once_store_every_acknowledged_tick_once_sqlite(
 
         with ThreadPoolExecutor(max_workers=12) as pool:
             acknowledged = [i for ids in pool.map(send, range(12)) for i in ids]
+        wait_for_drain(server)
         with httpx.Client(base_url=server.url) as client:
             views = client.get("/tock/w3", params={"bots": "include"}).json()["views"]
     finally:

@@ -21,7 +21,7 @@ from metronome.errors import (
 from metronome.events.document import Document
 from metronome.events.enrich import client_address
 from metronome.events.tick import Limits, RequestInfo, build_tick
-from metronome.pipeline import Pipeline
+from metronome.pipeline import Pipeline, metrics
 
 from .body import decode_json, read_body, require_content_type
 
@@ -50,13 +50,18 @@ class _TickResource:
 class Tick(_TickResource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         require_content_type(req, JSON_TYPES)
-        raw = decode_json(await read_body(req, self._settings.max_body_bytes))
-        document = build_tick(raw, self._request_info(req), self._limits)
-        (outcome,) = await self._pipeline.ingest([document])
+        try:
+            raw = decode_json(await read_body(req, self._settings.max_body_bytes))
+            document = build_tick(raw, self._request_info(req), self._limits)
+            (outcome,) = await self._pipeline.ingest([document])
+        except MetronomeError as exc:
+            metrics.REJECTED.labels(exc.code).inc()
+            raise
         if not outcome.ok:
             if outcome.retriable:
                 raise StoreUnavailable(f"the store could not take the tick: {outcome.reason}")
             raise StoreRefused(f"the store refused the tick: {outcome.reason}")
+        metrics.ACCEPTED.labels("/tick").inc()
         resp.status = falcon.HTTP_202
         resp.media = {"id": outcome.id}
 
@@ -107,7 +112,12 @@ class Ticks(_TickResource):
                 positions.append(index)
             except BadRequest as exc:
                 rejected.append({"index": index, **exc.to_dict()})
-        outcomes = await self._pipeline.ingest(documents)
+                metrics.REJECTED.labels(exc.code).inc()
+        try:
+            outcomes = await self._pipeline.ingest(documents)
+        except MetronomeError as exc:
+            metrics.REJECTED.labels(exc.code).inc(len(documents))
+            raise
         accepted = 0
         for index, outcome in zip(positions, outcomes, strict=True):
             if outcome.ok:
@@ -117,5 +127,6 @@ class Ticks(_TickResource):
                 code = "store_unavailable" if outcome.retriable else "store_refused"
                 rejected.append({"index": index, "error": code, "message": outcome.reason})
         rejected.sort(key=lambda r: r["index"])
+        metrics.ACCEPTED.labels("/ticks").inc(accepted)
         resp.status = falcon.HTTP_202
         resp.media = {"accepted": accepted, "rejected": rejected, "ids": ids}

@@ -1,28 +1,42 @@
 """The write path between the API and the store.
 
-Today :class:`Pipeline` writes each request's documents to the store before the request is
-answered. The durable spool (acknowledge once on disk, ship in bulk) replaces its inside
-without changing its callers.
+:class:`Pipeline` acknowledges documents once they are durable in this process's spool
+segment (:mod:`.spool`); the shipper (:mod:`.shipper`, run by ``metronome worker`` or
+started by ``metronome serve``) moves them to the store in bulk.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from metronome.config import Settings
 from metronome.events.document import Document
-from metronome.store.base import Store, WriteOutcome
+from metronome.pipeline.records import encode_many
+from metronome.pipeline.spool import SpoolWriter, spool_dir
+from metronome.store.base import WriteOutcome
 
 __all__ = ["Pipeline"]
 
 
 class Pipeline:
-    """Accepts validated documents and answers, per document, whether they are safe."""
+    """Accepts validated documents; answers once they are safe on disk."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, settings: Settings) -> None:
+        self.spool = spool_dir(settings.data_dir)
+        self.max_spool_bytes = settings.spool_max_bytes
+        self._writer = SpoolWriter(self.spool, segment_max_bytes=settings.spool_segment_bytes,
+                                   max_total_bytes=settings.spool_max_bytes)
 
     async def ingest(self, documents: Sequence[Document]) -> list[WriteOutcome]:
-        """Store ``documents``; raises StoreUnavailable when none could be handled."""
+        """Spool ``documents`` durably. Raises SpoolFull at the limit, StoreUnavailable when
+        the disk fails; then nothing of this call is acknowledged."""
         if not documents:
             return []
-        return await self._store.write(documents)
+        await self._writer.append(encode_many(documents))
+        return [WriteOutcome(d.id, True) for d in documents]
+
+    def spool_has_room(self) -> bool:
+        return self._writer.total_bytes() < self.max_spool_bytes
+
+    def close(self) -> None:
+        self._writer.close()

@@ -1,0 +1,444 @@
+"""Shared pieces of the benchmarks: servers as subprocesses, wrk, trial order, results files."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "benchmarks" / "results"
+LUA_SCRIPT = REPO / "benchmarks" / "post.lua"
+
+BROWSER_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+              " Chrome/124.0.0.0 Safari/537.36")
+TICK = {"id": "dataset-42", "event": "view", "url": "https://data.example.org/d/42",
+        "referrer": "https://www.example.com/a", "plan": "pro"}
+
+PACKAGES = ("metronome-analytics", "falcon", "gunicorn", "uvicorn", "uvicorn-worker", "uvloop",
+            "httptools", "orjson", "elasticsearch", "elastic-transport", "httpx", "ua-parser",
+            "ua-parser-rs")
+
+
+class BenchmarkError(RuntimeError):
+    """A benchmark cannot produce a valid number (bad answers, missing tool or command)."""
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def base_parser(description: str, *, duration: float, trials: int, warmup: float
+                ) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--duration", type=float, default=duration,
+                        help=f"seconds per measured trial [default: {duration:g}]")
+    parser.add_argument("--trials", type=int, default=trials,
+                        help=f"measured trials per contender [default: {trials}]")
+    parser.add_argument("--warmup", type=float, default=warmup,
+                        help=f"seconds of unrecorded warm-up per contender [default: {warmup:g}]")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the trial order (default: random, recorded)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="results file [default: benchmarks/results/<name>-<sha>.json]")
+    return parser
+
+
+def trial_order(labels: Sequence[str], trials: int, seed: int) -> list[tuple[int, str]]:
+    """Rounds of every label once, each round in a shuffled order: [(round, label), ...]."""
+    rng = random.Random(seed)
+    order = []
+    for round_no in range(trials):
+        labels_now = list(labels)
+        rng.shuffle(labels_now)
+        order.extend((round_no, label) for label in labels_now)
+    return order
+
+
+def new_seed(seed: int | None) -> int:
+    return seed if seed is not None else random.SystemRandom().randrange(1 << 31)
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def git_short_sha() -> str:
+    return git("rev-parse", "--short", "HEAD")
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _mem_total_mb() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return None
+
+
+def environment(**extra: Any) -> dict[str, Any]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        from metronome import __version__ as metronome_version
+    except ImportError:  # pragma: no cover
+        metronome_version = None
+    status = git("status", "--porcelain", "--", "metronome", "index_templates", "pyproject.toml")
+    return {
+        "git_sha": git("rev-parse", "HEAD"),
+        "git_short_sha": git_short_sha(),
+        "git_dirty_metronome": bool(status and status != "unknown"),
+        "metronome_version": metronome_version,
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": _cpu_model(),
+        "mem_total_mb": _mem_total_mb(),
+        "packages": versions,
+        **extra,
+    }
+
+
+def write_results(name: str, data: dict[str, Any], output: Path | None = None) -> Path:
+    path = output or RESULTS_DIR / f"{name}-{git_short_sha()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def median(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return statistics.median(values) if values else None
+
+
+def percentile(values: Sequence[float], pct: float) -> float | None:
+    """Nearest-rank percentile (no interpolation): the value below which pct% of samples lie."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, int(-(-pct * len(ordered) // 100)))  # ceil
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def rounded(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """os.environ with this checkout first on PYTHONPATH, so ``-m metronome`` is this tree."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+    env.update(overrides)
+    return env
+
+
+def metronome_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120
+                  ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "metronome", *args], cwd=REPO,
+                          env=env or child_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def cli_has(*args: str) -> tuple[bool, str]:
+    """Whether ``metronome <args> --help`` succeeds; with its output (or error)."""
+    proc = metronome_cli(*args, "--help")
+    return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
+
+
+def cli_option(command: str, option: str) -> bool:
+    ok, text = cli_has(command)
+    return ok and re.search(rf"(^|\s){re.escape(option)}\b", text) is not None
+
+
+class ServerProcess:
+    """A server (gunicorn master) as a subprocess in its own session, logging to a file."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int,
+                 ready_path: str, log_dir: Path) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.env = env
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.ready_path = ready_path
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        import httpx
+
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=REPO, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchmarkError(f"{self.name} exited ({self.proc.returncode}) at start:\n"
+                                     + self.log_tail())
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise BenchmarkError(f"{self.name} not ready in {timeout_s:.0f}s:\n" + self.log_tail())
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM the process group, wait (SIGKILL after ``timeout_s``); the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def metronome_server(log_dir: Path, data_dir: Path, *, workers: int = 2,
+                     args: Sequence[str] = (), env: dict[str, str] | None = None,
+                     name: str = "metronome") -> ServerProcess:
+    port = free_port()
+    server_env = child_env(
+        METRONOME_HOST="127.0.0.1", METRONOME_PORT=str(port), METRONOME_WORKERS=str(workers),
+        METRONOME_DATA_DIR=str(data_dir), METRONOME_LOG_LEVEL="warning",
+    )
+    server_env.pop("METRONOME_ELASTICSEARCH_URL", None)
+    server_env.update(env or {})
+    return ServerProcess(name, [sys.executable, "-m", "metronome", "serve", *args], server_env,
+                         port, "/readyz", log_dir)
+
+
+def bare_server(log_dir: Path, *, workers: int = 2, name: str = "bare") -> ServerProcess:
+    port = free_port()
+    return ServerProcess(name, [sys.executable, "-m", "benchmarks.bare_app", "--port",
+                                str(port), "--workers", str(workers)],
+                         child_env(), port, "/healthz", log_dir)
+
+
+def temp_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def descendants(root: int) -> list[int]:
+    """All live descendants of ``root`` (children first), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            ppid = _ppid(int(entry.name))
+            if ppid is not None:
+                parents[int(entry.name)] = ppid
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        children = sorted(pid for pid, ppid in parents.items() if ppid in frontier)
+        found.extend(children)
+        frontier = children
+    return found
+
+
+def proc_status_kb(pid: int, field: str = "VmRSS") -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+def require_wrk() -> str:
+    wrk = shutil.which("wrk")
+    if not wrk:
+        raise BenchmarkError("wrk is not installed: install it (Debian/Ubuntu: "
+                             "`apt-get install -y wrk`; macOS: `brew install wrk`) and run again")
+    return wrk
+
+
+def wrk_version() -> str | None:
+    wrk = shutil.which("wrk")
+    if not wrk:
+        return None
+    proc = subprocess.run([wrk, "--version"], capture_output=True, text=True)
+    first = (proc.stdout + proc.stderr).strip().splitlines()
+    return first[0] if first else None
+
+
+def run_wrk(url: str, path: str, body: bytes, *, duration: float, connections: int,
+            threads: int, expect: str | None = None, timeout_s: float = 10.0) -> dict[str, Any]:
+    """One wrk run POSTing ``body`` to ``url + path``; fails loudly on any bad answer."""
+    wrk = require_wrk()
+    with tempfile.NamedTemporaryFile("wb", suffix=".body", delete=False) as f:
+        f.write(body)
+        body_file = f.name
+    try:
+        env = dict(os.environ, WRK_BODY_FILE=body_file, WRK_PATH=path,
+                   WRK_USER_AGENT=BROWSER_UA, WRK_EXPECT=expect or "")
+        cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
+               f"--timeout={timeout_s:g}s", "-s", str(LUA_SCRIPT), url + path]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                              timeout=duration + 60)
+    finally:
+        os.unlink(body_file)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")]
+    if proc.returncode != 0 or not lines:
+        raise BenchmarkError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    stats = json.loads(lines[-1].removeprefix("BENCH_JSON "))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", proc.stdout)
+    stats["non_2xx_line"] = int(non2xx.group(1)) if non2xx else 0
+    seconds = stats["duration_us"] / 1e6
+    stats["seconds"] = seconds
+    stats["requests_per_s"] = stats["requests"] / seconds if seconds else 0.0
+    errors = stats["errors"]
+    bad = stats["bad_status"] + stats["bad_body"] + stats["non_2xx_line"]
+    if bad or errors["status"]:
+        raise BenchmarkError(
+            f"{url}{path}: {stats['bad_status']} non-2xx and {stats['bad_body']} 2xx answers"
+            f" without {expect!r} out of {stats['requests']} (wrk: {stats['non_2xx_line']}"
+            f" non-2xx); first: {stats['example']}")
+    if errors["connect"] or errors["read"] or errors["write"] or errors["timeout"]:
+        raise BenchmarkError(f"{url}{path}: socket errors {errors} in {stats['requests']}"
+                             " requests")
+    return stats
+
+
+# --------------------------------------------------------------------------- tick bodies
+
+_EVENTS = ("view",) * 8 + ("download",) * 2
+_FORMATS = ("csv", "kml", "shp", "geojson", "zip")
+_PLANS = ("free", "pro", "team")
+_REFERRERS = ("https://www.example.com/a", "https://www.arcgis.com/home",
+              "https://www.google.com/", "https://news.example.net/story/7", None)
+
+
+def realistic_ticks(n: int, seed: int = 42, *, ts_ms: Sequence[int] | None = None
+                    ) -> list[dict[str, Any]]:
+    """``n`` ticks shaped like TICK: 1,000 items, mostly views, some downloads with formats.
+
+    ``ts_ms``: optional pool of timestamps (epoch ms) to spread the ticks over (else none:
+    the server's time of receipt).
+    """
+    rng = random.Random(seed)
+    ticks = []
+    for i in range(n):
+        item = rng.randrange(1000)
+        tick: dict[str, Any] = {"id": f"dataset-{item}", "event": rng.choice(_EVENTS),
+                                "url": f"https://data.example.org/d/{item}"}
+        if tick["event"] == "download":
+            tick["format"] = rng.choice(_FORMATS)
+        referrer = rng.choice(_REFERRERS)
+        if referrer:
+            tick["referrer"] = referrer
+        tick["plan"] = rng.choice(_PLANS)
+        if ts_ms:
+            tick["ts"] = ts_ms[i % len(ts_ms)]
+        ticks.append(tick)
+    return ticks

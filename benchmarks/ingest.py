@@ -1,0 +1,171 @@
+"""Single-tick ``POST /tick`` throughput: Metronome versus a bare Falcon app, both under wrk.
+
+Metronome runs as ``python -m metronome serve`` (METRONOME_WORKERS=2, the embedded store in a
+temporary METRONOME_DATA_DIR); the baseline is ``benchmarks/bare_app.py`` served by gunicorn
+with the same options (2 ``uvicorn_worker.UvicornWorker`` workers). wrk POSTs one realistic
+tick over keep-alive connections; every answer must be 2xx. Both servers run for the whole
+benchmark; after a warm-up of each, measured trials alternate in shuffled rounds.
+
+    python -m benchmarks.ingest [--duration 10] [--trials 3] [--connections 32]
+
+Goal: Metronome's requests/s >= 0.7 x the bare app's.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from benchmarks import _common as C
+
+NAME = "ingest"
+GOAL_RATIO = 0.7
+
+
+def stored_rows(data_dir: Any) -> int | None:
+    """Rows in the embedded store (informational: with a spool they may lag the acks)."""
+    path = data_dir / "metronome.sqlite3"
+    if not path.exists():
+        return None
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+            return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+    except sqlite3.Error:
+        return None
+
+
+def run_throughput(*, name: str, description: str, path: str, body: bytes,
+                   events_per_request: int, expect: str | None, unit: str, goal: dict[str, Any],
+                   default_connections: int, argv: list[str] | None = None) -> int:
+    parser = C.base_parser(description, duration=10, trials=3, warmup=3)
+    parser.add_argument("--connections", type=int, default=default_connections,
+                        help=f"wrk connections [default: {default_connections}]")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads [default: 1]")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="server worker processes, both servers [default: 2]")
+    args = parser.parse_args(argv)
+    seed = C.new_seed(args.seed)
+    try:
+        C.require_wrk()
+    except C.BenchmarkError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+
+    tmp = C.temp_dir(f"metronome-bench-{name}-")
+    data_dir = tmp / "data"
+    data_dir.mkdir()
+    servers = {
+        "metronome": C.metronome_server(tmp, data_dir, workers=args.workers),
+        "bare": C.bare_server(tmp, workers=args.workers),
+    }
+    expects = {"metronome": expect, "bare": None}  # the bare app answers {} to everything
+    acked = {"metronome": 0, "bare": 0}
+    trials: list[dict[str, Any]] = []
+    warmups: dict[str, Any] = {}
+    exit_codes: dict[str, int | None] = {}
+    started = time.time()
+
+    def one_run(label: str, seconds: float) -> dict[str, Any]:
+        stats = C.run_wrk(servers[label].url, path, body, duration=seconds,
+                          connections=args.connections, threads=args.threads,
+                          expect=expects[label])
+        acked[label] += stats["ok"]
+        return stats
+
+    try:
+        for server in servers.values():
+            server.start()
+        for _, label in C.trial_order(list(servers), 1, seed + 1):
+            stats = one_run(label, args.warmup)
+            warmups[label] = {"requests_per_s": round(stats["requests_per_s"], 1)}
+        for round_no, label in C.trial_order(list(servers), args.trials, seed):
+            stats = one_run(label, args.duration)
+            trials.append({
+                "round": round_no, "contender": label,
+                "requests": stats["requests"], "seconds": round(stats["seconds"], 3),
+                "requests_per_s": round(stats["requests_per_s"], 1),
+                "events_per_s": round(stats["requests_per_s"] * events_per_request, 1),
+                "latency_ms": {k: round(v / 1000, 3) for k, v in stats["latency_us"].items()},
+            })
+            print(f"  round {round_no} {label:9} {stats['requests_per_s']:10.1f} req/s"
+                  f"  {stats['requests_per_s'] * events_per_request:10.1f} events/s"
+                  f"  p99 {stats['latency_us']['p99'] / 1000:.1f} ms", file=sys.stderr)
+        for label, server in servers.items():
+            if not server.alive():
+                raise C.BenchmarkError(f"{label} died during the run:\n{server.log_tail()}")
+    except C.BenchmarkError as exc:
+        print(f"{name}: FAILED: {exc}", file=sys.stderr)
+        for label, server in servers.items():
+            print(f"--- {label} log: {server.log_path}\n{server.log_tail(15)}", file=sys.stderr)
+        return 1
+    finally:
+        for label, server in servers.items():
+            exit_codes[label] = server.stop()
+
+    rows = stored_rows(data_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    per_s = {label: C.median(t[f"{unit}_per_s"] for t in trials if t["contender"] == label)
+             for label in servers}
+    paired = []
+    for round_no in range(args.trials):
+        by = {t["contender"]: t[f"{unit}_per_s"] for t in trials if t["round"] == round_no}
+        paired.append(C.rounded(C.ratio(by["metronome"], by["bare"])))
+    result_ratio = C.ratio(per_s["metronome"], per_s["bare"])
+    passed = {"ratio": result_ratio is not None and result_ratio >= goal["ratio"]}
+    if "metronome_events_per_s" in goal:
+        passed["metronome_events_per_s"] = (
+            per_s["metronome"] is not None
+            and per_s["metronome"] >= goal["metronome_events_per_s"])
+    results = {
+        "benchmark": name,
+        "description": description.splitlines()[0],
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "parameters": {
+            "path": path, "events_per_request": events_per_request,
+            "body_bytes": len(body), "duration_s": args.duration, "trials": args.trials,
+            "warmup_s": args.warmup, "connections": args.connections,
+            "wrk_threads": args.threads, "workers": args.workers, "seed": seed,
+            "metronome": "python -m metronome serve, embedded store (SQLite) in a temp dir",
+            "baseline": "benchmarks/bare_app.py under gunicorn + uvicorn_worker.UvicornWorker",
+            "unit": f"{unit} per second (median of trials)",
+        },
+        "environment": C.environment(wrk=C.wrk_version()),
+        "warmup": warmups,
+        "trials": trials,
+        "summary": {
+            f"metronome_{unit}_per_s": C.rounded(per_s["metronome"], 1),
+            f"bare_{unit}_per_s": C.rounded(per_s["bare"], 1),
+            "ratio": C.rounded(result_ratio),
+            "paired_ratios": paired,
+            "goal": goal,
+            "passed": passed,
+            "acknowledged": acked,
+            "stored_rows_embedded": rows,
+            "server_exit_codes": exit_codes,
+        },
+    }
+    out = C.write_results(name, results, args.output)
+    verdict = "ok" if all(passed.values()) else "BELOW GOAL"
+    extra = (f", metronome {per_s['metronome'] * 1:,.0f} events/s (goal >= "
+             f"{goal['metronome_events_per_s']:,})" if "metronome_events_per_s" in goal else "")
+    print(f"{name}: metronome {per_s['metronome']:,.0f} {unit}/s vs bare {per_s['bare']:,.0f}"
+          f" {unit}/s, ratio {result_ratio:.2f} (goal >= {goal['ratio']}){extra}: {verdict}"
+          f" -> {C.display(out)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_throughput(
+        name=NAME, description=__doc__, path="/tick", body=orjson.dumps(C.TICK),
+        events_per_request=1, expect='"id"', unit="requests", goal={"ratio": GOAL_RATIO},
+        default_connections=32, argv=argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The shipper: reads the spool in order and writes it to the store in bulk.
+
+Like ``elasticsearch.helpers.streaming_bulk``: a batch closes on a document count or a
+byte size; documents the store answers as retriable (429, 5xx, unreachable) are sent
+again with capped exponential backoff and jitter; documents it refuses for good go to
+``<data dir>/dead-letters.ndjson`` with the reason. A segment's position advances only
+after every document up to it is stored (or dead-lettered), so a crash between the two
+re-sends a batch, which the store stores once (event ids are document ids).
+
+Only one shipper works on a data directory at a time (``spool/shipper.lock``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from metronome.config import Settings
+from metronome.errors import StoreUnavailable
+from metronome.events.document import Document
+from metronome.pipeline import metrics
+from metronome.pipeline.records import scan
+from metronome.pipeline.spool import read_position, segments, spool_dir, try_seal
+from metronome.store.base import Store
+
+__all__ = ["DEAD_LETTERS", "Shipper", "ShipperStats"]
+
+log = logging.getLogger("metronome.shipper")
+
+DEAD_LETTERS = "dead-letters.ndjson"
+
+
+@dataclass
+class ShipperStats:
+    shipped: int = 0
+    retries: int = 0
+    dead_letters: int = 0
+    torn_bytes: int = 0
+    segments_done: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Shipper:
+    """Moves documents from the spool to the store; ``run`` until stopped or drained."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self._store = store
+        self._dir = spool_dir(settings.data_dir)
+        self._dead_letters = Path(settings.data_dir) / DEAD_LETTERS
+        self._batch_docs = settings.ship_batch_docs
+        self._batch_bytes = settings.ship_batch_bytes
+        self._poll_s = settings.ship_poll_ms / 1000
+        self._backoff_max_s = float(settings.ship_backoff_max_s)
+        self.stats = ShipperStats()
+        self._lock_handle: object | None = None
+
+    def _take_lock(self, wait: bool) -> bool:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self._dir / "shipper.lock", "a")  # noqa: SIM115 - held while running
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._lock_handle = handle
+        return True
+
+    async def run(self, stop: asyncio.Event, *, drain: bool = False) -> ShipperStats:
+        """Ship until ``stop`` is set; with ``drain``, return once the spool is empty."""
+        while not self._take_lock(wait=False):
+            log.info("shipper_waiting another shipper holds %s", self._dir / "shipper.lock")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+                return self.stats
+            except TimeoutError:
+                continue
+        while not stop.is_set():
+            moved, pending = await self.ship_pass(stop)
+            if drain and not pending:
+                break
+            if not moved:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=self._poll_s)
+                except TimeoutError:
+                    pass
+        return self.stats
+
+    async def ship_pass(self, stop: asyncio.Event) -> tuple[int, bool]:
+        """One batch from each segment with unshipped data: (documents moved, any left?)."""
+        moved = 0
+        pending = False
+        for segment in segments(self._dir):
+            if stop.is_set():
+                return moved, True
+            with try_seal(segment) as sealed:
+                count, left = await self._ship_segment(segment, sealed, stop)
+            moved += count
+            pending = pending or left
+        return moved, pending
+
+    async def _ship_segment(self, segment: Path, sealed: bool, stop: asyncio.Event
+                            ) -> tuple[int, bool]:
+        position = read_position(segment)
+        try:
+            with open(segment, "rb") as handle:
+                handle.seek(position)
+                buffer = handle.read(self._batch_bytes)
+                size = os.fstat(handle.fileno()).st_size
+        except FileNotFoundError:
+            return 0, False
+        result = scan(buffer, self._batch_docs)
+        if not result.documents and position + len(buffer) < size:
+            # one record larger than a batch: read exactly it
+            with open(segment, "rb") as handle:
+                handle.seek(position)
+                buffer = handle.read(size - position)
+            result = scan(buffer, 1)
+        if result.documents:
+            await self._store_all(result.documents, stop)
+            if stop.is_set() and not self._confirmed:
+                return 0, True
+            position += result.end
+            self._write_position(segment, position)
+            metrics.SHIPPED.inc(len(result.documents))
+            self.stats.shipped += len(result.documents)
+        if not sealed:
+            return len(result.documents), True  # a live writer may append more
+        if position < size and not result.documents:
+            # a sealed segment ends in a damaged or incomplete record: a torn write
+            cut = size - position
+            log.warning("spool_tail_cut segment=%s bytes=%d", segment.name, cut)
+            metrics.TORN_BYTES.inc(cut)
+            self.stats.torn_bytes += cut
+            with open(segment, "r+b") as handle:
+                handle.truncate(position)
+            size = position
+        if position >= size:
+            segment.unlink(missing_ok=True)
+            segment.with_suffix(".pos").unlink(missing_ok=True)
+            self.stats.segments_done += 1
+            return len(result.documents), False
+        return len(result.documents), True
+
+    @staticmethod
+    def _write_position(segment: Path, position: int) -> None:
+        # not fsynced on purpose: a lost position re-sends a batch, stored once anyway
+        temporary = segment.with_suffix(".pos.tmp")
+        temporary.write_text(str(position))
+        os.replace(temporary, segment.with_suffix(".pos"))
+
+    async def _store_all(self, documents: list[Document], stop: asyncio.Event) -> None:
+        """Store every document or dead-letter it; retry what may succeed later."""
+        self._confirmed = False
+        todo = documents
+        delay = 0.2
+        while todo:
+            try:
+                outcomes = await self._store.write(todo)
+            except StoreUnavailable as exc:
+                outcomes = None
+                reason = exc.message
+            if outcomes is not None:
+                by_id = {d.id: d for d in todo}
+                retry: list[Document] = []
+                refused: list[tuple[Document, str]] = []
+                for outcome in outcomes:
+                    if outcome.ok:
+                        continue
+                    if outcome.retriable:
+                        retry.append(by_id[outcome.id])
+                        reason = outcome.reason or "retriable"
+                    else:
+                        refused.append((by_id[outcome.id], outcome.reason or "refused"))
+                if refused:
+                    self._dead_letter(refused)
+                todo = retry
+                if not todo:
+                    break
+            self.stats.retries += 1
+            metrics.RETRIES.inc()
+            log.warning("ship_retry documents=%d delay_s=%.1f reason=%s", len(todo), delay,
+                        reason)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay * random.uniform(0.5, 1.0))
+                return  # stopping: the position stays, these are shipped next time
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, self._backoff_max_s)
+        self._confirmed = True
+
+    def _dead_letter(self, refused: list[tuple[Document, str]]) -> None:
+        now = time.time()
+        lines = b"".join(
+            orjson.dumps({"time": now, "id": d.id, "dataset": d.dataset, "reason": reason,
+                          "document": d.source}) + b"\n"
+            for d, reason in refused
+        )
+        with open(self._dead_letters, "ab") as handle:
+            handle.write(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        for d, reason in refused:
+            log.warning("dead_letter id=%s reason=%s", d.id, reason)
+        metrics.DEAD_LETTERS.inc(len(refused))
+        self.stats.dead_letters += len(refused)

@@ -1,0 +1,222 @@
+"""The durable spool: append-only segment files in ``<data dir>/spool``.
+
+Each server process appends to its own segment (no cross-process lock on the hot path)
+and answers a request only after its records are on disk. Concurrent requests share one
+``fdatasync`` (group commit): records wait in memory while a sync runs, then the next
+write carries all of them.
+
+A writer holds an exclusive ``flock`` on its active segment for as long as it writes to it;
+the kernel drops the lock when the process exits, however it dies. So a segment whose
+lock can be taken is *sealed*: nobody will append to it again, and a damaged tail there
+is a torn write to cut. Segments are created under a temporary name and renamed once
+locked, so the shipper never sees an unlocked segment that is still going to be written.
+
+Files: ``<ms>-<pid>-<seq>.seg`` (records, see :mod:`records`), ``<segment>.pos`` (how
+far the shipper has confirmed, written by the shipper only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from metronome.errors import SpoolFull, StoreUnavailable
+
+__all__ = ["Backlog", "SpoolWriter", "backlog", "read_position", "segments", "spool_dir",
+           "try_seal"]
+
+SEGMENT_SUFFIX = ".seg"
+_SIZE_CACHE_S = 0.25
+
+
+def spool_dir(data_dir: str | Path) -> Path:
+    return Path(data_dir) / "spool"
+
+
+def segments(directory: Path) -> list[Path]:
+    """Segments in creation order (names start with the creation time in ms)."""
+    try:
+        names = [e.name for e in os.scandir(directory) if e.name.endswith(SEGMENT_SUFFIX)]
+    except FileNotFoundError:
+        return []
+    return [directory / n for n in sorted(names, key=lambda n: (len(n.split("-")[0]), n))]
+
+
+def read_position(segment: Path) -> int:
+    try:
+        return int(segment.with_suffix(".pos").read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What the spool holds that the store has not confirmed yet."""
+
+    segments: int
+    bytes_total: int  # on disk, shipped or not (what the spool limit counts)
+    bytes_unshipped: int
+    oldest_unshipped_ms: int | None  # receipt time of the oldest unshipped event
+
+
+def backlog(directory: Path, *, with_age: bool = True) -> Backlog:
+    """Read the spool's state from disk (cheap: a stat per segment, one read for the age)."""
+    total = unshipped = 0
+    oldest: int | None = None
+    found = segments(directory)
+    for segment in found:
+        try:
+            size = segment.stat().st_size
+        except FileNotFoundError:
+            continue
+        position = read_position(segment)
+        total += size
+        if size > position:
+            unshipped += size - position
+            if oldest is None and with_age:
+                oldest = _receipt_ms_at(segment, position)
+    return Backlog(len(found), total, unshipped, oldest)
+
+
+def _receipt_ms_at(segment: Path, position: int) -> int | None:
+    """The receipt time of the record at ``position``: the event id starts with it."""
+    try:
+        with open(segment, "rb") as handle:
+            handle.seek(position + 8)
+            head = handle.read(16)  # ["<12 hex digits of ms>...
+        return int(head[2:14], 16)
+    except (OSError, ValueError):
+        return None
+
+
+@contextmanager
+def try_seal(segment: Path) -> Iterator[bool]:
+    """Yields True (holding the lock) when no process writes ``segment`` any more."""
+    try:
+        handle = open(segment, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        handle.close()
+
+
+class SpoolWriter:
+    """This process's appender. ``append`` returns once the records are fsynced."""
+
+    def __init__(self, directory: Path, *, segment_max_bytes: int, max_total_bytes: int
+                 ) -> None:
+        self._dir = directory
+        self._segment_max = segment_max_bytes
+        self._max_total = max_total_bytes
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        self._fd: int | None = None
+        self._size = 0
+        self._seq = 0
+        self._pending: list[bytes] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._total_cache = (0.0, 0)
+        self._pid = os.getpid()
+
+    # -- limits ------------------------------------------------------------------------
+    def total_bytes(self) -> int:
+        """Bytes in the whole spool (all processes), re-read at most every 0.25 s."""
+        checked, total = self._total_cache
+        now = time.monotonic()
+        if now - checked > _SIZE_CACHE_S:
+            total = backlog(self._dir, with_age=False).bytes_total
+            self._total_cache = (now, total)
+        return total
+
+    # -- the hot path --------------------------------------------------------------------
+    async def append(self, records: list[bytes]) -> None:
+        """Append records and wait for them to be durable. Raises SpoolFull at the limit."""
+        if self.total_bytes() >= self._max_total:
+            raise SpoolFull(
+                f"the spool holds {self.total_bytes()} bytes, its limit"
+                f" (METRONOME_SPOOL_MAX_BYTES={self._max_total}); the store is behind,"
+                " retry later"
+            )
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._pending.extend(records)
+        self._waiters.append(waiter)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush_loop())
+        await waiter
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            data = b"".join(self._pending)
+            waiters = self._waiters
+            self._pending, self._waiters = [], []
+            try:
+                await loop.run_in_executor(self._executor, self._write, data)
+            except OSError as exc:
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(StoreUnavailable(
+                            f"the spool could not write to disk: {exc.strerror or exc}"))
+                continue
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    # -- runs in the spool thread -------------------------------------------------------
+    def _open_segment(self) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._seq += 1
+        name = f"{int(time.time() * 1000)}-{self._pid}-{self._seq}"
+        temporary = self._dir / (name + ".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(temporary, self._dir / (name + SEGMENT_SUFFIX))
+        self._fd, self._size = fd, 0
+
+    def _close_segment(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock: the segment is sealed
+            self._fd = None
+
+    def _write(self, data: bytes) -> None:
+        if os.getpid() != self._pid:  # forked: a child never shares a parent's segment
+            self._pid, self._fd = os.getpid(), None
+        if self._fd is None or (self._size and self._size + len(data) > self._segment_max):
+            self._close_segment()
+            self._open_segment()
+        assert self._fd is not None
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            os.fdatasync(self._fd)
+        except OSError:
+            # never leave half a write behind records that come later
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                self._close_segment()  # the shipper will cut the torn tail when sealed
+            raise
+        self._size += len(data)
+        self._total_cache = (self._total_cache[0], self._total_cache[1] + len(data))
+
+    def close(self) -> None:
+        self._executor.submit(self._close_segment).result()
+        self._executor.shutdown(wait=True)
