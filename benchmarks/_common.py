@@ -108,6 +108,14 @@ def _mem_total_mb() -> int | None:
     return None
 
 
+def loadavg() -> list[float] | None:
+    """1, 5 and 15 minute load averages: other work on the machine skews every number."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
 def environment(**extra: Any) -> dict[str, Any]:
     versions = {}
     for name in PACKAGES:
@@ -132,6 +140,7 @@ def environment(**extra: Any) -> dict[str, Any]:
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpu_model": _cpu_model(),
         "mem_total_mb": _mem_total_mb(),
+        "loadavg_at_end": loadavg(),
         "packages": versions,
         **extra,
     }
@@ -442,3 +451,73 @@ def realistic_ticks(n: int, seed: int = 42, *, ts_ms: Sequence[int] | None = Non
             tick["ts"] = ts_ms[i % len(ts_ms)]
         ticks.append(tick)
     return ticks
+
+
+# --------------------------------------------------------------------------- Elasticsearch
+
+
+class Elasticsearch:
+    """A real Elasticsearch for a benchmark: METRONOME_TEST_ELASTICSEARCH_URL if set, else
+    a throwaway single-node server from tests/support/es_server.py (stopped at exit)."""
+
+    def __init__(self, heap: str = "1g") -> None:
+        self.heap = heap
+        self.url = os.environ.get("METRONOME_TEST_ELASTICSEARCH_URL", "").rstrip("/")
+        self.external = bool(self.url)
+        self._server: Any = None
+
+    def __enter__(self) -> Elasticsearch:
+        if not self.external:
+            if str(REPO) not in sys.path:
+                sys.path.insert(0, str(REPO))
+            from tests.support.es_server import ElasticsearchServer
+
+            self._server = ElasticsearchServer(heap=self.heap)
+            self._server.start()
+            try:
+                self._server.wait_ready()
+            except BaseException:
+                self._server.cleanup()
+                raise
+            self.url = self._server.url
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+
+    def info(self) -> dict[str, Any]:
+        import httpx
+
+        body = httpx.get(self.url, timeout=10).json()
+        return {"version": body.get("version", {}).get("number"), "external": self.external,
+                "heap": None if self.external else self.heap}
+
+    def refresh_and_count(self, pattern: str) -> int:
+        import httpx
+
+        httpx.post(f"{self.url}/{pattern}/_refresh", params={"ignore_unavailable": "true",
+                                                            "allow_no_indices": "true"},
+                   timeout=120).raise_for_status()
+        resp = httpx.get(f"{self.url}/{pattern}/_count", params={"ignore_unavailable": "true",
+                                                               "allow_no_indices": "true"},
+                         timeout=120)
+        resp.raise_for_status()
+        return int(resp.json()["count"])
+
+    def delete(self, pattern: str) -> None:
+        import httpx
+
+        httpx.delete(f"{self.url}/{pattern}", params={"ignore_unavailable": "true",
+                                                     "allow_no_indices": "true",
+                                                     "expand_wildcards": "all"},
+                     timeout=120)
+
+
+def install_templates(es_url: str, prefix: str) -> None:
+    """``metronome templates install`` for ``prefix`` (as an operator would run it)."""
+    env = child_env(METRONOME_ELASTICSEARCH_URL=es_url, METRONOME_INDEX_PREFIX=prefix)
+    proc = metronome_cli("templates", "install", env=env)
+    if proc.returncode != 0:
+        raise BenchmarkError(f"metronome templates install failed ({proc.returncode}):\n"
+                             f"{proc.stdout}{proc.stderr}")

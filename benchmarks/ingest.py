@@ -48,6 +48,8 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
     parser.add_argument("--threads", type=int, default=1, help="wrk threads [default: 1]")
     parser.add_argument("--workers", type=int, default=2,
                         help="server worker processes, both servers [default: 2]")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary data directory and server logs")
     args = parser.parse_args(argv)
     seed = C.new_seed(args.seed)
     try:
@@ -69,6 +71,7 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
     warmups: dict[str, Any] = {}
     exit_codes: dict[str, int | None] = {}
     started = time.time()
+    load_at_start = C.loadavg()
 
     def one_run(label: str, seconds: float) -> dict[str, Any]:
         stats = C.run_wrk(servers[label].url, path, body, duration=seconds,
@@ -108,7 +111,10 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
             exit_codes[label] = server.stop()
 
     rows = stored_rows(data_dir)
-    shutil.rmtree(tmp, ignore_errors=True)
+    if args.keep:
+        print(f"{name}: kept {tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     per_s = {label: C.median(t[f"{unit}_per_s"] for t in trials if t["contender"] == label)
              for label in servers}
@@ -135,7 +141,7 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
             "baseline": "benchmarks/bare_app.py under gunicorn + uvicorn_worker.UvicornWorker",
             "unit": f"{unit} per second (median of trials)",
         },
-        "environment": C.environment(wrk=C.wrk_version()),
+        "environment": C.environment(wrk=C.wrk_version(), loadavg_at_start=load_at_start),
         "warmup": warmups,
         "trials": trials,
         "summary": {

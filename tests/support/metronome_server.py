@@ -21,7 +21,8 @@ class MetronomeServer:
     """``metronome serve`` as a subprocess; ``env`` adds ``METRONOME_*`` settings."""
 
     def __init__(self, env: dict[str, str], data_dir: Path | None = None,
-                 workers: int = 2) -> None:
+                 workers: int = 2, args: tuple[str, ...] = ()) -> None:
+        self.args = args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="metronome-data-"))
@@ -40,7 +41,7 @@ class MetronomeServer:
     def start(self, wait_ready: bool = True, timeout_s: float = 60.0) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "metronome", "serve"], env=self.env,
+            [sys.executable, "-m", "metronome", "serve", *self.args], env=self.env,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
@@ -64,6 +65,17 @@ class MetronomeServer:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+    def kill(self) -> None:
+        """SIGKILL the server and everything it started, as a power cut would."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def run_cli(self, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run another ``metronome`` command with this server's settings."""
+        return subprocess.run([sys.executable, "-m", "metronome", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout_s)
 
     def stop(self) -> int:
         """SIGTERM and wait; returns the exit code (0 for a clean shutdown)."""
