@@ -42,15 +42,18 @@ class BenchmarkError(RuntimeError):
 # --------------------------------------------------------------------------- arguments
 
 
-def base_parser(description: str, *, duration: float, trials: int, warmup: float
-                ) -> argparse.ArgumentParser:
+def base_parser(description: str, *, duration: float | None, trials: int,
+                warmup: float | None) -> argparse.ArgumentParser:
+    """--duration, --trials, --warmup, --seed, --output; duration/warmup None: not used."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--duration", type=float, default=duration,
-                        help=f"seconds per measured trial [default: {duration:g}]")
+                        help="not used by this benchmark" if duration is None
+                        else f"seconds per measured trial [default: {duration:g}]")
     parser.add_argument("--trials", type=int, default=trials,
                         help=f"measured trials per contender [default: {trials}]")
     parser.add_argument("--warmup", type=float, default=warmup,
-                        help=f"seconds of unrecorded warm-up per contender [default: {warmup:g}]")
+                        help="not used by this benchmark" if warmup is None
+                        else f"seconds of unrecorded warm-up per contender [default: {warmup:g}]")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the trial order (default: random, recorded)")
     parser.add_argument("--output", type=Path, default=None,

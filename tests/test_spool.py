@@ -1,0 +1,78 @@
+"""The spool's framing, group commit and the `metronome status` view of it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import httpx
+
+from metronome.events.document import Document
+from metronome.pipeline.records import HEADER, encode, scan
+from metronome.pipeline.spool import SpoolWriter, backlog, segments
+from tests.support.metronome_server import MetronomeServer
+
+
+def _doc(n: int) -> Document:
+    return Document(f"{1700000000000 + n:012x}{'0' * 20}", 1700000000000 + n, "ticks",
+                    {"n": n, "text": "ünï"})
+
+
+def test_records_round_trip_and_stop_at_an_incomplete_tail() -> None:
+    data = b"".join(encode(_doc(n)) for n in range(3))
+    whole = scan(data)
+    assert [d.source["n"] for d in whole.documents] == [0, 1, 2]
+    assert whole.end == len(data) and not whole.damaged
+    partial = scan(data[:-5])
+    assert len(partial.documents) == 2 and not partial.damaged
+    assert partial.end == len(encode(_doc(0))) + len(encode(_doc(1)))
+
+
+def test_a_flipped_byte_is_detected_by_the_checksum() -> None:
+    first, second = encode(_doc(0)), bytearray(encode(_doc(1)))
+    second[HEADER.size + 3] ^= 0x01
+    result = scan(first + bytes(second))
+    assert len(result.documents) == 1 and result.damaged and result.end == len(first)
+
+
+class _CountingWriter(SpoolWriter):
+    writes = 0
+
+    def _write(self, data: bytes) -> None:
+        self.writes += 1
+        super()._write(data)
+
+
+def test_concurrent_appends_share_fsyncs(tmp_path: Path) -> None:
+    writer = _CountingWriter(tmp_path, segment_max_bytes=1 << 20, max_total_bytes=1 << 30)
+
+    async def burst() -> None:
+        await asyncio.gather(*(writer.append([encode(_doc(n))]) for n in range(300)))
+
+    asyncio.run(burst())
+    writer.close()
+    assert writer.writes < 30, f"{writer.writes} fsyncs for 300 appends"
+    (segment,) = segments(tmp_path)
+    assert len(scan(segment.read_bytes()).documents) == 300
+
+
+def test_status_shows_backlog_lag_and_store_health(tmp_path: Path) -> None:
+    server = MetronomeServer({}, data_dir=tmp_path / "data", args=("--no-shipper",))
+    server.start()
+    try:
+        resp = httpx.post(server.url + "/ticks", json=[{"id": "s", "n": n} for n in range(40)])
+        assert resp.status_code == 202
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'metronome_events_accepted_total{route="/ticks"} 40.0' in metrics
+        assert "metronome_request_duration_seconds_bucket" in metrics
+        assert re.search(r"^metronome_spool_unshipped_bytes [1-9]", metrics, re.M)
+    finally:
+        assert server.stop() == 0
+    unshipped = backlog(tmp_path / "data" / "spool").bytes_unshipped
+    result = server.run_cli("status")
+    assert result.returncode == 0, result.stderr
+    assert f"backlog:      {unshipped} bytes unshipped" in result.stdout
+    assert re.search(r"lag:\s+\d+\.\ds", result.stdout)
+    assert "store:        embedded" in result.stdout and ": ready" in result.stdout
+    assert "dead letters: 0" in result.stdout
