@@ -51,6 +51,7 @@ def parse_user_agent(header: str) -> UserAgent:
     )
 
 
+@lru_cache(maxsize=4096)
 def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # [v6]:port
