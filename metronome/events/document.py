@@ -6,6 +6,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 __all__ = ["Document", "format_timestamp", "new_event_id"]
@@ -35,6 +36,7 @@ def new_event_id(now_ms: int | None = None) -> str:
     return f"{ms & 0xFFFFFFFFFFFF:012x}{random.getrandbits(80):020x}"
 
 
+@lru_cache(maxsize=1024)
 def format_timestamp(ms: int) -> str:
     """Epoch milliseconds as ISO 8601 UTC with milliseconds, as Logstash writes them."""
     seconds, millis = divmod(ms, 1000)

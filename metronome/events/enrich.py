@@ -96,6 +96,7 @@ def _host(netloc_host: str | None) -> str | None:
     return host or None
 
 
+@lru_cache(maxsize=4096)
 def url_parts(url: str) -> tuple[str | None, str | None]:
     """``(domain, path)`` of a URL; either may be None when the URL has none."""
     try:
@@ -106,6 +107,7 @@ def url_parts(url: str) -> tuple[str | None, str | None]:
     return _host(host), parts.path or None
 
 
+@lru_cache(maxsize=4096)
 def referrer_keys(referrer: str) -> tuple[str | None, str | None]:
     """``(domain, page)`` of a referrer, the keys ``/tock`` counts referrers by.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import UTC, datetime
 from typing import Any
 
@@ -135,6 +136,23 @@ def _params(raw: dict[str, Any], limits: Limits) -> dict[str, str | int | float 
     return params
 
 
+@lru_cache(maxsize=4096)
+def _agent_fields(parse_text: str, original: str) -> tuple[dict[str, Any], bool]:
+    """The ``user_agent`` object for a header (shared between documents: never mutated)."""
+    ua = parse_user_agent(parse_text)
+    agent: dict[str, Any] = {"original": original}
+    if ua.name:
+        agent["name"] = ua.name
+    if ua.version:
+        agent["version"] = ua.version
+    os_part = {k: v for k, v in (("name", ua.os_name), ("version", ua.os_version)) if v}
+    if os_part:
+        agent["os"] = os_part
+    if ua.device_name:
+        agent["device"] = {"name": ua.device_name}
+    return agent, ua.is_bot
+
+
 def build_tick(raw: Any, request: RequestInfo, limits: Limits) -> Document:
     """Validate one tick and build its document. Raises a 4xx :mod:`metronome.errors` error."""
     if not isinstance(raw, dict):
@@ -194,17 +212,8 @@ def build_tick(raw: Any, request: RequestInfo, limits: Limits) -> Document:
     if request.client_ip:
         source["client"] = {"ip": request.client_ip}
     if request.user_agent:
-        ua = parse_user_agent(request.user_agent[:1024])
-        agent: dict[str, Any] = {"original": request.user_agent[: limits.max_value_length]}
-        if ua.name:
-            agent["name"] = ua.name
-        if ua.version:
-            agent["version"] = ua.version
-        os_part = {k: v for k, v in (("name", ua.os_name), ("version", ua.os_version)) if v}
-        if os_part:
-            agent["os"] = os_part
-        if ua.device_name:
-            agent["device"] = {"name": ua.device_name}
+        agent, is_bot = _agent_fields(request.user_agent[:1024],
+                                      request.user_agent[: limits.max_value_length])
         source["user_agent"] = agent
-        source[F.BOT] = ua.is_bot
+        source[F.BOT] = is_bot
     return Document(id=event_id, timestamp_ms=ts_ms, dataset=DATASET, source=source)
