@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -106,6 +107,19 @@ class Backend:
         resp = self.client.get(f"/tock/{item}", params=params)
         assert resp.status_code == 200, resp.text
         return resp.json()  # type: ignore[no-any-return]
+
+    def find(self, item: str) -> list[dict[str, Any]]:
+        """Every stored document of an item, oldest first, read from the store itself."""
+        self.settle()
+        if self.es_url:
+            resp = httpx.post(f"{self.es_url}/{self.index_prefix}-*/_search", timeout=30,
+                              json={"query": {"term": {"item.id": item}}, "size": 1000,
+                                    "sort": ["@timestamp"]})
+            return [hit["_source"] for hit in resp.json()["hits"]["hits"]]
+        with sqlite3.connect(self.server.data_dir / "metronome.sqlite3") as conn:
+            rows = conn.execute("SELECT doc FROM events WHERE item_id = ? ORDER BY ts",
+                                (item,)).fetchall()
+        return [json.loads(row[0]) for row in rows]
 
     def fetch(self, event_id: str) -> dict[str, object]:
         """The stored document for an event id, read from the store itself."""
