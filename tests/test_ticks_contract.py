@@ -104,6 +104,8 @@ def test_batch_accepts_good_ticks_and_names_each_bad_one(backend: Backend, item:
          "interval"),
         ("GET", "/tock/x", {"params": {"top": "0"}}, 400, "invalid_parameter", "top"),
         ("GET", "/tock/x", {"params": {"colour": "red"}}, 400, "invalid_parameter", "colour"),
+        ("GET", "/tock/x", {"params": {"sources": "ticks,tweets"}}, 400, "invalid_parameter",
+         "sources"),
         ("GET", "/tock/x", {"params": {"interval": "hour", "from": "1990-01-01"}}, 400,
          "invalid_parameter", "interval"),
         ("GET", "/tock", {}, 400, "invalid_parameter", "/tock?id="),

@@ -68,10 +68,10 @@ Part = Histogram | Terms
 
 @dataclass(frozen=True, slots=True)
 class ReportSpec:
-    """Documents of ``dataset`` with ``start_ms <= @timestamp < end_ms`` matching ``filters``,
-    counted by each of ``parts``."""
+    """Documents of ``datasets`` (``ticks``, ``logs``) with
+    ``start_ms <= @timestamp < end_ms`` matching ``filters``, counted by each of ``parts``."""
 
-    dataset: str
+    datasets: tuple[str, ...]
     start_ms: int
     end_ms: int
     filters: tuple[IsFilter, ...] = ()

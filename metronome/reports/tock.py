@@ -8,7 +8,8 @@
 
 ``views`` counts ``event=view`` per bucket; ``referers`` counts the views' referrer pages
 (host + path); both ``downloads`` and ``referers`` are the ``top`` most frequent, most
-first, ties by name. Known crawlers are left out unless ``bots=include``.
+first, ties by name. Known crawlers are left out unless ``bots=include``. Ticks and access-log lines (mapped
+to items by URL rules) count together unless ``sources`` picks one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from metronome.errors import InvalidParameter
 from metronome.events import fields as F
-from metronome.events.tick import DATASET
 from metronome.reports.model import (
     Histogram,
     Interval,
@@ -37,6 +37,7 @@ from metronome.reports.timebuckets import bucket_label, bucket_starts
 __all__ = ["DEFAULT_DAYS", "TockQuery", "parse_tock_query", "shape_tock", "tock_spec"]
 
 DEFAULT_DAYS = 30
+SOURCES = ("ticks", "logs")  # browser/app ticks, and web-server access logs
 MAX_TOP = 1000
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DIGITS = re.compile(r"^-?\d+$")
@@ -51,6 +52,7 @@ class TockQuery:
     interval: Interval
     top: int
     include_bots: bool
+    sources: tuple[str, ...] = ("ticks", "logs")
 
 
 def _zone(params: Mapping[str, str]) -> ZoneInfo:
@@ -99,7 +101,7 @@ def parse_tock_query(item_id: str, params: Mapping[str, str], now_ms: int | None
 
     Defaults: the last 30 days in ``tz`` (today included), daily buckets, top 10, no bots.
     """
-    known = {"from", "to", "tz", "interval", "top", "bots"}
+    known = {"from", "to", "tz", "interval", "top", "bots", "sources"}
     unknown = sorted(set(params) - known)
     if unknown:
         raise InvalidParameter(
@@ -131,8 +133,16 @@ def parse_tock_query(item_id: str, params: Mapping[str, str], now_ms: int | None
     bots = params.get("bots", "exclude")
     if bots not in ("exclude", "include"):
         raise InvalidParameter("'bots' must be 'exclude' or 'include'", parameter="bots")
+    sources = tuple(sorted({s.strip() for s in params.get("sources", "ticks,logs").split(",")
+                            if s.strip()}))
+    if not sources or not set(sources) <= set(SOURCES):
+        raise InvalidParameter(
+            "'sources' is a comma-separated list of ticks and logs (default: both)",
+            parameter="sources",
+        )
     return TockQuery(item_id, start_ms, end_ms, tz, interval,  # type: ignore[arg-type]
-                     int(top_text), bots == "include")
+                     int(top_text), bots == "include", tuple(s for s in SOURCES
+                                                             if s in sources))
 
 
 def tock_spec(query: TockQuery) -> ReportSpec:
@@ -149,7 +159,7 @@ def tock_spec(query: TockQuery) -> ReportSpec:
     if not query.include_bots:
         filters.append(IsFilter(F.BOT, (True,), negate=True))
     return ReportSpec(
-        dataset=DATASET,
+        datasets=query.sources,
         start_ms=query.start_ms,
         end_ms=query.end_ms,
         filters=tuple(filters),

@@ -188,7 +188,7 @@ class ElasticsearchStore:
     async def report(self, spec: ReportSpec) -> ReportResult:
         try:
             resp = await self._client.search(
-                index=f"{self._prefix}-{spec.dataset}-*",
+                index=",".join(f"{self._prefix}-{d}-*" for d in spec.datasets),
                 body=compile_report(spec),
                 ignore_unavailable=True,
                 allow_no_indices=True,

@@ -82,6 +82,10 @@ def _sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" for _ in values)
+
+
 def _value(value: Any) -> Any:
     return int(value) if isinstance(value, bool) else value
 
@@ -237,13 +241,13 @@ class SQLiteStore:
             [start, max(start, spec.start_ms), min(spec.end_ms, nxt)]
             for start, nxt in zip(starts, [*starts[1:], spec.end_ms], strict=True)
         ]
-        args: list[Any] = [json.dumps(bounds), spec.dataset]
+        args: list[Any] = [json.dumps(bounds), *spec.datasets]
         clauses = _where([*spec.filters, *part.filters], args)
         sql = (
             "WITH b(k, lo, hi) AS (SELECT json_extract(value, '$[0]'),"
             " json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?))"
             " SELECT b.k, count(e.id) FROM b LEFT JOIN events e"
-            " ON e.dataset = ? AND e.ts >= b.lo AND e.ts < b.hi"
+            f" ON e.dataset IN ({_marks(spec.datasets)}) AND e.ts >= b.lo AND e.ts < b.hi"
             + "".join(" AND " + c for c in clauses)
             + " GROUP BY b.k ORDER BY b.k"
         )
@@ -258,8 +262,8 @@ class SQLiteStore:
         if part.missing is not None:
             key = f"COALESCE({column}, ?)"
             args.append(part.missing)
-        args += [spec.dataset, spec.start_ms, spec.end_ms]
-        clauses = ["dataset = ?", "ts >= ?", "ts < ?"]
+        args += [*spec.datasets, spec.start_ms, spec.end_ms]
+        clauses = [f"dataset IN ({_marks(spec.datasets)})", "ts >= ?", "ts < ?"]
         clauses += _where([*spec.filters, *part.filters], args)
         if part.missing is None:
             clauses.append(f"{column} IS NOT NULL")
