@@ -1,0 +1,149 @@
+"""Following live log files like ``tail -F``, surviving rotation, resuming from a position file.
+
+A file is identified by device and inode plus a *generation* that grows each time the file
+is truncated in place (``copytruncate``), so ``(identity, offset)`` names one line forever:
+that pair is what access-log documents derive their ids from.
+
+- rename rotation (``access.log`` -> ``access.log.1``, a new ``access.log``): the old file is
+  read to its end through the open descriptor, then the new one from its start;
+- copytruncate (same inode, now shorter than our offset): start again at 0, next generation;
+- a missing file (between rename and re-create): wait for it.
+
+Positions are saved only after the caller confirms that the lines it got are safe
+(:meth:`Follower.commit`), so a crash re-reads, never skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["Follower", "Line", "PositionFile"]
+
+_READ_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    text: str
+    source_id: str  # "<dev>:<inode>:<generation>"
+    offset: int  # byte offset of the line's start in that file
+
+
+@dataclass(slots=True)
+class _State:
+    dev: int
+    ino: int
+    generation: int
+    offset: int
+
+
+class PositionFile:
+    """``{path: {dev, ino, generation, offset}}`` as JSON, replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, _State]:
+        try:
+            raw = json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return {k: _State(**v) for k, v in raw.items()}
+
+    def save(self, states: dict[str, _State]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({k: asdict(v) for k, v in states.items()}))
+        os.replace(temporary, self.path)
+
+
+class Follower:
+    """Reads whole new lines from one path across rotations."""
+
+    def __init__(self, path: Path, state: _State | None = None, *,
+                 from_end: bool = False) -> None:
+        self.path = path
+        self._handle: object | None = None
+        self._state = state
+        self._pending: _State | None = None  # where we are after lines not yet committed
+        self._from_end = from_end and state is None
+
+    @property
+    def state(self) -> _State | None:
+        return self._state
+
+    def _open_current(self) -> bool:
+        try:
+            handle = open(self.path, "rb")  # noqa: SIM115 - kept open across rotation
+        except FileNotFoundError:
+            return False
+        st = os.fstat(handle.fileno())
+        saved = self._state
+        if saved and (saved.dev, saved.ino) == (st.st_dev, st.st_ino):
+            if st.st_size < saved.offset:  # truncated in place while we were away
+                saved = _State(st.st_dev, st.st_ino, saved.generation + 1, 0)
+        else:
+            start = st.st_size if self._from_end else 0
+            saved = _State(st.st_dev, st.st_ino, 0, start)
+        self._from_end = False
+        self._handle = handle
+        self._state = saved
+        self._pending = _State(saved.dev, saved.ino, saved.generation, saved.offset)
+        return True
+
+    def read(self, max_bytes: int = _READ_BYTES) -> list[Line]:
+        """New whole lines since the last call (possibly from a rotated-away file)."""
+        if self._handle is None and not self._open_current():
+            return []
+        assert self._pending is not None
+        handle = self._handle
+        pending = self._pending
+        st = os.fstat(handle.fileno())  # type: ignore[attr-defined]
+        if st.st_size < pending.offset:  # copytruncate
+            pending.generation += 1
+            pending.offset = 0
+        handle.seek(pending.offset)  # type: ignore[attr-defined]
+        data = handle.read(max_bytes)  # type: ignore[attr-defined]
+        end = data.rfind(b"\n")
+        lines: list[Line] = []
+        if end >= 0:
+            source = f"{pending.dev}:{pending.ino}:{pending.generation}"
+            position = pending.offset
+            for raw in data[: end + 1].split(b"\n")[:-1]:
+                text = raw.rstrip(b"\r").decode("utf-8", errors="replace")
+                if text.strip():
+                    lines.append(Line(text, source, position))
+                position += len(raw) + 1
+            pending.offset = position
+        elif not data and self._rotated(pending):
+            self._switch()  # the old file is finished: continue with the new one
+            return self.read(max_bytes)
+        return lines
+
+    def _rotated(self, pending: _State) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) != (pending.dev, pending.ino)
+
+    def _switch(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # type: ignore[attr-defined]
+        self._handle = None
+        self._state = None
+        self._pending = None
+
+    def commit(self) -> None:
+        """The lines returned so far are safe: remember the position."""
+        if self._pending is not None:
+            p = self._pending
+            self._state = _State(p.dev, p.ino, p.generation, p.offset)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # type: ignore[attr-defined]
+            self._handle = None
