@@ -124,9 +124,8 @@ class Shipper:
                 buffer = handle.read(size - position)
             result = scan(buffer, 1)
         if result.documents:
-            await self._store_all(result.documents, stop)
-            if stop.is_set() and not self._confirmed:
-                return 0, True
+            if not await self.store_documents(result.documents, stop):
+                return 0, True  # stopping: this batch ships next time
             position += result.end
             self._write_position(segment, position)
             metrics.SHIPPED.inc(len(result.documents))
@@ -156,9 +155,11 @@ class Shipper:
         temporary.write_text(str(position))
         os.replace(temporary, segment.with_suffix(".pos"))
 
-    async def _store_all(self, documents: list[Document], stop: asyncio.Event) -> None:
-        """Store every document or dead-letter it; retry what may succeed later."""
-        self._confirmed = False
+    async def store_documents(self, documents: list[Document], stop: asyncio.Event) -> bool:
+        """Store every document or dead-letter it; retry what may succeed later.
+
+        Returns False only when ``stop`` was set before everything was confirmed.
+        """
         todo = documents
         delay = 0.2
         while todo:
@@ -190,11 +191,11 @@ class Shipper:
                         reason)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay * random.uniform(0.5, 1.0))
-                return  # stopping: the position stays, these are shipped next time
+                return False  # stopping: the position stays, these are shipped next time
             except TimeoutError:
                 pass
             delay = min(delay * 2, self._backoff_max_s)
-        self._confirmed = True
+        return True
 
     def _dead_letter(self, refused: list[tuple[Document, str]]) -> None:
         now = time.time()
