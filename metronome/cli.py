@@ -173,3 +173,110 @@ def settings_cmd(markdown: bool) -> None:
     settings = _settings()
     for name in settings.__slots__:  # type: ignore[attr-defined]
         click.echo(f"{name} = {getattr(settings, name)!r}")
+
+
+def _progress(quiet: bool, what: str) -> Any:
+    """A rich progress display on stderr (lines and lines/s), or nothing with --quiet."""
+    from contextlib import nullcontext
+
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    if quiet:
+        return nullcontext(None)
+    return Progress(SpinnerColumn(), TextColumn(f"{what} {{task.completed:,.0f}} lines"),
+                    TextColumn("[dim]{task.fields[rate]}"), TimeElapsedColumn(),
+                    console=Console(stderr=True), transient=True)
+
+
+def _run_with_progress(quiet: bool, what: str, job: Any) -> Any:
+    import time as _time
+
+    with _progress(quiet, what) as progress:
+        task = progress.add_task(what, total=None, rate="") if progress else None
+        started = _time.monotonic()
+
+        def update(lines: int) -> None:
+            if progress is not None:
+                rate = lines / max(_time.monotonic() - started, 1e-6)
+                progress.update(task, completed=lines, rate=f"{rate:,.0f} lines/s")
+
+        return asyncio.run(job(update))
+
+
+@main.command("import")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
+def import_cmd(files: tuple[str, ...], quiet: bool) -> None:
+    """Import access-log history (plain, .gz, or - for stdin) into the store."""
+    from metronome.logs.ingest import import_files
+
+    settings = _settings()
+    summary = _run_with_progress(
+        quiet, "importing", lambda update: import_files(settings, files, progress=update))
+    if not quiet:
+        click.echo(summary.line(), err=True)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--from-end", is_flag=True,
+              help="Start new files at their end, like tail -f (default: from the start).")
+@click.option("--quiet", "-q", is_flag=True, help="No running count, no summary.")
+def ship(paths: tuple[Path, ...], from_end: bool, quiet: bool) -> None:
+    """Follow live access logs (like tail -F) into the spool, archiving them to S3."""
+    from metronome.logconfig import configure_logging
+    from metronome.logs.ingest import ship_files
+
+    settings = _settings()
+    configure_logging(settings)
+
+    async def _ship() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+        def report(summary: Any) -> None:
+            if not quiet:
+                click.echo("\r" + summary.line("spooled"), err=True, nl=False)
+
+        return await ship_files(settings, list(paths), stop, from_end=from_end,
+                                on_batch=report)
+
+    summary = asyncio.run(_ship())
+    if not quiet:
+        click.echo("\r" + summary.line("spooled"), err=True)
+
+
+@main.command()
+@click.option("--from", "start", required=True, help="First day or hour (UTC), e.g. 2026-11-01.")
+@click.option("--to", "end", required=True, help="Last day or hour (UTC), included.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
+def restore(start: str, end: str, quiet: bool) -> None:
+    """Re-index archived access logs from S3 into the store (idempotent)."""
+    from datetime import UTC, datetime, timedelta
+
+    from metronome.logs.ingest import restore_archive
+
+    def moment(text: str, name: str, *, last: bool) -> datetime:
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise click.BadParameter(f"{text!r} is not a date or ISO time",
+                                     param_hint=name) from None
+        value = value.replace(tzinfo=value.tzinfo or UTC)
+        if last:
+            value += timedelta(days=1) if len(text) == 10 else timedelta(hours=1)
+        return value
+
+    settings = _settings()
+    first, after = moment(start, "--from", last=False), moment(end, "--to", last=True)
+    try:
+        summary = _run_with_progress(
+            quiet, "restoring",
+            lambda update: restore_archive(settings, first, after, progress=update))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not quiet:
+        click.echo(summary.line(), err=True)

@@ -57,6 +57,15 @@ def _networks(raw: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected on or off, got {raw!r}")
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def cast(raw: str) -> str:
         value = raw.strip().lower()
@@ -164,6 +173,30 @@ SETTINGS: tuple[Setting, ...] = (
         "Comma-separated CIDR list of proxies whose `X-Forwarded-For` is believed.",
         _networks,
     ),
+    Setting("forward", "off", "Accept Fluentd forward-protocol input (on/off); runs in the"
+            " shipper process.", _bool),
+    Setting("forward_host", "127.0.0.1", "Address the forward-protocol input binds to.", _str),
+    Setting("forward_port", "24224", "Port of the forward-protocol input.", _int(0, 65535)),
+    Setting(
+        "log_format",
+        "combined",
+        "Access-log format: `combined`, `common`, `main` (NGINX, with X-Forwarded-For),"
+        " `json`, or an NGINX `log_format` string.",
+        _str,
+    ),
+    Setting(
+        "url_rules",
+        "",
+        "Rules mapping request paths to items, `;`-separated, e.g."
+        " `/datasets/{id}/download.{format} -> download`.",
+        _str,
+    ),
+    Setting("s3_bucket", "", "Bucket that `metronome ship` archives raw lines to (unset: no"
+            " archive).", _optional_str),
+    Setting("s3_prefix", "metronome/access", "Key prefix of archived log chunks.", _str),
+    Setting("s3_endpoint_url", "", "S3 endpoint for MinIO and other S3-compatible stores.",
+            _optional_str),
+    Setting("s3_region", "", "S3 region (unset: from the AWS configuration).", _optional_str),
     Setting("log_level", "info", "Log level: debug, info, warning or error.", _choice(
         "debug", "info", "warning", "error"
     )),
@@ -197,6 +230,15 @@ class Settings:
     ship_poll_ms: int
     ship_backoff_max_s: int
     trusted_proxies: tuple[Network, ...]
+    forward: bool
+    forward_host: str
+    forward_port: int
+    log_format: str
+    url_rules: str
+    s3_bucket: str | None
+    s3_prefix: str
+    s3_endpoint_url: str | None
+    s3_region: str | None
     log_level: str
 
     @classmethod

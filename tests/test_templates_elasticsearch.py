@@ -44,17 +44,19 @@ def test_templates_install_is_idempotent_and_follows_file_changes(es_url: str,
     try:
         first = _cli("templates", "install", env=env)
         assert first.returncode == 0, first.stderr
-        assert first.stdout.split() == [
-            "created", f"{prefix}-base-mappings", "created", f"{prefix}-settings",
-            "created", f"{prefix}-ticks-mappings", "created", f"{prefix}-ticks"]
+        names = [f"{prefix}-{n}" for n in ("base-mappings", "logs-mappings", "settings",
+                                            "ticks-mappings", "logs", "ticks")]
+        assert [line.split() for line in first.stdout.splitlines()] == [
+            ["created", name] for name in names]
 
         again = _cli("templates", "install", env=env)
         assert again.returncode == 0, again.stderr
-        assert again.stdout.split()[::2] == ["unchanged"] * 4
+        assert again.stdout.split()[::2] == ["unchanged"] * len(names)
 
         replicas = _cli("templates", "install", env={**env, "METRONOME_INDEX_REPLICAS": "1"})
-        assert [line.split() for line in replicas.stdout.splitlines()][1] == [
-            "updated", f"{prefix}-settings"]
+        changed = [line.split() for line in replicas.stdout.splitlines()
+                   if not line.startswith("unchanged")]
+        assert changed == [["updated", f"{prefix}-settings"]]
         installed = httpx.get(f"{es_url}/_component_template/{prefix}-settings").json()
         settings = installed["component_templates"][0]["component_template"]["template"]
         assert settings["settings"]["index"]["number_of_replicas"] == "1"
@@ -79,14 +81,18 @@ def test_changed_template_file_updates_the_installed_template(es_url: str,
     assert [n for n in before if before[n] != after[n]] == [f"{prefix}-ticks-mappings"]
 
 
-def test_index_templates_map_exactly_the_fields_events_names() -> None:
-    settings = Settings.from_env({})
+def _mapped_by(index_template: str) -> set[str]:
+    templates = {t.name: t for t in load_templates(Settings.from_env({}))}
     mapped: set[str] = set()
-    for template in load_templates(settings):
-        if template.kind == "component":
-            mappings = template.body["template"].get("mappings", {})
-            mapped |= _leaf_fields(mappings.get("properties", {}))
-    assert mapped - {F.PARAMS} == set(F.TICK_FIELDS)
+    for name in templates[index_template].body["composed_of"]:
+        mappings = templates[name].body["template"].get("mappings", {})
+        mapped |= _leaf_fields(mappings.get("properties", {}))
+    return mapped
+
+
+def test_index_templates_map_exactly_the_fields_events_names() -> None:
+    assert _mapped_by("metronome-ticks") - {F.PARAMS} == set(F.TICK_FIELDS)
+    assert _mapped_by("metronome-logs") == set(F.LOG_FIELDS)
 
 
 @pytest.mark.parametrize("backend", ["elasticsearch"], indirect=True)

@@ -15,19 +15,27 @@ __all__ = [
     "CLIENT_IP",
     "EVENT_ACTION",
     "EVENT_DATASET",
+    "EVENT_DURATION",
     "EVENT_ID",
     "EVENT_INGESTED",
+    "HTTP_REQUEST_METHOD",
     "HTTP_REQUEST_REFERRER",
+    "HTTP_RESPONSE_BODY_BYTES",
+    "HTTP_RESPONSE_STATUS_CODE",
+    "HTTP_VERSION",
     "ITEM_FORMAT",
     "ITEM_ID",
+    "LOG_FIELDS",
     "PARAMS",
     "REFERRER_DOMAIN",
     "REFERRER_PAGE",
+    "SOURCE_IP",
     "TICK_FIELDS",
     "TIMESTAMP",
     "URL_DOMAIN",
     "URL_ORIGINAL",
     "URL_PATH",
+    "URL_QUERY",
     "USER_AGENT_DEVICE_NAME",
     "USER_AGENT_NAME",
     "USER_AGENT_ORIGINAL",
@@ -96,3 +104,31 @@ TICK_FIELDS: frozenset[str] = frozenset(
     }
 )
 """Every fixed field of a tick document (``params.*`` excluded)."""
+
+# Access logs (dataset "logs"): a log document uses the tick fields above that an access
+# log line can fill (never client.ip or params.*) and these, mapped by
+# index_templates/component/metronome-logs-mappings.json.
+
+SOURCE_IP = "source.ip"  # the client that sent the request (X-Forwarded-For via trusted proxies)
+HTTP_REQUEST_METHOD = "http.request.method"  # as logged: GET, POST, ...
+HTTP_VERSION = "http.version"  # 1.1, 2.0 (no "HTTP/")
+HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
+HTTP_RESPONSE_BODY_BYTES = "http.response.body.bytes"
+URL_QUERY = "url.query"  # the request target after "?", without it
+EVENT_DURATION = "event.duration"  # nanoseconds, from $request_time
+
+LOG_FIELDS: frozenset[str] = frozenset(
+    TICK_FIELDS
+    | {
+        SOURCE_IP,
+        HTTP_REQUEST_METHOD,
+        HTTP_VERSION,
+        HTTP_RESPONSE_STATUS_CODE,
+        HTTP_RESPONSE_BODY_BYTES,
+        URL_QUERY,
+        EVENT_DURATION,
+    }
+)
+"""Every field the ``logs`` indices map: the shared base mappings (so ``client.ip`` too,
+which log documents leave empty: their client is ``source.ip``), ``item.*``,
+``referrer.*`` and the access-log fields. A log document carries a subset of these."""

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import signal
+from typing import Any
 
 from metronome.config import Settings
 from metronome.errors import StoreUnavailable
@@ -24,6 +25,22 @@ async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
             log.warning("shipper_orphaned parent=%d: stopping", parent)
             stop.set()
         await asyncio.sleep(1.0)
+
+
+async def _start_forward(settings: Settings) -> tuple[Any, Any, Any]:
+    """The Fluentd forward-protocol input, spooling into this process's own segment."""
+    from metronome.api.forward import ForwardServer
+    from metronome.pipeline.forward_input import ForwardRouter
+    from metronome.pipeline.spool import SpoolWriter, spool_dir
+
+    writer = SpoolWriter(spool_dir(settings.data_dir),
+                         segment_max_bytes=settings.spool_segment_bytes,
+                         max_total_bytes=settings.spool_max_bytes)
+    router = ForwardRouter(settings, writer)
+    server = ForwardServer(settings.forward_host, settings.forward_port, router)
+    await server.start()
+    log.info("forward_listening host=%s port=%d", settings.forward_host, server.port)
+    return server, router, writer
 
 
 async def run_worker(settings: Settings, *, drain: bool = False,
@@ -49,7 +66,15 @@ async def run_worker(settings: Settings, *, drain: bool = False,
                 except TimeoutError:
                     pass
                 delay = min(delay * 2, settings.ship_backoff_max_s)
-        stats = await Shipper(settings, store).run(stop, drain=drain)
+        forward = await _start_forward(settings) if settings.forward and not drain else None
+        try:
+            stats = await Shipper(settings, store).run(stop, drain=drain)
+        finally:
+            if forward is not None:
+                server, router, writer = forward
+                await server.close()
+                router.close()
+                writer.close()
     finally:
         if watcher:
             watcher.cancel()

@@ -1,0 +1,501 @@
+"""A Fluentd forward-protocol input: Fluentd, Fluent Bit and fluent-logger clients send here.
+
+The server speaks the TCP part of Fluentd's *Forward Protocol Specification v1*. Every
+frame is one msgpack array, in one of four modes::
+
+    Message                  [tag, time, record, option?]
+    Forward                  [tag, [[time, record], ...], option?]
+    PackedForward            [tag, <bin or str: [time, record] entries packed back to back>,
+                              option?]
+    CompressedPackedForward  the same, gzip-compressed, with option {"compressed": "gzip"}
+
+``time`` is whole seconds or the EventTime extension (msgpack ext type 0, 8 bytes: uint32
+seconds and uint32 nanoseconds, big-endian); entries are handed on with epoch
+milliseconds. As in Fluentd, a time of ``0`` (or nil) means "now". A float time (some
+clients send one) is taken as seconds too.
+
+Delivery: each frame's entries go to the ``handler`` given to :class:`ForwardServer`, one
+frame at a time per connection, in order. Only after the handler returns, and only when
+the frame's option carried ``chunk``, the server answers ``{"ack": <chunk>}``, so a client
+that asks for acknowledgements (Fluentd ``require_ack_response``) sends a chunk again
+unless it was handed off. When the handler raises, nothing is acknowledged and the
+connection is closed: Fluentd then rolls the chunk back and retries it at once (instead of
+waiting ``ack_response_timeout`` for an answer that never comes). A malformed frame
+(:class:`ForwardProtocolError`, undecodable msgpack, a frame over ``max_frame_bytes``) is
+logged and closes that connection; other connections and the server carry on.
+
+Routing convention (applied by the handler, not here):
+
+- tag ``metronome.tick`` (:data:`TICK_TAG`): the record is a tick object, exactly as one
+  body of ``POST /tick``. ``metronome.client.FluentClient`` and fluent-logger's
+  ``FluentSender("metronome").emit("tick", {...})`` send these.
+- tag ``metronome.access`` (:data:`ACCESS_TAG`): the record is one access-log line, either
+  ``{"message": "<the raw line>"}`` (Fluentd ``in_tail`` with ``<parse> @type none``) or
+  the fields a Fluentd parser already extracted.
+
+What is not supported: the handshake of Fluentd's ``<security>`` section (HELO, PING,
+PONG with ``shared_key``/users) - turn ``<security>`` off on the sending side, and keep the
+port on a trusted network; TLS; UDP heartbeats (use Fluentd's default ``heartbeat_type
+transport``, or ``tcp``: a TCP heartbeat is a connection opened and closed, which is
+harmless here); the JSON variant of the protocol. Keep Fluentd's ``chunk_limit_size``
+below ``max_frame_bytes``: a larger chunk is refused every time it is sent.
+
+Text: msgpack ``str`` and ``bin`` values in records both become Python ``str`` (to Fluentd
+both are Ruby Strings); bytes that are not UTF-8 become U+FFFD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import struct
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+__all__ = [
+    "ACCESS_TAG",
+    "TICK_TAG",
+    "EventTime",
+    "ForwardHandler",
+    "ForwardProtocolError",
+    "ForwardServer",
+    "decode_entries",
+]
+
+log = logging.getLogger("metronome.forward")
+
+TICK_TAG = "metronome.tick"
+ACCESS_TAG = "metronome.access"
+
+ForwardHandler = Callable[[str, list[tuple[int, dict[str, Any]]]], Awaitable[None]]
+
+_EVENT_TIME_EXT = 0
+_MAX_RECORD_DEPTH = 200  # msgpack's own limit is 1024; Python's recursion limit is lower
+_READ_SIZE = 64 * 1024
+
+
+class ForwardProtocolError(Exception):
+    """A frame that is not valid Fluentd forward protocol."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventTime:
+    """Fluentd's EventTime (msgpack ext type 0): seconds and nanoseconds.
+
+    Not a tuple on purpose: a frame's second item tells the modes apart, and an array
+    there means Forward mode.
+    """
+
+    seconds: int
+    nanoseconds: int
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _EVENT_TIME_EXT:
+        if len(data) != 8:
+            raise ForwardProtocolError(f"EventTime must be 8 bytes, got {len(data)}")
+        return EventTime(*struct.unpack(">II", data))
+    return msgpack.ExtType(code, data)
+
+
+def _is_array(value: Any) -> bool:
+    # msgpack.ExtType is a namedtuple: never take it for an array
+    return isinstance(value, list) or (isinstance(value, tuple)
+                                       and not isinstance(value, msgpack.ExtType))
+
+
+def _unpacker(max_buffer_size: int) -> msgpack.Unpacker:
+    # surrogateescape keeps a PackedForward payload sent as msgpack str (older clients)
+    # byte-exact; _clean() turns any undecodable text in records into U+FFFD.
+    return msgpack.Unpacker(raw=False, ext_hook=_ext_hook, strict_map_key=False,
+                            unicode_errors="surrogateescape",
+                            max_buffer_size=max(max_buffer_size, 1))
+
+
+# -- decoding ---------------------------------------------------------------------------
+
+
+def _text(value: str) -> str:
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from surrogateescape: not UTF-8 on the wire
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return value
+
+
+def _clean(value: Any, depth: int) -> Any:
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict):
+        if depth >= _MAX_RECORD_DEPTH:
+            raise ForwardProtocolError(f"record nested deeper than {_MAX_RECORD_DEPTH} levels")
+        cleaned = {}
+        for key, item in value.items():
+            if isinstance(key, bytes):
+                key = key.decode("utf-8", "replace")
+            elif isinstance(key, str):
+                key = _text(key)
+            else:
+                raise ForwardProtocolError(
+                    f"record keys must be strings, got {type(key).__name__} {key!r}")
+            cleaned[key] = _clean(item, depth + 1)
+        return cleaned
+    if _is_array(value):
+        if depth >= _MAX_RECORD_DEPTH:
+            raise ForwardProtocolError(f"record nested deeper than {_MAX_RECORD_DEPTH} levels")
+        return [_clean(item, depth + 1) for item in value]
+    return value
+
+
+def _record(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ForwardProtocolError(f"{where}: record must be a map, got {_kind(value)}")
+    return _clean(value, 0)  # type: ignore[no-any-return]
+
+
+def _time_ms(value: Any, now_ms: int, where: str) -> int:
+    if isinstance(value, msgpack.ExtType):  # decoded without our ext_hook
+        if value.code != _EVENT_TIME_EXT or len(value.data) != 8:
+            raise ForwardProtocolError(
+                f"{where}: time must be seconds or EventTime (ext 0, 8 bytes), "
+                f"got ext type {value.code} of {len(value.data)} bytes")
+        value = EventTime(*struct.unpack(">II", value.data))
+    if isinstance(value, EventTime):
+        if value.nanoseconds >= 1_000_000_000:
+            raise ForwardProtocolError(
+                f"{where}: EventTime nanoseconds must be below 10^9, got {value.nanoseconds}")
+        if value.seconds == 0 and value.nanoseconds == 0:
+            return now_ms
+        return value.seconds * 1000 + value.nanoseconds // 1_000_000
+    if value is None:
+        return now_ms
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ForwardProtocolError(
+            f"{where}: time must be seconds or EventTime, got {_kind(value)}")
+    if not math.isfinite(value) or value < 0:
+        raise ForwardProtocolError(f"{where}: time must be a non-negative number, got {value}")
+    if value == 0:
+        return now_ms
+    return int(value * 1000) if isinstance(value, float) else value * 1000
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nil"
+    if isinstance(value, dict):
+        return "map"
+    if isinstance(value, msgpack.ExtType):
+        return f"ext type {value.code}"
+    if _is_array(value):
+        return "array"
+    if isinstance(value, bytes):
+        return "bin"
+    return type(value).__name__
+
+
+def _entry(value: Any, now_ms: int, where: str) -> tuple[int, dict[str, Any]]:
+    if not _is_array(value) or len(value) != 2:
+        shape = f"array of {len(value)}" if _is_array(value) else _kind(value)
+        raise ForwardProtocolError(f"{where}: entry must be [time, record], got {shape}")
+    return _time_ms(value[0], now_ms, where), _record(value[1], where)
+
+
+def _gunzip(data: bytes, limit: int | None) -> bytes:
+    """Every gzip member of ``data`` (Fluentd appends one per write), at most ``limit``."""
+    out = bytearray()
+    while data:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            if limit is None:
+                out += inflater.decompress(data)
+            else:
+                out += inflater.decompress(data, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise ForwardProtocolError(f"CompressedPackedForward: bad gzip data ({exc})"
+                                       ) from None
+        if limit is not None and (len(out) > limit or inflater.unconsumed_tail):
+            raise ForwardProtocolError(
+                f"CompressedPackedForward: more than {limit} bytes once decompressed")
+        if not inflater.eof:
+            raise ForwardProtocolError("CompressedPackedForward: gzip data is truncated")
+        data = inflater.unused_data
+    return bytes(out)
+
+
+def _packed_entries(payload: bytes, now_ms: int, mode: str) -> list[tuple[int, dict[str, Any]]]:
+    unpacker = _unpacker(len(payload))
+    unpacker.feed(payload)
+    entries = []
+    end = 0  # tell() also counts the bytes of an incomplete object: note complete ends
+    try:
+        for index, value in enumerate(unpacker):
+            end = unpacker.tell()
+            entries.append(_entry(value, now_ms, f"{mode} entry {index}"))
+    except ForwardProtocolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any undecodable byte is a malformed frame
+        raise ForwardProtocolError(f"{mode}: entries are not valid msgpack ({exc!r})") from None
+    if end != len(payload):
+        raise ForwardProtocolError(
+            f"{mode}: entries end in an incomplete msgpack object "
+            f"({len(payload) - end} bytes left over)")
+    return entries
+
+
+def _option(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ForwardProtocolError(f"option must be a map, got {_kind(value)}")
+    chunk = value.get("chunk")
+    if chunk is not None and not isinstance(chunk, str | bytes):
+        raise ForwardProtocolError(f"option 'chunk' must be a string, got {_kind(chunk)}")
+    if isinstance(chunk, str) and not chunk.isascii():
+        try:
+            chunk.encode("utf-8")  # it is echoed in the ack
+        except UnicodeEncodeError:
+            raise ForwardProtocolError("option 'chunk' is not UTF-8") from None
+    return value
+
+
+def decode_entries(message: Any, *, now_ms: int | None = None,
+                   max_decompressed_bytes: int | None = None
+                   ) -> tuple[str, list[tuple[int, dict[str, Any]]], dict[str, Any] | None]:
+    """One decoded forward-protocol frame to ``(tag, [(time_ms, record), ...], option)``.
+
+    ``message`` is the msgpack array as unpacked (EventTime either as :class:`EventTime`
+    or as ``msgpack.ExtType(0, ...)``). ``now_ms`` stands in for times of ``0``/nil
+    (default: the clock). ``max_decompressed_bytes`` bounds a CompressedPackedForward
+    payload after gunzip. Raises :class:`ForwardProtocolError` saying what is wrong.
+    """
+    if not _is_array(message):
+        raise ForwardProtocolError(f"a frame must be a msgpack array, got {_kind(message)}")
+    if not 2 <= len(message) <= 4:
+        raise ForwardProtocolError(
+            f"a frame must be an array of 2 to 4 items, got {len(message)}")
+    tag = message[0]
+    if isinstance(tag, bytes):
+        try:
+            tag = tag.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ForwardProtocolError("tag is not UTF-8") from None
+    if not isinstance(tag, str):
+        raise ForwardProtocolError(f"tag must be a string, got {_kind(tag)}")
+    try:
+        tag.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ForwardProtocolError("tag is not UTF-8") from None
+    if not tag:
+        raise ForwardProtocolError("tag must not be empty")
+    if now_ms is None:
+        now_ms = time.time_ns() // 1_000_000
+    body = message[1]
+
+    if _is_array(body):  # Forward
+        if len(message) > 3:
+            raise ForwardProtocolError(
+                f"Forward mode is [tag, entries, option?], got {len(message)} items")
+        option = _option(message[2] if len(message) == 3 else None)
+        entries = [_entry(e, now_ms, f"Forward entry {i}") for i, e in enumerate(body)]
+        return tag, entries, option
+
+    if isinstance(body, bytes | str):  # PackedForward, CompressedPackedForward
+        if len(message) > 3:
+            raise ForwardProtocolError(
+                f"PackedForward mode is [tag, entries, option?], got {len(message)} items")
+        option = _option(message[2] if len(message) == 3 else None)
+        payload = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else body
+        compressed = (option or {}).get("compressed", "text")
+        if compressed == "gzip":
+            payload = _gunzip(payload, max_decompressed_bytes)
+            return tag, _packed_entries(payload, now_ms, "CompressedPackedForward"), option
+        if compressed != "text":
+            raise ForwardProtocolError(
+                f"option 'compressed' must be 'gzip' or 'text', got {compressed!r}")
+        return tag, _packed_entries(payload, now_ms, "PackedForward"), option
+
+    # Message
+    if len(message) < 3:
+        raise ForwardProtocolError(
+            f"entries must be an array, bin or str (Forward, PackedForward), or a Message "
+            f"[tag, time, record, option?]; got [tag, {_kind(body)}]")
+    option = _option(message[3] if len(message) == 4 else None)
+    entry = (_time_ms(body, now_ms, "Message"), _record(message[2], "Message"))
+    return tag, [entry], option
+
+
+# -- server ----------------------------------------------------------------------------
+
+
+class _Connection:
+    __slots__ = ("busy", "fed", "frame_end", "peer", "task", "unpacker", "writer")
+
+    def __init__(self, task: asyncio.Task[None], writer: asyncio.StreamWriter,
+                 peer: str, max_frame_bytes: int) -> None:
+        self.task = task
+        self.writer = writer
+        self.peer = peer
+        self.busy = False  # handing a frame off: close() lets it finish
+        # max_buffer_size alone does not bound a frame (msgpack drops what it has parsed),
+        # so frames are measured here: bytes received against where the last frame ended.
+        self.unpacker = _unpacker(max_frame_bytes + _READ_SIZE)
+        self.fed = 0
+        self.frame_end = 0
+
+
+class ForwardServer:
+    """Listens for forward-protocol frames and hands their entries to ``handler``.
+
+    ``await handler(tag, [(time_ms, record), ...])`` runs once per frame (frames with no
+    entries are acknowledged without calling it). ``max_frame_bytes`` bounds one frame as
+    received and a compressed payload once decompressed.
+    """
+
+    def __init__(self, host: str, port: int,
+                 handler: Callable[[str, list[tuple[int, dict[str, Any]]]], Awaitable[None]],
+                 *, max_frame_bytes: int = 16 << 20) -> None:
+        if max_frame_bytes < 1:
+            raise ValueError("max_frame_bytes must be positive")
+        self.host = host
+        self._requested_port = port
+        self._handler = handler
+        self.max_frame_bytes = max_frame_bytes
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._closing = False
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful after asking for port 0)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("ForwardServer is not listening; await start() first")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("ForwardServer already started")
+        self._closing = False
+        self._server = await asyncio.start_server(self._serve, self.host,
+                                                  self._requested_port)
+        log.info("forward_listening host=%s port=%d", self.host, self.port)
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Stop listening and end every connection.
+
+        Idle connections end at once; a frame whose handler is running gets up to
+        ``timeout_s`` to finish and be acknowledged, then it is cancelled (and, not being
+        acknowledged, sent again by the client).
+        """
+        if self._server is None:
+            return
+        self._closing = True
+        server, self._server = self._server, None
+        server.close()
+        tasks = []
+        for conn in list(self._connections):
+            if not conn.busy:
+                conn.task.cancel()
+            tasks.append(conn.task)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                     ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        peername = writer.get_extra_info("peername")
+        peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
+        conn = _Connection(task, writer, peer, self.max_frame_bytes)
+        self._connections.add(conn)
+        try:
+            if not self._closing:
+                await self._read_frames(reader, conn)
+        except asyncio.CancelledError:
+            pass
+        except (ConnectionError, TimeoutError) as exc:
+            log.info("forward_connection_lost peer=%s error=%r", peer, exc)
+        except Exception:  # a bug here must end one connection, never the server
+            log.exception("forward_connection_failed peer=%s", peer)
+        finally:
+            self._connections.discard(conn)
+            writer.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def _read_frames(self, reader: asyncio.StreamReader, conn: _Connection) -> None:
+        while not self._closing:
+            data = await reader.read(_READ_SIZE)
+            if not data:
+                if conn.fed > conn.frame_end:
+                    log.warning("forward_truncated_frame peer=%s: closed %d bytes into a frame",
+                                conn.peer, conn.fed - conn.frame_end)
+                return
+            conn.busy = True
+            try:
+                if not await self._feed(conn, data):
+                    return
+            finally:
+                conn.busy = False
+
+    async def _feed(self, conn: _Connection, data: bytes) -> bool:
+        """Decode and hand off every complete frame; False when the connection must end."""
+        unpacker = conn.unpacker
+        try:
+            unpacker.feed(data)
+        except msgpack.BufferFull:
+            return self._too_large(conn)
+        conn.fed += len(data)
+        while not self._closing:
+            try:
+                message = unpacker.unpack()
+            except msgpack.OutOfData:
+                return conn.fed - conn.frame_end <= self.max_frame_bytes or self._too_large(conn)
+            except ForwardProtocolError as exc:  # from the EventTime ext hook
+                log.warning("forward_protocol_error peer=%s: %s", conn.peer, exc)
+                return False
+            except Exception as exc:  # noqa: BLE001 - undecodable bytes: a protocol error
+                log.warning("forward_protocol_error peer=%s: not valid msgpack (%r)",
+                            conn.peer, exc)
+                return False
+            frame_start, conn.frame_end = conn.frame_end, unpacker.tell()
+            if conn.frame_end - frame_start > self.max_frame_bytes:
+                return self._too_large(conn)
+            try:
+                tag, entries, option = decode_entries(
+                    message, max_decompressed_bytes=self.max_frame_bytes)
+            except ForwardProtocolError as exc:
+                log.warning("forward_protocol_error peer=%s: %s", conn.peer, exc)
+                return False
+            if entries:
+                try:
+                    await self._handler(tag, entries)
+                except Exception:
+                    log.exception("forward_handler_failed peer=%s tag=%s entries=%d: not "
+                                  "acknowledged, closing the connection", conn.peer, tag,
+                                  len(entries))
+                    return False
+            chunk = option.get("chunk") if option else None
+            if chunk is not None:
+                conn.writer.write(msgpack.packb({"ack": chunk}))
+                await conn.writer.drain()
+        return False
+
+    def _too_large(self, conn: _Connection) -> bool:
+        log.warning("forward_protocol_error peer=%s: frame larger than %d bytes",
+                    conn.peer, self.max_frame_bytes)
+        return False
