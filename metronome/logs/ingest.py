@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import io
+import logging
 import socket
 import sys
 import time
@@ -39,6 +40,8 @@ from metronome.logs.rules import UrlRules
 
 __all__ = ["LineConverter", "Summary", "import_files", "open_lines", "restore_archive",
            "ship_files"]
+
+log = logging.getLogger("metronome.ship")
 
 REJECTS = "rejects.ndjson"
 _BATCH = 1000
@@ -285,7 +288,10 @@ async def ship_files(settings: Settings, paths: list[Path], stop: asyncio.Event,
                 follower.commit()
                 moved += len(lines)
             if archiver is not None:
-                archiver.flush(force=stop.is_set())
+                try:
+                    archiver.flush(force=stop.is_set())
+                except Exception as exc:  # noqa: BLE001 - S3 down: keep shipping, retry later
+                    log.warning("archive_flush_failed reason=%s", exc)
             _save_positions(positions, followers, archiver)
             if moved and on_batch:
                 on_batch(converter.summary)

@@ -72,10 +72,17 @@ class MetronomeServer:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
-    def run_cli(self, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
-        """Run another ``metronome`` command with this server's settings."""
-        return subprocess.run([sys.executable, "-m", "metronome", *args], env=self.env,
+    def run_cli(self, *args: str, timeout_s: float = 300, env: dict[str, str] | None = None,
+                input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run another ``metronome`` command with this server's settings (plus ``env``)."""
+        return subprocess.run([sys.executable, "-m", "metronome", *args],
+                              env={**self.env, **(env or {})}, input=input_text,
                               capture_output=True, text=True, timeout=timeout_s)
+
+    def popen_cli(self, *args: str) -> subprocess.Popen[bytes]:
+        """Start a long-running ``metronome`` command (``ship``) with this server's settings."""
+        return subprocess.Popen([sys.executable, "-m", "metronome", *args], env=self.env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> int:
         """SIGTERM and wait; returns the exit code (0 for a clean shutdown)."""
