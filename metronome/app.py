@@ -66,6 +66,9 @@ class _Lifespan:
 class _Timing:
     """Observes each request's latency by route template."""
 
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, str], Any] = {}
+
     async def process_request(self, req: falcon.asgi.Request,
                               resp: falcon.asgi.Response) -> None:
         req.context.started = time.perf_counter()
@@ -74,9 +77,11 @@ class _Timing:
                                resource: object, req_succeeded: bool) -> None:
         started = getattr(req.context, "started", None)
         if started is not None:
-            route = req.uri_template or "(no route)"
-            metrics.REQUEST_SECONDS.labels(route, req.method).observe(
-                time.perf_counter() - started)
+            key = (req.uri_template or "(no route)", req.method)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = metrics.REQUEST_SECONDS.labels(*key)
+            child.observe(time.perf_counter() - started)
 
 
 async def _metronome_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,

@@ -27,6 +27,9 @@ from .body import decode_json, read_body, require_content_type
 
 __all__ = ["Tick", "Ticks"]
 
+_ACCEPTED_TICK = metrics.ACCEPTED.labels("/tick")
+_ACCEPTED_TICKS = metrics.ACCEPTED.labels("/ticks")
+
 JSON_TYPES = ("application/json", "text/plain")  # text/plain: navigator.sendBeacon
 BATCH_TYPES = (*JSON_TYPES, "application/x-ndjson", "application/jsonl")
 
@@ -61,7 +64,7 @@ class Tick(_TickResource):
             if outcome.retriable:
                 raise StoreUnavailable(f"the store could not take the tick: {outcome.reason}")
             raise StoreRefused(f"the store refused the tick: {outcome.reason}")
-        metrics.ACCEPTED.labels("/tick").inc()
+        _ACCEPTED_TICK.inc()
         resp.status = falcon.HTTP_202
         resp.media = {"id": outcome.id}
 
@@ -127,6 +130,6 @@ class Ticks(_TickResource):
                 code = "store_unavailable" if outcome.retriable else "store_refused"
                 rejected.append({"index": index, "error": code, "message": outcome.reason})
         rejected.sort(key=lambda r: r["index"])
-        metrics.ACCEPTED.labels("/ticks").inc(accepted)
+        _ACCEPTED_TICKS.inc(accepted)
         resp.status = falcon.HTTP_202
         resp.media = {"accepted": accepted, "rejected": rejected, "ids": ids}
