@@ -354,6 +354,15 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_status_kb(pid: int, field: str = "VmRSS") -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

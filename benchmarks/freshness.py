@@ -62,6 +62,7 @@ class Target:
     """Where ticks go: Metronome's HTTP API or Elasticsearch directly."""
 
     prefix: str
+    acked_total: int = 0  # events and probes acknowledged over the whole run
 
     async def send_batch(self, client: httpx.AsyncClient, n: int) -> None:
         raise NotImplementedError
@@ -170,6 +171,7 @@ async def _run_trial(target: Target, es_url: str, *, duration: float, rate: floa
         try:
             await target.send_batch(client, batch)
             stats.acked_events += batch
+            target.acked_total += batch
         except (C.BenchmarkError, httpx.HTTPError) as exc:
             stats.errors.append(f"batch: {exc!r}"[:400])
         finally:
@@ -184,6 +186,7 @@ async def _run_trial(target: Target, es_url: str, *, duration: float, rate: floa
             stats.errors.append(f"probe: {exc!r}"[:400])
             return
         acked = time.monotonic()
+        target.acked_total += 1
         stats.ack_latency_s.append(acked - sent)
         query = {"query": {"term": {"params.probe": probe}}, "size": 0,
                  "track_total_hits": True, "terminate_after": 1}
@@ -237,6 +240,17 @@ async def _run_trial(target: Target, es_url: str, *, duration: float, rate: floa
         if tasks:
             await asyncio.gather(*list(tasks))
     return stats
+
+
+def wait_for_count(es: C.Elasticsearch, target: Target, timeout_s: float) -> int:
+    """Documents under the target's prefix once every acknowledged one is there (or the
+    count at the timeout): the shipper may still be catching up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        count = es.refresh_and_count(f"{target.prefix}-ticks-*")
+        if count >= target.acked_total or time.monotonic() > deadline:
+            return count
+        time.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,9 +329,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"  p99 {row['freshness_p99_s']:.3f} s  ({row['probes']} probes,"
                       f" {row['events_per_s']:,.0f} events/s acked,"
                       f" {s.late_batches} late batches)", file=sys.stderr)
-            code = server.stop()
-            counts = {label: es.refresh_and_count(f"{t.prefix}-ticks-*")
+            counts = {label: wait_for_count(es, t, args.probe_timeout)
                       for label, t in targets.items()}
+            code = server.stop()
+            acked = {label: t.acked_total for label, t in targets.items()}
+            if counts != acked:
+                raise C.BenchmarkError(f"acknowledged {acked} events, but Elasticsearch holds"
+                                       f" {counts} after {args.probe_timeout:g} s")
             if not args.keep_indices:
                 for t in targets.values():
                     es.delete(f"{t.prefix}-*")
@@ -367,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             "probes": {k: len(v) for k, v in pooled.items()},
             "rate_held": {k: all(t["rate_achieved"] >= 0.95 for t in trials
                                  if t["contender"] == k) for k in pooled},
+            "documents_acknowledged": acked,
             "documents_in_elasticsearch": counts,
             "server_exit_code": code,
             "goal": {"metronome_p99_s_below": GOAL_P99_S},

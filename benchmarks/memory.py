@@ -67,29 +67,38 @@ def sample(master: int) -> dict[str, Any]:
     procs = classify(master)
     rss = {label: C.proc_status_kb(pid, "VmRSS") for label, pid in procs.items()}
     hwm = {label: C.proc_status_kb(pid, "VmHWM") for label, pid in procs.items()}
-    return {"pids": procs, "rss_kb": rss, "hwm_kb": hwm,
+    cpu = {label: C.cpu_seconds(pid) for label, pid in procs.items()}
+    return {"pids": procs, "rss_kb": rss, "hwm_kb": hwm, "cpu_s": cpu,
             "total_rss_kb": sum(v for v in rss.values() if v)}
 
 
 async def _send(url: str, bodies: list[bytes], requests: int, concurrency: int,
-                expect: bytes | None) -> None:
-    """POST ``requests`` bodies; every answer must be 202 (and contain ``expect``)."""
+                expect: bytes | None, per_connection: int) -> None:
+    """POST ``requests`` bodies; every answer must be 202 (and contain ``expect``).
+
+    Each sender opens a new keep-alive connection every ``per_connection`` requests: the
+    gunicorn workers race to accept connections, and a few long-lived ones can all land on
+    one worker, leaving the other cold until a later checkpoint.
+    """
     headers = {"Content-Type": "application/json", "User-Agent": C.BROWSER_UA}
     next_index = 0
 
-    async def sender(client: httpx.AsyncClient) -> None:
+    async def sender() -> None:
         nonlocal next_index
         while next_index < requests:
-            i = next_index
-            next_index += 1
-            resp = await client.post(url + "/ticks", content=bodies[i % len(bodies)],
-                                     headers=headers)
-            if resp.status_code != 202 or (expect and expect not in resp.content):
-                raise C.BenchmarkError(f"POST /ticks answered {resp.status_code}:"
-                                       f" {resp.text[:300]}")
+            async with httpx.AsyncClient(timeout=120) as client:
+                for _ in range(per_connection):
+                    if next_index >= requests:
+                        break
+                    i = next_index
+                    next_index += 1
+                    resp = await client.post(url + "/ticks", content=bodies[i % len(bodies)],
+                                             headers=headers)
+                    if resp.status_code != 202 or (expect and expect not in resp.content):
+                        raise C.BenchmarkError(f"POST /ticks answered {resp.status_code}:"
+                                               f" {resp.text[:300]}")
 
-    async with httpx.AsyncClient(timeout=120) as client:
-        await asyncio.gather(*(sender(client) for _ in range(concurrency)))
+    await asyncio.gather(*(sender() for _ in range(concurrency)))
 
 
 def drain(data_dir: Any, interval_s: float = 0.5) -> dict[str, Any]:
@@ -149,7 +158,7 @@ def run_contender(label: str, args: Any, bodies: list[bytes], log_dir: Any) -> d
             n = min(args.checkpoint, args.events - sent)
             requests = -(-n // args.batch)
             asyncio.run(_send(server.url, bodies, requests, args.concurrency,
-                              None if label == "bare" else expect))
+                              None if label == "bare" else expect, args.per_connection))
             sent += requests * args.batch
             if not server.alive():
                 raise C.BenchmarkError(f"{label} died:\n{server.log_tail()}")
@@ -158,7 +167,9 @@ def run_contender(label: str, args: Any, bodies: list[bytes], log_dir: Any) -> d
             checkpoints.append(point)
             print(f"  {label:18} {sent:>9,} events  total RSS"
                   f" {point['total_rss_kb'] / 1024:7.1f} MiB  "
-                  + " ".join(f"{k}={v / 1024:.0f}" for k, v in point["rss_kb"].items() if v),
+                  + " ".join(f"{k}={v / 1024:.0f}" for k, v in point["rss_kb"].items() if v)
+                  + "  cpu s " + " ".join(f"{k}={v:.1f}" for k, v in point["cpu_s"].items()
+                                          if v is not None),
                   file=sys.stderr)
         seconds = time.perf_counter() - started
         spool_bytes = sum(p.stat().st_size for p in (data_dir / "spool").rglob("*")
@@ -194,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=500, help="ticks per request")
     parser.add_argument("--concurrency", type=int, default=4,
                         help="concurrent requests [default: 4]")
+    parser.add_argument("--per-connection", type=int, default=10,
+                        help="requests per keep-alive connection [default: 10]")
     parser.add_argument("--workers", type=int, default=2, help="server workers [default: 2]")
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
                         help=f"comma-separated subset of {', '.join(CONTENDERS)}")
@@ -256,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
         "parameters": {
             "events": args.events, "checkpoint": args.checkpoint, "batch": args.batch,
-            "concurrency": args.concurrency, "workers": args.workers, "trials": args.trials,
+            "concurrency": args.concurrency, "requests_per_connection": args.per_connection,
+            "workers": args.workers, "trials": args.trials,
             "contenders": contenders, "spool_max_bytes": args.spool_max_bytes,
             "drain": args.drain, "seed": seed,
             "unit": "RSS (VmRSS) per process; growth from the first checkpoint to the last",

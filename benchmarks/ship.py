@@ -16,7 +16,7 @@ Elasticsearch: METRONOME_TEST_ELASTICSEARCH_URL if set, else a throwaway server 
 with tests/support/es_server.py. After a warm-up round of each (``--warmup-events``), the
 measured trials alternate in shuffled rounds.
 
-    python -m benchmarks.ship [--events 100000] [--trials 2]
+    python -m benchmarks.ship [--events 100000] [--trials 3]
 
 Goal: the shipper's events/s >= 0.8 x streaming_bulk's.
 """
@@ -195,7 +195,7 @@ def cli_startup_s() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = C.base_parser(__doc__.splitlines()[0], duration=None, trials=2, warmup=None)
+    parser = C.base_parser(__doc__.splitlines()[0], duration=None, trials=3, warmup=None)
     parser.add_argument("--events", type=int, default=100_000,
                         help="ticks per trial [default: 100000]")
     parser.add_argument("--warmup-events", type=int, default=20_000,

@@ -63,6 +63,9 @@ class _Lifespan:
         await self._store.close()
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
 class _Timing:
     """Observes each request's latency by route template."""
 
@@ -77,7 +80,8 @@ class _Timing:
                                resource: object, req_succeeded: bool) -> None:
         started = getattr(req.context, "started", None)
         if started is not None:
-            key = (req.uri_template or "(no route)", req.method)
+            method = req.method if req.method in _METHODS else "OTHER"  # bounded labels
+            key = (req.uri_template or "(no route)", method)
             child = self._children.get(key)
             if child is None:
                 child = self._children[key] = metrics.REQUEST_SECONDS.labels(*key)
