@@ -18,7 +18,7 @@ FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.
 
 
 def _line(item: str, when: str, path: str = "", status: int = 200,
-          agent: str = FIREFOX, client: str = "203.0.113.7") -> str:
+          agent: str = FIREFOX, client: str = "8.8.8.8") -> str:
     return (f'{client} - - [{when}] "GET /datasets/{item}{path} HTTP/1.1" {status} 512 '
             f'"https://www.example.org/list?page=2" "{agent}"')
 
@@ -53,6 +53,9 @@ def test_imported_logs_count_with_ticks_in_tock_and_import_twice_stores_once(
     assert backend.tock(item, sources="ticks", **window)["downloads"] == {"csv": 1}
     assert backend.tock(item, sources="logs", **window)["downloads"] == {"csv": 2, "kml": 1}
     assert len([d for d in backend.find(item) if d["event"]["dataset"] == "metronome.logs"]) == 4
+    countries = {d["client"]["geo"]["country_iso_code"] for d in backend.find(item)
+                 if d["event"]["dataset"] == "metronome.logs"}
+    assert countries == {"US"}  # 8.8.8.8, from the bundled offline database
     rejects = (backend.server.data_dir / "rejects.ndjson").read_text()
     assert "no_match" in rejects and "not a request" in rejects
 

@@ -46,6 +46,17 @@ def test_server_adds_client_address_and_parsed_user_agent(backend: Backend, item
     }
 
 
+def test_client_country_comes_from_the_bundled_offline_database(backend: Backend,
+                                                                item: str) -> None:
+    uk = backend.client.post("/tick", json={"id": item},
+                             headers={"X-Forwarded-For": "81.2.69.160"})
+    private = backend.client.post("/tick", json={"id": item},
+                                  headers={"X-Forwarded-For": "10.1.2.3"})
+    assert backend.fetch(uk.json()["id"])["client"] == {
+        "ip": "81.2.69.160", "geo": {"country_iso_code": "GB"}}
+    assert backend.fetch(private.json()["id"])["client"] == {"ip": "10.1.2.3"}
+
+
 def test_batch_accepts_good_ticks_and_names_each_bad_one(backend: Backend, item: str) -> None:
     body = "\n".join([
         f'{{"id": "{item}", "ts": "2026-04-01T10:00:00Z"}}',

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 __all__ = [
     "BOT",
+    "CLIENT_GEO_COUNTRY_ISO_CODE",
     "CLIENT_IP",
     "EVENT_ACTION",
     "EVENT_DATASET",
@@ -65,6 +66,7 @@ REFERRER_DOMAIN = "referrer.domain"  # host without a leading www.
 REFERRER_PAGE = "referrer.page"  # host + path, no scheme, query or trailing slash
 
 CLIENT_IP = "client.ip"
+CLIENT_GEO_COUNTRY_ISO_CODE = "client.geo.country_iso_code"  # offline database: events/geo.py
 
 USER_AGENT_ORIGINAL = "user_agent.original"
 USER_AGENT_NAME = "user_agent.name"
@@ -94,6 +96,7 @@ TICK_FIELDS: frozenset[str] = frozenset(
         REFERRER_DOMAIN,
         REFERRER_PAGE,
         CLIENT_IP,
+        CLIENT_GEO_COUNTRY_ISO_CODE,
         USER_AGENT_ORIGINAL,
         USER_AGENT_NAME,
         USER_AGENT_VERSION,

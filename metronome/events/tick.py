@@ -20,6 +20,7 @@ from metronome.errors import InvalidField, LimitExceeded
 from metronome.events import fields as F
 from metronome.events.document import Document, format_timestamp, new_event_id
 from metronome.events.enrich import parse_user_agent, referrer_keys, url_parts
+from metronome.events.geo import country_iso_code
 
 __all__ = ["KNOWN_KEYS", "Limits", "RequestInfo", "build_tick", "parse_timestamp"]
 
@@ -211,6 +212,9 @@ def build_tick(raw: Any, request: RequestInfo, limits: Limits) -> Document:
             source["referrer"] = {"domain": ref_domain, "page": ref_page}
     if request.client_ip:
         source["client"] = {"ip": request.client_ip}
+        country = country_iso_code(request.client_ip)
+        if country:
+            source["client"]["geo"] = {"country_iso_code": country}
     if request.user_agent:
         agent, is_bot = _agent_fields(request.user_agent[:1024],
                                       request.user_agent[: limits.max_value_length])

@@ -57,6 +57,7 @@ import orjson
 
 from metronome.events.document import Document, format_timestamp
 from metronome.events.enrich import client_address
+from metronome.events.geo import country_iso_code
 from metronome.events.enrich import referrer_keys as _referrer_keys
 from metronome.events.tick import _agent_fields
 from metronome.logs.rules import UrlRules
@@ -694,6 +695,13 @@ def _source_fields(remote_addr: str) -> dict[str, str] | None:
     return None if address is None else {"ip": address}
 
 
+@lru_cache(maxsize=65536)
+def _client_geo(address: str) -> dict[str, Any] | None:
+    """``{"geo": {"country_iso_code": ...}}`` from the bundled offline database, or None."""
+    country = country_iso_code(address)
+    return None if country is None else {"geo": {"country_iso_code": country}}
+
+
 @lru_cache(maxsize=4096)
 def _time_keys(timestamp_ms: int) -> tuple[str, str]:
     """``@timestamp`` text and the 12 hex digits that start event ids, per distinct ms."""
@@ -790,6 +798,9 @@ def build_log_document(
             address = None if client is None else {"ip": client}
         if address is not None:
             source["source"] = address
+            country = _client_geo(address["ip"])
+            if country is not None:
+                source["client"] = country
     if referrer_object is not None:
         source["referrer"] = referrer_object
     if parsed.user_agent is not None:
