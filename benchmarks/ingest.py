@@ -104,7 +104,10 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
     except C.BenchmarkError as exc:
         print(f"{name}: FAILED: {exc}", file=sys.stderr)
         for label, server in servers.items():
-            print(f"--- {label} log: {server.log_path}\n{server.log_tail(15)}", file=sys.stderr)
+            state = "running" if server.alive() else (
+                f"exited {server.proc.returncode}" if server.proc else "not started")
+            print(f"--- {label} ({state}) log: {server.log_path}\n{server.log_tail(15)}",
+                  file=sys.stderr)
         return 1
     finally:
         for label, server in servers.items():
