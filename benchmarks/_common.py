@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import json
 import os
@@ -87,8 +88,24 @@ def git(*args: str) -> str:
         return "unknown"
 
 
+@functools.cache
 def git_short_sha() -> str:
+    """HEAD when first asked: call it (or :func:`environment`'s parts) at the start of a
+    run, so a commit landing mid-run does not rename its results."""
     return git("rev-parse", "--short", "HEAD")
+
+
+@functools.cache
+def git_state() -> tuple[str, bool]:
+    """(full sha, whether metronome/ or its templates differ from it), cached like the sha."""
+    status = git("status", "--porcelain", "--", "metronome", "index_templates", "pyproject.toml")
+    return git("rev-parse", "HEAD"), bool(status and status != "unknown")
+
+
+def pin_git() -> None:
+    """Record the commit under test now (results name and environment use it)."""
+    git_short_sha()
+    git_state()
 
 
 def _cpu_model() -> str | None:
@@ -130,11 +147,11 @@ def environment(**extra: Any) -> dict[str, Any]:
         from metronome import __version__ as metronome_version
     except ImportError:  # pragma: no cover
         metronome_version = None
-    status = git("status", "--porcelain", "--", "metronome", "index_templates", "pyproject.toml")
+    sha, dirty = git_state()
     return {
-        "git_sha": git("rev-parse", "HEAD"),
+        "git_sha": sha,
         "git_short_sha": git_short_sha(),
-        "git_dirty_metronome": bool(status and status != "unknown"),
+        "git_dirty_metronome": dirty,
         "metronome_version": metronome_version,
         "python": sys.version.split()[0],
         "python_implementation": platform.python_implementation(),

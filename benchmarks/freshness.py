@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-indices", action="store_true")
     args = parser.parse_args(argv)
     seed = C.new_seed(args.seed)
+    C.pin_git()
     load_at_start = C.loadavg()
     started_at = time.time()
     tmp = C.temp_dir("metronome-bench-freshness-")

@@ -52,6 +52,7 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
                         help="keep the temporary data directory and server logs")
     args = parser.parse_args(argv)
     seed = C.new_seed(args.seed)
+    C.pin_git()
     try:
         C.require_wrk()
     except C.BenchmarkError as exc:

@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
               " needs the spool", file=sys.stderr)
         return 2
     seed = C.new_seed(args.seed)
+    C.pin_git()
     load_at_start = C.loadavg()
     started_at = time.time()
     bodies = [orjson.dumps(C.realistic_ticks(args.batch, seed=s)) for s in range(10)]

@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{NAME}: --duration/--warmup do not apply (a trial is --events ticks;"
               " the warm-up is --warmup-events)", file=sys.stderr)
     seed = C.new_seed(args.seed)
+    C.pin_git()
 
     contenders = ["baseline"] if args.baseline_only else ["metronome", "baseline"]
     if not args.baseline_only:

@@ -1,4 +1,4 @@
-"""Regenerate the README's generated blocks (settings table, error codes): python scripts/gen_readme.py"""
+"""Regenerate the README's generated blocks: python scripts/gen_readme.py"""
 
 from __future__ import annotations
 

@@ -20,7 +20,6 @@ import httpx
 import pytest
 
 from metronome.pipeline.spool import backlog, spool_dir
-
 from tests.support.es_server import ElasticsearchServer
 from tests.support.metronome_server import MetronomeServer
 

@@ -57,8 +57,8 @@ import orjson
 
 from metronome.events.document import Document, format_timestamp
 from metronome.events.enrich import client_address
-from metronome.events.geo import country_iso_code
 from metronome.events.enrich import referrer_keys as _referrer_keys
+from metronome.events.geo import country_iso_code
 from metronome.events.tick import _agent_fields
 from metronome.logs.rules import UrlRules
 

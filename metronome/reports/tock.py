@@ -8,8 +8,8 @@
 
 ``views`` counts ``event=view`` per bucket; ``referers`` counts the views' referrer pages
 (host + path); both ``downloads`` and ``referers`` are the ``top`` most frequent, most
-first, ties by name. Known crawlers are left out unless ``bots=include``. Ticks and access-log lines (mapped
-to items by URL rules) count together unless ``sources`` picks one.
+first, ties by name. Known crawlers are left out unless ``bots=include``. Ticks and
+access-log lines (mapped to items by URL rules) count together unless ``sources`` picks one.
 """
 
 from __future__ import annotations

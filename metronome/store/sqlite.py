@@ -16,8 +16,7 @@ import contextlib
 import fcntl
 import json
 import sqlite3
-from collections.abc import Iterator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
