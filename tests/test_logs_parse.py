@@ -24,6 +24,7 @@ from metronome.logs.parse import (
 )
 from metronome.logs.rules import Match, RuleError, UrlRules
 from metronome.store.templates import load_templates
+from tests.test_templates_elasticsearch import _leaf_fields
 
 CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
           " Chrome/124.0.0.0 Safari/537.36")
@@ -71,20 +72,6 @@ def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[prefix + key] = value
     return flat
-
-
-def _leaf_fields(properties: dict[str, Any], prefix: str = "") -> set[str]:
-    """Mapped leaf fields (as tests/test_templates_elasticsearch.py counts them)."""
-    found: set[str] = set()
-    for name, spec in properties.items():
-        path = prefix + name
-        if "properties" in spec and spec.get("type", "object") == "object":
-            found |= _leaf_fields(spec["properties"], path + ".")
-        else:
-            found.add(path)
-        for sub in spec.get("fields", {}):
-            found.add(f"{path}.{sub}")
-    return found
 
 
 # --------------------------------------------------------------------------- formats

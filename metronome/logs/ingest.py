@@ -26,7 +26,8 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -157,21 +158,59 @@ class _Occurrences:
         return n
 
 
-async def import_files(settings: Settings, paths: Iterable[str], *,
-                       progress: Callable[[int], None] | None = None) -> Summary:
-    """Parse history files and store their lines in bulk; see the module docstring."""
+class _BulkTarget:
+    """Documents to the store in batches, with the shipper's retries and dead letters."""
+
+    def __init__(self, shipper: Any, summary: Summary,
+                 progress: Callable[[int], None] | None) -> None:
+        self._shipper = shipper
+        self._summary = summary
+        self._progress = progress
+        self._stop = asyncio.Event()
+        self._batch: list[Document] = []
+
+    async def add(self, document: Document) -> None:
+        self._batch.append(document)
+        if len(self._batch) >= _BATCH:
+            await self.flush()
+
+    async def flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            before = self._shipper.stats.dead_letters
+            await self._shipper.store_documents(batch, self._stop)
+            dead = self._shipper.stats.dead_letters - before
+            self._summary.dead_letters += dead
+            self._summary.stored += len(batch) - dead
+        if self._progress:
+            self._progress(self._summary.read)
+
+
+@asynccontextmanager
+async def _into_store(settings: Settings, progress: Callable[[int], None] | None
+                      ) -> AsyncIterator[tuple[LineConverter, _BulkTarget]]:
+    """The store (schema installed), a line converter and a bulk target; all closed after."""
     from metronome.pipeline.shipper import Shipper
     from metronome.store import open_store
 
     store = open_store(settings)
     await store.open()
     converter = LineConverter(settings)
-    shipper = Shipper(settings, store)
-    stop = asyncio.Event()
-    received_ms = int(time.time() * 1000)
     try:
         await store.ensure_schema()
-        batch: list[Document] = []
+        target = _BulkTarget(Shipper(settings, store), converter.summary, progress)
+        yield converter, target
+        await target.flush()
+    finally:
+        converter.close()
+        await store.close()
+
+
+async def import_files(settings: Settings, paths: Iterable[str], *,
+                       progress: Callable[[int], None] | None = None) -> Summary:
+    """Parse history files and store their lines in bulk; see the module docstring."""
+    received_ms = int(time.time() * 1000)
+    async with _into_store(settings, progress) as (converter, target):
         for path in paths:
             occurrences = _Occurrences()
             for text in open_lines(path):
@@ -180,65 +219,26 @@ async def import_files(settings: Settings, paths: Iterable[str], *,
                     converter.reject(parsed, text, path, None)
                     continue
                 n = occurrences.next(parsed.timestamp_ms, text)
-                batch.append(converter.document(parsed, text, n, received_ms))
-                if len(batch) >= _BATCH:
-                    await _store(shipper, batch, stop, converter.summary)
-                    if progress:
-                        progress(converter.summary.read)
-                    batch = []
-        if batch:
-            await _store(shipper, batch, stop, converter.summary)
-        if progress:
-            progress(converter.summary.read)
-    finally:
-        converter.close()
-        await store.close()
+                await target.add(converter.document(parsed, text, n, received_ms))
     return converter.summary
-
-
-async def _store(shipper: Any, batch: list[Document], stop: asyncio.Event,
-                 summary: Summary) -> None:
-    before = shipper.stats.dead_letters
-    await shipper.store_documents(batch, stop)
-    dead = shipper.stats.dead_letters - before
-    summary.dead_letters += dead
-    summary.stored += len(batch) - dead
 
 
 async def restore_archive(settings: Settings, start: Any, end: Any, *,
                           progress: Callable[[int], None] | None = None) -> Summary:
     """Re-index archived raw lines of the hours in ``[start, end)`` into the store."""
     from metronome.logs.archive import make_client, read_lines, restore_keys
-    from metronome.pipeline.shipper import Shipper
-    from metronome.store import open_store
 
     if not settings.s3_bucket:
         raise ValueError("METRONOME_S3_BUCKET is not set: there is no archive to restore")
     client = make_client(settings.s3_endpoint_url, settings.s3_region)
-    store = open_store(settings)
-    await store.open()
-    converter = LineConverter(settings)
-    shipper = Shipper(settings, store)
-    stop = asyncio.Event()
     received_ms = int(time.time() * 1000)
-    try:
-        await store.ensure_schema()
+    async with _into_store(settings, progress) as (converter, target):
         for key in restore_keys(client, settings.s3_bucket, settings.s3_prefix, start, end):
-            batch: list[Document] = []
             for text, offset in read_lines(client, settings.s3_bucket, key):
                 document, _ = converter.convert(text, f"s3:{key}", offset, received_ms)
                 if document is not None:
-                    batch.append(document)
-                if len(batch) >= _BATCH:
-                    await _store(shipper, batch, stop, converter.summary)
-                    batch = []
-            if batch:
-                await _store(shipper, batch, stop, converter.summary)
-            if progress:
-                progress(converter.summary.read)
-    finally:
-        converter.close()
-        await store.close()
+                    await target.add(document)
+            await target.flush()
     return converter.summary
 
 
