@@ -8,6 +8,7 @@ import falcon
 import falcon.asgi
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from metronome.errors import MetronomeError
 from metronome.pipeline import Pipeline
 from metronome.pipeline.metrics import registry_for_scrape
 from metronome.store.base import Store
@@ -30,13 +31,13 @@ class Ready:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         reason = await self._store.check_ready()
-        if reason is not None and "template" in reason:
-            # templates may have failed to install while the store was down: try again
+        if reason is not None:
+            # the schema may have failed to install while the store was down: try again
             try:
                 await self._store.ensure_schema()
                 reason = await self._store.check_ready()
-            except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
-                reason = f"{reason}; installing failed: {exc}"
+            except MetronomeError as exc:
+                reason = f"{reason}; installing the schema failed: {exc.message}"
         if not self._pipeline.spool_has_room():
             resp.status = falcon.HTTP_503
             resp.media = {"error": "spool_full", "store": self._store.backend,

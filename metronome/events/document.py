@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["Document", "format_timestamp", "new_event_id"]
+__all__ = ["Document", "format_timestamp", "new_event_id", "parse_iso_ms"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,3 +41,20 @@ def format_timestamp(ms: int) -> str:
     """Epoch milliseconds as ISO 8601 UTC with milliseconds, as Logstash writes them."""
     seconds, millis = divmod(ms, 1000)
     return f"{datetime.fromtimestamp(seconds, tz=UTC).isoformat()[:19]}.{millis:03d}Z"
+
+
+def parse_iso_ms(text: str, default_tz: tzinfo = UTC) -> int | None:
+    """ISO 8601 text (``Z`` allowed) to epoch ms; no offset means ``default_tz``.
+
+    None when the text is not ISO 8601, so callers can name their own field in the error.
+    """
+    text = text.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=default_tz)
+    return int(moment.timestamp() * 1000)

@@ -6,11 +6,19 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urlsplit
 
 import ua_parser
 
-__all__ = ["UserAgent", "client_address", "parse_user_agent", "referrer_keys", "url_parts"]
+__all__ = [
+    "UserAgent",
+    "client_address",
+    "parse_user_agent",
+    "referrer_keys",
+    "url_parts",
+    "user_agent_fields",
+]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -126,3 +134,20 @@ def referrer_keys(referrer: str) -> tuple[str | None, str | None]:
         domain = domain[4:]
     page = domain + (path or "").rstrip("/")
     return domain, page
+
+
+@lru_cache(maxsize=4096)
+def user_agent_fields(parse_text: str, original: str) -> tuple[dict[str, Any], bool]:
+    """The ``user_agent`` object for a header (shared between documents: never mutated)."""
+    ua = parse_user_agent(parse_text)
+    agent: dict[str, Any] = {"original": original}
+    if ua.name:
+        agent["name"] = ua.name
+    if ua.version:
+        agent["version"] = ua.version
+    os_part = {k: v for k, v in (("name", ua.os_name), ("version", ua.os_version)) if v}
+    if os_part:
+        agent["os"] = os_part
+    if ua.device_name:
+        agent["device"] = {"name": ua.device_name}
+    return agent, ua.is_bot

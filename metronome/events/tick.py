@@ -12,14 +12,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 from metronome.errors import InvalidField, LimitExceeded
 from metronome.events import fields as F
-from metronome.events.document import Document, format_timestamp, new_event_id
-from metronome.events.enrich import parse_user_agent, referrer_keys, url_parts
+from metronome.events.document import Document, format_timestamp, new_event_id, parse_iso_ms
+from metronome.events.enrich import referrer_keys, url_parts, user_agent_fields
 from metronome.events.geo import country_iso_code
 
 __all__ = ["KNOWN_KEYS", "Limits", "RequestInfo", "build_tick", "parse_timestamp"]
@@ -80,19 +78,13 @@ def parse_timestamp(value: Any, field: str = "ts") -> int:
             raise InvalidField(f"'{field}' must be a finite number", field=field)
         return int(value)
     if isinstance(value, str):
-        text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
+        ms = parse_iso_ms(value)
+        if ms is None:
             raise InvalidField(
                 f"'{field}' is not an ISO 8601 timestamp or epoch milliseconds: {value!r}",
                 field=field,
-            ) from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return int(moment.timestamp() * 1000)
+            )
+        return ms
     raise InvalidField(f"'{field}' must be ISO 8601 text or epoch milliseconds", field=field)
 
 
@@ -135,23 +127,6 @@ def _params(raw: dict[str, Any], limits: Limits) -> dict[str, str | int | float 
             field="params", limit=limits.max_params,
         )
     return params
-
-
-@lru_cache(maxsize=4096)
-def _agent_fields(parse_text: str, original: str) -> tuple[dict[str, Any], bool]:
-    """The ``user_agent`` object for a header (shared between documents: never mutated)."""
-    ua = parse_user_agent(parse_text)
-    agent: dict[str, Any] = {"original": original}
-    if ua.name:
-        agent["name"] = ua.name
-    if ua.version:
-        agent["version"] = ua.version
-    os_part = {k: v for k, v in (("name", ua.os_name), ("version", ua.os_version)) if v}
-    if os_part:
-        agent["os"] = os_part
-    if ua.device_name:
-        agent["device"] = {"name": ua.device_name}
-    return agent, ua.is_bot
 
 
 def build_tick(raw: Any, request: RequestInfo, limits: Limits) -> Document:
@@ -216,7 +191,7 @@ def build_tick(raw: Any, request: RequestInfo, limits: Limits) -> Document:
         if country:
             source["client"]["geo"] = {"country_iso_code": country}
     if request.user_agent:
-        agent, is_bot = _agent_fields(request.user_agent[:1024],
+        agent, is_bot = user_agent_fields(request.user_agent[:1024],
                                       request.user_agent[: limits.max_value_length])
         source["user_agent"] = agent
         source[F.BOT] = is_bot

@@ -20,7 +20,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["Follower", "Line", "PositionFile"]
+__all__ = ["Follower", "Line", "Position", "PositionFile"]
 
 _READ_BYTES = 1 << 20
 
@@ -33,7 +33,9 @@ class Line:
 
 
 @dataclass(slots=True)
-class _State:
+class Position:
+    """Where a file has been read to: its identity (device, inode, generation) and offset."""
+
     dev: int
     ino: int
     generation: int
@@ -46,14 +48,14 @@ class PositionFile:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def load(self) -> dict[str, _State]:
+    def load(self) -> dict[str, Position]:
         try:
             raw = json.loads(self.path.read_text())
         except (FileNotFoundError, ValueError):
             return {}
-        return {k: _State(**v) for k, v in raw.items()}
+        return {k: Position(**v) for k, v in raw.items()}
 
-    def save(self, states: dict[str, _State]) -> None:
+    def save(self, states: dict[str, Position]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_suffix(".tmp")
         temporary.write_text(json.dumps({k: asdict(v) for k, v in states.items()}))
@@ -63,16 +65,16 @@ class PositionFile:
 class Follower:
     """Reads whole new lines from one path across rotations."""
 
-    def __init__(self, path: Path, state: _State | None = None, *,
+    def __init__(self, path: Path, state: Position | None = None, *,
                  from_end: bool = False) -> None:
         self.path = path
         self._handle: object | None = None
         self._state = state
-        self._pending: _State | None = None  # where we are after lines not yet committed
+        self._pending: Position | None = None  # where we are after lines not yet committed
         self._from_end = from_end and state is None
 
     @property
-    def state(self) -> _State | None:
+    def state(self) -> Position | None:
         return self._state
 
     def _open_current(self) -> bool:
@@ -84,14 +86,14 @@ class Follower:
         saved = self._state
         if saved and (saved.dev, saved.ino) == (st.st_dev, st.st_ino):
             if st.st_size < saved.offset:  # truncated in place while we were away
-                saved = _State(st.st_dev, st.st_ino, saved.generation + 1, 0)
+                saved = Position(st.st_dev, st.st_ino, saved.generation + 1, 0)
         else:
             start = st.st_size if self._from_end else 0
-            saved = _State(st.st_dev, st.st_ino, 0, start)
+            saved = Position(st.st_dev, st.st_ino, 0, start)
         self._from_end = False
         self._handle = handle
         self._state = saved
-        self._pending = _State(saved.dev, saved.ino, saved.generation, saved.offset)
+        self._pending = Position(saved.dev, saved.ino, saved.generation, saved.offset)
         return True
 
     def read(self, max_bytes: int = _READ_BYTES) -> list[Line]:
@@ -123,7 +125,7 @@ class Follower:
             return self.read(max_bytes)
         return lines
 
-    def _rotated(self, pending: _State) -> bool:
+    def _rotated(self, pending: Position) -> bool:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -141,7 +143,7 @@ class Follower:
         """The lines returned so far are safe: remember the position."""
         if self._pending is not None:
             p = self._pending
-            self._state = _State(p.dev, p.ino, p.generation, p.offset)
+            self._state = Position(p.dev, p.ino, p.generation, p.offset)
 
     def close(self) -> None:
         if self._handle is not None:

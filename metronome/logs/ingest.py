@@ -326,7 +326,7 @@ async def _append_retrying(writer: Any, records: list[bytes], stop: asyncio.Even
 
 
 def _save_positions(positions: Any, followers: dict[str, Any], archiver: Any) -> None:
-    from metronome.logs.follow import _State
+    from metronome.logs.follow import Position
 
     states = {}
     for path, follower in followers.items():
@@ -338,6 +338,6 @@ def _save_positions(positions: Any, followers: dict[str, Any], archiver: Any) ->
             pending = archiver.pending_offset(f"{state.dev}:{state.ino}:{state.generation}")
             if pending is not None:
                 offset = min(offset, pending)
-        states[path] = _State(state.dev, state.ino, state.generation, offset)
+        states[path] = Position(state.dev, state.ino, state.generation, offset)
     positions.save(states)
 

@@ -56,10 +56,9 @@ from urllib.parse import urlsplit
 import orjson
 
 from metronome.events.document import Document, format_timestamp
-from metronome.events.enrich import client_address
+from metronome.events.enrich import client_address, user_agent_fields
 from metronome.events.enrich import referrer_keys as _referrer_keys
 from metronome.events.geo import country_iso_code
-from metronome.events.tick import _agent_fields
 from metronome.logs.rules import UrlRules
 
 __all__ = [
@@ -686,7 +685,7 @@ def _referrer_fields(referrer: str) -> tuple[dict[str, str], dict[str, str] | No
 @lru_cache(maxsize=4096)
 def _agent(user_agent: str) -> tuple[dict[str, Any], bool]:
     """``(user_agent object, bot)`` exactly as ticks have them (one-argument cache key)."""
-    return _agent_fields(user_agent[:_UA_PARSE_CHARS], user_agent[:_UA_STORE_CHARS])
+    return user_agent_fields(user_agent[:_UA_PARSE_CHARS], user_agent[:_UA_STORE_CHARS])
 
 
 @lru_cache(maxsize=65536)

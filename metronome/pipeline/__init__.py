@@ -23,7 +23,6 @@ class Pipeline:
 
     def __init__(self, settings: Settings) -> None:
         self.spool = spool_dir(settings.data_dir)
-        self.max_spool_bytes = settings.spool_max_bytes
         self._writer = SpoolWriter(self.spool, segment_max_bytes=settings.spool_segment_bytes,
                                    max_total_bytes=settings.spool_max_bytes)
 
@@ -36,7 +35,7 @@ class Pipeline:
         return [WriteOutcome(d.id, True) for d in documents]
 
     def spool_has_room(self) -> bool:
-        return self._writer.total_bytes() < self.max_spool_bytes
+        return self._writer.has_room()
 
     def close(self) -> None:
         self._writer.close()

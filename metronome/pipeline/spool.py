@@ -28,8 +28,8 @@ from pathlib import Path
 
 from metronome.errors import SpoolFull, StoreUnavailable
 
-__all__ = ["Backlog", "SpoolWriter", "backlog", "read_position", "segments", "spool_dir",
-           "try_seal"]
+__all__ = ["Backlog", "SpoolWriter", "backlog", "read_position", "segments", "spool_bytes",
+           "spool_dir", "try_seal"]
 
 SEGMENT_SUFFIX = ".seg"
 _SIZE_CACHE_S = 0.25
@@ -82,6 +82,17 @@ def backlog(directory: Path, *, with_age: bool = True) -> Backlog:
             if oldest is None and with_age:
                 oldest = _receipt_ms_at(segment, position)
     return Backlog(len(found), total, unshipped, oldest)
+
+
+def spool_bytes(directory: Path) -> int:
+    """Bytes in all segments (what ``METRONOME_SPOOL_MAX_BYTES`` limits): one stat each."""
+    total = 0
+    for segment in segments(directory):
+        try:
+            total += segment.stat().st_size
+        except FileNotFoundError:
+            continue
+    return total
 
 
 def _receipt_ms_at(segment: Path, position: int) -> int | None:
@@ -138,14 +149,17 @@ class SpoolWriter:
         checked, total = self._total_cache
         now = time.monotonic()
         if now - checked > _SIZE_CACHE_S:
-            total = backlog(self._dir, with_age=False).bytes_total
+            total = spool_bytes(self._dir)
             self._total_cache = (now, total)
         return total
+
+    def has_room(self) -> bool:
+        return self.total_bytes() < self._max_total
 
     # -- the hot path ------------------------------------------------------------------
     async def append(self, records: list[bytes]) -> None:
         """Append records and wait for them to be durable. Raises SpoolFull at the limit."""
-        if self.total_bytes() >= self._max_total:
+        if not self.has_room():
             raise SpoolFull(
                 f"the spool holds {self.total_bytes()} bytes, its limit"
                 f" (METRONOME_SPOOL_MAX_BYTES={self._max_total}); the store is behind,"

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from metronome.errors import InvalidParameter
 from metronome.events import fields as F
+from metronome.events.document import parse_iso_ms
 from metronome.reports.model import (
     Histogram,
     Interval,
@@ -81,18 +82,14 @@ def _moment(name: str, text: str, tz: ZoneInfo, *, end: bool) -> int:
         return int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp() * 1000)
     if _DIGITS.match(text):
         return int(text)
-    iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
-    try:
-        moment = datetime.fromisoformat(iso)
-    except ValueError:
+    ms = parse_iso_ms(text, tz)
+    if ms is None:
         raise InvalidParameter(
             f"'{name}' must be a date (2015-01-22), an ISO 8601 timestamp or epoch"
             f" milliseconds, got {text!r}",
             parameter=name,
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=tz)
-    return int(moment.timestamp() * 1000)
+        )
+    return ms
 
 
 def parse_tock_query(item_id: str, params: Mapping[str, str], now_ms: int | None = None

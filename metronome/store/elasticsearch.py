@@ -8,7 +8,8 @@ Documents go to ``<prefix>-<dataset>-YYYY.MM.DD`` (the UTC day of ``@timestamp``
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,19 @@ from metronome.store.templates import Template, load_templates
 __all__ = ["ElasticsearchStore", "compile_report", "index_name"]
 
 _UNREACHABLE = (TransportConnectionError, ConnectionTimeout)
+
+
+@contextmanager
+def _answering(what: str) -> Iterator[None]:
+    """Turn the client's connection and API errors into StoreUnavailable naming ``what``."""
+    try:
+        yield
+    except _UNREACHABLE as exc:
+        raise StoreUnavailable(f"Elasticsearch is unreachable: {exc}") from exc
+    except ApiError as exc:
+        raise StoreUnavailable(
+            f"Elasticsearch refused {what} ({exc.meta.status}): {exc.message}"
+        ) from exc
 
 
 def index_name(prefix: str, dataset: str, timestamp_ms: int) -> str:
@@ -121,7 +135,7 @@ class ElasticsearchStore:
 
     async def ensure_schema(self) -> list[SchemaChange]:
         changes = []
-        try:
+        with _answering("the index templates"):
             for template in self._templates:
                 installed = await self._installed_digest(template)
                 if installed == template.digest:
@@ -138,8 +152,6 @@ class ElasticsearchStore:
                 changes.append(
                     SchemaChange(template.name, "created" if installed is None else "updated")
                 )
-        except _UNREACHABLE as exc:
-            raise StoreUnavailable(f"Elasticsearch is unreachable: {exc}") from exc
         return changes
 
     async def check_ready(self) -> str | None:
@@ -164,14 +176,8 @@ class ElasticsearchStore:
             index = index_name(self._prefix, doc.dataset, doc.timestamp_ms)
             operations.append({"create": {"_index": index, "_id": doc.id}})
             operations.append(doc.source)
-        try:
+        with _answering("the bulk request"):
             resp = await self._client.bulk(operations=operations)
-        except _UNREACHABLE as exc:
-            raise StoreUnavailable(f"Elasticsearch is unreachable: {exc}") from exc
-        except ApiError as exc:
-            raise StoreUnavailable(
-                f"Elasticsearch refused the bulk request ({exc.meta.status}): {exc.message}"
-            ) from exc
         outcomes = []
         for doc, item in zip(documents, resp["items"], strict=True):
             result = item["create"]
@@ -186,19 +192,13 @@ class ElasticsearchStore:
         return outcomes
 
     async def report(self, spec: ReportSpec) -> ReportResult:
-        try:
+        with _answering("the report"):
             resp = await self._client.search(
                 index=",".join(f"{self._prefix}-{d}-*" for d in spec.datasets),
                 body=compile_report(spec),
                 ignore_unavailable=True,
                 allow_no_indices=True,
             )
-        except _UNREACHABLE as exc:
-            raise StoreUnavailable(f"Elasticsearch is unreachable: {exc}") from exc
-        except ApiError as exc:
-            raise StoreUnavailable(
-                f"Elasticsearch refused the report ({exc.meta.status}): {exc.message}"
-            ) from exc
         aggregations = resp.get("aggregations") or {}
         parts: dict[str, list[tuple[str | int, int]]] = {}
         for part in spec.parts:
