@@ -20,6 +20,7 @@ import falcon.media
 import orjson
 
 from metronome.api.health import Health, Metrics, Ready
+from metronome.api.query import QueryResource
 from metronome.api.ticks import Tick, Ticks
 from metronome.api.tock import Tock
 from metronome.config import Settings
@@ -142,6 +143,7 @@ def create_app(settings: Settings, store: Store | None = None) -> falcon.asgi.Ap
     app.add_route("/metrics", Metrics(pipeline.spool))
     app.add_route("/tick", Tick(settings, pipeline))
     app.add_route("/ticks", Ticks(settings, pipeline))
+    app.add_route("/query", QueryResource(settings, store))
     tock = Tock(store)
     app.add_route("/tock", tock)
     app.add_route("/tock/{item_id}", tock, suffix="item")

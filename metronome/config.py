@@ -148,6 +148,13 @@ SETTINGS: tuple[Setting, ...] = (
         _int(16, 1 << 20),
     ),
     Setting(
+        "query_max_groups",
+        "10000",
+        "Most rows a `/query` answer is computed from when it must sort or gap-fill them"
+        " all (ordering by a metric, a time dimension, a comparison).",
+        _int(10, 1_000_000),
+    ),
+    Setting(
         "spool_max_bytes",
         "1073741824",
         "Most bytes the spool holds while the store is behind; past it ingestion answers 503.",
@@ -223,6 +230,7 @@ class Settings:
     max_params: int
     max_key_length: int
     max_value_length: int
+    query_max_groups: int
     spool_max_bytes: int
     spool_segment_bytes: int
     ship_batch_docs: int

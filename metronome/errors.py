@@ -32,6 +32,7 @@ __all__ = [
     "InvalidField",
     "InvalidJSON",
     "InvalidParameter",
+    "InvalidQuery",
     "LimitExceeded",
     "MetronomeError",
     "MethodNotAllowed",
@@ -92,6 +93,13 @@ class InvalidParameter(BadRequest):
     """A query-string parameter is wrong."""
 
     code = "invalid_parameter"
+
+
+class InvalidQuery(BadRequest):
+    """A ``/query`` request (or a report's parameters) is not one Metronome can answer;
+    ``details.field`` names the part, such as ``query.metrics[1]``."""
+
+    code = "invalid_query"
 
 
 class LimitExceeded(BadRequest):

@@ -21,6 +21,7 @@ from metronome.errors import (
 from metronome.events.document import Document
 from metronome.events.enrich import client_address
 from metronome.events.tick import Limits, RequestInfo, build_tick
+from metronome.events.visitor import VisitorIds
 from metronome.pipeline import Pipeline, metrics
 
 from .body import decode_json, read_body, require_content_type
@@ -40,14 +41,15 @@ class _TickResource:
         self._pipeline = pipeline
         self._limits = Limits(settings.max_params, settings.max_key_length,
                               settings.max_value_length)
+        self._visitors = VisitorIds(settings.data_dir)
 
     def _request_info(self, req: falcon.asgi.Request) -> RequestInfo:
-        return RequestInfo(
-            received_ms=int(time.time() * 1000),
-            client_ip=client_address(req.remote_addr, req.get_header("X-Forwarded-For"),
-                                     self._settings.trusted_proxies),
-            user_agent=req.user_agent,
-        )
+        received_ms = int(time.time() * 1000)
+        client_ip = client_address(req.remote_addr, req.get_header("X-Forwarded-For"),
+                                   self._settings.trusted_proxies)
+        user_agent = req.user_agent
+        return RequestInfo(received_ms, client_ip, user_agent,
+                           self._visitors.visitor_id(received_ms, client_ip, user_agent))
 
 
 class Tick(_TickResource):

@@ -44,6 +44,7 @@ __all__ = [
     "USER_AGENT_OS_VERSION",
     "USER_AGENT_VERSION",
     "VERSION",
+    "VISITOR_ID",
 ]
 
 TIMESTAMP = "@timestamp"
@@ -77,6 +78,8 @@ USER_AGENT_DEVICE_NAME = "user_agent.device.name"
 
 BOT = "bot"  # true for known crawlers
 
+VISITOR_ID = "visitor.id"  # daily-salted hash of address and user agent: events/visitor.py
+
 PARAMS = "params"  # object of free parameters, one keyword field each
 
 TICK_FIELDS: frozenset[str] = frozenset(
@@ -104,6 +107,7 @@ TICK_FIELDS: frozenset[str] = frozenset(
         USER_AGENT_OS_VERSION,
         USER_AGENT_DEVICE_NAME,
         BOT,
+        VISITOR_ID,
     }
 )
 """Every fixed field of a tick document (``params.*`` excluded)."""

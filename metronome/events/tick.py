@@ -45,6 +45,7 @@ class RequestInfo:
     received_ms: int
     client_ip: str | None
     user_agent: str | None
+    visitor_id: str | None = None  # from events/visitor.py; None when unknown
 
 
 def _string(raw: dict[str, Any], key: str, limits: Limits, *, max_length: int | None = None
@@ -195,4 +196,6 @@ def build_tick(raw: Any, request: RequestInfo, limits: Limits) -> Document:
                                       request.user_agent[: limits.max_value_length])
         source["user_agent"] = agent
         source[F.BOT] = is_bot
+    if request.visitor_id:
+        source["visitor"] = {"id": request.visitor_id}
     return Document(id=event_id, timestamp_ms=ts_ms, dataset=DATASET, source=source)

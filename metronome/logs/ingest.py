@@ -36,6 +36,7 @@ import orjson
 
 from metronome.config import Settings
 from metronome.events.document import Document
+from metronome.events.visitor import VisitorIds
 from metronome.logs.parse import ParsedLine, Reject, build_log_document, compile_format
 from metronome.logs.rules import UrlRules
 
@@ -77,6 +78,7 @@ class LineConverter:
         self._parser = compile_format(settings.log_format)
         self._rules = UrlRules.parse(settings.url_rules)
         self._trusted = settings.trusted_proxies
+        self._visitors = VisitorIds(settings.data_dir)
         self._rejects_path = Path(settings.data_dir) / REJECTS
         self._rejects: IO[bytes] | None = None
         self.summary = Summary()
@@ -98,7 +100,7 @@ class LineConverter:
                  received_ms: int) -> Document:
         document = build_log_document(parsed, source_id=source_id, offset=offset,
                                       rules=self._rules, trusted_proxies=self._trusted,
-                                      received_ms=received_ms)
+                                      received_ms=received_ms, visitors=self._visitors)
         if document.source.get("bot"):
             self.summary.bots += 1
         return document

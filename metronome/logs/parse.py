@@ -59,6 +59,7 @@ from metronome.events.document import Document, format_timestamp
 from metronome.events.enrich import client_address, user_agent_fields
 from metronome.events.enrich import referrer_keys as _referrer_keys
 from metronome.events.geo import country_iso_code
+from metronome.events.visitor import VisitorIds
 from metronome.logs.rules import UrlRules
 
 __all__ = [
@@ -715,6 +716,7 @@ def build_log_document(
     rules: UrlRules,
     trusted_proxies: Sequence[Network],
     received_ms: int,
+    visitors: VisitorIds | None = None,
 ) -> Document:
     """The Logstash-format ECS document of one parsed access-log line (dataset ``logs``).
 
@@ -738,7 +740,9 @@ def build_log_document(
     ``url.path``, ``url.query`` (without ``?``), ``url.domain`` (``$host``, or an
     absolute target's host), ``http.request.referrer`` with ``referrer.domain`` and
     ``referrer.page``, ``user_agent.*`` and ``bot`` exactly as ticks have them, and
-    ``item.id``/``item.format`` from the URL rule. The raw line is not stored.
+    ``item.id``/``item.format`` from the URL rule, and ``visitor.id`` (from
+    ``source.ip`` and the user agent on the line's day, when ``visitors`` is given). The
+    raw line is not stored.
     """
     timestamp_ms = parsed.timestamp_ms
     timestamp, id_prefix = _time_keys(timestamp_ms)
@@ -804,4 +808,8 @@ def build_log_document(
         source["referrer"] = referrer_object
     if parsed.user_agent is not None:
         source["user_agent"], source["bot"] = _agent(parsed.user_agent)
+    if visitors is not None and "source" in source:
+        visitor = visitors.visitor_id(timestamp_ms, source["source"]["ip"], parsed.user_agent)
+        if visitor is not None:
+            source["visitor"] = {"id": visitor}
     return Document(event_id, timestamp_ms, DATASET, source)

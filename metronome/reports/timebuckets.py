@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from metronome.errors import InvalidParameter
+from metronome.events.document import parse_iso_ms
 from metronome.reports.model import Interval
 
-__all__ = ["MAX_BUCKETS", "bucket_label", "bucket_starts", "floor_to_bucket"]
+__all__ = ["MAX_BUCKETS", "bucket_label", "bucket_starts", "floor_to_bucket", "parse_moment"]
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DIGITS = re.compile(r"^-?\d+$")
 
 MAX_BUCKETS = 10_000
 
@@ -67,3 +73,28 @@ def bucket_label(start_ms: int, interval: Interval, tz: ZoneInfo) -> str:
     if interval == "hour":
         return local.isoformat(timespec="minutes")
     return local.strftime("%Y-%m-%d")
+
+
+def parse_moment(name: str, text: str, tz: ZoneInfo, *, end: bool) -> int:
+    """A ``from``/``to`` value to epoch ms. A date means the start of that day in ``tz``;
+    as ``to`` it includes the whole day."""
+    text = text.strip()
+    if _DATE.match(text):
+        try:
+            day = datetime.strptime(text, "%Y-%m-%d").date()
+        except ValueError:
+            raise InvalidParameter(f"'{name}' is not a valid date: {text!r}",
+                                   parameter=name) from None
+        if end:
+            day += timedelta(days=1)
+        return int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp() * 1000)
+    if _DIGITS.match(text):
+        return int(text)
+    ms = parse_iso_ms(text, tz)
+    if ms is None:
+        raise InvalidParameter(
+            f"'{name}' must be a date (2015-01-22), an ISO 8601 timestamp or epoch"
+            f" milliseconds, got {text!r}",
+            parameter=name,
+        )
+    return ms

@@ -14,7 +14,6 @@ access-log lines (mapped to items by URL rules) count together unless ``sources`
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from metronome.errors import InvalidParameter
 from metronome.events import fields as F
-from metronome.events.document import parse_iso_ms
 from metronome.reports.model import (
     Histogram,
     Interval,
@@ -33,15 +31,13 @@ from metronome.reports.model import (
     ReportSpec,
     Terms,
 )
-from metronome.reports.timebuckets import bucket_label, bucket_starts
+from metronome.reports.timebuckets import bucket_label, bucket_starts, parse_moment
 
 __all__ = ["DEFAULT_DAYS", "TockQuery", "parse_tock_query", "shape_tock", "tock_spec"]
 
 DEFAULT_DAYS = 30
 SOURCES = ("ticks", "logs")  # browser/app ticks, and web-server access logs
 MAX_TOP = 1000
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_DIGITS = re.compile(r"^-?\d+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,31 +63,6 @@ def _zone(params: Mapping[str, str]) -> ZoneInfo:
         ) from None
 
 
-def _moment(name: str, text: str, tz: ZoneInfo, *, end: bool) -> int:
-    """A ``from``/``to`` value to epoch ms. A date means the start of that day in ``tz``;
-    as ``to`` it includes the whole day."""
-    text = text.strip()
-    if _DATE.match(text):
-        try:
-            day = datetime.strptime(text, "%Y-%m-%d").date()
-        except ValueError:
-            raise InvalidParameter(f"'{name}' is not a valid date: {text!r}",
-                                   parameter=name) from None
-        if end:
-            day += timedelta(days=1)
-        return int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp() * 1000)
-    if _DIGITS.match(text):
-        return int(text)
-    ms = parse_iso_ms(text, tz)
-    if ms is None:
-        raise InvalidParameter(
-            f"'{name}' must be a date (2015-01-22), an ISO 8601 timestamp or epoch"
-            f" milliseconds, got {text!r}",
-            parameter=name,
-        )
-    return ms
-
-
 def parse_tock_query(item_id: str, params: Mapping[str, str], now_ms: int | None = None
                      ) -> TockQuery:
     """Read ``from``, ``to``, ``tz``, ``interval``, ``top`` and ``bots`` from a query string.
@@ -113,9 +84,9 @@ def parse_tock_query(item_id: str, params: Mapping[str, str], now_ms: int | None
             parameter="interval",
         )
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    end_ms = _moment("to", params["to"], tz, end=True) if params.get("to") else now + 1
+    end_ms = parse_moment("to", params["to"], tz, end=True) if params.get("to") else now + 1
     if params.get("from"):
-        start_ms = _moment("from", params["from"], tz, end=False)
+        start_ms = parse_moment("from", params["from"], tz, end=False)
     else:
         end_local = datetime.fromtimestamp((end_ms - 1) / 1000, tz=UTC).astimezone(tz)
         first = end_local.date() - timedelta(days=DEFAULT_DAYS - 1)

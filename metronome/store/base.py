@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from metronome.events.document import Document
 from metronome.reports.model import ReportResult, ReportSpec
+from metronome.reports.query import GroupQuery
 
-__all__ = ["SchemaChange", "Store", "WriteOutcome"]
+__all__ = ["GroupRow", "SchemaChange", "Store", "WriteOutcome"]
+
+GroupRow = tuple[tuple[Any, ...], tuple[Any, ...]]
+"""One group of a query: its dimension keys and its raw metric values."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,4 +62,10 @@ class Store(Protocol):
 
     async def report(self, spec: ReportSpec) -> ReportResult:
         """Compute a report inside the store (aggregations or SQL), never in Python."""
+        ...
+
+    async def groups(self, query: GroupQuery, *, after: tuple[Any, ...] | None,
+                     limit: int) -> list[GroupRow]:
+        """At most ``limit`` groups of ``query`` in key order (ascending, missing values
+        first), starting after the group keyed ``after``. Time keys are bucket starts."""
         ...

@@ -22,12 +22,15 @@ from metronome.errors import StoreUnavailable
 from metronome.events import fields as F
 from metronome.events.document import Document
 from metronome.reports.model import Histogram, IsFilter, ReportResult, ReportSpec, Terms
-from metronome.store.base import SchemaChange, WriteOutcome
+from metronome.reports.query import GroupQuery
+from metronome.store.base import GroupRow, SchemaChange, WriteOutcome
+from metronome.store.es_query import compile_groups, read_groups
 from metronome.store.templates import Template, load_templates
 
 __all__ = ["ElasticsearchStore", "compile_report", "index_name"]
 
 _UNREACHABLE = (TransportConnectionError, ConnectionTimeout)
+_COMPOSITE_PAGE = 1000  # groups per search while reading a whole result
 
 
 @contextmanager
@@ -217,3 +220,28 @@ class ElasticsearchStore:
                     (b.get("key_as_string", b["key"]), int(b["doc_count"])) for b in buckets
                 ]
         return ReportResult(parts)
+
+    async def groups(self, query: GroupQuery, *, after: tuple[Any, ...] | None,
+                     limit: int) -> list[GroupRow]:
+        rows: list[GroupRow] = []
+        es_after: dict[str, Any] | None = None
+        if after is not None:
+            es_after = {f"d{i}": value for i, value in enumerate(after)}
+        index = ",".join(f"{self._prefix}-{d}-*" for d in query.datasets)
+        while True:
+            page = min(_COMPOSITE_PAGE, limit - len(rows))
+            with _answering("the query"):
+                resp = await self._client.search(
+                    index=index, body=compile_groups(query, es_after, page),
+                    ignore_unavailable=True, allow_no_indices=True,
+                )
+            aggregations = resp.get("aggregations")
+            if aggregations is None:  # no index yet: no documents
+                return [((), tuple(0 if m.kind in ("count", "distinct", "sum") else
+                                   (0, 0) if m.kind == "error_rate" else None
+                                   for m in query.metrics))] if not query.dimensions else []
+            got, es_after = read_groups(query, aggregations)
+            rows += got
+            if not query.dimensions or es_after is None or len(got) < page \
+                    or len(rows) >= limit:
+                return rows

@@ -28,7 +28,9 @@ from metronome.errors import StoreUnavailable
 from metronome.events import fields as F
 from metronome.events.document import Document
 from metronome.reports.model import Histogram, IsFilter, ReportResult, ReportSpec, Terms
-from metronome.store.base import SchemaChange, WriteOutcome
+from metronome.reports.query import GroupQuery
+from metronome.store.base import GroupRow, SchemaChange, WriteOutcome
+from metronome.store.sqlite_query import install_functions, query_groups
 
 __all__ = ["COLUMNS", "SQLiteStore"]
 
@@ -143,6 +145,7 @@ class SQLiteStore:
                 conn.execute("PRAGMA busy_timeout = 30000")
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
+            install_functions(conn)
             self._conn = conn
         return self._conn
 
@@ -273,3 +276,11 @@ class SQLiteStore:
             + " GROUP BY k ORDER BY n DESC, k ASC LIMIT ?"
         )
         return [(k, int(n)) for k, n in conn.execute(sql, args)]
+
+    async def groups(self, query: GroupQuery, *, after: tuple[Any, ...] | None,
+                     limit: int) -> list[GroupRow]:
+        def _query() -> list[GroupRow]:
+            return query_groups(self._connect(), query, after, limit)
+
+        rows: list[GroupRow] = await self._run(_query)
+        return rows

@@ -1,0 +1,102 @@
+"""Anonymous visitor ids: count visitors per day without storing who they are.
+
+A visitor id is a keyed hash (BLAKE2b) of the client address and user agent, keyed by a
+random salt that belongs to one UTC day. The same browser gets the same id all day, so
+``visitors`` (distinct ids) counts people per day; the next day it gets an unrelated id,
+and once a day's salt is deleted nobody (Metronome included) can recompute that day's ids
+from an address. Salts live in ``METRONOME_DATA_DIR/salts/``; salts of days older than
+yesterday are deleted whenever a new day's salt is made.
+
+The id goes to ``visitor.id``; addresses are not part of it in any recoverable form.
+Several processes on one host share the salt files (the first to need a day's salt
+creates it, atomically). Hosts behind one load balancer should share the directory
+(for example on a network file system) or a visitor is counted once per host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+__all__ = ["VisitorIds"]
+
+_DAY_MS = 86_400_000
+KEEP_DAYS = 2  # today and yesterday: late events of yesterday still get yesterday's salt
+
+
+class VisitorIds:
+    """Daily-salted visitor ids for one data directory."""
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self._dir = Path(data_dir) / "salts"
+        self._salts: dict[int, bytes] = {}
+        self._lock = threading.Lock()
+
+    def visitor_id(self, timestamp_ms: int, address: str | None, user_agent: str | None,
+                   scope: str = "") -> str | None:
+        """The id of the client at ``address`` with ``user_agent`` on the UTC day of
+        ``timestamp_ms`` (``scope``, such as a site, keeps ids of different sites apart).
+        None without an address: nothing to tell visitors apart by."""
+        if not address:
+            return None
+        day = timestamp_ms // _DAY_MS
+        salt = self._salts.get(day)
+        if salt is None:
+            salt = self._salt(day)
+        digest = hashlib.blake2b(
+            b"\x00".join((scope.encode(), address.encode(), (user_agent or "").encode())),
+            key=salt, digest_size=12,
+        )
+        return digest.hexdigest()
+
+    def _salt(self, day: int) -> bytes:
+        with self._lock:
+            if day in self._salts:
+                return self._salts[day]
+            self._dir.mkdir(parents=True, exist_ok=True)
+            path = self._dir / _day_name(day)
+            try:
+                salt = path.read_bytes()
+            except FileNotFoundError:
+                salt = self._create(path)
+            if len(salt) != 32:  # a torn write: nothing was hashed with it yet
+                path.unlink(missing_ok=True)
+                salt = self._create(path)
+            if len(self._salts) > 8:
+                self._salts.clear()
+            self._salts[day] = salt
+            return salt
+
+    def _create(self, path: Path) -> bytes:
+        salt = secrets.token_bytes(32)
+        temp = path.with_suffix(f".{os.getpid()}.{time.monotonic_ns()}.tmp")
+        with open(temp, "wb") as handle:
+            handle.write(salt)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp, path)  # atomic, and fails if another process won the race
+        except FileExistsError:
+            salt = path.read_bytes()
+        finally:
+            temp.unlink(missing_ok=True)
+        self._delete_old()
+        return salt
+
+    def _delete_old(self) -> None:
+        today = int(time.time() * 1000) // _DAY_MS
+        keep = {_day_name(today - n) for n in range(KEEP_DAYS)}
+        for old in self._dir.iterdir():
+            if old.name not in keep and not old.name.endswith(".tmp"):
+                old.unlink(missing_ok=True)
+        for day in [d for d in self._salts if _day_name(d) not in keep]:
+            del self._salts[day]
+
+
+def _day_name(day: int) -> str:
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(days=day)).strftime("%Y-%m-%d")

@@ -1,0 +1,151 @@
+"""Which document fields a query may use, and how: read from the index templates.
+
+The templates in ``index_templates/`` are the schema of every document, so the catalog
+is built from them: a field's mapping type says whether it can be a dimension (keyword,
+boolean, integer, ip), a numeric metric (any number) or a text filter (keyword). Free
+tick parameters are ``params.<name>``: keywords, and numbers where the value is one
+(``params.<name>.num`` in Elasticsearch).
+
+Short aliases (``event``, ``format``, ``browser``, ...) name the common fields.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import orjson
+
+from metronome.events import fields as F
+from metronome.store.templates import templates_dir
+
+__all__ = ["ALIASES", "FieldRef", "catalog", "resolve"]
+
+Kind = Literal["keyword", "number", "integer", "boolean", "ip", "date"]
+Purpose = Literal["dimension", "filter", "text", "number"]
+
+_NUMBER_TYPES = {"long", "integer", "short", "byte", "double", "float", "half_float",
+                 "scaled_float", "unsigned_long"}
+_INTEGER_TYPES = {"long", "integer", "short", "byte", "unsigned_long"}
+PARAM_NAME = re.compile(r"^params\.([\w\-:@$]{1,64})$")
+
+ALIASES: dict[str, str] = {
+    "event": F.EVENT_ACTION,
+    "item": F.ITEM_ID,
+    "format": F.ITEM_FORMAT,
+    "referrer": F.REFERRER_PAGE,
+    "referrer_domain": F.REFERRER_DOMAIN,
+    "domain": F.URL_DOMAIN,
+    "path": F.URL_PATH,
+    "browser": F.USER_AGENT_NAME,
+    "os": F.USER_AGENT_OS_NAME,
+    "device": F.USER_AGENT_DEVICE_NAME,
+    "country": F.CLIENT_GEO_COUNTRY_ISO_CODE,
+    "status": F.HTTP_RESPONSE_STATUS_CODE,
+    "method": F.HTTP_REQUEST_METHOD,
+    "bytes": F.HTTP_RESPONSE_BODY_BYTES,
+    "duration": F.EVENT_DURATION,
+    "visitor": F.VISITOR_ID,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRef:
+    """A resolved document field: its name, kind, and the field numbers are read from."""
+
+    name: str
+    kind: Kind
+    param: bool = False
+
+    @property
+    def numeric_field(self) -> str:
+        """Where Elasticsearch keeps the numeric value (``params.x.num`` for parameters)."""
+        return f"{self.name}.num" if self.param else self.name
+
+
+def _flatten(properties: dict[str, Any], prefix: str, out: dict[str, str]) -> None:
+    for name, mapping in properties.items():
+        path = f"{prefix}{name}"
+        if "properties" in mapping:
+            _flatten(mapping["properties"], path + ".", out)
+        elif "type" in mapping and mapping["type"] != "object":
+            out[path] = mapping["type"]
+
+
+@lru_cache(maxsize=1)
+def catalog() -> dict[str, dict[str, str]]:
+    """Per dataset (``ticks``, ``logs``): every mapped field and its Elasticsearch type."""
+    root = templates_dir()
+    components: dict[str, dict[str, str]] = {}
+    for path in sorted((root / "component").glob("*.json")):
+        mappings = orjson.loads(path.read_bytes()).get("template", {}).get("mappings", {})
+        flat: dict[str, str] = {}
+        _flatten(mappings.get("properties", {}), "", flat)
+        components[path.stem] = flat
+    result: dict[str, dict[str, str]] = {}
+    for path in sorted((root / "index").glob("*.json")):
+        body = orjson.loads(path.read_bytes())
+        fields: dict[str, str] = {}
+        for name in body.get("composed_of", []):
+            fields.update(components.get(name, {}))
+        dataset = path.stem.removeprefix("metronome-")
+        result[dataset] = fields
+    return result
+
+
+def _kind(es_type: str) -> Kind | None:
+    if es_type == "keyword":
+        return "keyword"
+    if es_type in _INTEGER_TYPES:
+        return "integer"
+    if es_type in _NUMBER_TYPES:
+        return "number"
+    if es_type in ("boolean", "ip", "date"):
+        return es_type  # type: ignore[return-value]
+    return None
+
+
+_ALLOWED: dict[Purpose, set[str]] = {
+    "dimension": {"keyword", "integer", "boolean", "ip"},
+    "filter": {"keyword", "integer", "number", "boolean", "ip"},
+    "text": {"keyword"},
+    "number": {"integer", "number"},
+}
+_WHAT = {
+    "dimension": "a keyword, boolean, whole-number or IP field",
+    "filter": "a keyword, number, boolean or IP field",
+    "text": "a keyword field",
+    "number": "a numeric field (such as bytes, duration or params.<name>)",
+}
+
+
+class UnknownField(ValueError):
+    """The name is no field of the chosen datasets, or not one usable this way."""
+
+
+def resolve(name: str, datasets: tuple[str, ...], purpose: Purpose) -> FieldRef:
+    """The field ``name`` (or an alias) for ``purpose``; :class:`UnknownField` otherwise."""
+    field = ALIASES.get(name, name)
+    match = PARAM_NAME.match(field)
+    if match:
+        if "ticks" not in datasets:
+            raise UnknownField(f"{name!r}: free parameters exist on ticks only")
+        kind: Kind = "number" if purpose == "number" else "keyword"
+        if purpose == "dimension" or purpose in ("filter", "text", "number"):
+            return FieldRef(field, kind, param=True)
+    types = {catalog()[d][field] for d in datasets if field in catalog().get(d, {})}
+    if not types:
+        known = ", ".join(sorted(ALIASES))
+        raise UnknownField(
+            f"{name!r} is not a field of {' or '.join(datasets)}; use a document field such"
+            f" as url.path, an alias ({known}) or params.<name>"
+        )
+    kinds = {_kind(t) for t in types}
+    if len(kinds) != 1 or None in kinds:
+        raise UnknownField(f"{name!r} cannot be used in a query")
+    (kind,) = kinds  # type: ignore[assignment]
+    if kind not in _ALLOWED[purpose]:
+        raise UnknownField(f"{name!r} is a {kind} field; this needs {_WHAT[purpose]}")
+    return FieldRef(field, kind)

@@ -1,0 +1,220 @@
+"""Runs a :class:`~metronome.reports.query.Query` on a store and shapes the answer.
+
+Two ways to read groups:
+
+* **paged** -- when the order is the dimensions' own (ascending, in the order given, no
+  time dimension): each page is read straight from the store after the last key of the
+  previous one (composite aggregation ``after``), so any number of groups can be walked;
+* **whole** -- otherwise (ordering by a metric, a time dimension to gap-fill, a
+  comparison): every group is read (up to ``max_groups``), gaps are filled, rows sorted,
+  and pages are slices of that order.
+
+The cursor (``meta.next``) is opaque, tied to the query it came from.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from metronome.errors import InvalidQuery
+from metronome.reports.query import (
+    VISITORS_PRECISION,
+    GroupQuery,
+    MetricSpec,
+    Query,
+    iso_moment,
+)
+from metronome.reports.timebuckets import bucket_label
+from metronome.store.base import GroupRow, Store
+
+__all__ = ["DEFAULT_MAX_GROUPS", "run_query"]
+
+DEFAULT_MAX_GROUPS = 10_000
+_DIGITS = 6
+
+
+def _encode_cursor(payload: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(payload)).decode().rstrip("=")
+
+
+def _decode_cursor(text: str, fingerprint: str) -> dict[str, Any]:
+    try:
+        payload = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        payload = None
+    if not isinstance(payload, dict) or payload.get("q") != fingerprint:
+        raise InvalidQuery(
+            "query.after: not a cursor of this query; pass meta.next from the previous page"
+            " with the same query (its normalized form has an absolute range)",
+            field="query.after",
+        )
+    return payload
+
+
+def _zero(metric: MetricSpec) -> Any:
+    if metric.kind in ("count", "distinct", "sum"):
+        return 0
+    return (0, 0) if metric.kind == "error_rate" else None
+
+
+def _final(metric: MetricSpec, value: Any) -> Any:
+    """The answer's value: ratios computed, floats rounded, whole numbers as integers."""
+    if metric.kind == "error_rate":
+        errors, total = value
+        return round(errors / total, _DIGITS) if total else None
+    if value is None:
+        return None
+    if metric.kind in ("count", "distinct"):
+        return int(value)
+    if metric.field is not None and metric.field.kind == "integer" and \
+            metric.kind in ("sum", "min", "max"):
+        return int(round(value))
+    return round(float(value), _DIGITS)
+
+
+def _fill(query: GroupQuery, rows: list[GroupRow]) -> list[GroupRow]:
+    """Zero rows for the time buckets a series has no documents in."""
+    slot = next((i for i, d in enumerate(query.dimensions) if d.interval), None)
+    if slot is None:
+        return rows
+    zeros = tuple(_zero(m) for m in query.metrics)
+    seen = {keys for keys, _ in rows}
+    series = {keys[:slot] + keys[slot + 1:] for keys, _ in rows}
+    if len(query.dimensions) == 1:
+        series = {()}
+    filled = list(rows)
+    for other in series:
+        for start in query.bucket_starts:
+            keys = other[:slot] + (start,) + other[slot:]
+            if keys not in seen:
+                filled.append((keys, zeros))
+    return filled
+
+
+def _sort(rows: list[dict[str, Any]], order: tuple[tuple[str, bool], ...],
+          positions: dict[str, tuple[str, int]]) -> None:
+    """Stable multi-key sort; missing values (None) last in either direction."""
+    for name, descending in reversed(order):
+        part, index = positions[name]
+
+        def key(row: dict[str, Any], part: str = part, index: int = index,
+                descending: bool = descending) -> tuple[bool, Any]:
+            value = row[part][index]
+            return (value is None) != descending, value
+
+        rows.sort(key=key, reverse=descending)
+
+
+def _finish(query: GroupQuery, rows: list[GroupRow]) -> list[dict[str, Any]]:
+    return [{"keys": keys, "metrics": [_final(m, v) for m, v in
+                                       zip(query.metrics, values, strict=True)]}
+            for keys, values in rows]
+
+
+async def _whole(store: Store, query: GroupQuery, max_groups: int) -> list[dict[str, Any]]:
+    rows = await store.groups(query, after=None, limit=max_groups + 1)
+    if len(rows) > max_groups:
+        raise InvalidQuery(
+            f"the answer has more than {max_groups} rows; add filters, use fewer"
+            " dimensions, or order by the dimensions (without a time dimension) to page"
+            " through any number of rows",
+            field="query.dimensions",
+        )
+    rows = _fill(query, rows)
+    if len(rows) > max_groups:
+        raise InvalidQuery(
+            f"filling the time series gives more than {max_groups} rows; choose a shorter"
+            " range, a longer interval or fewer dimensions",
+            field="query.dimensions",
+        )
+    return _finish(query, rows)
+
+
+def _match_key(query: GroupQuery, keys: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Keys with time buckets as their position, so a period lines up with the previous."""
+    out = []
+    for dim, key in zip(query.dimensions, keys, strict=True):
+        out.append(query.bucket_starts.index(key) if dim.interval else key)
+    return tuple(out)
+
+
+def _change(current: Any, previous: Any) -> float | None:
+    if current is None or previous in (None, 0):
+        return None
+    return round((current - previous) / abs(previous), 4)
+
+
+async def run_query(store: Store, query: Query, *, max_groups: int = DEFAULT_MAX_GROUPS
+                    ) -> dict[str, Any]:
+    """The ``/query`` answer: ``{"results": [...], "meta": {...}, "query": {...}}``."""
+    group = query.group
+    dims = group.dimensions
+    positions = {d.name: ("keys", i) for i, d in enumerate(dims)}
+    positions.update({m.name: ("metrics", i) for i, m in enumerate(group.metrics)})
+    cursor = _decode_cursor(query.after, query.fingerprint) if query.after else {}
+    paged = (bool(dims) and not any(d.interval for d in dims) and query.previous is None
+             and list(query.order_by) == [(d.name, False) for d in dims])
+    next_cursor: str | None = None
+    if paged:
+        after = tuple(cursor["a"]) if "a" in cursor else None
+        if after is not None and len(after) != len(dims):
+            raise InvalidQuery("query.after: not a cursor of this query", field="query.after")
+        raw = await store.groups(group, after=after, limit=query.limit + 1)
+        page = _finish(group, raw[: query.limit])
+        if len(raw) > query.limit:
+            next_cursor = _encode_cursor({"q": query.fingerprint,
+                                          "a": list(raw[query.limit - 1][0])})
+        total = None
+    else:
+        rows = await _whole(store, group, max_groups)
+        _sort(rows, query.order_by, positions)
+        offset = int(cursor.get("o", 0)) if isinstance(cursor.get("o", 0), int) else 0
+        page = rows[offset: offset + query.limit]
+        if offset + query.limit < len(rows):
+            next_cursor = _encode_cursor({"q": query.fingerprint, "o": offset + query.limit})
+        total = len(rows)
+        if query.previous is not None:
+            before = await _whole(store, query.previous, max_groups)
+            by_key = {_match_key(query.previous, r["keys"]): r["metrics"] for r in before}
+            zeros = [_final(m, _zero(m)) for m in group.metrics]
+            for row in page:
+                previous = by_key.get(_match_key(group, row["keys"]), zeros)
+                row["previous"] = previous
+                row["change"] = [_change(c, p) for c, p in
+                                 zip(row["metrics"], previous, strict=True)]
+
+    tz = ZoneInfo(group.tz)
+    results = []
+    for row in page:
+        labels = [bucket_label(key, dim.interval, tz) if dim.interval else key
+                  for dim, key in zip(dims, row["keys"], strict=True)]
+        result = {"dimensions": labels, "metrics": row["metrics"]}
+        if "previous" in row:
+            result["previous"] = row["previous"]
+            result["change"] = row["change"]
+        results.append(result)
+
+    meta: dict[str, Any] = {
+        "dimensions": [d.name for d in dims],
+        "metrics": [m.name for m in group.metrics],
+        "range": query.normalized["range"],
+        "tz": group.tz,
+        "rows": len(results),
+        "total_rows": total,
+        "next": next_cursor,
+    }
+    if query.previous is not None:
+        meta["previous_range"] = {"from": iso_moment(query.previous.start_ms, tz),
+                                  "to": iso_moment(query.previous.end_ms, tz)}
+    if any(m.name == "visitors" for m in group.metrics):
+        meta["visitors_precision"] = VISITORS_PRECISION
+    if any(m.kind == "percentile" for m in group.metrics):
+        meta["percentiles"] = ("exact with linear interpolation on the embedded store; a"
+                               " t-digest estimate on Elasticsearch")
+    return {"results": results, "meta": meta, "query": query.normalized}
+

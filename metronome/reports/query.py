@@ -1,0 +1,504 @@
+"""``POST /query``: the request schema, its validation, and the backend-neutral query.
+
+One JSON Schema (:data:`QUERY_SCHEMA`) validates the request's shape and is the schema
+``/openapi.json`` publishes; :func:`parse_query` then checks what a schema cannot (field
+names against the index templates, time zones, ranges) and returns a :class:`Query`: the
+normalized request (aliases resolved, defaults filled, the range made absolute) and the
+:class:`GroupQuery` every store compiles (Elasticsearch composite aggregations, or SQL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from metronome.errors import InvalidQuery
+from metronome.reports.catalog import ALIASES, FieldRef, UnknownField, resolve
+from metronome.reports.model import Interval
+from metronome.reports.timebuckets import MAX_BUCKETS, bucket_starts, parse_moment
+
+__all__ = [
+    "BoolNode",
+    "DimensionSpec",
+    "FilterNode",
+    "GroupQuery",
+    "Leaf",
+    "MetricSpec",
+    "QUERY_SCHEMA",
+    "Query",
+    "iso_moment",
+    "parse_query",
+]
+
+SOURCES = {"ticks": ("ticks",), "logs": ("logs",), "all": ("ticks", "logs")}
+SIMPLE_METRICS = ("events", "visitors", "items", "bytes", "error_rate")
+STAT_PATTERN = r"^(sum|avg|min|max|p(?:[1-9][0-9]?)(?:\.[0-9]{1,3})?)$"
+RANGE_PRESET = r"^(today|yesterday|week|month|year|[1-9][0-9]{0,2}[hd])$"
+MAX_LIMIT = 10_000
+MAX_DIMENSIONS = 4
+MAX_FILTER_VALUES = 100
+VISITORS_PRECISION = (
+    "exact on the embedded store; on Elasticsearch a HyperLogLog++ estimate, near exact"
+    " below 3,000 distinct visitors per row and within a few percent above"
+)
+
+_SCALAR = {"type": ["string", "number", "boolean"]}
+_FIELD = {"type": "string", "minLength": 1, "maxLength": 200}
+
+QUERY_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Query",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "source": {"enum": list(SOURCES), "default": "all",
+                   "description": "ticks, access logs, or both"},
+        "range": {
+            "description": "a preset (today, yesterday, week, month, year, 7d, 24h, ...) or"
+                           " from/to (dates include the whole day; ISO 8601; epoch ms)",
+            "default": "30d",
+            "oneOf": [
+                {"type": "string", "pattern": RANGE_PRESET},
+                {"type": "object", "additionalProperties": False, "required": ["from"],
+                 "properties": {"from": {"type": "string", "minLength": 1, "maxLength": 64},
+                                "to": {"type": "string", "minLength": 1, "maxLength": 64}}},
+            ],
+        },
+        "tz": {"type": "string", "minLength": 1, "maxLength": 64, "default": "UTC",
+               "description": "IANA time zone for dates, presets and time buckets"},
+        "metrics": {
+            "type": "array", "minItems": 1, "maxItems": 20, "default": ["events"],
+            "items": {"oneOf": [
+                {"enum": list(SIMPLE_METRICS)},
+                {"type": "object", "minProperties": 1, "maxProperties": 1,
+                 "propertyNames": {"pattern": STAT_PATTERN},
+                 "additionalProperties": _FIELD},
+            ]},
+        },
+        "dimensions": {
+            "type": "array", "maxItems": MAX_DIMENSIONS, "default": [],
+            "items": {"type": "string", "minLength": 1, "maxLength": 200,
+                      "description": "time:hour|day|week|month, a field, or params.<name>"},
+        },
+        "filters": {"type": "array", "maxItems": 50, "default": [],
+                    "items": {"$ref": "#/$defs/filter"}},
+        "order_by": {
+            "type": "array", "maxItems": 10,
+            "items": {"type": "array", "minItems": 2, "maxItems": 2,
+                      "prefixItems": [{"type": "string", "minLength": 1, "maxLength": 200},
+                                      {"enum": ["asc", "desc"]}]},
+        },
+        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100},
+        "after": {"type": ["string", "null"], "maxLength": 4096,
+                  "description": "meta.next of the previous page"},
+        "compare": {"enum": [None, "previous_period"], "default": None},
+        "bots": {"enum": ["exclude", "include"], "default": "exclude",
+                 "description": "known crawlers are left out unless included"},
+    },
+    "$defs": {
+        "filter": {"oneOf": [
+            {"type": "array", "minItems": 3, "maxItems": 3, "items": False,
+             "prefixItems": [{"enum": ["is", "is_not", "contains", "matches"]}, _FIELD,
+                             {"type": "array", "minItems": 1,
+                              "maxItems": MAX_FILTER_VALUES, "items": _SCALAR}]},
+            {"type": "array", "minItems": 3, "maxItems": 3, "items": False,
+             "prefixItems": [{"enum": ["gt", "lt"]}, _FIELD, {"type": "number"}]},
+            {"type": "array", "minItems": 2, "maxItems": 2, "items": False,
+             "prefixItems": [{"enum": ["and", "or"]},
+                             {"type": "array", "minItems": 1, "maxItems": 50,
+                              "items": {"$ref": "#/$defs/filter"}}]},
+            {"type": "array", "minItems": 2, "maxItems": 2, "items": False,
+             "prefixItems": [{"const": "not"}, {"$ref": "#/$defs/filter"}]},
+        ]},
+    },
+}
+_VALIDATOR = Draft202012Validator(QUERY_SCHEMA)
+
+
+# --- what stores compile ----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """One condition: ``is``/``is_not`` (any of ``values``), ``contains`` (any of the
+    substrings), ``matches`` (any anchored pattern: ``*`` any run, ``?`` one character),
+    ``gt``/``lt`` (one number)."""
+
+    op: Literal["is", "is_not", "contains", "matches", "gt", "lt"]
+    field: FieldRef
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BoolNode:
+    op: Literal["and", "or", "not"]
+    items: tuple[FilterNode, ...]
+
+
+FilterNode = Leaf | BoolNode
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """``count`` (events), ``distinct`` (visitors, items), ``sum``/``avg``/``min``/``max``,
+    ``percentile`` (``percent``), or ``error_rate`` (share of status codes >= 500)."""
+
+    name: str
+    kind: Literal["count", "distinct", "sum", "avg", "min", "max", "percentile", "error_rate"]
+    field: FieldRef | None = None
+    percent: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DimensionSpec:
+    """A time bucket (``interval`` set) or a field's value."""
+
+    name: str
+    field: FieldRef | None = None
+    interval: Interval | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupQuery:
+    """Documents of ``datasets`` in ``[start_ms, end_ms)`` matching ``filter``, grouped by
+    ``dimensions`` with ``metrics`` per group. Time keys are the bucket starts in
+    ``bucket_starts`` (computed in ``tz``)."""
+
+    datasets: tuple[str, ...]
+    start_ms: int
+    end_ms: int
+    tz: str
+    bucket_starts: tuple[int, ...]
+    dimensions: tuple[DimensionSpec, ...]
+    metrics: tuple[MetricSpec, ...]
+    filter: FilterNode | None
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A validated request: the normalized JSON and what to run."""
+
+    normalized: dict[str, Any]
+    group: GroupQuery
+    order_by: tuple[tuple[str, bool], ...]  # (name, descending)
+    limit: int
+    after: str | None
+    previous: GroupQuery | None
+    fingerprint: str = field(default="")
+
+
+# --- parsing ---------------------------------------------------------------------------
+
+def _path(error_path: Any) -> str:
+    text = "query"
+    for part in error_path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text
+
+
+def _schema_error(body: Any) -> InvalidQuery | None:
+    error = best_match(_VALIDATOR.iter_errors(body))
+    if error is None:
+        return None
+    where = _path(error.absolute_path)
+    if error.validator == "additionalProperties" and error.absolute_path == error.path:
+        allowed = ", ".join(error.schema.get("properties", {}))
+        return InvalidQuery(f"{where}: {error.message}; allowed: {allowed}", field=where)
+    if error.validator == "oneOf" and where.startswith("query.filters"):
+        return InvalidQuery(
+            f"{where}: a filter is [op, field, [values]] with op is, is_not, contains or"
+            " matches; [gt|lt, field, number]; [and|or, [filters]]; or [not, filter]",
+            field=where,
+        )
+    if error.validator == "oneOf" and where.startswith("query.metrics"):
+        return InvalidQuery(
+            f"{where}: a metric is one of {', '.join(SIMPLE_METRICS)}, or"
+            ' {"sum"|"avg"|"min"|"max"|"p95"...: field}',
+            field=where,
+        )
+    if error.validator == "oneOf" and where == "query.range":
+        return InvalidQuery(
+            f"{where}: give a preset (today, yesterday, week, month, year, 7d, 24h) or"
+            ' {"from": ..., "to": ...}',
+            field=where,
+        )
+    message = error.message if len(error.message) < 300 else error.message[:300] + "..."
+    return InvalidQuery(f"{where}: {message}", field=where)
+
+
+def _field(name: str, datasets: tuple[str, ...], purpose: Any, where: str) -> FieldRef:
+    try:
+        return resolve(name, datasets, purpose)
+    except UnknownField as exc:
+        raise InvalidQuery(f"{where}: {exc}", field=where) from None
+
+
+def _local_midnight(day: Any, tz: ZoneInfo) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp() * 1000)
+
+
+def _resolve_range(spec: Any, tz: ZoneInfo, now_ms: int
+                   ) -> tuple[int, int, tuple[int, int]]:
+    """``(start, end, previous period)`` in epoch ms for a preset or from/to."""
+    now = datetime.fromtimestamp(now_ms / 1000, tz=UTC).astimezone(tz)
+    today = now.date()
+    if isinstance(spec, dict):
+        try:
+            start = parse_moment("from", spec["from"], tz, end=False)
+            end = (parse_moment("to", spec["to"], tz, end=True) if spec.get("to")
+                   else now_ms + 1)
+        except Exception as exc:  # InvalidParameter from the shared parser
+            raise InvalidQuery(f"query.range: {getattr(exc, 'message', exc)}",
+                               field="query.range") from None
+        if start >= end:
+            raise InvalidQuery("query.range: 'from' must be before 'to'", field="query.range")
+        return start, end, (start - (end - start), start)
+    unit = spec[-1]
+    if spec in ("today", "yesterday"):
+        day = today if spec == "today" else today - timedelta(days=1)
+        return (_local_midnight(day, tz), _local_midnight(day + timedelta(days=1), tz),
+                (_local_midnight(day - timedelta(days=1), tz), _local_midnight(day, tz)))
+    if spec == "week":
+        monday = today - timedelta(days=today.weekday())
+        return (_local_midnight(monday, tz), _local_midnight(monday + timedelta(days=7), tz),
+                (_local_midnight(monday - timedelta(days=7), tz),
+                 _local_midnight(monday, tz)))
+    if spec == "month":
+        first = today.replace(day=1)
+        following = (first + timedelta(days=32)).replace(day=1)
+        before = (first - timedelta(days=1)).replace(day=1)
+        return (_local_midnight(first, tz), _local_midnight(following, tz),
+                (_local_midnight(before, tz), _local_midnight(first, tz)))
+    if spec == "year":
+        first = today.replace(month=1, day=1)
+        return (_local_midnight(first, tz),
+                _local_midnight(first.replace(year=first.year + 1), tz),
+                (_local_midnight(first.replace(year=first.year - 1), tz),
+                 _local_midnight(first, tz)))
+    count = int(spec[:-1])
+    if unit == "d":  # the last N days, today included
+        end = _local_midnight(today + timedelta(days=1), tz)
+        start = _local_midnight(today - timedelta(days=count - 1), tz)
+        previous = (_local_midnight(today - timedelta(days=2 * count - 1), tz), start)
+        return start, end, previous
+    hour_ms = 3_600_000
+    end = (now_ms // hour_ms + 1) * hour_ms  # the last N hours, this one included
+    start = end - count * hour_ms
+    return start, end, (start - count * hour_ms, start)
+
+
+def iso_moment(ms: int, tz: ZoneInfo) -> str:
+    """Epoch ms as ISO 8601 in ``tz`` (millisecond precision, with the offset)."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(tz).isoformat(
+        timespec="milliseconds")
+
+
+def _metric(raw: Any, datasets: tuple[str, ...], where: str) -> tuple[MetricSpec, Any]:
+    if isinstance(raw, str):
+        if raw == "events":
+            return MetricSpec("events", "count"), raw
+        if raw in ("visitors", "items"):
+            name = "visitor.id" if raw == "visitors" else "item.id"
+            return MetricSpec(raw, "distinct", _field(name, datasets, "dimension", where)), raw
+        if raw == "bytes":
+            ref = _field("bytes", datasets, "number", where)
+            return MetricSpec("bytes", "sum", ref), raw
+        ref = _field("status", datasets, "number", where)
+        return MetricSpec("error_rate", "error_rate", ref), raw
+    ((stat, name),) = raw.items()
+    ref = _field(name, datasets, "number", where)
+    canonical = f"{stat}:{ref.name}"
+    if stat.startswith("p"):
+        return MetricSpec(canonical, "percentile", ref, float(stat[1:])), {stat: ref.name}
+    return MetricSpec(canonical, stat, ref), {stat: ref.name}
+
+
+def _dimension(raw: str, datasets: tuple[str, ...], where: str) -> DimensionSpec:
+    if raw.startswith("time:"):
+        interval = raw[5:]
+        if interval not in ("hour", "day", "week", "month"):
+            raise InvalidQuery(f"{where}: time dimensions are time:hour, time:day, time:week"
+                               f" and time:month, not {raw!r}", field=where)
+        return DimensionSpec(raw, interval=interval)  # type: ignore[arg-type]
+    ref = _field(raw, datasets, "dimension", where)
+    return DimensionSpec(ref.name, field=ref)
+
+
+def _values(ref: FieldRef, values: list[Any], where: str) -> tuple[Any, ...]:
+    out: list[Any] = []
+    for value in values:
+        if ref.kind == "boolean":
+            if not isinstance(value, bool):
+                raise InvalidQuery(f"{where}: {ref.name} is true or false, not {value!r}",
+                                   field=where)
+        elif ref.kind in ("integer", "number"):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidQuery(f"{where}: {ref.name} takes numbers, not {value!r}",
+                                   field=where)
+            if abs(value) > 2**53:
+                raise InvalidQuery(f"{where}: {value!r} is out of range", field=where)
+        elif ref.param:  # parameters are stored as text: compare as text
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, int | float):
+                value = str(value)
+        elif not isinstance(value, str):
+            raise InvalidQuery(f"{where}: {ref.name} takes text values, not {value!r}",
+                               field=where)
+        out.append(value)
+    return tuple(out)
+
+
+def _filter(raw: list[Any], datasets: tuple[str, ...], where: str
+            ) -> tuple[FilterNode, list[Any]]:
+    op = raw[0]
+    if op in ("and", "or"):
+        nodes, normalized = [], []
+        for index, item in enumerate(raw[1]):
+            node, norm = _filter(item, datasets, f"{where}[1][{index}]")
+            nodes.append(node)
+            normalized.append(norm)
+        return BoolNode(op, tuple(nodes)), [op, normalized]
+    if op == "not":
+        node, norm = _filter(raw[1], datasets, f"{where}[1]")
+        return BoolNode("not", (node,)), ["not", norm]
+    purpose = {"contains": "text", "matches": "text", "gt": "number", "lt": "number"}.get(
+        op, "filter")
+    ref = _field(raw[1], datasets, purpose, f"{where}[1]")
+    if op in ("gt", "lt"):
+        if abs(raw[2]) > 1e300:
+            raise InvalidQuery(f"{where}[2]: {raw[2]!r} is out of range", field=where)
+        return Leaf(op, ref, (raw[2],)), [op, ref.name, raw[2]]
+    values = _values(ref, raw[2], f"{where}[2]")
+    if op in ("contains", "matches") and any(not isinstance(v, str) or not v for v in values):
+        raise InvalidQuery(f"{where}[2]: {op} takes non-empty text", field=where)
+    return Leaf(op, ref, values), [op, ref.name, list(values)]
+
+
+def parse_query(body: Any, now_ms: int | None = None) -> Query:
+    """Validate a ``/query`` request and resolve it. Raises :class:`InvalidQuery`."""
+    error = _schema_error(body)
+    if error is not None:
+        raise error
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    source = body.get("source", "all")
+    datasets = SOURCES[source]
+    tz_name = body.get("tz", "UTC")
+    try:
+        tz = ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidQuery(f"query.tz: {tz_name!r} is not an IANA time zone such as"
+                           " Europe/Berlin", field="query.tz") from None
+    range_spec = body.get("range", "30d")
+    start, end, previous = _resolve_range(range_spec, tz, now)
+
+    metrics, metric_json = [], []
+    for index, raw in enumerate(body.get("metrics", ["events"])):
+        spec, norm = _metric(raw, datasets, f"query.metrics[{index}]")
+        if spec.name in {m.name for m in metrics}:
+            raise InvalidQuery(f"query.metrics[{index}]: {spec.name} is asked twice",
+                               field=f"query.metrics[{index}]")
+        metrics.append(spec)
+        metric_json.append(norm)
+    dimensions: list[DimensionSpec] = []
+    for index, raw in enumerate(body.get("dimensions", [])):
+        dim = _dimension(raw, datasets, f"query.dimensions[{index}]")
+        if dim.name in {d.name for d in dimensions} or (
+                dim.interval and any(d.interval for d in dimensions)):
+            raise InvalidQuery(f"query.dimensions[{index}]: {raw!r} repeats a dimension",
+                               field=f"query.dimensions[{index}]")
+        dimensions.append(dim)
+
+    nodes, filter_json = [], []
+    for index, raw in enumerate(body.get("filters", [])):
+        node, norm = _filter(raw, datasets, f"query.filters[{index}]")
+        nodes.append(node)
+        filter_json.append(norm)
+    bots = body.get("bots", "exclude")
+    if bots == "exclude":
+        nodes.append(Leaf("is_not", resolve("bot", datasets, "filter"), (True,)))
+    root: FilterNode | None = (None if not nodes else nodes[0] if len(nodes) == 1
+                               else BoolNode("and", tuple(nodes)))
+
+    names = [d.name for d in dimensions] + [m.name for m in metrics]
+    order: list[tuple[str, bool]] = []
+    for index, (name, direction) in enumerate(body.get("order_by") or []):
+        canonical = _order_name(name, dimensions, metrics)
+        if canonical is None:
+            raise InvalidQuery(
+                f"query.order_by[{index}]: {name!r} is not a dimension or metric of this"
+                f" query ({', '.join(names)})", field=f"query.order_by[{index}]")
+        order.append((canonical, direction == "desc"))
+    if not body.get("order_by"):
+        if any(d.interval for d in dimensions) or not dimensions:
+            order = [(d.name, False) for d in dimensions]
+        else:
+            order = [(metrics[0].name, True)]
+    for d in dimensions:  # ties: by dimension values, so every answer has one order
+        if d.name not in {n for n, _ in order}:
+            order.append((d.name, False))
+
+    interval = next((d.interval for d in dimensions if d.interval), None)
+    starts: tuple[int, ...] = ()
+    prev_starts: tuple[int, ...] = ()
+    if interval:
+        try:
+            starts = tuple(bucket_starts(start, end, interval, tz))
+            prev_starts = tuple(bucket_starts(*previous, interval, tz))
+        except ValueError:
+            raise InvalidQuery(
+                f"query.dimensions: the range holds more than {MAX_BUCKETS} {interval}"
+                " buckets; choose a shorter range or a longer interval",
+                field="query.dimensions") from None
+    group = GroupQuery(datasets, start, end, tz.key, starts, tuple(dimensions),
+                       tuple(metrics), root)
+    compare = body.get("compare")
+    previous_group = None
+    if compare:
+        previous_group = GroupQuery(datasets, previous[0], previous[1], tz.key, prev_starts,
+                                    tuple(dimensions), tuple(metrics), root)
+    normalized = {
+        "source": source,
+        "range": {"from": iso_moment(start, tz), "to": iso_moment(end, tz)},
+        "tz": tz.key,
+        "metrics": metric_json,
+        "dimensions": [d.name for d in dimensions],
+        "filters": filter_json,
+        "order_by": [[n, "desc" if desc else "asc"] for n, desc in order],
+        "limit": body.get("limit", 100),
+        "after": body.get("after"),
+        "compare": compare,
+        "bots": bots,
+    }
+    fingerprint_source = {k: v for k, v in normalized.items() if k not in ("after", "limit")}
+    fingerprint = hashlib.sha256(orjson.dumps(fingerprint_source,
+                                              option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    return Query(normalized, group, tuple(order), normalized["limit"], body.get("after"),
+                 previous_group, fingerprint)
+
+
+def _order_name(name: str, dimensions: list[DimensionSpec], metrics: list[MetricSpec]
+                ) -> str | None:
+    for d in dimensions:
+        if name == d.name or (d.field is not None and resolve_alias(name) == d.name):
+            return d.name
+    for m in metrics:
+        if name == m.name:
+            return m.name
+        if ":" in name:
+            stat, _, field_name = name.partition(":")
+            if m.name == f"{stat}:{resolve_alias(field_name)}":
+                return m.name
+    return None
+
+
+def resolve_alias(name: str) -> str:
+    return ALIASES.get(name, name)
+

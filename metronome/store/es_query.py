@@ -1,0 +1,144 @@
+"""A :class:`~metronome.reports.query.GroupQuery` as Elasticsearch query DSL.
+
+Only structured queries: ``terms``, ``range``, ``wildcard`` (with the user's text
+escaped) and ``bool``; no ``query_string`` and no scripts, so nothing a user sends is ever
+parsed as query syntax. Groups come from a ``composite`` aggregation (exact, and paged
+with ``after``), with one sub-aggregation per metric.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+from typing import Any
+
+from metronome.events import fields as F
+from metronome.reports.query import BoolNode, FilterNode, GroupQuery, Leaf, MetricSpec
+
+__all__ = ["CARDINALITY_PRECISION", "compile_filter", "compile_groups", "read_groups"]
+
+CARDINALITY_PRECISION = 3000
+Row = tuple[tuple[Any, ...], tuple[Any, ...]]
+
+
+def _escape_wildcard(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?")
+
+
+def compile_filter(node: FilterNode) -> dict[str, Any]:
+    """Query DSL for a filter tree; a document without the field never matches a leaf
+    (so ``is_not`` and ``not`` include it, as in SQL with COALESCE)."""
+    if isinstance(node, BoolNode):
+        items = [compile_filter(item) for item in node.items]
+        if node.op == "and":
+            return {"bool": {"filter": items}}
+        if node.op == "or":
+            return {"bool": {"should": items, "minimum_should_match": 1}}
+        return {"bool": {"must_not": items}}
+    assert isinstance(node, Leaf)
+    name = node.field.name
+    if node.op in ("is", "is_not"):
+        terms = {"terms": {name: list(node.values)}}
+        return terms if node.op == "is" else {"bool": {"must_not": [terms]}}
+    if node.op in ("gt", "lt"):
+        return {"range": {node.field.numeric_field: {node.op: node.values[0]}}}
+    patterns = ([f"*{_escape_wildcard(v)}*" for v in node.values] if node.op == "contains"
+                else [v.replace("\\", "\\\\") for v in node.values])
+    should = [{"wildcard": {name: {"value": p}}} for p in patterns]
+    return {"bool": {"should": should, "minimum_should_match": 1}}
+
+
+def _metric_aggs(metrics: Sequence[MetricSpec]) -> dict[str, Any]:
+    aggs: dict[str, Any] = {}
+    for index, metric in enumerate(metrics):
+        key = f"m{index}"
+        ref = metric.field
+        if metric.kind == "count":
+            continue
+        assert ref is not None
+        if metric.kind == "distinct":
+            aggs[key] = {"cardinality": {"field": ref.name,
+                                         "precision_threshold": CARDINALITY_PRECISION}}
+        elif metric.kind == "percentile":
+            aggs[key] = {"percentiles": {"field": ref.numeric_field,
+                                         "percents": [metric.percent], "keyed": False}}
+        elif metric.kind == "error_rate":
+            aggs[key + "e"] = {"filter": {"range": {ref.name: {"gte": 500}}}}
+            aggs[key + "t"] = {"value_count": {"field": ref.name}}
+        else:
+            aggs[key] = {metric.kind: {"field": ref.numeric_field}}
+    return aggs
+
+
+def compile_groups(query: GroupQuery, after: dict[str, Any] | None, size: int
+                   ) -> dict[str, Any]:
+    """The search body for one page of groups (``size`` at most)."""
+    filters: list[dict[str, Any]] = [
+        {"range": {F.TIMESTAMP: {"gte": query.start_ms, "lt": query.end_ms,
+                                 "format": "epoch_millis"}}}
+    ]
+    if query.filter is not None:
+        filters.append(compile_filter(query.filter))
+    metric_aggs = _metric_aggs(query.metrics)
+    if not query.dimensions:
+        groups: dict[str, Any] = {"filter": {"match_all": {}}}
+    else:
+        sources = []
+        for index, dim in enumerate(query.dimensions):
+            if dim.interval:
+                source = {"date_histogram": {"field": F.TIMESTAMP,
+                                             "calendar_interval": dim.interval,
+                                             "time_zone": query.tz}}
+            else:
+                assert dim.field is not None
+                source = {"terms": {"field": dim.field.name, "missing_bucket": True}}
+            sources.append({f"d{index}": source})
+        composite: dict[str, Any] = {"size": size, "sources": sources}
+        if after is not None:
+            composite["after"] = after
+        groups = {"composite": composite}
+    if metric_aggs:
+        groups["aggs"] = metric_aggs
+    return {"size": 0, "track_total_hits": False, "query": {"bool": {"filter": filters}},
+            "aggs": {"groups": groups}}
+
+
+def _metric_values(bucket: dict[str, Any], metrics: Sequence[MetricSpec]) -> tuple[Any, ...]:
+    values: list[Any] = []
+    for index, metric in enumerate(metrics):
+        key = f"m{index}"
+        if metric.kind == "count":
+            values.append(int(bucket["doc_count"]))
+        elif metric.kind == "distinct":
+            values.append(int(bucket[key]["value"]))
+        elif metric.kind == "percentile":
+            rows = bucket[key]["values"]
+            values.append(rows[0]["value"] if rows else None)
+        elif metric.kind == "error_rate":
+            values.append((int(bucket[key + "e"]["doc_count"]), int(bucket[key + "t"]["value"])))
+        else:
+            values.append(bucket[key]["value"])
+    return tuple(values)
+
+
+def read_groups(query: GroupQuery, aggregations: dict[str, Any]
+                ) -> tuple[list[Row], dict[str, Any] | None]:
+    """Rows ``(keys, values)`` of one page, and the ``after_key`` for the next (or None)."""
+    groups = aggregations["groups"]
+    if not query.dimensions:
+        return [((), _metric_values(groups, query.metrics))], None
+    rows: list[Row] = []
+    starts = query.bucket_starts
+    for bucket in groups.get("buckets", []):
+        keys: list[Any] = []
+        for index, dim in enumerate(query.dimensions):
+            value = bucket["key"][f"d{index}"]
+            if dim.interval:
+                slot = max(bisect_right(starts, int(value)) - 1, 0)
+                value = starts[slot]
+            elif dim.field is not None and dim.field.kind == "boolean" and value is not None:
+                value = value in (True, 1, "true")
+            keys.append(value)
+        rows.append((tuple(keys), _metric_values(bucket, query.metrics)))
+    after = groups.get("after_key") if len(groups.get("buckets", [])) else None
+    return rows, after
