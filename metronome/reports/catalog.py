@@ -132,9 +132,7 @@ def resolve(name: str, datasets: tuple[str, ...], purpose: Purpose) -> FieldRef:
     if match:
         if "ticks" not in datasets:
             raise UnknownField(f"{name!r}: free parameters exist on ticks only")
-        kind: Kind = "number" if purpose == "number" else "keyword"
-        if purpose == "dimension" or purpose in ("filter", "text", "number"):
-            return FieldRef(field, kind, param=True)
+        return FieldRef(field, "number" if purpose == "number" else "keyword", param=True)
     types = {catalog()[d][field] for d in datasets if field in catalog().get(d, {})}
     if not types:
         known = ", ".join(sorted(ALIASES))
@@ -147,5 +145,5 @@ def resolve(name: str, datasets: tuple[str, ...], purpose: Purpose) -> FieldRef:
         raise UnknownField(f"{name!r} cannot be used in a query")
     (kind,) = kinds  # type: ignore[assignment]
     if kind not in _ALLOWED[purpose]:
-        raise UnknownField(f"{name!r} is a {kind} field; this needs {_WHAT[purpose]}")
+        raise UnknownField(f"{name!r} is a field of type {kind}; this needs {_WHAT[purpose]}")
     return FieldRef(field, kind)

@@ -98,14 +98,14 @@ def _fill(query: GroupQuery, rows: list[GroupRow]) -> list[GroupRow]:
 
 def _sort(rows: list[dict[str, Any]], order: tuple[tuple[str, bool], ...],
           positions: dict[str, tuple[str, int]]) -> None:
-    """Stable multi-key sort; missing values (None) last in either direction."""
+    """Stable multi-key sort; a missing value (None) is the smallest, as in the store."""
     for name, descending in reversed(order):
         part, index = positions[name]
 
-        def key(row: dict[str, Any], part: str = part, index: int = index,
-                descending: bool = descending) -> tuple[bool, Any]:
+        def key(row: dict[str, Any], part: str = part, index: int = index
+                ) -> tuple[bool, Any]:
             value = row[part][index]
-            return (value is None) != descending, value
+            return value is not None, value
 
         rows.sort(key=key, reverse=descending)
 

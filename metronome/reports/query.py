@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
+from jsonschema.exceptions import relevance
 
 from metronome.errors import InvalidQuery
 from metronome.reports.catalog import ALIASES, FieldRef, UnknownField, resolve
@@ -204,9 +204,10 @@ def _path(error_path: Any) -> str:
 
 
 def _schema_error(body: Any) -> InvalidQuery | None:
-    error = best_match(_VALIDATOR.iter_errors(body))
-    if error is None:
+    errors = list(_VALIDATOR.iter_errors(body))
+    if not errors:
         return None
+    error = max(errors, key=relevance)  # the error itself, not one inside a oneOf
     where = _path(error.absolute_path)
     if error.validator == "additionalProperties" and error.absolute_path == error.path:
         allowed = ", ".join(error.schema.get("properties", {}))
@@ -327,6 +328,9 @@ def _dimension(raw: str, datasets: tuple[str, ...], where: str) -> DimensionSpec
             raise InvalidQuery(f"{where}: time dimensions are time:hour, time:day, time:week"
                                f" and time:month, not {raw!r}", field=where)
         return DimensionSpec(raw, interval=interval)  # type: ignore[arg-type]
+    if resolve_alias(raw) in ("@timestamp", "event.ingested"):
+        raise InvalidQuery(f"{where}: group by time with time:hour, time:day, time:week or"
+                           " time:month", field=where)
     ref = _field(raw, datasets, "dimension", where)
     return DimensionSpec(ref.name, field=ref)
 
