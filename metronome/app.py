@@ -20,8 +20,9 @@ import falcon.media
 import orjson
 
 from metronome.api.health import Health, Metrics, Ready
-from metronome.api.ticks import Tick, Ticks
+from metronome.api.ticks import Pixel, Tick, Ticks
 from metronome.api.tock import Tock
+from metronome.api.tracker import Script
 from metronome.config import Settings
 from metronome.errors import MetronomeError, SpoolFull, StoreUnavailable
 from metronome.pipeline import Pipeline, metrics
@@ -142,6 +143,8 @@ def create_app(settings: Settings, store: Store | None = None) -> falcon.asgi.Ap
     app.add_route("/metrics", Metrics(pipeline.spool))
     app.add_route("/tick", Tick(settings, pipeline))
     app.add_route("/ticks", Ticks(settings, pipeline))
+    app.add_route("/tick.gif", Pixel(settings, pipeline))
+    app.add_route("/metronome.js", Script())
     tock = Tock(store)
     app.add_route("/tock", tock)
     app.add_route("/tock/{item_id}", tock, suffix="item")
