@@ -21,8 +21,9 @@ import orjson
 
 from metronome.api.health import Health, Metrics, Ready
 from metronome.api.query import QueryResource
-from metronome.api.ticks import Tick, Ticks
+from metronome.api.ticks import Pixel, Tick, Ticks
 from metronome.api.tock import Tock
+from metronome.api.tracker import Script
 from metronome.config import Settings
 from metronome.errors import MetronomeError, SpoolFull, StoreUnavailable
 from metronome.pipeline import Pipeline, metrics
@@ -143,6 +144,8 @@ def create_app(settings: Settings, store: Store | None = None) -> falcon.asgi.Ap
     app.add_route("/metrics", Metrics(pipeline.spool))
     app.add_route("/tick", Tick(settings, pipeline))
     app.add_route("/ticks", Ticks(settings, pipeline))
+    app.add_route("/tick.gif", Pixel(settings, pipeline))
+    app.add_route("/metronome.js", Script())
     app.add_route("/query", QueryResource(settings, store))
     tock = Tock(store)
     app.add_route("/tock", tock)

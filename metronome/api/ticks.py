@@ -1,4 +1,5 @@
-"""``POST /tick`` (one tick) and ``POST /ticks`` (a JSON array or NDJSON of ticks)."""
+"""``POST /tick`` (one tick), ``POST /ticks`` (a JSON array or NDJSON of ticks) and
+``GET /tick.gif`` (one tick from query parameters, answered with a 1x1 image)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from metronome.config import Settings
 from metronome.errors import (
     BadRequest,
     InvalidJSON,
+    InvalidParameter,
     LimitExceeded,
     MetronomeError,
     StoreRefused,
@@ -26,10 +28,16 @@ from metronome.pipeline import Pipeline, metrics
 
 from .body import decode_json, read_body, require_content_type
 
-__all__ = ["Tick", "Ticks"]
+__all__ = ["PIXEL_GIF", "Pixel", "Tick", "Ticks"]
 
 _ACCEPTED_TICK = metrics.ACCEPTED.labels("/tick")
 _ACCEPTED_TICKS = metrics.ACCEPTED.labels("/ticks")
+_ACCEPTED_PIXEL = metrics.ACCEPTED.labels("/tick.gif")
+
+# a 1x1 transparent GIF89a (one-colour table, graphic control extension marks it transparent)
+PIXEL_GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff"
+             b"!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00"
+             b"\x02\x02D\x01\x00;")
 
 JSON_TYPES = ("application/json", "text/plain")  # text/plain: navigator.sendBeacon
 BATCH_TYPES = (*JSON_TYPES, "application/x-ndjson", "application/jsonl")
@@ -51,6 +59,20 @@ class _TickResource:
         return RequestInfo(received_ms, client_ip, user_agent,
                            self._visitors.visitor_id(received_ms, client_ip, user_agent))
 
+    async def _ingest_one(self, raw: Any, req: falcon.asgi.Request) -> str:
+        """Validate, enrich and spool one tick; its event id once it is safe on disk."""
+        try:
+            document = build_tick(raw, self._request_info(req), self._limits)
+            (outcome,) = await self._pipeline.ingest([document])
+        except MetronomeError as exc:
+            metrics.REJECTED.labels(exc.code).inc()
+            raise
+        if not outcome.ok:
+            if outcome.retriable:
+                raise StoreUnavailable(f"the store could not take the tick: {outcome.reason}")
+            raise StoreRefused(f"the store refused the tick: {outcome.reason}")
+        return outcome.id
+
 
 class Tick(_TickResource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
@@ -69,6 +91,30 @@ class Tick(_TickResource):
         _ACCEPTED_TICK.inc()
         resp.status = falcon.HTTP_202
         resp.media = {"id": outcome.id}
+
+
+class Pixel(_TickResource):
+    """``GET /tick.gif?id=...``: the tick's fields as query parameters, for e-mails and
+    ``<noscript>``. ``url`` defaults to the ``Referer`` header (the page showing the image).
+    Answers a never-cached transparent 1x1 GIF; bad input gets the usual 4xx JSON error."""
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        raw: dict[str, Any] = {}
+        for key, value in req.params.items():
+            if isinstance(value, list):
+                metrics.REJECTED.labels(InvalidParameter.code).inc()
+                raise InvalidParameter(f"'{key}' is given more than once", parameter=key)
+            if key != "site":
+                raw[key] = value
+        # the site id, as the browser tracker sends it to /tick: kept, not validated or stored
+        req.context.site = req.params.get("site")
+        if "url" not in raw and req.referer:
+            raw["url"] = req.referer
+        await self._ingest_one(raw, req)
+        _ACCEPTED_PIXEL.inc()
+        resp.content_type = "image/gif"
+        resp.cache_control = ["no-store", "max-age=0"]
+        resp.data = PIXEL_GIF
 
 
 def _split_batch(data: bytes) -> list[Any]:
