@@ -1,7 +1,7 @@
 """The browser tracker and the pixel: a real headless Chromium on a page of another origin,
 ``GET /metronome.js`` caching, and ``GET /tick.gif`` over plain HTTP.
 
-Ticks are read back with :func:`read_ticks` (from the embedded store for now).
+Ticks are read back from the store itself (:func:`read_ticks`) and through ``POST /query``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetronomeServer
 
 
 def read_ticks(server: MetronomeServer) -> list[dict[str, Any]]:
-    """Every stored tick document, oldest first (to become a ``POST /query`` later)."""
+    """Every stored tick document, oldest first, read from the embedded store itself."""
     wait_for_drain(server)
     with sqlite3.connect(server.data_dir / "metronome.sqlite3") as conn:
         rows = conn.execute("SELECT doc FROM events WHERE dataset = 'ticks'"
@@ -263,6 +263,15 @@ def test_browser_counts_views_spa_navigation_events_downloads_and_outbound_links
     ]
     assert sorted(map(summary, docs), key=repr) == sorted(expected, key=repr)
     assert all(d["user_agent"]["name"] == "HeadlessChrome" for d in docs)
+    # the same ticks, as an analyst reads them: through POST /query
+    answer = httpx.post(f"{server.url}/query", json={
+        "source": "ticks", "range": "today", "limit": 100,
+        "dimensions": ["event", "item", "format", "url.original", "http.request.referrer",
+                       "params.plan"],
+        "filters": [["is", "event.id", [d["event"]["id"] for d in docs]]]}).json()
+    queried = [(*r["dimensions"][:5], {"plan": r["dimensions"][5]} if r["dimensions"][5]
+                else {}, *r["metrics"]) for r in answer["results"]]
+    assert sorted(queried, key=repr) == sorted([(*e, 1) for e in expected], key=repr)
     beacons = [u for u in tick_requests if "/tick.gif" not in u]
     assert beacons and all(u == f"{server.url}/tick?site=demo" for u in beacons), beacons
 

@@ -43,7 +43,7 @@ SIMPLE_METRICS = ("events", "visitors", "items", "bytes", "error_rate")
 STAT_PATTERN = r"^(sum|avg|min|max|p(?:[1-9][0-9]?)(?:\.[0-9]{1,3})?)$"
 RANGE_PRESET = r"^(today|yesterday|week|month|year|[1-9][0-9]{0,2}[hd])$"
 MAX_LIMIT = 10_000
-MAX_DIMENSIONS = 4
+MAX_DIMENSIONS = 8
 MAX_FILTER_VALUES = 100
 VISITORS_PRECISION = (
     "exact on the embedded store; on Elasticsearch a HyperLogLog++ estimate, near exact"
