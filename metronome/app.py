@@ -21,6 +21,7 @@ import orjson
 
 from metronome.api.health import Health, Metrics, Ready
 from metronome.api.query import QueryResource
+from metronome.api.reports import Reports
 from metronome.api.ticks import Pixel, Tick, Ticks
 from metronome.api.tock import Tock
 from metronome.api.tracker import Script
@@ -147,6 +148,9 @@ def create_app(settings: Settings, store: Store | None = None) -> falcon.asgi.Ap
     app.add_route("/tick.gif", Pixel(settings, pipeline))
     app.add_route("/metronome.js", Script())
     app.add_route("/query", QueryResource(settings, store))
+    reports = Reports(settings, store)
+    app.add_route("/reports", reports)
+    app.add_route("/reports/{name}", reports, suffix="named")
     tock = Tock(store)
     app.add_route("/tock", tock)
     app.add_route("/tock/{item_id}", tock, suffix="item")

@@ -292,3 +292,43 @@ def test_non_json_queries_are_refused(data: Backend) -> None:
     assert data.client.post("/query", content=b"{}", headers={
         "Content-Type": "text/csv"}).status_code == 415
 
+
+
+def report(backend: Backend, name: str, **params: Any) -> dict[str, Any]:
+    resp = backend.client.get(f"/reports/{name}", params=params)
+    assert resp.status_code == 200, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def test_named_reports_answer_common_questions(data: Backend) -> None:
+    listing = data.client.get("/reports").json()["reports"]
+    assert [r["name"] for r in listing] == ["top-items", "top-referrers",
+                                            "downloads-by-format", "status-codes",
+                                            "slowest-pages", "tock"]
+    week = {"from": WEEK["from"], "to": WEEK["to"]}
+    top = report(data, "top-items", **week, source="ticks")
+    assert top["report"] == "top-items"
+    assert rows(top) == [("doc-a", 4, 2), ("data-1", 2, 1), ("data-2", 1, 1)]
+    assert rows(report(data, "top-items", **week, event="download", limit="1")) == [
+        ("data-1", 3, 2)]
+    assert rows(report(data, "top-referrers", **week)) == [("google.com/search", 1, 1)]
+    formats = report(data, "downloads-by-format", **week, interval="week")
+    assert rows(formats) == [("2019-06-03", "csv", 3), ("2019-06-03", "kml", 2)]
+    statuses = report(data, "status-codes", **{"from": "2019-06-04", "to": "2019-06-05"})
+    assert rows(statuses) == [("2019-06-04", 200, 2, 1500), ("2019-06-04", 404, 0, 0),
+                              ("2019-06-04", 500, 0, 0), ("2019-06-05", 200, 0, 0),
+                              ("2019-06-05", 404, 1, 150), ("2019-06-05", 500, 1, 0)]
+    assert rows(report(data, "slowest-pages", **week)) == []  # combined logs have no times
+    tock = report(data, "tock", id="doc-a", **week)
+    assert tock == data.client.get("/tock/doc-a", params=week).json()
+    assert tock["views"]["2019-06-05"] == 2  # the crawler is left out; the log's /docs/a is "a"
+
+
+def test_named_reports_refuse_what_they_do_not_know(data: Backend) -> None:
+    missing = data.client.get("/reports/top-everything")
+    assert missing.status_code == 404 and "top-items" in missing.json()["message"]
+    unknown = data.client.get("/reports/top-items", params={"colour": "red"})
+    assert unknown.status_code == 400 and unknown.json()["details"]["parameter"] == "colour"
+    assert data.client.get("/reports/status-codes",
+                           params={"interval": "year"}).status_code == 400
+    assert data.client.get("/reports/tock").json()["details"]["parameter"] == "id"

@@ -1,0 +1,74 @@
+"""``GET /reports`` (what there is) and ``GET /reports/{name}`` (one built-in report)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon.asgi
+
+from metronome.config import Settings
+from metronome.errors import InvalidParameter, NotFound
+from metronome.reports.engine import run_query
+from metronome.reports.named import COMMON_PARAMETERS, REPORTS, report_query
+from metronome.reports.query import parse_query
+from metronome.reports.tock import parse_tock_query, shape_tock, tock_spec
+from metronome.store.base import Store
+
+__all__ = ["Reports", "single_params"]
+
+TOCK_PARAMETERS = {
+    "id": "the item (required)",
+    "from": "start: a date, ISO 8601 or epoch ms (default: 30 days ago)",
+    "to": "end: a date (whole day included), ISO 8601 or epoch ms",
+    "tz": "IANA time zone; default UTC",
+    "interval": "hour, day (default), week or month",
+    "top": "most downloads formats and referrers, 1 to 1000 (default 10)",
+    "bots": "exclude (default) or include",
+    "sources": "ticks, logs or both (default)",
+}
+
+
+def single_params(req: falcon.asgi.Request) -> dict[str, str]:
+    """The query string as one value per name; a repeated name is a 400."""
+    params: dict[str, str] = {}
+    for key, value in req.params.items():
+        if isinstance(value, list):
+            raise InvalidParameter(f"'{key}' is given more than once", parameter=key)
+        params[key] = value
+    return params
+
+
+class Reports:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self._settings = settings
+        self._store = store
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        listing: list[dict[str, Any]] = [
+            {"name": r.name, "description": r.description,
+             "parameters": {**COMMON_PARAMETERS, **r.parameters}}
+            for r in REPORTS.values()
+        ]
+        listing.append({"name": "tock", "description": "One item's views per time bucket,"
+                        " downloads by format and referrers (the /tock report)",
+                        "parameters": TOCK_PARAMETERS})
+        resp.media = {"reports": listing}
+
+    async def on_get_named(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                           name: str) -> None:
+        params = single_params(req)
+        if name == "tock":
+            item_id = params.pop("id", None)
+            if not item_id:
+                raise InvalidParameter("give the item as ?id=...", parameter="id")
+            query = parse_tock_query(item_id, params)
+            resp.media = shape_tock(query, await self._store.report(tock_spec(query)))
+            return
+        report = REPORTS.get(name)
+        if report is None:
+            raise NotFound(f"no report {name!r}; GET /reports lists them: "
+                           f"{', '.join([*REPORTS, 'tock'])}")
+        query = parse_query(report_query(report, params))
+        answer = await run_query(self._store, query,
+                                 max_groups=self._settings.query_max_groups)
+        resp.media = {"report": name, **answer}
