@@ -20,6 +20,7 @@ import falcon.media
 import orjson
 
 from metronome.api.health import Health, Metrics, Ready
+from metronome.api.openapi import OpenAPI
 from metronome.api.query import QueryResource
 from metronome.api.reports import Reports
 from metronome.api.ticks import Pixel, Tick, Ticks
@@ -148,6 +149,7 @@ def create_app(settings: Settings, store: Store | None = None) -> falcon.asgi.Ap
     app.add_route("/tick.gif", Pixel(settings, pipeline))
     app.add_route("/metronome.js", Script())
     app.add_route("/query", QueryResource(settings, store))
+    app.add_route("/openapi.json", OpenAPI())
     reports = Reports(settings, store)
     app.add_route("/reports", reports)
     app.add_route("/reports/{name}", reports, suffix="named")

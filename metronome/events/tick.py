@@ -20,13 +20,40 @@ from metronome.events.document import Document, format_timestamp, new_event_id, 
 from metronome.events.enrich import referrer_keys, url_parts, user_agent_fields
 from metronome.events.geo import country_iso_code
 
-__all__ = ["KNOWN_KEYS", "Limits", "RequestInfo", "build_tick", "parse_timestamp"]
+__all__ = ["KNOWN_KEYS", "TICK_SCHEMA", "Limits", "RequestInfo", "build_tick", "parse_timestamp"]
 
 KNOWN_KEYS = frozenset({"id", "event", "format", "url", "referrer", "referer", "ts"})
 DATASET = "ticks"
 _KEY_PATTERN = re.compile(r"^[\w\-:@$]+$")
 _MAX_FUTURE_MS = 24 * 3600 * 1000  # clocks drift; a day ahead is a broken clock
 _MIN_TS_MS = 0
+
+_TEXT = {"type": "string", "maxLength": 2048}
+TICK_SCHEMA: dict[str, Any] = {
+    "title": "Tick",
+    "description": "One flat JSON object. Known keys are below; any other key is a free"
+                   " parameter (a scalar, stored under params.*). Limits are the defaults"
+                   " (METRONOME_MAX_PARAMS, _MAX_KEY_LENGTH, _MAX_VALUE_LENGTH).",
+    "type": "object",
+    "required": ["id"],
+    "properties": {
+        "id": {**_TEXT, "minLength": 1, "pattern": "\\S",
+               "description": "the item: a page, dataset, map or app"},
+        "event": {"type": "string", "maxLength": 64,
+                  "description": "view (default), download, ..."},
+        "format": {"type": "string", "maxLength": 64, "description": "file format, lowercased"},
+        "url": _TEXT,
+        "referrer": _TEXT,
+        "referer": _TEXT,
+        "ts": {"type": ["string", "number"],
+               "description": "ISO 8601 or epoch ms; at most a day ahead (default: now)"},
+    },
+    "propertyNames": {"pattern": "^[\\w\\-:@$]{1,64}$"},
+    "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+    "maxProperties": 107,
+}
+"""The JSON Schema of a tick, as published in ``/openapi.json``; :func:`build_tick` is
+the validation (it also checks what a schema cannot, such as ``ts`` against the clock)."""
 
 
 @dataclass(frozen=True, slots=True)

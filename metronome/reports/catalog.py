@@ -19,7 +19,6 @@ from typing import Any, Literal
 import orjson
 
 from metronome.events import fields as F
-from metronome.store.templates import templates_dir
 
 __all__ = ["ALIASES", "FieldRef", "catalog", "resolve"]
 
@@ -77,6 +76,8 @@ def _flatten(properties: dict[str, Any], prefix: str, out: dict[str, str]) -> No
 @lru_cache(maxsize=1)
 def catalog() -> dict[str, dict[str, str]]:
     """Per dataset (``ticks``, ``logs``): every mapped field and its Elasticsearch type."""
+    from metronome.store.templates import templates_dir  # store/ imports reports/
+
     root = templates_dir()
     components: dict[str, dict[str, str]] = {}
     for path in sorted((root / "component").glob("*.json")):

@@ -476,7 +476,7 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
         "dimensions": [d.name for d in dimensions],
         "filters": filter_json,
         "order_by": [[n, "desc" if desc else "asc"] for n, desc in order],
-        "limit": body.get("limit", 100),
+        "limit": int(body.get("limit", 100)),  # 569.0 is a whole number too
         "after": body.get("after"),
         "compare": compare,
         "bots": bots,
