@@ -280,3 +280,59 @@ def restore(start: str, end: str, quiet: bool) -> None:
         raise click.UsageError(str(exc)) from None
     if not quiet:
         click.echo(summary.line(), err=True)
+
+
+@main.command()
+@click.option("--where", "where", required=True, metavar="JSON",
+              help='Filters as in POST /query, e.g. \'[["is", "item", ["doc-7"]]]\'.')
+@click.option("--source", type=click.Choice(["ticks", "logs", "all"]), default="all",
+              show_default=True)
+@click.option("--from", "start", default=None, help="Only events from this date or time.")
+@click.option("--to", "end", default=None, help="Only events up to this date (included).")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def forget(where: str, source: str, start: str | None, end: str | None, dry_run: bool,
+           yes: bool) -> None:
+    """Delete the events matching a filter, for good (crawlers included)."""
+    import orjson
+
+    from metronome.jobs.forget import ALL_TIME, forget_query
+    from metronome.jobs.forget import forget as forget_events
+    from metronome.store import open_store
+
+    try:
+        filters = orjson.loads(where)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--where") from None
+    if not isinstance(filters, list) or not filters:
+        raise click.BadParameter("give a non-empty JSON list of filters",
+                                 param_hint="--where")
+    time_range = None
+    if start or end:
+        time_range = {"from": start or ALL_TIME["from"], "to": end or ALL_TIME["to"]}
+    settings = _settings()
+    try:
+        query = forget_query(filters, source, time_range)
+    except MetronomeError as exc:
+        raise click.UsageError(exc.message.replace("query.filters", "--where")) from None
+
+    async def _run(dry: bool) -> int:
+        store = open_store(settings)
+        await store.open()
+        try:
+            return await forget_events(store, query, dry_run=dry)
+        finally:
+            await store.close()
+
+    try:
+        matching = asyncio.run(_run(True))
+        if dry_run:
+            click.echo(f"{matching} events match; nothing deleted (--dry-run)")
+            return
+        if matching and not yes:
+            click.confirm(f"Delete {matching} events for good?", abort=True)
+        deleted = asyncio.run(_run(False)) if matching else 0
+    except MetronomeError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    click.echo(f"deleted {deleted} events")

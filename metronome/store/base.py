@@ -69,3 +69,7 @@ class Store(Protocol):
         """At most ``limit`` groups of ``query`` in key order (ascending, missing values
         first), starting after the group keyed ``after``. Time keys are bucket starts."""
         ...
+
+    async def delete_matching(self, query: GroupQuery) -> int:
+        """Delete every document of ``query`` (its datasets, range and filter); how many."""
+        ...

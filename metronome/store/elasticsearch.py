@@ -24,13 +24,14 @@ from metronome.events.document import Document
 from metronome.reports.model import Histogram, IsFilter, ReportResult, ReportSpec, Terms
 from metronome.reports.query import GroupQuery
 from metronome.store.base import GroupRow, SchemaChange, WriteOutcome
-from metronome.store.es_query import compile_groups, read_groups
+from metronome.store.es_query import compile_groups, compile_where, read_groups
 from metronome.store.templates import Template, load_templates
 
 __all__ = ["ElasticsearchStore", "compile_report", "index_name"]
 
 _UNREACHABLE = (TransportConnectionError, ConnectionTimeout)
 _COMPOSITE_PAGE = 1000  # groups per search while reading a whole result
+_DELETE_ROUND = 5000  # ids per search-and-delete round
 
 
 @contextmanager
@@ -245,3 +246,21 @@ class ElasticsearchStore:
             if not query.dimensions or es_after is None or len(got) < page \
                     or len(rows) >= limit:
                 return rows
+
+    async def delete_matching(self, query: GroupQuery) -> int:
+        index = ",".join(f"{self._prefix}-{d}-*" for d in query.datasets)
+        deleted = 0
+        with _answering("the deletion"):
+            while True:  # search, delete by id, refresh: until nothing matches
+                resp = await self._client.search(
+                    index=index, query=compile_where(query), size=_DELETE_ROUND,
+                    source=False, sort=["_doc"], ignore_unavailable=True,
+                    allow_no_indices=True)
+                hits = resp["hits"]["hits"]
+                if not hits:
+                    return deleted
+                operations = [{"delete": {"_index": h["_index"], "_id": h["_id"]}}
+                              for h in hits]
+                result = await self._client.bulk(operations=operations, refresh=True)
+                deleted += sum(1 for item in result["items"]
+                               if item["delete"]["status"] == 200)

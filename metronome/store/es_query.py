@@ -15,7 +15,13 @@ from typing import Any
 from metronome.events import fields as F
 from metronome.reports.query import BoolNode, FilterNode, GroupQuery, Leaf, MetricSpec
 
-__all__ = ["CARDINALITY_PRECISION", "compile_filter", "compile_groups", "read_groups"]
+__all__ = [
+    "CARDINALITY_PRECISION",
+    "compile_filter",
+    "compile_groups",
+    "compile_where",
+    "read_groups",
+]
 
 CARDINALITY_PRECISION = 3000
 Row = tuple[tuple[Any, ...], tuple[Any, ...]]
@@ -48,6 +54,17 @@ def compile_filter(node: FilterNode) -> dict[str, Any]:
     return {"bool": {"should": should, "minimum_should_match": 1}}
 
 
+def compile_where(query: GroupQuery) -> dict[str, Any]:
+    """The documents of a query: its time range and its filter."""
+    filters: list[dict[str, Any]] = [
+        {"range": {F.TIMESTAMP: {"gte": query.start_ms, "lt": query.end_ms,
+                                 "format": "epoch_millis"}}}
+    ]
+    if query.filter is not None:
+        filters.append(compile_filter(query.filter))
+    return {"bool": {"filter": filters}}
+
+
 def _metric_aggs(metrics: Sequence[MetricSpec]) -> dict[str, Any]:
     aggs: dict[str, Any] = {}
     for index, metric in enumerate(metrics):
@@ -73,12 +90,6 @@ def _metric_aggs(metrics: Sequence[MetricSpec]) -> dict[str, Any]:
 def compile_groups(query: GroupQuery, after: dict[str, Any] | None, size: int
                    ) -> dict[str, Any]:
     """The search body for one page of groups (``size`` at most)."""
-    filters: list[dict[str, Any]] = [
-        {"range": {F.TIMESTAMP: {"gte": query.start_ms, "lt": query.end_ms,
-                                 "format": "epoch_millis"}}}
-    ]
-    if query.filter is not None:
-        filters.append(compile_filter(query.filter))
     metric_aggs = _metric_aggs(query.metrics)
     if not query.dimensions:
         groups: dict[str, Any] = {"filter": {"match_all": {}}}
@@ -99,7 +110,7 @@ def compile_groups(query: GroupQuery, after: dict[str, Any] | None, size: int
         groups = {"composite": composite}
     if metric_aggs:
         groups["aggs"] = metric_aggs
-    return {"size": 0, "track_total_hits": False, "query": {"bool": {"filter": filters}},
+    return {"size": 0, "track_total_hits": False, "query": compile_where(query),
             "aggs": {"groups": groups}}
 
 

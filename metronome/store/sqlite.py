@@ -30,7 +30,7 @@ from metronome.events.document import Document
 from metronome.reports.model import Histogram, IsFilter, ReportResult, ReportSpec, Terms
 from metronome.reports.query import GroupQuery
 from metronome.store.base import GroupRow, SchemaChange, WriteOutcome
-from metronome.store.sqlite_query import install_functions, query_groups
+from metronome.store.sqlite_query import delete_sql, install_functions, query_groups
 
 __all__ = ["COLUMNS", "SQLiteStore"]
 
@@ -284,3 +284,20 @@ class SQLiteStore:
 
         rows: list[GroupRow] = await self._run(_query)
         return rows
+
+    async def delete_matching(self, query: GroupQuery) -> int:
+        sql, args = delete_sql(query)
+
+        def _delete() -> int:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = conn.execute(sql, args).rowcount
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return int(deleted)
+
+        count: int = await self._run(_delete)
+        return count

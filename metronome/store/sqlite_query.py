@@ -20,7 +20,7 @@ from metronome.events import fields as F
 from metronome.reports.catalog import FieldRef
 from metronome.reports.query import BoolNode, FilterNode, GroupQuery, Leaf, MetricSpec
 
-__all__ = ["install_functions", "query_groups"]
+__all__ = ["delete_sql", "install_functions", "query_groups"]
 
 Row = tuple[tuple[Any, ...], tuple[Any, ...]]
 
@@ -152,6 +152,20 @@ def _composite_key(keys: tuple[Any, ...]) -> tuple[tuple[bool, Any], ...]:
     return tuple((value is not None, value) for value in keys)
 
 
+def _where(query: GroupQuery) -> tuple[str, list[Any]]:
+    where = [f"dataset IN ({', '.join('?' for _ in query.datasets)})", "ts >= ?", "ts < ?"]
+    args: list[Any] = [*query.datasets, query.start_ms, query.end_ms]
+    if query.filter is not None:
+        where.append(_condition(query.filter, args))
+    return " AND ".join(where), args
+
+
+def delete_sql(query: GroupQuery) -> tuple[str, list[Any]]:
+    """``DELETE`` of every document of ``query``, and its arguments."""
+    where, args = _where(query)
+    return f"DELETE FROM events WHERE {where}", args
+
+
 def query_groups(conn: sqlite3.Connection, query: GroupQuery, after: tuple[Any, ...] | None,
                  limit: int) -> list[Row]:
     """Groups in composite order (keys ascending, missing first) after ``after``."""
@@ -168,11 +182,8 @@ def query_groups(conn: sqlite3.Connection, query: GroupQuery, after: tuple[Any, 
             select.append(f"{_text(dim.field)} AS k{index}")
     metric_args: list[Any] = []
     select += [_metric_sql(m, metric_args) for m in query.metrics]
-    where = [f"dataset IN ({', '.join('?' for _ in query.datasets)})", "ts >= ?", "ts < ?"]
-    where_args: list[Any] = [*query.datasets, query.start_ms, query.end_ms]
-    if query.filter is not None:
-        where.append(_condition(query.filter, where_args))
-    sql = f"SELECT {', '.join(select)} FROM events WHERE {' AND '.join(where)}"
+    where, where_args = _where(query)
+    sql = f"SELECT {', '.join(select)} FROM events WHERE {where}"
     dims = len(query.dimensions)
     if dims:
         keys = ", ".join(f"k{i}" for i in range(dims))

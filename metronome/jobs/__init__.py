@@ -1,0 +1,1 @@
+"""Periodic and one-off jobs on the stored data: forgetting, retention."""

@@ -1,0 +1,57 @@
+"""``metronome forget``: matching events are deleted for good on both stores, others stay."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import Backend
+
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+def _count(backend: Backend, *filters: object) -> int:
+    backend.settle()
+    resp = backend.client.post("/query", json={
+        "range": {"from": "2018-01-01", "to": "2018-12-31"}, "bots": "include",
+        "filters": list(filters)})
+    assert resp.status_code == 200, resp.text
+    return int(resp.json()["results"][0]["metrics"][0])
+
+
+def test_forget_deletes_matching_events_and_nothing_else(backend: Backend, item: str) -> None:
+    other = item + "-kept"
+    ticks = ([{"id": item, "ts": f"2018-03-0{d}T10:00:00Z", "user": "ada"} for d in (1, 2, 3)]
+             + [{"id": item, "ts": "2018-03-04T10:00:00Z", "user": "bob"},
+                {"id": other, "ts": "2018-03-01T10:00:00Z", "user": "ada"}])
+    assert backend.client.post("/ticks", json=ticks).json()["accepted"] == 5
+    crawler = backend.client.post("/tick", json={"id": item, "ts": "2018-03-05T10:00:00Z",
+                                                 "user": "ada"},
+                                  headers={"User-Agent": GOOGLEBOT})
+    assert crawler.status_code == 202
+    backend.settle()
+    where = json.dumps([["is", "item", [item]], ["is", "params.user", ["ada"]]])
+
+    dry = backend.server.run_cli("forget", "--where", where, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "4 events match; nothing deleted" in dry.stdout  # crawlers count too
+    assert _count(backend, ["is", "item", [item]]) == 5
+
+    done = backend.server.run_cli("forget", "--where", where, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "deleted 4 events" in done.stdout
+    assert _count(backend, ["is", "item", [item]]) == 1  # bob's
+    assert _count(backend, ["is", "item", [other]]) == 1
+    again = backend.server.run_cli("forget", "--where", where, "--yes")
+    assert "deleted 0 events" in again.stdout
+
+    ranged = backend.server.run_cli("forget", "--where", json.dumps([["is", "item", [item]]]),
+                                    "--from", "2018-03-05", "--to", "2018-03-31", "--yes")
+    assert "deleted 0 events" in ranged.stdout  # bob's tick is on the 4th
+
+
+def test_forget_refuses_filters_it_cannot_read(backend: Backend) -> None:
+    for where, says in [("not json", "not JSON"), ("[]", "non-empty"),
+                        ('[["is", "nope", ["x"]]]', "'nope' is not a field")]:
+        result = backend.server.run_cli("forget", "--where", where, "--yes")
+        assert result.returncode == 2, result.stdout
+        assert says in result.stderr, result.stderr
