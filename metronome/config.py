@@ -180,6 +180,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Comma-separated CIDR list of proxies whose `X-Forwarded-For` is believed.",
         _networks,
     ),
+    Setting(
+        "client_ip",
+        "drop",
+        "What is stored of a client's address: `drop` (nothing; the country and the"
+        " daily visitor id are still derived from it), `truncate` (IPv4 /24, IPv6 /48) or"
+        " `keep`.",
+        _choice("drop", "truncate", "keep"),
+    ),
     Setting("forward", "off", "Accept Fluentd forward-protocol input (on/off); runs in the"
             " shipper process.", _bool),
     Setting("forward_host", "127.0.0.1", "Address the forward-protocol input binds to.", _str),
@@ -238,6 +246,7 @@ class Settings:
     ship_poll_ms: int
     ship_backoff_max_s: int
     trusted_proxies: tuple[Network, ...]
+    client_ip: str
     forward: bool
     forward_host: str
     forward_port: int

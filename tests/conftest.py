@@ -146,7 +146,9 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             ) -> Iterator[Backend]:
     """Metronome on each backend in turn (one server per backend for the session)."""
     data_dir = tmp_path_factory.mktemp(f"data-{request.param}")
-    env: dict[str, str] = {"METRONOME_TRUSTED_PROXIES": "127.0.0.0/8"}
+    # keep client addresses, so tests can see which address was believed (default: drop)
+    env: dict[str, str] = {"METRONOME_TRUSTED_PROXIES": "127.0.0.0/8",
+                           "METRONOME_CLIENT_IP": "keep"}
     es_url = prefix = None
     if request.param == "elasticsearch":
         es_url = request.getfixturevalue("es_url")

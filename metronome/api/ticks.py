@@ -21,7 +21,7 @@ from metronome.errors import (
     StoreUnavailable,
 )
 from metronome.events.document import Document
-from metronome.events.enrich import client_address
+from metronome.events.enrich import client_address, stored_address
 from metronome.events.tick import Limits, RequestInfo, build_tick
 from metronome.events.visitor import VisitorIds
 from metronome.pipeline import Pipeline, metrics
@@ -57,7 +57,8 @@ class _TickResource:
                                    self._settings.trusted_proxies)
         user_agent = req.user_agent
         return RequestInfo(received_ms, client_ip, user_agent,
-                           self._visitors.visitor_id(received_ms, client_ip, user_agent))
+                           self._visitors.visitor_id(received_ms, client_ip, user_agent),
+                           stored_address(client_ip, self._settings.client_ip))
 
     async def _ingest_one(self, raw: Any, req: falcon.asgi.Request) -> str:
         """Validate, enrich and spool one tick; its event id once it is safe on disk."""

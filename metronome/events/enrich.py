@@ -151,3 +151,15 @@ def user_agent_fields(parse_text: str, original: str) -> tuple[dict[str, Any], b
     if ua.device_name:
         agent["device"] = {"name": ua.device_name}
     return agent, ua.is_bot
+
+
+def stored_address(address: str | None, policy: str) -> str | None:
+    """What ``METRONOME_CLIENT_IP`` lets us store of ``address``: nothing (``drop``), its
+    network (``truncate``: IPv4 /24, IPv6 /48) or all of it (``keep``)."""
+    if address is None or policy == "drop":
+        return None
+    if policy == "keep":
+        return address
+    ip = ipaddress.ip_address(address)
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)

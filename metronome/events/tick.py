@@ -73,6 +73,7 @@ class RequestInfo:
     client_ip: str | None
     user_agent: str | None
     visitor_id: str | None = None  # from events/visitor.py; None when unknown
+    stored_ip: str | None = None  # what may be stored of client_ip (METRONOME_CLIENT_IP)
 
 
 def _string(raw: dict[str, Any], key: str, limits: Limits, *, max_length: int | None = None
@@ -214,10 +215,14 @@ def build_tick(raw: Any, request: RequestInfo, limits: Limits) -> Document:
         if ref_domain:
             source["referrer"] = {"domain": ref_domain, "page": ref_page}
     if request.client_ip:
-        source["client"] = {"ip": request.client_ip}
+        client: dict[str, Any] = {}
+        if request.stored_ip:
+            client["ip"] = request.stored_ip
         country = country_iso_code(request.client_ip)
         if country:
-            source["client"]["geo"] = {"country_iso_code": country}
+            client["geo"] = {"country_iso_code": country}
+        if client:
+            source["client"] = client
     if request.user_agent:
         agent, is_bot = user_agent_fields(request.user_agent[:1024],
                                       request.user_agent[: limits.max_value_length])
