@@ -188,6 +188,15 @@ SETTINGS: tuple[Setting, ...] = (
         " `keep`.",
         _choice("drop", "truncate", "keep"),
     ),
+    Setting(
+        "referrer_blocklist",
+        "semalt.com,buttons-for-website.com,darodar.com,ilovevitaly.com,best-seo-offer.com,"
+        "priceg.com,hulfingtonpost.com,free-share-buttons.com",
+        "Comma-separated referrer domains (and their subdomains) whose traffic is referrer"
+        " spam: flagged `referrer.spam` and left out of reports like crawlers.",
+        lambda raw: tuple(sorted({d.strip().lower().removeprefix("www.")
+                                  for d in raw.split(",") if d.strip()})),
+    ),
     Setting("forward", "off", "Accept Fluentd forward-protocol input (on/off); runs in the"
             " shipper process.", _bool),
     Setting("forward_host", "127.0.0.1", "Address the forward-protocol input binds to.", _str),
@@ -247,6 +256,7 @@ class Settings:
     ship_backoff_max_s: int
     trusted_proxies: tuple[Network, ...]
     client_ip: str
+    referrer_blocklist: tuple[str, ...]
     forward: bool
     forward_host: str
     forward_port: int

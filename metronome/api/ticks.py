@@ -21,7 +21,7 @@ from metronome.errors import (
     StoreUnavailable,
 )
 from metronome.events.document import Document
-from metronome.events.enrich import client_address, stored_address
+from metronome.events.enrich import client_address, flag_referrer_spam, stored_address
 from metronome.events.tick import Limits, RequestInfo, build_tick
 from metronome.events.visitor import VisitorIds
 from metronome.pipeline import Pipeline, metrics
@@ -60,10 +60,16 @@ class _TickResource:
                            self._visitors.visitor_id(received_ms, client_ip, user_agent),
                            stored_address(client_ip, self._settings.client_ip))
 
+    def _build(self, raw: Any, info: RequestInfo) -> Document:
+        """The tick's document, with referrer spam flagged."""
+        document = build_tick(raw, info, self._limits)
+        flag_referrer_spam(document.source, self._settings.referrer_blocklist)
+        return document
+
     async def _ingest_one(self, raw: Any, req: falcon.asgi.Request) -> str:
         """Validate, enrich and spool one tick; its event id once it is safe on disk."""
         try:
-            document = build_tick(raw, self._request_info(req), self._limits)
+            document = self._build(raw, self._request_info(req))
             (outcome,) = await self._pipeline.ingest([document])
         except MetronomeError as exc:
             metrics.REJECTED.labels(exc.code).inc()
@@ -80,7 +86,7 @@ class Tick(_TickResource):
         require_content_type(req, JSON_TYPES)
         try:
             raw = decode_json(await read_body(req, self._settings.max_body_bytes))
-            document = build_tick(raw, self._request_info(req), self._limits)
+            document = self._build(raw, self._request_info(req))
             (outcome,) = await self._pipeline.ingest([document])
         except MetronomeError as exc:
             metrics.REJECTED.labels(exc.code).inc()
@@ -160,7 +166,7 @@ class Ticks(_TickResource):
             try:
                 if isinstance(item, MetronomeError):
                     raise item
-                documents.append(build_tick(item, info, self._limits))
+                documents.append(self._build(item, info))
                 positions.append(index)
             except BadRequest as exc:
                 rejected.append({"index": index, **exc.to_dict()})

@@ -163,3 +163,14 @@ def stored_address(address: str | None, policy: str) -> str | None:
     ip = ipaddress.ip_address(address)
     prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
+
+
+def flag_referrer_spam(source: dict[str, Any], blocklist: Sequence[str]) -> None:
+    """Mark a document ``referrer.spam`` when its referrer domain, or a parent domain of
+    it, is on ``blocklist`` (``METRONOME_REFERRER_BLOCKLIST``)."""
+    referrer = source.get("referrer")
+    if not referrer or not blocklist:
+        return
+    domain = referrer.get("domain") or ""
+    if any(domain == blocked or domain.endswith("." + blocked) for blocked in blocklist):
+        source["referrer"] = {**referrer, "spam": True}

@@ -30,6 +30,7 @@ __all__ = [
     "PARAMS",
     "REFERRER_DOMAIN",
     "REFERRER_PAGE",
+    "REFERRER_SPAM",
     "SOURCE_IP",
     "TICK_FIELDS",
     "TIMESTAMP",
@@ -65,6 +66,7 @@ URL_PATH = "url.path"
 HTTP_REQUEST_REFERRER = "http.request.referrer"  # as sent
 REFERRER_DOMAIN = "referrer.domain"  # host without a leading www.
 REFERRER_PAGE = "referrer.page"  # host + path, no scheme, query or trailing slash
+REFERRER_SPAM = "referrer.spam"  # true when the domain is on the referrer block list
 
 CLIENT_IP = "client.ip"
 CLIENT_GEO_COUNTRY_ISO_CODE = "client.geo.country_iso_code"  # offline database: events/geo.py
@@ -98,6 +100,7 @@ TICK_FIELDS: frozenset[str] = frozenset(
         HTTP_REQUEST_REFERRER,
         REFERRER_DOMAIN,
         REFERRER_PAGE,
+        REFERRER_SPAM,
         CLIENT_IP,
         CLIENT_GEO_COUNTRY_ISO_CODE,
         USER_AGENT_ORIGINAL,

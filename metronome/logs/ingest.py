@@ -36,7 +36,7 @@ import orjson
 
 from metronome.config import Settings
 from metronome.events.document import Document
-from metronome.events.enrich import stored_address
+from metronome.events.enrich import flag_referrer_spam, stored_address
 from metronome.events.visitor import VisitorIds
 from metronome.logs.parse import ParsedLine, Reject, build_log_document, compile_format
 from metronome.logs.rules import UrlRules
@@ -81,6 +81,7 @@ class LineConverter:
         self._trusted = settings.trusted_proxies
         self._visitors = VisitorIds(settings.data_dir)
         self._client_ip = settings.client_ip
+        self._blocklist = settings.referrer_blocklist
         self._rejects_path = Path(settings.data_dir) / REJECTS
         self._rejects: IO[bytes] | None = None
         self.summary = Summary()
@@ -105,6 +106,7 @@ class LineConverter:
                                       received_ms=received_ms, visitors=self._visitors)
         if document.source.get("bot"):
             self.summary.bots += 1
+        flag_referrer_spam(document.source, self._blocklist)
         if self._client_ip != "keep" and "source" in document.source:
             kept = stored_address(document.source["source"]["ip"], self._client_ip)
             if kept is None:

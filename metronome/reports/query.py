@@ -101,7 +101,8 @@ QUERY_SCHEMA: dict[str, Any] = {
                   "description": "meta.next of the previous page"},
         "compare": {"enum": [None, "previous_period"], "default": None},
         "bots": {"enum": ["exclude", "include"], "default": "exclude",
-                 "description": "known crawlers are left out unless included"},
+                 "description": "known crawlers and referrer spam are left out unless"
+                                " included"},
     },
     "$defs": {
         "filter": {"oneOf": [
@@ -426,8 +427,9 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
         nodes.append(node)
         filter_json.append(norm)
     bots = body.get("bots", "exclude")
-    if bots == "exclude":
+    if bots == "exclude":  # crawlers and referrer spam
         nodes.append(Leaf("is_not", resolve("bot", datasets, "filter"), (True,)))
+        nodes.append(Leaf("is_not", resolve("referrer.spam", datasets, "filter"), (True,)))
     root: FilterNode | None = (None if not nodes else nodes[0] if len(nodes) == 1
                                else BoolNode("and", tuple(nodes)))
 

@@ -126,6 +126,7 @@ def tock_spec(query: TockQuery) -> ReportSpec:
     filters = [IsFilter(F.ITEM_ID, (query.item_id,))]
     if not query.include_bots:
         filters.append(IsFilter(F.BOT, (True,), negate=True))
+        filters.append(IsFilter(F.REFERRER_SPAM, (True,), negate=True))
     return ReportSpec(
         datasets=query.sources,
         start_ms=query.start_ms,
