@@ -172,7 +172,55 @@ def settings_cmd(markdown: bool) -> None:
         return
     settings = _settings()
     for name in settings.__slots__:  # type: ignore[attr-defined]
-        click.echo(f"{name} = {getattr(settings, name)!r}")
+        value = getattr(settings, name)
+        if value is not None and name in _SECRETS:
+            value = "(set, not shown)"
+        click.echo(f"{name} = {value!r}")
+
+
+_SECRETS = frozenset({"kibana_password", "kibana_api_key"})
+
+
+@main.group()
+def kibana() -> None:
+    """Kibana saved objects: data views and dashboards on Metronome's indices."""
+
+
+@kibana.command("import")
+@click.option("--url", help="Kibana's URL, e.g. http://localhost:5601 [default:"
+              " METRONOME_KIBANA_URL].")
+@click.option("--space", help="Import into this Kibana space [default: the default space].")
+@click.option("--overwrite", is_flag=True,
+              help="Replace objects that already exist (same ids) instead of failing.")
+@click.option("--wait", "wait_s", type=click.FloatRange(0, 3600), default=0, show_default=True,
+              help="Seconds to keep retrying while Kibana is unreachable or still starting.")
+def kibana_import(url: str | None, space: str | None, overwrite: bool, wait_s: float) -> None:
+    """Import the data views and dashboards in kibana/ through Kibana's saved objects API.
+
+    Credentials come from METRONOME_KIBANA_API_KEY, or METRONOME_KIBANA_USERNAME and
+    METRONOME_KIBANA_PASSWORD. Data views follow METRONOME_INDEX_PREFIX.
+    """
+    from metronome.kibana import KibanaError, import_saved_objects
+
+    settings = _settings()
+    url = url or settings.kibana_url
+    if not url:
+        raise click.UsageError("give Kibana's URL with --url or METRONOME_KIBANA_URL")
+    try:
+        summary = import_saved_objects(
+            url, space=space, overwrite=overwrite, prefix=settings.index_prefix,
+            username=settings.kibana_username, password=settings.kibana_password,
+            api_key=settings.kibana_api_key, wait_s=wait_s)
+    except KibanaError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    target = f"space {space!r}" if space else "the default space"
+    click.echo(summary.line(target))
+    for error in summary.errors:
+        click.echo(f"error: {error}", err=True)
+    if not summary.ok:
+        click.echo(f"error: {len(summary.errors)} saved objects were not imported", err=True)
+        sys.exit(1)
 
 
 def _progress(quiet: bool, what: str) -> Any:
