@@ -163,6 +163,51 @@ def templates_install() -> None:
         click.echo(f"{change.action:9} {change.name}")
 
 
+def _count(n: int, noun: str) -> str:
+    plural = noun[:-2] + "ices" if noun.endswith("ex") else noun + "s"
+    return f"{n:,} {noun if n == 1 else plural}"
+
+
+@main.command()
+@click.option("--keep", required=True, metavar="PERIOD",
+              help="How much to keep, in days or weeks: 400d, 57w.")
+@click.option("--dataset", type=click.Choice(["ticks", "logs", "metrics", "all"]),
+              default="all", show_default=True, help="Which documents to remove.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def retention(keep: str, dataset: str, dry_run: bool) -> None:
+    """Remove documents older than --keep: whole daily indices, or the embedded store's rows.
+
+    Whole UTC days only: everything from before 00:00 UTC of the day PERIOD ago goes,
+    the same documents on either store.
+    """
+    from datetime import UTC, datetime
+
+    from metronome.jobs.retention import DATASETS, cutoff_ms, parse_keep, run_retention
+
+    try:
+        period = parse_keep(keep)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--keep") from None
+    settings = _settings()
+    datasets = DATASETS if dataset == "all" else (dataset,)
+    cutoff = datetime.fromtimestamp(cutoff_ms(period) / 1000, tz=UTC)
+    try:
+        result = asyncio.run(run_retention(settings, period, datasets, dry_run=dry_run))
+    except MetronomeError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    verb = "would delete" if dry_run else "deleted"
+    for removal in result.removed:
+        if result.unit == "indices":
+            click.echo(f"{verb} index {removal.name} ({_count(removal.documents, 'document')})")
+        else:
+            click.echo(f"{verb} {_count(removal.documents, removal.name + ' document')}")
+    store = settings.elasticsearch_url or f"the embedded store in {settings.data_dir}"
+    indices = f"{_count(len(result.removed), 'index')}, " if result.unit == "indices" else ""
+    click.echo(f"{verb} {indices}{_count(result.documents, 'document')} of {', '.join(datasets)}"
+               f" from before {cutoff:%Y-%m-%d} 00:00 UTC in {store}")
+
+
 @main.command("settings")
 @click.option("--markdown", is_flag=True, help="Print the README's configuration table.")
 def settings_cmd(markdown: bool) -> None:

@@ -9,7 +9,7 @@ from typing import Literal, Protocol
 from metronome.events.document import Document
 from metronome.reports.model import ReportResult, ReportSpec
 
-__all__ = ["SchemaChange", "Store", "WriteOutcome"]
+__all__ = ["Removal", "RetentionResult", "SchemaChange", "Store", "WriteOutcome"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,28 @@ class WriteOutcome:
     ok: bool
     reason: str | None = None
     retriable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """One thing retention removed: a daily index (Elasticsearch) or a dataset's old rows
+    (the embedded store), and how many documents went with it."""
+
+    name: str
+    documents: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionResult:
+    """What :meth:`Store.delete_before` removed, or would remove on a dry run."""
+
+    unit: Literal["indices", "rows"]
+    removed: tuple[Removal, ...]
+    dry_run: bool = False
+
+    @property
+    def documents(self) -> int:
+        return sum(r.documents for r in self.removed)
 
 
 class Store(Protocol):
@@ -58,4 +80,10 @@ class Store(Protocol):
 
     async def report(self, spec: ReportSpec) -> ReportResult:
         """Compute a report inside the store (aggregations or SQL), never in Python."""
+        ...
+
+    async def delete_before(self, datasets: Sequence[str], cutoff_ms: int, *,
+                            dry_run: bool = False) -> RetentionResult:
+        """Remove the documents of ``datasets`` from before ``cutoff_ms`` (00:00 UTC of a
+        day): whole daily indices, or rows. ``dry_run`` only says what would go."""
         ...

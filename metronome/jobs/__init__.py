@@ -1,0 +1,1 @@
+"""Periodic work on the store: retention (and, later, collectors, health checks, rollups)."""
