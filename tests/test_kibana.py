@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,6 +40,7 @@ ACCESSOR_KEYS = {"xAccessor", "splitAccessor", "accessors", "primaryGroups", "me
                  "columnId", "metricAccessor", "secondaryGroups"}
 
 OBJECTS = load_saved_objects()
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 BY_KEY = {(o["type"], o["id"]): o for o in OBJECTS}
 
 
@@ -257,6 +259,7 @@ def test_import_posts_the_objects_and_prints_what_kibana_did() -> None:
             f"imported {len(OBJECTS)} saved objects into the default space"
             f" ({counts['dashboard']} dashboards, {counts['index-pattern']} data views,"
             f" {counts['lens']} visualizations)")
+        assert first.stdout in README  # the README shows this very line
         (seen,) = kibana.requests
         assert (seen.method, seen.path, seen.query) == ("POST", "/api/saved_objects/_import",
                                                         {})
