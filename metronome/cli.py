@@ -163,6 +163,51 @@ def templates_install() -> None:
         click.echo(f"{change.action:9} {change.name}")
 
 
+def _count(n: int, noun: str) -> str:
+    plural = noun[:-2] + "ices" if noun.endswith("ex") else noun + "s"
+    return f"{n:,} {noun if n == 1 else plural}"
+
+
+@main.command()
+@click.option("--keep", required=True, metavar="PERIOD",
+              help="How much to keep, in days or weeks: 400d, 57w.")
+@click.option("--dataset", type=click.Choice(["ticks", "logs", "metrics", "all"]),
+              default="all", show_default=True, help="Which documents to remove.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def retention(keep: str, dataset: str, dry_run: bool) -> None:
+    """Remove documents older than --keep: whole daily indices, or the embedded store's rows.
+
+    Whole UTC days only: everything from before 00:00 UTC of the day PERIOD ago goes,
+    the same documents on either store.
+    """
+    from datetime import UTC, datetime
+
+    from metronome.jobs.retention import DATASETS, cutoff_ms, parse_keep, run_retention
+
+    try:
+        period = parse_keep(keep)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--keep") from None
+    settings = _settings()
+    datasets = DATASETS if dataset == "all" else (dataset,)
+    cutoff = datetime.fromtimestamp(cutoff_ms(period) / 1000, tz=UTC)
+    try:
+        result = asyncio.run(run_retention(settings, period, datasets, dry_run=dry_run))
+    except MetronomeError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    verb = "would delete" if dry_run else "deleted"
+    for removal in result.removed:
+        if result.unit == "indices":
+            click.echo(f"{verb} index {removal.name} ({_count(removal.documents, 'document')})")
+        else:
+            click.echo(f"{verb} {_count(removal.documents, removal.name + ' document')}")
+    store = settings.elasticsearch_url or f"the embedded store in {settings.data_dir}"
+    indices = f"{_count(len(result.removed), 'index')}, " if result.unit == "indices" else ""
+    click.echo(f"{verb} {indices}{_count(result.documents, 'document')} of {', '.join(datasets)}"
+               f" from before {cutoff:%Y-%m-%d} 00:00 UTC in {store}")
+
+
 @main.command("settings")
 @click.option("--markdown", is_flag=True, help="Print the README's configuration table.")
 def settings_cmd(markdown: bool) -> None:
@@ -172,7 +217,55 @@ def settings_cmd(markdown: bool) -> None:
         return
     settings = _settings()
     for name in settings.__slots__:  # type: ignore[attr-defined]
-        click.echo(f"{name} = {getattr(settings, name)!r}")
+        value = getattr(settings, name)
+        if value is not None and name in _SECRETS:
+            value = "(set, not shown)"
+        click.echo(f"{name} = {value!r}")
+
+
+_SECRETS = frozenset({"kibana_password", "kibana_api_key"})
+
+
+@main.group()
+def kibana() -> None:
+    """Kibana saved objects: data views and dashboards on Metronome's indices."""
+
+
+@kibana.command("import")
+@click.option("--url", help="Kibana's URL, e.g. http://localhost:5601 [default:"
+              " METRONOME_KIBANA_URL].")
+@click.option("--space", help="Import into this Kibana space [default: the default space].")
+@click.option("--overwrite", is_flag=True,
+              help="Replace objects that already exist (same ids) instead of failing.")
+@click.option("--wait", "wait_s", type=click.FloatRange(0, 3600), default=0, show_default=True,
+              help="Seconds to keep retrying while Kibana is unreachable or still starting.")
+def kibana_import(url: str | None, space: str | None, overwrite: bool, wait_s: float) -> None:
+    """Import the data views and dashboards in kibana/ through Kibana's saved objects API.
+
+    Credentials come from METRONOME_KIBANA_API_KEY, or METRONOME_KIBANA_USERNAME and
+    METRONOME_KIBANA_PASSWORD. Data views follow METRONOME_INDEX_PREFIX.
+    """
+    from metronome.kibana import KibanaError, import_saved_objects
+
+    settings = _settings()
+    url = url or settings.kibana_url
+    if not url:
+        raise click.UsageError("give Kibana's URL with --url or METRONOME_KIBANA_URL")
+    try:
+        summary = import_saved_objects(
+            url, space=space, overwrite=overwrite, prefix=settings.index_prefix,
+            username=settings.kibana_username, password=settings.kibana_password,
+            api_key=settings.kibana_api_key, wait_s=wait_s)
+    except KibanaError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    target = f"space {space!r}" if space else "the default space"
+    click.echo(summary.line(target))
+    for error in summary.errors:
+        click.echo(f"error: {error}", err=True)
+    if not summary.ok:
+        click.echo(f"error: {len(summary.errors)} saved objects were not imported", err=True)
+        sys.exit(1)
 
 
 def _progress(quiet: bool, what: str) -> Any:

@@ -221,6 +221,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("s3_endpoint_url", "", "S3 endpoint for MinIO and other S3-compatible stores.",
             _optional_str),
     Setting("s3_region", "", "S3 region (unset: from the AWS configuration).", _optional_str),
+    Setting("kibana_url", "", "Kibana URL for `metronome kibana import` (its `--url` wins).",
+            _optional_str),
+    Setting("kibana_username", "", "User for Kibana's basic authentication (unset: none).",
+            _optional_str),
+    Setting("kibana_password", "", "Password of `METRONOME_KIBANA_USERNAME`.", _optional_str),
+    Setting("kibana_api_key", "", "Kibana API key (the encoded form); used instead of the user"
+            " and password.", _optional_str),
     Setting("log_level", "info", "Log level: debug, info, warning or error.", _choice(
         "debug", "info", "warning", "error"
     )),
@@ -266,6 +273,10 @@ class Settings:
     s3_prefix: str
     s3_endpoint_url: str | None
     s3_region: str | None
+    kibana_url: str | None
+    kibana_username: str | None
+    kibana_password: str | None
+    kibana_api_key: str | None
     log_level: str
 
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from metronome.pipeline.spool import backlog, spool_dir
+from tests.support import compose
 from tests.support.es_server import ElasticsearchServer
 from tests.support.metronome_server import MetronomeServer
 
@@ -175,3 +177,39 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 def item() -> str:
     """A fresh item id, so tests sharing a server never see each other's ticks."""
     return "item-" + uuid.uuid4().hex[:12]
+
+
+_compose_build: threading.Thread | None = None
+_compose_built: dict[str, Any] = {}
+
+
+def _build_compose() -> None:
+    try:
+        _compose_built["config"] = compose.install()
+    except BaseException as exc:  # reported by the docker_compose fixture
+        _compose_built["error"] = exc
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that need ``docker compose`` run last, and the plugin (built from source the
+    first time, minutes) starts building now, in the background, while the rest run."""
+    global _compose_build
+    needs = [i for i in items if "docker_compose" in getattr(i, "fixturenames", ())]
+    if not needs or _compose_build is not None or config.option.collectonly:
+        return
+    items[:] = [i for i in items if i not in needs] + needs
+    _compose_build = threading.Thread(target=_build_compose, name="compose-build",
+                                      daemon=True)
+    _compose_build.start()
+
+
+@pytest.fixture(scope="session")
+def docker_compose() -> compose.Compose:
+    """The real ``docker compose`` CLI (see tests/support/compose.py)."""
+    if _compose_build is None:
+        _build_compose()
+    else:
+        _compose_build.join()
+    if "error" in _compose_built:
+        raise RuntimeError(f"docker compose is not available: {_compose_built['error']}")
+    return compose.Compose(_compose_built["config"])

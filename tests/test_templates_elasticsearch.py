@@ -44,8 +44,9 @@ def test_templates_install_is_idempotent_and_follows_file_changes(es_url: str,
     try:
         first = _cli("templates", "install", env=env)
         assert first.returncode == 0, first.stderr
-        names = [f"{prefix}-{n}" for n in ("base-mappings", "logs-mappings", "settings",
-                                            "ticks-mappings", "logs", "ticks")]
+        names = [f"{prefix}-{n}" for n in ("base-mappings", "logs-mappings",
+                                            "metrics-mappings", "settings", "ticks-mappings",
+                                            "logs", "metrics", "ticks")]
         assert [line.split() for line in first.stdout.splitlines()] == [
             ["created", name] for name in names]
 
@@ -93,6 +94,38 @@ def _mapped_by(index_template: str) -> set[str]:
 def test_index_templates_map_exactly_the_fields_events_names() -> None:
     assert _mapped_by("metronome-ticks") - {F.PARAMS} == set(F.TICK_FIELDS)
     assert _mapped_by("metronome-logs") == set(F.LOG_FIELDS)
+    assert _mapped_by("metronome-metrics") - {F.METRICS} == set(F.METRIC_FIELDS)
+
+
+def test_metrics_documents_index_into_daily_metrics_indices(es_url: str) -> None:
+    """A metrics document lands in a daily index shaped by the metrics template: names are
+    keywords, every value under ``metrics`` a double, nothing else is accepted."""
+    prefix = unique_prefix()
+    env = {"METRONOME_ELASTICSEARCH_URL": es_url, "METRONOME_INDEX_PREFIX": prefix}
+    index = f"{prefix}-metrics-2026.11.23"
+    try:
+        installed = _cli("templates", "install", env=env)
+        assert installed.returncode == 0, installed.stderr
+        doc = {"@timestamp": "2026-11-23T10:00:00Z", "@version": "1",
+               "event": {"dataset": "metronome.metrics"}, "metricset": {"name": "spool"},
+               "host": {"name": "api-1"}, "service": {"name": "metronome"},
+               "metrics": {"spool.bytes": 1024, "lag_seconds": 0.25}}
+        resp = httpx.post(f"{es_url}/{index}/_doc", params={"refresh": "true"}, json=doc)
+        assert resp.status_code == 201, resp.text
+        mapping = httpx.get(f"{es_url}/{index}/_mapping").json()[index]["mappings"]
+        props = mapping["properties"]
+        assert props["metrics"]["properties"]["spool.bytes"]["type"] == "double"
+        assert props["metrics"]["properties"]["lag_seconds"]["type"] == "double"
+        assert props["metricset"]["properties"]["name"]["type"] == "keyword"
+        stray = httpx.post(f"{es_url}/{index}/_doc", json={**doc, "cpu": 1})
+        assert stray.status_code == 400 and "strict" in stray.text
+        total = httpx.post(f"{es_url}/{index}/_search", json={
+            "size": 0, "aggs": {"bytes": {"sum": {"field": "metrics.spool.bytes"}}}}).json()
+        assert total["aggregations"]["bytes"]["value"] == 1024
+    finally:
+        httpx.delete(f"{es_url}/{index}")
+        httpx.delete(f"{es_url}/_index_template/{prefix}-*")
+        httpx.delete(f"{es_url}/_component_template/{prefix}-*")
 
 
 @pytest.mark.parametrize("backend", ["elasticsearch"], indirect=True)

@@ -26,11 +26,16 @@ __all__ = [
     "HTTP_VERSION",
     "ITEM_FORMAT",
     "ITEM_ID",
+    "HOST_NAME",
     "LOG_FIELDS",
+    "METRICS",
+    "METRICSET_NAME",
+    "METRIC_FIELDS",
     "PARAMS",
     "REFERRER_DOMAIN",
     "REFERRER_PAGE",
     "REFERRER_SPAM",
+    "SERVICE_NAME",
     "SOURCE_IP",
     "TICK_FIELDS",
     "TIMESTAMP",
@@ -142,3 +147,19 @@ LOG_FIELDS: frozenset[str] = frozenset(
 """Every field the ``logs`` indices map: the shared base mappings (so ``client.ip`` too,
 which log documents leave empty: their client is ``source.ip``), ``item.*``,
 ``referrer.*`` and the access-log fields. A log document carries a subset of these."""
+
+# Metrics (dataset "metrics"): periodic measurements in <prefix>-metrics-YYYY.MM.DD, mapped by
+# index_templates/component/metronome-metrics-mappings.json on top of the shared base
+# mappings. Values live under one object, ``metrics.<name>``, each mapped as a double.
+
+METRICSET_NAME = "metricset.name"  # which collector measured: "spool", "store", ...
+HOST_NAME = "host.name"
+SERVICE_NAME = "service.name"
+METRICS = "metrics"  # object of numeric values, one double field each
+
+METRIC_FIELDS: frozenset[str] = frozenset(
+    (TICK_FIELDS - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE})
+    | {METRICSET_NAME, HOST_NAME, SERVICE_NAME}
+)
+"""Every fixed field the ``metrics`` indices map (``metrics.*`` excluded): the shared base
+mappings and the metric set, host and service names."""

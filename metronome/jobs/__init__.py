@@ -1,1 +1,2 @@
-"""Periodic and one-off jobs on the stored data: forgetting, retention."""
+"""Work on the stored data, periodic or one-off: retention, forgetting (and, later,
+collectors, health checks, rollups)."""

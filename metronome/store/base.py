@@ -10,7 +10,7 @@ from metronome.events.document import Document
 from metronome.reports.model import ReportResult, ReportSpec
 from metronome.reports.query import GroupQuery
 
-__all__ = ["GroupRow", "SchemaChange", "Store", "WriteOutcome"]
+__all__ = ["GroupRow", "Removal", "RetentionResult", "SchemaChange", "Store", "WriteOutcome"]
 
 GroupRow = tuple[tuple[Any, ...], tuple[Any, ...]]
 """One group of a query: its dimension keys and its raw metric values."""
@@ -35,6 +35,28 @@ class WriteOutcome:
     ok: bool
     reason: str | None = None
     retriable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """One thing retention removed: a daily index (Elasticsearch) or a dataset's old rows
+    (the embedded store), and how many documents went with it."""
+
+    name: str
+    documents: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionResult:
+    """What :meth:`Store.delete_before` removed, or would remove on a dry run."""
+
+    unit: Literal["indices", "rows"]
+    removed: tuple[Removal, ...]
+    dry_run: bool = False
+
+    @property
+    def documents(self) -> int:
+        return sum(r.documents for r in self.removed)
 
 
 class Store(Protocol):
@@ -72,4 +94,10 @@ class Store(Protocol):
 
     async def delete_matching(self, query: GroupQuery) -> int:
         """Delete every document of ``query`` (its datasets, range and filter); how many."""
+        ...
+
+    async def delete_before(self, datasets: Sequence[str], cutoff_ms: int, *,
+                            dry_run: bool = False) -> RetentionResult:
+        """Remove the documents of ``datasets`` from before ``cutoff_ms`` (00:00 UTC of a
+        day): whole daily indices, or rows. ``dry_run`` only says what would go."""
         ...

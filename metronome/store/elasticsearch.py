@@ -7,6 +7,7 @@ Documents go to ``<prefix>-<dataset>-YYYY.MM.DD`` (the UTC day of ``@timestamp``
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,11 +24,11 @@ from metronome.events import fields as F
 from metronome.events.document import Document
 from metronome.reports.model import Histogram, IsFilter, ReportResult, ReportSpec, Terms
 from metronome.reports.query import GroupQuery
-from metronome.store.base import GroupRow, SchemaChange, WriteOutcome
+from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
 from metronome.store.es_query import compile_groups, compile_where, read_groups
 from metronome.store.templates import Template, load_templates
 
-__all__ = ["ElasticsearchStore", "compile_report", "index_name"]
+__all__ = ["ElasticsearchStore", "compile_report", "index_day_ms", "index_name"]
 
 _UNREACHABLE = (TransportConnectionError, ConnectionTimeout)
 _COMPOSITE_PAGE = 1000  # groups per search while reading a whole result
@@ -51,6 +52,21 @@ def index_name(prefix: str, dataset: str, timestamp_ms: int) -> str:
     """``metronome-ticks-2015.01.22``: the daily index for a document's UTC day."""
     day = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
     return f"{prefix}-{dataset}-{day:%Y.%m.%d}"
+
+
+def index_day_ms(prefix: str, datasets: Sequence[str], index: str) -> int | None:
+    """Epoch ms of 00:00 UTC of the day a daily index is named for; None for any other
+    index (another prefix or dataset, or a name that is not ``...-YYYY.MM.DD``)."""
+    names = "|".join(re.escape(d) for d in datasets)
+    match = re.fullmatch(rf"{re.escape(prefix)}-(?:{names})-(\d{{4}})\.(\d{{2}})\.(\d{{2}})",
+                         index)
+    if not match:
+        return None
+    try:
+        day = datetime(int(match[1]), int(match[2]), int(match[3]), tzinfo=UTC)
+    except ValueError:
+        return None
+    return int(day.timestamp() * 1000)
 
 
 def _filter_clauses(filters: Sequence[IsFilter]) -> dict[str, list[dict[str, Any]]]:
@@ -264,3 +280,24 @@ class ElasticsearchStore:
                 result = await self._client.bulk(operations=operations, refresh=True)
                 deleted += sum(1 for item in result["items"]
                                if item["delete"]["status"] == 200)
+    async def delete_before(self, datasets: Sequence[str], cutoff_ms: int, *,
+                            dry_run: bool = False) -> RetentionResult:
+        """Delete whole daily indices named for days before the cutoff's day."""
+        if not datasets:
+            return RetentionResult("indices", (), dry_run)
+        pattern = ",".join(f"{self._prefix}-{d}-*" for d in datasets)
+        with _answering("the index listing"):
+            rows = await self._client.cat.indices(index=pattern, format="json",
+                                                  h="index,docs.count",
+                                                  expand_wildcards="open,closed")
+        old = sorted((
+            Removal(row["index"], int(row.get("docs.count") or 0)) for row in rows
+            if (day := index_day_ms(self._prefix, datasets, row["index"])) is not None
+            and day < cutoff_ms
+        ), key=lambda r: r.name)
+        if not dry_run:
+            for start in range(0, len(old), 50):  # explicit names: URLs stay short
+                batch = ",".join(r.name for r in old[start:start + 50])
+                with _answering("deleting old indices"):
+                    await self._client.indices.delete(index=batch, ignore_unavailable=True)
+        return RetentionResult("indices", tuple(old), dry_run)

@@ -29,12 +29,13 @@ from metronome.events import fields as F
 from metronome.events.document import Document
 from metronome.reports.model import Histogram, IsFilter, ReportResult, ReportSpec, Terms
 from metronome.reports.query import GroupQuery
-from metronome.store.base import GroupRow, SchemaChange, WriteOutcome
+from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
 from metronome.store.sqlite_query import delete_sql, install_functions, query_groups
 
 __all__ = ["COLUMNS", "SQLiteStore"]
 
 DB_NAME = "metronome.sqlite3"
+_DELETE_BATCH = 5000  # rows per retention transaction
 
 # document field -> column; fields without a column are read from the JSON document
 COLUMNS: dict[str, str] = {
@@ -301,3 +302,45 @@ class SQLiteStore:
 
         count: int = await self._run(_delete)
         return count
+    async def delete_before(self, datasets: Sequence[str], cutoff_ms: int, *,
+                            dry_run: bool = False) -> RetentionResult:
+        """Delete rows older than the cutoff, in batches of short transactions so the
+        shipper's writes and the API's reads never wait long. The file does not shrink:
+        SQLite reuses the freed pages for new rows."""
+
+        def _count(conn: sqlite3.Connection, dataset: str) -> int:
+            row = conn.execute("SELECT count(*) FROM events WHERE dataset = ? AND ts < ?",
+                               (dataset, cutoff_ms)).fetchone()
+            return int(row[0])
+
+        def _delete() -> RetentionResult:
+            conn = self._connect()
+            removed: list[Removal] = []
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                                " AND name = 'events'").fetchone():
+                return RetentionResult("rows", (), dry_run)  # nothing stored yet
+            for dataset in datasets:
+                if dry_run:
+                    count = _count(conn, dataset)
+                else:
+                    count = 0
+                    while True:
+                        conn.execute("BEGIN IMMEDIATE")
+                        try:
+                            done = conn.execute(
+                                "DELETE FROM events WHERE id IN (SELECT id FROM events"
+                                " WHERE dataset = ? AND ts < ? LIMIT ?)",
+                                (dataset, cutoff_ms, _DELETE_BATCH)).rowcount
+                        except BaseException:
+                            conn.execute("ROLLBACK")
+                            raise
+                        conn.execute("COMMIT")
+                        count += done
+                        if done < _DELETE_BATCH:
+                            break
+                if count:
+                    removed.append(Removal(dataset, count))
+            return RetentionResult("rows", tuple(removed), dry_run)
+
+        result: RetentionResult = await self._run(_delete)
+        return result

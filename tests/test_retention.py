@@ -1,0 +1,112 @@
+"""`metronome retention`: old data goes, whole UTC days at a time, on both stores.
+
+Ticks are sent with old ``ts`` through the running server, so they are stored exactly as
+live ones are (daily indices on Elasticsearch, rows in the embedded store). The days used
+are in 1975, far before anything else the suite writes to the shared servers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from metronome.jobs.retention import cutoff_ms, parse_keep
+from tests.conftest import Backend
+
+CUTOFF = date(1975, 3, 4)  # documents from before 1975-03-04 go
+OLD = ["1975-03-01T10:00:00Z", "1975-03-02T23:59:59.999Z", "1975-03-02T00:00:00Z"]
+KEPT = ["1975-03-05T00:00:00Z", "1975-03-06T12:00:00Z"]  # a day's margin past midnight
+
+
+def _keep_until(day: date) -> str:
+    """The --keep that puts the cutoff at ``day`` (whole days before today, UTC)."""
+    return f"{(datetime.now(UTC).date() - day).days}d"
+
+
+def _indices(backend: Backend) -> list[str]:
+    rows = httpx.get(f"{backend.es_url}/_cat/indices/{backend.index_prefix}-*-1975.*",
+                     params={"format": "json", "h": "index"}, timeout=30).json()
+    return sorted(row["index"] for row in rows)
+
+
+def test_retention_removes_whole_old_days_and_keeps_the_rest(backend: Backend,
+                                                             item: str) -> None:
+    for ts in OLD + KEPT:
+        backend.tick(id=item, ts=ts)
+    line = (f'8.8.8.8 - - [01/Mar/1975:10:00:00 +0000] "GET /datasets/{item} HTTP/1.1" 200 5'
+            ' "-" "curl/8.0"\n')
+    imported = backend.server.run_cli("import", "-", input_text=line,
+                                      env={"METRONOME_URL_RULES": "/datasets/{id} -> view"})
+    assert imported.returncode == 0, imported.stderr
+    backend.settle()
+    keep = _keep_until(CUTOFF)
+
+    dry = backend.server.run_cli("retention", "--keep", keep, "--dataset", "ticks",
+                                 "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert lines[-1].startswith("would delete ")
+    assert "from before 1975-03-04 00:00 UTC" in lines[-1]
+    if backend.es_url:
+        p = backend.index_prefix
+        assert lines[:-1] == [f"would delete index {p}-ticks-1975.03.01 (1 document)",
+                              f"would delete index {p}-ticks-1975.03.02 (2 documents)"]
+        assert lines[-1].startswith("would delete 2 indices, 3 documents of ticks")
+    else:
+        assert lines[:-1] == ["would delete 3 ticks documents"]
+    assert len(backend.find(item)) == len(OLD + KEPT) + 1  # a dry run deletes nothing
+
+    done = backend.server.run_cli("retention", "--keep", keep, "--dataset", "ticks")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].startswith("deleted ")
+    backend.settle()
+    remaining = [(d["event"]["dataset"], d["@timestamp"]) for d in backend.find(item)]
+    assert remaining == [("metronome.logs", "1975-03-01T10:00:00.000Z"),  # not a tick
+                         ("metronome.ticks", "1975-03-05T00:00:00.000Z"),
+                         ("metronome.ticks", "1975-03-06T12:00:00.000Z")]
+    if backend.es_url:
+        p = backend.index_prefix
+        assert _indices(backend) == [f"{p}-logs-1975.03.01", f"{p}-ticks-1975.03.05",
+                                     f"{p}-ticks-1975.03.06"]
+
+    everything = backend.server.run_cli("retention", "--keep", keep)  # --dataset all
+    assert everything.returncode == 0, everything.stderr
+    assert everything.stdout.splitlines()[0] == (
+        f"deleted index {backend.index_prefix}-logs-1975.03.01 (1 document)"
+        if backend.es_url else "deleted 1 logs document")
+    backend.settle()
+    assert [d["@timestamp"] for d in backend.find(item)] == [
+        "1975-03-05T00:00:00.000Z", "1975-03-06T12:00:00.000Z"]
+    again = backend.server.run_cli("retention", "--keep", keep)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(("deleted 0 documents of ticks, logs, metrics",
+                                    "deleted 0 indices, 0 documents of ticks, logs, metrics"))
+    assert backend.tock(item, **{"from": "1975-03-01", "to": "1975-03-06"})["views"] == {
+        "1975-03-06": 1, "1975-03-05": 1, "1975-03-04": 0, "1975-03-03": 0,
+        "1975-03-02": 0, "1975-03-01": 0}
+
+
+def test_retention_refuses_a_period_it_cannot_read(tmp_path: Path) -> None:
+    for bad, why in (("400", "use days or weeks, like 400d or 57w"), ("12m", "like 400d"),
+                     ("0d", "keep from 1 day to 36600 days")):
+        result = subprocess.run(
+            [sys.executable, "-m", "metronome", "retention", "--keep", bad],
+            env={**os.environ, "METRONOME_DATA_DIR": str(tmp_path)},
+            capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, (bad, result.stdout)
+        assert f"Invalid value for --keep: '{bad}'" in result.stderr and why in result.stderr
+    assert not (tmp_path / "metronome.sqlite3").exists()  # refused before touching the store
+
+
+@pytest.mark.parametrize("text, days", [("400d", 400), ("57w", 399), (" 1D ", 1)])
+def test_keep_periods_and_the_midnight_cutoff(text: str, days: int) -> None:
+    assert parse_keep(text) == timedelta(days=days)
+    now = datetime(2026, 11, 23, 0, 30, tzinfo=UTC)
+    cutoff = datetime.fromtimestamp(cutoff_ms(parse_keep(text), now) / 1000, tz=UTC)
+    assert cutoff == datetime(2026, 11, 23, tzinfo=UTC) - timedelta(days=days)
