@@ -1,4 +1,9 @@
-"""``POST /tick`` (one tick) and ``POST /ticks`` (a JSON array or NDJSON of ticks)."""
+"""``POST /tick`` (one tick) and ``POST /ticks`` (a JSON array or NDJSON of ticks).
+
+Who may send, and to which site, is :mod:`metronome.api.guard`'s call: the site comes
+from the key, or from ``?site=`` / the ticks' ``site`` field for browser pages, and is
+stamped on every document as ``site.id``.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from metronome.events.tick import Limits, RequestInfo, build_tick
 from metronome.pipeline import Pipeline, metrics
 
 from .body import decode_json, read_body, require_content_type
+from .guard import Guard, named_sites
 
 __all__ = ["Tick", "Ticks"]
 
@@ -35,27 +41,31 @@ BATCH_TYPES = (*JSON_TYPES, "application/x-ndjson", "application/jsonl")
 
 
 class _TickResource:
-    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline, guard: Guard) -> None:
         self._settings = settings
         self._pipeline = pipeline
+        self._guard = guard
         self._limits = Limits(settings.max_params, settings.max_key_length,
                               settings.max_value_length)
+        self._timeout_s = settings.body_timeout_s
 
-    def _request_info(self, req: falcon.asgi.Request) -> RequestInfo:
-        return RequestInfo(
-            received_ms=int(time.time() * 1000),
-            client_ip=client_address(req.remote_addr, req.get_header("X-Forwarded-For"),
-                                     self._settings.trusted_proxies),
-            user_agent=req.user_agent,
-        )
+    def _client_ip(self, req: falcon.asgi.Request) -> str | None:
+        return client_address(req.remote_addr, req.get_header("X-Forwarded-For"),
+                              self._settings.trusted_proxies)
 
 
 class Tick(_TickResource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         require_content_type(req, JSON_TYPES)
+        client_ip = self._client_ip(req)
         try:
-            raw = decode_json(await read_body(req, self._settings.max_body_bytes))
-            document = build_tick(raw, self._request_info(req), self._limits)
+            await self._guard.precheck_ingest(req, client_ip)
+            raw = decode_json(await read_body(req, self._settings.max_body_bytes,
+                                              self._timeout_s))
+            access = await self._guard.ingest(req, named_sites(req, (raw,)), client_ip, 1)
+            info = RequestInfo(int(time.time() * 1000), client_ip, req.user_agent,
+                               access.site_id)
+            document = build_tick(raw, info, self._limits)
             (outcome,) = await self._pipeline.ingest([document])
         except MetronomeError as exc:
             metrics.REJECTED.labels(exc.code).inc()
@@ -93,7 +103,10 @@ def _split_batch(data: bytes) -> list[Any]:
 class Ticks(_TickResource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         require_content_type(req, BATCH_TYPES)
-        items = _split_batch(await read_body(req, self._settings.max_batch_bytes))
+        client_ip = self._client_ip(req)
+        await self._guard.precheck_ingest(req, client_ip)
+        items = _split_batch(await read_body(req, self._settings.max_batch_bytes,
+                                             self._timeout_s))
         if len(items) > self._settings.max_batch_ticks:
             raise LimitExceeded(
                 f"a batch may hold at most {self._settings.max_batch_ticks} ticks;"
@@ -102,7 +115,8 @@ class Ticks(_TickResource):
             )
         if not items:
             raise BadRequest("the batch holds no ticks")
-        info = self._request_info(req)
+        access = await self._guard.ingest(req, named_sites(req, items), client_ip, len(items))
+        info = RequestInfo(int(time.time() * 1000), client_ip, req.user_agent, access.site_id)
         ids: list[str | None] = [None] * len(items)
         rejected: list[dict[str, Any]] = []
         documents: list[Document] = []

@@ -77,6 +77,7 @@ class LineConverter:
         self._parser = compile_format(settings.log_format)
         self._rules = UrlRules.parse(settings.url_rules)
         self._trusted = settings.trusted_proxies
+        self._site_id = settings.log_site
         self._rejects_path = Path(settings.data_dir) / REJECTS
         self._rejects: IO[bytes] | None = None
         self.summary = Summary()
@@ -98,7 +99,7 @@ class LineConverter:
                  received_ms: int) -> Document:
         document = build_log_document(parsed, source_id=source_id, offset=offset,
                                       rules=self._rules, trusted_proxies=self._trusted,
-                                      received_ms=received_ms)
+                                      received_ms=received_ms, site_id=self._site_id)
         if document.source.get("bot"):
             self.summary.bots += 1
         return document

@@ -58,6 +58,7 @@ import orjson
 from metronome.events.document import Document, format_timestamp
 from metronome.events.enrich import client_address, user_agent_fields
 from metronome.events.enrich import referrer_keys as _referrer_keys
+from metronome.events.fields import DEFAULT_SITE
 from metronome.events.geo import country_iso_code
 from metronome.logs.rules import UrlRules
 
@@ -715,6 +716,7 @@ def build_log_document(
     rules: UrlRules,
     trusted_proxies: Sequence[Network],
     received_ms: int,
+    site_id: str = DEFAULT_SITE,
 ) -> Document:
     """The Logstash-format ECS document of one parsed access-log line (dataset ``logs``).
 
@@ -738,7 +740,8 @@ def build_log_document(
     ``url.path``, ``url.query`` (without ``?``), ``url.domain`` (``$host``, or an
     absolute target's host), ``http.request.referrer`` with ``referrer.domain`` and
     ``referrer.page``, ``user_agent.*`` and ``bot`` exactly as ticks have them, and
-    ``item.id``/``item.format`` from the URL rule. The raw line is not stored.
+    ``item.id``/``item.format`` from the URL rule, and ``site.id`` (``site_id``:
+    ``METRONOME_LOG_SITE``). The raw line is not stored.
     """
     timestamp_ms = parsed.timestamp_ms
     timestamp, id_prefix = _time_keys(timestamp_ms)
@@ -774,6 +777,7 @@ def build_log_document(
         "http": http,
         "url": url,
         "bot": False,
+        "site": {"id": site_id},
     }
     if action is not None:
         event["action"] = action
