@@ -76,8 +76,8 @@ def serve(host: str | None, port: int | None, workers: int | None, no_shipper: b
 
 
 def _exposure_warning(settings: Settings) -> str | None:
-    """A warning when the server can be reached from other machines while no site or
-    key exists (so nothing needs a key)."""
+    """A warning when the server can be reached from other machines while no site
+    exists (so nothing needs a key)."""
     import ipaddress
 
     from metronome.sites.registry import open_registry
@@ -106,7 +106,7 @@ def _exposure_warning(settings: Settings) -> str | None:
         return None
     where = (f"listening on {settings.host}" if not loopback
              else "behind a proxy (METRONOME_TRUSTED_PROXIES is set)")
-    return (f"WARNING: {where} with no sites or keys: anyone who can reach this server may"
+    return (f"WARNING: {where} with no sites: anyone who can reach this server may"
             " send ticks and read every report. Create a site and keys (metronome sites"
             " create, metronome keys create) or bind to 127.0.0.1; see README, Security.")
 

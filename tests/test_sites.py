@@ -306,4 +306,16 @@ def test_serve_warns_when_reachable_from_other_machines_without_sites() -> None:
         log = server.log_path.read_text()
     finally:
         assert server.stop() == 0
-    assert "WARNING: listening on 0.0.0.0 with no sites or keys" in log, log
+    assert "WARNING: listening on 0.0.0.0 with no sites: anyone" in log, log
+
+
+def test_the_python_client_sends_with_its_key(world: World, item: str) -> None:
+    from metronome.client import Client
+
+    client = Client(world.backend.server.url, key=world.key_b, flush_interval_s=0.05)
+    for _ in range(3):
+        client.tick(item, ts=TS)
+    assert client.flush(10)
+    client.close()
+    assert (client.stats.sent, client.stats.rejected) == (3, 0)
+    assert world.sites_of(item) == {world.b: 3}

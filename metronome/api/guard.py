@@ -3,8 +3,9 @@
 Every request that touches events resolves to exactly one site, and resources only ever
 see that site (:class:`Access`). The rules:
 
-- **No site and no key exist** (the single-user default): nothing needs a key, any
-  origin may send ticks, and everything is stored and read as site ``default``.
+- **No site exists** (the single-user default): nothing needs a key (keys are not
+  even looked at), any origin may send ticks, nothing is rate limited, and everything is
+  stored and read as site ``default``.
 - **With a key** (``Authorization: Bearer mk_...``): the key must be active and have the
   route's scope (``ingest`` to send ticks, ``query`` to read reports; ``admin`` allows
   both). The key decides the site; a request naming another site (``?site=``, a tick's
@@ -200,7 +201,6 @@ class Guard:
         """The site ``count`` ticks go to (``names``: :func:`named_sites`), or an error;
         then the rate limits."""
         snapshot = await self._cache.get()
-        secret = _bearer(req)
         origin = req.get_header("Origin")
         if snapshot.open:
             if names - {DEFAULT_SITE}:
@@ -210,6 +210,7 @@ class Guard:
             if origin is not None:
                 req.context.cors_origin = origin
             return Access(DEFAULT_SITE, "open")  # as before sites existed: no limits either
+        secret = _bearer(req)
         if secret is not None:
             access = self._with_key(snapshot, secret, names, "ingest", req.path)
         else:

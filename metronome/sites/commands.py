@@ -99,8 +99,8 @@ def _make_site(**fields: Any) -> Site:
 def sites() -> None:
     """Sites: the web sites and apps whose events are kept apart.
 
-    Once one site (or key) exists, ingestion and reports need a key or an allowed
-    browser origin; with none, everything is open and stored as site `default`.
+    Once one site exists, ingestion and reports need a key or an allowed browser
+    origin; with none, everything is open and stored as site `default`.
     """
 
 

@@ -2,9 +2,9 @@
 
 Documents ``site:<id>`` and ``key:<id>`` (field ``kind`` tells them apart) under an
 explicit, strict mapping. The index is created on the first write (``metronome sites
-create``); until it exists there are no sites. Writes wait for a refresh, so the next
-read anywhere sees them. It is ``index.hidden``: wildcard searches (``<prefix>-*``,
-Kibana data views) skip it.
+create``); until it exists there are no sites. Writes refresh the index at once (they are
+rare), so the next read anywhere sees them. It is ``index.hidden``: wildcard searches
+(``<prefix>-*``, Kibana data views) skip it.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class ElasticsearchRegistry:
             try:
                 await self._client.create(index=self._index, id=f"site:{site.id}",
                                           document={"kind": "site", **site.to_dict()},
-                                          refresh="wait_for")
+                                          refresh=True)
             except ConflictError:
                 raise DuplicateSite(f"a site with id {site.id!r} exists already") from None
 
@@ -114,14 +114,14 @@ class ElasticsearchRegistry:
         with answering("updating the site"):
             await self._client.index(index=self._index, id=f"site:{site.id}",
                                      document={"kind": "site", **site.to_dict()},
-                                     refresh="wait_for")
+                                     refresh=True)
 
     async def add_key(self, key: Key) -> None:
         await self._ensure()
         with answering("storing the key"):
             await self._client.create(index=self._index, id=f"key:{key.id}",
                                       document={"kind": "key", **key.to_dict()},
-                                      refresh="wait_for")
+                                      refresh=True)
 
     async def revoke_key(self, key_id: str, when_ms: int) -> Key | None:
         # no scripts (not every distribution has painless): read, then a conditional write
@@ -139,7 +139,7 @@ class ElasticsearchRegistry:
                     await self._client.update(
                         index=self._index, id=f"key:{key_id}", doc={"revoked": when_ms},
                         if_seq_no=found["_seq_no"], if_primary_term=found["_primary_term"],
-                        refresh="wait_for")
+                        refresh=True)
                 except ConflictError:
                     continue  # changed meanwhile (last use recorded): read again
                 return Key.from_dict(source)

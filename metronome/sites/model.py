@@ -264,8 +264,8 @@ class Snapshot:
 
     @property
     def open(self) -> bool:
-        """No site and no key yet: the single-user default, where nothing needs a key."""
-        return not self.sites and not self.keys
+        """No site yet: the single-user default, where nothing needs a key."""
+        return not self.sites
 
     def key_for(self, secret: str) -> Key | None:
         """The active key whose secret this is, or None."""
