@@ -2,8 +2,9 @@
 
 Requests are checked against an in-memory :class:`~metronome.sites.model.Snapshot`.
 It is reloaded from the registry in the background once it is half
-``METRONOME_SITES_CACHE_S`` old; a request finding it older than the whole TTL waits
-(at most a moment) for the reload. So a new site or key, or a revocation, takes effect in
+``METRONOME_SITES_CACHE_S`` old; a request finding it older than the whole TTL (after a
+quiet spell) waits for the reload, at most 2 s, and not at all while the store is slow or
+failing. So a new site or key, or a revocation, takes effect in
 every process within the TTL (default 5 s), and under load no request ever waits.
 
 While the store cannot be read (Elasticsearch down), the last snapshot keeps serving,
@@ -52,6 +53,7 @@ class RegistryCache:
         self._failing = False
         self._task: asyncio.Task[None] | None = None
         self._saved_digest: str | None = None
+        self._flushing: asyncio.Task[None] | None = None
         self._used: dict[str, int] = {}  # key id -> last use (ms), not yet written
         self._written: dict[str, int] = {}  # key id -> last use written
 
@@ -71,8 +73,14 @@ class RegistryCache:
         if snapshot is not None and (age < self._ttl or self._failing):
             return snapshot
         if self._task is not None:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(asyncio.shield(self._task), _WAIT_S)
+            except TimeoutError:
+                # a slow store: serve the last copy rather than hold requests
+                if not self._failing:
+                    log.warning("sites_reload_slow waited_s=%.1f (serving the last copy)",
+                                _WAIT_S)
+                self._failing = True
         if self._snapshot is None:
             self._snapshot = self._read_file()
         if self._snapshot is None:
@@ -90,10 +98,9 @@ class RegistryCache:
 
     async def _reload(self) -> None:
         try:
-            await self._flush_use()
             snapshot = await self._registry.load()
-        except (MetronomeError, OSError) as exc:
-            message = exc.message if isinstance(exc, MetronomeError) else str(exc)
+        except Exception as exc:  # noqa: BLE001 - never let a reload fail a request
+            message = exc.message if isinstance(exc, MetronomeError) else repr(exc)
             if not self._failing:
                 log.warning("sites_reload_failed reason=%s (serving the last copy)", message)
             self._failing = True
@@ -109,22 +116,30 @@ class RegistryCache:
         self._snapshot = snapshot
         self._loaded_at = time.monotonic()
         self._save_file(snapshot)
+        if self._used and self._flushing is None:  # key use: written beside, not waited for
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_use())
 
     async def _flush_use(self) -> None:
-        due = {key_id: ms for key_id, ms in self._used.items()
-               if ms - self._written.get(key_id, 0) >= _TOUCH_EVERY_MS}
-        if not due:
-            return
-        await self._registry.touch_keys(due)
-        self._written.update(due)
-        for key_id, ms in due.items():
-            if self._used.get(key_id) == ms:
-                del self._used[key_id]
+        try:
+            due = {key_id: ms for key_id, ms in self._used.items()
+                   if ms - self._written.get(key_id, 0) >= _TOUCH_EVERY_MS}
+            if due:
+                await self._registry.touch_keys(due)
+                self._written.update(due)
+                for key_id, ms in due.items():
+                    if self._used.get(key_id) == ms:
+                        del self._used[key_id]
+        except Exception as exc:  # noqa: BLE001 - last use is best effort
+            log.warning("key_use_not_recorded reason=%s",
+                        exc.message if isinstance(exc, MetronomeError) else repr(exc))
+        finally:
+            self._flushing = None
 
     async def close(self) -> None:
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await self._task
+        for task in (self._task, self._flushing):
+            if task is not None:
+                with contextlib.suppress(Exception):
+                    await task
         self._used = {k: ms for k, ms in self._used.items() if ms > self._written.get(k, 0)}
         with contextlib.suppress(MetronomeError, OSError):
             await self._registry.touch_keys(self._used)
