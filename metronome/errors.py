@@ -126,7 +126,7 @@ class LimitExceeded(BadRequest):
 
 
 class UnknownSite(BadRequest):
-    """No site has the id given with ``?site=`` or a tick's ``site`` field."""
+    """No site has the id given with `?site=` or a tick's `site` field."""
 
     code = "unknown_site"
 

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from metronome.sites.model import Site
 from tests.conftest import Backend, running_backend
 from tests.support.metronome_server import MetronomeServer
 
@@ -120,6 +121,26 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         else:
             raise AssertionError(f"keys not enforced: {codes}")
         yield world
+
+
+def test_origins_match_exactly_or_as_subdomains_and_nothing_else() -> None:
+    site = Site("s", "S", ("https://Example.org/", "https://*.example.com",
+                           "http://localhost:8000"))
+    assert site.origins == ("https://example.org", "https://*.example.com",
+                            "http://localhost:8000")
+    for origin in ("https://example.org", "https://EXAMPLE.org:443", "https://a.example.com",
+                   "https://a.b.example.com", "http://localhost:8000"):
+        assert site.allows_origin(origin), origin
+    for origin in ("http://example.org", "https://example.org:8443", "https://example.com",
+                   "https://evilexample.com", "https://example.org.evil.net", "null", "",
+                   "https://user@example.org", "http://localhost:8001", "https://a.example.com/x",
+                   "https://example.org\n"):
+        assert not site.allows_origin(origin), origin
+    assert Site("s", "S", ("*",)).allows_origin("null")
+    for bad in ("example.org", "https://example.org/app", "ftp://example.org", "https://*",
+                "https://a.*.example.org"):
+        with pytest.raises(ValueError, match="not an origin"):
+            Site("s", "S", (bad,))
 
 
 def test_open_mode_stores_ticks_under_the_default_site(backend: Backend, item: str) -> None:

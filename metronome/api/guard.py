@@ -197,9 +197,13 @@ class Guard:
             req.context.cors_origin = origin
 
     async def ingest(self, req: falcon.asgi.Request, names: set[str], client_ip: str | None,
-                     count: int) -> Access:
+                     count: int, *, origin_optional: bool = False) -> Access:
         """The site ``count`` ticks go to (``names``: :func:`named_sites`), or an error;
-        then the rate limits."""
+        then the rate limits.
+
+        ``origin_optional``: without a key, a request with no ``Origin`` is taken too (an
+        image pixel in an e-mail sends none); one that sends an ``Origin`` is still checked.
+        """
         snapshot = await self._cache.get()
         origin = req.get_header("Origin")
         if snapshot.open:
@@ -223,15 +227,17 @@ class Guard:
             if site is None:
                 raise _unknown(name)
             if origin is None:
-                raise KeyRequired("ticks without a key are taken from web pages only (with"
-                                  " an Origin header); a server sends"
-                                  " 'Authorization: Bearer <key with the ingest scope>'")
-            if not site.allows_origin(origin):
+                if not origin_optional:
+                    raise KeyRequired("ticks without a key are taken from web pages only"
+                                      " (with an Origin header); a server sends"
+                                      " 'Authorization: Bearer <key with the ingest scope>'")
+            elif not site.allows_origin(origin):
                 raise OriginForbidden(
                     f"site {site.id!r} does not take ticks from pages at {origin[:200]!r};"
                     " allow the origin with `metronome sites update`",
                     origin=origin[:200], site=site.id)
-            req.context.cors_origin = origin
+            else:
+                req.context.cors_origin = origin
             access = Access(site.id, "origin")
         per_ip = access.key is None and self._per_ip.enabled
         ip_key = address_key(client_ip or "-") if per_ip else ""

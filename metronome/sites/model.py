@@ -75,9 +75,9 @@ def looks_like_key(secret: str) -> bool:
 def normalize_origin(origin: str) -> tuple[str, str, int] | None:
     """``(scheme, host, port)`` of an ``Origin`` header, or None when it is not one
     (``null``, a path, a user name, a scheme other than http/https)."""
-    text = origin.strip()
-    if len(text) > 2048 or "://" not in text:
-        return None
+    text = origin
+    if len(text) > 2048 or "://" not in text or any(c.isspace() or c < " " for c in text):
+        return None  # urlsplit would drop tabs and newlines: never match what was not sent
     try:
         parts = urlsplit(text)
         port = parts.port
@@ -122,10 +122,10 @@ def parse_origin_rule(text: str) -> OriginRule:
     if text == "*":
         return OriginRule("*", anything=True)
     wildcard = False
-    probe = text
+    probe = text.rstrip("/")
     if "://*." in text:
         wildcard = True
-        probe = text.replace("://*.", "://", 1)
+        probe = probe.replace("://*.", "://", 1)
     parsed = normalize_origin(probe)
     if parsed is None or "*" in probe:
         raise ValueError(
