@@ -19,6 +19,7 @@ import falcon.asgi
 import falcon.media
 import orjson
 
+from metronome.api.guard import Cors, Guard
 from metronome.api.health import Health, Metrics, Ready
 from metronome.api.openapi import OpenAPI
 from metronome.api.query import QueryResource
@@ -27,8 +28,10 @@ from metronome.api.ticks import Pixel, Tick, Ticks
 from metronome.api.tock import Tock
 from metronome.api.tracker import Script
 from metronome.config import Settings
-from metronome.errors import MetronomeError, SpoolFull, StoreUnavailable
+from metronome.errors import MetronomeError, StoreUnavailable
 from metronome.pipeline import Pipeline, metrics
+from metronome.sites.cache import RegistryCache
+from metronome.sites.registry import open_registry
 from metronome.store import Store, open_store
 
 __all__ = ["app_from_env", "create_app"]
@@ -45,11 +48,13 @@ _FALCON_CODES = {
 
 
 class _Lifespan:
-    """Opens the store and installs its schema when a worker starts; closes it at exit."""
+    """Opens the store and installs its schema when a worker starts, then loads the sites
+    and keys; closes them at exit."""
 
-    def __init__(self, store: Store, pipeline: Pipeline) -> None:
+    def __init__(self, store: Store, pipeline: Pipeline, guard: Guard) -> None:
         self._store = store
         self._pipeline = pipeline
+        self._guard = guard
 
     async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
         await self._store.open()
@@ -57,13 +62,15 @@ class _Lifespan:
             changes = await self._store.ensure_schema()
         except StoreUnavailable as exc:
             log.warning("schema_install_deferred reason=%s", exc.message)
-            return
-        for change in changes:
-            if change.action != "unchanged":
-                log.info("schema_installed name=%s action=%s", change.name, change.action)
+        else:
+            for change in changes:
+                if change.action != "unchanged":
+                    log.info("schema_installed name=%s action=%s", change.name, change.action)
+        await self._guard.start()
 
     async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
         self._pipeline.close()
+        await self._guard.close()
         await self._store.close()
 
 
@@ -98,8 +105,8 @@ async def _metronome_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
         log.warning("request_failed path=%s error=%s message=%s", req.path, ex.code, ex.message)
     resp.status = ex.http_status
     resp.media = ex.to_dict()
-    if isinstance(ex, StoreUnavailable | SpoolFull):
-        resp.set_header("Retry-After", "5" if isinstance(ex, StoreUnavailable) else "30")
+    for name, value in ex.headers().items():
+        resp.set_header(name, value)
 
 
 async def _http_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
@@ -131,7 +138,10 @@ def create_app(settings: Settings, store: Store | None = None) -> falcon.asgi.Ap
     """The ASGI app for ``settings`` (on ``store`` if given, else the configured one)."""
     store = store or open_store(settings)
     pipeline = Pipeline(settings)
-    app = falcon.asgi.App(middleware=[_Lifespan(store, pipeline), _Timing()],
+    registry = open_registry(settings, getattr(store, "client", None))
+    guard = Guard(settings, RegistryCache(registry, settings.sites_cache_s, settings.data_dir))
+    app = falcon.asgi.App(middleware=[_Lifespan(store, pipeline, guard), _Timing(),
+                                      Cors(guard)],
                           cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_qs_csv = False
@@ -144,16 +154,16 @@ def create_app(settings: Settings, store: Store | None = None) -> falcon.asgi.Ap
     app.add_route("/healthz", Health())
     app.add_route("/readyz", Ready(store, pipeline))
     app.add_route("/metrics", Metrics(pipeline.spool))
-    app.add_route("/tick", Tick(settings, pipeline))
-    app.add_route("/ticks", Ticks(settings, pipeline))
-    app.add_route("/tick.gif", Pixel(settings, pipeline))
+    app.add_route("/tick", Tick(settings, pipeline, guard))
+    app.add_route("/ticks", Ticks(settings, pipeline, guard))
+    app.add_route("/tick.gif", Pixel(settings, pipeline, guard))
     app.add_route("/metronome.js", Script())
-    app.add_route("/query", QueryResource(settings, store))
+    app.add_route("/query", QueryResource(settings, store, guard))
     app.add_route("/openapi.json", OpenAPI())
-    reports = Reports(settings, store)
+    reports = Reports(settings, store, guard)
     app.add_route("/reports", reports)
     app.add_route("/reports/{name}", reports, suffix="named")
-    tock = Tock(store)
+    tock = Tock(store, guard)
     app.add_route("/tock", tock)
     app.add_route("/tock/{item_id}", tock, suffix="item")
 

@@ -15,6 +15,7 @@ import click
 from metronome import __version__
 from metronome.config import Settings, settings_table
 from metronome.errors import ConfigError, MetronomeError
+from metronome.sites import commands as sites_commands
 
 __all__ = ["main"]
 
@@ -54,6 +55,9 @@ def serve(host: str | None, port: int | None, workers: int | None, no_shipper: b
         else f"the embedded store in {settings.data_dir}"
     click.echo(f"metronome {__version__} on http://{settings.host}:{settings.port}"
                f" with {settings.workers} workers, storing in {store}", err=True)
+    warning = _exposure_warning(settings)
+    if warning:
+        click.secho(warning, err=True, fg="yellow", bold=True)
     shipper = None
     if not no_shipper:
         shipper = subprocess.Popen(
@@ -69,6 +73,42 @@ def serve(host: str | None, port: int | None, workers: int | None, no_shipper: b
                 shipper.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 shipper.kill()
+
+
+def _exposure_warning(settings: Settings) -> str | None:
+    """A warning when the server can be reached from other machines while no site
+    exists (so nothing needs a key)."""
+    import ipaddress
+
+    from metronome.sites.registry import open_registry
+
+    host = settings.host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback and not settings.trusted_proxies:
+        return None
+
+    async def _load() -> Any:
+        registry = open_registry(settings)
+        try:
+            return await registry.load()
+        finally:
+            await registry.close()
+
+    try:
+        snapshot = asyncio.run(_load())
+    except MetronomeError as exc:
+        return (f"warning: could not check for sites and keys ({exc.message}); without"
+                " them anyone who can reach this server may send ticks and read reports")
+    if not snapshot.open:
+        return None
+    where = (f"listening on {settings.host}" if not loopback
+             else "behind a proxy (METRONOME_TRUSTED_PROXIES is set)")
+    return (f"WARNING: {where} with no sites: anyone who can reach this server may"
+            " send ticks and read every report. Create a site and keys (metronome sites"
+            " create, metronome keys create) or bind to 127.0.0.1; see README, Security.")
 
 
 def _multiprocess_metrics(settings: Settings) -> None:
@@ -132,6 +172,10 @@ def status() -> None:
                f" ({used:.1f}%)")
     click.echo(f"lag:          {lag} (oldest unshipped event)")
     click.echo(f"dead letters: {dead_count} in {dead}")
+
+
+main.add_command(sites_commands.sites)
+main.add_command(sites_commands.keys)
 
 
 @main.group()

@@ -4,7 +4,7 @@
 
     from metronome.client import Client
 
-    metronome = Client("http://metronome.internal:8080")
+    metronome = Client("http://metronome.internal:8080", key="mk_...")  # an ingest key
     metronome.tick("parks-dataset", event="download", format="csv", plan="pro")
     ...
     metronome.close()          # sends what is still queued (at most `close_timeout_s`)
@@ -59,7 +59,10 @@ class Client:
     def __init__(self, url: str, *, batch_size: int = 500, flush_interval_s: float = 1.0,
                  max_queue: int = 100_000, timeout_s: float = 10.0,
                  max_backoff_s: float = 30.0, close_timeout_s: float = 10.0,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, key: str | None = None) -> None:
+        """``key``: a key with the ``ingest`` scope (needed once the server has sites)."""
+        if key:
+            headers = {**(headers or {}), "Authorization": f"Bearer {key}"}
         self._url = url.rstrip("/")
         self._batch_size = batch_size
         self._interval_s = flush_interval_s

@@ -66,6 +66,16 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"expected on or off, got {raw!r}")
 
 
+def _site(raw: str) -> str:
+    from metronome.sites.model import SITE_ID_PATTERN
+
+    value = raw.strip()
+    if not SITE_ID_PATTERN.match(value):
+        raise ValueError("a site id is 1 to 64 lowercase letters, digits, '-' and '_',"
+                         f" starting with a letter or digit; got {raw!r}")
+    return value
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def cast(raw: str) -> str:
         value = raw.strip().lower()
@@ -140,6 +150,29 @@ SETTINGS: tuple[Setting, ...] = (
         "max_batch_ticks", "1000", "Most ticks in one `POST /ticks` body.", _int(1, 1_000_000)
     ),
     Setting("max_params", "100", "Most free parameters in one tick.", _int(0, 10_000)),
+    Setting("body_timeout_s", "10", "Seconds a client has to send a request body; slower"
+            " ones get `408 request_timeout`.", _int(1, 3600)),
+    Setting("keepalive_s", "5", "Seconds an idle keep-alive connection stays open.",
+            _int(1, 3600)),
+    Setting("max_connections", "1000", "Most connections (and requests in progress) per"
+            " server worker; past it the server answers 503 (0: no limit).",
+            _int(0, 1_000_000)),
+    Setting("rate_limit_per_ip", "100", "Ticks per second one client address may send"
+            " without a key (browser ingest; IPv6 per /64), per worker process, once a site"
+            " exists; 0: no limit.", _int(0, 1_000_000)),
+    Setting("rate_limit_per_ip_burst", "1000", "Ticks one client address may send at once"
+            " before `METRONOME_RATE_LIMIT_PER_IP` applies.", _int(1, 10_000_000)),
+    Setting("rate_limit_per_site", "5000", "Ticks per second one site may send (with or"
+            " without a key), per worker process, once a site exists; 0: no limit.",
+            _int(0, 10_000_000)),
+    Setting("rate_limit_per_site_burst", "50000", "Ticks one site may send at once before"
+            " `METRONOME_RATE_LIMIT_PER_SITE` applies.", _int(1, 100_000_000)),
+    Setting("sites_cache_s", "5", "Seconds each worker process reuses its copy of the sites"
+            " and keys; new sites and keys, and revocations, take effect within it.",
+            _int(1, 3600)),
+    Setting("log_site", "default", "Site that access logs (`import`, `ship`, `restore`, the"
+            " forward input) and forward-protocol ticks without a `site` are stored under.",
+            _site),
     Setting("max_key_length", "64", "Longest free-parameter name.", _int(1, 1024)),
     Setting(
         "max_value_length",
@@ -252,6 +285,15 @@ class Settings:
     max_batch_bytes: int
     max_batch_ticks: int
     max_params: int
+    body_timeout_s: int
+    keepalive_s: int
+    max_connections: int
+    rate_limit_per_ip: int
+    rate_limit_per_ip_burst: int
+    rate_limit_per_site: int
+    rate_limit_per_site_burst: int
+    sites_cache_s: int
+    log_site: str
     max_key_length: int
     max_value_length: int
     query_max_groups: int

@@ -8,18 +8,29 @@
     │   ├── InvalidJSON                 (400 invalid_json)         body is not JSON
     │   ├── InvalidField                (400 invalid_field)        a tick field is wrong
     │   ├── InvalidParameter            (400 invalid_parameter)    a query parameter is wrong
-    │   └── LimitExceeded               (400 limit_exceeded)       too many params, too long
+    │   ├── LimitExceeded               (400 limit_exceeded)       too many params, too long
+    │   └── UnknownSite                 (400 unknown_site)         no site has this id
+    ├── Unauthorized                    (401 unauthorized)
+    │   ├── KeyRequired                 (401 key_required)         no key where one is needed
+    │   └── InvalidKey                  (401 invalid_key)          unknown or revoked key
+    ├── Forbidden                       (403 forbidden)
+    │   ├── ScopeForbidden              (403 scope_forbidden)      the key lacks the scope
+    │   ├── SiteForbidden               (403 site_forbidden)       the key is for another site
+    │   └── OriginForbidden             (403 origin_forbidden)     page not on the site's origins
     ├── NotFound                        (404 not_found)
     ├── MethodNotAllowed                (405 method_not_allowed)
+    ├── RequestTimeout                  (408 request_timeout)      the body came too slowly
     ├── PayloadTooLarge                 (413 payload_too_large)
     ├── UnsupportedMediaType            (415 unsupported_media_type)
     ├── StoreRefused                    (422 store_refused)        the store will never take it
+    ├── RateLimited                     (429 rate_limited)         over a rate limit; Retry-After
     ├── StoreUnavailable                (503 store_unavailable)
     └── SpoolFull                       (503 spool_full)           the store is too far behind
 
 Codes never change once shipped; a test checks they are unique and listed in the README.
 Domain code raises these; only ``app.py`` turns them into HTTP answers of the shape
-``{"error": code, "message": ..., "details": {...}}``.
+``{"error": code, "message": ..., "details": {...}}``, with the error's ``headers``
+(``Retry-After``, ``WWW-Authenticate``).
 """
 
 from __future__ import annotations
@@ -29,18 +40,28 @@ from typing import Any, ClassVar
 __all__ = [
     "BadRequest",
     "ConfigError",
+    "Forbidden",
     "InvalidField",
     "InvalidJSON",
+    "InvalidKey",
     "InvalidParameter",
     "InvalidQuery",
+    "KeyRequired",
     "LimitExceeded",
     "MetronomeError",
     "MethodNotAllowed",
     "NotFound",
+    "OriginForbidden",
     "PayloadTooLarge",
+    "RateLimited",
+    "RequestTimeout",
+    "ScopeForbidden",
+    "SiteForbidden",
     "SpoolFull",
     "StoreRefused",
     "StoreUnavailable",
+    "Unauthorized",
+    "UnknownSite",
     "UnsupportedMediaType",
     "all_error_classes",
 ]
@@ -56,6 +77,10 @@ class MetronomeError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the JSON body."""
+        return {}
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"error": self.code, "message": self.message}
@@ -108,6 +133,59 @@ class LimitExceeded(BadRequest):
     code = "limit_exceeded"
 
 
+class UnknownSite(BadRequest):
+    """No site has the id given with `?site=` or a tick's `site` field."""
+
+    code = "unknown_site"
+
+
+class Unauthorized(MetronomeError):
+    """The request needs a key (``Authorization: Bearer ...``) it did not bring."""
+
+    code = "unauthorized"
+    http_status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="metronome"'}
+
+
+class KeyRequired(Unauthorized):
+    """No key was sent where one is needed (and no public way in applies)."""
+
+    code = "key_required"
+
+
+class InvalidKey(Unauthorized):
+    """The key is malformed, unknown or revoked."""
+
+    code = "invalid_key"
+
+
+class Forbidden(MetronomeError):
+    """The caller is known but may not do this."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class ScopeForbidden(Forbidden):
+    """The key lacks the scope this route needs (`ingest`, `query` or `admin`)."""
+
+    code = "scope_forbidden"
+
+
+class SiteForbidden(Forbidden):
+    """The request names a site other than the key's own."""
+
+    code = "site_forbidden"
+
+
+class OriginForbidden(Forbidden):
+    """A browser request from an `Origin` the site does not allow."""
+
+    code = "origin_forbidden"
+
+
 class NotFound(MetronomeError):
     """No such route or resource."""
 
@@ -120,6 +198,13 @@ class MethodNotAllowed(MetronomeError):
 
     code = "method_not_allowed"
     http_status = 405
+
+
+class RequestTimeout(MetronomeError):
+    """The request body did not arrive within METRONOME_BODY_TIMEOUT_S."""
+
+    code = "request_timeout"
+    http_status = 408
 
 
 class PayloadTooLarge(MetronomeError):
@@ -143,11 +228,28 @@ class StoreRefused(MetronomeError):
     http_status = 422
 
 
+class RateLimited(MetronomeError):
+    """Over a per-client-address or per-site ingest rate limit; retry after `Retry-After`."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_s: int, **details: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **details)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
 class StoreUnavailable(MetronomeError):
     """The store (Elasticsearch or the embedded store) cannot be reached or refused work."""
 
     code = "store_unavailable"
     http_status = 503
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
 
 
 def all_error_classes() -> list[type[MetronomeError]]:
@@ -166,3 +268,6 @@ class SpoolFull(MetronomeError):
 
     code = "spool_full"
     http_status = 503
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "30"}

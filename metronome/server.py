@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from uvicorn_worker import UvicornWorker
 
 from metronome.config import Settings
 
-__all__ = ["run_server"]
+__all__ = ["MetronomeWorker", "run_server"]
+
+
+class MetronomeWorker(UvicornWorker):  # type: ignore[misc]
+    """uvicorn's gunicorn worker with Metronome's connection limit.
+
+    Slow clients: an idle keep-alive connection is closed after ``METRONOME_KEEPALIVE_S``
+    (gunicorn ``keepalive``, passed on as uvicorn's ``timeout_keep_alive``); a request
+    body must arrive within ``METRONOME_BODY_TIMEOUT_S`` (the app answers 408); past
+    ``METRONOME_MAX_CONNECTIONS`` connections or requests in progress a worker answers
+    503 (uvicorn's ``limit_concurrency``). uvicorn has no timeout for a request's
+    headers: in front of the internet, run a reverse proxy that has one (NGINX
+    ``client_header_timeout``), as the README's Security section says.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        settings = Settings.from_env(os.environ)
+        self.CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS,
+                              "limit_concurrency": settings.max_connections or None}
+        super().__init__(*args, **kwargs)
 
 
 class _Server(BaseApplication):  # type: ignore[misc]
@@ -33,10 +54,10 @@ def run_server(settings: Settings) -> None:
     _Server({
         "bind": f"{host}:{settings.port}",
         "workers": settings.workers,
-        "worker_class": "uvicorn_worker.UvicornWorker",
+        "worker_class": "metronome.server.MetronomeWorker",
         "graceful_timeout": 10,
-        "timeout": 60,
-        "keepalive": 5,
+        "timeout": 60,  # a worker that stops answering its arbiter is restarted
+        "keepalive": settings.keepalive_s,
         "accesslog": None,
         "loglevel": settings.log_level,
         "preload_app": False,

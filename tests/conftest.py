@@ -7,6 +7,7 @@ tests run). If it cannot start, every test that needs it errors: nothing is skip
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -138,21 +139,22 @@ class Backend:
 
 
 def _delete_prefix(es_url: str, prefix: str) -> None:
-    httpx.delete(f"{es_url}/{prefix}-*", timeout=30)
+    # expand_wildcards=all: the hidden <prefix>-sites index too
+    httpx.delete(f"{es_url}/{prefix}-*", params={"expand_wildcards": "all"}, timeout=30)
     httpx.delete(f"{es_url}/_index_template/{prefix}-*", timeout=30)
     httpx.delete(f"{es_url}/_component_template/{prefix}-*", timeout=30)
 
 
-@pytest.fixture(scope="session", params=["sqlite", "elasticsearch"])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Backend]:
-    """Metronome on each backend in turn (one server per backend for the session)."""
-    data_dir = tmp_path_factory.mktemp(f"data-{request.param}")
+@contextlib.contextmanager
+def running_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                    kind: str, env: dict[str, str]) -> Iterator[Backend]:
+    """A fresh ``metronome serve`` on ``kind`` (``sqlite``, ``elasticsearch``) with
+    ``env``; stopped (and its indices deleted) afterwards, checking it exited cleanly."""
+    data_dir = tmp_path_factory.mktemp(f"data-{kind}")
     # keep client addresses, so tests can see which address was believed (default: drop)
-    env: dict[str, str] = {"METRONOME_TRUSTED_PROXIES": "127.0.0.0/8",
-                           "METRONOME_CLIENT_IP": "keep"}
+    env = {"METRONOME_TRUSTED_PROXIES": "127.0.0.0/8", "METRONOME_CLIENT_IP": "keep", **env}
     es_url = prefix = None
-    if request.param == "elasticsearch":
+    if kind == "elasticsearch":
         es_url = request.getfixturevalue("es_url")
         prefix = unique_prefix()
         env |= {"METRONOME_ELASTICSEARCH_URL": es_url, "METRONOME_INDEX_PREFIX": prefix}
@@ -164,13 +166,24 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         if es_url:
             httpx.post(f"{es_url}/{prefix}-*/_refresh", timeout=30).raise_for_status()
 
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield Backend(request.param, server, client, settle, es_url, prefix)
-    code = server.stop()
-    if es_url and prefix:
-        _delete_prefix(es_url, prefix)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            yield Backend(kind, server, client, settle, es_url, prefix)
+    finally:
+        code = server.stop()
+        if es_url and prefix:
+            _delete_prefix(es_url, prefix)
     assert code == 0, f"metronome serve did not exit cleanly:\n{server.log_tail()}"
     assert "Traceback" not in server.log_path.read_text(), server.log_tail(80)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "elasticsearch"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Backend]:
+    """Metronome on each backend in turn (one server per backend for the session), with
+    no sites: nothing needs a key (tests/test_sites.py has servers with sites)."""
+    with running_backend(request, tmp_path_factory, request.param, {}) as started:
+        yield started
 
 
 @pytest.fixture

@@ -464,6 +464,7 @@ def test_document_is_a_logstash_ecs_document_of_the_logs_dataset() -> None:
         "referrer": {"domain": "example.com", "page": "example.com/start"},
         "user_agent": source["user_agent"],
         "bot": False,
+        "site": {"id": "default"},
     }
     assert "log" not in source  # raw lines go to the archive, not the index
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -110,8 +111,14 @@ def test_forward_input_takes_fluent_logger_ticks_and_access_lines(tmp_path: Path
                                     "ts": "2026-05-08T10:00:00Z"})
         assert fluent.emit("access", {"message": _line("fwd", "08/May/2026:11:00:00 +0000",
                                                        "/download.shp")})
+        assert fluent.emit("tick", {"id": "fwd", "event": "download", "format": "kml",
+                                    "ts": "2026-05-08T10:00:00Z", "site": "partner"})
         fluent.close()
         _wait_until(lambda: _downloads(server, "fwd", "2026-05-08") == {"csv": 1, "shp": 1})
+        with sqlite3.connect(server.data_dir / "metronome.sqlite3") as conn:
+            stored = set(conn.execute("SELECT site_id, format FROM events WHERE item_id = 'fwd'"))
+        # the forward input is trusted: a tick's site field picks its site
+        assert stored == {("default", "csv"), ("default", "shp"), ("partner", "kml")}
     finally:
         assert server.stop() == 0, server.log_tail()
 

@@ -154,3 +154,39 @@ def test_odd_parameters_never_create_fields_outside_params_elasticsearch(
         assert backend.fetch(event_id)["params"] == sent
     assert backend.tock(item, **{"from": "2026-07-01", "to": "2026-07-01"})["views"] == {
         "2026-07-01": len(odd)}
+
+
+def test_an_upgrade_adds_new_fields_to_indices_that_exist_already(es_url: str) -> None:
+    """Indices made before ``site.id`` existed take it once the templates are updated, so
+    today's index does not refuse the new documents (the mapping is strict)."""
+    prefix = unique_prefix()
+    env = {"METRONOME_ELASTICSEARCH_URL": es_url, "METRONOME_INDEX_PREFIX": prefix}
+    try:
+        for template in load_templates(Settings.from_env(env)):  # as an older release had
+            body = json.loads(json.dumps(template.body))
+            body["_meta"]["metronome_hash"] = "older"
+            kind = "_component_template" if template.kind == "component" else "_index_template"
+            if template.name.endswith("-base-mappings"):
+                del body["template"]["mappings"]["properties"]["site"]
+            httpx.put(f"{es_url}/{kind}/{template.name}", json=body).raise_for_status()
+        index = f"{prefix}-ticks-2026.01.01"
+        httpx.put(f"{es_url}/{index}/_doc/old", params={"refresh": "true"},
+                  json={"@timestamp": "2026-01-01T00:00:00Z", "item": {"id": "old"}}
+                  ).raise_for_status()
+        refused = httpx.put(f"{es_url}/{index}/_doc/new", json={
+            "@timestamp": "2026-01-01T00:00:00Z", "site": {"id": "s"}})
+        assert refused.status_code == 400, refused.text  # strict: site is unknown
+
+        result = _cli("templates", "install", env=env)
+        assert result.returncode == 0, result.stderr
+        assert f"updated   {prefix}-base-mappings" in result.stdout
+
+        mapping = httpx.get(f"{es_url}/{index}/_mapping").json()[index]["mappings"]
+        assert mapping["properties"]["site"]["properties"]["id"]["type"] == "keyword"
+        stored = httpx.put(f"{es_url}/{index}/_doc/new", params={"refresh": "true"}, json={
+            "@timestamp": "2026-01-01T00:00:00Z", "site": {"id": "s"}})
+        assert stored.status_code == 201, stored.text
+    finally:
+        httpx.delete(f"{es_url}/{prefix}-*")
+        httpx.delete(f"{es_url}/_index_template/{prefix}-*")
+        httpx.delete(f"{es_url}/_component_template/{prefix}-*")

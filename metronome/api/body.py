@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import falcon.asgi
 import orjson
 
-from metronome.errors import InvalidJSON, PayloadTooLarge, UnsupportedMediaType
+from metronome.errors import InvalidJSON, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 
 __all__ = ["decode_json", "read_body", "require_content_type"]
 
@@ -25,8 +26,10 @@ def require_content_type(req: falcon.asgi.Request, allowed: tuple[str, ...]) -> 
     return media
 
 
-async def read_body(req: falcon.asgi.Request, max_bytes: int) -> bytes:
-    """The whole body, refusing (413) anything over ``max_bytes`` before reading it all."""
+async def read_body(req: falcon.asgi.Request, max_bytes: int,
+                    timeout_s: float | None = None) -> bytes:
+    """The whole body, refusing (413) anything over ``max_bytes`` before reading it all,
+    and (408) a body that takes longer than ``timeout_s`` to arrive."""
     if req.content_length is not None and req.content_length > max_bytes:
         raise PayloadTooLarge(
             f"the body is {req.content_length} bytes; the limit is {max_bytes}",
@@ -34,12 +37,17 @@ async def read_body(req: falcon.asgi.Request, max_bytes: int) -> bytes:
         )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in req.stream:
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"the body is over the limit of {max_bytes} bytes",
-                                  limit=max_bytes)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in req.stream:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLarge(f"the body is over the limit of {max_bytes} bytes",
+                                          limit=max_bytes)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s"
+                             f" ({size} bytes came)", limit_s=timeout_s) from None
     return b"".join(chunks)
 
 

@@ -6,24 +6,36 @@ import falcon.asgi
 
 from metronome.config import Settings
 from metronome.reports.engine import run_query
-from metronome.reports.query import parse_query
+from metronome.reports.model import IsFilter
+from metronome.reports.query import Query, parse_query, restrict
 from metronome.store.base import Store
 
 from .body import decode_json, read_body, require_content_type
+from .guard import Guard
 
-__all__ = ["QueryResource"]
+__all__ = ["QueryResource", "for_site"]
 
 MAX_QUERY_BYTES = 65_536
 
 
+def for_site(query: Query, site_filter: IsFilter) -> Query:
+    """The query limited to the caller's site (from :meth:`Guard.read`)."""
+    (site_id,) = site_filter.values
+    return restrict(query, site_filter.field, str(site_id), or_missing=site_filter.or_missing)
+
+
 class QueryResource:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    """Needs a key with the ``query`` scope once sites exist; answers for its site only."""
+
+    def __init__(self, settings: Settings, store: Store, guard: Guard) -> None:
         self._settings = settings
         self._store = store
+        self._guard = guard
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        access = await self._guard.read(req)
         require_content_type(req, ("application/json",))
         body = decode_json(await read_body(req, MAX_QUERY_BYTES), "the query")
-        query = parse_query(body)
+        query = for_site(parse_query(body), access.site_filter)
         resp.media = await run_query(self._store, query,
                                      max_groups=self._settings.query_max_groups)

@@ -14,6 +14,9 @@ from metronome.reports.query import parse_query
 from metronome.reports.tock import parse_tock_query, shape_tock, tock_spec
 from metronome.store.base import Store
 
+from .guard import Guard
+from .query import for_site
+
 __all__ = ["Reports", "single_params"]
 
 TOCK_PARAMETERS = {
@@ -39,9 +42,10 @@ def single_params(req: falcon.asgi.Request) -> dict[str, str]:
 
 
 class Reports:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, guard: Guard) -> None:
         self._settings = settings
         self._store = store
+        self._guard = guard
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         listing: list[dict[str, Any]] = [
@@ -56,19 +60,22 @@ class Reports:
 
     async def on_get_named(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
                            name: str) -> None:
+        access = await self._guard.read(req, public_ok=name == "tock")
         params = single_params(req)
+        params.pop("site", None)  # checked by the guard
         if name == "tock":
             item_id = params.pop("id", None)
             if not item_id:
                 raise InvalidParameter("give the item as ?id=...", parameter="id")
             query = parse_tock_query(item_id, params)
-            resp.media = shape_tock(query, await self._store.report(tock_spec(query)))
+            result = await self._store.report(tock_spec(query, access.site_filter))
+            resp.media = shape_tock(query, result)
             return
         report = REPORTS.get(name)
         if report is None:
             raise NotFound(f"no report {name!r}; GET /reports lists them: "
                            f"{', '.join([*REPORTS, 'tock'])}")
-        query = parse_query(report_query(report, params))
+        query = for_site(parse_query(report_query(report, params)), access.site_filter)
         answer = await run_query(self._store, query,
                                  max_groups=self._settings.query_max_groups)
         resp.media = {"report": name, **answer}

@@ -1,5 +1,10 @@
 """``POST /tick`` (one tick), ``POST /ticks`` (a JSON array or NDJSON of ticks) and
-``GET /tick.gif`` (one tick from query parameters, answered with a 1x1 image)."""
+``GET /tick.gif`` (one tick from query parameters, answered with a 1x1 image).
+
+Who may send, and to which site, is :mod:`metronome.api.guard`'s call: the site comes
+from the key, or from ``?site=`` / the ticks' ``site`` field for browser pages, and is
+stamped on every document as ``site.id``.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from metronome.events.visitor import VisitorIds
 from metronome.pipeline import Pipeline, metrics
 
 from .body import decode_json, read_body, require_content_type
+from .guard import Guard, named_sites
 
 __all__ = ["PIXEL_GIF", "Pixel", "Tick", "Ticks"]
 
@@ -44,21 +50,31 @@ BATCH_TYPES = (*JSON_TYPES, "application/x-ndjson", "application/jsonl")
 
 
 class _TickResource:
-    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline, guard: Guard) -> None:
         self._settings = settings
         self._pipeline = pipeline
+        self._guard = guard
         self._limits = Limits(settings.max_params, settings.max_key_length,
                               settings.max_value_length)
+        self._timeout_s = settings.body_timeout_s
         self._visitors = VisitorIds(settings.data_dir)
 
-    def _request_info(self, req: falcon.asgi.Request) -> RequestInfo:
+    def _client_ip(self, req: falcon.asgi.Request) -> str | None:
+        return client_address(req.remote_addr, req.get_header("X-Forwarded-For"),
+                              self._settings.trusted_proxies)
+
+    def _info(self, req: falcon.asgi.Request, client_ip: str | None, site_id: str
+              ) -> RequestInfo:
+        """The request's facts for its ticks: the visitor id is per site and per day, and
+        the address is kept only as ``METRONOME_CLIENT_IP`` allows."""
         received_ms = int(time.time() * 1000)
-        client_ip = client_address(req.remote_addr, req.get_header("X-Forwarded-For"),
-                                   self._settings.trusted_proxies)
         user_agent = req.user_agent
-        return RequestInfo(received_ms, client_ip, user_agent,
-                           self._visitors.visitor_id(received_ms, client_ip, user_agent),
-                           stored_address(client_ip, self._settings.client_ip))
+        return RequestInfo(
+            received_ms=received_ms, client_ip=client_ip, user_agent=user_agent,
+            site_id=site_id,
+            visitor_id=self._visitors.visitor_id(received_ms, client_ip, user_agent, site_id),
+            stored_ip=stored_address(client_ip, self._settings.client_ip),
+        )
 
     def _build(self, raw: Any, info: RequestInfo) -> Document:
         """The tick's document, with referrer spam flagged."""
@@ -66,27 +82,17 @@ class _TickResource:
         flag_referrer_spam(document.source, self._settings.referrer_blocklist)
         return document
 
-    async def _ingest_one(self, raw: Any, req: falcon.asgi.Request) -> str:
-        """Validate, enrich and spool one tick; its event id once it is safe on disk."""
-        try:
-            document = self._build(raw, self._request_info(req))
-            (outcome,) = await self._pipeline.ingest([document])
-        except MetronomeError as exc:
-            metrics.REJECTED.labels(exc.code).inc()
-            raise
-        if not outcome.ok:
-            if outcome.retriable:
-                raise StoreUnavailable(f"the store could not take the tick: {outcome.reason}")
-            raise StoreRefused(f"the store refused the tick: {outcome.reason}")
-        return outcome.id
-
 
 class Tick(_TickResource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         require_content_type(req, JSON_TYPES)
+        client_ip = self._client_ip(req)
         try:
-            raw = decode_json(await read_body(req, self._settings.max_body_bytes))
-            document = self._build(raw, self._request_info(req))
+            await self._guard.precheck_ingest(req, client_ip)
+            raw = decode_json(await read_body(req, self._settings.max_body_bytes,
+                                              self._timeout_s))
+            access = await self._guard.ingest(req, named_sites(req, (raw,)), client_ip, 1)
+            document = self._build(raw, self._info(req, client_ip, access.site_id))
             (outcome,) = await self._pipeline.ingest([document])
         except MetronomeError as exc:
             metrics.REJECTED.labels(exc.code).inc()
@@ -103,21 +109,30 @@ class Tick(_TickResource):
 class Pixel(_TickResource):
     """``GET /tick.gif?id=...``: the tick's fields as query parameters, for e-mails and
     ``<noscript>``. ``url`` defaults to the ``Referer`` header (the page showing the image).
-    Answers a never-cached transparent 1x1 GIF; bad input gets the usual 4xx JSON error."""
+    Answers a never-cached transparent 1x1 GIF; bad input gets the usual 4xx JSON error.
+    The site is ``?site=``; without a key an image in an e-mail sends no ``Origin``, so
+    none is needed, but one that is sent must be allowed."""
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         raw: dict[str, Any] = {}
-        for key, value in req.params.items():
-            if isinstance(value, list):
-                metrics.REJECTED.labels(InvalidParameter.code).inc()
-                raise InvalidParameter(f"'{key}' is given more than once", parameter=key)
-            if key != "site":
-                raw[key] = value
-        # the site id, as the browser tracker sends it to /tick: kept, not validated or stored
-        req.context.site = req.params.get("site")
-        if "url" not in raw and req.referer:
-            raw["url"] = req.referer
-        await self._ingest_one(raw, req)
+        client_ip = self._client_ip(req)
+        try:
+            for key, value in req.params.items():
+                if isinstance(value, list):
+                    raise InvalidParameter(f"'{key}' is given more than once", parameter=key)
+                if key not in ("site", "key"):
+                    raw[key] = value
+            if "url" not in raw and req.referer:
+                raw["url"] = req.referer
+            access = await self._guard.ingest(req, named_sites(req), client_ip, 1,
+                                              origin_optional=True)
+            document = self._build(raw, self._info(req, client_ip, access.site_id))
+            (outcome,) = await self._pipeline.ingest([document])
+        except MetronomeError as exc:
+            metrics.REJECTED.labels(exc.code).inc()
+            raise
+        if not outcome.ok:
+            raise StoreUnavailable(f"the store could not take the tick: {outcome.reason}")
         _ACCEPTED_PIXEL.inc()
         resp.content_type = "image/gif"
         resp.cache_control = ["no-store", "max-age=0"]
@@ -148,7 +163,10 @@ def _split_batch(data: bytes) -> list[Any]:
 class Ticks(_TickResource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         require_content_type(req, BATCH_TYPES)
-        items = _split_batch(await read_body(req, self._settings.max_batch_bytes))
+        client_ip = self._client_ip(req)
+        await self._guard.precheck_ingest(req, client_ip)
+        items = _split_batch(await read_body(req, self._settings.max_batch_bytes,
+                                             self._timeout_s))
         if len(items) > self._settings.max_batch_ticks:
             raise LimitExceeded(
                 f"a batch may hold at most {self._settings.max_batch_ticks} ticks;"
@@ -157,7 +175,8 @@ class Ticks(_TickResource):
             )
         if not items:
             raise BadRequest("the batch holds no ticks")
-        info = self._request_info(req)
+        access = await self._guard.ingest(req, named_sites(req, items), client_ip, len(items))
+        info = self._info(req, client_ip, access.site_id)
         ids: list[str | None] = [None] * len(items)
         rejected: list[dict[str, Any]] = []
         documents: list[Document] = []

@@ -1,9 +1,14 @@
-"""``GET /tock/{id}`` (and ``/tock/{id}.json``, ``/tock?id=...``): one item's report."""
+"""``GET /tock/{id}`` (and ``/tock/{id}.json``, ``/tock?id=...``): one item's report.
+
+Needs a key with the ``query`` scope, except for a site with public item reports
+(``?site=<site id>``); the report only ever counts the caller's site.
+"""
 
 from __future__ import annotations
 
 import falcon.asgi
 
+from metronome.api.guard import Guard
 from metronome.errors import InvalidParameter
 from metronome.reports.tock import parse_tock_query, shape_tock, tock_spec
 from metronome.store.base import Store
@@ -12,17 +17,19 @@ __all__ = ["Tock"]
 
 
 class Tock:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, guard: Guard) -> None:
         self._store = store
+        self._guard = guard
 
     async def _answer(self, item_id: str, req: falcon.asgi.Request,
                       resp: falcon.asgi.Response) -> None:
-        params = {k: v for k, v in req.params.items() if k != "id"}
+        access = await self._guard.read(req, public_ok=True)
+        params = {k: v for k, v in req.params.items() if k not in ("id", "site")}
         for key, value in params.items():
             if isinstance(value, list):
                 raise InvalidParameter(f"'{key}' is given more than once", parameter=key)
         query = parse_tock_query(item_id, params)
-        result = await self._store.report(tock_spec(query))
+        result = await self._store.report(tock_spec(query, access.site_filter))
         resp.media = shape_tock(query, result)
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:

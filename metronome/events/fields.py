@@ -1,8 +1,8 @@
 """The one place that names document fields.
 
 Documents are Logstash format (``@timestamp``, ``@version``) with Elastic Common Schema
-names where ECS has one. Fields ECS has no name for live under ``item.*``, ``referrer.*``
-and ``bot``; a client's free-form tick parameters live under ``params.*`` only.
+names where ECS has one. Fields ECS has no name for live under ``item.*``, ``referrer.*``,
+``site.*`` and ``bot``; a client's free-form tick parameters live under ``params.*`` only.
 
 The index templates in ``index_templates/`` map exactly :data:`TICK_FIELDS` (a test
 checks it), and the embedded store's columns are chosen from these names.
@@ -14,6 +14,7 @@ __all__ = [
     "BOT",
     "CLIENT_GEO_COUNTRY_ISO_CODE",
     "CLIENT_IP",
+    "DEFAULT_SITE",
     "EVENT_ACTION",
     "EVENT_DATASET",
     "EVENT_DURATION",
@@ -36,6 +37,7 @@ __all__ = [
     "REFERRER_PAGE",
     "REFERRER_SPAM",
     "SERVICE_NAME",
+    "SITE_ID",
     "SOURCE_IP",
     "TICK_FIELDS",
     "TIMESTAMP",
@@ -86,6 +88,10 @@ USER_AGENT_DEVICE_NAME = "user_agent.device.name"
 BOT = "bot"  # true for known crawlers
 
 VISITOR_ID = "visitor.id"  # daily-salted hash of address and user agent: events/visitor.py
+# The site an event belongs to (metronome.sites): stamped at ingestion from the
+# authenticated site, never from what a client sends; every report filters on it.
+SITE_ID = "site.id"
+DEFAULT_SITE = "default"  # the single-user default: the site of events when no site exists
 
 PARAMS = "params"  # object of free parameters, one keyword field each
 
@@ -116,6 +122,7 @@ TICK_FIELDS: frozenset[str] = frozenset(
         USER_AGENT_DEVICE_NAME,
         BOT,
         VISITOR_ID,
+        SITE_ID,
     }
 )
 """Every fixed field of a tick document (``params.*`` excluded)."""

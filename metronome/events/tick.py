@@ -1,10 +1,12 @@
 """Ticks: validate one flat JSON object and turn it into a Logstash-format document.
 
 The contract (after esridc/metronome): known keys ``id``, ``event``, ``format``, ``url``,
-``referrer`` (or ``referer``) and ``ts``; every other key is a free parameter stored under
-``params.*``. Free parameters are scalars; names are 1 to ``max_key_length`` characters of
-letters, digits, ``_``, ``-``, ``:``, ``@`` and ``$`` (no dots, so they can never become
-nested objects).
+``referrer`` (or ``referer``), ``ts`` and ``site``; every other key is a free parameter
+stored under ``params.*``. ``site`` is checked by the API against the caller's site
+(:mod:`metronome.api.guard`) and never stored from the tick: ``site.id`` comes from
+:attr:`RequestInfo.site_id`. Free parameters are scalars; names are 1 to
+``max_key_length`` characters of letters, digits, ``_``, ``-``, ``:``, ``@`` and ``$``
+(no dots, so they can never become nested objects).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from metronome.events.geo import country_iso_code
 
 __all__ = ["KNOWN_KEYS", "TICK_SCHEMA", "Limits", "RequestInfo", "build_tick", "parse_timestamp"]
 
-KNOWN_KEYS = frozenset({"id", "event", "format", "url", "referrer", "referer", "ts"})
+KNOWN_KEYS = frozenset({"id", "event", "format", "url", "referrer", "referer", "ts", "site"})
 DATASET = "ticks"
 _KEY_PATTERN = re.compile(r"^[\w\-:@$]+$")
 _MAX_FUTURE_MS = 24 * 3600 * 1000  # clocks drift; a day ahead is a broken clock
@@ -67,11 +69,16 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
-    """What the server knows about the request that carried a tick."""
+    """What the server knows about the request that carried a tick.
+
+    ``site_id`` is the site the caller was authenticated for (the single-user default
+    when no site exists); it is the document's ``site.id``.
+    """
 
     received_ms: int
     client_ip: str | None
     user_agent: str | None
+    site_id: str = F.DEFAULT_SITE
     visitor_id: str | None = None  # from events/visitor.py; None when unknown
     stored_ip: str | None = None  # what may be stored of client_ip (METRONOME_CLIENT_IP)
 
@@ -199,6 +206,7 @@ def build_tick(raw: Any, request: RequestInfo, limits: Limits) -> Document:
         "item": {"id": item_id},
         F.BOT: False,
         F.PARAMS: params,
+        "site": {"id": request.site_id},
     }
     if fmt:
         source["item"]["format"] = fmt

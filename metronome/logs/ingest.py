@@ -82,6 +82,7 @@ class LineConverter:
         self._visitors = VisitorIds(settings.data_dir)
         self._client_ip = settings.client_ip
         self._blocklist = settings.referrer_blocklist
+        self._site_id = settings.log_site
         self._rejects_path = Path(settings.data_dir) / REJECTS
         self._rejects: IO[bytes] | None = None
         self.summary = Summary()
@@ -103,7 +104,8 @@ class LineConverter:
                  received_ms: int) -> Document:
         document = build_log_document(parsed, source_id=source_id, offset=offset,
                                       rules=self._rules, trusted_proxies=self._trusted,
-                                      received_ms=received_ms, visitors=self._visitors)
+                                      received_ms=received_ms, visitors=self._visitors,
+                                      site_id=self._site_id)
         if document.source.get("bot"):
             self.summary.bots += 1
         flag_referrer_spam(document.source, self._blocklist)

@@ -58,6 +58,7 @@ import orjson
 from metronome.events.document import Document, format_timestamp
 from metronome.events.enrich import client_address, user_agent_fields
 from metronome.events.enrich import referrer_keys as _referrer_keys
+from metronome.events.fields import DEFAULT_SITE
 from metronome.events.geo import country_iso_code
 from metronome.events.visitor import VisitorIds
 from metronome.logs.rules import UrlRules
@@ -717,6 +718,7 @@ def build_log_document(
     trusted_proxies: Sequence[Network],
     received_ms: int,
     visitors: VisitorIds | None = None,
+    site_id: str = DEFAULT_SITE,
 ) -> Document:
     """The Logstash-format ECS document of one parsed access-log line (dataset ``logs``).
 
@@ -740,9 +742,9 @@ def build_log_document(
     ``url.path``, ``url.query`` (without ``?``), ``url.domain`` (``$host``, or an
     absolute target's host), ``http.request.referrer`` with ``referrer.domain`` and
     ``referrer.page``, ``user_agent.*`` and ``bot`` exactly as ticks have them, and
-    ``item.id``/``item.format`` from the URL rule, and ``visitor.id`` (from
-    ``source.ip`` and the user agent on the line's day, when ``visitors`` is given). The
-    raw line is not stored.
+    ``item.id``/``item.format`` from the URL rule, ``site.id`` (``site_id``:
+    ``METRONOME_LOG_SITE``), and ``visitor.id`` (from ``source.ip`` and the user agent on
+    the line's day, per site, when ``visitors`` is given). The raw line is not stored.
     """
     timestamp_ms = parsed.timestamp_ms
     timestamp, id_prefix = _time_keys(timestamp_ms)
@@ -778,6 +780,7 @@ def build_log_document(
         "http": http,
         "url": url,
         "bot": False,
+        "site": {"id": site_id},
     }
     if action is not None:
         event["action"] = action
@@ -809,7 +812,8 @@ def build_log_document(
     if parsed.user_agent is not None:
         source["user_agent"], source["bot"] = _agent(parsed.user_agent)
     if visitors is not None and "source" in source:
-        visitor = visitors.visitor_id(timestamp_ms, source["source"]["ip"], parsed.user_agent)
+        visitor = visitors.visitor_id(timestamp_ms, source["source"]["ip"], parsed.user_agent,
+                                      site_id)
         if visitor is not None:
             source["visitor"] = {"id": visitor}
     return Document(event_id, timestamp_ms, DATASET, source)

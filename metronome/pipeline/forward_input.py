@@ -1,7 +1,8 @@
 """Routing Fluentd forward-protocol records into the spool (runs in ``metronome worker``).
 
 Tags: ``*.tick`` records are ticks (as ``POST /tick`` takes them; the event time is the
-default ``ts``); ``*.access`` records are access-log lines (``message`` or ``log`` holds
+default ``ts``; the input is trusted, so a record's ``site`` field picks its site, else
+``METRONOME_LOG_SITE``); ``*.access`` records are access-log lines (``message`` or ``log`` holds
 the raw line, parsed with ``METRONOME_LOG_FORMAT``). Other tags are counted and dropped.
 A frame is acknowledged only after its documents are durable in the spool, so Fluentd
 resends it after any failure; ids of access lines come from their content, time and
@@ -23,6 +24,7 @@ from metronome.logs.parse import Reject
 from metronome.pipeline import metrics
 from metronome.pipeline.records import encode_many
 from metronome.pipeline.spool import SpoolWriter
+from metronome.sites.model import SITE_ID_PATTERN
 
 __all__ = ["ForwardRouter"]
 
@@ -37,6 +39,7 @@ class ForwardRouter:
         self._limits = Limits(settings.max_params, settings.max_key_length,
                               settings.max_value_length)
         self._converter = LineConverter(settings)
+        self._site = settings.log_site
 
     async def __call__(self, tag: str, entries: list[tuple[int, dict[str, Any]]]) -> None:
         received_ms = int(time.time() * 1000)
@@ -46,9 +49,15 @@ class ForwardRouter:
         for time_ms, record in entries:
             if kind == "tick":
                 tick = record if "ts" in record else {**record, "ts": time_ms}
+                site = record.get("site") or self._site
+                if not isinstance(site, str) or not SITE_ID_PATTERN.match(site):
+                    metrics.REJECTED.labels("unknown_site").inc()
+                    log.warning("forward_tick_rejected tag=%s error=bad site id %r", tag,
+                                str(site)[:64])
+                    continue
                 try:
-                    documents.append(build_tick(tick, RequestInfo(received_ms, None, None),
-                                                self._limits))
+                    documents.append(build_tick(
+                        tick, RequestInfo(received_ms, None, None, site), self._limits))
                 except BadRequest as exc:
                     metrics.REJECTED.labels(exc.code).inc()
                     log.warning("forward_tick_rejected tag=%s error=%s", tag, exc.message)

@@ -26,11 +26,16 @@ Scalar = str | int | float | bool
 
 @dataclass(frozen=True, slots=True)
 class IsFilter:
-    """Documents whose ``field`` equals one of ``values`` (or not, with ``negate``)."""
+    """Documents whose ``field`` equals one of ``values`` (or not, with ``negate``).
+
+    ``or_missing``: documents without the field match too (the default site's filter,
+    so events stored before sites existed stay in its reports).
+    """
 
     field: str
     values: tuple[Scalar, ...]
     negate: bool = False
+    or_missing: bool = False
 
 
 @dataclass(frozen=True, slots=True)

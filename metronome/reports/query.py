@@ -9,6 +9,7 @@ normalized request (aliases resolved, defaults filled, the range made absolute) 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ __all__ = [
     "Query",
     "iso_moment",
     "parse_query",
+    "restrict",
 ]
 
 SOURCES = {"ticks": ("ticks",), "logs": ("logs",), "all": ("ticks", "logs")}
@@ -488,6 +490,24 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
                                               option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
     return Query(normalized, group, tuple(order), normalized["limit"], body.get("after"),
                  previous_group, fingerprint)
+
+
+def restrict(query: Query, field_name: str, value: str, *, or_missing: bool = False
+             ) -> Query:
+    """``query`` limited to documents whose ``field_name`` is ``value`` (and, with
+    ``or_missing``, those without the field): how a caller is kept to its own site."""
+    ref = resolve(field_name, query.group.datasets, "filter")
+    node: FilterNode = Leaf("is", ref, (value,))
+    if or_missing:
+        node = BoolNode("or", (node, BoolNode("not", (Leaf("matches", ref, ("*",)),))))
+
+    def narrowed(group: GroupQuery) -> GroupQuery:
+        both = node if group.filter is None else BoolNode("and", (node, group.filter))
+        return dataclasses.replace(group, filter=both)
+
+    return dataclasses.replace(
+        query, group=narrowed(query.group),
+        previous=None if query.previous is None else narrowed(query.previous))
 
 
 def _order_name(name: str, dimensions: list[DimensionSpec], metrics: list[MetricSpec]

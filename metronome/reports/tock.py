@@ -113,8 +113,9 @@ def parse_tock_query(item_id: str, params: Mapping[str, str], now_ms: int | None
                                                              if s in sources))
 
 
-def tock_spec(query: TockQuery) -> ReportSpec:
-    """The backend-neutral report for one item."""
+def tock_spec(query: TockQuery, site: IsFilter) -> ReportSpec:
+    """The backend-neutral report for one item of one site (``site``: the caller's
+    :attr:`metronome.api.guard.Access.site_filter`)."""
     try:
         starts = bucket_starts(query.start_ms, query.end_ms, query.interval, query.tz)
     except ValueError as exc:
@@ -123,7 +124,9 @@ def tock_spec(query: TockQuery) -> ReportSpec:
             parameter="interval",
         ) from None
     views = (IsFilter(F.EVENT_ACTION, ("view",)),)
-    filters = [IsFilter(F.ITEM_ID, (query.item_id,))]
+    if site.field != F.SITE_ID or site.negate:
+        raise ValueError("a report needs the caller's site filter")
+    filters = [site, IsFilter(F.ITEM_ID, (query.item_id,))]
     if not query.include_bots:
         filters.append(IsFilter(F.BOT, (True,), negate=True))
         filters.append(IsFilter(F.REFERRER_SPAM, (True,), negate=True))

@@ -7,6 +7,8 @@ Documents go to ``<prefix>-<dataset>-YYYY.MM.DD`` (the UTC day of ``@timestamp``
 
 from __future__ import annotations
 
+import copy
+import logging
 import re
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
@@ -28,15 +30,25 @@ from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChang
 from metronome.store.es_query import compile_groups, compile_where, read_groups
 from metronome.store.templates import Template, load_templates
 
-__all__ = ["ElasticsearchStore", "compile_report", "index_day_ms", "index_name"]
+__all__ = ["ElasticsearchStore", "answering", "compile_report", "index_day_ms", "index_name"]
 
 _UNREACHABLE = (TransportConnectionError, ConnectionTimeout)
 _COMPOSITE_PAGE = 1000  # groups per search while reading a whole result
 _DELETE_ROUND = 5000  # ids per search-and-delete round
 
+log = logging.getLogger("metronome.store")
+
+
+def _merge_properties(into: dict[str, Any], properties: dict[str, Any]) -> None:
+    for name, mapping in properties.items():
+        if name in into and "properties" in into[name] and "properties" in mapping:
+            _merge_properties(into[name]["properties"], mapping["properties"])
+        else:
+            into[name] = copy.deepcopy(mapping)
+
 
 @contextmanager
-def _answering(what: str) -> Iterator[None]:
+def answering(what: str) -> Iterator[None]:
     """Turn the client's connection and API errors into StoreUnavailable naming ``what``."""
     try:
         yield
@@ -73,7 +85,11 @@ def _filter_clauses(filters: Sequence[IsFilter]) -> dict[str, list[dict[str, Any
     must: list[dict[str, Any]] = []
     must_not: list[dict[str, Any]] = []
     for f in filters:
-        (must_not if f.negate else must).append({"terms": {f.field: list(f.values)}})
+        clause: dict[str, Any] = {"terms": {f.field: list(f.values)}}
+        if f.or_missing:
+            clause = {"bool": {"should": [clause, {"bool": {"must_not": {
+                "exists": {"field": f.field}}}}], "minimum_should_match": 1}}
+        (must_not if f.negate else must).append(clause)
     bool_query: dict[str, list[dict[str, Any]]] = {"filter": must}
     if must_not:
         bool_query["must_not"] = must_not
@@ -155,7 +171,7 @@ class ElasticsearchStore:
 
     async def ensure_schema(self) -> list[SchemaChange]:
         changes = []
-        with _answering("the index templates"):
+        with answering("the index templates"):
             for template in self._templates:
                 installed = await self._installed_digest(template)
                 if installed == template.digest:
@@ -172,7 +188,35 @@ class ElasticsearchStore:
                 changes.append(
                     SchemaChange(template.name, "created" if installed is None else "updated")
                 )
+        if any(c.action == "updated" for c in changes):
+            await self._extend_existing_indices()
         return changes
+
+    async def _extend_existing_indices(self) -> None:
+        """Add fields new in the templates to indices that exist already.
+
+        Templates shape only indices created after them, and the mapping is strict: without
+        this, a field added by an upgrade (``site.id``) would be refused by today's index
+        until tomorrow's is created. Only plain field mappings are pushed (never ``params``,
+        whose object settings cannot change); a conflict is logged, not fatal.
+        """
+        components = {t.name: t.body for t in self._templates if t.kind == "component"}
+        for template in self._templates:
+            if template.kind != "index":
+                continue
+            properties: dict[str, Any] = {}
+            for name in template.body["composed_of"]:
+                mappings = components[name]["template"].get("mappings", {})
+                _merge_properties(properties, mappings.get("properties", {}))
+            properties = {name: mapping for name, mapping in properties.items()
+                          if "subobjects" not in mapping and "dynamic" not in mapping}
+            try:
+                await self._client.indices.put_mapping(
+                    index=",".join(template.body["index_patterns"]), properties=properties,
+                    allow_no_indices=True, ignore_unavailable=True, expand_wildcards="open")
+            except ApiError as exc:
+                log.warning("mapping_extend_failed template=%s reason=%s", template.name,
+                            exc.message)
 
     async def check_ready(self) -> str | None:
         try:
@@ -196,7 +240,7 @@ class ElasticsearchStore:
             index = index_name(self._prefix, doc.dataset, doc.timestamp_ms)
             operations.append({"create": {"_index": index, "_id": doc.id}})
             operations.append(doc.source)
-        with _answering("the bulk request"):
+        with answering("the bulk request"):
             resp = await self._client.bulk(operations=operations)
         outcomes = []
         for doc, item in zip(documents, resp["items"], strict=True):
@@ -212,7 +256,7 @@ class ElasticsearchStore:
         return outcomes
 
     async def report(self, spec: ReportSpec) -> ReportResult:
-        with _answering("the report"):
+        with answering("the report"):
             resp = await self._client.search(
                 index=",".join(f"{self._prefix}-{d}-*" for d in spec.datasets),
                 body=compile_report(spec),
@@ -247,7 +291,7 @@ class ElasticsearchStore:
         index = ",".join(f"{self._prefix}-{d}-*" for d in query.datasets)
         while True:
             page = min(_COMPOSITE_PAGE, limit - len(rows))
-            with _answering("the query"):
+            with answering("the query"):
                 resp = await self._client.search(
                     index=index, body=compile_groups(query, es_after, page),
                     ignore_unavailable=True, allow_no_indices=True,
@@ -266,7 +310,7 @@ class ElasticsearchStore:
     async def delete_matching(self, query: GroupQuery) -> int:
         index = ",".join(f"{self._prefix}-{d}-*" for d in query.datasets)
         deleted = 0
-        with _answering("the deletion"):
+        with answering("the deletion"):
             while True:  # search, delete by id, refresh: until nothing matches
                 resp = await self._client.search(
                     index=index, query=compile_where(query), size=_DELETE_ROUND,
@@ -286,7 +330,7 @@ class ElasticsearchStore:
         if not datasets:
             return RetentionResult("indices", (), dry_run)
         pattern = ",".join(f"{self._prefix}-{d}-*" for d in datasets)
-        with _answering("the index listing"):
+        with answering("the index listing"):
             rows = await self._client.cat.indices(index=pattern, format="json",
                                                   h="index,docs.count",
                                                   expand_wildcards="open,closed")
@@ -298,6 +342,6 @@ class ElasticsearchStore:
         if not dry_run:
             for start in range(0, len(old), 50):  # explicit names: URLs stay short
                 batch = ",".join(r.name for r in old[start:start + 50])
-                with _answering("deleting old indices"):
+                with answering("deleting old indices"):
                     await self._client.indices.delete(index=batch, ignore_unavailable=True)
         return RetentionResult("indices", tuple(old), dry_run)

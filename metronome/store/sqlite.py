@@ -32,7 +32,7 @@ from metronome.reports.query import GroupQuery
 from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
 from metronome.store.sqlite_query import delete_sql, install_functions, query_groups
 
-__all__ = ["COLUMNS", "SQLiteStore"]
+__all__ = ["COLUMNS", "DB_NAME", "SQLiteStore", "connect", "setup_lock"]
 
 DB_NAME = "metronome.sqlite3"
 _DELETE_BATCH = 5000  # rows per retention transaction
@@ -45,8 +45,11 @@ COLUMNS: dict[str, str] = {
     F.ITEM_FORMAT: "format",
     F.REFERRER_PAGE: "referrer_page",
     F.BOT: "bot",
+    F.SITE_ID: "site_id",
 }
+_NOT_NULL = frozenset({"ts", "bot", "site_id"})
 
+# Every report filters on the site, so it leads both indexes.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -57,11 +60,17 @@ CREATE TABLE IF NOT EXISTS events (
     format TEXT,
     referrer_page TEXT,
     bot INTEGER NOT NULL DEFAULT 0,
-    doc TEXT NOT NULL
+    doc TEXT NOT NULL,
+    site_id TEXT NOT NULL DEFAULT 'default'
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS events_item_action_ts ON events (dataset, item_id, action, ts);
-CREATE INDEX IF NOT EXISTS events_ts ON events (dataset, ts);
+DROP INDEX IF EXISTS events_item_action_ts;
+DROP INDEX IF EXISTS events_ts;
+CREATE INDEX IF NOT EXISTS events_site_item_action_ts
+    ON events (site_id, dataset, item_id, action, ts);
+CREATE INDEX IF NOT EXISTS events_site_ts ON events (site_id, dataset, ts);
 """
+# A database made before sites existed: its events belong to the default site.
+_ADD_SITE = "ALTER TABLE events ADD COLUMN site_id TEXT NOT NULL DEFAULT 'default'"
 
 
 def _get(source: dict[str, Any], field: str) -> Any:
@@ -100,13 +109,15 @@ def _where(filters: Sequence[IsFilter], args: list[Any]) -> list[str]:
         args.extend(_value(v) for v in f.values)
         if f.negate:  # like Elasticsearch must_not: documents without the field match
             clauses.append(f"({column} IS NULL OR {column} NOT IN ({marks}))")
+        elif f.or_missing and column not in _NOT_NULL:
+            clauses.append(f"({column} IS NULL OR {column} IN ({marks}))")
         else:
             clauses.append(f"{column} IN ({marks})")
     return clauses
 
 
 @contextlib.contextmanager
-def _setup_lock(path: Path) -> Iterator[None]:
+def setup_lock(path: Path) -> Iterator[None]:
     """Serialise first-time setup (WAL switch, schema) between server processes."""
     with open(path.with_suffix(".lock"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -114,6 +125,23 @@ def _setup_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection to the shared database file: WAL, a busy timeout, durable commits.
+
+    Autocommit mode (``isolation_level=None``): callers say ``BEGIN IMMEDIATE`` when they
+    write more than one statement. Usable from one thread at a time.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with setup_lock(path):
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30.0,
+                               check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    install_functions(conn)
+    return conn
 
 
 class SQLiteStore:
@@ -139,15 +167,7 @@ class SQLiteStore:
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            with _setup_lock(self._path):
-                conn = sqlite3.connect(self._path, isolation_level=None, timeout=30.0,
-                                       check_same_thread=False)
-                conn.execute("PRAGMA busy_timeout = 30000")
-                conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            install_functions(conn)
-            self._conn = conn
+            self._conn = connect(self._path)
         return self._conn
 
     async def open(self) -> None:
@@ -165,12 +185,18 @@ class SQLiteStore:
     async def ensure_schema(self) -> list[SchemaChange]:
         def _install() -> list[SchemaChange]:
             conn = self._connect()
-            with _setup_lock(self._path):
+            with setup_lock(self._path):
                 existed = conn.execute(
                     "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
                 ).fetchone()
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+                if existed and "site_id" not in columns:
+                    conn.execute(_ADD_SITE)
+                    action = "updated"
+                else:
+                    action = "unchanged" if existed else "created"
                 conn.executescript(_SCHEMA)
-            return [SchemaChange("events", "unchanged" if existed else "created")]
+            return [SchemaChange("events", action)]  # type: ignore[arg-type]
 
         result: list[SchemaChange] = await self._run(_install)
         return result
@@ -201,6 +227,7 @@ class SQLiteStore:
                 _get(d.source, F.REFERRER_PAGE),
                 int(bool(_get(d.source, F.BOT))),
                 orjson.dumps(d.source).decode(),
+                _get(d.source, F.SITE_ID) or F.DEFAULT_SITE,
             )
             for d in documents
         ]
@@ -211,7 +238,7 @@ class SQLiteStore:
             try:
                 conn.executemany(
                     "INSERT OR IGNORE INTO events (id, dataset, ts, item_id, action, format,"
-                    " referrer_page, bot, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " referrer_page, bot, doc, site_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
             except BaseException:

@@ -31,6 +31,7 @@ COLUMNS: dict[str, str] = {
     F.ITEM_FORMAT: "format",
     F.REFERRER_PAGE: "referrer_page",
     F.BOT: "bot",
+    F.SITE_ID: "site_id",
 }
 _NUMBER = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
 

@@ -1,0 +1,328 @@
+"""Who may do what: keys, sites, origins, CORS and ingest rate limits.
+
+Every request that touches events resolves to exactly one site, and resources only ever
+see that site (:class:`Access`). The rules:
+
+- **No site exists** (the single-user default): nothing needs a key (keys are not
+  even looked at), any origin may send ticks, nothing is rate limited, and everything is
+  stored and read as site ``default``.
+- **With a key** (``Authorization: Bearer mk_...``): the key must be active and have the
+  route's scope (``ingest`` to send ticks, ``query`` to read reports; ``admin`` allows
+  both). The key decides the site; a request naming another site (``?site=``, a tick's
+  ``site``) is refused with 403. An all-sites admin key names the site with ``?site=``.
+- **Without a key**, browser ingest (``POST /tick``, ``/ticks``): the site is named with
+  ``?site=<site id>`` (or the ticks' ``site`` field) and the request's ``Origin`` must be
+  one the site allows. CORS preflights are answered for allowed origins only.
+- **Without a key**, ``GET /tock``: only for a site with public item reports, named with
+  ``?site=``.
+
+Once a site exists, ingest is rate limited per site and, for requests without a key, per
+client address (:mod:`metronome.api.ratelimit`). Nothing here waits for the store: sites
+and keys come from the process's cached copy (:mod:`metronome.sites.cache`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import falcon
+import falcon.asgi
+
+from metronome.api.ratelimit import Buckets, address_key
+from metronome.config import Settings
+from metronome.errors import (
+    InvalidField,
+    InvalidKey,
+    InvalidParameter,
+    KeyRequired,
+    OriginForbidden,
+    RateLimited,
+    ScopeForbidden,
+    SiteForbidden,
+    UnknownSite,
+)
+from metronome.events.fields import DEFAULT_SITE
+from metronome.reports.model import IsFilter
+from metronome.sites import site_filter
+from metronome.sites.cache import RegistryCache
+from metronome.sites.model import Key, Snapshot, now_ms
+from metronome.sites.registry import Registry
+
+__all__ = ["BROWSER_PATHS", "Access", "Cors", "Guard", "named_sites"]
+
+BROWSER_PATHS = {"/tick", "/ticks"}
+"""Routes a web page may call without a key (CORS preflights answered here)."""
+
+_ALLOW_METHODS = "GET, POST, OPTIONS"
+_PREFLIGHT_MAX_AGE = "600"
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """The outcome of a check: the one site this request may touch, and how it got in
+    (``open``: no sites exist; ``key``; ``origin``: browser ingest; ``public``: a
+    public report)."""
+
+    site_id: str
+    via: str
+    key: Key | None = None
+
+    @property
+    def site_filter(self) -> IsFilter:
+        """The filter to add to every report this request runs."""
+        return site_filter(self.site_id)
+
+
+def _site_param(req: falcon.asgi.Request) -> str | None:
+    value = req.params.get("site")
+    if isinstance(value, list):
+        raise InvalidParameter("'site' is given more than once", parameter="site")
+    return value or None
+
+
+def named_sites(req: falcon.asgi.Request, ticks: Iterable[Any] = ()) -> set[str]:
+    """Every site a request names: ``?site=`` and the ticks' ``site`` fields."""
+    names: set[str] = set()
+    param = _site_param(req)
+    if param is not None:
+        names.add(param)
+    for tick in ticks:
+        if isinstance(tick, dict):
+            value = tick.get("site")
+            if value is None:
+                continue
+            if not isinstance(value, str) or not value:
+                raise InvalidField("'site' must be a site id (a string)", field="site")
+            names.add(value)
+    return names
+
+
+def _bearer(req: falcon.asgi.Request) -> str | None:
+    header = req.get_header("Authorization")
+    if header is None:
+        return None
+    scheme, _, secret = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise InvalidKey("send the key as 'Authorization: Bearer mk_...'")
+    return secret.strip()
+
+
+def _one_site(names: set[str]) -> str | None:
+    if len(names) > 1:
+        shown = ", ".join(repr(n[:64]) for n in sorted(names)[:5])
+        raise InvalidField(f"a request writes to one site; it names {shown}", field="site")
+    return next(iter(names), None)
+
+
+def _unknown(name: str) -> UnknownSite:
+    return UnknownSite(f"there is no site {name[:64]!r}; `metronome sites list` shows them",
+                       site=name[:64])
+
+
+class Guard:
+    """Checks requests against the cached sites and keys; resources call it first."""
+
+    def __init__(self, settings: Settings, cache: RegistryCache) -> None:
+        self._cache = cache
+        self._per_ip = Buckets(settings.rate_limit_per_ip, settings.rate_limit_per_ip_burst,
+                               "client address")
+        self._per_site = Buckets(settings.rate_limit_per_site,
+                                 settings.rate_limit_per_site_burst, "site")
+
+    @property
+    def registry(self) -> Registry:
+        return self._cache.registry
+
+    async def start(self) -> None:
+        await self._cache.start()
+
+    async def close(self) -> None:
+        await self._cache.close()
+
+    async def snapshot(self) -> Snapshot:
+        return await self._cache.get()
+
+    def _key(self, snapshot: Snapshot, secret: str) -> Key:
+        key = snapshot.key_for(secret)
+        if key is None:
+            raise InvalidKey("the key is unknown or revoked")
+        self._cache.note_use(key.id, now_ms())
+        return key
+
+    def _with_key(self, snapshot: Snapshot, secret: str, names: set[str], scope: str,
+                  route: str) -> Access:
+        key = self._key(snapshot, secret)
+        if not key.allows(scope):
+            raise ScopeForbidden(
+                f"{route} needs a key with the {scope} (or admin) scope; this key has"
+                f" {', '.join(sorted(key.scopes))}", scope=scope)
+        if key.site_id is not None:
+            others = sorted(n for n in names if n != key.site_id)
+            if others:
+                raise SiteForbidden(f"this key is for site {key.site_id!r}, not"
+                                    f" {others[0][:64]!r}", site=others[0][:64])
+            return Access(key.site_id, "key", key)
+        name = _one_site(names)
+        if name is None:
+            raise InvalidParameter("this admin key covers every site: name one with"
+                                   " ?site=<site id>", parameter="site")
+        if name not in snapshot.sites:
+            raise _unknown(name)
+        return Access(name, "key", key)
+
+    async def precheck_ingest(self, req: falcon.asgi.Request, client_ip: str | None) -> None:
+        """Refuse (429) a client address whose bucket is empty before reading its body."""
+        if not self._per_ip.enabled or req.get_header("Authorization") is not None:
+            return
+        if (await self._cache.get()).open:
+            return
+        try:
+            self._per_ip.check(address_key(client_ip or "-"))
+        except RateLimited:
+            await self._allow_origin_of_refusal(req)
+            raise
+
+    async def _allow_origin_of_refusal(self, req: falcon.asgi.Request) -> None:
+        """Let a page read a refusal when its origin may send ticks (the site is not
+        known yet: the ``?site=`` one, or any)."""
+        origin = req.get_header("Origin")
+        if origin is None:
+            return
+        snapshot = await self._cache.get()
+        site = snapshot.sites.get(req.params.get("site") or "")
+        if snapshot.open or (site.allows_origin(origin) if site is not None else
+                             any(s.allows_origin(origin) for s in snapshot.sites.values())):
+            req.context.cors_origin = origin
+
+    async def ingest(self, req: falcon.asgi.Request, names: set[str], client_ip: str | None,
+                     count: int, *, origin_optional: bool = False) -> Access:
+        """The site ``count`` ticks go to (``names``: :func:`named_sites`), or an error;
+        then the rate limits.
+
+        ``origin_optional``: without a key, a request with no ``Origin`` is taken too (an
+        image pixel in an e-mail sends none); one that sends an ``Origin`` is still checked.
+        """
+        snapshot = await self._cache.get()
+        origin = req.get_header("Origin")
+        if snapshot.open:
+            if names - {DEFAULT_SITE}:
+                raise UnknownSite(
+                    f"there is no site {sorted(names - {DEFAULT_SITE})[0][:64]!r}: no sites"
+                    " are configured, so ticks go to the default site; leave 'site' out")
+            if origin is not None:
+                req.context.cors_origin = origin
+            return Access(DEFAULT_SITE, "open")  # as before sites existed: no limits either
+        secret = _bearer(req)
+        if secret is not None:
+            access = self._with_key(snapshot, secret, names, "ingest", req.path)
+        else:
+            name = _one_site(names)
+            if name is None:
+                raise KeyRequired("name the site: from a web page with ?site=<site id> (its"
+                                  " origin must be allowed), from a server with"
+                                  " 'Authorization: Bearer <key with the ingest scope>'")
+            site = snapshot.sites.get(name)
+            if site is None:
+                raise _unknown(name)
+            if origin is None:
+                if not origin_optional:
+                    raise KeyRequired("ticks without a key are taken from web pages only"
+                                      " (with an Origin header); a server sends"
+                                      " 'Authorization: Bearer <key with the ingest scope>'")
+            elif not site.allows_origin(origin):
+                raise OriginForbidden(
+                    f"site {site.id!r} does not take ticks from pages at {origin[:200]!r};"
+                    " allow the origin with `metronome sites update`",
+                    origin=origin[:200], site=site.id)
+            else:
+                req.context.cors_origin = origin
+            access = Access(site.id, "origin")
+        per_ip = access.key is None and self._per_ip.enabled
+        ip_key = address_key(client_ip or "-") if per_ip else ""
+        if per_ip:
+            self._per_ip.check(ip_key)
+        self._per_site.check(access.site_id)
+        if per_ip:
+            self._per_ip.spend(ip_key, count)
+        self._per_site.spend(access.site_id, count)
+        return access
+
+    async def read(self, req: falcon.asgi.Request, *, public_ok: bool = False) -> Access:
+        """The site whose reports this request may read (``query`` scope), or an error.
+
+        ``public_ok``: a site with public item reports may be read without a key
+        (``/tock``). ``/query`` and ``/reports`` call ``read(req)`` and add
+        ``access.site_filter`` to every report they run.
+        """
+        snapshot = await self._cache.get()
+        names = named_sites(req)
+        if snapshot.open:
+            if names - {DEFAULT_SITE}:
+                raise UnknownSite(f"there is no site {sorted(names - {DEFAULT_SITE})[0][:64]!r}:"
+                                  " no sites are configured; leave 'site' out")
+            return Access(DEFAULT_SITE, "open")
+        secret = _bearer(req)
+        if secret is not None:
+            return self._with_key(snapshot, secret, names, "query", req.path)
+        name = _one_site(names)
+        site = snapshot.sites.get(name) if name is not None else None
+        if name is not None and site is None:
+            raise _unknown(name)
+        if public_ok and site is not None and site.public_tock:
+            req.context.cors_origin = "*"
+            return Access(site.id, "public")
+        raise KeyRequired(f"{req.path} needs 'Authorization: Bearer <key with the query"
+                          " scope>'" + (f"; site {name!r}'s item reports are not public"
+                                        if name is not None and public_ok else ""))
+
+    async def preflight(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Answer a CORS preflight for a browser route: 204 for allowed origins (the named
+        site's, or any site's when none is named), else 403."""
+        origin = req.get_header("Origin")
+        if origin is None:
+            return  # not CORS: Falcon answers OPTIONS itself
+        snapshot = await self._cache.get()
+        name = _site_param(req)
+        if snapshot.open:
+            allowed = True
+        elif name is not None:
+            site = snapshot.sites.get(name)
+            if site is None:
+                raise _unknown(name)
+            allowed = site.allows_origin(origin)
+        else:
+            allowed = any(site.allows_origin(origin) for site in snapshot.sites.values())
+        if not allowed:
+            raise OriginForbidden(f"no site takes ticks from pages at {origin[:200]!r}"
+                                  + (f" (site {name!r})" if name else ""),
+                                  origin=origin[:200])
+        resp.status = falcon.HTTP_204
+        resp.set_header("Access-Control-Allow-Origin", origin)
+        resp.set_header("Access-Control-Allow-Methods", _ALLOW_METHODS)
+        resp.set_header("Access-Control-Allow-Headers", "Content-Type")
+        resp.set_header("Access-Control-Max-Age", _PREFLIGHT_MAX_AGE)
+        resp.set_header("Vary", "Origin")
+        resp.complete = True
+
+
+class Cors:
+    """Middleware: answers preflights on browser routes and adds
+    ``Access-Control-Allow-Origin`` to answers (errors included) the guard let in."""
+
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+
+    async def process_request(self, req: falcon.asgi.Request,
+                              resp: falcon.asgi.Response) -> None:
+        if req.method == "OPTIONS" and req.path.rstrip("/") in BROWSER_PATHS:
+            await self._guard.preflight(req, resp)
+
+    async def process_response(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                               resource: object, req_succeeded: bool) -> None:
+        origin = getattr(req.context, "cors_origin", None)
+        if origin is not None:
+            resp.set_header("Access-Control-Allow-Origin", origin)
+            if origin != "*":
+                resp.set_header("Vary", "Origin")

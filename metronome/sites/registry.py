@@ -1,0 +1,187 @@
+"""Where sites and keys are kept: beside the events, so every server sees the same ones.
+
+- Embedded store: tables ``sites`` and ``keys`` in the same SQLite file as the events
+  (``METRONOME_DATA_DIR/metronome.sqlite3``), shared by every process on the machine.
+- Elasticsearch: one small hidden index, ``<prefix>-sites`` (explicit strict mapping,
+  one shard), shared by every host (:mod:`metronome.sites.elasticsearch`). Hidden, so
+  Kibana data views and ``<prefix>-*`` searches never show it.
+
+Either way there is one copy, so a key created or revoked with the CLI on any host is
+seen by every server process within ``METRONOME_SITES_CACHE_S``
+(:mod:`metronome.sites.cache`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from metronome.config import Settings
+from metronome.errors import StoreUnavailable
+from metronome.sites.model import Key, Site, Snapshot
+from metronome.store.sqlite import DB_NAME, connect, setup_lock
+
+__all__ = ["DuplicateSite", "Registry", "SQLiteRegistry", "open_registry"]
+
+
+class DuplicateSite(ValueError):
+    """A site with this id exists already."""
+
+
+class Registry(Protocol):
+    """Storage of sites and keys (each call is one small read or write)."""
+
+    async def load(self) -> Snapshot:
+        """Every site and key (revoked keys too)."""
+        ...
+
+    async def add_site(self, site: Site) -> None:
+        """Store a new site; DuplicateSite if its id is taken."""
+
+    async def update_site(self, site: Site) -> None:
+        """Replace a stored site's fields (its id and creation time stay)."""
+
+    async def add_key(self, key: Key) -> None:
+        """Store a new key (its hash, never its secret)."""
+
+    async def revoke_key(self, key_id: str, when_ms: int) -> Key | None:
+        """Mark a key revoked (once); the key as stored now, or None if there is none."""
+        ...
+
+    async def touch_keys(self, last_used: dict[str, int]) -> None:
+        """Record when keys were last used (only ever moves forward)."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sites (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    origins TEXT NOT NULL,
+    public_tock INTEGER NOT NULL DEFAULT 0,
+    store_ip INTEGER NOT NULL DEFAULT 0,
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    id TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    site_id TEXT,
+    scopes TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    created INTEGER NOT NULL,
+    last_used INTEGER,
+    revoked INTEGER
+);
+"""
+
+
+class SQLiteRegistry:
+    """Sites and keys in the embedded store's database file."""
+
+    def __init__(self, data_dir: str) -> None:
+        self._path = Path(data_dir) / DB_NAME
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
+        self._conn: sqlite3.Connection | None = None
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = connect(self._path)
+            with setup_lock(self._path):
+                conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"the embedded store failed: {exc}") from exc
+
+    async def load(self) -> Snapshot:
+        def _load() -> Snapshot:
+            db = self._db()
+            sites = [Site(row[0], row[1], tuple(orjson.loads(row[2])), bool(row[3]),
+                          bool(row[4]), row[5])
+                     for row in db.execute("SELECT id, name, origins, public_tock, store_ip,"
+                                           " created FROM sites ORDER BY created, id")]
+            keys = tuple(Key(row[0], row[1], row[2], row[3], frozenset(orjson.loads(row[4])),
+                             row[5], row[6], row[7], row[8])
+                         for row in db.execute("SELECT id, hash, prefix, site_id, scopes, name,"
+                                               " created, last_used, revoked FROM keys"
+                                               " ORDER BY created, id"))
+            return Snapshot({s.id: s for s in sites}, keys)
+
+        result: Snapshot = await self._run(_load)
+        return result
+
+    async def add_site(self, site: Site) -> None:
+        def _add() -> None:
+            try:
+                self._db().execute(
+                    "INSERT INTO sites (id, name, origins, public_tock, store_ip, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (site.id, site.name, orjson.dumps(list(site.origins)).decode(),
+                     int(site.public_tock), int(site.store_ip), site.created_ms))
+            except sqlite3.IntegrityError:
+                raise DuplicateSite(f"a site with id {site.id!r} exists already") from None
+
+        await self._run(_add)
+
+    async def update_site(self, site: Site) -> None:
+        await self._run(lambda: self._db().execute(
+            "UPDATE sites SET name = ?, origins = ?, public_tock = ?, store_ip = ? WHERE id = ?",
+            (site.name, orjson.dumps(list(site.origins)).decode(), int(site.public_tock),
+             int(site.store_ip), site.id)))
+
+    async def add_key(self, key: Key) -> None:
+        await self._run(lambda: self._db().execute(
+            "INSERT INTO keys (id, hash, prefix, site_id, scopes, name, created)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key.id, key.hash, key.prefix, key.site_id,
+             orjson.dumps(sorted(key.scopes)).decode(), key.name, key.created_ms)))
+
+    async def revoke_key(self, key_id: str, when_ms: int) -> Key | None:
+        def _revoke() -> None:
+            self._db().execute("UPDATE keys SET revoked = ? WHERE id = ? AND revoked IS NULL",
+                               (when_ms, key_id))
+
+        await self._run(_revoke)
+        for key in (await self.load()).keys:
+            if key.id == key_id:
+                return key
+        return None
+
+    async def touch_keys(self, last_used: dict[str, int]) -> None:
+        if not last_used:
+            return
+        await self._run(lambda: self._db().executemany(
+            "UPDATE keys SET last_used = max(coalesce(last_used, 0), ?) WHERE id = ?",
+            [(ms, key_id) for key_id, ms in last_used.items()]))
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await self._run(_close)
+        self._executor.shutdown(wait=True)
+
+
+def open_registry(settings: Settings, client: Any = None) -> Registry:
+    """The registry beside the configured store. With Elasticsearch, ``client`` (an
+    ``AsyncElasticsearch``, say the store's) is shared; else the registry makes its own."""
+    if settings.elasticsearch_url:
+        from metronome.sites.elasticsearch import ElasticsearchRegistry
+
+        return ElasticsearchRegistry(settings, client)
+    return SQLiteRegistry(settings.data_dir)
