@@ -31,10 +31,25 @@ GIF_1X1 = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetronomeServer]:
-    """A Metronome of its own (embedded store, no sites configured): every stored tick is
-    one this module sent."""
-    srv = MetronomeServer({}, data_dir=tmp_path_factory.mktemp("data-tracker"))
+def page_port() -> int:
+    """The port of the web site whose pages carry the tracker."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, page_port: int
+           ) -> Iterator[MetronomeServer]:
+    """A Metronome of its own (embedded store) with one site, ``demo``, that takes ticks
+    from the pages' origin, and a key to read its reports (``server.query_key``): every
+    stored tick is one this module sent."""
+    srv = MetronomeServer({"METRONOME_SITES_CACHE_S": "1"},
+                          data_dir=tmp_path_factory.mktemp("data-tracker"))
+    made = srv.run_cli("sites", "create", "--id", "demo", "--name", "Parks",
+                       "--origin", f"http://127.0.0.1:{page_port}")
+    assert made.returncode == 0, made.stderr
+    key = srv.run_cli("keys", "create", "--site", "demo", "--scope", "query", "--json")
+    assert key.returncode == 0, key.stderr
+    srv.query_key = json.loads(key.stdout)["secret"]  # type: ignore[attr-defined]
     srv.start()
     yield srv
     assert srv.stop() == 0, srv.log_tail()
@@ -58,10 +73,11 @@ def summary(doc: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def test_post_tick_takes_json_sent_as_text_plain_with_a_site_parameter(
-        server: MetronomeServer) -> None:
+        server: MetronomeServer, page_port: int) -> None:
     """What navigator.sendBeacon sends: a JSON string as text/plain, to /tick?site=..."""
     resp = httpx.post(f"{server.url}/tick?site=demo", content='{"id": "beacon-1", "plan": "pro"}',
-                      headers={"Content-Type": "text/plain;charset=UTF-8"})
+                      headers={"Content-Type": "text/plain;charset=UTF-8",
+                               "Origin": f"http://127.0.0.1:{page_port}"})
     assert resp.status_code == 202, resp.text
     (doc,) = [d for d in read_ticks(server) if d["item"]["id"] == "beacon-1"]
     assert doc["params"] == {"plan": "pro"}  # the site is not a free parameter
@@ -111,7 +127,7 @@ def test_pixel_stores_a_tick_from_query_parameters_and_answers_a_gif(
     assert summary(doc) == ("open", "newsletter-7", None, "https://mail.example.net/inbox",
                             None, {"campaign": "nov"})
 
-    missing = httpx.get(f"{server.url}/tick.gif", params={"event": "open"})
+    missing = httpx.get(f"{server.url}/tick.gif", params={"event": "open", "site": "demo"})
     assert missing.status_code == 400
     assert missing.json()["error"] == "invalid_field" and "'id'" in missing.json()["message"]
     twice = httpx.get(f"{server.url}/tick.gif?id=a&id=b")
@@ -153,9 +169,9 @@ class _PageHandler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def site(server: MetronomeServer) -> Iterator[str]:
+def site(server: MetronomeServer, page_port: int) -> Iterator[str]:
     """A web site on another origin (port) than Metronome, with the tracker on its pages."""
-    port = free_port()
+    port = page_port
     origin = f"http://127.0.0.1:{port}"
     tag = f'<script src="{server.url}/metronome.js" data-site="demo" defer></script>'
     html = "text/html; charset=utf-8"
@@ -172,7 +188,8 @@ def site(server: MetronomeServer) -> Iterator[str]:
 <a id="dl" href="/files/parks.csv">parks (CSV)</a>
 """
     fallback = f"""<!doctype html><title>Old browser</title>
-<script src="{server.url}/metronome.js" data-id="fallback-page" defer></script>
+<script src="{server.url}/metronome.js" data-site="demo" data-id="fallback-page" defer>
+</script>
 """
     pages = _Pages(("127.0.0.1", port), _PageHandler)
     pages.pages = {
@@ -264,7 +281,8 @@ def test_browser_counts_views_spa_navigation_events_downloads_and_outbound_links
     assert sorted(map(summary, docs), key=repr) == sorted(expected, key=repr)
     assert all(d["user_agent"]["name"] == "HeadlessChrome" for d in docs)
     # the same ticks, as an analyst reads them: through POST /query
-    answer = httpx.post(f"{server.url}/query", json={
+    answer = httpx.post(f"{server.url}/query", headers={
+        "Authorization": f"Bearer {server.query_key}"}, json={  # type: ignore[attr-defined]
         "source": "ticks", "range": "today", "limit": 100,
         "dimensions": ["event", "item", "format", "url.original", "http.request.referrer",
                        "params.plan"],
