@@ -82,3 +82,28 @@ def test_salts_rotate_daily_and_old_ones_are_deleted(tmp_path: Path) -> None:
     # the salt of ten days ago was made for that import and deleted at once
     assert len(salts) <= 2 and all(len((tmp_path / "salts" / s).read_bytes()) == 32
                                    for s in salts)
+
+
+def test_with_sites_only_a_site_that_opted_in_stores_addresses(tmp_path: Path) -> None:
+    server = MetronomeServer({"METRONOME_TRUSTED_PROXIES": "127.0.0.0/8"},
+                             data_dir=tmp_path / "data")
+    keys = {}
+    for site, extra in (("quiet", []), ("opted", ["--store-ip"])):
+        made = server.run_cli("sites", "create", "--id", site, "--name", site, *extra)
+        assert made.returncode == 0, made.stderr
+        key = server.run_cli("keys", "create", "--site", site, "--scope", "ingest", "--json")
+        keys[site] = json.loads(key.stdout)["secret"]
+    server.start()
+    try:
+        for site, key in keys.items():
+            resp = httpx.post(f"{server.url}/tick", json={"id": f"page-{site}"},
+                              headers={"Authorization": f"Bearer {key}",
+                                       "X-Forwarded-For": "81.2.69.160"})
+            assert resp.status_code == 202, resp.text
+        docs = {d["item"]["id"]: d for d in _docs(server)}
+    finally:
+        server.stop()
+    assert docs["page-quiet"]["client"] == {"geo": {"country_iso_code": "GB"}}
+    assert docs["page-opted"]["client"] == {"ip": "81.2.69.0",
+                                            "geo": {"country_iso_code": "GB"}}
+    assert docs["page-quiet"]["site"] == {"id": "quiet"}

@@ -63,18 +63,30 @@ class _TickResource:
         return client_address(req.remote_addr, req.get_header("X-Forwarded-For"),
                               self._settings.trusted_proxies)
 
-    def _info(self, req: falcon.asgi.Request, client_ip: str | None, site_id: str
-              ) -> RequestInfo:
+    async def _info(self, req: falcon.asgi.Request, client_ip: str | None, site_id: str
+                    ) -> RequestInfo:
         """The request's facts for its ticks: the visitor id is per site and per day, and
-        the address is kept only as ``METRONOME_CLIENT_IP`` allows."""
+        the address is kept only as the site and ``METRONOME_CLIENT_IP`` allow."""
         received_ms = int(time.time() * 1000)
         user_agent = req.user_agent
         return RequestInfo(
             received_ms=received_ms, client_ip=client_ip, user_agent=user_agent,
             site_id=site_id,
             visitor_id=self._visitors.visitor_id(received_ms, client_ip, user_agent, site_id),
-            stored_ip=stored_address(client_ip, self._settings.client_ip),
+            stored_ip=stored_address(client_ip, await self._address_policy(site_id)),
         )
+
+    async def _address_policy(self, site_id: str) -> str:
+        """``METRONOME_CLIENT_IP`` with no sites; with sites, ``drop`` unless the site opted
+        in (``--store-ip``), and then that setting (``truncate`` if it says ``drop``)."""
+        policy = self._settings.client_ip
+        snapshot = await self._guard.snapshot()
+        if snapshot.open:
+            return policy
+        site = snapshot.sites.get(site_id)
+        if site is None or not site.store_ip:
+            return "drop"
+        return "truncate" if policy == "drop" else policy
 
     def _build(self, raw: Any, info: RequestInfo) -> Document:
         """The tick's document, with referrer spam flagged."""
@@ -92,7 +104,7 @@ class Tick(_TickResource):
             raw = decode_json(await read_body(req, self._settings.max_body_bytes,
                                               self._timeout_s))
             access = await self._guard.ingest(req, named_sites(req, (raw,)), client_ip, 1)
-            document = self._build(raw, self._info(req, client_ip, access.site_id))
+            document = self._build(raw, await self._info(req, client_ip, access.site_id))
             (outcome,) = await self._pipeline.ingest([document])
         except MetronomeError as exc:
             metrics.REJECTED.labels(exc.code).inc()
@@ -126,7 +138,7 @@ class Pixel(_TickResource):
                 raw["url"] = req.referer
             access = await self._guard.ingest(req, named_sites(req), client_ip, 1,
                                               origin_optional=True)
-            document = self._build(raw, self._info(req, client_ip, access.site_id))
+            document = self._build(raw, await self._info(req, client_ip, access.site_id))
             (outcome,) = await self._pipeline.ingest([document])
         except MetronomeError as exc:
             metrics.REJECTED.labels(exc.code).inc()
@@ -176,7 +188,7 @@ class Ticks(_TickResource):
         if not items:
             raise BadRequest("the batch holds no ticks")
         access = await self._guard.ingest(req, named_sites(req, items), client_ip, len(items))
-        info = self._info(req, client_ip, access.site_id)
+        info = await self._info(req, client_ip, access.site_id)
         ids: list[str | None] = [None] * len(items)
         rejected: list[dict[str, Any]] = []
         documents: list[Document] = []

@@ -165,7 +165,7 @@ SERVICE_NAME = "service.name"
 METRICS = "metrics"  # object of numeric values, one double field each
 
 METRIC_FIELDS: frozenset[str] = frozenset(
-    (TICK_FIELDS - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE})
+    (TICK_FIELDS - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE, REFERRER_SPAM})
     | {METRICSET_NAME, HOST_NAME, SERVICE_NAME}
 )
 """Every fixed field the ``metrics`` indices map (``metrics.*`` excluded): the shared base
