@@ -424,12 +424,13 @@ def restore(start: str, end: str, quiet: bool) -> None:
               help='Filters as in POST /query, e.g. \'[["is", "item", ["doc-7"]]]\'.')
 @click.option("--source", type=click.Choice(["ticks", "logs", "all"]), default="all",
               show_default=True)
+@click.option("--site", default=None, help="Only this site's events (default: every site).")
 @click.option("--from", "start", default=None, help="Only events from this date or time.")
 @click.option("--to", "end", default=None, help="Only events up to this date (included).")
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def forget(where: str, source: str, start: str | None, end: str | None, dry_run: bool,
-           yes: bool) -> None:
+def forget(where: str, source: str, site: str | None, start: str | None, end: str | None,
+           dry_run: bool, yes: bool) -> None:
     """Delete the events matching a filter, for good (crawlers included)."""
     import orjson
 
@@ -449,7 +450,7 @@ def forget(where: str, source: str, start: str | None, end: str | None, dry_run:
         time_range = {"from": start or ALL_TIME["from"], "to": end or ALL_TIME["to"]}
     settings = _settings()
     try:
-        query = forget_query(filters, source, time_range)
+        query = forget_query(filters, source, time_range, site)
     except MetronomeError as exc:
         raise click.UsageError(exc.message.replace("query.filters", "--where")) from None
 

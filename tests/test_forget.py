@@ -44,6 +44,10 @@ def test_forget_deletes_matching_events_and_nothing_else(backend: Backend, item:
     again = backend.server.run_cli("forget", "--where", where, "--yes")
     assert "deleted 0 events" in again.stdout
 
+    other_site = backend.server.run_cli("forget", "--where", json.dumps([["is", "item", [item]]]),
+                                        "--site", "elsewhere", "--yes")
+    assert "deleted 0 events" in other_site.stdout  # these events are the default site's
+
     ranged = backend.server.run_cli("forget", "--where", json.dumps([["is", "item", [item]]]),
                                     "--from", "2018-03-05", "--to", "2018-03-31", "--yes")
     assert "deleted 0 events" in ranged.stdout  # bob's tick is on the 4th

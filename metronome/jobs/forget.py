@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from metronome.reports.query import GroupQuery, parse_query
+from metronome.events import fields as F
+from metronome.reports.query import GroupQuery, parse_query, restrict
 from metronome.store.base import Store
 
 __all__ = ["forget", "forget_query"]
@@ -20,11 +21,16 @@ ALL_TIME = {"from": "0", "to": "253402300799999"}  # epoch ms 0 .. the end of ye
 
 
 def forget_query(filters: list[Any], source: str = "all",
-                 time_range: dict[str, str] | None = None) -> GroupQuery:
-    """The documents to delete, validated like a ``/query`` (raises InvalidQuery)."""
+                 time_range: dict[str, str] | None = None, site: str | None = None
+                 ) -> GroupQuery:
+    """The documents to delete (of ``site`` only, when given), validated like a
+    ``/query`` (raises InvalidQuery)."""
     body = {"source": source, "filters": filters, "range": time_range or ALL_TIME,
             "bots": "include"}
-    return parse_query(body).group
+    query = parse_query(body)
+    if site is not None:
+        query = restrict(query, F.SITE_ID, site, or_missing=site == F.DEFAULT_SITE)
+    return query.group
 
 
 async def forget(store: Store, query: GroupQuery, *, dry_run: bool = False) -> int:
