@@ -44,14 +44,15 @@ _REFERRERS = [None, "https://www.google.com/search", "https://www.arcgis.com/hom
 
 def generate(count: int, items: int, days: int, seed: int, end: datetime
              ) -> Any:
-    """Documents (metronome.events.document.Document), deterministic for a seed."""
+    """Documents (metronome.events.document.Document) in time order, evenly over the days,
+    deterministic for a seed."""
     from metronome.events.document import Document, format_timestamp
 
     rng = random.Random(seed)
     start_ms = int((end - timedelta(days=days)).timestamp() * 1000)
-    span = days * 86_400_000
+    per_day = count / days  # in time order, as they would arrive: bulks hit one index
     for n in range(count):
-        ts = start_ms + int(rng.random() * span)
+        ts = start_ms + int((n + rng.random()) / per_day * 86_400_000)
         item = int(items * rng.random() ** 3)  # a few popular items, a long tail
         action = rng.choice(_EVENTS)
         event_id = f"{ts & 0xFFFFFFFFFFFF:012x}{seed & 0xFFFF:04x}{n:016x}"
@@ -113,8 +114,10 @@ def summarise(samples: list[float]) -> dict[str, Any]:
 def bench_elasticsearch(args: Any, end: datetime, tmp: Any) -> dict[str, Any]:
     from elasticsearch import Elasticsearch
 
-    from metronome.reports.query import parse_query
+    from metronome.events.fields import DEFAULT_SITE
+    from metronome.reports.query import parse_query, restrict
     from metronome.reports.tock import parse_tock_query, tock_spec
+    from metronome.sites import site_filter
     from metronome.store.elasticsearch import compile_report
     from metronome.store.es_query import compile_groups, read_groups
 
@@ -143,7 +146,7 @@ def bench_elasticsearch(args: Any, end: datetime, tmp: Any) -> dict[str, Any]:
                 resp.raise_for_status()
 
             def tock_raw(item: str) -> None:
-                spec = tock_spec(parse_tock_query(item, year))
+                spec = tock_spec(parse_tock_query(item, year), site_filter(DEFAULT_SITE))
                 client.search(index=index, body=compile_report(spec),
                               ignore_unavailable=True, allow_no_indices=True)
 
@@ -153,7 +156,9 @@ def bench_elasticsearch(args: Any, end: datetime, tmp: Any) -> dict[str, Any]:
                 assert len(resp.json()["results"]) == 10
 
             def query_raw(_: str) -> None:
-                group = parse_query(query_body).group
+                # what /query runs: the request, restricted to the caller's (default) site
+                group = restrict(parse_query(query_body), "site.id", DEFAULT_SITE,
+                                 or_missing=True).group
                 after = None
                 while True:
                     resp = client.search(index=index, body=compile_groups(group, after, 1000),

@@ -11,6 +11,7 @@ else in Metronome reads the environment.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -84,6 +85,19 @@ def _choice(*choices: str) -> Callable[[str], str]:
         return value
 
     return cast
+
+
+_RETENTION_PART = re.compile(r"^([a-z0-9][a-z0-9_-]{0,63}=)?\d{1,5}[dw]$")
+
+
+def _retention(raw: str) -> str:
+    parts = [p.strip().lower() for p in raw.split(",") if p.strip()]
+    bad = [p for p in parts if not _RETENTION_PART.match(p)]
+    if bad:
+        raise ValueError(f"{bad[0]!r}: give periods like 400d or 57w, per site as site=90d")
+    if sum("=" not in p for p in parts) > 1:
+        raise ValueError("give one default period, and site=period for the others")
+    return ",".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +184,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sites_cache_s", "5", "Seconds each worker process reuses its copy of the sites"
             " and keys; new sites and keys, and revocations, take effect within it.",
             _int(1, 3600)),
+    Setting("retention", "", "How long events are kept, applied every"
+            " `METRONOME_RETENTION_INTERVAL_S` by the shipper: `400d`, `57w`, with per-site"
+            " periods `400d,shop=90d` (empty: keep everything).", _retention),
+    Setting("retention_interval_s", "3600", "Seconds between two runs of the retention"
+            " policy.", _int(1, 7 * 86400)),
     Setting("log_site", "default", "Site that access logs (`import`, `ship`, `restore`, the"
             " forward input) and forward-protocol ticks without a `site` are stored under.",
             _site),
@@ -293,6 +312,8 @@ class Settings:
     rate_limit_per_site: int
     rate_limit_per_site_burst: int
     sites_cache_s: int
+    retention: str
+    retention_interval_s: int
     log_site: str
     max_key_length: int
     max_value_length: int

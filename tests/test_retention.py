@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from metronome.jobs.retention import cutoff_ms, parse_keep
-from tests.conftest import Backend
+from tests.conftest import Backend, running_backend
 
 CUTOFF = date(1975, 3, 4)  # documents from before 1975-03-04 go
 OLD = ["1975-03-01T10:00:00Z", "1975-03-02T23:59:59.999Z", "1975-03-02T00:00:00Z"]
@@ -110,3 +111,39 @@ def test_keep_periods_and_the_midnight_cutoff(text: str, days: int) -> None:
     now = datetime(2026, 11, 23, 0, 30, tzinfo=UTC)
     cutoff = datetime.fromtimestamp(cutoff_ms(parse_keep(text), now) / 1000, tz=UTC)
     assert cutoff == datetime(2026, 11, 23, tzinfo=UTC) - timedelta(days=days)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "elasticsearch"])
+def test_the_shipper_applies_the_retention_policy_per_site_periodically(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+        kind: str) -> None:
+    """METRONOME_RETENTION=400d,default=30d: the default site keeps 30 days (its older
+    events are deleted one by one), every site loses what is older than 400 days (whole
+    days), and the shipper does it again every second here."""
+    env = {"METRONOME_RETENTION": "400d,default=30d", "METRONOME_RETENTION_INTERVAL_S": "1"}
+    now = datetime.now(UTC)
+    with running_backend(request, tmp_path_factory, kind, env) as backend:
+        ticks = [{"id": "kept-" + str(days), "ts": (now - timedelta(days=days)).isoformat()}
+                 for days in (500, 100, 10)]
+        assert backend.client.post("/ticks", json=ticks).json()["accepted"] == 3
+
+        def items() -> set[str]:
+            backend.settle()
+            resp = backend.client.post("/query", json={
+                "range": {"from": "0"}, "bots": "include", "dimensions": ["item"]})
+            return {r["dimensions"][0] for r in resp.json()["results"]}
+
+        deadline = time.monotonic() + 30
+        while items() != {"kept-10"} and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert items() == {"kept-10"}
+
+
+@pytest.mark.parametrize(("text", "says"), [("400d,90d", "one default period"),
+                                             ("shop=", "400d or 57w"), ("x=1y", "400d")])
+def test_a_retention_policy_it_cannot_read_is_refused_at_start(text: str, says: str) -> None:
+    from metronome.config import Settings
+    from metronome.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=says):
+        Settings.from_env({"METRONOME_RETENTION": text})

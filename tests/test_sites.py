@@ -340,3 +340,52 @@ def test_the_python_client_sends_with_its_key(world: World, item: str) -> None:
     client.close()
     assert (client.stats.sent, client.stats.rejected) == (3, 0)
     assert world.sites_of(item) == {world.b: 3}
+
+
+def test_query_and_reports_answer_for_the_keys_site_only(world: World, item: str) -> None:
+    w = world
+    assert w.post("/ticks", [{"id": item, "ts": TS}] * 2, w.key_a).json()["accepted"] == 2
+    assert w.post("/ticks", [{"id": item, "ts": TS}] * 3, w.key_b).json()["accepted"] == 3
+    w.backend.settle()
+    window = {"from": RANGE["from"], "to": RANGE["to"]}
+
+    def query(key: str | None, body: dict[str, Any], **params: str) -> httpx.Response:
+        return w.post("/query", {"range": window, **body}, key, **params)
+
+    def events(resp: httpx.Response) -> list[Any]:
+        assert resp.status_code == 200, resp.text
+        return [(*r["dimensions"], *r["metrics"]) for r in resp.json()["results"]]
+
+    mine = {"filters": [["is", "item", [item]]]}
+    assert events(query(w.key_a, mine)) == [(2,)]
+    assert events(query(w.read_a, mine)) == [(2,)]
+    assert events(query(w.key_b, mine)) == [(3,)]
+    assert events(query(w.admin, mine, site=w.b)) == [(3,)]
+    # asking for another site's documents through a filter or a dimension finds nothing
+    assert events(query(w.key_a, {"filters": [["is", "item", [item]],
+                                              ["is", "site.id", [w.b]]]})) == [(0,)]
+    assert events(query(w.key_a, {"filters": [["or", [["is", "site.id", [w.b]],
+                                                      ["is", "item", [item]]]]]})) == [(2,)]
+    assert events(query(w.key_a, {**mine, "dimensions": ["site.id"]})) == [(w.a, 2)]
+    _error(query(w.key_a, mine, site=w.b), 403, "site_forbidden")
+    _error(query(w.ingest_a, mine), 403, "scope_forbidden")
+    _error(query(None, mine), 401, "key_required")
+    _error(query(None, mine, site=w.b), 401, "key_required")  # public tock is not /query
+
+    def report(name: str, key: str | None, **params: str) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return w.backend.client.get(f"/reports/{name}", headers=headers,
+                                    params={**window, **params})
+
+    top = report("top-items", w.key_a, limit="1000")
+    assert (item, 2, 1) in events(top) or (item, 2, 0) in events(top)
+    assert all(r["dimensions"][0] != w.open_item for r in top.json()["results"])
+    _error(report("top-items", w.key_a, site=w.b), 403, "site_forbidden")
+    _error(report("top-items", None), 401, "key_required")
+    assert _views(report("tock", None, id=item, site=w.b)) == 3  # b's item reports are public
+    _error(report("tock", None, id=item, site=w.a), 401, "key_required")
+
+    forgotten = w.backend.server.run_cli("forget", "--where", json.dumps(mine["filters"]),
+                                         "--site", w.b, "--yes")
+    assert "deleted 3 events" in forgotten.stdout, forgotten.stderr
+    assert w.sites_of(item) == {w.a: 2}

@@ -11,13 +11,15 @@ the rows with an earlier ``@timestamp``.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from metronome.config import Settings
 from metronome.store import open_store
-from metronome.store.base import RetentionResult
+from metronome.store.base import RetentionResult, Store
 
-__all__ = ["DATASETS", "cutoff_ms", "parse_keep", "run_retention"]
+__all__ = ["DATASETS", "RetentionPolicy", "apply_policy", "cutoff_ms", "parse_keep",
+           "run_retention"]
 
 DATASETS = ("ticks", "logs", "metrics")
 _KEEP = re.compile(r"\s*(\d+)\s*([dw])\s*", re.IGNORECASE)
@@ -56,3 +58,69 @@ async def run_retention(settings: Settings, keep: timedelta, datasets: tuple[str
         return await store.delete_before(datasets, cutoff_ms(keep, now), dry_run=dry_run)
     finally:
         await store.close()
+
+
+# -- the periodic policy (METRONOME_RETENTION), per site -------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """How long to keep events: ``default`` for every site, ``sites`` overriding it."""
+
+    default: timedelta | None
+    sites: dict[str, timedelta]
+
+    @classmethod
+    def parse(cls, text: str) -> RetentionPolicy:
+        """``400d``, ``400d,shop=90d`` or ``shop=90d`` (only that site); empty: keep all."""
+        default: timedelta | None = None
+        sites: dict[str, timedelta] = {}
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            site, sep, period = part.rpartition("=")
+            if sep:
+                if not site.strip():
+                    raise ValueError(f"{part!r}: name the site before '='")
+                sites[site.strip()] = parse_keep(period)
+            elif default is not None:
+                raise ValueError("give one default period, and site=period for the others")
+            else:
+                default = parse_keep(period)
+        return cls(default, sites)
+
+    @property
+    def enabled(self) -> bool:
+        return self.default is not None or bool(self.sites)
+
+
+async def apply_policy(store: Store, policy: RetentionPolicy, now: datetime | None = None
+                       ) -> int:
+    """Remove what ``policy`` no longer keeps; the number of documents removed.
+
+    With a default period, whole daily indices (or rows) older than the longest period any
+    site keeps are dropped first; then each site kept shorter than that loses its older
+    events one by one (a filtered delete), and so do the sites on the default period.
+    """
+    from metronome.events import fields as F
+    from metronome.jobs.forget import forget_query
+
+    removed = 0
+    periods = [*policy.sites.values(), *([policy.default] if policy.default else [])]
+    if not periods:
+        return 0
+    longest = max(periods)
+    if policy.default is not None:
+        result = await store.delete_before(("ticks", "logs"), cutoff_ms(longest, now))
+        removed += result.documents
+
+    def before(keep: timedelta) -> dict[str, str]:
+        return {"from": "0", "to": str(cutoff_ms(keep, now) - 1)}
+
+    for site, keep in policy.sites.items():
+        if policy.default is None or keep < longest:
+            removed += await store.delete_matching(
+                forget_query([], "all", before(keep), site=site))
+    if policy.default is not None and policy.default < longest:
+        others = [["is_not", F.SITE_ID, sorted(policy.sites)]] if policy.sites else []
+        removed += await store.delete_matching(
+            forget_query(others, "all", before(policy.default)))
+    return removed

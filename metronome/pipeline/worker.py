@@ -43,6 +43,23 @@ async def _start_forward(settings: Settings) -> tuple[Any, Any, Any]:
     return server, router, writer
 
 
+async def _retention_loop(settings: Settings, store: Any, stop: asyncio.Event) -> None:
+    """Apply ``METRONOME_RETENTION`` now and every ``METRONOME_RETENTION_INTERVAL_S``."""
+    from metronome.jobs.retention import RetentionPolicy, apply_policy
+
+    policy = RetentionPolicy.parse(settings.retention)
+    while not stop.is_set():
+        try:
+            removed = await apply_policy(store, policy)
+            log.info("retention_applied policy=%s removed=%d", settings.retention, removed)
+        except StoreUnavailable as exc:
+            log.warning("retention_deferred reason=%s", exc.message)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=settings.retention_interval_s)
+        except TimeoutError:
+            pass
+
+
 async def run_worker(settings: Settings, *, drain: bool = False,
                      parent_pid: int | None = None) -> ShipperStats:
     """Ship until SIGTERM/SIGINT (or, with ``drain``, until the spool is empty)."""
@@ -67,9 +84,15 @@ async def run_worker(settings: Settings, *, drain: bool = False,
                     pass
                 delay = min(delay * 2, settings.ship_backoff_max_s)
         forward = await _start_forward(settings) if settings.forward and not drain else None
+        retention = None
+        if settings.retention and not drain:
+            retention = loop.create_task(_retention_loop(settings, store, stop))
         try:
             stats = await Shipper(settings, store).run(stop, drain=drain)
         finally:
+            if retention is not None:
+                stop.set()
+                await retention
             if forward is not None:
                 server, router, writer = forward
                 await server.close()

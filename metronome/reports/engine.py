@@ -149,6 +149,24 @@ def _change(current: Any, previous: Any) -> float | None:
     return round((current - previous) / abs(previous), 4)
 
 
+_TOP_KINDS = ("count", "distinct", "sum", "avg", "min", "max")
+
+
+def _top_metric(query: Query) -> tuple[int, bool] | None:
+    """``(metric, descending)`` when the store can rank the groups itself: one keyword
+    dimension ordered by a plain metric, nothing to compare. Top items of a catalogue of
+    any size are then one search (or one SQL statement), not every group read."""
+    group = query.group
+    if (len(group.dimensions) != 1 or group.dimensions[0].field is None
+            or group.dimensions[0].field.kind != "keyword" or query.previous is not None):
+        return None
+    name, descending = query.order_by[0]
+    for index, metric in enumerate(group.metrics):
+        if metric.name == name and metric.kind in _TOP_KINDS:
+            return index, descending
+    return None
+
+
 async def run_query(store: Store, query: Query, *, max_groups: int = DEFAULT_MAX_GROUPS
                     ) -> dict[str, Any]:
     """The ``/query`` answer: ``{"results": [...], "meta": {...}, "query": {...}}``."""
@@ -160,7 +178,17 @@ async def run_query(store: Store, query: Query, *, max_groups: int = DEFAULT_MAX
     paged = (bool(dims) and not any(d.interval for d in dims) and query.previous is None
              and list(query.order_by) == [(d.name, False) for d in dims])
     next_cursor: str | None = None
-    if paged:
+    top = _top_metric(query)
+    if top is not None and not paged:
+        offset = int(cursor.get("o", 0)) if isinstance(cursor.get("o", 0), int) else 0
+        metric, descending = top
+        raw = await store.top(group, metric=metric, descending=descending,
+                              size=offset + query.limit + 1)
+        page = _finish(group, raw[offset: offset + query.limit])
+        if len(raw) > offset + query.limit:
+            next_cursor = _encode_cursor({"q": query.fingerprint, "o": offset + query.limit})
+        total = None
+    elif paged:
         after = tuple(cursor["a"]) if "a" in cursor else None
         if after is not None and len(after) != len(dims):
             raise InvalidQuery("query.after: not a cursor of this query", field="query.after")

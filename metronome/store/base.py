@@ -92,6 +92,14 @@ class Store(Protocol):
         first), starting after the group keyed ``after``. Time keys are bucket starts."""
         ...
 
+    async def top(self, query: GroupQuery, *, metric: int, descending: bool,
+                  size: int) -> list[GroupRow]:
+        """The first ``size`` groups of ``query`` (one keyword dimension) ordered by its
+        metric number ``metric`` (a count, distinct count, sum, avg, min or max; missing
+        values smallest), ties by the key (missing first). Elasticsearch answers with a
+        ``terms`` aggregation: exact while the groups fit each shard's candidates."""
+        ...
+
     async def delete_matching(self, query: GroupQuery) -> int:
         """Delete every document of ``query`` (its datasets, range and filter); how many."""
         ...

@@ -27,7 +27,13 @@ from metronome.events.document import Document
 from metronome.reports.model import Histogram, IsFilter, ReportResult, ReportSpec, Terms
 from metronome.reports.query import GroupQuery
 from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
-from metronome.store.es_query import compile_groups, compile_where, read_groups
+from metronome.store.es_query import (
+    compile_groups,
+    compile_top,
+    compile_where,
+    read_groups,
+    read_top,
+)
 from metronome.store.templates import Template, load_templates
 
 __all__ = ["ElasticsearchStore", "answering", "compile_report", "index_day_ms", "index_name"]
@@ -306,6 +312,16 @@ class ElasticsearchStore:
             if not query.dimensions or es_after is None or len(got) < page \
                     or len(rows) >= limit:
                 return rows
+
+    async def top(self, query: GroupQuery, *, metric: int, descending: bool,
+                  size: int) -> list[GroupRow]:
+        index = ",".join(f"{self._prefix}-{d}-*" for d in query.datasets)
+        with answering("the query"):
+            resp = await self._client.search(
+                index=index, body=compile_top(query, metric, descending, size),
+                ignore_unavailable=True, allow_no_indices=True)
+        aggregations = resp.get("aggregations")
+        return [] if aggregations is None else read_top(query, aggregations)
 
     async def delete_matching(self, query: GroupQuery) -> int:
         index = ",".join(f"{self._prefix}-{d}-*" for d in query.datasets)

@@ -19,8 +19,10 @@ __all__ = [
     "CARDINALITY_PRECISION",
     "compile_filter",
     "compile_groups",
+    "compile_top",
     "compile_where",
     "read_groups",
+    "read_top",
 ]
 
 CARDINALITY_PRECISION = 3000
@@ -112,6 +114,32 @@ def compile_groups(query: GroupQuery, after: dict[str, Any] | None, size: int
         groups["aggs"] = metric_aggs
     return {"size": 0, "track_total_hits": False, "query": compile_where(query),
             "aggs": {"groups": groups}}
+
+
+MISSING_KEY = "\u0000"  # where terms put documents without the field: sorts first
+
+
+def compile_top(query: GroupQuery, metric: int, descending: bool, size: int
+                ) -> dict[str, Any]:
+    """One ``terms`` aggregation: the top ``size`` keys of the only dimension by a metric."""
+    (dim,) = query.dimensions
+    assert dim.field is not None
+    kind = query.metrics[metric].kind
+    key = "_count" if kind == "count" else f"m{metric}"
+    terms = {"field": dim.field.name, "size": size, "shard_size": max(size * 10, 10_000),
+             "missing": MISSING_KEY,
+             "order": [{key: "desc" if descending else "asc"}, {"_key": "asc"}]}
+    groups: dict[str, Any] = {"terms": terms}
+    metric_aggs = _metric_aggs(query.metrics)
+    if metric_aggs:
+        groups["aggs"] = metric_aggs
+    return {"size": 0, "track_total_hits": False, "query": compile_where(query),
+            "aggs": {"groups": groups}}
+
+
+def read_top(query: GroupQuery, aggregations: dict[str, Any]) -> list[Row]:
+    return [((None if b["key"] == MISSING_KEY else b["key"],),
+             _metric_values(b, query.metrics)) for b in aggregations["groups"]["buckets"]]
 
 
 def _metric_values(bucket: dict[str, Any], metrics: Sequence[MetricSpec]) -> tuple[Any, ...]:

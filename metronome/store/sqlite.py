@@ -30,7 +30,12 @@ from metronome.events.document import Document
 from metronome.reports.model import Histogram, IsFilter, ReportResult, ReportSpec, Terms
 from metronome.reports.query import GroupQuery
 from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
-from metronome.store.sqlite_query import delete_sql, install_functions, query_groups
+from metronome.store.sqlite_query import (
+    delete_sql,
+    install_functions,
+    query_groups,
+    query_top,
+)
 
 __all__ = ["COLUMNS", "DB_NAME", "SQLiteStore", "connect", "setup_lock"]
 
@@ -309,6 +314,14 @@ class SQLiteStore:
                      limit: int) -> list[GroupRow]:
         def _query() -> list[GroupRow]:
             return query_groups(self._connect(), query, after, limit)
+
+        rows: list[GroupRow] = await self._run(_query)
+        return rows
+
+    async def top(self, query: GroupQuery, *, metric: int, descending: bool,
+                  size: int) -> list[GroupRow]:
+        def _query() -> list[GroupRow]:
+            return query_top(self._connect(), query, metric, descending, size)
 
         rows: list[GroupRow] = await self._run(_query)
         return rows

@@ -13,14 +13,14 @@ import math
 import re
 import sqlite3
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from metronome.events import fields as F
 from metronome.reports.catalog import FieldRef
 from metronome.reports.query import BoolNode, FilterNode, GroupQuery, Leaf, MetricSpec
 
-__all__ = ["delete_sql", "install_functions", "query_groups"]
+__all__ = ["delete_sql", "install_functions", "query_groups", "query_top"]
 
 Row = tuple[tuple[Any, ...], tuple[Any, ...]]
 
@@ -139,9 +139,6 @@ def _metric_sql(metric: MetricSpec, args: list[Any]) -> str:
     assert ref is not None
     if metric.kind == "distinct":
         return f"count(DISTINCT {_text(ref)})"
-    if metric.kind == "error_rate":
-        column = _text(ref)
-        return f"sum(COALESCE({column} >= 500, 0)), count({column})"
     if metric.kind == "percentile":
         args.append(metric.percent)
         return f"mpct({_number(ref)}, ?)"
@@ -167,9 +164,9 @@ def delete_sql(query: GroupQuery) -> tuple[str, list[Any]]:
     return f"DELETE FROM events WHERE {where}", args
 
 
-def query_groups(conn: sqlite3.Connection, query: GroupQuery, after: tuple[Any, ...] | None,
-                 limit: int) -> list[Row]:
-    """Groups in composite order (keys ascending, missing first) after ``after``."""
+def _group_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[Any]]:
+    """``SELECT k0.., metrics FROM events WHERE ... [GROUP BY k0..]`` and its arguments;
+    metric columns are named ``m0``, ``m1``... (``m<i>e``/``m<i>t`` for an error rate)."""
     select: list[str] = []
     starts = query.bucket_starts
     for index, dim in enumerate(query.dimensions):
@@ -182,27 +179,58 @@ def query_groups(conn: sqlite3.Connection, query: GroupQuery, after: tuple[Any, 
             assert dim.field is not None
             select.append(f"{_text(dim.field)} AS k{index}")
     metric_args: list[Any] = []
-    select += [_metric_sql(m, metric_args) for m in query.metrics]
+    for index, metric in enumerate(query.metrics):
+        if metric.kind == "error_rate":
+            assert metric.field is not None
+            column = _text(metric.field)
+            select.append(f"sum(COALESCE({column} >= 500, 0)) AS m{index}e,"
+                          f" count({column}) AS m{index}t")
+        else:
+            select.append(f"{_metric_sql(metric, metric_args)} AS m{index}")
     where, where_args = _where(query)
     sql = f"SELECT {', '.join(select)} FROM events WHERE {where}"
+    if query.dimensions:
+        sql += " GROUP BY " + ", ".join(f"k{i}" for i in range(len(query.dimensions)))
+    return sql, [*metric_args, *where_args]
+
+
+def _rows(query: GroupQuery, cursor: Any) -> Iterator[Row]:
     dims = len(query.dimensions)
-    if dims:
-        keys = ", ".join(f"k{i}" for i in range(dims))
-        sql += f" GROUP BY {keys} ORDER BY {keys}"
+    boolean = [d.field is not None and d.field.kind == "boolean" for d in query.dimensions]
+    for raw in cursor:
+        keys = tuple(bool(v) if flag and v is not None else v
+                     for v, flag in zip(raw[:dims], boolean, strict=True))
+        yield keys, _values(raw[dims:], query.metrics)
+
+
+def query_groups(conn: sqlite3.Connection, query: GroupQuery, after: tuple[Any, ...] | None,
+                 limit: int) -> list[Row]:
+    """Groups in composite order (keys ascending, missing first) after ``after``."""
+    sql, args = _group_sql(conn, query)
+    if query.dimensions:
+        sql += " ORDER BY " + ", ".join(f"k{i}" for i in range(len(query.dimensions)))
         if after is None:
             sql += f" LIMIT {int(limit)}"
     rows: list[Row] = []
-    boolean = [d.field is not None and d.field.kind == "boolean" for d in query.dimensions]
     after_key = None if after is None else _composite_key(after)
-    for raw in conn.execute(sql, [*metric_args, *where_args]):
-        keys_tuple = tuple(bool(v) if flag and v is not None else v
-                           for v, flag in zip(raw[:dims], boolean, strict=True))
-        if after_key is not None and _composite_key(keys_tuple) <= after_key:
+    for keys, values in _rows(query, conn.execute(sql, args)):
+        if after_key is not None and _composite_key(keys) <= after_key:
             continue
-        rows.append((keys_tuple, _values(raw[dims:], query.metrics)))
+        rows.append((keys, values))
         if len(rows) >= limit:
             break
     return rows
+
+
+def query_top(conn: sqlite3.Connection, query: GroupQuery, metric: int, descending: bool,
+              size: int) -> list[Row]:
+    """The first ``size`` groups of one dimension by metric ``metric`` (missing values
+    smallest), ties by the key (missing first)."""
+    sql, args = _group_sql(conn, query)
+    direction = "DESC" if descending else "ASC"
+    sql = (f"SELECT * FROM ({sql}) ORDER BY m{metric} {direction}, k0 ASC"
+           f" LIMIT {int(size)}")
+    return list(_rows(query, conn.execute(sql, args)))
 
 
 def _values(raw: Sequence[Any], metrics: Sequence[MetricSpec]) -> tuple[Any, ...]:
