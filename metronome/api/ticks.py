@@ -88,6 +88,17 @@ class _TickResource:
             return "drop"
         return "truncate" if policy == "drop" else policy
 
+    async def _spool_one(self, raw: Any, req: falcon.asgi.Request, client_ip: str | None,
+                         site_id: str) -> str:
+        """Build one tick and spool it; its event id once it is safe on disk."""
+        document = self._build(raw, await self._info(req, client_ip, site_id))
+        (outcome,) = await self._pipeline.ingest([document])
+        if not outcome.ok:
+            if outcome.retriable:
+                raise StoreUnavailable(f"the store could not take the tick: {outcome.reason}")
+            raise StoreRefused(f"the store refused the tick: {outcome.reason}")
+        return outcome.id
+
     def _build(self, raw: Any, info: RequestInfo) -> Document:
         """The tick's document, with referrer spam flagged."""
         document = build_tick(raw, info, self._limits)
@@ -104,18 +115,13 @@ class Tick(_TickResource):
             raw = decode_json(await read_body(req, self._settings.max_body_bytes,
                                               self._timeout_s))
             access = await self._guard.ingest(req, named_sites(req, (raw,)), client_ip, 1)
-            document = self._build(raw, await self._info(req, client_ip, access.site_id))
-            (outcome,) = await self._pipeline.ingest([document])
+            event_id = await self._spool_one(raw, req, client_ip, access.site_id)
         except MetronomeError as exc:
             metrics.REJECTED.labels(exc.code).inc()
             raise
-        if not outcome.ok:
-            if outcome.retriable:
-                raise StoreUnavailable(f"the store could not take the tick: {outcome.reason}")
-            raise StoreRefused(f"the store refused the tick: {outcome.reason}")
         _ACCEPTED_TICK.inc()
         resp.status = falcon.HTTP_202
-        resp.media = {"id": outcome.id}
+        resp.media = {"id": event_id}
 
 
 class Pixel(_TickResource):
@@ -138,13 +144,10 @@ class Pixel(_TickResource):
                 raw["url"] = req.referer
             access = await self._guard.ingest(req, named_sites(req), client_ip, 1,
                                               origin_optional=True)
-            document = self._build(raw, await self._info(req, client_ip, access.site_id))
-            (outcome,) = await self._pipeline.ingest([document])
+            await self._spool_one(raw, req, client_ip, access.site_id)
         except MetronomeError as exc:
             metrics.REJECTED.labels(exc.code).inc()
             raise
-        if not outcome.ok:
-            raise StoreUnavailable(f"the store could not take the tick: {outcome.reason}")
         _ACCEPTED_PIXEL.inc()
         resp.content_type = "image/gif"
         resp.cache_control = ["no-store", "max-age=0"]

@@ -30,6 +30,7 @@ from metronome.events.document import Document
 from metronome.reports.model import Histogram, IsFilter, ReportResult, ReportSpec, Terms
 from metronome.reports.query import GroupQuery
 from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
+from metronome.store.sqlite_query import COLUMNS as QUERY_COLUMNS
 from metronome.store.sqlite_query import (
     delete_sql,
     install_functions,
@@ -43,15 +44,7 @@ DB_NAME = "metronome.sqlite3"
 _DELETE_BATCH = 5000  # rows per retention transaction
 
 # document field -> column; fields without a column are read from the JSON document
-COLUMNS: dict[str, str] = {
-    F.TIMESTAMP: "ts",
-    F.ITEM_ID: "item_id",
-    F.EVENT_ACTION: "action",
-    F.ITEM_FORMAT: "format",
-    F.REFERRER_PAGE: "referrer_page",
-    F.BOT: "bot",
-    F.SITE_ID: "site_id",
-}
+COLUMNS: dict[str, str] = {F.TIMESTAMP: "ts", **QUERY_COLUMNS}
 _NOT_NULL = frozenset({"ts", "bot", "site_id"})
 
 # Every report filters on the site, so it leads both indexes.
