@@ -13,7 +13,6 @@ seen by every server process within ``METRONOME_SITES_CACHE_S``
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,9 +21,8 @@ from typing import Any, Protocol
 import orjson
 
 from metronome.config import Settings
-from metronome.errors import StoreUnavailable
 from metronome.sites.model import Key, Site, Snapshot
-from metronome.store.sqlite import DB_NAME, connect, setup_lock
+from metronome.store.sqlite import DB_NAME, connect, run_in, setup_lock
 
 __all__ = ["DuplicateSite", "Registry", "SQLiteRegistry", "open_registry"]
 
@@ -100,11 +98,7 @@ class SQLiteRegistry:
         return self._conn
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, fn, *args)
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"the embedded store failed: {exc}") from exc
+        return await run_in(self._executor, fn, *args)
 
     async def load(self) -> Snapshot:
         def _load() -> Snapshot:

@@ -38,7 +38,7 @@ from metronome.store.sqlite_query import (
     query_top,
 )
 
-__all__ = ["COLUMNS", "DB_NAME", "SQLiteStore", "connect", "setup_lock"]
+__all__ = ["COLUMNS", "DB_NAME", "SQLiteStore", "connect", "run_in", "setup_lock"]
 
 DB_NAME = "metronome.sqlite3"
 _DELETE_BATCH = 5000  # rows per retention transaction
@@ -142,6 +142,15 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+async def run_in(executor: ThreadPoolExecutor, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` on the connection's own thread; SQLite failures become a 503."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(executor, fn, *args)
+    except sqlite3.OperationalError as exc:
+        raise StoreUnavailable(f"the embedded store failed: {exc}") from exc
+
+
 class SQLiteStore:
     """The embedded store. Each process opens its own connection to the shared file."""
 
@@ -157,11 +166,7 @@ class SQLiteStore:
         return self._path
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, fn, *args)
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"the embedded store failed: {exc}") from exc
+        return await run_in(self._executor, fn, *args)
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
