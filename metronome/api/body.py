@@ -1,4 +1,4 @@
-"""Reading request bodies within limits, and decoding JSON."""
+"""Reading request bodies within limits, decoding JSON, and query-string parameters."""
 
 from __future__ import annotations
 
@@ -8,9 +8,15 @@ from typing import Any
 import falcon.asgi
 import orjson
 
-from metronome.errors import InvalidJSON, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from metronome.errors import (
+    InvalidJSON,
+    InvalidParameter,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 
-__all__ = ["decode_json", "read_body", "require_content_type"]
+__all__ = ["decode_json", "read_body", "require_content_type", "single_params"]
 
 
 def require_content_type(req: falcon.asgi.Request, allowed: tuple[str, ...]) -> str:
@@ -59,3 +65,13 @@ def decode_json(data: bytes, what: str = "the body") -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise InvalidJSON(f"{what} is not valid JSON: {exc}") from None
+
+
+def single_params(req: falcon.asgi.Request) -> dict[str, str]:
+    """The query string as one value per name; a repeated name is a 400."""
+    params: dict[str, str] = {}
+    for key, value in req.params.items():
+        if isinstance(value, list):
+            raise InvalidParameter(f"'{key}' is given more than once", parameter=key)
+        params[key] = value
+    return params

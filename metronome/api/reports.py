@@ -14,10 +14,11 @@ from metronome.reports.query import parse_query
 from metronome.reports.tock import parse_tock_query, shape_tock, tock_spec
 from metronome.store.base import Store
 
+from .body import single_params
 from .guard import Guard
 from .query import for_site
 
-__all__ = ["Reports", "single_params"]
+__all__ = ["Reports"]
 
 TOCK_PARAMETERS = {
     "id": "the item (required)",
@@ -29,16 +30,6 @@ TOCK_PARAMETERS = {
     "bots": "exclude (default) or include",
     "sources": "ticks, logs or both (default)",
 }
-
-
-def single_params(req: falcon.asgi.Request) -> dict[str, str]:
-    """The query string as one value per name; a repeated name is a 400."""
-    params: dict[str, str] = {}
-    for key, value in req.params.items():
-        if isinstance(value, list):
-            raise InvalidParameter(f"'{key}' is given more than once", parameter=key)
-        params[key] = value
-    return params
 
 
 class Reports:

@@ -19,7 +19,6 @@ from metronome.config import Settings
 from metronome.errors import (
     BadRequest,
     InvalidJSON,
-    InvalidParameter,
     LimitExceeded,
     MetronomeError,
     StoreRefused,
@@ -31,7 +30,7 @@ from metronome.events.tick import Limits, RequestInfo, build_tick
 from metronome.events.visitor import VisitorIds
 from metronome.pipeline import Pipeline, metrics
 
-from .body import decode_json, read_body, require_content_type
+from .body import decode_json, read_body, require_content_type, single_params
 from .guard import Guard, named_sites
 
 __all__ = ["PIXEL_GIF", "Pixel", "Tick", "Ticks"]
@@ -132,14 +131,9 @@ class Pixel(_TickResource):
     none is needed, but one that is sent must be allowed."""
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        raw: dict[str, Any] = {}
         client_ip = self._client_ip(req)
         try:
-            for key, value in req.params.items():
-                if isinstance(value, list):
-                    raise InvalidParameter(f"'{key}' is given more than once", parameter=key)
-                if key not in ("site", "key"):
-                    raw[key] = value
+            raw = {k: v for k, v in single_params(req).items() if k not in ("site", "key")}
             if "url" not in raw and req.referer:
                 raw["url"] = req.referer
             access = await self._guard.ingest(req, named_sites(req), client_ip, 1,

@@ -13,6 +13,8 @@ from metronome.errors import InvalidParameter
 from metronome.reports.tock import parse_tock_query, shape_tock, tock_spec
 from metronome.store.base import Store
 
+from .body import single_params
+
 __all__ = ["Tock"]
 
 
@@ -24,10 +26,7 @@ class Tock:
     async def _answer(self, item_id: str, req: falcon.asgi.Request,
                       resp: falcon.asgi.Response) -> None:
         access = await self._guard.read(req, public_ok=True)
-        params = {k: v for k, v in req.params.items() if k not in ("id", "site")}
-        for key, value in params.items():
-            if isinstance(value, list):
-                raise InvalidParameter(f"'{key}' is given more than once", parameter=key)
+        params = {k: v for k, v in single_params(req).items() if k not in ("id", "site")}
         query = parse_tock_query(item_id, params)
         result = await self._store.report(tock_spec(query, access.site_filter))
         resp.media = shape_tock(query, result)

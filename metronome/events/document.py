@@ -9,7 +9,7 @@ from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["Document", "format_timestamp", "new_event_id", "parse_iso_ms"]
+__all__ = ["Document", "format_timestamp", "new_event_id", "parse_iso", "parse_iso_ms"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +43,9 @@ def format_timestamp(ms: int) -> str:
     return f"{datetime.fromtimestamp(seconds, tz=UTC).isoformat()[:19]}.{millis:03d}Z"
 
 
-def parse_iso_ms(text: str, default_tz: tzinfo = UTC) -> int | None:
-    """ISO 8601 text (``Z`` allowed) to epoch ms; no offset means ``default_tz``.
-
-    None when the text is not ISO 8601, so callers can name their own field in the error.
-    """
+def parse_iso(text: str, default_tz: tzinfo = UTC) -> datetime | None:
+    """ISO 8601 text (``Z`` allowed) as an aware datetime; no offset means ``default_tz``.
+    None when the text is not ISO 8601."""
     text = text.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
@@ -55,6 +53,13 @@ def parse_iso_ms(text: str, default_tz: tzinfo = UTC) -> int | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=default_tz)
-    return int(moment.timestamp() * 1000)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=default_tz)
+
+
+def parse_iso_ms(text: str, default_tz: tzinfo = UTC) -> int | None:
+    """ISO 8601 text (``Z`` allowed) to epoch ms; no offset means ``default_tz``.
+
+    None when the text is not ISO 8601, so callers can name their own field in the error.
+    """
+    moment = parse_iso(text, default_tz)
+    return None if moment is None else int(moment.timestamp() * 1000)

@@ -171,6 +171,12 @@ def flag_referrer_spam(source: dict[str, Any], blocklist: Sequence[str]) -> None
     referrer = source.get("referrer")
     if not referrer or not blocklist:
         return
-    domain = referrer.get("domain") or ""
-    if any(domain == blocked or domain.endswith("." + blocked) for blocked in blocklist):
+    if _blocked(referrer.get("domain") or "", tuple(blocklist)):
         source["referrer"] = {**referrer, "spam": True}
+
+
+@lru_cache(maxsize=4096)
+def _blocked(domain: str, blocklist: tuple[str, ...]) -> bool:
+    """Whether ``domain`` or one of its parent domains is on ``blocklist`` (once per
+    domain: this runs for every tick)."""
+    return any(domain == blocked or domain.endswith("." + blocked) for blocked in blocklist)

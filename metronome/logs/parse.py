@@ -48,14 +48,14 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
-from metronome.events.document import Document, format_timestamp
+from metronome.events.document import Document, format_timestamp, parse_iso
 from metronome.events.enrich import client_address, user_agent_fields
 from metronome.events.enrich import referrer_keys as _referrer_keys
 from metronome.events.fields import DEFAULT_SITE
@@ -226,16 +226,8 @@ def _time_local_ms(text: str) -> int | None:
 def _iso_ms(text: str) -> int | None:
     """ISO 8601 (``$time_iso8601``: ``2000-10-10T13:55:36-07:00``) as epoch ms; no offset
     means UTC."""
-    text = text.strip()
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return _valid_ms(round(moment.timestamp() * 1000))
+    moment = parse_iso(text)
+    return None if moment is None else _valid_ms(round(moment.timestamp() * 1000))
 
 
 def _epoch_ms(text: str, *, seconds: bool = True) -> int | None:

@@ -14,7 +14,6 @@ seen by every server process within ``METRONOME_SITES_CACHE_S``
 from __future__ import annotations
 
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +21,7 @@ import orjson
 
 from metronome.config import Settings
 from metronome.sites.model import Key, Site, Snapshot
-from metronome.store.sqlite import DB_NAME, connect, run_in, setup_lock
+from metronome.store.sqlite import DB_NAME, ConnectionThread, connect, setup_lock
 
 __all__ = ["DuplicateSite", "Registry", "SQLiteRegistry", "open_registry"]
 
@@ -81,13 +80,11 @@ CREATE TABLE IF NOT EXISTS keys (
 """
 
 
-class SQLiteRegistry:
+class SQLiteRegistry(ConnectionThread):
     """Sites and keys in the embedded store's database file."""
 
     def __init__(self, data_dir: str) -> None:
-        self._path = Path(data_dir) / DB_NAME
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
-        self._conn: sqlite3.Connection | None = None
+        super().__init__(Path(data_dir) / DB_NAME, "registry")
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -96,9 +93,6 @@ class SQLiteRegistry:
                 conn.executescript(_SCHEMA)
             self._conn = conn
         return self._conn
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await run_in(self._executor, fn, *args)
 
     async def load(self) -> Snapshot:
         def _load() -> Snapshot:
@@ -161,14 +155,6 @@ class SQLiteRegistry:
             "UPDATE keys SET last_used = max(coalesce(last_used, 0), ?) WHERE id = ?",
             [(ms, key_id) for key_id, ms in last_used.items()]))
 
-    async def close(self) -> None:
-        def _close() -> None:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-        await self._run(_close)
-        self._executor.shutdown(wait=True)
 
 
 def open_registry(settings: Settings, client: Any = None) -> Registry:

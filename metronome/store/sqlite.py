@@ -34,11 +34,12 @@ from metronome.store.sqlite_query import COLUMNS as QUERY_COLUMNS
 from metronome.store.sqlite_query import (
     delete_sql,
     install_functions,
+    json_path,
     query_groups,
     query_top,
 )
 
-__all__ = ["COLUMNS", "DB_NAME", "SQLiteStore", "connect", "run_in", "setup_lock"]
+__all__ = ["COLUMNS", "DB_NAME", "ConnectionThread", "SQLiteStore", "connect", "setup_lock"]
 
 DB_NAME = "metronome.sqlite3"
 _DELETE_BATCH = 5000  # rows per retention transaction
@@ -83,12 +84,7 @@ def _get(source: dict[str, Any], field: str) -> Any:
 def _column(field: str) -> str:
     if field in COLUMNS:
         return COLUMNS[field]
-    path = "$" + "".join(f'."{part}"' for part in field.split("."))
-    return f"json_extract(doc, {_sql_literal(path)})"
-
-
-def _sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    return f"json_extract(doc, {json_path(field)})"
 
 
 def _marks(values: Sequence[Any]) -> str:
@@ -142,31 +138,45 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-async def run_in(executor: ThreadPoolExecutor, fn: Any, *args: Any) -> Any:
-    """``fn(*args)`` on the connection's own thread; SQLite failures become a 503."""
-    loop = asyncio.get_running_loop()
-    try:
-        return await loop.run_in_executor(executor, fn, *args)
-    except sqlite3.OperationalError as exc:
-        raise StoreUnavailable(f"the embedded store failed: {exc}") from exc
+class ConnectionThread:
+    """One connection to the shared database file, used from its own single thread (what
+    the store and the sites registry each hold). Subclasses open it in ``_connect``."""
+
+    def __init__(self, path: Path, thread_name: str) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+        self._conn: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` on the connection's thread; SQLite failures become a 503."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"the embedded store failed: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the connection on its thread, then the thread."""
+        def _close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await self._run(_close)
+        self._executor.shutdown(wait=True)
 
 
-class SQLiteStore:
+class SQLiteStore(ConnectionThread):
     """The embedded store. Each process opens its own connection to the shared file."""
 
     backend = "sqlite"
 
     def __init__(self, settings: Settings) -> None:
-        self._path = Path(settings.data_dir) / DB_NAME
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-        self._conn: sqlite3.Connection | None = None
+        super().__init__(Path(settings.data_dir) / DB_NAME, "sqlite")
 
     @property
     def path(self) -> Path:
         return self._path
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await run_in(self._executor, fn, *args)
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -175,15 +185,6 @@ class SQLiteStore:
 
     async def open(self) -> None:
         await self._run(self._connect)
-
-    async def close(self) -> None:
-        def _close() -> None:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-        await self._run(_close)
-        self._executor.shutdown(wait=True)
 
     async def ensure_schema(self) -> list[SchemaChange]:
         def _install() -> list[SchemaChange]:

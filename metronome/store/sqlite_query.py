@@ -20,7 +20,7 @@ from metronome.events import fields as F
 from metronome.reports.catalog import FieldRef
 from metronome.reports.query import BoolNode, FilterNode, GroupQuery, Leaf, MetricSpec
 
-__all__ = ["delete_sql", "install_functions", "query_groups", "query_top"]
+__all__ = ["delete_sql", "install_functions", "json_path", "query_groups", "query_top"]
 
 Row = tuple[tuple[Any, ...], tuple[Any, ...]]
 
@@ -80,7 +80,8 @@ def install_functions(conn: sqlite3.Connection) -> None:
     conn.create_aggregate("mpct", 2, _Percentile)  # type: ignore[arg-type]
 
 
-def _path(name: str) -> str:
+def json_path(name: str) -> str:
+    """The quoted SQL literal of a field's JSON path in ``doc``: ``'$."a"."b"'``."""
     path = "$" + "".join(f'."{part}"' for part in name.split("."))
     return "'" + path.replace("'", "''") + "'"
 
@@ -89,7 +90,7 @@ def _text(ref: FieldRef) -> str:
     """The field as stored text (keywords, parameters as Elasticsearch indexes them)."""
     if ref.name in COLUMNS:
         return COLUMNS[ref.name]
-    path = _path(ref.name)
+    path = json_path(ref.name)
     if ref.param:
         return (f"(CASE json_type(doc, {path}) WHEN 'true' THEN 'true' WHEN 'false'"
                 f" THEN 'false' WHEN 'null' THEN NULL"
@@ -99,7 +100,7 @@ def _text(ref: FieldRef) -> str:
 
 def _number(ref: FieldRef) -> str:
     if ref.param:
-        return f"mnum(json_extract(doc, {_path(ref.name)}))"
+        return f"mnum(json_extract(doc, {json_path(ref.name)}))"
     return _text(ref)
 
 
