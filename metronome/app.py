@@ -19,6 +19,7 @@ import falcon.asgi
 import falcon.media
 import orjson
 
+from metronome.api.fastpath import FastIngest, error_answer
 from metronome.api.guard import Cors, Guard
 from metronome.api.health import Health, Metrics, Ready
 from metronome.api.openapi import OpenAPI
@@ -101,11 +102,8 @@ class _Timing:
 
 async def _metronome_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
                            ex: MetronomeError, params: dict[str, Any]) -> None:
-    if ex.http_status >= 500:
-        log.warning("request_failed path=%s error=%s message=%s", req.path, ex.code, ex.message)
-    resp.status = ex.http_status
-    resp.media = ex.to_dict()
-    for name, value in ex.headers().items():
+    resp.status, resp.media, headers = error_answer(ex)
+    for name, value in headers.items():
         resp.set_header(name, value)
 
 
@@ -134,8 +132,9 @@ async def _unexpected(req: falcon.asgi.Request, resp: falcon.asgi.Response,
                   "message": "Metronome failed to answer; the server log has the details"}
 
 
-def create_app(settings: Settings, store: Store | None = None) -> falcon.asgi.App:
-    """The ASGI app for ``settings`` (on ``store`` if given, else the configured one)."""
+def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
+    """The ASGI app for ``settings`` (on ``store`` if given, else the configured one):
+    the Falcon app (``.falcon_app``) behind the ``POST /tick`` fast path."""
     store = store or open_store(settings)
     pipeline = Pipeline(settings)
     registry = open_registry(settings, getattr(store, "client", None))
@@ -154,7 +153,8 @@ def create_app(settings: Settings, store: Store | None = None) -> falcon.asgi.Ap
     app.add_route("/healthz", Health())
     app.add_route("/readyz", Ready(store, pipeline))
     app.add_route("/metrics", Metrics(pipeline.spool))
-    app.add_route("/tick", Tick(settings, pipeline, guard))
+    tick = Tick(settings, pipeline, guard)
+    app.add_route("/tick", tick)
     app.add_route("/ticks", Ticks(settings, pipeline, guard))
     app.add_route("/tick.gif", Pixel(settings, pipeline, guard))
     app.add_route("/metronome.js", Script())
@@ -170,10 +170,11 @@ def create_app(settings: Settings, store: Store | None = None) -> falcon.asgi.Ap
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_error_handler(MetronomeError, _metronome_error)
-    return app
+    return FastIngest(app, tick, max_body_bytes=settings.max_body_bytes,
+                      body_timeout_s=settings.body_timeout_s)
 
 
-def app_from_env() -> falcon.asgi.App:
+def app_from_env() -> FastIngest:
     """The app for the current environment (what each server worker loads)."""
     from metronome.logconfig import configure_logging
 

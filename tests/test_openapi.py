@@ -40,7 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetronomeServer
 def _routes(tmp_path: Path) -> set[str]:
     app = create_app(Settings.from_env({"METRONOME_DATA_DIR": str(tmp_path)}))
     found: set[str] = set()
-    todo = list(app._router._roots)  # falcon's compiled router: a tree of path segments
+    todo = list(app.falcon_app._router._roots)  # falcon's compiled router: a tree of path segments
     while todo:
         node = todo.pop()
         if node.resource is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -67,6 +68,17 @@ def test_status_shows_backlog_lag_and_store_health(tmp_path: Path) -> None:
         assert 'metronome_events_accepted_total{route="/ticks"} 40.0' in metrics
         assert "metronome_request_duration_seconds_bucket" in metrics
         assert re.search(r"^metronome_spool_unshipped_bytes [1-9]", metrics, re.M)
+        # POST /tick (the fast path) counts in each worker and publishes once a second
+        for n in range(6):
+            assert httpx.post(server.url + "/tick", json={"id": "s", "n": n}).status_code == 202
+        deadline = time.monotonic() + 5
+        while True:
+            metrics = httpx.get(server.url + "/metrics").text
+            if ('metronome_events_accepted_total{route="/tick"} 6.0' in metrics
+                    and 'duration_seconds_count{method="POST",route="/tick"} 6.0' in metrics):
+                break
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.2)
     finally:
         assert server.stop() == 0
     unshipped = backlog(tmp_path / "data" / "spool").bytes_unshipped

@@ -16,20 +16,26 @@ from metronome.errors import (
     UnsupportedMediaType,
 )
 
-__all__ = ["decode_json", "read_body", "require_content_type", "single_params"]
+__all__ = ["decode_json", "read_body", "require_content_type", "single_params",
+           "unsupported_media_type"]
 
 
 def require_content_type(req: falcon.asgi.Request, allowed: tuple[str, ...]) -> str:
     """The request's media type, if it is one of ``allowed``; else 415 naming them."""
     media = (req.content_type or "").split(";", 1)[0].strip().lower()
     if media not in allowed:
-        raise UnsupportedMediaType(
-            f"send the body as {' or '.join(allowed)}"
-            f" (got {media or 'no Content-Type'}); with curl add"
-            " -H 'Content-Type: application/json'",
-            allowed=list(allowed),
-        )
+        raise unsupported_media_type(media, allowed)
     return media
+
+
+def unsupported_media_type(media: str, allowed: tuple[str, ...]) -> UnsupportedMediaType:
+    """The 415 for a body sent as ``media``, naming the ``allowed`` types."""
+    return UnsupportedMediaType(
+        f"send the body as {' or '.join(allowed)}"
+        f" (got {media or 'no Content-Type'}); with curl add"
+        " -H 'Content-Type: application/json'",
+        allowed=list(allowed),
+    )
 
 
 async def read_body(req: falcon.asgi.Request, max_bytes: int,

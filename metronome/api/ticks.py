@@ -9,6 +9,8 @@ stamped on every document as ``site.id``.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import falcon
@@ -106,21 +108,32 @@ class _TickResource:
 
 
 class Tick(_TickResource):
+    """``POST /tick``. The busy case is answered by :mod:`metronome.api.fastpath` in front
+    of Falcon, through :meth:`accept`; Falcon answers the rest (``/tick/``)."""
+
+    on_accepted: Callable[[], None] = _ACCEPTED_TICK.inc  # the fast path counts in batches
+
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         require_content_type(req, JSON_TYPES)
+        event_id = await self.accept(req, partial(read_body, req, self._settings.max_body_bytes,
+                                                  self._timeout_s))
+        resp.status = falcon.HTTP_202
+        resp.media = {"id": event_id}
+
+    async def accept(self, req: Any, body: Callable[[], Awaitable[bytes]]) -> str:
+        """Check, build and spool the tick whose body ``body()`` reads; its event id once
+        it is safe on disk. ``req`` is a Falcon request or the fast path's equivalent."""
         client_ip = self._client_ip(req)
         try:
             await self._guard.precheck_ingest(req, client_ip)
-            raw = decode_json(await read_body(req, self._settings.max_body_bytes,
-                                              self._timeout_s))
+            raw = decode_json(await body())
             access = await self._guard.ingest(req, named_sites(req, (raw,)), client_ip, 1)
             event_id = await self._spool_one(raw, req, client_ip, access.site_id)
         except MetronomeError as exc:
             metrics.REJECTED.labels(exc.code).inc()
             raise
-        _ACCEPTED_TICK.inc()
-        resp.status = falcon.HTTP_202
-        resp.media = {"id": event_id}
+        self.on_accepted()
+        return event_id
 
 
 class Pixel(_TickResource):

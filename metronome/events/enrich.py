@@ -72,14 +72,15 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
         return None
 
 
+@lru_cache(maxsize=8192)
 def client_address(
-    peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]
+    peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]
 ) -> str | None:
     """The client's address: the direct peer, unless that peer is a trusted proxy.
 
     Behind trusted proxies, ``X-Forwarded-For`` is read right to left and the first address
     that is not itself a trusted proxy is the client. Addresses a client could forge (those
-    left of an untrusted hop) are never believed.
+    left of an untrusted hop) are never believed. (Cached: every request asks.)
     """
     peer_ip = _parse_ip(peer) if peer else None
     if peer_ip is None:
