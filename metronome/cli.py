@@ -64,6 +64,8 @@ def serve(host: str | None, port: int | None, workers: int | None, no_shipper: b
             [sys.executable, "-m", "metronome", "worker"],
             env={**os.environ, "METRONOME_SHIPPER_PARENT": str(os.getpid())},
         )
+        if settings.shipper_nice:
+            os.setpriority(os.PRIO_PROCESS, shipper.pid, settings.shipper_nice)
     try:
         run_server(settings)
     finally:

@@ -224,6 +224,9 @@ SETTINGS: tuple[Setting, ...] = (
             _int(1 << 12, 1 << 30)),
     Setting("ship_poll_ms", "50", "How often an idle shipper looks for new events.",
             _int(1, 60_000)),
+    Setting("shipper_nice", "10",
+            "CPU priority `serve` lowers its shipper by (0 to 19): under a burst, answering"
+            " ticks comes first and the backlog drains after.", _int(0, 19)),
     Setting("ship_backoff_max_s", "30", "Longest wait between retries of a failed bulk write.",
             _int(1, 3600)),
     Setting(
@@ -323,6 +326,7 @@ class Settings:
     ship_batch_docs: int
     ship_batch_bytes: int
     ship_poll_ms: int
+    shipper_nice: int
     ship_backoff_max_s: int
     trusted_proxies: tuple[Network, ...]
     client_ip: str

@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from elastic_transport import ConnectionError as TransportConnectionError
-from elastic_transport import ConnectionTimeout
+from elastic_transport import ConnectionTimeout, OrjsonSerializer
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError
 
 from metronome.config import Settings
@@ -39,6 +40,7 @@ from metronome.store.templates import Template, load_templates
 __all__ = ["ElasticsearchStore", "answering", "compile_report", "index_day_ms", "index_name"]
 
 _UNREACHABLE = (TransportConnectionError, ConnectionTimeout)
+_BULK_FILTER = "errors,items.*.status,items.*.error"  # what write() reads of the answer
 _COMPOSITE_PAGE = 1000  # groups per search while reading a whole result
 _DELETE_ROUND = 5000  # ids per search-and-delete round
 
@@ -146,6 +148,7 @@ class ElasticsearchStore:
         self._prefix = settings.index_prefix
         self._client = AsyncElasticsearch(
             settings.elasticsearch_url,
+            serializer=OrjsonSerializer(),
             request_timeout=settings.elasticsearch_timeout_s,
             max_retries=2,
             retry_on_timeout=True,
@@ -241,13 +244,17 @@ class ElasticsearchStore:
     async def write(self, documents: Sequence[Document]) -> list[WriteOutcome]:
         if not documents:
             return []
-        operations: list[dict[str, Any]] = []
+        # the NDJSON body is built here with orjson (the client would encode every line
+        # with the json module), and only the status and error of each item come back
+        lines: list[bytes] = []
         for doc in documents:
             index = index_name(self._prefix, doc.dataset, doc.timestamp_ms)
-            operations.append({"create": {"_index": index, "_id": doc.id}})
-            operations.append(doc.source)
+            lines.append(orjson.dumps({"create": {"_index": index, "_id": doc.id}}))
+            lines.append(orjson.dumps(doc.source))
+        lines.append(b"")
         with answering("the bulk request"):
-            resp = await self._client.bulk(operations=operations)
+            resp = await self._client.bulk(operations=b"\n".join(lines),  # type: ignore[arg-type]
+                                           filter_path=_BULK_FILTER)
         outcomes = []
         for doc, item in zip(documents, resp["items"], strict=True):
             result = item["create"]
