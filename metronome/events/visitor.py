@@ -26,6 +26,7 @@ from pathlib import Path
 __all__ = ["VisitorIds"]
 
 _DAY_MS = 86_400_000
+_RECENT_MAX = 4096
 KEEP_DAYS = 2  # today and yesterday: late events of yesterday still get yesterday's salt
 
 
@@ -36,6 +37,8 @@ class VisitorIds:
         self._dir = Path(data_dir) / "salts"
         self._salts: dict[int, bytes] = {}
         self._lock = threading.Lock()
+        # the last ids computed: a visitor sends many ticks (bounded; cleared when full)
+        self._recent: dict[tuple[int, str, str, str | None], str] = {}
 
     def visitor_id(self, timestamp_ms: int, address: str | None, user_agent: str | None,
                    scope: str = "") -> str | None:
@@ -45,14 +48,21 @@ class VisitorIds:
         if not address:
             return None
         day = timestamp_ms // _DAY_MS
+        key = (day, scope, address, user_agent)
+        known = self._recent.get(key)
+        if known is not None:
+            return known
         salt = self._salts.get(day)
         if salt is None:
             salt = self._salt(day)
         digest = hashlib.blake2b(
             b"\x00".join((scope.encode(), address.encode(), (user_agent or "").encode())),
             key=salt, digest_size=12,
-        )
-        return digest.hexdigest()
+        ).hexdigest()
+        if len(self._recent) >= _RECENT_MAX:
+            self._recent.clear()
+        self._recent[key] = digest
+        return digest
 
     def _salt(self, day: int) -> bytes:
         with self._lock:
@@ -96,6 +106,7 @@ class VisitorIds:
                 old.unlink(missing_ok=True)
         for day in [d for d in self._salts if _day_name(d) not in keep]:
             del self._salts[day]
+        self._recent.clear()  # ids of a deleted day's salt are forgotten with it
 
 
 def _day_name(day: int) -> str:
