@@ -46,6 +46,16 @@ def test_server_adds_client_address_and_parsed_user_agent(backend: Backend, item
     }
 
 
+def test_repeated_forwarded_for_lines_read_as_one_list(backend: Backend, item: str) -> None:
+    """Proxies may each add their own X-Forwarded-For line: they join in order, so the
+    last untrusted hop is still the client (not whichever line came last)."""
+    resp = backend.client.post("/tick", json={"id": item},
+                               headers=[("X-Forwarded-For", "198.51.100.7, 203.0.113.9"),
+                                        ("X-Forwarded-For", "127.0.0.2")])
+    assert resp.status_code == 202
+    assert backend.fetch(resp.json()["id"])["client"] == {"ip": "203.0.113.9"}
+
+
 def test_client_country_comes_from_the_bundled_offline_database(backend: Backend,
                                                                 item: str) -> None:
     uk = backend.client.post("/tick", json={"id": item},

@@ -82,11 +82,14 @@ class _Request:
 def _headers(scope: dict[str, Any]) -> dict[str, str]:
     """Header names (ASGI gives them lower-case) to values; repeated headers joined by
     commas, as Falcon joins them."""
-    headers: dict[str, str] = {}
-    for name, value in scope["headers"]:
-        key = name.decode("latin-1")
-        text = value.decode("latin-1")
-        headers[key] = f"{headers[key]},{text}" if key in headers else text
+    raw = scope["headers"]
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
+    if len(headers) != len(raw):  # a repeated header: join its values in order
+        headers = {}
+        for name, value in raw:
+            key = name.decode("latin-1")
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]},{text}" if key in headers else text
     return headers
 
 
