@@ -33,7 +33,7 @@ from metronome.events.visitor import VisitorIds
 from metronome.pipeline import Pipeline, metrics
 
 from .body import decode_json, read_body, require_content_type, single_params
-from .guard import Guard, named_sites
+from .guard import Access, Guard, named_sites
 
 __all__ = ["PIXEL_GIF", "Pixel", "Tick", "Ticks"]
 
@@ -64,17 +64,20 @@ class _TickResource:
         return client_address(req.remote_addr, req.get_header("X-Forwarded-For"),
                               self._settings.trusted_proxies)
 
-    async def _info(self, req: falcon.asgi.Request, client_ip: str | None, site_id: str
+    async def _info(self, req: falcon.asgi.Request, client_ip: str | None, access: Access
                     ) -> RequestInfo:
         """The request's facts for its ticks: the visitor id is per site and per day, and
         the address is kept only as the site and ``METRONOME_CLIENT_IP`` allow."""
         received_ms = int(time.time() * 1000)
         user_agent = req.user_agent
+        site_id = access.site_id
+        policy = (self._settings.client_ip if access.via == "open"
+                  else await self._address_policy(site_id))
         return RequestInfo(
             received_ms=received_ms, client_ip=client_ip, user_agent=user_agent,
             site_id=site_id,
             visitor_id=self._visitors.visitor_id(received_ms, client_ip, user_agent, site_id),
-            stored_ip=stored_address(client_ip, await self._address_policy(site_id)),
+            stored_ip=stored_address(client_ip, policy),
         )
 
     async def _address_policy(self, site_id: str) -> str:
@@ -90,9 +93,9 @@ class _TickResource:
         return "truncate" if policy == "drop" else policy
 
     async def _spool_one(self, raw: Any, req: falcon.asgi.Request, client_ip: str | None,
-                         site_id: str) -> str:
+                         access: Access) -> str:
         """Build one tick and spool it; its event id once it is safe on disk."""
-        document = self._build(raw, await self._info(req, client_ip, site_id))
+        document = self._build(raw, await self._info(req, client_ip, access))
         (outcome,) = await self._pipeline.ingest([document])
         if not outcome.ok:
             if outcome.retriable:
@@ -128,7 +131,7 @@ class Tick(_TickResource):
             await self._guard.precheck_ingest(req, client_ip)
             raw = decode_json(await body())
             access = await self._guard.ingest(req, named_sites(req, (raw,)), client_ip, 1)
-            event_id = await self._spool_one(raw, req, client_ip, access.site_id)
+            event_id = await self._spool_one(raw, req, client_ip, access)
         except MetronomeError as exc:
             metrics.REJECTED.labels(exc.code).inc()
             raise
@@ -151,7 +154,7 @@ class Pixel(_TickResource):
                 raw["url"] = req.referer
             access = await self._guard.ingest(req, named_sites(req), client_ip, 1,
                                               origin_optional=True)
-            await self._spool_one(raw, req, client_ip, access.site_id)
+            await self._spool_one(raw, req, client_ip, access)
         except MetronomeError as exc:
             metrics.REJECTED.labels(exc.code).inc()
             raise
@@ -198,7 +201,7 @@ class Ticks(_TickResource):
         if not items:
             raise BadRequest("the batch holds no ticks")
         access = await self._guard.ingest(req, named_sites(req, items), client_ip, len(items))
-        info = await self._info(req, client_ip, access.site_id)
+        info = await self._info(req, client_ip, access)
         ids: list[str | None] = [None] * len(items)
         rejected: list[dict[str, Any]] = []
         documents: list[Document] = []
