@@ -102,7 +102,7 @@ class _Timing:
 
 async def _metronome_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
                            ex: MetronomeError, params: dict[str, Any]) -> None:
-    resp.status, resp.media, headers = error_answer(ex)
+    resp.status, resp.media, headers = error_answer(ex, req.path)
     for name, value in headers.items():
         resp.set_header(name, value)
 

@@ -36,10 +36,11 @@ _INTERNAL = {"error": "internal_error",
              "message": "Metronome failed to answer; the server log has the details"}
 
 
-def error_answer(ex: MetronomeError) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """An error's HTTP status, JSON body and headers (Falcon's handler uses it too)."""
+def error_answer(ex: MetronomeError, path: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """An error's HTTP status, JSON body and headers (Falcon's handler uses it too);
+    server-side failures are logged."""
     if ex.http_status >= 500:
-        log.warning("request_failed error=%s message=%s", ex.code, ex.message)
+        log.warning("request_failed path=%s error=%s message=%s", path, ex.code, ex.message)
     return ex.http_status, ex.to_dict(), ex.headers()
 
 
@@ -164,7 +165,7 @@ class FastIngest:
         except _Disconnected:
             pass
         except MetronomeError as exc:
-            status, body, headers = error_answer(exc)
+            status, body, headers = error_answer(exc, req.path)
             await self._answer(send, status, orjson.dumps(body), req, headers)
         except Exception:  # answered like Falcon's handler for the unexpected
             log.exception("unexpected_error method=POST path=/tick")
