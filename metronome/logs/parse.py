@@ -627,7 +627,21 @@ def compile_format(name_or_nginx_log_format: str) -> LineParser:
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-_sha256 = hashlib.sha256
+try:  # CPython's own SHA-256: for ~30-byte keys a third faster than OpenSSL's (no EVP setup)
+    from _sha256 import sha256 as _sha256  # Python 3.11
+except ImportError:  # pragma: no cover - other versions and interpreters
+    try:
+        from _sha2 import sha256 as _sha256  # Python 3.12+
+    except ImportError:
+        _sha256 = hashlib.sha256
+
+# Document is a frozen dataclass with slots: its generated __init__ sets each of the four
+# fields through object.__setattr__ (about 0.8 microseconds). build_log_document makes the
+# same instance by setting the slots through their descriptors instead, in half the time.
+_set_id = Document.id.__set__  # type: ignore[attr-defined]
+_set_timestamp_ms = Document.timestamp_ms.__set__  # type: ignore[attr-defined]
+_set_dataset = Document.dataset.__set__  # type: ignore[attr-defined]
+_set_source = Document.source.__set__  # type: ignore[attr-defined]
 
 # Documents share the objects below (never mutated, like ticks' user_agent objects): in
 # real logs targets, clients, referrers and agents repeat, and making a dict costs about
@@ -683,16 +697,30 @@ def _agent(user_agent: str) -> tuple[dict[str, Any], bool]:
 
 
 @lru_cache(maxsize=65536)
-def _source_fields(remote_addr: str) -> dict[str, str] | None:
-    address = client_address(remote_addr, None, ())
-    return None if address is None else {"ip": address}
+def _client_fields(address: str) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """``(source object, client object or None)`` of a client address (as
+    :func:`client_address` answers it): ``{"ip": ...}`` and ``{"geo":
+    {"country_iso_code": ...}}`` from the bundled offline database."""
+    country = country_iso_code(address)
+    return {"ip": address}, (None if country is None
+                             else {"geo": {"country_iso_code": country}})
+
+
+_NO_CLIENT: tuple[None, None] = (None, None)
 
 
 @lru_cache(maxsize=65536)
-def _client_geo(address: str) -> dict[str, Any] | None:
-    """``{"geo": {"country_iso_code": ...}}`` from the bundled offline database, or None."""
-    country = country_iso_code(address)
-    return None if country is None else {"geo": {"country_iso_code": country}}
+def _remote_fields(remote_addr: str) -> tuple[dict[str, str] | None, dict[str, Any] | None]:
+    """``(source object, client object)`` of ``$remote_addr`` as logged (no proxies);
+    both None when it is not an address."""
+    address = client_address(remote_addr, None, ())
+    return _NO_CLIENT if address is None else _client_fields(address)
+
+
+@lru_cache(maxsize=256)
+def _site(site_id: str) -> dict[str, str]:
+    """The ``site`` object of a site id (shared between documents: never mutated)."""
+    return {"id": site_id}
 
 
 @lru_cache(maxsize=4096)
@@ -750,9 +778,10 @@ def build_log_document(
         "dataset": EVENT_DATASET,
         "ingested": format_timestamp(received_ms),
     }
-    entry = _targets.get(parsed.target)
+    target = parsed.target
+    entry = _targets.get(target)
     if entry is None or entry[0] is not rules:
-        entry = _target_fields(parsed.target, rules)
+        entry = _target_fields(target, rules)
     _, url, action, item = entry
     method = parsed.method
     referrer = parsed.referrer
@@ -763,8 +792,14 @@ def build_log_document(
         request, referrer_object = _referrer_fields(referrer)
         if method != "GET":
             request = {"method": method, "referrer": referrer}
-    response: dict[str, Any] = {"status_code": parsed.status}
-    http: dict[str, Any] = {"request": request, "response": response}
+    body_bytes = parsed.body_bytes
+    response: dict[str, Any] = (
+        {"status_code": parsed.status} if body_bytes is None
+        else {"status_code": parsed.status, "body": {"bytes": body_bytes}})
+    protocol = parsed.protocol
+    http: dict[str, Any] = (
+        {"request": request, "response": response} if protocol is None
+        else {"request": request, "response": response, "version": protocol[5:]})
     source: dict[str, Any] = {
         "@timestamp": timestamp,
         "@version": "1",
@@ -772,40 +807,43 @@ def build_log_document(
         "http": http,
         "url": url,
         "bot": False,
-        "site": {"id": site_id},
+        "site": _site(site_id),
     }
     if action is not None:
         event["action"] = action
         source["item"] = item
-    if parsed.host is not None and "domain" not in url:
-        domain = _domain(parsed.host)
+    host = parsed.host
+    if host is not None and "domain" not in url:
+        domain = _domain(host)
         if domain is not None:
             source["url"] = {**url, "domain": domain}
-    if parsed.protocol is not None:
-        http["version"] = parsed.protocol[5:]
-    if parsed.body_bytes is not None:
-        response["body"] = {"bytes": parsed.body_bytes}
-    if parsed.request_time is not None:
-        event["duration"] = round(parsed.request_time * 1_000_000_000)
-    if parsed.remote_addr is not None:
+    request_time = parsed.request_time
+    if request_time is not None:
+        event["duration"] = round(request_time * 1_000_000_000)
+    remote_addr = parsed.remote_addr
+    if remote_addr is not None:
         if parsed.forwarded_for is None or not trusted_proxies:
-            address = _source_fields(parsed.remote_addr)
+            address, client = _remote_fields(remote_addr)
         else:
-            client = client_address(parsed.remote_addr, parsed.forwarded_for,
-                                    trusted_proxies)
-            address = None if client is None else {"ip": client}
+            ip = client_address(remote_addr, parsed.forwarded_for, trusted_proxies)
+            address, client = _NO_CLIENT if ip is None else _client_fields(ip)
         if address is not None:
             source["source"] = address
-            country = _client_geo(address["ip"])
-            if country is not None:
-                source["client"] = country
+            if client is not None:
+                source["client"] = client
     if referrer_object is not None:
         source["referrer"] = referrer_object
-    if parsed.user_agent is not None:
-        source["user_agent"], source["bot"] = _agent(parsed.user_agent)
+    user_agent = parsed.user_agent
+    if user_agent is not None:
+        source["user_agent"], source["bot"] = _agent(user_agent)
     if visitors is not None and "source" in source:
-        visitor = visitors.visitor_id(timestamp_ms, source["source"]["ip"], parsed.user_agent,
+        visitor = visitors.visitor_id(timestamp_ms, source["source"]["ip"], user_agent,
                                       site_id)
         if visitor is not None:
             source["visitor"] = {"id": visitor}
-    return Document(event_id, timestamp_ms, DATASET, source)
+    document = _new(Document)  # see _set_id: what Document(...) makes, twice as fast
+    _set_id(document, event_id)
+    _set_timestamp_ms(document, timestamp_ms)
+    _set_dataset(document, DATASET)
+    _set_source(document, source)
+    return document
