@@ -36,9 +36,9 @@ A request line may lack the HTTP version (``GET /``). ``-`` means "none" everywh
 
 :func:`build_log_document` turns a :class:`ParsedLine` into a :class:`Document` of
 dataset ``logs``. The hot path is one regex match per line plus lookups in bounded caches
-(times per distinct ``$time_local``, request targets with their URL rule, clients,
-referrers, user agents), so ``combined`` lines become documents at about 100,000 a second
-on one core (``python -m benchmarks.parse``).
+(times per distinct ``$time_local``, request lines, request targets with their URL rule,
+clients, referrers, user agents), so ``combined`` lines become documents at 100,000 a
+second or more on one core (``python -m benchmarks.parse``).
 """
 
 from __future__ import annotations
@@ -136,9 +136,11 @@ class ParsedLine:
 # A frozen dataclass's __init__ sets each of ParsedLine's 16 fields through
 # object.__setattr__: about 2 microseconds, a fifth of the budget at 100,000 lines/s. The
 # text parsers install a dict holding exactly the fields as the instance's __dict__ in one
-# call instead; the instance is the same (equal, hashable, frozen against assignment).
+# call instead (through the class's __dict__ descriptor, skipping the attribute lookup
+# of object.__setattr__); the instance is the same (equal, hashable, frozen against
+# assignment).
 _new = object.__new__
-_set = object.__setattr__
+_set_dict = ParsedLine.__dict__["__dict__"].__set__
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +308,7 @@ def _split_request(request: str) -> tuple[str, str, str | None] | None:
     return method, target, protocol
 
 
-_REQUESTS = _Memo(_split_request, 65_536)
+_REQUESTS = _Memo(_split_request, 16_384)
 
 
 def _target_parts(target: str) -> tuple[str | None, str | None, str | None]:
@@ -506,7 +508,7 @@ class _TextParser(LineParser):
         elif "\\" in agent:
             agent = _unescape(agent)
         parsed = _new(ParsedLine)  # see _new: what ParsedLine(...) makes, 5x faster
-        _set(parsed, "__dict__", {
+        _set_dict(parsed, {
             "line": text,
             "timestamp_ms": timestamp_ms,
             "time": time_text,
