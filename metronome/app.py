@@ -30,6 +30,7 @@ from metronome.api.tock import Tock
 from metronome.api.tracker import Script
 from metronome.config import Settings
 from metronome.errors import MetronomeError, StoreUnavailable
+from metronome.heap import settle
 from metronome.pipeline import Pipeline, metrics
 from metronome.sites.cache import RegistryCache
 from metronome.sites.registry import open_registry
@@ -68,6 +69,7 @@ class _Lifespan:
                 if change.action != "unchanged":
                     log.info("schema_installed name=%s action=%s", change.name, change.action)
         await self._guard.start()
+        settle()  # what the worker holds from now on is out of the collector's way
 
     async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
         self._pipeline.close()

@@ -11,6 +11,7 @@ from typing import Any
 
 from metronome.config import Settings
 from metronome.errors import StoreUnavailable
+from metronome.heap import settle
 from metronome.pipeline.shipper import Shipper, ShipperStats
 from metronome.store import open_store
 
@@ -87,6 +88,7 @@ async def run_worker(settings: Settings, *, drain: bool = False,
         retention = None
         if settings.retention and not drain:
             retention = loop.create_task(_retention_loop(settings, store, stop))
+        settle()  # the shipper's long-lived objects, out of the collector's way
         try:
             stats = await Shipper(settings, store).run(stop, drain=drain)
         finally:
