@@ -39,6 +39,8 @@ import httpx
 import orjson
 
 from benchmarks import _common as C
+from metronome.sites.cache import CACHE_FILE
+from metronome.sites.model import Snapshot
 
 NAME = "memory"
 GOAL_GROWTH_MB = 10.0
@@ -142,6 +144,10 @@ def run_contender(label: str, args: Any, bodies: list[bytes], log_dir: Any) -> d
             extra = ["--no-shipper"]
         else:  # nothing listens there: Elasticsearch is down
             env["METRONOME_ELASTICSEARCH_URL"] = f"http://127.0.0.1:{C.free_port()}"
+            # as in any deployment that has seen its store once: the sites and keys (none)
+            # are known from the copy a worker saves in the data directory; a brand-new
+            # data directory with the store down refuses ingest until it can read them
+            (data_dir / CACHE_FILE).write_bytes(orjson.dumps(Snapshot.empty().to_dict()))
         server = C.metronome_server(log_dir, data_dir, workers=args.workers, args=extra,
                                     env=env, name=label)
     checkpoints = []
