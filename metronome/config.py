@@ -224,7 +224,7 @@ SETTINGS: tuple[Setting, ...] = (
             _int(1 << 12, 1 << 30)),
     Setting("ship_poll_ms", "50", "How often an idle shipper looks for new events.",
             _int(1, 60_000)),
-    Setting("shipper_nice", "10",
+    Setting("shipper_nice", "5",
             "CPU priority `serve` lowers its shipper by (0 to 19): under a burst, answering"
             " ticks comes first and the backlog drains after.", _int(0, 19)),
     Setting("ship_backoff_max_s", "30", "Longest wait between retries of a failed bulk write.",
