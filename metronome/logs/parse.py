@@ -46,7 +46,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -767,7 +767,7 @@ def build_log_document(
     source_id: str | None,
     offset: int | None,
     rules: UrlRules,
-    trusted_proxies: Sequence[Network],
+    trusted_proxies: tuple[Network, ...],
     received_ms: int,
     visitors: VisitorIds | None = None,
     site_id: str = DEFAULT_SITE,

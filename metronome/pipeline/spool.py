@@ -183,11 +183,15 @@ class SpoolWriter:
             self._commit(loop)
         await waiter
 
-    def _commit(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Write everything pending as one group and hand its sync to the helper thread."""
+    def _take_group(self) -> tuple[bytes, list[asyncio.Future[None]]]:
         data = b"".join(self._pending)
         waiters = self._waiters
         self._pending, self._waiters = [], []
+        return data, waiters
+
+    def _commit(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write everything pending as one group and hand its sync to the helper thread."""
+        data, waiters = self._take_group()
         try:
             before = self._write(data)
         except OSError as exc:
@@ -205,12 +209,7 @@ class SpoolWriter:
     def _sync(self, loop: asyncio.AbstractEventLoop, fd: int, before: int, size: int,
               waiters: list[asyncio.Future[None]]) -> None:
         """On the helper thread: fdatasync, then tell the loop."""
-        try:
-            os.fdatasync(fd)
-        except OSError as exc:
-            error: OSError | None = exc
-        else:
-            error = None
+        error = _fdatasync(fd)
         try:
             loop.call_soon_threadsafe(self._synced, fd, before, size, waiters, error)
         except RuntimeError:  # the loop closed (shutdown): nobody waits any more
@@ -218,7 +217,8 @@ class SpoolWriter:
 
     def _synced(self, fd: int, before: int, size: int, waiters: list[asyncio.Future[None]],
                 error: OSError | None) -> None:
-        """On the loop: answer the group, then commit whatever came meanwhile."""
+        """On the loop: answer the group, then commit whatever came meanwhile (also how
+        :meth:`close` answers its last group, when nothing can come any more)."""
         self._syncing = False
         if error is None:
             self._total_cache = (self._total_cache[0], self._total_cache[1] + size)
@@ -270,13 +270,15 @@ class SpoolWriter:
         return before
 
     def _undo(self, fd: int, before: int) -> None:
-        """Never leave half a group behind records that come later."""
+        """Never leave half a group behind records that come later. (A segment closed
+        meanwhile is sealed: the shipper cuts a torn tail there itself.)"""
+        if fd != self._fd:
+            return
         try:
             os.ftruncate(fd, before)
             self._size = before
         except OSError:
-            if fd == self._fd:
-                self._close_segment()  # the shipper will cut the torn tail when sealed
+            self._close_segment()  # the shipper will cut the torn tail when sealed
 
     def close(self) -> None:
         """Finish the running sync, then write and sync what is still pending."""
@@ -284,23 +286,25 @@ class SpoolWriter:
             self._syncer.shutdown(wait=True)
             self._syncer = None
         if self._pending:
-            waiters = self._waiters
-            data = b"".join(self._pending)
-            self._pending, self._waiters = [], []
+            data, waiters = self._take_group()
             try:
                 before = self._write(data)
-                try:
-                    os.fdatasync(self._fd)  # type: ignore[arg-type]
-                except OSError:
-                    self._undo(self._fd, before)  # type: ignore[arg-type]
-                    raise
             except OSError as exc:
                 _fail(waiters, exc)
             else:
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
+                fd = self._fd
+                assert fd is not None
+                self._synced(fd, before, len(data), waiters, _fdatasync(fd))
         self._close_segment()
+
+
+def _fdatasync(fd: int) -> OSError | None:
+    """Sync ``fd``'s data; the error instead of raising it."""
+    try:
+        os.fdatasync(fd)
+    except OSError as exc:
+        return exc
+    return None
 
 
 def _fail(waiters: list[asyncio.Future[None]], exc: OSError) -> None:

@@ -88,7 +88,9 @@ async def run_worker(settings: Settings, *, drain: bool = False,
         retention = None
         if settings.retention and not drain:
             retention = loop.create_task(_retention_loop(settings, store, stop))
-        settle()  # the shipper's long-lived objects, out of the collector's way
+        # the shipper's long-lived objects, out of the collector's way; it builds events
+        # only for the forward input
+        settle(enrichment=forward is not None)
         try:
             stats = await Shipper(settings, store).run(stop, drain=drain)
         finally:
