@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from datetime import UTC, datetime
@@ -82,6 +83,24 @@ def test_salts_rotate_daily_and_old_ones_are_deleted(tmp_path: Path) -> None:
     # the salt of ten days ago was made for that import and deleted at once
     assert len(salts) <= 2 and all(len((tmp_path / "salts" / s).read_bytes()) == 32
                                    for s in salts)
+
+
+def test_a_visitor_id_is_blake2b_keyed_with_the_days_salt(tmp_path: Path) -> None:
+    """The id the module documents, so ids made before and after an upgrade on the same
+    day (and by several processes) agree."""
+    ids = VisitorIds(tmp_path)
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    first = ids.visitor_id(now_ms, "198.51.100.1", FIREFOX, scope="site-a")
+    day = datetime.fromtimestamp(now_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+    salt = (tmp_path / "salts" / day).read_bytes()
+    expected = hashlib.blake2b(f"site-a\x00198.51.100.1\x00{FIREFOX}".encode(), key=salt,
+                               digest_size=12).hexdigest()
+    assert first == expected
+    # another client: a new id from the same day's key, not a cached one
+    assert ids.visitor_id(now_ms, "198.51.100.2", FIREFOX, scope="site-a") == hashlib.blake2b(
+        f"site-a\x00198.51.100.2\x00{FIREFOX}".encode(), key=salt, digest_size=12).hexdigest()
+    assert ids.visitor_id(now_ms, "198.51.100.1", None, scope="site-a") == hashlib.blake2b(
+        b"site-a\x00198.51.100.1\x00", key=salt, digest_size=12).hexdigest()
 
 
 def test_with_sites_only_a_site_that_opted_in_stores_addresses(tmp_path: Path) -> None:

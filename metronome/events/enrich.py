@@ -154,9 +154,11 @@ def user_agent_fields(parse_text: str, original: str) -> tuple[dict[str, Any], b
     return agent, ua.is_bot
 
 
+@lru_cache(maxsize=16_384)
 def stored_address(address: str | None, policy: str) -> str | None:
     """What ``METRONOME_CLIENT_IP`` lets us store of ``address``: nothing (``drop``), its
-    network (``truncate``: IPv4 /24, IPv6 /48) or all of it (``keep``)."""
+    network (``truncate``: IPv4 /24, IPv6 /48) or all of it (``keep``). Cached: clients
+    repeat, and the truncation goes through :mod:`ipaddress`."""
     if address is None or policy == "drop":
         return None
     if policy == "keep":

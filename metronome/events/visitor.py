@@ -36,6 +36,7 @@ class VisitorIds:
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self._dir = Path(data_dir) / "salts"
         self._salts: dict[int, bytes] = {}
+        self._keyed: dict[int, hashlib.blake2b] = {}  # per day: BLAKE2b keyed with its salt
         self._lock = threading.Lock()
         # the last ids computed: a visitor sends many ticks (bounded; cleared when full)
         self._recent: dict[tuple[int, str, str, str | None], str] = {}
@@ -52,13 +53,15 @@ class VisitorIds:
         known = self._recent.get(key)
         if known is not None:
             return known
-        salt = self._salts.get(day)
-        if salt is None:
-            salt = self._salt(day)
-        digest = hashlib.blake2b(
-            b"\x00".join((scope.encode(), address.encode(), (user_agent or "").encode())),
-            key=salt, digest_size=12,
-        ).hexdigest()
+        keyed = self._keyed.get(day)
+        if keyed is None:
+            if len(self._keyed) > 8:
+                self._keyed.clear()
+            keyed = self._keyed[day] = hashlib.blake2b(key=self._salt(day), digest_size=12)
+        hasher = keyed.copy()  # the salt's key block is hashed once per day, not per id
+        hasher.update(
+            b"\x00".join((scope.encode(), address.encode(), (user_agent or "").encode())))
+        digest = hasher.hexdigest()
         if len(self._recent) >= _RECENT_MAX:
             self._recent.clear()
         self._recent[key] = digest
@@ -106,6 +109,7 @@ class VisitorIds:
                 old.unlink(missing_ok=True)
         for day in [d for d in self._salts if _day_name(d) not in keep]:
             del self._salts[day]
+        self._keyed.clear()
         self._recent.clear()  # ids of a deleted day's salt are forgotten with it
 
 

@@ -90,8 +90,9 @@ class LineConverter:
     def convert(self, text: str, source_id: str | None, offset: int | None,
                 received_ms: int) -> tuple[Document | None, ParsedLine | None]:
         """Parse and build, counting the line; rejects go to the reject file."""
-        parsed = self.parse(text)
-        if isinstance(parsed, Reject):
+        self.summary.read += 1
+        parsed = self._parser.parse(text)
+        if type(parsed) is Reject:
             self.reject(parsed, text, source_id, offset)
             return None, None
         return self.document(parsed, source_id, offset, received_ms), parsed
@@ -106,15 +107,17 @@ class LineConverter:
                                       rules=self._rules, trusted_proxies=self._trusted,
                                       received_ms=received_ms, visitors=self._visitors,
                                       site_id=self._site_id)
-        if document.source.get("bot"):
+        source = document.source
+        if source["bot"]:
             self.summary.bots += 1
-        flag_referrer_spam(document.source, self._blocklist)
-        if self._client_ip != "keep" and "source" in document.source:
-            kept = stored_address(document.source["source"]["ip"], self._client_ip)
-            if kept is None:
-                del document.source["source"]
-            else:
-                document.source["source"] = {"ip": kept}
+        if self._blocklist and "referrer" in source:
+            flag_referrer_spam(source, self._blocklist)
+        if "source" in source:
+            policy = self._client_ip
+            if policy == "drop":
+                del source["source"]
+            elif policy != "keep":
+                source["source"] = {"ip": stored_address(source["source"]["ip"], policy)}
         return document
 
     def reject(self, reject: Reject, text: str, source_id: str | None,
