@@ -67,13 +67,15 @@ def test_known_crawlers_are_bots_and_command_line_clients_are_not() -> None:
         ("2015-01-22", 1421884800000),
         (1421884800000, 1421884800000),
         ("1421884800000", 1421884800000),
+        (" 1421884800000\n", 1421884800000),
     ],
 )
 def test_timestamps_are_iso_8601_or_epoch_milliseconds(value: object, ms: int) -> None:
     assert parse_timestamp(value) == ms
 
 
-@pytest.mark.parametrize("value", [True, "soon", float("nan"), {"a": 1}])
+@pytest.mark.parametrize("value", [True, "soon", float("nan"), {"a": 1},
+                                   "\x1c3", "\u0663", "3\x85"])
 def test_bad_timestamps_name_the_field(value: object) -> None:
     with pytest.raises(InvalidField) as err:
         parse_timestamp(value)

@@ -100,6 +100,11 @@ def _string(raw: dict[str, Any], key: str, limits: Limits, *, max_length: int | 
     return value or None
 
 
+# epoch milliseconds as text: ASCII digits and spaces only (re's \s and \d would also let
+# through characters float() refuses, such as "\x1c")
+_EPOCH_TEXT = re.compile(r"[ \t\r\n]*-?[0-9]+(?:\.[0-9]+)?[ \t\r\n]*")
+
+
 def parse_timestamp(value: Any, field: str = "ts") -> int:
     """ISO 8601 text or epoch milliseconds (a number or digits) to epoch milliseconds.
 
@@ -107,7 +112,7 @@ def parse_timestamp(value: Any, field: str = "ts") -> int:
     """
     if isinstance(value, bool):
         raise InvalidField(f"'{field}' must be ISO 8601 text or epoch milliseconds", field=field)
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+(\.\d+)?\s*", value):
+    if isinstance(value, str) and _EPOCH_TEXT.fullmatch(value):
         value = float(value)
     if isinstance(value, int | float):
         if not math.isfinite(value):
