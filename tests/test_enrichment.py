@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from metronome.errors import InvalidField
+from metronome.events.document import format_timestamp, new_event_id
 from metronome.events.enrich import client_address, parse_user_agent, referrer_keys
 from metronome.events.tick import parse_timestamp
 from metronome.reports.timebuckets import bucket_label, bucket_starts
@@ -87,3 +88,26 @@ def test_days_in_a_zone_with_a_half_hour_offset_start_at_local_midnight() -> Non
     starts = bucket_starts(1421884800000, 1421884800000 + 86400000, "day", tz)
     assert [bucket_label(s, "day", tz) for s in starts] == ["2015-01-22", "2015-01-23"]
     assert starts[0] == 1421884800000 - 5.5 * 3600 * 1000
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [
+        (0, "1970-01-01T00:00:00.000Z"),
+        (1421884800007, "2015-01-22T00:00:00.007Z"),
+        (1421884800999, "2015-01-22T00:00:00.999Z"),
+        (1421884801000, "2015-01-22T00:00:01.000Z"),
+        (-1, "1969-12-31T23:59:59.999Z"),
+    ],
+)
+def test_timestamps_are_written_as_logstash_does(ms: int, text: str) -> None:
+    assert format_timestamp(ms) == text
+    assert format_timestamp(ms) == text  # the second time from the per-second memo
+
+
+def test_event_ids_are_the_millisecond_then_80_random_bits_and_sort_by_time() -> None:
+    first, second = new_event_id(1421884800007), new_event_id(1421884800008)
+    assert len(first) == 32 and int(first, 16) >= 0
+    assert first.startswith(f"{1421884800007:012x}") and second.startswith(f"{1421884800008:012x}")
+    assert first < second
+    assert len({new_event_id(0) for _ in range(1000)}) == 1000

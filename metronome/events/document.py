@@ -6,7 +6,6 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from functools import lru_cache
 from typing import Any
 
 __all__ = ["Document", "format_timestamp", "new_event_id", "parse_iso", "parse_iso_ms"]
@@ -33,14 +32,29 @@ def new_event_id(now_ms: int | None = None) -> str:
     the OS and reseeded in every forked worker process.
     """
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    return f"{ms & 0xFFFFFFFFFFFF:012x}{random.getrandbits(80):020x}"
+    # one 128-bit number written as 16 bytes in hex: the same text as formatting the two
+    # parts with {:012x}{:020x}, in a third of the time (every tick makes one)
+    return (((ms & 0xFFFFFFFFFFFF) << 80) | _random_bits(80)).to_bytes(16, "big").hex()
 
 
-@lru_cache(maxsize=1024)
+_random_bits = random.getrandbits
+
+
 def format_timestamp(ms: int) -> str:
     """Epoch milliseconds as ISO 8601 UTC with milliseconds, as Logstash writes them."""
     seconds, millis = divmod(ms, 1000)
-    return f"{datetime.fromtimestamp(seconds, tz=UTC).isoformat()[:19]}.{millis:03d}Z"
+    prefix = _SECOND_TEXT.get(seconds)
+    if prefix is None:
+        prefix = datetime.fromtimestamp(seconds, tz=UTC).isoformat()[:19]
+        if len(_SECOND_TEXT) >= 4096:
+            _SECOND_TEXT.clear()
+        _SECOND_TEXT[seconds] = prefix
+    return f"{prefix}.{millis:03d}Z"
+
+
+# "YYYY-MM-DDTHH:MM:SS" per epoch second: every tick formats two times (the event's and
+# its arrival), nearly always in a second already seen; formatting one costs ~2.7 us
+_SECOND_TEXT: dict[int, str] = {}
 
 
 def parse_iso(text: str, default_tz: tzinfo = UTC) -> datetime | None:
