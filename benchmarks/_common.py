@@ -410,6 +410,24 @@ def wrk_version() -> str | None:
     return first[0] if first else None
 
 
+def connections_per_process(port: int) -> list[int] | None:
+    """How many established connections to ``port`` each server process holds, most
+    first (``ss``, from iproute2); None where ``ss`` is missing. Workers sharing one
+    listening socket do not share keep-alive connections evenly, and throughput follows."""
+    ss = shutil.which("ss")
+    if ss is None:
+        return None
+    try:
+        out = subprocess.run([ss, "-tnpH", "state", "established", "sport", f"= :{port}"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    counts: dict[str, int] = {}
+    for pid in re.findall(r"pid=(\d+)", out):
+        counts[pid] = counts.get(pid, 0) + 1
+    return sorted(counts.values(), reverse=True)
+
+
 def run_wrk(url: str, path: str, body: bytes, *, duration: float, connections: int,
             threads: int, expect: str | None = None, timeout_s: float = 10.0) -> dict[str, Any]:
     """One wrk run POSTing ``body`` to ``url + path``; fails loudly on any bad answer."""

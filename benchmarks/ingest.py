@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import sys
+import threading
 import time
 from typing import Any
 
@@ -79,10 +80,19 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
     load_at_start = C.loadavg()
 
     def one_run(label: str, seconds: float) -> dict[str, Any]:
-        stats = C.run_wrk(servers[label].url, path, body, duration=seconds,
-                          connections=args.connections, threads=args.threads,
-                          expect=expects[label])
+        spread: list[list[int] | None] = []
+        sampler = threading.Timer(  # midway through: how wrk's connections are spread
+            seconds / 2, lambda: spread.append(C.connections_per_process(servers[label].port)))
+        sampler.start()
+        try:
+            stats = C.run_wrk(servers[label].url, path, body, duration=seconds,
+                              connections=args.connections, threads=args.threads,
+                              expect=expects[label])
+        finally:
+            sampler.cancel()
+            sampler.join()
         acked[label] += stats["ok"]
+        stats["connections_per_worker"] = spread[0] if spread else None
         return stats
 
     try:
@@ -99,10 +109,13 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
                 "requests_per_s": round(stats["requests_per_s"], 1),
                 "events_per_s": round(stats["requests_per_s"] * events_per_request, 1),
                 "latency_ms": {k: round(v / 1000, 3) for k, v in stats["latency_us"].items()},
+                "connections_per_worker": stats["connections_per_worker"],
             })
             print(f"  round {round_no} {label:9} {stats['requests_per_s']:10.1f} req/s"
                   f"  {stats['requests_per_s'] * events_per_request:10.1f} events/s"
-                  f"  p99 {stats['latency_us']['p99'] / 1000:.1f} ms", file=sys.stderr)
+                  f"  p99 {stats['latency_us']['p99'] / 1000:.1f} ms"
+                  f"  connections per worker {stats['connections_per_worker']}",
+                  file=sys.stderr)
         for label, server in servers.items():
             if not server.alive():
                 raise C.BenchmarkError(f"{label} died during the run:\n{server.log_tail()}")
