@@ -43,9 +43,13 @@ def main() -> None:
               help="Only spool; run `metronome worker` separately to ship to the store.")
 def serve(host: str | None, port: int | None, workers: int | None, no_shipper: bool) -> None:
     """Run the HTTP API (gunicorn with uvicorn workers) and the shipper."""
-    from metronome.server import run_server
+    from metronome.server import PortInUse, ensure_port_free, run_server
 
     settings = _settings(host=host, port=port, workers=workers)
+    try:
+        ensure_port_free(settings.host, settings.port)
+    except PortInUse as exc:
+        raise click.ClickException(str(exc)) from None
     _multiprocess_metrics(settings)
     # the workers read their settings from the environment: pass the CLI's choices on
     os.environ["METRONOME_HOST"] = settings.host
