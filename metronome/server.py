@@ -32,6 +32,12 @@ class MetronomeWorker(UvicornWorker):  # type: ignore[misc]
                               "limit_concurrency": settings.max_connections or None}
         super().__init__(*args, **kwargs)
 
+    def run(self) -> None:
+        # with a socket per worker the arbiter holds none, and logs "Listening at: " empty
+        self.log.info("Listening at: %s (worker %s)",
+                      ",".join(str(listener) for listener in self.sockets), self.pid)
+        super().run()
+
 
 class PortInUse(RuntimeError):
     """Another process listens on the address ``serve`` was asked to bind."""
