@@ -412,8 +412,8 @@ def wrk_version() -> str | None:
 
 def connections_per_process(port: int) -> list[int] | None:
     """How many established connections to ``port`` each server process holds, most
-    first (``ss``, from iproute2); None where ``ss`` is missing. Workers sharing one
-    listening socket do not share keep-alive connections evenly, and throughput follows."""
+    first (``ss``, from iproute2); None where ``ss`` is missing. A keep-alive connection
+    stays with the worker it landed on, so an uneven spread moves throughput."""
     ss = shutil.which("ss")
     if ss is None:
         return None

@@ -15,7 +15,8 @@ __all__ = ["MetronomeWorker", "PortInUse", "ensure_port_free", "run_server"]
 
 
 class MetronomeWorker(UvicornWorker):  # type: ignore[misc]
-    """uvicorn's gunicorn worker with Metronome's connection limit.
+    """uvicorn's gunicorn worker with Metronome's connection limit, each listening on a
+    socket of its own (gunicorn's ``reuse_port``: the kernel spreads new connections).
 
     Slow clients: an idle keep-alive connection is closed after ``METRONOME_KEEPALIVE_S``
     (gunicorn ``keepalive``, passed on as uvicorn's ``timeout_keep_alive``); a request
