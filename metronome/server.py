@@ -51,16 +51,12 @@ def ensure_port_free(host: str, port: int) -> None:
     second server of the same user share it too, silently splitting the traffic between
     them (two data directories, each with part of the events). A plain bind tells.
     """
-    try:
-        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    family, kind, proto, _, address = infos[0]
-    probe = socket.socket(family, kind, proto)
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET  # as gunicorn picks it
+    probe = socket.socket(family, socket.SOCK_STREAM)
     try:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
-        probe.bind(address)
+        probe.bind((bare, port))
     except OSError as exc:
         raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror} (is another"
                         " Metronome running? METRONOME_PORT or --port picks another)"
