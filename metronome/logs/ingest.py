@@ -110,14 +110,13 @@ class LineConverter:
         source = document.source
         if source["bot"]:
             self.summary.bots += 1
-        if self._blocklist and "referrer" in source:
-            flag_referrer_spam(source, self._blocklist)
-        if "source" in source:
-            policy = self._client_ip
-            if policy == "drop":
+        flag_referrer_spam(source, self._blocklist)
+        if self._client_ip != "keep" and "source" in source:
+            kept = stored_address(source["source"]["ip"], self._client_ip)
+            if kept is None:
                 del source["source"]
-            elif policy != "keep":
-                source["source"] = {"ip": stored_address(source["source"]["ip"], policy)}
+            else:
+                source["source"] = {"ip": kept}
         return document
 
     def reject(self, reject: Reject, text: str, source_id: str | None,
