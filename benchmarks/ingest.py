@@ -3,8 +3,13 @@
 Metronome runs as ``python -m metronome serve`` (METRONOME_WORKERS=2, the embedded store in a
 temporary METRONOME_DATA_DIR); the baseline is ``benchmarks/bare_app.py`` served by gunicorn
 with the same options (2 ``uvicorn_worker.UvicornWorker`` workers). wrk POSTs one realistic
-tick over keep-alive connections; every answer must be 2xx. Both servers run for the whole
+tick over keep-alive connections; every answer must be 2xx. All servers run for the whole
 benchmark; after a warm-up of each, measured trials alternate in shuffled rounds.
+
+A third contender, for scale and not for the goal, is ``benchmarks/undurable.py``: the same
+Metronome with the spool's fsync and the shipper switched off. Its ratio to the bare app is
+what accepting a tick costs by itself; Metronome's ratio to it is what durability and
+shipping cost on top.
 
     python -m benchmarks.ingest [--duration 10] [--trials 3] [--connections 32]
 
@@ -43,7 +48,10 @@ def stored_rows(data_dir: Any) -> int | None:
 
 def run_throughput(*, name: str, description: str, path: str, body: bytes,
                    events_per_request: int, expect: str | None, unit: str, goal: dict[str, Any],
-                   default_connections: int, argv: list[str] | None = None) -> int:
+                   default_connections: int, undurable: bool = False,
+                   argv: list[str] | None = None) -> int:
+    """Metronome against the bare app under wrk; with ``undurable``, also Metronome with
+    the spool's fsync and the shipper off (:mod:`benchmarks.undurable`), for scale."""
     parser = C.base_parser(description, duration=10, trials=3, warmup=3)
     parser.add_argument("--connections", type=int, default=default_connections,
                         help=f"wrk connections [default: {default_connections}]")
@@ -72,7 +80,15 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
         "bare": C.bare_server(tmp, workers=args.workers),
     }
     expects = {"metronome": expect, "bare": None}  # the bare app answers {} to everything
-    acked = {"metronome": 0, "bare": 0}
+    if undurable:
+        undurable_dir = tmp / "undurable-data"
+        undurable_dir.mkdir()
+        servers["undurable"] = C.metronome_server(
+            tmp, undurable_dir, workers=args.workers, name="undurable",
+            env={"METRONOME_SPOOL_MAX_BYTES": str(SPOOL_BYTES)})
+        servers["undurable"].cmd = [sys.executable, "-m", "benchmarks.undurable"]
+        expects["undurable"] = expect
+    acked = dict.fromkeys(servers, 0)
     trials: list[dict[str, Any]] = []
     warmups: dict[str, Any] = {}
     exit_codes: dict[str, int | None] = {}
@@ -144,6 +160,14 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
         by = {t["contender"]: t[f"{unit}_per_s"] for t in trials if t["round"] == round_no}
         paired.append(C.rounded(C.ratio(by["metronome"], by["bare"])))
     result_ratio = C.ratio(per_s["metronome"], per_s["bare"])
+    extra: dict[str, Any] = {}
+    if undurable:
+        extra = {
+            f"undurable_{unit}_per_s": C.rounded(per_s["undurable"], 1),
+            "undurable_ratio": C.rounded(C.ratio(per_s["undurable"], per_s["bare"])),
+            "metronome_to_undurable": C.rounded(C.ratio(per_s["metronome"],
+                                                        per_s["undurable"])),
+        }
     passed = {}
     if "ratio" in goal:
         passed["ratio"] = result_ratio is not None and result_ratio >= goal["ratio"]
@@ -163,6 +187,9 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
             "metronome": "python -m metronome serve, embedded store (SQLite) in a temp dir,"
                          f" METRONOME_SPOOL_MAX_BYTES={SPOOL_BYTES}",
             "baseline": "benchmarks/bare_app.py under gunicorn + uvicorn_worker.UvicornWorker",
+            **({"undurable": "python -m benchmarks.undurable: Metronome with the spool's"
+                             " fdatasync and the shipper off, for scale (not a goal)"}
+               if undurable else {}),
             "unit": f"{unit} per second (median of trials)",
         },
         "environment": C.environment(wrk=C.wrk_version(), loadavg_at_start=load_at_start),
@@ -173,6 +200,7 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
             f"bare_{unit}_per_s": C.rounded(per_s["bare"], 1),
             "ratio": C.rounded(result_ratio),
             "paired_ratios": paired,
+            **extra,
             "goal": goal,
             "passed": passed,
             "acknowledged": acked,
@@ -185,8 +213,10 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
     goals = [f"ratio >= {goal['ratio']}"] if "ratio" in goal else []
     if "metronome_events_per_s" in goal:
         goals.append(f"metronome >= {goal['metronome_events_per_s']:,} events/s")
+    scale = (f"; undurable {per_s['undurable']:,.0f} {unit}/s,"
+             f" ratio {extra['undurable_ratio']:.2f}" if undurable else "")
     print(f"{name}: metronome {per_s['metronome']:,.0f} {unit}/s vs bare {per_s['bare']:,.0f}"
-          f" {unit}/s, ratio {result_ratio:.2f} (goal: {', '.join(goals)}): {verdict}"
+          f" {unit}/s, ratio {result_ratio:.2f} (goal: {', '.join(goals)}): {verdict}{scale}"
           f" -> {C.display(out)}")
     return 0
 
@@ -195,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_throughput(
         name=NAME, description=__doc__, path="/tick", body=orjson.dumps(C.TICK),
         events_per_request=1, expect='"id"', unit="requests", goal={"ratio": GOAL_RATIO},
-        default_connections=32, argv=argv)
+        default_connections=32, undurable=True, argv=argv)
 
 
 if __name__ == "__main__":
