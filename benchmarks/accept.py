@@ -1,0 +1,234 @@
+"""CPU per ``POST /tick`` inside one worker, without HTTP: Metronome's ASGI app versus the bare app.
+
+``benchmarks.ingest`` measures whole servers under wrk, where the HTTP server, the load
+generator, the shipper and the disk share two cores and the numbers move from run to run.
+This benchmark calls each ASGI app directly in this process, the way uvicorn calls it
+once it has parsed a request, and counts the CPU time of the process (every thread, the
+kernel's work for them included) per request. What it leaves out is the same for every
+contender: uvicorn's HTTP parsing and socket work.
+
+Contenders, each answering the same tick (``_common.TICK``) with the same headers, from
+16 concurrent requests at a time (about what one of two workers holds under wrk's 32
+connections):
+
+* metronome: ``create_app`` on the embedded store in a temporary data directory, started
+  through its lifespan: the ``POST /tick`` fast path, every check, the enrichment, and the
+  spool append with its group ``fdatasync`` on the helper thread (no shipper runs here);
+* undurable: the same app with the spool's ``fdatasync`` replaced by nothing, as in
+  ``benchmarks/undurable.py``: what accepting a tick costs before durability;
+* bare: ``benchmarks/bare_app.py``'s Falcon app, which reads the body and answers
+  ``202 {}``.
+
+    python -m benchmarks.accept [--requests 30000] [--trials 5]
+
+No goal of its own: it says where ``benchmarks.ingest``'s gap comes from, and the ratio
+bare / metronome is the most the single-tick ratio could be if HTTP cost nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from benchmarks import _common as C
+
+NAME = "accept"
+DEFAULT_REQUESTS = 30_000
+CONCURRENCY = 16
+BODY = orjson.dumps(C.TICK)
+HEADERS = [(b"host", b"127.0.0.1:8080"), (b"content-type", b"application/json"),
+           (b"user-agent", C.BROWSER_UA.encode()),
+           (b"content-length", str(len(BODY)).encode())]
+
+
+def _scope() -> dict[str, Any]:
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": "/tick", "raw_path": b"/tick",
+            "query_string": b"", "root_path": "", "headers": HEADERS,
+            "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8080)}
+
+
+async def one_request(app: Any) -> int:
+    """One ``POST /tick`` through ``app``; its status."""
+    sent = False
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:  # the app asked again: the client has gone
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": BODY, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(_scope(), receive, send)
+    return status
+
+
+async def run_requests(app: Any, n: int) -> None:
+    """``n`` requests, ``CONCURRENCY`` at a time; every answer must be 202."""
+    per_task, extra = divmod(n, CONCURRENCY)
+
+    async def client(count: int) -> None:
+        for _ in range(count):
+            status = await one_request(app)
+            if status != 202:
+                raise C.BenchmarkError(f"POST /tick answered {status}")
+
+    await asyncio.gather(*(client(per_task + (i < extra)) for i in range(CONCURRENCY)))
+
+
+class Lifespan:
+    """Runs an ASGI app's lifespan startup, and its shutdown on :meth:`stop`."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._answers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._app(
+            {"type": "lifespan", "asgi": {"version": "3.0"}}, self._events.get,
+            self._answers.put))
+        await self._events.put({"type": "lifespan.startup"})
+        answer = await self._answers.get()
+        if answer["type"] != "lifespan.startup.complete":
+            raise C.BenchmarkError(f"the app did not start: {answer}")
+
+    async def stop(self) -> None:
+        await self._events.put({"type": "lifespan.shutdown"})
+        await self._answers.get()
+        if self._task is not None:
+            await self._task
+
+
+def timed(loop: asyncio.AbstractEventLoop, app: Any, n: int) -> dict[str, float]:
+    gc.collect()
+    started_cpu, started = time.process_time(), time.perf_counter()
+    loop.run_until_complete(run_requests(app, n))
+    cpu_seconds = time.process_time() - started_cpu
+    seconds = time.perf_counter() - started
+    return {"cpu_us_per_request": cpu_seconds * 1e6 / n,
+            "requests_per_cpu_s": n / cpu_seconds, "wall_us_per_request": seconds * 1e6 / n}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = C.base_parser(__doc__.splitlines()[0], duration=None, trials=5, warmup=None)
+    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS,
+                        help=f"requests per trial [default: {DEFAULT_REQUESTS}]")
+    args = parser.parse_args(argv)
+    seed = C.new_seed(args.seed)
+    C.pin_git()
+    load_at_start = C.loadavg()
+    started_at = time.time()
+
+    data_dir = tempfile.mkdtemp(prefix="metronome-bench-accept-")
+    for key in [k for k in os.environ if k.startswith("METRONOME_")]:
+        del os.environ[key]  # this run's settings only: the embedded store, defaults
+    os.environ.update(METRONOME_DATA_DIR=data_dir, METRONOME_LOG_LEVEL="warning",
+                      METRONOME_SPOOL_MAX_BYTES=str(8 << 30))
+
+    import uvloop
+
+    from benchmarks.bare_app import app as bare_app
+    from benchmarks.undurable import _no_sync
+    from metronome.app import create_app
+    from metronome.config import Settings
+    from metronome.pipeline import spool
+
+    synced = spool._fdatasync
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    metronome_app = create_app(Settings.from_env(os.environ))
+    lifespan = Lifespan(metronome_app)
+
+    def contender(app: Any, sync: Callable[[int], Any]) -> Callable[[int], dict[str, float]]:
+        def run(n: int) -> dict[str, float]:
+            spool._fdatasync = sync
+            try:
+                return timed(loop, app, n)
+            finally:
+                spool._fdatasync = synced
+        return run
+
+    contenders = {"metronome": contender(metronome_app, synced),
+                  "undurable": contender(metronome_app, _no_sync),
+                  "bare": contender(bare_app, synced)}
+    warmups: dict[str, Any] = {}
+    trials: list[dict[str, Any]] = []
+    try:
+        loop.run_until_complete(lifespan.start())
+        for _, label in C.trial_order(list(contenders), 1, seed + 1):
+            r = contenders[label](min(args.requests, 5_000))
+            warmups[label] = {k: round(v, 1) for k, v in r.items()}
+        for round_no, label in C.trial_order(list(contenders), args.trials, seed):
+            r = contenders[label](args.requests)
+            trials.append({"round": round_no, "contender": label,
+                           **{k: round(v, 1) for k, v in r.items()}})
+            print(f"  round {round_no} {label:10} {r['cpu_us_per_request']:6.1f} µs CPU"
+                  f" per request ({r['requests_per_cpu_s']:,.0f} per CPU second)",
+                  file=sys.stderr)
+        loop.run_until_complete(lifespan.stop())
+    except C.BenchmarkError as exc:
+        print(f"{NAME}: FAILED: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        loop.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    cpu_us = {label: C.median(t["cpu_us_per_request"] for t in trials
+                              if t["contender"] == label) for label in contenders}
+    paired = []
+    for round_no in range(args.trials):
+        by = {t["contender"]: t["cpu_us_per_request"] for t in trials if t["round"] == round_no}
+        paired.append(C.rounded(C.ratio(by["bare"], by["metronome"])))
+    results = {
+        "benchmark": NAME,
+        "description": __doc__.splitlines()[0],
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
+        "parameters": {
+            "requests": args.requests, "concurrency": CONCURRENCY, "trials": args.trials,
+            "warmup": "one unrecorded run of each contender (up to 5,000 requests)",
+            "seed": seed, "body_bytes": len(BODY),
+            "metronome": "metronome.app.create_app, embedded store, spool synced on its"
+                         " helper thread, no shipper",
+            "undurable": "the same app with the spool's fdatasync replaced by nothing",
+            "bare": "benchmarks.bare_app.app (Falcon, answers 202 {})",
+            "unit": "CPU microseconds of this process per request (median of trials);"
+                    " ASGI called directly, no HTTP",
+        },
+        "environment": C.environment(loadavg_at_start=load_at_start),
+        "warmup": warmups,
+        "trials": trials,
+        "summary": {
+            **{f"{label}_cpu_us_per_request": C.rounded(value, 1)
+               for label, value in cpu_us.items()},
+            "ratio_bare_to_metronome": C.rounded(C.ratio(cpu_us["bare"], cpu_us["metronome"])),
+            "ratio_bare_to_undurable": C.rounded(C.ratio(cpu_us["bare"], cpu_us["undurable"])),
+            "paired_ratios_bare_to_metronome": paired,
+            "goal": None,
+        },
+    }
+    out = C.write_results(NAME, results, args.output)
+    print(f"{NAME}: µs CPU per POST /tick without HTTP: metronome {cpu_us['metronome']:.1f},"
+          f" undurable {cpu_us['undurable']:.1f}, bare {cpu_us['bare']:.1f}; bare/metronome"
+          f" {results['summary']['ratio_bare_to_metronome']} -> {C.display(out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
