@@ -313,7 +313,9 @@ class ServerProcess:
 
 def metronome_server(log_dir: Path, data_dir: Path, *, workers: int = 2,
                      args: Sequence[str] = (), env: dict[str, str] | None = None,
-                     name: str = "metronome") -> ServerProcess:
+                     name: str = "metronome", module: str = "metronome") -> ServerProcess:
+    """``python -m metronome serve ARGS`` on a free port (``module``: another module that
+    serves the same way, e.g. ``benchmarks.undurable``, which adds ``serve`` itself)."""
     port = free_port()
     server_env = child_env(
         METRONOME_HOST="127.0.0.1", METRONOME_PORT=str(port), METRONOME_WORKERS=str(workers),
@@ -321,7 +323,8 @@ def metronome_server(log_dir: Path, data_dir: Path, *, workers: int = 2,
     )
     server_env.pop("METRONOME_ELASTICSEARCH_URL", None)
     server_env.update(env or {})
-    return ServerProcess(name, [sys.executable, "-m", "metronome", "serve", *args], server_env,
+    command = ["serve", *args] if module == "metronome" else list(args)
+    return ServerProcess(name, [sys.executable, "-m", module, *command], server_env,
                          port, "/readyz", log_dir)
 
 

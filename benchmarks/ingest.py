@@ -85,8 +85,7 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
         undurable_dir.mkdir()
         servers["undurable"] = C.metronome_server(
             tmp, undurable_dir, workers=args.workers, name="undurable",
-            env={"METRONOME_SPOOL_MAX_BYTES": str(SPOOL_BYTES)})
-        servers["undurable"].cmd = [sys.executable, "-m", "benchmarks.undurable"]
+            module="benchmarks.undurable", env={"METRONOME_SPOOL_MAX_BYTES": str(SPOOL_BYTES)})
         expects["undurable"] = expect
     acked = dict.fromkeys(servers, 0)
     trials: list[dict[str, Any]] = []
