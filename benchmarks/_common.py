@@ -26,14 +26,33 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
 LUA_SCRIPT = REPO / "benchmarks" / "post.lua"
 
-BROWSER_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
-              " Chrome/124.0.0.0 Safari/537.36")
-TICK = {"id": "dataset-42", "event": "view", "url": "https://data.example.org/d/42",
-        "referrer": "https://www.example.com/a", "plan": "pro"}
+BROWSER_UA = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/124.0.0.0 Safari/537.36"
+)
+TICK = {
+    "id": "dataset-42",
+    "event": "view",
+    "url": "https://data.example.org/d/42",
+    "referrer": "https://www.example.com/a",
+    "plan": "pro",
+}
 
-PACKAGES = ("metronome-analytics", "falcon", "gunicorn", "uvicorn", "uvicorn-worker", "uvloop",
-            "httptools", "orjson", "elasticsearch", "elastic-transport", "httpx", "ua-parser",
-            "ua-parser-rs")
+PACKAGES = (
+    "metronome-analytics",
+    "falcon",
+    "gunicorn",
+    "uvicorn",
+    "uvicorn-worker",
+    "uvloop",
+    "httptools",
+    "orjson",
+    "elasticsearch",
+    "elastic-transport",
+    "httpx",
+    "ua-parser",
+    "ua-parser-rs",
+)
 
 
 class BenchmarkError(RuntimeError):
@@ -43,22 +62,42 @@ class BenchmarkError(RuntimeError):
 # --------------------------------------------------------------------------- arguments
 
 
-def base_parser(description: str, *, duration: float | None, trials: int,
-                warmup: float | None) -> argparse.ArgumentParser:
+def base_parser(
+    description: str, *, duration: float | None, trials: int, warmup: float | None
+) -> argparse.ArgumentParser:
     """--duration, --trials, --warmup, --seed, --output; duration/warmup None: not used."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--duration", type=float, default=duration,
-                        help="not used by this benchmark" if duration is None
-                        else f"seconds per measured trial [default: {duration:g}]")
-    parser.add_argument("--trials", type=int, default=trials,
-                        help=f"measured trials per contender [default: {trials}]")
-    parser.add_argument("--warmup", type=float, default=warmup,
-                        help="not used by this benchmark" if warmup is None
-                        else f"seconds of unrecorded warm-up per contender [default: {warmup:g}]")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of the trial order (default: random, recorded)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="results file [default: benchmarks/results/<name>-<sha>.json]")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=duration,
+        help="not used by this benchmark"
+        if duration is None
+        else f"seconds per measured trial [default: {duration:g}]",
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=trials,
+        help=f"measured trials per contender [default: {trials}]",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=warmup,
+        help="not used by this benchmark"
+        if warmup is None
+        else f"seconds of unrecorded warm-up per contender [default: {warmup:g}]",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of the trial order (default: random, recorded)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="results file [default: benchmarks/results/<name>-<sha>.json]",
+    )
     return parser
 
 
@@ -82,8 +121,9 @@ def new_seed(seed: int | None) -> int:
 
 def git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -220,16 +260,23 @@ def child_env(**overrides: str) -> dict[str, str]:
     """os.environ with this checkout first on PYTHONPATH, so ``-m metronome`` is this tree."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+        [str(REPO), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
+    )
     env.update(overrides)
     return env
 
 
-def metronome_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120
-                  ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "metronome", *args], cwd=REPO,
-                          env=env or child_env(), capture_output=True, text=True,
-                          timeout=timeout)
+def metronome_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "metronome", *args],
+        cwd=REPO,
+        env=env or child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def cli_has(*args: str) -> tuple[bool, str]:
@@ -246,8 +293,15 @@ def cli_option(command: str, option: str) -> bool:
 class ServerProcess:
     """A server (gunicorn master) as a subprocess in its own session, logging to a file."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int,
-                 ready_path: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        env: dict[str, str],
+        port: int,
+        ready_path: str,
+        log_dir: Path,
+    ) -> None:
         self.name = name
         self.cmd = cmd
         self.env = env
@@ -261,14 +315,21 @@ class ServerProcess:
         import httpx
 
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=REPO, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchmarkError(f"{self.name} exited ({self.proc.returncode}) at start:\n"
-                                     + self.log_tail())
+                raise BenchmarkError(
+                    f"{self.name} exited ({self.proc.returncode}) at start:\n" + self.log_tail()
+                )
             try:
                 if httpx.get(self.url + self.ready_path, timeout=5).status_code == 200:
                     return
@@ -311,28 +372,52 @@ class ServerProcess:
         self.stop()
 
 
-def metronome_server(log_dir: Path, data_dir: Path, *, workers: int = 2,
-                     args: Sequence[str] = (), env: dict[str, str] | None = None,
-                     name: str = "metronome", module: str = "metronome") -> ServerProcess:
+def metronome_server(
+    log_dir: Path,
+    data_dir: Path,
+    *,
+    workers: int = 2,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    name: str = "metronome",
+    module: str = "metronome",
+) -> ServerProcess:
     """``python -m metronome serve ARGS`` on a free port (``module``: another module that
     serves the same way, e.g. ``benchmarks.undurable``, which adds ``serve`` itself)."""
     port = free_port()
     server_env = child_env(
-        METRONOME_HOST="127.0.0.1", METRONOME_PORT=str(port), METRONOME_WORKERS=str(workers),
-        METRONOME_DATA_DIR=str(data_dir), METRONOME_LOG_LEVEL="warning",
+        METRONOME_HOST="127.0.0.1",
+        METRONOME_PORT=str(port),
+        METRONOME_WORKERS=str(workers),
+        METRONOME_DATA_DIR=str(data_dir),
+        METRONOME_LOG_LEVEL="warning",
     )
     server_env.pop("METRONOME_ELASTICSEARCH_URL", None)
     server_env.update(env or {})
     command = ["serve", *args] if module == "metronome" else list(args)
-    return ServerProcess(name, [sys.executable, "-m", module, *command], server_env,
-                         port, "/readyz", log_dir)
+    return ServerProcess(
+        name, [sys.executable, "-m", module, *command], server_env, port, "/readyz", log_dir
+    )
 
 
 def bare_server(log_dir: Path, *, workers: int = 2, name: str = "bare") -> ServerProcess:
     port = free_port()
-    return ServerProcess(name, [sys.executable, "-m", "benchmarks.bare_app", "--port",
-                                str(port), "--workers", str(workers)],
-                         child_env(), port, "/healthz", log_dir)
+    return ServerProcess(
+        name,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bare_app",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        child_env(),
+        port,
+        "/healthz",
+        log_dir,
+    )
 
 
 def temp_dir(prefix: str) -> Path:
@@ -399,8 +484,10 @@ def proc_status_kb(pid: int, field: str = "VmRSS") -> int | None:
 def require_wrk() -> str:
     wrk = shutil.which("wrk")
     if not wrk:
-        raise BenchmarkError("wrk is not installed: install it (Debian/Ubuntu: "
-                             "`apt-get install -y wrk`; macOS: `brew install wrk`) and run again")
+        raise BenchmarkError(
+            "wrk is not installed: install it (Debian/Ubuntu: "
+            "`apt-get install -y wrk`; macOS: `brew install wrk`) and run again"
+        )
     return wrk
 
 
@@ -421,8 +508,12 @@ def connections_per_process(port: int) -> list[int] | None:
     if ss is None:
         return None
     try:
-        out = subprocess.run([ss, "-tnpH", "state", "established", "sport", f"= :{port}"],
-                             capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(
+            [ss, "-tnpH", "state", "established", "sport", f"= :{port}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     counts: dict[str, int] = {}
@@ -431,20 +522,41 @@ def connections_per_process(port: int) -> list[int] | None:
     return sorted(counts.values(), reverse=True)
 
 
-def run_wrk(url: str, path: str, body: bytes, *, duration: float, connections: int,
-            threads: int, expect: str | None = None, timeout_s: float = 10.0) -> dict[str, Any]:
+def run_wrk(
+    url: str,
+    path: str,
+    body: bytes,
+    *,
+    duration: float,
+    connections: int,
+    threads: int,
+    expect: str | None = None,
+    timeout_s: float = 10.0,
+) -> dict[str, Any]:
     """One wrk run POSTing ``body`` to ``url + path``; fails loudly on any bad answer."""
     wrk = require_wrk()
     with tempfile.NamedTemporaryFile("wb", suffix=".body", delete=False) as f:
         f.write(body)
         body_file = f.name
     try:
-        env = dict(os.environ, WRK_BODY_FILE=body_file, WRK_PATH=path,
-                   WRK_USER_AGENT=BROWSER_UA, WRK_EXPECT=expect or "")
-        cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
-               f"--timeout={timeout_s:g}s", "-s", str(LUA_SCRIPT), url + path]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                              timeout=duration + 60)
+        env = dict(
+            os.environ,
+            WRK_BODY_FILE=body_file,
+            WRK_PATH=path,
+            WRK_USER_AGENT=BROWSER_UA,
+            WRK_EXPECT=expect or "",
+        )
+        cmd = [
+            wrk,
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            f"--timeout={timeout_s:g}s",
+            "-s",
+            str(LUA_SCRIPT),
+            url + path,
+        ]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60)
     finally:
         os.unlink(body_file)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")]
@@ -462,10 +574,10 @@ def run_wrk(url: str, path: str, body: bytes, *, duration: float, connections: i
         raise BenchmarkError(
             f"{url}{path}: {stats['bad_status']} non-2xx and {stats['bad_body']} 2xx answers"
             f" without {expect!r} out of {stats['requests']} (wrk: {stats['non_2xx_line']}"
-            f" non-2xx); first: {stats['example']}")
+            f" non-2xx); first: {stats['example']}"
+        )
     if errors["connect"] or errors["read"] or errors["write"] or errors["timeout"]:
-        raise BenchmarkError(f"{url}{path}: socket errors {errors} in {stats['requests']}"
-                             " requests")
+        raise BenchmarkError(f"{url}{path}: socket errors {errors} in {stats['requests']} requests")
     return stats
 
 
@@ -474,12 +586,18 @@ def run_wrk(url: str, path: str, body: bytes, *, duration: float, connections: i
 _EVENTS = ("view",) * 8 + ("download",) * 2
 _FORMATS = ("csv", "kml", "shp", "geojson", "zip")
 _PLANS = ("free", "pro", "team")
-_REFERRERS = ("https://www.example.com/a", "https://www.arcgis.com/home",
-              "https://www.google.com/", "https://news.example.net/story/7", None)
+_REFERRERS = (
+    "https://www.example.com/a",
+    "https://www.arcgis.com/home",
+    "https://www.google.com/",
+    "https://news.example.net/story/7",
+    None,
+)
 
 
-def realistic_ticks(n: int, seed: int = 42, *, ts_ms: Sequence[int] | None = None
-                    ) -> list[dict[str, Any]]:
+def realistic_ticks(
+    n: int, seed: int = 42, *, ts_ms: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
     """``n`` ticks shaped like TICK: 1,000 items, mostly views, some downloads with formats.
 
     ``ts_ms``: optional pool of timestamps (epoch ms) to spread the ticks over (else none:
@@ -489,8 +607,11 @@ def realistic_ticks(n: int, seed: int = 42, *, ts_ms: Sequence[int] | None = Non
     ticks = []
     for i in range(n):
         item = rng.randrange(1000)
-        tick: dict[str, Any] = {"id": f"dataset-{item}", "event": rng.choice(_EVENTS),
-                                "url": f"https://data.example.org/d/{item}"}
+        tick: dict[str, Any] = {
+            "id": f"dataset-{item}",
+            "event": rng.choice(_EVENTS),
+            "url": f"https://data.example.org/d/{item}",
+        }
         if tick["event"] == "download":
             tick["format"] = rng.choice(_FORMATS)
         referrer = rng.choice(_REFERRERS)
@@ -540,32 +661,45 @@ class Elasticsearch:
         import httpx
 
         # GET / is not routed in the integ-test distribution: ask the node itself
-        resp = httpx.get(f"{self.url}/_nodes/_local", params={"filter_path": "nodes.*.version"},
-                         timeout=10)
+        resp = httpx.get(
+            f"{self.url}/_nodes/_local", params={"filter_path": "nodes.*.version"}, timeout=10
+        )
         nodes = resp.json().get("nodes", {}) if resp.status_code == 200 else {}
         version = next((n.get("version") for n in nodes.values()), None)
-        return {"version": version, "external": self.external,
-                "heap": None if self.external else self.heap}
+        return {
+            "version": version,
+            "external": self.external,
+            "heap": None if self.external else self.heap,
+        }
 
     def refresh_and_count(self, pattern: str) -> int:
         import httpx
 
-        httpx.post(f"{self.url}/{pattern}/_refresh", params={"ignore_unavailable": "true",
-                                                            "allow_no_indices": "true"},
-                   timeout=120).raise_for_status()
-        resp = httpx.get(f"{self.url}/{pattern}/_count", params={"ignore_unavailable": "true",
-                                                               "allow_no_indices": "true"},
-                         timeout=120)
+        httpx.post(
+            f"{self.url}/{pattern}/_refresh",
+            params={"ignore_unavailable": "true", "allow_no_indices": "true"},
+            timeout=120,
+        ).raise_for_status()
+        resp = httpx.get(
+            f"{self.url}/{pattern}/_count",
+            params={"ignore_unavailable": "true", "allow_no_indices": "true"},
+            timeout=120,
+        )
         resp.raise_for_status()
         return int(resp.json()["count"])
 
     def delete(self, pattern: str) -> None:
         import httpx
 
-        httpx.delete(f"{self.url}/{pattern}", params={"ignore_unavailable": "true",
-                                                     "allow_no_indices": "true",
-                                                     "expand_wildcards": "all"},
-                     timeout=120)
+        httpx.delete(
+            f"{self.url}/{pattern}",
+            params={
+                "ignore_unavailable": "true",
+                "allow_no_indices": "true",
+                "expand_wildcards": "all",
+            },
+            timeout=120,
+        )
 
 
 def install_templates(es_url: str, prefix: str) -> None:
@@ -573,5 +707,6 @@ def install_templates(es_url: str, prefix: str) -> None:
     env = child_env(METRONOME_ELASTICSEARCH_URL=es_url, METRONOME_INDEX_PREFIX=prefix)
     proc = metronome_cli("templates", "install", env=env)
     if proc.returncode != 0:
-        raise BenchmarkError(f"metronome templates install failed ({proc.returncode}):\n"
-                             f"{proc.stdout}{proc.stderr}")
+        raise BenchmarkError(
+            f"metronome templates install failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
+        )

@@ -46,16 +46,29 @@ NAME = "accept"
 DEFAULT_REQUESTS = 30_000
 CONCURRENCY = 16
 BODY = orjson.dumps(C.TICK)
-HEADERS = [(b"host", b"127.0.0.1:8080"), (b"content-type", b"application/json"),
-           (b"user-agent", C.BROWSER_UA.encode()),
-           (b"content-length", str(len(BODY)).encode())]
+HEADERS = [
+    (b"host", b"127.0.0.1:8080"),
+    (b"content-type", b"application/json"),
+    (b"user-agent", C.BROWSER_UA.encode()),
+    (b"content-length", str(len(BODY)).encode()),
+]
 
 
 def _scope() -> dict[str, Any]:
-    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "method": "POST", "scheme": "http", "path": "/tick", "raw_path": b"/tick",
-            "query_string": b"", "root_path": "", "headers": HEADERS,
-            "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8080)}
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/tick",
+        "raw_path": b"/tick",
+        "query_string": b"",
+        "root_path": "",
+        "headers": HEADERS,
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8080),
+    }
 
 
 async def one_request(app: Any) -> int:
@@ -102,9 +115,13 @@ class Lifespan:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._app(
-            {"type": "lifespan", "asgi": {"version": "3.0"}}, self._events.get,
-            self._answers.put))
+        self._task = asyncio.create_task(
+            self._app(
+                {"type": "lifespan", "asgi": {"version": "3.0"}},
+                self._events.get,
+                self._answers.put,
+            )
+        )
         await self._events.put({"type": "lifespan.startup"})
         answer = await self._answers.get()
         if answer["type"] != "lifespan.startup.complete":
@@ -123,14 +140,21 @@ def timed(loop: asyncio.AbstractEventLoop, app: Any, n: int) -> dict[str, float]
     loop.run_until_complete(run_requests(app, n))
     cpu_seconds = time.process_time() - started_cpu
     seconds = time.perf_counter() - started
-    return {"cpu_us_per_request": cpu_seconds * 1e6 / n,
-            "requests_per_cpu_s": n / cpu_seconds, "wall_us_per_request": seconds * 1e6 / n}
+    return {
+        "cpu_us_per_request": cpu_seconds * 1e6 / n,
+        "requests_per_cpu_s": n / cpu_seconds,
+        "wall_us_per_request": seconds * 1e6 / n,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = C.base_parser(__doc__.splitlines()[0], duration=None, trials=5, warmup=None)
-    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS,
-                        help=f"requests per trial [default: {DEFAULT_REQUESTS}]")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=DEFAULT_REQUESTS,
+        help=f"requests per trial [default: {DEFAULT_REQUESTS}]",
+    )
     args = parser.parse_args(argv)
     seed = C.new_seed(args.seed)
     C.pin_git()
@@ -140,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = tempfile.mkdtemp(prefix="metronome-bench-accept-")
     for key in [k for k in os.environ if k.startswith("METRONOME_")]:
         del os.environ[key]  # this run's settings only: the embedded store, defaults
-    os.environ.update(METRONOME_DATA_DIR=data_dir, METRONOME_LOG_LEVEL="warning",
-                      METRONOME_SPOOL_MAX_BYTES=str(8 << 30))
+    os.environ.update(
+        METRONOME_DATA_DIR=data_dir,
+        METRONOME_LOG_LEVEL="warning",
+        METRONOME_SPOOL_MAX_BYTES=str(8 << 30),
+    )
 
     import uvloop
 
@@ -164,11 +191,14 @@ def main(argv: list[str] | None = None) -> int:
                 return timed(loop, app, n)
             finally:
                 spool._fdatasync = synced
+
         return run
 
-    contenders = {"metronome": contender(metronome_app, synced),
-                  "undurable": contender(metronome_app, _no_sync),
-                  "bare": contender(bare_app, synced)}
+    contenders = {
+        "metronome": contender(metronome_app, synced),
+        "undurable": contender(metronome_app, _no_sync),
+        "bare": contender(bare_app, synced),
+    }
     warmups: dict[str, Any] = {}
     trials: list[dict[str, Any]] = []
     try:
@@ -178,11 +208,14 @@ def main(argv: list[str] | None = None) -> int:
             warmups[label] = {k: round(v, 1) for k, v in r.items()}
         for round_no, label in C.trial_order(list(contenders), args.trials, seed):
             r = contenders[label](args.requests)
-            trials.append({"round": round_no, "contender": label,
-                           **{k: round(v, 1) for k, v in r.items()}})
-            print(f"  round {round_no} {label:10} {r['cpu_us_per_request']:6.1f} µs CPU"
-                  f" per request ({r['requests_per_cpu_s']:,.0f} per CPU second)",
-                  file=sys.stderr)
+            trials.append(
+                {"round": round_no, "contender": label, **{k: round(v, 1) for k, v in r.items()}}
+            )
+            print(
+                f"  round {round_no} {label:10} {r['cpu_us_per_request']:6.1f} µs CPU"
+                f" per request ({r['requests_per_cpu_s']:,.0f} per CPU second)",
+                file=sys.stderr,
+            )
         loop.run_until_complete(lifespan.stop())
     except C.BenchmarkError as exc:
         print(f"{NAME}: FAILED: {exc}", file=sys.stderr)
@@ -191,8 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         loop.close()
         shutil.rmtree(data_dir, ignore_errors=True)
 
-    cpu_us = {label: C.median(t["cpu_us_per_request"] for t in trials
-                              if t["contender"] == label) for label in contenders}
+    cpu_us = {
+        label: C.median(t["cpu_us_per_request"] for t in trials if t["contender"] == label)
+        for label in contenders
+    }
     paired = []
     for round_no in range(args.trials):
         by = {t["contender"]: t["cpu_us_per_request"] for t in trials if t["round"] == round_no}
@@ -202,22 +237,27 @@ def main(argv: list[str] | None = None) -> int:
         "description": __doc__.splitlines()[0],
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
         "parameters": {
-            "requests": args.requests, "concurrency": CONCURRENCY, "trials": args.trials,
+            "requests": args.requests,
+            "concurrency": CONCURRENCY,
+            "trials": args.trials,
             "warmup": "one unrecorded run of each contender (up to 5,000 requests)",
-            "seed": seed, "body_bytes": len(BODY),
+            "seed": seed,
+            "body_bytes": len(BODY),
             "metronome": "metronome.app.create_app, embedded store, spool synced on its"
-                         " helper thread, no shipper",
+            " helper thread, no shipper",
             "undurable": "the same app with the spool's fdatasync replaced by nothing",
             "bare": "benchmarks.bare_app.app (Falcon, answers 202 {})",
             "unit": "CPU microseconds of this process per request (median of trials);"
-                    " ASGI called directly, no HTTP",
+            " ASGI called directly, no HTTP",
         },
         "environment": C.environment(loadavg_at_start=load_at_start),
         "warmup": warmups,
         "trials": trials,
         "summary": {
-            **{f"{label}_cpu_us_per_request": C.rounded(value, 1)
-               for label, value in cpu_us.items()},
+            **{
+                f"{label}_cpu_us_per_request": C.rounded(value, 1)
+                for label, value in cpu_us.items()
+            },
             "ratio_bare_to_metronome": C.rounded(C.ratio(cpu_us["bare"], cpu_us["metronome"])),
             "ratio_bare_to_undurable": C.rounded(C.ratio(cpu_us["bare"], cpu_us["undurable"])),
             "paired_ratios_bare_to_metronome": paired,
@@ -225,9 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     out = C.write_results(NAME, results, args.output)
-    print(f"{NAME}: µs CPU per POST /tick without HTTP: metronome {cpu_us['metronome']:.1f},"
-          f" undurable {cpu_us['undurable']:.1f}, bare {cpu_us['bare']:.1f}; bare/metronome"
-          f" {results['summary']['ratio_bare_to_metronome']} -> {C.display(out)}")
+    print(
+        f"{NAME}: µs CPU per POST /tick without HTTP: metronome {cpu_us['metronome']:.1f},"
+        f" undurable {cpu_us['undurable']:.1f}, bare {cpu_us['bare']:.1f}; bare/metronome"
+        f" {results['summary']['ratio_bare_to_metronome']} -> {C.display(out)}"
+    )
     return 0
 
 

@@ -60,8 +60,12 @@ def main() -> None:
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args()
 
-    options = {**GUNICORN_OPTIONS, "bind": f"{args.host}:{args.port}",
-               "workers": args.workers, "loglevel": args.log_level}
+    options = {
+        **GUNICORN_OPTIONS,
+        "bind": f"{args.host}:{args.port}",
+        "workers": args.workers,
+        "loglevel": args.log_level,
+    }
 
     class _Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:

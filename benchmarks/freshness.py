@@ -81,7 +81,7 @@ class MetronomeTarget(Target):
         self.url = url
         self.prefix = prefix
         ticks = C.realistic_ticks(batch * 50, seed=7)
-        self._bodies = [orjson.dumps(ticks[i:i + batch]) for i in range(0, len(ticks), batch)]
+        self._bodies = [orjson.dumps(ticks[i : i + batch]) for i in range(0, len(ticks), batch)]
         self._next = 0
         self._headers = {"Content-Type": "application/json", "User-Agent": C.BROWSER_UA}
 
@@ -96,8 +96,9 @@ class MetronomeTarget(Target):
 
     async def send_probe(self, client: httpx.AsyncClient, probe: str) -> None:
         tick = {**C.TICK, "probe": probe}
-        resp = await client.post(self.url + "/tick", content=orjson.dumps(tick),
-                                 headers=self._headers)
+        resp = await client.post(
+            self.url + "/tick", content=orjson.dumps(tick), headers=self._headers
+        )
         _check(resp, "POST /tick")
 
 
@@ -112,15 +113,18 @@ class DirectTarget(Target):
         self._info = RequestInfo
         self._build = build_tick
         self._limits = Limits()
-        docs = [build_tick(t, self._request(), self._limits)
-                for t in C.realistic_ticks(batch * 50, seed=7)]
+        docs = [
+            build_tick(t, self._request(), self._limits)
+            for t in C.realistic_ticks(batch * 50, seed=7)
+        ]
         self._sources = [orjson.dumps(d.source) for d in docs]
         self._batch = batch
         self._next = 0
 
     def _request(self) -> Any:
-        return self._info(received_ms=int(time.time() * 1000), client_ip="127.0.0.1",
-                          user_agent=C.BROWSER_UA)
+        return self._info(
+            received_ms=int(time.time() * 1000), client_ip="127.0.0.1", user_agent=C.BROWSER_UA
+        )
 
     def _index(self) -> str:
         from metronome.store.elasticsearch import index_name
@@ -138,8 +142,9 @@ class DirectTarget(Target):
             lines.append(orjson.dumps({"create": {"_index": index, "_id": new_event_id()}}))
             lines.append(source)
         body = b"\n".join(lines) + b"\n"
-        resp = await client.post(self.es_url + "/_bulk", content=body,
-                                 headers={"Content-Type": "application/x-ndjson"})
+        resp = await client.post(
+            self.es_url + "/_bulk", content=body, headers={"Content-Type": "application/x-ndjson"}
+        )
         _check(resp, "Elasticsearch _bulk")
         got = orjson.loads(resp.content)
         if got.get("errors"):
@@ -151,15 +156,26 @@ class DirectTarget(Target):
         from metronome.store.elasticsearch import index_name
 
         index = index_name(self.prefix, doc.dataset, doc.timestamp_ms)
-        resp = await client.put(f"{self.es_url}/{index}/_create/{doc.id}",
-                                content=orjson.dumps(doc.source),
-                                headers={"Content-Type": "application/json"})
+        resp = await client.put(
+            f"{self.es_url}/{index}/_create/{doc.id}",
+            content=orjson.dumps(doc.source),
+            headers={"Content-Type": "application/json"},
+        )
         _check(resp, "Elasticsearch _create")
 
 
-async def _run_trial(target: Target, es_url: str, *, duration: float, rate: float,
-                     batch: int, probes_per_s: float, poll_s: float, probe_timeout: float,
-                     max_in_flight: int) -> TrialStats:
+async def _run_trial(
+    target: Target,
+    es_url: str,
+    *,
+    duration: float,
+    rate: float,
+    batch: int,
+    probes_per_s: float,
+    poll_s: float,
+    probe_timeout: float,
+    max_in_flight: int,
+) -> TrialStats:
     stats = TrialStats()
     interval = batch / rate
     limits = httpx.Limits(max_connections=max_in_flight + 8, max_keepalive_connections=64)
@@ -188,18 +204,26 @@ async def _run_trial(target: Target, es_url: str, *, duration: float, rate: floa
         acked = time.monotonic()
         target.acked_total += 1
         stats.ack_latency_s.append(acked - sent)
-        query = {"query": {"term": {"params.probe": probe}}, "size": 0,
-                 "track_total_hits": True, "terminate_after": 1}
+        query = {
+            "query": {"term": {"params.probe": probe}},
+            "size": 0,
+            "track_total_hits": True,
+            "terminate_after": 1,
+        }
         while True:
             try:
-                resp = await search.post(search_url, json=query,
-                                         params={"ignore_unavailable": "true",
-                                                 "allow_no_indices": "true"})
+                resp = await search.post(
+                    search_url,
+                    json=query,
+                    params={"ignore_unavailable": "true", "allow_no_indices": "true"},
+                )
                 stats.searches += 1
                 if resp.status_code == 503 and b"no_shard_available" in resp.content:
                     stats.searches_unavailable += 1  # a new daily index not allocated yet
-                elif (_check(resp, "Elasticsearch _search") is None
-                      and resp.json()["hits"]["total"]["value"] > 0):
+                elif (
+                    _check(resp, "Elasticsearch _search") is None
+                    and resp.json()["hits"]["total"]["value"] > 0
+                ):
                     stats.freshness_s.append(time.monotonic() - acked)
                     return
             except (C.BenchmarkError, httpx.HTTPError) as exc:
@@ -215,8 +239,10 @@ async def _run_trial(target: Target, es_url: str, *, duration: float, rate: floa
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client, \
-            httpx.AsyncClient(timeout=30) as search:
+    async with (
+        httpx.AsyncClient(timeout=30, limits=limits) as client,
+        httpx.AsyncClient(timeout=30) as search,
+    ):
         start = time.monotonic()
         next_batch = start
         next_probe = start + 1 / probes_per_s / 2
@@ -259,10 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=20, help="ticks per request [default: 20]")
     parser.add_argument("--probes-per-s", type=float, default=5, help="[default: 5]")
     parser.add_argument("--poll-ms", type=float, default=50, help="[default: 50]")
-    parser.add_argument("--probe-timeout", type=float, default=30,
-                        help="seconds before a probe counts as lost [default: 30]")
-    parser.add_argument("--max-in-flight", type=int, default=64,
-                        help="most load requests in flight [default: 64]")
+    parser.add_argument(
+        "--probe-timeout",
+        type=float,
+        default=30,
+        help="seconds before a probe counts as lost [default: 30]",
+    )
+    parser.add_argument(
+        "--max-in-flight", type=int, default=64, help="most load requests in flight [default: 64]"
+    )
     parser.add_argument("--workers", type=int, default=2, help="server workers [default: 2]")
     parser.add_argument("--es-heap", default="1g", help="heap of the throwaway Elasticsearch")
     parser.add_argument("--keep-indices", action="store_true")
@@ -281,13 +312,24 @@ def main(argv: list[str] | None = None) -> int:
     code: int | None = None
 
     def run(target: Target, seconds: float) -> TrialStats:
-        stats = asyncio.run(_run_trial(
-            target, es.url, duration=seconds, rate=args.rate, batch=args.batch,
-            probes_per_s=args.probes_per_s, poll_s=args.poll_ms / 1000,
-            probe_timeout=args.probe_timeout, max_in_flight=args.max_in_flight))
+        stats = asyncio.run(
+            _run_trial(
+                target,
+                es.url,
+                duration=seconds,
+                rate=args.rate,
+                batch=args.batch,
+                probes_per_s=args.probes_per_s,
+                poll_s=args.poll_ms / 1000,
+                probe_timeout=args.probe_timeout,
+                max_in_flight=args.max_in_flight,
+            )
+        )
         if stats.errors or stats.missing:
-            raise C.BenchmarkError(f"{len(stats.errors)} errors, {stats.missing} probes never"
-                                   f" found; first errors: {stats.errors[:3]}")
+            raise C.BenchmarkError(
+                f"{len(stats.errors)} errors, {stats.missing} probes never"
+                f" found; first errors: {stats.errors[:3]}"
+            )
         return stats
 
     try:
@@ -295,8 +337,12 @@ def main(argv: list[str] | None = None) -> int:
             es_info = es.info()
             m_prefix, b_prefix = f"bench-fresh-m-{run_id}", f"bench-fresh-b-{run_id}"
             C.install_templates(es.url, b_prefix)
-            server = C.metronome_server(tmp, data_dir, workers=args.workers, env={
-                "METRONOME_ELASTICSEARCH_URL": es.url, "METRONOME_INDEX_PREFIX": m_prefix})
+            server = C.metronome_server(
+                tmp,
+                data_dir,
+                workers=args.workers,
+                env={"METRONOME_ELASTICSEARCH_URL": es.url, "METRONOME_INDEX_PREFIX": m_prefix},
+            )
             server.start()
             targets: dict[str, Target] = {
                 "metronome": MetronomeTarget(server.url, m_prefix, args.batch),
@@ -304,18 +350,23 @@ def main(argv: list[str] | None = None) -> int:
             }
             for _, label in C.trial_order(list(targets), 1, seed + 1):
                 s = run(targets[label], args.warmup)
-                warmups[label] = {"p50_s": C.rounded(C.percentile(s.freshness_s, 50)),
-                                  "probes": len(s.freshness_s)}
+                warmups[label] = {
+                    "p50_s": C.rounded(C.percentile(s.freshness_s, 50)),
+                    "probes": len(s.freshness_s),
+                }
             for round_no, label in C.trial_order(list(targets), args.trials, seed):
                 s = run(targets[label], args.duration)
                 if not server.alive():
                     raise C.BenchmarkError("metronome serve died:\n" + server.log_tail())
                 row = {
-                    "round": round_no, "contender": label,
-                    "events_sent": s.sent_events, "events_acked": s.acked_events,
+                    "round": round_no,
+                    "contender": label,
+                    "events_sent": s.sent_events,
+                    "events_acked": s.acked_events,
                     "events_per_s": round(s.acked_events / args.duration, 1),
                     "rate_achieved": round(s.acked_events / (args.rate * args.duration), 3),
-                    "late_batches": s.late_batches, "probes": len(s.freshness_s),
+                    "late_batches": s.late_batches,
+                    "probes": len(s.freshness_s),
                     "searches": s.searches,
                     "searches_503_no_shard": s.searches_unavailable,
                     "freshness_p50_s": C.rounded(C.percentile(s.freshness_s, 50)),
@@ -326,17 +377,23 @@ def main(argv: list[str] | None = None) -> int:
                     "freshness_s": [round(x, 3) for x in s.freshness_s],
                 }
                 trials.append(row)
-                print(f"  round {round_no} {label:9} p50 {row['freshness_p50_s']:.3f} s"
-                      f"  p99 {row['freshness_p99_s']:.3f} s  ({row['probes']} probes,"
-                      f" {row['events_per_s']:,.0f} events/s acked,"
-                      f" {s.late_batches} late batches)", file=sys.stderr)
-            counts = {label: wait_for_count(es, t, args.probe_timeout)
-                      for label, t in targets.items()}
+                print(
+                    f"  round {round_no} {label:9} p50 {row['freshness_p50_s']:.3f} s"
+                    f"  p99 {row['freshness_p99_s']:.3f} s  ({row['probes']} probes,"
+                    f" {row['events_per_s']:,.0f} events/s acked,"
+                    f" {s.late_batches} late batches)",
+                    file=sys.stderr,
+                )
+            counts = {
+                label: wait_for_count(es, t, args.probe_timeout) for label, t in targets.items()
+            }
             code = server.stop()
             acked = {label: t.acked_total for label, t in targets.items()}
             if counts != acked:
-                raise C.BenchmarkError(f"acknowledged {acked} events, but Elasticsearch holds"
-                                       f" {counts} after {args.probe_timeout:g} s")
+                raise C.BenchmarkError(
+                    f"acknowledged {acked} events, but Elasticsearch holds"
+                    f" {counts} after {args.probe_timeout:g} s"
+                )
             if not args.keep_indices:
                 for t in targets.values():
                     es.delete(f"{t.prefix}-*")
@@ -344,16 +401,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{NAME}: FAILED: {exc}", file=sys.stderr)
         if server is not None:
             server.stop()
-            print(f"--- metronome log: {server.log_path}\n{server.log_tail(15)}",
-                  file=sys.stderr)
+            print(f"--- metronome log: {server.log_path}\n{server.log_tail(15)}", file=sys.stderr)
         return 1
     finally:
         if server is not None:
             server.stop()
     shutil.rmtree(tmp, ignore_errors=True)
 
-    pooled = {label: [x for t in trials if t["contender"] == label for x in t["freshness_s"]]
-              for label in ("metronome", "baseline")}
+    pooled = {
+        label: [x for t in trials if t["contender"] == label for x in t["freshness_s"]]
+        for label in ("metronome", "baseline")
+    }
     p50 = {k: C.percentile(v, 50) for k, v in pooled.items()}
     p99 = {k: C.percentile(v, 99) for k, v in pooled.items()}
     results = {
@@ -361,19 +419,23 @@ def main(argv: list[str] | None = None) -> int:
         "description": __doc__.splitlines()[0],
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
         "parameters": {
-            "rate_events_per_s": args.rate, "batch": args.batch,
-            "interval_ms": 1000 * args.batch / args.rate, "probes_per_s": args.probes_per_s,
-            "poll_ms": args.poll_ms, "duration_s": args.duration, "trials": args.trials,
-            "warmup_s": args.warmup, "workers": args.workers, "seed": seed,
+            "rate_events_per_s": args.rate,
+            "batch": args.batch,
+            "interval_ms": 1000 * args.batch / args.rate,
+            "probes_per_s": args.probes_per_s,
+            "poll_ms": args.poll_ms,
+            "duration_s": args.duration,
+            "trials": args.trials,
+            "warmup_s": args.warmup,
+            "workers": args.workers,
+            "seed": seed,
             "metronome": "metronome serve on Elasticsearch (shipper on): POST /ticks load,"
-                         " POST /tick probes",
-            "baseline": "direct to Elasticsearch: _bulk load, plain PUT _create probes, no"
-                        " refresh",
+            " POST /tick probes",
+            "baseline": "direct to Elasticsearch: _bulk load, plain PUT _create probes, no refresh",
             "unit": "seconds from the write's acknowledgement to the first search that finds"
-                    " it (pooled over trials)",
+            " it (pooled over trials)",
         },
-        "environment": C.environment(elasticsearch_server=es_info,
-                                     loadavg_at_start=load_at_start),
+        "environment": C.environment(elasticsearch_server=es_info, loadavg_at_start=load_at_start),
         "warmup": warmups,
         "trials": trials,
         "summary": {
@@ -384,14 +446,17 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_p50": C.rounded(C.ratio(p50["metronome"], p50["baseline"])),
             "ratio_p99": C.rounded(C.ratio(p99["metronome"], p99["baseline"])),
             "probes": {k: len(v) for k, v in pooled.items()},
-            "rate_held": {k: all(t["rate_achieved"] >= 0.95 for t in trials
-                                 if t["contender"] == k) for k in pooled},
+            "rate_held": {
+                k: all(t["rate_achieved"] >= 0.95 for t in trials if t["contender"] == k)
+                for k in pooled
+            },
             "documents_acknowledged": acked,
             "documents_in_elasticsearch": counts,
             "server_exit_code": code,
             "goal": {"metronome_p99_s_below": GOAL_P99_S},
-            "passed": {"metronome_p99": p99["metronome"] is not None
-                       and p99["metronome"] < GOAL_P99_S},
+            "passed": {
+                "metronome_p99": p99["metronome"] is not None and p99["metronome"] < GOAL_P99_S
+            },
         },
     }
     out = C.write_results(NAME, results, args.output)
@@ -399,10 +464,12 @@ def main(argv: list[str] | None = None) -> int:
     short = [k for k, held in results["summary"]["rate_held"].items() if not held]
     if short:
         verdict += f"; WARNING: {' and '.join(short)} fell below 95% of {args.rate:g} events/s"
-    print(f"{NAME}: metronome p50 {p50['metronome']:.3f} s p99 {p99['metronome']:.3f} s vs"
-          f" direct p50 {p50['baseline']:.3f} s p99 {p99['baseline']:.3f} s, ratio p99"
-          f" {results['summary']['ratio_p99']:.2f} (goal p99 < {GOAL_P99_S:g} s): {verdict}"
-          f" -> {C.display(out)}")
+    print(
+        f"{NAME}: metronome p50 {p50['metronome']:.3f} s p99 {p99['metronome']:.3f} s vs"
+        f" direct p50 {p50['baseline']:.3f} s p99 {p99['baseline']:.3f} s, ratio p99"
+        f" {results['summary']['ratio_p99']:.2f} (goal p99 < {GOAL_P99_S:g} s): {verdict}"
+        f" -> {C.display(out)}"
+    )
     return 0
 
 

@@ -63,12 +63,13 @@ from benchmarks import _common as C
 NAME = "import_logs"
 DEFAULT_LINES = 1_000_000
 LOADER_BATCH = 1000
-RULES = ("/datasets/{id}/download.{format} -> download; /datasets/{id} -> view;"
-         " /maps/{id}/* -> view")
+RULES = "/datasets/{id}/download.{format} -> download; /datasets/{id} -> view; /maps/{id}/* -> view"
 TRUSTED_PROXIES = "10.0.0.0/8"
 CONTENDERS = ("metronome-sqlite", "metronome-elasticsearch", "loader", "read_floor")
-SUMMARY_LINE = re.compile(r"read (\d+) lines, stored (\d+), rejected (\d+)(?: \(([^)]*)\))?,"
-                          r" bots (\d+)(?:, dead letters (\d+))?")
+SUMMARY_LINE = re.compile(
+    r"read (\d+) lines, stored (\d+), rejected (\d+)(?: \(([^)]*)\))?,"
+    r" bots (\d+)(?:, dead letters (\d+))?"
+)
 
 
 # --------------------------------------------------------------------------- the log file
@@ -83,8 +84,9 @@ class _CachedWeightsRandom(random.Random):
         super().__init__(seed)
         self._cumulative: dict[int, tuple[Any, list[float]]] = {}
 
-    def choices(self, population: Any, weights: Any = None, *, cum_weights: Any = None,
-                k: int = 1) -> list[Any]:
+    def choices(
+        self, population: Any, weights: Any = None, *, cum_weights: Any = None, k: int = 1
+    ) -> list[Any]:
         if weights is not None and cum_weights is None:
             cached = self._cumulative.get(id(weights))
             if cached is None or cached[0] is not weights:
@@ -118,9 +120,10 @@ def generate_lines(n: int, seed: int, *, check: int = 2000) -> list[str]:
     with _fast_generator():
         lines = parse.generate_lines(n, seed)
     reference = parse.generate_lines(min(check, n), seed)
-    if lines[:len(reference)] != reference:
-        raise C.BenchmarkError("the faster generator's lines differ from"
-                               " benchmarks.parse.generate_lines'")
+    if lines[: len(reference)] != reference:
+        raise C.BenchmarkError(
+            "the faster generator's lines differ from benchmarks.parse.generate_lines'"
+        )
     return lines
 
 
@@ -134,7 +137,7 @@ def write_log(lines: list[str], path: Path) -> dict[str, Any]:
     size = 0
     with open(path, "wb") as f:
         for start in range(0, len(lines), 10_000):
-            chunk = ("\n".join(lines[start:start + 10_000]) + "\n").encode()
+            chunk = ("\n".join(lines[start : start + 10_000]) + "\n").encode()
             f.write(chunk)
             digest.update(chunk)
             size += len(chunk)
@@ -143,8 +146,12 @@ def write_log(lines: list[str], path: Path) -> dict[str, Any]:
         found = rules.match(target.split("?", 1)[0])
         if found is not None:
             matched[found.event] = matched.get(found.event, 0) + 1
-    return {"bytes": size, "sha256": digest.hexdigest(), "rule_matches": matched,
-            "rule_matched_share": round(sum(matched.values()) / max(len(lines), 1), 4)}
+    return {
+        "bytes": size,
+        "sha256": digest.hexdigest(),
+        "rule_matches": matched,
+        "rule_matched_share": round(sum(matched.values()) / max(len(lines), 1), 4),
+    }
 
 
 # --------------------------------------------------------------------------- baselines
@@ -162,9 +169,11 @@ def minimal_loader(path: str, db: str, pattern: str, batch: str = "1000") -> Non
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("CREATE TABLE lines (remote_addr TEXT, ident TEXT, remote_user TEXT,"
-                 " time_local TEXT, request TEXT, status TEXT, body_bytes TEXT,"
-                 " referrer TEXT, user_agent TEXT)")
+    conn.execute(
+        "CREATE TABLE lines (remote_addr TEXT, ident TEXT, remote_user TEXT,"
+        " time_local TEXT, request TEXT, status TEXT, body_bytes TEXT,"
+        " referrer TEXT, user_agent TEXT)"
+    )
     insert = "INSERT INTO lines VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
     rows: list[tuple[str, ...]] = []
     read = stored = 0
@@ -203,16 +212,24 @@ def read_floor(path: str) -> None:
 def _python_call(function: Any, *args: str) -> list[str]:
     """``python -c`` running only ``function``'s own source: no Metronome, no benchmark
     modules imported, so start-up and memory are a bare interpreter's plus the function's."""
-    code = (textwrap.dedent(inspect.getsource(function))
-            + f"\nimport sys\n{function.__name__}(*sys.argv[1:])\n")
+    code = (
+        textwrap.dedent(inspect.getsource(function))
+        + f"\nimport sys\n{function.__name__}(*sys.argv[1:])\n"
+    )
     return [sys.executable, "-c", code, *args]
 
 
 # --------------------------------------------------------------------------- measuring
 
 
-def run_measured(cmd: list[str], env: dict[str, str], out_dir: Path, name: str,
-                 timeout_s: float, poll_s: float = 0.02) -> dict[str, Any]:
+def run_measured(
+    cmd: list[str],
+    env: dict[str, str],
+    out_dir: Path,
+    name: str,
+    timeout_s: float,
+    poll_s: float = 0.02,
+) -> dict[str, Any]:
     """Run ``cmd`` to the end: wall seconds, exit code, peak RSS and CPU time.
 
     Peak RSS is the highest ``VmHWM`` of ``/proc/<pid>/status`` read every ``poll_s``
@@ -227,8 +244,9 @@ def run_measured(cmd: list[str], env: dict[str, str], out_dir: Path, name: str,
     samples = 0
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=C.REPO, env=env, stdout=out, stderr=err,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=C.REPO, env=env, stdout=out, stderr=err, start_new_session=True
+        )
 
         def reap() -> None:
             reaped["wait4"] = os.wait4(proc.pid, 0)
@@ -250,11 +268,16 @@ def run_measured(cmd: list[str], env: dict[str, str], out_dir: Path, name: str,
             raise C.BenchmarkError(f"{name}: still running after {timeout_s:.0f}s, killed")
     _, status, usage = reaped["wait4"]
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"seconds": reaped["ended"] - started, "returncode": proc.returncode,
-            "max_rss_mib": peak_kb / 1024 if samples else None, "rss_samples": samples,
-            "cpu_user_s": usage.ru_utime, "cpu_system_s": usage.ru_stime,
-            "stdout": out_path.read_text(errors="replace"),
-            "stderr": err_path.read_text(errors="replace")}
+    return {
+        "seconds": reaped["ended"] - started,
+        "returncode": proc.returncode,
+        "max_rss_mib": peak_kb / 1024 if samples else None,
+        "rss_samples": samples,
+        "cpu_user_s": usage.ru_utime,
+        "cpu_system_s": usage.ru_stime,
+        "stdout": out_path.read_text(errors="replace"),
+        "stderr": err_path.read_text(errors="replace"),
+    }
 
 
 def parse_summary(stderr: str) -> dict[str, Any]:
@@ -262,23 +285,33 @@ def parse_summary(stderr: str) -> dict[str, Any]:
     for line in stderr.splitlines():
         found = SUMMARY_LINE.search(line) or found
     if found is None:
-        raise C.BenchmarkError("no summary line (`read N lines, stored M, ...`) on stderr:\n"
-                               + stderr[-2000:])
+        raise C.BenchmarkError(
+            "no summary line (`read N lines, stored M, ...`) on stderr:\n" + stderr[-2000:]
+        )
     reasons = {}
     for part in (found.group(4) or "").split(", "):
         if part:
             reason, _, count = part.rpartition(" ")
             reasons[reason] = int(count)
-    return {"read": int(found.group(1)), "stored": int(found.group(2)),
-            "rejected": int(found.group(3)), "rejected_reasons": reasons,
-            "bots": int(found.group(5)), "dead_letters": int(found.group(6) or 0),
-            "summary_line": found.group(0)}
+    return {
+        "read": int(found.group(1)),
+        "stored": int(found.group(2)),
+        "rejected": int(found.group(3)),
+        "rejected_reasons": reasons,
+        "bots": int(found.group(5)),
+        "dead_letters": int(found.group(6) or 0),
+        "summary_line": found.group(0),
+    }
 
 
 def metronome_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = C.child_env(METRONOME_DATA_DIR=str(data_dir), METRONOME_LOG_FORMAT="combined",
-                      METRONOME_URL_RULES=RULES, METRONOME_TRUSTED_PROXIES=TRUSTED_PROXIES,
-                      METRONOME_LOG_LEVEL="warning")
+    env = C.child_env(
+        METRONOME_DATA_DIR=str(data_dir),
+        METRONOME_LOG_FORMAT="combined",
+        METRONOME_URL_RULES=RULES,
+        METRONOME_TRUSTED_PROXIES=TRUSTED_PROXIES,
+        METRONOME_LOG_LEVEL="warning",
+    )
     env.pop("METRONOME_ELASTICSEARCH_URL", None)
     env.update(extra)
     return env
@@ -287,57 +320,82 @@ def metronome_env(data_dir: Path, **extra: str) -> dict[str, str]:
 def _rate(result: dict[str, Any], lines: int) -> dict[str, Any]:
     seconds = result["seconds"]
     cpu = result["cpu_user_s"] + result["cpu_system_s"]
-    return {"seconds": seconds, "lines_per_s": lines / seconds, "cpu_s": cpu,
-            "lines_per_cpu_s": lines / cpu if cpu else None,
-            "max_rss_mib": result["max_rss_mib"], "rss_samples": result["rss_samples"],
-            "cpu_user_s": result["cpu_user_s"],
-            "cpu_system_s": result["cpu_system_s"]}
+    return {
+        "seconds": seconds,
+        "lines_per_s": lines / seconds,
+        "cpu_s": cpu,
+        "lines_per_cpu_s": lines / cpu if cpu else None,
+        "max_rss_mib": result["max_rss_mib"],
+        "rss_samples": result["rss_samples"],
+        "cpu_user_s": result["cpu_user_s"],
+        "cpu_system_s": result["cpu_system_s"],
+    }
 
 
 def _check_import(label: str, result: dict[str, Any], lines: int) -> dict[str, Any]:
     if result["returncode"] != 0:
-        raise C.BenchmarkError(f"{label}: metronome import exited {result['returncode']}:\n"
-                               + result["stderr"][-2000:])
+        raise C.BenchmarkError(
+            f"{label}: metronome import exited {result['returncode']}:\n" + result["stderr"][-2000:]
+        )
     summary = parse_summary(result["stderr"])
     if summary["read"] != lines:
         raise C.BenchmarkError(f"{label}: the import read {summary['read']} of {lines} lines")
-    other = [ln for ln in result["stderr"].splitlines()
-             if ln.strip() and summary["summary_line"] not in ln]
+    other = [
+        ln
+        for ln in result["stderr"].splitlines()
+        if ln.strip() and summary["summary_line"] not in ln
+    ]
     summary["stderr_other_lines"] = len(other)
     summary["stderr_first_other"] = other[:5]
     return summary
 
 
-def run_sqlite(path: Path, lines: int, work: Path, name: str, timeout_s: float,
-               keep: bool) -> dict[str, Any]:
+def run_sqlite(
+    path: Path, lines: int, work: Path, name: str, timeout_s: float, keep: bool
+) -> dict[str, Any]:
     data_dir = work / f"{name}-data"
     data_dir.mkdir()
     try:
-        result = run_measured([sys.executable, "-m", "metronome", "import", str(path)],
-                              metronome_env(data_dir), work, name, timeout_s)
+        result = run_measured(
+            [sys.executable, "-m", "metronome", "import", str(path)],
+            metronome_env(data_dir),
+            work,
+            name,
+            timeout_s,
+        )
         summary = _check_import(name, result, lines)
         conn = sqlite3.connect(data_dir / "metronome.sqlite3")
         try:
-            count = conn.execute("SELECT count(*) FROM events WHERE dataset = 'logs'"
-                                 ).fetchone()[0]
-            actions = dict(conn.execute(
-                "SELECT coalesce(action, '(none)'), count(*) FROM events"
-                " WHERE dataset = 'logs' GROUP BY 1 ORDER BY 2 DESC").fetchall())
+            count = conn.execute("SELECT count(*) FROM events WHERE dataset = 'logs'").fetchone()[0]
+            actions = dict(
+                conn.execute(
+                    "SELECT coalesce(action, '(none)'), count(*) FROM events"
+                    " WHERE dataset = 'logs' GROUP BY 1 ORDER BY 2 DESC"
+                ).fetchall()
+            )
         finally:
             conn.close()
         db_bytes = sum(p.stat().st_size for p in data_dir.glob("metronome.sqlite3*"))
         if count != summary["stored"]:
-            raise C.BenchmarkError(f"{name}: the import reported {summary['stored']} stored,"
-                                   f" the embedded store holds {count}")
-        return {**_rate(result, lines), **summary, "count_verified": count,
-                "stored_actions": actions, "store_bytes": db_bytes}
+            raise C.BenchmarkError(
+                f"{name}: the import reported {summary['stored']} stored,"
+                f" the embedded store holds {count}"
+            )
+        return {
+            **_rate(result, lines),
+            **summary,
+            "count_verified": count,
+            "stored_actions": actions,
+            "store_bytes": db_bytes,
+        }
     finally:
         if not keep:
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def run_elasticsearch(es: C.Elasticsearch, path: Path, lines: int, work: Path, name: str,
-                      timeout_s: float, keep: bool) -> dict[str, Any]:
+def run_elasticsearch(
+    es: C.Elasticsearch, path: Path, lines: int, work: Path, name: str, timeout_s: float, keep: bool
+) -> dict[str, Any]:
     import httpx
 
     prefix = f"bench-import-{secrets.token_hex(3)}"
@@ -345,44 +403,68 @@ def run_elasticsearch(es: C.Elasticsearch, path: Path, lines: int, work: Path, n
     data_dir.mkdir()
     try:
         C.install_templates(es.url, prefix)
-        env = metronome_env(data_dir, METRONOME_ELASTICSEARCH_URL=es.url,
-                            METRONOME_INDEX_PREFIX=prefix)
-        result = run_measured([sys.executable, "-m", "metronome", "import", str(path)],
-                              env, work, name, timeout_s)
+        env = metronome_env(
+            data_dir, METRONOME_ELASTICSEARCH_URL=es.url, METRONOME_INDEX_PREFIX=prefix
+        )
+        result = run_measured(
+            [sys.executable, "-m", "metronome", "import", str(path)], env, work, name, timeout_s
+        )
         summary = _check_import(name, result, lines)
         pattern = f"{prefix}-logs-*"
         count = es.refresh_and_count(pattern)
-        with_action = httpx.post(f"{es.url}/{pattern}/_count",
-                                 json={"query": {"exists": {"field": "event.action"}}},
-                                 timeout=120).json()["count"]
-        indices = httpx.get(f"{es.url}/_cat/indices/{pattern}",
-                            params={"format": "json", "h": "index,docs.count,store.size",
-                                    "bytes": "b", "s": "index"}, timeout=60).json()
+        with_action = httpx.post(
+            f"{es.url}/{pattern}/_count",
+            json={"query": {"exists": {"field": "event.action"}}},
+            timeout=120,
+        ).json()["count"]
+        indices = httpx.get(
+            f"{es.url}/_cat/indices/{pattern}",
+            params={
+                "format": "json",
+                "h": "index,docs.count,store.size",
+                "bytes": "b",
+                "s": "index",
+            },
+            timeout=60,
+        ).json()
         if count != summary["stored"]:
-            raise C.BenchmarkError(f"{name}: the import reported {summary['stored']} stored,"
-                                   f" Elasticsearch counts {count} in {pattern}")
-        return {**_rate(result, lines), **summary, "count_verified": count,
-                "stored_with_action": with_action, "prefix": prefix,
-                "indices": {i["index"]: int(i["docs.count"]) for i in indices},
-                "store_bytes": sum(int(i["store.size"]) for i in indices)}
+            raise C.BenchmarkError(
+                f"{name}: the import reported {summary['stored']} stored,"
+                f" Elasticsearch counts {count} in {pattern}"
+            )
+        return {
+            **_rate(result, lines),
+            **summary,
+            "count_verified": count,
+            "stored_with_action": with_action,
+            "prefix": prefix,
+            "indices": {i["index"]: int(i["docs.count"]) for i in indices},
+            "store_bytes": sum(int(i["store.size"]) for i in indices),
+        }
     finally:
         if not keep:
             es.delete(f"{prefix}-*")
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def run_loader(path: Path, lines: int, work: Path, name: str, timeout_s: float,
-               keep: bool) -> dict[str, Any]:
+def run_loader(
+    path: Path, lines: int, work: Path, name: str, timeout_s: float, keep: bool
+) -> dict[str, Any]:
     from benchmarks.parse import FLOOR
 
     db = work / f"{name}.sqlite3"
     try:
-        result = run_measured(_python_call(minimal_loader, str(path), str(db), FLOOR.pattern,
-                                           str(LOADER_BATCH)),
-                              C.child_env(), work, name, timeout_s)
+        result = run_measured(
+            _python_call(minimal_loader, str(path), str(db), FLOOR.pattern, str(LOADER_BATCH)),
+            C.child_env(),
+            work,
+            name,
+            timeout_s,
+        )
         if result["returncode"] != 0:
-            raise C.BenchmarkError(f"{name} exited {result['returncode']}:\n"
-                                   + result["stderr"][-2000:])
+            raise C.BenchmarkError(
+                f"{name} exited {result['returncode']}:\n" + result["stderr"][-2000:]
+            )
         said = json.loads(result["stdout"].strip().splitlines()[-1])
         conn = sqlite3.connect(db)
         try:
@@ -390,24 +472,32 @@ def run_loader(path: Path, lines: int, work: Path, name: str, timeout_s: float,
         finally:
             conn.close()
         if said["read"] != lines or said["stored"] != lines or count != lines:
-            raise C.BenchmarkError(f"{name}: read {said['read']}, stored {said['stored']},"
-                                   f" {count} rows; expected {lines}")
+            raise C.BenchmarkError(
+                f"{name}: read {said['read']}, stored {said['stored']},"
+                f" {count} rows; expected {lines}"
+            )
         db_bytes = sum(p.stat().st_size for p in work.glob(f"{name}.sqlite3*"))
-        return {**_rate(result, lines), "read": said["read"], "stored": said["stored"],
-                "count_verified": count, "store_bytes": db_bytes}
+        return {
+            **_rate(result, lines),
+            "read": said["read"],
+            "stored": said["stored"],
+            "count_verified": count,
+            "store_bytes": db_bytes,
+        }
     finally:
         if not keep:
             for p in work.glob(f"{name}.sqlite3*"):
                 p.unlink()
 
 
-def run_read_floor(path: Path, lines: int, work: Path, name: str,
-                   timeout_s: float) -> dict[str, Any]:
-    result = run_measured(_python_call(read_floor, str(path)), C.child_env(), work, name,
-                          timeout_s)
+def run_read_floor(
+    path: Path, lines: int, work: Path, name: str, timeout_s: float
+) -> dict[str, Any]:
+    result = run_measured(_python_call(read_floor, str(path)), C.child_env(), work, name, timeout_s)
     if result["returncode"] != 0:
-        raise C.BenchmarkError(f"{name} exited {result['returncode']}:\n"
-                               + result["stderr"][-2000:])
+        raise C.BenchmarkError(
+            f"{name} exited {result['returncode']}:\n" + result["stderr"][-2000:]
+        )
     said = json.loads(result["stdout"].strip().splitlines()[-1])
     if said["read"] != lines:
         raise C.BenchmarkError(f"{name}: read {said['read']} of {lines} lines")
@@ -422,8 +512,9 @@ def es_server_info(es: C.Elasticsearch) -> dict[str, Any]:
     info = es.info()
     if info.get("version") is None:
         try:
-            nodes = httpx.get(f"{es.url}/_nodes/_local",
-                              params={"filter_path": "nodes.*.version"}, timeout=10).json()
+            nodes = httpx.get(
+                f"{es.url}/_nodes/_local", params={"filter_path": "nodes.*.version"}, timeout=10
+            ).json()
             info["version"] = next(iter(nodes["nodes"].values()))["version"]
         except (httpx.HTTPError, KeyError, StopIteration, ValueError):
             pass
@@ -451,24 +542,42 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import parse as P
 
     parser = C.base_parser(__doc__.splitlines()[0], duration=None, trials=1, warmup=None)
-    parser.add_argument("--lines", type=int, default=DEFAULT_LINES,
-                        help=f"lines in the generated log [default: {DEFAULT_LINES}]")
-    parser.add_argument("--lines-seed", type=int, default=P.DEFAULT_LINES_SEED,
-                        help=f"seed of the generated lines [default: {P.DEFAULT_LINES_SEED}]")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS),
-                        help=f"comma-separated subset of {', '.join(CONTENDERS)}"
-                             " [default: all]")
+    parser.add_argument(
+        "--lines",
+        type=int,
+        default=DEFAULT_LINES,
+        help=f"lines in the generated log [default: {DEFAULT_LINES}]",
+    )
+    parser.add_argument(
+        "--lines-seed",
+        type=int,
+        default=P.DEFAULT_LINES_SEED,
+        help=f"seed of the generated lines [default: {P.DEFAULT_LINES_SEED}]",
+    )
+    parser.add_argument(
+        "--contenders",
+        default=",".join(CONTENDERS),
+        help=f"comma-separated subset of {', '.join(CONTENDERS)} [default: all]",
+    )
     parser.add_argument("--es-heap", default="1g", help="heap of the throwaway Elasticsearch")
-    parser.add_argument("--timeout", type=float, default=1800,
-                        help="seconds before one contender's run is killed [default: 1800]")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary directory (log file, data, output) and the"
-                             " Elasticsearch indices")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1800,
+        help="seconds before one contender's run is killed [default: 1800]",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary directory (log file, data, output) and the Elasticsearch indices",
+    )
     args = parser.parse_args(argv)
     if args.duration is not None or args.warmup is not None:
-        print(f"{NAME}: --duration/--warmup do not apply (a trial is one import of --lines;"
-              " there is no warm-up: the file is in the page cache for every contender)",
-              file=sys.stderr)
+        print(
+            f"{NAME}: --duration/--warmup do not apply (a trial is one import of --lines;"
+            " there is no warm-up: the file is in the page cache for every contender)",
+            file=sys.stderr,
+        )
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     unknown = sorted(set(contenders) - set(CONTENDERS))
     if unknown or not contenders:
@@ -479,8 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     work = C.temp_dir("metronome-bench-import-")
     log_path = work / "access.log"
 
-    print(f"{NAME}: generating {args.lines:,} combined lines into {log_path}...",
-          file=sys.stderr)
+    print(f"{NAME}: generating {args.lines:,} combined lines into {log_path}...", file=sys.stderr)
     gen_started = time.perf_counter()
     try:
         lines = generate_lines(args.lines, args.lines_seed)
@@ -495,8 +603,11 @@ def main(argv: list[str] | None = None) -> int:
 
     trials: list[dict[str, Any]] = []
     es_info: dict[str, Any] | None = None
-    es_context = (C.Elasticsearch(args.es_heap) if "metronome-elasticsearch" in contenders
-                  else nullcontext(None))
+    es_context = (
+        C.Elasticsearch(args.es_heap)
+        if "metronome-elasticsearch" in contenders
+        else nullcontext(None)
+    )
     try:
         with es_context as es:
             if es is not None:
@@ -514,9 +625,11 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     r = run_read_floor(log_path, n, work, name, args.timeout)
                 trials.append({"round": round_no, "contender": label, **_rounded(r)})
-                print(f"  round {round_no} {label:24} {r['lines_per_s']:10,.0f} lines/s in"
-                      f" {r['seconds']:7.2f} s, peak RSS {r['max_rss_mib']:6.1f} MiB",
-                      file=sys.stderr)
+                print(
+                    f"  round {round_no} {label:24} {r['lines_per_s']:10,.0f} lines/s in"
+                    f" {r['seconds']:7.2f} s, peak RSS {r['max_rss_mib']:6.1f} MiB",
+                    file=sys.stderr,
+                )
     except C.BenchmarkError as exc:
         print(f"{NAME}: FAILED: {exc}", file=sys.stderr)
         print(f"{NAME}: files kept in {work}", file=sys.stderr)
@@ -528,47 +641,59 @@ def main(argv: list[str] | None = None) -> int:
         return C.median(t[key] for t in trials if t["contender"] == label and t[key] is not None)
 
     per_contender = {
-        label: {"lines_per_s": C.rounded(med(label, "lines_per_s"), 1),
-                "seconds": C.rounded(med(label, "seconds")),
-                "max_rss_mib": C.rounded(med(label, "max_rss_mib"), 1),
-                "cpu_s": C.rounded(med(label, "cpu_s")),
-                "lines_per_cpu_s": C.rounded(med(label, "lines_per_cpu_s"), 1)}
-        for label in contenders}
+        label: {
+            "lines_per_s": C.rounded(med(label, "lines_per_s"), 1),
+            "seconds": C.rounded(med(label, "seconds")),
+            "max_rss_mib": C.rounded(med(label, "max_rss_mib"), 1),
+            "cpu_s": C.rounded(med(label, "cpu_s")),
+            "lines_per_cpu_s": C.rounded(med(label, "lines_per_cpu_s"), 1),
+        }
+        for label in contenders
+    }
 
     def ratio_to(label: str, base: str) -> float | None:
         if label not in per_contender or base not in per_contender:
             return None
-        return C.rounded(C.ratio(per_contender[label]["lines_per_s"],
-                                 per_contender[base]["lines_per_s"]))
+        return C.rounded(
+            C.ratio(per_contender[label]["lines_per_s"], per_contender[base]["lines_per_s"])
+        )
 
-    ratios = {f"{label}/{base}": ratio_to(label, base)
-              for label in ("metronome-sqlite", "metronome-elasticsearch")
-              for base in ("loader", "read_floor")}
+    ratios = {
+        f"{label}/{base}": ratio_to(label, base)
+        for label in ("metronome-sqlite", "metronome-elasticsearch")
+        for base in ("loader", "read_floor")
+    }
     results = {
         "benchmark": NAME,
         "description": __doc__.splitlines()[0],
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
         "parameters": {
-            "lines": n, "lines_seed": args.lines_seed, "trials": args.trials, "seed": seed,
-            "contenders": contenders, "format": "combined", "url_rules": RULES,
-            "trusted_proxies": TRUSTED_PROXIES, "es_heap": args.es_heap,
-            "log_file_bytes": log_info["bytes"], "log_file_sha256": log_info["sha256"],
+            "lines": n,
+            "lines_seed": args.lines_seed,
+            "trials": args.trials,
+            "seed": seed,
+            "contenders": contenders,
+            "format": "combined",
+            "url_rules": RULES,
+            "trusted_proxies": TRUSTED_PROXIES,
+            "es_heap": args.es_heap,
+            "log_file_bytes": log_info["bytes"],
+            "log_file_sha256": log_info["sha256"],
             "distinct_user_agents": distinct_agents,
             "rule_matches_expected": log_info["rule_matches"],
             "rule_matched_share": log_info["rule_matched_share"],
             "generation_s": round(generation_s, 2),
             "metronome": "python -m metronome import FILE (no --quiet: the summary line on"
-                         " stderr is checked), timed as a whole command",
+            " stderr is checked), timed as a whole command",
             "loader": "python -c: one precompiled regex (benchmarks.parse.FLOOR) per line,"
-                      " raw groups into one SQLite table (no key, no index), executemany,"
-                      f" one transaction per {LOADER_BATCH} lines, WAL, synchronous=FULL",
+            " raw groups into one SQLite table (no key, no index), executemany,"
+            f" one transaction per {LOADER_BATCH} lines, WAL, synchronous=FULL",
             "read_floor": "python -c: for line in open(file): pass",
             "unit": "lines per wall second of the whole command (median of trials);"
-                    " peak memory is the command's VmHWM (/proc/<pid>/status, polled"
-                    " every 20 ms; ru_maxrss would carry this process's over the fork)",
+            " peak memory is the command's VmHWM (/proc/<pid>/status, polled"
+            " every 20 ms; ru_maxrss would carry this process's over the fork)",
         },
-        "environment": C.environment(elasticsearch_server=es_info,
-                                     loadavg_at_start=load_at_start),
+        "environment": C.environment(elasticsearch_server=es_info, loadavg_at_start=load_at_start),
         "cli_startup_s": round(startup, 3),
         "trials": trials,
         "summary": {
@@ -583,14 +708,21 @@ def main(argv: list[str] | None = None) -> int:
     for label in ("metronome-sqlite", "metronome-elasticsearch", "loader", "read_floor"):
         if label in per_contender:
             v = per_contender[label]
-            parts.append(f"{label} {v['lines_per_s']:,.0f} lines/s ({v['seconds']:.1f} s,"
-                         f" {v['max_rss_mib']:.0f} MiB)")
-    ratio_text = ", ".join(f"{k.split('/')[0].removeprefix('metronome-')}"
-                           f" {v:.3f}" for k, v in ratios.items()
-                           if v is not None and k.endswith("/loader"))
-    print(f"{NAME}: {n:,} lines: " + "; ".join(parts)
-          + (f"; ratio to loader: {ratio_text}" if ratio_text else "")
-          + f" -> {C.display(out)}")
+            parts.append(
+                f"{label} {v['lines_per_s']:,.0f} lines/s ({v['seconds']:.1f} s,"
+                f" {v['max_rss_mib']:.0f} MiB)"
+            )
+    ratio_text = ", ".join(
+        f"{k.split('/')[0].removeprefix('metronome-')} {v:.3f}"
+        for k, v in ratios.items()
+        if v is not None and k.endswith("/loader")
+    )
+    print(
+        f"{NAME}: {n:,} lines: "
+        + "; ".join(parts)
+        + (f"; ratio to loader: {ratio_text}" if ratio_text else "")
+        + f" -> {C.display(out)}"
+    )
     return 0
 
 

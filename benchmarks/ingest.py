@@ -46,20 +46,36 @@ def stored_rows(data_dir: Any) -> int | None:
         return None
 
 
-def run_throughput(*, name: str, description: str, path: str, body: bytes,
-                   events_per_request: int, expect: str | None, unit: str, goal: dict[str, Any],
-                   default_connections: int, undurable: bool = False,
-                   argv: list[str] | None = None) -> int:
+def run_throughput(
+    *,
+    name: str,
+    description: str,
+    path: str,
+    body: bytes,
+    events_per_request: int,
+    expect: str | None,
+    unit: str,
+    goal: dict[str, Any],
+    default_connections: int,
+    undurable: bool = False,
+    argv: list[str] | None = None,
+) -> int:
     """Metronome against the bare app under wrk; with ``undurable``, also Metronome with
     the spool's fsync and the shipper off (:mod:`benchmarks.undurable`), for scale."""
     parser = C.base_parser(description, duration=10, trials=3, warmup=3)
-    parser.add_argument("--connections", type=int, default=default_connections,
-                        help=f"wrk connections [default: {default_connections}]")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=default_connections,
+        help=f"wrk connections [default: {default_connections}]",
+    )
     parser.add_argument("--threads", type=int, default=1, help="wrk threads [default: 1]")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="server worker processes, both servers [default: 2]")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary data directory and server logs")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="server worker processes, both servers [default: 2]"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary data directory and server logs"
+    )
     args = parser.parse_args(argv)
     seed = C.new_seed(args.seed)
     C.pin_git()
@@ -75,8 +91,9 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
     # a burst bigger than the default 1 GiB spool: the shipper drains it at its own pace
     # (lower CPU priority), and this measures what is accepted meanwhile
     servers = {
-        "metronome": C.metronome_server(tmp, data_dir, workers=args.workers,
-                                        env={"METRONOME_SPOOL_MAX_BYTES": str(SPOOL_BYTES)}),
+        "metronome": C.metronome_server(
+            tmp, data_dir, workers=args.workers, env={"METRONOME_SPOOL_MAX_BYTES": str(SPOOL_BYTES)}
+        ),
         "bare": C.bare_server(tmp, workers=args.workers),
     }
     expects = {"metronome": expect, "bare": None}  # the bare app answers {} to everything
@@ -84,8 +101,13 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
         undurable_dir = tmp / "undurable-data"
         undurable_dir.mkdir()
         servers["undurable"] = C.metronome_server(
-            tmp, undurable_dir, workers=args.workers, name="undurable",
-            module="benchmarks.undurable", env={"METRONOME_SPOOL_MAX_BYTES": str(SPOOL_BYTES)})
+            tmp,
+            undurable_dir,
+            workers=args.workers,
+            name="undurable",
+            module="benchmarks.undurable",
+            env={"METRONOME_SPOOL_MAX_BYTES": str(SPOOL_BYTES)},
+        )
         expects["undurable"] = expect
     acked = dict.fromkeys(servers, 0)
     trials: list[dict[str, Any]] = []
@@ -97,12 +119,19 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
     def one_run(label: str, seconds: float) -> dict[str, Any]:
         spread: list[list[int] | None] = []
         sampler = threading.Timer(  # midway through: how wrk's connections are spread
-            seconds / 2, lambda: spread.append(C.connections_per_process(servers[label].port)))
+            seconds / 2, lambda: spread.append(C.connections_per_process(servers[label].port))
+        )
         sampler.start()
         try:
-            stats = C.run_wrk(servers[label].url, path, body, duration=seconds,
-                              connections=args.connections, threads=args.threads,
-                              expect=expects[label])
+            stats = C.run_wrk(
+                servers[label].url,
+                path,
+                body,
+                duration=seconds,
+                connections=args.connections,
+                threads=args.threads,
+                expect=expects[label],
+            )
         finally:
             sampler.cancel()
             sampler.join()
@@ -118,29 +147,40 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
             warmups[label] = {"requests_per_s": round(stats["requests_per_s"], 1)}
         for round_no, label in C.trial_order(list(servers), args.trials, seed):
             stats = one_run(label, args.duration)
-            trials.append({
-                "round": round_no, "contender": label,
-                "requests": stats["requests"], "seconds": round(stats["seconds"], 3),
-                "requests_per_s": round(stats["requests_per_s"], 1),
-                "events_per_s": round(stats["requests_per_s"] * events_per_request, 1),
-                "latency_ms": {k: round(v / 1000, 3) for k, v in stats["latency_us"].items()},
-                "connections_per_worker": stats["connections_per_worker"],
-            })
-            print(f"  round {round_no} {label:9} {stats['requests_per_s']:10.1f} req/s"
-                  f"  {stats['requests_per_s'] * events_per_request:10.1f} events/s"
-                  f"  p99 {stats['latency_us']['p99'] / 1000:.1f} ms"
-                  f"  connections per worker {stats['connections_per_worker']}",
-                  file=sys.stderr)
+            trials.append(
+                {
+                    "round": round_no,
+                    "contender": label,
+                    "requests": stats["requests"],
+                    "seconds": round(stats["seconds"], 3),
+                    "requests_per_s": round(stats["requests_per_s"], 1),
+                    "events_per_s": round(stats["requests_per_s"] * events_per_request, 1),
+                    "latency_ms": {k: round(v / 1000, 3) for k, v in stats["latency_us"].items()},
+                    "connections_per_worker": stats["connections_per_worker"],
+                }
+            )
+            print(
+                f"  round {round_no} {label:9} {stats['requests_per_s']:10.1f} req/s"
+                f"  {stats['requests_per_s'] * events_per_request:10.1f} events/s"
+                f"  p99 {stats['latency_us']['p99'] / 1000:.1f} ms"
+                f"  connections per worker {stats['connections_per_worker']}",
+                file=sys.stderr,
+            )
         for label, server in servers.items():
             if not server.alive():
                 raise C.BenchmarkError(f"{label} died during the run:\n{server.log_tail()}")
     except C.BenchmarkError as exc:
         print(f"{name}: FAILED: {exc}", file=sys.stderr)
         for label, server in servers.items():
-            state = "running" if server.alive() else (
-                f"exited {server.proc.returncode}" if server.proc else "not started")
-            print(f"--- {label} ({state}) log: {server.log_path}\n{server.log_tail(15)}",
-                  file=sys.stderr)
+            state = (
+                "running"
+                if server.alive()
+                else (f"exited {server.proc.returncode}" if server.proc else "not started")
+            )
+            print(
+                f"--- {label} ({state}) log: {server.log_path}\n{server.log_tail(15)}",
+                file=sys.stderr,
+            )
         return 1
     finally:
         for label, server in servers.items():
@@ -152,8 +192,10 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
     else:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    per_s = {label: C.median(t[f"{unit}_per_s"] for t in trials if t["contender"] == label)
-             for label in servers}
+    per_s = {
+        label: C.median(t[f"{unit}_per_s"] for t in trials if t["contender"] == label)
+        for label in servers
+    }
     paired = []
     for round_no in range(args.trials):
         by = {t["contender"]: t[f"{unit}_per_s"] for t in trials if t["round"] == round_no}
@@ -164,31 +206,41 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
         extra = {
             f"undurable_{unit}_per_s": C.rounded(per_s["undurable"], 1),
             "undurable_ratio": C.rounded(C.ratio(per_s["undurable"], per_s["bare"])),
-            "metronome_to_undurable": C.rounded(C.ratio(per_s["metronome"],
-                                                        per_s["undurable"])),
+            "metronome_to_undurable": C.rounded(C.ratio(per_s["metronome"], per_s["undurable"])),
         }
     passed = {}
     if "ratio" in goal:
         passed["ratio"] = result_ratio is not None and result_ratio >= goal["ratio"]
     if "metronome_events_per_s" in goal:
         passed["metronome_events_per_s"] = (
-            per_s["metronome"] is not None
-            and per_s["metronome"] >= goal["metronome_events_per_s"])
+            per_s["metronome"] is not None and per_s["metronome"] >= goal["metronome_events_per_s"]
+        )
     results = {
         "benchmark": name,
         "description": description.splitlines()[0],
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "parameters": {
-            "path": path, "events_per_request": events_per_request,
-            "body_bytes": len(body), "duration_s": args.duration, "trials": args.trials,
-            "warmup_s": args.warmup, "connections": args.connections,
-            "wrk_threads": args.threads, "workers": args.workers, "seed": seed,
+            "path": path,
+            "events_per_request": events_per_request,
+            "body_bytes": len(body),
+            "duration_s": args.duration,
+            "trials": args.trials,
+            "warmup_s": args.warmup,
+            "connections": args.connections,
+            "wrk_threads": args.threads,
+            "workers": args.workers,
+            "seed": seed,
             "metronome": "python -m metronome serve, embedded store (SQLite) in a temp dir,"
-                         f" METRONOME_SPOOL_MAX_BYTES={SPOOL_BYTES}",
+            f" METRONOME_SPOOL_MAX_BYTES={SPOOL_BYTES}",
             "baseline": "benchmarks/bare_app.py under gunicorn + uvicorn_worker.UvicornWorker",
-            **({"undurable": "python -m benchmarks.undurable: Metronome with the spool's"
-                             " fdatasync and the shipper off, for scale (not a goal)"}
-               if undurable else {}),
+            **(
+                {
+                    "undurable": "python -m benchmarks.undurable: Metronome with the spool's"
+                    " fdatasync and the shipper off, for scale (not a goal)"
+                }
+                if undurable
+                else {}
+            ),
             "unit": f"{unit} per second (median of trials)",
         },
         "environment": C.environment(wrk=C.wrk_version(), loadavg_at_start=load_at_start),
@@ -212,19 +264,33 @@ def run_throughput(*, name: str, description: str, path: str, body: bytes,
     goals = [f"ratio >= {goal['ratio']}"] if "ratio" in goal else []
     if "metronome_events_per_s" in goal:
         goals.append(f"metronome >= {goal['metronome_events_per_s']:,} events/s")
-    scale = (f"; undurable {per_s['undurable']:,.0f} {unit}/s,"
-             f" ratio {extra['undurable_ratio']:.2f}" if undurable else "")
-    print(f"{name}: metronome {per_s['metronome']:,.0f} {unit}/s vs bare {per_s['bare']:,.0f}"
-          f" {unit}/s, ratio {result_ratio:.2f} (goal: {', '.join(goals)}): {verdict}{scale}"
-          f" -> {C.display(out)}")
+    scale = (
+        f"; undurable {per_s['undurable']:,.0f} {unit}/s, ratio {extra['undurable_ratio']:.2f}"
+        if undurable
+        else ""
+    )
+    print(
+        f"{name}: metronome {per_s['metronome']:,.0f} {unit}/s vs bare {per_s['bare']:,.0f}"
+        f" {unit}/s, ratio {result_ratio:.2f} (goal: {', '.join(goals)}): {verdict}{scale}"
+        f" -> {C.display(out)}"
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     return run_throughput(
-        name=NAME, description=__doc__, path="/tick", body=orjson.dumps(C.TICK),
-        events_per_request=1, expect='"id"', unit="requests", goal={"ratio": GOAL_RATIO},
-        default_connections=32, undurable=True, argv=argv)
+        name=NAME,
+        description=__doc__,
+        path="/tick",
+        body=orjson.dumps(C.TICK),
+        events_per_request=1,
+        expect='"id"',
+        unit="requests",
+        goal={"ratio": GOAL_RATIO},
+        default_connections=32,
+        undurable=True,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

@@ -28,10 +28,17 @@ GOAL_EVENTS_PER_S = 50_000
 def main(argv: list[str] | None = None) -> int:
     body = orjson.dumps(C.realistic_ticks(BATCH))
     return run_throughput(
-        name=NAME, description=__doc__, path="/ticks", body=body, events_per_request=BATCH,
-        expect=f'"accepted":{BATCH},', unit="events",
+        name=NAME,
+        description=__doc__,
+        path="/ticks",
+        body=body,
+        events_per_request=BATCH,
+        expect=f'"accepted":{BATCH},',
+        unit="events",
         goal={"metronome_events_per_s": GOAL_EVENTS_PER_S},
-        default_connections=8, argv=argv)
+        default_connections=8,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

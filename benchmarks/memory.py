@@ -70,12 +70,23 @@ def sample(master: int) -> dict[str, Any]:
     rss = {label: C.proc_status_kb(pid, "VmRSS") for label, pid in procs.items()}
     hwm = {label: C.proc_status_kb(pid, "VmHWM") for label, pid in procs.items()}
     cpu = {label: C.cpu_seconds(pid) for label, pid in procs.items()}
-    return {"pids": procs, "rss_kb": rss, "hwm_kb": hwm, "cpu_s": cpu,
-            "total_rss_kb": sum(v for v in rss.values() if v)}
+    return {
+        "pids": procs,
+        "rss_kb": rss,
+        "hwm_kb": hwm,
+        "cpu_s": cpu,
+        "total_rss_kb": sum(v for v in rss.values() if v),
+    }
 
 
-async def _send(url: str, bodies: list[bytes], requests: int, concurrency: int,
-                expect: bytes | None, per_connection: int) -> None:
+async def _send(
+    url: str,
+    bodies: list[bytes],
+    requests: int,
+    concurrency: int,
+    expect: bytes | None,
+    per_connection: int,
+) -> None:
     """POST ``requests`` bodies; every answer must be 202 (and contain ``expect``).
 
     Each sender opens a new keep-alive connection every ``per_connection`` requests: the
@@ -94,11 +105,13 @@ async def _send(url: str, bodies: list[bytes], requests: int, concurrency: int,
                         break
                     i = next_index
                     next_index += 1
-                    resp = await client.post(url + "/ticks", content=bodies[i % len(bodies)],
-                                             headers=headers)
+                    resp = await client.post(
+                        url + "/ticks", content=bodies[i % len(bodies)], headers=headers
+                    )
                     if resp.status_code != 202 or (expect and expect not in resp.content):
-                        raise C.BenchmarkError(f"POST /ticks answered {resp.status_code}:"
-                                               f" {resp.text[:300]}")
+                        raise C.BenchmarkError(
+                            f"POST /ticks answered {resp.status_code}: {resp.text[:300]}"
+                        )
 
     await asyncio.gather(*(sender() for _ in range(concurrency)))
 
@@ -109,9 +122,13 @@ def drain(data_dir: Any, interval_s: float = 0.5) -> dict[str, Any]:
     env.pop("METRONOME_ELASTICSEARCH_URL", None)
     env.pop("METRONOME_SHIPPER_PARENT", None)
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "metronome", "worker", "--drain"],
-                            cwd=C.REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metronome", "worker", "--drain"],
+        cwd=C.REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     output: list[bytes] = []
     reader = threading.Thread(target=lambda: output.append(proc.stdout.read()), daemon=True)
     reader.start()
@@ -128,9 +145,13 @@ def drain(data_dir: Any, interval_s: float = 0.5) -> dict[str, Any]:
     text = b"".join(output).decode(errors="replace").strip()
     if proc.returncode != 0:
         raise C.BenchmarkError(f"metronome worker --drain exited {proc.returncode}:\n{text}")
-    return {"seconds": round(seconds, 2), "samples": samples,
-            "max_rss_kb": max((s["rss_kb"] for s in samples), default=None),
-            "hwm_kb": hwm, "worker_said": text.splitlines()[-1] if text else None}
+    return {
+        "seconds": round(seconds, 2),
+        "samples": samples,
+        "max_rss_kb": max((s["rss_kb"] for s in samples), default=None),
+        "hwm_kb": hwm,
+        "worker_said": text.splitlines()[-1] if text else None,
+    }
 
 
 def run_contender(label: str, args: Any, bodies: list[bytes], log_dir: Any) -> dict[str, Any]:
@@ -148,8 +169,9 @@ def run_contender(label: str, args: Any, bodies: list[bytes], log_dir: Any) -> d
             # are known from the copy a worker saves in the data directory; a brand-new
             # data directory with the store down refuses ingest until it can read them
             (data_dir / CACHE_FILE).write_bytes(orjson.dumps(Snapshot.empty().to_dict()))
-        server = C.metronome_server(log_dir, data_dir, workers=args.workers, args=extra,
-                                    env=env, name=label)
+        server = C.metronome_server(
+            log_dir, data_dir, workers=args.workers, args=extra, env=env, name=label
+        )
     checkpoints = []
     drained = None
     expect = f'"accepted":{args.batch},'.encode()  # the bare app answers {}
@@ -163,28 +185,47 @@ def run_contender(label: str, args: Any, bodies: list[bytes], log_dir: Any) -> d
         while sent < args.events:
             n = min(args.checkpoint, args.events - sent)
             requests = -(-n // args.batch)
-            asyncio.run(_send(server.url, bodies, requests, args.concurrency,
-                              None if label == "bare" else expect, args.per_connection))
+            asyncio.run(
+                _send(
+                    server.url,
+                    bodies,
+                    requests,
+                    args.concurrency,
+                    None if label == "bare" else expect,
+                    args.per_connection,
+                )
+            )
             sent += requests * args.batch
             if not server.alive():
                 raise C.BenchmarkError(f"{label} died:\n{server.log_tail()}")
-            point = {"events": sent, "elapsed_s": round(time.perf_counter() - started, 2),
-                     **sample(server.proc.pid)}
+            point = {
+                "events": sent,
+                "elapsed_s": round(time.perf_counter() - started, 2),
+                **sample(server.proc.pid),
+            }
             checkpoints.append(point)
-            print(f"  {label:18} {sent:>9,} events  total RSS"
-                  f" {point['total_rss_kb'] / 1024:7.1f} MiB  "
-                  + " ".join(f"{k}={v / 1024:.0f}" for k, v in point["rss_kb"].items() if v)
-                  + "  cpu s " + " ".join(f"{k}={v:.1f}" for k, v in point["cpu_s"].items()
-                                          if v is not None),
-                  file=sys.stderr)
+            print(
+                f"  {label:18} {sent:>9,} events  total RSS"
+                f" {point['total_rss_kb'] / 1024:7.1f} MiB  "
+                + " ".join(f"{k}={v / 1024:.0f}" for k, v in point["rss_kb"].items() if v)
+                + "  cpu s "
+                + " ".join(f"{k}={v:.1f}" for k, v in point["cpu_s"].items() if v is not None),
+                file=sys.stderr,
+            )
         seconds = time.perf_counter() - started
-        spool_bytes = sum(p.stat().st_size for p in (data_dir / "spool").rglob("*")
-                          if p.is_file()) if (data_dir / "spool").exists() else None
+        spool_bytes = (
+            sum(p.stat().st_size for p in (data_dir / "spool").rglob("*") if p.is_file())
+            if (data_dir / "spool").exists()
+            else None
+        )
         code = server.stop()
         if label == "metronome" and args.drain:
             drained = drain(data_dir)
-            print(f"  {label:18} drain: {drained['seconds']} s, shipper max RSS"
-                  f" {(drained['max_rss_kb'] or 0) / 1024:.1f} MiB", file=sys.stderr)
+            print(
+                f"  {label:18} drain: {drained['seconds']} s, shipper max RSS"
+                f" {(drained['max_rss_kb'] or 0) / 1024:.1f} MiB",
+                file=sys.stderr,
+            )
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -194,46 +235,79 @@ def run_contender(label: str, args: Any, bodies: list[bytes], log_dir: Any) -> d
         before = first["rss_kb"].get(key)
         if kb is not None and before is not None and first["pids"].get(key) == last["pids"][key]:
             growth[key] = round((kb - before) / 1024, 1)
-    return {"contender": label, "events": sent, "seconds": round(seconds, 2),
-            "events_per_s": round(sent / seconds, 1), "spool_bytes_at_end": spool_bytes,
-            "server_exit_code": code, "checkpoints": checkpoints,
-            "growth_mb_first_to_last_checkpoint": growth,
-            "total_rss_mb_at_end": round(last["total_rss_kb"] / 1024, 1),
-            "drain": drained}
+    return {
+        "contender": label,
+        "events": sent,
+        "seconds": round(seconds, 2),
+        "events_per_s": round(sent / seconds, 1),
+        "spool_bytes_at_end": spool_bytes,
+        "server_exit_code": code,
+        "checkpoints": checkpoints,
+        "growth_mb_first_to_last_checkpoint": growth,
+        "total_rss_mb_at_end": round(last["total_rss_kb"] / 1024, 1),
+        "drain": drained,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = C.base_parser(__doc__.splitlines()[0], duration=None, trials=1, warmup=None)
-    parser.add_argument("--events", type=int, default=1_000_000,
-                        help="events per contender [default: 1000000]")
-    parser.add_argument("--checkpoint", type=int, default=100_000,
-                        help="sample RSS every this many events [default: 100000]")
+    parser.add_argument(
+        "--events", type=int, default=1_000_000, help="events per contender [default: 1000000]"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=int,
+        default=100_000,
+        help="sample RSS every this many events [default: 100000]",
+    )
     parser.add_argument("--batch", type=int, default=500, help="ticks per request")
-    parser.add_argument("--concurrency", type=int, default=4,
-                        help="concurrent requests [default: 4]")
-    parser.add_argument("--per-connection", type=int, default=10,
-                        help="requests per keep-alive connection [default: 10]")
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="concurrent requests [default: 4]"
+    )
+    parser.add_argument(
+        "--per-connection",
+        type=int,
+        default=10,
+        help="requests per keep-alive connection [default: 10]",
+    )
     parser.add_argument("--workers", type=int, default=2, help="server workers [default: 2]")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS),
-                        help=f"comma-separated subset of {', '.join(CONTENDERS)}")
-    parser.add_argument("--spool-max-bytes", type=int, default=16 << 30,
-                        help="METRONOME_SPOOL_MAX_BYTES for the run [default: 16 GiB]")
-    parser.add_argument("--drain", action="store_true",
-                        help="then time `metronome worker --drain` and sample its RSS")
+    parser.add_argument(
+        "--contenders",
+        default=",".join(CONTENDERS),
+        help=f"comma-separated subset of {', '.join(CONTENDERS)}",
+    )
+    parser.add_argument(
+        "--spool-max-bytes",
+        type=int,
+        default=16 << 30,
+        help="METRONOME_SPOOL_MAX_BYTES for the run [default: 16 GiB]",
+    )
+    parser.add_argument(
+        "--drain",
+        action="store_true",
+        help="then time `metronome worker --drain` and sample its RSS",
+    )
     args = parser.parse_args(argv)
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     unknown = set(contenders) - set(CONTENDERS)
     if unknown or "bare" not in contenders:
-        parser.error(f"--contenders: unknown {sorted(unknown)}" if unknown
-                     else "--contenders must include the baseline, bare")
+        parser.error(
+            f"--contenders: unknown {sorted(unknown)}"
+            if unknown
+            else "--contenders must include the baseline, bare"
+        )
     if args.checkpoint % args.batch or args.checkpoint > args.events:
         parser.error("--checkpoint must be a multiple of --batch and at most --events")
     if args.drain and "metronome" not in contenders:
         parser.error("--drain needs the metronome contender")
-    if any(c.startswith("metronome") for c in contenders) \
-            and not C.cli_option("serve", "--no-shipper"):
-        print(f"{NAME}: FAILED: `metronome serve` has no --no-shipper option: this benchmark"
-              " needs the spool", file=sys.stderr)
+    if any(c.startswith("metronome") for c in contenders) and not C.cli_option(
+        "serve", "--no-shipper"
+    ):
+        print(
+            f"{NAME}: FAILED: `metronome serve` has no --no-shipper option: this benchmark"
+            " needs the spool",
+            file=sys.stderr,
+        )
         return 2
     seed = C.new_seed(args.seed)
     C.pin_git()
@@ -254,20 +328,28 @@ def main(argv: list[str] | None = None) -> int:
     def med(label: str, key: str) -> float | None:
         return C.median(t[key] for t in trials if t["contender"] == label)
 
-    summary: dict[str, Any] = {"goal": {"max_growth_mb_per_metronome_process": GOAL_GROWTH_MB},
-                               "passed": {}}
+    summary: dict[str, Any] = {
+        "goal": {"max_growth_mb_per_metronome_process": GOAL_GROWTH_MB},
+        "passed": {},
+    }
     for label in contenders:
         summary[label] = {
             "total_rss_mb_at_end": med(label, "total_rss_mb_at_end"),
-            "max_growth_mb": max((g for t in trials if t["contender"] == label
-                                  for g in t["growth_mb_first_to_last_checkpoint"].values()),
-                                 default=None),
+            "max_growth_mb": max(
+                (
+                    g
+                    for t in trials
+                    if t["contender"] == label
+                    for g in t["growth_mb_first_to_last_checkpoint"].values()
+                ),
+                default=None,
+            ),
             "events_per_s": med(label, "events_per_s"),
         }
         if label != "bare":
             summary[label]["ratio_total_rss_to_bare"] = C.rounded(
-                C.ratio(summary[label]["total_rss_mb_at_end"],
-                        med("bare", "total_rss_mb_at_end")))
+                C.ratio(summary[label]["total_rss_mb_at_end"], med("bare", "total_rss_mb_at_end"))
+            )
             growth = summary[label]["max_growth_mb"]
             summary["passed"][label] = growth is not None and growth <= GOAL_GROWTH_MB
     results = {
@@ -275,11 +357,17 @@ def main(argv: list[str] | None = None) -> int:
         "description": __doc__.splitlines()[0],
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
         "parameters": {
-            "events": args.events, "checkpoint": args.checkpoint, "batch": args.batch,
-            "concurrency": args.concurrency, "requests_per_connection": args.per_connection,
-            "workers": args.workers, "trials": args.trials,
-            "contenders": contenders, "spool_max_bytes": args.spool_max_bytes,
-            "drain": args.drain, "seed": seed,
+            "events": args.events,
+            "checkpoint": args.checkpoint,
+            "batch": args.batch,
+            "concurrency": args.concurrency,
+            "requests_per_connection": args.per_connection,
+            "workers": args.workers,
+            "trials": args.trials,
+            "contenders": contenders,
+            "spool_max_bytes": args.spool_max_bytes,
+            "drain": args.drain,
+            "seed": seed,
             "unit": "RSS (VmRSS) per process; growth from the first checkpoint to the last",
         },
         "environment": C.environment(loadavg_at_start=load_at_start),
@@ -295,8 +383,11 @@ def main(argv: list[str] | None = None) -> int:
             part += f", x{s['ratio_total_rss_to_bare']:.2f} bare"
         parts.append(part + ")")
     verdict = "ok" if all(summary["passed"].values()) else "GROWS"
-    print(f"{NAME}: after {args.events:,} events: " + "; ".join(parts)
-          + f" (goal growth <= {GOAL_GROWTH_MB:g} MiB/process): {verdict} -> {C.display(out)}")
+    print(
+        f"{NAME}: after {args.events:,} events: "
+        + "; ".join(parts)
+        + f" (goal growth <= {GOAL_GROWTH_MB:g} MiB/process): {verdict} -> {C.display(out)}"
+    )
     return 0
 
 

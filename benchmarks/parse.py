@@ -64,8 +64,10 @@ SOURCE_ID = "2049:1310723:0"
 RECEIVED_MS = (START_S + 86_400) * 1000
 
 _QUOTED = r'"([^"\\]*(?:\\.[^"\\]*)*)"'  # a quoted value with \" escapes, unrolled
-FLOOR = re.compile(rf"(\S+) (\S+) (\S+) \[([^\]]*)\] {_QUOTED} (\d{{3}}) (\d+|-)"
-                   rf" {_QUOTED} {_QUOTED}")
+FLOOR = re.compile(
+    rf"(\S+) (\S+) (\S+) \[([^\]]*)\] {_QUOTED} (\d{{3}}) (\d+|-)"
+    rf" {_QUOTED} {_QUOTED}"
+)
 
 
 # --------------------------------------------------------------------------- log lines
@@ -75,10 +77,17 @@ def user_agents(rng: random.Random, n: int = 200) -> list[str]:
     """``n`` distinct user agents, most popular first: browsers, then crawlers and tools."""
     windows = ("Windows NT 10.0; Win64; x64", "Windows NT 6.1; Win64; x64")
     macs = ("Macintosh; Intel Mac OS X 10_15_7", "Macintosh; Intel Mac OS X 14_4")
-    androids = ("Linux; Android 14; Pixel 8", "Linux; Android 13; SM-S918B",
-                "Linux; Android 12; moto g(60)", "Linux; Android 10; K")
-    iphones = ("iPhone; CPU iPhone OS 17_4 like Mac OS X", "iPad; CPU OS 16_7 like Mac OS X",
-               "iPhone; CPU iPhone OS 16_6 like Mac OS X")
+    androids = (
+        "Linux; Android 14; Pixel 8",
+        "Linux; Android 13; SM-S918B",
+        "Linux; Android 12; moto g(60)",
+        "Linux; Android 10; K",
+    )
+    iphones = (
+        "iPhone; CPU iPhone OS 17_4 like Mac OS X",
+        "iPad; CPU OS 16_7 like Mac OS X",
+        "iPhone; CPU iPhone OS 16_6 like Mac OS X",
+    )
     fixed = [
         "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
         "Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 (KHTML,"
@@ -92,9 +101,16 @@ def user_agents(rng: random.Random, n: int = 200) -> list[str]:
         " Gecko) Version/13.1.1 Safari/605.1.15 (Applebot/0.1; +http://www.apple.com/go/applebot)",
         "DuckDuckBot/1.1; (+http://duckduckgo.com/duckduckbot.html)",
         "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
-        "curl/7.88.1", "curl/8.5.0", "Wget/1.21.3", "python-requests/2.31.0",
-        "python-requests/2.32.3", "Go-http-client/1.1", "Go-http-client/2.0",
-        "okhttp/4.12.0", "QGIS/33400/Windows 10 Version 2009", "ArcGIS Pro 3.2.0 (Windows)",
+        "curl/7.88.1",
+        "curl/8.5.0",
+        "Wget/1.21.3",
+        "python-requests/2.31.0",
+        "python-requests/2.32.3",
+        "Go-http-client/1.1",
+        "Go-http-client/2.0",
+        "okhttp/4.12.0",
+        "QGIS/33400/Windows 10 Version 2009",
+        "ArcGIS Pro 3.2.0 (Windows)",
     ]
     found: list[str] = []
     seen: set[str] = set()
@@ -103,20 +119,26 @@ def user_agents(rng: random.Random, n: int = 200) -> list[str]:
         if kind < 0.45:
             system = rng.choice(windows + macs + ("X11; Linux x86_64",))
             major = rng.randrange(110, 131)
-            agent = (f"Mozilla/5.0 ({system}) AppleWebKit/537.36 (KHTML, like Gecko)"
-                     f" Chrome/{major}.0.{rng.randrange(5000, 6800)}.{rng.randrange(40, 200)}"
-                     " Safari/537.36")
+            agent = (
+                f"Mozilla/5.0 ({system}) AppleWebKit/537.36 (KHTML, like Gecko)"
+                f" Chrome/{major}.0.{rng.randrange(5000, 6800)}.{rng.randrange(40, 200)}"
+                " Safari/537.36"
+            )
             if rng.random() < 0.2:
                 agent += f" Edg/{major}.0.{rng.randrange(1000, 2500)}.{rng.randrange(40, 99)}"
         elif kind < 0.65:
             system = rng.choice(androids)
-            agent = (f"Mozilla/5.0 ({system}) AppleWebKit/537.36 (KHTML, like Gecko)"
-                     f" Chrome/{rng.randrange(110, 131)}.0.0.0 Mobile Safari/537.36")
+            agent = (
+                f"Mozilla/5.0 ({system}) AppleWebKit/537.36 (KHTML, like Gecko)"
+                f" Chrome/{rng.randrange(110, 131)}.0.0.0 Mobile Safari/537.36"
+            )
         elif kind < 0.85:
             system = rng.choice(iphones)
             version = f"{rng.randrange(15, 18)}.{rng.randrange(0, 7)}"
-            agent = (f"Mozilla/5.0 ({system}) AppleWebKit/605.1.15 (KHTML, like Gecko)"
-                     f" Version/{version} Mobile/15E148 Safari/604.1")
+            agent = (
+                f"Mozilla/5.0 ({system}) AppleWebKit/605.1.15 (KHTML, like Gecko)"
+                f" Version/{version} Mobile/15E148 Safari/604.1"
+            )
         else:
             system = rng.choice(windows + macs + ("X11; Ubuntu; Linux x86_64",))
             major = rng.randrange(110, 132)
@@ -132,11 +154,15 @@ def clients(rng: random.Random, n: int = 5000) -> list[str]:
     result = []
     for _ in range(n):
         if rng.random() < 0.2:
-            result.append(f"2001:db8:{rng.randrange(1 << 16):x}:{rng.randrange(1 << 16):x}"
-                          f"::{rng.randrange(1, 1 << 16):x}")
+            result.append(
+                f"2001:db8:{rng.randrange(1 << 16):x}:{rng.randrange(1 << 16):x}"
+                f"::{rng.randrange(1, 1 << 16):x}"
+            )
         else:
-            result.append(f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}"
-                          f".{rng.randrange(1, 255)}")
+            result.append(
+                f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}"
+                f".{rng.randrange(1, 255)}"
+            )
     return result
 
 
@@ -151,17 +177,27 @@ def generate_lines(n: int, seed: int) -> list[str]:
     agent_weights = _zipf_weights(len(agents))
     addresses = clients(rng)
     address_weights = _zipf_weights(len(addresses), 0.8)
-    datasets = [f"{rng.choice(('parks', 'roads', 'census', 'trees', 'zoning'))}-{i}"
-                for i in range(1000)]
+    datasets = [
+        f"{rng.choice(('parks', 'roads', 'census', 'trees', 'zoning'))}-{i}" for i in range(1000)
+    ]
     dataset_weights = _zipf_weights(len(datasets), 0.9)
     referrers = ["-"] * 8 + [
-        "https://data.example.org/", "https://data.example.org/search?q=parks",
-        "https://www.google.com/", "https://www.arcgis.com/home/index.html",
-        "https://www.bing.com/search?q=city+data", "https://news.example.net/story/7",
-        "android-app://com.google.android.gm/"]
+        "https://data.example.org/",
+        "https://data.example.org/search?q=parks",
+        "https://www.google.com/",
+        "https://www.arcgis.com/home/index.html",
+        "https://www.bing.com/search?q=city+data",
+        "https://news.example.net/story/7",
+        "android-app://com.google.android.gm/",
+    ]
     formats = ("csv", "csv", "csv", "geojson", "kml", "shp", "zip")
-    statics = ("/static/js/app.3f9a1c.js", "/static/css/site.8b21.css", "/favicon.ico",
-               "/robots.txt", "/static/img/logo.svg")
+    statics = (
+        "/static/js/app.3f9a1c.js",
+        "/static/css/site.8b21.css",
+        "/favicon.ico",
+        "/robots.txt",
+        "/static/img/logo.svg",
+    )
     lines = []
     now = float(START_S)
     for _ in range(n):
@@ -197,9 +233,10 @@ def generate_lines(n: int, seed: int) -> list[str]:
         protocol = rng.choice(("HTTP/1.1", "HTTP/1.1", "HTTP/2.0", "HTTP/1.0"))
         size = 0 if status in (301, 304) else rng.randrange(200, 250_000)
         lines.append(
-            f'{rng.choices(addresses, address_weights)[0]} - - [{stamp}]'
+            f"{rng.choices(addresses, address_weights)[0]} - - [{stamp}]"
             f' "{method} {target} {protocol}" {status} {size}'
-            f' "{rng.choice(referrers)}" "{rng.choices(agents, agent_weights)[0]}"')
+            f' "{rng.choice(referrers)}" "{rng.choices(agents, agent_weights)[0]}"'
+        )
     return lines
 
 
@@ -208,10 +245,16 @@ def generate_lines(n: int, seed: int) -> list[str]:
 
 def make_contenders(lines: list[str], data_dir: str) -> dict[str, Callable[[], int]]:
     parser = compile_format("combined")
-    converter = LineConverter(Settings.from_env({
-        "METRONOME_DATA_DIR": data_dir, "METRONOME_LOG_FORMAT": "combined",
-        "METRONOME_URL_RULES": RULES,
-        "METRONOME_TRUSTED_PROXIES": ",".join(str(n) for n in TRUSTED_PROXIES)}))
+    converter = LineConverter(
+        Settings.from_env(
+            {
+                "METRONOME_DATA_DIR": data_dir,
+                "METRONOME_LOG_FORMAT": "combined",
+                "METRONOME_URL_RULES": RULES,
+                "METRONOME_TRUSTED_PROXIES": ",".join(str(n) for n in TRUSTED_PROXIES),
+            }
+        )
+    )
     rules = UrlRules.parse(RULES)
     offsets = []
     position = 0
@@ -226,8 +269,14 @@ def make_contenders(lines: list[str], data_dir: str) -> dict[str, Callable[[], i
         for line, offset in zip(lines, offsets, strict=True):
             parsed = parse(line)
             if type(parsed) is ParsedLine:
-                build(parsed, source_id=SOURCE_ID, offset=offset, rules=rules,
-                      trusted_proxies=TRUSTED_PROXIES, received_ms=RECEIVED_MS)
+                build(
+                    parsed,
+                    source_id=SOURCE_ID,
+                    offset=offset,
+                    rules=rules,
+                    trusted_proxies=TRUSTED_PROXIES,
+                    received_ms=RECEIVED_MS,
+                )
                 done += 1
         return done
 
@@ -247,8 +296,11 @@ def make_contenders(lines: list[str], data_dir: str) -> dict[str, Callable[[], i
                 done += 1
         return done
 
-    return {"metronome": metronome, "metronome_import": metronome_import,
-            "regex_floor": regex_floor}
+    return {
+        "metronome": metronome,
+        "metronome_import": metronome_import,
+        "regex_floor": regex_floor,
+    }
 
 
 def timed(run: Callable[[], int], expected: int) -> dict[str, Any]:
@@ -260,8 +312,12 @@ def timed(run: Callable[[], int], expected: int) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     if done != expected:
         raise C.BenchmarkError(f"{done} of {expected} lines made it through")
-    return {"cpu_seconds": cpu_seconds, "seconds": seconds,
-            "lines_per_s": expected / cpu_seconds, "lines_per_wall_s": expected / seconds}
+    return {
+        "cpu_seconds": cpu_seconds,
+        "seconds": seconds,
+        "lines_per_s": expected / cpu_seconds,
+        "lines_per_wall_s": expected / seconds,
+    }
 
 
 def pin_one_cpu(cpu: int | None) -> int | None:
@@ -274,16 +330,31 @@ def pin_one_cpu(cpu: int | None) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = C.base_parser(__doc__.splitlines()[0], duration=None, trials=5, warmup=None)
-    parser.add_argument("--lines", type=int, default=DEFAULT_LINES,
-                        help=f"log lines per pass [default: {DEFAULT_LINES}]")
-    parser.add_argument("--lines-seed", type=int, default=DEFAULT_LINES_SEED,
-                        help=f"seed of the generated lines [default: {DEFAULT_LINES_SEED}]")
-    parser.add_argument("--cpu", type=int, default=None,
-                        help="CPU to pin this process to [default: the lowest allowed]")
+    parser.add_argument(
+        "--lines",
+        type=int,
+        default=DEFAULT_LINES,
+        help=f"log lines per pass [default: {DEFAULT_LINES}]",
+    )
+    parser.add_argument(
+        "--lines-seed",
+        type=int,
+        default=DEFAULT_LINES_SEED,
+        help=f"seed of the generated lines [default: {DEFAULT_LINES_SEED}]",
+    )
+    parser.add_argument(
+        "--cpu",
+        type=int,
+        default=None,
+        help="CPU to pin this process to [default: the lowest allowed]",
+    )
     args = parser.parse_args(argv)
     if args.duration is not None or args.warmup is not None:
-        print(f"{NAME}: --duration/--warmup do not apply (a trial is one pass over --lines;"
-              " the warm-up is one pass of each)", file=sys.stderr)
+        print(
+            f"{NAME}: --duration/--warmup do not apply (a trial is one pass over --lines;"
+            " the warm-up is one pass of each)",
+            file=sys.stderr,
+        )
     seed = C.new_seed(args.seed)
     load_at_start = C.loadavg()
     started_at = time.time()
@@ -298,27 +369,41 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _, label in C.trial_order(list(contenders), 1, seed + 1):
             r = timed(contenders[label], len(lines))
-            warmups[label] = {"lines_per_s": round(r["lines_per_s"], 1),
-                              "lines_per_wall_s": round(r["lines_per_wall_s"], 1)}
+            warmups[label] = {
+                "lines_per_s": round(r["lines_per_s"], 1),
+                "lines_per_wall_s": round(r["lines_per_wall_s"], 1),
+            }
         for round_no, label in C.trial_order(list(contenders), args.trials, seed):
             r = timed(contenders[label], len(lines))
-            trials.append({"round": round_no, "contender": label,
-                           "cpu_seconds": round(r["cpu_seconds"], 4),
-                           "seconds": round(r["seconds"], 4),
-                           "lines_per_s": round(r["lines_per_s"], 1),
-                           "lines_per_wall_s": round(r["lines_per_wall_s"], 1)})
-            print(f"  round {round_no} {label:16} {r['lines_per_s']:12,.0f} lines/s"
-                  f" ({r['lines_per_wall_s']:,.0f} per wall second)", file=sys.stderr)
+            trials.append(
+                {
+                    "round": round_no,
+                    "contender": label,
+                    "cpu_seconds": round(r["cpu_seconds"], 4),
+                    "seconds": round(r["seconds"], 4),
+                    "lines_per_s": round(r["lines_per_s"], 1),
+                    "lines_per_wall_s": round(r["lines_per_wall_s"], 1),
+                }
+            )
+            print(
+                f"  round {round_no} {label:16} {r['lines_per_s']:12,.0f} lines/s"
+                f" ({r['lines_per_wall_s']:,.0f} per wall second)",
+                file=sys.stderr,
+            )
     except C.BenchmarkError as exc:
         print(f"{NAME}: FAILED: {exc}", file=sys.stderr)
         return 1
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
-    per_s = {label: C.median(t["lines_per_s"] for t in trials if t["contender"] == label)
-             for label in contenders}
-    per_wall_s = {label: C.median(t["lines_per_wall_s"] for t in trials
-                                  if t["contender"] == label) for label in contenders}
+    per_s = {
+        label: C.median(t["lines_per_s"] for t in trials if t["contender"] == label)
+        for label in contenders
+    }
+    per_wall_s = {
+        label: C.median(t["lines_per_wall_s"] for t in trials if t["contender"] == label)
+        for label in contenders
+    }
     result_ratio = C.ratio(per_s["metronome"], per_s["regex_floor"])
     paired = []
     for round_no in range(args.trials):
@@ -330,21 +415,24 @@ def main(argv: list[str] | None = None) -> int:
         "description": __doc__.splitlines()[0],
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
         "parameters": {
-            "lines": args.lines, "lines_seed": args.lines_seed, "trials": args.trials,
-            "warmup": "one unrecorded pass of each contender", "seed": seed,
-            "format": "combined", "distinct_user_agents": len(set(
-                line.rsplit('"', 2)[-2] for line in lines)),
+            "lines": args.lines,
+            "lines_seed": args.lines_seed,
+            "trials": args.trials,
+            "warmup": "one unrecorded pass of each contender",
+            "seed": seed,
+            "format": "combined",
+            "distinct_user_agents": len(set(line.rsplit('"', 2)[-2] for line in lines)),
             "ipv6_lines": sum(1 for line in lines if ":" in line.split(" ", 1)[0]),
             "url_rules": RULES.strip().splitlines(),
             "trusted_proxies": [str(n) for n in TRUSTED_PROXIES],
             "cpu_pinned": cpu,
             "metronome": "compile_format('combined').parse + build_log_document per line",
             "metronome_import": "LineConverter.convert per line (+ visitor id, client"
-                                " address policy drop, referrer blocklist, counts)",
+            " address policy drop, referrer blocklist, counts)",
             "regex_floor": "one precompiled regex, pattern.match(line) only",
             "unit": "lines per CPU second of the benchmark process, pinned to one CPU"
-                    " (median of trials); per wall second too (other work on the machine"
-                    " lowers those)",
+            " (median of trials); per wall second too (other work on the machine"
+            " lowers those)",
         },
         "environment": C.environment(loadavg_at_start=load_at_start),
         "warmup": warmups,
@@ -363,10 +451,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = C.write_results(NAME, results, args.output)
     verdict = "ok" if passed else "BELOW GOAL"
-    print(f"{NAME}: {per_s['metronome']:,.0f} lines/s line->document vs regex floor"
-          f" {per_s['regex_floor']:,.0f} lines/s, ratio {result_ratio:.3f} (goal >="
-          f" {GOAL_LINES_PER_S:,} lines/s): {verdict}; the import step with visitor ids"
-          f" {per_s['metronome_import']:,.0f} lines/s -> {C.display(out)}")
+    print(
+        f"{NAME}: {per_s['metronome']:,.0f} lines/s line->document vs regex floor"
+        f" {per_s['regex_floor']:,.0f} lines/s, ratio {result_ratio:.3f} (goal >="
+        f" {GOAL_LINES_PER_S:,} lines/s): {verdict}; the import step with visitor ids"
+        f" {per_s['metronome_import']:,.0f} lines/s -> {C.display(out)}"
+    )
     return 0
 
 

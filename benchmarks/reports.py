@@ -38,12 +38,16 @@ NAME = "reports"
 GOAL_RATIO = 1.2
 _EVENTS = ["view"] * 8 + ["download"] * 2
 _FORMATS = ["csv", "kml", "shp", "geojson", "xlsx"]
-_REFERRERS = [None, "https://www.google.com/search", "https://www.arcgis.com/home",
-              "https://news.example.com/a/1", "https://data.gov/list"]
+_REFERRERS = [
+    None,
+    "https://www.google.com/search",
+    "https://www.arcgis.com/home",
+    "https://news.example.com/a/1",
+    "https://data.gov/list",
+]
 
 
-def generate(count: int, items: int, days: int, seed: int, end: datetime
-             ) -> Any:
+def generate(count: int, items: int, days: int, seed: int, end: datetime) -> Any:
     """Documents (metronome.events.document.Document) in time order, evenly over the days,
     deterministic for a seed."""
     from metronome.events.document import Document, format_timestamp
@@ -57,10 +61,13 @@ def generate(count: int, items: int, days: int, seed: int, end: datetime
         action = rng.choice(_EVENTS)
         event_id = f"{ts & 0xFFFFFFFFFFFF:012x}{seed & 0xFFFF:04x}{n:016x}"
         source: dict[str, Any] = {
-            "@timestamp": format_timestamp(ts), "@version": "1",
+            "@timestamp": format_timestamp(ts),
+            "@version": "1",
             "event": {"id": event_id, "action": action, "dataset": "metronome.ticks"},
-            "item": {"id": f"dataset-{item}"}, "bot": False,
-            "visitor": {"id": f"{rng.randrange(1 << 40):010x}"}, "params": {},
+            "item": {"id": f"dataset-{item}"},
+            "bot": False,
+            "visitor": {"id": f"{rng.randrange(1 << 40):010x}"},
+            "params": {},
         }
         if action == "download":
             source["item"]["format"] = rng.choice(_FORMATS)
@@ -79,18 +86,27 @@ def load_elasticsearch(url: str, prefix: str, docs: Any) -> tuple[int, float]:
     from metronome.store.elasticsearch import index_name
 
     client = Elasticsearch(url, request_timeout=300)
-    actions = ({"_op_type": "create", "_index": index_name(prefix, "ticks", d.timestamp_ms),
-                "_id": d.id, "_source": d.source} for d in docs)
+    actions = (
+        {
+            "_op_type": "create",
+            "_index": index_name(prefix, "ticks", d.timestamp_ms),
+            "_id": d.id,
+            "_source": d.source,
+        }
+        for d in docs
+    )
     started = time.perf_counter()
     count = 0
-    for ok, item in parallel_bulk(client, actions, chunk_size=5000, thread_count=2,
-                                  queue_size=4, raise_on_error=False):
+    for ok, item in parallel_bulk(
+        client, actions, chunk_size=5000, thread_count=2, queue_size=4, raise_on_error=False
+    ):
         if not ok and item.get("create", {}).get("status") != 409:
             raise C.BenchmarkError(f"bulk load failed: {item}")
         count += 1
     client.indices.refresh(index=f"{prefix}-ticks-*")
     client.options(request_timeout=3600).indices.forcemerge(
-        index=f"{prefix}-ticks-*", max_num_segments=1, wait_for_completion=True)
+        index=f"{prefix}-ticks-*", max_num_segments=1, wait_for_completion=True
+    )
     client.close()
     return count, time.perf_counter() - started
 
@@ -102,13 +118,21 @@ def month_range(end: datetime) -> dict[str, str]:
 
 
 def top_items_query(end: datetime) -> dict[str, Any]:
-    return {"source": "ticks", "range": month_range(end), "metrics": ["events"],
-            "dimensions": ["item"], "limit": 10}
+    return {
+        "source": "ticks",
+        "range": month_range(end),
+        "metrics": ["events"],
+        "dimensions": ["item"],
+        "limit": 10,
+    }
 
 
 def summarise(samples: list[float]) -> dict[str, Any]:
-    return {"requests": len(samples), "p50_ms": C.rounded(C.percentile(samples, 50) * 1000),
-            "p95_ms": C.rounded(C.percentile(samples, 95) * 1000)}
+    return {
+        "requests": len(samples),
+        "p50_ms": C.rounded(C.percentile(samples, 50) * 1000),
+        "p95_ms": C.rounded(C.percentile(samples, 95) * 1000),
+    }
 
 
 def bench_elasticsearch(args: Any, end: datetime, tmp: Any) -> dict[str, Any]:
@@ -125,30 +149,40 @@ def bench_elasticsearch(args: Any, end: datetime, tmp: Any) -> dict[str, Any]:
     with C.Elasticsearch(heap=args.heap) as es:
         C.install_templates(es.url, prefix)
         loaded, seconds = load_elasticsearch(
-            es.url, prefix, generate(args.docs, args.items, args.days, args.seed, end))
+            es.url, prefix, generate(args.docs, args.items, args.days, args.seed, end)
+        )
         stored = es.refresh_and_count(f"{prefix}-ticks-*")
         if stored != args.docs:
             raise C.BenchmarkError(f"stored {stored} of {args.docs} documents")
         client = Elasticsearch(es.url, request_timeout=300)
         index = f"{prefix}-ticks-*"
         rng = random.Random(args.seed + 1)
-        year = {"from": (end - timedelta(days=args.days)).strftime("%Y-%m-%d"),
-                "to": end.strftime("%Y-%m-%d")}
+        year = {
+            "from": (end - timedelta(days=args.days)).strftime("%Y-%m-%d"),
+            "to": end.strftime("%Y-%m-%d"),
+        }
         query_body = top_items_query(end)
-        samples: dict[str, list[float]] = {k: [] for k in
-                                           ("tock_metronome", "tock_raw", "query_metronome",
-                                            "query_raw")}
+        samples: dict[str, list[float]] = {
+            k: [] for k in ("tock_metronome", "tock_raw", "query_metronome", "query_raw")
+        }
         env = {"METRONOME_ELASTICSEARCH_URL": es.url, "METRONOME_INDEX_PREFIX": prefix}
-        with C.metronome_server(tmp, tmp / "data", args=["--no-shipper"], env=env) as srv, \
-                httpx.Client(base_url=srv.url, timeout=600) as http:
+        with (
+            C.metronome_server(tmp, tmp / "data", args=["--no-shipper"], env=env) as srv,
+            httpx.Client(base_url=srv.url, timeout=600) as http,
+        ):
+
             def tock_metronome(item: str) -> None:
                 resp = http.get(f"/tock/{item}", params=year)
                 resp.raise_for_status()
 
             def tock_raw(item: str) -> None:
                 spec = tock_spec(parse_tock_query(item, year), site_filter(DEFAULT_SITE))
-                client.search(index=index, body=compile_report(spec),
-                              ignore_unavailable=True, allow_no_indices=True)
+                client.search(
+                    index=index,
+                    body=compile_report(spec),
+                    ignore_unavailable=True,
+                    allow_no_indices=True,
+                )
 
             def query_metronome(_: str) -> None:
                 resp = http.post("/query", json=query_body)
@@ -158,14 +192,23 @@ def bench_elasticsearch(args: Any, end: datetime, tmp: Any) -> dict[str, Any]:
             def query_raw(_: str) -> None:
                 # what /query runs: the request, restricted to the caller's (default) site,
                 # ranked in one terms aggregation (10 rows and one to know there are more)
-                group = restrict(parse_query(query_body), "site.id", DEFAULT_SITE,
-                                 or_missing=True).group
-                resp = client.search(index=index, body=compile_top(group, 0, True, 11),
-                                     ignore_unavailable=True, allow_no_indices=True)
+                group = restrict(
+                    parse_query(query_body), "site.id", DEFAULT_SITE, or_missing=True
+                ).group
+                resp = client.search(
+                    index=index,
+                    body=compile_top(group, 0, True, 11),
+                    ignore_unavailable=True,
+                    allow_no_indices=True,
+                )
                 assert len(read_top(group, resp["aggregations"])) == 11
 
-            contenders = {"tock_metronome": tock_metronome, "tock_raw": tock_raw,
-                          "query_metronome": query_metronome, "query_raw": query_raw}
+            contenders = {
+                "tock_metronome": tock_metronome,
+                "tock_raw": tock_raw,
+                "query_metronome": query_metronome,
+                "query_raw": query_raw,
+            }
             for run in contenders.values():  # warm caches for everyone alike
                 for _ in range(3):
                     run(f"dataset-{rng.randrange(50)}")
@@ -177,17 +220,22 @@ def bench_elasticsearch(args: Any, end: datetime, tmp: Any) -> dict[str, Any]:
         client.close()
         es.delete(f"{prefix}-*")
         info = es.info()
-    result: dict[str, Any] = {"elasticsearch": info, "loaded_docs": loaded,
-                              "load_seconds": round(seconds, 1),
-                              "load_docs_per_s": round(loaded / seconds)}
+    result: dict[str, Any] = {
+        "elasticsearch": info,
+        "loaded_docs": loaded,
+        "load_seconds": round(seconds, 1),
+        "load_docs_per_s": round(loaded / seconds),
+    }
     for name, values in samples.items():
         result[name] = summarise(values)
     for report in ("tock", "query"):
         for stat in ("p50_ms", "p95_ms"):
-            result[f"{report}_{stat[:3]}_ratio"] = C.rounded(C.ratio(
-                result[f"{report}_metronome"][stat], result[f"{report}_raw"][stat]))
-    result["goal_met"] = all(result[f"{r}_{s}_ratio"] <= GOAL_RATIO
-                             for r in ("tock", "query") for s in ("p50", "p95"))
+            result[f"{report}_{stat[:3]}_ratio"] = C.rounded(
+                C.ratio(result[f"{report}_metronome"][stat], result[f"{report}_raw"][stat])
+            )
+    result["goal_met"] = all(
+        result[f"{r}_{s}_ratio"] <= GOAL_RATIO for r in ("tock", "query") for s in ("p50", "p95")
+    )
     return result
 
 
@@ -214,12 +262,16 @@ def bench_sqlite(args: Any, end: datetime, tmp: Any) -> dict[str, Any]:
         return time.perf_counter() - started
 
     seconds = asyncio.run(load())
-    year = {"from": (end - timedelta(days=args.days)).strftime("%Y-%m-%d"),
-            "to": end.strftime("%Y-%m-%d")}
+    year = {
+        "from": (end - timedelta(days=args.days)).strftime("%Y-%m-%d"),
+        "to": end.strftime("%Y-%m-%d"),
+    }
     rng = random.Random(args.seed + 1)
     samples: dict[str, list[float]] = {"tock": [], "query": []}
-    with C.metronome_server(tmp, data, args=["--no-shipper"]) as srv, \
-            httpx.Client(base_url=srv.url, timeout=600) as http:
+    with (
+        C.metronome_server(tmp, data, args=["--no-shipper"]) as srv,
+        httpx.Client(base_url=srv.url, timeout=600) as http,
+    ):
         for _, name in C.trial_order(list(samples), args.requests, args.seed):
             started = time.perf_counter()
             if name == "tock":
@@ -228,8 +280,12 @@ def bench_sqlite(args: Any, end: datetime, tmp: Any) -> dict[str, Any]:
             else:
                 http.post("/query", json=top_items_query(end)).raise_for_status()
             samples[name].append(time.perf_counter() - started)
-    return {"docs": args.sqlite_docs, "load_seconds": round(seconds, 1),
-            "tock": summarise(samples["tock"]), "query": summarise(samples["query"])}
+    return {
+        "docs": args.sqlite_docs,
+        "load_seconds": round(seconds, 1),
+        "tock": summarise(samples["tock"]),
+        "query": summarise(samples["query"]),
+    }
 
 
 def main() -> None:
@@ -246,9 +302,11 @@ def main() -> None:
     args.seed = C.new_seed(args.seed)
     end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     tmp = C.temp_dir("metronome-bench-reports-")
-    data: dict[str, Any] = {"benchmark": NAME, "goal": f"p50 and p95 <= {GOAL_RATIO}x raw",
-                            "parameters": {k: v for k, v in vars(args).items()
-                                           if k != "output"}}
+    data: dict[str, Any] = {
+        "benchmark": NAME,
+        "goal": f"p50 and p95 <= {GOAL_RATIO}x raw",
+        "parameters": {k: v for k, v in vars(args).items() if k != "output"},
+    }
     if not args.skip_elasticsearch:
         data["elasticsearch"] = bench_elasticsearch(args, end, tmp)
     if not args.skip_sqlite:

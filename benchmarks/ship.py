@@ -53,10 +53,13 @@ def preflight() -> str | None:
         missing.append("`metronome serve` has no --no-shipper option")
     if not missing:
         return None
-    return ("the shipper interface this benchmark drives is missing: " + "; ".join(missing)
-            + ". It needs `metronome serve --no-shipper` (spool only) and `metronome worker"
-            " --drain` (ship the spool in METRONOME_DATA_DIR, exit when drained). Run with"
-            " --baseline-only to measure streaming_bulk alone.")
+    return (
+        "the shipper interface this benchmark drives is missing: "
+        + "; ".join(missing)
+        + ". It needs `metronome serve --no-shipper` (spool only) and `metronome worker"
+        " --drain` (ship the spool in METRONOME_DATA_DIR, exit when drained). Run with"
+        " --baseline-only to measure streaming_bulk alone."
+    )
 
 
 def make_ticks(n: int, seed: int) -> list[dict[str, Any]]:
@@ -69,8 +72,9 @@ def make_ticks(n: int, seed: int) -> list[dict[str, Any]]:
 def build_documents(ticks: list[dict[str, Any]]) -> list[Any]:
     from metronome.events.tick import Limits, RequestInfo, build_tick
 
-    info = RequestInfo(received_ms=int(time.time() * 1000), client_ip="127.0.0.1",
-                       user_agent=C.BROWSER_UA)
+    info = RequestInfo(
+        received_ms=int(time.time() * 1000), client_ip="127.0.0.1", user_agent=C.BROWSER_UA
+    )
     limits = Limits()
     return [build_tick(t, info, limits) for t in ticks]
 
@@ -84,31 +88,44 @@ def run_baseline(es: C.Elasticsearch, docs: list[Any], chunk_size: int) -> dict[
     prefix = f"bench-ship-b-{secrets.token_hex(3)}"
     C.install_templates(es.url, prefix)
     client = Elasticsearch(es.url, request_timeout=120)
-    actions = ({"_op_type": "create", "_index": index_name(prefix, d.dataset, d.timestamp_ms),
-                "_id": d.id, "_source": d.source} for d in docs)
+    actions = (
+        {
+            "_op_type": "create",
+            "_index": index_name(prefix, d.dataset, d.timestamp_ms),
+            "_id": d.id,
+            "_source": d.source,
+        }
+        for d in docs
+    )
     indexed = 0
     try:
         started = time.perf_counter()
-        for ok, _item in streaming_bulk(client, actions, chunk_size=chunk_size,
-                                       raise_on_error=True, max_retries=3):
+        for ok, _item in streaming_bulk(
+            client, actions, chunk_size=chunk_size, raise_on_error=True, max_retries=3
+        ):
             indexed += ok
         seconds = time.perf_counter() - started
     finally:
         client.close()
     count = es.refresh_and_count(f"{prefix}-ticks-*")
     if indexed != len(docs) or count != len(docs):
-        raise C.BenchmarkError(f"baseline: {indexed} indexed, {count} counted in {prefix}-*;"
-                               f" expected {len(docs)}")
-    return {"prefix": prefix, "events": len(docs), "seconds": seconds,
-            "events_per_s": len(docs) / seconds, "count_verified": count}
+        raise C.BenchmarkError(
+            f"baseline: {indexed} indexed, {count} counted in {prefix}-*; expected {len(docs)}"
+        )
+    return {
+        "prefix": prefix,
+        "events": len(docs),
+        "seconds": seconds,
+        "events_per_s": len(docs) / seconds,
+        "count_verified": count,
+    }
 
 
-async def _post_batches(url: str, ticks: list[dict[str, Any]], batch: int,
-                        concurrency: int) -> int:
+async def _post_batches(url: str, ticks: list[dict[str, Any]], batch: int, concurrency: int) -> int:
     import orjson
 
-    bodies = [orjson.dumps(ticks[i:i + batch]) for i in range(0, len(ticks), batch)]
-    sizes = [len(ticks[i:i + batch]) for i in range(0, len(ticks), batch)]
+    bodies = [orjson.dumps(ticks[i : i + batch]) for i in range(0, len(ticks), batch)]
+    sizes = [len(ticks[i : i + batch]) for i in range(0, len(ticks), batch)]
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(len(bodies)):
         queue.put_nowait(i)
@@ -121,12 +138,15 @@ async def _post_batches(url: str, ticks: list[dict[str, Any]], batch: int,
             i = queue.get_nowait()
             resp = await client.post(url + "/ticks", content=bodies[i], headers=headers)
             if resp.status_code != 202:
-                raise C.BenchmarkError(f"POST /ticks answered {resp.status_code}:"
-                                       f" {resp.text[:300]}")
+                raise C.BenchmarkError(
+                    f"POST /ticks answered {resp.status_code}: {resp.text[:300]}"
+                )
             got = resp.json()
             if got.get("accepted") != sizes[i] or got.get("rejected"):
-                raise C.BenchmarkError(f"POST /ticks accepted {got.get('accepted')} of"
-                                       f" {sizes[i]}: {str(got.get('rejected'))[:300]}")
+                raise C.BenchmarkError(
+                    f"POST /ticks accepted {got.get('accepted')} of"
+                    f" {sizes[i]}: {str(got.get('rejected'))[:300]}"
+                )
             accepted += sizes[i]
 
     async with httpx.AsyncClient(timeout=120) as client:
@@ -134,15 +154,28 @@ async def _post_batches(url: str, ticks: list[dict[str, Any]], batch: int,
     return accepted
 
 
-def run_metronome(es: C.Elasticsearch, ticks: list[dict[str, Any]], *, batch: int,
-                  concurrency: int, workers: int, log_dir: Any) -> dict[str, Any]:
+def run_metronome(
+    es: C.Elasticsearch,
+    ticks: list[dict[str, Any]],
+    *,
+    batch: int,
+    concurrency: int,
+    workers: int,
+    log_dir: Any,
+) -> dict[str, Any]:
     prefix = f"bench-ship-m-{secrets.token_hex(3)}"
     data_dir = C.temp_dir("metronome-bench-ship-data-")
     env = {"METRONOME_ELASTICSEARCH_URL": es.url, "METRONOME_INDEX_PREFIX": prefix}
     try:
         C.install_templates(es.url, prefix)
-        server = C.metronome_server(log_dir, data_dir, workers=workers, args=["--no-shipper"],
-                                    env=env, name=f"metronome-{prefix}")
+        server = C.metronome_server(
+            log_dir,
+            data_dir,
+            workers=workers,
+            args=["--no-shipper"],
+            env=env,
+            name=f"metronome-{prefix}",
+        )
         server.start()
         try:
             started = time.perf_counter()
@@ -151,35 +184,54 @@ def run_metronome(es: C.Elasticsearch, ticks: list[dict[str, Any]], *, batch: in
         finally:
             code = server.stop()
         if code != 0:
-            raise C.BenchmarkError(f"metronome serve --no-shipper exited {code}:\n"
-                                   + server.log_tail())
+            raise C.BenchmarkError(
+                f"metronome serve --no-shipper exited {code}:\n" + server.log_tail()
+            )
         early = es.refresh_and_count(f"{prefix}-ticks-*")
         if early:
-            raise C.BenchmarkError(f"{early} events reached Elasticsearch before the shipper"
-                                   " ran: serve --no-shipper shipped (or wrote directly)")
-        worker_env = C.child_env(**env, METRONOME_DATA_DIR=str(data_dir),
-                                 METRONOME_LOG_LEVEL="warning")
+            raise C.BenchmarkError(
+                f"{early} events reached Elasticsearch before the shipper"
+                " ran: serve --no-shipper shipped (or wrote directly)"
+            )
+        worker_env = C.child_env(
+            **env, METRONOME_DATA_DIR=str(data_dir), METRONOME_LOG_LEVEL="warning"
+        )
         worker_env.pop("METRONOME_SHIPPER_PARENT", None)
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "metronome", "worker", "--drain"],
-                              cwd=C.REPO, env=worker_env, capture_output=True, text=True,
-                              timeout=1800)
+        proc = subprocess.run(
+            [sys.executable, "-m", "metronome", "worker", "--drain"],
+            cwd=C.REPO,
+            env=worker_env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         seconds = time.perf_counter() - started
         output = (proc.stdout + proc.stderr).strip()
         if proc.returncode != 0:
-            raise C.BenchmarkError(f"metronome worker --drain exited {proc.returncode}:\n"
-                                   + "\n".join(output.splitlines()[-20:]))
+            raise C.BenchmarkError(
+                f"metronome worker --drain exited {proc.returncode}:\n"
+                + "\n".join(output.splitlines()[-20:])
+            )
         count = es.refresh_and_count(f"{prefix}-ticks-*")
         if accepted != len(ticks) or count != len(ticks):
-            raise C.BenchmarkError(f"metronome: {accepted} accepted, {count} counted in"
-                                   f" {prefix}-* after the drain; expected {len(ticks)}."
-                                   f" worker said: {output[-500:]}")
+            raise C.BenchmarkError(
+                f"metronome: {accepted} accepted, {count} counted in"
+                f" {prefix}-* after the drain; expected {len(ticks)}."
+                f" worker said: {output[-500:]}"
+            )
         shipped = re.search(r"shipped (\d+) events", output)
-        return {"prefix": prefix, "events": len(ticks), "seconds": seconds,
-                "events_per_s": len(ticks) / seconds, "count_verified": count,
-                "fill_seconds": fill_seconds, "fill_events_per_s": len(ticks) / fill_seconds,
-                "worker_reported_shipped": int(shipped.group(1)) if shipped else None,
-                "worker_said": output.splitlines()[-1] if output else None}
+        return {
+            "prefix": prefix,
+            "events": len(ticks),
+            "seconds": seconds,
+            "events_per_s": len(ticks) / seconds,
+            "count_verified": count,
+            "fill_seconds": fill_seconds,
+            "fill_events_per_s": len(ticks) / fill_seconds,
+            "worker_reported_shipped": int(shipped.group(1)) if shipped else None,
+            "worker_said": output.splitlines()[-1] if output else None,
+        }
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -196,26 +248,47 @@ def cli_startup_s() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = C.base_parser(__doc__.splitlines()[0], duration=None, trials=3, warmup=None)
-    parser.add_argument("--events", type=int, default=100_000,
-                        help="ticks per trial [default: 100000]")
-    parser.add_argument("--warmup-events", type=int, default=20_000,
-                        help="ticks in the unrecorded warm-up round [default: 20000]")
-    parser.add_argument("--chunk-size", type=int, default=500,
-                        help="streaming_bulk chunk_size [default: 500]")
-    parser.add_argument("--batch", type=int, default=500,
-                        help="ticks per POST /ticks while filling the spool [default: 500]")
-    parser.add_argument("--concurrency", type=int, default=4,
-                        help="concurrent POST /ticks while filling [default: 4]")
+    parser.add_argument(
+        "--events", type=int, default=100_000, help="ticks per trial [default: 100000]"
+    )
+    parser.add_argument(
+        "--warmup-events",
+        type=int,
+        default=20_000,
+        help="ticks in the unrecorded warm-up round [default: 20000]",
+    )
+    parser.add_argument(
+        "--chunk-size", type=int, default=500, help="streaming_bulk chunk_size [default: 500]"
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=500,
+        help="ticks per POST /ticks while filling the spool [default: 500]",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        help="concurrent POST /ticks while filling [default: 4]",
+    )
     parser.add_argument("--workers", type=int, default=2, help="server workers [default: 2]")
     parser.add_argument("--es-heap", default="1g", help="heap of the throwaway Elasticsearch")
-    parser.add_argument("--baseline-only", action="store_true",
-                        help="measure streaming_bulk only (when the shipper is missing)")
-    parser.add_argument("--keep-indices", action="store_true",
-                        help="leave the benchmark's indices in Elasticsearch")
+    parser.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="measure streaming_bulk only (when the shipper is missing)",
+    )
+    parser.add_argument(
+        "--keep-indices", action="store_true", help="leave the benchmark's indices in Elasticsearch"
+    )
     args = parser.parse_args(argv)
     if args.duration is not None or args.warmup is not None:
-        print(f"{NAME}: --duration/--warmup do not apply (a trial is --events ticks;"
-              " the warm-up is --warmup-events)", file=sys.stderr)
+        print(
+            f"{NAME}: --duration/--warmup do not apply (a trial is --events ticks;"
+            " the warm-up is --warmup-events)",
+            file=sys.stderr,
+        )
     seed = C.new_seed(args.seed)
     C.pin_git()
 
@@ -241,9 +314,14 @@ def main(argv: list[str] | None = None) -> int:
         if label == "baseline":
             result = run_baseline(es, docs[:n], args.chunk_size)
         else:
-            result = run_metronome(es, ticks[:n], batch=args.batch,
-                                   concurrency=args.concurrency, workers=args.workers,
-                                   log_dir=log_dir)
+            result = run_metronome(
+                es,
+                ticks[:n],
+                batch=args.batch,
+                concurrency=args.concurrency,
+                workers=args.workers,
+                log_dir=log_dir,
+            )
         if not args.keep_indices:
             es.delete(f"{result['prefix']}-*")
         return result
@@ -257,22 +335,32 @@ def main(argv: list[str] | None = None) -> int:
                 warmups[label] = {"events_per_s": round(r["events_per_s"], 1)}
             for round_no, label in C.trial_order(contenders, args.trials, seed):
                 r = one(label, args.events)
-                row = {"round": round_no, "contender": label,
-                       **{k: (round(v, 3) if isinstance(v, float) else v)
-                          for k, v in r.items()}}
+                row = {
+                    "round": round_no,
+                    "contender": label,
+                    **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()},
+                }
                 trials.append(row)
-                extra = (f"  (fill {r['fill_events_per_s']:,.0f} events/s)"
-                         if "fill_events_per_s" in r else "")
-                print(f"  round {round_no} {label:9} {r['events_per_s']:10,.0f} events/s"
-                      f" in {r['seconds']:.2f} s{extra}", file=sys.stderr)
+                extra = (
+                    f"  (fill {r['fill_events_per_s']:,.0f} events/s)"
+                    if "fill_events_per_s" in r
+                    else ""
+                )
+                print(
+                    f"  round {round_no} {label:9} {r['events_per_s']:10,.0f} events/s"
+                    f" in {r['seconds']:.2f} s{extra}",
+                    file=sys.stderr,
+                )
     except C.BenchmarkError as exc:
         print(f"{NAME}: FAILED: {exc}", file=sys.stderr)
         print(f"{NAME}: server logs kept in {log_dir}", file=sys.stderr)
         return 1
     shutil.rmtree(log_dir, ignore_errors=True)
 
-    per_s = {label: C.median(t["events_per_s"] for t in trials if t["contender"] == label)
-             for label in ("metronome", "baseline")}
+    per_s = {
+        label: C.median(t["events_per_s"] for t in trials if t["contender"] == label)
+        for label in ("metronome", "baseline")
+    }
     result_ratio = C.ratio(per_s["metronome"], per_s["baseline"])
     paired = []
     for round_no in range(args.trials):
@@ -284,16 +372,20 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)),
         "complete": not args.baseline_only,
         "parameters": {
-            "events": args.events, "warmup_events": args.warmup_events, "trials": args.trials,
-            "chunk_size": args.chunk_size, "post_batch": args.batch,
-            "post_concurrency": args.concurrency, "workers": args.workers, "seed": seed,
+            "events": args.events,
+            "warmup_events": args.warmup_events,
+            "trials": args.trials,
+            "chunk_size": args.chunk_size,
+            "post_batch": args.batch,
+            "post_concurrency": args.concurrency,
+            "workers": args.workers,
+            "seed": seed,
             "baseline": "elasticsearch.helpers.streaming_bulk, sync client, op_type create",
             "metronome": "metronome serve --no-shipper filled via POST /ticks, then"
-                         " `metronome worker --drain` timed as a whole command",
+            " `metronome worker --drain` timed as a whole command",
             "unit": "events per second (median of trials)",
         },
-        "environment": C.environment(elasticsearch_server=es_info,
-                                     loadavg_at_start=load_at_start),
+        "environment": C.environment(elasticsearch_server=es_info, loadavg_at_start=load_at_start),
         "build_documents_s": round(build_seconds, 3),
         "cli_startup_s": round(cli_start, 3),
         "warmup": warmups,
@@ -309,13 +401,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = C.write_results(NAME, results, args.output)
     if result_ratio is None:
-        print(f"{NAME}: baseline streaming_bulk {per_s['baseline']:,.0f} events/s; shipper not"
-              f" measured (--baseline-only) -> {C.display(out)}")
+        print(
+            f"{NAME}: baseline streaming_bulk {per_s['baseline']:,.0f} events/s; shipper not"
+            f" measured (--baseline-only) -> {C.display(out)}"
+        )
     else:
         verdict = "ok" if result_ratio >= GOAL_RATIO else "BELOW GOAL"
-        print(f"{NAME}: shipper {per_s['metronome']:,.0f} events/s vs streaming_bulk"
-              f" {per_s['baseline']:,.0f} events/s, ratio {result_ratio:.2f} (goal >="
-              f" {GOAL_RATIO}): {verdict} -> {C.display(out)}")
+        print(
+            f"{NAME}: shipper {per_s['metronome']:,.0f} events/s vs streaming_bulk"
+            f" {per_s['baseline']:,.0f} events/s, ratio {result_ratio:.2f} (goal >="
+            f" {GOAL_RATIO}): {verdict} -> {C.display(out)}"
+        )
     return 0
 
 

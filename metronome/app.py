@@ -86,12 +86,16 @@ class _Timing:
     def __init__(self) -> None:
         self._children: dict[tuple[str, str], Any] = {}
 
-    async def process_request(self, req: falcon.asgi.Request,
-                              resp: falcon.asgi.Response) -> None:
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         req.context.started = time.perf_counter()
 
-    async def process_response(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                               resource: object, req_succeeded: bool) -> None:
+    async def process_response(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        resource: object,
+        req_succeeded: bool,
+    ) -> None:
         started = getattr(req.context, "started", None)
         if started is not None:
             method = req.method if req.method in _METHODS else "OTHER"  # bounded labels
@@ -102,15 +106,20 @@ class _Timing:
             child.observe(time.perf_counter() - started)
 
 
-async def _metronome_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                           ex: MetronomeError, params: dict[str, Any]) -> None:
+async def _metronome_error(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: MetronomeError, params: dict[str, Any]
+) -> None:
     resp.status, resp.media, headers = error_answer(ex, req.path)
     for name, value in headers.items():
         resp.set_header(name, value)
 
 
-async def _http_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                      ex: falcon.HTTPError, params: dict[str, Any]) -> None:
+async def _http_error(
+    req: falcon.asgi.Request,
+    resp: falcon.asgi.Response,
+    ex: falcon.HTTPError,
+    params: dict[str, Any],
+) -> None:
     status = ex.status_code
     code = _FALCON_CODES.get(status, "bad_request" if status < 500 else "internal_error")
     if status == 404:
@@ -126,12 +135,15 @@ async def _http_error(req: falcon.asgi.Request, resp: falcon.asgi.Response,
     resp.media = {"error": code, "message": message}
 
 
-async def _unexpected(req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                      ex: Exception, params: dict[str, Any]) -> None:
+async def _unexpected(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: dict[str, Any]
+) -> None:
     log.exception("unexpected_error method=%s path=%s", req.method, req.path)
     resp.status = falcon.HTTP_500
-    resp.media = {"error": "internal_error",
-                  "message": "Metronome failed to answer; the server log has the details"}
+    resp.media = {
+        "error": "internal_error",
+        "message": "Metronome failed to answer; the server log has the details",
+    }
 
 
 def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
@@ -141,9 +153,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     pipeline = Pipeline(settings)
     registry = open_registry(settings, getattr(store, "client", None))
     guard = Guard(settings, RegistryCache(registry, settings.sites_cache_s, settings.data_dir))
-    app = falcon.asgi.App(middleware=[_Lifespan(store, pipeline, guard), _Timing(),
-                                      Cors(guard)],
-                          cors_enable=False)
+    app = falcon.asgi.App(
+        middleware=[_Lifespan(store, pipeline, guard), _Timing(), Cors(guard)], cors_enable=False
+    )
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_qs_csv = False
     json_handler = falcon.media.JSONHandler(
@@ -172,8 +184,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_error_handler(MetronomeError, _metronome_error)
-    return FastIngest(app, tick, max_body_bytes=settings.max_body_bytes,
-                      body_timeout_s=settings.body_timeout_s)
+    return FastIngest(
+        app, tick, max_body_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s
+    )
 
 
 def app_from_env() -> FastIngest:

@@ -22,8 +22,9 @@ __all__ = ["main"]
 
 def _settings(**overrides: Any) -> Settings:
     try:
-        return Settings.from_env(os.environ, **{k: v for k, v in overrides.items()
-                                                if v is not None})
+        return Settings.from_env(
+            os.environ, **{k: v for k, v in overrides.items() if v is not None}
+        )
     except ConfigError as exc:
         raise click.UsageError(exc.message) from None
 
@@ -37,10 +38,16 @@ def main() -> None:
 @main.command()
 @click.option("--host", help="Bind address [default: METRONOME_HOST or 127.0.0.1].")
 @click.option("--port", type=int, help="Port [default: METRONOME_PORT or 8080].")
-@click.option("--workers", type=click.IntRange(1, 256),
-              help="Worker processes [default: METRONOME_WORKERS or 2].")
-@click.option("--no-shipper", is_flag=True,
-              help="Only spool; run `metronome worker` separately to ship to the store.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    help="Worker processes [default: METRONOME_WORKERS or 2].",
+)
+@click.option(
+    "--no-shipper",
+    is_flag=True,
+    help="Only spool; run `metronome worker` separately to ship to the store.",
+)
 def serve(host: str | None, port: int | None, workers: int | None, no_shipper: bool) -> None:
     """Run the HTTP API (gunicorn with uvicorn workers) and the shipper."""
     from metronome.server import PortInUse, ensure_port_free, run_server
@@ -55,10 +62,16 @@ def serve(host: str | None, port: int | None, workers: int | None, no_shipper: b
     os.environ["METRONOME_HOST"] = settings.host
     os.environ["METRONOME_PORT"] = str(settings.port)
     os.environ["METRONOME_WORKERS"] = str(settings.workers)
-    store = f"Elasticsearch at {settings.elasticsearch_url}" if settings.elasticsearch_url \
+    store = (
+        f"Elasticsearch at {settings.elasticsearch_url}"
+        if settings.elasticsearch_url
         else f"the embedded store in {settings.data_dir}"
-    click.echo(f"metronome {__version__} on http://{settings.host}:{settings.port}"
-               f" with {settings.workers} workers, storing in {store}", err=True)
+    )
+    click.echo(
+        f"metronome {__version__} on http://{settings.host}:{settings.port}"
+        f" with {settings.workers} workers, storing in {store}",
+        err=True,
+    )
     warning = _exposure_warning(settings)
     if warning:
         click.secho(warning, err=True, fg="yellow", bold=True)
@@ -106,15 +119,22 @@ def _exposure_warning(settings: Settings) -> str | None:
     try:
         snapshot = asyncio.run(_load())
     except MetronomeError as exc:
-        return (f"warning: could not check for sites and keys ({exc.message}); without"
-                " them anyone who can reach this server may send ticks and read reports")
+        return (
+            f"warning: could not check for sites and keys ({exc.message}); without"
+            " them anyone who can reach this server may send ticks and read reports"
+        )
     if not snapshot.open:
         return None
-    where = (f"listening on {settings.host}" if not loopback
-             else "behind a proxy (METRONOME_TRUSTED_PROXIES is set)")
-    return (f"WARNING: {where} with no sites: anyone who can reach this server may"
-            " send ticks and read every report. Create a site and keys (metronome sites"
-            " create, metronome keys create) or bind to 127.0.0.1; see README, Security.")
+    where = (
+        f"listening on {settings.host}"
+        if not loopback
+        else "behind a proxy (METRONOME_TRUSTED_PROXIES is set)"
+    )
+    return (
+        f"WARNING: {where} with no sites: anyone who can reach this server may"
+        " send ticks and read every report. Create a site and keys (metronome sites"
+        " create, metronome keys create) or bind to 127.0.0.1; see README, Security."
+    )
 
 
 def _multiprocess_metrics(settings: Settings) -> None:
@@ -136,11 +156,14 @@ def worker(drain: bool) -> None:
     settings = _settings()
     configure_logging(settings)
     parent = os.environ.get("METRONOME_SHIPPER_PARENT")
-    stats = asyncio.run(run_worker(settings, drain=drain,
-                                   parent_pid=int(parent) if parent else None))
-    click.echo(f"shipped {stats.shipped} events, {stats.retries} retries,"
-               f" {stats.dead_letters} dead letters, {stats.torn_bytes} torn bytes cut",
-               err=True)
+    stats = asyncio.run(
+        run_worker(settings, drain=drain, parent_pid=int(parent) if parent else None)
+    )
+    click.echo(
+        f"shipped {stats.shipped} events, {stats.retries} retries,"
+        f" {stats.dead_letters} dead letters, {stats.torn_bytes} torn bytes cut",
+        err=True,
+    )
 
 
 @main.command()
@@ -172,10 +195,12 @@ def status() -> None:
     dead_count = sum(1 for _ in dead.open("rb")) if dead.exists() else 0
     used = 100 * state.bytes_total / settings.spool_max_bytes
     click.echo(f"store:        {store}: {'ready' if reason is None else 'NOT READY: ' + reason}")
-    click.echo(f"backlog:      {state.bytes_unshipped} bytes unshipped in"
-               f" {state.segments} segments")
-    click.echo(f"spool:        {state.bytes_total} of {settings.spool_max_bytes} bytes"
-               f" ({used:.1f}%)")
+    click.echo(
+        f"backlog:      {state.bytes_unshipped} bytes unshipped in {state.segments} segments"
+    )
+    click.echo(
+        f"spool:        {state.bytes_total} of {settings.spool_max_bytes} bytes ({used:.1f}%)"
+    )
     click.echo(f"lag:          {lag} (oldest unshipped event)")
     click.echo(f"dead letters: {dead_count} in {dead}")
 
@@ -219,10 +244,16 @@ def _count(n: int, noun: str) -> str:
 
 
 @main.command()
-@click.option("--keep", required=True, metavar="PERIOD",
-              help="How much to keep, in days or weeks: 400d, 57w.")
-@click.option("--dataset", type=click.Choice(["ticks", "logs", "metrics", "all"]),
-              default="all", show_default=True, help="Which documents to remove.")
+@click.option(
+    "--keep", required=True, metavar="PERIOD", help="How much to keep, in days or weeks: 400d, 57w."
+)
+@click.option(
+    "--dataset",
+    type=click.Choice(["ticks", "logs", "metrics", "all"]),
+    default="all",
+    show_default=True,
+    help="Which documents to remove.",
+)
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 def retention(keep: str, dataset: str, dry_run: bool) -> None:
     """Remove documents older than --keep: whole daily indices, or the embedded store's rows.
@@ -254,8 +285,10 @@ def retention(keep: str, dataset: str, dry_run: bool) -> None:
             click.echo(f"{verb} {_count(removal.documents, removal.name + ' document')}")
     store = settings.elasticsearch_url or f"the embedded store in {settings.data_dir}"
     indices = f"{_count(len(result.removed), 'index')}, " if result.unit == "indices" else ""
-    click.echo(f"{verb} {indices}{_count(result.documents, 'document')} of {', '.join(datasets)}"
-               f" from before {cutoff:%Y-%m-%d} 00:00 UTC in {store}")
+    click.echo(
+        f"{verb} {indices}{_count(result.documents, 'document')} of {', '.join(datasets)}"
+        f" from before {cutoff:%Y-%m-%d} 00:00 UTC in {store}"
+    )
 
 
 @main.command("settings")
@@ -282,13 +315,23 @@ def kibana() -> None:
 
 
 @kibana.command("import")
-@click.option("--url", help="Kibana's URL, e.g. http://localhost:5601 [default:"
-              " METRONOME_KIBANA_URL].")
+@click.option(
+    "--url", help="Kibana's URL, e.g. http://localhost:5601 [default: METRONOME_KIBANA_URL]."
+)
 @click.option("--space", help="Import into this Kibana space [default: the default space].")
-@click.option("--overwrite", is_flag=True,
-              help="Replace objects that already exist (same ids) instead of failing.")
-@click.option("--wait", "wait_s", type=click.FloatRange(0, 3600), default=0, show_default=True,
-              help="Seconds to keep retrying while Kibana is unreachable or still starting.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace objects that already exist (same ids) instead of failing.",
+)
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(0, 3600),
+    default=0,
+    show_default=True,
+    help="Seconds to keep retrying while Kibana is unreachable or still starting.",
+)
 def kibana_import(url: str | None, space: str | None, overwrite: bool, wait_s: float) -> None:
     """Import the data views and dashboards in kibana/ through Kibana's saved objects API.
 
@@ -303,9 +346,15 @@ def kibana_import(url: str | None, space: str | None, overwrite: bool, wait_s: f
         raise click.UsageError("give Kibana's URL with --url or METRONOME_KIBANA_URL")
     try:
         summary = import_saved_objects(
-            url, space=space, overwrite=overwrite, prefix=settings.index_prefix,
-            username=settings.kibana_username, password=settings.kibana_password,
-            api_key=settings.kibana_api_key, wait_s=wait_s)
+            url,
+            space=space,
+            overwrite=overwrite,
+            prefix=settings.index_prefix,
+            username=settings.kibana_username,
+            password=settings.kibana_password,
+            api_key=settings.kibana_api_key,
+            wait_s=wait_s,
+        )
     except KibanaError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -327,9 +376,14 @@ def _progress(quiet: bool, what: str) -> Any:
 
     if quiet:
         return nullcontext(None)
-    return Progress(SpinnerColumn(), TextColumn(f"{what} {{task.completed:,.0f}} lines"),
-                    TextColumn("[dim]{task.fields[rate]}"), TimeElapsedColumn(),
-                    console=Console(stderr=True), transient=True)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn(f"{what} {{task.completed:,.0f}} lines"),
+        TextColumn("[dim]{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
 
 
 def _run_with_progress(quiet: bool, what: str, job: Any) -> Any:
@@ -356,15 +410,19 @@ def import_cmd(files: tuple[str, ...], quiet: bool) -> None:
 
     settings = _settings()
     summary = _run_with_progress(
-        quiet, "importing", lambda update: import_files(settings, files, progress=update))
+        quiet, "importing", lambda update: import_files(settings, files, progress=update)
+    )
     if not quiet:
         click.echo(summary.line(), err=True)
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--from-end", is_flag=True,
-              help="Start new files at their end, like tail -f (default: from the start).")
+@click.option(
+    "--from-end",
+    is_flag=True,
+    help="Start new files at their end, like tail -f (default: from the start).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No running count, no summary.")
 def ship(paths: tuple[Path, ...], from_end: bool, quiet: bool) -> None:
     """Follow live access logs (like tail -F) into the spool, archiving them to S3."""
@@ -384,8 +442,7 @@ def ship(paths: tuple[Path, ...], from_end: bool, quiet: bool) -> None:
             if not quiet:
                 click.echo("\r" + summary.line("spooled"), err=True, nl=False)
 
-        return await ship_files(settings, list(paths), stop, from_end=from_end,
-                                on_batch=report)
+        return await ship_files(settings, list(paths), stop, from_end=from_end, on_batch=report)
 
     summary = asyncio.run(_ship())
     if not quiet:
@@ -406,8 +463,9 @@ def restore(start: str, end: str, quiet: bool) -> None:
         try:
             value = datetime.fromisoformat(text)
         except ValueError:
-            raise click.BadParameter(f"{text!r} is not a date or ISO time",
-                                     param_hint=name) from None
+            raise click.BadParameter(
+                f"{text!r} is not a date or ISO time", param_hint=name
+            ) from None
         value = value.replace(tzinfo=value.tzinfo or UTC)
         if last:
             value += timedelta(days=1) if len(text) == 10 else timedelta(hours=1)
@@ -417,8 +475,10 @@ def restore(start: str, end: str, quiet: bool) -> None:
     first, after = moment(start, "--from", last=False), moment(end, "--to", last=True)
     try:
         summary = _run_with_progress(
-            quiet, "restoring",
-            lambda update: restore_archive(settings, first, after, progress=update))
+            quiet,
+            "restoring",
+            lambda update: restore_archive(settings, first, after, progress=update),
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if not quiet:
@@ -426,17 +486,30 @@ def restore(start: str, end: str, quiet: bool) -> None:
 
 
 @main.command()
-@click.option("--where", "where", required=True, metavar="JSON",
-              help='Filters as in POST /query, e.g. \'[["is", "item", ["doc-7"]]]\'.')
-@click.option("--source", type=click.Choice(["ticks", "logs", "all"]), default="all",
-              show_default=True)
+@click.option(
+    "--where",
+    "where",
+    required=True,
+    metavar="JSON",
+    help='Filters as in POST /query, e.g. \'[["is", "item", ["doc-7"]]]\'.',
+)
+@click.option(
+    "--source", type=click.Choice(["ticks", "logs", "all"]), default="all", show_default=True
+)
 @click.option("--site", default=None, help="Only this site's events (default: every site).")
 @click.option("--from", "start", default=None, help="Only events from this date or time.")
 @click.option("--to", "end", default=None, help="Only events up to this date (included).")
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def forget(where: str, source: str, site: str | None, start: str | None, end: str | None,
-           dry_run: bool, yes: bool) -> None:
+def forget(
+    where: str,
+    source: str,
+    site: str | None,
+    start: str | None,
+    end: str | None,
+    dry_run: bool,
+    yes: bool,
+) -> None:
     """Delete the events matching a filter, for good (crawlers included)."""
     import orjson
 
@@ -449,8 +522,7 @@ def forget(where: str, source: str, site: str | None, start: str | None, end: st
     except orjson.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--where") from None
     if not isinstance(filters, list) or not filters:
-        raise click.BadParameter("give a non-empty JSON list of filters",
-                                 param_hint="--where")
+        raise click.BadParameter("give a non-empty JSON list of filters", param_hint="--where")
     time_range = None
     if start or end:
         time_range = {"from": start or ALL_TIME["from"], "to": end or ALL_TIME["to"]}

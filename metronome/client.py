@@ -56,10 +56,19 @@ def _tick(item_id: str, event: str, fields: dict[str, Any]) -> dict[str, Any]:
 class Client:
     """Sends ticks over HTTP in the background. Thread-safe; one per process is enough."""
 
-    def __init__(self, url: str, *, batch_size: int = 500, flush_interval_s: float = 1.0,
-                 max_queue: int = 100_000, timeout_s: float = 10.0,
-                 max_backoff_s: float = 30.0, close_timeout_s: float = 10.0,
-                 headers: dict[str, str] | None = None, key: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        batch_size: int = 500,
+        flush_interval_s: float = 1.0,
+        max_queue: int = 100_000,
+        timeout_s: float = 10.0,
+        max_backoff_s: float = 30.0,
+        close_timeout_s: float = 10.0,
+        headers: dict[str, str] | None = None,
+        key: str | None = None,
+    ) -> None:
         """``key``: a key with the ``ingest`` scope (needed once the server has sites)."""
         if key:
             headers = {**(headers or {}), "Authorization": f"Bearer {key}"}
@@ -75,8 +84,7 @@ class Client:
         self._idle = threading.Condition()
         self._in_flight = 0
         self.stats = ClientStats()
-        self._thread = threading.Thread(target=self._run, name="metronome-client",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="metronome-client", daemon=True)
         self._thread.start()
 
     def tick(self, item_id: str, event: str = "view", **fields: Any) -> bool:
@@ -154,13 +162,17 @@ class Client:
                     self.stats.sent += answer["accepted"]
                     self.stats.rejected += len(answer["rejected"])
                     for rejected in answer["rejected"][:5]:
-                        log.warning("tick_rejected error=%s message=%s", rejected["error"],
-                                    rejected["message"])
+                        log.warning(
+                            "tick_rejected error=%s message=%s",
+                            rejected["error"],
+                            rejected["message"],
+                        )
                     return
                 if resp.status_code not in (429, 502, 503, 504):
                     self.stats.rejected += len(batch)
-                    log.warning("batch_rejected status=%d body=%s", resp.status_code,
-                                resp.text[:200])
+                    log.warning(
+                        "batch_rejected status=%d body=%s", resp.status_code, resp.text[:200]
+                    )
                     return
                 reason = f"HTTP {resp.status_code}"
                 retry_after = resp.headers.get("Retry-After", "")
@@ -179,8 +191,14 @@ class Client:
 class FluentClient:
     """Sends ticks through a Fluentd (or Metronome) forward input with fluent-logger."""
 
-    def __init__(self, host: str = "localhost", port: int = 24224, *,
-                 tag_prefix: str = "metronome", **sender_options: Any) -> None:
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 24224,
+        *,
+        tag_prefix: str = "metronome",
+        **sender_options: Any,
+    ) -> None:
         from fluent import sender
 
         self._sender = sender.FluentSender(tag_prefix, host=host, port=port, **sender_options)
@@ -202,8 +220,9 @@ class TickHandler(logging.Handler):
     ``extra={"metronome": {...}}``.
     """
 
-    def __init__(self, client: Client | FluentClient, item_id: str,
-                 level: int = logging.NOTSET) -> None:
+    def __init__(
+        self, client: Client | FluentClient, item_id: str, level: int = logging.NOTSET
+    ) -> None:
         super().__init__(level)
         self._client = client
         self._item_id = item_id
@@ -218,8 +237,13 @@ class TickHandler(logging.Handler):
             }
             extra = getattr(record, "metronome", None)
             if isinstance(extra, dict):
-                fields.update({k: v for k, v in extra.items()
-                               if isinstance(v, str | int | float | bool) or v is None})
+                fields.update(
+                    {
+                        k: v
+                        for k, v in extra.items()
+                        if isinstance(v, str | int | float | bool) or v is None
+                    }
+                )
             event = "error" if record.levelno >= logging.ERROR else "log"
             self._client.tick(self._item_id, event, **fields)
         except Exception:  # noqa: BLE001 - a logging handler must never raise

@@ -72,8 +72,10 @@ def _site(raw: str) -> str:
 
     value = raw.strip()
     if not SITE_ID_PATTERN.match(value):
-        raise ValueError("a site id is 1 to 64 lowercase letters, digits, '-' and '_',"
-                         f" starting with a letter or digit; got {raw!r}")
+        raise ValueError(
+            "a site id is 1 to 64 lowercase letters, digits, '-' and '_',"
+            f" starting with a letter or digit; got {raw!r}"
+        )
     return value
 
 
@@ -151,47 +153,84 @@ SETTINGS: tuple[Setting, ...] = (
         " but not indexed.",
         _int(100, 100_000),
     ),
-    Setting(
-        "max_body_bytes", "65536", "Largest body `POST /tick` accepts.", _int(1024, 1 << 30)
-    ),
+    Setting("max_body_bytes", "65536", "Largest body `POST /tick` accepts.", _int(1024, 1 << 30)),
     Setting(
         "max_batch_bytes",
         "4194304",
         "Largest body `POST /ticks` accepts.",
         _int(1024, 1 << 30),
     ),
-    Setting(
-        "max_batch_ticks", "1000", "Most ticks in one `POST /ticks` body.", _int(1, 1_000_000)
-    ),
+    Setting("max_batch_ticks", "1000", "Most ticks in one `POST /ticks` body.", _int(1, 1_000_000)),
     Setting("max_params", "100", "Most free parameters in one tick.", _int(0, 10_000)),
-    Setting("body_timeout_s", "10", "Seconds a client has to send a request body; slower"
-            " ones get `408 request_timeout`.", _int(1, 3600)),
-    Setting("keepalive_s", "5", "Seconds an idle keep-alive connection stays open.",
-            _int(1, 3600)),
-    Setting("max_connections", "1000", "Most connections (and requests in progress) per"
-            " server worker; past it the server answers 503 (0: no limit).",
-            _int(0, 1_000_000)),
-    Setting("rate_limit_per_ip", "100", "Ticks per second one client address may send"
-            " without a key (browser ingest; IPv6 per /64), per worker process, once a site"
-            " exists; 0: no limit.", _int(0, 1_000_000)),
-    Setting("rate_limit_per_ip_burst", "1000", "Ticks one client address may send at once"
-            " before `METRONOME_RATE_LIMIT_PER_IP` applies.", _int(1, 10_000_000)),
-    Setting("rate_limit_per_site", "5000", "Ticks per second one site may send (with or"
-            " without a key), per worker process, once a site exists; 0: no limit.",
-            _int(0, 10_000_000)),
-    Setting("rate_limit_per_site_burst", "50000", "Ticks one site may send at once before"
-            " `METRONOME_RATE_LIMIT_PER_SITE` applies.", _int(1, 100_000_000)),
-    Setting("sites_cache_s", "5", "Seconds each worker process reuses its copy of the sites"
-            " and keys; new sites and keys, and revocations, take effect within it.",
-            _int(1, 3600)),
-    Setting("retention", "", "How long events are kept, applied every"
-            " `METRONOME_RETENTION_INTERVAL_S` by the shipper: `400d`, `57w`, with per-site"
-            " periods `400d,shop=90d` (empty: keep everything).", _retention),
-    Setting("retention_interval_s", "3600", "Seconds between two runs of the retention"
-            " policy.", _int(1, 7 * 86400)),
-    Setting("log_site", "default", "Site that access logs (`import`, `ship`, `restore`, the"
-            " forward input) and forward-protocol ticks without a `site` are stored under.",
-            _site),
+    Setting(
+        "body_timeout_s",
+        "10",
+        "Seconds a client has to send a request body; slower ones get `408 request_timeout`.",
+        _int(1, 3600),
+    ),
+    Setting("keepalive_s", "5", "Seconds an idle keep-alive connection stays open.", _int(1, 3600)),
+    Setting(
+        "max_connections",
+        "1000",
+        "Most connections (and requests in progress) per"
+        " server worker; past it the server answers 503 (0: no limit).",
+        _int(0, 1_000_000),
+    ),
+    Setting(
+        "rate_limit_per_ip",
+        "100",
+        "Ticks per second one client address may send"
+        " without a key (browser ingest; IPv6 per /64), per worker process, once a site"
+        " exists; 0: no limit.",
+        _int(0, 1_000_000),
+    ),
+    Setting(
+        "rate_limit_per_ip_burst",
+        "1000",
+        "Ticks one client address may send at once before `METRONOME_RATE_LIMIT_PER_IP` applies.",
+        _int(1, 10_000_000),
+    ),
+    Setting(
+        "rate_limit_per_site",
+        "5000",
+        "Ticks per second one site may send (with or"
+        " without a key), per worker process, once a site exists; 0: no limit.",
+        _int(0, 10_000_000),
+    ),
+    Setting(
+        "rate_limit_per_site_burst",
+        "50000",
+        "Ticks one site may send at once before `METRONOME_RATE_LIMIT_PER_SITE` applies.",
+        _int(1, 100_000_000),
+    ),
+    Setting(
+        "sites_cache_s",
+        "5",
+        "Seconds each worker process reuses its copy of the sites"
+        " and keys; new sites and keys, and revocations, take effect within it.",
+        _int(1, 3600),
+    ),
+    Setting(
+        "retention",
+        "",
+        "How long events are kept, applied every"
+        " `METRONOME_RETENTION_INTERVAL_S` by the shipper: `400d`, `57w`, with per-site"
+        " periods `400d,shop=90d` (empty: keep everything).",
+        _retention,
+    ),
+    Setting(
+        "retention_interval_s",
+        "3600",
+        "Seconds between two runs of the retention policy.",
+        _int(1, 7 * 86400),
+    ),
+    Setting(
+        "log_site",
+        "default",
+        "Site that access logs (`import`, `ship`, `restore`, the"
+        " forward input) and forward-protocol ticks without a `site` are stored under.",
+        _site,
+    ),
     Setting("max_key_length", "64", "Longest free-parameter name.", _int(1, 1024)),
     Setting(
         "max_value_length",
@@ -218,17 +257,34 @@ SETTINGS: tuple[Setting, ...] = (
         "Size at which a worker starts a new spool segment file.",
         _int(1 << 12, 1 << 40),
     ),
-    Setting("ship_batch_docs", "1000", "Most documents in one bulk write to the store.",
-            _int(1, 100_000)),
-    Setting("ship_batch_bytes", "8388608", "Most bytes read from the spool for one bulk write.",
-            _int(1 << 12, 1 << 30)),
-    Setting("ship_poll_ms", "50", "How often an idle shipper looks for new events.",
-            _int(1, 60_000)),
-    Setting("shipper_nice", "5",
-            "CPU priority `serve` lowers its shipper by (0 to 19): under a burst, answering"
-            " ticks comes first and the backlog drains after.", _int(0, 19)),
-    Setting("ship_backoff_max_s", "30", "Longest wait between retries of a failed bulk write.",
-            _int(1, 3600)),
+    Setting(
+        "ship_batch_docs",
+        "1000",
+        "Most documents in one bulk write to the store.",
+        _int(1, 100_000),
+    ),
+    Setting(
+        "ship_batch_bytes",
+        "8388608",
+        "Most bytes read from the spool for one bulk write.",
+        _int(1 << 12, 1 << 30),
+    ),
+    Setting(
+        "ship_poll_ms", "50", "How often an idle shipper looks for new events.", _int(1, 60_000)
+    ),
+    Setting(
+        "shipper_nice",
+        "5",
+        "CPU priority `serve` lowers its shipper by (0 to 19): under a burst, answering"
+        " ticks comes first and the backlog drains after.",
+        _int(0, 19),
+    ),
+    Setting(
+        "ship_backoff_max_s",
+        "30",
+        "Longest wait between retries of a failed bulk write.",
+        _int(1, 3600),
+    ),
     Setting(
         "trusted_proxies",
         "",
@@ -249,11 +305,16 @@ SETTINGS: tuple[Setting, ...] = (
         "priceg.com,hulfingtonpost.com,free-share-buttons.com",
         "Comma-separated referrer domains (and their subdomains) whose traffic is referrer"
         " spam: flagged `referrer.spam` and left out of reports like crawlers.",
-        lambda raw: tuple(sorted({d.strip().lower().removeprefix("www.")
-                                  for d in raw.split(",") if d.strip()})),
+        lambda raw: tuple(
+            sorted({d.strip().lower().removeprefix("www.") for d in raw.split(",") if d.strip()})
+        ),
     ),
-    Setting("forward", "off", "Accept Fluentd forward-protocol input (on/off); runs in the"
-            " shipper process.", _bool),
+    Setting(
+        "forward",
+        "off",
+        "Accept Fluentd forward-protocol input (on/off); runs in the shipper process.",
+        _bool,
+    ),
     Setting("forward_host", "127.0.0.1", "Address the forward-protocol input binds to.", _str),
     Setting("forward_port", "24224", "Port of the forward-protocol input.", _int(0, 65535)),
     Setting(
@@ -270,22 +331,45 @@ SETTINGS: tuple[Setting, ...] = (
         " `/datasets/{id}/download.{format} -> download`.",
         _str,
     ),
-    Setting("s3_bucket", "", "Bucket that `metronome ship` archives raw lines to (unset: no"
-            " archive).", _optional_str),
+    Setting(
+        "s3_bucket",
+        "",
+        "Bucket that `metronome ship` archives raw lines to (unset: no archive).",
+        _optional_str,
+    ),
     Setting("s3_prefix", "metronome/access", "Key prefix of archived log chunks.", _str),
-    Setting("s3_endpoint_url", "", "S3 endpoint for MinIO and other S3-compatible stores.",
-            _optional_str),
+    Setting(
+        "s3_endpoint_url",
+        "",
+        "S3 endpoint for MinIO and other S3-compatible stores.",
+        _optional_str,
+    ),
     Setting("s3_region", "", "S3 region (unset: from the AWS configuration).", _optional_str),
-    Setting("kibana_url", "", "Kibana URL for `metronome kibana import` (its `--url` wins).",
-            _optional_str),
-    Setting("kibana_username", "", "User for Kibana's basic authentication (unset: none).",
-            _optional_str),
+    Setting(
+        "kibana_url",
+        "",
+        "Kibana URL for `metronome kibana import` (its `--url` wins).",
+        _optional_str,
+    ),
+    Setting(
+        "kibana_username",
+        "",
+        "User for Kibana's basic authentication (unset: none).",
+        _optional_str,
+    ),
     Setting("kibana_password", "", "Password of `METRONOME_KIBANA_USERNAME`.", _optional_str),
-    Setting("kibana_api_key", "", "Kibana API key (the encoded form); used instead of the user"
-            " and password.", _optional_str),
-    Setting("log_level", "info", "Log level: debug, info, warning or error.", _choice(
-        "debug", "info", "warning", "error"
-    )),
+    Setting(
+        "kibana_api_key",
+        "",
+        "Kibana API key (the encoded form); used instead of the user and password.",
+        _optional_str,
+    ),
+    Setting(
+        "log_level",
+        "info",
+        "Log level: debug, info, warning or error.",
+        _choice("debug", "info", "warning", "error"),
+    ),
 )
 
 
@@ -362,8 +446,10 @@ class Settings:
         if overrides:
             raise TypeError(f"unknown settings: {', '.join(sorted(overrides))}")
         prefix = values["index_prefix"]
-        if not prefix or prefix != prefix.lower() or not all(
-            c.isalnum() or c in "-_" for c in prefix
+        if (
+            not prefix
+            or prefix != prefix.lower()
+            or not all(c.isalnum() or c in "-_" for c in prefix)
         ):
             raise ConfigError(
                 "METRONOME_INDEX_PREFIX: use lowercase letters, digits, '-' and '_' only,"

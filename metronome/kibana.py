@@ -20,14 +20,23 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-__all__ = ["ImportSummary", "KibanaError", "import_saved_objects", "load_saved_objects",
-           "saved_objects_path"]
+__all__ = [
+    "ImportSummary",
+    "KibanaError",
+    "import_saved_objects",
+    "load_saved_objects",
+    "saved_objects_path",
+]
 
 FILE_NAME = "metronome.ndjson"
 DEFAULT_PREFIX = "metronome"
 _SPACE = re.compile(r"[a-z0-9_-]+")
-_KINDS = {"index-pattern": "data views", "lens": "visualizations",
-          "visualization": "visualizations", "dashboard": "dashboards"}
+_KINDS = {
+    "index-pattern": "data views",
+    "lens": "visualizations",
+    "visualization": "visualizations",
+    "dashboard": "dashboards",
+}
 
 
 class KibanaError(Exception):
@@ -37,24 +46,31 @@ class KibanaError(Exception):
 def saved_objects_path() -> Path:
     """``kibana/metronome.ndjson``: inside the installed package, or at the top of a checkout."""
     package = Path(__file__).resolve().parent
-    for candidate in (package / "kibana_objects" / FILE_NAME,
-                      package.parent / "kibana" / FILE_NAME):
+    for candidate in (
+        package / "kibana_objects" / FILE_NAME,
+        package.parent / "kibana" / FILE_NAME,
+    ):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"kibana/{FILE_NAME} is missing from this installation")
 
 
-def load_saved_objects(prefix: str = DEFAULT_PREFIX, path: Path | None = None
-                       ) -> list[dict[str, Any]]:
+def load_saved_objects(
+    prefix: str = DEFAULT_PREFIX, path: Path | None = None
+) -> list[dict[str, Any]]:
     """The saved objects, with data views pointing at ``<prefix>-<dataset>-*``."""
-    objects = [orjson.loads(line) for line in (path or saved_objects_path()).read_bytes()
-               .splitlines() if line.strip()]
+    objects = [
+        orjson.loads(line)
+        for line in (path or saved_objects_path()).read_bytes().splitlines()
+        if line.strip()
+    ]
     if prefix != DEFAULT_PREFIX:
         for obj in objects:
             attributes = obj["attributes"]
             if obj["type"] == "index-pattern" and attributes["title"].startswith(
-                    DEFAULT_PREFIX + "-"):
-                attributes["title"] = prefix + attributes["title"][len(DEFAULT_PREFIX):]
+                DEFAULT_PREFIX + "-"
+            ):
+                attributes["title"] = prefix + attributes["title"][len(DEFAULT_PREFIX) :]
     return objects
 
 
@@ -121,8 +137,10 @@ def _refusal(resp: httpx.Response, space: str | None) -> str:
         message = resp.text.strip()[:300] or resp.reason_phrase
     text = f"Kibana refused the import ({resp.status_code} {resp.reason_phrase}): {message}"
     if resp.status_code in (401, 403):
-        text += (" -- set METRONOME_KIBANA_API_KEY, or METRONOME_KIBANA_USERNAME and"
-                 " METRONOME_KIBANA_PASSWORD, for a user allowed to manage saved objects")
+        text += (
+            " -- set METRONOME_KIBANA_API_KEY, or METRONOME_KIBANA_USERNAME and"
+            " METRONOME_KIBANA_PASSWORD, for a user allowed to manage saved objects"
+        )
     elif resp.status_code == 404 and space:
         text += f" -- does the space {space!r} exist?"
     elif resp.status_code == 404:
@@ -130,17 +148,26 @@ def _refusal(resp: httpx.Response, space: str | None) -> str:
     return text
 
 
-def import_saved_objects(url: str, *, space: str | None = None, overwrite: bool = False,
-                         prefix: str = DEFAULT_PREFIX, username: str | None = None,
-                         password: str | None = None, api_key: str | None = None,
-                         wait_s: float = 0.0, timeout_s: float = 60.0,
-                         path: Path | None = None) -> ImportSummary:
+def import_saved_objects(
+    url: str,
+    *,
+    space: str | None = None,
+    overwrite: bool = False,
+    prefix: str = DEFAULT_PREFIX,
+    username: str | None = None,
+    password: str | None = None,
+    api_key: str | None = None,
+    wait_s: float = 0.0,
+    timeout_s: float = 60.0,
+    path: Path | None = None,
+) -> ImportSummary:
     """POST the saved objects to Kibana at ``url``; raise :class:`KibanaError` when it
     cannot be reached or refuses the request. Waits up to ``wait_s`` for a Kibana that is
     still starting (connection refused, or 503 "not ready yet")."""
     if space is not None and space != "default" and not _SPACE.fullmatch(space):
-        raise KibanaError(f"{space!r} is not a Kibana space id (lowercase letters, digits,"
-                          " '_' and '-')")
+        raise KibanaError(
+            f"{space!r} is not a Kibana space id (lowercase letters, digits, '_' and '-')"
+        )
     base = url.rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise KibanaError(f"{url!r} is not an http:// or https:// URL")
@@ -157,9 +184,14 @@ def import_saved_objects(url: str, *, space: str | None = None, overwrite: bool 
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            resp = httpx.post(endpoint, params={"overwrite": "true"} if overwrite else None,
-                              headers=headers, auth=auth, timeout=timeout_s,
-                              files={"file": (FILE_NAME, payload, "application/ndjson")})
+            resp = httpx.post(
+                endpoint,
+                params={"overwrite": "true"} if overwrite else None,
+                headers=headers,
+                auth=auth,
+                timeout=timeout_s,
+                files={"file": (FILE_NAME, payload, "application/ndjson")},
+            )
         except httpx.TransportError as exc:
             if time.monotonic() < deadline:
                 time.sleep(2)
@@ -174,8 +206,10 @@ def import_saved_objects(url: str, *, space: str | None = None, overwrite: bool 
     try:
         body = resp.json()
     except ValueError:
-        raise KibanaError(f"Kibana answered 200 but not with JSON: {resp.text[:200]!r}"
-                          " -- is this the URL of Kibana?") from None
+        raise KibanaError(
+            f"Kibana answered 200 but not with JSON: {resp.text[:200]!r}"
+            " -- is this the URL of Kibana?"
+        ) from None
     if not isinstance(body, dict) or "success" not in body:
         raise KibanaError(f"Kibana's answer is not an import result: {resp.text[:200]!r}")
     return _summarise(body)

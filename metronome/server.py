@@ -29,14 +29,19 @@ class MetronomeWorker(UvicornWorker):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = Settings.from_env(os.environ)
-        self.CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS,
-                              "limit_concurrency": settings.max_connections or None}
+        self.CONFIG_KWARGS = {
+            **UvicornWorker.CONFIG_KWARGS,
+            "limit_concurrency": settings.max_connections or None,
+        }
         super().__init__(*args, **kwargs)
 
     def run(self) -> None:
         # with a socket per worker the arbiter holds none, and logs "Listening at: " empty
-        self.log.info("Listening at: %s (worker %s)",
-                      ",".join(str(listener) for listener in self.sockets), self.pid)
+        self.log.info(
+            "Listening at: %s (worker %s)",
+            ",".join(str(listener) for listener in self.sockets),
+            self.pid,
+        )
         super().run()
 
 
@@ -58,9 +63,10 @@ def ensure_port_free(host: str, port: int) -> None:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
         probe.bind((bare, port))
     except OSError as exc:
-        raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror} (is another"
-                        " Metronome running? METRONOME_PORT or --port picks another)"
-                        ) from None
+        raise PortInUse(
+            f"cannot listen on {host}:{port}: {exc.strerror} (is another"
+            " Metronome running? METRONOME_PORT or --port picks another)"
+        ) from None
     finally:
         probe.close()
 
@@ -84,20 +90,22 @@ class _Server(BaseApplication):  # type: ignore[misc]
 def run_server(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT; workers that die are replaced."""
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    _Server({
-        "bind": f"{host}:{settings.port}",
-        "workers": settings.workers,
-        "worker_class": "metronome.server.MetronomeWorker",
-        "graceful_timeout": 10,
-        "timeout": 60,  # a worker that stops answering its arbiter is restarted
-        "keepalive": settings.keepalive_s,
-        # a listening socket per worker (gunicorn 24+ makes them in each worker): the
-        # kernel spreads new connections over them. With one socket shared by all, the
-        # worker that woke first accepted every connection waiting, and keep-alive
-        # connections stayed there (31 of 32 on one of two workers in one benchmark run,
-        # all 8 in another, at half the throughput)
-        "reuse_port": True,
-        "accesslog": None,
-        "loglevel": settings.log_level,
-        "preload_app": False,
-    }).run()
+    _Server(
+        {
+            "bind": f"{host}:{settings.port}",
+            "workers": settings.workers,
+            "worker_class": "metronome.server.MetronomeWorker",
+            "graceful_timeout": 10,
+            "timeout": 60,  # a worker that stops answering its arbiter is restarted
+            "keepalive": settings.keepalive_s,
+            # a listening socket per worker (gunicorn 24+ makes them in each worker): the
+            # kernel spreads new connections over them. With one socket shared by all, the
+            # worker that woke first accepted every connection waiting, and keep-alive
+            # connections stayed there (31 of 32 on one of two workers in one benchmark run,
+            # all 8 in another, at half the throughput)
+            "reuse_port": True,
+            "accesslog": None,
+            "loglevel": settings.log_level,
+            "preload_app": False,
+        }
+    ).run()

@@ -34,9 +34,14 @@ DATA_VIEWS: dict[str, dict[str, Any]] = {
         "name": "Metronome access logs",
         "formats": {
             "http.response.body.bytes": {"id": "bytes"},
-            "event.duration": {"id": "duration", "params": {
-                "inputFormat": "nanoseconds", "outputFormat": "humanizePrecise",
-                "outputPrecision": 1}},
+            "event.duration": {
+                "id": "duration",
+                "params": {
+                    "inputFormat": "nanoseconds",
+                    "outputFormat": "humanizePrecise",
+                    "outputPrecision": 1,
+                },
+            },
         },
     },
     "metrics": {"name": "Metronome metrics", "formats": {}},
@@ -47,8 +52,9 @@ def data_view_id(dataset: str) -> str:
     return f"metronome-{dataset}"
 
 
-def _saved_object(kind: str, object_id: str, attributes: dict[str, Any],
-                  references: list[dict[str, str]]) -> dict[str, Any]:
+def _saved_object(
+    kind: str, object_id: str, attributes: dict[str, Any], references: list[dict[str, str]]
+) -> dict[str, Any]:
     return {
         "type": kind,
         "id": object_id,
@@ -62,17 +68,22 @@ def _saved_object(kind: str, object_id: str, attributes: dict[str, Any],
 
 def data_view(dataset: str) -> dict[str, Any]:
     spec = DATA_VIEWS[dataset]
-    return _saved_object("index-pattern", data_view_id(dataset), {
-        "title": f"metronome-{dataset}-*",
-        "name": spec["name"],
-        "timeFieldName": "@timestamp",
-        "fields": "[]",
-        "fieldFormatMap": json.dumps(spec["formats"], sort_keys=True, separators=(",", ":")),
-        "fieldAttrs": "{}",
-        "runtimeFieldMap": "{}",
-        "sourceFilters": "[]",
-        "typeMeta": "{}",
-    }, [])
+    return _saved_object(
+        "index-pattern",
+        data_view_id(dataset),
+        {
+            "title": f"metronome-{dataset}-*",
+            "name": spec["name"],
+            "timeFieldName": "@timestamp",
+            "fields": "[]",
+            "fieldFormatMap": json.dumps(spec["formats"], sort_keys=True, separators=(",", ":")),
+            "fieldAttrs": "{}",
+            "runtimeFieldMap": "{}",
+            "sourceFilters": "[]",
+            "typeMeta": "{}",
+        },
+        [],
+    )
 
 
 # --- Lens columns ---------------------------------------------------------------------
@@ -80,71 +91,124 @@ def data_view(dataset: str) -> dict[str, Any]:
 
 def count(label: str, query: str | None = None) -> dict[str, Any]:
     column: dict[str, Any] = {
-        "label": label, "customLabel": True, "dataType": "number",
-        "operationType": "count", "sourceField": RECORDS, "isBucketed": False,
-        "scale": "ratio", "params": {"emptyAsNull": True},
+        "label": label,
+        "customLabel": True,
+        "dataType": "number",
+        "operationType": "count",
+        "sourceField": RECORDS,
+        "isBucketed": False,
+        "scale": "ratio",
+        "params": {"emptyAsNull": True},
     }
     if query:
         column["filter"] = {"query": query, "language": "kuery"}
     return column
 
 
-def metric(operation: str, source: str, label: str,
-           fmt: dict[str, Any] | None = None) -> dict[str, Any]:
+def metric(
+    operation: str, source: str, label: str, fmt: dict[str, Any] | None = None
+) -> dict[str, Any]:
     params: dict[str, Any] = {"emptyAsNull": True}
     if fmt:
         params["format"] = fmt
-    return {"label": label, "customLabel": True, "dataType": "number",
-            "operationType": operation, "sourceField": source, "isBucketed": False,
-            "scale": "ratio", "params": params}
+    return {
+        "label": label,
+        "customLabel": True,
+        "dataType": "number",
+        "operationType": operation,
+        "sourceField": source,
+        "isBucketed": False,
+        "scale": "ratio",
+        "params": params,
+    }
 
 
 def over_time() -> dict[str, Any]:
-    return {"label": "@timestamp", "dataType": "date", "operationType": "date_histogram",
-            "sourceField": "@timestamp", "isBucketed": True, "scale": "interval",
-            "params": {"interval": "auto", "includeEmptyRows": True, "dropPartials": False}}
-
-
-def top(source: str, label: str, size: int, order_by: str,
-        data_type: str = "string", other: bool = True) -> dict[str, Any]:
     return {
-        "label": label, "customLabel": True, "dataType": data_type,
-        "operationType": "terms", "sourceField": source, "isBucketed": True,
+        "label": "@timestamp",
+        "dataType": "date",
+        "operationType": "date_histogram",
+        "sourceField": "@timestamp",
+        "isBucketed": True,
+        "scale": "interval",
+        "params": {"interval": "auto", "includeEmptyRows": True, "dropPartials": False},
+    }
+
+
+def top(
+    source: str, label: str, size: int, order_by: str, data_type: str = "string", other: bool = True
+) -> dict[str, Any]:
+    return {
+        "label": label,
+        "customLabel": True,
+        "dataType": data_type,
+        "operationType": "terms",
+        "sourceField": source,
+        "isBucketed": True,
         "scale": "ordinal",
-        "params": {"size": size, "orderBy": {"type": "column", "columnId": order_by},
-                   "orderDirection": "desc", "otherBucket": other, "missingBucket": False,
-                   "parentFormat": {"id": "terms"}, "include": [], "exclude": [],
-                   "includeIsRegex": False, "excludeIsRegex": False},
+        "params": {
+            "size": size,
+            "orderBy": {"type": "column", "columnId": order_by},
+            "orderDirection": "desc",
+            "otherBucket": other,
+            "missingBucket": False,
+            "parentFormat": {"id": "terms"},
+            "include": [],
+            "exclude": [],
+            "includeIsRegex": False,
+            "excludeIsRegex": False,
+        },
     }
 
 
 # --- Lens visualizations --------------------------------------------------------------
 
 
-def xy(series: str, x: str, ys: list[str], split: str | None = None,
-       legend: bool = True) -> tuple[str, dict[str, Any]]:
-    layer: dict[str, Any] = {"layerId": LAYER, "layerType": "data", "seriesType": series,
-                             "xAccessor": x, "accessors": ys}
+def xy(
+    series: str, x: str, ys: list[str], split: str | None = None, legend: bool = True
+) -> tuple[str, dict[str, Any]]:
+    layer: dict[str, Any] = {
+        "layerId": LAYER,
+        "layerType": "data",
+        "seriesType": series,
+        "xAccessor": x,
+        "accessors": ys,
+    }
     if split:
         layer["splitAccessor"] = split
     return "lnsXY", {
         "legend": {"isVisible": legend, "position": "right"},
-        "valueLabels": "hide", "fittingFunction": "None", "preferredSeriesType": series,
+        "valueLabels": "hide",
+        "fittingFunction": "None",
+        "preferredSeriesType": series,
         "layers": [layer],
     }
 
 
 def pie(group: str, value: str) -> tuple[str, dict[str, Any]]:
-    return "lnsPie", {"shape": "donut", "layers": [{
-        "layerId": LAYER, "layerType": "data", "primaryGroups": [group], "metrics": [value],
-        "numberDisplay": "percent", "categoryDisplay": "default", "legendDisplay": "default",
-        "nestedLegend": False,
-    }]}
+    return "lnsPie", {
+        "shape": "donut",
+        "layers": [
+            {
+                "layerId": LAYER,
+                "layerType": "data",
+                "primaryGroups": [group],
+                "metrics": [value],
+                "numberDisplay": "percent",
+                "categoryDisplay": "default",
+                "legendDisplay": "default",
+                "nestedLegend": False,
+            }
+        ],
+    }
 
 
 def table(*columns: str) -> tuple[str, dict[str, Any]]:
-    return "lnsDatatable", {"layerId": LAYER, "layerType": "data",
-                            "columns": [{"columnId": c} for c in columns]}
+    return "lnsDatatable", {
+        "layerId": LAYER,
+        "layerType": "data",
+        "columns": [{"columnId": c} for c in columns],
+    }
 
 
 def single(value: str) -> tuple[str, dict[str, Any]]:
@@ -165,136 +229,292 @@ class Lens:
 
     def saved_object(self) -> dict[str, Any]:
         kind, visualization = self.chart
-        layer = {"columns": self.columns, "columnOrder": list(self.columns),
-                 "incompleteColumns": {}}
-        return _saved_object("lens", self.id, {
-            "title": self.title,
-            "description": self.description,
-            "visualizationType": kind,
-            "state": {
-                "datasourceStates": {"formBased": {"layers": {LAYER: layer}}},
-                "visualization": visualization,
-                "query": {"query": self.query, "language": "kuery"},
-                "filters": [],
-                "internalReferences": [],
-                "adHocDataViews": {},
+        layer = {
+            "columns": self.columns,
+            "columnOrder": list(self.columns),
+            "incompleteColumns": {},
+        }
+        return _saved_object(
+            "lens",
+            self.id,
+            {
+                "title": self.title,
+                "description": self.description,
+                "visualizationType": kind,
+                "state": {
+                    "datasourceStates": {"formBased": {"layers": {LAYER: layer}}},
+                    "visualization": visualization,
+                    "query": {"query": self.query, "language": "kuery"},
+                    "filters": [],
+                    "internalReferences": [],
+                    "adHocDataViews": {},
+                },
             },
-        }, [{"type": "index-pattern", "id": data_view_id(self.dataset),
-             "name": f"indexpattern-datasource-layer-{LAYER}"}])
+            [
+                {
+                    "type": "index-pattern",
+                    "id": data_view_id(self.dataset),
+                    "name": f"indexpattern-datasource-layer-{LAYER}",
+                }
+            ],
+        )
 
 
-def dashboard(object_id: str, title: str, description: str,
-              panels: list[Lens]) -> dict[str, Any]:
+def dashboard(object_id: str, title: str, description: str, panels: list[Lens]) -> dict[str, Any]:
     panel_json, references = [], []
     for number, lens in enumerate(panels, 1):
         index = f"p{number}"
         x, y, w, h = lens.grid
-        panel_json.append({
-            "version": PANEL_VERSION, "type": "lens",
-            "gridData": {"x": x, "y": y, "w": w, "h": h, "i": index},
-            "panelIndex": index, "embeddableConfig": {}, "panelRefName": f"panel_{index}",
-        })
+        panel_json.append(
+            {
+                "version": PANEL_VERSION,
+                "type": "lens",
+                "gridData": {"x": x, "y": y, "w": w, "h": h, "i": index},
+                "panelIndex": index,
+                "embeddableConfig": {},
+                "panelRefName": f"panel_{index}",
+            }
+        )
         references.append({"type": "lens", "id": lens.id, "name": f"{index}:panel_{index}"})
-    return _saved_object("dashboard", object_id, {
-        "title": title,
-        "description": description,
-        "panelsJSON": json.dumps(panel_json, separators=(",", ":")),
-        "optionsJSON": json.dumps({"useMargins": True, "syncColors": True, "syncCursor": True,
-                                   "syncTooltips": False, "hidePanelTitles": False},
-                                  separators=(",", ":")),
-        "timeRestore": True,
-        "timeFrom": "now-30d",
-        "timeTo": "now",
-        "refreshInterval": {"pause": True, "value": 60000},
-        "kibanaSavedObjectMeta": {"searchSourceJSON": json.dumps(
-            {"query": {"query": HUMANS, "language": "kuery"}, "filter": []},
-            separators=(",", ":"))},
-    }, references)
+    return _saved_object(
+        "dashboard",
+        object_id,
+        {
+            "title": title,
+            "description": description,
+            "panelsJSON": json.dumps(panel_json, separators=(",", ":")),
+            "optionsJSON": json.dumps(
+                {
+                    "useMargins": True,
+                    "syncColors": True,
+                    "syncCursor": True,
+                    "syncTooltips": False,
+                    "hidePanelTitles": False,
+                },
+                separators=(",", ":"),
+            ),
+            "timeRestore": True,
+            "timeFrom": "now-30d",
+            "timeTo": "now",
+            "refreshInterval": {"pause": True, "value": 60000},
+            "kibanaSavedObjectMeta": {
+                "searchSourceJSON": json.dumps(
+                    {"query": {"query": HUMANS, "language": "kuery"}, "filter": []},
+                    separators=(",", ":"),
+                )
+            },
+        },
+        references,
+    )
 
 
 # --- what the dashboards show ---------------------------------------------------------
 
 TICKS = [
-    Lens("metronome-ticks-traffic", "Ticks over time",
-         "Ticks per interval, split by event (view, download, ...).", "ticks",
-         {"when": over_time(), "events": count("Ticks"),
-          "event": top("event.action", "Event", 5, "events")},
-         xy("bar_stacked", "when", ["events"], split="event"), grid=(0, 0, 32, 14)),
-    Lens("metronome-ticks-views", "Views", "Views in the time range.", "ticks",
-         {"views": count("Views", 'event.action : "view"')}, single("views"),
-         grid=(32, 0, 16, 7)),
-    Lens("metronome-ticks-downloads", "Downloads", "Downloads in the time range.", "ticks",
-         {"downloads": count("Downloads", 'event.action : "download"')},
-         single("downloads"), grid=(32, 7, 16, 7)),
-    Lens("metronome-ticks-top-items", "Top items", "The 20 items with the most ticks.",
-         "ticks", {"item": top("item.id", "Item", 20, "events", other=False),
-                   "events": count("Ticks")},
-         xy("bar_horizontal", "item", ["events"], legend=False), grid=(0, 14, 24, 16)),
-    Lens("metronome-ticks-downloads-by-format", "Downloads by format",
-         "Download ticks by their format.", "ticks",
-         {"format": top("item.format", "Format", 10, "downloads"),
-          "downloads": count("Downloads")},
-         pie("format", "downloads"), query='event.action : "download"', grid=(24, 14, 24, 16)),
-    Lens("metronome-ticks-referrers", "Top referrers",
-         "Where views came from: the referring page (host and path).", "ticks",
-         {"referrer": top("referrer.page", "Referrer", 20, "views", other=False),
-          "views": count("Views")},
-         table("referrer", "views"), query='event.action : "view"', grid=(0, 30, 24, 16)),
-    Lens("metronome-ticks-browsers", "Browsers", "Ticks by browser (user agent family).",
-         "ticks", {"browser": top("user_agent.name", "Browser", 10, "events"),
-                   "events": count("Ticks")},
-         pie("browser", "events"), grid=(24, 30, 12, 16)),
-    Lens("metronome-ticks-countries", "Countries", "Ticks by the client's country.",
-         "ticks", {"country": top("client.geo.country_iso_code", "Country", 15, "events"),
-                   "events": count("Ticks")},
-         xy("bar_horizontal", "country", ["events"], legend=False), grid=(36, 30, 12, 16)),
+    Lens(
+        "metronome-ticks-traffic",
+        "Ticks over time",
+        "Ticks per interval, split by event (view, download, ...).",
+        "ticks",
+        {
+            "when": over_time(),
+            "events": count("Ticks"),
+            "event": top("event.action", "Event", 5, "events"),
+        },
+        xy("bar_stacked", "when", ["events"], split="event"),
+        grid=(0, 0, 32, 14),
+    ),
+    Lens(
+        "metronome-ticks-views",
+        "Views",
+        "Views in the time range.",
+        "ticks",
+        {"views": count("Views", 'event.action : "view"')},
+        single("views"),
+        grid=(32, 0, 16, 7),
+    ),
+    Lens(
+        "metronome-ticks-downloads",
+        "Downloads",
+        "Downloads in the time range.",
+        "ticks",
+        {"downloads": count("Downloads", 'event.action : "download"')},
+        single("downloads"),
+        grid=(32, 7, 16, 7),
+    ),
+    Lens(
+        "metronome-ticks-top-items",
+        "Top items",
+        "The 20 items with the most ticks.",
+        "ticks",
+        {"item": top("item.id", "Item", 20, "events", other=False), "events": count("Ticks")},
+        xy("bar_horizontal", "item", ["events"], legend=False),
+        grid=(0, 14, 24, 16),
+    ),
+    Lens(
+        "metronome-ticks-downloads-by-format",
+        "Downloads by format",
+        "Download ticks by their format.",
+        "ticks",
+        {"format": top("item.format", "Format", 10, "downloads"), "downloads": count("Downloads")},
+        pie("format", "downloads"),
+        query='event.action : "download"',
+        grid=(24, 14, 24, 16),
+    ),
+    Lens(
+        "metronome-ticks-referrers",
+        "Top referrers",
+        "Where views came from: the referring page (host and path).",
+        "ticks",
+        {
+            "referrer": top("referrer.page", "Referrer", 20, "views", other=False),
+            "views": count("Views"),
+        },
+        table("referrer", "views"),
+        query='event.action : "view"',
+        grid=(0, 30, 24, 16),
+    ),
+    Lens(
+        "metronome-ticks-browsers",
+        "Browsers",
+        "Ticks by browser (user agent family).",
+        "ticks",
+        {"browser": top("user_agent.name", "Browser", 10, "events"), "events": count("Ticks")},
+        pie("browser", "events"),
+        grid=(24, 30, 12, 16),
+    ),
+    Lens(
+        "metronome-ticks-countries",
+        "Countries",
+        "Ticks by the client's country.",
+        "ticks",
+        {
+            "country": top("client.geo.country_iso_code", "Country", 15, "events"),
+            "events": count("Ticks"),
+        },
+        xy("bar_horizontal", "country", ["events"], legend=False),
+        grid=(36, 30, 12, 16),
+    ),
 ]
 
 LOGS = [
-    Lens("metronome-logs-traffic", "Requests over time by status code",
-         "Access-log requests per interval, split by HTTP status code.", "logs",
-         {"when": over_time(), "requests": count("Requests"),
-          "status": top("http.response.status_code", "Status", 10, "requests",
-                        data_type="number")},
-         xy("bar_stacked", "when", ["requests"], split="status"), grid=(0, 0, 32, 14)),
-    Lens("metronome-logs-status-codes", "Status codes", "Requests by HTTP status code.",
-         "logs", {"status": top("http.response.status_code", "Status", 20, "requests",
-                                data_type="number"),
-                  "requests": count("Requests")},
-         pie("status", "requests"), grid=(32, 0, 16, 14)),
-    Lens("metronome-logs-bytes", "Bytes sent over time", "Response body bytes per interval.",
-         "logs", {"when": over_time(),
-                  "bytes": metric("sum", "http.response.body.bytes", "Bytes sent",
-                                  {"id": "bytes", "params": {"decimals": 1}})},
-         xy("line", "when", ["bytes"], legend=False), grid=(0, 14, 24, 14)),
-    Lens("metronome-logs-slowest-paths", "Slowest paths",
-         "Paths by mean response time ($request_time, when the log format has it).", "logs",
-         {"path": top("url.path", "Path", 20, "duration", other=False),
-          "duration": metric("average", "event.duration", "Mean response time"),
-          "requests": count("Requests")},
-         table("path", "duration", "requests"), grid=(24, 14, 24, 14)),
-    Lens("metronome-logs-top-items", "Top items", "Items matched by the URL rules, most"
-         " requested first.", "logs",
-         {"item": top("item.id", "Item", 20, "requests", other=False),
-          "requests": count("Requests")},
-         xy("bar_horizontal", "item", ["requests"], legend=False), grid=(0, 28, 24, 16)),
-    Lens("metronome-logs-downloads-by-format", "Downloads by format",
-         "Server-side downloads (URL rules) by format.", "logs",
-         {"format": top("item.format", "Format", 10, "downloads"),
-          "downloads": count("Downloads")},
-         pie("format", "downloads"), query='event.action : "download"', grid=(24, 28, 24, 16)),
-    Lens("metronome-logs-referrers", "Top referrers", "Referring sites of logged requests.",
-         "logs", {"referrer": top("referrer.domain", "Referrer", 20, "requests", other=False),
-                  "requests": count("Requests")},
-         table("referrer", "requests"), grid=(0, 44, 24, 16)),
-    Lens("metronome-logs-browsers", "Browsers", "Requests by browser (user agent family).",
-         "logs", {"browser": top("user_agent.name", "Browser", 10, "requests"),
-                  "requests": count("Requests")},
-         pie("browser", "requests"), grid=(24, 44, 12, 16)),
-    Lens("metronome-logs-countries", "Countries", "Requests by the client's country.", "logs",
-         {"country": top("client.geo.country_iso_code", "Country", 15, "requests"),
-          "requests": count("Requests")},
-         xy("bar_horizontal", "country", ["requests"], legend=False), grid=(36, 44, 12, 16)),
+    Lens(
+        "metronome-logs-traffic",
+        "Requests over time by status code",
+        "Access-log requests per interval, split by HTTP status code.",
+        "logs",
+        {
+            "when": over_time(),
+            "requests": count("Requests"),
+            "status": top(
+                "http.response.status_code", "Status", 10, "requests", data_type="number"
+            ),
+        },
+        xy("bar_stacked", "when", ["requests"], split="status"),
+        grid=(0, 0, 32, 14),
+    ),
+    Lens(
+        "metronome-logs-status-codes",
+        "Status codes",
+        "Requests by HTTP status code.",
+        "logs",
+        {
+            "status": top(
+                "http.response.status_code", "Status", 20, "requests", data_type="number"
+            ),
+            "requests": count("Requests"),
+        },
+        pie("status", "requests"),
+        grid=(32, 0, 16, 14),
+    ),
+    Lens(
+        "metronome-logs-bytes",
+        "Bytes sent over time",
+        "Response body bytes per interval.",
+        "logs",
+        {
+            "when": over_time(),
+            "bytes": metric(
+                "sum",
+                "http.response.body.bytes",
+                "Bytes sent",
+                {"id": "bytes", "params": {"decimals": 1}},
+            ),
+        },
+        xy("line", "when", ["bytes"], legend=False),
+        grid=(0, 14, 24, 14),
+    ),
+    Lens(
+        "metronome-logs-slowest-paths",
+        "Slowest paths",
+        "Paths by mean response time ($request_time, when the log format has it).",
+        "logs",
+        {
+            "path": top("url.path", "Path", 20, "duration", other=False),
+            "duration": metric("average", "event.duration", "Mean response time"),
+            "requests": count("Requests"),
+        },
+        table("path", "duration", "requests"),
+        grid=(24, 14, 24, 14),
+    ),
+    Lens(
+        "metronome-logs-top-items",
+        "Top items",
+        "Items matched by the URL rules, most requested first.",
+        "logs",
+        {
+            "item": top("item.id", "Item", 20, "requests", other=False),
+            "requests": count("Requests"),
+        },
+        xy("bar_horizontal", "item", ["requests"], legend=False),
+        grid=(0, 28, 24, 16),
+    ),
+    Lens(
+        "metronome-logs-downloads-by-format",
+        "Downloads by format",
+        "Server-side downloads (URL rules) by format.",
+        "logs",
+        {"format": top("item.format", "Format", 10, "downloads"), "downloads": count("Downloads")},
+        pie("format", "downloads"),
+        query='event.action : "download"',
+        grid=(24, 28, 24, 16),
+    ),
+    Lens(
+        "metronome-logs-referrers",
+        "Top referrers",
+        "Referring sites of logged requests.",
+        "logs",
+        {
+            "referrer": top("referrer.domain", "Referrer", 20, "requests", other=False),
+            "requests": count("Requests"),
+        },
+        table("referrer", "requests"),
+        grid=(0, 44, 24, 16),
+    ),
+    Lens(
+        "metronome-logs-browsers",
+        "Browsers",
+        "Requests by browser (user agent family).",
+        "logs",
+        {
+            "browser": top("user_agent.name", "Browser", 10, "requests"),
+            "requests": count("Requests"),
+        },
+        pie("browser", "requests"),
+        grid=(24, 44, 12, 16),
+    ),
+    Lens(
+        "metronome-logs-countries",
+        "Countries",
+        "Requests by the client's country.",
+        "logs",
+        {
+            "country": top("client.geo.country_iso_code", "Country", 15, "requests"),
+            "requests": count("Requests"),
+        },
+        xy("bar_horizontal", "country", ["requests"], legend=False),
+        grid=(36, 44, 12, 16),
+    ),
 ]
 
 
@@ -304,20 +524,28 @@ def saved_objects() -> list[dict[str, Any]]:
     return [
         *(data_view(d) for d in DATA_VIEWS),
         *(lens.saved_object() for lens in TICKS + LOGS),
-        dashboard("metronome-ticks-overview", "Metronome: ticks",
-                  "Traffic, top items, downloads by format, referrers, browsers and countries"
-                  " from ticks. Known crawlers are left out by the query (not bot : true).",
-                  TICKS),
-        dashboard("metronome-logs-overview", "Metronome: access logs",
-                  "Requests, status codes, bytes, slow paths, top items, referrers, browsers"
-                  " and countries from web-server access logs. Known crawlers are left out"
-                  " by the query (not bot : true).", LOGS),
+        dashboard(
+            "metronome-ticks-overview",
+            "Metronome: ticks",
+            "Traffic, top items, downloads by format, referrers, browsers and countries"
+            " from ticks. Known crawlers are left out by the query (not bot : true).",
+            TICKS,
+        ),
+        dashboard(
+            "metronome-logs-overview",
+            "Metronome: access logs",
+            "Requests, status codes, bytes, slow paths, top items, referrers, browsers"
+            " and countries from web-server access logs. Known crawlers are left out"
+            " by the query (not bot : true).",
+            LOGS,
+        ),
     ]
 
 
 def render() -> str:
-    return "".join(json.dumps(o, sort_keys=True, separators=(",", ":")) + "\n"
-                   for o in saved_objects())
+    return "".join(
+        json.dumps(o, sort_keys=True, separators=(",", ":")) + "\n" for o in saved_objects()
+    )
 
 
 if __name__ == "__main__":

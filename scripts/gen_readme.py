@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 _WHEN = {
     "config_invalid": "Not an HTTP answer: `metronome` refuses to start and names the bad"
-                      " `METRONOME_*` variable.",
+    " `METRONOME_*` variable.",
     "internal_error": "A bug: the server log has the traceback; the answer never does.",
 }
 
@@ -28,8 +28,12 @@ def errors_table() -> str:
 
 def render(text: str) -> str:
     for name, block in (("settings", settings_table()), ("errors", errors_table())):
-        text = re.sub(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)",
-                      lambda m, b=block: m.group(1) + b + m.group(2), text, flags=re.S)
+        text = re.sub(
+            rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)",
+            lambda m, b=block: m.group(1) + b + m.group(2),
+            text,
+            flags=re.S,
+        )
     return text
 
 

@@ -50,8 +50,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def es_server() -> ElasticsearchServer:
     """The Elasticsearch server this run owns (tests may stop and start it)."""
     if os.environ.get("METRONOME_TEST_ELASTICSEARCH_URL"):
-        pytest.fail("this test needs the suite's own Elasticsearch server; "
-                    "unset METRONOME_TEST_ELASTICSEARCH_URL")
+        pytest.fail(
+            "this test needs the suite's own Elasticsearch server; "
+            "unset METRONOME_TEST_ELASTICSEARCH_URL"
+        )
     if _es_error is not None:
         raise RuntimeError(f"Elasticsearch could not be started: {_es_error}")
     assert _es is not None
@@ -63,8 +65,11 @@ def es_server() -> ElasticsearchServer:
 def es_url() -> str:
     url = os.environ.get("METRONOME_TEST_ELASTICSEARCH_URL")
     if url:
-        httpx.get(f"{url}/_cluster/health", params={"wait_for_status": "yellow",
-                                                   "timeout": "60s"}, timeout=70)
+        httpx.get(
+            f"{url}/_cluster/health",
+            params={"wait_for_status": "yellow", "timeout": "60s"},
+            timeout=70,
+        )
         return url.rstrip("/")
     if _es_error is not None:
         raise RuntimeError(f"Elasticsearch could not be started: {_es_error}")
@@ -114,21 +119,27 @@ class Backend:
         """Every stored document of an item, oldest first, read from the store itself."""
         self.settle()
         if self.es_url:
-            resp = httpx.post(f"{self.es_url}/{self.index_prefix}-*/_search", timeout=30,
-                              json={"query": {"term": {"item.id": item}}, "size": 1000,
-                                    "sort": ["@timestamp"]})
+            resp = httpx.post(
+                f"{self.es_url}/{self.index_prefix}-*/_search",
+                timeout=30,
+                json={"query": {"term": {"item.id": item}}, "size": 1000, "sort": ["@timestamp"]},
+            )
             return [hit["_source"] for hit in resp.json()["hits"]["hits"]]
         with sqlite3.connect(self.server.data_dir / "metronome.sqlite3") as conn:
-            rows = conn.execute("SELECT doc FROM events WHERE item_id = ? ORDER BY ts",
-                                (item,)).fetchall()
+            rows = conn.execute(
+                "SELECT doc FROM events WHERE item_id = ? ORDER BY ts", (item,)
+            ).fetchall()
         return [json.loads(row[0]) for row in rows]
 
     def fetch(self, event_id: str) -> dict[str, object]:
         """The stored document for an event id, read from the store itself."""
         self.settle()
         if self.es_url:
-            resp = httpx.post(f"{self.es_url}/{self.index_prefix}-ticks-*/_search",
-                              json={"query": {"ids": {"values": [event_id]}}}, timeout=30)
+            resp = httpx.post(
+                f"{self.es_url}/{self.index_prefix}-ticks-*/_search",
+                json={"query": {"ids": {"values": [event_id]}}},
+                timeout=30,
+            )
             hits = resp.json()["hits"]["hits"]
             assert len(hits) == 1, hits
             return hits[0]["_source"]  # type: ignore[no-any-return]
@@ -146,8 +157,12 @@ def _delete_prefix(es_url: str, prefix: str) -> None:
 
 
 @contextlib.contextmanager
-def running_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-                    kind: str, env: dict[str, str]) -> Iterator[Backend]:
+def running_backend(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    kind: str,
+    env: dict[str, str],
+) -> Iterator[Backend]:
     """A fresh ``metronome serve`` on ``kind`` (``sqlite``, ``elasticsearch``) with
     ``env``; stopped (and its indices deleted) afterwards, checking it exited cleanly."""
     data_dir = tmp_path_factory.mktemp(f"data-{kind}")
@@ -178,8 +193,9 @@ def running_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
 
 
 @pytest.fixture(scope="session", params=["sqlite", "elasticsearch"])
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Backend]:
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
     """Metronome on each backend in turn (one server per backend for the session), with
     no sites: nothing needs a key (tests/test_sites.py has servers with sites)."""
     with running_backend(request, tmp_path_factory, request.param, {}) as started:
@@ -211,8 +227,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not needs or _compose_build is not None or config.option.collectonly:
         return
     items[:] = [i for i in items if i not in needs] + needs
-    _compose_build = threading.Thread(target=_build_compose, name="compose-build",
-                                      daemon=True)
+    _compose_build = threading.Thread(target=_build_compose, name="compose-build", daemon=True)
     _compose_build.start()
 
 

@@ -67,7 +67,8 @@ def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 60
@@ -105,12 +106,13 @@ def bucket(s3: Any) -> str:
 
 
 def access_line(minute: int, n: int) -> str:
-    return (f'192.0.2.{n % 250} - - [04/Mar/2024:10:{minute:02d}:00 +0000] '
-            f'"GET /datasets/{n}?ü=1 HTTP/1.1" 200 {100 + n} "-" "curl/8.5"')
+    return (
+        f"192.0.2.{n % 250} - - [04/Mar/2024:10:{minute:02d}:00 +0000] "
+        f'"GET /datasets/{n}?ü=1 HTTP/1.1" 200 {100 + n} "-" "curl/8.5"'
+    )
 
 
-def lines_at(*hours_and_counts: tuple[datetime, int], start: int = 0
-             ) -> list[tuple[str, int, int]]:
+def lines_at(*hours_and_counts: tuple[datetime, int], start: int = 0) -> list[tuple[str, int, int]]:
     """``(line, timestamp_ms, offset)`` as a follower reads them from one file."""
     out = []
     offset = start
@@ -146,8 +148,9 @@ def object_lines(s3: Any, bucket: str, key: str) -> list[str]:
     return data.decode().split("\n")[:-1]
 
 
-def test_lines_of_two_hours_make_one_gzip_object_per_hour(s3: Any, bucket: str,
-                                                          tmp_path: Path) -> None:
+def test_lines_of_two_hours_make_one_gzip_object_per_hour(
+    s3: Any, bucket: str, tmp_path: Path
+) -> None:
     lines = lines_at((H10, 40), (H11, 25))
     arch = archiver(s3, bucket, tmp_path / "state.json")
     assert feed(arch, lines) == 65
@@ -188,8 +191,9 @@ def test_keys_follow_the_documented_layout(s3: Any, bucket: str, tmp_path: Path)
     assert parse_key("access-logs/2024/03/04/10/notes.txt") is None
 
 
-def test_a_restarted_archiver_does_not_upload_lines_again(s3: Any, bucket: str,
-                                                          tmp_path: Path) -> None:
+def test_a_restarted_archiver_does_not_upload_lines_again(
+    s3: Any, bucket: str, tmp_path: Path
+) -> None:
     state = tmp_path / "state.json"
     first = lines_at((H10, 30))
     arch = archiver(s3, bucket, state)
@@ -211,8 +215,9 @@ def test_a_restarted_archiver_does_not_upload_lines_again(s3: Any, bucket: str,
     assert feed(again, more) == 0 and again.flush(force=True) == []
 
 
-def test_a_crash_between_upload_and_record_rewrites_the_same_key(s3: Any, bucket: str,
-                                                                 tmp_path: Path) -> None:
+def test_a_crash_between_upload_and_record_rewrites_the_same_key(
+    s3: Any, bucket: str, tmp_path: Path
+) -> None:
     state = tmp_path / "state.json"
     lines = lines_at((H10, 20), (H11, 20))
     arch = archiver(s3, bucket, state)
@@ -227,8 +232,9 @@ def test_a_crash_between_upload_and_record_rewrites_the_same_key(s3: Any, bucket
     assert [s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys] == bodies
 
 
-def test_a_failed_upload_stays_buffered_and_later_chunks_wait(s3: Any, bucket: str,
-                                                              tmp_path: Path) -> None:
+def test_a_failed_upload_stays_buffered_and_later_chunks_wait(
+    s3: Any, bucket: str, tmp_path: Path
+) -> None:
     class Flaky:
         def __init__(self) -> None:
             self.fail = True
@@ -240,8 +246,9 @@ def test_a_failed_upload_stays_buffered_and_later_chunks_wait(s3: Any, bucket: s
 
     client = Flaky()
     lines = lines_at((H10, 5), (H11, 5))
-    arch = Archiver(client, bucket, PREFIX, host=HOST, state_path=tmp_path / "s.json",
-                    clock=lambda: NOW)
+    arch = Archiver(
+        client, bucket, PREFIX, host=HOST, state_path=tmp_path / "s.json", clock=lambda: NOW
+    )
     feed(arch, lines)
     with pytest.raises(ConnectionError):
         arch.flush()
@@ -253,13 +260,20 @@ def test_a_failed_upload_stays_buffered_and_later_chunks_wait(s3: Any, bucket: s
     assert len(all_keys(s3, bucket)) == 2
 
 
-def test_an_open_hour_waits_until_the_chunk_is_full_old_or_forced(s3: Any, bucket: str,
-                                                                  tmp_path: Path) -> None:
+def test_an_open_hour_waits_until_the_chunk_is_full_old_or_forced(
+    s3: Any, bucket: str, tmp_path: Path
+) -> None:
     now = [H10.timestamp() + 600]  # 10:10, the hour is still open
     lines = lines_at((H10, 10))
     size = sum(len(t.encode()) + 1 for t, _, _ in lines)
-    arch = archiver(s3, bucket, tmp_path / "state.json", clock=lambda: now[0],
-                    max_chunk_age_s=300, max_chunk_bytes=10 * size)
+    arch = archiver(
+        s3,
+        bucket,
+        tmp_path / "state.json",
+        clock=lambda: now[0],
+        max_chunk_age_s=300,
+        max_chunk_bytes=10 * size,
+    )
     feed(arch, lines)
     assert arch.flush() == [] and arch.pending_offset(SOURCE) == 0
     now[0] += 299
@@ -268,8 +282,9 @@ def test_an_open_hour_waits_until_the_chunk_is_full_old_or_forced(s3: Any, bucke
     assert len(arch.flush()) == 1  # five minutes old
 
     # a chunk that reaches max_chunk_bytes is sealed and goes out at once
-    small = archiver(s3, bucket, tmp_path / "small.json", clock=lambda: now[0],
-                     max_chunk_bytes=size // 2)
+    small = archiver(
+        s3, bucket, tmp_path / "small.json", clock=lambda: now[0], max_chunk_bytes=size // 2
+    )
     more = lines_at((H10, 11), start=10_000)  # lines of equal length: 5 + 5 + 1
     feed(small, more)
     keys = small.flush()
@@ -293,8 +308,10 @@ def test_sources_are_archived_separately(s3: Any, bucket: str, tmp_path: Path) -
         if y is not None:
             arch.add(y[0], y[1], "1:2:0", y[2])
     keys = arch.flush()
-    assert keys == [object_key(PREFIX, H10, HOST, chunk_id("1:1:0", 0)),
-                    object_key(PREFIX, H10, HOST, chunk_id("1:2:0", 500))]
+    assert keys == [
+        object_key(PREFIX, H10, HOST, chunk_id("1:1:0", 0)),
+        object_key(PREFIX, H10, HOST, chunk_id("1:2:0", 500)),
+    ]
     assert object_lines(s3, bucket, keys[1]) == [t for t, _, _ in b]
 
 
@@ -304,10 +321,8 @@ def _archive_hours(s3: Any, bucket: str, tmp_path: Path, hours: list[datetime]) 
     return arch.flush()
 
 
-def test_restore_keys_returns_only_the_hours_in_range(s3: Any, bucket: str,
-                                                      tmp_path: Path) -> None:
-    hours = [H10 - timedelta(hours=1), H10, H11, H11 + timedelta(hours=1),
-             H10 + timedelta(days=1)]
+def test_restore_keys_returns_only_the_hours_in_range(s3: Any, bucket: str, tmp_path: Path) -> None:
+    hours = [H10 - timedelta(hours=1), H10, H11, H11 + timedelta(hours=1), H10 + timedelta(days=1)]
     keys = _archive_hours(s3, bucket, tmp_path, hours)
     s3.put_object(Bucket=bucket, Key=f"{PREFIX}/2024/03/04/10/README.txt", Body=b"x")
     s3.put_object(Bucket=bucket, Key=f"other/2024/03/04/10/{HOST}-{'b' * 32}.gz", Body=b"x")
@@ -317,8 +332,15 @@ def test_restore_keys_returns_only_the_hours_in_range(s3: Any, bucket: str,
     # [start, end): an end on the hour excludes that hour; a start inside an hour includes it
     assert list(restore_keys(s3, bucket, PREFIX, H10 + timedelta(minutes=30), H11)) == [keys[1]]
     # naive datetimes are UTC; a prefix may carry slashes
-    naive = list(restore_keys(s3, bucket, f"/{PREFIX}/", H10.replace(tzinfo=None),
-                              H10.replace(tzinfo=None) + timedelta(days=2)))
+    naive = list(
+        restore_keys(
+            s3,
+            bucket,
+            f"/{PREFIX}/",
+            H10.replace(tzinfo=None),
+            H10.replace(tzinfo=None) + timedelta(days=2),
+        )
+    )
     assert naive == keys[1:]
     assert list(restore_keys(s3, bucket, PREFIX, H11, H10)) == []
 
@@ -352,7 +374,9 @@ def test_read_lines_reads_objects_written_by_others(s3: Any, bucket: str) -> Non
     key = f"{PREFIX}/2024/03/04/10/fluentd-{'c' * 32}.gz"
     s3.put_object(Bucket=bucket, Key=key, Body=body)
     assert list(read_lines(s3, bucket, key, read_size=3)) == [
-        ("first", 0), ("second \ufffd", 8), ("third", 17),
+        ("first", 0),
+        ("second \ufffd", 8),
+        ("third", 17),
     ]
     s3.put_object(Bucket=bucket, Key=key, Body=body[:-5])
     with pytest.raises(EOFError):
@@ -363,9 +387,11 @@ def test_restoring_twice_gives_the_same_line_ids(s3: Any, bucket: str, tmp_path:
     _archive_hours(s3, bucket, tmp_path, [H10, H11])
 
     def restore() -> list[tuple[str, int, str]]:
-        return [(key, offset, text)
-                for key in restore_keys(s3, bucket, PREFIX, H10, H11 + timedelta(hours=1))
-                for text, offset in read_lines(s3, bucket, key)]
+        return [
+            (key, offset, text)
+            for key in restore_keys(s3, bucket, PREFIX, H10, H11 + timedelta(hours=1))
+            for text, offset in read_lines(s3, bucket, key)
+        ]
 
     first = restore()
     assert len(first) == 4 and len({(k, o) for k, o, _ in first}) == 4
@@ -396,19 +422,26 @@ def test_bad_input_is_refused(s3: Any, bucket: str, tmp_path: Path) -> None:
 
 
 def test_ship_archives_raw_lines_and_restore_reindexes_them_once(
-        moto_url: str, s3: Any, bucket: str, tmp_path: Path) -> None:
+    moto_url: str, s3: Any, bucket: str, tmp_path: Path
+) -> None:
     import httpx
 
     from tests.conftest import wait_for_drain
     from tests.support.metronome_server import MetronomeServer
 
     rules = "/datasets/{id}/download.{format} -> download"
-    s3_env = {"METRONOME_S3_BUCKET": bucket, "METRONOME_S3_PREFIX": "edge/access",
-              "METRONOME_S3_ENDPOINT_URL": moto_url, "METRONOME_URL_RULES": rules}
+    s3_env = {
+        "METRONOME_S3_BUCKET": bucket,
+        "METRONOME_S3_PREFIX": "edge/access",
+        "METRONOME_S3_ENDPOINT_URL": moto_url,
+        "METRONOME_URL_RULES": rules,
+    }
     log = tmp_path / "access.log"
-    lines = [f'198.51.100.{n} - - [09/May/2026:{10 + n // 3}:00:00 +0000] '
-             f'"GET /datasets/arch/download.csv HTTP/1.1" 200 10 "-" "curl/8"'
-             for n in range(6)]
+    lines = [
+        f"198.51.100.{n} - - [09/May/2026:{10 + n // 3}:00:00 +0000] "
+        f'"GET /datasets/arch/download.csv HTTP/1.1" 200 10 "-" "curl/8"'
+        for n in range(6)
+    ]
     log.write_text("\n".join(lines) + "\n")
     shipping = MetronomeServer(s3_env, data_dir=tmp_path / "ship-data")
     ship = shipping.popen_cli("ship", str(log))
@@ -419,8 +452,7 @@ def test_ship_archives_raw_lines_and_restore_reindexes_them_once(
     assert ship.wait(timeout=30) == 0
     keys = all_keys(s3, bucket)
     assert sorted(k.split("/")[5] for k in keys) == ["10", "11"]  # one object per hour
-    assert sorted(line for key in keys for line in object_lines(s3, bucket, key)) == sorted(
-        lines)
+    assert sorted(line for key in keys for line in object_lines(s3, bucket, key)) == sorted(lines)
 
     server = MetronomeServer(s3_env, data_dir=tmp_path / "fresh")  # a new, empty store
     server.start()
@@ -430,8 +462,9 @@ def test_ship_archives_raw_lines_and_restore_reindexes_them_once(
             assert result.returncode == 0, result.stderr
             assert "read 6 lines, stored 6, rejected 0" in result.stderr
         wait_for_drain(server)
-        report = httpx.get(f"{server.url}/tock/arch",
-                           params={"from": "2026-05-09", "to": "2026-05-09"}).json()
+        report = httpx.get(
+            f"{server.url}/tock/arch", params={"from": "2026-05-09", "to": "2026-05-09"}
+        ).json()
         assert report["downloads"] == {"csv": 6}
     finally:
         assert server.stop() == 0, server.log_tail()

@@ -10,8 +10,13 @@ from metronome import __version__
 
 
 def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "metronome", *args], capture_output=True,
-                          text=True, env={**os.environ, **env}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "metronome", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
 
 
 def test_version_is_printed() -> None:
@@ -29,8 +34,12 @@ def test_bad_setting_names_the_variable_and_refuses_to_start() -> None:
 
 
 def test_templates_install_without_a_store_reports_the_reason(tmp_path: object) -> None:
-    result = _run("templates", "install", METRONOME_ELASTICSEARCH_URL="http://127.0.0.1:9",
-                  METRONOME_ELASTICSEARCH_TIMEOUT_S="2")
+    result = _run(
+        "templates",
+        "install",
+        METRONOME_ELASTICSEARCH_URL="http://127.0.0.1:9",
+        METRONOME_ELASTICSEARCH_TIMEOUT_S="2",
+    )
     assert result.returncode == 1
     assert "unreachable" in result.stderr
     assert "Traceback" not in result.stderr

@@ -15,8 +15,13 @@ def test_client_sends_ticks_in_background_batches(backend: Backend, item: str) -
     with Client(backend.server.url, batch_size=100, flush_interval_s=0.2) as client:
         started = time.perf_counter()
         for n in range(1000):
-            client.tick(item, event="download" if n % 10 == 0 else "view", format="csv",
-                        n=n, ts="2026-08-08T12:00:00Z")
+            client.tick(
+                item,
+                event="download" if n % 10 == 0 else "view",
+                format="csv",
+                n=n,
+                ts="2026-08-08T12:00:00Z",
+            )
         assert time.perf_counter() - started < 1.0, "tick() must not wait for the network"
         client.tick(item, bad={"nested": 1})  # refused by the server, counted, not retried
         assert client.flush(30)
@@ -60,6 +65,10 @@ def test_logging_handler_turns_records_into_ticks(backend: Backend, item: str) -
     assert client.stats.sent == 2
     docs = {doc["event"]["action"]: doc for doc in backend.find(item)}
     info, error = docs["log"], docs["error"]
-    assert info["params"] == {"level": "INFO", "logger": f"app.{item}",
-                              "message": "user ada signed up", "plan": "pro"}
+    assert info["params"] == {
+        "level": "INFO",
+        "logger": f"app.{item}",
+        "message": "user ada signed up",
+        "plan": "pro",
+    }
     assert error["params"]["message"] == "payment failed"

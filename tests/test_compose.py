@@ -33,8 +33,7 @@ def resolved(docker_compose: Compose) -> dict[str, Any]:
     quiet = docker_compose.run("-f", "docker-compose.yml", "config", "--quiet", cwd=ROOT)
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stdout == ""
-    full = docker_compose.run("-f", "docker-compose.yml", "config", "--format", "json",
-                              cwd=ROOT)
+    full = docker_compose.run("-f", "docker-compose.yml", "config", "--format", "json", cwd=ROOT)
     assert full.returncode == 0, full.stderr
     return json.loads(full.stdout)  # type: ignore[no-any-return]
 
@@ -50,8 +49,10 @@ def _waits_for(service: dict[str, Any]) -> dict[str, str]:
 def test_docker_compose_rejects_a_broken_file(docker_compose: Compose, tmp_path: Path) -> None:
     """The validator is real: a dependency cycle and an unknown key are refused."""
     broken = tmp_path / "docker-compose.yml"
-    broken.write_text("services:\n  a:\n    image: x\n    depends_on: [b]\n"
-                      "  b:\n    image: x\n    depends_on: [a]\n")
+    broken.write_text(
+        "services:\n  a:\n    image: x\n    depends_on: [b]\n"
+        "  b:\n    image: x\n    depends_on: [a]\n"
+    )
     cycle = docker_compose.run("-f", str(broken), "config", "--quiet")
     assert cycle.returncode != 0 and "cycle" in cycle.stderr.lower()
     broken.write_text("services:\n  a:\n    image: x\n    helthcheck: {}\n")
@@ -70,8 +71,7 @@ def test_every_service_is_there_with_a_health_check(resolved: dict[str, Any]) ->
         assert services[name]["restart"] == "no", name
 
 
-def test_services_start_in_order_once_what_they_need_is_healthy(
-        resolved: dict[str, Any]) -> None:
+def test_services_start_in_order_once_what_they_need_is_healthy(resolved: dict[str, Any]) -> None:
     s = resolved["services"]
     healthy, done = "service_healthy", "service_completed_successfully"
     assert _waits_for(s["kibana"]) == {"elasticsearch": healthy}
@@ -91,7 +91,8 @@ def test_services_start_in_order_once_what_they_need_is_healthy(
 
 
 def test_metronome_services_run_the_right_commands_with_valid_settings(
-        resolved: dict[str, Any]) -> None:
+    resolved: dict[str, Any],
+) -> None:
     s = resolved["services"]
     assert s["api"]["command"] == ["serve", "--no-shipper"]
     assert s["shipper"]["command"] == ["worker"]
@@ -108,12 +109,14 @@ def test_metronome_services_run_the_right_commands_with_valid_settings(
     assert _env(s["api"])["METRONOME_DATA_DIR"] == _env(s["shipper"])["METRONOME_DATA_DIR"]
     data = _env(s["api"])["METRONOME_DATA_DIR"]
     mounts = [{(v["source"], v["target"]) for v in s[n]["volumes"]} for n in ("api", "shipper")]
-    assert mounts[0] == mounts[1] and any(target == data for _, target in mounts[0]), \
+    assert mounts[0] == mounts[1] and any(target == data for _, target in mounts[0]), (
         "the API and the shipper must share the spool"
+    )
 
 
 def test_elasticsearch_and_kibana_are_the_tested_version_and_stay_on_loopback(
-        resolved: dict[str, Any]) -> None:
+    resolved: dict[str, Any],
+) -> None:
     s = resolved["services"]
     assert s["elasticsearch"]["image"].endswith(f"/elasticsearch:{ES_VERSION}")
     assert s["kibana"]["image"].endswith(f"/kibana:{ES_VERSION}")
@@ -150,26 +153,27 @@ def test_fluentd_nginx_and_the_shipper_agree_with_fluent_conf(resolved: dict[str
     assert env["AWS_SECRET_ACCESS_KEY"] == s["minio"]["environment"]["MINIO_ROOT_PASSWORD"]
 
     # the access log: the file NGINX writes is the file fluent.conf tails
-    tail = PurePosixPath(next(x for x in conf.all("source") if x.type == "tail")
-                         .params["path"])
-    fluentd_mount = next(v for v in s["fluentd"]["volumes"]
-                         if tail.is_relative_to(v["target"]))
-    nginx_mount = next(v for v in s["nginx"]["volumes"]
-                       if v["source"] == fluentd_mount["source"])
+    tail = PurePosixPath(next(x for x in conf.all("source") if x.type == "tail").params["path"])
+    fluentd_mount = next(v for v in s["fluentd"]["volumes"] if tail.is_relative_to(v["target"]))
+    nginx_mount = next(v for v in s["nginx"]["volumes"] if v["source"] == fluentd_mount["source"])
     nginx_conf = next(v for v in s["nginx"]["volumes"] if v["target"].endswith(".conf"))
     text = Path(nginx_conf["source"]).read_text()
     (log_path, log_format) = re.findall(r"^\s*access_log\s+(\S+)\s+(\S+);", text, re.M)[0]
-    assert PurePosixPath(log_path) == PurePosixPath(nginx_mount["target"]) / \
-        tail.relative_to(fluentd_mount["target"])
+    assert PurePosixPath(log_path) == PurePosixPath(nginx_mount["target"]) / tail.relative_to(
+        fluentd_mount["target"]
+    )
     assert log_format == _env(s["api"])["METRONOME_LOG_FORMAT"] == "combined"
     assert re.search(r"set \$metronome http://api:8080;", text)
 
 
 def test_a_line_nginx_writes_becomes_a_download_with_the_compose_settings(
-        resolved: dict[str, Any]) -> None:
+    resolved: dict[str, Any],
+) -> None:
     env = _env(resolved["services"]["shipper"])
-    line = ('203.0.113.7 - - [23/Nov/2026:10:00:00 +0000] "GET /datasets/parks/download.csv'
-            ' HTTP/1.1" 200 5120 "https://www.example.org/" "Mozilla/5.0"')
+    line = (
+        '203.0.113.7 - - [23/Nov/2026:10:00:00 +0000] "GET /datasets/parks/download.csv'
+        ' HTTP/1.1" 200 5120 "https://www.example.org/" "Mozilla/5.0"'
+    )
     parsed = compile_format(env["METRONOME_LOG_FORMAT"]).parse(line)
     assert isinstance(parsed, ParsedLine) and parsed.status == 200
     match = UrlRules.parse(env["METRONOME_URL_RULES"]).match("/datasets/parks/download.csv")

@@ -30,7 +30,8 @@ PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
     ],
 )
 def test_client_address_believes_forwarded_for_only_through_trusted_proxies(
-        peer: str, xff: str | None, expected: str) -> None:
+    peer: str, xff: str | None, expected: str
+) -> None:
     assert client_address(peer, xff, PROXIES) == expected
 
 
@@ -38,23 +39,29 @@ def test_client_address_believes_forwarded_for_only_through_trusted_proxies(
     ("referrer", "expected"),
     [
         ("https://www.arcgis.com/", ("arcgis.com", "arcgis.com")),
-        ("http://WashingtonPost.com/articles/dc-news/?a=1#x",
-         ("washingtonpost.com", "washingtonpost.com/articles/dc-news")),
+        (
+            "http://WashingtonPost.com/articles/dc-news/?a=1#x",
+            ("washingtonpost.com", "washingtonpost.com/articles/dc-news"),
+        ),
         ("example.org/path", ("example.org", "example.org/path")),
-        ("android-app://com.google.android.gm/", ("com.google.android.gm",
-                                                  "com.google.android.gm")),
+        (
+            "android-app://com.google.android.gm/",
+            ("com.google.android.gm", "com.google.android.gm"),
+        ),
         ("", (None, None)),
         ("http://[::1", (None, None)),
     ],
 )
-def test_referrer_keys_drop_scheme_query_and_www(referrer: str,
-                                                 expected: tuple[str | None, str | None]) -> None:
+def test_referrer_keys_drop_scheme_query_and_www(
+    referrer: str, expected: tuple[str | None, str | None]
+) -> None:
     assert referrer_keys(referrer) == expected
 
 
 def test_known_crawlers_are_bots_and_command_line_clients_are_not() -> None:
-    assert parse_user_agent("Mozilla/5.0 (compatible; bingbot/2.0; "
-                            "+http://www.bing.com/bingbot.htm)").is_bot
+    assert parse_user_agent(
+        "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)"
+    ).is_bot
     assert not parse_user_agent("curl/8.5.0").is_bot
     assert parse_user_agent("curl/8.5.0").name == "curl"
 
@@ -75,8 +82,9 @@ def test_timestamps_are_iso_8601_or_epoch_milliseconds(value: object, ms: int) -
     assert parse_timestamp(value) == ms
 
 
-@pytest.mark.parametrize("value", [True, "soon", float("nan"), {"a": 1},
-                                   "\x1c3", "\u0663", "3\x85"])
+@pytest.mark.parametrize(
+    "value", [True, "soon", float("nan"), {"a": 1}, "\x1c3", "\u0663", "3\x85"]
+)
 def test_bad_timestamps_name_the_field(value: object) -> None:
     with pytest.raises(InvalidField) as err:
         parse_timestamp(value)

@@ -40,12 +40,19 @@ class World:
         httpx.post(f"{self.es_url}/{self.prefix}-*/_refresh", timeout=60).raise_for_status()
         ids: list[str] = []
         body: dict[str, object] = {"size": 5000, "_source": False, "sort": ["_doc"]}
-        resp = httpx.post(f"{self.es_url}/{self.prefix}-ticks-*/_search",
-                          params={"scroll": "1m"}, json=body, timeout=60).json()
+        resp = httpx.post(
+            f"{self.es_url}/{self.prefix}-ticks-*/_search",
+            params={"scroll": "1m"},
+            json=body,
+            timeout=60,
+        ).json()
         while resp["hits"]["hits"]:
             ids += [hit["_id"] for hit in resp["hits"]["hits"]]
-            resp = httpx.post(f"{self.es_url}/_search/scroll", timeout=60,
-                              json={"scroll": "1m", "scroll_id": resp["_scroll_id"]}).json()
+            resp = httpx.post(
+                f"{self.es_url}/_search/scroll",
+                timeout=60,
+                json={"scroll": "1m", "scroll_id": resp["_scroll_id"]},
+            ).json()
         return ids
 
 
@@ -56,8 +63,12 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
         return
     es_url = request.getfixturevalue("es_url")
     prefix = unique_prefix()
-    yield World("elasticsearch", {"METRONOME_ELASTICSEARCH_URL": es_url,
-                                  "METRONOME_INDEX_PREFIX": prefix}, es_url, prefix)
+    yield World(
+        "elasticsearch",
+        {"METRONOME_ELASTICSEARCH_URL": es_url, "METRONOME_INDEX_PREFIX": prefix},
+        es_url,
+        prefix,
+    )
     _delete_prefix(es_url, prefix)
 
 
@@ -119,8 +130,7 @@ def _assert_exactly_once(stored: list[str], acknowledged: list[str]) -> None:
     assert not missing, f"{len(missing)} acknowledged events were lost"
 
 
-def test_server_killed_mid_load_loses_nothing_acknowledged(world: World, tmp_path: Path
-                                                          ) -> None:
+def test_server_killed_mid_load_loses_nothing_acknowledged(world: World, tmp_path: Path) -> None:
     server = MetronomeServer(world.env, data_dir=tmp_path / "data")
     server.start()
     load = Load(server.url).start()
@@ -138,10 +148,15 @@ def test_server_killed_mid_load_loses_nothing_acknowledged(world: World, tmp_pat
 
 
 def test_elasticsearch_outage_under_load_drains_by_itself_afterwards(
-        es_server: ElasticsearchServer, tmp_path: Path) -> None:
+    es_server: ElasticsearchServer, tmp_path: Path
+) -> None:
     prefix = unique_prefix()
-    env = {"METRONOME_ELASTICSEARCH_URL": es_server.url, "METRONOME_INDEX_PREFIX": prefix,
-           "METRONOME_SHIP_BACKOFF_MAX_S": "2", "METRONOME_ELASTICSEARCH_TIMEOUT_S": "3"}
+    env = {
+        "METRONOME_ELASTICSEARCH_URL": es_server.url,
+        "METRONOME_INDEX_PREFIX": prefix,
+        "METRONOME_SHIP_BACKOFF_MAX_S": "2",
+        "METRONOME_ELASTICSEARCH_TIMEOUT_S": "3",
+    }
     world = World("elasticsearch", env, es_server.url, prefix)
     server = MetronomeServer(env, data_dir=tmp_path / "data")
     server.start()
@@ -177,9 +192,13 @@ def _metric(text: str, name: str) -> float:
 
 
 def test_full_spool_answers_503_with_retry_after_and_keeps_what_it_acknowledged(
-        world: World, tmp_path: Path) -> None:
-    env = {**world.env, "METRONOME_SPOOL_MAX_BYTES": "262144",
-           "METRONOME_SPOOL_SEGMENT_BYTES": "65536"}
+    world: World, tmp_path: Path
+) -> None:
+    env = {
+        **world.env,
+        "METRONOME_SPOOL_MAX_BYTES": "262144",
+        "METRONOME_SPOOL_SEGMENT_BYTES": "65536",
+    }
     server = MetronomeServer(env, data_dir=tmp_path / "data", args=("--no-shipper",))
     server.start()
     try:
@@ -210,16 +229,17 @@ def test_full_spool_answers_503_with_retry_after_and_keeps_what_it_acknowledged(
     _assert_exactly_once(world.stored_ids(server.data_dir), load.acknowledged)
 
 
-def test_torn_last_record_is_cut_and_everything_before_it_ships(world: World,
-                                                                tmp_path: Path) -> None:
-    server = MetronomeServer(world.env, data_dir=tmp_path / "data", args=("--no-shipper",),
-                             workers=1)
+def test_torn_last_record_is_cut_and_everything_before_it_ships(
+    world: World, tmp_path: Path
+) -> None:
+    server = MetronomeServer(
+        world.env, data_dir=tmp_path / "data", args=("--no-shipper",), workers=1
+    )
     server.start()
     ids = []
     with httpx.Client(base_url=server.url) as client:
         for n in range(20):
-            resp = client.post("/ticks", json=[{"id": "torn", "n": n, "i": i}
-                                               for i in range(10)])
+            resp = client.post("/ticks", json=[{"id": "torn", "n": n, "i": i} for i in range(10)])
             ids += resp.json()["ids"]
     assert server.stop() == 0
     (segment,) = segments(spool_dir(server.data_dir))
@@ -235,7 +255,8 @@ def test_torn_last_record_is_cut_and_everything_before_it_ships(world: World,
 
 
 def test_documents_elasticsearch_refuses_go_to_dead_letters_and_the_rest_are_stored(
-        es_url: str, tmp_path: Path) -> None:
+    es_url: str, tmp_path: Path
+) -> None:
     prefix = unique_prefix()
     env = {"METRONOME_ELASTICSEARCH_URL": es_url, "METRONOME_INDEX_PREFIX": prefix}
     world = World("elasticsearch", env, es_url, prefix)
@@ -245,8 +266,9 @@ def test_documents_elasticsearch_refuses_go_to_dead_letters_and_the_rest_are_sto
         # a daily index that refuses writes: its documents can never be stored
         blocked = f"{prefix}-ticks-2020.01.01"
         httpx.put(f"{es_url}/{blocked}", timeout=30).raise_for_status()
-        httpx.put(f"{es_url}/{blocked}/_settings", json={"index.blocks.write": True},
-                  timeout=30).raise_for_status()
+        httpx.put(
+            f"{es_url}/{blocked}/_settings", json={"index.blocks.write": True}, timeout=30
+        ).raise_for_status()
         ticks = [{"id": "dl", "ts": "2020-01-01T10:00:00Z", "n": i} for i in range(5)]
         ticks += [{"id": "dl", "ts": "2020-01-02T10:00:00Z", "n": i} for i in range(7)]
         resp = httpx.post(server.url + "/ticks", json=ticks, timeout=30)
@@ -257,10 +279,15 @@ def test_documents_elasticsearch_refuses_go_to_dead_letters_and_the_rest_are_sto
         assert _metric(metrics, "metronome_dead_letters_total") == 5
     finally:
         assert server.stop() == 0, server.log_tail()
-        httpx.put(f"{es_url}/{prefix}-ticks-2020.01.01/_settings",
-                  json={"index.blocks.write": False}, timeout=30)
-    letters = [orjson.loads(line) for line in
-               (server.data_dir / "dead-letters.ndjson").read_bytes().splitlines()]
+        httpx.put(
+            f"{es_url}/{prefix}-ticks-2020.01.01/_settings",
+            json={"index.blocks.write": False},
+            timeout=30,
+        )
+    letters = [
+        orjson.loads(line)
+        for line in (server.data_dir / "dead-letters.ndjson").read_bytes().splitlines()
+    ]
     assert sorted(letter["id"] for letter in letters) == sorted(ids[:5])
     assert all("cluster_block_exception" in letter["reason"] for letter in letters)
     assert letters[0]["document"]["params"] == {"n": letters[0]["document"]["params"]["n"]}

@@ -75,10 +75,10 @@ def _quoted(text: str, lineno: int) -> tuple[str, str]:
                 j += 1
             else:
                 raise ConfError(f"line {lineno}: unclosed #{{ in a quoted value")
-            out.append(text[i:j + 1])
+            out.append(text[i : j + 1])
             i = j + 1
         elif ch == '"':
-            return "".join(out), text[i + 1:]
+            return "".join(out), text[i + 1 :]
         else:
             out.append(ch)
             i += 1
@@ -92,7 +92,7 @@ def _value(text: str, lineno: int) -> str:
         end = text.find("'", 1)
         if end < 0:
             raise ConfError(f"line {lineno}: unclosed single quote")
-        value, rest = text[1:end], text[end + 1:]
+        value, rest = text[1:end], text[end + 1 :]
     else:
         return text
     if rest.strip() and not rest.strip().startswith("#"):
@@ -144,8 +144,11 @@ def _match_parts(pattern: list[str], tag: list[str]) -> bool:
         return not tag
     if pattern[0] == "**":
         return any(_match_parts(pattern[1:], tag[i:]) for i in range(len(tag) + 1))
-    return bool(tag) and re.fullmatch(_part_regex(pattern[0]), tag[0]) is not None \
+    return (
+        bool(tag)
+        and re.fullmatch(_part_regex(pattern[0]), tag[0]) is not None
         and _match_parts(pattern[1:], tag[1:])
+    )
 
 
 def tag_matches(patterns: str, tag: str) -> bool:
@@ -156,9 +159,7 @@ def tag_matches(patterns: str, tag: str) -> bool:
 
 def route(root: Directive, tag: str, label: str | None = None) -> list[Directive]:
     """The outputs an event with ``tag`` ends in, after copy and relabel."""
-    scope = root if label is None else next(
-        d for d in root.all("label") if d.arg == label
-    )
+    scope = root if label is None else next(d for d in root.all("label") if d.arg == label)
     for match in scope.all("match"):
         if tag_matches(match.arg, tag):
             return _expand(root, match, tag)
@@ -195,14 +196,17 @@ def s3_out(conf: Directive) -> Directive:
 
 def test_the_reader_understands_fluentd_syntax() -> None:
     tree = parse_conf(
-        '# comment\n<match a.** b.{x,y}>\n  @type copy\n  <store>\n'
+        "# comment\n<match a.** b.{x,y}>\n  @type copy\n  <store>\n"
         '    path "#{ENV.fetch(\'P\', \'d\')}/"\n    say "a \\"quoted\\" word" # note\n'
         "    other 'single'\n  </store>\n</match>\n"
     )
     match = tree.one("match")
     assert match.arg == "a.** b.{x,y}" and match.type == "copy"
-    assert match.one("store").params == {"path": "#{ENV.fetch('P', 'd')}/",
-                                         "say": 'a "quoted" word', "other": "single"}
+    assert match.one("store").params == {
+        "path": "#{ENV.fetch('P', 'd')}/",
+        "say": 'a "quoted" word',
+        "other": "single",
+    }
     for bad in ("<a>\n", "<a>\n</b>\n", 'k "open\n', "<a>\nk 1\nk 2\n</a>\n"):
         with pytest.raises(ConfError):
             parse_conf(bad)
@@ -231,7 +235,8 @@ def test_ticks_go_to_metronome_and_access_lines_also_to_the_archive(conf: Direct
 
 
 def test_the_forward_output_targets_metronome_with_acks_and_a_file_buffer(
-        forward_out: Directive) -> None:
+    forward_out: Directive,
+) -> None:
     server = forward_out.one("server")
     assert server.params["host"] == "metronome"
     # Metronome's forward input (METRONOME_FORWARD_PORT), in its own container
@@ -245,7 +250,8 @@ def test_the_forward_output_targets_metronome_with_acks_and_a_file_buffer(
 
 
 def test_the_s3_output_writes_raw_lines_as_gzip_per_utc_hour(
-        conf: Directive, s3_out: Directive) -> None:
+    conf: Directive, s3_out: Directive
+) -> None:
     assert s3_out.params["store_as"] == "gzip"
     fmt = s3_out.one("format")
     tail = next(s for s in conf.all("source") if s.type == "tail")
@@ -257,8 +263,9 @@ def test_the_s3_output_writes_raw_lines_as_gzip_per_utc_hour(
     assert buffer.arg == "time" and buffer.type == "file"
     assert int(buffer.params["timekey"]) == 3600
     assert buffer.params["timekey_use_utc"] == "true"
-    assert re.fullmatch(r"#\{ENV(\.fetch\(|\[)'METRONOME_S3_BUCKET'(\)|\])\}",
-                        s3_out.params["s3_bucket"])
+    assert re.fullmatch(
+        r"#\{ENV(\.fetch\(|\[)'METRONOME_S3_BUCKET'(\)|\])\}", s3_out.params["s3_bucket"]
+    )
     assert "METRONOME_S3_FORCE_PATH_STYLE" in s3_out.params["force_path_style"]
     assert "s3_endpoint" not in s3_out.params  # AWS_ENDPOINT_URL_S3, read by the AWS SDK
     assert s3_out.params["check_object"] == "false"
@@ -290,8 +297,7 @@ def test_the_s3_keys_are_the_archive_module_layout(s3_out: Directive) -> None:
     assert parts is not None and (parts.hour, parts.host, parts.chunk_id) == (hour, host, chunk)
 
 
-def test_buffer_and_position_files_live_in_directories_the_image_creates(
-        conf: Directive) -> None:
+def test_buffer_and_position_files_live_in_directories_the_image_creates(conf: Directive) -> None:
     dockerfile = (FLUENTD / "Dockerfile").read_text()
     paths = [s.params["pos_file"] for s in conf.all("source") if "pos_file" in s.params]
     buffers: list[Directive] = []

@@ -11,22 +11,30 @@ GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.
 
 def _count(backend: Backend, *filters: object) -> int:
     backend.settle()
-    resp = backend.client.post("/query", json={
-        "range": {"from": "2018-01-01", "to": "2018-12-31"}, "bots": "include",
-        "filters": list(filters)})
+    resp = backend.client.post(
+        "/query",
+        json={
+            "range": {"from": "2018-01-01", "to": "2018-12-31"},
+            "bots": "include",
+            "filters": list(filters),
+        },
+    )
     assert resp.status_code == 200, resp.text
     return int(resp.json()["results"][0]["metrics"][0])
 
 
 def test_forget_deletes_matching_events_and_nothing_else(backend: Backend, item: str) -> None:
     other = item + "-kept"
-    ticks = ([{"id": item, "ts": f"2018-03-0{d}T10:00:00Z", "user": "ada"} for d in (1, 2, 3)]
-             + [{"id": item, "ts": "2018-03-04T10:00:00Z", "user": "bob"},
-                {"id": other, "ts": "2018-03-01T10:00:00Z", "user": "ada"}])
+    ticks = [{"id": item, "ts": f"2018-03-0{d}T10:00:00Z", "user": "ada"} for d in (1, 2, 3)] + [
+        {"id": item, "ts": "2018-03-04T10:00:00Z", "user": "bob"},
+        {"id": other, "ts": "2018-03-01T10:00:00Z", "user": "ada"},
+    ]
     assert backend.client.post("/ticks", json=ticks).json()["accepted"] == 5
-    crawler = backend.client.post("/tick", json={"id": item, "ts": "2018-03-05T10:00:00Z",
-                                                 "user": "ada"},
-                                  headers={"User-Agent": GOOGLEBOT})
+    crawler = backend.client.post(
+        "/tick",
+        json={"id": item, "ts": "2018-03-05T10:00:00Z", "user": "ada"},
+        headers={"User-Agent": GOOGLEBOT},
+    )
     assert crawler.status_code == 202
     backend.settle()
     where = json.dumps([["is", "item", [item]], ["is", "params.user", ["ada"]]])
@@ -44,18 +52,30 @@ def test_forget_deletes_matching_events_and_nothing_else(backend: Backend, item:
     again = backend.server.run_cli("forget", "--where", where, "--yes")
     assert "deleted 0 events" in again.stdout
 
-    other_site = backend.server.run_cli("forget", "--where", json.dumps([["is", "item", [item]]]),
-                                        "--site", "elsewhere", "--yes")
+    other_site = backend.server.run_cli(
+        "forget", "--where", json.dumps([["is", "item", [item]]]), "--site", "elsewhere", "--yes"
+    )
     assert "deleted 0 events" in other_site.stdout  # these events are the default site's
 
-    ranged = backend.server.run_cli("forget", "--where", json.dumps([["is", "item", [item]]]),
-                                    "--from", "2018-03-05", "--to", "2018-03-31", "--yes")
+    ranged = backend.server.run_cli(
+        "forget",
+        "--where",
+        json.dumps([["is", "item", [item]]]),
+        "--from",
+        "2018-03-05",
+        "--to",
+        "2018-03-31",
+        "--yes",
+    )
     assert "deleted 0 events" in ranged.stdout  # bob's tick is on the 4th
 
 
 def test_forget_refuses_filters_it_cannot_read(backend: Backend) -> None:
-    for where, says in [("not json", "not JSON"), ("[]", "non-empty"),
-                        ('[["is", "nope", ["x"]]]', "'nope' is not a field")]:
+    for where, says in [
+        ("not json", "not JSON"),
+        ("[]", "non-empty"),
+        ('[["is", "nope", ["x"]]]', "'nope' is not a field"),
+    ]:
         result = backend.server.run_cli("forget", "--where", where, "--yes")
         assert result.returncode == 2, result.stdout
         assert says in result.stderr, result.stderr

@@ -166,8 +166,9 @@ def test_message_mode_with_integer_time_is_decoded_and_acknowledged() -> None:
     async def scenario() -> None:
         collector = Collector()
         async with serving(collector) as server, peer(server.port) as client:
-            await client.send(pack([TICK_TAG, T0, {"id": "parks", "event": "view"},
-                                    {"chunk": "chunk-message"}]))
+            await client.send(
+                pack([TICK_TAG, T0, {"id": "parks", "event": "view"}, {"chunk": "chunk-message"}])
+            )
             await client.expect(ack("chunk-message"))
         assert collector.frames == [(TICK_TAG, [(T0_MS, {"id": "parks", "event": "view"})])]
 
@@ -178,8 +179,16 @@ def test_message_mode_with_event_time_keeps_milliseconds() -> None:
     async def scenario() -> None:
         collector = Collector()
         async with serving(collector) as server, peer(server.port) as client:
-            await client.send(pack([TICK_TAG, event_time(T0, 123_456_789), {"id": "parks"},
-                                    {"chunk": "chunk-event-time"}]))
+            await client.send(
+                pack(
+                    [
+                        TICK_TAG,
+                        event_time(T0, 123_456_789),
+                        {"id": "parks"},
+                        {"chunk": "chunk-event-time"},
+                    ]
+                )
+            )
             await client.expect(ack("chunk-event-time"))
         assert collector.frames == [(TICK_TAG, [(T0_MS + 123, {"id": "parks"})])]
 
@@ -193,8 +202,7 @@ def test_forward_mode_entries_are_decoded_and_acknowledged() -> None:
         async with serving(collector) as server, peer(server.port) as client:
             await client.send(pack([TICK_TAG, entries, {"chunk": "chunk-forward", "size": 2}]))
             await client.expect(ack("chunk-forward"))
-        assert collector.frames == [(TICK_TAG, [(T0_MS, {"id": "a"}),
-                                                (T0_MS + 1500, {"id": "b"})])]
+        assert collector.frames == [(TICK_TAG, [(T0_MS, {"id": "a"}), (T0_MS + 1500, {"id": "b"})])]
 
     run(scenario())
 
@@ -203,12 +211,20 @@ def test_packed_forward_entries_are_decoded_and_acknowledged() -> None:
     async def scenario() -> None:
         collector = Collector()
         payload = pack([T0, {"message": "GET /a HTTP/1.1"}]) + pack(
-            [event_time(T0, 7_000_000), {"message": "GET /b HTTP/1.1"}])
+            [event_time(T0, 7_000_000), {"message": "GET /b HTTP/1.1"}]
+        )
         async with serving(collector) as server, peer(server.port) as client:
             await client.send(pack([ACCESS_TAG, payload, {"chunk": "chunk-packed", "size": 2}]))
             await client.expect(ack("chunk-packed"))
-        assert collector.frames == [(ACCESS_TAG, [(T0_MS, {"message": "GET /a HTTP/1.1"}),
-                                                  (T0_MS + 7, {"message": "GET /b HTTP/1.1"})])]
+        assert collector.frames == [
+            (
+                ACCESS_TAG,
+                [
+                    (T0_MS, {"message": "GET /a HTTP/1.1"}),
+                    (T0_MS + 7, {"message": "GET /b HTTP/1.1"}),
+                ],
+            )
+        ]
 
     run(scenario())
 
@@ -223,8 +239,7 @@ def test_packed_forward_sent_as_msgpack_str_by_older_clients_is_decoded() -> Non
         async with serving(collector) as server, peer(server.port) as client:
             await client.send(frame)
             await client.expect(ack("chunk-str"))
-        assert collector.frames == [(TICK_TAG, [(T0_MS, {"id": "a"}),
-                                                (T0_MS + 2000, {"id": "b"})])]
+        assert collector.frames == [(TICK_TAG, [(T0_MS, {"id": "a"}), (T0_MS + 2000, {"id": "b"})])]
 
     run(scenario())
 
@@ -233,14 +248,16 @@ def test_compressed_packed_forward_entries_are_decoded_and_acknowledged() -> Non
     async def scenario() -> None:
         collector = Collector()
         # Fluentd appends one gzip member per write to a chunk: send two members
-        payload = (gzip.compress(pack([T0, {"id": "a", "format": "csv"}]))
-                   + gzip.compress(pack([event_time(T0, 999_999_999), {"id": "b"}])))
+        payload = gzip.compress(pack([T0, {"id": "a", "format": "csv"}])) + gzip.compress(
+            pack([event_time(T0, 999_999_999), {"id": "b"}])
+        )
         option = {"chunk": "chunk-gzip", "size": 2, "compressed": "gzip"}
         async with serving(collector) as server, peer(server.port) as client:
             await client.send(pack([TICK_TAG, payload, option]))
             await client.expect(ack("chunk-gzip"))
-        assert collector.frames == [(TICK_TAG, [(T0_MS, {"id": "a", "format": "csv"}),
-                                                (T0_MS + 999, {"id": "b"})])]
+        assert collector.frames == [
+            (TICK_TAG, [(T0_MS, {"id": "a", "format": "csv"}), (T0_MS + 999, {"id": "b"})])
+        ]
 
     run(scenario())
 
@@ -289,18 +306,24 @@ def test_frame_with_no_entries_is_acknowledged_without_calling_the_handler() -> 
 def test_frame_split_across_many_small_writes_is_reassembled() -> None:
     async def scenario() -> None:
         collector = Collector()
-        frame = pack([TICK_TAG, [[event_time(T0, 0), {"id": f"item-{i}", "n": i}]
-                                 for i in range(5)], {"chunk": "split"}])
+        frame = pack(
+            [
+                TICK_TAG,
+                [[event_time(T0, 0), {"id": f"item-{i}", "n": i}] for i in range(5)],
+                {"chunk": "split"},
+            ]
+        )
         async with serving(collector) as server, peer(server.port) as client:
             for offset in range(len(frame) - 1):
-                await client.send(frame[offset:offset + 1])
+                await client.send(frame[offset : offset + 1])
                 await asyncio.sleep(0.001)
             await asyncio.sleep(0.05)
             assert collector.calls == 0  # nothing is handed off before the frame is whole
             await client.send(frame[-1:])
             await client.expect(ack("split"))
-        assert collector.frames == [(TICK_TAG, [(T0_MS, {"id": f"item-{i}", "n": i})
-                                                for i in range(5)])]
+        assert collector.frames == [
+            (TICK_TAG, [(T0_MS, {"id": f"item-{i}", "n": i}) for i in range(5)])
+        ]
 
     run(scenario())
 
@@ -308,17 +331,22 @@ def test_frame_split_across_many_small_writes_is_reassembled() -> None:
 def test_several_frames_in_one_write_are_each_handled_and_acknowledged_in_order() -> None:
     async def scenario() -> None:
         collector = Collector()
-        frames = (pack([TICK_TAG, T0, {"id": "one"}, {"chunk": "c1"}])
-                  + pack([ACCESS_TAG, [[T0, {"message": "two"}]], {"chunk": "c2"}])
-                  + pack([TICK_TAG, pack([T0, {"id": "three"}]), {"chunk": "c3"}])
-                  + pack([TICK_TAG, T0, {"id": "four"}]))  # no chunk: handled, no answer
+        frames = (
+            pack([TICK_TAG, T0, {"id": "one"}, {"chunk": "c1"}])
+            + pack([ACCESS_TAG, [[T0, {"message": "two"}]], {"chunk": "c2"}])
+            + pack([TICK_TAG, pack([T0, {"id": "three"}]), {"chunk": "c3"}])
+            + pack([TICK_TAG, T0, {"id": "four"}])
+        )  # no chunk: handled, no answer
         async with serving(collector) as server, peer(server.port) as client:
             await client.send(frames)
             await client.expect(ack("c1") + ack("c2") + ack("c3"))
             await collector.wait_for(4)
         assert [(tag, entries[0][1]) for tag, entries in collector.frames] == [
-            (TICK_TAG, {"id": "one"}), (ACCESS_TAG, {"message": "two"}),
-            (TICK_TAG, {"id": "three"}), (TICK_TAG, {"id": "four"})]
+            (TICK_TAG, {"id": "one"}),
+            (ACCESS_TAG, {"message": "two"}),
+            (TICK_TAG, {"id": "three"}),
+            (TICK_TAG, {"id": "four"}),
+        ]
 
     run(scenario())
 
@@ -336,20 +364,23 @@ MALFORMED = {
     "packed entries truncated": pack([TICK_TAG, pack([T0, {"id": "a"}])[:-1]]),
     "packed entry record not a map": pack([TICK_TAG, pack([T0, [1, 2]])]),
     "bad gzip": pack([TICK_TAG, b"this is not gzip", {"compressed": "gzip"}]),
-    "truncated gzip": pack([TICK_TAG, gzip.compress(pack([T0, {"id": "a"}]))[:-6],
-                            {"compressed": "gzip"}]),
+    "truncated gzip": pack(
+        [TICK_TAG, gzip.compress(pack([T0, {"id": "a"}]))[:-6], {"compressed": "gzip"}]
+    ),
 }
 
 
 @pytest.mark.parametrize("frame", MALFORMED.values(), ids=MALFORMED.keys())
 def test_malformed_frame_closes_that_connection_but_the_server_keeps_serving(
-        frame: bytes, forward_log: list[logging.LogRecord]) -> None:
+    frame: bytes, forward_log: list[logging.LogRecord]
+) -> None:
     async def scenario() -> None:
         collector = Collector()
         async with serving(collector) as server:
             async with peer(server.port) as bystander, peer(server.port) as offender:
-                await offender.send(frame + pack([TICK_TAG, T0, {"id": "after"},
-                                                  {"chunk": "never"}]))
+                await offender.send(
+                    frame + pack([TICK_TAG, T0, {"id": "after"}, {"chunk": "never"}])
+                )
                 await offender.expect_closed_without_answer()
                 await bystander.send(pack([TICK_TAG, T0, {"id": "ok"}, {"chunk": "c1"}]))
                 await bystander.expect(ack("c1"))
@@ -364,7 +395,8 @@ def test_malformed_frame_closes_that_connection_but_the_server_keeps_serving(
 
 @pytest.mark.parametrize("shape", ["one large record", "many small entries in small writes"])
 def test_frame_larger_than_max_frame_bytes_closes_the_connection(
-        shape: str, forward_log: list[logging.LogRecord]) -> None:
+    shape: str, forward_log: list[logging.LogRecord]
+) -> None:
     async def scenario() -> None:
         collector = Collector()
         if shape == "one large record":
@@ -375,8 +407,11 @@ def test_frame_larger_than_max_frame_bytes_closes_the_connection(
             async with peer(server.port) as client:
                 await client.send(pack([TICK_TAG, T0, {"id": "small"}, {"chunk": "small"}]))
                 await client.expect(ack("small"))
-                pieces = [frame] if shape == "one large record" else [
-                    frame[i:i + 200] for i in range(0, len(frame), 200)]
+                pieces = (
+                    [frame]
+                    if shape == "one large record"
+                    else [frame[i : i + 200] for i in range(0, len(frame), 200)]
+                )
                 with contextlib.suppress(ConnectionError):
                     for piece in pieces:
                         await client.send(piece)
@@ -398,8 +433,9 @@ def test_compressed_payload_bigger_than_max_frame_bytes_once_inflated_is_refused
         assert len(payload) < 1024
         async with serving(collector, max_frame_bytes=4096) as server:
             async with peer(server.port) as client:
-                await client.send(pack([TICK_TAG, payload,
-                                        {"compressed": "gzip", "chunk": "bomb"}]))
+                await client.send(
+                    pack([TICK_TAG, payload, {"compressed": "gzip", "chunk": "bomb"}])
+                )
                 await client.expect_closed_without_answer()
         assert collector.calls == 0
 
@@ -410,7 +446,8 @@ def test_compressed_payload_bigger_than_max_frame_bytes_once_inflated_is_refused
 
 
 def test_handler_failure_sends_no_ack_and_the_client_retry_is_acknowledged(
-        forward_log: list[logging.LogRecord]) -> None:
+    forward_log: list[logging.LogRecord],
+) -> None:
     async def scenario() -> None:
         collector = Collector(failures=1)
         frame = pack([TICK_TAG, [[T0, {"id": "a"}]], {"chunk": "retry-me"}])
@@ -431,7 +468,8 @@ def test_handler_failure_sends_no_ack_and_the_client_retry_is_acknowledged(
 
 
 def test_tcp_heartbeat_connection_without_data_is_harmless(
-        forward_log: list[logging.LogRecord]) -> None:
+    forward_log: list[logging.LogRecord],
+) -> None:
     async def scenario() -> None:
         collector = Collector()
         async with serving(collector) as server:
@@ -447,8 +485,7 @@ def test_tcp_heartbeat_connection_without_data_is_harmless(
     run(scenario())
 
 
-def test_client_closing_mid_frame_hands_off_nothing(
-        forward_log: list[logging.LogRecord]) -> None:
+def test_client_closing_mid_frame_hands_off_nothing(forward_log: list[logging.LogRecord]) -> None:
     async def scenario() -> None:
         collector = Collector()
         frame = pack([TICK_TAG, T0, {"id": "a"}, {"chunk": "c"}])
@@ -525,26 +562,42 @@ def _unpacked(frame: Any) -> Any:
     return msgpack.unpackb(pack(frame), raw=False, strict_map_key=False)
 
 
-@pytest.mark.parametrize("frame, expected", [
-    pytest.param([TICK_TAG, T0, {"id": "a"}],
-                 (TICK_TAG, [(T0_MS, {"id": "a"})], None), id="message"),
-    pytest.param([TICK_TAG, event_time(T0, 1_000_000), {"id": "a"}, {"chunk": "x"}],
-                 (TICK_TAG, [(T0_MS + 1, {"id": "a"})], {"chunk": "x"}), id="message+option"),
-    pytest.param([ACCESS_TAG, [[T0, {"message": "l1"}], [T0 + 1, {"message": "l2"}]]],
-                 (ACCESS_TAG, [(T0_MS, {"message": "l1"}), (T0_MS + 1000, {"message": "l2"})],
-                  None), id="forward"),
-    pytest.param([TICK_TAG, pack([T0, {"id": "a"}]) + pack([T0, {"id": "b"}]), {"size": 2}],
-                 (TICK_TAG, [(T0_MS, {"id": "a"}), (T0_MS, {"id": "b"})], {"size": 2}),
-                 id="packed-forward"),
-    pytest.param([TICK_TAG, gzip.compress(pack([T0, {"id": "a"}])), {"compressed": "gzip"}],
-                 (TICK_TAG, [(T0_MS, {"id": "a"})], {"compressed": "gzip"}),
-                 id="compressed-packed-forward"),
-    pytest.param([TICK_TAG, pack([T0, {"id": "a"}]), {"compressed": "text"}],
-                 (TICK_TAG, [(T0_MS, {"id": "a"})], {"compressed": "text"}),
-                 id="packed-forward-compressed-text"),
-])
+@pytest.mark.parametrize(
+    "frame, expected",
+    [
+        pytest.param(
+            [TICK_TAG, T0, {"id": "a"}], (TICK_TAG, [(T0_MS, {"id": "a"})], None), id="message"
+        ),
+        pytest.param(
+            [TICK_TAG, event_time(T0, 1_000_000), {"id": "a"}, {"chunk": "x"}],
+            (TICK_TAG, [(T0_MS + 1, {"id": "a"})], {"chunk": "x"}),
+            id="message+option",
+        ),
+        pytest.param(
+            [ACCESS_TAG, [[T0, {"message": "l1"}], [T0 + 1, {"message": "l2"}]]],
+            (ACCESS_TAG, [(T0_MS, {"message": "l1"}), (T0_MS + 1000, {"message": "l2"})], None),
+            id="forward",
+        ),
+        pytest.param(
+            [TICK_TAG, pack([T0, {"id": "a"}]) + pack([T0, {"id": "b"}]), {"size": 2}],
+            (TICK_TAG, [(T0_MS, {"id": "a"}), (T0_MS, {"id": "b"})], {"size": 2}),
+            id="packed-forward",
+        ),
+        pytest.param(
+            [TICK_TAG, gzip.compress(pack([T0, {"id": "a"}])), {"compressed": "gzip"}],
+            (TICK_TAG, [(T0_MS, {"id": "a"})], {"compressed": "gzip"}),
+            id="compressed-packed-forward",
+        ),
+        pytest.param(
+            [TICK_TAG, pack([T0, {"id": "a"}]), {"compressed": "text"}],
+            (TICK_TAG, [(T0_MS, {"id": "a"})], {"compressed": "text"}),
+            id="packed-forward-compressed-text",
+        ),
+    ],
+)
 def test_decode_entries_returns_tag_entries_in_milliseconds_and_option(
-        frame: list[Any], expected: tuple[Any, ...]) -> None:
+    frame: list[Any], expected: tuple[Any, ...]
+) -> None:
     assert decode_entries(_unpacked(frame)) == expected
 
 
@@ -574,42 +627,45 @@ def test_bin_and_non_utf8_text_in_records_become_str() -> None:
     assert entries == [(T0_MS, {"id": "a\ufffdb"})]
 
 
-@pytest.mark.parametrize("message, error", [
-    (b"bytes", "must be a msgpack array"),
-    ([TICK_TAG], "2 to 4 items"),
-    ([TICK_TAG, T0, {}, {}, {}], "2 to 4 items"),
-    (["", T0, {"id": "a"}], "tag must not be empty"),
-    ([None, T0, {"id": "a"}], "tag must be a string, got nil"),
-    ([TICK_TAG, T0], r"got \[tag, int\]"),
-    ([TICK_TAG, True, {"id": "a"}], "time must be seconds or EventTime, got bool"),
-    ([TICK_TAG, -5, {"id": "a"}], "non-negative"),
-    ([TICK_TAG, msgpack.ExtType(1, b"\0" * 8), {"id": "a"}], "ext type 1"),
-    ([TICK_TAG, event_time(T0, 1_000_000_000), {"id": "a"}], "nanoseconds"),
-    ([TICK_TAG, T0, ["not", "a", "map"]], "record must be a map, got array"),
-    ([TICK_TAG, T0, {1: "int key"}], "record keys must be strings"),
-    ([TICK_TAG, T0, {"id": "a"}, ["opt"]], "option must be a map"),
-    ([TICK_TAG, T0, {"id": "a"}, {"chunk": 7}], "'chunk' must be a string"),
-    ([TICK_TAG, T0, {"id": "a"}, {"chunk": "\udcff"}], "'chunk' is not UTF-8"),
-    ([b"\xfftag", T0, {"id": "a"}], "tag is not UTF-8"),
-    ([TICK_TAG, [[T0, {"id": "a"}]], {}, {}], "Forward mode is"),
-    ([TICK_TAG, [{"id": "a"}]], r"Forward entry 0: entry must be \[time, record\], got map"),
-    ([TICK_TAG, [[T0, None]]], "Forward entry 0: record must be a map, got nil"),
-    ([TICK_TAG, b"\x92\xce"], "incomplete msgpack object"),
-    ([TICK_TAG, b"\xc1"], "not valid msgpack"),
-    ([TICK_TAG, pack([T0, "line"])], "PackedForward entry 0: record must be a map"),
-    ([TICK_TAG, b"junk", {"compressed": "gzip"}], "bad gzip"),
-    ([TICK_TAG, gzip.compress(pack([T0, {}]))[:-4], {"compressed": "gzip"}], "truncated"),
-    ([TICK_TAG, pack([T0, {}]), {"compressed": "zstd"}], "'gzip' or 'text'"),
-])
+@pytest.mark.parametrize(
+    "message, error",
+    [
+        (b"bytes", "must be a msgpack array"),
+        ([TICK_TAG], "2 to 4 items"),
+        ([TICK_TAG, T0, {}, {}, {}], "2 to 4 items"),
+        (["", T0, {"id": "a"}], "tag must not be empty"),
+        ([None, T0, {"id": "a"}], "tag must be a string, got nil"),
+        ([TICK_TAG, T0], r"got \[tag, int\]"),
+        ([TICK_TAG, True, {"id": "a"}], "time must be seconds or EventTime, got bool"),
+        ([TICK_TAG, -5, {"id": "a"}], "non-negative"),
+        ([TICK_TAG, msgpack.ExtType(1, b"\0" * 8), {"id": "a"}], "ext type 1"),
+        ([TICK_TAG, event_time(T0, 1_000_000_000), {"id": "a"}], "nanoseconds"),
+        ([TICK_TAG, T0, ["not", "a", "map"]], "record must be a map, got array"),
+        ([TICK_TAG, T0, {1: "int key"}], "record keys must be strings"),
+        ([TICK_TAG, T0, {"id": "a"}, ["opt"]], "option must be a map"),
+        ([TICK_TAG, T0, {"id": "a"}, {"chunk": 7}], "'chunk' must be a string"),
+        ([TICK_TAG, T0, {"id": "a"}, {"chunk": "\udcff"}], "'chunk' is not UTF-8"),
+        ([b"\xfftag", T0, {"id": "a"}], "tag is not UTF-8"),
+        ([TICK_TAG, [[T0, {"id": "a"}]], {}, {}], "Forward mode is"),
+        ([TICK_TAG, [{"id": "a"}]], r"Forward entry 0: entry must be \[time, record\], got map"),
+        ([TICK_TAG, [[T0, None]]], "Forward entry 0: record must be a map, got nil"),
+        ([TICK_TAG, b"\x92\xce"], "incomplete msgpack object"),
+        ([TICK_TAG, b"\xc1"], "not valid msgpack"),
+        ([TICK_TAG, pack([T0, "line"])], "PackedForward entry 0: record must be a map"),
+        ([TICK_TAG, b"junk", {"compressed": "gzip"}], "bad gzip"),
+        ([TICK_TAG, gzip.compress(pack([T0, {}]))[:-4], {"compressed": "gzip"}], "truncated"),
+        ([TICK_TAG, pack([T0, {}]), {"compressed": "zstd"}], "'gzip' or 'text'"),
+    ],
+)
 def test_decode_entries_rejects_malformed_frames_with_a_clear_message(
-        message: Any, error: str) -> None:
+    message: Any, error: str
+) -> None:
     with pytest.raises(ForwardProtocolError, match=error):
         decode_entries(message)
 
 
 def test_decode_entries_bounds_the_inflated_size() -> None:
-    frame = [TICK_TAG, gzip.compress(pack([T0, {"blob": "z" * 10_000}])),
-             {"compressed": "gzip"}]
+    frame = [TICK_TAG, gzip.compress(pack([T0, {"blob": "z" * 10_000}])), {"compressed": "gzip"}]
     with pytest.raises(ForwardProtocolError, match="more than 1000 bytes once decompressed"):
         decode_entries(frame, max_decompressed_bytes=1000)
     assert len(decode_entries(frame, max_decompressed_bytes=20_000)[1]) == 1
@@ -670,7 +726,8 @@ def threaded_server() -> Iterator[ThreadedForwardServer]:
 
 
 def test_fluent_logger_emit_arrives_with_prefixed_tag_time_and_record(
-        threaded_server: ThreadedForwardServer) -> None:
+    threaded_server: ThreadedForwardServer,
+) -> None:
     client = sender.FluentSender("metronome", host="127.0.0.1", port=threaded_server.port)
     tick = {"id": "parks-dataset", "event": "download", "format": "csv", "plan": "pro"}
     try:
@@ -686,22 +743,27 @@ def test_fluent_logger_emit_arrives_with_prefixed_tag_time_and_record(
 
 
 def test_fluent_logger_emit_with_time_keeps_the_given_time(
-        threaded_server: ThreadedForwardServer) -> None:
+    threaded_server: ThreadedForwardServer,
+) -> None:
     client = sender.FluentSender("metronome", host="127.0.0.1", port=threaded_server.port)
     try:
         assert client.emit_with_time("access", T0, {"message": "GET /parks HTTP/1.1"})
         assert client.emit_with_time("tick", T0 + 60, {"id": "parks"})
     finally:
         client.close()
-    assert threaded_server.next_frame() == (ACCESS_TAG, [(T0_MS, {"message":
-                                                                  "GET /parks HTTP/1.1"})])
+    assert threaded_server.next_frame() == (
+        ACCESS_TAG,
+        [(T0_MS, {"message": "GET /parks HTTP/1.1"})],
+    )
     assert threaded_server.next_frame() == (TICK_TAG, [(T0_MS + 60_000, {"id": "parks"})])
 
 
 def test_fluent_logger_nanosecond_precision_sends_event_time_kept_to_the_millisecond(
-        threaded_server: ThreadedForwardServer) -> None:
-    client = sender.FluentSender("metronome", host="127.0.0.1", port=threaded_server.port,
-                                 nanosecond_precision=True)
+    threaded_server: ThreadedForwardServer,
+) -> None:
+    client = sender.FluentSender(
+        "metronome", host="127.0.0.1", port=threaded_server.port, nanosecond_precision=True
+    )
     try:
         assert client.emit_with_time("tick", T0 + 0.375, {"id": "parks"})
         before_ms = time.time_ns() // 1_000_000
@@ -716,9 +778,9 @@ def test_fluent_logger_nanosecond_precision_sends_event_time_kept_to_the_millise
 
 
 def test_fluent_logger_async_sender_delivers_every_record_in_order(
-        threaded_server: ThreadedForwardServer) -> None:
-    client = asyncsender.FluentSender("metronome", host="127.0.0.1",
-                                      port=threaded_server.port)
+    threaded_server: ThreadedForwardServer,
+) -> None:
+    client = asyncsender.FluentSender("metronome", host="127.0.0.1", port=threaded_server.port)
     try:
         for n in range(50):
             assert client.emit_with_time("tick", T0 + n, {"id": f"item-{n}"})
@@ -729,7 +791,8 @@ def test_fluent_logger_async_sender_delivers_every_record_in_order(
 
 
 def test_metronome_fluent_client_ticks_arrive_as_metronome_tick(
-        threaded_server: ThreadedForwardServer) -> None:
+    threaded_server: ThreadedForwardServer,
+) -> None:
     from metronome.client import FluentClient
 
     client = FluentClient("127.0.0.1", threaded_server.port)

@@ -21,43 +21,111 @@ from hypothesis import strategies as st
 from tests.conftest import wait_for_drain
 from tests.support.metronome_server import MetronomeServer
 
-ODD_NAMES = ["__proto__", "constructor", "a.b", "*", "", " ", "id.x", "params", "$where",
-             "a" * 65, "a" * 10_000, "é", "\u0000", "x'); DROP TABLE events; --",
-             "@timestamp", "_id", "bot", "site", "ts"]
-SCALARS = (st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80)
-           | st.floats(allow_nan=False) | st.text(max_size=50))
-JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
-                    | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+ODD_NAMES = [
+    "__proto__",
+    "constructor",
+    "a.b",
+    "*",
+    "",
+    " ",
+    "id.x",
+    "params",
+    "$where",
+    "a" * 65,
+    "a" * 10_000,
+    "é",
+    "\u0000",
+    "x'); DROP TABLE events; --",
+    "@timestamp",
+    "_id",
+    "bot",
+    "site",
+    "ts",
+]
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=50)
+)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 KEYS = st.sampled_from(ODD_NAMES) | st.text(max_size=20)
 TICKS = st.dictionaries(KEYS, JSON, max_size=6).map(lambda d: d) | st.fixed_dictionaries(
-    {"id": st.text(min_size=1, max_size=30)}, optional={"event": JSON, "format": JSON,
-                                                         "ts": JSON, "url": JSON}
-).flatmap(lambda base: st.dictionaries(KEYS, SCALARS, max_size=4).map(
-    lambda extra: {**extra, **base}))
-FIELDS = st.sampled_from(["item", "event", "params.x", "bot", "status", "url.path",
-                          "nope", "a.b", "params.__proto__", "*", "item.id') OR 1=1 --",
-                          "@timestamp", "visitor", "client.ip", "bytes"])
-FILTER = st.tuples(st.sampled_from(["is", "is_not", "contains", "matches", "gt", "lt"]),
-                   FIELDS, st.lists(SCALARS, max_size=3) | SCALARS).map(list)
-QUERIES = st.fixed_dictionaries({}, optional={
-    "source": st.sampled_from(["ticks", "logs", "all", "x"]),
-    "range": st.sampled_from(["7d", "today", "24h", "999d", "0d"]) | st.fixed_dictionaries(
-        {"from": st.text(max_size=12)}, optional={"to": st.text(max_size=12)}),
-    "tz": st.sampled_from(["UTC", "Europe/Berlin", "Nowhere/Else", ""]),
-    "metrics": st.lists(st.sampled_from(["events", "visitors", "items", "bytes", "error_rate"])
-                        | st.dictionaries(st.sampled_from(["avg", "p95", "sum", "p0"]),
-                                          FIELDS, min_size=1, max_size=1), max_size=3),
-    "dimensions": st.lists(FIELDS | st.sampled_from(["time:day", "time:hour", "time:x"]),
-                           max_size=3),
-    "filters": st.lists(FILTER | st.tuples(st.sampled_from(["and", "or", "not"]),
-                                           st.lists(FILTER, max_size=2)).map(list),
-                        max_size=3),
-    "limit": st.integers(min_value=-5, max_value=20_000) | st.floats(allow_nan=False),
-    "after": st.none() | st.text(max_size=30),
-    "order_by": st.lists(st.tuples(FIELDS | st.just("events"),
-                                   st.sampled_from(["asc", "desc", "up"])).map(list),
-                         max_size=2),
-}) | JSON
+    {"id": st.text(min_size=1, max_size=30)},
+    optional={"event": JSON, "format": JSON, "ts": JSON, "url": JSON},
+).flatmap(
+    lambda base: st.dictionaries(KEYS, SCALARS, max_size=4).map(lambda extra: {**extra, **base})
+)
+FIELDS = st.sampled_from(
+    [
+        "item",
+        "event",
+        "params.x",
+        "bot",
+        "status",
+        "url.path",
+        "nope",
+        "a.b",
+        "params.__proto__",
+        "*",
+        "item.id') OR 1=1 --",
+        "@timestamp",
+        "visitor",
+        "client.ip",
+        "bytes",
+    ]
+)
+FILTER = st.tuples(
+    st.sampled_from(["is", "is_not", "contains", "matches", "gt", "lt"]),
+    FIELDS,
+    st.lists(SCALARS, max_size=3) | SCALARS,
+).map(list)
+QUERIES = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "source": st.sampled_from(["ticks", "logs", "all", "x"]),
+            "range": st.sampled_from(["7d", "today", "24h", "999d", "0d"])
+            | st.fixed_dictionaries(
+                {"from": st.text(max_size=12)}, optional={"to": st.text(max_size=12)}
+            ),
+            "tz": st.sampled_from(["UTC", "Europe/Berlin", "Nowhere/Else", ""]),
+            "metrics": st.lists(
+                st.sampled_from(["events", "visitors", "items", "bytes", "error_rate"])
+                | st.dictionaries(
+                    st.sampled_from(["avg", "p95", "sum", "p0"]), FIELDS, min_size=1, max_size=1
+                ),
+                max_size=3,
+            ),
+            "dimensions": st.lists(
+                FIELDS | st.sampled_from(["time:day", "time:hour", "time:x"]), max_size=3
+            ),
+            "filters": st.lists(
+                FILTER
+                | st.tuples(
+                    st.sampled_from(["and", "or", "not"]), st.lists(FILTER, max_size=2)
+                ).map(list),
+                max_size=3,
+            ),
+            "limit": st.integers(min_value=-5, max_value=20_000) | st.floats(allow_nan=False),
+            "after": st.none() | st.text(max_size=30),
+            "order_by": st.lists(
+                st.tuples(FIELDS | st.just("events"), st.sampled_from(["asc", "desc", "up"])).map(
+                    list
+                ),
+                max_size=2,
+            ),
+        },
+    )
+    | JSON
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +139,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetronomeServer
 
 def _stored(server: MetronomeServer) -> int:
     wait_for_drain(server)
-    resp = httpx.post(f"{server.url}/query", json={"source": "ticks", "bots": "include",
-                                                   "range": {"from": "0"}})
+    resp = httpx.post(
+        f"{server.url}/query", json={"source": "ticks", "bots": "include", "range": {"from": "0"}}
+    )
     return int(resp.json()["results"][0]["metrics"][0])
 
 
 def _post(url: str, body: Any) -> httpx.Response:
     """Any JSON value as the body (the standard library writes huge integers and Infinity,
     which the server must refuse clearly)."""
-    return httpx.post(url, content=json.dumps(body), timeout=30,
-                      headers={"Content-Type": "application/json"})
+    return httpx.post(
+        url, content=json.dumps(body), timeout=30, headers={"Content-Type": "application/json"}
+    )
 
 
 def _clear_error(resp: httpx.Response) -> None:
@@ -95,8 +165,13 @@ def test_ticks_of_any_shape_are_stored_or_refused_clearly(server: MetronomeServe
     before = _stored(server)
 
     @given(tick=TICKS)
-    @settings(max_examples=100, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=100,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     def send(tick: dict[str, Any]) -> None:
         nonlocal accepted
         resp = _post(f"{server.url}/tick", tick)
@@ -109,14 +184,18 @@ def test_ticks_of_any_shape_are_stored_or_refused_clearly(server: MetronomeServe
     assert _stored(server) == before + accepted  # nothing refused was stored
 
 
-def test_batches_report_each_refused_tick_and_store_only_the_rest(
-        server: MetronomeServer) -> None:
+def test_batches_report_each_refused_tick_and_store_only_the_rest(server: MetronomeServer) -> None:
     stored = 0
     before = _stored(server)
 
     @given(batch=st.lists(TICKS | JSON, min_size=1, max_size=8))
-    @settings(max_examples=40, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=40,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     def send(batch: list[Any]) -> None:
         nonlocal stored
         resp = _post(f"{server.url}/ticks", batch)
@@ -133,8 +212,13 @@ def test_batches_report_each_refused_tick_and_store_only_the_rest(
 
 def test_any_query_gets_an_answer_or_a_clear_400(server: MetronomeServer) -> None:
     @given(query=QUERIES)
-    @settings(max_examples=150, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=150,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     def ask(query: Any) -> None:
         resp = _post(f"{server.url}/query", query)
         _clear_error(resp)
@@ -143,17 +227,46 @@ def test_any_query_gets_an_answer_or_a_clear_400(server: MetronomeServer) -> Non
     ask()
 
 
-def test_any_report_query_string_gets_an_answer_or_a_clear_400(
-        server: MetronomeServer) -> None:
-    names = st.sampled_from(["from", "to", "tz", "interval", "top", "bots", "sources", "range",
-                             "limit", "event", "source", "id", "x"])
+def test_any_report_query_string_gets_an_answer_or_a_clear_400(server: MetronomeServer) -> None:
+    names = st.sampled_from(
+        [
+            "from",
+            "to",
+            "tz",
+            "interval",
+            "top",
+            "bots",
+            "sources",
+            "range",
+            "limit",
+            "event",
+            "source",
+            "id",
+            "x",
+        ]
+    )
     values = st.text(alphabet=string.printable + "é€\u2028", max_size=20)
 
-    @given(path=st.sampled_from(["/tock/doc-1", "/tock", "/reports/top-items",
-                                 "/reports/status-codes", "/reports/tock", "/tick.gif"]),
-           params=st.lists(st.tuples(names, values), max_size=4))
-    @settings(max_examples=100, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @given(
+        path=st.sampled_from(
+            [
+                "/tock/doc-1",
+                "/tock",
+                "/reports/top-items",
+                "/reports/status-codes",
+                "/reports/tock",
+                "/tick.gif",
+            ]
+        ),
+        params=st.lists(st.tuples(names, values), max_size=4),
+    )
+    @settings(
+        max_examples=100,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     def ask(path: str, params: list[tuple[str, str]]) -> None:
         resp = httpx.get(f"{server.url}{path}", params=params, timeout=30)
         _clear_error(resp)

@@ -28,16 +28,44 @@ from scripts.gen_kibana import render
 from tests.support.es_server import free_port
 from tests.support.kibana_double import KibanaDouble
 
-AGGREGATABLE = {"keyword": "string", "constant_keyword": "string", "long": "number",
-                "integer": "number", "short": "number", "byte": "number", "double": "number",
-                "float": "number", "half_float": "number", "scaled_float": "number",
-                "unsigned_long": "number", "date": "date", "date_nanos": "date", "ip": "ip",
-                "boolean": "boolean"}
-NUMERIC_OPERATIONS = {"sum", "average", "min", "max", "median", "percentile",
-                      "standard_deviation", "percentile_rank"}
+AGGREGATABLE = {
+    "keyword": "string",
+    "constant_keyword": "string",
+    "long": "number",
+    "integer": "number",
+    "short": "number",
+    "byte": "number",
+    "double": "number",
+    "float": "number",
+    "half_float": "number",
+    "scaled_float": "number",
+    "unsigned_long": "number",
+    "date": "date",
+    "date_nanos": "date",
+    "ip": "ip",
+    "boolean": "boolean",
+}
+NUMERIC_OPERATIONS = {
+    "sum",
+    "average",
+    "min",
+    "max",
+    "median",
+    "percentile",
+    "standard_deviation",
+    "percentile_rank",
+}
 RECORDS = "___records___"
-ACCESSOR_KEYS = {"xAccessor", "splitAccessor", "accessors", "primaryGroups", "metrics",
-                 "columnId", "metricAccessor", "secondaryGroups"}
+ACCESSOR_KEYS = {
+    "xAccessor",
+    "splitAccessor",
+    "accessors",
+    "primaryGroups",
+    "metrics",
+    "columnId",
+    "metricAccessor",
+    "secondaryGroups",
+}
 
 OBJECTS = load_saved_objects()
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -83,8 +111,9 @@ class Mapping:
         """The Lens data type of an aggregatable field; fails the test otherwise."""
         kind = self.type_of(field)
         assert kind is not None, f"{where}: {field!r} is not mapped by {self.name}"
-        assert kind in AGGREGATABLE, f"{where}: {field!r} is a {kind} in {self.name}," \
-                                     " which Kibana cannot aggregate"
+        assert kind in AGGREGATABLE, (
+            f"{where}: {field!r} is a {kind} in {self.name}, which Kibana cannot aggregate"
+        )
         return AGGREGATABLE[kind]
 
 
@@ -128,16 +157,19 @@ def accessors(node: Any) -> set[str]:
 
 def lens_data_views(lens: dict[str, Any]) -> list[dict[str, Any]]:
     layers = lens["attributes"]["state"]["datasourceStates"]["formBased"]["layers"]
-    return [referenced(lens, f"indexpattern-datasource-layer-{layer_id}", "index-pattern")
-            for layer_id in layers]
+    return [
+        referenced(lens, f"indexpattern-datasource-layer-{layer_id}", "index-pattern")
+        for layer_id in layers
+    ]
 
 
 # --- the saved objects ----------------------------------------------------------------
 
 
 def test_the_file_is_what_the_generator_writes() -> None:
-    assert saved_objects_path().read_text() == render(), \
+    assert saved_objects_path().read_text() == render(), (
         "regenerate with: python scripts/gen_kibana.py"
+    )
 
 
 def test_there_is_a_data_view_per_dataset_on_timestamp() -> None:
@@ -181,8 +213,9 @@ def test_every_lens_field_is_mapped_aggregatable_with_the_type_lens_expects() ->
                 order = column.get("params", {}).get("orderBy", {})
                 if order.get("type") == "column":
                     assert order["columnId"] in layer["columns"], where
-            assert accessors(state["visualization"]) == set(layer["columns"]), \
+            assert accessors(state["visualization"]) == set(layer["columns"]), (
                 f"{where}: the chart and the columns disagree"
+            )
         for name in kql_fields(state["query"]["query"]):
             mapping.check(name, f"{where} query")
         for flt in state["filters"]:
@@ -192,7 +225,9 @@ def test_every_lens_field_is_mapped_aggregatable_with_the_type_lens_expects() ->
 def test_every_dashboard_panel_resolves_and_its_query_fits_every_panel() -> None:
     dashboards = [o for o in OBJECTS if o["type"] == "dashboard"]
     assert {d["attributes"]["title"] for d in dashboards} == {
-        "Metronome: ticks", "Metronome: access logs"}
+        "Metronome: ticks",
+        "Metronome: access logs",
+    }
     titles: list[str] = []
     for board in dashboards:
         panels = json.loads(board["attributes"]["panelsJSON"])
@@ -205,8 +240,11 @@ def test_every_dashboard_panel_resolves_and_its_query_fits_every_panel() -> None
             grid = panel["gridData"]
             assert grid["i"] == panel["panelIndex"]
             assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 48, (board["id"], grid)
-            cells.update((x, y) for x in range(grid["x"], grid["x"] + grid["w"])
-                         for y in range(grid["y"], grid["y"] + grid["h"]))
+            cells.update(
+                (x, y)
+                for x in range(grid["x"], grid["x"] + grid["w"])
+                for y in range(grid["y"], grid["y"] + grid["h"])
+            )
             for view in lens_data_views(target):
                 for field in kql_fields(search["query"]["query"]):
                     mapping_for(view).check(field, f"dashboard {board['id']} query")
@@ -214,8 +252,15 @@ def test_every_dashboard_panel_resolves_and_its_query_fits_every_panel() -> None
                     mapping_for(view).check(flt["meta"]["key"], f"dashboard {board['id']}")
         assert max(cells.values()) == 1, f"{board['id']}: panels overlap"
         assert len(board["references"]) == len(panels)
-    for wanted in ("over time", "Top items", "Downloads by format", "referrers",
-                   "Status codes", "Browsers", "Countries"):
+    for wanted in (
+        "over time",
+        "Top items",
+        "Downloads by format",
+        "referrers",
+        "Status codes",
+        "Browsers",
+        "Countries",
+    ):
         assert any(wanted.lower() in t.lower() for t in titles), wanted
 
 
@@ -238,7 +283,10 @@ def test_the_field_checker_catches_what_kibana_would_not_draw() -> None:
     metrics = next(m for m in MAPPINGS if m.name == "metronome-metrics")
     assert metrics.check("metrics.spool.bytes", "x") == "number"
     assert kql_fields('not bot : true and (event.action : "a:b" or url.path:/x)') == [
-        "bot", "event.action", "url.path"]
+        "bot",
+        "event.action",
+        "url.path",
+    ]
 
 
 # --- metronome kibana import, against the test double ----------------------------------
@@ -246,8 +294,13 @@ def test_the_field_checker_catches_what_kibana_would_not_draw() -> None:
 
 def _kibana(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("METRONOME_KIBANA")}
-    return subprocess.run([sys.executable, "-m", "metronome", "kibana", "import", *args],
-                          env={**clean, **env}, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "metronome", "kibana", "import", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_import_posts_the_objects_and_prints_what_kibana_did() -> None:
@@ -258,11 +311,11 @@ def test_import_posts_the_objects_and_prints_what_kibana_did() -> None:
         assert first.stdout.strip() == (
             f"imported {len(OBJECTS)} saved objects into the default space"
             f" ({counts['dashboard']} dashboards, {counts['index-pattern']} data views,"
-            f" {counts['lens']} visualizations)")
+            f" {counts['lens']} visualizations)"
+        )
         assert first.stdout in README  # the README shows this very line
         (seen,) = kibana.requests
-        assert (seen.method, seen.path, seen.query) == ("POST", "/api/saved_objects/_import",
-                                                        {})
+        assert (seen.method, seen.path, seen.query) == ("POST", "/api/saved_objects/_import", {})
         assert seen.headers["kbn-xsrf"] == "true"
         assert seen.headers["content-type"].startswith("multipart/form-data; boundary=")
         assert seen.file_name == "metronome.ndjson"
@@ -271,8 +324,10 @@ def test_import_posts_the_objects_and_prints_what_kibana_did() -> None:
         again = _kibana("--url", kibana.url)
         assert again.returncode == 1
         assert f"{len(OBJECTS)} saved objects were not imported" in again.stderr
-        assert "error: dashboard metronome-ticks-overview (Metronome: ticks): already" \
-               " exists in Kibana; run again with --overwrite" in again.stderr
+        assert (
+            "error: dashboard metronome-ticks-overview (Metronome: ticks): already"
+            " exists in Kibana; run again with --overwrite" in again.stderr
+        )
 
         replaced = _kibana("--url", kibana.url, "--overwrite")
         assert replaced.returncode == 0, replaced.stderr
@@ -281,16 +336,26 @@ def test_import_posts_the_objects_and_prints_what_kibana_did() -> None:
 
 
 def test_import_into_a_space_with_credentials_and_the_index_prefix() -> None:
-    with KibanaDouble(username="elastic", password="s3cret", api_key="a2V5OnNlY3JldA==",
-                      spaces=("default", "analytics")) as kibana:
+    with KibanaDouble(
+        username="elastic",
+        password="s3cret",
+        api_key="a2V5OnNlY3JldA==",
+        spaces=("default", "analytics"),
+    ) as kibana:
         refused = _kibana("--url", kibana.url, "--space", "analytics")
         assert refused.returncode == 1
         assert "Kibana refused the import (401 Unauthorized)" in refused.stderr
         assert "METRONOME_KIBANA_API_KEY" in refused.stderr
 
-        basic = _kibana("--url", kibana.url, "--space", "analytics",
-                        METRONOME_KIBANA_USERNAME="elastic", METRONOME_KIBANA_PASSWORD="s3cret",
-                        METRONOME_INDEX_PREFIX="acme")
+        basic = _kibana(
+            "--url",
+            kibana.url,
+            "--space",
+            "analytics",
+            METRONOME_KIBANA_USERNAME="elastic",
+            METRONOME_KIBANA_PASSWORD="s3cret",
+            METRONOME_INDEX_PREFIX="acme",
+        )
         assert basic.returncode == 0, basic.stderr
         assert "into space 'analytics'" in basic.stdout
         seen = kibana.requests[-1]
@@ -299,18 +364,26 @@ def test_import_into_a_space_with_credentials_and_the_index_prefix() -> None:
         views = {o["attributes"]["title"] for o in seen.objects if o["type"] == "index-pattern"}
         assert views == {"acme-ticks-*", "acme-logs-*", "acme-metrics-*"}
 
-        keyed = _kibana("--overwrite", METRONOME_KIBANA_URL=kibana.url,
-                        METRONOME_KIBANA_API_KEY="a2V5OnNlY3JldA==")
+        keyed = _kibana(
+            "--overwrite",
+            METRONOME_KIBANA_URL=kibana.url,
+            METRONOME_KIBANA_API_KEY="a2V5OnNlY3JldA==",
+        )
         assert keyed.returncode == 0, keyed.stderr
         assert kibana.requests[-1].headers["authorization"] == "ApiKey a2V5OnNlY3JldA=="
 
-        nowhere = _kibana("--url", kibana.url, "--space", "sales",
-                          METRONOME_KIBANA_API_KEY="a2V5OnNlY3JldA==")
+        nowhere = _kibana(
+            "--url", kibana.url, "--space", "sales", METRONOME_KIBANA_API_KEY="a2V5OnNlY3JldA=="
+        )
         assert nowhere.returncode == 1
         assert "404 Not Found" in nowhere.stderr and "space 'sales' exist?" in nowhere.stderr
-        shown = subprocess.run([sys.executable, "-m", "metronome", "settings"],
-                               env={**os.environ, "METRONOME_KIBANA_PASSWORD": "s3cret"},
-                               capture_output=True, text=True, timeout=60)
+        shown = subprocess.run(
+            [sys.executable, "-m", "metronome", "settings"],
+            env={**os.environ, "METRONOME_KIBANA_PASSWORD": "s3cret"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert "kibana_password = '(set, not shown)'" in shown.stdout
         assert "s3cret" not in shown.stdout
 
@@ -328,24 +401,46 @@ def test_import_reports_objects_kibana_rejected_and_waits_for_a_starting_kibana(
     assert partial.stderr.splitlines() == [
         "error: dashboard metronome-ticks-overview (Metronome: ticks): already exists in"
         " Kibana; run again with --overwrite to replace it",
-        "error: 1 saved objects were not imported"]
+        "error: 1 saved objects were not imported",
+    ]
 
 
 def test_kibana_errors_become_sentences() -> None:
     from metronome.kibana import _summarise
 
     # the shape Kibana documents for an import with a missing reference
-    summary = _summarise({"success": False, "successCount": 1, "successResults": [
-        {"type": "index-pattern", "id": "metronome-ticks", "meta": {"title": "t"}}],
-        "errors": [{"id": "d", "type": "dashboard", "title": "Board", "meta": {},
-                    "error": {"type": "missing_references",
-                              "references": [{"type": "lens", "id": "gone"}]}},
-                   {"id": "x", "type": "tag", "meta": {"title": "X"},
-                    "error": {"type": "unknown", "message": "boom", "statusCode": 500}}]})
+    summary = _summarise(
+        {
+            "success": False,
+            "successCount": 1,
+            "successResults": [
+                {"type": "index-pattern", "id": "metronome-ticks", "meta": {"title": "t"}}
+            ],
+            "errors": [
+                {
+                    "id": "d",
+                    "type": "dashboard",
+                    "title": "Board",
+                    "meta": {},
+                    "error": {
+                        "type": "missing_references",
+                        "references": [{"type": "lens", "id": "gone"}],
+                    },
+                },
+                {
+                    "id": "x",
+                    "type": "tag",
+                    "meta": {"title": "X"},
+                    "error": {"type": "unknown", "message": "boom", "statusCode": 500},
+                },
+            ],
+        }
+    )
     assert summary.imported == Counter({"data views": 1}) and not summary.ok
     assert summary.errors == [
         "dashboard d (Board): refers to objects Kibana does not have: lens gone",
-        "tag x (X): boom"]
+        "tag x (X): boom",
+    ]
 
 
 def test_import_fails_clearly_when_kibana_is_unreachable_or_not_kibana() -> None:

@@ -26,11 +26,15 @@ from metronome.logs.rules import Match, RuleError, UrlRules
 from metronome.store.templates import load_templates
 from tests.test_templates_elasticsearch import _leaf_fields
 
-CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
-          " Chrome/124.0.0.0 Safari/537.36")
+CHROME = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/124.0.0.0 Safari/537.36"
+)
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
-COMBINED = ('203.0.113.7 - - [10/Oct/2000:13:55:36 -0700] "GET /datasets/abc/download.csv'
-            '?token=1 HTTP/1.1" 200 2326 "https://www.example.com/start/?q=1" "' + CHROME + '"')
+COMBINED = (
+    '203.0.113.7 - - [10/Oct/2000:13:55:36 -0700] "GET /datasets/abc/download.csv'
+    '?token=1 HTTP/1.1" 200 2326 "https://www.example.com/start/?q=1" "' + CHROME + '"'
+)
 PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 RULES = UrlRules.parse("/datasets/{id}/download.{format} -> download\n/datasets/{id}")
 RECEIVED_MS = 1_800_000_000_000
@@ -38,8 +42,7 @@ RECEIVED_MS = 1_800_000_000_000
 
 def _ms(year: int, month: int, day: int, hour: int, minute: int, second: int) -> int:
     """Epoch ms of a UTC time."""
-    return int(datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
-               * 1000)
+    return int(datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp() * 1000)
 
 
 def parsed(line: str, fmt: str = "combined") -> ParsedLine:
@@ -54,11 +57,23 @@ def rejected(line: str, fmt: str = "combined") -> Reject:
     return result
 
 
-def document(line: str, fmt: str = "combined", *, source_id: str | None = "2049:77:0",
-             offset: int | None = 0, rules: UrlRules = RULES,
-             trusted: tuple[Any, ...] = PROXIES) -> dict[str, Any]:
-    doc = build_log_document(parsed(line, fmt), source_id=source_id, offset=offset,
-                             rules=rules, trusted_proxies=trusted, received_ms=RECEIVED_MS)
+def document(
+    line: str,
+    fmt: str = "combined",
+    *,
+    source_id: str | None = "2049:77:0",
+    offset: int | None = 0,
+    rules: UrlRules = RULES,
+    trusted: tuple[Any, ...] = PROXIES,
+) -> dict[str, Any]:
+    doc = build_log_document(
+        parsed(line, fmt),
+        source_id=source_id,
+        offset=offset,
+        rules=rules,
+        trusted_proxies=trusted,
+        received_ms=RECEIVED_MS,
+    )
     assert doc.dataset == "logs"
     assert doc.id == doc.source["event"]["id"]
     return doc.source
@@ -79,10 +94,27 @@ def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def test_combined_line_is_split_into_its_raw_parts() -> None:
     line = parsed(COMBINED)
-    assert (line.remote_addr, line.remote_user, line.method, line.target, line.protocol,
-            line.status, line.body_bytes, line.referrer, line.user_agent) == (
-        "203.0.113.7", None, "GET", "/datasets/abc/download.csv?token=1", "HTTP/1.1", 200,
-        2326, "https://www.example.com/start/?q=1", CHROME)
+    assert (
+        line.remote_addr,
+        line.remote_user,
+        line.method,
+        line.target,
+        line.protocol,
+        line.status,
+        line.body_bytes,
+        line.referrer,
+        line.user_agent,
+    ) == (
+        "203.0.113.7",
+        None,
+        "GET",
+        "/datasets/abc/download.csv?token=1",
+        "HTTP/1.1",
+        200,
+        2326,
+        "https://www.example.com/start/?q=1",
+        CHROME,
+    )
     assert line.request == "GET /datasets/abc/download.csv?token=1 HTTP/1.1"
     assert line.time == "10/Oct/2000:13:55:36 -0700"
     assert line.timestamp_ms == _ms(2000, 10, 10, 20, 55, 36)
@@ -91,23 +123,35 @@ def test_combined_line_is_split_into_its_raw_parts() -> None:
 
 
 def test_combined_reads_apache_lines_with_an_ident_and_dash_bytes() -> None:
-    line = parsed('192.0.2.9 ident frank [10/Oct/2000:13:55:36 -0700] "HEAD /a HTTP/1.0"'
-                  ' 304 - "-" "-"')
-    assert (line.remote_user, line.method, line.status, line.body_bytes, line.referrer,
-            line.user_agent) == ("frank", "HEAD", 304, None, None, None)
+    line = parsed(
+        '192.0.2.9 ident frank [10/Oct/2000:13:55:36 -0700] "HEAD /a HTTP/1.0" 304 - "-" "-"'
+    )
+    assert (
+        line.remote_user,
+        line.method,
+        line.status,
+        line.body_bytes,
+        line.referrer,
+        line.user_agent,
+    ) == ("frank", "HEAD", 304, None, None, None)
 
 
 def test_common_format_has_no_referrer_or_agent() -> None:
-    line = parsed('127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif'
-                  ' HTTP/1.0" 200 2326', "common")
+    line = parsed(
+        '127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif HTTP/1.0" 200 2326',
+        "common",
+    )
     assert (line.target, line.body_bytes, line.referrer, line.user_agent) == (
-        "/apache_pb.gif", 2326, None, None)
+        "/apache_pb.gif",
+        2326,
+        None,
+        None,
+    )
     assert rejected(COMBINED, "common").reason == "no_match"
 
 
 def test_main_format_reads_x_forwarded_for() -> None:
-    line = parsed(COMBINED.replace("203.0.113.7", "10.0.0.2") + ' "198.51.100.4, 10.0.0.9"',
-                  "main")
+    line = parsed(COMBINED.replace("203.0.113.7", "10.0.0.2") + ' "198.51.100.4, 10.0.0.9"', "main")
     assert line.forwarded_for == "198.51.100.4, 10.0.0.9"
     assert parsed(COMBINED + ' "-"', "main").forwarded_for is None
 
@@ -116,16 +160,23 @@ def test_ipv6_clients_are_parsed_and_stored_as_source_ip() -> None:
     source = document(COMBINED.replace("203.0.113.7", "2001:db8::7"))
     assert source["source"] == {"ip": "2001:db8::7"}
     assert parsed(COMBINED.replace("203.0.113.7", "2001:0DB8:0::07")).remote_addr == (
-        "2001:0DB8:0::07")  # as logged; the document holds the canonical form
+        "2001:0DB8:0::07"
+    )  # as logged; the document holds the canonical form
     assert document(COMBINED.replace("203.0.113.7", "2001:0DB8:0::07"))["source"] == {
-        "ip": "2001:db8::7"}
+        "ip": "2001:db8::7"
+    }
 
 
 def test_dash_fields_are_none_and_absent_from_the_document() -> None:
     line = '- - - [10/Oct/2000:13:55:36 +0000] "GET / HTTP/1.1" 200 - "-" "-"'
     parts = parsed(line)
-    assert (parts.remote_addr, parts.remote_user, parts.body_bytes, parts.referrer,
-            parts.user_agent) == (None, None, None, None, None)
+    assert (
+        parts.remote_addr,
+        parts.remote_user,
+        parts.body_bytes,
+        parts.referrer,
+        parts.user_agent,
+    ) == (None, None, None, None, None)
     source = document(line)
     assert {"source", "referrer", "user_agent"}.isdisjoint(source)
     assert "body" not in source["http"]["response"]
@@ -134,8 +185,10 @@ def test_dash_fields_are_none_and_absent_from_the_document() -> None:
 
 
 def test_escaped_quotes_in_agents_and_referrers_are_unescaped() -> None:
-    apache = ('192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET /x HTTP/1.1" 200 5'
-              ' "http://e.org/?q=\\"a\\"" "Agent \\"quoted\\" \\\\ slash"')
+    apache = (
+        '192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET /x HTTP/1.1" 200 5'
+        ' "http://e.org/?q=\\"a\\"" "Agent \\"quoted\\" \\\\ slash"'
+    )
     line = parsed(apache)
     assert line.referrer == 'http://e.org/?q="a"'
     assert line.user_agent == 'Agent "quoted" \\ slash'
@@ -144,29 +197,36 @@ def test_escaped_quotes_in_agents_and_referrers_are_unescaped() -> None:
 
 
 def test_nginx_escapes_of_utf8_decode_and_of_control_bytes_stay_as_logged() -> None:
-    line = ('192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET /x HTTP/1.1" 200 5 "-"'
-            ' "caf\\xC3\\xA9 \\x07bell"')
+    line = (
+        '192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET /x HTTP/1.1" 200 5 "-"'
+        ' "caf\\xC3\\xA9 \\x07bell"'
+    )
     assert parsed(line).user_agent == "café \\x07bell"
 
 
 def test_request_without_http_version_is_a_request() -> None:
-    line = parsed('192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET /datasets/abc" 200 5'
-                  ' "-" "-"')
+    line = parsed('192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET /datasets/abc" 200 5 "-" "-"')
     assert (line.method, line.target, line.protocol) == ("GET", "/datasets/abc", None)
     assert "version" not in document(line.line)["http"]
 
 
 def test_request_targets_with_spaces_and_absolute_urls() -> None:
-    spaced = parsed('192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET /a b HTTP/1.1" 400 5'
-                    ' "-" "-"')
+    spaced = parsed('192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET /a b HTTP/1.1" 400 5 "-" "-"')
     assert (spaced.target, spaced.protocol) == ("/a b", "HTTP/1.1")
-    source = document('192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET'
-                      ' http://Data.Example.org/datasets/x?y=1 HTTP/1.1" 200 5 "-" "-"')
-    assert source["url"] == {"original": "http://Data.Example.org/datasets/x?y=1",
-                             "domain": "data.example.org", "path": "/datasets/x",
-                             "query": "y=1"}
-    connect = document('192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "CONNECT'
-                       ' example.org:443 HTTP/1.1" 405 5 "-" "-"')
+    source = document(
+        '192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "GET'
+        ' http://Data.Example.org/datasets/x?y=1 HTTP/1.1" 200 5 "-" "-"'
+    )
+    assert source["url"] == {
+        "original": "http://Data.Example.org/datasets/x?y=1",
+        "domain": "data.example.org",
+        "path": "/datasets/x",
+        "query": "y=1",
+    }
+    connect = document(
+        '192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "CONNECT'
+        ' example.org:443 HTTP/1.1" 405 5 "-" "-"'
+    )
     assert connect["url"] == {"original": "example.org:443"}
 
 
@@ -181,17 +241,19 @@ def test_request_targets_with_spaces_and_absolute_urls() -> None:
     ],
 )
 def test_time_local_offsets_give_the_right_utc_milliseconds(
-        stamp: str, utc: tuple[int, int, int, int, int, int]) -> None:
+    stamp: str, utc: tuple[int, int, int, int, int, int]
+) -> None:
     line = parsed(COMBINED.replace("10/Oct/2000:13:55:36 -0700", stamp))
     assert line.timestamp_ms == _ms(*utc)
-    expected = datetime.fromtimestamp(_ms(*utc) / 1000, UTC).strftime(
-        "%Y-%m-%dT%H:%M:%S.000Z")
+    expected = datetime.fromtimestamp(_ms(*utc) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     assert document(line.line)[F.TIMESTAMP] == expected
 
 
 def test_custom_log_format_with_request_time_gives_event_duration() -> None:
-    fmt = ('$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent'
-           ' "$http_referer" "$http_user_agent" $request_time')
+    fmt = (
+        '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent'
+        ' "$http_referer" "$http_user_agent" $request_time'
+    )
     line = COMBINED + " 0.123"
     assert parsed(line, fmt).request_time == 0.123
     source = document(line, fmt)
@@ -210,14 +272,30 @@ def test_log_format_directive_with_quoted_pieces_compiles() -> None:
 
 
 def test_log_format_with_iso_time_host_and_method_uri_args() -> None:
-    fmt = ('$host $remote_addr [$time_iso8601] "$request_method $request_uri" $status'
-           ' $bytes_sent $upstream_response_time "$http_user_agent" "$http_cookie" $pipe')
-    line = ('Data.Example.org:8080 2001:db8::1 [2000-10-10T13:55:36-07:00] "POST /datasets/a'
-            '?x=1" 201 99 0.010, 0.020 "curl/8.5.0" "session=\\"s\\"; a=b" p')
+    fmt = (
+        '$host $remote_addr [$time_iso8601] "$request_method $request_uri" $status'
+        ' $bytes_sent $upstream_response_time "$http_user_agent" "$http_cookie" $pipe'
+    )
+    line = (
+        'Data.Example.org:8080 2001:db8::1 [2000-10-10T13:55:36-07:00] "POST /datasets/a'
+        '?x=1" 201 99 0.010, 0.020 "curl/8.5.0" "session=\\"s\\"; a=b" p'
+    )
     parts = parsed(line, fmt)
-    assert (parts.host, parts.method, parts.target, parts.status, parts.body_bytes,
-            parts.timestamp_ms) == ("Data.Example.org:8080", "POST", "/datasets/a?x=1", 201,
-                                    99, _ms(2000, 10, 10, 20, 55, 36))
+    assert (
+        parts.host,
+        parts.method,
+        parts.target,
+        parts.status,
+        parts.body_bytes,
+        parts.timestamp_ms,
+    ) == (
+        "Data.Example.org:8080",
+        "POST",
+        "/datasets/a?x=1",
+        201,
+        99,
+        _ms(2000, 10, 10, 20, 55, 36),
+    )
     source = document(line, fmt)
     assert source["url"]["domain"] == "data.example.org"
     assert source["http"]["request"] == {"method": "POST"}
@@ -228,25 +306,36 @@ def test_log_format_with_uri_and_args_and_msec() -> None:
     fmt = '$msec $remote_addr "$request_method $uri $args" $status'
     line = parsed('971211336.250 192.0.2.1 "GET /datasets/abc q=1" 200', fmt)
     assert (line.timestamp_ms, line.target, line.request) == (
-        971211336250, "/datasets/abc?q=1", "GET /datasets/abc?q=1")
+        971211336250,
+        "/datasets/abc?q=1",
+        "GET /datasets/abc?q=1",
+    )
     assert parsed('971211336.250 192.0.2.1 "GET /datasets/abc -" 200', fmt).target == (
-        "/datasets/abc")
+        "/datasets/abc"
+    )
 
 
 def test_hosts_of_lines_with_the_same_target_stay_apart() -> None:
     fmt = '$host $remote_addr [$time_local] "$request" $status'
     rest = '192.0.2.1 [10/Oct/2000:13:55:36 -0700] "GET /datasets/a?x=1 HTTP/1.1" 200'
-    domains = [document(f"{host} {rest}", fmt)["url"].get("domain")
-               for host in ("a.example.org", "B.example.org.", "_", "a.example.org")]
+    domains = [
+        document(f"{host} {rest}", fmt)["url"].get("domain")
+        for host in ("a.example.org", "B.example.org.", "_", "a.example.org")
+    ]
     assert domains == ["a.example.org", "b.example.org", None, "a.example.org"]
     assert document(f"[::1]:8443 {rest}", fmt)["url"]["domain"] == "::1"
 
 
 def test_unknown_variables_match_tokens_or_quoted_strings_and_are_ignored() -> None:
-    fmt = ('$remote_addr $ssl_protocol [$time_local] "$request" $status "$http_cookie"'
-           ' $connection ${request_id}x')
-    line = parsed('192.0.2.1 TLSv1.3 [10/Oct/2000:13:55:36 -0700] "GET / HTTP/2.0" 200'
-                  ' "a=\\"1\\" b" 17 abc123x', fmt)
+    fmt = (
+        '$remote_addr $ssl_protocol [$time_local] "$request" $status "$http_cookie"'
+        " $connection ${request_id}x"
+    )
+    line = parsed(
+        '192.0.2.1 TLSv1.3 [10/Oct/2000:13:55:36 -0700] "GET / HTTP/2.0" 200'
+        ' "a=\\"1\\" b" 17 abc123x',
+        fmt,
+    )
     assert (line.remote_addr, line.protocol, line.status) == ("192.0.2.1", "HTTP/2.0", 200)
     assert document(line.line, fmt)["http"]["version"] == "2.0"
 
@@ -281,16 +370,29 @@ def test_named_formats_compile_once_and_are_reused() -> None:
 
 
 def test_json_lines_in_nginx_escape_json_shape() -> None:
-    line = json.dumps({
-        "time_local": "10/Oct/2000:13:55:36 -0700", "remote_addr": "10.0.0.2",
-        "request": "GET /datasets/abc/download.CSV?x=1 HTTP/2.0", "status": "200",
-        "body_bytes_sent": "512", "http_referer": "", "http_user_agent": GOOGLEBOT,
-        "http_x_forwarded_for": "198.51.100.4", "request_time": "0.004",
-        "host": "data.example.org"})
+    line = json.dumps(
+        {
+            "time_local": "10/Oct/2000:13:55:36 -0700",
+            "remote_addr": "10.0.0.2",
+            "request": "GET /datasets/abc/download.CSV?x=1 HTTP/2.0",
+            "status": "200",
+            "body_bytes_sent": "512",
+            "http_referer": "",
+            "http_user_agent": GOOGLEBOT,
+            "http_x_forwarded_for": "198.51.100.4",
+            "request_time": "0.004",
+            "host": "data.example.org",
+        }
+    )
     parts = parsed(line, "json")
-    assert (parts.timestamp_ms, parts.status, parts.body_bytes, parts.referrer,
-            parts.request_time, parts.host) == (
-        _ms(2000, 10, 10, 20, 55, 36), 200, 512, None, 0.004, "data.example.org")
+    assert (
+        parts.timestamp_ms,
+        parts.status,
+        parts.body_bytes,
+        parts.referrer,
+        parts.request_time,
+        parts.host,
+    ) == (_ms(2000, 10, 10, 20, 55, 36), 200, 512, None, 0.004, "data.example.org")
     source = document(line, "json")
     assert source["source"] == {"ip": "198.51.100.4"}  # 10.0.0.2 is a trusted proxy
     assert source["item"] == {"id": "abc", "format": "csv"}
@@ -300,13 +402,27 @@ def test_json_lines_in_nginx_escape_json_shape() -> None:
 
 
 def test_json_lines_with_method_uri_and_other_key_names() -> None:
-    line = json.dumps({"@timestamp": "2000-10-10T20:55:36.250Z", "client_ip": "2001:db8::5",
-                       "method": "GET", "path": "/datasets/xyz", "query_string": "a=1",
-                       "protocol": "HTTP/1.1", "status": 304, "bytes": 0,
-                       "referer": "https://www.arcgis.com/home", "user_agent": CHROME})
+    line = json.dumps(
+        {
+            "@timestamp": "2000-10-10T20:55:36.250Z",
+            "client_ip": "2001:db8::5",
+            "method": "GET",
+            "path": "/datasets/xyz",
+            "query_string": "a=1",
+            "protocol": "HTTP/1.1",
+            "status": 304,
+            "bytes": 0,
+            "referer": "https://www.arcgis.com/home",
+            "user_agent": CHROME,
+        }
+    )
     parts = parsed(line, "json")
     assert (parts.timestamp_ms, parts.request, parts.status, parts.body_bytes) == (
-        _ms(2000, 10, 10, 20, 55, 36) + 250, "GET /datasets/xyz?a=1 HTTP/1.1", 304, 0)
+        _ms(2000, 10, 10, 20, 55, 36) + 250,
+        "GET /datasets/xyz?a=1 HTTP/1.1",
+        304,
+        0,
+    )
     source = document(line, "json")
     assert source["referrer"] == {"domain": "arcgis.com", "page": "arcgis.com/home"}
     assert source["source"] == {"ip": "2001:db8::5"}
@@ -344,16 +460,28 @@ REJECTS: list[tuple[str, str, str]] = [
     ("combined", COMBINED.replace("13:55:36 -0700", "yesterday"), "bad_time"),
     ("json", '{"request": "GET / HTTP/1.1", "status": 200}', "bad_time"),
     ("json", '{"time": "soon", "request": "GET / HTTP/1.1", "status": 200}', "bad_time"),
-    ("combined", '192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "\\x16\\x03\\x01\\x00\\xA5\\x01'
-                 '\\x00\\x00\\xA1\\x03\\x03" 400 157 "-" "-"', "bad_request_line"),
-    ("combined", '192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "-" 400 0 "-" "-"',
-     "bad_request_line"),
-    ("combined", '192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "" 400 0 "-" "-"',
-     "bad_request_line"),
-    ("combined", '192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "get / HTTP/1.1" 400 0 "-" "-"',
-     "bad_request_line"),
-    ("combined", '192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "SSH-2.0-Go" 400 0 "-" "-"',
-     "bad_request_line"),
+    (
+        "combined",
+        '192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "\\x16\\x03\\x01\\x00\\xA5\\x01'
+        '\\x00\\x00\\xA1\\x03\\x03" 400 157 "-" "-"',
+        "bad_request_line",
+    ),
+    (
+        "combined",
+        '192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "-" 400 0 "-" "-"',
+        "bad_request_line",
+    ),
+    ("combined", '192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "" 400 0 "-" "-"', "bad_request_line"),
+    (
+        "combined",
+        '192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "get / HTTP/1.1" 400 0 "-" "-"',
+        "bad_request_line",
+    ),
+    (
+        "combined",
+        '192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "SSH-2.0-Go" 400 0 "-" "-"',
+        "bad_request_line",
+    ),
     ("json", '{"time": "2000-10-10T20:55:36Z", "status": 200}', "bad_request_line"),
     ("combined", COMBINED.replace('" 200 ', '" OK '), "bad_status"),
     ("combined", COMBINED.replace('" 200 ', '" 999 '), "bad_status"),
@@ -363,7 +491,8 @@ REJECTS: list[tuple[str, str, str]] = [
 
 @pytest.mark.parametrize(("fmt", "line", "reason"), REJECTS)
 def test_lines_that_cannot_be_stored_are_rejected_with_a_stable_reason(
-        fmt: str, line: str, reason: str) -> None:
+    fmt: str, line: str, reason: str
+) -> None:
     result = rejected(line, fmt)
     assert result.reason == reason
     assert result.message
@@ -375,8 +504,9 @@ def test_every_reject_reason_is_reachable() -> None:
 
 
 def test_tls_probe_is_rejected_with_its_status_and_bytes_shown_as_logged() -> None:
-    result = rejected('192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "\\x16\\x03\\x01\\x00"'
-                      ' 400 157 "-" "-"')
+    result = rejected(
+        '192.0.2.1 - - [10/Oct/2000:13:55:36 -0700] "\\x16\\x03\\x01\\x00" 400 157 "-" "-"'
+    )
     assert result.reason == "bad_request_line"
     assert "status 400" in result.message and "\\\\x16\\\\x03" in result.message
 
@@ -436,8 +566,7 @@ def test_paths_without_a_rule_have_no_item_or_action() -> None:
         ("/a\n/b c -> view", 2, "spaces"),
     ],
 )
-def test_bad_url_rules_are_refused_naming_the_rule(text: str, number: int,
-                                                    problem: str) -> None:
+def test_bad_url_rules_are_refused_naming_the_rule(text: str, number: int, problem: str) -> None:
     with pytest.raises(RuleError, match=f"URL rule {number} .*{problem}") as info:
         UrlRules.parse(text)
     assert info.value.number == number
@@ -451,14 +580,22 @@ def test_document_is_a_logstash_ecs_document_of_the_logs_dataset() -> None:
     assert source == {
         "@timestamp": "2000-10-10T20:55:36.000Z",
         "@version": "1",
-        "event": {"id": source["event"]["id"], "dataset": "metronome.logs",
-                  "ingested": "2027-01-15T08:00:00.000Z", "action": "download"},
-        "http": {"request": {"method": "GET",
-                             "referrer": "https://www.example.com/start/?q=1"},
-                 "response": {"status_code": 200, "body": {"bytes": 2326}},
-                 "version": "1.1"},
-        "url": {"original": "/datasets/abc/download.csv?token=1",
-                "path": "/datasets/abc/download.csv", "query": "token=1"},
+        "event": {
+            "id": source["event"]["id"],
+            "dataset": "metronome.logs",
+            "ingested": "2027-01-15T08:00:00.000Z",
+            "action": "download",
+        },
+        "http": {
+            "request": {"method": "GET", "referrer": "https://www.example.com/start/?q=1"},
+            "response": {"status_code": 200, "body": {"bytes": 2326}},
+            "version": "1.1",
+        },
+        "url": {
+            "original": "/datasets/abc/download.csv?token=1",
+            "path": "/datasets/abc/download.csv",
+            "query": "token=1",
+        },
         "item": {"id": "abc", "format": "csv"},
         "source": {"ip": "203.0.113.7"},
         "referrer": {"domain": "example.com", "page": "example.com/start"},
@@ -470,44 +607,86 @@ def test_document_is_a_logstash_ecs_document_of_the_logs_dataset() -> None:
 
 
 def test_document_fields_are_all_mapped_by_the_logs_templates() -> None:
-    fmt = ('$host $remote_addr [$time_local] "$request" $status $body_bytes_sent'
-           ' "$http_referer" "$http_user_agent" "$http_x_forwarded_for" $request_time')
+    fmt = (
+        '$host $remote_addr [$time_local] "$request" $status $body_bytes_sent'
+        ' "$http_referer" "$http_user_agent" "$http_x_forwarded_for" $request_time'
+    )
     line = f'data.example.org 10.0.0.1 {COMBINED.split(" ", 3)[3]} "192.0.2.1" 0.5'
     flat = _flatten(document(line, fmt))
     assert set(flat) <= F.LOG_FIELDS
     assert F.CLIENT_IP not in flat and not any(k.startswith("params") for k in flat)
-    assert {F.SOURCE_IP, F.HTTP_REQUEST_METHOD, F.URL_QUERY, F.HTTP_VERSION,
-            F.HTTP_RESPONSE_STATUS_CODE, F.HTTP_RESPONSE_BODY_BYTES, F.EVENT_DURATION,
-            F.URL_DOMAIN, F.ITEM_ID, F.ITEM_FORMAT, F.EVENT_ACTION, F.REFERRER_PAGE} <= set(flat)
+    assert {
+        F.SOURCE_IP,
+        F.HTTP_REQUEST_METHOD,
+        F.URL_QUERY,
+        F.HTTP_VERSION,
+        F.HTTP_RESPONSE_STATUS_CODE,
+        F.HTTP_RESPONSE_BODY_BYTES,
+        F.EVENT_DURATION,
+        F.URL_DOMAIN,
+        F.ITEM_ID,
+        F.ITEM_FORMAT,
+        F.EVENT_ACTION,
+        F.REFERRER_PAGE,
+    } <= set(flat)
     assert isinstance(flat[F.HTTP_RESPONSE_STATUS_CODE], int)
     assert isinstance(flat[F.HTTP_RESPONSE_BODY_BYTES], int)
 
 
 def test_same_file_and_offset_give_the_same_id() -> None:
-    first = build_log_document(parsed(COMBINED), source_id="2049:77:0", offset=4096,
-                               rules=RULES, trusted_proxies=(), received_ms=1)
-    again = build_log_document(parsed(COMBINED), source_id="2049:77:0", offset=4096,
-                               rules=UrlRules(), trusted_proxies=PROXIES, received_ms=2)
+    first = build_log_document(
+        parsed(COMBINED),
+        source_id="2049:77:0",
+        offset=4096,
+        rules=RULES,
+        trusted_proxies=(),
+        received_ms=1,
+    )
+    again = build_log_document(
+        parsed(COMBINED),
+        source_id="2049:77:0",
+        offset=4096,
+        rules=UrlRules(),
+        trusted_proxies=PROXIES,
+        received_ms=2,
+    )
     assert first.id == again.id
     assert len(first.id) == 32 and int(first.id, 16) >= 0
     assert first.id.startswith(f"{parsed(COMBINED).timestamp_ms:012x}")
 
 
 def test_different_offset_or_file_gives_a_different_id() -> None:
-    ids = {build_log_document(parsed(COMBINED), source_id=source_id, offset=offset,
-                              rules=RULES, trusted_proxies=(), received_ms=1).id
-           for source_id, offset in [("2049:77:0", 0), ("2049:77:0", 1), ("2049:77:1", 0),
-                                     ("2049:78:0", 0)]}
+    ids = {
+        build_log_document(
+            parsed(COMBINED),
+            source_id=source_id,
+            offset=offset,
+            rules=RULES,
+            trusted_proxies=(),
+            received_ms=1,
+        ).id
+        for source_id, offset in [
+            ("2049:77:0", 0),
+            ("2049:77:0", 1),
+            ("2049:77:1", 0),
+            ("2049:78:0", 0),
+        ]
+    }
     assert len(ids) == 4
 
 
 def test_without_a_file_identity_the_id_comes_from_the_line_and_its_time() -> None:
     def id_of(line: str, source_id: str | None, offset: int | None) -> str:
-        return build_log_document(parsed(line), source_id=source_id, offset=offset,
-                                  rules=RULES, trusted_proxies=(), received_ms=1).id
+        return build_log_document(
+            parsed(line),
+            source_id=source_id,
+            offset=offset,
+            rules=RULES,
+            trusted_proxies=(),
+            received_ms=1,
+        ).id
 
-    assert id_of(COMBINED, None, None) == id_of(COMBINED, None, 7) == id_of(COMBINED, "x",
-                                                                            None)
+    assert id_of(COMBINED, None, None) == id_of(COMBINED, None, 7) == id_of(COMBINED, "x", None)
     assert id_of(COMBINED, None, None) != id_of(COMBINED.replace("2326", "2327"), None, None)
     assert id_of(COMBINED, None, None) != id_of(COMBINED, "2049:77:0", 0)
 
@@ -572,12 +751,16 @@ def test_logs_templates_map_exactly_the_log_fields() -> None:
     index = templates["metronome-logs"].body
     assert index["index_patterns"] == ["metronome-logs-*"]
     assert index["priority"] == 200
-    assert index["composed_of"] == ["metronome-settings", "metronome-base-mappings",
-                                    "metronome-logs-mappings"]
+    assert index["composed_of"] == [
+        "metronome-settings",
+        "metronome-base-mappings",
+        "metronome-logs-mappings",
+    ]
     mapped: set[str] = set()
     for name in index["composed_of"]:
-        mapped |= _leaf_fields(templates[name].body["template"].get("mappings", {})
-                               .get("properties", {}))
+        mapped |= _leaf_fields(
+            templates[name].body["template"].get("mappings", {}).get("properties", {})
+        )
     assert mapped == set(F.LOG_FIELDS)
 
 
@@ -593,6 +776,5 @@ def test_logs_mapping_types() -> None:
     assert props["url"]["properties"]["query"]["type"] == "keyword"
     assert props["event"]["properties"]["duration"]["type"] == "long"
     assert {props["item"]["properties"][k]["type"] for k in ("id", "format")} == {"keyword"}
-    assert {props["referrer"]["properties"][k]["type"] for k in ("domain", "page")} == {
-        "keyword"}
+    assert {props["referrer"]["properties"][k]["type"] for k in ("domain", "page")} == {"keyword"}
     assert "dynamic" not in templates["metronome-logs-mappings"].body["template"]["mappings"]

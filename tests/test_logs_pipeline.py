@@ -18,14 +18,23 @@ RULES = "/datasets/{id}/download.{format} -> download; /datasets/{id} -> view"
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 
 
-def _line(item: str, when: str, path: str = "", status: int = 200,
-          agent: str = FIREFOX, client: str = "8.8.8.8") -> str:
-    return (f'{client} - - [{when}] "GET /datasets/{item}{path} HTTP/1.1" {status} 512 '
-            f'"https://www.example.org/list?page=2" "{agent}"')
+def _line(
+    item: str,
+    when: str,
+    path: str = "",
+    status: int = 200,
+    agent: str = FIREFOX,
+    client: str = "8.8.8.8",
+) -> str:
+    return (
+        f'{client} - - [{when}] "GET /datasets/{item}{path} HTTP/1.1" {status} 512 '
+        f'"https://www.example.org/list?page=2" "{agent}"'
+    )
 
 
 def test_imported_logs_count_with_ticks_in_tock_and_import_twice_stores_once(
-        backend: Backend, item: str, tmp_path: Path) -> None:
+    backend: Backend, item: str, tmp_path: Path
+) -> None:
     lines = [
         _line(item, "05/May/2026:10:00:00 +0200", "/download.csv"),
         _line(item, "05/May/2026:10:00:00 +0200", "/download.csv"),  # same second, twice
@@ -54,8 +63,11 @@ def test_imported_logs_count_with_ticks_in_tock_and_import_twice_stores_once(
     assert backend.tock(item, sources="ticks", **window)["downloads"] == {"csv": 1}
     assert backend.tock(item, sources="logs", **window)["downloads"] == {"csv": 2, "kml": 1}
     assert len([d for d in backend.find(item) if d["event"]["dataset"] == "metronome.logs"]) == 4
-    countries = {d["client"]["geo"]["country_iso_code"] for d in backend.find(item)
-                 if d["event"]["dataset"] == "metronome.logs"}
+    countries = {
+        d["client"]["geo"]["country_iso_code"]
+        for d in backend.find(item)
+        if d["event"]["dataset"] == "metronome.logs"
+    }
     assert countries == {"US"}  # 8.8.8.8, from the bundled offline database
     rejects = (backend.server.data_dir / "rejects.ndjson").read_text()
     assert "no_match" in rejects and "not a request" in rejects
@@ -63,11 +75,13 @@ def test_imported_logs_count_with_ticks_in_tock_and_import_twice_stores_once(
 
 def test_stdin_import_reads_standard_input(backend: Backend, item: str) -> None:
     line = _line(item, "06/May/2026:10:00:00 +0000", "/download.zip")
-    result = backend.server.run_cli("import", "-", env={"METRONOME_URL_RULES": RULES},
-                                    input_text=line + "\n")
+    result = backend.server.run_cli(
+        "import", "-", env={"METRONOME_URL_RULES": RULES}, input_text=line + "\n"
+    )
     assert result.returncode == 0, result.stderr
     assert backend.tock(item, **{"from": "2026-05-06", "to": "2026-05-06"})["downloads"] == {
-        "zip": 1}
+        "zip": 1
+    }
 
 
 def test_ship_follows_rotation_and_resumes_without_doubles(tmp_path: Path) -> None:
@@ -101,18 +115,35 @@ def test_ship_follows_rotation_and_resumes_without_doubles(tmp_path: Path) -> No
 
 def test_forward_input_takes_fluent_logger_ticks_and_access_lines(tmp_path: Path) -> None:
     port = free_port()
-    server = MetronomeServer({"METRONOME_FORWARD": "on", "METRONOME_FORWARD_PORT": str(port),
-                              "METRONOME_URL_RULES": RULES}, data_dir=tmp_path / "data")
+    server = MetronomeServer(
+        {
+            "METRONOME_FORWARD": "on",
+            "METRONOME_FORWARD_PORT": str(port),
+            "METRONOME_URL_RULES": RULES,
+        },
+        data_dir=tmp_path / "data",
+    )
     server.start()
     try:
         _wait_until(lambda: _port_open(port))
         fluent = sender.FluentSender("metronome", host="127.0.0.1", port=port)
-        assert fluent.emit("tick", {"id": "fwd", "event": "download", "format": "csv",
-                                    "ts": "2026-05-08T10:00:00Z"})
-        assert fluent.emit("access", {"message": _line("fwd", "08/May/2026:11:00:00 +0000",
-                                                       "/download.shp")})
-        assert fluent.emit("tick", {"id": "fwd", "event": "download", "format": "kml",
-                                    "ts": "2026-05-08T10:00:00Z", "site": "partner"})
+        assert fluent.emit(
+            "tick",
+            {"id": "fwd", "event": "download", "format": "csv", "ts": "2026-05-08T10:00:00Z"},
+        )
+        assert fluent.emit(
+            "access", {"message": _line("fwd", "08/May/2026:11:00:00 +0000", "/download.shp")}
+        )
+        assert fluent.emit(
+            "tick",
+            {
+                "id": "fwd",
+                "event": "download",
+                "format": "kml",
+                "ts": "2026-05-08T10:00:00Z",
+                "site": "partner",
+            },
+        )
         fluent.close()
         _wait_until(lambda: _downloads(server, "fwd", "2026-05-08") == {"csv": 1, "shp": 1})
         with sqlite3.connect(server.data_dir / "metronome.sqlite3") as conn:
@@ -130,8 +161,9 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _downloads(server: MetronomeServer, item: str = "ship", day: str = "2026-05-07"
-               ) -> dict[str, int]:
+def _downloads(
+    server: MetronomeServer, item: str = "ship", day: str = "2026-05-07"
+) -> dict[str, int]:
     import httpx
 
     wait_for_drain(server)

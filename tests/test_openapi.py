@@ -50,8 +50,9 @@ def _routes(tmp_path: Path) -> set[str]:
     return found
 
 
-def test_the_document_lists_every_route_and_every_error_code(server: MetronomeServer,
-                                                            tmp_path: Path) -> None:
+def test_the_document_lists_every_route_and_every_error_code(
+    server: MetronomeServer, tmp_path: Path
+) -> None:
     document = httpx.get(f"{server.url}/openapi.json").json()
     assert document["openapi"] == "3.1.0"
     assert set(document["paths"]) == _routes(tmp_path)
@@ -59,8 +60,7 @@ def test_the_document_lists_every_route_and_every_error_code(server: MetronomeSe
     assert {"invalid_query", "invalid_field", "spool_full", "not_found"} <= codes
     query = document["components"]["schemas"]["Query"]
     assert query["additionalProperties"] is False  # unknown fields are errors
-    assert query["properties"]["filters"]["items"] == {
-        "$ref": "#/components/schemas/QueryFilter"}
+    assert query["properties"]["filters"]["items"] == {"$ref": "#/components/schemas/QueryFilter"}
 
 
 # The suite sends the same generated requests on every run, so its verdict never depends
@@ -69,13 +69,18 @@ def test_the_document_lists_every_route_and_every_error_code(server: MetronomeSe
 FUZZ_RANDOM = os.environ.get("METRONOME_TEST_FUZZ_RANDOM", "") not in ("", "0")
 FUZZ_EXAMPLES = int(os.environ.get("METRONOME_TEST_FUZZ_EXAMPLES", "25"))
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_no_operation_answers_500_or_breaks_its_schema(server: MetronomeServer,
-                                                       mode: GenerationMode) -> None:
+def test_no_operation_answers_500_or_breaks_its_schema(
+    server: MetronomeServer, mode: GenerationMode
+) -> None:
     """Every operation, with requests that follow the schema and requests that break it.
     (Driven through schemathesis's Python API: its pytest plugin does not support pytest 9.)
     """
@@ -83,12 +88,19 @@ def test_no_operation_answers_500_or_breaks_its_schema(server: MetronomeServer,
     operations = [result.ok() for result in api.get_all_operations()]
     assert len(operations) >= 12
     if mode == GenerationMode.NEGATIVE:  # only what takes input can be given bad input
-        operations = [op for op in operations
-                      if len(op.body) or len(op.query) or len(op.path_parameters)]
+        operations = [
+            op for op in operations if len(op.body) or len(op.query) or len(op.path_parameters)
+        ]
     for operation in operations:
+
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
-                  derandomize=not FUZZ_RANDOM, suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=FUZZ_EXAMPLES,
+            deadline=None,
+            database=None,
+            derandomize=not FUZZ_RANDOM,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case: schemathesis.Case) -> None:
             case.call_and_validate(checks=CHECKS)
 

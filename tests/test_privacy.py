@@ -25,10 +25,12 @@ def _docs(server: MetronomeServer) -> list[dict]:
         return [json.loads(r[0]) for r in conn.execute("SELECT doc FROM events ORDER BY ts, id")]
 
 
-@pytest.mark.parametrize(("policy", "stored"), [(None, None), ("truncate", "81.2.69.0"),
-                                                 ("keep", "81.2.69.160")])
-def test_client_addresses_are_dropped_unless_configured(tmp_path: Path, policy: str | None,
-                                                        stored: str | None) -> None:
+@pytest.mark.parametrize(
+    ("policy", "stored"), [(None, None), ("truncate", "81.2.69.0"), ("keep", "81.2.69.160")]
+)
+def test_client_addresses_are_dropped_unless_configured(
+    tmp_path: Path, policy: str | None, stored: str | None
+) -> None:
     env = {"METRONOME_TRUSTED_PROXIES": "127.0.0.0/8"}
     if policy:
         env["METRONOME_CLIENT_IP"] = policy
@@ -36,12 +38,16 @@ def test_client_addresses_are_dropped_unless_configured(tmp_path: Path, policy: 
     server.start()
     try:
         for agent in (FIREFOX, FIREFOX, "curl/8.5.0"):
-            resp = httpx.post(f"{server.url}/tick", json={"id": "page"},
-                              headers={"X-Forwarded-For": "81.2.69.160", "User-Agent": agent})
+            resp = httpx.post(
+                f"{server.url}/tick",
+                json={"id": "page"},
+                headers={"X-Forwarded-For": "81.2.69.160", "User-Agent": agent},
+            )
             assert resp.status_code == 202
         log = tmp_path / "access.log"
-        log.write_text(f'81.2.69.160 - - [04/Jun/2019:10:00:00 +0000] "GET / HTTP/1.1" 200 5'
-                       f' "-" "{FIREFOX}"\n')
+        log.write_text(
+            f'81.2.69.160 - - [04/Jun/2019:10:00:00 +0000] "GET / HTTP/1.1" 200 5 "-" "{FIREFOX}"\n'
+        )
         assert server.run_cli("import", str(log)).returncode == 0
         docs = _docs(server)
     finally:
@@ -81,8 +87,7 @@ def test_salts_rotate_daily_and_old_ones_are_deleted(tmp_path: Path) -> None:
     day = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
     assert day.strftime("%Y-%m-%d") in salts
     # the salt of ten days ago was made for that import and deleted at once
-    assert len(salts) <= 2 and all(len((tmp_path / "salts" / s).read_bytes()) == 32
-                                   for s in salts)
+    assert len(salts) <= 2 and all(len((tmp_path / "salts" / s).read_bytes()) == 32 for s in salts)
 
 
 def test_a_visitor_id_is_blake2b_keyed_with_the_days_salt(tmp_path: Path) -> None:
@@ -93,19 +98,27 @@ def test_a_visitor_id_is_blake2b_keyed_with_the_days_salt(tmp_path: Path) -> Non
     first = ids.visitor_id(now_ms, "198.51.100.1", FIREFOX, scope="site-a")
     day = datetime.fromtimestamp(now_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
     salt = (tmp_path / "salts" / day).read_bytes()
-    expected = hashlib.blake2b(f"site-a\x00198.51.100.1\x00{FIREFOX}".encode(), key=salt,
-                               digest_size=12).hexdigest()
+    expected = hashlib.blake2b(
+        f"site-a\x00198.51.100.1\x00{FIREFOX}".encode(), key=salt, digest_size=12
+    ).hexdigest()
     assert first == expected
     # another client: a new id from the same day's key, not a cached one
-    assert ids.visitor_id(now_ms, "198.51.100.2", FIREFOX, scope="site-a") == hashlib.blake2b(
-        f"site-a\x00198.51.100.2\x00{FIREFOX}".encode(), key=salt, digest_size=12).hexdigest()
-    assert ids.visitor_id(now_ms, "198.51.100.1", None, scope="site-a") == hashlib.blake2b(
-        b"site-a\x00198.51.100.1\x00", key=salt, digest_size=12).hexdigest()
+    assert (
+        ids.visitor_id(now_ms, "198.51.100.2", FIREFOX, scope="site-a")
+        == hashlib.blake2b(
+            f"site-a\x00198.51.100.2\x00{FIREFOX}".encode(), key=salt, digest_size=12
+        ).hexdigest()
+    )
+    assert (
+        ids.visitor_id(now_ms, "198.51.100.1", None, scope="site-a")
+        == hashlib.blake2b(b"site-a\x00198.51.100.1\x00", key=salt, digest_size=12).hexdigest()
+    )
 
 
 def test_with_sites_only_a_site_that_opted_in_stores_addresses(tmp_path: Path) -> None:
-    server = MetronomeServer({"METRONOME_TRUSTED_PROXIES": "127.0.0.0/8"},
-                             data_dir=tmp_path / "data")
+    server = MetronomeServer(
+        {"METRONOME_TRUSTED_PROXIES": "127.0.0.0/8"}, data_dir=tmp_path / "data"
+    )
     keys = {}
     for site, extra in (("quiet", []), ("opted", ["--store-ip"])):
         made = server.run_cli("sites", "create", "--id", site, "--name", site, *extra)
@@ -115,14 +128,15 @@ def test_with_sites_only_a_site_that_opted_in_stores_addresses(tmp_path: Path) -
     server.start()
     try:
         for site, key in keys.items():
-            resp = httpx.post(f"{server.url}/tick", json={"id": f"page-{site}"},
-                              headers={"Authorization": f"Bearer {key}",
-                                       "X-Forwarded-For": "81.2.69.160"})
+            resp = httpx.post(
+                f"{server.url}/tick",
+                json={"id": f"page-{site}"},
+                headers={"Authorization": f"Bearer {key}", "X-Forwarded-For": "81.2.69.160"},
+            )
             assert resp.status_code == 202, resp.text
         docs = {d["item"]["id"]: d for d in _docs(server)}
     finally:
         server.stop()
     assert docs["page-quiet"]["client"] == {"geo": {"country_iso_code": "GB"}}
-    assert docs["page-opted"]["client"] == {"ip": "81.2.69.0",
-                                            "geo": {"country_iso_code": "GB"}}
+    assert docs["page-opted"]["client"] == {"ip": "81.2.69.0", "geo": {"country_iso_code": "GB"}}
     assert docs["page-quiet"]["site"] == {"id": "quiet"}

@@ -31,33 +31,39 @@ def _keep_until(day: date) -> str:
 
 
 def _indices(backend: Backend) -> list[str]:
-    rows = httpx.get(f"{backend.es_url}/_cat/indices/{backend.index_prefix}-*-1975.*",
-                     params={"format": "json", "h": "index"}, timeout=30).json()
+    rows = httpx.get(
+        f"{backend.es_url}/_cat/indices/{backend.index_prefix}-*-1975.*",
+        params={"format": "json", "h": "index"},
+        timeout=30,
+    ).json()
     return sorted(row["index"] for row in rows)
 
 
-def test_retention_removes_whole_old_days_and_keeps_the_rest(backend: Backend,
-                                                             item: str) -> None:
+def test_retention_removes_whole_old_days_and_keeps_the_rest(backend: Backend, item: str) -> None:
     for ts in OLD + KEPT:
         backend.tick(id=item, ts=ts)
-    line = (f'8.8.8.8 - - [01/Mar/1975:10:00:00 +0000] "GET /datasets/{item} HTTP/1.1" 200 5'
-            ' "-" "curl/8.0"\n')
-    imported = backend.server.run_cli("import", "-", input_text=line,
-                                      env={"METRONOME_URL_RULES": "/datasets/{id} -> view"})
+    line = (
+        f'8.8.8.8 - - [01/Mar/1975:10:00:00 +0000] "GET /datasets/{item} HTTP/1.1" 200 5'
+        ' "-" "curl/8.0"\n'
+    )
+    imported = backend.server.run_cli(
+        "import", "-", input_text=line, env={"METRONOME_URL_RULES": "/datasets/{id} -> view"}
+    )
     assert imported.returncode == 0, imported.stderr
     backend.settle()
     keep = _keep_until(CUTOFF)
 
-    dry = backend.server.run_cli("retention", "--keep", keep, "--dataset", "ticks",
-                                 "--dry-run")
+    dry = backend.server.run_cli("retention", "--keep", keep, "--dataset", "ticks", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
     assert lines[-1].startswith("would delete ")
     assert "from before 1975-03-04 00:00 UTC" in lines[-1]
     if backend.es_url:
         p = backend.index_prefix
-        assert lines[:-1] == [f"would delete index {p}-ticks-1975.03.01 (1 document)",
-                              f"would delete index {p}-ticks-1975.03.02 (2 documents)"]
+        assert lines[:-1] == [
+            f"would delete index {p}-ticks-1975.03.01 (1 document)",
+            f"would delete index {p}-ticks-1975.03.02 (2 documents)",
+        ]
         assert lines[-1].startswith("would delete 2 indices, 3 documents of ticks")
     else:
         assert lines[:-1] == ["would delete 3 ticks documents"]
@@ -68,38 +74,62 @@ def test_retention_removes_whole_old_days_and_keeps_the_rest(backend: Backend,
     assert done.stdout.splitlines()[-1].startswith("deleted ")
     backend.settle()
     remaining = [(d["event"]["dataset"], d["@timestamp"]) for d in backend.find(item)]
-    assert remaining == [("metronome.logs", "1975-03-01T10:00:00.000Z"),  # not a tick
-                         ("metronome.ticks", "1975-03-05T00:00:00.000Z"),
-                         ("metronome.ticks", "1975-03-06T12:00:00.000Z")]
+    assert remaining == [
+        ("metronome.logs", "1975-03-01T10:00:00.000Z"),  # not a tick
+        ("metronome.ticks", "1975-03-05T00:00:00.000Z"),
+        ("metronome.ticks", "1975-03-06T12:00:00.000Z"),
+    ]
     if backend.es_url:
         p = backend.index_prefix
-        assert _indices(backend) == [f"{p}-logs-1975.03.01", f"{p}-ticks-1975.03.05",
-                                     f"{p}-ticks-1975.03.06"]
+        assert _indices(backend) == [
+            f"{p}-logs-1975.03.01",
+            f"{p}-ticks-1975.03.05",
+            f"{p}-ticks-1975.03.06",
+        ]
 
     everything = backend.server.run_cli("retention", "--keep", keep)  # --dataset all
     assert everything.returncode == 0, everything.stderr
     assert everything.stdout.splitlines()[0] == (
         f"deleted index {backend.index_prefix}-logs-1975.03.01 (1 document)"
-        if backend.es_url else "deleted 1 logs document")
+        if backend.es_url
+        else "deleted 1 logs document"
+    )
     backend.settle()
     assert [d["@timestamp"] for d in backend.find(item)] == [
-        "1975-03-05T00:00:00.000Z", "1975-03-06T12:00:00.000Z"]
+        "1975-03-05T00:00:00.000Z",
+        "1975-03-06T12:00:00.000Z",
+    ]
     again = backend.server.run_cli("retention", "--keep", keep)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.startswith(("deleted 0 documents of ticks, logs, metrics",
-                                    "deleted 0 indices, 0 documents of ticks, logs, metrics"))
+    assert again.stdout.startswith(
+        (
+            "deleted 0 documents of ticks, logs, metrics",
+            "deleted 0 indices, 0 documents of ticks, logs, metrics",
+        )
+    )
     assert backend.tock(item, **{"from": "1975-03-01", "to": "1975-03-06"})["views"] == {
-        "1975-03-06": 1, "1975-03-05": 1, "1975-03-04": 0, "1975-03-03": 0,
-        "1975-03-02": 0, "1975-03-01": 0}
+        "1975-03-06": 1,
+        "1975-03-05": 1,
+        "1975-03-04": 0,
+        "1975-03-03": 0,
+        "1975-03-02": 0,
+        "1975-03-01": 0,
+    }
 
 
 def test_retention_refuses_a_period_it_cannot_read(tmp_path: Path) -> None:
-    for bad, why in (("400", "use days or weeks, like 400d or 57w"), ("12m", "like 400d"),
-                     ("0d", "keep from 1 day to 36600 days")):
+    for bad, why in (
+        ("400", "use days or weeks, like 400d or 57w"),
+        ("12m", "like 400d"),
+        ("0d", "keep from 1 day to 36600 days"),
+    ):
         result = subprocess.run(
             [sys.executable, "-m", "metronome", "retention", "--keep", bad],
             env={**os.environ, "METRONOME_DATA_DIR": str(tmp_path)},
-            capture_output=True, text=True, timeout=60)
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 2, (bad, result.stdout)
         assert f"Invalid value for --keep: '{bad}'" in result.stderr and why in result.stderr
     assert not (tmp_path / "metronome.sqlite3").exists()  # refused before touching the store
@@ -115,22 +145,25 @@ def test_keep_periods_and_the_midnight_cutoff(text: str, days: int) -> None:
 
 @pytest.mark.parametrize("kind", ["sqlite", "elasticsearch"])
 def test_the_shipper_applies_the_retention_policy_per_site_periodically(
-        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-        kind: str) -> None:
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, kind: str
+) -> None:
     """METRONOME_RETENTION=400d,default=30d: the default site keeps 30 days (its older
     events are deleted one by one), every site loses what is older than 400 days (whole
     days), and the shipper does it again every second here."""
     env = {"METRONOME_RETENTION": "400d,default=30d", "METRONOME_RETENTION_INTERVAL_S": "1"}
     now = datetime.now(UTC)
     with running_backend(request, tmp_path_factory, kind, env) as backend:
-        ticks = [{"id": "kept-" + str(days), "ts": (now - timedelta(days=days)).isoformat()}
-                 for days in (500, 100, 10)]
+        ticks = [
+            {"id": "kept-" + str(days), "ts": (now - timedelta(days=days)).isoformat()}
+            for days in (500, 100, 10)
+        ]
         assert backend.client.post("/ticks", json=ticks).json()["accepted"] == 3
 
         def items() -> set[str]:
             backend.settle()
-            resp = backend.client.post("/query", json={
-                "range": {"from": "0"}, "bots": "include", "dimensions": ["item"]})
+            resp = backend.client.post(
+                "/query", json={"range": {"from": "0"}, "bots": "include", "dimensions": ["item"]}
+            )
             return {r["dimensions"][0] for r in resp.json()["results"]}
 
         deadline = time.monotonic() + 30
@@ -139,8 +172,10 @@ def test_the_shipper_applies_the_retention_policy_per_site_periodically(
         assert items() == {"kept-10"}
 
 
-@pytest.mark.parametrize(("text", "says"), [("400d,90d", "one default period"),
-                                             ("shop=", "400d or 57w"), ("x=1y", "400d")])
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [("400d,90d", "one default period"), ("shop=", "400d or 57w"), ("x=1y", "400d")],
+)
 def test_a_retention_policy_it_cannot_read_is_refused_at_start(text: str, says: str) -> None:
     from metronome.config import Settings
     from metronome.errors import ConfigError

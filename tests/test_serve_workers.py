@@ -75,8 +75,7 @@ def test_keep_alive_connections_are_spread_over_the_workers(server: MetronomeSer
     """64 connections opened at once, as a load generator or a proxy opens them, land on
     both workers (each through its own socket), and each is served."""
     assert server.proc is not None
-    burst = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
-             for _ in range(64)]
+    burst = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(64)]
     try:
         deadline = time.monotonic() + 10
         while True:  # accepted by a worker: held by one of the server's processes
@@ -104,13 +103,16 @@ def test_every_new_connection_is_answered(server: MetronomeServer) -> None:
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
-def test_a_second_server_on_the_same_port_refuses_to_start(server: MetronomeServer,
-                                                          tmp_path: Path, host: str) -> None:
+def test_a_second_server_on_the_same_port_refuses_to_start(
+    server: MetronomeServer, tmp_path: Path, host: str
+) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "metronome", "serve", "--host", host, "--port",
-         str(server.port)],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "METRONOME_DATA_DIR": str(tmp_path / "other")})
+        [sys.executable, "-m", "metronome", "serve", "--host", host, "--port", str(server.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "METRONOME_DATA_DIR": str(tmp_path / "other")},
+    )
     assert result.returncode == 1, result.stderr
     assert f"cannot listen on {host}:{server.port}" in result.stderr
     assert "Address already in use" in result.stderr

@@ -50,26 +50,26 @@ class World:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout) if "--json" in args else result.stdout.strip()
 
-    def post(self, path: str, body: Any, key: str | None = None, origin: str | None = None,
-             **params: str) -> httpx.Response:
+    def post(
+        self, path: str, body: Any, key: str | None = None, origin: str | None = None, **params: str
+    ) -> httpx.Response:
         headers = {"Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
         if origin:
             headers["Origin"] = origin
-        return self.backend.client.post(path, content=json.dumps(body), headers=headers,
-                                        params=params)
+        return self.backend.client.post(
+            path, content=json.dumps(body), headers=headers, params=params
+        )
 
     def tock(self, item: str, key: str | None = None, **params: str) -> httpx.Response:
         self.backend.settle()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return self.backend.client.get(f"/tock/{item}", headers=headers,
-                                       params={**RANGE, **params})
+        return self.backend.client.get(f"/tock/{item}", headers=headers, params={**RANGE, **params})
 
     def sites_of(self, item: str) -> Counter[str]:
         """How many stored documents of ``item`` each site has, read from the store."""
-        return Counter(doc.get("site", {}).get("id", "(none)")
-                       for doc in self.backend.find(item))
+        return Counter(doc.get("site", {}).get("id", "(none)") for doc in self.backend.find(item))
 
 
 def _views(resp: httpx.Response) -> int:
@@ -85,11 +85,17 @@ def _error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "elasticsearch"])
-def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[World]:
-    env = {"METRONOME_SITES_CACHE_S": "1", "METRONOME_BODY_TIMEOUT_S": "1",
-           "METRONOME_RATE_LIMIT_PER_IP": "1", "METRONOME_RATE_LIMIT_PER_IP_BURST": "5",
-           "METRONOME_RATE_LIMIT_PER_SITE": "1", "METRONOME_RATE_LIMIT_PER_SITE_BURST": "100"}
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    env = {
+        "METRONOME_SITES_CACHE_S": "1",
+        "METRONOME_BODY_TIMEOUT_S": "1",
+        "METRONOME_RATE_LIMIT_PER_IP": "1",
+        "METRONOME_RATE_LIMIT_PER_IP_BURST": "5",
+        "METRONOME_RATE_LIMIT_PER_SITE": "1",
+        "METRONOME_RATE_LIMIT_PER_SITE_BURST": "100",
+    }
     with running_backend(request, tmp_path_factory, request.param, env) as backend:
         open_item = "open-" + request.param
         resp = backend.client.post("/tick", json={"id": open_item, "ts": TS})
@@ -100,21 +106,32 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             assert result.returncode == 0, result.stderr
             return json.loads(result.stdout)
 
-        a = cli("sites", "create", "--name", "A", "--origin", ORIGIN_A,
-                "--origin", "https://*.a.example")["id"]
+        a = cli(
+            "sites",
+            "create",
+            "--name",
+            "A",
+            "--origin",
+            ORIGIN_A,
+            "--origin",
+            "https://*.a.example",
+        )["id"]
         b = cli("sites", "create", "--name", "B", "--origin", ORIGIN_B, "--public-tock")["id"]
         c = cli("sites", "create", "--name", "C")["id"]
-        keys = [cli("keys", "create", *args)["secret"] for args in (
-            ("--site", a, "--scope", "ingest", "--scope", "query"),
-            ("--site", b, "--scope", "ingest", "--scope", "query"),
-            ("--site", a, "--scope", "query"),
-            ("--site", a, "--scope", "ingest"),
-            ("--all-sites", "--scope", "admin"))]
+        keys = [
+            cli("keys", "create", *args)["secret"]
+            for args in (
+                ("--site", a, "--scope", "ingest", "--scope", "query"),
+                ("--site", b, "--scope", "ingest", "--scope", "query"),
+                ("--site", a, "--scope", "query"),
+                ("--site", a, "--scope", "ingest"),
+                ("--all-sites", "--scope", "admin"),
+            )
+        ]
         world = World(backend, a, b, c, *keys, open_item=open_item)
         deadline = time.monotonic() + 10  # every worker's cache sees the sites
         while time.monotonic() < deadline:
-            codes = {backend.client.post("/tick", json={"id": "x"}).status_code
-                     for _ in range(4)}
+            codes = {backend.client.post("/tick", json={"id": "x"}).status_code for _ in range(4)}
             if codes == {401}:
                 break
             time.sleep(0.2)
@@ -124,21 +141,40 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def test_origins_match_exactly_or_as_subdomains_and_nothing_else() -> None:
-    site = Site("s", "S", ("https://Example.org/", "https://*.example.com",
-                           "http://localhost:8000"))
-    assert site.origins == ("https://example.org", "https://*.example.com",
-                            "http://localhost:8000")
-    for origin in ("https://example.org", "https://EXAMPLE.org:443", "https://a.example.com",
-                   "https://a.b.example.com", "http://localhost:8000"):
+    site = Site(
+        "s", "S", ("https://Example.org/", "https://*.example.com", "http://localhost:8000")
+    )
+    assert site.origins == ("https://example.org", "https://*.example.com", "http://localhost:8000")
+    for origin in (
+        "https://example.org",
+        "https://EXAMPLE.org:443",
+        "https://a.example.com",
+        "https://a.b.example.com",
+        "http://localhost:8000",
+    ):
         assert site.allows_origin(origin), origin
-    for origin in ("http://example.org", "https://example.org:8443", "https://example.com",
-                   "https://evilexample.com", "https://example.org.evil.net", "null", "",
-                   "https://user@example.org", "http://localhost:8001", "https://a.example.com/x",
-                   "https://example.org\n"):
+    for origin in (
+        "http://example.org",
+        "https://example.org:8443",
+        "https://example.com",
+        "https://evilexample.com",
+        "https://example.org.evil.net",
+        "null",
+        "",
+        "https://user@example.org",
+        "http://localhost:8001",
+        "https://a.example.com/x",
+        "https://example.org\n",
+    ):
         assert not site.allows_origin(origin), origin
     assert Site("s", "S", ("*",)).allows_origin("null")
-    for bad in ("example.org", "https://example.org/app", "ftp://example.org", "https://*",
-                "https://a.*.example.org"):
+    for bad in (
+        "example.org",
+        "https://example.org/app",
+        "ftp://example.org",
+        "https://*",
+        "https://a.*.example.org",
+    ):
         with pytest.raises(ValueError, match="not an origin"):
             Site("s", "S", (bad,))
 
@@ -150,12 +186,18 @@ def test_open_mode_stores_ticks_under_the_default_site(backend: Backend, item: s
     _error(resp, 400, "unknown_site")
 
 
-def test_a_sites_key_never_reads_or_writes_another_sites_data(world: World, item: str
-                                                              ) -> None:
+def test_a_sites_key_never_reads_or_writes_another_sites_data(world: World, item: str) -> None:
     w = world
     assert w.post("/tick", {"id": item, "ts": TS}, w.key_a).status_code == 202
-    resp = w.post("/ticks", [{"id": item, "ts": TS, "site": w.a}, {"id": item, "ts": TS},
-                             {"id": item, "ts": TS, "event": "download"}], w.key_a)
+    resp = w.post(
+        "/ticks",
+        [
+            {"id": item, "ts": TS, "site": w.a},
+            {"id": item, "ts": TS},
+            {"id": item, "ts": TS, "event": "download"},
+        ],
+        w.key_a,
+    )
     assert resp.status_code == 202 and resp.json()["accepted"] == 3, resp.text
     resp = w.post("/ticks", [{"id": item, "ts": TS}] * 5, w.key_b)
     assert resp.json()["accepted"] == 5, resp.text
@@ -163,14 +205,20 @@ def test_a_sites_key_never_reads_or_writes_another_sites_data(world: World, item
     # every way of writing into b with a's key is refused, and stores nothing
     _error(w.post("/tick", {"id": item, "ts": TS, "site": w.b}, w.key_a), 403, "site_forbidden")
     _error(w.post("/tick", {"id": item, "ts": TS}, w.key_a, site=w.b), 403, "site_forbidden")
-    _error(w.post("/ticks", [{"id": item, "ts": TS}, {"id": item, "ts": TS, "site": w.b}],
-                  w.key_a), 403, "site_forbidden")
-    _error(w.post("/tick", {"id": item, "ts": TS}, w.key_a, origin=ORIGIN_B, site=w.b),
-           403, "site_forbidden")
-    _error(w.post("/tick", {"id": item, "ts": TS, "site.id": w.b}, w.key_a),
-           400, "invalid_field")
-    _error(w.post("/tick", {"id": item, "ts": TS, "site": {"id": w.b}}, w.key_a),
-           400, "invalid_field")
+    _error(
+        w.post("/ticks", [{"id": item, "ts": TS}, {"id": item, "ts": TS, "site": w.b}], w.key_a),
+        403,
+        "site_forbidden",
+    )
+    _error(
+        w.post("/tick", {"id": item, "ts": TS}, w.key_a, origin=ORIGIN_B, site=w.b),
+        403,
+        "site_forbidden",
+    )
+    _error(w.post("/tick", {"id": item, "ts": TS, "site.id": w.b}, w.key_a), 400, "invalid_field")
+    _error(
+        w.post("/tick", {"id": item, "ts": TS, "site": {"id": w.b}}, w.key_a), 400, "invalid_field"
+    )
     _error(w.post("/tick", {"id": item, "ts": TS}, w.read_a), 403, "scope_forbidden")
     _error(w.post("/tick", {"id": item, "ts": TS}, "mk_" + "x" * 43), 401, "invalid_key")
     _error(w.post("/tick", {"id": item, "ts": TS}), 401, "key_required")
@@ -197,39 +245,52 @@ def test_a_sites_key_never_reads_or_writes_another_sites_data(world: World, item
     assert _views(w.tock(w.open_item, w.key_a)) == 0
 
 
-def test_browser_ingest_needs_the_site_id_and_an_allowed_origin(world: World, item: str
-                                                                 ) -> None:
+def test_browser_ingest_needs_the_site_id_and_an_allowed_origin(world: World, item: str) -> None:
     w = world
     client = w.backend.client
     beacon = {"Content-Type": "text/plain;charset=UTF-8", "Origin": ORIGIN_A}
-    resp = client.post("/tick", params={"site": w.a}, headers=beacon,
-                       content=json.dumps({"id": item, "ts": TS}))
+    resp = client.post(
+        "/tick", params={"site": w.a}, headers=beacon, content=json.dumps({"id": item, "ts": TS})
+    )
     assert resp.status_code == 202, resp.text
     assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN_A
-    resp = client.post("/tick", headers={**beacon, "Origin": "https://www.a.example"},
-                       content=json.dumps({"id": item, "ts": TS, "site": w.a}))
+    resp = client.post(
+        "/tick",
+        headers={**beacon, "Origin": "https://www.a.example"},
+        content=json.dumps({"id": item, "ts": TS, "site": w.a}),
+    )
     assert resp.status_code == 202, resp.text  # a subdomain; the site named in the tick
 
-    body = _error(w.post("/tick", {"id": item, "ts": TS}, origin=ORIGIN_B, site=w.a),
-                  403, "origin_forbidden")
+    body = _error(
+        w.post("/tick", {"id": item, "ts": TS}, origin=ORIGIN_B, site=w.a), 403, "origin_forbidden"
+    )
     assert body["details"] == {"origin": ORIGIN_B, "site": w.a}
-    _error(w.post("/tick", {"id": item, "ts": TS}, origin="null", site=w.a),
-           403, "origin_forbidden")
+    _error(
+        w.post("/tick", {"id": item, "ts": TS}, origin="null", site=w.a), 403, "origin_forbidden"
+    )
     _error(w.post("/tick", {"id": item, "ts": TS}, site=w.a), 401, "key_required")
-    _error(w.post("/tick", {"id": item, "ts": TS}, origin=ORIGIN_A, site="nosuchsite"),
-           400, "unknown_site")
-    _error(w.post("/ticks", [{"id": item, "site": w.a}, {"id": item, "site": w.b}],
-                  origin=ORIGIN_A), 400, "invalid_field")
+    _error(
+        w.post("/tick", {"id": item, "ts": TS}, origin=ORIGIN_A, site="nosuchsite"),
+        400,
+        "unknown_site",
+    )
+    _error(
+        w.post("/ticks", [{"id": item, "site": w.a}, {"id": item, "site": w.b}], origin=ORIGIN_A),
+        400,
+        "invalid_field",
+    )
 
-    preflight = {"Origin": ORIGIN_A, "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "content-type"}
+    preflight = {
+        "Origin": ORIGIN_A,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+    }
     resp = client.options("/ticks", params={"site": w.a}, headers=preflight)
     assert resp.status_code == 204, resp.text
     assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN_A
     assert "POST" in resp.headers["Access-Control-Allow-Methods"]
     assert resp.headers["Access-Control-Allow-Headers"].lower() == "content-type"
-    resp = client.options("/tick", params={"site": w.a},
-                          headers={**preflight, "Origin": ORIGIN_B})
+    resp = client.options("/tick", params={"site": w.a}, headers={**preflight, "Origin": ORIGIN_B})
     _error(resp, 403, "origin_forbidden")
     assert "Access-Control-Allow-Origin" not in resp.headers
 
@@ -238,8 +299,9 @@ def test_browser_ingest_needs_the_site_id_and_an_allowed_origin(world: World, it
 
 def test_a_revoked_key_is_refused_within_the_cache_time(world: World) -> None:
     w = world
-    made = w.cli("keys", "create", "--site", w.c, "--scope", "ingest", "--name", "soon gone",
-                 "--json")
+    made = w.cli(
+        "keys", "create", "--site", w.c, "--scope", "ingest", "--name", "soon gone", "--json"
+    )
     created_at = time.monotonic()
     while w.post("/tick", {"id": "r", "ts": TS}, made["secret"]).status_code != 202:
         assert time.monotonic() - created_at < 5, "a new key is not taken"
@@ -264,10 +326,13 @@ def test_a_revoked_key_is_refused_within_the_cache_time(world: World) -> None:
     assert made["id"] in table and made["secret"] not in table
     # the registry holds a hash of the secret, never the secret
     if w.backend.es_url:
-        stored = httpx.get(f"{w.backend.es_url}/{w.backend.index_prefix}-sites/_search",
-                           params={"size": 100}).text
-        hidden = httpx.get(f"{w.backend.es_url}/{w.backend.index_prefix}-*/_search",
-                           params={"q": f"kind:key AND id:{made['id']}"}).json()
+        stored = httpx.get(
+            f"{w.backend.es_url}/{w.backend.index_prefix}-sites/_search", params={"size": 100}
+        ).text
+        hidden = httpx.get(
+            f"{w.backend.es_url}/{w.backend.index_prefix}-*/_search",
+            params={"q": f"kind:key AND id:{made['id']}"},
+        ).json()
         assert hidden["hits"]["total"]["value"] == 0  # hidden from <prefix>-* searches
     else:
         with sqlite3.connect(w.backend.server.data_dir / "metronome.sqlite3") as conn:
@@ -281,9 +346,12 @@ def test_ingest_is_rate_limited_per_client_address_and_per_site(world: World) ->
     client = w.backend.client
 
     def beacon(address: str) -> httpx.Response:
-        return client.post("/tick", params={"site": w.a}, content='{"id": "rl"}',
-                           headers={"Content-Type": "text/plain", "Origin": ORIGIN_A,
-                                    "X-Forwarded-For": address})
+        return client.post(
+            "/tick",
+            params={"site": w.a},
+            content='{"id": "rl"}',
+            headers={"Content-Type": "text/plain", "Origin": ORIGIN_A, "X-Forwarded-For": address},
+        )
 
     codes = [beacon("198.51.100.7").status_code for _ in range(14)]  # burst 5 per worker
     assert 429 in codes and set(codes) == {202, 429}, codes
@@ -305,9 +373,11 @@ def test_ingest_is_rate_limited_per_client_address_and_per_site(world: World) ->
 def test_a_body_that_comes_too_slowly_gets_408(world: World) -> None:
     port = world.backend.server.port
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"POST /tick HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                     "Content-Type: application/json\r\nContent-Length: 40\r\n"
-                     f"Authorization: Bearer {world.key_a}\r\n\r\n{{\"id\"".encode())
+        sock.sendall(
+            f"POST /tick HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 40\r\n"
+            f'Authorization: Bearer {world.key_a}\r\n\r\n{{"id"'.encode()
+        )
         started = time.monotonic()
         answer = ""
         while not answer.endswith("}"):  # headers and body may come apart
@@ -362,10 +432,12 @@ def test_query_and_reports_answer_for_the_keys_site_only(world: World, item: str
     assert events(query(w.key_b, mine)) == [(3,)]
     assert events(query(w.admin, mine, site=w.b)) == [(3,)]
     # asking for another site's documents through a filter or a dimension finds nothing
-    assert events(query(w.key_a, {"filters": [["is", "item", [item]],
-                                              ["is", "site.id", [w.b]]]})) == [(0,)]
-    assert events(query(w.key_a, {"filters": [["or", [["is", "site.id", [w.b]],
-                                                      ["is", "item", [item]]]]]})) == [(2,)]
+    assert events(
+        query(w.key_a, {"filters": [["is", "item", [item]], ["is", "site.id", [w.b]]]})
+    ) == [(0,)]
+    assert events(
+        query(w.key_a, {"filters": [["or", [["is", "site.id", [w.b]], ["is", "item", [item]]]]]})
+    ) == [(2,)]
     assert events(query(w.key_a, {**mine, "dimensions": ["site.id"]})) == [(w.a, 2)]
     _error(query(w.key_a, mine, site=w.b), 403, "site_forbidden")
     _error(query(w.ingest_a, mine), 403, "scope_forbidden")
@@ -374,8 +446,9 @@ def test_query_and_reports_answer_for_the_keys_site_only(world: World, item: str
 
     def report(name: str, key: str | None, **params: str) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return w.backend.client.get(f"/reports/{name}", headers=headers,
-                                    params={**window, **params})
+        return w.backend.client.get(
+            f"/reports/{name}", headers=headers, params={**window, **params}
+        )
 
     top = report("top-items", w.key_a, limit="1000")
     assert (item, 2, 1) in events(top) or (item, 2, 0) in events(top)
@@ -385,7 +458,8 @@ def test_query_and_reports_answer_for_the_keys_site_only(world: World, item: str
     assert _views(report("tock", None, id=item, site=w.b)) == 3  # b's item reports are public
     _error(report("tock", None, id=item, site=w.a), 401, "key_required")
 
-    forgotten = w.backend.server.run_cli("forget", "--where", json.dumps(mine["filters"]),
-                                         "--site", w.b, "--yes")
+    forgotten = w.backend.server.run_cli(
+        "forget", "--where", json.dumps(mine["filters"]), "--site", w.b, "--yes"
+    )
     assert "deleted 3 events" in forgotten.stdout, forgotten.stderr
     assert w.sites_of(item) == {w.a: 2}

@@ -16,8 +16,9 @@ from tests.support.metronome_server import MetronomeServer
 
 
 def _doc(n: int) -> Document:
-    return Document(f"{1700000000000 + n:012x}{'0' * 20}", 1700000000000 + n, "ticks",
-                    {"n": n, "text": "ünï"})
+    return Document(
+        f"{1700000000000 + n:012x}{'0' * 20}", 1700000000000 + n, "ticks", {"n": n, "text": "ünï"}
+    )
 
 
 def test_records_round_trip_and_stop_at_an_incomplete_tail() -> None:
@@ -74,8 +75,10 @@ def test_status_shows_backlog_lag_and_store_health(tmp_path: Path) -> None:
         deadline = time.monotonic() + 5
         while True:
             metrics = httpx.get(server.url + "/metrics").text
-            if ('metronome_events_accepted_total{route="/tick"} 6.0' in metrics
-                    and 'duration_seconds_count{method="POST",route="/tick"} 6.0' in metrics):
+            if (
+                'metronome_events_accepted_total{route="/tick"} 6.0' in metrics
+                and 'duration_seconds_count{method="POST",route="/tick"} 6.0' in metrics
+            ):
                 break
             assert time.monotonic() < deadline, metrics
             time.sleep(0.2)

@@ -13,10 +13,12 @@ from tests.support.metronome_server import MetronomeServer
 
 
 def test_many_workers_writing_at_once_store_every_acknowledged_tick_once_sqlite(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     server = MetronomeServer({}, data_dir=tmp_path / "data", workers=4)
     server.start()
     try:
+
         def send(worker: int) -> list[str]:
             ids: list[str] = []
             with httpx.Client(base_url=server.url, timeout=60) as client:

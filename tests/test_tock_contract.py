@@ -18,10 +18,20 @@ def _post_batch(backend: Backend, ticks: list[dict[str, object]]) -> None:
 
 def test_tock_answers_the_seed_shape_with_exact_counts(backend: Backend, item: str) -> None:
     ticks: list[dict[str, object]] = []
-    ticks += [{"id": item, "ts": "2015-01-22T08:00:00Z",
-               "referrer": "https://www.arcgis.com/home/item.html?id=1"}] * 3
-    ticks += [{"id": item, "ts": "2015-01-21T23:59:59.999Z",
-               "referer": "http://washingtonpost.com/articles/dc-news/?utm=x"}] * 2
+    ticks += [
+        {
+            "id": item,
+            "ts": "2015-01-22T08:00:00Z",
+            "referrer": "https://www.arcgis.com/home/item.html?id=1",
+        }
+    ] * 3
+    ticks += [
+        {
+            "id": item,
+            "ts": "2015-01-21T23:59:59.999Z",
+            "referer": "http://washingtonpost.com/articles/dc-news/?utm=x",
+        }
+    ] * 2
     ticks += [{"id": item, "event": "download", "format": "CSV", "ts": 1421913600000}] * 4
     ticks += [{"id": item, "event": "download", "format": "kml", "ts": "2015-01-20T12:00:00"}]
     ticks += [{"id": item, "ts": "2015-01-23T00:00:00Z"}]  # after the range: not counted
@@ -32,36 +42,59 @@ def test_tock_answers_the_seed_shape_with_exact_counts(backend: Backend, item: s
 
     assert list(report) == ["views", "downloads", "referers"]
     assert list(report["views"].items()) == [
-        ("2015-01-22", 3), ("2015-01-21", 2), ("2015-01-20", 0), ("2015-01-19", 0)]
+        ("2015-01-22", 3),
+        ("2015-01-21", 2),
+        ("2015-01-20", 0),
+        ("2015-01-19", 0),
+    ]
     assert list(report["downloads"].items()) == [("csv", 4), ("kml", 1)]
     assert list(report["referers"].items()) == [
-        ("arcgis.com/home/item.html", 3), ("washingtonpost.com/articles/dc-news", 2)]
-    assert backend.client.get(f"/tock/{item}.json",
-                              params={"from": "2015-01-19", "to": "2015-01-22"}
-                              ).json() == report
-    assert backend.client.get("/tock", params={"id": item, "from": "2015-01-19",
-                                               "to": "2015-01-22"}).json() == report
+        ("arcgis.com/home/item.html", 3),
+        ("washingtonpost.com/articles/dc-news", 2),
+    ]
+    assert (
+        backend.client.get(
+            f"/tock/{item}.json", params={"from": "2015-01-19", "to": "2015-01-22"}
+        ).json()
+        == report
+    )
+    assert (
+        backend.client.get(
+            "/tock", params={"id": item, "from": "2015-01-19", "to": "2015-01-22"}
+        ).json()
+        == report
+    )
 
 
-def test_tock_counts_days_in_the_requested_time_zone_across_dst(backend: Backend,
-                                                                item: str) -> None:
+def test_tock_counts_days_in_the_requested_time_zone_across_dst(
+    backend: Backend, item: str
+) -> None:
     # Berlin leaves summer time at 03:00 CEST on 2026-10-25 (a 25-hour day)
-    times = ["2026-10-24T22:30:00Z",  # 00:30 CEST on the 25th
-             "2026-10-25T00:30:00Z",  # 02:30 CEST, the first 02:30
-             "2026-10-25T01:30:00Z",  # 02:30 CET, the second 02:30
-             "2026-10-25T22:59:00Z",  # 23:59 CET on the 25th
-             "2026-10-25T23:00:00Z"]  # 00:00 CET on the 26th
+    times = [
+        "2026-10-24T22:30:00Z",  # 00:30 CEST on the 25th
+        "2026-10-25T00:30:00Z",  # 02:30 CEST, the first 02:30
+        "2026-10-25T01:30:00Z",  # 02:30 CET, the second 02:30
+        "2026-10-25T22:59:00Z",  # 23:59 CET on the 25th
+        "2026-10-25T23:00:00Z",
+    ]  # 00:00 CET on the 26th
     _post_batch(backend, [{"id": item, "ts": t} for t in times])
 
     berlin = backend.tock(item, tz="Europe/Berlin", **{"from": "2026-10-24", "to": "2026-10-26"})
     assert list(berlin["views"].items()) == [
-        ("2026-10-26", 1), ("2026-10-25", 4), ("2026-10-24", 0)]
+        ("2026-10-26", 1),
+        ("2026-10-25", 4),
+        ("2026-10-24", 0),
+    ]
 
     utc = backend.tock(item, **{"from": "2026-10-24", "to": "2026-10-26"})
     assert list(utc["views"].items()) == [("2026-10-26", 0), ("2026-10-25", 4), ("2026-10-24", 1)]
 
-    hours = backend.tock(item, tz="Europe/Berlin", interval="hour",
-                         **{"from": "2026-10-25T00:00:00Z", "to": "2026-10-25T03:00:00Z"})
+    hours = backend.tock(
+        item,
+        tz="Europe/Berlin",
+        interval="hour",
+        **{"from": "2026-10-25T00:00:00Z", "to": "2026-10-25T03:00:00Z"},
+    )
     assert list(hours["views"].items()) == [
         ("2026-10-25T03:00+01:00", 0),
         ("2026-10-25T02:00+01:00", 1),
@@ -71,32 +104,43 @@ def test_tock_counts_days_in_the_requested_time_zone_across_dst(backend: Backend
 
 def test_tock_handles_a_23_hour_spring_day(backend: Backend, item: str) -> None:
     # New York skips 02:00-03:00 on 2026-03-08
-    times = ["2026-03-08T04:30:00Z",  # 23:30 EST on the 7th
-             "2026-03-09T03:30:00Z",  # 23:30 EDT on the 8th
-             "2026-03-09T04:30:00Z"]  # 00:30 EDT on the 9th
+    times = [
+        "2026-03-08T04:30:00Z",  # 23:30 EST on the 7th
+        "2026-03-09T03:30:00Z",  # 23:30 EDT on the 8th
+        "2026-03-09T04:30:00Z",
+    ]  # 00:30 EDT on the 9th
     _post_batch(backend, [{"id": item, "ts": t} for t in times])
-    report = backend.tock(item, tz="America/New_York",
-                          **{"from": "2026-03-07", "to": "2026-03-09"})
+    report = backend.tock(item, tz="America/New_York", **{"from": "2026-03-07", "to": "2026-03-09"})
     assert list(report["views"].items()) == [
-        ("2026-03-09", 1), ("2026-03-08", 1), ("2026-03-07", 1)]
+        ("2026-03-09", 1),
+        ("2026-03-08", 1),
+        ("2026-03-07", 1),
+    ]
 
 
-def test_tock_weeks_and_months_start_on_monday_and_the_first(backend: Backend,
-                                                               item: str) -> None:
-    times = ["2026-01-31T10:00:00Z", "2026-02-01T10:00:00Z", "2026-02-02T10:00:00Z",
-             "2026-02-28T10:00:00Z", "2026-03-01T10:00:00Z"]
+def test_tock_weeks_and_months_start_on_monday_and_the_first(backend: Backend, item: str) -> None:
+    times = [
+        "2026-01-31T10:00:00Z",
+        "2026-02-01T10:00:00Z",
+        "2026-02-02T10:00:00Z",
+        "2026-02-28T10:00:00Z",
+        "2026-03-01T10:00:00Z",
+    ]
     _post_batch(backend, [{"id": item, "ts": t} for t in times])
     window = {"from": "2026-01-26", "to": "2026-03-01"}
     weeks = backend.tock(item, interval="week", **window)
     assert list(weeks["views"].items()) == [
-        ("2026-02-23", 2), ("2026-02-16", 0), ("2026-02-09", 0), ("2026-02-02", 1),
-        ("2026-01-26", 2)]
+        ("2026-02-23", 2),
+        ("2026-02-16", 0),
+        ("2026-02-09", 0),
+        ("2026-02-02", 1),
+        ("2026-01-26", 2),
+    ]
     months = backend.tock(item, interval="month", **window)
     assert list(months["views"].items()) == [("2026-03", 1), ("2026-02", 3), ("2026-01", 1)]
 
 
-def test_tock_top_keeps_the_most_frequent_with_ties_by_name(backend: Backend,
-                                                              item: str) -> None:
+def test_tock_top_keeps_the_most_frequent_with_ties_by_name(backend: Backend, item: str) -> None:
     ts = "2026-05-05T12:00:00Z"
     counts = {"zip": 1, "shp": 3, "csv": 5, "kml": 3, "geojson": 2}
     ticks: list[dict[str, object]] = []
@@ -111,7 +155,10 @@ def test_tock_top_keeps_the_most_frequent_with_ties_by_name(backend: Backend,
     report = backend.tock(item, top="3", **{"from": "2026-05-05", "to": "2026-05-05"})
     assert list(report["downloads"].items()) == [("csv", 5), ("kml", 3), ("shp", 3)]
     assert list(report["referers"].items()) == [
-        ("c.example", 4), ("a.example/y", 2), ("b.example/x", 2)]
+        ("c.example", 4),
+        ("a.example/y", 2),
+        ("b.example/x", 2),
+    ]
     everything = backend.tock(item, **{"from": "2026-05-05", "to": "2026-05-05"})
     assert everything["downloads"] == {**counts, "unknown": 1}
     assert everything["views"] == {"2026-05-05": 9}
@@ -135,8 +182,9 @@ def test_tock_defaults_to_the_last_30_days_zero_filled(backend: Backend, item: s
 def test_tock_leaves_out_known_crawlers_unless_asked(backend: Backend, item: str) -> None:
     ts = "2026-06-01T10:00:00Z"
     for agent in (GOOGLEBOT, GOOGLEBOT, FIREFOX):
-        resp = backend.client.post("/tick", json={"id": item, "ts": ts},
-                                   headers={"User-Agent": agent})
+        resp = backend.client.post(
+            "/tick", json={"id": item, "ts": ts}, headers={"User-Agent": agent}
+        )
         assert resp.status_code == 202
     window = {"from": "2026-06-01", "to": "2026-06-01"}
     assert backend.tock(item, **window)["views"] == {"2026-06-01": 1}
@@ -145,6 +193,8 @@ def test_tock_leaves_out_known_crawlers_unless_asked(backend: Backend, item: str
 
 def test_unknown_item_gets_an_all_zero_report(backend: Backend, item: str) -> None:
     report = backend.tock(item, **{"from": "2020-02-27", "to": "2020-03-01"})
-    assert report == {"views": {"2020-03-01": 0, "2020-02-29": 0, "2020-02-28": 0,
-                                "2020-02-27": 0},
-                      "downloads": {}, "referers": {}}
+    assert report == {
+        "views": {"2020-03-01": 0, "2020-02-29": 0, "2020-02-28": 0, "2020-02-27": 0},
+        "downloads": {},
+        "referers": {},
+    }

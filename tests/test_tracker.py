@@ -25,9 +25,11 @@ from tests.support.browser import CHROMIUM_ARGS, ensure_chromium
 from tests.support.es_server import free_port
 from tests.support.metronome_server import MetronomeServer
 
-GIF_1X1 = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff"
-           b"!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00"
-           b"\x02\x02D\x01\x00;")
+GIF_1X1 = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff"
+    b"!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00"
+    b"\x02\x02D\x01\x00;"
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +39,23 @@ def page_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, page_port: int
-           ) -> Iterator[MetronomeServer]:
+def server(tmp_path_factory: pytest.TempPathFactory, page_port: int) -> Iterator[MetronomeServer]:
     """A Metronome of its own (embedded store) with one site, ``demo``, that takes ticks
     from the pages' origin, and a key to read its reports (``server.query_key``): every
     stored tick is one this module sent."""
-    srv = MetronomeServer({"METRONOME_SITES_CACHE_S": "1"},
-                          data_dir=tmp_path_factory.mktemp("data-tracker"))
-    made = srv.run_cli("sites", "create", "--id", "demo", "--name", "Parks",
-                       "--origin", f"http://127.0.0.1:{page_port}")
+    srv = MetronomeServer(
+        {"METRONOME_SITES_CACHE_S": "1"}, data_dir=tmp_path_factory.mktemp("data-tracker")
+    )
+    made = srv.run_cli(
+        "sites",
+        "create",
+        "--id",
+        "demo",
+        "--name",
+        "Parks",
+        "--origin",
+        f"http://127.0.0.1:{page_port}",
+    )
     assert made.returncode == 0, made.stderr
     key = srv.run_cli("keys", "create", "--site", "demo", "--scope", "query", "--json")
     assert key.returncode == 0, key.stderr
@@ -60,24 +70,36 @@ def read_ticks(server: MetronomeServer) -> list[dict[str, Any]]:
     """Every stored tick document, oldest first, read from the embedded store itself."""
     wait_for_drain(server)
     with sqlite3.connect(server.data_dir / "metronome.sqlite3") as conn:
-        rows = conn.execute("SELECT doc FROM events WHERE dataset = 'ticks'"
-                            " ORDER BY ts, id").fetchall()
+        rows = conn.execute(
+            "SELECT doc FROM events WHERE dataset = 'ticks' ORDER BY ts, id"
+        ).fetchall()
     return [json.loads(row[0]) for row in rows]
 
 
 def summary(doc: dict[str, Any]) -> tuple[Any, ...]:
     """What a tick says: (event, item id, format, url, referrer, free parameters)."""
-    return (doc["event"]["action"], doc["item"]["id"], doc["item"].get("format"),
-            doc.get("url", {}).get("original"),
-            doc.get("http", {}).get("request", {}).get("referrer"), doc["params"])
+    return (
+        doc["event"]["action"],
+        doc["item"]["id"],
+        doc["item"].get("format"),
+        doc.get("url", {}).get("original"),
+        doc.get("http", {}).get("request", {}).get("referrer"),
+        doc["params"],
+    )
 
 
 def test_post_tick_takes_json_sent_as_text_plain_with_a_site_parameter(
-        server: MetronomeServer, page_port: int) -> None:
+    server: MetronomeServer, page_port: int
+) -> None:
     """What navigator.sendBeacon sends: a JSON string as text/plain, to /tick?site=..."""
-    resp = httpx.post(f"{server.url}/tick?site=demo", content='{"id": "beacon-1", "plan": "pro"}',
-                      headers={"Content-Type": "text/plain;charset=UTF-8",
-                               "Origin": f"http://127.0.0.1:{page_port}"})
+    resp = httpx.post(
+        f"{server.url}/tick?site=demo",
+        content='{"id": "beacon-1", "plan": "pro"}',
+        headers={
+            "Content-Type": "text/plain;charset=UTF-8",
+            "Origin": f"http://127.0.0.1:{page_port}",
+        },
+    )
     assert resp.status_code == 202, resp.text
     (doc,) = [d for d in read_ticks(server) if d["item"]["id"] == "beacon-1"]
     assert doc["params"] == {"plan": "pro"}  # the site is not a free parameter
@@ -86,8 +108,7 @@ def test_post_tick_takes_json_sent_as_text_plain_with_a_site_parameter(
 def test_tracker_script_is_small_cached_by_etag_and_gzipped(server: MetronomeServer) -> None:
     source = tracker_source()
     with httpx.Client(base_url=server.url) as client:
-        with client.stream("GET", "/metronome.js",
-                           headers={"Accept-Encoding": "gzip, br"}) as resp:
+        with client.stream("GET", "/metronome.js", headers={"Accept-Encoding": "gzip, br"}) as resp:
             zipped = b"".join(resp.iter_raw())
         assert resp.status_code == 200
         assert resp.headers["content-type"] == "text/javascript; charset=utf-8"
@@ -104,8 +125,9 @@ def test_tracker_script_is_small_cached_by_etag_and_gzipped(server: MetronomeSer
         assert "content-encoding" not in plain.headers
         assert plain.headers["etag"] != etag  # one strong tag per encoding
 
-        again = client.get("/metronome.js", headers={"Accept-Encoding": "gzip",
-                                                     "If-None-Match": etag})
+        again = client.get(
+            "/metronome.js", headers={"Accept-Encoding": "gzip", "If-None-Match": etag}
+        )
         assert again.status_code == 304 and again.content == b""
         assert again.headers["etag"] == etag
         assert again.headers["cache-control"] == "public, max-age=3600"
@@ -114,18 +136,26 @@ def test_tracker_script_is_small_cached_by_etag_and_gzipped(server: MetronomeSer
 
 
 def test_pixel_stores_a_tick_from_query_parameters_and_answers_a_gif(
-        server: MetronomeServer) -> None:
-    resp = httpx.get(f"{server.url}/tick.gif",
-                     params={"id": "newsletter-7", "event": "open", "campaign": "nov",
-                             "site": "demo"},
-                     headers={"Referer": "https://mail.example.net/inbox"})
+    server: MetronomeServer,
+) -> None:
+    resp = httpx.get(
+        f"{server.url}/tick.gif",
+        params={"id": "newsletter-7", "event": "open", "campaign": "nov", "site": "demo"},
+        headers={"Referer": "https://mail.example.net/inbox"},
+    )
     assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"] == "image/gif"
     assert "no-store" in resp.headers["cache-control"]
     assert resp.content == GIF_1X1
     (doc,) = [d for d in read_ticks(server) if d["item"]["id"] == "newsletter-7"]
-    assert summary(doc) == ("open", "newsletter-7", None, "https://mail.example.net/inbox",
-                            None, {"campaign": "nov"})
+    assert summary(doc) == (
+        "open",
+        "newsletter-7",
+        None,
+        "https://mail.example.net/inbox",
+        None,
+        {"campaign": "nov"},
+    )
 
     missing = httpx.get(f"{server.url}/tick.gif", params={"event": "open", "site": "demo"})
     assert missing.status_code == 400
@@ -138,8 +168,9 @@ def test_pixel_stores_a_tick_from_query_parameters_and_answers_a_gif(
 
 # ------------------------------------------------------------------ the real browser
 
-_STUB = ("window.metronome=window.metronome||function(){(metronome.q=metronome.q||[])"
-         ".push(arguments)};")
+_STUB = (
+    "window.metronome=window.metronome||function(){(metronome.q=metronome.q||[]).push(arguments)};"
+)
 
 
 class _Pages(ThreadingHTTPServer):
@@ -197,8 +228,11 @@ def site(server: MetronomeServer, page_port: int) -> Iterator[str]:
         "/dnt": (html, dnt.encode(), {}),
         "/fallback": (html, fallback.encode(), {}),
         "/elsewhere": (html, b"<!doctype html><title>Elsewhere</title>", {}),
-        "/files/parks.csv": ("text/csv", b"name\nGreen Park\n",
-                             {"Content-Disposition": 'attachment; filename="parks.csv"'}),
+        "/files/parks.csv": (
+            "text/csv",
+            b"name\nGreen Park\n",
+            {"Content-Disposition": 'attachment; filename="parks.csv"'},
+        ),
     }
     thread = threading.Thread(target=pages.serve_forever, daemon=True)
     thread.start()
@@ -212,8 +246,9 @@ def browser() -> Iterator[Browser]:
     """Debian's Chromium (installed with apt when missing), headless, through Playwright."""
     executable = ensure_chromium()
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(executable),
-                                              args=CHROMIUM_ARGS, headless=True)
+        chromium = playwright.chromium.launch(
+            executable_path=str(executable), args=CHROMIUM_ARGS, headless=True
+        )
         yield chromium
         chromium.close()
 
@@ -229,7 +264,8 @@ def _wait_for(server: MetronomeServer, count: int, timeout_s: float = 30) -> lis
 
 
 def test_browser_counts_views_spa_navigation_events_downloads_and_outbound_links(
-        server: MetronomeServer, site: str, browser: Browser) -> None:
+    server: MetronomeServer, site: str, browser: Browser
+) -> None:
     """A visitor arrives from a search, navigates inside the app, signs up, downloads a CSV and
     leaves through an outbound link. Their browser sends Global Privacy Control; the page that
     asks (data-respect-dnt) sends nothing, the page that does not ask counts as usual.
@@ -237,8 +273,9 @@ def test_browser_counts_views_spa_navigation_events_downloads_and_outbound_links
     value a browser that sends it (Firefox, Brave) has."""
     before = {d["event"]["id"] for d in read_ticks(server)}
     context = browser.new_context()
-    context.add_init_script("Object.defineProperty(Navigator.prototype,"
-                            " 'globalPrivacyControl', {get: () => true})")
+    context.add_init_script(
+        "Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true})"
+    )
     page = context.new_page()
     tick_requests: list[str] = []
     page.on("request", lambda r: tick_requests.append(r.url) if "/tick" in r.url else None)
@@ -281,21 +318,40 @@ def test_browser_counts_views_spa_navigation_events_downloads_and_outbound_links
     assert sorted(map(summary, docs), key=repr) == sorted(expected, key=repr)
     assert all(d["user_agent"]["name"] == "HeadlessChrome" for d in docs)
     # the same ticks, as an analyst reads them: through POST /query
-    answer = httpx.post(f"{server.url}/query", headers={
-        "Authorization": f"Bearer {server.query_key}"}, json={  # type: ignore[attr-defined]
-        "source": "ticks", "range": "today", "limit": 100,
-        "dimensions": ["event", "item", "format", "url.original", "http.request.referrer",
-                       "params.plan"],
-        "filters": [["is", "event.id", [d["event"]["id"] for d in docs]]]}).json()
-    queried = [(*r["dimensions"][:5], {"plan": r["dimensions"][5]} if r["dimensions"][5]
-                else {}, *r["metrics"]) for r in answer["results"]]
+    answer = httpx.post(
+        f"{server.url}/query",
+        headers={"Authorization": f"Bearer {server.query_key}"},
+        json={  # type: ignore[attr-defined]
+            "source": "ticks",
+            "range": "today",
+            "limit": 100,
+            "dimensions": [
+                "event",
+                "item",
+                "format",
+                "url.original",
+                "http.request.referrer",
+                "params.plan",
+            ],
+            "filters": [["is", "event.id", [d["event"]["id"] for d in docs]]],
+        },
+    ).json()
+    queried = [
+        (
+            *r["dimensions"][:5],
+            {"plan": r["dimensions"][5]} if r["dimensions"][5] else {},
+            *r["metrics"],
+        )
+        for r in answer["results"]
+    ]
     assert sorted(queried, key=repr) == sorted([(*e, 1) for e in expected], key=repr)
     beacons = [u for u in tick_requests if "/tick.gif" not in u]
     assert beacons and all(u == f"{server.url}/tick?site=demo" for u in beacons), beacons
 
 
 def test_browser_without_send_beacon_sends_with_fetch_keepalive(
-        server: MetronomeServer, site: str, browser: Browser) -> None:
+    server: MetronomeServer, site: str, browser: Browser
+) -> None:
     """Where navigator.sendBeacon is missing (removed here by an init script), the tracker
     falls back to fetch(keepalive, no-cors): no CORS preflight, the tick still arrives."""
     before = {d["event"]["id"] for d in read_ticks(server)}
@@ -308,4 +364,5 @@ def test_browser_without_send_beacon_sends_with_fetch_keepalive(
     assert page.evaluate("typeof navigator.sendBeacon") == "undefined"
     context.close()
     assert [summary(d) for d in docs] == [
-        ("view", "fallback-page", None, f"{site}/fallback", None, {})]
+        ("view", "fallback-page", None, f"{site}/fallback", None, {})
+    ]

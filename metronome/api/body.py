@@ -16,8 +16,13 @@ from metronome.errors import (
     UnsupportedMediaType,
 )
 
-__all__ = ["decode_json", "read_body", "require_content_type", "single_params",
-           "unsupported_media_type"]
+__all__ = [
+    "decode_json",
+    "read_body",
+    "require_content_type",
+    "single_params",
+    "unsupported_media_type",
+]
 
 
 def require_content_type(req: falcon.asgi.Request, allowed: tuple[str, ...]) -> str:
@@ -38,8 +43,9 @@ def unsupported_media_type(media: str, allowed: tuple[str, ...]) -> UnsupportedM
     )
 
 
-async def read_body(req: falcon.asgi.Request, max_bytes: int,
-                    timeout_s: float | None = None) -> bytes:
+async def read_body(
+    req: falcon.asgi.Request, max_bytes: int, timeout_s: float | None = None
+) -> bytes:
     """The whole body, refusing (413) anything over ``max_bytes`` before reading it all,
     and (408) a body that takes longer than ``timeout_s`` to arrive."""
     if req.content_length is not None and req.content_length > max_bytes:
@@ -54,12 +60,14 @@ async def read_body(req: falcon.asgi.Request, max_bytes: int,
             async for chunk in req.stream:
                 size += len(chunk)
                 if size > max_bytes:
-                    raise PayloadTooLarge(f"the body is over the limit of {max_bytes} bytes",
-                                          limit=max_bytes)
+                    raise PayloadTooLarge(
+                        f"the body is over the limit of {max_bytes} bytes", limit=max_bytes
+                    )
                 chunks.append(chunk)
     except TimeoutError:
-        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s"
-                             f" ({size} bytes came)", limit_s=timeout_s) from None
+        raise RequestTimeout(
+            f"the body did not arrive within {timeout_s:g} s ({size} bytes came)", limit_s=timeout_s
+        ) from None
     return b"".join(chunks)
 
 

@@ -32,8 +32,10 @@ __all__ = ["FastIngest", "error_answer"]
 log = logging.getLogger("metronome")
 
 _JSON = (b"content-type", b"application/json")
-_INTERNAL = {"error": "internal_error",
-             "message": "Metronome failed to answer; the server log has the details"}
+_INTERNAL = {
+    "error": "internal_error",
+    "message": "Metronome failed to answer; the server log has the details",
+}
 
 
 def error_answer(ex: MetronomeError, path: str) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -66,9 +68,11 @@ class _Request:
     @property
     def params(self) -> dict[str, Any]:
         if self._params is None:
-            self._params = (parse_query_string(self._query.decode("latin-1"),
-                                               keep_blank=True, csv=False)
-                            if self._query else {})
+            self._params = (
+                parse_query_string(self._query.decode("latin-1"), keep_blank=True, csv=False)
+                if self._query
+                else {}
+            )
         return self._params
 
     @property
@@ -140,8 +144,9 @@ class _Deadlines:
 class FastIngest:
     """ASGI app: ``POST /tick`` here, everything else to ``app`` (the Falcon app)."""
 
-    def __init__(self, app: Any, tick: Tick, *, max_body_bytes: int,
-                 body_timeout_s: float | None) -> None:
+    def __init__(
+        self, app: Any, tick: Tick, *, max_body_bytes: int, body_timeout_s: float | None
+    ) -> None:
         self.falcon_app = app
         self._tick = tick
         self._max_body = max_body_bytes
@@ -150,8 +155,7 @@ class FastIngest:
         tick.on_accepted = self._tally.accepted
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if (scope["type"] != "http" or scope["method"] != "POST"
-                or scope["path"] != "/tick"):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/tick":
             await self.falcon_app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -178,8 +182,9 @@ class FastIngest:
         limit = self._max_body
         declared = req.get_header("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}",
-                                  limit=limit)
+            raise PayloadTooLarge(
+                f"the body is {declared} bytes; the limit is {limit}", limit=limit
+            )
         deadlines = self._deadlines
         task = asyncio.current_task() if deadlines is not None else None
         if task is not None:
@@ -194,16 +199,19 @@ class FastIngest:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
-                    raise PayloadTooLarge(f"the body is over the limit of {limit} bytes",
-                                          limit=limit)
+                    raise PayloadTooLarge(
+                        f"the body is over the limit of {limit} bytes", limit=limit
+                    )
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
         except asyncio.CancelledError:
             if task is not None and deadlines.expired(task):  # type: ignore[union-attr]
                 timeout = deadlines.timeout_s  # type: ignore[union-attr]
-                raise RequestTimeout(f"the body did not arrive within {timeout:g} s"
-                                     f" ({size} bytes came)", limit_s=timeout) from None
+                raise RequestTimeout(
+                    f"the body did not arrive within {timeout:g} s ({size} bytes came)",
+                    limit_s=timeout,
+                ) from None
             raise
         finally:
             if task is not None:
@@ -211,11 +219,11 @@ class FastIngest:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     @staticmethod
-    async def _answer(send: Any, status: int, body: bytes, req: _Request,
-                      extra: dict[str, str]) -> None:
+    async def _answer(
+        send: Any, status: int, body: bytes, req: _Request, extra: dict[str, str]
+    ) -> None:
         headers = [_JSON, (b"content-length", str(len(body)).encode())]
-        headers.extend((k.lower().encode("latin-1"), v.encode("latin-1"))
-                       for k, v in extra.items())
+        headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items())
         origin = getattr(req.context, "cors_origin", None)
         if origin is not None:  # as the Cors middleware adds it
             headers.append((b"access-control-allow-origin", origin.encode("latin-1")))

@@ -107,16 +107,21 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 def _is_array(value: Any) -> bool:
     # msgpack.ExtType is a namedtuple: never take it for an array
-    return isinstance(value, list) or (isinstance(value, tuple)
-                                       and not isinstance(value, msgpack.ExtType))
+    return isinstance(value, list) or (
+        isinstance(value, tuple) and not isinstance(value, msgpack.ExtType)
+    )
 
 
 def _unpacker(max_buffer_size: int) -> msgpack.Unpacker:
     # surrogateescape keeps a PackedForward payload sent as msgpack str (older clients)
     # byte-exact; _clean() turns any undecodable text in records into U+FFFD.
-    return msgpack.Unpacker(raw=False, ext_hook=_ext_hook, strict_map_key=False,
-                            unicode_errors="surrogateescape",
-                            max_buffer_size=max(max_buffer_size, 1))
+    return msgpack.Unpacker(
+        raw=False,
+        ext_hook=_ext_hook,
+        strict_map_key=False,
+        unicode_errors="surrogateescape",
+        max_buffer_size=max(max_buffer_size, 1),
+    )
 
 
 # -- decoding ---------------------------------------------------------------------------
@@ -148,7 +153,8 @@ def _clean(value: Any, depth: int) -> Any:
                 key = _text(key)
             else:
                 raise ForwardProtocolError(
-                    f"record keys must be strings, got {type(key).__name__} {key!r}")
+                    f"record keys must be strings, got {type(key).__name__} {key!r}"
+                )
             cleaned[key] = _clean(item, depth + 1)
         return cleaned
     if _is_array(value):
@@ -169,12 +175,14 @@ def _time_ms(value: Any, now_ms: int, where: str) -> int:
         if value.code != _EVENT_TIME_EXT or len(value.data) != 8:
             raise ForwardProtocolError(
                 f"{where}: time must be seconds or EventTime (ext 0, 8 bytes), "
-                f"got ext type {value.code} of {len(value.data)} bytes")
+                f"got ext type {value.code} of {len(value.data)} bytes"
+            )
         value = EventTime(*struct.unpack(">II", value.data))
     if isinstance(value, EventTime):
         if value.nanoseconds >= 1_000_000_000:
             raise ForwardProtocolError(
-                f"{where}: EventTime nanoseconds must be below 10^9, got {value.nanoseconds}")
+                f"{where}: EventTime nanoseconds must be below 10^9, got {value.nanoseconds}"
+            )
         if value.seconds == 0 and value.nanoseconds == 0:
             return now_ms
         return value.seconds * 1000 + value.nanoseconds // 1_000_000
@@ -182,7 +190,8 @@ def _time_ms(value: Any, now_ms: int, where: str) -> int:
         return now_ms
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ForwardProtocolError(
-            f"{where}: time must be seconds or EventTime, got {_kind(value)}")
+            f"{where}: time must be seconds or EventTime, got {_kind(value)}"
+        )
     if not math.isfinite(value) or value < 0:
         raise ForwardProtocolError(f"{where}: time must be a non-negative number, got {value}")
     if value == 0:
@@ -222,11 +231,11 @@ def _gunzip(data: bytes, limit: int | None) -> bytes:
             else:
                 out += inflater.decompress(data, limit + 1 - len(out))
         except zlib.error as exc:
-            raise ForwardProtocolError(f"CompressedPackedForward: bad gzip data ({exc})"
-                                       ) from None
+            raise ForwardProtocolError(f"CompressedPackedForward: bad gzip data ({exc})") from None
         if limit is not None and (len(out) > limit or inflater.unconsumed_tail):
             raise ForwardProtocolError(
-                f"CompressedPackedForward: more than {limit} bytes once decompressed")
+                f"CompressedPackedForward: more than {limit} bytes once decompressed"
+            )
         if not inflater.eof:
             raise ForwardProtocolError("CompressedPackedForward: gzip data is truncated")
         data = inflater.unused_data
@@ -249,7 +258,8 @@ def _packed_entries(payload: bytes, now_ms: int, mode: str) -> list[tuple[int, d
     if end != len(payload):
         raise ForwardProtocolError(
             f"{mode}: entries end in an incomplete msgpack object "
-            f"({len(payload) - end} bytes left over)")
+            f"({len(payload) - end} bytes left over)"
+        )
     return entries
 
 
@@ -269,9 +279,9 @@ def _option(value: Any) -> dict[str, Any] | None:
     return value
 
 
-def decode_entries(message: Any, *, now_ms: int | None = None,
-                   max_decompressed_bytes: int | None = None
-                   ) -> tuple[str, list[tuple[int, dict[str, Any]]], dict[str, Any] | None]:
+def decode_entries(
+    message: Any, *, now_ms: int | None = None, max_decompressed_bytes: int | None = None
+) -> tuple[str, list[tuple[int, dict[str, Any]]], dict[str, Any] | None]:
     """One decoded forward-protocol frame to ``(tag, [(time_ms, record), ...], option)``.
 
     ``message`` is the msgpack array as unpacked (EventTime either as :class:`EventTime`
@@ -282,8 +292,7 @@ def decode_entries(message: Any, *, now_ms: int | None = None,
     if not _is_array(message):
         raise ForwardProtocolError(f"a frame must be a msgpack array, got {_kind(message)}")
     if not 2 <= len(message) <= 4:
-        raise ForwardProtocolError(
-            f"a frame must be an array of 2 to 4 items, got {len(message)}")
+        raise ForwardProtocolError(f"a frame must be an array of 2 to 4 items, got {len(message)}")
     tag = message[0]
     if isinstance(tag, bytes):
         try:
@@ -305,7 +314,8 @@ def decode_entries(message: Any, *, now_ms: int | None = None,
     if _is_array(body):  # Forward
         if len(message) > 3:
             raise ForwardProtocolError(
-                f"Forward mode is [tag, entries, option?], got {len(message)} items")
+                f"Forward mode is [tag, entries, option?], got {len(message)} items"
+            )
         option = _option(message[2] if len(message) == 3 else None)
         entries = [_entry(e, now_ms, f"Forward entry {i}") for i, e in enumerate(body)]
         return tag, entries, option
@@ -313,7 +323,8 @@ def decode_entries(message: Any, *, now_ms: int | None = None,
     if isinstance(body, bytes | str):  # PackedForward, CompressedPackedForward
         if len(message) > 3:
             raise ForwardProtocolError(
-                f"PackedForward mode is [tag, entries, option?], got {len(message)} items")
+                f"PackedForward mode is [tag, entries, option?], got {len(message)} items"
+            )
         option = _option(message[2] if len(message) == 3 else None)
         payload = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else body
         compressed = (option or {}).get("compressed", "text")
@@ -322,14 +333,16 @@ def decode_entries(message: Any, *, now_ms: int | None = None,
             return tag, _packed_entries(payload, now_ms, "CompressedPackedForward"), option
         if compressed != "text":
             raise ForwardProtocolError(
-                f"option 'compressed' must be 'gzip' or 'text', got {compressed!r}")
+                f"option 'compressed' must be 'gzip' or 'text', got {compressed!r}"
+            )
         return tag, _packed_entries(payload, now_ms, "PackedForward"), option
 
     # Message
     if len(message) < 3:
         raise ForwardProtocolError(
             f"entries must be an array, bin or str (Forward, PackedForward), or a Message "
-            f"[tag, time, record, option?]; got [tag, {_kind(body)}]")
+            f"[tag, time, record, option?]; got [tag, {_kind(body)}]"
+        )
     option = _option(message[3] if len(message) == 4 else None)
     entry = (_time_ms(body, now_ms, "Message"), _record(message[2], "Message"))
     return tag, [entry], option
@@ -341,8 +354,13 @@ def decode_entries(message: Any, *, now_ms: int | None = None,
 class _Connection:
     __slots__ = ("busy", "fed", "frame_end", "peer", "task", "unpacker", "writer")
 
-    def __init__(self, task: asyncio.Task[None], writer: asyncio.StreamWriter,
-                 peer: str, max_frame_bytes: int) -> None:
+    def __init__(
+        self,
+        task: asyncio.Task[None],
+        writer: asyncio.StreamWriter,
+        peer: str,
+        max_frame_bytes: int,
+    ) -> None:
         self.task = task
         self.writer = writer
         self.peer = peer
@@ -362,9 +380,14 @@ class ForwardServer:
     received and a compressed payload once decompressed.
     """
 
-    def __init__(self, host: str, port: int,
-                 handler: Callable[[str, list[tuple[int, dict[str, Any]]]], Awaitable[None]],
-                 *, max_frame_bytes: int = 16 << 20) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        handler: Callable[[str, list[tuple[int, dict[str, Any]]]], Awaitable[None]],
+        *,
+        max_frame_bytes: int = 16 << 20,
+    ) -> None:
         if max_frame_bytes < 1:
             raise ValueError("max_frame_bytes must be positive")
         self.host = host
@@ -386,8 +409,7 @@ class ForwardServer:
         if self._server is not None:
             raise RuntimeError("ForwardServer already started")
         self._closing = False
-        self._server = await asyncio.start_server(self._serve, self.host,
-                                                  self._requested_port)
+        self._server = await asyncio.start_server(self._serve, self.host, self._requested_port)
         log.info("forward_listening host=%s port=%d", self.host, self.port)
 
     async def close(self, timeout_s: float = 5.0) -> None:
@@ -414,8 +436,7 @@ class ForwardServer:
             await asyncio.gather(*tasks, return_exceptions=True)
         await server.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                     ) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         peername = writer.get_extra_info("peername")
@@ -442,8 +463,11 @@ class ForwardServer:
             data = await reader.read(_READ_SIZE)
             if not data:
                 if conn.fed > conn.frame_end:
-                    log.warning("forward_truncated_frame peer=%s: closed %d bytes into a frame",
-                                conn.peer, conn.fed - conn.frame_end)
+                    log.warning(
+                        "forward_truncated_frame peer=%s: closed %d bytes into a frame",
+                        conn.peer,
+                        conn.fed - conn.frame_end,
+                    )
                 return
             conn.busy = True
             try:
@@ -469,15 +493,17 @@ class ForwardServer:
                 log.warning("forward_protocol_error peer=%s: %s", conn.peer, exc)
                 return False
             except Exception as exc:  # noqa: BLE001 - undecodable bytes: a protocol error
-                log.warning("forward_protocol_error peer=%s: not valid msgpack (%r)",
-                            conn.peer, exc)
+                log.warning(
+                    "forward_protocol_error peer=%s: not valid msgpack (%r)", conn.peer, exc
+                )
                 return False
             frame_start, conn.frame_end = conn.frame_end, unpacker.tell()
             if conn.frame_end - frame_start > self.max_frame_bytes:
                 return self._too_large(conn)
             try:
                 tag, entries, option = decode_entries(
-                    message, max_decompressed_bytes=self.max_frame_bytes)
+                    message, max_decompressed_bytes=self.max_frame_bytes
+                )
             except ForwardProtocolError as exc:
                 log.warning("forward_protocol_error peer=%s: %s", conn.peer, exc)
                 return False
@@ -485,9 +511,13 @@ class ForwardServer:
                 try:
                     await self._handler(tag, entries)
                 except Exception:
-                    log.exception("forward_handler_failed peer=%s tag=%s entries=%d: not "
-                                  "acknowledged, closing the connection", conn.peer, tag,
-                                  len(entries))
+                    log.exception(
+                        "forward_handler_failed peer=%s tag=%s entries=%d: not "
+                        "acknowledged, closing the connection",
+                        conn.peer,
+                        tag,
+                        len(entries),
+                    )
                     return False
             chunk = option.get("chunk") if option else None
             if chunk is not None:
@@ -496,6 +526,9 @@ class ForwardServer:
         return False
 
     def _too_large(self, conn: _Connection) -> bool:
-        log.warning("forward_protocol_error peer=%s: frame larger than %d bytes",
-                    conn.peer, self.max_frame_bytes)
+        log.warning(
+            "forward_protocol_error peer=%s: frame larger than %d bytes",
+            conn.peer,
+            self.max_frame_bytes,
+        )
         return False

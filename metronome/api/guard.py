@@ -117,8 +117,9 @@ def _one_site(names: set[str]) -> str | None:
 
 
 def _unknown(name: str) -> UnknownSite:
-    return UnknownSite(f"there is no site {name[:64]!r}; `metronome sites list` shows them",
-                       site=name[:64])
+    return UnknownSite(
+        f"there is no site {name[:64]!r}; `metronome sites list` shows them", site=name[:64]
+    )
 
 
 class Guard:
@@ -126,10 +127,12 @@ class Guard:
 
     def __init__(self, settings: Settings, cache: RegistryCache) -> None:
         self._cache = cache
-        self._per_ip = Buckets(settings.rate_limit_per_ip, settings.rate_limit_per_ip_burst,
-                               "client address")
-        self._per_site = Buckets(settings.rate_limit_per_site,
-                                 settings.rate_limit_per_site_burst, "site")
+        self._per_ip = Buckets(
+            settings.rate_limit_per_ip, settings.rate_limit_per_ip_burst, "client address"
+        )
+        self._per_site = Buckets(
+            settings.rate_limit_per_site, settings.rate_limit_per_site_burst, "site"
+        )
 
     @property
     def registry(self) -> Registry:
@@ -151,23 +154,29 @@ class Guard:
         self._cache.note_use(key.id, now_ms())
         return key
 
-    def _with_key(self, snapshot: Snapshot, secret: str, names: set[str], scope: str,
-                  route: str) -> Access:
+    def _with_key(
+        self, snapshot: Snapshot, secret: str, names: set[str], scope: str, route: str
+    ) -> Access:
         key = self._key(snapshot, secret)
         if not key.allows(scope):
             raise ScopeForbidden(
                 f"{route} needs a key with the {scope} (or admin) scope; this key has"
-                f" {', '.join(sorted(key.scopes))}", scope=scope)
+                f" {', '.join(sorted(key.scopes))}",
+                scope=scope,
+            )
         if key.site_id is not None:
             others = sorted(n for n in names if n != key.site_id)
             if others:
-                raise SiteForbidden(f"this key is for site {key.site_id!r}, not"
-                                    f" {others[0][:64]!r}", site=others[0][:64])
+                raise SiteForbidden(
+                    f"this key is for site {key.site_id!r}, not {others[0][:64]!r}",
+                    site=others[0][:64],
+                )
             return Access(key.site_id, "key", key)
         name = _one_site(names)
         if name is None:
-            raise InvalidParameter("this admin key covers every site: name one with"
-                                   " ?site=<site id>", parameter="site")
+            raise InvalidParameter(
+                "this admin key covers every site: name one with ?site=<site id>", parameter="site"
+            )
         if name not in snapshot.sites:
             raise _unknown(name)
         return Access(name, "key", key)
@@ -192,12 +201,22 @@ class Guard:
             return
         snapshot = await self._cache.get()
         site = snapshot.sites.get(req.params.get("site") or "")
-        if snapshot.open or (site.allows_origin(origin) if site is not None else
-                             any(s.allows_origin(origin) for s in snapshot.sites.values())):
+        if snapshot.open or (
+            site.allows_origin(origin)
+            if site is not None
+            else any(s.allows_origin(origin) for s in snapshot.sites.values())
+        ):
             req.context.cors_origin = origin
 
-    async def ingest(self, req: falcon.asgi.Request, names: set[str], client_ip: str | None,
-                     count: int, *, origin_optional: bool = False) -> Access:
+    async def ingest(
+        self,
+        req: falcon.asgi.Request,
+        names: set[str],
+        client_ip: str | None,
+        count: int,
+        *,
+        origin_optional: bool = False,
+    ) -> Access:
         """The site ``count`` ticks go to (``names``: :func:`named_sites`), or an error;
         then the rate limits.
 
@@ -210,7 +229,8 @@ class Guard:
             if names - {DEFAULT_SITE}:
                 raise UnknownSite(
                     f"there is no site {sorted(names - {DEFAULT_SITE})[0][:64]!r}: no sites"
-                    " are configured, so ticks go to the default site; leave 'site' out")
+                    " are configured, so ticks go to the default site; leave 'site' out"
+                )
             if origin is not None:
                 req.context.cors_origin = origin
             return Access(DEFAULT_SITE, "open")  # as before sites existed: no limits either
@@ -220,22 +240,28 @@ class Guard:
         else:
             name = _one_site(names)
             if name is None:
-                raise KeyRequired("name the site: from a web page with ?site=<site id> (its"
-                                  " origin must be allowed), from a server with"
-                                  " 'Authorization: Bearer <key with the ingest scope>'")
+                raise KeyRequired(
+                    "name the site: from a web page with ?site=<site id> (its"
+                    " origin must be allowed), from a server with"
+                    " 'Authorization: Bearer <key with the ingest scope>'"
+                )
             site = snapshot.sites.get(name)
             if site is None:
                 raise _unknown(name)
             if origin is None:
                 if not origin_optional:
-                    raise KeyRequired("ticks without a key are taken from web pages only"
-                                      " (with an Origin header); a server sends"
-                                      " 'Authorization: Bearer <key with the ingest scope>'")
+                    raise KeyRequired(
+                        "ticks without a key are taken from web pages only"
+                        " (with an Origin header); a server sends"
+                        " 'Authorization: Bearer <key with the ingest scope>'"
+                    )
             elif not site.allows_origin(origin):
                 raise OriginForbidden(
                     f"site {site.id!r} does not take ticks from pages at {origin[:200]!r};"
                     " allow the origin with `metronome sites update`",
-                    origin=origin[:200], site=site.id)
+                    origin=origin[:200],
+                    site=site.id,
+                )
             else:
                 req.context.cors_origin = origin
             access = Access(site.id, "origin")
@@ -260,8 +286,10 @@ class Guard:
         names = named_sites(req)
         if snapshot.open:
             if names - {DEFAULT_SITE}:
-                raise UnknownSite(f"there is no site {sorted(names - {DEFAULT_SITE})[0][:64]!r}:"
-                                  " no sites are configured; leave 'site' out")
+                raise UnknownSite(
+                    f"there is no site {sorted(names - {DEFAULT_SITE})[0][:64]!r}:"
+                    " no sites are configured; leave 'site' out"
+                )
             return Access(DEFAULT_SITE, "open")
         secret = _bearer(req)
         if secret is not None:
@@ -273,9 +301,15 @@ class Guard:
         if public_ok and site is not None and site.public_tock:
             req.context.cors_origin = "*"
             return Access(site.id, "public")
-        raise KeyRequired(f"{req.path} needs 'Authorization: Bearer <key with the query"
-                          " scope>'" + (f"; site {name!r}'s item reports are not public"
-                                        if name is not None and public_ok else ""))
+        raise KeyRequired(
+            f"{req.path} needs 'Authorization: Bearer <key with the query"
+            " scope>'"
+            + (
+                f"; site {name!r}'s item reports are not public"
+                if name is not None and public_ok
+                else ""
+            )
+        )
 
     async def preflight(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Answer a CORS preflight for a browser route: 204 for allowed origins (the named
@@ -295,9 +329,11 @@ class Guard:
         else:
             allowed = any(site.allows_origin(origin) for site in snapshot.sites.values())
         if not allowed:
-            raise OriginForbidden(f"no site takes ticks from pages at {origin[:200]!r}"
-                                  + (f" (site {name!r})" if name else ""),
-                                  origin=origin[:200])
+            raise OriginForbidden(
+                f"no site takes ticks from pages at {origin[:200]!r}"
+                + (f" (site {name!r})" if name else ""),
+                origin=origin[:200],
+            )
         resp.status = falcon.HTTP_204
         resp.set_header("Access-Control-Allow-Origin", origin)
         resp.set_header("Access-Control-Allow-Methods", _ALLOW_METHODS)
@@ -314,13 +350,17 @@ class Cors:
     def __init__(self, guard: Guard) -> None:
         self._guard = guard
 
-    async def process_request(self, req: falcon.asgi.Request,
-                              resp: falcon.asgi.Response) -> None:
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         if req.method == "OPTIONS" and req.path.rstrip("/") in BROWSER_PATHS:
             await self._guard.preflight(req, resp)
 
-    async def process_response(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                               resource: object, req_succeeded: bool) -> None:
+    async def process_response(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        resource: object,
+        req_succeeded: bool,
+    ) -> None:
         origin = getattr(req.context, "cors_origin", None)
         if origin is not None:
             resp.set_header("Access-Control-Allow-Origin", origin)

@@ -40,15 +40,22 @@ class Ready:
                 reason = f"{reason}; installing the schema failed: {exc.message}"
         if not self._pipeline.spool_has_room():
             resp.status = falcon.HTTP_503
-            resp.media = {"error": "spool_full", "store": self._store.backend,
-                          "message": "the spool is full: ingestion answers 503 until the"
-                                     f" store catches up ({reason or 'store reachable'})"}
+            resp.media = {
+                "error": "spool_full",
+                "store": self._store.backend,
+                "message": "the spool is full: ingestion answers 503 until the"
+                f" store catches up ({reason or 'store reachable'})",
+            }
             return
         if reason is None:
             resp.media = {"status": "ready", "store": self._store.backend}
             return
-        resp.media = {"status": "degraded", "store": self._store.backend, "reason": reason,
-                      "message": "ticks are accepted into the spool; reports wait for the store"}
+        resp.media = {
+            "status": "degraded",
+            "store": self._store.backend,
+            "reason": reason,
+            "message": "ticks are accepted into the spool; reports wait for the store",
+        }
 
 
 class Metrics:

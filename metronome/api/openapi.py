@@ -20,8 +20,14 @@ from metronome.reports.query import QUERY_SCHEMA
 
 __all__ = ["OpenAPI", "openapi_document"]
 
-_HTTP_ERROR_CODES = ["not_found", "method_not_allowed", "payload_too_large",
-                     "unsupported_media_type", "bad_request", "internal_error"]
+_HTTP_ERROR_CODES = [
+    "not_found",
+    "method_not_allowed",
+    "payload_too_large",
+    "unsupported_media_type",
+    "bad_request",
+    "internal_error",
+]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -34,7 +40,7 @@ def _rewrite_refs(node: Any, defs_to: str) -> Any:
         out = {}
         for key, value in node.items():
             if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
-                out[key] = f"#/components/schemas/{defs_to}{value[len('#/$defs/'):].title()}"
+                out[key] = f"#/components/schemas/{defs_to}{value[len('#/$defs/') :].title()}"
             elif key not in ("$schema", "$defs"):
                 out[key] = _rewrite_refs(value, defs_to)
         return out
@@ -48,18 +54,29 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    reasons = {400: "The request is wrong; `error` says how, `details` where",
-               404: "No such route or report", 405: "Method not allowed here",
-               413: "The body is over the limit", 415: "Send a JSON body",
-               429: "Too many requests; wait for Retry-After seconds",
-               503: "The store or the spool cannot take it now; retry after Retry-After"}
-    return {str(s): {"description": reasons[s], "content": _json(_ref("Error"))}
-            for s in statuses}
+    reasons = {
+        400: "The request is wrong; `error` says how, `details` where",
+        404: "No such route or report",
+        405: "Method not allowed here",
+        413: "The body is over the limit",
+        415: "Send a JSON body",
+        429: "Too many requests; wait for Retry-After seconds",
+        503: "The store or the spool cannot take it now; retry after Retry-After",
+    }
+    return {str(s): {"description": reasons[s], "content": _json(_ref("Error"))} for s in statuses}
 
 
 def _query_params(spec: dict[str, str], required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    return [{"name": name, "in": "query", "required": name in required, "description": text,
-             "schema": {"type": "string"}} for name, text in spec.items()]
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "description": text,
+            "schema": {"type": "string"},
+        }
+        for name, text in spec.items()
+    ]
 
 
 def openapi_document() -> dict[str, Any]:
@@ -69,135 +86,292 @@ def openapi_document() -> dict[str, Any]:
     codes = sorted({cls.code for cls in all_error_classes()} | set(_HTTP_ERROR_CODES))
     schemas: dict[str, Any] = {
         "Error": {
-            "type": "object", "required": ["error", "message"],
-            "properties": {"error": {"enum": codes}, "message": {"type": "string"},
-                           "details": {"type": "object"}},
+            "type": "object",
+            "required": ["error", "message"],
+            "properties": {
+                "error": {"enum": codes},
+                "message": {"type": "string"},
+                "details": {"type": "object"},
+            },
         },
         "Tick": TICK_SCHEMA,
         "Query": query_schema,
         "QueryFilter": query_filter,
         "QueryAnswer": {
-            "type": "object", "required": ["results", "meta", "query"],
+            "type": "object",
+            "required": ["results", "meta", "query"],
             "properties": {
-                "results": {"type": "array", "items": {
-                    "type": "object", "required": ["dimensions", "metrics"],
-                    "properties": {"dimensions": {"type": "array"},
-                                   "metrics": {"type": "array"},
-                                   "previous": {"type": "array"},
-                                   "change": {"type": "array"}}}},
-                "meta": {"type": "object", "required": ["dimensions", "metrics", "next"],
-                         "properties": {"next": {"type": ["string", "null"]}}},
+                "results": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["dimensions", "metrics"],
+                        "properties": {
+                            "dimensions": {"type": "array"},
+                            "metrics": {"type": "array"},
+                            "previous": {"type": "array"},
+                            "change": {"type": "array"},
+                        },
+                    },
+                },
+                "meta": {
+                    "type": "object",
+                    "required": ["dimensions", "metrics", "next"],
+                    "properties": {"next": {"type": ["string", "null"]}},
+                },
                 "query": {"type": "object"},
                 "report": {"type": "string"},
             },
         },
         "Tock": {
-            "type": "object", "required": ["views", "downloads", "referers"],
-            "properties": {name: {"type": "object", "additionalProperties": {"type": "integer"}}
-                           for name in ("views", "downloads", "referers")},
+            "type": "object",
+            "required": ["views", "downloads", "referers"],
+            "properties": {
+                name: {"type": "object", "additionalProperties": {"type": "integer"}}
+                for name in ("views", "downloads", "referers")
+            },
         },
     }
-    tock_params = _query_params({
-        "from": "start: a date, ISO 8601 or epoch ms", "to": "end (a date includes the day)",
-        "tz": "IANA time zone", "interval": "hour, day, week or month",
-        "top": "1 to 1000", "bots": "exclude or include", "sources": "ticks, logs or both"})
+    tock_params = _query_params(
+        {
+            "from": "start: a date, ISO 8601 or epoch ms",
+            "to": "end (a date includes the day)",
+            "tz": "IANA time zone",
+            "interval": "hour, day, week or month",
+            "top": "1 to 1000",
+            "bots": "exclude or include",
+            "sources": "ticks, logs or both",
+        }
+    )
     report_names = [*REPORTS, "tock"]
     ingest_errors = _errors(400, 413, 415, 429, 503)
     paths: dict[str, Any] = {
-        "/tick": {"post": {
-            "summary": "Send one tick", "operationId": "postTick",
-            "requestBody": {"required": True, "content": {
-                "application/json": {"schema": _ref("Tick")},
-                "text/plain": {"schema": {"type": "string"},
-                               "description": "JSON sent as text (navigator.sendBeacon)"}}},
-            "responses": {"202": {"description": "Spooled: safe on disk", "content": _json(
-                {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}})},
-                **ingest_errors}}},
-        "/ticks": {"post": {
-            "summary": "Send a batch of ticks (a JSON array, or NDJSON)",
-            "operationId": "postTicks",
-            "requestBody": {"required": True, "content": {
-                "application/json": {"schema": {"type": "array", "items": _ref("Tick")}},
-                "application/x-ndjson": {"schema": {"type": "string"}}}},
-            "responses": {"202": {"description": "What was accepted, and why the rest was not",
-                                  "content": _json({"type": "object",
-                                                    "required": ["accepted", "rejected", "ids"],
-                                                    "properties": {
-                                                        "accepted": {"type": "integer"},
-                                                        "rejected": {"type": "array"},
-                                                        "ids": {"type": "array"}}})},
-                          **ingest_errors}}},
-        "/tick.gif": {"get": {
-            "summary": "A tick as a 1x1 image, for e-mails and noscript",
-            "operationId": "getTickGif",
-            "parameters": _query_params({"id": "the item", "event": "view (default), ...",
-                                         "format": "file format", "url": "page",
-                                         "referrer": "referring page", "site": "site id"},
-                                        required=("id",)),
-            "responses": {"200": {"description": "A transparent GIF",
-                                  "content": {"image/gif": {}}}, **_errors(400, 429, 503)}}},
-        "/tock/{item_id}": {"get": {
-            "summary": "One item's report: views per bucket, downloads by format, referrers",
-            "operationId": "getTock",
-            "parameters": [{"name": "item_id", "in": "path", "required": True,
-                            "schema": {"type": "string"}}, *tock_params],
-            "responses": {"200": {"description": "The report", "content": _json(_ref("Tock"))},
-                          **_errors(400, 404, 503)}}},
-        "/tock": {"get": {
-            "summary": "The item report for ids that contain '/': /tock?id=...",
-            "operationId": "getTockById",
-            "parameters": [*_query_params({"id": "the item"}, required=("id",)),
-                           *tock_params],
-            "responses": {"200": {"description": "The report", "content": _json(_ref("Tock"))},
-                          **_errors(400, 503)}}},
-        "/query": {"post": {
-            "summary": "Any question: metrics by dimensions over a range, with filters",
-            "operationId": "postQuery",
-            "requestBody": {"required": True, "content": _json(_ref("Query"))},
-            "responses": {"200": {"description": "The answer",
-                                  "content": _json(_ref("QueryAnswer"))},
-                          **_errors(400, 413, 415, 503)}}},
-        "/reports": {"get": {
-            "summary": "The built-in reports and their parameters", "operationId": "listReports",
-            "responses": {"200": {"description": "Report names", "content": _json(
-                {"type": "object", "required": ["reports"],
-                 "properties": {"reports": {"type": "array"}}})}}}},
-        "/reports/{name}": {"get": {
-            "summary": "A built-in report (the /query answer; tock answers in its own shape)",
-            "operationId": "getReport",
-            "parameters": [{"name": "name", "in": "path", "required": True,
-                            "schema": {"enum": report_names}},
-                           *_query_params({**COMMON_PARAMETERS, "source": "ticks, logs or all",
-                                           "event": "top-items: only this event",
-                                           "interval": "hour, day, week or month",
-                                           "id": "tock: the item"})],
-            "responses": {"200": {"description": "The report", "content": _json(
-                {"oneOf": [_ref("QueryAnswer"), _ref("Tock")]})}, **_errors(400, 404, 503)}}},
-        "/healthz": {"get": {"summary": "The process answers", "operationId": "health",
-                             "responses": {"200": {"description": "ok", "content": _json(
-                                 {"type": "object"})}}}},
-        "/readyz": {"get": {"summary": "Ready (or degraded: the store is down, the spool has"
-                                       " room)", "operationId": "ready",
-                            "responses": {"200": {"description": "ready or degraded",
-                                                  "content": _json({"type": "object"})},
-                                          "503": {"description": "not ready",
-                                                  "content": _json({"type": "object"})}}}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
-                             "responses": {"200": {"description": "text exposition format",
-                                                   "content": {"text/plain": {}}}}}},
-        "/metronome.js": {"get": {"summary": "The browser tracker", "operationId": "tracker",
-                                  "responses": {"200": {"description": "JavaScript",
-                                                        "content": {"text/javascript": {}}},
-                                                "304": {"description": "Not modified"}}}},
-        "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
-                                  "responses": {"200": {"description": "OpenAPI 3.1",
-                                                        "content": _json({"type": "object"})}}}},
+        "/tick": {
+            "post": {
+                "summary": "Send one tick",
+                "operationId": "postTick",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _ref("Tick")},
+                        "text/plain": {
+                            "schema": {"type": "string"},
+                            "description": "JSON sent as text (navigator.sendBeacon)",
+                        },
+                    },
+                },
+                "responses": {
+                    "202": {
+                        "description": "Spooled: safe on disk",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["id"],
+                                "properties": {"id": {"type": "string"}},
+                            }
+                        ),
+                    },
+                    **ingest_errors,
+                },
+            }
+        },
+        "/ticks": {
+            "post": {
+                "summary": "Send a batch of ticks (a JSON array, or NDJSON)",
+                "operationId": "postTicks",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"type": "array", "items": _ref("Tick")}},
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                    },
+                },
+                "responses": {
+                    "202": {
+                        "description": "What was accepted, and why the rest was not",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["accepted", "rejected", "ids"],
+                                "properties": {
+                                    "accepted": {"type": "integer"},
+                                    "rejected": {"type": "array"},
+                                    "ids": {"type": "array"},
+                                },
+                            }
+                        ),
+                    },
+                    **ingest_errors,
+                },
+            }
+        },
+        "/tick.gif": {
+            "get": {
+                "summary": "A tick as a 1x1 image, for e-mails and noscript",
+                "operationId": "getTickGif",
+                "parameters": _query_params(
+                    {
+                        "id": "the item",
+                        "event": "view (default), ...",
+                        "format": "file format",
+                        "url": "page",
+                        "referrer": "referring page",
+                        "site": "site id",
+                    },
+                    required=("id",),
+                ),
+                "responses": {
+                    "200": {"description": "A transparent GIF", "content": {"image/gif": {}}},
+                    **_errors(400, 429, 503),
+                },
+            }
+        },
+        "/tock/{item_id}": {
+            "get": {
+                "summary": "One item's report: views per bucket, downloads by format, referrers",
+                "operationId": "getTock",
+                "parameters": [
+                    {
+                        "name": "item_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    *tock_params,
+                ],
+                "responses": {
+                    "200": {"description": "The report", "content": _json(_ref("Tock"))},
+                    **_errors(400, 404, 503),
+                },
+            }
+        },
+        "/tock": {
+            "get": {
+                "summary": "The item report for ids that contain '/': /tock?id=...",
+                "operationId": "getTockById",
+                "parameters": [*_query_params({"id": "the item"}, required=("id",)), *tock_params],
+                "responses": {
+                    "200": {"description": "The report", "content": _json(_ref("Tock"))},
+                    **_errors(400, 503),
+                },
+            }
+        },
+        "/query": {
+            "post": {
+                "summary": "Any question: metrics by dimensions over a range, with filters",
+                "operationId": "postQuery",
+                "requestBody": {"required": True, "content": _json(_ref("Query"))},
+                "responses": {
+                    "200": {"description": "The answer", "content": _json(_ref("QueryAnswer"))},
+                    **_errors(400, 413, 415, 503),
+                },
+            }
+        },
+        "/reports": {
+            "get": {
+                "summary": "The built-in reports and their parameters",
+                "operationId": "listReports",
+                "responses": {
+                    "200": {
+                        "description": "Report names",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["reports"],
+                                "properties": {"reports": {"type": "array"}},
+                            }
+                        ),
+                    }
+                },
+            }
+        },
+        "/reports/{name}": {
+            "get": {
+                "summary": "A built-in report (the /query answer; tock answers in its own shape)",
+                "operationId": "getReport",
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": report_names},
+                    },
+                    *_query_params(
+                        {
+                            **COMMON_PARAMETERS,
+                            "source": "ticks, logs or all",
+                            "event": "top-items: only this event",
+                            "interval": "hour, day, week or month",
+                            "id": "tock: the item",
+                        }
+                    ),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The report",
+                        "content": _json({"oneOf": [_ref("QueryAnswer"), _ref("Tock")]}),
+                    },
+                    **_errors(400, 404, 503),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "The process answers",
+                "operationId": "health",
+                "responses": {"200": {"description": "ok", "content": _json({"type": "object"})}},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Ready (or degraded: the store is down, the spool has room)",
+                "operationId": "ready",
+                "responses": {
+                    "200": {
+                        "description": "ready or degraded",
+                        "content": _json({"type": "object"}),
+                    },
+                    "503": {"description": "not ready", "content": _json({"type": "object"})},
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "operationId": "metrics",
+                "responses": {
+                    "200": {"description": "text exposition format", "content": {"text/plain": {}}}
+                },
+            }
+        },
+        "/metronome.js": {
+            "get": {
+                "summary": "The browser tracker",
+                "operationId": "tracker",
+                "responses": {
+                    "200": {"description": "JavaScript", "content": {"text/javascript": {}}},
+                    "304": {"description": "Not modified"},
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "responses": {
+                    "200": {"description": "OpenAPI 3.1", "content": _json({"type": "object"})}
+                },
+            }
+        },
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Metronome", "version": __version__,
-                 "description": "Self-hosted usage analytics: ticks and access logs in,"
-                                " reports out. Errors are JSON with a stable `error` code."},
+        "info": {
+            "title": "Metronome",
+            "version": __version__,
+            "description": "Self-hosted usage analytics: ticks and access logs in,"
+            " reports out. Errors are JSON with a stable `error` code.",
+        },
         "paths": paths,
         "components": {"schemas": schemas},
     }

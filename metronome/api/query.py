@@ -37,5 +37,4 @@ class QueryResource:
         require_content_type(req, ("application/json",))
         body = decode_json(await read_body(req, MAX_QUERY_BYTES), "the query")
         query = for_site(parse_query(body), access.site_filter)
-        resp.media = await run_query(self._store, query,
-                                     max_groups=self._settings.query_max_groups)
+        resp.media = await run_query(self._store, query, max_groups=self._settings.query_max_groups)

@@ -86,11 +86,18 @@ class Buckets:
         raise RateLimited(
             f"too many ticks from this {self._what}: the limit is {self.rate:g} a second"
             f" (bursts of {self.burst:g}); retry in {wait} s",
-            retry_after_s=wait, limit=self.rate, burst=self.burst, per=self._what)
+            retry_after_s=wait,
+            limit=self.rate,
+            burst=self.burst,
+            per=self._what,
+        )
 
     def _sweep(self, now: float) -> None:
         self._swept = now
-        stale = [k for k, (tokens, updated) in self._buckets.items()
-                 if tokens + (now - updated) * self.rate >= self.burst]
+        stale = [
+            k
+            for k, (tokens, updated) in self._buckets.items()
+            if tokens + (now - updated) * self.rate >= self.burst
+        ]
         for key in stale:
             del self._buckets[key]

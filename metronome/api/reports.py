@@ -40,17 +40,26 @@ class Reports:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         listing: list[dict[str, Any]] = [
-            {"name": r.name, "description": r.description,
-             "parameters": {**COMMON_PARAMETERS, **r.parameters}}
+            {
+                "name": r.name,
+                "description": r.description,
+                "parameters": {**COMMON_PARAMETERS, **r.parameters},
+            }
             for r in REPORTS.values()
         ]
-        listing.append({"name": "tock", "description": "One item's views per time bucket,"
-                        " downloads by format and referrers (the /tock report)",
-                        "parameters": TOCK_PARAMETERS})
+        listing.append(
+            {
+                "name": "tock",
+                "description": "One item's views per time bucket,"
+                " downloads by format and referrers (the /tock report)",
+                "parameters": TOCK_PARAMETERS,
+            }
+        )
         resp.media = {"reports": listing}
 
-    async def on_get_named(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                           name: str) -> None:
+    async def on_get_named(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str
+    ) -> None:
         access = await self._guard.read(req, public_ok=name == "tock")
         params = single_params(req)
         params.pop("site", None)  # checked by the guard
@@ -64,9 +73,9 @@ class Reports:
             return
         report = REPORTS.get(name)
         if report is None:
-            raise NotFound(f"no report {name!r}; GET /reports lists them: "
-                           f"{', '.join([*REPORTS, 'tock'])}")
+            raise NotFound(
+                f"no report {name!r}; GET /reports lists them: {', '.join([*REPORTS, 'tock'])}"
+            )
         query = for_site(parse_query(report_query(report, params)), access.site_filter)
-        answer = await run_query(self._store, query,
-                                 max_groups=self._settings.query_max_groups)
+        answer = await run_query(self._store, query, max_groups=self._settings.query_max_groups)
         resp.media = {"report": name, **answer}

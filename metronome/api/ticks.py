@@ -42,9 +42,11 @@ _ACCEPTED_TICKS = metrics.ACCEPTED.labels("/ticks")
 _ACCEPTED_PIXEL = metrics.ACCEPTED.labels("/tick.gif")
 
 # a 1x1 transparent GIF89a (one-colour table, graphic control extension marks it transparent)
-PIXEL_GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff"
-             b"!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00"
-             b"\x02\x02D\x01\x00;")
+PIXEL_GIF = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff"
+    b"!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00"
+    b"\x02\x02D\x01\x00;"
+)
 
 JSON_TYPES = ("application/json", "text/plain")  # text/plain: navigator.sendBeacon
 BATCH_TYPES = (*JSON_TYPES, "application/x-ndjson", "application/jsonl")
@@ -55,26 +57,34 @@ class _TickResource:
         self._settings = settings
         self._pipeline = pipeline
         self._guard = guard
-        self._limits = Limits(settings.max_params, settings.max_key_length,
-                              settings.max_value_length)
+        self._limits = Limits(
+            settings.max_params, settings.max_key_length, settings.max_value_length
+        )
         self._timeout_s = settings.body_timeout_s
         self._visitors = VisitorIds(settings.data_dir)
 
     def _client_ip(self, req: falcon.asgi.Request) -> str | None:
-        return client_address(req.remote_addr, req.get_header("X-Forwarded-For"),
-                              self._settings.trusted_proxies)
+        return client_address(
+            req.remote_addr, req.get_header("X-Forwarded-For"), self._settings.trusted_proxies
+        )
 
-    async def _info(self, req: falcon.asgi.Request, client_ip: str | None, access: Access
-                    ) -> RequestInfo:
+    async def _info(
+        self, req: falcon.asgi.Request, client_ip: str | None, access: Access
+    ) -> RequestInfo:
         """The request's facts for its ticks: the visitor id is per site and per day, and
         the address is kept only as the site and ``METRONOME_CLIENT_IP`` allow."""
         received_ms = int(time.time() * 1000)
         user_agent = req.user_agent
         site_id = access.site_id
-        policy = (self._settings.client_ip if access.via == "open"
-                  else await self._address_policy(site_id))
+        policy = (
+            self._settings.client_ip
+            if access.via == "open"
+            else await self._address_policy(site_id)
+        )
         return RequestInfo(
-            received_ms=received_ms, client_ip=client_ip, user_agent=user_agent,
+            received_ms=received_ms,
+            client_ip=client_ip,
+            user_agent=user_agent,
             site_id=site_id,
             visitor_id=self._visitors.visitor_id(received_ms, client_ip, user_agent, site_id),
             stored_ip=stored_address(client_ip, policy),
@@ -92,8 +102,9 @@ class _TickResource:
             return "drop"
         return "truncate" if policy == "drop" else policy
 
-    async def _spool_one(self, raw: Any, req: falcon.asgi.Request, client_ip: str | None,
-                         access: Access) -> str:
+    async def _spool_one(
+        self, raw: Any, req: falcon.asgi.Request, client_ip: str | None, access: Access
+    ) -> str:
         """Build one tick and spool it; its event id once it is safe on disk."""
         document = self._build(raw, await self._info(req, client_ip, access))
         (outcome,) = await self._pipeline.ingest([document])
@@ -118,8 +129,9 @@ class Tick(_TickResource):
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         require_content_type(req, JSON_TYPES)
-        event_id = await self.accept(req, partial(read_body, req, self._settings.max_body_bytes,
-                                                  self._timeout_s))
+        event_id = await self.accept(
+            req, partial(read_body, req, self._settings.max_body_bytes, self._timeout_s)
+        )
         resp.status = falcon.HTTP_202
         resp.media = {"id": event_id}
 
@@ -152,8 +164,9 @@ class Pixel(_TickResource):
             raw = {k: v for k, v in single_params(req).items() if k not in ("site", "key")}
             if "url" not in raw and req.referer:
                 raw["url"] = req.referer
-            access = await self._guard.ingest(req, named_sites(req), client_ip, 1,
-                                              origin_optional=True)
+            access = await self._guard.ingest(
+                req, named_sites(req), client_ip, 1, origin_optional=True
+            )
             await self._spool_one(raw, req, client_ip, access)
         except MetronomeError as exc:
             metrics.REJECTED.labels(exc.code).inc()
@@ -190,8 +203,7 @@ class Ticks(_TickResource):
         require_content_type(req, BATCH_TYPES)
         client_ip = self._client_ip(req)
         await self._guard.precheck_ingest(req, client_ip)
-        items = _split_batch(await read_body(req, self._settings.max_batch_bytes,
-                                             self._timeout_s))
+        items = _split_batch(await read_body(req, self._settings.max_batch_bytes, self._timeout_s))
         if len(items) > self._settings.max_batch_ticks:
             raise LimitExceeded(
                 f"a batch may hold at most {self._settings.max_batch_ticks} ticks;"

@@ -23,8 +23,9 @@ class Tock:
         self._store = store
         self._guard = guard
 
-    async def _answer(self, item_id: str, req: falcon.asgi.Request,
-                      resp: falcon.asgi.Response) -> None:
+    async def _answer(
+        self, item_id: str, req: falcon.asgi.Request, resp: falcon.asgi.Response
+    ) -> None:
         access = await self._guard.read(req, public_ok=True)
         params = {k: v for k, v in single_params(req).items() if k not in ("id", "site")}
         query = parse_tock_query(item_id, params)
@@ -34,12 +35,12 @@ class Tock:
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         item_id = req.get_param("id")
         if not item_id or isinstance(item_id, list):
-            raise InvalidParameter("give the item as /tock/{id} or /tock?id=...",
-                                   parameter="id")
+            raise InvalidParameter("give the item as /tock/{id} or /tock?id=...", parameter="id")
         await self._answer(item_id, req, resp)
 
-    async def on_get_item(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
-                          item_id: str) -> None:
+    async def on_get_item(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, item_id: str
+    ) -> None:
         if item_id.endswith(".json") and len(item_id) > len(".json"):
             item_id = item_id[: -len(".json")]
         await self._answer(item_id, req, resp)

@@ -34,21 +34,30 @@ _TEXT = {"type": "string", "maxLength": 2048}
 TICK_SCHEMA: dict[str, Any] = {
     "title": "Tick",
     "description": "One flat JSON object. Known keys are below; any other key is a free"
-                   " parameter (a scalar, stored under params.*). Limits are the defaults"
-                   " (METRONOME_MAX_PARAMS, _MAX_KEY_LENGTH, _MAX_VALUE_LENGTH).",
+    " parameter (a scalar, stored under params.*). Limits are the defaults"
+    " (METRONOME_MAX_PARAMS, _MAX_KEY_LENGTH, _MAX_VALUE_LENGTH).",
     "type": "object",
     "required": ["id"],
     "properties": {
-        "id": {**_TEXT, "minLength": 1, "pattern": "\\S",
-               "description": "the item: a page, dataset, map or app"},
-        "event": {"type": "string", "maxLength": 64,
-                  "description": "view (default), download, ..."},
+        "id": {
+            **_TEXT,
+            "minLength": 1,
+            "pattern": "\\S",
+            "description": "the item: a page, dataset, map or app",
+        },
+        "event": {
+            "type": "string",
+            "maxLength": 64,
+            "description": "view (default), download, ...",
+        },
         "format": {"type": "string", "maxLength": 64, "description": "file format, lowercased"},
         "url": _TEXT,
         "referrer": _TEXT,
         "referer": _TEXT,
-        "ts": {"type": ["string", "number"],
-               "description": "ISO 8601 or epoch ms; at most a day ahead (default: now)"},
+        "ts": {
+            "type": ["string", "number"],
+            "description": "ISO 8601 or epoch ms; at most a day ahead (default: now)",
+        },
     },
     "propertyNames": {"pattern": "^[\\w\\-:@$]{1,64}$"},
     "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
@@ -83,8 +92,9 @@ class RequestInfo:
     stored_ip: str | None = None  # what may be stored of client_ip (METRONOME_CLIENT_IP)
 
 
-def _string(raw: dict[str, Any], key: str, limits: Limits, *, max_length: int | None = None
-            ) -> str | None:
+def _string(
+    raw: dict[str, Any], key: str, limits: Limits, *, max_length: int | None = None
+) -> str | None:
     value = raw.get(key)
     if value is None:
         return None
@@ -95,7 +105,8 @@ def _string(raw: dict[str, Any], key: str, limits: Limits, *, max_length: int | 
     if len(value) > limit:
         raise LimitExceeded(
             f"'{key}' is {len(value)} characters long; the limit is {limit}",
-            field=key, limit=limit,
+            field=key,
+            limit=limit,
         )
     return value or None
 
@@ -138,7 +149,8 @@ def _params(raw: dict[str, Any], limits: Limits) -> dict[str, str | int | float 
             raise LimitExceeded(
                 f"parameter name {key[:80]!r} is {len(key)} characters long;"
                 f" the limit is {limits.max_key_length}",
-                field=key[:80], limit=limits.max_key_length,
+                field=key[:80],
+                limit=limits.max_key_length,
             )
         if not _KEY_PATTERN.match(key):
             raise InvalidField(
@@ -156,7 +168,8 @@ def _params(raw: dict[str, Any], limits: Limits) -> dict[str, str | int | float 
             raise LimitExceeded(
                 f"parameter {key!r} is {len(value)} characters long;"
                 f" the limit is {limits.max_value_length}",
-                field=key, limit=limits.max_value_length,
+                field=key,
+                limit=limits.max_value_length,
             )
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidField(f"parameter {key!r} must be a finite number", field=key)
@@ -165,7 +178,8 @@ def _params(raw: dict[str, Any], limits: Limits) -> dict[str, str | int | float 
         raise LimitExceeded(
             f"a tick may have at most {limits.max_params} free parameters; this one has"
             f" {len(params)}",
-            field="params", limit=limits.max_params,
+            field="params",
+            limit=limits.max_params,
         )
     return params
 
@@ -176,8 +190,9 @@ def build_tick(raw: Any, request: RequestInfo, limits: Limits) -> Document:
         raise InvalidField("a tick must be a JSON object", field="(tick)")
     item_id = _string(raw, "id", limits)
     if item_id is None:
-        raise InvalidField("'id' is required: the item (page, dataset, map, app) ticked",
-                           field="id")
+        raise InvalidField(
+            "'id' is required: the item (page, dataset, map, app) ticked", field="id"
+        )
     action = _string(raw, "event", limits, max_length=64) or "view"
     fmt = _string(raw, "format", limits, max_length=64)
     if fmt:
@@ -237,8 +252,9 @@ def build_tick(raw: Any, request: RequestInfo, limits: Limits) -> Document:
         if client:
             source["client"] = client
     if request.user_agent:
-        agent, is_bot = user_agent_fields(request.user_agent[:1024],
-                                      request.user_agent[: limits.max_value_length])
+        agent, is_bot = user_agent_fields(
+            request.user_agent[:1024], request.user_agent[: limits.max_value_length]
+        )
         source["user_agent"] = agent
         source[F.BOT] = is_bot
     if request.visitor_id:

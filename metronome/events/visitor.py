@@ -41,8 +41,9 @@ class VisitorIds:
         # the last ids computed: a visitor sends many ticks (bounded; cleared when full)
         self._recent: dict[tuple[int, str, str, str | None], str] = {}
 
-    def visitor_id(self, timestamp_ms: int, address: str | None, user_agent: str | None,
-                   scope: str = "") -> str | None:
+    def visitor_id(
+        self, timestamp_ms: int, address: str | None, user_agent: str | None, scope: str = ""
+    ) -> str | None:
         """The id of the client at ``address`` with ``user_agent`` on the UTC day of
         ``timestamp_ms`` (``scope``, such as a site, keeps ids of different sites apart).
         None without an address: nothing to tell visitors apart by."""
@@ -59,8 +60,7 @@ class VisitorIds:
                 self._keyed.clear()
             keyed = self._keyed[day] = hashlib.blake2b(key=self._salt(day), digest_size=12)
         hasher = keyed.copy()  # the salt's key block is hashed once per day, not per id
-        hasher.update(
-            b"\x00".join((scope.encode(), address.encode(), (user_agent or "").encode())))
+        hasher.update(b"\x00".join((scope.encode(), address.encode(), (user_agent or "").encode())))
         digest = hasher.hexdigest()
         if len(self._recent) >= _RECENT_MAX:
             self._recent.clear()

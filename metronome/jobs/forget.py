@@ -20,13 +20,20 @@ __all__ = ["forget", "forget_query"]
 ALL_TIME = {"from": "0", "to": "253402300799999"}  # epoch ms 0 .. the end of year 9999
 
 
-def forget_query(filters: list[Any], source: str = "all",
-                 time_range: dict[str, str] | None = None, site: str | None = None
-                 ) -> GroupQuery:
+def forget_query(
+    filters: list[Any],
+    source: str = "all",
+    time_range: dict[str, str] | None = None,
+    site: str | None = None,
+) -> GroupQuery:
     """The documents to delete (of ``site`` only, when given), validated like a
     ``/query`` (raises InvalidQuery)."""
-    body = {"source": source, "filters": filters, "range": time_range or ALL_TIME,
-            "bots": "include"}
+    body = {
+        "source": source,
+        "filters": filters,
+        "range": time_range or ALL_TIME,
+        "bots": "include",
+    }
     query = parse_query(body)
     if site is not None:
         query = restrict(query, F.SITE_ID, site, or_missing=site == F.DEFAULT_SITE)
@@ -37,8 +44,18 @@ async def forget(store: Store, query: GroupQuery, *, dry_run: bool = False) -> i
     """Delete (or with ``dry_run`` only count) the matching documents; how many."""
     if dry_run:
         rows = await store.groups(
-            GroupQuery(query.datasets, query.start_ms, query.end_ms, query.tz, (), (),
-                       parse_query({"metrics": ["events"]}).group.metrics, query.filter),
-            after=None, limit=1)
+            GroupQuery(
+                query.datasets,
+                query.start_ms,
+                query.end_ms,
+                query.tz,
+                (),
+                (),
+                parse_query({"metrics": ["events"]}).group.metrics,
+                query.filter,
+            ),
+            after=None,
+            limit=1,
+        )
         return int(rows[0][1][0]) if rows else 0
     return await store.delete_matching(query)

@@ -18,8 +18,14 @@ from metronome.config import Settings
 from metronome.store import open_store
 from metronome.store.base import RetentionResult, Store
 
-__all__ = ["DATASETS", "RetentionPolicy", "apply_policy", "cutoff_ms", "parse_keep",
-           "run_retention"]
+__all__ = [
+    "DATASETS",
+    "RetentionPolicy",
+    "apply_policy",
+    "cutoff_ms",
+    "parse_keep",
+    "run_retention",
+]
 
 DATASETS = ("ticks", "logs", "metrics")
 _KEEP = re.compile(r"\s*(\d+)\s*([dw])\s*", re.IGNORECASE)
@@ -30,8 +36,7 @@ def parse_keep(text: str) -> timedelta:
     """``400d`` or ``57w`` as a whole number of days (at least one, at most a century)."""
     match = _KEEP.fullmatch(text)
     if not match:
-        raise ValueError(f"{text!r} is not a retention period: use days or weeks, like 400d"
-                         " or 57w")
+        raise ValueError(f"{text!r} is not a retention period: use days or weeks, like 400d or 57w")
     days = int(match[1]) * (7 if match[2].lower() == "w" else 1)
     if not 1 <= days <= _MAX_DAYS:
         raise ValueError(f"{text!r}: keep from 1 day to {_MAX_DAYS} days")
@@ -45,8 +50,13 @@ def cutoff_ms(keep: timedelta, now: datetime | None = None) -> int:
     return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
 
 
-async def run_retention(settings: Settings, keep: timedelta, datasets: tuple[str, ...],
-                        dry_run: bool = False, now: datetime | None = None) -> RetentionResult:
+async def run_retention(
+    settings: Settings,
+    keep: timedelta,
+    datasets: tuple[str, ...],
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> RetentionResult:
     """Remove (or, with ``dry_run``, only list) the documents of ``datasets`` older than
     ``keep`` from the configured store."""
     unknown = set(datasets) - set(DATASETS)
@@ -92,8 +102,7 @@ class RetentionPolicy:
         return self.default is not None or bool(self.sites)
 
 
-async def apply_policy(store: Store, policy: RetentionPolicy, now: datetime | None = None
-                       ) -> int:
+async def apply_policy(store: Store, policy: RetentionPolicy, now: datetime | None = None) -> int:
     """Remove what ``policy`` no longer keeps; the number of documents removed.
 
     With a default period, whole daily indices (or rows) older than the longest period any
@@ -117,10 +126,8 @@ async def apply_policy(store: Store, policy: RetentionPolicy, now: datetime | No
 
     for site, keep in policy.sites.items():
         if policy.default is None or keep < longest:
-            removed += await store.delete_matching(
-                forget_query([], "all", before(keep), site=site))
+            removed += await store.delete_matching(forget_query([], "all", before(keep), site=site))
     if policy.default is not None and policy.default < longest:
         others = [["is_not", F.SITE_ID, sorted(policy.sites)]] if policy.sites else []
-        removed += await store.delete_matching(
-            forget_query(others, "all", before(policy.default)))
+        removed += await store.delete_matching(forget_query(others, "all", before(policy.default)))
     return removed

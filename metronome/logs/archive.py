@@ -324,8 +324,9 @@ class Archiver:
 
     def _upload(self, chunk: _Chunk) -> str:
         hour = datetime.fromtimestamp(chunk.hour_ms / 1000, UTC)
-        key = object_key(self.prefix, hour, self.host, chunk_id(chunk.source_id,
-                                                                chunk.first_offset))
+        key = object_key(
+            self.prefix, hour, self.host, chunk_id(chunk.source_id, chunk.first_offset)
+        )
         # mtime=0: the same lines always compress to the same bytes
         body = gzip.compress(b"".join(chunk.parts), compresslevel=6, mtime=0)
         self.client.put_object(
@@ -367,7 +368,7 @@ def restore_keys(
         )
         for page in pages:
             for item in page.get("Contents", ()):
-                name = item["Key"][len(hour_prefix):]
+                name = item["Key"][len(hour_prefix) :]
                 if name.endswith(".gz") and "/" not in name:
                     yield item["Key"]
         hour += timedelta(hours=1)

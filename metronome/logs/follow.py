@@ -65,8 +65,9 @@ class PositionFile:
 class Follower:
     """Reads whole new lines from one path across rotations."""
 
-    def __init__(self, path: Path, state: Position | None = None, *,
-                 from_end: bool = False) -> None:
+    def __init__(
+        self, path: Path, state: Position | None = None, *, from_end: bool = False
+    ) -> None:
         self.path = path
         self._handle: object | None = None
         self._state = state

@@ -41,8 +41,14 @@ from metronome.events.visitor import VisitorIds
 from metronome.logs.parse import ParsedLine, Reject, build_log_document, compile_format
 from metronome.logs.rules import UrlRules
 
-__all__ = ["LineConverter", "Summary", "import_files", "open_lines", "restore_archive",
-           "ship_files"]
+__all__ = [
+    "LineConverter",
+    "Summary",
+    "import_files",
+    "open_lines",
+    "restore_archive",
+    "ship_files",
+]
 
 log = logging.getLogger("metronome.ship")
 
@@ -87,8 +93,9 @@ class LineConverter:
         self._rejects: IO[bytes] | None = None
         self.summary = Summary()
 
-    def convert(self, text: str, source_id: str | None, offset: int | None,
-                received_ms: int) -> tuple[Document | None, ParsedLine | None]:
+    def convert(
+        self, text: str, source_id: str | None, offset: int | None, received_ms: int
+    ) -> tuple[Document | None, ParsedLine | None]:
         """Parse and build, counting the line; rejects go to the reject file."""
         self.summary.read += 1
         parsed = self._parser.parse(text)
@@ -101,12 +108,19 @@ class LineConverter:
         self.summary.read += 1
         return self._parser.parse(text)
 
-    def document(self, parsed: ParsedLine, source_id: str | None, offset: int | None,
-                 received_ms: int) -> Document:
-        document = build_log_document(parsed, source_id=source_id, offset=offset,
-                                      rules=self._rules, trusted_proxies=self._trusted,
-                                      received_ms=received_ms, visitors=self._visitors,
-                                      site_id=self._site_id)
+    def document(
+        self, parsed: ParsedLine, source_id: str | None, offset: int | None, received_ms: int
+    ) -> Document:
+        document = build_log_document(
+            parsed,
+            source_id=source_id,
+            offset=offset,
+            rules=self._rules,
+            trusted_proxies=self._trusted,
+            received_ms=received_ms,
+            visitors=self._visitors,
+            site_id=self._site_id,
+        )
         source = document.source
         if source["bot"]:
             self.summary.bots += 1
@@ -119,16 +133,24 @@ class LineConverter:
                 source["source"] = {"ip": kept}
         return document
 
-    def reject(self, reject: Reject, text: str, source_id: str | None,
-               offset: int | None) -> None:
+    def reject(self, reject: Reject, text: str, source_id: str | None, offset: int | None) -> None:
         self.summary.rejected[reject.reason] += 1
         if self._rejects is None:
             self._rejects_path.parent.mkdir(parents=True, exist_ok=True)
             self._rejects = open(self._rejects_path, "ab")  # noqa: SIM115
-        self._rejects.write(orjson.dumps({
-            "time": time.time(), "reason": reject.reason, "message": reject.message,
-            "source": source_id, "offset": offset, "line": text[:8192],
-        }) + b"\n")
+        self._rejects.write(
+            orjson.dumps(
+                {
+                    "time": time.time(),
+                    "reason": reject.reason,
+                    "message": reject.message,
+                    "source": source_id,
+                    "offset": offset,
+                    "line": text[:8192],
+                }
+            )
+            + b"\n"
+        )
 
     def close(self) -> None:
         if self._rejects is not None:
@@ -169,16 +191,16 @@ class _Occurrences:
         self._counts[key] = n + 1
         if timestamp_ms > self._newest + 600_000:
             self._newest = timestamp_ms
-            self._counts = {k: v for k, v in self._counts.items()
-                            if k[0] >= timestamp_ms - 600_000}
+            self._counts = {k: v for k, v in self._counts.items() if k[0] >= timestamp_ms - 600_000}
         return n
 
 
 class _BulkTarget:
     """Documents to the store in batches, with the shipper's retries and dead letters."""
 
-    def __init__(self, shipper: Any, summary: Summary,
-                 progress: Callable[[int], None] | None) -> None:
+    def __init__(
+        self, shipper: Any, summary: Summary, progress: Callable[[int], None] | None
+    ) -> None:
         self._shipper = shipper
         self._summary = summary
         self._progress = progress
@@ -203,8 +225,9 @@ class _BulkTarget:
 
 
 @asynccontextmanager
-async def _into_store(settings: Settings, progress: Callable[[int], None] | None
-                      ) -> AsyncIterator[tuple[LineConverter, _BulkTarget]]:
+async def _into_store(
+    settings: Settings, progress: Callable[[int], None] | None
+) -> AsyncIterator[tuple[LineConverter, _BulkTarget]]:
     """The store (schema installed), a line converter and a bulk target; all closed after."""
     from metronome.pipeline.shipper import Shipper
     from metronome.store import open_store
@@ -222,8 +245,9 @@ async def _into_store(settings: Settings, progress: Callable[[int], None] | None
         await store.close()
 
 
-async def import_files(settings: Settings, paths: Iterable[str], *,
-                       progress: Callable[[int], None] | None = None) -> Summary:
+async def import_files(
+    settings: Settings, paths: Iterable[str], *, progress: Callable[[int], None] | None = None
+) -> Summary:
     """Parse history files and store their lines in bulk; see the module docstring."""
     received_ms = int(time.time() * 1000)
     async with _into_store(settings, progress) as (converter, target):
@@ -239,8 +263,9 @@ async def import_files(settings: Settings, paths: Iterable[str], *,
     return converter.summary
 
 
-async def restore_archive(settings: Settings, start: Any, end: Any, *,
-                          progress: Callable[[int], None] | None = None) -> Summary:
+async def restore_archive(
+    settings: Settings, start: Any, end: Any, *, progress: Callable[[int], None] | None = None
+) -> Summary:
     """Re-index archived raw lines of the hours in ``[start, end)`` into the store."""
     from metronome.logs.archive import make_client, read_lines, restore_keys
 
@@ -258,9 +283,15 @@ async def restore_archive(settings: Settings, start: Any, end: Any, *,
     return converter.summary
 
 
-async def ship_files(settings: Settings, paths: list[Path], stop: asyncio.Event, *,
-                     from_end: bool = False, poll_s: float = 0.25,
-                     on_batch: Callable[[Summary], None] | None = None) -> Summary:
+async def ship_files(
+    settings: Settings,
+    paths: list[Path],
+    stop: asyncio.Event,
+    *,
+    from_end: bool = False,
+    poll_s: float = 0.25,
+    on_batch: Callable[[Summary], None] | None = None,
+) -> Summary:
     """Follow ``paths`` until ``stop``: spool their lines, archive them, save positions."""
     from metronome.logs.follow import Follower, PositionFile
     from metronome.pipeline.records import encode_many
@@ -269,19 +300,26 @@ async def ship_files(settings: Settings, paths: list[Path], stop: asyncio.Event,
     converter = LineConverter(settings)
     positions = PositionFile(Path(settings.data_dir) / "ship-positions.json")
     saved = positions.load()
-    followers = {str(p): Follower(p, saved.get(str(p.resolve())) or saved.get(str(p)),
-                                  from_end=from_end) for p in paths}
-    writer = SpoolWriter(spool_dir(settings.data_dir),
-                         segment_max_bytes=settings.spool_segment_bytes,
-                         max_total_bytes=settings.spool_max_bytes)
+    followers = {
+        str(p): Follower(p, saved.get(str(p.resolve())) or saved.get(str(p)), from_end=from_end)
+        for p in paths
+    }
+    writer = SpoolWriter(
+        spool_dir(settings.data_dir),
+        segment_max_bytes=settings.spool_segment_bytes,
+        max_total_bytes=settings.spool_max_bytes,
+    )
     archiver = None
     if settings.s3_bucket:
         from metronome.logs.archive import Archiver, make_client
 
-        archiver = Archiver(make_client(settings.s3_endpoint_url, settings.s3_region),
-                            settings.s3_bucket, settings.s3_prefix,
-                            host=socket.gethostname(),
-                            state_path=Path(settings.data_dir) / "archive-state.json")
+        archiver = Archiver(
+            make_client(settings.s3_endpoint_url, settings.s3_region),
+            settings.s3_bucket,
+            settings.s3_prefix,
+            host=socket.gethostname(),
+            state_path=Path(settings.data_dir) / "archive-state.json",
+        )
     try:
         while True:
             moved = 0
@@ -292,8 +330,9 @@ async def ship_files(settings: Settings, paths: list[Path], stop: asyncio.Event,
                 received_ms = int(time.time() * 1000)
                 documents = []
                 for line in lines:
-                    document, parsed = converter.convert(line.text, line.source_id,
-                                                         line.offset, received_ms)
+                    document, parsed = converter.convert(
+                        line.text, line.source_id, line.offset, received_ms
+                    )
                     if document is not None:
                         documents.append(document)
                     if archiver is not None:
@@ -356,4 +395,3 @@ def _save_positions(positions: Any, followers: dict[str, Any], archiver: Any) ->
                 offset = min(offset, pending)
         states[path] = Position(state.dev, state.ino, state.generation, offset)
     positions.save(states)
-

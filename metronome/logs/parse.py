@@ -80,16 +80,15 @@ EVENT_DATASET = "metronome." + DATASET
 FORMATS: dict[str, str] = {
     # Apache's %l (identd) is an ignored variable, so "combined" reads both servers' lines.
     "common": '$remote_addr $remote_ident $remote_user [$time_local] "$request" $status'
-              " $body_bytes_sent",
+    " $body_bytes_sent",
     "combined": '$remote_addr $remote_ident $remote_user [$time_local] "$request" $status'
-                ' $body_bytes_sent "$http_referer" "$http_user_agent"',
+    ' $body_bytes_sent "$http_referer" "$http_user_agent"',
     "main": '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent'
-            ' "$http_referer" "$http_user_agent" "$http_x_forwarded_for"',
+    ' "$http_referer" "$http_user_agent" "$http_x_forwarded_for"',
 }
 """The named text formats, as NGINX ``log_format`` strings (``json`` is named too)."""
 
-REJECT_REASONS = ("empty", "no_match", "bad_json", "bad_time", "bad_request_line",
-                  "bad_status")
+REJECT_REASONS = ("empty", "no_match", "bad_json", "bad_time", "bad_request_line", "bad_status")
 
 _MAX_SHOWN = 120  # characters of a line quoted in a reject message
 _NONE = frozenset({"", "-"})
@@ -209,11 +208,16 @@ def _unescape(value: str) -> str:
     return _ESCAPES.sub(_unescape_one, value)
 
 
-_MONTHS = {name: number for number, name in enumerate(
-    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
 _TIME_LOCAL = re.compile(
     r"(\d{1,2})/([A-Z][a-z]{2})/(\d{4}):(\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,6}))?"
-    r" ?([+-])(\d{2}):?(\d{2})")
+    r" ?([+-])(\d{2}):?(\d{2})"
+)
 _EPOCH = re.compile(r"\d{1,16}(?:\.\d{1,9})?")
 
 
@@ -233,8 +237,15 @@ def _time_local_ms(text: str) -> int | None:
     if offset >= timedelta(hours=24):
         return None
     try:
-        moment = datetime(int(year), _MONTHS[month], int(day), int(hour), int(minute),
-                          int(second), tzinfo=timezone(-offset if sign == "-" else offset))
+        moment = datetime(
+            int(year),
+            _MONTHS[month],
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            tzinfo=timezone(-offset if sign == "-" else offset),
+        )
     except ValueError:
         return None
     seconds = int(moment.timestamp())
@@ -272,7 +283,8 @@ _MSEC_MS = _Memo(_msec_ms, 1024)
 _METHOD = re.compile(r"[A-Z][A-Z0-9_\-]{0,31}")
 _PROTOCOL = re.compile(r"HTTP/\d{1,2}(?:\.\d{1,2})?")
 _LOOSE_REQUEST = re.compile(
-    r"([A-Z][A-Z0-9_\-]{0,31}) +(\S.*?)(?: +(HTTP/\d{1,2}(?:\.\d{1,2})?))? *")
+    r"([A-Z][A-Z0-9_\-]{0,31}) +(\S.*?)(?: +(HTTP/\d{1,2}(?:\.\d{1,2})?))? *"
+)
 
 
 _COMMON_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
@@ -285,8 +297,12 @@ def _split_request(request: str) -> tuple[str, str, str | None] | None:
     Parsers read it through :data:`_REQUESTS`, cached: the lines of a site repeat.
     """
     parts = request.split(" ")
-    if (len(parts) == 3 and parts[0] in _COMMON_METHODS and parts[2] in _COMMON_PROTOCOLS
-            and parts[1]):  # most request lines, without a regex
+    if (
+        len(parts) == 3
+        and parts[0] in _COMMON_METHODS
+        and parts[2] in _COMMON_PROTOCOLS
+        and parts[1]
+    ):  # most request lines, without a regex
         return parts[0], parts[1], parts[2]
     if len(parts) == 3:
         method, target, protocol = parts
@@ -364,12 +380,30 @@ _TYPED = {  # in every context
     "bytes_sent": _NUMBER_OR_DASH,
     "request_time": _SECONDS_OR_DASH,
 }
-KNOWN_VARIABLES = frozenset({
-    "remote_addr", "remote_user", "time_local", "time_iso8601", "msec", "request",
-    "request_method", "request_uri", "uri", "args", "status", "body_bytes_sent",
-    "bytes_sent", "http_referer", "http_user_agent", "http_x_forwarded_for",
-    "request_time", "upstream_response_time", "host", "server_name",
-})
+KNOWN_VARIABLES = frozenset(
+    {
+        "remote_addr",
+        "remote_user",
+        "time_local",
+        "time_iso8601",
+        "msec",
+        "request",
+        "request_method",
+        "request_uri",
+        "uri",
+        "args",
+        "status",
+        "body_bytes_sent",
+        "bytes_sent",
+        "http_referer",
+        "http_user_agent",
+        "http_x_forwarded_for",
+        "request_time",
+        "upstream_response_time",
+        "host",
+        "server_name",
+    }
+)
 # what a line's parts are read from, in order (the first variable a format has wins)
 _SLOTS: tuple[tuple[str, ...], ...] = (
     ("remote_addr",),
@@ -386,15 +420,17 @@ _SLOTS: tuple[tuple[str, ...], ...] = (
     ("host", "server_name"),
 )
 _TIMES: tuple[tuple[str, _Memo], ...] = (
-    ("time_local", _TIME_LOCAL_MS), ("time_iso8601", _ISO_MS), ("msec", _MSEC_MS))
+    ("time_local", _TIME_LOCAL_MS),
+    ("time_iso8601", _ISO_MS),
+    ("msec", _MSEC_MS),
+)
 _EMPTY_GROUP = "__none"
 
 
 def _unwrap_directive(text: str) -> str:
     """A ``log_format`` as written in nginx.conf (name, escape=, '...' pieces, ``;``)."""
     text = text.strip()
-    directive = re.fullmatch(r"log_format\s+\S+\s+(?:escape=\S+\s+)?(.*?)\s*;?", text,
-                             re.DOTALL)
+    directive = re.fullmatch(r"log_format\s+\S+\s+(?:escape=\S+\s+)?(.*?)\s*;?", text, re.DOTALL)
     if directive:
         text = directive.group(1)
     if re.fullmatch(r"(?:'[^']*'\s*)+", text):
@@ -422,19 +458,21 @@ class _TextParser(LineParser):
         self.log_format = log_format
         pieces = _VARIABLE.split(log_format)  # literal, braced, bare, literal, ...
         literals = pieces[0::3]
-        names = [braced or bare for braced, bare in zip(pieces[1::3], pieces[2::3],
-                                                           strict=True)]
+        names = [braced or bare for braced, bare in zip(pieces[1::3], pieces[2::3], strict=True)]
         if not names:
-            raise FormatError(f"unknown log format {log_format!r}: not one of"
-                              f" {', '.join([*FORMATS, 'json'])}, nor an NGINX log_format"
-                              " with $variables")
+            raise FormatError(
+                f"unknown log format {log_format!r}: not one of"
+                f" {', '.join([*FORMATS, 'json'])}, nor an NGINX log_format"
+                " with $variables"
+            )
         present = set(names)
         time_var = next((t for t in _TIMES if t[0] in present), None)
         missing = []
         if time_var is None:
             missing.append("a time ($time_local, $time_iso8601 or $msec)")
-        if "request" not in present and not ("request_method" in present
-                                             and present & {"request_uri", "uri"}):
+        if "request" not in present and not (
+            "request_method" in present and present & {"request_uri", "uri"}
+        ):
             missing.append("the request ($request, or $request_method and $request_uri)")
         if "status" not in present:
             missing.append("$status")
@@ -475,8 +513,21 @@ class _TextParser(LineParser):
             if not text.strip():
                 return Reject("empty", "an empty line")
             return Reject("no_match", f"not a {self.name} line: {_shown(text)}")
-        (time_text, addr, user, request, uri, args, status, nbytes, referrer, agent,
-         forwarded, request_time, host) = found.group(*self._groups)
+        (
+            time_text,
+            addr,
+            user,
+            request,
+            uri,
+            args,
+            status,
+            nbytes,
+            referrer,
+            agent,
+            forwarded,
+            request_time,
+            host,
+        ) = found.group(*self._groups)
         timestamp_ms = self._times[time_text]
         if timestamp_ms is None:
             return Reject("bad_time", f"not a time after 1970: {_shown(time_text)}")
@@ -488,8 +539,9 @@ class _TextParser(LineParser):
             request = _unescape(request)
         split = _REQUESTS[request]
         if split is None:
-            return Reject("bad_request_line", "not an HTTP request line"
-                          f" (status {status}): {_shown(request)}")
+            return Reject(
+                "bad_request_line", f"not an HTTP request line (status {status}): {_shown(request)}"
+            )
         method, target, protocol = split
         code = _STATUS.get(status)
         if code is None:
@@ -502,17 +554,27 @@ class _TextParser(LineParser):
             agent = None
         elif "\\" in agent:
             agent = _unescape(agent)
-        return _new_parsed(ParsedLine, (
-            text, timestamp_ms, time_text,
-            None if addr in _NONE else addr,
-            None if user in _NONE else user,
-            request, method, target, protocol, code,
-            None if nbytes in _NONE else int(nbytes),
-            referrer, agent,
-            None if forwarded in _NONE else forwarded,
-            None if request_time in _NONE else float(request_time),
-            None if host in _NONE else host,
-        ))
+        return _new_parsed(
+            ParsedLine,
+            (
+                text,
+                timestamp_ms,
+                time_text,
+                None if addr in _NONE else addr,
+                None if user in _NONE else user,
+                request,
+                method,
+                target,
+                protocol,
+                code,
+                None if nbytes in _NONE else int(nbytes),
+                referrer,
+                agent,
+                None if forwarded in _NONE else forwarded,
+                None if request_time in _NONE else float(request_time),
+                None if host in _NONE else host,
+            ),
+        )
 
 
 # --------------------------------------------------------------------------- JSON lines
@@ -583,8 +645,10 @@ class _JsonParser(LineParser):
             return Reject("bad_json", f"not a JSON object: {_shown(text)}")
         time_text, timestamp_ms = _json_time(obj)
         if time_text is None or timestamp_ms is None:
-            return Reject("bad_time", "no time after 1970 under any of "
-                          f"{', '.join(_JSON_KEYS['time'])}: {_shown(text)}")
+            return Reject(
+                "bad_time",
+                f"no time after 1970 under any of {', '.join(_JSON_KEYS['time'])}: {_shown(text)}",
+            )
         request = _json_text(obj, _JSON_KEYS["request"])
         if request is None:
             method = _json_text(obj, _JSON_KEYS["method"])
@@ -592,8 +656,9 @@ class _JsonParser(LineParser):
             if method and uri:
                 args = _json_text(obj, _JSON_KEYS["args"])
                 protocol = _json_text(obj, _JSON_KEYS["protocol"])
-                request = " ".join(p for p in (method, f"{uri}?{args}" if args else uri,
-                                               protocol) if p)
+                request = " ".join(
+                    p for p in (method, f"{uri}?{args}" if args else uri, protocol) if p
+                )
         if request is not None and "\\" in request:
             request = _unescape(request)
         parts = _REQUESTS[request] if request else None
@@ -606,17 +671,23 @@ class _JsonParser(LineParser):
         nbytes = _json_text(obj, _JSON_KEYS["bytes"])
         request_time = _json_text(obj, _JSON_KEYS["request_time"])
         return ParsedLine(
-            text, timestamp_ms, time_text,
+            text,
+            timestamp_ms,
+            time_text,
             _json_text(obj, _JSON_KEYS["addr"]),
             _json_text(obj, _JSON_KEYS["user"]),
-            request, parts[0], parts[1], parts[2], code,
-            int(nbytes) if nbytes is not None and nbytes.isascii() and nbytes.isdigit()
-            else None,
+            request,
+            parts[0],
+            parts[1],
+            parts[2],
+            code,
+            int(nbytes) if nbytes is not None and nbytes.isascii() and nbytes.isdigit() else None,
             _json_text(obj, _JSON_KEYS["referrer"]),
             _json_text(obj, _JSON_KEYS["agent"]),
             _json_text(obj, _JSON_KEYS["forwarded"]),
-            float(request_time) if request_time and re.fullmatch(_SECONDS_OR_DASH,
-                                                                  request_time) else None,
+            float(request_time)
+            if request_time and re.fullmatch(_SECONDS_OR_DASH, request_time)
+            else None,
             _json_text(obj, _JSON_KEYS["host"]),
         )
 
@@ -667,8 +738,9 @@ _TARGETS_MAX = 65_536
 _targets: dict[str, tuple[UrlRules, dict[str, Any], str | None, dict[str, str] | None]] = {}
 
 
-def _target_fields(target: str, rules: UrlRules
-                   ) -> tuple[UrlRules, dict[str, Any], str | None, dict[str, str] | None]:
+def _target_fields(
+    target: str, rules: UrlRules
+) -> tuple[UrlRules, dict[str, Any], str | None, dict[str, str] | None]:
     """``(rules, url object, event.action, item object)`` of a request target, cached.
 
     :func:`build_log_document` reads ``_targets`` first; an entry holds the rules it was
@@ -684,8 +756,11 @@ def _target_fields(target: str, rules: UrlRules
         match = rules.match(path)
         if match is not None:
             action = match.event
-            item = ({"id": match.item_id} if match.format is None
-                    else {"id": match.item_id, "format": match.format})
+            item = (
+                {"id": match.item_id}
+                if match.format is None
+                else {"id": match.item_id, "format": match.format}
+            )
     if query is not None:
         url["query"] = query
     entry = (rules, url, action, item)
@@ -716,8 +791,7 @@ def _client_fields(address: str) -> tuple[dict[str, str], dict[str, Any] | None]
     :func:`client_address` answers it): ``{"ip": ...}`` and ``{"geo":
     {"country_iso_code": ...}}`` from the bundled offline database."""
     country = country_iso_code(address)
-    return {"ip": address}, (None if country is None
-                             else {"geo": {"country_iso_code": country}})
+    return {"ip": address}, (None if country is None else {"geo": {"country_iso_code": country}})
 
 
 _NO_CLIENT: tuple[None, None] = (None, None)
@@ -785,8 +859,24 @@ def build_log_document(
     ``METRONOME_LOG_SITE``), and ``visitor.id`` (from ``source.ip`` and the user agent on
     the line's day, per site, when ``visitors`` is given). The raw line is not stored.
     """
-    (line, timestamp_ms, _, remote_addr, _, _, method, target, protocol, status, body_bytes,
-     referrer, user_agent, forwarded_for, request_time, host) = parsed
+    (
+        line,
+        timestamp_ms,
+        _,
+        remote_addr,
+        _,
+        _,
+        method,
+        target,
+        protocol,
+        status,
+        body_bytes,
+        referrer,
+        user_agent,
+        forwarded_for,
+        request_time,
+        host,
+    ) = parsed
     timestamp, id_prefix = _TIME_KEYS[timestamp_ms]
     if source_id is not None and offset is not None:
         key = f"{source_id}\0{offset}".encode("utf-8", "surrogatepass")
@@ -810,11 +900,15 @@ def build_log_document(
         if method != "GET":
             request = {"method": method, "referrer": referrer}
     response: dict[str, Any] = (
-        {"status_code": status} if body_bytes is None
-        else {"status_code": status, "body": {"bytes": body_bytes}})
+        {"status_code": status}
+        if body_bytes is None
+        else {"status_code": status, "body": {"bytes": body_bytes}}
+    )
     http: dict[str, Any] = (
-        {"request": request, "response": response} if protocol is None
-        else {"request": request, "response": response, "version": protocol[5:]})
+        {"request": request, "response": response}
+        if protocol is None
+        else {"request": request, "response": response, "version": protocol[5:]}
+    )
     source: dict[str, Any] = {
         "@timestamp": timestamp,
         "@version": "1",
@@ -848,8 +942,7 @@ def build_log_document(
     if user_agent is not None:
         source["user_agent"], source["bot"] = _AGENTS[user_agent]
     if visitors is not None and "source" in source:
-        visitor = visitors.visitor_id(timestamp_ms, source["source"]["ip"], user_agent,
-                                      site_id)
+        visitor = visitors.visitor_id(timestamp_ms, source["source"]["ip"], user_agent, site_id)
         if visitor is not None:
             source["visitor"] = {"id": visitor}
     document = _new(Document)  # see _set_id: what Document(...) makes, twice as fast

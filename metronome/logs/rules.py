@@ -88,8 +88,11 @@ def _compile(number: int, text: str) -> UrlRule:
         raise RuleError(number, text, "an event name must follow '->'")
     event = event or DEFAULT_EVENT
     if not _EVENT.fullmatch(event):
-        raise RuleError(number, text, f"{event!r} is not an event name (1 to 64 letters,"
-                                      " digits, '_', '-', '.' or ':')")
+        raise RuleError(
+            number,
+            text,
+            f"{event!r} is not an event name (1 to 64 letters, digits, '_', '-', '.' or ':')",
+        )
     if not pattern.startswith("/"):
         raise RuleError(number, text, "a pattern is a URL path starting with '/'")
     if any(c.isspace() for c in pattern):
@@ -107,8 +110,9 @@ def _compile(number: int, text: str) -> UrlRule:
         if name is None:
             raise RuleError(number, text, f"unbalanced {token.group(0)!r}")
         if name not in _PLACEHOLDERS:
-            raise RuleError(number, text, f"unknown placeholder {{{name}}} (known: {{id}},"
-                                          " {format})")
+            raise RuleError(
+                number, text, f"unknown placeholder {{{name}}} (known: {{id}}, {{format}})"
+            )
         if name in seen:
             raise RuleError(number, text, f"{{{name}}} appears twice")
         seen.add(name)
@@ -122,8 +126,9 @@ class UrlRules:
     """An ordered list of URL rules; ``UrlRules()`` has none and matches nothing."""
 
     rules: tuple[UrlRule, ...] = ()
-    _cache: dict[str, Match | None] = field(default_factory=dict, repr=False, compare=False,
-                                            hash=False)
+    _cache: dict[str, Match | None] = field(
+        default_factory=dict, repr=False, compare=False, hash=False
+    )
 
     @classmethod
     def parse(cls, text: str) -> UrlRules:

@@ -23,8 +23,11 @@ class Pipeline:
 
     def __init__(self, settings: Settings) -> None:
         self.spool = spool_dir(settings.data_dir)
-        self._writer = SpoolWriter(self.spool, segment_max_bytes=settings.spool_segment_bytes,
-                                   max_total_bytes=settings.spool_max_bytes)
+        self._writer = SpoolWriter(
+            self.spool,
+            segment_max_bytes=settings.spool_segment_bytes,
+            max_total_bytes=settings.spool_max_bytes,
+        )
 
     async def ingest(self, documents: Sequence[Document]) -> list[WriteOutcome]:
         """Spool ``documents`` durably. Raises SpoolFull at the limit, StoreUnavailable when

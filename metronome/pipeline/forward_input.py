@@ -36,8 +36,9 @@ class ForwardRouter:
 
     def __init__(self, settings: Settings, writer: SpoolWriter) -> None:
         self._writer = writer
-        self._limits = Limits(settings.max_params, settings.max_key_length,
-                              settings.max_value_length)
+        self._limits = Limits(
+            settings.max_params, settings.max_key_length, settings.max_value_length
+        )
         self._converter = LineConverter(settings)
         self._site = settings.log_site
 
@@ -52,12 +53,14 @@ class ForwardRouter:
                 site = record.get("site") or self._site
                 if not isinstance(site, str) or not SITE_ID_PATTERN.match(site):
                     metrics.REJECTED.labels("unknown_site").inc()
-                    log.warning("forward_tick_rejected tag=%s error=bad site id %r", tag,
-                                str(site)[:64])
+                    log.warning(
+                        "forward_tick_rejected tag=%s error=bad site id %r", tag, str(site)[:64]
+                    )
                     continue
                 try:
-                    documents.append(build_tick(
-                        tick, RequestInfo(received_ms, None, None, site), self._limits))
+                    documents.append(
+                        build_tick(tick, RequestInfo(received_ms, None, None, site), self._limits)
+                    )
                 except BadRequest as exc:
                     metrics.REJECTED.labels(exc.code).inc()
                     log.warning("forward_tick_rejected tag=%s error=%s", tag, exc.message)

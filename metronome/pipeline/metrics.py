@@ -39,7 +39,8 @@ RETRIES = Counter("metronome_ship_retries", "Bulk writes retried after a retriab
 DEAD_LETTERS = Counter("metronome_dead_letters", "Events the store refused for good.")
 TORN_BYTES = Counter("metronome_spool_torn_bytes", "Bytes cut from torn segment tails.")
 REQUEST_SECONDS = Histogram(
-    "metronome_request_duration_seconds", "HTTP request latency by route.",
+    "metronome_request_duration_seconds",
+    "HTTP request latency by route.",
     ["route", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
@@ -113,15 +114,22 @@ class SpoolCollector(Collector):
         age = 0.0
         if state.oldest_unshipped_ms is not None:
             age = max(0.0, time.time() - state.oldest_unshipped_ms / 1000)
-        yield GaugeMetricFamily("metronome_spool_bytes", "Bytes in spool segments.",
-                                value=state.bytes_total)
-        yield GaugeMetricFamily("metronome_spool_unshipped_bytes",
-                                "Bytes not yet confirmed by the store.",
-                                value=state.bytes_unshipped)
-        yield GaugeMetricFamily("metronome_spool_segments", "Spool segment files.",
-                                value=state.segments)
-        yield GaugeMetricFamily("metronome_spool_oldest_unshipped_age_seconds",
-                                "Age of the oldest event not yet in the store.", value=age)
+        yield GaugeMetricFamily(
+            "metronome_spool_bytes", "Bytes in spool segments.", value=state.bytes_total
+        )
+        yield GaugeMetricFamily(
+            "metronome_spool_unshipped_bytes",
+            "Bytes not yet confirmed by the store.",
+            value=state.bytes_unshipped,
+        )
+        yield GaugeMetricFamily(
+            "metronome_spool_segments", "Spool segment files.", value=state.segments
+        )
+        yield GaugeMetricFamily(
+            "metronome_spool_oldest_unshipped_age_seconds",
+            "Age of the oldest event not yet in the store.",
+            value=age,
+        )
 
 
 def registry_for_scrape(spool: Path) -> CollectorRegistry:

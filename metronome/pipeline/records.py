@@ -24,8 +24,7 @@ MAX_RECORD_BYTES = 16 << 20
 
 
 def encode(document: Document) -> bytes:
-    payload = orjson.dumps([document.id, document.timestamp_ms, document.dataset,
-                            document.source])
+    payload = orjson.dumps([document.id, document.timestamp_ms, document.dataset, document.source])
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
@@ -62,7 +61,7 @@ def scan(buffer: bytes, max_documents: int | None = None) -> Scan:
         start = offset + HEADER.size
         if start + length > size:
             break  # not complete (yet)
-        payload = view[start:start + length]
+        payload = view[start : start + length]
         if zlib.crc32(payload) != crc:
             return Scan(documents, offset, True)
         try:

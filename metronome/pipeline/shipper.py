@@ -106,8 +106,9 @@ class Shipper:
             pending = pending or left
         return moved, pending
 
-    async def _ship_segment(self, segment: Path, sealed: bool, stop: asyncio.Event
-                            ) -> tuple[int, bool]:
+    async def _ship_segment(
+        self, segment: Path, sealed: bool, stop: asyncio.Event
+    ) -> tuple[int, bool]:
         position = read_position(segment)
         try:
             with open(segment, "rb") as handle:
@@ -187,8 +188,7 @@ class Shipper:
                     break
             self.stats.retries += 1
             metrics.RETRIES.inc()
-            log.warning("ship_retry documents=%d delay_s=%.1f reason=%s", len(todo), delay,
-                        reason)
+            log.warning("ship_retry documents=%d delay_s=%.1f reason=%s", len(todo), delay, reason)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay * random.uniform(0.5, 1.0))
                 return False  # stopping: the position stays, these are shipped next time
@@ -200,8 +200,16 @@ class Shipper:
     def _dead_letter(self, refused: list[tuple[Document, str]]) -> None:
         now = time.time()
         lines = b"".join(
-            orjson.dumps({"time": now, "id": d.id, "dataset": d.dataset, "reason": reason,
-                          "document": d.source}) + b"\n"
+            orjson.dumps(
+                {
+                    "time": now,
+                    "id": d.id,
+                    "dataset": d.dataset,
+                    "reason": reason,
+                    "document": d.source,
+                }
+            )
+            + b"\n"
             for d, reason in refused
         )
         with open(self._dead_letters, "ab") as handle:

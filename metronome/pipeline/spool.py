@@ -30,8 +30,16 @@ from pathlib import Path
 
 from metronome.errors import SpoolFull, StoreUnavailable
 
-__all__ = ["Backlog", "SpoolWriter", "backlog", "read_position", "segments", "spool_bytes",
-           "spool_dir", "try_seal"]
+__all__ = [
+    "Backlog",
+    "SpoolWriter",
+    "backlog",
+    "read_position",
+    "segments",
+    "spool_bytes",
+    "spool_dir",
+    "try_seal",
+]
 
 SEGMENT_SUFFIX = ".seg"
 _SIZE_CACHE_S = 0.25
@@ -138,8 +146,7 @@ class SpoolWriter:
     spool is synced at once.
     """
 
-    def __init__(self, directory: Path, *, segment_max_bytes: int,
-                 max_total_bytes: int) -> None:
+    def __init__(self, directory: Path, *, segment_max_bytes: int, max_total_bytes: int) -> None:
         self._dir = directory
         self._segment_max = segment_max_bytes
         self._max_total = max_total_bytes
@@ -206,8 +213,14 @@ class SpoolWriter:
         fd = self._fd
         self._syncer.submit(self._sync, loop, fd, before, len(data), waiters)
 
-    def _sync(self, loop: asyncio.AbstractEventLoop, fd: int, before: int, size: int,
-              waiters: list[asyncio.Future[None]]) -> None:
+    def _sync(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        before: int,
+        size: int,
+        waiters: list[asyncio.Future[None]],
+    ) -> None:
         """On the helper thread: fdatasync, then tell the loop."""
         error = _fdatasync(fd)
         try:
@@ -215,8 +228,14 @@ class SpoolWriter:
         except RuntimeError:  # the loop closed (shutdown): nobody waits any more
             pass
 
-    def _synced(self, fd: int, before: int, size: int, waiters: list[asyncio.Future[None]],
-                error: OSError | None) -> None:
+    def _synced(
+        self,
+        fd: int,
+        before: int,
+        size: int,
+        waiters: list[asyncio.Future[None]],
+        error: OSError | None,
+    ) -> None:
         """On the loop: answer the group, then commit whatever came meanwhile (also how
         :meth:`close` answers its last group, when nothing can come any more)."""
         self._syncing = False

@@ -34,9 +34,11 @@ async def _start_forward(settings: Settings) -> tuple[Any, Any, Any]:
     from metronome.pipeline.forward_input import ForwardRouter
     from metronome.pipeline.spool import SpoolWriter, spool_dir
 
-    writer = SpoolWriter(spool_dir(settings.data_dir),
-                         segment_max_bytes=settings.spool_segment_bytes,
-                         max_total_bytes=settings.spool_max_bytes)
+    writer = SpoolWriter(
+        spool_dir(settings.data_dir),
+        segment_max_bytes=settings.spool_segment_bytes,
+        max_total_bytes=settings.spool_max_bytes,
+    )
     router = ForwardRouter(settings, writer)
     server = ForwardServer(settings.forward_host, settings.forward_port, router)
     await server.start()
@@ -61,8 +63,9 @@ async def _retention_loop(settings: Settings, store: Any, stop: asyncio.Event) -
             pass
 
 
-async def run_worker(settings: Settings, *, drain: bool = False,
-                     parent_pid: int | None = None) -> ShipperStats:
+async def run_worker(
+    settings: Settings, *, drain: bool = False, parent_pid: int | None = None
+) -> ShipperStats:
     """Ship until SIGTERM/SIGINT (or, with ``drain``, until the spool is empty)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -80,7 +83,7 @@ async def run_worker(settings: Settings, *, drain: bool = False,
             except StoreUnavailable as exc:
                 log.warning("schema_install_retry delay_s=%.1f reason=%s", delay, exc.message)
                 try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay * random.uniform(.5, 1))
+                    await asyncio.wait_for(stop.wait(), timeout=delay * random.uniform(0.5, 1))
                 except TimeoutError:
                     pass
                 delay = min(delay * 2, settings.ship_backoff_max_s)

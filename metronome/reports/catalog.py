@@ -25,8 +25,17 @@ __all__ = ["ALIASES", "FieldRef", "catalog", "resolve"]
 Kind = Literal["keyword", "number", "integer", "boolean", "ip", "date"]
 Purpose = Literal["dimension", "filter", "text", "number"]
 
-_NUMBER_TYPES = {"long", "integer", "short", "byte", "double", "float", "half_float",
-                 "scaled_float", "unsigned_long"}
+_NUMBER_TYPES = {
+    "long",
+    "integer",
+    "short",
+    "byte",
+    "double",
+    "float",
+    "half_float",
+    "scaled_float",
+    "unsigned_long",
+}
 _INTEGER_TYPES = {"long", "integer", "short", "byte", "unsigned_long"}
 PARAM_NAME = re.compile(r"^params\.([\w\-:@$]{1,64})$")
 

@@ -71,8 +71,11 @@ def _final(metric: MetricSpec, value: Any) -> Any:
         return None
     if metric.kind in ("count", "distinct"):
         return int(value)
-    if metric.field is not None and metric.field.kind == "integer" and \
-            metric.kind in ("sum", "min", "max"):
+    if (
+        metric.field is not None
+        and metric.field.kind == "integer"
+        and metric.kind in ("sum", "min", "max")
+    ):
         return int(round(value))
     return round(float(value), _DIGITS)
 
@@ -84,7 +87,7 @@ def _fill(query: GroupQuery, rows: list[GroupRow]) -> list[GroupRow]:
         return rows
     zeros = tuple(_zero(m) for m in query.metrics)
     seen = {keys for keys, _ in rows}
-    series = {keys[:slot] + keys[slot + 1:] for keys, _ in rows}
+    series = {keys[:slot] + keys[slot + 1 :] for keys, _ in rows}
     if len(query.dimensions) == 1:
         series = {()}
     filled = list(rows)
@@ -96,14 +99,16 @@ def _fill(query: GroupQuery, rows: list[GroupRow]) -> list[GroupRow]:
     return filled
 
 
-def _sort(rows: list[dict[str, Any]], order: tuple[tuple[str, bool], ...],
-          positions: dict[str, tuple[str, int]]) -> None:
+def _sort(
+    rows: list[dict[str, Any]],
+    order: tuple[tuple[str, bool], ...],
+    positions: dict[str, tuple[str, int]],
+) -> None:
     """Stable multi-key sort; a missing value (None) is the smallest, as in the store."""
     for name, descending in reversed(order):
         part, index = positions[name]
 
-        def key(row: dict[str, Any], part: str = part, index: int = index
-                ) -> tuple[bool, Any]:
+        def key(row: dict[str, Any], part: str = part, index: int = index) -> tuple[bool, Any]:
             value = row[part][index]
             return value is not None, value
 
@@ -111,9 +116,13 @@ def _sort(rows: list[dict[str, Any]], order: tuple[tuple[str, bool], ...],
 
 
 def _finish(query: GroupQuery, rows: list[GroupRow]) -> list[dict[str, Any]]:
-    return [{"keys": keys, "metrics": [_final(m, v) for m, v in
-                                       zip(query.metrics, values, strict=True)]}
-            for keys, values in rows]
+    return [
+        {
+            "keys": keys,
+            "metrics": [_final(m, v) for m, v in zip(query.metrics, values, strict=True)],
+        }
+        for keys, values in rows
+    ]
 
 
 async def _whole(store: Store, query: GroupQuery, max_groups: int) -> list[dict[str, Any]]:
@@ -157,8 +166,12 @@ def _top_metric(query: Query) -> tuple[int, bool] | None:
     dimension ordered by a plain metric, nothing to compare. Top items of a catalogue of
     any size are then one search (or one SQL statement), not every group read."""
     group = query.group
-    if (len(group.dimensions) != 1 or group.dimensions[0].field is None
-            or group.dimensions[0].field.kind != "keyword" or query.previous is not None):
+    if (
+        len(group.dimensions) != 1
+        or group.dimensions[0].field is None
+        or group.dimensions[0].field.kind != "keyword"
+        or query.previous is not None
+    ):
         return None
     name, descending = query.order_by[0]
     for index, metric in enumerate(group.metrics):
@@ -167,24 +180,30 @@ def _top_metric(query: Query) -> tuple[int, bool] | None:
     return None
 
 
-async def run_query(store: Store, query: Query, *, max_groups: int = DEFAULT_MAX_GROUPS
-                    ) -> dict[str, Any]:
+async def run_query(
+    store: Store, query: Query, *, max_groups: int = DEFAULT_MAX_GROUPS
+) -> dict[str, Any]:
     """The ``/query`` answer: ``{"results": [...], "meta": {...}, "query": {...}}``."""
     group = query.group
     dims = group.dimensions
     positions = {d.name: ("keys", i) for i, d in enumerate(dims)}
     positions.update({m.name: ("metrics", i) for i, m in enumerate(group.metrics)})
     cursor = _decode_cursor(query.after, query.fingerprint) if query.after else {}
-    paged = (bool(dims) and not any(d.interval for d in dims) and query.previous is None
-             and list(query.order_by) == [(d.name, False) for d in dims])
+    paged = (
+        bool(dims)
+        and not any(d.interval for d in dims)
+        and query.previous is None
+        and list(query.order_by) == [(d.name, False) for d in dims]
+    )
     next_cursor: str | None = None
     top = _top_metric(query)
     if top is not None and not paged:
         offset = int(cursor.get("o", 0)) if isinstance(cursor.get("o", 0), int) else 0
         metric, descending = top
-        raw = await store.top(group, metric=metric, descending=descending,
-                              size=offset + query.limit + 1)
-        page = _finish(group, raw[offset: offset + query.limit])
+        raw = await store.top(
+            group, metric=metric, descending=descending, size=offset + query.limit + 1
+        )
+        page = _finish(group, raw[offset : offset + query.limit])
         if len(raw) > offset + query.limit:
             next_cursor = _encode_cursor({"q": query.fingerprint, "o": offset + query.limit})
         total = None
@@ -195,14 +214,15 @@ async def run_query(store: Store, query: Query, *, max_groups: int = DEFAULT_MAX
         raw = await store.groups(group, after=after, limit=query.limit + 1)
         page = _finish(group, raw[: query.limit])
         if len(raw) > query.limit:
-            next_cursor = _encode_cursor({"q": query.fingerprint,
-                                          "a": list(raw[query.limit - 1][0])})
+            next_cursor = _encode_cursor(
+                {"q": query.fingerprint, "a": list(raw[query.limit - 1][0])}
+            )
         total = None
     else:
         rows = await _whole(store, group, max_groups)
         _sort(rows, query.order_by, positions)
         offset = int(cursor.get("o", 0)) if isinstance(cursor.get("o", 0), int) else 0
-        page = rows[offset: offset + query.limit]
+        page = rows[offset : offset + query.limit]
         if offset + query.limit < len(rows):
             next_cursor = _encode_cursor({"q": query.fingerprint, "o": offset + query.limit})
         total = len(rows)
@@ -213,14 +233,17 @@ async def run_query(store: Store, query: Query, *, max_groups: int = DEFAULT_MAX
             for row in page:
                 previous = by_key.get(_match_key(group, row["keys"]), zeros)
                 row["previous"] = previous
-                row["change"] = [_change(c, p) for c, p in
-                                 zip(row["metrics"], previous, strict=True)]
+                row["change"] = [
+                    _change(c, p) for c, p in zip(row["metrics"], previous, strict=True)
+                ]
 
     tz = ZoneInfo(group.tz)
     results = []
     for row in page:
-        labels = [bucket_label(key, dim.interval, tz) if dim.interval else key
-                  for dim, key in zip(dims, row["keys"], strict=True)]
+        labels = [
+            bucket_label(key, dim.interval, tz) if dim.interval else key
+            for dim, key in zip(dims, row["keys"], strict=True)
+        ]
         result = {"dimensions": labels, "metrics": row["metrics"]}
         if "previous" in row:
             result["previous"] = row["previous"]
@@ -237,12 +260,15 @@ async def run_query(store: Store, query: Query, *, max_groups: int = DEFAULT_MAX
         "next": next_cursor,
     }
     if query.previous is not None:
-        meta["previous_range"] = {"from": iso_moment(query.previous.start_ms, tz),
-                                  "to": iso_moment(query.previous.end_ms, tz)}
+        meta["previous_range"] = {
+            "from": iso_moment(query.previous.start_ms, tz),
+            "to": iso_moment(query.previous.end_ms, tz),
+        }
     if any(m.name == "visitors" for m in group.metrics):
         meta["visitors_precision"] = VISITORS_PRECISION
     if any(m.kind == "percentile" for m in group.metrics):
-        meta["percentiles"] = ("exact with linear interpolation on the embedded store; a"
-                               " t-digest estimate on Elasticsearch")
+        meta["percentiles"] = (
+            "exact with linear interpolation on the embedded store; a"
+            " t-digest estimate on Elasticsearch"
+        )
     return {"results": results, "meta": meta, "query": query.normalized}
-

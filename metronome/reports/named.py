@@ -53,43 +53,69 @@ def _event_filter(params: Mapping[str, str]) -> list[Any]:
 
 
 REPORTS: dict[str, NamedReport] = {
-    report.name: report for report in [
+    report.name: report
+    for report in [
         NamedReport(
-            "top-items", "Items with the most events (views, downloads, ...) and visitors",
-            lambda p: {"source": _source(p, "all"), "metrics": ["events", "visitors"],
-                       "dimensions": ["item"], "filters": _event_filter(p),
-                       "limit": 10},
+            "top-items",
+            "Items with the most events (views, downloads, ...) and visitors",
+            lambda p: {
+                "source": _source(p, "all"),
+                "metrics": ["events", "visitors"],
+                "dimensions": ["item"],
+                "filters": _event_filter(p),
+                "limit": 10,
+            },
             {"source": "ticks, logs or all (default)", "event": "count only this event"},
         ),
         NamedReport(
-            "top-referrers", "Pages that sent the most views",
-            lambda p: {"source": _source(p, "all"), "metrics": ["events", "visitors"],
-                       "dimensions": ["referrer"], "limit": 10,
-                       "filters": [["is", "event", ["view"]],
-                                   ["matches", "referrer", ["*"]]]},  # has one
+            "top-referrers",
+            "Pages that sent the most views",
+            lambda p: {
+                "source": _source(p, "all"),
+                "metrics": ["events", "visitors"],
+                "dimensions": ["referrer"],
+                "limit": 10,
+                "filters": [["is", "event", ["view"]], ["matches", "referrer", ["*"]]],
+            },  # has one
             {"source": "ticks, logs or all (default)"},
         ),
         NamedReport(
-            "downloads-by-format", "Downloads per format, per time bucket",
-            lambda p: {"source": _source(p, "all"), "metrics": ["events"],
-                       "dimensions": [f"time:{_interval(p, 'month')}", "format"],
-                       "filters": [["is", "event", ["download"]]], "limit": 1000},
-            {"source": "ticks, logs or all (default)",
-             "interval": "hour, day, week or month (default)"},
+            "downloads-by-format",
+            "Downloads per format, per time bucket",
+            lambda p: {
+                "source": _source(p, "all"),
+                "metrics": ["events"],
+                "dimensions": [f"time:{_interval(p, 'month')}", "format"],
+                "filters": [["is", "event", ["download"]]],
+                "limit": 1000,
+            },
+            {
+                "source": "ticks, logs or all (default)",
+                "interval": "hour, day, week or month (default)",
+            },
         ),
         NamedReport(
-            "status-codes", "Access-log responses per status code over time",
-            lambda p: {"source": "logs", "metrics": ["events", "bytes"],
-                       "dimensions": [f"time:{_interval(p, 'day')}", "status"],
-                       "limit": 1000},
+            "status-codes",
+            "Access-log responses per status code over time",
+            lambda p: {
+                "source": "logs",
+                "metrics": ["events", "bytes"],
+                "dimensions": [f"time:{_interval(p, 'day')}", "status"],
+                "limit": 1000,
+            },
             {"interval": "hour, day (default), week or month"},
         ),
         NamedReport(
-            "slowest-pages", "Paths with the slowest 95th-percentile response time (ns)",
-            lambda p: {"source": "logs",
-                       "metrics": [{"p95": "duration"}, {"avg": "duration"}, "events"],
-                       "dimensions": ["path"], "order_by": [["p95:duration", "desc"]],
-                       "filters": [["gt", "duration", -1]], "limit": 10},
+            "slowest-pages",
+            "Paths with the slowest 95th-percentile response time (ns)",
+            lambda p: {
+                "source": "logs",
+                "metrics": [{"p95": "duration"}, {"avg": "duration"}, "events"],
+                "dimensions": ["path"],
+                "order_by": [["p95:duration", "desc"]],
+                "filters": [["gt", "duration", -1]],
+                "limit": 10,
+            },
             {},
         ),
     ]
@@ -103,11 +129,15 @@ def report_query(report: NamedReport, params: Mapping[str, str]) -> dict[str, An
     if unknown:
         raise InvalidParameter(
             f"unknown parameter {unknown[0]!r}; /reports/{report.name} takes"
-            f" {', '.join(sorted(allowed))}", parameter=unknown[0])
+            f" {', '.join(sorted(allowed))}",
+            parameter=unknown[0],
+        )
     body = report.build(params)
     if params.get("from"):
-        body["range"] = {"from": params["from"], **({"to": params["to"]}
-                                                     if params.get("to") else {})}
+        body["range"] = {
+            "from": params["from"],
+            **({"to": params["to"]} if params.get("to") else {}),
+        }
     elif params.get("to"):
         raise InvalidParameter("'to' needs 'from'", parameter="to")
     else:
@@ -119,7 +149,6 @@ def report_query(report: NamedReport, params: Mapping[str, str]) -> dict[str, An
     if "limit" in params:
         text = params["limit"]
         if not text.isdigit() or not 1 <= int(text) <= 10_000:
-            raise InvalidParameter("'limit' is a whole number from 1 to 10000",
-                                   parameter="limit")
+            raise InvalidParameter("'limit' is a whole number from 1 to 10000", parameter="limit")
         body["limit"] = int(text)
     return body

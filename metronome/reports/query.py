@@ -61,72 +61,153 @@ QUERY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "source": {"enum": list(SOURCES), "default": "all",
-                   "description": "ticks, access logs, or both"},
+        "source": {
+            "enum": list(SOURCES),
+            "default": "all",
+            "description": "ticks, access logs, or both",
+        },
         "range": {
             "description": "a preset (today, yesterday, week, month, year, 7d, 24h, ...) or"
-                           " from/to (dates include the whole day; ISO 8601; epoch ms)",
+            " from/to (dates include the whole day; ISO 8601; epoch ms)",
             "default": "30d",
             "oneOf": [
                 {"type": "string", "pattern": RANGE_PRESET},
-                {"type": "object", "additionalProperties": False, "required": ["from"],
-                 "properties": {"from": {"type": "string", "minLength": 1, "maxLength": 64},
-                                "to": {"type": "string", "minLength": 1, "maxLength": 64}}},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["from"],
+                    "properties": {
+                        "from": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "to": {"type": "string", "minLength": 1, "maxLength": 64},
+                    },
+                },
             ],
         },
-        "tz": {"type": "string", "minLength": 1, "maxLength": 64, "default": "UTC",
-               "description": "IANA time zone for dates, presets and time buckets"},
+        "tz": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 64,
+            "default": "UTC",
+            "description": "IANA time zone for dates, presets and time buckets",
+        },
         "metrics": {
-            "type": "array", "minItems": 1, "maxItems": 20, "default": ["events"],
-            "items": {"oneOf": [
-                {"enum": list(SIMPLE_METRICS)},
-                {"type": "object", "minProperties": 1, "maxProperties": 1,
-                 "propertyNames": {"pattern": STAT_PATTERN},
-                 "additionalProperties": _FIELD},
-            ]},
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 20,
+            "default": ["events"],
+            "items": {
+                "oneOf": [
+                    {"enum": list(SIMPLE_METRICS)},
+                    {
+                        "type": "object",
+                        "minProperties": 1,
+                        "maxProperties": 1,
+                        "propertyNames": {"pattern": STAT_PATTERN},
+                        "additionalProperties": _FIELD,
+                    },
+                ]
+            },
         },
         "dimensions": {
-            "type": "array", "maxItems": MAX_DIMENSIONS, "default": [],
-            "items": {"type": "string", "minLength": 1, "maxLength": 200,
-                      "description": "time:hour|day|week|month, a field, or params.<name>"},
+            "type": "array",
+            "maxItems": MAX_DIMENSIONS,
+            "default": [],
+            "items": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 200,
+                "description": "time:hour|day|week|month, a field, or params.<name>",
+            },
         },
-        "filters": {"type": "array", "maxItems": 50, "default": [],
-                    "items": {"$ref": "#/$defs/filter"}},
+        "filters": {
+            "type": "array",
+            "maxItems": 50,
+            "default": [],
+            "items": {"$ref": "#/$defs/filter"},
+        },
         "order_by": {
-            "type": "array", "maxItems": 10,
-            "items": {"type": "array", "minItems": 2, "maxItems": 2,
-                      "prefixItems": [{"type": "string", "minLength": 1, "maxLength": 200},
-                                      {"enum": ["asc", "desc"]}]},
+            "type": "array",
+            "maxItems": 10,
+            "items": {
+                "type": "array",
+                "minItems": 2,
+                "maxItems": 2,
+                "prefixItems": [
+                    {"type": "string", "minLength": 1, "maxLength": 200},
+                    {"enum": ["asc", "desc"]},
+                ],
+            },
         },
         "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100},
-        "after": {"type": ["string", "null"], "maxLength": 4096,
-                  "description": "meta.next of the previous page"},
+        "after": {
+            "type": ["string", "null"],
+            "maxLength": 4096,
+            "description": "meta.next of the previous page",
+        },
         "compare": {"enum": [None, "previous_period"], "default": None},
-        "bots": {"enum": ["exclude", "include"], "default": "exclude",
-                 "description": "known crawlers and referrer spam are left out unless"
-                                " included"},
+        "bots": {
+            "enum": ["exclude", "include"],
+            "default": "exclude",
+            "description": "known crawlers and referrer spam are left out unless included",
+        },
     },
     "$defs": {
-        "filter": {"oneOf": [
-            {"type": "array", "minItems": 3, "maxItems": 3, "items": False,
-             "prefixItems": [{"enum": ["is", "is_not", "contains", "matches"]}, _FIELD,
-                             {"type": "array", "minItems": 1,
-                              "maxItems": MAX_FILTER_VALUES, "items": _SCALAR}]},
-            {"type": "array", "minItems": 3, "maxItems": 3, "items": False,
-             "prefixItems": [{"enum": ["gt", "lt"]}, _FIELD, {"type": "number"}]},
-            {"type": "array", "minItems": 2, "maxItems": 2, "items": False,
-             "prefixItems": [{"enum": ["and", "or"]},
-                             {"type": "array", "minItems": 1, "maxItems": 50,
-                              "items": {"$ref": "#/$defs/filter"}}]},
-            {"type": "array", "minItems": 2, "maxItems": 2, "items": False,
-             "prefixItems": [{"const": "not"}, {"$ref": "#/$defs/filter"}]},
-        ]},
+        "filter": {
+            "oneOf": [
+                {
+                    "type": "array",
+                    "minItems": 3,
+                    "maxItems": 3,
+                    "items": False,
+                    "prefixItems": [
+                        {"enum": ["is", "is_not", "contains", "matches"]},
+                        _FIELD,
+                        {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": MAX_FILTER_VALUES,
+                            "items": _SCALAR,
+                        },
+                    ],
+                },
+                {
+                    "type": "array",
+                    "minItems": 3,
+                    "maxItems": 3,
+                    "items": False,
+                    "prefixItems": [{"enum": ["gt", "lt"]}, _FIELD, {"type": "number"}],
+                },
+                {
+                    "type": "array",
+                    "minItems": 2,
+                    "maxItems": 2,
+                    "items": False,
+                    "prefixItems": [
+                        {"enum": ["and", "or"]},
+                        {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": 50,
+                            "items": {"$ref": "#/$defs/filter"},
+                        },
+                    ],
+                },
+                {
+                    "type": "array",
+                    "minItems": 2,
+                    "maxItems": 2,
+                    "items": False,
+                    "prefixItems": [{"const": "not"}, {"$ref": "#/$defs/filter"}],
+                },
+            ]
+        },
     },
 }
 _VALIDATOR = Draft202012Validator(QUERY_SCHEMA)
 
 
 # --- what stores compile ----------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Leaf:
@@ -199,6 +280,7 @@ class Query:
 
 # --- parsing ---------------------------------------------------------------------------
 
+
 def _path(error_path: Any) -> str:
     text = "query"
     for part in error_path:
@@ -248,44 +330,52 @@ def _local_midnight(day: Any, tz: ZoneInfo) -> int:
     return int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp() * 1000)
 
 
-def _resolve_range(spec: Any, tz: ZoneInfo, now_ms: int
-                   ) -> tuple[int, int, tuple[int, int]]:
+def _resolve_range(spec: Any, tz: ZoneInfo, now_ms: int) -> tuple[int, int, tuple[int, int]]:
     """``(start, end, previous period)`` in epoch ms for a preset or from/to."""
     now = datetime.fromtimestamp(now_ms / 1000, tz=UTC).astimezone(tz)
     today = now.date()
     if isinstance(spec, dict):
         try:
             start = parse_moment("from", spec["from"], tz, end=False)
-            end = (parse_moment("to", spec["to"], tz, end=True) if spec.get("to")
-                   else now_ms + 1)
+            end = parse_moment("to", spec["to"], tz, end=True) if spec.get("to") else now_ms + 1
         except Exception as exc:  # InvalidParameter from the shared parser
-            raise InvalidQuery(f"query.range: {getattr(exc, 'message', exc)}",
-                               field="query.range") from None
+            raise InvalidQuery(
+                f"query.range: {getattr(exc, 'message', exc)}", field="query.range"
+            ) from None
         if start >= end:
             raise InvalidQuery("query.range: 'from' must be before 'to'", field="query.range")
         return start, end, (start - (end - start), start)
     unit = spec[-1]
     if spec in ("today", "yesterday"):
         day = today if spec == "today" else today - timedelta(days=1)
-        return (_local_midnight(day, tz), _local_midnight(day + timedelta(days=1), tz),
-                (_local_midnight(day - timedelta(days=1), tz), _local_midnight(day, tz)))
+        return (
+            _local_midnight(day, tz),
+            _local_midnight(day + timedelta(days=1), tz),
+            (_local_midnight(day - timedelta(days=1), tz), _local_midnight(day, tz)),
+        )
     if spec == "week":
         monday = today - timedelta(days=today.weekday())
-        return (_local_midnight(monday, tz), _local_midnight(monday + timedelta(days=7), tz),
-                (_local_midnight(monday - timedelta(days=7), tz),
-                 _local_midnight(monday, tz)))
+        return (
+            _local_midnight(monday, tz),
+            _local_midnight(monday + timedelta(days=7), tz),
+            (_local_midnight(monday - timedelta(days=7), tz), _local_midnight(monday, tz)),
+        )
     if spec == "month":
         first = today.replace(day=1)
         following = (first + timedelta(days=32)).replace(day=1)
         before = (first - timedelta(days=1)).replace(day=1)
-        return (_local_midnight(first, tz), _local_midnight(following, tz),
-                (_local_midnight(before, tz), _local_midnight(first, tz)))
+        return (
+            _local_midnight(first, tz),
+            _local_midnight(following, tz),
+            (_local_midnight(before, tz), _local_midnight(first, tz)),
+        )
     if spec == "year":
         first = today.replace(month=1, day=1)
-        return (_local_midnight(first, tz),
-                _local_midnight(first.replace(year=first.year + 1), tz),
-                (_local_midnight(first.replace(year=first.year - 1), tz),
-                 _local_midnight(first, tz)))
+        return (
+            _local_midnight(first, tz),
+            _local_midnight(first.replace(year=first.year + 1), tz),
+            (_local_midnight(first.replace(year=first.year - 1), tz), _local_midnight(first, tz)),
+        )
     count = int(spec[:-1])
     if unit == "d":  # the last N days, today included
         end = _local_midnight(today + timedelta(days=1), tz)
@@ -300,8 +390,9 @@ def _resolve_range(spec: Any, tz: ZoneInfo, now_ms: int
 
 def iso_moment(ms: int, tz: ZoneInfo) -> str:
     """Epoch ms as ISO 8601 in ``tz`` (millisecond precision, with the offset)."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(tz).isoformat(
-        timespec="milliseconds")
+    return (
+        datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(tz).isoformat(timespec="milliseconds")
+    )
 
 
 def _metric(raw: Any, datasets: tuple[str, ...], where: str) -> tuple[MetricSpec, Any]:
@@ -328,12 +419,16 @@ def _dimension(raw: str, datasets: tuple[str, ...], where: str) -> DimensionSpec
     if raw.startswith("time:"):
         interval = raw[5:]
         if interval not in ("hour", "day", "week", "month"):
-            raise InvalidQuery(f"{where}: time dimensions are time:hour, time:day, time:week"
-                               f" and time:month, not {raw!r}", field=where)
+            raise InvalidQuery(
+                f"{where}: time dimensions are time:hour, time:day, time:week"
+                f" and time:month, not {raw!r}",
+                field=where,
+            )
         return DimensionSpec(raw, interval=interval)  # type: ignore[arg-type]
     if resolve_alias(raw) in ("@timestamp", "event.ingested"):
-        raise InvalidQuery(f"{where}: group by time with time:hour, time:day, time:week or"
-                           " time:month", field=where)
+        raise InvalidQuery(
+            f"{where}: group by time with time:hour, time:day, time:week or time:month", field=where
+        )
     ref = _field(raw, datasets, "dimension", where)
     return DimensionSpec(ref.name, field=ref)
 
@@ -343,12 +438,12 @@ def _values(ref: FieldRef, values: list[Any], where: str) -> tuple[Any, ...]:
     for value in values:
         if ref.kind == "boolean":
             if not isinstance(value, bool):
-                raise InvalidQuery(f"{where}: {ref.name} is true or false, not {value!r}",
-                                   field=where)
+                raise InvalidQuery(
+                    f"{where}: {ref.name} is true or false, not {value!r}", field=where
+                )
         elif ref.kind in ("integer", "number"):
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InvalidQuery(f"{where}: {ref.name} takes numbers, not {value!r}",
-                                   field=where)
+                raise InvalidQuery(f"{where}: {ref.name} takes numbers, not {value!r}", field=where)
             if abs(value) > 2**53:
                 raise InvalidQuery(f"{where}: {value!r} is out of range", field=where)
         elif ref.param:  # parameters are stored as text: compare as text
@@ -357,14 +452,12 @@ def _values(ref: FieldRef, values: list[Any], where: str) -> tuple[Any, ...]:
             elif isinstance(value, int | float):
                 value = str(value)
         elif not isinstance(value, str):
-            raise InvalidQuery(f"{where}: {ref.name} takes text values, not {value!r}",
-                               field=where)
+            raise InvalidQuery(f"{where}: {ref.name} takes text values, not {value!r}", field=where)
         out.append(value)
     return tuple(out)
 
 
-def _filter(raw: list[Any], datasets: tuple[str, ...], where: str
-            ) -> tuple[FilterNode, list[Any]]:
+def _filter(raw: list[Any], datasets: tuple[str, ...], where: str) -> tuple[FilterNode, list[Any]]:
     op = raw[0]
     if op in ("and", "or"):
         nodes, normalized = [], []
@@ -377,7 +470,8 @@ def _filter(raw: list[Any], datasets: tuple[str, ...], where: str
         node, norm = _filter(raw[1], datasets, f"{where}[1]")
         return BoolNode("not", (node,)), ["not", norm]
     purpose = {"contains": "text", "matches": "text", "gt": "number", "lt": "number"}.get(
-        op, "filter")
+        op, "filter"
+    )
     ref = _field(raw[1], datasets, purpose, f"{where}[1]")
     if op in ("gt", "lt"):
         if abs(raw[2]) > 1e300:
@@ -401,8 +495,10 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
     try:
         tz = ZoneInfo(tz_name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidQuery(f"query.tz: {tz_name!r} is not an IANA time zone such as"
-                           " Europe/Berlin", field="query.tz") from None
+        raise InvalidQuery(
+            f"query.tz: {tz_name!r} is not an IANA time zone such as Europe/Berlin",
+            field="query.tz",
+        ) from None
     range_spec = body.get("range", "30d")
     start, end, previous = _resolve_range(range_spec, tz, now)
 
@@ -410,17 +506,22 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
     for index, raw in enumerate(body.get("metrics", ["events"])):
         spec, norm = _metric(raw, datasets, f"query.metrics[{index}]")
         if spec.name in {m.name for m in metrics}:
-            raise InvalidQuery(f"query.metrics[{index}]: {spec.name} is asked twice",
-                               field=f"query.metrics[{index}]")
+            raise InvalidQuery(
+                f"query.metrics[{index}]: {spec.name} is asked twice",
+                field=f"query.metrics[{index}]",
+            )
         metrics.append(spec)
         metric_json.append(norm)
     dimensions: list[DimensionSpec] = []
     for index, raw in enumerate(body.get("dimensions", [])):
         dim = _dimension(raw, datasets, f"query.dimensions[{index}]")
         if dim.name in {d.name for d in dimensions} or (
-                dim.interval and any(d.interval for d in dimensions)):
-            raise InvalidQuery(f"query.dimensions[{index}]: {raw!r} repeats a dimension",
-                               field=f"query.dimensions[{index}]")
+            dim.interval and any(d.interval for d in dimensions)
+        ):
+            raise InvalidQuery(
+                f"query.dimensions[{index}]: {raw!r} repeats a dimension",
+                field=f"query.dimensions[{index}]",
+            )
         dimensions.append(dim)
 
     nodes, filter_json = [], []
@@ -432,8 +533,9 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
     if bots == "exclude":  # crawlers and referrer spam
         nodes.append(Leaf("is_not", resolve("bot", datasets, "filter"), (True,)))
         nodes.append(Leaf("is_not", resolve("referrer.spam", datasets, "filter"), (True,)))
-    root: FilterNode | None = (None if not nodes else nodes[0] if len(nodes) == 1
-                               else BoolNode("and", tuple(nodes)))
+    root: FilterNode | None = (
+        None if not nodes else nodes[0] if len(nodes) == 1 else BoolNode("and", tuple(nodes))
+    )
 
     names = [d.name for d in dimensions] + [m.name for m in metrics]
     order: list[tuple[str, bool]] = []
@@ -442,7 +544,9 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
         if canonical is None:
             raise InvalidQuery(
                 f"query.order_by[{index}]: {name!r} is not a dimension or metric of this"
-                f" query ({', '.join(names)})", field=f"query.order_by[{index}]")
+                f" query ({', '.join(names)})",
+                field=f"query.order_by[{index}]",
+            )
         order.append((canonical, direction == "desc"))
     if not body.get("order_by"):
         if any(d.interval for d in dimensions) or not dimensions:
@@ -464,14 +568,24 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
             raise InvalidQuery(
                 f"query.dimensions: the range holds more than {MAX_BUCKETS} {interval}"
                 " buckets; choose a shorter range or a longer interval",
-                field="query.dimensions") from None
-    group = GroupQuery(datasets, start, end, tz.key, starts, tuple(dimensions),
-                       tuple(metrics), root)
+                field="query.dimensions",
+            ) from None
+    group = GroupQuery(
+        datasets, start, end, tz.key, starts, tuple(dimensions), tuple(metrics), root
+    )
     compare = body.get("compare")
     previous_group = None
     if compare:
-        previous_group = GroupQuery(datasets, previous[0], previous[1], tz.key, prev_starts,
-                                    tuple(dimensions), tuple(metrics), root)
+        previous_group = GroupQuery(
+            datasets,
+            previous[0],
+            previous[1],
+            tz.key,
+            prev_starts,
+            tuple(dimensions),
+            tuple(metrics),
+            root,
+        )
     normalized = {
         "source": source,
         "range": {"from": iso_moment(start, tz), "to": iso_moment(end, tz)},
@@ -486,14 +600,21 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
         "bots": bots,
     }
     fingerprint_source = {k: v for k, v in normalized.items() if k not in ("after", "limit")}
-    fingerprint = hashlib.sha256(orjson.dumps(fingerprint_source,
-                                              option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
-    return Query(normalized, group, tuple(order), normalized["limit"], body.get("after"),
-                 previous_group, fingerprint)
+    fingerprint = hashlib.sha256(
+        orjson.dumps(fingerprint_source, option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()[:16]
+    return Query(
+        normalized,
+        group,
+        tuple(order),
+        normalized["limit"],
+        body.get("after"),
+        previous_group,
+        fingerprint,
+    )
 
 
-def restrict(query: Query, field_name: str, value: str, *, or_missing: bool = False
-             ) -> Query:
+def restrict(query: Query, field_name: str, value: str, *, or_missing: bool = False) -> Query:
     """``query`` limited to documents whose ``field_name`` is ``value`` (and, with
     ``or_missing``, those without the field): how a caller is kept to its own site."""
     ref = resolve(field_name, query.group.datasets, "filter")
@@ -506,12 +627,15 @@ def restrict(query: Query, field_name: str, value: str, *, or_missing: bool = Fa
         return dataclasses.replace(group, filter=both)
 
     return dataclasses.replace(
-        query, group=narrowed(query.group),
-        previous=None if query.previous is None else narrowed(query.previous))
+        query,
+        group=narrowed(query.group),
+        previous=None if query.previous is None else narrowed(query.previous),
+    )
 
 
-def _order_name(name: str, dimensions: list[DimensionSpec], metrics: list[MetricSpec]
-                ) -> str | None:
+def _order_name(
+    name: str, dimensions: list[DimensionSpec], metrics: list[MetricSpec]
+) -> str | None:
     for d in dimensions:
         if name == d.name or (d.field is not None and resolve_alias(name) == d.name):
             return d.name
@@ -527,4 +651,3 @@ def _order_name(name: str, dimensions: list[DimensionSpec], metrics: list[Metric
 
 def resolve_alias(name: str) -> str:
     return ALIASES.get(name, name)
-

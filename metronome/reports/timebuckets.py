@@ -83,8 +83,9 @@ def parse_moment(name: str, text: str, tz: ZoneInfo, *, end: bool) -> int:
         try:
             day = datetime.strptime(text, "%Y-%m-%d").date()
         except ValueError:
-            raise InvalidParameter(f"'{name}' is not a valid date: {text!r}",
-                                   parameter=name) from None
+            raise InvalidParameter(
+                f"'{name}' is not a valid date: {text!r}", parameter=name
+            ) from None
         if end:
             day += timedelta(days=1)
         return int(datetime(day.year, day.month, day.day, tzinfo=tz).timestamp() * 1000)

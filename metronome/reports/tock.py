@@ -63,8 +63,9 @@ def _zone(params: Mapping[str, str]) -> ZoneInfo:
         ) from None
 
 
-def parse_tock_query(item_id: str, params: Mapping[str, str], now_ms: int | None = None
-                     ) -> TockQuery:
+def parse_tock_query(
+    item_id: str, params: Mapping[str, str], now_ms: int | None = None
+) -> TockQuery:
     """Read ``from``, ``to``, ``tz``, ``interval``, ``top`` and ``bots`` from a query string.
 
     Defaults: the last 30 days in ``tz`` (today included), daily buckets, top 10, no bots.
@@ -90,27 +91,33 @@ def parse_tock_query(item_id: str, params: Mapping[str, str], now_ms: int | None
     else:
         end_local = datetime.fromtimestamp((end_ms - 1) / 1000, tz=UTC).astimezone(tz)
         first = end_local.date() - timedelta(days=DEFAULT_DAYS - 1)
-        start_ms = int(datetime(first.year, first.month, first.day, tzinfo=tz).timestamp()
-                       * 1000)
+        start_ms = int(datetime(first.year, first.month, first.day, tzinfo=tz).timestamp() * 1000)
     if start_ms >= end_ms:
         raise InvalidParameter("'from' must be before 'to'", parameter="from")
     top_text = params.get("top", "10")
     if not top_text.isdigit() or not 1 <= int(top_text) <= MAX_TOP:
-        raise InvalidParameter(f"'top' must be a whole number from 1 to {MAX_TOP}",
-                               parameter="top")
+        raise InvalidParameter(f"'top' must be a whole number from 1 to {MAX_TOP}", parameter="top")
     bots = params.get("bots", "exclude")
     if bots not in ("exclude", "include"):
         raise InvalidParameter("'bots' must be 'exclude' or 'include'", parameter="bots")
-    sources = tuple(sorted({s.strip() for s in params.get("sources", "ticks,logs").split(",")
-                            if s.strip()}))
+    sources = tuple(
+        sorted({s.strip() for s in params.get("sources", "ticks,logs").split(",") if s.strip()})
+    )
     if not sources or not set(sources) <= set(SOURCES):
         raise InvalidParameter(
             "'sources' is a comma-separated list of ticks and logs (default: both)",
             parameter="sources",
         )
-    return TockQuery(item_id, start_ms, end_ms, tz, interval,  # type: ignore[arg-type]
-                     int(top_text), bots == "include", tuple(s for s in SOURCES
-                                                             if s in sources))
+    return TockQuery(
+        item_id,
+        start_ms,
+        end_ms,
+        tz,
+        interval,  # type: ignore[arg-type]
+        int(top_text),
+        bots == "include",
+        tuple(s for s in SOURCES if s in sources),
+    )
 
 
 def tock_spec(query: TockQuery, site: IsFilter) -> ReportSpec:
@@ -137,8 +144,13 @@ def tock_spec(query: TockQuery, site: IsFilter) -> ReportSpec:
         filters=tuple(filters),
         parts=(
             Histogram("views", query.interval, query.tz.key, tuple(starts), views),
-            Terms("downloads", F.ITEM_FORMAT, query.top,
-                  (IsFilter(F.EVENT_ACTION, ("download",)),), missing="unknown"),
+            Terms(
+                "downloads",
+                F.ITEM_FORMAT,
+                query.top,
+                (IsFilter(F.EVENT_ACTION, ("download",)),),
+                missing="unknown",
+            ),
             Terms("referers", F.REFERRER_PAGE, query.top, views),
         ),
     )
@@ -146,8 +158,10 @@ def tock_spec(query: TockQuery, site: IsFilter) -> ReportSpec:
 
 def shape_tock(query: TockQuery, result: ReportResult) -> dict[str, Any]:
     """The JSON answer: views newest first, downloads and referers most first."""
-    views = {bucket_label(int(start), query.interval, query.tz): count
-             for start, count in reversed(result.parts["views"])}
+    views = {
+        bucket_label(int(start), query.interval, query.tz): count
+        for start, count in reversed(result.parts["views"])
+    }
     return {
         "views": views,
         "downloads": {str(k): n for k, n in result.parts["downloads"]},

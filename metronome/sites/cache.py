@@ -78,14 +78,14 @@ class RegistryCache:
             except TimeoutError:
                 # a slow store: serve the last copy rather than hold requests
                 if not self._failing:
-                    log.warning("sites_reload_slow waited_s=%.1f (serving the last copy)",
-                                _WAIT_S)
+                    log.warning("sites_reload_slow waited_s=%.1f (serving the last copy)", _WAIT_S)
                 self._failing = True
         if self._snapshot is None:
             self._snapshot = self._read_file()
         if self._snapshot is None:
-            raise StoreUnavailable("the sites and keys cannot be read from the store yet;"
-                                   " retry in a moment")
+            raise StoreUnavailable(
+                "the sites and keys cannot be read from the store yet; retry in a moment"
+            )
         return self._snapshot
 
     async def start(self) -> None:
@@ -121,8 +121,11 @@ class RegistryCache:
 
     async def _flush_use(self) -> None:
         try:
-            due = {key_id: ms for key_id, ms in self._used.items()
-                   if ms - self._written.get(key_id, 0) >= _TOUCH_EVERY_MS}
+            due = {
+                key_id: ms
+                for key_id, ms in self._used.items()
+                if ms - self._written.get(key_id, 0) >= _TOUCH_EVERY_MS
+            }
             if due:
                 await self._registry.touch_keys(due)
                 self._written.update(due)
@@ -130,8 +133,10 @@ class RegistryCache:
                     if self._used.get(key_id) == ms:
                         del self._used[key_id]
         except Exception as exc:  # noqa: BLE001 - last use is best effort
-            log.warning("key_use_not_recorded reason=%s",
-                        exc.message if isinstance(exc, MetronomeError) else repr(exc))
+            log.warning(
+                "key_use_not_recorded reason=%s",
+                exc.message if isinstance(exc, MetronomeError) else repr(exc),
+            )
         finally:
             self._flushing = None
 

@@ -80,9 +80,18 @@ def _site_rows(snapshot: Snapshot) -> list[list[str]]:
     for key in snapshot.keys:
         if key.active:
             active[key.site_id] = active.get(key.site_id, 0) + 1
-    return [[s.id, s.name, "\n".join(s.origins) or "-", _yes_no(s.public_tock),
-             _yes_no(s.store_ip), str(active.get(s.id, 0)), _when(s.created_ms)]
-            for s in snapshot.sites.values()]
+    return [
+        [
+            s.id,
+            s.name,
+            "\n".join(s.origins) or "-",
+            _yes_no(s.public_tock),
+            _yes_no(s.store_ip),
+            str(active.get(s.id, 0)),
+            _when(s.created_ms),
+        ]
+        for s in snapshot.sites.values()
+    ]
 
 
 def _make_site(**fields: Any) -> Site:
@@ -106,19 +115,40 @@ def sites() -> None:
 
 @sites.command("create")
 @click.option("--name", required=True, help="A name for people.")
-@click.option("--origin", "origins", multiple=True, metavar="ORIGIN",
-              help="A page origin allowed to send ticks: https://example.org,"
-                   " https://*.example.org (subdomains) or * (any). Repeatable.")
+@click.option(
+    "--origin",
+    "origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="A page origin allowed to send ticks: https://example.org,"
+    " https://*.example.org (subdomains) or * (any). Repeatable.",
+)
 @click.option("--public-tock", is_flag=True, help="Anyone may read this site's item reports.")
 @click.option("--store-ip", is_flag=True, help="The site opts in to storing client addresses.")
-@click.option("--id", "site_id", help="The public site id [default: 10 random characters];"
-                                      " `default` adopts events stored before sites existed.")
+@click.option(
+    "--id",
+    "site_id",
+    help="The public site id [default: 10 random characters];"
+    " `default` adopts events stored before sites existed.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the site as JSON.")
-def sites_create(name: str, origins: tuple[str, ...], public_tock: bool, store_ip: bool,
-                 site_id: str | None, as_json: bool) -> None:
+def sites_create(
+    name: str,
+    origins: tuple[str, ...],
+    public_tock: bool,
+    store_ip: bool,
+    site_id: str | None,
+    as_json: bool,
+) -> None:
     """Create a site; prints its public id."""
-    site = _make_site(id=site_id or new_site_id(), name=name, origins=origins,
-                      public_tock=public_tock, store_ip=store_ip, created_ms=now_ms())
+    site = _make_site(
+        id=site_id or new_site_id(),
+        name=name,
+        origins=origins,
+        public_tock=public_tock,
+        store_ip=store_ip,
+        created_ms=now_ms(),
+    )
     settings = _settings()
     try:
         _with_registry(settings, lambda r: r.add_site(site))
@@ -128,10 +158,13 @@ def sites_create(name: str, origins: tuple[str, ...], public_tock: bool, store_i
         _json(site.to_dict())
         return
     click.echo(site.id)
-    click.echo(f"created site {site.id} ({site.name}); pages at"
-               f" {', '.join(site.origins) or 'no origin yet'} may send ticks with"
-               f" ?site={site.id}. Servers need a key: metronome keys create --site"
-               f" {site.id} --scope ingest", err=True)
+    click.echo(
+        f"created site {site.id} ({site.name}); pages at"
+        f" {', '.join(site.origins) or 'no origin yet'} may send ticks with"
+        f" ?site={site.id}. Servers need a key: metronome keys create --site"
+        f" {site.id} --scope ingest",
+        err=True,
+    )
 
 
 @sites.command("list")
@@ -143,26 +176,44 @@ def sites_list(as_json: bool) -> None:
         _json([s.to_dict() for s in snapshot.sites.values()])
         return
     if not snapshot.sites:
-        click.echo("no sites: Metronome is open to anyone who can reach it (single-user"
-                   " mode); create one with metronome sites create", err=True)
+        click.echo(
+            "no sites: Metronome is open to anyone who can reach it (single-user"
+            " mode); create one with metronome sites create",
+            err=True,
+        )
         return
-    _table("sites", ["id", "name", "origins", "public tock", "store ip", "active keys",
-                     "created"], _site_rows(snapshot))
+    _table(
+        "sites",
+        ["id", "name", "origins", "public tock", "store ip", "active keys", "created"],
+        _site_rows(snapshot),
+    )
 
 
 @sites.command("update")
 @click.argument("site_id")
 @click.option("--name", help="A new name.")
-@click.option("--origin", "origins", multiple=True, metavar="ORIGIN",
-              help="Replace the allowed origins with these. Repeatable.")
+@click.option(
+    "--origin",
+    "origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Replace the allowed origins with these. Repeatable.",
+)
 @click.option("--add-origin", multiple=True, metavar="ORIGIN", help="Allow one more origin.")
 @click.option("--remove-origin", multiple=True, metavar="ORIGIN", help="Stop allowing one.")
-@click.option("--public-tock/--no-public-tock", default=None,
-              help="Make item reports public, or not.")
+@click.option(
+    "--public-tock/--no-public-tock", default=None, help="Make item reports public, or not."
+)
 @click.option("--store-ip/--no-store-ip", default=None, help="Store client addresses, or not.")
-def sites_update(site_id: str, name: str | None, origins: tuple[str, ...],
-                 add_origin: tuple[str, ...], remove_origin: tuple[str, ...],
-                 public_tock: bool | None, store_ip: bool | None) -> None:
+def sites_update(
+    site_id: str,
+    name: str | None,
+    origins: tuple[str, ...],
+    add_origin: tuple[str, ...],
+    remove_origin: tuple[str, ...],
+    public_tock: bool | None,
+    store_ip: bool | None,
+) -> None:
     """Change a site's name, origins or flags."""
     settings = _settings()
 
@@ -172,22 +223,29 @@ def sites_update(site_id: str, name: str | None, origins: tuple[str, ...],
             raise click.UsageError(f"there is no site {site_id!r}")
         listed = list(origins) if origins else list(site.origins)
         listed += add_origin
-        removed = {_make_site(id=site.id, name="", origins=(o,)).origins[0]
-                   for o in remove_origin}
+        removed = {_make_site(id=site.id, name="", origins=(o,)).origins[0] for o in remove_origin}
         updated = _make_site(
-            id=site.id, name=name if name is not None else site.name,
-            origins=tuple(o for o in _make_site(id=site.id, name="", origins=tuple(listed))
-                          .origins if o not in removed),
+            id=site.id,
+            name=name if name is not None else site.name,
+            origins=tuple(
+                o
+                for o in _make_site(id=site.id, name="", origins=tuple(listed)).origins
+                if o not in removed
+            ),
             public_tock=site.public_tock if public_tock is None else public_tock,
             store_ip=site.store_ip if store_ip is None else store_ip,
-            created_ms=site.created_ms)
+            created_ms=site.created_ms,
+        )
         await registry.update_site(updated)
         return updated
 
     site = _with_registry(settings, _update)
-    click.echo(f"updated site {site.id}: origins {', '.join(site.origins) or 'none'},"
-               f" public tock {_yes_no(site.public_tock)}, store ip {_yes_no(site.store_ip)};"
-               f" servers apply it within {settings.sites_cache_s} s", err=True)
+    click.echo(
+        f"updated site {site.id}: origins {', '.join(site.origins) or 'none'},"
+        f" public tock {_yes_no(site.public_tock)}, store ip {_yes_no(site.store_ip)};"
+        f" servers apply it within {settings.sites_cache_s} s",
+        err=True,
+    )
 
 
 # -- keys -------------------------------------------------------------------------------
@@ -201,12 +259,19 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--site", "site_id", help="The site the key is for.")
 @click.option("--all-sites", is_flag=True, help="An admin key for every site.")
-@click.option("--scope", "scopes", multiple=True, required=True,
-              type=click.Choice(SCOPES), help="ingest, query or admin. Repeatable.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(SCOPES),
+    help="ingest, query or admin. Repeatable.",
+)
 @click.option("--name", default="", help="A note to tell keys apart.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with the secret).")
-def keys_create(site_id: str | None, all_sites: bool, scopes: tuple[str, ...], name: str,
-                as_json: bool) -> None:
+def keys_create(
+    site_id: str | None, all_sites: bool, scopes: tuple[str, ...], name: str, as_json: bool
+) -> None:
     """Create a key; prints its secret once (only a hash is stored)."""
     if all_sites == (site_id is not None):
         raise click.UsageError("give either --site SITE or --all-sites (admin keys only)")
@@ -218,8 +283,7 @@ def keys_create(site_id: str | None, all_sites: bool, scopes: tuple[str, ...], n
 
     async def _create(registry: Registry) -> None:
         if site_id is not None and site_id not in (await registry.load()).sites:
-            raise click.UsageError(f"there is no site {site_id!r}; metronome sites list"
-                                   " shows them")
+            raise click.UsageError(f"there is no site {site_id!r}; metronome sites list shows them")
         await registry.add_key(made.key)
 
     _with_registry(settings, _create)
@@ -227,15 +291,28 @@ def keys_create(site_id: str | None, all_sites: bool, scopes: tuple[str, ...], n
         _json({**made.key.to_dict(with_hash=False), "secret": made.secret})
         return
     click.echo(made.secret)
-    click.echo(f"created key {made.key.id} for {'every site' if site_id is None else site_id}"
-               f" with scopes {', '.join(sorted(made.key.scopes))}. This is the only time the"
-               " secret is shown; send it as 'Authorization: Bearer <secret>'.", err=True)
+    click.echo(
+        f"created key {made.key.id} for {'every site' if site_id is None else site_id}"
+        f" with scopes {', '.join(sorted(made.key.scopes))}. This is the only time the"
+        " secret is shown; send it as 'Authorization: Bearer <secret>'.",
+        err=True,
+    )
 
 
 def _key_rows(key_list: list[Key]) -> list[list[str]]:
-    return [[k.id, k.prefix + "…", k.site_id or "(all)", ", ".join(sorted(k.scopes)),
-             k.name or "-", _when(k.created_ms), _when(k.last_used_ms),
-             _when(k.revoked_ms)] for k in key_list]
+    return [
+        [
+            k.id,
+            k.prefix + "…",
+            k.site_id or "(all)",
+            ", ".join(sorted(k.scopes)),
+            k.name or "-",
+            _when(k.created_ms),
+            _when(k.last_used_ms),
+            _when(k.revoked_ms),
+        ]
+        for k in key_list
+    ]
 
 
 @keys.command("list")
@@ -244,16 +321,18 @@ def _key_rows(key_list: list[Key]) -> list[list[str]]:
 def keys_list(site_id: str | None, as_json: bool) -> None:
     """List keys (never their secrets): id, prefix, site, scopes, use, revocation."""
     snapshot = _with_registry(_settings(), lambda r: r.load())
-    listed = [k for k in snapshot.keys
-              if site_id is None or k.site_id in (site_id, None)]
+    listed = [k for k in snapshot.keys if site_id is None or k.site_id in (site_id, None)]
     if as_json:
         _json([k.to_dict(with_hash=False) for k in listed])
         return
     if not listed:
         click.echo("no keys", err=True)
         return
-    _table("keys", ["id", "prefix", "site", "scopes", "name", "created", "last used",
-                    "revoked"], _key_rows(listed))
+    _table(
+        "keys",
+        ["id", "prefix", "site", "scopes", "name", "created", "last used", "revoked"],
+        _key_rows(listed),
+    )
 
 
 @keys.command("revoke")
@@ -263,9 +342,11 @@ def keys_revoke(key_id: str) -> None:
     settings = _settings()
     key = _with_registry(settings, lambda r: r.revoke_key(key_id, now_ms()))
     if key is None:
-        click.echo(f"error: there is no key {key_id!r}; metronome keys list shows them",
-                   err=True)
+        click.echo(f"error: there is no key {key_id!r}; metronome keys list shows them", err=True)
         sys.exit(1)
-    click.echo(f"revoked key {key.id} ({key.site_id or 'every site'}) at"
-               f" {_when(key.revoked_ms)}; servers refuse it within"
-               f" {settings.sites_cache_s} s", err=True)
+    click.echo(
+        f"revoked key {key.id} ({key.site_id or 'every site'}) at"
+        f" {_when(key.revoked_ms)}; servers refuse it within"
+        f" {settings.sites_cache_s} s",
+        err=True,
+    )

@@ -43,8 +43,9 @@ MAPPINGS: dict[str, Any] = {
         "revoked": _MS,
     },
 }
-SETTINGS: dict[str, Any] = {"index": {"hidden": True, "number_of_shards": 1,
-                                      "auto_expand_replicas": "0-1"}}
+SETTINGS: dict[str, Any] = {
+    "index": {"hidden": True, "number_of_shards": 1, "auto_expand_replicas": "0-1"}
+}
 
 
 def registry_index(prefix: str) -> str:
@@ -56,8 +57,11 @@ class ElasticsearchRegistry:
         self._index = registry_index(settings.index_prefix)
         self._own = client is None
         self._client = client or AsyncElasticsearch(
-            settings.elasticsearch_url, request_timeout=settings.elasticsearch_timeout_s,
-            max_retries=2, retry_on_timeout=True)
+            settings.elasticsearch_url,
+            request_timeout=settings.elasticsearch_timeout_s,
+            max_retries=2,
+            retry_on_timeout=True,
+        )
         self._ready = False
 
     async def _ensure(self) -> None:
@@ -65,8 +69,9 @@ class ElasticsearchRegistry:
             return
         with answering("creating the sites index"):
             try:
-                await self._client.indices.create(index=self._index, settings=SETTINGS,
-                                                  mappings=MAPPINGS)
+                await self._client.indices.create(
+                    index=self._index, settings=SETTINGS, mappings=MAPPINGS
+                )
             except ApiError as exc:
                 if exc.meta.status != 400 or "already_exists" not in str(exc):
                     raise
@@ -80,8 +85,12 @@ class ElasticsearchRegistry:
             while True:
                 try:
                     resp = await self._client.search(
-                        index=self._index, size=1000, sort=[{"kind": "asc"}, {"id": "asc"}],
-                        search_after=after, query={"match_all": {}})
+                        index=self._index,
+                        size=1000,
+                        sort=[{"kind": "asc"}, {"id": "asc"}],
+                        search_after=after,
+                        query={"match_all": {}},
+                    )
                 except NotFoundError:
                     return Snapshot.empty()  # no site was ever created
                 hits = resp["hits"]["hits"]
@@ -103,25 +112,34 @@ class ElasticsearchRegistry:
         await self._ensure()
         with answering("storing the site"):
             try:
-                await self._client.create(index=self._index, id=f"site:{site.id}",
-                                          document={"kind": "site", **site.to_dict()},
-                                          refresh=True)
+                await self._client.create(
+                    index=self._index,
+                    id=f"site:{site.id}",
+                    document={"kind": "site", **site.to_dict()},
+                    refresh=True,
+                )
             except ConflictError:
                 raise DuplicateSite(f"a site with id {site.id!r} exists already") from None
 
     async def update_site(self, site: Site) -> None:
         await self._ensure()
         with answering("updating the site"):
-            await self._client.index(index=self._index, id=f"site:{site.id}",
-                                     document={"kind": "site", **site.to_dict()},
-                                     refresh=True)
+            await self._client.index(
+                index=self._index,
+                id=f"site:{site.id}",
+                document={"kind": "site", **site.to_dict()},
+                refresh=True,
+            )
 
     async def add_key(self, key: Key) -> None:
         await self._ensure()
         with answering("storing the key"):
-            await self._client.create(index=self._index, id=f"key:{key.id}",
-                                      document={"kind": "key", **key.to_dict()},
-                                      refresh=True)
+            await self._client.create(
+                index=self._index,
+                id=f"key:{key.id}",
+                document={"kind": "key", **key.to_dict()},
+                refresh=True,
+            )
 
     async def revoke_key(self, key_id: str, when_ms: int) -> Key | None:
         # no scripts (not every distribution has painless): read, then a conditional write
@@ -137,9 +155,13 @@ class ElasticsearchRegistry:
                 source["revoked"] = when_ms
                 try:
                     await self._client.update(
-                        index=self._index, id=f"key:{key_id}", doc={"revoked": when_ms},
-                        if_seq_no=found["_seq_no"], if_primary_term=found["_primary_term"],
-                        refresh=True)
+                        index=self._index,
+                        id=f"key:{key_id}",
+                        doc={"revoked": when_ms},
+                        if_seq_no=found["_seq_no"],
+                        if_primary_term=found["_primary_term"],
+                        refresh=True,
+                    )
                 except ConflictError:
                     continue  # changed meanwhile (last use recorded): read again
                 return Key.from_dict(source)
@@ -151,14 +173,16 @@ class ElasticsearchRegistry:
             return
         operations: list[dict[str, Any]] = []
         for key_id, ms in last_used.items():
-            operations.append({"update": {"_index": self._index, "_id": f"key:{key_id}",
-                                          "retry_on_conflict": 3}})
+            operations.append(
+                {"update": {"_index": self._index, "_id": f"key:{key_id}", "retry_on_conflict": 3}}
+            )
             operations.append({"doc": {"last_used": ms}})
         with answering("recording key use"):
             resp = await self._client.bulk(operations=operations)
         if resp.get("errors"):
-            log.warning("key_touch_failed items=%s", [i["update"].get("error")
-                                                      for i in resp["items"]][:3])
+            log.warning(
+                "key_touch_failed items=%s", [i["update"].get("error") for i in resp["items"]][:3]
+            )
 
     async def close(self) -> None:
         if self._own:

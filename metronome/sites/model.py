@@ -85,9 +85,15 @@ def normalize_origin(origin: str) -> tuple[str, str, int] | None:
         return None
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").rstrip(".")
-    if (scheme not in _DEFAULT_PORTS or not host or parts.username is not None
-            or parts.password is not None or parts.path not in ("", "/")
-            or parts.query or parts.fragment):
+    if (
+        scheme not in _DEFAULT_PORTS
+        or not host
+        or parts.username is not None
+        or parts.password is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
         return None
     return scheme, host, port or _DEFAULT_PORTS[scheme]
 
@@ -131,7 +137,8 @@ def parse_origin_rule(text: str) -> OriginRule:
         raise ValueError(
             f"{text!r} is not an origin: give scheme and host (and a port if not the"
             " default), like https://example.org, https://*.example.org or"
-            " http://localhost:8000, without a path")
+            " http://localhost:8000, without a path"
+        )
     scheme, host, port = parsed
     default = port == _DEFAULT_PORTS[scheme]
     shown_host = f"*.{host}" if wildcard else host
@@ -154,8 +161,10 @@ class Site:
 
     def __post_init__(self) -> None:
         if not SITE_ID_PATTERN.match(self.id):
-            raise ValueError(f"site id {self.id!r}: use 1 to 64 lowercase letters, digits,"
-                             " '-' and '_', starting with a letter or digit")
+            raise ValueError(
+                f"site id {self.id!r}: use 1 to 64 lowercase letters, digits,"
+                " '-' and '_', starting with a letter or digit"
+            )
         rules = tuple(parse_origin_rule(o) for o in self.origins)
         object.__setattr__(self, "origins", tuple(dict.fromkeys(r.text for r in rules)))
         object.__setattr__(self, "_rules", rules)
@@ -168,15 +177,25 @@ class Site:
         return any(r.matches(parsed) for r in self._rules)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "origins": list(self.origins),
-                "public_tock": self.public_tock, "store_ip": self.store_ip,
-                "created": self.created_ms}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "origins": list(self.origins),
+            "public_tock": self.public_tock,
+            "store_ip": self.store_ip,
+            "created": self.created_ms,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Site:
-        return cls(str(data["id"]), str(data.get("name") or ""),
-                   tuple(data.get("origins") or ()), bool(data.get("public_tock")),
-                   bool(data.get("store_ip")), int(data.get("created") or 0))
+        return cls(
+            str(data["id"]),
+            str(data.get("name") or ""),
+            tuple(data.get("origins") or ()),
+            bool(data.get("public_tock")),
+            bool(data.get("store_ip")),
+            int(data.get("created") or 0),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +222,13 @@ class Key:
 
     def to_dict(self, *, with_hash: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "id": self.id, "prefix": self.prefix, "site": self.site_id,
-            "scopes": sorted(self.scopes, key=SCOPES.index), "name": self.name,
-            "created": self.created_ms, "last_used": self.last_used_ms,
+            "id": self.id,
+            "prefix": self.prefix,
+            "site": self.site_id,
+            "scopes": sorted(self.scopes, key=SCOPES.index),
+            "name": self.name,
+            "created": self.created_ms,
+            "last_used": self.last_used_ms,
             "revoked": self.revoked_ms,
         }
         if with_hash:
@@ -217,10 +240,17 @@ class Key:
         def _ms(value: Any) -> int | None:
             return None if value is None else int(value)
 
-        return cls(str(data["id"]), str(data["hash"]), str(data.get("prefix") or ""),
-                   data.get("site") or None, frozenset(data.get("scopes") or ()),
-                   str(data.get("name") or ""), int(data.get("created") or 0),
-                   _ms(data.get("last_used")), _ms(data.get("revoked")))
+        return cls(
+            str(data["id"]),
+            str(data["hash"]),
+            str(data.get("prefix") or ""),
+            data.get("site") or None,
+            frozenset(data.get("scopes") or ()),
+            str(data.get("name") or ""),
+            int(data.get("created") or 0),
+            _ms(data.get("last_used")),
+            _ms(data.get("revoked")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,13 +266,17 @@ def new_key(site_id: str | None, scopes: Iterable[str], name: str = "") -> NewKe
     scope_set = frozenset(scopes)
     unknown = scope_set - set(SCOPES)
     if not scope_set or unknown:
-        raise ValueError(f"scopes are {', '.join(SCOPES)}; got {', '.join(sorted(scope_set))}"
-                         if scope_set else "a key needs at least one scope")
+        raise ValueError(
+            f"scopes are {', '.join(SCOPES)}; got {', '.join(sorted(scope_set))}"
+            if scope_set
+            else "a key needs at least one scope"
+        )
     if site_id is None and "admin" not in scope_set:
         raise ValueError("only an admin key may cover all sites; name a site")
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
-    key = Key(secrets.token_hex(6), hash_secret(secret), secret[:7], site_id, scope_set,
-              name, now_ms())
+    key = Key(
+        secrets.token_hex(6), hash_secret(secret), secret[:7], site_id, scope_set, name, now_ms()
+    )
     return NewKey(key, secret)
 
 
@@ -272,11 +306,14 @@ class Snapshot:
         return self.by_hash.get(hash_secret(secret)) if looks_like_key(secret) else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sites": [s.to_dict() for s in self.sites.values()],
-                "keys": [k.to_dict() for k in self.keys]}
+        return {
+            "sites": [s.to_dict() for s in self.sites.values()],
+            "keys": [k.to_dict() for k in self.keys],
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
         sites = [Site.from_dict(s) for s in data.get("sites") or ()]
-        return cls({s.id: s for s in sites},
-                   tuple(Key.from_dict(k) for k in data.get("keys") or ()))
+        return cls(
+            {s.id: s for s in sites}, tuple(Key.from_dict(k) for k in data.get("keys") or ())
+        )

@@ -97,15 +97,33 @@ class SQLiteRegistry(ConnectionThread):
     async def load(self) -> Snapshot:
         def _load() -> Snapshot:
             db = self._db()
-            sites = [Site(row[0], row[1], tuple(orjson.loads(row[2])), bool(row[3]),
-                          bool(row[4]), row[5])
-                     for row in db.execute("SELECT id, name, origins, public_tock, store_ip,"
-                                           " created FROM sites ORDER BY created, id")]
-            keys = tuple(Key(row[0], row[1], row[2], row[3], frozenset(orjson.loads(row[4])),
-                             row[5], row[6], row[7], row[8])
-                         for row in db.execute("SELECT id, hash, prefix, site_id, scopes, name,"
-                                               " created, last_used, revoked FROM keys"
-                                               " ORDER BY created, id"))
+            sites = [
+                Site(
+                    row[0], row[1], tuple(orjson.loads(row[2])), bool(row[3]), bool(row[4]), row[5]
+                )
+                for row in db.execute(
+                    "SELECT id, name, origins, public_tock, store_ip,"
+                    " created FROM sites ORDER BY created, id"
+                )
+            ]
+            keys = tuple(
+                Key(
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    frozenset(orjson.loads(row[4])),
+                    row[5],
+                    row[6],
+                    row[7],
+                    row[8],
+                )
+                for row in db.execute(
+                    "SELECT id, hash, prefix, site_id, scopes, name,"
+                    " created, last_used, revoked FROM keys"
+                    " ORDER BY created, id"
+                )
+            )
             return Snapshot({s.id: s for s in sites}, keys)
 
         result: Snapshot = await self._run(_load)
@@ -117,30 +135,56 @@ class SQLiteRegistry(ConnectionThread):
                 self._db().execute(
                     "INSERT INTO sites (id, name, origins, public_tock, store_ip, created)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (site.id, site.name, orjson.dumps(list(site.origins)).decode(),
-                     int(site.public_tock), int(site.store_ip), site.created_ms))
+                    (
+                        site.id,
+                        site.name,
+                        orjson.dumps(list(site.origins)).decode(),
+                        int(site.public_tock),
+                        int(site.store_ip),
+                        site.created_ms,
+                    ),
+                )
             except sqlite3.IntegrityError:
                 raise DuplicateSite(f"a site with id {site.id!r} exists already") from None
 
         await self._run(_add)
 
     async def update_site(self, site: Site) -> None:
-        await self._run(lambda: self._db().execute(
-            "UPDATE sites SET name = ?, origins = ?, public_tock = ?, store_ip = ? WHERE id = ?",
-            (site.name, orjson.dumps(list(site.origins)).decode(), int(site.public_tock),
-             int(site.store_ip), site.id)))
+        await self._run(
+            lambda: self._db().execute(
+                "UPDATE sites SET name = ?, origins = ?, public_tock = ?, store_ip = ? WHERE id = ?",
+                (
+                    site.name,
+                    orjson.dumps(list(site.origins)).decode(),
+                    int(site.public_tock),
+                    int(site.store_ip),
+                    site.id,
+                ),
+            )
+        )
 
     async def add_key(self, key: Key) -> None:
-        await self._run(lambda: self._db().execute(
-            "INSERT INTO keys (id, hash, prefix, site_id, scopes, name, created)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key.id, key.hash, key.prefix, key.site_id,
-             orjson.dumps(sorted(key.scopes)).decode(), key.name, key.created_ms)))
+        await self._run(
+            lambda: self._db().execute(
+                "INSERT INTO keys (id, hash, prefix, site_id, scopes, name, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.id,
+                    key.hash,
+                    key.prefix,
+                    key.site_id,
+                    orjson.dumps(sorted(key.scopes)).decode(),
+                    key.name,
+                    key.created_ms,
+                ),
+            )
+        )
 
     async def revoke_key(self, key_id: str, when_ms: int) -> Key | None:
         def _revoke() -> None:
-            self._db().execute("UPDATE keys SET revoked = ? WHERE id = ? AND revoked IS NULL",
-                               (when_ms, key_id))
+            self._db().execute(
+                "UPDATE keys SET revoked = ? WHERE id = ? AND revoked IS NULL", (when_ms, key_id)
+            )
 
         await self._run(_revoke)
         for key in (await self.load()).keys:
@@ -151,10 +195,12 @@ class SQLiteRegistry(ConnectionThread):
     async def touch_keys(self, last_used: dict[str, int]) -> None:
         if not last_used:
             return
-        await self._run(lambda: self._db().executemany(
-            "UPDATE keys SET last_used = max(coalesce(last_used, 0), ?) WHERE id = ?",
-            [(ms, key_id) for key_id, ms in last_used.items()]))
-
+        await self._run(
+            lambda: self._db().executemany(
+                "UPDATE keys SET last_used = max(coalesce(last_used, 0), ?) WHERE id = ?",
+                [(ms, key_id) for key_id, ms in last_used.items()],
+            )
+        )
 
 
 def open_registry(settings: Settings, client: Any = None) -> Registry:

@@ -86,14 +86,16 @@ class Store(Protocol):
         """Compute a report inside the store (aggregations or SQL), never in Python."""
         ...
 
-    async def groups(self, query: GroupQuery, *, after: tuple[Any, ...] | None,
-                     limit: int) -> list[GroupRow]:
+    async def groups(
+        self, query: GroupQuery, *, after: tuple[Any, ...] | None, limit: int
+    ) -> list[GroupRow]:
         """At most ``limit`` groups of ``query`` in key order (ascending, missing values
         first), starting after the group keyed ``after``. Time keys are bucket starts."""
         ...
 
-    async def top(self, query: GroupQuery, *, metric: int, descending: bool,
-                  size: int) -> list[GroupRow]:
+    async def top(
+        self, query: GroupQuery, *, metric: int, descending: bool, size: int
+    ) -> list[GroupRow]:
         """The first ``size`` groups of ``query`` (one keyword dimension) ordered by its
         metric number ``metric`` (a count, distinct count, sum, avg, min or max; missing
         values smallest), ties by the key (missing first). Elasticsearch answers with a
@@ -104,8 +106,9 @@ class Store(Protocol):
         """Delete every document of ``query`` (its datasets, range and filter); how many."""
         ...
 
-    async def delete_before(self, datasets: Sequence[str], cutoff_ms: int, *,
-                            dry_run: bool = False) -> RetentionResult:
+    async def delete_before(
+        self, datasets: Sequence[str], cutoff_ms: int, *, dry_run: bool = False
+    ) -> RetentionResult:
         """Remove the documents of ``datasets`` from before ``cutoff_ms`` (00:00 UTC of a
         day): whole daily indices, or rows. ``dry_run`` only says what would go."""
         ...

@@ -78,8 +78,7 @@ def index_day_ms(prefix: str, datasets: Sequence[str], index: str) -> int | None
     """Epoch ms of 00:00 UTC of the day a daily index is named for; None for any other
     index (another prefix or dataset, or a name that is not ``...-YYYY.MM.DD``)."""
     names = "|".join(re.escape(d) for d in datasets)
-    match = re.fullmatch(rf"{re.escape(prefix)}-(?:{names})-(\d{{4}})\.(\d{{2}})\.(\d{{2}})",
-                         index)
+    match = re.fullmatch(rf"{re.escape(prefix)}-(?:{names})-(\d{{4}})\.(\d{{2}})\.(\d{{2}})", index)
     if not match:
         return None
     try:
@@ -95,8 +94,12 @@ def _filter_clauses(filters: Sequence[IsFilter]) -> dict[str, list[dict[str, Any
     for f in filters:
         clause: dict[str, Any] = {"terms": {f.field: list(f.values)}}
         if f.or_missing:
-            clause = {"bool": {"should": [clause, {"bool": {"must_not": {
-                "exists": {"field": f.field}}}}], "minimum_should_match": 1}}
+            clause = {
+                "bool": {
+                    "should": [clause, {"bool": {"must_not": {"exists": {"field": f.field}}}}],
+                    "minimum_should_match": 1,
+                }
+            }
         (must_not if f.negate else must).append(clause)
     bool_query: dict[str, list[dict[str, Any]]] = {"filter": must}
     if must_not:
@@ -109,20 +112,25 @@ def compile_report(spec: ReportSpec) -> dict[str, Any]:
     query = _filter_clauses(spec.filters)
     query["filter"].insert(
         0,
-        {"range": {F.TIMESTAMP: {"gte": spec.start_ms, "lt": spec.end_ms,
-                                 "format": "epoch_millis"}}},
+        {
+            "range": {
+                F.TIMESTAMP: {"gte": spec.start_ms, "lt": spec.end_ms, "format": "epoch_millis"}
+            }
+        },
     )
     aggs: dict[str, Any] = {}
     for part in spec.parts:
         inner: dict[str, Any]
         if isinstance(part, Histogram):
-            inner = {"date_histogram": {
-                "field": F.TIMESTAMP,
-                "calendar_interval": part.interval,
-                "time_zone": part.tz,
-                "min_doc_count": 0,
-                "extended_bounds": {"min": part.bucket_starts_ms[0], "max": spec.end_ms - 1},
-            }}
+            inner = {
+                "date_histogram": {
+                    "field": F.TIMESTAMP,
+                    "calendar_interval": part.interval,
+                    "time_zone": part.tz,
+                    "min_doc_count": 0,
+                    "extended_bounds": {"min": part.bucket_starts_ms[0], "max": spec.end_ms - 1},
+                }
+            }
         else:
             terms: dict[str, Any] = {
                 "field": part.field,
@@ -132,8 +140,10 @@ def compile_report(spec: ReportSpec) -> dict[str, Any]:
             if part.missing is not None:
                 terms["missing"] = part.missing
             inner = {"terms": terms}
-        aggs[part.name] = {"filter": {"bool": _filter_clauses(part.filters)},
-                           "aggs": {"rows": inner}}
+        aggs[part.name] = {
+            "filter": {"bool": _filter_clauses(part.filters)},
+            "aggs": {"rows": inner},
+        }
     return {"size": 0, "track_total_hits": False, "query": {"bool": query}, "aggs": aggs}
 
 
@@ -217,15 +227,23 @@ class ElasticsearchStore:
             for name in template.body["composed_of"]:
                 mappings = components[name]["template"].get("mappings", {})
                 _merge_properties(properties, mappings.get("properties", {}))
-            properties = {name: mapping for name, mapping in properties.items()
-                          if "subobjects" not in mapping and "dynamic" not in mapping}
+            properties = {
+                name: mapping
+                for name, mapping in properties.items()
+                if "subobjects" not in mapping and "dynamic" not in mapping
+            }
             try:
                 await self._client.indices.put_mapping(
-                    index=",".join(template.body["index_patterns"]), properties=properties,
-                    allow_no_indices=True, ignore_unavailable=True, expand_wildcards="open")
+                    index=",".join(template.body["index_patterns"]),
+                    properties=properties,
+                    allow_no_indices=True,
+                    ignore_unavailable=True,
+                    expand_wildcards="open",
+                )
             except ApiError as exc:
-                log.warning("mapping_extend_failed template=%s reason=%s", template.name,
-                            exc.message)
+                log.warning(
+                    "mapping_extend_failed template=%s reason=%s", template.name, exc.message
+                )
 
     async def check_ready(self) -> str | None:
         try:
@@ -253,8 +271,10 @@ class ElasticsearchStore:
             lines.append(orjson.dumps(doc.source))
         lines.append(b"")
         with answering("the bulk request"):
-            resp = await self._client.bulk(operations=b"\n".join(lines),  # type: ignore[arg-type]
-                                           filter_path=_BULK_FILTER)
+            resp = await self._client.bulk(
+                operations=b"\n".join(lines),  # type: ignore[arg-type]
+                filter_path=_BULK_FILTER,
+            )
         outcomes = []
         for doc, item in zip(documents, resp["items"], strict=True):
             result = item["create"]
@@ -264,8 +284,9 @@ class ElasticsearchStore:
             else:
                 error = result.get("error") or {}
                 reason = f"{error.get('type', status)}: {error.get('reason', '')}".strip()
-                outcomes.append(WriteOutcome(doc.id, False, reason,
-                                             retriable=status == 429 or status >= 500))
+                outcomes.append(
+                    WriteOutcome(doc.id, False, reason, retriable=status == 429 or status >= 500)
+                )
         return outcomes
 
     async def report(self, spec: ReportSpec) -> ReportResult:
@@ -295,8 +316,9 @@ class ElasticsearchStore:
                 ]
         return ReportResult(parts)
 
-    async def groups(self, query: GroupQuery, *, after: tuple[Any, ...] | None,
-                     limit: int) -> list[GroupRow]:
+    async def groups(
+        self, query: GroupQuery, *, after: tuple[Any, ...] | None, limit: int
+    ) -> list[GroupRow]:
         rows: list[GroupRow] = []
         es_after: dict[str, Any] | None = None
         if after is not None:
@@ -306,27 +328,46 @@ class ElasticsearchStore:
             page = min(_COMPOSITE_PAGE, limit - len(rows))
             with answering("the query"):
                 resp = await self._client.search(
-                    index=index, body=compile_groups(query, es_after, page),
-                    ignore_unavailable=True, allow_no_indices=True,
+                    index=index,
+                    body=compile_groups(query, es_after, page),
+                    ignore_unavailable=True,
+                    allow_no_indices=True,
                 )
             aggregations = resp.get("aggregations")
             if aggregations is None:  # no index yet: no documents
-                return [((), tuple(0 if m.kind in ("count", "distinct", "sum") else
-                                   (0, 0) if m.kind == "error_rate" else None
-                                   for m in query.metrics))] if not query.dimensions else []
+                return (
+                    [
+                        (
+                            (),
+                            tuple(
+                                0
+                                if m.kind in ("count", "distinct", "sum")
+                                else (0, 0)
+                                if m.kind == "error_rate"
+                                else None
+                                for m in query.metrics
+                            ),
+                        )
+                    ]
+                    if not query.dimensions
+                    else []
+                )
             got, es_after = read_groups(query, aggregations)
             rows += got
-            if not query.dimensions or es_after is None or len(got) < page \
-                    or len(rows) >= limit:
+            if not query.dimensions or es_after is None or len(got) < page or len(rows) >= limit:
                 return rows
 
-    async def top(self, query: GroupQuery, *, metric: int, descending: bool,
-                  size: int) -> list[GroupRow]:
+    async def top(
+        self, query: GroupQuery, *, metric: int, descending: bool, size: int
+    ) -> list[GroupRow]:
         index = ",".join(f"{self._prefix}-{d}-*" for d in query.datasets)
         with answering("the query"):
             resp = await self._client.search(
-                index=index, body=compile_top(query, metric, descending, size),
-                ignore_unavailable=True, allow_no_indices=True)
+                index=index,
+                body=compile_top(query, metric, descending, size),
+                ignore_unavailable=True,
+                allow_no_indices=True,
+            )
         aggregations = resp.get("aggregations")
         return [] if aggregations is None else read_top(query, aggregations)
 
@@ -336,35 +377,44 @@ class ElasticsearchStore:
         with answering("the deletion"):
             while True:  # search, delete by id, refresh: until nothing matches
                 resp = await self._client.search(
-                    index=index, query=compile_where(query), size=_DELETE_ROUND,
-                    source=False, sort=["_doc"], ignore_unavailable=True,
-                    allow_no_indices=True)
+                    index=index,
+                    query=compile_where(query),
+                    size=_DELETE_ROUND,
+                    source=False,
+                    sort=["_doc"],
+                    ignore_unavailable=True,
+                    allow_no_indices=True,
+                )
                 hits = resp["hits"]["hits"]
                 if not hits:
                     return deleted
-                operations = [{"delete": {"_index": h["_index"], "_id": h["_id"]}}
-                              for h in hits]
+                operations = [{"delete": {"_index": h["_index"], "_id": h["_id"]}} for h in hits]
                 result = await self._client.bulk(operations=operations, refresh=True)
-                deleted += sum(1 for item in result["items"]
-                               if item["delete"]["status"] == 200)
-    async def delete_before(self, datasets: Sequence[str], cutoff_ms: int, *,
-                            dry_run: bool = False) -> RetentionResult:
+                deleted += sum(1 for item in result["items"] if item["delete"]["status"] == 200)
+
+    async def delete_before(
+        self, datasets: Sequence[str], cutoff_ms: int, *, dry_run: bool = False
+    ) -> RetentionResult:
         """Delete whole daily indices named for days before the cutoff's day."""
         if not datasets:
             return RetentionResult("indices", (), dry_run)
         pattern = ",".join(f"{self._prefix}-{d}-*" for d in datasets)
         with answering("the index listing"):
-            rows = await self._client.cat.indices(index=pattern, format="json",
-                                                  h="index,docs.count",
-                                                  expand_wildcards="open,closed")
-        old = sorted((
-            Removal(row["index"], int(row.get("docs.count") or 0)) for row in rows
-            if (day := index_day_ms(self._prefix, datasets, row["index"])) is not None
-            and day < cutoff_ms
-        ), key=lambda r: r.name)
+            rows = await self._client.cat.indices(
+                index=pattern, format="json", h="index,docs.count", expand_wildcards="open,closed"
+            )
+        old = sorted(
+            (
+                Removal(row["index"], int(row.get("docs.count") or 0))
+                for row in rows
+                if (day := index_day_ms(self._prefix, datasets, row["index"])) is not None
+                and day < cutoff_ms
+            ),
+            key=lambda r: r.name,
+        )
         if not dry_run:
             for start in range(0, len(old), 50):  # explicit names: URLs stay short
-                batch = ",".join(r.name for r in old[start:start + 50])
+                batch = ",".join(r.name for r in old[start : start + 50])
                 with answering("deleting old indices"):
                     await self._client.indices.delete(index=batch, ignore_unavailable=True)
         return RetentionResult("indices", tuple(old), dry_run)

@@ -50,8 +50,11 @@ def compile_filter(node: FilterNode) -> dict[str, Any]:
         return terms if node.op == "is" else {"bool": {"must_not": [terms]}}
     if node.op in ("gt", "lt"):
         return {"range": {node.field.numeric_field: {node.op: node.values[0]}}}
-    patterns = ([f"*{_escape_wildcard(v)}*" for v in node.values] if node.op == "contains"
-                else [v.replace("\\", "\\\\") for v in node.values])
+    patterns = (
+        [f"*{_escape_wildcard(v)}*" for v in node.values]
+        if node.op == "contains"
+        else [v.replace("\\", "\\\\") for v in node.values]
+    )
     should = [{"wildcard": {name: {"value": p}}} for p in patterns]
     return {"bool": {"should": should, "minimum_should_match": 1}}
 
@@ -59,8 +62,11 @@ def compile_filter(node: FilterNode) -> dict[str, Any]:
 def compile_where(query: GroupQuery) -> dict[str, Any]:
     """The documents of a query: its time range and its filter."""
     filters: list[dict[str, Any]] = [
-        {"range": {F.TIMESTAMP: {"gte": query.start_ms, "lt": query.end_ms,
-                                 "format": "epoch_millis"}}}
+        {
+            "range": {
+                F.TIMESTAMP: {"gte": query.start_ms, "lt": query.end_ms, "format": "epoch_millis"}
+            }
+        }
     ]
     if query.filter is not None:
         filters.append(compile_filter(query.filter))
@@ -76,11 +82,17 @@ def _metric_aggs(metrics: Sequence[MetricSpec]) -> dict[str, Any]:
             continue
         assert ref is not None
         if metric.kind == "distinct":
-            aggs[key] = {"cardinality": {"field": ref.name,
-                                         "precision_threshold": CARDINALITY_PRECISION}}
+            aggs[key] = {
+                "cardinality": {"field": ref.name, "precision_threshold": CARDINALITY_PRECISION}
+            }
         elif metric.kind == "percentile":
-            aggs[key] = {"percentiles": {"field": ref.numeric_field,
-                                         "percents": [metric.percent], "keyed": False}}
+            aggs[key] = {
+                "percentiles": {
+                    "field": ref.numeric_field,
+                    "percents": [metric.percent],
+                    "keyed": False,
+                }
+            }
         elif metric.kind == "error_rate":
             aggs[key + "e"] = {"filter": {"range": {ref.name: {"gte": 500}}}}
             aggs[key + "t"] = {"value_count": {"field": ref.name}}
@@ -89,8 +101,7 @@ def _metric_aggs(metrics: Sequence[MetricSpec]) -> dict[str, Any]:
     return aggs
 
 
-def compile_groups(query: GroupQuery, after: dict[str, Any] | None, size: int
-                   ) -> dict[str, Any]:
+def compile_groups(query: GroupQuery, after: dict[str, Any] | None, size: int) -> dict[str, Any]:
     """The search body for one page of groups (``size`` at most)."""
     metric_aggs = _metric_aggs(query.metrics)
     if not query.dimensions:
@@ -99,9 +110,13 @@ def compile_groups(query: GroupQuery, after: dict[str, Any] | None, size: int
         sources = []
         for index, dim in enumerate(query.dimensions):
             if dim.interval:
-                source = {"date_histogram": {"field": F.TIMESTAMP,
-                                             "calendar_interval": dim.interval,
-                                             "time_zone": query.tz}}
+                source = {
+                    "date_histogram": {
+                        "field": F.TIMESTAMP,
+                        "calendar_interval": dim.interval,
+                        "time_zone": query.tz,
+                    }
+                }
             else:
                 assert dim.field is not None
                 source = {"terms": {"field": dim.field.name, "missing_bucket": True}}
@@ -112,34 +127,47 @@ def compile_groups(query: GroupQuery, after: dict[str, Any] | None, size: int
         groups = {"composite": composite}
     if metric_aggs:
         groups["aggs"] = metric_aggs
-    return {"size": 0, "track_total_hits": False, "query": compile_where(query),
-            "aggs": {"groups": groups}}
+    return {
+        "size": 0,
+        "track_total_hits": False,
+        "query": compile_where(query),
+        "aggs": {"groups": groups},
+    }
 
 
 MISSING_KEY = "\u0000"  # where terms put documents without the field: sorts first
 
 
-def compile_top(query: GroupQuery, metric: int, descending: bool, size: int
-                ) -> dict[str, Any]:
+def compile_top(query: GroupQuery, metric: int, descending: bool, size: int) -> dict[str, Any]:
     """One ``terms`` aggregation: the top ``size`` keys of the only dimension by a metric."""
     (dim,) = query.dimensions
     assert dim.field is not None
     kind = query.metrics[metric].kind
     key = "_count" if kind == "count" else f"m{metric}"
-    terms = {"field": dim.field.name, "size": size, "shard_size": max(size * 10, 10_000),
-             "missing": MISSING_KEY,
-             "order": [{key: "desc" if descending else "asc"}, {"_key": "asc"}]}
+    terms = {
+        "field": dim.field.name,
+        "size": size,
+        "shard_size": max(size * 10, 10_000),
+        "missing": MISSING_KEY,
+        "order": [{key: "desc" if descending else "asc"}, {"_key": "asc"}],
+    }
     groups: dict[str, Any] = {"terms": terms}
     metric_aggs = _metric_aggs(query.metrics)
     if metric_aggs:
         groups["aggs"] = metric_aggs
-    return {"size": 0, "track_total_hits": False, "query": compile_where(query),
-            "aggs": {"groups": groups}}
+    return {
+        "size": 0,
+        "track_total_hits": False,
+        "query": compile_where(query),
+        "aggs": {"groups": groups},
+    }
 
 
 def read_top(query: GroupQuery, aggregations: dict[str, Any]) -> list[Row]:
-    return [((None if b["key"] == MISSING_KEY else b["key"],),
-             _metric_values(b, query.metrics)) for b in aggregations["groups"]["buckets"]]
+    return [
+        ((None if b["key"] == MISSING_KEY else b["key"],), _metric_values(b, query.metrics))
+        for b in aggregations["groups"]["buckets"]
+    ]
 
 
 def _metric_values(bucket: dict[str, Any], metrics: Sequence[MetricSpec]) -> tuple[Any, ...]:
@@ -160,8 +188,9 @@ def _metric_values(bucket: dict[str, Any], metrics: Sequence[MetricSpec]) -> tup
     return tuple(values)
 
 
-def read_groups(query: GroupQuery, aggregations: dict[str, Any]
-                ) -> tuple[list[Row], dict[str, Any] | None]:
+def read_groups(
+    query: GroupQuery, aggregations: dict[str, Any]
+) -> tuple[list[Row], dict[str, Any] | None]:
     """Rows ``(keys, values)`` of one page, and the ``after_key`` for the next (or None)."""
     groups = aggregations["groups"]
     if not query.dimensions:

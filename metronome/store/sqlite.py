@@ -129,8 +129,7 @@ def connect(path: Path) -> sqlite3.Connection:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with setup_lock(path):
-        conn = sqlite3.connect(path, isolation_level=None, timeout=30.0,
-                               check_same_thread=False)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
@@ -157,6 +156,7 @@ class ConnectionThread:
 
     async def close(self) -> None:
         """Close the connection on its thread, then the thread."""
+
         def _close() -> None:
             if self._conn is not None:
                 self._conn.close()
@@ -268,8 +268,9 @@ class SQLiteStore(ConnectionThread):
         return result
 
     @staticmethod
-    def _histogram(conn: sqlite3.Connection, spec: ReportSpec, part: Histogram
-                   ) -> list[tuple[str | int, int]]:
+    def _histogram(
+        conn: sqlite3.Connection, spec: ReportSpec, part: Histogram
+    ) -> list[tuple[str | int, int]]:
         starts = part.bucket_starts_ms
         bounds = [
             [start, max(start, spec.start_ms), min(spec.end_ms, nxt)]
@@ -288,8 +289,9 @@ class SQLiteStore(ConnectionThread):
         return [(int(k), int(n)) for k, n in conn.execute(sql, args)]
 
     @staticmethod
-    def _terms(conn: sqlite3.Connection, spec: ReportSpec, part: Terms
-               ) -> list[tuple[str | int, int]]:
+    def _terms(
+        conn: sqlite3.Connection, spec: ReportSpec, part: Terms
+    ) -> list[tuple[str | int, int]]:
         column = _column(part.field)
         args: list[Any] = []
         key = column
@@ -309,16 +311,18 @@ class SQLiteStore(ConnectionThread):
         )
         return [(k, int(n)) for k, n in conn.execute(sql, args)]
 
-    async def groups(self, query: GroupQuery, *, after: tuple[Any, ...] | None,
-                     limit: int) -> list[GroupRow]:
+    async def groups(
+        self, query: GroupQuery, *, after: tuple[Any, ...] | None, limit: int
+    ) -> list[GroupRow]:
         def _query() -> list[GroupRow]:
             return query_groups(self._connect(), query, after, limit)
 
         rows: list[GroupRow] = await self._run(_query)
         return rows
 
-    async def top(self, query: GroupQuery, *, metric: int, descending: bool,
-                  size: int) -> list[GroupRow]:
+    async def top(
+        self, query: GroupQuery, *, metric: int, descending: bool, size: int
+    ) -> list[GroupRow]:
         def _query() -> list[GroupRow]:
             return query_top(self._connect(), query, metric, descending, size)
 
@@ -341,22 +345,26 @@ class SQLiteStore(ConnectionThread):
 
         count: int = await self._run(_delete)
         return count
-    async def delete_before(self, datasets: Sequence[str], cutoff_ms: int, *,
-                            dry_run: bool = False) -> RetentionResult:
+
+    async def delete_before(
+        self, datasets: Sequence[str], cutoff_ms: int, *, dry_run: bool = False
+    ) -> RetentionResult:
         """Delete rows older than the cutoff, in batches of short transactions so the
         shipper's writes and the API's reads never wait long. The file does not shrink:
         SQLite reuses the freed pages for new rows."""
 
         def _count(conn: sqlite3.Connection, dataset: str) -> int:
-            row = conn.execute("SELECT count(*) FROM events WHERE dataset = ? AND ts < ?",
-                               (dataset, cutoff_ms)).fetchone()
+            row = conn.execute(
+                "SELECT count(*) FROM events WHERE dataset = ? AND ts < ?", (dataset, cutoff_ms)
+            ).fetchone()
             return int(row[0])
 
         def _delete() -> RetentionResult:
             conn = self._connect()
             removed: list[Removal] = []
-            if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
-                                " AND name = 'events'").fetchone():
+            if not conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+            ).fetchone():
                 return RetentionResult("rows", (), dry_run)  # nothing stored yet
             for dataset in datasets:
                 if dry_run:
@@ -369,7 +377,8 @@ class SQLiteStore(ConnectionThread):
                             done = conn.execute(
                                 "DELETE FROM events WHERE id IN (SELECT id FROM events"
                                 " WHERE dataset = ? AND ts < ? LIMIT ?)",
-                                (dataset, cutoff_ms, _DELETE_BATCH)).rowcount
+                                (dataset, cutoff_ms, _DELETE_BATCH),
+                            ).rowcount
                         except BaseException:
                             conn.execute("ROLLBACK")
                             raise

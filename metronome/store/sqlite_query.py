@@ -92,9 +92,11 @@ def _text(ref: FieldRef) -> str:
         return COLUMNS[ref.name]
     path = json_path(ref.name)
     if ref.param:
-        return (f"(CASE json_type(doc, {path}) WHEN 'true' THEN 'true' WHEN 'false'"
-                f" THEN 'false' WHEN 'null' THEN NULL"
-                f" ELSE CAST(json_extract(doc, {path}) AS TEXT) END)")
+        return (
+            f"(CASE json_type(doc, {path}) WHEN 'true' THEN 'true' WHEN 'false'"
+            f" THEN 'false' WHEN 'null' THEN NULL"
+            f" ELSE CAST(json_extract(doc, {path}) AS TEXT) END)"
+        )
     return f"json_extract(doc, {path})"
 
 
@@ -173,8 +175,11 @@ def _group_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[A
     for index, dim in enumerate(query.dimensions):
         if dim.interval:
             conn.create_function(
-                "mbucket", 1,
-                lambda ts: starts[max(bisect_right(starts, ts) - 1, 0)], deterministic=True)
+                "mbucket",
+                1,
+                lambda ts: starts[max(bisect_right(starts, ts) - 1, 0)],
+                deterministic=True,
+            )
             select.append(f"mbucket(ts) AS k{index}")
         else:
             assert dim.field is not None
@@ -184,8 +189,9 @@ def _group_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[A
         if metric.kind == "error_rate":
             assert metric.field is not None
             column = _text(metric.field)
-            select.append(f"sum(COALESCE({column} >= 500, 0)) AS m{index}e,"
-                          f" count({column}) AS m{index}t")
+            select.append(
+                f"sum(COALESCE({column} >= 500, 0)) AS m{index}e, count({column}) AS m{index}t"
+            )
         else:
             select.append(f"{_metric_sql(metric, metric_args)} AS m{index}")
     where, where_args = _where(query)
@@ -199,13 +205,16 @@ def _rows(query: GroupQuery, cursor: Any) -> Iterator[Row]:
     dims = len(query.dimensions)
     boolean = [d.field is not None and d.field.kind == "boolean" for d in query.dimensions]
     for raw in cursor:
-        keys = tuple(bool(v) if flag and v is not None else v
-                     for v, flag in zip(raw[:dims], boolean, strict=True))
+        keys = tuple(
+            bool(v) if flag and v is not None else v
+            for v, flag in zip(raw[:dims], boolean, strict=True)
+        )
         yield keys, _values(raw[dims:], query.metrics)
 
 
-def query_groups(conn: sqlite3.Connection, query: GroupQuery, after: tuple[Any, ...] | None,
-                 limit: int) -> list[Row]:
+def query_groups(
+    conn: sqlite3.Connection, query: GroupQuery, after: tuple[Any, ...] | None, limit: int
+) -> list[Row]:
     """Groups in composite order (keys ascending, missing first) after ``after``."""
     sql, args = _group_sql(conn, query)
     if query.dimensions:
@@ -223,14 +232,14 @@ def query_groups(conn: sqlite3.Connection, query: GroupQuery, after: tuple[Any, 
     return rows
 
 
-def query_top(conn: sqlite3.Connection, query: GroupQuery, metric: int, descending: bool,
-              size: int) -> list[Row]:
+def query_top(
+    conn: sqlite3.Connection, query: GroupQuery, metric: int, descending: bool, size: int
+) -> list[Row]:
     """The first ``size`` groups of one dimension by metric ``metric`` (missing values
     smallest), ties by the key (missing first)."""
     sql, args = _group_sql(conn, query)
     direction = "DESC" if descending else "ASC"
-    sql = (f"SELECT * FROM ({sql}) ORDER BY m{metric} {direction}, k0 ASC"
-           f" LIMIT {int(size)}")
+    sql = f"SELECT * FROM ({sql}) ORDER BY m{metric} {direction}, k0 ASC LIMIT {int(size)}"
     return list(_rows(query, conn.execute(sql, args)))
 
 

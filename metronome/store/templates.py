@@ -46,7 +46,7 @@ def templates_dir() -> Path:
 def _rename(name: str, prefix: str) -> str:
     if not name.startswith(DEFAULT_PREFIX):
         raise ValueError(f"template {name!r} must start with {DEFAULT_PREFIX!r}")
-    return prefix + name[len(DEFAULT_PREFIX):]
+    return prefix + name[len(DEFAULT_PREFIX) :]
 
 
 def _apply_settings(body: dict[str, Any], settings: Settings) -> None:
@@ -67,9 +67,7 @@ def load_templates(settings: Settings, directory: Path | None = None) -> list[Te
         for path in sorted((root / kind).glob("*.json")):
             body = copy.deepcopy(orjson.loads(path.read_bytes()))
             if kind == "index":
-                body["index_patterns"] = [
-                    _rename(p, prefix) for p in body["index_patterns"]
-                ]
+                body["index_patterns"] = [_rename(p, prefix) for p in body["index_patterns"]]
                 body["composed_of"] = [_rename(c, prefix) for c in body["composed_of"]]
             else:
                 _apply_settings(body, settings)

@@ -18,17 +18,30 @@ __all__ = ["CHROMIUM", "CHROMIUM_ARGS", "ensure_chromium"]
 
 CHROMIUM = Path(os.environ.get("METRONOME_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
 ]
 
 
 def _run(*args: str, timeout_s: float) -> None:
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s,
-                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    proc = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n"
-                           f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(args)} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
 
 
 def ensure_chromium(timeout_s: float = 900) -> Path:
@@ -36,14 +49,23 @@ def ensure_chromium(timeout_s: float = 900) -> Path:
     if CHROMIUM.exists():
         return CHROMIUM
     if shutil.which("apt-get") is None or os.geteuid() != 0:
-        raise RuntimeError(f"{CHROMIUM} is missing and cannot be installed here (needs root and"
-                           " apt-get); install Debian's chromium package, or point"
-                           " METRONOME_TEST_CHROMIUM at a Chromium executable")
+        raise RuntimeError(
+            f"{CHROMIUM} is missing and cannot be installed here (needs root and"
+            " apt-get); install Debian's chromium package, or point"
+            " METRONOME_TEST_CHROMIUM at a Chromium executable"
+        )
     started = time.monotonic()
     lock = ("-o", "DPkg::Lock::Timeout=300")
     _run("apt-get", *lock, "update", timeout_s=timeout_s)
-    _run("apt-get", *lock, "install", "-y", "--no-install-recommends", "chromium",
-         timeout_s=timeout_s)
+    _run(
+        "apt-get",
+        *lock,
+        "install",
+        "-y",
+        "--no-install-recommends",
+        "chromium",
+        timeout_s=timeout_s,
+    )
     if not CHROMIUM.exists():
         raise RuntimeError(f"apt installed chromium but {CHROMIUM} is still missing")
     print(f"installed chromium with apt in {time.monotonic() - started:.0f}s")

@@ -36,11 +36,12 @@ def _config_dir() -> Path:
 
 def _go() -> str:
     go = shutil.which("go") or next(
-        (p for p in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go") if os.access(p, os.X_OK)),
-        None)
+        (p for p in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go") if os.access(p, os.X_OK)), None
+    )
     if go is None:
-        raise RuntimeError("building docker compose for the tests needs Go 1.24 or newer"
-                           " (`go` on PATH)")
+        raise RuntimeError(
+            "building docker compose for the tests needs Go 1.24 or newer (`go` on PATH)"
+        )
     return go
 
 
@@ -58,25 +59,44 @@ def install() -> Path:
             return config
         go = _go()
         env = {**os.environ, "GOFLAGS": "-buildvcs=false", "CGO_ENABLED": "0"}
-        fetched = subprocess.run([go, "mod", "download", "-json",
-                                  f"{COMPOSE_MODULE}@{COMPOSE_VERSION}"],
-                                 env=env, capture_output=True, text=True, timeout=600)
+        fetched = subprocess.run(
+            [go, "mod", "download", "-json", f"{COMPOSE_MODULE}@{COMPOSE_VERSION}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if fetched.returncode != 0:
-            raise RuntimeError(f"go mod download {COMPOSE_MODULE}@{COMPOSE_VERSION} failed:\n"
-                               + (fetched.stdout + fetched.stderr)[-2000:])
+            raise RuntimeError(
+                f"go mod download {COMPOSE_MODULE}@{COMPOSE_VERSION} failed:\n"
+                + (fetched.stdout + fetched.stderr)[-2000:]
+            )
         source = json.loads(fetched.stdout)["Dir"]
         plugin.parent.mkdir(parents=True, exist_ok=True)
         partial = plugin.with_suffix(".part")
         # `go install module@version` refuses modules whose go.mod has exclude directives
         # (this one has), so build inside the downloaded module, as its own main module.
         built = subprocess.run(
-            [go, "build", "-trimpath", "-ldflags",
-             f"-s -w -X {COMPOSE_MODULE}/internal.Version={COMPOSE_VERSION}",
-             "-o", str(partial), "./cmd"],
-            cwd=source, env=env, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S)
+            [
+                go,
+                "build",
+                "-trimpath",
+                "-ldflags",
+                f"-s -w -X {COMPOSE_MODULE}/internal.Version={COMPOSE_VERSION}",
+                "-o",
+                str(partial),
+                "./cmd",
+            ],
+            cwd=source,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=_BUILD_TIMEOUT_S,
+        )
         if built.returncode != 0:
-            raise RuntimeError("building docker compose failed:\n"
-                               + (built.stdout + built.stderr)[-3000:])
+            raise RuntimeError(
+                "building docker compose failed:\n" + (built.stdout + built.stderr)[-3000:]
+            )
         os.chmod(partial, 0o755)
         partial.rename(plugin)
         os.chmod(config, 0o755)
@@ -93,11 +113,17 @@ class Compose:
         self.docker = docker
         self.env = {**os.environ, "DOCKER_CONFIG": str(config_dir)}
 
-    def run(self, *args: str, cwd: Path | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([self.docker, "compose", *args], cwd=cwd,
-                              env={**self.env, **(env or {})}, capture_output=True, text=True,
-                              timeout=120)
+    def run(
+        self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.docker, "compose", *args],
+            cwd=cwd,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
 
 if __name__ == "__main__":

@@ -133,21 +133,36 @@ class ElasticsearchServer:
         env["ES_PATH_CONF"] = str(self.workdir / "config")
         cmd = [
             str(self.home / "bin" / "elasticsearch"),
-            "-E", "discovery.type=single-node",
-            "-E", "xpack.security.enabled=false",
-            "-E", "network.host=127.0.0.1",
-            "-E", f"http.port={self.port}",
-            "-E", f"transport.port={self.transport_port}",
-            "-E", f"path.data={self.workdir / 'data'}",
-            "-E", f"path.logs={self.workdir / 'logs'}",
-            "-E", "cluster.routing.allocation.disk.threshold_enabled=false",
-            "-E", "action.destructive_requires_name=false",
+            "-E",
+            "discovery.type=single-node",
+            "-E",
+            "xpack.security.enabled=false",
+            "-E",
+            "network.host=127.0.0.1",
+            "-E",
+            f"http.port={self.port}",
+            "-E",
+            f"transport.port={self.transport_port}",
+            "-E",
+            f"path.data={self.workdir / 'data'}",
+            "-E",
+            f"path.logs={self.workdir / 'logs'}",
+            "-E",
+            "cluster.routing.allocation.disk.threshold_enabled=false",
+            "-E",
+            "action.destructive_requires_name=false",
         ]
         if self._as_nobody:
             cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self._proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      cwd=self.workdir, start_new_session=True)
+        self._proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            start_new_session=True,
+        )
         log.close()
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
@@ -155,19 +170,21 @@ class ElasticsearchServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                raise RuntimeError(f"Elasticsearch exited ({self._proc.returncode}):\n"
-                                   + self.log_tail())
+                raise RuntimeError(
+                    f"Elasticsearch exited ({self._proc.returncode}):\n" + self.log_tail()
+                )
             try:
-                resp = httpx.get(f"{self.url}/_cluster/health",
-                                 params={"wait_for_status": "yellow", "timeout": "1s"},
-                                 timeout=5)
+                resp = httpx.get(
+                    f"{self.url}/_cluster/health",
+                    params={"wait_for_status": "yellow", "timeout": "1s"},
+                    timeout=5,
+                )
                 if resp.status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
-        raise RuntimeError(f"Elasticsearch did not start in {timeout_s:.0f}s:\n"
-                           + self.log_tail())
+        raise RuntimeError(f"Elasticsearch did not start in {timeout_s:.0f}s:\n" + self.log_tail())
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -48,8 +48,13 @@ class SeenRequest:
 class KibanaDouble:
     """Plays Kibana's import API; ``with KibanaDouble() as kibana: kibana.url``."""
 
-    def __init__(self, username: str | None = None, password: str | None = None,
-                 api_key: str | None = None, spaces: tuple[str, ...] = ("default",)) -> None:
+    def __init__(
+        self,
+        username: str | None = None,
+        password: str | None = None,
+        api_key: str | None = None,
+        spaces: tuple[str, ...] = ("default",),
+    ) -> None:
         self.username, self.password, self.api_key = username, password, api_key
         self.spaces: dict[str, dict[tuple[str, str], dict[str, Any]]] = {s: {} for s in spaces}
         self.requests: list[SeenRequest] = []
@@ -89,10 +94,10 @@ class KibanaDouble:
         handler.end_headers()
         handler.wfile.write(data)
 
-    def _error(self, handler: BaseHTTPRequestHandler, status: int, error: str,
-               message: str) -> None:
-        self._answer(handler, status, {"statusCode": status, "error": error,
-                                       "message": message})
+    def _error(
+        self, handler: BaseHTTPRequestHandler, status: int, error: str, message: str
+    ) -> None:
+        self._answer(handler, status, {"statusCode": status, "error": error, "message": message})
 
     def _authenticated(self, headers: dict[str, str]) -> bool:
         given = headers.get("authorization", "")
@@ -113,39 +118,49 @@ class KibanaDouble:
         self.requests.append(seen)
         if self.not_ready > 0:
             self.not_ready -= 1
-            return self._error(handler, 503, "Service Unavailable",
-                               "Kibana server is not ready yet")
+            return self._error(
+                handler, 503, "Service Unavailable", "Kibana server is not ready yet"
+            )
         match = _PATH.fullmatch(parts.path)
         if handler.command != "POST" or not match:
             return self._error(handler, 404, "Not Found", "Not Found")
         if not self._authenticated(headers):
-            return self._error(handler, 401, "Unauthorized",
-                               "[security_exception]: unable to authenticate user")
+            return self._error(
+                handler, 401, "Unauthorized", "[security_exception]: unable to authenticate user"
+            )
         space = match[1] or "default"
         if space not in self.spaces:
             return self._error(handler, 404, "Not Found", "Not Found")
         if "kbn-xsrf" not in headers:
-            return self._error(handler, 400, "Bad Request",
-                               'Request must contain a kbn-xsrf header.')
+            return self._error(
+                handler, 400, "Bad Request", "Request must contain a kbn-xsrf header."
+            )
         ctype = headers.get("content-type", "")
         if not ctype.startswith("multipart/form-data"):
-            return self._error(handler, 415, "Unsupported Media Type",
-                               "Unsupported Media Type")
+            return self._error(handler, 415, "Unsupported Media Type", "Unsupported Media Type")
         message = BytesParser(policy=HTTP).parsebytes(
-            f"Content-Type: {ctype}\r\n\r\n".encode() + body)
-        files = [p for p in message.iter_parts()
-                 if p.get_param("name", header="content-disposition") == "file"]
+            f"Content-Type: {ctype}\r\n\r\n".encode() + body
+        )
+        files = [
+            p
+            for p in message.iter_parts()
+            if p.get_param("name", header="content-disposition") == "file"
+        ]
         if len(files) != 1:
-            return self._error(handler, 400, "Bad Request",
-                               "[request body.file]: expected value of type [Stream]")
+            return self._error(
+                handler, 400, "Bad Request", "[request body.file]: expected value of type [Stream]"
+            )
         part = files[0]
         seen.file_name = part.get_filename()
         seen.file_type = part.get_content_type()
         if not (seen.file_name or "").endswith(".ndjson"):
             return self._error(handler, 400, "Bad Request", "Invalid file extension .txt")
         try:
-            seen.objects = [json.loads(line) for line in
-                            part.get_payload(decode=True).decode().splitlines() if line]
+            seen.objects = [
+                json.loads(line)
+                for line in part.get_payload(decode=True).decode().splitlines()
+                if line
+            ]
         except ValueError as exc:
             return self._error(handler, 400, "Bad Request", f"Unexpected token: {exc}")
         overwrite = seen.query.get("overwrite", ["false"])[0] == "true"
@@ -153,22 +168,41 @@ class KibanaDouble:
         return None
 
     @staticmethod
-    def _import(stored: dict[tuple[str, str], dict[str, Any]], objects: list[dict[str, Any]],
-                overwrite: bool) -> dict[str, Any]:
+    def _import(
+        stored: dict[tuple[str, str], dict[str, Any]],
+        objects: list[dict[str, Any]],
+        overwrite: bool,
+    ) -> dict[str, Any]:
         in_file = {(o["type"], o["id"]) for o in objects}
         errors, results = [], []
         for obj in objects:
             key = (obj["type"], obj["id"])
             meta = {"title": obj["attributes"].get("title", ""), "icon": obj["type"]}
-            missing = [{"type": r["type"], "id": r["id"]} for r in obj.get("references", [])
-                       if (r["type"], r["id"]) not in in_file | stored.keys()]
+            missing = [
+                {"type": r["type"], "id": r["id"]}
+                for r in obj.get("references", [])
+                if (r["type"], r["id"]) not in in_file | stored.keys()
+            ]
             if missing:
-                errors.append({"id": obj["id"], "type": obj["type"], "meta": meta,
-                               "title": meta["title"],
-                               "error": {"type": "missing_references", "references": missing}})
+                errors.append(
+                    {
+                        "id": obj["id"],
+                        "type": obj["type"],
+                        "meta": meta,
+                        "title": meta["title"],
+                        "error": {"type": "missing_references", "references": missing},
+                    }
+                )
             elif key in stored and not overwrite:
-                errors.append({"id": obj["id"], "type": obj["type"], "meta": meta,
-                               "title": meta["title"], "error": {"type": "conflict"}})
+                errors.append(
+                    {
+                        "id": obj["id"],
+                        "type": obj["type"],
+                        "meta": meta,
+                        "title": meta["title"],
+                        "error": {"type": "conflict"},
+                    }
+                )
             else:
                 result = {"type": obj["type"], "id": obj["id"], "meta": meta}
                 if key in stored:
@@ -177,8 +211,7 @@ class KibanaDouble:
         for result in results:
             key = (result["type"], result["id"])
             stored[key] = next(o for o in objects if (o["type"], o["id"]) == key)
-        body: dict[str, Any] = {"success": not errors, "successCount": len(results),
-                                "warnings": []}
+        body: dict[str, Any] = {"success": not errors, "successCount": len(results), "warnings": []}
         if results:
             body["successResults"] = results
         if errors:

@@ -20,8 +20,13 @@ __all__ = ["MetronomeServer"]
 class MetronomeServer:
     """``metronome serve`` as a subprocess; ``env`` adds ``METRONOME_*`` settings."""
 
-    def __init__(self, env: dict[str, str], data_dir: Path | None = None,
-                 workers: int = 2, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        data_dir: Path | None = None,
+        workers: int = 2,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.args = args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -41,24 +46,27 @@ class MetronomeServer:
     def start(self, wait_ready: bool = True, timeout_s: float = 60.0) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "metronome", "serve", *self.args], env=self.env,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "metronome", "serve", *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         path = "/readyz" if wait_ready else "/healthz"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"metronome serve exited ({self.proc.returncode}):\n"
-                                   + self.log_tail())
+                raise RuntimeError(
+                    f"metronome serve exited ({self.proc.returncode}):\n" + self.log_tail()
+                )
             try:
                 if httpx.get(self.url + path, timeout=5).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"metronome serve not ready in {timeout_s:.0f}s:\n"
-                           + self.log_tail())
+        raise RuntimeError(f"metronome serve not ready in {timeout_s:.0f}s:\n" + self.log_tail())
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -72,17 +80,31 @@ class MetronomeServer:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
-    def run_cli(self, *args: str, timeout_s: float = 300, env: dict[str, str] | None = None,
-                input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run_cli(
+        self,
+        *args: str,
+        timeout_s: float = 300,
+        env: dict[str, str] | None = None,
+        input_text: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run another ``metronome`` command with this server's settings (plus ``env``)."""
-        return subprocess.run([sys.executable, "-m", "metronome", *args],
-                              env={**self.env, **(env or {})}, input=input_text,
-                              capture_output=True, text=True, timeout=timeout_s)
+        return subprocess.run(
+            [sys.executable, "-m", "metronome", *args],
+            env={**self.env, **(env or {})},
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
 
     def popen_cli(self, *args: str) -> subprocess.Popen[bytes]:
         """Start a long-running ``metronome`` command (``ship``) with this server's settings."""
-        return subprocess.Popen([sys.executable, "-m", "metronome", *args], env=self.env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [sys.executable, "-m", "metronome", *args],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def stop(self) -> int:
         """SIGTERM and wait; returns the exit code (0 for a clean shutdown)."""
