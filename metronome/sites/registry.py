@@ -152,7 +152,8 @@ class SQLiteRegistry(ConnectionThread):
     async def update_site(self, site: Site) -> None:
         await self._run(
             lambda: self._db().execute(
-                "UPDATE sites SET name = ?, origins = ?, public_tock = ?, store_ip = ? WHERE id = ?",
+                "UPDATE sites SET name = ?, origins = ?, public_tock = ?, store_ip = ?"
+                " WHERE id = ?",
                 (
                     site.name,
                     orjson.dumps(list(site.origins)).decode(),
