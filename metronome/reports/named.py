@@ -1,19 +1,35 @@
 """Built-in reports: common questions as ready ``/query`` requests (``GET /reports/{name}``).
 
-Each report is a query with a few parameters a person may change in the URL
-(``?range=7d&tz=Europe/Berlin&limit=20``); the answer is the ``/query`` answer. The item
-report behind ``/tock`` is one of them (``/reports/tock?id=...``), answered in its own shape.
+Each report is one or more ``/query`` requests built from a few parameters a person may
+change in the URL (``?range=7d&tz=Europe/Berlin&limit=20``), run by the one query engine
+(:func:`metronome.reports.engine.run_query`). Most answer with the ``/query`` answer; the
+item report behind ``/tock`` (``/reports/tock?id=...``) is three queries answered in its
+own shape. :func:`run_report` is the one way any of them is answered.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from metronome.errors import InvalidParameter
+from metronome.errors import InvalidParameter, NotFound
+from metronome.reports import tock
+from metronome.reports.engine import run_query
+from metronome.reports.query import for_site, parse_query
+from metronome.store.base import Store
 
-__all__ = ["COMMON_PARAMETERS", "REPORTS", "NamedReport", "report_query"]
+__all__ = [
+    "COMMON_PARAMETERS",
+    "REPORTS",
+    "NamedReport",
+    "find_report",
+    "report_query",
+    "run_report",
+]
+
+Answer = dict[str, Any]
 
 COMMON_PARAMETERS: dict[str, str] = {
     "range": "a preset (today, yesterday, week, month, year, 7d, 24h, ...); default 30d",
@@ -27,10 +43,28 @@ COMMON_PARAMETERS: dict[str, str] = {
 
 @dataclass(frozen=True, slots=True)
 class NamedReport:
+    """A report: ``build`` makes its ``/query`` request from the URL's parameters, and
+    the answer is that query's answer.
+
+    A report of several parts sets ``parts`` instead (parameters -> part name -> request)
+    and ``shape`` (parameters, part name -> answer -> the JSON answer). ``parameters``
+    are the ones it takes besides :data:`COMMON_PARAMETERS` (or instead of them, without
+    ``common``). ``public``: a site with public item reports may read it without a key.
+    """
+
     name: str
     description: str
-    build: Callable[[Mapping[str, str]], dict[str, Any]]
-    parameters: Mapping[str, str]  # extra parameters: name -> what it does
+    build: Callable[[Mapping[str, str]], dict[str, Any]] | None
+    parameters: Mapping[str, str]  # parameter -> what it does
+    parts: Callable[[Mapping[str, str]], dict[str, dict[str, Any]]] | None = None
+    shape: Callable[[Mapping[str, str], dict[str, Answer]], Answer] | None = None
+    common: bool = True
+    public: bool = False
+    all_parameters: Mapping[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        every = {**COMMON_PARAMETERS, **self.parameters} if self.common else self.parameters
+        object.__setattr__(self, "all_parameters", every)
 
 
 def _interval(params: Mapping[str, str], default: str) -> str:
@@ -118,13 +152,32 @@ REPORTS: dict[str, NamedReport] = {
             },
             {},
         ),
+        NamedReport(
+            "tock",
+            "One item's views per time bucket, downloads by format and referrers"
+            " (the /tock report)",
+            None,
+            tock.PARAMETERS,
+            parts=lambda p: tock.tock_queries(_tock_query(p)),
+            shape=lambda p, answers: tock.shape_tock(_tock_query(p), answers),
+            common=False,
+            public=True,
+        ),
     ]
 }
 
 
+def _tock_query(params: Mapping[str, str]) -> tock.TockQuery:
+    item_id = params.get("id")
+    if not item_id:
+        raise InvalidParameter("give the item as /tock/{id} or ?id=...", parameter="id")
+    return tock.parse_tock_query(item_id, {k: v for k, v in params.items() if k != "id"})
+
+
 def report_query(report: NamedReport, params: Mapping[str, str]) -> dict[str, Any]:
-    """The ``/query`` request for ``report`` with the URL's parameters."""
-    allowed = set(COMMON_PARAMETERS) | set(report.parameters)
+    """The ``/query`` request for a one-query ``report`` with the URL's parameters."""
+    assert report.build is not None, "a report of parts has no single query"
+    allowed = set(report.all_parameters)
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise InvalidParameter(
@@ -152,3 +205,38 @@ def report_query(report: NamedReport, params: Mapping[str, str]) -> dict[str, An
             raise InvalidParameter("'limit' is a whole number from 1 to 10000", parameter="limit")
         body["limit"] = int(text)
     return body
+
+
+def find_report(name: str) -> NamedReport:
+    """The built-in report ``name``, or :class:`NotFound` listing them."""
+    report = REPORTS.get(name)
+    if report is None:
+        raise NotFound(f"no report {name!r}; GET /reports lists them: {', '.join(REPORTS)}")
+    return report
+
+
+async def run_report(
+    store: Store,
+    report: NamedReport,
+    params: Mapping[str, str],
+    *,
+    site_id: str,
+    max_groups: int,
+) -> Answer:
+    """Answer ``report`` for the URL's ``params``, counting only ``site_id``'s documents.
+
+    Every part is a ``/query`` request, validated and run like one sent to ``POST
+    /query``; the parts of a report run concurrently.
+    """
+    if report.parts is None or report.shape is None:
+        bodies = {"": report_query(report, params)}
+    else:
+        bodies = report.parts(params)
+    queries = {name: for_site(parse_query(body), site_id) for name, body in bodies.items()}
+    answers = await asyncio.gather(
+        *(run_query(store, query, max_groups=max_groups) for query in queries.values())
+    )
+    by_part = dict(zip(queries, answers, strict=True))
+    if report.shape is None:
+        return {"report": report.name, **by_part[""]}
+    return report.shape(params, by_part)

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from metronome.errors import InvalidParameter
 from metronome.events.document import parse_iso_ms
-from metronome.reports.model import Interval
+from metronome.store.query import Interval
 
 __all__ = ["MAX_BUCKETS", "bucket_label", "bucket_starts", "floor_to_bucket", "parse_moment"]
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from metronome.events import fields as F
-from metronome.reports.query import BoolNode, FilterNode, GroupQuery, Leaf, MetricSpec
+from metronome.store.query import BoolNode, FilterNode, GroupQuery, Leaf, MetricSpec
 
 __all__ = [
     "CARDINALITY_PRECISION",

@@ -17,8 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from metronome.events import fields as F
-from metronome.reports.catalog import FieldRef
-from metronome.reports.query import BoolNode, FilterNode, GroupQuery, Leaf, MetricSpec
+from metronome.store.query import BoolNode, FieldRef, FilterNode, GroupQuery, Leaf, MetricSpec
 
 __all__ = ["delete_sql", "install_functions", "json_path", "query_groups", "query_top"]
 
