@@ -50,6 +50,8 @@ def compile_filter(node: FilterNode) -> dict[str, Any]:
         return terms if node.op == "is" else {"bool": {"must_not": [terms]}}
     if node.op in ("gt", "lt"):
         return {"range": {node.field.numeric_field: {node.op: node.values[0]}}}
+    if node.op == "matches" and "*" in node.values:  # any value: the field exists
+        return {"exists": {"field": name}}
     patterns = (
         [f"*{_escape_wildcard(v)}*" for v in node.values]
         if node.op == "contains"
