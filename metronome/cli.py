@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from metronome import __version__
-from metronome.config import Settings, settings_table
+from metronome.config import Settings, settings_reference, settings_table
 from metronome.errors import ConfigError, MetronomeError
 from metronome.sites import commands as sites_commands
 
@@ -299,14 +299,11 @@ def settings_cmd(markdown: bool) -> None:
         click.echo(settings_table())
         return
     settings = _settings()
-    for name in settings.__slots__:  # type: ignore[attr-defined]
-        value = getattr(settings, name)
-        if value is not None and name in _SECRETS:
+    for setting in settings_reference():
+        value = getattr(settings, setting.name)
+        if value is not None and setting.secret:
             value = "(set, not shown)"
-        click.echo(f"{name} = {value!r}")
-
-
-_SECRETS = frozenset({"kibana_password", "kibana_api_key"})
+        click.echo(f"{setting.name} = {value!r}")
 
 
 @main.group()
