@@ -1,31 +1,50 @@
-"""Settings, read once from ``METRONOME_*`` environment variables, declared once.
+"""Settings, declared once: environment variables and the configuration file.
 
 Every setting is one field of :class:`Settings`, declared with :func:`setting`: its type
 (the field's annotation), its default (the text an environment variable would hold), the
 parser that turns text into that type, and a line of help. Everything else is derived from
-that one declaration: its environment variable (``METRONOME_`` and the name in capitals:
-``port``, ``METRONOME_PORT``), :func:`settings_reference` for the documentation, and
-:func:`settings_table`, the README's configuration table (``metronome settings
---markdown``; a test fails when the README drifts from it).
+that one declaration:
 
-A bad value fails at start-up with a message naming the variable and the value; nothing
-else in Metronome reads the environment.
+- its environment variable: ``METRONOME_`` and the name in capitals (``port``:
+  ``METRONOME_PORT``);
+- its configuration-file key: the name itself, at the top level of the TOML file that
+  ``METRONOME_CONFIG`` names (``port = 8080``), as a value of its TOML type (an integer for
+  a number, a boolean for on/off, an array of strings for a list) or as a string holding
+  what the environment variable would;
+- :func:`settings_reference`, one :class:`Setting` per declaration for the documentation,
+  and :func:`settings_table`, the README's configuration table
+  (``metronome settings --markdown``; a test fails when the README drifts from it).
+
+A few top-level tables of the file are *sections*, declared with :func:`section`
+(``[[collectors]]``, ``[[monitors]]``, ``[event_schemas]``, ``[[apps]]``): they have no
+environment variable, and :class:`Settings` keeps their parsed TOML for the features that
+use them to validate.
+
+The environment wins over the file, and the file over the defaults; a variable that is set,
+even to an empty value, wins. A bad value, an unknown key or a missing file fails at
+start-up with a message naming the variable (or the file and key) and the value; nothing
+else in Metronome reads the environment or the file.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from types import MappingProxyType
+from typing import Any, TypeVar, cast, get_args, get_origin, get_type_hints
 
 from metronome.errors import ConfigError
 
 __all__ = [
+    "CONFIG_VARIABLE",
     "Setting",
     "Settings",
+    "section",
     "setting",
     "settings_reference",
     "settings_table",
@@ -35,6 +54,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
 
 ENV_PREFIX = "METRONOME_"
+CONFIG_VARIABLE = "METRONOME_CONFIG"
+"""The variable naming the configuration file (``metronome --config`` sets it)."""
 
 
 def _str(raw: str) -> str:
@@ -131,7 +152,9 @@ def _retention(raw: str) -> str:
 class _Declaration:
     default: str
     help: str
-    parse: Callable[[str], Any]
+    parse: Callable[[str], Any] | None  # None: a section, kept as parsed TOML
+    has_env: bool = True
+    has_key: bool = True
     secret: bool = False
 
 
@@ -144,19 +167,37 @@ def setting(
     parse: Callable[[str], T],
     *,
     secret: bool = False,
+    in_file: bool = True,
 ) -> T:
     """Declare one setting of :class:`Settings`: ``default`` is the text an environment
     variable would hold (parsed like one), ``help`` the line documentation shows, ``parse``
     turns text into the field's type or raises :class:`ValueError` saying what it expected.
-    ``secret`` values are not shown by ``metronome settings``."""
-    declaration = _Declaration(default, help, parse, secret=secret)
+    ``secret`` values are not shown by ``metronome settings``; ``in_file=False`` settings
+    have no configuration-file key."""
+    declaration = _Declaration(default, help, parse, has_key=in_file, secret=secret)
     return cast(T, field(metadata={_DECLARATION: declaration}))
+
+
+def section(help: str) -> Any:
+    """Declare a top-level table of the configuration file kept as parsed TOML: an array of
+    tables (``[[name]]``) for a field typed ``tuple[dict[str, Any], ...]``, a table
+    (``[name]``) for one typed ``Mapping[str, Any]``. Empty when the file has none. Left out
+    of ``hash(settings)``: parsed TOML is not hashable, and the settings stay so."""
+    declaration = _Declaration("", help, None, has_env=False)
+    return field(hash=False, metadata={_DECLARATION: declaration})
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Metronome's configuration. Build it with :meth:`from_env`; never mutate it."""
 
+    config: str | None = setting(
+        "",
+        "TOML configuration file whose keys are the settings below (`metronome --config`"
+        " sets it); the environment wins over it. Unset: no file.",
+        _optional_str,
+        in_file=False,
+    )
     host: str = setting("127.0.0.1", "Address the HTTP server binds to.", _str)
     port: int = setting("8080", "Port the HTTP server listens on.", _int(0, 65535))
     workers: int = setting("2", "Number of server worker processes.", _int(1, 256))
@@ -367,19 +408,40 @@ class Settings:
         "Log level: debug, info, warning or error.",
         _choice("debug", "info", "warning", "error"),
     )
+    collectors: tuple[dict[str, Any], ...] = section(
+        "Collectors the worker runs (reserved: checked by the collectors feature)."
+    )
+    monitors: tuple[dict[str, Any], ...] = section(
+        "Monitors the worker runs (reserved: checked by the monitors feature)."
+    )
+    event_schemas: Mapping[str, Any] = section(
+        "Typed events' schemas by event name (reserved: checked by the typed-events feature)."
+    )
+    apps: tuple[dict[str, Any], ...] = section(
+        "Apps that report telemetry (reserved: checked by the telemetry feature)."
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
-        """Read every setting from ``env`` (``METRONOME_*``); ``overrides`` win."""
+        """Read every setting from ``env`` (``METRONOME_*``), then from the configuration
+        file ``METRONOME_CONFIG`` names, then the defaults; ``overrides`` win over all."""
         unknown = set(overrides) - {s.name for s in _SETTINGS}
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        path = env.get(CONFIG_VARIABLE, "").strip()
+        in_file = _read_file(path) if path else {}
         values: dict[str, Any] = {}
         for s in _SETTINGS:
             if s.name in overrides:
                 values[s.name] = overrides[s.name]
+            elif s.env is not None and s.parse is not None and s.env in env:
+                values[s.name] = _parse_env(s.env, s.parse, env[s.env])
+            elif s.key is not None and s.key in in_file:
+                values[s.name] = _parse_toml(s, in_file[s.key], path)
+            elif s.parse is not None:
+                values[s.name] = s.parse(s.default)
             else:
-                values[s.name] = _parse_env(s.env, s.parse, env.get(s.env, s.default))
+                values[s.name] = MappingProxyType({}) if s.type == "table" else ()
         return cls(**values)
 
     @property
@@ -393,27 +455,50 @@ class Setting:
 
     name: str
     """The :class:`Settings` attribute."""
-    env: str
-    """Its environment variable."""
+    env: str | None
+    """Its environment variable; None for a section of the configuration file."""
+    key: str | None
+    """Its configuration-file key (top level); None for ``METRONOME_CONFIG`` itself."""
+    type: str
+    """The TOML type of its file value: integer, boolean, string, array of strings, array
+    of tables or table."""
     default: str
     """The default, as the environment variable's text; empty: unset."""
     help: str
     secret: bool
     """Not shown by ``metronome settings``."""
-    parse: Callable[[str], Any] = field(repr=False, compare=False)
-    """Text to value."""
+    parse: Callable[[str], Any] | None = field(repr=False, compare=False)
+    """Text to value; None for a section."""
+
+
+def _toml_type(hint: Any) -> str:
+    if hint is bool:
+        return "boolean"
+    if hint is int:
+        return "integer"
+    if hint in (str, str | None):
+        return "string"
+    if get_origin(hint) is tuple:
+        item = get_args(hint)[0]
+        return "array of tables" if get_origin(item) is dict else "array of strings"
+    if get_origin(hint) is Mapping:
+        return "table"
+    raise TypeError(f"no TOML type for {hint!r}")
 
 
 def _declared() -> tuple[Setting, ...]:
+    hints = get_type_hints(Settings)
     declared = []
     for f in fields(Settings):
         d = f.metadata.get(_DECLARATION)
         if not isinstance(d, _Declaration):
-            raise TypeError(f"Settings.{f.name} is not declared with setting()")
+            raise TypeError(f"Settings.{f.name} is not declared with setting() or section()")
         declared.append(
             Setting(
                 name=f.name,
-                env=ENV_PREFIX + f.name.upper(),
+                env=ENV_PREFIX + f.name.upper() if d.has_env else None,
+                key=f.name if d.has_key else None,
+                type=_toml_type(hints[f.name]),
                 default=d.default,
                 help=d.help,
                 secret=d.secret,
@@ -427,7 +512,7 @@ _SETTINGS = _declared()
 
 
 def settings_reference() -> list[Setting]:
-    """Every setting, in declaration order, for documentation to render."""
+    """Every setting and section, in declaration order, for documentation to render."""
     return list(_SETTINGS)
 
 
@@ -438,10 +523,103 @@ def _parse_env(variable: str, parse: Callable[[str], Any], raw: str) -> Any:
         raise ConfigError(f"{variable}: {exc}", variable=variable) from None
 
 
+_ARTICLE = {"array": "an", "integer": "an"}
+
+
+def _a(kind: str) -> str:
+    return f"{_ARTICLE.get(kind.split()[0], 'a')} {kind}"
+
+
+_TOML_KINDS: tuple[tuple[type, str], ...] = (
+    (bool, "boolean"),  # before int: a TOML boolean is a Python int too
+    (int, "integer"),
+    (float, "float"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "table"),
+)
+
+
+def _kind_of(value: Any) -> str:
+    """What a TOML value is, with its article: "an integer", "a table"."""
+    return _a(next((name for t, name in _TOML_KINDS if isinstance(value, t)), "date or time"))
+
+
+def _toml_text(s: Setting, value: Any) -> str:
+    """The text an environment variable would hold for a file value of ``s``'s type."""
+    if isinstance(value, str):
+        return value
+    if s.type == "integer" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if s.type == "boolean" and isinstance(value, bool):
+        return "on" if value else "off"
+    if s.type == "array of strings" and isinstance(value, list):
+        if all(isinstance(item, str) for item in value):
+            return ",".join(value)
+        raise ValueError("expected an array of strings, got an array holding other values")
+    also = "" if s.type == "string" else " (or a string)"
+    raise ValueError(f"expected {_a(s.type)}{also}, got {_kind_of(value)}")
+
+
+def _section(s: Setting, value: Any) -> Any:
+    if s.type == "table":
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a table ([{s.key}]), got {_kind_of(value)}")
+        return MappingProxyType(value)
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValueError(f"expected an array of tables ([[{s.key}]]), got {_kind_of(value)}")
+    return tuple(value)
+
+
+def _parse_toml(s: Setting, value: Any, path: str) -> Any:
+    try:
+        if s.parse is None:
+            return _section(s, value)
+        return s.parse(_toml_text(s, value))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {s.key}: {exc}", file=path, key=s.key) from None
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    """The configuration file's top-level keys, each one a declared key."""
+    try:
+        with open(path, "rb") as file:
+            table = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{CONFIG_VARIABLE}: no configuration file at {path!r}", variable=CONFIG_VARIABLE
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{CONFIG_VARIABLE}: cannot read {path!r}: {exc.strerror}", variable=CONFIG_VARIABLE
+        ) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}", file=path) from None
+    keys = [s.key for s in _SETTINGS if s.key is not None]
+    for key in table:
+        if key not in keys:
+            hint = difflib.get_close_matches(key.lower().removeprefix("metronome_"), keys, 1)
+            also = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"{path}: unknown key {key!r}{also}", file=path, key=key)
+    return table
+
+
 def settings_table() -> str:
     """The README's configuration table, as Markdown."""
-    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    lines = [
+        "| variable | file key | type | default | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for s in _SETTINGS:
+        variable = f"`{s.env}`" if s.env else "-"
+        if s.key is None:
+            key = "-"
+        elif s.type == "array of tables":
+            key = f"`[[{s.key}]]`"
+        elif s.type == "table":
+            key = f"`[{s.key}]`"
+        else:
+            key = f"`{s.key}`"
         default = f"`{s.default}`" if s.default else "(unset)"
-        lines.append(f"| `{s.env}` | {default} | {s.help} |")
+        lines.append(f"| {variable} | {key} | {s.type} | {default} | {s.help} |")
     return "\n".join(lines)
