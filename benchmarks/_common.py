@@ -96,7 +96,7 @@ def base_parser(
         "--output",
         type=Path,
         default=None,
-        help="results file [default: benchmarks/results/<name>-<sha>.json]",
+        help="results file [default: benchmarks/results/<name>.json]",
     )
     return parser
 
@@ -131,7 +131,7 @@ def git(*args: str) -> str:
 @functools.cache
 def git_short_sha() -> str:
     """HEAD when first asked: call it (or :func:`environment`'s parts) at the start of a
-    run, so a commit landing mid-run does not rename its results."""
+    run, so a commit landing mid-run does not change the commit its results name."""
     return git("rev-parse", "--short", "HEAD")
 
 
@@ -143,7 +143,7 @@ def git_state() -> tuple[str, bool]:
 
 
 def pin_git() -> None:
-    """Record the commit under test now (results name and environment use it)."""
+    """Record the commit under test now (the results' environment names it)."""
     git_short_sha()
     git_state()
 
@@ -207,7 +207,9 @@ def environment(**extra: Any) -> dict[str, Any]:
 
 
 def write_results(name: str, data: dict[str, Any], output: Path | None = None) -> Path:
-    path = output or RESULTS_DIR / f"{name}-{git_short_sha()}.json"
+    """Write ``benchmarks/results/<name>.json``: only the latest run is kept (its commit is
+    in ``environment.git_sha``); earlier runs are in the file's git history."""
+    path = output or RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     return path
