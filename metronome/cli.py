@@ -133,7 +133,7 @@ def _exposure_warning(settings: Settings) -> str | None:
     return (
         f"WARNING: {where} with no sites: anyone who can reach this server may"
         " send ticks and read every report. Create a site and keys (metronome sites"
-        " create, metronome keys create) or bind to 127.0.0.1; see README, Security."
+        " create, metronome keys create) or bind to 127.0.0.1; see docs/guides/sites-and-keys.md."
     )
 
 
