@@ -8,9 +8,9 @@ import html
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -130,11 +130,26 @@ def test_readme_layout_names_only_paths_that_exist() -> None:
         assert (REPO / path).exists(), path
 
 
-# --------------------------------------------------------------------------- quick start
+# --------------------------------------------------------------------------- examples
 
 
-def _sh_blocks(section: str) -> list[str]:
-    return re.findall(r"```sh\n(.*?)```", section, re.S)
+@pytest.fixture(scope="module")
+def server() -> Iterator[MetronomeServer]:
+    """``metronome serve`` on the embedded store, for the docs' curl examples."""
+    running = MetronomeServer(env={"METRONOME_ELASTICSEARCH_URL": ""})
+    running.start()
+    try:
+        yield running
+    finally:
+        assert running.stop() == 0, running.log_tail()
+
+
+def _sh_blocks(text: str) -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", text, re.S)
+
+
+def _json_blocks(text: str) -> list[str]:
+    return re.findall(r"```json\n(.*?)```", text, re.S)
 
 
 def _commands(block: str) -> list[str]:
@@ -142,33 +157,32 @@ def _commands(block: str) -> list[str]:
 
 
 def _run(command: str, server: MetronomeServer) -> str:
-    argv = shlex.split(command.replace("localhost:8080", server.url.removeprefix("http://")))
-    assert argv[0] == "curl", command
+    """One documented shell command, with its curl aimed at ``server`` and failing loudly."""
+    assert "curl " in command, command
+    line = command.replace("localhost:8080", server.url.removeprefix("http://")).replace(
+        "curl ", "curl --silent --show-error --fail "
+    )
     proc = subprocess.run(
-        [*argv, "--silent", "--show-error", "--fail"], capture_output=True, text=True, timeout=30
+        ["bash", "-c", "set -o pipefail; " + line], capture_output=True, text=True, timeout=30
     )
     assert proc.returncode == 0, f"{command}\n{proc.stderr}\n{server.log_tail()}"
     return proc.stdout
 
 
-def test_readme_quick_start_answers_the_report_it_shows() -> None:
+def test_readme_quick_start_answers_the_report_it_shows(server: MetronomeServer) -> None:
     """The README's own curl commands, run against ``metronome serve``."""
     from tests.conftest import wait_for_drain
 
     quick = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     blocks = _sh_blocks(quick)
     ticks, tock = _commands(blocks[1]), _commands(blocks[2])
-    shown = json.loads(re.search(r"```json\n(.*?)```", quick, re.S).group(1))
-    server = MetronomeServer(env={"METRONOME_ELASTICSEARCH_URL": ""})
-    server.start()
-    try:
-        for command in ticks:
-            assert set(json.loads(_run(command, server))) == {"id"}
-        wait_for_drain(server)
-        (command,) = tock
-        answer = json.loads(_run(command, server))
-    finally:
-        assert server.stop() == 0, server.log_tail()
+    (shown_json,) = _json_blocks(quick)
+    shown = json.loads(shown_json)
+    for command in ticks:
+        assert set(json.loads(_run(command, server))) == {"id"}
+    wait_for_drain(server)
+    (command,) = tock
+    answer = json.loads(_run(command, server))
 
     assert set(answer) == set(shown)
     assert answer["downloads"] == shown["downloads"]
@@ -180,3 +194,16 @@ def test_readme_quick_start_answers_the_report_it_shows() -> None:
     assert [n for _, n in views[: len(shown_views)]] == [n for _, n in shown_views]
     assert sum(n for _, n in views) == 1
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\d", day) for day, _ in views + shown_views)
+
+
+def test_ticks_guide_batch_example_answers_as_shown(server: MetronomeServer) -> None:
+    guide = (REPO / "docs" / "guides" / "ticks.md").read_text()
+    batch = guide.split("`POST /ticks` takes many", 1)[1]
+    (command,) = _commands(_sh_blocks(batch)[0])
+    shown = json.loads(_json_blocks(batch)[0].replace('"019ab0a3..."', '"id"'))
+    answer = json.loads(_run(command, server))
+
+    assert set(answer) == set(shown)
+    assert answer["accepted"] == shown["accepted"]
+    assert answer["rejected"] == shown["rejected"]
+    assert [type(i) for i in answer["ids"]] == [type(i) for i in shown["ids"]]
