@@ -25,6 +25,7 @@ from typing import Any
 __all__ = [
     "PAGES",
     "cli_reference",
+    "command_paths",
     "error_tree",
     "errors_reference",
     "errors_table",
@@ -83,7 +84,8 @@ def _error_classes() -> list[Any]:
     return all_error_classes()
 
 
-def _first_sentence(cls: type) -> str:
+def _description(cls: type) -> str:
+    """The class's docstring on one line (or what a reader needs instead, from ``_WHEN``)."""
     doc = " ".join((cls.__doc__ or "").split())
     return _WHEN.get(getattr(cls, "code", ""), doc)
 
@@ -96,7 +98,7 @@ def errors_table() -> str:
     """Every error code with its HTTP status and description, by status then code."""
     rows = ["| status | `error` | class | when |", "| --- | --- | --- | --- |"]
     for cls in sorted(_error_classes(), key=lambda c: (c.http_status, c.code)):
-        when = _first_sentence(cls).replace("|", "\\|")
+        when = _description(cls).replace("|", "\\|")
         rows.append(f"| {_status(cls)} | `{cls.code}` | `{cls.__name__}` | {when} |")
     return "\n".join(rows)
 
@@ -162,13 +164,14 @@ def write_errors_docstring(path: Path = ERRORS_PY) -> bool:
 # --------------------------------------------------------------------------- CLI
 
 
-def _commands(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+def command_paths(group: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every command under ``group`` (itself first), as argument tuples: ``("keys", "list")``."""
     import click
 
     yield path
     if isinstance(group, click.Group):
         for name in sorted(group.commands):
-            yield from _commands(group.commands[name], (*path, name))
+            yield from command_paths(group.commands[name], (*path, name))
 
 
 def cli_reference() -> str:
@@ -184,7 +187,7 @@ def cli_reference() -> str:
         " them from the environment (see [Settings](settings.md)).\n",
     ]
     runner = CliRunner()
-    for path in _commands(main):
+    for path in command_paths(main):
         result = runner.invoke(main, [*path, "--help"], prog_name="metronome", terminal_width=88)
         if result.exit_code != 0:
             raise RuntimeError(f"metronome {' '.join(path)} --help failed:\n{result.output}")

@@ -79,7 +79,7 @@ def test_every_command_has_its_help_on_the_cli_page(site: Path) -> None:
     from metronome.cli import main
 
     page = _text(site, "reference/cli.html")
-    for path in gen_docs._commands(main):
+    for path in gen_docs.command_paths(main):
         assert f"Usage: metronome {' '.join(path)}".rstrip() in page, path
 
 
