@@ -13,11 +13,13 @@ from typing import Any
 from mkdocs.structure.files import File, Files
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `mkdocs build` does not put the checkout on the path
-    sys.path.insert(0, str(REPO))
 
 
 def on_files(files: Files, config: Any) -> Files:
+    # document this checkout's code, whatever else is installed: `mkdocs` run from
+    # elsewhere would otherwise import an installed copy (or find no scripts/ at all)
+    if sys.path[:1] != [str(REPO)]:
+        sys.path.insert(0, str(REPO))
     from scripts.gen_docs import pages
 
     for uri, text in pages().items():
