@@ -177,7 +177,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     reports = Reports(settings, store, guard)
     app.add_route("/reports", reports)
     app.add_route("/reports/{name}", reports, suffix="named")
-    tock = Tock(store, guard)
+    tock = Tock(settings, store, guard)
     app.add_route("/tock", tock)
     app.add_route("/tock/{item_id}", tock, suffix="item")
 

@@ -49,7 +49,8 @@ _GENERATED = (
 
 
 def settings_table() -> str:
-    """The settings, as a Markdown table (the one adapter to ``metronome.config``)."""
+    """The settings, as a Markdown table (the one adapter to ``metronome.config``, whose
+    ``settings_table`` renders ``settings_reference()``: every declared setting)."""
     from metronome.config import settings_table as table
 
     return table()
@@ -60,11 +61,10 @@ def settings_reference() -> str:
         "# Settings\n\n"
         + _GENERATED
         + "Metronome reads its settings once, at start-up, from environment variables"
-        " prefixed `METRONOME_`; a bad value stops it with a message naming the variable."
-        " `metronome settings` prints the values in effect, and"
-        " `metronome serve --host/--port/--workers` override the first three.\n\n"
-        + settings_table()
-        + "\n"
+        " prefixed `METRONOME_` and an optional TOML file (`METRONOME_CONFIG`); the"
+        " environment wins. A bad value stops it with a message naming the variable, or"
+        " the file and key. [Configuration](../guides/configuration.md) explains the file;"
+        " `metronome settings` prints the values in effect.\n\n" + settings_table() + "\n"
     )
 
 
@@ -73,7 +73,7 @@ def settings_reference() -> str:
 _NOT_HTTP = {"config_invalid"}
 _WHEN = {
     "config_invalid": "Not an HTTP answer: `metronome` refuses to start and names the bad"
-    " `METRONOME_*` variable.",
+    " `METRONOME_*` variable, or the configuration file and key.",
     "internal_error": "A bug: the server log has the traceback; the answer never does.",
 }
 

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from metronome.events.document import Document
-from metronome.reports.model import ReportResult, ReportSpec
-from metronome.reports.query import GroupQuery
+from metronome.store.query import GroupQuery
 
 __all__ = ["GroupRow", "Removal", "RetentionResult", "SchemaChange", "Store", "WriteOutcome"]
 
@@ -80,10 +79,6 @@ class Store(Protocol):
 
     async def write(self, documents: Sequence[Document]) -> list[WriteOutcome]:
         """Store documents by id (a second write of an id is a no-op); one outcome each."""
-        ...
-
-    async def report(self, spec: ReportSpec) -> ReportResult:
-        """Compute a report inside the store (aggregations or SQL), never in Python."""
         ...
 
     async def groups(
