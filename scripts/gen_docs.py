@@ -184,7 +184,8 @@ def cli_reference() -> str:
         "# Command line\n",
         _GENERATED.rstrip("\n") + "\n",
         "Every command prints this help with `--help`. Commands that read settings take"
-        " them from the environment (see [Settings](settings.md)).\n",
+        " them from the environment and the configuration file (see"
+        " [Settings](settings.md)).\n",
     ]
     runner = CliRunner()
     for path in command_paths(main):
