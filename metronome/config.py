@@ -203,7 +203,7 @@ class Settings:
     workers: int = setting("2", "Number of server worker processes.", _int(1, 256))
     data_dir: str = setting(
         "./metronome-data",
-        "Directory for the embedded store (and, later, the spool).",
+        "Directory for the spool, the embedded store, the sites cache and the daily salts.",
         _str,
     )
     elasticsearch_url: str | None = setting(
