@@ -215,3 +215,15 @@ def test_ticks_guide_batch_example_answers_as_shown(server: MetronomeServer) -> 
     assert answer["accepted"] == shown["accepted"]
     assert answer["rejected"] == shown["rejected"]
     assert [type(i) for i in answer["ids"]] == [type(i) for i in shown["ids"]]
+
+
+def test_benchmark_results_keep_one_file_per_benchmark_naming_its_commit() -> None:
+    """The guides quote ``benchmarks/results/<name>.json``: the latest run only (history
+    is in git), each naming the commit it measured."""
+    results = sorted((REPO / "benchmarks" / "results").iterdir())
+    assert results
+    for path in results:
+        assert re.fullmatch(r"[a-z_]+\.json", path.name), path.name
+        assert (REPO / "benchmarks" / f"{path.stem}.py").is_file(), path.name
+        environment = json.loads(path.read_text())["environment"]
+        assert re.fullmatch(r"[0-9a-f]{40}", environment["git_sha"]), path.name
