@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from metronome.errors import all_error_classes
@@ -227,3 +228,26 @@ def test_benchmark_results_keep_one_file_per_benchmark_naming_its_commit() -> No
         assert (REPO / "benchmarks" / f"{path.stem}.py").is_file(), path.name
         environment = json.loads(path.read_text())["environment"]
         assert re.fullmatch(r"[0-9a-f]{40}", environment["git_sha"]), path.name
+
+
+def test_query_guide_example_answers_in_the_shape_shown(server: MetronomeServer) -> None:
+    from tests.conftest import wait_for_drain
+
+    guide = (REPO / "docs" / "guides" / "query.md").read_text()
+    part = guide.split("## Any question: `POST /query`", 1)[1]
+    command = _sh_blocks(part)[0].strip()  # one command, its JSON body over several lines
+    shown_text = _json_blocks(part)[0]
+    shown = json.loads(shown_text.replace(', "..."]', "]"))
+    tick = {"id": "guide-page", "url": "https://example.org/docs/a", "load_ms": 231}
+    assert httpx.post(server.url + "/tick", json=tick).status_code == 202
+    wait_for_drain(server)
+    answer = json.loads(_run(command, server))
+
+    assert set(answer) == set(shown)
+    meta = {k: v for k, v in shown["meta"].items() if k != "..."}
+    assert set(meta) <= set(answer["meta"])
+    assert answer["meta"]["dimensions"] == meta["dimensions"]
+    assert answer["meta"]["metrics"] == meta["metrics"]
+    assert all(set(row) == set(shown["results"][0]) for row in answer["results"])
+    (row,) = [row for row in answer["results"] if row["metrics"][0]]  # days are gap-filled
+    assert row["metrics"][0] == 1 and row["metrics"][2] == 231
