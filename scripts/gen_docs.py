@@ -24,6 +24,7 @@ from typing import Any
 
 __all__ = [
     "PAGES",
+    "benchmarks_reference",
     "cli_reference",
     "command_paths",
     "error_tree",
@@ -266,6 +267,54 @@ def metrics_reference() -> str:
     )
 
 
+# --------------------------------------------------------------------------- benchmarks
+
+_RUN_KEYS = {"benchmark", "description", "started_at", "parameters", "environment"}
+_RUN_KEYS |= {"warmup", "trials", "goal"}
+
+
+def _leaves(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted path, value as compact JSON) of every non-dict value under ``value``."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _leaves(inner, f"{path}.{key}" if path else str(key))
+    else:
+        yield path, json.dumps(value, ensure_ascii=False)
+
+
+def benchmarks_reference() -> str:
+    """Every ``benchmarks/results/<name>.json``: when, on which commit, and its summary."""
+    out = [
+        "# Benchmark results\n",
+        _GENERATED.rstrip("\n") + "\n",
+        "The latest run of each benchmark, read from `benchmarks/results/<name>.json` at"
+        " build time (earlier runs are in git's history of each file). What each measures"
+        " and against which baseline, and what the numbers mean, is in the"
+        " [benchmarks guide](../guides/benchmarks.md); each file also holds the parameters,"
+        " the environment and every trial.\n",
+    ]
+    for path in sorted((REPO / "benchmarks" / "results").glob("*.json")):
+        data = json.loads(path.read_text())
+        env = data.get("environment", {})
+        summary = data.get("summary") or {k: v for k, v in data.items() if k not in _RUN_KEYS}
+        when = data.get("started_at", "an unrecorded time")
+        goal = data.get("goal") or (summary.get("goal") if isinstance(summary, dict) else None)
+        out.append(
+            f"## {path.stem}\n\n`python -m benchmarks.{path.stem}`, run at {when} on commit"
+            f" `{str(env.get('git_sha', 'unknown'))[:12]}`"
+            f" ({env.get('cpu_count', '?')} CPUs, load average at the end"
+            f" {env.get('loadavg_at_end', '?')}). Goal: {json.dumps(goal) if goal else 'none'}.\n"
+        )
+        rows = ["| result | value |", "| --- | --- |"]
+        rows += [
+            f"| `{key}` | `{value}` |"
+            for key, value in _leaves(summary)
+            if key.split(".")[0] != "goal"
+        ]
+        out.append("\n".join(rows) + "\n")
+    return "\n".join(out)
+
+
 # --------------------------------------------------------------------------- pages
 
 PAGES: dict[str, Callable[[], str]] = {
@@ -274,6 +323,7 @@ PAGES: dict[str, Callable[[], str]] = {
     "reference/cli.md": cli_reference,
     "reference/openapi.md": openapi_reference,
     "reference/metrics.md": metrics_reference,
+    "reference/benchmarks.md": benchmarks_reference,
 }
 
 
