@@ -168,7 +168,7 @@ def bench_elasticsearch(args: Any, end: datetime, tmp: Any) -> dict[str, Any]:
         }
         env = {"METRONOME_ELASTICSEARCH_URL": es.url, "METRONOME_INDEX_PREFIX": prefix}
         with (
-            C.metronome_server(tmp, tmp / "data", args=["--no-shipper"], env=env) as srv,
+            C.running(C.metronome_server(tmp / "data", args=["--no-shipper"], env=env)) as srv,
             httpx.Client(base_url=srv.url, timeout=600) as http,
         ):
 
@@ -270,7 +270,7 @@ def bench_sqlite(args: Any, end: datetime, tmp: Any) -> dict[str, Any]:
     rng = random.Random(args.seed + 1)
     samples: dict[str, list[float]] = {"tock": [], "query": []}
     with (
-        C.metronome_server(tmp, data, args=["--no-shipper"]) as srv,
+        C.running(C.metronome_server(data, args=["--no-shipper"])) as srv,
         httpx.Client(base_url=srv.url, timeout=600) as http,
     ):
         for _, name in C.trial_order(list(samples), args.requests, args.seed):

@@ -123,7 +123,7 @@ async def _http_error(
     status = ex.status_code
     code = _FALCON_CODES.get(status, "bad_request" if status < 500 else "internal_error")
     if status == 404:
-        message = f"no route {req.method} {req.path}; see the README for the API"
+        message = f"no route {req.method} {req.path}; GET /openapi.json lists the API"
     elif status == 405:
         allowed = (ex.headers or {}).get("Allow", "")
         message = f"{req.method} is not allowed on {req.path}; allowed: {allowed}"

@@ -141,7 +141,7 @@ def _exposure_warning(settings: Settings) -> str | None:
     return (
         f"WARNING: {where} with no sites: anyone who can reach this server may"
         " send ticks and read every report. Create a site and keys (metronome sites"
-        " create, metronome keys create) or bind to 127.0.0.1; see README, Security."
+        " create, metronome keys create) or bind to 127.0.0.1; see docs/guides/sites-and-keys.md."
     )
 
 
@@ -300,7 +300,7 @@ def retention(keep: str, dataset: str, dry_run: bool) -> None:
 
 
 @main.command("settings")
-@click.option("--markdown", is_flag=True, help="Print the README's configuration table.")
+@click.option("--markdown", is_flag=True, help="Print the settings reference table (Markdown).")
 def settings_cmd(markdown: bool) -> None:
     """Show the settings in effect (or, with --markdown, the documented table)."""
     if markdown:

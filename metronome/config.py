@@ -12,8 +12,8 @@ that one declaration:
   a number, a boolean for on/off, an array of strings for a list) or as a string holding
   what the environment variable would;
 - :func:`settings_reference`, one :class:`Setting` per declaration for the documentation,
-  and :func:`settings_table`, the README's configuration table
-  (``metronome settings --markdown``; a test fails when the README drifts from it).
+  and :func:`settings_table`, the table of the docs site's settings reference, rendered
+  from them at every build (also ``metronome settings --markdown``).
 
 A few top-level tables of the file are *sections*, declared with :func:`section`
 (``[[collectors]]``, ``[[monitors]]``, ``[event_schemas]``, ``[[apps]]``): they have no
@@ -203,7 +203,7 @@ class Settings:
     workers: int = setting("2", "Number of server worker processes.", _int(1, 256))
     data_dir: str = setting(
         "./metronome-data",
-        "Directory for the embedded store (and, later, the spool).",
+        "Directory for the spool, the embedded store, the sites cache and the daily salts.",
         _str,
     )
     elasticsearch_url: str | None = setting(
@@ -605,7 +605,7 @@ def _read_file(path: str) -> dict[str, Any]:
 
 
 def settings_table() -> str:
-    """The README's configuration table, as Markdown."""
+    """The settings reference table (docs site, ``metronome settings --markdown``)."""
     lines = [
         "| variable | file key | type | default | meaning |",
         "| --- | --- | --- | --- | --- |",

@@ -247,11 +247,10 @@ def test_reserved_section_of_the_wrong_shape_is_refused(
     assert message.startswith(f"{tmp_path / 'metronome.toml'}: {error}")
 
 
-def test_the_readme_example_file_loads(tmp_path: Path) -> None:
-    readme = (ROOT / "README.md").read_text()
-    configuration = readme[readme.index("## Configuration") :]
+def test_the_configuration_guide_example_file_loads(tmp_path: Path) -> None:
+    configuration = (ROOT / "docs" / "guides" / "configuration.md").read_text()
     example = re.search(r"```toml\n(.*?)```", configuration, re.S)
-    assert example, "the README's Configuration section lost its example file"
+    assert example, "the configuration guide lost its example file"
     settings = _load(tmp_path, example.group(1))
     assert settings.port == 9000
 
