@@ -30,8 +30,8 @@ async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
 
 async def _start_forward(settings: Settings) -> tuple[Any, Any, Any]:
     """The Fluentd forward-protocol input, spooling into this process's own segment."""
-    from metronome.api.forward import ForwardServer
     from metronome.pipeline.forward_input import ForwardRouter
+    from metronome.pipeline.forward_server import ForwardServer
     from metronome.pipeline.spool import SpoolWriter, spool_dir
 
     writer = SpoolWriter(
