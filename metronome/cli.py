@@ -150,8 +150,8 @@ def _multiprocess_metrics(settings: Settings) -> None:
 @click.option("--drain", is_flag=True, help="Exit once the spool is empty.")
 def worker(drain: bool) -> None:
     """Ship spooled events to the store (started by `serve` unless --no-shipper)."""
+    from metronome.jobs.worker import run_worker
     from metronome.logconfig import configure_logging
-    from metronome.pipeline.worker import run_worker
 
     settings = _settings()
     configure_logging(settings)

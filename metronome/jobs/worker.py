@@ -1,4 +1,9 @@
-"""``metronome worker``: install the store's schema, then ship the spool until stopped."""
+"""``metronome worker``: install the store's schema, then ship the spool until stopped.
+
+Beside the shipper it runs the forward-protocol input (``METRONOME_FORWARD``) and the
+periodic jobs (retention, ``METRONOME_RETENTION``): the worker is the jobs' scheduler, so
+it lives in ``jobs/`` and uses ``pipeline/``, never the other way round.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any
 from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.heap import settle
+from metronome.jobs.retention import RetentionPolicy, apply_policy
 from metronome.pipeline.shipper import Shipper, ShipperStats
 from metronome.store import open_store
 
@@ -48,8 +54,6 @@ async def _start_forward(settings: Settings) -> tuple[Any, Any, Any]:
 
 async def _retention_loop(settings: Settings, store: Any, stop: asyncio.Event) -> None:
     """Apply ``METRONOME_RETENTION`` now and every ``METRONOME_RETENTION_INTERVAL_S``."""
-    from metronome.jobs.retention import RetentionPolicy, apply_policy
-
     policy = RetentionPolicy.parse(settings.retention)
     while not stop.is_set():
         try:
