@@ -406,7 +406,7 @@ def _run_with_progress(quiet: bool, what: str, job: Any) -> Any:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 def import_cmd(files: tuple[str, ...], quiet: bool) -> None:
     """Import access-log history (plain, .gz, or - for stdin) into the store."""
-    from metronome.logs.ingest import import_files
+    from metronome.pipeline.log_input import import_files
 
     settings = _settings()
     summary = _run_with_progress(
@@ -427,7 +427,7 @@ def import_cmd(files: tuple[str, ...], quiet: bool) -> None:
 def ship(paths: tuple[Path, ...], from_end: bool, quiet: bool) -> None:
     """Follow live access logs (like tail -F) into the spool, archiving them to S3."""
     from metronome.logconfig import configure_logging
-    from metronome.logs.ingest import ship_files
+    from metronome.pipeline.log_input import ship_files
 
     settings = _settings()
     configure_logging(settings)
@@ -457,7 +457,7 @@ def restore(start: str, end: str, quiet: bool) -> None:
     """Re-index archived access logs from S3 into the store (idempotent)."""
     from datetime import UTC, datetime, timedelta
 
-    from metronome.logs.ingest import restore_archive
+    from metronome.pipeline.log_input import restore_archive
 
     def moment(text: str, name: str, *, last: bool) -> datetime:
         try:
