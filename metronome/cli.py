@@ -13,20 +13,12 @@ from typing import Any
 import click
 
 from metronome import __version__
+from metronome.cli_support import load_settings as _settings
 from metronome.config import Settings, settings_table
-from metronome.errors import ConfigError, MetronomeError
+from metronome.errors import MetronomeError
 from metronome.sites import commands as sites_commands
 
 __all__ = ["main"]
-
-
-def _settings(**overrides: Any) -> Settings:
-    try:
-        return Settings.from_env(
-            os.environ, **{k: v for k, v in overrides.items() if v is not None}
-        )
-    except ConfigError as exc:
-        raise click.UsageError(exc.message) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
