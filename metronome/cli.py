@@ -102,11 +102,8 @@ def _exposure_warning(settings: Settings) -> str | None:
         return None
 
     async def _load() -> Any:
-        registry = open_registry(settings)
-        try:
+        async with open_registry(settings) as registry:
             return await registry.load()
-        finally:
-            await registry.close()
 
     try:
         snapshot = asyncio.run(_load())
@@ -171,12 +168,8 @@ def status() -> None:
     state = backlog(spool_dir(settings.data_dir))
 
     async def _ready() -> str | None:
-        store = open_store(settings)
-        await store.open()
-        try:
+        async with open_store(settings) as store:
             return await store.check_ready()
-        finally:
-            await store.close()
 
     reason = asyncio.run(_ready())
     store = settings.elasticsearch_url or f"embedded ({settings.data_dir})"
@@ -214,12 +207,8 @@ def templates_install() -> None:
     settings = _settings()
 
     async def _install() -> list[Any]:
-        store = open_store(settings)
-        await store.open()
-        try:
+        async with open_store(settings) as store:
             return await store.ensure_schema()
-        finally:
-            await store.close()
 
     try:
         changes = asyncio.run(_install())
@@ -525,12 +514,8 @@ def forget(
         raise click.UsageError(exc.message.replace("query.filters", "--where")) from None
 
     async def _run(dry: bool) -> int:
-        store = open_store(settings)
-        await store.open()
-        try:
+        async with open_store(settings) as store:
             return await forget_events(store, query, dry_run=dry)
-        finally:
-            await store.close()
 
     try:
         matching = asyncio.run(_run(True))

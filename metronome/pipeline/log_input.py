@@ -97,17 +97,15 @@ async def _into_store(
     settings: Settings, progress: Callable[[int], None] | None
 ) -> AsyncIterator[tuple[LineConverter, _BulkTarget]]:
     """The store (schema installed), a line converter and a bulk target; all closed after."""
-    store = open_store(settings)
-    await store.open()
-    converter = LineConverter(settings)
-    try:
-        await store.ensure_schema()
-        target = _BulkTarget(Shipper(settings, store), converter.summary, progress)
-        yield converter, target
-        await target.flush()
-    finally:
-        converter.close()
-        await store.close()
+    async with open_store(settings) as store:
+        converter = LineConverter(settings)
+        try:
+            await store.ensure_schema()
+            target = _BulkTarget(Shipper(settings, store), converter.summary, progress)
+            yield converter, target
+            await target.flush()
+        finally:
+            converter.close()
 
 
 async def import_files(

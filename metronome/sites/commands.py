@@ -30,11 +30,8 @@ T = TypeVar("T")
 
 def _with_registry(settings: Settings, job: Callable[[Registry], Awaitable[T]]) -> T:
     async def _run() -> T:
-        registry = open_registry(settings)
-        try:
+        async with open_registry(settings) as registry:
             return await job(registry)
-        finally:
-            await registry.close()
 
     try:
         return asyncio.run(_run())
