@@ -14,7 +14,7 @@ import click
 
 from metronome import __version__
 from metronome.cli_support import load_settings as _settings
-from metronome.config import Settings, settings_table
+from metronome.config import CONFIG_VARIABLE, Settings, settings_reference, settings_table
 from metronome.errors import MetronomeError
 from metronome.sites import commands as sites_commands
 
@@ -23,8 +23,16 @@ __all__ = ["main"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="metronome")
-def main() -> None:
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"TOML configuration file [default: {CONFIG_VARIABLE}, else none].",
+)
+def main(config_file: Path | None) -> None:
     """Metronome: self-hosted usage analytics."""
+    if config_file is not None:  # in the environment, so the processes it starts read it too
+        os.environ[CONFIG_VARIABLE] = str(config_file.resolve())
 
 
 @main.command()
@@ -280,14 +288,13 @@ def settings_cmd(markdown: bool) -> None:
         click.echo(settings_table())
         return
     settings = _settings()
-    for name in settings.__slots__:  # type: ignore[attr-defined]
-        value = getattr(settings, name)
-        if value is not None and name in _SECRETS:
+    for setting in settings_reference():
+        value = getattr(settings, setting.name)
+        if value is not None and setting.secret:
             value = "(set, not shown)"
-        click.echo(f"{name} = {value!r}")
-
-
-_SECRETS = frozenset({"kibana_password", "kibana_api_key"})
+        elif setting.type == "table":
+            value = dict(value)
+        click.echo(f"{setting.name} = {value!r}")
 
 
 @main.group()

@@ -1,4 +1,4 @@
-"""Regenerate the README's generated blocks: python scripts/gen_readme.py"""
+"""Regenerate the README's generated blocks: python -m scripts.gen_readme"""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 _WHEN = {
     "config_invalid": "Not an HTTP answer: `metronome` refuses to start and names the bad"
-    " `METRONOME_*` variable.",
+    " `METRONOME_*` variable, or the configuration file and key.",
     "internal_error": "A bug: the server log has the traceback; the answer never does.",
 }
 

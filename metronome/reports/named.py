@@ -24,6 +24,7 @@ __all__ = [
     "COMMON_PARAMETERS",
     "REPORTS",
     "NamedReport",
+    "Plan",
     "find_report",
     "report_query",
     "run_report",
@@ -42,22 +43,30 @@ COMMON_PARAMETERS: dict[str, str] = {
 
 
 @dataclass(frozen=True, slots=True)
+class Plan:
+    """What answering a report takes: its ``/query`` requests by part name, and how the
+    parts' answers make the report's answer."""
+
+    queries: dict[str, dict[str, Any]]
+    shape: Callable[[dict[str, Answer]], Answer]
+
+
+@dataclass(frozen=True, slots=True)
 class NamedReport:
     """A report: ``build`` makes its ``/query`` request from the URL's parameters, and
     the answer is that query's answer.
 
-    A report of several parts sets ``parts`` instead (parameters -> part name -> request)
-    and ``shape`` (parameters, part name -> answer -> the JSON answer). ``parameters``
-    are the ones it takes besides :data:`COMMON_PARAMETERS` (or instead of them, without
-    ``common``). ``public``: a site with public item reports may read it without a key.
+    A report of several parts sets ``plan`` instead (the URL's parameters -> a
+    :class:`Plan`). ``parameters`` are the ones it takes besides
+    :data:`COMMON_PARAMETERS` (or instead of them, without ``common``). ``public``: a site
+    with public item reports may read it without a key.
     """
 
     name: str
     description: str
     build: Callable[[Mapping[str, str]], dict[str, Any]] | None
     parameters: Mapping[str, str]  # parameter -> what it does
-    parts: Callable[[Mapping[str, str]], dict[str, dict[str, Any]]] | None = None
-    shape: Callable[[Mapping[str, str], dict[str, Answer]], Answer] | None = None
+    plan: Callable[[Mapping[str, str]], Plan] | None = None
     common: bool = True
     public: bool = False
     all_parameters: Mapping[str, str] = field(init=False)
@@ -158,8 +167,7 @@ REPORTS: dict[str, NamedReport] = {
             " (the /tock report)",
             None,
             tock.PARAMETERS,
-            parts=lambda p: tock.tock_queries(_tock_query(p)),
-            shape=lambda p, answers: tock.shape_tock(_tock_query(p), answers),
+            plan=lambda p: _tock_plan(p),
             common=False,
             public=True,
         ),
@@ -167,11 +175,12 @@ REPORTS: dict[str, NamedReport] = {
 }
 
 
-def _tock_query(params: Mapping[str, str]) -> tock.TockQuery:
+def _tock_plan(params: Mapping[str, str]) -> Plan:
     item_id = params.get("id")
     if not item_id:
         raise InvalidParameter("give the item as /tock/{id} or ?id=...", parameter="id")
-    return tock.parse_tock_query(item_id, {k: v for k, v in params.items() if k != "id"})
+    query = tock.parse_tock_query(item_id, {k: v for k, v in params.items() if k != "id"})
+    return Plan(tock.tock_queries(query), lambda answers: tock.shape_tock(query, answers))
 
 
 def report_query(report: NamedReport, params: Mapping[str, str]) -> dict[str, Any]:
@@ -228,15 +237,15 @@ async def run_report(
     Every part is a ``/query`` request, validated and run like one sent to ``POST
     /query``; the parts of a report run concurrently.
     """
-    if report.parts is None or report.shape is None:
-        bodies = {"": report_query(report, params)}
+    if report.plan is not None:
+        plan = report.plan(params)
     else:
-        bodies = report.parts(params)
-    queries = {name: for_site(parse_query(body), site_id) for name, body in bodies.items()}
+        plan = Plan(
+            {"": report_query(report, params)},
+            lambda answers: {"report": report.name, **answers[""]},
+        )
+    queries = {name: for_site(parse_query(body), site_id) for name, body in plan.queries.items()}
     answers = await asyncio.gather(
         *(run_query(store, query, max_groups=max_groups) for query in queries.values())
     )
-    by_part = dict(zip(queries, answers, strict=True))
-    if report.shape is None:
-        return {"report": report.name, **by_part[""]}
-    return report.shape(params, by_part)
+    return plan.shape(dict(zip(queries, answers, strict=True)))

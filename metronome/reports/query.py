@@ -508,7 +508,8 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
     if interval:
         try:
             starts = tuple(bucket_starts(start, end, interval, tz))
-            prev_starts = tuple(bucket_starts(*previous, interval, tz))
+            if body.get("compare"):
+                prev_starts = tuple(bucket_starts(*previous, interval, tz))
         except ValueError:
             raise InvalidQuery(
                 f"query.dimensions: the range holds more than {MAX_BUCKETS} {interval}"

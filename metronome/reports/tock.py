@@ -22,7 +22,7 @@ from typing import Any, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from metronome.errors import InvalidParameter
-from metronome.reports.timebuckets import MAX_BUCKETS, bucket_starts, parse_moment
+from metronome.reports.timebuckets import MAX_BUCKETS, bucket_count, parse_moment
 from metronome.store.query import Interval
 
 __all__ = [
@@ -105,14 +105,12 @@ def parse_tock_query(
         start_ms = int(datetime(first.year, first.month, first.day, tzinfo=tz).timestamp() * 1000)
     if start_ms >= end_ms:
         raise InvalidParameter("'from' must be before 'to'", parameter="from")
-    try:
-        bucket_starts(start_ms, end_ms, interval, tz)  # type: ignore[arg-type]  # checked above
-    except ValueError:
+    if bucket_count(start_ms, end_ms, interval, tz) > MAX_BUCKETS:  # type: ignore[arg-type]
         raise InvalidParameter(
             f"the range holds more than {MAX_BUCKETS} {interval} buckets; choose a shorter"
             " range or a longer interval",
             parameter="interval",
-        ) from None
+        )
     top_text = params.get("top", "10")
     if not top_text.isdigit() or not 1 <= int(top_text) <= MAX_TOP:
         raise InvalidParameter(f"'top' must be a whole number from 1 to {MAX_TOP}", parameter="top")

@@ -44,7 +44,6 @@ _DELETE_BATCH = 5000  # rows per retention transaction
 
 # document field -> column; fields without a column are read from the JSON document
 COLUMNS: dict[str, str] = {F.TIMESTAMP: "ts", **QUERY_COLUMNS}
-_NOT_NULL = frozenset({"ts", "bot", "site_id"})
 
 # Every report filters on the site, so it leads both indexes.
 _SCHEMA = """
