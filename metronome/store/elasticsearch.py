@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any
 
 import orjson
 from elastic_transport import ConnectionError as TransportConnectionError
@@ -109,7 +109,7 @@ class ElasticsearchStore:
     async def close(self) -> None:
         await self._client.close()
 
-    async def __aenter__(self) -> Self:
+    async def __aenter__(self) -> ElasticsearchStore:
         await self.open()
         return self
 
