@@ -151,7 +151,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     the Falcon app (``.falcon_app``) behind the ``POST /tick`` fast path."""
     store = store or open_store(settings)
     pipeline = Pipeline(settings)
-    registry = open_registry(settings, getattr(store, "client", None))
+    registry = open_registry(settings)
     guard = Guard(settings, RegistryCache(registry, settings.sites_cache_s, settings.data_dir))
     app = falcon.asgi.App(
         middleware=[_Lifespan(store, pipeline, guard), _Timing(), Cors(guard)], cors_enable=False

@@ -108,7 +108,7 @@ def _bool(raw: str) -> bool:
 
 
 def _site(raw: str) -> str:
-    from metronome.sites.model import SITE_ID_PATTERN
+    from metronome.events.fields import SITE_ID_PATTERN
 
     value = raw.strip()
     if not SITE_ID_PATTERN.match(value):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self
 
 from metronome.events.document import Document
 from metronome.store.query import GroupQuery
@@ -68,6 +68,13 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+
+    async def __aenter__(self) -> Self:
+        """:meth:`open`: ``async with open_store(settings) as store:`` closes it after."""
+        ...
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """:meth:`close`."""
 
     async def ensure_schema(self) -> list[SchemaChange]:
         """Install index templates (or tables) idempotently; report what changed."""

@@ -103,15 +103,18 @@ class ElasticsearchStore:
         )
         self._templates: list[Template] = load_templates(settings)
 
-    @property
-    def client(self) -> AsyncElasticsearch:
-        return self._client
-
     async def open(self) -> None:
         """The client connects lazily; nothing to do until the first request."""
 
     async def close(self) -> None:
         await self._client.close()
+
+    async def __aenter__(self) -> ElasticsearchStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def _installed_digest(self, template: Template) -> str | None:
         try:

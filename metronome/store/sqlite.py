@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import orjson
 
@@ -135,6 +135,16 @@ class ConnectionThread:
             return await loop.run_in_executor(self._executor, fn, *args)
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"the embedded store failed: {exc}") from exc
+
+    async def open(self) -> None:
+        """Nothing here: the connection opens on first use (subclasses may open it now)."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         """Close the connection on its thread, then the thread."""
