@@ -28,7 +28,7 @@
     └── SpoolFull                       (503 spool_full)           the store is too far behind
 
 Codes never change once shipped; a test checks they are unique and listed in the README.
-Domain code raises these; only ``api/fastpath.py``'s ``error_answer`` (for Falcon's handler
+Domain code raises these; only ``api/render.py``'s ``error_answer`` (for Falcon's handler
 in ``app.py`` and the ``POST /tick`` fast path) turns them into HTTP answers of the shape
 ``{"error": code, "message": ..., "details": {...}}``, with the error's ``headers``
 (``Retry-After``, ``WWW-Authenticate``).
