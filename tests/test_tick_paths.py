@@ -5,10 +5,13 @@
 table of good and bad requests goes through both paths of one real server, and the
 answers are compared: status, headers (all but ``Date``) and body. A new event's id is
 different in each answer, so for a ``202`` the body is compared by its shape instead.
+Generated requests (hypothesis) then go through both paths of the ASGI app itself, called
+in this process as uvicorn calls it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -21,7 +24,11 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from metronome.app import create_app
+from metronome.config import Settings
 from tests.support.metronome_server import MetronomeServer
 
 PATHS = ("/tick", "/tick/")
@@ -340,3 +347,172 @@ def test_a_body_that_comes_too_slowly_gets_the_same_408_on_both_paths(
             answers.append(_raw_answer(sock))
             assert time.monotonic() - started < 5
     _compare(Case("slow body", 408, "request_timeout"), *answers)
+
+
+# --------------------------------------------------------------------------- generated
+
+
+class _App:
+    """``create_app`` on the embedded store, started through its lifespan, on its own
+    event loop; :meth:`request` calls it as uvicorn would."""
+
+    def __init__(self, data_dir: Path) -> None:
+        env = {
+            "METRONOME_DATA_DIR": str(data_dir),
+            "METRONOME_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+            "METRONOME_LOG_LEVEL": "warning",
+        }
+        self.app = create_app(Settings.from_env(env))
+        self.loop = asyncio.new_event_loop()
+        self._events: asyncio.Queue[dict[str, Any]] | None = None
+        self._answers: asyncio.Queue[dict[str, Any]] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def _lifespan(self, event: str) -> None:
+        if self._task is None:
+            self._events, self._answers = asyncio.Queue(), asyncio.Queue()
+            scope = {"type": "lifespan", "asgi": {"version": "3.0"}}
+            self._task = asyncio.create_task(self.app(scope, self._events.get, self._answers.put))
+        assert self._events is not None and self._answers is not None
+        await self._events.put({"type": f"lifespan.{event}"})
+        answer = await self._answers.get()
+        assert answer["type"] == f"lifespan.{event}.complete", answer
+        if event == "shutdown":
+            await self._task
+
+    def start(self) -> None:
+        self.loop.run_until_complete(self._lifespan("startup"))
+
+    def stop(self) -> None:
+        try:
+            self.loop.run_until_complete(self._lifespan("shutdown"))
+        finally:
+            self.loop.close()
+
+    def request(
+        self, path: str, query: bytes, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
+    ) -> Answer:
+        return self.loop.run_until_complete(self._request(path, query, headers, chunks))
+
+    async def _request(
+        self, path: str, query: bytes, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
+    ) -> Answer:
+        messages = [
+            {"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+            for i, chunk in enumerate(chunks or [b""])
+        ]
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query,
+            "root_path": "",
+            "headers": [(b"host", b"127.0.0.1"), *headers],
+            "client": ("203.0.113.9", 40000),
+            "server": ("127.0.0.1", 8080),
+        }
+        await self.app(scope, receive, send)
+        start = sent[0]
+        assert start["type"] == "http.response.start", sent
+        raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in start["headers"]]
+        return _answer(start["status"], raw, b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_App]:
+    started = _App(tmp_path_factory.mktemp("app"))
+    started.start()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), _TEXT)
+_TICKS = st.dictionaries(
+    st.sampled_from(["id", "event", "format", "url", "referrer", "ts", "site", "n", "o"]) | _TEXT,
+    _VALUES | st.lists(_VALUES, max_size=2) | st.dictionaries(_TEXT, _VALUES, max_size=2),
+    max_size=6,
+)
+_BODIES = st.one_of(
+    _TICKS.map(lambda t: json.dumps(t).encode()),
+    _TICKS.map(lambda t: json.dumps({"id": "gen", **t}).encode()),
+    st.binary(max_size=MAX_BODY_BYTES + 200),
+    st.integers(MAX_BODY_BYTES - 30, MAX_BODY_BYTES + 30).map(
+        lambda n: b'{"id": "gen", "p": "' + b"x" * (n - 21) + b'"}'
+    ),
+)
+_CONTENT_TYPES = st.sampled_from(
+    [
+        None,
+        b"application/json",
+        b"text/plain",
+        b"text/plain;charset=UTF-8",
+        b" Application/JSON ; charset=utf-8",
+        b"application/x-www-form-urlencoded",
+        b"application/x-ndjson",
+        b"",
+    ]
+)
+_QUERIES = st.sampled_from([b"", b"site=default", b"site=nope", b"site=a&site=b", b"site=", b"x"])
+_OPTIONAL = st.none() | st.sampled_from([b"https://a.example", b"null", b"\xff"])
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    body=_BODIES,
+    cuts=st.lists(st.integers(0, MAX_BODY_BYTES + 200), max_size=3),
+    declare_length=st.booleans(),
+    content_type=_CONTENT_TYPES,
+    query=_QUERIES,
+    origin=_OPTIONAL,
+    user_agent=_OPTIONAL | st.sampled_from([b"Mozilla/5.0 (compatible; Googlebot/2.1)"]),
+)
+def test_both_tick_paths_answer_generated_requests_alike(
+    app: _App,
+    body: bytes,
+    cuts: list[int],
+    declare_length: bool,
+    content_type: bytes | None,
+    query: bytes,
+    origin: bytes | None,
+    user_agent: bytes | None,
+) -> None:
+    headers = [
+        (name, value)
+        for name, value in (
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode() if declare_length else None),
+            (b"origin", origin),
+            (b"user-agent", user_agent),
+        )
+        if value is not None
+    ]
+    bounds = sorted({0, *(c for c in cuts if c < len(body)), len(body)})
+    chunks = [body[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    fast, falcon = (app.request(path, query, headers, chunks) for path in PATHS)
+    assert fast.status == falcon.status, (fast, falcon)
+    assert fast.headers == falcon.headers, (fast, falcon)
+    if fast.status == 202:
+        ids = [json.loads(a.body) for a in (fast, falcon)]
+        assert all(list(i) == ["id"] and EVENT_ID.fullmatch(i["id"]) for i in ids), ids
+    else:
+        assert fast.body == falcon.body
