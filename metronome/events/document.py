@@ -58,7 +58,7 @@ class FrozenDict(dict[str, Any]):
     def __delitem__(self, *args: Any, **kwargs: Any) -> NoReturn:
         self._refuse()
 
-    def __ior__(self, *args: Any, **kwargs: Any) -> NoReturn:
+    def __ior__(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[misc]
         self._refuse()
 
     def clear(self, *args: Any, **kwargs: Any) -> NoReturn:
