@@ -55,7 +55,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from metronome.events.document import Document, FrozenDict, format_timestamp, freeze, parse_iso
+from metronome.events.document import Document, FrozenDict, format_timestamp, parse_iso
 from metronome.events.enrich import client_address, user_agent_fields
 from metronome.events.enrich import referrer_keys as _referrer_keys
 from metronome.events.fields import DEFAULT_SITE
@@ -739,28 +739,28 @@ def _target_fields(
         match = rules.match(path)
         if match is not None:
             action = match.event
-            item = freeze(
-                {"id": match.item_id}
+            item = (
+                FrozenDict(id=match.item_id)
                 if match.format is None
-                else {"id": match.item_id, "format": match.format}
+                else FrozenDict(id=match.item_id, format=match.format)
             )
     if query is not None:
         url["query"] = query
-    entry = (rules, freeze(url), action, item)
+    entry = (rules, FrozenDict(url), action, item)
     if len(_targets) >= _TARGETS_MAX:
         _targets.clear()
     _targets[target] = entry
     return entry
 
 
-_GET = freeze({"method": "GET"})
+_GET = FrozenDict(method="GET")
 
 
 def _referrer_fields(referrer: str) -> tuple[FrozenDict, FrozenDict | None]:
     """``(http.request object of a GET from it, referrer object or None)``."""
     domain, page = _referrer_keys(referrer)
-    keys = freeze({"domain": domain, "page": page}) if domain and page else None
-    return freeze({"method": "GET", "referrer": referrer}), keys
+    keys = FrozenDict(domain=domain, page=page) if domain and page else None
+    return FrozenDict(method="GET", referrer=referrer), keys
 
 
 def _agent(user_agent: str) -> tuple[FrozenDict, bool]:
@@ -774,8 +774,8 @@ def _client_fields(address: str) -> tuple[FrozenDict, FrozenDict | None]:
     :func:`client_address` answers it): ``{"ip": ...}`` and ``{"geo":
     {"country_iso_code": ...}}`` from the bundled offline database."""
     country = country_iso_code(address)
-    client = None if country is None else freeze({"geo": {"country_iso_code": country}})
-    return freeze({"ip": address}), client
+    client = None if country is None else FrozenDict(geo=FrozenDict(country_iso_code=country))
+    return FrozenDict(ip=address), client
 
 
 _NO_CLIENT: tuple[None, None] = (None, None)
@@ -790,7 +790,7 @@ def _remote_fields(remote_addr: str) -> tuple[FrozenDict | None, FrozenDict | No
 
 def _site(site_id: str) -> FrozenDict:
     """The ``site`` object of a site id."""
-    return freeze({"id": site_id})
+    return FrozenDict(id=site_id)
 
 
 def _time_keys(timestamp_ms: int) -> tuple[str, str]:
