@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from metronome.client import Client, TickHandler
-from tests.conftest import Backend
+from tests.support.backends import Backend
 from tests.support.es_server import free_port
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fluent import sender
 
-from tests.conftest import Backend, wait_for_drain
+from tests.support.backends import Backend, wait_for_drain
 from tests.support.es_server import free_port
 from tests.support.metronome_server import MetronomeServer
 

@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from metronome.api.tracker import tracker_source
-from tests.conftest import wait_for_drain
+from tests.support.backends import wait_for_drain
 from tests.support.browser import CHROMIUM_ARGS, ensure_chromium
 from tests.support.es_server import free_port
 from tests.support.metronome_server import MetronomeServer
