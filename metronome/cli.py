@@ -299,7 +299,7 @@ def settings_cmd(markdown: bool) -> None:
         click.echo(settings_table())
         return
     settings = _settings()
-    for name in settings.__slots__:  # type: ignore[attr-defined]
+    for name in settings.__slots__:
         value = getattr(settings, name)
         if value is not None and name in _SECRETS:
             value = "(set, not shown)"

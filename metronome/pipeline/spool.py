@@ -211,6 +211,7 @@ class SpoolWriter:
             sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self._syncing = True
         fd = self._fd
+        assert fd is not None  # _write has just written to it
         self._syncer.submit(self._sync, loop, fd, before, len(data), waiters)
 
     def _sync(

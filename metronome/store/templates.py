@@ -74,5 +74,5 @@ def load_templates(settings: Settings, directory: Path | None = None) -> list[Te
             body.setdefault("_meta", {}).pop("metronome_hash", None)
             digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
             body["_meta"]["metronome_hash"] = digest.hexdigest()[:16]
-            result.append(Template(kind, _rename(path.stem, prefix), body))  # type: ignore[arg-type]
+            result.append(Template(kind, _rename(path.stem, prefix), body))
     return result
