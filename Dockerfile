@@ -4,7 +4,8 @@
 #   docker build -t metronome .
 #   docker run -p 8080:8080 -v metronome-data:/var/lib/metronome metronome
 #
-# Settings are METRONOME_* environment variables (see the README's configuration table).
+# Settings are METRONOME_* environment variables: `metronome settings` lists them, and the
+# docs site's settings reference describes each.
 # The data directory holds the spool (and the embedded store when no Elasticsearch URL is
 # set): keep it on a volume, shared by the API and its shipper.
 FROM python:3.11-slim

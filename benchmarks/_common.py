@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.metadata
 import json
@@ -11,16 +12,16 @@ import platform
 import random
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from tests.support.es_server import ElasticsearchServer
+from tests.support.metronome_server import MetronomeServer
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -96,7 +97,7 @@ def base_parser(
         "--output",
         type=Path,
         default=None,
-        help="results file [default: benchmarks/results/<name>-<sha>.json]",
+        help="results file [default: benchmarks/results/<name>.json]",
     )
     return parser
 
@@ -131,7 +132,7 @@ def git(*args: str) -> str:
 @functools.cache
 def git_short_sha() -> str:
     """HEAD when first asked: call it (or :func:`environment`'s parts) at the start of a
-    run, so a commit landing mid-run does not rename its results."""
+    run, so a commit landing mid-run does not change the commit its results name."""
     return git("rev-parse", "--short", "HEAD")
 
 
@@ -143,7 +144,7 @@ def git_state() -> tuple[str, bool]:
 
 
 def pin_git() -> None:
-    """Record the commit under test now (results name and environment use it)."""
+    """Record the commit under test now (the results' environment names it)."""
     git_short_sha()
     git_state()
 
@@ -207,7 +208,9 @@ def environment(**extra: Any) -> dict[str, Any]:
 
 
 def write_results(name: str, data: dict[str, Any], output: Path | None = None) -> Path:
-    path = output or RESULTS_DIR / f"{name}-{git_short_sha()}.json"
+    """Write ``benchmarks/results/<name>.json``: only the latest run is kept (its commit is
+    in ``environment.git_sha``); earlier runs are in the file's git history."""
+    path = output or RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     return path
@@ -250,12 +253,6 @@ def rounded(value: float | None, digits: int = 3) -> float | None:
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def child_env(**overrides: str) -> dict[str, str]:
     """os.environ with this checkout first on PYTHONPATH, so ``-m metronome`` is this tree."""
     env = dict(os.environ)
@@ -290,133 +287,57 @@ def cli_option(command: str, option: str) -> bool:
     return ok and re.search(rf"(^|\s){re.escape(option)}\b", text) is not None
 
 
-class ServerProcess:
-    """A server (gunicorn master) as a subprocess in its own session, logging to a file."""
+def alive(server: MetronomeServer) -> bool:
+    return server.proc is not None and server.proc.poll() is None
 
-    def __init__(
-        self,
-        name: str,
-        cmd: list[str],
-        env: dict[str, str],
-        port: int,
-        ready_path: str,
-        log_dir: Path,
-    ) -> None:
-        self.name = name
-        self.cmd = cmd
-        self.env = env
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.ready_path = ready_path
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 90.0) -> None:
-        import httpx
+def start(server: MetronomeServer) -> MetronomeServer:
+    """Start ``server`` and wait until it answers ``/readyz``; a BenchmarkError if not."""
+    try:
+        server.start()
+    except RuntimeError as exc:
+        server.stop()
+        raise BenchmarkError(str(exc)) from None
+    return server
 
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            self.cmd,
-            env=self.env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchmarkError(
-                    f"{self.name} exited ({self.proc.returncode}) at start:\n" + self.log_tail()
-                )
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise BenchmarkError(f"{self.name} not ready in {timeout_s:.0f}s:\n" + self.log_tail())
 
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout_s: float = 60.0) -> int | None:
-        """SIGTERM the process group, wait (SIGKILL after ``timeout_s``); the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
-
-    def __enter__(self) -> ServerProcess:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+@contextlib.contextmanager
+def running(server: MetronomeServer) -> Iterator[MetronomeServer]:
+    """``with running(metronome_server(...)) as server:`` started, then stopped."""
+    try:
+        yield start(server)
+    finally:
+        server.stop()
 
 
 def metronome_server(
-    log_dir: Path,
     data_dir: Path,
     *,
     workers: int = 2,
     args: Sequence[str] = (),
     env: dict[str, str] | None = None,
-    name: str = "metronome",
     module: str = "metronome",
-) -> ServerProcess:
-    """``python -m metronome serve ARGS`` on a free port (``module``: another module that
-    serves the same way, e.g. ``benchmarks.undurable``, which adds ``serve`` itself)."""
-    port = free_port()
-    server_env = child_env(
-        METRONOME_HOST="127.0.0.1",
-        METRONOME_PORT=str(port),
-        METRONOME_WORKERS=str(workers),
-        METRONOME_DATA_DIR=str(data_dir),
-        METRONOME_LOG_LEVEL="warning",
-    )
-    server_env.pop("METRONOME_ELASTICSEARCH_URL", None)
-    server_env.update(env or {})
-    command = ["serve", *args] if module == "metronome" else list(args)
-    return ServerProcess(
-        name, [sys.executable, "-m", module, *command], server_env, port, "/readyz", log_dir
-    )
+) -> MetronomeServer:
+    """``python -m metronome serve ARGS`` from this checkout on a free port, with the test
+    suite's :class:`MetronomeServer` (``module``: another module that serves the same way,
+    e.g. ``benchmarks.undurable``, which adds ``serve`` itself); it logs to
+    ``<data_dir>-server.log``."""
+    settings = {
+        "PYTHONPATH": child_env()["PYTHONPATH"],
+        "METRONOME_ELASTICSEARCH_URL": "",
+        **(env or {}),
+    }
+    command = ("metronome", "serve") if module == "metronome" else (module,)
+    return MetronomeServer(settings, data_dir, workers=workers, args=tuple(args), command=command)
 
 
-def bare_server(log_dir: Path, *, workers: int = 2, name: str = "bare") -> ServerProcess:
-    port = free_port()
-    return ServerProcess(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.bare_app",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-        ],
-        child_env(),
-        port,
-        "/healthz",
-        log_dir,
+def bare_server(log_dir: Path, *, workers: int = 2, name: str = "bare") -> MetronomeServer:
+    """The baseline app (``benchmarks.bare_app``), started and stopped like Metronome."""
+    return MetronomeServer(
+        {"PYTHONPATH": child_env()["PYTHONPATH"]},
+        log_dir / name,
+        workers=workers,
+        command=("benchmarks.bare_app",),
     )
 
 
@@ -639,10 +560,6 @@ class Elasticsearch:
 
     def __enter__(self) -> Elasticsearch:
         if not self.external:
-            if str(REPO) not in sys.path:
-                sys.path.insert(0, str(REPO))
-            from tests.support.es_server import ElasticsearchServer
-
             self._server = ElasticsearchServer(heap=self.heap)
             self._server.start()
             try:

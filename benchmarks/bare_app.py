@@ -1,16 +1,22 @@
 """The baseline server: a bare Falcon ASGI app that accepts ticks and does nothing with them.
 
 ``POST /tick`` and ``POST /ticks`` read the body (as any endpoint must receive it) and answer
-``202 {}``; ``GET /healthz`` answers 200. It is served exactly as ``metronome serve`` serves
-Metronome: gunicorn with ``uvicorn_worker.UvicornWorker`` workers (uvloop and httptools when
-installed) and the same gunicorn options as ``metronome/server.py``.
+``202 {}``; ``GET /healthz`` and ``GET /readyz`` answer 200. It is served exactly as
+``metronome serve`` serves Metronome: gunicorn with ``uvicorn_worker.UvicornWorker`` workers
+(uvloop and httptools when installed) and the same gunicorn options as
+``metronome/server.py``.
 
     python -m benchmarks.bare_app --port 8081 --workers 2
+
+Without options, the address, port and workers come from ``METRONOME_HOST``,
+``METRONOME_PORT`` and ``METRONOME_WORKERS``, so the benchmarks start it with the test
+suite's ``MetronomeServer``, exactly as they start Metronome.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 import falcon
@@ -48,15 +54,17 @@ app = falcon.asgi.App()
 app.add_route("/tick", _Accept())
 app.add_route("/ticks", _Accept())
 app.add_route("/healthz", _Health())
+app.add_route("/readyz", _Health())
 
 
 def main() -> None:
     from gunicorn.app.base import BaseApplication
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8081)
-    parser.add_argument("--workers", type=int, default=2)
+    env = os.environ
+    parser.add_argument("--host", default=env.get("METRONOME_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(env.get("METRONOME_PORT", "8081")))
+    parser.add_argument("--workers", type=int, default=int(env.get("METRONOME_WORKERS", "2")))
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args()
 

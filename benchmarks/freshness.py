@@ -39,6 +39,7 @@ import httpx
 import orjson
 
 from benchmarks import _common as C
+from tests.support.metronome_server import MetronomeServer
 
 NAME = "freshness"
 GOAL_P99_S = 2.0
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id = secrets.token_hex(3)
     trials: list[dict[str, Any]] = []
     warmups: dict[str, Any] = {}
-    server: C.ServerProcess | None = None
+    server: MetronomeServer | None = None
     code: int | None = None
 
     def run(target: Target, seconds: float) -> TrialStats:
@@ -338,12 +339,11 @@ def main(argv: list[str] | None = None) -> int:
             m_prefix, b_prefix = f"bench-fresh-m-{run_id}", f"bench-fresh-b-{run_id}"
             C.install_templates(es.url, b_prefix)
             server = C.metronome_server(
-                tmp,
                 data_dir,
                 workers=args.workers,
                 env={"METRONOME_ELASTICSEARCH_URL": es.url, "METRONOME_INDEX_PREFIX": m_prefix},
             )
-            server.start()
+            C.start(server)
             targets: dict[str, Target] = {
                 "metronome": MetronomeTarget(server.url, m_prefix, args.batch),
                 "baseline": DirectTarget(es.url, b_prefix, args.batch),
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
             for round_no, label in C.trial_order(list(targets), args.trials, seed):
                 s = run(targets[label], args.duration)
-                if not server.alive():
+                if not C.alive(server):
                     raise C.BenchmarkError("metronome serve died:\n" + server.log_tail())
                 row = {
                     "round": round_no,

@@ -92,7 +92,7 @@ def run_throughput(
     # (lower CPU priority), and this measures what is accepted meanwhile
     servers = {
         "metronome": C.metronome_server(
-            tmp, data_dir, workers=args.workers, env={"METRONOME_SPOOL_MAX_BYTES": str(SPOOL_BYTES)}
+            data_dir, workers=args.workers, env={"METRONOME_SPOOL_MAX_BYTES": str(SPOOL_BYTES)}
         ),
         "bare": C.bare_server(tmp, workers=args.workers),
     }
@@ -101,10 +101,8 @@ def run_throughput(
         undurable_dir = tmp / "undurable-data"
         undurable_dir.mkdir()
         servers["undurable"] = C.metronome_server(
-            tmp,
             undurable_dir,
             workers=args.workers,
-            name="undurable",
             module="benchmarks.undurable",
             env={"METRONOME_SPOOL_MAX_BYTES": str(SPOOL_BYTES)},
         )
@@ -141,7 +139,7 @@ def run_throughput(
 
     try:
         for server in servers.values():
-            server.start()
+            C.start(server)
         for _, label in C.trial_order(list(servers), 1, seed + 1):
             stats = one_run(label, args.warmup)
             warmups[label] = {"requests_per_s": round(stats["requests_per_s"], 1)}
@@ -167,14 +165,14 @@ def run_throughput(
                 file=sys.stderr,
             )
         for label, server in servers.items():
-            if not server.alive():
+            if not C.alive(server):
                 raise C.BenchmarkError(f"{label} died during the run:\n{server.log_tail()}")
     except C.BenchmarkError as exc:
         print(f"{name}: FAILED: {exc}", file=sys.stderr)
         for label, server in servers.items():
             state = (
                 "running"
-                if server.alive()
+                if C.alive(server)
                 else (f"exited {server.proc.returncode}" if server.proc else "not started")
             )
             print(

@@ -41,6 +41,7 @@ import orjson
 from benchmarks import _common as C
 from metronome.sites.cache import CACHE_FILE
 from metronome.sites.model import Snapshot
+from tests.support.es_server import free_port
 
 NAME = "memory"
 GOAL_GROWTH_MB = 10.0
@@ -155,7 +156,8 @@ def drain(data_dir: Any, interval_s: float = 0.5) -> dict[str, Any]:
 
 
 def run_contender(label: str, args: Any, bodies: list[bytes], log_dir: Any) -> dict[str, Any]:
-    data_dir = C.temp_dir(f"metronome-bench-memory-{label}-")
+    data_dir = log_dir / f"{label}-data"  # its server log beside it: {label}-data-server.log
+    data_dir.mkdir()
     if label == "bare":
         server = C.bare_server(log_dir, workers=args.workers, name=label)
     else:
@@ -164,19 +166,17 @@ def run_contender(label: str, args: Any, bodies: list[bytes], log_dir: Any) -> d
         if label == "metronome":
             extra = ["--no-shipper"]
         else:  # nothing listens there: Elasticsearch is down
-            env["METRONOME_ELASTICSEARCH_URL"] = f"http://127.0.0.1:{C.free_port()}"
+            env["METRONOME_ELASTICSEARCH_URL"] = f"http://127.0.0.1:{free_port()}"
             # as in any deployment that has seen its store once: the sites and keys (none)
             # are known from the copy a worker saves in the data directory; a brand-new
             # data directory with the store down refuses ingest until it can read them
             (data_dir / CACHE_FILE).write_bytes(orjson.dumps(Snapshot.empty().to_dict()))
-        server = C.metronome_server(
-            log_dir, data_dir, workers=args.workers, args=extra, env=env, name=label
-        )
+        server = C.metronome_server(data_dir, workers=args.workers, args=extra, env=env)
     checkpoints = []
     drained = None
     expect = f'"accepted":{args.batch},'.encode()  # the bare app answers {}
     try:
-        server.start()
+        C.start(server)
         assert server.proc is not None
         time.sleep(1.0)
         checkpoints.append({"events": 0, "elapsed_s": 0.0, **sample(server.proc.pid)})
@@ -196,7 +196,7 @@ def run_contender(label: str, args: Any, bodies: list[bytes], log_dir: Any) -> d
                 )
             )
             sent += requests * args.batch
-            if not server.alive():
+            if not C.alive(server):
                 raise C.BenchmarkError(f"{label} died:\n{server.log_tail()}")
             point = {
                 "events": sent,

@@ -7,8 +7,10 @@ reproducibly (``--seed``) and bulk-loaded straight into the daily indices, after
 shuffled alternation with the baseline, ``--requests`` of each:
 
 * ``tock``: ``GET /tock/{item}`` over the whole year, daily buckets, for random items;
-  baseline: the very search body Metronome compiles for it
-  (``metronome.store.elasticsearch.compile_report``) sent with the official client.
+  baseline: the very searches Metronome compiles for it (the item report is three
+  ``/query`` requests: ``metronome.store.es_query.compile_groups`` for views per day,
+  ``compile_top`` for downloads and referrers) sent in one ``_msearch`` with the
+  official client.
 * ``top_items_month``: ``POST /query`` for the 10 items with most events in one month
   (``dimensions: [item]``, ordered by events); baseline: the same ``terms`` aggregation
   (``metronome.store.es_query.compile_top``) sent with the client.
@@ -139,11 +141,10 @@ def bench_elasticsearch(args: Any, end: datetime, tmp: Any) -> dict[str, Any]:
     from elasticsearch import Elasticsearch
 
     from metronome.events.fields import DEFAULT_SITE
-    from metronome.reports.query import parse_query, restrict
-    from metronome.reports.tock import parse_tock_query, tock_spec
-    from metronome.sites import site_filter
-    from metronome.store.elasticsearch import compile_report
-    from metronome.store.es_query import compile_top, read_top
+    from metronome.reports.engine import DEFAULT_MAX_GROUPS
+    from metronome.reports.query import for_site, parse_query
+    from metronome.reports.tock import parse_tock_query, tock_queries
+    from metronome.store.es_query import compile_groups, compile_top, read_top
 
     prefix = "bench-" + secrets.token_hex(4)
     with C.Elasticsearch(heap=args.heap) as es:
@@ -167,7 +168,7 @@ def bench_elasticsearch(args: Any, end: datetime, tmp: Any) -> dict[str, Any]:
         }
         env = {"METRONOME_ELASTICSEARCH_URL": es.url, "METRONOME_INDEX_PREFIX": prefix}
         with (
-            C.metronome_server(tmp, tmp / "data", args=["--no-shipper"], env=env) as srv,
+            C.running(C.metronome_server(tmp / "data", args=["--no-shipper"], env=env)) as srv,
             httpx.Client(base_url=srv.url, timeout=600) as http,
         ):
 
@@ -176,13 +177,15 @@ def bench_elasticsearch(args: Any, end: datetime, tmp: Any) -> dict[str, Any]:
                 resp.raise_for_status()
 
             def tock_raw(item: str) -> None:
-                spec = tock_spec(parse_tock_query(item, year), site_filter(DEFAULT_SITE))
-                client.search(
-                    index=index,
-                    body=compile_report(spec),
-                    ignore_unavailable=True,
-                    allow_no_indices=True,
-                )
+                searches: list[dict[str, Any]] = []
+                for part, body in tock_queries(parse_tock_query(item, year)).items():
+                    group = for_site(parse_query(body), DEFAULT_SITE).group
+                    searches.append({"index": index, "ignore_unavailable": True})
+                    if part == "views":
+                        searches.append(compile_groups(group, None, DEFAULT_MAX_GROUPS + 1))
+                    else:
+                        searches.append(compile_top(group, 0, True, body["limit"]))
+                client.msearch(searches=searches)
 
             def query_metronome(_: str) -> None:
                 resp = http.post("/query", json=query_body)
@@ -192,9 +195,7 @@ def bench_elasticsearch(args: Any, end: datetime, tmp: Any) -> dict[str, Any]:
             def query_raw(_: str) -> None:
                 # what /query runs: the request, restricted to the caller's (default) site,
                 # ranked in one terms aggregation (10 rows and one to know there are more)
-                group = restrict(
-                    parse_query(query_body), "site.id", DEFAULT_SITE, or_missing=True
-                ).group
+                group = for_site(parse_query(query_body), DEFAULT_SITE).group
                 resp = client.search(
                     index=index,
                     body=compile_top(group, 0, True, 11),
@@ -269,7 +270,7 @@ def bench_sqlite(args: Any, end: datetime, tmp: Any) -> dict[str, Any]:
     rng = random.Random(args.seed + 1)
     samples: dict[str, list[float]] = {"tock": [], "query": []}
     with (
-        C.metronome_server(tmp, data, args=["--no-shipper"]) as srv,
+        C.running(C.metronome_server(data, args=["--no-shipper"])) as srv,
         httpx.Client(base_url=srv.url, timeout=600) as http,
     ):
         for _, name in C.trial_order(list(samples), args.requests, args.seed):

@@ -164,19 +164,13 @@ def run_metronome(
     log_dir: Any,
 ) -> dict[str, Any]:
     prefix = f"bench-ship-m-{secrets.token_hex(3)}"
-    data_dir = C.temp_dir("metronome-bench-ship-data-")
+    data_dir = log_dir / f"data-{prefix}"  # its server log beside it
+    data_dir.mkdir()
     env = {"METRONOME_ELASTICSEARCH_URL": es.url, "METRONOME_INDEX_PREFIX": prefix}
     try:
         C.install_templates(es.url, prefix)
-        server = C.metronome_server(
-            log_dir,
-            data_dir,
-            workers=workers,
-            args=["--no-shipper"],
-            env=env,
-            name=f"metronome-{prefix}",
-        )
-        server.start()
+        server = C.metronome_server(data_dir, workers=workers, args=["--no-shipper"], env=env)
+        C.start(server)
         try:
             started = time.perf_counter()
             accepted = asyncio.run(_post_batches(server.url, ticks, batch, concurrency))

@@ -125,7 +125,7 @@ async def _http_error(
     code = _FALCON_CODES.get(status, "bad_request" if status < 500 else "internal_error")
     headers = dict(ex.headers or {})
     if status == 404:
-        message = f"no route {req.method} {req.path}; see the README for the API"
+        message = f"no route {req.method} {req.path}; GET /openapi.json lists the API"
     elif status == 405:
         allowed = headers.get("Allow", "")
         message = f"{req.method} is not allowed on {req.path}; allowed: {allowed}"
@@ -153,7 +153,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     the Falcon app (``.falcon_app``) behind the ``POST /tick`` fast path."""
     store = store or open_store(settings)
     pipeline = Pipeline(settings)
-    registry = open_registry(settings, getattr(store, "client", None))
+    registry = open_registry(settings)
     guard = Guard(settings, RegistryCache(registry, settings.sites_cache_s, settings.data_dir))
     app = falcon.asgi.App(
         request_type=falcon.asgi.Request,  # the defaults, named so the middleware type-checks
@@ -182,7 +182,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     reports = Reports(settings, store, guard)
     app.add_route("/reports", reports)
     app.add_route("/reports/{name}", reports, suffix="named")
-    tock = Tock(store, guard)
+    tock = Tock(settings, store, guard)
     app.add_route("/tock", tock)
     app.add_route("/tock/{item_id}", tock, suffix="item")
 

@@ -13,26 +13,26 @@ from typing import Any
 import click
 
 from metronome import __version__
-from metronome.config import Settings, settings_table
-from metronome.errors import ConfigError, MetronomeError
+from metronome.cli_support import load_settings as _settings
+from metronome.config import CONFIG_VARIABLE, Settings, settings_reference, settings_table
+from metronome.errors import MetronomeError
 from metronome.sites import commands as sites_commands
 
 __all__ = ["main"]
 
 
-def _settings(**overrides: Any) -> Settings:
-    try:
-        return Settings.from_env(
-            os.environ, **{k: v for k, v in overrides.items() if v is not None}
-        )
-    except ConfigError as exc:
-        raise click.UsageError(exc.message) from None
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="metronome")
-def main() -> None:
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"TOML configuration file [default: {CONFIG_VARIABLE}, else none].",
+)
+def main(config_file: Path | None) -> None:
     """Metronome: self-hosted usage analytics."""
+    if config_file is not None:  # in the environment, so the processes it starts read it too
+        os.environ[CONFIG_VARIABLE] = str(config_file.resolve())
 
 
 @main.command()
@@ -110,11 +110,8 @@ def _exposure_warning(settings: Settings) -> str | None:
         return None
 
     async def _load() -> Any:
-        registry = open_registry(settings)
-        try:
+        async with open_registry(settings) as registry:
             return await registry.load()
-        finally:
-            await registry.close()
 
     try:
         snapshot = asyncio.run(_load())
@@ -133,7 +130,7 @@ def _exposure_warning(settings: Settings) -> str | None:
     return (
         f"WARNING: {where} with no sites: anyone who can reach this server may"
         " send ticks and read every report. Create a site and keys (metronome sites"
-        " create, metronome keys create) or bind to 127.0.0.1; see README, Security."
+        " create, metronome keys create) or bind to 127.0.0.1; see docs/guides/sites-and-keys.md."
     )
 
 
@@ -150,8 +147,8 @@ def _multiprocess_metrics(settings: Settings) -> None:
 @click.option("--drain", is_flag=True, help="Exit once the spool is empty.")
 def worker(drain: bool) -> None:
     """Ship spooled events to the store (started by `serve` unless --no-shipper)."""
+    from metronome.jobs.worker import run_worker
     from metronome.logconfig import configure_logging
-    from metronome.pipeline.worker import run_worker
 
     settings = _settings()
     configure_logging(settings)
@@ -179,12 +176,8 @@ def status() -> None:
     state = backlog(spool_dir(settings.data_dir))
 
     async def _ready() -> str | None:
-        store = open_store(settings)
-        await store.open()
-        try:
+        async with open_store(settings) as store:
             return await store.check_ready()
-        finally:
-            await store.close()
 
     reason = asyncio.run(_ready())
     store = settings.elasticsearch_url or f"embedded ({settings.data_dir})"
@@ -222,12 +215,8 @@ def templates_install() -> None:
     settings = _settings()
 
     async def _install() -> list[Any]:
-        store = open_store(settings)
-        await store.open()
-        try:
+        async with open_store(settings) as store:
             return await store.ensure_schema()
-        finally:
-            await store.close()
 
     try:
         changes = asyncio.run(_install())
@@ -292,21 +281,20 @@ def retention(keep: str, dataset: str, dry_run: bool) -> None:
 
 
 @main.command("settings")
-@click.option("--markdown", is_flag=True, help="Print the README's configuration table.")
+@click.option("--markdown", is_flag=True, help="Print the settings reference table (Markdown).")
 def settings_cmd(markdown: bool) -> None:
     """Show the settings in effect (or, with --markdown, the documented table)."""
     if markdown:
         click.echo(settings_table())
         return
     settings = _settings()
-    for name in settings.__slots__:
-        value = getattr(settings, name)
-        if value is not None and name in _SECRETS:
+    for setting in settings_reference():
+        value = getattr(settings, setting.name)
+        if value is not None and setting.secret:
             value = "(set, not shown)"
-        click.echo(f"{name} = {value!r}")
-
-
-_SECRETS = frozenset({"kibana_password", "kibana_api_key"})
+        elif setting.type == "table":
+            value = dict(value)
+        click.echo(f"{setting.name} = {value!r}")
 
 
 @main.group()
@@ -406,7 +394,7 @@ def _run_with_progress(quiet: bool, what: str, job: Any) -> Any:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
 def import_cmd(files: tuple[str, ...], quiet: bool) -> None:
     """Import access-log history (plain, .gz, or - for stdin) into the store."""
-    from metronome.logs.ingest import import_files
+    from metronome.pipeline.log_input import import_files
 
     settings = _settings()
     summary = _run_with_progress(
@@ -427,7 +415,7 @@ def import_cmd(files: tuple[str, ...], quiet: bool) -> None:
 def ship(paths: tuple[Path, ...], from_end: bool, quiet: bool) -> None:
     """Follow live access logs (like tail -F) into the spool, archiving them to S3."""
     from metronome.logconfig import configure_logging
-    from metronome.logs.ingest import ship_files
+    from metronome.pipeline.log_input import ship_files
 
     settings = _settings()
     configure_logging(settings)
@@ -457,7 +445,7 @@ def restore(start: str, end: str, quiet: bool) -> None:
     """Re-index archived access logs from S3 into the store (idempotent)."""
     from datetime import UTC, datetime, timedelta
 
-    from metronome.logs.ingest import restore_archive
+    from metronome.pipeline.log_input import restore_archive
 
     def moment(text: str, name: str, *, last: bool) -> datetime:
         try:
@@ -533,12 +521,8 @@ def forget(
         raise click.UsageError(exc.message.replace("query.filters", "--where")) from None
 
     async def _run(dry: bool) -> int:
-        store = open_store(settings)
-        await store.open()
-        try:
+        async with open_store(settings) as store:
             return await forget_events(store, query, dry_run=dry)
-        finally:
-            await store.close()
 
     try:
         matching = asyncio.run(_run(True))

@@ -1,27 +1,61 @@
-"""Settings, read once from ``METRONOME_*`` environment variables.
+"""Settings, declared once: environment variables and the configuration file.
 
-Every setting is one :class:`Setting` in :data:`SETTINGS`: its variable name, its default
-and a line of help. The README's configuration table is generated from the same list
-(``metronome settings --markdown``) and a test fails when the two drift apart.
+Every setting is one field of :class:`Settings`, declared with :func:`setting`: its type
+(the field's annotation), its default (the text an environment variable would hold), the
+parser that turns text into that type, and a line of help. Everything else is derived from
+that one declaration:
 
-A bad value fails at start-up with a message naming the variable and the value; nothing
-else in Metronome reads the environment.
+- its environment variable: ``METRONOME_`` and the name in capitals (``port``:
+  ``METRONOME_PORT``);
+- its configuration-file key: the name itself, at the top level of the TOML file that
+  ``METRONOME_CONFIG`` names (``port = 8080``), as a value of its TOML type (an integer for
+  a number, a boolean for on/off, an array of strings for a list) or as a string holding
+  what the environment variable would;
+- :func:`settings_reference`, one :class:`Setting` per declaration for the documentation,
+  and :func:`settings_table`, the table of the docs site's settings reference, rendered
+  from them at every build (also ``metronome settings --markdown``).
+
+A few top-level tables of the file are *sections*, declared with :func:`section`
+(``[[collectors]]``, ``[[monitors]]``, ``[event_schemas]``, ``[[apps]]``): they have no
+environment variable, and :class:`Settings` keeps their parsed TOML for the features that
+use them to validate.
+
+The environment wins over the file, and the file over the defaults; a variable that is set,
+even to an empty value, wins. A bad value, an unknown key or a missing file fails at
+start-up with a message naming the variable (or the file and key) and the value; nothing
+else in Metronome reads the environment or the file.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
+import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, TypeVar, cast, get_args, get_origin, get_type_hints
 
 from metronome.errors import ConfigError
 
-__all__ = ["SETTINGS", "Setting", "Settings", "settings_table"]
+__all__ = [
+    "CONFIG_VARIABLE",
+    "Setting",
+    "Settings",
+    "section",
+    "setting",
+    "settings_reference",
+    "settings_table",
+]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
+
+ENV_PREFIX = "METRONOME_"
+CONFIG_VARIABLE = "METRONOME_CONFIG"
+"""The variable naming the configuration file (``metronome --config`` sets it)."""
 
 
 def _str(raw: str) -> str:
@@ -33,7 +67,7 @@ def _optional_str(raw: str) -> str | None:
 
 
 def _int(minimum: int, maximum: int) -> Callable[[str], int]:
-    def cast(raw: str) -> int:
+    def parse(raw: str) -> int:
         try:
             value = int(raw.strip())
         except ValueError:
@@ -42,7 +76,7 @@ def _int(minimum: int, maximum: int) -> Callable[[str], int]:
             raise ValueError(f"expected a number from {minimum} to {maximum}, got {value}")
         return value
 
-    return cast
+    return parse
 
 
 def _networks(raw: str) -> tuple[Network, ...]:
@@ -58,6 +92,12 @@ def _networks(raw: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+def _domains(raw: str) -> tuple[str, ...]:
+    return tuple(
+        sorted({d.strip().lower().removeprefix("www.") for d in raw.split(",") if d.strip()})
+    )
+
+
 def _bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -68,7 +108,7 @@ def _bool(raw: str) -> bool:
 
 
 def _site(raw: str) -> str:
-    from metronome.sites.model import SITE_ID_PATTERN
+    from metronome.events.fields import SITE_ID_PATTERN
 
     value = raw.strip()
     if not SITE_ID_PATTERN.match(value):
@@ -80,13 +120,19 @@ def _site(raw: str) -> str:
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
-    def cast(raw: str) -> str:
+    def parse(raw: str) -> str:
         value = raw.strip().lower()
         if value not in choices:
             raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
         return value
 
-    return cast
+    return parse
+
+
+def _index_prefix(raw: str) -> str:
+    if not raw or raw != raw.lower() or not all(c.isalnum() or c in "-_" for c in raw):
+        raise ValueError(f"use lowercase letters, digits, '-' and '_' only, got {raw!r}")
+    return raw
 
 
 _RETENTION_PART = re.compile(r"^([a-z0-9][a-z0-9_-]{0,63}=)?\d{1,5}[dw]$")
@@ -103,359 +149,299 @@ def _retention(raw: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Setting:
-    """One configuration value: attribute name, environment default (as text) and help."""
-
-    name: str
+class _Declaration:
     default: str
     help: str
-    cast: Callable[[str], Any]
+    parse: Callable[[str], Any] | None  # None: a section, kept as parsed TOML
+    has_env: bool = True
+    has_key: bool = True
+    secret: bool = False
 
-    @property
-    def env(self) -> str:
-        return "METRONOME_" + self.name.upper()
+
+_DECLARATION = "metronome"  # the key of a field's metadata holding its declaration
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("host", "127.0.0.1", "Address the HTTP server binds to.", _str),
-    Setting("port", "8080", "Port the HTTP server listens on.", _int(0, 65535)),
-    Setting("workers", "2", "Number of server worker processes.", _int(1, 256)),
-    Setting(
-        "data_dir",
-        "./metronome-data",
-        "Directory for the embedded store (and, later, the spool).",
-        _str,
-    ),
-    Setting(
-        "elasticsearch_url",
-        "",
-        "Elasticsearch URL, e.g. `http://localhost:9200`. Unset: use the embedded store.",
-        _optional_str,
-    ),
-    Setting(
-        "elasticsearch_timeout_s",
-        "10",
-        "Seconds to wait for one Elasticsearch request.",
-        _int(1, 600),
-    ),
-    Setting(
-        "index_prefix",
-        "metronome",
-        "Prefix of index and template names: ticks go to `<prefix>-ticks-YYYY.MM.DD`.",
-        _str,
-    ),
-    Setting("index_shards", "1", "Primary shards of each new daily index.", _int(1, 1024)),
-    Setting("index_replicas", "0", "Replicas of each new daily index.", _int(0, 16)),
-    Setting(
-        "index_fields_limit",
-        "1000",
-        "Most fields one daily index maps; further free parameters are kept in `_source`"
-        " but not indexed.",
-        _int(100, 100_000),
-    ),
-    Setting("max_body_bytes", "65536", "Largest body `POST /tick` accepts.", _int(1024, 1 << 30)),
-    Setting(
-        "max_batch_bytes",
-        "4194304",
-        "Largest body `POST /ticks` accepts.",
-        _int(1024, 1 << 30),
-    ),
-    Setting("max_batch_ticks", "1000", "Most ticks in one `POST /ticks` body.", _int(1, 1_000_000)),
-    Setting("max_params", "100", "Most free parameters in one tick.", _int(0, 10_000)),
-    Setting(
-        "body_timeout_s",
-        "10",
-        "Seconds a client has to send a request body; slower ones get `408 request_timeout`.",
-        _int(1, 3600),
-    ),
-    Setting("keepalive_s", "5", "Seconds an idle keep-alive connection stays open.", _int(1, 3600)),
-    Setting(
-        "max_connections",
-        "1000",
-        "Most connections (and requests in progress) per"
-        " server worker; past it the server answers 503 (0: no limit).",
-        _int(0, 1_000_000),
-    ),
-    Setting(
-        "rate_limit_per_ip",
-        "100",
-        "Ticks per second one client address may send"
-        " without a key (browser ingest; IPv6 per /64), per worker process, once a site"
-        " exists; 0: no limit.",
-        _int(0, 1_000_000),
-    ),
-    Setting(
-        "rate_limit_per_ip_burst",
-        "1000",
-        "Ticks one client address may send at once before `METRONOME_RATE_LIMIT_PER_IP` applies.",
-        _int(1, 10_000_000),
-    ),
-    Setting(
-        "rate_limit_per_site",
-        "5000",
-        "Ticks per second one site may send (with or"
-        " without a key), per worker process, once a site exists; 0: no limit.",
-        _int(0, 10_000_000),
-    ),
-    Setting(
-        "rate_limit_per_site_burst",
-        "50000",
-        "Ticks one site may send at once before `METRONOME_RATE_LIMIT_PER_SITE` applies.",
-        _int(1, 100_000_000),
-    ),
-    Setting(
-        "sites_cache_s",
-        "5",
-        "Seconds each worker process reuses its copy of the sites"
-        " and keys; new sites and keys, and revocations, take effect within it.",
-        _int(1, 3600),
-    ),
-    Setting(
-        "retention",
-        "",
-        "How long events are kept, applied every"
-        " `METRONOME_RETENTION_INTERVAL_S` by the shipper: `400d`, `57w`, with per-site"
-        " periods `400d,shop=90d` (empty: keep everything).",
-        _retention,
-    ),
-    Setting(
-        "retention_interval_s",
-        "3600",
-        "Seconds between two runs of the retention policy.",
-        _int(1, 7 * 86400),
-    ),
-    Setting(
-        "log_site",
-        "default",
-        "Site that access logs (`import`, `ship`, `restore`, the"
-        " forward input) and forward-protocol ticks without a `site` are stored under.",
-        _site,
-    ),
-    Setting("max_key_length", "64", "Longest free-parameter name.", _int(1, 1024)),
-    Setting(
-        "max_value_length",
-        "2048",
-        "Longest string value (free parameters, `url`, `referrer`, `id`).",
-        _int(16, 1 << 20),
-    ),
-    Setting(
-        "query_max_groups",
-        "10000",
-        "Most rows a `/query` answer is computed from when it must sort or gap-fill them"
-        " all (ordering by a metric, a time dimension, a comparison).",
-        _int(10, 1_000_000),
-    ),
-    Setting(
-        "spool_max_bytes",
-        "1073741824",
-        "Most bytes the spool holds while the store is behind; past it ingestion answers 503.",
-        _int(1 << 16, 1 << 50),
-    ),
-    Setting(
-        "spool_segment_bytes",
-        "67108864",
-        "Size at which a worker starts a new spool segment file.",
-        _int(1 << 12, 1 << 40),
-    ),
-    Setting(
-        "ship_batch_docs",
-        "1000",
-        "Most documents in one bulk write to the store.",
-        _int(1, 100_000),
-    ),
-    Setting(
-        "ship_batch_bytes",
-        "8388608",
-        "Most bytes read from the spool for one bulk write.",
-        _int(1 << 12, 1 << 30),
-    ),
-    Setting(
-        "ship_poll_ms", "50", "How often an idle shipper looks for new events.", _int(1, 60_000)
-    ),
-    Setting(
-        "shipper_nice",
-        "5",
-        "CPU priority `serve` lowers its shipper by (0 to 19): under a burst, answering"
-        " ticks comes first and the backlog drains after.",
-        _int(0, 19),
-    ),
-    Setting(
-        "ship_backoff_max_s",
-        "30",
-        "Longest wait between retries of a failed bulk write.",
-        _int(1, 3600),
-    ),
-    Setting(
-        "trusted_proxies",
-        "",
-        "Comma-separated CIDR list of proxies whose `X-Forwarded-For` is believed.",
-        _networks,
-    ),
-    Setting(
-        "client_ip",
-        "drop",
-        "What is stored of a client's address: `drop` (nothing; the country and the"
-        " daily visitor id are still derived from it), `truncate` (IPv4 /24, IPv6 /48) or"
-        " `keep`.",
-        _choice("drop", "truncate", "keep"),
-    ),
-    Setting(
-        "referrer_blocklist",
-        "semalt.com,buttons-for-website.com,darodar.com,ilovevitaly.com,best-seo-offer.com,"
-        "priceg.com,hulfingtonpost.com,free-share-buttons.com",
-        "Comma-separated referrer domains (and their subdomains) whose traffic is referrer"
-        " spam: flagged `referrer.spam` and left out of reports like crawlers.",
-        lambda raw: tuple(
-            sorted({d.strip().lower().removeprefix("www.") for d in raw.split(",") if d.strip()})
-        ),
-    ),
-    Setting(
-        "forward",
-        "off",
-        "Accept Fluentd forward-protocol input (on/off); runs in the shipper process.",
-        _bool,
-    ),
-    Setting("forward_host", "127.0.0.1", "Address the forward-protocol input binds to.", _str),
-    Setting("forward_port", "24224", "Port of the forward-protocol input.", _int(0, 65535)),
-    Setting(
-        "log_format",
-        "combined",
-        "Access-log format: `combined`, `common`, `main` (NGINX, with X-Forwarded-For),"
-        " `json`, or an NGINX `log_format` string.",
-        _str,
-    ),
-    Setting(
-        "url_rules",
-        "",
-        "Rules mapping request paths to items, `;`-separated, e.g."
-        " `/datasets/{id}/download.{format} -> download`.",
-        _str,
-    ),
-    Setting(
-        "s3_bucket",
-        "",
-        "Bucket that `metronome ship` archives raw lines to (unset: no archive).",
-        _optional_str,
-    ),
-    Setting("s3_prefix", "metronome/access", "Key prefix of archived log chunks.", _str),
-    Setting(
-        "s3_endpoint_url",
-        "",
-        "S3 endpoint for MinIO and other S3-compatible stores.",
-        _optional_str,
-    ),
-    Setting("s3_region", "", "S3 region (unset: from the AWS configuration).", _optional_str),
-    Setting(
-        "kibana_url",
-        "",
-        "Kibana URL for `metronome kibana import` (its `--url` wins).",
-        _optional_str,
-    ),
-    Setting(
-        "kibana_username",
-        "",
-        "User for Kibana's basic authentication (unset: none).",
-        _optional_str,
-    ),
-    Setting("kibana_password", "", "Password of `METRONOME_KIBANA_USERNAME`.", _optional_str),
-    Setting(
-        "kibana_api_key",
-        "",
-        "Kibana API key (the encoded form); used instead of the user and password.",
-        _optional_str,
-    ),
-    Setting(
-        "log_level",
-        "info",
-        "Log level: debug, info, warning or error.",
-        _choice("debug", "info", "warning", "error"),
-    ),
-)
+def setting(
+    default: str,
+    help: str,
+    parse: Callable[[str], T],
+    *,
+    secret: bool = False,
+    in_file: bool = True,
+) -> T:
+    """Declare one setting of :class:`Settings`: ``default`` is the text an environment
+    variable would hold (parsed like one), ``help`` the line documentation shows, ``parse``
+    turns text into the field's type or raises :class:`ValueError` saying what it expected.
+    ``secret`` values are not shown by ``metronome settings``; ``in_file=False`` settings
+    have no configuration-file key."""
+    declaration = _Declaration(default, help, parse, has_key=in_file, secret=secret)
+    return cast(T, field(metadata={_DECLARATION: declaration}))
+
+
+def section(help: str) -> Any:
+    """Declare a top-level table of the configuration file kept as parsed TOML: an array of
+    tables (``[[name]]``) for a field typed ``tuple[dict[str, Any], ...]``, a table
+    (``[name]``) for one typed ``Mapping[str, Any]``. Empty when the file has none. Left out
+    of ``hash(settings)``: parsed TOML is not hashable, and the settings stay so."""
+    declaration = _Declaration("", help, None, has_env=False)
+    return field(hash=False, metadata={_DECLARATION: declaration})
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Metronome's configuration. Build it with :meth:`from_env`; never mutate it."""
 
-    host: str
-    port: int
-    workers: int
-    data_dir: str
-    elasticsearch_url: str | None
-    elasticsearch_timeout_s: int
-    index_prefix: str
-    index_shards: int
-    index_replicas: int
-    index_fields_limit: int
-    max_body_bytes: int
-    max_batch_bytes: int
-    max_batch_ticks: int
-    max_params: int
-    body_timeout_s: int
-    keepalive_s: int
-    max_connections: int
-    rate_limit_per_ip: int
-    rate_limit_per_ip_burst: int
-    rate_limit_per_site: int
-    rate_limit_per_site_burst: int
-    sites_cache_s: int
-    retention: str
-    retention_interval_s: int
-    log_site: str
-    max_key_length: int
-    max_value_length: int
-    query_max_groups: int
-    spool_max_bytes: int
-    spool_segment_bytes: int
-    ship_batch_docs: int
-    ship_batch_bytes: int
-    ship_poll_ms: int
-    shipper_nice: int
-    ship_backoff_max_s: int
-    trusted_proxies: tuple[Network, ...]
-    client_ip: str
-    referrer_blocklist: tuple[str, ...]
-    forward: bool
-    forward_host: str
-    forward_port: int
-    log_format: str
-    url_rules: str
-    s3_bucket: str | None
-    s3_prefix: str
-    s3_endpoint_url: str | None
-    s3_region: str | None
-    kibana_url: str | None
-    kibana_username: str | None
-    kibana_password: str | None
-    kibana_api_key: str | None
-    log_level: str
+    config: str | None = setting(
+        "",
+        "TOML configuration file whose keys are the settings below (`metronome --config`"
+        " sets it); the environment wins over it. Unset: no file.",
+        _optional_str,
+        in_file=False,
+    )
+    host: str = setting("127.0.0.1", "Address the HTTP server binds to.", _str)
+    port: int = setting("8080", "Port the HTTP server listens on.", _int(0, 65535))
+    workers: int = setting("2", "Number of server worker processes.", _int(1, 256))
+    data_dir: str = setting(
+        "./metronome-data",
+        "Directory for the spool, the embedded store, the sites cache and the daily salts.",
+        _str,
+    )
+    elasticsearch_url: str | None = setting(
+        "",
+        "Elasticsearch URL, e.g. `http://localhost:9200`. Unset: use the embedded store.",
+        _optional_str,
+    )
+    elasticsearch_timeout_s: int = setting(
+        "10", "Seconds to wait for one Elasticsearch request.", _int(1, 600)
+    )
+    index_prefix: str = setting(
+        "metronome",
+        "Prefix of index and template names: ticks go to `<prefix>-ticks-YYYY.MM.DD`.",
+        _index_prefix,
+    )
+    index_shards: int = setting("1", "Primary shards of each new daily index.", _int(1, 1024))
+    index_replicas: int = setting("0", "Replicas of each new daily index.", _int(0, 16))
+    index_fields_limit: int = setting(
+        "1000",
+        "Most fields one daily index maps; further free parameters are kept in `_source`"
+        " but not indexed.",
+        _int(100, 100_000),
+    )
+    max_body_bytes: int = setting(
+        "65536", "Largest body `POST /tick` accepts.", _int(1024, 1 << 30)
+    )
+    max_batch_bytes: int = setting(
+        "4194304", "Largest body `POST /ticks` accepts.", _int(1024, 1 << 30)
+    )
+    max_batch_ticks: int = setting(
+        "1000", "Most ticks in one `POST /ticks` body.", _int(1, 1_000_000)
+    )
+    max_params: int = setting("100", "Most free parameters in one tick.", _int(0, 10_000))
+    body_timeout_s: int = setting(
+        "10",
+        "Seconds a client has to send a request body; slower ones get `408 request_timeout`.",
+        _int(1, 3600),
+    )
+    keepalive_s: int = setting(
+        "5", "Seconds an idle keep-alive connection stays open.", _int(1, 3600)
+    )
+    max_connections: int = setting(
+        "1000",
+        "Most connections (and requests in progress) per"
+        " server worker; past it the server answers 503 (0: no limit).",
+        _int(0, 1_000_000),
+    )
+    rate_limit_per_ip: int = setting(
+        "100",
+        "Ticks per second one client address may send"
+        " without a key (browser ingest; IPv6 per /64), per worker process, once a site"
+        " exists; 0: no limit.",
+        _int(0, 1_000_000),
+    )
+    rate_limit_per_ip_burst: int = setting(
+        "1000",
+        "Ticks one client address may send at once before `METRONOME_RATE_LIMIT_PER_IP` applies.",
+        _int(1, 10_000_000),
+    )
+    rate_limit_per_site: int = setting(
+        "5000",
+        "Ticks per second one site may send (with or"
+        " without a key), per worker process, once a site exists; 0: no limit.",
+        _int(0, 10_000_000),
+    )
+    rate_limit_per_site_burst: int = setting(
+        "50000",
+        "Ticks one site may send at once before `METRONOME_RATE_LIMIT_PER_SITE` applies.",
+        _int(1, 100_000_000),
+    )
+    sites_cache_s: int = setting(
+        "5",
+        "Seconds each worker process reuses its copy of the sites"
+        " and keys; new sites and keys, and revocations, take effect within it.",
+        _int(1, 3600),
+    )
+    retention: str = setting(
+        "",
+        "How long events are kept, applied every"
+        " `METRONOME_RETENTION_INTERVAL_S` by the shipper: `400d`, `57w`, with per-site"
+        " periods `400d,shop=90d` (empty: keep everything).",
+        _retention,
+    )
+    retention_interval_s: int = setting(
+        "3600", "Seconds between two runs of the retention policy.", _int(1, 7 * 86400)
+    )
+    log_site: str = setting(
+        "default",
+        "Site that access logs (`import`, `ship`, `restore`, the"
+        " forward input) and forward-protocol ticks without a `site` are stored under.",
+        _site,
+    )
+    max_key_length: int = setting("64", "Longest free-parameter name.", _int(1, 1024))
+    max_value_length: int = setting(
+        "2048",
+        "Longest string value (free parameters, `url`, `referrer`, `id`).",
+        _int(16, 1 << 20),
+    )
+    query_max_groups: int = setting(
+        "10000",
+        "Most rows a `/query` answer is computed from when it must sort or gap-fill them"
+        " all (ordering by a metric, a time dimension, a comparison).",
+        _int(10, 1_000_000),
+    )
+    spool_max_bytes: int = setting(
+        "1073741824",
+        "Most bytes the spool holds while the store is behind; past it ingestion answers 503.",
+        _int(1 << 16, 1 << 50),
+    )
+    spool_segment_bytes: int = setting(
+        "67108864",
+        "Size at which a worker starts a new spool segment file.",
+        _int(1 << 12, 1 << 40),
+    )
+    ship_batch_docs: int = setting(
+        "1000", "Most documents in one bulk write to the store.", _int(1, 100_000)
+    )
+    ship_batch_bytes: int = setting(
+        "8388608",
+        "Most bytes read from the spool for one bulk write.",
+        _int(1 << 12, 1 << 30),
+    )
+    ship_poll_ms: int = setting(
+        "50", "How often an idle shipper looks for new events.", _int(1, 60_000)
+    )
+    shipper_nice: int = setting(
+        "5",
+        "CPU priority `serve` lowers its shipper by (0 to 19): under a burst, answering"
+        " ticks comes first and the backlog drains after.",
+        _int(0, 19),
+    )
+    ship_backoff_max_s: int = setting(
+        "30", "Longest wait between retries of a failed bulk write.", _int(1, 3600)
+    )
+    trusted_proxies: tuple[Network, ...] = setting(
+        "",
+        "Comma-separated CIDR list of proxies whose `X-Forwarded-For` is believed.",
+        _networks,
+    )
+    client_ip: str = setting(
+        "drop",
+        "What is stored of a client's address: `drop` (nothing; the country and the"
+        " daily visitor id are still derived from it), `truncate` (IPv4 /24, IPv6 /48) or"
+        " `keep`.",
+        _choice("drop", "truncate", "keep"),
+    )
+    referrer_blocklist: tuple[str, ...] = setting(
+        "semalt.com,buttons-for-website.com,darodar.com,ilovevitaly.com,best-seo-offer.com,"
+        "priceg.com,hulfingtonpost.com,free-share-buttons.com",
+        "Comma-separated referrer domains (and their subdomains) whose traffic is referrer"
+        " spam: flagged `referrer.spam` and left out of reports like crawlers.",
+        _domains,
+    )
+    forward: bool = setting(
+        "off",
+        "Accept Fluentd forward-protocol input (on/off); runs in the shipper process.",
+        _bool,
+    )
+    forward_host: str = setting("127.0.0.1", "Address the forward-protocol input binds to.", _str)
+    forward_port: int = setting("24224", "Port of the forward-protocol input.", _int(0, 65535))
+    log_format: str = setting(
+        "combined",
+        "Access-log format: `combined`, `common`, `main` (NGINX, with X-Forwarded-For),"
+        " `json`, or an NGINX `log_format` string.",
+        _str,
+    )
+    url_rules: str = setting(
+        "",
+        "Rules mapping request paths to items, `;`-separated, e.g."
+        " `/datasets/{id}/download.{format} -> download`.",
+        _str,
+    )
+    s3_bucket: str | None = setting(
+        "",
+        "Bucket that `metronome ship` archives raw lines to (unset: no archive).",
+        _optional_str,
+    )
+    s3_prefix: str = setting("metronome/access", "Key prefix of archived log chunks.", _str)
+    s3_endpoint_url: str | None = setting(
+        "", "S3 endpoint for MinIO and other S3-compatible stores.", _optional_str
+    )
+    s3_region: str | None = setting(
+        "", "S3 region (unset: from the AWS configuration).", _optional_str
+    )
+    kibana_url: str | None = setting(
+        "", "Kibana URL for `metronome kibana import` (its `--url` wins).", _optional_str
+    )
+    kibana_username: str | None = setting(
+        "", "User for Kibana's basic authentication (unset: none).", _optional_str
+    )
+    kibana_password: str | None = setting(
+        "", "Password of `METRONOME_KIBANA_USERNAME`.", _optional_str, secret=True
+    )
+    kibana_api_key: str | None = setting(
+        "",
+        "Kibana API key (the encoded form); used instead of the user and password.",
+        _optional_str,
+        secret=True,
+    )
+    log_level: str = setting(
+        "info",
+        "Log level: debug, info, warning or error.",
+        _choice("debug", "info", "warning", "error"),
+    )
+    collectors: tuple[dict[str, Any], ...] = section(
+        "Collectors the worker runs (reserved: checked by the collectors feature)."
+    )
+    monitors: tuple[dict[str, Any], ...] = section(
+        "Monitors the worker runs (reserved: checked by the monitors feature)."
+    )
+    event_schemas: Mapping[str, Any] = section(
+        "Typed events' schemas by event name (reserved: checked by the typed-events feature)."
+    )
+    apps: tuple[dict[str, Any], ...] = section(
+        "Apps that report telemetry (reserved: checked by the telemetry feature)."
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
-        """Read every setting from ``env`` (``METRONOME_*``); ``overrides`` win."""
+        """Read every setting from ``env`` (``METRONOME_*``), then from the configuration
+        file ``METRONOME_CONFIG`` names, then the defaults; ``overrides`` win over all."""
+        unknown = set(overrides) - {s.name for s in _SETTINGS}
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        path = env.get(CONFIG_VARIABLE, "").strip()
+        in_file = _read_file(path) if path else {}
         values: dict[str, Any] = {}
-        for setting in SETTINGS:
-            if setting.name in overrides:
-                values[setting.name] = overrides.pop(setting.name)
-                continue
-            raw = env.get(setting.env, setting.default)
-            try:
-                values[setting.name] = setting.cast(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{setting.env}: {exc}", variable=setting.env) from None
-        if overrides:
-            raise TypeError(f"unknown settings: {', '.join(sorted(overrides))}")
-        prefix = values["index_prefix"]
-        if (
-            not prefix
-            or prefix != prefix.lower()
-            or not all(c.isalnum() or c in "-_" for c in prefix)
-        ):
-            raise ConfigError(
-                "METRONOME_INDEX_PREFIX: use lowercase letters, digits, '-' and '_' only,"
-                f" got {prefix!r}",
-                variable="METRONOME_INDEX_PREFIX",
-            )
+        for s in _SETTINGS:
+            if s.name in overrides:
+                values[s.name] = overrides[s.name]
+            elif s.env is not None and s.parse is not None and s.env in env:
+                values[s.name] = _parse_env(s.env, s.parse, env[s.env])
+            elif s.key is not None and s.key in in_file:
+                values[s.name] = _parse_toml(s, in_file[s.key], path)
+            elif s.parse is not None:
+                values[s.name] = s.parse(s.default)
+            else:
+                values[s.name] = MappingProxyType({}) if s.type == "table" else ()
         return cls(**values)
 
     @property
@@ -463,13 +449,177 @@ class Settings:
         return Path(self.data_dir)
 
 
-assert [f.name for f in fields(Settings)] == [s.name for s in SETTINGS], "SETTINGS drifted"
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One declared setting as documentation shows it (see :func:`settings_reference`)."""
+
+    name: str
+    """The :class:`Settings` attribute."""
+    env: str | None
+    """Its environment variable; None for a section of the configuration file."""
+    key: str | None
+    """Its configuration-file key (top level); None for ``METRONOME_CONFIG`` itself."""
+    type: str
+    """The TOML type of its file value: integer, boolean, string, array of strings, array
+    of tables or table."""
+    default: str
+    """The default, as the environment variable's text; empty: unset."""
+    help: str
+    secret: bool
+    """Not shown by ``metronome settings``."""
+    parse: Callable[[str], Any] | None = field(repr=False, compare=False)
+    """Text to value; None for a section."""
+
+
+def _toml_type(hint: Any) -> str:
+    if hint is bool:
+        return "boolean"
+    if hint is int:
+        return "integer"
+    if hint in (str, str | None):
+        return "string"
+    if get_origin(hint) is tuple:
+        item = get_args(hint)[0]
+        return "array of tables" if get_origin(item) is dict else "array of strings"
+    if get_origin(hint) is Mapping:
+        return "table"
+    raise TypeError(f"no TOML type for {hint!r}")
+
+
+def _declared() -> tuple[Setting, ...]:
+    hints = get_type_hints(Settings)
+    declared = []
+    for f in fields(Settings):
+        d = f.metadata.get(_DECLARATION)
+        if not isinstance(d, _Declaration):
+            raise TypeError(f"Settings.{f.name} is not declared with setting() or section()")
+        declared.append(
+            Setting(
+                name=f.name,
+                env=ENV_PREFIX + f.name.upper() if d.has_env else None,
+                key=f.name if d.has_key else None,
+                type=_toml_type(hints[f.name]),
+                default=d.default,
+                help=d.help,
+                secret=d.secret,
+                parse=d.parse,
+            )
+        )
+    return tuple(declared)
+
+
+_SETTINGS = _declared()
+
+
+def settings_reference() -> list[Setting]:
+    """Every setting and section, in declaration order, for documentation to render."""
+    return list(_SETTINGS)
+
+
+def _parse_env(variable: str, parse: Callable[[str], Any], raw: str) -> Any:
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{variable}: {exc}", variable=variable) from None
+
+
+_ARTICLE = {"array": "an", "integer": "an"}
+
+
+def _a(kind: str) -> str:
+    return f"{_ARTICLE.get(kind.split()[0], 'a')} {kind}"
+
+
+_TOML_KINDS: tuple[tuple[type, str], ...] = (
+    (bool, "boolean"),  # before int: a TOML boolean is a Python int too
+    (int, "integer"),
+    (float, "float"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "table"),
+)
+
+
+def _kind_of(value: Any) -> str:
+    """What a TOML value is, with its article: "an integer", "a table"."""
+    return _a(next((name for t, name in _TOML_KINDS if isinstance(value, t)), "date or time"))
+
+
+def _toml_text(s: Setting, value: Any) -> str:
+    """The text an environment variable would hold for a file value of ``s``'s type."""
+    if isinstance(value, str):
+        return value
+    if s.type == "integer" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if s.type == "boolean" and isinstance(value, bool):
+        return "on" if value else "off"
+    if s.type == "array of strings" and isinstance(value, list):
+        if all(isinstance(item, str) for item in value):
+            return ",".join(value)
+        raise ValueError("expected an array of strings, got an array holding other values")
+    also = "" if s.type == "string" else " (or a string)"
+    raise ValueError(f"expected {_a(s.type)}{also}, got {_kind_of(value)}")
+
+
+def _section(s: Setting, value: Any) -> Any:
+    if s.type == "table":
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a table ([{s.key}]), got {_kind_of(value)}")
+        return MappingProxyType(value)
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValueError(f"expected an array of tables ([[{s.key}]]), got {_kind_of(value)}")
+    return tuple(value)
+
+
+def _parse_toml(s: Setting, value: Any, path: str) -> Any:
+    try:
+        if s.parse is None:
+            return _section(s, value)
+        return s.parse(_toml_text(s, value))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {s.key}: {exc}", file=path, key=s.key) from None
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    """The configuration file's top-level keys, each one a declared key."""
+    try:
+        with open(path, "rb") as file:
+            table = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{CONFIG_VARIABLE}: no configuration file at {path!r}", variable=CONFIG_VARIABLE
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{CONFIG_VARIABLE}: cannot read {path!r}: {exc.strerror}", variable=CONFIG_VARIABLE
+        ) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}", file=path) from None
+    keys = [s.key for s in _SETTINGS if s.key is not None]
+    for key in table:
+        if key not in keys:
+            hint = difflib.get_close_matches(key.lower().removeprefix("metronome_"), keys, 1)
+            also = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"{path}: unknown key {key!r}{also}", file=path, key=key)
+    return table
 
 
 def settings_table() -> str:
-    """The README's configuration table, as Markdown."""
-    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    for s in SETTINGS:
+    """The settings reference table (docs site, ``metronome settings --markdown``)."""
+    lines = [
+        "| variable | file key | type | default | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for s in _SETTINGS:
+        variable = f"`{s.env}`" if s.env else "-"
+        if s.key is None:
+            key = "-"
+        elif s.type == "array of tables":
+            key = f"`[[{s.key}]]`"
+        elif s.type == "table":
+            key = f"`[{s.key}]`"
+        else:
+            key = f"`{s.key}`"
         default = f"`{s.default}`" if s.default else "(unset)"
-        lines.append(f"| `{s.env}` | {default} | {s.help} |")
+        lines.append(f"| {variable} | {key} | {s.type} | {default} | {s.help} |")
     return "\n".join(lines)

@@ -3,31 +3,34 @@
 ::
 
     MetronomeError                      (500 internal_error)
-    ├── ConfigError                     (500 config_invalid)       bad METRONOME_* value
+    ├── ConfigError                     (- config_invalid)
     ├── BadRequest                      (400 bad_request)
-    │   ├── InvalidJSON                 (400 invalid_json)         body is not JSON
-    │   ├── InvalidField                (400 invalid_field)        a tick field is wrong
-    │   ├── InvalidParameter            (400 invalid_parameter)    a query parameter is wrong
-    │   ├── LimitExceeded               (400 limit_exceeded)       too many params, too long
-    │   └── UnknownSite                 (400 unknown_site)         no site has this id
+    │   ├── InvalidJSON                 (400 invalid_json)
+    │   ├── InvalidField                (400 invalid_field)
+    │   ├── InvalidParameter            (400 invalid_parameter)
+    │   ├── InvalidQuery                (400 invalid_query)
+    │   ├── LimitExceeded               (400 limit_exceeded)
+    │   └── UnknownSite                 (400 unknown_site)
     ├── Unauthorized                    (401 unauthorized)
-    │   ├── KeyRequired                 (401 key_required)         no key where one is needed
-    │   └── InvalidKey                  (401 invalid_key)          unknown or revoked key
+    │   ├── KeyRequired                 (401 key_required)
+    │   └── InvalidKey                  (401 invalid_key)
     ├── Forbidden                       (403 forbidden)
-    │   ├── ScopeForbidden              (403 scope_forbidden)      the key lacks the scope
-    │   ├── SiteForbidden               (403 site_forbidden)       the key is for another site
-    │   └── OriginForbidden             (403 origin_forbidden)     page not on the site's origins
+    │   ├── ScopeForbidden              (403 scope_forbidden)
+    │   ├── SiteForbidden               (403 site_forbidden)
+    │   └── OriginForbidden             (403 origin_forbidden)
     ├── NotFound                        (404 not_found)
     ├── MethodNotAllowed                (405 method_not_allowed)
-    ├── RequestTimeout                  (408 request_timeout)      the body came too slowly
+    ├── RequestTimeout                  (408 request_timeout)
     ├── PayloadTooLarge                 (413 payload_too_large)
     ├── UnsupportedMediaType            (415 unsupported_media_type)
-    ├── StoreRefused                    (422 store_refused)        the store will never take it
-    ├── RateLimited                     (429 rate_limited)         over a rate limit; Retry-After
+    ├── StoreRefused                    (422 store_refused)
+    ├── RateLimited                     (429 rate_limited)
     ├── StoreUnavailable                (503 store_unavailable)
-    └── SpoolFull                       (503 spool_full)           the store is too far behind
+    └── SpoolFull                       (503 spool_full)
 
-Codes never change once shipped; a test checks they are unique and listed in the README.
+The tree above is drawn from the classes by ``python -m scripts.gen_docs errors-docstring``
+(a test fails when it and the classes disagree); the docs site's errors page is generated
+from the same classes. Codes never change once shipped; a test checks they are unique.
 Domain code raises these; only ``api/fastpath.py``'s ``error_answer`` (for Falcon's handler
 in ``app.py`` and the ``POST /tick`` fast path) turns them into HTTP answers of the shape
 ``{"error": code, "message": ..., "details": {...}}``, with the error's ``headers``

@@ -24,7 +24,7 @@ class MetronomeWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worker is
     ``METRONOME_MAX_CONNECTIONS`` connections or requests in progress a worker answers
     503 (uvicorn's ``limit_concurrency``). uvicorn has no timeout for a request's
     headers: in front of the internet, run a reverse proxy that has one (NGINX
-    ``client_header_timeout``), as the README's Security section says.
+    ``client_header_timeout``), as docs/guides/sites-and-keys.md says.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -20,7 +20,7 @@ import msgpack
 import pytest
 from fluent import asyncsender, sender
 
-from metronome.api.forward import (
+from metronome.pipeline.forward_server import (
     ACCESS_TAG,
     TICK_TAG,
     ForwardProtocolError,

@@ -68,7 +68,7 @@ ACCESSOR_KEYS = {
 }
 
 OBJECTS = load_saved_objects()
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+GUIDE = (Path(__file__).resolve().parent.parent / "docs" / "guides" / "kibana.md").read_text()
 BY_KEY = {(o["type"], o["id"]): o for o in OBJECTS}
 
 
@@ -313,7 +313,7 @@ def test_import_posts_the_objects_and_prints_what_kibana_did() -> None:
             f" ({counts['dashboard']} dashboards, {counts['index-pattern']} data views,"
             f" {counts['lens']} visualizations)"
         )
-        assert first.stdout in README  # the README shows this very line
+        assert first.stdout in GUIDE  # the Kibana guide shows this very line
         (seen,) = kibana.requests
         assert (seen.method, seen.path, seen.query) == ("POST", "/api/saved_objects/_import", {})
         assert seen.headers["kbn-xsrf"] == "true"

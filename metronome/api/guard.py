@@ -44,8 +44,6 @@ from metronome.errors import (
     UnknownSite,
 )
 from metronome.events.fields import DEFAULT_SITE
-from metronome.reports.model import IsFilter
-from metronome.sites import site_filter
 from metronome.sites.cache import RegistryCache
 from metronome.sites.model import Key, Snapshot, now_ms
 from metronome.sites.registry import Registry
@@ -68,11 +66,6 @@ class Access:
     site_id: str
     via: str
     key: Key | None = None
-
-    @property
-    def site_filter(self) -> IsFilter:
-        """The filter to add to every report this request runs."""
-        return site_filter(self.site_id)
 
 
 def _site_param(req: falcon.asgi.Request) -> str | None:
@@ -280,8 +273,8 @@ class Guard:
         """The site whose reports this request may read (``query`` scope), or an error.
 
         ``public_ok``: a site with public item reports may be read without a key
-        (``/tock``). ``/query`` and ``/reports`` call ``read(req)`` and add
-        ``access.site_filter`` to every report they run.
+        (``/tock``). ``/query`` and ``/reports`` call ``read(req)`` and keep every report
+        they run to ``access.site_id``.
         """
         snapshot = await self._cache.get()
         names = named_sites(req)

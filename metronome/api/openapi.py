@@ -132,18 +132,8 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
-    tock_params = _query_params(
-        {
-            "from": "start: a date, ISO 8601 or epoch ms",
-            "to": "end (a date includes the day)",
-            "tz": "IANA time zone",
-            "interval": "hour, day, week or month",
-            "top": "1 to 1000",
-            "bots": "exclude or include",
-            "sources": "ticks, logs or both",
-        }
-    )
-    report_names = [*REPORTS, "tock"]
+    tock_params = _query_params({k: v for k, v in REPORTS["tock"].parameters.items() if k != "id"})
+    report_names = list(REPORTS)
     ingest_errors = _errors(400, 413, 415, 429, 503)
     paths: dict[str, Any] = {
         "/tick": {

@@ -6,22 +6,15 @@ import falcon.asgi
 
 from metronome.config import Settings
 from metronome.reports.engine import run_query
-from metronome.reports.model import IsFilter
-from metronome.reports.query import Query, parse_query, restrict
+from metronome.reports.query import for_site, parse_query
 from metronome.store.base import Store
 
 from .body import decode_json, read_body, require_content_type
 from .guard import Guard
 
-__all__ = ["QueryResource", "for_site"]
+__all__ = ["QueryResource"]
 
 MAX_QUERY_BYTES = 65_536
-
-
-def for_site(query: Query, site_filter: IsFilter) -> Query:
-    """The query limited to the caller's site (from :meth:`Guard.read`)."""
-    (site_id,) = site_filter.values
-    return restrict(query, site_filter.field, str(site_id), or_missing=site_filter.or_missing)
 
 
 class QueryResource:
@@ -36,5 +29,5 @@ class QueryResource:
         access = await self._guard.read(req)
         require_content_type(req, ("application/json",))
         body = decode_json(await read_body(req, MAX_QUERY_BYTES), "the query")
-        query = for_site(parse_query(body), access.site_filter)
+        query = for_site(parse_query(body), access.site_id)
         resp.media = await run_query(self._store, query, max_groups=self._settings.query_max_groups)

@@ -1,6 +1,7 @@
 """``GET /tock/{id}`` (and ``/tock/{id}.json``, ``/tock?id=...``): one item's report.
 
-Needs a key with the ``query`` scope, except for a site with public item reports
+The named report ``tock`` (:mod:`metronome.reports.named`), at its own address. Needs a
+key with the ``query`` scope, except for a site with public item reports
 (``?site=<site id>``); the report only ever counts the caller's site.
 """
 
@@ -9,28 +10,36 @@ from __future__ import annotations
 import falcon.asgi
 
 from metronome.api.guard import Guard
+from metronome.config import Settings
 from metronome.errors import InvalidParameter
-from metronome.reports.tock import parse_tock_query, shape_tock, tock_spec
+from metronome.reports.named import REPORTS, run_report
 from metronome.store.base import Store
 
 from .body import single_params
 
 __all__ = ["Tock"]
 
+_TOCK = REPORTS["tock"]
+
 
 class Tock:
-    def __init__(self, store: Store, guard: Guard) -> None:
+    def __init__(self, settings: Settings, store: Store, guard: Guard) -> None:
+        self._settings = settings
         self._store = store
         self._guard = guard
 
     async def _answer(
         self, item_id: str, req: falcon.asgi.Request, resp: falcon.asgi.Response
     ) -> None:
-        access = await self._guard.read(req, public_ok=True)
+        access = await self._guard.read(req, public_ok=_TOCK.public)
         params = {k: v for k, v in single_params(req).items() if k not in ("id", "site")}
-        query = parse_tock_query(item_id, params)
-        result = await self._store.report(tock_spec(query, access.site_filter))
-        resp.media = shape_tock(query, result)
+        resp.media = await run_report(
+            self._store,
+            _TOCK,
+            {**params, "id": item_id},
+            site_id=access.site_id,
+            max_groups=self._settings.query_max_groups,
+        )
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         item_id = req.get_param("id")

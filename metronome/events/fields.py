@@ -10,6 +10,8 @@ checks it), and the embedded store's columns are chosen from these names.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "BOT",
     "CLIENT_GEO_COUNTRY_ISO_CODE",
@@ -38,6 +40,7 @@ __all__ = [
     "REFERRER_SPAM",
     "SERVICE_NAME",
     "SITE_ID",
+    "SITE_ID_PATTERN",
     "SOURCE_IP",
     "TICK_FIELDS",
     "TIMESTAMP",
@@ -92,6 +95,8 @@ VISITOR_ID = "visitor.id"  # daily-salted hash of address and user agent: events
 # authenticated site, never from what a client sends; every report filters on it.
 SITE_ID = "site.id"
 DEFAULT_SITE = "default"  # the single-user default: the site of events when no site exists
+# What a site id may be (settings, sites, trusted inputs check it before stamping one)
+SITE_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 PARAMS = "params"  # object of free parameters, one keyword field each
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from metronome.events import fields as F
-from metronome.reports.query import GroupQuery, parse_query, restrict
+from metronome.reports.query import for_site, parse_query
 from metronome.store.base import Store
+from metronome.store.query import GroupQuery
 
 __all__ = ["forget", "forget_query"]
 
@@ -36,7 +36,7 @@ def forget_query(
     }
     query = parse_query(body)
     if site is not None:
-        query = restrict(query, F.SITE_ID, site, or_missing=site == F.DEFAULT_SITE)
+        query = for_site(query, site)
     return query.group
 
 

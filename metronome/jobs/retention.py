@@ -62,12 +62,8 @@ async def run_retention(
     unknown = set(datasets) - set(DATASETS)
     if unknown:
         raise ValueError(f"unknown datasets: {', '.join(sorted(unknown))}")
-    store = open_store(settings)
-    await store.open()
-    try:
+    async with open_store(settings) as store:
         return await store.delete_before(datasets, cutoff_ms(keep, now), dry_run=dry_run)
-    finally:
-        await store.close()
 
 
 # -- the periodic policy (METRONOME_RETENTION), per site -------------------------------

@@ -18,13 +18,13 @@ from typing import Any
 from metronome.config import Settings
 from metronome.errors import BadRequest
 from metronome.events.document import Document
+from metronome.events.fields import SITE_ID_PATTERN
 from metronome.events.tick import Limits, RequestInfo, build_tick
 from metronome.logs.ingest import LineConverter
 from metronome.logs.parse import Reject
 from metronome.pipeline import metrics
 from metronome.pipeline.records import encode_many
 from metronome.pipeline.spool import SpoolWriter
-from metronome.sites.model import SITE_ID_PATTERN
 
 __all__ = ["ForwardRouter"]
 

@@ -12,17 +12,16 @@ Short aliases (``event``, ``format``, ``browser``, ...) name the common fields.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
 import orjson
 
 from metronome.events import fields as F
+from metronome.store.query import FieldRef, Kind
 
 __all__ = ["ALIASES", "FieldRef", "catalog", "resolve"]
 
-Kind = Literal["keyword", "number", "integer", "boolean", "ip", "date"]
 Purpose = Literal["dimension", "filter", "text", "number"]
 
 _NUMBER_TYPES = {
@@ -57,20 +56,6 @@ ALIASES: dict[str, str] = {
     "duration": F.EVENT_DURATION,
     "visitor": F.VISITOR_ID,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class FieldRef:
-    """A resolved document field: its name, kind, and the field numbers are read from."""
-
-    name: str
-    kind: Kind
-    param: bool = False
-
-    @property
-    def numeric_field(self) -> str:
-        """Where Elasticsearch keeps the numeric value (``params.x.num`` for parameters)."""
-        return f"{self.name}.num" if self.param else self.name
 
 
 def _flatten(properties: dict[str, Any], prefix: str, out: dict[str, str]) -> None:

@@ -22,15 +22,10 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from metronome.errors import InvalidQuery
-from metronome.reports.query import (
-    VISITORS_PRECISION,
-    GroupQuery,
-    MetricSpec,
-    Query,
-    iso_moment,
-)
+from metronome.reports.query import VISITORS_PRECISION, Query, iso_moment
 from metronome.reports.timebuckets import bucket_label
 from metronome.store.base import GroupRow, Store
+from metronome.store.query import GroupQuery, MetricSpec
 
 __all__ = ["DEFAULT_MAX_GROUPS", "run_query"]
 

@@ -1,19 +1,36 @@
 """Built-in reports: common questions as ready ``/query`` requests (``GET /reports/{name}``).
 
-Each report is a query with a few parameters a person may change in the URL
-(``?range=7d&tz=Europe/Berlin&limit=20``); the answer is the ``/query`` answer. The item
-report behind ``/tock`` is one of them (``/reports/tock?id=...``), answered in its own shape.
+Each report is one or more ``/query`` requests built from a few parameters a person may
+change in the URL (``?range=7d&tz=Europe/Berlin&limit=20``), run by the one query engine
+(:func:`metronome.reports.engine.run_query`). Most answer with the ``/query`` answer; the
+item report behind ``/tock`` (``/reports/tock?id=...``) is three queries answered in its
+own shape. :func:`run_report` is the one way any of them is answered.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from metronome.errors import InvalidParameter
+from metronome.errors import InvalidParameter, NotFound
+from metronome.reports import tock
+from metronome.reports.engine import run_query
+from metronome.reports.query import for_site, parse_query
+from metronome.store.base import Store
 
-__all__ = ["COMMON_PARAMETERS", "REPORTS", "NamedReport", "report_query"]
+__all__ = [
+    "COMMON_PARAMETERS",
+    "REPORTS",
+    "NamedReport",
+    "Plan",
+    "find_report",
+    "report_query",
+    "run_report",
+]
+
+Answer = dict[str, Any]
 
 COMMON_PARAMETERS: dict[str, str] = {
     "range": "a preset (today, yesterday, week, month, year, 7d, 24h, ...); default 30d",
@@ -26,11 +43,37 @@ COMMON_PARAMETERS: dict[str, str] = {
 
 
 @dataclass(frozen=True, slots=True)
+class Plan:
+    """What answering a report takes: its ``/query`` requests by part name, and how the
+    parts' answers make the report's answer."""
+
+    queries: dict[str, dict[str, Any]]
+    shape: Callable[[dict[str, Answer]], Answer]
+
+
+@dataclass(frozen=True, slots=True)
 class NamedReport:
+    """A report: ``build`` makes its ``/query`` request from the URL's parameters, and
+    the answer is that query's answer.
+
+    A report of several parts sets ``plan`` instead (the URL's parameters -> a
+    :class:`Plan`). ``parameters`` are the ones it takes besides
+    :data:`COMMON_PARAMETERS` (or instead of them, without ``common``). ``public``: a site
+    with public item reports may read it without a key.
+    """
+
     name: str
     description: str
-    build: Callable[[Mapping[str, str]], dict[str, Any]]
-    parameters: Mapping[str, str]  # extra parameters: name -> what it does
+    build: Callable[[Mapping[str, str]], dict[str, Any]] | None
+    parameters: Mapping[str, str]  # parameter -> what it does
+    plan: Callable[[Mapping[str, str]], Plan] | None = None
+    common: bool = True
+    public: bool = False
+    all_parameters: Mapping[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        every = {**COMMON_PARAMETERS, **self.parameters} if self.common else self.parameters
+        object.__setattr__(self, "all_parameters", every)
 
 
 def _interval(params: Mapping[str, str], default: str) -> str:
@@ -118,13 +161,32 @@ REPORTS: dict[str, NamedReport] = {
             },
             {},
         ),
+        NamedReport(
+            "tock",
+            "One item's views per time bucket, downloads by format and referrers"
+            " (the /tock report)",
+            None,
+            tock.PARAMETERS,
+            plan=lambda p: _tock_plan(p),
+            common=False,
+            public=True,
+        ),
     ]
 }
 
 
+def _tock_plan(params: Mapping[str, str]) -> Plan:
+    item_id = params.get("id")
+    if not item_id:
+        raise InvalidParameter("give the item as /tock/{id} or ?id=...", parameter="id")
+    query = tock.parse_tock_query(item_id, {k: v for k, v in params.items() if k != "id"})
+    return Plan(tock.tock_queries(query), lambda answers: tock.shape_tock(query, answers))
+
+
 def report_query(report: NamedReport, params: Mapping[str, str]) -> dict[str, Any]:
-    """The ``/query`` request for ``report`` with the URL's parameters."""
-    allowed = set(COMMON_PARAMETERS) | set(report.parameters)
+    """The ``/query`` request for a one-query ``report`` with the URL's parameters."""
+    assert report.build is not None, "a report of parts has no single query"
+    allowed = set(report.all_parameters)
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise InvalidParameter(
@@ -152,3 +214,38 @@ def report_query(report: NamedReport, params: Mapping[str, str]) -> dict[str, An
             raise InvalidParameter("'limit' is a whole number from 1 to 10000", parameter="limit")
         body["limit"] = int(text)
     return body
+
+
+def find_report(name: str) -> NamedReport:
+    """The built-in report ``name``, or :class:`NotFound` listing them."""
+    report = REPORTS.get(name)
+    if report is None:
+        raise NotFound(f"no report {name!r}; GET /reports lists them: {', '.join(REPORTS)}")
+    return report
+
+
+async def run_report(
+    store: Store,
+    report: NamedReport,
+    params: Mapping[str, str],
+    *,
+    site_id: str,
+    max_groups: int,
+) -> Answer:
+    """Answer ``report`` for the URL's ``params``, counting only ``site_id``'s documents.
+
+    Every part is a ``/query`` request, validated and run like one sent to ``POST
+    /query``; the parts of a report run concurrently.
+    """
+    if report.plan is not None:
+        plan = report.plan(params)
+    else:
+        plan = Plan(
+            {"": report_query(report, params)},
+            lambda answers: {"report": report.name, **answers[""]},
+        )
+    queries = {name: for_site(parse_query(body), site_id) for name, body in plan.queries.items()}
+    answers = await asyncio.gather(
+        *(run_query(store, query, max_groups=max_groups) for query in queries.values())
+    )
+    return plan.shape(dict(zip(queries, answers, strict=True)))

@@ -14,7 +14,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
@@ -22,19 +22,23 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import relevance
 
 from metronome.errors import InvalidQuery
-from metronome.reports.catalog import ALIASES, FieldRef, UnknownField, resolve
-from metronome.reports.model import Interval
+from metronome.events import fields as F
+from metronome.reports.catalog import ALIASES, UnknownField, resolve
 from metronome.reports.timebuckets import MAX_BUCKETS, bucket_starts, parse_moment
+from metronome.store.query import (
+    BoolNode,
+    DimensionSpec,
+    FieldRef,
+    FilterNode,
+    GroupQuery,
+    Leaf,
+    MetricSpec,
+)
 
 __all__ = [
-    "BoolNode",
-    "DimensionSpec",
-    "FilterNode",
-    "GroupQuery",
-    "Leaf",
-    "MetricSpec",
     "QUERY_SCHEMA",
     "Query",
+    "for_site",
     "iso_moment",
     "parse_query",
     "restrict",
@@ -204,65 +208,6 @@ QUERY_SCHEMA: dict[str, Any] = {
     },
 }
 _VALIDATOR = Draft202012Validator(QUERY_SCHEMA)
-
-
-# --- what stores compile ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Leaf:
-    """One condition: ``is``/``is_not`` (any of ``values``), ``contains`` (any of the
-    substrings), ``matches`` (any anchored pattern: ``*`` any run, ``?`` one character),
-    ``gt``/``lt`` (one number)."""
-
-    op: Literal["is", "is_not", "contains", "matches", "gt", "lt"]
-    field: FieldRef
-    values: tuple[Any, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class BoolNode:
-    op: Literal["and", "or", "not"]
-    items: tuple[FilterNode, ...]
-
-
-FilterNode = Leaf | BoolNode
-
-
-@dataclass(frozen=True, slots=True)
-class MetricSpec:
-    """``count`` (events), ``distinct`` (visitors, items), ``sum``/``avg``/``min``/``max``,
-    ``percentile`` (``percent``), or ``error_rate`` (share of status codes >= 500)."""
-
-    name: str
-    kind: Literal["count", "distinct", "sum", "avg", "min", "max", "percentile", "error_rate"]
-    field: FieldRef | None = None
-    percent: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DimensionSpec:
-    """A time bucket (``interval`` set) or a field's value."""
-
-    name: str
-    field: FieldRef | None = None
-    interval: Interval | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GroupQuery:
-    """Documents of ``datasets`` in ``[start_ms, end_ms)`` matching ``filter``, grouped by
-    ``dimensions`` with ``metrics`` per group. Time keys are the bucket starts in
-    ``bucket_starts`` (computed in ``tz``)."""
-
-    datasets: tuple[str, ...]
-    start_ms: int
-    end_ms: int
-    tz: str
-    bucket_starts: tuple[int, ...]
-    dimensions: tuple[DimensionSpec, ...]
-    metrics: tuple[MetricSpec, ...]
-    filter: FilterNode | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,7 +508,8 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
     if interval:
         try:
             starts = tuple(bucket_starts(start, end, interval, tz))
-            prev_starts = tuple(bucket_starts(*previous, interval, tz))
+            if body.get("compare"):
+                prev_starts = tuple(bucket_starts(*previous, interval, tz))
         except ValueError:
             raise InvalidQuery(
                 f"query.dimensions: the range holds more than {MAX_BUCKETS} {interval}"
@@ -612,6 +558,13 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
         previous_group,
         fingerprint,
     )
+
+
+def for_site(query: Query, site_id: str) -> Query:
+    """``query`` limited to the documents of site ``site_id``: how every report is kept to
+    its caller's site. The default site's also counts events stored before sites existed
+    (no ``site.id``)."""
+    return restrict(query, F.SITE_ID, site_id, or_missing=site_id == F.DEFAULT_SITE)
 
 
 def restrict(query: Query, field_name: str, value: str, *, or_missing: bool = False) -> Query:

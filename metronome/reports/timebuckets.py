@@ -8,9 +8,16 @@ from zoneinfo import ZoneInfo
 
 from metronome.errors import InvalidParameter
 from metronome.events.document import parse_iso_ms
-from metronome.reports.model import Interval
+from metronome.store.query import Interval
 
-__all__ = ["MAX_BUCKETS", "bucket_label", "bucket_starts", "floor_to_bucket", "parse_moment"]
+__all__ = [
+    "MAX_BUCKETS",
+    "bucket_count",
+    "bucket_label",
+    "bucket_starts",
+    "floor_to_bucket",
+    "parse_moment",
+]
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DIGITS = re.compile(r"^-?\d+$")
@@ -49,11 +56,27 @@ def _next_start(start: datetime, interval: Interval, tz: ZoneInfo) -> datetime:
     return _local_midnight(day, tz)
 
 
+def bucket_count(start_ms: int, end_ms: int, interval: Interval, tz: ZoneInfo) -> int:
+    """How many buckets overlap ``[start_ms, end_ms)``, counted without listing them."""
+    if end_ms <= start_ms:
+        return 0
+    first = floor_to_bucket(datetime.fromtimestamp(start_ms / 1000, tz=UTC), interval, tz)
+    if interval == "hour":
+        return -(-(end_ms - int(first.timestamp() * 1000)) // 3_600_000)
+    last = floor_to_bucket(datetime.fromtimestamp((end_ms - 1) / 1000, tz=UTC), interval, tz)
+    if interval == "month":
+        return (last.year - first.year) * 12 + last.month - first.month + 1
+    days = (last.date() - first.date()).days
+    return days // 7 + 1 if interval == "week" else days + 1
+
+
 def bucket_starts(start_ms: int, end_ms: int, interval: Interval, tz: ZoneInfo) -> list[int]:
     """Starts (epoch ms) of every bucket overlapping ``[start_ms, end_ms)``.
 
     Raises ValueError when there would be more than :data:`MAX_BUCKETS`.
     """
+    if bucket_count(start_ms, end_ms, interval, tz) > MAX_BUCKETS:
+        raise ValueError(f"more than {MAX_BUCKETS} {interval} buckets")
     current = floor_to_bucket(datetime.fromtimestamp(start_ms / 1000, tz=UTC), interval, tz)
     starts: list[int] = []
     while (ms := int(current.timestamp() * 1000)) < end_ms:

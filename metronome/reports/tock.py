@@ -22,22 +22,33 @@ from typing import Any, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from metronome.errors import InvalidParameter
-from metronome.events import fields as F
-from metronome.reports.model import (
-    Histogram,
-    Interval,
-    IsFilter,
-    ReportResult,
-    ReportSpec,
-    Terms,
-)
-from metronome.reports.timebuckets import bucket_label, bucket_starts, parse_moment
+from metronome.reports.timebuckets import MAX_BUCKETS, bucket_count, parse_moment
+from metronome.store.query import Interval
 
-__all__ = ["DEFAULT_DAYS", "TockQuery", "parse_tock_query", "shape_tock", "tock_spec"]
+__all__ = [
+    "DEFAULT_DAYS",
+    "PARAMETERS",
+    "TockQuery",
+    "parse_tock_query",
+    "shape_tock",
+    "tock_queries",
+]
 
 DEFAULT_DAYS = 30
 SOURCES = ("ticks", "logs")  # browser/app ticks, and web-server access logs
 MAX_TOP = 1000
+UNKNOWN_FORMAT = "unknown"  # where downloads without a format count
+
+PARAMETERS = {
+    "id": "the item (required)",
+    "from": "start: a date, ISO 8601 or epoch ms (default: 30 days ago)",
+    "to": "end: a date (whole day included), ISO 8601 or epoch ms",
+    "tz": "IANA time zone; default UTC",
+    "interval": "hour, day (default), week or month",
+    "top": "most downloads formats and referrers, 1 to 1000 (default 10)",
+    "bots": "exclude (default) or include",
+    "sources": "ticks, logs or both (default)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +81,7 @@ def parse_tock_query(
 
     Defaults: the last 30 days in ``tz`` (today included), daily buckets, top 10, no bots.
     """
-    known = {"from", "to", "tz", "interval", "top", "bots", "sources"}
+    known = set(PARAMETERS) - {"id"}
     unknown = sorted(set(params) - known)
     if unknown:
         raise InvalidParameter(
@@ -94,6 +105,12 @@ def parse_tock_query(
         start_ms = int(datetime(first.year, first.month, first.day, tzinfo=tz).timestamp() * 1000)
     if start_ms >= end_ms:
         raise InvalidParameter("'from' must be before 'to'", parameter="from")
+    if bucket_count(start_ms, end_ms, interval, tz) > MAX_BUCKETS:  # type: ignore[arg-type]
+        raise InvalidParameter(
+            f"the range holds more than {MAX_BUCKETS} {interval} buckets; choose a shorter"
+            " range or a longer interval",
+            parameter="interval",
+        )
     top_text = params.get("top", "10")
     if not top_text.isdigit() or not 1 <= int(top_text) <= MAX_TOP:
         raise InvalidParameter(f"'top' must be a whole number from 1 to {MAX_TOP}", parameter="top")
@@ -120,50 +137,60 @@ def parse_tock_query(
     )
 
 
-def tock_spec(query: TockQuery, site: IsFilter) -> ReportSpec:
-    """The backend-neutral report for one item of one site (``site``: the caller's
-    :attr:`metronome.api.guard.Access.site_filter`)."""
-    try:
-        starts = bucket_starts(query.start_ms, query.end_ms, query.interval, query.tz)
-    except ValueError as exc:
-        raise InvalidParameter(
-            f"the range holds {exc}; choose a shorter range or a longer interval",
-            parameter="interval",
-        ) from None
-    views = (IsFilter(F.EVENT_ACTION, ("view",)),)
-    if site.field != F.SITE_ID or site.negate:
-        raise ValueError("a report needs the caller's site filter")
-    filters = [site, IsFilter(F.ITEM_ID, (query.item_id,))]
-    if not query.include_bots:
-        filters.append(IsFilter(F.BOT, (True,), negate=True))
-        filters.append(IsFilter(F.REFERRER_SPAM, (True,), negate=True))
-    return ReportSpec(
-        datasets=query.sources,
-        start_ms=query.start_ms,
-        end_ms=query.end_ms,
-        filters=tuple(filters),
-        parts=(
-            Histogram("views", query.interval, query.tz.key, tuple(starts), views),
-            Terms(
-                "downloads",
-                F.ITEM_FORMAT,
-                query.top,
-                (IsFilter(F.EVENT_ACTION, ("download",)),),
-                missing="unknown",
-            ),
-            Terms("referers", F.REFERRER_PAGE, query.top, views),
-        ),
-    )
+def tock_queries(query: TockQuery) -> dict[str, dict[str, Any]]:
+    """The item report as ``/query`` requests, one per part of the answer.
 
-
-def shape_tock(query: TockQuery, result: ReportResult) -> dict[str, Any]:
-    """The JSON answer: views newest first, downloads and referers most first."""
-    views = {
-        bucket_label(int(start), query.interval, query.tz): count
-        for start, count in reversed(result.parts["views"])
+    ``views``: events ``view`` per time bucket (every bucket, gap-filled); ``downloads``:
+    events ``download`` per format, most first; ``referers``: the views' referrer pages,
+    most first. Each asks for one row more than ``top`` so :func:`shape_tock` can rank
+    downloads without a format (``unknown``) by name among the others.
+    """
+    common: dict[str, Any] = {
+        "source": "all" if len(query.sources) == 2 else query.sources[0],
+        "range": {"from": str(query.start_ms), "to": str(query.end_ms)},
+        "tz": query.tz.key,
+        "bots": "include" if query.include_bots else "exclude",
     }
+    item = ["is", "item", [query.item_id]]
     return {
-        "views": views,
-        "downloads": {str(k): n for k, n in result.parts["downloads"]},
-        "referers": {str(k): n for k, n in result.parts["referers"]},
+        "views": {
+            **common,
+            "dimensions": [f"time:{query.interval}"],
+            "filters": [item, ["is", "event", ["view"]]],
+            "limit": MAX_BUCKETS,
+        },
+        "downloads": {
+            **common,
+            "dimensions": ["format"],
+            "filters": [item, ["is", "event", ["download"]]],
+            "limit": query.top + 1,
+        },
+        "referers": {
+            **common,
+            "dimensions": ["referrer"],
+            "filters": [item, ["is", "event", ["view"]], ["matches", "referrer", ["*"]]],
+            "limit": query.top + 1,
+        },
+    }
+
+
+def _ranked(rows: list[dict[str, Any]], top: int) -> dict[str, int]:
+    """``top`` keys by count (most first), ties by name; no key counts as ``unknown``."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        (key,) = row["dimensions"]
+        name = UNKNOWN_FORMAT if key is None else str(key)
+        counts[name] = counts.get(name, 0) + int(row["metrics"][0])
+    ranked = sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))
+    return dict(ranked[:top])
+
+
+def shape_tock(query: TockQuery, answers: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The JSON answer from the ``/query`` answers of :func:`tock_queries`: views newest
+    first, downloads and referers most first."""
+    views = answers["views"]["results"]
+    return {
+        "views": {row["dimensions"][0]: row["metrics"][0] for row in reversed(views)},
+        "downloads": _ranked(answers["downloads"]["results"], query.top),
+        "referers": _ranked(answers["referers"]["results"], query.top),
     }

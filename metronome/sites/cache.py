@@ -30,8 +30,8 @@ from pathlib import Path
 import orjson
 
 from metronome.errors import MetronomeError, StoreUnavailable
+from metronome.sites.base import Registry
 from metronome.sites.model import Snapshot
-from metronome.sites.registry import Registry
 
 __all__ = ["CACHE_FILE", "RegistryCache"]
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 
+from metronome.cli_support import load_settings as _settings
 from metronome.config import Settings
 from metronome.errors import MetronomeError
 from metronome.sites.model import SCOPES, Key, Site, Snapshot, new_key, new_site_id, now_ms
@@ -29,23 +30,14 @@ T = TypeVar("T")
 
 def _with_registry(settings: Settings, job: Callable[[Registry], Awaitable[T]]) -> T:
     async def _run() -> T:
-        registry = open_registry(settings)
-        try:
+        async with open_registry(settings) as registry:
             return await job(registry)
-        finally:
-            await registry.close()
 
     try:
         return asyncio.run(_run())
     except MetronomeError as exc:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
-
-
-def _settings() -> Settings:
-    from metronome.cli import _settings as settings
-
-    return settings()
 
 
 def _when(ms: int | None) -> str:

@@ -10,14 +10,14 @@ rare), so the next read anywhere sees them. It is ``index.hidden``: wildcard sea
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Self
 
 from elasticsearch import ApiError, AsyncElasticsearch, ConflictError, NotFoundError
 
 from metronome.config import Settings
 from metronome.errors import StoreUnavailable
+from metronome.sites.base import DuplicateSite
 from metronome.sites.model import Key, Site, Snapshot
-from metronome.sites.registry import DuplicateSite
 from metronome.store.elasticsearch import answering
 
 __all__ = ["ElasticsearchRegistry", "registry_index"]
@@ -53,16 +53,24 @@ def registry_index(prefix: str) -> str:
 
 
 class ElasticsearchRegistry:
-    def __init__(self, settings: Settings, client: AsyncElasticsearch | None = None) -> None:
+    """The registry in ``<prefix>-sites``, with a client of its own: it reads every few
+    seconds at most, and the store's connections stay the store's."""
+
+    def __init__(self, settings: Settings) -> None:
         self._index = registry_index(settings.index_prefix)
-        self._own = client is None
-        self._client = client or AsyncElasticsearch(
+        self._client = AsyncElasticsearch(
             settings.elasticsearch_url,
             request_timeout=settings.elasticsearch_timeout_s,
             max_retries=2,
             retry_on_timeout=True,
         )
         self._ready = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def _ensure(self) -> None:
         if self._ready:
@@ -185,5 +193,4 @@ class ElasticsearchRegistry:
             )
 
     async def close(self) -> None:
-        if self._own:
-            await self._client.close()
+        await self._client.close()

@@ -27,6 +27,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+from metronome.events.fields import SITE_ID_PATTERN
+
 __all__ = [
     "KEY_PREFIX",
     "SCOPES",
@@ -42,7 +44,6 @@ __all__ = [
     "parse_origin_rule",
 ]
 
-SITE_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 SCOPES = ("ingest", "query", "admin")
 KEY_PREFIX = "mk_"
 _KEY_PATTERN = re.compile(r"^mk_[A-Za-z0-9_-]{43}$")

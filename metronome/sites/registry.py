@@ -15,46 +15,15 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any, Protocol
 
 import orjson
 
 from metronome.config import Settings
+from metronome.sites.base import DuplicateSite, Registry
 from metronome.sites.model import Key, Site, Snapshot
 from metronome.store.sqlite import DB_NAME, ConnectionThread, connect, setup_lock
 
 __all__ = ["DuplicateSite", "Registry", "SQLiteRegistry", "open_registry"]
-
-
-class DuplicateSite(ValueError):
-    """A site with this id exists already."""
-
-
-class Registry(Protocol):
-    """Storage of sites and keys (each call is one small read or write)."""
-
-    async def load(self) -> Snapshot:
-        """Every site and key (revoked keys too)."""
-        ...
-
-    async def add_site(self, site: Site) -> None:
-        """Store a new site; DuplicateSite if its id is taken."""
-
-    async def update_site(self, site: Site) -> None:
-        """Replace a stored site's fields (its id and creation time stay)."""
-
-    async def add_key(self, key: Key) -> None:
-        """Store a new key (its hash, never its secret)."""
-
-    async def revoke_key(self, key_id: str, when_ms: int) -> Key | None:
-        """Mark a key revoked (once); the key as stored now, or None if there is none."""
-        ...
-
-    async def touch_keys(self, last_used: dict[str, int]) -> None:
-        """Record when keys were last used (only ever moves forward)."""
-
-    async def close(self) -> None:
-        """Release connections."""
 
 
 _SCHEMA = """
@@ -204,11 +173,14 @@ class SQLiteRegistry(ConnectionThread):
         )
 
 
-def open_registry(settings: Settings, client: Any = None) -> Registry:
-    """The registry beside the configured store. With Elasticsearch, ``client`` (an
-    ``AsyncElasticsearch``, say the store's) is shared; else the registry makes its own."""
+def open_registry(settings: Settings) -> Registry:
+    """The registry beside the configured store: ``<prefix>-sites`` in Elasticsearch (with
+    its own client), else the tables in the embedded store's file. Use it as ``async with
+    open_registry(settings) as registry:``."""
     if settings.elasticsearch_url:
+        # imported here, like the stores in open_store: the embedded store never loads
+        # the Elasticsearch client
         from metronome.sites.elasticsearch import ElasticsearchRegistry
 
-        return ElasticsearchRegistry(settings, client)
+        return ElasticsearchRegistry(settings)
     return SQLiteRegistry(settings.data_dir)

@@ -1,6 +1,6 @@
 /* Metronome browser tracker. <script src="https://METRONOME/metronome.js" data-site="ID" defer>
    Page views (history API too), metronome('event', name, {params}), downloads, outbound links.
-   No cookies, no storage. Served by Metronome at GET /metronome.js; see its README. */
+   No cookies, no storage. Served by Metronome at GET /metronome.js; see docs/guides/tracker.md. */
 (function (w, d, n) {
   var s = d.currentScript;
   if (!s || (w.metronome && w.metronome.v)) return; // loaded twice: count once

@@ -9,7 +9,9 @@ __all__ = ["SchemaChange", "Store", "WriteOutcome", "open_store"]
 
 
 def open_store(settings: Settings) -> Store:
-    """The store the settings ask for: Elasticsearch when a URL is set, else embedded."""
+    """The store the settings ask for: Elasticsearch when a URL is set, else embedded.
+
+    Use it as ``async with open_store(settings) as store:`` (opened, closed after)."""
     if settings.elasticsearch_url:
         from metronome.store.elasticsearch import ElasticsearchStore
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self
 
 from metronome.events.document import Document
-from metronome.reports.model import ReportResult, ReportSpec
-from metronome.reports.query import GroupQuery
+from metronome.store.query import GroupQuery
 
 __all__ = ["GroupRow", "Removal", "RetentionResult", "SchemaChange", "Store", "WriteOutcome"]
 
@@ -70,6 +69,13 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release connections."""
 
+    async def __aenter__(self) -> Self:
+        """:meth:`open`: ``async with open_store(settings) as store:`` closes it after."""
+        ...
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """:meth:`close`."""
+
     async def ensure_schema(self) -> list[SchemaChange]:
         """Install index templates (or tables) idempotently; report what changed."""
         ...
@@ -80,10 +86,6 @@ class Store(Protocol):
 
     async def write(self, documents: Sequence[Document]) -> list[WriteOutcome]:
         """Store documents by id (a second write of an id is a no-op); one outcome each."""
-        ...
-
-    async def report(self, spec: ReportSpec) -> ReportResult:
-        """Compute a report inside the store (aggregations or SQL), never in Python."""
         ...
 
     async def groups(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -23,10 +22,7 @@ from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError
 
 from metronome.config import Settings
 from metronome.errors import StoreUnavailable
-from metronome.events import fields as F
 from metronome.events.document import Document
-from metronome.reports.model import Histogram, IsFilter, ReportResult, ReportSpec, Terms
-from metronome.reports.query import GroupQuery
 from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
 from metronome.store.es_query import (
     compile_groups,
@@ -35,9 +31,10 @@ from metronome.store.es_query import (
     read_groups,
     read_top,
 )
+from metronome.store.query import GroupQuery
 from metronome.store.templates import Template, load_templates
 
-__all__ = ["ElasticsearchStore", "answering", "compile_report", "index_day_ms", "index_name"]
+__all__ = ["ElasticsearchStore", "answering", "index_day_ms", "index_name"]
 
 _UNREACHABLE = (TransportConnectionError, ConnectionTimeout)
 _BULK_FILTER = "errors,items.*.status,items.*.error"  # what write() reads of the answer
@@ -88,65 +85,6 @@ def index_day_ms(prefix: str, datasets: Sequence[str], index: str) -> int | None
     return int(day.timestamp() * 1000)
 
 
-def _filter_clauses(filters: Sequence[IsFilter]) -> dict[str, list[dict[str, Any]]]:
-    must: list[dict[str, Any]] = []
-    must_not: list[dict[str, Any]] = []
-    for f in filters:
-        clause: dict[str, Any] = {"terms": {f.field: list(f.values)}}
-        if f.or_missing:
-            clause = {
-                "bool": {
-                    "should": [clause, {"bool": {"must_not": {"exists": {"field": f.field}}}}],
-                    "minimum_should_match": 1,
-                }
-            }
-        (must_not if f.negate else must).append(clause)
-    bool_query: dict[str, list[dict[str, Any]]] = {"filter": must}
-    if must_not:
-        bool_query["must_not"] = must_not
-    return bool_query
-
-
-def compile_report(spec: ReportSpec) -> dict[str, Any]:
-    """The search body for a report: a range + filters query and one aggregation per part."""
-    query = _filter_clauses(spec.filters)
-    query["filter"].insert(
-        0,
-        {
-            "range": {
-                F.TIMESTAMP: {"gte": spec.start_ms, "lt": spec.end_ms, "format": "epoch_millis"}
-            }
-        },
-    )
-    aggs: dict[str, Any] = {}
-    for part in spec.parts:
-        inner: dict[str, Any]
-        if isinstance(part, Histogram):
-            inner = {
-                "date_histogram": {
-                    "field": F.TIMESTAMP,
-                    "calendar_interval": part.interval,
-                    "time_zone": part.tz,
-                    "min_doc_count": 0,
-                    "extended_bounds": {"min": part.bucket_starts_ms[0], "max": spec.end_ms - 1},
-                }
-            }
-        else:
-            terms: dict[str, Any] = {
-                "field": part.field,
-                "size": part.size,
-                "order": [{"_count": "desc"}, {"_key": "asc"}],
-            }
-            if part.missing is not None:
-                terms["missing"] = part.missing
-            inner = {"terms": terms}
-        aggs[part.name] = {
-            "filter": {"bool": _filter_clauses(part.filters)},
-            "aggs": {"rows": inner},
-        }
-    return {"size": 0, "track_total_hits": False, "query": {"bool": query}, "aggs": aggs}
-
-
 class ElasticsearchStore:
     """Documents and reports in a real Elasticsearch cluster (client and server major 8)."""
 
@@ -165,15 +103,18 @@ class ElasticsearchStore:
         )
         self._templates: list[Template] = load_templates(settings)
 
-    @property
-    def client(self) -> AsyncElasticsearch:
-        return self._client
-
     async def open(self) -> None:
         """The client connects lazily; nothing to do until the first request."""
 
     async def close(self) -> None:
         await self._client.close()
+
+    async def __aenter__(self) -> ElasticsearchStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def _installed_digest(self, template: Template) -> str | None:
         try:
@@ -288,33 +229,6 @@ class ElasticsearchStore:
                     WriteOutcome(doc.id, False, reason, retriable=status == 429 or status >= 500)
                 )
         return outcomes
-
-    async def report(self, spec: ReportSpec) -> ReportResult:
-        with answering("the report"):
-            resp = await self._client.search(
-                index=",".join(f"{self._prefix}-{d}-*" for d in spec.datasets),
-                body=compile_report(spec),
-                ignore_unavailable=True,
-                allow_no_indices=True,
-            )
-        aggregations = resp.get("aggregations") or {}
-        parts: dict[str, list[tuple[str | int, int]]] = {}
-        for part in spec.parts:
-            buckets = aggregations.get(part.name, {}).get("rows", {}).get("buckets", [])
-            if isinstance(part, Histogram):
-                starts = part.bucket_starts_ms
-                counts = [0] * len(starts)
-                for bucket in buckets:
-                    slot = bisect_right(starts, int(bucket["key"])) - 1
-                    if 0 <= slot < len(starts):
-                        counts[slot] += int(bucket["doc_count"])
-                parts[part.name] = list(zip(starts, counts, strict=True))
-            else:
-                assert isinstance(part, Terms)
-                parts[part.name] = [
-                    (b.get("key_as_string", b["key"]), int(b["doc_count"])) for b in buckets
-                ]
-        return ReportResult(parts)
 
     async def groups(
         self, query: GroupQuery, *, after: tuple[Any, ...] | None, limit: int

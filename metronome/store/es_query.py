@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from metronome.events import fields as F
-from metronome.reports.query import BoolNode, FilterNode, GroupQuery, Leaf, MetricSpec
+from metronome.store.query import BoolNode, FilterNode, GroupQuery, Leaf, MetricSpec
 
 __all__ = [
     "CARDINALITY_PRECISION",
@@ -50,6 +50,8 @@ def compile_filter(node: FilterNode) -> dict[str, Any]:
         return terms if node.op == "is" else {"bool": {"must_not": [terms]}}
     if node.op in ("gt", "lt"):
         return {"range": {node.field.numeric_field: {node.op: node.values[0]}}}
+    if node.op == "matches" and "*" in node.values:  # any value: the field exists
+        return {"exists": {"field": name}}
     patterns = (
         [f"*{_escape_wildcard(v)}*" for v in node.values]
         if node.op == "contains"
@@ -103,7 +105,6 @@ def _metric_aggs(metrics: Sequence[MetricSpec]) -> dict[str, Any]:
 
 def compile_groups(query: GroupQuery, after: dict[str, Any] | None, size: int) -> dict[str, Any]:
     """The search body for one page of groups (``size`` at most)."""
-    metric_aggs = _metric_aggs(query.metrics)
     if not query.dimensions:
         groups: dict[str, Any] = {"filter": {"match_all": {}}}
     else:
@@ -125,6 +126,12 @@ def compile_groups(query: GroupQuery, after: dict[str, Any] | None, size: int) -
         if after is not None:
             composite["after"] = after
         groups = {"composite": composite}
+    return _search(query, groups)
+
+
+def _search(query: GroupQuery, groups: dict[str, Any]) -> dict[str, Any]:
+    """The search body: the query's documents, grouped by ``groups`` with its metrics."""
+    metric_aggs = _metric_aggs(query.metrics)
     if metric_aggs:
         groups["aggs"] = metric_aggs
     return {
@@ -151,16 +158,7 @@ def compile_top(query: GroupQuery, metric: int, descending: bool, size: int) -> 
         "missing": MISSING_KEY,
         "order": [{key: "desc" if descending else "asc"}, {"_key": "asc"}],
     }
-    groups: dict[str, Any] = {"terms": terms}
-    metric_aggs = _metric_aggs(query.metrics)
-    if metric_aggs:
-        groups["aggs"] = metric_aggs
-    return {
-        "size": 0,
-        "track_total_hits": False,
-        "query": compile_where(query),
-        "aggs": {"groups": groups},
-    }
+    return _search(query, {"terms": terms})
 
 
 def read_top(query: GroupQuery, aggregations: dict[str, Any]) -> list[Row]:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import orjson
 
@@ -27,9 +26,8 @@ from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.events import fields as F
 from metronome.events.document import Document
-from metronome.reports.model import Histogram, IsFilter, ReportResult, ReportSpec, Terms
-from metronome.reports.query import GroupQuery
 from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
+from metronome.store.query import GroupQuery
 from metronome.store.sqlite_query import COLUMNS as QUERY_COLUMNS
 from metronome.store.sqlite_query import (
     delete_sql,
@@ -46,7 +44,6 @@ _DELETE_BATCH = 5000  # rows per retention transaction
 
 # document field -> column; fields without a column are read from the JSON document
 COLUMNS: dict[str, str] = {F.TIMESTAMP: "ts", **QUERY_COLUMNS}
-_NOT_NULL = frozenset({"ts", "bot", "site_id"})
 
 # Every report filters on the site, so it leads both indexes.
 _SCHEMA = """
@@ -95,21 +92,6 @@ def _value(value: Any) -> Any:
     return int(value) if isinstance(value, bool) else value
 
 
-def _where(filters: Sequence[IsFilter], args: list[Any]) -> list[str]:
-    clauses = []
-    for f in filters:
-        column = _column(f.field)
-        marks = ", ".join("?" for _ in f.values)
-        args.extend(_value(v) for v in f.values)
-        if f.negate:  # like Elasticsearch must_not: documents without the field match
-            clauses.append(f"({column} IS NULL OR {column} NOT IN ({marks}))")
-        elif f.or_missing and column not in _NOT_NULL:
-            clauses.append(f"({column} IS NULL OR {column} IN ({marks}))")
-        else:
-            clauses.append(f"{column} IN ({marks})")
-    return clauses
-
-
 @contextlib.contextmanager
 def setup_lock(path: Path) -> Iterator[None]:
     """Serialise first-time setup (WAL switch, schema) between server processes."""
@@ -153,6 +135,16 @@ class ConnectionThread:
             return await loop.run_in_executor(self._executor, fn, *args)
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"the embedded store failed: {exc}") from exc
+
+    async def open(self) -> None:
+        """Nothing here: the connection opens on first use (subclasses may open it now)."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         """Close the connection on its thread, then the thread."""
@@ -252,64 +244,6 @@ class SQLiteStore(ConnectionThread):
 
         await self._run(_insert)
         return [WriteOutcome(d.id, True) for d in documents]
-
-    async def report(self, spec: ReportSpec) -> ReportResult:
-        def _query() -> ReportResult:
-            conn = self._connect()
-            parts: dict[str, list[tuple[str | int, int]]] = {}
-            for part in spec.parts:
-                if isinstance(part, Histogram):
-                    parts[part.name] = self._histogram(conn, spec, part)
-                else:
-                    parts[part.name] = self._terms(conn, spec, part)
-            return ReportResult(parts)
-
-        result: ReportResult = await self._run(_query)
-        return result
-
-    @staticmethod
-    def _histogram(
-        conn: sqlite3.Connection, spec: ReportSpec, part: Histogram
-    ) -> list[tuple[str | int, int]]:
-        starts = part.bucket_starts_ms
-        bounds = [
-            [start, max(start, spec.start_ms), min(spec.end_ms, nxt)]
-            for start, nxt in zip(starts, [*starts[1:], spec.end_ms], strict=True)
-        ]
-        args: list[Any] = [json.dumps(bounds), *spec.datasets]
-        clauses = _where([*spec.filters, *part.filters], args)
-        sql = (
-            "WITH b(k, lo, hi) AS (SELECT json_extract(value, '$[0]'),"
-            " json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?))"
-            " SELECT b.k, count(e.id) FROM b LEFT JOIN events e"
-            f" ON e.dataset IN ({_marks(spec.datasets)}) AND e.ts >= b.lo AND e.ts < b.hi"
-            + "".join(" AND " + c for c in clauses)
-            + " GROUP BY b.k ORDER BY b.k"
-        )
-        return [(int(k), int(n)) for k, n in conn.execute(sql, args)]
-
-    @staticmethod
-    def _terms(
-        conn: sqlite3.Connection, spec: ReportSpec, part: Terms
-    ) -> list[tuple[str | int, int]]:
-        column = _column(part.field)
-        args: list[Any] = []
-        key = column
-        if part.missing is not None:
-            key = f"COALESCE({column}, ?)"
-            args.append(part.missing)
-        args += [*spec.datasets, spec.start_ms, spec.end_ms]
-        clauses = [f"dataset IN ({_marks(spec.datasets)})", "ts >= ?", "ts < ?"]
-        clauses += _where([*spec.filters, *part.filters], args)
-        if part.missing is None:
-            clauses.append(f"{column} IS NOT NULL")
-        args.append(part.size)
-        sql = (
-            f"SELECT {key} AS k, count(*) AS n FROM events WHERE "
-            + " AND ".join(clauses)
-            + " GROUP BY k ORDER BY n DESC, k ASC LIMIT ?"
-        )
-        return [(k, int(n)) for k, n in conn.execute(sql, args)]
 
     async def groups(
         self, query: GroupQuery, *, after: tuple[Any, ...] | None, limit: int

@@ -17,8 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from metronome.events import fields as F
-from metronome.reports.catalog import FieldRef
-from metronome.reports.query import BoolNode, FilterNode, GroupQuery, Leaf, MetricSpec
+from metronome.store.query import BoolNode, FieldRef, FilterNode, GroupQuery, Leaf, MetricSpec
 
 __all__ = ["delete_sql", "install_functions", "json_path", "query_groups", "query_top"]
 
@@ -33,6 +32,8 @@ COLUMNS: dict[str, str] = {
     F.BOT: "bot",
     F.SITE_ID: "site_id",
 }
+NOT_NULL_COLUMNS = frozenset({"bot", "site_id"})
+"""Columns every row has (a document without the field is stored with the default)."""
 _NUMBER = re.compile(r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$")
 
 
@@ -110,29 +111,65 @@ def _glob(pattern: str) -> str:
     return pattern.replace("[", "[[]")
 
 
-def _condition(node: FilterNode, args: list[Any]) -> str:
+_TRUE = "1"
+_FALSE = "0"
+
+
+def _always(node: FilterNode) -> bool | None:
+    """True or False when ``node`` is decided without reading a row: ``matches *`` on a
+    column that is never NULL (every row has the field), and what follows from it."""
+    if isinstance(node, Leaf):
+        column = COLUMNS.get(node.field.name)
+        if node.op == "matches" and "*" in node.values and column in NOT_NULL_COLUMNS:
+            return True
+        return None
+    decided = [_always(item) for item in node.items]
+    if node.op == "not":
+        return None if decided[0] is None else not decided[0]
+    if node.op == "and":
+        return False if False in decided else True if all(decided) else None
+    return True if True in decided else False if all(d is False for d in decided) else None
+
+
+def _condition(node: FilterNode, args: list[Any], *, positive: bool = True) -> str:
+    """SQL that is true exactly for the documents ``node`` matches.
+
+    ``positive``: the condition is not under a NOT, so SQL's NULL (a missing field) may
+    stand for false and the plain comparison is kept, which SQLite answers from an index.
+    Under a NOT every comparison is made two-valued with COALESCE first.
+    """
+    decided = _always(node)
+    if decided is not None:
+        return _TRUE if decided else _FALSE
     if isinstance(node, BoolNode):
-        parts = [_condition(item, args) for item in node.items]
         if node.op == "not":
-            return f"(NOT {parts[0]})"
+            return f"(NOT {_condition(node.items[0], args, positive=False)})"
+        items = [item for item in node.items if _always(item) is None]
+        parts = [_condition(item, args, positive=positive) for item in items]
         return "(" + f" {node.op.upper()} ".join(parts) + ")"
     assert isinstance(node, Leaf)
+    column = COLUMNS.get(node.field.name)
     if node.op in ("gt", "lt"):
         args.append(node.values[0])
-        return f"COALESCE({_number(node.field)} {'>' if node.op == 'gt' else '<'} ?, 0)"
-    expr = _text(node.field)
-    if node.op in ("is", "is_not"):
-        args.extend(int(v) if isinstance(v, bool) else v for v in node.values)
-        marks = ", ".join("?" for _ in node.values)
-        test = f"COALESCE({expr} IN ({marks}), 0)"
-        return test if node.op == "is" else f"(NOT {test})"
-    if node.op == "contains":
-        args.extend(node.values)
-        tests = " OR ".join(f"instr({expr}, ?) > 0" for _ in node.values)
+        test = f"{_number(node.field)} {'>' if node.op == 'gt' else '<'} ?"
     else:
-        args.extend(_glob(v) for v in node.values)
-        tests = " OR ".join(f"{expr} GLOB ?" for _ in node.values)
-    return f"COALESCE(({tests}), 0)"
+        expr = _text(node.field)
+        if node.op in ("is", "is_not"):
+            args.extend(int(v) if isinstance(v, bool) else v for v in node.values)
+            test = f"{expr} IN ({', '.join('?' for _ in node.values)})"
+            if node.op == "is_not":
+                if column in NOT_NULL_COLUMNS:
+                    return f"{expr} NOT IN ({', '.join('?' for _ in node.values)})"
+                return f"(NOT COALESCE({test}, 0))"
+        elif node.op == "contains":
+            args.extend(node.values)
+            test = "(" + " OR ".join(f"instr({expr}, ?) > 0" for _ in node.values) + ")"
+        else:
+            args.extend(_glob(v) for v in node.values)
+            test = "(" + " OR ".join(f"{expr} GLOB ?" for _ in node.values) + ")"
+    if positive or column in NOT_NULL_COLUMNS:
+        return test
+    return f"COALESCE({test}, 0)"
 
 
 def _metric_sql(metric: MetricSpec, args: list[Any]) -> str:

@@ -18,7 +18,11 @@ __all__ = ["MetronomeServer"]
 
 
 class MetronomeServer:
-    """``metronome serve`` as a subprocess; ``env`` adds ``METRONOME_*`` settings."""
+    """``metronome serve`` as a subprocess; ``env`` adds ``METRONOME_*`` settings.
+
+    ``command``: the module (and its arguments) run with ``python -m`` instead, for a
+    server that takes its settings the same way (the benchmarks' baseline apps).
+    """
 
     def __init__(
         self,
@@ -26,8 +30,10 @@ class MetronomeServer:
         data_dir: Path | None = None,
         workers: int = 2,
         args: tuple[str, ...] = (),
+        command: tuple[str, ...] = ("metronome", "serve"),
     ) -> None:
         self.args = args
+        self.command = command
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="metronome-data-"))
@@ -46,7 +52,7 @@ class MetronomeServer:
     def start(self, wait_ready: bool = True, timeout_s: float = 60.0) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "metronome", "serve", *self.args],
+            [sys.executable, "-m", *self.command, *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

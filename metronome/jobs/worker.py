@@ -1,4 +1,9 @@
-"""``metronome worker``: install the store's schema, then ship the spool until stopped."""
+"""``metronome worker``: install the store's schema, then ship the spool until stopped.
+
+Beside the shipper it runs the forward-protocol input (``METRONOME_FORWARD``) and the
+periodic jobs (retention, ``METRONOME_RETENTION``): the worker is the jobs' scheduler, so
+it lives in ``jobs/`` and uses ``pipeline/``, never the other way round.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ from typing import Any
 from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.heap import settle
+from metronome.jobs.retention import RetentionPolicy, apply_policy
 from metronome.pipeline.shipper import Shipper, ShipperStats
-from metronome.store import open_store
+from metronome.store import Store, open_store
 
 __all__ = ["run_worker"]
 
@@ -30,8 +36,8 @@ async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
 
 async def _start_forward(settings: Settings) -> tuple[Any, Any, Any]:
     """The Fluentd forward-protocol input, spooling into this process's own segment."""
-    from metronome.api.forward import ForwardServer
     from metronome.pipeline.forward_input import ForwardRouter
+    from metronome.pipeline.forward_server import ForwardServer
     from metronome.pipeline.spool import SpoolWriter, spool_dir
 
     writer = SpoolWriter(
@@ -46,10 +52,8 @@ async def _start_forward(settings: Settings) -> tuple[Any, Any, Any]:
     return server, router, writer
 
 
-async def _retention_loop(settings: Settings, store: Any, stop: asyncio.Event) -> None:
+async def _retention_loop(settings: Settings, store: Store, stop: asyncio.Event) -> None:
     """Apply ``METRONOME_RETENTION`` now and every ``METRONOME_RETENTION_INTERVAL_S``."""
-    from metronome.jobs.retention import RetentionPolicy, apply_policy
-
     policy = RetentionPolicy.parse(settings.retention)
     while not stop.is_set():
         try:
@@ -72,41 +76,39 @@ async def run_worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watcher = loop.create_task(_watch_parent(parent_pid, stop)) if parent_pid else None
-    store = open_store(settings)
-    await store.open()
     try:
-        delay = 0.5
-        while not stop.is_set():  # never write before the templates are in place
-            try:
-                await store.ensure_schema()
-                break
-            except StoreUnavailable as exc:
-                log.warning("schema_install_retry delay_s=%.1f reason=%s", delay, exc.message)
+        async with open_store(settings) as store:
+            delay = 0.5
+            while not stop.is_set():  # never write before the templates are in place
                 try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay * random.uniform(0.5, 1))
-                except TimeoutError:
-                    pass
-                delay = min(delay * 2, settings.ship_backoff_max_s)
-        forward = await _start_forward(settings) if settings.forward and not drain else None
-        retention = None
-        if settings.retention and not drain:
-            retention = loop.create_task(_retention_loop(settings, store, stop))
-        # the shipper's long-lived objects, out of the collector's way; it builds events
-        # only for the forward input
-        settle(enrichment=forward is not None)
-        try:
-            stats = await Shipper(settings, store).run(stop, drain=drain)
-        finally:
-            if retention is not None:
-                stop.set()
-                await retention
-            if forward is not None:
-                server, router, writer = forward
-                await server.close()
-                router.close()
-                writer.close()
+                    await store.ensure_schema()
+                    break
+                except StoreUnavailable as exc:
+                    log.warning("schema_install_retry delay_s=%.1f reason=%s", delay, exc.message)
+                    try:
+                        await asyncio.wait_for(stop.wait(), timeout=delay * random.uniform(0.5, 1))
+                    except TimeoutError:
+                        pass
+                    delay = min(delay * 2, settings.ship_backoff_max_s)
+            forward = await _start_forward(settings) if settings.forward and not drain else None
+            retention = None
+            if settings.retention and not drain:
+                retention = loop.create_task(_retention_loop(settings, store, stop))
+            # the shipper's long-lived objects, out of the collector's way; it builds events
+            # only for the forward input
+            settle(enrichment=forward is not None)
+            try:
+                stats = await Shipper(settings, store).run(stop, drain=drain)
+            finally:
+                if retention is not None:
+                    stop.set()
+                    await retention
+                if forward is not None:
+                    server, router, writer = forward
+                    await server.close()
+                    router.close()
+                    writer.close()
     finally:
         if watcher:
             watcher.cancel()
-        await store.close()
     return stats
