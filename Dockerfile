@@ -18,8 +18,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY metronome ./metronome
-COPY index_templates ./index_templates
-COPY kibana ./kibana
 RUN pip install . && cd / && rm -rf /src
 
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/metronome --create-home \

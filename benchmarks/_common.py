@@ -139,7 +139,7 @@ def git_short_sha() -> str:
 @functools.cache
 def git_state() -> tuple[str, bool]:
     """(full sha, whether metronome/ or its templates differ from it), cached like the sha."""
-    status = git("status", "--porcelain", "--", "metronome", "index_templates", "pyproject.toml")
+    status = git("status", "--porcelain", "--", "metronome", "pyproject.toml")
     return git("rev-parse", "HEAD"), bool(status and status != "unknown")
 
 

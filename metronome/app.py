@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import falcon
@@ -58,7 +59,7 @@ class _Lifespan:
         self._pipeline = pipeline
         self._guard = guard
 
-    async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+    async def process_startup(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         await self._store.open()
         try:
             changes = await self._store.ensure_schema()
@@ -71,7 +72,7 @@ class _Lifespan:
         await self._guard.start()
         settle()  # what the worker holds from now on is out of the collector's way
 
-    async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+    async def process_shutdown(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         self._pipeline.close()
         await self._guard.close()
         await self._store.close()
@@ -122,15 +123,16 @@ async def _http_error(
 ) -> None:
     status = ex.status_code
     code = _FALCON_CODES.get(status, "bad_request" if status < 500 else "internal_error")
+    headers = dict(ex.headers or {})
     if status == 404:
         message = f"no route {req.method} {req.path}; GET /openapi.json lists the API"
     elif status == 405:
-        allowed = (ex.headers or {}).get("Allow", "")
+        allowed = headers.get("Allow", "")
         message = f"{req.method} is not allowed on {req.path}; allowed: {allowed}"
     else:
         message = ex.description or ex.title or "bad request"
     resp.status = status
-    for name, value in (ex.headers or {}).items():
+    for name, value in headers.items():
         resp.set_header(name, value)
     resp.media = {"error": code, "message": message}
 
@@ -149,7 +151,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     registry = open_registry(settings)
     guard = Guard(settings, RegistryCache(registry, settings.sites_cache_s, settings.data_dir))
     app = falcon.asgi.App(
-        middleware=[_Lifespan(store, pipeline, guard), _Timing(), Cors(guard)], cors_enable=False
+        request_type=falcon.asgi.Request,  # the defaults, named so the middleware type-checks
+        response_type=falcon.asgi.Response,
+        middleware=[_Lifespan(store, pipeline, guard), _Timing(), Cors(guard)],
+        cors_enable=False,
     )
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_qs_csv = False

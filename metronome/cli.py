@@ -321,7 +321,7 @@ def kibana() -> None:
     help="Seconds to keep retrying while Kibana is unreachable or still starting.",
 )
 def kibana_import(url: str | None, space: str | None, overwrite: bool, wait_s: float) -> None:
-    """Import the data views and dashboards in kibana/ through Kibana's saved objects API.
+    """Import the bundled data views and dashboards through Kibana's saved objects API.
 
     Credentials come from METRONOME_KIBANA_API_KEY, or METRONOME_KIBANA_USERNAME and
     METRONOME_KIBANA_PASSWORD. Data views follow METRONOME_INDEX_PREFIX.

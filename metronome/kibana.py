@@ -1,9 +1,10 @@
 """Kibana saved objects: find them, adapt them to the index prefix, import them.
 
-``kibana/metronome.ndjson`` holds data views for ``<prefix>-ticks-*``, ``<prefix>-logs-*``
-and ``<prefix>-metrics-*`` and dashboards on them. :func:`import_saved_objects` sends it
-through Kibana's saved objects import API (``POST /api/saved_objects/_import``, multipart
-``file``, header ``kbn-xsrf``), into a space when one is named, and turns Kibana's answer
+``metronome/kibana_objects/metronome.ndjson`` holds data views for ``<prefix>-ticks-*``,
+``<prefix>-logs-*`` and ``<prefix>-metrics-*`` and dashboards on them.
+:func:`import_saved_objects` sends it through Kibana's saved objects import API
+(``POST /api/saved_objects/_import``, multipart ``file``, header ``kbn-xsrf``), into a
+space when one is named, and turns Kibana's answer
 into a :class:`ImportSummary` a person can read.
 """
 
@@ -13,6 +14,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -44,15 +46,11 @@ class KibanaError(Exception):
 
 
 def saved_objects_path() -> Path:
-    """``kibana/metronome.ndjson``: inside the installed package, or at the top of a checkout."""
-    package = Path(__file__).resolve().parent
-    for candidate in (
-        package / "kibana_objects" / FILE_NAME,
-        package.parent / "kibana" / FILE_NAME,
-    ):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"kibana/{FILE_NAME} is missing from this installation")
+    """``metronome/kibana_objects/metronome.ndjson``, package data."""
+    path = resources.files("metronome") / "kibana_objects" / FILE_NAME
+    if not isinstance(path, Path):  # only a zipped install gives anything else
+        raise FileNotFoundError(f"kibana_objects/{FILE_NAME} must be a file on disk, not {path}")
+    return path
 
 
 def load_saved_objects(

@@ -22,4 +22,4 @@ def configure_logging(settings: Settings) -> None:
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
     root.propagate = False
-    root._metronome_configured = True  # type: ignore[attr-defined]
+    root._metronome_configured = True  # type: ignore[attr-defined]  # our own flag

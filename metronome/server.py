@@ -14,7 +14,7 @@ from metronome.config import Settings
 __all__ = ["MetronomeWorker", "PortInUse", "ensure_port_free", "run_server"]
 
 
-class MetronomeWorker(UvicornWorker):  # type: ignore[misc]
+class MetronomeWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worker is untyped
     """uvicorn's gunicorn worker with Metronome's connection limit, each listening on a
     socket of its own (gunicorn's ``reuse_port``: the kernel spreads new connections).
 
@@ -71,7 +71,7 @@ def ensure_port_free(host: str, port: int) -> None:
         probe.close()
 
 
-class _Server(BaseApplication):  # type: ignore[misc]
+class _Server(BaseApplication):
     def __init__(self, options: dict[str, Any]) -> None:
         self._options = options
         super().__init__()

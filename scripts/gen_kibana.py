@@ -1,8 +1,9 @@
 """Write Kibana's saved objects for Metronome: python scripts/gen_kibana.py
 
-``kibana/metronome.ndjson`` is generated from the definitions below (a test checks it is
-current, and another that every field it uses is mapped by ``index_templates/`` with a
-type Kibana can aggregate). Edit here, regenerate, commit both.
+``metronome/kibana_objects/metronome.ndjson`` is generated from the definitions below (a
+test checks it is current, and another that every field it uses is mapped by
+``metronome/index_templates/`` with a type Kibana can aggregate). Edit here, regenerate,
+commit both.
 
 The objects are Kibana 8.x saved objects, importable with ``metronome kibana import`` or
 Stack Management > Saved objects > Import: one data view per dataset, Lens
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-OUT = Path(__file__).resolve().parent.parent / "kibana" / "metronome.ndjson"
+OUT = Path(__file__).resolve().parent.parent / "metronome" / "kibana_objects" / "metronome.ndjson"
 
 CORE_MIGRATION_VERSION = "8.8.0"
 TYPE_MIGRATION_VERSION = {"index-pattern": "8.0.0", "lens": "8.9.0", "dashboard": "8.9.0"}

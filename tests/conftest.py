@@ -1,68 +1,136 @@
 """Fixtures that describe the world: a real Elasticsearch, running Metronome servers.
 
-``es_url`` is ``METRONOME_TEST_ELASTICSEARCH_URL`` when set, else a server this run
-downloads and starts (it is started when the session begins, so it boots while the first
-tests run). If it cannot start, every test that needs it errors: nothing is skipped.
+Each outside service starts on first use by a test that needs it, never for a run that
+does not: ``python -m pytest tests/test_logs_parse.py`` starts no Elasticsearch, installs
+no Chromium and builds no ``docker compose``.
+
+- ``es_url`` is ``METRONOME_TEST_ELASTICSEARCH_URL`` when set, else the server this run
+  downloads (once, cached) and starts when the first test asks for it; it is stopped when
+  the session ends. ``es_server`` is that server itself (tests may stop and start it).
+- ``docker_compose`` is built from source the first time (minutes): when the selected
+  tests need it, the build starts in the background as soon as collection ends, and the
+  tests that need it run last.
+- Chromium (``browser`` in tests/test_tracker.py) and moto's S3 server (``moto_url`` in
+  tests/test_archive_s3.py) are module fixtures of the only modules that use them.
+
+Tests are marked by what they need (``elasticsearch``, ``browser``, ``compose``, ``s3``;
+registered in pyproject.toml), from the fixtures and parameters they use, so
+``-m "not elasticsearch"`` selects the tests that run without it. If a service cannot
+start, every test that needs it errors: nothing is skipped.
+
+Helpers that test modules import live in ``tests/support/``, not here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import sqlite3
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from metronome.pipeline.spool import backlog, spool_dir
 from tests.support import compose
+from tests.support.backends import Backend, running_backend
 from tests.support.es_server import ElasticsearchServer
-from tests.support.metronome_server import MetronomeServer
 
-_es: ElasticsearchServer | None = None
-_es_error: BaseException | None = None
+# fixture -> the marker of the outside service it brings (its tests get the marker)
+SERVICE_FIXTURES = {
+    "es_url": "elasticsearch",
+    "es_server": "elasticsearch",
+    "browser": "browser",
+    "docker_compose": "compose",
+    "moto_url": "s3",
+}
+# A parameter with this value runs a test against Elasticsearch (``backend``, and the
+# ``world``/``kind`` parameters that reach ``es_url`` through ``running_backend``).
+ELASTICSEARCH_PARAM = "elasticsearch"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    global _es, _es_error
-    if os.environ.get("METRONOME_TEST_ELASTICSEARCH_URL") or hasattr(config, "workerinput"):
-        return
+def _needs(item: pytest.Item) -> set[str]:
+    names = set(getattr(item, "fixturenames", ()))
+    needs = {marker for fixture, marker in SERVICE_FIXTURES.items() if fixture in names}
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and ELASTICSEARCH_PARAM in callspec.params.values():
+        needs.add("elasticsearch")
+    return needs
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by the services it needs; tests that need compose run last."""
+    for item in items:
+        for marker in sorted(_needs(item)):
+            item.add_marker(marker)
+    items.sort(key=lambda item: item.get_closest_marker("compose") is not None)  # stable
+
+
+_compose_build: threading.Thread | None = None
+_compose_built: dict[str, object] = {}
+
+
+def _build_compose() -> None:
     try:
-        _es = ElasticsearchServer()
-        _es.start()
-    except BaseException as exc:  # reported by the es_url fixture, never swallowed
-        _es_error = exc
+        _compose_built["config"] = compose.install()
+    except BaseException as exc:  # reported by the docker_compose fixture
+        _compose_built["error"] = exc
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    if _es is not None:
-        _es.cleanup()
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When the selected tests need ``docker compose``, build it in the background now
+    (from source the first time: minutes), while the others run."""
+    global _compose_build
+    if session.config.option.collectonly or _compose_build is not None:
+        return
+    if any(item.get_closest_marker("compose") for item in session.items):
+        _compose_build = threading.Thread(target=_build_compose, name="compose-build", daemon=True)
+        _compose_build.start()
 
 
 @pytest.fixture(scope="session")
-def es_server() -> ElasticsearchServer:
+def docker_compose() -> compose.Compose:
+    """The real ``docker compose`` CLI (see tests/support/compose.py)."""
+    if _compose_build is None:
+        _build_compose()
+    else:
+        _compose_build.join()
+    if "error" in _compose_built:
+        raise RuntimeError(f"docker compose is not available: {_compose_built['error']}")
+    config = _compose_built["config"]
+    assert isinstance(config, Path)
+    return compose.Compose(config)
+
+
+@pytest.fixture(scope="session")
+def _suite_elasticsearch() -> Iterator[ElasticsearchServer]:
+    """The Elasticsearch server this run owns: started on first use, stopped at the end."""
+    server = ElasticsearchServer()
+    try:
+        server.start()
+        server.wait_ready()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def es_server(request: pytest.FixtureRequest) -> ElasticsearchServer:
     """The Elasticsearch server this run owns (tests may stop and start it)."""
     if os.environ.get("METRONOME_TEST_ELASTICSEARCH_URL"):
         pytest.fail(
             "this test needs the suite's own Elasticsearch server; "
             "unset METRONOME_TEST_ELASTICSEARCH_URL"
         )
-    if _es_error is not None:
-        raise RuntimeError(f"Elasticsearch could not be started: {_es_error}")
-    assert _es is not None
-    _es.wait_ready()
-    return _es
+    server: ElasticsearchServer = request.getfixturevalue("_suite_elasticsearch")
+    server.wait_ready()
+    return server
 
 
 @pytest.fixture(scope="session")
-def es_url() -> str:
+def es_url(request: pytest.FixtureRequest) -> str:
+    """``METRONOME_TEST_ELASTICSEARCH_URL`` (waited for until yellow), else the suite's own."""
     url = os.environ.get("METRONOME_TEST_ELASTICSEARCH_URL")
     if url:
         httpx.get(
@@ -71,125 +139,9 @@ def es_url() -> str:
             timeout=70,
         )
         return url.rstrip("/")
-    if _es_error is not None:
-        raise RuntimeError(f"Elasticsearch could not be started: {_es_error}")
-    assert _es is not None
-    _es.wait_ready()
-    return _es.url
-
-
-def wait_for_drain(server: MetronomeServer, timeout_s: float = 60.0) -> None:
-    """Wait until the shipper has moved everything acknowledged into the store."""
-    deadline = time.monotonic() + timeout_s
-    spool = spool_dir(server.data_dir)
-    while backlog(spool, with_age=False).bytes_unshipped:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"spool not drained in {timeout_s}s:\n{server.log_tail()}")
-        time.sleep(0.02)
-
-
-def unique_prefix() -> str:
-    return "mt-" + uuid.uuid4().hex[:10]
-
-
-@dataclass
-class Backend:
-    """A running Metronome on one store, and how to make its writes searchable."""
-
-    name: str
-    server: MetronomeServer
-    client: httpx.Client
-    settle: Callable[[], None]
-    es_url: str | None = None
-    index_prefix: str | None = None
-
-    def tick(self, **fields: object) -> str:
-        """POST one tick; return its event id (asserting 202)."""
-        resp = self.client.post("/tick", json=fields)
-        assert resp.status_code == 202, resp.text
-        return str(resp.json()["id"])
-
-    def tock(self, item: str, **params: str) -> dict[str, dict[str, int]]:
-        self.settle()
-        resp = self.client.get(f"/tock/{item}", params=params)
-        assert resp.status_code == 200, resp.text
-        return resp.json()  # type: ignore[no-any-return]
-
-    def find(self, item: str) -> list[dict[str, Any]]:
-        """Every stored document of an item, oldest first, read from the store itself."""
-        self.settle()
-        if self.es_url:
-            resp = httpx.post(
-                f"{self.es_url}/{self.index_prefix}-*/_search",
-                timeout=30,
-                json={"query": {"term": {"item.id": item}}, "size": 1000, "sort": ["@timestamp"]},
-            )
-            return [hit["_source"] for hit in resp.json()["hits"]["hits"]]
-        with sqlite3.connect(self.server.data_dir / "metronome.sqlite3") as conn:
-            rows = conn.execute(
-                "SELECT doc FROM events WHERE item_id = ? ORDER BY ts", (item,)
-            ).fetchall()
-        return [json.loads(row[0]) for row in rows]
-
-    def fetch(self, event_id: str) -> dict[str, object]:
-        """The stored document for an event id, read from the store itself."""
-        self.settle()
-        if self.es_url:
-            resp = httpx.post(
-                f"{self.es_url}/{self.index_prefix}-ticks-*/_search",
-                json={"query": {"ids": {"values": [event_id]}}},
-                timeout=30,
-            )
-            hits = resp.json()["hits"]["hits"]
-            assert len(hits) == 1, hits
-            return hits[0]["_source"]  # type: ignore[no-any-return]
-        with sqlite3.connect(self.server.data_dir / "metronome.sqlite3") as conn:
-            row = conn.execute("SELECT doc FROM events WHERE id = ?", (event_id,)).fetchone()
-        assert row is not None, event_id
-        return json.loads(row[0])  # type: ignore[no-any-return]
-
-
-def _delete_prefix(es_url: str, prefix: str) -> None:
-    # expand_wildcards=all: the hidden <prefix>-sites index too
-    httpx.delete(f"{es_url}/{prefix}-*", params={"expand_wildcards": "all"}, timeout=30)
-    httpx.delete(f"{es_url}/_index_template/{prefix}-*", timeout=30)
-    httpx.delete(f"{es_url}/_component_template/{prefix}-*", timeout=30)
-
-
-@contextlib.contextmanager
-def running_backend(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    kind: str,
-    env: dict[str, str],
-) -> Iterator[Backend]:
-    """A fresh ``metronome serve`` on ``kind`` (``sqlite``, ``elasticsearch``) with
-    ``env``; stopped (and its indices deleted) afterwards, checking it exited cleanly."""
-    data_dir = tmp_path_factory.mktemp(f"data-{kind}")
-    # keep client addresses, so tests can see which address was believed (default: drop)
-    env = {"METRONOME_TRUSTED_PROXIES": "127.0.0.0/8", "METRONOME_CLIENT_IP": "keep", **env}
-    es_url = prefix = None
-    if kind == "elasticsearch":
-        es_url = request.getfixturevalue("es_url")
-        prefix = unique_prefix()
-        env |= {"METRONOME_ELASTICSEARCH_URL": es_url, "METRONOME_INDEX_PREFIX": prefix}
-    server = MetronomeServer(env, data_dir=data_dir)
-    server.start()
-
-    def settle() -> None:
-        wait_for_drain(server)
-        if es_url:
-            httpx.post(f"{es_url}/{prefix}-*/_refresh", timeout=30).raise_for_status()
-
-    try:
-        with httpx.Client(base_url=server.url, timeout=30) as client:
-            yield Backend(kind, server, client, settle, es_url, prefix)
-    finally:
-        code = server.stop()
-        if es_url and prefix:
-            _delete_prefix(es_url, prefix)
-    assert code == 0, f"metronome serve did not exit cleanly:\n{server.log_tail()}"
-    assert "Traceback" not in server.log_path.read_text(), server.log_tail(80)
+    server: ElasticsearchServer = request.getfixturevalue("_suite_elasticsearch")
+    server.wait_ready()
+    return server.url
 
 
 @pytest.fixture(scope="session", params=["sqlite", "elasticsearch"])
@@ -206,38 +158,3 @@ def backend(
 def item() -> str:
     """A fresh item id, so tests sharing a server never see each other's ticks."""
     return "item-" + uuid.uuid4().hex[:12]
-
-
-_compose_build: threading.Thread | None = None
-_compose_built: dict[str, Any] = {}
-
-
-def _build_compose() -> None:
-    try:
-        _compose_built["config"] = compose.install()
-    except BaseException as exc:  # reported by the docker_compose fixture
-        _compose_built["error"] = exc
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that need ``docker compose`` run last, and the plugin (built from source the
-    first time, minutes) starts building now, in the background, while the rest run."""
-    global _compose_build
-    needs = [i for i in items if "docker_compose" in getattr(i, "fixturenames", ())]
-    if not needs or _compose_build is not None or config.option.collectonly:
-        return
-    items[:] = [i for i in items if i not in needs] + needs
-    _compose_build = threading.Thread(target=_build_compose, name="compose-build", daemon=True)
-    _compose_build.start()
-
-
-@pytest.fixture(scope="session")
-def docker_compose() -> compose.Compose:
-    """The real ``docker compose`` CLI (see tests/support/compose.py)."""
-    if _compose_build is None:
-        _build_compose()
-    else:
-        _compose_build.join()
-    if "error" in _compose_built:
-        raise RuntimeError(f"docker compose is not available: {_compose_built['error']}")
-    return compose.Compose(_compose_built["config"])

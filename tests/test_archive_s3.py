@@ -426,7 +426,7 @@ def test_ship_archives_raw_lines_and_restore_reindexes_them_once(
 ) -> None:
     import httpx
 
-    from tests.conftest import wait_for_drain
+    from tests.support.backends import wait_for_drain
     from tests.support.metronome_server import MetronomeServer
 
     rules = "/datasets/{id}/download.{format} -> download"

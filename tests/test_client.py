@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from metronome.client import Client, TickHandler
-from tests.conftest import Backend
+from tests.support.backends import Backend
 from tests.support.es_server import free_port
 
 
@@ -42,8 +42,11 @@ def test_client_keeps_retrying_until_the_server_is_back(tmp_path: Path) -> None:
     try:
         client.tick("later", n=1)
         client.tick("later", n=2)
-        time.sleep(0.5)  # nobody listens yet: the batch is retried
-        assert client.stats.retries >= 1 and client.stats.sent == 0
+        deadline = time.monotonic() + 30
+        while client.stats.retries < 1:  # nobody listens yet: the batch is retried
+            assert time.monotonic() < deadline, "the client never retried"
+            time.sleep(0.05)
+        assert client.stats.sent == 0
         server.start()
         assert client.flush(30)
         assert client.stats.sent == 2

@@ -180,7 +180,7 @@ def _run(command: str, server: MetronomeServer) -> str:
 
 def test_readme_quick_start_answers_the_report_it_shows(server: MetronomeServer) -> None:
     """The README's own curl commands, run against ``metronome serve``."""
-    from tests.conftest import wait_for_drain
+    from tests.support.backends import wait_for_drain
 
     quick = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     blocks = _sh_blocks(quick)
@@ -231,7 +231,7 @@ def test_benchmark_results_keep_one_file_per_benchmark_naming_its_commit() -> No
 
 
 def test_query_guide_example_answers_in_the_shape_shown(server: MetronomeServer) -> None:
-    from tests.conftest import wait_for_drain
+    from tests.support.backends import wait_for_drain
 
     guide = (REPO / "docs" / "guides" / "query.md").read_text()
     part = guide.split("## Any question: `POST /query`", 1)[1]

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from metronome.pipeline.spool import segments, spool_dir
-from tests.conftest import _delete_prefix, unique_prefix, wait_for_drain
+from tests.support.backends import delete_prefix, unique_prefix, wait_for_drain
 from tests.support.es_server import ElasticsearchServer
 from tests.support.metronome_server import MetronomeServer
 
@@ -69,7 +69,7 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
         es_url,
         prefix,
     )
-    _delete_prefix(es_url, prefix)
+    delete_prefix(es_url, prefix)
 
 
 @dataclass
@@ -181,7 +181,7 @@ def test_elasticsearch_outage_under_load_drains_by_itself_afterwards(
     finally:
         assert server.stop() == 0, server.log_tail()
     _assert_exactly_once(world.stored_ids(server.data_dir), load.acknowledged)
-    _delete_prefix(es_server.url, prefix)
+    delete_prefix(es_server.url, prefix)
 
 
 def _metric(text: str, name: str) -> float:
@@ -292,4 +292,4 @@ def test_documents_elasticsearch_refuses_go_to_dead_letters_and_the_rest_are_sto
     assert all("cluster_block_exception" in letter["reason"] for letter in letters)
     assert letters[0]["document"]["params"] == {"n": letters[0]["document"]["params"]["n"]}
     assert sorted(world.stored_ids(server.data_dir)) == sorted(ids[5:])
-    _delete_prefix(es_url, prefix)
+    delete_prefix(es_url, prefix)

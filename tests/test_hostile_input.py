@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import wait_for_drain
+from tests.support.backends import wait_for_drain
 from tests.support.metronome_server import MetronomeServer
 
 ODD_NAMES = [

@@ -1,4 +1,4 @@
-"""Kibana saved objects (kibana/metronome.ndjson) and `metronome kibana import`.
+"""Kibana saved objects (metronome/kibana_objects/metronome.ndjson), `metronome kibana import`.
 
 The objects are checked against the index templates they will meet: every field a data
 view, a Lens column, a query or a filter names must be mapped with a type Kibana can

@@ -24,7 +24,7 @@ from metronome.logs.parse import (
 )
 from metronome.logs.rules import Match, RuleError, UrlRules
 from metronome.store.templates import load_templates
-from tests.test_templates_elasticsearch import _leaf_fields
+from tests.support.mappings import leaf_fields
 
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
@@ -758,7 +758,7 @@ def test_logs_templates_map_exactly_the_log_fields() -> None:
     ]
     mapped: set[str] = set()
     for name in index["composed_of"]:
-        mapped |= _leaf_fields(
+        mapped |= leaf_fields(
             templates[name].body["template"].get("mappings", {}).get("properties", {})
         )
     assert mapped == set(F.LOG_FIELDS)

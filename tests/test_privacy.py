@@ -13,7 +13,7 @@ import pytest
 
 from metronome.events.enrich import stored_address
 from metronome.events.visitor import VisitorIds
-from tests.conftest import wait_for_drain
+from tests.support.backends import wait_for_drain
 from tests.support.metronome_server import MetronomeServer
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Backend
+from tests.support.backends import Backend
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 CHROME = (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import Backend
+from tests.support.backends import Backend
 
 
 def test_referrer_spam_is_flagged_and_excluded_like_crawlers(backend: Backend, item: str) -> None:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from metronome.jobs.retention import cutoff_ms, parse_keep
-from tests.conftest import Backend, running_backend
+from tests.support.backends import Backend, running_backend
 
 CUTOFF = date(1975, 3, 4)  # documents from before 1975-03-04 go
 OLD = ["1975-03-01T10:00:00Z", "1975-03-02T23:59:59.999Z", "1975-03-02T00:00:00Z"]

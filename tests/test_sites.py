@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from metronome.sites.model import Site
-from tests.conftest import Backend, running_backend
+from tests.support.backends import Backend, running_backend
 from tests.support.metronome_server import MetronomeServer
 
 ORIGIN_A = "https://a.example"

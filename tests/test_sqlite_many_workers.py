@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import wait_for_drain
+from tests.support.backends import wait_for_drain
 from tests.support.metronome_server import MetronomeServer
 
 

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +15,8 @@ import pytest
 from metronome.config import Settings
 from metronome.events import fields as F
 from metronome.store.templates import load_templates, templates_dir
-from tests.conftest import Backend, unique_prefix
+from tests.support.backends import Backend, unique_prefix
+from tests.support.mappings import leaf_fields
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -27,19 +27,6 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
-
-
-def _leaf_fields(properties: dict[str, Any], prefix: str = "") -> set[str]:
-    found: set[str] = set()
-    for name, spec in properties.items():
-        path = prefix + name
-        if "properties" in spec and spec.get("type", "object") == "object":
-            found |= _leaf_fields(spec["properties"], path + ".")
-        else:
-            found.add(path)
-        for sub in spec.get("fields", {}):
-            found.add(f"{path}.{sub}")
-    return found
 
 
 def test_templates_install_is_idempotent_and_follows_file_changes(
@@ -105,7 +92,7 @@ def _mapped_by(index_template: str) -> set[str]:
     mapped: set[str] = set()
     for name in templates[index_template].body["composed_of"]:
         mappings = templates[name].body["template"].get("mappings", {})
-        mapped |= _leaf_fields(mappings.get("properties", {}))
+        mapped |= leaf_fields(mappings.get("properties", {}))
     return mapped
 
 
@@ -180,7 +167,7 @@ def test_odd_parameters_never_create_fields_outside_params_elasticsearch(
     backend.settle()
     mapping = httpx.get(f"{backend.es_url}/{backend.index_prefix}-ticks-2026.07.01/_mapping").json()
     (index_mapping,) = mapping.values()
-    fields = _leaf_fields(index_mapping["mappings"]["properties"])
+    fields = leaf_fields(index_mapping["mappings"]["properties"])
     outside = {f for f in fields if not f.startswith("params.")}
     assert outside == set(F.TICK_FIELDS)
     assert {

@@ -11,16 +11,17 @@ import json
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from metronome.api.tracker import tracker_source
-from tests.conftest import wait_for_drain
+from tests.support.backends import wait_for_drain
 from tests.support.browser import CHROMIUM_ARGS, ensure_chromium
 from tests.support.es_server import free_port
 from tests.support.metronome_server import MetronomeServer
@@ -253,13 +254,22 @@ def browser() -> Iterator[Browser]:
         chromium.close()
 
 
-def _wait_for(server: MetronomeServer, count: int, timeout_s: float = 30) -> list[dict]:
+def _wait_for(
+    server: MetronomeServer, page: Page, site: str, count: int, timeout_s: float = 30
+) -> list[dict]:
+    """The stored ticks once ``count`` have arrived and then a marker that ``page`` sends
+    after them (a view of ``/fallback?marker=...``, itself left out): anything the browser
+    sent twice, or late, is stored by then."""
     deadline = time.monotonic() + timeout_s
+    while len(read_ticks(server)) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    marker = f"{site}/fallback?marker={uuid.uuid4().hex}"
+    page.goto(marker)
     while True:
         docs = read_ticks(server)
-        if len(docs) >= count or time.monotonic() > deadline:
-            time.sleep(0.5)  # anything sent twice, or late, arrives now
-            return read_ticks(server)
+        if any(d.get("url", {}).get("original") == marker for d in docs):
+            return [d for d in docs if d.get("url", {}).get("original") != marker]
+        assert time.monotonic() < deadline, f"the marker tick never arrived: {marker}"
         time.sleep(0.1)
 
 
@@ -302,7 +312,9 @@ def test_browser_counts_views_spa_navigation_events_downloads_and_outbound_links
         page.click("#out")
     assert page.url == site.replace("127.0.0.1", "localhost") + "/elsewhere"
 
-    docs = [d for d in _wait_for(server, len(before) + 6) if d["event"]["id"] not in before]
+    docs = [
+        d for d in _wait_for(server, page, site, len(before) + 6) if d["event"]["id"] not in before
+    ]
     context.close()
     on = site + "/page"
     outbound = site.replace("127.0.0.1", "localhost") + "/elsewhere"
@@ -360,7 +372,9 @@ def test_browser_without_send_beacon_sends_with_fetch_keepalive(
     page = context.new_page()
     page.goto(f"{site}/fallback")
     page.wait_for_function("() => typeof window.metronome === 'function'")
-    docs = [d for d in _wait_for(server, len(before) + 1) if d["event"]["id"] not in before]
+    docs = [
+        d for d in _wait_for(server, page, site, len(before) + 1) if d["event"]["id"] not in before
+    ]
     assert page.evaluate("typeof navigator.sendBeacon") == "undefined"
     context.close()
     assert [summary(d) for d in docs] == [

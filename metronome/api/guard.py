@@ -194,7 +194,8 @@ class Guard:
         if origin is None:
             return
         snapshot = await self._cache.get()
-        site = snapshot.sites.get(req.params.get("site") or "")
+        named = req.params.get("site")  # a list when repeated: then no one site is named
+        site = snapshot.sites.get(named) if isinstance(named, str) else None
         if snapshot.open or (
             site.allows_origin(origin)
             if site is not None

@@ -33,6 +33,6 @@ def country_iso_code(address: str) -> str | None:
     except Exception:  # noqa: BLE001 - an odd address has no country, never an error
         return None
     code = getattr(result, "country_code", None)
-    if not code or len(code) != 2 or not code.isalpha() or getattr(result, "is_private", 0):
+    if not code or len(code) != 2 or not code.isalpha() or getattr(result, "is_private", False):
         return None
     return str(code)

@@ -19,6 +19,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["Follower", "Line", "Position", "PositionFile"]
 
@@ -69,7 +70,7 @@ class Follower:
         self, path: Path, state: Position | None = None, *, from_end: bool = False
     ) -> None:
         self.path = path
-        self._handle: object | None = None
+        self._handle: BinaryIO | None = None
         self._state = state
         self._pending: Position | None = None  # where we are after lines not yet committed
         self._from_end = from_end and state is None
@@ -103,13 +104,14 @@ class Follower:
             return []
         assert self._pending is not None
         handle = self._handle
+        assert handle is not None
         pending = self._pending
-        st = os.fstat(handle.fileno())  # type: ignore[attr-defined]
+        st = os.fstat(handle.fileno())
         if st.st_size < pending.offset:  # copytruncate
             pending.generation += 1
             pending.offset = 0
-        handle.seek(pending.offset)  # type: ignore[attr-defined]
-        data = handle.read(max_bytes)  # type: ignore[attr-defined]
+        handle.seek(pending.offset)
+        data = handle.read(max_bytes)
         end = data.rfind(b"\n")
         lines: list[Line] = []
         if end >= 0:
@@ -135,7 +137,7 @@ class Follower:
 
     def _switch(self) -> None:
         if self._handle is not None:
-            self._handle.close()  # type: ignore[attr-defined]
+            self._handle.close()
         self._handle = None
         self._state = None
         self._pending = None
@@ -148,5 +150,5 @@ class Follower:
 
     def close(self) -> None:
         if self._handle is not None:
-            self._handle.close()  # type: ignore[attr-defined]
+            self._handle.close()
             self._handle = None

@@ -77,7 +77,7 @@ class LineConverter:
         """Parse and build, counting the line; rejects go to the reject file."""
         self.summary.read += 1
         parsed = self._parser.parse(text)
-        if type(parsed) is Reject:
+        if isinstance(parsed, Reject):
             self.reject(parsed, text, source_id, offset)
             return None, None
         return self.document(parsed, source_id, offset, received_ms), parsed
@@ -139,7 +139,7 @@ class LineConverter:
 def open_lines(path: str) -> Iterator[str]:
     """Lines of a plain or gzipped file, or of standard input for ``-``."""
     if path == "-":
-        stream: IO[bytes] = sys.stdin.buffer
+        stream: IO[bytes] | io.BufferedIOBase = sys.stdin.buffer
         close = False
     else:
         raw = open(path, "rb")  # noqa: SIM115
@@ -147,7 +147,9 @@ def open_lines(path: str) -> Iterator[str]:
         raw.seek(0)
         close = True
     try:
-        for raw_line in io.BufferedReader(stream) if close else stream:  # type: ignore[arg-type]
+        # typeshed wants a raw stream for BufferedReader; anything with readinto works
+        lines = io.BufferedReader(stream) if close else stream  # type: ignore[type-var]
+        for raw_line in lines:
             text = raw_line.rstrip(b"\n").rstrip(b"\r").decode("utf-8", errors="replace")
             if text.strip():
                 yield text

@@ -207,6 +207,7 @@ class SpoolWriter:
             self._syncer = ThreadPoolExecutor(1, thread_name_prefix="spool-sync")
         self._syncing = True
         fd = self._fd
+        assert fd is not None  # _write has just written to it
         self._syncer.submit(self._sync, loop, fd, before, len(data), waiters)
 
     def _sync(

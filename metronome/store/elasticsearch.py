@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from elastic_transport import ConnectionError as TransportConnectionError
@@ -213,7 +213,7 @@ class ElasticsearchStore:
         lines.append(b"")
         with answering("the bulk request"):
             resp = await self._client.bulk(
-                operations=b"\n".join(lines),  # type: ignore[arg-type]
+                operations=b"\n".join(lines),  # type: ignore[arg-type]  # NDJSON bytes are sent as is
                 filter_path=_BULK_FILTER,
             )
         outcomes = []
@@ -314,9 +314,10 @@ class ElasticsearchStore:
             return RetentionResult("indices", (), dry_run)
         pattern = ",".join(f"{self._prefix}-{d}-*" for d in datasets)
         with answering("the index listing"):
-            rows = await self._client.cat.indices(
+            listing = await self._client.cat.indices(
                 index=pattern, format="json", h="index,docs.count", expand_wildcards="open,closed"
             )
+        rows = cast("list[dict[str, str]]", listing.body)  # format="json": a row per index
         old = sorted(
             (
                 Removal(row["index"], int(row.get("docs.count") or 0))

@@ -192,7 +192,7 @@ class SQLiteStore(ConnectionThread):
                 else:
                     action = "unchanged" if existed else "created"
                 conn.executescript(_SCHEMA)
-            return [SchemaChange("events", action)]  # type: ignore[arg-type]
+            return [SchemaChange("events", action)]  # type: ignore[arg-type]  # action holds one of its Literal values
 
         result: list[SchemaChange] = await self._run(_install)
         return result

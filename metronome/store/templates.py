@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,12 +36,11 @@ class Template:
 
 
 def templates_dir() -> Path:
-    """``index_templates/``: inside the installed package, or at the top of a checkout."""
-    package = Path(__file__).resolve().parent.parent
-    for candidate in (package / "index_templates", package.parent / "index_templates"):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("index_templates/ is missing from this installation")
+    """``metronome/index_templates/``, package data (a directory: its files are globbed)."""
+    root = resources.files("metronome") / "index_templates"
+    if not isinstance(root, Path):  # only a zipped install gives anything else
+        raise FileNotFoundError(f"index_templates/ must be files on disk, not in {root}")
+    return root
 
 
 def _rename(name: str, prefix: str) -> str:
@@ -74,5 +74,5 @@ def load_templates(settings: Settings, directory: Path | None = None) -> list[Te
             body.setdefault("_meta", {}).pop("metronome_hash", None)
             digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
             body["_meta"]["metronome_hash"] = digest.hexdigest()[:16]
-            result.append(Template(kind, _rename(path.stem, prefix), body))  # type: ignore[arg-type]
+            result.append(Template(kind, _rename(path.stem, prefix), body))
     return result

@@ -155,12 +155,10 @@ class KibanaDouble:
         seen.file_type = part.get_content_type()
         if not (seen.file_name or "").endswith(".ndjson"):
             return self._error(handler, 400, "Bad Request", "Invalid file extension .txt")
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)  # a file part, not a nested multipart
         try:
-            seen.objects = [
-                json.loads(line)
-                for line in part.get_payload(decode=True).decode().splitlines()
-                if line
-            ]
+            seen.objects = [json.loads(line) for line in payload.decode().splitlines() if line]
         except ValueError as exc:
             return self._error(handler, 400, "Bad Request", f"Unexpected token: {exc}")
         overwrite = seen.query.get("overwrite", ["false"])[0] == "true"
