@@ -14,6 +14,7 @@ access-log lines (mapped to items by URL rules) count together unless ``sources`
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,7 +49,9 @@ PARAMETERS = {
     "top": "most downloads formats and referrers, 1 to 1000 (default 10)",
     "bots": "exclude (default) or include",
     "sources": "ticks, logs or both (default)",
+    "site": "a site with public item reports (without a key): its id",
 }
+_WHOLE_NUMBER = re.compile(r"^[0-9]{1,5}$")  # ASCII only: str.isdigit() also takes "²"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +84,7 @@ def parse_tock_query(
 
     Defaults: the last 30 days in ``tz`` (today included), daily buckets, top 10, no bots.
     """
-    known = set(PARAMETERS) - {"id"}
+    known = set(PARAMETERS) - {"id"}  # site: read by the API's guard, listed here too
     unknown = sorted(set(params) - known)
     if unknown:
         raise InvalidParameter(
@@ -112,7 +115,7 @@ def parse_tock_query(
             parameter="interval",
         )
     top_text = params.get("top", "10")
-    if not top_text.isdigit() or not 1 <= int(top_text) <= MAX_TOP:
+    if not _WHOLE_NUMBER.match(top_text) or not 1 <= int(top_text) <= MAX_TOP:
         raise InvalidParameter(f"'top' must be a whole number from 1 to {MAX_TOP}", parameter="top")
     bots = params.get("bots", "exclude")
     if bots not in ("exclude", "include"):
