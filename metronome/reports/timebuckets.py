@@ -140,12 +140,12 @@ def parse_moment(name: str, text: str | int, tz: ZoneInfo, *, end: bool) -> int:
             raise _out_of_range(name, text)
         return _supported(name, int(text), text)
     try:
-        ms = parse_iso_ms(text, tz)
+        parsed = parse_iso_ms(text, tz)
     except (OverflowError, ValueError):  # year 1 in a zone east of UTC, say
         raise _out_of_range(name, text) from None
-    if ms is None:
+    if parsed is None:
         raise _not_a_moment(name, text)
-    return _supported(name, ms, text)
+    return _supported(name, parsed, text)
 
 
 def _shown(text: object) -> str:
