@@ -71,7 +71,8 @@ VISITORS_PRECISION = (
     " below 3,000 distinct visitors per row and within a few percent above"
 )
 
-_SCALAR = {"type": ["string", "number", "boolean"]}
+MAX_VALUE_CHARS = 4096  # a filter's text value: at most 16 KiB of UTF-8, under Lucene's 32 KiB term
+_SCALAR = {"type": ["string", "number", "boolean"], "maxLength": MAX_VALUE_CHARS}
 _FIELD = {"type": "string", "minLength": 1, "maxLength": 200}
 _MOMENT = {
     "oneOf": [
