@@ -42,6 +42,9 @@ ZONES = [
     "Pacific/Pago_Pago",
     "Australia/Lord_Howe",
     "Mars/Olympus",
+    "Europe",  # a directory of the zone database
+    "zone.tab",  # a file of it that is not a zone
+    "x" * 100,
     "",
 ]
 DAY = "2013-03-14"  # no other test writes on this day

@@ -179,6 +179,18 @@ def test_tock_parameters_at_the_edge_of_their_type_are_a_400(
     assert caught.value.details["parameter"] in (parameter, "to", "from")
 
 
+@pytest.mark.parametrize(
+    "zone", ["Europe", "America", "a" * 300, "Europe/", "zone.tab", "../x", ""]
+)
+def test_what_is_not_a_time_zone_is_a_400(zone: str) -> None:
+    """'Europe' is a directory of the zone database: it raised IsADirectoryError, a 500."""
+    error = refused({"tz": zone})
+    assert error.details["field"] == "query.tz"
+    with pytest.raises(InvalidParameter) as caught:
+        parse_tock_query("x", {"tz": zone or "Nowhere"}, now_ms=NOW_MS)
+    assert caught.value.details["parameter"] == "tz"
+
+
 def test_tock_lists_site_among_its_parameters() -> None:
     with pytest.raises(InvalidParameter) as caught:
         parse_tock_query("x", {"colour": "red"}, now_ms=NOW_MS)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import orjson
 from jsonschema import Draft202012Validator
@@ -31,6 +31,7 @@ from metronome.reports.timebuckets import (
     SUPPORTED_RANGE,
     bucket_starts,
     parse_moment,
+    parse_zone,
 )
 from metronome.store.query import (
     BoolNode,
@@ -520,8 +521,8 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
     datasets = SOURCES[source]
     tz_name = body.get("tz", "UTC")
     try:
-        tz = ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError):
+        tz = parse_zone("tz", tz_name)
+    except InvalidParameter:
         raise InvalidQuery(
             f"query.tz: {tz_name!r} is not an IANA time zone such as Europe/Berlin",
             field="query.tz",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, timedelta
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from metronome.errors import InvalidParameter
 from metronome.events.document import parse_iso_ms
@@ -20,8 +20,10 @@ __all__ = [
     "bucket_starts",
     "floor_to_bucket",
     "parse_moment",
+    "parse_zone",
 ]
 
+_ZONE = re.compile(r"^[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+){0,2}$")
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _DIGITS = re.compile(r"^[-+]?[0-9]+$")
 
@@ -110,6 +112,21 @@ def bucket_label(start_ms: int, interval: Interval, tz: ZoneInfo) -> str:
     if interval == "hour":
         return local.isoformat(timespec="minutes")
     return local.date().isoformat()
+
+
+def parse_zone(name: str, text: str) -> ZoneInfo:
+    """The IANA time zone named ``text`` (``Europe/Berlin``); raises
+    :class:`InvalidParameter` naming parameter ``name`` for anything else, including
+    names that are directories or files of the zone database that are not zones."""
+    if len(text) <= 64 and _ZONE.match(text):
+        try:
+            return ZoneInfo(text)
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory, say
+            pass
+    raise InvalidParameter(
+        f"'{name}' must be an IANA time zone name such as Europe/Berlin, got {_shown(text)}",
+        parameter=name,
+    )
 
 
 def parse_moment(name: str, text: str | int, tz: ZoneInfo, *, end: bool) -> int:

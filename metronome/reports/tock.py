@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from metronome.errors import InvalidParameter
-from metronome.reports.timebuckets import MAX_BUCKETS, bucket_count, parse_moment
+from metronome.reports.timebuckets import MAX_BUCKETS, bucket_count, parse_moment, parse_zone
 from metronome.store.query import Interval
 
 __all__ = [
@@ -66,17 +66,6 @@ class TockQuery:
     sources: tuple[str, ...] = ("ticks", "logs")
 
 
-def _zone(params: Mapping[str, str]) -> ZoneInfo:
-    name = params.get("tz", "UTC") or "UTC"
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidParameter(
-            f"'tz' must be an IANA time zone name such as Europe/Berlin, got {name!r}",
-            parameter="tz",
-        ) from None
-
-
 def parse_tock_query(
     item_id: str, params: Mapping[str, str], now_ms: int | None = None
 ) -> TockQuery:
@@ -91,7 +80,7 @@ def parse_tock_query(
             f"unknown parameter {unknown[0]!r}; /tock takes {', '.join(sorted(known))}",
             parameter=unknown[0],
         )
-    tz = _zone(params)
+    tz = parse_zone("tz", params.get("tz", "UTC") or "UTC")
     interval = params.get("interval", "day")
     if interval not in get_args(Interval):
         raise InvalidParameter(
