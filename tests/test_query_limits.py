@@ -35,7 +35,7 @@ from metronome.reports.timebuckets import (
     bucket_starts,
     parse_moment,
 )
-from metronome.reports.tock import parse_tock_query
+from metronome.reports.tock import parse_tock_query, tock_queries
 
 # east, west, half-hour, DST, the easternmost (+14) and nearly the westernmost (-11)
 ZONES = [
@@ -189,6 +189,16 @@ def test_what_is_not_a_time_zone_is_a_400(zone: str) -> None:
     with pytest.raises(InvalidParameter) as caught:
         parse_tock_query("x", {"tz": zone or "Nowhere"}, now_ms=NOW_MS)
     assert caught.value.details["parameter"] == "tz"
+
+
+@pytest.mark.parametrize("zone", ZONES)
+def test_tock_without_from_near_the_earliest_date_starts_at_the_earliest_moment(
+    zone: str,
+) -> None:
+    query = parse_tock_query("x", {"to": "0002-01-05", "tz": zone}, now_ms=NOW_MS)
+    assert query.start_ms >= EARLIEST_MS
+    for body in tock_queries(query).values():
+        parse_query(body, now_ms=NOW_MS)  # what /tock runs is a query /query accepts
 
 
 def test_tock_lists_site_among_its_parameters() -> None:

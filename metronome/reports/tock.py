@@ -23,7 +23,13 @@ from typing import Any, get_args
 from zoneinfo import ZoneInfo
 
 from metronome.errors import InvalidParameter
-from metronome.reports.timebuckets import MAX_BUCKETS, bucket_count, parse_moment, parse_zone
+from metronome.reports.timebuckets import (
+    EARLIEST_MS,
+    MAX_BUCKETS,
+    bucket_count,
+    parse_moment,
+    parse_zone,
+)
 from metronome.store.query import Interval
 
 __all__ = [
@@ -95,6 +101,7 @@ def parse_tock_query(
         end_local = datetime.fromtimestamp((end_ms - 1) / 1000, tz=UTC).astimezone(tz)
         first = end_local.date() - timedelta(days=DEFAULT_DAYS - 1)
         start_ms = int(datetime(first.year, first.month, first.day, tzinfo=tz).timestamp() * 1000)
+        start_ms = max(start_ms, EARLIEST_MS)  # 30 days before 0002-01-05: from the earliest
     if start_ms >= end_ms:
         raise InvalidParameter("'from' must be before 'to'", parameter="from")
     if bucket_count(start_ms, end_ms, interval, tz) > MAX_BUCKETS:  # type: ignore[arg-type]
