@@ -307,6 +307,10 @@ def test_tampered_cursors_are_invalid_cursor_never_a_500_or_an_empty_page(
     watched = Watched(backend)
     first = watched.post("/query", body).json()
     payload = _decode(first["meta"]["next"])
+    second = watched.post("/query", {**body, "after": first["meta"]["next"]})
+    assert second.status_code == 200 and second.json()["results"] != first["results"]
+    keyless = watched.post("/query", {**body, "after": _encode({"q": payload["q"]})})
+    assert keyless.json()["error"] == "invalid_cursor"  # not the first page again
     values = (
         st.none()
         | st.booleans()

@@ -56,18 +56,21 @@ def _decode_cursor(text: str, fingerprint: str) -> dict[str, Any]:
 
 
 def _offset(cursor: dict[str, Any], max_offset: int) -> int:
-    """The cursor's row offset: a whole number no larger than any answer can be."""
-    offset = cursor.get("o", 0)
-    if type(offset) is not int or not 0 <= offset <= max_offset:
+    """The cursor's row offset (0 without a cursor): a whole number no larger than any
+    answer can be."""
+    if not cursor:
+        return 0
+    offset = cursor.get("o")
+    if type(offset) is not int or not 0 < offset <= max_offset:
         raise _bad_cursor()
     return offset
 
 
 def _after_keys(cursor: dict[str, Any], group: GroupQuery) -> tuple[Any, ...] | None:
     """The cursor's last keys, each of its dimension's type, or None on the first page."""
-    if "a" not in cursor:
+    if not cursor:
         return None
-    keys = cursor["a"]
+    keys = cursor.get("a")
     if not isinstance(keys, list) or len(keys) != len(group.dimensions):
         raise _bad_cursor()
     for dim, key in zip(group.dimensions, keys, strict=True):
