@@ -9,6 +9,7 @@
     │   ├── InvalidField                (400 invalid_field)
     │   ├── InvalidParameter            (400 invalid_parameter)
     │   ├── InvalidQuery                (400 invalid_query)
+    │   ├── InvalidCursor               (400 invalid_cursor)
     │   ├── LimitExceeded               (400 limit_exceeded)
     │   └── UnknownSite                 (400 unknown_site)
     ├── Unauthorized                    (401 unauthorized)
@@ -45,6 +46,7 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "Forbidden",
+    "InvalidCursor",
     "InvalidField",
     "InvalidJSON",
     "InvalidKey",
@@ -129,6 +131,13 @@ class InvalidQuery(BadRequest):
     ``details.field`` names the part, such as ``query.metrics[1]``."""
 
     code = "invalid_query"
+
+
+class InvalidCursor(BadRequest):
+    """An ``after`` cursor is not ``meta.next`` of the same query (edited, truncated, or
+    from another query or an older range); ``details`` names the field or parameter."""
+
+    code = "invalid_cursor"
 
 
 class LimitExceeded(BadRequest):

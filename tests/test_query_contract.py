@@ -399,8 +399,9 @@ def test_cursor_of_another_query_is_refused(data: Backend) -> None:
         },
     )
     assert resp.status_code == 400 and resp.json()["details"]["field"] == "query.after"
+    assert resp.json()["error"] == "invalid_cursor"
     garbage = data.client.post("/query", json={"after": "not-a-cursor"})
-    assert garbage.status_code == 400 and garbage.json()["error"] == "invalid_query"
+    assert garbage.status_code == 400 and garbage.json()["error"] == "invalid_cursor"
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from metronome.reports.query import for_site, parse_query
+from metronome.reports.timebuckets import LATEST_MS
 from metronome.store.base import Store
 from metronome.store.query import GroupQuery
 
 __all__ = ["forget", "forget_query"]
 
-ALL_TIME = {"from": "0", "to": "253402300799999"}  # epoch ms 0 .. the end of year 9999
+ALL_TIME = {"from": "0", "to": str(LATEST_MS)}  # epoch ms 0 .. the latest a query takes
 
 
 def forget_query(

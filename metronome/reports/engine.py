@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from metronome.errors import InvalidQuery
+from metronome.errors import InvalidCursor, InvalidQuery
 from metronome.reports.query import VISITORS_PRECISION, Query, iso_moment
 from metronome.reports.timebuckets import bucket_label
 from metronome.store.base import GroupRow, Store
@@ -37,18 +37,57 @@ def _encode_cursor(payload: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(payload)).decode().rstrip("=")
 
 
+def _bad_cursor() -> InvalidCursor:
+    return InvalidCursor(
+        "query.after: not a cursor of this query; pass meta.next from the previous page"
+        " with the same query (its normalized form has an absolute range)",
+        field="query.after",
+    )
+
+
 def _decode_cursor(text: str, fingerprint: str) -> dict[str, Any]:
     try:
         payload = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
     except (binascii.Error, ValueError, orjson.JSONDecodeError):
         payload = None
     if not isinstance(payload, dict) or payload.get("q") != fingerprint:
-        raise InvalidQuery(
-            "query.after: not a cursor of this query; pass meta.next from the previous page"
-            " with the same query (its normalized form has an absolute range)",
-            field="query.after",
-        )
+        raise _bad_cursor()
     return payload
+
+
+def _offset(cursor: dict[str, Any], max_offset: int) -> int:
+    """The cursor's row offset (0 without a cursor): a whole number no larger than any
+    answer can be."""
+    if not cursor:
+        return 0
+    offset = cursor.get("o")
+    if type(offset) is not int or not 0 < offset <= max_offset:
+        raise _bad_cursor()
+    return offset
+
+
+def _after_keys(cursor: dict[str, Any], group: GroupQuery) -> tuple[Any, ...] | None:
+    """The cursor's last keys, each of its dimension's type, or None on the first page."""
+    if not cursor:
+        return None
+    keys = cursor.get("a")
+    if not isinstance(keys, list) or len(keys) != len(group.dimensions):
+        raise _bad_cursor()
+    for dim, key in zip(group.dimensions, keys, strict=True):
+        kind = dim.field.kind if dim.field is not None else None
+        if key is None:
+            continue
+        if kind == "boolean":
+            good = isinstance(key, bool)
+        elif kind in ("integer", "number"):
+            good = type(key) in (int, float) and abs(key) <= 2**53
+        elif kind == "date":
+            good = (type(key) is int and abs(key) <= 2**53) or isinstance(key, str)
+        else:
+            good = isinstance(key, str) and len(key) <= 32_766  # a keyword's longest
+        if not good:
+            raise _bad_cursor()
+    return tuple(keys)
 
 
 def _zero(metric: MetricSpec) -> Any:
@@ -193,19 +232,19 @@ async def run_query(
     next_cursor: str | None = None
     top = _top_metric(query)
     if top is not None and not paged:
-        offset = int(cursor.get("o", 0)) if isinstance(cursor.get("o", 0), int) else 0
+        offset = _offset(cursor, max_groups)
         metric, descending = top
         raw = await store.top(
             group, metric=metric, descending=descending, size=offset + query.limit + 1
         )
+        if offset and len(raw) <= offset:  # a cursor never points past the last row
+            raise _bad_cursor()
         page = _finish(group, raw[offset : offset + query.limit])
-        if len(raw) > offset + query.limit:
+        if len(raw) > offset + query.limit and offset + query.limit <= max_groups:
             next_cursor = _encode_cursor({"q": query.fingerprint, "o": offset + query.limit})
         total = None
     elif paged:
-        after = tuple(cursor["a"]) if "a" in cursor else None
-        if after is not None and len(after) != len(dims):
-            raise InvalidQuery("query.after: not a cursor of this query", field="query.after")
+        after = _after_keys(cursor, group)
         raw = await store.groups(group, after=after, limit=query.limit + 1)
         page = _finish(group, raw[: query.limit])
         if len(raw) > query.limit:
@@ -216,7 +255,9 @@ async def run_query(
     else:
         rows = await _whole(store, group, max_groups)
         _sort(rows, query.order_by, positions)
-        offset = int(cursor.get("o", 0)) if isinstance(cursor.get("o", 0), int) else 0
+        offset = _offset(cursor, max_groups)
+        if offset and len(rows) <= offset:
+            raise _bad_cursor()
         page = rows[offset : offset + query.limit]
         if offset + query.limit < len(rows):
             next_cursor = _encode_cursor({"q": query.fingerprint, "o": offset + query.limit})

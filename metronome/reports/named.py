@@ -10,14 +10,16 @@ own shape. :func:`run_report` is the one way any of them is answered.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from metronome.errors import InvalidParameter, NotFound
+from metronome.errors import InvalidCursor, InvalidParameter, InvalidQuery, NotFound
 from metronome.reports import tock
 from metronome.reports.engine import run_query
-from metronome.reports.query import for_site, parse_query
+from metronome.reports.query import PRESETS, for_site, parse_query
+from metronome.reports.timebuckets import SUPPORTED_RANGE
 from metronome.store.base import Store
 
 __all__ = [
@@ -33,13 +35,16 @@ __all__ = [
 Answer = dict[str, Any]
 
 COMMON_PARAMETERS: dict[str, str] = {
-    "range": "a preset (today, yesterday, week, month, year, 7d, 24h, ...); default 30d",
-    "from": "start: a date (whole day), ISO 8601 or epoch ms; overrides range",
+    "range": f"a preset: {PRESETS}; default 30d",
+    "from": "start: a date (whole day), ISO 8601 or epoch ms; overrides range;"
+    f" supported: {SUPPORTED_RANGE}",
     "to": "end: a date (whole day included), ISO 8601 or epoch ms",
     "tz": "IANA time zone for dates and buckets; default UTC",
     "limit": "most rows, 1 to 10000",
     "bots": "exclude (default) or include known crawlers",
+    "after": "meta.next of the previous page, with the same other parameters",
 }
+_WHOLE_NUMBER = re.compile(r"^[0-9]{1,5}$")  # ASCII only: str.isdigit() also takes "²"
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,9 +215,11 @@ def report_query(report: NamedReport, params: Mapping[str, str]) -> dict[str, An
         body["bots"] = params["bots"]
     if "limit" in params:
         text = params["limit"]
-        if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        if not _WHOLE_NUMBER.match(text) or not 1 <= int(text) <= 10_000:
             raise InvalidParameter("'limit' is a whole number from 1 to 10000", parameter="limit")
         body["limit"] = int(text)
+    if "after" in params:
+        body["after"] = params["after"]
     return body
 
 
@@ -244,8 +251,55 @@ async def run_report(
             {"": report_query(report, params)},
             lambda answers: {"report": report.name, **answers[""]},
         )
-    queries = {name: for_site(parse_query(body), site_id) for name, body in plan.queries.items()}
-    answers = await asyncio.gather(
-        *(run_query(store, query, max_groups=max_groups) for query in queries.values())
-    )
+    try:
+        queries = {
+            name: for_site(parse_query(body), site_id) for name, body in plan.queries.items()
+        }
+        answers = await asyncio.gather(
+            *(run_query(store, query, max_groups=max_groups) for query in queries.values())
+        )
+    except InvalidCursor as exc:
+        raise InvalidCursor(
+            _as_parameter_message(exc.message, "after"), parameter="after"
+        ) from None
+    except InvalidQuery as exc:
+        raise _as_parameter(exc, report, params) from None
     return plan.shape(dict(zip(queries, answers, strict=True)))
+
+
+# the URL parameters a part of a report's /query request comes from, most likely first
+_PARAMETERS_OF = {
+    "query.range": ("from", "to", "range"),
+    "query.compare": ("from", "range"),
+    "query.tz": ("tz",),
+    "query.limit": ("limit", "top"),
+    "query.bots": ("bots",),
+    "query.source": ("source", "sources"),
+    "query.after": ("after",),
+    "query.filters": ("event", "id"),
+    "query.dimensions": ("interval", "from", "range"),
+}
+
+
+def _as_parameter(
+    exc: InvalidQuery, report: NamedReport, params: Mapping[str, str]
+) -> InvalidParameter:
+    """A report's URL parameters are its interface: a refused part of its ``/query``
+    request is answered as the parameter it came from (``invalid_parameter``)."""
+    part = str(exc.details.get("field", "query"))
+    candidates = next(
+        (names for prefix, names in _PARAMETERS_OF.items() if part.startswith(prefix)), ()
+    )
+    given = [name for name in candidates if name in params]
+    taken = [name for name in candidates if name in report.all_parameters]
+    if not given and not taken:
+        return InvalidParameter(exc.message)
+    parameter = (given or taken)[0]
+    return InvalidParameter(_as_parameter_message(exc.message, parameter), parameter=parameter)
+
+
+def _as_parameter_message(message: str, parameter: str) -> str:
+    head, colon, rest = message.partition(": ")
+    if colon and head.startswith("query"):
+        return f"'{parameter}': {rest}"
+    return message

@@ -15,16 +15,24 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import relevance
 
-from metronome.errors import InvalidQuery
+from metronome.errors import InvalidParameter, InvalidQuery
 from metronome.events import fields as F
 from metronome.reports.catalog import ALIASES, UnknownField, resolve
-from metronome.reports.timebuckets import MAX_BUCKETS, bucket_starts, parse_moment
+from metronome.reports.timebuckets import (
+    EARLIEST_MS,
+    LATEST_MS,
+    MAX_BUCKETS,
+    SUPPORTED_RANGE,
+    bucket_starts,
+    parse_moment,
+    parse_zone,
+)
 from metronome.store.query import (
     BoolNode,
     DimensionSpec,
@@ -51,13 +59,35 @@ RANGE_PRESET = r"^(today|yesterday|week|month|year|[1-9][0-9]{0,2}[hd])$"
 MAX_LIMIT = 10_000
 MAX_DIMENSIONS = 8
 MAX_FILTER_VALUES = 100
+MAX_FILTERS = 50  # per list: the top level, and each and/or
+MAX_FILTER_DEPTH = 8  # filters inside and/or/not, counting the outermost as 1
+MAX_FILTER_NODES = 200  # filters in the whole request, nested ones included
+FILTER_OPS = ("is", "is_not", "contains", "matches", "gt", "lt", "and", "or", "not")
+PRESETS = (
+    "today, yesterday, week, month, year (calendar periods in tz), Nd (the last N days,"
+    " today included) or Nh (the last N hours, this one included), N from 1 to 999"
+)
 VISITORS_PRECISION = (
     "exact on the embedded store; on Elasticsearch a HyperLogLog++ estimate, near exact"
     " below 3,000 distinct visitors per row and within a few percent above"
 )
 
-_SCALAR = {"type": ["string", "number", "boolean"]}
+MAX_VALUE_CHARS = 4096  # a filter's text value: at most 16 KiB of UTF-8, under Lucene's 32 KiB term
+_SCALAR = {"type": ["string", "number", "boolean"], "maxLength": MAX_VALUE_CHARS}
 _FIELD = {"type": "string", "minLength": 1, "maxLength": 200}
+_MOMENT = {
+    "oneOf": [
+        {"type": "string", "minLength": 1, "maxLength": 64},
+        {"type": "integer", "minimum": EARLIEST_MS, "maximum": LATEST_MS},
+    ]
+}
+
+
+def _filter_shape(ops: list[str], then: dict[str, Any]) -> dict[str, Any]:
+    """One kind of filter, chosen by its operator: only that kind's shape is checked, so
+    validating nested filters takes time linear in their number."""
+    return {"if": {"prefixItems": [{"enum": ops}]}, "then": then}
+
 
 QUERY_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -71,8 +101,9 @@ QUERY_SCHEMA: dict[str, Any] = {
             "description": "ticks, access logs, or both",
         },
         "range": {
-            "description": "a preset (today, yesterday, week, month, year, 7d, 24h, ...) or"
-            " from/to (dates include the whole day; ISO 8601; epoch ms)",
+            "description": f"a preset: {PRESETS}; or from/to: a date (the whole day),"
+            " an ISO 8601 timestamp, or epoch ms (an integer, or text); supported: "
+            + SUPPORTED_RANGE,
             "default": "30d",
             "oneOf": [
                 {"type": "string", "pattern": RANGE_PRESET},
@@ -81,8 +112,8 @@ QUERY_SCHEMA: dict[str, Any] = {
                     "additionalProperties": False,
                     "required": ["from"],
                     "properties": {
-                        "from": {"type": "string", "minLength": 1, "maxLength": 64},
-                        "to": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "from": _MOMENT,
+                        "to": _MOMENT,
                     },
                 },
             ],
@@ -125,7 +156,7 @@ QUERY_SCHEMA: dict[str, Any] = {
         },
         "filters": {
             "type": "array",
-            "maxItems": 50,
+            "maxItems": MAX_FILTERS,
             "default": [],
             "items": {"$ref": "#/$defs/filter"},
         },
@@ -157,53 +188,64 @@ QUERY_SCHEMA: dict[str, Any] = {
     },
     "$defs": {
         "filter": {
-            "oneOf": [
-                {
-                    "type": "array",
-                    "minItems": 3,
-                    "maxItems": 3,
-                    "items": False,
-                    "prefixItems": [
-                        {"enum": ["is", "is_not", "contains", "matches"]},
-                        _FIELD,
-                        {
-                            "type": "array",
-                            "minItems": 1,
-                            "maxItems": MAX_FILTER_VALUES,
-                            "items": _SCALAR,
-                        },
-                    ],
-                },
-                {
-                    "type": "array",
-                    "minItems": 3,
-                    "maxItems": 3,
-                    "items": False,
-                    "prefixItems": [{"enum": ["gt", "lt"]}, _FIELD, {"type": "number"}],
-                },
-                {
-                    "type": "array",
-                    "minItems": 2,
-                    "maxItems": 2,
-                    "items": False,
-                    "prefixItems": [
-                        {"enum": ["and", "or"]},
-                        {
-                            "type": "array",
-                            "minItems": 1,
-                            "maxItems": 50,
-                            "items": {"$ref": "#/$defs/filter"},
-                        },
-                    ],
-                },
-                {
-                    "type": "array",
-                    "minItems": 2,
-                    "maxItems": 2,
-                    "items": False,
-                    "prefixItems": [{"const": "not"}, {"$ref": "#/$defs/filter"}],
-                },
-            ]
+            "description": "[is|is_not|contains|matches, field, [values]]; [gt|lt, field,"
+            f" number]; [and|or, [filters]]; [not, filter]; at most {MAX_FILTER_DEPTH} deep"
+            f" and {MAX_FILTER_NODES} filters in a request",
+            "type": "array",
+            "minItems": 2,
+            "maxItems": 3,
+            "prefixItems": [{"enum": list(FILTER_OPS)}],
+            "allOf": [
+                _filter_shape(
+                    ["is", "is_not", "contains", "matches"],
+                    {
+                        "minItems": 3,
+                        "items": False,
+                        "prefixItems": [
+                            True,
+                            _FIELD,
+                            {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": MAX_FILTER_VALUES,
+                                "items": _SCALAR,
+                            },
+                        ],
+                    },
+                ),
+                _filter_shape(
+                    ["gt", "lt"],
+                    {
+                        "minItems": 3,
+                        "items": False,
+                        "prefixItems": [True, _FIELD, {"type": "number"}],
+                    },
+                ),
+                _filter_shape(
+                    ["and", "or"],
+                    {
+                        "maxItems": 2,
+                        "items": False,
+                        "prefixItems": [
+                            True,
+                            {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": MAX_FILTERS,
+                                "items": {"$ref": "#/$defs/filter"},
+                            },
+                        ],
+                    },
+                ),
+                _filter_shape(
+                    ["not"],
+                    {
+                        "maxItems": 2,
+                        "items": False,
+                        "prefixItems": [True, {"$ref": "#/$defs/filter"}],
+                    },
+                ),
+            ],
         },
     },
 }
@@ -242,11 +284,14 @@ def _schema_error(body: Any) -> InvalidQuery | None:
     if error.validator == "additionalProperties" and error.absolute_path == error.path:
         allowed = ", ".join(error.schema.get("properties", {}))
         return InvalidQuery(f"{where}: {error.message}; allowed: {allowed}", field=where)
-    if error.validator == "oneOf" and where.startswith("query.filters"):
+    path = list(error.absolute_path)
+    if len(path) >= 2 and path[0] == "filters":
+        top = f"query.filters[{path[1]}]"
         return InvalidQuery(
-            f"{where}: a filter is [op, field, [values]] with op is, is_not, contains or"
-            " matches; [gt|lt, field, number]; [and|or, [filters]]; or [not, filter]",
-            field=where,
+            f"{where}: {_short(error.message)}; a filter is [op, field, [values]] with op is,"
+            " is_not, contains or matches; [gt|lt, field, number]; [and|or, [filters]]; or"
+            " [not, filter]",
+            field=top,
         )
     if error.validator == "oneOf" and where.startswith("query.metrics"):
         return InvalidQuery(
@@ -256,12 +301,52 @@ def _schema_error(body: Any) -> InvalidQuery | None:
         )
     if error.validator == "oneOf" and where == "query.range":
         return InvalidQuery(
-            f"{where}: give a preset (today, yesterday, week, month, year, 7d, 24h) or"
-            ' {"from": ..., "to": ...}',
+            f"{where}: give a preset ({PRESETS}) or"
+            ' {"from": ..., "to": ...} with dates, ISO 8601 timestamps or epoch ms (integers'
+            f" or text); supported: {SUPPORTED_RANGE}",
             field=where,
         )
-    message = error.message if len(error.message) < 300 else error.message[:300] + "..."
-    return InvalidQuery(f"{where}: {message}", field=where)
+    return InvalidQuery(f"{where}: {_short(error.message)}", field=where)
+
+
+def _short(message: str) -> str:
+    return message if len(message) < 300 else message[:300] + "..."
+
+
+def _nesting_error(body: Any) -> InvalidQuery | None:
+    """Filters nested too deep or too many, found before the schema is checked (and in
+    time bounded by the limits, whatever the request's size)."""
+    if not isinstance(body, dict) or not isinstance(body.get("filters"), list):
+        return None
+    nodes = 0
+    for index, top in enumerate(body["filters"]):
+        todo = [(top, 1, f"query.filters[{index}]")]
+        while todo:
+            raw, depth, where = todo.pop()
+            nodes += 1
+            if nodes > MAX_FILTER_NODES:
+                return InvalidQuery(
+                    f"{where}: a request has at most {MAX_FILTER_NODES} filters, nested ones"
+                    " included",
+                    field=f"query.filters[{index}]",
+                    limit=MAX_FILTER_NODES,
+                )
+            if depth > MAX_FILTER_DEPTH:
+                return InvalidQuery(
+                    f"{where}: filters nest at most {MAX_FILTER_DEPTH} deep (and, or, not)",
+                    field=f"query.filters[{index}]",
+                    limit=MAX_FILTER_DEPTH,
+                )
+            if not isinstance(raw, list) or len(raw) != 2:
+                continue
+            if raw[0] == "not":
+                todo.append((raw[1], depth + 1, f"{where}[1]"))
+            elif raw[0] in ("and", "or") and isinstance(raw[1], list):
+                todo.extend(
+                    (item, depth + 1, f"{where}[1][{i}]")
+                    for i, item in enumerate(raw[1][: MAX_FILTER_NODES + 1])
+                )
+    return None
 
 
 def _field(name: str, datasets: tuple[str, ...], purpose: Any, where: str) -> FieldRef:
@@ -283,10 +368,8 @@ def _resolve_range(spec: Any, tz: ZoneInfo, now_ms: int) -> tuple[int, int, tupl
         try:
             start = parse_moment("from", spec["from"], tz, end=False)
             end = parse_moment("to", spec["to"], tz, end=True) if spec.get("to") else now_ms + 1
-        except Exception as exc:  # InvalidParameter from the shared parser
-            raise InvalidQuery(
-                f"query.range: {getattr(exc, 'message', exc)}", field="query.range"
-            ) from None
+        except InvalidParameter as exc:  # from the parser /tock and /reports share
+            raise InvalidQuery(f"query.range: {exc.message}", field="query.range") from None
         if start >= end:
             raise InvalidQuery("query.range: 'from' must be before 'to'", field="query.range")
         return start, end, (start - (end - start), start)
@@ -430,7 +513,7 @@ def _filter(raw: list[Any], datasets: tuple[str, ...], where: str) -> tuple[Filt
 
 def parse_query(body: Any, now_ms: int | None = None) -> Query:
     """Validate a ``/query`` request and resolve it. Raises :class:`InvalidQuery`."""
-    error = _schema_error(body)
+    error = _nesting_error(body) or _schema_error(body)
     if error is not None:
         raise error
     now = int(time.time() * 1000) if now_ms is None else now_ms
@@ -438,14 +521,20 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
     datasets = SOURCES[source]
     tz_name = body.get("tz", "UTC")
     try:
-        tz = ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError):
+        tz = parse_zone("tz", tz_name)
+    except InvalidParameter:
         raise InvalidQuery(
             f"query.tz: {tz_name!r} is not an IANA time zone such as Europe/Berlin",
             field="query.tz",
         ) from None
     range_spec = body.get("range", "30d")
     start, end, previous = _resolve_range(range_spec, tz, now)
+    if body.get("compare") and previous[0] < EARLIEST_MS:
+        raise InvalidQuery(
+            "query.compare: the previous period would start before 0001-12-31T00:00Z, the"
+            f" earliest supported moment ({SUPPORTED_RANGE})",
+            field="query.compare",
+        )
 
     metrics, metric_json = [], []
     for index, raw in enumerate(body.get("metrics", ["events"])):

@@ -14,15 +14,22 @@ access-log lines (mapped to items by URL rules) count together unless ``sources`
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from metronome.errors import InvalidParameter
-from metronome.reports.timebuckets import MAX_BUCKETS, bucket_count, parse_moment
+from metronome.reports.timebuckets import (
+    EARLIEST_MS,
+    MAX_BUCKETS,
+    bucket_count,
+    parse_moment,
+    parse_zone,
+)
 from metronome.store.query import Interval
 
 __all__ = [
@@ -48,7 +55,9 @@ PARAMETERS = {
     "top": "most downloads formats and referrers, 1 to 1000 (default 10)",
     "bots": "exclude (default) or include",
     "sources": "ticks, logs or both (default)",
+    "site": "a site with public item reports (without a key): its id",
 }
+_WHOLE_NUMBER = re.compile(r"^[0-9]{1,5}$")  # ASCII only: str.isdigit() also takes "²"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,17 +72,6 @@ class TockQuery:
     sources: tuple[str, ...] = ("ticks", "logs")
 
 
-def _zone(params: Mapping[str, str]) -> ZoneInfo:
-    name = params.get("tz", "UTC") or "UTC"
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidParameter(
-            f"'tz' must be an IANA time zone name such as Europe/Berlin, got {name!r}",
-            parameter="tz",
-        ) from None
-
-
 def parse_tock_query(
     item_id: str, params: Mapping[str, str], now_ms: int | None = None
 ) -> TockQuery:
@@ -81,14 +79,14 @@ def parse_tock_query(
 
     Defaults: the last 30 days in ``tz`` (today included), daily buckets, top 10, no bots.
     """
-    known = set(PARAMETERS) - {"id"}
+    known = set(PARAMETERS) - {"id"}  # site: read by the API's guard, listed here too
     unknown = sorted(set(params) - known)
     if unknown:
         raise InvalidParameter(
             f"unknown parameter {unknown[0]!r}; /tock takes {', '.join(sorted(known))}",
             parameter=unknown[0],
         )
-    tz = _zone(params)
+    tz = parse_zone("tz", params.get("tz", "UTC") or "UTC")
     interval = params.get("interval", "day")
     if interval not in get_args(Interval):
         raise InvalidParameter(
@@ -103,6 +101,7 @@ def parse_tock_query(
         end_local = datetime.fromtimestamp((end_ms - 1) / 1000, tz=UTC).astimezone(tz)
         first = end_local.date() - timedelta(days=DEFAULT_DAYS - 1)
         start_ms = int(datetime(first.year, first.month, first.day, tzinfo=tz).timestamp() * 1000)
+        start_ms = max(start_ms, EARLIEST_MS)  # 30 days before 0002-01-05: from the earliest
     if start_ms >= end_ms:
         raise InvalidParameter("'from' must be before 'to'", parameter="from")
     if bucket_count(start_ms, end_ms, interval, tz) > MAX_BUCKETS:  # type: ignore[arg-type]
@@ -112,7 +111,7 @@ def parse_tock_query(
             parameter="interval",
         )
     top_text = params.get("top", "10")
-    if not top_text.isdigit() or not 1 <= int(top_text) <= MAX_TOP:
+    if not _WHOLE_NUMBER.match(top_text) or not 1 <= int(top_text) <= MAX_TOP:
         raise InvalidParameter(f"'top' must be a whole number from 1 to {MAX_TOP}", parameter="top")
     bots = params.get("bots", "exclude")
     if bots not in ("exclude", "include"):
