@@ -2,16 +2,128 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
+import orjson
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from metronome.config import Settings
+from metronome.errors import BadRequest, MetronomeError, ServerBusy, UriTooLong
+from metronome.logconfig import configure_logging
 
-__all__ = ["MetronomeWorker", "PortInUse", "ensure_port_free", "run_server"]
+__all__ = [
+    "MAX_URL_BYTES",
+    "MetronomeHttp",
+    "MetronomeWorker",
+    "PortInUse",
+    "control_socket_path",
+    "ensure_port_free",
+    "run_server",
+]
+
+log = logging.getLogger("metronome")
+
+MAX_URL_BYTES = 65_535
+"""The longest request target (path and query string) a worker takes; longer ones get
+``414 uri_too_long`` (uvicorn's URL parser cannot take more)."""
+
+_LINGER_S = 2.0
+"""How long a connection refused by the parser stays open, reading and dropping what the
+client still sends: closing with unread data would reset the connection, and the client
+would lose the answer."""
+
+_UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, the last a NUL
+
+
+def _json_error(error: MetronomeError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    body = orjson.dumps(error.to_dict())
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"connection", b"close"),
+    ]
+    headers.extend(
+        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers().items()
+    )
+    return error.http_status, body, headers
+
+
+async def _busy(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The answer past ``METRONOME_MAX_CONNECTIONS`` (uvicorn's is plain text)."""
+    status, body, headers = _json_error(
+        ServerBusy(
+            "this worker has METRONOME_MAX_CONNECTIONS connections or requests in progress;"
+            " retry in a moment"
+        )
+    )
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _UrlTooLong(Exception):
+    """Raised from the parser's URL callback: the URL is over :data:`MAX_URL_BYTES`."""
+
+
+class MetronomeHttp(HttpToolsProtocol):  # type: ignore[misc]
+    """uvicorn's httptools protocol, whose own answers are JSON in Metronome's error
+    shape like every other: ``400 bad_request`` for a request it cannot parse, ``414
+    uri_too_long`` past :data:`MAX_URL_BYTES` (before reading the rest of the URL),
+    ``503 server_busy`` past the connection limit (``limit_concurrency``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._busy_at: int | None = self.limit_concurrency
+        self.limit_concurrency = None  # checked below, answered in JSON
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:  # after a refusal, what still comes is dropped
+            super().data_received(data)
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > MAX_URL_BYTES:
+            raise _UrlTooLong  # the parser stops; data_received answers 400, made 414 below
+
+    def on_headers_complete(self) -> None:
+        limit = self._busy_at
+        if limit is None or (len(self.connections) < limit and len(self.tasks) < limit):
+            super().on_headers_complete()
+            return
+        log.warning(
+            "server_busy connections=%d requests=%d", len(self.connections), len(self.tasks)
+        )
+        app, self.app = self.app, _busy
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+
+    def send_400_response(self, msg: str) -> None:
+        if len(getattr(self, "url", b"")) > MAX_URL_BYTES:
+            error: MetronomeError = UriTooLong(
+                f"the URL is over {MAX_URL_BYTES} bytes; send the data in a request body",
+                limit=MAX_URL_BYTES,
+            )
+        else:
+            error = BadRequest("the request is not valid HTTP/1.1")
+        status, body, headers = _json_error(error)
+        lines = [STATUS_LINE[status]]
+        for name, value in [*self.server_state.default_headers, *headers]:
+            lines.extend([name, b": ", value, b"\r\n"])
+        lines.extend([b"\r\n", body])
+        self._refused = True
+        self.transport.write(b"".join(lines))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(_LINGER_S, self.transport.close)
 
 
 class MetronomeWorker(UvicornWorker):  # type: ignore[misc]
@@ -27,22 +139,46 @@ class MetronomeWorker(UvicornWorker):  # type: ignore[misc]
     ``client_header_timeout``), as docs/guides/sites-and-keys.md says.
     """
 
+    sockets: list[Any]  # set by gunicorn before run()
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = Settings.from_env(os.environ)
         self.CONFIG_KWARGS = {
             **UvicornWorker.CONFIG_KWARGS,
+            "http": MetronomeHttp,
             "limit_concurrency": settings.max_connections or None,
         }
         super().__init__(*args, **kwargs)
 
     def run(self) -> None:
-        # with a socket per worker the arbiter holds none, and logs "Listening at: " empty
         self.log.info(
             "Listening at: %s (worker %s)",
             ",".join(str(listener) for listener in self.sockets),
             self.pid,
         )
+        # uvicorn gets the sockets themselves, not gunicorn's wrappers: its event loop closes
+        # a socket it serves, and closing the wrapper after that logged "Bad file descriptor"
+        self.sockets = [getattr(listener, "sock", listener) for listener in self.sockets]
         super().run()
+
+
+class _GunicornLog(Logger):
+    """gunicorn's logger; the arbiter, which holds no socket with a socket per worker,
+    logs the address it serves instead of an empty ``Listening at:``."""
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if msg == "Listening at: %s (%s)" and args and not args[0]:
+            msg = "Listening at: %s (%s; a socket per worker)"
+            args = (",".join(f"http://{bound}" for bound in self.cfg.bind), *args[1:])
+        super().info(msg, *args, **kwargs)
+
+
+def control_socket_path(settings: Settings) -> Path | None:
+    """Where the arbiter's control socket (``gunicornc -s PATH``) goes: in the data
+    directory, so two servers never share one (gunicorn's default is one per user).
+    ``None`` when the path is too long for a Unix socket: the server runs without one."""
+    path = Path(settings.data_dir).resolve() / "gunicorn.ctl"
+    return path if len(os.fsencode(path)) <= _UNIX_PATH_MAX else None
 
 
 class PortInUse(RuntimeError):
@@ -90,6 +226,10 @@ class _Server(BaseApplication):  # type: ignore[misc]
 def run_server(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT; workers that die are replaced."""
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    configure_logging(settings)
+    control = control_socket_path(settings)
+    if control is None:
+        log.info("control_socket_disabled reason=the data directory's path is too long")
     _Server(
         {
             "bind": f"{host}:{settings.port}",
@@ -107,5 +247,8 @@ def run_server(settings: Settings) -> None:
             "accesslog": None,
             "loglevel": settings.log_level,
             "preload_app": False,
+            "logger_class": "metronome.server._GunicornLog",
+            "control_socket": str(control or ""),
+            "control_socket_disable": control is None,
         }
     ).run()

@@ -5,7 +5,9 @@ refused cleanly. All against a real ``metronome serve``.
 
 from __future__ import annotations
 
+import json
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -96,3 +98,67 @@ def test_head_on_a_route_without_get_is_405_json(server: MetronomeServer) -> Non
     resp = httpx.head(f"{server.url}/query", timeout=10)
     assert resp.status_code == 405
     assert resp.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("size", [70_000, 65_536, 1_000_000])
+def test_a_url_over_the_limit_gets_414_json(server: MetronomeServer, size: int) -> None:
+    query = "a=" + "x" * (size - len("/healthz?a="))
+    request = f"GET /healthz?{query} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    started = time.monotonic()
+    status, headers, body = _raw(server, request)
+    assert time.monotonic() - started < 5
+    assert status == 414
+    assert headers["content-type"] == "application/json"
+    answer = json.loads(body)
+    assert answer["error"] == "uri_too_long" and answer["details"] == {"limit": 65_535}
+
+
+def test_a_url_just_under_the_limit_is_answered_by_the_app(server: MetronomeServer) -> None:
+    path = "/healthz?a=" + "x" * (65_535 - len("/healthz?a="))
+    status, _, body = _raw(
+        server, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nno colon here\r\n\r\n",
+        b"G@T /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /healthz HTTP/9.9\r\nHost: t\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS hello on the plain port
+    ],
+    ids=["header-without-colon", "bad-method", "bad-version", "negative-length", "tls"],
+)
+def test_a_request_uvicorn_cannot_parse_gets_400_json(
+    server: MetronomeServer, request_bytes: bytes
+) -> None:
+    status, headers, body = _raw(server, request_bytes)
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["error"] == "bad_request"
+
+
+def test_past_the_connection_limit_the_answer_is_503_json(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    srv = MetronomeServer(
+        {"METRONOME_MAX_CONNECTIONS": "2"}, data_dir=tmp_path_factory.mktemp("busy"), workers=1
+    )
+    srv.start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=10) as held:
+            assert held.get("/healthz").status_code == 200  # one kept-alive connection
+            resp = httpx.get(f"{srv.url}/healthz", timeout=10)
+            body = _error(resp, 503, "server_busy")
+            assert resp.headers["retry-after"] == "1"
+            assert "METRONOME_MAX_CONNECTIONS" in body["message"]
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{srv.url}/healthz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "still busy once the held connection closed"
+            time.sleep(0.1)
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log_path.read_text()
