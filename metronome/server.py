@@ -12,15 +12,20 @@ import orjson
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn_worker import UvicornWorker
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+from websockets.server import ServerProtocol
 
 from metronome.config import Settings
-from metronome.errors import BadRequest, MetronomeError, ServerBusy, UriTooLong
+from metronome.errors import BadRequest, MetronomeError, ServerBusy, UriTooLong, all_error_classes
 from metronome.logconfig import configure_logging
 
 __all__ = [
     "MAX_URL_BYTES",
     "MetronomeHttp",
+    "MetronomeWebSocket",
     "MetronomeWorker",
     "PortInUse",
     "control_socket_path",
@@ -55,16 +60,29 @@ def _json_error(error: MetronomeError) -> tuple[int, bytes, list[tuple[bytes, by
     return error.http_status, body, headers
 
 
+async def _send_error(send: Any, error: MetronomeError) -> None:
+    status, body, headers = _json_error(error)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def _busy(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The answer past ``METRONOME_MAX_CONNECTIONS`` (uvicorn's is plain text)."""
-    status, body, headers = _json_error(
+    await _send_error(
+        send,
         ServerBusy(
             "this worker has METRONOME_MAX_CONNECTIONS connections or requests in progress;"
             " retry in a moment"
-        )
+        ),
     )
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+
+
+async def _unsupported_version(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The answer to a request line that says HTTP/0.9 or 2.0 (the app would fail on it)."""
+    await _send_error(
+        send,
+        BadRequest(f"HTTP/{scope['http_version']} is not spoken here; send HTTP/1.1"),
+    )
 
 
 class _UrlTooLong(Exception):
@@ -75,7 +93,8 @@ class MetronomeHttp(HttpToolsProtocol):  # type: ignore[misc]
     """uvicorn's httptools protocol, whose own answers are JSON in Metronome's error
     shape like every other: ``400 bad_request`` for a request it cannot parse, ``414
     uri_too_long`` past :data:`MAX_URL_BYTES` (before reading the rest of the URL),
-    ``503 server_busy`` past the connection limit (``limit_concurrency``)."""
+    ``503 server_busy`` past the connection limit (``limit_concurrency``), and ``400
+    bad_request`` for an HTTP version other than 1.0 and 1.1 in the request line."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -94,19 +113,33 @@ class MetronomeHttp(HttpToolsProtocol):  # type: ignore[misc]
 
     def on_headers_complete(self) -> None:
         limit = self._busy_at
-        if limit is None or (len(self.connections) < limit and len(self.tasks) < limit):
+        if self.parser.get_http_version() not in ("1.0", "1.1"):
+            refusal = _unsupported_version
+        elif limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            log.warning(
+                "server_busy connections=%d requests=%d", len(self.connections), len(self.tasks)
+            )
+            refusal = _busy
+        else:
             super().on_headers_complete()
             return
-        log.warning(
-            "server_busy connections=%d requests=%d", len(self.connections), len(self.tasks)
-        )
-        app, self.app = self.app, _busy
+        app, self.app = self.app, refusal  # what uvicorn runs for this request
         try:
             super().on_headers_complete()
         finally:
             self.app = app
 
     def send_400_response(self, msg: str) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # the request in progress ends here: its app gets a disconnect, its answer is
+            # dropped (uvicorn would write it after this one, or after closing)
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:  # half an answer is out: nothing else can follow
+                self._refused = True
+                self.transport.close()
+                return
         if len(getattr(self, "url", b"")) > MAX_URL_BYTES:
             error: MetronomeError = UriTooLong(
                 f"the URL is over {MAX_URL_BYTES} bytes; send the data in a request body",
@@ -124,6 +157,42 @@ class MetronomeHttp(HttpToolsProtocol):  # type: ignore[misc]
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(_LINGER_S, self.transport.close)
+
+
+class _JsonHandshake(ServerProtocol):  # type: ignore[misc]
+    """websockets' server side, whose refusals of a handshake (no ``Sec-WebSocket-Key``,
+    an unsupported version, headers over its limits, the app failing) are JSON in the one
+    error shape instead of plain text."""
+
+    def reject(self, status: int, text: str) -> Response:
+        status = int(status)
+        fallback = BadRequest if status < 500 else MetronomeError
+        cls = next((c for c in all_error_classes() if c.http_status == status), fallback)
+        message = text.strip() or "the WebSocket handshake failed"
+        body = orjson.dumps(cls(message).to_dict())
+        response: Response = super().reject(status, "")
+        kept = [
+            (name, value)
+            for name, value in response.headers.raw_items()
+            if name.lower() not in ("content-length", "content-type")
+        ]
+        headers = Headers(
+            [*kept, ("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
+        return Response(response.status_code, response.reason_phrase, headers, body)
+
+
+class MetronomeWebSocket(WebSocketsSansIOProtocol):  # type: ignore[misc]
+    """uvicorn's WebSocket protocol with :class:`_JsonHandshake`: a handshake it refuses
+    itself gets a JSON answer, like one the app refuses."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn = _JsonHandshake(
+            extensions=self.conn.available_extensions,
+            max_size=self.config.ws_max_size,
+            logger=self.conn.logger,
+        )
 
 
 class MetronomeWorker(UvicornWorker):  # type: ignore[misc]
@@ -146,6 +215,7 @@ class MetronomeWorker(UvicornWorker):  # type: ignore[misc]
         self.CONFIG_KWARGS = {
             **UvicornWorker.CONFIG_KWARGS,
             "http": MetronomeHttp,
+            "ws": MetronomeWebSocket,
             "limit_concurrency": settings.max_connections or None,
         }
         super().__init__(*args, **kwargs)

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import socket
+import string
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.support.metronome_server import MetronomeServer
 
@@ -64,6 +67,22 @@ def test_a_websocket_handshake_to_a_route_without_one_is_refused_with_json(
     assert resp.status_code in (404, 405), resp.text
     _error(resp, resp.status_code, "not_found" if resp.status_code == 404 else "method_not_allowed")
     assert "WebSocket" in resp.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Connection": "Upgrade", "Upgrade": "websocket"},  # no key, no version
+        {**UPGRADE, "Sec-WebSocket-Version": "99"},
+        {**UPGRADE, "Sec-WebSocket-Key": "short"},
+    ],
+    ids=["no-key", "bad-version", "bad-key"],
+)
+def test_a_websocket_handshake_uvicorn_cannot_take_is_refused_with_json(
+    server: MetronomeServer, headers: dict[str, str]
+) -> None:
+    resp = httpx.get(f"{server.url}/healthz", headers=headers, timeout=10)
+    _error(resp, 400, "bad_request")
 
 
 def _get_routes(server: MetronomeServer) -> list[str]:
@@ -162,3 +181,94 @@ def test_past_the_connection_limit_the_answer_is_503_json(
     finally:
         srv.stop()
     assert "Traceback" not in srv.log_path.read_text()
+
+
+# Requests as bytes, as a client that is not a browser sends them: any method token, odd
+# targets (long, non-ASCII, absolute, '*'), odd versions, and header lines that upgrade,
+# contradict or break the framing. Each answer must come fast, and be a 2xx/3xx or an
+# error in the one JSON shape; never a 500, plain text, or silence.
+ROUTES = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/tick",
+    "/ticks",
+    "/tick.gif",
+    "/tock/x",
+    "/tock",
+    "/query",
+    "/reports",
+    "/reports/top-items",
+    "/metronome.js",
+]
+METHODS = st.sampled_from(
+    ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "get"]
+) | st.text(alphabet=string.ascii_letters + "-_@!", min_size=1, max_size=10)
+TARGETS = (
+    st.sampled_from(ROUTES)
+    | st.sampled_from(["*", "http://t/healthz", "//", "/%", "/%ff", "/a/../healthz", ""])
+    | st.text(alphabet=string.printable.strip() + "éü\x7f", max_size=40).map(lambda t: "/" + t)
+    | st.integers(65_000, 70_000).map(lambda n: "/healthz?a=" + "x" * n)
+)
+VERSIONS = st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1x", "HTTP/0.9", ""])
+WEBSOCKET = "".join(f"{k}: {v}\r\n" for k, v in UPGRADE.items())
+EXTRAS = st.sampled_from(
+    [
+        ("", b""),
+        (WEBSOCKET, b""),
+        ("Connection: Upgrade\r\nUpgrade: websocket\r\n", b""),  # no key, no version
+        (WEBSOCKET.replace("13", "99"), b""),
+        ("Connection: Upgrade\r\nUpgrade: h2c\r\n", b""),
+        ("Transfer-Encoding: chunked\r\n", b"zz\r\n"),
+        ("Transfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
+        ("Content-Length: -1\r\n", b""),
+        ("Content-Length: abc\r\n", b""),
+        ("Content-Length: 2\r\nContent-Length: 3\r\n", b"{}"),
+        ("Content-Type: application/json\r\nContent-Length: 2\r\n", b"{}"),
+        ("Expect: 100-continue\r\nContent-Length: 0\r\n", b""),
+        ("no colon here\r\n", b""),
+        ("X: a\x00b\r\n", b""),
+        (" folded: line\r\n", b""),
+        ("Authorization: Bearer nope\r\n", b""),
+        ("Origin: https://elsewhere.example\r\n", b""),
+    ]
+)
+
+
+def _parse(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 "), data[:200]
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+@given(method=METHODS, target=TARGETS, version=VERSIONS, extra=EXTRAS)
+@settings(
+    max_examples=150,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_any_request_gets_a_quick_answer_in_json_never_a_500(
+    server: MetronomeServer, method: str, target: str, version: str, extra: tuple[str, bytes]
+) -> None:
+    headers, body = extra
+    line = f"{method} {target} {version}".rstrip()
+    request = f"{line}\r\nHost: t\r\n{headers}Connection: close\r\n\r\n".encode() + body
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(request)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    assert time.monotonic() - started < 5, request[:200]
+    status, answer_headers, answer = _parse(data)
+    assert status < 500, (request[:200], data[:300])
+    if status >= 400:
+        assert answer_headers.get("content-type") == "application/json", (request[:200], data)
+        if method != "HEAD":
+            error = json.loads(answer)
+            assert isinstance(error["error"], str) and error["message"], error
