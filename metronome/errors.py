@@ -23,6 +23,7 @@
     ├── RequestTimeout                  (408 request_timeout)
     ├── PayloadTooLarge                 (413 payload_too_large)
     ├── UriTooLong                      (414 uri_too_long)
+    ├── HeadersTooLarge                 (431 headers_too_large)
     ├── UnsupportedMediaType            (415 unsupported_media_type)
     ├── StoreRefused                    (422 store_refused)
     ├── RateLimited                     (429 rate_limited)
@@ -47,6 +48,7 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "Forbidden",
+    "HeadersTooLarge",
     "InvalidField",
     "InvalidJSON",
     "InvalidKey",
@@ -228,6 +230,13 @@ class UriTooLong(MetronomeError):
 
     code = "uri_too_long"
     http_status = 414
+
+
+class HeadersTooLarge(MetronomeError):
+    """The request line and headers together are over the server's limit."""
+
+    code = "headers_too_large"
+    http_status = 431
 
 
 class UnsupportedMediaType(MetronomeError):

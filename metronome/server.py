@@ -19,10 +19,18 @@ from websockets.http11 import Response
 from websockets.server import ServerProtocol
 
 from metronome.config import Settings
-from metronome.errors import BadRequest, MetronomeError, ServerBusy, UriTooLong, all_error_classes
+from metronome.errors import (
+    BadRequest,
+    HeadersTooLarge,
+    MetronomeError,
+    ServerBusy,
+    UriTooLong,
+    all_error_classes,
+)
 from metronome.logconfig import configure_logging
 
 __all__ = [
+    "MAX_HEAD_BYTES",
     "MAX_URL_BYTES",
     "MetronomeHttp",
     "MetronomeWebSocket",
@@ -38,6 +46,10 @@ log = logging.getLogger("metronome")
 MAX_URL_BYTES = 65_535
 """The longest request target (path and query string) a worker takes; longer ones get
 ``414 uri_too_long`` (uvicorn's URL parser cannot take more)."""
+
+MAX_HEAD_BYTES = 98_304
+"""The most bytes a request line and its headers may take together; more get ``431
+headers_too_large`` (httptools itself has no limit, and would buffer them all)."""
 
 _LINGER_S = 2.0
 """How long a connection refused by the parser stays open, reading and dropping what the
@@ -93,7 +105,7 @@ class MetronomeHttp(HttpToolsProtocol):  # type: ignore[misc]
     """uvicorn's httptools protocol, whose own answers are JSON in Metronome's error
     shape like every other: ``400 bad_request`` for a request it cannot parse, ``414
     uri_too_long`` past :data:`MAX_URL_BYTES` (before reading the rest of the URL),
-    ``503 server_busy`` past the connection limit (``limit_concurrency``), and ``400
+    ``431 headers_too_large`` past :data:`MAX_HEAD_BYTES`, ``503 server_busy`` past the connection limit (``limit_concurrency``), and ``400
     bad_request`` for an HTTP version other than 1.0 and 1.1 in the request line."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -101,10 +113,27 @@ class MetronomeHttp(HttpToolsProtocol):  # type: ignore[misc]
         self._busy_at: int | None = self.limit_concurrency
         self.limit_concurrency = None  # checked below, answered in JSON
         self._refused = False
+        self._in_head = True  # the next bytes are a request line and headers
+        self._head_bytes = 0
 
     def data_received(self, data: bytes) -> None:
-        if not self._refused:  # after a refusal, what still comes is dropped
-            super().data_received(data)
+        if self._refused:  # after a refusal, what still comes is dropped
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > MAX_HEAD_BYTES and not self._refused:
+            self._refuse(
+                HeadersTooLarge(
+                    f"the request line and headers are over {MAX_HEAD_BYTES} bytes",
+                    limit=MAX_HEAD_BYTES,
+                )
+            )
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+        self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -112,6 +141,7 @@ class MetronomeHttp(HttpToolsProtocol):  # type: ignore[misc]
             raise _UrlTooLong  # the parser stops; data_received answers 400, made 414 below
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         limit = self._busy_at
         if self.parser.get_http_version() not in ("1.0", "1.1"):
             refusal = _unsupported_version
@@ -130,6 +160,19 @@ class MetronomeHttp(HttpToolsProtocol):  # type: ignore[misc]
             self.app = app
 
     def send_400_response(self, msg: str) -> None:
+        if len(getattr(self, "url", b"")) > MAX_URL_BYTES:
+            self._refuse(
+                UriTooLong(
+                    f"the URL is over {MAX_URL_BYTES} bytes; send the data in a request body",
+                    limit=MAX_URL_BYTES,
+                )
+            )
+        else:
+            self._refuse(BadRequest("the request is not valid HTTP/1.1"))
+
+    def _refuse(self, error: MetronomeError) -> None:
+        """Answer ``error`` and close the connection (after a linger)."""
+        self._refused = True
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             # the request in progress ends here: its app gets a disconnect, its answer is
@@ -137,22 +180,13 @@ class MetronomeHttp(HttpToolsProtocol):  # type: ignore[misc]
             cycle.disconnected = True
             cycle.message_event.set()
             if cycle.response_started:  # half an answer is out: nothing else can follow
-                self._refused = True
                 self.transport.close()
                 return
-        if len(getattr(self, "url", b"")) > MAX_URL_BYTES:
-            error: MetronomeError = UriTooLong(
-                f"the URL is over {MAX_URL_BYTES} bytes; send the data in a request body",
-                limit=MAX_URL_BYTES,
-            )
-        else:
-            error = BadRequest("the request is not valid HTTP/1.1")
         status, body, headers = _json_error(error)
         lines = [STATUS_LINE[status]]
         for name, value in [*self.server_state.default_headers, *headers]:
             lines.extend([name, b": ", value, b"\r\n"])
         lines.extend([b"\r\n", body])
-        self._refused = True
         self.transport.write(b"".join(lines))
         if self.transport.can_write_eof():
             self.transport.write_eof()

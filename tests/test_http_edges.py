@@ -141,6 +141,42 @@ def test_a_url_just_under_the_limit_is_answered_by_the_app(server: MetronomeServ
 
 
 @pytest.mark.parametrize(
+    "headers",
+    [
+        "X-Big: " + "a" * 200_000 + "\r\n",
+        "".join(f"X-{i}: {'a' * 100}\r\n" for i in range(2_000)),
+        "X-Endless: " + "a" * 5_000_000,  # never ends: refused while it arrives
+    ],
+    ids=["one-huge-header", "many-headers", "endless-header"],
+)
+def test_headers_over_the_limit_get_431_json(server: MetronomeServer, headers: str) -> None:
+    started = time.monotonic()
+    status, answer_headers, body = _raw(
+        server, f"GET /healthz HTTP/1.1\r\nHost: t\r\n{headers}".encode()
+    )
+    assert time.monotonic() - started < 5
+    assert status == 431 and answer_headers["content-type"] == "application/json"
+    assert json.loads(body)["details"] == {"limit": 98_304}
+
+
+def test_headers_under_the_limit_and_a_big_body_in_the_same_packets_are_taken(
+    server: MetronomeServer,
+) -> None:
+    headers = "".join(f"X-{i}: {'a' * 100}\r\n" for i in range(600))  # about 64 KB
+    status, _, body = _raw(
+        server, f"GET /healthz HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n".encode()
+    )
+    assert status == 200, body
+    ticks = json.dumps([{"id": f"big-{i}", "pad": "x" * 200} for i in range(900)]).encode()
+    request = (
+        b"POST /ticks HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(ticks)
+    ) + ticks
+    status, _, body = _raw(server, request)
+    assert status == 202, body
+
+
+@pytest.mark.parametrize(
     "request_bytes",
     [
         b"GET /healthz HTTP/1.1\r\nHost: t\r\nno colon here\r\n\r\n",
@@ -232,6 +268,7 @@ EXTRAS = st.sampled_from(
         (" folded: line\r\n", b""),
         ("Authorization: Bearer nope\r\n", b""),
         ("Origin: https://elsewhere.example\r\n", b""),
+        ("X-Big: " + "a" * 100_000 + "\r\n", b""),
     ]
 )
 
