@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -23,6 +24,7 @@ from metronome.errors import (
     BadRequest,
     HeadersTooLarge,
     MetronomeError,
+    RequestTimeout,
     ServerBusy,
     UriTooLong,
     all_error_classes,
@@ -103,10 +105,16 @@ class _UrlTooLong(Exception):
 
 class MetronomeHttp(HttpToolsProtocol):  # type: ignore[misc]
     """uvicorn's httptools protocol, whose own answers are JSON in Metronome's error
-    shape like every other: ``400 bad_request`` for a request it cannot parse, ``414
-    uri_too_long`` past :data:`MAX_URL_BYTES` (before reading the rest of the URL),
-    ``431 headers_too_large`` past :data:`MAX_HEAD_BYTES`, ``503 server_busy`` past the connection limit (``limit_concurrency``), and ``400
-    bad_request`` for an HTTP version other than 1.0 and 1.1 in the request line."""
+    shape like every other: ``400 bad_request`` for a request it cannot parse or an HTTP
+    version other than 1.0 and 1.1, ``414 uri_too_long`` past :data:`MAX_URL_BYTES`
+    (before reading the rest of the URL), ``431 headers_too_large`` past
+    :data:`MAX_HEAD_BYTES`, ``408 request_timeout`` when the request line and headers take
+    longer than :attr:`head_timeout_s`, ``503 server_busy`` past the connection limit
+    (``limit_concurrency``)."""
+
+    head_timeout_s: float = 10.0
+    """Seconds a request's line and headers have to arrive, from the connection's start or
+    the request's first byte (``METRONOME_BODY_TIMEOUT_S``, set by the worker)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -115,12 +123,44 @@ class MetronomeHttp(HttpToolsProtocol):  # type: ignore[misc]
         self._refused = False
         self._in_head = True  # the next bytes are a request line and headers
         self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._in_head or self._refused:
+            return
+        if self._head_bytes == 0:  # a connection that never sent a byte: nothing to answer
+            self._refused = True
+            self.transport.close()
+            return
+        timeout = self.head_timeout_s
+        self._refuse(
+            RequestTimeout(
+                f"the request line and headers did not arrive within {timeout:g} s",
+                limit_s=timeout,
+            )
+        )
 
     def data_received(self, data: bytes) -> None:
         if self._refused:  # after a refusal, what still comes is dropped
             return
         if self._in_head:
             self._head_bytes += len(data)
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
         super().data_received(data)
         if self._in_head and self._head_bytes > MAX_HEAD_BYTES and not self._refused:
             self._refuse(
@@ -142,6 +182,7 @@ class MetronomeHttp(HttpToolsProtocol):  # type: ignore[misc]
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._stop_head_timer()
         limit = self._busy_at
         if self.parser.get_http_version() not in ("1.0", "1.1"):
             refusal = _unsupported_version
@@ -235,20 +276,20 @@ class MetronomeWorker(UvicornWorker):  # type: ignore[misc]
 
     Slow clients: an idle keep-alive connection is closed after ``METRONOME_KEEPALIVE_S``
     (gunicorn ``keepalive``, passed on as uvicorn's ``timeout_keep_alive``); a request
-    body must arrive within ``METRONOME_BODY_TIMEOUT_S`` (the app answers 408); past
-    ``METRONOME_MAX_CONNECTIONS`` connections or requests in progress a worker answers
-    503 (uvicorn's ``limit_concurrency``). uvicorn has no timeout for a request's
-    headers: in front of the internet, run a reverse proxy that has one (NGINX
-    ``client_header_timeout``), as docs/guides/sites-and-keys.md says.
+    line and headers, then its body, must each arrive within ``METRONOME_BODY_TIMEOUT_S``
+    (:class:`MetronomeHttp`, then the app, answer 408); past ``METRONOME_MAX_CONNECTIONS``
+    connections or requests in progress a worker answers 503 (uvicorn's
+    ``limit_concurrency``, answered by :class:`MetronomeHttp`).
     """
 
     sockets: list[Any]  # set by gunicorn before run()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = Settings.from_env(os.environ)
+        http = type("MetronomeHttp", (MetronomeHttp,), {"head_timeout_s": settings.body_timeout_s})
         self.CONFIG_KWARGS = {
             **UvicornWorker.CONFIG_KWARGS,
-            "http": MetronomeHttp,
+            "http": http,
             "ws": MetronomeWebSocket,
             "limit_concurrency": settings.max_connections or None,
         }

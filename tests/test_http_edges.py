@@ -53,6 +53,10 @@ def _raw(server: MetronomeServer, request: bytes) -> tuple[int, dict[str, str], 
         data = b""
         while chunk := conn.recv(65536):
             data += chunk
+    return _raw_answer(data)
+
+
+def _raw_answer(data: bytes) -> tuple[int, dict[str, str], bytes]:
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = dict(line.lower().split(": ", 1) for line in lines[1:])
@@ -309,3 +313,44 @@ def test_any_request_gets_a_quick_answer_in_json_never_a_500(
         if method != "HEAD":
             error = json.loads(answer)
             assert isinstance(error["error"], str) and error["message"], error
+
+
+def test_slow_headers_get_408_json_and_silent_connections_are_closed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A client dribbling its headers (a byte every 0.2 s, as slowloris does), or
+    connecting and sending nothing, does not hold a connection past the timeout."""
+    srv = MetronomeServer(
+        {"METRONOME_BODY_TIMEOUT_S": "1"}, data_dir=tmp_path_factory.mktemp("slow"), workers=1
+    )
+    srv.start()
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as conn:
+            started = time.monotonic()
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+            data = b""
+            conn.settimeout(0.2)
+            while time.monotonic() - started < 5:
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    conn.sendall(b"a")
+                    continue
+                if not chunk:
+                    break
+                data += chunk
+            assert 0.9 < time.monotonic() - started < 3
+        status, headers, body = _raw_answer(data)
+        assert status == 408 and headers["content-type"] == "application/json"
+        assert json.loads(body)["error"] == "request_timeout"
+
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as silent:
+            started = time.monotonic()
+            assert silent.recv(100) == b""  # closed, with nothing to answer
+            assert 0.9 < time.monotonic() - started < 3
+
+        assert httpx.get(f"{srv.url}/healthz", timeout=5).status_code == 200
+    finally:
+        srv.stop()
+    log = srv.log_path.read_text()
+    assert "Traceback" not in log and "[ERROR]" not in log, log
