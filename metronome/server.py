@@ -142,6 +142,10 @@ class MetronomeHttp(HttpToolsProtocol):  # type: ignore[misc]
         self._head_timer = None
         if not self._in_head or self._refused:
             return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # the previous request is still being answered: the next one's clock starts later
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+            return
         if self._head_bytes == 0:  # a connection that never sent a byte: nothing to answer
             self._refused = True
             self.transport.close()
