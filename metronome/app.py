@@ -107,40 +107,103 @@ class _Timing:
             child.observe(time.perf_counter() - started)
 
 
-async def _metronome_error(
-    req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: MetronomeError, params: dict[str, Any]
+_ASGI_SEND = "metronome.asgi_send"
+"""Where :class:`_App` keeps a WebSocket connection's ASGI ``send`` in its scope: the error
+handlers refuse an unaccepted WebSocket with an HTTP answer through it."""
+
+
+class _App(falcon.asgi.App):  # type: ignore[misc]
+    """Falcon's ASGI app, which lets the error handlers refuse a WebSocket handshake with a
+    JSON answer (the ``websocket.http.response`` extension) instead of a bare close."""
+
+    async def __call__(  # type: ignore[override] # as Falcon's own
+        self, scope: dict[str, Any], receive: Any, send: Any
+    ) -> None:
+        if scope["type"] == "websocket":
+            scope = {**scope, _ASGI_SEND: send}
+        await super().__call__(scope, receive, send)
+
+
+class _Router(falcon.routing.CompiledRouter):  # type: ignore[misc]
+    """Falcon's router, answering ``HEAD`` wherever ``GET`` is answered (Falcon sends the
+    headers, ``Content-Length`` included, without the body)."""
+
+    def map_http_methods(self, resource: object, **kwargs: Any) -> dict[str, Any]:
+        methods: dict[str, Any] = super().map_http_methods(resource, **kwargs)
+        if "GET" in methods and "HEAD" not in methods:
+            methods["HEAD"] = methods["GET"]
+        return methods
+
+
+async def _answer(
+    req: falcon.asgi.Request,
+    resp: falcon.asgi.Response | None,
+    ws: falcon.asgi.WebSocket | None,
+    status: int,
+    body: dict[str, Any],
+    headers: dict[str, str],
 ) -> None:
-    resp.status, resp.media, headers = error_answer(ex, req.path)
-    for name, value in headers.items():
-        resp.set_header(name, value)
+    """Answer an error: on ``resp``, or refuse the WebSocket ``ws`` (an HTTP answer to its
+    handshake where the server supports one, else a close with code 3000 + status)."""
+    if ws is None:
+        assert resp is not None
+        resp.status = status
+        for name, value in headers.items():
+            resp.set_header(name, value)
+        resp.media = body
+        return
+    send = req.scope.get(_ASGI_SEND)
+    extensions = req.scope.get("extensions") or {}
+    if ws.unaccepted and send is not None and "websocket.http.response" in extensions:
+        data = orjson.dumps(body)
+        raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]
+        raw.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
+        await send({"type": "websocket.http.response.start", "status": status, "headers": raw})
+        await send({"type": "websocket.http.response.body", "body": data})
+    elif not ws.closed:
+        await ws.close(3000 + status, str(body.get("message", ""))[:120])
+
+
+async def _metronome_error(
+    req: falcon.asgi.Request,
+    resp: falcon.asgi.Response | None,
+    ex: MetronomeError,
+    params: dict[str, Any],
+    ws: falcon.asgi.WebSocket | None = None,
+) -> None:
+    await _answer(req, resp, ws, *error_answer(ex, req.path))
 
 
 async def _http_error(
     req: falcon.asgi.Request,
-    resp: falcon.asgi.Response,
+    resp: falcon.asgi.Response | None,
     ex: falcon.HTTPError,
     params: dict[str, Any],
+    ws: falcon.asgi.WebSocket | None = None,
 ) -> None:
     status = ex.status_code
-    code = _FALCON_CODES.get(status, "bad_request" if status < 500 else "internal_error")
     headers = dict(ex.headers or {})
+    code = _FALCON_CODES.get(status, "bad_request" if status < 500 else "internal_error")
+    method = "WebSocket" if ws is not None else req.method
     if status == 404:
-        message = f"no route {req.method} {req.path}; GET /openapi.json lists the API"
+        message = f"no route {method} {req.path}; GET /openapi.json lists the API"
     elif status == 405:
         allowed = headers.get("Allow", "")
-        message = f"{req.method} is not allowed on {req.path}; allowed: {allowed}"
+        message = f"{method} is not allowed on {req.path}; allowed: {allowed}"
     else:
         message = ex.description or ex.title or "bad request"
-    resp.status = status
-    for name, value in headers.items():
-        resp.set_header(name, value)
-    resp.media = {"error": code, "message": message}
+    await _answer(req, resp, ws, status, {"error": code, "message": message}, headers)
 
 
 async def _unexpected(
-    req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: dict[str, Any]
+    req: falcon.asgi.Request,
+    resp: falcon.asgi.Response | None,
+    ex: Exception,
+    params: dict[str, Any],
+    ws: falcon.asgi.WebSocket | None = None,
 ) -> None:
-    resp.status, resp.media = internal_error(req.method, req.path)
+    status, body = internal_error(req.method, req.path)
+    await _answer(req, resp, ws, status, body, {})
 
 
 def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
@@ -150,11 +213,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     pipeline = Pipeline(settings)
     registry = open_registry(settings)
     guard = Guard(settings, RegistryCache(registry, settings.sites_cache_s, settings.data_dir))
-    app = falcon.asgi.App(
-        request_type=falcon.asgi.Request,  # the defaults, named so the middleware type-checks
-        response_type=falcon.asgi.Response,
+    app = _App(
         middleware=[_Lifespan(store, pipeline, guard), _Timing(), Cors(guard)],
         cors_enable=False,
+        router=_Router(),
     )
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_qs_csv = False

@@ -239,7 +239,8 @@ class Settings:
     max_params: int = setting("100", "Most free parameters in one tick.", _int(0, 10_000))
     body_timeout_s: int = setting(
         "10",
-        "Seconds a client has to send a request body; slower ones get `408 request_timeout`.",
+        "Seconds a client has to send a request's line and headers, then its body; slower"
+        " ones get `408 request_timeout`.",
         _int(1, 3600),
     )
     keepalive_s: int = setting(

@@ -23,9 +23,12 @@
     ├── MethodNotAllowed                (405 method_not_allowed)
     ├── RequestTimeout                  (408 request_timeout)
     ├── PayloadTooLarge                 (413 payload_too_large)
+    ├── UriTooLong                      (414 uri_too_long)
+    ├── HeadersTooLarge                 (431 headers_too_large)
     ├── UnsupportedMediaType            (415 unsupported_media_type)
     ├── StoreRefused                    (422 store_refused)
     ├── RateLimited                     (429 rate_limited)
+    ├── ServerBusy                      (503 server_busy)
     ├── StoreUnavailable                (503 store_unavailable)
     └── SpoolFull                       (503 spool_full)
 
@@ -46,6 +49,7 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "Forbidden",
+    "HeadersTooLarge",
     "InvalidCursor",
     "InvalidField",
     "InvalidJSON",
@@ -62,6 +66,7 @@ __all__ = [
     "RateLimited",
     "RequestTimeout",
     "ScopeForbidden",
+    "ServerBusy",
     "SiteForbidden",
     "SpoolFull",
     "StoreRefused",
@@ -69,6 +74,7 @@ __all__ = [
     "Unauthorized",
     "UnknownSite",
     "UnsupportedMediaType",
+    "UriTooLong",
     "all_error_classes",
 ]
 
@@ -227,6 +233,21 @@ class PayloadTooLarge(MetronomeError):
     http_status = 413
 
 
+class UriTooLong(MetronomeError):
+    """The request's URL (path and query string) is over the server's limit; send the data
+    in a body (``POST /query``, ``POST /ticks``)."""
+
+    code = "uri_too_long"
+    http_status = 414
+
+
+class HeadersTooLarge(MetronomeError):
+    """The request line and headers together are over the server's limit."""
+
+    code = "headers_too_large"
+    http_status = 431
+
+
 class UnsupportedMediaType(MetronomeError):
     """The body's Content-Type is not one this route reads."""
 
@@ -253,6 +274,17 @@ class RateLimited(MetronomeError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
+
+
+class ServerBusy(MetronomeError):
+    """A worker has METRONOME_MAX_CONNECTIONS connections or requests in progress; retry
+    after `Retry-After`."""
+
+    code = "server_busy"
+    http_status = 503
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
 
 
 class StoreUnavailable(MetronomeError):

@@ -7,6 +7,7 @@ process holds each established socket of the server's port.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -118,3 +119,49 @@ def test_a_second_server_on_the_same_port_refuses_to_start(
     assert "Address already in use" in result.stderr
     with socket.create_connection(("127.0.0.1", server.port), timeout=5):
         pass  # the first server still answers
+
+
+def test_serve_stops_cleanly_and_keeps_its_control_socket_in_its_data_dir(tmp_path: Path) -> None:
+    """Two servers on one machine, each with its own gunicorn control socket (gunicorn's
+    default is one per user, which the second server would take from the first); SIGTERM
+    stops each without an error line."""
+    home = tmp_path / "home"
+    env = {"METRONOME_LOG_LEVEL": "info", "HOME": str(home)}
+    servers = [
+        MetronomeServer(env, data_dir=tmp_path / "a", workers=2),
+        MetronomeServer(env, data_dir=tmp_path / "b", workers=1),
+    ]
+    try:
+        for srv in servers:
+            srv.start()
+        for srv in servers:
+            assert (srv.data_dir / "gunicorn.ctl").is_socket()
+            assert httpx.get(f"{srv.url}/healthz", timeout=10).status_code == 200
+    finally:
+        codes = [srv.stop() for srv in servers]
+    assert codes == [0, 0]
+    assert not (home / ".gunicorn").exists()
+    for srv in servers:
+        log = srv.log_path.read_text()
+        assert not (srv.data_dir / "gunicorn.ctl").exists()  # removed at exit
+        assert f"Control socket listening at {srv.data_dir / 'gunicorn.ctl'}" in log
+        assert f"Listening at: http://127.0.0.1:{srv.port} (" in log
+        assert re.search(r"Listening at: *\(", log) is None, log  # no empty address
+        assert "Bad file descriptor" not in log, log
+        assert "Traceback" not in log and "[ERROR]" not in log, log
+
+
+def test_serve_runs_without_a_control_socket_when_the_data_dirs_path_is_too_long(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / ("d" * 60) / ("d" * 60)
+    data_dir.parent.mkdir()
+    srv = MetronomeServer({"METRONOME_LOG_LEVEL": "info"}, data_dir=data_dir, workers=1)
+    try:
+        srv.start()
+        assert httpx.get(f"{srv.url}/healthz", timeout=10).status_code == 200
+    finally:
+        assert srv.stop() == 0
+    log = srv.log_path.read_text()
+    assert "Control socket" not in log and "control_socket_disabled" in log, log
+    assert not (data_dir / "gunicorn.ctl").exists()

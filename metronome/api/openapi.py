@@ -3,6 +3,9 @@
 Built from the schemas the code validates with: the query schema of
 :mod:`metronome.reports.query`, the tick schema of :mod:`metronome.events.tick`, the error
 codes of :mod:`metronome.errors` and the report list of :mod:`metronome.reports.named`.
+Who may call what is :mod:`metronome.api.guard`'s rules, described as its security: a
+bearer key with a scope, or no key (while no site exists; from a site's allowed origins
+for browser ingest; a site's public item reports), and the ``site`` parameter.
 """
 
 from __future__ import annotations
@@ -55,7 +58,13 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {
-        400: "The request is wrong; `error` says how, `details` where",
+        400: "The request is wrong; `error` says how, `details` where (`unknown_site`: no"
+        " such site, or a site named while none exists)",
+        401: "A key is needed (`key_required`) or the one sent is unknown or revoked"
+        " (`invalid_key`)",
+        403: "The key lacks the route's scope (`scope_forbidden`) or is for another site"
+        " (`site_forbidden`), or the page's origin may not send to the site"
+        " (`origin_forbidden`)",
         404: "No such route or report",
         405: "Method not allowed here",
         413: "The body is over the limit",
@@ -77,6 +86,42 @@ def _query_params(spec: dict[str, str], required: tuple[str, ...] = ()) -> list[
         }
         for name, text in spec.items()
     ]
+
+
+_KEY = "key"
+_SITE_PARAMETER = {
+    "name": "site",
+    "in": "query",
+    "required": False,
+    "description": "The site id. Without a key: the site a page sends to, or whose public"
+    " item reports are read. With a key for one site: that site, or leave it out. With an"
+    " all-sites admin key: required. While no site exists: leave it out (or `default`).",
+    "schema": {"type": "string"},
+}
+_SECURITY_SCHEMES = {
+    _KEY: {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "mk_...",
+        "description": "A key made with `metronome keys create`, for one site or all"
+        " (`--all-sites`), with scopes: `ingest` (send ticks), `query` (read reports),"
+        " `admin` (both). An operation's required scope is in its `security`. While no"
+        " site exists nothing needs a key (keys are not looked at).",
+    }
+}
+# the empty requirement: no key, while no site exists, or as the operation's text says
+_INGEST_SECURITY = [{_KEY: ["ingest"]}, {}]
+_READ_SECURITY = [{_KEY: ["query"]}, {}]
+_NO_SECURITY: list[dict[str, list[str]]] = []
+_GUARD_TEXT = {
+    "ingest": " Without a key (once a site exists): name the site with `?site=` (or the"
+    " ticks' `site` field) and send from a page whose `Origin` the site allows.",
+    "pixel": " Without a key (once a site exists): name the site with `?site=`; an"
+    " `Origin`, when sent, must be one the site allows.",
+    "tock": " Without a key (once a site exists): only a site with public item reports,"
+    " named with `?site=`.",
+    "read": " Once a site exists: a key with the `query` scope.",
+}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -134,12 +179,15 @@ def openapi_document() -> dict[str, Any]:
     }
     tock_params = _query_params({k: v for k, v in REPORTS["tock"].parameters.items() if k != "id"})
     report_names = list(REPORTS)
-    ingest_errors = _errors(400, 413, 415, 429, 503)
+    ingest_errors = _errors(400, 401, 403, 413, 415, 429, 503)
     paths: dict[str, Any] = {
         "/tick": {
             "post": {
                 "summary": "Send one tick",
+                "description": "Spooled, then stored." + _GUARD_TEXT["ingest"],
                 "operationId": "postTick",
+                "security": _INGEST_SECURITY,
+                "parameters": [_SITE_PARAMETER],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -168,7 +216,10 @@ def openapi_document() -> dict[str, Any]:
         "/ticks": {
             "post": {
                 "summary": "Send a batch of ticks (a JSON array, or NDJSON)",
+                "description": "Each tick is checked on its own." + _GUARD_TEXT["ingest"],
                 "operationId": "postTicks",
+                "security": _INGEST_SECURITY,
+                "parameters": [_SITE_PARAMETER],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -198,28 +249,34 @@ def openapi_document() -> dict[str, Any]:
         "/tick.gif": {
             "get": {
                 "summary": "A tick as a 1x1 image, for e-mails and noscript",
+                "description": "The tick's fields as query parameters." + _GUARD_TEXT["pixel"],
                 "operationId": "getTickGif",
-                "parameters": _query_params(
-                    {
-                        "id": "the item",
-                        "event": "view (default), ...",
-                        "format": "file format",
-                        "url": "page",
-                        "referrer": "referring page",
-                        "site": "site id",
-                    },
-                    required=("id",),
-                ),
+                "security": _INGEST_SECURITY,
+                "parameters": [
+                    *_query_params(
+                        {
+                            "id": "the item",
+                            "event": "view (default), ...",
+                            "format": "file format",
+                            "url": "page",
+                            "referrer": "referring page",
+                        },
+                        required=("id",),
+                    ),
+                    _SITE_PARAMETER,
+                ],
                 "responses": {
                     "200": {"description": "A transparent GIF", "content": {"image/gif": {}}},
-                    **_errors(400, 429, 503),
+                    **_errors(400, 401, 403, 429, 503),
                 },
             }
         },
         "/tock/{item_id}": {
             "get": {
                 "summary": "One item's report: views per bucket, downloads by format, referrers",
+                "description": "The item report." + _GUARD_TEXT["tock"],
                 "operationId": "getTock",
+                "security": _READ_SECURITY,
                 "parameters": [
                     {
                         "name": "item_id",
@@ -228,32 +285,42 @@ def openapi_document() -> dict[str, Any]:
                         "schema": {"type": "string"},
                     },
                     *tock_params,
+                    _SITE_PARAMETER,
                 ],
                 "responses": {
                     "200": {"description": "The report", "content": _json(_ref("Tock"))},
-                    **_errors(400, 404, 503),
+                    **_errors(400, 401, 403, 404, 503),
                 },
             }
         },
         "/tock": {
             "get": {
                 "summary": "The item report for ids that contain '/': /tock?id=...",
+                "description": "The item report." + _GUARD_TEXT["tock"],
                 "operationId": "getTockById",
-                "parameters": [*_query_params({"id": "the item"}, required=("id",)), *tock_params],
+                "security": _READ_SECURITY,
+                "parameters": [
+                    *_query_params({"id": "the item"}, required=("id",)),
+                    *tock_params,
+                    _SITE_PARAMETER,
+                ],
                 "responses": {
                     "200": {"description": "The report", "content": _json(_ref("Tock"))},
-                    **_errors(400, 503),
+                    **_errors(400, 401, 403, 503),
                 },
             }
         },
         "/query": {
             "post": {
                 "summary": "Any question: metrics by dimensions over a range, with filters",
+                "description": "Answered for one site only." + _GUARD_TEXT["read"],
                 "operationId": "postQuery",
+                "security": _READ_SECURITY,
+                "parameters": [_SITE_PARAMETER],
                 "requestBody": {"required": True, "content": _json(_ref("Query"))},
                 "responses": {
                     "200": {"description": "The answer", "content": _json(_ref("QueryAnswer"))},
-                    **_errors(400, 413, 415, 503),
+                    **_errors(400, 401, 403, 413, 415, 503),
                 },
             }
         },
@@ -261,6 +328,7 @@ def openapi_document() -> dict[str, Any]:
             "get": {
                 "summary": "The built-in reports and their parameters",
                 "operationId": "listReports",
+                "security": _NO_SECURITY,
                 "responses": {
                     "200": {
                         "description": "Report names",
@@ -278,7 +346,11 @@ def openapi_document() -> dict[str, Any]:
         "/reports/{name}": {
             "get": {
                 "summary": "A built-in report (the /query answer; tock answers in its own shape)",
+                "description": "Answered for one site only."
+                + _GUARD_TEXT["read"]
+                + " The `tock` report as `GET /tock` says.",
                 "operationId": "getReport",
+                "security": _READ_SECURITY,
                 "parameters": [
                     {
                         "name": "name",
@@ -295,13 +367,14 @@ def openapi_document() -> dict[str, Any]:
                             "id": "tock: the item",
                         }
                     ),
+                    _SITE_PARAMETER,
                 ],
                 "responses": {
                     "200": {
                         "description": "The report",
                         "content": _json({"oneOf": [_ref("QueryAnswer"), _ref("Tock")]}),
                     },
-                    **_errors(400, 404, 503),
+                    **_errors(400, 401, 403, 404, 503),
                 },
             }
         },
@@ -309,6 +382,7 @@ def openapi_document() -> dict[str, Any]:
             "get": {
                 "summary": "The process answers",
                 "operationId": "health",
+                "security": _NO_SECURITY,
                 "responses": {"200": {"description": "ok", "content": _json({"type": "object"})}},
             }
         },
@@ -316,6 +390,7 @@ def openapi_document() -> dict[str, Any]:
             "get": {
                 "summary": "Ready (or degraded: the store is down, the spool has room)",
                 "operationId": "ready",
+                "security": _NO_SECURITY,
                 "responses": {
                     "200": {
                         "description": "ready or degraded",
@@ -329,6 +404,7 @@ def openapi_document() -> dict[str, Any]:
             "get": {
                 "summary": "Prometheus metrics",
                 "operationId": "metrics",
+                "security": _NO_SECURITY,
                 "responses": {
                     "200": {"description": "text exposition format", "content": {"text/plain": {}}}
                 },
@@ -338,6 +414,7 @@ def openapi_document() -> dict[str, Any]:
             "get": {
                 "summary": "The browser tracker",
                 "operationId": "tracker",
+                "security": _NO_SECURITY,
                 "responses": {
                     "200": {"description": "JavaScript", "content": {"text/javascript": {}}},
                     "304": {"description": "Not modified"},
@@ -348,6 +425,7 @@ def openapi_document() -> dict[str, Any]:
             "get": {
                 "summary": "This document",
                 "operationId": "openapi",
+                "security": _NO_SECURITY,
                 "responses": {
                     "200": {"description": "OpenAPI 3.1", "content": _json({"type": "object"})}
                 },
@@ -360,10 +438,12 @@ def openapi_document() -> dict[str, Any]:
             "title": "Metronome",
             "version": __version__,
             "description": "Self-hosted usage analytics: ticks and access logs in,"
-            " reports out. Errors are JSON with a stable `error` code.",
+            " reports out. Errors are JSON with a stable `error` code. While no site exists"
+            " (the single-user default) nothing needs a key; once one does, each operation's"
+            " `security` and description say who may call it.",
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": _SECURITY_SCHEMES},
     }
 
 
