@@ -28,7 +28,7 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], str]] = [
     (("import", "/nonexistent.log"), {}, "/nonexistent.log: No such file or directory"),
     (("import", "{log}", "/nonexistent.log"), {}, "/nonexistent.log"),
     (("import", "{dir}"), {}, "Is a directory"),
-    (("import", "{gz}"), {}, "error:"),
+    (("import", "{gz}"), {}, "damaged.log.gz: damaged gzip file"),
     (("import", "{log}"), {"METRONOME_LOG_SITE": "nosuch"}, "METRONOME_LOG_SITE"),
     (("import", "--site", "nosuch", "{log}"), {}, "'nosuch'"),
     (("import", "{log}"), UNREACHABLE, "unreachable"),

@@ -22,6 +22,8 @@ parsed go to ``<data dir>/rejects.ndjson`` with the reason) and count what they 
 from __future__ import annotations
 
 import asyncio
+import errno
+import gzip
 import logging
 import socket
 import time
@@ -104,12 +106,16 @@ async def import_files(
     received_ms = int(time.time() * 1000)
     async with _into_store(settings, progress) as (converter, target):
         for path in paths:
-            for number, text in open_lines(path):
-                parsed = converter.parse(text)
-                if isinstance(parsed, Reject):
-                    converter.reject(parsed, text, path, number, identity=f"{text}\0{number}")
-                    continue
-                await target.add(converter.document(parsed, text, number, received_ms))
+            try:
+                for number, text in open_lines(path):
+                    parsed = converter.parse(text)
+                    if isinstance(parsed, Reject):
+                        converter.reject(parsed, text, path, number, identity=f"{text}\0{number}")
+                        continue
+                    await target.add(converter.document(parsed, text, number, received_ms))
+            except (EOFError, gzip.BadGzipFile) as exc:  # a damaged or cut .gz file
+                await target.flush()  # what was read before stays imported
+                raise OSError(errno.EIO, f"damaged gzip file ({exc})", path) from exc
     return converter.summary
 
 
