@@ -279,8 +279,13 @@ def _count(n: int, noun: str) -> str:
     show_default=True,
     help="Which documents to remove.",
 )
+@click.option(
+    "--site",
+    default=None,
+    help="Only this site's ticks and logs, one by one (default: every site, whole days).",
+)
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-def retention(keep: str, dataset: str, dry_run: bool) -> None:
+def retention(keep: str, dataset: str, site: str | None, dry_run: bool) -> None:
     """Remove documents older than --keep: whole daily indices, or the embedded store's rows.
 
     Whole UTC days only: everything from before 00:00 UTC of the day PERIOD ago goes,
@@ -288,15 +293,34 @@ def retention(keep: str, dataset: str, dry_run: bool) -> None:
     """
     from datetime import UTC, datetime
 
-    from metronome.jobs.retention import DATASETS, cutoff_ms, parse_keep, run_retention
+    from metronome.jobs.retention import (
+        DATASETS,
+        cutoff_ms,
+        parse_keep,
+        run_retention,
+        run_site_retention,
+    )
 
     try:
         period = parse_keep(keep)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--keep") from None
+    if site is not None and dataset == "metrics":
+        raise click.BadParameter("metrics belong to no site", param_hint="--site")
     settings = _settings()
     datasets = DATASETS if dataset == "all" else (dataset,)
     cutoff = datetime.fromtimestamp(cutoff_ms(period) / 1000, tz=UTC)
+    store = settings.elasticsearch_url or f"the embedded store in {settings.data_dir}"
+    if site is not None:
+        sites_commands.require_sites(settings, {"--site": site})
+        datasets = tuple(d for d in datasets if d != "metrics")
+        removed = asyncio.run(run_site_retention(settings, period, site, datasets, dry_run))
+        click.echo(
+            f"{'would delete' if dry_run else 'deleted'} {_count(removed, 'document')}"
+            f" of site {site} ({', '.join(datasets)}) from before {cutoff:%Y-%m-%d} 00:00 UTC"
+            f" in {store}"
+        )
+        return
     try:
         result = asyncio.run(run_retention(settings, period, datasets, dry_run=dry_run))
     except MetronomeError as exc:
@@ -308,7 +332,6 @@ def retention(keep: str, dataset: str, dry_run: bool) -> None:
             click.echo(f"{verb} index {removal.name} ({_count(removal.documents, 'document')})")
         else:
             click.echo(f"{verb} {_count(removal.documents, removal.name + ' document')}")
-    store = settings.elasticsearch_url or f"the embedded store in {settings.data_dir}"
     indices = f"{_count(len(result.removed), 'index')}, " if result.unit == "indices" else ""
     click.echo(
         f"{verb} {indices}{_count(result.documents, 'document')} of {', '.join(datasets)}"

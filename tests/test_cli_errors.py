@@ -62,6 +62,8 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], str]] = [
     (("retention",), {}, "--keep"),
     (("retention", "--keep", "5y"), {}, "5y"),
     (("retention", "--keep", "30d"), UNREACHABLE, "unreachable"),
+    (("retention", "--keep", "30d", "--site", "nosuch"), {}, "'nosuch'"),
+    (("retention", "--keep", "30d", "--site", "default", "--dataset", "metrics"), {}, "no site"),
     (("templates", "install"), UNREACHABLE, "unreachable"),
     (("templates", "bogus"), {}, "No such command"),
     (("kibana", "import"), {}, "--url"),
