@@ -15,6 +15,11 @@ from metronome.errors import ConfigError, MetronomeError
 
 __all__ = ["Commands", "fail", "load_settings"]
 
+# click 8.2 and later answer a group called without a command with this usage error
+_NoArgsIsHelp: type[click.UsageError] = getattr(
+    click.exceptions, "NoArgsIsHelpError", type("_NeverRaised", (click.UsageError,), {})
+)
+
 
 def load_settings(**overrides: Any) -> Settings:
     """The settings from the environment, with the command line's ``overrides`` (None: not
@@ -72,6 +77,9 @@ class Commands(click.Group):
             return super().main(args, prog_name, standalone_mode=False, **extra)
         try:
             code = super().main(args, prog_name, standalone_mode=False, **extra)
+        except _NoArgsIsHelp as exc:  # `metronome sites`: the help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx is not None else (prog_name or "metronome")
             fail_with = f"{exc.format_message()} (see '{where} --help')"

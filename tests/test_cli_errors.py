@@ -105,3 +105,17 @@ def test_a_mistake_ends_with_one_line_on_stderr_and_a_failure_status(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: "), lines[0]
     assert says in lines[0], lines[0]
+
+
+def test_a_group_without_a_command_shows_its_help() -> None:
+    for args in ((), ("sites",), ("keys",), ("templates",), ("kibana",)):
+        result = subprocess.run(
+            [sys.executable, "-m", "metronome", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert "Usage:" in result.stdout + result.stderr, result
+        assert "Commands:" in result.stdout + result.stderr, result
+        assert "Traceback" not in result.stderr
