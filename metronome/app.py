@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from functools import partial
 from typing import Any
 
 import falcon
@@ -19,11 +18,12 @@ import falcon.asgi
 import falcon.media
 import orjson
 
-from metronome.api.fastpath import FastIngest, error_answer
+from metronome.api.fastpath import FastIngest
 from metronome.api.guard import Cors, Guard
 from metronome.api.health import Health, Metrics, Ready
 from metronome.api.openapi import OpenAPI
 from metronome.api.query import QueryResource
+from metronome.api.render import dump_json, error_answer, internal_error
 from metronome.api.reports import Reports
 from metronome.api.ticks import Pixel, Tick, Ticks
 from metronome.api.tock import Tock
@@ -138,12 +138,7 @@ async def _http_error(
 async def _unexpected(
     req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: dict[str, Any]
 ) -> None:
-    log.exception("unexpected_error method=%s path=%s", req.method, req.path)
-    resp.status = falcon.HTTP_500
-    resp.media = {
-        "error": "internal_error",
-        "message": "Metronome failed to answer; the server log has the details",
-    }
+    resp.status, resp.media = internal_error(req.method, req.path)
 
 
 def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
@@ -158,9 +153,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     )
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_qs_csv = False
-    json_handler = falcon.media.JSONHandler(
-        dumps=partial(orjson.dumps, option=orjson.OPT_NON_STR_KEYS), loads=orjson.loads
-    )
+    json_handler = falcon.media.JSONHandler(dumps=dump_json, loads=orjson.loads)
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
 
@@ -184,9 +177,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_error_handler(MetronomeError, _metronome_error)
-    return FastIngest(
-        app, tick, max_body_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s
-    )
+    return FastIngest(app, tick)
 
 
 def app_from_env() -> FastIngest:

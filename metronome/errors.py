@@ -31,7 +31,7 @@
 The tree above is drawn from the classes by ``python -m scripts.gen_docs errors-docstring``
 (a test fails when it and the classes disagree); the docs site's errors page is generated
 from the same classes. Codes never change once shipped; a test checks they are unique.
-Domain code raises these; only ``api/fastpath.py``'s ``error_answer`` (for Falcon's handler
+Domain code raises these; only ``api/render.py``'s ``error_answer`` (for Falcon's handler
 in ``app.py`` and the ``POST /tick`` fast path) turns them into HTTP answers of the shape
 ``{"error": code, "message": ..., "details": {...}}``, with the error's ``headers``
 (``Retry-After``, ``WWW-Authenticate``).

@@ -3,60 +3,47 @@
 A page sends one tick per view, so this one request decides how many events a second a
 server takes. Building Falcon's request and response objects and running its middleware
 chain cost more than Metronome's own work for a tick, so :class:`FastIngest` answers
-``POST /tick`` itself, with exactly the checks Falcon's route makes
-(:meth:`metronome.api.ticks.Tick.accept`: content type, keys and sites, rate limits, body
-limit and timeout, validation, spool) and the same answers, errors and CORS headers
-included. Every other request, ``/tick/`` and ``OPTIONS /tick`` among them, and the
-lifespan events go to Falcon unchanged.
+``POST /tick`` itself. It only adapts: the route is :meth:`metronome.api.ticks.Tick.accept`
+(content type, body limit and timeout, keys and sites, rate limits, validation, spool),
+the same method Falcon calls for ``/tick/``, and the answer is rendered by
+:mod:`metronome.api.render`, as Falcon's error handlers and CORS middleware render theirs.
+``tests/test_tick_paths.py`` sends the same requests both ways and compares the answers.
+Every other request, ``/tick/`` and ``OPTIONS /tick`` among them, and the lifespan events
+go to Falcon unchanged.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from functools import partial
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
-import orjson
 from falcon.util.uri import parse_query_string
 
-from metronome.api.body import unsupported_media_type
-from metronome.api.ticks import JSON_TYPES, Tick
-from metronome.errors import MetronomeError, PayloadTooLarge, RequestTimeout
+from metronome.api.render import cors_headers, dump_json, error_answer, internal_error
+from metronome.api.ticks import Tick
+from metronome.errors import BadRequest, MetronomeError
 from metronome.pipeline import metrics
 
-__all__ = ["FastIngest", "error_answer"]
-
-log = logging.getLogger("metronome")
+__all__ = ["FastIngest"]
 
 _JSON = (b"content-type", b"application/json")
-_INTERNAL = {
-    "error": "internal_error",
-    "message": "Metronome failed to answer; the server log has the details",
-}
-
-
-def error_answer(ex: MetronomeError, path: str) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """An error's HTTP status, JSON body and headers (Falcon's handler uses it too);
-    server-side failures are logged."""
-    if ex.http_status >= 500:
-        log.warning("request_failed path=%s error=%s message=%s", path, ex.code, ex.message)
-    return ex.http_status, ex.to_dict(), ex.headers()
 
 
 class _Request:
-    """What :meth:`Tick.accept` and the guard read of a request, from the ASGI scope: the
-    same names and meanings as on a Falcon request."""
+    """What :meth:`Tick.accept` reads of a request, from the ASGI scope and ``receive``:
+    the same names and meanings as on a Falcon request."""
 
-    __slots__ = ("_headers", "_params", "_query", "context", "method", "path", "remote_addr")
+    __slots__ = ("_headers", "_params", "_query", "_receive", "context", "path", "remote_addr")
 
-    def __init__(self, scope: dict[str, Any], headers: dict[str, str]) -> None:
-        self._headers = headers
+    method = "POST"
+
+    def __init__(self, scope: dict[str, Any], receive: Any) -> None:
+        self._headers = _headers(scope)
         self._query: bytes = scope.get("query_string", b"")
         self._params: dict[str, Any] | None = None
-        self.method = "POST"
+        self._receive = receive
         self.path: str = scope["path"]
         client = scope.get("client")
         self.remote_addr: str | None = client[0] if client else None
@@ -83,6 +70,51 @@ class _Request:
     def referer(self) -> str | None:
         return self._headers.get("referer")
 
+    @property
+    def content_length(self) -> int | None:
+        """``Content-Length`` as a number; a value that is not one is a 400 (HTTP servers
+        refuse such requests before they get here), as Falcon answers it."""
+        value = self._headers.get("content-length")
+        if not value:
+            return None
+        try:
+            length = int(value)
+        except ValueError:
+            length = -1
+        if length < 0:
+            raise BadRequest(
+                'The value provided for the "Content-Length" header is invalid.'
+                " The value of the header must be a number."
+            )
+        return length
+
+    @property
+    def stream(self) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive; it ends early when the client goes away."""
+        return _Chunks(self._receive)
+
+
+class _Chunks:
+    """Async iterator over an ASGI request's body chunks (as Falcon's stream iterates)."""
+
+    __slots__ = ("_done", "_receive")
+
+    def __init__(self, receive: Any) -> None:
+        self._receive = receive
+        self._done = False
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._done:
+            message = await self._receive()
+            self._done = not message.get("more_body", False)  # http.disconnect has none
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                return chunk
+        raise StopAsyncIteration
+
 
 def _headers(scope: dict[str, Any]) -> dict[str, str]:
     """Header names (ASGI gives them lower-case) to values; repeated headers joined by
@@ -98,59 +130,12 @@ def _headers(scope: dict[str, Any]) -> dict[str, str]:
     return headers
 
 
-class _Deadlines:
-    """Body timeouts for many requests with one timer: a sweep every ``period`` seconds
-    cancels the reads that are past their deadline (cheaper than a timer per request)."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-        self._due: dict[asyncio.Task[Any], float] = {}
-        self._expired: set[asyncio.Task[Any]] = set()
-        self._period = min(1.0, max(0.05, timeout_s / 4))
-        self._sweeping = False
-
-    def watch(self, task: asyncio.Task[Any]) -> None:
-        loop = asyncio.get_running_loop()
-        self._due[task] = loop.time() + self.timeout_s
-        if not self._sweeping:
-            self._sweeping = True
-            loop.call_later(self._period, self._sweep)
-
-    def done(self, task: asyncio.Task[Any]) -> None:
-        self._due.pop(task, None)
-
-    def expired(self, task: asyncio.Task[Any]) -> bool:
-        """True (once) when ``task`` was cancelled by a sweep rather than by the server."""
-        if task in self._expired:
-            self._expired.discard(task)
-            task.uncancel()
-            return True
-        return False
-
-    def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for task, due in list(self._due.items()):
-            if due <= now:
-                del self._due[task]
-                self._expired.add(task)
-                task.cancel()
-        if self._due:
-            loop.call_later(self._period, self._sweep)
-        else:
-            self._sweeping = False
-
-
 class FastIngest:
     """ASGI app: ``POST /tick`` here, everything else to ``app`` (the Falcon app)."""
 
-    def __init__(
-        self, app: Any, tick: Tick, *, max_body_bytes: int, body_timeout_s: float | None
-    ) -> None:
+    def __init__(self, app: Any, tick: Tick) -> None:
         self.falcon_app = app
         self._tick = tick
-        self._max_body = max_body_bytes
-        self._deadlines = _Deadlines(body_timeout_s) if body_timeout_s else None
         self._tally = metrics.RouteTally("/tick", "POST")
         tick.on_accepted = self._tally.accepted
 
@@ -159,79 +144,27 @@ class FastIngest:
             await self.falcon_app(scope, receive, send)
             return
         started = time.perf_counter()
-        req = _Request(scope, _headers(scope))
+        req = _Request(scope, receive)
+        headers: dict[str, str] = {}
         try:
-            media = (req.get_header("content-type") or "").split(";", 1)[0].strip().lower()
-            if media not in JSON_TYPES:
-                raise unsupported_media_type(media, JSON_TYPES)
-            event_id = await self._tick.accept(req, partial(self._body, req, receive))
-            await self._answer(send, 202, orjson.dumps({"id": event_id}), req, {})
-        except _Disconnected:
-            pass
+            status = 202
+            body: Any = {"id": await self._tick.accept(req)}
         except MetronomeError as exc:
             status, body, headers = error_answer(exc, req.path)
-            await self._answer(send, status, orjson.dumps(body), req, headers)
-        except Exception:  # answered like Falcon's handler for the unexpected
-            log.exception("unexpected_error method=POST path=/tick")
-            await self._answer(send, 500, orjson.dumps(_INTERNAL), req, {})
+        except Exception:
+            status, body = internal_error(req.method, req.path)
+        await _answer(
+            send, status, dump_json(body), headers, getattr(req.context, "cors_origin", None)
+        )
         self._tally.observe(time.perf_counter() - started)
 
-    async def _body(self, req: _Request, receive: Any) -> bytes:
-        """The whole body: 413 over the limit (before reading, when Content-Length says
-        so), 408 when it takes longer than ``METRONOME_BODY_TIMEOUT_S`` to arrive."""
-        limit = self._max_body
-        declared = req.get_header("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(
-                f"the body is {declared} bytes; the limit is {limit}", limit=limit
-            )
-        deadlines = self._deadlines
-        task = asyncio.current_task() if deadlines is not None else None
-        if task is not None:
-            deadlines.watch(task)  # type: ignore[union-attr]
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise _Disconnected
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(
-                        f"the body is over the limit of {limit} bytes", limit=limit
-                    )
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-        except asyncio.CancelledError:
-            if task is not None and deadlines.expired(task):  # type: ignore[union-attr]
-                timeout = deadlines.timeout_s  # type: ignore[union-attr]
-                raise RequestTimeout(
-                    f"the body did not arrive within {timeout:g} s ({size} bytes came)",
-                    limit_s=timeout,
-                ) from None
-            raise
-        finally:
-            if task is not None:
-                deadlines.done(task)  # type: ignore[union-attr]
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    @staticmethod
-    async def _answer(
-        send: Any, status: int, body: bytes, req: _Request, extra: dict[str, str]
-    ) -> None:
-        headers = [_JSON, (b"content-length", str(len(body)).encode())]
-        headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items())
-        origin = getattr(req.context, "cors_origin", None)
-        if origin is not None:  # as the Cors middleware adds it
-            headers.append((b"access-control-allow-origin", origin.encode("latin-1")))
-            if origin != "*":
-                headers.append((b"vary", b"Origin"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-class _Disconnected(Exception):
-    """The client went away before its body arrived: there is no one to answer."""
+async def _answer(
+    send: Any, status: int, body: bytes, headers: dict[str, str], origin: str | None
+) -> None:
+    """Send a JSON answer with ``headers`` and the CORS headers for ``origin``."""
+    raw = [_JSON, (b"content-length", str(len(body)).encode())]
+    for name, value in (headers | cors_headers(origin)).items():
+        raw.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

@@ -31,6 +31,7 @@ import falcon
 import falcon.asgi
 
 from metronome.api.ratelimit import Buckets, address_key
+from metronome.api.render import cors_headers
 from metronome.config import Settings
 from metronome.errors import (
     InvalidField,
@@ -354,8 +355,5 @@ class Cors:
         resource: object,
         req_succeeded: bool,
     ) -> None:
-        origin = getattr(req.context, "cors_origin", None)
-        if origin is not None:
-            resp.set_header("Access-Control-Allow-Origin", origin)
-            if origin != "*":
-                resp.set_header("Vary", "Origin")
+        for name, value in cors_headers(getattr(req.context, "cors_origin", None)).items():
+            resp.set_header(name, value)

@@ -9,8 +9,7 @@ stamped on every document as ``site.id``.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from functools import partial
+from collections.abc import Callable
 from typing import Any
 
 import falcon
@@ -32,7 +31,7 @@ from metronome.events.tick import Limits, RequestInfo, build_tick
 from metronome.events.visitor import VisitorIds
 from metronome.pipeline import Pipeline, metrics
 
-from .body import decode_json, read_body, require_content_type, single_params
+from .body import Deadlines, decode_json, read_body, require_content_type, single_params
 from .guard import Access, Guard, named_sites
 
 __all__ = ["PIXEL_GIF", "Pixel", "Tick", "Ticks"]
@@ -60,7 +59,7 @@ class _TickResource:
         self._limits = Limits(
             settings.max_params, settings.max_key_length, settings.max_value_length
         )
-        self._timeout_s = settings.body_timeout_s
+        self._deadlines = Deadlines.of(settings.body_timeout_s)
         self._visitors = VisitorIds(settings.data_dir)
 
     def _client_ip(self, req: falcon.asgi.Request) -> str | None:
@@ -122,26 +121,26 @@ class _TickResource:
 
 
 class Tick(_TickResource):
-    """``POST /tick``. The busy case is answered by :mod:`metronome.api.fastpath` in front
-    of Falcon, through :meth:`accept`; Falcon answers the rest (``/tick/``)."""
+    """``POST /tick``: :meth:`accept` is the whole route. Falcon calls it through
+    :meth:`on_post` (for ``/tick/``), and :mod:`metronome.api.fastpath` directly for the
+    busy ``/tick``; both render its answer and errors through :mod:`metronome.api.render`."""
 
     on_accepted: Callable[[], None] = _ACCEPTED_TICK.inc  # the fast path counts in batches
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        require_content_type(req, JSON_TYPES)
-        event_id = await self.accept(
-            req, partial(read_body, req, self._settings.max_body_bytes, self._timeout_s)
-        )
+        event_id = await self.accept(req)
         resp.status = falcon.HTTP_202
         resp.media = {"id": event_id}
 
-    async def accept(self, req: Any, body: Callable[[], Awaitable[bytes]]) -> str:
-        """Check, build and spool the tick whose body ``body()`` reads; its event id once
-        it is safe on disk. ``req`` is a Falcon request or the fast path's equivalent."""
+    async def accept(self, req: Any) -> str:
+        """Check, build and spool the request's tick; its event id once it is safe on
+        disk. ``req`` is a Falcon request or the fast path's equivalent
+        (:class:`~metronome.api.body.BodyRequest`, and what the guard reads)."""
+        require_content_type(req, JSON_TYPES)
         client_ip = self._client_ip(req)
         try:
             await self._guard.precheck_ingest(req, client_ip)
-            raw = decode_json(await body())
+            raw = decode_json(await read_body(req, self._settings.max_body_bytes, self._deadlines))
             access = await self._guard.ingest(req, named_sites(req, (raw,)), client_ip, 1)
             event_id = await self._spool_one(raw, req, client_ip, access)
         except MetronomeError as exc:
@@ -203,7 +202,7 @@ class Ticks(_TickResource):
         require_content_type(req, BATCH_TYPES)
         client_ip = self._client_ip(req)
         await self._guard.precheck_ingest(req, client_ip)
-        items = _split_batch(await read_body(req, self._settings.max_batch_bytes, self._timeout_s))
+        items = _split_batch(await read_body(req, self._settings.max_batch_bytes, self._deadlines))
         if len(items) > self._settings.max_batch_ticks:
             raise LimitExceeded(
                 f"a batch may hold at most {self._settings.max_batch_ticks} ticks;"

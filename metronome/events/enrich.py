@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 import ua_parser
 
+from metronome.events.document import FrozenDict, freeze
+
 __all__ = [
     "UserAgent",
     "client_address",
@@ -138,8 +140,8 @@ def referrer_keys(referrer: str) -> tuple[str | None, str | None]:
 
 
 @lru_cache(maxsize=4096)
-def user_agent_fields(parse_text: str, original: str) -> tuple[dict[str, Any], bool]:
-    """The ``user_agent`` object for a header (shared between documents: never mutated)."""
+def user_agent_fields(parse_text: str, original: str) -> tuple[FrozenDict, bool]:
+    """The ``user_agent`` object for a header (cached, so shared between documents: frozen)."""
     ua = parse_user_agent(parse_text)
     agent: dict[str, Any] = {"original": original}
     if ua.name:
@@ -151,7 +153,7 @@ def user_agent_fields(parse_text: str, original: str) -> tuple[dict[str, Any], b
         agent["os"] = os_part
     if ua.device_name:
         agent["device"] = {"name": ua.device_name}
-    return agent, ua.is_bot
+    return freeze(agent), ua.is_bot
 
 
 @lru_cache(maxsize=16_384)

@@ -55,7 +55,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from metronome.events.document import Document, format_timestamp, parse_iso
+from metronome.events.document import Document, FrozenDict, format_timestamp, parse_iso
 from metronome.events.enrich import client_address, user_agent_fields
 from metronome.events.enrich import referrer_keys as _referrer_keys
 from metronome.events.fields import DEFAULT_SITE
@@ -713,34 +713,17 @@ def compile_format(name_or_nginx_log_format: str) -> LineParser:
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-try:  # CPython's own SHA-256: for ~30-byte keys a third faster than OpenSSL's (no EVP setup)
-    from _sha256 import sha256 as _sha256  # Python 3.11
-except ImportError:  # pragma: no cover - other versions and interpreters
-    try:
-        from _sha2 import sha256 as _sha256  # Python 3.12+
-    except ImportError:
-        _sha256 = hashlib.sha256
-
-# Document is a frozen dataclass with slots: its generated __init__ sets each of the four
-# fields through object.__setattr__ (about 0.8 microseconds). build_log_document makes the
-# same instance by setting the slots through their descriptors instead, in half the time.
-_new = object.__new__
-_set_id = Document.__dict__["id"].__set__
-_set_timestamp_ms = Document.__dict__["timestamp_ms"].__set__
-_set_dataset = Document.__dict__["dataset"].__set__
-_set_source = Document.__dict__["source"].__set__
-
-# Documents share the objects below (never mutated, like ticks' user_agent objects): in
-# real logs targets, clients, referrers and agents repeat, and making a dict costs about
-# as much as looking one up.
+# In real logs targets, clients, referrers and agents repeat: their parts of a document
+# are made once, cached below and shared by the documents that have them, so they are
+# FrozenDicts (as ticks' user_agent objects are).
 
 _TARGETS_MAX = 65_536
-_targets: dict[str, tuple[UrlRules, dict[str, Any], str | None, dict[str, str] | None]] = {}
+_targets: dict[str, tuple[UrlRules, FrozenDict, str | None, FrozenDict | None]] = {}
 
 
 def _target_fields(
     target: str, rules: UrlRules
-) -> tuple[UrlRules, dict[str, Any], str | None, dict[str, str] | None]:
+) -> tuple[UrlRules, FrozenDict, str | None, FrozenDict | None]:
     """``(rules, url object, event.action, item object)`` of a request target, cached.
 
     :func:`build_log_document` reads ``_targets`` first; an entry holds the rules it was
@@ -756,59 +739,60 @@ def _target_fields(
         action, item = _action_item(rules.match(path))
     if query is not None:
         url["query"] = query
-    entry = (rules, url, action, item)
+    entry = (rules, FrozenDict(url), action, item)
     if len(_targets) >= _TARGETS_MAX:
         _targets.clear()
     _targets[target] = entry
     return entry
 
 
-def _action_item(match: Match | None) -> tuple[str | None, dict[str, str] | None]:
+def _action_item(match: Match | None) -> tuple[str | None, FrozenDict | None]:
     """``(event.action, item object)`` of a URL rule's match (both None without one)."""
     if match is None:
         return None, None
     if match.format is None:
-        return match.event, {"id": match.item_id}
-    return match.event, {"id": match.item_id, "format": match.format}
+        return match.event, FrozenDict(id=match.item_id)
+    return match.event, FrozenDict(id=match.item_id, format=match.format)
 
 
-_GET = {"method": "GET"}
+_GET = FrozenDict(method="GET")
 
 
-def _referrer_fields(referrer: str) -> tuple[dict[str, str], dict[str, str] | None]:
+def _referrer_fields(referrer: str) -> tuple[FrozenDict, FrozenDict | None]:
     """``(http.request object of a GET from it, referrer object or None)``."""
     domain, page = _referrer_keys(referrer)
-    keys = {"domain": domain, "page": page} if domain and page else None
-    return {"method": "GET", "referrer": referrer}, keys
+    keys = FrozenDict(domain=domain, page=page) if domain and page else None
+    return FrozenDict(method="GET", referrer=referrer), keys
 
 
-def _agent(user_agent: str) -> tuple[dict[str, Any], bool]:
+def _agent(user_agent: str) -> tuple[FrozenDict, bool]:
     """``(user_agent object, bot)`` exactly as ticks have them."""
     return user_agent_fields(user_agent[:_UA_PARSE_CHARS], user_agent[:_UA_STORE_CHARS])
 
 
 @lru_cache(maxsize=65536)
-def _client_fields(address: str) -> tuple[dict[str, str], dict[str, Any] | None]:
+def _client_fields(address: str) -> tuple[FrozenDict, FrozenDict | None]:
     """``(source object, client object or None)`` of a client address (as
     :func:`client_address` answers it): ``{"ip": ...}`` and ``{"geo":
     {"country_iso_code": ...}}`` from the bundled offline database."""
     country = country_iso_code(address)
-    return {"ip": address}, (None if country is None else {"geo": {"country_iso_code": country}})
+    client = None if country is None else FrozenDict(geo=FrozenDict(country_iso_code=country))
+    return FrozenDict(ip=address), client
 
 
 _NO_CLIENT: tuple[None, None] = (None, None)
 
 
-def _remote_fields(remote_addr: str) -> tuple[dict[str, str] | None, dict[str, Any] | None]:
+def _remote_fields(remote_addr: str) -> tuple[FrozenDict | None, FrozenDict | None]:
     """``(source object, client object)`` of ``$remote_addr`` as logged (no proxies);
     both None when it is not an address."""
     address = client_address(remote_addr, None, ())
     return _NO_CLIENT if address is None else _client_fields(address)
 
 
-def _site(site_id: str) -> dict[str, str]:
-    """The ``site`` object of a site id (shared between documents: never mutated)."""
-    return {"id": site_id}
+def _site(site_id: str) -> FrozenDict:
+    """The ``site`` object of a site id."""
+    return FrozenDict(id=site_id)
 
 
 def _time_keys(timestamp_ms: int) -> tuple[str, str]:
@@ -885,7 +869,7 @@ def build_log_document(
         key = f"{source_id}\0{offset}".encode("utf-8", "surrogatepass")
     else:
         key = f"{line}\0{timestamp_ms}".encode("utf-8", "surrogatepass")
-    event_id = id_prefix + _sha256(key).hexdigest()[:20]
+    event_id = id_prefix + hashlib.sha256(key).hexdigest()[:20]
     event: dict[str, Any] = {
         "id": event_id,
         "dataset": EVENT_DATASET,
@@ -950,9 +934,4 @@ def build_log_document(
         visitor = visitors.visitor_id(timestamp_ms, source["source"]["ip"], user_agent, site_id)
         if visitor is not None:
             source["visitor"] = {"id": visitor}
-    document = _new(Document)  # see _set_id: what Document(...) makes, twice as fast
-    _set_id(document, event_id)
-    _set_timestamp_ms(document, timestamp_ms)
-    _set_dataset(document, DATASET)
-    _set_source(document, source)
-    return document
+    return Document(id=event_id, timestamp_ms=timestamp_ms, dataset=DATASET, source=source)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -206,9 +205,6 @@ class SpoolWriter:
             return
         if self._syncer is None:
             self._syncer = ThreadPoolExecutor(1, thread_name_prefix="spool-sync")
-            # the loop thread holds the GIL while it works; let the sync thread take it
-            # back within 0.5 ms of its sync ending (not the default 5 ms)
-            sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self._syncing = True
         fd = self._fd
         self._syncer.submit(self._sync, loop, fd, before, len(data), waiters)
