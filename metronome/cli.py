@@ -308,7 +308,7 @@ def retention(keep: str, dataset: str, site: str | None, dry_run: bool) -> None:
     if site is not None and dataset == "metrics":
         raise click.BadParameter("metrics belong to no site", param_hint="--site")
     settings = _settings()
-    datasets = DATASETS if dataset == "all" else (dataset,)
+    datasets: tuple[str, ...] = DATASETS if dataset == "all" else (dataset,)
     cutoff = datetime.fromtimestamp(cutoff_ms(period) / 1000, tz=UTC)
     store = settings.elasticsearch_url or f"the embedded store in {settings.data_dir}"
     if site is not None:
