@@ -13,7 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from metronome.errors import UnknownSite
+from metronome.sites.model import Site, Snapshot
+from metronome.sites.registry import check_site
 from tests.support.metronome_server import MetronomeServer
 
 DAY = {"from": "2026-04-02", "to": "2026-04-02"}
@@ -153,3 +158,20 @@ def test_a_site_named_by_a_setting_or_flag_must_exist(
     assert not (tmp_path / "data" / "spool").exists() or not any(
         (tmp_path / "data" / "spool").iterdir()
     )
+
+
+_names = st.text(st.sampled_from("abc-_0default"), min_size=1, max_size=10)
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(existing=st.sets(_names.filter(lambda n: n[0] not in "-_"), max_size=4), name=_names)
+def test_a_site_name_is_taken_only_when_that_site_exists(existing: set[str], name: str) -> None:
+    snapshot = Snapshot({s: Site(s, s) for s in existing}, ())
+    allowed = name in existing or (not existing and name == "default")
+    if allowed:
+        check_site(snapshot, name, "--site")
+        return
+    with pytest.raises(UnknownSite) as raised:
+        check_site(snapshot, name, "--site")
+    assert repr(name) in raised.value.message and "--site" in raised.value.message
+    assert raised.value.details == {"site": name}
