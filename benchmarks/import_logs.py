@@ -67,7 +67,7 @@ RULES = "/datasets/{id}/download.{format} -> download; /datasets/{id} -> view; /
 TRUSTED_PROXIES = "10.0.0.0/8"
 CONTENDERS = ("metronome-sqlite", "metronome-elasticsearch", "loader", "read_floor")
 SUMMARY_LINE = re.compile(
-    r"read (\d+) lines, stored (\d+), rejected (\d+)(?: \(([^)]*)\))?,"
+    r"read (\d+) lines, stored (\d+),(?: already stored \d+,)? rejected (\d+)(?: \(([^)]*)\))?,"
     r" bots (\d+)(?:, dead letters (\d+))?"
 )
 

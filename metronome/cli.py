@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from metronome import __version__
+from metronome.cli_support import Commands, fail
 from metronome.cli_support import load_settings as _settings
 from metronome.config import CONFIG_VARIABLE, Settings, settings_reference, settings_table
 from metronome.errors import MetronomeError
@@ -21,7 +22,7 @@ from metronome.sites import commands as sites_commands
 __all__ = ["main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="metronome")
 @click.option(
     "--config",
@@ -57,6 +58,8 @@ def serve(host: str | None, port: int | None, workers: int | None, no_shipper: b
         ensure_port_free(settings.host, settings.port)
     except PortInUse as exc:
         raise click.ClickException(str(exc)) from None
+    if not no_shipper:
+        _check_job_sites(settings)
     _multiprocess_metrics(settings)
     # the workers read their settings from the environment: pass the CLI's choices on
     os.environ["METRONOME_HOST"] = settings.host
@@ -134,6 +137,35 @@ def _exposure_warning(settings: Settings) -> str | None:
     )
 
 
+def _check_job_sites(settings: Settings) -> None:
+    """Refuse to start when the forward input's METRONOME_LOG_SITE or a per-site period
+    of METRONOME_RETENTION names a site that does not exist (their events would be
+    stored out of every report's reach, or nothing would ever be removed). An unreachable
+    registry is not a reason to refuse: the store may come up later."""
+    from metronome.jobs.retention import RetentionPolicy
+    from metronome.sites.registry import check_site, open_registry
+
+    named = {
+        f"METRONOME_RETENTION ({s}=...)": s for s in RetentionPolicy.parse(settings.retention).sites
+    }
+    if settings.forward:
+        _check_url_rules(settings)
+        named["METRONOME_LOG_SITE"] = settings.log_site
+    if not named:
+        return
+
+    async def _load() -> Any:
+        async with open_registry(settings) as registry:
+            return await registry.load()
+
+    try:
+        snapshot = asyncio.run(_load())
+    except MetronomeError:
+        return
+    for named_by, site_id in named.items():
+        check_site(snapshot, site_id, named_by)
+
+
 def _multiprocess_metrics(settings: Settings) -> None:
     """Give every process of this server one Prometheus multiprocess directory."""
     directory = Path(settings.data_dir) / "metrics"
@@ -151,8 +183,10 @@ def worker(drain: bool) -> None:
     from metronome.logconfig import configure_logging
 
     settings = _settings()
-    configure_logging(settings)
     parent = os.environ.get("METRONOME_SHIPPER_PARENT")
+    if parent is None and not drain:  # `serve` checked before starting this worker
+        _check_job_sites(settings)
+    configure_logging(settings)
     stats = asyncio.run(
         run_worker(settings, drain=drain, parent_pid=int(parent) if parent else None)
     )
@@ -196,6 +230,8 @@ def status() -> None:
     )
     click.echo(f"lag:          {lag} (oldest unshipped event)")
     click.echo(f"dead letters: {dead_count} in {dead}")
+    if reason is not None:
+        fail(f"the store is not ready: {reason}")
 
 
 main.add_command(sites_commands.sites)
@@ -243,8 +279,13 @@ def _count(n: int, noun: str) -> str:
     show_default=True,
     help="Which documents to remove.",
 )
+@click.option(
+    "--site",
+    default=None,
+    help="Only this site's ticks and logs, one by one (default: every site, whole days).",
+)
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
-def retention(keep: str, dataset: str, dry_run: bool) -> None:
+def retention(keep: str, dataset: str, site: str | None, dry_run: bool) -> None:
     """Remove documents older than --keep: whole daily indices, or the embedded store's rows.
 
     Whole UTC days only: everything from before 00:00 UTC of the day PERIOD ago goes,
@@ -252,15 +293,34 @@ def retention(keep: str, dataset: str, dry_run: bool) -> None:
     """
     from datetime import UTC, datetime
 
-    from metronome.jobs.retention import DATASETS, cutoff_ms, parse_keep, run_retention
+    from metronome.jobs.retention import (
+        DATASETS,
+        cutoff_ms,
+        parse_keep,
+        run_retention,
+        run_site_retention,
+    )
 
     try:
         period = parse_keep(keep)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--keep") from None
+    if site is not None and dataset == "metrics":
+        raise click.BadParameter("metrics belong to no site", param_hint="--site")
     settings = _settings()
-    datasets = DATASETS if dataset == "all" else (dataset,)
+    datasets: tuple[str, ...] = DATASETS if dataset == "all" else (dataset,)
     cutoff = datetime.fromtimestamp(cutoff_ms(period) / 1000, tz=UTC)
+    store = settings.elasticsearch_url or f"the embedded store in {settings.data_dir}"
+    if site is not None:
+        sites_commands.require_sites(settings, {"--site": site})
+        datasets = tuple(d for d in datasets if d != "metrics")
+        removed = asyncio.run(run_site_retention(settings, period, site, datasets, dry_run))
+        click.echo(
+            f"{'would delete' if dry_run else 'deleted'} {_count(removed, 'document')}"
+            f" of site {site} ({', '.join(datasets)}) from before {cutoff:%Y-%m-%d} 00:00 UTC"
+            f" in {store}"
+        )
+        return
     try:
         result = asyncio.run(run_retention(settings, period, datasets, dry_run=dry_run))
     except MetronomeError as exc:
@@ -272,7 +332,6 @@ def retention(keep: str, dataset: str, dry_run: bool) -> None:
             click.echo(f"{verb} index {removal.name} ({_count(removal.documents, 'document')})")
         else:
             click.echo(f"{verb} {_count(removal.documents, removal.name + ' document')}")
-    store = settings.elasticsearch_url or f"the embedded store in {settings.data_dir}"
     indices = f"{_count(len(result.removed), 'index')}, " if result.unit == "indices" else ""
     click.echo(
         f"{verb} {indices}{_count(result.documents, 'document')} of {', '.join(datasets)}"
@@ -362,7 +421,7 @@ def _progress(quiet: bool, what: str) -> Any:
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    if quiet:
+    if quiet or not sys.stderr.isatty():  # a pipe or a file gets the summary line only
         return nullcontext(None)
     return Progress(
         SpinnerColumn(),
@@ -389,14 +448,45 @@ def _run_with_progress(quiet: bool, what: str, job: Any) -> Any:
         return asyncio.run(job(update))
 
 
+_SITE_OPTION = click.option(
+    "--site",
+    "site",
+    default=None,
+    help="Store the lines as this site's events [default: METRONOME_LOG_SITE, else default].",
+)
+
+
+def _check_url_rules(settings: Settings) -> None:
+    """A usage error naming METRONOME_URL_RULES and the rule it cannot compile."""
+    from metronome.logs.rules import RuleError, UrlRules
+
+    try:
+        UrlRules.parse(settings.url_rules)
+    except RuleError as exc:
+        raise click.UsageError(f"METRONOME_URL_RULES: {exc}") from None
+
+
+def _log_settings(site: str | None, *, check: bool = True) -> Settings:
+    """The settings with ``--site`` as the log site; the site must exist."""
+    settings = _settings(log_site=site)
+    _check_url_rules(settings)
+    if check:
+        named_by = "--site" if site is not None else "METRONOME_LOG_SITE"
+        sites_commands.require_sites(settings, {named_by: settings.log_site})
+    return settings
+
+
 @main.command("import")
 @click.argument("files", nargs=-1, required=True)
+@_SITE_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
-def import_cmd(files: tuple[str, ...], quiet: bool) -> None:
+def import_cmd(files: tuple[str, ...], site: str | None, quiet: bool) -> None:
     """Import access-log history (plain, .gz, or - for stdin) into the store."""
-    from metronome.pipeline.log_input import import_files
+    from metronome.pipeline.log_input import check_readable, import_files
 
-    settings = _settings()
+    for path in files:
+        check_readable(path)
+    settings = _log_settings(site)
     summary = _run_with_progress(
         quiet, "importing", lambda update: import_files(settings, files, progress=update)
     )
@@ -411,13 +501,17 @@ def import_cmd(files: tuple[str, ...], quiet: bool) -> None:
     is_flag=True,
     help="Start new files at their end, like tail -f (default: from the start).",
 )
+@_SITE_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No running count, no summary.")
-def ship(paths: tuple[Path, ...], from_end: bool, quiet: bool) -> None:
+def ship(paths: tuple[Path, ...], from_end: bool, site: str | None, quiet: bool) -> None:
     """Follow live access logs (like tail -F) into the spool, archiving them to S3."""
     from metronome.logconfig import configure_logging
     from metronome.pipeline.log_input import ship_files
 
-    settings = _settings()
+    for path in paths:
+        if path.is_dir():
+            fail(f"{path}: is a directory; name the log files to follow")
+    settings = _log_settings(site)
     configure_logging(settings)
 
     async def _ship() -> Any:
@@ -440,8 +534,9 @@ def ship(paths: tuple[Path, ...], from_end: bool, quiet: bool) -> None:
 @main.command()
 @click.option("--from", "start", required=True, help="First day or hour (UTC), e.g. 2026-11-01.")
 @click.option("--to", "end", required=True, help="Last day or hour (UTC), included.")
+@_SITE_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
-def restore(start: str, end: str, quiet: bool) -> None:
+def restore(start: str, end: str, site: str | None, quiet: bool) -> None:
     """Re-index archived access logs from S3 into the store (idempotent)."""
     from datetime import UTC, datetime, timedelta
 
@@ -459,8 +554,11 @@ def restore(start: str, end: str, quiet: bool) -> None:
             value += timedelta(days=1) if len(text) == 10 else timedelta(hours=1)
         return value
 
-    settings = _settings()
     first, after = moment(start, "--from", last=False), moment(end, "--to", last=True)
+    settings = _log_settings(site, check=False)
+    if not settings.s3_bucket:
+        raise click.UsageError("METRONOME_S3_BUCKET is not set: there is no archive to restore")
+    _log_settings(site)
     try:
         summary = _run_with_progress(
             quiet,
@@ -519,6 +617,8 @@ def forget(
         query = forget_query(filters, source, time_range, site)
     except MetronomeError as exc:
         raise click.UsageError(exc.message.replace("query.filters", "--where")) from None
+    if site is not None:  # a site that does not exist would silently match nothing
+        sites_commands.require_sites(settings, {"--site": site})
 
     async def _run(dry: bool) -> int:
         async with open_store(settings) as store:

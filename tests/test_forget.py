@@ -55,7 +55,9 @@ def test_forget_deletes_matching_events_and_nothing_else(backend: Backend, item:
     other_site = backend.server.run_cli(
         "forget", "--where", json.dumps([["is", "item", [item]]]), "--site", "elsewhere", "--yes"
     )
-    assert "deleted 0 events" in other_site.stdout  # these events are the default site's
+    assert other_site.returncode == 1  # no such site: refused, rather than matching nothing
+    assert "there is no site 'elsewhere' (named by --site)" in other_site.stderr
+    assert _count(backend, ["is", "item", [item]]) == 1
 
     ranged = backend.server.run_cli(
         "forget",

@@ -51,9 +51,12 @@ def test_imported_logs_count_with_ticks_in_tock_and_import_twice_stores_once(
 
     first = backend.server.run_cli("import", str(plain), env=env)
     assert first.returncode == 0, first.stderr
-    assert "read 5 lines, stored 4, rejected 1 (no_match 1), bots 0" in first.stderr
+    assert "read 5 lines, stored 4, already stored 0, rejected 1 (no_match 1), bots 0" in (
+        first.stderr
+    )
     again = backend.server.run_cli("import", str(packed), env=env)  # a gzipped copy
     assert again.returncode == 0, again.stderr
+    assert "read 5 lines, stored 0, already stored 4, rejected 1" in again.stderr
 
     window = {"from": "2026-05-05", "to": "2026-05-05"}
     report = backend.tock(item, **window)

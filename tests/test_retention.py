@@ -117,6 +117,27 @@ def test_retention_removes_whole_old_days_and_keeps_the_rest(backend: Backend, i
     }
 
 
+def test_retention_of_one_site_removes_only_its_old_events(backend: Backend, item: str) -> None:
+    """``--site``: that site's old ticks and logs go, one by one; an unknown site is refused
+    (it would match nothing). The days are in 1974, before anything else the suite keeps."""
+    for ts in ["1974-03-01T10:00:00Z", "1974-03-02T10:00:00Z", "1974-03-05T10:00:00Z"]:
+        backend.tick(id=item, ts=ts)
+    backend.settle()
+    keep = _keep_until(date(1974, 3, 4))
+
+    unknown = backend.server.run_cli("retention", "--keep", keep, "--site", "nosuch")
+    assert unknown.returncode == 1
+    assert "there is no site 'nosuch' (named by --site)" in unknown.stderr
+    dry = backend.server.run_cli("retention", "--keep", keep, "--site", "default", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith("would delete 2 documents of site default (ticks, logs)")
+    done = backend.server.run_cli("retention", "--keep", keep, "--site", "default")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("deleted 2 documents of site default")
+    backend.settle()
+    assert [d["@timestamp"] for d in backend.find(item)] == ["1974-03-05T10:00:00.000Z"]
+
+
 def test_retention_refuses_a_period_it_cannot_read(tmp_path: Path) -> None:
     for bad, why in (
         ("400", "use days or weeks, like 400d or 57w"),

@@ -25,6 +25,7 @@ __all__ = [
     "cutoff_ms",
     "parse_keep",
     "run_retention",
+    "run_site_retention",
 ]
 
 DATASETS = ("ticks", "logs", "metrics")
@@ -64,6 +65,26 @@ async def run_retention(
         raise ValueError(f"unknown datasets: {', '.join(sorted(unknown))}")
     async with open_store(settings) as store:
         return await store.delete_before(datasets, cutoff_ms(keep, now), dry_run=dry_run)
+
+
+async def run_site_retention(
+    settings: Settings,
+    keep: timedelta,
+    site: str,
+    datasets: tuple[str, ...],
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> int:
+    """Remove (or, with ``dry_run``, only count) the events of one site (ticks and logs:
+    ``metrics`` points belong to no site) from before the cutoff of ``keep``."""
+    from metronome.jobs.forget import forget, forget_query
+
+    if not datasets or set(datasets) - {"ticks", "logs"}:
+        raise ValueError("one site's documents are ticks and logs (metrics have no site)")
+    source = datasets[0] if len(datasets) == 1 else "all"
+    before = {"from": "0", "to": str(cutoff_ms(keep, now) - 1)}
+    async with open_store(settings) as store:
+        return await forget(store, forget_query([], source, before, site=site), dry_run=dry_run)
 
 
 # -- the periodic policy (METRONOME_RETENTION), per site -------------------------------

@@ -11,6 +11,7 @@ pipeline's: :mod:`metronome.pipeline.log_input`.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import sys
 import time
@@ -18,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
@@ -39,15 +40,21 @@ class Summary:
     """What a run did; ``line()`` is the one-line summary the CLI prints."""
 
     read: int = 0
-    stored: int = 0
+    stored: int = 0  # new in the store (``spooled`` for ``ship``)
+    already: int = 0  # the store had them from an earlier run (same event ids)
     rejected: Counter[str] = field(default_factory=Counter)
     bots: int = 0
     dead_letters: int = 0
 
     def line(self, verb: str = "stored") -> str:
+        """``read N lines, stored N, already stored M, rejected R (reasons), bots B``
+        (``verb`` instead of ``stored``, then without ``already stored``)."""
         rejected = sum(self.rejected.values())
         reasons = ", ".join(f"{k} {v}" for k, v in self.rejected.most_common())
-        text = f"read {self.read} lines, {verb} {self.stored}, rejected {rejected}"
+        text = f"read {self.read} lines, {verb} {self.stored}"
+        if verb == "stored":
+            text += f", already stored {self.already}"
+        text += f", rejected {rejected}"
         if reasons:
             text += f" ({reasons})"
         text += f", bots {self.bots}"
@@ -69,6 +76,7 @@ class LineConverter:
         self._site_id = settings.log_site
         self._rejects_path = Path(settings.data_dir) / REJECTS
         self._rejects: IO[bytes] | None = None
+        self._rejected_ids: set[str] = set()
         self.summary = Summary()
 
     def convert(
@@ -78,7 +86,8 @@ class LineConverter:
         self.summary.read += 1
         parsed = self._parser.parse(text)
         if isinstance(parsed, Reject):
-            self.reject(parsed, text, source_id, offset)
+            identity = None if source_id is None or offset is None else f"{source_id}\0{offset}"
+            self.reject(parsed, text, source_id, offset, identity=identity)
             return None, None
         return self.document(parsed, source_id, offset, received_ms), parsed
 
@@ -111,24 +120,39 @@ class LineConverter:
                 source["source"] = {"ip": kept}
         return document
 
-    def reject(self, reject: Reject, text: str, source_id: str | None, offset: int | None) -> None:
+    def reject(
+        self,
+        reject: Reject,
+        text: str,
+        source_id: str | None,
+        offset: int | None,
+        *,
+        identity: str | None = None,
+    ) -> None:
+        """Count a line that cannot be parsed and append it to the reject file, once:
+        a line with an ``identity`` (what its event id would be made of: the file's
+        identity and offset, or the line and its number) that the file holds already,
+        from an earlier run over the same lines, is not appended again."""
         self.summary.rejected[reject.reason] += 1
         if self._rejects is None:
             self._rejects_path.parent.mkdir(parents=True, exist_ok=True)
+            self._rejected_ids = _recorded_ids(self._rejects_path)
             self._rejects = open(self._rejects_path, "ab")  # noqa: SIM115
-        self._rejects.write(
-            orjson.dumps(
-                {
-                    "time": time.time(),
-                    "reason": reject.reason,
-                    "message": reject.message,
-                    "source": source_id,
-                    "offset": offset,
-                    "line": text[:8192],
-                }
-            )
-            + b"\n"
-        )
+        record: dict[str, Any] = {
+            "time": time.time(),
+            "reason": reject.reason,
+            "message": reject.message,
+            "source": source_id,
+            "offset": offset,
+            "line": text[:8192],
+        }
+        if identity is not None:
+            reject_id = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+            if reject_id in self._rejected_ids:
+                return
+            self._rejected_ids.add(reject_id)
+            record["id"] = reject_id
+        self._rejects.write(orjson.dumps(record) + b"\n")
 
     def close(self) -> None:
         if self._rejects is not None:
@@ -136,8 +160,29 @@ class LineConverter:
             self._rejects = None
 
 
-def open_lines(path: str) -> Iterator[str]:
-    """Lines of a plain or gzipped file, or of standard input for ``-``."""
+def _recorded_ids(path: Path) -> set[str]:
+    """The ids of the rejected lines a reject file holds (lines without one are skipped)."""
+    ids: set[str] = set()
+    try:
+        handle = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return ids
+    with handle:
+        for raw in handle:
+            if b'"id":' not in raw:
+                continue
+            try:
+                value = orjson.loads(raw).get("id")
+            except (orjson.JSONDecodeError, AttributeError):
+                continue  # a torn last line
+            if isinstance(value, str):
+                ids.add(value)
+    return ids
+
+
+def open_lines(path: str) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of the non-blank lines of a plain or gzipped file, or of
+    standard input for ``-``; numbers count every line from 1, blank ones too."""
     if path == "-":
         stream: IO[bytes] | io.BufferedIOBase = sys.stdin.buffer
         close = False
@@ -149,10 +194,10 @@ def open_lines(path: str) -> Iterator[str]:
     try:
         # typeshed wants a raw stream for BufferedReader; anything with readinto works
         lines = io.BufferedReader(stream) if close else stream  # type: ignore[type-var]
-        for raw_line in lines:
+        for number, raw_line in enumerate(lines, 1):
             text = raw_line.rstrip(b"\n").rstrip(b"\r").decode("utf-8", errors="replace")
             if text.strip():
-                yield text
+                yield number, text
     finally:
         if close:
             stream.close()

@@ -61,7 +61,7 @@ from metronome.events.enrich import referrer_keys as _referrer_keys
 from metronome.events.fields import DEFAULT_SITE
 from metronome.events.geo import country_iso_code
 from metronome.events.visitor import VisitorIds
-from metronome.logs.rules import UrlRules
+from metronome.logs.rules import Match, UrlRules
 
 __all__ = [
     "FORMATS",
@@ -736,14 +736,7 @@ def _target_fields(
     action = item = None
     if path is not None:
         url["path"] = path
-        match = rules.match(path)
-        if match is not None:
-            action = match.event
-            item = (
-                FrozenDict(id=match.item_id)
-                if match.format is None
-                else FrozenDict(id=match.item_id, format=match.format)
-            )
+        action, item = _action_item(rules.match(path))
     if query is not None:
         url["query"] = query
     entry = (rules, FrozenDict(url), action, item)
@@ -751,6 +744,15 @@ def _target_fields(
         _targets.clear()
     _targets[target] = entry
     return entry
+
+
+def _action_item(match: Match | None) -> tuple[str | None, FrozenDict | None]:
+    """``(event.action, item object)`` of a URL rule's match (both None without one)."""
+    if match is None:
+        return None, None
+    if match.format is None:
+        return match.event, FrozenDict(id=match.item_id)
+    return match.event, FrozenDict(id=match.item_id, format=match.format)
 
 
 _GET = FrozenDict(method="GET")
@@ -830,8 +832,9 @@ def build_log_document(
 
     Fields: ``@timestamp`` (the line's time), ``@version``, ``event.id``,
     ``event.dataset`` (``metronome.logs``), ``event.ingested`` (``received_ms``),
-    ``event.action`` (the event of the first URL rule matching the path; absent when none
-    matches, and then no ``item.*`` either), ``event.duration`` (ns, from
+    ``event.action`` (the event of the first URL rule matching the path and taking the
+    status, by default 2xx and 304; absent when none matches, and then no ``item.*``
+    either), ``event.duration`` (ns, from
     ``$request_time``), ``source.ip`` (``$remote_addr``, or the client named by
     ``X-Forwarded-For`` when ``$remote_addr`` is one of ``trusted_proxies``),
     ``http.request.method``, ``http.version`` (``1.1``), ``http.response.status_code``,
@@ -876,6 +879,8 @@ def build_log_document(
     if entry is None or entry[0] is not rules:
         entry = _target_fields(target, rules)
     _, url, action, item = entry
+    if status not in rules.like_200 and "path" in url:  # rules take 2xx and 304 unless told
+        action, item = _action_item(rules.match(url["path"], status))
     if referrer is None:
         request = _GET if method == "GET" else {"method": method}
         referrer_object = None

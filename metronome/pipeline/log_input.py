@@ -5,9 +5,12 @@ configured ``METRONOME_LOG_FORMAT`` and ``METRONOME_URL_RULES``; lines that cann
 parsed go to ``<data dir>/rejects.ndjson`` with the reason) and count what they did.
 
 - ``import`` (history) writes straight to the store in bulk, with the shipper's retries
-  and dead letters. Ids come from the line's content, its time and how many identical
-  lines came before it in the same second, so importing the same file twice (even a
-  copy, or gzipped) stores each line once.
+  and dead letters. Ids come from the line's content and its line number in the file, so
+  importing the same file twice (even a copy, or gzipped, or after more lines were
+  appended) stores each line once, while identical lines (two requests in the same
+  second) are different events however far apart they are. The summary tells lines
+  stored now from lines the store already had; a rejected line is added to the reject
+  file once, however often it is imported.
 - ``ship`` (live files) follows files, appends to the durable spool like ticks (a running
   ``metronome serve`` or ``metronome worker`` ships it), and archives raw lines to S3 when
   ``METRONOME_S3_BUCKET`` is set. Ids come from the file's identity and the line's offset.
@@ -19,6 +22,8 @@ parsed go to ``<data dir>/rejects.ndjson`` with the reason) and count what they 
 from __future__ import annotations
 
 import asyncio
+import errno
+import gzip
 import logging
 import socket
 import time
@@ -39,28 +44,11 @@ from metronome.pipeline.shipper import Shipper
 from metronome.pipeline.spool import SpoolWriter, spool_dir
 from metronome.store import open_store
 
-__all__ = ["import_files", "restore_archive", "ship_files"]
+__all__ = ["check_readable", "import_files", "restore_archive", "ship_files"]
 
 log = logging.getLogger("metronome.ship")
 
 _BATCH = 1000
-
-
-class _Occurrences:
-    """How many identical lines with the same timestamp came before (a 10-minute window)."""
-
-    def __init__(self) -> None:
-        self._counts: dict[tuple[int, str], int] = {}
-        self._newest = 0
-
-    def next(self, timestamp_ms: int, text: str) -> int:
-        key = (timestamp_ms, text)
-        n = self._counts.get(key, 0)
-        self._counts[key] = n + 1
-        if timestamp_ms > self._newest + 600_000:
-            self._newest = timestamp_ms
-            self._counts = {k: v for k, v in self._counts.items() if k[0] >= timestamp_ms - 600_000}
-        return n
 
 
 class _BulkTarget:
@@ -83,11 +71,14 @@ class _BulkTarget:
     async def flush(self) -> None:
         batch, self._batch = self._batch, []
         if batch:
-            before = self._shipper.stats.dead_letters
+            stats = self._shipper.stats
+            dead_before, already_before = stats.dead_letters, stats.already_stored
             await self._shipper.store_documents(batch, self._stop)
-            dead = self._shipper.stats.dead_letters - before
+            dead = stats.dead_letters - dead_before
+            already = stats.already_stored - already_before
             self._summary.dead_letters += dead
-            self._summary.stored += len(batch) - dead
+            self._summary.already += already
+            self._summary.stored += len(batch) - dead - already
         if self._progress:
             self._progress(self._summary.read)
 
@@ -115,15 +106,28 @@ async def import_files(
     received_ms = int(time.time() * 1000)
     async with _into_store(settings, progress) as (converter, target):
         for path in paths:
-            occurrences = _Occurrences()
-            for text in open_lines(path):
-                parsed = converter.parse(text)
-                if isinstance(parsed, Reject):
-                    converter.reject(parsed, text, path, None)
-                    continue
-                n = occurrences.next(parsed.timestamp_ms, text)
-                await target.add(converter.document(parsed, text, n, received_ms))
+            try:
+                for number, text in open_lines(path):
+                    parsed = converter.parse(text)
+                    if isinstance(parsed, Reject):
+                        converter.reject(parsed, text, path, number, identity=f"{text}\0{number}")
+                        continue
+                    await target.add(converter.document(parsed, text, number, received_ms))
+            except (EOFError, gzip.BadGzipFile) as exc:  # a damaged or cut .gz file
+                await target.flush()  # what was read before stays imported
+                raise OSError(errno.EIO, f"damaged gzip file ({exc})", path) from exc
     return converter.summary
+
+
+def check_readable(path: str) -> None:
+    """Raise OSError (naming the file) unless ``path`` is ``-`` or a file that can be read:
+    checked for every file before the first is imported."""
+    if path == "-":
+        return
+    if Path(path).is_dir():
+        raise IsADirectoryError(21, "Is a directory", path)
+    with open(path, "rb") as handle:
+        handle.read(1)
 
 
 async def restore_archive(

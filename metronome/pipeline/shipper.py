@@ -43,6 +43,7 @@ class ShipperStats:
     shipped: int = 0
     retries: int = 0
     dead_letters: int = 0
+    already_stored: int = 0  # documents the store had already (a batch sent again)
     torn_bytes: int = 0
     segments_done: int = 0
     errors: list[str] = field(default_factory=list)
@@ -175,6 +176,7 @@ class Shipper:
                 refused: list[tuple[Document, str]] = []
                 for outcome in outcomes:
                     if outcome.ok:
+                        self.stats.already_stored += outcome.existed
                         continue
                     if outcome.retriable:
                         retry.append(by_id[outcome.id])

@@ -21,9 +21,15 @@ from metronome.cli_support import load_settings as _settings
 from metronome.config import Settings
 from metronome.errors import MetronomeError
 from metronome.sites.model import SCOPES, Key, Site, Snapshot, new_key, new_site_id, now_ms
-from metronome.sites.registry import DuplicateSite, Registry, open_registry
+from metronome.sites.registry import (
+    DuplicateSite,
+    Registry,
+    check_site,
+    create_site,
+    open_registry,
+)
 
-__all__ = ["keys", "sites"]
+__all__ = ["keys", "require_sites", "sites"]
 
 T = TypeVar("T")
 
@@ -38,6 +44,20 @@ def _with_registry(settings: Settings, job: Callable[[Registry], Awaitable[T]]) 
     except MetronomeError as exc:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
+
+
+def require_sites(settings: Settings, named: dict[str, str]) -> None:
+    """Exit with one line naming the site and where it was named (``{"--site": "shop"}``)
+    unless every named site exists (or is ``default`` while no site exists)."""
+    if not named:
+        return
+
+    async def _check(registry: Registry) -> None:
+        snapshot = await registry.load()
+        for named_by, site_id in named.items():
+            check_site(snapshot, site_id, named_by)
+
+    _with_registry(settings, _check)
 
 
 def _when(ms: int | None) -> str:
@@ -101,7 +121,8 @@ def sites() -> None:
     """Sites: the web sites and apps whose events are kept apart.
 
     Once one site exists, ingestion and reports need a key or an allowed browser
-    origin; with none, everything is open and stored as site `default`.
+    origin; with none, everything is open and stored as site `default`. The first
+    `sites create` also creates site `default`, which keeps what was collected before.
     """
 
 
@@ -120,8 +141,8 @@ def sites() -> None:
 @click.option(
     "--id",
     "site_id",
-    help="The public site id [default: 10 random characters];"
-    " `default` adopts events stored before sites existed.",
+    help="The public site id [default: 10 random characters]. Site `default` (the events"
+    " stored before sites existed) is created with the first site.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the site as JSON.")
 def sites_create(
@@ -143,9 +164,16 @@ def sites_create(
     )
     settings = _settings()
     try:
-        _with_registry(settings, lambda r: r.add_site(site))
+        created = _with_registry(settings, lambda r: create_site(r, site))
     except DuplicateSite as exc:
         raise click.UsageError(str(exc)) from None
+    for adopted in created[:-1]:
+        click.echo(
+            f"created site {adopted.id} ({adopted.name}): the events collected before sites"
+            f" existed are its events and stay in reports for its keys (metronome keys"
+            f" create --site {adopted.id} ...) and all-sites admin keys (?site={adopted.id})",
+            err=True,
+        )
     if as_json:
         _json(site.to_dict())
         return

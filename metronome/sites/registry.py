@@ -19,11 +19,24 @@ from pathlib import Path
 import orjson
 
 from metronome.config import Settings
+from metronome.errors import UnknownSite
+from metronome.events.fields import DEFAULT_SITE
 from metronome.sites.base import DuplicateSite, Registry
 from metronome.sites.model import Key, Site, Snapshot
 from metronome.store.sqlite import DB_NAME, ConnectionThread, connect, setup_lock
 
-__all__ = ["DuplicateSite", "Registry", "SQLiteRegistry", "open_registry"]
+__all__ = [
+    "DEFAULT_SITE_NAME",
+    "DuplicateSite",
+    "Registry",
+    "SQLiteRegistry",
+    "check_site",
+    "create_site",
+    "open_registry",
+]
+
+DEFAULT_SITE_NAME = "events from before sites"
+"""The name the ``default`` site gets when it is created for the events stored before sites."""
 
 
 _SCHEMA = """
@@ -184,3 +197,44 @@ def open_registry(settings: Settings) -> Registry:
 
         return ElasticsearchRegistry(settings)
     return SQLiteRegistry(settings.data_dir)
+
+
+async def create_site(registry: Registry, site: Site) -> tuple[Site, ...]:
+    """Store ``site`` (DuplicateSite if its id is taken); the sites created, in order.
+
+    Events stored while no site existed belong to site ``default``; once one site exists
+    only sites are readable, so ``default`` is created first whenever it is missing (the
+    first ``metronome sites create`` adopts everything collected so far).
+    """
+    created: list[Site] = []
+    if site.id != DEFAULT_SITE and DEFAULT_SITE not in (await registry.load()).sites:
+        adopted = Site(DEFAULT_SITE, DEFAULT_SITE_NAME, created_ms=site.created_ms)
+        try:
+            await registry.add_site(adopted)
+            created.append(adopted)
+        except DuplicateSite:  # another `sites create` made it a moment ago
+            pass
+    await registry.add_site(site)
+    return (*created, site)
+
+
+def check_site(snapshot: Snapshot, site_id: str, named_by: str) -> None:
+    """Raise UnknownSite unless events may be stored as (or read from) ``site_id``: a
+    site that exists, or ``default`` while no site exists. ``named_by`` says where the
+    name came from (``--site``, ``METRONOME_LOG_SITE``) for the message."""
+    if site_id in snapshot.sites or (snapshot.open and site_id == DEFAULT_SITE):
+        return
+    shown = site_id[:64]
+    if snapshot.open:
+        message = (
+            f"there is no site {shown!r} (named by {named_by}): no sites exist, so every"
+            f" event belongs to site {DEFAULT_SITE!r}; create the site first with"
+            f" `metronome sites create --id {shown} --name ...`"
+        )
+    else:
+        known = ", ".join(list(snapshot.sites)[:10])
+        message = (
+            f"there is no site {shown!r} (named by {named_by}); the sites are {known}"
+            " (`metronome sites list` shows them)"
+        )
+    raise UnknownSite(message, site=shown)

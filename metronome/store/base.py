@@ -25,7 +25,8 @@ class SchemaChange:
 
 @dataclass(frozen=True, slots=True)
 class WriteOutcome:
-    """The store's answer for one document: stored (or already stored), or refused.
+    """The store's answer for one document: stored (``existed``: it was already stored
+    by an earlier write of its id, and nothing changed), or refused.
 
     ``retriable`` refusals (overload, outage) may succeed later; the others never will.
     """
@@ -34,6 +35,7 @@ class WriteOutcome:
     ok: bool
     reason: str | None = None
     retriable: bool = False
+    existed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

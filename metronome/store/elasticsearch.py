@@ -221,7 +221,7 @@ class ElasticsearchStore:
             result = item["create"]
             status = result["status"]
             if status in (200, 201, 409):  # 409: this id is already stored
-                outcomes.append(WriteOutcome(doc.id, True))
+                outcomes.append(WriteOutcome(doc.id, True, existed=status == 409))
             else:
                 error = result.get("error") or {}
                 reason = f"{error.get('type', status)}: {error.get('reason', '')}".strip()

@@ -228,22 +228,39 @@ class SQLiteStore(ConnectionThread):
             for d in documents
         ]
 
-        def _insert() -> None:
+        insert = (
+            "INSERT OR IGNORE INTO events (id, dataset, ts, item_id, action, format,"
+            " referrer_page, bot, doc, site_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+
+        def _insert() -> list[bool] | None:
+            """Which rows were stored already (None: none was, the usual case)."""
             conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
+            existed: list[bool] | None = None
             try:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO events (id, dataset, ts, item_id, action, format,"
-                    " referrer_page, bot, doc, site_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                before = conn.total_changes
+                conn.executemany(insert, rows)
+                if conn.total_changes - before != len(rows):  # some were: again, row by row
+                    conn.execute("ROLLBACK")
+                    conn.execute("BEGIN IMMEDIATE")
+                    existed = []
+                    for row in rows:
+                        before = conn.total_changes
+                        conn.execute(insert, row)
+                        existed.append(conn.total_changes == before)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            return existed
 
-        await self._run(_insert)
-        return [WriteOutcome(d.id, True) for d in documents]
+        existed: list[bool] | None = await self._run(_insert)
+        if existed is None:
+            return [WriteOutcome(d.id, True) for d in documents]
+        return [
+            WriteOutcome(d.id, True, existed=e) for d, e in zip(documents, existed, strict=True)
+        ]
 
     async def groups(
         self, query: GroupQuery, *, after: tuple[Any, ...] | None, limit: int
