@@ -112,11 +112,12 @@ _ASGI_SEND = "metronome.asgi_send"
 handlers refuse an unaccepted WebSocket with an HTTP answer through it."""
 
 
-class _App(falcon.asgi.App):  # type: ignore[misc]
+class _App(falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]):
     """Falcon's ASGI app, which lets the error handlers refuse a WebSocket handshake with a
     JSON answer (the ``websocket.http.response`` extension) instead of a bare close."""
 
-    async def __call__(  # type: ignore[override] # as Falcon's own
+    # falcon.asgi.App declares __call__ as its WSGI parent's (typeshed-wise); this is ASGI's
+    async def __call__(  # type: ignore[override]
         self, scope: dict[str, Any], receive: Any, send: Any
     ) -> None:
         if scope["type"] == "websocket":
@@ -124,7 +125,7 @@ class _App(falcon.asgi.App):  # type: ignore[misc]
         await super().__call__(scope, receive, send)
 
 
-class _Router(falcon.routing.CompiledRouter):  # type: ignore[misc]
+class _Router(falcon.routing.CompiledRouter):
     """Falcon's router, answering ``HEAD`` wherever ``GET`` is answered (Falcon sends the
     headers, ``Content-Length`` included, without the body)."""
 

@@ -103,7 +103,7 @@ class _UrlTooLong(Exception):
     """Raised from the parser's URL callback: the URL is over :data:`MAX_URL_BYTES`."""
 
 
-class MetronomeHttp(HttpToolsProtocol):  # type: ignore[misc]
+class MetronomeHttp(HttpToolsProtocol):
     """uvicorn's httptools protocol, whose own answers are JSON in Metronome's error
     shape like every other: ``400 bad_request`` for a request it cannot parse or an HTTP
     version other than 1.0 and 1.1, ``414 uri_too_long`` past :data:`MAX_URL_BYTES`
@@ -238,7 +238,7 @@ class MetronomeHttp(HttpToolsProtocol):  # type: ignore[misc]
         self.loop.call_later(_LINGER_S, self.transport.close)
 
 
-class _JsonHandshake(ServerProtocol):  # type: ignore[misc]
+class _JsonHandshake(ServerProtocol):
     """websockets' server side, whose refusals of a handshake (no ``Sec-WebSocket-Key``,
     an unsupported version, headers over its limits, the app failing) are JSON in the one
     error shape instead of plain text."""
@@ -261,7 +261,7 @@ class _JsonHandshake(ServerProtocol):  # type: ignore[misc]
         return Response(response.status_code, response.reason_phrase, headers, body)
 
 
-class MetronomeWebSocket(WebSocketsSansIOProtocol):  # type: ignore[misc]
+class MetronomeWebSocket(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol with :class:`_JsonHandshake`: a handshake it refuses
     itself gets a JSON answer, like one the app refuses."""
 

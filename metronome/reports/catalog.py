@@ -138,7 +138,7 @@ def resolve(name: str, datasets: tuple[str, ...], purpose: Purpose) -> FieldRef:
     kinds = {_kind(t) for t in types}
     if len(kinds) != 1 or None in kinds:
         raise UnknownField(f"{name!r} cannot be used in a query")
-    (kind,) = kinds  # type: ignore[assignment]
+    (kind,) = kinds
     if kind not in _ALLOWED[purpose]:
         raise UnknownField(f"{name!r} is a field of type {kind}; this needs {_WHAT[purpose]}")
     return FieldRef(field, kind)

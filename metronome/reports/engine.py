@@ -189,7 +189,8 @@ def _match_key(query: GroupQuery, keys: tuple[Any, ...]) -> tuple[Any, ...]:
 def _change(current: Any, previous: Any) -> float | None:
     if current is None or previous in (None, 0):
         return None
-    return round((current - previous) / abs(previous), 4)
+    change: float = round((current - previous) / abs(previous), 4)
+    return change
 
 
 _TOP_KINDS = ("count", "distinct", "sum", "avg", "min", "max")

@@ -536,7 +536,8 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
             field="query.compare",
         )
 
-    metrics, metric_json = [], []
+    metrics: list[MetricSpec] = []
+    metric_json: list[Any] = []
     for index, raw in enumerate(body.get("metrics", ["events"])):
         spec, norm = _metric(raw, datasets, f"query.metrics[{index}]")
         if spec.name in {m.name for m in metrics}:

@@ -111,7 +111,7 @@ def compile_groups(query: GroupQuery, after: dict[str, Any] | None, size: int) -
         sources = []
         for index, dim in enumerate(query.dimensions):
             if dim.interval:
-                source = {
+                source: dict[str, Any] = {
                     "date_histogram": {
                         "field": F.TIMESTAMP,
                         "calendar_interval": dim.interval,
