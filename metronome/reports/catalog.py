@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Any, Literal
-
-import orjson
+from typing import Literal
 
 from metronome.events import fields as F
 from metronome.store.query import FieldRef, Kind
+from metronome.store.templates import mapped_fields
 
 __all__ = ["ALIASES", "FieldRef", "catalog", "resolve"]
 
@@ -58,36 +57,11 @@ ALIASES: dict[str, str] = {
 }
 
 
-def _flatten(properties: dict[str, Any], prefix: str, out: dict[str, str]) -> None:
-    for name, mapping in properties.items():
-        path = f"{prefix}{name}"
-        if "properties" in mapping:
-            _flatten(mapping["properties"], path + ".", out)
-        elif "type" in mapping and mapping["type"] != "object":
-            out[path] = mapping["type"]
-
-
 @lru_cache(maxsize=1)
 def catalog() -> dict[str, dict[str, str]]:
-    """Per dataset (``ticks``, ``logs``): every mapped field and its Elasticsearch type."""
-    from metronome.store.templates import templates_dir  # store/ imports reports/
-
-    root = templates_dir()
-    components: dict[str, dict[str, str]] = {}
-    for path in sorted((root / "component").glob("*.json")):
-        mappings = orjson.loads(path.read_bytes()).get("template", {}).get("mappings", {})
-        flat: dict[str, str] = {}
-        _flatten(mappings.get("properties", {}), "", flat)
-        components[path.stem] = flat
-    result: dict[str, dict[str, str]] = {}
-    for path in sorted((root / "index").glob("*.json")):
-        body = orjson.loads(path.read_bytes())
-        fields: dict[str, str] = {}
-        for name in body.get("composed_of", []):
-            fields.update(components.get(name, {}))
-        dataset = path.stem.removeprefix("metronome-")
-        result[dataset] = fields
-    return result
+    """Per dataset (``ticks``, ``logs``): every mapped field and its Elasticsearch type,
+    as the index templates map them (read once)."""
+    return mapped_fields()
 
 
 def _kind(es_type: str) -> Kind | None:

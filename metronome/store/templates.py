@@ -19,7 +19,7 @@ import orjson
 
 from metronome.config import Settings
 
-__all__ = ["Template", "load_templates", "templates_dir"]
+__all__ = ["Template", "load_templates", "mapped_fields", "templates_dir"]
 
 DEFAULT_PREFIX = "metronome"
 
@@ -41,6 +41,35 @@ def templates_dir() -> Path:
     if not isinstance(root, Path):  # only a zipped install gives anything else
         raise FileNotFoundError(f"index_templates/ must be files on disk, not in {root}")
     return root
+
+
+def _flatten(properties: dict[str, Any], prefix: str, out: dict[str, str]) -> None:
+    for name, mapping in properties.items():
+        path = f"{prefix}{name}"
+        if "properties" in mapping:
+            _flatten(mapping["properties"], path + ".", out)
+        elif "type" in mapping and mapping["type"] != "object":
+            out[path] = mapping["type"]
+
+
+def mapped_fields(directory: Path | None = None) -> dict[str, dict[str, str]]:
+    """Per dataset (``ticks``, ``logs``): every field the index templates map, with its
+    Elasticsearch type (``params.*`` and other objects are left out)."""
+    root = directory or templates_dir()
+    components: dict[str, dict[str, str]] = {}
+    for path in sorted((root / "component").glob("*.json")):
+        mappings = orjson.loads(path.read_bytes()).get("template", {}).get("mappings", {})
+        flat: dict[str, str] = {}
+        _flatten(mappings.get("properties", {}), "", flat)
+        components[path.stem] = flat
+    result: dict[str, dict[str, str]] = {}
+    for path in sorted((root / "index").glob("*.json")):
+        body = orjson.loads(path.read_bytes())
+        fields: dict[str, str] = {}
+        for name in body.get("composed_of", []):
+            fields.update(components.get(name, {}))
+        result[path.stem.removeprefix("metronome-")] = fields
+    return result
 
 
 def _rename(name: str, prefix: str) -> str:
