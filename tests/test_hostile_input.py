@@ -15,10 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.backends import wait_for_drain
+from tests.support.fuzz import fuzz
 from tests.support.metronome_server import MetronomeServer
 
 ODD_NAMES = [
@@ -165,13 +166,7 @@ def test_ticks_of_any_shape_are_stored_or_refused_clearly(server: MetronomeServe
     before = _stored(server)
 
     @given(tick=TICKS)
-    @settings(
-        max_examples=100,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz(100)
     def send(tick: dict[str, Any]) -> None:
         nonlocal accepted
         resp = _post(f"{server.url}/tick", tick)
@@ -189,13 +184,7 @@ def test_batches_report_each_refused_tick_and_store_only_the_rest(server: Metron
     before = _stored(server)
 
     @given(batch=st.lists(TICKS | JSON, min_size=1, max_size=8))
-    @settings(
-        max_examples=40,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz(40)
     def send(batch: list[Any]) -> None:
         nonlocal stored
         resp = _post(f"{server.url}/ticks", batch)
@@ -212,13 +201,7 @@ def test_batches_report_each_refused_tick_and_store_only_the_rest(server: Metron
 
 def test_any_query_gets_an_answer_or_a_clear_400(server: MetronomeServer) -> None:
     @given(query=QUERIES)
-    @settings(
-        max_examples=150,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz(150)
     def ask(query: Any) -> None:
         resp = _post(f"{server.url}/query", query)
         _clear_error(resp)
@@ -260,13 +243,7 @@ def test_any_report_query_string_gets_an_answer_or_a_clear_400(server: Metronome
         ),
         params=st.lists(st.tuples(names, values), max_size=4),
     )
-    @settings(
-        max_examples=100,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz(100)
     def ask(path: str, params: list[tuple[str, str]]) -> None:
         resp = httpx.get(f"{server.url}{path}", params=params, timeout=30)
         _clear_error(resp)

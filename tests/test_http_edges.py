@@ -14,9 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.fuzz import fuzz
 from tests.support.metronome_server import MetronomeServer
 
 UPGRADE = {
@@ -286,13 +287,7 @@ def _parse(data: bytes) -> tuple[int, dict[str, str], bytes]:
 
 
 @given(method=METHODS, target=TARGETS, version=VERSIONS, extra=EXTRAS)
-@settings(
-    max_examples=150,
-    derandomize=True,
-    deadline=None,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+@fuzz(150)
 def test_any_request_gets_a_quick_answer_in_json_never_a_500(
     server: MetronomeServer, method: str, target: str, version: str, extra: tuple[str, bytes]
 ) -> None:

@@ -10,11 +10,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from metronome.config import Settings
 from metronome.pipeline.log_input import import_files
+from tests.support.fuzz import fuzz
 
 RULES = "/datasets/{id}"
 
@@ -67,7 +68,7 @@ _requests = st.lists(
 )
 
 
-@settings(derandomize=True, max_examples=25, deadline=None)
+@fuzz(25)
 @given(requests=_requests, split=st.integers(0, 30))
 def test_every_line_is_stored_once_however_identical_lines_are_spread(
     requests: list[tuple[str, int]], split: int

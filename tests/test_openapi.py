@@ -10,7 +10,6 @@ default: no keys), and on a server with a site, without a key and with the site'
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -31,6 +30,7 @@ from schemathesis.specs.openapi.checks import (
 
 from metronome.app import create_app
 from metronome.config import Settings
+from tests.support.fuzz import fuzz
 from tests.support.metronome_server import MetronomeServer
 
 
@@ -182,9 +182,8 @@ def test_the_server_enforces_exactly_the_documented_security(guarded: Guarded) -
 
 # The suite sends the same generated requests on every run, so its verdict never depends
 # on luck. To hunt for new failures: METRONOME_TEST_FUZZ_RANDOM=1 (new requests each run)
-# and METRONOME_TEST_FUZZ_EXAMPLES=500 (per operation and mode; default 25).
-FUZZ_RANDOM = os.environ.get("METRONOME_TEST_FUZZ_RANDOM", "") not in ("", "0")
-FUZZ_EXAMPLES = int(os.environ.get("METRONOME_TEST_FUZZ_EXAMPLES", "25"))
+# and METRONOME_TEST_FUZZ_EXAMPLES=500 (per operation and mode; default 25); see
+# tests/support/fuzz.py.
 
 CHECKS = [
     not_a_server_error,
@@ -221,13 +220,7 @@ def test_no_operation_answers_500_or_breaks_its_schema(
     for operation in operations:
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(
-            max_examples=FUZZ_EXAMPLES,
-            deadline=None,
-            database=None,
-            derandomize=not FUZZ_RANDOM,
-            suppress_health_check=list(HealthCheck),
-        )
+        @fuzz(25)
         def run(case: schemathesis.Case) -> None:
             case.call_and_validate(headers=headers, checks=CHECKS)
 

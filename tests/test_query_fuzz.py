@@ -22,12 +22,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from metronome.errors import BadRequest, all_error_classes
 from metronome.reports.timebuckets import EARLIEST_MS, LATEST_MS
 from tests.conftest import Backend
+from tests.support.fuzz import fuzz
 
 TIME_BOUND_S = 2.0
 BAD_REQUEST_CODES = {cls.code for cls in all_error_classes() if issubclass(cls, BadRequest)}
@@ -49,13 +50,7 @@ ZONES = [
 ]
 DAY = "2013-03-14"  # no other test writes on this day
 DAY_MS = 1_363_219_200_000
-FUZZ = settings(
-    max_examples=60,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=list(HealthCheck),
-)
+FUZZ = fuzz(60)
 
 # --- what to send -----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
@@ -36,6 +36,7 @@ from metronome.reports.timebuckets import (
     parse_moment,
 )
 from metronome.reports.tock import parse_tock_query, tock_queries
+from tests.support.fuzz import fuzz
 
 # east, west, half-hour, DST, the easternmost (+14) and nearly the westernmost (-11)
 ZONES = [
@@ -269,9 +270,7 @@ FILTERS: st.SearchStrategy[Any] = st.recursive(
 )
 
 
-@settings(
-    max_examples=400, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
-)
+@fuzz(400)
 @given(
     start=MOMENTS,
     length=st.integers(1, 10**13),
@@ -318,9 +317,7 @@ def test_any_query_is_resolved_or_refused_quickly_and_its_answer_can_be_shaped(
             assert label[:4].isdigit()
 
 
-@settings(
-    max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
-)
+@fuzz(300)
 @given(
     start=MOMENTS,
     length=st.integers(1, 10**13),

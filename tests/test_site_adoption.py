@@ -13,12 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from metronome.errors import UnknownSite
 from metronome.sites.model import Site, Snapshot
 from metronome.sites.registry import check_site
+from tests.support.fuzz import fuzz
 from tests.support.metronome_server import MetronomeServer
 
 DAY = {"from": "2026-04-02", "to": "2026-04-02"}
@@ -163,7 +164,7 @@ def test_a_site_named_by_a_setting_or_flag_must_exist(
 _names = st.text(st.sampled_from("abc-_0default"), min_size=1, max_size=10)
 
 
-@settings(derandomize=True, max_examples=300, deadline=None)
+@fuzz(300)
 @given(existing=st.sets(_names.filter(lambda n: n[0] not in "-_"), max_size=4), name=_names)
 def test_a_site_name_is_taken_only_when_that_site_exists(existing: set[str], name: str) -> None:
     snapshot = Snapshot({s: Site(s, s) for s in existing}, ())

@@ -24,11 +24,12 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from metronome.app import create_app
 from metronome.config import Settings
+from tests.support.fuzz import fuzz
 from tests.support.metronome_server import MetronomeServer
 
 PATHS = ("/tick", "/tick/")
@@ -472,11 +473,7 @@ _QUERIES = st.sampled_from([b"", b"site=default", b"site=nope", b"site=a&site=b"
 _OPTIONAL = st.none() | st.sampled_from([b"https://a.example", b"null", b"\xff"])
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@fuzz(150)
 @given(
     body=_BODIES,
     cuts=st.lists(st.integers(0, MAX_BODY_BYTES + 200), max_size=3),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from zoneinfo import ZoneInfo
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from metronome.reports.timebuckets import MAX_BUCKETS, bucket_count, bucket_starts
+from tests.support.fuzz import fuzz
 
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"]
 INTERVALS = {"hour": 3_600_000 * 2000, "day": 86_400_000 * 900, "week": 86_400_000 * 3000}
@@ -16,7 +17,7 @@ START_2000 = 946_684_800_000
 SPAN_2000_2040 = 40 * 365 * 86_400_000
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
+@fuzz(300)
 @given(
     start=st.integers(START_2000, START_2000 + SPAN_2000_2040),
     length=st.integers(1, 10**12),

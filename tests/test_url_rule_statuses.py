@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from metronome.logs.parse import ParsedLine, build_log_document, compile_format
 from metronome.logs.rules import DEFAULT_STATUSES, Match, RuleError, UrlRules
+from tests.support.fuzz import fuzz
 
 RULES = UrlRules.parse("/datasets/{id}/download.{format} -> download; /datasets/{id}")
 LINE = '8.8.8.8 - - [05/May/2026:10:00:00 +0000] "GET {path} HTTP/1.1" {status} 512 "-" "curl/8"'
@@ -78,7 +79,7 @@ def test_a_status_list_it_cannot_read_is_refused_naming_the_rule(text: str, prob
     assert raised.value.rule == text
 
 
-@settings(derandomize=True, max_examples=300, deadline=None)
+@fuzz(300)
 @given(
     status=st.integers(100, 599),
     item=st.text(st.sampled_from("abcxyz019-_."), min_size=1, max_size=12),

@@ -177,7 +177,9 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
-    tock_params = _query_params({k: v for k, v in REPORTS["tock"].parameters.items() if k != "id"})
+    tock_params = _query_params(  # id is in the path; site is described with security
+        {k: v for k, v in REPORTS["tock"].parameters.items() if k not in ("id", "site")}
+    )
     report_names = list(REPORTS)
     ingest_errors = _errors(400, 401, 403, 413, 415, 429, 503)
     paths: dict[str, Any] = {

@@ -3,7 +3,8 @@
 A **site** is one web site or app whose events are kept apart from every other site's:
 a public id (it appears in web pages), a name, the origins its pages may send ticks
 from, whether its item reports (``/tock``) are public, and whether it opts in to storing
-raw client addresses (``store_ip``, used by the privacy work).
+raw client addresses (``store_ip``; without it addresses are dropped or truncated, see
+the privacy guide).
 
 A **key** is a random secret (``mk_`` + 43 url-safe characters: 256 random bits) shown
 once when it is created. Only its SHA-256 is stored. A slow password hash (bcrypt,
