@@ -46,6 +46,7 @@ from typing import Any
 import orjson
 
 from benchmarks import _common as C
+from tests.support.asgi import post_scope
 
 NAME = "accept"
 DEFAULT_REQUESTS = 30_000
@@ -60,20 +61,7 @@ HEADERS = [
 
 
 def _scope(path: str) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": HEADERS,
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8080),
-    }
+    return post_scope(path, HEADERS)
 
 
 async def one_request(app: Any, path: str) -> int:

@@ -28,20 +28,13 @@ from hypothesis import strategies as st
 from metronome.errors import BadRequest, all_error_classes
 from metronome.reports.timebuckets import EARLIEST_MS, LATEST_MS
 from tests.conftest import Backend
-from tests.support.fuzz import fuzz
+from tests.support.fuzz import TIME_ZONES, fuzz
 
 TIME_BOUND_S = 2.0
 BAD_REQUEST_CODES = {cls.code for cls in all_error_classes() if issubclass(cls, BadRequest)}
 LOG_ERROR = re.compile(r"Traceback|\[ERROR\]|\[error\s*\]|\"level\": ?\"error\"")
 ZONES = [
-    "UTC",
-    "Asia/Tokyo",
-    "America/Los_Angeles",
-    "Asia/Kolkata",
-    "Europe/Berlin",
-    "Pacific/Kiritimati",
-    "Pacific/Pago_Pago",
-    "Australia/Lord_Howe",
+    *TIME_ZONES,
     "Mars/Olympus",
     "Europe",  # a directory of the zone database
     "zone.tab",  # a file of it that is not a zone

@@ -36,19 +36,9 @@ from metronome.reports.timebuckets import (
     parse_moment,
 )
 from metronome.reports.tock import parse_tock_query, tock_queries
-from tests.support.fuzz import fuzz
+from tests.support.fuzz import TIME_ZONES, fuzz
 
-# east, west, half-hour, DST, the easternmost (+14) and nearly the westernmost (-11)
-ZONES = [
-    "UTC",
-    "Asia/Tokyo",
-    "America/Los_Angeles",
-    "Asia/Kolkata",
-    "Europe/Berlin",
-    "Pacific/Kiritimati",
-    "Pacific/Pago_Pago",
-    "Australia/Lord_Howe",
-]
+ZONES = TIME_ZONES
 LEAF = ["is", "item", ["doc-1"]]
 NOW_MS = 1_780_000_000_000  # 2026-05-28
 

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from metronome.app import create_app
 from metronome.config import Settings
+from tests.support.asgi import post_scope
 from tests.support.fuzz import fuzz
 from tests.support.metronome_server import MetronomeServer
 
@@ -411,20 +412,12 @@ class _App:
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query,
-            "root_path": "",
-            "headers": [(b"host", b"127.0.0.1"), *headers],
-            "client": ("203.0.113.9", 40000),
-            "server": ("127.0.0.1", 8080),
-        }
+        scope = post_scope(
+            path,
+            [(b"host", b"127.0.0.1"), *headers],
+            query=query,
+            client=("203.0.113.9", 40000),
+        )
         await self.app(scope, receive, send)
         start = sent[0]
         assert start["type"] == "http.response.start", sent

@@ -14,10 +14,23 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-__all__ = ["FUZZ_EXAMPLES", "FUZZ_RANDOM", "fuzz"]
+__all__ = ["FUZZ_EXAMPLES", "FUZZ_RANDOM", "TIME_ZONES", "fuzz"]
 
 FUZZ_RANDOM = os.environ.get("METRONOME_TEST_FUZZ_RANDOM", "") not in ("", "0")
 FUZZ_EXAMPLES = int(os.environ.get("METRONOME_TEST_FUZZ_EXAMPLES", "0") or 0)
+
+TIME_ZONES = [
+    "UTC",
+    "Asia/Tokyo",
+    "America/Los_Angeles",
+    "Asia/Kolkata",
+    "Europe/Berlin",
+    "Pacific/Kiritimati",
+    "Pacific/Pago_Pago",
+    "Australia/Lord_Howe",
+]
+"""Every kind of time zone: east, west, half-hour, DST (a half-hour one too), the easternmost
+(+14) and nearly the westernmost (-11)."""
 
 
 def fuzz(max_examples: int) -> settings:
