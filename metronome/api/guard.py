@@ -13,6 +13,9 @@ see that site (:class:`Access`). The rules:
 - **Without a key**, browser ingest (``POST /tick``, ``/ticks``): the site is named with
   ``?site=<site id>`` (or the ticks' ``site`` field) and the request's ``Origin`` must be
   one the site allows. CORS preflights are answered for allowed origins only.
+- **Without a key**, the pixel (``GET /tick.gif``): the site is named with ``?site=``;
+  browsers send no ``Origin`` for images, so the ``Referer``'s origin is checked instead
+  (the ``Origin`` when one is sent); a pixel with neither cannot be verified and is taken.
 - **Without a key**, ``GET /tock``: only for a site with public item reports, named with
   ``?site=``.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import falcon
 import falcon.asgi
@@ -49,7 +53,7 @@ from metronome.sites.cache import RegistryCache
 from metronome.sites.model import Key, Snapshot, now_ms
 from metronome.sites.registry import Registry
 
-__all__ = ["BROWSER_PATHS", "Access", "Cors", "Guard", "named_sites"]
+__all__ = ["BROWSER_PATHS", "Access", "Cors", "Guard", "named_sites", "referer_origin"]
 
 BROWSER_PATHS = {"/tick", "/ticks"}
 """Routes a web page may call without a key (CORS preflights answered here)."""
@@ -91,6 +95,23 @@ def named_sites(req: falcon.asgi.Request, ticks: Iterable[Any] = ()) -> set[str]
                 raise InvalidField("'site' must be a site id (a string)", field="site")
             names.add(value)
     return names
+
+
+def referer_origin(referer: str) -> str:
+    """The origin (``scheme://host[:port]``) of a ``Referer`` header's URL, for checking
+    against a site's origins; a value that is not an http(s) URL is returned as sent (it
+    then matches only a site that allows any origin, ``*``)."""
+    try:
+        parts = urlsplit(referer)
+        port = parts.port
+    except ValueError:
+        return referer
+    host = parts.hostname
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        return referer
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    return f"{parts.scheme.lower()}://{host}" + ("" if port is None else f":{port}")
 
 
 def _bearer(req: falcon.asgi.Request) -> str | None:
@@ -210,13 +231,16 @@ class Guard:
         client_ip: str | None,
         count: int,
         *,
-        origin_optional: bool = False,
+        image: bool = False,
     ) -> Access:
         """The site ``count`` ticks go to (``names``: :func:`named_sites`), or an error;
         then the rate limits.
 
-        ``origin_optional``: without a key, a request with no ``Origin`` is taken too (an
-        image pixel in an e-mail sends none); one that sends an ``Origin`` is still checked.
+        ``image``: the request is an image's (``GET /tick.gif``), and browsers send no
+        ``Origin`` for images. Without a key, its ``Origin`` is checked when one is sent,
+        else the origin of its ``Referer`` (the page showing the image); a request with
+        neither (an e-mail client, ``Referrer-Policy: no-referrer``) cannot be verified and
+        is taken.
         """
         snapshot = await self._cache.get()
         origin = req.get_header("Origin")
@@ -243,21 +267,25 @@ class Guard:
             site = snapshot.sites.get(name)
             if site is None:
                 raise _unknown(name)
-            if origin is None:
-                if not origin_optional:
+            page = origin
+            if page is None and image:
+                referer = req.get_header("Referer")
+                page = None if referer is None else referer_origin(referer)
+            if page is None:
+                if not image:
                     raise KeyRequired(
                         "ticks without a key are taken from web pages only"
                         " (with an Origin header); a server sends"
                         " 'Authorization: Bearer <key with the ingest scope>'"
                     )
-            elif not site.allows_origin(origin):
+            elif not site.allows_origin(page):
                 raise OriginForbidden(
-                    f"site {site.id!r} does not take ticks from pages at {origin[:200]!r};"
+                    f"site {site.id!r} does not take ticks from pages at {page[:200]!r};"
                     " allow the origin with `metronome sites update`",
-                    origin=origin[:200],
+                    origin=page[:200],
                     site=site.id,
                 )
-            else:
+            elif origin is not None:
                 req.context.cors_origin = origin
             access = Access(site.id, "origin")
         per_ip = access.key is None and self._per_ip.enabled

@@ -34,7 +34,7 @@ from metronome.pipeline import Pipeline, metrics
 from .body import Deadlines, decode_json, read_body, require_content_type, single_params
 from .guard import Access, Guard, named_sites
 
-__all__ = ["PIXEL_GIF", "Pixel", "Tick", "Ticks"]
+__all__ = ["PIXEL_GIF", "Pixel", "Tick", "Ticks", "count_refused"]
 
 _ACCEPTED_TICK = metrics.ACCEPTED.labels("/tick")
 _ACCEPTED_TICKS = metrics.ACCEPTED.labels("/ticks")
@@ -136,15 +136,15 @@ class Tick(_TickResource):
         """Check, build and spool the request's tick; its event id once it is safe on
         disk. ``req`` is a Falcon request or the fast path's equivalent
         (:class:`~metronome.api.body.BodyRequest`, and what the guard reads)."""
-        require_content_type(req, JSON_TYPES)
-        client_ip = self._client_ip(req)
         try:
+            require_content_type(req, JSON_TYPES)
+            client_ip = self._client_ip(req)
             await self._guard.precheck_ingest(req, client_ip)
             raw = decode_json(await read_body(req, self._settings.max_body_bytes, self._deadlines))
             access = await self._guard.ingest(req, named_sites(req, (raw,)), client_ip, 1)
             event_id = await self._spool_one(raw, req, client_ip, access)
-        except MetronomeError as exc:
-            metrics.REJECTED.labels(exc.code).inc()
+        except (MetronomeError, falcon.HTTPError) as exc:
+            count_refused(exc, 1)
             raise
         self.on_accepted()
         return event_id
@@ -154,8 +154,11 @@ class Pixel(_TickResource):
     """``GET /tick.gif?id=...``: the tick's fields as query parameters, for e-mails and
     ``<noscript>``. ``url`` defaults to the ``Referer`` header (the page showing the image).
     Answers a never-cached transparent 1x1 GIF; bad input gets the usual 4xx JSON error.
-    The site is ``?site=``; without a key an image in an e-mail sends no ``Origin``, so
-    none is needed, but one that is sent must be allowed."""
+    The site is ``?site=``; without a key the guard checks the ``Origin`` if one is sent,
+    else the ``Referer``'s origin (browsers send no ``Origin`` for images); a refused page
+    gets ``403 origin_forbidden`` as JSON, like ``POST /tick``, and nothing is stored.
+    ``HEAD`` answers the image's headers and records nothing (link checkers and
+    prefetchers send it)."""
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         client_ip = self._client_ip(req)
@@ -163,17 +166,24 @@ class Pixel(_TickResource):
             raw = {k: v for k, v in single_params(req).items() if k not in ("site", "key")}
             if "url" not in raw and req.referer:
                 raw["url"] = req.referer
-            access = await self._guard.ingest(
-                req, named_sites(req), client_ip, 1, origin_optional=True
-            )
+            access = await self._guard.ingest(req, named_sites(req), client_ip, 1, image=True)
             await self._spool_one(raw, req, client_ip, access)
-        except MetronomeError as exc:
-            metrics.REJECTED.labels(exc.code).inc()
+        except (MetronomeError, falcon.HTTPError) as exc:
+            count_refused(exc, 1)
             raise
         _ACCEPTED_PIXEL.inc()
-        resp.content_type = "image/gif"
-        resp.cache_control = ["no-store", "max-age=0"]
-        resp.data = PIXEL_GIF
+        _image(resp)
+
+    async def on_head(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """The image's headers (the server sends no body for ``HEAD``); no tick."""
+        _image(resp)
+
+
+def _image(resp: falcon.asgi.Response) -> None:
+    """Answer the never-cached transparent pixel."""
+    resp.content_type = "image/gif"
+    resp.cache_control = ["no-store", "max-age=0"]
+    resp.data = PIXEL_GIF
 
 
 def _split_batch(data: bytes) -> list[Any]:
@@ -199,20 +209,27 @@ def _split_batch(data: bytes) -> list[Any]:
 
 class Ticks(_TickResource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        require_content_type(req, BATCH_TYPES)
-        client_ip = self._client_ip(req)
-        await self._guard.precheck_ingest(req, client_ip)
-        items = _split_batch(await read_body(req, self._settings.max_batch_bytes, self._deadlines))
-        if len(items) > self._settings.max_batch_ticks:
-            raise LimitExceeded(
-                f"a batch may hold at most {self._settings.max_batch_ticks} ticks;"
-                f" this one has {len(items)}",
-                limit=self._settings.max_batch_ticks,
-            )
-        if not items:
-            raise BadRequest("the batch holds no ticks")
-        access = await self._guard.ingest(req, named_sites(req, items), client_ip, len(items))
-        info = await self._info(req, client_ip, access)
+        carried = 1  # events the request holds, once its body is read (1 until then)
+        try:
+            require_content_type(req, BATCH_TYPES)
+            client_ip = self._client_ip(req)
+            await self._guard.precheck_ingest(req, client_ip)
+            body = await read_body(req, self._settings.max_batch_bytes, self._deadlines)
+            items = _split_batch(body)
+            carried = max(len(items), 1)
+            if len(items) > self._settings.max_batch_ticks:
+                raise LimitExceeded(
+                    f"a batch may hold at most {self._settings.max_batch_ticks} ticks;"
+                    f" this one has {len(items)}",
+                    limit=self._settings.max_batch_ticks,
+                )
+            if not items:
+                raise BadRequest("the batch holds no ticks")
+            access = await self._guard.ingest(req, named_sites(req, items), client_ip, len(items))
+            info = await self._info(req, client_ip, access)
+        except (MetronomeError, falcon.HTTPError) as exc:
+            count_refused(exc, carried)
+            raise
         ids: list[str | None] = [None] * len(items)
         rejected: list[dict[str, Any]] = []
         documents: list[Document] = []
@@ -239,7 +256,19 @@ class Ticks(_TickResource):
             else:
                 code = "store_unavailable" if outcome.retriable else "store_refused"
                 rejected.append({"index": index, "error": code, "message": outcome.reason})
+                metrics.REJECTED.labels(code).inc()
         rejected.sort(key=lambda r: r["index"])
         _ACCEPTED_TICKS.inc(accepted)
         resp.status = falcon.HTTP_202
         resp.media = {"accepted": accepted, "rejected": rejected, "ids": ids}
+
+
+def count_refused(exc: MetronomeError | falcon.HTTPError, events: int) -> None:
+    """Count a refused request's ``events`` in ``metronome_events_rejected_total`` under
+    the error's code (Falcon's own refusals, such as a malformed ``Content-Length``, under
+    ``bad_request``). A request refused before its body is read counts as one event."""
+    if isinstance(exc, MetronomeError):
+        reason = exc.code
+    else:
+        reason = "bad_request" if exc.status_code < 500 else "internal_error"
+    metrics.REJECTED.labels(reason).inc(events)

@@ -33,7 +33,15 @@ __all__ = [
 ]
 
 ACCEPTED = Counter("metronome_events_accepted", "Events acknowledged (spooled).", ["route"])
-REJECTED = Counter("metronome_events_rejected", "Events refused at ingestion.", ["reason"])
+REJECTED = Counter(
+    "metronome_events_rejected",
+    "Events refused at ingestion (HTTP and forward input), each once, by reason: the error"
+    " code (`rate_limited`, `payload_too_large`, `origin_forbidden`, ...; a whole refused"
+    " batch counts the ticks it held, a request refused before its body was read counts"
+    " 1) or the forward input's reason (`unknown_site`, `no_message`, `unknown_tag`, a"
+    " log-line reject reason).",
+    ["reason"],
+)
 SHIPPED = Counter("metronome_events_shipped", "Events the store confirmed.")
 RETRIES = Counter("metronome_ship_retries", "Bulk writes retried after a retriable failure.")
 DEAD_LETTERS = Counter("metronome_dead_letters", "Events the store refused for good.")
