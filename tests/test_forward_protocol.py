@@ -66,7 +66,7 @@ class Collector:
         self.failures = failures
         self.calls = 0
 
-    async def __call__(self, tag: str, entries: Entries) -> None:
+    async def __call__(self, tag: str, entries: Entries, chunk: str | None) -> None:
         self.calls += 1
         if self.calls <= self.failures:
             raise RuntimeError("store is down")
@@ -530,7 +530,7 @@ def test_close_lets_a_running_handler_finish_and_acknowledge() -> None:
         started, release = asyncio.Event(), asyncio.Event()
         handed_off: list[Entries] = []
 
-        async def slow_handler(tag: str, entries: Entries) -> None:
+        async def slow_handler(tag: str, entries: Entries, chunk: str | None) -> None:
             started.set()
             await release.wait()
             handed_off.append(entries)
@@ -696,7 +696,7 @@ class ThreadedForwardServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
-        async def handler(tag: str, entries: Entries) -> None:
+        async def handler(tag: str, entries: Entries, chunk: str | None) -> None:
             self.received.put((tag, entries))
 
         self.server = ForwardServer("127.0.0.1", 0, handler)

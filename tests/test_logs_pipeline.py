@@ -153,8 +153,8 @@ def test_forward_input_takes_fluent_logger_ticks_and_access_lines(tmp_path: Path
         _wait_until(lambda: _downloads(server, "fwd", "2026-05-08") == {"csv": 1, "shp": 1})
         with sqlite3.connect(server.data_dir / "metronome.sqlite3") as conn:
             stored = set(conn.execute("SELECT site_id, format FROM events WHERE item_id = 'fwd'"))
-        # the forward input is trusted: a tick's site field picks its site
-        assert stored == {("default", "csv"), ("default", "shp"), ("partner", "kml")}
+        # a tick's site field picks its site, which must exist: with no sites, only default
+        assert stored == {("default", "csv"), ("default", "shp")}
     finally:
         assert server.stop() == 0, server.log_tail()
 

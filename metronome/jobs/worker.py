@@ -46,6 +46,7 @@ async def _start_forward(settings: Settings) -> tuple[Any, Any, Any]:
         max_total_bytes=settings.spool_max_bytes,
     )
     router = ForwardRouter(settings, writer)
+    await router.start()
     server = ForwardServer(settings.forward_host, settings.forward_port, router)
     await server.start()
     log.info("forward_listening host=%s port=%d", settings.forward_host, server.port)
@@ -106,7 +107,7 @@ async def run_worker(
                 if forward is not None:
                     server, router, writer = forward
                     await server.close()
-                    router.close()
+                    await router.close()
                     writer.close()
     finally:
         if watcher:

@@ -15,14 +15,15 @@ milliseconds. As in Fluentd, a time of ``0`` (or nil) means "now". A float time 
 clients send one) is taken as seconds too.
 
 Delivery: each frame's entries go to the ``handler`` given to :class:`ForwardServer`, one
-frame at a time per connection, in order. Only after the handler returns, and only when
-the frame's option carried ``chunk``, the server answers ``{"ack": <chunk>}``, so a client
-that asks for acknowledgements (Fluentd ``require_ack_response``) sends a chunk again
-unless it was handed off. When the handler raises, nothing is acknowledged and the
-connection is closed: Fluentd then rolls the chunk back and retries it at once (instead of
-waiting ``ack_response_timeout`` for an answer that never comes). A malformed frame
-(:class:`ForwardProtocolError`, undecodable msgpack, a frame over ``max_frame_bytes``) is
-logged and closes that connection; other connections and the server carry on.
+frame at a time per connection, in order, with the frame's ``chunk`` id (if any). Only
+after the handler returns, and only when the frame's option carried ``chunk``, the server
+answers ``{"ack": <chunk>}``, so a client that asks for acknowledgements (Fluentd
+``require_ack_response``) sends a chunk again unless it was handed off. When the handler
+raises, nothing is acknowledged and the connection is closed: Fluentd then rolls the
+chunk back and retries it at once (instead of waiting ``ack_response_timeout`` for an
+answer that never comes). A malformed frame (:class:`ForwardProtocolError`, undecodable
+msgpack, a frame over ``max_frame_bytes``) is logged and closes that connection; other
+connections and the server carry on.
 
 Routing convention (applied by the handler, not here):
 
@@ -74,7 +75,10 @@ log = logging.getLogger("metronome.forward")
 TICK_TAG = "metronome.tick"
 ACCESS_TAG = "metronome.access"
 
-ForwardHandler = Callable[[str, list[tuple[int, dict[str, Any]]]], Awaitable[None]]
+ForwardHandler = Callable[[str, list[tuple[int, dict[str, Any]]], str | None], Awaitable[None]]
+"""``await handler(tag, [(time_ms, record), ...], chunk)``: ``chunk`` is the frame's
+``chunk`` option (Fluentd's id of the buffer chunk, the same when a chunk is sent again;
+bin as Latin-1 text), or None."""
 
 _EVENT_TIME_EXT = 0
 _MAX_RECORD_DEPTH = 200  # msgpack's own limit is 1024; Python's recursion limit is lower
@@ -348,6 +352,10 @@ def decode_entries(
     return tag, [entry], option
 
 
+def _chunk_text(chunk: str | bytes | None) -> str | None:
+    return chunk.decode("latin-1") if isinstance(chunk, bytes) else chunk
+
+
 # -- server ----------------------------------------------------------------------------
 
 
@@ -375,7 +383,7 @@ class _Connection:
 class ForwardServer:
     """Listens for forward-protocol frames and hands their entries to ``handler``.
 
-    ``await handler(tag, [(time_ms, record), ...])`` runs once per frame (frames with no
+    ``await handler(tag, [(time_ms, record), ...], chunk)`` runs once per frame (frames with no
     entries are acknowledged without calling it). ``max_frame_bytes`` bounds one frame as
     received and a compressed payload once decompressed.
     """
@@ -384,7 +392,7 @@ class ForwardServer:
         self,
         host: str,
         port: int,
-        handler: Callable[[str, list[tuple[int, dict[str, Any]]]], Awaitable[None]],
+        handler: ForwardHandler,
         *,
         max_frame_bytes: int = 16 << 20,
     ) -> None:
@@ -507,9 +515,10 @@ class ForwardServer:
             except ForwardProtocolError as exc:
                 log.warning("forward_protocol_error peer=%s: %s", conn.peer, exc)
                 return False
+            chunk = option.get("chunk") if option else None
             if entries:
                 try:
-                    await self._handler(tag, entries)
+                    await self._handler(tag, entries, _chunk_text(chunk))
                 except Exception:
                     log.exception(
                         "forward_handler_failed peer=%s tag=%s entries=%d: not "
@@ -519,7 +528,6 @@ class ForwardServer:
                         len(entries),
                     )
                     return False
-            chunk = option.get("chunk") if option else None
             if chunk is not None:
                 conn.writer.write(msgpack.packb({"ack": chunk}))
                 await conn.writer.drain()
