@@ -116,8 +116,10 @@ _NO_SECURITY: list[dict[str, list[str]]] = []
 _GUARD_TEXT = {
     "ingest": " Without a key (once a site exists): name the site with `?site=` (or the"
     " ticks' `site` field) and send from a page whose `Origin` the site allows.",
-    "pixel": " Without a key (once a site exists): name the site with `?site=`; an"
-    " `Origin`, when sent, must be one the site allows.",
+    "pixel": " Without a key (once a site exists): name the site with `?site=`; the"
+    " `Origin`, else the origin of the `Referer`, must be one the site allows (a request"
+    " with neither cannot be checked and is taken). `HEAD` answers the image's headers"
+    " and records nothing.",
     "tock": " Without a key (once a site exists): only a site with public item reports,"
     " named with `?site=`.",
     "read": " Once a site exists: a key with the `query` scope.",

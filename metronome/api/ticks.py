@@ -143,7 +143,7 @@ class Tick(_TickResource):
             raw = decode_json(await read_body(req, self._settings.max_body_bytes, self._deadlines))
             access = await self._guard.ingest(req, named_sites(req, (raw,)), client_ip, 1)
             event_id = await self._spool_one(raw, req, client_ip, access)
-        except (MetronomeError, falcon.HTTPError) as exc:
+        except Exception as exc:
             count_refused(exc, 1)
             raise
         self.on_accepted()
@@ -168,7 +168,7 @@ class Pixel(_TickResource):
                 raw["url"] = req.referer
             access = await self._guard.ingest(req, named_sites(req), client_ip, 1, image=True)
             await self._spool_one(raw, req, client_ip, access)
-        except (MetronomeError, falcon.HTTPError) as exc:
+        except Exception as exc:
             count_refused(exc, 1)
             raise
         _ACCEPTED_PIXEL.inc()
@@ -227,7 +227,7 @@ class Ticks(_TickResource):
                 raise BadRequest("the batch holds no ticks")
             access = await self._guard.ingest(req, named_sites(req, items), client_ip, len(items))
             info = await self._info(req, client_ip, access)
-        except (MetronomeError, falcon.HTTPError) as exc:
+        except Exception as exc:
             count_refused(exc, carried)
             raise
         ids: list[str | None] = [None] * len(items)
@@ -263,12 +263,15 @@ class Ticks(_TickResource):
         resp.media = {"accepted": accepted, "rejected": rejected, "ids": ids}
 
 
-def count_refused(exc: MetronomeError | falcon.HTTPError, events: int) -> None:
+def count_refused(exc: Exception, events: int) -> None:
     """Count a refused request's ``events`` in ``metronome_events_rejected_total`` under
     the error's code (Falcon's own refusals, such as a malformed ``Content-Length``, under
-    ``bad_request``). A request refused before its body is read counts as one event."""
+    ``bad_request``; an unexpected failure under ``internal_error``). A request refused
+    before its body is read counts as one event."""
     if isinstance(exc, MetronomeError):
         reason = exc.code
+    elif isinstance(exc, falcon.HTTPError) and exc.status_code < 500:
+        reason = "bad_request"
     else:
-        reason = "bad_request" if exc.status_code < 500 else "internal_error"
+        reason = "internal_error"
     metrics.REJECTED.labels(reason).inc(events)
