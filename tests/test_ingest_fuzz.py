@@ -11,7 +11,8 @@ and an ingest key naming another site. Each answer must come within
 :data:`TIME_BOUND_S` and be a 2xx (a GIF from the pixel) or a documented 4xx of the one
 JSON error shape; a query key or another site is never acknowledged; the server log has
 no traceback or error line; and after draining, the store holds every acknowledged event
-and nothing else. Runs are derandomized and bounded: the same requests every run.
+and nothing else. Runs are derandomized and bounded (:mod:`tests.support.fuzz`): the
+same requests every run.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from metronome.errors import MetronomeError, all_error_classes
 from tests.support.backends import wait_for_drain
+from tests.support.fuzz import fuzz
 from tests.support.site_world import ORIGIN, SiteWorld, site_world
 
 TIME_BOUND_S = 3.0
@@ -42,13 +44,7 @@ CODES_4XX = {
     if issubclass(cls, MetronomeError) and 400 <= cls.http_status < 500
 }
 INGEST_STATUSES = {400, 401, 403, 408, 413, 415, 429}
-FUZZ = settings(
-    max_examples=45,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=list(HealthCheck),
-)
+FUZZ = fuzz(45)
 SCOPES = ("none", "ingest", "query", "admin", "other_site")
 
 # --- what to send -----------------------------------------------------------------------
