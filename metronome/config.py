@@ -44,6 +44,7 @@ __all__ = [
     "CONFIG_VARIABLE",
     "Setting",
     "Settings",
+    "masked_url",
     "section",
     "setting",
     "settings_reference",
@@ -146,6 +147,15 @@ def _retention(raw: str) -> str:
     if sum("=" not in p for p in parts) > 1:
         raise ValueError("give one default period, and site=period for the others")
     return ",".join(parts)
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/?#]*):[^@/?#]*@")
+
+
+def masked_url(text: str) -> str:
+    """``text`` with the password of every URL in it masked (``http://user:***@host``): how
+    a URL is shown on the screen or in a log line, never with its credentials."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
 @dataclass(frozen=True, slots=True)

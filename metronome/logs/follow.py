@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from metronome.files import open_private
+
 __all__ = ["Follower", "Line", "Position", "PositionFile"]
 
 _READ_BYTES = 1 << 20
@@ -57,9 +59,9 @@ class PositionFile:
         return {k: Position(**v) for k, v in raw.items()}
 
     def save(self, states: dict[str, Position]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({k: asdict(v) for k, v in states.items()}))
+        with open_private(temporary, "wb") as handle:
+            handle.write(json.dumps({k: asdict(v) for k, v in states.items()}).encode())
         os.replace(temporary, self.path)
 
 

@@ -27,6 +27,7 @@ from metronome.config import Settings
 from metronome.events.document import Document
 from metronome.events.enrich import flag_referrer_spam, stored_address
 from metronome.events.visitor import VisitorIds
+from metronome.files import open_private
 from metronome.logs.parse import ParsedLine, Reject, build_log_document, compile_format
 from metronome.logs.rules import UrlRules
 
@@ -135,9 +136,8 @@ class LineConverter:
         from an earlier run over the same lines, is not appended again."""
         self.summary.rejected[reject.reason] += 1
         if self._rejects is None:
-            self._rejects_path.parent.mkdir(parents=True, exist_ok=True)
             self._rejected_ids = _recorded_ids(self._rejects_path)
-            self._rejects = open(self._rejects_path, "ab")  # noqa: SIM115
+            self._rejects = open_private(self._rejects_path, "ab")
         record: dict[str, Any] = {
             "time": time.time(),
             "reason": reject.reason,
