@@ -307,6 +307,12 @@ class Settings:
         " forward input) and forward-protocol ticks without a `site` are stored under.",
         _site,
     )
+    max_line_bytes: int = setting(
+        "65536",
+        "Longest access-log line (`import`, `ship`, `restore`), in bytes: a longer one is"
+        " skipped in bounded memory and rejected as `line_too_long`.",
+        _int(1024, 16 << 20),
+    )
     max_key_length: int = setting("64", "Longest free-parameter name.", _int(1, 1024))
     max_value_length: int = setting(
         "2048",

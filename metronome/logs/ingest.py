@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -31,9 +30,14 @@ from metronome.files import open_private
 from metronome.logs.parse import ParsedLine, Reject, build_log_document, compile_format
 from metronome.logs.rules import UrlRules
 
-__all__ = ["REJECTS", "LineConverter", "Summary", "open_lines"]
+__all__ = ["LINE_TOO_LONG", "REJECTS", "LineConverter", "Summary", "open_lines", "split_lines"]
 
 REJECTS = "rejects.ndjson"
+LINE_TOO_LONG = Reject(
+    "line_too_long", "the line is longer than METRONOME_MAX_LINE_BYTES; it was skipped"
+)
+"""A line longer than ``METRONOME_MAX_LINE_BYTES``: never held in memory, rejected."""
+_CHUNK_BYTES = 1 << 20
 
 
 @dataclass
@@ -91,6 +95,11 @@ class LineConverter:
             self.reject(parsed, text, source_id, offset, identity=identity)
             return None, None
         return self.document(parsed, source_id, offset, received_ms), parsed
+
+    def too_long(self, source_id: str | None, offset: int | None, identity: str) -> None:
+        """Count a line longer than ``METRONOME_MAX_LINE_BYTES`` and reject it."""
+        self.summary.read += 1
+        self.reject(LINE_TOO_LONG, "", source_id, offset, identity=identity)
 
     def parse(self, text: str) -> ParsedLine | Reject:
         self.summary.read += 1
@@ -180,22 +189,57 @@ def _recorded_ids(path: Path) -> set[str]:
     return ids
 
 
-def open_lines(path: str) -> Iterator[tuple[int, str]]:
+def split_lines(read: Callable[[int], bytes], max_line_bytes: int) -> Iterator[bytes | None]:
+    """The lines of a stream read with ``read(n)``, without their ``\\n``; None for a line
+    longer than ``max_line_bytes``, skipped without holding it: memory stays within one
+    read and one line, whatever the stream holds."""
+    partial = bytearray()
+    skipping = False
+    while chunk := read(_CHUNK_BYTES):
+        parts = chunk.split(b"\n")
+        tail = parts.pop()
+        for index, part in enumerate(parts):
+            if index == 0 and (skipping or partial):
+                if skipping:
+                    skipping = False
+                    yield None
+                    continue
+                partial += part
+                part, partial = bytes(partial), bytearray()
+            yield part if len(part) <= max_line_bytes else None
+        if skipping:
+            continue
+        if len(partial) + len(tail) > max_line_bytes:
+            skipping, partial = True, bytearray()
+        else:
+            partial += tail
+    if skipping:
+        yield None
+    elif partial:
+        yield bytes(partial)
+
+
+def open_lines(path: str, max_line_bytes: int) -> Iterator[tuple[int, str | None]]:
     """``(line number, text)`` of the non-blank lines of a plain or gzipped file, or of
-    standard input for ``-``; numbers count every line from 1, blank ones too."""
+    standard input for ``-``; numbers count every line from 1, blank ones too. The text is
+    None for a line longer than ``max_line_bytes`` (skipped in bounded memory, however
+    long, and however well a gzip stream compresses)."""
     if path == "-":
-        stream: IO[bytes] | io.BufferedIOBase = sys.stdin.buffer
+        stream: IO[bytes] | gzip.GzipFile = sys.stdin.buffer
         close = False
     else:
         raw = open(path, "rb")  # noqa: SIM115
-        stream = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
+        gzipped = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
         close = True
+    read = getattr(stream, "read1", stream.read)
     try:
-        # typeshed wants a raw stream for BufferedReader; anything with readinto works
-        lines = io.BufferedReader(stream) if close else stream  # type: ignore[type-var]
-        for number, raw_line in enumerate(lines, 1):
-            text = raw_line.rstrip(b"\n").rstrip(b"\r").decode("utf-8", errors="replace")
+        for number, raw_line in enumerate(split_lines(read, max_line_bytes), 1):
+            if raw_line is None:
+                yield number, None
+                continue
+            text = raw_line.rstrip(b"\r").decode("utf-8", errors="replace")
             if text.strip():
                 yield number, text
     finally:
