@@ -314,6 +314,7 @@ def retention(keep: str, dataset: str, site: str | None, dry_run: bool) -> None:
     from metronome.jobs.retention import (
         DATASETS,
         cutoff_ms,
+        expire_rejected_lines,
         parse_keep,
         run_retention,
         run_site_retention,
@@ -349,6 +350,9 @@ def retention(keep: str, dataset: str, site: str | None, dry_run: bool) -> None:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
     verb = "would delete" if dry_run else "deleted"
+    if "logs" in datasets:
+        for path in expire_rejected_lines(settings, period, dry_run=dry_run):
+            click.echo(f"{verb} rejected lines file {path} (last written before the cutoff)")
     for removal in result.removed:
         if result.unit == "indices":
             click.echo(f"{verb} index {removal.name} ({_count(removal.documents, 'document')})")
@@ -652,6 +656,7 @@ def forget(
         matching = asyncio.run(_run(True))
         if dry_run:
             click.echo(f"{matching} events match; nothing deleted (--dry-run)")
+            _rejects_note(settings)
             return
         if matching and not yes:
             click.confirm(f"Delete {matching} events for good?", abort=True)
@@ -660,3 +665,25 @@ def forget(
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
     click.echo(f"deleted {deleted} events")
+    _rejects_note(settings)
+
+
+def _rejects_note(settings: Settings) -> None:
+    """What ``forget`` cannot reach: the rejected access-log lines are no events."""
+    from metronome.logs.rejects import reject_files
+
+    files = reject_files(settings.data_dir)
+    if not files:
+        return
+    kept = (
+        "whole"
+        if settings.client_ip == "keep"
+        else f"with addresses {'dropped' if settings.client_ip == 'drop' else 'truncated'}"
+        " and query strings cut"
+    )
+    click.echo(
+        f"note: --where cannot match the rejected access-log lines in"
+        f" {', '.join(str(f) for f in files)} (kept {kept}); retention removes them with"
+        " the logs, or delete the files to forget them now",
+        err=True,
+    )

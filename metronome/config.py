@@ -313,6 +313,12 @@ class Settings:
         " skipped in bounded memory and rejected as `line_too_long`.",
         _int(1024, 16 << 20),
     )
+    rejects_max_bytes: int = setting(
+        str(10 << 20),
+        "Size at which `rejects.ndjson` (the access-log lines that were not stored) is"
+        " renamed `rejects.1.ndjson`, replacing the previous one.",
+        _int(4096, 1 << 40),
+    )
     max_key_length: int = setting("64", "Longest free-parameter name.", _int(1, 1024))
     max_value_length: int = setting(
         "2048",

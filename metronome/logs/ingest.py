@@ -3,9 +3,9 @@
 
 :class:`LineConverter` turns lines into documents with :mod:`metronome.logs.parse` (the
 configured ``METRONOME_LOG_FORMAT`` and ``METRONOME_URL_RULES``), writes lines that cannot
-be parsed to ``<data dir>/rejects.ndjson`` with the reason, and counts what it did
-(:class:`Summary`). Moving the documents on (to the spool or the store) is the
-pipeline's: :mod:`metronome.pipeline.log_input`.
+be parsed to ``<data dir>/rejects.ndjson`` with the reason (:mod:`metronome.logs.rejects`),
+and counts what it did (:class:`Summary`). Moving the documents on (to the spool or the
+store) is the pipeline's: :mod:`metronome.pipeline.log_input`.
 """
 
 from __future__ import annotations
@@ -17,22 +17,18 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
-
-import orjson
 
 from metronome.config import Settings
 from metronome.events.document import Document
 from metronome.events.enrich import flag_referrer_spam, stored_address
 from metronome.events.visitor import VisitorIds
-from metronome.files import open_private
 from metronome.logs.parse import ParsedLine, Reject, build_log_document, compile_format
+from metronome.logs.rejects import LINE_CHARS, REJECTS, RejectFile, redact_line
 from metronome.logs.rules import UrlRules
 
 __all__ = ["LINE_TOO_LONG", "REJECTS", "LineConverter", "Summary", "open_lines", "split_lines"]
 
-REJECTS = "rejects.ndjson"
 LINE_TOO_LONG = Reject(
     "line_too_long", "the line is longer than METRONOME_MAX_LINE_BYTES; it was skipped"
 )
@@ -79,9 +75,7 @@ class LineConverter:
         self._client_ip = settings.client_ip
         self._blocklist = settings.referrer_blocklist
         self._site_id = settings.log_site
-        self._rejects_path = Path(settings.data_dir) / REJECTS
-        self._rejects: IO[bytes] | None = None
-        self._rejected_ids: set[str] = set()
+        self._rejects = RejectFile(settings.data_dir, settings.rejects_max_bytes)
         self.summary = Summary()
 
     def convert(
@@ -144,49 +138,21 @@ class LineConverter:
         identity and offset, or the line and its number) that the file holds already,
         from an earlier run over the same lines, is not appended again."""
         self.summary.rejected[reject.reason] += 1
-        if self._rejects is None:
-            self._rejected_ids = _recorded_ids(self._rejects_path)
-            self._rejects = open_private(self._rejects_path, "ab")
         record: dict[str, Any] = {
             "time": time.time(),
             "reason": reject.reason,
-            "message": reject.message,
+            "message": redact_line(reject.message, self._client_ip),
             "source": source_id,
             "offset": offset,
-            "line": text[:8192],
+            "line": redact_line(text[:LINE_CHARS], self._client_ip),
         }
+        reject_id = None
         if identity is not None:
             reject_id = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:20]
-            if reject_id in self._rejected_ids:
-                return
-            self._rejected_ids.add(reject_id)
-            record["id"] = reject_id
-        self._rejects.write(orjson.dumps(record) + b"\n")
+        self._rejects.add(record, reject_id)
 
     def close(self) -> None:
-        if self._rejects is not None:
-            self._rejects.close()
-            self._rejects = None
-
-
-def _recorded_ids(path: Path) -> set[str]:
-    """The ids of the rejected lines a reject file holds (lines without one are skipped)."""
-    ids: set[str] = set()
-    try:
-        handle = open(path, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        return ids
-    with handle:
-        for raw in handle:
-            if b'"id":' not in raw:
-                continue
-            try:
-                value = orjson.loads(raw).get("id")
-            except (orjson.JSONDecodeError, AttributeError):
-                continue  # a torn last line
-            if isinstance(value, str):
-                ids.add(value)
-    return ids
+        self._rejects.close()
 
 
 def split_lines(read: Callable[[int], bytes], max_line_bytes: int) -> Iterator[bytes | None]:
