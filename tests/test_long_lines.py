@@ -6,6 +6,7 @@ children of a small wrapper process) against an import of one short line.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -13,6 +14,12 @@ import sys
 import time
 import zlib
 from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metronome.logs.ingest import split_lines
+from tests.support.fuzz import fuzz
 
 LINE = '81.2.69.160 - - [04/Jun/2019:10:00:00 +0000] "GET /doc HTTP/1.1" 200 5 "-" "curl/8"\n'
 STREAM_BYTES = 200 << 20
@@ -120,3 +127,23 @@ def test_ship_follows_past_a_line_longer_than_the_limit(tmp_path: Path) -> None:
     assert stderr.splitlines()[-1].strip() == (
         "read 3 lines, spooled 1, rejected 2 (line_too_long 2), bots 0"
     )
+
+
+@fuzz(200)
+@given(
+    data=st.lists(st.sampled_from([b"a", b"bb", b"\n", b"\r\n", b"x" * 40]), max_size=60).map(
+        b"".join
+    ),
+    sizes=st.lists(st.integers(1, 50), min_size=1, max_size=8),
+    limit=st.integers(1, 60),
+)
+def test_lines_split_from_reads_of_any_size_are_the_lines_of_the_stream(
+    data: bytes, sizes: list[int], limit: int
+) -> None:
+    stream = io.BytesIO(data)
+    turn = iter(sizes * (len(data) + 1))
+    got = list(split_lines(lambda _n: stream.read(next(turn)), limit))
+    expected = data.split(b"\n")
+    if expected[-1] == b"":
+        expected.pop()
+    assert got == [line if len(line) <= limit else None for line in expected]
