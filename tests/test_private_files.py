@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from metronome.config import masked_url
+from metronome.logconfig import MaskingFormatter
 from tests.support.backends import unique_prefix, wait_for_drain
 from tests.support.metronome_server import MetronomeServer
 
@@ -94,6 +97,19 @@ def test_urls_are_shown_with_their_password_masked() -> None:
     assert masked_url("at https://u:p@h and http://h2") == "at https://u:***@h and http://h2"
     assert masked_url("http://host:9200/a@b") == "http://host:9200/a@b"
     assert masked_url("http://token@host") == "http://token@host"
+
+
+def test_log_lines_show_urls_with_their_password_masked() -> None:
+    try:
+        raise ConnectionError("cannot reach http://elastic:hunter2@db:9200")
+    except ConnectionError:
+        record = logging.LogRecord(
+            "metronome.x", logging.WARNING, __file__, 1, "store %s down", ("http://a:b@c",), None
+        )
+        record.exc_info = sys.exc_info()
+    line = MaskingFormatter("%(message)s").format(record)
+    assert "store http://a:***@c down" in line
+    assert "hunter2" not in line and "http://elastic:***@db:9200" in line
 
 
 def test_no_command_prints_the_elasticsearch_password(tmp_path: Path, es_url: str) -> None:
