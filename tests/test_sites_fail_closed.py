@@ -42,6 +42,21 @@ def _every_worker_answers(backend: Backend, status: int, key: str | None = None)
     return {_tick(backend, key).status_code for _ in range(6)} == {status}
 
 
+def _remove_mark(backend: Backend) -> None:
+    if backend.es_url:
+        url = f"{backend.es_url}/{backend.index_prefix}-sites-created"
+        httpx.delete(url, timeout=30).raise_for_status()
+    else:
+        (backend.server.data_dir / "sites-created").unlink()
+
+
+def _is_marked(backend: Backend) -> bool:
+    if backend.es_url:
+        url = f"{backend.es_url}/{backend.index_prefix}-sites-created/_doc/sites-created"
+        return httpx.head(url, timeout=30).status_code == 200
+    return (backend.server.data_dir / "sites-created").exists()
+
+
 def _break_sites(backend: Backend) -> list[dict[str, Any]]:
     """Take the sites away as a careless operator would; the documents, to restore."""
     if not backend.es_url:
@@ -81,6 +96,9 @@ def test_lost_sites_refuse_requests_until_restored_or_explicitly_reset(
         key = _cli(b, "keys", "create", "--site", site, "--scope", "ingest", "--scope", "query")
         secret = key["secret"]
         _until("keys are not enforced", lambda: _every_worker_answers(b, 401))
+        # sites made before the mark existed (an upgrade): a server's next reload marks them
+        _remove_mark(b)
+        _until("the mark is not written back", lambda: _tick(b).status_code > 0 and _is_marked(b))
 
         saved = _break_sites(b)
         # running servers keep their last copy: keys are still needed, through many reloads

@@ -116,41 +116,41 @@ class ElasticsearchRegistry:
             )
         self._marked = True
 
-    async def _is_marked(self) -> bool:
-        with answering("checking whether sites exist"):
-            return bool(await self._client.exists(index=self._mark, id=_MARK_ID))
-
     async def load(self) -> Snapshot:
+        """One search over the sites index and the mark (either may be missing)."""
         sites: dict[str, Site] = {}
         keys: list[Key] = []
+        marked = False
         after: list[Any] | None = None
         with answering("reading sites and keys"):
             while True:
-                try:
-                    resp = await self._client.search(
-                        index=self._index,
-                        size=1000,
-                        sort=[{"kind": "asc"}, {"id": "asc"}],
-                        search_after=after,
-                        query={"match_all": {}},
-                    )
-                except NotFoundError:
-                    if await self._is_marked():
-                        raise sites_gone(f"the index {self._index} is missing") from None
-                    return Snapshot.empty()  # no site was ever created
+                resp = await self._client.search(
+                    index=f"{self._index},{self._mark}",
+                    ignore_unavailable=True,
+                    allow_no_indices=True,
+                    size=1000,
+                    sort=[{"kind": "asc"}, {"id": "asc"}],
+                    search_after=after,
+                    query={"match_all": {}},
+                )
                 hits = resp["hits"]["hits"]
                 for hit in hits:
                     source = hit["_source"]
                     if source["kind"] == "site":
                         site = Site.from_dict(source)
                         sites[site.id] = site
-                    else:
+                    elif source["kind"] == "key":
                         keys.append(Key.from_dict(source))
+                    else:
+                        marked = True
                 if len(hits) < 1000:
                     break
                 after = hits[-1]["sort"]
-        if not sites and await self._is_marked():
-            raise sites_gone(f"the index {self._index} holds no sites")
+        if not sites and marked:
+            raise sites_gone(f"the index {self._index} is missing or holds no sites")
+        if sites and not marked:  # sites made before marks existed, or a lost mark
+            self._marked = False
+            await self._mark_sites()
         keys.sort(key=lambda k: (k.created_ms, k.id))
         ordered = dict(sorted(sites.items(), key=lambda item: (item[1].created_ms, item[0])))
         return Snapshot(ordered, tuple(keys))

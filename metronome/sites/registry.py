@@ -107,8 +107,14 @@ class SQLiteRegistry(ConnectionThread):
                 if self._mark.exists():
                     raise sites_gone(f"the sites table cannot be read ({exc})") from None
                 raise StoreUnavailable(f"the sites table cannot be read ({exc})") from None
-            if snapshot.open and self._mark.exists():
+            marked = self._mark.exists()
+            if snapshot.open and marked:
                 raise sites_gone(f"the sites table in {self._path} is empty")
+            if not snapshot.open and not marked:  # sites made before marks existed
+                try:
+                    self._mark_sites()
+                except OSError as exc:
+                    log.warning("sites_mark_not_written path=%s reason=%s", self._mark, exc)
             return snapshot
 
         def _read() -> Snapshot:
