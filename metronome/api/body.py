@@ -109,9 +109,12 @@ class Deadlines:
             self._sweeping = None
 
 
-async def read_body(req: BodyRequest, max_bytes: int, deadlines: Deadlines | None = None) -> bytes:
+async def read_body(req: BodyRequest, max_bytes: int, deadlines: Deadlines | None) -> bytes:
     """The whole body, refusing (413) anything over ``max_bytes`` before reading it all,
-    and (408) a body that takes longer than ``deadlines.timeout_s`` to arrive."""
+    and (408) a body that takes longer than ``deadlines.timeout_s`` to arrive.
+
+    ``deadlines`` has no default, so no route can forget it: pass
+    ``Deadlines.of(settings.body_timeout_s)`` (None only where the server has no limit)."""
     declared = req.content_length
     if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(

@@ -9,7 +9,7 @@ from metronome.reports.engine import run_query
 from metronome.reports.query import for_site, parse_query
 from metronome.store.base import Store
 
-from .body import decode_json, read_body, require_content_type
+from .body import Deadlines, decode_json, read_body, require_content_type
 from .guard import Guard
 
 __all__ = ["QueryResource"]
@@ -24,10 +24,11 @@ class QueryResource:
         self._settings = settings
         self._store = store
         self._guard = guard
+        self._deadlines = Deadlines.of(settings.body_timeout_s)
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         access = await self._guard.read(req)
         require_content_type(req, ("application/json",))
-        body = decode_json(await read_body(req, MAX_QUERY_BYTES), "the query")
+        body = decode_json(await read_body(req, MAX_QUERY_BYTES, self._deadlines), "the query")
         query = for_site(parse_query(body), access.site_id)
         resp.media = await run_query(self._store, query, max_groups=self._settings.query_max_groups)

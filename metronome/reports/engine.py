@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -66,6 +67,14 @@ def _offset(cursor: dict[str, Any], max_offset: int) -> int:
     return offset
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _after_keys(cursor: dict[str, Any], group: GroupQuery) -> tuple[Any, ...] | None:
     """The cursor's last keys, each of its dimension's type, or None on the first page."""
     if not cursor:
@@ -79,8 +88,12 @@ def _after_keys(cursor: dict[str, Any], group: GroupQuery) -> tuple[Any, ...] | 
             continue
         if kind == "boolean":
             good = isinstance(key, bool)
-        elif kind in ("integer", "number"):
+        elif kind == "integer":
+            good = type(key) is int and -(2**63) <= key < 2**63  # a long's range
+        elif kind == "number":
             good = type(key) in (int, float) and abs(key) <= 2**53
+        elif kind == "ip":
+            good = isinstance(key, str) and _is_ip(key)
         elif kind == "date":
             good = (type(key) is int and abs(key) <= 2**53) or isinstance(key, str)
         else:

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from typing import Protocol, Self
 
+from metronome.errors import StoreUnavailable
 from metronome.sites.model import Key, Site, Snapshot
 
-__all__ = ["DuplicateSite", "Registry"]
+__all__ = ["DuplicateSite", "Registry", "sites_gone"]
 
 
 class DuplicateSite(ValueError):
     """A site with this id exists already."""
+
+
+def sites_gone(what: str) -> StoreUnavailable:
+    """The error of a registry whose sites existed and cannot be read now (``what``)."""
+    return StoreUnavailable(
+        f"sites were created here, but {what}: every request that needs a site is refused"
+        " until the sites can be read again. Restore them (or the store), or go back to no"
+        " sites, where anyone may send and read, with `metronome sites reset --confirm`"
+    )
 
 
 class Registry(Protocol):
@@ -20,7 +30,11 @@ class Registry(Protocol):
     """
 
     async def load(self) -> Snapshot:
-        """Every site and key (revoked keys too)."""
+        """Every site and key (revoked keys too).
+
+        Fails closed: once a site has been created (a mark kept apart from the sites), a
+        registry whose sites are gone or unreadable raises StoreUnavailable rather than
+        answering "no sites", which would open the server to anyone."""
         ...
 
     async def add_site(self, site: Site) -> None:
@@ -38,6 +52,10 @@ class Registry(Protocol):
 
     async def touch_keys(self, last_used: dict[str, int]) -> None:
         """Record when keys were last used (only ever moves forward)."""
+
+    async def reset(self) -> None:
+        """Delete every site and key and the mark that sites ever existed: back to the
+        single-user default (``metronome sites reset --confirm``)."""
 
     async def close(self) -> None:
         """Release connections."""

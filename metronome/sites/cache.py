@@ -11,7 +11,10 @@ While the store cannot be read (Elasticsearch down), the last snapshot keeps ser
 and reloads are retried in the background: revocations made meanwhile wait for the store.
 A process that starts while the store is down uses the copy the last process saved in
 ``METRONOME_DATA_DIR/sites-cache.json`` (mode 600: it holds key hashes); with neither,
-requests that need a site answer ``503 store_unavailable``.
+requests that need a site answer ``503 store_unavailable`` with the registry's reason.
+The same holds when the store answers but the sites it once had are gone (a deleted
+``<prefix>-sites`` index, a broken table): the registry raises rather than answering "no
+sites" (:mod:`metronome.sites.registry`), so the server never opens up by itself.
 
 Key use is counted here and written to the registry with each reload (at most once a
 minute per key), never on the request path.
@@ -51,6 +54,7 @@ class RegistryCache:
         self._loaded_at = float("-inf")
         self._retry_at = float("-inf")
         self._failing = False
+        self._reason = "they have not been read yet"
         self._task: asyncio.Task[None] | None = None
         self._saved_digest: str | None = None
         self._flushing: asyncio.Task[None] | None = None
@@ -83,9 +87,7 @@ class RegistryCache:
         if self._snapshot is None:
             self._snapshot = self._read_file()
         if self._snapshot is None:
-            raise StoreUnavailable(
-                "the sites and keys cannot be read from the store yet; retry in a moment"
-            )
+            raise StoreUnavailable(f"the sites and keys cannot be read: {self._reason}")
         return self._snapshot
 
     async def start(self) -> None:
@@ -101,6 +103,7 @@ class RegistryCache:
             snapshot = await self._registry.load()
         except Exception as exc:  # noqa: BLE001 - never let a reload fail a request
             message = exc.message if isinstance(exc, MetronomeError) else repr(exc)
+            self._reason = message
             if not self._failing:
                 log.warning("sites_reload_failed reason=%s (serving the last copy)", message)
             self._failing = True

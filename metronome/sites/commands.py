@@ -271,6 +271,29 @@ def sites_update(
 # -- keys -------------------------------------------------------------------------------
 
 
+@sites.command("reset")
+@click.option(
+    "--confirm", is_flag=True, help="Yes: delete every site and key, and open the server."
+)
+def sites_reset(confirm: bool) -> None:
+    """Delete every site and key: back to single-user mode, where nothing needs a key.
+
+    Once sites exist, a server whose sites cannot be read (a deleted index, a broken
+    table) refuses requests rather than opening up; this is the one way to open it again.
+    """
+    if not confirm:
+        raise click.UsageError(
+            "this deletes every site and key, and then anyone who can reach the server may"
+            " send ticks and read every report; add --confirm to do it"
+        )
+    _with_registry(_settings(), lambda r: r.reset())
+    click.echo(
+        "deleted every site and key: Metronome is open to anyone who can reach it"
+        " (single-user mode) once running servers reload (METRONOME_SITES_CACHE_S)",
+        err=True,
+    )
+
+
 @click.group()
 def keys() -> None:
     """Keys: secrets for servers and scripts (ingest, query, admin)."""

@@ -2,7 +2,14 @@
 
 Documents ``site:<id>`` and ``key:<id>`` (field ``kind`` tells them apart) under an
 explicit, strict mapping. The index is created on the first write (``metronome sites
-create``); until it exists there are no sites. Writes refresh the index at once (they are
+create``); until it exists there are no sites.
+
+Before the first site is stored, one document goes into a second hidden index,
+``<prefix>-sites-created``: sites exist. It is kept apart from the sites so that losing
+``<prefix>-sites`` (deleted by hand, a bad restore) is an error every API host sees, not
+"no sites" (the single-user mode, with no keys): while the mark is there and the sites
+are not, :meth:`ElasticsearchRegistry.load` raises StoreUnavailable. Only ``metronome
+sites reset --confirm`` removes it. Writes refresh the index at once (they are
 rare), so the next read anywhere sees them. It is ``index.hidden``: wildcard searches
 (``<prefix>-*``, Kibana data views) skip it.
 """
@@ -16,11 +23,11 @@ from elasticsearch import ApiError, AsyncElasticsearch, ConflictError, NotFoundE
 
 from metronome.config import Settings
 from metronome.errors import StoreUnavailable
-from metronome.sites.base import DuplicateSite
+from metronome.sites.base import DuplicateSite, sites_gone
 from metronome.sites.model import Key, Site, Snapshot
 from metronome.store.elasticsearch import answering
 
-__all__ = ["ElasticsearchRegistry", "registry_index"]
+__all__ = ["ElasticsearchRegistry", "mark_index", "registry_index"]
 
 log = logging.getLogger("metronome.sites")
 
@@ -52,12 +59,22 @@ def registry_index(prefix: str) -> str:
     return f"{prefix}-sites"
 
 
+def mark_index(prefix: str) -> str:
+    """Where the mark that sites exist is kept (apart from them)."""
+    return f"{prefix}-sites-created"
+
+
+_MARK_ID = "sites-created"
+
+
 class ElasticsearchRegistry:
     """The registry in ``<prefix>-sites``, with a client of its own: it reads every few
     seconds at most, and the store's connections stay the store's."""
 
     def __init__(self, settings: Settings) -> None:
         self._index = registry_index(settings.index_prefix)
+        self._mark = mark_index(settings.index_prefix)
+        self._marked = False
         self._client = AsyncElasticsearch(
             settings.elasticsearch_url,
             request_timeout=settings.elasticsearch_timeout_s,
@@ -72,51 +89,74 @@ class ElasticsearchRegistry:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    async def _create_index(self, index: str) -> None:
+        try:
+            await self._client.indices.create(index=index, settings=SETTINGS, mappings=MAPPINGS)
+        except ApiError as exc:
+            if exc.meta.status != 400 or "already_exists" not in str(exc):
+                raise
+
     async def _ensure(self) -> None:
         if self._ready:
             return
         with answering("creating the sites index"):
-            try:
-                await self._client.indices.create(
-                    index=self._index, settings=SETTINGS, mappings=MAPPINGS
-                )
-            except ApiError as exc:
-                if exc.meta.status != 400 or "already_exists" not in str(exc):
-                    raise
+            await self._create_index(self._index)
         self._ready = True
 
+    async def _mark_sites(self) -> None:
+        if self._marked:
+            return
+        with answering("marking that sites exist"):
+            await self._create_index(self._mark)
+            await self._client.index(
+                index=self._mark,
+                id=_MARK_ID,
+                document={"kind": "mark", "id": _MARK_ID},
+                refresh=True,
+            )
+        self._marked = True
+
     async def load(self) -> Snapshot:
+        """One search over the sites index and the mark (either may be missing)."""
         sites: dict[str, Site] = {}
         keys: list[Key] = []
+        marked = False
         after: list[Any] | None = None
         with answering("reading sites and keys"):
             while True:
-                try:
-                    resp = await self._client.search(
-                        index=self._index,
-                        size=1000,
-                        sort=[{"kind": "asc"}, {"id": "asc"}],
-                        search_after=after,
-                        query={"match_all": {}},
-                    )
-                except NotFoundError:
-                    return Snapshot.empty()  # no site was ever created
+                resp = await self._client.search(
+                    index=f"{self._index},{self._mark}",
+                    ignore_unavailable=True,
+                    allow_no_indices=True,
+                    size=1000,
+                    sort=[{"kind": "asc"}, {"id": "asc"}],
+                    search_after=after,
+                    query={"match_all": {}},
+                )
                 hits = resp["hits"]["hits"]
                 for hit in hits:
                     source = hit["_source"]
                     if source["kind"] == "site":
                         site = Site.from_dict(source)
                         sites[site.id] = site
-                    else:
+                    elif source["kind"] == "key":
                         keys.append(Key.from_dict(source))
+                    else:
+                        marked = True
                 if len(hits) < 1000:
                     break
                 after = hits[-1]["sort"]
+        if not sites and marked:
+            raise sites_gone(f"the index {self._index} is missing or holds no sites")
+        if sites and not marked:  # sites made before marks existed, or a lost mark
+            self._marked = False
+            await self._mark_sites()
         keys.sort(key=lambda k: (k.created_ms, k.id))
         ordered = dict(sorted(sites.items(), key=lambda item: (item[1].created_ms, item[0])))
         return Snapshot(ordered, tuple(keys))
 
     async def add_site(self, site: Site) -> None:
+        await self._mark_sites()  # first: a site is never there without the mark
         await self._ensure()
         with answering("storing the site"):
             try:
@@ -186,11 +226,25 @@ class ElasticsearchRegistry:
             )
             operations.append({"doc": {"last_used": ms}})
         with answering("recording key use"):
+            # a bulk update creates a missing index (with a dynamic mapping no search can
+            # sort): never bring back a deleted or reset sites index by recording key use
+            if not await self._client.indices.exists(index=self._index):
+                return
             resp = await self._client.bulk(operations=operations)
         if resp.get("errors"):
             log.warning(
                 "key_touch_failed items=%s", [i["update"].get("error") for i in resp["items"]][:3]
             )
+
+    async def reset(self) -> None:
+        with answering("deleting the sites"):
+            await self._client.indices.delete(
+                index=f"{self._index},{self._mark}",
+                ignore_unavailable=True,
+                expand_wildcards="all",
+            )
+        self._ready = self._marked = False
+        log.warning("sites_reset index=%s (no sites: nothing needs a key now)", self._index)
 
     async def close(self) -> None:
         await self._client.close()

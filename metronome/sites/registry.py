@@ -1,10 +1,16 @@
 """Where sites and keys are kept: beside the events, so every server sees the same ones.
 
 - Embedded store: tables ``sites`` and ``keys`` in the same SQLite file as the events
-  (``METRONOME_DATA_DIR/metronome.sqlite3``), shared by every process on the machine.
+  (``METRONOME_DATA_DIR/metronome.sqlite3``), shared by every process on the machine; the
+  file ``METRONOME_DATA_DIR/sites-created`` marks that sites exist.
 - Elasticsearch: one small hidden index, ``<prefix>-sites`` (explicit strict mapping,
   one shard), shared by every host (:mod:`metronome.sites.elasticsearch`). Hidden, so
   Kibana data views and ``<prefix>-*`` searches never show it.
+
+Either way the mark that sites exist is kept apart from them, written before the first
+site and removed only by ``metronome sites reset --confirm``: while it is there, a registry
+whose sites are missing or unreadable refuses requests (``503 store_unavailable``) rather
+than answering "no sites", the single-user mode where nothing needs a key.
 
 Either way there is one copy, so a key created or revoked with the CLI on any host is
 seen by every server process within ``METRONOME_SITES_CACHE_S``
@@ -13,20 +19,22 @@ seen by every server process within ``METRONOME_SITES_CACHE_S``
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
 import orjson
 
 from metronome.config import Settings
-from metronome.errors import UnknownSite
+from metronome.errors import StoreUnavailable, UnknownSite
 from metronome.events.fields import DEFAULT_SITE
-from metronome.sites.base import DuplicateSite, Registry
+from metronome.sites.base import DuplicateSite, Registry, sites_gone
 from metronome.sites.model import Key, Site, Snapshot
 from metronome.store.sqlite import DB_NAME, ConnectionThread, connect, setup_lock
 
 __all__ = [
     "DEFAULT_SITE_NAME",
+    "MARK_FILE",
     "DuplicateSite",
     "Registry",
     "SQLiteRegistry",
@@ -34,6 +42,12 @@ __all__ = [
     "create_site",
     "open_registry",
 ]
+
+log = logging.getLogger("metronome.sites")
+
+MARK_FILE = "sites-created"
+"""In the data directory: sites exist (kept apart from the database, so a lost or broken
+``sites`` table cannot open the server)."""
 
 DEFAULT_SITE_NAME = "events from before sites"
 """The name the ``default`` site gets when it is created for the events stored before sites."""
@@ -67,6 +81,15 @@ class SQLiteRegistry(ConnectionThread):
 
     def __init__(self, data_dir: str) -> None:
         super().__init__(Path(data_dir) / DB_NAME, "registry")
+        self._mark = Path(data_dir) / MARK_FILE
+
+    def _mark_sites(self) -> None:
+        if not self._mark.exists():
+            self._mark.parent.mkdir(parents=True, exist_ok=True)
+            self._mark.write_text(
+                "Sites exist: while this file is here, missing sites are an error, not the"
+                " single-user mode. `metronome sites reset --confirm` removes it.\n"
+            )
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -78,6 +101,23 @@ class SQLiteRegistry(ConnectionThread):
 
     async def load(self) -> Snapshot:
         def _load() -> Snapshot:
+            try:
+                snapshot = _read()
+            except sqlite3.DatabaseError as exc:
+                if self._mark.exists():
+                    raise sites_gone(f"the sites table cannot be read ({exc})") from None
+                raise StoreUnavailable(f"the sites table cannot be read ({exc})") from None
+            marked = self._mark.exists()
+            if snapshot.open and marked:
+                raise sites_gone(f"the sites table in {self._path} is empty")
+            if not snapshot.open and not marked:  # sites made before marks existed
+                try:
+                    self._mark_sites()
+                except OSError as exc:
+                    log.warning("sites_mark_not_written path=%s reason=%s", self._mark, exc)
+            return snapshot
+
+        def _read() -> Snapshot:
             db = self._db()
             sites = [
                 Site(
@@ -113,6 +153,7 @@ class SQLiteRegistry(ConnectionThread):
 
     async def add_site(self, site: Site) -> None:
         def _add() -> None:
+            self._mark_sites()  # first: a site is never there without the mark
             try:
                 self._db().execute(
                     "INSERT INTO sites (id, name, origins, public_tock, store_ip, created)"
@@ -184,6 +225,23 @@ class SQLiteRegistry(ConnectionThread):
                 [(ms, key_id) for key_id, ms in last_used.items()],
             )
         )
+
+    async def reset(self) -> None:
+        def _reset() -> None:
+            db = self._db()
+            db.executescript(_SCHEMA)  # a dropped table comes back, empty
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("DELETE FROM keys")
+                db.execute("DELETE FROM sites")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            self._mark.unlink(missing_ok=True)
+
+        await self._run(_reset)
+        log.warning("sites_reset path=%s (no sites: nothing needs a key now)", self._path)
 
 
 def open_registry(settings: Settings) -> Registry:
