@@ -71,6 +71,7 @@ __all__ = [
     "SpoolFull",
     "StoreRefused",
     "StoreUnavailable",
+    "TooManyConnections",
     "Unauthorized",
     "UnknownSite",
     "UnsupportedMediaType",
@@ -282,6 +283,17 @@ class ServerBusy(MetronomeError):
 
     code = "server_busy"
     http_status = 503
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class TooManyConnections(MetronomeError):
+    """One client address has METRONOME_MAX_CONNECTIONS_PER_ADDRESS connections open to a
+    worker; close some, or retry after `Retry-After`."""
+
+    code = "too_many_connections"
+    http_status = 429
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "1"}
