@@ -28,6 +28,7 @@
     ├── UnsupportedMediaType            (415 unsupported_media_type)
     ├── StoreRefused                    (422 store_refused)
     ├── RateLimited                     (429 rate_limited)
+    ├── TooManyConnections              (429 too_many_connections)
     ├── ServerBusy                      (503 server_busy)
     ├── StoreUnavailable                (503 store_unavailable)
     └── SpoolFull                       (503 spool_full)
@@ -277,23 +278,23 @@ class RateLimited(MetronomeError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
-class ServerBusy(MetronomeError):
-    """A worker has METRONOME_MAX_CONNECTIONS connections or requests in progress; retry
-    after `Retry-After`."""
-
-    code = "server_busy"
-    http_status = 503
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": "1"}
-
-
 class TooManyConnections(MetronomeError):
     """One client address has METRONOME_MAX_CONNECTIONS_PER_ADDRESS connections open to a
     worker; close some, or retry after `Retry-After`."""
 
     code = "too_many_connections"
     http_status = 429
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class ServerBusy(MetronomeError):
+    """A worker has METRONOME_MAX_CONNECTIONS connections or requests in progress; retry
+    after `Retry-After`."""
+
+    code = "server_busy"
+    http_status = 503
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "1"}
