@@ -262,6 +262,13 @@ class Settings:
         " server worker; past it the server answers 503 (0: no limit).",
         _int(0, 1_000_000),
     )
+    max_connections_per_address: int = setting(
+        "64",
+        "Most connections one client address (IPv6: one /64) may hold open per server"
+        " worker; past it a new one gets `429 too_many_connections` before it is read"
+        " (peers in `METRONOME_TRUSTED_PROXIES` are exempt; 0: no limit).",
+        _int(0, 1_000_000),
+    )
     rate_limit_per_ip: int = setting(
         "100",
         "Ticks per second one client address may send"

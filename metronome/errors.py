@@ -28,6 +28,7 @@
     ├── UnsupportedMediaType            (415 unsupported_media_type)
     ├── StoreRefused                    (422 store_refused)
     ├── RateLimited                     (429 rate_limited)
+    ├── TooManyConnections              (429 too_many_connections)
     ├── ServerBusy                      (503 server_busy)
     ├── StoreUnavailable                (503 store_unavailable)
     └── SpoolFull                       (503 spool_full)
@@ -71,6 +72,7 @@ __all__ = [
     "SpoolFull",
     "StoreRefused",
     "StoreUnavailable",
+    "TooManyConnections",
     "Unauthorized",
     "UnknownSite",
     "UnsupportedMediaType",
@@ -274,6 +276,17 @@ class RateLimited(MetronomeError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
+
+
+class TooManyConnections(MetronomeError):
+    """One client address has METRONOME_MAX_CONNECTIONS_PER_ADDRESS connections open to a
+    worker; close some, or retry after `Retry-After`."""
+
+    code = "too_many_connections"
+    http_status = 429
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
 
 
 class ServerBusy(MetronomeError):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +22,22 @@ from websockets.datastructures import Headers
 from websockets.http11 import Response
 from websockets.server import ServerProtocol
 
-from metronome.config import Settings
+from metronome.api.ratelimit import address_key
+from metronome.config import Network, Settings
 from metronome.errors import (
     BadRequest,
     HeadersTooLarge,
     MetronomeError,
     RequestTimeout,
     ServerBusy,
+    TooManyConnections,
     UriTooLong,
     all_error_classes,
 )
 from metronome.logconfig import configure_logging
 
 __all__ = [
+    "HEADER_LIMITS",
     "MAX_HEAD_BYTES",
     "MAX_URL_BYTES",
     "MetronomeHttp",
@@ -52,6 +58,25 @@ MAX_URL_BYTES = 65_535
 MAX_HEAD_BYTES = 98_304
 """The most bytes a request line and its headers may take together; more get ``431
 headers_too_large`` (httptools itself has no limit, and would buffer them all)."""
+
+HEADER_LIMITS: dict[bytes, int] = {
+    b"origin": 2048,
+    b"referer": 8192,
+    b"user-agent": 8192,
+    b"x-forwarded-for": 4096,
+}
+"""The longest value, in bytes, of the headers the app reads from every client; a longer
+one gets ``431 headers_too_large`` naming it (before the app sees the request, so nothing
+is parsed or cached from it). Browsers' values are far shorter: an origin is a scheme,
+host and port; browsers cut a ``Referer`` to 4096 bytes; a ``User-Agent`` is a few hundred
+(the app reads its first 1024 bytes and stores its first ``METRONOME_MAX_VALUE_LENGTH``);
+a proxy chain of 4096 bytes is some 90 hops."""
+
+_OPEN_BY_ADDRESS: Counter[str] = Counter()
+"""Connections open in this worker, by client address (IPv6: by /64)."""
+
+_WARN_EVERY_S = 10.0
+_warned_at = -_WARN_EVERY_S
 
 _LINGER_S = 2.0
 """How long a connection refused by the parser stays open, reading and dropping what the
@@ -103,6 +128,10 @@ class _UrlTooLong(Exception):
     """Raised from the parser's URL callback: the URL is over :data:`MAX_URL_BYTES`."""
 
 
+class _HeaderTooLong(Exception):
+    """Raised from the parser's header callback: a header is over :data:`HEADER_LIMITS`."""
+
+
 class MetronomeHttp(HttpToolsProtocol):
     """uvicorn's httptools protocol, whose own answers are JSON in Metronome's error
     shape like every other: ``400 bad_request`` for a request it cannot parse or an HTTP
@@ -110,11 +139,21 @@ class MetronomeHttp(HttpToolsProtocol):
     (before reading the rest of the URL), ``431 headers_too_large`` past
     :data:`MAX_HEAD_BYTES`, ``408 request_timeout`` when the request line and headers take
     longer than :attr:`head_timeout_s`, ``503 server_busy`` past the connection limit
-    (``limit_concurrency``)."""
+    (``limit_concurrency``), ``429 too_many_connections`` to a connection past
+    :attr:`max_per_address` from one client address (before reading a byte of it)."""
 
     head_timeout_s: float = 10.0
     """Seconds a request's line and headers have to arrive, from the connection's start or
-    the request's first byte (``METRONOME_BODY_TIMEOUT_S``, set by the worker)."""
+    the request's first byte (``METRONOME_BODY_TIMEOUT_S``, set by the worker). The clock
+    runs over the whole head: a header line every few seconds does not restart it."""
+
+    max_per_address: int = 0
+    """Most connections one client address (IPv6: one /64) may hold open in this worker; 0
+    is no limit (``METRONOME_MAX_CONNECTIONS_PER_ADDRESS``, set by the worker)."""
+
+    trusted_proxies: tuple[Network, ...] = ()
+    """Peers exempt from :attr:`max_per_address`: every client of a reverse proxy comes
+    from its address (``METRONOME_TRUSTED_PROXIES``, set by the worker)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -124,14 +163,65 @@ class MetronomeHttp(HttpToolsProtocol):
         self._in_head = True  # the next bytes are a request line and headers
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._address: str | None = None  # counted in _OPEN_BY_ADDRESS while open
+        self._header_refusal: HeadersTooLarge | None = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        address = self._limited_address()
+        if address is not None:
+            if _OPEN_BY_ADDRESS[address] >= self.max_per_address:
+                self._refuse_connection(address)
+                return
+            _OPEN_BY_ADDRESS[address] += 1
+            self._address = address
         self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        address, self._address = self._address, None
+        if address is not None:
+            _OPEN_BY_ADDRESS[address] -= 1
+            if _OPEN_BY_ADDRESS[address] <= 0:
+                del _OPEN_BY_ADDRESS[address]
         super().connection_lost(exc)
+
+    def _limited_address(self) -> str | None:
+        """The key this connection counts under, or None when it is not limited."""
+        if not self.max_per_address or not self.client:
+            return None
+        host = str(self.client[0])
+        if self.trusted_proxies and len(host) <= 64:
+            try:
+                peer = ipaddress.ip_address(host)
+            except ValueError:
+                return address_key(host)
+            if any(peer in net for net in self.trusted_proxies):
+                return None
+        return address_key(host)
+
+    def _refuse_connection(self, address: str) -> None:
+        """Answer ``429 too_many_connections`` before reading anything, and close; the
+        connection does not count against ``METRONOME_MAX_CONNECTIONS`` while it lingers."""
+        global _warned_at
+        self.connections.discard(self)
+        now = time.monotonic()
+        if now - _warned_at >= _WARN_EVERY_S:  # one line per 10 s, whatever the flood
+            _warned_at = now
+            log.warning(
+                "too_many_connections address=%s open=%d (a reverse proxy? list it in"
+                " METRONOME_TRUSTED_PROXIES)",
+                address,
+                _OPEN_BY_ADDRESS[address],
+            )
+        limit = self.max_per_address
+        self._refuse(
+            TooManyConnections(
+                f"this client address has {limit} connections open to this worker;"
+                " close some, or retry in a moment",
+                limit=limit,
+            )
+        )
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -179,6 +269,18 @@ class MetronomeHttp(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        limit = HEADER_LIMITS.get(name.lower())
+        if limit is not None and len(value) > limit:
+            header = name.decode("latin-1")
+            self._header_refusal = HeadersTooLarge(
+                f"the {header} header is over {limit} bytes",
+                header=header.lower(),
+                limit=limit,
+            )
+            raise _HeaderTooLong  # the parser stops; data_received answers 400, made 431
+        super().on_header(name, value)
+
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
         if len(self.url) > MAX_URL_BYTES:
@@ -205,7 +307,9 @@ class MetronomeHttp(HttpToolsProtocol):
             self.app = app
 
     def send_400_response(self, msg: str) -> None:
-        if len(getattr(self, "url", b"")) > MAX_URL_BYTES:
+        if self._header_refusal is not None:
+            self._refuse(self._header_refusal)
+        elif len(getattr(self, "url", b"")) > MAX_URL_BYTES:
             self._refuse(
                 UriTooLong(
                     f"the URL is over {MAX_URL_BYTES} bytes; send the data in a request body",
@@ -283,14 +387,25 @@ class MetronomeWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worker is
     line and headers, then its body, must each arrive within ``METRONOME_BODY_TIMEOUT_S``
     (:class:`MetronomeHttp`, then the app, answer 408); past ``METRONOME_MAX_CONNECTIONS``
     connections or requests in progress a worker answers 503 (uvicorn's
-    ``limit_concurrency``, answered by :class:`MetronomeHttp`).
+    ``limit_concurrency``, answered by :class:`MetronomeHttp`); past
+    ``METRONOME_MAX_CONNECTIONS_PER_ADDRESS`` connections from one client address a new one
+    is answered 429 and closed before it is read, so slow clients from one address cannot
+    take the others' connections.
     """
 
     sockets: list[Any]  # set by gunicorn before run()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = Settings.from_env(os.environ)
-        http = type("MetronomeHttp", (MetronomeHttp,), {"head_timeout_s": settings.body_timeout_s})
+        http = type(
+            "MetronomeHttp",
+            (MetronomeHttp,),
+            {
+                "head_timeout_s": settings.body_timeout_s,
+                "max_per_address": settings.max_connections_per_address,
+                "trusted_proxies": settings.trusted_proxies,
+            },
+        )
         self.CONFIG_KWARGS = {
             **UvicornWorker.CONFIG_KWARGS,
             "http": http,

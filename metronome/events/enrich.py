@@ -61,8 +61,23 @@ def parse_user_agent(header: str) -> UserAgent:
     )
 
 
-@lru_cache(maxsize=4096)
+_MAX_ADDRESS_CHARS = 64
+"""Longer than any address with a port (``[v6%zone]:port``): longer text is no address,
+and is neither parsed nor cached."""
+
+_MAX_HOPS = 32
+"""The most ``X-Forwarded-For`` hops read, from the right (a chain of trusted proxies
+longer than this is not a deployment: the address read last is taken)."""
+
+
 def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if len(text) > _MAX_ADDRESS_CHARS:
+        return None
+    return _parse_short_ip(text)
+
+
+@lru_cache(maxsize=4096)
+def _parse_short_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # [v6]:port
         text = text[1 : text.index("]")]
@@ -75,6 +90,15 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
 
 
 @lru_cache(maxsize=8192)
+def _peer_address(peer: str, trusted: tuple[Network, ...]) -> tuple[str, bool] | None:
+    """The peer's address as text, and whether it is a trusted proxy (cached: every
+    request asks, and peers are few and short)."""
+    peer_ip = _parse_ip(peer)
+    if peer_ip is None:
+        return None
+    return str(peer_ip), any(peer_ip in net for net in trusted)
+
+
 def client_address(
     peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]
 ) -> str | None:
@@ -82,15 +106,20 @@ def client_address(
 
     Behind trusted proxies, ``X-Forwarded-For`` is read right to left and the first address
     that is not itself a trusted proxy is the client. Addresses a client could forge (those
-    left of an untrusted hop) are never believed. (Cached: every request asks.)
+    left of an untrusted hop) are never believed. Only the peer is cached, never the header:
+    a client chooses it, and a cache keyed on it would hold whatever it sends.
     """
-    peer_ip = _parse_ip(peer) if peer else None
-    if peer_ip is None:
+    if not peer or len(peer) > _MAX_ADDRESS_CHARS:
         return None
-    if not forwarded_for or not any(peer_ip in net for net in trusted):
-        return str(peer_ip)
-    client = peer_ip
-    for hop in reversed(forwarded_for.split(",")):
+    known = _peer_address(peer, trusted)
+    if known is None:
+        return None
+    address, behind_proxy = known
+    if not forwarded_for or not behind_proxy:
+        return address
+    client = _parse_short_ip(peer)
+    hops = forwarded_for.rsplit(",", _MAX_HOPS)[-_MAX_HOPS:]
+    for hop in reversed(hops):
         hop_ip = _parse_ip(hop)
         if hop_ip is None:
             break
@@ -139,9 +168,20 @@ def referrer_keys(referrer: str) -> tuple[str | None, str | None]:
     return domain, page
 
 
-@lru_cache(maxsize=4096)
+_SHORT_UA_CHARS = 1024
+"""Headers (parsed and stored parts together) up to this long share the large cache;
+longer ones (no browser's) a small one: a client sending distinct long headers cycles
+those 64 entries, and holds no more."""
+
+
 def user_agent_fields(parse_text: str, original: str) -> tuple[FrozenDict, bool]:
     """The ``user_agent`` object for a header (cached, so shared between documents: frozen)."""
+    if len(parse_text) + len(original) <= _SHORT_UA_CHARS:
+        return _short_user_agent_fields(parse_text, original)
+    return _long_user_agent_fields(parse_text, original)
+
+
+def _user_agent_fields(parse_text: str, original: str) -> tuple[FrozenDict, bool]:
     ua = parse_user_agent(parse_text)
     agent: dict[str, Any] = {"original": original}
     if ua.name:
@@ -154,6 +194,10 @@ def user_agent_fields(parse_text: str, original: str) -> tuple[FrozenDict, bool]
     if ua.device_name:
         agent["device"] = {"name": ua.device_name}
     return freeze(agent), ua.is_bot
+
+
+_short_user_agent_fields = lru_cache(maxsize=4096)(_user_agent_fields)
+_long_user_agent_fields = lru_cache(maxsize=64)(_user_agent_fields)
 
 
 @lru_cache(maxsize=16_384)

@@ -29,6 +29,9 @@ __all__ = ["VisitorIds"]
 
 _DAY_MS = 86_400_000
 _RECENT_MAX = 4096
+_RECENT_UA_CHARS = 512
+"""User agents longer than this (no browser's is) are hashed every time, never kept:
+the memo would otherwise hold up to _RECENT_MAX of whatever length a client sends."""
 KEEP_DAYS = 2  # today and yesterday: late events of yesterday still get yesterday's salt
 
 
@@ -64,6 +67,8 @@ class VisitorIds:
         hasher = keyed.copy()  # the salt's key block is hashed once per day, not per id
         hasher.update(b"\x00".join((scope.encode(), address.encode(), (user_agent or "").encode())))
         digest = hasher.hexdigest()
+        if user_agent is not None and len(user_agent) > _RECENT_UA_CHARS:
+            return digest
         if len(self._recent) >= _RECENT_MAX:
             self._recent.clear()
         self._recent[key] = digest

@@ -73,12 +73,16 @@ def looks_like_key(secret: str) -> bool:
 # -- origins ---------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=4096)
 def normalize_origin(origin: str) -> tuple[str, str, int] | None:
     """``(scheme, host, port)`` of an ``Origin`` header, or None when it is not one
-    (``null``, a path, a user name, a scheme other than http/https)."""
-    text = origin
-    if len(text) > 2048 or "://" not in text or any(c.isspace() or c < " " for c in text):
+    (``null``, a path, a user name, a scheme other than http/https, over 2048 characters:
+    checked before the cache, which must never hold what a client chose to make long)."""
+    return None if len(origin) > 2048 else _normalize_origin(origin)
+
+
+@lru_cache(maxsize=4096)
+def _normalize_origin(text: str) -> tuple[str, str, int] | None:
+    if "://" not in text or any(c.isspace() or c < " " for c in text):
         return None  # urlsplit would drop tabs and newlines: never match what was not sent
     try:
         parts = urlsplit(text)
