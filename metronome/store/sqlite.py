@@ -26,7 +26,6 @@ from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.events import fields as F
 from metronome.events.document import Document
-from metronome.files import create_private, open_private
 from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
 from metronome.store.query import GroupQuery
 from metronome.store.sqlite_query import COLUMNS as QUERY_COLUMNS
@@ -96,7 +95,7 @@ def _value(value: Any) -> Any:
 @contextlib.contextmanager
 def setup_lock(path: Path) -> Iterator[None]:
     """Serialise first-time setup (WAL switch, schema) between server processes."""
-    with open_private(path.with_suffix(".lock"), "ab") as handle:
+    with open(path.with_suffix(".lock"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -110,7 +109,7 @@ def connect(path: Path) -> sqlite3.Connection:
     Autocommit mode (``isolation_level=None``): callers say ``BEGIN IMMEDIATE`` when they
     write more than one statement. Usable from one thread at a time.
     """
-    create_private(path)  # SQLite gives its -wal and -shm files the database file's mode
+    path.parent.mkdir(parents=True, exist_ok=True)
     with setup_lock(path):
         conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 30000")
