@@ -655,16 +655,21 @@ def test_same_file_and_offset_give_the_same_id() -> None:
     assert first.id.startswith(f"{parsed(COMBINED).timestamp_ms:012x}")
 
 
+def _id_of(line: str, source_id: str | None, offset: int | None) -> str:
+    """The event id of ``line`` read at ``offset`` of the file ``source_id``."""
+    return build_log_document(
+        parsed(line),
+        source_id=source_id,
+        offset=offset,
+        rules=RULES,
+        trusted_proxies=(),
+        received_ms=1,
+    ).id
+
+
 def test_different_offset_or_file_gives_a_different_id() -> None:
     ids = {
-        build_log_document(
-            parsed(COMBINED),
-            source_id=source_id,
-            offset=offset,
-            rules=RULES,
-            trusted_proxies=(),
-            received_ms=1,
-        ).id
+        _id_of(COMBINED, source_id, offset)
         for source_id, offset in [
             ("2049:77:0", 0),
             ("2049:77:0", 1),
@@ -676,16 +681,7 @@ def test_different_offset_or_file_gives_a_different_id() -> None:
 
 
 def test_without_a_file_identity_the_id_comes_from_the_line_and_its_time() -> None:
-    def id_of(line: str, source_id: str | None, offset: int | None) -> str:
-        return build_log_document(
-            parsed(line),
-            source_id=source_id,
-            offset=offset,
-            rules=RULES,
-            trusted_proxies=(),
-            received_ms=1,
-        ).id
-
+    id_of = _id_of
     assert id_of(COMBINED, None, None) == id_of(COMBINED, None, 7) == id_of(COMBINED, "x", None)
     assert id_of(COMBINED, None, None) != id_of(COMBINED.replace("2326", "2327"), None, None)
     assert id_of(COMBINED, None, None) != id_of(COMBINED, "2049:77:0", 0)
