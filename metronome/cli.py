@@ -13,9 +13,15 @@ from typing import Any
 import click
 
 from metronome import __version__
-from metronome.cli_support import Commands, fail
+from metronome.cli_support import Commands, fail, prepare_data_dir
 from metronome.cli_support import load_settings as _settings
-from metronome.config import CONFIG_VARIABLE, Settings, settings_reference, settings_table
+from metronome.config import (
+    CONFIG_VARIABLE,
+    Settings,
+    masked_url,
+    settings_reference,
+    settings_table,
+)
 from metronome.errors import MetronomeError
 from metronome.sites import commands as sites_commands
 
@@ -32,6 +38,9 @@ __all__ = ["main"]
 )
 def main(config_file: Path | None) -> None:
     """Metronome: self-hosted usage analytics."""
+    # what this process and the ones it starts write is for this user only, whatever the
+    # caller's umask (files under the data directory are also opened 0600 explicitly)
+    os.umask(os.umask(0o077) | 0o077)
     if config_file is not None:  # in the environment, so the processes it starts read it too
         os.environ[CONFIG_VARIABLE] = str(config_file.resolve())
 
@@ -60,13 +69,14 @@ def serve(host: str | None, port: int | None, workers: int | None, no_shipper: b
         raise click.ClickException(str(exc)) from None
     if not no_shipper:
         _check_job_sites(settings)
+    prepare_data_dir(settings)
     _multiprocess_metrics(settings)
     # the workers read their settings from the environment: pass the CLI's choices on
     os.environ["METRONOME_HOST"] = settings.host
     os.environ["METRONOME_PORT"] = str(settings.port)
     os.environ["METRONOME_WORKERS"] = str(settings.workers)
     store = (
-        f"Elasticsearch at {settings.elasticsearch_url}"
+        f"Elasticsearch at {masked_url(settings.elasticsearch_url)}"
         if settings.elasticsearch_url
         else f"the embedded store in {settings.data_dir}"
     )
@@ -168,8 +178,9 @@ def _check_job_sites(settings: Settings) -> None:
 
 def _multiprocess_metrics(settings: Settings) -> None:
     """Give every process of this server one Prometheus multiprocess directory."""
-    directory = Path(settings.data_dir) / "metrics"
-    directory.mkdir(parents=True, exist_ok=True)
+    from metronome.files import private_dir
+
+    directory = private_dir(Path(settings.data_dir) / "metrics")
     for old in directory.glob("*.db"):
         old.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory.resolve())
@@ -186,6 +197,8 @@ def worker(drain: bool) -> None:
     parent = os.environ.get("METRONOME_SHIPPER_PARENT")
     if parent is None and not drain:  # `serve` checked before starting this worker
         _check_job_sites(settings)
+    if parent is None:
+        prepare_data_dir(settings)
     configure_logging(settings)
     stats = asyncio.run(
         run_worker(settings, drain=drain, parent_pid=int(parent) if parent else None)
@@ -214,7 +227,12 @@ def status() -> None:
             return await store.check_ready()
 
     reason = asyncio.run(_ready())
-    store = settings.elasticsearch_url or f"embedded ({settings.data_dir})"
+    reason = None if reason is None else masked_url(reason)
+    store = (
+        masked_url(settings.elasticsearch_url)
+        if settings.elasticsearch_url
+        else f"embedded ({settings.data_dir})"
+    )
     lag = "none"
     if state.oldest_unshipped_ms is not None:
         lag = f"{max(0.0, time.time() - state.oldest_unshipped_ms / 1000):.1f}s"
@@ -296,6 +314,7 @@ def retention(keep: str, dataset: str, site: str | None, dry_run: bool) -> None:
     from metronome.jobs.retention import (
         DATASETS,
         cutoff_ms,
+        expire_rejected_lines,
         parse_keep,
         run_retention,
         run_site_retention,
@@ -310,7 +329,11 @@ def retention(keep: str, dataset: str, site: str | None, dry_run: bool) -> None:
     settings = _settings()
     datasets: tuple[str, ...] = DATASETS if dataset == "all" else (dataset,)
     cutoff = datetime.fromtimestamp(cutoff_ms(period) / 1000, tz=UTC)
-    store = settings.elasticsearch_url or f"the embedded store in {settings.data_dir}"
+    store = (
+        masked_url(settings.elasticsearch_url)
+        if settings.elasticsearch_url
+        else f"the embedded store in {settings.data_dir}"
+    )
     if site is not None:
         sites_commands.require_sites(settings, {"--site": site})
         datasets = tuple(d for d in datasets if d != "metrics")
@@ -327,6 +350,9 @@ def retention(keep: str, dataset: str, site: str | None, dry_run: bool) -> None:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
     verb = "would delete" if dry_run else "deleted"
+    if "logs" in datasets:
+        for path in expire_rejected_lines(settings, period, dry_run=dry_run):
+            click.echo(f"{verb} rejected lines file {path} (last written before the cutoff)")
     for removal in result.removed:
         if result.unit == "indices":
             click.echo(f"{verb} index {removal.name} ({_count(removal.documents, 'document')})")
@@ -353,7 +379,7 @@ def settings_cmd(markdown: bool) -> None:
             value = "(set, not shown)"
         elif setting.type == "table":
             value = dict(value)
-        click.echo(f"{setting.name} = {value!r}")
+        click.echo(masked_url(f"{setting.name} = {value!r}"))
 
 
 @main.group()
@@ -487,6 +513,7 @@ def import_cmd(files: tuple[str, ...], site: str | None, quiet: bool) -> None:
     for path in files:
         check_readable(path)
     settings = _log_settings(site)
+    prepare_data_dir(settings)
     summary = _run_with_progress(
         quiet, "importing", lambda update: import_files(settings, files, progress=update)
     )
@@ -512,6 +539,7 @@ def ship(paths: tuple[Path, ...], from_end: bool, site: str | None, quiet: bool)
         if path.is_dir():
             fail(f"{path}: is a directory; name the log files to follow")
     settings = _log_settings(site)
+    prepare_data_dir(settings)
     configure_logging(settings)
 
     async def _ship() -> Any:
@@ -628,6 +656,7 @@ def forget(
         matching = asyncio.run(_run(True))
         if dry_run:
             click.echo(f"{matching} events match; nothing deleted (--dry-run)")
+            _rejects_note(settings)
             return
         if matching and not yes:
             click.confirm(f"Delete {matching} events for good?", abort=True)
@@ -636,3 +665,25 @@ def forget(
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
     click.echo(f"deleted {deleted} events")
+    _rejects_note(settings)
+
+
+def _rejects_note(settings: Settings) -> None:
+    """What ``forget`` cannot reach: the rejected access-log lines are no events."""
+    from metronome.logs.rejects import reject_files
+
+    files = reject_files(settings.data_dir)
+    if not files:
+        return
+    kept = (
+        "whole"
+        if settings.client_ip == "keep"
+        else f"with addresses {'dropped' if settings.client_ip == 'drop' else 'truncated'}"
+        " and query strings cut"
+    )
+    click.echo(
+        f"note: --where cannot match the rejected access-log lines in"
+        f" {', '.join(str(f) for f in files)} (kept {kept}); retention removes them with"
+        " the logs, or delete the files to forget them now",
+        err=True,
+    )

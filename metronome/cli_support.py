@@ -12,8 +12,9 @@ import click
 
 from metronome.config import Settings
 from metronome.errors import ConfigError, MetronomeError
+from metronome.files import private_dir, wider_than_private
 
-__all__ = ["Commands", "fail", "load_settings"]
+__all__ = ["Commands", "fail", "load_settings", "prepare_data_dir"]
 
 # click 8.2 and later answer a group called without a command with this usage error
 _NoArgsIsHelp: type[click.UsageError] = getattr(
@@ -30,6 +31,28 @@ def load_settings(**overrides: Any) -> Settings:
         )
     except ConfigError as exc:
         raise click.UsageError(exc.message) from None
+
+
+_WIDE_SHOWN = 10
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Make the data directory (``0700`` when new) and warn, one line each, about the
+    directories and files in it that other users may read."""
+    private_dir(settings.data_dir)
+    wide = wider_than_private(settings.data_dir)
+    for path, mode in wide[:_WIDE_SHOWN]:
+        click.echo(
+            f"warning: {path} has mode {mode:04o}: other users of this machine may read it;"
+            f" run chmod {'700' if path.is_dir() else '600'} on it",
+            err=True,
+        )
+    if len(wide) > _WIDE_SHOWN:
+        click.echo(
+            f"warning: {len(wide) - _WIDE_SHOWN} more paths under {settings.data_dir} are"
+            " readable by other users: chmod -R go-rwx it",
+            err=True,
+        )
 
 
 def fail(message: str) -> NoReturn:

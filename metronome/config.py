@@ -44,6 +44,7 @@ __all__ = [
     "CONFIG_VARIABLE",
     "Setting",
     "Settings",
+    "masked_url",
     "section",
     "setting",
     "settings_reference",
@@ -146,6 +147,15 @@ def _retention(raw: str) -> str:
     if sum("=" not in p for p in parts) > 1:
         raise ValueError("give one default period, and site=period for the others")
     return ",".join(parts)
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/?#]*):[^@/?#]*@")
+
+
+def masked_url(text: str) -> str:
+    """``text`` with the password of every URL in it masked (``http://user:***@host``): how
+    a URL is shown on the screen or in a log line, never with its credentials."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +313,18 @@ class Settings:
         "Site that access logs (`import`, `ship`, `restore`, the"
         " forward input) and forward-protocol ticks without a `site` are stored under.",
         _site,
+    )
+    max_line_bytes: int = setting(
+        "65536",
+        "Longest access-log line (`import`, `ship`, `restore`), in bytes: a longer one is"
+        " skipped in bounded memory and rejected as `line_too_long`.",
+        _int(1024, 16 << 20),
+    )
+    rejects_max_bytes: int = setting(
+        str(10 << 20),
+        "Size at which `rejects.ndjson` (the access-log lines that were not stored) is"
+        " renamed `rejects.1.ndjson`, replacing the previous one.",
+        _int(4096, 1 << 40),
     )
     max_key_length: int = setting("64", "Longest free-parameter name.", _int(1, 1024))
     max_value_length: int = setting(

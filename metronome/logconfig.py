@@ -5,11 +5,18 @@ from __future__ import annotations
 import logging
 import sys
 
-from metronome.config import Settings
+from metronome.config import Settings, masked_url
 
-__all__ = ["configure_logging"]
+__all__ = ["MaskingFormatter", "configure_logging"]
 
 _FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+
+
+class MaskingFormatter(logging.Formatter):
+    """Formats a record, tracebacks included, with every URL's password masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return masked_url(super().format(record))
 
 
 def configure_logging(settings: Settings) -> None:
@@ -18,7 +25,7 @@ def configure_logging(settings: Settings) -> None:
     if getattr(root, "_metronome_configured", False):
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setFormatter(MaskingFormatter(_FORMAT))
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
     root.propagate = False

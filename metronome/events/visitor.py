@@ -23,6 +23,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from metronome.files import open_private, private_dir
+
 __all__ = ["VisitorIds"]
 
 _DAY_MS = 86_400_000
@@ -76,7 +78,7 @@ class VisitorIds:
         with self._lock:
             if day in self._salts:
                 return self._salts[day]
-            self._dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self._dir)
             path = self._dir / _day_name(day)
             try:
                 salt = path.read_bytes()
@@ -93,7 +95,7 @@ class VisitorIds:
     def _create(self, path: Path) -> bytes:
         salt = secrets.token_bytes(32)
         temp = path.with_suffix(f".{os.getpid()}.{time.monotonic_ns()}.tmp")
-        with open(temp, "wb") as handle:
+        with open_private(temp, "wb") as handle:
             handle.write(salt)
             handle.flush()
             os.fsync(handle.fileno())

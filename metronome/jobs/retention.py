@@ -6,15 +6,21 @@ days only, so both stores drop exactly the same documents: Elasticsearch deletes
 indices ``<prefix>-<dataset>-YYYY.MM.DD`` named for days before the cutoff (by the date in the
 name; deleting an index is instant and frees its disk at once), the embedded store deletes
 the rows with an earlier ``@timestamp``.
+
+The rejected access-log lines (``rejects.ndjson`` and its rotated ``rejects.1.ndjson``) go
+with the logs: a rejects file last written before the cutoff is removed.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from metronome.config import Settings
+from metronome.logs.rejects import expire_rejects
 from metronome.store import open_store
 from metronome.store.base import RetentionResult, Store
 
@@ -23,6 +29,7 @@ __all__ = [
     "RetentionPolicy",
     "apply_policy",
     "cutoff_ms",
+    "expire_rejected_lines",
     "parse_keep",
     "run_retention",
     "run_site_retention",
@@ -65,6 +72,13 @@ async def run_retention(
         raise ValueError(f"unknown datasets: {', '.join(sorted(unknown))}")
     async with open_store(settings) as store:
         return await store.delete_before(datasets, cutoff_ms(keep, now), dry_run=dry_run)
+
+
+def expire_rejected_lines(
+    settings: Settings, keep: timedelta, *, dry_run: bool = False, now: datetime | None = None
+) -> list[Path]:
+    """Remove (or only list) the rejects files whose lines are all older than ``keep``."""
+    return expire_rejects(settings.data_dir, cutoff_ms(keep, now), dry_run=dry_run)
 
 
 async def run_site_retention(
@@ -119,8 +133,14 @@ class RetentionPolicy:
         return self.default is not None or bool(self.sites)
 
 
-async def apply_policy(store: Store, policy: RetentionPolicy, now: datetime | None = None) -> int:
+async def apply_policy(
+    store: Store,
+    policy: RetentionPolicy,
+    now: datetime | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> int:
     """Remove what ``policy`` no longer keeps; the number of documents removed.
+    With ``data_dir``, its rejects files older than the longest period go too.
 
     With a default period, whole daily indices (or rows) older than the longest period any
     site keeps are dropped first; then each site kept shorter than that loses its older
@@ -134,6 +154,8 @@ async def apply_policy(store: Store, policy: RetentionPolicy, now: datetime | No
     if not periods:
         return 0
     longest = max(periods)
+    if data_dir is not None:
+        expire_rejects(data_dir, cutoff_ms(longest, now))
     if policy.default is not None:
         result = await store.delete_before(("ticks", "logs"), cutoff_ms(longest, now))
         removed += result.documents

@@ -58,7 +58,7 @@ async def _retention_loop(settings: Settings, store: Store, stop: asyncio.Event)
     policy = RetentionPolicy.parse(settings.retention)
     while not stop.is_set():
         try:
-            removed = await apply_policy(store, policy)
+            removed = await apply_policy(store, policy, data_dir=settings.data_dir)
             log.info("retention_applied policy=%s removed=%d", settings.retention, removed)
         except StoreUnavailable as exc:
             log.warning("retention_deferred reason=%s", exc.message)

@@ -9,6 +9,10 @@ that pair is what access-log documents derive their ids from.
 - copytruncate (same inode, now shorter than our offset): start again at 0, next generation;
 - a missing file (between rename and re-create): wait for it.
 
+A line longer than ``max_line_bytes`` is never held: it is read past in bounded chunks and
+returned as one :class:`Line` marked ``too_long`` (no text) once its end is found, so the
+lines after it follow.
+
 Positions are saved only after the caller confirms that the lines it got are safe
 (:meth:`Follower.commit`), so a crash re-reads, never skips.
 """
@@ -21,9 +25,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from metronome.files import open_private
+
 __all__ = ["Follower", "Line", "Position", "PositionFile"]
 
 _READ_BYTES = 1 << 20
+_MAX_LINE_BYTES = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +38,7 @@ class Line:
     text: str
     source_id: str  # "<dev>:<inode>:<generation>"
     offset: int  # byte offset of the line's start in that file
+    too_long: bool = False  # longer than the follower's max_line_bytes: text is empty
 
 
 @dataclass(slots=True)
@@ -57,9 +65,9 @@ class PositionFile:
         return {k: Position(**v) for k, v in raw.items()}
 
     def save(self, states: dict[str, Position]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({k: asdict(v) for k, v in states.items()}))
+        with open_private(temporary, "wb") as handle:
+            handle.write(json.dumps({k: asdict(v) for k, v in states.items()}).encode())
         os.replace(temporary, self.path)
 
 
@@ -67,9 +75,16 @@ class Follower:
     """Reads whole new lines from one path across rotations."""
 
     def __init__(
-        self, path: Path, state: Position | None = None, *, from_end: bool = False
+        self,
+        path: Path,
+        state: Position | None = None,
+        *,
+        from_end: bool = False,
+        max_line_bytes: int = _MAX_LINE_BYTES,
     ) -> None:
         self.path = path
+        self._max_line = max_line_bytes
+        self._skipping: int | None = None  # the start of a too-long line being read past
         self._handle: BinaryIO | None = None
         self._state = state
         self._pending: Position | None = None  # where we are after lines not yet committed
@@ -110,20 +125,41 @@ class Follower:
         if st.st_size < pending.offset:  # copytruncate
             pending.generation += 1
             pending.offset = 0
+            self._skipping = None
+        source = f"{pending.dev}:{pending.ino}:{pending.generation}"
+        lines: list[Line] = []
         handle.seek(pending.offset)
         data = handle.read(max_bytes)
+        while self._skipping is not None and data:  # read past a too-long line, chunk by chunk
+            newline = data.find(b"\n")
+            if newline < 0:
+                pending.offset += len(data)
+                data = handle.read(max_bytes)
+                continue
+            lines.append(Line("", source, self._skipping, too_long=True))
+            self._skipping = None
+            pending.offset += newline + 1
+            data = data[newline + 1 :]
         end = data.rfind(b"\n")
-        lines: list[Line] = []
         if end >= 0:
-            source = f"{pending.dev}:{pending.ino}:{pending.generation}"
             position = pending.offset
             for raw in data[: end + 1].split(b"\n")[:-1]:
-                text = raw.rstrip(b"\r").decode("utf-8", errors="replace")
-                if text.strip():
-                    lines.append(Line(text, source, position))
+                if len(raw.rstrip(b"\r")) > self._max_line:
+                    lines.append(Line("", source, position, too_long=True))
+                else:
+                    text = raw.rstrip(b"\r").decode("utf-8", errors="replace")
+                    if text.strip():
+                        lines.append(Line(text, source, position))
                 position += len(raw) + 1
             pending.offset = position
-        elif not data and self._rotated(pending):
+            data = data[end + 1 :]
+        if self._skipping is None and len(data) > self._max_line:
+            self._skipping = pending.offset  # a line too long to hold: read past it
+            pending.offset += len(data)
+            data = b""
+        if lines:
+            return lines
+        if not data and self._rotated(pending):
             self._switch()  # the old file is finished: continue with the new one
             return self.read(max_bytes)
         return lines
@@ -141,12 +177,15 @@ class Follower:
         self._handle = None
         self._state = None
         self._pending = None
+        self._skipping = None
 
     def commit(self) -> None:
         """The lines returned so far are safe: remember the position."""
         if self._pending is not None:
             p = self._pending
-            self._state = Position(p.dev, p.ino, p.generation, p.offset)
+            # in the middle of a too-long line: a restart reads past it again from its start
+            offset = p.offset if self._skipping is None else self._skipping
+            self._state = Position(p.dev, p.ino, p.generation, offset)
 
     def close(self) -> None:
         if self._handle is not None:

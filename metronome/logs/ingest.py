@@ -3,36 +3,37 @@
 
 :class:`LineConverter` turns lines into documents with :mod:`metronome.logs.parse` (the
 configured ``METRONOME_LOG_FORMAT`` and ``METRONOME_URL_RULES``), writes lines that cannot
-be parsed to ``<data dir>/rejects.ndjson`` with the reason, and counts what it did
-(:class:`Summary`). Moving the documents on (to the spool or the store) is the
-pipeline's: :mod:`metronome.pipeline.log_input`.
+be parsed to ``<data dir>/rejects.ndjson`` with the reason (:mod:`metronome.logs.rejects`),
+and counts what it did (:class:`Summary`). Moving the documents on (to the spool or the
+store) is the pipeline's: :mod:`metronome.pipeline.log_input`.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
-
-import orjson
 
 from metronome.config import Settings
 from metronome.events.document import Document
 from metronome.events.enrich import flag_referrer_spam, stored_address
 from metronome.events.visitor import VisitorIds
 from metronome.logs.parse import ParsedLine, Reject, build_log_document, compile_format
+from metronome.logs.rejects import LINE_CHARS, REJECTS, RejectFile, redact_line
 from metronome.logs.rules import UrlRules
 
-__all__ = ["REJECTS", "LineConverter", "Summary", "open_lines"]
+__all__ = ["LINE_TOO_LONG", "REJECTS", "LineConverter", "Summary", "open_lines", "split_lines"]
 
-REJECTS = "rejects.ndjson"
+LINE_TOO_LONG = Reject(
+    "line_too_long", "the line is longer than METRONOME_MAX_LINE_BYTES; it was skipped"
+)
+"""A line longer than ``METRONOME_MAX_LINE_BYTES``: never held in memory, rejected."""
+_CHUNK_BYTES = 1 << 20
 
 
 @dataclass
@@ -74,9 +75,7 @@ class LineConverter:
         self._client_ip = settings.client_ip
         self._blocklist = settings.referrer_blocklist
         self._site_id = settings.log_site
-        self._rejects_path = Path(settings.data_dir) / REJECTS
-        self._rejects: IO[bytes] | None = None
-        self._rejected_ids: set[str] = set()
+        self._rejects = RejectFile(settings.data_dir, settings.rejects_max_bytes)
         self.summary = Summary()
 
     def convert(
@@ -90,6 +89,11 @@ class LineConverter:
             self.reject(parsed, text, source_id, offset, identity=identity)
             return None, None
         return self.document(parsed, source_id, offset, received_ms), parsed
+
+    def too_long(self, source_id: str | None, offset: int | None, identity: str) -> None:
+        """Count a line longer than ``METRONOME_MAX_LINE_BYTES`` and reject it."""
+        self.summary.read += 1
+        self.reject(LINE_TOO_LONG, "", source_id, offset, identity=identity)
 
     def parse(self, text: str) -> ParsedLine | Reject:
         self.summary.read += 1
@@ -134,68 +138,74 @@ class LineConverter:
         identity and offset, or the line and its number) that the file holds already,
         from an earlier run over the same lines, is not appended again."""
         self.summary.rejected[reject.reason] += 1
-        if self._rejects is None:
-            self._rejects_path.parent.mkdir(parents=True, exist_ok=True)
-            self._rejected_ids = _recorded_ids(self._rejects_path)
-            self._rejects = open(self._rejects_path, "ab")  # noqa: SIM115
         record: dict[str, Any] = {
             "time": time.time(),
             "reason": reject.reason,
-            "message": reject.message,
+            "message": redact_line(reject.message, self._client_ip),
             "source": source_id,
             "offset": offset,
-            "line": text[:8192],
+            "line": redact_line(text[:LINE_CHARS], self._client_ip),
         }
+        reject_id = None
         if identity is not None:
             reject_id = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:20]
-            if reject_id in self._rejected_ids:
-                return
-            self._rejected_ids.add(reject_id)
-            record["id"] = reject_id
-        self._rejects.write(orjson.dumps(record) + b"\n")
+        self._rejects.add(record, reject_id)
 
     def close(self) -> None:
-        if self._rejects is not None:
-            self._rejects.close()
-            self._rejects = None
+        self._rejects.close()
 
 
-def _recorded_ids(path: Path) -> set[str]:
-    """The ids of the rejected lines a reject file holds (lines without one are skipped)."""
-    ids: set[str] = set()
-    try:
-        handle = open(path, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        return ids
-    with handle:
-        for raw in handle:
-            if b'"id":' not in raw:
-                continue
-            try:
-                value = orjson.loads(raw).get("id")
-            except (orjson.JSONDecodeError, AttributeError):
-                continue  # a torn last line
-            if isinstance(value, str):
-                ids.add(value)
-    return ids
+def split_lines(read: Callable[[int], bytes], max_line_bytes: int) -> Iterator[bytes | None]:
+    """The lines of a stream read with ``read(n)``, without their ``\\n``; None for a line
+    longer than ``max_line_bytes``, skipped without holding it: memory stays within one
+    read and one line, whatever the stream holds."""
+    partial = bytearray()
+    skipping = False
+    while chunk := read(_CHUNK_BYTES):
+        parts = chunk.split(b"\n")
+        tail = parts.pop()
+        for index, part in enumerate(parts):
+            if index == 0 and (skipping or partial):
+                if skipping:
+                    skipping = False
+                    yield None
+                    continue
+                partial += part
+                part, partial = bytes(partial), bytearray()
+            yield part if len(part) <= max_line_bytes else None
+        if skipping:
+            continue
+        if len(partial) + len(tail) > max_line_bytes:
+            skipping, partial = True, bytearray()
+        else:
+            partial += tail
+    if skipping:
+        yield None
+    elif partial:
+        yield bytes(partial)
 
 
-def open_lines(path: str) -> Iterator[tuple[int, str]]:
+def open_lines(path: str, max_line_bytes: int) -> Iterator[tuple[int, str | None]]:
     """``(line number, text)`` of the non-blank lines of a plain or gzipped file, or of
-    standard input for ``-``; numbers count every line from 1, blank ones too."""
+    standard input for ``-``; numbers count every line from 1, blank ones too. The text is
+    None for a line longer than ``max_line_bytes`` (skipped in bounded memory, however
+    long, and however well a gzip stream compresses)."""
     if path == "-":
-        stream: IO[bytes] | io.BufferedIOBase = sys.stdin.buffer
+        stream: IO[bytes] | gzip.GzipFile = sys.stdin.buffer
         close = False
     else:
         raw = open(path, "rb")  # noqa: SIM115
-        stream = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
+        gzipped = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
         close = True
+    read = getattr(stream, "read1", stream.read)
     try:
-        # typeshed wants a raw stream for BufferedReader; anything with readinto works
-        lines = io.BufferedReader(stream) if close else stream  # type: ignore[type-var]
-        for number, raw_line in enumerate(lines, 1):
-            text = raw_line.rstrip(b"\n").rstrip(b"\r").decode("utf-8", errors="replace")
+        for number, raw_line in enumerate(split_lines(read, max_line_bytes), 1):
+            if raw_line is None:
+                yield number, None
+                continue
+            text = raw_line.rstrip(b"\r").decode("utf-8", errors="replace")
             if text.strip():
                 yield number, text
     finally:

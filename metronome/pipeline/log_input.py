@@ -107,7 +107,10 @@ async def import_files(
     async with _into_store(settings, progress) as (converter, target):
         for path in paths:
             try:
-                for number, text in open_lines(path):
+                for number, text in open_lines(path, settings.max_line_bytes):
+                    if text is None:
+                        converter.too_long(path, number, identity=f"\0{path}\0{number}")
+                        continue
                     parsed = converter.parse(text)
                     if isinstance(parsed, Reject):
                         converter.reject(parsed, text, path, number, identity=f"{text}\0{number}")
@@ -164,7 +167,12 @@ async def ship_files(
     positions = PositionFile(Path(settings.data_dir) / "ship-positions.json")
     saved = positions.load()
     followers = {
-        str(p): Follower(p, saved.get(str(p.resolve())) or saved.get(str(p)), from_end=from_end)
+        str(p): Follower(
+            p,
+            saved.get(str(p.resolve())) or saved.get(str(p)),
+            from_end=from_end,
+            max_line_bytes=settings.max_line_bytes,
+        )
         for p in paths
     }
     writer = SpoolWriter(
@@ -191,6 +199,10 @@ async def ship_files(
                 received_ms = int(time.time() * 1000)
                 documents = []
                 for line in lines:
+                    if line.too_long:
+                        identity = f"{line.source_id}\0{line.offset}"
+                        converter.too_long(line.source_id, line.offset, identity=identity)
+                        continue
                     document, parsed = converter.convert(
                         line.text, line.source_id, line.offset, received_ms
                     )

@@ -26,6 +26,7 @@ import orjson
 from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.events.document import Document
+from metronome.files import open_private
 from metronome.pipeline import metrics
 from metronome.pipeline.records import scan
 from metronome.pipeline.spool import read_position, segments, spool_dir, try_seal
@@ -64,8 +65,7 @@ class Shipper:
         self._lock_handle: object | None = None
 
     def _take_lock(self, wait: bool) -> bool:
-        self._dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self._dir / "shipper.lock", "a")  # noqa: SIM115 - held while running
+        handle = open_private(self._dir / "shipper.lock", "ab")  # held while running
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -154,7 +154,8 @@ class Shipper:
     def _write_position(segment: Path, position: int) -> None:
         # not fsynced on purpose: a lost position re-sends a batch, stored once anyway
         temporary = segment.with_suffix(".pos.tmp")
-        temporary.write_text(str(position))
+        with open_private(temporary, "wb") as handle:
+            handle.write(str(position).encode())
         os.replace(temporary, segment.with_suffix(".pos"))
 
     async def store_documents(self, documents: list[Document], stop: asyncio.Event) -> bool:
@@ -214,7 +215,7 @@ class Shipper:
             + b"\n"
             for d, reason in refused
         )
-        with open(self._dead_letters, "ab") as handle:
+        with open_private(self._dead_letters, "ab") as handle:
             handle.write(lines)
             handle.flush()
             os.fsync(handle.fileno())

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metronome.errors import SpoolFull, StoreUnavailable
+from metronome.files import FILE_MODE, private_dir
 
 __all__ = [
     "Backlog",
@@ -249,11 +250,11 @@ class SpoolWriter:
 
     # -- disk ------------------------------------------------------------------------------
     def _open_segment(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self._dir)
         self._seq += 1
         name = f"{int(time.time() * 1000)}-{self._pid}-{self._seq}"
         temporary = self._dir / (name + ".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, FILE_MODE)
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.rename(temporary, self._dir / (name + SEGMENT_SUFFIX))
         self._fd, self._size = fd, 0

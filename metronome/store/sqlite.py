@@ -26,6 +26,7 @@ from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.events import fields as F
 from metronome.events.document import Document
+from metronome.files import create_private, open_private
 from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
 from metronome.store.query import GroupQuery
 from metronome.store.sqlite_query import COLUMNS as QUERY_COLUMNS
@@ -95,7 +96,7 @@ def _value(value: Any) -> Any:
 @contextlib.contextmanager
 def setup_lock(path: Path) -> Iterator[None]:
     """Serialise first-time setup (WAL switch, schema) between server processes."""
-    with open(path.with_suffix(".lock"), "a") as handle:
+    with open_private(path.with_suffix(".lock"), "ab") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -109,8 +110,13 @@ def connect(path: Path) -> sqlite3.Connection:
     Autocommit mode (``isolation_level=None``): callers say ``BEGIN IMMEDIATE`` when they
     write more than one statement. Usable from one thread at a time.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     with setup_lock(path):
+        if not path.exists():
+            # SQLite gives its -wal and -shm files the database file's mode. Only a file
+            # that does not exist yet is touched: closing any descriptor of an open
+            # database drops every POSIX lock this process holds on it, so a connection
+            # elsewhere would take the file for unused and delete the -wal being written
+            create_private(path)
         conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA journal_mode = WAL")
