@@ -159,8 +159,14 @@ def _check_job_sites(settings: Settings) -> None:
         f"METRONOME_RETENTION ({s}=...)": s for s in RetentionPolicy.parse(settings.retention).sites
     }
     if settings.forward:
+        from metronome.pipeline.forward_input import forward_config_problem
+
+        if problem := forward_config_problem(settings):
+            fail(problem)
         _check_url_rules(settings)
         named["METRONOME_LOG_SITE"] = settings.log_site
+        for site, _ in settings.forward_site_keys:
+            named[f"METRONOME_FORWARD_SITE_KEYS ({site}=...)"] = site
     if not named:
         return
 
@@ -375,7 +381,7 @@ def settings_cmd(markdown: bool) -> None:
     settings = _settings()
     for setting in settings_reference():
         value = getattr(settings, setting.name)
-        if value is not None and setting.secret:
+        if value not in (None, ()) and setting.secret:
             value = "(set, not shown)"
         elif setting.type == "table":
             value = dict(value)

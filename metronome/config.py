@@ -149,6 +149,21 @@ def _retention(raw: str) -> str:
     return ",".join(parts)
 
 
+def _site_keys(raw: str) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        site, sep, key = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError("give site=key pairs, comma-separated (the key is not shown)")
+        pairs.append((_site(site), key.strip()))
+    keys = [key for _, key in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("each site needs a key of its own: two sites share one")
+    return tuple(pairs)
+
+
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/?#]*):[^@/?#]*@")
 
 
@@ -394,6 +409,50 @@ class Settings:
     )
     forward_host: str = setting("127.0.0.1", "Address the forward-protocol input binds to.", _str)
     forward_port: int = setting("24224", "Port of the forward-protocol input.", _int(0, 65535))
+    # -- the forward input's credentials and bounds (issue 16) ------------------------------
+    forward_shared_key: str | None = setting(
+        "",
+        "Shared key of Fluentd's `<security>` handshake the forward input asks every"
+        " connection for; its records go to `METRONOME_LOG_SITE` (or, with"
+        " `METRONOME_FORWARD_RECORD_SITE`, to a tick's `site`). Unset with no"
+        " `METRONOME_FORWARD_SITE_KEYS`: no handshake, allowed on a loopback address only.",
+        _optional_str,
+        secret=True,
+    )
+    forward_site_keys: tuple[tuple[str, str], ...] = setting(
+        "",
+        "Per-site shared keys, `site=key` comma-separated: a connection that authenticates"
+        " with a site's key sends that site's ticks and access lines, whatever the records"
+        " say.",
+        _site_keys,
+        secret=True,
+    )
+    forward_record_site: bool = setting(
+        "off",
+        "Let a forwarded tick's `site` field choose its site (on/off), for connections whose"
+        " key names no site: only for a sender you trust with every site.",
+        _bool,
+    )
+    forward_max_frame_bytes: int = setting(
+        str(16 << 20),
+        "Largest forward-protocol frame, in bytes, as received and once decompressed; keep"
+        " Fluentd's `chunk_limit_size` below it.",
+        _int(1024, 1 << 30),
+    )
+    forward_max_frame_entries: int = setting(
+        "10000",
+        "Most entries in one forward-protocol frame, counted while decoding; keep Fluentd's"
+        " `chunk_limit_records` below it.",
+        _int(1, 1_000_000),
+    )
+    forward_connection_entries_per_s: int = setting(
+        "20000",
+        "Entries per second one forward connection is read at; a faster sender waits.",
+        _int(1, 10_000_000),
+    )
+    forward_max_connections: int = setting(
+        "64", "Forward-protocol connections open at once; more are closed.", _int(1, 100_000)
+    )
     log_format: str = setting(
         "combined",
         "Access-log format: `combined`, `common`, `main` (NGINX, with X-Forwarded-For),"

@@ -34,6 +34,22 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], str]] = [
     (("import", "{log}"), UNREACHABLE, "unreachable"),
     (("import", "{log}"), {"METRONOME_URL_RULES": "datasets/{id}"}, "URL rule 1"),
     (("worker",), {"METRONOME_FORWARD": "on", "METRONOME_URL_RULES": "/a/{x}"}, "URL rule 1"),
+    (
+        ("worker",),
+        {"METRONOME_FORWARD": "on", "METRONOME_FORWARD_HOST": "0.0.0.0"},
+        "is not a loopback address, and the forward input has no key: set"
+        " METRONOME_FORWARD_SHARED_KEY",
+    ),
+    (
+        ("worker",),
+        {"METRONOME_FORWARD": "on", "METRONOME_FORWARD_SITE_KEYS": "shop"},
+        "METRONOME_FORWARD_SITE_KEYS: give site=key pairs",
+    ),
+    (
+        ("serve",),
+        {"METRONOME_FORWARD": "on", "METRONOME_FORWARD_SITE_KEYS": "nosuch=k1"},
+        "'nosuch'",
+    ),
     (("ship",), {}, "PATHS"),
     (("ship", "{dir}"), {}, "is a directory"),
     (("ship", "--site", "nosuch", "{log}"), {}, "'nosuch'"),

@@ -141,6 +141,12 @@ def test_fluentd_nginx_and_the_shipper_agree_with_fluent_conf(resolved: dict[str
     shipper = Settings.from_env(_env(s["shipper"]))
     assert shipper.forward and shipper.forward_host == "0.0.0.0"
     assert shipper.forward_port == int(server.params["port"])
+    # a forward port reachable by the network asks for the key fluentd sends, and is
+    # published to no host (fluentd's own input only on loopback)
+    assert shipper.forward_shared_key
+    assert _env(s["fluentd"])["METRONOME_FORWARD_SHARED_KEY"] == shipper.forward_shared_key
+    assert "METRONOME_FORWARD_SHARED_KEY" in forward.one("security").params["shared_key"]
+    assert not shipper.forward_record_site and not shipper.forward_site_keys
 
     # archive: the bucket fluentd writes is the one minio-init creates and Metronome reads
     env = _env(s["fluentd"])

@@ -323,3 +323,18 @@ def test_the_image_is_the_official_fluentd_with_the_s3_plugin() -> None:
     assert re.search(r"^COPY fluent\.conf /fluentd/etc/fluent\.conf$", dockerfile, re.M)
     assert re.search(rf"^EXPOSE {FLUENTD_INPUT_PORT}$", dockerfile, re.M)
     assert re.findall(r"^USER\s+(\S+)", dockerfile, re.M)[-1] == "fluent"
+
+
+def test_the_forward_output_authenticates_with_the_shared_key_and_fits_the_limits(
+    forward_out: Directive,
+) -> None:
+    security = forward_out.one("security")
+    assert security.params["shared_key"] == "#{ENV.fetch('METRONOME_FORWARD_SHARED_KEY')}"
+    # Metronome's PONG carries its own hostname; Fluentd refuses one equal to self_hostname
+    assert security.params["self_hostname"] == "#{Socket.gethostname}"
+    buffer = forward_out.one("buffer")
+    defaults = Settings.from_env({})
+    assert int(buffer.params["chunk_limit_size"].removesuffix("m")) << 20 < (
+        defaults.forward_max_frame_bytes
+    )
+    assert int(buffer.params["chunk_limit_records"]) <= defaults.forward_max_frame_entries

@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import hashlib
 import logging
 import queue
 import socket
 import struct
 import threading
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -23,10 +26,13 @@ from fluent import asyncsender, sender
 from metronome.pipeline.forward_server import (
     ACCESS_TAG,
     TICK_TAG,
+    ForwardAuth,
     ForwardProtocolError,
     ForwardServer,
     decode_entries,
 )
+from metronome.pipeline.spool import SpoolWriter
+from tests.support.forward_client import ping_for
 
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
 T0_MS = T0 * 1000
@@ -63,11 +69,15 @@ class Collector:
 
     def __init__(self, failures: int = 0) -> None:
         self.frames: list[tuple[str, Entries]] = []
+        self.sites: list[str | None] = []  # the site each call's connection sends for
         self.failures = failures
         self.calls = 0
 
-    async def __call__(self, tag: str, entries: Entries, chunk: str | None) -> None:
+    async def __call__(
+        self, tag: str, entries: Entries, chunk: str | None, site: str | None = None
+    ) -> None:
         self.calls += 1
+        self.sites.append(site)
         if self.calls <= self.failures:
             raise RuntimeError("store is down")
         self.frames.append((tag, entries))
@@ -530,7 +540,9 @@ def test_close_lets_a_running_handler_finish_and_acknowledge() -> None:
         started, release = asyncio.Event(), asyncio.Event()
         handed_off: list[Entries] = []
 
-        async def slow_handler(tag: str, entries: Entries, chunk: str | None) -> None:
+        async def slow_handler(
+            tag: str, entries: Entries, chunk: str | None, site: str | None
+        ) -> None:
             started.set()
             await release.wait()
             handed_off.append(entries)
@@ -696,7 +708,7 @@ class ThreadedForwardServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
-        async def handler(tag: str, entries: Entries, chunk: str | None) -> None:
+        async def handler(tag: str, entries: Entries, chunk: str | None, site: str | None) -> None:
             self.received.put((tag, entries))
 
         self.server = ForwardServer("127.0.0.1", 0, handler)
@@ -807,3 +819,184 @@ def test_metronome_fluent_client_ticks_arrive_as_metronome_tick(
     assert tag == TICK_TAG
     assert record["id"] == "parks-dataset" and record["event"] == "download"
     assert record["format"] == "csv" and isinstance(record["ts"], int)
+
+
+# -- cost before work: entries, spool, connections, credentials ----------------------------
+
+
+def _bomb(entries: int) -> bytes:
+    """A CompressedPackedForward payload of ``entries`` tiny entries (8 bytes each)."""
+    one = pack([0, {"id": "x"}])
+    return gzip.compress(one * entries, compresslevel=9)
+
+
+@pytest.mark.parametrize("mode", ["Forward", "PackedForward", "CompressedPackedForward"])
+def test_a_frame_with_more_entries_than_the_limit_is_refused_without_an_ack(
+    mode: str, forward_log: list[logging.LogRecord]
+) -> None:
+    async def scenario() -> None:
+        collector = Collector()
+        entries = [[T0, {"n": i}] for i in range(101)]
+        packed = b"".join(pack(e) for e in entries)
+        bodies = {
+            "Forward": (entries, {}),
+            "PackedForward": (packed, {}),
+            "CompressedPackedForward": (gzip.compress(packed), {"compressed": "gzip"}),
+        }
+        body, option = bodies[mode]
+        async with serving(collector, max_frame_entries=100) as server:
+            async with peer(server.port) as client:
+                fits = [entries[:100], {"chunk": "fits"}]
+                await client.send(pack([TICK_TAG, *fits]))
+                await client.expect(ack("fits"))
+                await client.send(pack([TICK_TAG, body, {**option, "chunk": "too-many"}]))
+                await client.expect_closed_without_answer()
+        assert [len(e) for _, e in collector.frames] == [100]
+        assert any("more than 100" in m for m in _warnings(forward_log)), forward_log
+
+    run(scenario())
+
+
+def test_a_compressed_bomb_is_abandoned_at_the_entry_limit_without_inflating_it_all() -> None:
+    payload = _bomb(2_000_000)  # 16 MB of entries once inflated, under the default frame size
+    assert len(payload) < 24_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ForwardProtocolError, match="more than 10000 entries"):
+            decode_entries(
+                [TICK_TAG, payload, {"compressed": "gzip"}],
+                max_decompressed_bytes=16 << 20,
+                max_entries=10_000,
+            )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # less than the inflated payload alone: it was never inflated whole (nor decoded)
+    assert peak < 8 << 20, peak
+
+
+def test_frames_are_refused_unacknowledged_while_the_spool_is_over_its_limit(
+    tmp_path: Path, forward_log: list[logging.LogRecord]
+) -> None:
+    async def scenario() -> None:
+        writer = SpoolWriter(tmp_path / "spool", segment_max_bytes=1 << 20, max_total_bytes=4096)
+        collector = Collector()
+
+        async def spooling(tag: str, entries: Entries, chunk: str | None, site: str | None) -> None:
+            await collector(tag, entries, chunk, site)
+            await writer.append([b"x" * 3000])
+
+        def admit() -> str | None:
+            return None if writer.has_room() else "the spool is full"
+
+        async with serving(spooling, admit=admit) as server:
+            async with peer(server.port) as client:
+                for chunk in ("one", "two"):  # under the limit before each: both spooled
+                    await client.send(pack([TICK_TAG, [[T0, {"id": chunk}]], {"chunk": chunk}]))
+                    await client.expect(ack(chunk))
+            await asyncio.sleep(0.3)  # the writer re-reads the spool's size at most every 0.25 s
+            async with peer(server.port) as client:
+                await client.send(pack([TICK_TAG, [[T0, {"id": "three"}]], {"chunk": "three"}]))
+                await client.expect_closed_without_answer()
+        writer.close()
+        assert collector.calls == 2
+        assert any(
+            "forward_refused" in m and "the spool is full: closing without an ack" in m
+            for m in _warnings(forward_log)
+        )
+
+    run(scenario())
+
+
+def test_connections_past_the_limit_are_closed_and_the_open_ones_keep_working(
+    forward_log: list[logging.LogRecord],
+) -> None:
+    async def scenario() -> None:
+        collector = Collector()
+        async with serving(collector, max_connections=2) as server:
+            async with peer(server.port) as first, peer(server.port) as second:
+                await asyncio.sleep(0.05)
+                async with peer(server.port) as third:
+                    await third.expect_closed_without_answer()
+                await second.send(pack([TICK_TAG, T0, {"id": "b"}, {"chunk": "b"}]))
+                await second.expect(ack("b"))
+                await first.send(pack([TICK_TAG, T0, {"id": "a"}, {"chunk": "a"}]))
+                await first.expect(ack("a"))
+        assert any("2 connections are open" in m for m in _warnings(forward_log))
+
+    run(scenario())
+
+
+def test_a_connection_faster_than_its_entries_per_second_is_made_to_wait() -> None:
+    async def scenario() -> None:
+        collector = Collector()
+        frame = [[T0, {"n": i}] for i in range(500)]
+        async with serving(
+            collector, max_frame_entries=500, connection_entries_per_s=1000
+        ) as server:
+            async with peer(server.port) as client:
+                started = time.monotonic()
+                # 2 000 entries: a burst of one second's worth (1 000), then 1 000 a second
+                for n in range(4):
+                    await client.send(pack([TICK_TAG, frame, {"chunk": f"c{n}"}]))
+                    await client.expect(ack(f"c{n}"))
+                elapsed = time.monotonic() - started
+        assert elapsed >= 0.9, elapsed
+        assert len(collector.frames) == 4
+
+    run(scenario())
+
+
+async def _handshake(client: Peer, shared_key: str) -> list[Any]:
+    """Answer the server's HELO with a PING for ``shared_key``; return its PONG."""
+    unpacker = msgpack.Unpacker(raw=False)
+
+    async def receive() -> Any:
+        while True:
+            for message in unpacker:
+                return message
+            data = await asyncio.wait_for(client.reader.read(4096), WAIT_S)
+            assert data, "closed during the handshake"
+            unpacker.feed(data)
+
+    ping, nonce = ping_for(await receive(), shared_key, "test-client")
+    await client.send(pack(ping))
+    pong = await receive()
+    assert isinstance(pong, list) and pong[0] == "PONG"
+    if pong[1]:
+        digest = hashlib.sha512(
+            ping[2].encode() + pong[3].encode() + nonce + shared_key.encode()
+        ).hexdigest()
+        assert pong[4] == digest  # the server proves it knows the key too
+    return pong
+
+
+def test_the_shared_key_handshake_admits_the_right_keys_and_names_their_sites(
+    forward_log: list[logging.LogRecord],
+) -> None:
+    async def scenario() -> None:
+        collector = Collector()
+        auth = ForwardAuth({"all-sites-key": None, "shop-key": "shop"})
+        async with serving(collector, auth=auth) as server:
+            for key, chunk in (("all-sites-key", "k1"), ("shop-key", "k2")):
+                async with peer(server.port) as client:
+                    pong = await _handshake(client, key)
+                    assert pong[1] is True and pong[3] != "test-client"
+                    await client.send(pack([TICK_TAG, T0, {"id": "a"}, {"chunk": chunk}]))
+                    await client.expect(ack(chunk))
+            async with peer(server.port) as client:
+                pong = await _handshake(client, "guessed")
+                assert pong[1] is False and "shared key" in pong[2]
+                await client.expect_closed_without_answer()
+            async with peer(server.port) as client:  # no handshake: a frame at once
+                helo = msgpack.unpackb(await client.reader.read(4096), raw=False)
+                assert helo[0] == "HELO" and len(helo[1]["nonce"]) == 16
+                await client.send(pack([TICK_TAG, T0, {"id": "b"}, {"chunk": "b"}]))
+                await client.expect_closed_without_answer()
+        assert collector.sites == [None, "shop"]
+        warnings = _warnings(forward_log)
+        assert any("wrong shared key from 'test-client'" in m for m in warnings), warnings
+        assert any("expected [PING" in m for m in warnings), warnings
+        assert not any("guessed" in m for m in warnings)
+
+    run(scenario())

@@ -150,11 +150,13 @@ def test_forward_input_takes_fluent_logger_ticks_and_access_lines(tmp_path: Path
             },
         )
         fluent.close()
-        _wait_until(lambda: _downloads(server, "fwd", "2026-05-08") == {"csv": 1, "shp": 1})
+        expected = {"csv": 1, "shp": 1, "kml": 1}
+        _wait_until(lambda: _downloads(server, "fwd", "2026-05-08") == expected)
         with sqlite3.connect(server.data_dir / "metronome.sqlite3") as conn:
             stored = set(conn.execute("SELECT site_id, format FROM events WHERE item_id = 'fwd'"))
-        # a tick's site field picks its site, which must exist: with no sites, only default
-        assert stored == {("default", "csv"), ("default", "shp")}
+        # the connection's credentials (here none) decide the site, not a tick's site field:
+        # everything goes to METRONOME_LOG_SITE
+        assert stored == {("default", "csv"), ("default", "shp"), ("default", "kml")}
     finally:
         assert server.stop() == 0, server.log_tail()
 

@@ -36,7 +36,7 @@ async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
 
 async def _start_forward(settings: Settings) -> tuple[Any, Any, Any]:
     """The Fluentd forward-protocol input, spooling into this process's own segment."""
-    from metronome.pipeline.forward_input import ForwardRouter
+    from metronome.pipeline.forward_input import ForwardRouter, forward_auth
     from metronome.pipeline.forward_server import ForwardServer
     from metronome.pipeline.spool import SpoolWriter, spool_dir
 
@@ -47,7 +47,24 @@ async def _start_forward(settings: Settings) -> tuple[Any, Any, Any]:
     )
     router = ForwardRouter(settings, writer)
     await router.start()
-    server = ForwardServer(settings.forward_host, settings.forward_port, router)
+    limit = settings.spool_max_bytes
+
+    def admit() -> str | None:  # cost before work: a full spool refuses before decoding
+        if writer.has_room():
+            return None
+        return f"the spool is full (METRONOME_SPOOL_MAX_BYTES={limit})"
+
+    server = ForwardServer(
+        settings.forward_host,
+        settings.forward_port,
+        router,
+        max_frame_bytes=settings.forward_max_frame_bytes,
+        max_frame_entries=settings.forward_max_frame_entries,
+        connection_entries_per_s=settings.forward_connection_entries_per_s,
+        max_connections=settings.forward_max_connections,
+        admit=admit,
+        auth=forward_auth(settings),
+    )
     await server.start()
     log.info("forward_listening host=%s port=%d", settings.forward_host, server.port)
     return server, router, writer

@@ -100,7 +100,13 @@ class LineConverter:
         return self._parser.parse(text)
 
     def document(
-        self, parsed: ParsedLine, source_id: str | None, offset: int | None, received_ms: int
+        self,
+        parsed: ParsedLine,
+        source_id: str | None,
+        offset: int | None,
+        received_ms: int,
+        *,
+        site_id: str | None = None,
     ) -> Document:
         document = build_log_document(
             parsed,
@@ -110,7 +116,7 @@ class LineConverter:
             trusted_proxies=self._trusted,
             received_ms=received_ms,
             visitors=self._visitors,
-            site_id=self._site_id,
+            site_id=site_id or self._site_id,
         )
         source = document.source
         if source["bot"]:

@@ -1,9 +1,15 @@
 """Routing Fluentd forward-protocol records into the spool (runs in ``metronome worker``).
 
 Tags: ``*.tick`` records are ticks (as ``POST /tick`` takes them; the event time is the
-default ``ts``; the input is trusted, so a record's ``site`` field picks its site, else
-``METRONOME_LOG_SITE``); ``*.access`` records are access-log lines (``message`` or ``log`` holds
+default ``ts``); ``*.access`` records are access-log lines (``message`` or ``log`` holds
 the raw line, parsed with ``METRONOME_LOG_FORMAT``). Other tags are counted and dropped.
+
+The site of a record is decided by the connection's credentials, not by the record: a
+connection that authenticated with a key of ``METRONOME_FORWARD_SITE_KEYS`` sends that
+site's records; any other connection sends ``METRONOME_LOG_SITE``'s, unless
+``METRONOME_FORWARD_RECORD_SITE`` is on: then a tick's ``site`` field picks its site (the
+sender is trusted with every site). :func:`forward_config_problem` refuses a configuration
+that would let anyone who reaches the port in.
 
 A tick's site must exist (``metronome sites list``; with no sites at all, only
 ``default``), as for ``POST /tick``: a tick for another site would be stored where no
@@ -24,6 +30,7 @@ again, and is not acknowledged either: its entries get fresh ids.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import time
 import uuid
@@ -37,13 +44,14 @@ from metronome.events.tick import Limits, RequestInfo, build_tick
 from metronome.logs.ingest import LineConverter
 from metronome.logs.parse import Reject
 from metronome.pipeline import metrics
+from metronome.pipeline.forward_server import ForwardAuth
 from metronome.pipeline.records import encode_many
 from metronome.pipeline.spool import SpoolWriter
 from metronome.sites.cache import RegistryCache
 from metronome.sites.model import Snapshot
 from metronome.sites.registry import open_registry
 
-__all__ = ["ForwardRouter", "entry_event_id"]
+__all__ = ["ForwardRouter", "entry_event_id", "forward_auth", "forward_config_problem"]
 
 log = logging.getLogger("metronome.forward")
 
@@ -54,6 +62,42 @@ def entry_event_id(timestamp_ms: int, frame: str, position: int) -> str:
     lines' ids are made (:func:`metronome.logs.parse.build_log_document`)."""
     key = f"{frame}\0{position}".encode("utf-8", "surrogatepass")
     return f"{timestamp_ms & 0xFFFFFFFFFFFF:012x}" + hashlib.sha256(key).hexdigest()[:20]
+
+
+def _is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip()).is_loopback
+    except ValueError:
+        return False  # a name, or every address ("", 0.0.0.0): reachable from elsewhere
+
+
+def forward_config_problem(settings: Settings) -> str | None:
+    """Why the forward input must not start with ``settings`` (None: it may)."""
+    if settings.forward_shared_key or settings.forward_site_keys:
+        if settings.forward_shared_key in {key for _, key in settings.forward_site_keys}:
+            return (
+                "METRONOME_FORWARD_SHARED_KEY is also a key of METRONOME_FORWARD_SITE_KEYS:"
+                " give each its own"
+            )
+        return None
+    if not _is_loopback(settings.forward_host):
+        return (
+            f"METRONOME_FORWARD_HOST={settings.forward_host or '(every address)'} is not a"
+            " loopback address, and the forward input has no key: set"
+            " METRONOME_FORWARD_SHARED_KEY (or METRONOME_FORWARD_SITE_KEYS), and the same key"
+            " in Fluentd's <security> section, so that a reachable port is not an open door"
+        )
+    return None
+
+
+def forward_auth(settings: Settings) -> ForwardAuth | None:
+    """The handshake the forward input asks for (None: none, on a loopback address)."""
+    keys: dict[str, str | None] = {key: site for site, key in settings.forward_site_keys}
+    if settings.forward_shared_key:
+        keys[settings.forward_shared_key] = None
+    return ForwardAuth(keys) if keys else None
 
 
 def _site_exists(snapshot: Snapshot, site: str) -> bool:
@@ -71,6 +115,7 @@ class ForwardRouter:
         )
         self._converter = LineConverter(settings)
         self._site = settings.log_site
+        self._record_site = settings.forward_record_site
         self._sites = RegistryCache(
             open_registry(settings), settings.sites_cache_s, settings.data_dir
         )
@@ -79,27 +124,37 @@ class ForwardRouter:
         await self._sites.start()
 
     async def __call__(
-        self, tag: str, entries: list[tuple[int, dict[str, Any]]], chunk: str | None
+        self,
+        tag: str,
+        entries: list[tuple[int, dict[str, Any]]],
+        chunk: str | None,
+        site: str | None = None,
     ) -> None:
+        """Spool the documents of one frame; ``site``: the one the connection's key names."""
         received_ms = int(time.time() * 1000)
         documents: list[Document] = []
         kind = tag.rsplit(".", 1)[-1]
         # what the ids of this frame's entries are made of (with their position)
         frame = f"forward\0{tag}\0{chunk}" if chunk else f"forward\0{uuid.uuid4().hex}"
-        snapshot = await self._sites.get() if kind == "tick" else None
+        # the sites: for ticks, and for access lines a key sends for one site
+        needs_sites = kind == "tick" or (kind == "access" and site is not None)
+        snapshot = await self._sites.get() if needs_sites else None
         for position, (time_ms, record) in enumerate(entries):
-            if snapshot is not None:
+            if kind == "tick":
+                assert snapshot is not None
                 tick = record if "ts" in record else {**record, "ts": time_ms}
-                site = record.get("site") or self._site
-                if not isinstance(site, str) or not _site_exists(snapshot, site):
+                chosen = site or (
+                    (record.get("site") or self._site) if self._record_site else self._site
+                )
+                if not isinstance(chosen, str) or not _site_exists(snapshot, chosen):
                     metrics.REJECTED.labels("unknown_site").inc()
                     log.warning(
-                        "forward_tick_rejected tag=%s error=no site %r", tag, str(site)[:64]
+                        "forward_tick_rejected tag=%s error=no site %r", tag, str(chosen)[:64]
                     )
                     continue
                 try:
                     document = build_tick(
-                        tick, RequestInfo(received_ms, None, None, site), self._limits
+                        tick, RequestInfo(received_ms, None, None, chosen), self._limits
                     )
                 except BadRequest as exc:
                     metrics.REJECTED.labels(exc.code).inc()
@@ -115,12 +170,20 @@ class ForwardRouter:
                 if not isinstance(line, str):
                     metrics.REJECTED.labels("no_message").inc()
                     continue
+                if snapshot is not None and site and not _site_exists(snapshot, site):
+                    metrics.REJECTED.labels("unknown_site").inc()
+                    log.warning("forward_line_rejected tag=%s error=no site %r", tag, site)
+                    continue
                 parsed = self._converter.parse(line)
                 if isinstance(parsed, Reject):
                     self._converter.reject(parsed, line, f"forward:{tag}", None)
                     metrics.REJECTED.labels(parsed.reason).inc()
                     continue
-                documents.append(self._converter.document(parsed, frame, position, received_ms))
+                documents.append(
+                    self._converter.document(
+                        parsed, frame, position, received_ms, site_id=site or self._site
+                    )
+                )
             else:
                 metrics.REJECTED.labels("unknown_tag").inc()
         if documents:

@@ -34,12 +34,28 @@ Routing convention (applied by the handler, not here):
   ``{"message": "<the raw line>"}`` (Fluentd ``in_tail`` with ``<parse> @type none``) or
   the fields a Fluentd parser already extracted.
 
-What is not supported: the handshake of Fluentd's ``<security>`` section (HELO, PING,
-PONG with ``shared_key``/users) - turn ``<security>`` off on the sending side, and keep the
-port on a trusted network; TLS; UDP heartbeats (use Fluentd's default ``heartbeat_type
+Authentication (:class:`ForwardAuth`): the handshake of Fluentd's ``<security>`` section.
+The server opens every connection with ``["HELO", {"nonce", "auth", "keepalive"}]``; the
+client answers ``["PING", hostname, salt, sha512_hex(salt + hostname + nonce + shared_key),
+"", ""]``, and the server accepts it with ``["PONG", true, "", its hostname,
+sha512_hex(salt + its hostname + nonce + shared_key)]`` or refuses it with ``["PONG",
+false, reason, ...]`` and closes. Several keys may be accepted, each naming the site its
+connections send for (the handler's ``site``). User names and passwords (``<user>``) are
+not supported: give each sender its own key instead.
+
+Cost before work: a frame is checked against ``admit`` (the spool has room) before it is
+decoded; it is bounded in bytes (``max_frame_bytes``, as received and once inflated) and in
+entries (``max_frame_entries``, counted while decoding: a compressed payload is inflated a
+piece at a time and abandoned at the first entry past the limit); a connection's entries
+are handed off at most ``connection_entries_per_s`` per second (a faster sender waits, and
+TCP makes it wait in turn); and at most ``max_connections`` connections are open at once.
+A refused frame is never acknowledged; the reason is logged and the connection closed.
+
+What is not supported: TLS; UDP heartbeats (use Fluentd's default ``heartbeat_type
 transport``, or ``tcp``: a TCP heartbeat is a connection opened and closed, which is
 harmless here); the JSON variant of the protocol. Keep Fluentd's ``chunk_limit_size``
-below ``max_frame_bytes``: a larger chunk is refused every time it is sent.
+below ``max_frame_bytes`` and ``chunk_limit_records`` below ``max_frame_entries``: a larger
+chunk is refused every time it is sent.
 
 Text: msgpack ``str`` and ``bin`` values in records both become Python ``str`` (to Fluentd
 both are Ruby Strings); bytes that are not UTF-8 become U+FFFD.
@@ -49,13 +65,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import math
+import secrets
+import socket
 import struct
 import time
 import zlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -64,6 +84,7 @@ __all__ = [
     "ACCESS_TAG",
     "TICK_TAG",
     "EventTime",
+    "ForwardAuth",
     "ForwardHandler",
     "ForwardProtocolError",
     "ForwardServer",
@@ -75,14 +96,18 @@ log = logging.getLogger("metronome.forward")
 TICK_TAG = "metronome.tick"
 ACCESS_TAG = "metronome.access"
 
-ForwardHandler = Callable[[str, list[tuple[int, dict[str, Any]]], str | None], Awaitable[None]]
-"""``await handler(tag, [(time_ms, record), ...], chunk)``: ``chunk`` is the frame's
+ForwardHandler = Callable[
+    [str, list[tuple[int, dict[str, Any]]], str | None, str | None], Awaitable[None]
+]
+"""``await handler(tag, [(time_ms, record), ...], chunk, site)``: ``chunk`` is the frame's
 ``chunk`` option (Fluentd's id of the buffer chunk, the same when a chunk is sent again;
-bin as Latin-1 text), or None."""
+bin as Latin-1 text), or None; ``site`` is the site the connection's shared key names, or
+None (no handshake, or a key that names no site)."""
 
 _EVENT_TIME_EXT = 0
 _MAX_RECORD_DEPTH = 200  # msgpack's own limit is 1024; Python's recursion limit is lower
 _READ_SIZE = 64 * 1024
+_PING_MAX_BYTES = 8192  # a PING is a few hundred bytes
 
 
 class ForwardProtocolError(Exception):
@@ -116,15 +141,18 @@ def _is_array(value: Any) -> bool:
     )
 
 
-def _unpacker(max_buffer_size: int) -> msgpack.Unpacker:
+def _unpacker(max_buffer_size: int, max_array_len: int = -1) -> msgpack.Unpacker:
     # surrogateescape keeps a PackedForward payload sent as msgpack str (older clients)
     # byte-exact; _clean() turns any undecodable text in records into U+FFFD.
+    # max_array_len: a Forward frame's entries are counted by the decoder, before any
+    # of them is built (-1: msgpack's default, bounded by the buffer)
     return msgpack.Unpacker(
         raw=False,
         ext_hook=_ext_hook,
         strict_map_key=False,
         unicode_errors="surrogateescape",
         max_buffer_size=max(max_buffer_size, 1),
+        max_array_len=max_array_len,
     )
 
 
@@ -224,45 +252,63 @@ def _entry(value: Any, now_ms: int, where: str) -> tuple[int, dict[str, Any]]:
     return _time_ms(value[0], now_ms, where), _record(value[1], where)
 
 
-def _gunzip(data: bytes, limit: int | None) -> bytes:
-    """Every gzip member of ``data`` (Fluentd appends one per write), at most ``limit``."""
-    out = bytearray()
+def _inflated(data: bytes, limit: int | None) -> Iterator[bytes]:
+    """Every gzip member of ``data`` (Fluentd appends one per write), inflated a piece of
+    at most ``_READ_SIZE`` bytes at a time; raises past ``limit`` bytes in all, having
+    inflated no more than one piece beyond it."""
+    total = 0
     while data:
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        try:
-            if limit is None:
-                out += inflater.decompress(data)
-            else:
-                out += inflater.decompress(data, limit + 1 - len(out))
-        except zlib.error as exc:
-            raise ForwardProtocolError(f"CompressedPackedForward: bad gzip data ({exc})") from None
-        if limit is not None and (len(out) > limit or inflater.unconsumed_tail):
-            raise ForwardProtocolError(
-                f"CompressedPackedForward: more than {limit} bytes once decompressed"
-            )
-        if not inflater.eof:
-            raise ForwardProtocolError("CompressedPackedForward: gzip data is truncated")
+        pending = data
+        while not inflater.eof:
+            try:
+                piece = inflater.decompress(pending, _READ_SIZE)
+            except zlib.error as exc:
+                raise ForwardProtocolError(
+                    f"CompressedPackedForward: bad gzip data ({exc})"
+                ) from None
+            total += len(piece)
+            if limit is not None and total > limit:
+                raise ForwardProtocolError(
+                    f"CompressedPackedForward: more than {limit} bytes once decompressed"
+                )
+            pending = inflater.unconsumed_tail
+            if not piece and not pending and not inflater.eof:
+                raise ForwardProtocolError("CompressedPackedForward: gzip data is truncated")
+            if piece:
+                yield piece
         data = inflater.unused_data
-    return bytes(out)
 
 
-def _packed_entries(payload: bytes, now_ms: int, mode: str) -> list[tuple[int, dict[str, Any]]]:
-    unpacker = _unpacker(len(payload))
-    unpacker.feed(payload)
-    entries = []
-    end = 0  # tell() also counts the bytes of an incomplete object: note complete ends
+def _packed_entries(
+    pieces: Iterable[bytes],
+    now_ms: int,
+    mode: str,
+    *,
+    max_entries: int | None,
+    buffer_bytes: int,
+) -> list[tuple[int, dict[str, Any]]]:
+    """The entries packed back to back in ``pieces`` (read one after the other, never
+    joined): stops at the first entry past ``max_entries``."""
+    unpacker = _unpacker(buffer_bytes)
+    entries: list[tuple[int, dict[str, Any]]] = []
+    fed = end = 0  # tell() also counts the bytes of an incomplete object: note complete ends
     try:
-        for index, value in enumerate(unpacker):
-            end = unpacker.tell()
-            entries.append(_entry(value, now_ms, f"{mode} entry {index}"))
+        for piece in pieces:
+            unpacker.feed(piece)
+            fed += len(piece)
+            for value in unpacker:
+                end = unpacker.tell()
+                if max_entries is not None and len(entries) >= max_entries:
+                    raise ForwardProtocolError(f"{mode}: more than {max_entries} entries")
+                entries.append(_entry(value, now_ms, f"{mode} entry {len(entries)}"))
     except ForwardProtocolError:
         raise
     except Exception as exc:  # noqa: BLE001 - any undecodable byte is a malformed frame
         raise ForwardProtocolError(f"{mode}: entries are not valid msgpack ({exc!r})") from None
-    if end != len(payload):
+    if end != fed:
         raise ForwardProtocolError(
-            f"{mode}: entries end in an incomplete msgpack object "
-            f"({len(payload) - end} bytes left over)"
+            f"{mode}: entries end in an incomplete msgpack object ({fed - end} bytes left over)"
         )
     return entries
 
@@ -284,14 +330,19 @@ def _option(value: Any) -> dict[str, Any] | None:
 
 
 def decode_entries(
-    message: Any, *, now_ms: int | None = None, max_decompressed_bytes: int | None = None
+    message: Any,
+    *,
+    now_ms: int | None = None,
+    max_decompressed_bytes: int | None = None,
+    max_entries: int | None = None,
 ) -> tuple[str, list[tuple[int, dict[str, Any]]], dict[str, Any] | None]:
     """One decoded forward-protocol frame to ``(tag, [(time_ms, record), ...], option)``.
 
     ``message`` is the msgpack array as unpacked (EventTime either as :class:`EventTime`
     or as ``msgpack.ExtType(0, ...)``). ``now_ms`` stands in for times of ``0``/nil
     (default: the clock). ``max_decompressed_bytes`` bounds a CompressedPackedForward
-    payload after gunzip. Raises :class:`ForwardProtocolError` saying what is wrong.
+    payload after gunzip, ``max_entries`` the entries of any frame (counted as they are
+    decoded). Raises :class:`ForwardProtocolError` saying what is wrong.
     """
     if not _is_array(message):
         raise ForwardProtocolError(f"a frame must be a msgpack array, got {_kind(message)}")
@@ -321,6 +372,8 @@ def decode_entries(
                 f"Forward mode is [tag, entries, option?], got {len(message)} items"
             )
         option = _option(message[2] if len(message) == 3 else None)
+        if max_entries is not None and len(body) > max_entries:
+            raise ForwardProtocolError(f"Forward: more than {max_entries} entries")
         entries = [_entry(e, now_ms, f"Forward entry {i}") for i, e in enumerate(body)]
         return tag, entries, option
 
@@ -333,13 +386,26 @@ def decode_entries(
         payload = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else body
         compressed = (option or {}).get("compressed", "text")
         if compressed == "gzip":
-            payload = _gunzip(payload, max_decompressed_bytes)
-            return tag, _packed_entries(payload, now_ms, "CompressedPackedForward"), option
+            entries = _packed_entries(
+                _inflated(payload, max_decompressed_bytes),
+                now_ms,
+                "CompressedPackedForward",
+                max_entries=max_entries,
+                buffer_bytes=max_decompressed_bytes or (1 << 31) - 1,
+            )
+            return tag, entries, option
         if compressed != "text":
             raise ForwardProtocolError(
                 f"option 'compressed' must be 'gzip' or 'text', got {compressed!r}"
             )
-        return tag, _packed_entries(payload, now_ms, "PackedForward"), option
+        entries = _packed_entries(
+            (payload,),
+            now_ms,
+            "PackedForward",
+            max_entries=max_entries,
+            buffer_bytes=len(payload),
+        )
+        return tag, entries, option
 
     # Message
     if len(message) < 3:
@@ -359,8 +425,59 @@ def _chunk_text(chunk: str | bytes | None) -> str | None:
 # -- server ----------------------------------------------------------------------------
 
 
+def _default_hostname() -> str:
+    # not the machine's name alone: Fluentd refuses a PONG from its own self_hostname
+    return f"metronome@{socket.gethostname()}"
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardAuth:
+    """The shared keys the server accepts in Fluentd's handshake (``<security>``), each
+    with the site its connections send for (None: the key names no site)."""
+
+    keys: Mapping[str, str | None]
+    hostname: str = field(default_factory=_default_hostname)
+    timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.keys or not all(self.keys):
+            raise ValueError("ForwardAuth needs at least one shared key, none of them empty")
+
+
+def _digest(*parts: bytes) -> str:
+    return hashlib.sha512(b"".join(parts)).hexdigest()
+
+
+def _wire_bytes(value: Any) -> bytes | None:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    return None
+
+
+class _Refused(Exception):
+    """The connection is closed: ``reason`` says why (logged by the caller)."""
+
+    def __init__(self, reason: str, level: int = logging.WARNING) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.level = level
+
+
 class _Connection:
-    __slots__ = ("busy", "fed", "frame_end", "peer", "task", "unpacker", "writer")
+    __slots__ = (
+        "busy",
+        "fed",
+        "frame_end",
+        "peer",
+        "refilled",
+        "site",
+        "task",
+        "tokens",
+        "unpacker",
+        "writer",
+    )
 
     def __init__(
         self,
@@ -368,6 +485,8 @@ class _Connection:
         writer: asyncio.StreamWriter,
         peer: str,
         max_frame_bytes: int,
+        max_array_len: int,
+        tokens: float,
     ) -> None:
         self.task = task
         self.writer = writer
@@ -375,17 +494,24 @@ class _Connection:
         self.busy = False  # handing a frame off: close() lets it finish
         # max_buffer_size alone does not bound a frame (msgpack drops what it has parsed),
         # so frames are measured here: bytes received against where the last frame ended.
-        self.unpacker = _unpacker(max_frame_bytes + _READ_SIZE)
+        self.unpacker = _unpacker(max_frame_bytes + _READ_SIZE, max_array_len)
         self.fed = 0
         self.frame_end = 0
+        self.site: str | None = None  # the site the connection's credentials name
+        self.tokens = tokens  # entries it may hand off now (refilled with time)
+        self.refilled = time.monotonic()
 
 
 class ForwardServer:
     """Listens for forward-protocol frames and hands their entries to ``handler``.
 
-    ``await handler(tag, [(time_ms, record), ...], chunk)`` runs once per frame (frames with no
-    entries are acknowledged without calling it). ``max_frame_bytes`` bounds one frame as
-    received and a compressed payload once decompressed.
+    ``await handler(tag, [(time_ms, record), ...], chunk, site)`` runs once per frame
+    (frames with no entries are acknowledged without calling it). ``max_frame_bytes``
+    bounds one frame as received and a compressed payload once decompressed;
+    ``max_frame_entries`` its entries. ``connection_entries_per_s`` paces each connection
+    (None: no pacing); ``max_connections`` bounds the connections open at once; ``admit``
+    returns a reason to refuse frames now (checked before each frame is decoded), or None;
+    ``auth`` asks every connection for a shared key first.
     """
 
     def __init__(
@@ -395,13 +521,25 @@ class ForwardServer:
         handler: ForwardHandler,
         *,
         max_frame_bytes: int = 16 << 20,
+        max_frame_entries: int = 10_000,
+        connection_entries_per_s: float | None = None,
+        max_connections: int = 64,
+        admit: Callable[[], str | None] | None = None,
+        auth: ForwardAuth | None = None,
     ) -> None:
-        if max_frame_bytes < 1:
-            raise ValueError("max_frame_bytes must be positive")
+        if max_frame_bytes < 1 or max_frame_entries < 1 or max_connections < 1:
+            raise ValueError("max_frame_bytes, max_frame_entries and max_connections: >= 1")
+        if connection_entries_per_s is not None and connection_entries_per_s <= 0:
+            raise ValueError("connection_entries_per_s must be positive")
         self.host = host
         self._requested_port = port
         self._handler = handler
         self.max_frame_bytes = max_frame_bytes
+        self.max_frame_entries = max_frame_entries
+        self.connection_entries_per_s = connection_entries_per_s
+        self.max_connections = max_connections
+        self._admit = admit
+        self._auth = auth
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._closing = False
@@ -444,16 +582,43 @@ class ForwardServer:
             await asyncio.gather(*tasks, return_exceptions=True)
         await server.wait_closed()
 
+    def _capacity(self) -> float:
+        rate = self.connection_entries_per_s or 0.0
+        return max(rate, float(self.max_frame_entries))
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
-        conn = _Connection(task, writer, peer, self.max_frame_bytes)
+        if len(self._connections) >= self.max_connections:
+            log.warning(
+                "forward_refused peer=%s reason=%d connections are open"
+                " (METRONOME_FORWARD_MAX_CONNECTIONS): closing",
+                peer,
+                len(self._connections),
+            )
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return
+        conn = _Connection(
+            task,
+            writer,
+            peer,
+            self.max_frame_bytes,
+            max(self.max_frame_entries, 8),
+            self._capacity(),
+        )
         self._connections.add(conn)
         try:
             if not self._closing:
-                await self._read_frames(reader, conn)
+                first = b""
+                if self._auth is not None:
+                    first = await self._handshake(reader, conn, self._auth)
+                await self._read_frames(reader, conn, first)
+        except _Refused as refused:
+            log.log(refused.level, "forward_refused peer=%s reason=%s", peer, refused.reason)
         except asyncio.CancelledError:
             pass
         except (ConnectionError, TimeoutError) as exc:
@@ -466,9 +631,72 @@ class ForwardServer:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
 
-    async def _read_frames(self, reader: asyncio.StreamReader, conn: _Connection) -> None:
+    async def _handshake(
+        self, reader: asyncio.StreamReader, conn: _Connection, auth: ForwardAuth
+    ) -> bytes:
+        """HELO, PING, PONG: sets ``conn.site``; returns the bytes read after the PING."""
+        nonce = secrets.token_bytes(16)
+        conn.writer.write(msgpack.packb(["HELO", {"nonce": nonce, "auth": b"", "keepalive": True}]))
+        await conn.writer.drain()
+        received = bytearray()
+        unpacker = msgpack.Unpacker(
+            raw=False, unicode_errors="surrogateescape", max_buffer_size=_PING_MAX_BYTES
+        )
+        deadline = time.monotonic() + auth.timeout_s
+        ping: Any = None
+        while ping is None:
+            remaining = deadline - time.monotonic()
+            try:
+                data = await asyncio.wait_for(reader.read(_READ_SIZE), max(remaining, 0.0))
+            except TimeoutError:
+                raise _Refused(f"no PING within {auth.timeout_s:g}s of the HELO") from None
+            if not data:  # a TCP heartbeat, or a client that gave up
+                raise _Refused("closed before the handshake", logging.INFO)
+            received += data
+            if len(received) > _PING_MAX_BYTES:
+                raise _Refused(f"handshake: a PING longer than {_PING_MAX_BYTES} bytes")
+            unpacker.feed(data)
+            try:
+                ping = unpacker.unpack()
+            except msgpack.OutOfData:
+                continue
+            except Exception as exc:  # noqa: BLE001 - undecodable bytes
+                raise _Refused(f"handshake: not a msgpack PING ({exc!r})") from None
+        rest = bytes(received[unpacker.tell() :])
+        if not (_is_array(ping) and len(ping) == 6 and ping[0] == "PING"):
+            raise _Refused(
+                "handshake: expected [PING, hostname, salt, digest, user, password digest]"
+                " (Fluentd <security> with a shared_key)"
+            )
+        hostname, salt, digest = (_wire_bytes(v) for v in ping[1:4])
+        if hostname is None or salt is None or digest is None:
+            raise _Refused("handshake: PING hostname, salt and digest must be strings")
+        matched: tuple[str, str | None] | None = None
+        for key, site in auth.keys.items():
+            expected = _digest(salt, hostname, nonce, key.encode()).encode()
+            if hmac.compare_digest(expected, digest) and matched is None:
+                matched = (key, site)
+        ours = auth.hostname.encode()
+        if matched is None:
+            conn.writer.write(
+                msgpack.packb(["PONG", False, "shared key mismatch", auth.hostname, ""])
+            )
+            with contextlib.suppress(ConnectionError):
+                await conn.writer.drain()
+            raise _Refused(f"wrong shared key from {hostname.decode('utf-8', 'replace')[:64]!r}")
+        key, conn.site = matched
+        pong = ["PONG", True, "", auth.hostname, _digest(salt, ours, nonce, key.encode())]
+        conn.writer.write(msgpack.packb(pong))
+        await conn.writer.drain()
+        return rest
+
+    async def _read_frames(
+        self, reader: asyncio.StreamReader, conn: _Connection, first: bytes = b""
+    ) -> None:
+        data = first
         while not self._closing:
-            data = await reader.read(_READ_SIZE)
+            if not data:
+                data = await reader.read(_READ_SIZE)
             if not data:
                 if conn.fed > conn.frame_end:
                     log.warning(
@@ -483,6 +711,21 @@ class ForwardServer:
                     return
             finally:
                 conn.busy = False
+            data = b""
+
+    async def _pace(self, conn: _Connection, entries: int) -> None:
+        """Wait until ``conn`` may hand off ``entries`` more (``connection_entries_per_s``)."""
+        rate = self.connection_entries_per_s
+        if rate is None:
+            return
+        now = time.monotonic()
+        conn.tokens = min(self._capacity(), conn.tokens + (now - conn.refilled) * rate)
+        conn.refilled = now
+        if conn.tokens >= entries:
+            conn.tokens -= entries
+            return
+        await asyncio.sleep((entries - conn.tokens) / rate)
+        conn.tokens, conn.refilled = 0.0, time.monotonic()
 
     async def _feed(self, conn: _Connection, data: bytes) -> bool:
         """Decode and hand off every complete frame; False when the connection must end."""
@@ -493,6 +736,8 @@ class ForwardServer:
             return self._too_large(conn)
         conn.fed += len(data)
         while not self._closing:
+            if self._admit is not None and (reason := self._admit()) is not None:
+                raise _Refused(f"{reason}: closing without an ack")
             try:
                 message = unpacker.unpack()
             except msgpack.OutOfData:
@@ -500,6 +745,16 @@ class ForwardServer:
             except ForwardProtocolError as exc:  # from the EventTime ext hook
                 log.warning("forward_protocol_error peer=%s: %s", conn.peer, exc)
                 return False
+            except ValueError as exc:
+                if "max_array_len" not in str(exc):
+                    log.warning(
+                        "forward_protocol_error peer=%s: not valid msgpack (%r)", conn.peer, exc
+                    )
+                    return False
+                raise _Refused(
+                    f"an array of more than {self.max_frame_entries} items (entries per"
+                    " frame: METRONOME_FORWARD_MAX_FRAME_ENTRIES)"
+                ) from None
             except Exception as exc:  # noqa: BLE001 - undecodable bytes: a protocol error
                 log.warning(
                     "forward_protocol_error peer=%s: not valid msgpack (%r)", conn.peer, exc
@@ -510,15 +765,19 @@ class ForwardServer:
                 return self._too_large(conn)
             try:
                 tag, entries, option = decode_entries(
-                    message, max_decompressed_bytes=self.max_frame_bytes
+                    message,
+                    max_decompressed_bytes=self.max_frame_bytes,
+                    max_entries=self.max_frame_entries,
                 )
             except ForwardProtocolError as exc:
                 log.warning("forward_protocol_error peer=%s: %s", conn.peer, exc)
                 return False
+            del message  # the decoded entries are what is kept
             chunk = option.get("chunk") if option else None
             if entries:
+                await self._pace(conn, len(entries))
                 try:
-                    await self._handler(tag, entries, _chunk_text(chunk))
+                    await self._handler(tag, entries, _chunk_text(chunk), conn.site)
                 except Exception:
                     log.exception(
                         "forward_handler_failed peer=%s tag=%s entries=%d: not "
