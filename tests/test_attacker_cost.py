@@ -246,3 +246,76 @@ def test_caches_never_key_on_long_client_text() -> None:
     after = [cache.cache_info().currsize for cache in caches]
     grown = [a - b for a, b in zip(after, before, strict=True)]
     assert grown[0] <= 1 and grown[1] <= 1 and grown[2] == 0, (before, after)
+
+
+INVALID_NDJSON = b"{not json}\n" * (4 * 1024 * 1024 // 11)  # 4 MiB, no valid line
+
+
+async def _batch_attack(
+    url: str, headers: dict[str, str], clients: int = 4, each: int = 5
+) -> tuple[list[float], list[int], list[float], list[str]]:
+    """``clients`` senders each POST the 4 MiB body ``each`` times while another client
+    asks /healthz; per-request times and statuses, /healthz latencies, error codes."""
+    stop = asyncio.Event()
+    latencies: list[float] = []
+
+    async def watch(client: httpx.AsyncClient) -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            resp = await client.get(f"{url}/healthz")
+            assert resp.status_code == 200
+            latencies.append(time.monotonic() - started)
+            await asyncio.sleep(0.02)
+
+    times: list[float] = []
+    statuses: list[int] = []
+    codes: list[str] = []
+
+    async def attack(client: httpx.AsyncClient) -> None:
+        for _ in range(each):
+            started = time.monotonic()
+            resp = await client.post(
+                f"{url}/ticks?site=cost",
+                content=INVALID_NDJSON,
+                headers={"Content-Type": "application/x-ndjson", **headers},
+            )
+            times.append(time.monotonic() - started)
+            statuses.append(resp.status_code)
+            codes.append(resp.json()["error"])
+
+    async with httpx.AsyncClient(timeout=60) as watcher, httpx.AsyncClient(timeout=60) as sender:
+        watching = asyncio.create_task(watch(watcher))
+        await asyncio.sleep(0.2)
+        await asyncio.gather(*(attack(sender) for _ in range(clients)))
+        stop.set()
+        await watching
+    return times, statuses, latencies, codes
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 401, "key_required"),  # no key, no page: refused before the body is read
+        ({"Origin": "https://shop.example"}, 400, "limit_exceeded"),  # a page: read, counted
+    ],
+    ids=["no-key-no-origin", "no-key-allowed-origin"],
+)
+def test_a_4_mib_batch_of_invalid_lines_is_refused_at_once_and_healthz_stays_quick(
+    served: MetronomeServer, headers: dict[str, str], status: int, code: str
+) -> None:
+    """Four clients at once, each sending 4 MiB of invalid NDJSON without a key, five
+    times. Before, each request held the worker's event loop for about 11 s (an error
+    built for every line before the batch limit refused it) and /healthz took 10 s; now
+    the lines are counted as they arrive and the first past METRONOME_MAX_BATCH_TICKS
+    refuses the body."""
+    times, statuses, latencies, codes = asyncio.run(_batch_attack(served.url, headers))
+    print(
+        f"\n4 MiB invalid NDJSON {sorted(headers) or 'bare'} x{len(times)}: {set(statuses)},"
+        f" median {statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms"
+        f" per request; /healthz max {max(latencies) * 1000:.0f} ms over {len(latencies)}"
+    )
+    assert set(statuses) == {status} and set(codes) == {code}
+    # bounds far above the figures (tens of ms) for a machine shared with other work,
+    # far below the 11 s and 10 s the attack cost before
+    assert max(times) < 3.0, times
+    assert max(latencies) < 2.0, latencies

@@ -147,7 +147,7 @@ def test_every_refused_event_is_counted_once_by_reason(world: SiteWorld) -> None
             {"Origin": "https://evil.example"},
             403,
             "origin_forbidden",
-            2,
+            1,  # refused before the body is read (cost before work)
         ),
         (
             "/ticks",
@@ -155,7 +155,7 @@ def test_every_refused_event_is_counted_once_by_reason(world: SiteWorld) -> None
             {"Authorization": "Bearer mk_nope"},
             401,
             "invalid_key",
-            3,
+            1,  # refused before the body is read (cost before work)
         ),
         ("/ticks", b"[{", {}, 400, "invalid_json", 1),
         ("/ticks", b"[]", {}, 400, "bad_request", 1),

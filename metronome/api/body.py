@@ -9,7 +9,7 @@ fast path's request (:mod:`metronome.api.fastpath`), which has the same ``get_he
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from typing import Any, Protocol
 
 import falcon.asgi
@@ -109,9 +109,16 @@ class Deadlines:
             self._sweeping = None
 
 
-async def read_body(req: BodyRequest, max_bytes: int, deadlines: Deadlines | None) -> bytes:
+async def read_body(
+    req: BodyRequest,
+    max_bytes: int,
+    deadlines: Deadlines | None,
+    *,
+    on_chunk: Callable[[bytes], None] | None = None,
+) -> bytes:
     """The whole body, refusing (413) anything over ``max_bytes`` before reading it all,
     and (408) a body that takes longer than ``deadlines.timeout_s`` to arrive.
+    ``on_chunk`` sees each chunk as it arrives, and may refuse the body by raising.
 
     ``deadlines`` has no default, so no route can forget it: pass
     ``Deadlines.of(settings.body_timeout_s)`` (None only where the server has no limit)."""
@@ -132,6 +139,8 @@ async def read_body(req: BodyRequest, max_bytes: int, deadlines: Deadlines | Non
                 raise PayloadTooLarge(
                     f"the body is over the limit of {max_bytes} bytes", limit=max_bytes
                 )
+            if on_chunk is not None:
+                on_chunk(chunk)
             chunks.append(chunk)
     except asyncio.CancelledError:
         if task is not None and deadlines.expired(task):  # type: ignore[union-attr]

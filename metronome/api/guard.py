@@ -197,16 +197,64 @@ class Guard:
         return Access(name, "key", key)
 
     async def precheck_ingest(self, req: falcon.asgi.Request, client_ip: str | None) -> None:
-        """Refuse (429) a client address whose bucket is empty before reading its body."""
-        if not self._per_ip.enabled or req.get_header("Authorization") is not None:
+        """What can be refused before a body is read (cost before work): a key that is
+        unknown or lacks the ingest scope; without a key, a request with no ``Origin``
+        (401) or from a page no site takes ticks from (the ``?site=`` one when named,
+        403); then a client address whose bucket is empty (429). :meth:`ingest` checks
+        the rest (the sites the ticks name) once the body is read."""
+        snapshot = await self._cache.get()
+        if snapshot.open:
             return
-        if (await self._cache.get()).open:
+        secret = _bearer(req)
+        if secret is not None:
+            key = snapshot.key_for(secret)
+            if key is None:
+                raise InvalidKey("the key is unknown or revoked")
+            if not key.allows("ingest"):
+                raise ScopeForbidden(
+                    f"{req.path} needs a key with the ingest (or admin) scope; this key has"
+                    f" {', '.join(sorted(key.scopes))}",
+                    scope="ingest",
+                )
+            return  # a key is limited per site, once the site is known
+        origin = req.get_header("Origin")
+        if origin is None:
+            raise KeyRequired(
+                "ticks without a key are taken from web pages only (with an Origin"
+                " header); a server sends 'Authorization: Bearer <key with the ingest"
+                " scope>'"
+            )
+        name = _site_param(req)
+        site = snapshot.sites.get(name) if name is not None else None
+        if site is not None and not site.allows_origin(origin):
+            raise OriginForbidden(
+                f"site {site.id!r} does not take ticks from pages at {origin[:200]!r};"
+                " allow the origin with `metronome sites update`",
+                origin=origin[:200],
+                site=site.id,
+            )
+        if name is None and not any(s.allows_origin(origin) for s in snapshot.sites.values()):
+            raise OriginForbidden(
+                f"no site takes ticks from pages at {origin[:200]!r}", origin=origin[:200]
+            )
+        if not self._per_ip.enabled:
             return
         try:
             self._per_ip.check(address_key(client_ip or "-"))
         except RateLimited:
             await self._allow_origin_of_refusal(req)
             raise
+
+    async def charge_refused(
+        self, req: falcon.asgi.Request, client_ip: str | None, count: int
+    ) -> None:
+        """Spend ``count`` from the client address's bucket for a body refused whole (too
+        many ticks) without a key: sending one again and again runs the bucket dry."""
+        if not self._per_ip.enabled or req.get_header("Authorization") is not None:
+            return
+        if (await self._cache.get()).open:
+            return
+        self._per_ip.spend(address_key(client_ip or "-"), count)
 
     async def _allow_origin_of_refusal(self, req: falcon.asgi.Request) -> None:
         """Let a page read a refusal when its origin may send ticks (the site is not

@@ -34,7 +34,7 @@ from metronome.pipeline import Pipeline, metrics
 from .body import Deadlines, decode_json, read_body, require_content_type, single_params
 from .guard import Access, Guard, named_sites
 
-__all__ = ["PIXEL_GIF", "Pixel", "Tick", "Ticks", "count_refused"]
+__all__ = ["PIXEL_GIF", "BatchLines", "Pixel", "Tick", "Ticks", "count_refused"]
 
 _ACCEPTED_TICK = metrics.ACCEPTED.labels("/tick")
 _ACCEPTED_TICKS = metrics.ACCEPTED.labels("/ticks")
@@ -186,8 +186,49 @@ def _image(resp: falcon.asgi.Response) -> None:
     resp.data = PIXEL_GIF
 
 
-def _split_batch(data: bytes) -> list[Any]:
-    """A JSON array, or NDJSON (one tick per line). Bad NDJSON lines become errors in place."""
+def _too_many(limit: int, seen: str) -> LimitExceeded:
+    return LimitExceeded(
+        f"a batch may hold at most {limit} ticks; this one has {seen}", limit=limit
+    )
+
+
+class BatchLines:
+    """Counts an NDJSON body's ticks (its non-blank lines) while it arrives, and refuses
+    it (``LimitExceeded``) with the first chunk that takes it past ``limit``: the rest of
+    the body is never read. A JSON array (``[`` first) is counted once decoded."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0  # the non-blank lines that ended so far
+        self._ndjson: bool | None = None
+        self._open_line = False  # the last chunk ended inside a non-blank line
+
+    def feed(self, chunk: bytes) -> None:
+        if self._ndjson is None:
+            head = chunk.lstrip()
+            if not head:
+                return
+            self._ndjson = not head.startswith(b"[")
+        if not self._ndjson:
+            return
+        *ended, tail = chunk.split(b"\n")
+        for line in ended:
+            if self._open_line or line.strip():
+                self.count += 1
+            self._open_line = False
+        self._open_line = self._open_line or bool(tail.strip())
+        if self.seen > self.limit:
+            raise _too_many(self.limit, f"at least {self.seen}")
+
+    @property
+    def seen(self) -> int:
+        """The ticks seen so far (a line still arriving counts)."""
+        return self.count + self._open_line
+
+
+def _split_batch(data: bytes, limit: int) -> list[Any]:
+    """A JSON array, or NDJSON (one tick per line); bad NDJSON lines become errors in
+    place. Past ``limit`` ticks: ``LimitExceeded`` at once, before the rest is decoded."""
     stripped = data.strip()
     if not stripped:
         raise InvalidJSON("the body is empty; send a JSON array or NDJSON of ticks")
@@ -195,11 +236,15 @@ def _split_batch(data: bytes) -> list[Any]:
         items = decode_json(stripped)
         if not isinstance(items, list):
             raise InvalidJSON("the body must be a JSON array of ticks")
+        if len(items) > limit:
+            raise _too_many(limit, str(len(items)))
         return items
     items = []
     for number, line in enumerate(stripped.split(b"\n"), start=1):
         if not line.strip():
             continue
+        if len(items) == limit:
+            raise _too_many(limit, f"more than {limit}")
         try:
             items.append(orjson.loads(line))
         except orjson.JSONDecodeError as exc:
@@ -214,15 +259,17 @@ class Ticks(_TickResource):
             require_content_type(req, BATCH_TYPES)
             client_ip = self._client_ip(req)
             await self._guard.precheck_ingest(req, client_ip)
-            body = await read_body(req, self._settings.max_batch_bytes, self._deadlines)
-            items = _split_batch(body)
-            carried = max(len(items), 1)
-            if len(items) > self._settings.max_batch_ticks:
-                raise LimitExceeded(
-                    f"a batch may hold at most {self._settings.max_batch_ticks} ticks;"
-                    f" this one has {len(items)}",
-                    limit=self._settings.max_batch_ticks,
+            lines = BatchLines(self._settings.max_batch_ticks)
+            try:
+                body = await read_body(
+                    req, self._settings.max_batch_bytes, self._deadlines, on_chunk=lines.feed
                 )
+                items = _split_batch(body, self._settings.max_batch_ticks)
+            except LimitExceeded:
+                carried = max(lines.seen, self._settings.max_batch_ticks + 1)
+                await self._guard.charge_refused(req, client_ip, carried)
+                raise
+            carried = max(len(items), 1)
             if not items:
                 raise BadRequest("the batch holds no ticks")
             access = await self._guard.ingest(req, named_sites(req, items), client_ip, len(items))
