@@ -319,3 +319,33 @@ def test_a_4_mib_batch_of_invalid_lines_is_refused_at_once_and_healthz_stays_qui
     # far below the 11 s and 10 s the attack cost before
     assert max(times) < 3.0, times
     assert max(latencies) < 2.0, latencies
+
+
+def test_url_referrer_agent_and_url_rule_caches_never_key_on_long_text() -> None:
+    """A tick's URL and referrer, a User-Agent, an access-log line's path: a client makes
+    them as long as a limit lets it, and each distinct one is worked out, not kept."""
+    from metronome.events import enrich
+    from metronome.logs.rules import UrlRules
+
+    rules = UrlRules.parse("/datasets/{id} -> view")
+    caches = (
+        enrich._cached_url_parts,
+        enrich._cached_referrer_keys,
+        enrich._cached_parse_user_agent,
+        enrich._cached_blocked,
+    )
+    before = [cache.cache_info().currsize for cache in caches]
+    for i in range(50):
+        long = f"{i}" + "a" * 5000
+        assert enrich.url_parts(f"https://example.org/{long}") == ("example.org", f"/{long}")
+        assert enrich.referrer_keys(f"https://www.{long}.example/x")[0] == f"{long}.example"
+        assert enrich.parse_user_agent(f"curl/{long}").name == "curl"
+        source = {"referrer": {"domain": f"{long}.semalt.com"}}
+        enrich.flag_referrer_spam(source, ("semalt.com",))
+        assert source["referrer"]["spam"] is True
+        assert rules.match(f"/datasets/{long}") is not None
+    after = [cache.cache_info().currsize for cache in caches]
+    assert after == before, (before, after)
+    assert len(rules._cache) == 0
+    rules.match("/datasets/short")  # a short path is cached as before
+    assert len(rules._cache) == 1

@@ -42,13 +42,25 @@ def _join_version(*parts: str | None) -> str | None:
     return ".".join(present) or None
 
 
-@lru_cache(maxsize=4096)
+_MAX_CACHED_CHARS = 2048
+"""The longest text (a URL, a referrer, a user agent) a cache below is keyed on: longer
+text is worked out each time, never kept, so a client sending distinct long values holds
+no memory (a cache holds at most its entries times this many characters)."""
+
+
 def parse_user_agent(header: str) -> UserAgent:
-    """Parse a User-Agent with uap-core's maintained rules (cached per distinct header).
+    """Parse a User-Agent with uap-core's maintained rules (cached per distinct header
+    up to ``_MAX_CACHED_CHARS``).
 
     A user agent is a bot when uap-core classifies its device as ``Spider``: its list of
     known crawlers (Googlebot, bingbot, ...). Command-line clients such as curl are not.
     """
+    if len(header) > _MAX_CACHED_CHARS:
+        return _parse_user_agent(header)
+    return _cached_parse_user_agent(header)
+
+
+def _parse_user_agent(header: str) -> UserAgent:
     result = ua_parser.parse(header)
     ua, os_, device = result.user_agent, result.os, result.device
     return UserAgent(
@@ -59,6 +71,9 @@ def parse_user_agent(header: str) -> UserAgent:
         device_name=device.family if device and device.family != "Other" else None,
         is_bot=bool(device and device.family == "Spider"),
     )
+
+
+_cached_parse_user_agent = lru_cache(maxsize=4096)(_parse_user_agent)
 
 
 _MAX_ADDRESS_CHARS = 64
@@ -136,9 +151,14 @@ def _host(netloc_host: str | None) -> str | None:
     return host or None
 
 
-@lru_cache(maxsize=4096)
 def url_parts(url: str) -> tuple[str | None, str | None]:
     """``(domain, path)`` of a URL; either may be None when the URL has none."""
+    if len(url) > _MAX_CACHED_CHARS:
+        return _url_parts(url)
+    return _cached_url_parts(url)
+
+
+def _url_parts(url: str) -> tuple[str | None, str | None]:
     try:
         parts = urlsplit(url.strip())
         host = parts.hostname
@@ -147,7 +167,9 @@ def url_parts(url: str) -> tuple[str | None, str | None]:
     return _host(host), parts.path or None
 
 
-@lru_cache(maxsize=4096)
+_cached_url_parts = lru_cache(maxsize=4096)(_url_parts)
+
+
 def referrer_keys(referrer: str) -> tuple[str | None, str | None]:
     """``(domain, page)`` of a referrer, the keys ``/tock`` counts referrers by.
 
@@ -156,6 +178,12 @@ def referrer_keys(referrer: str) -> tuple[str | None, str | None]:
     ``("example.com", "example.com/a/b")``. A referrer without a host (``android-app:``
     schemes aside) gives ``(None, None)``.
     """
+    if len(referrer) > _MAX_CACHED_CHARS:
+        return _referrer_keys(referrer)
+    return _cached_referrer_keys(referrer)
+
+
+def _referrer_keys(referrer: str) -> tuple[str | None, str | None]:
     text = referrer.strip()
     if "://" not in text and not text.startswith("//"):
         text = "//" + text  # "example.com/path" is a bare host + path
@@ -166,6 +194,9 @@ def referrer_keys(referrer: str) -> tuple[str | None, str | None]:
         domain = domain[4:]
     page = domain + (path or "").rstrip("/")
     return domain, page
+
+
+_cached_referrer_keys = lru_cache(maxsize=4096)(_referrer_keys)
 
 
 _SHORT_UA_CHARS = 1024
@@ -220,12 +251,19 @@ def flag_referrer_spam(source: dict[str, Any], blocklist: Sequence[str]) -> None
     referrer = source.get("referrer")
     if not referrer or not blocklist:
         return
-    if _blocked(referrer.get("domain") or "", tuple(blocklist)):
+    domain = referrer.get("domain") or ""
+    blocked = _blocked if len(domain) > _MAX_DOMAIN_CHARS else _cached_blocked
+    if blocked(domain, tuple(blocklist)):
         source["referrer"] = {**referrer, "spam": True}
 
 
-@lru_cache(maxsize=4096)
+_MAX_DOMAIN_CHARS = 253  # the longest name DNS has: a longer one is not cached
+
+
 def _blocked(domain: str, blocklist: tuple[str, ...]) -> bool:
-    """Whether ``domain`` or one of its parent domains is on ``blocklist`` (once per
-    domain: this runs for every tick)."""
+    """Whether ``domain`` or one of its parent domains is on ``blocklist`` (cached once
+    per domain: this runs for every tick)."""
     return any(domain == blocked or domain.endswith("." + blocked) for blocked in blocklist)
+
+
+_cached_blocked = lru_cache(maxsize=4096)(_blocked)

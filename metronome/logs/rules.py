@@ -52,6 +52,7 @@ _EVENT = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 _TOKEN = re.compile(r"\{([^{}]*)\}|\*|[{}]")
 _PLACEHOLDERS = {"id": r"(?P<id>[^/]+)", "format": r"(?P<format>[^/.]+)"}
 _CACHE_MAX = 65_536
+_CACHED_PATH_CHARS = 512  # so the keys hold at most _CACHE_MAX * 512 characters (32 MiB)
 
 
 class RuleError(ValueError):
@@ -214,15 +215,18 @@ class UrlRules:
         takes the response's ``status``, or None.
 
         Results are cached per path and kind of status (paths repeat in real traffic);
-        the cache is bounded.
+        the cache is bounded in entries, and a path longer than ``_CACHED_PATH_CHARS``
+        (which a client chooses) is matched each time, never kept.
         """
         cache = self._cache
         kind = self._kinds.get(status, -1)
         key: object = path if status in self.like_200 else (path, kind)
-        try:
-            return cache[key]
-        except KeyError:
-            pass
+        cached = len(path) <= _CACHED_PATH_CHARS
+        if cached:
+            try:
+                return cache[key]
+            except KeyError:
+                pass
         found = None
         for rule in self.rules:
             if status not in rule.statuses:
@@ -230,9 +234,10 @@ class UrlRules:
             found = rule.match(path)
             if found is not None:
                 break
-        if len(cache) >= _CACHE_MAX:
-            cache.clear()
-        cache[key] = found
+        if cached:
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            cache[key] = found
         return found
 
     def __bool__(self) -> bool:
