@@ -167,6 +167,9 @@ def _check_job_sites(settings: Settings) -> None:
         named["METRONOME_LOG_SITE"] = settings.log_site
         for site, _ in settings.forward_site_keys:
             named[f"METRONOME_FORWARD_SITE_KEYS ({site}=...)"] = site
+        for user, _, user_site in settings.forward_users:
+            if user_site is not None:
+                named[f"METRONOME_FORWARD_USERS ({user}@{user_site})"] = user_site
     if not named:
         return
 

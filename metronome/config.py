@@ -164,6 +164,23 @@ def _site_keys(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _forward_users(raw: str) -> tuple[tuple[str, str, str | None], ...]:
+    users: list[tuple[str, str, str | None]] = []
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        name, sep, password = part.strip().partition(":")
+        user, at, site = name.partition("@")
+        if not sep or not user or not password:
+            raise ValueError(
+                "give user:password or user@site:password, comma-separated (not shown)"
+            )
+        users.append((user, password, _site(site) if at else None))
+    if len({u for u, _, _ in users}) != len(users):
+        raise ValueError("a user is given twice")
+    return tuple(users)
+
+
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/?#]*):[^@/?#]*@")
 
 
@@ -425,6 +442,14 @@ class Settings:
         " with a site's key sends that site's ticks and access lines, whatever the records"
         " say.",
         _site_keys,
+        secret=True,
+    )
+    forward_users: tuple[tuple[str, str, str | None], ...] = setting(
+        "",
+        "Users the forward handshake also asks for (Fluentd's `<user>`), comma-separated"
+        " `user:password`, or `user@site:password` for a user who sends that site's"
+        " records; needs a shared key.",
+        _forward_users,
         secret=True,
     )
     forward_record_site: bool = setting(

@@ -50,6 +50,11 @@ CASES: list[tuple[tuple[str, ...], dict[str, str], str]] = [
         {"METRONOME_FORWARD": "on", "METRONOME_FORWARD_SITE_KEYS": "nosuch=k1"},
         "'nosuch'",
     ),
+    (
+        ("worker",),
+        {"METRONOME_FORWARD": "on", "METRONOME_FORWARD_USERS": "ops:pw"},
+        "METRONOME_FORWARD_USERS needs a shared key",
+    ),
     (("ship",), {}, "PATHS"),
     (("ship", "{dir}"), {}, "is a directory"),
     (("ship", "--site", "nosuch", "{log}"), {}, "'nosuch'"),

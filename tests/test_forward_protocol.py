@@ -947,8 +947,11 @@ def test_a_connection_faster_than_its_entries_per_second_is_made_to_wait() -> No
     run(scenario())
 
 
-async def _handshake(client: Peer, shared_key: str) -> list[Any]:
-    """Answer the server's HELO with a PING for ``shared_key``; return its PONG."""
+async def _handshake(
+    client: Peer, shared_key: str, user: str = "", password: str = ""
+) -> list[Any]:
+    """Answer the server's HELO with a PING for ``shared_key`` (and ``user``); return
+    its PONG."""
     unpacker = msgpack.Unpacker(raw=False)
 
     async def receive() -> Any:
@@ -959,7 +962,7 @@ async def _handshake(client: Peer, shared_key: str) -> list[Any]:
             assert data, "closed during the handshake"
             unpacker.feed(data)
 
-    ping, nonce = ping_for(await receive(), shared_key, "test-client")
+    ping, nonce = ping_for(await receive(), shared_key, "test-client", user, password)
     await client.send(pack(ping))
     pong = await receive()
     assert isinstance(pong, list) and pong[0] == "PONG"
@@ -998,5 +1001,42 @@ def test_the_shared_key_handshake_admits_the_right_keys_and_names_their_sites(
         assert any("wrong shared key from 'test-client'" in m for m in warnings), warnings
         assert any("expected [PING" in m for m in warnings), warnings
         assert not any("guessed" in m for m in warnings)
+
+    run(scenario())
+
+
+def test_users_are_asked_for_when_configured_and_a_users_site_decides(
+    forward_log: list[logging.LogRecord],
+) -> None:
+    async def scenario() -> None:
+        collector = Collector()
+        auth = ForwardAuth(
+            {"all-sites-key": None, "blog-key": "blog"},
+            users={"shop-fluentd": ("s3cret", "shop"), "ops": ("0ps", None)},
+        )
+        async with serving(collector, auth=auth) as server:
+            for key, user, password, chunk in (
+                ("all-sites-key", "shop-fluentd", "s3cret", "u1"),
+                ("all-sites-key", "ops", "0ps", "u2"),
+                ("blog-key", "ops", "0ps", "u3"),
+            ):
+                async with peer(server.port) as client:
+                    assert (await _handshake(client, key, user, password))[1] is True
+                    await client.send(pack([TICK_TAG, T0, {"id": "a"}, {"chunk": chunk}]))
+                    await client.expect(ack(chunk))
+            for key, user, password in (
+                ("all-sites-key", "shop-fluentd", "guessed"),
+                ("all-sites-key", "nobody", "s3cret"),
+                ("all-sites-key", "", ""),
+                ("blog-key", "shop-fluentd", "s3cret"),  # the key's site is not the user's
+            ):
+                async with peer(server.port) as client:
+                    pong = await _handshake(client, key, user, password)
+                    assert pong[1] is False, (key, user)
+                    await client.expect_closed_without_answer()
+        assert collector.sites == ["shop", None, "blog"]
+        warnings = _warnings(forward_log)
+        assert sum("wrong user or password" in m for m in warnings) == 3, warnings
+        assert not any("s3cret" in m or "guessed" in m for m in warnings)
 
     run(scenario())

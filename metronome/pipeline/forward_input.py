@@ -5,11 +5,12 @@ default ``ts``); ``*.access`` records are access-log lines (``message`` or ``log
 the raw line, parsed with ``METRONOME_LOG_FORMAT``). Other tags are counted and dropped.
 
 The site of a record is decided by the connection's credentials, not by the record: a
-connection that authenticated with a key of ``METRONOME_FORWARD_SITE_KEYS`` sends that
-site's records; any other connection sends ``METRONOME_LOG_SITE``'s, unless
-``METRONOME_FORWARD_RECORD_SITE`` is on: then a tick's ``site`` field picks its site (the
-sender is trusted with every site). :func:`forward_config_problem` refuses a configuration
-that would let anyone who reaches the port in.
+connection that authenticated with a key of ``METRONOME_FORWARD_SITE_KEYS`` (or as a
+user of ``METRONOME_FORWARD_USERS`` with a site) sends that site's records; any other
+connection sends ``METRONOME_LOG_SITE``'s, unless ``METRONOME_FORWARD_RECORD_SITE`` is
+on: then a tick's ``site`` field picks its site (the sender is trusted with every site).
+:func:`forward_config_problem` refuses a configuration that would let anyone who reaches
+the port in.
 
 A tick's site must exist (``metronome sites list``; with no sites at all, only
 ``default``), as for ``POST /tick``: a tick for another site would be stored where no
@@ -75,6 +76,11 @@ def _is_loopback(host: str) -> bool:
 
 def forward_config_problem(settings: Settings) -> str | None:
     """Why the forward input must not start with ``settings`` (None: it may)."""
+    if settings.forward_users and not (settings.forward_shared_key or settings.forward_site_keys):
+        return (
+            "METRONOME_FORWARD_USERS needs a shared key (METRONOME_FORWARD_SHARED_KEY or"
+            " METRONOME_FORWARD_SITE_KEYS): Fluentd's handshake asks for both"
+        )
     if settings.forward_shared_key or settings.forward_site_keys:
         if settings.forward_shared_key in {key for _, key in settings.forward_site_keys}:
             return (
@@ -97,7 +103,8 @@ def forward_auth(settings: Settings) -> ForwardAuth | None:
     keys: dict[str, str | None] = {key: site for site, key in settings.forward_site_keys}
     if settings.forward_shared_key:
         keys[settings.forward_shared_key] = None
-    return ForwardAuth(keys) if keys else None
+    users = {user: (password, site) for user, password, site in settings.forward_users}
+    return ForwardAuth(keys, users) if keys else None
 
 
 def _site_exists(snapshot: Snapshot, site: str) -> bool:

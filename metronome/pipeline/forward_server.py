@@ -40,8 +40,9 @@ client answers ``["PING", hostname, salt, sha512_hex(salt + hostname + nonce + s
 "", ""]``, and the server accepts it with ``["PONG", true, "", its hostname,
 sha512_hex(salt + its hostname + nonce + shared_key)]`` or refuses it with ``["PONG",
 false, reason, ...]`` and closes. Several keys may be accepted, each naming the site its
-connections send for (the handler's ``site``). User names and passwords (``<user>``) are
-not supported: give each sender its own key instead.
+connections send for (the handler's ``site``). With users, the HELO's ``auth`` salt asks
+the client for a user name and ``sha512_hex(auth salt + user + password)`` too, and a
+user may name the site instead of the key.
 
 Cost before work: a frame is checked against ``admit`` (the spool has room) before it is
 decoded; it is bounded in bytes (``max_frame_bytes``, as received and once inflated) and in
@@ -433,9 +434,12 @@ def _default_hostname() -> str:
 @dataclass(frozen=True, slots=True)
 class ForwardAuth:
     """The shared keys the server accepts in Fluentd's handshake (``<security>``), each
-    with the site its connections send for (None: the key names no site)."""
+    with the site its connections send for (None: the key names no site); and, when
+    ``users`` has any, the users one of whom every connection must also be (``<user>``:
+    name to password and site, which decides the site unless None)."""
 
     keys: Mapping[str, str | None]
+    users: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
     hostname: str = field(default_factory=_default_hostname)
     timeout_s: float = 10.0
 
@@ -636,7 +640,9 @@ class ForwardServer:
     ) -> bytes:
         """HELO, PING, PONG: sets ``conn.site``; returns the bytes read after the PING."""
         nonce = secrets.token_bytes(16)
-        conn.writer.write(msgpack.packb(["HELO", {"nonce": nonce, "auth": b"", "keepalive": True}]))
+        auth_salt = secrets.token_bytes(16) if auth.users else b""  # b"": no users asked
+        helo = {"nonce": nonce, "auth": auth_salt, "keepalive": True}
+        conn.writer.write(msgpack.packb(["HELO", helo]))
         await conn.writer.drain()
         received = bytearray()
         unpacker = msgpack.Unpacker(
@@ -677,18 +683,36 @@ class ForwardServer:
             if hmac.compare_digest(expected, digest) and matched is None:
                 matched = (key, site)
         ours = auth.hostname.encode()
+        sender = hostname.decode("utf-8", "replace")[:64]
         if matched is None:
-            conn.writer.write(
-                msgpack.packb(["PONG", False, "shared key mismatch", auth.hostname, ""])
-            )
-            with contextlib.suppress(ConnectionError):
-                await conn.writer.drain()
-            raise _Refused(f"wrong shared key from {hostname.decode('utf-8', 'replace')[:64]!r}")
+            await self._pong_refusal(conn, auth, "shared key mismatch")
+            raise _Refused(f"wrong shared key from {sender!r}")
         key, conn.site = matched
+        if auth.users:
+            name = _wire_bytes(ping[4]) or b""
+            user = name.decode("utf-8", "replace")
+            known = auth.users.get(user)
+            given = _wire_bytes(ping[5]) or b""
+            if known is None or not hmac.compare_digest(
+                _digest(auth_salt, name, known[0].encode()).encode(), given
+            ):
+                await self._pong_refusal(conn, auth, "username/password mismatch")
+                raise _Refused(f"wrong user or password {user[:64]!r} from {sender!r}")
+            user_site = known[1]
+            if user_site is not None and conn.site not in (None, user_site):
+                await self._pong_refusal(conn, auth, "the user and the key name other sites")
+                raise _Refused(f"user {user!r} is for site {user_site!r}, the key another")
+            conn.site = user_site or conn.site
         pong = ["PONG", True, "", auth.hostname, _digest(salt, ours, nonce, key.encode())]
         conn.writer.write(msgpack.packb(pong))
         await conn.writer.drain()
         return rest
+
+    @staticmethod
+    async def _pong_refusal(conn: _Connection, auth: ForwardAuth, reason: str) -> None:
+        conn.writer.write(msgpack.packb(["PONG", False, reason, auth.hostname, ""]))
+        with contextlib.suppress(ConnectionError):
+            await conn.writer.drain()
 
     async def _read_frames(
         self, reader: asyncio.StreamReader, conn: _Connection, first: bytes = b""

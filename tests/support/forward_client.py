@@ -23,14 +23,21 @@ def _hex(*parts: bytes) -> str:
     return hashlib.sha512(b"".join(parts)).hexdigest()
 
 
-def ping_for(helo: Any, shared_key: str, hostname: str) -> tuple[list[Any], bytes]:
-    """The PING that answers ``helo`` with ``shared_key``, and the salt it uses."""
+def ping_for(
+    helo: Any, shared_key: str, hostname: str, user: str = "", password: str = ""
+) -> tuple[list[Any], bytes]:
+    """The PING that answers ``helo`` with ``shared_key`` (and ``user`` and ``password``
+    when the HELO asks for them with an ``auth`` salt), and the nonce it answers."""
     assert isinstance(helo, list) and len(helo) == 2 and helo[0] == "HELO", helo
     nonce = helo[1]["nonce"]
     nonce = nonce if isinstance(nonce, bytes) else nonce.encode()
     salt = secrets.token_hex(16).encode()
     digest = _hex(salt, hostname.encode(), nonce, shared_key.encode())
-    return ["PING", hostname, salt.decode(), digest, "", ""], nonce
+    auth = helo[1].get("auth") or b""
+    if not auth:
+        return ["PING", hostname, salt.decode(), digest, "", ""], nonce
+    proof = _hex(auth, user.encode(), password.encode())
+    return ["PING", hostname, salt.decode(), digest, user, proof], nonce
 
 
 def handshake(sock: socket.socket, shared_key: str, hostname: str = "test-client") -> None:
