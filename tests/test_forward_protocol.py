@@ -23,6 +23,7 @@ import msgpack
 import pytest
 from fluent import asyncsender, sender
 
+from metronome.errors import SpoolFull
 from metronome.pipeline.forward_server import (
     ACCESS_TAG,
     TICK_TAG,
@@ -1038,5 +1039,23 @@ def test_users_are_asked_for_when_configured_and_a_users_site_decides(
         warnings = _warnings(forward_log)
         assert sum("wrong user or password" in m for m in warnings) == 3, warnings
         assert not any("s3cret" in m or "guessed" in m for m in warnings)
+
+    run(scenario())
+
+
+def test_a_spool_that_fills_up_during_a_frame_refuses_it_with_a_reason_not_a_traceback(
+    forward_log: list[logging.LogRecord],
+) -> None:
+    async def scenario() -> None:
+        async def full(tag: str, entries: Entries, chunk: str | None, site: str | None) -> None:
+            raise SpoolFull("the spool holds 5000 bytes, its limit")
+
+        async with serving(full) as server:
+            async with peer(server.port) as client:
+                await client.send(pack([TICK_TAG, [[T0, {"id": "x"}]], {"chunk": "late"}]))
+                await client.expect_closed_without_answer()
+        refused = [r for r in forward_log if "forward_refused" in r.getMessage()]
+        assert len(refused) == 1 and refused[0].exc_info is None
+        assert "the spool holds 5000 bytes" in refused[0].getMessage()
 
     run(scenario())

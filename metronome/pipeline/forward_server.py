@@ -81,6 +81,8 @@ from typing import Any
 
 import msgpack
 
+from metronome.errors import SpoolFull
+
 __all__ = [
     "ACCESS_TAG",
     "TICK_TAG",
@@ -802,6 +804,8 @@ class ForwardServer:
                 await self._pace(conn, len(entries))
                 try:
                     await self._handler(tag, entries, _chunk_text(chunk), conn.site)
+                except SpoolFull as exc:  # filled up since admit() looked: a reason, no bug
+                    raise _Refused(f"{exc.message}: closing without an ack") from None
                 except Exception:
                     log.exception(
                         "forward_handler_failed peer=%s tag=%s entries=%d: not "
