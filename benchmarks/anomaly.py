@@ -1,6 +1,6 @@
 """The anomaly detector on a NAB-like corpus, scored as the NAB paper defines it.
 
-    python -m benchmarks.anomaly [PATH]      # default: ../shared/nab beside the checkout
+    python -m benchmarks.anomaly [PATH]      # default: shared/nab beside the checkout
 
 ``PATH`` is any directory laid out like NAB's: ``data/<group>/<file>.csv`` (header
 ``timestamp,value``) and ``labels/combined_windows.json``. Every series runs through
@@ -28,11 +28,19 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import _common as C
-from benchmarks.nab import PROFILES, FileScore, Series, corpus_score, load_corpus, score_file
+from benchmarks.nab import (
+    PROFILES,
+    FileScore,
+    Series,
+    corpus_score,
+    default_corpus,
+    load_corpus,
+    score_file,
+)
 from metronome.insights.anomaly import DEFAULT_PARAMS, Detector, DetectorParams
 
 NAME = "anomaly"
-DEFAULT_PATH = C.REPO.parent / "shared" / "nab"
+DEFAULT_PATH = default_corpus()
 SKYLINE, HTM = 58.2, 70.5
 # NAB's README at commit ea702d75 (standard, reward low FP, reward low FN)
 SCOREBOARD = {

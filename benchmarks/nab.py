@@ -30,6 +30,7 @@ __all__ = [
     "FileScore",
     "Series",
     "corpus_score",
+    "default_corpus",
     "load_corpus",
     "probationary_length",
     "scaled_sigmoid",
@@ -202,3 +203,12 @@ def load_corpus(root: Path) -> list[Series]:
             )
         )
     return corpus
+
+
+def default_corpus() -> Path:
+    """``shared/nab`` beside the checkout (or beside the directory holding worktrees)."""
+    repo = Path(__file__).resolve().parent.parent
+    for base in (repo.parent, repo.parent.parent):
+        if (base / "shared" / "nab" / "labels").is_dir():
+            return base / "shared" / "nab"
+    return repo.parent / "shared" / "nab"
