@@ -14,7 +14,7 @@ each origin, as it would in production):
 
 Per series: MASE (mean absolute error over the forecast steps, divided by the in-sample
 mean absolute error of the one-season-ahead seasonal-naive forecast, Hyndman and Koehler
-2006) of :func:`metronome.insights.forecast.forecast` and of the seasonal-naive forecast
+2006) of :func:`metronome.reports.forecast.forecast` and of the seasonal-naive forecast
 (repeat the last season: "last week" with a weekly season), their ratio, and the share of
 points inside the 80% interval. In total: the mean MASE of each and their ratio. Goal: a
 mean MASE below 1, i.e. better than the in-sample seasonal-naive forecast, and below the
@@ -35,7 +35,7 @@ import numpy as np
 
 from benchmarks import _common as C
 from benchmarks.nab import default_corpus, load_corpus
-from metronome.insights.forecast import forecast, seasonal_naive
+from metronome.reports.forecast import forecast, seasonal_naive
 
 NAME = "forecast"
 DEFAULT_PATH = default_corpus()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 
-from metronome.insights.forecast import forecast, season_points, seasonal_naive
+from metronome.reports.forecast import forecast, season_points, seasonal_naive
 
 HOUR_S = 3600.0
 

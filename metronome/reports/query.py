@@ -29,7 +29,9 @@ from metronome.reports.timebuckets import (
     LATEST_MS,
     MAX_BUCKETS,
     SUPPORTED_RANGE,
+    bucket_count,
     bucket_starts,
+    floor_to_bucket,
     parse_moment,
     parse_zone,
 )
@@ -45,6 +47,7 @@ from metronome.store.query import (
 
 __all__ = [
     "QUERY_SCHEMA",
+    "ForecastSpec",
     "Query",
     "for_site",
     "iso_moment",
@@ -55,6 +58,8 @@ __all__ = [
 SOURCES = {"ticks": ("ticks",), "logs": ("logs",), "all": ("ticks", "logs")}
 SIMPLE_METRICS = ("events", "visitors", "items", "bytes", "error_rate")
 STAT_PATTERN = r"^(sum|avg|min|max|p(?:[1-9][0-9]?)(?:\.[0-9]{1,3})?)$"
+HORIZON_PATTERN = r"^[1-9][0-9]{0,2}[hd]$"
+MAX_FORECAST_BUCKETS = 2_000
 RANGE_PRESET = r"^(today|yesterday|week|month|year|[1-9][0-9]{0,2}[hd])$"
 MAX_LIMIT = 10_000
 MAX_DIMENSIONS = 8
@@ -185,6 +190,28 @@ QUERY_SCHEMA: dict[str, Any] = {
             "default": "exclude",
             "description": "known crawlers and referrer spam are left out unless included",
         },
+        "forecast": {
+            "type": ["object", "null"],
+            "default": None,
+            "description": "predict the next buckets of a time series (one time dimension):"
+            " values with an interval, from a seasonal model of the range's buckets",
+            "additionalProperties": False,
+            "required": ["horizon"],
+            "properties": {
+                "horizon": {
+                    "type": "string",
+                    "pattern": HORIZON_PATTERN,
+                    "description": "how far ahead: Nh or Nd, N from 1 to 999",
+                },
+                "coverage": {
+                    "type": "number",
+                    "minimum": 0.5,
+                    "maximum": 0.99,
+                    "default": 0.8,
+                    "description": "the share of outcomes the interval should hold",
+                },
+            },
+        },
     },
     "$defs": {
         "filter": {
@@ -253,6 +280,17 @@ _VALIDATOR = Draft202012Validator(QUERY_SCHEMA)
 
 
 @dataclass(frozen=True, slots=True)
+class ForecastSpec:
+    """What to forecast: the buckets after ``history_end_ms`` (the start of the bucket
+    holding now, or the range's end if earlier), with an interval holding ``coverage``."""
+
+    horizon: str
+    coverage: float
+    history_end_ms: int
+    starts: tuple[int, ...]  # the forecast buckets' starts
+
+
+@dataclass(frozen=True, slots=True)
 class Query:
     """A validated request: the normalized JSON and what to run."""
 
@@ -263,6 +301,7 @@ class Query:
     after: str | None
     previous: GroupQuery | None
     fingerprint: str = field(default="")
+    forecast: ForecastSpec | None = None
 
 
 # --- parsing ---------------------------------------------------------------------------
@@ -622,6 +661,7 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
             tuple(metrics),
             root,
         )
+    forecast = _forecast(body.get("forecast"), dimensions, end, now, tz, bool(body.get("compare")))
     normalized = {
         "source": source,
         "range": {"from": iso_moment(start, tz), "to": iso_moment(end, tz)},
@@ -635,6 +675,8 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
         "compare": compare,
         "bots": bots,
     }
+    if forecast is not None:
+        normalized["forecast"] = {"horizon": forecast.horizon, "coverage": forecast.coverage}
     fingerprint_source = {k: v for k, v in normalized.items() if k not in ("after", "limit")}
     fingerprint = hashlib.sha256(
         orjson.dumps(fingerprint_source, option=orjson.OPT_SORT_KEYS)
@@ -647,7 +689,44 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
         body.get("after"),
         previous_group,
         fingerprint,
+        forecast,
     )
+
+
+def _forecast(
+    spec: dict[str, Any] | None,
+    dimensions: list[DimensionSpec],
+    end: int,
+    now: int,
+    tz: ZoneInfo,
+    compare: bool,
+) -> ForecastSpec | None:
+    """The forecast's buckets: a time series (one time dimension of hours, days or
+    weeks, nothing else to group by, no comparison) continued for the horizon."""
+    if not spec:
+        return None
+    where = "query.forecast"
+    if len(dimensions) != 1 or dimensions[0].interval not in ("hour", "day", "week"):
+        raise InvalidQuery(
+            f"{where}: a forecast continues one time series: give exactly one dimension,"
+            " time:hour, time:day or time:week",
+            field=where,
+        )
+    if compare:
+        raise InvalidQuery(f"{where}: a forecast and compare do not go together", field=where)
+    interval = dimensions[0].interval
+    horizon = str(spec["horizon"])
+    horizon_ms = int(horizon[:-1]) * (3_600_000 if horizon[-1] == "h" else 86_400_000)
+    now_bucket = floor_to_bucket(datetime.fromtimestamp(now / 1000, tz=UTC), interval, tz)
+    history_end = min(end, int(now_bucket.timestamp() * 1000))
+    if bucket_count(history_end, history_end + horizon_ms, interval, tz) > MAX_FORECAST_BUCKETS:
+        raise InvalidQuery(
+            f"{where}: the horizon holds more than {MAX_FORECAST_BUCKETS} {interval} buckets",
+            field=where,
+            limit=MAX_FORECAST_BUCKETS,
+        )
+    starts = bucket_starts(history_end, history_end + horizon_ms, interval, tz)
+    return ForecastSpec(horizon, float(spec.get("coverage", 0.8)), history_end, tuple(starts))
 
 
 def for_site(query: Query, site_id: str) -> Query:
