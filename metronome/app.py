@@ -22,6 +22,7 @@ import orjson
 from metronome.api.fastpath import FastIngest
 from metronome.api.guard import Cors, Guard
 from metronome.api.health import Health, Metrics, Ready
+from metronome.api.kpis import KpisResource
 from metronome.api.openapi import OpenAPI
 from metronome.api.query import QueryResource
 from metronome.api.render import dump_json, error_answer, internal_error
@@ -241,6 +242,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     tock = Tock(settings, store, guard)
     app.add_route("/tock", tock)
     app.add_route("/tock/{item_id}", tock, suffix="item")
+    kpis = KpisResource(settings, guard)  # issue 22: KPI definitions
+    app.add_route("/kpis", kpis)
+    app.add_route("/kpis/{kpi_id}", kpis, suffix="one")
 
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(falcon.HTTPError, _http_error)

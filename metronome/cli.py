@@ -17,6 +17,7 @@ from metronome.cli_support import Commands, fail
 from metronome.cli_support import load_settings as _settings
 from metronome.config import CONFIG_VARIABLE, Settings, settings_reference, settings_table
 from metronome.errors import MetronomeError
+from metronome.kpis import commands as kpis_commands
 from metronome.sites import commands as sites_commands
 
 __all__ = ["main"]
@@ -236,6 +237,7 @@ def status() -> None:
 
 main.add_command(sites_commands.sites)
 main.add_command(sites_commands.keys)
+main.add_command(kpis_commands.kpis)  # issue 22
 
 
 @main.group()

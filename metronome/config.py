@@ -416,6 +416,19 @@ class Settings:
         "Log level: debug, info, warning or error.",
         _choice("debug", "info", "warning", "error"),
     )
+    # KPIs and insights (issue 22)
+    kpi_interval_s: int = setting(
+        "60",
+        "Seconds between two evaluations of every KPI by the worker (0: KPIs are not evaluated).",
+        _int(0, 86400),
+    )
+    insight_webhook_secret: str | None = setting(
+        "",
+        "Key that signs insight webhooks: `X-Metronome-Signature: sha256=<HMAC-SHA256 of the"
+        " body>` (unset: unsigned).",
+        _optional_str,
+        secret=True,
+    )
     collectors: tuple[dict[str, Any], ...] = section(
         "Collectors the worker runs (reserved: checked by the collectors feature)."
     )

@@ -11,7 +11,8 @@
     │   ├── InvalidQuery                (400 invalid_query)
     │   ├── InvalidCursor               (400 invalid_cursor)
     │   ├── LimitExceeded               (400 limit_exceeded)
-    │   └── UnknownSite                 (400 unknown_site)
+    │   ├── UnknownSite                 (400 unknown_site)
+    │   └── InvalidKpi                  (400 invalid_kpi)
     ├── Unauthorized                    (401 unauthorized)
     │   ├── KeyRequired                 (401 key_required)
     │   └── InvalidKey                  (401 invalid_key)
@@ -20,6 +21,7 @@
     │   ├── SiteForbidden               (403 site_forbidden)
     │   └── OriginForbidden             (403 origin_forbidden)
     ├── NotFound                        (404 not_found)
+    │   └── UnknownKpi                  (404 unknown_kpi)
     ├── MethodNotAllowed                (405 method_not_allowed)
     ├── RequestTimeout                  (408 request_timeout)
     ├── PayloadTooLarge                 (413 payload_too_large)
@@ -55,6 +57,7 @@ __all__ = [
     "InvalidField",
     "InvalidJSON",
     "InvalidKey",
+    "InvalidKpi",
     "InvalidParameter",
     "InvalidQuery",
     "KeyRequired",
@@ -74,6 +77,7 @@ __all__ = [
     "StoreUnavailable",
     "TooManyConnections",
     "Unauthorized",
+    "UnknownKpi",
     "UnknownSite",
     "UnsupportedMediaType",
     "UriTooLong",
@@ -329,3 +333,19 @@ class SpoolFull(MetronomeError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "30"}
+
+
+# --- KPIs (issue 22) ----------------------------------------------------------------------
+
+
+class InvalidKpi(BadRequest):
+    """A KPI definition is not one Metronome can evaluate; ``details.field`` names the
+    part, such as ``kpi.query.metrics``."""
+
+    code = "invalid_kpi"
+
+
+class UnknownKpi(NotFound):
+    """No KPI of the caller's site has this id."""
+
+    code = "unknown_kpi"

@@ -100,6 +100,7 @@ def test_index_templates_map_exactly_the_fields_events_names() -> None:
     assert _mapped_by("metronome-ticks") - {F.PARAMS} == set(F.TICK_FIELDS)
     assert _mapped_by("metronome-logs") == set(F.LOG_FIELDS)
     assert _mapped_by("metronome-metrics") - {F.METRICS} == set(F.METRIC_FIELDS)
+    assert _mapped_by("metronome-insights") == set(F.INSIGHT_FIELDS)
 
 
 def test_metrics_documents_index_into_daily_metrics_indices(es_url: str) -> None:

@@ -18,6 +18,7 @@ import falcon.asgi
 from metronome import __version__
 from metronome.errors import all_error_classes
 from metronome.events.tick import TICK_SCHEMA
+from metronome.kpis.model import KPI_SCHEMA
 from metronome.reports.named import COMMON_PARAMETERS, REPORTS
 from metronome.reports.query import QUERY_SCHEMA
 
@@ -65,7 +66,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         403: "The key lacks the route's scope (`scope_forbidden`) or is for another site"
         " (`site_forbidden`), or the page's origin may not send to the site"
         " (`origin_forbidden`)",
-        404: "No such route or report",
+        404: "No such route, report or KPI",
         405: "Method not allowed here",
         413: "The body is over the limit",
         415: "Send a JSON body",
@@ -168,6 +169,34 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "query": {"type": "object"},
                 "report": {"type": "string"},
+                "forecast": {
+                    "type": "array",
+                    "description": "with `forecast` in the query: the next buckets, each"
+                    " with metrics, low and high (the interval), per metric",
+                    "items": {
+                        "type": "object",
+                        "required": ["dimensions", "metrics", "low", "high"],
+                        "properties": {
+                            "dimensions": {"type": "array"},
+                            "metrics": {"type": "array"},
+                            "low": {"type": "array"},
+                            "high": {"type": "array"},
+                        },
+                    },
+                },
+            },
+        },
+        "Kpi": {k: v for k, v in KPI_SCHEMA.items() if k != "$schema"},
+        "StoredKpi": {
+            "type": "object",
+            "required": ["id", "site", "name", "query", "interval", "created_ms"],
+            "properties": {
+                "id": {"type": "string"},
+                "site": {"type": "string"},
+                "name": {"type": "string"},
+                "query": {"type": "object"},
+                "interval": {"enum": ["hour", "day"]},
+                "created_ms": {"type": "integer"},
             },
         },
         "Tock": {
@@ -436,6 +465,7 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
+    paths.update(_kpi_paths())
     return {
         "openapi": "3.1.0",
         "info": {
@@ -448,6 +478,84 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": _SECURITY_SCHEMES},
+    }
+
+
+def _kpi_paths() -> dict[str, Any]:
+    """``/kpis`` and ``/kpis/{kpi_id}`` (issue 22)."""
+    text = (
+        " A KPI is a saved query of one site: the worker evaluates it and stores insights"
+        ' (`POST /query` with `"source": "insights"`).' + _GUARD_TEXT["read"]
+    )
+    kpi_id = {
+        "name": "kpi_id",
+        "in": "path",
+        "required": True,
+        "description": "The KPI's id",
+        "schema": {"type": "string"},
+    }
+    stored = _json(_ref("StoredKpi"))
+    return {
+        "/kpis": {
+            "get": {
+                "summary": "The site's KPIs (widgets: those with a dashboard), by position",
+                "description": text,
+                "operationId": "listKpis",
+                "security": _READ_SECURITY,
+                "parameters": [_SITE_PARAMETER],
+                "responses": {
+                    "200": {
+                        "description": "The KPIs",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["kpis"],
+                                "properties": {
+                                    "kpis": {"type": "array", "items": _ref("StoredKpi")}
+                                },
+                            }
+                        ),
+                    },
+                    **_errors(400, 401, 403, 503),
+                },
+            },
+            "post": {
+                "summary": "Define a KPI (one with the same id is replaced)",
+                "description": text,
+                "operationId": "createKpi",
+                "security": _READ_SECURITY,
+                "parameters": [_SITE_PARAMETER],
+                "requestBody": {"required": True, "content": _json(_ref("Kpi"))},
+                "responses": {
+                    "201": {"description": "The KPI as stored", "content": stored},
+                    **_errors(400, 401, 403, 413, 415, 503),
+                },
+            },
+        },
+        "/kpis/{kpi_id}": {
+            "get": {
+                "summary": "One KPI",
+                "description": text,
+                "operationId": "getKpi",
+                "security": _READ_SECURITY,
+                "parameters": [kpi_id, _SITE_PARAMETER],
+                "responses": {
+                    "200": {"description": "The KPI", "content": stored},
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            },
+            "delete": {
+                "summary": "Remove a KPI (its insights stay)",
+                "description": text,
+                "operationId": "deleteKpi",
+                "security": _READ_SECURITY,
+                "parameters": [kpi_id, _SITE_PARAMETER],
+                "responses": {
+                    "204": {"description": "Removed"},
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            },
+        },
     }
 
 

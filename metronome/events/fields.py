@@ -13,6 +13,23 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "INSIGHT_DATASET",
+    "KPI_ID",
+    "KPI_NAME",
+    "KPI_DASHBOARD",
+    "INSIGHT_KIND",
+    "INSIGHT_STATE",
+    "INSIGHT_KEY",
+    "INSIGHT_COMPARED_TO",
+    "INSIGHT_DIRECTION",
+    "INSIGHT_MESSAGE",
+    "INSIGHT_OBSERVED",
+    "INSIGHT_EXPECTED",
+    "INSIGHT_LOW",
+    "INSIGHT_HIGH",
+    "INSIGHT_SCORE",
+    "INSIGHT_CHANGE",
+    "INSIGHT_FIELDS",
     "BOT",
     "CLIENT_GEO_COUNTRY_ISO_CODE",
     "CLIENT_IP",
@@ -175,3 +192,47 @@ METRIC_FIELDS: frozenset[str] = frozenset(
 )
 """Every fixed field the ``metrics`` indices map (``metrics.*`` excluded): the shared base
 mappings and the metric set, host and service names."""
+
+# Insights (dataset "insights"): what the worker found in a KPI's series -- a trend, a
+# threshold crossing or an anomaly, raised or recovered -- in <prefix>-insights-YYYY.MM.DD,
+# mapped by index_templates/component/metronome-insights-mappings.json on top of the shared
+# base mappings. ``@timestamp`` is the start of the bucket the insight is about.
+
+INSIGHT_DATASET = "insights"
+KPI_ID = "kpi.id"
+KPI_NAME = "kpi.name"
+KPI_DASHBOARD = "kpi.dashboard"
+INSIGHT_KIND = "insight.kind"  # trend, threshold or anomaly
+INSIGHT_STATE = "insight.state"  # raised or recovered
+INSIGHT_KEY = "insight.key"  # what is raised and recovered: kpi, kind and its variant
+INSIGHT_COMPARED_TO = "insight.compared_to"  # expected_range, previous_period, ...
+INSIGHT_DIRECTION = "insight.direction"  # up or down
+INSIGHT_MESSAGE = "insight.message"  # the explanation a person reads
+INSIGHT_OBSERVED = "insight.observed"
+INSIGHT_EXPECTED = "insight.expected"
+INSIGHT_LOW = "insight.low"  # the expected range (anomalies), or the reference (trends)
+INSIGHT_HIGH = "insight.high"
+INSIGHT_SCORE = "insight.score"  # robust z-score (anomalies)
+INSIGHT_CHANGE = "insight.change"  # relative change (trends): 0.25 is +25%
+
+INSIGHT_FIELDS: frozenset[str] = frozenset(
+    (TICK_FIELDS - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE, REFERRER_SPAM})
+    | {
+        KPI_ID,
+        KPI_NAME,
+        KPI_DASHBOARD,
+        INSIGHT_KIND,
+        INSIGHT_STATE,
+        INSIGHT_KEY,
+        INSIGHT_COMPARED_TO,
+        INSIGHT_DIRECTION,
+        INSIGHT_MESSAGE,
+        INSIGHT_OBSERVED,
+        INSIGHT_EXPECTED,
+        INSIGHT_LOW,
+        INSIGHT_HIGH,
+        INSIGHT_SCORE,
+        INSIGHT_CHANGE,
+    }
+)
+"""Every field the ``insights`` indices map: the shared base mappings and the insight's."""

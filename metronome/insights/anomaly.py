@@ -219,6 +219,26 @@ class Detector:
         self._remember(at_s, value)
         return verdict
 
+    def peek(self, at_s: float, value: float) -> Verdict:
+        """Judge a point without learning from it (a bucket still filling up): the same
+        verdict ``observe`` would give, leaving the detector as it was."""
+        saved = (self._seen, self._since_alarm, self._record.snapshot())
+        level = _Expectation("level", self.params.error_points)
+        level.errors.extend(self._level.errors)
+        level._sum = self._level._sum
+        level.add(abs(value))
+        floor = max(self.params.relative_floor * level.scale() / MAD_TO_SIGMA, 1e-9)
+        expected = self._expected(at_s)
+        ready = {
+            name: e
+            for name, e in self._expectations.items()
+            if name in expected and len(e.errors) >= self.params.min_errors
+        }
+        verdict = self._judge(at_s, value, expected, ready, floor)
+        self._seen, self._since_alarm = saved[0], saved[1]
+        self._record.restore(saved[2])
+        return verdict
+
     def _judge(
         self,
         at_s: float,
@@ -314,6 +334,13 @@ class _RollingMax:
 
     def max(self) -> float:
         return self._queue[0][1] if self._queue else 0.0
+
+    def snapshot(self) -> tuple[int, list[tuple[int, float]]]:
+        return self._count, list(self._queue)
+
+    def restore(self, state: tuple[int, list[tuple[int, float]]]) -> None:
+        self._count = state[0]
+        self._queue = deque(state[1])
 
 
 def _median(values: list[float]) -> float:

@@ -95,6 +95,11 @@ async def run_worker(
             retention = None
             if settings.retention and not drain:
                 retention = loop.create_task(_retention_loop(settings, store, stop))
+            kpis = None
+            if settings.kpi_interval_s and not drain:
+                from metronome.jobs.kpis import KpiWatcher
+
+                kpis = loop.create_task(KpiWatcher(settings, store).run(stop))
             # the shipper's long-lived objects, out of the collector's way; it builds events
             # only for the forward input
             settle(enrichment=forward is not None)
@@ -104,6 +109,9 @@ async def run_worker(
                 if retention is not None:
                     stop.set()
                     await retention
+                if kpis is not None:
+                    stop.set()
+                    await kpis
                 if forward is not None:
                     server, router, writer = forward
                     await server.close()

@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 SOURCES = {"ticks": ("ticks",), "logs": ("logs",), "all": ("ticks", "logs")}
+SOURCES["insights"] = (F.INSIGHT_DATASET,)  # what the worker found in KPIs: trends, anomalies
 SIMPLE_METRICS = ("events", "visitors", "items", "bytes", "error_rate")
 STAT_PATTERN = r"^(sum|avg|min|max|p(?:[1-9][0-9]?)(?:\.[0-9]{1,3})?)$"
 HORIZON_PATTERN = r"^[1-9][0-9]{0,2}[hd]$"
@@ -558,6 +559,8 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
     now = int(time.time() * 1000) if now_ms is None else now_ms
     source = body.get("source", "all")
     datasets = SOURCES[source]
+    if datasets == SOURCES["insights"]:  # insights are no visits: no crawlers, no spam
+        body = {**body, "bots": "include"}
     tz_name = body.get("tz", "UTC")
     try:
         tz = parse_zone("tz", tz_name)
