@@ -41,10 +41,12 @@ def test_templates_install_is_idempotent_and_follows_file_changes(
             f"{prefix}-{n}"
             for n in (
                 "base-mappings",
+                "insights-mappings",
                 "logs-mappings",
                 "metrics-mappings",
                 "settings",
                 "ticks-mappings",
+                "insights",
                 "logs",
                 "metrics",
                 "ticks",
