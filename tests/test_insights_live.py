@@ -243,6 +243,14 @@ def test_a_spike_raises_an_explained_anomaly_in_query_and_at_the_webhook(
     assert not [i for i in _insights(backend, "sparse") if i["kind"] == "anomaly"]
     assert not [b for _, b in receiver.events() if b["kpi"]["id"] == "sparse"]
 
+    # a restarted worker remembers what is raised (from the stored insights): it sends
+    # nothing again, and the recovery below is still sent
+    assert backend.server.stop() == 0
+    backend.server.start()
+    time.sleep(3)
+    assert len(raised()) == 1
+    assert len([e for e, b in receiver.events() if b["kpi"]["id"] == "views"]) == len(sent)
+
     # raising the threshold above the spike: the threshold insight recovers, once
     _kpi(
         backend,

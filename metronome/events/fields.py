@@ -24,6 +24,7 @@ __all__ = [
     "INSIGHT_DIRECTION",
     "INSIGHT_MESSAGE",
     "INSIGHT_OBSERVED",
+    "INSIGHT_RAISED_AT",
     "INSIGHT_EXPECTED",
     "INSIGHT_LOW",
     "INSIGHT_HIGH",
@@ -214,6 +215,7 @@ INSIGHT_LOW = "insight.low"  # the expected range (anomalies), or the reference 
 INSIGHT_HIGH = "insight.high"
 INSIGHT_SCORE = "insight.score"  # robust z-score (anomalies)
 INSIGHT_CHANGE = "insight.change"  # relative change (trends): 0.25 is +25%
+INSIGHT_RAISED_AT = "insight.raised_at"  # epoch ms of the bucket that raised it (both states)
 
 INSIGHT_FIELDS: frozenset[str] = frozenset(
     (TICK_FIELDS - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE, REFERRER_SPAM})
@@ -233,6 +235,7 @@ INSIGHT_FIELDS: frozenset[str] = frozenset(
         INSIGHT_HIGH,
         INSIGHT_SCORE,
         INSIGHT_CHANGE,
+        INSIGHT_RAISED_AT,
     }
 )
 """Every field the ``insights`` indices map: the shared base mappings and the insight's."""

@@ -79,6 +79,7 @@ def insight_document(
             F.INSIGHT_HIGH: high,
             F.INSIGHT_SCORE: score,
             F.INSIGHT_CHANGE: change,
+            F.INSIGHT_RAISED_AT: raised_at_ms,
         }
     )
     return Document(event_id, at_ms, F.INSIGHT_DATASET, source)

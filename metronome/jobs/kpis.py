@@ -22,6 +22,7 @@ import httpx
 
 from metronome.config import Settings
 from metronome.errors import MetronomeError
+from metronome.events import fields as F
 from metronome.events.insight import insight_document
 from metronome.insights.evaluate import Finding, Rules, evaluate
 from metronome.jobs.insight_webhooks import deliver
@@ -62,6 +63,7 @@ class KpiWatcher:
     settings: Settings
     store: Store
     raised: dict[tuple[str, str, str], int] = field(default_factory=dict)  # -> raised at
+    seeded: set[tuple[str, str]] = field(default_factory=set)
 
     async def run(self, stop: asyncio.Event) -> None:
         async with httpx.AsyncClient() as client:
@@ -94,7 +96,35 @@ class KpiWatcher:
         values = [float(r["metrics"][0] or 0) for r in answer["results"]]
         return list(query.group.bucket_starts), values
 
+    async def _seed(self, kpi: Kpi, now: int) -> None:
+        """What is raised for ``kpi`` according to its stored insights (once per process):
+        a finding whose last raised insight has no recovery after it. So a restarted
+        worker neither raises a lasting condition again nor forgets to send its recovery."""
+        if (kpi.site_id, kpi.id) in self.seeded:
+            return
+        body = {
+            "source": "insights",
+            "range": "30d",
+            "dimensions": [F.INSIGHT_KEY, F.INSIGHT_STATE],
+            "metrics": [{"max": F.INSIGHT_RAISED_AT}],
+            "filters": [["is", F.KPI_ID, [kpi.id]]],
+            "limit": 1000,
+        }
+        query = for_site(parse_query(body, now), kpi.site_id)
+        answer = await run_query(self.store, query, max_groups=self.settings.query_max_groups)
+        latest: dict[str, dict[str, int]] = {}
+        for row in answer["results"]:
+            key, state = row["dimensions"]
+            if row["metrics"][0] is not None:
+                latest.setdefault(key, {})[state] = int(row["metrics"][0])
+        for key, states in latest.items():
+            raised_at = states.get("raised")
+            if raised_at is not None and raised_at > states.get("recovered", -1):
+                self.raised.setdefault((kpi.site_id, kpi.id, key), raised_at)
+        self.seeded.add((kpi.site_id, kpi.id))
+
     async def _evaluate(self, client: httpx.AsyncClient, kpi: Kpi, now: int) -> int:
+        await self._seed(kpi, now)
         starts, values = await self._series(kpi, now)
         changes: list[tuple[Finding, str, int]] = []
         for finding in evaluate(rules_of(kpi), starts, values, now):
