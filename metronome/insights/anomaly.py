@@ -280,7 +280,7 @@ class Detector:
         if sparse:
             reason = f"too sparse to judge: expected and observed are under {_fmt(p.min_volume)}"
         else:
-            direction = "above" if value > guess else "below"
+            direction = "above" if value > guess else "below" if value < guess else "at"
             words = _MODEL_WORDS[model].format(n=p.recent_points)
             inside = "outside" if score > threshold else "inside"
             reason = (

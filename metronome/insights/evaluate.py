@@ -126,7 +126,9 @@ def _trend(rules: Rules, key: str, at_ms: int, current: float, before: float, wh
         key,
         active,
         at_ms,
-        f"{rules.name} is {direction} {abs(change) * 100:.0f}% ({_fmt(current)} against"
+        f"{rules.name} is "
+        + (f"{direction} {abs(change) * 100:.0f}%" if round(change * 100) else "unchanged")
+        + f" ({_fmt(current)} against"
         f" {_fmt(before)} {what})" + ("" if active else f", within {rules.trend_pct:g}%"),
         observed=current,
         expected=before,
