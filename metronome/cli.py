@@ -58,6 +58,7 @@ def serve(host: str | None, port: int | None, workers: int | None, no_shipper: b
         ensure_port_free(settings.host, settings.port)
     except PortInUse as exc:
         raise click.ClickException(str(exc)) from None
+    _check_sections(settings)
     if not no_shipper:
         _check_job_sites(settings)
     _multiprocess_metrics(settings)
@@ -166,6 +167,14 @@ def _check_job_sites(settings: Settings) -> None:
         check_site(snapshot, site_id, named_by)
 
 
+def _check_sections(settings: Settings) -> None:
+    """Refuse to start on a configuration file section its feature cannot use
+    (``[event_schemas]``), naming the key, before any process starts."""
+    from metronome.events.typed import EventSchemas
+
+    EventSchemas.from_config(settings.event_schemas)
+
+
 def _multiprocess_metrics(settings: Settings) -> None:
     """Give every process of this server one Prometheus multiprocess directory."""
     directory = Path(settings.data_dir) / "metrics"
@@ -185,6 +194,7 @@ def worker(drain: bool) -> None:
     settings = _settings()
     parent = os.environ.get("METRONOME_SHIPPER_PARENT")
     if parent is None and not drain:  # `serve` checked before starting this worker
+        _check_sections(settings)
         _check_job_sites(settings)
     configure_logging(settings)
     stats = asyncio.run(

@@ -178,6 +178,21 @@ def openapi_document() -> dict[str, Any]:
                 for name in ("views", "downloads", "referers")
             },
         },
+        "SeriesReport": {
+            "description": "A platform report of several parts (storage-growth, extractions,"
+            " concurrency): one row per time bucket (and series), with running totals",
+            "type": "object",
+            "required": ["report", "results", "meta"],
+            "not": {"required": ["query"]},  # what tells it from a QueryAnswer
+            "properties": {
+                "report": {"type": "string"},
+                "results": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["time"]},
+                },
+                "meta": {"type": "object", "required": ["range", "tz"]},
+            },
+        },
     }
     tock_params = _query_params(  # id is in the path; site is described with security
         {k: v for k, v in REPORTS["tock"].parameters.items() if k not in ("id", "site")}
@@ -376,7 +391,9 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "The report",
-                        "content": _json({"oneOf": [_ref("QueryAnswer"), _ref("Tock")]}),
+                        "content": _json(
+                            {"oneOf": [_ref("QueryAnswer"), _ref("Tock"), _ref("SeriesReport")]}
+                        ),
                     },
                     **_errors(400, 401, 403, 404, 503),
                 },

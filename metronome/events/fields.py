@@ -44,6 +44,7 @@ __all__ = [
     "SOURCE_IP",
     "TICK_FIELDS",
     "TIMESTAMP",
+    "TYPED",
     "URL_DOMAIN",
     "URL_ORIGINAL",
     "URL_PATH",
@@ -99,6 +100,8 @@ DEFAULT_SITE = "default"  # the single-user default: the site of events when no 
 SITE_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 PARAMS = "params"  # object of free parameters, one keyword field each
+# object of a typed event's fields (events/typed.py): numbers as doubles, text as keywords
+TYPED = "typed"
 
 TICK_FIELDS: frozenset[str] = frozenset(
     {

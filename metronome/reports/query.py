@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +24,7 @@ from jsonschema.exceptions import relevance
 
 from metronome.errors import InvalidParameter, InvalidQuery
 from metronome.events import fields as F
-from metronome.reports.catalog import ALIASES, UnknownField, resolve
+from metronome.reports.catalog import ALIASES, UnknownField, resolve, typed_fields
 from metronome.reports.timebuckets import (
     EARLIEST_MS,
     LATEST_MS,
@@ -511,8 +512,17 @@ def _filter(raw: list[Any], datasets: tuple[str, ...], where: str) -> tuple[Filt
     return Leaf(op, ref, values), [op, ref.name, list(values)]
 
 
-def parse_query(body: Any, now_ms: int | None = None) -> Query:
-    """Validate a ``/query`` request and resolve it. Raises :class:`InvalidQuery`."""
+def parse_query(
+    body: Any, now_ms: int | None = None, typed: Mapping[str, str] | None = None
+) -> Query:
+    """Validate a ``/query`` request and resolve it. Raises :class:`InvalidQuery`.
+
+    ``typed``: the typed events' fields and their kinds (``typed.<name>`` may be used)."""
+    with typed_fields(typed or {}):
+        return _parse_query(body, now_ms)
+
+
+def _parse_query(body: Any, now_ms: int | None) -> Query:
     error = _nesting_error(body) or _schema_error(body)
     if error is not None:
         raise error
