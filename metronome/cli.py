@@ -17,6 +17,7 @@ from metronome.cli_support import Commands, fail
 from metronome.cli_support import load_settings as _settings
 from metronome.config import CONFIG_VARIABLE, Settings, settings_reference, settings_table
 from metronome.errors import MetronomeError
+from metronome.jobs import commands as jobs_commands
 from metronome.sites import commands as sites_commands
 from metronome.telemetry import commands as apps_commands
 
@@ -170,10 +171,12 @@ def _check_job_sites(settings: Settings) -> None:
 
 def _check_sections(settings: Settings) -> None:
     """Refuse to start on a configuration file section its feature cannot use
-    (``[event_schemas]``), naming the key, before any process starts."""
+    (``[event_schemas]``, ``[[collectors]]``), naming the key, before any process starts."""
     from metronome.events.typed import EventSchemas
+    from metronome.jobs.collectors import parse_collectors
 
     EventSchemas.from_config(settings.event_schemas)
+    parse_collectors(settings.collectors)
 
 
 def _multiprocess_metrics(settings: Settings) -> None:
@@ -241,6 +244,8 @@ def status() -> None:
     )
     click.echo(f"lag:          {lag} (oldest unshipped event)")
     click.echo(f"dead letters: {dead_count} in {dead}")
+    for line in jobs_commands.collector_status_lines(settings):
+        click.echo(line)
     if reason is not None:
         fail(f"the store is not ready: {reason}")
 
@@ -248,6 +253,7 @@ def status() -> None:
 main.add_command(sites_commands.sites)
 main.add_command(sites_commands.keys)
 main.add_command(apps_commands.apps)
+main.add_command(jobs_commands.collect)
 
 
 @main.group()

@@ -21,6 +21,8 @@ from metronome.pipeline.spool import backlog
 
 __all__ = [
     "ACCEPTED",
+    "COLLECTOR_FAILURES",
+    "COLLECTOR_RUNS",
     "DEAD_LETTERS",
     "REJECTED",
     "REQUEST_SECONDS",
@@ -48,6 +50,17 @@ SHIPPED = Counter("metronome_events_shipped", "Events the store confirmed.")
 RETRIES = Counter("metronome_ship_retries", "Bulk writes retried after a retriable failure.")
 DEAD_LETTERS = Counter("metronome_dead_letters", "Events the store refused for good.")
 TORN_BYTES = Counter("metronome_spool_torn_bytes", "Bytes cut from torn segment tails.")
+COLLECTOR_RUNS = Counter(
+    "metronome_collector_runs",
+    "Collector periods by outcome: `ok`, `failed` and `timeout` (after the retries),"
+    " `missed` (a period nobody ran); counted by the worker that held the lease.",
+    ["collector", "outcome"],
+)
+COLLECTOR_FAILURES = Counter(
+    "metronome_collector_attempt_failures",
+    "Collector attempts that failed or timed out, retried ones included.",
+    ["collector"],
+)
 TELEMETRY_ACCEPTED = Counter(
     "metronome_telemetry_points_accepted",
     "Telemetry points acknowledged (spooled), by app (registered apps only).",
