@@ -171,12 +171,15 @@ def _check_job_sites(settings: Settings) -> None:
 
 def _check_sections(settings: Settings) -> None:
     """Refuse to start on a configuration file section its feature cannot use
-    (``[event_schemas]``, ``[[collectors]]``), naming the key, before any process starts."""
+    (``[event_schemas]``, ``[[collectors]]``, ``[[monitors]]``), naming the key, before
+    any process starts."""
     from metronome.events.typed import EventSchemas
     from metronome.jobs.collectors import parse_collectors
+    from metronome.jobs.monitors import parse_monitors
 
     EventSchemas.from_config(settings.event_schemas)
     parse_collectors(settings.collectors)
+    parse_monitors(settings.monitors)
 
 
 def _multiprocess_metrics(settings: Settings) -> None:

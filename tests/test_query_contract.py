@@ -489,6 +489,9 @@ def test_named_reports_answer_common_questions(data: Backend) -> None:
         "extraction-runtime",
         "downloads-per-resource",
         "concurrency",
+        "uptime",
+        "response-times",
+        "certificate-expiry",
     ]
     week = {"from": WEEK["from"], "to": WEEK["to"]}
     top = report(data, "top-items", **week, source="ticks")

@@ -69,13 +69,18 @@ async def _retention_loop(settings: Settings, store: Store, stop: asyncio.Event)
 
 
 async def _collectors(settings: Settings, store: Store, stop: asyncio.Event) -> None:
-    """The ``[[collectors]]``, each once per period across every worker (leases)."""
+    """The ``[[collectors]]`` and ``[[monitors]]``, each once per period across every
+    worker (leases)."""
     from metronome.jobs.collectors import parse_collectors, run_collectors
+    from metronome.jobs.monitors import parse_monitors, run_monitors
     from metronome.store.leases import open_leases
 
     specs = parse_collectors(settings.collectors)
+    monitors = parse_monitors(settings.monitors)
     async with open_leases(settings) as leases:
-        await run_collectors(specs, store, leases, stop)
+        await asyncio.gather(
+            run_collectors(specs, store, leases, stop), run_monitors(monitors, store, leases, stop)
+        )
 
 
 async def run_worker(
@@ -106,7 +111,7 @@ async def run_worker(
             if settings.retention and not drain:
                 retention = loop.create_task(_retention_loop(settings, store, stop))
             collectors = None
-            if settings.collectors and not drain:
+            if (settings.collectors or settings.monitors) and not drain:
                 collectors = loop.create_task(_collectors(settings, store, stop))
             # the shipper's long-lived objects, out of the collector's way; it builds events
             # only for the forward input

@@ -23,6 +23,7 @@ __all__ = [
     "ACCEPTED",
     "COLLECTOR_FAILURES",
     "COLLECTOR_RUNS",
+    "MONITOR_CHECKS",
     "DEAD_LETTERS",
     "REJECTED",
     "REQUEST_SECONDS",
@@ -60,6 +61,11 @@ COLLECTOR_FAILURES = Counter(
     "metronome_collector_attempt_failures",
     "Collector attempts that failed or timed out, retried ones included.",
     ["collector"],
+)
+MONITOR_CHECKS = Counter(
+    "metronome_monitor_checks",
+    "Monitor checks by result (`up`, `down`: this check, before retries change the state).",
+    ["monitor", "result"],
 )
 TELEMETRY_ACCEPTED = Counter(
     "metronome_telemetry_points_accepted",

@@ -216,6 +216,26 @@ REPORTS: dict[str, NamedReport] = {
             plan=lambda p: _planned("concurrency", p, "hour", platform.concurrency_plan),
             common=False,
         ),
+        NamedReport(
+            "uptime",
+            "Uptime % per monitor and region, with the downtime intervals",
+            None,
+            _PLAN_PARAMETERS,
+            plan=lambda p: _planned("uptime", p, "", platform.uptime_plan),
+            common=False,
+        ),
+        NamedReport(
+            "response-times",
+            "Monitors' response time percentiles (ms), time to first byte and page size",
+            lambda p: platform.response_times_query({}),
+            {},
+        ),
+        NamedReport(
+            "certificate-expiry",
+            "TLS monitors' certificate days left (latest, and the fewest in the range)",
+            lambda p: platform.certificate_expiry_query({}),
+            {},
+        ),
     ]
 }
 
@@ -231,8 +251,8 @@ def _planned(
     shell = NamedReport(
         name,
         "",
-        lambda p: {"interval": _interval(p, interval)},
-        {**_PLAN_PARAMETERS, "interval": ""},
+        lambda p: {"interval": _interval(p, interval)} if interval else {},
+        {**_PLAN_PARAMETERS, "interval": ""} if interval else _PLAN_PARAMETERS,
         common=False,
     )
     queries, shape = make(report_query(shell, params))

@@ -7,7 +7,8 @@
   length (queued minus finished since the first event) at each bucket's end;
 - ``extraction-runtime``: ``runtime_ms`` percentiles of finished extractions per extractor;
 - ``downloads-per-resource``: ``resource.download`` events and visitors per resource;
-- ``concurrency``: requests in progress at once, from access logs with a duration.
+- ``concurrency``: requests in progress at once, from access logs with a duration;
+- ``uptime``, ``response-times``, ``certificate-expiry``: health monitors' points.
 
 A running total needs what came before the range: each such report also asks for the
 totals from 1970 to the range's start (one more query), so the totals are the same whatever
@@ -24,6 +25,9 @@ from metronome.reports.query import parse_query
 
 __all__ = [
     "INTERVAL_SECONDS",
+    "certificate_expiry_query",
+    "response_times_query",
+    "uptime_plan",
     "concurrency_plan",
     "downloads_query",
     "extraction_runtime_query",
@@ -234,6 +238,90 @@ def concurrency_plan(
         }
 
     return {"main": main, "missing": missing}, shape
+
+
+def uptime_plan(body: Body) -> tuple[dict[str, Body], Callable[[Mapping[str, Answer]], Answer]]:
+    """Uptime per monitor and region: the share of checks whose state was up, and the
+    downtime intervals (down -> up changes in the range, and a down still going on)."""
+    common = {**body, "source": "metrics", "limit": 10_000, "bots": "include"}
+    checks = {
+        **common,
+        "metrics": [{"avg": "fields.up"}, "events"],
+        "dimensions": ["tags.monitor", "tags.region"],
+        "filters": [["is", "metric.name", ["monitor"]]],
+    }
+    recovered = {
+        **common,
+        "metrics": ["events"],
+        "dimensions": ["tags.monitor", "tags.region", "tags.down_from", "tags.down_to"],
+        "filters": [["is", "metric.name", ["monitor_state"]], ["is", "tags.to", ["up"]]],
+    }
+    went_down = {
+        **common,
+        "metrics": ["events"],
+        "dimensions": ["tags.monitor", "tags.region", "tags.down_from"],
+        "filters": [["is", "metric.name", ["monitor_state"]], ["is", "tags.to", ["down"]]],
+    }
+
+    def shape(answers: Mapping[str, Answer]) -> Answer:
+        intervals: dict[tuple[Any, Any], dict[Any, Any]] = {}
+        for row in answers["recovered"]["results"]:
+            monitor, region, start, end = row["dimensions"]
+            intervals.setdefault((monitor, region), {})[start] = end
+        for row in answers["went_down"]["results"]:
+            monitor, region, start = row["dimensions"]
+            intervals.setdefault((monitor, region), {}).setdefault(start, None)
+        results = []
+        for row in answers["checks"]["results"]:
+            monitor, region = row["dimensions"]
+            share, checks = row["metrics"]
+            downs = intervals.get((monitor, region), {})
+            results.append(
+                {
+                    "monitor": monitor,
+                    "region": region,
+                    "uptime_percent": None if share is None else round(share * 100, 3),
+                    "checks": checks,
+                    "downtime": [
+                        {"from": start, "to": end}
+                        for start, end in sorted(downs.items(), key=lambda kv: str(kv[0]))
+                    ],
+                }
+            )
+        return {"report": "uptime", "results": results, "meta": _meta(answers["checks"])}
+
+    return {"checks": checks, "recovered": recovered, "went_down": went_down}, shape
+
+
+def response_times_query(body: Body) -> Body:
+    return {
+        **body,
+        "source": "metrics",
+        "metrics": [
+            "events",
+            {"p50": "fields.total_ms"},
+            {"p95": "fields.total_ms"},
+            {"p99": "fields.total_ms"},
+            {"avg": "fields.first_byte_ms"},
+            {"avg": "fields.body_bytes"},
+        ],
+        "dimensions": ["tags.monitor", "tags.region"],
+        "filters": [["is", "metric.name", ["monitor"]], ["gt", "fields.ok", 0]],
+    }
+
+
+def certificate_expiry_query(body: Body) -> Body:
+    return {
+        **body,
+        "source": "metrics",
+        "metrics": [
+            {"last_avg": "fields.days_left", "instance": "tags.region"},
+            {"min": "fields.days_left"},
+        ],
+        "dimensions": ["tags.monitor"],
+        "filters": [["is", "metric.name", ["monitor"]], ["is", "tags.kind", ["tls"]]],
+        "order_by": [["min:fields.days_left", "asc"]],
+    }
 
 
 def _meta(answer: Answer) -> Answer:
