@@ -411,3 +411,25 @@ def test_a_hanging_source_is_timed_out_recorded_and_the_next_periods_run(schedul
     assert "collector hanging: every 2s" in status.stdout
     assert "took longer than 0.5s" in status.stdout, status.stdout
     assert "collector platform: every 2s" in status.stdout
+
+
+def test_readme_example_configuration_is_valid() -> None:
+    """The configuration a new user copies from the README passes every check."""
+    import re
+    import tomllib
+
+    from metronome.events.typed import EventSchemas
+    from metronome.jobs.monitors import parse_monitors
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Watching the platform", 1)[1]
+    (block,) = re.findall(r"```toml\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+    config = tomllib.loads(block)
+    assert set(EventSchemas.from_config(config["event_schemas"]).types) == {
+        "file.uploaded",
+        "file.deleted",
+    }
+    (collector,) = parse_collectors(config["collectors"])
+    assert collector.every_s == 1800
+    (monitor,) = parse_monitors(config["monitors"])
+    assert monitor.retries == 2 and monitor.webhooks[0].secret == "change-me"

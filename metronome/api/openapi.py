@@ -180,16 +180,14 @@ def openapi_document() -> dict[str, Any]:
         },
         "SeriesReport": {
             "description": "A platform report of several parts (storage-growth, extractions,"
-            " concurrency): one row per time bucket (and series), with running totals",
+            " concurrency: a row per time bucket and series, with running totals; uptime: a"
+            " row per monitor and region)",
             "type": "object",
             "required": ["report", "results", "meta"],
             "not": {"required": ["query"]},  # what tells it from a QueryAnswer
             "properties": {
                 "report": {"type": "string"},
-                "results": {
-                    "type": "array",
-                    "items": {"type": "object", "required": ["time"]},
-                },
+                "results": {"type": "array", "items": {"type": "object"}},
                 "meta": {"type": "object", "required": ["range", "tz"]},
             },
         },
