@@ -63,7 +63,8 @@ class Receiver:
         for headers, body in list(self.deliveries):
             signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
             assert headers["X-Metronome-Signature"] == signature
-            out.append((headers["X-Metronome-Event"], json.loads(body)))
+            payload = json.loads(body)
+            out.append((payload["event"], payload))
         return out
 
     def close(self) -> None:

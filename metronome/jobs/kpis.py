@@ -2,7 +2,8 @@
 read through the one query model, judged by :mod:`metronome.insights.evaluate`, and each
 change -- a finding becoming active (raised) or going away (recovered) -- is stored as an
 insight document (dataset ``insights``, so ``POST /query`` with ``"source": "insights"``,
-live subscriptions and dashboards see it) and sent to the KPI's webhook.
+live subscriptions and dashboards see it) and sent to the KPI's webhook
+(:mod:`metronome.jobs.webhooks`: signed, retried).
 
 Deduplicated twice: the worker remembers what is raised, so a condition that lasts is one
 insight, not one per evaluation; and an insight's document id is derived from the KPI, the
@@ -25,7 +26,7 @@ from metronome.errors import MetronomeError
 from metronome.events import fields as F
 from metronome.events.insight import insight_document
 from metronome.insights.evaluate import Finding, Rules, evaluate
-from metronome.jobs.insight_webhooks import deliver
+from metronome.jobs.webhooks import Webhook, deliver
 from metronome.kpis.model import Kpi, series_query, window_buckets
 from metronome.kpis.registry import open_kpis
 from metronome.reports.engine import run_query
@@ -64,6 +65,7 @@ class KpiWatcher:
     store: Store
     raised: dict[tuple[str, str, str], int] = field(default_factory=dict)  # -> raised at
     seeded: set[tuple[str, str]] = field(default_factory=set)
+    delivered: set[str] = field(default_factory=set)  # webhook deliveries made (url, id)
 
     async def run(self, stop: asyncio.Event) -> None:
         async with httpx.AsyncClient() as client:
@@ -169,19 +171,25 @@ class KpiWatcher:
                 kpi.id,
                 document.source["insight"]["kind"],
             )
-        webhook = kpi.definition.get("webhook")
-        if webhook:
+        url = kpi.definition.get("webhook")
+        if url:
+            hook = Webhook(
+                url, self.settings.insight_webhook_secret, timeout_s=5.0, attempts=4, backoff_s=0.5
+            )
             for document in new:
                 await deliver(
-                    client,
-                    webhook,
+                    hook,
                     _payload(kpi, document.source),
-                    event=f"insight.{document.source['insight']['state']}",
-                    delivery_id=document.id,
-                    secret=self.settings.insight_webhook_secret,
+                    document.id,
+                    delivered=self.delivered,
+                    client=client,
                 )
         return len(new)
 
 
 def _payload(kpi: Kpi, source: dict[str, Any]) -> dict[str, Any]:
-    return {"kpi": {"id": kpi.id, "name": kpi.name, "site": kpi.site_id}, "insight": source}
+    return {
+        "event": f"insight.{source['insight']['state']}",
+        "kpi": {"id": kpi.id, "name": kpi.name, "site": kpi.site_id},
+        "insight": source,
+    }

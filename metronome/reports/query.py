@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +24,7 @@ from jsonschema.exceptions import relevance
 
 from metronome.errors import InvalidParameter, InvalidQuery
 from metronome.events import fields as F
-from metronome.reports.catalog import ALIASES, UnknownField, resolve
+from metronome.reports.catalog import ALIASES, UnknownField, resolve, typed_fields
 from metronome.reports.timebuckets import (
     EARLIEST_MS,
     LATEST_MS,
@@ -46,6 +47,9 @@ from metronome.store.query import (
 )
 
 __all__ = [
+    "DISTINCT_PRECISION",
+    "INSTANCE_TAG",
+    "LAST_PRECISION",
     "QUERY_SCHEMA",
     "ForecastSpec",
     "Query",
@@ -55,10 +59,27 @@ __all__ = [
     "restrict",
 ]
 
-SOURCES = {"ticks": ("ticks",), "logs": ("logs",), "all": ("ticks", "logs")}
+SOURCES = {
+    "ticks": ("ticks",),
+    "logs": ("logs",),
+    "all": ("ticks", "logs"),
+    "metrics": (F.POINT_DATASET,),
+}
 SOURCES["insights"] = (F.INSIGHT_DATASET,)  # what the worker found in KPIs: trends, anomalies
-SIMPLE_METRICS = ("events", "visitors", "items", "bytes", "error_rate")
-STAT_PATTERN = r"^(sum|avg|min|max|p(?:[1-9][0-9]?)(?:\.[0-9]{1,3})?)$"
+SIMPLE_METRICS = ("events", "visitors", "items", "bytes", "error_rate", "instances")
+STAT_PATTERN = r"^(sum|avg|min|max|distinct|p(?:[1-9][0-9]?)(?:\.[0-9]{1,3})?)$"
+LAST_STATS = ("last_sum", "last_avg")
+INSTANCE_TAG = "tags.instance_uuid"
+"""What tells a telemetry app's instances apart unless a query names another tag."""
+DISTINCT_PRECISION = (
+    "distinct counts (instances, distinct:<field>) are exact on the embedded store; on"
+    " Elasticsearch a HyperLogLog++ estimate, exact below 3,000 distinct values per row"
+    " and within a few percent above"
+)
+LAST_PRECISION = (
+    "last_sum/last_avg are exact on the embedded store; on Elasticsearch exact while a row"
+    " holds at most 10,000 instances (the instances past that are left out)"
+)
 HORIZON_PATTERN = r"^[1-9][0-9]{0,2}[hd]$"
 MAX_FORECAST_BUCKETS = 2_000
 RANGE_PRESET = r"^(today|yesterday|week|month|year|[1-9][0-9]{0,2}[hd])$"
@@ -104,7 +125,8 @@ QUERY_SCHEMA: dict[str, Any] = {
         "source": {
             "enum": list(SOURCES),
             "default": "all",
-            "description": "ticks, access logs, or both",
+            "description": "ticks, access logs, or both (all); or metrics (points:"
+            " telemetry, collectors, monitors)",
         },
         "range": {
             "description": f"a preset: {PRESETS}; or from/to: a date (the whole day),"
@@ -145,6 +167,20 @@ QUERY_SCHEMA: dict[str, Any] = {
                         "maxProperties": 1,
                         "propertyNames": {"pattern": STAT_PATTERN},
                         "additionalProperties": _FIELD,
+                    },
+                    {
+                        "type": "object",
+                        "description": "the last value of a field per instance, summed or"
+                        f" averaged over instances (instance: a tag, default {INSTANCE_TAG})",
+                        "minProperties": 1,
+                        "maxProperties": 2,
+                        "additionalProperties": False,
+                        "properties": {
+                            "last_sum": _FIELD,
+                            "last_avg": _FIELD,
+                            "instance": _FIELD,
+                        },
+                        "oneOf": [{"required": ["last_sum"]}, {"required": ["last_avg"]}],
                     },
                 ]
             },
@@ -336,7 +372,8 @@ def _schema_error(body: Any) -> InvalidQuery | None:
     if error.validator == "oneOf" and where.startswith("query.metrics"):
         return InvalidQuery(
             f"{where}: a metric is one of {', '.join(SIMPLE_METRICS)}, or"
-            ' {"sum"|"avg"|"min"|"max"|"p95"...: field}',
+            ' {"sum"|"avg"|"min"|"max"|"distinct"|"p95"...: field}, or'
+            ' {"last_sum"|"last_avg": field, "instance": tag}',
             field=where,
         )
     if error.validator == "oneOf" and where == "query.range":
@@ -467,6 +504,9 @@ def _metric(raw: Any, datasets: tuple[str, ...], where: str) -> tuple[MetricSpec
     if isinstance(raw, str):
         if raw == "events":
             return MetricSpec("events", "count"), raw
+        if raw == "instances":
+            ref = _field(INSTANCE_TAG, datasets, "dimension", where)
+            return MetricSpec(raw, "distinct", ref), raw
         if raw in ("visitors", "items"):
             name = "visitor.id" if raw == "visitors" else "item.id"
             return MetricSpec(raw, "distinct", _field(name, datasets, "dimension", where)), raw
@@ -475,7 +515,19 @@ def _metric(raw: Any, datasets: tuple[str, ...], where: str) -> tuple[MetricSpec
             return MetricSpec("bytes", "sum", ref), raw
         ref = _field("status", datasets, "number", where)
         return MetricSpec("error_rate", "error_rate", ref), raw
+    last = next((s for s in LAST_STATS if s in raw), None)
+    if last is not None:
+        ref = _field(raw[last], datasets, "number", where)
+        instance = _field(raw.get("instance", INSTANCE_TAG), datasets, "dimension", where)
+        name = f"{last}:{ref.name}"
+        if instance.name != INSTANCE_TAG:
+            name += f"@{instance.name}"
+        spec = MetricSpec(name, last, ref, instance=instance)  # type: ignore[arg-type]
+        return spec, {last: ref.name, "instance": instance.name}
     ((stat, name),) = raw.items()
+    if stat == "distinct":
+        ref = _field(name, datasets, "dimension", where)
+        return MetricSpec(f"distinct:{ref.name}", "distinct", ref), {stat: ref.name}
     ref = _field(name, datasets, "number", where)
     canonical = f"{stat}:{ref.name}"
     if stat.startswith("p"):
@@ -551,8 +603,17 @@ def _filter(raw: list[Any], datasets: tuple[str, ...], where: str) -> tuple[Filt
     return Leaf(op, ref, values), [op, ref.name, list(values)]
 
 
-def parse_query(body: Any, now_ms: int | None = None) -> Query:
-    """Validate a ``/query`` request and resolve it. Raises :class:`InvalidQuery`."""
+def parse_query(
+    body: Any, now_ms: int | None = None, typed: Mapping[str, str] | None = None
+) -> Query:
+    """Validate a ``/query`` request and resolve it. Raises :class:`InvalidQuery`.
+
+    ``typed``: the typed events' fields and their kinds (``typed.<name>`` may be used)."""
+    with typed_fields(typed or {}):
+        return _parse_query(body, now_ms)
+
+
+def _parse_query(body: Any, now_ms: int | None) -> Query:
     error = _nesting_error(body) or _schema_error(body)
     if error is not None:
         raise error
@@ -607,7 +668,7 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
         nodes.append(node)
         filter_json.append(norm)
     bots = body.get("bots", "exclude")
-    if bots == "exclude":  # crawlers and referrer spam
+    if bots == "exclude" and F.POINT_DATASET not in datasets:  # crawlers and referrer spam
         nodes.append(Leaf("is_not", resolve("bot", datasets, "filter"), (True,)))
         nodes.append(Leaf("is_not", resolve("referrer.spam", datasets, "filter"), (True,)))
     root: FilterNode | None = (
