@@ -136,16 +136,19 @@ def _kpi(backend: Backend, **definition: Any) -> dict[str, Any]:
 
 
 def _insights(backend: Backend, kpi_id: str) -> list[dict[str, Any]]:
-    resp = backend.client.post(
-        "/query",
-        json={
-            "source": "insights",
-            "range": "30d",
-            "dimensions": ["insight.kind", "insight.state", "insight.key", "insight.message"],
-            "filters": [["is", "kpi.id", [kpi_id]]],
-            "metrics": ["events", {"max": "insight.observed"}, {"max": "insight.high"}],
-        },
-    )
+    body = {
+        "source": "insights",
+        "range": "30d",
+        "dimensions": ["insight.kind", "insight.state", "insight.key", "insight.message"],
+        "filters": [["is", "kpi.id", [kpi_id]]],
+        "metrics": ["events", {"max": "insight.observed"}, {"max": "insight.high"}],
+    }
+    resp = backend.client.post("/query", json=body)
+    for _ in range(5):  # the shared test Elasticsearch may be busy: 503, retry as told
+        if resp.status_code != 503:
+            break
+        time.sleep(float(resp.headers.get("Retry-After", "1")))
+        resp = backend.client.post("/query", json=body)
     assert resp.status_code == 200, resp.text
     return [
         {
