@@ -42,6 +42,7 @@ from metronome.errors import BadRequest
 from metronome.events.document import Document
 from metronome.events.fields import DEFAULT_SITE
 from metronome.events.tick import Limits, RequestInfo, build_tick
+from metronome.events.typed import EventSchemas
 from metronome.logs.ingest import LineConverter
 from metronome.logs.parse import Reject
 from metronome.pipeline import metrics
@@ -121,6 +122,7 @@ class ForwardRouter:
             settings.max_params, settings.max_key_length, settings.max_value_length
         )
         self._converter = LineConverter(settings)
+        self._schemas = EventSchemas.from_config(settings.event_schemas)
         self._site = settings.log_site
         self._record_site = settings.forward_record_site
         self._sites = RegistryCache(
@@ -161,7 +163,10 @@ class ForwardRouter:
                     continue
                 try:
                     document = build_tick(
-                        tick, RequestInfo(received_ms, None, None, chosen), self._limits
+                        tick,
+                        RequestInfo(received_ms, None, None, chosen),
+                        self._limits,
+                        self._schemas,
                     )
                 except BadRequest as exc:
                     metrics.REJECTED.labels(exc.code).inc()
