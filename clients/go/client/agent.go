@@ -50,13 +50,12 @@ type ServerResponse struct {
 	Refused                  []Refusal `json:"refused,omitempty"`
 }
 
-// Refusal is one metric the server did not store, and why.
+// Refusal is a metric the server did not store (by its Index in the request), or with
+// Field set one field of it that was left out, and why.
 type Refusal struct {
-	Index   int    `json:"index"`
-	Name    string `json:"name,omitempty"`
-	Field   string `json:"field,omitempty"`
-	Reason  string `json:"reason,omitempty"`
-	Message string `json:"message,omitempty"`
+	Index  int    `json:"index"`
+	Reason string `json:"reason"`
+	Field  string `json:"field,omitempty"`
 }
 
 // MetricHandler gathers the metrics before each request and is told how it went.
