@@ -18,6 +18,7 @@ from metronome.cli_support import load_settings as _settings
 from metronome.config import CONFIG_VARIABLE, Settings, settings_reference, settings_table
 from metronome.errors import MetronomeError
 from metronome.sites import commands as sites_commands
+from metronome.telemetry import commands as apps_commands
 
 __all__ = ["main"]
 
@@ -236,6 +237,7 @@ def status() -> None:
 
 main.add_command(sites_commands.sites)
 main.add_command(sites_commands.keys)
+main.add_command(apps_commands.apps)
 
 
 @main.group()

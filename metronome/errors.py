@@ -14,12 +14,15 @@
     │   └── UnknownSite                 (400 unknown_site)
     ├── Unauthorized                    (401 unauthorized)
     │   ├── KeyRequired                 (401 key_required)
-    │   └── InvalidKey                  (401 invalid_key)
+    │   ├── InvalidKey                  (401 invalid_key)
+    │   └── AppTokenInvalid             (401 invalid_app_token)
     ├── Forbidden                       (403 forbidden)
     │   ├── ScopeForbidden              (403 scope_forbidden)
     │   ├── SiteForbidden               (403 site_forbidden)
-    │   └── OriginForbidden             (403 origin_forbidden)
+    │   ├── OriginForbidden             (403 origin_forbidden)
+    │   └── EndpointDisabled            (403 endpoint_disabled)
     ├── NotFound                        (404 not_found)
+    │   └── UnknownApp                  (404 unknown_app)
     ├── MethodNotAllowed                (405 method_not_allowed)
     ├── RequestTimeout                  (408 request_timeout)
     ├── PayloadTooLarge                 (413 payload_too_large)
@@ -74,9 +77,12 @@ __all__ = [
     "StoreUnavailable",
     "TooManyConnections",
     "Unauthorized",
+    "UnknownApp",
     "UnknownSite",
     "UnsupportedMediaType",
     "UriTooLong",
+    "AppTokenInvalid",
+    "EndpointDisabled",
     "all_error_classes",
 ]
 
@@ -329,3 +335,24 @@ class SpoolFull(MetronomeError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "30"}
+
+
+# -- telemetry (issue 19) ----------------------------------------------------------------
+
+
+class UnknownApp(NotFound):
+    """No telemetry app with this id (`metronome apps list` shows them)."""
+
+    code = "unknown_app"
+
+
+class AppTokenInvalid(Unauthorized):
+    """The app takes telemetry only with its URL token (`?token=`): missing or wrong."""
+
+    code = "invalid_app_token"
+
+
+class EndpointDisabled(Forbidden):
+    """The app switched this telemetry endpoint off (`metronome apps update --disable`)."""
+
+    code = "endpoint_disabled"

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "APP",
+    "APP_ID_PATTERN",
     "BOT",
     "CLIENT_GEO_COUNTRY_ISO_CODE",
     "CLIENT_IP",
@@ -21,6 +23,7 @@ __all__ = [
     "EVENT_DATASET",
     "EVENT_DURATION",
     "EVENT_ID",
+    "FIELDS",
     "EVENT_INGESTED",
     "HTTP_REQUEST_METHOD",
     "HTTP_REQUEST_REFERRER",
@@ -34,6 +37,8 @@ __all__ = [
     "METRICS",
     "METRICSET_NAME",
     "METRIC_FIELDS",
+    "METRIC_NAME",
+    "POINT_DATASET",
     "PARAMS",
     "REFERRER_DOMAIN",
     "REFERRER_PAGE",
@@ -42,6 +47,7 @@ __all__ = [
     "SITE_ID",
     "SITE_ID_PATTERN",
     "SOURCE_IP",
+    "TAGS",
     "TICK_FIELDS",
     "TIMESTAMP",
     "URL_DOMAIN",
@@ -169,9 +175,20 @@ HOST_NAME = "host.name"
 SERVICE_NAME = "service.name"
 METRICS = "metrics"  # object of numeric values, one double field each
 
+# Points (events/point.py) live in the same dataset: one measurement of one producer (a
+# telemetry app, a collector, a monitor), in <prefix>-metrics-<app>-YYYY.MM.DD.
+POINT_DATASET = "metrics"
+APP = "app"  # the producer: a telemetry app's id, or a collector's or monitor's name
+METRIC_NAME = "metric.name"  # the measurement: storage_capacity, enabled_feature, ...
+TAGS = "tags"  # object of keyword values (tags.<name>): what a point is about
+FIELDS = "fields"  # object of double values (fields.<name>): what was measured
+# What an app id (and any producer's name) may be: it is part of index names
+APP_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
 METRIC_FIELDS: frozenset[str] = frozenset(
     (TICK_FIELDS - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE, REFERRER_SPAM})
-    | {METRICSET_NAME, HOST_NAME, SERVICE_NAME}
+    | {METRICSET_NAME, HOST_NAME, SERVICE_NAME, APP, METRIC_NAME}
 )
-"""Every fixed field the ``metrics`` indices map (``metrics.*`` excluded): the shared base
-mappings and the metric set, host and service names."""
+"""Every fixed field the ``metrics`` indices map (``metrics.*``, ``tags.*`` and
+``fields.*`` excluded): the shared base mappings, the metric set, host and service names,
+and a point's producer and metric name."""

@@ -27,6 +27,8 @@ __all__ = [
     "RETRIES",
     "RouteTally",
     "SHIPPED",
+    "TELEMETRY_ACCEPTED",
+    "TELEMETRY_REFUSED",
     "TORN_BYTES",
     "SpoolCollector",
     "registry_for_scrape",
@@ -46,6 +48,17 @@ SHIPPED = Counter("metronome_events_shipped", "Events the store confirmed.")
 RETRIES = Counter("metronome_ship_retries", "Bulk writes retried after a retriable failure.")
 DEAD_LETTERS = Counter("metronome_dead_letters", "Events the store refused for good.")
 TORN_BYTES = Counter("metronome_spool_torn_bytes", "Bytes cut from torn segment tails.")
+TELEMETRY_ACCEPTED = Counter(
+    "metronome_telemetry_points_accepted",
+    "Telemetry points acknowledged (spooled), by app (registered apps only).",
+    ["app"],
+)
+TELEMETRY_REFUSED = Counter(
+    "metronome_telemetry_refused",
+    "Telemetry refused inside answered (200) requests, by app and what: `metric` (a whole"
+    " metric left out) or `field` (one field left out, the metric kept).",
+    ["app", "what"],
+)
 REQUEST_SECONDS = Histogram(
     "metronome_request_duration_seconds",
     "HTTP request latency by route.",

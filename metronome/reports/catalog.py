@@ -36,6 +36,8 @@ _NUMBER_TYPES = {
 }
 _INTEGER_TYPES = {"long", "integer", "short", "byte", "unsigned_long"}
 PARAM_NAME = re.compile(r"^params\.([\w\-:@$]{1,64})$")
+POINT_NAME = re.compile(r"^(tags|fields)\.([A-Za-z_][A-Za-z0-9_\-:]{0,63})$")
+"""A point's tag (keyword) or field (number), in the ``metrics`` dataset."""
 
 ALIASES: dict[str, str] = {
     "event": F.EVENT_ACTION,
@@ -102,17 +104,28 @@ def resolve(name: str, datasets: tuple[str, ...], purpose: Purpose) -> FieldRef:
         if "ticks" not in datasets:
             raise UnknownField(f"{name!r}: free parameters exist on ticks only")
         return FieldRef(field, "number" if purpose == "number" else "keyword", param=True)
+    point = POINT_NAME.match(field)
+    if point:
+        if F.POINT_DATASET not in datasets:
+            raise UnknownField(f"{name!r}: tags and fields exist on metrics (points) only")
+        kind: Kind = "keyword" if point[1] == "tags" else "number"
+        if kind not in _ALLOWED[purpose]:
+            raise UnknownField(f"{name!r} is a field of type {kind}; this needs {_WHAT[purpose]}")
+        return FieldRef(field, kind)
     types = {catalog()[d][field] for d in datasets if field in catalog().get(d, {})}
     if not types:
         known = ", ".join(sorted(ALIASES))
         raise UnknownField(
             f"{name!r} is not a field of {' or '.join(datasets)}; use a document field such"
-            f" as url.path, an alias ({known}) or params.<name>"
+            f" as url.path, an alias ({known}), params.<name> (ticks) or tags.<name> and"
+            " fields.<name> (metrics)"
         )
     kinds = {_kind(t) for t in types}
     if len(kinds) != 1 or None in kinds:
         raise UnknownField(f"{name!r} cannot be used in a query")
-    (kind,) = kinds
+    (found,) = kinds
+    assert found is not None
+    kind = found
     if kind not in _ALLOWED[purpose]:
         raise UnknownField(f"{name!r} is a field of type {kind}; this needs {_WHAT[purpose]}")
     return FieldRef(field, kind)

@@ -23,7 +23,13 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from metronome.errors import InvalidCursor, InvalidQuery
-from metronome.reports.query import VISITORS_PRECISION, Query, iso_moment
+from metronome.reports.query import (
+    DISTINCT_PRECISION,
+    LAST_PRECISION,
+    VISITORS_PRECISION,
+    Query,
+    iso_moment,
+)
 from metronome.reports.timebuckets import bucket_label
 from metronome.store.base import GroupRow, Store
 from metronome.store.query import GroupQuery, MetricSpec
@@ -104,7 +110,7 @@ def _after_keys(cursor: dict[str, Any], group: GroupQuery) -> tuple[Any, ...] | 
 
 
 def _zero(metric: MetricSpec) -> Any:
-    if metric.kind in ("count", "distinct", "sum"):
+    if metric.kind in ("count", "distinct", "sum", "last_sum"):
         return 0
     return (0, 0) if metric.kind == "error_rate" else None
 
@@ -316,6 +322,10 @@ async def run_query(
         }
     if any(m.name == "visitors" for m in group.metrics):
         meta["visitors_precision"] = VISITORS_PRECISION
+    if any(m.kind in ("last_sum", "last_avg") for m in group.metrics):
+        meta["last_precision"] = LAST_PRECISION
+    if any(m.kind == "distinct" and m.name != "visitors" for m in group.metrics):
+        meta["distinct_precision"] = DISTINCT_PRECISION
     if any(m.kind == "percentile" for m in group.metrics):
         meta["percentiles"] = (
             "exact with linear interpolation on the embedded store; a"

@@ -44,6 +44,9 @@ from metronome.store.query import (
 )
 
 __all__ = [
+    "DISTINCT_PRECISION",
+    "INSTANCE_TAG",
+    "LAST_PRECISION",
     "QUERY_SCHEMA",
     "Query",
     "for_site",
@@ -52,9 +55,26 @@ __all__ = [
     "restrict",
 ]
 
-SOURCES = {"ticks": ("ticks",), "logs": ("logs",), "all": ("ticks", "logs")}
-SIMPLE_METRICS = ("events", "visitors", "items", "bytes", "error_rate")
-STAT_PATTERN = r"^(sum|avg|min|max|p(?:[1-9][0-9]?)(?:\.[0-9]{1,3})?)$"
+SOURCES = {
+    "ticks": ("ticks",),
+    "logs": ("logs",),
+    "all": ("ticks", "logs"),
+    "metrics": (F.POINT_DATASET,),
+}
+SIMPLE_METRICS = ("events", "visitors", "items", "bytes", "error_rate", "instances")
+STAT_PATTERN = r"^(sum|avg|min|max|distinct|p(?:[1-9][0-9]?)(?:\.[0-9]{1,3})?)$"
+LAST_STATS = ("last_sum", "last_avg")
+INSTANCE_TAG = "tags.instance_uuid"
+"""What tells a telemetry app's instances apart unless a query names another tag."""
+DISTINCT_PRECISION = (
+    "distinct counts (instances, distinct:<field>) are exact on the embedded store; on"
+    " Elasticsearch a HyperLogLog++ estimate, exact below 3,000 distinct values per row"
+    " and within a few percent above"
+)
+LAST_PRECISION = (
+    "last_sum/last_avg are exact on the embedded store; on Elasticsearch exact while a row"
+    " holds at most 10,000 instances (the instances past that are left out)"
+)
 RANGE_PRESET = r"^(today|yesterday|week|month|year|[1-9][0-9]{0,2}[hd])$"
 MAX_LIMIT = 10_000
 MAX_DIMENSIONS = 8
@@ -98,7 +118,8 @@ QUERY_SCHEMA: dict[str, Any] = {
         "source": {
             "enum": list(SOURCES),
             "default": "all",
-            "description": "ticks, access logs, or both",
+            "description": "ticks, access logs, or both (all); or metrics (points:"
+            " telemetry, collectors, monitors)",
         },
         "range": {
             "description": f"a preset: {PRESETS}; or from/to: a date (the whole day),"
@@ -139,6 +160,20 @@ QUERY_SCHEMA: dict[str, Any] = {
                         "maxProperties": 1,
                         "propertyNames": {"pattern": STAT_PATTERN},
                         "additionalProperties": _FIELD,
+                    },
+                    {
+                        "type": "object",
+                        "description": "the last value of a field per instance, summed or"
+                        f" averaged over instances (instance: a tag, default {INSTANCE_TAG})",
+                        "minProperties": 1,
+                        "maxProperties": 2,
+                        "additionalProperties": False,
+                        "properties": {
+                            "last_sum": _FIELD,
+                            "last_avg": _FIELD,
+                            "instance": _FIELD,
+                        },
+                        "oneOf": [{"required": ["last_sum"]}, {"required": ["last_avg"]}],
                     },
                 ]
             },
@@ -296,7 +331,8 @@ def _schema_error(body: Any) -> InvalidQuery | None:
     if error.validator == "oneOf" and where.startswith("query.metrics"):
         return InvalidQuery(
             f"{where}: a metric is one of {', '.join(SIMPLE_METRICS)}, or"
-            ' {"sum"|"avg"|"min"|"max"|"p95"...: field}',
+            ' {"sum"|"avg"|"min"|"max"|"distinct"|"p95"...: field}, or'
+            ' {"last_sum"|"last_avg": field, "instance": tag}',
             field=where,
         )
     if error.validator == "oneOf" and where == "query.range":
@@ -427,6 +463,9 @@ def _metric(raw: Any, datasets: tuple[str, ...], where: str) -> tuple[MetricSpec
     if isinstance(raw, str):
         if raw == "events":
             return MetricSpec("events", "count"), raw
+        if raw == "instances":
+            ref = _field(INSTANCE_TAG, datasets, "dimension", where)
+            return MetricSpec(raw, "distinct", ref), raw
         if raw in ("visitors", "items"):
             name = "visitor.id" if raw == "visitors" else "item.id"
             return MetricSpec(raw, "distinct", _field(name, datasets, "dimension", where)), raw
@@ -435,7 +474,19 @@ def _metric(raw: Any, datasets: tuple[str, ...], where: str) -> tuple[MetricSpec
             return MetricSpec("bytes", "sum", ref), raw
         ref = _field("status", datasets, "number", where)
         return MetricSpec("error_rate", "error_rate", ref), raw
+    last = next((s for s in LAST_STATS if s in raw), None)
+    if last is not None:
+        ref = _field(raw[last], datasets, "number", where)
+        instance = _field(raw.get("instance", INSTANCE_TAG), datasets, "dimension", where)
+        name = f"{last}:{ref.name}"
+        if instance.name != INSTANCE_TAG:
+            name += f"@{instance.name}"
+        spec = MetricSpec(name, last, ref, instance=instance)  # type: ignore[arg-type]
+        return spec, {last: ref.name, "instance": instance.name}
     ((stat, name),) = raw.items()
+    if stat == "distinct":
+        ref = _field(name, datasets, "dimension", where)
+        return MetricSpec(f"distinct:{ref.name}", "distinct", ref), {stat: ref.name}
     ref = _field(name, datasets, "number", where)
     canonical = f"{stat}:{ref.name}"
     if stat.startswith("p"):
@@ -565,7 +616,7 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
         nodes.append(node)
         filter_json.append(norm)
     bots = body.get("bots", "exclude")
-    if bots == "exclude":  # crawlers and referrer spam
+    if bots == "exclude" and F.POINT_DATASET not in datasets:  # crawlers and referrer spam
         nodes.append(Leaf("is_not", resolve("bot", datasets, "filter"), (True,)))
         nodes.append(Leaf("is_not", resolve("referrer.spam", datasets, "filter"), (True,)))
     root: FilterNode | None = (
