@@ -97,6 +97,11 @@ def test_go_agent_passes_its_race_tests_against_metronome(
     token_app, token = create_app(server, "--new-token")
     assert token
     instance = "go-" + uuid.uuid4().hex
+    vetted = go.run("vet", "./...", cwd=GO_MODULE)
+    assert vetted.returncode == 0, vetted.stderr
+    gofmt = Path(go.go).with_name("gofmt")
+    unformatted = subprocess.run([gofmt, "-l", "."], cwd=GO_MODULE, capture_output=True, text=True)
+    assert unformatted.stdout == "", f"gofmt -w these: {unformatted.stdout}"
     ran = go.run(
         "test",
         "-race",
@@ -300,6 +305,27 @@ def test_python_agent_start_and_stop_are_idempotent_from_many_threads(
     time.sleep(0.3)
     agent.close()
     assert len(seen.gathered) == before + 1
+
+
+@pytest.mark.usefixtures("short_minutes")
+def test_python_agent_stops_from_its_own_callback(telemetry: Backend) -> None:
+    app, _ = create_app(telemetry.server, "--interval", "1")
+    seen = Recorder(metrics_of("py-" + uuid.uuid4().hex, "v2.2.0"))
+    agent: TelemetryAgent
+
+    def heard(answer: TelemetryAnswer | None, error: TelemetryError | None) -> None:
+        seen.on_response(answer, error)
+        agent.stop()  # from the agent's own thread: must not wait for itself
+
+    agent = TelemetryAgent(f"{telemetry.server.url}/apps/{app}/v1/metrics", seen.gather, heard)
+    agent.start()
+    seen.wait(1)
+    time.sleep(3 * MINUTE_S)  # three of the server's minutes: no second report
+    assert not agent.running
+    started = time.monotonic()
+    agent.close()  # joins the thread, which has ended
+    assert time.monotonic() - started < 2
+    assert len(seen.gathered) == 1 and seen.errors == [None]
 
 
 # --- upgrade-responder's own client --------------------------------------------------
