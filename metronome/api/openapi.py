@@ -436,6 +436,8 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
+    paths.update(_telemetry_paths())
+    schemas.update(_TELEMETRY_SCHEMAS)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -449,6 +451,151 @@ def openapi_document() -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": _SECURITY_SCHEMES},
     }
+
+
+# -- telemetry (issue 19): the binoculars and upgrade-responder endpoints ----------------
+
+_METRIC = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+        "fields": {"type": "object", "additionalProperties": {"type": ["number", "boolean"]}},
+    },
+}
+_TELEMETRY_SCHEMAS: dict[str, Any] = {
+    "TelemetryMetrics": {
+        "description": "binoculars: the metrics, wrapped or as the bare array",
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["metrics"],
+                "additionalProperties": False,
+                "properties": {"metrics": {"type": "array", "items": _METRIC}},
+            },
+            {"type": "array", "items": _METRIC},
+        ],
+    },
+    "TelemetryRefusal": {
+        "type": "object",
+        "required": ["index", "reason"],
+        "properties": {
+            "index": {"type": "integer"},
+            "reason": {"type": "string"},
+            "field": {"type": "string"},
+        },
+    },
+    "TelemetryAnswer": {
+        "type": "object",
+        "required": ["requestIntervalInMinutes"],
+        "properties": {
+            "requestIntervalInMinutes": {"type": "integer", "minimum": 1},
+            "refused": {"type": "array", "items": _ref("TelemetryRefusal")},
+        },
+    },
+    "CheckUpgrade": {
+        "description": "upgrade-responder: the running version and extra information",
+        "type": "object",
+        "required": ["appVersion"],
+        "properties": {
+            "appVersion": {"type": "string", "minLength": 1},
+            "extraInfo": {"type": ["object", "null"]},
+            "extraTagInfo": {"type": ["object", "null"]},
+            "extraFieldInfo": {"type": ["object", "null"]},
+        },
+    },
+    "CheckUpgradeAnswer": {
+        "type": "object",
+        "required": ["versions", "requestIntervalInMinutes"],
+        "properties": {
+            "versions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "releaseDate", "tags"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "releaseDate": {"type": "string"},
+                        "tags": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+            "requestIntervalInMinutes": {"type": "integer", "minimum": 1},
+            "refused": {"type": "array", "items": _ref("TelemetryRefusal")},
+        },
+    },
+}
+_TELEMETRY_TEXT = (
+    " No key: the app's optional URL token (`?token=`), per-address and per-instance rate"
+    " limits, and a switch per endpoint (`metronome apps update --disable`) guard it."
+)
+
+
+def _telemetry_paths() -> dict[str, Any]:
+    """The telemetry routes, for the default app (``/v1/...``) and any app."""
+    paths: dict[str, Any] = {}
+    for prefix in ("", "/apps/{app}"):
+        params: list[dict[str, Any]] = _query_params({"token": "the app's URL token, if set"})
+        if prefix:
+            params.insert(
+                0,
+                {
+                    "name": "app",
+                    "in": "path",
+                    "required": True,
+                    "description": "the app's id (`metronome apps list`)",
+                    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
+                },
+            )
+        which = "the app" if prefix else "the default app (METRONOME_TELEMETRY_APP)"
+        suffix = "ForApp" if prefix else ""
+        paths[f"{prefix}/v1/metrics"] = {
+            "post": {
+                "summary": f"binoculars: store metrics as points of {which}",
+                "description": "Answers 200 once the points are spooled, with the interval"
+                " the client waits; metrics or fields left out are listed in `refused`."
+                + _TELEMETRY_TEXT,
+                "operationId": f"postTelemetryMetrics{suffix}",
+                "security": _NO_SECURITY,
+                "parameters": params,
+                "requestBody": {"required": True, "content": _json(_ref("TelemetryMetrics"))},
+                "responses": {
+                    "200": {"description": "stored", "content": _json(_ref("TelemetryAnswer"))},
+                    **_errors(400, 401, 403, 404, 413, 415, 429, 503),
+                },
+            }
+        }
+        paths[f"{prefix}/v1/checkupgrade"] = {
+            "post": {
+                "summary": f"upgrade-responder: the versions of {which}; records the check",
+                "description": "Answers the app's versions file and the interval; records one"
+                " `upgrade_request` point." + _TELEMETRY_TEXT,
+                "operationId": f"postCheckUpgrade{suffix}",
+                "security": _NO_SECURITY,
+                "parameters": params,
+                "requestBody": {"required": True, "content": _json(_ref("CheckUpgrade"))},
+                "responses": {
+                    "200": {
+                        "description": "the versions",
+                        "content": _json(_ref("CheckUpgradeAnswer")),
+                    },
+                    **_errors(400, 401, 403, 404, 413, 415, 429, 503),
+                },
+            }
+        }
+        paths[f"{prefix}/v1/healthcheck"] = {
+            "get": {
+                "summary": f"binoculars: {which} answers",
+                "operationId": f"telemetryHealth{suffix}",
+                "security": _NO_SECURITY,
+                "parameters": params[:1] if prefix else [],
+                "responses": {
+                    "200": {"description": "ok", "content": _json({"type": "object"})},
+                    **_errors(403, 404),
+                },
+            }
+        }
+    return paths
 
 
 class OpenAPI:

@@ -21,7 +21,7 @@ import falcon
 import falcon.asgi
 
 from metronome.config import Settings
-from metronome.errors import AppTokenInvalid, EndpointDisabled, UnknownApp
+from metronome.errors import AppTokenInvalid, EndpointDisabled, StoreUnavailable, UnknownApp
 from metronome.events import fields as F
 from metronome.events.enrich import client_address
 from metronome.events.geo import country_iso_code
@@ -70,7 +70,12 @@ class Telemetry:
         wanted = self._settings.telemetry_app if app_id is None else app_id
         if not F.APP_ID_PATTERN.match(wanted):
             raise UnknownApp(f"there is no app {wanted[:64]!r}", app=wanted[:64])
-        apps = await self._apps.get()
+        try:
+            apps = await self._apps.get()
+        except StoreUnavailable:
+            if wanted == self._settings.telemetry_app:
+                return App(wanted)  # the store is out: the spool still takes the default app
+            raise
         app = apps.get(wanted)
         if app is None:
             if wanted == self._settings.telemetry_app:

@@ -101,10 +101,12 @@ def _metric_aggs(metrics: Sequence[MetricSpec]) -> dict[str, Any]:
             aggs[key + "t"] = {"value_count": {"field": ref.name}}
         elif metric.kind in ("last_sum", "last_avg"):
             assert metric.instance is not None
-            last = {
-                "top_metrics": {
-                    "metrics": {"field": ref.name},
+            last = {  # top_hits: top_metrics is not in every distribution (x-pack)
+                "top_hits": {
+                    "size": 1,
                     "sort": [{F.TIMESTAMP: "desc"}],
+                    "_source": False,
+                    "docvalue_fields": [ref.name],
                 }
             }
             instances = {
@@ -197,11 +199,11 @@ def _metric_values(bucket: dict[str, Any], metrics: Sequence[MetricSpec]) -> tup
             values.append((int(bucket[key + "e"]["doc_count"]), int(bucket[key + "t"]["value"])))
         elif metric.kind in ("last_sum", "last_avg"):
             assert metric.field is not None
+            name = metric.field.name
             lasts = [
-                top[0]["metrics"][metric.field.name]
+                hits[0]["fields"][name][0]
                 for b in bucket[key]["i"]["buckets"]
-                if (top := b["last"]["top"])
-                and top[0]["metrics"].get(metric.field.name) is not None
+                if (hits := b["last"]["hits"]["hits"]) and hits[0].get("fields", {}).get(name)
             ]
             if metric.kind == "last_sum":
                 values.append(float(sum(lasts)))

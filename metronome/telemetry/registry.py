@@ -23,7 +23,7 @@ import orjson
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError
 
 from metronome.config import Settings
-from metronome.errors import ConfigError
+from metronome.errors import ConfigError, StoreUnavailable
 from metronome.events import fields as F
 from metronome.store.elasticsearch import answering
 from metronome.store.sqlite import DB_NAME, ConnectionThread, connect, setup_lock
@@ -199,7 +199,13 @@ class AppCache:
             return self._apps
         async with self._lock:
             if self._apps is None or time.monotonic() - self._loaded >= self._ttl_s:
-                stored = await self.registry.load()
+                try:
+                    stored = await self.registry.load()
+                except StoreUnavailable:
+                    if self._apps is None:
+                        raise
+                    self._loaded = time.monotonic()  # keep the last copy while the store is out
+                    return self._apps
                 self._apps = {**self._declared, **stored}
                 self._loaded = time.monotonic()
         return self._apps
