@@ -805,3 +805,78 @@ def test_a_query_a_rollup_cannot_answer_reads_raw_points(telemetry: Backend) -> 
         rolled, raw = _both(telemetry, body)
         assert "rollup" not in rolled["meta"], extra
         assert rolled["results"] == raw["results"]
+
+
+def _report(backend: Backend, name: str, **params: str) -> list[Any]:
+    backend.settle()
+    resp = backend.client.get(
+        f"/reports/{name}", params={"from": "2026-11-01", "to": "2026-11-03", **params}
+    )
+    assert resp.status_code == 200, resp.text
+    return [(r["dimensions"], r["metrics"]) for r in resp.json()["results"]]
+
+
+def test_named_fleet_reports(telemetry: Backend, fleet: str) -> None:
+    assert _report(telemetry, "active-instances", app=fleet) == [
+        (["2026-11-01"], [3]),
+        (["2026-11-02"], [2]),
+        (["2026-11-03"], [2]),
+    ]
+    assert _report(telemetry, "fleet-total", app=fleet) == [
+        (["2026-11-01"], [1807, 3]),
+        (["2026-11-02"], [3301, 2]),
+        (["2026-11-03"], [4802, 2]),
+    ]
+    adoption = _report(
+        telemetry, "feature-adoption", app=fleet, features="node_selector,data_locality"
+    )
+    assert sorted(adoption) == [(["v1.4"], [2, 1.0, 0.5]), (["v1.5"], [2, 0.5, 0.0])]
+    spread = _report(telemetry, "version-spread", app=fleet, metric="storage_capacity")
+    assert spread[:2] == [(["2026-11-01", "v1.4"], [2, 5]), (["2026-11-01", "v1.5"], [1, 1])]
+    resp = telemetry.client.get("/reports/active-instances")
+    assert (resp.status_code, resp.json()["details"]["parameter"]) == (400, "app")
+
+
+def test_reading_telemetry_needs_a_query_key_of_the_apps_site(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Once sites exist, an app's points belong to its site: that site's query keys read
+    them, another site's keys see none, and no key gets 401."""
+    server = MetronomeServer(
+        {"METRONOME_SITES_CACHE_S": "1", "METRONOME_TELEMETRY_ROLLUP_INTERVAL_S": "0"},
+        data_dir=tmp_path_factory.mktemp("scoped"),
+        workers=1,
+    )
+    server.start()
+    try:
+
+        def cli(*args: str) -> Any:
+            done = server.run_cli(*args, "--json")
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)
+
+        ours = cli("sites", "create", "--name", "Storage team", "--id", "storage")
+        other = cli("sites", "create", "--name", "Web", "--id", "web")
+        cli("apps", "create", "longhorn", "--site", ours["id"])
+        our_key = cli("keys", "create", "--site", ours["id"], "--scope", "query")["secret"]
+        other_key = cli("keys", "create", "--site", other["id"], "--scope", "query")["secret"]
+        time.sleep(1.2)
+        body = [{"name": "m", "tags": {"instance_uuid": "i1"}, "fields": {"value": 1}}]
+        status, _, _ = _raw_post(server, "/apps/longhorn/v1/metrics", json.dumps(body).encode())
+        assert status == 200  # the clients still need no key
+        from tests.support.backends import wait_for_drain
+
+        wait_for_drain(server)
+        question = {"source": "metrics", "range": "1d", "metrics": ["events", "instances"]}
+        answers = {}
+        for name, key in (("ours", our_key), ("other", other_key), ("none", None)):
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            resp = httpx.post(f"{server.url}/query", json=question, headers=headers)
+            answers[name] = (resp.status_code, resp.json())
+        assert answers["ours"][0] == 200
+        assert answers["ours"][1]["results"][0]["metrics"] == [1, 1]
+        assert answers["other"][1]["results"][0]["metrics"] == [0, 0]
+        assert (answers["none"][0], answers["none"][1]["error"]) == (401, "key_required")
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log_path.read_text(), server.log_tail(80)
