@@ -17,6 +17,7 @@ from metronome.cli_support import Commands, fail
 from metronome.cli_support import load_settings as _settings
 from metronome.config import CONFIG_VARIABLE, Settings, settings_reference, settings_table
 from metronome.errors import MetronomeError
+from metronome.jobs import rollup_commands
 from metronome.sites import commands as sites_commands
 from metronome.telemetry import commands as apps_commands
 
@@ -238,6 +239,7 @@ def status() -> None:
 main.add_command(sites_commands.sites)
 main.add_command(sites_commands.keys)
 main.add_command(apps_commands.apps)
+apps_commands.apps.add_command(rollup_commands.roll)
 
 
 @main.group()

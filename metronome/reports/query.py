@@ -215,6 +215,12 @@ QUERY_SCHEMA: dict[str, Any] = {
             "description": "meta.next of the previous page",
         },
         "compare": {"enum": [None, "previous_period"], "default": None},
+        "rollups": {
+            "enum": ["auto", "off"],
+            "default": "auto",
+            "description": "metrics: auto answers from an app's rollup when that gives the"
+            " same answer as its raw points; off always reads raw points",
+        },
         "bots": {
             "enum": ["exclude", "include"],
             "default": "exclude",
@@ -686,6 +692,8 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
         "compare": compare,
         "bots": bots,
     }
+    if "rollups" in body:
+        normalized["rollups"] = body["rollups"]
     fingerprint_source = {k: v for k, v in normalized.items() if k not in ("after", "limit")}
     fingerprint = hashlib.sha256(
         orjson.dumps(fingerprint_source, option=orjson.OPT_SORT_KEYS)
