@@ -185,6 +185,25 @@ def test_panels_fit_the_grid_without_overlapping(name: str) -> None:
             assert repeated["multi"], panel["title"]
 
 
+def test_the_rollups_have_their_data_source_and_a_panel() -> None:
+    (rollups,) = [d for d in DATASOURCES["datasources"] if d["uid"] == "metronome-rollups"]
+    mapping = mapping_of(rollups)
+    assert mapping.name == "metronome-rollups"
+    for field, needs in (
+        ("fields.value", "number"),  # sums
+        ("fields_last.value", "number"),
+        ("fields_max.value", "number"),
+        ("rollup.count", "number"),
+        ("rollup.interval", "string"),
+        ("tags.instance_uuid", "string"),
+    ):
+        check(mapping, field, needs, "rollups")
+    board = DASHBOARDS["telemetry.json"]
+    assert any(
+        t["datasource"]["uid"] == "metronome-rollups" for p in board["panels"] for t in p["targets"]
+    )
+
+
 def test_the_fleet_panels_are_there() -> None:
     board = DASHBOARDS["telemetry.json"]
     titles = [p["title"] for p in board["panels"]]
