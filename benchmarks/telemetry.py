@@ -18,7 +18,17 @@ The baseline is single-tick ``POST /tick`` (one realistic tick per request) in t
 run. Every answer must be 200 ``{"requestIntervalInMinutes":1}`` (no metric refused) or,
 for ticks, 202 with an id; anything else fails the run.
 
+Then the rollup catch-up (``--part catchup``): 30 days of 10,000 instances reporting
+``storage_capacity`` hourly (7,200,000 points, written straight into the embedded store
+with the server's own point documents), an app rolling it up every day (``sum,max`` per
+instance), and the fleet question "instances, points and the largest capacity per day over
+the 30 days" asked through ``POST /query``: first from the raw points (the aggregation the
+rollup replaces), then ``metronome apps roll`` catches up on all 30 days at once (timed as a
+whole command), then the same question again, now answered from the rollup; both answers
+must be equal.
+
     python -m benchmarks.telemetry [--duration 10] [--trials 3] [--rate 1667]
+    python -m benchmarks.telemetry --part catchup [--instances 10000] [--days 30]
 
 Goals: at the fleet's rate, the reports are all accepted (>= 95% of the offered rate
 achieved) with p99 <= 2x the single tick's p99 at the same rate; at full speed, report
@@ -68,6 +78,173 @@ def stored_points(data_dir: Path) -> int | None:
         return None
 
 
+ROLLUP = "storage_capacity every 1d sum,max"
+CATCHUP_APP = "fleet"
+
+
+def _day(ms: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))
+
+
+def catchup_query(start_ms: int, end_ms: int) -> dict[str, Any]:
+    return {
+        "source": "metrics",
+        "range": {"from": _day(start_ms), "to": _day(end_ms - 1)},  # whole days, UTC
+        "metrics": ["events", "instances", {"max": "fields.value"}],
+        "dimensions": ["time:day"],
+        "filters": [["is", "app", [CATCHUP_APP]], ["is", "metric.name", ["storage_capacity"]]],
+        "limit": 1000,
+    }
+
+
+def load_points(data_dir: Path, instances: int, days: int, end_ms: int) -> dict[str, Any]:
+    """Hourly ``storage_capacity`` points of ``instances`` over ``days`` days before
+    ``end_ms``, written into the embedded store the way the shipper writes them."""
+    import asyncio
+    import os
+
+    from metronome.config import Settings
+    from metronome.events.point import Point, point_document
+    from metronome.store import open_store
+
+    settings = Settings.from_env(
+        dict(os.environ) | {"METRONOME_DATA_DIR": str(data_dir), "METRONOME_ELASTICSEARCH_URL": ""}
+    )
+    hours = days * 24
+    start_ms = end_ms - hours * 3_600_000
+
+    async def write() -> int:
+        written = 0
+        async with open_store(settings) as store:
+            await store.ensure_schema()
+            batch = []
+            for hour in range(hours):
+                at = start_ms + hour * 3_600_000
+                for n in range(instances):
+                    point = Point(
+                        app=CATCHUP_APP,
+                        name="storage_capacity",
+                        timestamp_ms=at + (n * 997) % 3_600_000,
+                        tags={"instance_uuid": f"instance-{n:06d}", "app_version": "v1.5.0"},
+                        fields={"value": float(10**12 + n * 1000 + hour)},
+                    )
+                    batch.append(point_document(point))
+                    if len(batch) == 10_000:
+                        outcomes = await store.write(batch)
+                        written += len(outcomes)
+                        batch = []
+            if batch:
+                written += len(await store.write(batch))
+        return written
+
+    started = time.perf_counter()
+    written = asyncio.run(write())
+    return {"points": written, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def run_catchup(args: Any, seed: int) -> dict[str, Any]:
+    """The rollup catch-up part (see the module docstring)."""
+    import httpx
+
+    work = C.temp_dir("metronome-bench-rollup-")
+    data_dir = work / "data"
+    data_dir.mkdir()
+    env = C.child_env(
+        METRONOME_DATA_DIR=str(data_dir),
+        METRONOME_ELASTICSEARCH_URL="",
+        METRONOME_LOG_LEVEL="warning",
+        METRONOME_SITES_CACHE_S="1",
+    )
+    hour_ms = 3_600_000
+    end_ms = (int(time.time() * 1000) // (24 * hour_ms)) * 24 * hour_ms  # 00:00 UTC today
+    start_ms = end_ms - args.days * 24 * hour_ms
+    created = C.metronome_cli("apps", "create", CATCHUP_APP, "--rollup", ROLLUP, env=env)
+    if created.returncode != 0:
+        raise C.BenchmarkError(f"metronome apps create failed: {created.stderr}")
+    loaded = load_points(data_dir, args.instances, args.days, end_ms)
+    expected = args.instances * args.days * 24
+    if loaded["points"] != expected:
+        raise C.BenchmarkError(f"wrote {loaded['points']} points, expected {expected}")
+    print(f"  loaded {expected:,} points in {loaded['seconds']} s")
+    server = C.metronome_server(
+        data_dir,
+        workers=1,
+        args=("--no-shipper",),
+        env={"METRONOME_SITES_CACHE_S": "1", "METRONOME_LOG_LEVEL": "warning"},
+    )
+    query = catchup_query(start_ms, end_ms)
+
+    def ask(label: str) -> tuple[list[float], Any]:
+        seconds, answer = [], None
+        with httpx.Client(base_url=server.url, timeout=600) as client:
+            for _ in range(args.queries):
+                started = time.perf_counter()
+                resp = client.post("/query", json=query)
+                seconds.append(time.perf_counter() - started)
+                if resp.status_code != 200:
+                    raise C.BenchmarkError(
+                        f"{label} /query answered {resp.status_code}: {resp.text}"
+                    )
+                body = resp.json()
+                rows = body["results"]
+                used = body["meta"].get("rollup")
+                if (label == "rollup") != bool(used):
+                    raise C.BenchmarkError(f"{label} query answered from rollup {used!r}")
+                if answer is not None and rows != answer:
+                    raise C.BenchmarkError(f"{label}: two answers to the same query differ")
+                answer = rows
+        return seconds, answer
+
+    try:
+        C.start(server)
+        raw_s, raw_answer = ask("raw")
+        started = time.perf_counter()
+        rolled = C.metronome_cli(
+            "apps", "roll", "--app", CATCHUP_APP, "--json", env=env, timeout=7200
+        )
+        catchup_s = time.perf_counter() - started
+        if rolled.returncode != 0:
+            raise C.BenchmarkError(f"metronome apps roll failed: {rolled.stderr}")
+        roll_summary = json.loads(rolled.stdout)
+        time.sleep(2.5)  # the server's apps cache (1 s) learns the rollup's watermark
+        rollup_s, rollup_answer = ask("rollup")
+    finally:
+        code = server.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    if rollup_answer != raw_answer:
+        raise C.BenchmarkError("the rollup's answer differs from the raw points' answer")
+    days_answered = sum(1 for row in raw_answer if row["metrics"][0])
+    if days_answered != args.days or raw_answer[0]["metrics"][1] != args.instances:
+        raise C.BenchmarkError(f"unexpected answer: {raw_answer[:2]}")
+    raw_p50, rollup_p50 = C.median(raw_s), C.median(rollup_s)
+    return {
+        "parameters": {
+            "instances": args.instances,
+            "days": args.days,
+            "points": expected,
+            "rollup": ROLLUP,
+            "query": query,
+            "queries_each": args.queries,
+            "store": "embedded (SQLite)",
+        },
+        "load": loaded,
+        "roll": {"seconds": round(catchup_s, 2), **roll_summary},
+        "raw_query_s": [round(x, 4) for x in raw_s],
+        "rollup_query_s": [round(x, 4) for x in rollup_s],
+        "summary": {
+            "catchup_s": round(catchup_s, 2),
+            "catchup_points_per_s": round(expected / catchup_s, 1),
+            "raw_query_p50_s": C.rounded(raw_p50, 4),
+            "rollup_query_p50_s": C.rounded(rollup_p50, 4),
+            "rollup_to_raw_query": C.rounded(C.ratio(rollup_p50, raw_p50)),
+            "catchup_in_raw_queries": C.rounded(C.ratio(catchup_s, raw_p50), 1),
+            "answers_equal": True,
+            "server_exit_code": code,
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = C.base_parser(__doc__.splitlines()[0], duration=10.0, trials=3, warmup=3.0)
     parser.add_argument(
@@ -79,7 +256,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32, help="wrk connections [32]")
     parser.add_argument("--workers", type=int, default=2, help="server workers [2]")
     parser.add_argument("--keep", action="store_true", help="keep the data directory and logs")
+    parser.add_argument(
+        "--part",
+        choices=("all", "intake", "catchup"),
+        default="all",
+        help="which part to run; the other part's results are kept from the results file",
+    )
+    parser.add_argument("--instances", type=int, default=10_000, help="catch-up instances")
+    parser.add_argument("--days", type=int, default=30, help="catch-up days of points")
+    parser.add_argument("--queries", type=int, default=5, help="catch-up queries of each kind")
     args = parser.parse_args(argv)
+    if args.part == "catchup":
+        C.pin_git()
+        return finish(args, None, run_catchup(args, C.new_seed(args.seed)))
     seed = C.new_seed(args.seed)
     C.pin_git()
     C.require_wrk()
@@ -209,9 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         "stored_points_embedded": stored,
         "server_exit_code": code,
     }
-    results = {
-        "name": NAME,
-        "description": __doc__.splitlines()[0],
+    intake = {
         "parameters": {
             "apps": APPS,
             "instances_per_app": INSTANCES,
@@ -228,26 +415,57 @@ def main(argv: list[str] | None = None) -> int:
             " apps in METRONOME_CONFIG, METRONOME_TELEMETRY_RATE_PER_IP=0",
             "baseline": "single-tick POST /tick on the same server, same pacing",
             "unit": "requests per second and milliseconds (median of trials)",
+            "loadavg_at_start": load_at_start,
+            "started_at": started_at,
         },
-        "environment": C.environment(
-            loadavg_at_start=load_at_start,
-            wrk=C.wrk_version(),
-            started_at=started_at,
-            finished_at=time.time(),
-        ),
         "warmup": warmups,
         "trials": trials,
         "summary": summary,
     }
-    path = C.write_results(NAME, results, args.output)
     print(
-        f"telemetry: {paced_rate} of {args.rate:.0f} req/s offered, p99 {paced_p99} ms"
+        f"intake: {paced_rate} of {args.rate:.0f} req/s offered, p99 {paced_p99} ms"
         f" (single tick: {tick_paced_p99} ms); at full speed {max_rate} req/s"
         f" ({summary['telemetry_max_points_per_s']} points/s) vs {tick_max} ticks/s"
-        f" -> {C.display(path)}"
     )
     if code != 0:
         raise C.BenchmarkError(f"metronome serve exited with {code}:\n{server.log_tail()}")
+    catchup = run_catchup(args, seed) if args.part == "all" else None
+    return finish(args, intake, catchup)
+
+
+def finish(args: Any, intake: dict[str, Any] | None, catchup: dict[str, Any] | None) -> int:
+    """Write the results: the parts this run measured, and the other part as the
+    previous results file had it (with the commit it measured)."""
+    previous: dict[str, Any] = {}
+    path = args.output or C.RESULTS_DIR / f"{NAME}.json"
+    if (intake is None or catchup is None) and path.exists():
+        previous = json.loads(path.read_text())
+    environment = C.environment(wrk=C.wrk_version(), finished_at=time.time())
+    parts: dict[str, Any] = {}
+    for name, measured in (("intake", intake), ("catchup", catchup)):
+        if measured is not None:
+            parts[name] = {**measured, "git_sha": environment["git_sha"]}
+        elif name in previous:
+            parts[name] = previous[name]
+    summary = dict(parts.get("intake", {}).get("summary", {}))
+    if "catchup" in parts:
+        summary |= {f"catchup_{k}": v for k, v in parts["catchup"]["summary"].items()}
+    results = {
+        "name": NAME,
+        "description": __doc__.splitlines()[0],
+        "environment": environment,
+        **parts,
+        "summary": summary,
+    }
+    written = C.write_results(NAME, results, args.output)
+    if catchup is not None:
+        c = catchup["summary"]
+        print(
+            f"catch-up: {catchup['parameters']['points']:,} points rolled in {c['catchup_s']} s;"
+            f" /query p50 {c['raw_query_p50_s']} s from raw points,"
+            f" {c['rollup_query_p50_s']} s from the rollup (same answer)"
+        )
+    print(f"-> {C.display(written)}")
     return 0
 
 
