@@ -880,3 +880,17 @@ def test_reading_telemetry_needs_a_query_key_of_the_apps_site(
     finally:
         assert server.stop() == 0
     assert "Traceback" not in server.log_path.read_text(), server.log_tail(80)
+
+
+def test_raw_points_and_rollups_have_their_own_retention(telemetry: Backend) -> None:
+    """Raw points kept 10 days go (the hand-built month is older); the rollups stay and
+    still answer."""
+    body = ROLLED_QUERIES[0]
+    before, _ = _both(telemetry, body)
+    assert before["meta"].get("rollup") and before["results"]
+    done = telemetry.server.run_cli("apps", "update", "rolled", "--raw-days", "10")
+    assert done.returncode == 0, done.stderr
+    assert _roll(telemetry)["removed"] > 0
+    rolled, raw = _both(telemetry, body)
+    assert [r["metrics"][0] for r in raw["results"]] == [0, 0, 0]  # raw points are gone
+    assert rolled["results"] == before["results"]
