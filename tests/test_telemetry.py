@@ -929,3 +929,39 @@ def test_instances_on_a_large_fleet_exact_here_estimated_on_elasticsearch(
         assert "estimate" in answer["meta"]["distinct_precision"]
     else:
         assert counted == instances
+
+
+def test_the_worker_rolls_up_by_itself(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``metronome serve``'s worker makes the passes (every second here): points sent over
+    HTTP show up as rollup documents without anyone running ``metronome apps roll``."""
+    server = MetronomeServer(
+        {"METRONOME_SITES_CACHE_S": "1", "METRONOME_TELEMETRY_ROLLUP_INTERVAL_S": "1"},
+        data_dir=tmp_path_factory.mktemp("worker-rolls"),
+        workers=1,
+    )
+    done = server.run_cli("apps", "create", "auto", "--rollup", "gauge every 1h sum,max")
+    assert done.returncode == 0, done.stderr
+    server.start()
+    try:
+        body = [
+            {"name": "gauge", "tags": {"instance_uuid": f"i{n}"}, "fields": {"value": n}}
+            for n in range(3)
+        ]
+        status, _, _ = _raw_post(server, "/apps/auto/v1/metrics", json.dumps(body).encode())
+        assert status == 200
+        import sqlite3
+
+        deadline = time.monotonic() + 30
+        rows: list[Any] = []
+        while time.monotonic() < deadline and len(rows) < 3:
+            time.sleep(0.5)
+            with sqlite3.connect(server.data_dir / "metronome.sqlite3") as conn:
+                rows = conn.execute(
+                    "SELECT json_extract(doc, '$.tags.instance_uuid'),"
+                    " json_extract(doc, '$.fields.value'), json_extract(doc, '$.rollup.count')"
+                    " FROM events WHERE dataset = 'rollups' ORDER BY 1"
+                ).fetchall()
+        assert rows == [("i0", 0.0, 1), ("i1", 1.0, 1), ("i2", 2.0, 1)], server.log_tail()
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log_path.read_text(), server.log_tail(80)
