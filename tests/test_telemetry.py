@@ -54,6 +54,7 @@ def telemetry(
             ("longhorn", "--interval", "30", "--versions", str(versions)),
             ("locked", "--new-token", "--disable", "checkupgrade", "--json"),
             ("tiny", "--max-metrics", "2", "--max-tags", "2"),
+            ("narrow", "--max-field-names", "4"),
             (
                 "rolled",
                 "--rollup",
@@ -965,3 +966,41 @@ def test_the_worker_rolls_up_by_itself(tmp_path_factory: pytest.TempPathFactory)
     finally:
         assert server.stop() == 0
     assert "Traceback" not in server.log_path.read_text(), server.log_tail(80)
+
+
+def test_past_an_apps_field_names_limit_values_stay_in_source_unindexed(
+    telemetry: Backend,
+) -> None:
+    """App ``narrow`` indexes 4 dynamic names in Elasticsearch; a metric with 10 is stored
+    whole (the rest kept in ``_source``) and answered 200. The embedded store keeps
+    documents as JSON and has no mapping to protect: every name stays queryable."""
+    fields = {f"f{i}": i for i in range(8)}
+    body = [{"name": "wide", "tags": {"instance_uuid": "w1", "zone": "a"}, "fields": fields}]
+    status, _, answer = _raw_post(
+        telemetry.server, "/apps/narrow/v1/metrics", json.dumps(body).encode()
+    )
+    assert (status, answer) == (200, {"requestIntervalInMinutes": 60})
+    telemetry.settle()
+    if not telemetry.es_url:
+        rows = _query(
+            telemetry,
+            {
+                "range": "1d",
+                "metrics": [{"sum": "fields.f7"}],
+                "filters": [["is", "app", ["narrow"]]],
+            },
+        )["results"]
+        assert rows[0]["metrics"] == [7]
+        return
+    day = time.strftime("%Y.%m.%d", time.gmtime())
+    index = f"{telemetry.index_prefix}-metrics-narrow-{day}"
+    (mapping,) = httpx.get(f"{telemetry.es_url}/{index}/_mapping").json().values()
+    properties = mapping["mappings"]["properties"]
+    indexed = [
+        *properties.get("tags", {}).get("properties", {}),
+        *properties.get("fields", {}).get("properties", {}),
+    ]
+    assert len(indexed) == 4, indexed
+    hits = httpx.post(f"{telemetry.es_url}/{index}/_search", json={"size": 5}).json()
+    (hit,) = hits["hits"]["hits"]
+    assert hit["_source"]["fields"] == {k: float(v) for k, v in fields.items()}
