@@ -31,6 +31,8 @@ def test_apps_are_created_listed_and_updated(tmp_path: Path) -> None:
     made = _cli(tmp_path, "create", "longhorn", "--interval", "15", "--versions", str(versions))
     assert made.returncode == 0, made.stderr
     assert made.stdout.strip() == "longhorn"
+    rollups = tmp_path / "rollups.txt"
+    rollups.write_text("# what InfluxDB's continuous queries did\nup every 1h max,last\n")
     again = _cli(tmp_path, "create", "longhorn")
     assert again.returncode == 2 and "exists" in again.stderr
     updated = _cli(
@@ -42,6 +44,8 @@ def test_apps_are_created_listed_and_updated(tmp_path: Path) -> None:
         "healthcheck",
         "--rollup",
         "enabled_feature every 1d sum,max by app_version",
+        "--rollups-file",
+        str(rollups),
         "--raw-days",
         "30",
         "--json",
@@ -53,7 +57,10 @@ def test_apps_are_created_listed_and_updated(tmp_path: Path) -> None:
     (app,) = json.loads(listed.stdout)
     assert app["token"] == "(set)"  # never shown again
     assert (app["interval_min"], app["versions"], app["disabled"]) == (15, 1, ["healthcheck"])
-    assert app["rollups"] == ["enabled_feature every 1d sum,max by app_version"]
+    assert app["rollups"] == [
+        "enabled_feature every 1d sum,max by app_version",
+        "up every 1h max,last",
+    ]
     assert app["raw_days"] == 30
 
 
