@@ -54,6 +54,7 @@ def telemetry(
             ("longhorn", "--interval", "30", "--versions", str(versions)),
             ("locked", "--new-token", "--disable", "checkupgrade", "--json"),
             ("tiny", "--max-metrics", "2", "--max-tags", "2"),
+            ("narrow", "--max-field-names", "4"),
             (
                 "rolled",
                 "--rollup",
@@ -690,8 +691,9 @@ def _write_points(backend: Backend, points: list[Point]) -> None:
 
     async def _write() -> None:
         async with open_store(settings) as store:
-            outcomes = await store.write(documents)
-        assert all(o.ok for o in outcomes)
+            for first in range(0, len(documents), 500):  # bulk requests of a shipper's size
+                outcomes = await store.write(documents[first : first + 500])
+                assert all(o.ok for o in outcomes)
 
     asyncio.run(_write())
 
@@ -880,3 +882,125 @@ def test_reading_telemetry_needs_a_query_key_of_the_apps_site(
     finally:
         assert server.stop() == 0
     assert "Traceback" not in server.log_path.read_text(), server.log_tail(80)
+
+
+def test_raw_points_and_rollups_have_their_own_retention(telemetry: Backend) -> None:
+    """Raw points kept 10 days go (the hand-built month is older); the rollups stay and
+    still answer."""
+    body = ROLLED_QUERIES[0]
+    before, _ = _both(telemetry, body)
+    assert before["meta"].get("rollup") and before["results"]
+    done = telemetry.server.run_cli("apps", "update", "rolled", "--raw-days", "10")
+    assert done.returncode == 0, done.stderr
+    assert _roll(telemetry)["removed"] > 0
+    rolled, raw = _both(telemetry, body)
+    assert [r["metrics"][0] for r in raw["results"]] == [0, 0, 0]  # raw points are gone
+    assert rolled["results"] == before["results"]
+
+
+def test_instances_on_a_large_fleet_exact_here_estimated_on_elasticsearch(
+    telemetry: Backend,
+) -> None:
+    """8,000 instances on one day: the embedded store counts them exactly; Elasticsearch's
+    HyperLogLog++ (precision threshold 3,000) estimates, within 2 % (the guide quotes what
+    this measures)."""
+    instances = 8000
+    day = START + 10 * DAY
+    _write_points(
+        telemetry,
+        [
+            Point("bigfleet", "up", day + i, {"instance_uuid": f"node-{i:05d}"}, {"value": 1.0})
+            for i in range(instances)
+        ],
+    )
+    answer = _query(
+        telemetry,
+        {
+            "range": {"from": "2026-11-11", "to": "2026-11-11"},
+            "metrics": ["instances", "events"],
+            "filters": [["is", "app", ["bigfleet"]]],
+        },
+    )
+    counted, events = answer["results"][0]["metrics"]
+    assert events == instances
+    error = abs(counted - instances) / instances
+    print(f"instances on {telemetry.name}: {counted} of {instances} ({error:.3%} off)")
+    if telemetry.es_url:
+        assert error < 0.02, counted
+        assert "estimate" in answer["meta"]["distinct_precision"]
+    else:
+        assert counted == instances
+
+
+def test_the_worker_rolls_up_by_itself(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``metronome serve``'s worker makes the passes (every second here): points sent over
+    HTTP show up as rollup documents without anyone running ``metronome apps roll``."""
+    server = MetronomeServer(
+        {"METRONOME_SITES_CACHE_S": "1", "METRONOME_TELEMETRY_ROLLUP_INTERVAL_S": "1"},
+        data_dir=tmp_path_factory.mktemp("worker-rolls"),
+        workers=1,
+    )
+    done = server.run_cli("apps", "create", "auto", "--rollup", "gauge every 1h sum,max")
+    assert done.returncode == 0, done.stderr
+    server.start()
+    try:
+        body = [
+            {"name": "gauge", "tags": {"instance_uuid": f"i{n}"}, "fields": {"value": n}}
+            for n in range(3)
+        ]
+        status, _, _ = _raw_post(server, "/apps/auto/v1/metrics", json.dumps(body).encode())
+        assert status == 200
+        import sqlite3
+
+        deadline = time.monotonic() + 30
+        rows: list[Any] = []
+        while time.monotonic() < deadline and len(rows) < 3:
+            time.sleep(0.5)
+            with sqlite3.connect(server.data_dir / "metronome.sqlite3") as conn:
+                rows = conn.execute(
+                    "SELECT json_extract(doc, '$.tags.instance_uuid'),"
+                    " json_extract(doc, '$.fields.value'), json_extract(doc, '$.rollup.count')"
+                    " FROM events WHERE dataset = 'rollups' ORDER BY 1"
+                ).fetchall()
+        assert rows == [("i0", 0.0, 1), ("i1", 1.0, 1), ("i2", 2.0, 1)], server.log_tail()
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log_path.read_text(), server.log_tail(80)
+
+
+def test_past_an_apps_field_names_limit_values_stay_in_source_unindexed(
+    telemetry: Backend,
+) -> None:
+    """App ``narrow`` indexes 4 dynamic names in Elasticsearch; a metric with 10 is stored
+    whole (the rest kept in ``_source``) and answered 200. The embedded store keeps
+    documents as JSON and has no mapping to protect: every name stays queryable."""
+    fields = {f"f{i}": i for i in range(8)}
+    body = [{"name": "wide", "tags": {"instance_uuid": "w1", "zone": "a"}, "fields": fields}]
+    status, _, answer = _raw_post(
+        telemetry.server, "/apps/narrow/v1/metrics", json.dumps(body).encode()
+    )
+    assert (status, answer) == (200, {"requestIntervalInMinutes": 60})
+    telemetry.settle()
+    if not telemetry.es_url:
+        rows = _query(
+            telemetry,
+            {
+                "range": "1d",
+                "metrics": [{"sum": "fields.f7"}],
+                "filters": [["is", "app", ["narrow"]]],
+            },
+        )["results"]
+        assert rows[0]["metrics"] == [7]
+        return
+    day = time.strftime("%Y.%m.%d", time.gmtime())
+    index = f"{telemetry.index_prefix}-metrics-narrow-{day}"
+    (mapping,) = httpx.get(f"{telemetry.es_url}/{index}/_mapping").json().values()
+    properties = mapping["mappings"]["properties"]
+    indexed = [
+        *properties.get("tags", {}).get("properties", {}),
+        *properties.get("fields", {}).get("properties", {}),
+    ]
+    assert len(indexed) == 4, indexed
+    hits = httpx.post(f"{telemetry.es_url}/{index}/_search", json={"size": 5}).json()
+    (hit,) = hits["hits"]["hits"]
+    assert hit["_source"]["fields"] == {k: float(v) for k, v in fields.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import falcon.asgi
 
 from metronome.config import Settings
+from metronome.errors import StoreUnavailable
 from metronome.reports.engine import run_query
 from metronome.reports.query import for_site, parse_query
 from metronome.reports.rollup import from_rollup
@@ -40,7 +41,11 @@ class QueryResource:
         rolled = None
         if self._apps is not None and query.normalized.get("rollups", "auto") == "auto":
             if query.group.datasets == ("metrics",):  # telemetry: maybe from a rollup
-                rolled = from_rollup(query, rollup_sources((await self._apps.get()).values()))
+                try:
+                    apps = await self._apps.get()
+                except StoreUnavailable:  # no apps known now: raw points answer
+                    apps = {}
+                rolled = from_rollup(query, rollup_sources(apps.values()))
         if rolled is not None:
             query = rolled[0]
         answer = await run_query(self._store, query, max_groups=self._settings.query_max_groups)

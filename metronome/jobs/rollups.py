@@ -158,8 +158,13 @@ async def roll_apps(
             first = _moment(rows[0][1][0]) if rows else None
             if first is not None:
                 start = bucket_floor(first, rollup.interval)
+                raw_days = app.raw_days or settings.telemetry_raw_days
+                if raw_days:  # never roll again buckets whose raw points are gone
+                    start = max(start, (now // _DAY_MS - raw_days) * _DAY_MS)
                 end = bucket_floor(now, rollup.interval) + UNIT_MS[rollup.interval]
-                buckets, documents = await _roll(store, source, start, end)
+                buckets, documents = (
+                    await _roll(store, source, start, end) if start < end else (0, 0)
+                )
                 total = dataclasses.replace(
                     total,
                     buckets=total.buckets + buckets,

@@ -138,6 +138,12 @@ _OPTIONS = [
     click.option("--max-metrics", type=click.IntRange(1, 100_000), help="Metrics per request."),
     click.option("--max-tags", type=click.IntRange(1, 1000), help="Tags per metric."),
     click.option("--max-fields", type=click.IntRange(1, 1000), help="Fields per metric."),
+    click.option(
+        "--max-field-names",
+        type=click.IntRange(1, 100_000),
+        help="Elasticsearch: tag and field names indexed in each of the app's daily"
+        " indices; later names stay in _source, unindexed.",
+    ),
     click.option("--json", "as_json", is_flag=True, help="Print the app as JSON."),
 ]
 
@@ -176,6 +182,8 @@ async def _apply(app: App, settings: Settings, options: dict[str, Any]) -> tuple
         changes["rollups"] = _rollups(options["rollup_texts"]) + _rollups_file(
             options["rollups_file"]
         )
+    if options["max_field_names"] is not None:
+        changes["max_field_names"] = options["max_field_names"]
     for name in ("raw_days", "rollup_days"):
         if options[name] is not None:
             changes[name] = options[name] or None

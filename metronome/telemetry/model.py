@@ -143,6 +143,7 @@ class App:
     rollup_days: int | None = None
     created_ms: int = 0
     rolled: tuple[tuple[str, int], ...] = ()  # rollup text -> points stored before are rolled
+    max_field_names: int | None = None  # indexed tag and field names (Elasticsearch)
 
     def allows(self, endpoint: str) -> bool:
         return endpoint not in self.disabled
@@ -172,6 +173,7 @@ class App:
             "rollup_days": self.rollup_days,
             "created": self.created_ms,
             "rolled": dict(self.rolled),
+            "max_field_names": self.max_field_names,
         }
 
     @classmethod
@@ -191,6 +193,7 @@ class App:
             rollup_days=raw.get("rollup_days"),
             created_ms=int(raw.get("created", 0)),
             rolled=tuple(sorted((str(k), int(v)) for k, v in (raw.get("rolled") or {}).items())),
+            max_field_names=raw.get("max_field_names"),
         )
 
     def public_dict(self) -> dict[str, Any]:
