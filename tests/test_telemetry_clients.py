@@ -124,7 +124,7 @@ def test_go_agent_passes_its_race_tests_against_metronome(
         app,
         metrics=[
             "instances",
-            {"max": "fields.value"},
+            {"last_sum": "fields.value"},
             {"max": "fields.node_selector"},
             {"max": "fields.data_locality"},
         ],
