@@ -453,8 +453,12 @@ def run_wrk(
     threads: int,
     expect: str | None = None,
     timeout_s: float = 10.0,
+    script: Path = LUA_SCRIPT,
+    script_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One wrk run POSTing ``body`` to ``url + path``; fails loudly on any bad answer."""
+    """One wrk run POSTing ``body`` to ``url + path``; fails loudly on any bad answer.
+    ``script``: another wrk script that prints the same BENCH_JSON line (built on
+    post.lua), with ``script_env`` for its settings."""
     wrk = require_wrk()
     with tempfile.NamedTemporaryFile("wb", suffix=".body", delete=False) as f:
         f.write(body)
@@ -466,6 +470,7 @@ def run_wrk(
             WRK_PATH=path,
             WRK_USER_AGENT=BROWSER_UA,
             WRK_EXPECT=expect or "",
+            **(script_env or {}),
         )
         cmd = [
             wrk,
@@ -474,7 +479,7 @@ def run_wrk(
             f"-d{max(1, round(duration))}s",
             f"--timeout={timeout_s:g}s",
             "-s",
-            str(LUA_SCRIPT),
+            str(script),
             url + path,
         ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60)

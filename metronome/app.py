@@ -242,7 +242,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     app.add_route("/ticks", Ticks(settings, pipeline, guard))
     app.add_route("/tick.gif", Pixel(settings, pipeline, guard))
     app.add_route("/metronome.js", Script())
-    app.add_route("/query", QueryResource(settings, store, guard))
+    app.add_route("/query", QueryResource(settings, store, guard, apps))
     app.add_route("/openapi.json", OpenAPI())
     reports = Reports(settings, store, guard)
     app.add_route("/reports", reports)

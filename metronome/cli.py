@@ -24,6 +24,7 @@ from metronome.config import (
 )
 from metronome.errors import MetronomeError
 from metronome.jobs import commands as jobs_commands
+from metronome.jobs import rollup_commands
 from metronome.kpis import commands as kpis_commands
 from metronome.sites import commands as sites_commands
 from metronome.telemetry import commands as apps_commands
@@ -286,6 +287,7 @@ main.add_command(sites_commands.keys)
 main.add_command(kpis_commands.kpis)  # issue 22
 main.add_command(apps_commands.apps)
 main.add_command(jobs_commands.collect)
+apps_commands.apps.add_command(rollup_commands.roll)
 
 
 @main.group()

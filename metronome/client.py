@@ -18,6 +18,22 @@ counted in ``stats.dropped`` rather than blocking the application.
 
 :class:`FluentClient` sends the same ticks through Fluentd (``fluent-logger``) with the
 tag ``metronome.tick``, and :class:`TickHandler` turns ``logging`` records into ticks.
+
+:class:`TelemetryAgent` reports an installed application's own telemetry (the binoculars
+contract, ``POST /v1/metrics``): it gathers metrics, sends them, and sends again when the
+server's ``requestIntervalInMinutes`` says so, with a timeout, backoff with jitter after
+errors and an optional app token::
+
+    from metronome.client import TelemetryAgent
+
+    def gather():
+        return [{"name": "storage_capacity", "tags": {"instance_uuid": my_id},
+                 "fields": {"value": used_bytes()}}]
+
+    agent = TelemetryAgent("https://metronome.example.org/apps/storage/v1/metrics", gather)
+    agent.start()              # idempotent, thread-safe
+    ...
+    agent.stop()               # idempotent; waits (at most ``timeout_s``) for the thread
 """
 
 from __future__ import annotations
@@ -27,13 +43,23 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
-__all__ = ["Client", "ClientStats", "FluentClient", "TickHandler"]
+__all__ = [
+    "Client",
+    "ClientStats",
+    "FluentClient",
+    "TelemetryAgent",
+    "TelemetryAnswer",
+    "TelemetryError",
+    "TickHandler",
+]
 
 log = logging.getLogger("metronome.client")
 
@@ -248,3 +274,185 @@ class TickHandler(logging.Handler):
             self._client.tick(self._item_id, event, **fields)
         except Exception:  # noqa: BLE001 - a logging handler must never raise
             self.handleError(record)
+
+
+# --- telemetry: the binoculars contract -------------------------------------------------
+
+Metric = Mapping[str, Any]  # {"name": str, "tags": {str: str}, "fields": {str: number|bool}}
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryAnswer:
+    """The server's answer to one report: when to send next, and the metrics it refused
+    (Metronome lists them; other servers of the contract do not)."""
+
+    request_interval_minutes: int
+    refused: list[dict[str, Any]]
+
+
+class TelemetryError(Exception):
+    """A report that did not get a 200: ``status`` (None when no answer came), and for
+    Metronome's JSON errors its stable ``code`` and ``message``."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class TelemetryAgent:
+    """Sends an application's telemetry to ``url`` (``.../v1/metrics`` or
+    ``.../apps/{app}/v1/metrics``) from a background thread, like the Go client in
+    ``clients/go`` and the binoculars client it replaces.
+
+    ``gather()`` returns the metrics to send now; ``on_response(answer, error)`` (optional)
+    hears how each report went: a :class:`TelemetryAnswer`, or a :class:`TelemetryError`.
+    Both are called from the agent's thread, one at a time.
+
+    The first report goes out on :meth:`start`; each next one after the server's
+    ``requestIntervalInMinutes`` (``default_interval_s`` until it has said). After an
+    error, the n-th in a row waits a random time between half and all of
+    ``min(initial_backoff_s * 2 ** (n - 1), max_backoff_s)``, so instances that failed
+    together do not return together. Each request has a ``timeout_s``; ``token`` is sent as
+    the ``token`` query parameter for apps that require one. No other header than
+    ``Content-Type: application/json`` is needed.
+    """
+
+    #: Seconds in the server's minute (tests shorten it to watch intervals in seconds).
+    seconds_per_minute: float = 60.0
+
+    def __init__(
+        self,
+        url: str,
+        gather: Callable[[], Sequence[Metric]],
+        on_response: Callable[[TelemetryAnswer | None, TelemetryError | None], None] | None = None,
+        *,
+        token: str | None = None,
+        timeout_s: float = 30.0,
+        default_interval_s: float = 3600.0,
+        initial_backoff_s: float = 60.0,
+        max_backoff_s: float = 3600.0,
+    ) -> None:
+        self._url = _with_token(url, token)
+        self._gather = gather
+        self._on_response = on_response
+        self._timeout_s = timeout_s
+        self._default_interval_s = default_interval_s
+        self._initial_backoff_s = initial_backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._http = httpx.Client(timeout=timeout_s)
+        self._random = random.Random()
+
+    def send(self, metrics: Sequence[Metric]) -> TelemetryAnswer:
+        """Send ``metrics`` once, now; the answer, or a :class:`TelemetryError`."""
+        try:
+            resp = self._http.post(self._url, json={"metrics": list(metrics)})
+        except httpx.HTTPError as exc:
+            raise TelemetryError(f"{exc.__class__.__name__}: {exc}") from exc
+        if resp.status_code != 200:
+            code = message = None
+            try:
+                body = resp.json()
+                code, message = str(body["error"]), str(body["message"])
+            except (ValueError, KeyError, TypeError):
+                pass
+            text = f"{code}: {message}" if code else resp.text[:200]
+            raise TelemetryError(
+                f"server answered {resp.status_code} {text}", resp.status_code, code
+            )
+        try:
+            body = resp.json()
+            interval = int(body.get("requestIntervalInMinutes") or 0)
+            refused = body.get("refused") or []
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise TelemetryError(f"the answer is not the expected JSON: {exc}", 200) from exc
+        return TelemetryAnswer(interval, list(refused))
+
+    def backoff_s(self, failures: int) -> float:
+        """How long to wait after the ``failures``-th error in a row (jittered)."""
+        ceiling = min(self._initial_backoff_s * 2 ** (failures - 1), self._max_backoff_s)
+        return self._random.uniform(ceiling / 2, ceiling)
+
+    def start(self) -> None:
+        """Start reporting in the background; does nothing while it already runs."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive() and not self._stopping.is_set():
+                return
+            # a thread still ending after stop() has its own event and goes on ending
+            self._stopping = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run, args=(self._stopping,), name="metronome-telemetry", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, wait: bool = True) -> None:
+        """Stop reporting; does nothing when stopped. With ``wait`` (and not called from
+        the agent's own thread, e.g. from ``on_response``), waits for the thread to end
+        (at most ``timeout_s``: an in-flight request is not interrupted)."""
+        with self._lock:
+            thread = self._thread
+            self._stopping.set()
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join(self._timeout_s + 1)
+
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return (
+                self._thread is not None and self._thread.is_alive() and not self._stopping.is_set()
+            )
+
+    def close(self) -> None:
+        """Stop, and close the HTTP connections."""
+        self.stop()
+        self._http.close()
+
+    def __enter__(self) -> TelemetryAgent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, stopping: threading.Event) -> None:
+        interval_s = self._default_interval_s
+        failures = 0
+        while not stopping.is_set():
+            answer: TelemetryAnswer | None = None
+            error: TelemetryError | None = None
+            try:
+                answer = self.send(self._gather())
+            except TelemetryError as exc:
+                error = exc
+            except Exception as exc:  # noqa: BLE001 - a failing gather must not end the agent
+                log.warning("telemetry_gather_failed error=%r", exc)
+                error = TelemetryError(f"gather failed: {exc!r}")
+            if stopping.is_set():
+                return
+            if self._on_response is not None:
+                try:
+                    self._on_response(answer, error)
+                except Exception:  # noqa: BLE001
+                    log.exception("telemetry_on_response_failed")
+            if answer is not None:
+                failures = 0
+                if answer.request_interval_minutes > 0:
+                    interval_s = answer.request_interval_minutes * self.seconds_per_minute
+                wait_s = interval_s
+            else:
+                failures += 1
+                wait_s = self.backoff_s(failures)
+                log.info(
+                    "telemetry_retry failures=%d delay_s=%.1f error=%s", failures, wait_s, error
+                )
+            stopping.wait(wait_s)
+
+
+def _with_token(url: str, token: str | None) -> str:
+    if not token:
+        return url
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "token"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("token", token)])))

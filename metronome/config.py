@@ -575,6 +575,12 @@ class Settings:
         "Days raw telemetry points are kept, for apps that set none (0: as `METRONOME_RETENTION`).",
         _int(0, 100_000),
     )
+    telemetry_rollup_interval_s: int = setting(
+        "60",
+        "Seconds between the worker's passes over telemetry rollups and retention"
+        " (0: none; `metronome apps roll` runs one).",
+        _int(0, 7 * 86400),
+    )
     telemetry_rollup_days: int = setting(
         "0",
         "Days telemetry rollups are kept, for apps that set none (0: forever).",

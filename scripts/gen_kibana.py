@@ -124,6 +124,36 @@ def metric(
     }
 
 
+def distinct(source: str, label: str) -> dict[str, Any]:
+    """How many distinct values of ``source`` (an estimate above 3,000, like Elasticsearch's
+    cardinality)."""
+    return {
+        "label": label,
+        "customLabel": True,
+        "dataType": "number",
+        "operationType": "unique_count",
+        "sourceField": source,
+        "isBucketed": False,
+        "scale": "ratio",
+        "params": {"emptyAsNull": True},
+    }
+
+
+def last(source: str, label: str) -> dict[str, Any]:
+    """The latest value of a numeric field (by ``@timestamp``) in its bucket."""
+    return {
+        "label": label,
+        "customLabel": True,
+        "dataType": "number",
+        "operationType": "last_value",
+        "sourceField": source,
+        "isBucketed": False,
+        "scale": "ratio",
+        "filter": {"query": f'"{source}": *', "language": "kuery"},
+        "params": {"sortField": "@timestamp", "showArrayValues": False},
+    }
+
+
 def over_time() -> dict[str, Any]:
     return {
         "label": "@timestamp",
@@ -204,11 +234,17 @@ def pie(group: str, value: str) -> tuple[str, dict[str, Any]]:
     }
 
 
-def table(*columns: str) -> tuple[str, dict[str, Any]]:
+def table(*columns: str, total: str | None = None) -> tuple[str, dict[str, Any]]:
+    """A table; ``total``: a column whose sum the table's footer shows."""
     return "lnsDatatable", {
         "layerId": LAYER,
         "layerType": "data",
-        "columns": [{"columnId": c} for c in columns],
+        "columns": [
+            {"columnId": c, "summaryRow": "sum", "summaryLabel": "Fleet total"}
+            if c == total
+            else {"columnId": c}
+            for c in columns
+        ],
     }
 
 
@@ -261,7 +297,9 @@ class Lens:
         )
 
 
-def dashboard(object_id: str, title: str, description: str, panels: list[Lens]) -> dict[str, Any]:
+def dashboard(
+    object_id: str, title: str, description: str, panels: list[Lens], query: str = HUMANS
+) -> dict[str, Any]:
     panel_json, references = [], []
     for number, lens in enumerate(panels, 1):
         index = f"p{number}"
@@ -300,7 +338,7 @@ def dashboard(object_id: str, title: str, description: str, panels: list[Lens]) 
             "refreshInterval": {"pause": True, "value": 60000},
             "kibanaSavedObjectMeta": {
                 "searchSourceJSON": json.dumps(
-                    {"query": {"query": HUMANS, "language": "kuery"}, "filter": []},
+                    {"query": {"query": query, "language": "kuery"}, "filter": []},
                     separators=(",", ":"),
                 )
             },
@@ -518,13 +556,89 @@ LOGS = [
     ),
 ]
 
+INSTANCE = "tags.instance_uuid"  # the tag that tells an app's instances apart, by default
+TELEMETRY = [
+    Lens(
+        "metronome-telemetry-active-instances",
+        "Active instances over time",
+        "Distinct instances (tags.instance_uuid) that reported in each interval.",
+        "metrics",
+        {"when": over_time(), "instances": distinct(INSTANCE, "Instances")},
+        xy("line", "when", ["instances"], legend=False),
+        query="app : *",
+        grid=(0, 0, 32, 14),
+    ),
+    Lens(
+        "metronome-telemetry-instances",
+        "Active instances",
+        "Distinct instances that reported in the time range.",
+        "metrics",
+        {"instances": distinct(INSTANCE, "Instances")},
+        single("instances"),
+        query="app : *",
+        grid=(32, 0, 16, 14),
+    ),
+    Lens(
+        "metronome-telemetry-version-spread",
+        "Version spread",
+        "Distinct instances by app_version in each interval: how fast the fleet upgrades.",
+        "metrics",
+        {
+            "when": over_time(),
+            "instances": distinct(INSTANCE, "Instances"),
+            "version": top("tags.app_version", "Version", 10, "instances"),
+        },
+        xy("bar_stacked", "when", ["instances"], split="version"),
+        query="app : *",
+        grid=(0, 14, 32, 15),
+    ),
+    Lens(
+        "metronome-telemetry-upgrade-checks",
+        "Upgrade checks by version",
+        "upgrade-responder requests (upgrade_request points) by the version that asked.",
+        "metrics",
+        {"version": top("tags.app_version", "Version", 10, "checks"), "checks": count("Checks")},
+        pie("version", "checks"),
+        query='metric.name : "upgrade_request"',
+        grid=(32, 14, 16, 15),
+    ),
+    Lens(
+        "metronome-telemetry-fleet-gauge",
+        "Storage capacity: latest per instance",
+        "The last storage_capacity value each instance reported in the time range; the"
+        " footer sums them: the fleet total (not the sum of every report).",
+        "metrics",
+        {
+            "instance": top(INSTANCE, "Instance", 1000, "value", other=False),
+            "value": last("fields.value", "Latest value"),
+        },
+        table("instance", "value", total="value"),
+        query='metric.name : "storage_capacity"',
+        grid=(0, 29, 24, 16),
+    ),
+    Lens(
+        "metronome-telemetry-metrics",
+        "Reports by metric",
+        "Points stored, by metric name and app.",
+        "metrics",
+        {
+            "metric": top("metric.name", "Metric", 20, "points", other=False),
+            "app": top("app", "App", 10, "points"),
+            "points": count("Points"),
+        },
+        table("metric", "app", "points"),
+        query="app : *",
+        grid=(24, 29, 24, 16),
+    ),
+]
+
 
 def saved_objects() -> list[dict[str, Any]]:
     """Every object, data views first (the order Kibana's own exports use doesn't matter to
     the import API, but it reads best)."""
     return [
         *(data_view(d) for d in DATA_VIEWS),
-        *(lens.saved_object() for lens in TICKS + LOGS),
+        *(lens.saved_object() for lens in TICKS + LOGS + TELEMETRY),
         dashboard(
             "metronome-ticks-overview",
             "Metronome: ticks",
@@ -539,6 +653,16 @@ def saved_objects() -> list[dict[str, Any]]:
             " and countries from web-server access logs. Known crawlers are left out"
             " by the query (not bot : true).",
             LOGS,
+        ),
+        dashboard(
+            "metronome-telemetry-overview",
+            "Metronome: telemetry",
+            "What installed software reports about itself (binoculars and upgrade-responder"
+            " clients): active instances, version spread, upgrade checks, the fleet total of"
+            " a gauge. Feature adoption per feature: the Grafana dashboard (deploy/grafana/)"
+            " or POST /query.",
+            TELEMETRY,
+            query="",
         ),
     ]
 

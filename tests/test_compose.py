@@ -24,7 +24,7 @@ from tests.support.es_server import ES_VERSION
 from tests.test_fluentd_conf import ACCESS_TAG, parse_conf, route
 
 ROOT = Path(__file__).resolve().parent.parent
-LONG_RUNNING = {"elasticsearch", "kibana", "api", "shipper", "minio", "fluentd", "nginx"}
+LONG_RUNNING = {"elasticsearch", "kibana", "api", "shipper", "minio", "fluentd", "nginx", "grafana"}
 ONE_SHOT = {"setup", "minio-init"}
 
 
@@ -81,6 +81,7 @@ def test_services_start_in_order_once_what_they_need_is_healthy(resolved: dict[s
     assert _waits_for(s["minio-init"]) == {"minio": healthy}
     assert _waits_for(s["fluentd"]) == {"shipper": healthy, "minio-init": done}
     assert _waits_for(s["nginx"]) == {"api": healthy, "fluentd": healthy}
+    assert _waits_for(s["grafana"]) == {"elasticsearch": healthy}
     # every condition is on something that has a health check (or is a one-shot)
     for name, service in s.items():
         for dep, condition in _waits_for(service).items():
@@ -122,7 +123,7 @@ def test_elasticsearch_and_kibana_are_the_tested_version_and_stay_on_loopback(
     assert s["kibana"]["image"].endswith(f"/kibana:{ES_VERSION}")
     assert s["elasticsearch"]["environment"]["discovery.type"] == "single-node"
     assert "http://elasticsearch:9200" in s["kibana"]["environment"]["ELASTICSEARCH_HOSTS"]
-    for name in ("elasticsearch", "kibana", "minio", "fluentd"):
+    for name in ("elasticsearch", "kibana", "minio", "fluentd", "grafana"):
         for port in s[name].get("ports", []):
             assert port["host_ip"] == "127.0.0.1", (name, port)  # no security: loopback only
     assert "ports" not in s["api"] and "ports" not in s["shipper"]  # only through NGINX

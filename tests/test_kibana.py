@@ -202,7 +202,10 @@ def test_every_lens_field_is_mapped_aggregatable_with_the_type_lens_expects() ->
                     assert column["operationType"] == "count", where
                 else:
                     data_type = mapping.check(field, f"{where} column {column_id}")
-                    assert column["dataType"] == data_type, (where, column_id, data_type)
+                    if column["operationType"] == "unique_count":  # a count of any type
+                        assert column["dataType"] == "number", (where, column_id)
+                    else:
+                        assert column["dataType"] == data_type, (where, column_id, data_type)
                     if column["operationType"] in NUMERIC_OPERATIONS:
                         assert data_type == "number", (where, column_id)
                     if column["operationType"] == "date_histogram":
@@ -227,6 +230,7 @@ def test_every_dashboard_panel_resolves_and_its_query_fits_every_panel() -> None
     assert {d["attributes"]["title"] for d in dashboards} == {
         "Metronome: ticks",
         "Metronome: access logs",
+        "Metronome: telemetry",
     }
     titles: list[str] = []
     for board in dashboards:
@@ -260,6 +264,9 @@ def test_every_dashboard_panel_resolves_and_its_query_fits_every_panel() -> None
         "Status codes",
         "Browsers",
         "Countries",
+        "Active instances",
+        "Version spread",
+        "latest per instance",
     ):
         assert any(wanted.lower() in t.lower() for t in titles), wanted
 
@@ -456,3 +463,17 @@ def test_import_fails_clearly_when_kibana_is_unreachable_or_not_kibana() -> None
         wrong = _kibana("--url", kibana.url + "/elasticsearch")
     assert wrong.returncode == 1
     assert "is this the URL of Kibana (not of Elasticsearch)?" in wrong.stderr
+
+
+def test_the_telemetry_fleet_total_sums_the_last_value_of_each_instance() -> None:
+    lens = BY_KEY[("lens", "metronome-telemetry-fleet-gauge")]
+    layer = lens["attributes"]["state"]["datasourceStates"]["formBased"]["layers"]["main"]
+    columns = layer["columns"]
+    assert columns["instance"]["operationType"] == "terms"
+    assert columns["instance"]["sourceField"] == "tags.instance_uuid"
+    assert columns["value"]["operationType"] == "last_value"
+    assert columns["value"]["params"]["sortField"] == "@timestamp"
+    (summed,) = [
+        c for c in lens["attributes"]["state"]["visualization"]["columns"] if "summaryRow" in c
+    ]
+    assert summed == {"columnId": "value", "summaryRow": "sum", "summaryLabel": "Fleet total"}

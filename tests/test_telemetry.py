@@ -45,6 +45,7 @@ def telemetry(
         "METRONOME_SITES_CACHE_S": "1",
         "METRONOME_TELEMETRY_RATE_PER_INSTANCE": "0",
         "METRONOME_TELEMETRY_RATE_PER_IP": "0",
+        "METRONOME_TELEMETRY_ROLLUP_INTERVAL_S": "0",  # tests run the passes themselves
     }
     with running_backend(request, tmp_path_factory, request.param, env) as backend:
         versions = backend.server.data_dir.parent / f"versions-{request.param}.json"
@@ -53,6 +54,14 @@ def telemetry(
             ("longhorn", "--interval", "30", "--versions", str(versions)),
             ("locked", "--new-token", "--disable", "checkupgrade", "--json"),
             ("tiny", "--max-metrics", "2", "--max-tags", "2"),
+            ("narrow", "--max-field-names", "4"),
+            (
+                "rolled",
+                "--rollup",
+                "storage_capacity every 1h sum,min,max,last",
+                "--rollup",
+                "enabled_feature every 1h sum,max by instance_uuid,app_version",
+            ),
         ):
             done = backend.server.run_cli("apps", "create", *args)
             assert done.returncode == 0, done.stderr
@@ -669,3 +678,329 @@ def test_the_interval_rises_while_the_spool_is_behind(limited: MetronomeServer) 
     assert intervals[-1] > 60, intervals
     assert intervals == sorted(intervals)
     assert Path(limited.data_dir, "spool").exists()
+
+
+# -- rollups ----------------------------------------------------------------------------
+
+
+def _write_points(backend: Backend, points: list[Point]) -> None:
+    """Points stored as the shipper stores them, received now (whatever their time)."""
+    settings = Settings.from_env(backend.server.env)
+    now_ms = int(time.time() * 1000)
+    documents = [point_document(p, received_ms=now_ms) for p in points]
+
+    async def _write() -> None:
+        async with open_store(settings) as store:
+            for first in range(0, len(documents), 500):  # bulk requests of a shipper's size
+                outcomes = await store.write(documents[first : first + 500])
+                assert all(o.ok for o in outcomes)
+
+    asyncio.run(_write())
+
+
+def _roll(backend: Backend) -> dict[str, int]:
+    done = backend.server.run_cli("apps", "roll", "--json")
+    assert done.returncode == 0, done.stderr
+    time.sleep(1.2)  # METRONOME_SITES_CACHE_S: the servers see the new watermark
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+ROLLED_QUERIES: list[dict[str, Any]] = [
+    {
+        "metrics": [
+            "events",
+            {"sum": "fields.value"},
+            {"min": "fields.value"},
+            {"max": "fields.value"},
+        ],
+        "dimensions": ["time:day"],
+        "filters": [["is", "metric.name", ["storage_capacity"]]],
+    },
+    {
+        "range": {"from": "2026-11-02", "to": "2026-11-02"},
+        "metrics": ["events", {"sum": "fields.value"}],
+        "dimensions": ["time:hour", "tags.instance_uuid"],
+        "filters": [["is", "metric.name", ["storage_capacity"]]],
+    },
+    {
+        "tz": "Europe/Berlin",
+        "metrics": ["instances", {"max": "fields.value"}],
+        "dimensions": ["time:day"],
+        "filters": [
+            ["is", "metric.name", ["storage_capacity"]],
+            ["is_not", "tags.instance_uuid", ["c"]],
+        ],
+    },
+    {
+        "metrics": ["events", {"sum": "fields.node_selector"}, {"max": "fields.data_locality"}],
+        "dimensions": ["tags.app_version"],
+        "filters": [["is", "metric.name", ["enabled_feature"]]],
+    },
+    {
+        "range": {"from": "2026-11-03", "to": "2026-11-03"},
+        "compare": "previous_period",
+        "metrics": ["events", {"sum": "fields.value"}],
+        "filters": [["is", "metric.name", ["storage_capacity"]]],
+    },
+]
+
+
+def _both(backend: Backend, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    body = {
+        "range": {"from": "2026-11-01", "to": "2026-11-03"},
+        **body,
+        "filters": [["is", "app", ["rolled"]], *body["filters"]],
+    }
+    return _query(backend, body), _query(backend, {**body, "rollups": "off"})
+
+
+def test_rollups_catch_up_answer_like_raw_points_and_re_roll_late_points(
+    telemetry: Backend,
+) -> None:
+    _write_points(telemetry, _fleet_points("rolled"))  # the worker was down meanwhile
+    before, _ = _both(telemetry, ROLLED_QUERIES[0])
+    assert "rollup" not in before["meta"]  # nothing rolled yet: raw points answer
+
+    done = _roll(telemetry)  # catches up: every hour since the first point
+    assert done["buckets"] > 0
+    # one document per hour and instance (storage) and per hour, instance and version
+    # (features): the hand-built data has 3 + 2 + 1 storage reports per day ...
+    hours = {
+        (p.timestamp_ms // 3_600_000, p.tags["instance_uuid"], p.name) for p in _fleet_points("x")
+    }
+    assert done["documents"] == len(hours)
+    for body in ROLLED_QUERIES:
+        rolled, raw = _both(telemetry, body)
+        assert rolled["meta"].get("rollup"), body
+        assert "rollup" not in raw["meta"]
+        assert rolled["results"] == raw["results"], body
+        assert rolled["results"], body
+
+    # a late point for an old bucket: re-rolled by the next pass
+    late = Point(
+        "rolled",
+        "storage_capacity",
+        START + 3 * 3_600_000,
+        {"instance_uuid": "d", "app_version": "v1.6"},
+        {"value": 5000.0},
+    )
+    _write_points(telemetry, [late])
+    again = _roll(telemetry)
+    assert again["documents"] >= 1
+    rolled, raw = _both(telemetry, ROLLED_QUERIES[0])
+    assert rolled["meta"].get("rollup")
+    assert rolled["results"] == raw["results"]
+    assert rolled["results"][0]["metrics"][3] == 5000  # the day's max is the late point
+
+    # a pass with nothing new writes nothing and changes nothing
+    assert _roll(telemetry)["documents"] == 0
+    assert _both(telemetry, ROLLED_QUERIES[0])[0]["results"] == rolled["results"]
+
+
+def test_a_query_a_rollup_cannot_answer_reads_raw_points(telemetry: Backend) -> None:
+    for extra in (
+        {"metrics": [{"avg": "fields.value"}]},  # avg is not kept
+        {"dimensions": ["tags.app_version"]},  # storage keeps only the instance tag
+        {"metrics": [{"last_sum": "fields.value"}]},
+    ):
+        body = {**ROLLED_QUERIES[0], **extra}
+        rolled, raw = _both(telemetry, body)
+        assert "rollup" not in rolled["meta"], extra
+        assert rolled["results"] == raw["results"]
+
+
+def _report(backend: Backend, name: str, **params: str) -> list[Any]:
+    backend.settle()
+    resp = backend.client.get(
+        f"/reports/{name}", params={"from": "2026-11-01", "to": "2026-11-03", **params}
+    )
+    assert resp.status_code == 200, resp.text
+    return [(r["dimensions"], r["metrics"]) for r in resp.json()["results"]]
+
+
+def test_named_fleet_reports(telemetry: Backend, fleet: str) -> None:
+    assert _report(telemetry, "active-instances", app=fleet) == [
+        (["2026-11-01"], [3]),
+        (["2026-11-02"], [2]),
+        (["2026-11-03"], [2]),
+    ]
+    assert _report(telemetry, "fleet-total", app=fleet) == [
+        (["2026-11-01"], [1807, 3]),
+        (["2026-11-02"], [3301, 2]),
+        (["2026-11-03"], [4802, 2]),
+    ]
+    adoption = _report(
+        telemetry, "feature-adoption", app=fleet, features="node_selector,data_locality"
+    )
+    assert sorted(adoption) == [(["v1.4"], [2, 1.0, 0.5]), (["v1.5"], [2, 0.5, 0.0])]
+    spread = _report(telemetry, "version-spread", app=fleet, metric="storage_capacity")
+    assert spread[:2] == [(["2026-11-01", "v1.4"], [2, 5]), (["2026-11-01", "v1.5"], [1, 1])]
+    resp = telemetry.client.get("/reports/active-instances")
+    assert (resp.status_code, resp.json()["details"]["parameter"]) == (400, "app")
+
+
+def test_reading_telemetry_needs_a_query_key_of_the_apps_site(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Once sites exist, an app's points belong to its site: that site's query keys read
+    them, another site's keys see none, and no key gets 401."""
+    server = MetronomeServer(
+        {"METRONOME_SITES_CACHE_S": "1", "METRONOME_TELEMETRY_ROLLUP_INTERVAL_S": "0"},
+        data_dir=tmp_path_factory.mktemp("scoped"),
+        workers=1,
+    )
+    server.start()
+    try:
+
+        def cli(*args: str) -> Any:
+            done = server.run_cli(*args, "--json")
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)
+
+        ours = cli("sites", "create", "--name", "Storage team", "--id", "storage")
+        other = cli("sites", "create", "--name", "Web", "--id", "web")
+        cli("apps", "create", "longhorn", "--site", ours["id"])
+        our_key = cli("keys", "create", "--site", ours["id"], "--scope", "query")["secret"]
+        other_key = cli("keys", "create", "--site", other["id"], "--scope", "query")["secret"]
+        time.sleep(1.2)
+        body = [{"name": "m", "tags": {"instance_uuid": "i1"}, "fields": {"value": 1}}]
+        status, _, _ = _raw_post(server, "/apps/longhorn/v1/metrics", json.dumps(body).encode())
+        assert status == 200  # the clients still need no key
+        from tests.support.backends import wait_for_drain
+
+        wait_for_drain(server)
+        question = {"source": "metrics", "range": "1d", "metrics": ["events", "instances"]}
+        answers = {}
+        for name, key in (("ours", our_key), ("other", other_key), ("none", None)):
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            resp = httpx.post(f"{server.url}/query", json=question, headers=headers)
+            answers[name] = (resp.status_code, resp.json())
+        assert answers["ours"][0] == 200
+        assert answers["ours"][1]["results"][0]["metrics"] == [1, 1]
+        assert answers["other"][1]["results"][0]["metrics"] == [0, 0]
+        assert (answers["none"][0], answers["none"][1]["error"]) == (401, "key_required")
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log_path.read_text(), server.log_tail(80)
+
+
+def test_raw_points_and_rollups_have_their_own_retention(telemetry: Backend) -> None:
+    """Raw points kept 10 days go (the hand-built month is older); the rollups stay and
+    still answer."""
+    body = ROLLED_QUERIES[0]
+    before, _ = _both(telemetry, body)
+    assert before["meta"].get("rollup") and before["results"]
+    done = telemetry.server.run_cli("apps", "update", "rolled", "--raw-days", "10")
+    assert done.returncode == 0, done.stderr
+    assert _roll(telemetry)["removed"] > 0
+    rolled, raw = _both(telemetry, body)
+    assert [r["metrics"][0] for r in raw["results"]] == [0, 0, 0]  # raw points are gone
+    assert rolled["results"] == before["results"]
+
+
+def test_instances_on_a_large_fleet_exact_here_estimated_on_elasticsearch(
+    telemetry: Backend,
+) -> None:
+    """8,000 instances on one day: the embedded store counts them exactly; Elasticsearch's
+    HyperLogLog++ (precision threshold 3,000) estimates, within 2 % (the guide quotes what
+    this measures)."""
+    instances = 8000
+    day = START + 10 * DAY
+    _write_points(
+        telemetry,
+        [
+            Point("bigfleet", "up", day + i, {"instance_uuid": f"node-{i:05d}"}, {"value": 1.0})
+            for i in range(instances)
+        ],
+    )
+    answer = _query(
+        telemetry,
+        {
+            "range": {"from": "2026-11-11", "to": "2026-11-11"},
+            "metrics": ["instances", "events"],
+            "filters": [["is", "app", ["bigfleet"]]],
+        },
+    )
+    counted, events = answer["results"][0]["metrics"]
+    assert events == instances
+    error = abs(counted - instances) / instances
+    print(f"instances on {telemetry.name}: {counted} of {instances} ({error:.3%} off)")
+    if telemetry.es_url:
+        assert error < 0.02, counted
+        assert "estimate" in answer["meta"]["distinct_precision"]
+    else:
+        assert counted == instances
+
+
+def test_the_worker_rolls_up_by_itself(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``metronome serve``'s worker makes the passes (every second here): points sent over
+    HTTP show up as rollup documents without anyone running ``metronome apps roll``."""
+    server = MetronomeServer(
+        {"METRONOME_SITES_CACHE_S": "1", "METRONOME_TELEMETRY_ROLLUP_INTERVAL_S": "1"},
+        data_dir=tmp_path_factory.mktemp("worker-rolls"),
+        workers=1,
+    )
+    done = server.run_cli("apps", "create", "auto", "--rollup", "gauge every 1h sum,max")
+    assert done.returncode == 0, done.stderr
+    server.start()
+    try:
+        body = [
+            {"name": "gauge", "tags": {"instance_uuid": f"i{n}"}, "fields": {"value": n}}
+            for n in range(3)
+        ]
+        status, _, _ = _raw_post(server, "/apps/auto/v1/metrics", json.dumps(body).encode())
+        assert status == 200
+        import sqlite3
+
+        deadline = time.monotonic() + 30
+        rows: list[Any] = []
+        while time.monotonic() < deadline and len(rows) < 3:
+            time.sleep(0.5)
+            with sqlite3.connect(server.data_dir / "metronome.sqlite3") as conn:
+                rows = conn.execute(
+                    "SELECT json_extract(doc, '$.tags.instance_uuid'),"
+                    " json_extract(doc, '$.fields.value'), json_extract(doc, '$.rollup.count')"
+                    " FROM events WHERE dataset = 'rollups' ORDER BY 1"
+                ).fetchall()
+        assert rows == [("i0", 0.0, 1), ("i1", 1.0, 1), ("i2", 2.0, 1)], server.log_tail()
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log_path.read_text(), server.log_tail(80)
+
+
+def test_past_an_apps_field_names_limit_values_stay_in_source_unindexed(
+    telemetry: Backend,
+) -> None:
+    """App ``narrow`` indexes 4 dynamic names in Elasticsearch; a metric with 10 is stored
+    whole (the rest kept in ``_source``) and answered 200. The embedded store keeps
+    documents as JSON and has no mapping to protect: every name stays queryable."""
+    fields = {f"f{i}": i for i in range(8)}
+    body = [{"name": "wide", "tags": {"instance_uuid": "w1", "zone": "a"}, "fields": fields}]
+    status, _, answer = _raw_post(
+        telemetry.server, "/apps/narrow/v1/metrics", json.dumps(body).encode()
+    )
+    assert (status, answer) == (200, {"requestIntervalInMinutes": 60})
+    telemetry.settle()
+    if not telemetry.es_url:
+        rows = _query(
+            telemetry,
+            {
+                "range": "1d",
+                "metrics": [{"sum": "fields.f7"}],
+                "filters": [["is", "app", ["narrow"]]],
+            },
+        )["results"]
+        assert rows[0]["metrics"] == [7]
+        return
+    day = time.strftime("%Y.%m.%d", time.gmtime())
+    index = f"{telemetry.index_prefix}-metrics-narrow-{day}"
+    (mapping,) = httpx.get(f"{telemetry.es_url}/{index}/_mapping").json().values()
+    properties = mapping["mappings"]["properties"]
+    indexed = [
+        *properties.get("tags", {}).get("properties", {}),
+        *properties.get("fields", {}).get("properties", {}),
+    ]
+    assert len(indexed) == 4, indexed
+    hits = httpx.post(f"{telemetry.es_url}/{index}/_search", json={"size": 5}).json()
+    (hit,) = hits["hits"]["hits"]
+    assert hit["_source"]["fields"] == {k: float(v) for k, v in fields.items()}

@@ -411,6 +411,12 @@ def openapi_document() -> dict[str, Any]:
                             "event": "top-items: only this event",
                             "interval": "hour, day, week or month",
                             "id": "tock: the item",
+                            "app": "telemetry reports: the app",
+                            "instance": "telemetry reports: the instance tag",
+                            "metric": "telemetry reports: the metric name",
+                            "field": "fleet-total: the gauge's field",
+                            "features": "feature-adoption: fields, separated by commas",
+                            "version_tag": "telemetry reports: the version's tag",
                         }
                     ),
                     _SITE_PARAMETER,

@@ -5,10 +5,14 @@ from __future__ import annotations
 import falcon.asgi
 
 from metronome.config import Settings
+from metronome.errors import StoreUnavailable
 from metronome.events.typed import EventSchemas
 from metronome.reports.engine import run_query
 from metronome.reports.query import for_site, parse_query
+from metronome.reports.rollup import from_rollup
 from metronome.store.base import Store
+from metronome.telemetry.registry import AppCache
+from metronome.telemetry.rollups import rollup_sources
 
 from .body import Deadlines, decode_json, read_body, require_content_type
 from .guard import Guard
@@ -21,7 +25,10 @@ MAX_QUERY_BYTES = 65_536
 class QueryResource:
     """Needs a key with the ``query`` scope once sites exist; answers for its site only."""
 
-    def __init__(self, settings: Settings, store: Store, guard: Guard) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, guard: Guard, apps: AppCache | None = None
+    ) -> None:
+        self._apps = apps
         self._settings = settings
         self._store = store
         self._guard = guard
@@ -33,4 +40,18 @@ class QueryResource:
         require_content_type(req, ("application/json",))
         body = decode_json(await read_body(req, MAX_QUERY_BYTES, self._deadlines), "the query")
         query = for_site(parse_query(body, typed=self._typed), access.site_id)
-        resp.media = await run_query(self._store, query, max_groups=self._settings.query_max_groups)
+        rolled = None
+        if self._apps is not None and query.normalized.get("rollups", "auto") == "auto":
+            if query.group.datasets == ("metrics",):  # telemetry: maybe from a rollup
+                try:
+                    apps = await self._apps.get()
+                except StoreUnavailable:  # no apps known now: raw points answer
+                    apps = {}
+                rolled = from_rollup(query, rollup_sources(apps.values()))
+        if rolled is not None:
+            query = rolled[0]
+        answer = await run_query(self._store, query, max_groups=self._settings.query_max_groups)
+        if rolled is not None:
+            source = rolled[1]
+            answer["meta"]["rollup"] = f"{source.app}: {source.metric} every {source.interval}"
+        resp.media = answer

@@ -57,6 +57,11 @@ __all__ = [
     "METRIC_FIELDS",
     "METRIC_NAME",
     "POINT_DATASET",
+    "ROLLUP_COUNT",
+    "ROLLUP_DATASET",
+    "ROLLUP_FIELDS",
+    "ROLLUP_INTERVAL",
+    "ROLLUP_STAT_OBJECTS",
     "PARAMS",
     "REFERRER_DOMAIN",
     "REFERRER_PAGE",
@@ -259,3 +264,16 @@ INSIGHT_FIELDS: frozenset[str] = frozenset(
     }
 )
 """Every field the ``insights`` indices map: the shared base mappings and the insight's."""
+# Rollups (dataset "rollups", <prefix>-rollups-<app>-YYYY.MM.DD): one document per bucket of
+# a rolled-up metric and combination of its kept tags, at the bucket's start, with the
+# point fields above (app, metric.name, tags.*, site.id) and the stats of its fields:
+# sums under fields.<name> (so a sum reads the same field as on points), and min, max and
+# last values under their own objects. Mapped by metronome-rollups-mappings.json.
+
+ROLLUP_DATASET = "rollups"
+ROLLUP_INTERVAL = "rollup.interval"  # hour or day
+ROLLUP_COUNT = "rollup.count"  # points rolled into the document
+ROLLUP_STAT_OBJECTS = {"min": "fields_min", "max": "fields_max", "last": "fields_last"}
+
+ROLLUP_FIELDS: frozenset[str] = frozenset(METRIC_FIELDS | {ROLLUP_INTERVAL, ROLLUP_COUNT})
+"""Every fixed field the ``rollups`` indices map (the objects of values excluded)."""

@@ -53,6 +53,8 @@ __all__ = [
     "parse_metric",
     "point_document",
     "point_id",
+    "rollup_document",
+    "rollup_id",
 ]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-:]*$")
@@ -252,3 +254,42 @@ def point_document(
     if point.country:
         source["client"] = {"geo": {"country_iso_code": point.country}}
     return Document(event_id, point.timestamp_ms, F.POINT_DATASET, source)
+
+
+def rollup_id(app: str, metric: str, interval: str, bucket_ms: int, keys: Mapping[str, Any]) -> str:
+    """The id of a rollup document: the same bucket and tags always get the same id, so
+    rolling a bucket again replaces it and never adds a second."""
+    key = orjson.dumps([app, metric, interval, bucket_ms, sorted(keys.items())])
+    return hashlib.blake2b(key, digest_size=16).hexdigest()
+
+
+def rollup_document(
+    *,
+    app: str,
+    metric: str,
+    interval: str,
+    bucket_ms: int,
+    site_id: str | None,
+    tags: Mapping[str, str],
+    count: int,
+    stats: Mapping[str, Mapping[str, float]],
+) -> Document:
+    """One rollup document (dataset ``rollups``): ``stats`` maps ``sum``, ``min``, ``max``
+    and ``last`` to ``{field: value}``; sums go under ``fields`` like points' values."""
+    event_id = rollup_id(app, metric, interval, bucket_ms, {"site": site_id, **tags})
+    source: dict[str, Any] = {
+        F.TIMESTAMP: format_timestamp(bucket_ms),
+        F.VERSION: "1",
+        "event": {"id": event_id, "dataset": "metronome." + F.ROLLUP_DATASET},
+        F.APP: app,
+        "metric": {"name": metric},
+        F.TAGS: dict(tags),
+        F.FIELDS: dict(stats.get("sum", {})),
+        "rollup": {"interval": interval, "count": count},
+    }
+    if site_id is not None:
+        source["site"] = {"id": site_id}
+    for stat, name in F.ROLLUP_STAT_OBJECTS.items():
+        if stats.get(stat):
+            source[name] = dict(stats[stat])
+    return Document(event_id, bucket_ms, F.ROLLUP_DATASET, source)

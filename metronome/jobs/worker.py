@@ -100,6 +100,25 @@ async def _collectors(settings: Settings, store: Store, stop: asyncio.Event) -> 
         )
 
 
+async def _rollup_loop(settings: Settings, store: Store, stop: asyncio.Event) -> None:
+    """Telemetry rollups and retention every ``METRONOME_TELEMETRY_ROLLUP_INTERVAL_S``."""
+    from metronome.jobs.rollups import roll_apps
+    from metronome.telemetry.registry import open_apps
+
+    async with open_apps(settings) as registry:
+        while not stop.is_set():
+            try:
+                await roll_apps(store, registry, settings)
+            except StoreUnavailable as exc:
+                log.warning("rollups_deferred reason=%s", exc.message)
+            except RuntimeError as exc:  # the store refused rollup documents
+                log.warning("rollups_failed reason=%s", exc)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=settings.telemetry_rollup_interval_s)
+            except TimeoutError:
+                pass
+
+
 async def run_worker(
     settings: Settings, *, drain: bool = False, parent_pid: int | None = None
 ) -> ShipperStats:
@@ -135,6 +154,9 @@ async def run_worker(
                 from metronome.jobs.kpis import KpiWatcher
 
                 kpis = loop.create_task(KpiWatcher(settings, store).run(stop))
+            rollups = None
+            if settings.telemetry_rollup_interval_s and not drain:
+                rollups = loop.create_task(_rollup_loop(settings, store, stop))
             # the shipper's long-lived objects, out of the collector's way; it builds events
             # only for the forward input
             settle(enrichment=forward is not None)
@@ -150,6 +172,9 @@ async def run_worker(
                 if kpis is not None:
                     stop.set()
                     await kpis
+                if rollups is not None:
+                    stop.set()
+                    await rollups
                 if forward is not None:
                     server, router, writer = forward
                     await server.close()

@@ -95,6 +95,35 @@ def _source(params: Mapping[str, str], default: str) -> str:
     return source
 
 
+_FLEET_PARAMETERS = {
+    "app": "the telemetry app (required)",
+    "instance": "the tag that tells instances apart (default instance_uuid)",
+}
+
+
+def _app_filter(params: Mapping[str, str], metric: str | None = None) -> list[Any]:
+    app = params.get("app")
+    if not app:
+        raise InvalidParameter("name the telemetry app with ?app=...", parameter="app")
+    filters: list[Any] = [["is", "app", [app]]]
+    if metric:
+        filters.append(["is", "metric.name", [metric]])
+    return filters
+
+
+def _instance(params: Mapping[str, str]) -> str:
+    return f"tags.{params.get('instance', 'instance_uuid')}"
+
+
+def _features(params: Mapping[str, str]) -> list[str]:
+    features = [f.strip() for f in params.get("features", "").split(",") if f.strip()]
+    if not features or len(features) > 19:
+        raise InvalidParameter(
+            "name 1 to 19 features (fields) with ?features=a,b", parameter="features"
+        )
+    return features
+
+
 def _event_filter(params: Mapping[str, str]) -> list[Any]:
     event = params.get("event")
     return [["is", "event", [event]]] if event else []
@@ -168,6 +197,83 @@ REPORTS: dict[str, NamedReport] = {
                 "limit": 10,
             },
             {},
+        ),
+        # telemetry (issue 19): fleet questions about one app's points
+        NamedReport(
+            "active-instances",
+            "Telemetry: instances of an app that reported, per time bucket",
+            lambda p: {
+                "source": "metrics",
+                "metrics": [{"distinct": _instance(p)}],
+                "dimensions": [f"time:{_interval(p, 'day')}"],
+                "filters": _app_filter(p),
+                "limit": 10_000,
+            },
+            {**_FLEET_PARAMETERS, "interval": "hour, day (default), week or month"},
+        ),
+        NamedReport(
+            "fleet-total",
+            "Telemetry: a gauge's fleet total per time bucket (the last value of each"
+            " instance, summed)",
+            lambda p: {
+                "source": "metrics",
+                "metrics": [
+                    {"last_sum": f"fields.{p.get('field', 'value')}", "instance": _instance(p)},
+                    {"distinct": _instance(p)},
+                ],
+                "dimensions": [f"time:{_interval(p, 'day')}"],
+                "filters": _app_filter(p, p.get("metric", "storage_capacity")),
+                "limit": 10_000,
+            },
+            {
+                **_FLEET_PARAMETERS,
+                "metric": "the gauge's metric name (default storage_capacity)",
+                "field": "its field (default value)",
+                "interval": "hour, day (default), week or month",
+            },
+        ),
+        NamedReport(
+            "feature-adoption",
+            "Telemetry: per version, the share of reporting instances with each feature on",
+            lambda p: {
+                "source": "metrics",
+                "metrics": [
+                    {"distinct": _instance(p)},
+                    *(
+                        {"last_avg": f"fields.{feature}", "instance": _instance(p)}
+                        for feature in _features(p)
+                    ),
+                ],
+                "dimensions": [f"tags.{p.get('version_tag', 'app_version')}"],
+                "filters": _app_filter(p, p.get("metric", "enabled_feature")),
+                "limit": 10_000,
+            },
+            {
+                **_FLEET_PARAMETERS,
+                "features": "the features (fields of the metric), separated by commas",
+                "metric": "the features' metric name (default enabled_feature)",
+                "version_tag": "the version's tag (default app_version)",
+            },
+        ),
+        NamedReport(
+            "version-spread",
+            "Telemetry: instances (and reports) per version over time",
+            lambda p: {
+                "source": "metrics",
+                "metrics": [{"distinct": _instance(p)}, "events"],
+                "dimensions": [
+                    f"time:{_interval(p, 'day')}",
+                    f"tags.{p.get('version_tag', 'app_version')}",
+                ],
+                "filters": _app_filter(p, p.get("metric")),
+                "limit": 10_000,
+            },
+            {
+                **_FLEET_PARAMETERS,
+                "metric": "only this metric (upgrade_request for upgrade checks)",
+                "version_tag": "the version's tag (default app_version)",
+                "interval": "hour, day (default), week or month",
+            },
         ),
         NamedReport(
             "tock",

@@ -222,6 +222,12 @@ QUERY_SCHEMA: dict[str, Any] = {
             "description": "meta.next of the previous page",
         },
         "compare": {"enum": [None, "previous_period"], "default": None},
+        "rollups": {
+            "enum": ["auto", "off"],
+            "default": "auto",
+            "description": "metrics: auto answers from an app's rollup when that gives the"
+            " same answer as its raw points; off always reads raw points",
+        },
         "bots": {
             "enum": ["exclude", "include"],
             "default": "exclude",
@@ -741,6 +747,8 @@ def _parse_query(body: Any, now_ms: int | None) -> Query:
     }
     if forecast is not None:
         normalized["forecast"] = {"horizon": forecast.horizon, "coverage": forecast.coverage}
+    if "rollups" in body:
+        normalized["rollups"] = body["rollups"]
     fingerprint_source = {k: v for k, v in normalized.items() if k not in ("after", "limit")}
     fingerprint = hashlib.sha256(
         orjson.dumps(fingerprint_source, option=orjson.OPT_SORT_KEYS)

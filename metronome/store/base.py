@@ -106,6 +106,14 @@ class Store(Protocol):
         ``terms`` aggregation: exact while the groups fit each shard's candidates."""
         ...
 
+    async def field_names(
+        self, query: GroupQuery, under: str, partition: str | None = None
+    ) -> list[str]:
+        """The names of the fields under the object ``under`` (``fields``) that documents
+        of ``query`` hold, sorted. Elasticsearch answers from the mappings of the query's
+        indices (of one ``partition``, an app, when given): a superset."""
+        ...
+
     async def delete_matching(self, query: GroupQuery) -> int:
         """Delete every document of ``query`` (its datasets, range and filter); how many."""
         ...

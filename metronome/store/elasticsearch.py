@@ -313,6 +313,21 @@ class ElasticsearchStore:
         aggregations = resp.get("aggregations")
         return [] if aggregations is None else read_top(query, aggregations)
 
+    async def field_names(
+        self, query: GroupQuery, under: str, partition: str | None = None
+    ) -> list[str]:
+        part = f"{partition}-" if partition else ""
+        index = ",".join(f"{self._prefix}-{d}-{part}*" for d in query.datasets)
+        with answering("the mappings"):
+            resp = await self._client.indices.get_mapping(
+                index=index, ignore_unavailable=True, allow_no_indices=True
+            )
+        names: set[str] = set()
+        for mapping in resp.body.values():
+            properties = mapping.get("mappings", {}).get("properties", {})
+            names.update(properties.get(under, {}).get("properties", {}))
+        return sorted(names)
+
     async def delete_matching(self, query: GroupQuery) -> int:
         index = ",".join(f"{self._prefix}-{d}-*" for d in query.datasets)
         deleted = 0

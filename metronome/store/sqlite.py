@@ -34,6 +34,7 @@ from metronome.store.sqlite_query import (
     delete_sql,
     install_functions,
     json_path,
+    names_sql,
     query_groups,
     query_top,
 )
@@ -285,6 +286,17 @@ class SQLiteStore(ConnectionThread):
 
         rows: list[GroupRow] = await self._run(_query)
         return rows
+
+    async def field_names(
+        self, query: GroupQuery, under: str, partition: str | None = None
+    ) -> list[str]:
+        sql, args = names_sql(query, under)
+
+        def _names() -> list[str]:
+            return [str(row[0]) for row in self._connect().execute(sql, args)]
+
+        names: list[str] = await self._run(_names)
+        return names
 
     async def delete_matching(self, query: GroupQuery) -> int:
         sql, args = delete_sql(query)

@@ -19,7 +19,14 @@ from typing import Any
 from metronome.events import fields as F
 from metronome.store.query import BoolNode, FieldRef, FilterNode, GroupQuery, Leaf, MetricSpec
 
-__all__ = ["delete_sql", "install_functions", "json_path", "query_groups", "query_top"]
+__all__ = [
+    "delete_sql",
+    "install_functions",
+    "json_path",
+    "names_sql",
+    "query_groups",
+    "query_top",
+]
 
 Row = tuple[tuple[Any, ...], tuple[Any, ...]]
 
@@ -196,6 +203,16 @@ def _where(query: GroupQuery) -> tuple[str, list[Any]]:
     if query.filter is not None:
         where.append(_condition(query.filter, args))
     return " AND ".join(where), args
+
+
+def names_sql(query: GroupQuery, under: str) -> tuple[str, list[Any]]:
+    """The distinct keys of the object ``under`` in the documents of ``query``, sorted."""
+    where, args = _where(query)
+    return (
+        f"SELECT DISTINCT j.key FROM events, json_each(events.doc, {json_path(under)}) AS j"
+        f" WHERE {where} ORDER BY j.key",
+        args,
+    )
 
 
 def delete_sql(query: GroupQuery) -> tuple[str, list[Any]]:

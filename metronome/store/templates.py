@@ -19,7 +19,7 @@ import orjson
 
 from metronome.config import Settings
 
-__all__ = ["Template", "load_templates", "mapped_fields", "templates_dir"]
+__all__ = ["Template", "app_template", "load_templates", "mapped_fields", "templates_dir"]
 
 DEFAULT_PREFIX = "metronome"
 
@@ -105,3 +105,35 @@ def load_templates(settings: Settings, directory: Path | None = None) -> list[Te
             body["_meta"]["metronome_hash"] = digest.hexdigest()[:16]
             result.append(Template(kind, _rename(path.stem, prefix), body))
     return result
+
+
+def _count_mappers(properties: dict[str, Any]) -> int:
+    """Field mappers Elasticsearch counts against ``total_fields``: objects, leaves and
+    their multi-fields."""
+    count = 0
+    for mapping in properties.values():
+        count += 1 + len(mapping.get("fields", {}))
+        count += _count_mappers(mapping.get("properties", {}))
+    return count
+
+
+def app_template(settings: Settings, dataset: str, app: str, max_names: int) -> Template:
+    """An index template for one app's daily indices of ``dataset`` (``metrics``): the
+    dataset's own, with room for ``max_names`` dynamic names (``tags.*``, ``fields.*``)
+    past the fixed fields; further names stay in ``_source``, unindexed. Its priority
+    grows with the id's length, so ``longhorn-x``'s wins over ``longhorn``'s on
+    ``metrics-longhorn-x-*``."""
+    templates = {t.name: t for t in load_templates(settings)}
+    base = templates[f"{settings.index_prefix}-{dataset}"]
+    fixed = 0
+    for name in base.body["composed_of"]:
+        mappings = templates[name].body.get("template", {}).get("mappings", {})
+        fixed += _count_mappers(mappings.get("properties", {}))
+    body = copy.deepcopy(base.body)
+    body["index_patterns"] = [f"{settings.index_prefix}-{dataset}-{app}-*"]
+    body["priority"] = int(body.get("priority", 200)) + 1 + len(app)
+    body["template"] = {
+        "settings": {"index": {"mapping": {"total_fields": {"limit": fixed + max_names}}}}
+    }
+    body["_meta"] = {"description": f"app {app}: at most {max_names} indexed dynamic names"}
+    return Template("index", f"{settings.index_prefix}-{dataset}-app-{app}", body)

@@ -46,13 +46,11 @@ def _with_apps(settings: Settings, job: Callable[[AppRegistry], Awaitable[T]]) -
         sys.exit(1)
 
 
-def _check_site(settings: Settings, site_id: str) -> None:
-    async def _check() -> None:
-        async with open_registry(settings) as registry:
-            check_site(await registry.load(), site_id, "--site")
-
+async def _check_site(settings: Settings, site_id: str) -> None:
+    async with open_registry(settings) as registry:
+        snapshot = await registry.load()
     try:
-        asyncio.run(_check())
+        check_site(snapshot, site_id, "--site")
     except MetronomeError as exc:
         raise click.UsageError(exc.message) from None
 
@@ -140,6 +138,12 @@ _OPTIONS = [
     click.option("--max-metrics", type=click.IntRange(1, 100_000), help="Metrics per request."),
     click.option("--max-tags", type=click.IntRange(1, 1000), help="Tags per metric."),
     click.option("--max-fields", type=click.IntRange(1, 1000), help="Fields per metric."),
+    click.option(
+        "--max-field-names",
+        type=click.IntRange(1, 100_000),
+        help="Elasticsearch: tag and field names indexed in each of the app's daily"
+        " indices; later names stay in _source, unindexed.",
+    ),
     click.option("--json", "as_json", is_flag=True, help="Print the app as JSON."),
 ]
 
@@ -150,7 +154,7 @@ def _with_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _apply(app: App, settings: Settings, options: dict[str, Any]) -> tuple[App, str | None]:
+async def _apply(app: App, settings: Settings, options: dict[str, Any]) -> tuple[App, str | None]:
     """``app`` with the options given; the new token, if one was made."""
     changes: dict[str, Any] = {}
     if options["interval"] is not None:
@@ -159,7 +163,7 @@ def _apply(app: App, settings: Settings, options: dict[str, Any]) -> tuple[App, 
     if versions is not None:
         changes["versions"] = versions
     if options["site"] is not None:
-        _check_site(settings, options["site"])
+        await _check_site(settings, options["site"])
         changes["site_id"] = options["site"]
     if options["instance_tag"] is not None:
         if not NAME_PATTERN.match(options["instance_tag"]):
@@ -178,6 +182,8 @@ def _apply(app: App, settings: Settings, options: dict[str, Any]) -> tuple[App, 
         changes["rollups"] = _rollups(options["rollup_texts"]) + _rollups_file(
             options["rollups_file"]
         )
+    if options["max_field_names"] is not None:
+        changes["max_field_names"] = options["max_field_names"]
     for name in ("raw_days", "rollup_days"):
         if options[name] is not None:
             changes[name] = options[name] or None
@@ -228,7 +234,7 @@ def apps_create(name: str, as_json: bool, **options: Any) -> None:
     async def _create(registry: AppRegistry) -> tuple[App, str | None]:
         if name in await registry.load():
             raise click.UsageError(f"app {name!r} exists; change it with metronome apps update")
-        app, token = _apply(App(name, created_ms=now_ms()), settings, options)
+        app, token = await _apply(App(name, created_ms=now_ms()), settings, options)
         await registry.put(app)
         return app, token
 
@@ -247,7 +253,7 @@ def apps_update(name: str, as_json: bool, **options: Any) -> None:
         app = (await registry.load()).get(name)
         if app is None:
             raise click.UsageError(f"there is no app {name!r}; metronome apps create {name}")
-        updated, token = _apply(app, settings, options)
+        updated, token = await _apply(app, settings, options)
         await registry.put(updated)
         return updated, token
 

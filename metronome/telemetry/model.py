@@ -31,7 +31,7 @@ __all__ = [
 ENDPOINTS = ("metrics", "checkupgrade", "healthcheck")
 STATS = ("sum", "avg", "min", "max", "last")
 ROLLUP_INTERVALS = {"1h": "hour", "1d": "day"}
-_ROLLUP = re.compile(r"^\s*(\S+)\s+every\s+(\S+)\s+(.+?)\s*$")
+_ROLLUP = re.compile(r"^\s*(\S+)\s+every\s+(\S+)\s+(.+?)(?:\s+by\s+(\S+))?\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,25 +87,34 @@ def parse_versions(raw: Any) -> tuple[Version, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Rollup:
-    """``enabled_feature every 1h sum``: for points of metric ``metric``, per ``interval``
-    bucket and tag set, the ``stats`` of every field."""
+    """``enabled_feature every 1h sum by instance_uuid,app_version``: for points of metric
+    ``metric``, per ``interval`` bucket and combination of the ``by`` tags (the app's
+    instance tag when none are given), the ``stats`` of every field."""
 
     metric: str
     interval: str  # "hour" or "day"
     stats: tuple[str, ...]
+    by: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
         every = next(k for k, v in ROLLUP_INTERVALS.items() if v == self.interval)
-        return f"{self.metric} every {every} {','.join(self.stats)}"
+        by = f" by {','.join(self.by)}" if self.by else ""
+        return f"{self.metric} every {every} {','.join(self.stats)}{by}"
 
 
 def parse_rollup(text: str) -> Rollup:
-    """``METRIC every 1h|1d STAT[,STAT...]``; ValueError saying what is wrong."""
+    """``METRIC every 1h|1d STAT[,STAT...] [by TAG[,TAG...]]``; ValueError saying what is
+    wrong."""
     match = _ROLLUP.match(text)
     if not match:
-        raise ValueError(f"{text!r}: write a rollup as 'METRIC every 1h|1d sum,avg,min,max,last'")
-    metric, every, stats_text = match.groups()
+        raise ValueError(
+            f"{text!r}: write a rollup as 'METRIC every 1h|1d sum,avg,min,max,last [by TAGS]'"
+        )
+    metric, every, stats_text, by_text = match.groups()
+    by = tuple(t for t in (by_text or "").split(",") if t)
+    if not all(NAME_PATTERN.match(t) for t in by):
+        raise ValueError(f"{by_text!r}: 'by' names tags, separated by commas")
     if not NAME_PATTERN.match(metric):
         raise ValueError(f"{metric!r} is not a metric name")
     if every not in ROLLUP_INTERVALS:
@@ -114,7 +123,7 @@ def parse_rollup(text: str) -> Rollup:
     bad = [s for s in stats if s not in STATS]
     if bad or not stats:
         raise ValueError(f"{bad[0] if bad else stats_text!r}: stats are {', '.join(STATS)}")
-    return Rollup(metric, ROLLUP_INTERVALS[every], tuple(dict.fromkeys(stats)))
+    return Rollup(metric, ROLLUP_INTERVALS[every], tuple(dict.fromkeys(stats)), by)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +142,15 @@ class App:
     raw_days: int | None = None  # retention of raw points; None: the server's
     rollup_days: int | None = None
     created_ms: int = 0
+    rolled: tuple[tuple[str, int], ...] = ()  # rollup text -> points stored before are rolled
+    max_field_names: int | None = None  # indexed tag and field names (Elasticsearch)
 
     def allows(self, endpoint: str) -> bool:
         return endpoint not in self.disabled
+
+    def rollup_tags(self, rollup: Rollup) -> tuple[str, ...]:
+        """The tags a rollup keeps: its ``by``, or the app's instance tag."""
+        return rollup.by or (self.instance_tag,)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,6 +172,8 @@ class App:
             "raw_days": self.raw_days,
             "rollup_days": self.rollup_days,
             "created": self.created_ms,
+            "rolled": dict(self.rolled),
+            "max_field_names": self.max_field_names,
         }
 
     @classmethod
@@ -175,6 +192,8 @@ class App:
             raw_days=raw.get("raw_days"),
             rollup_days=raw.get("rollup_days"),
             created_ms=int(raw.get("created", 0)),
+            rolled=tuple(sorted((str(k), int(v)) for k, v in (raw.get("rolled") or {}).items())),
+            max_field_names=raw.get("max_field_names"),
         )
 
     def public_dict(self) -> dict[str, Any]:

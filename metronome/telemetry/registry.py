@@ -27,6 +27,7 @@ from metronome.errors import ConfigError, StoreUnavailable
 from metronome.events import fields as F
 from metronome.store.elasticsearch import answering
 from metronome.store.sqlite import DB_NAME, ConnectionThread, connect, setup_lock
+from metronome.store.templates import app_template
 from metronome.telemetry.model import App
 
 __all__ = [
@@ -116,6 +117,7 @@ class ElasticsearchApps:
     """Apps in ``<prefix>-apps``, with a client of its own."""
 
     def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._index = apps_index(settings.index_prefix)
         self._client = AsyncElasticsearch(
             settings.elasticsearch_url,
@@ -159,6 +161,13 @@ class ElasticsearchApps:
                 document={"id": app.id, "app": app.to_dict()},
                 refresh=True,
             )
+            if app.max_field_names:  # the app's own template (new daily indices follow it)
+                template = app_template(
+                    self._settings, F.POINT_DATASET, app.id, app.max_field_names
+                )
+                await self._client.indices.put_index_template(
+                    name=template.name, body=template.body
+                )
 
 
 def open_apps(settings: Settings) -> AppRegistry:

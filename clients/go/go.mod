@@ -1,0 +1,3 @@
+module github.com/metronome-analytics/metronome/clients/go
+
+go 1.22
