@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from metronome.logs.parse import decode_line
+
 __all__ = ["Follower", "Line", "Position", "PositionFile"]
 
 _READ_BYTES = 1 << 20
@@ -118,7 +120,7 @@ class Follower:
             source = f"{pending.dev}:{pending.ino}:{pending.generation}"
             position = pending.offset
             for raw in data[: end + 1].split(b"\n")[:-1]:
-                text = raw.rstrip(b"\r").decode("utf-8", errors="replace")
+                text = decode_line(raw.rstrip(b"\r"))  # non-UTF-8 bytes: %-encoded
                 if text.strip():
                     lines.append(Line(text, source, position))
                 position += len(raw) + 1

@@ -10,6 +10,7 @@ pipeline's: :mod:`metronome.pipeline.log_input`.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import io
@@ -27,7 +28,8 @@ from metronome.config import Settings
 from metronome.events.document import Document
 from metronome.events.enrich import flag_referrer_spam, stored_address
 from metronome.events.visitor import VisitorIds
-from metronome.logs.parse import ParsedLine, Reject, build_log_document, compile_format
+from metronome.logs.formats import compile_format
+from metronome.logs.parse import LineParser, ParsedLine, Reject, build_log_document, decode_line
 from metronome.logs.rules import UrlRules
 
 __all__ = ["REJECTS", "LineConverter", "Summary", "open_lines"]
@@ -67,7 +69,7 @@ class LineConverter:
     """One line to one document (or a reject written to the reject file)."""
 
     def __init__(self, settings: Settings) -> None:
-        self._parser = compile_format(settings.log_format)
+        self._parser = compile_format(settings.log_format, settings.log_tz)
         self._rules = UrlRules.parse(settings.url_rules)
         self._trusted = settings.trusted_proxies
         self._visitors = VisitorIds(settings.data_dir)
@@ -91,6 +93,10 @@ class LineConverter:
             return None, None
         return self.document(parsed, source_id, offset, received_ms), parsed
 
+    def use(self, parser: LineParser) -> None:
+        """Parse the following lines with ``parser`` (the one detected for a file)."""
+        self._parser = parser
+
     def parse(self, text: str) -> ParsedLine | Reject:
         self.summary.read += 1
         return self._parser.parse(text)
@@ -112,12 +118,8 @@ class LineConverter:
         if source["bot"]:
             self.summary.bots += 1
         flag_referrer_spam(source, self._blocklist)
-        if self._client_ip != "keep" and "source" in source:
-            kept = stored_address(source["source"]["ip"], self._client_ip)
-            if kept is None:
-                del source["source"]
-            else:
-                source["source"] = {"ip": kept}
+        if self._client_ip != "keep":
+            _apply_client_policy(source, self._client_ip)
         return document
 
     def reject(
@@ -160,6 +162,25 @@ class LineConverter:
             self._rejects = None
 
 
+def _apply_client_policy(source: dict[str, Any], policy: str) -> None:
+    """What ``METRONOME_CLIENT_IP`` (``drop`` or ``truncate``) lets a document keep of its
+    client: the truncated address (no host name, no port) and forwarded chain, or none."""
+    client = source.get("source")
+    if client is not None:
+        kept = stored_address(client.get("ip"), policy)
+        if kept is None:
+            del source["source"]
+        else:
+            source["source"] = {"ip": kept}
+    related = source.get("related")
+    if related is not None:
+        ips = [ip for ip in (stored_address(ip, policy) for ip in related["ip"]) if ip]
+        if ips:
+            source["related"] = {"ip": ips}
+        else:
+            del source["related"]
+
+
 def _recorded_ids(path: Path) -> set[str]:
     """The ids of the rejected lines a reject file holds (lines without one are skipped)."""
     ids: set[str] = set()
@@ -180,24 +201,50 @@ def _recorded_ids(path: Path) -> set[str]:
     return ids
 
 
+_MAGIC = (
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bzip2"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+)
+
+
+def _decompressed(stream: IO[bytes]) -> tuple[Any, str | None]:
+    """The stream's content, decompressed when its first bytes say gzip, bzip2 or zstd
+    (whatever the file is called), and which of them it was."""
+    reader: Any = stream if hasattr(stream, "peek") else io.BufferedReader(stream)  # type: ignore[type-var,unused-ignore]
+    head = reader.peek(4)[:4]
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            if kind == "gzip":
+                return gzip.GzipFile(fileobj=reader), kind
+            if kind == "bzip2":
+                return bz2.BZ2File(reader), kind
+            import zstandard
+
+            decompressor = zstandard.ZstdDecompressor()
+            unpacked = decompressor.stream_reader(reader, read_across_frames=True)
+            return io.BufferedReader(unpacked), kind
+    return reader, None
+
+
 def open_lines(path: str) -> Iterator[tuple[int, str]]:
-    """``(line number, text)`` of the non-blank lines of a plain or gzipped file, or of
-    standard input for ``-``; numbers count every line from 1, blank ones too."""
-    if path == "-":
-        stream: IO[bytes] | io.BufferedIOBase = sys.stdin.buffer
-        close = False
-    else:
-        raw = open(path, "rb")  # noqa: SIM115
-        stream = gzip.GzipFile(fileobj=raw) if raw.read(2) == b"\x1f\x8b" else raw
-        raw.seek(0)
-        close = True
+    """``(line number, text)`` of the non-blank lines of a file, or of standard input for
+    ``-``, plain or compressed with gzip, bzip2 or zstd (known by their first bytes);
+    numbers count every line from 1, blank ones too. Bytes that are not UTF-8 are kept
+    percent-encoded (:func:`~metronome.logs.parse.decode_line`). A damaged compressed
+    stream raises :class:`EOFError` naming its kind."""
+    raw: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+    kind: str | None = None
     try:
-        # typeshed wants a raw stream for BufferedReader; anything with readinto works
-        lines = io.BufferedReader(stream) if close else stream  # type: ignore[type-var]
+        lines, kind = _decompressed(raw)
         for number, raw_line in enumerate(lines, 1):
-            text = raw_line.rstrip(b"\n").rstrip(b"\r").decode("utf-8", errors="replace")
+            text = decode_line(raw_line.rstrip(b"\n").rstrip(b"\r"))
             if text.strip():
                 yield number, text
+    except (OSError, EOFError, ValueError) as exc:
+        if kind is None or isinstance(exc, FileNotFoundError | PermissionError):
+            raise
+        raise EOFError(f"damaged {kind} file ({exc})") from exc
     finally:
-        if close:
-            stream.close()
+        if path != "-":
+            raw.close()
