@@ -1117,7 +1117,9 @@ def build_log_document(
     if user_agent is not None:
         source["user_agent"], source["bot"] = _AGENTS[user_agent]
     if visitors is not None and "source" in source:
-        visitor = visitors.visitor_id(timestamp_ms, source["source"]["ip"], user_agent, site_id)
+        client_source = source["source"]  # a host name when the log has no address
+        visitor_key = client_source.get("ip") or client_source["address"]
+        visitor = visitors.visitor_id(timestamp_ms, visitor_key, user_agent, site_id)
         if visitor is not None:
             source["visitor"] = {"id": visitor}
     return Document(id=event_id, timestamp_ms=timestamp_ms, dataset=DATASET, source=source)

@@ -6,7 +6,8 @@ every named format parses every sampled line: the format that stores the most of
 wins, then the one whose other lines it recognises but must reject (a ``"-"`` request, a
 bad status: the line has that format's shape), then the more specific (the catalog's
 order). A file where no format stores a line, or whose best format recognises fewer than
-half of the sampled lines, is not an access log: :class:`UnknownFormat` says so and shows
+half of the sampled lines (not counting two, the first and last lines of a file cut out
+of a longer one), is not an access log: :class:`UnknownFormat` says so and shows
 its first line, and nothing is stored.
 
 :class:`AutoParser` starts with the detected parser (or, with no sample, with the first
@@ -61,10 +62,11 @@ def detect(lines: list[str], tz: tzinfo = UTC) -> Detection:
     sample = [line.rstrip("\r\n") for line in lines if line.strip()][:SAMPLE_LINES]
     if not sample:
         raise UnknownFormat("the file is empty: there is no line to recognise a format from")
+    directives = [line for line in sample if line.startswith("#")]
     for number, line in enumerate(sample, 1):
         fields = _fields(line)
         if fields is not None:
-            name = flavour(fields)
+            name = flavour(directives)
             w3c = W3cParser(tz, fields, name=name)
             return Detection(
                 name,
@@ -87,7 +89,8 @@ def detect(lines: list[str], tz: tzinfo = UTC) -> Detection:
         if (stored, recognised) > best:
             best, chosen = (stored, recognised), parser
     stored, recognised = best
-    if chosen is None or stored == 0 or recognised * 2 < len(data):
+    # a cut file's first and last lines may be pieces: they are not held against it
+    if chosen is None or stored == 0 or recognised * 2 < len(data) - 2:
         known = ", ".join(name for name in FORMAT_HELP if name != "auto")
         raise UnknownFormat(
             f"not an access log Metronome recognises: no format ({known}) reads"

@@ -66,9 +66,22 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def flavour(fields: list[str]) -> str:
-    """Which server wrote a W3C file with these fields (the name detection shows)."""
-    names = {name.lower() for name in fields}
+def flavour(directives: list[str]) -> str:
+    """Which server wrote a W3C file with these ``#`` directives (the name detection
+    shows): its ``#Software:`` or the fields its ``#Fields:`` name."""
+    names = {
+        name.lower()
+        for line in directives
+        if line.startswith("#Fields:")
+        for name in line[len("#Fields:") :].split()
+    }
+    software = " ".join(line for line in directives if line.startswith("#Software:"))
+    if "Internet Information Services" in software or "Advanced Logging" in software:
+        return "iis"
+    if "SHOUTcast" in software:
+        return "shoutcast_w3c"
+    if "Netscaler" in software or "NetScaler" in software:
+        return "netscaler"
     if "x-edge-location" in names:
         return "cloudfront_rtmp" if "x-event" in names else "cloudfront"
     if "avgbandwidth" in names or "x-duration" in names:
