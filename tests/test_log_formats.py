@@ -430,3 +430,87 @@ def test_bad_format_and_time_zone_flags_are_usage_errors(backend: Backend, tmp_p
     forced = backend.server.run_cli("import", str(log), "--format", "common")
     assert forced.returncode == 0, forced.stderr
     assert "rejected 1 (no_match 1)" in forced.stderr  # a combined line is no common line
+
+
+def test_standard_input_is_recognised_by_content_even_compressed(
+    backend: Backend, item: str
+) -> None:
+    import subprocess
+    import sys
+
+    raw = (
+        (SAMPLES / "traefik_clf.log")
+        .read_bytes()
+        .replace(b"/datasets/abc", f"/datasets/{item}".encode())
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "metronome", "import", "-"],
+        env={**backend.server.env, "METRONOME_URL_RULES": RULES_TEXT},
+        input=zstandard.ZstdCompressor().compress(raw),
+        capture_output=True,
+        timeout=300,
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    assert "standard input: traefik_clf (" in stderr
+    assert "read 2 lines, stored 2, already stored 0, rejected 0" in stderr
+    assert backend.tock(item, **{"from": "2000-10-10", "to": "2000-10-10"})["downloads"] == {
+        "csv": 1
+    }
+
+
+def test_ship_recognises_each_file_and_follows_fields_changing_mid_file(
+    backend: Backend, item: str, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    w3c = tmp_path / "u_ex001010.log"
+    w3c.write_bytes(
+        (SAMPLES / "iis.log").read_bytes().replace(b"/datasets/abc", f"/datasets/{item}".encode())
+    )
+    proxy = tmp_path / "haproxy.log"
+    proxy.write_bytes(
+        (SAMPLES / "haproxy.log")
+        .read_bytes()
+        .replace(b"/datasets/abc", f"/datasets/{item}".encode())
+    )
+    ship = subprocess.Popen(
+        [sys.executable, "-m", "metronome", "ship", str(w3c), str(proxy), "--tz", "+02:00"],
+        env={**backend.server.env, "METRONOME_URL_RULES": RULES_TEXT},
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    window = {"from": "2000-10-10", "to": "2000-10-10"}
+    try:
+        deadline = time.monotonic() + 60
+        while backend.tock(item, **window)["downloads"] != {"csv": 2}:
+            assert time.monotonic() < deadline, backend.tock(item, **window)
+            time.sleep(0.3)
+        with w3c.open("a") as handle:  # IIS starts new fields after a configuration change
+            handle.write(
+                "#Fields: date time c-ip cs-method cs-uri-stem sc-status time-taken\n"
+                f"2000-10-10 21:00:00 192.0.2.50 GET /datasets/{item}/download.kml 200 7\n"
+            )
+        while backend.tock(item, **window)["downloads"] != {"csv": 2, "kml": 1}:
+            assert time.monotonic() < deadline, backend.tock(item, **window)
+            time.sleep(0.3)
+    finally:
+        ship.terminate()
+        _, stderr = ship.communicate(timeout=30)
+    assert ship.returncode == 0, stderr.decode()
+    text = stderr.decode()
+    assert f"{w3c}: W3C extended log (iis)" in text
+    assert f"{proxy}: haproxy_http (" in text
+    proxied = [d for d in backend.find(item) if d.get("source", {}).get("port") == 33317]
+    assert [d["@timestamp"] for d in proxied] == ["2000-10-10T18:55:40.655Z"]  # --tz +02:00
+
+
+def test_ship_refuses_a_file_that_is_not_an_access_log(backend: Backend, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list\neggs\nmilk\n")
+    result = backend.server.run_cli("ship", str(notes), timeout_s=60)
+    assert result.returncode == 1
+    assert f"{notes}: not an access log Metronome recognises" in result.stderr
+    assert "'shopping list'" in result.stderr

@@ -418,9 +418,15 @@ def _target_parts(target: str) -> tuple[str | None, str | None, str | None]:
     return None, None, None
 
 
-@lru_cache(maxsize=1024)
 def _domain(host: str | None) -> str | None:
-    """``$host`` as ``url.domain``: lowercased, no port or trailing dot; ``_`` is none."""
+    """``$host`` as ``url.domain``: lowercased, no port or trailing dot; ``_`` is none
+    (cached for host names up to 255 characters, as DNS has them)."""
+    if host is not None and len(host) > 255:
+        return _domain_of(host)
+    return _domain_of_cached(host)
+
+
+def _domain_of(host: str | None) -> str | None:
     if not host:
         return None
     if host.startswith("["):  # [v6]:port
@@ -429,6 +435,9 @@ def _domain(host: str | None) -> str | None:
         host = host.partition(":")[0]
     host = host.lower().rstrip(".")
     return host if host and host not in ("-", "_") else None
+
+
+_domain_of_cached = lru_cache(maxsize=1024)(_domain_of)
 
 
 def _host_port(host: str) -> int | None:
@@ -774,8 +783,8 @@ def _json_text(obj: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def _json_time(obj: dict[str, Any]) -> tuple[str | None, int | None]:
-    for key in _JSON_KEYS["time"]:
+def _json_time(obj: dict[str, Any], keys: tuple[str, ...]) -> tuple[str | None, int | None]:
+    for key in keys:
         value = obj.get(key)
         if value is None or isinstance(value, bool):
             continue
@@ -798,6 +807,25 @@ def _json_time(obj: dict[str, Any]) -> tuple[str | None, int | None]:
 class _JsonParser(LineParser):
     name = "json"
 
+    def __init__(self) -> None:
+        self._shapes: dict[tuple[str, ...], dict[str, tuple[str, ...]]] = {}
+
+    def _present(self, obj: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+        """Per part, the keys of :data:`_JSON_KEYS` this object has, in their order of
+        preference: worked out once per distinct set of keys (lines of one log share
+        theirs), for at most 64 sets of at most 64 short keys."""
+        shape = tuple(obj)
+        found = self._shapes.get(shape)
+        if found is None:
+            found = {
+                part: tuple(key for key in keys if key in obj) for part, keys in _JSON_KEYS.items()
+            }
+            if len(shape) <= 64 and sum(map(len, shape)) <= 2048:
+                if len(self._shapes) >= 64:
+                    self._shapes.clear()
+                self._shapes[shape] = found
+        return found
+
     def parse(self, line: str) -> ParsedLine | Reject:
         text = line.rstrip("\r\n")
         if not text.strip():
@@ -808,19 +836,20 @@ class _JsonParser(LineParser):
             return Reject("bad_json", f"not JSON: {_shown(text)}")
         if not isinstance(obj, dict):
             return Reject("bad_json", f"not a JSON object: {_shown(text)}")
-        time_text, timestamp_ms = _json_time(obj)
+        keys = self._present(obj)
+        time_text, timestamp_ms = _json_time(obj, keys["time"])
         if time_text is None or timestamp_ms is None:
             return Reject(
                 "bad_time",
                 f"no time after 1970 under any of {', '.join(_JSON_KEYS['time'])}: {_shown(text)}",
             )
-        request = _json_text(obj, _JSON_KEYS["request"])
+        request = _json_text(obj, keys["request"])
         if request is None:
-            method = _json_text(obj, _JSON_KEYS["method"])
-            uri = _json_text(obj, _JSON_KEYS["uri"])
+            method = _json_text(obj, keys["method"])
+            uri = _json_text(obj, keys["uri"])
             if method and uri:
-                args = _json_text(obj, _JSON_KEYS["args"])
-                protocol = _json_text(obj, _JSON_KEYS["protocol"])
+                args = _json_text(obj, keys["args"])
+                protocol = _json_text(obj, keys["protocol"])
                 request = " ".join(
                     p for p in (method, f"{uri}?{args}" if args else uri, protocol) if p
                 )
@@ -829,31 +858,31 @@ class _JsonParser(LineParser):
         parts = _REQUESTS[request] if request else None
         if request is None or parts is None:
             return Reject("bad_request_line", f"no HTTP request line: {_shown(text)}")
-        status = _json_text(obj, _JSON_KEYS["status"])
+        status = _json_text(obj, keys["status"])
         code = _STATUS.get(status) if status is not None else None
         if code is None:
             return Reject("bad_status", f"no HTTP status code: {_shown(text)}")
-        nbytes = _json_text(obj, _JSON_KEYS["bytes"])
-        request_time = _json_text(obj, _JSON_KEYS["request_time"])
+        nbytes = _json_text(obj, keys["bytes"])
+        request_time = _json_text(obj, keys["request_time"])
         return ParsedLine(
             text,
             timestamp_ms,
             time_text,
-            _json_text(obj, _JSON_KEYS["addr"]),
-            _json_text(obj, _JSON_KEYS["user"]),
+            _json_text(obj, keys["addr"]),
+            _json_text(obj, keys["user"]),
             request,
             parts[0],
             parts[1],
             parts[2],
             code,
             int(nbytes) if nbytes is not None and nbytes.isascii() and nbytes.isdigit() else None,
-            _json_text(obj, _JSON_KEYS["referrer"]),
-            _json_text(obj, _JSON_KEYS["agent"]),
-            _json_text(obj, _JSON_KEYS["forwarded"]),
+            _json_text(obj, keys["referrer"]),
+            _json_text(obj, keys["agent"]),
+            _json_text(obj, keys["forwarded"]),
             float(request_time)
             if request_time and re.fullmatch(_SECONDS_OR_DASH, request_time)
             else None,
-            _json_text(obj, _JSON_KEYS["host"]),
+            _json_text(obj, keys["host"]),
         )
 
 

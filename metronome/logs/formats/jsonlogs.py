@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from metronome.events.document import parse_iso
-from metronome.logs.parse import LineParser, ParsedLine, Reject, split_request
+from metronome.logs.parse import LineParser, ParsedLine, Reject
 
 __all__ = ["CaddyParser", "TraefikJsonParser"]
 
@@ -47,15 +47,6 @@ def _object(text: str) -> dict[str, Any] | Reject:
     if not isinstance(obj, dict):
         return Reject("bad_json", f"not a JSON object: {_shown(text)}")
     return obj
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, list):
-        value = ", ".join(str(v) for v in value if isinstance(v, str | int | float)) or None
-    if value is None or isinstance(value, bool | dict):
-        return None
-    text = value if isinstance(value, str) else str(value)
-    return None if text in _NONE else text
 
 
 def _status(value: Any) -> int | None:
@@ -84,39 +75,18 @@ def _time_ms(value: Any) -> int | None:
     return None
 
 
-def _parsed(
-    text: str,
-    timestamp_ms: int,
-    time_text: str,
-    method: str,
-    target: str,
-    protocol: str | None,
-    status: int,
-    **parts: Any,
-) -> ParsedLine | Reject:
-    request = f"{method} {target}" if protocol is None else f"{method} {target} {protocol}"
-    split = split_request(request)
-    if split is None:
-        return Reject("bad_request_line", f"not an HTTP request: {_shown(request)}")
-    return ParsedLine(
-        text,
-        timestamp_ms,
-        time_text,
-        parts.get("addr"),
-        parts.get("user"),
-        request,
-        split[0],
-        split[1],
-        split[2],
-        status,
-        parts.get("body_bytes"),
-        parts.get("referrer"),
-        parts.get("agent"),
-        parts.get("forwarded"),
-        parts.get("duration"),
-        parts.get("host"),
-        parts.get("server_port"),
-    )
+def _header(headers: Any, name: str) -> str | None:
+    """The first value of a header as Caddy logs them (``{"User-Agent": ["..."]}``)."""
+    if type(headers) is not dict:
+        return None
+    values = headers.get(name)
+    if type(values) is list and values and type(values[0]) is str:
+        return ", ".join(values) if len(values) > 1 else values[0]
+    return None
+
+
+def _str(value: Any) -> str | None:
+    return value if type(value) is str and value not in _NONE else None
 
 
 class CaddyParser(LineParser):
@@ -127,43 +97,45 @@ class CaddyParser(LineParser):
     def parse(self, line: str) -> ParsedLine | Reject:
         text = line.rstrip("\r\n")
         obj = _object(text)
-        if isinstance(obj, Reject):
-            return obj
+        if type(obj) is not dict:
+            return obj  # type: ignore[return-value]
         request = obj.get("request")
-        if not isinstance(request, dict) or "uri" not in request or "ts" not in obj:
+        if type(request) is not dict or "uri" not in request or "ts" not in obj:
             return Reject("no_match", f"not a Caddy access log line: {_shown(text)}")
         timestamp_ms = _time_ms(obj["ts"])
         if timestamp_ms is None:
             return Reject("bad_time", f"no time after 1970 in ts: {_shown(text)}")
-        method, uri = _text(request.get("method")), _text(request.get("uri"))
-        if method is None or uri is None:
+        method, uri = _str(request.get("method")), _str(request.get("uri"))
+        if method is None or uri is None or " " in method:
             return Reject("bad_request_line", f"no method and URI: {_shown(text)}")
         status = _status(obj.get("status"))
         if status is None:
             return Reject("bad_status", f"no HTTP status code: {_shown(text)}")
         headers = request.get("headers")
-        headers = headers if isinstance(headers, dict) else {}
-        addr = _text(request.get("client_ip")) or _text(request.get("remote_ip"))
-        port = _text(request.get("remote_port"))
+        addr = _str(request.get("client_ip")) or _str(request.get("remote_ip"))
+        port = _str(request.get("remote_port"))
         if addr is not None and port is not None and port.isdigit():
             addr = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
         duration = obj.get("duration")
-        return _parsed(
+        protocol = _str(request.get("proto"))
+        return ParsedLine(
             text,
             timestamp_ms,
             str(obj["ts"]),
+            addr,
+            _str(obj.get("user_id")),
+            f"{method} {uri}" if protocol is None else f"{method} {uri} {protocol}",
             method,
             uri,
-            _text(request.get("proto")),
+            protocol,
             status,
-            addr=addr,
-            user=_text(obj.get("user_id")),
-            body_bytes=_count(obj.get("size")),
-            referrer=_text(headers.get("Referer")),
-            agent=_text(headers.get("User-Agent")),
-            forwarded=_text(headers.get("X-Forwarded-For")),
-            duration=float(duration) if isinstance(duration, int | float) else None,
-            host=_text(request.get("host")),
+            _count(obj.get("size")),
+            _header(headers, "Referer"),
+            _header(headers, "User-Agent"),
+            _header(headers, "X-Forwarded-For"),
+            float(duration) if isinstance(duration, int | float) else None,
+            _str(request.get("host")),
+            None,
         )
 
 
@@ -183,29 +155,33 @@ class TraefikJsonParser(LineParser):
         timestamp_ms = _time_ms(time_value)
         if timestamp_ms is None:
             return Reject("bad_time", f"no time after 1970 in StartUTC: {_shown(text)}")
-        method, path = _text(obj.get("RequestMethod")), _text(obj.get("RequestPath"))
+        method, path = _str(obj.get("RequestMethod")), _str(obj.get("RequestPath"))
         if method is None or path is None:
             return Reject("bad_request_line", f"no method and path: {_shown(text)}")
         status = _status(obj.get("DownstreamStatus", obj.get("OriginStatus")))
         if status is None:
             return Reject("bad_status", f"no HTTP status code: {_shown(text)}")
         duration = obj.get("Duration")
-        port = _text(obj.get("RequestPort"))
-        return _parsed(
+        port = _str(obj.get("RequestPort"))
+        protocol = _str(obj.get("RequestProtocol"))
+        if " " in method:
+            return Reject("bad_request_line", f"not an HTTP method: {_shown(method)}")
+        return ParsedLine(
             text,
             timestamp_ms,
             str(time_value),
+            _str(obj.get("ClientAddr")) or _str(obj.get("ClientHost")),
+            _str(obj.get("ClientUsername")),
+            f"{method} {path}" if protocol is None else f"{method} {path} {protocol}",
             method,
             path,
-            _text(obj.get("RequestProtocol")),
+            protocol,
             status,
-            addr=_text(obj.get("ClientAddr")) or _text(obj.get("ClientHost")),
-            user=_text(obj.get("ClientUsername")),
-            body_bytes=_count(obj.get("DownstreamContentSize")),
-            referrer=_text(obj.get("request_Referer")),
-            agent=_text(obj.get("request_User-Agent")),
-            forwarded=_text(obj.get("request_X-Forwarded-For")),
-            duration=duration / 1e9 if isinstance(duration, int | float) else None,
-            host=_text(obj.get("RequestHost")),
-            server_port=int(port) if port is not None and port.isdigit() else None,
+            _count(obj.get("DownstreamContentSize")),
+            _str(obj.get("request_Referer")),
+            _str(obj.get("request_User-Agent")),
+            _str(obj.get("request_X-Forwarded-For")),
+            duration / 1e9 if isinstance(duration, int | float) else None,
+            _str(obj.get("RequestHost")),
+            int(port) if port is not None and port.isdigit() else None,
         )

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, tzinfo
-from functools import lru_cache
 from urllib.parse import unquote
 
 from metronome.logs.parse import LineParser, ParsedLine, Reject, local_ms
@@ -95,7 +94,6 @@ def flavour(directives: list[str]) -> str:
     return "w3c"
 
 
-@lru_cache(maxsize=8192)
 def _moment_ms(date: str, time: str, tz: tzinfo) -> int | None:
     found_date = _DATE.fullmatch(date)
     found_time = _TIME.fullmatch(time)
@@ -127,27 +125,29 @@ class W3cParser(LineParser):
     ) -> None:
         self.name = name
         self._tz = tz
-        self._index: dict[str, int] = {}
+        self._slots: tuple[int, ...] = ()
+        self._has: set[str] = set()
         self._count = 0
+        self._times: dict[str, int | None] = {}  # per distinct date and time, bounded
         if fields is not None:
             self._set_fields(fields)
 
     def _set_fields(self, fields: list[str]) -> None:
         lowered = [name.lower() for name in fields]
         self._count = len(lowered)
-        self._index = {}
-        for part, names in _ALIASES.items():
-            for name in names:
-                if name in lowered:
-                    self._index[part] = lowered.index(name)
-                    break
-        self._default_method = None if "method" in self._index else "GET"
+        slots = []
+        for names in _ALIASES.values():
+            found = next((lowered.index(n) for n in names if n in lowered), -1)
+            slots.append(found)
+        self._slots = tuple(slots)
+        self._has = {part for part, at in zip(_ALIASES, slots, strict=True) if at >= 0}
+        self._default_method = None if "method" in self._has else "GET"
 
     def parse(self, line: str) -> ParsedLine | Reject:
         text = line.rstrip("\r\n")
         if not text.strip():
             return Reject("empty", "an empty line")
-        if text.startswith("#"):
+        if text[0] == "#":
             if text.startswith("#Fields:"):
                 self._set_fields(text[len("#Fields:") :].split())
             return Reject("header", f"a W3C directive, not a request: {_shown(text)}")
@@ -155,70 +155,81 @@ class W3cParser(LineParser):
             return Reject("no_match", f"a line before any #Fields: directive: {_shown(text)}")
         if "\t" in text:
             values = text.split("\t")
+        elif '"' not in text:
+            values = text.split(" ")
         else:
             values = [
                 found.group(1) if found.group(2) is None else found.group(2)
                 for found in _TOKENS.finditer(text)
             ]
         if len(values) != self._count:
-            return Reject(
-                "no_match",
-                f"{len(values)} values where #Fields: names {self._count}: {_shown(text)}",
-            )
-        index = self._index
-
-        def get(part: str) -> str | None:
-            at = index.get(part)
-            if at is None:
-                return None
-            value = values[at]
-            return None if value in _NONE else value
-
-        date, time = get("date"), get("time")
-        timestamp_ms = None if date is None or time is None else _moment_ms(date, time, self._tz)
+            values = text.split()  # several spaces between values
+            if len(values) != self._count:
+                return Reject(
+                    "no_match",
+                    f"{len(values)} values where #Fields: names {self._count}: {_shown(text)}",
+                )
+        (
+            date,
+            time,
+            addr,
+            client_port,
+            forwarded,
+            method,
+            stem,
+            query,
+            uri,
+            protocol,
+            status_text,
+            nbytes,
+            referrer,
+            agent,
+            user,
+            host,
+            server_port,
+            taken,
+            seconds,
+        ) = [None if at < 0 or (v := values[at]) in _NONE else v for at in self._slots]
+        timestamp_ms = None
+        if date is not None and time is not None:
+            key = f"{date} {time}"
+            timestamp_ms = self._times.get(key, -1)
+            if timestamp_ms == -1:
+                timestamp_ms = _moment_ms(date, time, self._tz)
+                if len(key) <= 40:  # a date and a time; anything longer is not kept
+                    if len(self._times) >= 8192:
+                        self._times.clear()
+                    self._times[key] = timestamp_ms
         if timestamp_ms is None:
             return Reject("bad_time", f"no date and time after 1970: {_shown(text)}")
-        method = get("method")
         method = method.upper() if method else self._default_method
-        target = get("stem")
+        target = stem
         if target is not None:
-            query = get("query")
             if query is not None:
                 target = f"{target}?{query}"
         else:
-            target = get("uri")
-        host = get("host")
-        if target is not None and not target.startswith("/") and "://" not in target:
+            target = uri
+        if target is not None and target[0] != "/" and "://" not in target:
             host, slash, path = target.partition("/")  # Incapsula: host/path?query
             target = slash + path or "/"
         if method is None or target is None:
             return Reject("bad_request_line", f"no method and URL: {_shown(text)}")
-        protocol = get("protocol")
         if protocol is not None and not protocol.upper().startswith("HTTP/"):
             protocol = None
         request = f"{method} {target}" if protocol is None else f"{method} {target} {protocol}"
-        status_text = get("status")
         status: int | None = None
         if status_text is not None:
             if not status_text.isdigit() or not 100 <= int(status_text) <= 599:
                 return Reject("bad_status", f"not an HTTP status code: {_shown(status_text)}")
             status = int(status_text)
-        nbytes = get("bytes")
-        agent = get("agent")
-        taken = get("time_taken")
         duration: float | None = None
         if taken is not None:
             try:
                 duration = float(taken) if "." in taken else int(taken) / 1000
             except ValueError:
                 duration = None
-        else:
-            seconds = get("duration_s")
-            if seconds is not None and seconds.isdigit():
-                duration = float(seconds)
-        server_port = get("server_port")
-        client_port = get("port")
-        addr = get("addr")
+        elif seconds is not None and seconds.isdigit():
+            duration = float(seconds)
         if addr is not None and client_port is not None and client_port.isdigit():
             addr = f"[{addr}]:{client_port}" if ":" in addr else f"{addr}:{client_port}"
         return ParsedLine(
@@ -226,16 +237,16 @@ class W3cParser(LineParser):
             timestamp_ms,
             f"{date} {time}",
             addr,
-            get("user"),
+            user,
             request,
             method,
             target,
             protocol.upper() if protocol else None,
             status,
             int(nbytes) if nbytes is not None and nbytes.isdigit() else None,
-            get("referrer"),
+            referrer,
             None if agent is None else _agent(agent),
-            get("forwarded"),
+            forwarded,
             duration,
             host,
             int(server_port) if server_port is not None and server_port.isdigit() else None,
