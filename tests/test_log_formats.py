@@ -438,10 +438,11 @@ def test_standard_input_is_recognised_by_content_even_compressed(
     import subprocess
     import sys
 
-    raw = (
+    raw = (  # every line its own (the session's store has the samples' lines already)
         (SAMPLES / "traefik_clf.log")
         .read_bytes()
         .replace(b"/datasets/abc", f"/datasets/{item}".encode())
+        .replace(b"/login", f"/login-{item}".encode())
     )
     result = subprocess.run(
         [sys.executable, "-m", "metronome", "import", "-"],
@@ -514,3 +515,36 @@ def test_ship_refuses_a_file_that_is_not_an_access_log(backend: Backend, tmp_pat
     assert result.returncode == 1
     assert f"{notes}: not an access log Metronome recognises" in result.stderr
     assert "'shopping list'" in result.stderr
+
+
+def test_long_lines_are_not_kept_in_the_parse_caches() -> None:
+    """Caches keyed on what a log holds keep no long keys (issue 16): a log of huge
+    request targets leaves memory flat."""
+    import tracemalloc
+
+    parser = compile_format("combined")
+    template = sample_lines("apache_combined.log")[1]
+    warm = parser.parse(template)  # loads the country database, once per process
+    assert isinstance(warm, ParsedLine)
+    build_log_document(
+        warm, source_id=None, offset=None, rules=RULES, trusted_proxies=(), received_ms=0
+    )
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200):
+            line = template.replace("/datasets/abc/download.csv", f"/{i}/" + "a" * 100_000)
+            parsed = parser.parse(line)
+            assert isinstance(parsed, ParsedLine)
+            build_log_document(
+                parsed,
+                source_id=None,
+                offset=None,
+                rules=RULES,
+                trusted_proxies=(),
+                received_ms=0,
+            )
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 2_000_000  # kept, the 200 targets alone would hold 20 MB

@@ -1,5 +1,10 @@
 """Access-log lines: parse them into their parts, then build Logstash-format documents.
 
+This module is the core every format shares: the ``log_format`` compiler, the JSON
+reader, the parts of a line and the document they make. The formats of other servers
+(Apache, W3C, AWS, HAProxy, Caddy, Traefik) and recognising them are
+:mod:`metronome.logs.formats`, which the importers use.
+
 Formats (:func:`compile_format`):
 
 - ``combined`` and ``common``: NGINX's and Apache's (Apache's ``%l`` ident may be any
@@ -13,9 +18,13 @@ Variables a ``log_format`` may use (others match a token or a quoted string and 
 ignored): ``$remote_addr $remote_user $time_local $time_iso8601 $msec $request
 $request_method $request_uri $uri $args $status $body_bytes_sent $bytes_sent
 $http_referer $http_user_agent $http_x_forwarded_for $request_time
-$upstream_response_time $host $server_name``. A format needs a time (``$time_local``,
-``$time_iso8601`` or ``$msec``), the request (``$request``, or ``$request_method`` with
-``$request_uri`` or ``$uri``) and ``$status``.
+$upstream_response_time $host $server_name $server_port``, and Metronome's own for other
+servers' formats (``_TYPED``: times without an offset, durations in other units, a syslog
+prefix, further fields). A format needs a time (``$time_local``, ``$time_iso8601``,
+``$msec`` or ``$time_nooffset``), the request (``$request``, or ``$request_method`` with
+``$request_uri`` or ``$uri``) and ``$status`` (but for :func:`text_parser` told
+otherwise). ``$remote_addr`` may hold a forwarded list (``10.0.0.2, 10.0.0.1``, quoted or
+not): :mod:`metronome.logs.addresses` picks the client.
 
 :meth:`LineParser.parse` answers a :class:`ParsedLine` or a :class:`Reject` whose
 ``reason`` is one of :data:`REJECT_REASONS`:
@@ -32,7 +41,9 @@ $upstream_response_time $host $server_name``. A format needs a time (``$time_loc
 - ``header``: (W3C) a ``#`` directive such as ``#Fields:``, read but not a request.
 
 Quoted values are unescaped: Apache's ``\\"`` and ``\\\\``, and NGINX's ``\\xHH`` runs
-when they decode to printable UTF-8 (``\\x22`` is ``"``); anything else stays as logged.
+when they decode to printable UTF-8 (``\\x22`` is ``"``); anything else stays as logged,
+but in a request target, where such bytes are percent-encoded (``/caf%E9``), as
+:func:`decode_line` does with raw bytes that are not UTF-8.
 A request line may lack the HTTP version (``GET /``). ``-`` means "none" everywhere.
 
 :func:`build_log_document` turns a :class:`ParsedLine` into a :class:`Document` of
@@ -772,9 +783,16 @@ _JSON_KEYS = {
 }
 
 
+_SECONDS = re.compile(_SECONDS_OR_DASH)
+
+
 def _json_text(obj: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     for key in keys:
         value = obj.get(key)
+        if value.__class__ is str:  # most values: no isinstance calls
+            if value and value != "-":
+                return value
+            continue
         if value is None or isinstance(value, bool | dict | list):
             continue
         text = value if isinstance(value, str) else str(value)
@@ -828,11 +846,11 @@ class _JsonParser(LineParser):
 
     def parse(self, line: str) -> ParsedLine | Reject:
         text = line.rstrip("\r\n")
-        if not text.strip():
-            return Reject("empty", "an empty line")
         try:
             obj = orjson.loads(text)
         except orjson.JSONDecodeError:
+            if not text.strip():
+                return Reject("empty", "an empty line")
             return Reject("bad_json", f"not JSON: {_shown(text)}")
         if not isinstance(obj, dict):
             return Reject("bad_json", f"not a JSON object: {_shown(text)}")
@@ -879,9 +897,7 @@ class _JsonParser(LineParser):
             _json_text(obj, keys["referrer"]),
             _json_text(obj, keys["agent"]),
             _json_text(obj, keys["forwarded"]),
-            float(request_time)
-            if request_time and re.fullmatch(_SECONDS_OR_DASH, request_time)
-            else None,
+            float(request_time) if request_time and _SECONDS.fullmatch(request_time) else None,
             _json_text(obj, keys["host"]),
         )
 
@@ -1131,7 +1147,18 @@ def build_log_document(
             and len(remote_addr) <= _MAX_CACHED_REMOTE
             and "," not in remote_addr
         ):
+            port = None
+            head, colon, digits = remote_addr.rpartition(":")
+            if (
+                colon
+                and digits.isdigit()
+                and len(digits) <= 5
+                and (":" not in head or (head[0] == "[" and head[-1] == "]"))
+            ):  # v4:port, name:port, [v6]:port: cached per address, not per connection
+                remote_addr, port = head, int(digits)
             address, client = _REMOTES[remote_addr]
+            if port is not None and port <= 65535 and address is not None:
+                address = {**address, "port": port}
         else:  # forwarded lists are not cached: a client writes them
             chosen = resolve_client(remote_addr, forwarded_for, trusted_proxies)
             address, client = _NO_CLIENT if chosen is None else _client_parts(chosen)

@@ -52,6 +52,7 @@ _EVENT = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 _TOKEN = re.compile(r"\{([^{}]*)\}|\*|[{}]")
 _PLACEHOLDERS = {"id": r"(?P<id>[^/]+)", "format": r"(?P<format>[^/.]+)"}
 _CACHE_MAX = 65_536
+_MAX_CACHED_PATH_CHARS = 2048
 
 
 class RuleError(ValueError):
@@ -214,7 +215,7 @@ class UrlRules:
         takes the response's ``status``, or None.
 
         Results are cached per path and kind of status (paths repeat in real traffic);
-        the cache is bounded.
+        the cache is bounded in entries and keeps no path longer than 2,048 characters.
         """
         cache = self._cache
         kind = self._kinds.get(status, -1)
@@ -230,6 +231,8 @@ class UrlRules:
             found = rule.match(path)
             if found is not None:
                 break
+        if len(path) > _MAX_CACHED_PATH_CHARS:  # a long path is matched each time, not kept
+            return found
         if len(cache) >= _CACHE_MAX:
             cache.clear()
         cache[key] = found
