@@ -13,7 +13,14 @@ process, pinned to one CPU:
   beside the goal, which is for the line-to-document path the issue names;
 * regex_floor: one precompiled regex that only matches a combined line
   (``pattern.match(line)``, nothing extracted or built): what any regex-based parser pays
-  at least.
+  at least;
+* one contender per format family (issue 17), each the same requests written the way
+  that family's servers write them and read line -> document like ``metronome``:
+  ``auto_combined`` (the parser ``import`` detects and uses by default, which recognises
+  close variants line by line), ``apache_vhost`` (``vhost_combined`` with host:port),
+  ``nginx_timing`` (``main`` + ``$request_time``/``$upstream_response_time``),
+  ``w3c_iis``, ``aws_elb``, ``aws_alb``, ``aws_s3``, ``haproxy`` (with the syslog prefix),
+  ``caddy_json``, ``traefik_json``, ``nginx_json``. Goal: none below 50,000 lines/s.
 
 The lines are reproducible (``--lines-seed``): ~200 distinct user agents with a skewed
 popularity (browsers, phones, crawlers, scripts), 5,000 clients (a fifth IPv6), dataset
@@ -21,7 +28,7 @@ pages and downloads, searches, static files, redirects and 404s, referrers or ``
 times ~50 lines per second apart. After one unrecorded pass of each contender, the
 measured passes alternate in shuffled rounds (``--seed``).
 
-    python -m benchmarks.parse [--lines 200000] [--trials 5]
+    python -m benchmarks.parse [--lines 200000] [--trials 5] [--families all|none]
 
 Throughput is lines per CPU second of this process (``time.process_time``), so other
 work sharing the machine does not count against it; lines per wall second are recorded
@@ -45,12 +52,15 @@ from typing import Any
 
 from benchmarks import _common as C
 from metronome.config import Settings
+from metronome.logs.formats import compile_format as compile_any_format
+from metronome.logs.formats import detect
 from metronome.logs.ingest import LineConverter
 from metronome.logs.parse import ParsedLine, build_log_document, compile_format
 from metronome.logs.rules import UrlRules
 
 NAME = "parse"
 GOAL_LINES_PER_S = 100_000
+FAMILY_GOAL_LINES_PER_S = 50_000
 DEFAULT_LINES = 200_000
 DEFAULT_LINES_SEED = 20_261_123
 START_S = 1_795_647_600  # 2026-11-26T00:00:00+01:00
@@ -240,7 +250,190 @@ def generate_lines(n: int, seed: int) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------- families
+
+
+IIS_FIELDS = (
+    "#Fields: date time s-ip cs-method cs-uri-stem cs-uri-query s-port cs-username c-ip"
+    " cs-version cs(User-Agent) cs(Referer) sc-status sc-substatus sc-win32-status sc-bytes"
+    " time-taken"
+)
+
+
+def _with_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def family_lines(lines: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """The same requests as ``lines`` (combined), as each family writes them: per family
+    the format to read them with and the lines (W3C: its #Fields: directive first)."""
+    import orjson
+
+    parser = compile_format("combined")
+    parsed = [parser.parse(line) for line in lines]
+    out: dict[str, list[str]] = {k: [] for k in FAMILY_FORMATS}
+    out["w3c_iis"].append(IIS_FIELDS)
+    for i, (line, p) in enumerate(zip(lines, parsed, strict=True)):
+        assert isinstance(p, ParsedLine)
+        seconds, ms = divmod(p.timestamp_ms, 1000)
+        tm = time.gmtime(seconds)
+        iso = time.strftime("%Y-%m-%dT%H:%M:%S", tm) + f".{ms:03d}000Z"
+        clf = time.strftime("%d/%b/%Y:%H:%M:%S", tm)
+        agent = p.user_agent or "-"
+        referrer = p.referrer or "-"
+        size = p.body_bytes or 0
+        taken = (i * 7) % 900
+        port = 1024 + i % 60000
+        path, _, query = p.target.partition("?")
+        out["auto_combined"].append(line)
+        out["apache_vhost"].append(f"data.example.org:443 {line}")
+        out["nginx_timing"].append(f'{line} "-" 0.{taken:03d} 0.{max(taken - 1, 0):03d}')
+        out["w3c_iis"].append(
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', tm)} 10.0.0.5 {p.method} {path}"
+            f" {query or '-'} 443 - {p.remote_addr} {p.protocol or 'HTTP/1.1'}"
+            f" {agent.replace(' ', '+')} {referrer} {p.status} 0 0 {size} {taken}"
+        )
+        absolute = f"{p.method} https://data.example.org:443{p.target} {p.protocol}"
+        elb = (
+            f"{iso} my-lb {_with_port(p.remote_addr or '-', port)} 10.0.0.1:80 0.000073"
+            f' 0.{taken:06d} 0.000057 {p.status} {p.status} 0 {size} "{absolute}"'
+            f' "{agent}" ECDHE-RSA-AES128-GCM-SHA256 TLSv1.2'
+        )
+        out["aws_elb"].append(elb)
+        out["aws_alb"].append(
+            f"https {elb.replace('my-lb', 'app/my-lb/50dc6c495c0c9188')}"
+            " arn:aws:elasticloadbalancing:us-east-2:123456789012:targetgroup/t/73e2d6bc"
+            f' "Root=1-58337262-{i:024x}" "data.example.org" "-" 0 {iso} "forward" "-" "-"'
+            ' "10.0.0.1:80" "200" "-" "-"'
+        )
+        out["aws_s3"].append(
+            f"79a59df900b949e55d96a1e698fbacedfd6e09d98eacf8f8d5218e7cd47ef2be data-bucket"
+            f" [{clf} +0000] {p.remote_addr} - {i:016X} REST.GET.OBJECT {path.lstrip('/') or '-'}"
+            f' "{p.request}" {p.status} - {size} {size} {taken} 10 "{referrer}" "{agent}" -'
+            " s9lzHYrFp76ZVxRcpX9+5cjAnEH2ROuNkd2BHfIa6UkFVdtjf5mKR3= SigV4"
+            " ECDHE-RSA-AES128-GCM-SHA256 AuthHeader data-bucket.s3.amazonaws.com TLSv1.2"
+        )
+        out["haproxy"].append(
+            f"{time.strftime('%b %d %H:%M:%S', tm)} lb1 haproxy[14389]:"
+            f" {_with_port(p.remote_addr or '-', port)} [{clf}.{ms:03d}] http-in"
+            f" app/srv1 0/0/1/{taken}/{taken + 1} {p.status} {size} - - ---- 1/1/1/1/0 0/0"
+            f' {{data.example.org}} {{}} "{p.request}"'
+        )
+        headers: dict[str, list[str]] = {"User-Agent": [agent]}
+        if p.referrer:
+            headers["Referer"] = [p.referrer]
+        out["caddy_json"].append(
+            orjson.dumps(
+                {
+                    "level": "info",
+                    "ts": p.timestamp_ms / 1000,
+                    "logger": "http.log.access",
+                    "msg": "handled request",
+                    "request": {
+                        "remote_ip": p.remote_addr,
+                        "remote_port": str(port),
+                        "proto": p.protocol,
+                        "method": p.method,
+                        "host": "data.example.org",
+                        "uri": p.target,
+                        "headers": headers,
+                    },
+                    "duration": taken / 1000,
+                    "size": size,
+                    "status": p.status,
+                }
+            ).decode()
+        )
+        traefik: dict[str, Any] = {
+            "ClientAddr": _with_port(p.remote_addr or "-", port),
+            "ClientHost": p.remote_addr,
+            "DownstreamContentSize": size,
+            "DownstreamStatus": p.status,
+            "Duration": taken * 1_000_000,
+            "RequestHost": "data.example.org",
+            "RequestMethod": p.method,
+            "RequestPath": p.target,
+            "RequestProtocol": p.protocol,
+            "StartUTC": iso,
+            "request_User-Agent": agent,
+        }
+        if p.referrer:
+            traefik["request_Referer"] = p.referrer
+        out["traefik_json"].append(orjson.dumps(traefik).decode())
+        out["nginx_json"].append(
+            orjson.dumps(
+                {
+                    "time_local": p.time,
+                    "remote_addr": p.remote_addr,
+                    "request": p.request,
+                    "status": str(p.status),
+                    "body_bytes_sent": str(size),
+                    "http_referer": referrer,
+                    "http_user_agent": agent,
+                    "request_time": f"0.{taken:03d}",
+                }
+            ).decode()
+        )
+    return {name: (FAMILY_FORMATS[name], found) for name, found in out.items()}
+
+
+FAMILY_FORMATS = {
+    "auto_combined": "auto",
+    "apache_vhost": "vhost_combined",
+    "nginx_timing": "main_timing",
+    "w3c_iis": "iis",
+    "aws_elb": "elb",
+    "aws_alb": "alb",
+    "aws_s3": "s3",
+    "haproxy": "haproxy_http",
+    "caddy_json": "caddy",
+    "traefik_json": "traefik_json",
+    "nginx_json": "json",
+}
+"""Each family contender and the format name detection must find for its lines."""
+
+
 # --------------------------------------------------------------------------- contenders
+
+
+def _family_contender(
+    name: str, spec: str, lines: list[str], rules: UrlRules
+) -> tuple[Callable[[], int], int]:
+    """Detection chooses the parser from the first lines (it must choose ``spec``), then
+    every line goes line -> document; returns the run and the lines it must store."""
+    detection = detect(lines[:50])
+    expected = "auto" if spec == "auto" else spec
+    if spec != "auto" and detection.name != expected:
+        raise C.BenchmarkError(f"{name}: detected {detection.name}, not {expected}")
+    stored = len(lines) - (1 if lines[0].startswith("#") else 0)
+
+    def run() -> int:
+        parse = (detection.parser if spec == "auto" else compile_any_format(spec)).parse
+        build = build_log_document
+        done = 0
+        for offset, line in enumerate(lines):
+            parsed = parse(line)
+            if type(parsed) is ParsedLine:
+                build(
+                    parsed,
+                    source_id=SOURCE_ID,
+                    offset=offset,
+                    rules=rules,
+                    trusted_proxies=TRUSTED_PROXIES,
+                    received_ms=RECEIVED_MS,
+                )
+                done += 1
+        return done
+
+    return run, stored
+
+
+def make_families(lines: list[str]) -> dict[str, tuple[Callable[[], int], int]]:
+    rules = UrlRules.parse(RULES)
+    return {
+        name: _family_contender(name, spec, found, rules)
+        for name, (spec, found) in family_lines(lines).items()
+    }
 
 
 def make_contenders(lines: list[str], data_dir: str) -> dict[str, Callable[[], int]]:
@@ -343,6 +536,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"seed of the generated lines [default: {DEFAULT_LINES_SEED}]",
     )
     parser.add_argument(
+        "--families",
+        choices=("all", "none"),
+        default="all",
+        help="also measure every format family (issue 17) [default: all]",
+    )
+    parser.add_argument(
         "--cpu",
         type=int,
         default=None,
@@ -364,17 +563,23 @@ def main(argv: list[str] | None = None) -> int:
     lines = generate_lines(args.lines, args.lines_seed)
     data_dir = tempfile.mkdtemp(prefix="metronome-bench-parse-")  # the visitor-id salts
     contenders = make_contenders(lines, data_dir)
+    expected_lines = dict.fromkeys(contenders, len(lines))
+    if args.families == "all":
+        print(f"{NAME}: writing the same requests in every format family...", file=sys.stderr)
+        for label, (run, stored) in make_families(lines).items():
+            contenders[label] = run
+            expected_lines[label] = stored
     warmups: dict[str, Any] = {}
     trials: list[dict[str, Any]] = []
     try:
         for _, label in C.trial_order(list(contenders), 1, seed + 1):
-            r = timed(contenders[label], len(lines))
+            r = timed(contenders[label], expected_lines[label])
             warmups[label] = {
                 "lines_per_s": round(r["lines_per_s"], 1),
                 "lines_per_wall_s": round(r["lines_per_wall_s"], 1),
             }
         for round_no, label in C.trial_order(list(contenders), args.trials, seed):
-            r = timed(contenders[label], len(lines))
+            r = timed(contenders[label], expected_lines[label])
             trials.append(
                 {
                     "round": round_no,
@@ -410,6 +615,19 @@ def main(argv: list[str] | None = None) -> int:
         by = {t["contender"]: t["lines_per_s"] for t in trials if t["round"] == round_no}
         paired.append(C.rounded(C.ratio(by.get("metronome"), by.get("regex_floor"))))
     passed = per_s["metronome"] is not None and per_s["metronome"] >= GOAL_LINES_PER_S
+    families = {
+        label: {
+            "format": FAMILY_FORMATS[label],
+            "lines_per_s": C.rounded(per_s[label], 1),
+            "ratio_to_combined": C.rounded(C.ratio(per_s[label], per_s["metronome"])),
+            "ratio_to_regex_floor": C.rounded(C.ratio(per_s[label], per_s["regex_floor"])),
+        }
+        for label in contenders
+        if label in FAMILY_FORMATS
+    }
+    families_passed = all(
+        (f["lines_per_s"] or 0) >= FAMILY_GOAL_LINES_PER_S for f in families.values()
+    )
     results = {
         "benchmark": NAME,
         "description": __doc__.splitlines()[0],
@@ -430,6 +648,12 @@ def main(argv: list[str] | None = None) -> int:
             "metronome_import": "LineConverter.convert per line (+ visitor id, client"
             " address policy drop, referrer blocklist, counts)",
             "regex_floor": "one precompiled regex, pattern.match(line) only",
+            "families": {
+                label: f"the same requests as {spec} lines: detected, then line -> document"
+                for label, spec in FAMILY_FORMATS.items()
+            }
+            if args.families == "all"
+            else {},
             "unit": "lines per CPU second of the benchmark process, pinned to one CPU"
             " (median of trials); per wall second too (other work on the machine"
             " lowers those)",
@@ -445,12 +669,23 @@ def main(argv: list[str] | None = None) -> int:
             "regex_floor_lines_per_wall_s": C.rounded(per_wall_s["regex_floor"], 1),
             "ratio": C.rounded(result_ratio),
             "paired_ratios": paired,
-            "goal": {"lines_per_s": GOAL_LINES_PER_S},
-            "passed": {"lines_per_s": passed},
+            "families": families,
+            "goal": {
+                "lines_per_s": GOAL_LINES_PER_S,
+                "family_lines_per_s": FAMILY_GOAL_LINES_PER_S,
+            },
+            "passed": {"lines_per_s": passed, "families": families_passed},
         },
     }
     out = C.write_results(NAME, results, args.output)
     verdict = "ok" if passed else "BELOW GOAL"
+    for label, family in families.items():
+        print(
+            f"  {label:16} {family['lines_per_s'] or 0:12,.0f} lines/s"
+            f" ({family['ratio_to_combined']} of combined; goal >="
+            f" {FAMILY_GOAL_LINES_PER_S:,})",
+            file=sys.stderr,
+        )
     print(
         f"{NAME}: {per_s['metronome']:,.0f} lines/s line->document vs regex floor"
         f" {per_s['regex_floor']:,.0f} lines/s, ratio {result_ratio:.3f} (goal >="

@@ -536,26 +536,122 @@ def _log_settings(site: str | None, *, check: bool = True) -> Settings:
     return settings
 
 
-@main.command("import")
+class _LogCommand(click.Command):
+    """A command whose ``--help`` ends with the access-log formats it recognises."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from metronome.logs.formats import FORMAT_HELP
+
+        with formatter.section("Formats (--format)"):
+            formatter.write_dl(list(FORMAT_HELP.items()))
+            formatter.write_paragraph()
+            formatter.write_text(
+                "or an NGINX log_format string ('$remote_addr ... \"$request\" $status ...')"
+                " or an Apache LogFormat string ('%h %l %u %t \"%r\" %>s %b')."
+            )
+
+
+def _log_format_options(command: Any) -> Any:
+    """``--format``, ``--url-rules`` and ``--tz``: the settings of access-log inputs."""
+    command = click.option(
+        "--tz",
+        "tz",
+        default=None,
+        help="Time zone of times logged without an offset (W3C, HAProxy)"
+        " [default: METRONOME_LOG_TZ, else UTC].",
+    )(command)
+    command = click.option(
+        "--url-rules",
+        "url_rules",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="File of URL rules, one a line [default: METRONOME_URL_RULES].",
+    )(command)
+    return click.option(
+        "--format",
+        "log_format",
+        default=None,
+        help="A format name (listed below), an NGINX log_format or an Apache LogFormat"
+        " string [default: METRONOME_LOG_FORMAT, else auto: recognised].",
+    )(command)
+
+
+def _access_log_settings(
+    site: str | None, log_format: str | None, url_rules: str | None, tz: str | None
+) -> Settings:
+    """The settings with the access-log flags applied, each checked before any line is
+    read: the site exists, the rules and the format compile."""
+    from metronome.logs.formats import compile_format
+    from metronome.logs.parse import FormatError
+
+    rules = None if url_rules is None else Path(url_rules).read_text(encoding="utf-8")
+    zone = None
+    if tz is not None:  # parsed as METRONOME_LOG_TZ is
+        parse = next(s.parse for s in settings_reference() if s.name == "log_tz")
+        assert parse is not None
+        try:
+            zone = parse(tz)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--tz") from None
+    settings = _settings(log_site=site, log_format=log_format, url_rules=rules, log_tz=zone)
+    try:
+        compile_format(settings.log_format, settings.log_tz)
+    except FormatError as exc:
+        named_by = "--format" if log_format is not None else "METRONOME_LOG_FORMAT"
+        raise click.UsageError(f"{named_by}: {exc}") from None
+    _check_url_rules(settings)
+    named_by = "--site" if site is not None else "METRONOME_LOG_SITE"
+    sites_commands.require_sites(settings, {named_by: settings.log_site})
+    return settings
+
+
+def _detected(quiet: bool) -> Any:
+    """What the CLI prints when a file's format is recognised (nothing with --quiet)."""
+
+    def show(path: str, detection: Any) -> None:
+        if not quiet:
+            name = "standard input" if path == "-" else path
+            click.echo(f"{name}: {detection.reason}", err=True)
+
+    return show
+
+
+@main.command("import", cls=_LogCommand)
 @click.argument("files", nargs=-1, required=True)
 @_SITE_OPTION
+@_log_format_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no summary.")
-def import_cmd(files: tuple[str, ...], site: str | None, quiet: bool) -> None:
-    """Import access-log history (plain, .gz, or - for stdin) into the store."""
+def import_cmd(
+    files: tuple[str, ...],
+    site: str | None,
+    log_format: str | None,
+    url_rules: str | None,
+    tz: str | None,
+    quiet: bool,
+) -> None:
+    """Import access-log history (plain, .gz, .bz2, .zst, or - for stdin) into the store."""
+    from metronome.logs.formats import UnknownFormat
     from metronome.pipeline.log_input import check_readable, import_files
 
     for path in files:
         check_readable(path)
-    settings = _log_settings(site)
+    settings = _access_log_settings(site, log_format, url_rules, tz)
     prepare_data_dir(settings)
-    summary = _run_with_progress(
-        quiet, "importing", lambda update: import_files(settings, files, progress=update)
-    )
+    try:
+        summary = _run_with_progress(
+            quiet,
+            "importing",
+            lambda update: import_files(
+                settings, files, progress=update, on_detect=_detected(quiet)
+            ),
+        )
+    except UnknownFormat as exc:
+        fail(str(exc))
     if not quiet:
         click.echo(summary.line(), err=True)
 
 
-@main.command()
+@main.command(cls=_LogCommand)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--from-end",
@@ -563,16 +659,26 @@ def import_cmd(files: tuple[str, ...], site: str | None, quiet: bool) -> None:
     help="Start new files at their end, like tail -f (default: from the start).",
 )
 @_SITE_OPTION
+@_log_format_options
 @click.option("--quiet", "-q", is_flag=True, help="No running count, no summary.")
-def ship(paths: tuple[Path, ...], from_end: bool, site: str | None, quiet: bool) -> None:
+def ship(
+    paths: tuple[Path, ...],
+    from_end: bool,
+    site: str | None,
+    log_format: str | None,
+    url_rules: str | None,
+    tz: str | None,
+    quiet: bool,
+) -> None:
     """Follow live access logs (like tail -F) into the spool, archiving them to S3."""
     from metronome.logconfig import configure_logging
+    from metronome.logs.formats import UnknownFormat
     from metronome.pipeline.log_input import ship_files
 
     for path in paths:
         if path.is_dir():
             fail(f"{path}: is a directory; name the log files to follow")
-    settings = _log_settings(site)
+    settings = _access_log_settings(site, log_format, url_rules, tz)
     prepare_data_dir(settings)
     configure_logging(settings)
 
@@ -586,9 +692,19 @@ def ship(paths: tuple[Path, ...], from_end: bool, site: str | None, quiet: bool)
             if not quiet:
                 click.echo("\r" + summary.line("spooled"), err=True, nl=False)
 
-        return await ship_files(settings, list(paths), stop, from_end=from_end, on_batch=report)
+        return await ship_files(
+            settings,
+            list(paths),
+            stop,
+            from_end=from_end,
+            on_batch=report,
+            on_detect=_detected(quiet),
+        )
 
-    summary = asyncio.run(_ship())
+    try:
+        summary = asyncio.run(_ship())
+    except UnknownFormat as exc:
+        fail(str(exc))
     if not quiet:
         click.echo("\r" + summary.line("spooled"), err=True)
 

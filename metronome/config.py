@@ -34,6 +34,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from datetime import UTC, timedelta, timezone, tzinfo
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar, cast, get_args, get_origin, get_type_hints
@@ -65,6 +66,29 @@ def _str(raw: str) -> str:
 
 def _optional_str(raw: str) -> str | None:
     return raw.strip() or None
+
+
+def _time_zone(raw: str) -> tzinfo:
+    """An IANA time zone (``Europe/Paris``), ``UTC``, or an offset (``+01:00``)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    text = raw.strip()
+    offset = re.fullmatch(r"([+-])(\d{2}):?(\d{2})", text)
+    if offset:
+        sign, hours, minutes = offset.groups()
+        delta = timedelta(hours=int(hours), minutes=int(minutes))
+        if delta >= timedelta(hours=24):
+            raise ValueError(f"{raw!r} is not an offset: at most +23:59")
+        return timezone(-delta if sign == "-" else delta)
+    if text.upper() in ("UTC", "Z", ""):
+        return UTC
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{raw!r} is not a time zone: expected a name such as Europe/Paris, UTC, or an"
+            " offset such as +01:00"
+        ) from None
 
 
 def _int(minimum: int, maximum: int) -> Callable[[str], int]:
@@ -479,10 +503,17 @@ class Settings:
         "64", "Forward-protocol connections open at once; more are closed.", _int(1, 100_000)
     )
     log_format: str = setting(
-        "combined",
-        "Access-log format: `combined`, `common`, `main` (NGINX, with X-Forwarded-For),"
-        " `json`, or an NGINX `log_format` string.",
+        "auto",
+        "Access-log format (`--format`): `auto` (recognised from the first lines, then line"
+        " by line), a format name (`metronome import --help` lists them), an NGINX"
+        " `log_format` string or an Apache `LogFormat` string.",
         _str,
+    )
+    log_tz: tzinfo = setting(
+        "UTC",
+        "Time zone of access-log times written without an offset (W3C, HAProxy; `--tz`):"
+        " a name such as `Europe/Paris`, `UTC`, or an offset such as `+01:00`.",
+        _time_zone,
     )
     url_rules: str = setting(
         "",
@@ -654,7 +685,7 @@ def _toml_type(hint: Any) -> str:
         return "boolean"
     if hint is int:
         return "integer"
-    if hint in (str, str | None):
+    if hint in (str, str | None, tzinfo):
         return "string"
     if get_origin(hint) is tuple:
         item = get_args(hint)[0]

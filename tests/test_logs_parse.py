@@ -13,6 +13,7 @@ import pytest
 from metronome.config import Settings
 from metronome.events import fields as F
 from metronome.events.tick import Limits, RequestInfo, build_tick
+from metronome.logs.formats import compile_format as compile_any_format
 from metronome.logs.parse import (
     REJECT_REASONS,
     FormatError,
@@ -52,7 +53,7 @@ def parsed(line: str, fmt: str = "combined") -> ParsedLine:
 
 
 def rejected(line: str, fmt: str = "combined") -> Reject:
-    result = compile_format(fmt).parse(line)
+    result = compile_any_format(fmt).parse(line)
     assert isinstance(result, Reject), result
     return result
 
@@ -158,12 +159,13 @@ def test_main_format_reads_x_forwarded_for() -> None:
 
 def test_ipv6_clients_are_parsed_and_stored_as_source_ip() -> None:
     source = document(COMBINED.replace("203.0.113.7", "2001:db8::7"))
-    assert source["source"] == {"ip": "2001:db8::7"}
+    assert source["source"] == {"address": "2001:db8::7", "ip": "2001:db8::7"}
     assert parsed(COMBINED.replace("203.0.113.7", "2001:0DB8:0::07")).remote_addr == (
         "2001:0DB8:0::07"
     )  # as logged; the document holds the canonical form
     assert document(COMBINED.replace("203.0.113.7", "2001:0DB8:0::07"))["source"] == {
-        "ip": "2001:db8::7"
+        "address": "2001:db8::7",
+        "ip": "2001:db8::7",
     }
 
 
@@ -394,7 +396,7 @@ def test_json_lines_in_nginx_escape_json_shape() -> None:
         parts.host,
     ) == (_ms(2000, 10, 10, 20, 55, 36), 200, 512, None, 0.004, "data.example.org")
     source = document(line, "json")
-    assert source["source"] == {"ip": "198.51.100.4"}  # 10.0.0.2 is a trusted proxy
+    assert source["source"] == {"address": "198.51.100.4", "ip": "198.51.100.4"}  # via 10.0.0.2
     assert source["item"] == {"id": "abc", "format": "csv"}
     assert source["event"]["action"] == "download"
     assert source["event"]["duration"] == 4_000_000
@@ -425,7 +427,7 @@ def test_json_lines_with_method_uri_and_other_key_names() -> None:
     )
     source = document(line, "json")
     assert source["referrer"] == {"domain": "arcgis.com", "page": "arcgis.com/home"}
-    assert source["source"] == {"ip": "2001:db8::5"}
+    assert source["source"] == {"address": "2001:db8::5", "ip": "2001:db8::5"}
 
 
 @pytest.mark.parametrize(
@@ -486,6 +488,7 @@ REJECTS: list[tuple[str, str, str]] = [
     ("combined", COMBINED.replace('" 200 ', '" OK '), "bad_status"),
     ("combined", COMBINED.replace('" 200 ', '" 999 '), "bad_status"),
     ("json", '{"time": "2000-10-10T20:55:36Z", "request": "GET / HTTP/1.1"}', "bad_status"),
+    ("w3c", "#Fields: date time c-ip cs-method cs-uri-stem sc-status", "header"),
 ]
 
 
@@ -597,7 +600,7 @@ def test_document_is_a_logstash_ecs_document_of_the_logs_dataset() -> None:
             "query": "token=1",
         },
         "item": {"id": "abc", "format": "csv"},
-        "source": {"ip": "203.0.113.7"},
+        "source": {"address": "203.0.113.7", "ip": "203.0.113.7"},
         "referrer": {"domain": "example.com", "page": "example.com/start"},
         "user_agent": source["user_agent"],
         "bot": False,

@@ -69,8 +69,12 @@ __all__ = [
     "SERVICE_NAME",
     "SITE_ID",
     "SITE_ID_PATTERN",
+    "DESTINATION_PORT",
+    "RELATED_IP",
+    "SOURCE_ADDRESS",
     "SOURCE_IP",
     "TAGS",
+    "SOURCE_PORT",
     "TICK_FIELDS",
     "TIMESTAMP",
     "TYPED",
@@ -175,6 +179,10 @@ HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
 HTTP_RESPONSE_BODY_BYTES = "http.response.body.bytes"
 URL_QUERY = "url.query"  # the request target after "?", without it
 EVENT_DURATION = "event.duration"  # nanoseconds, from $request_time
+SOURCE_ADDRESS = "source.address"  # the client as logged: its address, or a host name
+SOURCE_PORT = "source.port"  # the client's port, where logged (ELB, ALB, HAProxy)
+DESTINATION_PORT = "destination.port"  # the server's port: a host:port prefix, %p
+RELATED_IP = "related.ip"  # every address of a forwarded chain (the client among them)
 
 LOG_FIELDS: frozenset[str] = frozenset(
     TICK_FIELDS
@@ -186,6 +194,10 @@ LOG_FIELDS: frozenset[str] = frozenset(
         HTTP_RESPONSE_BODY_BYTES,
         URL_QUERY,
         EVENT_DURATION,
+        SOURCE_ADDRESS,
+        SOURCE_PORT,
+        DESTINATION_PORT,
+        RELATED_IP,
     }
 )
 """Every field the ``logs`` indices map: the shared base mappings (so ``client.ip`` too,

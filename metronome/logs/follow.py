@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from metronome.files import open_private
+from metronome.logs.parse import decode_line
 
 __all__ = ["Follower", "Line", "Position", "PositionFile"]
 
@@ -147,7 +148,7 @@ class Follower:
                 if len(raw.rstrip(b"\r")) > self._max_line:
                     lines.append(Line("", source, position, too_long=True))
                 else:
-                    text = raw.rstrip(b"\r").decode("utf-8", errors="replace")
+                    text = decode_line(raw.rstrip(b"\r"))  # non-UTF-8 bytes: %-encoded
                     if text.strip():
                         lines.append(Line(text, source, position))
                 position += len(raw) + 1

@@ -10,8 +10,10 @@ store) is the pipeline's: :mod:`metronome.pipeline.log_input`.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
+import io
 import sys
 import time
 from collections import Counter
@@ -23,7 +25,8 @@ from metronome.config import Settings
 from metronome.events.document import Document
 from metronome.events.enrich import flag_referrer_spam, stored_address
 from metronome.events.visitor import VisitorIds
-from metronome.logs.parse import ParsedLine, Reject, build_log_document, compile_format
+from metronome.logs.formats import compile_format
+from metronome.logs.parse import LineParser, ParsedLine, Reject, build_log_document, decode_line
 from metronome.logs.rejects import LINE_CHARS, REJECTS, RejectFile, redact_line
 from metronome.logs.rules import UrlRules
 
@@ -68,7 +71,7 @@ class LineConverter:
     """One line to one document (or a reject written to the reject file)."""
 
     def __init__(self, settings: Settings) -> None:
-        self._parser = compile_format(settings.log_format)
+        self._parser = compile_format(settings.log_format, settings.log_tz)
         self._rules = UrlRules.parse(settings.url_rules)
         self._trusted = settings.trusted_proxies
         self._visitors = VisitorIds(settings.data_dir)
@@ -94,6 +97,10 @@ class LineConverter:
         """Count a line longer than ``METRONOME_MAX_LINE_BYTES`` and reject it."""
         self.summary.read += 1
         self.reject(LINE_TOO_LONG, "", source_id, offset, identity=identity)
+
+    def use(self, parser: LineParser) -> None:
+        """Parse the following lines with ``parser`` (the one detected for a file)."""
+        self._parser = parser
 
     def parse(self, text: str) -> ParsedLine | Reject:
         self.summary.read += 1
@@ -122,12 +129,8 @@ class LineConverter:
         if source["bot"]:
             self.summary.bots += 1
         flag_referrer_spam(source, self._blocklist)
-        if self._client_ip != "keep" and "source" in source:
-            kept = stored_address(source["source"]["ip"], self._client_ip)
-            if kept is None:
-                del source["source"]
-            else:
-                source["source"] = {"ip": kept}
+        if self._client_ip != "keep":
+            _apply_client_policy(source, self._client_ip)
         return document
 
     def reject(
@@ -191,29 +194,75 @@ def split_lines(read: Callable[[int], bytes], max_line_bytes: int) -> Iterator[b
         yield bytes(partial)
 
 
+def _apply_client_policy(source: dict[str, Any], policy: str) -> None:
+    """What ``METRONOME_CLIENT_IP`` (``drop`` or ``truncate``) lets a document keep of its
+    client: the truncated address (no host name, no port) and forwarded chain, or none."""
+    client = source.get("source")
+    if client is not None:
+        kept = stored_address(client.get("ip"), policy)
+        if kept is None:
+            del source["source"]
+        else:
+            source["source"] = {"ip": kept}
+    related = source.get("related")
+    if related is not None:
+        ips = [ip for ip in (stored_address(ip, policy) for ip in related["ip"]) if ip]
+        if ips:
+            source["related"] = {"ip": ips}
+        else:
+            del source["related"]
+
+
+_MAGIC = (
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bzip2"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+)
+
+
+def _decompressed(stream: IO[bytes]) -> tuple[Any, str | None]:
+    """The stream's content, decompressed when its first bytes say gzip, bzip2 or zstd
+    (whatever the file is called), and which of them it was."""
+    reader: Any = stream if hasattr(stream, "peek") else io.BufferedReader(stream)  # type: ignore[type-var,unused-ignore]
+    head = reader.peek(4)[:4]
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            if kind == "gzip":
+                return gzip.GzipFile(fileobj=reader), kind
+            if kind == "bzip2":
+                return bz2.BZ2File(reader), kind
+            import zstandard
+
+            decompressor = zstandard.ZstdDecompressor()
+            unpacked = decompressor.stream_reader(reader, read_across_frames=True)
+            return io.BufferedReader(unpacked), kind
+    return reader, None
+
+
 def open_lines(path: str, max_line_bytes: int) -> Iterator[tuple[int, str | None]]:
-    """``(line number, text)`` of the non-blank lines of a plain or gzipped file, or of
-    standard input for ``-``; numbers count every line from 1, blank ones too. The text is
-    None for a line longer than ``max_line_bytes`` (skipped in bounded memory, however
-    long, and however well a gzip stream compresses)."""
-    if path == "-":
-        stream: IO[bytes] | gzip.GzipFile = sys.stdin.buffer
-        close = False
-    else:
-        raw = open(path, "rb")  # noqa: SIM115
-        gzipped = raw.read(2) == b"\x1f\x8b"
-        raw.seek(0)
-        stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
-        close = True
-    read = getattr(stream, "read1", stream.read)
+    """``(line number, text)`` of the non-blank lines of a file, or of standard input for
+    ``-``, plain or compressed with gzip, bzip2 or zstd (known by their first bytes);
+    numbers count every line from 1, blank ones too. Bytes that are not UTF-8 are kept
+    percent-encoded (:func:`~metronome.logs.parse.decode_line`). The text is None for a
+    line longer than ``max_line_bytes`` (skipped in bounded memory, however long, and
+    however well a compressed stream compresses). A damaged compressed stream raises
+    :class:`EOFError` naming its kind."""
+    raw: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+    kind: str | None = None
     try:
+        stream, kind = _decompressed(raw)
+        read = getattr(stream, "read1", stream.read)
         for number, raw_line in enumerate(split_lines(read, max_line_bytes), 1):
             if raw_line is None:
                 yield number, None
                 continue
-            text = raw_line.rstrip(b"\r").decode("utf-8", errors="replace")
+            text = decode_line(raw_line.rstrip(b"\r"))
             if text.strip():
                 yield number, text
+    except (OSError, EOFError, ValueError) as exc:
+        if kind is None or isinstance(exc, FileNotFoundError | PermissionError):
+            raise
+        raise EOFError(f"damaged {kind} file ({exc})") from exc
     finally:
-        if close:
-            stream.close()
+        if path != "-":
+            raw.close()

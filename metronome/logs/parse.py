@@ -1,5 +1,10 @@
 """Access-log lines: parse them into their parts, then build Logstash-format documents.
 
+This module is the core every format shares: the ``log_format`` compiler, the JSON
+reader, the parts of a line and the document they make. The formats of other servers
+(Apache, W3C, AWS, HAProxy, Caddy, Traefik) and recognising them are
+:mod:`metronome.logs.formats`, which the importers use.
+
 Formats (:func:`compile_format`):
 
 - ``combined`` and ``common``: NGINX's and Apache's (Apache's ``%l`` ident may be any
@@ -13,9 +18,13 @@ Variables a ``log_format`` may use (others match a token or a quoted string and 
 ignored): ``$remote_addr $remote_user $time_local $time_iso8601 $msec $request
 $request_method $request_uri $uri $args $status $body_bytes_sent $bytes_sent
 $http_referer $http_user_agent $http_x_forwarded_for $request_time
-$upstream_response_time $host $server_name``. A format needs a time (``$time_local``,
-``$time_iso8601`` or ``$msec``), the request (``$request``, or ``$request_method`` with
-``$request_uri`` or ``$uri``) and ``$status``.
+$upstream_response_time $host $server_name $server_port``, and Metronome's own for other
+servers' formats (``_TYPED``: times without an offset, durations in other units, a syslog
+prefix, further fields). A format needs a time (``$time_local``, ``$time_iso8601``,
+``$msec`` or ``$time_nooffset``), the request (``$request``, or ``$request_method`` with
+``$request_uri`` or ``$uri``) and ``$status`` (but for :func:`text_parser` told
+otherwise). ``$remote_addr`` may hold a forwarded list (``10.0.0.2, 10.0.0.1``, quoted or
+not): :mod:`metronome.logs.addresses` picks the client.
 
 :meth:`LineParser.parse` answers a :class:`ParsedLine` or a :class:`Reject` whose
 ``reason`` is one of :data:`REJECT_REASONS`:
@@ -28,10 +37,13 @@ $upstream_response_time $host $server_name``. A format needs a time (``$time_loc
   plain-HTTP port (NGINX logs it as ``"\\x16\\x03\\x01..." 400``), other binary garbage,
   a lowercase or missing method. Such lines are rejected, not stored: they name no URL,
   so no item, and the raw line stays in the archive; importers count rejects by reason;
-- ``bad_status``: a status that is not an HTTP status code (100 to 599).
+- ``bad_status``: a status that is not an HTTP status code (100 to 599);
+- ``header``: (W3C) a ``#`` directive such as ``#Fields:``, read but not a request.
 
 Quoted values are unescaped: Apache's ``\\"`` and ``\\\\``, and NGINX's ``\\xHH`` runs
-when they decode to printable UTF-8 (``\\x22`` is ``"``); anything else stays as logged.
+when they decode to printable UTF-8 (``\\x22`` is ``"``); anything else stays as logged,
+but in a request target, where such bytes are percent-encoded (``/caf%E9``), as
+:func:`decode_line` does with raw bytes that are not UTF-8.
 A request line may lack the HTTP version (``GET /``). ``-`` means "none" everywhere.
 
 :func:`build_log_document` turns a :class:`ParsedLine` into a :class:`Document` of
@@ -48,24 +60,29 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from functools import lru_cache
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from functools import lru_cache, partial
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import orjson
 
 from metronome.events.document import Document, FrozenDict, format_timestamp, parse_iso
-from metronome.events.enrich import client_address, user_agent_fields
 from metronome.events.enrich import referrer_keys as _referrer_keys
+from metronome.events.enrich import user_agent_fields
 from metronome.events.fields import DEFAULT_SITE
 from metronome.events.geo import country_iso_code
 from metronome.events.visitor import VisitorIds
+from metronome.logs.addresses import Client, resolve_client
 from metronome.logs.rules import Match, UrlRules
 
 __all__ = [
     "FORMATS",
     "REJECT_REASONS",
+    "decode_line",
+    "local_ms",
+    "split_request",
+    "text_parser",
     "FormatError",
     "LineParser",
     "ParsedLine",
@@ -88,7 +105,15 @@ FORMATS: dict[str, str] = {
 }
 """The named text formats, as NGINX ``log_format`` strings (``json`` is named too)."""
 
-REJECT_REASONS = ("empty", "no_match", "bad_json", "bad_time", "bad_request_line", "bad_status")
+REJECT_REASONS = (
+    "empty",
+    "no_match",
+    "bad_json",
+    "bad_time",
+    "bad_request_line",
+    "bad_status",
+    "header",
+)
 
 _MAX_SHOWN = 120  # characters of a line quoted in a reject message
 _NONE = frozenset({"", "-"})
@@ -123,16 +148,17 @@ class ParsedLine(NamedTuple):
     method: str
     target: str
     protocol: str | None
-    status: int
+    status: int | None
     body_bytes: int | None
     referrer: str | None
     user_agent: str | None
     forwarded_for: str | None
     request_time: float | None
     host: str | None
+    server_port: int | None = None
 
 
-# ParsedLine(...) goes through a generated Python __new__ with 16 keyword-capable
+# ParsedLine(...) goes through a generated Python __new__ with 17 keyword-capable
 # parameters; the text parser makes the same instance from a tuple display in one C call.
 _new_parsed = tuple.__new__
 
@@ -165,20 +191,27 @@ class _Memo(dict[Any, Any]):
     """``memo[key]`` is ``function(key)``, computed once: a bounded cache for the per-line
     lookups (times, request lines, clients, referrers, user agents).
 
-    It is emptied whenever it holds ``maxsize`` answers, so memory stays flat however many
-    distinct keys go by. A hit is one dict lookup: no recency list to update, as
+    It is emptied whenever it holds ``maxsize`` answers, and a text key longer than
+    ``max_key_chars`` is answered without being kept, so memory stays flat (at most
+    ``maxsize`` keys of at most ``max_key_chars`` each) however many distinct or long keys
+    a log holds. A hit is one dict lookup: no recency list to update, as
     :func:`functools.lru_cache` does, which shows at 100,000 lines a second.
     """
 
-    __slots__ = ("_function", "_maxsize")
+    __slots__ = ("_function", "_max_key_chars", "_maxsize")
 
-    def __init__(self, function: Callable[[Any], Any], maxsize: int) -> None:
+    def __init__(
+        self, function: Callable[[Any], Any], maxsize: int, max_key_chars: int = 2048
+    ) -> None:
         super().__init__()
         self._function = function
         self._maxsize = maxsize
+        self._max_key_chars = max_key_chars
 
     def __missing__(self, key: Any) -> Any:
         value = self._function(key)
+        if key.__class__ is str and len(key) > self._max_key_chars:
+            return value
         if len(self) >= self._maxsize:
             self.clear()
         self[key] = value
@@ -201,6 +234,24 @@ def _unescape_one(match: re.Match[str]) -> str:
     except ValueError:
         return run
     return text if text.isprintable() else run
+
+
+_SURROGATES = re.compile("[\udc80-\udcff]+")
+_HEX_ESCAPE = re.compile(r"\\x([0-9A-Fa-f]{2})")
+
+
+def _percent(match: re.Match[str]) -> str:
+    return "".join(f"%{ord(char) - 0xDC00:02X}" for char in match.group(0))
+
+
+def decode_line(raw: bytes) -> str:
+    """The text of a line's bytes: UTF-8, with any byte that is not (Latin-1 or Big5 in a
+    URL) percent-encoded (``\xe9`` -> ``%E9``), so no line is rejected for its encoding and
+    the bytes stay recoverable."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _SURROGATES.sub(_percent, raw.decode("utf-8", "surrogateescape"))
 
 
 def _unescape(value: str) -> str:
@@ -251,6 +302,37 @@ def _time_local_ms(text: str) -> int | None:
     seconds = int(moment.timestamp())
     millis = int((fraction or "0").ljust(3, "0")[:3])
     return _valid_ms(seconds * 1000 + millis)
+
+
+def _time_nooffset_ms(text: str, tz: tzinfo) -> int | None:
+    """``06/Feb/2009:12:14:14.655`` (HAProxy: no offset) read in ``tz``, as epoch ms."""
+    found = _TIME_LOCAL.fullmatch(text + " +0000")
+    if found is None or found.group(2) not in _MONTHS:
+        return None
+    day, month, year, hour, minute, second, fraction = found.groups()[:7]
+    return local_ms(
+        int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second), fraction, tz
+    )
+
+
+def local_ms(
+    year: int,
+    month: int,
+    day: int,
+    hour: int,
+    minute: int,
+    second: int,
+    fraction: str | None,
+    tz: tzinfo,
+) -> int | None:
+    """A wall-clock time logged without an offset, read in ``tz``, as epoch ms (or None
+    when it is no date, or before 1970)."""
+    try:
+        moment = datetime(year, month, day, hour, minute, second, tzinfo=tz)
+    except ValueError:
+        return None
+    millis = int((fraction or "0").ljust(3, "0")[:3])
+    return _valid_ms(int(moment.timestamp()) * 1000 + millis)
 
 
 def _iso_ms(text: str) -> int | None:
@@ -322,6 +404,12 @@ def _split_request(request: str) -> tuple[str, str, str | None] | None:
 _REQUESTS = _Memo(_split_request, 16_384)
 
 
+def split_request(request: str) -> tuple[str, str, str | None] | None:
+    """``(method, target, protocol or None)`` of a request line, or None if it is none
+    (cached, bounded)."""
+    return _REQUESTS[request]  # type: ignore[no-any-return]
+
+
 def _target_parts(target: str) -> tuple[str | None, str | None, str | None]:
     """``(domain, path, query)`` of a request target; each None when it has none.
 
@@ -341,9 +429,15 @@ def _target_parts(target: str) -> tuple[str | None, str | None, str | None]:
     return None, None, None
 
 
-@lru_cache(maxsize=1024)
 def _domain(host: str | None) -> str | None:
-    """``$host`` as ``url.domain``: lowercased, no port or trailing dot; ``_`` is none."""
+    """``$host`` as ``url.domain``: lowercased, no port or trailing dot; ``_`` is none
+    (cached for host names up to 255 characters, as DNS has them)."""
+    if host is not None and len(host) > 255:
+        return _domain_of(host)
+    return _domain_of_cached(host)
+
+
+def _domain_of(host: str | None) -> str | None:
     if not host:
         return None
     if host.startswith("["):  # [v6]:port
@@ -352,6 +446,18 @@ def _domain(host: str | None) -> str | None:
         host = host.partition(":")[0]
     host = host.lower().rstrip(".")
     return host if host and host not in ("-", "_") else None
+
+
+_domain_of_cached = lru_cache(maxsize=1024)(_domain_of)
+
+
+def _host_port(host: str) -> int | None:
+    """The port of a ``host:port`` (or ``[v6]:port``) as logged, or None."""
+    _, colon, digits = host.rpartition(":")
+    if not colon or not digits.isdigit() or (host.count(":") > 1 and "]" not in host):
+        return None
+    port = int(digits)
+    return port if port <= 65535 else None
 
 
 def _number(value: str | None) -> int | None:
@@ -368,18 +474,60 @@ _VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 _QUOTED = r'[^"\\]*(?:\\.[^"\\]*)*'
 _BRACKETED = r"[^\]]*"
 _TOKEN = r"\S+"
-_NUMBER_OR_DASH = r"\d+|-"
+_NUMBER_OR_DASH = r"\+?\d+|-"  # HAProxy writes +2750 for a size counted when cut short
 _SECONDS_OR_DASH = r"\d+(?:\.\d+)?|-"
 _UNQUOTED = {  # variables whose values may hold spaces even without quotes around them
     "time_local": r"\S+ \S+",
     "request": r"\S+(?: \S+){0,2}",
     "upstream_response_time": r"\S+(?:(?:, | : )\S+)*",
+    # a client, or an X-Forwarded-For list written where the client goes (10.0.0.2, 10.0.0.1)
+    "remote_addr": r'"[^"]*"|[^\s,"]+(?:, *[^\s,"]+)*',
+    "http_x_forwarded_for": r'[^\s,"]+(?:, *[^\s,"]+)*',
 }
 _TYPED = {  # in every context
     "body_bytes_sent": _NUMBER_OR_DASH,
     "bytes_sent": _NUMBER_OR_DASH,
     "request_time": _SECONDS_OR_DASH,
+    "server_port": r"\d{1,5}|-",
+    # Metronome's own variables, for the formats of other servers (metronome.logs.formats)
+    "time_nooffset": r"\d{1,2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?",
+    "request_time_ms": r"\d+|-",  # milliseconds (S3 total time)
+    "request_time_s": r"\d+|-",  # whole seconds (Icecast's time connected)
+    "request_time_frac": r"\d+\.\d{3}|-",  # NGINX's $request_time, always with its ms
+    "request_time_msunit": r"\d+ms",  # Traefik's CLF: 12ms
+    "request_time_us": r"\d+|-",  # microseconds (Apache %D)
+    "elb_times": r"-?\d+(?:\.\d+)? -?\d+(?:\.\d+)? -?\d+(?:\.\d+)?",  # three parts, s
+    "haproxy_times": r"(?:\+?-?\d+/){2,5}\+?-?\d+",  # .../Tt in ms, the last the total
+    "syslog": r"(?:(?:[A-Z][a-z]{2} +\d{1,2} \d{2}:\d{2}:\d{2}|\d{4}-\d{2}-\d{2}T\S+)"
+    r" \S+ [^\s:]+(?:\[\d+\])?: )?",
+    "haproxy_captures": r"(?: \{[^}]*\})*",
+    "rest": r"(?: .*)?",  # more fields after the known ones, ignored
 }
+_DURATIONS: dict[str, Callable[[str], float | None]] = {
+    "request_time": float,
+    "request_time_ms": lambda text: int(text) / 1000,
+    "request_time_s": float,
+    "request_time_frac": float,
+    "request_time_msunit": lambda text: int(text[:-2]) / 1000,
+    "request_time_us": lambda text: int(text) / 1_000_000,
+    "elb_times": lambda text: _elb_seconds(text),
+    "haproxy_times": lambda text: _haproxy_seconds(text),
+}
+"""How each duration variable's text becomes seconds (None: not measured)."""
+
+
+def _elb_seconds(text: str) -> float | None:
+    """ELB's request, backend and response processing times (-1: not forwarded), summed."""
+    parts = [float(part) for part in text.split(" ")]
+    return None if min(parts) < 0 else sum(parts)
+
+
+def _haproxy_seconds(text: str) -> float | None:
+    """HAProxy's ``Tq/Tw/Tc/Tr/Tt``: the last is the total in ms (-1: aborted)."""
+    total = int(text.rpartition("/")[2].lstrip("+"))
+    return None if total < 0 else total / 1000
+
+
 KNOWN_VARIABLES = frozenset(
     {
         "remote_addr",
@@ -402,6 +550,8 @@ KNOWN_VARIABLES = frozenset(
         "upstream_response_time",
         "host",
         "server_name",
+        "server_port",
+        *(name for name in _TYPED if name not in ("syslog", "haproxy_captures", "rest")),
     }
 )
 # what a line's parts are read from, in order (the first variable a format has wins)
@@ -416,13 +566,15 @@ _SLOTS: tuple[tuple[str, ...], ...] = (
     ("http_referer",),
     ("http_user_agent",),
     ("http_x_forwarded_for",),
-    ("request_time",),
+    tuple(_DURATIONS),
     ("host", "server_name"),
+    ("server_port",),
 )
 _TIMES: tuple[tuple[str, _Memo], ...] = (
     ("time_local", _TIME_LOCAL_MS),
     ("time_iso8601", _ISO_MS),
     ("msec", _MSEC_MS),
+    ("time_nooffset", _TIME_LOCAL_MS),  # replaced per parser by one in its time zone
 )
 _EMPTY_GROUP = "__none"
 
@@ -453,7 +605,9 @@ def _variable_pattern(name: str, before: str, after: str) -> str:
 class _TextParser(LineParser):
     """One precompiled regex; the parts it captures are read in one ``group()`` call."""
 
-    def __init__(self, name: str, log_format: str) -> None:
+    def __init__(
+        self, name: str, log_format: str, tz: tzinfo = UTC, *, require_status: bool = True
+    ) -> None:
         self.name = name
         self.log_format = log_format
         pieces = _VARIABLE.split(log_format)  # literal, braced, bare, literal, ...
@@ -461,9 +615,8 @@ class _TextParser(LineParser):
         names = [braced or bare for braced, bare in zip(pieces[1::3], pieces[2::3], strict=True)]
         if not names:
             raise FormatError(
-                f"unknown log format {log_format!r}: not one of"
-                f" {', '.join([*FORMATS, 'json'])}, nor an NGINX log_format"
-                " with $variables"
+                f"unknown log format {log_format!r}: not a format name (metronome import"
+                " --help lists them), nor an NGINX log_format with $variables"
             )
         present = set(names)
         time_var = next((t for t in _TIMES if t[0] in present), None)
@@ -474,7 +627,7 @@ class _TextParser(LineParser):
             "request_method" in present and present & {"request_uri", "uri"}
         ):
             missing.append("the request ($request, or $request_method and $request_uri)")
-        if "status" not in present:
+        if "status" not in present and require_status:
             missing.append("$status")
         if missing:
             raise FormatError(f"log format {log_format!r} lacks {' and '.join(missing)}")
@@ -503,8 +656,13 @@ class _TextParser(LineParser):
             return next((index[c] for c in candidates if c in index), index[_EMPTY_GROUP])
 
         self._times = time_var[1]
+        if time_var[0] == "time_nooffset":  # offset-less times are read in the given zone
+            self._times = _Memo(partial(_time_nooffset_ms, tz=tz), 8192)
         self._groups = (index[time_var[0]], *(slot(s) for s in _SLOTS))
         self._whole_request = "request" in index
+        self._has_status = "status" in index
+        duration = next((d for d in _DURATIONS if d in index), "request_time")
+        self._duration = _DURATIONS[duration]
 
     def parse(self, line: str) -> ParsedLine | Reject:
         text = line.rstrip("\r\n")
@@ -527,6 +685,7 @@ class _TextParser(LineParser):
             forwarded,
             request_time,
             host,
+            port,
         ) = found.group(*self._groups)
         timestamp_ms = self._times[time_text]
         if timestamp_ms is None:
@@ -539,13 +698,16 @@ class _TextParser(LineParser):
             request = _unescape(request)
         split = _REQUESTS[request]
         if split is None:
-            return Reject(
-                "bad_request_line", f"not an HTTP request line (status {status}): {_shown(request)}"
-            )
+            return Reject("bad_request_line", _no_request(request, status))
         method, target, protocol = split
-        code = _STATUS.get(status)
-        if code is None:
-            return Reject("bad_status", f"not an HTTP status code: {_shown(status)}")
+        if "\\x" in target:  # NGINX's escapes of bytes that are not UTF-8: %-encoded
+            target = _HEX_ESCAPE.sub(r"%\1", target)
+        if self._has_status:
+            code = _STATUS.get(status)
+            if code is None:
+                return Reject("bad_status", f"not an HTTP status code: {_shown(status)}")
+        else:
+            code = None
         if referrer in _NONE:
             referrer = None
         elif "\\" in referrer:
@@ -560,7 +722,7 @@ class _TextParser(LineParser):
                 text,
                 timestamp_ms,
                 time_text,
-                None if addr in _NONE else addr,
+                None if addr in _NONE else addr.strip('"'),
                 None if user in _NONE else user,
                 request,
                 method,
@@ -571,10 +733,33 @@ class _TextParser(LineParser):
                 referrer,
                 agent,
                 None if forwarded in _NONE else forwarded,
-                None if request_time in _NONE else float(request_time),
+                None if request_time in _NONE else self._duration(request_time),
                 None if host in _NONE else host,
+                None if port in _NONE else int(port),
             ),
         )
+
+
+def _no_request(request: str, status: str | None) -> str:
+    """The reject message of a request that is none: what it was and what it means."""
+    if request in _NONE:
+        why = "the client sent no request (a timeout or a closed connection)"
+    elif request.startswith(("\\x16\\x03", "\x16\x03")):
+        why = "a TLS handshake sent to a plain-HTTP port"
+    else:
+        why = "not an HTTP request line"
+    shown = f"status {status}" if status else "no status"
+    return f"{why} ({shown}): {_shown(request)}"
+
+
+def text_parser(
+    name: str, log_format: str, *, tz: tzinfo = UTC, require_status: bool = True
+) -> LineParser:
+    """A parser of ``log_format`` (an NGINX ``log_format`` string) called ``name``: times
+    without an offset are read in ``tz``; ``require_status=False`` for formats that log
+    none (Apache mod_ssl's request log). Raises :class:`FormatError` as
+    :func:`compile_format` does."""
+    return _TextParser(name, log_format, tz, require_status=require_status)
 
 
 # --------------------------------------------------------------------------- JSON lines
@@ -598,9 +783,16 @@ _JSON_KEYS = {
 }
 
 
+_SECONDS = re.compile(_SECONDS_OR_DASH)
+
+
 def _json_text(obj: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     for key in keys:
         value = obj.get(key)
+        if value.__class__ is str:  # most values: no isinstance calls
+            if value and value != "-":
+                return value
+            continue
         if value is None or isinstance(value, bool | dict | list):
             continue
         text = value if isinstance(value, str) else str(value)
@@ -609,8 +801,8 @@ def _json_text(obj: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def _json_time(obj: dict[str, Any]) -> tuple[str | None, int | None]:
-    for key in _JSON_KEYS["time"]:
+def _json_time(obj: dict[str, Any], keys: tuple[str, ...]) -> tuple[str | None, int | None]:
+    for key in keys:
         value = obj.get(key)
         if value is None or isinstance(value, bool):
             continue
@@ -633,29 +825,49 @@ def _json_time(obj: dict[str, Any]) -> tuple[str | None, int | None]:
 class _JsonParser(LineParser):
     name = "json"
 
+    def __init__(self) -> None:
+        self._shapes: dict[tuple[str, ...], dict[str, tuple[str, ...]]] = {}
+
+    def _present(self, obj: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+        """Per part, the keys of :data:`_JSON_KEYS` this object has, in their order of
+        preference: worked out once per distinct set of keys (lines of one log share
+        theirs), for at most 64 sets of at most 64 short keys."""
+        shape = tuple(obj)
+        found = self._shapes.get(shape)
+        if found is None:
+            found = {
+                part: tuple(key for key in keys if key in obj) for part, keys in _JSON_KEYS.items()
+            }
+            if len(shape) <= 64 and sum(map(len, shape)) <= 2048:
+                if len(self._shapes) >= 64:
+                    self._shapes.clear()
+                self._shapes[shape] = found
+        return found
+
     def parse(self, line: str) -> ParsedLine | Reject:
         text = line.rstrip("\r\n")
-        if not text.strip():
-            return Reject("empty", "an empty line")
         try:
             obj = orjson.loads(text)
         except orjson.JSONDecodeError:
+            if not text.strip():
+                return Reject("empty", "an empty line")
             return Reject("bad_json", f"not JSON: {_shown(text)}")
         if not isinstance(obj, dict):
             return Reject("bad_json", f"not a JSON object: {_shown(text)}")
-        time_text, timestamp_ms = _json_time(obj)
+        keys = self._present(obj)
+        time_text, timestamp_ms = _json_time(obj, keys["time"])
         if time_text is None or timestamp_ms is None:
             return Reject(
                 "bad_time",
                 f"no time after 1970 under any of {', '.join(_JSON_KEYS['time'])}: {_shown(text)}",
             )
-        request = _json_text(obj, _JSON_KEYS["request"])
+        request = _json_text(obj, keys["request"])
         if request is None:
-            method = _json_text(obj, _JSON_KEYS["method"])
-            uri = _json_text(obj, _JSON_KEYS["uri"])
+            method = _json_text(obj, keys["method"])
+            uri = _json_text(obj, keys["uri"])
             if method and uri:
-                args = _json_text(obj, _JSON_KEYS["args"])
-                protocol = _json_text(obj, _JSON_KEYS["protocol"])
+                args = _json_text(obj, keys["args"])
+                protocol = _json_text(obj, keys["protocol"])
                 request = " ".join(
                     p for p in (method, f"{uri}?{args}" if args else uri, protocol) if p
                 )
@@ -664,40 +876,39 @@ class _JsonParser(LineParser):
         parts = _REQUESTS[request] if request else None
         if request is None or parts is None:
             return Reject("bad_request_line", f"no HTTP request line: {_shown(text)}")
-        status = _json_text(obj, _JSON_KEYS["status"])
+        status = _json_text(obj, keys["status"])
         code = _STATUS.get(status) if status is not None else None
         if code is None:
             return Reject("bad_status", f"no HTTP status code: {_shown(text)}")
-        nbytes = _json_text(obj, _JSON_KEYS["bytes"])
-        request_time = _json_text(obj, _JSON_KEYS["request_time"])
+        nbytes = _json_text(obj, keys["bytes"])
+        request_time = _json_text(obj, keys["request_time"])
         return ParsedLine(
             text,
             timestamp_ms,
             time_text,
-            _json_text(obj, _JSON_KEYS["addr"]),
-            _json_text(obj, _JSON_KEYS["user"]),
+            _json_text(obj, keys["addr"]),
+            _json_text(obj, keys["user"]),
             request,
             parts[0],
             parts[1],
             parts[2],
             code,
             int(nbytes) if nbytes is not None and nbytes.isascii() and nbytes.isdigit() else None,
-            _json_text(obj, _JSON_KEYS["referrer"]),
-            _json_text(obj, _JSON_KEYS["agent"]),
-            _json_text(obj, _JSON_KEYS["forwarded"]),
-            float(request_time)
-            if request_time and re.fullmatch(_SECONDS_OR_DASH, request_time)
-            else None,
-            _json_text(obj, _JSON_KEYS["host"]),
+            _json_text(obj, keys["referrer"]),
+            _json_text(obj, keys["agent"]),
+            _json_text(obj, keys["forwarded"]),
+            float(request_time) if request_time and _SECONDS.fullmatch(request_time) else None,
+            _json_text(obj, keys["host"]),
         )
 
 
-def compile_format(name_or_nginx_log_format: str) -> LineParser:
+def compile_format(name_or_nginx_log_format: str, tz: tzinfo = UTC) -> LineParser:
     """A parser for ``combined``, ``common``, ``main``, ``json`` or an NGINX ``log_format``.
 
     The regex is built once, here; keep the parser and call :meth:`LineParser.parse` per
     line. Raises :class:`FormatError` for an unknown name, or a ``log_format`` without a
-    time, the request or ``$status``.
+    time, the request or ``$status``. Times without an offset are read in ``tz``; all
+    of Metronome's named formats are in :mod:`metronome.logs.formats`.
     """
     text = name_or_nginx_log_format.strip()
     if text.lower() == "json":
@@ -705,7 +916,7 @@ def compile_format(name_or_nginx_log_format: str) -> LineParser:
     if text.lower() in FORMATS:
         return _TextParser(text.lower(), FORMATS[text.lower()])
     log_format = _unwrap_directive(text)
-    return _TextParser("log_format", log_format)
+    return _TextParser("log_format", log_format, tz)
 
 
 # --------------------------------------------------------------------------- documents
@@ -718,6 +929,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # FrozenDicts (as ticks' user_agent objects are).
 
 _TARGETS_MAX = 65_536
+_MAX_CACHED_KEY_CHARS = 2048
 _targets: dict[str, tuple[UrlRules, FrozenDict, str | None, FrozenDict | None]] = {}
 
 
@@ -740,6 +952,8 @@ def _target_fields(
     if query is not None:
         url["query"] = query
     entry = (rules, FrozenDict(url), action, item)
+    if len(target) > _MAX_CACHED_KEY_CHARS:  # a long target is built each time, never kept
+        return entry
     if len(_targets) >= _TARGETS_MAX:
         _targets.clear()
     _targets[target] = entry
@@ -770,24 +984,29 @@ def _agent(user_agent: str) -> tuple[FrozenDict, bool]:
     return user_agent_fields(user_agent[:_UA_PARSE_CHARS], user_agent[:_UA_STORE_CHARS])
 
 
-@lru_cache(maxsize=65536)
-def _client_fields(address: str) -> tuple[FrozenDict, FrozenDict | None]:
-    """``(source object, client object or None)`` of a client address (as
-    :func:`client_address` answers it): ``{"ip": ...}`` and ``{"geo":
-    {"country_iso_code": ...}}`` from the bundled offline database."""
-    country = country_iso_code(address)
-    client = None if country is None else FrozenDict(geo=FrozenDict(country_iso_code=country))
-    return FrozenDict(ip=address), client
+def _client_parts(client: Client) -> tuple[FrozenDict, FrozenDict | None]:
+    """``(source object, client object or None)`` of a client: ``{"address", "ip",
+    "port"}`` (those it has) and ``{"geo": {"country_iso_code": ...}}`` from the bundled
+    offline database."""
+    source: dict[str, Any] = {"address": client.address}
+    if client.ip is not None:
+        source["ip"] = client.ip
+    if client.port is not None:
+        source["port"] = client.port
+    country = None if client.ip is None else country_iso_code(client.ip)
+    geo = None if country is None else FrozenDict(geo=FrozenDict(country_iso_code=country))
+    return FrozenDict(source), geo
 
 
 _NO_CLIENT: tuple[None, None] = (None, None)
+_MAX_CACHED_REMOTE = 64  # longer client fields (forwarded lists) are not cached
 
 
 def _remote_fields(remote_addr: str) -> tuple[FrozenDict | None, FrozenDict | None]:
-    """``(source object, client object)`` of ``$remote_addr`` as logged (no proxies);
-    both None when it is not an address."""
-    address = client_address(remote_addr, None, ())
-    return _NO_CLIENT if address is None else _client_fields(address)
+    """``(source object, client object)`` of a client field holding one address (no
+    proxies); both None when it names no client."""
+    client = resolve_client(remote_addr, None, ())
+    return _NO_CLIENT if client is None else _client_parts(client)
 
 
 def _site(site_id: str) -> FrozenDict:
@@ -863,6 +1082,7 @@ def build_log_document(
         forwarded_for,
         request_time,
         host,
+        server_port,
     ) = parsed
     timestamp, id_prefix = _TIME_KEYS[timestamp_ms]
     if source_id is not None and offset is not None:
@@ -879,8 +1099,8 @@ def build_log_document(
     if entry is None or entry[0] is not rules:
         entry = _target_fields(target, rules)
     _, url, action, item = entry
-    if status not in rules.like_200 and "path" in url:  # rules take 2xx and 304 unless told
-        action, item = _action_item(rules.match(url["path"], status))
+    if status not in rules.like_200 and status is not None and "path" in url:
+        action, item = _action_item(rules.match(url["path"], status))  # 2xx, 304 unless told
     if referrer is None:
         request = _GET if method == "GET" else {"method": method}
         referrer_object = None
@@ -888,16 +1108,16 @@ def build_log_document(
         request, referrer_object = _REFERRERS[referrer]
         if method != "GET":
             request = {"method": method, "referrer": referrer}
-    response: dict[str, Any] = (
-        {"status_code": status}
-        if body_bytes is None
-        else {"status_code": status, "body": {"bytes": body_bytes}}
-    )
+    response: dict[str, Any] = {} if status is None else {"status_code": status}
+    if body_bytes is not None:
+        response["body"] = {"bytes": body_bytes}
     http: dict[str, Any] = (
         {"request": request, "response": response}
         if protocol is None
         else {"request": request, "response": response, "version": protocol[5:]}
     )
+    if not response:  # a format that logs neither status nor size (mod_ssl's, RTMP)
+        del http["response"]
     source: dict[str, Any] = {
         "@timestamp": timestamp,
         "@version": "1",
@@ -910,18 +1130,40 @@ def build_log_document(
     if action is not None:
         event["action"] = action
         source["item"] = item
-    if host is not None and "domain" not in url:
-        domain = _domain(host)
-        if domain is not None:
-            source["url"] = {**url, "domain": domain}
+    if host is not None:
+        if "domain" not in url:
+            domain = _domain(host)
+            if domain is not None:
+                source["url"] = {**url, "domain": domain}
+        if server_port is None:
+            server_port = _host_port(host)
+    if server_port is not None:
+        source["destination"] = {"port": server_port}
     if request_time is not None:
         event["duration"] = round(request_time * 1_000_000_000)
     if remote_addr is not None:
-        if forwarded_for is None or not trusted_proxies:
+        if (
+            forwarded_for is None
+            and len(remote_addr) <= _MAX_CACHED_REMOTE
+            and "," not in remote_addr
+        ):
+            port = None
+            head, colon, digits = remote_addr.rpartition(":")
+            if (
+                colon
+                and digits.isdigit()
+                and len(digits) <= 5
+                and (":" not in head or (head[0] == "[" and head[-1] == "]"))
+            ):  # v4:port, name:port, [v6]:port: cached per address, not per connection
+                remote_addr, port = head, int(digits)
             address, client = _REMOTES[remote_addr]
-        else:
-            ip = client_address(remote_addr, forwarded_for, trusted_proxies)
-            address, client = _NO_CLIENT if ip is None else _client_fields(ip)
+            if port is not None and port <= 65535 and address is not None:
+                address = {**address, "port": port}
+        else:  # forwarded lists are not cached: a client writes them
+            chosen = resolve_client(remote_addr, forwarded_for, trusted_proxies)
+            address, client = _NO_CLIENT if chosen is None else _client_parts(chosen)
+            if chosen is not None and chosen.related:
+                source["related"] = {"ip": list(chosen.related)}
         if address is not None:
             source["source"] = address
             if client is not None:
@@ -931,7 +1173,9 @@ def build_log_document(
     if user_agent is not None:
         source["user_agent"], source["bot"] = _AGENTS[user_agent]
     if visitors is not None and "source" in source:
-        visitor = visitors.visitor_id(timestamp_ms, source["source"]["ip"], user_agent, site_id)
+        client_source = source["source"]  # a host name when the log has no address
+        visitor_key = client_source.get("ip") or client_source["address"]
+        visitor = visitors.visitor_id(timestamp_ms, visitor_key, user_agent, site_id)
         if visitor is not None:
             source["visitor"] = {"id": visitor}
     return Document(id=event_id, timestamp_ms=timestamp_ms, dataset=DATASET, source=source)

@@ -24,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import gzip
+import itertools
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,10 @@ from metronome.errors import SpoolFull
 from metronome.events.document import Document
 from metronome.logs.archive import Archiver, make_client, read_lines, restore_keys
 from metronome.logs.follow import Follower, Position, PositionFile
+from metronome.logs.formats import AUTO, Detection, UnknownFormat, compile_format, detect
+from metronome.logs.formats.detect import SAMPLE_LINES
 from metronome.logs.ingest import LineConverter, Summary, open_lines
-from metronome.logs.parse import Reject
+from metronome.logs.parse import LineParser, Reject
 from metronome.pipeline.records import encode_many
 from metronome.pipeline.shipper import Shipper
 from metronome.pipeline.spool import SpoolWriter, spool_dir
@@ -100,14 +103,45 @@ async def _into_store(
 
 
 async def import_files(
-    settings: Settings, paths: Iterable[str], *, progress: Callable[[int], None] | None = None
+    settings: Settings,
+    paths: Iterable[str],
+    *,
+    progress: Callable[[int], None] | None = None,
+    on_detect: Callable[[str, Detection], None] | None = None,
 ) -> Summary:
-    """Parse history files and store their lines in bulk; see the module docstring."""
+    """Parse history files and store their lines in bulk; see the module docstring.
+
+    With ``METRONOME_LOG_FORMAT=auto`` (the default) each file's format is recognised from
+    its first lines (``on_detect`` hears which and why) before any line is stored: a file
+    that is not an access log raises :class:`~metronome.logs.formats.UnknownFormat`
+    naming it, and nothing is imported."""
+    paths = list(paths)
+    auto = settings.log_format.strip().lower() == AUTO
+    detections: dict[str, Detection | None] = {}
+    if auto:
+        for path in paths:
+            if path != "-":
+                detections[path] = _detect(path, _head(path, settings.max_line_bytes), settings)
     received_ms = int(time.time() * 1000)
     async with _into_store(settings, progress) as (converter, target):
         for path in paths:
             try:
-                for number, text in open_lines(path, settings.max_line_bytes):
+                lines: Iterator[tuple[int, str | None]] = open_lines(path, settings.max_line_bytes)
+                if auto:
+                    if path == "-":
+                        head = list(itertools.islice(lines, SAMPLE_LINES))
+                        detections[path] = _detect(
+                            path, [t for _, t in head if t is not None], settings
+                        )
+                        lines = itertools.chain(head, lines)
+                    detection = detections[path]
+                    if detection is None:  # an empty file
+                        converter.use(compile_format(AUTO, settings.log_tz))
+                    else:
+                        converter.use(detection.parser)
+                        if on_detect is not None:
+                            on_detect(path, detection)
+                for number, text in lines:
                     if text is None:
                         converter.too_long(path, number, identity=f"\0{path}\0{number}")
                         continue
@@ -116,10 +150,33 @@ async def import_files(
                         converter.reject(parsed, text, path, number, identity=f"{text}\0{number}")
                         continue
                     await target.add(converter.document(parsed, text, number, received_ms))
-            except (EOFError, gzip.BadGzipFile) as exc:  # a damaged or cut .gz file
+            except (EOFError, gzip.BadGzipFile) as exc:  # a damaged or cut compressed file
                 await target.flush()  # what was read before stays imported
-                raise OSError(errno.EIO, f"damaged gzip file ({exc})", path) from exc
+                message = (
+                    str(exc) if str(exc).startswith("damaged") else f"damaged gzip file ({exc})"
+                )
+                raise OSError(errno.EIO, message, path) from exc
     return converter.summary
+
+
+def _head(path: str, max_line_bytes: int) -> list[str]:
+    """The first lines of a file, to recognise its format from (over-long ones left out)."""
+    try:
+        head = itertools.islice(open_lines(path, max_line_bytes), SAMPLE_LINES)
+        return [text for _, text in head if text is not None]
+    except (EOFError, gzip.BadGzipFile) as exc:
+        message = str(exc) if str(exc).startswith("damaged") else f"damaged gzip file ({exc})"
+        raise OSError(errno.EIO, message, path) from exc
+
+
+def _detect(path: str, head: list[str], settings: Settings) -> Detection | None:
+    """The format of a file from its first lines (None when it has none yet)."""
+    if not any(line.strip() for line in head):
+        return None
+    try:
+        return detect(head, settings.log_tz)
+    except UnknownFormat as exc:
+        raise UnknownFormat(f"{path}: {exc}") from None
 
 
 def check_readable(path: str) -> None:
@@ -160,10 +217,27 @@ async def ship_files(
     from_end: bool = False,
     poll_s: float = 0.25,
     on_batch: Callable[[Summary], None] | None = None,
+    on_detect: Callable[[str, Detection], None] | None = None,
 ) -> Summary:
-    """Follow ``paths`` until ``stop``: spool their lines, archive them, save positions."""
+    """Follow ``paths`` until ``stop``: spool their lines, archive them, save positions.
+
+    With ``METRONOME_LOG_FORMAT=auto`` each file that has lines already has its format
+    recognised from them first (``on_detect`` hears which; a file that is not an access
+    log raises :class:`~metronome.logs.formats.UnknownFormat` before anything is
+    spooled); each file keeps its own parser, which goes on recognising line by line."""
 
     converter = LineConverter(settings)
+    parsers: dict[str, LineParser] = {}
+    if settings.log_format.strip().lower() == AUTO:
+        for path in paths:
+            head = _head(str(path), settings.max_line_bytes) if path.is_file() else []
+            detection = _detect(str(path), head, settings)
+            if detection is not None:
+                parsers[str(path)] = detection.parser
+                if on_detect is not None:
+                    on_detect(str(path), detection)
+            else:  # nothing to recognise yet: the first lines will say
+                parsers[str(path)] = compile_format(AUTO, settings.log_tz)
     positions = PositionFile(Path(settings.data_dir) / "ship-positions.json")
     saved = positions.load()
     followers = {
@@ -192,10 +266,12 @@ async def ship_files(
     try:
         while True:
             moved = 0
-            for follower in followers.values():
+            for name, follower in followers.items():
                 lines = follower.read()
                 if not lines:
                     continue
+                if name in parsers:
+                    converter.use(parsers[name])
                 received_ms = int(time.time() * 1000)
                 documents = []
                 for line in lines:
