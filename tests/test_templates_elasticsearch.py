@@ -43,10 +43,12 @@ def test_templates_install_is_idempotent_and_follows_file_changes(
                 "base-mappings",
                 "logs-mappings",
                 "metrics-mappings",
+                "rollups-mappings",  # telemetry rollups (issue 19)
                 "settings",
                 "ticks-mappings",
                 "logs",
                 "metrics",
+                "rollups",
                 "ticks",
             )
         ]
