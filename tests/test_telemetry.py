@@ -60,7 +60,7 @@ def telemetry(
                 "--rollup",
                 "storage_capacity every 1h sum,min,max,last",
                 "--rollup",
-                "enabled_feature every 1h sum,max by instance_uuid,app_version",
+                "enabled_feature every 1h sum,max,last by instance_uuid,app_version",
             ),
         ):
             done = backend.server.run_cli("apps", "create", *args)
@@ -737,6 +737,20 @@ ROLLED_QUERIES: list[dict[str, Any]] = [
         "filters": [["is", "metric.name", ["enabled_feature"]]],
     },
     {
+        "metrics": [{"last_sum": "fields.value"}, "instances"],
+        "dimensions": ["time:day"],
+        "filters": [["is", "metric.name", ["storage_capacity"]]],
+    },
+    {
+        "metrics": [
+            "instances",
+            {"last_avg": "fields.node_selector"},
+            {"last_avg": "fields.data_locality"},
+        ],
+        "dimensions": ["tags.app_version"],
+        "filters": [["is", "metric.name", ["enabled_feature"]]],
+    },
+    {
         "range": {"from": "2026-11-03", "to": "2026-11-03"},
         "compare": "previous_period",
         "metrics": ["events", {"sum": "fields.value"}],
@@ -801,7 +815,7 @@ def test_a_query_a_rollup_cannot_answer_reads_raw_points(telemetry: Backend) -> 
     for extra in (
         {"metrics": [{"avg": "fields.value"}]},  # avg is not kept
         {"dimensions": ["tags.app_version"]},  # storage keeps only the instance tag
-        {"metrics": [{"last_sum": "fields.value"}]},
+        {"metrics": [{"p95": "fields.value"}]},  # percentiles need every value
     ):
         body = {**ROLLED_QUERIES[0], **extra}
         rolled, raw = _both(telemetry, body)

@@ -44,11 +44,13 @@ def test_templates_install_is_idempotent_and_follows_file_changes(
                 "insights-mappings",
                 "logs-mappings",
                 "metrics-mappings",
+                "rollups-mappings",  # telemetry rollups (issue 19)
                 "settings",
                 "ticks-mappings",
                 "insights",
                 "logs",
                 "metrics",
+                "rollups",
                 "ticks",
             )
         ]

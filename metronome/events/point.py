@@ -273,12 +273,16 @@ def rollup_document(
     tags: Mapping[str, str],
     count: int,
     stats: Mapping[str, Mapping[str, float]],
+    last_ms: int | None = None,
 ) -> Document:
     """One rollup document (dataset ``rollups``): ``stats`` maps ``sum``, ``min``, ``max``
-    and ``last`` to ``{field: value}``; sums go under ``fields`` like points' values."""
+    and ``last`` to ``{field: value}``; sums go under ``fields`` like points' values. Its
+    time is its last point's (``last_ms``, inside the bucket), so the latest rollup of an
+    instance holds its last value, as its latest point does."""
     event_id = rollup_id(app, metric, interval, bucket_ms, {"site": site_id, **tags})
+    at_ms = bucket_ms if last_ms is None else last_ms
     source: dict[str, Any] = {
-        F.TIMESTAMP: format_timestamp(bucket_ms),
+        F.TIMESTAMP: format_timestamp(at_ms),
         F.VERSION: "1",
         "event": {"id": event_id, "dataset": "metronome." + F.ROLLUP_DATASET},
         F.APP: app,
@@ -292,4 +296,4 @@ def rollup_document(
     for stat, name in F.ROLLUP_STAT_OBJECTS.items():
         if stats.get(stat):
             source[name] = dict(stats[stat])
-    return Document(event_id, bucket_ms, F.ROLLUP_DATASET, source)
+    return Document(event_id, at_ms, F.ROLLUP_DATASET, source)

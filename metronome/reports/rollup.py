@@ -13,7 +13,9 @@ field (:func:`~metronome.events.point.rollup_document`). Both directions are ord
   gives the same answer: one app and metric, only kept tags (and site) in dimensions and
   filters, time buckets and range on the rollup's bucket edges and already rolled, and
   metrics the rollup keeps (``events``, ``sum``/``min``/``max`` of fields it keeps, distinct
-  counts of kept tags). Anything else is answered from raw points, as before.
+  counts of kept tags, ``last_sum``/``last_avg`` by a kept instance tag when it keeps
+  ``last``: each rollup document is stamped with its last point's time). Anything else is
+  answered from raw points, as before.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from metronome.events import fields as F
-from metronome.events.document import Document, format_timestamp
+from metronome.events.document import Document, format_timestamp, parse_iso_ms
 from metronome.events.point import rollup_document
 from metronome.reports.query import Query
 from metronome.reports.timebuckets import EARLIEST_MS, bucket_starts, parse_zone
@@ -121,6 +123,7 @@ def roll_query(
         if "last" in source.stats:
             # the last value of the group: "instance" is the metric name, the same for all
             metrics.append(MetricSpec(f"last:{name}", "last_sum", ref, instance=_METRIC))
+    metrics.append(MetricSpec("at", "max", FieldRef(F.TIMESTAMP, "date")))  # the last point
     starts = tuple(bucket_starts(start_ms, end_ms, source.interval, parse_zone("tz", "UTC")))  # type: ignore[arg-type]
     return GroupQuery(
         datasets=(F.POINT_DATASET,),
@@ -178,7 +181,11 @@ def rollup_documents(
         tags = {t: v for t, v in zip(source.tags, keys[2:], strict=True) if v is not None}
         stats: dict[str, dict[str, float]] = {"sum": {}, "min": {}, "max": {}, "last": {}}
         present: set[str] = set()
-        for name, value in zip(names[1:], values[1:], strict=True):
+        last = values[-1]  # "at": ISO text (SQL) or epoch ms (Elasticsearch)
+        last_ms = parse_iso_ms(last) if isinstance(last, str) else None
+        if last_ms is None and isinstance(last, int | float):
+            last_ms = int(last)
+        for name, value in zip(names[1:-1], values[1:-1], strict=True):
             stat, _, field = name.partition(":")
             if stat == "min" and value is not None:
                 present.add(field)
@@ -201,6 +208,7 @@ def rollup_documents(
                     "max": stats["max"],
                     "last": stats["last"],
                 },
+                last_ms=last_ms,
             )
         )
     return documents
@@ -246,6 +254,11 @@ def _metric(metric: MetricSpec, source: RollupSource, kept: set[str]) -> MetricS
     field = ref.name.removeprefix("fields.")
     if metric.kind == "sum" and ("sum" in source.stats or "avg" in source.stats):
         return metric
+    if metric.kind in ("last_sum", "last_avg") and "last" in source.stats:
+        if metric.instance is None or metric.instance.name not in kept:
+            return None
+        stored = FieldRef(f"{F.ROLLUP_STAT_OBJECTS['last']}.{field}", "number")
+        return MetricSpec(metric.name, metric.kind, stored, instance=metric.instance)
     if metric.kind in ("min", "max") and metric.kind in source.stats:
         stored = FieldRef(f"{F.ROLLUP_STAT_OBJECTS[metric.kind]}.{field}", "number")
         return MetricSpec(metric.name, metric.kind, stored)
