@@ -19,7 +19,13 @@ BAD = 'not a log line from 81.2.69.160 and 2001:db8:abcd:12::7 at 10:00:00 "GET 
 def _cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [sys.executable, "-m", "metronome", *args],
-        env={**os.environ, "METRONOME_DATA_DIR": str(tmp_path / "data"), **env},
+        env={
+            **os.environ,
+            "METRONOME_DATA_DIR": str(tmp_path / "data"),
+            # named: a file of lines no format reads is refused whole when recognised
+            "METRONOME_LOG_FORMAT": "combined",
+            **env,
+        },
         capture_output=True,
         text=True,
         timeout=120,
