@@ -39,11 +39,20 @@ from metronome.events.point import Point, point_document
 from metronome.jobs.checks import CheckResult, HTTPCheck, TCPCheck, TLSCheck, split_host_port
 from metronome.jobs.collectors import process_owner
 from metronome.jobs.webhooks import Webhook, deliver, parse_webhooks
-from metronome.pipeline import metrics
 from metronome.store.base import Store
 from metronome.store.leases import LeaseStore
 
 __all__ = ["MonitorSpec", "parse_monitors", "run_monitors", "check_period", "check_documents"]
+
+
+def _metrics() -> Any:
+    """:mod:`metronome.pipeline.metrics`, imported when a job first counts: importing
+    prometheus_client before ``metronome serve`` names its multiprocess directory would
+    leave the server's workers counting in memory, out of ``/metrics``' reach."""
+    from metronome.pipeline import metrics
+
+    return metrics
+
 
 log = logging.getLogger("metronome.monitors")
 
@@ -317,7 +326,7 @@ async def check_period(
     at_ms = int(time.time() * 1000)
     outcome = next_state(state, result, spec.retries, at_ms)
     down_since = state.get("since_ms") if outcome.previous == "down" else None
-    metrics.MONITOR_CHECKS.labels(spec.name, "up" if result.up else "down").inc()
+    _metrics().MONITOR_CHECKS.labels(spec.name, "up" if result.up else "down").inc()
     try:
         docs = check_documents(spec, region, at_ms, outcome, down_since)
         refused = [o for o in await store.write(docs) if not o.ok]
