@@ -257,6 +257,7 @@ main.add_command(sites_commands.sites)
 main.add_command(sites_commands.keys)
 main.add_command(apps_commands.apps)
 main.add_command(jobs_commands.collect)
+main.add_command(jobs_commands.probe)
 
 
 @main.group()
