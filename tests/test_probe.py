@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.support.backends import Backend, running_backend
+from tests.support.es_server import free_port
 
 
 class CountingSite:
@@ -197,6 +198,76 @@ def test_a_probe_cut_off_from_the_server_delivers_every_result_once(
     assert resp.status_code == 200, resp.text
     rows = [r for r in resp.json()["results"] if r["region"] == region]
     assert [(r["monitor"], r["uptime_percent"]) for r in rows] == [("website", 100)]
+
+
+def _start_probe(
+    world: World, server_url: str, config: Path, data_dir: Path, region: str, log_path: Path
+) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in world.backend.server.env.items() if k != "METRONOME_CONFIG"}
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "metronome", "probe", "--server", server_url),
+                *("--region", region, "--config", str(config), "--data-dir", str(data_dir)),
+                *("--max-backoff", "1"),
+            ],
+            env={**env, "METRONOME_PROBE_KEY": world.probe_key, "METRONOME_LOG_LEVEL": "info"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def test_results_queued_by_a_stopped_probe_are_delivered_by_its_next_start(
+    world: World, tmp_path: Path
+) -> None:
+    """The queue is on disk: a probe that never reached the server (a port that refuses)
+    is stopped, started again with the server reachable, and delivers both runs'
+    results, under the same probe id."""
+    site = CountingSite()
+    config = tmp_path / "probe.toml"
+    config.write_text(f'[[monitors]]\nname = "restarted"\nhttp = "{site.url}/"\ninterval = 1\n')
+    data_dir = tmp_path / "probe-data"
+    region = "us-east-" + world.backend.name[:2]
+    in_region = ["is", "tags.region", [region]]
+    try:
+        first = _start_probe(
+            world, f"http://127.0.0.1:{free_port()}", config, data_dir, region, tmp_path / "1.log"
+        )
+        try:
+            _wait(lambda: site.hits >= 3, "three checks")
+        finally:
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(timeout=30) == 0, (tmp_path / "1.log").read_text()
+        offline = site.hits
+        output = (tmp_path / "1.log").read_text()
+        assert f"probe stopped: {offline} measured, 0 delivered, 0 dropped" in output
+        second = _start_probe(
+            world, world.backend.server.url, config, data_dir, region, tmp_path / "2.log"
+        )
+        try:
+            _wait(lambda: _count(world, in_region) >= offline + 2, "the first run's results")
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=30) == 0, (tmp_path / "2.log").read_text()
+    finally:
+        site.close()
+    total = site.hits
+    assert f"{total - offline} measured, {total} delivered" in (tmp_path / "2.log").read_text()
+    assert _count(world, in_region) == total
+    world.backend.settle()
+    resp = world.backend.client.post(
+        "/query",
+        headers={"Authorization": f"Bearer {world.query_key}"},
+        json={
+            "source": "metrics",
+            "range": "1d",
+            "metrics": ["events"],
+            "dimensions": ["tags.probe"],
+            "filters": [["is", "metric.name", ["monitor"]], in_region],
+        },
+    )
+    assert resp.status_code == 200, resp.text
+    assert [r["metrics"][0] for r in resp.json()["results"]] == [total]  # one probe id
 
 
 def test_a_result_sent_again_is_stored_once(world: World) -> None:
