@@ -24,6 +24,7 @@ from metronome.api.guard import Cors, Guard
 from metronome.api.health import Health, Metrics, Ready
 from metronome.api.kpis import KpisResource
 from metronome.api.openapi import OpenAPI
+from metronome.api.probe import ProbeResults
 from metronome.api.query import QueryResource
 from metronome.api.render import dump_json, error_answer, internal_error
 from metronome.api.reports import Reports
@@ -240,6 +241,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     tick = Tick(settings, pipeline, guard)
     app.add_route("/tick", tick)
     app.add_route("/ticks", Ticks(settings, pipeline, guard))
+    app.add_route("/probe/results", ProbeResults(settings, pipeline, guard))  # issue 20
     app.add_route("/tick.gif", Pixel(settings, pipeline, guard))
     app.add_route("/metronome.js", Script())
     app.add_route("/query", QueryResource(settings, store, guard, apps))

@@ -288,6 +288,7 @@ main.add_command(kpis_commands.kpis)  # issue 22
 main.add_command(apps_commands.apps)
 main.add_command(jobs_commands.collect)
 apps_commands.apps.add_command(rollup_commands.roll)
+main.add_command(jobs_commands.probe)
 
 
 @main.group()

@@ -433,3 +433,18 @@ def test_readme_example_configuration_is_valid() -> None:
     assert collector.every_s == 1800
     (monitor,) = parse_monitors(config["monitors"])
     assert monitor.retries == 2 and monitor.webhooks[0].secret == "change-me"
+
+
+def test_serve_checks_the_sections_without_importing_prometheus_early(tmp_path: Path) -> None:
+    """``metronome serve`` checks ``[[collectors]]`` and ``[[monitors]]`` before it names
+    the Prometheus multiprocess directory: importing prometheus_client first would leave
+    its forked workers counting in memory, and ``/metrics`` would miss their counts."""
+    code = (
+        "import sys; from metronome.config import Settings; import metronome.cli as cli;"
+        " cli._check_sections(Settings.from_env({}));"
+        " print('prometheus_client' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "False", result.stderr

@@ -46,7 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetronomeServer
 @dataclass
 class Guarded:
     """A server with one site (public item reports, origin ``https://a.example``) and a
-    key for it with the ``ingest`` and ``query`` scopes."""
+    key for it with the ``ingest``, ``query`` and ``probe`` scopes."""
 
     server: MetronomeServer
     site: str
@@ -71,7 +71,13 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
         return json.loads(result.stdout)
 
     site = cli("sites", "create", "--name", "A", "--origin", "https://a.example", "--public-tock")
-    key = cli("keys", "create", "--site", site["id"], "--scope", "ingest", "--scope", "query")
+    key = cli(
+        "keys",
+        "create",
+        "--site",
+        site["id"],
+        *("--scope", "ingest", "--scope", "query", "--scope", "probe"),  # probe: issue 20
+    )
     deadline = time.monotonic() + 10  # every worker's cache sees the site
     while {httpx.post(f"{srv.url}/tick", json={"id": "x"}).status_code for _ in range(4)} != {401}:
         assert time.monotonic() < deadline, "the site's rules are not enforced"
@@ -146,6 +152,7 @@ def test_the_document_describes_who_may_call_each_operation(server: MetronomeSer
         ("get", "/metrics"): [],
         ("get", "/metronome.js"): [],
         ("get", "/openapi.json"): [],
+        ("post", "/probe/results"): ["probe"],  # remote probes (issue 20)
         # telemetry (issue 19): the clients send no key
         **{
             (method, f"{prefix}/v1/{name}"): []
@@ -169,6 +176,7 @@ def test_the_server_enforces_exactly_the_documented_security(guarded: Guarded) -
         "/tick": {"id": "sec"},
         "/ticks": [{"id": "sec"}],
         "/query": {"metrics": ["events"], "range": {"from": "2026-01-01", "to": "2026-01-02"}},
+        "/probe/results": {"probe": "p-sec", "region": "sec", "results": []},
         **{
             f"{prefix}/v1/{name}": body
             for prefix in ("", "/apps/{app}")

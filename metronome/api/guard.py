@@ -382,6 +382,23 @@ class Guard:
             )
         )
 
+    async def probe(self, req: falcon.asgi.Request) -> Access:
+        """The site a remote probe's results go to: a key with the ``probe`` (or admin)
+        scope once a site exists (its site; an all-sites admin key names one with
+        ``?site=``); anything while no site exists, stored as site ``default``."""
+        snapshot = await self._cache.get()
+        names = named_sites(req)
+        if snapshot.open:
+            if names - {DEFAULT_SITE}:
+                raise _unknown(sorted(names - {DEFAULT_SITE})[0])
+            return Access(DEFAULT_SITE, "open")
+        secret = _bearer(req)
+        if secret is None:
+            raise KeyRequired(
+                f"{req.path} needs 'Authorization: Bearer <key with the probe scope>'"
+            )
+        return self._with_key(snapshot, secret, names, "probe", req.path)
+
     async def preflight(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Answer a CORS preflight for a browser route: 204 for allowed origins (the named
         site's, or any site's when none is named), else 403."""

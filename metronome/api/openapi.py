@@ -17,6 +17,7 @@ import falcon.asgi
 
 from metronome import __version__
 from metronome.errors import all_error_classes
+from metronome.events.monitoring import KINDS, MAX_PROBE_RESULTS, STATES
 from metronome.events.tick import TICK_SCHEMA
 from metronome.kpis.model import KPI_SCHEMA
 from metronome.reports.named import COMMON_PARAMETERS, REPORTS
@@ -489,6 +490,8 @@ def openapi_document() -> dict[str, Any]:
     paths.update(_telemetry_paths())
     schemas.update(_TELEMETRY_SCHEMAS)
     paths.update(_kpi_paths())
+    paths.update(_PROBE_PATHS)  # issue 20: remote probes
+    schemas.update(_PROBE_SCHEMAS)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -725,6 +728,79 @@ def _kpi_paths() -> dict[str, Any]:
             },
         },
     }
+
+
+_NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"}
+_PROBE_SCHEMAS: dict[str, Any] = {
+    "ProbeResults": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["probe", "region", "results"],
+        "properties": {
+            "probe": {**_NAME, "description": "the probe's id (kept in its data directory)"},
+            "region": {**_NAME, "description": "where the probe runs, like `eu-west`"},
+            "results": {
+                "type": "array",
+                "maxItems": MAX_PROBE_RESULTS,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["monitor", "kind", "at_ms", "ok", "state"],
+                    "properties": {
+                        "monitor": _NAME,
+                        "kind": {"enum": list(KINDS)},
+                        "at_ms": {
+                            "type": "integer",
+                            "description": "when the check ran, milliseconds since 1970",
+                        },
+                        "ok": {"type": "boolean", "description": "this check passed"},
+                        "state": {"enum": list(STATES), "description": "the monitor's state"},
+                        "previous": {"enum": [*STATES, None]},
+                        "down_since_ms": {"type": ["integer", "null"]},
+                        "reason": {"type": ["string", "null"], "maxLength": 500},
+                        "measured": {
+                            "type": "object",
+                            "maxProperties": 32,
+                            "additionalProperties": {"type": "number"},
+                            "description": "total_ms, dns_ms, connect_ms, tls_ms,"
+                            " first_byte_ms, status, body_bytes, days_left",
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+_PROBE_PATHS: dict[str, Any] = {
+    "/probe/results": {
+        "post": {
+            "summary": "A remote probe's monitor results (`metronome probe`)",
+            "description": "Stored as `monitor` points with the probe's region, once each"
+            " (a result sent again is stored once). Once a site exists: a key with the"
+            " `probe` scope, which may call nothing else.",
+            "operationId": "postProbeResults",
+            "security": [{_KEY: ["probe"]}, {}],
+            "parameters": [_SITE_PARAMETER],
+            "requestBody": {"required": True, "content": _json(_ref("ProbeResults"))},
+            "responses": {
+                "200": {
+                    "description": "spooled",
+                    "content": _json(
+                        {
+                            "type": "object",
+                            "required": ["stored", "documents"],
+                            "properties": {
+                                "stored": {"type": "integer"},
+                                "documents": {"type": "integer"},
+                            },
+                        }
+                    ),
+                },
+                **_errors(400, 401, 403, 413, 415, 503),
+            },
+        }
+    }
+}
 
 
 class OpenAPI:

@@ -45,7 +45,6 @@ from metronome.jobs.sources import Measured
 from metronome.jobs.sources import http as http_source
 from metronome.jobs.sources import python as python_source
 from metronome.jobs.sources import sql as sql_source
-from metronome.pipeline import metrics
 from metronome.store.base import Store
 from metronome.store.leases import Claim, LeaseStore
 
@@ -58,6 +57,16 @@ __all__ = [
     "run_collectors",
     "run_period",
 ]
+
+
+def _metrics() -> Any:
+    """:mod:`metronome.pipeline.metrics`, imported when a job first counts: importing
+    prometheus_client before ``metronome serve`` names its multiprocess directory would
+    leave the server's workers counting in memory, out of ``/metrics``' reach."""
+    from metronome.pipeline import metrics
+
+    return metrics
+
 
 log = logging.getLogger("metronome.collectors")
 
@@ -252,7 +261,7 @@ async def _attempts(spec: CollectorSpec, deadline: float, store: Store, start_ms
             outcome, error = "failed", _describe(exc)
         if outcome == "ok":
             return Run("ok", measured, attempt, (time.monotonic() - started) * 1000)
-        metrics.COLLECTOR_FAILURES.labels(spec.name).inc()
+        _metrics().COLLECTOR_FAILURES.labels(spec.name).inc()
         log.warning(
             "collector_attempt_failed collector=%s attempt=%d outcome=%s error=%s",
             spec.name,
@@ -315,7 +324,7 @@ async def run_period(
             )
         except Exception as exc:  # the run itself still goes ahead
             log.warning("collector_missed_unrecorded collector=%s error=%s", spec.name, exc)
-        metrics.COLLECTOR_RUNS.labels(spec.name, "missed").inc(missed)
+        _metrics().COLLECTOR_RUNS.labels(spec.name, "missed").inc(missed)
         log.warning(
             "collector_missed collector=%s periods=%d last_run_period=%d",
             spec.name,
@@ -328,7 +337,7 @@ async def run_period(
         await _write(store, [_run_document(spec, start_ms, run.outcome, run)])
     except Exception as exc:
         log.warning("collector_run_unrecorded collector=%s error=%s", spec.name, exc)
-    metrics.COLLECTOR_RUNS.labels(spec.name, run.outcome).inc()
+    _metrics().COLLECTOR_RUNS.labels(spec.name, run.outcome).inc()
     if run.outcome == "ok":
         log.info(
             "collector_ran collector=%s period=%d points=%d duration_ms=%.1f attempts=%d",

@@ -1,10 +1,15 @@
-"""``metronome collect NAME --once``, and the collectors' lines of ``metronome status``."""
+"""``metronome collect NAME --once``, ``metronome probe``, and the collectors' lines of
+``metronome status``."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
+import tomllib
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import click
 import orjson
@@ -12,10 +17,14 @@ import orjson
 from metronome.cli_support import fail
 from metronome.cli_support import load_settings as _settings
 from metronome.config import Settings
+from metronome.errors import MetronomeError
+from metronome.events import fields as F
 from metronome.jobs.collectors import collector_documents, measure_once, parse_collectors
+from metronome.jobs.monitors import parse_monitors
+from metronome.logconfig import configure_logging
 from metronome.store.leases import open_leases
 
-__all__ = ["collect", "collector_status_lines"]
+__all__ = ["collect", "collector_status_lines", "probe"]
 
 
 @click.command()
@@ -79,3 +88,91 @@ def collector_status_lines(settings: Settings) -> list[str]:
             f" of {state.get('runs_total', 0)} runs"
         )
     return lines
+
+
+@click.command()
+@click.option("--server", required=True, help="The Metronome server's URL (https://...).")
+@click.option(
+    "--key",
+    required=True,
+    envvar="METRONOME_PROBE_KEY",
+    help="A key with the probe scope (or set METRONOME_PROBE_KEY, kept out of `ps`).",
+)
+@click.option("--region", required=True, help="Where this probe runs, like eu-west.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A TOML file whose [[monitors]] to run (default: METRONOME_CONFIG's).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the probe keeps its queue (default: <METRONOME_DATA_DIR>/probe).",
+)
+@click.option(
+    "--max-backoff",
+    type=click.FloatRange(min=0.5),
+    default=30.0,
+    show_default=True,
+    help="The longest wait, in seconds, between deliveries while the server is unreachable.",
+)
+def probe(
+    server: str,
+    key: str,
+    region: str,
+    config_file: Path | None,
+    data_dir: Path | None,
+    max_backoff: float,
+) -> None:
+    """Run the [[monitors]] checks from this machine and post the results to SERVER.
+
+    Results wait in a local durable queue until the server has them, so a probe cut
+    off from the server delivers what it measured meanwhile (oldest first) once it
+    can. Stop it with Ctrl-C or SIGTERM: running checks finish, the queue is sent if
+    the server answers, and the rest waits for the next start.
+    """
+    from metronome.jobs.probe import run_probe
+
+    settings = _settings()
+    configure_logging(settings)
+    if not F.APP_ID_PATTERN.match(region):
+        fail(f"--region {region!r}: 1 to 64 lowercase letters, digits, '-' and '_'")
+    if not server.startswith(("http://", "https://")):
+        fail(f"--server {server!r}: expected an http:// or https:// URL")
+    raw: Any = settings.monitors
+    if config_file is not None:
+        try:
+            raw = tomllib.loads(config_file.read_text()).get("monitors", [])
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            fail(f"{config_file}: {exc}")
+        if not isinstance(raw, list) or not all(isinstance(m, dict) for m in raw):
+            fail(f"{config_file}: [[monitors]] must be tables")
+    try:
+        specs = parse_monitors(raw)
+    except MetronomeError as exc:
+        fail(exc.message)
+    if not specs:
+        fail("no [[monitors]] to run: give --config FILE or set METRONOME_CONFIG")
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        stats = await run_probe(
+            specs,
+            server=server.rstrip("/"),
+            key=key,
+            region=region,
+            data_dir=data_dir or settings.data_path / "probe",
+            stop=stop,
+            max_backoff_s=max_backoff,
+        )
+        click.echo(
+            f"probe stopped: {stats.measured} measured, {stats.delivered} delivered,"
+            f" {stats.dropped} dropped",
+            err=True,
+        )
+
+    asyncio.run(_main())

@@ -29,21 +29,30 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from metronome.errors import ConfigError, MetronomeError
 from metronome.events import fields as F
 from metronome.events.document import Document
-from metronome.events.point import Point, point_document
+from metronome.events.monitoring import iso_ms as _iso
+from metronome.events.monitoring import monitor_documents
 from metronome.jobs.checks import CheckResult, HTTPCheck, TCPCheck, TLSCheck, split_host_port
 from metronome.jobs.collectors import process_owner
 from metronome.jobs.webhooks import Webhook, deliver, parse_webhooks
-from metronome.pipeline import metrics
 from metronome.store.base import Store
 from metronome.store.leases import LeaseStore
 
 __all__ = ["MonitorSpec", "parse_monitors", "run_monitors", "check_period", "check_documents"]
+
+
+def _metrics() -> Any:
+    """:mod:`metronome.pipeline.metrics`, imported when a job first counts: importing
+    prometheus_client before ``metronome serve`` names its multiprocess directory would
+    leave the server's workers counting in memory, out of ``/metrics``' reach."""
+    from metronome.pipeline import metrics
+
+    return metrics
+
 
 log = logging.getLogger("metronome.monitors")
 
@@ -176,10 +185,6 @@ def parse_monitors(raw: Sequence[Mapping[str, Any]]) -> tuple[MonitorSpec, ...]:
     return tuple(specs)
 
 
-def _iso(ms: float) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """One check and what it did to the monitor's state."""
@@ -217,40 +222,19 @@ def check_documents(
     spec: MonitorSpec, region: str, at_ms: int, outcome: Outcome, down_since_ms: int | None
 ) -> list[Document]:
     """The check's point and, on a state change, the change's point."""
-    tags = {"monitor": spec.name, "kind": spec.kind, "region": region, "state": outcome.state}
-    fields = {
-        "up": 1.0 if outcome.state == "up" else 0.0,
-        "ok": 1.0 if outcome.result.up else 0.0,
-        **{k: float(v) for k, v in outcome.result.measured.items()},
-    }
-    sender = f"monitor:{spec.name}:{region}"
-    docs = [
-        point_document(
-            Point(spec.name, "monitor", at_ms, tags, fields, spec.site), sender=f"{sender}:{at_ms}"
-        )
-    ]
-    if outcome.changed:
-        change = {
-            "monitor": spec.name,
-            "kind": spec.kind,
-            "region": region,
-            "from": outcome.previous or "up",
-            "to": outcome.state,
-        }
-        if outcome.state == "down":
-            change["down_from"] = _iso(at_ms)
-        elif down_since_ms is not None:
-            change["down_from"] = _iso(down_since_ms)
-            change["down_to"] = _iso(at_ms)
-        docs.append(
-            point_document(
-                Point(
-                    spec.name, "monitor_state", at_ms, change, {"at_ms": float(at_ms)}, spec.site
-                ),
-                sender=f"{sender}:state:{at_ms}",
-            )
-        )
-    return docs
+    return monitor_documents(
+        monitor=spec.name,
+        kind=spec.kind,
+        region=region,
+        site=spec.site,
+        at_ms=at_ms,
+        ok=outcome.result.up,
+        state=outcome.state,
+        previous=outcome.previous,
+        measured=outcome.result.measured,
+        down_since_ms=down_since_ms,
+        sender=f"monitor:{spec.name}:{region}:{at_ms}",
+    )
 
 
 async def _alert(
@@ -317,7 +301,7 @@ async def check_period(
     at_ms = int(time.time() * 1000)
     outcome = next_state(state, result, spec.retries, at_ms)
     down_since = state.get("since_ms") if outcome.previous == "down" else None
-    metrics.MONITOR_CHECKS.labels(spec.name, "up" if result.up else "down").inc()
+    _metrics().MONITOR_CHECKS.labels(spec.name, "up" if result.up else "down").inc()
     try:
         docs = check_documents(spec, region, at_ms, outcome, down_since)
         refused = [o for o in await store.write(docs) if not o.ok]

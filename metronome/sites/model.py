@@ -11,7 +11,8 @@ once when it is created. Only its SHA-256 is stored. A slow password hash (bcryp
 scrypt, argon2) protects low-entropy secrets people choose; a key is never guessed from
 its hash because there is nothing smaller than 2^256 to search, so a fast hash is as
 safe here and keeps the per-request check a dictionary lookup. A key has scopes
-(``ingest``: send ticks; ``query``: read reports; ``admin``: everything), belongs to
+(``ingest``: send ticks; ``query``: read reports; ``admin``: everything; ``probe``: post
+remote probes' monitor results, and nothing else), belongs to
 one site (an ``admin`` key may instead cover all sites), and can be revoked.
 """
 
@@ -45,7 +46,7 @@ __all__ = [
     "parse_origin_rule",
 ]
 
-SCOPES = ("ingest", "query", "admin")
+SCOPES = ("ingest", "query", "admin", "probe")
 KEY_PREFIX = "mk_"
 _KEY_PATTERN = re.compile(r"^mk_[A-Za-z0-9_-]{43}$")
 _SITE_ID_ALPHABET = string.ascii_lowercase + string.digits
