@@ -472,3 +472,34 @@ def test_limits_close_with_a_code_and_a_reason(limited: tuple[MetronomeServer, d
     with stack:
         again = open_for("s1")  # closed connections were freed
         assert again.next()["type"] == "welcome"
+
+
+def _counter(server: MetronomeServer, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    return sum(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "_total")
+    )
+
+
+def test_subscribers_of_one_query_share_one_evaluation_per_worker(world: World) -> None:
+    """Twelve connections hold the same subscription for about 3 s at 200 ms: the store is
+    asked at most once per interval per worker (2 workers), not once per connection."""
+    token = world.token()
+    query = _count_query("item-" + uuid.uuid4().hex[:10])
+    with contextlib.ExitStack() as stack:
+        clients = [
+            stack.enter_context(LiveClient(f"{world.ws_url}?token={token}")) for _ in range(12)
+        ]
+        evaluations = _counter(world.server, "metronome_live_evaluations")
+        pushes = _counter(world.server, "metronome_live_pushes")
+        started = time.monotonic()
+        for client in clients:
+            client.subscribe("same", query)
+        for client in clients:
+            assert _count(client.next("result")) == 0
+        time.sleep(3)
+        ran = _counter(world.server, "metronome_live_evaluations") - evaluations
+        held_s = time.monotonic() - started
+    # shared: one evaluation at once, then one per 200 ms, per worker (~35); not ~200
+    assert ran <= 2 * (held_s / 0.2 + 2), ran
+    assert _counter(world.server, "metronome_live_pushes") - pushes >= 12

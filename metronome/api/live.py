@@ -28,6 +28,7 @@ from metronome.errors import (
 from metronome.live.connection import Closing, Connection
 from metronome.live.hub import Hub
 from metronome.live.protocol import Subscribe, parse_subscription
+from metronome.pipeline.metrics import LIVE_CLOSED
 
 from .guard import Guard
 
@@ -57,6 +58,7 @@ class LiveSocket:
         refusal = self._hub.admit(access.site_id)
         await ws.accept()
         if refusal is not None:
+            LIVE_CLOSED.labels("4029").inc()
             await ws.close(4029, refusal[:120])
             return
         conn = Connection(self._hub, self._settings, access.site_id, expires_s)

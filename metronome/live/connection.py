@@ -22,6 +22,7 @@ from metronome.config import Settings
 from metronome.errors import MetronomeError
 from metronome.live.hub import Evaluation, Hub
 from metronome.live.protocol import Subscribe, Unsubscribe, parse_client_message
+from metronome.pipeline.metrics import LIVE_CLOSED
 
 __all__ = ["Closing", "Connection"]
 
@@ -84,6 +85,7 @@ class Connection:
 
     def fail(self, code: int, reason: str) -> None:
         if self.closing is None:
+            LIVE_CLOSED.labels(str(code)).inc()
             self.closing = Closing(code, reason)
             self._pending.clear()
             self._pending_bytes = 0

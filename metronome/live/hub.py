@@ -26,6 +26,7 @@ import orjson
 
 from metronome.config import Settings
 from metronome.errors import MetronomeError
+from metronome.pipeline.metrics import LIVE_EVALUATIONS, LIVE_PUSHES
 from metronome.reports.engine import run_query
 from metronome.reports.query import for_site, parse_query
 from metronome.store.base import Store
@@ -93,6 +94,7 @@ class Evaluation:
             kind, payload = "error", orjson.dumps(error)
             digest = hashlib.blake2b(payload, digest_size=16).digest()
         self.runs += 1
+        LIVE_EVALUATIONS.inc()
         if digest == self.digest:
             return  # unchanged: nothing is pushed
         self.digest = digest
@@ -101,6 +103,7 @@ class Evaluation:
             message = self.message_for(sub_id)
             if message is not None:
                 subscriber.offer(sub_id, message)
+        LIVE_PUSHES.inc(len(self.subscribers))
 
     async def run(self) -> None:
         interval_s = self.interval_ms / 1000
