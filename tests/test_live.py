@@ -503,3 +503,22 @@ def test_subscribers_of_one_query_share_one_evaluation_per_worker(world: World) 
     # shared: one evaluation at once, then one per 200 ms, per worker (~35); not ~200
     assert ran <= 2 * (held_s / 0.2 + 2), ran
     assert _counter(world.server, "metronome_live_pushes") - pushes >= 12
+
+
+def test_revoking_the_key_closes_its_live_connections_and_refuses_its_tokens(
+    world: World,
+) -> None:
+    made = _cli_json(world.server, "keys", "create", "--site", "demo", "--scope", "query")
+    token = world.token(made["secret"])
+    with LiveClient(f"{world.ws_url}?token={token}") as client:
+        assert client.next()["type"] == "welcome"
+        revoked = world.server.run_cli("keys", "revoke", made["id"])
+        assert revoked.returncode == 0, revoked.stderr
+        code, reason = client.close_frame(timeout_s=20)
+    assert code == 4001 and "revoked" in reason
+    refused = httpx.post(
+        f"{world.server.url}/query",
+        json={"range": "5min"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert (refused.status_code, refused.json()["error"]) == (401, "invalid_key")

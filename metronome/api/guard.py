@@ -372,6 +372,21 @@ class Guard:
             )
         return Access(claims.site_id, "token", key), claims.expires_s
 
+    async def still_reads(self, access: Access) -> bool:
+        """Whether ``access`` (a live connection's) may still read: its key is active and
+        its site exists (checked against the cached sites at every heartbeat)."""
+        snapshot = await self._cache.get()
+        if access.key is None:
+            return snapshot.open == (access.via in ("open", "token"))
+        key = next((k for k in snapshot.keys if k.id == access.key.id), None)
+        return (
+            key is not None
+            and key.active
+            and key.allows("query")
+            and (key.site_id is None or key.site_id in snapshot.sites)
+            and access.site_id in snapshot.sites
+        )
+
     async def mint_token(self, req: falcon.asgi.Request) -> dict[str, Any]:
         """``POST /live/token``: a token for the site the caller's key reads."""
         access = await self.read(req)

@@ -30,7 +30,7 @@ from metronome.live.hub import Hub
 from metronome.live.protocol import Subscribe, parse_subscription
 from metronome.pipeline.metrics import LIVE_CLOSED
 
-from .guard import Guard
+from .guard import Access, Guard
 
 __all__ = ["LiveEvents", "LiveSocket", "LiveToken"]
 
@@ -66,7 +66,7 @@ class LiveSocket:
         tasks = [
             asyncio.create_task(self._write(conn, ws, closed)),
             asyncio.create_task(self._read(conn, ws)),
-            asyncio.create_task(conn.heartbeat(answers=True)),
+            asyncio.create_task(conn.heartbeat(True, lambda: self._guard.still_reads(access))),
         ]
         try:
             conn.welcome()
@@ -164,10 +164,11 @@ class LiveEvents:
         conn.subscribe_all(subscriptions)
         resp.set_header("Cache-Control", "no-store")
         resp.set_header("X-Accel-Buffering", "no")  # NGINX: pass events on as they come
-        resp.sse = self._stream(conn, access.site_id)
+        resp.sse = self._stream(conn, access)
 
-    async def _stream(self, conn: Connection, site_id: str) -> AsyncIterator[falcon.asgi.SSEvent]:
-        beat = asyncio.create_task(conn.heartbeat(answers=False))
+    async def _stream(self, conn: Connection, access: Access) -> AsyncIterator[falcon.asgi.SSEvent]:
+        site_id = access.site_id
+        beat = asyncio.create_task(conn.heartbeat(False, lambda: self._guard.still_reads(access)))
         try:
             while True:
                 try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -187,15 +188,20 @@ class Connection:
         if answer:
             self.push(orjson.dumps({"type": "unsubscribed", "id": sub_id}))
 
-    async def heartbeat(self, answers: bool) -> None:
-        """Every ``METRONOME_LIVE_PING_S``: close an expired token's connection (4001), a
-        stuck reader's (4008) and, when the client ``answers`` pings (WebSocket), one that
-        left two unanswered (4000); then ping."""
+    async def heartbeat(
+        self, answers: bool, still_reads: Callable[[], Awaitable[bool]] | None = None
+    ) -> None:
+        """Every ``METRONOME_LIVE_PING_S``: close an expired token's connection or one whose
+        key was revoked (``still_reads``; 4001), a stuck reader's (4008) and, when the
+        client ``answers`` pings (WebSocket), one that left two unanswered (4000); then
+        ping."""
         ping_s = self._settings.live_ping_s
         while self.closing is None:
             await asyncio.sleep(ping_s)
             if self._expires_s is not None and time.time() >= self._expires_s:
                 self.fail(4001, "the token expired; mint a new one with POST /live/token")
+            elif still_reads is not None and not await still_reads():
+                self.fail(4001, "the key was revoked or its site removed; sign in again")
             elif (
                 self._sending_since is not None
                 and time.monotonic() - self._sending_since > 2 * ping_s
