@@ -12,6 +12,7 @@ desktop screen and on a phone's. Writes ``docs/images/dashboard.png`` and
 from __future__ import annotations
 
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -103,6 +104,7 @@ def main() -> int:
             browser.close()
     finally:
         server.stop()
+        shutil.rmtree(server.data_dir, ignore_errors=True)
     print(f"{sent} ticks; wrote {OUT / 'dashboard.png'} and {OUT / 'dashboard-phone.png'}")
     return 0
 
