@@ -23,11 +23,13 @@ from metronome.api.dashboard import Dashboard
 from metronome.api.fastpath import FastIngest
 from metronome.api.guard import Cors, Guard
 from metronome.api.health import Health, Metrics, Ready
+from metronome.api.kpis import KpisResource
 from metronome.api.live import LiveEvents, LiveSocket, LiveToken
 from metronome.api.openapi import OpenAPI
 from metronome.api.query import QueryResource
 from metronome.api.render import dump_json, error_answer, internal_error
 from metronome.api.reports import Reports
+from metronome.api.telemetry import Telemetry, TelemetryLifespan
 from metronome.api.ticks import Pixel, Tick, Ticks
 from metronome.api.tock import Tock
 from metronome.api.tracker import Script
@@ -39,6 +41,7 @@ from metronome.pipeline import Pipeline, metrics
 from metronome.sites.cache import RegistryCache
 from metronome.sites.registry import open_registry
 from metronome.store import Store, open_store
+from metronome.telemetry.registry import AppCache, open_apps
 
 __all__ = ["app_from_env", "create_app"]
 
@@ -219,9 +222,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     pipeline = Pipeline(settings)
     registry = open_registry(settings)
     guard = Guard(settings, RegistryCache(registry, settings.sites_cache_s, settings.data_dir))
+    apps = AppCache(open_apps(settings), settings)
     hub = Hub(settings, store)
     app = _App(
-        middleware=[_Lifespan(store, pipeline, guard, hub), _Timing(), Cors(guard)],
+        middleware=[
+            _Lifespan(store, pipeline, guard, hub),
+            TelemetryLifespan(apps),
+            _Timing(),
+            Cors(guard),
+        ],
         cors_enable=False,
         router=_Router(),
     )
@@ -247,6 +256,15 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     tock = Tock(settings, store, guard)
     app.add_route("/tock", tock)
     app.add_route("/tock/{item_id}", tock, suffix="item")
+    kpis = KpisResource(settings, guard)  # issue 22: KPI definitions
+    app.add_route("/kpis", kpis)
+    app.add_route("/kpis/{kpi_id}", kpis, suffix="one")
+
+    telemetry = Telemetry(settings, pipeline, apps)  # binoculars and upgrade-responder
+    for prefix in ("", "/apps/{app}"):
+        app.add_route(f"{prefix}/v1/metrics", telemetry, suffix="metrics")
+        app.add_route(f"{prefix}/v1/checkupgrade", telemetry, suffix="checkupgrade")
+        app.add_route(f"{prefix}/v1/healthcheck", telemetry, suffix="healthcheck")
     app.add_route("/live", LiveSocket(settings, hub, guard))
     app.add_route("/live/events", LiveEvents(settings, hub, guard))
     app.add_route("/live/token", LiveToken(guard))

@@ -17,7 +17,10 @@ from metronome.cli_support import Commands, fail
 from metronome.cli_support import load_settings as _settings
 from metronome.config import CONFIG_VARIABLE, Settings, settings_reference, settings_table
 from metronome.errors import MetronomeError
+from metronome.jobs import commands as jobs_commands
+from metronome.kpis import commands as kpis_commands
 from metronome.sites import commands as sites_commands
+from metronome.telemetry import commands as apps_commands
 
 __all__ = ["main"]
 
@@ -58,6 +61,7 @@ def serve(host: str | None, port: int | None, workers: int | None, no_shipper: b
         ensure_port_free(settings.host, settings.port)
     except PortInUse as exc:
         raise click.ClickException(str(exc)) from None
+    _check_sections(settings)
     if not no_shipper:
         _check_job_sites(settings)
     _multiprocess_metrics(settings)
@@ -166,6 +170,19 @@ def _check_job_sites(settings: Settings) -> None:
         check_site(snapshot, site_id, named_by)
 
 
+def _check_sections(settings: Settings) -> None:
+    """Refuse to start on a configuration file section its feature cannot use
+    (``[event_schemas]``, ``[[collectors]]``, ``[[monitors]]``), naming the key, before
+    any process starts."""
+    from metronome.events.typed import EventSchemas
+    from metronome.jobs.collectors import parse_collectors
+    from metronome.jobs.monitors import parse_monitors
+
+    EventSchemas.from_config(settings.event_schemas)
+    parse_collectors(settings.collectors)
+    parse_monitors(settings.monitors)
+
+
 def _multiprocess_metrics(settings: Settings) -> None:
     """Give every process of this server one Prometheus multiprocess directory."""
     directory = Path(settings.data_dir) / "metrics"
@@ -185,6 +202,7 @@ def worker(drain: bool) -> None:
     settings = _settings()
     parent = os.environ.get("METRONOME_SHIPPER_PARENT")
     if parent is None and not drain:  # `serve` checked before starting this worker
+        _check_sections(settings)
         _check_job_sites(settings)
     configure_logging(settings)
     stats = asyncio.run(
@@ -230,12 +248,17 @@ def status() -> None:
     )
     click.echo(f"lag:          {lag} (oldest unshipped event)")
     click.echo(f"dead letters: {dead_count} in {dead}")
+    for line in jobs_commands.collector_status_lines(settings):
+        click.echo(line)
     if reason is not None:
         fail(f"the store is not ready: {reason}")
 
 
 main.add_command(sites_commands.sites)
 main.add_command(sites_commands.keys)
+main.add_command(kpis_commands.kpis)  # issue 22
+main.add_command(apps_commands.apps)
+main.add_command(jobs_commands.collect)
 
 
 @main.group()

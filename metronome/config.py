@@ -467,6 +467,64 @@ class Settings:
         _optional_str,
         secret=True,
     )
+    # KPIs and insights (issue 22)
+    kpi_interval_s: int = setting(
+        "60",
+        "Seconds between two evaluations of every KPI by the worker (0: KPIs are not evaluated).",
+        _int(0, 86400),
+    )
+    insight_webhook_secret: str | None = setting(
+        "",
+        "Key that signs insight webhooks: `X-Metronome-Signature: sha256=<HMAC-SHA256 of the"
+        " body>` (unset: unsigned).",
+        _optional_str,
+        secret=True,
+    )
+    # -- telemetry (issue 19): apps, the binoculars and upgrade-responder endpoints --
+    telemetry_app: str = setting(
+        "telemetry",
+        "The app `/v1/metrics`, `/v1/checkupgrade` and `/v1/healthcheck` answer for (other"
+        " apps answer under `/apps/{app}/v1/...`); it works with the defaults until"
+        " `metronome apps create` stores it.",
+        _site,
+    )
+    telemetry_max_body_bytes: int = setting(
+        "262144",
+        "Largest body of a telemetry request (`413 payload_too_large` above).",
+        _int(1024, 64 << 20),
+    )
+    telemetry_backlog_bytes: int = setting(
+        "67108864",
+        "Spool backlog past which telemetry clients are told to report less often: the"
+        " app's interval times 1 + each full amount behind (at most 8 times).",
+        _int(0, 1 << 50),
+    )
+    telemetry_rate_per_ip: int = setting(
+        "20",
+        "Telemetry requests a second one client address may send (IPv6 per /64); 0 turns it off.",
+        _int(0, 1_000_000),
+    )
+    telemetry_rate_per_ip_burst: int = setting(
+        "200",
+        "Telemetry requests one address may send at once before the rate applies.",
+        _int(1, 100_000_000),
+    )
+    telemetry_rate_per_instance: int = setting(
+        "6",
+        "Telemetry requests a minute one instance (its instance tag) may send, also its"
+        " burst; 0 turns it off.",
+        _int(0, 1_000_000),
+    )
+    telemetry_raw_days: int = setting(
+        "0",
+        "Days raw telemetry points are kept, for apps that set none (0: as `METRONOME_RETENTION`).",
+        _int(0, 100_000),
+    )
+    telemetry_rollup_days: int = setting(
+        "0",
+        "Days telemetry rollups are kept, for apps that set none (0: forever).",
+        _int(0, 100_000),
+    )
     collectors: tuple[dict[str, Any], ...] = section(
         "Collectors the worker runs (reserved: checked by the collectors feature)."
     )

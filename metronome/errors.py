@@ -11,15 +11,20 @@
     │   ├── InvalidQuery                (400 invalid_query)
     │   ├── InvalidCursor               (400 invalid_cursor)
     │   ├── LimitExceeded               (400 limit_exceeded)
-    │   └── UnknownSite                 (400 unknown_site)
+    │   ├── UnknownSite                 (400 unknown_site)
+    │   └── InvalidKpi                  (400 invalid_kpi)
     ├── Unauthorized                    (401 unauthorized)
     │   ├── KeyRequired                 (401 key_required)
-    │   └── InvalidKey                  (401 invalid_key)
+    │   ├── InvalidKey                  (401 invalid_key)
+    │   └── AppTokenInvalid             (401 invalid_app_token)
     ├── Forbidden                       (403 forbidden)
     │   ├── ScopeForbidden              (403 scope_forbidden)
     │   ├── SiteForbidden               (403 site_forbidden)
-    │   └── OriginForbidden             (403 origin_forbidden)
+    │   ├── OriginForbidden             (403 origin_forbidden)
+    │   └── EndpointDisabled            (403 endpoint_disabled)
     ├── NotFound                        (404 not_found)
+    │   ├── UnknownApp                  (404 unknown_app)
+    │   └── UnknownKpi                  (404 unknown_kpi)
     ├── MethodNotAllowed                (405 method_not_allowed)
     ├── RequestTimeout                  (408 request_timeout)
     ├── PayloadTooLarge                 (413 payload_too_large)
@@ -56,6 +61,7 @@ __all__ = [
     "InvalidField",
     "InvalidJSON",
     "InvalidKey",
+    "InvalidKpi",
     "InvalidParameter",
     "InvalidQuery",
     "KeyRequired",
@@ -75,10 +81,14 @@ __all__ = [
     "StoreUnavailable",
     "TooManyConnections",
     "Unauthorized",
+    "UnknownApp",
+    "UnknownKpi",
     "UnknownSite",
     "UnsupportedMediaType",
     "UpgradeRequired",
     "UriTooLong",
+    "AppTokenInvalid",
+    "EndpointDisabled",
     "all_error_classes",
 ]
 
@@ -341,3 +351,40 @@ class SpoolFull(MetronomeError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "30"}
+
+
+# -- telemetry (issue 19) ----------------------------------------------------------------
+
+
+class UnknownApp(NotFound):
+    """No telemetry app with this id (`metronome apps list` shows them)."""
+
+    code = "unknown_app"
+
+
+class AppTokenInvalid(Unauthorized):
+    """The app takes telemetry only with its URL token (`?token=`): missing or wrong."""
+
+    code = "invalid_app_token"
+
+
+class EndpointDisabled(Forbidden):
+    """The app switched this telemetry endpoint off (`metronome apps update --disable`)."""
+
+    code = "endpoint_disabled"
+
+
+# --- KPIs (issue 22) ----------------------------------------------------------------------
+
+
+class InvalidKpi(BadRequest):
+    """A KPI definition is not one Metronome can evaluate; ``details.field`` names the
+    part, such as ``kpi.query.metrics``."""
+
+    code = "invalid_kpi"
+
+
+class UnknownKpi(NotFound):
+    """No KPI of the caller's site has this id."""
+
+    code = "unknown_kpi"

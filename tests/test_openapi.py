@@ -136,12 +136,26 @@ def test_the_document_describes_who_may_call_each_operation(server: MetronomeSer
         ("get", "/tock"): ["query"],
         ("get", "/tock/{item_id}"): ["query"],
         ("get", "/reports/{name}"): ["query"],
+        ("get", "/kpis"): ["query"],
+        ("post", "/kpis"): ["query"],
+        ("get", "/kpis/{kpi_id}"): ["query"],
+        ("delete", "/kpis/{kpi_id}"): ["query"],
         ("get", "/reports"): [],
         ("get", "/healthz"): [],
         ("get", "/readyz"): [],
         ("get", "/metrics"): [],
         ("get", "/metronome.js"): [],
         ("get", "/openapi.json"): [],
+        # telemetry (issue 19): the clients send no key
+        **{
+            (method, f"{prefix}/v1/{name}"): []
+            for prefix in ("", "/apps/{app}")
+            for method, name in (
+                ("post", "metrics"),
+                ("post", "checkupgrade"),
+                ("get", "healthcheck"),
+            )
+        },
         ("get", "/live"): ["query"],
         ("get", "/live/events"): ["query"],
         ("post", "/live/token"): ["query"],
@@ -160,6 +174,15 @@ def test_the_server_enforces_exactly_the_documented_security(guarded: Guarded) -
         "/tick": {"id": "sec"},
         "/ticks": [{"id": "sec"}],
         "/query": {"metrics": ["events"], "range": {"from": "2026-01-01", "to": "2026-01-02"}},
+        **{
+            f"{prefix}/v1/{name}": body
+            for prefix in ("", "/apps/{app}")
+            for name, body in (
+                ("metrics", [{"name": "sec", "fields": {"value": 1}}]),
+                ("checkupgrade", {"appVersion": "v1"}),
+            )
+        },
+        "/kpis": {"id": "sec", "name": "sec"},  # made before /kpis/{kpi_id} reads and removes it
     }
     params = {
         "/tick.gif": {"id": "sec"},
@@ -168,11 +191,10 @@ def test_the_server_enforces_exactly_the_documented_security(guarded: Guarded) -
     }
     with httpx.Client(base_url=url, timeout=10) as client:
         for path, method, operation in _operations(document):
-            target = (
-                path.replace("{item_id}", "sec")
-                .replace("{name}", "top-items")
-                .replace("{asset}", "dashboard.js")
-            )
+            target = path.replace("{item_id}", "sec").replace("{name}", "top-items")
+            target = target.replace("{app}", "telemetry")  # the default app
+            target = target.replace("{kpi_id}", "sec")
+            target = target.replace("{asset}", "dashboard.js")
             request: dict[str, Any] = {"params": params.get(path, {})}
             if path in bodies:
                 request["json"] = bodies[path]

@@ -484,6 +484,14 @@ def test_named_reports_answer_common_questions(data: Backend) -> None:
         "status-codes",
         "slowest-pages",
         "tock",
+        "storage-growth",
+        "extractions",
+        "extraction-runtime",
+        "downloads-per-resource",
+        "concurrency",
+        "uptime",
+        "response-times",
+        "certificate-expiry",
     ]
     week = {"from": WEEK["from"], "to": WEEK["to"]}
     top = report(data, "top-items", **week, source="ticks")

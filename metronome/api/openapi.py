@@ -19,6 +19,7 @@ from metronome import __version__
 from metronome.errors import all_error_classes
 from metronome.events.fields import SITE_ID_PATTERN
 from metronome.events.tick import TICK_SCHEMA
+from metronome.kpis.model import KPI_SCHEMA
 from metronome.live.protocol import CLIENT_MESSAGE_SCHEMA, CLOSE_CODES, SERVER_MESSAGE_SCHEMA
 from metronome.reports.named import COMMON_PARAMETERS, REPORTS
 from metronome.reports.query import QUERY_SCHEMA
@@ -209,7 +210,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         403: "The key lacks the route's scope (`scope_forbidden`) or is for another site"
         " (`site_forbidden`), or the page's origin may not send to the site"
         " (`origin_forbidden`)",
-        404: "No such route or report",
+        404: "No such route, report or KPI",
         405: "Method not allowed here",
         413: "The body is over the limit",
         415: "Send a JSON body",
@@ -312,6 +313,34 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "query": {"type": "object"},
                 "report": {"type": "string"},
+                "forecast": {
+                    "type": "array",
+                    "description": "with `forecast` in the query: the next buckets, each"
+                    " with metrics, low and high (the interval), per metric",
+                    "items": {
+                        "type": "object",
+                        "required": ["dimensions", "metrics", "low", "high"],
+                        "properties": {
+                            "dimensions": {"type": "array"},
+                            "metrics": {"type": "array"},
+                            "low": {"type": "array"},
+                            "high": {"type": "array"},
+                        },
+                    },
+                },
+            },
+        },
+        "Kpi": {k: v for k, v in KPI_SCHEMA.items() if k != "$schema"},
+        "StoredKpi": {
+            "type": "object",
+            "required": ["id", "site", "name", "query", "interval", "created_ms"],
+            "properties": {
+                "id": {"type": "string"},
+                "site": {"type": "string"},
+                "name": {"type": "string"},
+                "query": {"type": "object"},
+                "interval": {"enum": ["hour", "day"]},
+                "created_ms": {"type": "integer"},
             },
         },
         "LiveClientMessage": CLIENT_MESSAGE_SCHEMA,
@@ -322,6 +351,19 @@ def openapi_document() -> dict[str, Any]:
             "properties": {
                 name: {"type": "object", "additionalProperties": {"type": "integer"}}
                 for name in ("views", "downloads", "referers")
+            },
+        },
+        "SeriesReport": {
+            "description": "A platform report of several parts (storage-growth, extractions,"
+            " concurrency: a row per time bucket and series, with running totals; uptime: a"
+            " row per monitor and region)",
+            "type": "object",
+            "required": ["report", "results", "meta"],
+            "not": {"required": ["query"]},  # what tells it from a QueryAnswer
+            "properties": {
+                "report": {"type": "string"},
+                "results": {"type": "array", "items": {"type": "object"}},
+                "meta": {"type": "object", "required": ["range", "tz"]},
             },
         },
     }
@@ -522,7 +564,9 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "The report",
-                        "content": _json({"oneOf": [_ref("QueryAnswer"), _ref("Tock")]}),
+                        "content": _json(
+                            {"oneOf": [_ref("QueryAnswer"), _ref("Tock"), _ref("SeriesReport")]}
+                        ),
                     },
                     **_errors(400, 401, 403, 404, 503),
                 },
@@ -582,6 +626,9 @@ def openapi_document() -> dict[str, Any]:
             }
         },
     }
+    paths.update(_telemetry_paths())
+    schemas.update(_TELEMETRY_SCHEMAS)
+    paths.update(_kpi_paths())
     paths.update(_live_paths())
     return {
         "openapi": "3.1.0",
@@ -595,6 +642,229 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": _SECURITY_SCHEMES},
+    }
+
+
+# -- telemetry (issue 19): the binoculars and upgrade-responder endpoints ----------------
+
+_METRIC = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+        "fields": {"type": "object", "additionalProperties": {"type": ["number", "boolean"]}},
+    },
+}
+_TELEMETRY_SCHEMAS: dict[str, Any] = {
+    "TelemetryMetrics": {
+        "description": "binoculars: the metrics, wrapped or as the bare array",
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["metrics"],
+                "additionalProperties": False,
+                "properties": {"metrics": {"type": "array", "items": _METRIC}},
+            },
+            {"type": "array", "items": _METRIC},
+        ],
+    },
+    "TelemetryRefusal": {
+        "type": "object",
+        "required": ["index", "reason"],
+        "properties": {
+            "index": {"type": "integer"},
+            "reason": {"type": "string"},
+            "field": {"type": "string"},
+        },
+    },
+    "TelemetryAnswer": {
+        "type": "object",
+        "required": ["requestIntervalInMinutes"],
+        "properties": {
+            "requestIntervalInMinutes": {"type": "integer", "minimum": 1},
+            "refused": {"type": "array", "items": _ref("TelemetryRefusal")},
+        },
+    },
+    "CheckUpgrade": {
+        "description": "upgrade-responder: the running version and extra information",
+        "type": "object",
+        "required": ["appVersion"],
+        "properties": {
+            "appVersion": {"type": "string", "minLength": 1},
+            "extraInfo": {"type": ["object", "null"]},
+            "extraTagInfo": {"type": ["object", "null"]},
+            "extraFieldInfo": {"type": ["object", "null"]},
+        },
+    },
+    "CheckUpgradeAnswer": {
+        "type": "object",
+        "required": ["versions", "requestIntervalInMinutes"],
+        "properties": {
+            "versions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "releaseDate", "tags"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "releaseDate": {"type": "string"},
+                        "tags": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+            "requestIntervalInMinutes": {"type": "integer", "minimum": 1},
+            "refused": {"type": "array", "items": _ref("TelemetryRefusal")},
+        },
+    },
+}
+_TELEMETRY_TEXT = (
+    " No key: the app's optional URL token (`?token=`), per-address and per-instance rate"
+    " limits, and a switch per endpoint (`metronome apps update --disable`) guard it."
+)
+
+
+def _telemetry_paths() -> dict[str, Any]:
+    """The telemetry routes, for the default app (``/v1/...``) and any app."""
+    paths: dict[str, Any] = {}
+    for prefix in ("", "/apps/{app}"):
+        params: list[dict[str, Any]] = _query_params({"token": "the app's URL token, if set"})
+        if prefix:
+            params.insert(
+                0,
+                {
+                    "name": "app",
+                    "in": "path",
+                    "required": True,
+                    "description": "the app's id (`metronome apps list`)",
+                    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
+                },
+            )
+        which = "the app" if prefix else "the default app (METRONOME_TELEMETRY_APP)"
+        suffix = "ForApp" if prefix else ""
+        paths[f"{prefix}/v1/metrics"] = {
+            "post": {
+                "summary": f"binoculars: store metrics as points of {which}",
+                "description": "Answers 200 once the points are spooled, with the interval"
+                " the client waits; metrics or fields left out are listed in `refused`."
+                + _TELEMETRY_TEXT,
+                "operationId": f"postTelemetryMetrics{suffix}",
+                "security": _NO_SECURITY,
+                "parameters": params,
+                "requestBody": {"required": True, "content": _json(_ref("TelemetryMetrics"))},
+                "responses": {
+                    "200": {"description": "stored", "content": _json(_ref("TelemetryAnswer"))},
+                    **_errors(400, 401, 403, 404, 413, 415, 429, 503),
+                },
+            }
+        }
+        paths[f"{prefix}/v1/checkupgrade"] = {
+            "post": {
+                "summary": f"upgrade-responder: the versions of {which}; records the check",
+                "description": "Answers the app's versions file and the interval; records one"
+                " `upgrade_request` point." + _TELEMETRY_TEXT,
+                "operationId": f"postCheckUpgrade{suffix}",
+                "security": _NO_SECURITY,
+                "parameters": params,
+                "requestBody": {"required": True, "content": _json(_ref("CheckUpgrade"))},
+                "responses": {
+                    "200": {
+                        "description": "the versions",
+                        "content": _json(_ref("CheckUpgradeAnswer")),
+                    },
+                    **_errors(400, 401, 403, 404, 413, 415, 429, 503),
+                },
+            }
+        }
+        paths[f"{prefix}/v1/healthcheck"] = {
+            "get": {
+                "summary": f"binoculars: {which} answers",
+                "operationId": f"telemetryHealth{suffix}",
+                "security": _NO_SECURITY,
+                "parameters": params[:1] if prefix else [],
+                "responses": {
+                    "200": {"description": "ok", "content": _json({"type": "object"})},
+                    **_errors(403, 404),
+                },
+            }
+        }
+    return paths
+
+
+def _kpi_paths() -> dict[str, Any]:
+    """``/kpis`` and ``/kpis/{kpi_id}`` (issue 22)."""
+    text = (
+        " A KPI is a saved query of one site: the worker evaluates it and stores insights"
+        ' (`POST /query` with `"source": "insights"`).' + _GUARD_TEXT["read"]
+    )
+    kpi_id = {
+        "name": "kpi_id",
+        "in": "path",
+        "required": True,
+        "description": "The KPI's id",
+        "schema": {"type": "string"},
+    }
+    stored = _json(_ref("StoredKpi"))
+    return {
+        "/kpis": {
+            "get": {
+                "summary": "The site's KPIs (widgets: those with a dashboard), by position",
+                "description": text,
+                "operationId": "listKpis",
+                "security": _READ_SECURITY,
+                "parameters": [_SITE_PARAMETER],
+                "responses": {
+                    "200": {
+                        "description": "The KPIs",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["kpis"],
+                                "properties": {
+                                    "kpis": {"type": "array", "items": _ref("StoredKpi")}
+                                },
+                            }
+                        ),
+                    },
+                    **_errors(400, 401, 403, 503),
+                },
+            },
+            "post": {
+                "summary": "Define a KPI (one with the same id is replaced)",
+                "description": text,
+                "operationId": "createKpi",
+                "security": _READ_SECURITY,
+                "parameters": [_SITE_PARAMETER],
+                "requestBody": {"required": True, "content": _json(_ref("Kpi"))},
+                "responses": {
+                    "201": {"description": "The KPI as stored", "content": stored},
+                    **_errors(400, 401, 403, 413, 415, 503),
+                },
+            },
+        },
+        "/kpis/{kpi_id}": {
+            "get": {
+                "summary": "One KPI",
+                "description": text,
+                "operationId": "getKpi",
+                "security": _READ_SECURITY,
+                "parameters": [kpi_id, _SITE_PARAMETER],
+                "responses": {
+                    "200": {"description": "The KPI", "content": stored},
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            },
+            "delete": {
+                "summary": "Remove a KPI (its insights stay)",
+                "description": text,
+                "operationId": "deleteKpi",
+                "security": _READ_SECURITY,
+                "parameters": [kpi_id, _SITE_PARAMETER],
+                "responses": {
+                    "204": {"description": "Removed"},
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            },
+        },
     }
 
 

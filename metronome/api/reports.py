@@ -5,6 +5,7 @@ from __future__ import annotations
 import falcon.asgi
 
 from metronome.config import Settings
+from metronome.events.typed import EventSchemas
 from metronome.reports.named import REPORTS, find_report, run_report
 from metronome.store.base import Store
 
@@ -19,6 +20,7 @@ class Reports:
         self._settings = settings
         self._store = store
         self._guard = guard
+        self._typed = EventSchemas.from_config(settings.event_schemas).kinds
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.media = {
@@ -42,4 +44,5 @@ class Reports:
             params,
             site_id=access.site_id,
             max_groups=self._settings.query_max_groups,
+            typed=self._typed,
         )

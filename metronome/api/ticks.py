@@ -28,6 +28,7 @@ from metronome.errors import (
 from metronome.events.document import Document
 from metronome.events.enrich import client_address, flag_referrer_spam, stored_address
 from metronome.events.tick import Limits, RequestInfo, build_tick
+from metronome.events.typed import EventSchemas
 from metronome.events.visitor import VisitorIds
 from metronome.pipeline import Pipeline, metrics
 
@@ -61,6 +62,7 @@ class _TickResource:
         )
         self._deadlines = Deadlines.of(settings.body_timeout_s)
         self._visitors = VisitorIds(settings.data_dir)
+        self._schemas = EventSchemas.from_config(settings.event_schemas)
 
     def _client_ip(self, req: falcon.asgi.Request) -> str | None:
         return client_address(
@@ -115,7 +117,7 @@ class _TickResource:
 
     def _build(self, raw: Any, info: RequestInfo) -> Document:
         """The tick's document, with referrer spam flagged."""
-        document = build_tick(raw, info, self._limits)
+        document = build_tick(raw, info, self._limits, self._schemas)
         flag_referrer_spam(document.source, self._settings.referrer_blocklist)
         return document
 

@@ -13,6 +13,26 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "INSIGHT_DATASET",
+    "KPI_ID",
+    "KPI_NAME",
+    "KPI_DASHBOARD",
+    "INSIGHT_KIND",
+    "INSIGHT_STATE",
+    "INSIGHT_KEY",
+    "INSIGHT_COMPARED_TO",
+    "INSIGHT_DIRECTION",
+    "INSIGHT_MESSAGE",
+    "INSIGHT_OBSERVED",
+    "INSIGHT_RAISED_AT",
+    "INSIGHT_EXPECTED",
+    "INSIGHT_LOW",
+    "INSIGHT_HIGH",
+    "INSIGHT_SCORE",
+    "INSIGHT_CHANGE",
+    "INSIGHT_FIELDS",
+    "APP",
+    "APP_ID_PATTERN",
     "BOT",
     "CLIENT_GEO_COUNTRY_ISO_CODE",
     "CLIENT_IP",
@@ -21,6 +41,7 @@ __all__ = [
     "EVENT_DATASET",
     "EVENT_DURATION",
     "EVENT_ID",
+    "FIELDS",
     "EVENT_INGESTED",
     "HTTP_REQUEST_METHOD",
     "HTTP_REQUEST_REFERRER",
@@ -34,6 +55,8 @@ __all__ = [
     "METRICS",
     "METRICSET_NAME",
     "METRIC_FIELDS",
+    "METRIC_NAME",
+    "POINT_DATASET",
     "PARAMS",
     "REFERRER_DOMAIN",
     "REFERRER_PAGE",
@@ -42,8 +65,10 @@ __all__ = [
     "SITE_ID",
     "SITE_ID_PATTERN",
     "SOURCE_IP",
+    "TAGS",
     "TICK_FIELDS",
     "TIMESTAMP",
+    "TYPED",
     "URL_DOMAIN",
     "URL_ORIGINAL",
     "URL_PATH",
@@ -99,6 +124,8 @@ DEFAULT_SITE = "default"  # the single-user default: the site of events when no 
 SITE_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 PARAMS = "params"  # object of free parameters, one keyword field each
+# object of a typed event's fields (events/typed.py): numbers as doubles, text as keywords
+TYPED = "typed"
 
 TICK_FIELDS: frozenset[str] = frozenset(
     {
@@ -169,9 +196,66 @@ HOST_NAME = "host.name"
 SERVICE_NAME = "service.name"
 METRICS = "metrics"  # object of numeric values, one double field each
 
+# Points (events/point.py) live in the same dataset: one measurement of one producer (a
+# telemetry app, a collector, a monitor), in <prefix>-metrics-<app>-YYYY.MM.DD.
+POINT_DATASET = "metrics"
+APP = "app"  # the producer: a telemetry app's id, or a collector's or monitor's name
+METRIC_NAME = "metric.name"  # the measurement: storage_capacity, enabled_feature, ...
+TAGS = "tags"  # object of keyword values (tags.<name>): what a point is about
+FIELDS = "fields"  # object of double values (fields.<name>): what was measured
+# What an app id (and any producer's name) may be: it is part of index names
+APP_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
 METRIC_FIELDS: frozenset[str] = frozenset(
     (TICK_FIELDS - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE, REFERRER_SPAM})
-    | {METRICSET_NAME, HOST_NAME, SERVICE_NAME}
+    | {METRICSET_NAME, HOST_NAME, SERVICE_NAME, APP, METRIC_NAME}
 )
-"""Every fixed field the ``metrics`` indices map (``metrics.*`` excluded): the shared base
-mappings and the metric set, host and service names."""
+"""Every fixed field the ``metrics`` indices map (``metrics.*``, ``tags.*`` and
+``fields.*`` excluded): the shared base mappings, the metric set, host and service names,
+and a point's producer and metric name."""
+
+# Insights (dataset "insights"): what the worker found in a KPI's series -- a trend, a
+# threshold crossing or an anomaly, raised or recovered -- in <prefix>-insights-YYYY.MM.DD,
+# mapped by index_templates/component/metronome-insights-mappings.json on top of the shared
+# base mappings. ``@timestamp`` is the start of the bucket the insight is about.
+
+INSIGHT_DATASET = "insights"
+KPI_ID = "kpi.id"
+KPI_NAME = "kpi.name"
+KPI_DASHBOARD = "kpi.dashboard"
+INSIGHT_KIND = "insight.kind"  # trend, threshold or anomaly
+INSIGHT_STATE = "insight.state"  # raised or recovered
+INSIGHT_KEY = "insight.key"  # what is raised and recovered: kpi, kind and its variant
+INSIGHT_COMPARED_TO = "insight.compared_to"  # expected_range, previous_period, ...
+INSIGHT_DIRECTION = "insight.direction"  # up or down
+INSIGHT_MESSAGE = "insight.message"  # the explanation a person reads
+INSIGHT_OBSERVED = "insight.observed"
+INSIGHT_EXPECTED = "insight.expected"
+INSIGHT_LOW = "insight.low"  # the expected range (anomalies), or the reference (trends)
+INSIGHT_HIGH = "insight.high"
+INSIGHT_SCORE = "insight.score"  # robust z-score (anomalies)
+INSIGHT_CHANGE = "insight.change"  # relative change (trends): 0.25 is +25%
+INSIGHT_RAISED_AT = "insight.raised_at"  # epoch ms of the bucket that raised it (both states)
+
+INSIGHT_FIELDS: frozenset[str] = frozenset(
+    (TICK_FIELDS - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE, REFERRER_SPAM})
+    | {
+        KPI_ID,
+        KPI_NAME,
+        KPI_DASHBOARD,
+        INSIGHT_KIND,
+        INSIGHT_STATE,
+        INSIGHT_KEY,
+        INSIGHT_COMPARED_TO,
+        INSIGHT_DIRECTION,
+        INSIGHT_MESSAGE,
+        INSIGHT_OBSERVED,
+        INSIGHT_EXPECTED,
+        INSIGHT_LOW,
+        INSIGHT_HIGH,
+        INSIGHT_SCORE,
+        INSIGHT_CHANGE,
+        INSIGHT_RAISED_AT,
+    }
+)
+"""Every field the ``insights`` indices map: the shared base mappings and the insight's."""

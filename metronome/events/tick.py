@@ -21,6 +21,7 @@ from metronome.events import fields as F
 from metronome.events.document import Document, format_timestamp, new_event_id, parse_iso_ms
 from metronome.events.enrich import referrer_keys, url_parts, user_agent_fields
 from metronome.events.geo import country_iso_code
+from metronome.events.typed import EventSchemas
 
 __all__ = ["KNOWN_KEYS", "TICK_SCHEMA", "Limits", "RequestInfo", "build_tick", "parse_timestamp"]
 
@@ -140,10 +141,12 @@ def parse_timestamp(value: Any, field: str = "ts") -> int:
     raise InvalidField(f"'{field}' must be ISO 8601 text or epoch milliseconds", field=field)
 
 
-def _params(raw: dict[str, Any], limits: Limits) -> dict[str, str | int | float | bool | None]:
+def _params(
+    raw: dict[str, Any], limits: Limits, typed: Any = ()
+) -> dict[str, str | int | float | bool | None]:
     params: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in KNOWN_KEYS:
+        if key in KNOWN_KEYS or key in typed:
             continue
         if len(key) > limits.max_key_length:
             raise LimitExceeded(
@@ -184,8 +187,13 @@ def _params(raw: dict[str, Any], limits: Limits) -> dict[str, str | int | float 
     return params
 
 
-def build_tick(raw: Any, request: RequestInfo, limits: Limits) -> Document:
-    """Validate one tick and build its document. Raises a 4xx :mod:`metronome.errors` error."""
+def build_tick(
+    raw: Any, request: RequestInfo, limits: Limits, schemas: EventSchemas | None = None
+) -> Document:
+    """Validate one tick and build its document. Raises a 4xx :mod:`metronome.errors` error.
+
+    A tick of an event type ``schemas`` declares for its site must follow that type's
+    schema; its typed fields go to ``typed.*`` instead of ``params.*``."""
     if not isinstance(raw, dict):
         raise InvalidField("a tick must be a JSON object", field="(tick)")
     item_id = _string(raw, "id", limits)
@@ -211,7 +219,16 @@ def build_tick(raw: Any, request: RequestInfo, limits: Limits) -> Document:
                 "'ts' must be after 1970 and at most a day ahead of the server's clock",
                 field="ts",
             )
-    params = _params(raw, limits)
+    event_type = schemas.find(request.site_id, action) if schemas is not None else None
+    typed = event_type.typed_fields(raw) if event_type is not None else None
+    for key, value in (typed or {}).items():
+        if isinstance(value, str) and len(value) > limits.max_value_length:
+            raise LimitExceeded(
+                f"{key!r} is {len(value)} characters long; the limit is {limits.max_value_length}",
+                field=key,
+                limit=limits.max_value_length,
+            )
+    params = _params(raw, limits, event_type.typed if event_type is not None else ())
 
     event_id = new_event_id(request.received_ms)
     source: dict[str, Any] = {
@@ -228,6 +245,8 @@ def build_tick(raw: Any, request: RequestInfo, limits: Limits) -> Document:
         F.PARAMS: params,
         "site": {"id": request.site_id},
     }
+    if typed:
+        source[F.TYPED] = typed
     if fmt:
         source["item"]["format"] = fmt
     if url:

@@ -68,6 +68,21 @@ async def _retention_loop(settings: Settings, store: Store, stop: asyncio.Event)
             pass
 
 
+async def _collectors(settings: Settings, store: Store, stop: asyncio.Event) -> None:
+    """The ``[[collectors]]`` and ``[[monitors]]``, each once per period across every
+    worker (leases)."""
+    from metronome.jobs.collectors import parse_collectors, run_collectors
+    from metronome.jobs.monitors import parse_monitors, run_monitors
+    from metronome.store.leases import open_leases
+
+    specs = parse_collectors(settings.collectors)
+    monitors = parse_monitors(settings.monitors)
+    async with open_leases(settings) as leases:
+        await asyncio.gather(
+            run_collectors(specs, store, leases, stop), run_monitors(monitors, store, leases, stop)
+        )
+
+
 async def run_worker(
     settings: Settings, *, drain: bool = False, parent_pid: int | None = None
 ) -> ShipperStats:
@@ -95,6 +110,14 @@ async def run_worker(
             retention = None
             if settings.retention and not drain:
                 retention = loop.create_task(_retention_loop(settings, store, stop))
+            collectors = None
+            if (settings.collectors or settings.monitors) and not drain:
+                collectors = loop.create_task(_collectors(settings, store, stop))
+            kpis = None
+            if settings.kpi_interval_s and not drain:
+                from metronome.jobs.kpis import KpiWatcher
+
+                kpis = loop.create_task(KpiWatcher(settings, store).run(stop))
             # the shipper's long-lived objects, out of the collector's way; it builds events
             # only for the forward input
             settle(enrichment=forward is not None)
@@ -104,6 +127,12 @@ async def run_worker(
                 if retention is not None:
                     stop.set()
                     await retention
+                if collectors is not None:
+                    stop.set()
+                    await collectors
+                if kpis is not None:
+                    stop.set()
+                    await kpis
                 if forward is not None:
                     server, router, writer = forward
                     await server.close()

@@ -34,6 +34,7 @@ from metronome.errors import BadRequest
 from metronome.events.document import Document
 from metronome.events.fields import DEFAULT_SITE
 from metronome.events.tick import Limits, RequestInfo, build_tick
+from metronome.events.typed import EventSchemas
 from metronome.logs.ingest import LineConverter
 from metronome.logs.parse import Reject
 from metronome.pipeline import metrics
@@ -70,6 +71,7 @@ class ForwardRouter:
             settings.max_params, settings.max_key_length, settings.max_value_length
         )
         self._converter = LineConverter(settings)
+        self._schemas = EventSchemas.from_config(settings.event_schemas)
         self._site = settings.log_site
         self._sites = RegistryCache(
             open_registry(settings), settings.sites_cache_s, settings.data_dir
@@ -99,7 +101,10 @@ class ForwardRouter:
                     continue
                 try:
                     document = build_tick(
-                        tick, RequestInfo(received_ms, None, None, site), self._limits
+                        tick,
+                        RequestInfo(received_ms, None, None, site),
+                        self._limits,
+                        self._schemas,
                     )
                 except BadRequest as exc:
                     metrics.REJECTED.labels(exc.code).inc()

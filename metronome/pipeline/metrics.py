@@ -21,6 +21,9 @@ from metronome.pipeline.spool import backlog
 
 __all__ = [
     "ACCEPTED",
+    "COLLECTOR_FAILURES",
+    "COLLECTOR_RUNS",
+    "MONITOR_CHECKS",
     "DEAD_LETTERS",
     "LIVE_CLOSED",
     "LIVE_EVALUATIONS",
@@ -30,6 +33,8 @@ __all__ = [
     "RETRIES",
     "RouteTally",
     "SHIPPED",
+    "TELEMETRY_ACCEPTED",
+    "TELEMETRY_REFUSED",
     "TORN_BYTES",
     "SpoolCollector",
     "registry_for_scrape",
@@ -49,6 +54,33 @@ SHIPPED = Counter("metronome_events_shipped", "Events the store confirmed.")
 RETRIES = Counter("metronome_ship_retries", "Bulk writes retried after a retriable failure.")
 DEAD_LETTERS = Counter("metronome_dead_letters", "Events the store refused for good.")
 TORN_BYTES = Counter("metronome_spool_torn_bytes", "Bytes cut from torn segment tails.")
+COLLECTOR_RUNS = Counter(
+    "metronome_collector_runs",
+    "Collector periods by outcome: `ok`, `failed` and `timeout` (after the retries),"
+    " `missed` (a period nobody ran); counted by the worker that held the lease.",
+    ["collector", "outcome"],
+)
+COLLECTOR_FAILURES = Counter(
+    "metronome_collector_attempt_failures",
+    "Collector attempts that failed or timed out, retried ones included.",
+    ["collector"],
+)
+MONITOR_CHECKS = Counter(
+    "metronome_monitor_checks",
+    "Monitor checks by result (`up`, `down`: this check, before retries change the state).",
+    ["monitor", "result"],
+)
+TELEMETRY_ACCEPTED = Counter(
+    "metronome_telemetry_points_accepted",
+    "Telemetry points acknowledged (spooled), by app (registered apps only).",
+    ["app"],
+)
+TELEMETRY_REFUSED = Counter(
+    "metronome_telemetry_refused",
+    "Telemetry refused inside answered (200) requests, by app and what: `metric` (a whole"
+    " metric left out) or `field` (one field left out, the metric kept).",
+    ["app", "what"],
+)
 REQUEST_SECONDS = Histogram(
     "metronome_request_duration_seconds",
     "HTTP request latency by route.",

@@ -23,7 +23,15 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from metronome.errors import InvalidCursor, InvalidQuery
-from metronome.reports.query import VISITORS_PRECISION, Query, iso_moment
+from metronome.reports.forecast import forecast
+from metronome.reports.query import (
+    DISTINCT_PRECISION,
+    LAST_PRECISION,
+    VISITORS_PRECISION,
+    ForecastSpec,
+    Query,
+    iso_moment,
+)
 from metronome.reports.timebuckets import bucket_label
 from metronome.store.base import GroupRow, Store
 from metronome.store.query import GroupQuery, MetricSpec
@@ -104,7 +112,7 @@ def _after_keys(cursor: dict[str, Any], group: GroupQuery) -> tuple[Any, ...] | 
 
 
 def _zero(metric: MetricSpec) -> Any:
-    if metric.kind in ("count", "distinct", "sum"):
+    if metric.kind in ("count", "distinct", "sum", "last_sum"):
         return 0
     return (0, 0) if metric.kind == "error_rate" else None
 
@@ -268,6 +276,8 @@ async def run_query(
         total = None
     else:
         rows = await _whole(store, group, max_groups)
+        if query.forecast is not None:
+            predicted = _forecast(group, rows, query.forecast)
         _sort(rows, query.order_by, positions)
         offset = _offset(cursor, max_groups)
         if offset and len(rows) <= offset:
@@ -316,9 +326,84 @@ async def run_query(
         }
     if any(m.name == "visitors" for m in group.metrics):
         meta["visitors_precision"] = VISITORS_PRECISION
+    if any(m.kind in ("last_sum", "last_avg") for m in group.metrics):
+        meta["last_precision"] = LAST_PRECISION
+    if any(m.kind == "distinct" and m.name != "visitors" for m in group.metrics):
+        meta["distinct_precision"] = DISTINCT_PRECISION
+    answer: dict[str, Any] = {"results": results}
+    if query.forecast is not None:
+        rows_out, meta["forecast"] = predicted
+        interval = dims[0].interval or "day"
+        answer["forecast"] = [
+            {**row, "dimensions": [bucket_label(row["dimensions"][0], interval, tz)]}
+            for row in rows_out
+        ]
     if any(m.kind == "percentile" for m in group.metrics):
         meta["percentiles"] = (
             "exact with linear interpolation on the embedded store; a"
             " t-digest estimate on Elasticsearch"
         )
-    return {"results": results, "meta": meta, "query": query.normalized}
+    answer.update(meta=meta, query=query.normalized)
+    return answer
+
+
+_STEP_S = {"hour": 3600.0, "day": 86_400.0, "week": 604_800.0}
+
+
+def _forecast(
+    group: GroupQuery, rows: list[dict[str, Any]], spec: ForecastSpec
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Forecast rows (bucket start, values, low, high per metric) and their meta, from
+    the series' complete buckets before ``spec.history_end_ms`` (gaps already filled)."""
+    history = sorted(
+        (r for r in rows if r["keys"][0] is not None and r["keys"][0] < spec.history_end_ms),
+        key=lambda r: r["keys"][0],
+    )
+    interval = group.dimensions[0].interval or "day"
+    per_metric = []
+    seasons = 1
+    for index, metric in enumerate(group.metrics):
+        values = [r["metrics"][index] for r in history]
+        known = sorted(v for v in values if v is not None)
+        fill = known[len(known) // 2] if known else 0.0  # a bucket without a value: the median
+        result = forecast(
+            [fill if v is None else float(v) for v in values],
+            _STEP_S[interval],
+            len(spec.starts),
+            coverage=spec.coverage,
+        )
+        seasons = max(seasons, result.season_points)
+        integer = metric.kind in ("count", "distinct")
+        per_metric.append(
+            [
+                [_shape(v, integer) for v in series]
+                for series in (result.predicted, result.low, result.high)
+            ]
+        )
+    out = [
+        {
+            "dimensions": [start],
+            "metrics": [m[0][i] for m in per_metric],
+            "low": [m[1][i] for m in per_metric],
+            "high": [m[2][i] for m in per_metric],
+        }
+        for i, start in enumerate(spec.starts)
+    ]
+    season = {1: None, 24: "day", 7: "week", 168: "week"}.get(seasons, f"{seasons} buckets")
+    meta = {
+        "horizon": spec.horizon,
+        "coverage": spec.coverage,
+        "buckets": len(spec.starts),
+        "history_buckets": len(history),
+        "season": season,
+        "model": "median seasonal profile on a deseasonalised recent level; interval from"
+        " the model's own errors on the history (see docs/guides/insights.md)",
+    }
+    return out, meta
+
+
+def _shape(value: float, integer: bool) -> float:
+    """Counts cannot go below zero; values are rounded like the rest of the answer."""
+    if integer:
+        value = max(value, 0.0)
+    return round(value, 3 if integer else _DIGITS)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metronome.errors import InvalidCursor, InvalidParameter, InvalidQuery, NotFound
-from metronome.reports import tock
+from metronome.reports import platform, tock
 from metronome.reports.engine import run_query
 from metronome.reports.query import PRESETS, for_site, parse_query
 from metronome.reports.timebuckets import SUPPORTED_RANGE
@@ -100,6 +100,9 @@ def _event_filter(params: Mapping[str, str]) -> list[Any]:
     return [["is", "event", [event]]] if event else []
 
 
+_PLAN_PARAMETERS = {name: COMMON_PARAMETERS[name] for name in ("range", "from", "to", "tz")}
+
+
 REPORTS: dict[str, NamedReport] = {
     report.name: report
     for report in [
@@ -176,8 +179,84 @@ REPORTS: dict[str, NamedReport] = {
             common=False,
             public=True,
         ),
+        NamedReport(
+            "storage-growth",
+            "Bytes added (file.uploaded) and removed (file.deleted) per space and time bucket,"
+            " with the running total",
+            None,
+            {**_PLAN_PARAMETERS, "interval": "hour, day (default), week or month"},
+            plan=lambda p: _planned("storage-growth", p, "day", platform.storage_growth_plan),
+            common=False,
+        ),
+        NamedReport(
+            "extractions",
+            "Extractions queued, started and finished per time bucket, and the queue's length",
+            None,
+            {**_PLAN_PARAMETERS, "interval": "hour (default), day, week or month"},
+            plan=lambda p: _planned("extractions", p, "hour", platform.extractions_plan),
+            common=False,
+        ),
+        NamedReport(
+            "extraction-runtime",
+            "Runtime percentiles (ms) of finished extractions per extractor",
+            lambda p: platform.extraction_runtime_query({}),
+            {},
+        ),
+        NamedReport(
+            "downloads-per-resource",
+            "resource.download events and visitors per resource, most first",
+            lambda p: platform.downloads_query({"limit": 10}),
+            {},
+        ),
+        NamedReport(
+            "concurrency",
+            "Requests in progress at once per time bucket, from access logs with a duration",
+            None,
+            {**_PLAN_PARAMETERS, "interval": "hour (default), day or week"},
+            plan=lambda p: _planned("concurrency", p, "hour", platform.concurrency_plan),
+            common=False,
+        ),
+        NamedReport(
+            "uptime",
+            "Uptime % per monitor and region, with the downtime intervals",
+            None,
+            _PLAN_PARAMETERS,
+            plan=lambda p: _planned("uptime", p, "", platform.uptime_plan),
+            common=False,
+        ),
+        NamedReport(
+            "response-times",
+            "Monitors' response time percentiles (ms), time to first byte and page size",
+            lambda p: platform.response_times_query({}),
+            {},
+        ),
+        NamedReport(
+            "certificate-expiry",
+            "TLS monitors' certificate days left (latest, and the fewest in the range)",
+            lambda p: platform.certificate_expiry_query({}),
+            {},
+        ),
     ]
 }
+
+
+def _planned(
+    name: str,
+    params: Mapping[str, str],
+    interval: str,
+    make: Callable[[dict[str, Any]], tuple[dict[str, dict[str, Any]], Any]],
+) -> Plan:
+    """A report of several parts from :mod:`metronome.reports.platform`: the URL's range,
+    tz and interval in one body, then the parts ``make`` builds from it."""
+    shell = NamedReport(
+        name,
+        "",
+        lambda p: {"interval": _interval(p, interval)} if interval else {},
+        {**_PLAN_PARAMETERS, "interval": ""} if interval else _PLAN_PARAMETERS,
+        common=False,
+    )
+    queries, shape = make(report_query(shell, params))
+    return Plan(queries, shape)
 
 
 def _tock_plan(params: Mapping[str, str]) -> Plan:
@@ -238,11 +317,13 @@ async def run_report(
     *,
     site_id: str,
     max_groups: int,
+    typed: Mapping[str, str] | None = None,
 ) -> Answer:
     """Answer ``report`` for the URL's ``params``, counting only ``site_id``'s documents.
 
     Every part is a ``/query`` request, validated and run like one sent to ``POST
-    /query``; the parts of a report run concurrently.
+    /query``; the parts of a report run concurrently. ``typed``: the typed events'
+    fields, as :func:`~metronome.reports.query.parse_query` takes them.
     """
     if report.plan is not None:
         plan = report.plan(params)
@@ -253,7 +334,8 @@ async def run_report(
         )
     try:
         queries = {
-            name: for_site(parse_query(body), site_id) for name, body in plan.queries.items()
+            name: for_site(parse_query(body, typed=typed), site_id)
+            for name, body in plan.queries.items()
         }
         answers = await asyncio.gather(
             *(run_query(store, query, max_groups=max_groups) for query in queries.values())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,13 +24,15 @@ from jsonschema.exceptions import relevance
 
 from metronome.errors import InvalidParameter, InvalidQuery
 from metronome.events import fields as F
-from metronome.reports.catalog import ALIASES, UnknownField, resolve
+from metronome.reports.catalog import ALIASES, UnknownField, resolve, typed_fields
 from metronome.reports.timebuckets import (
     EARLIEST_MS,
     LATEST_MS,
     MAX_BUCKETS,
     SUPPORTED_RANGE,
+    bucket_count,
     bucket_starts,
+    floor_to_bucket,
     parse_moment,
     parse_zone,
 )
@@ -44,7 +47,11 @@ from metronome.store.query import (
 )
 
 __all__ = [
+    "DISTINCT_PRECISION",
+    "INSTANCE_TAG",
+    "LAST_PRECISION",
     "QUERY_SCHEMA",
+    "ForecastSpec",
     "Query",
     "for_site",
     "iso_moment",
@@ -52,9 +59,29 @@ __all__ = [
     "restrict",
 ]
 
-SOURCES = {"ticks": ("ticks",), "logs": ("logs",), "all": ("ticks", "logs")}
-SIMPLE_METRICS = ("events", "visitors", "items", "bytes", "error_rate")
-STAT_PATTERN = r"^(sum|avg|min|max|p(?:[1-9][0-9]?)(?:\.[0-9]{1,3})?)$"
+SOURCES = {
+    "ticks": ("ticks",),
+    "logs": ("logs",),
+    "all": ("ticks", "logs"),
+    "metrics": (F.POINT_DATASET,),
+}
+SOURCES["insights"] = (F.INSIGHT_DATASET,)  # what the worker found in KPIs: trends, anomalies
+SIMPLE_METRICS = ("events", "visitors", "items", "bytes", "error_rate", "instances")
+STAT_PATTERN = r"^(sum|avg|min|max|distinct|p(?:[1-9][0-9]?)(?:\.[0-9]{1,3})?)$"
+LAST_STATS = ("last_sum", "last_avg")
+INSTANCE_TAG = "tags.instance_uuid"
+"""What tells a telemetry app's instances apart unless a query names another tag."""
+DISTINCT_PRECISION = (
+    "distinct counts (instances, distinct:<field>) are exact on the embedded store; on"
+    " Elasticsearch a HyperLogLog++ estimate, exact below 3,000 distinct values per row"
+    " and within a few percent above"
+)
+LAST_PRECISION = (
+    "last_sum/last_avg are exact on the embedded store; on Elasticsearch exact while a row"
+    " holds at most 10,000 instances (the instances past that are left out)"
+)
+HORIZON_PATTERN = r"^[1-9][0-9]{0,2}[hd]$"
+MAX_FORECAST_BUCKETS = 2_000
 RANGE_PRESET = r"^(today|yesterday|week|month|year|[1-9][0-9]{0,2}(?:[hd]|min))$"
 MAX_LIMIT = 10_000
 MAX_DIMENSIONS = 8
@@ -99,7 +126,8 @@ QUERY_SCHEMA: dict[str, Any] = {
         "source": {
             "enum": list(SOURCES),
             "default": "all",
-            "description": "ticks, access logs, or both",
+            "description": "ticks, access logs, or both (all); or metrics (points:"
+            " telemetry, collectors, monitors)",
         },
         "range": {
             "description": f"a preset: {PRESETS}; or from/to: a date (the whole day),"
@@ -140,6 +168,20 @@ QUERY_SCHEMA: dict[str, Any] = {
                         "maxProperties": 1,
                         "propertyNames": {"pattern": STAT_PATTERN},
                         "additionalProperties": _FIELD,
+                    },
+                    {
+                        "type": "object",
+                        "description": "the last value of a field per instance, summed or"
+                        f" averaged over instances (instance: a tag, default {INSTANCE_TAG})",
+                        "minProperties": 1,
+                        "maxProperties": 2,
+                        "additionalProperties": False,
+                        "properties": {
+                            "last_sum": _FIELD,
+                            "last_avg": _FIELD,
+                            "instance": _FIELD,
+                        },
+                        "oneOf": [{"required": ["last_sum"]}, {"required": ["last_avg"]}],
                     },
                 ]
             },
@@ -185,6 +227,28 @@ QUERY_SCHEMA: dict[str, Any] = {
             "enum": ["exclude", "include"],
             "default": "exclude",
             "description": "known crawlers and referrer spam are left out unless included",
+        },
+        "forecast": {
+            "type": ["object", "null"],
+            "default": None,
+            "description": "predict the next buckets of a time series (one time dimension):"
+            " values with an interval, from a seasonal model of the range's buckets",
+            "additionalProperties": False,
+            "required": ["horizon"],
+            "properties": {
+                "horizon": {
+                    "type": "string",
+                    "pattern": HORIZON_PATTERN,
+                    "description": "how far ahead: Nh or Nd, N from 1 to 999",
+                },
+                "coverage": {
+                    "type": "number",
+                    "minimum": 0.5,
+                    "maximum": 0.99,
+                    "default": 0.8,
+                    "description": "the share of outcomes the interval should hold",
+                },
+            },
         },
     },
     "$defs": {
@@ -254,6 +318,17 @@ _VALIDATOR = Draft202012Validator(QUERY_SCHEMA)
 
 
 @dataclass(frozen=True, slots=True)
+class ForecastSpec:
+    """What to forecast: the buckets after ``history_end_ms`` (the start of the bucket
+    holding now, or the range's end if earlier), with an interval holding ``coverage``."""
+
+    horizon: str
+    coverage: float
+    history_end_ms: int
+    starts: tuple[int, ...]  # the forecast buckets' starts
+
+
+@dataclass(frozen=True, slots=True)
 class Query:
     """A validated request: the normalized JSON and what to run."""
 
@@ -264,6 +339,7 @@ class Query:
     after: str | None
     previous: GroupQuery | None
     fingerprint: str = field(default="")
+    forecast: ForecastSpec | None = None
 
 
 # --- parsing ---------------------------------------------------------------------------
@@ -297,7 +373,8 @@ def _schema_error(body: Any) -> InvalidQuery | None:
     if error.validator == "oneOf" and where.startswith("query.metrics"):
         return InvalidQuery(
             f"{where}: a metric is one of {', '.join(SIMPLE_METRICS)}, or"
-            ' {"sum"|"avg"|"min"|"max"|"p95"...: field}',
+            ' {"sum"|"avg"|"min"|"max"|"distinct"|"p95"...: field}, or'
+            ' {"last_sum"|"last_avg": field, "instance": tag}',
             field=where,
         )
     if error.validator == "oneOf" and where == "query.range":
@@ -431,6 +508,9 @@ def _metric(raw: Any, datasets: tuple[str, ...], where: str) -> tuple[MetricSpec
     if isinstance(raw, str):
         if raw == "events":
             return MetricSpec("events", "count"), raw
+        if raw == "instances":
+            ref = _field(INSTANCE_TAG, datasets, "dimension", where)
+            return MetricSpec(raw, "distinct", ref), raw
         if raw in ("visitors", "items"):
             name = "visitor.id" if raw == "visitors" else "item.id"
             return MetricSpec(raw, "distinct", _field(name, datasets, "dimension", where)), raw
@@ -439,7 +519,19 @@ def _metric(raw: Any, datasets: tuple[str, ...], where: str) -> tuple[MetricSpec
             return MetricSpec("bytes", "sum", ref), raw
         ref = _field("status", datasets, "number", where)
         return MetricSpec("error_rate", "error_rate", ref), raw
+    last = next((s for s in LAST_STATS if s in raw), None)
+    if last is not None:
+        ref = _field(raw[last], datasets, "number", where)
+        instance = _field(raw.get("instance", INSTANCE_TAG), datasets, "dimension", where)
+        name = f"{last}:{ref.name}"
+        if instance.name != INSTANCE_TAG:
+            name += f"@{instance.name}"
+        spec = MetricSpec(name, last, ref, instance=instance)  # type: ignore[arg-type]
+        return spec, {last: ref.name, "instance": instance.name}
     ((stat, name),) = raw.items()
+    if stat == "distinct":
+        ref = _field(name, datasets, "dimension", where)
+        return MetricSpec(f"distinct:{ref.name}", "distinct", ref), {stat: ref.name}
     ref = _field(name, datasets, "number", where)
     canonical = f"{stat}:{ref.name}"
     if stat.startswith("p"):
@@ -515,14 +607,25 @@ def _filter(raw: list[Any], datasets: tuple[str, ...], where: str) -> tuple[Filt
     return Leaf(op, ref, values), [op, ref.name, list(values)]
 
 
-def parse_query(body: Any, now_ms: int | None = None) -> Query:
-    """Validate a ``/query`` request and resolve it. Raises :class:`InvalidQuery`."""
+def parse_query(
+    body: Any, now_ms: int | None = None, typed: Mapping[str, str] | None = None
+) -> Query:
+    """Validate a ``/query`` request and resolve it. Raises :class:`InvalidQuery`.
+
+    ``typed``: the typed events' fields and their kinds (``typed.<name>`` may be used)."""
+    with typed_fields(typed or {}):
+        return _parse_query(body, now_ms)
+
+
+def _parse_query(body: Any, now_ms: int | None) -> Query:
     error = _nesting_error(body) or _schema_error(body)
     if error is not None:
         raise error
     now = int(time.time() * 1000) if now_ms is None else now_ms
     source = body.get("source", "all")
     datasets = SOURCES[source]
+    if datasets == SOURCES["insights"]:  # insights are no visits: no crawlers, no spam
+        body = {**body, "bots": "include"}
     tz_name = body.get("tz", "UTC")
     try:
         tz = parse_zone("tz", tz_name)
@@ -569,7 +672,7 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
         nodes.append(node)
         filter_json.append(norm)
     bots = body.get("bots", "exclude")
-    if bots == "exclude":  # crawlers and referrer spam
+    if bots == "exclude" and F.POINT_DATASET not in datasets:  # crawlers and referrer spam
         nodes.append(Leaf("is_not", resolve("bot", datasets, "filter"), (True,)))
         nodes.append(Leaf("is_not", resolve("referrer.spam", datasets, "filter"), (True,)))
     root: FilterNode | None = (
@@ -626,6 +729,7 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
             tuple(metrics),
             root,
         )
+    forecast = _forecast(body.get("forecast"), dimensions, end, now, tz, bool(body.get("compare")))
     normalized = {
         "source": source,
         "range": {"from": iso_moment(start, tz), "to": iso_moment(end, tz)},
@@ -639,6 +743,8 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
         "compare": compare,
         "bots": bots,
     }
+    if forecast is not None:
+        normalized["forecast"] = {"horizon": forecast.horizon, "coverage": forecast.coverage}
     fingerprint_source = {k: v for k, v in normalized.items() if k not in ("after", "limit")}
     fingerprint = hashlib.sha256(
         orjson.dumps(fingerprint_source, option=orjson.OPT_SORT_KEYS)
@@ -651,7 +757,44 @@ def parse_query(body: Any, now_ms: int | None = None) -> Query:
         body.get("after"),
         previous_group,
         fingerprint,
+        forecast,
     )
+
+
+def _forecast(
+    spec: dict[str, Any] | None,
+    dimensions: list[DimensionSpec],
+    end: int,
+    now: int,
+    tz: ZoneInfo,
+    compare: bool,
+) -> ForecastSpec | None:
+    """The forecast's buckets: a time series (one time dimension of hours, days or
+    weeks, nothing else to group by, no comparison) continued for the horizon."""
+    if not spec:
+        return None
+    where = "query.forecast"
+    if len(dimensions) != 1 or dimensions[0].interval not in ("hour", "day", "week"):
+        raise InvalidQuery(
+            f"{where}: a forecast continues one time series: give exactly one dimension,"
+            " time:hour, time:day or time:week",
+            field=where,
+        )
+    if compare:
+        raise InvalidQuery(f"{where}: a forecast and compare do not go together", field=where)
+    interval = dimensions[0].interval
+    horizon = str(spec["horizon"])
+    horizon_ms = int(horizon[:-1]) * (3_600_000 if horizon[-1] == "h" else 86_400_000)
+    now_bucket = floor_to_bucket(datetime.fromtimestamp(now / 1000, tz=UTC), interval, tz)
+    history_end = min(end, int(now_bucket.timestamp() * 1000))
+    if bucket_count(history_end, history_end + horizon_ms, interval, tz) > MAX_FORECAST_BUCKETS:
+        raise InvalidQuery(
+            f"{where}: the horizon holds more than {MAX_FORECAST_BUCKETS} {interval} buckets",
+            field=where,
+            limit=MAX_FORECAST_BUCKETS,
+        )
+    starts = bucket_starts(history_end, history_end + horizon_ms, interval, tz)
+    return ForecastSpec(horizon, float(spec.get("coverage", 0.8)), history_end, tuple(starts))
 
 
 def for_site(query: Query, site_id: str) -> Query:

@@ -1,6 +1,7 @@
 """The Elasticsearch store: daily Logstash-format indices, bulk writes, aggregations.
 
-Documents go to ``<prefix>-<dataset>-YYYY.MM.DD`` (the UTC day of ``@timestamp``) with
+Documents go to ``<prefix>-<dataset>-YYYY.MM.DD`` (the UTC day of ``@timestamp``; points,
+dataset ``metrics`` with an ``app``, to ``<prefix>-metrics-<app>-YYYY.MM.DD``) with
 ``op_type=create`` and the event id as ``_id``: a second write of the same event answers
 409, which means "already stored". Reports compile to one search with ``size: 0``.
 """
@@ -22,6 +23,7 @@ from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError
 
 from metronome.config import Settings
 from metronome.errors import StoreUnavailable
+from metronome.events import fields as F
 from metronome.events.document import Document
 from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
 from metronome.store.es_query import (
@@ -42,6 +44,13 @@ _COMPOSITE_PAGE = 1000  # groups per search while reading a whole result
 _DELETE_ROUND = 5000  # ids per search-and-delete round
 
 log = logging.getLogger("metronome.store")
+
+
+def _page_size(query: GroupQuery) -> int:
+    """Groups per search: fewer when each group holds a bucket per instance."""
+    if any(m.kind in ("last_sum", "last_avg") for m in query.metrics):
+        return _COMPOSITE_PAGE // 10
+    return _COMPOSITE_PAGE
 
 
 def _merge_properties(into: dict[str, Any], properties: dict[str, Any]) -> None:
@@ -65,17 +74,36 @@ def answering(what: str) -> Iterator[None]:
         ) from exc
 
 
-def index_name(prefix: str, dataset: str, timestamp_ms: int) -> str:
-    """``metronome-ticks-2015.01.22``: the daily index for a document's UTC day."""
+PARTITIONED = frozenset({F.POINT_DATASET, "rollups"})
+"""Datasets whose documents go to one daily index per producer (their ``app``)."""
+
+
+def index_name(prefix: str, dataset: str, timestamp_ms: int, partition: str | None = None) -> str:
+    """``metronome-ticks-2015.01.22``: the daily index for a document's UTC day
+    (``metronome-metrics-longhorn-2015.01.22`` with a ``partition``)."""
     day = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
+    if partition:
+        return f"{prefix}-{dataset}-{partition}-{day:%Y.%m.%d}"
     return f"{prefix}-{dataset}-{day:%Y.%m.%d}"
+
+
+def _partition(doc: Document) -> str | None:
+    if doc.dataset not in PARTITIONED:
+        return None
+    app = doc.source.get(F.APP)
+    return app if isinstance(app, str) and F.APP_ID_PATTERN.match(app) else None
 
 
 def index_day_ms(prefix: str, datasets: Sequence[str], index: str) -> int | None:
     """Epoch ms of 00:00 UTC of the day a daily index is named for; None for any other
     index (another prefix or dataset, or a name that is not ``...-YYYY.MM.DD``)."""
     names = "|".join(re.escape(d) for d in datasets)
-    match = re.fullmatch(rf"{re.escape(prefix)}-(?:{names})-(\d{{4}})\.(\d{{2}})\.(\d{{2}})", index)
+    parted = "|".join(re.escape(d) for d in datasets if d in PARTITIONED) or "(?!)"
+    match = re.fullmatch(
+        rf"{re.escape(prefix)}-(?:{names}|(?:{parted})-[a-z0-9][a-z0-9_-]{{0,63}})"
+        r"-(\d{4})\.(\d{2})\.(\d{2})",
+        index,
+    )
     if not match:
         return None
     try:
@@ -207,7 +235,7 @@ class ElasticsearchStore:
         # with the json module), and only the status and error of each item come back
         lines: list[bytes] = []
         for doc in documents:
-            index = index_name(self._prefix, doc.dataset, doc.timestamp_ms)
+            index = index_name(self._prefix, doc.dataset, doc.timestamp_ms, _partition(doc))
             lines.append(orjson.dumps({"create": {"_index": index, "_id": doc.id}}))
             lines.append(orjson.dumps(doc.source))
         lines.append(b"")
@@ -239,7 +267,7 @@ class ElasticsearchStore:
             es_after = {f"d{i}": value for i, value in enumerate(after)}
         index = ",".join(f"{self._prefix}-{d}-*" for d in query.datasets)
         while True:
-            page = min(_COMPOSITE_PAGE, limit - len(rows))
+            page = min(_page_size(query), limit - len(rows))
             with answering("the query"):
                 resp = await self._client.search(
                     index=index,
@@ -255,7 +283,7 @@ class ElasticsearchStore:
                             (),
                             tuple(
                                 0
-                                if m.kind in ("count", "distinct", "sum")
+                                if m.kind in ("count", "distinct", "sum", "last_sum")
                                 else (0, 0)
                                 if m.kind == "error_rate"
                                 else None

@@ -26,6 +26,7 @@ __all__ = [
 ]
 
 CARDINALITY_PRECISION = 3000
+LAST_INSTANCES = 10_000  # instances per group a last_sum/last_avg reads (the rest are left out)
 Row = tuple[tuple[Any, ...], tuple[Any, ...]]
 
 
@@ -98,6 +99,21 @@ def _metric_aggs(metrics: Sequence[MetricSpec]) -> dict[str, Any]:
         elif metric.kind == "error_rate":
             aggs[key + "e"] = {"filter": {"range": {ref.name: {"gte": 500}}}}
             aggs[key + "t"] = {"value_count": {"field": ref.name}}
+        elif metric.kind in ("last_sum", "last_avg"):
+            assert metric.instance is not None
+            last = {  # top_hits: top_metrics is not in every distribution (x-pack)
+                "top_hits": {
+                    "size": 1,
+                    "sort": [{F.TIMESTAMP: "desc"}],
+                    "_source": False,
+                    "docvalue_fields": [ref.name],
+                }
+            }
+            instances = {
+                "terms": {"field": metric.instance.name, "size": LAST_INSTANCES},
+                "aggs": {"last": last},
+            }
+            aggs[key] = {"filter": {"exists": {"field": ref.name}}, "aggs": {"i": instances}}
         else:
             aggs[key] = {metric.kind: {"field": ref.numeric_field}}
     return aggs
@@ -181,6 +197,18 @@ def _metric_values(bucket: dict[str, Any], metrics: Sequence[MetricSpec]) -> tup
             values.append(rows[0]["value"] if rows else None)
         elif metric.kind == "error_rate":
             values.append((int(bucket[key + "e"]["doc_count"]), int(bucket[key + "t"]["value"])))
+        elif metric.kind in ("last_sum", "last_avg"):
+            assert metric.field is not None
+            name = metric.field.name
+            lasts = [
+                hits[0]["fields"][name][0]
+                for b in bucket[key]["i"]["buckets"]
+                if (hits := b["last"]["hits"]["hits"]) and hits[0].get("fields", {}).get(name)
+            ]
+            if metric.kind == "last_sum":
+                values.append(float(sum(lasts)))
+            else:
+                values.append(sum(lasts) / len(lasts) if lasts else None)
         else:
             values.append(bucket[key]["value"])
     return tuple(values)

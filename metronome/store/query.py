@@ -65,13 +65,29 @@ FilterNode = Leaf | BoolNode
 
 @dataclass(frozen=True, slots=True)
 class MetricSpec:
-    """``count`` (events), ``distinct`` (visitors, items), ``sum``/``avg``/``min``/``max``,
-    ``percentile`` (``percent``), or ``error_rate`` (share of status codes >= 500)."""
+    """``count`` (events), ``distinct`` (visitors, items, instances), ``sum``/``avg``/
+    ``min``/``max``, ``percentile`` (``percent``), ``error_rate`` (share of status codes
+    >= 500), or ``last_sum``/``last_avg``: the last value of ``field`` per ``instance``
+    in the group (the latest document that has the field), then summed or averaged over
+    the instances (a fleet's total of a gauge; the share of instances with a 0/1 field
+    at 1)."""
 
     name: str
-    kind: Literal["count", "distinct", "sum", "avg", "min", "max", "percentile", "error_rate"]
+    kind: Literal[
+        "count",
+        "distinct",
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "percentile",
+        "error_rate",
+        "last_sum",
+        "last_avg",
+    ]
     field: FieldRef | None = None
     percent: float | None = None
+    instance: FieldRef | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -206,8 +206,13 @@ def delete_sql(query: GroupQuery) -> tuple[str, list[Any]]:
 
 def _group_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[Any]]:
     """``SELECT k0.., metrics FROM events WHERE ... [GROUP BY k0..]`` and its arguments;
-    metric columns are named ``m0``, ``m1``... (``m<i>e``/``m<i>t`` for an error rate)."""
+    metric columns are named ``m0``, ``m1``... (``m<i>e``/``m<i>t`` for an error rate).
+
+    A ``last_sum``/``last_avg`` metric reads the rows through a window: each row is
+    numbered within its group and instance, latest first (rows with the field first), and
+    only the first of each counts."""
     select: list[str] = []
+    keys: list[str] = []
     starts = query.bucket_starts
     for index, dim in enumerate(query.dimensions):
         if dim.interval:
@@ -217,11 +222,13 @@ def _group_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[A
                 lambda ts: starts[max(bisect_right(starts, ts) - 1, 0)],
                 deterministic=True,
             )
-            select.append(f"mbucket(ts) AS k{index}")
+            keys.append("mbucket(ts)")
         else:
             assert dim.field is not None
-            select.append(f"{_text(dim.field)} AS k{index}")
+            keys.append(_text(dim.field))
+        select.append(f"{keys[-1]} AS k{index}")
     metric_args: list[Any] = []
+    windows: list[str] = []
     for index, metric in enumerate(query.metrics):
         if metric.kind == "error_rate":
             assert metric.field is not None
@@ -229,13 +236,33 @@ def _group_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[A
             select.append(
                 f"sum(COALESCE({column} >= 500, 0)) AS m{index}e, count({column}) AS m{index}t"
             )
+        elif metric.kind in ("last_sum", "last_avg"):
+            assert metric.field is not None and metric.instance is not None
+            value = _number(metric.field)
+            instance = _text(metric.instance)
+            partition = ", ".join([*keys, instance])
+            windows.append(
+                f"row_number() OVER (PARTITION BY {partition} ORDER BY ({value} IS NULL),"
+                f" ts DESC, id DESC) AS r{index}"
+            )
+            function = "total" if metric.kind == "last_sum" else "avg"
+            select.append(
+                f"{function}(CASE WHEN r{index} = 1 AND {instance} IS NOT NULL"
+                f" THEN {value} END) AS m{index}"
+            )
         else:
             select.append(f"{_metric_sql(metric, metric_args)} AS m{index}")
     where, where_args = _where(query)
-    sql = f"SELECT {', '.join(select)} FROM events WHERE {where}"
+    if windows:
+        source = f"(SELECT *, {', '.join(windows)} FROM events WHERE {where})"
+        sql = f"SELECT {', '.join(select)} FROM {source}"
+        args = [*where_args, *metric_args]
+    else:
+        sql = f"SELECT {', '.join(select)} FROM events WHERE {where}"
+        args = [*metric_args, *where_args]
     if query.dimensions:
         sql += " GROUP BY " + ", ".join(f"k{i}" for i in range(len(query.dimensions)))
-    return sql, [*metric_args, *where_args]
+    return sql, args
 
 
 def _rows(query: GroupQuery, cursor: Any) -> Iterator[Row]:

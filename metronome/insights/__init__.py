@@ -1,0 +1,1 @@
+"""Insights: trends, thresholds, anomaly detection and forecasts (pure domain code, no I/O)."""

@@ -1,0 +1,266 @@
+"""Where KPI definitions are kept: beside the events, so every server and the worker see
+the same ones (as sites are).
+
+- Embedded store: table ``kpis`` in the store's SQLite file (``METRONOME_DATA_DIR``).
+- Elasticsearch: one small hidden index, ``<prefix>-kpis`` (one shard; each definition a
+  document whose id is ``<site>:<kpi id>``); writes refresh it at once (they are rare).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Protocol, Self
+
+import orjson
+
+from metronome.config import Settings
+from metronome.errors import UnknownKpi
+from metronome.kpis.model import Kpi
+from metronome.store.sqlite import DB_NAME, ConnectionThread, connect, setup_lock
+
+__all__ = ["KpiRegistry", "SQLiteKpis", "open_kpis"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kpis (
+    site_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    PRIMARY KEY (site_id, id)
+) WITHOUT ROWID;
+"""
+
+
+class KpiRegistry(Protocol):
+    """Storage of KPI definitions (each call one small read or write)."""
+
+    async def list(self, site_id: str | None = None) -> list[Kpi]:
+        """Every KPI of ``site_id`` (of every site with None), by dashboard position."""
+        ...
+
+    async def get(self, site_id: str, kpi_id: str) -> Kpi:
+        """One KPI; :class:`UnknownKpi` when the site has none with this id."""
+        ...
+
+    async def put(self, kpi: Kpi) -> None:
+        """Store a definition (replacing one with the same site and id)."""
+
+    async def delete(self, site_id: str, kpi_id: str) -> None:
+        """Remove a definition; :class:`UnknownKpi` when there is none."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+
+def _kpi(site_id: str, kpi_id: str, definition: str | dict[str, Any], created: int) -> Kpi:
+    body = orjson.loads(definition) if isinstance(definition, str) else definition
+    return Kpi(kpi_id, site_id, body, created)
+
+
+def _ordered(kpis: list[Kpi]) -> list[Kpi]:
+    return sorted(kpis, key=lambda k: (k.site_id, k.definition.get("position", 0), k.id))
+
+
+def _unknown(kpi_id: str) -> UnknownKpi:
+    return UnknownKpi(f"no KPI {kpi_id[:64]!r} on this site; GET /kpis lists them", kpi=kpi_id[:64])
+
+
+class SQLiteKpis(ConnectionThread):
+    """KPI definitions in the embedded store's database file."""
+
+    def __init__(self, data_dir: str) -> None:
+        super().__init__(Path(data_dir) / DB_NAME, "kpis")
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = connect(self._path)
+            with setup_lock(self._path):
+                conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    async def list(self, site_id: str | None = None) -> list[Kpi]:
+        def _read() -> list[Kpi]:
+            sql = "SELECT site_id, id, definition, created FROM kpis"
+            rows = (
+                self._db().execute(sql + " WHERE site_id = ?", (site_id,))
+                if site_id is not None
+                else self._db().execute(sql)
+            ).fetchall()
+            return [_kpi(*row) for row in rows]
+
+        found: list[Kpi] = await self._run(_read)
+        return _ordered(found)
+
+    async def get(self, site_id: str, kpi_id: str) -> Kpi:
+        def _read() -> Any:
+            return (
+                self._db()
+                .execute(
+                    "SELECT site_id, id, definition, created FROM kpis"
+                    " WHERE site_id = ? AND id = ?",
+                    (site_id, kpi_id),
+                )
+                .fetchone()
+            )
+
+        row = await self._run(_read)
+        if row is None:
+            raise _unknown(kpi_id)
+        return _kpi(*row)
+
+    async def put(self, kpi: Kpi) -> None:
+        def _write() -> None:
+            with self._db() as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO kpis (site_id, id, definition, created)"
+                    " VALUES (?, ?, ?, ?)",
+                    (kpi.site_id, kpi.id, orjson.dumps(kpi.definition).decode(), kpi.created_ms),
+                )
+
+        await self._run(_write)
+
+    async def delete(self, site_id: str, kpi_id: str) -> None:
+        def _delete() -> int:
+            with self._db() as conn:
+                cursor = conn.execute(
+                    "DELETE FROM kpis WHERE site_id = ? AND id = ?", (site_id, kpi_id)
+                )
+                return cursor.rowcount
+
+        if not await self._run(_delete):
+            raise _unknown(kpi_id)
+
+
+class ElasticsearchKpis:
+    """KPI definitions in the hidden index ``<prefix>-kpis``, with a client of its own."""
+
+    def __init__(self, settings: Settings) -> None:
+        from elasticsearch import AsyncElasticsearch
+
+        self._index = f"{settings.index_prefix}-kpis"
+        self._client = AsyncElasticsearch(
+            settings.elasticsearch_url,
+            request_timeout=settings.elasticsearch_timeout_s,
+            max_retries=2,
+            retry_on_timeout=True,
+        )
+        self._ready = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def _ensure(self) -> None:
+        from elasticsearch import ApiError
+
+        from metronome.store.elasticsearch import answering
+
+        if self._ready:
+            return
+        with answering("creating the KPI index"):
+            try:
+                await self._client.indices.create(
+                    index=self._index,
+                    settings={
+                        "index": {
+                            "hidden": True,
+                            "number_of_shards": 1,
+                            "auto_expand_replicas": "0-1",
+                        }
+                    },
+                    mappings={
+                        "dynamic": "strict",
+                        "properties": {
+                            "site": {"type": "keyword"},
+                            "id": {"type": "keyword"},
+                            "definition": {"type": "object", "enabled": False},
+                            "created": {"type": "date", "format": "epoch_millis"},
+                        },
+                    },
+                )
+            except ApiError as exc:
+                if exc.meta.status != 400 or "already_exists" not in str(exc):
+                    raise
+        self._ready = True
+
+    async def list(self, site_id: str | None = None) -> list[Kpi]:
+        from elasticsearch import NotFoundError
+
+        from metronome.store.elasticsearch import answering
+
+        query = {"term": {"site": site_id}} if site_id is not None else {"match_all": {}}
+        with answering("reading KPIs"):
+            try:
+                resp = await self._client.search(index=self._index, query=query, size=10_000)
+            except NotFoundError:
+                return []
+        return _ordered(
+            [
+                _kpi(
+                    h["_source"]["site"],
+                    h["_source"]["id"],
+                    h["_source"]["definition"],
+                    h["_source"]["created"],
+                )
+                for h in resp["hits"]["hits"]
+            ]
+        )
+
+    async def get(self, site_id: str, kpi_id: str) -> Kpi:
+        from elasticsearch import NotFoundError
+
+        from metronome.store.elasticsearch import answering
+
+        with answering("reading a KPI"):
+            try:
+                resp = await self._client.get(index=self._index, id=f"{site_id}:{kpi_id}")
+            except NotFoundError:
+                raise _unknown(kpi_id) from None
+        s = resp["_source"]
+        return _kpi(s["site"], s["id"], s["definition"], s["created"])
+
+    async def put(self, kpi: Kpi) -> None:
+        from metronome.store.elasticsearch import answering
+
+        await self._ensure()
+        with answering("storing a KPI"):
+            await self._client.index(
+                index=self._index,
+                id=f"{kpi.site_id}:{kpi.id}",
+                document={
+                    "site": kpi.site_id,
+                    "id": kpi.id,
+                    "definition": kpi.definition,
+                    "created": kpi.created_ms,
+                },
+                refresh=True,
+            )
+
+    async def delete(self, site_id: str, kpi_id: str) -> None:
+        from elasticsearch import NotFoundError
+
+        from metronome.store.elasticsearch import answering
+
+        with answering("removing a KPI"):
+            try:
+                await self._client.delete(index=self._index, id=f"{site_id}:{kpi_id}", refresh=True)
+            except NotFoundError:
+                raise _unknown(kpi_id) from None
+
+
+def open_kpis(settings: Settings) -> KpiRegistry:
+    """The KPI registry beside the configured store (``async with`` closes it)."""
+    if settings.elasticsearch_url:
+        return ElasticsearchKpis(settings)
+    return SQLiteKpis(settings.data_dir)
