@@ -10,7 +10,12 @@ visitor clicked (``["is", <chip's dimension>, [value]]``) to every panel's own.
 - ``totals``: one number per metric, with the previous period's;
 - ``chart``: the metrics over time (the page picks ``time:hour``, ``day`` or ``month``);
 - ``table``: the metrics by ``dimension``; a click on a row adds a chip; ``opens: "item"``
-  rows link to the item page as well; ``numeric`` dimensions' values are numbers.
+  rows link to the item page as well; ``numeric`` dimensions' values are numbers;
+- ``insights``: what the worker found in the KPIs (``"source": "insights"``), newest first,
+  each with its explanation (the message, the observed value, the expected range); the
+  chips and ``compare`` do not apply (insights have no referrers or countries). The live
+  figure ``insights_24h`` changes when one is raised or recovered, and the page then
+  reloads its panels, so a new insight shows within seconds.
 """
 
 from __future__ import annotations
@@ -87,6 +92,23 @@ PANELS: tuple[dict[str, Any], ...] = (
         labels=["Responses", "Bytes"],
         numeric=True,
     ),
+    {
+        "id": "insights",
+        "kind": "insights",
+        "title": "Insights",
+        "query": {
+            "source": "insights",
+            "metrics": [
+                {"max": "insight.raised_at"},
+                {"max": "insight.observed"},
+                {"min": "insight.low"},
+                {"max": "insight.high"},
+            ],
+            "dimensions": ["kpi.name", "insight.kind", "insight.state", "insight.message"],
+            "order_by": [["max:insight.raised_at", "desc"]],
+            "limit": 20,
+        },
+    },
 )
 """The dashboard's panels, in page order."""
 
@@ -102,6 +124,12 @@ LIVE_FIGURES: tuple[dict[str, Any], ...] = (
         "title": "Events in the last minute",
         "query": {"range": "1min", "metrics": ["events"]},
         "frequency": "high",
+    },
+    {
+        "id": "insights_24h",
+        "title": "Insights in the last 24 hours",
+        "query": {"source": "insights", "range": "24h", "metrics": ["events"]},
+        "frequency": "medium",
     },
 )
 """The "now" panel: live subscriptions, one number each."""

@@ -163,6 +163,7 @@
     const q = JSON.parse(JSON.stringify(panel.query));
     q.range = rangeSpec();
     q.tz = tz;
+    if (panel.kind === "insights") return q; // no referrers or countries on insights: no chips
     if (state.compare) q.compare = "previous_period";
     q.filters = (q.filters || []).concat(chipFilters());
     if (panel.kind === "chart") { q.dimensions = ["time:" + interval()]; q.limit = 1000; }
@@ -324,6 +325,31 @@
     return box;
   }
 
+  function drawInsights(panel, answer) {
+    const rows = answer.results;
+    const csv = () => [["raised_at", "kpi", "kind", "state", "message", "observed", "low", "high"],
+      ...rows.map((r) => [new Date(r.metrics[0]).toISOString(), ...r.dimensions.slice(0, 3), r.dimensions[3], ...r.metrics.slice(1)])];
+    const box = panelBox(panel, csv);
+    if (!rows.length) { box.append(el("p", { className: "empty", text: "No insights in this range." })); return box; }
+    const list = el("ol", { className: "insights" });
+    for (const r of rows) {
+      const [kpi, kind, status, message] = r.dimensions;
+      const [raisedAt, observed, low, high] = r.metrics;
+      const when = new Date(raisedAt);
+      const facts = [];
+      if (observed != null) facts.push("observed " + fmt.format(observed));
+      if (low != null && high != null) facts.push("expected " + fmt.format(low) + " to " + fmt.format(high));
+      list.append(el("li", { className: "insight " + kind + " " + status, "data-kind": kind, "data-state": status, "data-observed": String(observed) },
+        el("p", { className: "what" },
+          el("strong", { text: kind + " " + status }), " · ", el("span", { className: "kpi", text: kpi }), " · ",
+          el("time", { dateTime: when.toISOString(), text: when.toLocaleString() })),
+        el("p", { className: "message", text: message }),
+        facts.length ? el("p", { className: "facts", text: facts.join(", ") }) : null));
+    }
+    box.append(list);
+    return box;
+  }
+
   function addFilter(dim, value) {
     if (state.filters.some(([d, v]) => d === dim && v === value)) return;
     go({ filters: state.filters.concat([[dim, value]]) });
@@ -367,6 +393,7 @@
         const answer = await api("/query", panelQuery(panel));
         if (panel.kind === "totals") return drawTotals(panel, answer);
         if (panel.kind === "chart") return drawChart(panel, answer);
+        if (panel.kind === "insights") return drawInsights(panel, answer);
         return drawTable(panel, answer);
       } catch (e) {
         const box = panelBox(panel, null);
