@@ -12,8 +12,6 @@ import orjson
 from metronome.cli_support import fail
 from metronome.cli_support import load_settings as _settings
 from metronome.config import Settings
-from metronome.jobs.collectors import collector_documents, measure_once, parse_collectors
-from metronome.store.leases import open_leases
 
 __all__ = ["collect", "collector_status_lines"]
 
@@ -28,6 +26,10 @@ __all__ = ["collect", "collector_status_lines"]
 )
 def collect(name: str, once: bool) -> None:
     """Run collector NAME once and print the points it would store (nothing is stored)."""
+    # imported here, not with the CLI: `metronome serve` must set up the Prometheus
+    # multiprocess directory before anything imports the metrics (cli._multiprocess_metrics)
+    from metronome.jobs.collectors import collector_documents, measure_once, parse_collectors
+
     settings = _settings()
     specs = {s.name: s for s in parse_collectors(settings.collectors)}
     spec = specs.get(name)
@@ -55,6 +57,9 @@ def _when(ms: object) -> str:
 
 def collector_status_lines(settings: Settings) -> list[str]:
     """One line per declared collector: its last run, outcome and failures so far."""
+    from metronome.jobs.collectors import parse_collectors  # not at import: see collect
+    from metronome.store.leases import open_leases
+
     specs = parse_collectors(settings.collectors)
     if not specs:
         return []
