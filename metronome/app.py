@@ -19,10 +19,12 @@ import falcon.asgi
 import falcon.media
 import orjson
 
+from metronome.api.dashboard import Dashboard
 from metronome.api.fastpath import FastIngest
 from metronome.api.guard import Cors, Guard
 from metronome.api.health import Health, Metrics, Ready
 from metronome.api.kpis import KpisResource
+from metronome.api.live import LiveEvents, LiveSocket, LiveToken
 from metronome.api.openapi import OpenAPI
 from metronome.api.probe import ProbeResults
 from metronome.api.query import QueryResource
@@ -35,6 +37,7 @@ from metronome.api.tracker import Script
 from metronome.config import Settings
 from metronome.errors import MetronomeError, StoreUnavailable
 from metronome.heap import settle
+from metronome.live.hub import Hub
 from metronome.pipeline import Pipeline, metrics
 from metronome.sites.cache import RegistryCache
 from metronome.sites.registry import open_registry
@@ -58,10 +61,11 @@ class _Lifespan:
     """Opens the store and installs its schema when a worker starts, then loads the sites
     and keys; closes them at exit."""
 
-    def __init__(self, store: Store, pipeline: Pipeline, guard: Guard) -> None:
+    def __init__(self, store: Store, pipeline: Pipeline, guard: Guard, hub: Hub) -> None:
         self._store = store
         self._pipeline = pipeline
         self._guard = guard
+        self._hub = hub
 
     async def process_startup(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         await self._store.open()
@@ -78,6 +82,7 @@ class _Lifespan:
 
     async def process_shutdown(self, scope: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         self._pipeline.close()
+        await self._hub.close()
         await self._guard.close()
         await self._store.close()
 
@@ -219,9 +224,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     registry = open_registry(settings)
     guard = Guard(settings, RegistryCache(registry, settings.sites_cache_s, settings.data_dir))
     apps = AppCache(open_apps(settings), settings)
+    hub = Hub(settings, store)
     app = _App(
         middleware=[
-            _Lifespan(store, pipeline, guard),
+            _Lifespan(store, pipeline, guard, hub),
             TelemetryLifespan(apps),
             _Timing(),
             Cors(guard),
@@ -261,6 +267,12 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
         app.add_route(f"{prefix}/v1/metrics", telemetry, suffix="metrics")
         app.add_route(f"{prefix}/v1/checkupgrade", telemetry, suffix="checkupgrade")
         app.add_route(f"{prefix}/v1/healthcheck", telemetry, suffix="healthcheck")
+    app.add_route("/live", LiveSocket(settings, hub, guard))
+    app.add_route("/live/events", LiveEvents(settings, hub, guard))
+    app.add_route("/live/token", LiveToken(guard))
+    dashboard = Dashboard()
+    app.add_route("/dashboard", dashboard)
+    app.add_route("/dashboard/{asset}", dashboard, suffix="asset")
 
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(falcon.HTTPError, _http_error)

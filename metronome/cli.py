@@ -71,11 +71,13 @@ def serve(host: str | None, port: int | None, workers: int | None, no_shipper: b
         ensure_port_free(settings.host, settings.port)
     except PortInUse as exc:
         raise click.ClickException(str(exc)) from None
+    # first: the checks below import the metrics, and prometheus_client picks its
+    # (multiprocess or in-memory) counters once, at import, from the environment
+    _multiprocess_metrics(settings)
     _check_sections(settings)
     if not no_shipper:
         _check_job_sites(settings)
     prepare_data_dir(settings)
-    _multiprocess_metrics(settings)
     # the workers read their settings from the environment: pass the CLI's choices on
     os.environ["METRONOME_HOST"] = settings.host
     os.environ["METRONOME_PORT"] = str(settings.port)

@@ -553,6 +553,57 @@ class Settings:
         "Log level: debug, info, warning or error.",
         _choice("debug", "info", "warning", "error"),
     )
+    # live subscriptions and the dashboard (metronome/live/)
+    live_ping_s: int = setting(
+        "15",
+        "Seconds between the pings a live WebSocket connection gets; one that answers"
+        " neither of two pings in a row is closed (4000) and its subscriptions freed.",
+        _int(1, 3600),
+    )
+    live_max_connections: int = setting(
+        "1000",
+        "Most live connections (WebSocket and Server-Sent Events) per server worker; past"
+        " it a new one is closed with 4029.",
+        _int(1, 1_000_000),
+    )
+    live_max_connections_per_site: int = setting(
+        "200",
+        "Most live connections one site may hold per server worker; past it a new one is"
+        " closed with 4029.",
+        _int(1, 1_000_000),
+    )
+    live_max_subscriptions: int = setting(
+        "20", "Most subscriptions on one live connection; past it 4030.", _int(1, 1000)
+    )
+    live_max_message_bytes: int = setting(
+        "65536",
+        "Largest message a live client may send (a subscription's query); past it the"
+        " connection is closed with 1009.",
+        _int(1024, 16_777_216),
+    )
+    live_buffer_bytes: int = setting(
+        "1048576",
+        "Bytes of pushes a live connection may leave unread (after coalescing) before it is"
+        " closed as too slow (4008); a slow reader never slows the others.",
+        _int(1024, 1_073_741_824),
+    )
+    live_min_frequency_ms: int = setting(
+        "500",
+        "Shortest push interval a subscription may ask for, in milliseconds.",
+        _int(100, 3_600_000),
+    )
+    live_token_ttl_s: int = setting(
+        "3600",
+        "Seconds a token minted by `POST /live/token` (the dashboard's sign-in) stays valid.",
+        _int(60, 604_800),
+    )
+    live_secret: str | None = setting(
+        "",
+        "Secret that signs live and dashboard tokens; give every host the same one. Unset:"
+        " a random one kept in the data directory (`live-secret`, mode 0600).",
+        _optional_str,
+        secret=True,
+    )
     # KPIs and insights (issue 22)
     kpi_interval_s: int = setting(
         "60",

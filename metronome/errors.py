@@ -36,6 +36,7 @@
     ├── TooManyConnections              (429 too_many_connections)
     ├── ServerBusy                      (503 server_busy)
     ├── StoreUnavailable                (503 store_unavailable)
+    ├── UpgradeRequired                 (426 upgrade_required)
     └── SpoolFull                       (503 spool_full)
 
 The tree above is drawn from the classes by ``python -m scripts.gen_docs errors-docstring``
@@ -84,6 +85,7 @@ __all__ = [
     "UnknownKpi",
     "UnknownSite",
     "UnsupportedMediaType",
+    "UpgradeRequired",
     "UriTooLong",
     "AppTokenInvalid",
     "EndpointDisabled",
@@ -318,6 +320,16 @@ class StoreUnavailable(MetronomeError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "5"}
+
+
+class UpgradeRequired(MetronomeError):
+    """A WebSocket route was asked over plain HTTP; open it as a WebSocket."""
+
+    code = "upgrade_required"
+    http_status = 426
+
+    def headers(self) -> dict[str, str]:
+        return {"Upgrade": "websocket"}
 
 
 def all_error_classes() -> list[type[MetronomeError]]:

@@ -410,6 +410,7 @@ class MetronomeWorker(UvicornWorker):  # type: ignore[misc]  # uvicorn_worker is
             **UvicornWorker.CONFIG_KWARGS,
             "http": http,
             "ws": MetronomeWebSocket,
+            "ws_max_size": settings.live_max_message_bytes,  # past it: closed 1009
             "limit_concurrency": settings.max_connections or None,
         }
         super().__init__(*args, **kwargs)

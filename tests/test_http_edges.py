@@ -64,7 +64,7 @@ def _raw_answer(data: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), headers, body
 
 
-@pytest.mark.parametrize("path", ["/live", "/healthz", "/tick", "/tock/x", "/nowhere/at/all"])
+@pytest.mark.parametrize("path", ["/healthz", "/tick", "/tock/x", "/nowhere/at/all"])
 def test_a_websocket_handshake_to_a_route_without_one_is_refused_with_json(
     server: MetronomeServer, path: str
 ) -> None:

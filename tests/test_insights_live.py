@@ -2,7 +2,9 @@
 serve`` (whose worker evaluates KPIs every second), KPIs defined through ``/kpis`` and
 ``metronome kpis create``, insights read back through ``POST /query`` with ``"source":
 "insights"`` and received by a real local webhook receiver (an HTTP server in this test
-process), signed.
+process), signed; the spike's anomaly is also pushed to a live subscription on the insights
+(``GET /live``, a real WebSocket) and shown, with its explanation, by the dashboard open in
+Debian's headless Chromium (through Playwright) before the spike.
 
 The world, built from timestamped ticks: ten days of hourly page views ending with the
 last complete hour --
@@ -16,21 +18,28 @@ then, in the current hour, a spike of 300 views of ``views`` and 8 of ``sparse``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import math
+import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from playwright.sync_api import Browser, expect, sync_playwright
+from websockets.sync.client import ClientConnection, connect
 
 from tests.support.backends import Backend, running_backend
+from tests.support.browser import CHROMIUM_ARGS, ensure_chromium
 
 SECRET = "insight-test-secret"
 HOURS = 240
@@ -129,6 +138,64 @@ def world(
             receiver.close()
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium (installed with apt when missing), headless, through Playwright."""
+    executable = ensure_chromium()
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(executable), args=CHROMIUM_ARGS, headless=True
+        )
+        yield chromium
+        chromium.close()
+
+
+@contextlib.contextmanager
+def _insights_subscription(backend: Backend, kpi_id: str) -> Iterator[ClientConnection]:
+    """A live subscription (WebSocket) on the insights of ``kpi_id``, as a server would
+    open one: a token minted on the open site, then ``subscribe``."""
+    minted = httpx.post(f"{backend.server.url}/live/token")
+    assert minted.status_code == 200, minted.text
+    url = backend.server.url.replace("http://", "ws://") + "/live?token=" + minted.json()["token"]
+    query = {
+        "source": "insights",
+        "range": "24h",
+        "dimensions": ["insight.kind", "insight.state", "insight.message"],
+        "metrics": ["events", {"max": "insight.observed"}, {"min": "insight.low"}],
+        "filters": [["is", "kpi.id", [kpi_id]]],
+    }
+    with connect(url) as ws:
+        subscribe = {"type": "subscribe", "id": "insights", "query": query, "frequency": 1000}
+        ws.send(json.dumps(subscribe))
+        yield ws
+
+
+def _pushed_anomaly(ws: ClientConnection, timeout_s: float = 90) -> dict[str, Any]:
+    """The first pushed row of a raised anomaly (answering the server's pings meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        message = json.loads(ws.recv(timeout=max(deadline - time.monotonic(), 0.1)))
+        if message["type"] == "ping":
+            ws.send(json.dumps({"type": "pong"}))
+        elif message["type"] == "result" and message["id"] == "insights":
+            for row in message["data"]["results"]:
+                if row["dimensions"][:2] == ["anomaly", "raised"]:
+                    return row  # type: ignore[no-any-return]
+        else:
+            assert message["type"] in ("welcome", "subscribed", "result"), message
+    raise AssertionError(f"no anomaly pushed within {timeout_s}s")
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: as in tests/test_dashboard.py."""
+    root = os.environ.get("METRONOME_TEST_ARTIFACTS")
+    base = Path(root) if root else tmp_path_factory.getbasetemp() / "artifacts"
+    path = base / "dashboard"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _kpi(backend: Backend, **definition: Any) -> dict[str, Any]:
     resp = backend.client.post("/kpis", json=definition)
     assert resp.status_code == 201, resp.text
@@ -174,8 +241,8 @@ def _wait_for(what: str, check: Any, timeout_s: float = 90) -> Any:
     raise AssertionError(f"{what}: not within {timeout_s}s")
 
 
-def test_a_spike_raises_an_explained_anomaly_in_query_and_at_the_webhook(
-    world: tuple[Backend, Receiver, dict[str, str]],
+def test_a_spike_raises_an_explained_anomaly_in_query_live_on_the_dashboard_and_at_the_webhook(
+    world: tuple[Backend, Receiver, dict[str, str]], browser: Browser, artifacts: Path
 ) -> None:
     backend, receiver, items = world
     views = _kpi(
@@ -205,10 +272,38 @@ def test_a_spike_raises_an_explained_anomaly_in_query_and_at_the_webhook(
     time.sleep(3)  # a few evaluations of the steady history: nothing to say
     assert not [i for i in _insights(backend, "views") if i["kind"] == "anomaly"]
 
-    spike = [{"id": items["views"]}] * 300 + [{"id": items["sparse"]}] * 8
-    resp = backend.client.post("/ticks", json=spike)
-    assert resp.status_code == 202, resp.text
-    backend.settle()
+    # watching before the spike: a live subscription, and the dashboard in a browser
+    context = browser.new_context(viewport={"width": 1280, "height": 1100})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{backend.server.url}/dashboard")  # the open default site: no sign-in
+    expect(page.locator("#live-state")).to_have_text("live", timeout=20_000)
+    expect(page.locator("#panel-insights")).to_be_visible(timeout=20_000)
+    expect(page.locator("#panel-insights li.insight.anomaly")).to_have_count(0)
+
+    with _insights_subscription(backend, "views") as live:
+        spike = [{"id": items["views"]}] * 300 + [{"id": items["sparse"]}] * 8
+        resp = backend.client.post("/ticks", json=spike)
+        assert resp.status_code == 202, resp.text
+        backend.settle()
+        pushed = _pushed_anomaly(live)  # on the live stream, with its explanation
+    assert pushed["metrics"][1] == 300 and pushed["metrics"][2] < 300
+    assert "above the expected" in pushed["dimensions"][2]
+    assert "expected range" in pushed["dimensions"][2]
+
+    # on the dashboard, nothing reloaded: the page follows its live insights figure
+    shown = page.locator("#panel-insights li.insight.anomaly.raised")
+    expect(shown).to_have_count(1, timeout=30_000)
+    expect(shown).to_have_attribute("data-observed", "300")
+    expect(shown.locator(".message")).to_have_text(pushed["dimensions"][2])
+    expect(shown.locator(".kpi")).to_have_text("Views of the home page")
+    expect(shown.locator(".facts")).to_contain_text("observed 300, expected ")
+    # the now panel counts them: the anomaly and the threshold crossing
+    expect(page.locator("#now-insights_24h")).to_have_attribute("data-value", "2", timeout=20_000)
+    page.screenshot(path=artifacts / f"dashboard-insight-{backend.name}.png", full_page=True)
+    assert not errors, errors
+    context.close()
 
     def raised() -> list[dict[str, Any]]:
         return [

@@ -18,6 +18,12 @@ see that site (:class:`Access`). The rules:
   (the ``Origin`` when one is sent); a pixel with neither cannot be verified and is taken.
 - **Without a key**, ``GET /tock``: only for a site with public item reports, named with
   ``?site=``.
+- **With a token** (``mlt_...``, minted by ``POST /live/token`` with a key that may read):
+  reads as its key would, for the token's site, until it expires or the key is revoked;
+  as ``Authorization: Bearer`` or, where a browser cannot set headers (``GET /live``,
+  ``/live/events``), ``?token=``. Live connections from a web page (an ``Origin``) are
+  taken from the server's own pages (the dashboard) and, once sites exist, from the
+  site's allowed origins.
 
 Once a site exists, ingest is rate limited per site and, for requests without a key, per
 client address (:mod:`metronome.api.ratelimit`). Nothing here waits for the store: sites
@@ -26,6 +32,7 @@ and keys come from the process's cached copy (:mod:`metronome.sites.cache`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +56,7 @@ from metronome.errors import (
     UnknownSite,
 )
 from metronome.events.fields import DEFAULT_SITE
+from metronome.live.token import TokenSigner, is_token, load_secret
 from metronome.sites.cache import RegistryCache
 from metronome.sites.model import Key, Snapshot, now_ms
 from metronome.sites.registry import Registry
@@ -142,6 +150,8 @@ class Guard:
 
     def __init__(self, settings: Settings, cache: RegistryCache) -> None:
         self._cache = cache
+        self._settings = settings
+        self._signer: TokenSigner | None = None
         self._per_ip = Buckets(
             settings.rate_limit_per_ip, settings.rate_limit_per_ip_burst, "client address"
         )
@@ -155,6 +165,12 @@ class Guard:
 
     async def start(self) -> None:
         await self._cache.start()
+        self._signer = TokenSigner(load_secret(self._settings))
+
+    def _tokens(self) -> TokenSigner:
+        if self._signer is None:  # before the lifespan started (tests of the app object)
+            self._signer = TokenSigner(load_secret(self._settings))
+        return self._signer
 
     async def close(self) -> None:
         await self._cache.close()
@@ -363,6 +379,8 @@ class Guard:
                 )
             return Access(DEFAULT_SITE, "open")
         secret = _bearer(req)
+        if secret is not None and is_token(secret):
+            return self._with_token(snapshot, secret, names)[0]
         if secret is not None:
             return self._with_key(snapshot, secret, names, "query", req.path)
         name = _one_site(names)
@@ -398,6 +416,82 @@ class Guard:
                 f"{req.path} needs 'Authorization: Bearer <key with the probe scope>'"
             )
         return self._with_key(snapshot, secret, names, "probe", req.path)
+
+    def _with_token(self, snapshot: Snapshot, token: str, names: set[str]) -> tuple[Access, int]:
+        """The access a token grants (and when it ends): its site, while its key may read."""
+        claims = self._tokens().verify(token, time.time())
+        if snapshot.open:
+            if claims.site_id != DEFAULT_SITE:
+                raise InvalidKey("the token is for a site that does not exist")
+            return Access(DEFAULT_SITE, "token"), claims.expires_s
+        key = next((k for k in snapshot.keys if k.id == claims.key_id), None)
+        if key is None or not key.active or not key.allows("query"):
+            raise InvalidKey("the key that minted this token was revoked; sign in again")
+        if claims.site_id not in snapshot.sites:
+            raise _unknown(claims.site_id)
+        others = sorted(n for n in names if n != claims.site_id)
+        if others:
+            raise SiteForbidden(
+                f"this token is for site {claims.site_id!r}, not {others[0][:64]!r}",
+                site=others[0][:64],
+            )
+        return Access(claims.site_id, "token", key), claims.expires_s
+
+    async def still_reads(self, access: Access) -> bool:
+        """Whether ``access`` (a live connection's) may still read: its key is active and
+        its site exists (checked against the cached sites at every heartbeat)."""
+        snapshot = await self._cache.get()
+        if access.key is None:
+            return snapshot.open == (access.via in ("open", "token"))
+        key = next((k for k in snapshot.keys if k.id == access.key.id), None)
+        return (
+            key is not None
+            and key.active
+            and key.allows("query")
+            and (key.site_id is None or key.site_id in snapshot.sites)
+            and access.site_id in snapshot.sites
+        )
+
+    async def mint_token(self, req: falcon.asgi.Request) -> dict[str, Any]:
+        """``POST /live/token``: a token for the site the caller's key reads."""
+        access = await self.read(req)
+        if access.via == "token":
+            raise InvalidKey("mint a token with a key, not with another token")
+        ttl_s = self._settings.live_token_ttl_s
+        token, expires_s = self._tokens().mint(
+            access.site_id, None if access.key is None else access.key.id, ttl_s, time.time()
+        )
+        return {"token": token, "site": access.site_id, "expires_s": expires_s, "ttl_s": ttl_s}
+
+    async def live(self, req: falcon.asgi.Request) -> tuple[Access, int | None]:
+        """Who opens a live connection (``GET /live``, ``/live/events``), and until when:
+        a token (``?token=`` or bearer) or a key that may read; then its page's origin."""
+        snapshot = await self._cache.get()
+        token = req.params.get("token")
+        if isinstance(token, list):
+            raise InvalidParameter("'token' is given more than once", parameter="token")
+        if token is None:
+            bearer = _bearer(req)
+            token = bearer if bearer is not None and is_token(bearer) else None
+        if token is not None:
+            access, expires = self._with_token(snapshot, token, named_sites(req))
+        else:
+            access, expires = await self.read(req), None
+        origin = req.get_header("Origin")
+        own_host = (req.get_header("Host") or "").lower()
+        if origin is not None and urlsplit(origin).netloc.lower() != own_host:
+            site = snapshot.sites.get(access.site_id)
+            if site is None or not site.allows_origin(origin):
+                raise OriginForbidden(
+                    f"live connections from pages at {origin[:200]!r} are not allowed"
+                    + (
+                        ": while no site exists, only this server's own pages may connect"
+                        if snapshot.open
+                        else f"; allow the origin for site {access.site_id!r}"
+                    ),
+                    origin=origin[:200],
+                )
+        return access, expires
 
     async def preflight(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Answer a CORS preflight for a browser route: 204 for allowed origins (the named

@@ -17,11 +17,15 @@ import falcon.asgi
 
 from metronome import __version__
 from metronome.errors import all_error_classes
+from metronome.events.fields import SITE_ID_PATTERN
 from metronome.events.monitoring import KINDS, MAX_PROBE_RESULTS, STATES
 from metronome.events.tick import TICK_SCHEMA
 from metronome.kpis.model import KPI_SCHEMA
+from metronome.live.protocol import CLIENT_MESSAGE_SCHEMA, CLOSE_CODES, SERVER_MESSAGE_SCHEMA
 from metronome.reports.named import COMMON_PARAMETERS, REPORTS
 from metronome.reports.query import QUERY_SCHEMA
+
+from .dashboard import ASSETS
 
 __all__ = ["OpenAPI", "openapi_document"]
 
@@ -33,6 +37,146 @@ _HTTP_ERROR_CODES = [
     "bad_request",
     "internal_error",
 ]
+
+_TOKEN_PARAMETER = {
+    "name": "token",
+    "in": "query",
+    "required": False,
+    "description": "A token from `POST /live/token` (`mlt_...`), for browsers, which cannot"
+    " send an `Authorization` header on these routes; servers send their key as a bearer.",
+    "schema": {"type": "string", "maxLength": 1024},
+}
+
+
+def _live_paths() -> dict[str, Any]:
+    """``/live``, ``/live/events``, ``/live/token`` and the dashboard's pages."""
+    closes = "; ".join(f"`{code}` {text}" for code, text in CLOSE_CODES.items())
+    live_text = (
+        " Once a site exists: a key with the `query` scope, or a token; a page (an `Origin`)"
+        " must be this server's own or one the site allows. Every message is JSON with a"
+        " `type`: the client's are `LiveClientMessage`, the server's `LiveServerMessage`"
+        " (components below)."
+    )
+    return {
+        "/live": {
+            "get": {
+                "summary": "Live subscriptions (WebSocket): /query answers pushed as they change",
+                "description": "Open as a WebSocket (`Upgrade: websocket`); subscribe with a"
+                " `/query` body whose range rolls (`5min`, `1h`, `today`) and a frequency, get"
+                " `result` messages at most that often and only when the answer changed."
+                + live_text
+                + f" Close codes: {closes}. Over plain HTTP: `426 upgrade_required`.",
+                "operationId": "live",
+                "security": _READ_SECURITY,
+                "parameters": [_TOKEN_PARAMETER, _SITE_PARAMETER],
+                "responses": {
+                    "101": {"description": "Switching to the WebSocket protocol"},
+                    "426": {
+                        "description": "Asked over plain HTTP: open it as a WebSocket",
+                        "content": _json(_ref("Error")),
+                    },
+                    **_errors(400, 401, 403),
+                },
+            }
+        },
+        "/live/events": {
+            "get": {
+                "summary": "Live subscriptions as Server-Sent Events (where WebSockets are"
+                " blocked)",
+                "description": 'Each `s` is a subscription (`{"id", "query",'
+                ' "frequency"}`, JSON); each event\'s data is a `LiveServerMessage`; to'
+                " change the subscriptions, reconnect. Pings come as events too (no answer"
+                " needed); an event named `close` ends the stream." + live_text,
+                "operationId": "liveEvents",
+                "security": _READ_SECURITY,
+                "parameters": [
+                    {
+                        "name": "s",
+                        "in": "query",
+                        "required": True,
+                        "description": "a subscription, as JSON; repeat for more",
+                        "schema": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                        "style": "form",
+                        "explode": True,
+                    },
+                    _TOKEN_PARAMETER,
+                    _SITE_PARAMETER,
+                ],
+                "responses": {
+                    "200": {
+                        "description": "An endless stream of events",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(400, 401, 403, 429),
+                },
+            }
+        },
+        "/live/token": {
+            "post": {
+                "summary": "Mint a short-lived token for a browser (the dashboard's sign-in)",
+                "description": "The token reads as the key that minted it, for its site, until"
+                " it expires (`METRONOME_LIVE_TOKEN_TTL_S`) or the key is revoked: as a bearer"
+                " on `/query`, `/tock` and `/reports`, as `?token=` on `/live` and"
+                " `/live/events`. A token cannot mint another." + _GUARD_TEXT["read"],
+                "operationId": "liveToken",
+                "security": _READ_SECURITY,
+                "parameters": [
+                    {
+                        **_SITE_PARAMETER,
+                        "schema": {"type": "string", "pattern": SITE_ID_PATTERN.pattern},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The token",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["token", "site", "expires_s", "ttl_s"],
+                                "properties": {
+                                    "token": {"type": "string"},
+                                    "site": {"type": "string"},
+                                    "expires_s": {"type": "integer"},
+                                    "ttl_s": {"type": "integer"},
+                                },
+                            }
+                        ),
+                    },
+                    **_errors(400, 401, 403),
+                },
+            }
+        },
+        "/dashboard": {
+            "get": {
+                "summary": "The dashboard (a web page; signs in with a query key)",
+                "operationId": "dashboard",
+                "security": _NO_SECURITY,
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+            }
+        },
+        "/dashboard/{asset}": {
+            "get": {
+                "summary": "The dashboard's script and styles",
+                "operationId": "dashboardAsset",
+                "security": _NO_SECURITY,
+                "parameters": [
+                    {
+                        "name": "asset",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": [n for n in ASSETS if n != "index.html"]},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "JavaScript or CSS",
+                        "content": {"text/javascript": {}, "text/css": {}},
+                    },
+                    "404": {"description": "No such file", "content": _json(_ref("Error"))},
+                },
+            }
+        },
+    }
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -200,6 +344,8 @@ def openapi_document() -> dict[str, Any]:
                 "created_ms": {"type": "integer"},
             },
         },
+        "LiveClientMessage": CLIENT_MESSAGE_SCHEMA,
+        "LiveServerMessage": SERVER_MESSAGE_SCHEMA,
         "Tock": {
             "type": "object",
             "required": ["views", "downloads", "referers"],
@@ -492,6 +638,7 @@ def openapi_document() -> dict[str, Any]:
     paths.update(_kpi_paths())
     paths.update(_PROBE_PATHS)  # issue 20: remote probes
     schemas.update(_PROBE_SCHEMAS)
+    paths.update(_live_paths())
     return {
         "openapi": "3.1.0",
         "info": {

@@ -19,10 +19,7 @@ from metronome.cli_support import load_settings as _settings
 from metronome.config import Settings
 from metronome.errors import MetronomeError
 from metronome.events import fields as F
-from metronome.jobs.collectors import collector_documents, measure_once, parse_collectors
-from metronome.jobs.monitors import parse_monitors
 from metronome.logconfig import configure_logging
-from metronome.store.leases import open_leases
 
 __all__ = ["collect", "collector_status_lines", "probe"]
 
@@ -37,6 +34,10 @@ __all__ = ["collect", "collector_status_lines", "probe"]
 )
 def collect(name: str, once: bool) -> None:
     """Run collector NAME once and print the points it would store (nothing is stored)."""
+    # imported here, not with the CLI: `metronome serve` must set up the Prometheus
+    # multiprocess directory before anything imports the metrics (cli._multiprocess_metrics)
+    from metronome.jobs.collectors import collector_documents, measure_once, parse_collectors
+
     settings = _settings()
     specs = {s.name: s for s in parse_collectors(settings.collectors)}
     spec = specs.get(name)
@@ -64,6 +65,9 @@ def _when(ms: object) -> str:
 
 def collector_status_lines(settings: Settings) -> list[str]:
     """One line per declared collector: its last run, outcome and failures so far."""
+    from metronome.jobs.collectors import parse_collectors  # not at import: see collect
+    from metronome.store.leases import open_leases
+
     specs = parse_collectors(settings.collectors)
     if not specs:
         return []
@@ -132,6 +136,7 @@ def probe(
     can. Stop it with Ctrl-C or SIGTERM: running checks finish, the queue is sent if
     the server answers, and the rest waits for the next start.
     """
+    from metronome.jobs.monitors import parse_monitors  # not at import: see collect
     from metronome.jobs.probe import run_probe
 
     settings = _settings()

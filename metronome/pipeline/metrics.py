@@ -25,6 +25,9 @@ __all__ = [
     "COLLECTOR_RUNS",
     "MONITOR_CHECKS",
     "DEAD_LETTERS",
+    "LIVE_CLOSED",
+    "LIVE_EVALUATIONS",
+    "LIVE_PUSHES",
     "REJECTED",
     "REQUEST_SECONDS",
     "RETRIES",
@@ -85,6 +88,21 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 
+# live subscriptions (metronome/live/)
+LIVE_EVALUATIONS = Counter(
+    "metronome_live_evaluations",
+    "Queries run for live subscriptions: one per distinct subscription per interval in each"
+    " worker, however many connections hold it.",
+)
+LIVE_PUSHES = Counter(
+    "metronome_live_pushes", "Live results handed to connections (one per subscriber)."
+)
+LIVE_CLOSED = Counter(
+    "metronome_live_closed",
+    "Live connections the server closed, by close code (4000 heartbeat, 4008 slow reader,"
+    " 4029 too many connections, 4030 too many subscriptions, 4001 token expired).",
+    ["code"],
+)
 
 _TALLIES: list[RouteTally] = []
 

@@ -82,7 +82,7 @@ LAST_PRECISION = (
 )
 HORIZON_PATTERN = r"^[1-9][0-9]{0,2}[hd]$"
 MAX_FORECAST_BUCKETS = 2_000
-RANGE_PRESET = r"^(today|yesterday|week|month|year|[1-9][0-9]{0,2}[hd])$"
+RANGE_PRESET = r"^(today|yesterday|week|month|year|[1-9][0-9]{0,2}(?:[hd]|min))$"
 MAX_LIMIT = 10_000
 MAX_DIMENSIONS = 8
 MAX_FILTER_VALUES = 100
@@ -92,7 +92,8 @@ MAX_FILTER_NODES = 200  # filters in the whole request, nested ones included
 FILTER_OPS = ("is", "is_not", "contains", "matches", "gt", "lt", "and", "or", "not")
 PRESETS = (
     "today, yesterday, week, month, year (calendar periods in tz), Nd (the last N days,"
-    " today included) or Nh (the last N hours, this one included), N from 1 to 999"
+    " today included), Nh (the last N hours, this one included) or Nmin (the last N"
+    " minutes, up to now: what live subscriptions watch), N from 1 to 999"
 )
 VISITORS_PRECISION = (
     "exact on the embedded store; on Elasticsearch a HyperLogLog++ estimate, near exact"
@@ -487,6 +488,9 @@ def _resolve_range(spec: Any, tz: ZoneInfo, now_ms: int) -> tuple[int, int, tupl
             _local_midnight(first.replace(year=first.year + 1), tz),
             (_local_midnight(first.replace(year=first.year - 1), tz), _local_midnight(first, tz)),
         )
+    if spec.endswith("min"):  # the last N minutes, up to this millisecond
+        span = int(spec[:-3]) * 60_000
+        return now_ms + 1 - span, now_ms + 1, (now_ms + 1 - 2 * span, now_ms + 1 - span)
     count = int(spec[:-1])
     if unit == "d":  # the last N days, today included
         end = _local_midnight(today + timedelta(days=1), tz)
