@@ -144,11 +144,15 @@ def test_the_head_timeout_bounds_the_whole_head_not_each_line(
 
 
 def _worker_rss_kib(server: MetronomeServer) -> dict[int, int]:
-    """VmRSS of each worker: the serve process's children."""
+    """VmRSS of each HTTP worker: the serve process's forked children. The shipper (the
+    ``metronome worker`` child) is left out: no header reaches it, and its memory moves on
+    its own schedule (its periodic jobs load their modules when they first run)."""
     assert server.proc is not None
     children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text()
     rss = {}
     for pid in map(int, children.split()):
+        if b"\0worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            continue  # the shipper
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 rss[pid] = int(line.split()[1])
