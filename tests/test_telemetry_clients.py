@@ -333,7 +333,8 @@ def test_python_agent_stops_from_its_own_callback(telemetry: Backend) -> None:
 
 def upgrade_responder_source() -> Path:
     """``shared/clients/upgrade-responder`` beside the checkout (for a git worktree: beside
-    its main checkout), or ``METRONOME_TEST_UPGRADE_RESPONDER``."""
+    its main checkout; for a clone of a local checkout: beside that checkout), or
+    ``METRONOME_TEST_UPGRADE_RESPONDER``."""
     named = os.environ.get("METRONOME_TEST_UPGRADE_RESPONDER")
     candidates = [Path(named)] if named else []
     candidates.append(ROOT.parent / "shared" / "clients" / "upgrade-responder")
@@ -345,6 +346,13 @@ def upgrade_responder_source() -> Path:
     ).stdout.strip()
     if common:
         candidates.append(Path(common).parent.parent / "shared" / "clients" / "upgrade-responder")
+    origin = subprocess.run(
+        ["git", "config", "--get", "remote.origin.url"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    if origin and "://" not in origin and ":" not in origin.split("/")[0]:  # a local clone
+        candidates.append(
+            (ROOT / origin).resolve().parent / "shared" / "clients" / "upgrade-responder"
+        )
     for candidate in candidates:
         if (candidate / "client" / "client.go").is_file():
             return candidate
