@@ -799,6 +799,9 @@ def test_rollups_catch_up_answer_like_raw_points_and_re_roll_late_points(
         {"value": 5000.0},
     )
     _write_points(telemetry, [late])
+    # a pass trusts only what was stored over a second before it (points still on their
+    # way, in another spool): the late point must be older than that to be rolled once
+    time.sleep(1.2)
     again = _roll(telemetry)
     assert again["documents"] >= 1
     rolled, raw = _both(telemetry, ROLLED_QUERIES[0])
