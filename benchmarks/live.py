@@ -39,6 +39,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -78,7 +79,8 @@ def _process_report(
     out = []
     for pid in pids:
         start, end = before.get(pid), C.cpu_seconds(pid)
-        command = " ".join(C.cmdline(pid))[:80]
+        argv = C.cmdline(pid)  # the program by name: no path of the machine it ran on
+        command = " ".join([Path(argv[0]).name, *argv[1:]] if argv else [])[:80]
         out.append(
             {
                 "pid": pid,
