@@ -141,15 +141,10 @@ class ElasticsearchKpis:
     """KPI definitions in the hidden index ``<prefix>-kpis``, with a client of its own."""
 
     def __init__(self, settings: Settings) -> None:
-        from elasticsearch import AsyncElasticsearch
+        from metronome.store.elasticsearch import registry_client
 
         self._index = f"{settings.index_prefix}-kpis"
-        self._client = AsyncElasticsearch(
-            settings.elasticsearch_url,
-            request_timeout=settings.elasticsearch_timeout_s,
-            max_retries=2,
-            retry_on_timeout=True,
-        )
+        self._client = registry_client(settings)
         self._ready = False
 
     async def __aenter__(self) -> Self:

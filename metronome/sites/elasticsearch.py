@@ -19,13 +19,13 @@ from __future__ import annotations
 import logging
 from typing import Any, Self
 
-from elasticsearch import ApiError, AsyncElasticsearch, ConflictError, NotFoundError
+from elasticsearch import ApiError, ConflictError, NotFoundError
 
 from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.sites.base import DuplicateSite, sites_gone
 from metronome.sites.model import Key, Site, Snapshot
-from metronome.store.elasticsearch import answering
+from metronome.store.elasticsearch import answering, registry_client
 
 __all__ = ["ElasticsearchRegistry", "mark_index", "registry_index"]
 
@@ -75,12 +75,7 @@ class ElasticsearchRegistry:
         self._index = registry_index(settings.index_prefix)
         self._mark = mark_index(settings.index_prefix)
         self._marked = False
-        self._client = AsyncElasticsearch(
-            settings.elasticsearch_url,
-            request_timeout=settings.elasticsearch_timeout_s,
-            max_retries=2,
-            retry_on_timeout=True,
-        )
+        self._client = registry_client(settings)
         self._ready = False
 
     async def __aenter__(self) -> Self:

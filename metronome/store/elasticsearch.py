@@ -36,7 +36,7 @@ from metronome.store.es_query import (
 from metronome.store.query import GroupQuery
 from metronome.store.templates import Template, load_templates
 
-__all__ = ["ElasticsearchStore", "answering", "index_day_ms", "index_name"]
+__all__ = ["ElasticsearchStore", "answering", "index_day_ms", "index_name", "registry_client"]
 
 _UNREACHABLE = (TransportConnectionError, ConnectionTimeout)
 _BULK_FILTER = "errors,items.*.status,items.*.error"  # what write() reads of the answer
@@ -59,6 +59,17 @@ def _merge_properties(into: dict[str, Any], properties: dict[str, Any]) -> None:
             _merge_properties(into[name]["properties"], mapping["properties"])
         else:
             into[name] = copy.deepcopy(mapping)
+
+
+def registry_client(settings: Settings) -> AsyncElasticsearch:
+    """The client of a small registry kept beside the data in a hidden index (sites, apps,
+    KPIs, leases): its own connection, so the store's stay the store's."""
+    return AsyncElasticsearch(
+        settings.elasticsearch_url,
+        request_timeout=settings.elasticsearch_timeout_s,
+        max_retries=2,
+        retry_on_timeout=True,
+    )
 
 
 @contextmanager

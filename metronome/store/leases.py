@@ -181,15 +181,10 @@ class ElasticsearchLeases:
     with optimistic concurrency (a realtime GET, then a conditional write)."""
 
     def __init__(self, settings: Settings) -> None:
-        from elasticsearch import AsyncElasticsearch
+        from metronome.store.elasticsearch import registry_client
 
         self._index = leases_index(settings.index_prefix)
-        self._client = AsyncElasticsearch(
-            settings.elasticsearch_url,
-            request_timeout=settings.elasticsearch_timeout_s,
-            max_retries=2,
-            retry_on_timeout=True,
-        )
+        self._client = registry_client(settings)
         self._ready = False
 
     async def __aenter__(self) -> Self:

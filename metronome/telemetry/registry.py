@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any, Protocol, Self
 
 import orjson
-from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError
+from elasticsearch import ApiError, NotFoundError
 
 from metronome.config import Settings
 from metronome.errors import ConfigError, StoreUnavailable
 from metronome.events import fields as F
-from metronome.store.elasticsearch import answering
+from metronome.store.elasticsearch import answering, registry_client
 from metronome.store.sqlite import DB_NAME, ConnectionThread, connect, setup_lock
 from metronome.store.templates import app_template
 from metronome.telemetry.model import App
@@ -119,12 +119,7 @@ class ElasticsearchApps:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._index = apps_index(settings.index_prefix)
-        self._client = AsyncElasticsearch(
-            settings.elasticsearch_url,
-            request_timeout=settings.elasticsearch_timeout_s,
-            max_retries=2,
-            retry_on_timeout=True,
-        )
+        self._client = registry_client(settings)
 
     async def __aenter__(self) -> Self:
         return self
