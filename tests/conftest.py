@@ -10,10 +10,12 @@ no Chromium and builds no ``docker compose``.
 - ``docker_compose`` is built from source the first time (minutes): when the selected
   tests need it, the build starts in the background as soon as collection ends, and the
   tests that need it run last.
+- ``rabbitmq`` is a RabbitMQ node (tests/support/rabbitmq.py), started on first use.
 - Chromium (``browser`` in tests/test_tracker.py) and moto's S3 server (``moto_url`` in
   tests/test_archive_s3.py) are module fixtures of the only modules that use them.
 
-Tests are marked by what they need (``elasticsearch``, ``browser``, ``compose``, ``s3``;
+Tests are marked by what they need (``elasticsearch``, ``browser``, ``compose``, ``s3``,
+``rabbitmq``;
 registered in pyproject.toml), from the fixtures and parameters they use, so
 ``-m "not elasticsearch"`` selects the tests that run without it. If a service cannot
 start, every test that needs it errors: nothing is skipped.
@@ -35,6 +37,7 @@ import pytest
 from tests.support import compose
 from tests.support.backends import Backend, running_backend
 from tests.support.es_server import ElasticsearchServer
+from tests.support.rabbitmq import RabbitMQServer
 
 # fixture -> the marker of the outside service it brings (its tests get the marker)
 SERVICE_FIXTURES = {
@@ -43,6 +46,7 @@ SERVICE_FIXTURES = {
     "browser": "browser",
     "docker_compose": "compose",
     "moto_url": "s3",
+    "rabbitmq": "rabbitmq",
 }
 # A parameter with this value runs a test against Elasticsearch (``backend``, and the
 # ``world``/``kind`` parameters that reach ``es_url`` through ``running_backend``).
@@ -142,6 +146,20 @@ def es_url(request: pytest.FixtureRequest) -> str:
     server: ElasticsearchServer = request.getfixturevalue("_suite_elasticsearch")
     server.wait_ready()
     return server.url
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitMQServer]:
+    """A real RabbitMQ node for this run (Debian's package, installed with apt when
+    missing), started on first use on free ports, stopped at the end. Tests may
+    :meth:`~tests.support.rabbitmq.RabbitMQServer.kill` and ``start`` it again; each test
+    uses its own queues and exchanges."""
+    server = RabbitMQServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session", params=["sqlite", "elasticsearch"])
