@@ -66,8 +66,8 @@ def serve(host: str | None, port: int | None, workers: int | None, no_shipper: b
     os.environ["METRONOME_PORT"] = str(settings.port)
     os.environ["METRONOME_WORKERS"] = str(settings.workers)
     store = (
-        f"Elasticsearch at {settings.elasticsearch_url}"
-        if settings.elasticsearch_url
+        f"Elasticsearch at {_nodes(settings)}"
+        if settings.uses_elasticsearch
         else f"the embedded store in {settings.data_dir}"
     )
     click.echo(
@@ -78,6 +78,8 @@ def serve(host: str | None, port: int | None, workers: int | None, no_shipper: b
     warning = _exposure_warning(settings)
     if warning:
         click.secho(warning, err=True, fg="yellow", bold=True)
+    for problem in _store_problems(settings):
+        click.secho(problem, err=True, fg="red", bold=True)
     shipper = None
     if not no_shipper:
         shipper = subprocess.Popen(
@@ -214,7 +216,7 @@ def status() -> None:
             return await store.check_ready()
 
     reason = asyncio.run(_ready())
-    store = settings.elasticsearch_url or f"embedded ({settings.data_dir})"
+    store = _nodes(settings) if settings.uses_elasticsearch else f"embedded ({settings.data_dir})"
     lag = "none"
     if state.oldest_unshipped_ms is not None:
         lag = f"{max(0.0, time.time() - state.oldest_unshipped_ms / 1000):.1f}s"
@@ -310,7 +312,11 @@ def retention(keep: str, dataset: str, site: str | None, dry_run: bool) -> None:
     settings = _settings()
     datasets: tuple[str, ...] = DATASETS if dataset == "all" else (dataset,)
     cutoff = datetime.fromtimestamp(cutoff_ms(period) / 1000, tz=UTC)
-    store = settings.elasticsearch_url or f"the embedded store in {settings.data_dir}"
+    store = (
+        _nodes(settings)
+        if settings.uses_elasticsearch
+        else f"the embedded store in {settings.data_dir}"
+    )
     if site is not None:
         sites_commands.require_sites(settings, {"--site": site})
         datasets = tuple(d for d in datasets if d != "metrics")
@@ -636,3 +642,57 @@ def forget(
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
     click.echo(f"deleted {deleted} events")
+
+
+# -- secured Elasticsearch (issue 18) --
+
+
+def _nodes(settings: Settings) -> str:
+    """Where the Elasticsearch store is, without credentials."""
+    from metronome.store.connection import nodes
+
+    return nodes(settings)
+
+
+def _store_problems(settings: Settings) -> list[str]:
+    """What is wrong with the store's connection at start (unchecked certificates, a
+    wrong CA or password, a missing privilege): said once, plainly; the server starts
+    anyway, spooling, and ``/readyz`` keeps saying it until it is fixed."""
+    if not settings.uses_elasticsearch:
+        return []
+    from metronome.store.connection import unverified_warning
+    from metronome.store.elasticsearch import ElasticsearchStore
+
+    problems = []
+    warning = unverified_warning(settings)
+    if warning:
+        problems.append(f"warning: {warning}")
+
+    async def _ready() -> str | None:
+        async with ElasticsearchStore(settings) as store:
+            return await store.check_access()
+
+    reason = asyncio.run(_ready())
+    if reason is not None:
+        problems.append(f"error: the store is not ready: {reason}")
+    return problems
+
+
+@main.group("elasticsearch")
+def elasticsearch_group() -> None:
+    """Elasticsearch: what Metronome needs of a secured cluster."""
+
+
+@elasticsearch_group.command("role")
+def elasticsearch_role() -> None:
+    """Print the least-privilege role definitions (JSON, by role name) for the index prefix.
+
+    Create each with `PUT _security/role/<name>` and the body printed under its name:
+    `read` for readers, `serve` for the API, `ship` for the shipper, `setup` for
+    `metronome templates install`.
+    """
+    import json
+
+    from metronome.store.roles import roles
+
+    click.echo(json.dumps(roles(_settings().index_prefix), indent=2))

@@ -35,6 +35,7 @@ import pytest
 from tests.support import compose
 from tests.support.backends import Backend, running_backend
 from tests.support.es_server import ElasticsearchServer
+from tests.support.secure_proxy import SecureProxy
 
 # fixture -> the marker of the outside service it brings (its tests get the marker)
 SERVICE_FIXTURES = {
@@ -53,7 +54,9 @@ def _needs(item: pytest.Item) -> set[str]:
     names = set(getattr(item, "fixturenames", ()))
     needs = {marker for fixture, marker in SERVICE_FIXTURES.items() if fixture in names}
     callspec = getattr(item, "callspec", None)
-    if callspec is not None and ELASTICSEARCH_PARAM in callspec.params.values():
+    if callspec is not None and any(
+        str(value).startswith(ELASTICSEARCH_PARAM) for value in callspec.params.values()
+    ):
         needs.add("elasticsearch")
     return needs
 
@@ -144,7 +147,7 @@ def es_url(request: pytest.FixtureRequest) -> str:
     return server.url
 
 
-@pytest.fixture(scope="session", params=["sqlite", "elasticsearch"])
+@pytest.fixture(scope="session")
 def backend(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Backend]:
@@ -152,6 +155,37 @@ def backend(
     no sites: nothing needs a key (tests/test_sites.py has servers with sites)."""
     with running_backend(request, tmp_path_factory, request.param, {}) as started:
         yield started
+
+
+# the contract modules that say ``SECURED_CONTRACT = True`` run on these too: Elasticsearch
+# through nginx with TLS and each credential kind (tests/support/secure_proxy.py)
+SECURED_BACKENDS = ["elasticsearch-basic", "elasticsearch-apikey", "elasticsearch-mtls"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``backend`` runs each test on each store: sqlite and elasticsearch, and the secured
+    ones in the modules that ask for them."""
+    chosen = any(
+        "backend" in str(marker.args[0]).replace(" ", "").split(",")
+        for marker in metafunc.definition.iter_markers("parametrize")
+    )  # a test that names its own backends keeps them
+    if "backend" in metafunc.fixturenames and not chosen:
+        secured = SECURED_BACKENDS if getattr(metafunc.module, "SECURED_CONTRACT", False) else []
+        metafunc.parametrize(
+            "backend", ["sqlite", "elasticsearch", *secured], indirect=True, scope="session"
+        )
+
+
+@pytest.fixture(scope="session")
+def secure_proxy(es_url: str) -> Iterator[SecureProxy]:
+    """nginx in front of the suite's Elasticsearch: TLS, Basic auth, API keys, client
+    certificates (a test double of a secured cluster's door; see its module)."""
+    proxy = SecureProxy.create(es_url)
+    try:
+        proxy.start()
+        yield proxy
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.sites.base import DuplicateSite, sites_gone
 from metronome.sites.model import Key, Site, Snapshot
+from metronome.store.connection import client_options
 from metronome.store.elasticsearch import answering
 
 __all__ = ["ElasticsearchRegistry", "mark_index", "registry_index"]
@@ -75,12 +76,7 @@ class ElasticsearchRegistry:
         self._index = registry_index(settings.index_prefix)
         self._mark = mark_index(settings.index_prefix)
         self._marked = False
-        self._client = AsyncElasticsearch(
-            settings.elasticsearch_url,
-            request_timeout=settings.elasticsearch_timeout_s,
-            max_retries=2,
-            retry_on_timeout=True,
-        )
+        self._client = AsyncElasticsearch(**client_options(settings))
         self._ready = False
 
     async def __aenter__(self) -> Self:

@@ -24,6 +24,13 @@ from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.events.document import Document
 from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
+from metronome.store.connection import (
+    client_options,
+    denied_reason,
+    explain,
+    has_credentials,
+    unverified_warning,
+)
 from metronome.store.es_query import (
     compile_groups,
     compile_top,
@@ -32,6 +39,7 @@ from metronome.store.es_query import (
     read_top,
 )
 from metronome.store.query import GroupQuery
+from metronome.store.roles import roles
 from metronome.store.templates import Template, load_templates
 
 __all__ = ["ElasticsearchStore", "answering", "index_day_ms", "index_name"]
@@ -58,10 +66,12 @@ def answering(what: str) -> Iterator[None]:
     try:
         yield
     except _UNREACHABLE as exc:
-        raise StoreUnavailable(f"Elasticsearch is unreachable: {exc}") from exc
+        raise StoreUnavailable(
+            explain(exc, what) or f"Elasticsearch is unreachable: {exc}"
+        ) from exc
     except ApiError as exc:
         raise StoreUnavailable(
-            f"Elasticsearch refused {what} ({exc.meta.status}): {exc.message}"
+            explain(exc, what) or f"Elasticsearch refused {what} ({exc.meta.status}): {exc.message}"
         ) from exc
 
 
@@ -91,20 +101,17 @@ class ElasticsearchStore:
     backend = "elasticsearch"
 
     def __init__(self, settings: Settings) -> None:
-        assert settings.elasticsearch_url
+        assert settings.elasticsearch_url or settings.elasticsearch_cloud_id
         self._settings = settings
         self._prefix = settings.index_prefix
-        self._client = AsyncElasticsearch(
-            settings.elasticsearch_url,
-            serializer=OrjsonSerializer(),
-            request_timeout=settings.elasticsearch_timeout_s,
-            max_retries=2,
-            retry_on_timeout=True,
-        )
+        self._client = AsyncElasticsearch(serializer=OrjsonSerializer(), **client_options(settings))
         self._templates: list[Template] = load_templates(settings)
 
     async def open(self) -> None:
-        """The client connects lazily; nothing to do until the first request."""
+        """The client connects lazily; only the warning of unchecked certificates now."""
+        warning = unverified_warning(self._settings)
+        if warning:
+            log.warning("elasticsearch_certificates_unchecked %s", warning)
 
     async def close(self) -> None:
         await self._client.close()
@@ -186,18 +193,62 @@ class ElasticsearchStore:
                     "mapping_extend_failed template=%s reason=%s", template.name, exc.message
                 )
 
-    async def check_ready(self) -> str | None:
+    async def _missing_privileges(self) -> str | None:
+        """Which privileges of the ``serve`` role the configured credentials lack, asked of
+        the cluster's ``_has_privileges``; None when all are held, or when there are no
+        credentials or no security module to ask."""
+        if not has_credentials(self._settings):
+            return None
+        role = roles(self._prefix)[f"{self._prefix}-serve"]
+        try:
+            resp = await self._client.security.has_privileges(
+                cluster=role["cluster"], index=role["indices"]
+            )
+        except ApiError as exc:
+            if exc.meta.status in (401, 403):
+                raise
+            return None  # a cluster without the security module: nothing to check
+        if resp.get("has_all_requested", True):
+            return None
+        lacking = [f"the cluster privilege {p!r}" for p, ok in resp["cluster"].items() if not ok]
+        for names, held in resp.get("index", {}).items():
+            lacking += [f"the index privilege {p!r} on {names}" for p, ok in held.items() if not ok]
+        return (
+            f"Elasticsearch user {resp.get('username')!r} lacks {', '.join(lacking)}"
+            " (`metronome elasticsearch role` prints the roles Metronome needs)"
+        )
+
+    async def check_access(self) -> str | None:
+        """Why the cluster cannot be used as configured (unreachable, untrusted, refused
+        credentials, missing privileges, red), or None; the templates are not looked at."""
         try:
             health = await self._client.cluster.health(timeout="2s")
             if health["status"] == "red":
                 return "the Elasticsearch cluster is red"
+            return await self._missing_privileges()
+        except _UNREACHABLE as exc:
+            return explain(exc, "the health check") or "Elasticsearch is unreachable"
+        except ApiError as exc:
+            return (
+                explain(exc, "the health check")
+                or f"Elasticsearch answered {exc.meta.status}: {exc.message}"
+            )
+
+    async def check_ready(self) -> str | None:
+        reason = await self.check_access()
+        if reason is not None:
+            return reason
+        try:
             for template in self._templates:
                 if await self._installed_digest(template) != template.digest:
                     return f"index template {template.name!r} is missing or outdated"
         except _UNREACHABLE as exc:
-            return f"Elasticsearch is unreachable: {exc.__class__.__name__}"
+            return explain(exc, "the health check") or "Elasticsearch is unreachable"
         except ApiError as exc:
-            return f"Elasticsearch answered {exc.meta.status}: {exc.message}"
+            return (
+                explain(exc, "the health check")
+                or f"Elasticsearch answered {exc.meta.status}: {exc.message}"
+            )
         return None
 
     async def write(self, documents: Sequence[Document]) -> list[WriteOutcome]:
@@ -225,8 +276,15 @@ class ElasticsearchStore:
             else:
                 error = result.get("error") or {}
                 reason = f"{error.get('type', status)}: {error.get('reason', '')}".strip()
+                # 401/403: the credentials or the role, not the document, are wrong: it
+                # waits in the spool until they are fixed rather than being dead-lettered
+                denied = status in (401, 403) and error.get("type") == "security_exception"
+                if denied:
+                    reason = denied_reason(str(error.get("reason", "")), "the bulk request")
                 outcomes.append(
-                    WriteOutcome(doc.id, False, reason, retriable=status == 429 or status >= 500)
+                    WriteOutcome(
+                        doc.id, False, reason, retriable=denied or status == 429 or status >= 500
+                    )
                 )
         return outcomes
 
