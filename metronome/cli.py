@@ -66,7 +66,7 @@ def serve(host: str | None, port: int | None, workers: int | None, no_shipper: b
     os.environ["METRONOME_PORT"] = str(settings.port)
     os.environ["METRONOME_WORKERS"] = str(settings.workers)
     store = (
-        f"Elasticsearch at {_nodes(settings)}"
+        f"{'OpenSearch' if settings.opensearch_url else 'Elasticsearch'} at {_nodes(settings)}"
         if settings.uses_elasticsearch
         else f"the embedded store in {settings.data_dir}"
     )

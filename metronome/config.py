@@ -289,6 +289,24 @@ class Settings:
         "Check the cluster's TLS certificate (on/off); `off` logs a warning at every start.",
         _bool,
     )
+    opensearch_url: str | None = setting(
+        "",
+        "OpenSearch URL, or several nodes' URLs, comma-separated: the store is OpenSearch"
+        " (instead of `METRONOME_ELASTICSEARCH_URL`); the `METRONOME_ELASTICSEARCH_*`"
+        " connection settings apply to it too (API keys and Cloud IDs excepted).",
+        _urls,
+    )
+    opensearch_aws_sigv4: bool = setting(
+        "off",
+        "Sign OpenSearch requests with AWS SigV4 (AWS OpenSearch Service), with the"
+        " credentials and region of the usual boto3 chain (on/off).",
+        _bool,
+    )
+    opensearch_aws_service: str = setting(
+        "es",
+        "AWS service name SigV4 signs for: `es` (a managed domain) or `aoss` (Serverless).",
+        _choice("es", "aoss"),
+    )
     elasticsearch_retries: int = setting(
         "2",
         "Times one Elasticsearch request is retried (on another node when there are"
@@ -548,49 +566,57 @@ class Settings:
 
     def _check_elasticsearch(self) -> None:
         """Settings of the Elasticsearch connection that only make sense together."""
-        variable = "METRONOME_ELASTICSEARCH_"
+        es, os_url = "METRONOME_ELASTICSEARCH_", "METRONOME_OPENSEARCH_URL"
         problems = (
             (
                 self.elasticsearch_username and not self.elasticsearch_password,
                 "USERNAME",
-                "is set without",
-                "PASSWORD",
+                f"is set without {es}PASSWORD",
             ),
             (
                 self.elasticsearch_password and not self.elasticsearch_username,
                 "PASSWORD",
-                "is set without",
-                "USERNAME",
+                f"is set without {es}USERNAME",
             ),
             (
                 self.elasticsearch_client_key and not self.elasticsearch_client_cert,
                 "CLIENT_KEY",
-                "is set without",
-                "CLIENT_CERT",
+                f"is set without {es}CLIENT_CERT",
             ),
             (
                 self.elasticsearch_cloud_id and self.elasticsearch_url,
                 "CLOUD_ID",
-                "conflicts with",
+                f"conflicts with {es}URL",
+            ),
+            (
+                self.opensearch_url and (self.elasticsearch_url or self.elasticsearch_cloud_id),
                 "URL",
+                f"conflicts with {os_url}: choose one store",
+            ),
+            (
+                self.opensearch_url and self.elasticsearch_api_key,
+                "API_KEY",
+                "does not work with OpenSearch: use a user and password",
             ),
             (
                 self.elasticsearch_ca_fingerprint and self.elasticsearch_client_cert,
                 "CA_FINGERPRINT",
-                "cannot be used with a client certificate; use _CA_CERTS with",
-                "CLIENT_CERT",
+                f"cannot be used with a client certificate; use {es}CA_CERTS with {es}CLIENT_CERT",
             ),
         )
-        for wrong, first, relation, second in problems:
+        for wrong, name, problem in problems:
             if wrong:
-                raise ConfigError(
-                    f"{variable}{first} {relation} {variable}{second}", variable=variable + first
-                )
+                raise ConfigError(f"{es}{name} {problem}", variable=es + name)
 
     @property
     def uses_elasticsearch(self) -> bool:
-        """Whether the store is Elasticsearch (a URL or an Elastic Cloud ID is set)."""
-        return bool(self.elasticsearch_url or self.elasticsearch_cloud_id)
+        """Whether the store is Elasticsearch or OpenSearch (a URL or a Cloud ID is set)."""
+        return bool(self.elasticsearch_url or self.elasticsearch_cloud_id or self.opensearch_url)
+
+    @property
+    def search_engine(self) -> str:
+        """``opensearch`` or ``elasticsearch``: which client and dialect the store uses."""
+        return "opensearch" if self.opensearch_url else "elasticsearch"
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,13 +34,15 @@ import pytest
 
 from tests.support import compose
 from tests.support.backends import Backend, running_backend
-from tests.support.es_server import ElasticsearchServer
+from tests.support.es_server import ElasticsearchServer, OpenSearchServer
 from tests.support.secure_proxy import SecureProxy
 
 # fixture -> the marker of the outside service it brings (its tests get the marker)
 SERVICE_FIXTURES = {
+    "os_url": "opensearch",
     "es_url": "elasticsearch",
     "es_server": "elasticsearch",
+    "es_cluster": "elasticsearch",  # tests/test_cluster.py: three nodes of its own
     "browser": "browser",
     "docker_compose": "compose",
     "moto_url": "s3",
@@ -48,6 +50,7 @@ SERVICE_FIXTURES = {
 # A parameter with this value runs a test against Elasticsearch (``backend``, and the
 # ``world``/``kind`` parameters that reach ``es_url`` through ``running_backend``).
 ELASTICSEARCH_PARAM = "elasticsearch"
+OPENSEARCH_PARAM = "opensearch"  # the same for OpenSearch (``os_url``)
 
 
 def _needs(item: pytest.Item) -> set[str]:
@@ -58,6 +61,8 @@ def _needs(item: pytest.Item) -> set[str]:
         str(value).startswith(ELASTICSEARCH_PARAM) for value in callspec.params.values()
     ):
         needs.add("elasticsearch")
+    if callspec is not None and OPENSEARCH_PARAM in callspec.params.values():
+        needs.add("opensearch")
     return needs
 
 
@@ -148,6 +153,35 @@ def es_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
+def _suite_opensearch() -> Iterator[OpenSearchServer]:
+    """The OpenSearch server this run owns: started on first use, stopped at the end."""
+    server = OpenSearchServer()
+    try:
+        server.start()
+        server.wait_ready()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def os_url(request: pytest.FixtureRequest) -> str:
+    """``METRONOME_TEST_OPENSEARCH_URL`` (waited for until yellow), else the suite's own
+    OpenSearch (the integ-test distribution from Maven Central, like Elasticsearch)."""
+    url = os.environ.get("METRONOME_TEST_OPENSEARCH_URL")
+    if url:
+        httpx.get(
+            f"{url}/_cluster/health",
+            params={"wait_for_status": "yellow", "timeout": "60s"},
+            timeout=70,
+        )
+        return url.rstrip("/")
+    server: OpenSearchServer = request.getfixturevalue("_suite_opensearch")
+    server.wait_ready()
+    return server.url
+
+
+@pytest.fixture(scope="session")
 def backend(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Backend]:
@@ -172,7 +206,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames and not chosen:
         secured = SECURED_BACKENDS if getattr(metafunc.module, "SECURED_CONTRACT", False) else []
         metafunc.parametrize(
-            "backend", ["sqlite", "elasticsearch", *secured], indirect=True, scope="session"
+            "backend",
+            ["sqlite", "elasticsearch", *secured, "opensearch"],
+            indirect=True,
+            scope="session",
         )
 
 

@@ -19,11 +19,63 @@ from typing import Any
 from elastic_transport import ConnectionError as TransportConnectionError
 from elastic_transport import ConnectionTimeout, TlsError
 from elasticsearch import ApiError
+from elasticsearch import ConflictError as EsConflict
+from elasticsearch import NotFoundError as EsNotFound
+from opensearchpy import exceptions as opensearch_errors
 
 from metronome.config import Settings
 
+# the two clients' errors, side by side: the store catches these tuples, never one client's
+UNREACHABLE: tuple[type[Exception], ...] = (
+    TransportConnectionError,
+    ConnectionTimeout,
+    opensearch_errors.ConnectionError,  # its TLS and timeout errors are kinds of it
+)
+"""Connection, TLS and timeout errors (catch them before :data:`API_ERRORS`)."""
+API_ERRORS: tuple[type[Exception], ...] = (ApiError, opensearch_errors.TransportError)
+"""The cluster answered with an error status."""
+NOT_FOUND: tuple[type[Exception], ...] = (EsNotFound, opensearch_errors.NotFoundError)
+CONFLICT: tuple[type[Exception], ...] = (EsConflict, opensearch_errors.ConflictError)
+_TLS: tuple[type[Exception], ...] = (TlsError, opensearch_errors.SSLError)
+
+
+def status_of(exc: Exception) -> int | None:
+    """The HTTP status of an answered error, from either client."""
+    if isinstance(exc, ApiError):
+        return int(exc.meta.status)
+    status = getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def body_of(exc: Exception) -> Any:
+    """The error's answer body (a dict when the cluster answered JSON)."""
+    if isinstance(exc, ApiError):
+        return exc.body
+    return getattr(exc, "info", None)
+
+
+def message_of(exc: Exception) -> str:
+    """The error's short message: its type and reason as the cluster gave them."""
+    if isinstance(exc, ApiError):
+        return str(exc.message)
+    body = body_of(exc)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        return f"{error.get('type', '')}: {error.get('reason', '')}".strip(": ")
+    return str(getattr(exc, "error", exc))
+
+
 __all__ = [
+    "API_ERRORS",
+    "CONFLICT",
+    "NOT_FOUND",
+    "UNREACHABLE",
+    "body_of",
     "client_options",
+    "message_of",
+    "open_client",
+    "opensearch_options",
+    "status_of",
     "denied_reason",
     "explain",
     "has_credentials",
@@ -47,7 +99,70 @@ def nodes(settings: Settings) -> str:
     if settings.elasticsearch_cloud_id:
         name = settings.elasticsearch_cloud_id.partition(":")[0] or "(unnamed)"
         return f"the Elastic Cloud deployment {name!r}"
-    return ", ".join((settings.elasticsearch_url or "").split(","))
+    urls = settings.opensearch_url or settings.elasticsearch_url or ""
+    return ", ".join(urls.split(","))
+
+
+def open_client(settings: Settings, **extra: Any) -> Any:
+    """The asynchronous client of the configured engine: ``AsyncElasticsearch`` or
+    ``AsyncOpenSearch`` (``extra``: more options for the Elasticsearch client)."""
+    if settings.search_engine == "opensearch":
+        from opensearchpy import AsyncOpenSearch
+
+        return AsyncOpenSearch(**opensearch_options(settings))
+    from elasticsearch import AsyncElasticsearch
+
+    return AsyncElasticsearch(**client_options(settings), **extra)
+
+
+def opensearch_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for the OpenSearch client: the same settings, its own names."""
+    hosts = (settings.opensearch_url or "").split(",")
+    options: dict[str, Any] = {
+        "hosts": hosts,
+        "timeout": settings.elasticsearch_timeout_s,
+        "max_retries": settings.elasticsearch_retries,
+        "retry_on_timeout": True,
+        "retry_on_status": (502, 503, 504),
+    }
+    if settings.opensearch_aws_sigv4:
+        import boto3
+        from opensearchpy import AWSV4SignerAsyncAuth
+
+        session = boto3.Session()
+        credentials = session.get_credentials()
+        if credentials is None or not session.region_name:
+            from metronome.errors import ConfigError
+
+            raise ConfigError(
+                "METRONOME_OPENSEARCH_AWS_SIGV4 is on, but the boto3 chain gives no"
+                f" {'credentials' if credentials is None else 'region'} (set AWS_DEFAULT_REGION,"
+                " AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, or a role)",
+                variable="METRONOME_OPENSEARCH_AWS_SIGV4",
+            )
+        from opensearchpy import AsyncHttpConnection
+
+        options["http_auth"] = AWSV4SignerAsyncAuth(
+            credentials, session.region_name, settings.opensearch_aws_service
+        )
+        options["connection_class"] = AsyncHttpConnection  # the one that signs each request
+    elif settings.elasticsearch_username:
+        options["http_auth"] = (
+            settings.elasticsearch_username,
+            settings.elasticsearch_password or "",
+        )
+    if any(h.startswith("https://") for h in hosts):
+        options["use_ssl"] = True
+        options["verify_certs"] = settings.elasticsearch_verify_certs
+        options["ssl_show_warn"] = False
+        if settings.elasticsearch_ca_certs:
+            options["ca_certs"] = settings.elasticsearch_ca_certs
+        if settings.elasticsearch_ca_fingerprint:
+            options["ssl_assert_fingerprint"] = settings.elasticsearch_ca_fingerprint
+        if settings.elasticsearch_client_cert:
+            options["client_cert"] = settings.elasticsearch_client_cert
+            options["client_key"] = settings.elasticsearch_client_key
+    return options
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -137,17 +252,17 @@ def _tls_reason(exc: Exception) -> str:
     return f"the TLS handshake failed: {reason}"
 
 
-def _server_reason(exc: ApiError) -> str:
-    body = exc.body if isinstance(exc.body, dict) else {}
-    error = body.get("error")
+def _server_reason(exc: Exception) -> str:
+    body = body_of(exc)
+    error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         reason = str(error.get("reason") or error.get("type") or "")
         extra = error.get("additional_unsuccessful_credentials")
         return f"{reason} ({extra})" if extra else reason
-    return str(error or exc.message)
+    return str(error or message_of(exc))
 
 
-def _refused_credentials(exc: ApiError) -> str:
+def _refused_credentials(exc: Exception) -> str:
     reason = _server_reason(exc)
     said = f"; the cluster said: {reason}" if reason and reason != "None" else ""
     return (
@@ -157,7 +272,7 @@ def _refused_credentials(exc: ApiError) -> str:
     )
 
 
-def _missing_privilege(exc: ApiError, what: str) -> str:
+def _missing_privilege(exc: Exception, what: str) -> str:
     return denied_reason(_server_reason(exc), what)
 
 
@@ -178,24 +293,25 @@ def denied_reason(reason: str, what: str) -> str:
 
 
 def explain(exc: Exception, what: str) -> str | None:
-    """A sentence saying why Elasticsearch did not do ``what``, for the client's errors
-    that mean a configuration or connection problem; None for other errors."""
-    if isinstance(exc, TlsError) or "FingerprintMismatch" in str(exc):
+    """A sentence saying why the cluster did not do ``what``, for the clients' errors that
+    mean a configuration or connection problem; None for other errors."""
+    if isinstance(exc, _TLS) or "FingerprintMismatch" in str(exc):
         return f"Elasticsearch cannot be trusted: {_tls_reason(exc)}"
-    if isinstance(exc, (TransportConnectionError, ConnectionTimeout)):
+    if isinstance(exc, UNREACHABLE):
         cause = str(exc).split(" caused by: ")[-1]
         return f"Elasticsearch is unreachable: {cause}"
-    if isinstance(exc, ApiError) and exc.meta.status in (400, 495, 496):
+    status = status_of(exc)
+    if status in (400, 495, 496):
         # a TLS proxy in front of the cluster (nginx) answers a missing or refused client
         # certificate with an HTTP error rather than failing the handshake as Elasticsearch does
-        if "SSL certificate" in str(exc.body) or "SSL certificate" in exc.message:
+        if "SSL certificate" in f"{body_of(exc)} {message_of(exc)}":
             return (
                 "Elasticsearch (or the proxy in front of it) asks for a client certificate"
                 " Metronome did not give or it does not trust; check"
                 " METRONOME_ELASTICSEARCH_CLIENT_CERT and _CLIENT_KEY"
             )
-    if isinstance(exc, ApiError) and exc.meta.status == 401:
+    if status == 401:
         return f"Elasticsearch {_refused_credentials(exc)}"
-    if isinstance(exc, ApiError) and exc.meta.status == 403:
+    if status == 403:
         return _missing_privilege(exc, what)
     return None

@@ -16,19 +16,22 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
-from elastic_transport import ConnectionError as TransportConnectionError
-from elastic_transport import ConnectionTimeout, OrjsonSerializer
-from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError
+from elastic_transport import OrjsonSerializer
 
 from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.events.document import Document
 from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
 from metronome.store.connection import (
-    client_options,
+    API_ERRORS,
+    NOT_FOUND,
+    UNREACHABLE,
     denied_reason,
     explain,
     has_credentials,
+    message_of,
+    open_client,
+    status_of,
     unverified_warning,
 )
 from metronome.store.es_query import (
@@ -44,7 +47,6 @@ from metronome.store.templates import Template, load_templates
 
 __all__ = ["ElasticsearchStore", "answering", "index_day_ms", "index_name"]
 
-_UNREACHABLE = (TransportConnectionError, ConnectionTimeout)
 _BULK_FILTER = "errors,items.*.status,items.*.error"  # what write() reads of the answer
 _COMPOSITE_PAGE = 1000  # groups per search while reading a whole result
 _DELETE_ROUND = 5000  # ids per search-and-delete round
@@ -65,13 +67,14 @@ def answering(what: str) -> Iterator[None]:
     """Turn the client's connection and API errors into StoreUnavailable naming ``what``."""
     try:
         yield
-    except _UNREACHABLE as exc:
+    except UNREACHABLE as exc:
         raise StoreUnavailable(
             explain(exc, what) or f"Elasticsearch is unreachable: {exc}"
         ) from exc
-    except ApiError as exc:
+    except API_ERRORS as exc:
         raise StoreUnavailable(
-            explain(exc, what) or f"Elasticsearch refused {what} ({exc.meta.status}): {exc.message}"
+            explain(exc, what)
+            or f"Elasticsearch refused {what} ({status_of(exc)}): {message_of(exc)}"
         ) from exc
 
 
@@ -96,15 +99,17 @@ def index_day_ms(prefix: str, datasets: Sequence[str], index: str) -> int | None
 
 
 class ElasticsearchStore:
-    """Documents and reports in a real Elasticsearch cluster (client and server major 8)."""
-
-    backend = "elasticsearch"
+    """Documents and reports in a real Elasticsearch cluster (client and server major 8),
+    or an OpenSearch one (2.x and later; ``METRONOME_OPENSEARCH_URL``): one implementation,
+    the engines' differences kept to the client (store/connection.py) and the templates
+    (store/templates.py). ``backend`` names the engine."""
 
     def __init__(self, settings: Settings) -> None:
-        assert settings.elasticsearch_url or settings.elasticsearch_cloud_id
+        assert settings.uses_elasticsearch
         self._settings = settings
         self._prefix = settings.index_prefix
-        self._client = AsyncElasticsearch(serializer=OrjsonSerializer(), **client_options(settings))
+        self.backend = settings.search_engine
+        self._client: Any = open_client(settings, serializer=OrjsonSerializer())
         self._templates: list[Template] = load_templates(settings)
 
     async def open(self) -> None:
@@ -131,7 +136,7 @@ class ElasticsearchStore:
             else:
                 resp = await self._client.indices.get_index_template(name=template.name)
                 found = resp["index_templates"][0]["index_template"]
-        except NotFoundError:
+        except NOT_FOUND:
             return None
         meta = found.get("_meta") or {}
         return meta.get("metronome_hash")
@@ -183,29 +188,29 @@ class ElasticsearchStore:
             try:
                 await self._client.indices.put_mapping(
                     index=",".join(template.body["index_patterns"]),
-                    properties=properties,
+                    body={"properties": properties},
                     allow_no_indices=True,
                     ignore_unavailable=True,
                     expand_wildcards="open",
                 )
-            except ApiError as exc:
+            except API_ERRORS as exc:
                 log.warning(
-                    "mapping_extend_failed template=%s reason=%s", template.name, exc.message
+                    "mapping_extend_failed template=%s reason=%s", template.name, message_of(exc)
                 )
 
     async def _missing_privileges(self) -> str | None:
         """Which privileges of the ``serve`` role the configured credentials lack, asked of
         the cluster's ``_has_privileges``; None when all are held, or when there are no
         credentials or no security module to ask."""
-        if not has_credentials(self._settings):
+        if not has_credentials(self._settings) or self.backend != "elasticsearch":
             return None
         role = roles(self._prefix)[f"{self._prefix}-serve"]
         try:
             resp = await self._client.security.has_privileges(
                 cluster=role["cluster"], index=role["indices"]
             )
-        except ApiError as exc:
-            if exc.meta.status in (401, 403):
+        except API_ERRORS as exc:
+            if status_of(exc) in (401, 403):
                 raise
             return None  # a cluster without the security module: nothing to check
         if resp.get("has_all_requested", True):
@@ -222,16 +227,16 @@ class ElasticsearchStore:
         """Why the cluster cannot be used as configured (unreachable, untrusted, refused
         credentials, missing privileges, red), or None; the templates are not looked at."""
         try:
-            health = await self._client.cluster.health(timeout="2s")
+            health = await self._client.cluster.health()
             if health["status"] == "red":
                 return "the Elasticsearch cluster is red"
             return await self._missing_privileges()
-        except _UNREACHABLE as exc:
+        except UNREACHABLE as exc:
             return explain(exc, "the health check") or "Elasticsearch is unreachable"
-        except ApiError as exc:
+        except API_ERRORS as exc:
             return (
                 explain(exc, "the health check")
-                or f"Elasticsearch answered {exc.meta.status}: {exc.message}"
+                or f"Elasticsearch answered {status_of(exc)}: {message_of(exc)}"
             )
 
     async def check_ready(self) -> str | None:
@@ -242,12 +247,12 @@ class ElasticsearchStore:
             for template in self._templates:
                 if await self._installed_digest(template) != template.digest:
                     return f"index template {template.name!r} is missing or outdated"
-        except _UNREACHABLE as exc:
+        except UNREACHABLE as exc:
             return explain(exc, "the health check") or "Elasticsearch is unreachable"
-        except ApiError as exc:
+        except API_ERRORS as exc:
             return (
                 explain(exc, "the health check")
-                or f"Elasticsearch answered {exc.meta.status}: {exc.message}"
+                or f"Elasticsearch answered {status_of(exc)}: {message_of(exc)}"
             )
         return None
 
@@ -263,10 +268,10 @@ class ElasticsearchStore:
             lines.append(orjson.dumps(doc.source))
         lines.append(b"")
         with answering("the bulk request"):
-            resp = await self._client.bulk(
-                operations=b"\n".join(lines),  # type: ignore[arg-type]  # NDJSON bytes are sent as is
-                filter_path=_BULK_FILTER,
-            )
+            ndjson = b"\n".join(lines)
+            # OpenSearch's client sends only text as NDJSON as is
+            body = ndjson.decode() if self.backend == "opensearch" else ndjson
+            resp = await self._client.bulk(body=body, filter_path=_BULK_FILTER)
         outcomes = []
         for doc, item in zip(documents, resp["items"], strict=True):
             result = item["create"]
@@ -350,10 +355,12 @@ class ElasticsearchStore:
             while True:  # search, delete by id, refresh: until nothing matches
                 resp = await self._client.search(
                     index=index,
-                    query=compile_where(query),
-                    size=_DELETE_ROUND,
-                    source=False,
-                    sort=["_doc"],
+                    body={
+                        "query": compile_where(query),
+                        "size": _DELETE_ROUND,
+                        "_source": False,
+                        "sort": ["_doc"],
+                    },
                     ignore_unavailable=True,
                     allow_no_indices=True,
                 )
@@ -361,7 +368,7 @@ class ElasticsearchStore:
                 if not hits:
                     return deleted
                 operations = [{"delete": {"_index": h["_index"], "_id": h["_id"]}} for h in hits]
-                result = await self._client.bulk(operations=operations, refresh=True)
+                result = await self._client.bulk(body=operations, refresh=True)
                 deleted += sum(1 for item in result["items"] if item["delete"]["status"] == 200)
 
     async def delete_before(
@@ -375,7 +382,8 @@ class ElasticsearchStore:
             listing = await self._client.cat.indices(
                 index=pattern, format="json", h="index,docs.count", expand_wildcards="open,closed"
             )
-        rows = cast("list[dict[str, str]]", listing.body)  # format="json": a row per index
+        # format="json": a row per index (the Elasticsearch client wraps it, OpenSearch's not)
+        rows = cast("list[dict[str, str]]", getattr(listing, "body", listing))
         old = sorted(
             (
                 Removal(row["index"], int(row.get("docs.count") or 0))

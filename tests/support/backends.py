@@ -128,6 +128,10 @@ def running_backend(
         es_url = request.getfixturevalue("es_url")
         prefix = unique_prefix()
         env |= {"METRONOME_ELASTICSEARCH_URL": es_url, "METRONOME_INDEX_PREFIX": prefix}
+    if kind == "opensearch":  # the same REST API for reading back: es_url is its URL here
+        es_url = request.getfixturevalue("os_url")
+        prefix = unique_prefix()
+        env |= {"METRONOME_OPENSEARCH_URL": es_url, "METRONOME_INDEX_PREFIX": prefix}
     if kind.startswith("elasticsearch-"):  # through TLS and auth: tests/support/secure_proxy.py
         env |= request.getfixturevalue("secure_proxy").env(kind.removeprefix("elasticsearch-"))
     server = MetronomeServer(env, data_dir=data_dir)
@@ -140,7 +144,7 @@ def running_backend(
 
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            name = "elasticsearch" if es_url else kind  # the store /readyz names
+            name = kind.split("-")[0]  # the store /readyz names
             yield Backend(name, server, client, settle, es_url, prefix)
     finally:
         code = server.stop()
