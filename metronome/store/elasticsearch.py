@@ -386,7 +386,8 @@ class ElasticsearchStore:
                 index=index, ignore_unavailable=True, allow_no_indices=True
             )
         names: set[str] = set()
-        for mapping in resp.body.values():
+        # a dict per index (the Elasticsearch client wraps it, OpenSearch's not)
+        for mapping in getattr(resp, "body", resp).values():
             properties = mapping.get("mappings", {}).get("properties", {})
             names.update(properties.get(under, {}).get("properties", {}))
         return sorted(names)
