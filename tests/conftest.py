@@ -68,10 +68,16 @@ def _needs(item: pytest.Item) -> set[str]:
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test by the services it needs; tests that need compose run last."""
+    """Mark each test by the services it needs; tests that need compose run last. Tests
+    marked ``cluster`` (minutes each) run only when ``-m`` names that marker."""
     for item in items:
         for marker in sorted(_needs(item)):
             item.add_marker(marker)
+    if "cluster" not in (config.option.markexpr or ""):
+        cluster = [item for item in items if item.get_closest_marker("cluster") is not None]
+        if cluster:
+            config.hook.pytest_deselected(items=cluster)
+            items[:] = [item for item in items if item.get_closest_marker("cluster") is None]
     items.sort(key=lambda item: item.get_closest_marker("compose") is not None)  # stable
 
 
@@ -194,20 +200,26 @@ def backend(
 # the contract modules that say ``SECURED_CONTRACT = True`` run on these too: Elasticsearch
 # through nginx with TLS and each credential kind (tests/support/secure_proxy.py)
 SECURED_BACKENDS = ["elasticsearch-basic", "elasticsearch-apikey", "elasticsearch-mtls"]
+# and those that say ``OPENSEARCH_CONTRACT = True`` on OpenSearch as well (the suite's
+# time: every store added to every ``backend`` test would take the run past 15 minutes)
+OPENSEARCH_BACKENDS = ["opensearch"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """``backend`` runs each test on each store: sqlite and elasticsearch, and the secured
-    ones in the modules that ask for them."""
+    ones and OpenSearch in the modules that ask for them."""
     chosen = any(
         "backend" in str(marker.args[0]).replace(" ", "").split(",")
         for marker in metafunc.definition.iter_markers("parametrize")
     )  # a test that names its own backends keeps them
     if "backend" in metafunc.fixturenames and not chosen:
         secured = SECURED_BACKENDS if getattr(metafunc.module, "SECURED_CONTRACT", False) else []
+        opensearch = (
+            OPENSEARCH_BACKENDS if getattr(metafunc.module, "OPENSEARCH_CONTRACT", False) else []
+        )
         metafunc.parametrize(
             "backend",
-            ["sqlite", "elasticsearch", *secured, "opensearch"],
+            ["sqlite", "elasticsearch", *secured, *opensearch],
             indirect=True,
             scope="session",
         )

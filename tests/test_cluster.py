@@ -23,6 +23,9 @@ from tests.support.backends import unique_prefix, wait_for_drain
 from tests.support.es_cluster import ElasticsearchCluster
 from tests.support.metronome_server import MetronomeServer
 
+# minutes per test: left out of the default run (tests/conftest.py); scripts/test -m cluster
+pytestmark = pytest.mark.cluster
+
 DAY = "2015-01-22"
 
 

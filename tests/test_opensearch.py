@@ -1,10 +1,11 @@
 """OpenSearch as a store: what differs from Elasticsearch, and AWS request signing.
 
-The contract, query and fault suites run on OpenSearch as a third store (``backend`` and
-``world`` parameters); this module covers what only OpenSearch has: the templates
-compiled for it, the settings that do not apply, and SigV4 signing, checked by a local
-proxy that recomputes each signature with botocore's own signer (a test double of AWS:
-tests/support/sigv4_proxy.py) in front of the suite's real OpenSearch.
+The ticks, tock and query contract modules run on OpenSearch as a third store (they say
+``OPENSEARCH_CONTRACT = True``; tests/conftest.py); this module covers what only
+OpenSearch has: the templates compiled for it, the settings that do not apply, and SigV4
+signing, checked by a local proxy that recomputes each signature with botocore's own
+signer (a test double of AWS: tests/support/sigv4_proxy.py) in front of the suite's real
+OpenSearch.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tests.support.metronome_server import MetronomeServer
 from tests.support.sigv4_proxy import SigV4Proxy
 
 ROOT = Path(__file__).parent.parent
+OPENSEARCH_CONTRACT = True  # a ``backend`` test added here runs on OpenSearch too
 
 
 def _clean_env(**env: str) -> dict[str, str]:

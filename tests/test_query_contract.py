@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.backends import Backend
 
-SECURED_CONTRACT = True  # also through TLS and auth (tests/conftest.py)
+OPENSEARCH_CONTRACT = True  # also on OpenSearch (tests/conftest.py)
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 CHROME = (

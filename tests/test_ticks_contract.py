@@ -7,6 +7,7 @@ import pytest
 from tests.support.backends import Backend
 
 SECURED_CONTRACT = True  # also through TLS and auth (tests/conftest.py)
+OPENSEARCH_CONTRACT = True  # and on OpenSearch
 
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
