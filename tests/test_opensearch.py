@@ -10,6 +10,7 @@ OpenSearch.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from metronome.config import Settings
+from metronome.store.leases import open_leases
 from metronome.store.templates import load_templates
 from tests.support.backends import delete_prefix, unique_prefix, wait_for_drain
 from tests.support.metronome_server import MetronomeServer
@@ -121,3 +123,58 @@ def test_settings_that_do_not_apply_to_opensearch_are_refused() -> None:
             timeout=60,
         )
         assert done.returncode == 2 and says in done.stderr, done.stderr
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "metronome", *args],
+        capture_output=True,
+        text=True,
+        env=_clean_env(**env),
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_apps_and_kpis_are_kept_in_opensearch(os_url: str) -> None:
+    """The registries beside the store reach OpenSearch through its own client too."""
+    prefix = unique_prefix()
+    env = {"METRONOME_OPENSEARCH_URL": os_url, "METRONOME_INDEX_PREFIX": prefix}
+    try:
+        _cli(env, "apps", "create", "longhorn", "--no-token")
+        apps = _cli(env, "apps", "list", "--json")
+        assert "longhorn" in apps
+        stored = httpx.get(f"{os_url}/{prefix}-apps/_doc/longhorn", timeout=30).json()
+        assert stored["found"] and stored["_source"]["id"] == "longhorn"
+        _cli(env, "kpis", "create", "--id", "signups", "--name", "Sign-ups")
+        assert '"signups"' in _cli(env, "kpis", "list")
+        stored = httpx.get(f"{os_url}/{prefix}-kpis/_doc/default:signups", timeout=30).json()
+        assert stored["found"] and stored["_source"]["definition"]["name"] == "Sign-ups"
+        _cli(env, "kpis", "delete", "signups")
+        assert '"signups"' not in _cli(env, "kpis", "list")
+    finally:
+        delete_prefix(os_url, prefix)
+
+
+def test_a_lease_is_won_once_in_opensearch(os_url: str) -> None:
+    """Scheduled jobs claim their period in OpenSearch: one winner, state kept."""
+    prefix = unique_prefix()
+    settings = Settings.from_env(
+        {"METRONOME_OPENSEARCH_URL": os_url, "METRONOME_INDEX_PREFIX": prefix}
+    )
+
+    async def run() -> None:
+        async with open_leases(settings) as leases:
+            assert await leases.leases() == []
+            claims = [await leases.claim("retention", 7, who, 1_000, 60_000) for who in "ab"]
+            assert [c.won for c in claims] == [True, False]
+            assert await leases.release("retention", 7, "a", {"deleted": 3})
+            (kept,) = await leases.leases()
+            assert (kept.name, kept.period, kept.state) == ("retention", 7, {"deleted": 3})
+
+    try:
+        asyncio.run(run())
+    finally:
+        delete_prefix(os_url, prefix)

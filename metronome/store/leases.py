@@ -211,10 +211,9 @@ class ElasticsearchLeases:
             except API_ERRORS as exc:
                 if status_of(exc) != 400 or "already_exists" not in str(exc):
                     raise
-            # another process may have created it a moment ago: wait for its shard
-            await self._client.cluster.health(
-                index=self._index, wait_for_status="yellow", timeout="30s"
-            )
+            # another process may have created it a moment ago: wait for its shard (the
+            # cluster's own 30 s limit: OpenSearch's client takes timeout= as its own)
+            await self._client.cluster.health(index=self._index, wait_for_status="yellow")
         self._ready = True
 
     async def _get(self, name: str) -> tuple[Lease | None, int | None, int | None]:
