@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from metronome.config import Settings
+from metronome.errors import ConfigError
 from tests.support.backends import delete_prefix, unique_prefix, wait_for_drain
 from tests.support.metronome_server import MetronomeServer
 from tests.support.secure_proxy import SecureProxy
@@ -71,7 +74,8 @@ def test_a_run_with_credentials_never_shows_them(
 ) -> None:
     """Every output of runs that used a password (from a file) and an API key: the
     server's log, its answers, /metrics, `metronome settings` and `status`, and the
-    errors of a wrong password and a revoked key."""
+    errors of a wrong password and a revoked key (their servers' logs and /readyz:
+    test_a_wrong_setup_is_named_at_start_and_in_readyz)."""
     password_file = tmp_path / "password"
     password_file.write_text(secure_proxy.password + "\n")
     basic = secure_proxy.env("basic")
@@ -93,7 +97,7 @@ def test_a_run_with_credentials_never_shows_them(
             done = _metronome(*command, env=server.env)
             assert done.returncode == 0, done.stderr
             outputs += [done.stdout, done.stderr]
-        shown = _metronome("settings", env=server.env).stdout
+        shown = outputs[-6]  # what `metronome settings` printed
         if "METRONOME_ELASTICSEARCH_API_KEY" in env:
             assert "elasticsearch_api_key = '(set, not shown)'" in shown
         else:
@@ -102,10 +106,9 @@ def test_a_run_with_credentials_never_shows_them(
     revoked = {**secure_proxy.env("apikey"), "METRONOME_ELASTICSEARCH_API_KEY": ""}
     revoked["METRONOME_ELASTICSEARCH_API_KEY"] = secure_proxy.revoked_api_key
     for env in (wrong, revoked):
-        server = _server(serve, tmp_path_factory, **env)
-        outputs.append(httpx.get(server.url + "/readyz").text)
-        done = _metronome("status", env=server.env)
-        assert done.returncode == 1
+        here = {"METRONOME_INDEX_PREFIX": unique_prefix(), "METRONOME_DATA_DIR": str(tmp_path)}
+        done = _metronome("status", env={**here, **env})
+        assert done.returncode == 1 and "NOT READY" in done.stdout, done.stdout
         outputs += [done.stdout, done.stderr]
     for server in serve:
         server.stop()
@@ -163,7 +166,10 @@ def test_a_wrong_setup_is_named_at_start_and_in_readyz(
     assert f"error: the store is not ready: {ready.json()['reason'].split(';')[0]}" in start
     assert says in start
     server.stop()
-    assert "Traceback" not in server.log_path.read_text()
+    log = server.log_path.read_text()
+    assert "Traceback" not in log
+    for secret in secure_proxy.secrets:
+        assert secret not in log and secret not in ready.text
 
 
 def test_a_role_without_a_write_privilege_keeps_ticks_in_the_spool(
@@ -214,6 +220,7 @@ def test_a_certificate_fingerprint_replaces_the_ca_file(
     secure_proxy: SecureProxy,
     serve: list[MetronomeServer],
     tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
 ) -> None:
     fingerprint = ":".join(
         secure_proxy.ca_fingerprint[i : i + 2] for i in range(0, 64, 2)
@@ -224,14 +231,16 @@ def test_a_certificate_fingerprint_replaces_the_ca_file(
         serve, tmp_path_factory, **basic, METRONOME_ELASTICSEARCH_CA_FINGERPRINT=fingerprint
     )
     assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
-    wrong = _server(
-        serve,
-        tmp_path_factory,
-        METRONOME_ELASTICSEARCH_URL=secure_proxy.untrusted_url,
-        METRONOME_ELASTICSEARCH_CA_FINGERPRINT=fingerprint,
+    wrong = _metronome(
+        "status",
+        env={
+            "METRONOME_ELASTICSEARCH_URL": secure_proxy.untrusted_url,
+            "METRONOME_ELASTICSEARCH_CA_FINGERPRINT": fingerprint,
+            "METRONOME_DATA_DIR": str(tmp_path),
+        },
     )
-    reason = httpx.get(wrong.url + "/readyz").json()["reason"]
-    assert "does not match METRONOME_ELASTICSEARCH_CA_FINGERPRINT" in reason
+    assert wrong.returncode == 1
+    assert "does not match METRONOME_ELASTICSEARCH_CA_FINGERPRINT" in wrong.stdout, wrong.stdout
 
 
 def test_elasticsearch_role_prints_least_privilege_roles_for_the_prefix() -> None:
@@ -266,7 +275,10 @@ def test_settings_that_cannot_work_together_are_refused_at_start(tmp_path: Path)
         ),
         ({"METRONOME_ELASTICSEARCH_PASSWORD_FILE": str(tmp_path / "gone")}, "cannot read"),
     ]
-    for env, says in cases:
-        done = _metronome("settings", env={"METRONOME_ELASTICSEARCH_URL": "https://es:9200", **env})
-        assert done.returncode == 2, (env, done.stdout)
-        assert says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    for env, says in cases:  # each named (in process: a start per case costs seconds)
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            Settings.from_env({"METRONOME_ELASTICSEARCH_URL": "https://es:9200", **env})
+    # and at start: exit status 2, the sentence, no traceback
+    done = _metronome("settings", env={"METRONOME_ELASTICSEARCH_URL": "https://u:p@es:9200"})
+    assert done.returncode == 2, done.stdout
+    assert "not in the URL" in done.stderr and "Traceback" not in done.stderr, done.stderr
