@@ -83,8 +83,8 @@ def serve(host: str | None, port: int | None, workers: int | None, no_shipper: b
     os.environ["METRONOME_PORT"] = str(settings.port)
     os.environ["METRONOME_WORKERS"] = str(settings.workers)
     store = (
-        f"Elasticsearch at {masked_url(settings.elasticsearch_url)}"
-        if settings.elasticsearch_url
+        f"{'OpenSearch' if settings.opensearch_url else 'Elasticsearch'} at {_nodes(settings)}"
+        if settings.uses_elasticsearch
         else f"the embedded store in {settings.data_dir}"
     )
     click.echo(
@@ -95,6 +95,8 @@ def serve(host: str | None, port: int | None, workers: int | None, no_shipper: b
     warning = _exposure_warning(settings)
     if warning:
         click.secho(warning, err=True, fg="yellow", bold=True)
+    for problem in _store_problems(settings):
+        click.secho(problem, err=True, fg="red", bold=True)
     shipper = None
     if not no_shipper:
         shipper = subprocess.Popen(
@@ -258,11 +260,7 @@ def status() -> None:
 
     reason = asyncio.run(_ready())
     reason = None if reason is None else masked_url(reason)
-    store = (
-        masked_url(settings.elasticsearch_url)
-        if settings.elasticsearch_url
-        else f"embedded ({settings.data_dir})"
-    )
+    store = _nodes(settings) if settings.uses_elasticsearch else f"embedded ({settings.data_dir})"
     lag = "none"
     if state.oldest_unshipped_ms is not None:
         lag = f"{max(0.0, time.time() - state.oldest_unshipped_ms / 1000):.1f}s"
@@ -367,8 +365,8 @@ def retention(keep: str, dataset: str, site: str | None, dry_run: bool) -> None:
     datasets: tuple[str, ...] = DATASETS if dataset == "all" else (dataset,)
     cutoff = datetime.fromtimestamp(cutoff_ms(period) / 1000, tz=UTC)
     store = (
-        masked_url(settings.elasticsearch_url)
-        if settings.elasticsearch_url
+        _nodes(settings)
+        if settings.uses_elasticsearch
         else f"the embedded store in {settings.data_dir}"
     )
     if site is not None:
@@ -840,3 +838,57 @@ def _rejects_note(settings: Settings) -> None:
         " the logs, or delete the files to forget them now",
         err=True,
     )
+
+
+# -- secured Elasticsearch (issue 18) --
+
+
+def _nodes(settings: Settings) -> str:
+    """Where the Elasticsearch store is, without credentials."""
+    from metronome.store.connection import nodes
+
+    return nodes(settings)
+
+
+def _store_problems(settings: Settings) -> list[str]:
+    """What is wrong with the store's connection at start (unchecked certificates, a
+    wrong CA or password, a missing privilege): said once, plainly; the server starts
+    anyway, spooling, and ``/readyz`` keeps saying it until it is fixed."""
+    if not settings.uses_elasticsearch:
+        return []
+    from metronome.store.connection import unverified_warning
+    from metronome.store.elasticsearch import ElasticsearchStore
+
+    problems = []
+    warning = unverified_warning(settings)
+    if warning:
+        problems.append(f"warning: {warning}")
+
+    async def _ready() -> str | None:
+        async with ElasticsearchStore(settings) as store:
+            return await store.check_access()
+
+    reason = asyncio.run(_ready())
+    if reason is not None:
+        problems.append(f"error: the store is not ready: {reason}")
+    return problems
+
+
+@main.group("elasticsearch")
+def elasticsearch_group() -> None:
+    """Elasticsearch: what Metronome needs of a secured cluster."""
+
+
+@elasticsearch_group.command("role")
+def elasticsearch_role() -> None:
+    """Print the least-privilege role definitions (JSON, by role name) for the index prefix.
+
+    Create each with `PUT _security/role/<name>` and the body printed under its name:
+    `read` for readers, `serve` for the API, `ship` for the shipper, `setup` for
+    `metronome templates install`.
+    """
+    import json
+
+    from metronome.store.roles import roles
+
+    click.echo(json.dumps(roles(_settings().index_prefix), indent=2))

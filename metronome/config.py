@@ -56,6 +56,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
 
 ENV_PREFIX = "METRONOME_"
+FILE_SUFFIX = "_FILE"
+"""A secret's variable with this suffix names a file holding it (Docker and Kubernetes
+secrets); the file key is the setting's key with ``_file``."""
 CONFIG_VARIABLE = "METRONOME_CONFIG"
 """The variable naming the configuration file (``metronome --config`` sets it)."""
 
@@ -142,6 +145,35 @@ def _site(raw: str) -> str:
             f" starting with a letter or digit; got {raw!r}"
         )
     return value
+
+
+def _urls(raw: str) -> str | None:
+    urls = [u.strip().rstrip("/") for u in raw.split(",") if u.strip()]
+    for url in urls:
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.lower() not in ("http", "https") or not rest:
+            raise ValueError(f"expected http:// or https:// URLs, got {url!r}")
+        if "@" in rest.split("/")[0]:
+            # the URL would carry a secret into every message that names it
+            raise ValueError(
+                "put credentials in the _USERNAME and _PASSWORD (or _API_KEY) settings,"
+                " not in the URL"
+            )
+    return ",".join(urls) or None
+
+
+def _existing_file(raw: str) -> str | None:
+    path = raw.strip()
+    if path and not Path(path).is_file():
+        raise ValueError(f"no file at {path!r}")
+    return path or None
+
+
+def _fingerprint(raw: str) -> str | None:
+    value = raw.strip().replace(":", "").lower()
+    if value and not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError("expected a SHA-256 fingerprint: 64 hex digits, colons allowed")
+    return value or None
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -241,7 +273,8 @@ def setting(
     ``secret`` values are not shown by ``metronome settings``; ``in_file=False`` settings
     have no configuration-file key."""
     declaration = _Declaration(default, help, parse, has_key=in_file, secret=secret)
-    return cast(T, field(metadata={_DECLARATION: declaration}))
+    # a secret stays out of repr(settings), and so out of logs and tracebacks that show it
+    return cast(T, field(repr=not secret, metadata={_DECLARATION: declaration}))
 
 
 def section(help: str) -> Any:
@@ -274,11 +307,77 @@ class Settings:
     )
     elasticsearch_url: str | None = setting(
         "",
-        "Elasticsearch URL, e.g. `http://localhost:9200`. Unset: use the embedded store.",
-        _optional_str,
+        "Elasticsearch URL, e.g. `https://localhost:9200`, or several nodes' URLs,"
+        " comma-separated (a dead node is avoided). Unset: use the embedded store.",
+        _urls,
     )
     elasticsearch_timeout_s: int = setting(
         "10", "Seconds to wait for one Elasticsearch request.", _int(1, 600)
+    )
+    # -- secured connections (issue 18) --
+    elasticsearch_cloud_id: str | None = setting(
+        "",
+        "Elastic Cloud deployment's Cloud ID, used instead of `METRONOME_ELASTICSEARCH_URL`.",
+        _optional_str,
+    )
+    elasticsearch_api_key: str | None = setting(
+        "",
+        "Elasticsearch API key: `id:api_key` or the encoded form (wins over user and password).",
+        _optional_str,
+        secret=True,
+    )
+    elasticsearch_username: str | None = setting(
+        "", "User for Elasticsearch's basic authentication (unset: none).", _optional_str
+    )
+    elasticsearch_password: str | None = setting(
+        "", "Password of `METRONOME_ELASTICSEARCH_USERNAME`.", _optional_str, secret=True
+    )
+    elasticsearch_ca_certs: str | None = setting(
+        "",
+        "PEM file of the CA that signed the cluster's certificate (unset: the system's CAs).",
+        _existing_file,
+    )
+    elasticsearch_ca_fingerprint: str | None = setting(
+        "",
+        "SHA-256 fingerprint of the certificate the nodes present (hex, colons allowed;"
+        " `openssl x509 -noout -fingerprint -sha256`), checked instead of a CA file. Not"
+        " the CA's: Metronome's asynchronous client compares the node's own certificate.",
+        _fingerprint,
+    )
+    elasticsearch_client_cert: str | None = setting(
+        "", "PEM certificate Metronome shows the cluster (mutual TLS).", _existing_file
+    )
+    elasticsearch_client_key: str | None = setting(
+        "", "PEM private key of `METRONOME_ELASTICSEARCH_CLIENT_CERT`.", _existing_file
+    )
+    elasticsearch_verify_certs: bool = setting(
+        "on",
+        "Check the cluster's TLS certificate (on/off); `off` logs a warning at every start.",
+        _bool,
+    )
+    opensearch_url: str | None = setting(
+        "",
+        "OpenSearch URL, or several nodes' URLs, comma-separated: the store is OpenSearch"
+        " (instead of `METRONOME_ELASTICSEARCH_URL`); the `METRONOME_ELASTICSEARCH_*`"
+        " connection settings apply to it too (API keys and Cloud IDs excepted).",
+        _urls,
+    )
+    opensearch_aws_sigv4: bool = setting(
+        "off",
+        "Sign OpenSearch requests with AWS SigV4 (AWS OpenSearch Service), with the"
+        " credentials and region of the usual boto3 chain (on/off).",
+        _bool,
+    )
+    opensearch_aws_service: str = setting(
+        "es",
+        "AWS service name SigV4 signs for: `es` (a managed domain) or `aoss` (Serverless).",
+        _choice("es", "aoss"),
+    )
+    elasticsearch_retries: int = setting(
+        "2",
+        "Times one Elasticsearch request is retried (on another node when there are"
+        " several) after a connection error, a timeout or a 502/503/504.",
+        _int(0, 10),
     )
     index_prefix: str = setting(
         "metronome",
@@ -696,17 +795,80 @@ class Settings:
                 values[s.name] = overrides[s.name]
             elif s.env is not None and s.parse is not None and s.env in env:
                 values[s.name] = _parse_env(s.env, s.parse, env[s.env])
+            elif s.secret and s.env is not None and s.parse and s.env + FILE_SUFFIX in env:
+                variable = s.env + FILE_SUFFIX
+                values[s.name] = _parse_env(variable, s.parse, _secret_file(variable, env))
             elif s.key is not None and s.key in in_file:
                 values[s.name] = _parse_toml(s, in_file[s.key], path)
+            elif s.secret and s.key is not None and s.parse and f"{s.key}_file" in in_file:
+                key = f"{s.key}_file"
+                value = _parse_toml(s, in_file[key], path)
+                values[s.name] = _parse_env(key, s.parse, _secret_file(key, {key: value or ""}))
             elif s.parse is not None:
                 values[s.name] = s.parse(s.default)
             else:
                 values[s.name] = MappingProxyType({}) if s.type == "table" else ()
-        return cls(**values)
+        settings = cls(**values)
+        settings._check_elasticsearch()
+        return settings
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    def _check_elasticsearch(self) -> None:
+        """Settings of the Elasticsearch connection that only make sense together."""
+        es, os_url = "METRONOME_ELASTICSEARCH_", "METRONOME_OPENSEARCH_URL"
+        problems = (
+            (
+                self.elasticsearch_username and not self.elasticsearch_password,
+                "USERNAME",
+                f"is set without {es}PASSWORD",
+            ),
+            (
+                self.elasticsearch_password and not self.elasticsearch_username,
+                "PASSWORD",
+                f"is set without {es}USERNAME",
+            ),
+            (
+                self.elasticsearch_client_key and not self.elasticsearch_client_cert,
+                "CLIENT_KEY",
+                f"is set without {es}CLIENT_CERT",
+            ),
+            (
+                self.elasticsearch_cloud_id and self.elasticsearch_url,
+                "CLOUD_ID",
+                f"conflicts with {es}URL",
+            ),
+            (
+                self.opensearch_url and (self.elasticsearch_url or self.elasticsearch_cloud_id),
+                "URL",
+                f"conflicts with {os_url}: choose one store",
+            ),
+            (
+                self.opensearch_url and self.elasticsearch_api_key,
+                "API_KEY",
+                "does not work with OpenSearch: use a user and password",
+            ),
+            (
+                self.elasticsearch_ca_fingerprint and self.elasticsearch_client_cert,
+                "CA_FINGERPRINT",
+                f"cannot be used with a client certificate; use {es}CA_CERTS with {es}CLIENT_CERT",
+            ),
+        )
+        for wrong, name, problem in problems:
+            if wrong:
+                raise ConfigError(f"{es}{name} {problem}", variable=es + name)
+
+    @property
+    def uses_elasticsearch(self) -> bool:
+        """Whether the store is Elasticsearch or OpenSearch (a URL or a Cloud ID is set)."""
+        return bool(self.elasticsearch_url or self.elasticsearch_cloud_id or self.opensearch_url)
+
+    @property
+    def search_engine(self) -> str:
+        """``opensearch`` or ``elasticsearch``: which client and dialect the store uses."""
+        return "opensearch" if self.opensearch_url else "elasticsearch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -774,6 +936,18 @@ _SETTINGS = _declared()
 def settings_reference() -> list[Setting]:
     """Every setting and section, in declaration order, for documentation to render."""
     return list(_SETTINGS)
+
+
+def _secret_file(variable: str, env: Mapping[str, str]) -> str:
+    """The secret held by the file ``env[variable]`` names, without its final newline."""
+    path = env[variable].strip()
+    try:
+        return Path(path).read_text().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(
+            f"{variable}: cannot read {path!r}: {reason}", variable=variable
+        ) from None
 
 
 def _parse_env(variable: str, parse: Callable[[str], Any], raw: str) -> Any:
@@ -856,6 +1030,7 @@ def _read_file(path: str) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}", file=path) from None
     keys = [s.key for s in _SETTINGS if s.key is not None]
+    keys += [f"{s.key}_file" for s in _SETTINGS if s.key is not None and s.secret]
     for key in table:
         if key not in keys:
             hint = difflib.get_close_matches(key.lower().removeprefix("metronome_"), keys, 1)
@@ -881,5 +1056,8 @@ def settings_table() -> str:
         else:
             key = f"`{s.key}`"
         default = f"`{s.default}`" if s.default else "(unset)"
-        lines.append(f"| {variable} | {key} | {s.type} | {default} | {s.help} |")
+        also = ""
+        if s.secret and s.env:
+            also = f" Or from a file: `{s.env}{FILE_SUFFIX}` (file key `{s.key}_file`)."
+        lines.append(f"| {variable} | {key} | {s.type} | {default} | {s.help}{also} |")
     return "\n".join(lines)

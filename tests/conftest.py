@@ -36,13 +36,16 @@ import pytest
 
 from tests.support import compose
 from tests.support.backends import Backend, running_backend
-from tests.support.es_server import ElasticsearchServer
+from tests.support.es_server import ElasticsearchServer, OpenSearchServer
 from tests.support.rabbitmq import RabbitMQServer
+from tests.support.secure_proxy import SecureProxy
 
 # fixture -> the marker of the outside service it brings (its tests get the marker)
 SERVICE_FIXTURES = {
+    "os_url": "opensearch",
     "es_url": "elasticsearch",
     "es_server": "elasticsearch",
+    "es_cluster": "elasticsearch",  # tests/test_cluster.py: three nodes of its own
     "browser": "browser",
     "docker_compose": "compose",
     "moto_url": "s3",
@@ -51,23 +54,34 @@ SERVICE_FIXTURES = {
 # A parameter with this value runs a test against Elasticsearch (``backend``, and the
 # ``world``/``kind`` parameters that reach ``es_url`` through ``running_backend``).
 ELASTICSEARCH_PARAM = "elasticsearch"
+OPENSEARCH_PARAM = "opensearch"  # the same for OpenSearch (``os_url``)
 
 
 def _needs(item: pytest.Item) -> set[str]:
     names = set(getattr(item, "fixturenames", ()))
     needs = {marker for fixture, marker in SERVICE_FIXTURES.items() if fixture in names}
     callspec = getattr(item, "callspec", None)
-    if callspec is not None and ELASTICSEARCH_PARAM in callspec.params.values():
+    if callspec is not None and any(
+        str(value).startswith(ELASTICSEARCH_PARAM) for value in callspec.params.values()
+    ):
         needs.add("elasticsearch")
+    if callspec is not None and OPENSEARCH_PARAM in callspec.params.values():
+        needs.add("opensearch")
     return needs
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test by the services it needs; tests that need compose run last."""
+    """Mark each test by the services it needs; tests that need compose run last. Tests
+    marked ``cluster`` (minutes each) run only when ``-m`` names that marker."""
     for item in items:
         for marker in sorted(_needs(item)):
             item.add_marker(marker)
+    if "cluster" not in (config.option.markexpr or ""):
+        cluster = [item for item in items if item.get_closest_marker("cluster") is not None]
+        if cluster:
+            config.hook.pytest_deselected(items=cluster)
+            items[:] = [item for item in items if item.get_closest_marker("cluster") is None]
     items.sort(key=lambda item: item.get_closest_marker("compose") is not None)  # stable
 
 
@@ -163,6 +177,35 @@ def rabbitmq() -> Iterator[RabbitMQServer]:
 
 
 @pytest.fixture(scope="session", params=["sqlite", "elasticsearch"])
+def _suite_opensearch() -> Iterator[OpenSearchServer]:
+    """The OpenSearch server this run owns: started on first use, stopped at the end."""
+    server = OpenSearchServer()
+    try:
+        server.start()
+        server.wait_ready()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def os_url(request: pytest.FixtureRequest) -> str:
+    """``METRONOME_TEST_OPENSEARCH_URL`` (waited for until yellow), else the suite's own
+    OpenSearch (the integ-test distribution from Maven Central, like Elasticsearch)."""
+    url = os.environ.get("METRONOME_TEST_OPENSEARCH_URL")
+    if url:
+        httpx.get(
+            f"{url}/_cluster/health",
+            params={"wait_for_status": "yellow", "timeout": "60s"},
+            timeout=70,
+        )
+        return url.rstrip("/")
+    server: OpenSearchServer = request.getfixturevalue("_suite_opensearch")
+    server.wait_ready()
+    return server.url
+
+
+@pytest.fixture(scope="session")
 def backend(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Backend]:
@@ -170,6 +213,46 @@ def backend(
     no sites: nothing needs a key (tests/test_sites.py has servers with sites)."""
     with running_backend(request, tmp_path_factory, request.param, {}) as started:
         yield started
+
+
+# the contract modules that say ``SECURED_CONTRACT = True`` run on these too: Elasticsearch
+# through nginx with TLS and each credential kind (tests/support/secure_proxy.py)
+SECURED_BACKENDS = ["elasticsearch-basic", "elasticsearch-apikey", "elasticsearch-mtls"]
+# and those that say ``OPENSEARCH_CONTRACT = True`` on OpenSearch as well (the suite's
+# time: every store added to every ``backend`` test would take the run past 15 minutes)
+OPENSEARCH_BACKENDS = ["opensearch"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``backend`` runs each test on each store: sqlite and elasticsearch, and the secured
+    ones and OpenSearch in the modules that ask for them."""
+    chosen = any(
+        "backend" in str(marker.args[0]).replace(" ", "").split(",")
+        for marker in metafunc.definition.iter_markers("parametrize")
+    )  # a test that names its own backends keeps them
+    if "backend" in metafunc.fixturenames and not chosen:
+        secured = SECURED_BACKENDS if getattr(metafunc.module, "SECURED_CONTRACT", False) else []
+        opensearch = (
+            OPENSEARCH_BACKENDS if getattr(metafunc.module, "OPENSEARCH_CONTRACT", False) else []
+        )
+        metafunc.parametrize(
+            "backend",
+            ["sqlite", "elasticsearch", *secured, *opensearch],
+            indirect=True,
+            scope="session",
+        )
+
+
+@pytest.fixture(scope="session")
+def secure_proxy(es_url: str) -> Iterator[SecureProxy]:
+    """nginx in front of the suite's Elasticsearch: TLS, Basic auth, API keys, client
+    certificates (a test double of a secured cluster's door; see its module)."""
+    proxy = SecureProxy.create(es_url)
+    try:
+        proxy.start()
+        yield proxy
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ import pytest
 
 from tests.support.backends import Backend
 
+OPENSEARCH_CONTRACT = True  # also on OpenSearch (tests/conftest.py)
+
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"

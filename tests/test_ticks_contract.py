@@ -6,6 +6,9 @@ import pytest
 
 from tests.support.backends import Backend
 
+SECURED_CONTRACT = True  # also through TLS and auth (tests/conftest.py)
+OPENSEARCH_CONTRACT = True  # and on OpenSearch
+
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
     " Chrome/120.0.0.0 Safari/537.36"

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 from tests.support.backends import Backend
 
+OPENSEARCH_CONTRACT = True  # also on OpenSearch (tests/conftest.py)
+
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 

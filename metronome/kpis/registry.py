@@ -141,10 +141,11 @@ class ElasticsearchKpis:
     """KPI definitions in the hidden index ``<prefix>-kpis``, with a client of its own."""
 
     def __init__(self, settings: Settings) -> None:
-        from metronome.store.elasticsearch import registry_client
+        from metronome.store.connection import open_client
 
         self._index = f"{settings.index_prefix}-kpis"
-        self._client = registry_client(settings)
+        # the body-style calls below are the ones both clients (Elasticsearch, OpenSearch) take
+        self._client: Any = open_client(settings)
         self._ready = False
 
     async def __aenter__(self) -> Self:
@@ -157,8 +158,7 @@ class ElasticsearchKpis:
         await self._client.close()
 
     async def _ensure(self) -> None:
-        from elasticsearch import ApiError
-
+        from metronome.store.connection import API_ERRORS, status_of
         from metronome.store.elasticsearch import answering
 
         if self._ready:
@@ -167,38 +167,41 @@ class ElasticsearchKpis:
             try:
                 await self._client.indices.create(
                     index=self._index,
-                    settings={
-                        "index": {
-                            "hidden": True,
-                            "number_of_shards": 1,
-                            "auto_expand_replicas": "0-1",
-                        }
-                    },
-                    mappings={
-                        "dynamic": "strict",
-                        "properties": {
-                            "site": {"type": "keyword"},
-                            "id": {"type": "keyword"},
-                            "definition": {"type": "object", "enabled": False},
-                            "created": {"type": "date", "format": "epoch_millis"},
+                    body={
+                        "settings": {
+                            "index": {
+                                "hidden": True,
+                                "number_of_shards": 1,
+                                "auto_expand_replicas": "0-1",
+                            }
+                        },
+                        "mappings": {
+                            "dynamic": "strict",
+                            "properties": {
+                                "site": {"type": "keyword"},
+                                "id": {"type": "keyword"},
+                                "definition": {"type": "object", "enabled": False},
+                                "created": {"type": "date", "format": "epoch_millis"},
+                            },
                         },
                     },
                 )
-            except ApiError as exc:
-                if exc.meta.status != 400 or "already_exists" not in str(exc):
+            except API_ERRORS as exc:
+                if status_of(exc) != 400 or "already_exists" not in str(exc):
                     raise
         self._ready = True
 
     async def list(self, site_id: str | None = None) -> list[Kpi]:
-        from elasticsearch import NotFoundError
-
+        from metronome.store.connection import NOT_FOUND
         from metronome.store.elasticsearch import answering
 
         query = {"term": {"site": site_id}} if site_id is not None else {"match_all": {}}
         with answering("reading KPIs"):
             try:
-                resp = await self._client.search(index=self._index, query=query, size=10_000)
-            except NotFoundError:
+                resp = await self._client.search(
+                    index=self._index, body={"query": query, "size": 10_000}
+                )
+            except NOT_FOUND:
                 return []
         return _ordered(
             [
@@ -213,14 +216,13 @@ class ElasticsearchKpis:
         )
 
     async def get(self, site_id: str, kpi_id: str) -> Kpi:
-        from elasticsearch import NotFoundError
-
+        from metronome.store.connection import NOT_FOUND
         from metronome.store.elasticsearch import answering
 
         with answering("reading a KPI"):
             try:
                 resp = await self._client.get(index=self._index, id=f"{site_id}:{kpi_id}")
-            except NotFoundError:
+            except NOT_FOUND:
                 raise _unknown(kpi_id) from None
         s = resp["_source"]
         return _kpi(s["site"], s["id"], s["definition"], s["created"])
@@ -233,7 +235,7 @@ class ElasticsearchKpis:
             await self._client.index(
                 index=self._index,
                 id=f"{kpi.site_id}:{kpi.id}",
-                document={
+                body={
                     "site": kpi.site_id,
                     "id": kpi.id,
                     "definition": kpi.definition,
@@ -243,19 +245,18 @@ class ElasticsearchKpis:
             )
 
     async def delete(self, site_id: str, kpi_id: str) -> None:
-        from elasticsearch import NotFoundError
-
+        from metronome.store.connection import NOT_FOUND
         from metronome.store.elasticsearch import answering
 
         with answering("removing a KPI"):
             try:
                 await self._client.delete(index=self._index, id=f"{site_id}:{kpi_id}", refresh=True)
-            except NotFoundError:
+            except NOT_FOUND:
                 raise _unknown(kpi_id) from None
 
 
 def open_kpis(settings: Settings) -> KpiRegistry:
     """The KPI registry beside the configured store (``async with`` closes it)."""
-    if settings.elasticsearch_url:
+    if settings.uses_elasticsearch:
         return ElasticsearchKpis(settings)
     return SQLiteKpis(settings.data_dir)

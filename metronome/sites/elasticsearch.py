@@ -19,13 +19,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Self
 
-from elasticsearch import ApiError, ConflictError, NotFoundError
-
 from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.sites.base import DuplicateSite, sites_gone
 from metronome.sites.model import Key, Site, Snapshot
-from metronome.store.elasticsearch import answering, registry_client
+from metronome.store.connection import API_ERRORS, CONFLICT, NOT_FOUND, open_client, status_of
+from metronome.store.elasticsearch import answering
 
 __all__ = ["ElasticsearchRegistry", "mark_index", "registry_index"]
 
@@ -75,7 +74,8 @@ class ElasticsearchRegistry:
         self._index = registry_index(settings.index_prefix)
         self._mark = mark_index(settings.index_prefix)
         self._marked = False
-        self._client = registry_client(settings)
+        # the body-style calls below are the ones both clients (Elasticsearch, OpenSearch) take
+        self._client: Any = open_client(settings)
         self._ready = False
 
     async def __aenter__(self) -> Self:
@@ -86,9 +86,11 @@ class ElasticsearchRegistry:
 
     async def _create_index(self, index: str) -> None:
         try:
-            await self._client.indices.create(index=index, settings=SETTINGS, mappings=MAPPINGS)
-        except ApiError as exc:
-            if exc.meta.status != 400 or "already_exists" not in str(exc):
+            await self._client.indices.create(
+                index=index, body={"settings": SETTINGS, "mappings": MAPPINGS}
+            )
+        except API_ERRORS as exc:
+            if status_of(exc) != 400 or "already_exists" not in str(exc):
                 raise
 
     async def _ensure(self) -> None:
@@ -106,7 +108,7 @@ class ElasticsearchRegistry:
             await self._client.index(
                 index=self._mark,
                 id=_MARK_ID,
-                document={"kind": "mark", "id": _MARK_ID},
+                body={"kind": "mark", "id": _MARK_ID},
                 refresh=True,
             )
         self._marked = True
@@ -123,10 +125,12 @@ class ElasticsearchRegistry:
                     index=f"{self._index},{self._mark}",
                     ignore_unavailable=True,
                     allow_no_indices=True,
-                    size=1000,
-                    sort=[{"kind": "asc"}, {"id": "asc"}],
-                    search_after=after,
-                    query={"match_all": {}},
+                    body={
+                        "size": 1000,
+                        "sort": [{"kind": "asc"}, {"id": "asc"}],
+                        "query": {"match_all": {}},
+                        **({"search_after": after} if after is not None else {}),
+                    },
                 )
                 hits = resp["hits"]["hits"]
                 for hit in hits:
@@ -158,10 +162,10 @@ class ElasticsearchRegistry:
                 await self._client.create(
                     index=self._index,
                     id=f"site:{site.id}",
-                    document={"kind": "site", **site.to_dict()},
+                    body={"kind": "site", **site.to_dict()},
                     refresh=True,
                 )
-            except ConflictError:
+            except CONFLICT:
                 raise DuplicateSite(f"a site with id {site.id!r} exists already") from None
 
     async def update_site(self, site: Site) -> None:
@@ -170,7 +174,7 @@ class ElasticsearchRegistry:
             await self._client.index(
                 index=self._index,
                 id=f"site:{site.id}",
-                document={"kind": "site", **site.to_dict()},
+                body={"kind": "site", **site.to_dict()},
                 refresh=True,
             )
 
@@ -180,7 +184,7 @@ class ElasticsearchRegistry:
             await self._client.create(
                 index=self._index,
                 id=f"key:{key.id}",
-                document={"kind": "key", **key.to_dict()},
+                body={"kind": "key", **key.to_dict()},
                 refresh=True,
             )
 
@@ -190,7 +194,7 @@ class ElasticsearchRegistry:
             for _ in range(5):
                 try:
                     found = await self._client.get(index=self._index, id=f"key:{key_id}")
-                except NotFoundError:
+                except NOT_FOUND:
                     return None
                 source = found["_source"]
                 if source.get("revoked") is not None:
@@ -200,12 +204,12 @@ class ElasticsearchRegistry:
                     await self._client.update(
                         index=self._index,
                         id=f"key:{key_id}",
-                        doc={"revoked": when_ms},
+                        body={"doc": {"revoked": when_ms}},
                         if_seq_no=found["_seq_no"],
                         if_primary_term=found["_primary_term"],
                         refresh=True,
                     )
-                except ConflictError:
+                except CONFLICT:
                     continue  # changed meanwhile (last use recorded): read again
                 return Key.from_dict(source)
         raise StoreUnavailable("the key kept changing while being revoked; try again")
@@ -225,7 +229,7 @@ class ElasticsearchRegistry:
             # sort): never bring back a deleted or reset sites index by recording key use
             if not await self._client.indices.exists(index=self._index):
                 return
-            resp = await self._client.bulk(operations=operations)
+            resp = await self._client.bulk(body=operations)
         if resp.get("errors"):
             log.warning(
                 "key_touch_failed items=%s", [i["update"].get("error") for i in resp["items"]][:3]

@@ -248,7 +248,7 @@ def open_registry(settings: Settings) -> Registry:
     """The registry beside the configured store: ``<prefix>-sites`` in Elasticsearch (with
     its own client), else the tables in the embedded store's file. Use it as ``async with
     open_registry(settings) as registry:``."""
-    if settings.elasticsearch_url:
+    if settings.uses_elasticsearch:
         # imported here, like the stores in open_store: the embedded store never loads
         # the Elasticsearch client
         from metronome.sites.elasticsearch import ElasticsearchRegistry

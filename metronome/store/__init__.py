@@ -12,7 +12,7 @@ def open_store(settings: Settings) -> Store:
     """The store the settings ask for: Elasticsearch when a URL is set, else embedded.
 
     Use it as ``async with open_store(settings) as store:`` (opened, closed after)."""
-    if settings.elasticsearch_url:
+    if settings.uses_elasticsearch:
         from metronome.store.elasticsearch import ElasticsearchStore
 
         return ElasticsearchStore(settings)

@@ -63,7 +63,7 @@ class RetentionResult:
 class Store(Protocol):
     """Where documents live and reports are computed."""
 
-    backend: str  # "elasticsearch" or "sqlite"
+    backend: str  # "elasticsearch", "opensearch" or "sqlite"
 
     async def open(self) -> None:
         """Connect; cheap and safe to call in every worker process."""

@@ -17,15 +17,25 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
-from elastic_transport import ConnectionError as TransportConnectionError
-from elastic_transport import ConnectionTimeout, OrjsonSerializer
-from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError
+from elastic_transport import OrjsonSerializer
 
 from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.events import fields as F
 from metronome.events.document import Document
 from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
+from metronome.store.connection import (
+    API_ERRORS,
+    NOT_FOUND,
+    UNREACHABLE,
+    denied_reason,
+    explain,
+    has_credentials,
+    message_of,
+    open_client,
+    status_of,
+    unverified_warning,
+)
 from metronome.store.es_query import (
     compile_groups,
     compile_top,
@@ -34,11 +44,11 @@ from metronome.store.es_query import (
     read_top,
 )
 from metronome.store.query import GroupQuery
+from metronome.store.roles import roles
 from metronome.store.templates import Template, load_templates
 
-__all__ = ["ElasticsearchStore", "answering", "index_day_ms", "index_name", "registry_client"]
+__all__ = ["ElasticsearchStore", "answering", "index_day_ms", "index_name"]
 
-_UNREACHABLE = (TransportConnectionError, ConnectionTimeout)
 _BULK_FILTER = "errors,items.*.status,items.*.error"  # what write() reads of the answer
 _COMPOSITE_PAGE = 1000  # groups per search while reading a whole result
 _DELETE_ROUND = 5000  # ids per search-and-delete round
@@ -61,27 +71,19 @@ def _merge_properties(into: dict[str, Any], properties: dict[str, Any]) -> None:
             into[name] = copy.deepcopy(mapping)
 
 
-def registry_client(settings: Settings) -> AsyncElasticsearch:
-    """The client of a small registry kept beside the data in a hidden index (sites, apps,
-    KPIs, leases): its own connection, so the store's stay the store's."""
-    return AsyncElasticsearch(
-        settings.elasticsearch_url,
-        request_timeout=settings.elasticsearch_timeout_s,
-        max_retries=2,
-        retry_on_timeout=True,
-    )
-
-
 @contextmanager
 def answering(what: str) -> Iterator[None]:
     """Turn the client's connection and API errors into StoreUnavailable naming ``what``."""
     try:
         yield
-    except _UNREACHABLE as exc:
-        raise StoreUnavailable(f"Elasticsearch is unreachable: {exc}") from exc
-    except ApiError as exc:
+    except UNREACHABLE as exc:
         raise StoreUnavailable(
-            f"Elasticsearch refused {what} ({exc.meta.status}): {exc.message}"
+            explain(exc, what) or f"Elasticsearch is unreachable: {exc}"
+        ) from exc
+    except API_ERRORS as exc:
+        raise StoreUnavailable(
+            explain(exc, what)
+            or f"Elasticsearch refused {what} ({status_of(exc)}): {message_of(exc)}"
         ) from exc
 
 
@@ -125,25 +127,24 @@ def index_day_ms(prefix: str, datasets: Sequence[str], index: str) -> int | None
 
 
 class ElasticsearchStore:
-    """Documents and reports in a real Elasticsearch cluster (client and server major 8)."""
-
-    backend = "elasticsearch"
+    """Documents and reports in a real Elasticsearch cluster (client and server major 8),
+    or an OpenSearch one (2.x and later; ``METRONOME_OPENSEARCH_URL``): one implementation,
+    the engines' differences kept to the client (store/connection.py) and the templates
+    (store/templates.py). ``backend`` names the engine."""
 
     def __init__(self, settings: Settings) -> None:
-        assert settings.elasticsearch_url
+        assert settings.uses_elasticsearch
         self._settings = settings
         self._prefix = settings.index_prefix
-        self._client = AsyncElasticsearch(
-            settings.elasticsearch_url,
-            serializer=OrjsonSerializer(),
-            request_timeout=settings.elasticsearch_timeout_s,
-            max_retries=2,
-            retry_on_timeout=True,
-        )
+        self.backend = settings.search_engine
+        self._client: Any = open_client(settings, serializer=OrjsonSerializer())
         self._templates: list[Template] = load_templates(settings)
 
     async def open(self) -> None:
-        """The client connects lazily; nothing to do until the first request."""
+        """The client connects lazily; only the warning of unchecked certificates now."""
+        warning = unverified_warning(self._settings)
+        if warning:
+            log.warning("elasticsearch_certificates_unchecked %s", warning)
 
     async def close(self) -> None:
         await self._client.close()
@@ -163,7 +164,7 @@ class ElasticsearchStore:
             else:
                 resp = await self._client.indices.get_index_template(name=template.name)
                 found = resp["index_templates"][0]["index_template"]
-        except NotFoundError:
+        except NOT_FOUND:
             return None
         meta = found.get("_meta") or {}
         return meta.get("metronome_hash")
@@ -215,28 +216,72 @@ class ElasticsearchStore:
             try:
                 await self._client.indices.put_mapping(
                     index=",".join(template.body["index_patterns"]),
-                    properties=properties,
+                    body={"properties": properties},
                     allow_no_indices=True,
                     ignore_unavailable=True,
                     expand_wildcards="open",
                 )
-            except ApiError as exc:
+            except API_ERRORS as exc:
                 log.warning(
-                    "mapping_extend_failed template=%s reason=%s", template.name, exc.message
+                    "mapping_extend_failed template=%s reason=%s", template.name, message_of(exc)
                 )
 
-    async def check_ready(self) -> str | None:
+    async def _missing_privileges(self) -> str | None:
+        """Which privileges of the ``serve`` role the configured credentials lack, asked of
+        the cluster's ``_has_privileges``; None when all are held, or when there are no
+        credentials or no security module to ask."""
+        if not has_credentials(self._settings) or self.backend != "elasticsearch":
+            return None
+        role = roles(self._prefix)[f"{self._prefix}-serve"]
         try:
-            health = await self._client.cluster.health(timeout="2s")
+            resp = await self._client.security.has_privileges(
+                cluster=role["cluster"], index=role["indices"]
+            )
+        except API_ERRORS as exc:
+            if status_of(exc) in (401, 403):
+                raise
+            return None  # a cluster without the security module: nothing to check
+        if resp.get("has_all_requested", True):
+            return None
+        lacking = [f"the cluster privilege {p!r}" for p, ok in resp["cluster"].items() if not ok]
+        for names, held in resp.get("index", {}).items():
+            lacking += [f"the index privilege {p!r} on {names}" for p, ok in held.items() if not ok]
+        return (
+            f"Elasticsearch user {resp.get('username')!r} lacks {', '.join(lacking)}"
+            " (`metronome elasticsearch role` prints the roles Metronome needs)"
+        )
+
+    async def check_access(self) -> str | None:
+        """Why the cluster cannot be used as configured (unreachable, untrusted, refused
+        credentials, missing privileges, red), or None; the templates are not looked at."""
+        try:
+            health = await self._client.cluster.health()
             if health["status"] == "red":
                 return "the Elasticsearch cluster is red"
+            return await self._missing_privileges()
+        except UNREACHABLE as exc:
+            return explain(exc, "the health check") or "Elasticsearch is unreachable"
+        except API_ERRORS as exc:
+            return (
+                explain(exc, "the health check")
+                or f"Elasticsearch answered {status_of(exc)}: {message_of(exc)}"
+            )
+
+    async def check_ready(self) -> str | None:
+        reason = await self.check_access()
+        if reason is not None:
+            return reason
+        try:
             for template in self._templates:
                 if await self._installed_digest(template) != template.digest:
                     return f"index template {template.name!r} is missing or outdated"
-        except _UNREACHABLE as exc:
-            return f"Elasticsearch is unreachable: {exc.__class__.__name__}"
-        except ApiError as exc:
-            return f"Elasticsearch answered {exc.meta.status}: {exc.message}"
+        except UNREACHABLE as exc:
+            return explain(exc, "the health check") or "Elasticsearch is unreachable"
+        except API_ERRORS as exc:
+            return (
+                explain(exc, "the health check")
+                or f"Elasticsearch answered {status_of(exc)}: {message_of(exc)}"
+            )
         return None
 
     async def write(self, documents: Sequence[Document]) -> list[WriteOutcome]:
@@ -251,10 +296,10 @@ class ElasticsearchStore:
             lines.append(orjson.dumps(doc.source))
         lines.append(b"")
         with answering("the bulk request"):
-            resp = await self._client.bulk(
-                operations=b"\n".join(lines),  # type: ignore[arg-type]  # NDJSON bytes are sent as is
-                filter_path=_BULK_FILTER,
-            )
+            ndjson = b"\n".join(lines)
+            # OpenSearch's client sends only text as NDJSON as is
+            body = ndjson.decode() if self.backend == "opensearch" else ndjson
+            resp = await self._client.bulk(body=body, filter_path=_BULK_FILTER)
         outcomes = []
         for doc, item in zip(documents, resp["items"], strict=True):
             result = item["create"]
@@ -264,8 +309,15 @@ class ElasticsearchStore:
             else:
                 error = result.get("error") or {}
                 reason = f"{error.get('type', status)}: {error.get('reason', '')}".strip()
+                # 401/403: the credentials or the role, not the document, are wrong: it
+                # waits in the spool until they are fixed rather than being dead-lettered
+                denied = status in (401, 403) and error.get("type") == "security_exception"
+                if denied:
+                    reason = denied_reason(str(error.get("reason", "")), "the bulk request")
                 outcomes.append(
-                    WriteOutcome(doc.id, False, reason, retriable=status == 429 or status >= 500)
+                    WriteOutcome(
+                        doc.id, False, reason, retriable=denied or status == 429 or status >= 500
+                    )
                 )
         return outcomes
 
@@ -334,7 +386,8 @@ class ElasticsearchStore:
                 index=index, ignore_unavailable=True, allow_no_indices=True
             )
         names: set[str] = set()
-        for mapping in resp.body.values():
+        # a dict per index (the Elasticsearch client wraps it, OpenSearch's not)
+        for mapping in getattr(resp, "body", resp).values():
             properties = mapping.get("mappings", {}).get("properties", {})
             names.update(properties.get(under, {}).get("properties", {}))
         return sorted(names)
@@ -346,10 +399,12 @@ class ElasticsearchStore:
             while True:  # search, delete by id, refresh: until nothing matches
                 resp = await self._client.search(
                     index=index,
-                    query=compile_where(query),
-                    size=_DELETE_ROUND,
-                    source=False,
-                    sort=["_doc"],
+                    body={
+                        "query": compile_where(query),
+                        "size": _DELETE_ROUND,
+                        "_source": False,
+                        "sort": ["_doc"],
+                    },
                     ignore_unavailable=True,
                     allow_no_indices=True,
                 )
@@ -357,7 +412,7 @@ class ElasticsearchStore:
                 if not hits:
                     return deleted
                 operations = [{"delete": {"_index": h["_index"], "_id": h["_id"]}} for h in hits]
-                result = await self._client.bulk(operations=operations, refresh=True)
+                result = await self._client.bulk(body=operations, refresh=True)
                 deleted += sum(1 for item in result["items"] if item["delete"]["status"] == 200)
 
     async def delete_before(
@@ -371,7 +426,8 @@ class ElasticsearchStore:
             listing = await self._client.cat.indices(
                 index=pattern, format="json", h="index,docs.count", expand_wildcards="open,closed"
             )
-        rows = cast("list[dict[str, str]]", listing.body)  # format="json": a row per index
+        # format="json": a row per index (the Elasticsearch client wraps it, OpenSearch's not)
+        rows = cast("list[dict[str, str]]", getattr(listing, "body", listing))
         old = sorted(
             (
                 Removal(row["index"], int(row.get("docs.count") or 0))

@@ -71,7 +71,7 @@ class LeaseStore(Protocol):
 
 def open_leases(settings: Settings) -> LeaseStore:
     """The leases beside the configured store."""
-    if settings.elasticsearch_url:
+    if settings.uses_elasticsearch:
         return ElasticsearchLeases(settings)
     return SQLiteLeases(Path(settings.data_dir))
 
@@ -181,10 +181,11 @@ class ElasticsearchLeases:
     with optimistic concurrency (a realtime GET, then a conditional write)."""
 
     def __init__(self, settings: Settings) -> None:
-        from metronome.store.elasticsearch import registry_client
+        from metronome.store.connection import open_client
 
         self._index = leases_index(settings.index_prefix)
-        self._client = registry_client(settings)
+        # the body-style calls below are the ones both clients (Elasticsearch, OpenSearch) take
+        self._client: Any = open_client(settings)
         self._ready = False
 
     async def __aenter__(self) -> Self:
@@ -197,8 +198,7 @@ class ElasticsearchLeases:
         await self._client.close()
 
     async def _ensure(self) -> None:
-        from elasticsearch import ApiError
-
+        from metronome.store.connection import API_ERRORS, status_of
         from metronome.store.elasticsearch import answering
 
         if self._ready:
@@ -206,31 +206,30 @@ class ElasticsearchLeases:
         with answering("creating the leases index"):
             try:
                 await self._client.indices.create(
-                    index=self._index, settings=_SETTINGS, mappings=_MAPPINGS
+                    index=self._index, body={"settings": _SETTINGS, "mappings": _MAPPINGS}
                 )
-            except ApiError as exc:
-                if exc.meta.status != 400 or "already_exists" not in str(exc):
+            except API_ERRORS as exc:
+                if status_of(exc) != 400 or "already_exists" not in str(exc):
                     raise
-            # another process may have created it a moment ago: wait for its shard
-            await self._client.cluster.health(
-                index=self._index, wait_for_status="yellow", timeout="30s"
-            )
+            # another process may have created it a moment ago: wait for its shard (the
+            # cluster's own 30 s limit: OpenSearch's client takes timeout= as its own)
+            await self._client.cluster.health(index=self._index, wait_for_status="yellow")
         self._ready = True
 
     async def _get(self, name: str) -> tuple[Lease | None, int | None, int | None]:
         import asyncio
 
-        from elasticsearch import ApiError, NotFoundError
+        from metronome.store.connection import API_ERRORS, NOT_FOUND, status_of
 
         for attempt in range(10):
             try:
                 doc = await self._client.get(index=self._index, id=name)
                 break
-            except NotFoundError:
+            except NOT_FOUND:
                 return None, None, None
-            except ApiError as exc:
+            except API_ERRORS as exc:
                 # a shard of an index another process just created may not be started yet
-                if exc.meta.status != 503 or attempt == 9:
+                if status_of(exc) != 503 or attempt == 9:
                     raise
                 await asyncio.sleep(0.2 * (attempt + 1))
         src = doc["_source"]
@@ -240,8 +239,7 @@ class ElasticsearchLeases:
         return lease, doc["_seq_no"], doc["_primary_term"]
 
     async def claim(self, name: str, period: int, owner: str, now_ms: int, ttl_ms: int) -> Claim:
-        from elasticsearch import ConflictError
-
+        from metronome.store.connection import CONFLICT
         from metronome.store.elasticsearch import answering
 
         await self._ensure()
@@ -259,23 +257,22 @@ class ElasticsearchLeases:
             try:
                 if previous is None:
                     await self._client.index(
-                        index=self._index, id=name, document=document, op_type="create"
+                        index=self._index, id=name, body=document, op_type="create"
                     )
                 else:
                     await self._client.index(
                         index=self._index,
                         id=name,
-                        document=document,
+                        body=document,
                         if_seq_no=seq_no,
                         if_primary_term=term,
                     )
-            except ConflictError:
+            except CONFLICT:
                 return Claim(False, previous)  # another worker claimed it first
         return Claim(True, previous)
 
     async def release(self, name: str, period: int, owner: str, state: dict[str, Any]) -> bool:
-        from elasticsearch import ConflictError
-
+        from metronome.store.connection import CONFLICT
         from metronome.store.elasticsearch import answering
 
         await self._ensure()
@@ -287,7 +284,7 @@ class ElasticsearchLeases:
                 await self._client.index(
                     index=self._index,
                     id=name,
-                    document={
+                    body={
                         "name": name,
                         "period": period,
                         "owner": owner,
@@ -297,22 +294,21 @@ class ElasticsearchLeases:
                     if_seq_no=seq_no,
                     if_primary_term=term,
                 )
-            except ConflictError:
+            except CONFLICT:
                 return False
         return True
 
     async def leases(self) -> list[Lease]:
-        from elasticsearch import NotFoundError
-
+        from metronome.store.connection import NOT_FOUND
         from metronome.store.elasticsearch import answering
 
         with answering("reading the leases"):
             try:
                 await self._client.indices.refresh(index=self._index)  # what was just written
                 found = await self._client.search(
-                    index=self._index, size=1000, sort=[{"name": "asc"}], seq_no_primary_term=False
+                    index=self._index, body={"size": 1000, "sort": [{"name": "asc"}]}
                 )
-            except NotFoundError:
+            except NOT_FOUND:
                 return []
         return [
             Lease(

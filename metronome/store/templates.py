@@ -87,6 +87,26 @@ def _apply_settings(body: dict[str, Any], settings: Settings) -> None:
     index["mapping"]["total_fields"]["limit"] = settings.index_fields_limit
 
 
+# what OpenSearch (2.x) lacks of the templates' Elasticsearch 8 features, left out there
+_NOT_IN_OPENSEARCH = ("subobjects", "ignore_dynamic_beyond_limit")
+
+
+def _for_opensearch(node: Any) -> None:
+    """The one definition, compiled for OpenSearch: ``subobjects: false`` (free parameters
+    with dots in their names stay one field) and ``ignore_dynamic_beyond_limit`` (fields
+    past the limit are kept unindexed) do not exist there, so they are removed; on
+    OpenSearch a parameter named both ``a`` and ``a.b``, or one field past the limit, is
+    refused (dead-lettered) rather than kept."""
+    if isinstance(node, dict):
+        for key in _NOT_IN_OPENSEARCH:
+            node.pop(key, None)
+        for value in node.values():
+            _for_opensearch(value)
+    elif isinstance(node, list):
+        for value in node:
+            _for_opensearch(value)
+
+
 def load_templates(settings: Settings, directory: Path | None = None) -> list[Template]:
     """Component templates first (index templates need them), each ready to PUT."""
     root = directory or templates_dir()
@@ -100,6 +120,8 @@ def load_templates(settings: Settings, directory: Path | None = None) -> list[Te
                 body["composed_of"] = [_rename(c, prefix) for c in body["composed_of"]]
             else:
                 _apply_settings(body, settings)
+            if settings.search_engine == "opensearch":
+                _for_opensearch(body)
             body.setdefault("_meta", {}).pop("metronome_hash", None)
             digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
             body["_meta"]["metronome_hash"] = digest.hexdigest()[:16]

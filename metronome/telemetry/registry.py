@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any, Protocol, Self
 
 import orjson
-from elasticsearch import ApiError, NotFoundError
 
 from metronome.config import Settings
 from metronome.errors import ConfigError, StoreUnavailable
 from metronome.events import fields as F
-from metronome.store.elasticsearch import answering, registry_client
+from metronome.store.connection import API_ERRORS, NOT_FOUND, open_client, status_of
+from metronome.store.elasticsearch import answering
 from metronome.store.sqlite import DB_NAME, ConnectionThread, connect, setup_lock
 from metronome.store.templates import app_template
 from metronome.telemetry.model import App
@@ -119,7 +119,8 @@ class ElasticsearchApps:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._index = apps_index(settings.index_prefix)
-        self._client = registry_client(settings)
+        # the body-style calls below are the ones both clients (Elasticsearch, OpenSearch) take
+        self._client: Any = open_client(settings)
 
     async def __aenter__(self) -> Self:
         return self
@@ -134,9 +135,10 @@ class ElasticsearchApps:
         with answering("reading apps"):
             try:
                 resp = await self._client.search(
-                    index=self._index, size=10_000, query={"match_all": {}}, sort=[{"id": "asc"}]
+                    index=self._index,
+                    body={"size": 10_000, "query": {"match_all": {}}, "sort": [{"id": "asc"}]},
                 )
-            except NotFoundError:
+            except NOT_FOUND:
                 return {}
         apps = [App.from_dict(hit["_source"]["app"]) for hit in resp["hits"]["hits"]]
         return {a.id: a for a in apps}
@@ -145,15 +147,15 @@ class ElasticsearchApps:
         with answering("storing the app"):
             try:
                 await self._client.indices.create(
-                    index=self._index, settings=_SETTINGS, mappings=_MAPPINGS
+                    index=self._index, body={"settings": _SETTINGS, "mappings": _MAPPINGS}
                 )
-            except ApiError as exc:
-                if exc.meta.status != 400 or "already_exists" not in str(exc):
+            except API_ERRORS as exc:
+                if status_of(exc) != 400 or "already_exists" not in str(exc):
                     raise
             await self._client.index(
                 index=self._index,
                 id=app.id,
-                document={"id": app.id, "app": app.to_dict()},
+                body={"id": app.id, "app": app.to_dict()},
                 refresh=True,
             )
             if app.max_field_names:  # the app's own template (new daily indices follow it)
@@ -167,7 +169,7 @@ class ElasticsearchApps:
 
 def open_apps(settings: Settings) -> AppRegistry:
     """The apps registry beside the configured store."""
-    if settings.elasticsearch_url:
+    if settings.uses_elasticsearch:
         return ElasticsearchApps(settings)
     return SQLiteApps(settings.data_dir)
 

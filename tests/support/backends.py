@@ -112,7 +112,8 @@ def running_backend(
     kind: str,
     env: dict[str, str],
 ) -> Iterator[Backend]:
-    """A fresh ``metronome serve`` on ``kind`` (``sqlite``, ``elasticsearch``) with
+    """A fresh ``metronome serve`` on ``kind`` (``sqlite``, ``elasticsearch``, or
+    ``elasticsearch-basic``, ``-apikey``, ``-mtls``: through the TLS proxy) with
     ``env``; stopped (and its indices deleted) afterwards, checking it exited cleanly.
 
     ``kind="elasticsearch"`` takes the ``es_url`` fixture (which starts the suite's
@@ -123,10 +124,16 @@ def running_backend(
     # keep client addresses, so tests can see which address was believed (default: drop)
     env = {"METRONOME_TRUSTED_PROXIES": "127.0.0.0/8", "METRONOME_CLIENT_IP": "keep", **env}
     es_url = prefix = None
-    if kind == "elasticsearch":
+    if kind.startswith("elasticsearch"):
         es_url = request.getfixturevalue("es_url")
         prefix = unique_prefix()
         env |= {"METRONOME_ELASTICSEARCH_URL": es_url, "METRONOME_INDEX_PREFIX": prefix}
+    if kind == "opensearch":  # the same REST API for reading back: es_url is its URL here
+        es_url = request.getfixturevalue("os_url")
+        prefix = unique_prefix()
+        env |= {"METRONOME_OPENSEARCH_URL": es_url, "METRONOME_INDEX_PREFIX": prefix}
+    if kind.startswith("elasticsearch-"):  # through TLS and auth: tests/support/secure_proxy.py
+        env |= request.getfixturevalue("secure_proxy").env(kind.removeprefix("elasticsearch-"))
     server = MetronomeServer(env, data_dir=data_dir)
     server.start()
 
@@ -137,7 +144,8 @@ def running_backend(
 
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            yield Backend(kind, server, client, settle, es_url, prefix)
+            name = kind.split("-")[0]  # the store /readyz names
+            yield Backend(name, server, client, settle, es_url, prefix)
     finally:
         code = server.stop()
         if es_url and prefix:

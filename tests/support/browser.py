@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "ensure_chromium"]
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "apt_install", "ensure_chromium"]
 
 CHROMIUM = Path(os.environ.get("METRONOME_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -55,18 +55,19 @@ def ensure_chromium(timeout_s: float = 900) -> Path:
             " METRONOME_TEST_CHROMIUM at a Chromium executable"
         )
     started = time.monotonic()
-    lock = ("-o", "DPkg::Lock::Timeout=300")
-    _run("apt-get", *lock, "update", timeout_s=timeout_s)
-    _run(
-        "apt-get",
-        *lock,
-        "install",
-        "-y",
-        "--no-install-recommends",
-        "chromium",
-        timeout_s=timeout_s,
-    )
+    apt_install("chromium", timeout_s=timeout_s)
     if not CHROMIUM.exists():
         raise RuntimeError(f"apt installed chromium but {CHROMIUM} is still missing")
     print(f"installed chromium with apt in {time.monotonic() - started:.0f}s")
     return CHROMIUM
+
+
+def apt_install(package: str, timeout_s: float = 900) -> None:
+    """Install a Debian package with apt (needs root); raises when that fails."""
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise RuntimeError(
+            f"{package} is missing and cannot be installed here (needs root and apt-get)"
+        )
+    lock = ("-o", "DPkg::Lock::Timeout=300")
+    _run("apt-get", *lock, "update", timeout_s=timeout_s)
+    _run("apt-get", *lock, "install", "-y", "--no-install-recommends", package, timeout_s=timeout_s)

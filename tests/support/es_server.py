@@ -25,9 +25,20 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["ES_VERSION", "ElasticsearchServer", "cache_dir", "free_port"]
+__all__ = [
+    "ES_VERSION",
+    "OPENSEARCH_VERSION",
+    "ElasticsearchServer",
+    "OpenSearchServer",
+    "cache_dir",
+    "free_port",
+]
 
 ES_VERSION = "8.19.21"  # newest on Maven Central that runs on JDK 17
+OPENSEARCH_VERSION = "2.19.6"  # newest 2.x; 3.x needs JDK 21
+_OPENSEARCH_BASE = (
+    "https://repo1.maven.org/maven2/org/opensearch/distribution/integ-test-zip/opensearch"
+)
 _BASE = "https://repo1.maven.org/maven2/org/elasticsearch/distribution/integ-test-zip/elasticsearch"
 
 
@@ -60,16 +71,18 @@ def _java_home() -> str:
     return str(Path(os.path.realpath(java)).parent.parent)
 
 
-def install(version: str = ES_VERSION) -> Path:
-    """Download (once) and unpack the distribution; return its home directory."""
+def install(version: str = ES_VERSION, product: str = "elasticsearch") -> Path:
+    """Download (once) and unpack the distribution (``elasticsearch`` or ``opensearch``);
+    return its home directory."""
     root = cache_dir()
-    home = root / f"elasticsearch-{version}"
-    if (home / "bin" / "elasticsearch").exists():
+    home = root / f"{product}-{version}"
+    if (home / "bin" / product).exists():
         return home
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o755)
-    archive = root / f"elasticsearch-{version}.zip"
-    url = f"{_BASE}/{version}/elasticsearch-{version}.zip"
+    archive = root / f"{product}-{version}.zip"
+    base = _BASE if product == "elasticsearch" else _OPENSEARCH_BASE
+    url = f"{base}/{version}/{product}-{version}.zip"
     if not archive.exists():
         with urllib.request.urlopen(url + ".sha1", timeout=60) as resp:
             expected = resp.read().decode().split()[0]
@@ -94,7 +107,7 @@ def install(version: str = ES_VERSION) -> Path:
         if path.is_dir():
             os.chmod(path, 0o755)
     os.chmod(staging, 0o755)
-    (staging / f"elasticsearch-{version}").rename(home)
+    (staging / f"{product}-{version}").rename(home)
     shutil.rmtree(staging, ignore_errors=True)
     return home
 
@@ -102,13 +115,19 @@ def install(version: str = ES_VERSION) -> Path:
 class ElasticsearchServer:
     """One single-node server; ``start()``/``stop()`` may be called again (same data)."""
 
+    product = "elasticsearch"
+    _env = "ES"  # ES_JAVA_HOME, ES_JAVA_OPTS, ES_PATH_CONF
+    _settings: tuple[str, ...] = ("xpack.security.enabled=false",)
+
     def __init__(self, heap: str = "512m", version: str = ES_VERSION) -> None:
-        self.home = install(version)
+        self.home = install(version, self.product)
         self.workdir = Path(tempfile.mkdtemp(prefix="metronome-es-"))
         self.port = free_port()
         self.transport_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.heap = heap
+        # how it finds its cluster: alone by default (tests/support/es_cluster.py: three)
+        self.node_settings: tuple[str, ...] = ("discovery.type=single-node",)
         self._proc: subprocess.Popen[bytes] | None = None
         shutil.copytree(self.home / "config", self.workdir / "config")
         (self.workdir / "data").mkdir()
@@ -128,15 +147,13 @@ class ElasticsearchServer:
         if self._proc is not None and self._proc.poll() is None:
             return
         env = dict(os.environ)
-        env["ES_JAVA_HOME"] = _java_home()
-        env["ES_JAVA_OPTS"] = f"-Xms{self.heap} -Xmx{self.heap}"
-        env["ES_PATH_CONF"] = str(self.workdir / "config")
+        env[f"{self._env}_JAVA_HOME"] = _java_home()
+        env[f"{self._env}_JAVA_OPTS"] = f"-Xms{self.heap} -Xmx{self.heap}"
+        env[f"{self._env}_PATH_CONF"] = str(self.workdir / "config")
         cmd = [
-            str(self.home / "bin" / "elasticsearch"),
-            "-E",
-            "discovery.type=single-node",
-            "-E",
-            "xpack.security.enabled=false",
+            str(self.home / "bin" / self.product),
+            *(arg for setting in self.node_settings for arg in ("-E", setting)),
+            *(arg for setting in self._settings for arg in ("-E", setting)),
             "-E",
             "network.host=127.0.0.1",
             "-E",
@@ -171,7 +188,7 @@ class ElasticsearchServer:
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
                 raise RuntimeError(
-                    f"Elasticsearch exited ({self._proc.returncode}):\n" + self.log_tail()
+                    f"{self.product} exited ({self._proc.returncode}):\n" + self.log_tail()
                 )
             try:
                 resp = httpx.get(
@@ -184,13 +201,19 @@ class ElasticsearchServer:
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
-        raise RuntimeError(f"Elasticsearch did not start in {timeout_s:.0f}s:\n" + self.log_tail())
+        raise RuntimeError(f"{self.product} did not start in {timeout_s:.0f}s:\n" + self.log_tail())
 
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+    def kill(self) -> None:
+        """SIGKILL the node, as a crash or a power cut would."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
 
     def stop(self) -> None:
         """Stop gracefully (SIGTERM), or kill after 60 s."""
@@ -208,8 +231,28 @@ class ElasticsearchServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+class OpenSearchServer(ElasticsearchServer):
+    """The same for OpenSearch's integ-test distribution (no security plugin in it)."""
+
+    product = "opensearch"
+    _env = "OPENSEARCH"
+    _settings = ()
+
+    def __init__(self, heap: str = "512m", version: str = OPENSEARCH_VERSION) -> None:
+        super().__init__(heap, version)
+        # its jvm.options name logs/ and data/ relative to the (read-only) home directory
+        options = self.workdir / "config" / "jvm.options"
+        text = options.read_text()
+        for relative in ("logs/", "=data"):
+            absolute = relative.replace("logs/", f"{self.workdir}/logs/").replace(
+                "=data", f"={self.workdir}/data"
+            )
+            text = text.replace(relative, absolute)
+        options.write_text(text)
+
+
 if __name__ == "__main__":
-    server = ElasticsearchServer()
+    server = OpenSearchServer() if sys.argv[1:] == ["opensearch"] else ElasticsearchServer()
     server.start()
     server.wait_ready()
     print(server.url, flush=True)

@@ -1,0 +1,284 @@
+"""Elasticsearch behind TLS and authentication: what a user sees when it is right or wrong.
+
+The secured cluster is the suite's Elasticsearch behind nginx (tests/support/secure_proxy.py:
+a test double of a secured cluster's door, with certificates from a CA made for the run).
+The contract modules (ticks, tock, query) run through it with each credential kind; this
+module covers the settings, the errors a wrong setup gets, and that secrets stay secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from metronome.config import Settings
+from metronome.errors import ConfigError
+from tests.support.backends import delete_prefix, unique_prefix, wait_for_drain
+from tests.support.metronome_server import MetronomeServer
+from tests.support.secure_proxy import SecureProxy
+
+ROOT = Path(__file__).parent.parent
+
+
+def _clean_env(**env: str) -> dict[str, str]:
+    kept = {k: v for k, v in os.environ.items() if not k.startswith("METRONOME_")}
+    return {**kept, **env}
+
+
+def _metronome(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "metronome", *args],
+        capture_output=True,
+        text=True,
+        env=_clean_env(**env),
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def serve(tmp_path_factory: pytest.TempPathFactory, es_url: str) -> Iterator[list[MetronomeServer]]:
+    """Servers a test starts (``serve[0].start()``), stopped and cleaned up after it."""
+    servers: list[MetronomeServer] = []
+    yield servers
+    for server in servers:
+        server.stop()
+        delete_prefix(es_url, server.env["METRONOME_INDEX_PREFIX"])
+
+
+def _server(
+    servers: list[MetronomeServer], tmp_path_factory: pytest.TempPathFactory, **env: str
+) -> MetronomeServer:
+    settings = {"METRONOME_INDEX_PREFIX": unique_prefix(), "METRONOME_LOG_LEVEL": "info", **env}
+    server = MetronomeServer(
+        _clean_env(**settings), data_dir=tmp_path_factory.mktemp("data"), workers=1
+    )
+    servers.append(server)
+    server.start()
+    return server
+
+
+def test_a_run_with_credentials_never_shows_them(
+    secure_proxy: SecureProxy,
+    serve: list[MetronomeServer],
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    """Every output of runs that used a password (from a file) and an API key: the
+    server's log, its answers, /metrics, `metronome settings` and `status`, and the
+    errors of a wrong password and a revoked key (their servers' logs and /readyz:
+    test_a_wrong_setup_is_named_at_start_and_in_readyz)."""
+    password_file = tmp_path / "password"
+    password_file.write_text(secure_proxy.password + "\n")
+    basic = secure_proxy.env("basic")
+    del basic["METRONOME_ELASTICSEARCH_PASSWORD"]
+    basic["METRONOME_ELASTICSEARCH_PASSWORD_FILE"] = str(password_file)
+    outputs: list[str] = []
+    for env in (basic, secure_proxy.env("apikey")):
+        server = _server(serve, tmp_path_factory, **env)
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            tick = client.post("/tick", json={"id": "secret-item", "url": "https://a.example/"})
+            assert tick.status_code == 202, tick.text
+            wait_for_drain(server)
+            for path in ("/readyz", "/metrics", "/tock/secret-item", "/openapi.json"):
+                resp = client.get(path)
+                assert resp.status_code == 200, resp.text
+                outputs.append(resp.text)
+            assert client.get("/readyz").json()["status"] == "ready"
+        for command in (("settings",), ("status",), ("templates", "install")):
+            done = _metronome(*command, env=server.env)
+            assert done.returncode == 0, done.stderr
+            outputs += [done.stdout, done.stderr]
+        shown = outputs[-6]  # what `metronome settings` printed
+        if "METRONOME_ELASTICSEARCH_API_KEY" in env:
+            assert "elasticsearch_api_key = '(set, not shown)'" in shown
+        else:
+            assert "elasticsearch_password = '(set, not shown)'" in shown
+    wrong = {**secure_proxy.env("basic"), "METRONOME_ELASTICSEARCH_PASSWORD": "not-it"}
+    revoked = {**secure_proxy.env("apikey"), "METRONOME_ELASTICSEARCH_API_KEY": ""}
+    revoked["METRONOME_ELASTICSEARCH_API_KEY"] = secure_proxy.revoked_api_key
+    for env in (wrong, revoked):
+        here = {"METRONOME_INDEX_PREFIX": unique_prefix(), "METRONOME_DATA_DIR": str(tmp_path)}
+        done = _metronome("status", env={**here, **env})
+        assert done.returncode == 1 and "NOT READY" in done.stdout, done.stdout
+        outputs += [done.stdout, done.stderr]
+    for server in serve:
+        server.stop()
+        outputs.append(server.log_path.read_text())
+    everything = "\n".join(outputs)
+    assert "Traceback" not in everything
+    for secret in secure_proxy.secrets:
+        assert secret not in everything
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("untrusted", "not signed by a CA Metronome trusts"),
+        ("expired", "certificate has expired"),
+        ("wrong_host", "not valid for this host name"),
+        ("wrong_password", "refused the credentials (401)"),
+        ("revoked_key", "api key [mtk0] has been invalidated"),
+        ("no_client_cert", "client certificate"),
+        ("missing_privilege", "lacks the index privilege 'index' on sites"),
+    ],
+)
+def test_a_wrong_setup_is_named_at_start_and_in_readyz(
+    secure_proxy: SecureProxy,
+    serve: list[MetronomeServer],
+    tmp_path_factory: pytest.TempPathFactory,
+    case: str,
+    says: str,
+) -> None:
+    ca = {"METRONOME_ELASTICSEARCH_CA_CERTS": str(secure_proxy.ca_path)}
+    basic = secure_proxy.env("basic")
+    env = {
+        "untrusted": {"METRONOME_ELASTICSEARCH_URL": secure_proxy.untrusted_url, **ca},
+        "expired": {"METRONOME_ELASTICSEARCH_URL": secure_proxy.expired_url, **ca},
+        "wrong_host": {"METRONOME_ELASTICSEARCH_URL": secure_proxy.wrong_host_url, **ca},
+        "wrong_password": {**basic, "METRONOME_ELASTICSEARCH_PASSWORD": "not-it"},
+        "revoked_key": {
+            **ca,
+            "METRONOME_ELASTICSEARCH_URL": secure_proxy.auth_url,
+            "METRONOME_ELASTICSEARCH_API_KEY": secure_proxy.revoked_api_key,
+        },
+        "no_client_cert": {"METRONOME_ELASTICSEARCH_URL": secure_proxy.mtls_url, **ca},
+        "missing_privilege": {
+            **basic,
+            "METRONOME_ELASTICSEARCH_USERNAME": secure_proxy.reader,
+            "METRONOME_ELASTICSEARCH_PASSWORD": secure_proxy.reader_password,
+        },
+    }[case]
+    server = _server(serve, tmp_path_factory, **env)
+    ready = httpx.get(server.url + "/readyz", timeout=30)
+    assert ready.status_code == 200  # ticks are still taken into the spool
+    assert ready.json()["status"] == "degraded"
+    assert says in ready.json()["reason"]
+    start = server.log_tail(200)
+    assert f"error: the store is not ready: {ready.json()['reason'].split(';')[0]}" in start
+    assert says in start
+    server.stop()
+    log = server.log_path.read_text()
+    assert "Traceback" not in log
+    for secret in secure_proxy.secrets:
+        assert secret not in log and secret not in ready.text
+
+
+def test_a_role_without_a_write_privilege_keeps_ticks_in_the_spool(
+    secure_proxy: SecureProxy,
+    serve: list[MetronomeServer],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A bulk write refused for a missing privilege is not a bad document: nothing is
+    dead-lettered, and the shipper's log names the privilege."""
+    env = {
+        **secure_proxy.env("basic"),
+        "METRONOME_ELASTICSEARCH_USERNAME": secure_proxy.reader,
+        "METRONOME_ELASTICSEARCH_PASSWORD": secure_proxy.reader_password,
+    }
+    server = _server(serve, tmp_path_factory, **env)
+    resp = httpx.post(server.url + "/tick", json={"id": "kept", "url": "https://a.example/"})
+    assert resp.status_code == 202, resp.text
+    with pytest.raises(AssertionError, match="not drained"):
+        wait_for_drain(server, timeout_s=3)
+    server.stop()
+    log = server.log_path.read_text()
+    assert "lacks the index privilege 'create_doc' for indices:data/write/bulk" in log
+    assert not (server.data_dir / "dead-letters.ndjson").exists()
+    assert "Traceback" not in log
+
+
+def test_unchecked_certificates_work_and_warn_at_every_start(
+    secure_proxy: SecureProxy,
+    serve: list[MetronomeServer],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    server = _server(
+        serve,
+        tmp_path_factory,
+        METRONOME_ELASTICSEARCH_URL=secure_proxy.untrusted_url,
+        METRONOME_ELASTICSEARCH_VERIFY_CERTS="false",
+    )
+    assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
+    server.stop()
+    log = server.log_path.read_text()
+    assert "METRONOME_ELASTICSEARCH_VERIFY_CERTS is off" in log
+    server.start()
+    server.stop()
+    assert server.log_path.read_text().count("warning: METRONOME_ELASTICSEARCH_VERIFY_CERTS") == 2
+
+
+def test_a_certificate_fingerprint_replaces_the_ca_file(
+    secure_proxy: SecureProxy,
+    serve: list[MetronomeServer],
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    fingerprint = ":".join(
+        secure_proxy.ca_fingerprint[i : i + 2] for i in range(0, 64, 2)
+    ).upper()  # as openssl and Elasticsearch print it
+    basic = secure_proxy.env("basic")
+    del basic["METRONOME_ELASTICSEARCH_CA_CERTS"]
+    server = _server(
+        serve, tmp_path_factory, **basic, METRONOME_ELASTICSEARCH_CA_FINGERPRINT=fingerprint
+    )
+    assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
+    wrong = _metronome(
+        "status",
+        env={
+            "METRONOME_ELASTICSEARCH_URL": secure_proxy.untrusted_url,
+            "METRONOME_ELASTICSEARCH_CA_FINGERPRINT": fingerprint,
+            "METRONOME_DATA_DIR": str(tmp_path),
+        },
+    )
+    assert wrong.returncode == 1
+    assert "does not match METRONOME_ELASTICSEARCH_CA_FINGERPRINT" in wrong.stdout, wrong.stdout
+
+
+def test_elasticsearch_role_prints_least_privilege_roles_for_the_prefix() -> None:
+    done = _metronome("elasticsearch", "role", env={"METRONOME_INDEX_PREFIX": "web"})
+    assert done.returncode == 0, done.stderr
+    roles = json.loads(done.stdout)
+    assert sorted(roles) == ["web-read", "web-serve", "web-setup", "web-ship"]
+    for name, role in roles.items():
+        privileges = {p for entry in role["indices"] for p in entry["privileges"]}
+        assert not privileges & {"all", "write"} or name == "web-setup", name
+        assert "all" not in privileges and "manage" not in role["cluster"]
+        assert all(n.startswith("web-") for entry in role["indices"] for n in entry["names"])
+    ship = roles["web-ship"]["indices"][0]
+    assert "create_doc" in ship["privileges"] and "index" not in ship["privileges"]
+    assert roles["web-read"]["cluster"] == ["monitor"]
+
+
+def test_settings_that_cannot_work_together_are_refused_at_start(tmp_path: Path) -> None:
+    pem = tmp_path / "client.pem"
+    pem.write_text("")
+    cases = [
+        ({"METRONOME_ELASTICSEARCH_USERNAME": "u"}, "_USERNAME is set without"),
+        ({"METRONOME_ELASTICSEARCH_URL": "https://u:p@es:9200"}, "not in the URL"),
+        ({"METRONOME_ELASTICSEARCH_CA_CERTS": str(tmp_path / "nope.pem")}, "no file at"),
+        ({"METRONOME_ELASTICSEARCH_CA_FINGERPRINT": "ab:cd"}, "64 hex digits"),
+        (
+            {
+                "METRONOME_ELASTICSEARCH_CA_FINGERPRINT": "ab" * 32,
+                "METRONOME_ELASTICSEARCH_CLIENT_CERT": str(pem),
+            },
+            "_CA_FINGERPRINT cannot be used with a client certificate",
+        ),
+        ({"METRONOME_ELASTICSEARCH_PASSWORD_FILE": str(tmp_path / "gone")}, "cannot read"),
+    ]
+    for env, says in cases:  # each named (in process: a start per case costs seconds)
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            Settings.from_env({"METRONOME_ELASTICSEARCH_URL": "https://es:9200", **env})
+    # and at start: exit status 2, the sentence, no traceback
+    done = _metronome("settings", env={"METRONOME_ELASTICSEARCH_URL": "https://u:p@es:9200"})
+    assert done.returncode == 2, done.stdout
+    assert "not in the URL" in done.stderr and "Traceback" not in done.stderr, done.stderr
