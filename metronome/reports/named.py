@@ -83,8 +83,10 @@ class NamedReport:
 
 def _interval(params: Mapping[str, str], default: str) -> str:
     interval = params.get("interval", default)
-    if interval not in ("hour", "day", "week", "month"):
-        raise InvalidParameter("'interval' is hour, day, week or month", parameter="interval")
+    if interval not in ("minute", "hour", "day", "week", "month"):
+        raise InvalidParameter(
+            "'interval' is minute, hour, day, week or month", parameter="interval"
+        )
     return interval
 
 
@@ -318,7 +320,7 @@ REPORTS: dict[str, NamedReport] = {
             "concurrency",
             "Requests in progress at once per time bucket, from access logs with a duration",
             None,
-            {**_PLAN_PARAMETERS, "interval": "hour (default), day or week"},
+            {**_PLAN_PARAMETERS, "interval": "minute, hour (default), day or week"},
             plan=lambda p: _planned("concurrency", p, "hour", platform.concurrency_plan),
             common=False,
         ),

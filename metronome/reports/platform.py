@@ -18,10 +18,18 @@ range is asked.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 from metronome.errors import InvalidParameter
 from metronome.reports.query import parse_query
+from metronome.reports.timebuckets import (
+    MAX_BUCKETS,
+    bucket_count,
+    bucket_label,
+    floor_to_bucket,
+    parse_zone,
+)
 
 __all__ = [
     "INTERVAL_SECONDS",
@@ -39,7 +47,7 @@ Answer = dict[str, Any]
 Body = dict[str, Any]
 UPLOADED, DELETED = "file.uploaded", "file.deleted"
 QUEUED, STARTED, FINISHED = "extraction.queued", "extraction.started", "extraction.finished"
-INTERVAL_SECONDS = {"hour": 3600, "day": 86_400, "week": 7 * 86_400}
+INTERVAL_SECONDS = {"minute": 60, "hour": 3600, "day": 86_400, "week": 7 * 86_400}
 
 
 def _before(body: Body) -> Body:
@@ -184,21 +192,27 @@ def concurrency_plan(
     A request occupies ``[time - duration, time]``; summed over the requests that end in a
     bucket, the time they occupied divided by the bucket's length is the mean number in
     progress at once (Little's law; exact when no request straddles a bucket's edge).
-    Lines without a duration are counted in ``requests_without_duration`` only: they say
-    a request came, not how long it held a connection.
+    ``peak_concurrency`` is the same mean over the busiest minute of the bucket (the
+    busiest hour when the range holds more than 10,000 minutes; equal to the mean for
+    minute buckets), so a burst that an hour's mean hides still shows. Lines without a
+    duration are counted in ``requests_without_duration`` only: they say a request came,
+    not how long it held a connection.
     """
     interval = body.pop("interval")
     if interval not in INTERVAL_SECONDS:
-        raise InvalidParameter("'interval' is hour, day or week", parameter="interval")
+        raise InvalidParameter("'interval' is minute, hour, day or week", parameter="interval")
     seconds = INTERVAL_SECONDS[interval]
-    main = {
+    timed: Body = {
         **body,
         "source": "logs",
-        "metrics": ["events", {"sum": "duration"}, {"max": "duration"}],
-        "dimensions": [f"time:{interval}"],
         "filters": [["gt", "duration", -1]],
         "bots": "include",  # crawlers load the server too
         "limit": 10_000,
+    }
+    main = {
+        **timed,
+        "metrics": ["events", {"sum": "duration"}, {"max": "duration"}],
+        "dimensions": [f"time:{interval}"],
     }
     missing = {
         **body,
@@ -209,20 +223,57 @@ def concurrency_plan(
         "bots": "include",
         "limit": 10_000,
     }
+    queries = {"main": main, "missing": missing}
+    resolved = parse_query({"range": body.get("range", "30d"), "tz": body.get("tz", "UTC")})
+    zone = parse_zone("tz", resolved.group.tz)
+    start_ms, end_ms = resolved.group.start_ms, resolved.group.end_ms
+    peak = next(
+        (
+            finer
+            for finer in ("minute", "hour")
+            if INTERVAL_SECONDS[finer] < seconds
+            and bucket_count(start_ms, end_ms, finer, zone) <= MAX_BUCKETS
+        ),
+        None,
+    )
+    if peak is not None:
+        queries["peaks"] = {
+            **timed,
+            "metrics": [{"sum": "duration"}],
+            "dimensions": [f"time:{peak}"],
+        }
+
+    def peaks(answers: Mapping[str, Answer]) -> dict[str, float]:
+        """The busiest ``peak`` bucket's mean concurrency, per bucket label."""
+        busiest: dict[str, float] = {}
+        if peak is None:
+            return busiest
+        for row in answers["peaks"]["results"]:
+            (label,) = row["dimensions"]
+            begins = datetime.fromisoformat(label)
+            owner = bucket_label(
+                int(floor_to_bucket(begins, interval, zone).timestamp() * 1000), interval, zone
+            )
+            mean = (row["metrics"][0] or 0) / 1e9 / INTERVAL_SECONDS[peak]
+            busiest[owner] = max(busiest.get(owner, 0.0), mean)
+        return busiest
 
     def shape(answers: Mapping[str, Answer]) -> Answer:
         without = {row["dimensions"][0]: row["metrics"][0] for row in answers["missing"]["results"]}
+        busiest = peaks(answers)
         results = []
         for row in answers["main"]["results"]:
             (time,) = row["dimensions"]
             requests, total_ns, longest_ns = row["metrics"]
             busy_s = (total_ns or 0) / 1e9
+            mean = busy_s / seconds
             results.append(
                 {
                     "time": time,
                     "requests": requests,
                     "requests_without_duration": without.get(time, 0),
-                    "mean_concurrency": round(busy_s / seconds, 6),
+                    "mean_concurrency": round(mean, 6),
+                    "peak_concurrency": round(busiest.get(time, mean), 6),
                     "busy_seconds": round(busy_s, 3),
                     "longest_request_s": round((longest_ns or 0) / 1e9, 6),
                 }
@@ -234,10 +285,11 @@ def concurrency_plan(
                 **_meta(answers["main"]),
                 "method": "a request occupies [time - duration, time]; mean_concurrency is"
                 " the time requests occupied divided by the bucket's length",
+                "peak_over": peak or interval,
             },
         }
 
-    return {"main": main, "missing": missing}, shape
+    return queries, shape
 
 
 def uptime_plan(body: Body) -> tuple[dict[str, Body], Callable[[Mapping[str, Answer]], Answer]]:

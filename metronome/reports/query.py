@@ -548,16 +548,18 @@ def _metric(raw: Any, datasets: tuple[str, ...], where: str) -> tuple[MetricSpec
 def _dimension(raw: str, datasets: tuple[str, ...], where: str) -> DimensionSpec:
     if raw.startswith("time:"):
         interval = raw[5:]
-        if interval not in ("hour", "day", "week", "month"):
+        if interval not in ("minute", "hour", "day", "week", "month"):
             raise InvalidQuery(
-                f"{where}: time dimensions are time:hour, time:day, time:week"
+                f"{where}: time dimensions are time:minute, time:hour, time:day, time:week"
                 f" and time:month, not {raw!r}",
                 field=where,
             )
         return DimensionSpec(raw, interval=interval)  # type: ignore[arg-type]
     if resolve_alias(raw) in ("@timestamp", "event.ingested"):
         raise InvalidQuery(
-            f"{where}: group by time with time:hour, time:day, time:week or time:month", field=where
+            f"{where}: group by time with time:minute, time:hour, time:day, time:week or"
+            " time:month",
+            field=where,
         )
     ref = _field(raw, datasets, "dimension", where)
     return DimensionSpec(ref.name, field=ref)

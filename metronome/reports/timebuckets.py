@@ -48,6 +48,8 @@ def _local_midnight(day: date, tz: ZoneInfo) -> datetime:
 def floor_to_bucket(moment: datetime, interval: Interval, tz: ZoneInfo) -> datetime:
     """The start (in ``tz``) of the bucket holding ``moment``."""
     local = moment.astimezone(tz)
+    if interval == "minute":
+        return local.replace(second=0, microsecond=0)
     if interval == "hour":
         return local.replace(minute=0, second=0, microsecond=0)
     day = local.date()
@@ -59,6 +61,8 @@ def floor_to_bucket(moment: datetime, interval: Interval, tz: ZoneInfo) -> datet
 
 
 def _next_start(start: datetime, interval: Interval, tz: ZoneInfo) -> datetime:
+    if interval == "minute":
+        return (start.astimezone(UTC) + timedelta(minutes=1)).astimezone(tz)
     if interval == "hour":
         # step in absolute time so repeated or skipped local hours around DST work out
         return (start.astimezone(UTC) + timedelta(hours=1)).astimezone(tz)
@@ -77,8 +81,9 @@ def bucket_count(start_ms: int, end_ms: int, interval: Interval, tz: ZoneInfo) -
     if end_ms <= start_ms:
         return 0
     first = floor_to_bucket(datetime.fromtimestamp(start_ms / 1000, tz=UTC), interval, tz)
-    if interval == "hour":
-        return -(-(end_ms - int(first.timestamp() * 1000)) // 3_600_000)
+    if interval in ("minute", "hour"):
+        step_ms = 60_000 if interval == "minute" else 3_600_000
+        return -(-(end_ms - int(first.timestamp() * 1000)) // step_ms)
     last = floor_to_bucket(datetime.fromtimestamp((end_ms - 1) / 1000, tz=UTC), interval, tz)
     if interval == "month":
         return (last.year - first.year) * 12 + last.month - first.month + 1
@@ -105,11 +110,12 @@ def bucket_starts(start_ms: int, end_ms: int, interval: Interval, tz: ZoneInfo) 
 
 def bucket_label(start_ms: int, interval: Interval, tz: ZoneInfo) -> str:
     """The key a report shows for a bucket: ``2015-01-22`` for days and weeks (the week's
-    Monday), ``2015-01`` for months, ``2015-01-22T13:00+01:00`` for hours."""
+    Monday), ``2015-01`` for months, ``2015-01-22T13:00+01:00`` for hours and
+    ``2015-01-22T13:07+01:00`` for minutes."""
     local = datetime.fromtimestamp(start_ms / 1000, tz=UTC).astimezone(tz)
     if interval == "month":  # not strftime: its %Y does not pad years before 1000 on Linux
         return f"{local.year:04d}-{local.month:02d}"
-    if interval == "hour":
+    if interval in ("minute", "hour"):
         return local.isoformat(timespec="minutes")
     return local.date().isoformat()
 

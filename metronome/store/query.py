@@ -24,7 +24,7 @@ __all__ = [
     "MetricSpec",
 ]
 
-Interval = Literal["hour", "day", "week", "month"]
+Interval = Literal["minute", "hour", "day", "week", "month"]
 Kind = Literal["keyword", "number", "integer", "boolean", "ip", "date"]
 
 
