@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import compose
+from tests.support import compose, prefetch
 from tests.support.backends import Backend, running_backend
 from tests.support.es_server import ElasticsearchServer, OpenSearchServer
 from tests.support.rabbitmq import RabbitMQServer
@@ -98,10 +98,12 @@ def _build_compose() -> None:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """When the selected tests need ``docker compose``, build it in the background now
-    (from source the first time: minutes), while the others run."""
+    (from source the first time: minutes), while the others run; likewise install the
+    Debian packages they need and the machine lacks (tests/support/prefetch.py)."""
     global _compose_build
     if session.config.option.collectonly or _compose_build is not None:
         return
+    prefetch.start({name for item in session.items for name in getattr(item, "fixturenames", ())})
     if any(item.get_closest_marker("compose") for item in session.items):
         _compose_build = threading.Thread(target=_build_compose, name="compose-build", daemon=True)
         _compose_build.start()

@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support import prefetch
+
 __all__ = ["CHROMIUM", "CHROMIUM_ARGS", "apt_install", "ensure_chromium"]
 
 CHROMIUM = Path(os.environ.get("METRONOME_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -46,6 +48,7 @@ def _run(*args: str, timeout_s: float) -> None:
 
 def ensure_chromium(timeout_s: float = 900) -> Path:
     """The Chromium executable, installed with apt first if it is missing."""
+    prefetch.wait()
     if CHROMIUM.exists():
         return CHROMIUM
     if shutil.which("apt-get") is None or os.geteuid() != 0:
@@ -64,6 +67,7 @@ def ensure_chromium(timeout_s: float = 900) -> Path:
 
 def apt_install(package: str, timeout_s: float = 900) -> None:
     """Install a Debian package with apt (needs root); raises when that fails."""
+    prefetch.wait()
     if shutil.which("apt-get") is None or os.geteuid() != 0:
         raise RuntimeError(
             f"{package} is missing and cannot be installed here (needs root and apt-get)"

@@ -18,6 +18,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tests.support import prefetch
+
 __all__ = ["GoToolchain", "go_toolchain"]
 
 _APT_TIMEOUT_S = 600
@@ -54,6 +56,7 @@ class GoToolchain:
 
 
 def _c_compiler() -> None:
+    prefetch.wait()
     if shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc"):
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support import prefetch
 from tests.support.browser import _run
 from tests.support.es_server import free_port
 
@@ -34,6 +35,7 @@ def _bin_dir() -> Path | None:
 
 def ensure_postgres(timeout_s: float = 900) -> Path:
     """The directory holding ``initdb`` and ``pg_ctl``, installed with apt if missing."""
+    prefetch.wait()
     found = _bin_dir()
     if found is not None:
         return found

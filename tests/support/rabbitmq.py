@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support import prefetch
 from tests.support.browser import _run
 from tests.support.es_server import free_port
 
@@ -36,6 +37,7 @@ def _scripts() -> Path | None:
 
 def ensure_rabbitmq(timeout_s: float = 900) -> Path:
     """The directory holding ``rabbitmq-server`` and ``rabbitmqctl``, installed if missing."""
+    prefetch.wait()
     found = _scripts()
     if found is not None:
         return found

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support import prefetch
 from tests.support.browser import apt_install
 from tests.support.es_server import free_port
 
@@ -51,6 +52,7 @@ NGINX = Path(os.environ.get("METRONOME_TEST_NGINX", "/usr/sbin/nginx"))
 
 def ensure_nginx(timeout_s: float = 900) -> Path:
     """The nginx executable, installed with apt first if it is missing."""
+    prefetch.wait()
     if NGINX.exists():
         return NGINX
     apt_install("nginx", timeout_s=timeout_s)
