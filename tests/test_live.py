@@ -522,3 +522,25 @@ def test_revoking_the_key_closes_its_live_connections_and_refuses_its_tokens(
         headers={"Authorization": f"Bearer {token}"},
     )
     assert (refused.status_code, refused.json()["error"]) == (401, "invalid_key")
+
+
+def test_an_admin_key_is_shown_the_sites_it_can_watch(world: World) -> None:
+    admin = _cli_json(world.server, "keys", "create", "--all-sites", "--scope", "admin")["secret"]
+    deadline = time.monotonic() + 15
+    while True:  # the workers reload keys every second here
+        resp = httpx.post(
+            f"{world.server.url}/live/token", headers={"Authorization": f"Bearer {admin}"}
+        )
+        if resp.status_code != 401 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert resp.status_code == 400, resp.text
+    details = resp.json()["details"]
+    assert details["parameter"] == "site"
+    assert details["sites"] == ["default", "demo", "other"]  # what the dashboard offers
+    chosen = httpx.post(
+        f"{world.server.url}/live/token",
+        params={"site": "other"},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert chosen.status_code == 200, chosen.text

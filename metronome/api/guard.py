@@ -145,6 +145,9 @@ def _unknown(name: str) -> UnknownSite:
     )
 
 
+_LISTED_SITES = 1000  # an admin key told to name a site is shown at most this many
+
+
 class Guard:
     """Checks requests against the cached sites and keys; resources call it first."""
 
@@ -204,9 +207,11 @@ class Guard:
                 )
             return Access(key.site_id, "key", key)
         name = _one_site(names)
-        if name is None:
+        if name is None:  # the key is authenticated and covers every site: list them
             raise InvalidParameter(
-                "this admin key covers every site: name one with ?site=<site id>", parameter="site"
+                "this admin key covers every site: name one with ?site=<site id>",
+                parameter="site",
+                sites=sorted(snapshot.sites)[:_LISTED_SITES],
             )
         if name not in snapshot.sites:
             raise _unknown(name)

@@ -114,6 +114,10 @@
       signedIn(minted, false);
     } catch (e) {
       if (e.body && e.body.details && e.body.details.parameter === "site") {
+        const list = $("site-list");
+        list.replaceChildren(
+          ...(e.body.details.sites || []).map((id) => Object.assign(document.createElement("option"), { value: id })),
+        );
         $("site-field").hidden = false;
         $("site").focus();
       }
