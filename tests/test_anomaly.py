@@ -85,3 +85,13 @@ def test_sensitivity_scales_the_threshold() -> None:
     high = _run(points, replace(DEFAULT_PARAMS, sensitivity=2.0))
     assert not low[-10].anomalous
     assert high[-10].anomalous
+
+
+def test_a_jump_out_of_a_flat_history_is_explained_without_a_meaningless_score() -> None:
+    detector = Detector()
+    for step in range(400):
+        detector.observe(step * 3600.0, 0.0)
+    verdict = detector.observe(400 * 3600.0, 5.0)
+    assert verdict.anomalous
+    assert "the history has no spread at all" in verdict.reason
+    assert "robust standard deviations" not in verdict.reason and "e+" not in verdict.reason

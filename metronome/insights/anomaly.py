@@ -283,9 +283,13 @@ class Detector:
             direction = "above" if value > guess else "below" if value < guess else "at"
             words = _MODEL_WORDS[model].format(n=p.recent_points)
             inside = "outside" if score > threshold else "inside"
+            if scale <= 1e-9:  # a flat history: a deviation in its spread means nothing
+                by = "while the history has no spread at all"
+            else:
+                by = f"by {score:.1f} robust standard deviations"
             reason = (
                 f"observed {_fmt(value)} is {direction} the expected {_fmt(guess)} "
-                f"({words}) by {score:.1f} robust standard deviations, {inside} the "
+                f"({words}) {by}, {inside} the "
                 f"expected range {_fmt(low)} to {_fmt(high)}"
             )
             if score > threshold:
