@@ -633,12 +633,76 @@ TELEMETRY = [
 ]
 
 
+MONITOR = 'metric.name : "monitor"'
+MONITORS = [
+    Lens(
+        "metronome-monitors-uptime",
+        "Uptime by monitor and region",
+        "The share of checks that found the monitor up (fields.up, 1 or 0) in the time"
+        " range, per monitor and region; GET /reports/uptime lists the downtime intervals.",
+        "metrics",
+        {
+            "monitor": top("tags.monitor", "Monitor", 50, "uptime", other=False),
+            "region": top("tags.region", "Region", 20, "uptime", other=False),
+            "uptime": metric("average", "fields.up", "Uptime", {"id": "percent"}),
+            "checks": count("Checks"),
+        },
+        table("monitor", "region", "uptime", "checks"),
+        query=MONITOR,
+        grid=(0, 0, 24, 15),
+    ),
+    Lens(
+        "metronome-monitors-response-time",
+        "Response time",
+        "Mean total time of the checks (fields.total_ms: DNS, connect, TLS and first byte"
+        " included) per monitor over time.",
+        "metrics",
+        {
+            "when": over_time(),
+            "ms": metric("average", "fields.total_ms", "Total ms"),
+            "monitor": top("tags.monitor", "Monitor", 10, "ms"),
+        },
+        xy("line", "when", ["ms"], split="monitor"),
+        query=MONITOR,
+        grid=(24, 0, 24, 15),
+    ),
+    Lens(
+        "metronome-monitors-down-checks",
+        "Failed checks over time",
+        "Checks that found the monitor down, per region: when an outage began and where"
+        " it was seen from.",
+        "metrics",
+        {
+            "when": over_time(),
+            "down": count("Down checks", "fields.up : 0"),
+            "region": top("tags.region", "Region", 10, "down"),
+        },
+        xy("bar_stacked", "when", ["down"], split="region"),
+        query=MONITOR,
+        grid=(0, 15, 24, 15),
+    ),
+    Lens(
+        "metronome-monitors-certificates",
+        "Certificate days left",
+        "The latest days_left of each TLS monitor's certificate.",
+        "metrics",
+        {
+            "monitor": top("tags.monitor", "Monitor", 50, "days", other=False),
+            "days": last("fields.days_left", "Days left"),
+        },
+        table("monitor", "days"),
+        query='metric.name : "monitor" and tags.kind : "tls"',
+        grid=(24, 15, 24, 15),
+    ),
+]
+
+
 def saved_objects() -> list[dict[str, Any]]:
     """Every object, data views first (the order Kibana's own exports use doesn't matter to
     the import API, but it reads best)."""
     return [
         *(data_view(d) for d in DATA_VIEWS),
-        *(lens.saved_object() for lens in TICKS + LOGS + TELEMETRY),
+        *(lens.saved_object() for lens in TICKS + LOGS + TELEMETRY + MONITORS),
         dashboard(
             "metronome-ticks-overview",
             "Metronome: ticks",
@@ -662,6 +726,14 @@ def saved_objects() -> list[dict[str, Any]]:
             " a gauge. Feature adoption per feature: the Grafana dashboard (deploy/grafana/)"
             " or POST /query.",
             TELEMETRY,
+            query="",
+        ),
+        dashboard(
+            "metronome-monitors-overview",
+            "Metronome: monitors",
+            "Health monitors and remote probes: uptime per monitor and region, response"
+            " time, failed checks, certificate expiry (metric.name monitor points).",
+            MONITORS,
             query="",
         ),
     ]

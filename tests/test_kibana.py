@@ -231,6 +231,7 @@ def test_every_dashboard_panel_resolves_and_its_query_fits_every_panel() -> None
         "Metronome: ticks",
         "Metronome: access logs",
         "Metronome: telemetry",
+        "Metronome: monitors",
     }
     titles: list[str] = []
     for board in dashboards:

@@ -73,7 +73,7 @@ class RabbitMQServer:
         self.epmd_port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="metronome-rabbitmq-"))
         self.node = f"metronome-test-{secrets.token_hex(4)}@localhost"
-        self.password = secrets.token_urlsafe(12)
+        self.password = secrets.token_hex(12)  # no leading "-" for rabbitmqctl to read as an option
         self.url = f"amqp://metronome:{self.password}@127.0.0.1:{self.port}/%2F"
         self.proc: subprocess.Popen[bytes] | None = None
         (self.root / "home").mkdir()
