@@ -39,6 +39,7 @@ import pytest
 
 from metronome.events.document import Document, new_event_id
 from metronome.pipeline.destinations import Cursor, holds, mapping_table, parse_destinations
+from metronome.pipeline.destinations.senders import Sent, open_sender
 from metronome.pipeline.records import encode
 from metronome.pipeline.spool import SpoolWriter
 from tests.support.metronome_server import MetronomeServer
@@ -96,6 +97,9 @@ class Receivers:
         self.down = False
         self.refuse_item: str | None = None
         self.delay_s = 0.0
+        self.amplitude_invalid_item: str | None = None  # 400 naming that event
+        self.amplitude_max_events = AMPLITUDE_MAX_EVENTS  # lower: 413 sooner
+        self.amplitude_throttle = False  # one 429 with Retry-After
         receivers = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -109,6 +113,8 @@ class Receivers:
                 self.send_header("Content-Length", str(len(data)))
                 if status == 503:
                     self.send_header("Retry-After", "0")
+                if status == 429:
+                    self.send_header("Retry-After", "7")
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -167,8 +173,24 @@ class Receivers:
         if payload.get("api_key") != AMPLITUDE_KEY:
             return self._problem("amplitude: invalid api_key")
         events = payload.get("events")
-        if not isinstance(events, list) or not 1 <= len(events) <= AMPLITUDE_MAX_EVENTS:
-            return self._problem("amplitude: events must be a list of 1 to 2,000")
+        if not isinstance(events, list) or not events:
+            return self._problem("amplitude: events must be a non-empty list")
+        if len(events) > self.amplitude_max_events:
+            return 413, {"code": 413, "error": "Payload too large"}
+        if self.amplitude_throttle:
+            self.amplitude_throttle = False
+            return 429, {"code": 429, "error": "Too many requests for some devices and users"}
+        invalid = [
+            i
+            for i, e in enumerate(events)
+            if e.get("event_properties", {}).get("item") == self.amplitude_invalid_item
+        ]
+        if invalid:  # Amplitude's 400 names the events it refuses
+            return 400, {
+                "code": 400,
+                "error": "Request missing required field",
+                "events_with_invalid_fields": {"event_type": invalid},
+            }
         for event in events:
             ids = [event.get(k) for k in ("user_id", "device_id") if event.get(k) is not None]
             if not ids or not all(isinstance(i, str) and len(i) >= 5 for i in ids):
@@ -307,8 +329,16 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def world(rabbitmq: RabbitMQServer) -> Iterator[World]:
-    receivers = Receivers()
+def receivers() -> Iterator[Receivers]:
+    found = Receivers()
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+@pytest.fixture(scope="module")
+def world(rabbitmq: RabbitMQServer, receivers: Receivers) -> Iterator[World]:
     connection = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
     channel = connection.channel()
     channel.exchange_declare(EXCHANGE, exchange_type="topic", durable=True)
@@ -383,7 +413,6 @@ exchange = "{EXCHANGE}"
         world.client.close()
         source.stop()
         target.stop()
-        receivers.close()
 
 
 def _prefix() -> str:
@@ -621,3 +650,88 @@ def test_a_destination_holds_segments_only_up_to_its_backlog_limit(tmp_path: Pat
     assert [e.document.source["item"]["id"] for e in read] == [
         f"i{n}" for n in range(30 - cursor.lag().events, 30)
     ]
+
+
+def _documents(*ticks: dict[str, Any]) -> list[Document]:
+    now = int(time.time() * 1000)
+    found = []
+    for n, fields in enumerate(ticks):
+        source = {
+            "event": {"action": fields.pop("event", "view")},
+            "item": {"id": fields.pop("item")},
+            "site": {"id": "default"},
+            "visitor": {"id": fields.pop("visitor", "visitor-1")},
+            "params": fields,
+        }
+        found.append(Document(new_event_id(now + n), now + n, "ticks", source))
+    return found
+
+
+def _send(table: dict[str, Any], documents: list[Document]) -> Sent:
+    (destination,) = parse_destinations(
+        [{"name": "t", "site": "default", **table}],
+        spool_max_bytes=1 << 30,
+        environ={"KEY": AMPLITUDE_KEY, "GA4": GA4_SECRET},
+    )
+
+    async def run() -> Sent:
+        sender = open_sender(destination)
+        try:
+            return await sender.send(documents)
+        finally:
+            await sender.close()
+
+    return asyncio.run(run())
+
+
+def test_amplitude_refusals_dead_letter_only_the_events_it_names(receivers: Receivers) -> None:
+    """Amplitude's 400 lists the bad events: only those are refused, the rest resent; a 413
+    halves the batch until it fits; a 429 waits for the Retry-After it sends."""
+    p = _prefix()
+    table = {"type": "amplitude", "url": receivers.url + "/2/httpapi", "api_key_env": "KEY"}
+    documents = _documents(*({"item": f"{p}{n}"} for n in range(8)))
+    receivers.amplitude_invalid_item = f"{p}5"
+    receivers.amplitude_max_events = 3
+    try:
+        sent = _send(table, documents)
+    finally:
+        receivers.amplitude_invalid_item = None
+        receivers.amplitude_max_events = AMPLITUDE_MAX_EVENTS
+    assert sent.acked == 8 and list(sent.refused) == [5] and "400" in sent.refused[5]
+    got = [i for i in receivers.items("amplitude") if i.startswith(p)]
+    assert sorted(got) == sorted(f"{p}{n}" for n in range(8) if n != 5)
+    assert receivers.problems == []
+
+    receivers.amplitude_throttle = True
+    throttled = _send(table, _documents({"item": f"{p}late"}))
+    assert throttled.acked == 0 and throttled.retry_after_s == 7.0
+    assert _send(table, _documents({"item": f"{p}late"})).acked == 1
+
+
+def test_ga4_gets_names_and_values_cleaned_to_its_rules(receivers: Receivers) -> None:
+    p = _prefix()
+    many = {f"param_{n:02d}": n for n in range(30)}
+    documents = _documents(
+        {"item": f"{p}1", "event": "page view!", "_private": "x", "long": "y" * 300, **many},
+        {"item": f"{p}2", "event": "session_start"},
+        {"item": f"{p}3", "event": "2fa-enabled", "visitor": "visitor-2"},
+        {"item": f"{p}4", "event": "x" * 60, "visitor": "visitor-2"},
+    )
+    table = {
+        "type": "ga4",
+        "url": receivers.url + "/mp/collect",
+        "measurement_id": GA4_MEASUREMENT,
+        "api_secret_env": "GA4",
+    }
+    assert _send(table, documents).acked == 4
+    assert receivers.problems == []
+    got = {
+        e["params"]["item"]: (c, e) for c, e in receivers.ga4 if e["params"]["item"].startswith(p)
+    }
+    assert got[f"{p}1"][1]["name"] == "page_view"
+    assert got[f"{p}2"][1]["name"] == "mt_session_start"
+    assert got[f"{p}3"][1]["name"] == "e_2fa_enabled"
+    assert got[f"{p}4"][1]["name"] == "x" * 40
+    first = got[f"{p}1"][1]["params"]
+    assert len(first) == 25 and first["long"] == "y" * 100 and first["private"] == "x"
+    assert {got[f"{p}1"][0], got[f"{p}3"][0]} == {"visitor-1", "visitor-2"}  # one client each

@@ -92,21 +92,27 @@ def _entries(segment: Path, position: int, limit: int) -> tuple[list[Entry], boo
 
 
 def count_records(segment: Path, start: int, end: int) -> int:
-    """Records between two positions of a segment: hops from header to header."""
+    """Records between two positions of a segment: hops from header to header, reading
+    the segment a megabyte at a time."""
     count = 0
+    position = start
     try:
         with open(segment, "rb") as handle:
-            position = start
             while position + HEADER.size <= end:
                 handle.seek(position)
-                header = handle.read(HEADER.size)
-                if len(header) < HEADER.size:
+                chunk = handle.read(min(1 << 20, end - position))
+                if len(chunk) < HEADER.size:  # the segment is shorter than it was
                     break
-                (length, _) = HEADER.unpack(header)
-                if length == 0 or length > MAX_RECORD_BYTES or position + 8 + length > end:
-                    break
-                count += 1
-                position += HEADER.size + length
+                offset = 0
+                while offset + HEADER.size <= len(chunk):
+                    (length, _) = HEADER.unpack_from(chunk, offset)
+                    if length == 0 or length > MAX_RECORD_BYTES:
+                        return count
+                    if position + offset + HEADER.size + length > end:
+                        return count
+                    count += 1
+                    offset += HEADER.size + length
+                position += offset  # past the chunk when its last record goes on
     except FileNotFoundError:
         return 0
     return count

@@ -199,9 +199,9 @@ _NOT_NAME = re.compile(r"[^A-Za-z0-9_]+")
 
 
 def ga4_name(text: str, *, event: bool) -> str:
-    """``text`` as a GA4 event or parameter name: other characters become ``_``, a name
-    not starting with a letter gets ``e_`` (``p_`` for a parameter), a reserved one
-    ``mt_``, and it is cut at 40 characters."""
+    """``text`` as a GA4 event or parameter name: other characters become ``_``, leading
+    and trailing ``_`` go, a name not starting with a letter gets ``e_`` (``p_`` for a
+    parameter), a reserved one ``mt_``, and it is cut at 40 characters."""
     name = _NOT_NAME.sub("_", text).strip("_") or "event"
     if not name[0].isalpha():
         name = ("e_" if event else "p_") + name
