@@ -735,3 +735,25 @@ def test_ga4_gets_names_and_values_cleaned_to_its_rules(receivers: Receivers) ->
     first = got[f"{p}1"][1]["params"]
     assert len(first) == 25 and first["long"] == "y" * 100 and first["private"] == "x"
     assert {got[f"{p}1"][0], got[f"{p}3"][0]} == {"visitor-1", "visitor-2"}  # one client each
+
+
+def test_a_destination_takes_only_its_sites_sources_and_event_names() -> None:
+    (d,) = parse_destinations(
+        [
+            {
+                "name": "t",
+                "site": "shop",
+                "type": "amplitude",
+                "api_key_env": "KEY",
+                "events": ["purchase"],
+                "sources": ["all"],
+            }
+        ],
+        spool_max_bytes=1 << 30,
+        environ={"KEY": AMPLITUDE_KEY},
+    )
+    purchase = {"site": {"id": "shop"}, "event": {"action": "purchase"}}
+    assert d.wants(purchase, "ticks") and d.wants(purchase, "logs")
+    assert not d.wants(purchase, "metrics")  # not among the sources
+    assert not d.wants({**purchase, "site": {"id": "blog"}}, "ticks")  # another site's
+    assert not d.wants({**purchase, "event": {"action": "view"}}, "ticks")

@@ -114,8 +114,14 @@ class Forwarder:
         delay = 0.2
         try:
             while not stop.is_set():
-                self._keep_backlog_bounded()
-                moved, retry_in = await self.forward_once(sender)
+                try:
+                    self._keep_backlog_bounded()
+                    moved, retry_in = await self.forward_once(sender)
+                except Exception as exc:  # a bug or a disk error must not end forwarding
+                    log.exception("destination_failed destination=%s", name)
+                    self.stats.failed += 1
+                    self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                    moved, retry_in = 0, 0.0
                 if retry_in is not None:
                     wait = retry_in if retry_in > 0 else delay * random.uniform(0.5, 1.0)
                     delay = min(delay * 2, self.destination.backoff_max_s)
