@@ -74,11 +74,13 @@ def _read_at(segment: Path, position: int, limit: int) -> tuple[bytes, int]:
         return b"", 0
 
 
-def _entries(segment: Path, position: int, limit: int) -> tuple[list[Entry], bool]:
+def _entries(
+    segment: Path, position: int, limit: int, most: int | None = None
+) -> tuple[list[Entry], bool]:
     """Whole records from ``position``, at most ``limit`` bytes (or the one record there, if
-    larger); and whether the segment holds more after them."""
+    larger) and ``most`` records; and whether the segment holds more after them."""
     buffer, size = _read_at(segment, position, limit)
-    result = scan(buffer)
+    result = scan(buffer, most)
     if not result.documents and position + len(buffer) < size:
         buffer, size = _read_at(segment, position, min(size - position, MAX_RECORD_BYTES + 8))
         result = scan(buffer, 1)
@@ -147,19 +149,22 @@ class Cursor:
                 os.fsync(handle.fileno())
             os.replace(temporary, target)
 
-    def read(self, max_entries: int, max_bytes: int) -> list[Entry]:
+    def read(
+        self, max_entries: int, max_bytes: int, start: dict[Path, int] | None = None
+    ) -> list[Entry]:
         """The next undelivered events of every segment, merged in order of receipt (the
         event id starts with the receipt time); each segment's own order is kept. Stops
-        where a segment read only in part runs out, so nothing later overtakes it."""
+        where a segment read only in part runs out, so nothing later overtakes it.
+        ``start``: positions to read from instead of the delivered ones (read on)."""
         inputs: list[tuple[list[Entry], bool]] = []
         for segment in segments(self.spool):
-            position = self.position(segment)
+            position = (start or {}).get(segment) or self.position(segment)
             try:
                 if segment.stat().st_size <= position:
                     continue
             except FileNotFoundError:
                 continue
-            found, more = _entries(segment, position, max_bytes)
+            found, more = _entries(segment, position, max_bytes, max_entries)
             if found:
                 inputs.append((found, more))
         merged: list[Entry] = []

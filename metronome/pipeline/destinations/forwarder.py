@@ -47,7 +47,8 @@ __all__ = ["DestinationCollector", "Forwarder", "ForwarderStats", "dead_letter_p
 
 log = logging.getLogger("metronome.destinations")
 
-_READ_BYTES = 4 << 20  # spool bytes read from each segment for one batch, at most
+_READ_BYTES = 1 << 20  # spool bytes read from each segment at a time, at most
+_SCAN_MAX = 50_000  # events looked at for one batch, at most (the rest: next batch)
 
 
 def dead_letter_path(data_dir: str | Path, name: str) -> Path:
@@ -141,20 +142,24 @@ class Forwarder:
         """One batch: (events passed, None) or, when the destination must be tried again,
         (events passed, seconds to wait: 0 for the backoff's choice)."""
         d = self.destination
-        entries = self._cursor.read(max_entries=d.batch_size * 20, max_bytes=_READ_BYTES)
+        entries: list[Entry] = []
+        wanted: list[Entry] = []
+        at: list[int] = []  # where each wanted entry is among the entries
+        read_on: dict[Path, int] = {}
+        while len(wanted) < d.batch_size and len(entries) < _SCAN_MAX:
+            more = self._cursor.read(d.batch_size - len(wanted), _READ_BYTES, read_on)
+            if not more:
+                break
+            for entry in more:
+                read_on[entry.segment] = entry.end
+                entries.append(entry)
+                if d.wants(entry.document.source, entry.document.dataset):
+                    wanted.append(entry)
+                    at.append(len(entries) - 1)
         if not entries:
             self._cursor.forget_missing()
             return 0, None
-        wanted: list[Entry] = []
-        at: list[int] = []  # where each wanted entry is among the entries
-        upto = len(entries)  # entries through a full batch of wanted ones
-        for index, entry in enumerate(entries):
-            if d.wants(entry.document.source, entry.document.dataset):
-                wanted.append(entry)
-                at.append(index)
-                if len(wanted) == d.batch_size:
-                    upto = index + 1
-                    break
+        upto = len(entries)
         if not wanted:
             self._commit(entries)
             return len(entries), None

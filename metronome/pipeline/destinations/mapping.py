@@ -71,13 +71,17 @@ event's ``time`` is ms too, a tick's ``ts`` is ISO 8601."""
 _DATASET_EVENT = {"logs": "access", "metrics": "point", "insights": "insight"}
 
 
-def _get(source: Mapping[str, Any], path: str) -> Any:
+_PATHS = tuple((row, tuple(row.document.split("."))) for row in FIELDS)
+
+
+def _get(source: Mapping[str, Any], path: str, parts: tuple[str, ...]) -> Any:
     """The value at a dotted path of a document (``@timestamp`` is one key)."""
-    if path in source:
-        return source[path]
-    value: Any = source
-    for part in path.split("."):
-        if not isinstance(value, Mapping):
+    value: Any = source.get(path)
+    if value is not None:
+        return value
+    value = source
+    for part in parts:
+        if not isinstance(value, dict):  # documents hold plain dicts (FrozenDict is one)
             return None
         value = value.get(part)
     return value
@@ -86,8 +90,8 @@ def _get(source: Mapping[str, Any], path: str) -> Any:
 def _values(document: Document) -> dict[str, Any]:
     """The mapped fields of one document, by document path (missing ones left out)."""
     found: dict[str, Any] = {}
-    for row in FIELDS:
-        value = _get(document.source, row.document)
+    for row, parts in _PATHS:
+        value = _get(document.source, row.document, parts)
         if value is not None and value != "" and value != {}:
             found[row.document] = value
     if F.EVENT_ACTION not in found:  # access logs and points have no event name
@@ -114,7 +118,7 @@ def _apply(document: Document, column: str) -> tuple[dict[str, Any], dict[str, A
         if where is None or row.document not in values or where.endswith("*"):
             continue
         _put(out, where, values[row.document])
-    return out, dict(params) if isinstance(params, Mapping) else {}
+    return out, dict(params) if isinstance(params, dict) else {}
 
 
 def flat_event(document: Document) -> dict[str, Any]:
@@ -222,7 +226,7 @@ def _ga4_value(name: str, value: Any) -> Any:
 
 def ga4_client_id(document: Document) -> str:
     """The request's ``client_id``: the visitor, or the event id when there is none."""
-    visitor = _get(document.source, F.VISITOR_ID)
+    visitor = _get(document.source, F.VISITOR_ID, ("visitor", "id"))
     return visitor if isinstance(visitor, str) and visitor else document.id
 
 
