@@ -205,6 +205,9 @@ def _check_sections(settings: Settings) -> None:
     EventSchemas.from_config(settings.event_schemas)
     parse_collectors(settings.collectors)
     parse_monitors(settings.monitors)
+    from metronome.pipeline.destinations import parse_destinations  # issue 23
+
+    parse_destinations(settings.destinations, spool_max_bytes=settings.spool_max_bytes)
 
 
 def _multiprocess_metrics(settings: Settings) -> None:
@@ -278,8 +281,38 @@ def status() -> None:
     click.echo(f"dead letters: {dead_count} in {dead}")
     for line in jobs_commands.collector_status_lines(settings):
         click.echo(line)
+    for line in _destination_status_lines(settings):  # issue 23
+        click.echo(line)
     if reason is not None:
         fail(f"the store is not ready: {reason}")
+
+
+def _destination_status_lines(settings: Settings) -> list[str]:
+    """One line per configured destination: lag, counters, last error."""
+    from metronome.pipeline.destinations import (
+        Cursor,
+        dead_letter_path,
+        parse_destinations,
+        read_state,
+    )
+    from metronome.pipeline.spool import spool_dir
+
+    spool = spool_dir(settings.data_dir)
+    lines = []
+    for d in parse_destinations(settings.destinations, spool_max_bytes=settings.spool_max_bytes):
+        lag = Cursor(spool, d.name).lag()
+        state = read_state(spool, d.name)
+        line = (
+            f"destination:  {d.name} ({d.kind}, site {d.site}): {lag.events} events behind"
+            f" ({lag.bytes} bytes), {state.get('delivered', 0)} delivered,"
+            f" {state.get('failed', 0)} failed, {state.get('dead_lettered', 0)} dead-lettered"
+            f" (in {dead_letter_path(settings.data_dir, d.name)}),"
+            f" {state.get('skipped', 0)} skipped"
+        )
+        if state.get("last_error"):
+            line += f"; last error: {masked_url(str(state['last_error']))}"
+        lines.append(line)
+    return lines
 
 
 main.add_command(sites_commands.sites)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -46,6 +47,7 @@ __all__ = [
     "Setting",
     "Settings",
     "masked_url",
+    "read_secret",
     "section",
     "setting",
     "settings_reference",
@@ -779,6 +781,12 @@ class Settings:
     apps: tuple[dict[str, Any], ...] = section(
         "Apps that report telemetry (reserved: checked by the telemetry feature)."
     )
+    # -- destinations (issue 23): accepted events forwarded to other tools ---------------
+    destinations: tuple[dict[str, Any], ...] = section(
+        "Where the worker forwards a site's accepted events (webhook, amplitude, ga4,"
+        " metronome, rabbitmq): see the destinations guide. Secrets by reference only"
+        " (`<key>_env`, `<key>_file`)."
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
@@ -1061,3 +1069,38 @@ def settings_table() -> str:
             also = f" Or from a file: `{s.env}{FILE_SUFFIX}` (file key `{s.key}_file`)."
         lines.append(f"| {variable} | {key} | {s.type} | {default} | {s.help}{also} |")
     return "\n".join(lines)
+
+
+def read_secret(
+    table: Mapping[str, Any], key: str, where: str, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """A secret a configuration-file section holds by reference, never in the file itself:
+    ``<key>_env`` names an environment variable holding it, ``<key>_file`` a file holding
+    it (surrounding whitespace dropped; keep it mode 0600). None when neither is given.
+    ValueError names the key (``where.<key>_env``) and never shows the secret."""
+    if key in table:
+        raise ValueError(
+            f'{where}.{key}: give the secret by reference, {key}_env = "VARIABLE" or'
+            f' {key}_file = "path", never in the file'
+        )
+    variable, path = table.get(f"{key}_env"), table.get(f"{key}_file")
+    if variable is not None and path is not None:
+        raise ValueError(f"{where}: give {key}_env or {key}_file, not both")
+    if variable is not None:
+        if not isinstance(variable, str) or not variable:
+            raise ValueError(f"{where}.{key}_env: expected the name of an environment variable")
+        value = (os.environ if environ is None else environ).get(variable, "").strip()
+        if not value:
+            raise ValueError(f"{where}.{key}_env: the environment variable {variable} is not set")
+        return value
+    if path is not None:
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"{where}.{key}_file: expected a path")
+        try:
+            value = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"{where}.{key}_file: cannot read {path!r}: {exc.strerror}") from None
+        if not value:
+            raise ValueError(f"{where}.{key}_file: {path!r} is empty")
+        return value
+    return None

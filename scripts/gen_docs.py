@@ -250,6 +250,12 @@ def _metric_rows() -> Iterator[tuple[str, str, str, str]]:
     with tempfile.TemporaryDirectory() as empty:
         for family in metrics.SpoolCollector(Path(empty)).collect():
             yield family.name, family.type, "", family.documentation
+    from metronome.pipeline.destinations import DestinationCollector
+
+    for family in DestinationCollector(Path(".")).describe():
+        scraped = family.name + ("_total" if family.type == "counter" else "")
+        labels = ", ".join(f"`{label}`" for label in family._labelnames)
+        yield scraped, family.type, labels, family.documentation
 
 
 def metrics_reference() -> str:

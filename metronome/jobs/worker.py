@@ -119,6 +119,31 @@ async def _rollup_loop(settings: Settings, store: Store, stop: asyncio.Event) ->
                 pass
 
 
+def _destinations(settings: Settings) -> tuple[tuple[Any, ...], Any]:
+    """The ``[[destinations]]``, and what the shipper asks before removing a segment."""
+    from metronome.pipeline.destinations import holds, parse_destinations, prune
+    from metronome.pipeline.spool import spool_dir
+
+    destinations = parse_destinations(
+        settings.destinations, spool_max_bytes=settings.spool_max_bytes
+    )
+    spool = spool_dir(settings.data_dir)
+    prune(spool, [d.name for d in destinations])
+    if not destinations:
+        return (), None
+    return destinations, holds(spool, [d.name for d in destinations])
+
+
+def _start_forwarders(
+    settings: Settings, destinations: tuple[Any, ...], stop: asyncio.Event
+) -> list[asyncio.Task[Any]]:
+    """A loop per destination, forwarding its site's spooled events (pipeline/destinations)."""
+    from metronome.pipeline.destinations import Forwarder
+
+    loop = asyncio.get_running_loop()
+    return [loop.create_task(Forwarder(d, settings).run(stop)) for d in destinations]
+
+
 async def run_worker(
     settings: Settings, *, drain: bool = False, parent_pid: int | None = None
 ) -> ShipperStats:
@@ -157,12 +182,17 @@ async def run_worker(
             rollups = None
             if settings.telemetry_rollup_interval_s and not drain:
                 rollups = loop.create_task(_rollup_loop(settings, store, stop))
+            destinations, holds = _destinations(settings)  # issue 23
+            forwarders = [] if drain else _start_forwarders(settings, destinations, stop)
             # the shipper's long-lived objects, out of the collector's way; it builds events
             # only for the forward input
             settle(enrichment=forward is not None)
             try:
-                stats = await Shipper(settings, store).run(stop, drain=drain)
+                stats = await Shipper(settings, store, holds).run(stop, drain=drain)
             finally:
+                if forwarders:
+                    stop.set()
+                    await asyncio.gather(*forwarders)
                 if retention is not None:
                     stop.set()
                     await retention

@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,16 @@ class ShipperStats:
 class Shipper:
     """Moves documents from the spool to the store; ``run`` until stopped or drained."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        holds: Callable[[Path, int], bool] | None = None,
+    ) -> None:
+        """``holds(segment, size)``: whether a destination still needs a segment the
+        store has all of (:func:`metronome.pipeline.destinations.holds`); such a segment
+        stays until it no longer does."""
+        self._holds = holds
         self._store = store
         self._dir = spool_dir(settings.data_dir)
         self._dead_letters = Path(settings.data_dir) / DEAD_LETTERS
@@ -143,6 +153,8 @@ class Shipper:
             with open(segment, "r+b") as handle:
                 handle.truncate(position)
             size = position
+        if position >= size and self._holds is not None and self._holds(segment, size):
+            return len(result.documents), False  # shipped; kept for a destination
         if position >= size:
             segment.unlink(missing_ok=True)
             segment.with_suffix(".pos").unlink(missing_ok=True)
