@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -210,3 +211,62 @@ def test_rollups_give_the_answers_of_the_events_on_random_queries(
     if query.dimensions and not query.dimensions[0].interval:
         compiled = rollup_sql(conn, query)
         assert query_top(conn, query, 0, True, 2, compiled) == query_top(conn, query, 0, True, 2)
+
+
+def test_a_database_made_before_the_rollups_is_counted_after_the_upgrade(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / "metronome.sqlite3")
+    old.executescript(
+        "CREATE TABLE events (id TEXT PRIMARY KEY, dataset TEXT NOT NULL, ts INTEGER NOT NULL,"
+        " item_id TEXT, action TEXT, format TEXT, referrer_page TEXT,"
+        " bot INTEGER NOT NULL DEFAULT 0, doc TEXT NOT NULL,"
+        " site_id TEXT NOT NULL DEFAULT 'default') WITHOUT ROWID;"
+        " CREATE INDEX events_site_ts ON events (site_id, dataset, ts);"
+    )
+    rng = random.Random(7)
+    docs = [_document(rng, n) for n in range(300)]
+    old.executemany(
+        "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                d.id,
+                d.dataset,
+                d.timestamp_ms,
+                d.source.get("item", {}).get("id"),
+                d.source["event"].get("action"),
+                d.source.get("item", {}).get("format"),
+                d.source.get("referrer", {}).get("page"),
+                int(d.source["bot"]),
+                orjson.dumps(d.source).decode(),
+                d.source["site"]["id"],
+            )
+            for d in docs
+        ],
+    )
+    old.commit()
+    old.close()
+
+    async def upgrade() -> list[str]:
+        settings = Settings.from_env({"METRONOME_DATA_DIR": str(tmp_path)})
+        async with SQLiteStore(settings) as store:
+            changes = [f"{c.action} {c.name}" for c in await store.ensure_schema()]
+            await store.refresh_rollups()
+            return changes
+
+    assert asyncio.run(upgrade()) == [
+        "updated events",
+        "created rollup_items",
+        "created rollup_details",
+    ]
+    connection = sqlite3.connect(tmp_path / "metronome.sqlite3")
+    install_functions(connection)
+    spam = {d.id: d.source.get("referrer", {}).get("spam") for d in docs}
+    stored = dict(connection.execute("SELECT id, spam FROM events"))
+    assert stored == {k: None if v is None else int(v) for k, v in spam.items()}
+    body = {
+        "source": "all",
+        "range": {"from": "2025-11-01", "to": "2026-04-30"},
+        "dimensions": ["item"],
+    }
+    raw, rolled, used = _both(connection, _group(body))
+    assert used and rolled == raw and sum(row[1][0] for row in raw) > 0
+    connection.close()
