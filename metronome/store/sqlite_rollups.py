@@ -25,9 +25,11 @@ How they stay exact:
   midnight (hour buckets; days in a zone not at UTC+0) never holds a whole UTC day, so
   those queries read the events, as before.
 
-Two tables: ``rollup_items`` (item, event, bot, spam: top items, views per day) and
-``rollup_details`` (also the format and the referrer page: the rest of ``/tock``). A query
-uses the smaller one that has its columns.
+Two tables: ``rollup_items`` (item, event, bot, spam: top items, views per day; per day
+and per month) and ``rollup_details`` (also the format and the referrer page: the rest of
+``/tock``; per day only: with a referrer page or a format in the key, a month holds
+nearly as many rows as its days, so month rows would double the table for little). A
+query uses the smaller one that has its columns.
 """
 
 from __future__ import annotations
@@ -61,10 +63,12 @@ _MAX_RAW_RANGES = 64  # more pieces of events to read: the plain query is as goo
 
 @dataclass(frozen=True, slots=True)
 class Rollup:
-    """One rollup table: event counts per level, site, dataset, period and ``columns``."""
+    """One rollup table: event counts per level, site, dataset, period and ``columns``;
+    per UTC day, and per UTC month too if ``months``."""
 
     table: str
     columns: tuple[str, ...]
+    months: bool = True
 
     @property
     def fields(self) -> frozenset[str]:
@@ -132,7 +136,11 @@ class Rollup:
 # coarsest first (what a query prefers); each one's columns within the next one's
 ROLLUPS = (
     Rollup("rollup_items", ("item_id", "action", "bot", "spam")),
-    Rollup("rollup_details", ("item_id", "action", "format", "referrer_page", "bot", "spam")),
+    Rollup(
+        "rollup_details",
+        ("item_id", "action", "format", "referrer_page", "bot", "spam"),
+        months=False,  # its month rows would be half its rows, for /tock's year a few less
+    ),
 )
 _DIRTY = [
     "CREATE TABLE IF NOT EXISTS rollup_dirty (site_id TEXT NOT NULL, dataset TEXT NOT NULL,"
@@ -195,7 +203,7 @@ def refresh_rollups(
             for site, dataset, day in dirty:
                 rollup.recount(conn, site, dataset, day, finer)
             finer = rollup
-            for site, dataset, month in months:
+            for site, dataset, month in months if rollup.months else ():
                 rollup.sum_month(conn, site, dataset, month)
         conn.executemany(
             "DELETE FROM rollup_dirty WHERE site_id = ? AND dataset = ? AND day = ?", dirty
@@ -225,9 +233,9 @@ def _next_month(month: int) -> int:
     return _month_start(month + 32 * DAY_MS)
 
 
-def _pieces(start: int, end: int, dirty: list[int]) -> list[tuple[int, int, int]]:
-    """``[start, end)`` as (level, from, to): whole clean UTC months, whole clean UTC
-    days, and the rest (level 0: read the events) at the edges and on dirty days."""
+def _pieces(start: int, end: int, dirty: list[int], months: bool) -> list[tuple[int, int, int]]:
+    """``[start, end)`` as (level, from, to): whole clean UTC months (if ``months``), whole
+    clean UTC days, and the rest (level 0: read the events) at the edges and dirty days."""
     first_day, last_day = -(-start // DAY_MS) * DAY_MS, end // DAY_MS * DAY_MS
     if first_day >= last_day:
         return [(0, start, end)]
@@ -235,7 +243,7 @@ def _pieces(start: int, end: int, dirty: list[int]) -> list[tuple[int, int, int]
     day = first_day
     while day < last_day:
         next_month = _month_start(day + 1, up=True)
-        whole = _month_start(day) == day and next_month <= last_day
+        whole = months and _month_start(day) == day and next_month <= last_day
         if whole and not _any_between(dirty, day, next_month):
             pieces.append((MONTH, day, next_month))
             day = next_month
@@ -253,14 +261,16 @@ def _any_between(sorted_days: list[int], low: int, high: int) -> bool:
     return index < len(sorted_days) and sorted_days[index] < high
 
 
-def _ranges(query: GroupQuery, dirty: list[int]) -> dict[int, list[tuple[int, int]]] | None:
+def _ranges(
+    query: GroupQuery, dirty: list[int], months: bool
+) -> dict[int, list[tuple[int, int]]] | None:
     """Per level, the merged time ranges it answers; None when rollups do not pay."""
     bounds = [query.start_ms, query.end_ms]
     if any(d.interval for d in query.dimensions):
         bounds[1:1] = [b for b in query.bucket_starts if query.start_ms < b < query.end_ms]
     ranges: dict[int, list[tuple[int, int]]] = {0: [], DAY: [], MONTH: []}
     for low, high in zip(bounds, bounds[1:], strict=False):
-        for level, start, end in _pieces(low, high, dirty):
+        for level, start, end in _pieces(low, high, dirty, months):
             spans = ranges[level]
             if spans and spans[-1][1] == start:  # each row still lies in one bucket
                 spans[-1] = (spans[-1][0], end)
@@ -314,7 +324,7 @@ def rollup_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[A
             (*query.datasets, query.start_ms - DAY_MS, query.end_ms),
         )
     ]
-    ranges = _ranges(query, dirty)
+    ranges = _ranges(query, dirty, rollup.months)
     if ranges is None:
         return None
     columns = ", ".join(["ts", "site_id", *rollup.columns])
