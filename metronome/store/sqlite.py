@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import fcntl
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,11 +39,14 @@ from metronome.store.sqlite_query import (
     query_groups,
     query_top,
 )
+from metronome.store.sqlite_rollups import install_rollups, mark_dirty, refresh_rollups, rollup_sql
 
 __all__ = ["COLUMNS", "DB_NAME", "ConnectionThread", "SQLiteStore", "connect", "setup_lock"]
 
 DB_NAME = "metronome.sqlite3"
 _DELETE_BATCH = 5000  # rows per retention transaction
+_ROLLUP_EVERY_S = 5.0  # how often a write also counts the past days written into rollups
+_ROLLUP_DAYS = 8  # at most this many (site, dataset, day) per such pass: a bounded delay
 
 # document field -> column; fields without a column are read from the JSON document
 COLUMNS: dict[str, str] = {F.TIMESTAMP: "ts", **QUERY_COLUMNS}
@@ -63,17 +67,28 @@ CREATE TABLE IF NOT EXISTS events (
     referrer_page TEXT,
     bot INTEGER NOT NULL DEFAULT 0,
     doc TEXT NOT NULL,
-    site_id TEXT NOT NULL DEFAULT 'default'
+    site_id TEXT NOT NULL DEFAULT 'default',
+    spam
 ) WITHOUT ROWID;
 DROP INDEX IF EXISTS events_item_action_ts;
 DROP INDEX IF EXISTS events_ts;
 DROP INDEX IF EXISTS events_site_item_action_ts;
 CREATE INDEX IF NOT EXISTS events_site_item_ts_action
     ON events (site_id, dataset, item_id, ts, action);
-CREATE INDEX IF NOT EXISTS events_site_ts ON events (site_id, dataset, ts);
+"""
+# A range of a site's events, with the columns reports count by (the rollups, and the
+# usual filters) in the index itself: counting a day never reads the documents.
+_RANGE_INDEX = """
+DROP INDEX IF EXISTS events_site_ts;
+CREATE INDEX IF NOT EXISTS events_site_ts_columns
+    ON events (site_id, dataset, ts, item_id, action, format, referrer_page, bot, spam);
 """
 # A database made before sites existed: its events belong to the default site.
 _ADD_SITE = "ALTER TABLE events ADD COLUMN site_id TEXT NOT NULL DEFAULT 'default'"
+# Referrer spam as a column (what json_extract reads from the document): the default
+# filter of every report reads it, and the rollups count by it, without parsing JSON.
+_ADD_SPAM = "ALTER TABLE events ADD COLUMN spam"
+_FILL_SPAM = f"UPDATE events SET spam = json_extract(doc, {json_path(F.REFERRER_SPAM)})"
 
 
 def _get(source: dict[str, Any], field: str) -> Any:
@@ -83,6 +98,15 @@ def _get(source: dict[str, Any], field: str) -> Any:
             return None
         value = value.get(part)
     return value
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` as SQLite's ``json_extract`` reads it from the stored document."""
+    if isinstance(value, bool):
+        return int(value)
+    if value is None or isinstance(value, int | float | str):
+        return value
+    return orjson.dumps(value).decode()
 
 
 def _column(field: str) -> str:
@@ -177,6 +201,7 @@ class SQLiteStore(ConnectionThread):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(Path(settings.data_dir) / DB_NAME, "sqlite")
+        self._rolled_at = 0.0
 
     @property
     def path(self) -> Path:
@@ -204,7 +229,17 @@ class SQLiteStore(ConnectionThread):
                 else:
                     action = "unchanged" if existed else "created"
                 conn.executescript(_SCHEMA)
-            return [SchemaChange("events", action)]  # type: ignore[arg-type]  # action holds one of its Literal values
+                if "spam" not in {row[1] for row in conn.execute("PRAGMA table_info(events)")}:
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.execute(_ADD_SPAM)
+                    conn.execute(_FILL_SPAM)
+                    conn.execute("COMMIT")
+                    action = "updated"
+                conn.executescript(_RANGE_INDEX)
+                made = install_rollups(conn)
+            changes = [SchemaChange("events", action)]  # type: ignore[arg-type]  # action holds one of its Literal values
+            changes += [SchemaChange(table, "created") for table in made]
+            return changes
 
         result: list[SchemaChange] = await self._run(_install)
         return result
@@ -236,13 +271,14 @@ class SQLiteStore(ConnectionThread):
                 int(bool(_get(d.source, F.BOT))),
                 orjson.dumps(d.source).decode(),
                 _get(d.source, F.SITE_ID) or F.DEFAULT_SITE,
+                _json_value(_get(d.source, F.REFERRER_SPAM)),
             )
             for d in documents
         ]
 
         insert = (
             "INSERT OR IGNORE INTO events (id, dataset, ts, item_id, action, format,"
-            " referrer_page, bot, doc, site_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " referrer_page, bot, doc, site_id, spam) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
 
         def _insert() -> list[bool] | None:
@@ -251,11 +287,13 @@ class SQLiteStore(ConnectionThread):
             conn.execute("BEGIN IMMEDIATE")
             existed: list[bool] | None = None
             try:
+                mark_dirty(conn, ((row[9], row[1], row[2]) for row in rows))
                 before = conn.total_changes
                 conn.executemany(insert, rows)
                 if conn.total_changes - before != len(rows):  # some were: again, row by row
                     conn.execute("ROLLBACK")
                     conn.execute("BEGIN IMMEDIATE")
+                    mark_dirty(conn, ((row[9], row[1], row[2]) for row in rows))
                     existed = []
                     for row in rows:
                         before = conn.total_changes
@@ -265,6 +303,10 @@ class SQLiteStore(ConnectionThread):
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            if time.monotonic() - self._rolled_at >= _ROLLUP_EVERY_S:
+                self._rolled_at = time.monotonic()
+                with contextlib.suppress(sqlite3.OperationalError):  # stored; counted next time
+                    refresh_rollups(conn, before_ms=int(time.time() * 1000), max_days=_ROLLUP_DAYS)
             return existed
 
         existed: list[bool] | None = await self._run(_insert)
@@ -274,22 +316,42 @@ class SQLiteStore(ConnectionThread):
             WriteOutcome(d.id, True, existed=e) for d, e in zip(documents, existed, strict=True)
         ]
 
+    async def refresh_rollups(self, *, max_days: int | None = None) -> int:
+        """Count every dirty day (today's too) into the rollups now; returns the days."""
+
+        def _refresh() -> int:
+            return refresh_rollups(self._connect(), max_days=max_days)
+
+        days: int = await self._run(_refresh)
+        return days
+
+    def _read(self, run: Any) -> list[GroupRow]:
+        """``run(conn, rollup SELECT or None)`` in one read transaction: the rollups' dirty
+        marks and the counts it reads are of the same moment."""
+        conn = self._connect()
+        conn.execute("BEGIN")
+        try:
+            rows: list[GroupRow] = run(conn)
+        finally:
+            conn.execute("COMMIT")
+        return rows
+
     async def groups(
         self, query: GroupQuery, *, after: tuple[Any, ...] | None, limit: int
     ) -> list[GroupRow]:
-        def _query() -> list[GroupRow]:
-            return query_groups(self._connect(), query, after, limit)
+        def _query(conn: sqlite3.Connection) -> list[GroupRow]:
+            return query_groups(conn, query, after, limit, rollup_sql(conn, query))
 
-        rows: list[GroupRow] = await self._run(_query)
+        rows: list[GroupRow] = await self._run(self._read, _query)
         return rows
 
     async def top(
         self, query: GroupQuery, *, metric: int, descending: bool, size: int
     ) -> list[GroupRow]:
-        def _query() -> list[GroupRow]:
-            return query_top(self._connect(), query, metric, descending, size)
+        def _query(conn: sqlite3.Connection) -> list[GroupRow]:
+            return query_top(conn, query, metric, descending, size, rollup_sql(conn, query))
 
-        rows: list[GroupRow] = await self._run(_query)
+        rows: list[GroupRow] = await self._run(self._read, _query)
         return rows
 
     async def field_names(

@@ -20,6 +20,7 @@ from metronome.events import fields as F
 from metronome.store.query import BoolNode, FieldRef, FilterNode, GroupQuery, Leaf, MetricSpec
 
 __all__ = [
+    "condition_sql",
     "delete_sql",
     "install_functions",
     "json_path",
@@ -38,6 +39,7 @@ COLUMNS: dict[str, str] = {
     F.REFERRER_PAGE: "referrer_page",
     F.BOT: "bot",
     F.SITE_ID: "site_id",
+    F.REFERRER_SPAM: "spam",
 }
 NOT_NULL_COLUMNS = frozenset({"bot", "site_id"})
 """Columns every row has (a document without the field is stored with the default)."""
@@ -179,6 +181,11 @@ def _condition(node: FilterNode, args: list[Any], *, positive: bool = True) -> s
     return f"COALESCE({test}, 0)"
 
 
+def condition_sql(node: FilterNode, args: list[Any]) -> str:
+    """SQL true exactly for the rows ``node`` matches, its values appended to ``args``."""
+    return _condition(node, args)
+
+
 def _metric_sql(metric: MetricSpec, args: list[Any]) -> str:
     ref = metric.field
     if metric.kind == "count":
@@ -294,10 +301,16 @@ def _rows(query: GroupQuery, cursor: Any) -> Iterator[Row]:
 
 
 def query_groups(
-    conn: sqlite3.Connection, query: GroupQuery, after: tuple[Any, ...] | None, limit: int
+    conn: sqlite3.Connection,
+    query: GroupQuery,
+    after: tuple[Any, ...] | None,
+    limit: int,
+    compiled: tuple[str, list[Any]] | None = None,
 ) -> list[Row]:
-    """Groups in composite order (keys ascending, missing first) after ``after``."""
-    sql, args = _group_sql(conn, query)
+    """Groups in composite order (keys ascending, missing first) after ``after``.
+
+    ``compiled``: the query's grouping ``SELECT`` from elsewhere (the rollups)."""
+    sql, args = compiled or _group_sql(conn, query)
     if query.dimensions:
         sql += " ORDER BY " + ", ".join(f"k{i}" for i in range(len(query.dimensions)))
         if after is None:
@@ -314,11 +327,16 @@ def query_groups(
 
 
 def query_top(
-    conn: sqlite3.Connection, query: GroupQuery, metric: int, descending: bool, size: int
+    conn: sqlite3.Connection,
+    query: GroupQuery,
+    metric: int,
+    descending: bool,
+    size: int,
+    compiled: tuple[str, list[Any]] | None = None,
 ) -> list[Row]:
     """The first ``size`` groups of one dimension by metric ``metric`` (missing values
-    smallest), ties by the key (missing first)."""
-    sql, args = _group_sql(conn, query)
+    smallest), ties by the key (missing first); ``compiled`` as in :func:`query_groups`."""
+    sql, args = compiled or _group_sql(conn, query)
     direction = "DESC" if descending else "ASC"
     sql = f"SELECT * FROM ({sql}) ORDER BY m{metric} {direction}, k0 ASC LIMIT {int(size)}"
     return list(_rows(query, conn.execute(sql, args)))

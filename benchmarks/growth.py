@@ -1,0 +1,272 @@
+"""How each store grows: the growth table of the README's Performance section.
+
+For each of ``--sizes`` (default 100,000, 1,000,000 and 10,000,000) ticks over ``--days``
+(365) across ``--items`` (100,000; skewed popularity), generated as
+:mod:`benchmarks.reports` does and written straight through each store's bulk write (the
+embedded store's ``write`` in batches of 10,000; Elasticsearch's ``parallel_bulk`` into
+daily indices, a throwaway server or ``METRONOME_TEST_ELASTICSEARCH_URL``), it measures:
+
+* the import rate; on the embedded store the counting of its rollups is timed apart from
+  the writes (``rollup_seconds``; ``rollup_share_of_import`` is what it costs ingestion);
+* disk bytes per event (the embedded store's file after a checkpoint, with the rollups'
+  share from ``dbstat``; Elasticsearch's primary store);
+* through ``metronome serve`` (2 workers), p50/p95 of ``/tock`` for a year by day for
+  random items, of the top 10 items of the last whole month, and of two ``/query``
+  requests with a time and a keyword dimension over that month: ``day_referrer`` (the
+  embedded store's rollups answer it) and ``day_domain`` (it reads the events);
+* on the embedded store, the top-items query straight on one connection from the events
+  (``top_items_events``, the baseline) and through the rollups (``top_items_rollups``),
+  in shuffled alternation, and whether both give the same answer;
+* peak memory: the loader (this process) and the largest of the server's processes.
+
+The results file is written after each size, so a run stopped at a size too large for
+the time keeps what it measured.
+
+    python -m benchmarks.growth [--sizes 100000,1000000] [--skip-elasticsearch]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import shutil
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks import _common as C
+from benchmarks.reports import generate, load_elasticsearch, summarise, top_items_query
+
+NAME = "growth"
+
+
+def _day_query(end: datetime, dimension: str) -> dict[str, Any]:
+    return {**top_items_query(end), "dimensions": ["time:day", dimension], "limit": 10_000}
+
+
+def _measure_server(
+    http: httpx.Client, args: Any, end: datetime, rng: random.Random
+) -> dict[str, Any]:
+    """p50/p95 of each report through a running server, in shuffled order."""
+    year = {
+        "from": (end - timedelta(days=args.days)).strftime("%Y-%m-%d"),
+        "to": (end - timedelta(days=1)).strftime("%Y-%m-%d"),
+    }
+    bodies = {
+        "top_items": top_items_query(end),
+        "day_referrer": _day_query(end, "referrer"),
+        "day_domain": _day_query(end, "domain"),
+    }
+
+    def run(name: str) -> None:
+        if name == "tock":
+            item = f"dataset-{int(args.items * rng.random() ** 3)}"
+            http.get(f"/tock/{item}", params=year).raise_for_status()
+        else:
+            http.post("/query", json=bodies[name]).raise_for_status()
+
+    names = ["tock", *bodies]
+    for name in names:  # warm caches for everyone alike
+        run(name)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for _, name in C.trial_order(names, args.requests, args.seed):
+        started = time.perf_counter()
+        run(name)
+        samples[name].append(time.perf_counter() - started)
+    return {name: summarise(values) for name, values in samples.items()}
+
+
+def _server_peak_mb(server: Any) -> float | None:
+    """The largest peak resident memory of the server's processes (master, workers)."""
+    if server.proc is None:
+        return None
+    peaks = [
+        C.proc_status_kb(pid, "VmHWM") for pid in [server.proc.pid, *C.descendants(server.proc.pid)]
+    ]
+    known = [p for p in peaks if p]
+    return round(max(known) / 1024, 1) if known else None
+
+
+def _loader_peak_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]:
+    import sqlite3
+
+    from metronome.config import Settings
+    from metronome.events.fields import DEFAULT_SITE
+    from metronome.reports.query import for_site, parse_query
+    from metronome.store.sqlite import DB_NAME, SQLiteStore
+    from metronome.store.sqlite_query import install_functions, query_top
+    from metronome.store.sqlite_rollups import rollup_sql
+
+    data = tmp / f"sqlite-{size}"
+    store = SQLiteStore(Settings.from_env({"METRONOME_DATA_DIR": str(data)}))
+
+    async def load() -> tuple[float, float]:
+        await store.open()
+        await store.ensure_schema()
+        store._rolled_at = float("inf")  # counted once at the end, to time it apart
+        started = time.perf_counter()
+        batch = []
+        for doc in generate(size, args.items, args.days, args.seed, end):
+            batch.append(doc)
+            if len(batch) == 10_000:
+                await store.write(batch)
+                batch = []
+        if batch:
+            await store.write(batch)
+        written = time.perf_counter()
+        await store.refresh_rollups()
+        rolled = time.perf_counter()
+        await store.close()
+        return written - started, rolled - written
+
+    write_s, rollup_s = asyncio.run(load())
+    path = data / DB_NAME
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    disk = sum(f.stat().st_size for f in data.glob(DB_NAME + "*"))
+    try:
+        tables = dict(conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name"))
+        rollup_bytes = sum(v for k, v in tables.items() if str(k).startswith("rollup_"))
+    except sqlite3.OperationalError:  # SQLite built without the dbstat table
+        rollup_bytes = None
+    install_functions(conn)
+    query = for_site(parse_query(top_items_query(end)), DEFAULT_SITE).group
+    compiled = rollup_sql(conn, query)
+    events_s: list[float] = []
+    rolled_s: list[float] = []
+    for _, name in C.trial_order(["events", "rollups"], args.baseline_requests, args.seed):
+        started = time.perf_counter()
+        rows = query_top(conn, query, 0, True, 11, compiled if name == "rollups" else None)
+        (rolled_s if name == "rollups" else events_s).append(time.perf_counter() - started)
+    same = (
+        rows == query_top(conn, query, 0, True, 11) == query_top(conn, query, 0, True, 11, compiled)
+    )
+    conn.close()
+    rng = random.Random(args.seed + 1)
+    with (
+        C.running(C.metronome_server(data, args=["--no-shipper"])) as srv,
+        httpx.Client(base_url=srv.url, timeout=600) as http,
+    ):
+        reports = _measure_server(http, args, end, rng)
+        server_peak = _server_peak_mb(srv)
+    shutil.rmtree(data, ignore_errors=True)
+    total = write_s + rollup_s
+    return {
+        "events": size,
+        "import_docs_per_s": round(size / total),
+        "write_seconds": round(write_s, 1),
+        "rollup_seconds": round(rollup_s, 1),
+        "rollup_share_of_import": C.rounded(rollup_s / total),
+        "disk_bytes_per_event": round(disk / size, 1),
+        "rollup_bytes_per_event": None if rollup_bytes is None else round(rollup_bytes / size, 1),
+        **reports,
+        "top_items_events": summarise(events_s),
+        "top_items_rollups": summarise(rolled_s),
+        "top_items_rollups_used": compiled is not None,
+        "top_items_same_answer": same,
+        "loader_peak_mb": _loader_peak_mb(),
+        "server_peak_mb": server_peak,
+    }
+
+
+def grow_elasticsearch(args: Any, size: int, end: datetime, tmp: Any, es: Any) -> dict[str, Any]:
+    prefix = "bench-" + secrets.token_hex(4)
+    C.install_templates(es.url, prefix)
+    loaded, seconds = load_elasticsearch(
+        es.url, prefix, generate(size, args.items, args.days, args.seed, end)
+    )
+    stored = es.refresh_and_count(f"{prefix}-ticks-*")
+    if stored != size:
+        raise C.BenchmarkError(f"stored {stored} of {size} documents")
+    stats = httpx.get(
+        f"{es.url}/{prefix}-ticks-*/_stats/store", params={"filter_path": "_all.primaries"}
+    ).json()
+    disk = stats["_all"]["primaries"]["store"]["size_in_bytes"]
+    env = {"METRONOME_ELASTICSEARCH_URL": es.url, "METRONOME_INDEX_PREFIX": prefix}
+    rng = random.Random(args.seed + 1)
+    try:
+        with (
+            C.running(
+                C.metronome_server(tmp / f"es-{size}", args=["--no-shipper"], env=env)
+            ) as srv,
+            httpx.Client(base_url=srv.url, timeout=600) as http,
+        ):
+            reports = _measure_server(http, args, end, rng)
+            server_peak = _server_peak_mb(srv)
+    finally:
+        es.delete(f"{prefix}-*")
+    return {
+        "events": size,
+        "import_docs_per_s": round(loaded / seconds),
+        "disk_bytes_per_event": round(disk / size, 1),
+        **reports,
+        "loader_peak_mb": _loader_peak_mb(),
+        "server_peak_mb": server_peak,
+        "elasticsearch_heap": None if es.external else es.heap,
+    }
+
+
+def growth(args: Any, end: datetime, tmp: Any) -> Path:
+    """Each store at each size; the results file is written after each size, so a run
+    stopped at a size too large for the time leaves what it measured."""
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    C.pin_git()
+    table: dict[str, Any] = {
+        "benchmark": NAME,
+        "goal": "embedded store at 10,000,000 events: /tock year p95 <= 100 ms, top items"
+        " of a month p95 <= 300 ms, time x keyword over a month p95 <= 1 s",
+        "parameters": {k: v for k, v in vars(args).items() if k != "output"},
+    }
+
+    def save() -> Path:
+        return C.write_results(NAME, {**table, "environment": C.environment()}, args.output)
+
+    path = save()
+    if not args.skip_sqlite:
+        table["sqlite"] = []
+        for size in sizes:
+            table["sqlite"].append(grow_sqlite(args, size, end, tmp))
+            print("sqlite", table["sqlite"][-1], flush=True)
+            path = save()
+    if not args.skip_elasticsearch:
+        table["elasticsearch"] = []
+        with C.Elasticsearch(heap=args.heap) as es:
+            table["elasticsearch_server"] = es.info()
+            for size in sizes:
+                table["elasticsearch"].append(grow_elasticsearch(args, size, end, tmp, es))
+                print("elasticsearch", table["elasticsearch"][-1], flush=True)
+                path = save()
+    return path
+
+
+def main() -> None:
+    parser = C.base_parser(__doc__.splitlines()[0], duration=None, trials=1, warmup=None)
+    parser.add_argument(
+        "--sizes", default="100000,1000000,10000000", help="events, comma-separated"
+    )
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--requests", type=int, default=40, help="per report and size")
+    parser.add_argument("--baseline-requests", type=int, default=5, help="top items on the events")
+    parser.add_argument("--heap", default="2g", help="Elasticsearch heap")
+    parser.add_argument("--skip-elasticsearch", action="store_true")
+    parser.add_argument("--skip-sqlite", action="store_true")
+    args = parser.parse_args()
+    args.seed = C.new_seed(args.seed)
+    end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    path = growth(args, end, C.temp_dir("metronome-bench-growth-"))
+    print(f"results: {C.display(path)}")
+
+
+if __name__ == "__main__":
+    main()
