@@ -38,6 +38,7 @@ COLUMNS: dict[str, str] = {
     F.REFERRER_PAGE: "referrer_page",
     F.BOT: "bot",
     F.SITE_ID: "site_id",
+    F.TIMESTAMP: "ts",  # epoch ms, as Elasticsearch's min/max of a date read it
 }
 NOT_NULL_COLUMNS = frozenset({"bot", "site_id"})
 """Columns every row has (a document without the field is stored with the default)."""
