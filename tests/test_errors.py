@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from metronome.client import Client
 from metronome.events.errors import fingerprint, normalise_message, top_frame
 from tests.support.backends import Backend, running_backend
 
@@ -238,3 +239,23 @@ def test_fingerprint_ignores_what_varies_between_occurrences() -> None:
     other = fingerprint("TypeError", "no item 2", None, STACK_SAVE)
     assert one == two and one != other
     assert fingerprint(None, "boom", "https://a.example/app.js?v=1", None)[0] == "boom at /app.js"
+
+
+def _divide(a: int, b: int) -> float:
+    return a / b
+
+
+def test_python_client_sends_an_exception_as_an_error_tick(store: Backend) -> None:
+    try:
+        _divide(1, 0)
+    except ZeroDivisionError as exc:
+        caught = exc
+    with Client(store.server.url, flush_interval_s=0.1) as client:
+        client.error("billing-job", caught, ts="2024-03-06T08:00:00Z")
+        assert client.flush(30) and client.stats.sent == 1
+    (doc,) = store.find("billing-job")
+    error = doc["error"]
+    assert (error["type"], error["message"]) == ("ZeroDivisionError", "division by zero")
+    assert error["source"] == __file__ and error["line"] > 0
+    assert error["group"] == f"ZeroDivisionError: division by zero at {__file__}:_divide"
+    assert "in _divide\n" in error["stack_trace"]
