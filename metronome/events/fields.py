@@ -99,6 +99,7 @@ __all__ = [
     "USER_AGENT_VERSION",
     "VERSION",
     "VISITOR_ID",
+    "VISIT_ID",
 ]
 
 TIMESTAMP = "@timestamp"
@@ -134,6 +135,9 @@ USER_AGENT_DEVICE_NAME = "user_agent.device.name"
 BOT = "bot"  # true for known crawlers
 
 VISITOR_ID = "visitor.id"  # daily-salted hash of address and user agent: events/visitor.py
+# A visitor's visit (issue 25, assigned by the visits work): related items count a visit as
+# one basket when events carry it. Named here once; the visits work maps it.
+VISIT_ID = "visit.id"
 # The site an event belongs to (metronome.sites): stamped at ingestion from the
 # authenticated site, never from what a client sends; every report filters on it.
 SITE_ID = "site.id"
