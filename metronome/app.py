@@ -28,6 +28,7 @@ from metronome.api.live import LiveEvents, LiveSocket, LiveToken
 from metronome.api.openapi import OpenAPI
 from metronome.api.probe import ProbeResults
 from metronome.api.query import QueryResource
+from metronome.api.related import Related
 from metronome.api.render import dump_json, error_answer, internal_error
 from metronome.api.reports import Reports
 from metronome.api.telemetry import Telemetry, TelemetryLifespan
@@ -273,6 +274,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     dashboard = Dashboard()
     app.add_route("/dashboard", dashboard)
     app.add_route("/dashboard/{asset}", dashboard, suffix="asset")
+    related = Related(store, guard)  # issue 25: recommendations
+    app.add_route("/items/related", related)
+    app.add_route("/items/{item_id}/related", related, suffix="item")
 
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(falcon.HTTPError, _http_error)

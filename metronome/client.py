@@ -43,6 +43,7 @@ import queue
 import random
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -59,6 +60,7 @@ __all__ = [
     "TelemetryAnswer",
     "TelemetryError",
     "TickHandler",
+    "describe_error",
 ]
 
 log = logging.getLogger("metronome.client")
@@ -71,6 +73,26 @@ class ClientStats:
     rejected: int = 0
     dropped: int = 0
     retries: int = 0
+
+
+def describe_error(exc: BaseException | None) -> dict[str, Any]:
+    """An error tick's fields for an exception: its type, message and stack, and the file
+    and line it was raised at (the innermost frame). The server groups errors by type,
+    message (numbers, ids and urls aside) and the innermost frame's file and function."""
+    if exc is None:
+        return {}
+    fields: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "message": str(exc)[:1024],
+        "stack": "".join(traceback.format_exception(exc))[-16_384:],
+    }
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        fields["source"] = frames[-1].filename
+        fields["line"] = frames[-1].lineno
+        if frames[-1].colno is not None:
+            fields["column"] = frames[-1].colno
+    return fields
 
 
 def _tick(item_id: str, event: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +146,12 @@ class Client:
         if self._queue.qsize() >= self._batch_size:
             self._wake.set()
         return True
+
+    def error(self, item_id: str, exc: BaseException | None = None, **fields: Any) -> bool:
+        """Queue an ``error`` tick for ``item_id`` (the page, endpoint or job that failed)
+        describing ``exc`` (:func:`describe_error`); ``fields`` add to it or replace its
+        parts (``message=...`` alone reports an error without an exception)."""
+        return self.tick(item_id, "error", **{**describe_error(exc), **fields})
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until everything queued so far was answered by the server (or timeout)."""

@@ -168,6 +168,8 @@ def test_the_document_describes_who_may_call_each_operation(server: MetronomeSer
         ("post", "/live/token"): ["query"],
         ("get", "/dashboard"): [],
         ("get", "/dashboard/{asset}"): [],
+        ("get", "/items/{item_id}/related"): ["query"],  # issue 25: recommendations
+        ("get", "/items/related"): ["query"],
     }
 
 
@@ -195,6 +197,7 @@ def test_the_server_enforces_exactly_the_documented_security(guarded: Guarded) -
     params = {
         "/tick.gif": {"id": "sec"},
         "/tock": {"id": "sec"},
+        "/items/related": {"id": "sec"},
         "/live/events": {"s": json.dumps({"id": "sec", "query": {"range": "5min"}})},
     }
     with httpx.Client(base_url=url, timeout=10) as client:

@@ -498,6 +498,8 @@ def test_named_reports_answer_common_questions(data: Backend) -> None:
         "uptime",
         "response-times",
         "certificate-expiry",
+        "errors",  # issue 25: error reports
+        "error-groups",
     ]
     week = {"from": WEEK["from"], "to": WEEK["to"]}
     top = report(data, "top-items", **week, source="ticks")

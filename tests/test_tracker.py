@@ -224,8 +224,14 @@ def site(server: MetronomeServer, page_port: int) -> Iterator[str]:
 <script src="{server.url}/metronome.js" data-site="demo" data-id="fallback-page" defer>
 </script>
 """
+    errors = f"""<!doctype html><title>Broken</title>
+<script>function fail(m) {{ setTimeout(function () {{ throw new TypeError(m); }}); }}</script>
+<script src="{server.url}/metronome.js" data-site="demo" data-id="broken" data-errors
+ data-errors-max="3" defer></script>
+"""
     pages = _Pages(("127.0.0.1", port), _PageHandler)
     pages.pages = {
+        "/errors": (html, errors.encode(), {}),
         "/page": (html, main.encode(), {}),
         "/dnt": (html, dnt.encode(), {}),
         "/fallback": (html, fallback.encode(), {}),
@@ -381,3 +387,48 @@ def test_browser_without_send_beacon_sends_with_fetch_keepalive(
     assert [summary(d) for d in docs] == [
         ("view", "fallback-page", None, f"{site}/fallback", None, {})
     ]
+
+
+def test_browser_reports_errors_once_each_and_at_most_the_page_limit(
+    server: MetronomeServer, site: str, browser: Browser
+) -> None:
+    """With data-errors, uncaught errors and unhandled rejections are sent as error ticks:
+    the same error thrown three times is sent once, and past data-errors-max (3) nothing
+    more is sent from the page. A page without data-errors sends no errors."""
+    before = {d["event"]["id"] for d in read_ticks(server)}
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{site}/fallback")  # no data-errors: an error here is not sent
+    page.wait_for_function("() => typeof window.metronome === 'function'")
+    page.evaluate("() => setTimeout(() => { throw new Error('not reported'); })")
+    page.goto(f"{site}/errors")
+    page.wait_for_function("() => typeof window.metronome === 'function'")
+    for script in (
+        "() => fail('Item 42 is missing')",
+        "() => fail('Item 42 is missing')",
+        "() => fail('Item 42 is missing')",  # the same error again: sent once
+        "() => { Promise.reject(new RangeError('page 9 is out of range')); }",
+        "() => { Promise.reject('offline'); }",
+        "() => fail('Item 43 is missing')",  # the fourth distinct error: over the limit
+    ):
+        page.evaluate(script)
+        page.wait_for_timeout(0)  # let the error fire before the next one
+    docs = [
+        d for d in _wait_for(server, page, site, len(before) + 5) if d["event"]["id"] not in before
+    ]
+    context.close()
+    views = [d["url"]["original"] for d in docs if d["event"]["action"] == "view"]
+    assert views == [f"{site}/fallback", f"{site}/errors"]
+    reported = [d for d in docs if d["event"]["action"] == "error"]
+    assert [(d["item"]["id"], d["error"].get("type"), d["error"]["message"]) for d in reported] == [
+        ("broken", "TypeError", "Item 42 is missing"),
+        ("broken", "RangeError", "page 9 is out of range"),
+        ("broken", None, "offline"),
+    ]
+    first, second, third = (d["error"] for d in reported)
+    assert first["source"] == f"{site}/errors" and first["line"] == 2 and first["column"] > 0
+    assert "TypeError: Item 42 is missing" in first["stack_trace"]
+    assert first["group"] == "TypeError: Item <n> is missing at /errors:<anonymous>"
+    assert "page 9 is out of range" in second["stack_trace"]
+    assert "stack_trace" not in third and "source" not in third
+    assert all(d["url"]["original"] == f"{site}/errors" for d in reported)

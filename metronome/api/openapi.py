@@ -22,6 +22,7 @@ from metronome.events.monitoring import KINDS, MAX_PROBE_RESULTS, STATES
 from metronome.events.tick import TICK_SCHEMA
 from metronome.kpis.model import KPI_SCHEMA
 from metronome.live.protocol import CLIENT_MESSAGE_SCHEMA, CLOSE_CODES, SERVER_MESSAGE_SCHEMA
+from metronome.recommend.related import PARAMETERS as RELATED_PARAMETERS
 from metronome.reports.named import COMMON_PARAMETERS, REPORTS
 from metronome.reports.query import QUERY_SCHEMA
 
@@ -636,6 +637,8 @@ def openapi_document() -> dict[str, Any]:
     paths.update(_telemetry_paths())
     schemas.update(_TELEMETRY_SCHEMAS)
     paths.update(_kpi_paths())
+    paths.update(_related_paths())  # issue 25: recommendations
+    schemas.update(_RELATED_SCHEMAS)
     paths.update(_PROBE_PATHS)  # issue 20: remote probes
     schemas.update(_PROBE_SCHEMAS)
     paths.update(_live_paths())
@@ -956,3 +959,80 @@ class OpenAPI:
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.media = self._document
+
+
+_RELATED_SCHEMAS: dict[str, Any] = {
+    "Related": {
+        "description": "The items most associated with an item, best first, with the counts"
+        " behind each score",
+        "type": "object",
+        "required": ["item", "results", "meta"],
+        "properties": {
+            "item": {"type": "string"},
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["item", "score", "together", "item_baskets", "other_baskets"],
+                    "properties": {
+                        "item": {"type": "string"},
+                        "score": {"type": "number"},
+                        "together": {"type": "integer"},
+                        "item_baskets": {"type": "integer"},
+                        "other_baskets": {"type": "integer"},
+                    },
+                },
+            },
+            "meta": {"type": "object", "required": ["range", "tz", "within"]},
+        },
+    }
+}
+
+
+def _related_paths() -> dict[str, Any]:
+    """``/items/{item_id}/related`` and ``/items/related?id=`` (issue 25)."""
+    text = (
+        " Items found in the same visits (or visitors' days) as the item, scored by the"
+        " cosine of their baskets shrunk toward 0 for few shared baskets; see"
+        " docs/guides/errors-and-recommendations.md." + _GUARD_TEXT["read"]
+    )
+    params = _query_params(RELATED_PARAMETERS)
+    responses = {
+        "200": {"description": "The related items", "content": _json(_ref("Related"))},
+        **_errors(400, 401, 403, 503),
+    }
+    return {
+        "/items/{item_id}/related": {
+            "get": {
+                "summary": "The items most associated with an item",
+                "description": text,
+                "operationId": "getRelatedItems",
+                "security": _READ_SECURITY,
+                "parameters": [
+                    {
+                        "name": "item_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    *params,
+                    _SITE_PARAMETER,
+                ],
+                "responses": responses,
+            }
+        },
+        "/items/related": {
+            "get": {
+                "summary": "Related items for ids that contain '/': /items/related?id=...",
+                "description": text,
+                "operationId": "getRelatedItemsById",
+                "security": _READ_SECURITY,
+                "parameters": [
+                    *_query_params({"id": "the item"}, required=("id",)),
+                    *params,
+                    _SITE_PARAMETER,
+                ],
+                "responses": responses,
+            }
+        },
+    }

@@ -37,6 +37,15 @@ __all__ = [
     "CLIENT_GEO_COUNTRY_ISO_CODE",
     "CLIENT_IP",
     "DEFAULT_SITE",
+    "ERROR_COLUMN",
+    "ERROR_FIELDS",
+    "ERROR_FINGERPRINT",
+    "ERROR_GROUP",
+    "ERROR_LINE",
+    "ERROR_MESSAGE",
+    "ERROR_SOURCE",
+    "ERROR_STACK_TRACE",
+    "ERROR_TYPE",
     "EVENT_ACTION",
     "EVENT_DATASET",
     "EVENT_DURATION",
@@ -90,6 +99,7 @@ __all__ = [
     "USER_AGENT_VERSION",
     "VERSION",
     "VISITOR_ID",
+    "VISIT_ID",
 ]
 
 TIMESTAMP = "@timestamp"
@@ -125,6 +135,9 @@ USER_AGENT_DEVICE_NAME = "user_agent.device.name"
 BOT = "bot"  # true for known crawlers
 
 VISITOR_ID = "visitor.id"  # daily-salted hash of address and user agent: events/visitor.py
+# A visitor's visit (issue 25, assigned by the visits work): related items count a visit as
+# one basket when events carry it. Named here once; the visits work maps it.
+VISIT_ID = "visit.id"
 # The site an event belongs to (metronome.sites): stamped at ingestion from the
 # authenticated site, never from what a client sends; every report filters on it.
 SITE_ID = "site.id"
@@ -136,8 +149,34 @@ PARAMS = "params"  # object of free parameters, one keyword field each
 # object of a typed event's fields (events/typed.py): numbers as doubles, text as keywords
 TYPED = "typed"
 
-TICK_FIELDS: frozenset[str] = frozenset(
+# Errors (issue 25): an ``error`` tick's report of what broke (events/errors.py), ECS
+# ``error.*`` where ECS has a name; ticks only (a log document has none of them).
+ERROR_MESSAGE = "error.message"
+ERROR_TYPE = "error.type"  # TypeError, ValueError, ... (a rejection's reason's class)
+ERROR_SOURCE = "error.source"  # the script (or module) the error came from
+ERROR_LINE = "error.line"
+ERROR_COLUMN = "error.column"
+ERROR_STACK_TRACE = "error.stack_trace"
+ERROR_GROUP = "error.group"  # normalised message and top frame: what a group is called
+ERROR_FINGERPRINT = "error.fingerprint"  # hash of error.type and error.group: one per group
+
+ERROR_FIELDS: frozenset[str] = frozenset(
     {
+        ERROR_MESSAGE,
+        ERROR_TYPE,
+        ERROR_SOURCE,
+        ERROR_LINE,
+        ERROR_COLUMN,
+        ERROR_STACK_TRACE,
+        ERROR_GROUP,
+        ERROR_FINGERPRINT,
+    }
+)
+"""The fields of an ``error`` tick's report (ticks only)."""
+
+TICK_FIELDS: frozenset[str] = frozenset(
+    ERROR_FIELDS
+    | {
         TIMESTAMP,
         VERSION,
         EVENT_ID,
@@ -185,7 +224,7 @@ DESTINATION_PORT = "destination.port"  # the server's port: a host:port prefix, 
 RELATED_IP = "related.ip"  # every address of a forwarded chain (the client among them)
 
 LOG_FIELDS: frozenset[str] = frozenset(
-    TICK_FIELDS
+    (TICK_FIELDS - ERROR_FIELDS)
     | {
         SOURCE_IP,
         HTTP_REQUEST_METHOD,
@@ -224,7 +263,11 @@ FIELDS = "fields"  # object of double values (fields.<name>): what was measured
 APP_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 METRIC_FIELDS: frozenset[str] = frozenset(
-    (TICK_FIELDS - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE, REFERRER_SPAM})
+    (
+        TICK_FIELDS
+        - ERROR_FIELDS
+        - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE, REFERRER_SPAM}
+    )
     | {METRICSET_NAME, HOST_NAME, SERVICE_NAME, APP, METRIC_NAME}
 )
 """Every fixed field the ``metrics`` indices map (``metrics.*``, ``tags.*`` and
@@ -255,7 +298,11 @@ INSIGHT_CHANGE = "insight.change"  # relative change (trends): 0.25 is +25%
 INSIGHT_RAISED_AT = "insight.raised_at"  # epoch ms of the bucket that raised it (both states)
 
 INSIGHT_FIELDS: frozenset[str] = frozenset(
-    (TICK_FIELDS - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE, REFERRER_SPAM})
+    (
+        TICK_FIELDS
+        - ERROR_FIELDS
+        - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE, REFERRER_SPAM}
+    )
     | {
         KPI_ID,
         KPI_NAME,

@@ -20,6 +20,7 @@ from metronome.errors import InvalidField, LimitExceeded
 from metronome.events import fields as F
 from metronome.events.document import Document, format_timestamp, new_event_id, parse_iso_ms
 from metronome.events.enrich import referrer_keys, url_parts, user_agent_fields
+from metronome.events.errors import ERROR_KEYS, error_fields
 from metronome.events.geo import country_iso_code
 from metronome.events.typed import EventSchemas
 
@@ -27,6 +28,7 @@ __all__ = ["KNOWN_KEYS", "TICK_SCHEMA", "Limits", "RequestInfo", "build_tick", "
 
 KNOWN_KEYS = frozenset({"id", "event", "format", "url", "referrer", "referer", "ts", "site"})
 DATASET = "ticks"
+ERROR_ACTION = "error"  # an error tick: message, type, source, line, column, stack -> error.*
 _KEY_PATTERN = re.compile(r"^[\w\-:@$]+$")
 _MAX_FUTURE_MS = 24 * 3600 * 1000  # clocks drift; a day ahead is a broken clock
 _MIN_TS_MS = 0
@@ -228,7 +230,12 @@ def build_tick(
                 field=key,
                 limit=limits.max_value_length,
             )
-    params = _params(raw, limits, event_type.typed if event_type is not None else ())
+    reserved: frozenset[str] = frozenset(event_type.typed if event_type is not None else ())
+    error = None
+    if action == ERROR_ACTION:  # issue 25: what broke, grouped at ingestion (events/errors.py)
+        error = error_fields(raw, limits.max_value_length)
+        reserved = ERROR_KEYS | reserved
+    params = _params(raw, limits, reserved)
 
     event_id = new_event_id(request.received_ms)
     source: dict[str, Any] = {
@@ -247,6 +254,8 @@ def build_tick(
     }
     if typed:
         source[F.TYPED] = typed
+    if error:
+        source["error"] = error
     if fmt:
         source["item"]["format"] = fmt
     if url:

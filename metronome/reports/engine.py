@@ -124,6 +124,8 @@ def _final(metric: MetricSpec, value: Any) -> Any:
         return round(errors / total, _DIGITS) if total else None
     if value is None:
         return None
+    if metric.field is not None and metric.field.kind == "date":  # epoch ms: shown in tz
+        return int(value)
     if metric.kind in ("count", "distinct"):
         return int(value)
     if (
@@ -304,9 +306,9 @@ async def run_query(
             bucket_label(key, dim.interval, tz) if dim.interval else key
             for dim, key in zip(dims, row["keys"], strict=True)
         ]
-        result = {"dimensions": labels, "metrics": row["metrics"]}
+        result = {"dimensions": labels, "metrics": _moments(group, row["metrics"], tz)}
         if "previous" in row:
-            result["previous"] = row["previous"]
+            result["previous"] = _moments(group, row["previous"], tz)
             result["change"] = row["change"]
         results.append(result)
 
@@ -345,6 +347,14 @@ async def run_query(
         )
     answer.update(meta=meta, query=query.normalized)
     return answer
+
+
+def _moments(group: GroupQuery, values: list[Any], tz: ZoneInfo) -> list[Any]:
+    """Time metrics (first_seen, last_seen) as ISO 8601 in the query's time zone."""
+    return [
+        iso_moment(v, tz) if v is not None and m.field is not None and m.field.kind == "date" else v
+        for m, v in zip(group.metrics, values, strict=True)
+    ]
 
 
 _STEP_S = {"hour": 3600.0, "day": 86_400.0, "week": 604_800.0}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metronome.errors import InvalidCursor, InvalidParameter, InvalidQuery, NotFound
-from metronome.reports import platform, tock
+from metronome.reports import errors, platform, tock
 from metronome.reports.engine import run_query
 from metronome.reports.query import PRESETS, for_site, parse_query
 from metronome.reports.timebuckets import SUPPORTED_RANGE
@@ -132,6 +132,37 @@ def _event_filter(params: Mapping[str, str]) -> list[Any]:
 
 
 _PLAN_PARAMETERS = {name: COMMON_PARAMETERS[name] for name in ("range", "from", "to", "tz")}
+_ERRORS_PARAMETERS = {
+    **_PLAN_PARAMETERS,
+    "bots": COMMON_PARAMETERS["bots"],
+    "interval": "hour, day (default), week or month",
+    "path": "only this page (url.path)",
+}
+_ERROR_GROUPS_PARAMETERS = {
+    "group": "one group's fingerprint: also list its pages and browsers",
+}
+
+
+def _errors_plan(
+    name: str,
+    params: Mapping[str, str],
+    parameters: Mapping[str, str],
+    make: Callable[[dict[str, Any]], tuple[dict[str, dict[str, Any]], Any]],
+) -> Plan:
+    """An error report's parts (:mod:`metronome.reports.errors`) from the URL's
+    parameters, checked like a one-query report's."""
+    shell = NamedReport(
+        name,
+        "",
+        lambda p: {
+            **({"interval": _interval(p, "day")} if "interval" in parameters else {}),
+            **{k: p[k] for k in ("path", "group") if k in p},
+        },
+        parameters,
+        common="group" in parameters,
+    )
+    queries, shape = make(report_query(shell, params))
+    return Plan(queries, shape)
 
 
 REPORTS: dict[str, NamedReport] = {
@@ -343,6 +374,25 @@ REPORTS: dict[str, NamedReport] = {
             "TLS monitors' certificate days left (latest, and the fewest in the range)",
             lambda p: platform.certificate_expiry_query({}),
             {},
+        ),
+        # errors (issue 25): error ticks grouped by their fingerprint
+        NamedReport(
+            "errors",
+            "Errors, page views and errors per 1,000 page views per page and time bucket",
+            None,
+            _ERRORS_PARAMETERS,
+            plan=lambda p: _errors_plan("errors", p, _ERRORS_PARAMETERS, errors.errors_plan),
+            common=False,
+        ),
+        NamedReport(
+            "error-groups",
+            "Error groups (one per fingerprint): errors, visitors affected, first and last"
+            " seen, pages and browsers affected; most frequent first",
+            None,
+            _ERROR_GROUPS_PARAMETERS,
+            plan=lambda p: _errors_plan(
+                "error-groups", p, _ERROR_GROUPS_PARAMETERS, errors.error_groups_plan
+            ),
         ),
     ]
 }

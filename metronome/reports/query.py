@@ -66,7 +66,18 @@ SOURCES = {
     "metrics": (F.POINT_DATASET,),
 }
 SOURCES["insights"] = (F.INSIGHT_DATASET,)  # what the worker found in KPIs: trends, anomalies
-SIMPLE_METRICS = ("events", "visitors", "items", "bytes", "error_rate", "instances")
+SIMPLE_METRICS = (
+    "events",
+    "visitors",
+    "items",
+    "bytes",
+    "error_rate",
+    "instances",
+    "first_seen",
+    "last_seen",
+)
+TIME_METRICS = {"first_seen": "min", "last_seen": "max"}
+"""The time of a group's earliest and latest event (ISO 8601 in the query's tz)."""
 STAT_PATTERN = r"^(sum|avg|min|max|distinct|p(?:[1-9][0-9]?)(?:\.[0-9]{1,3})?)$"
 LAST_STATS = ("last_sum", "last_avg")
 INSTANCE_TAG = "tags.instance_uuid"
@@ -520,6 +531,8 @@ def _metric(raw: Any, datasets: tuple[str, ...], where: str) -> tuple[MetricSpec
         if raw in ("visitors", "items"):
             name = "visitor.id" if raw == "visitors" else "item.id"
             return MetricSpec(raw, "distinct", _field(name, datasets, "dimension", where)), raw
+        if raw in TIME_METRICS:  # issue 25: when an error group was first and last seen
+            return MetricSpec(raw, TIME_METRICS[raw], FieldRef(F.TIMESTAMP, "date")), raw  # type: ignore[arg-type]
         if raw == "bytes":
             ref = _field("bytes", datasets, "number", where)
             return MetricSpec("bytes", "sum", ref), raw

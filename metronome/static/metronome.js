@@ -1,5 +1,6 @@
 /* Metronome browser tracker. <script src="https://METRONOME/metronome.js" data-site="ID" defer>
-   Page views (history API too), metronome('event', name, {params}), downloads, outbound links.
+   Page views (history API too), metronome('event', name, {params}), downloads, outbound links;
+   with data-errors, uncaught errors and unhandled rejections (data-errors-max per page, default 10).
    No cookies, no storage. Served by Metronome at GET /metronome.js; see docs/guides/tracker.md. */
 (function (w, d, n) {
   var s = d.currentScript;
@@ -65,11 +66,29 @@
     }
   }
 
+  // data-errors: each distinct error once, at most data-errors-max per page load
+  var seen = {}, errs = 0, maxErrs = +attr('errors-max') || 10;
+  function error(x, msg, src, line, col) {
+    var ok = x instanceof Error, m = String(ok ? x.message : msg).slice(0, 1000);
+    var k = [m, src, line, col].join(' ');
+    if (seen[k] || errs >= maxErrs) return;
+    seen[k] = 1;
+    errs++;
+    send({ id: page(), event: 'error', url: loc.href, message: m, source: src && src.slice(0, 2000),
+      line: line, column: col, type: ok ? x.name : void 0, stack: ok && x.stack ? x.stack.slice(0, 16000) : void 0 });
+  }
+
   metronome.v = 1;
   w.metronome = metronome;
   if (off) return;
   d.addEventListener('click', click, true);
   d.addEventListener('auxclick', click, true);
+  if (attr('errors') != null && attr('errors') != 'false') {
+    w.addEventListener('error', function (e) {
+      if (e.message) error(e.error, e.message, e.filename, e.lineno, e.colno); // not a failed <img>
+    });
+    w.addEventListener('unhandledrejection', function (e) { error(e.reason, e.reason, void 0); });
+  }
   if (attr('auto') != 'false') {
     var h = w.history;
     ['pushState', 'replaceState'].forEach(function (k) {

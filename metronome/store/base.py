@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Self
 
 from metronome.events.document import Document
-from metronome.store.query import GroupQuery
+from metronome.store.query import BasketCounts, BasketQuery, GroupQuery
 
 __all__ = ["GroupRow", "Removal", "RetentionResult", "SchemaChange", "Store", "WriteOutcome"]
 
@@ -104,6 +104,11 @@ class Store(Protocol):
         metric number ``metric`` (a count, distinct count, sum, avg, min or max; missing
         values smallest), ties by the key (missing first). Elasticsearch answers with a
         ``terms`` aggregation: exact while the groups fit each shard's candidates."""
+        ...
+
+    async def baskets(self, query: BasketQuery) -> BasketCounts:
+        """Which items share baskets (visits, visitors' days) with ``query.item``, and how
+        many baskets each item is in: what related items are scored from."""
         ...
 
     async def field_names(

@@ -37,13 +37,19 @@ from metronome.store.connection import (
     unverified_warning,
 )
 from metronome.store.es_query import (
+    CARDINALITY_PRECISION,
     compile_groups,
+    compile_item_baskets,
+    compile_other_items,
+    compile_popularity,
     compile_top,
     compile_where,
+    read_basket_counts,
     read_groups,
+    read_item_baskets,
     read_top,
 )
-from metronome.store.query import GroupQuery
+from metronome.store.query import BasketCounts, BasketQuery, GroupQuery
 from metronome.store.roles import roles
 from metronome.store.templates import Template, load_templates
 
@@ -375,6 +381,40 @@ class ElasticsearchStore:
             )
         aggregations = resp.get("aggregations")
         return [] if aggregations is None else read_top(query, aggregations)
+
+    async def _aggregations(self, query: GroupQuery, body: dict[str, Any]) -> dict[str, Any]:
+        index = ",".join(f"{self._prefix}-{d}-*" for d in query.datasets)
+        with answering("the query"):
+            resp = await self._client.search(
+                index=index, body=body, ignore_unavailable=True, allow_no_indices=True
+            )
+        aggregations: dict[str, Any] = resp.get("aggregations") or {}
+        return aggregations
+
+    async def baskets(self, query: BasketQuery) -> BasketCounts:
+        first = await self._aggregations(query.where, compile_item_baskets(query))
+        if not first:  # no index yet
+            return BasketCounts(0, ())
+        visits, days, complete = read_item_baskets(first)
+        if not visits and not days:
+            return BasketCounts(0, (), complete)
+        item_baskets = len(visits) + len(days)
+        second = await self._aggregations(query.where, compile_other_items(query, visits, days))
+        shared = read_basket_counts(second)
+        ranked = sorted(
+            ((item, n) for item, n in shared.items() if n >= query.min_support),
+            key=lambda pair: (-pair[1], pair[0]),
+        )[: query.candidates]
+        if not ranked:
+            return BasketCounts(item_baskets, (), complete)
+        third = await self._aggregations(
+            query.where, compile_popularity(query, [item for item, _ in ranked])
+        )
+        popularity = read_basket_counts(third)
+        pairs = tuple((item, n, max(n, popularity.get(item, n))) for item, n in ranked)
+        # cardinality counts are exact below their precision threshold
+        exact = complete and all(other < CARDINALITY_PRECISION for _, _, other in pairs)
+        return BasketCounts(item_baskets, pairs, exact)
 
     async def field_names(
         self, query: GroupQuery, under: str, partition: str | None = None

@@ -13,10 +13,23 @@ from collections.abc import Sequence
 from typing import Any
 
 from metronome.events import fields as F
-from metronome.store.query import BoolNode, FilterNode, GroupQuery, Leaf, MetricSpec
+from metronome.store.query import (
+    BasketQuery,
+    BoolNode,
+    FilterNode,
+    GroupQuery,
+    Leaf,
+    MetricSpec,
+)
 
 __all__ = [
+    "BASKET_SAMPLE",
     "CARDINALITY_PRECISION",
+    "compile_item_baskets",
+    "compile_other_items",
+    "compile_popularity",
+    "read_basket_counts",
+    "read_item_baskets",
     "compile_filter",
     "compile_groups",
     "compile_top",
@@ -236,3 +249,121 @@ def read_groups(
         rows.append((tuple(keys), _metric_values(bucket, query.metrics)))
     after = groups.get("after_key") if len(groups.get("buckets", [])) else None
     return rows, after
+
+
+# --- related items (issue 25): baskets shared with an item ------------------------------
+#
+# Three searches: the item's baskets (terms on visit.id, and on visitor.id for events without
+# a visit), the other items in those baskets (terms on item.id with the baskets counted by
+# cardinality), and the baskets of the most frequent of them. A basket counted for an item is
+# a visit it is in plus a visitor's day it is in without a visit: the two are disjoint.
+
+BASKET_SAMPLE = 10_000  # the item's baskets read (more: the most active ones, and inexact)
+OTHER_ITEMS = 1_000  # items sharing baskets read in the second search, by events
+
+
+def _without_visit() -> dict[str, Any]:
+    return {"bool": {"must_not": [{"exists": {"field": F.VISIT_ID}}]}}
+
+
+def _basket_aggs(visits: bool) -> dict[str, Any]:
+    """Per bucket: distinct visits (``v``) and distinct visitors' days without a visit."""
+    card = {"precision_threshold": CARDINALITY_PRECISION}
+    days = {"cardinality": {"field": F.VISITOR_ID, **card}}
+    if not visits:
+        return {"d": days}
+    return {
+        "v": {"cardinality": {"field": F.VISIT_ID, **card}},
+        "d": {"filter": _without_visit(), "aggs": {"n": days}},
+    }
+
+
+def _basket_count(bucket: dict[str, Any]) -> int:
+    days = bucket["d"]
+    count = int(days["n"]["value"] if "n" in days else days["value"])
+    return count + int(bucket["v"]["value"]) if "v" in bucket else count
+
+
+def _with(where: dict[str, Any], *clauses: dict[str, Any], must_not: Any = ()) -> dict[str, Any]:
+    inner = dict(where["bool"])
+    inner["filter"] = [*inner["filter"], *clauses]
+    if must_not:
+        inner["must_not"] = list(must_not)
+    return {"bool": inner}
+
+
+def compile_item_baskets(query: BasketQuery) -> dict[str, Any]:
+    """The item's baskets: its visits, and its visitors' days without a visit."""
+    days = {"terms": {"field": F.VISITOR_ID, "size": BASKET_SAMPLE}}
+    aggs: dict[str, Any] = {}
+    if query.visits:
+        aggs["v"] = {"terms": {"field": F.VISIT_ID, "size": BASKET_SAMPLE}}
+        aggs["d"] = {"filter": _without_visit(), "aggs": {"k": days}}
+    else:
+        aggs["d"] = {"filter": {"match_all": {}}, "aggs": {"k": days}}
+    where = compile_where(query.where)
+    return {
+        "size": 0,
+        "track_total_hits": False,
+        "query": _with(where, {"term": {F.ITEM_ID: query.item}}),
+        "aggs": aggs,
+    }
+
+
+def read_item_baskets(aggregations: dict[str, Any]) -> tuple[list[str], list[str], bool]:
+    """``(visits, visitors' days, complete)`` of the first search."""
+    visits = [b["key"] for b in aggregations.get("v", {}).get("buckets", [])]
+    days_agg = aggregations["d"]["k"]
+    days = [b["key"] for b in days_agg["buckets"]]
+    complete = days_agg.get("sum_other_doc_count", 0) == 0 and (
+        aggregations.get("v", {}).get("sum_other_doc_count", 0) == 0
+    )
+    return visits, days, complete
+
+
+def _in_baskets(visits: list[str], days: list[str], with_visits: bool) -> dict[str, Any]:
+    should: list[dict[str, Any]] = []
+    if visits:
+        should.append({"terms": {F.VISIT_ID: visits}})
+    if days:
+        day_terms: dict[str, Any] = {"terms": {F.VISITOR_ID: days}}
+        should.append(
+            {"bool": {"filter": [day_terms], "must_not": [{"exists": {"field": F.VISIT_ID}}]}}
+            if with_visits
+            else day_terms
+        )
+    return {"bool": {"should": should, "minimum_should_match": 1}}
+
+
+def compile_other_items(query: BasketQuery, visits: list[str], days: list[str]) -> dict[str, Any]:
+    """The other items in the item's baskets, each with the baskets it shares."""
+    where = compile_where(query.where)
+    terms = {"field": F.ITEM_ID, "size": max(OTHER_ITEMS, query.candidates)}
+    return {
+        "size": 0,
+        "track_total_hits": False,
+        "query": _with(
+            where,
+            _in_baskets(visits, days, query.visits),
+            must_not=[{"term": {F.ITEM_ID: query.item}}],
+        ),
+        "aggs": {"items": {"terms": terms, "aggs": _basket_aggs(query.visits)}},
+    }
+
+
+def compile_popularity(query: BasketQuery, items: list[str]) -> dict[str, Any]:
+    """The baskets each of ``items`` is in."""
+    where = compile_where(query.where)
+    visitor = {"exists": {"field": F.VISITOR_ID}}
+    terms = {"field": F.ITEM_ID, "size": len(items)}
+    return {
+        "size": 0,
+        "track_total_hits": False,
+        "query": _with(where, {"terms": {F.ITEM_ID: items}}, visitor),
+        "aggs": {"items": {"terms": terms, "aggs": _basket_aggs(query.visits)}},
+    }
+
+
+def read_basket_counts(aggregations: dict[str, Any]) -> dict[str, int]:
+    """Baskets per item of the second or third search."""
+    return {b["key"]: _basket_count(b) for b in aggregations["items"]["buckets"]}

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
+    "BasketCounts",
+    "BasketQuery",
     "BoolNode",
     "DimensionSpec",
     "FieldRef",
@@ -113,3 +115,29 @@ class GroupQuery:
     dimensions: tuple[DimensionSpec, ...]
     metrics: tuple[MetricSpec, ...]
     filter: FilterNode | None
+
+
+@dataclass(frozen=True, slots=True)
+class BasketQuery:
+    """Items that share baskets with ``item`` among the documents of ``where`` (its
+    datasets, range and filter; no dimensions or metrics). A basket is a visitor's day
+    (``visitor.id``, salted per UTC day), or with ``visits`` the event's visit
+    (``visit.id``) when it has one. At most ``candidates`` other items, those sharing the
+    most baskets (at least ``min_support``) first, ties by item."""
+
+    where: GroupQuery
+    item: str
+    visits: bool
+    min_support: int
+    candidates: int
+
+
+@dataclass(frozen=True, slots=True)
+class BasketCounts:
+    """What a :class:`BasketQuery` found: the baskets holding the item, and per other item
+    ``(item, baskets holding both, baskets holding the other)``. ``exact``: False when
+    Elasticsearch estimated a count (cardinality) or sampled the item's baskets."""
+
+    item_baskets: int
+    pairs: tuple[tuple[str, int, int], ...]
+    exact: bool = True

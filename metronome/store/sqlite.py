@@ -29,13 +29,15 @@ from metronome.events import fields as F
 from metronome.events.document import Document
 from metronome.files import create_private, open_private
 from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
-from metronome.store.query import GroupQuery
+from metronome.store.query import BasketCounts, BasketQuery, GroupQuery
 from metronome.store.sqlite_query import COLUMNS as QUERY_COLUMNS
 from metronome.store.sqlite_query import (
+    VISITOR_EXPR,
     delete_sql,
     install_functions,
     json_path,
     names_sql,
+    query_baskets,
     query_groups,
     query_top,
 )
@@ -82,6 +84,11 @@ _RANGE_INDEX = """
 DROP INDEX IF EXISTS events_site_ts;
 CREATE INDEX IF NOT EXISTS events_site_ts_columns
     ON events (site_id, dataset, ts, item_id, action, format, referrer_page, bot, spam);
+"""
+# Related items (issue 25) read every event of the visitors who saw an item: by visitor.
+_SCHEMA += f"""
+CREATE INDEX IF NOT EXISTS events_site_visitor
+    ON events (site_id, dataset, {VISITOR_EXPR}, ts);
 """
 # A database made before sites existed: its events belong to the default site.
 _ADD_SITE = "ALTER TABLE events ADD COLUMN site_id TEXT NOT NULL DEFAULT 'default'"
@@ -353,6 +360,13 @@ class SQLiteStore(ConnectionThread):
 
         rows: list[GroupRow] = await self._run(self._read, _query)
         return rows
+
+    async def baskets(self, query: BasketQuery) -> BasketCounts:
+        def _query() -> BasketCounts:
+            return query_baskets(self._connect(), query)
+
+        counts: BasketCounts = await self._run(_query)
+        return counts
 
     async def field_names(
         self, query: GroupQuery, under: str, partition: str | None = None

@@ -9,6 +9,7 @@ groups come back in composite-aggregation order (missing values first).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sqlite3
@@ -17,10 +18,21 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from metronome.events import fields as F
-from metronome.store.query import BoolNode, FieldRef, FilterNode, GroupQuery, Leaf, MetricSpec
+from metronome.store.query import (
+    BasketCounts,
+    BasketQuery,
+    BoolNode,
+    FieldRef,
+    FilterNode,
+    GroupQuery,
+    Leaf,
+    MetricSpec,
+)
 
 __all__ = [
     "condition_sql",
+    "VISITOR_EXPR",
+    "query_baskets",
     "delete_sql",
     "install_functions",
     "json_path",
@@ -40,6 +52,7 @@ COLUMNS: dict[str, str] = {
     F.BOT: "bot",
     F.SITE_ID: "site_id",
     F.REFERRER_SPAM: "spam",
+    F.TIMESTAMP: "ts",  # epoch ms, as Elasticsearch's min/max of a date read it
 }
 NOT_NULL_COLUMNS = frozenset({"bot", "site_id"})
 """Columns every row has (a document without the field is stored with the default)."""
@@ -353,3 +366,55 @@ def _values(raw: Sequence[Any], metrics: Sequence[MetricSpec]) -> tuple[Any, ...
             values.append(raw[position])
             position += 1
     return tuple(values)
+
+
+VISITOR_EXPR = f"json_extract(doc, {json_path(F.VISITOR_ID)})"
+"""The visitor of a row, exactly as the events table's visitor index is built on it."""
+
+
+def _basket(visits: bool) -> str:
+    if not visits:
+        return VISITOR_EXPR
+    return f"COALESCE('v:' || json_extract(doc, {json_path(F.VISIT_ID)}), 'd:' || {VISITOR_EXPR})"
+
+
+def query_baskets(conn: sqlite3.Connection, query: BasketQuery) -> BasketCounts:
+    """The baskets of ``query.item`` (through the item index), every event of their
+    visitors (through the visitor index), and the baskets of the items found most often
+    with it (through the item index again): no statement reads the whole range."""
+    where, args = _where(query.where)
+    basket = _basket(query.visits)
+    mine = conn.execute(
+        f"SELECT DISTINCT {VISITOR_EXPR}, {basket} FROM events WHERE {where} AND item_id = ?"
+        f" AND {VISITOR_EXPR} IS NOT NULL",
+        [*args, query.item],
+    ).fetchall()
+    baskets = {row[1] for row in mine}
+    if not baskets:
+        return BasketCounts(0, ())
+    visitors = json.dumps(sorted({row[0] for row in mine}))
+    together: dict[str, set[str]] = {}
+    for other, key in conn.execute(
+        f"SELECT item_id, {basket} FROM events WHERE {where}"
+        f" AND {VISITOR_EXPR} IN (SELECT value FROM json_each(?))"
+        " AND item_id IS NOT NULL AND item_id != ?",
+        [*args, visitors, query.item],
+    ):
+        if key in baskets:
+            together.setdefault(other, set()).add(key)
+    ranked = sorted(
+        ((item, len(keys)) for item, keys in together.items() if len(keys) >= query.min_support),
+        key=lambda pair: (-pair[1], pair[0]),
+    )[: query.candidates]
+    if not ranked:
+        return BasketCounts(len(baskets), ())
+    popularity = dict(
+        conn.execute(
+            f"SELECT item_id, count(DISTINCT {basket}) FROM events WHERE {where}"
+            f" AND item_id IN (SELECT value FROM json_each(?)) AND {VISITOR_EXPR} IS NOT NULL"
+            " GROUP BY item_id",
+            [*args, json.dumps([item for item, _ in ranked])],
+        ).fetchall()
+    )
+    pairs = tuple((item, n, int(popularity.get(item, n))) for item, n in ranked)
+    return BasketCounts(len(baskets), pairs)

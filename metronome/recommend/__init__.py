@@ -1,0 +1,1 @@
+"""Recommendations: items associated with an item, from the baskets they share."""
