@@ -155,18 +155,23 @@ class ApiCallTracker:
             elif self._excluded is not None and self._excluded(route):
                 self.stats.skipped += 1
                 return
-            fields: dict[str, Any] = {"method": method, "status": status}
-            fields["duration_ns"] = duration_ns
-            if body_bytes is not None:
-                fields["bytes"] = body_bytes
             try:
                 user = self._user(env)
             except Exception:  # noqa: BLE001 - the app's hook must not fail its request
                 self.stats.failures += 1
                 user = None
-            if user is not None:
-                fields["user"] = str(user)
-            if self._client.tick(route, ACTION, **fields):
+            if user is not None and type(user) is not str:
+                user = str(user)
+            # None (no bytes, no user) is what the server takes for a missing value
+            if self._client.tick(
+                route,
+                ACTION,
+                method=method,
+                status=status,
+                duration_ns=duration_ns,
+                bytes=body_bytes,
+                user=user,
+            ):
                 self.stats.tracked += 1
             else:
                 self.stats.dropped += 1
@@ -176,28 +181,19 @@ class ApiCallTracker:
                 log.exception("api_call_tracking_failed")
 
 
-def _asgi_route(scope: Scope) -> str | None:
+def _asgi_route(scope: Scope, root_path: str) -> str | None:
     """The route template an ASGI framework left in the scope: ours, or Starlette's and
-    FastAPI's matched route (``scope["route"].path``)."""
+    FastAPI's matched route (``scope["route"].path``) behind the prefix of the mounts it
+    went through (Starlette grows ``root_path`` by each mount's matched path)."""
     route = scope.get(ROUTE_KEY)
     if route is None:
         matched = scope.get("route")
-        route = getattr(matched, "path", None) if matched is not None else None
-        if route is None and "endpoint" in scope:
-            route = _starlette_route(scope)
+        path = getattr(matched, "path", None) if matched is not None else None
+        if isinstance(path, str):
+            mounted = scope.get("root_path", "")
+            prefix = mounted[len(root_path) :] if mounted.startswith(root_path) else ""
+            route = prefix + path
     return route if isinstance(route, str) else None
-
-
-def _starlette_route(scope: Scope) -> str | None:
-    """Starlette's router records the endpoint, not the route: find the route that
-    matches the request fully, as the router did (only after it found one)."""
-    router = getattr(scope.get("app"), "router", None)
-    for candidate in getattr(router, "routes", ()):
-        match, _ = candidate.matches(scope)
-        if match.name == "FULL":
-            path = getattr(candidate, "path", None)
-            return path if isinstance(path, str) else None
-    return None
 
 
 class ASGIMiddleware:
@@ -218,6 +214,7 @@ class ASGIMiddleware:
         if not tracker.wants(method, path):
             await self.app(scope, receive, send)
             return
+        root_path = scope.get("root_path", "")
         start = time.perf_counter_ns()
         answer = [500, 0]  # status, body bytes
 
@@ -234,7 +231,7 @@ class ASGIMiddleware:
         finally:
             duration = time.perf_counter_ns() - start
             try:
-                route = _asgi_route(scope)
+                route = _asgi_route(scope, root_path)
             except Exception:  # noqa: BLE001 - a framework's odd scope must not fail a request
                 tracker.stats.failures += 1
                 route = None

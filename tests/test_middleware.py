@@ -14,9 +14,13 @@ import falcon.asgi
 import flask
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Mount, Route
 
 from metronome.client import Client
-from metronome.middleware import ApiCallTracker, track_falcon, track_flask
+from metronome.middleware import ApiCallTracker, ASGIMiddleware, track_falcon, track_flask
 from tests.support.backends import Backend
 from tests.support.es_server import free_port
 from tests.support.served_app import serve_asgi, serve_wsgi
@@ -216,6 +220,42 @@ def test_flask_calls_are_reported_with_bytes_users_and_errors(
     assert found == {
         (f"/{token}/users/<int:uid>", "ada"): [3, 60],
         (f"/{token}/stream", None): [1, 15],
+    }
+
+
+# --- Starlette, served by uvicorn ------------------------------------------------------------
+
+
+async def _order(request: Request) -> JSONResponse:
+    return JSONResponse({"order": request.path_params["order_id"]})
+
+
+async def _thing(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(request.path_params["name"])
+
+
+def test_starlette_routes_are_templates_mounts_included(backend: Backend) -> None:
+    token = "t" + uuid.uuid4().hex[:8]
+    app = Starlette(
+        routes=[
+            Route(f"/{token}/orders/{{order_id:int}}", _order),
+            Mount(f"/{token}/api", routes=[Route("/things/{name}", _thing)]),
+        ]
+    )
+    with Client(backend.server.url, flush_interval_s=0.05) as client:
+        tracker = ApiCallTracker(client)
+        with serve_asgi(ASGIMiddleware(app, tracker)) as url:
+            with httpx.Client(base_url=url, timeout=30) as http:
+                for n in range(3):
+                    assert http.get(f"/{token}/orders/{n}").json() == {"order": n}
+                assert http.get(f"/{token}/api/things/lamp").text == "lamp"
+                assert http.get(f"/{token}/orders/not-a-number").status_code == 404
+        assert client.flush(30)
+    assert tracker.stats.failures == 0
+    routes = _api_calls(backend)
+    assert {r: v["calls"] for r, v in routes.items() if r.startswith(f"/{token}")} == {
+        f"/{token}/orders/{{order_id:int}}": 3,
+        f"/{token}/api/things/{{name}}": 1,
     }
 
 
