@@ -259,6 +259,35 @@ def test_starlette_routes_are_templates_mounts_included(backend: Backend) -> Non
     }
 
 
+# --- Django, served by werkzeug ----------------------------------------------------------------
+
+
+def test_django_routes_statuses_and_users(backend: Backend) -> None:
+    from tests.support.django_site import wsgi_app
+
+    with Client(backend.server.url, flush_interval_s=0.05) as client:
+        tracker = ApiCallTracker(client, user=lambda request: request.headers.get("X-User"))
+        with serve_wsgi(wsgi_app(tracker)) as url, httpx.Client(base_url=url, timeout=30) as http:
+            for n in range(4):
+                resp = http.get(f"/django/items/{n}", headers={"X-User": "grace"})
+                assert resp.json() == {"item": n}
+            assert http.get("/django/fail").status_code == 500
+        assert client.flush(30)
+    assert tracker.stats.failures == 0
+    routes = _api_calls(backend)
+    mine = {r: (v["calls"], v["errors"]) for r, v in routes.items() if r.startswith("/django/")}
+    assert mine == {"/django/items/<int:item_id>": (4, 0), "/django/fail": (1, 1)}
+    rows = _query(
+        backend,
+        {
+            "metrics": ["events", "bytes"],
+            "dimensions": ["user.id"],
+            "filters": [["is", "http.route", ["/django/items/<int:item_id>"]]],
+        },
+    )
+    assert [(row["dimensions"], row["metrics"]) for row in rows] == [(["grace"], [4, 4 * 11])]
+
+
 # --- sampling, and an app that keeps answering whatever happens to tracking ----------------
 
 
