@@ -15,7 +15,8 @@ Contenders, each answering ``GET /items/{id}`` with a small JSON body:
 * falcon_wsgi / falcon_wsgi_tracked: a ``falcon.App``, plain and through ``track_falcon``
   (WSGIMiddleware + FalconRoute);
 * flask / flask_tracked: a Flask app, plain and through ``track_flask`` (WSGIMiddleware
-  around ``wsgi_app`` + a ``before_request`` reading ``url_rule``).
+  around ``wsgi_app``, reading ``url_rule`` from the request its ``request_class``
+  leaves in the environ).
 
     python -m benchmarks.middleware [--requests 20000] [--trials 5]
 

@@ -62,6 +62,7 @@ log = logging.getLogger("metronome.middleware")
 ACTION = "api.call"  # the server's metronome.events.api_call.ACTION (the client imports no server)
 ROUTE_KEY = "metronome.route"
 USER_KEY = "metronome.user"
+REQUEST_KEY = "metronome.request"  # track_flask: the Flask request, until the call is recorded
 NO_ROUTE = "(no route)"
 
 Scope = MutableMapping[str, Any]
@@ -288,8 +289,11 @@ class WSGIMiddleware:
             return start_response(line, headers, exc_info)
 
         def done(body_bytes: int) -> None:
-            route = environ.get(ROUTE_KEY)
             duration = time.perf_counter_ns() - start
+            route = environ.get(ROUTE_KEY)
+            if route is None:  # Flask (track_flask): the request, routed
+                rule = getattr(environ.pop(REQUEST_KEY, None), "url_rule", None)
+                route = getattr(rule, "rule", None)
             tracker.record(environ, method, path, route, status[0], duration, body_bytes)
 
         try:
@@ -329,16 +333,18 @@ def track_falcon(app: Any, tracker: ApiCallTracker) -> Any:
 
 
 def track_flask(app: Any, tracker: ApiCallTracker) -> Any:
-    """Track a Flask app in place: its ``wsgi_app`` is wrapped, and a first
-    ``before_request`` function records ``request.url_rule``. Returns the app."""
-    from flask import request
+    """Track a Flask app in place; returns the app. Its ``wsgi_app`` is wrapped (the app's
+    own WSGI middleware stays outside), and its ``request_class`` becomes a subclass that
+    leaves each request in the environ, where the middleware reads ``url_rule`` once the
+    response is done (Flask clears ``"werkzeug.request"`` before then). Set a custom
+    ``request_class`` before calling this."""
 
-    def record_route() -> None:
-        rule = request.url_rule
-        if rule is not None:
-            request.environ[ROUTE_KEY] = rule.rule
+    class TrackedRequest(app.request_class):  # type: ignore[misc]
+        def __init__(self, environ: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+            super().__init__(environ, *args, **kwargs)
+            environ[REQUEST_KEY] = self  # taken out again by the middleware
 
-    app.before_request_funcs.setdefault(None, []).insert(0, record_route)
+    app.request_class = TrackedRequest
     app.wsgi_app = WSGIMiddleware(app.wsgi_app, tracker)
     return app
 
