@@ -56,6 +56,7 @@ __all__ = [
     "HTTP_REQUEST_REFERRER",
     "HTTP_RESPONSE_BODY_BYTES",
     "HTTP_RESPONSE_STATUS_CODE",
+    "HTTP_ROUTE",
     "HTTP_VERSION",
     "ITEM_FORMAT",
     "ITEM_ID",
@@ -97,6 +98,7 @@ __all__ = [
     "USER_AGENT_OS_NAME",
     "USER_AGENT_OS_VERSION",
     "USER_AGENT_VERSION",
+    "USER_ID",
     "VERSION",
     "VISITOR_ID",
     "VISIT_ID",
@@ -222,6 +224,10 @@ SOURCE_ADDRESS = "source.address"  # the client as logged: its address, or a hos
 SOURCE_PORT = "source.port"  # the client's port, where logged (ELB, ALB, HAProxy)
 DESTINATION_PORT = "destination.port"  # the server's port: a host:port prefix, %p
 RELATED_IP = "related.ip"  # every address of a forwarded chain (the client among them)
+# API calls (events/api_call.py: what metronome.middleware reports) are stored with the
+# access logs, in the same shape, plus these two:
+HTTP_ROUTE = "http.route"  # the route template that answered (/users/{id}), not the raw path
+USER_ID = "user.id"  # the authenticated user, as the tracked app's hook names them
 
 LOG_FIELDS: frozenset[str] = frozenset(
     (TICK_FIELDS - ERROR_FIELDS)
@@ -237,11 +243,14 @@ LOG_FIELDS: frozenset[str] = frozenset(
         SOURCE_PORT,
         DESTINATION_PORT,
         RELATED_IP,
+        HTTP_ROUTE,
+        USER_ID,
     }
 )
 """Every field the ``logs`` indices map: the shared base mappings (so ``client.ip`` too,
 which log documents leave empty: their client is ``source.ip``), ``item.*``,
-``referrer.*`` and the access-log fields. A log document carries a subset of these."""
+``referrer.*``, the access-log fields and an API call's route and user. A log document
+carries a subset of these."""
 
 # Metrics (dataset "metrics"): periodic measurements in <prefix>-metrics-YYYY.MM.DD, mapped by
 # index_templates/component/metronome-metrics-mappings.json on top of the shared base

@@ -6,7 +6,8 @@ stored under ``params.*``. ``site`` is checked by the API against the caller's s
 (:mod:`metronome.api.guard`) and never stored from the tick: ``site.id`` comes from
 :attr:`RequestInfo.site_id`. Free parameters are scalars; names are 1 to
 ``max_key_length`` characters of letters, digits, ``_``, ``-``, ``:``, ``@`` and ``$``
-(no dots, so they can never become nested objects).
+(no dots, so they can never become nested objects). A tick of the event ``api.call`` is
+an API call (:mod:`metronome.events.api_call`), stored in the access logs' shape.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 from metronome.errors import InvalidField, LimitExceeded
 from metronome.events import fields as F
+from metronome.events.api_call import ACTION as API_CALL
+from metronome.events.api_call import build_api_call
 from metronome.events.document import Document, format_timestamp, new_event_id, parse_iso_ms
 from metronome.events.enrich import referrer_keys, url_parts, user_agent_fields
 from metronome.events.errors import ERROR_KEYS, error_fields
@@ -221,6 +224,8 @@ def build_tick(
                 "'ts' must be after 1970 and at most a day ahead of the server's clock",
                 field="ts",
             )
+    if action == API_CALL:  # metronome.middleware's report of one request: a log's shape
+        return build_api_call(raw, item_id, ts_ms, request.received_ms, request.site_id)
     event_type = schemas.find(request.site_id, action) if schemas is not None else None
     typed = event_type.typed_fields(raw) if event_type is not None else None
     for key, value in (typed or {}).items():

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metronome.errors import InvalidCursor, InvalidParameter, InvalidQuery, NotFound
+from metronome.events import api_call
+from metronome.events import fields as F
 from metronome.reports import errors, platform, tock
 from metronome.reports.engine import run_query
 from metronome.reports.query import PRESETS, for_site, parse_query
@@ -131,6 +133,15 @@ def _event_filter(params: Mapping[str, str]) -> list[Any]:
     return [["is", "event", [event]]] if event else []
 
 
+def _api_call_filters(params: Mapping[str, str]) -> list[Any]:
+    filters: list[Any] = [["is", F.EVENT_DATASET, [api_call.EVENT_DATASET]]]
+    if params.get("route"):
+        filters.append(["is", F.HTTP_ROUTE, [params["route"]]])
+    if params.get("method"):
+        filters.append(["is", F.HTTP_REQUEST_METHOD, [params["method"].upper()]])
+    return filters
+
+
 _PLAN_PARAMETERS = {name: COMMON_PARAMETERS[name] for name in ("range", "from", "to", "tz")}
 _ERRORS_PARAMETERS = {
     **_PLAN_PARAMETERS,
@@ -230,6 +241,30 @@ REPORTS: dict[str, NamedReport] = {
                 "limit": 10,
             },
             {},
+        ),
+        # API calls (issue 23): what metronome.middleware reports, per route over time
+        NamedReport(
+            "api-calls",
+            "API calls per route and time bucket: calls, error rate (5xx share) and"
+            " duration percentiles (ns)",
+            lambda p: {
+                "source": "logs",
+                "metrics": [
+                    "events",
+                    "error_rate",
+                    {"p50": "duration"},
+                    {"p95": "duration"},
+                    {"p99": "duration"},
+                ],
+                "dimensions": [f"time:{_interval(p, 'day')}", F.HTTP_ROUTE],
+                "filters": _api_call_filters(p),
+                "limit": 1000,
+            },
+            {
+                "interval": "hour, day (default), week or month",
+                "route": "only this route template",
+                "method": "only this method (GET, POST, ...)",
+            },
         ),
         # telemetry (issue 19): fleet questions about one app's points
         NamedReport(
@@ -516,7 +551,7 @@ _PARAMETERS_OF = {
     "query.bots": ("bots",),
     "query.source": ("source", "sources"),
     "query.after": ("after",),
-    "query.filters": ("event", "id"),
+    "query.filters": ("event", "id", "route", "method"),
     "query.dimensions": ("interval", "from", "range"),
 }
 
