@@ -1,7 +1,8 @@
 """``metronome worker``: install the store's schema, then ship the spool until stopped.
 
-Beside the shipper it runs the forward-protocol input (``METRONOME_FORWARD``) and the
-periodic jobs (retention, ``METRONOME_RETENTION``): the worker is the jobs' scheduler, so
+Beside the shipper it runs the forward-protocol input (``METRONOME_FORWARD``), the host's
+live evaluator (:mod:`metronome.live.evaluator`) and the periodic jobs (retention,
+``METRONOME_RETENTION``): the worker is the jobs' scheduler, so
 it lives in ``jobs/`` and uses ``pipeline/``, never the other way round.
 """
 
@@ -119,6 +120,19 @@ async def _rollup_loop(settings: Settings, store: Store, stop: asyncio.Event) ->
                 pass
 
 
+async def _live_evaluator(settings: Settings, stop: asyncio.Event) -> None:
+    """The host's live evaluator, on a store connection of its own (its queries never wait
+    behind the shipper's writes). A failure is logged: the server workers then evaluate
+    their subscriptions themselves."""
+    from metronome.live.evaluator import serve_evaluations
+
+    try:
+        async with open_store(settings) as store:
+            await serve_evaluations(settings, store, stop)
+    except Exception:
+        log.exception("live_evaluator_failed: the server workers evaluate themselves")
+
+
 async def run_worker(
     settings: Settings, *, drain: bool = False, parent_pid: int | None = None
 ) -> ShipperStats:
@@ -154,6 +168,7 @@ async def run_worker(
                 from metronome.jobs.kpis import KpiWatcher
 
                 kpis = loop.create_task(KpiWatcher(settings, store).run(stop))
+            live = None if drain else loop.create_task(_live_evaluator(settings, stop))
             rollups = None
             if settings.telemetry_rollup_interval_s and not drain:
                 rollups = loop.create_task(_rollup_loop(settings, store, stop))
@@ -175,6 +190,9 @@ async def run_worker(
                 if rollups is not None:
                     stop.set()
                     await rollups
+                if live is not None:
+                    stop.set()
+                    await live
                 if forward is not None:
                     server, router, writer = forward
                     await server.close()
