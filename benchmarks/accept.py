@@ -205,8 +205,8 @@ def stage_costs(loop: asyncio.AbstractEventLoop, app: Any, calls: int) -> dict[s
 
     writer = tick._pipeline._writer
 
-    async def spool_write() -> None:  # as in the trials: CONCURRENCY appends share groups
-        await asyncio.gather(*(writer.append(encoded) for _ in range(CONCURRENCY)))
+    async def spool_write() -> None:
+        await writer.append(encoded)
 
     async def answer() -> None:
         await fastpath._answer(send, 202, render.dump_json({"id": document.id}), {}, None)
@@ -223,23 +223,29 @@ def stage_costs(loop: asyncio.AbstractEventLoop, app: Any, calls: int) -> dict[s
         "answer": answer,
     }
 
-    per_call = {"spool_write": CONCURRENCY}  # appends per call of the stage
+    # the spool's appends, as in the trials, from CONCURRENCY requests at once (they share
+    # groups); the other stages one call after another
+    concurrency = {"spool_write": CONCURRENCY}
 
-    async def repeat(stage: Callable[[], Any], n: int) -> None:
-        for _ in range(n):
-            await stage()
+    async def repeat(stage: Callable[[], Any], n: int, tasks: int = 1) -> None:
+        async def client(count: int) -> None:
+            for _ in range(count):
+                await stage()
+
+        await asyncio.gather(*(client(n // tasks) for _ in range(tasks)))
 
     synced = spool._fdatasync
     spool._fdatasync = _no_sync
     costs: dict[str, float] = {}
     try:
         for label, stage in stages.items():
-            n = calls // per_call.get(label, 1)
-            loop.run_until_complete(repeat(stage, min(n, 2_000)))  # warm caches
+            tasks = concurrency.get(label, 1)
+            n = calls // tasks * tasks
+            loop.run_until_complete(repeat(stage, min(n, 2_000), tasks))  # warm caches
             gc.collect()
             started = time.process_time()
-            loop.run_until_complete(repeat(stage, n))
-            costs[label] = (time.process_time() - started) * 1e6 / (n * per_call.get(label, 1))
+            loop.run_until_complete(repeat(stage, n, tasks))
+            costs[label] = (time.process_time() - started) * 1e6 / n
     finally:
         spool._fdatasync = synced
     return costs

@@ -160,6 +160,7 @@ class Hub:
         self._linking: asyncio.Task[None] | None = None
         self._tokens: dict[str, Evaluation] = {}
         self._next_token = 0
+        self._attempting = False  # an attempt to link is under way
 
     # -- connections ------------------------------------------------------------------
 
@@ -229,15 +230,18 @@ class Hub:
         return evaluation
 
     def _start(self, evaluation: Evaluation) -> None:
-        """Have ``evaluation`` evaluated: by the evaluator when linked, else here."""
+        """Have ``evaluation`` evaluated: by the evaluator when linked, else here (once an
+        attempt to link has found no evaluator)."""
         if evaluation.task is not None or evaluation.token is not None:
             return
         if self._link is not None and self._link.open:
             self._hand_over(evaluation, self._link)
             return
-        evaluation.task = asyncio.create_task(evaluation.run())
         if self._linked and self._linking is None:
+            self._attempting = True
             self._linking = asyncio.create_task(self._keep_linked())
+        if not self._attempting:  # an attempt under way starts or hands over every one
+            evaluation.task = asyncio.create_task(evaluation.run())
 
     def _hand_over(self, evaluation: Evaluation, link: EvaluatorLink) -> None:
         if evaluation.task is not None:
@@ -277,16 +281,26 @@ class Hub:
         """While this hub has evaluations: link to the evaluator when it listens and hand
         them over; evaluate here meanwhile."""
         path = socket_path(self.settings.data_dir)
-        while self._evaluations:
-            if self._link is None or not self._link.open:
-                link = await EvaluatorLink.connect(path, self._answered, self._lost)
-                if link is not None:
-                    self._link = link
-                    log.info("live_evaluator_linked evaluations=%d", len(self._evaluations))
+        try:
+            while self._evaluations:
+                if self._link is None or not self._link.open:
+                    self._attempting = True
+                    try:
+                        link = await EvaluatorLink.connect(path, self._answered, self._lost)
+                    finally:
+                        self._attempting = False
+                    if link is not None:
+                        self._link = link
+                        log.info("live_evaluator_linked evaluations=%d", len(self._evaluations))
                     for evaluation in list(self._evaluations.values()):
-                        self._hand_over(evaluation, link)
-            await asyncio.sleep(_RETRY_LINK_S)
-        self._linking = None
+                        if link is not None:
+                            self._hand_over(evaluation, link)
+                        else:
+                            self._start(evaluation)
+                await asyncio.sleep(_RETRY_LINK_S)
+        finally:
+            self._attempting = False
+            self._linking = None
 
     def _answered(self, answer: Answer) -> None:
         token, digest, at_ms, kind, payload = answer
