@@ -35,6 +35,19 @@ async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
         await asyncio.sleep(1.0)
 
 
+async def _live_evaluator(settings: Settings, stop: asyncio.Event) -> None:
+    """The host's live evaluator, on a store connection of its own (its queries never wait
+    behind the shipper's writes). A failure is logged: the server workers then evaluate
+    their subscriptions themselves."""
+    from metronome.live.evaluator import serve_evaluations
+
+    try:
+        async with open_store(settings) as store:
+            await serve_evaluations(settings, store, stop)
+    except Exception:
+        log.exception("live_evaluator_failed: the server workers evaluate themselves")
+
+
 async def _start_forward(settings: Settings) -> tuple[Any, Any, Any]:
     """The Fluentd forward-protocol input, spooling into this process's own segment."""
     from metronome.pipeline.forward_input import ForwardRouter, forward_auth
@@ -120,19 +133,6 @@ async def _rollup_loop(settings: Settings, store: Store, stop: asyncio.Event) ->
                 pass
 
 
-async def _live_evaluator(settings: Settings, stop: asyncio.Event) -> None:
-    """The host's live evaluator, on a store connection of its own (its queries never wait
-    behind the shipper's writes). A failure is logged: the server workers then evaluate
-    their subscriptions themselves."""
-    from metronome.live.evaluator import serve_evaluations
-
-    try:
-        async with open_store(settings) as store:
-            await serve_evaluations(settings, store, stop)
-    except Exception:
-        log.exception("live_evaluator_failed: the server workers evaluate themselves")
-
-
 async def run_worker(
     settings: Settings, *, drain: bool = False, parent_pid: int | None = None
 ) -> ShipperStats:
@@ -163,12 +163,12 @@ async def run_worker(
             collectors = None
             if (settings.collectors or settings.monitors) and not drain:
                 collectors = loop.create_task(_collectors(settings, store, stop))
+            live = None if drain else loop.create_task(_live_evaluator(settings, stop))
             kpis = None
             if settings.kpi_interval_s and not drain:
                 from metronome.jobs.kpis import KpiWatcher
 
                 kpis = loop.create_task(KpiWatcher(settings, store).run(stop))
-            live = None if drain else loop.create_task(_live_evaluator(settings, stop))
             rollups = None
             if settings.telemetry_rollup_interval_s and not drain:
                 rollups = loop.create_task(_rollup_loop(settings, store, stop))
