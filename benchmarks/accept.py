@@ -26,6 +26,12 @@ connections):
 
     python -m benchmarks.accept [--requests 30000] [--trials 5]
 
+After the trials, ``summary.stages_us`` says where a tick's microseconds go: each stage of
+the fast path (the same calls :meth:`metronome.api.ticks.Tick.accept` makes, in its order)
+run on its own ``--stage-calls`` times on the same app, and the spool's ``fdatasync`` as
+metronome's CPU per request minus undurable's. ``unaccounted`` is what is left of
+undurable's figure: the event loop, tasks and futures, and the ASGI calls between stages.
+
 No goal of its own: it says where ``benchmarks.ingest``'s gap comes from. The ratio
 bare / metronome is what the single-tick ratio would be if HTTP cost nothing; the HTTP
 work both servers pay brings the measured ratio closer to 1.
@@ -140,6 +146,111 @@ def timed(loop: asyncio.AbstractEventLoop, app: Any, n: int, path: str) -> dict[
     }
 
 
+STAGE_CALLS = 20_000
+
+
+def stage_costs(loop: asyncio.AbstractEventLoop, app: Any, calls: int) -> dict[str, float]:
+    """CPU microseconds per call of each stage of ``POST /tick`` on ``app`` (a
+    :class:`~metronome.api.fastpath.FastIngest`), each run ``calls`` times on its own, in
+    the order :meth:`~metronome.api.ticks.Tick.accept` runs them. The spool stage writes
+    without ``fdatasync`` (its CPU is the trials' metronome minus undurable)."""
+    from benchmarks.undurable import _no_sync
+    from metronome.api import fastpath, render
+    from metronome.api.body import decode_json, read_body, require_content_type
+    from metronome.api.guard import named_sites
+    from metronome.api.ticks import JSON_TYPES
+    from metronome.pipeline import records, spool
+
+    tick = app._tick
+    guard = tick._guard
+    settings = tick._settings
+    scope = _scope("/tick")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": BODY, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    req = fastpath._Request(scope, receive)
+    client_ip = tick._client_ip(req)
+    raw = decode_json(BODY)
+    access = loop.run_until_complete(guard.ingest(req, named_sites(req, (raw,)), client_ip, 1))
+    info = loop.run_until_complete(tick._info(req, client_ip, access))
+    document = tick._build(raw, info)
+    encoded = records.encode_many([document])
+
+    async def asgi_request() -> None:
+        fastpath._Request(scope, receive)
+
+    async def checks() -> None:
+        require_content_type(req, JSON_TYPES)
+        await guard.precheck_ingest(req, tick._client_ip(req))
+
+    async def body() -> None:
+        request = fastpath._Request(scope, receive)
+        decode_json(await read_body(request, settings.max_body_bytes, tick._deadlines))
+
+    async def sites() -> None:
+        await guard.ingest(req, named_sites(req, (raw,)), client_ip, 1)
+
+    async def request_info() -> None:
+        await tick._info(req, client_ip, access)
+
+    async def build() -> None:
+        tick._build(raw, info)
+
+    async def encode() -> None:
+        records.encode_many([document])
+
+    writer = tick._pipeline._writer
+
+    async def spool_write() -> None:
+        await writer.append(encoded)
+
+    async def answer() -> None:
+        await fastpath._answer(send, 202, render.dump_json({"id": document.id}), {}, None)
+
+    stages = {
+        "asgi_request": asgi_request,
+        "checks": checks,
+        "body": body,
+        "sites": sites,
+        "request_info": request_info,
+        "build": build,
+        "encode": encode,
+        "spool_write": spool_write,
+        "answer": answer,
+    }
+
+    # the spool's appends, as in the trials, from CONCURRENCY requests at once (they share
+    # groups); the other stages one call after another
+    concurrency = {"spool_write": CONCURRENCY}
+
+    async def repeat(stage: Callable[[], Any], n: int, tasks: int = 1) -> None:
+        async def client(count: int) -> None:
+            for _ in range(count):
+                await stage()
+
+        await asyncio.gather(*(client(n // tasks) for _ in range(tasks)))
+
+    synced = spool._fdatasync
+    spool._fdatasync = _no_sync
+    costs: dict[str, float] = {}
+    try:
+        for label, stage in stages.items():
+            tasks = concurrency.get(label, 1)
+            n = calls // tasks * tasks
+            loop.run_until_complete(repeat(stage, min(n, 2_000), tasks))  # warm caches
+            gc.collect()
+            started = time.process_time()
+            loop.run_until_complete(repeat(stage, n, tasks))
+            costs[label] = (time.process_time() - started) * 1e6 / n
+    finally:
+        spool._fdatasync = synced
+    return costs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = C.base_parser(__doc__.splitlines()[0], duration=None, trials=5, warmup=None)
     parser.add_argument(
@@ -147,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=DEFAULT_REQUESTS,
         help=f"requests per trial [default: {DEFAULT_REQUESTS}]",
+    )
+    parser.add_argument(
+        "--stage-calls",
+        type=int,
+        default=STAGE_CALLS,
+        help=f"calls of each stage for summary.stages_us [default: {STAGE_CALLS}]",
     )
     args = parser.parse_args(argv)
     seed = C.new_seed(args.seed)
@@ -212,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 f" per request ({r['requests_per_cpu_s']:,.0f} per CPU second)",
                 file=sys.stderr,
             )
+        stages = stage_costs(loop, metronome_app, args.stage_calls)
         loop.run_until_complete(lifespan.stop())
     except C.BenchmarkError as exc:
         print(f"{NAME}: FAILED: {exc}", file=sys.stderr)
@@ -228,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     for round_no in range(args.trials):
         by = {t["contender"]: t["cpu_us_per_request"] for t in trials if t["round"] == round_no}
         paired.append(C.rounded(C.ratio(by["bare"], by["metronome"])))
+    stages_us = {label: round(value, 1) for label, value in stages.items()}
+    undurable_us = cpu_us["undurable"] or 0.0
+    stages_us["fdatasync"] = round((cpu_us["metronome"] or 0.0) - undurable_us, 1)
+    stages_us["unaccounted"] = round(undurable_us - sum(stages.values()), 1)
     results = {
         "benchmark": NAME,
         "description": __doc__.splitlines()[0],
@@ -247,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
             "bare": "benchmarks.bare_app.app (Falcon, answers 202 {})",
             "unit": "CPU microseconds of this process per request (median of trials);"
             " ASGI called directly, no HTTP",
+            "stage_calls": args.stage_calls,
+            "stages": "summary.stages_us: CPU µs per call of each stage of POST /tick run"
+            " alone (spool_write without fdatasync); fdatasync = metronome - undurable;"
+            " unaccounted = undurable - the stages (event loop, tasks, ASGI glue)",
         },
         "environment": C.environment(loadavg_at_start=load_at_start),
         "warmup": warmups,
@@ -260,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_bare_to_undurable": C.rounded(C.ratio(cpu_us["bare"], cpu_us["undurable"])),
             "fast_path_gain": C.rounded(C.ratio(cpu_us["undurable_falcon"], cpu_us["undurable"])),
             "paired_ratios_bare_to_metronome": paired,
+            "stages_us": stages_us,
             "goal": None,
         },
     }
@@ -270,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         f" bare {cpu_us['bare']:.1f}; bare/metronome"
         f" {results['summary']['ratio_bare_to_metronome']}, fast path gain"
         f" {results['summary']['fast_path_gain']} -> {C.display(out)}"
+    )
+    print(
+        f"{NAME}: µs per stage: " + ", ".join(f"{k} {v}" for k, v in stages_us.items()),
     )
     return 0
 

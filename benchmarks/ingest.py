@@ -6,6 +6,11 @@ with the same options (2 ``uvicorn_worker.UvicornWorker`` workers). wrk POSTs on
 tick over keep-alive connections; every answer must be 2xx. All servers run for the whole
 benchmark; after a warm-up of each, measured trials alternate in shuffled rounds.
 
+Each trial also records where the CPU went, in microseconds per request: the server's
+HTTP workers, its shipper (``metronome worker``), its arbiter, and wrk itself
+(``cpu_us_per_request``; the summary holds each contender's medians), so the gap to the
+bare app can be read as Metronome's own work, durability, and shipping.
+
 A third contender, for scale and not for the goal, is ``benchmarks/undurable.py``: the same
 Metronome with the spool's fsync and the shipper switched off. Its ratio to the bare app is
 what accepting a tick costs by itself; Metronome's ratio to it is what durability and
@@ -13,11 +18,14 @@ shipping cost on top.
 
     python -m benchmarks.ingest [--duration 10] [--trials 3] [--connections 32]
 
-Goal: Metronome's requests/s >= 0.7 x the bare app's.
+Goal (issue 24): Metronome's requests/s >= 0.5 x the bare app's, the durable spool
+unchanged (the earlier 0.7 was withdrawn: ``benchmarks.accept`` showed it needs less of
+Metronome's own work per tick than durability alone costs).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import sys
@@ -30,7 +38,7 @@ import orjson
 from benchmarks import _common as C
 
 NAME = "ingest"
-GOAL_RATIO = 0.7
+GOAL_RATIO = 0.5
 SPOOL_BYTES = 8 << 30
 
 
@@ -44,6 +52,29 @@ def stored_rows(data_dir: Any) -> int | None:
             return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
     except sqlite3.Error:
         return None
+
+
+def _process_roles(server: Any) -> dict[int, str]:
+    """The server's processes by role: ``arbiter`` (gunicorn's, or ``metronome serve``'s
+    parent), ``shipper`` (``metronome worker``) and ``http_workers``."""
+    root = server.proc.pid
+    roles = {root: "arbiter"}
+    for pid in C.descendants(root):
+        argv = C.cmdline(pid)
+        roles[pid] = "shipper" if "worker" in argv[2:4] else "http_workers"
+    return roles
+
+
+def _cpu_by_role(roles: dict[int, str]) -> dict[str, float]:
+    used: dict[str, float] = {}
+    for pid, role in roles.items():
+        used[role] = used.get(role, 0.0) + (C.cpu_seconds(pid) or 0.0)
+    return used
+
+
+def _children_cpu_s() -> float:
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 def run_throughput(
@@ -120,6 +151,8 @@ def run_throughput(
             seconds / 2, lambda: spread.append(C.connections_per_process(servers[label].port))
         )
         sampler.start()
+        roles = _process_roles(servers[label])
+        cpu_before, wrk_before = _cpu_by_role(roles), _children_cpu_s()
         try:
             stats = C.run_wrk(
                 servers[label].url,
@@ -133,6 +166,14 @@ def run_throughput(
         finally:
             sampler.cancel()
             sampler.join()
+        cpu_after = _cpu_by_role(roles)
+        requests = max(stats["requests"], 1)
+        cpu_us = {
+            role: round((cpu_after[role] - cpu_before.get(role, 0.0)) * 1e6 / requests, 1)
+            for role in sorted(cpu_after)
+        }
+        cpu_us["wrk"] = round((_children_cpu_s() - wrk_before) * 1e6 / requests, 1)
+        stats["cpu_us_per_request"] = cpu_us
         acked[label] += stats["ok"]
         stats["connections_per_worker"] = spread[0] if spread else None
         return stats
@@ -155,6 +196,7 @@ def run_throughput(
                     "events_per_s": round(stats["requests_per_s"] * events_per_request, 1),
                     "latency_ms": {k: round(v / 1000, 3) for k, v in stats["latency_us"].items()},
                     "connections_per_worker": stats["connections_per_worker"],
+                    "cpu_us_per_request": stats["cpu_us_per_request"],
                 }
             )
             print(
@@ -206,6 +248,15 @@ def run_throughput(
             "undurable_ratio": C.rounded(C.ratio(per_s["undurable"], per_s["bare"])),
             "metronome_to_undurable": C.rounded(C.ratio(per_s["metronome"], per_s["undurable"])),
         }
+    cpu_us_per_request = {
+        label: {
+            role: C.median(
+                t["cpu_us_per_request"].get(role, 0.0) for t in trials if t["contender"] == label
+            )
+            for role in ("http_workers", "shipper", "arbiter", "wrk")
+        }
+        for label in servers
+    }
     passed = {}
     if "ratio" in goal:
         passed["ratio"] = result_ratio is not None and result_ratio >= goal["ratio"]
@@ -250,6 +301,7 @@ def run_throughput(
             "ratio": C.rounded(result_ratio),
             "paired_ratios": paired,
             **extra,
+            "cpu_us_per_request": cpu_us_per_request,
             "goal": goal,
             "passed": passed,
             "acknowledged": acked,

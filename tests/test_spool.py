@@ -59,6 +59,26 @@ def test_concurrent_appends_share_fsyncs(tmp_path: Path) -> None:
     assert len(scan(segment.read_bytes()).documents) == 300
 
 
+def test_clients_answered_together_come_back_in_one_group(tmp_path: Path) -> None:
+    """Under load the requests one sync answered send their next ones together: they are
+    synced as one group, not as one sync for the first of them and another for the rest."""
+    writer = _CountingWriter(tmp_path, segment_max_bytes=1 << 20, max_total_bytes=1 << 30)
+    clients, rounds = 16, 20
+
+    async def client(c: int) -> None:
+        for r in range(rounds):
+            await writer.append([encode(_doc(c * rounds + r))])
+
+    async def load() -> None:
+        await asyncio.gather(*(client(c) for c in range(clients)))
+
+    asyncio.run(load())
+    writer.close()
+    assert writer.writes <= rounds + 1, f"{writer.writes} fsyncs for {rounds} rounds"
+    (segment,) = segments(tmp_path)
+    assert len(scan(segment.read_bytes()).documents) == clients * rounds
+
+
 def test_status_shows_backlog_lag_and_store_health(tmp_path: Path) -> None:
     server = MetronomeServer({}, data_dir=tmp_path / "data", args=("--no-shipper",))
     server.start()

@@ -1,7 +1,8 @@
 """``metronome worker``: install the store's schema, then ship the spool until stopped.
 
-Beside the shipper it runs the forward-protocol input (``METRONOME_FORWARD``) and the
-periodic jobs (retention, ``METRONOME_RETENTION``): the worker is the jobs' scheduler, so
+Beside the shipper it runs the forward-protocol input (``METRONOME_FORWARD``), the host's
+live evaluator (:mod:`metronome.live.evaluator`) and the periodic jobs (retention,
+``METRONOME_RETENTION``): the worker is the jobs' scheduler, so
 it lives in ``jobs/`` and uses ``pipeline/``, never the other way round.
 """
 
@@ -32,6 +33,19 @@ async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
             log.warning("shipper_orphaned parent=%d: stopping", parent)
             stop.set()
         await asyncio.sleep(1.0)
+
+
+async def _live_evaluator(settings: Settings, stop: asyncio.Event) -> None:
+    """The host's live evaluator, on a store connection of its own (its queries never wait
+    behind the shipper's writes). A failure is logged: the server workers then evaluate
+    their subscriptions themselves."""
+    from metronome.live.evaluator import serve_evaluations
+
+    try:
+        async with open_store(settings) as store:
+            await serve_evaluations(settings, store, stop)
+    except Exception:
+        log.exception("live_evaluator_failed: the server workers evaluate themselves")
 
 
 async def _start_forward(settings: Settings) -> tuple[Any, Any, Any]:
@@ -174,6 +188,7 @@ async def run_worker(
             collectors = None
             if (settings.collectors or settings.monitors) and not drain:
                 collectors = loop.create_task(_collectors(settings, store, stop))
+            live = None if drain else loop.create_task(_live_evaluator(settings, stop))
             kpis = None
             if settings.kpi_interval_s and not drain:
                 from metronome.jobs.kpis import KpiWatcher
@@ -205,6 +220,9 @@ async def run_worker(
                 if rollups is not None:
                     stop.set()
                     await rollups
+                if live is not None:
+                    stop.set()
+                    await live
                 if forward is not None:
                     server, router, writer = forward
                     await server.close()

@@ -91,8 +91,9 @@ REQUEST_SECONDS = Histogram(
 # live subscriptions (metronome/live/)
 LIVE_EVALUATIONS = Counter(
     "metronome_live_evaluations",
-    "Queries run for live subscriptions: one per distinct subscription per interval in each"
-    " worker, however many connections hold it.",
+    "Queries run for live subscriptions: one per distinct subscription per interval on each"
+    " host (by its evaluator, in `metronome worker`; by each server worker while none"
+    " runs), however many connections hold it.",
 )
 LIVE_PUSHES = Counter(
     "metronome_live_pushes", "Live results handed to connections (one per subscriber)."

@@ -143,7 +143,9 @@ class SpoolWriter:
     sync ends. The sync itself runs on a helper thread, so the event loop goes on reading
     and checking requests meanwhile (which is what makes the groups large under load);
     writes, segment changes and answers stay on the loop. A request that arrives to an idle
-    spool is synced at once.
+    spool starts a group that is written and synced once the loop has run what is ready
+    now (``call_soon``): the requests answered by the last sync come back together, and
+    would otherwise pay one sync for the first of them and another for the rest.
     """
 
     def __init__(self, directory: Path, *, segment_max_bytes: int, max_total_bytes: int) -> None:
@@ -156,6 +158,7 @@ class SpoolWriter:
         self._pending: list[bytes] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._syncing = False
+        self._starting = False  # a group's commit is scheduled on the loop (call_soon)
         self._syncer: ThreadPoolExecutor | None = None
         self._total_cache = (0.0, 0)
         self._pid = os.getpid()
@@ -186,9 +189,16 @@ class SpoolWriter:
         waiter: asyncio.Future[None] = loop.create_future()
         self._pending.extend(records)
         self._waiters.append(waiter)
-        if not self._syncing:
-            self._commit(loop)
+        if not self._syncing and not self._starting:
+            self._starting = True
+            loop.call_soon(self._start_group, loop)
         await waiter
+
+    def _start_group(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Commit the group that gathered since an append found the spool idle."""
+        self._starting = False
+        if not self._syncing and self._waiters:
+            self._commit(loop)
 
     def _take_group(self) -> tuple[bytes, list[asyncio.Future[None]]]:
         data = b"".join(self._pending)
