@@ -177,6 +177,12 @@ def _check_job_sites(settings: Settings) -> None:
         for user, _, user_site in settings.forward_users:
             if user_site is not None:
                 named[f"METRONOME_FORWARD_USERS ({user}@{user_site})"] = user_site
+    if settings.queues:
+        from metronome.pipeline.queue_input import parse_queues
+
+        for spec in parse_queues(settings.queues, settings):
+            if spec.site_header is None:
+                named[f"[[queues]] {spec.name} (site)"] = spec.site
     if not named:
         return
 
@@ -203,6 +209,10 @@ def _check_sections(settings: Settings) -> None:
     EventSchemas.from_config(settings.event_schemas)
     parse_collectors(settings.collectors)
     parse_monitors(settings.monitors)
+    if settings.queues:
+        from metronome.pipeline.queue_input import parse_queues
+
+        parse_queues(settings.queues, settings)
 
 
 def _multiprocess_metrics(settings: Settings) -> None:
@@ -280,6 +290,11 @@ def status() -> None:
     click.echo(f"dead letters: {dead_count} in {dead}")
     for line in jobs_commands.collector_status_lines(settings):
         click.echo(line)
+    if settings.queues:
+        from metronome.pipeline.queue_input import queue_status_lines
+
+        for line in queue_status_lines(settings):
+            click.echo(line)
     if reason is not None:
         fail(f"the store is not ready: {reason}")
 

@@ -70,6 +70,29 @@ async def _start_forward(settings: Settings) -> tuple[Any, Any, Any]:
     return server, router, writer
 
 
+async def _start_queues(settings: Settings, writer: Any) -> tuple[Any, Any, list[Any]]:
+    """The ``[[queues]]`` consumers (RabbitMQ), spooling through ``writer`` (the forward
+    input's, when it runs: one writer per process) or one of their own."""
+    from metronome.pipeline.queue_input import QueueConsumer, QueueRouter, parse_queues
+    from metronome.pipeline.spool import SpoolWriter, spool_dir
+
+    specs = parse_queues(settings.queues, settings)
+    if writer is None:
+        writer = SpoolWriter(
+            spool_dir(settings.data_dir),
+            segment_max_bytes=settings.spool_segment_bytes,
+            max_total_bytes=settings.spool_max_bytes,
+        )
+    router = QueueRouter(settings, writer)
+    await router.start()
+    loop = asyncio.get_running_loop()
+    consumers = [QueueConsumer(spec, router, loop, settings) for spec in specs]
+    for consumer in consumers:
+        consumer.start()
+        log.info("queue_consuming name=%s %s", consumer.spec.name, consumer.spec.describe())
+    return router, writer, consumers
+
+
 async def _retention_loop(settings: Settings, store: Store, stop: asyncio.Event) -> None:
     """Apply ``METRONOME_RETENTION`` now and every ``METRONOME_RETENTION_INTERVAL_S``."""
     policy = RetentionPolicy.parse(settings.retention)
@@ -143,6 +166,9 @@ async def run_worker(
                         pass
                     delay = min(delay * 2, settings.ship_backoff_max_s)
             forward = await _start_forward(settings) if settings.forward and not drain else None
+            queues = None
+            if settings.queues and not drain:
+                queues = await _start_queues(settings, forward[2] if forward else None)
             retention = None
             if settings.retention and not drain:
                 retention = loop.create_task(_retention_loop(settings, store, stop))
@@ -159,7 +185,7 @@ async def run_worker(
                 rollups = loop.create_task(_rollup_loop(settings, store, stop))
             # the shipper's long-lived objects, out of the collector's way; it builds events
             # only for the forward input
-            settle(enrichment=forward is not None)
+            settle(enrichment=forward is not None or queues is not None)
             try:
                 stats = await Shipper(settings, store).run(stop, drain=drain)
             finally:
@@ -175,6 +201,12 @@ async def run_worker(
                 if rollups is not None:
                     stop.set()
                     await rollups
+                if queues is not None:
+                    for consumer in queues[2]:
+                        await asyncio.to_thread(consumer.stop)
+                    await queues[0].close()
+                    if forward is None:
+                        queues[1].close()
                 if forward is not None:
                     server, router, writer = forward
                     await server.close()
