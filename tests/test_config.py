@@ -93,6 +93,7 @@ def test_the_reference_derives_each_variable_and_file_key_from_the_name() -> Non
         "monitors": "array of tables",
         "event_schemas": "table",
         "apps": "array of tables",
+        "queues": "array of tables",
     }
 
 
