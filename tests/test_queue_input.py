@@ -26,7 +26,7 @@ from metronome.client import Client
 from metronome.events.tick import Limits, RequestInfo, build_tick
 from metronome.pipeline.records import encode_many
 from metronome.pipeline.spool import SpoolWriter, spool_dir
-from tests.support.backends import wait_for_drain
+from tests.support.backends import running_backend, wait_for_drain
 from tests.support.metronome_server import MetronomeServer
 from tests.support.rabbitmq import RabbitMQServer
 
@@ -424,3 +424,50 @@ def test_a_bad_queue_table_is_refused_at_start(tmp_path: Path) -> None:
     done = server.run_cli("worker", timeout_s=60)
     assert done.returncode != 0
     assert "queues[0].kind: expected one of tick, ticks, events, points, lines" in done.stderr
+
+
+def test_a_queue_for_a_site_that_does_not_exist_is_refused_at_start(tmp_path: Path) -> None:
+    config = tmp_path / "nosite.toml"
+    config.write_text('[[queues]]\nqueue = "q"\nkind = "ticks"\nsite = "nosuch"\n')
+    server = MetronomeServer(
+        {"METRONOME_CONFIG": str(config), "METRONOME_AMQP_URL": "amqp://u:pw@127.0.0.1:1/"},
+        data_dir=tmp_path / "data",
+    )
+    done = server.run_cli("worker", timeout_s=60)
+    assert done.returncode != 0
+    assert "there is no site 'nosuch' (named by [[queues]] q (site))" in done.stderr
+    assert "pw" not in done.stderr
+
+
+def test_a_redelivered_message_is_stored_once_in_elasticsearch(
+    rabbitmq: RabbitMQServer,
+    es_url: str,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    queue = f"q-{uuid.uuid4().hex[:8]}-es"
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
+    connection.channel().queue_declare(queue, durable=True)
+    connection.close()
+    config = tmp_path_factory.mktemp("es-queue") / "metronome.toml"
+    config.write_text(f'[[queues]]\nqueue = "{queue}"\nkind = "ticks"\n')
+    env = {"METRONOME_CONFIG": str(config), "METRONOME_AMQP_URL": rabbitmq.url}
+    with running_backend(request, tmp_path_factory, "elasticsearch", env) as backend:
+        item = _item()
+        body = json.dumps([{"id": item, "n": n, "ts": 1_778_234_400_000 + n} for n in range(3)])
+        marker = _item()
+        connection = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            for text in (body, body, json.dumps([{"id": marker}])):
+                properties = pika.BasicProperties(delivery_mode=2, message_id=f"m-{hash(text)}")
+                channel.basic_publish("", queue, text.encode(), properties, mandatory=True)
+        finally:
+            connection.close()
+        deadline = time.monotonic() + 60
+        while not backend.find(marker):
+            assert time.monotonic() < deadline, backend.server.log_tail()
+            time.sleep(0.2)
+        found = backend.find(item)
+        assert sorted(doc["params"]["n"] for doc in found) == [0, 1, 2]
