@@ -476,6 +476,11 @@ class QueueRouter:
                 metrics.REJECTED.labels("queue_message").inc()
                 verdicts.append(Verdict("dead", 0, str(exc)))
                 continue
+            except Exception as exc:  # a message that breaks the code must not loop forever
+                log.error("queue_message_failed queue=%s", spec.name, exc_info=True)
+                metrics.REJECTED.labels("internal_error").inc()
+                verdicts.append(Verdict("dead", 0, f"internal error: {type(exc).__name__}"))
+                continue
             documents.extend(found)
             if refused:
                 reason = "; ".join(refused)
@@ -625,10 +630,7 @@ class QueueConsumer:
         try:
             channel = connection.channel()
             channel.basic_qos(prefetch_count=self.spec.prefetch)
-            publisher = None
-            if self.spec.dead_letter_exchange is not None:
-                publisher = connection.channel()
-                publisher.confirm_delivery()
+            publisher = self._publisher(connection)
             self.figures.last_error = None
             self._set(connected=True)
             log.info("queue_connected queue=%s %s", self.spec.name, self.spec.describe())
@@ -668,6 +670,29 @@ class QueueConsumer:
                     connection.close()  # unacknowledged messages go back to the queue
                 except Exception:  # noqa: BLE001 - it is going anyway
                     pass
+
+    def _publisher(self, connection: Any) -> Any:
+        """A channel with publisher confirms for dead letters; None without a
+        ``dead_letter_exchange``, or when it does not exist (then reject instead)."""
+        import pika  # noqa: PLC0415 - see _session
+
+        exchange = self.spec.dead_letter_exchange
+        if exchange is None:
+            return None
+        publisher = connection.channel()
+        try:
+            publisher.exchange_declare(exchange, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            log.error(
+                "queue_dead_letter_exchange_missing queue=%s exchange=%s error=%s: messages"
+                " that cannot be accepted are rejected to the queue's own dead-letter exchange",
+                self.spec.name,
+                exchange,
+                exc,
+            )
+            return None
+        publisher.confirm_delivery()
+        return publisher
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         self._count("consumed")
@@ -780,7 +805,7 @@ def queue_status_lines(settings: Settings) -> list[str]:
             lines.append(f"queue {spec.name}: {spec.describe()}: no worker has consumed it yet")
             continue
         age_s = max(0.0, time.time() - state.get("updated_ms", 0) / 1000)
-        if age_s > 30:
+        if age_s > 2 * settings.ship_backoff_max_s + 10:  # a consumer writes at least this often
             link = f"worker not running (last seen {age_s:.0f}s ago)"
         elif state.get("paused"):
             link = "connected, PAUSED (the spool is full)"
