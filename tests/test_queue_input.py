@@ -340,6 +340,7 @@ class _Publisher(threading.Thread):
         super().__init__(daemon=True)
         self.world, self.item, self.count = world, item, count
         self.confirmed = 0
+        self.sent_s = int(time.time())  # a message sent again is the same message
 
     def run(self) -> None:
         n = 0
@@ -349,11 +350,12 @@ class _Publisher(threading.Thread):
                     "ticks",
                     [json.dumps([{"id": self.item, "n": k}]).encode() for k in range(n, n + 10)],
                     message_ids=[f"{self.item}-{k}" for k in range(n, n + 10)],
+                    timestamp=self.sent_s,
                 )
                 n += 10
                 self.confirmed = n
-            except pika.exceptions.AMQPError:
-                time.sleep(0.3)  # the broker is down: publish these again (same ids)
+            except Exception:  # noqa: BLE001 - the broker is down: send these again, same ids
+                time.sleep(0.3)
             time.sleep(0.02)
 
 

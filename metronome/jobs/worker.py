@@ -86,11 +86,7 @@ async def _start_queues(settings: Settings, writer: Any) -> tuple[Any, Any, list
     router = QueueRouter(settings, writer)
     await router.start()
     loop = asyncio.get_running_loop()
-    consumers = [QueueConsumer(spec, router, loop, settings) for spec in specs]
-    for consumer in consumers:
-        consumer.start()
-        log.info("queue_consuming name=%s %s", consumer.spec.name, consumer.spec.describe())
-    return router, writer, consumers
+    return router, writer, [QueueConsumer(spec, router, loop, settings) for spec in specs]
 
 
 async def _retention_loop(settings: Settings, store: Store, stop: asyncio.Event) -> None:
@@ -186,6 +182,9 @@ async def run_worker(
             # the shipper's long-lived objects, out of the collector's way; it builds events
             # only for the forward input
             settle(enrichment=forward is not None or queues is not None)
+            for consumer in queues[2] if queues is not None else ():
+                consumer.start()  # after settle: the first messages find the tables loaded
+                log.info("queue_consuming name=%s %s", consumer.spec.name, consumer.spec.describe())
             try:
                 stats = await Shipper(settings, store).run(stop, drain=drain)
             finally:

@@ -519,6 +519,7 @@ class QueueFigures:
 
 
 _LAG_EVERY_S = 5.0
+_GATHER_S = 0.002  # how long a group waits for one more message
 _STATE_EVERY_S = 2.0
 
 
@@ -552,6 +553,9 @@ class QueueConsumer:
         self._paused = metrics.QUEUE_PAUSED.labels(spec.name)
         self._ready = metrics.QUEUE_READY.labels(spec.name)
         self._state_at = 0.0
+        # pika logs each failed connection attempt with a traceback; the consumer logs
+        # one line per disconnection itself (queue_disconnected), with the reason
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
 
     def start(self) -> None:
         self._write_state()
@@ -559,7 +563,8 @@ class QueueConsumer:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     # -- figures ------------------------------------------------------------------------------
     def _count(self, outcome: str, n: int = 1) -> None:
@@ -647,6 +652,7 @@ class QueueConsumer:
                         )
                         self._set(paused=True)
                 connection.process_data_events(time_limit=0 if self._held else 0.25)
+                self._gather(connection)
                 if self._held and tag is not None:
                     held, self._held = self._held, []
                     if not self._answer(channel, publisher, held):
@@ -700,6 +706,15 @@ class QueueConsumer:
             self._count("redelivered")
         self._held.append((method, properties, body))
 
+    def _gather(self, connection: Any) -> None:
+        """Once messages arrive, take those that follow close behind too (up to the
+        prefetch): one spool write and one acknowledgement for the group, not one each."""
+        while self._held and len(self._held) < self.spec.prefetch:
+            before = len(self._held)
+            connection.process_data_events(time_limit=_GATHER_S)
+            if len(self._held) == before:
+                return
+
     def _answer(self, channel: Any, publisher: Any, held: list[tuple[Any, Any, bytes]]) -> bool:
         """Spool ``held`` and answer RabbitMQ for each; False when the spool is full (then
         every one of them went back to the queue)."""
@@ -718,6 +733,10 @@ class QueueConsumer:
         verdicts = future.result()
         paused = False
         retry_reason = None
+        if all(v.action == "ack" for v in verdicts):  # the usual case: one frame for all
+            channel.basic_ack(held[-1][0].delivery_tag, multiple=True)
+            self._count("acked", len(held))
+            return True
         for (method, properties, body), verdict in zip(held, verdicts, strict=True):
             if verdict.action == "ack":
                 channel.basic_ack(method.delivery_tag)
