@@ -179,6 +179,12 @@ def _check_job_sites(settings: Settings) -> None:
         for user, _, user_site in settings.forward_users:
             if user_site is not None:
                 named[f"METRONOME_FORWARD_USERS ({user}@{user_site})"] = user_site
+    if settings.queues:
+        from metronome.pipeline.queue_input import parse_queues
+
+        for spec in parse_queues(settings.queues, settings):
+            if spec.site_header is None:
+                named[f"[[queues]] {spec.name} (site)"] = spec.site
     if not named:
         return
 
@@ -208,6 +214,10 @@ def _check_sections(settings: Settings) -> None:
     from metronome.pipeline.destinations import parse_destinations  # issue 23
 
     parse_destinations(settings.destinations, spool_max_bytes=settings.spool_max_bytes)
+    if settings.queues:
+        from metronome.pipeline.queue_input import parse_queues
+
+        parse_queues(settings.queues, settings)
 
 
 def _multiprocess_metrics(settings: Settings) -> None:
@@ -283,6 +293,11 @@ def status() -> None:
         click.echo(line)
     for line in _destination_status_lines(settings):  # issue 23
         click.echo(line)
+    if settings.queues:
+        from metronome.pipeline.queue_input import queue_status_lines
+
+        for line in queue_status_lines(settings):
+            click.echo(line)
     if reason is not None:
         fail(f"the store is not ready: {reason}")
 

@@ -38,12 +38,14 @@ errors and an optional app token::
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import random
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,6 +66,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("metronome.client")
+_TickQueue = queue.Queue  # Client's `queue` parameter (a RabbitMQ queue) hides the module
 
 
 @dataclass
@@ -102,12 +105,22 @@ def _tick(item_id: str, event: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 class Client:
-    """Sends ticks over HTTP in the background. Thread-safe; one per process is enough."""
+    """Sends ticks over HTTP in the background. Thread-safe; one per process is enough.
+
+    With ``amqp_url`` and ``queue`` instead of ``url`` it publishes the same batches to a
+    RabbitMQ queue that ``metronome worker`` consumes (a ``[[queues]]`` table with
+    ``kind = "ticks"``): one persistent message per batch, with a ``message_id`` and a
+    ``timestamp`` (so a message delivered twice is stored once) and publisher confirms (a
+    batch counts as sent once RabbitMQ confirmed it); ``key`` travels in the
+    ``x-metronome-key`` header, for a queue whose ``site_header`` reads it."""
 
     def __init__(
         self,
-        url: str,
+        url: str | None = None,
         *,
+        amqp_url: str | None = None,
+        queue: str | None = None,
+        exchange: str = "",
         batch_size: int = 500,
         flush_interval_s: float = 1.0,
         max_queue: int = 100_000,
@@ -118,14 +131,19 @@ class Client:
         key: str | None = None,
     ) -> None:
         """``key``: a key with the ``ingest`` scope (needed once the server has sites)."""
+        if (url is None) == (amqp_url is None) or (amqp_url is not None and not queue):
+            raise ValueError("give either url, or amqp_url and queue")
+        self._amqp = (
+            _AmqpPublisher(amqp_url, exchange, queue or "", key, timeout_s) if amqp_url else None
+        )
         if key:
             headers = {**(headers or {}), "Authorization": f"Bearer {key}"}
-        self._url = url.rstrip("/")
+        self._url = (url or "").rstrip("/")
         self._batch_size = batch_size
         self._interval_s = flush_interval_s
         self._max_backoff_s = max_backoff_s
         self._close_timeout_s = close_timeout_s
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=max_queue)
+        self._queue: _TickQueue[dict[str, Any]] = _TickQueue(maxsize=max_queue)
         self._http = httpx.Client(timeout=timeout_s, headers=headers)
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -173,6 +191,8 @@ class Client:
         self._wake.set()
         self._thread.join(timeout=self._close_timeout_s)
         self._http.close()
+        if self._amqp is not None:
+            self._amqp.close()
 
     def __enter__(self) -> Client:
         return self
@@ -204,6 +224,9 @@ class Client:
                     break
 
     def _send(self, batch: list[dict[str, Any]]) -> None:
+        if self._amqp is not None:
+            self._publish(batch)
+            return
         delay = 0.1
         while True:
             try:
@@ -240,6 +263,79 @@ class Client:
             log.info("batch_retry ticks=%d delay_s=%.1f reason=%s", len(batch), delay, reason)
             self._closing.wait(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self._max_backoff_s)
+
+    def _publish(self, batch: list[dict[str, Any]]) -> None:
+        """Publish ``batch`` as one message, retrying (the same message id) until
+        RabbitMQ confirms it or the client closes."""
+        assert self._amqp is not None
+        message_id, sent_s = uuid.uuid4().hex, int(time.time())  # the same on every attempt
+        delay = 0.1
+        while True:
+            try:
+                self._amqp.publish(batch, message_id, sent_s)
+                self.stats.sent += len(batch)
+                return
+            except Exception as exc:  # noqa: BLE001 - pika raises many kinds: reconnect
+                reason = f"{exc.__class__.__name__}: {exc}"
+                self._amqp.reset()
+            if self._closing.is_set():
+                self.stats.dropped += len(batch)
+                log.warning("batch_dropped_at_close ticks=%d reason=%s", len(batch), reason)
+                return
+            self.stats.retries += 1
+            log.info("batch_retry ticks=%d delay_s=%.1f reason=%s", len(batch), delay, reason)
+            self._closing.wait(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self._max_backoff_s)
+
+
+class _AmqpPublisher:
+    """The client's one RabbitMQ connection (used by its sending thread only: pika's
+    connections are not thread-safe), opened on first use and again after a failure."""
+
+    def __init__(
+        self, url: str, exchange: str, routing_key: str, key: str | None, timeout_s: float
+    ) -> None:
+        self._url = url
+        self._exchange = exchange
+        self._routing_key = routing_key
+        self._headers = {"x-metronome-key": key} if key else None
+        self._timeout_s = timeout_s
+        self._connection: Any = None
+        self._channel: Any = None
+
+    def publish(self, batch: list[dict[str, Any]], message_id: str, sent_s: int) -> None:
+        import pika  # type: ignore[import-untyped]  # no stubs; needed with amqp_url only
+
+        if self._channel is None:
+            params = pika.URLParameters(self._url)
+            params.socket_timeout = self._timeout_s
+            params.blocked_connection_timeout = self._timeout_s
+            params.connection_attempts = 1
+            self._connection = pika.BlockingConnection(params)
+            self._channel = self._connection.channel()
+            self._channel.confirm_delivery()
+        properties = pika.BasicProperties(
+            content_type="application/json",
+            delivery_mode=2,  # persistent: it survives a restart of RabbitMQ
+            message_id=message_id,
+            timestamp=sent_s,
+            headers=self._headers,
+        )
+        body = json.dumps(batch, separators=(",", ":")).encode()
+        self._channel.basic_publish(
+            self._exchange, self._routing_key, body, properties, mandatory=True
+        )  # raises unless RabbitMQ confirms it was queued
+
+    def reset(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except Exception:  # noqa: BLE001 - it is going anyway
+                pass
 
 
 class FluentClient:

@@ -787,6 +787,18 @@ class Settings:
         " metronome, rabbitmq): see the destinations guide. Secrets by reference only"
         " (`<key>_env`, `<key>_file`)."
     )
+    # -- RabbitMQ in (issue 23): queues the worker consumes --------------------------------
+    amqp_url: str | None = setting(
+        "",
+        "AMQP URL of the RabbitMQ that `[[queues]]` without a `url` of their own consume"
+        " from, e.g. `amqp://user:password@rabbitmq:5672/%2F` (shown masked).",
+        _optional_str,
+        secret=True,
+    )
+    queues: tuple[dict[str, Any], ...] = section(
+        "RabbitMQ queues `metronome worker` consumes (checked by the queue input;"
+        " see docs/guides/rabbitmq.md)."
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:

@@ -94,6 +94,7 @@ def test_the_reference_derives_each_variable_and_file_key_from_the_name() -> Non
         "event_schemas": "table",
         "apps": "array of tables",
         "destinations": "array of tables",  # issue 23
+        "queues": "array of tables",
     }
 
 

@@ -84,6 +84,25 @@ async def _start_forward(settings: Settings) -> tuple[Any, Any, Any]:
     return server, router, writer
 
 
+async def _start_queues(settings: Settings, writer: Any) -> tuple[Any, Any, list[Any]]:
+    """The ``[[queues]]`` consumers (RabbitMQ), spooling through ``writer`` (the forward
+    input's, when it runs: one writer per process) or one of their own."""
+    from metronome.pipeline.queue_input import QueueConsumer, QueueRouter, parse_queues
+    from metronome.pipeline.spool import SpoolWriter, spool_dir
+
+    specs = parse_queues(settings.queues, settings)
+    if writer is None:
+        writer = SpoolWriter(
+            spool_dir(settings.data_dir),
+            segment_max_bytes=settings.spool_segment_bytes,
+            max_total_bytes=settings.spool_max_bytes,
+        )
+    router = QueueRouter(settings, writer)
+    await router.start()
+    loop = asyncio.get_running_loop()
+    return router, writer, [QueueConsumer(spec, router, loop, settings) for spec in specs]
+
+
 async def _retention_loop(settings: Settings, store: Store, stop: asyncio.Event) -> None:
     """Apply ``METRONOME_RETENTION`` now and every ``METRONOME_RETENTION_INTERVAL_S``."""
     policy = RetentionPolicy.parse(settings.retention)
@@ -182,6 +201,9 @@ async def run_worker(
                         pass
                     delay = min(delay * 2, settings.ship_backoff_max_s)
             forward = await _start_forward(settings) if settings.forward and not drain else None
+            queues = None
+            if settings.queues and not drain:
+                queues = await _start_queues(settings, forward[2] if forward else None)
             retention = None
             if settings.retention and not drain:
                 retention = loop.create_task(_retention_loop(settings, store, stop))
@@ -201,7 +223,10 @@ async def run_worker(
             forwarders = [] if drain else _start_forwarders(settings, destinations, stop)
             # the shipper's long-lived objects, out of the collector's way; it builds events
             # only for the forward input
-            settle(enrichment=forward is not None)
+            settle(enrichment=forward is not None or queues is not None)
+            for consumer in queues[2] if queues is not None else ():
+                consumer.start()  # after settle: the first messages find the tables loaded
+                log.info("queue_consuming name=%s %s", consumer.spec.name, consumer.spec.describe())
             try:
                 stats = await Shipper(settings, store, holds).run(stop, drain=drain)
             finally:
@@ -223,6 +248,12 @@ async def run_worker(
                 if live is not None:
                     stop.set()
                     await live
+                if queues is not None:
+                    for consumer in queues[2]:
+                        await asyncio.to_thread(consumer.stop)
+                    await queues[0].close()
+                    if forward is None:
+                        queues[1].close()
                 if forward is not None:
                     server, router, writer = forward
                     await server.close()

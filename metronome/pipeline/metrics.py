@@ -13,7 +13,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -36,6 +36,10 @@ __all__ = [
     "TELEMETRY_ACCEPTED",
     "TELEMETRY_REFUSED",
     "TORN_BYTES",
+    "QUEUE_CONNECTED",
+    "QUEUE_MESSAGES",
+    "QUEUE_PAUSED",
+    "QUEUE_READY",
     "SpoolCollector",
     "registry_for_scrape",
 ]
@@ -103,6 +107,33 @@ LIVE_CLOSED = Counter(
     "Live connections the server closed, by close code (4000 heartbeat, 4008 slow reader,"
     " 4029 too many connections, 4030 too many subscriptions, 4001 token expired).",
     ["code"],
+)
+
+# RabbitMQ queues the worker consumes (metronome/pipeline/queue_input.py)
+QUEUE_MESSAGES = Counter(
+    "metronome_queue_messages",
+    "Messages of each `[[queues]]` queue by what became of them: `consumed` (delivered),"
+    " `acked` (stored), `dead_lettered`, `redelivered` (delivered again by RabbitMQ after"
+    " a connection was lost), `requeued` (returned while the spool was full or failing).",
+    ["queue", "outcome"],
+)
+QUEUE_CONNECTED = Gauge(
+    "metronome_queue_connected",
+    "Consumers of the queue connected to RabbitMQ (1 per worker).",
+    ["queue"],
+    multiprocess_mode="livesum",
+)
+QUEUE_PAUSED = Gauge(
+    "metronome_queue_paused",
+    "Consumers of the queue paused because the spool is full.",
+    ["queue"],
+    multiprocess_mode="livesum",
+)
+QUEUE_READY = Gauge(
+    "metronome_queue_ready_messages",
+    "Messages waiting in the queue (its lag), as last seen by a consumer (every 5 s).",
+    ["queue"],
+    multiprocess_mode="livemax",
 )
 
 _TALLIES: list[RouteTally] = []
