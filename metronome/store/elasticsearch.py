@@ -247,7 +247,8 @@ class ElasticsearchStore:
         lines: list[bytes] = []
         for doc in documents:
             index = index_name(self._prefix, doc.dataset, doc.timestamp_ms, _partition(doc))
-            lines.append(orjson.dumps({"create": {"_index": index, "_id": doc.id}}))
+            op = "index" if doc.dataset in F.REPLACED_DATASETS else "create"  # summaries
+            lines.append(orjson.dumps({op: {"_index": index, "_id": doc.id}}))
             lines.append(orjson.dumps(doc.source))
         lines.append(b"")
         with answering("the bulk request"):
@@ -257,7 +258,7 @@ class ElasticsearchStore:
             )
         outcomes = []
         for doc, item in zip(documents, resp["items"], strict=True):
-            result = item["create"]
+            result = item.get("create") or item["index"]
             status = result["status"]
             if status in (200, 201, 409):  # 409: this id is already stored
                 outcomes.append(WriteOutcome(doc.id, True, existed=status == 409))

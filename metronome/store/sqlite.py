@@ -71,6 +71,8 @@ DROP INDEX IF EXISTS events_site_item_action_ts;
 CREATE INDEX IF NOT EXISTS events_site_item_ts_action
     ON events (site_id, dataset, item_id, ts, action);
 CREATE INDEX IF NOT EXISTS events_site_ts ON events (site_id, dataset, ts);
+CREATE VIEW IF NOT EXISTS visits AS
+    SELECT id, ts, site_id, doc FROM events WHERE dataset = 'visits';
 """
 # A database made before sites existed: its events belong to the default site.
 _ADD_SITE = "ALTER TABLE events ADD COLUMN site_id TEXT NOT NULL DEFAULT 'default'"
@@ -89,6 +91,10 @@ def _column(field: str) -> str:
     if field in COLUMNS:
         return COLUMNS[field]
     return f"json_extract(doc, {json_path(field)})"
+
+
+def _replaced(document: Document) -> bool:
+    return document.dataset in F.REPLACED_DATASETS
 
 
 def _marks(values: Sequence[Any]) -> str:
@@ -245,12 +251,18 @@ class SQLiteStore(ConnectionThread):
             " referrer_page, bot, doc, site_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
 
+        replaced = [row for d, row in zip(documents, rows, strict=True) if _replaced(d)]
+        if replaced:  # summaries (visits): written again as they grow, stored up to date
+            rows = [row for d, row in zip(documents, rows, strict=True) if not _replaced(d)]
+
         def _insert() -> list[bool] | None:
             """Which rows were stored already (None: none was, the usual case)."""
             conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
             existed: list[bool] | None = None
             try:
+                if replaced:
+                    conn.executemany(insert.replace("OR IGNORE", "OR REPLACE"), replaced)
                 before = conn.total_changes
                 conn.executemany(insert, rows)
                 if conn.total_changes - before != len(rows):  # some were: again, row by row
@@ -270,8 +282,9 @@ class SQLiteStore(ConnectionThread):
         existed: list[bool] | None = await self._run(_insert)
         if existed is None:
             return [WriteOutcome(d.id, True) for d in documents]
+        stored = iter(existed)  # one per row written with OR IGNORE, in order
         return [
-            WriteOutcome(d.id, True, existed=e) for d, e in zip(documents, existed, strict=True)
+            WriteOutcome(d.id, True, existed=not _replaced(d) and next(stored)) for d in documents
         ]
 
     async def groups(
