@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metronome.errors import InvalidCursor, InvalidParameter, InvalidQuery, NotFound
-from metronome.reports import platform, tock
+from metronome.reports import journeys, platform, tock
 from metronome.reports.engine import run_query
 from metronome.reports.query import PRESETS, for_site, parse_query
 from metronome.reports.timebuckets import SUPPORTED_RANGE
@@ -336,6 +336,39 @@ REPORTS: dict[str, NamedReport] = {
             lambda p: platform.response_times_query({}),
             {},
         ),
+        # journeys (issue 25): visits' entry and exit pages, and one page's transitions
+        NamedReport(
+            "entry-pages",
+            "Pages visits began on: visits, bounce rate, visit duration (ms) and views per visit",
+            lambda p: {
+                "source": "visits",
+                "metrics": ["visits", "bounce_rate", "visit_duration", "views_per_visit"],
+                "dimensions": ["entry_page"],
+                "limit": 10,
+            },
+            {},
+        ),
+        NamedReport(
+            "exit-pages",
+            "Pages visits ended on: visits, views per visit and visit duration (ms)",
+            lambda p: {
+                "source": "visits",
+                "metrics": ["visits", "views_per_visit", "visit_duration"],
+                "dimensions": ["exit_page"],
+                "limit": 10,
+            },
+            {},
+        ),
+        NamedReport(
+            "transitions",
+            "One page's transitions: where its views came from (the previous page, the"
+            " external referrer of visits entering on it, or entry) and went next (the next"
+            " page, or exit), with counts and shares",
+            None,
+            {**_PLAN_PARAMETERS, "item": "the page: an item id, or a path (required)"},
+            plan=lambda p: _transitions_plan(p),
+            common=False,
+        ),
         NamedReport(
             "certificate-expiry",
             "TLS monitors' certificate days left (latest, and the fewest in the range)",
@@ -362,6 +395,16 @@ def _planned(
         common=False,
     )
     queries, shape = make(report_query(shell, params))
+    return Plan(queries, shape)
+
+
+def _transitions_plan(params: Mapping[str, str]) -> Plan:
+    page = params.get("item")
+    if not page:
+        raise InvalidParameter("name the page with ?item=...", parameter="item")
+    shell = NamedReport("transitions", "", lambda p: {}, _PLAN_PARAMETERS, common=False)
+    body = report_query(shell, {k: v for k, v in params.items() if k != "item"})
+    queries, shape = journeys.transitions_plan(page, body)
     return Plan(queries, shape)
 
 

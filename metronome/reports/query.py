@@ -66,7 +66,23 @@ SOURCES = {
     "metrics": (F.POINT_DATASET,),
 }
 SOURCES["insights"] = (F.INSIGHT_DATASET,)  # what the worker found in KPIs: trends, anomalies
-SIMPLE_METRICS = ("events", "visitors", "items", "bytes", "error_rate", "instances")
+SOURCES["visits"] = (F.VISITS_DATASET,)  # visit summaries (issue 25)
+VISIT_METRICS = {  # on "source": "visits": a visit's summary field, and how it is summed up
+    "visits": ("count", None),
+    "bounce_rate": ("avg", F.VISIT_BOUNCE),
+    "visit_duration": ("avg", F.VISIT_DURATION_MS),
+    "views_per_visit": ("avg", F.VISIT_PAGEVIEWS),
+    "time_on_page": ("avg", F.VISIT_PAGE_TIME_MS),
+}
+SIMPLE_METRICS = (
+    "events",
+    "visitors",
+    "items",
+    "bytes",
+    "error_rate",
+    "instances",
+    *VISIT_METRICS,
+)
 STAT_PATTERN = r"^(sum|avg|min|max|distinct|p(?:[1-9][0-9]?)(?:\.[0-9]{1,3})?)$"
 LAST_STATS = ("last_sum", "last_avg")
 INSTANCE_TAG = "tags.instance_uuid"
@@ -127,7 +143,7 @@ QUERY_SCHEMA: dict[str, Any] = {
             "enum": list(SOURCES),
             "default": "all",
             "description": "ticks, access logs, or both (all); or metrics (points:"
-            " telemetry, collectors, monitors)",
+            " telemetry, collectors, monitors); or visits (one summary per visit)",
         },
         "range": {
             "description": f"a preset: {PRESETS}; or from/to: a date (the whole day),"
@@ -510,7 +526,20 @@ def iso_moment(ms: int, tz: ZoneInfo) -> str:
     )
 
 
+def _visit_metric(raw: str, datasets: tuple[str, ...], where: str) -> MetricSpec:
+    if datasets != SOURCES["visits"]:
+        raise InvalidQuery(
+            f'{where}: {raw} is a metric of visits: ask it with "source": "visits"', field=where
+        )
+    kind, name = VISIT_METRICS[raw]
+    if name is None:
+        return MetricSpec(raw, "count")
+    return MetricSpec(raw, kind, _field(name, datasets, "number", where))  # type: ignore[arg-type]
+
+
 def _metric(raw: Any, datasets: tuple[str, ...], where: str) -> tuple[MetricSpec, Any]:
+    if isinstance(raw, str) and raw in VISIT_METRICS:
+        return _visit_metric(raw, datasets, where), raw
     if isinstance(raw, str):
         if raw == "events":
             return MetricSpec("events", "count"), raw
@@ -631,6 +660,8 @@ def _parse_query(body: Any, now_ms: int | None) -> Query:
     source = body.get("source", "all")
     datasets = SOURCES[source]
     if datasets == SOURCES["insights"]:  # insights are no visits: no crawlers, no spam
+        body = {**body, "bots": "include"}
+    if datasets == SOURCES["visits"]:  # crawlers and referrer spam get no visits at all
         body = {**body, "bots": "include"}
     tz_name = body.get("tz", "UTC")
     try:
