@@ -10,7 +10,7 @@ and imported with ``metronome import``:
 - a crawler: no visits;
 - an access log whose lines interleave visitors C, D and E (and a crawler), imported twice.
 
-Visits by hand (duration in ms, page views):
+Visits by hand (duration in ms, page views), which every answer below is worked out from:
 
     A1  /home -> /pricing -> /signup   1,200,000  3  google.com
     A2  /home -> /docs                   240,000  2  direct
@@ -210,6 +210,63 @@ def test_events_carry_their_visit_position_gap_and_previous_page(data: Backend) 
     assert by_time["05:41"]["seq"] == 1 and by_time["05:41"]["id"] != by_time["04:50"]["id"]
     crawled = [d for d in data.find("/home") if d["bot"]]
     assert crawled and not any("visit" in d for d in crawled)
+
+
+def test_funnel_within_a_visit(data: Backend) -> None:
+    steps = [{"page": "/home"}, {"page": "/pricing"}, {"page": "/signup"}]
+    answer = ask(data, funnel={"steps": steps})
+    assert answer["funnel"]["unit"] == "visits"
+    assert [
+        (s["reached"], s["from_previous"], s["from_start"], s["median_ms_from_previous"])
+        for s in answer["funnel"]["steps"]
+    ] == [(4, 1.0, 1.0, None), (3, 0.75, 0.75, 180_000), (2, 0.6667, 0.5, 390_000)]
+    # A2 went from /home to /docs instead; D left after /pricing
+    assert [s["dropped_to"] for s in answer["funnel"]["steps"]] == [
+        [],
+        [{"page": "/docs", "count": 1}],
+        [{"page": "exit", "count": 1}],
+    ]
+
+
+def test_funnel_next_step_and_window_for_a_visitor(data: Backend) -> None:
+    nxt = ask(data, funnel={"steps": [{"page": "/home"}, {"page": "/signup", "next": True}]})
+    second = nxt["funnel"]["steps"][1]
+    assert second["reached"] == 0
+    assert second["dropped_to"] == [{"page": "/pricing", "count": 3}, {"page": "/docs", "count": 1}]
+    steps = [{"page": "/signup"}, {"page": "/docs"}]
+    in_visit = ask(data, funnel={"steps": steps})
+    assert [s["reached"] for s in in_visit["funnel"]["steps"]] == [2, 0]
+    # A's /docs came in the next visit, 35 minutes later: within a day for the visitor
+    in_day = ask(data, funnel={"steps": steps, "within": "1d"})
+    assert in_day["funnel"]["unit"] == "visitors"
+    assert [(s["reached"], s["median_ms_from_previous"]) for s in in_day["funnel"]["steps"]] == [
+        (2, None),
+        (1, 2_100_000),
+    ]
+
+
+def test_flows_from_a_page(data: Backend) -> None:
+    resp = data.client.get(
+        "/reports/flows",
+        params={"item": "/home", "depth": "2", "from": "2021-03-10", "to": "2021-03-10"},
+    )
+    assert resp.status_code == 200, resp.text
+    leaf: list[Any] = []
+    assert resp.json()["flow"] == {
+        "page": "/home",
+        "visits": 4,
+        "next": [
+            {
+                "page": "/pricing",
+                "visits": 3,
+                "next": [
+                    {"page": "/signup", "visits": 2, "next": leaf},
+                    {"page": "exit", "visits": 1, "next": leaf},
+                ],
+            },
+            {"page": "/docs", "visits": 1, "next": [{"page": "exit", "visits": 1, "next": leaf}]},
+        ],
+    }
 
 
 def test_visit_metrics_need_the_visits_source(data: Backend) -> None:

@@ -370,6 +370,19 @@ REPORTS: dict[str, NamedReport] = {
             common=False,
         ),
         NamedReport(
+            "flows",
+            "The paths visits took after a page: a tree of the next pages (or exit) with"
+            " the visits that took each",
+            None,
+            {
+                **_PLAN_PARAMETERS,
+                "item": "the page: an item id, or a path (required)",
+                "depth": "pages after it, 1 to 10 (default 3)",
+            },
+            plan=lambda p: _flows_plan(p),
+            common=False,
+        ),
+        NamedReport(
             "certificate-expiry",
             "TLS monitors' certificate days left (latest, and the fewest in the range)",
             lambda p: platform.certificate_expiry_query({}),
@@ -406,6 +419,19 @@ def _transitions_plan(params: Mapping[str, str]) -> Plan:
     body = report_query(shell, {k: v for k, v in params.items() if k != "item"})
     queries, shape = journeys.transitions_plan(page, body)
     return Plan(queries, shape)
+
+
+def _flows_plan(params: Mapping[str, str]) -> Plan:
+    page = params.get("item")
+    if not page:
+        raise InvalidParameter("name the page with ?item=...", parameter="item")
+    depth = params.get("depth", "3")
+    if not _WHOLE_NUMBER.match(depth) or not 1 <= int(depth) <= 10:
+        raise InvalidParameter("'depth' is a whole number from 1 to 10", parameter="depth")
+    shell = NamedReport("flows", "", lambda p: {}, _PLAN_PARAMETERS, common=False)
+    body = report_query(shell, {k: v for k, v in params.items() if k not in ("item", "depth")})
+    body = {**body, "source": "visits", "flow": {"page": page, "depth": int(depth)}}
+    return Plan({"": body}, lambda answers: {"report": "flows", **answers[""]})
 
 
 def _tock_plan(params: Mapping[str, str]) -> Plan:

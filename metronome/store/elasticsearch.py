@@ -325,6 +325,29 @@ class ElasticsearchStore:
         aggregations = resp.get("aggregations")
         return [] if aggregations is None else read_top(query, aggregations)
 
+    async def documents(self, query: GroupQuery, *, limit: int) -> list[dict[str, Any]]:
+        index = ",".join(f"{self._prefix}-{d}-*" for d in query.datasets)
+        found: list[dict[str, Any]] = []
+        after: list[Any] | None = None
+        with answering("the search"):
+            while len(found) < limit:
+                extra: dict[str, Any] = {} if after is None else {"search_after": after}
+                resp = await self._client.search(
+                    index=index,
+                    query=compile_where(query),
+                    size=min(_COMPOSITE_PAGE, limit - len(found)),
+                    sort=[{F.TIMESTAMP: "asc"}, {F.EVENT_ID: "asc"}],
+                    ignore_unavailable=True,
+                    allow_no_indices=True,
+                    **extra,
+                )
+                hits = resp["hits"]["hits"]
+                found.extend(hit["_source"] for hit in hits)
+                if len(hits) < min(_COMPOSITE_PAGE, limit - len(found) + len(hits)):
+                    break
+                after = hits[-1]["sort"]
+        return found
+
     async def field_names(
         self, query: GroupQuery, under: str, partition: str | None = None
     ) -> list[str]:

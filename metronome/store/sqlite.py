@@ -32,6 +32,7 @@ from metronome.store.query import GroupQuery
 from metronome.store.sqlite_query import COLUMNS as QUERY_COLUMNS
 from metronome.store.sqlite_query import (
     delete_sql,
+    documents_sql,
     install_functions,
     json_path,
     names_sql,
@@ -304,6 +305,15 @@ class SQLiteStore(ConnectionThread):
 
         rows: list[GroupRow] = await self._run(_query)
         return rows
+
+    async def documents(self, query: GroupQuery, *, limit: int) -> list[dict[str, Any]]:
+        sql, args = documents_sql(query, limit)
+
+        def _read() -> list[dict[str, Any]]:
+            return [orjson.loads(row[0]) for row in self._connect().execute(sql, args)]
+
+        found: list[dict[str, Any]] = await self._run(_read)
+        return found
 
     async def field_names(
         self, query: GroupQuery, under: str, partition: str | None = None

@@ -21,6 +21,7 @@ from metronome.store.query import BoolNode, FieldRef, FilterNode, GroupQuery, Le
 
 __all__ = [
     "delete_sql",
+    "documents_sql",
     "install_functions",
     "json_path",
     "names_sql",
@@ -213,6 +214,12 @@ def names_sql(query: GroupQuery, under: str) -> tuple[str, list[Any]]:
         f" WHERE {where} ORDER BY j.key",
         args,
     )
+
+
+def documents_sql(query: GroupQuery, limit: int) -> tuple[str, list[Any]]:
+    """The documents of ``query``, oldest first (ties by id), at most ``limit``."""
+    where, args = _where(query)
+    return f"SELECT doc FROM events WHERE {where} ORDER BY ts, id LIMIT ?", [*args, limit]
 
 
 def delete_sql(query: GroupQuery) -> tuple[str, list[Any]]:
