@@ -496,6 +496,10 @@ def test_named_reports_answer_common_questions(data: Backend) -> None:
         "uptime",
         "response-times",
         "certificate-expiry",
+        "entry-pages",  # journeys (issue 25)
+        "exit-pages",
+        "transitions",
+        "flows",
     ]
     week = {"from": WEEK["from"], "to": WEEK["to"]}
     top = report(data, "top-items", **week, source="ticks")

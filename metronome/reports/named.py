@@ -336,6 +336,12 @@ REPORTS: dict[str, NamedReport] = {
             lambda p: platform.response_times_query({}),
             {},
         ),
+        NamedReport(
+            "certificate-expiry",
+            "TLS monitors' certificate days left (latest, and the fewest in the range)",
+            lambda p: platform.certificate_expiry_query({}),
+            {},
+        ),
         # journeys (issue 25): visits' entry and exit pages, and one page's transitions
         NamedReport(
             "entry-pages",
@@ -381,12 +387,6 @@ REPORTS: dict[str, NamedReport] = {
             },
             plan=lambda p: _flows_plan(p),
             common=False,
-        ),
-        NamedReport(
-            "certificate-expiry",
-            "TLS monitors' certificate days left (latest, and the fewest in the range)",
-            lambda p: platform.certificate_expiry_query({}),
-            {},
         ),
     ]
 }
