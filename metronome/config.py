@@ -109,6 +109,21 @@ def _int(minimum: int, maximum: int) -> Callable[[str], int]:
     return parse
 
 
+def _duration_s(minimum: int, maximum: int) -> Callable[[str], int]:
+    """Seconds from ``90s``, ``30m``, ``2h`` or a bare number of seconds."""
+
+    def parse(raw: str) -> int:
+        found = re.fullmatch(r"\s*(\d{1,7})\s*(s|m|min|h)?\s*", raw)
+        if not found:
+            raise ValueError(f"expected a duration such as 30m, 1h or 900s, got {raw!r}")
+        value = int(found[1]) * {"s": 1, "m": 60, "min": 60, "h": 3600}[found[2] or "s"]
+        if not minimum <= value <= maximum:
+            raise ValueError(f"expected {minimum}s to {maximum}s, got {raw!r}")
+        return value
+
+    return parse
+
+
 def _networks(raw: str) -> tuple[Network, ...]:
     networks = []
     for part in raw.replace(";", ",").split(","):
@@ -768,6 +783,18 @@ class Settings:
         "0",
         "Days telemetry rollups are kept, for apps that set none (0: forever).",
         _int(0, 100_000),
+    )
+    # --- visits (issue 25) ---
+    visit_gap_s: int = setting(
+        "30m",
+        "A visitor's events further apart than this start a new visit (`30m`, `1h`, `900s`).",
+        _duration_s(60, 86400),
+    )
+    visit_state_max: int = setting(
+        "100000",
+        "Visitors whose open visit the shipper keeps in memory (least recently seen"
+        " leave first; the state on disk keeps them).",
+        _int(100, 100_000_000),
     )
     collectors: tuple[dict[str, Any], ...] = section(
         "Collectors the worker runs (reserved: checked by the collectors feature)."

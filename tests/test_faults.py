@@ -36,7 +36,9 @@ class World:
     def stored_ids(self, data_dir: Path) -> list[str]:
         if self.es_url is None:
             with sqlite3.connect(data_dir / "metronome.sqlite3") as conn:
-                return [r[0] for r in conn.execute("SELECT id FROM events")]
+                return [
+                    r[0] for r in conn.execute("SELECT id FROM events WHERE dataset != 'visits'")
+                ]
         httpx.post(f"{self.es_url}/{self.prefix}-*/_refresh", timeout=60).raise_for_status()
         ids: list[str] = []
         body: dict[str, object] = {"size": 5000, "_source": False, "sort": ["_doc"]}

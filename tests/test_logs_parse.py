@@ -754,6 +754,7 @@ def test_logs_templates_map_exactly_the_log_fields() -> None:
         "metronome-settings",
         "metronome-base-mappings",
         "metronome-logs-mappings",
+        "metronome-visit-mappings",  # the visit fields of events (issue 25)
     ]
     mapped: set[str] = set()
     for name in index["composed_of"]:

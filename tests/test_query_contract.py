@@ -500,6 +500,10 @@ def test_named_reports_answer_common_questions(data: Backend) -> None:
         "certificate-expiry",
         "errors",  # issue 25: error reports
         "error-groups",
+        "entry-pages",  # journeys (issue 25)
+        "exit-pages",
+        "transitions",
+        "flows",
     ]
     week = {"from": WEEK["from"], "to": WEEK["to"]}
     top = report(data, "top-items", **week, source="ticks")

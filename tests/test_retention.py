@@ -36,7 +36,8 @@ def _indices(backend: Backend) -> list[str]:
         params={"format": "json", "h": "index"},
         timeout=30,
     ).json()
-    return sorted(row["index"] for row in rows)
+    # visit summaries (issue 25) are not what `metronome retention` removes
+    return sorted(row["index"] for row in rows if "-visits-" not in row["index"])
 
 
 def test_retention_removes_whole_old_days_and_keeps_the_rest(backend: Backend, item: str) -> None:

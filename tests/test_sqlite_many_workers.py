@@ -50,7 +50,7 @@ def test_many_workers_writing_at_once_store_every_acknowledged_tick_once_sqlite(
     assert len(acknowledged) == 12 * (20 + 20 * 25)
     assert len(set(acknowledged)) == len(acknowledged)
     with sqlite3.connect(tmp_path / "data" / "metronome.sqlite3") as conn:
-        stored = [row[0] for row in conn.execute("SELECT id FROM events")]
+        stored = [row[0] for row in conn.execute("SELECT id FROM events WHERE dataset != 'visits'")]
     assert sorted(stored) == sorted(acknowledged)
     assert sum(views.values()) == 20 + 20 * 25
 

@@ -47,11 +47,14 @@ def test_templates_install_is_idempotent_and_follows_file_changes(
                 "rollups-mappings",  # telemetry rollups (issue 19)
                 "settings",
                 "ticks-mappings",
+                "visit-mappings",  # visits (issue 25): the visit fields of events
+                "visits-mappings",  # and the visit summaries
                 "insights",
                 "logs",
                 "metrics",
                 "rollups",
                 "ticks",
+                "visits",
             )
         ]
         assert [line.split() for line in first.stdout.splitlines()] == [
@@ -106,6 +109,7 @@ def test_index_templates_map_exactly_the_fields_events_names() -> None:
     # points (issue 19): tags.* and fields.* are objects of dynamic keywords and doubles
     assert _mapped_by("metronome-metrics") - {F.METRICS, F.TAGS, F.FIELDS} == set(F.METRIC_FIELDS)
     assert _mapped_by("metronome-insights") == set(F.INSIGHT_FIELDS)
+    assert _mapped_by("metronome-visits") == set(F.VISIT_FIELDS)
 
 
 def test_metrics_documents_index_into_daily_metrics_indices(es_url: str) -> None:

@@ -101,7 +101,27 @@ __all__ = [
     "USER_ID",
     "VERSION",
     "VISITOR_ID",
+    "VISITS_DATASET",
+    "VISIT_BOUNCE",
+    "VISIT_DURATION_MS",
+    "VISIT_END",
+    "VISIT_ENTRY",
+    "VISIT_EVENTS",
+    "VISIT_EVENT_FIELDS",
+    "VISIT_EXIT",
+    "VISIT_FIELDS",
+    "VISIT_GAP_MS",
     "VISIT_ID",
+    "VISIT_ITEMS",
+    "VISIT_OFFSETS_MS",
+    "VISIT_PAGEVIEWS",
+    "VISIT_PAGE_TIME_MS",
+    "VISIT_PREV",
+    "VISIT_SEQ",
+    "VISIT_SOURCE",
+    "VISIT_START",
+    "VISIT_DIRECT",
+    "REPLACED_DATASETS",
 ]
 
 TIMESTAMP = "@timestamp"
@@ -137,15 +157,23 @@ USER_AGENT_DEVICE_NAME = "user_agent.device.name"
 BOT = "bot"  # true for known crawlers
 
 VISITOR_ID = "visitor.id"  # daily-salted hash of address and user agent: events/visitor.py
-# A visitor's visit (issue 25, assigned by the visits work): related items count a visit as
-# one basket when events carry it. Named here once; the visits work maps it.
-VISIT_ID = "visit.id"
 # The site an event belongs to (metronome.sites): stamped at ingestion from the
 # authenticated site, never from what a client sends; every report filters on it.
 SITE_ID = "site.id"
 DEFAULT_SITE = "default"  # the single-user default: the site of events when no site exists
 # What a site id may be (settings, sites, trusted inputs check it before stamping one)
 SITE_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+# Visits (issue 25; metronome/pipeline/visits.py assigns them): a visitor's run of events on
+# one site with no gap longer than METRONOME_VISIT_GAP, within one day of its visitor id.
+# Every tick and log event of a visit carries these four (crawlers and referrer spam none).
+VISIT_ID = "visit.id"  # hash of the site and the visit's first event id; related items
+# (metronome/recommend/) count a visit as one basket
+VISIT_SEQ = "visit.seq"  # the event's position in the visit, from 1
+VISIT_GAP_MS = "visit.gap_ms"  # time since the visitor's previous event in the visit
+VISIT_PREV = "visit.prev"  # the page (item) the visitor was on before; absent on entry
+
+VISIT_EVENT_FIELDS: frozenset[str] = frozenset({VISIT_ID, VISIT_SEQ, VISIT_GAP_MS, VISIT_PREV})
 
 PARAMS = "params"  # object of free parameters, one keyword field each
 # object of a typed event's fields (events/typed.py): numbers as doubles, text as keywords
@@ -205,6 +233,7 @@ TICK_FIELDS: frozenset[str] = frozenset(
         BOT,
         VISITOR_ID,
         SITE_ID,
+        *VISIT_EVENT_FIELDS,
     }
 )
 """Every fixed field of a tick document (``params.*`` excluded)."""
@@ -277,6 +306,7 @@ METRIC_FIELDS: frozenset[str] = frozenset(
         - ERROR_FIELDS
         - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE, REFERRER_SPAM}
     )
+    - VISIT_EVENT_FIELDS
     | {METRICSET_NAME, HOST_NAME, SERVICE_NAME, APP, METRIC_NAME}
 )
 """Every fixed field the ``metrics`` indices map (``metrics.*``, ``tags.*`` and
@@ -312,6 +342,7 @@ INSIGHT_FIELDS: frozenset[str] = frozenset(
         - ERROR_FIELDS
         - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE, REFERRER_SPAM}
     )
+    - VISIT_EVENT_FIELDS
     | {
         KPI_ID,
         KPI_NAME,
@@ -345,3 +376,49 @@ ROLLUP_STAT_OBJECTS = {"min": "fields_min", "max": "fields_max", "last": "fields
 
 ROLLUP_FIELDS: frozenset[str] = frozenset(METRIC_FIELDS | {ROLLUP_INTERVAL, ROLLUP_COUNT})
 """Every fixed field the ``rollups`` indices map (the objects of values excluded)."""
+
+# Visit summaries (dataset "visits", <prefix>-visits-YYYY.MM.DD by the visit's start; rows of
+# dataset "visits" in the embedded store, also seen through its ``visits`` view): one document
+# per visit, its id the visit id, written again (replaced) as the visit grows. It carries the
+# entry event's site, visitor, user agent, country and url fields, and these, mapped by
+# index_templates/component/metronome-visits-mappings.json. ``@timestamp`` is the start.
+
+VISITS_DATASET = "visits"
+VISIT_START = "visit.start"  # epoch ms of the first event
+VISIT_END = "visit.end"  # epoch ms of the last event
+VISIT_EVENTS = "visit.events"  # events in the visit
+VISIT_PAGEVIEWS = "visit.pageviews"  # page views among them (view ticks; access-log pages)
+VISIT_DURATION_MS = "visit.duration_ms"  # end - start
+VISIT_ENTRY = "visit.entry"  # the first page (item id, or url.path without one)
+VISIT_EXIT = "visit.exit"  # the last page
+VISIT_ITEMS = "visit.items"  # the pages in time order (repeats kept), at most 500
+VISIT_OFFSETS_MS = "visit.offsets_ms"  # ms from the start to each of visit.items
+VISIT_SOURCE = "visit.source"  # the entry's referrer host, or "direct"
+VISIT_BOUNCE = "visit.bounce"  # 1 when the visit has at most one page view, else 0
+VISIT_PAGE_TIME_MS = "visit.page_time_ms"  # duration / (pages - 1): absent on one page
+VISIT_DIRECT = "direct"  # visit.source of a visit whose entry has no external referrer
+
+VISIT_FIELDS: frozenset[str] = frozenset(
+    (TICK_FIELDS - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE, REFERRER_SPAM})
+    - VISIT_EVENT_FIELDS
+    | {
+        VISIT_ID,
+        VISIT_START,
+        VISIT_END,
+        VISIT_EVENTS,
+        VISIT_PAGEVIEWS,
+        VISIT_DURATION_MS,
+        VISIT_ENTRY,
+        VISIT_EXIT,
+        VISIT_ITEMS,
+        VISIT_OFFSETS_MS,
+        VISIT_SOURCE,
+        VISIT_BOUNCE,
+        VISIT_PAGE_TIME_MS,
+    }
+)
+"""Every field the ``visits`` indices map: the shared base mappings and the visit's."""
+
+REPLACED_DATASETS: frozenset[str] = frozenset({VISITS_DATASET})
+"""Datasets of summaries: a second write of an id replaces the document (elsewhere it is a
+no-op), so a summary written again as its visit grows is stored once, up to date."""

@@ -157,7 +157,8 @@ async def apply_policy(
     if data_dir is not None:
         expire_rejects(data_dir, cutoff_ms(longest, now))
     if policy.default is not None:
-        result = await store.delete_before(("ticks", "logs"), cutoff_ms(longest, now))
+        # visit summaries (issue 25) hold visitor ids too: they go with the events
+        result = await store.delete_before(("ticks", "logs", "visits"), cutoff_ms(longest, now))
         removed += result.documents
 
     def before(keep: timedelta) -> dict[str, str]:

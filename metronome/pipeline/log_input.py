@@ -76,14 +76,22 @@ class _BulkTarget:
         if batch:
             stats = self._shipper.stats
             dead_before, already_before = stats.dead_letters, stats.already_stored
-            await self._shipper.store_documents(batch, self._stop)
+            # visits across the whole import: one book for the run, in memory
+            book = self._shipper.visit_book(persistent=False)
+            assigned = book.assign(batch)
+            await self._shipper.store_documents(assigned.documents[: len(batch)], self._stop)
             dead = stats.dead_letters - dead_before
             already = stats.already_stored - already_before
             self._summary.dead_letters += dead
             self._summary.already += already
             self._summary.stored += len(batch) - dead - already
+            await self._shipper.store_documents(assigned.documents[len(batch) :], self._stop)
+            book.commit(assigned)
         if self._progress:
             self._progress(self._summary.read)
+
+    def close(self) -> None:
+        self._shipper.close()
 
 
 @asynccontextmanager
@@ -93,6 +101,7 @@ async def _into_store(
     """The store (schema installed), a line converter and a bulk target; all closed after."""
     async with open_store(settings) as store:
         converter = LineConverter(settings)
+        target: _BulkTarget | None = None
         try:
             await store.ensure_schema()
             target = _BulkTarget(Shipper(settings, store), converter.summary, progress)
@@ -100,6 +109,8 @@ async def _into_store(
             await target.flush()
         finally:
             converter.close()
+            if target is not None:
+                target.close()
 
 
 async def import_files(

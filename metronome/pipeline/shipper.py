@@ -31,6 +31,7 @@ from metronome.files import open_private
 from metronome.pipeline import metrics
 from metronome.pipeline.records import scan
 from metronome.pipeline.spool import read_position, segments, spool_dir, try_seal
+from metronome.pipeline.visits import STATE_FILE, VisitBook, VisitState
 from metronome.store.base import Store
 
 __all__ = ["DEAD_LETTERS", "Shipper", "ShipperStats"]
@@ -73,6 +74,23 @@ class Shipper:
         self._backoff_max_s = float(settings.ship_backoff_max_s)
         self.stats = ShipperStats()
         self._lock_handle: object | None = None
+        self._visit_gap_s = settings.visit_gap_s
+        self._visit_state_max = settings.visit_state_max
+        self._visits: VisitBook | None = None  # opened with the lock: one shipper writes it
+
+    def visit_book(self, persistent: bool) -> VisitBook:
+        """The visits this shipper assigns: kept in ``spool/visits.sqlite3`` (the spool's
+        shipper), or in memory for one run (an import)."""
+        if self._visits is None:
+            path = self._dir / STATE_FILE if persistent else None
+            state = VisitState(path, self._visit_state_max)
+            self._visits = VisitBook(self._visit_gap_s, state)
+        return self._visits
+
+    def close(self) -> None:
+        if self._visits is not None:
+            self._visits.state.close()
+            self._visits = None
 
     def _take_lock(self, wait: bool) -> bool:
         handle = open_private(self._dir / "shipper.lock", "ab")  # held while running
@@ -93,15 +111,19 @@ class Shipper:
                 return self.stats
             except TimeoutError:
                 continue
-        while not stop.is_set():
-            moved, pending = await self.ship_pass(stop)
-            if drain and not pending:
-                break
-            if not moved:
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=self._poll_s)
-                except TimeoutError:
-                    pass
+        self.visit_book(persistent=True)
+        try:
+            while not stop.is_set():
+                moved, pending = await self.ship_pass(stop)
+                if drain and not pending:
+                    break
+                if not moved:
+                    try:
+                        await asyncio.wait_for(stop.wait(), timeout=self._poll_s)
+                    except TimeoutError:
+                        pass
+        finally:
+            self.close()
         return self.stats
 
     async def ship_pass(self, stop: asyncio.Event) -> tuple[int, bool]:
@@ -121,6 +143,10 @@ class Shipper:
         self, segment: Path, sealed: bool, stop: asyncio.Event
     ) -> tuple[int, bool]:
         position = read_position(segment)
+        book = self.visit_book(persistent=True)
+        marker = book.state.marker()
+        if marker is not None and marker[0] == segment.name:  # stored, position not yet written
+            position = max(position, marker[1])
         try:
             with open(segment, "rb") as handle:
                 handle.seek(position)
@@ -136,9 +162,11 @@ class Shipper:
                 buffer = handle.read(size - position)
             result = scan(buffer, 1)
         if result.documents:
-            if not await self.store_documents(result.documents, stop):
+            assigned = book.assign(result.documents)
+            if not await self.store_documents(assigned.documents, stop):
                 return 0, True  # stopping: this batch ships next time
             position += result.end
+            await asyncio.to_thread(book.commit, assigned, (segment.name, position))
             self._write_position(segment, position)
             metrics.SHIPPED.inc(len(result.documents))
             self.stats.shipped += len(result.documents)

@@ -77,6 +77,9 @@ ALIASES: dict[str, str] = {
     "bytes": F.HTTP_RESPONSE_BODY_BYTES,
     "duration": F.EVENT_DURATION,
     "visitor": F.VISITOR_ID,
+    "entry_page": F.VISIT_ENTRY,  # visits
+    "exit_page": F.VISIT_EXIT,
+    "visit_duration": F.VISIT_DURATION_MS,
 }
 
 

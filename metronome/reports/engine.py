@@ -24,6 +24,7 @@ import orjson
 
 from metronome.errors import InvalidCursor, InvalidQuery
 from metronome.reports.forecast import forecast
+from metronome.reports.journeys import run_journey
 from metronome.reports.query import (
     DISTINCT_PRECISION,
     LAST_PRECISION,
@@ -242,6 +243,8 @@ async def run_query(
     store: Store, query: Query, *, max_groups: int = DEFAULT_MAX_GROUPS
 ) -> dict[str, Any]:
     """The ``/query`` answer: ``{"results": [...], "meta": {...}, "query": {...}}``."""
+    if "funnel" in query.normalized or "flow" in query.normalized:  # journeys (issue 25)
+        return await run_journey(store, query.group, query.normalized)
     group = query.group
     dims = group.dimensions
     positions = {d.name: ("keys", i) for i, d in enumerate(dims)}

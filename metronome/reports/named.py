@@ -18,7 +18,7 @@ from typing import Any
 from metronome.errors import InvalidCursor, InvalidParameter, InvalidQuery, NotFound
 from metronome.events import api_call
 from metronome.events import fields as F
-from metronome.reports import errors, platform, tock
+from metronome.reports import errors, journeys, platform, tock
 from metronome.reports.engine import run_query
 from metronome.reports.query import PRESETS, for_site, parse_query
 from metronome.reports.timebuckets import SUPPORTED_RANGE
@@ -429,6 +429,52 @@ REPORTS: dict[str, NamedReport] = {
                 "error-groups", p, _ERROR_GROUPS_PARAMETERS, errors.error_groups_plan
             ),
         ),
+        # journeys (issue 25): visits' entry and exit pages, and one page's transitions
+        NamedReport(
+            "entry-pages",
+            "Pages visits began on: visits, bounce rate, visit duration (ms) and views per visit",
+            lambda p: {
+                "source": "visits",
+                "metrics": ["visits", "bounce_rate", "visit_duration", "views_per_visit"],
+                "dimensions": ["entry_page"],
+                "limit": 10,
+            },
+            {},
+        ),
+        NamedReport(
+            "exit-pages",
+            "Pages visits ended on: visits, views per visit and visit duration (ms)",
+            lambda p: {
+                "source": "visits",
+                "metrics": ["visits", "views_per_visit", "visit_duration"],
+                "dimensions": ["exit_page"],
+                "limit": 10,
+            },
+            {},
+        ),
+        NamedReport(
+            "transitions",
+            "One page's transitions: where its views came from (the previous page, the"
+            " external referrer of visits entering on it, or entry) and went next (the next"
+            " page, or exit), with counts and shares",
+            None,
+            {**_PLAN_PARAMETERS, "item": "the page: an item id, or a path (required)"},
+            plan=lambda p: _transitions_plan(p),
+            common=False,
+        ),
+        NamedReport(
+            "flows",
+            "The paths visits took after a page: a tree of the next pages (or exit) with"
+            " the visits that took each",
+            None,
+            {
+                **_PLAN_PARAMETERS,
+                "item": "the page: an item id, or a path (required)",
+                "depth": "pages after it, 1 to 10 (default 3)",
+            },
+            plan=lambda p: _flows_plan(p),
+            common=False,
+        ),
     ]
 }
 
@@ -450,6 +496,29 @@ def _planned(
     )
     queries, shape = make(report_query(shell, params))
     return Plan(queries, shape)
+
+
+def _transitions_plan(params: Mapping[str, str]) -> Plan:
+    page = params.get("item")
+    if not page:
+        raise InvalidParameter("name the page with ?item=...", parameter="item")
+    shell = NamedReport("transitions", "", lambda p: {}, _PLAN_PARAMETERS, common=False)
+    body = report_query(shell, {k: v for k, v in params.items() if k != "item"})
+    queries, shape = journeys.transitions_plan(page, body)
+    return Plan(queries, shape)
+
+
+def _flows_plan(params: Mapping[str, str]) -> Plan:
+    page = params.get("item")
+    if not page:
+        raise InvalidParameter("name the page with ?item=...", parameter="item")
+    depth = params.get("depth", "3")
+    if not _WHOLE_NUMBER.match(depth) or not 1 <= int(depth) <= 10:
+        raise InvalidParameter("'depth' is a whole number from 1 to 10", parameter="depth")
+    shell = NamedReport("flows", "", lambda p: {}, _PLAN_PARAMETERS, common=False)
+    body = report_query(shell, {k: v for k, v in params.items() if k not in ("item", "depth")})
+    body = {**body, "source": "visits", "flow": {"page": page, "depth": int(depth)}}
+    return Plan({"": body}, lambda answers: {"report": "flows", **answers[""]})
 
 
 def _tock_plan(params: Mapping[str, str]) -> Plan:

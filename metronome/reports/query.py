@@ -66,6 +66,14 @@ SOURCES = {
     "metrics": (F.POINT_DATASET,),
 }
 SOURCES["insights"] = (F.INSIGHT_DATASET,)  # what the worker found in KPIs: trends, anomalies
+SOURCES["visits"] = (F.VISITS_DATASET,)  # visit summaries (issue 25)
+VISIT_METRICS = {  # on "source": "visits": a visit's summary field, and how it is summed up
+    "visits": ("count", None),
+    "bounce_rate": ("avg", F.VISIT_BOUNCE),
+    "visit_duration": ("avg", F.VISIT_DURATION_MS),
+    "views_per_visit": ("avg", F.VISIT_PAGEVIEWS),
+    "time_on_page": ("avg", F.VISIT_PAGE_TIME_MS),
+}
 SIMPLE_METRICS = (
     "events",
     "visitors",
@@ -75,6 +83,7 @@ SIMPLE_METRICS = (
     "instances",
     "first_seen",
     "last_seen",
+    *VISIT_METRICS,
 )
 TIME_METRICS = {"first_seen": "min", "last_seen": "max"}
 """The time of a group's earliest and latest event (ISO 8601 in the query's tz)."""
@@ -111,6 +120,7 @@ VISITORS_PRECISION = (
     " below 3,000 distinct visitors per row and within a few percent above"
 )
 
+MAX_FUNNEL_STEPS = 10
 MAX_VALUE_CHARS = 4096  # a filter's text value: at most 16 KiB of UTF-8, under Lucene's 32 KiB term
 _SCALAR = {"type": ["string", "number", "boolean"], "maxLength": MAX_VALUE_CHARS}
 _FIELD = {"type": "string", "minLength": 1, "maxLength": 200}
@@ -138,7 +148,7 @@ QUERY_SCHEMA: dict[str, Any] = {
             "enum": list(SOURCES),
             "default": "all",
             "description": "ticks, access logs, or both (all); or metrics (points:"
-            " telemetry, collectors, monitors)",
+            " telemetry, collectors, monitors); or visits (one summary per visit)",
         },
         "range": {
             "description": f"a preset: {PRESETS}; or from/to: a date (the whole day),"
@@ -244,6 +254,52 @@ QUERY_SCHEMA: dict[str, Any] = {
             "enum": ["exclude", "include"],
             "default": "exclude",
             "description": "known crawlers and referrer spam are left out unless included",
+        },
+        "funnel": {
+            "type": ["object", "null"],
+            "default": None,
+            "description": "visits source: ordered steps (pages), counted within a visit or"
+            " within a window for a visitor (journeys guide)",
+            "additionalProperties": False,
+            "required": ["steps"],
+            "properties": {
+                "steps": {
+                    "type": "array",
+                    "minItems": 2,
+                    "maxItems": MAX_FUNNEL_STEPS,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["page"],
+                        "properties": {
+                            "page": {**_FIELD, "maxLength": MAX_VALUE_CHARS},
+                            "next": {
+                                "type": "boolean",
+                                "default": False,
+                                "description": "the very next page (else: eventually)",
+                            },
+                        },
+                    },
+                },
+                "within": {
+                    "type": "string",
+                    "pattern": r"^(visit|[1-9][0-9]{0,2}[hd])$",
+                    "default": "visit",
+                    "description": "visit, or a window from the first step: Nh or Nd",
+                },
+            },
+        },
+        "flow": {
+            "type": ["object", "null"],
+            "default": None,
+            "description": "visits source: the paths of up to depth pages after a page, as"
+            " a tree with counts",
+            "additionalProperties": False,
+            "required": ["page"],
+            "properties": {
+                "page": {**_FIELD, "maxLength": MAX_VALUE_CHARS},
+                "depth": {"type": "integer", "minimum": 1, "maximum": 10, "default": 3},
+            },
         },
         "forecast": {
             "type": ["object", "null"],
@@ -521,7 +577,20 @@ def iso_moment(ms: int, tz: ZoneInfo) -> str:
     )
 
 
+def _visit_metric(raw: str, datasets: tuple[str, ...], where: str) -> MetricSpec:
+    if datasets != SOURCES["visits"]:
+        raise InvalidQuery(
+            f'{where}: {raw} is a metric of visits: ask it with "source": "visits"', field=where
+        )
+    kind, name = VISIT_METRICS[raw]
+    if name is None:
+        return MetricSpec(raw, "count")
+    return MetricSpec(raw, kind, _field(name, datasets, "number", where))  # type: ignore[arg-type]
+
+
 def _metric(raw: Any, datasets: tuple[str, ...], where: str) -> tuple[MetricSpec, Any]:
+    if isinstance(raw, str) and raw in VISIT_METRICS:
+        return _visit_metric(raw, datasets, where), raw
     if isinstance(raw, str):
         if raw == "events":
             return MetricSpec("events", "count"), raw
@@ -647,6 +716,8 @@ def _parse_query(body: Any, now_ms: int | None) -> Query:
     datasets = SOURCES[source]
     if datasets == SOURCES["insights"]:  # insights are no visits: no crawlers, no spam
         body = {**body, "bots": "include"}
+    if datasets == SOURCES["visits"]:  # crawlers and referrer spam get no visits at all
+        body = {**body, "bots": "include"}
     tz_name = body.get("tz", "UTC")
     try:
         tz = parse_zone("tz", tz_name)
@@ -766,6 +837,7 @@ def _parse_query(body: Any, now_ms: int | None) -> Query:
     }
     if forecast is not None:
         normalized["forecast"] = {"horizon": forecast.horizon, "coverage": forecast.coverage}
+    normalized.update(_journey(body, datasets))
     if "rollups" in body:
         normalized["rollups"] = body["rollups"]
     fingerprint_source = {k: v for k, v in normalized.items() if k not in ("after", "limit")}
@@ -782,6 +854,32 @@ def _parse_query(body: Any, now_ms: int | None) -> Query:
         fingerprint,
         forecast,
     )
+
+
+def _journey(body: dict[str, Any], datasets: tuple[str, ...]) -> dict[str, Any]:
+    """A funnel or a flow (on visits), normalized; answered by reports/journeys.py."""
+    journey: dict[str, Any] = {}
+    if body.get("funnel"):
+        steps = [
+            {"page": s["page"], "next": bool(s.get("next", False))} for s in body["funnel"]["steps"]
+        ]
+        journey["funnel"] = {"steps": steps, "within": body["funnel"].get("within", "visit")}
+    if body.get("flow"):
+        journey["flow"] = {"page": body["flow"]["page"], "depth": body["flow"].get("depth", 3)}
+    if not journey:
+        return journey
+    where = f"query.{next(iter(journey))}"
+    if len(journey) > 1:
+        raise InvalidQuery(f"{where}: ask a funnel or a flow, not both", field=where)
+    if datasets != SOURCES["visits"]:
+        raise InvalidQuery(
+            f'{where}: funnels and flows read visits: "source": "visits"', field=where
+        )
+    if body.get("compare") or body.get("forecast") or body.get("dimensions"):
+        raise InvalidQuery(
+            f"{where}: a funnel or flow takes a range, tz and filters only", field=where
+        )
+    return journey
 
 
 def _forecast(

@@ -111,6 +111,12 @@ class Store(Protocol):
         many baskets each item is in: what related items are scored from."""
         ...
 
+    async def documents(self, query: GroupQuery, *, limit: int) -> list[dict[str, Any]]:
+        """At most ``limit`` documents of ``query`` (its datasets, range and filter),
+        oldest first (ties by event id): what journeys (funnels, flows) read of visit
+        summaries."""
+        ...
+
     async def field_names(
         self, query: GroupQuery, under: str, partition: str | None = None
     ) -> list[str]:

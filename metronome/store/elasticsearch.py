@@ -298,7 +298,8 @@ class ElasticsearchStore:
         lines: list[bytes] = []
         for doc in documents:
             index = index_name(self._prefix, doc.dataset, doc.timestamp_ms, _partition(doc))
-            lines.append(orjson.dumps({"create": {"_index": index, "_id": doc.id}}))
+            op = "index" if doc.dataset in F.REPLACED_DATASETS else "create"  # summaries
+            lines.append(orjson.dumps({op: {"_index": index, "_id": doc.id}}))
             lines.append(orjson.dumps(doc.source))
         lines.append(b"")
         with answering("the bulk request"):
@@ -308,7 +309,7 @@ class ElasticsearchStore:
             resp = await self._client.bulk(body=body, filter_path=_BULK_FILTER)
         outcomes = []
         for doc, item in zip(documents, resp["items"], strict=True):
-            result = item["create"]
+            result = item.get("create") or item["index"]
             status = result["status"]
             if status in (200, 201, 409):  # 409: this id is already stored
                 outcomes.append(WriteOutcome(doc.id, True, existed=status == 409))
@@ -415,6 +416,30 @@ class ElasticsearchStore:
         # cardinality counts are exact below their precision threshold
         exact = complete and all(other < CARDINALITY_PRECISION for _, _, other in pairs)
         return BasketCounts(item_baskets, pairs, exact)
+
+    async def documents(self, query: GroupQuery, *, limit: int) -> list[dict[str, Any]]:
+        index = ",".join(f"{self._prefix}-{d}-*" for d in query.datasets)
+        found: list[dict[str, Any]] = []
+        after: list[Any] | None = None
+        with answering("the search"):
+            while len(found) < limit:
+                body: dict[str, Any] = {
+                    "query": compile_where(query),
+                    "size": min(_COMPOSITE_PAGE, limit - len(found)),
+                    "sort": [{F.TIMESTAMP: "asc"}, {F.EVENT_ID: "asc"}],
+                }
+                if after is not None:
+                    body["search_after"] = after
+                # body-style: the call both clients (Elasticsearch, OpenSearch) take
+                resp = await self._client.search(
+                    index=index, body=body, ignore_unavailable=True, allow_no_indices=True
+                )
+                hits = resp["hits"]["hits"]
+                found.extend(hit["_source"] for hit in hits)
+                if len(hits) < min(_COMPOSITE_PAGE, limit - len(found) + len(hits)):
+                    break
+                after = hits[-1]["sort"]
+        return found
 
     async def field_names(
         self, query: GroupQuery, under: str, partition: str | None = None

@@ -34,6 +34,7 @@ from metronome.store.sqlite_query import COLUMNS as QUERY_COLUMNS
 from metronome.store.sqlite_query import (
     VISITOR_EXPR,
     delete_sql,
+    documents_sql,
     install_functions,
     json_path,
     names_sql,
@@ -89,6 +90,8 @@ CREATE INDEX IF NOT EXISTS events_site_ts_columns
 _SCHEMA += f"""
 CREATE INDEX IF NOT EXISTS events_site_visitor
     ON events (site_id, dataset, {VISITOR_EXPR}, ts);
+CREATE VIEW IF NOT EXISTS visits AS
+    SELECT id, ts, site_id, doc FROM events WHERE dataset = 'visits';
 """
 # A database made before sites existed: its events belong to the default site.
 _ADD_SITE = "ALTER TABLE events ADD COLUMN site_id TEXT NOT NULL DEFAULT 'default'"
@@ -120,6 +123,10 @@ def _column(field: str) -> str:
     if field in COLUMNS:
         return COLUMNS[field]
     return f"json_extract(doc, {json_path(field)})"
+
+
+def _replaced(document: Document) -> bool:
+    return document.dataset in F.REPLACED_DATASETS
 
 
 def _marks(values: Sequence[Any]) -> str:
@@ -288,13 +295,19 @@ class SQLiteStore(ConnectionThread):
             " referrer_page, bot, doc, site_id, spam) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
 
+        replaced = [row for d, row in zip(documents, rows, strict=True) if _replaced(d)]
+        if replaced:  # summaries (visits): written again as they grow, stored up to date
+            rows = [row for d, row in zip(documents, rows, strict=True) if not _replaced(d)]
+
         def _insert() -> list[bool] | None:
             """Which rows were stored already (None: none was, the usual case)."""
             conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
             existed: list[bool] | None = None
             try:
-                mark_dirty(conn, ((row[9], row[1], row[2]) for row in rows))
+                mark_dirty(conn, ((row[9], row[1], row[2]) for row in [*rows, *replaced]))
+                if replaced:
+                    conn.executemany(insert.replace("OR IGNORE", "OR REPLACE"), replaced)
                 before = conn.total_changes
                 conn.executemany(insert, rows)
                 if conn.total_changes - before != len(rows):  # some were: again, row by row
@@ -319,8 +332,9 @@ class SQLiteStore(ConnectionThread):
         existed: list[bool] | None = await self._run(_insert)
         if existed is None:
             return [WriteOutcome(d.id, True) for d in documents]
+        stored = iter(existed)  # one per row written with OR IGNORE, in order
         return [
-            WriteOutcome(d.id, True, existed=e) for d, e in zip(documents, existed, strict=True)
+            WriteOutcome(d.id, True, existed=not _replaced(d) and next(stored)) for d in documents
         ]
 
     async def refresh_rollups(self, *, max_days: int | None = None) -> int:
@@ -367,6 +381,15 @@ class SQLiteStore(ConnectionThread):
 
         counts: BasketCounts = await self._run(_query)
         return counts
+
+    async def documents(self, query: GroupQuery, *, limit: int) -> list[dict[str, Any]]:
+        sql, args = documents_sql(query, limit)
+
+        def _read() -> list[dict[str, Any]]:
+            return [orjson.loads(row[0]) for row in self._connect().execute(sql, args)]
+
+        found: list[dict[str, Any]] = await self._run(_read)
+        return found
 
     async def field_names(
         self, query: GroupQuery, under: str, partition: str | None = None

@@ -34,6 +34,7 @@ __all__ = [
     "VISITOR_EXPR",
     "query_baskets",
     "delete_sql",
+    "documents_sql",
     "install_functions",
     "json_path",
     "names_sql",
@@ -233,6 +234,12 @@ def names_sql(query: GroupQuery, under: str) -> tuple[str, list[Any]]:
         f" WHERE {where} ORDER BY j.key",
         args,
     )
+
+
+def documents_sql(query: GroupQuery, limit: int) -> tuple[str, list[Any]]:
+    """The documents of ``query``, oldest first (ties by id), at most ``limit``."""
+    where, args = _where(query)
+    return f"SELECT doc FROM events WHERE {where} ORDER BY ts, id LIMIT ?", [*args, limit]
 
 
 def delete_sql(query: GroupQuery) -> tuple[str, list[Any]]:

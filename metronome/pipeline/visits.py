@@ -1,0 +1,350 @@
+"""Visits: which of a visitor's events belong together, assigned as they are shipped.
+
+A visit is one visitor's run of events on one site with no gap longer than
+``METRONOME_VISIT_GAP`` (30 minutes). It also ends when the visitor id rotates (ids are
+daily and per site: :mod:`metronome.events.visitor`), so a new day or another site is a new
+visit by construction. Crawlers and referrer spam get no visit.
+
+How it stays exact and cheap:
+
+- The shipper sorts each batch by time (then event id) before assigning, so events that
+  arrive out of order within a batch are placed exactly.
+- Per visitor it keeps the open visit (its id, first and last event times, the number of
+  events so far, the pages in time order) in a bounded LRU in memory, backed by a small
+  SQLite file in the spool directory (``spool/visits.sqlite3``), so a restart continues the
+  open visits. The state is committed after the batch is stored, with the spool position
+  it reaches, in one transaction; a crash before that re-sends the batch, which is assigned
+  again from the same state to the same answer (ids are deterministic: a hash of the site
+  and the visit's first event id), so replays store nothing twice.
+- Each event gets ``visit.id``, ``visit.seq`` (its position), ``visit.gap_ms`` (time since
+  the visitor's previous event) and ``visit.prev`` (the page before). One summary document
+  per visit (dataset ``visits``, its id the visit id) is written again, replacing the last,
+  after each batch that adds to the visit.
+- An event older than events of its visit that were already shipped (a straggler from
+  another spool segment) still joins the visit: the summary's pages, entry, exit and
+  duration stay in time order, exactly; its own ``visit.seq`` is the next number.
+  An event older than the open visit's start by more than the gap starts a visit of its own.
+- Several hosts: each host ships its own spool, so visits are exact when a visitor's
+  requests reach one host -- partition visitors at the load balancer by client address
+  (NGINX ``hash $remote_addr consistent``), which visitor ids are derived from anyway.
+- ``metronome import`` assigns visits the same way across the whole import, with state in
+  memory only (an import is one time-ordered pass; importing again gives the same ids).
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import hashlib
+import sqlite3
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from metronome.events import fields as F
+from metronome.events.document import Document, format_timestamp
+
+__all__ = ["Assignment", "OpenVisit", "VisitBook", "VisitState", "page_of"]
+
+STATE_FILE = "visits.sqlite3"
+MAX_ITEMS = 500  # pages kept in order in a summary (the counts go on past it)
+MAX_TIMES = 2000  # event times kept per open visit (to measure a straggler's gap)
+_VISITED = ("ticks", "logs")
+_PRUNE_AFTER_MS = 2 * 86_400_000  # a visitor id lives one day; keep state two past the gap
+
+
+def _get(source: dict[str, Any], name: str) -> Any:
+    value: Any = source
+    for part in name.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def page_of(document: Document) -> str | None:
+    """The page a document is a view of (its item id, or its path), or None when it is no
+    page view: view ticks, and access-log requests without another event that succeeded."""
+    source = document.source
+    action = _get(source, F.EVENT_ACTION)
+    if action not in (None, "view"):
+        return None
+    if action is None and document.dataset != "logs":
+        return None
+    status = _get(source, F.HTTP_RESPONSE_STATUS_CODE)
+    if isinstance(status, int) and status >= 400:
+        return None
+    page = _get(source, F.ITEM_ID) or _get(source, F.URL_PATH)
+    return str(page) if page else None
+
+
+def _visit_id(site: str, first_event_id: str) -> str:
+    """Event ids are unique, so the first one names the visit; not the visitor id, which
+    differs between two imports of an old day (its salt is gone: events/visitor.py)."""
+    return hashlib.sha256(f"{site}\x1f{first_event_id}".encode()).hexdigest()[:32]
+
+
+@dataclass(slots=True)
+class OpenVisit:
+    """A visitor's latest visit as far as the shipper knows it."""
+
+    visit_id: str
+    index_ms: int  # the summary's @timestamp (and daily index): the start when first seen
+    start_ms: int
+    last_ms: int
+    seq: int
+    events: int
+    pageviews: int
+    pages: list[tuple[int, str]]  # (time, page) in time order, at most MAX_ITEMS
+    times: list[int]  # event times in time order, the latest MAX_TIMES
+    source: str  # visit.source
+    base: dict[str, Any] = field(default_factory=dict)  # the entry event's fields
+
+    def to_json(self) -> bytes:
+        return orjson.dumps([getattr(self, name) for name in self.__slots__])
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> OpenVisit:
+        values = orjson.loads(raw)
+        values[7] = [tuple(p) for p in values[7]]
+        return cls(*values)
+
+    def summary(self) -> Document:
+        """The visit's summary document."""
+        items = [page for _, page in self.pages]
+        exits = items[-1] if items else None
+        duration = self.last_ms - self.start_ms
+        visit: dict[str, Any] = {
+            "id": self.visit_id,
+            "start": self.start_ms,
+            "end": self.last_ms,
+            "events": self.events,
+            "pageviews": self.pageviews,
+            "duration_ms": duration,
+            "items": items,
+            "offsets_ms": [at - self.start_ms for at, _ in self.pages],
+            "source": self.source,
+            "bounce": 1 if self.pageviews <= 1 else 0,
+        }
+        if items:
+            visit["entry"] = items[0]
+            visit["exit"] = exits
+        if self.pageviews > 1:
+            visit["page_time_ms"] = duration // (self.pageviews - 1)
+        source = {
+            **self.base,
+            F.TIMESTAMP: format_timestamp(self.index_ms),
+            F.VERSION: "1",
+            "event": {"id": self.visit_id, "dataset": "metronome." + F.VISITS_DATASET},
+            "visit": visit,
+        }
+        return Document(self.visit_id, self.index_ms, F.VISITS_DATASET, source)
+
+
+def _base(source: dict[str, Any]) -> dict[str, Any]:
+    """What a summary keeps of its entry event: site, visitor, browser, device, country."""
+    base: dict[str, Any] = {}
+    for name in ("site", "visitor"):
+        if isinstance(source.get(name), dict):
+            base[name] = dict(source[name])
+    agent = source.get("user_agent")
+    if isinstance(agent, dict):
+        kept = {k: copy.deepcopy(v) for k, v in agent.items() if k != "original"}
+        base["user_agent"] = {k: dict(v) if isinstance(v, dict) else v for k, v in kept.items()}
+    country = _get(source, F.CLIENT_GEO_COUNTRY_ISO_CODE)
+    if country:
+        base["client"] = {"geo": {"country_iso_code": country}}
+    return base
+
+
+def _source_of(source: dict[str, Any]) -> str:
+    """The entry's external referrer host, or ``direct``."""
+    referrer = _get(source, F.REFERRER_DOMAIN)
+    if not referrer:
+        return F.VISIT_DIRECT
+    own = _get(source, F.URL_DOMAIN)
+    if own and str(own).lower().removeprefix("www.") == str(referrer).lower():
+        return F.VISIT_DIRECT  # from a page of the same site: no external source
+    return str(referrer)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A batch with its visits: the documents to store (events with their visit fields,
+    then one summary per visit touched) and the visits' new state, to commit once stored."""
+
+    documents: list[Document]
+    changed: dict[str, OpenVisit]
+    events: int  # how many of ``documents`` are the batch's own
+
+
+class VisitState:
+    """Open visits by visitor key: an LRU in memory over an optional SQLite file."""
+
+    def __init__(self, path: Path | None, max_entries: int) -> None:
+        self._cache: OrderedDict[str, OpenVisit] = OrderedDict()
+        self._max = max_entries
+        self._conn: sqlite3.Connection | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS open_visits (key TEXT PRIMARY KEY,"
+                " last_ms INTEGER NOT NULL, state BLOB NOT NULL) WITHOUT ROWID"
+            )
+            conn.execute("CREATE INDEX IF NOT EXISTS open_visits_last ON open_visits (last_ms)")
+            conn.execute("CREATE TABLE IF NOT EXISTS marker (segment TEXT, position INTEGER)")
+            self._conn = conn
+
+    def get(self, key: str) -> OpenVisit | None:
+        """A copy of the visitor's open visit (changes count once committed)."""
+        found = self._cache.get(key)
+        if found is not None:
+            self._cache.move_to_end(key)
+            return copy.deepcopy(found)
+        if self._conn is None:
+            return None
+        row = self._conn.execute("SELECT state FROM open_visits WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        visit = OpenVisit.from_json(row[0])
+        self._remember(key, visit)
+        return copy.deepcopy(visit)
+
+    def _remember(self, key: str, visit: OpenVisit) -> None:
+        self._cache[key] = visit
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+
+    def marker(self) -> tuple[str, int] | None:
+        """The spool segment and position the committed state reaches."""
+        if self._conn is None:
+            return None
+        row = self._conn.execute("SELECT segment, position FROM marker").fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    def commit(self, changed: dict[str, OpenVisit], marker: tuple[str, int] | None) -> None:
+        for key, visit in changed.items():
+            self._remember(key, visit)
+        if self._conn is None:
+            return
+        conn = self._conn
+        newest = max((v.last_ms for v in changed.values()), default=None)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR REPLACE INTO open_visits (key, last_ms, state) VALUES (?, ?, ?)",
+                [(k, v.last_ms, v.to_json()) for k, v in changed.items()],
+            )
+            if marker is not None:
+                conn.execute("DELETE FROM marker")
+                conn.execute("INSERT INTO marker VALUES (?, ?)", marker)
+            if newest is not None:  # visitor ids rotate daily: older visits never continue
+                conn.execute(
+                    "DELETE FROM open_visits WHERE last_ms < ?", (newest - _PRUNE_AFTER_MS,)
+                )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class VisitBook:
+    """Assigns the visits of batches in order (the shipper's, or an import's)."""
+
+    def __init__(self, gap_s: int, state: VisitState) -> None:
+        self._gap_ms = gap_s * 1000
+        self.state = state
+
+    def assign(self, documents: list[Document]) -> Assignment:
+        """``documents`` with their visit fields, then the summaries of the visits they
+        touched; nothing is remembered until :meth:`commit`."""
+        gap = self._gap_ms
+        changed: dict[str, OpenVisit] = {}
+        touched: dict[str, OpenVisit] = {}  # by visit id: a batch may end one and begin another
+        out = list(documents)
+        eligible = [
+            i
+            for i, d in enumerate(documents)
+            if d.dataset in _VISITED
+            and _get(d.source, F.VISITOR_ID)
+            and not _get(d.source, F.BOT)
+            and not _get(d.source, F.REFERRER_SPAM)
+        ]
+        eligible.sort(key=lambda i: (documents[i].timestamp_ms, documents[i].id))
+        for i in eligible:
+            doc = documents[i]
+            site = str(_get(doc.source, F.SITE_ID) or F.DEFAULT_SITE)
+            key = f"{site}\x1f{_get(doc.source, F.VISITOR_ID)}"
+            at = doc.timestamp_ms
+            page = page_of(doc)
+            current = changed[key] if key in changed else self.state.get(key)
+            if current is not None and at < current.start_ms - gap:
+                # a straggler of a visit that ended before the open one began
+                alone = self._new(doc, site, page)
+                touched[alone.visit_id] = alone
+                out[i] = self._stamp(doc, alone.visit_id, 1, 0, None)
+                continue
+            if current is None or at - current.last_ms > gap:
+                current = self._new(doc, site, page)
+                changed[key] = touched[current.visit_id] = current
+                out[i] = self._stamp(doc, current.visit_id, 1, 0, None)
+                continue
+            changed[key] = touched[current.visit_id] = current
+            current.seq += 1
+            current.events += 1
+            where = bisect.bisect_right(current.times, at)
+            before = current.times[where - 1] if where else None
+            gap_ms = 0 if before is None else at - before
+            current.times.insert(where, at)
+            del current.times[:-MAX_TIMES]
+            place = bisect.bisect_right(current.pages, (at, "\U0010ffff"))
+            prev = current.pages[place - 1][1] if place else None
+            if page is not None:
+                current.pageviews += 1
+                if len(current.pages) < MAX_ITEMS:
+                    current.pages.insert(place, (at, page))
+            current.start_ms = min(current.start_ms, at)
+            current.last_ms = max(current.last_ms, at)
+            out[i] = self._stamp(doc, current.visit_id, current.seq, gap_ms, prev)
+        summaries = [v.summary() for v in touched.values()]
+        return Assignment(out + summaries, changed, len(documents))
+
+    def commit(self, assignment: Assignment, marker: tuple[str, int] | None = None) -> None:
+        """Remember the visits of a stored batch (and how far in the spool it reached)."""
+        self.state.commit(assignment.changed, marker)
+
+    @staticmethod
+    def _new(doc: Document, site: str, page: str | None) -> OpenVisit:
+        at = doc.timestamp_ms
+        return OpenVisit(
+            visit_id=_visit_id(site, doc.id),
+            index_ms=at,
+            start_ms=at,
+            last_ms=at,
+            seq=1,
+            events=1,
+            pageviews=0 if page is None else 1,
+            pages=[] if page is None else [(at, page)],
+            times=[at],
+            source=_source_of(doc.source),
+            base=_base(doc.source),
+        )
+
+    @staticmethod
+    def _stamp(doc: Document, visit_id: str, seq: int, gap_ms: int, prev: str | None) -> Document:
+        visit: dict[str, Any] = {"id": visit_id, "seq": seq, "gap_ms": gap_ms}
+        if prev is not None:
+            visit["prev"] = prev
+        return Document(doc.id, doc.timestamp_ms, doc.dataset, {**doc.source, "visit": visit})
