@@ -74,4 +74,6 @@ def test_logging_handler_turns_records_into_ticks(backend: Backend, item: str) -
         "message": "user ada signed up",
         "plan": "pro",
     }
-    assert error["params"]["message"] == "payment failed"
+    # an error tick's message is the error's (grouped in the error-groups report)
+    assert error["error"]["message"] == "payment failed"
+    assert error["params"]["level"] == "ERROR"

@@ -272,9 +272,14 @@ def test_messages_of_every_kind_are_stored_once(world: World) -> None:
     metrics = httpx.get(world.server.url + "/metrics", timeout=10).text
     assert 'metronome_queue_messages_total{outcome="acked",queue="ticks"} 4.0' in metrics
     assert 'metronome_queue_connected{queue="ticks"} 1.0' in metrics
-    status = world.server.run_cli("status")
-    assert status.returncode == 0, status.stderr
-    line = next(x for x in status.stdout.splitlines() if x.startswith("queue ticks:"))
+    deadline = time.monotonic() + 20
+    while True:  # the consumer writes its figures for `metronome status` every few seconds
+        status = world.server.run_cli("status")
+        assert status.returncode == 0, status.stderr
+        line = next(x for x in status.stdout.splitlines() if x.startswith("queue ticks:"))
+        if "4 acked" in line or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert "connected" in line and "4 acked" in line, status.stdout
     assert world.rabbitmq.password not in status.stdout
 
