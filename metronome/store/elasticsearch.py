@@ -25,7 +25,14 @@ from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.events import fields as F
 from metronome.events.document import Document
-from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
+from metronome.store.base import (
+    EncodedWrite,
+    GroupRow,
+    Removal,
+    RetentionResult,
+    SchemaChange,
+    WriteOutcome,
+)
 from metronome.store.es_query import (
     compile_groups,
     compile_top,
@@ -36,7 +43,14 @@ from metronome.store.es_query import (
 from metronome.store.query import GroupQuery
 from metronome.store.templates import Template, load_templates
 
-__all__ = ["ElasticsearchStore", "answering", "index_day_ms", "index_name", "registry_client"]
+__all__ = [
+    "ElasticsearchStore",
+    "answering",
+    "bulk_items",
+    "index_day_ms",
+    "index_name",
+    "registry_client",
+]
 
 _UNREACHABLE = (TransportConnectionError, ConnectionTimeout)
 _BULK_FILTER = "errors,items.*.status,items.*.error"  # what write() reads of the answer
@@ -103,6 +117,18 @@ def _partition(doc: Document) -> str | None:
         return None
     app = doc.source.get(F.APP)
     return app if isinstance(app, str) and F.APP_ID_PATTERN.match(app) else None
+
+
+def bulk_items(prefix: str, documents: Sequence[Document]) -> list[tuple[str, bytes]]:
+    """``(id, NDJSON lines)`` of each document for a ``_bulk`` body: the ``create`` action
+    (its daily index, its id) and the document, each line ended (a pure function:
+    ``metronome import`` runs it in its parsing process)."""
+    items = []
+    for doc in documents:
+        index = index_name(prefix, doc.dataset, doc.timestamp_ms, _partition(doc))
+        action = orjson.dumps({"create": {"_index": index, "_id": doc.id}})
+        items.append((doc.id, b"%b\n%b\n" % (action, orjson.dumps(doc.source))))
+    return items
 
 
 def index_day_ms(prefix: str, datasets: Sequence[str], index: str) -> int | None:
@@ -240,32 +266,44 @@ class ElasticsearchStore:
         return None
 
     async def write(self, documents: Sequence[Document]) -> list[WriteOutcome]:
-        if not documents:
+        return await self._bulk(bulk_items(self._prefix, documents))
+
+    async def write_encoded(self, batch: Sequence[Any], *, durable: bool = True) -> EncodedWrite:
+        """One ``_bulk`` request of :func:`bulk_items` items (always durable: Elasticsearch
+        answers once its translog is on disk)."""
+        outcomes = await self._bulk(batch)
+        stored = already = 0
+        failed = []
+        for position, outcome in enumerate(outcomes):
+            if not outcome.ok:
+                failed.append((position, outcome))
+            elif outcome.existed:
+                already += 1
+            else:
+                stored += 1
+        return EncodedWrite(stored, already, tuple(failed))
+
+    async def _bulk(self, items: Sequence[tuple[str, bytes]]) -> list[WriteOutcome]:
+        if not items:
             return []
-        # the NDJSON body is built here with orjson (the client would encode every line
-        # with the json module), and only the status and error of each item come back
-        lines: list[bytes] = []
-        for doc in documents:
-            index = index_name(self._prefix, doc.dataset, doc.timestamp_ms, _partition(doc))
-            lines.append(orjson.dumps({"create": {"_index": index, "_id": doc.id}}))
-            lines.append(orjson.dumps(doc.source))
-        lines.append(b"")
+        # the NDJSON body is built with orjson (the client would encode every line with
+        # the json module), and only the status and error of each item come back
         with answering("the bulk request"):
             resp = await self._client.bulk(
-                operations=b"\n".join(lines),  # type: ignore[arg-type]  # NDJSON bytes are sent as is
+                operations=b"".join(lines for _, lines in items),  # type: ignore[arg-type]  # NDJSON bytes are sent as is
                 filter_path=_BULK_FILTER,
             )
         outcomes = []
-        for doc, item in zip(documents, resp["items"], strict=True):
+        for (doc_id, _), item in zip(items, resp["items"], strict=True):
             result = item["create"]
             status = result["status"]
             if status in (200, 201, 409):  # 409: this id is already stored
-                outcomes.append(WriteOutcome(doc.id, True, existed=status == 409))
+                outcomes.append(WriteOutcome(doc_id, True, existed=status == 409))
             else:
                 error = result.get("error") or {}
                 reason = f"{error.get('type', status)}: {error.get('reason', '')}".strip()
                 outcomes.append(
-                    WriteOutcome(doc.id, False, reason, retriable=status == 429 or status >= 500)
+                    WriteOutcome(doc_id, False, reason, retriable=status == 429 or status >= 500)
                 )
         return outcomes
 

@@ -27,7 +27,14 @@ from metronome.errors import StoreUnavailable
 from metronome.events import fields as F
 from metronome.events.document import Document
 from metronome.files import create_private, open_private
-from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
+from metronome.store.base import (
+    EncodedWrite,
+    GroupRow,
+    Removal,
+    RetentionResult,
+    SchemaChange,
+    WriteOutcome,
+)
 from metronome.store.query import GroupQuery
 from metronome.store.sqlite_query import COLUMNS as QUERY_COLUMNS
 from metronome.store.sqlite_query import (
@@ -39,7 +46,15 @@ from metronome.store.sqlite_query import (
     query_top,
 )
 
-__all__ = ["COLUMNS", "DB_NAME", "ConnectionThread", "SQLiteStore", "connect", "setup_lock"]
+__all__ = [
+    "COLUMNS",
+    "DB_NAME",
+    "ConnectionThread",
+    "SQLiteStore",
+    "connect",
+    "setup_lock",
+    "sqlite_rows",
+]
 
 DB_NAME = "metronome.sqlite3"
 _DELETE_BATCH = 5000  # rows per retention transaction
@@ -76,13 +91,51 @@ CREATE INDEX IF NOT EXISTS events_site_ts ON events (site_id, dataset, ts);
 _ADD_SITE = "ALTER TABLE events ADD COLUMN site_id TEXT NOT NULL DEFAULT 'default'"
 
 
-def _get(source: dict[str, Any], field: str) -> Any:
-    value: Any = source
-    for part in field.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
+_INSERT = (
+    "INSERT OR IGNORE INTO events (id, dataset, ts, item_id, action, format,"
+    " referrer_page, bot, doc, site_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+_Row = tuple[str, str, int, Any, Any, Any, Any, int, str, str]
+
+
+# the document fields of the indexed columns as (object, key): one row is made per document
+_ITEM, _ITEM_ID = F.ITEM_ID.split(".")
+_ITEM_AGAIN, _ITEM_FORMAT = F.ITEM_FORMAT.split(".")
+_EVENT, _ACTION = F.EVENT_ACTION.split(".")
+_REFERRER, _PAGE = F.REFERRER_PAGE.split(".")
+_SITE, _SITE_ID = F.SITE_ID.split(".")
+assert _ITEM == _ITEM_AGAIN and "." not in F.BOT
+_NO_ITEM: dict[str, Any] = {}
+
+
+def _row(d: Document) -> _Row:
+    source = d.source
+    item = source.get(_ITEM)
+    event = source.get(_EVENT)
+    referrer = source.get(_REFERRER)
+    site = source.get(_SITE)
+    if not isinstance(item, dict):
+        item = _NO_ITEM
+    return (
+        d.id,
+        d.dataset,
+        d.timestamp_ms,
+        item.get(_ITEM_ID),
+        event.get(_ACTION) if isinstance(event, dict) else None,
+        item.get(_ITEM_FORMAT),
+        referrer.get(_PAGE) if isinstance(referrer, dict) else None,
+        int(bool(source.get(F.BOT))),
+        orjson.dumps(source).decode(),
+        (site.get(_SITE_ID) if isinstance(site, dict) else None) or F.DEFAULT_SITE,
+    )
+
+
+def sqlite_rows(documents: Sequence[Document]) -> list[_Row]:
+    """The ``events`` rows of documents, as :meth:`SQLiteStore.write_encoded` inserts them:
+    the indexed columns and the document as JSON (a pure function: ``metronome import``
+    runs it in its parsing process)."""
+    return [_row(d) for d in documents]
 
 
 def _column(field: str) -> str:
@@ -177,6 +230,7 @@ class SQLiteStore(ConnectionThread):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(Path(settings.data_dir) / DB_NAME, "sqlite")
+        self._durable = True  # synchronous=FULL, as connect() leaves it
 
     @property
     def path(self) -> Path:
@@ -224,26 +278,8 @@ class SQLiteStore(ConnectionThread):
         return result
 
     async def write(self, documents: Sequence[Document]) -> list[WriteOutcome]:
-        rows = [
-            (
-                d.id,
-                d.dataset,
-                d.timestamp_ms,
-                _get(d.source, F.ITEM_ID),
-                _get(d.source, F.EVENT_ACTION),
-                _get(d.source, F.ITEM_FORMAT),
-                _get(d.source, F.REFERRER_PAGE),
-                int(bool(_get(d.source, F.BOT))),
-                orjson.dumps(d.source).decode(),
-                _get(d.source, F.SITE_ID) or F.DEFAULT_SITE,
-            )
-            for d in documents
-        ]
-
-        insert = (
-            "INSERT OR IGNORE INTO events (id, dataset, ts, item_id, action, format,"
-            " referrer_page, bot, doc, site_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        )
+        rows = sqlite_rows(documents)
+        insert = _INSERT
 
         def _insert() -> list[bool] | None:
             """Which rows were stored already (None: none was, the usual case)."""
@@ -273,6 +309,35 @@ class SQLiteStore(ConnectionThread):
         return [
             WriteOutcome(d.id, True, existed=e) for d, e in zip(documents, existed, strict=True)
         ]
+
+    async def write_encoded(self, batch: Sequence[Any], *, durable: bool = True) -> EncodedWrite:
+        """Insert :func:`sqlite_rows` rows in one transaction; rows whose id is stored
+        already are left as they are (counted in ``already``).
+
+        ``durable=False`` commits with ``synchronous=NORMAL``: in WAL mode the commit is
+        in the WAL file (a crash of any process loses nothing) but not yet fsynced, so a
+        power cut may roll back the latest such commits, never half of one, and never a
+        durable commit or anything before it: a ``synchronous=FULL`` commit fsyncs the
+        WAL, every earlier commit's frames with it."""
+
+        def _insert() -> int:
+            conn = self._connect()
+            if durable != self._durable:
+                conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                self._durable = durable
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = conn.total_changes
+                conn.executemany(_INSERT, batch)
+                stored = conn.total_changes - before
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return stored
+
+        stored: int = await self._run(_insert)
+        return EncodedWrite(stored, len(batch) - stored)
 
     async def groups(
         self, query: GroupQuery, *, after: tuple[Any, ...] | None, limit: int
