@@ -1,0 +1,343 @@
+"""``metronome import`` on two cores: one process parses, the other writes.
+
+A parsing process (forked, so it starts with everything already imported) reads the
+files, turns their lines into documents (:class:`~metronome.logs.ingest.LineConverter`:
+the same parser, URL rules, visitor ids and reject file as every other input) and encodes
+each batch as the store writes it (``store.document_encoder``: rows for the embedded
+store, ``_bulk`` lines for Elasticsearch): plain tuples, cheap to send. This process
+writes the batches (``write_encoded``: one transaction of many rows, or ``_bulk``
+requests, several in flight) while the next ones are parsed. Files are parsed in order by
+one process, so a parser that keeps state from line to line (a W3C ``#Fields:`` header,
+``auto``'s per-line variants) reads them exactly as it would alone.
+
+What holds as before: ids come from each line's content and number, so whatever is
+written twice (a re-import, a batch sent again) is stored once; lines that cannot be
+parsed go to the reject file with their reason; the progress shown and the summary count
+only what the store has acknowledged (committed, or answered by ``_bulk``); a store that
+is unavailable or overloaded gets the batch again with capped exponential backoff, and
+documents it refuses for good go to the dead-letter file like the shipper's. The queue
+between the processes is bounded (:data:`QUEUE_BATCHES`), so memory stays flat whatever
+the file's size. If this process dies, the parsing process notices and ends; what was
+committed stays, and importing again stores the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import gzip
+import logging
+import multiprocessing
+import os
+import queue
+import random
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import orjson
+
+from metronome.config import Settings
+from metronome.errors import StoreUnavailable
+from metronome.events.document import Document
+from metronome.logs.formats import AUTO, Detection, compile_format
+from metronome.logs.formats.detect import SAMPLE_LINES
+from metronome.logs.ingest import LineConverter, Summary, open_lines
+from metronome.logs.parse import DATASET, Reject
+from metronome.pipeline.shipper import Shipper
+from metronome.store import Store, WriteOutcome, document_encoder
+
+__all__ = ["BATCH_DOCS", "QUEUE_BATCHES", "SYNC_EVERY_S", "import_in_two_processes"]
+
+BATCH_DOCS = 2000
+"""Documents per batch: one transaction of the embedded store, one ``_bulk`` request."""
+QUEUE_BATCHES = 6
+"""Batches parsed ahead of the writer at most (memory: a few MB)."""
+SYNC_EVERY_S = 1.0
+"""The embedded store: how often a batch is committed with an fsync (the others without)."""
+_BULK_IN_FLIGHT = 3  # Elasticsearch: requests at once (its own threads index them)
+_POLL_S = 0.5  # how often each process checks that the other one is still there
+
+log = logging.getLogger("metronome.ship")
+
+Detect = Callable[[str, list[str]], Detection | None]
+
+
+# --------------------------------------------------------------------------- parsing side
+
+
+def _parse_files(
+    settings: Settings,
+    paths: Sequence[str],
+    detections: dict[str, Detection | None],
+    detect: Detect,
+    on_detect: Callable[[str, Detection], None] | None,
+    out: Any,
+    parent: int,
+) -> None:
+    """The parsing process: every line of ``paths`` to ``out``, in encoded batches, then
+    ``("done", read, rejected, bots)``; or ``("error", exception)`` (after the batches
+    of the lines before it)."""
+
+    def put(message: tuple[Any, ...]) -> None:
+        while True:
+            try:
+                out.put(message, timeout=_POLL_S)
+                return
+            except queue.Full:
+                if os.getppid() != parent:  # the importing process is gone: stop
+                    os._exit(1)
+
+    converter = LineConverter(settings)
+    summary = converter.summary
+    encode = document_encoder(settings)
+    auto = settings.log_format.strip().lower() == AUTO
+    received_ms = int(time.time() * 1000)
+    batch: list[Document] = []
+
+    def send() -> None:
+        nonlocal batch
+        if batch:
+            put(("batch", encode(batch), summary.read))
+            batch = []
+
+    try:
+        if "-" in paths:  # multiprocessing gave this process /dev/null as sys.stdin
+            sys.stdin = open(0, closefd=False)  # noqa: SIM115 - standard input, kept open
+        for path in paths:
+            lines: Iterator[tuple[int, str | None]] = open_lines(path, settings.max_line_bytes)
+            if auto:
+                if path == "-":
+                    head = [next(lines, None) for _ in range(SAMPLE_LINES)]
+                    found = [pair for pair in head if pair is not None]
+                    detections[path] = detect(path, [t for _, t in found if t is not None])
+                    lines = _chain(found, lines)
+                    if on_detect is not None and detections[path] is not None:
+                        on_detect(path, detections[path])  # type: ignore[arg-type]
+                detection = detections[path]
+                converter.use(
+                    compile_format(AUTO, settings.log_tz) if detection is None else detection.parser
+                )
+            try:
+                for number, text in lines:
+                    if text is None:
+                        converter.too_long(path, number, identity=f"\0{path}\0{number}")
+                        continue
+                    parsed = converter.parse(text)
+                    if isinstance(parsed, Reject):
+                        converter.reject(parsed, text, path, number, identity=f"{text}\0{number}")
+                        continue
+                    batch.append(converter.document(parsed, text, number, received_ms))
+                    if len(batch) >= BATCH_DOCS:
+                        send()
+            except (EOFError, gzip.BadGzipFile) as exc:  # a damaged or cut compressed file
+                send()  # what was read before is imported
+                text = str(exc)
+                message = text if text.startswith("damaged") else f"damaged gzip file ({text})"
+                raise OSError(errno.EIO, message, path) from exc
+        send()
+        converter.close()  # the reject file complete before the importing process hears
+        put(("done", summary.read, dict(summary.rejected), summary.bots))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes to the importing process
+        converter.close()
+        try:
+            put(("error", exc))
+        except Exception:  # noqa: BLE001 - an exception that cannot be pickled
+            put(("error", RuntimeError("".join(traceback.format_exception(exc)))))
+
+
+def _chain(
+    head: list[tuple[int, str | None]], rest: Iterator[tuple[int, str | None]]
+) -> Iterator[tuple[int, str | None]]:
+    yield from head
+    yield from rest
+
+
+# --------------------------------------------------------------------------- writing side
+
+
+async def import_in_two_processes(
+    settings: Settings,
+    store: Store,
+    paths: Sequence[str],
+    detections: dict[str, Detection | None],
+    detect: Detect,
+    *,
+    progress: Callable[[int], None] | None = None,
+    on_detect: Callable[[str, Detection], None] | None = None,
+) -> Summary:
+    """Import ``paths`` into ``store`` (its schema installed): parsed in a forked process
+    (``detections`` holds each file's format, already recognised, except standard
+    input's, which ``detect`` recognises there), written here. Raises what the parsing
+    raised (an ``OSError``, :class:`~metronome.logs.formats.UnknownFormat`) after
+    storing the lines before it."""
+    summary = Summary()
+    context = multiprocessing.get_context("fork")  # starts with every module imported
+    channel: Any = context.Queue(maxsize=QUEUE_BATCHES)
+    child = context.Process(
+        target=_parse_files,
+        args=(settings, paths, detections, detect, on_detect, channel, os.getpid()),
+        name="metronome-import-parse",
+        daemon=True,
+    )
+    child.start()
+    writer = _Writer(settings, store, summary, progress)
+    loop = asyncio.get_running_loop()
+    failure: BaseException | None = None
+    heard_last = False
+    try:
+        while True:
+            message = await loop.run_in_executor(None, _receive, channel, child)
+            kind = message[0]
+            heard_last = kind != "batch"
+            if kind == "batch":
+                await writer.add(message[1], message[2])
+            elif kind == "done":
+                summary.read = message[1]
+                summary.rejected = Counter(message[2])
+                summary.bots = message[3]
+                break
+            else:
+                failure = message[1]
+                break
+        await writer.finish()
+    finally:
+        writer.cancel()
+        if heard_last:  # it ends right after its last message
+            child.join(timeout=30)
+        if child.is_alive():  # this process is failing or was interrupted
+            child.terminate()
+            child.join()
+        channel.close()
+    if failure is not None:
+        raise failure
+    return summary
+
+
+def _receive(channel: Any, child: Any) -> tuple[Any, ...]:
+    """The parsing process's next message; an error message if it died without one."""
+    while True:
+        try:
+            message: tuple[Any, ...] = channel.get(timeout=_POLL_S)
+            return message
+        except queue.Empty:
+            if not child.is_alive():
+                try:
+                    message = channel.get(timeout=_POLL_S)
+                    return message
+                except queue.Empty:
+                    return (
+                        "error",
+                        RuntimeError(
+                            f"the parsing process ended (exit code {child.exitcode})"
+                            " before the end of the files"
+                        ),
+                    )
+
+
+class _Writer:
+    """Batches to the store in order of arrival, up to ``in_flight`` at once.
+
+    Lines count as imported (the progress shown) only once every batch up to theirs is
+    acknowledged durably. The embedded store commits each batch, and fsyncs about once a
+    second (:data:`SYNC_EVERY_S`) and the last batch: an fsync in WAL mode makes every
+    earlier commit durable too, so the progress never claims a line a power cut could
+    take back, and a crash of any process loses no commit at all."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        summary: Summary,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self._store = store
+        self._summary = summary
+        self._progress = progress
+        self._shipper = Shipper(settings, store)  # its dead-letter file and backoff cap
+        self._backoff_max_s = float(settings.ship_backoff_max_s)
+        self._in_flight = _BULK_IN_FLIGHT if settings.elasticsearch_url else 1
+        self._tasks: list[tuple[asyncio.Task[None], int, bool]] = []
+        self._held: tuple[list[Any], int] | None = None  # the latest batch, not yet sent
+        self._synced_at = time.monotonic()
+
+    async def add(self, batch: list[Any], read: int) -> None:
+        """Write the batch before this one (the last one is written durably by
+        :meth:`finish`), holding this one."""
+        held, self._held = self._held, (batch, read)
+        if held is not None:
+            durable = time.monotonic() - self._synced_at >= SYNC_EVERY_S
+            if durable:
+                self._synced_at = time.monotonic()
+            await self._send(*held, durable)
+
+    async def _send(self, batch: list[Any], read: int, durable: bool) -> None:
+        while len(self._tasks) >= self._in_flight:
+            await self._complete_first()
+        self._tasks.append((asyncio.create_task(self._write(batch, durable)), read, durable))
+
+    async def _complete_first(self) -> None:
+        task, read, durable = self._tasks[0]
+        await task
+        self._tasks.pop(0)
+        if durable and self._progress is not None:
+            self._progress(read)
+
+    async def finish(self) -> None:
+        """Write the held batch durably and wait for every write."""
+        if self._held is not None:
+            await self._send(*self._held, True)
+            self._held = None
+        while self._tasks:
+            await self._complete_first()
+
+    def cancel(self) -> None:
+        for task, _, _ in self._tasks:
+            task.cancel()
+
+    async def _write(self, batch: list[Any], durable: bool) -> None:
+        """Store the batch: again, after a pause, what the store could not take now."""
+        todo = batch
+        delay = 0.2
+        while todo:
+            try:
+                result = await self._store.write_encoded(todo, durable=durable)
+            except StoreUnavailable as exc:
+                reason = exc.message
+            else:
+                self._summary.stored += result.stored
+                self._summary.already += result.already
+                retry = [todo[i] for i, outcome in result.failed if outcome.retriable]
+                refused = [(todo[i], o) for i, o in result.failed if not o.retriable]
+                if refused:
+                    self._dead_letter(refused)
+                if not retry:
+                    return
+                reason = next(o.reason for _, o in result.failed if o.retriable) or "retriable"
+                todo = retry
+            self._shipper.stats.retries += 1
+            log.warning(
+                "import_retry documents=%d delay_s=%.1f reason=%s", len(todo), delay, reason
+            )
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self._backoff_max_s)
+
+    def _dead_letter(self, refused: list[tuple[Any, WriteOutcome]]) -> None:
+        documents = []
+        for item, outcome in refused:
+            documents.append((_refused_document(item, outcome.id), outcome.reason or "refused"))
+        self._shipper.dead_letter(documents)
+        self._summary.dead_letters += len(documents)
+
+
+def _refused_document(item: Any, doc_id: str) -> Document:
+    """The document of an encoded item the store refused, for the dead-letter file: a
+    ``_bulk`` item is ``(id, action line + document line)``; a row holds its JSON."""
+    if isinstance(item[1], bytes):
+        source = orjson.loads(item[1].split(b"\n", 2)[1])
+    else:
+        source = orjson.loads(item[8])
+    return Document(id=doc_id, timestamp_ms=0, dataset=DATASET, source=source)
