@@ -1,24 +1,28 @@
-"""``metronome import`` on two cores: one process parses, the other writes.
+"""``metronome import`` on two cores: parsing processes feed the writing one.
 
 A parsing process (forked, so it starts with everything already imported) reads the
-files, turns their lines into documents (:class:`~metronome.logs.ingest.LineConverter`:
-the same parser, URL rules, visitor ids and reject file as every other input) and encodes
-each batch as the store writes it (``store.document_encoder``: rows for the embedded
-store, ``_bulk`` lines for Elasticsearch): plain tuples, cheap to send. This process
-writes the batches (``write_encoded``: one transaction of many rows, or ``_bulk``
-requests, several in flight) while the next ones are parsed. Files are parsed in order by
-one process, so a parser that keeps state from line to line (a W3C ``#Fields:`` header,
-``auto``'s per-line variants) reads them exactly as it would alone.
+files in blocks of :data:`BATCH_DOCS` lines, turns their lines into documents
+(:class:`~metronome.logs.ingest.LineConverter`: the same parser, URL rules and visitor
+ids as every other input) and encodes each block's documents as the store writes them
+(``store.document_encoder``: rows for the embedded store, ``_bulk`` lines for
+Elasticsearch): plain tuples, cheap to send. With a named format (``combined``, a
+``log_format`` string...), whose parser reads each line apart from the others, every
+other block goes to a second parsing process, so parsing (the costliest part) takes two
+cores' worth of turns; ``auto`` and W3C parsers learn from the lines they read, so one
+process reads those files in order, exactly as it would alone. This process takes the
+batches back in block order and writes them (``write_encoded``: one transaction, or
+``_bulk`` requests, several in flight) while the next ones are parsed, and appends the
+blocks' rejected lines to the reject file (its only writer).
 
 What holds as before: ids come from each line's content and number, so whatever is
 written twice (a re-import, a batch sent again) is stored once; lines that cannot be
 parsed go to the reject file with their reason; the progress shown and the summary count
-only what the store has acknowledged (committed, or answered by ``_bulk``); a store that
-is unavailable or overloaded gets the batch again with capped exponential backoff, and
-documents it refuses for good go to the dead-letter file like the shipper's. The queue
-between the processes is bounded (:data:`QUEUE_BATCHES`), so memory stays flat whatever
-the file's size. If this process dies, the parsing process notices and ends; what was
-committed stays, and importing again stores the rest.
+only what the store has acknowledged durably; a store that is unavailable or overloaded
+gets the batch again with capped exponential backoff, and documents it refuses for good
+go to the dead-letter file like the shipper's. The queues between the processes are
+bounded (:data:`QUEUE_BATCHES`), so memory stays flat whatever the file's size. If this
+process dies, the parsing processes notice and end; what was committed stays, and
+importing again stores the rest.
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ import os
 import queue
 import random
 import sys
+import threading
 import time
 import traceback
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -43,10 +47,12 @@ import orjson
 from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.events.document import Document
-from metronome.logs.formats import AUTO, Detection, compile_format
+from metronome.logs.formats import AUTO, AutoParser, Detection, compile_format
 from metronome.logs.formats.detect import SAMPLE_LINES
+from metronome.logs.formats.w3c import W3cParser
 from metronome.logs.ingest import LineConverter, Summary, open_lines
 from metronome.logs.parse import DATASET, Reject
+from metronome.logs.rejects import RejectFile
 from metronome.pipeline.shipper import Shipper
 from metronome.store import Store, WriteOutcome, document_encoder
 
@@ -69,19 +75,37 @@ Detect = Callable[[str, list[str]], Detection | None]
 # --------------------------------------------------------------------------- parsing side
 
 
-def _parse_files(
-    settings: Settings,
-    paths: Sequence[str],
-    detections: dict[str, Detection | None],
-    detect: Detect,
-    on_detect: Callable[[str, Detection], None] | None,
-    out: Any,
-    parent: int,
-) -> None:
-    """The parsing process: every line of ``paths`` to ``out``, in encoded batches, then
-    ``("done", read, rejected, bots)``; or ``("error", exception)`` (after the batches
-    of the lines before it)."""
+class _Rejects:
+    """The rejected lines of one block, sent with its batch: the importing process alone
+    appends them to the reject file (two parsing processes never write it at once)."""
 
+    def __init__(self) -> None:
+        self.records: list[tuple[dict[str, Any], str | None]] = []
+
+    def add(self, record: dict[str, Any], reject_id: str | None = None) -> None:
+        self.records.append((record, reject_id))
+
+    def take(self) -> list[tuple[dict[str, Any], str | None]]:
+        taken, self.records = self.records, []
+        return taken
+
+    def close(self) -> None:
+        """Nothing to close: the records go with the batches."""
+
+
+def _watch_parent(parent: int) -> None:
+    """End this (parsing) process as soon as the importing process is gone, whatever it
+    is blocked on (a queue whose reader died, a pipe whose writer died mid-message)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="metronome-import-watch", daemon=True).start()
+
+
+def _putter(out: Any, parent: int) -> Callable[[tuple[Any, ...]], None]:
     def put(message: tuple[Any, ...]) -> None:
         while True:
             try:
@@ -91,18 +115,72 @@ def _parse_files(
                 if os.getppid() != parent:  # the importing process is gone: stop
                     os._exit(1)
 
-    converter = LineConverter(settings)
-    summary = converter.summary
-    encode = document_encoder(settings)
-    auto = settings.log_format.strip().lower() == AUTO
-    received_ms = int(time.time() * 1000)
-    batch: list[Document] = []
+    return put
 
-    def send() -> None:
-        nonlocal batch
-        if batch:
-            put(("batch", encode(batch), summary.read))
-            batch = []
+
+class _BlockParser:
+    """Blocks of lines of one file to encoded batches, with their rejects and counts."""
+
+    def __init__(self, settings: Settings, put: Callable[[tuple[Any, ...]], None]) -> None:
+        self.rejects = _Rejects()
+        self.converter = LineConverter(settings, self.rejects)
+        self._encode = document_encoder(settings)
+        self._received_ms = int(time.time() * 1000)
+        self._put = put
+
+    def block(self, path: str, lines: list[tuple[int, str | None]]) -> None:
+        converter = self.converter
+        read_before = converter.summary.read
+        documents: list[Document] = []
+        for number, text in lines:
+            if text is None:
+                converter.too_long(path, number, identity=f"\0{path}\0{number}")
+                continue
+            parsed = converter.parse(text)
+            if isinstance(parsed, Reject):
+                converter.reject(parsed, text, path, number, identity=f"{text}\0{number}")
+                continue
+            documents.append(converter.document(parsed, text, number, self._received_ms))
+        read = converter.summary.read - read_before
+        self._put(("batch", self._encode(documents), read, self.rejects.take()))
+
+    def done(self) -> None:
+        summary = self.converter.summary
+        self._put(("done", dict(summary.rejected), summary.bots))
+
+
+def _parse_files(
+    settings: Settings,
+    paths: Sequence[str],
+    detections: dict[str, Detection | None],
+    detect: Detect,
+    on_detect: Callable[[str, Detection], None] | None,
+    out: Any,
+    helper: Any,
+    parent: int,
+) -> None:
+    """The (first) parsing process: reads every line of ``paths``, in blocks of
+    :data:`BATCH_DOCS` lines; parses each block (every other one, when a ``helper``
+    queue leads to a second parsing process) and puts its batch on ``out``; then
+    ``("done", rejected, bots)``; or ``("error", exception)`` after the batches of the
+    lines before it."""
+    _watch_parent(parent)
+    put = _putter(out, parent)
+    forward = None if helper is None else _putter(helper, parent)
+    parser = _BlockParser(settings, put)
+    converter = parser.converter
+    auto = settings.log_format.strip().lower() == AUTO
+    block_number = 0
+
+    def flush(path: str, block: list[tuple[int, str | None]]) -> None:
+        nonlocal block_number
+        if not block:
+            return
+        if forward is not None and block_number % 2:
+            forward(("lines", path, block))
+        else:
+            parser.block(path, block)
+        block_number += 1
 
     try:
         if "-" in paths:  # multiprocessing gave this process /dev/null as sys.stdin
@@ -121,28 +199,49 @@ def _parse_files(
                 converter.use(
                     compile_format(AUTO, settings.log_tz) if detection is None else detection.parser
                 )
+            block: list[tuple[int, str | None]] = []
             try:
-                for number, text in lines:
-                    if text is None:
-                        converter.too_long(path, number, identity=f"\0{path}\0{number}")
-                        continue
-                    parsed = converter.parse(text)
-                    if isinstance(parsed, Reject):
-                        converter.reject(parsed, text, path, number, identity=f"{text}\0{number}")
-                        continue
-                    batch.append(converter.document(parsed, text, number, received_ms))
-                    if len(batch) >= BATCH_DOCS:
-                        send()
+                for pair in lines:
+                    block.append(pair)
+                    if len(block) >= BATCH_DOCS:
+                        flush(path, block)
+                        block = []
             except (EOFError, gzip.BadGzipFile) as exc:  # a damaged or cut compressed file
-                send()  # what was read before is imported
+                flush(path, block)  # what was read before is imported
                 text = str(exc)
                 message = text if text.startswith("damaged") else f"damaged gzip file ({text})"
                 raise OSError(errno.EIO, message, path) from exc
-        send()
-        converter.close()  # the reject file complete before the importing process hears
-        put(("done", summary.read, dict(summary.rejected), summary.bots))
+            flush(path, block)
+        if forward is not None:
+            forward(("done",))
+        parser.done()
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the importing process
-        converter.close()
+        if forward is not None:
+            forward(("done",))
+        try:
+            put(("error", exc))
+        except Exception:  # noqa: BLE001 - an exception that cannot be pickled
+            put(("error", RuntimeError("".join(traceback.format_exception(exc)))))
+
+
+def _parse_forwarded(settings: Settings, inbox: Any, out: Any, parent: int) -> None:
+    """The second parsing process: the blocks the first one forwards, parsed alike."""
+    _watch_parent(parent)
+    put = _putter(out, parent)
+    try:
+        parser = _BlockParser(settings, put)
+        while True:
+            try:
+                message = inbox.get(timeout=_POLL_S)
+            except queue.Empty:
+                if os.getppid() != parent:
+                    os._exit(1)
+                continue
+            if message[0] == "done":
+                break
+            parser.block(message[1], message[2])
+        parser.done()
+    except BaseException as exc:  # noqa: BLE001 - every failure goes to the importing process
         try:
             put(("error", exc))
         except Exception:  # noqa: BLE001 - an exception that cannot be pickled
@@ -154,6 +253,16 @@ def _chain(
 ) -> Iterator[tuple[int, str | None]]:
     yield from head
     yield from rest
+
+
+def _parsers(settings: Settings) -> int:
+    """How many processes parse: two when every line may be parsed apart from the lines
+    before it (a named format or a log_format string), one for ``auto`` and W3C logs,
+    whose parsers learn from the lines they read (``#Fields:``, the variant in use)."""
+    if settings.log_format.strip().lower() == AUTO or os.cpu_count() == 1:
+        return 1
+    parser = compile_format(settings.log_format, settings.log_tz)
+    return 1 if isinstance(parser, W3cParser | AutoParser) else 2
 
 
 # --------------------------------------------------------------------------- writing side
@@ -176,42 +285,66 @@ async def import_in_two_processes(
     storing the lines before it."""
     summary = Summary()
     context = multiprocessing.get_context("fork")  # starts with every module imported
-    channel: Any = context.Queue(maxsize=QUEUE_BATCHES)
-    child = context.Process(
-        target=_parse_files,
-        args=(settings, paths, detections, detect, on_detect, channel, os.getpid()),
-        name="metronome-import-parse",
-        daemon=True,
-    )
-    child.start()
+    two = _parsers(settings) == 2
+    channels: list[Any] = [context.Queue(maxsize=QUEUE_BATCHES) for _ in range(1 + two)]
+    helper: Any = context.Queue(maxsize=QUEUE_BATCHES) if two else None
+    me = os.getpid()
+    children = [
+        context.Process(
+            target=_parse_files,
+            args=(settings, paths, detections, detect, on_detect, channels[0], helper, me),
+            name="metronome-import-parse",
+            daemon=True,
+        )
+    ]
+    if two:
+        children.append(
+            context.Process(
+                target=_parse_forwarded,
+                args=(settings, helper, channels[1], me),
+                name="metronome-import-parse-2",
+                daemon=True,
+            )
+        )
+    for child in children:
+        child.start()
     writer = _Writer(settings, store, summary, progress)
+    rejects = RejectFile(settings.data_dir, settings.rejects_max_bytes)
     loop = asyncio.get_running_loop()
     failure: BaseException | None = None
-    heard_last = False
+    finished = [False] * len(children)
+    turn = 0
     try:
-        while True:
-            message = await loop.run_in_executor(None, _receive, channel, child)
+        while not all(finished):  # blocks alternate between the parsing processes
+            while finished[turn]:
+                turn = (turn + 1) % len(children)
+            message = await loop.run_in_executor(None, _receive, channels[turn], children[turn])
             kind = message[0]
-            heard_last = kind != "batch"
             if kind == "batch":
-                await writer.add(message[1], message[2])
+                for record, reject_id in message[3]:
+                    rejects.add(record, reject_id)
+                summary.read += message[2]
+                await writer.add(message[1], summary.read)
             elif kind == "done":
-                summary.read = message[1]
-                summary.rejected = Counter(message[2])
-                summary.bots = message[3]
-                break
-            else:
+                finished[turn] = True
+                summary.rejected.update(message[1])
+                summary.bots += message[2]
+            else:  # the lines before it are written; the other process is stopped
                 failure = message[1]
                 break
+            turn = (turn + 1) % len(children)
         await writer.finish()
     finally:
         writer.cancel()
-        if heard_last:  # it ends right after its last message
-            child.join(timeout=30)
-        if child.is_alive():  # this process is failing or was interrupted
-            child.terminate()
-            child.join()
-        channel.close()
+        rejects.close()
+        for child, heard_last in zip(children, finished, strict=True):
+            if heard_last and failure is None:  # it ends right after its last message
+                child.join(timeout=30)
+            if child.is_alive():  # this process is failing or was interrupted
+                child.terminate()
+                child.join()
+        for channel in (*channels, *([helper] if helper is not None else [])):
+            channel.close()
     if failure is not None:
         raise failure
     return summary
