@@ -1,4 +1,4 @@
-"""Importing access-log history end to end: ``metronome import`` versus a minimal loader.
+"""Importing access-log history: ``metronome import`` versus GoAccess and the bulk helpers.
 
 One reproducible ``combined`` log (default 1,000,000 lines, ``--lines`` to scale down) is
 generated with ``benchmarks/parse.py``'s generator (``--lines-seed``) and written once to
@@ -28,10 +28,21 @@ draws nothing. Elasticsearch: METRONOME_TEST_ELASTICSEARCH_URL if set, else a th
 server from tests/support/es_server.py. Trials run in shuffled rounds (``--seed``);
 one round by default, as a round at 1,000,000 lines takes minutes.
 
-    python -m benchmarks.import_logs [--lines 1000000] [--trials 1]
+    python -m benchmarks.import_logs [--lines 1000000] [--trials 1] [--contenders ...]
 
-There is no goal yet: the results record lines/s, peak memory and the ratio of each
-Metronome store to the loader (and to the read floor).
+Contenders (issue 24), in the same shuffled rounds:
+
+* goaccess: Debian's ``goaccess FILE --log-format=COMBINED -o report.json`` (installed
+  with apt when missing; an error when it cannot be), timed as a whole command; its JSON
+  report must count every line as a valid request;
+* parallel_bulk, streaming_bulk: ``elasticsearch.helpers`` indexing the very documents
+  the import makes (NDJSON made by an untimed import into a scratch embedded store, read
+  in a bare interpreter: ``json.loads`` per line, ``create`` actions, chunk_size 500)
+  into a fresh prefix with Metronome's templates, on the same server.
+
+Goals: metronome-sqlite >= 1.0x goaccess's lines/s, with the whole import's peak memory
+(the highest sum of the PSS of it and its parsing process) <= 300 MiB; and
+metronome-elasticsearch >= 0.8x the faster bulk helper. ``summary.passed`` says which.
 """
 
 from __future__ import annotations
@@ -65,7 +76,19 @@ DEFAULT_LINES = 1_000_000
 LOADER_BATCH = 1000
 RULES = "/datasets/{id}/download.{format} -> download; /datasets/{id} -> view; /maps/{id}/* -> view"
 TRUSTED_PROXIES = "10.0.0.0/8"
-CONTENDERS = ("metronome-sqlite", "metronome-elasticsearch", "loader", "read_floor")
+CONTENDERS = (
+    "metronome-sqlite",
+    "metronome-elasticsearch",
+    "goaccess",
+    "parallel_bulk",
+    "streaming_bulk",
+    "loader",
+    "read_floor",
+)
+GOALS = {"metronome-sqlite/goaccess": 1.0, "metronome-elasticsearch/bulk": 0.8}
+BULK_HELPERS = ("parallel_bulk", "streaming_bulk")
+MAX_TREE_RSS_MIB = 300
+BULK_CHUNK = 500
 SUMMARY_LINE = re.compile(
     r"read (\d+) lines, stored (\d+),(?: already stored \d+,)? rejected (\d+)(?: \(([^)]*)\))?,"
     r" bots (\d+)(?:, dead letters (\d+))?"
@@ -201,6 +224,35 @@ def minimal_loader(path: str, db: str, pattern: str, batch: str = "1000") -> Non
     print(json.dumps({"read": read, "stored": stored}))
 
 
+def bulk_helper(path: str, url: str, prefix: str, helper: str, chunk: str = "500") -> None:
+    """Index NDJSON ``{"_index", "_id", "_source"}`` lines with ``elasticsearch.helpers``
+    (``parallel_bulk`` with its 4 threads, or ``streaming_bulk``), ``create`` actions."""
+    import json
+
+    from elasticsearch import Elasticsearch
+    from elasticsearch.helpers import parallel_bulk, streaming_bulk
+
+    client = Elasticsearch(url, request_timeout=120)
+
+    def actions():  # type: ignore[no-untyped-def]
+        with open(path, "rb") as f:
+            for line in f:
+                doc = json.loads(line)
+                yield {
+                    "_op_type": "create",
+                    "_index": f"{prefix}-{doc['_index']}",
+                    "_id": doc["_id"],
+                    "_source": doc["_source"],
+                }
+
+    run = parallel_bulk if helper == "parallel_bulk" else streaming_bulk
+    ok = failed = 0
+    for done, _item in run(client, actions(), chunk_size=int(chunk), raise_on_error=False):
+        ok += done
+        failed += not done
+    print(json.dumps({"indexed": ok, "failed": failed}))
+
+
 def read_floor(path: str) -> None:
     """``for line in open(path): pass``, and the number of lines."""
     n = 0
@@ -240,7 +292,7 @@ def run_measured(
     """
     out_path, err_path = out_dir / f"{name}.stdout", out_dir / f"{name}.stderr"
     reaped: dict[str, Any] = {}
-    peak_kb = 0
+    peak_kb = tree_peak_kb = 0
     samples = 0
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         started = time.perf_counter()
@@ -260,6 +312,7 @@ def run_measured(
             if hwm is not None:
                 peak_kb = max(peak_kb, hwm)
                 samples += 1
+                tree_peak_kb = max(tree_peak_kb, _tree_pss_kb(proc.pid))
             reaper.join(poll_s)
         if reaper.is_alive():
             os.killpg(proc.pid, signal.SIGKILL)
@@ -272,12 +325,44 @@ def run_measured(
         "seconds": reaped["ended"] - started,
         "returncode": proc.returncode,
         "max_rss_mib": peak_kb / 1024 if samples else None,
+        "max_tree_pss_mib": tree_peak_kb / 1024 if samples else None,
         "rss_samples": samples,
         "cpu_user_s": usage.ru_utime,
         "cpu_system_s": usage.ru_stime,
         "stdout": out_path.read_text(errors="replace"),
         "stderr": err_path.read_text(errors="replace"),
     }
+
+
+def _tree_pss_kb(pid: int) -> int:
+    """The memory of ``pid`` and every process below it (``metronome import`` parses in a
+    forked child) at one moment: the sum of their PSS (``/proc/<pid>/smaps_rollup``),
+    which counts a page shared by two processes (copy-on-write after the fork) half in
+    each rather than twice, as summing their RSS would."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    total = 0
+    for p in tree:
+        try:
+            text = Path(f"/proc/{p}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+                break
+    return total
 
 
 def parse_summary(stderr: str) -> dict[str, Any]:
@@ -326,6 +411,7 @@ def _rate(result: dict[str, Any], lines: int) -> dict[str, Any]:
         "cpu_s": cpu,
         "lines_per_cpu_s": lines / cpu if cpu else None,
         "max_rss_mib": result["max_rss_mib"],
+        "max_tree_pss_mib": result["max_tree_pss_mib"],
         "rss_samples": result["rss_samples"],
         "cpu_user_s": result["cpu_user_s"],
         "cpu_system_s": result["cpu_system_s"],
@@ -490,6 +576,141 @@ def run_loader(
                 p.unlink()
 
 
+def ensure_goaccess() -> str:
+    """Debian's ``goaccess``: installed with apt when missing; an error when it cannot be."""
+    found = shutil.which("goaccess")
+    if found is None:
+        print(f"{NAME}: installing goaccess with apt-get...", file=sys.stderr)
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "goaccess"]):
+            try:
+                subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise C.BenchmarkError(f"goaccess is missing and {cmd[:2]} failed: {exc}") from exc
+        found = shutil.which("goaccess")
+        if found is None:
+            raise C.BenchmarkError("goaccess is missing and apt-get did not install it")
+    return found
+
+
+def goaccess_version(goaccess: str) -> str:
+    proc = subprocess.run([goaccess, "--version"], capture_output=True, text=True, timeout=30)
+    return (proc.stdout.strip().splitlines() or ["?"])[0]
+
+
+def run_goaccess(
+    goaccess: str, path: Path, lines: int, work: Path, name: str, timeout_s: float, keep: bool
+) -> dict[str, Any]:
+    """``goaccess FILE --log-format=COMBINED -o report.json``: its JSON report must count
+    every line as a valid request (the HTML report, or ``-o /dev/null``, which is HTML,
+    takes longer and says nothing checkable)."""
+    report = work / f"{name}.json"
+    result = run_measured(
+        [goaccess, str(path), "--log-format=COMBINED", "--no-global-config", "-o", str(report)],
+        C.child_env(),
+        work,
+        name,
+        timeout_s,
+    )
+    try:
+        if result["returncode"] != 0:
+            raise C.BenchmarkError(
+                f"{name} exited {result['returncode']}:\n" + result["stderr"][-2000:]
+            )
+        general = json.loads(report.read_text())["general"]
+        if general["total_requests"] != lines or general["valid_requests"] != lines:
+            raise C.BenchmarkError(
+                f"{name}: goaccess read {general['total_requests']} requests,"
+                f" {general['valid_requests']} valid, of {lines} lines"
+            )
+        return {
+            **_rate(result, lines),
+            "read": general["total_requests"],
+            "valid": general["valid_requests"],
+            "unique_visitors": general["unique_visitors"],
+        }
+    finally:
+        if not keep:
+            report.unlink(missing_ok=True)
+
+
+def prepare_documents(path: Path, lines: int, work: Path, timeout_s: float) -> Path:
+    """The documents ``metronome import`` makes of the log, as NDJSON ``{"_index",
+    "_id", "_source"}`` (``_index`` without its prefix), for the bulk helpers: made by an
+    untimed import into a scratch embedded store, read back from it."""
+    from metronome.store.elasticsearch import index_name
+
+    data_dir = work / "documents-data"
+    data_dir.mkdir()
+    result = run_measured(
+        [sys.executable, "-m", "metronome", "import", "--quiet", str(path)],
+        metronome_env(data_dir),
+        work,
+        "documents",
+        timeout_s,
+    )
+    if result["returncode"] != 0:
+        raise C.BenchmarkError("making the documents failed:\n" + result["stderr"][-2000:])
+    out = work / "documents.ndjson"
+    conn = sqlite3.connect(data_dir / "metronome.sqlite3")
+    written = 0
+    try:
+        with open(out, "wb") as f:
+            for doc_id, ts, doc in conn.execute(
+                "SELECT id, ts, doc FROM events WHERE dataset = 'logs'"
+            ):
+                index = index_name("", "logs", ts)[1:]
+                f.write(
+                    b'{"_index":"%s","_id":"%s","_source":%s}\n'
+                    % (index.encode(), doc_id.encode(), doc.encode())
+                )
+                written += 1
+    finally:
+        conn.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    if written != lines:
+        raise C.BenchmarkError(f"making the documents: {written} documents of {lines} lines")
+    return out
+
+
+def run_bulk(
+    es: C.Elasticsearch,
+    helper: str,
+    documents: Path,
+    lines: int,
+    work: Path,
+    name: str,
+    timeout_s: float,
+    keep: bool,
+) -> dict[str, Any]:
+    """``elasticsearch.helpers.<helper>`` indexing the finished documents into a fresh
+    prefix with Metronome's templates, like the import; ``_count`` must be every one."""
+    prefix = f"bench-bulk-{secrets.token_hex(3)}"
+    try:
+        C.install_templates(es.url, prefix)
+        result = run_measured(
+            _python_call(bulk_helper, str(documents), es.url, prefix, helper, str(BULK_CHUNK)),
+            C.child_env(),
+            work,
+            name,
+            timeout_s,
+        )
+        if result["returncode"] != 0:
+            raise C.BenchmarkError(
+                f"{name} exited {result['returncode']}:\n" + result["stderr"][-2000:]
+            )
+        said = json.loads(result["stdout"].strip().splitlines()[-1])
+        count = es.refresh_and_count(f"{prefix}-logs-*")
+        if said["indexed"] != lines or count != lines:
+            raise C.BenchmarkError(
+                f"{name}: indexed {said['indexed']}, failed {said['failed']},"
+                f" {count} counted; expected {lines}"
+            )
+        return {**_rate(result, lines), "indexed": said["indexed"], "count_verified": count}
+    finally:
+        if not keep:
+            es.delete(f"{prefix}-*")
+
+
 def run_read_floor(
     path: Path, lines: int, work: Path, name: str, timeout_s: float
 ) -> dict[str, Any]:
@@ -605,10 +826,18 @@ def main(argv: list[str] | None = None) -> int:
     es_info: dict[str, Any] | None = None
     es_context = (
         C.Elasticsearch(args.es_heap)
-        if "metronome-elasticsearch" in contenders
+        if {"metronome-elasticsearch", *BULK_HELPERS} & set(contenders)
         else nullcontext(None)
     )
+    goaccess = goaccess_info = None
     try:
+        if "goaccess" in contenders:
+            goaccess = ensure_goaccess()
+            goaccess_info = goaccess_version(goaccess)
+        documents = None
+        if set(BULK_HELPERS) & set(contenders):
+            print(f"{NAME}: making the documents for the bulk helpers...", file=sys.stderr)
+            documents = prepare_documents(log_path, n, work, args.timeout)
         with es_context as es:
             if es is not None:
                 es_info = es_server_info(es)
@@ -620,6 +849,12 @@ def main(argv: list[str] | None = None) -> int:
                 elif label == "metronome-elasticsearch":
                     assert es is not None
                     r = run_elasticsearch(es, log_path, n, work, name, args.timeout, args.keep)
+                elif label == "goaccess":
+                    assert goaccess is not None
+                    r = run_goaccess(goaccess, log_path, n, work, name, args.timeout, args.keep)
+                elif label in BULK_HELPERS:
+                    assert es is not None and documents is not None
+                    r = run_bulk(es, label, documents, n, work, name, args.timeout, args.keep)
                 elif label == "loader":
                     r = run_loader(log_path, n, work, name, args.timeout, args.keep)
                 else:
@@ -627,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
                 trials.append({"round": round_no, "contender": label, **_rounded(r)})
                 print(
                     f"  round {round_no} {label:24} {r['lines_per_s']:10,.0f} lines/s in"
-                    f" {r['seconds']:7.2f} s, peak RSS {r['max_rss_mib']:6.1f} MiB",
+                    f" {r['seconds']:7.2f} s, peak PSS {r['max_tree_pss_mib']:6.1f} MiB",
                     file=sys.stderr,
                 )
     except C.BenchmarkError as exc:
@@ -645,6 +880,7 @@ def main(argv: list[str] | None = None) -> int:
             "lines_per_s": C.rounded(med(label, "lines_per_s"), 1),
             "seconds": C.rounded(med(label, "seconds")),
             "max_rss_mib": C.rounded(med(label, "max_rss_mib"), 1),
+            "max_tree_pss_mib": C.rounded(med(label, "max_tree_pss_mib"), 1),
             "cpu_s": C.rounded(med(label, "cpu_s")),
             "lines_per_cpu_s": C.rounded(med(label, "lines_per_cpu_s"), 1),
         }
@@ -661,8 +897,23 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {
         f"{label}/{base}": ratio_to(label, base)
         for label in ("metronome-sqlite", "metronome-elasticsearch")
-        for base in ("loader", "read_floor")
+        for base in ("goaccess", "loader", "read_floor")
     }
+    helpers = [h for h in BULK_HELPERS if h in per_contender]
+    fastest_bulk = max(helpers, key=lambda h: per_contender[h]["lines_per_s"] or 0, default=None)
+    ratios["metronome-elasticsearch/bulk"] = (
+        ratio_to("metronome-elasticsearch", fastest_bulk) if fastest_bulk else None
+    )
+    for helper in helpers:
+        ratios[f"metronome-elasticsearch/{helper}"] = ratio_to("metronome-elasticsearch", helper)
+    passed: dict[str, bool | None] = {
+        key: None if ratios.get(key) is None else ratios[key] >= goal  # type: ignore[operator]
+        for key, goal in GOALS.items()
+    }
+    tree_peak = per_contender.get("metronome-sqlite", {}).get("max_tree_pss_mib")
+    passed["metronome-sqlite/peak_memory"] = (
+        None if tree_peak is None else tree_peak <= MAX_TREE_RSS_MIB
+    )
     results = {
         "benchmark": NAME,
         "description": __doc__.splitlines()[0],
@@ -689,38 +940,45 @@ def main(argv: list[str] | None = None) -> int:
             " raw groups into one SQLite table (no key, no index), executemany,"
             f" one transaction per {LOADER_BATCH} lines, WAL, synchronous=FULL",
             "read_floor": "python -c: for line in open(file): pass",
+            "goaccess": "goaccess FILE --log-format=COMBINED --no-global-config -o"
+            " report.json (its JSON must count every line valid)",
+            "bulk_helpers": "python -c: elasticsearch.helpers.parallel_bulk (4 threads) or"
+            f" streaming_bulk, chunk_size {BULK_CHUNK}, create actions, reading NDJSON of the"
+            " documents metronome import made (an untimed import into a scratch embedded"
+            " store), into a fresh prefix with Metronome's templates",
             "unit": "lines per wall second of the whole command (median of trials);"
-            " peak memory is the command's VmHWM (/proc/<pid>/status, polled"
-            " every 20 ms; ru_maxrss would carry this process's over the fork)",
+            " max_rss_mib is the command's VmHWM (/proc/<pid>/status, polled"
+            " every 20 ms; ru_maxrss would carry this process's over the fork);"
+            " max_tree_pss_mib the highest sum of PSS (smaps_rollup) over it and its child"
+            " processes at one poll (the import parses in a forked child)",
         },
-        "environment": C.environment(elasticsearch_server=es_info, loadavg_at_start=load_at_start),
+        "environment": C.environment(
+            elasticsearch_server=es_info, loadavg_at_start=load_at_start, goaccess=goaccess_info
+        ),
         "cli_startup_s": round(startup, 3),
         "trials": trials,
         "summary": {
             **{label.replace("-", "_"): values for label, values in per_contender.items()},
             "ratios": ratios,
-            "goal": None,
-            "passed": None,
+            "fastest_bulk_helper": fastest_bulk,
+            "goal": {**GOALS, "metronome-sqlite/peak_memory_mib": MAX_TREE_RSS_MIB},
+            "passed": passed,
         },
     }
     out = C.write_results(NAME, results, args.output)
     parts = []
-    for label in ("metronome-sqlite", "metronome-elasticsearch", "loader", "read_floor"):
+    for label in CONTENDERS:
         if label in per_contender:
             v = per_contender[label]
             parts.append(
                 f"{label} {v['lines_per_s']:,.0f} lines/s ({v['seconds']:.1f} s,"
-                f" {v['max_rss_mib']:.0f} MiB)"
+                f" {v['max_tree_pss_mib']:.0f} MiB)"
             )
-    ratio_text = ", ".join(
-        f"{k.split('/')[0].removeprefix('metronome-')} {v:.3f}"
-        for k, v in ratios.items()
-        if v is not None and k.endswith("/loader")
-    )
+    ratio_text = ", ".join(f"{k} {ratios[k]:.3f}" for k in GOALS if ratios.get(k) is not None)
     print(
         f"{NAME}: {n:,} lines: "
         + "; ".join(parts)
-        + (f"; ratio to loader: {ratio_text}" if ratio_text else "")
+        + (f"; ratios: {ratio_text}" if ratio_text else "")
         + f" -> {C.display(out)}"
     )
     return 0

@@ -70,7 +70,9 @@ class Summary:
 class LineConverter:
     """One line to one document (or a reject written to the reject file)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, rejects: Any = None) -> None:
+        """``rejects``: where rejected lines go (an object with ``add(record, reject_id)``
+        and ``close()``) instead of the data directory's reject file."""
         self._parser = compile_format(settings.log_format, settings.log_tz)
         self._rules = UrlRules.parse(settings.url_rules)
         self._trusted = settings.trusted_proxies
@@ -78,7 +80,7 @@ class LineConverter:
         self._client_ip = settings.client_ip
         self._blocklist = settings.referrer_blocklist
         self._site_id = settings.log_site
-        self._rejects = RejectFile(settings.data_dir, settings.rejects_max_bytes)
+        self._rejects = rejects or RejectFile(settings.data_dir, settings.rejects_max_bytes)
         self.summary = Summary()
 
     def convert(

@@ -5,12 +5,13 @@ configured ``METRONOME_LOG_FORMAT`` and ``METRONOME_URL_RULES``; lines that cann
 parsed go to ``<data dir>/rejects.ndjson`` with the reason) and count what they did.
 
 - ``import`` (history) writes straight to the store in bulk, with the shipper's retries
-  and dead letters. Ids come from the line's content and its line number in the file, so
-  importing the same file twice (even a copy, or gzipped, or after more lines were
-  appended) stores each line once, while identical lines (two requests in the same
-  second) are different events however far apart they are. The summary tells lines
-  stored now from lines the store already had; a rejected line is added to the reject
-  file once, however often it is imported.
+  and dead letters, while a second process parses
+  (:mod:`metronome.pipeline.import_process`). Ids come from the line's content and its
+  line number in the file, so importing the same file twice (even a copy, or gzipped,
+  or after more lines were appended) stores each line once, while identical lines (two
+  requests in the same second) are different events however far apart they are. The
+  summary tells lines stored now from lines the store already had; a rejected line is
+  added to the reject file once, however often it is imported.
 - ``ship`` (live files) follows files, appends to the durable spool like ticks (a running
   ``metronome serve`` or ``metronome worker`` ships it), and archives raw lines to S3 when
   ``METRONOME_S3_BUCKET`` is set. Ids come from the file's identity and the line's offset.
@@ -28,7 +29,7 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ from metronome.logs.follow import Follower, Position, PositionFile
 from metronome.logs.formats import AUTO, Detection, UnknownFormat, compile_format, detect
 from metronome.logs.formats.detect import SAMPLE_LINES
 from metronome.logs.ingest import LineConverter, Summary, open_lines
-from metronome.logs.parse import LineParser, Reject
+from metronome.logs.parse import LineParser
+from metronome.pipeline.import_process import import_in_two_processes
 from metronome.pipeline.records import encode_many
 from metronome.pipeline.shipper import Shipper
 from metronome.pipeline.spool import SpoolWriter, spool_dir
@@ -127,47 +129,24 @@ async def import_files(
     that is not an access log raises :class:`~metronome.logs.formats.UnknownFormat`
     naming it, and nothing is imported."""
     paths = list(paths)
-    auto = settings.log_format.strip().lower() == AUTO
     detections: dict[str, Detection | None] = {}
-    if auto:
+    if settings.log_format.strip().lower() == AUTO:
         for path in paths:
             if path != "-":
                 detections[path] = _detect(path, _head(path, settings.max_line_bytes), settings)
-    received_ms = int(time.time() * 1000)
-    async with _into_store(settings, progress) as (converter, target):
-        for path in paths:
-            try:
-                lines: Iterator[tuple[int, str | None]] = open_lines(path, settings.max_line_bytes)
-                if auto:
-                    if path == "-":
-                        head = list(itertools.islice(lines, SAMPLE_LINES))
-                        detections[path] = _detect(
-                            path, [t for _, t in head if t is not None], settings
-                        )
-                        lines = itertools.chain(head, lines)
-                    detection = detections[path]
-                    if detection is None:  # an empty file
-                        converter.use(compile_format(AUTO, settings.log_tz))
-                    else:
-                        converter.use(detection.parser)
-                        if on_detect is not None:
-                            on_detect(path, detection)
-                for number, text in lines:
-                    if text is None:
-                        converter.too_long(path, number, identity=f"\0{path}\0{number}")
-                        continue
-                    parsed = converter.parse(text)
-                    if isinstance(parsed, Reject):
-                        converter.reject(parsed, text, path, number, identity=f"{text}\0{number}")
-                        continue
-                    await target.add(converter.document(parsed, text, number, received_ms))
-            except (EOFError, gzip.BadGzipFile) as exc:  # a damaged or cut compressed file
-                await target.flush()  # what was read before stays imported
-                message = (
-                    str(exc) if str(exc).startswith("damaged") else f"damaged gzip file ({exc})"
-                )
-                raise OSError(errno.EIO, message, path) from exc
-    return converter.summary
+                if on_detect is not None and detections[path] is not None:
+                    on_detect(path, detections[path])  # type: ignore[arg-type]
+    async with open_store(settings) as store:
+        await store.ensure_schema()
+        return await import_in_two_processes(
+            settings,
+            store,
+            paths,
+            detections,
+            lambda path, head: _detect(path, head, settings),
+            progress=progress,
+            on_detect=on_detect,
+        )
 
 
 def _head(path: str, max_line_bytes: int) -> list[str]:

@@ -240,6 +240,11 @@ class Shipper:
             delay = min(delay * 2, self._backoff_max_s)
         return True
 
+    def dead_letter(self, refused: list[tuple[Document, str]]) -> None:
+        """Append documents the store refused for good, with the reason, to the
+        dead-letter file (fsynced), and count them."""
+        self._dead_letter(refused)
+
     def _dead_letter(self, refused: list[tuple[Document, str]]) -> None:
         now = time.time()
         lines = b"".join(

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from metronome.config import Settings
-from metronome.store.base import SchemaChange, Store, WriteOutcome
+from collections.abc import Callable, Sequence
+from typing import Any
 
-__all__ = ["SchemaChange", "Store", "WriteOutcome", "open_store"]
+from metronome.config import Settings
+from metronome.events.document import Document
+from metronome.store.base import EncodedWrite, SchemaChange, Store, WriteOutcome
+
+__all__ = [
+    "EncodedWrite",
+    "SchemaChange",
+    "Store",
+    "WriteOutcome",
+    "document_encoder",
+    "open_store",
+]
 
 
 def open_store(settings: Settings) -> Store:
@@ -19,3 +30,18 @@ def open_store(settings: Settings) -> Store:
     from metronome.store.sqlite import SQLiteStore
 
     return SQLiteStore(settings)
+
+
+def document_encoder(settings: Settings) -> Callable[[Sequence[Document]], list[Any]]:
+    """What the store the settings ask for writes of each document (a row, or bulk lines),
+    made without the store: a pure function a worker process runs, whose output (plain
+    tuples, cheap to send between processes) goes to that store's ``write_encoded``."""
+    if settings.elasticsearch_url:
+        from functools import partial
+
+        from metronome.store.elasticsearch import bulk_items
+
+        return partial(bulk_items, settings.index_prefix)
+    from metronome.store.sqlite import sqlite_rows
+
+    return sqlite_rows

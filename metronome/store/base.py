@@ -9,7 +9,15 @@ from typing import Any, Literal, Protocol, Self
 from metronome.events.document import Document
 from metronome.store.query import BasketCounts, BasketQuery, GroupQuery
 
-__all__ = ["GroupRow", "Removal", "RetentionResult", "SchemaChange", "Store", "WriteOutcome"]
+__all__ = [
+    "EncodedWrite",
+    "GroupRow",
+    "Removal",
+    "RetentionResult",
+    "SchemaChange",
+    "Store",
+    "WriteOutcome",
+]
 
 GroupRow = tuple[tuple[Any, ...], tuple[Any, ...]]
 """One group of a query: its dimension keys and its raw metric values."""
@@ -36,6 +44,17 @@ class WriteOutcome:
     reason: str | None = None
     retriable: bool = False
     existed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedWrite:
+    """The store's answer for a batch of encoded documents (``write_encoded``): how many it
+    stored now, how many it had already, and the outcome of each one it refused, by its
+    position in the batch (``retriable`` ones may succeed when sent again)."""
+
+    stored: int
+    already: int
+    failed: tuple[tuple[int, WriteOutcome], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +107,15 @@ class Store(Protocol):
 
     async def write(self, documents: Sequence[Document]) -> list[WriteOutcome]:
         """Store documents by id (a second write of an id is a no-op); one outcome each."""
+        ...
+
+    async def write_encoded(self, batch: Sequence[Any], *, durable: bool = True) -> EncodedWrite:
+        """Store documents already encoded by the encoder ``store.document_encoder`` gives
+        for these settings (in another process: ``metronome import``), by id like
+        :meth:`write`, answering counts rather than one outcome per document. With
+        ``durable=False`` the embedded store commits without waiting for the disk (a
+        process crash loses nothing, a power cut may lose the batch); the next durable
+        write makes it, and every batch before it, safe from both."""
         ...
 
     async def groups(

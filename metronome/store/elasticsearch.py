@@ -23,7 +23,14 @@ from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.events import fields as F
 from metronome.events.document import Document
-from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
+from metronome.store.base import (
+    EncodedWrite,
+    GroupRow,
+    Removal,
+    RetentionResult,
+    SchemaChange,
+    WriteOutcome,
+)
 from metronome.store.connection import (
     API_ERRORS,
     NOT_FOUND,
@@ -53,7 +60,7 @@ from metronome.store.query import BasketCounts, BasketQuery, GroupQuery
 from metronome.store.roles import roles
 from metronome.store.templates import Template, load_templates
 
-__all__ = ["ElasticsearchStore", "answering", "index_day_ms", "index_name"]
+__all__ = ["ElasticsearchStore", "answering", "bulk_items", "index_day_ms", "index_name"]
 
 _BULK_FILTER = "errors,items.*.status,items.*.error"  # what write() reads of the answer
 _COMPOSITE_PAGE = 1000  # groups per search while reading a whole result
@@ -111,6 +118,19 @@ def _partition(doc: Document) -> str | None:
         return None
     app = doc.source.get(F.APP)
     return app if isinstance(app, str) and F.APP_ID_PATTERN.match(app) else None
+
+
+def bulk_items(prefix: str, documents: Sequence[Document]) -> list[tuple[str, bytes]]:
+    """``(id, NDJSON lines)`` of each document for a ``_bulk`` body: the ``create`` action
+    (its daily index, its id) and the document, each line ended (a pure function:
+    ``metronome import`` runs it in its parsing process)."""
+    items = []
+    for doc in documents:
+        index = index_name(prefix, doc.dataset, doc.timestamp_ms, _partition(doc))
+        op = "index" if doc.dataset in F.REPLACED_DATASETS else "create"  # summaries
+        action = orjson.dumps({op: {"_index": index, "_id": doc.id}})
+        items.append((doc.id, b"%b\n%b\n" % (action, orjson.dumps(doc.source))))
+    return items
 
 
 def index_day_ms(prefix: str, datasets: Sequence[str], index: str) -> int | None:
@@ -291,28 +311,39 @@ class ElasticsearchStore:
         return None
 
     async def write(self, documents: Sequence[Document]) -> list[WriteOutcome]:
-        if not documents:
+        return await self._bulk(bulk_items(self._prefix, documents))
+
+    async def write_encoded(self, batch: Sequence[Any], *, durable: bool = True) -> EncodedWrite:
+        """One ``_bulk`` request of :func:`bulk_items` items (always durable: Elasticsearch
+        answers once its translog is on disk)."""
+        outcomes = await self._bulk(batch)
+        stored = already = 0
+        failed = []
+        for position, outcome in enumerate(outcomes):
+            if not outcome.ok:
+                failed.append((position, outcome))
+            elif outcome.existed:
+                already += 1
+            else:
+                stored += 1
+        return EncodedWrite(stored, already, tuple(failed))
+
+    async def _bulk(self, items: Sequence[tuple[str, bytes]]) -> list[WriteOutcome]:
+        if not items:
             return []
-        # the NDJSON body is built here with orjson (the client would encode every line
-        # with the json module), and only the status and error of each item come back
-        lines: list[bytes] = []
-        for doc in documents:
-            index = index_name(self._prefix, doc.dataset, doc.timestamp_ms, _partition(doc))
-            op = "index" if doc.dataset in F.REPLACED_DATASETS else "create"  # summaries
-            lines.append(orjson.dumps({op: {"_index": index, "_id": doc.id}}))
-            lines.append(orjson.dumps(doc.source))
-        lines.append(b"")
+        # the NDJSON body is built with orjson (the client would encode every line with
+        # the json module), and only the status and error of each item come back
+        ndjson = b"".join(lines for _, lines in items)
         with answering("the bulk request"):
-            ndjson = b"\n".join(lines)
             # OpenSearch's client sends only text as NDJSON as is
             body = ndjson.decode() if self.backend == "opensearch" else ndjson
             resp = await self._client.bulk(body=body, filter_path=_BULK_FILTER)
         outcomes = []
-        for doc, item in zip(documents, resp["items"], strict=True):
+        for (doc_id, _), item in zip(items, resp["items"], strict=True):
             result = item.get("create") or item["index"]
             status = result["status"]
             if status in (200, 201, 409):  # 409: this id is already stored
-                outcomes.append(WriteOutcome(doc.id, True, existed=status == 409))
+                outcomes.append(WriteOutcome(doc_id, True, existed=status == 409))
             else:
                 error = result.get("error") or {}
                 reason = f"{error.get('type', status)}: {error.get('reason', '')}".strip()
@@ -323,7 +354,7 @@ class ElasticsearchStore:
                     reason = denied_reason(str(error.get("reason", "")), "the bulk request")
                 outcomes.append(
                     WriteOutcome(
-                        doc.id, False, reason, retriable=denied or status == 429 or status >= 500
+                        doc_id, False, reason, retriable=denied or status == 429 or status >= 500
                     )
                 )
         return outcomes

@@ -28,7 +28,14 @@ from metronome.errors import StoreUnavailable
 from metronome.events import fields as F
 from metronome.events.document import Document
 from metronome.files import create_private, open_private
-from metronome.store.base import GroupRow, Removal, RetentionResult, SchemaChange, WriteOutcome
+from metronome.store.base import (
+    EncodedWrite,
+    GroupRow,
+    Removal,
+    RetentionResult,
+    SchemaChange,
+    WriteOutcome,
+)
 from metronome.store.query import BasketCounts, BasketQuery, GroupQuery
 from metronome.store.sqlite_query import COLUMNS as QUERY_COLUMNS
 from metronome.store.sqlite_query import (
@@ -44,7 +51,15 @@ from metronome.store.sqlite_query import (
 )
 from metronome.store.sqlite_rollups import install_rollups, mark_dirty, refresh_rollups, rollup_sql
 
-__all__ = ["COLUMNS", "DB_NAME", "ConnectionThread", "SQLiteStore", "connect", "setup_lock"]
+__all__ = [
+    "COLUMNS",
+    "DB_NAME",
+    "ConnectionThread",
+    "SQLiteStore",
+    "connect",
+    "setup_lock",
+    "sqlite_rows",
+]
 
 DB_NAME = "metronome.sqlite3"
 _DELETE_BATCH = 5000  # rows per retention transaction
@@ -101,13 +116,53 @@ _ADD_SPAM = "ALTER TABLE events ADD COLUMN spam"
 _FILL_SPAM = f"UPDATE events SET spam = json_extract(doc, {json_path(F.REFERRER_SPAM)})"
 
 
-def _get(source: dict[str, Any], field: str) -> Any:
-    value: Any = source
-    for part in field.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
+_INSERT = (
+    "INSERT OR IGNORE INTO events (id, dataset, ts, item_id, action, format,"
+    " referrer_page, bot, doc, site_id, spam) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+_Row = tuple[str, str, int, Any, Any, Any, Any, int, str, str, Any]
+
+
+# the document fields of the indexed columns as (object, key): one row is made per document
+_ITEM, _ITEM_ID = F.ITEM_ID.split(".")
+_ITEM_AGAIN, _ITEM_FORMAT = F.ITEM_FORMAT.split(".")
+_EVENT, _ACTION = F.EVENT_ACTION.split(".")
+_REFERRER, _PAGE = F.REFERRER_PAGE.split(".")
+_REFERRER_AGAIN, _SPAM = F.REFERRER_SPAM.split(".")
+_SITE, _SITE_ID = F.SITE_ID.split(".")
+assert _ITEM == _ITEM_AGAIN and _REFERRER == _REFERRER_AGAIN and "." not in F.BOT
+_NO_ITEM: dict[str, Any] = {}
+
+
+def _row(d: Document) -> _Row:
+    source = d.source
+    item = source.get(_ITEM)
+    event = source.get(_EVENT)
+    referrer = source.get(_REFERRER)
+    site = source.get(_SITE)
+    if not isinstance(item, dict):
+        item = _NO_ITEM
+    return (
+        d.id,
+        d.dataset,
+        d.timestamp_ms,
+        item.get(_ITEM_ID),
+        event.get(_ACTION) if isinstance(event, dict) else None,
+        item.get(_ITEM_FORMAT),
+        referrer.get(_PAGE) if isinstance(referrer, dict) else None,
+        int(bool(source.get(F.BOT))),
+        orjson.dumps(source).decode(),
+        (site.get(_SITE_ID) if isinstance(site, dict) else None) or F.DEFAULT_SITE,
+        _json_value(referrer.get(_SPAM)) if isinstance(referrer, dict) else None,
+    )
+
+
+def sqlite_rows(documents: Sequence[Document]) -> list[_Row]:
+    """The ``events`` rows of documents, as :meth:`SQLiteStore.write_encoded` inserts them:
+    the indexed columns and the document as JSON (a pure function: ``metronome import``
+    runs it in its parsing process)."""
+    return [_row(d) for d in documents]
 
 
 def _json_value(value: Any) -> Any:
@@ -216,6 +271,7 @@ class SQLiteStore(ConnectionThread):
     def __init__(self, settings: Settings) -> None:
         super().__init__(Path(settings.data_dir) / DB_NAME, "sqlite")
         self._rolled_at = 0.0
+        self._durable = True  # synchronous=FULL, as connect() leaves it
 
     @property
     def path(self) -> Path:
@@ -273,27 +329,8 @@ class SQLiteStore(ConnectionThread):
         return result
 
     async def write(self, documents: Sequence[Document]) -> list[WriteOutcome]:
-        rows = [
-            (
-                d.id,
-                d.dataset,
-                d.timestamp_ms,
-                _get(d.source, F.ITEM_ID),
-                _get(d.source, F.EVENT_ACTION),
-                _get(d.source, F.ITEM_FORMAT),
-                _get(d.source, F.REFERRER_PAGE),
-                int(bool(_get(d.source, F.BOT))),
-                orjson.dumps(d.source).decode(),
-                _get(d.source, F.SITE_ID) or F.DEFAULT_SITE,
-                _json_value(_get(d.source, F.REFERRER_SPAM)),
-            )
-            for d in documents
-        ]
-
-        insert = (
-            "INSERT OR IGNORE INTO events (id, dataset, ts, item_id, action, format,"
-            " referrer_page, bot, doc, site_id, spam) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        )
+        rows = sqlite_rows(documents)
+        insert = _INSERT
 
         replaced = [row for d, row in zip(documents, rows, strict=True) if _replaced(d)]
         if replaced:  # summaries (visits): written again as they grow, stored up to date
@@ -356,6 +393,36 @@ class SQLiteStore(ConnectionThread):
         finally:
             conn.execute("COMMIT")
         return rows
+
+    async def write_encoded(self, batch: Sequence[Any], *, durable: bool = True) -> EncodedWrite:
+        """Insert :func:`sqlite_rows` rows in one transaction; rows whose id is stored
+        already are left as they are (counted in ``already``).
+
+        ``durable=False`` commits with ``synchronous=NORMAL``: in WAL mode the commit is
+        in the WAL file (a crash of any process loses nothing) but not yet fsynced, so a
+        power cut may roll back the latest such commits, never half of one, and never a
+        durable commit or anything before it: a ``synchronous=FULL`` commit fsyncs the
+        WAL, every earlier commit's frames with it."""
+
+        def _insert() -> int:
+            conn = self._connect()
+            if durable != self._durable:
+                conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                self._durable = durable
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                mark_dirty(conn, ((row[9], row[1], row[2]) for row in batch))  # the rollups
+                before = conn.total_changes
+                conn.executemany(_INSERT, batch)
+                stored = conn.total_changes - before
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return stored
+
+        stored: int = await self._run(_insert)
+        return EncodedWrite(stored, len(batch) - stored)
 
     async def groups(
         self, query: GroupQuery, *, after: tuple[Any, ...] | None, limit: int

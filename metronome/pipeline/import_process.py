@@ -1,0 +1,512 @@
+"""``metronome import`` on two cores: parsing processes feed the writing one.
+
+A parsing process (forked, so it starts with everything already imported) reads the
+files in blocks of :data:`BATCH_DOCS` lines, turns their lines into documents
+(:class:`~metronome.logs.ingest.LineConverter`: the same parser, URL rules and visitor
+ids as every other input) and encodes each block's documents as the store writes them
+(``store.document_encoder``: rows for the embedded store, ``_bulk`` lines for
+Elasticsearch): plain tuples, cheap to send. With a named format (``combined``, a
+``log_format`` string...), whose parser reads each line apart from the others, every
+other block goes to a second parsing process, so parsing (the costliest part) takes two
+cores' worth of turns; ``auto`` and W3C parsers learn from the lines they read, so one
+process reads those files in order, exactly as it would alone. This process takes the
+batches back in block order and writes them (``write_encoded``: one transaction, or
+``_bulk`` requests, several in flight) while the next ones are parsed, and appends the
+blocks' rejected lines to the reject file (its only writer).
+
+What holds as before: ids come from each line's content and number, so whatever is
+written twice (a re-import, a batch sent again) is stored once; lines that cannot be
+parsed go to the reject file with their reason; the progress shown and the summary count
+only what the store has acknowledged durably; a store that is unavailable or overloaded
+gets the batch again with capped exponential backoff, and documents it refuses for good
+go to the dead-letter file like the shipper's. The queues between the processes are
+bounded (:data:`QUEUE_BATCHES`), so memory stays flat whatever the file's size. If this
+process dies, the parsing processes notice and end; what was committed stays, and
+importing again stores the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import gzip
+import logging
+import multiprocessing
+import os
+import queue
+import random
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import orjson
+
+from metronome.config import Settings
+from metronome.errors import StoreUnavailable
+from metronome.events import fields as F
+from metronome.events.document import Document, parse_iso_ms
+from metronome.logs.formats import AUTO, AutoParser, Detection, compile_format
+from metronome.logs.formats.detect import SAMPLE_LINES
+from metronome.logs.formats.w3c import W3cParser
+from metronome.logs.ingest import LineConverter, Summary, open_lines
+from metronome.logs.parse import DATASET, Reject
+from metronome.logs.rejects import RejectFile
+from metronome.pipeline.shipper import Shipper
+from metronome.store import Store, WriteOutcome, document_encoder
+
+__all__ = ["BATCH_DOCS", "QUEUE_BATCHES", "SYNC_EVERY_S", "import_in_two_processes"]
+
+BATCH_DOCS = 2000
+"""Documents per batch: one transaction of the embedded store, one ``_bulk`` request."""
+QUEUE_BATCHES = 6
+"""Batches parsed ahead of the writer at most (memory: a few MB)."""
+SYNC_EVERY_S = 1.0
+"""The embedded store: how often a batch is committed with an fsync (the others without)."""
+_BULK_IN_FLIGHT = 3  # Elasticsearch: requests at once (its own threads index them)
+_POLL_S = 0.5  # how often each process checks that the other one is still there
+
+log = logging.getLogger("metronome.ship")
+
+Detect = Callable[[str, list[str]], Detection | None]
+
+
+# --------------------------------------------------------------------------- parsing side
+
+
+class _Rejects:
+    """The rejected lines of one block, sent with its batch: the importing process alone
+    appends them to the reject file (two parsing processes never write it at once)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[dict[str, Any], str | None]] = []
+
+    def add(self, record: dict[str, Any], reject_id: str | None = None) -> None:
+        self.records.append((record, reject_id))
+
+    def take(self) -> list[tuple[dict[str, Any], str | None]]:
+        taken, self.records = self.records, []
+        return taken
+
+    def close(self) -> None:
+        """Nothing to close: the records go with the batches."""
+
+
+def _watch_parent(parent: int) -> None:
+    """End this (parsing) process as soon as the importing process is gone, whatever it
+    is blocked on (a queue whose reader died, a pipe whose writer died mid-message)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="metronome-import-watch", daemon=True).start()
+
+
+def _putter(out: Any, parent: int) -> Callable[[tuple[Any, ...]], None]:
+    def put(message: tuple[Any, ...]) -> None:
+        while True:
+            try:
+                out.put(message, timeout=_POLL_S)
+                return
+            except queue.Full:
+                if os.getppid() != parent:  # the importing process is gone: stop
+                    os._exit(1)
+
+    return put
+
+
+class _BlockParser:
+    """Blocks of lines of one file to encoded batches, with their rejects and counts."""
+
+    def __init__(self, settings: Settings, put: Callable[[tuple[Any, ...]], None]) -> None:
+        self.rejects = _Rejects()
+        self.converter = LineConverter(settings, self.rejects)
+        self._encode = document_encoder(settings)
+        self._received_ms = int(time.time() * 1000)
+        self._put = put
+
+    def block(self, path: str, lines: list[tuple[int, str | None]]) -> None:
+        converter = self.converter
+        read_before = converter.summary.read
+        documents: list[Document] = []
+        for number, text in lines:
+            if text is None:
+                converter.too_long(path, number, identity=f"\0{path}\0{number}")
+                continue
+            parsed = converter.parse(text)
+            if isinstance(parsed, Reject):
+                converter.reject(parsed, text, path, number, identity=f"{text}\0{number}")
+                continue
+            documents.append(converter.document(parsed, text, number, self._received_ms))
+        read = converter.summary.read - read_before
+        self._put(("batch", self._encode(documents), read, self.rejects.take()))
+
+    def done(self) -> None:
+        summary = self.converter.summary
+        self._put(("done", dict(summary.rejected), summary.bots))
+
+
+def _parse_files(
+    settings: Settings,
+    paths: Sequence[str],
+    detections: dict[str, Detection | None],
+    detect: Detect,
+    on_detect: Callable[[str, Detection], None] | None,
+    out: Any,
+    helper: Any,
+    parent: int,
+) -> None:
+    """The (first) parsing process: reads every line of ``paths``, in blocks of
+    :data:`BATCH_DOCS` lines; parses each block (every other one, when a ``helper``
+    queue leads to a second parsing process) and puts its batch on ``out``; then
+    ``("done", rejected, bots)``; or ``("error", exception)`` after the batches of the
+    lines before it."""
+    _watch_parent(parent)
+    put = _putter(out, parent)
+    forward = None if helper is None else _putter(helper, parent)
+    parser = _BlockParser(settings, put)
+    converter = parser.converter
+    auto = settings.log_format.strip().lower() == AUTO
+    block_number = 0
+
+    def flush(path: str, block: list[tuple[int, str | None]]) -> None:
+        nonlocal block_number
+        if not block:
+            return
+        if forward is not None and block_number % 2:
+            forward(("lines", path, block))
+        else:
+            parser.block(path, block)
+        block_number += 1
+
+    try:
+        if "-" in paths:  # multiprocessing gave this process /dev/null as sys.stdin
+            sys.stdin = open(0, closefd=False)  # noqa: SIM115 - standard input, kept open
+        for path in paths:
+            lines: Iterator[tuple[int, str | None]] = open_lines(path, settings.max_line_bytes)
+            if auto:
+                if path == "-":
+                    head = [next(lines, None) for _ in range(SAMPLE_LINES)]
+                    found = [pair for pair in head if pair is not None]
+                    detections[path] = detect(path, [t for _, t in found if t is not None])
+                    lines = _chain(found, lines)
+                    if on_detect is not None and detections[path] is not None:
+                        on_detect(path, detections[path])  # type: ignore[arg-type]
+                detection = detections[path]
+                converter.use(
+                    compile_format(AUTO, settings.log_tz) if detection is None else detection.parser
+                )
+            block: list[tuple[int, str | None]] = []
+            try:
+                for pair in lines:
+                    block.append(pair)
+                    if len(block) >= BATCH_DOCS:
+                        flush(path, block)
+                        block = []
+            except (EOFError, gzip.BadGzipFile) as exc:  # a damaged or cut compressed file
+                flush(path, block)  # what was read before is imported
+                text = str(exc)
+                message = text if text.startswith("damaged") else f"damaged gzip file ({text})"
+                raise OSError(errno.EIO, message, path) from exc
+            flush(path, block)
+        if forward is not None:
+            forward(("done",))
+        parser.done()
+    except BaseException as exc:  # noqa: BLE001 - every failure goes to the importing process
+        if forward is not None:
+            forward(("done",))
+        try:
+            put(("error", exc))
+        except Exception:  # noqa: BLE001 - an exception that cannot be pickled
+            put(("error", RuntimeError("".join(traceback.format_exception(exc)))))
+
+
+def _parse_forwarded(settings: Settings, inbox: Any, out: Any, parent: int) -> None:
+    """The second parsing process: the blocks the first one forwards, parsed alike."""
+    _watch_parent(parent)
+    put = _putter(out, parent)
+    try:
+        parser = _BlockParser(settings, put)
+        while True:
+            try:
+                message = inbox.get(timeout=_POLL_S)
+            except queue.Empty:
+                if os.getppid() != parent:
+                    os._exit(1)
+                continue
+            if message[0] == "done":
+                break
+            parser.block(message[1], message[2])
+        parser.done()
+    except BaseException as exc:  # noqa: BLE001 - every failure goes to the importing process
+        try:
+            put(("error", exc))
+        except Exception:  # noqa: BLE001 - an exception that cannot be pickled
+            put(("error", RuntimeError("".join(traceback.format_exception(exc)))))
+
+
+def _chain(
+    head: list[tuple[int, str | None]], rest: Iterator[tuple[int, str | None]]
+) -> Iterator[tuple[int, str | None]]:
+    yield from head
+    yield from rest
+
+
+def _parsers(settings: Settings) -> int:
+    """How many processes parse: two when every line may be parsed apart from the lines
+    before it (a named format or a log_format string), one for ``auto`` and W3C logs,
+    whose parsers learn from the lines they read (``#Fields:``, the variant in use)."""
+    if settings.log_format.strip().lower() == AUTO or os.cpu_count() == 1:
+        return 1
+    parser = compile_format(settings.log_format, settings.log_tz)
+    return 1 if isinstance(parser, W3cParser | AutoParser) else 2
+
+
+# --------------------------------------------------------------------------- writing side
+
+
+async def import_in_two_processes(
+    settings: Settings,
+    store: Store,
+    paths: Sequence[str],
+    detections: dict[str, Detection | None],
+    detect: Detect,
+    *,
+    progress: Callable[[int], None] | None = None,
+    on_detect: Callable[[str, Detection], None] | None = None,
+) -> Summary:
+    """Import ``paths`` into ``store`` (its schema installed): parsed in a forked process
+    (``detections`` holds each file's format, already recognised, except standard
+    input's, which ``detect`` recognises there), written here. Raises what the parsing
+    raised (an ``OSError``, :class:`~metronome.logs.formats.UnknownFormat`) after
+    storing the lines before it."""
+    summary = Summary()
+    context = multiprocessing.get_context("fork")  # starts with every module imported
+    two = _parsers(settings) == 2
+    channels: list[Any] = [context.Queue(maxsize=QUEUE_BATCHES) for _ in range(1 + two)]
+    helper: Any = context.Queue(maxsize=QUEUE_BATCHES) if two else None
+    me = os.getpid()
+    children = [
+        context.Process(
+            target=_parse_files,
+            args=(settings, paths, detections, detect, on_detect, channels[0], helper, me),
+            name="metronome-import-parse",
+            daemon=True,
+        )
+    ]
+    if two:
+        children.append(
+            context.Process(
+                target=_parse_forwarded,
+                args=(settings, helper, channels[1], me),
+                name="metronome-import-parse-2",
+                daemon=True,
+            )
+        )
+    for child in children:
+        child.start()
+    writer = _Writer(settings, store, summary, progress)
+    rejects = RejectFile(settings.data_dir, settings.rejects_max_bytes)
+    loop = asyncio.get_running_loop()
+    failure: BaseException | None = None
+    finished = [False] * len(children)
+    turn = 0
+    try:
+        while not all(finished):  # blocks alternate between the parsing processes
+            while finished[turn]:
+                turn = (turn + 1) % len(children)
+            message = await loop.run_in_executor(None, _receive, channels[turn], children[turn])
+            kind = message[0]
+            if kind == "batch":
+                for record, reject_id in message[3]:
+                    rejects.add(record, reject_id)
+                summary.read += message[2]
+                await writer.add(message[1], summary.read)
+            elif kind == "done":
+                finished[turn] = True
+                summary.rejected.update(message[1])
+                summary.bots += message[2]
+            else:  # the lines before it are written; the other process is stopped
+                failure = message[1]
+                break
+            turn = (turn + 1) % len(children)
+        await writer.finish()
+    finally:
+        writer.cancel()
+        rejects.close()
+        for child, heard_last in zip(children, finished, strict=True):
+            if heard_last and failure is None:  # it ends right after its last message
+                child.join(timeout=30)
+            if child.is_alive():  # this process is failing or was interrupted
+                child.terminate()
+                child.join()
+        for channel in (*channels, *([helper] if helper is not None else [])):
+            channel.close()
+    if failure is not None:
+        raise failure
+    return summary
+
+
+def _receive(channel: Any, child: Any) -> tuple[Any, ...]:
+    """The parsing process's next message; an error message if it died without one."""
+    while True:
+        try:
+            message: tuple[Any, ...] = channel.get(timeout=_POLL_S)
+            return message
+        except queue.Empty:
+            if not child.is_alive():
+                try:
+                    message = channel.get(timeout=_POLL_S)
+                    return message
+                except queue.Empty:
+                    return (
+                        "error",
+                        RuntimeError(
+                            f"the parsing process ended (exit code {child.exitcode})"
+                            " before the end of the files"
+                        ),
+                    )
+
+
+class _Writer:
+    """Batches to the store in order of arrival, up to ``in_flight`` at once.
+
+    Lines count as imported (the progress shown) only once every batch up to theirs is
+    acknowledged durably. The embedded store commits each batch, and fsyncs about once a
+    second (:data:`SYNC_EVERY_S`) and the last batch: an fsync in WAL mode makes every
+    earlier commit durable too, so the progress never claims a line a power cut could
+    take back, and a crash of any process loses no commit at all."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        summary: Summary,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self._store = store
+        self._summary = summary
+        self._progress = progress
+        self._shipper = Shipper(settings, store)  # its dead-letter file and backoff cap
+        # visits across the whole import (issue 25), in block order: one book, in memory
+        self._book = self._shipper.visit_book(persistent=False)
+        self._encode = document_encoder(settings)
+        self._stop = asyncio.Event()
+        self._backoff_max_s = float(settings.ship_backoff_max_s)
+        self._in_flight = _BULK_IN_FLIGHT if settings.elasticsearch_url else 1
+        self._tasks: list[tuple[asyncio.Task[None], int, bool]] = []
+        self._held: tuple[list[Any], int] | None = None  # the latest batch, not yet sent
+        self._synced_at = time.monotonic()
+
+    async def add(self, batch: list[Any], read: int) -> None:
+        """Write the batch before this one (the last one is written durably by
+        :meth:`finish`), holding this one."""
+        batch = await self._with_visits(batch)
+        held, self._held = self._held, (batch, read)
+        if held is not None:
+            durable = time.monotonic() - self._synced_at >= SYNC_EVERY_S
+            if durable:
+                self._synced_at = time.monotonic()
+            await self._send(*held, durable)
+
+    async def _send(self, batch: list[Any], read: int, durable: bool) -> None:
+        while len(self._tasks) >= self._in_flight:
+            await self._complete_first()
+        self._tasks.append((asyncio.create_task(self._write(batch, durable)), read, durable))
+
+    async def _complete_first(self) -> None:
+        task, read, durable = self._tasks[0]
+        await task
+        self._tasks.pop(0)
+        if durable and self._progress is not None:
+            self._progress(read)
+
+    async def finish(self) -> None:
+        """Write the held batch durably and wait for every write."""
+        if self._held is not None:
+            await self._send(*self._held, True)
+            self._held = None
+        while self._tasks:
+            await self._complete_first()
+
+    def cancel(self) -> None:
+        for task, _, _ in self._tasks:
+            task.cancel()
+
+    async def _with_visits(self, batch: list[Any]) -> list[Any]:
+        """The batch with its events' visit fields (assigned here, in block order, which
+        one book for the whole import needs), its visits' summaries written (again, as
+        they grow: :meth:`Store.write` replaces a summary, ``write_encoded`` would not).
+        The parsing processes encode without visits; the events are decoded, given their
+        visits and encoded again: the price of exact visits across processes."""
+        if not batch:
+            return batch
+        events = [_decoded(item) for item in batch]
+        assigned = self._book.assign(events)
+        summaries = assigned.documents[len(events) :]
+        if summaries:
+            await self._shipper.store_documents(summaries, self._stop)
+        self._book.commit(assigned)
+        return list(self._encode(assigned.documents[: len(events)]))
+
+    async def _write(self, batch: list[Any], durable: bool) -> None:
+        """Store the batch: again, after a pause, what the store could not take now."""
+        todo = batch
+        delay = 0.2
+        while todo:
+            try:
+                result = await self._store.write_encoded(todo, durable=durable)
+            except StoreUnavailable as exc:
+                reason = exc.message
+            else:
+                self._summary.stored += result.stored
+                self._summary.already += result.already
+                retry = [todo[i] for i, outcome in result.failed if outcome.retriable]
+                refused = [(todo[i], o) for i, o in result.failed if not o.retriable]
+                if refused:
+                    self._dead_letter(refused)
+                if not retry:
+                    return
+                reason = next(o.reason for _, o in result.failed if o.retriable) or "retriable"
+                todo = retry
+            self._shipper.stats.retries += 1
+            log.warning(
+                "import_retry documents=%d delay_s=%.1f reason=%s", len(todo), delay, reason
+            )
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self._backoff_max_s)
+
+    def _dead_letter(self, refused: list[tuple[Any, WriteOutcome]]) -> None:
+        documents = []
+        for item, outcome in refused:
+            documents.append((_refused_document(item, outcome.id), outcome.reason or "refused"))
+        self._shipper.dead_letter(documents)
+        self._summary.dead_letters += len(documents)
+
+
+def _decoded(item: Any) -> Document:
+    """The document of an encoded item: a ``_bulk`` item ``(id, action + document lines)``
+    or an embedded-store row ``(id, dataset, ts, ..., doc JSON, ...)``."""
+    if isinstance(item[1], bytes):
+        source = orjson.loads(item[1].split(b"\n", 2)[1])
+        return Document(
+            id=item[0],
+            timestamp_ms=parse_iso_ms(source[F.TIMESTAMP]) or 0,
+            dataset=DATASET,
+            source=source,
+        )
+    return Document(id=item[0], timestamp_ms=item[2], dataset=item[1], source=orjson.loads(item[8]))
+
+
+def _refused_document(item: Any, doc_id: str) -> Document:
+    """The document of an encoded item the store refused, for the dead-letter file: a
+    ``_bulk`` item is ``(id, action line + document line)``; a row holds its JSON."""
+    if isinstance(item[1], bytes):
+        source = orjson.loads(item[1].split(b"\n", 2)[1])
+    else:
+        source = orjson.loads(item[8])
+    return Document(id=doc_id, timestamp_ms=0, dataset=DATASET, source=source)
