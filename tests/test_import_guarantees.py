@@ -239,6 +239,7 @@ def test_the_rows_the_import_writes_hold_what_each_document_says_in_its_columns(
             int(bool(get(F.BOT))),
             orjson.dumps(d.source).decode(),
             get(F.SITE_ID) or F.DEFAULT_SITE,
+            get(F.REFERRER_SPAM),  # the rollups' spam column (booleans as 0/1)
         )
 
     sources: list[dict[str, Any]] = [
