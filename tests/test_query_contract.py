@@ -485,6 +485,7 @@ def test_named_reports_answer_common_questions(data: Backend) -> None:
         "downloads-by-format",
         "status-codes",
         "slowest-pages",
+        "api-calls",  # issue 23: API calls tracked by the middleware
         "active-instances",
         "fleet-total",
         "feature-adoption",

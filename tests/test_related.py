@@ -28,8 +28,9 @@ DAY_ONE = {
     "10.1.0.8": ["p", "r"],
     "10.1.0.9": ["a", "r"],
 }
-# The first visitor again, with a later timestamp: the same visitor id, so the same basket
-# (a tick's visitor id is salted by the day it is received, which is today for all of these)
+# The first visitor again, a day later: the same visitor id (a tick's visitor id is salted
+# by the day it is received, which is today for all of these) but a new visit (more than
+# 30 minutes since the last event), so a new basket: a is in 6 visits
 DAY_TWO = {
     "10.1.0.1": ["a", "c"],
     "10.1.0.10": ["c"],
@@ -82,13 +83,13 @@ def test_related_items_favour_specific_association_over_popularity(planted: Back
     ]
     # b and p are each found with a in 3 baskets, but p is in 7 and b in 4: b first; r shares
     # one basket only (min_support 2)
-    assert rows == [("rel-b", 3, 5, 4), ("rel-c", 3, 5, 5), ("rel-p", 3, 5, 7)]
+    assert rows == [("rel-b", 3, 6, 4), ("rel-c", 3, 6, 5), ("rel-p", 3, 6, 7)]
     assert [r["score"] for r in answer["results"]] == [
-        round(score(3, 5, 4), 6),
-        round(score(3, 5, 5), 6),
-        round(score(3, 5, 7), 6),
+        round(score(3, 6, 4), 6),
+        round(score(3, 6, 5), 6),
+        round(score(3, 6, 7), 6),
     ]
-    assert answer["meta"]["item_baskets"] == 5
+    assert answer["meta"]["item_baskets"] == 6
     assert answer["meta"]["within"] == "visit"
 
 

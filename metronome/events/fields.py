@@ -399,7 +399,11 @@ VISIT_PAGE_TIME_MS = "visit.page_time_ms"  # duration / (pages - 1): absent on o
 VISIT_DIRECT = "direct"  # visit.source of a visit whose entry has no external referrer
 
 VISIT_FIELDS: frozenset[str] = frozenset(
-    (TICK_FIELDS - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE, REFERRER_SPAM})
+    (
+        TICK_FIELDS
+        - ERROR_FIELDS
+        - {ITEM_ID, ITEM_FORMAT, REFERRER_DOMAIN, REFERRER_PAGE, REFERRER_SPAM}
+    )
     - VISIT_EVENT_FIELDS
     | {
         VISIT_ID,
