@@ -178,7 +178,7 @@ def rabbitmq() -> Iterator[RabbitMQServer]:
         server.stop()
 
 
-@pytest.fixture(scope="session", params=["sqlite", "elasticsearch"])
+@pytest.fixture(scope="session")
 def _suite_opensearch() -> Iterator[OpenSearchServer]:
     """The OpenSearch server this run owns: started on first use, stopped at the end."""
     server = OpenSearchServer()
