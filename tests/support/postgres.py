@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from tests.support import prefetch
-from tests.support.browser import _run
+from tests.support.browser import apt_install
 from tests.support.es_server import free_port
 
 __all__ = ["PostgresServer", "ensure_postgres"]
@@ -39,22 +39,7 @@ def ensure_postgres(timeout_s: float = 900) -> Path:
     found = _bin_dir()
     if found is not None:
         return found
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        raise RuntimeError(
-            "PostgreSQL (initdb, pg_ctl) is missing and cannot be installed here (needs"
-            " root and apt-get); install Debian's postgresql package"
-        )
-    lock = ("-o", "DPkg::Lock::Timeout=300")
-    _run("apt-get", *lock, "update", timeout_s=timeout_s)
-    _run(
-        "apt-get",
-        *lock,
-        "install",
-        "-y",
-        "--no-install-recommends",
-        "postgresql",
-        timeout_s=timeout_s,
-    )
+    apt_install("postgresql", timeout_s=timeout_s)
     found = _bin_dir()
     if found is None:
         raise RuntimeError("apt installed postgresql but pg_ctl is still missing")

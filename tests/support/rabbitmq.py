@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from tests.support import prefetch
-from tests.support.browser import _run
+from tests.support.browser import apt_install
 from tests.support.es_server import free_port
 
 __all__ = ["RabbitMQServer", "ensure_rabbitmq"]
@@ -41,22 +41,7 @@ def ensure_rabbitmq(timeout_s: float = 900) -> Path:
     found = _scripts()
     if found is not None:
         return found
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        raise RuntimeError(
-            "RabbitMQ (rabbitmq-server) is missing and cannot be installed here (needs root"
-            " and apt-get); install Debian's rabbitmq-server package"
-        )
-    lock = ("-o", "DPkg::Lock::Timeout=300")
-    _run("apt-get", *lock, "update", timeout_s=timeout_s)
-    _run(
-        "apt-get",
-        *lock,
-        "install",
-        "-y",
-        "--no-install-recommends",
-        "rabbitmq-server",
-        timeout_s=timeout_s,
-    )
+    apt_install("rabbitmq-server", timeout_s=timeout_s)
     found = _scripts()
     if found is None:
         raise RuntimeError("apt installed rabbitmq-server but its scripts are still missing")
