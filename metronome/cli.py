@@ -180,7 +180,7 @@ def _check_job_sites(settings: Settings) -> None:
             if user_site is not None:
                 named[f"METRONOME_FORWARD_USERS ({user}@{user_site})"] = user_site
     if settings.queues:
-        from metronome.pipeline.queue_input import parse_queues
+        from metronome.pipeline.queue_spec import parse_queues
 
         for spec in parse_queues(settings.queues, settings):
             if spec.site_header is None:
@@ -215,7 +215,7 @@ def _check_sections(settings: Settings) -> None:
 
     parse_destinations(settings.destinations, spool_max_bytes=settings.spool_max_bytes)
     if settings.queues:
-        from metronome.pipeline.queue_input import parse_queues
+        from metronome.pipeline.queue_spec import parse_queues
 
         parse_queues(settings.queues, settings)
 
@@ -304,12 +304,8 @@ def status() -> None:
 
 def _destination_status_lines(settings: Settings) -> list[str]:
     """One line per configured destination: lag, counters, last error."""
-    from metronome.pipeline.destinations import (
-        Cursor,
-        dead_letter_path,
-        parse_destinations,
-        read_state,
-    )
+    from metronome.pipeline.destinations import Cursor, parse_destinations, read_state
+    from metronome.pipeline.destinations.forwarder import dead_letter_path
     from metronome.pipeline.spool import spool_dir
 
     spool = spool_dir(settings.data_dir)

@@ -250,7 +250,7 @@ def _metric_rows() -> Iterator[tuple[str, str, str, str]]:
     with tempfile.TemporaryDirectory() as empty:
         for family in metrics.SpoolCollector(Path(empty)).collect():
             yield family.name, family.type, "", family.documentation
-    from metronome.pipeline.destinations import DestinationCollector
+    from metronome.pipeline.destinations.forwarder import DestinationCollector
 
     for family in DestinationCollector(Path(".")).describe():
         scraped = family.name + ("_total" if family.type == "counter" else "")

@@ -439,12 +439,18 @@ def test_serve_checks_the_sections_without_importing_prometheus_early(tmp_path: 
     """``metronome serve`` checks ``[[collectors]]`` and ``[[monitors]]`` before it names
     the Prometheus multiprocess directory: importing prometheus_client first would leave
     its forked workers counting in memory, and ``/metrics`` would miss their counts."""
-    code = (
-        "import sys; from metronome.config import Settings; import metronome.cli as cli;"
-        " cli._check_sections(Settings.from_env({}));"
-        " print('prometheus_client' in sys.modules)"
+    config = tmp_path / "metronome.toml"  # a RabbitMQ queue too (issue 23): its check as well
+    config.write_text(
+        '[[queues]]\nname = "q"\nqueue = "q"\nurl = "amqp://u:p@127.0.0.1:5672/%2F"\n'
+        'kind = "ticks"\n'
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
-    )
-    assert result.stdout.strip() == "False", result.stderr
+    for env in ({}, {"METRONOME_CONFIG": str(config)}):
+        code = (
+            "import sys; from metronome.config import Settings; import metronome.cli as cli;"
+            f" cli._check_sections(Settings.from_env({env!r}));"
+            " print('prometheus_client' in sys.modules)"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+        assert result.stdout.strip() == "False", (env, result.stderr)

@@ -171,7 +171,7 @@ def _start_forwarders(
     settings: Settings, destinations: tuple[Any, ...], stop: asyncio.Event
 ) -> list[asyncio.Task[Any]]:
     """A loop per destination, forwarding its site's spooled events (pipeline/destinations)."""
-    from metronome.pipeline.destinations import Forwarder
+    from metronome.pipeline.destinations.forwarder import Forwarder
 
     loop = asyncio.get_running_loop()
     return [loop.create_task(Forwarder(d, settings).run(stop)) for d in destinations]

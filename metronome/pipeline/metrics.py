@@ -237,7 +237,7 @@ def registry_for_scrape(spool: Path) -> CollectorRegistry:
         for collector in list(REGISTRY._collector_to_names):  # this process only
             registry.register(collector)
     registry.register(SpoolCollector(spool))
-    from metronome.pipeline.destinations import DestinationCollector  # issue 23
+    from metronome.pipeline.destinations.forwarder import DestinationCollector  # issue 23
 
     registry.register(DestinationCollector(spool))
     return registry

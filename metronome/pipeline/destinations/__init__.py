@@ -11,13 +11,10 @@ See ``docs/guides/destinations.md``.
 
 from __future__ import annotations
 
+# The forwarder (and with it prometheus_client) is imported from its module by those who
+# run it: `metronome serve` checks the tables before it names the Prometheus multiprocess
+# directory, and importing prometheus_client first would leave its workers' counts out.
 from metronome.pipeline.destinations.cursor import Cursor, holds, prune, read_state
-from metronome.pipeline.destinations.forwarder import (
-    DestinationCollector,
-    Forwarder,
-    ForwarderStats,
-    dead_letter_path,
-)
 from metronome.pipeline.destinations.mapping import mapping_table
 from metronome.pipeline.destinations.spec import KINDS, Destination, parse_destinations
 
@@ -25,10 +22,6 @@ __all__ = [
     "KINDS",
     "Cursor",
     "Destination",
-    "DestinationCollector",
-    "Forwarder",
-    "ForwarderStats",
-    "dead_letter_path",
     "holds",
     "mapping_table",
     "parse_destinations",
