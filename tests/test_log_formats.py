@@ -364,8 +364,10 @@ def test_every_sample_round_trips_through_import_into_the_store_and_query(
     assert f"read {lines} lines, stored {stored}, already stored 0, rejected" in result.stderr
     assert f"({reasons})" in result.stderr
 
+    # visits (issue 25) are assigned across the import: tests/test_journeys.py checks them
     found = sorted(
-        (projected(d) for d in backend.find(item)), key=lambda d: json.dumps(d, sort_keys=True)
+        (projected({k: v for k, v in d.items() if k != "visit"}) for d in backend.find(item)),
+        key=lambda d: json.dumps(d, sort_keys=True),
     )
     assert found == sorted(expected, key=lambda d: json.dumps(d, sort_keys=True))
 
