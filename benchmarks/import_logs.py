@@ -440,7 +440,7 @@ def run_sqlite(
     path: Path, lines: int, work: Path, name: str, timeout_s: float, keep: bool
 ) -> dict[str, Any]:
     data_dir = work / f"{name}-data"
-    data_dir.mkdir()
+    data_dir.mkdir(mode=0o700)  # private, as Metronome wants its data directory
     try:
         result = run_measured(
             [sys.executable, "-m", "metronome", "import", str(path)],
@@ -486,7 +486,7 @@ def run_elasticsearch(
 
     prefix = f"bench-import-{secrets.token_hex(3)}"
     data_dir = work / f"{name}-data"
-    data_dir.mkdir()
+    data_dir.mkdir(mode=0o700)  # private, as Metronome wants its data directory
     try:
         C.install_templates(es.url, prefix)
         env = metronome_env(
