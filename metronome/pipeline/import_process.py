@@ -397,7 +397,7 @@ class _Writer:
         self._encode = document_encoder(settings)
         self._stop = asyncio.Event()
         self._backoff_max_s = float(settings.ship_backoff_max_s)
-        self._in_flight = _BULK_IN_FLIGHT if settings.elasticsearch_url else 1
+        self._in_flight = _BULK_IN_FLIGHT if settings.uses_elasticsearch else 1
         self._tasks: list[tuple[asyncio.Task[None], int, bool]] = []
         self._held: tuple[list[Any], int] | None = None  # the latest batch, not yet sent
         self._synced_at = time.monotonic()

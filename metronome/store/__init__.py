@@ -36,7 +36,7 @@ def document_encoder(settings: Settings) -> Callable[[Sequence[Document]], list[
     """What the store the settings ask for writes of each document (a row, or bulk lines),
     made without the store: a pure function a worker process runs, whose output (plain
     tuples, cheap to send between processes) goes to that store's ``write_encoded``."""
-    if settings.elasticsearch_url:
+    if settings.uses_elasticsearch:  # Elasticsearch or OpenSearch: the same _bulk
         from functools import partial
 
         from metronome.store.elasticsearch import bulk_items
