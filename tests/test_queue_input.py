@@ -25,7 +25,7 @@ import pytest
 from metronome.client import Client
 from metronome.events.tick import Limits, RequestInfo, build_tick
 from metronome.pipeline.records import encode_many
-from metronome.pipeline.spool import SpoolWriter, spool_dir
+from metronome.pipeline.spool import SpoolWriter, spool_bytes, spool_dir
 from tests.support.backends import running_backend, wait_for_drain
 from tests.support.metronome_server import MetronomeServer
 from tests.support.rabbitmq import RabbitMQServer
@@ -320,6 +320,8 @@ def test_consumption_pauses_while_the_spool_is_full_and_loses_nothing(world: Wor
     info = RequestInfo(int(time.time() * 1000), None, None, "shop")
     filler = [build_tick({"id": "filler", "pad": "x" * 1000}, info, Limits()) for _ in range(70)]
     asyncio.run(writer.append(encode_many(filler)))
+    assert spool_bytes(spool_dir(world.server.data_dir)) > SPOOL_MAX
+    time.sleep(1)  # past the 0.25 s for which each writer trusts its last look at the spool
     item = _item()
     try:
         world.publish("ticks", [json.dumps([{"id": item, "n": n}]).encode() for n in range(10)])
