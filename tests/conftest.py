@@ -30,6 +30,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -39,6 +40,8 @@ from tests.support.backends import Backend, running_backend
 from tests.support.es_server import ElasticsearchServer, OpenSearchServer
 from tests.support.rabbitmq import RabbitMQServer
 from tests.support.secure_proxy import SecureProxy
+
+_Server = TypeVar("_Server", bound=ElasticsearchServer)
 
 # fixture -> the marker of the outside service it brings (its tests get the marker)
 SERVICE_FIXTURES = {
@@ -123,16 +126,36 @@ def docker_compose() -> compose.Compose:
     return compose.Compose(config)
 
 
-@pytest.fixture(scope="session")
-def _suite_elasticsearch() -> Iterator[ElasticsearchServer]:
-    """The Elasticsearch server this run owns: started on first use, stopped at the end."""
-    server = ElasticsearchServer()
+def _owned(server: _Server) -> Iterator[_Server]:
+    """Start ``server`` (Elasticsearch or OpenSearch) and clean it up at the end."""
     try:
         server.start()
         server.wait_ready()
         yield server
     finally:
         server.cleanup()
+
+
+def _server_url(request: pytest.FixtureRequest, variable: str, owned: str) -> str:
+    """The URL in ``variable`` (waited for until yellow), else the server fixture
+    ``owned`` of this run."""
+    url = os.environ.get(variable)
+    if url:
+        httpx.get(
+            f"{url}/_cluster/health",
+            params={"wait_for_status": "yellow", "timeout": "60s"},
+            timeout=70,
+        )
+        return url.rstrip("/")
+    server: ElasticsearchServer = request.getfixturevalue(owned)
+    server.wait_ready()
+    return server.url
+
+
+@pytest.fixture(scope="session")
+def _suite_elasticsearch() -> Iterator[ElasticsearchServer]:
+    """The Elasticsearch server this run owns: started on first use, stopped at the end."""
+    yield from _owned(ElasticsearchServer())
 
 
 @pytest.fixture(scope="session")
@@ -151,17 +174,7 @@ def es_server(request: pytest.FixtureRequest) -> ElasticsearchServer:
 @pytest.fixture(scope="session")
 def es_url(request: pytest.FixtureRequest) -> str:
     """``METRONOME_TEST_ELASTICSEARCH_URL`` (waited for until yellow), else the suite's own."""
-    url = os.environ.get("METRONOME_TEST_ELASTICSEARCH_URL")
-    if url:
-        httpx.get(
-            f"{url}/_cluster/health",
-            params={"wait_for_status": "yellow", "timeout": "60s"},
-            timeout=70,
-        )
-        return url.rstrip("/")
-    server: ElasticsearchServer = request.getfixturevalue("_suite_elasticsearch")
-    server.wait_ready()
-    return server.url
+    return _server_url(request, "METRONOME_TEST_ELASTICSEARCH_URL", "_suite_elasticsearch")
 
 
 @pytest.fixture(scope="session")
@@ -181,30 +194,14 @@ def rabbitmq() -> Iterator[RabbitMQServer]:
 @pytest.fixture(scope="session")
 def _suite_opensearch() -> Iterator[OpenSearchServer]:
     """The OpenSearch server this run owns: started on first use, stopped at the end."""
-    server = OpenSearchServer()
-    try:
-        server.start()
-        server.wait_ready()
-        yield server
-    finally:
-        server.cleanup()
+    yield from _owned(OpenSearchServer())
 
 
 @pytest.fixture(scope="session")
 def os_url(request: pytest.FixtureRequest) -> str:
     """``METRONOME_TEST_OPENSEARCH_URL`` (waited for until yellow), else the suite's own
     OpenSearch (the integ-test distribution from Maven Central, like Elasticsearch)."""
-    url = os.environ.get("METRONOME_TEST_OPENSEARCH_URL")
-    if url:
-        httpx.get(
-            f"{url}/_cluster/health",
-            params={"wait_for_status": "yellow", "timeout": "60s"},
-            timeout=70,
-        )
-        return url.rstrip("/")
-    server: OpenSearchServer = request.getfixturevalue("_suite_opensearch")
-    server.wait_ready()
-    return server.url
+    return _server_url(request, "METRONOME_TEST_OPENSEARCH_URL", "_suite_opensearch")
 
 
 @pytest.fixture(scope="session")
