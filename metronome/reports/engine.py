@@ -244,7 +244,7 @@ async def run_query(
 ) -> dict[str, Any]:
     """The ``/query`` answer: ``{"results": [...], "meta": {...}, "query": {...}}``."""
     if "funnel" in query.normalized or "flow" in query.normalized:  # journeys (issue 25)
-        return await run_journey(store, query.group, query.normalized)
+        return await run_journey(store, query.group, query.normalized, query.steps)
     group = query.group
     dims = group.dimensions
     positions = {d.name: ("keys", i) for i, d in enumerate(dims)}

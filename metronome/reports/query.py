@@ -25,6 +25,7 @@ from jsonschema.exceptions import relevance
 from metronome.errors import InvalidParameter, InvalidQuery
 from metronome.events import fields as F
 from metronome.reports.catalog import ALIASES, UnknownField, resolve, typed_fields
+from metronome.reports.journeys import page_filter, page_views
 from metronome.reports.timebuckets import (
     EARLIEST_MS,
     LATEST_MS,
@@ -258,8 +259,9 @@ QUERY_SCHEMA: dict[str, Any] = {
         "funnel": {
             "type": ["object", "null"],
             "default": None,
-            "description": "visits source: ordered steps (pages), counted within a visit or"
-            " within a window for a visitor (journeys guide)",
+            "description": "visits source: ordered steps (a page, an event, filters on"
+            " events), counted within a visit or within a window for a visitor (journeys"
+            " guide)",
             "additionalProperties": False,
             "required": ["steps"],
             "properties": {
@@ -270,13 +272,38 @@ QUERY_SCHEMA: dict[str, Any] = {
                     "items": {
                         "type": "object",
                         "additionalProperties": False,
-                        "required": ["page"],
+                        "minProperties": 1,
+                        "anyOf": [
+                            {"required": ["page"]},
+                            {"required": ["event"]},
+                            {"required": ["filters"]},
+                        ],
                         "properties": {
                             "page": {**_FIELD, "maxLength": MAX_VALUE_CHARS},
+                            "event": {
+                                **_FIELD,
+                                "description": "an event kind (view, download, ...) or a"
+                                " typed event's name",
+                            },
+                            "filters": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": MAX_FILTERS,
+                                "items": {"$ref": "#/$defs/filter"},
+                                "description": "filters on the visit's events (as in"
+                                " /query on ticks and logs), all of which hold",
+                            },
+                            "name": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": 200,
+                                "description": "a label for the step",
+                            },
                             "next": {
                                 "type": "boolean",
                                 "default": False,
-                                "description": "the very next page (else: eventually)",
+                                "description": "the very next page or step event (else:"
+                                " eventually)",
                             },
                         },
                     },
@@ -413,6 +440,8 @@ class Query:
     previous: GroupQuery | None
     fingerprint: str = field(default="")
     forecast: ForecastSpec | None = None
+    steps: tuple[FilterNode | None, ...] = ()
+    """A funnel's steps on events (``None``: a step on a page, read from the visits)."""
 
 
 # --- parsing ---------------------------------------------------------------------------
@@ -467,11 +496,22 @@ def _short(message: str) -> str:
 def _nesting_error(body: Any) -> InvalidQuery | None:
     """Filters nested too deep or too many, found before the schema is checked (and in
     time bounded by the limits, whatever the request's size)."""
-    if not isinstance(body, dict) or not isinstance(body.get("filters"), list):
+    if not isinstance(body, dict):
         return None
+    lists: list[tuple[str, list[Any]]] = []
+    if isinstance(body.get("filters"), list):
+        lists.append(("query.filters", body["filters"]))
+    funnel = body.get("funnel")
+    steps = funnel.get("steps") if isinstance(funnel, dict) else None
+    if isinstance(steps, list):  # a funnel step's filters count too
+        for n, step in enumerate(steps[: MAX_FUNNEL_STEPS + 1]):
+            if isinstance(step, dict) and isinstance(step.get("filters"), list):
+                lists.append((f"query.funnel.steps[{n}].filters", step["filters"]))
     nodes = 0
-    for index, top in enumerate(body["filters"]):
-        todo = [(top, 1, f"query.filters[{index}]")]
+    for prefix, index, top in (
+        (prefix, index, top) for prefix, found in lists for index, top in enumerate(found)
+    ):
+        todo = [(top, 1, f"{prefix}[{index}]")]
         while todo:
             raw, depth, where = todo.pop()
             nodes += 1
@@ -479,13 +519,13 @@ def _nesting_error(body: Any) -> InvalidQuery | None:
                 return InvalidQuery(
                     f"{where}: a request has at most {MAX_FILTER_NODES} filters, nested ones"
                     " included",
-                    field=f"query.filters[{index}]",
+                    field=f"{prefix}[{index}]",
                     limit=MAX_FILTER_NODES,
                 )
             if depth > MAX_FILTER_DEPTH:
                 return InvalidQuery(
                     f"{where}: filters nest at most {MAX_FILTER_DEPTH} deep (and, or, not)",
-                    field=f"query.filters[{index}]",
+                    field=f"{prefix}[{index}]",
                     limit=MAX_FILTER_DEPTH,
                 )
             if not isinstance(raw, list) or len(raw) != 2:
@@ -837,7 +877,8 @@ def _parse_query(body: Any, now_ms: int | None) -> Query:
     }
     if forecast is not None:
         normalized["forecast"] = {"horizon": forecast.horizon, "coverage": forecast.coverage}
-    normalized.update(_journey(body, datasets))
+    journey, steps = _journey(body, datasets)
+    normalized.update(journey)
     if "rollups" in body:
         normalized["rollups"] = body["rollups"]
     fingerprint_source = {k: v for k, v in normalized.items() if k not in ("after", "limit")}
@@ -853,21 +894,59 @@ def _parse_query(body: Any, now_ms: int | None) -> Query:
         previous_group,
         fingerprint,
         forecast,
+        steps,
     )
 
 
-def _journey(body: dict[str, Any], datasets: tuple[str, ...]) -> dict[str, Any]:
-    """A funnel or a flow (on visits), normalized; answered by reports/journeys.py."""
+def _step(raw: dict[str, Any], where: str) -> tuple[dict[str, Any], FilterNode | None]:
+    """A funnel step, normalized, and its filter on events (None for a page alone, which
+    the visit summaries answer)."""
+    step: dict[str, Any] = {}
+    if "name" in raw:
+        step["name"] = raw["name"]
+    if "page" in raw:
+        step["page"] = raw["page"]
+    if "event" not in raw and "filters" not in raw:
+        return {**step, "next": bool(raw.get("next", False))}, None
+    events = SOURCES["all"]
+    nodes: list[FilterNode] = []
+    if "page" in raw:
+        # a view of the page, as the visits name pages (journeys.page_filter)
+        view = ["and", [page_filter(F.ITEM_ID, F.URL_PATH, raw["page"]), page_views()]]
+        nodes.append(_filter(view, events, f"{where}.page")[0])
+    if "event" in raw:
+        step["event"] = raw["event"]
+        nodes.append(_filter(["is", "event", [raw["event"]]], events, f"{where}.event")[0])
+    if "filters" in raw:
+        step["filters"] = []
+        for index, item in enumerate(raw["filters"]):
+            node, norm = _filter(item, events, f"{where}.filters[{index}]")
+            nodes.append(node)
+            step["filters"].append(norm)
+    step["next"] = bool(raw.get("next", False))
+    return step, nodes[0] if len(nodes) == 1 else BoolNode("and", tuple(nodes))
+
+
+def _journey(
+    body: dict[str, Any], datasets: tuple[str, ...]
+) -> tuple[dict[str, Any], tuple[FilterNode | None, ...]]:
+    """A funnel or a flow (on visits), normalized, and a funnel's step filters on events;
+    answered by reports/journeys.py."""
     journey: dict[str, Any] = {}
+    nodes: tuple[FilterNode | None, ...] = ()
     if body.get("funnel"):
-        steps = [
-            {"page": s["page"], "next": bool(s.get("next", False))} for s in body["funnel"]["steps"]
+        parsed = [
+            _step(s, f"query.funnel.steps[{n}]") for n, s in enumerate(body["funnel"]["steps"])
         ]
-        journey["funnel"] = {"steps": steps, "within": body["funnel"].get("within", "visit")}
+        nodes = tuple(node for _, node in parsed)
+        journey["funnel"] = {
+            "steps": [step for step, _ in parsed],
+            "within": body["funnel"].get("within", "visit"),
+        }
     if body.get("flow"):
         journey["flow"] = {"page": body["flow"]["page"], "depth": body["flow"].get("depth", 3)}
     if not journey:
-        return journey
+        return journey, nodes
     where = f"query.{next(iter(journey))}"
     if len(journey) > 1:
         raise InvalidQuery(f"{where}: ask a funnel or a flow, not both", field=where)
@@ -879,7 +958,7 @@ def _journey(body: dict[str, Any], datasets: tuple[str, ...]) -> dict[str, Any]:
         raise InvalidQuery(
             f"{where}: a funnel or flow takes a range, tz and filters only", field=where
         )
-    return journey
+    return journey, nodes
 
 
 def _forecast(
