@@ -371,10 +371,10 @@ def _count(n: int, noun: str) -> str:
 )
 @click.option(
     "--dataset",
-    type=click.Choice(["ticks", "logs", "metrics", "all"]),
+    type=click.Choice(["ticks", "logs", "metrics", "visits", "all"]),
     default="all",
     show_default=True,
-    help="Which documents to remove.",
+    help="Which documents to remove (visits: the visit summaries).",
 )
 @click.option(
     "--site",
@@ -415,13 +415,17 @@ def retention(keep: str, dataset: str, site: str | None, dry_run: bool) -> None:
     )
     if site is not None:
         sites_commands.require_sites(settings, {"--site": site})
-        datasets = tuple(d for d in datasets if d != "metrics")
-        removed = asyncio.run(run_site_retention(settings, period, site, datasets, dry_run))
-        click.echo(
-            f"{'would delete' if dry_run else 'deleted'} {_count(removed, 'document')}"
-            f" of site {site} ({', '.join(datasets)}) from before {cutoff:%Y-%m-%d} 00:00 UTC"
-            f" in {store}"
-        )
+        events = tuple(d for d in datasets if d not in ("metrics", "visits"))
+        visits = tuple(d for d in datasets if d == "visits")  # issue 25: visit summaries
+        for part in (events, visits):
+            if not part:
+                continue
+            removed = asyncio.run(run_site_retention(settings, period, site, part, dry_run))
+            click.echo(
+                f"{'would delete' if dry_run else 'deleted'} {_count(removed, 'document')}"
+                f" of site {site} ({', '.join(part)}) from before {cutoff:%Y-%m-%d} 00:00 UTC"
+                f" in {store}"
+            )
         return
     try:
         result = asyncio.run(run_retention(settings, period, datasets, dry_run=dry_run))
@@ -819,10 +823,17 @@ def forget(
     dry_run: bool,
     yes: bool,
 ) -> None:
-    """Delete the events matching a filter, for good (crawlers included)."""
+    """Delete the events matching a filter, for good (crawlers included), and the
+    summaries of the visits that held them."""
     import orjson
 
-    from metronome.jobs.forget import ALL_TIME, forget_query
+    from metronome.jobs.forget import (
+        ALL_TIME,
+        forget_query,
+        forget_visits,
+        summaries_query,
+        visits_of,
+    )
     from metronome.jobs.forget import forget as forget_events
     from metronome.store import open_store
 
@@ -843,23 +854,28 @@ def forget(
     if site is not None:  # a site that does not exist would silently match nothing
         sites_commands.require_sites(settings, {"--site": site})
 
-    async def _run(dry: bool) -> int:
+    summaries = summaries_query(filters, time_range, site)  # issue 25: a visitor's visits
+
+    async def _run(dry: bool) -> tuple[int, int]:
         async with open_store(settings) as store:
-            return await forget_events(store, query, dry_run=dry)
+            visits = await visits_of(store, query)  # before their events go
+            events = await forget_events(store, query, dry_run=dry)
+            return events, await forget_visits(store, visits, summaries, dry_run=dry)
 
     try:
-        matching = asyncio.run(_run(True))
+        matching, visits = asyncio.run(_run(True))
         if dry_run:
             click.echo(f"{matching} events match; nothing deleted (--dry-run)")
+            click.echo(f"{visits} visits hold them; their summaries would go too")
             _rejects_note(settings)
             return
         if matching and not yes:
             click.confirm(f"Delete {matching} events for good?", abort=True)
-        deleted = asyncio.run(_run(False)) if matching else 0
+        deleted, gone = asyncio.run(_run(False))
     except MetronomeError as exc:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
-    click.echo(f"deleted {deleted} events")
+    click.echo(f"deleted {deleted} events and {gone} visit summaries")
     _rejects_note(settings)
 
 

@@ -81,3 +81,39 @@ def test_forget_refuses_filters_it_cannot_read(backend: Backend) -> None:
         result = backend.server.run_cli("forget", "--where", where, "--yes")
         assert result.returncode == 2, result.stdout
         assert says in result.stderr, result.stderr
+
+
+def _visits(backend: Backend, day: str) -> int:
+    backend.settle()
+    resp = backend.client.post(
+        "/query",
+        json={"source": "visits", "range": {"from": day, "to": day}, "metrics": ["visits"]},
+    )
+    assert resp.status_code == 200, resp.text
+    return int(resp.json()["results"][0]["metrics"][0] or 0)
+
+
+def test_a_forgotten_visitor_leaves_no_visit_summary(backend: Backend, item: str) -> None:
+    """Visit summaries hold the visitor id and pages: they go with the visitor's events
+    (2018-05-02: no other test writes there)."""
+    day = "2018-05-02"
+    for address, times in (("10.3.0.1", ("10:00", "10:05", "12:00")), ("10.3.0.2", ("10:00",))):
+        ticks = [{"id": item, "ts": f"{day}T{at}:00Z"} for at in times]
+        resp = backend.client.post("/ticks", json=ticks, headers={"X-Forwarded-For": address})
+        assert resp.status_code == 202, resp.text
+    assert _visits(backend, day) == 3  # the first visitor's two visits, and one
+    visitors = {d["visitor"]["id"] for d in backend.find(item) if d["@timestamp"] > f"{day}T11"}
+    (forgotten,) = visitors
+    where = json.dumps([["is", "visitor", [forgotten]]])
+
+    dry = backend.server.run_cli("forget", "--where", where, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "3 events match; nothing deleted" in dry.stdout
+    assert "2 visits hold them; their summaries would go too" in dry.stdout
+    assert _visits(backend, day) == 3
+
+    done = backend.server.run_cli("forget", "--where", where, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert "deleted 3 events and 2 visit summaries" in done.stdout
+    assert _visits(backend, day) == 1
+    assert len(backend.find(item)) == 1

@@ -9,6 +9,11 @@ the rows with an earlier ``@timestamp``.
 
 The rejected access-log lines (``rejects.ndjson`` and its rotated ``rejects.1.ndjson``) go
 with the logs: a rejects file last written before the cutoff is removed.
+
+Visit summaries (dataset ``visits``, issue 25; by the visit's start) hold visitor ids and
+pages as the events do, so they are kept to the same period: ``--dataset all`` removes
+them too (``--dataset visits`` alone), and so do one site's retention and the periodic
+policy, site by site.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ __all__ = [
     "run_site_retention",
 ]
 
-DATASETS = ("ticks", "logs", "metrics")
+DATASETS = ("ticks", "logs", "metrics", "visits")
 _KEEP = re.compile(r"\s*(\d+)\s*([dw])\s*", re.IGNORECASE)
 _MAX_DAYS = 100 * 366
 
@@ -89,16 +94,24 @@ async def run_site_retention(
     dry_run: bool = False,
     now: datetime | None = None,
 ) -> int:
-    """Remove (or, with ``dry_run``, only count) the events of one site (ticks and logs:
-    ``metrics`` points belong to no site) from before the cutoff of ``keep``."""
+    """Remove (or, with ``dry_run``, only count) the documents of one site (ticks, logs and
+    visit summaries: ``metrics`` points belong to no site) from before the cutoff of
+    ``keep``."""
     from metronome.jobs.forget import forget, forget_query
 
-    if not datasets or set(datasets) - {"ticks", "logs"}:
-        raise ValueError("one site's documents are ticks and logs (metrics have no site)")
-    source = datasets[0] if len(datasets) == 1 else "all"
+    if not datasets or set(datasets) - {"ticks", "logs", "visits"}:
+        raise ValueError("one site's documents are ticks, logs and visits (metrics have no site)")
+    events = [d for d in datasets if d != "visits"]
+    sources = [events[0] if len(events) == 1 else "all"] if events else []
+    if "visits" in datasets:
+        sources.append("visits")
     before = {"from": "0", "to": str(cutoff_ms(keep, now) - 1)}
+    removed = 0
     async with open_store(settings) as store:
-        return await forget(store, forget_query([], source, before, site=site), dry_run=dry_run)
+        for source in sources:
+            query = forget_query([], source, before, site=site)
+            removed += await forget(store, query, dry_run=dry_run)
+    return removed
 
 
 # -- the periodic policy (METRONOME_RETENTION), per site -------------------------------
@@ -166,8 +179,12 @@ async def apply_policy(
 
     for site, keep in policy.sites.items():
         if policy.default is None or keep < longest:
-            removed += await store.delete_matching(forget_query([], "all", before(keep), site=site))
+            for source in ("all", "visits"):  # events, and their visits' summaries
+                query = forget_query([], source, before(keep), site=site)
+                removed += await store.delete_matching(query)
     if policy.default is not None and policy.default < longest:
         others = [["is_not", F.SITE_ID, sorted(policy.sites)]] if policy.sites else []
-        removed += await store.delete_matching(forget_query(others, "all", before(policy.default)))
+        for source in ("all", "visits"):
+            query = forget_query(others, source, before(policy.default))
+            removed += await store.delete_matching(query)
     return removed
