@@ -137,6 +137,23 @@ def test_go_agent_passes_its_race_tests_against_metronome(
     assert rows[("storage_capacity", "v1.4.0")][:2] == [1, 1e12]
     assert rows[("enabled_feature", "v1.4.0")][2:] == [1, 1]  # data_locality: true -> 1
     assert {key[1] for key in rows} == {"v1.4.0", "v1.5.0"}
+    # the error helper (issue 25): the error tick SendError sent, as the store holds it
+    (sent,) = telemetry.find("go-error-" + instance)
+    error = sent["error"]
+    assert (error["type"], error["message"]) == (
+        "*fmt.wrapError",
+        "saving the report: quota exceeded: 107 of 100 used",
+    )
+    assert error["source"].endswith("/client/errors_test.go") and error["line"] > 0
+    # grouped by type, message without its numbers, and the frame that reported it
+    assert error["group"].startswith(
+        "*fmt.wrapError: saving the report: quota exceeded: <n> of <n> used at /"
+    )
+    assert error["group"].endswith(
+        "/client/errors_test.go:github.com/metronome-analytics/metronome/clients/go/client"
+        ".TestSendErrorReportsTheErrorAndWhereItWasHandled"
+    )
+    assert "TestSendErrorReportsTheErrorAndWhereItWasHandled" in error["stack_trace"]
 
 
 # --- the Python agent ----------------------------------------------------------------
