@@ -21,6 +21,7 @@ import orjson
 
 from metronome.api.dashboard import Dashboard
 from metronome.api.fastpath import FastIngest
+from metronome.api.funnels import FunnelsResource
 from metronome.api.guard import Cors, Guard
 from metronome.api.health import Health, Metrics, Ready
 from metronome.api.kpis import KpisResource
@@ -262,6 +263,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastIngest:
     kpis = KpisResource(settings, guard)  # issue 22: KPI definitions
     app.add_route("/kpis", kpis)
     app.add_route("/kpis/{kpi_id}", kpis, suffix="one")
+    funnels = FunnelsResource(settings, store, guard)  # issue 25: funnels saved per site
+    app.add_route("/funnels", funnels)
+    app.add_route("/funnels/{funnel_id}", funnels, suffix="one")
+    app.add_route("/funnels/{funnel_id}/report", funnels, suffix="report")
 
     telemetry = Telemetry(settings, pipeline, apps)  # binoculars and upgrade-responder
     for prefix in ("", "/apps/{app}"):

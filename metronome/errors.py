@@ -12,7 +12,8 @@
     │   ├── InvalidCursor               (400 invalid_cursor)
     │   ├── LimitExceeded               (400 limit_exceeded)
     │   ├── UnknownSite                 (400 unknown_site)
-    │   └── InvalidKpi                  (400 invalid_kpi)
+    │   ├── InvalidKpi                  (400 invalid_kpi)
+    │   └── InvalidFunnel               (400 invalid_funnel)
     ├── Unauthorized                    (401 unauthorized)
     │   ├── KeyRequired                 (401 key_required)
     │   ├── InvalidKey                  (401 invalid_key)
@@ -24,7 +25,8 @@
     │   └── EndpointDisabled            (403 endpoint_disabled)
     ├── NotFound                        (404 not_found)
     │   ├── UnknownApp                  (404 unknown_app)
-    │   └── UnknownKpi                  (404 unknown_kpi)
+    │   ├── UnknownKpi                  (404 unknown_kpi)
+    │   └── UnknownFunnel               (404 unknown_funnel)
     ├── MethodNotAllowed                (405 method_not_allowed)
     ├── RequestTimeout                  (408 request_timeout)
     ├── PayloadTooLarge                 (413 payload_too_large)
@@ -89,6 +91,8 @@ __all__ = [
     "UriTooLong",
     "AppTokenInvalid",
     "EndpointDisabled",
+    "InvalidFunnel",
+    "UnknownFunnel",
     "all_error_classes",
 ]
 
@@ -388,3 +392,19 @@ class UnknownKpi(NotFound):
     """No KPI of the caller's site has this id."""
 
     code = "unknown_kpi"
+
+
+# --- saved funnels (issue 25) -------------------------------------------------------------
+
+
+class InvalidFunnel(BadRequest):
+    """A funnel definition is not one Metronome can count; ``details.field`` names the
+    part, such as ``funnel.steps[1].filters[0]``."""
+
+    code = "invalid_funnel"
+
+
+class UnknownFunnel(NotFound):
+    """No saved funnel of the caller's site has this id."""
+
+    code = "unknown_funnel"

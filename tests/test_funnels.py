@@ -207,3 +207,97 @@ def test_a_step_it_cannot_read_is_refused_naming_it(
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"] == "invalid_query"
     assert says in resp.json()["message"], resp.json()
+
+
+# --- funnels saved per site ------------------------------------------------------------
+
+
+def test_a_saved_funnel_reports_what_the_ad_hoc_funnel_answers(world: World) -> None:
+    definition = {"id": "pro", "name": "Dataset to pro", "steps": DOWNLOAD_THEN_PRO}
+    made = world.call("POST", "/funnels", world.key_a, definition)
+    assert made.status_code == 201, made.text
+    assert made.json()["site"] == world.a and made.json()["within"] == "visit"
+    taken = world.call("POST", "/funnels", world.key_a, definition)
+    assert taken.status_code == 400 and taken.json()["error"] == "invalid_funnel"
+    assert "PUT /funnels/pro" in taken.json()["message"]
+
+    report = world.call("GET", "/funnels/pro/report", world.key_a, **DAY)
+    assert report.status_code == 200, report.text
+    assert report.json()["saved"] == {"id": "pro", "name": "Dataset to pro"}
+    assert report.json()["funnel"] == world.funnel(world.key_a, steps=DOWNLOAD_THEN_PRO)["funnel"]
+
+    within = {**definition, "name": "Within a day", "within": "1d"}
+    replaced = world.call("PUT", "/funnels/pro", world.key_a, within)
+    assert replaced.status_code == 200, replaced.text
+    assert replaced.json()["created_ms"] == made.json()["created_ms"]
+    again = world.call("GET", "/funnels/pro/report", world.key_a, **DAY).json()
+    assert again["funnel"]["unit"] == "visitors"
+    assert (
+        again["funnel"] == world.funnel(world.key_a, steps=DOWNLOAD_THEN_PRO, within="1d")["funnel"]
+    )
+    listed = world.call("GET", "/funnels", world.key_a).json()["funnels"]
+    assert [(f["id"], f["name"]) for f in listed] == [("pro", "Within a day")]
+
+    assert world.call("DELETE", "/funnels/pro", world.key_a).status_code == 204
+    gone = world.call("GET", "/funnels/pro/report", world.key_a, **DAY)
+    assert gone.status_code == 404 and gone.json()["error"] == "unknown_funnel"
+
+
+def test_a_site_key_sees_only_its_sites_funnels_and_an_admin_key_any(world: World) -> None:
+    steps = [{"page": "/dataset"}, {"event": "download"}]
+    made = world.call(
+        "POST", "/funnels", world.key_b, {"id": "b-only", "name": "B", "steps": steps}
+    )
+    assert made.status_code == 201, made.text
+    assert world.call("GET", "/funnels/b-only", world.key_a).status_code == 404
+    assert world.call("DELETE", "/funnels/b-only", world.key_a).status_code == 404
+    takeover = world.call("PUT", "/funnels/b-only", world.key_a, {"name": "A", "steps": steps})
+    assert takeover.status_code == 404
+    assert "b-only" not in {
+        f["id"] for f in world.call("GET", "/funnels", world.key_a).json()["funnels"]
+    }
+    other = world.call("GET", "/funnels", world.key_a, site=world.b)
+    assert other.status_code == 403 and other.json()["error"] == "site_forbidden"
+
+    unnamed = world.call("GET", "/funnels", world.admin)
+    assert unnamed.status_code == 400 and "name one with ?site=" in unnamed.json()["message"]
+    seen = world.call("GET", "/funnels", world.admin, site=world.b).json()["funnels"]
+    assert [f["id"] for f in seen] == ["b-only"]
+    report = world.call("GET", "/funnels/b-only/report", world.admin, site=world.b, **DAY)
+    assert report.status_code == 200, report.text
+    assert [s["reached"] for s in report.json()["funnel"]["steps"]] == [1, 1]  # U, on site b
+    renamed = world.call(
+        "PUT", "/funnels/b-only", world.admin, {"name": "B, renamed", "steps": steps}, site=world.b
+    )
+    assert renamed.status_code == 200 and renamed.json()["site"] == world.b
+    assert world.call("DELETE", "/funnels/b-only", world.admin, site=world.b).status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("definition", "field", "says"),
+    [
+        ({"steps": DOWNLOAD_THEN_PRO}, "funnel", "'name' is a required property"),
+        ({"name": "x", "steps": [{"page": "/a"}]}, "funnel.steps", "too short"),
+        (
+            {"name": "x", "steps": [{"page": "/a"}, {"filters": [["is", "nope", ["x"]]]}]},
+            "funnel.steps[1].filters[0]",
+            "'nope' is not a field",
+        ),
+        (
+            {"name": "x", "steps": DOWNLOAD_THEN_PRO, "filters": [["is", "visit.source", [1]]]},
+            "funnel.filters[0]",
+            "takes text values",
+        ),
+        ({"name": "x", "steps": DOWNLOAD_THEN_PRO, "within": "1y"}, "funnel.within", "1y"),
+        ({"name": "x", "steps": DOWNLOAD_THEN_PRO, "id": "No Spaces"}, "funnel.id", "match"),
+    ],
+)
+def test_a_funnel_definition_it_cannot_count_is_refused_naming_the_part(
+    world: World, definition: dict[str, Any], field: str, says: str
+) -> None:
+    resp = world.call("POST", "/funnels", world.key_a, definition)
+    assert resp.status_code == 400, resp.text
+    body = resp.json()
+    assert body["error"] == "invalid_funnel"
+    assert body["details"]["field"].startswith(field), body
+    assert says in body["message"], body

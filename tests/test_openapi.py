@@ -170,6 +170,13 @@ def test_the_document_describes_who_may_call_each_operation(server: MetronomeSer
         ("get", "/dashboard/{asset}"): [],
         ("get", "/items/{item_id}/related"): ["query"],  # issue 25: recommendations
         ("get", "/items/related"): ["query"],
+        # issue 25: funnels saved per site
+        ("get", "/funnels"): ["query"],
+        ("post", "/funnels"): ["query"],
+        ("get", "/funnels/{funnel_id}/report"): ["query"],
+        ("get", "/funnels/{funnel_id}"): ["query"],
+        ("put", "/funnels/{funnel_id}"): ["query"],
+        ("delete", "/funnels/{funnel_id}"): ["query"],
     }
 
 
@@ -193,6 +200,9 @@ def test_the_server_enforces_exactly_the_documented_security(guarded: Guarded) -
             )
         },
         "/kpis": {"id": "sec", "name": "sec"},  # made before /kpis/{kpi_id} reads and removes it
+        # made before /funnels/{funnel_id}/report and /funnels/{funnel_id} read and remove it
+        "/funnels": {"id": "sec", "name": "sec", "steps": [{"page": "/a"}, {"page": "/b"}]},
+        "/funnels/{funnel_id}": {"name": "sec", "steps": [{"page": "/a"}, {"page": "/b"}]},
     }
     params = {
         "/tick.gif": {"id": "sec"},
@@ -204,7 +214,7 @@ def test_the_server_enforces_exactly_the_documented_security(guarded: Guarded) -
         for path, method, operation in _operations(document):
             target = path.replace("{item_id}", "sec").replace("{name}", "top-items")
             target = target.replace("{app}", "telemetry")  # the default app
-            target = target.replace("{kpi_id}", "sec")
+            target = target.replace("{kpi_id}", "sec").replace("{funnel_id}", "sec")
             target = target.replace("{asset}", "dashboard.js")
             request: dict[str, Any] = {"params": params.get(path, {})}
             if path in bodies:

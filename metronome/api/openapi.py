@@ -23,6 +23,7 @@ from metronome.events.tick import TICK_SCHEMA
 from metronome.kpis.model import KPI_SCHEMA
 from metronome.live.protocol import CLIENT_MESSAGE_SCHEMA, CLOSE_CODES, SERVER_MESSAGE_SCHEMA
 from metronome.recommend.related import PARAMETERS as RELATED_PARAMETERS
+from metronome.reports.funnels import FUNNEL_SCHEMA
 from metronome.reports.named import COMMON_PARAMETERS, REPORTS
 from metronome.reports.query import QUERY_SCHEMA
 
@@ -638,6 +639,8 @@ def openapi_document() -> dict[str, Any]:
     schemas.update(_TELEMETRY_SCHEMAS)
     paths.update(_kpi_paths())
     paths.update(_related_paths())  # issue 25: recommendations
+    paths.update(_funnel_paths())  # issue 25: funnels saved per site
+    schemas.update(_FUNNEL_SCHEMAS)
     schemas.update(_RELATED_SCHEMAS)
     paths.update(_PROBE_PATHS)  # issue 20: remote probes
     schemas.update(_PROBE_SCHEMAS)
@@ -876,6 +879,156 @@ def _kpi_paths() -> dict[str, Any]:
                     **_errors(400, 401, 403, 404, 503),
                 },
             },
+        },
+    }
+
+
+_FUNNEL_SCHEMAS: dict[str, Any] = {
+    "Funnel": {k: v for k, v in FUNNEL_SCHEMA.items() if k != "$schema"},
+    "StoredFunnel": {
+        "type": "object",
+        "required": ["id", "site", "name", "steps", "within", "filters", "created_ms"],
+        "properties": {
+            "id": {"type": "string"},
+            "site": {"type": "string"},
+            "name": {"type": "string"},
+            "steps": {"type": "array", "items": {"type": "object"}},
+            "within": {"type": "string"},
+            "filters": {"type": "array"},
+            "created_ms": {"type": "integer"},
+            "updated_ms": {"type": "integer"},
+        },
+    },
+    "FunnelReport": {
+        "type": "object",
+        "required": ["report", "saved", "funnel", "meta", "query"],
+        "properties": {
+            "report": {"const": "funnel"},
+            "saved": {
+                "type": "object",
+                "properties": {"id": {"type": "string"}, "name": {"type": "string"}},
+            },
+            "funnel": {
+                "type": "object",
+                "description": "as POST /query answers a funnel: unit, within, and per step"
+                " reached, from_previous, from_start, median_ms_from_previous, dropped_to",
+            },
+            "meta": {"type": "object"},
+            "query": {"type": "object"},
+        },
+    },
+}
+
+
+def _funnel_paths() -> dict[str, Any]:
+    """``/funnels``, ``/funnels/{funnel_id}`` and ``/funnels/{funnel_id}/report``."""
+    text = (
+        " A funnel is a saved `/query` funnel of one site (steps on pages, events or"
+        " parameter values; within a visit or a window); its report counts it for a range."
+        + _GUARD_TEXT["read"]
+    )
+    funnel_id = {
+        "name": "funnel_id",
+        "in": "path",
+        "required": True,
+        "description": "The funnel's id",
+        "schema": {"type": "string"},
+    }
+    stored = _json(_ref("StoredFunnel"))
+    one = [funnel_id, _SITE_PARAMETER]
+
+    def operation(summary: str, op_id: str, **more: Any) -> dict[str, Any]:
+        return {
+            "summary": summary,
+            "description": text,
+            "operationId": op_id,
+            "security": _READ_SECURITY,
+            **more,
+        }
+
+    range_parameters = [
+        {"name": name, "in": "query", "required": False, "description": what}
+        | {"schema": {"type": "string"}}
+        for name, what in (
+            ("range", "a preset (default 30d), as /query takes"),
+            ("from", "a date, an ISO 8601 time or epoch ms"),
+            ("to", "a date (the whole day), an ISO 8601 time or epoch ms"),
+            ("tz", "IANA time zone (default UTC)"),
+        )
+    ]
+    return {
+        "/funnels": {
+            "get": operation(
+                "The site's saved funnels, by name",
+                "listFunnels",
+                parameters=[_SITE_PARAMETER],
+                responses={
+                    "200": {
+                        "description": "The funnels",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["funnels"],
+                                "properties": {
+                                    "funnels": {"type": "array", "items": _ref("StoredFunnel")}
+                                },
+                            }
+                        ),
+                    },
+                    **_errors(400, 401, 403, 503),
+                },
+            ),
+            "post": operation(
+                "Save a funnel (an id already taken is refused: PUT replaces)",
+                "createFunnel",
+                parameters=[_SITE_PARAMETER],
+                requestBody={"required": True, "content": _json(_ref("Funnel"))},
+                responses={
+                    "201": {"description": "The funnel as stored", "content": stored},
+                    **_errors(400, 401, 403, 413, 415, 503),
+                },
+            ),
+        },
+        "/funnels/{funnel_id}/report": {
+            "get": operation(
+                "A saved funnel counted for a range: the ad hoc /query funnel's answer",
+                "reportFunnel",
+                parameters=[*one, *range_parameters],
+                responses={
+                    "200": {"description": "The funnel", "content": _json(_ref("FunnelReport"))},
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            ),
+        },
+        "/funnels/{funnel_id}": {
+            "get": operation(
+                "One saved funnel",
+                "getFunnel",
+                parameters=one,
+                responses={
+                    "200": {"description": "The funnel", "content": stored},
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            ),
+            "put": operation(
+                "Replace a saved funnel's definition",
+                "replaceFunnel",
+                parameters=one,
+                requestBody={"required": True, "content": _json(_ref("Funnel"))},
+                responses={
+                    "200": {"description": "The funnel as stored", "content": stored},
+                    **_errors(400, 401, 403, 404, 413, 415, 503),
+                },
+            ),
+            "delete": operation(
+                "Remove a saved funnel",
+                "deleteFunnel",
+                parameters=one,
+                responses={
+                    "204": {"description": "Removed"},
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            ),
         },
     }
 
