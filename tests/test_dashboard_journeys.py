@@ -203,3 +203,30 @@ def test_journeys_view_shows_visits_pages_transitions_related_items_errors_and_a
     assert "view=" not in shared.url
     assert not errors, errors
     context.close()
+
+
+def test_journeys_view_fits_a_phone_and_labels_every_control(
+    journey: Backend, browser: Browser, artifacts: Path
+) -> None:
+    context = browser.new_context(
+        viewport={"width": 375, "height": 740}, is_mobile=True, timezone_id="UTC", locale="en-US"
+    )
+    page = context.new_page()
+    steps = "&".join(f"step=e:{p}" for p in ("/a", "/b", "/c"))
+    page.goto(
+        f"{journey.server.url}/dashboard?view=journeys&range=custom&from={DAY}&to={DAY}"
+        f"&page=/b&{steps}"
+    )
+    _value(page, "#funnel-conversion", "0.5")
+    expect(page.locator("#panel-went-to tbody tr")).to_have_count(2)
+    _value(page, "#total-visits", "3")
+    expect(page.locator("#panel-error-groups tbody tr")).to_have_count(1)
+    width = page.evaluate("document.scrollingElement.scrollWidth")
+    assert width <= 375, f"the Journeys view scrolls sideways on a phone ({width} px)"
+    unlabelled = page.evaluate(
+        "[...document.querySelectorAll('input, select')]"
+        ".filter((e) => !e.labels || !e.labels.length).map((e) => e.id || e.className)"
+    )
+    assert unlabelled == []
+    page.screenshot(path=artifacts / f"journeys-phone-{journey.name}.png", full_page=True)
+    context.close()

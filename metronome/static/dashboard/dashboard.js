@@ -586,8 +586,8 @@
       tr.style.setProperty("--share", `${first ? (s.reached / first) * 100 : 0}%`);
       body.append(tr);
     }
-    wrap.append(el("table", { id: "funnel-table" }, el("thead", {}, el("tr", {},
-      ...["Step", unit, "From previous", "From start", "Median time from previous", "Left instead to"].map((h) => el("th", { scope: "col", text: h })))), body));
+    wrap.append(el("div", { className: "scroll" }, el("table", { id: "funnel-table" }, el("thead", {}, el("tr", {},
+      ...["Step", unit, "From previous", "From start", "Median time from previous", "Left instead to"].map((h) => el("th", { scope: "col", text: h })))), body)));
     return wrap;
   }
 
@@ -611,8 +611,8 @@
         tr.style.setProperty("--share", `${(r.errors / top) * 100}%`);
         body.append(tr);
       }
-      box.append(el("table", {}, el("thead", {}, el("tr", {},
-        ...["Error", "Errors", "Visitors", "First seen", "Last seen"].map((h) => el("th", { scope: "col", text: h })))), body));
+      box.append(el("div", { className: "scroll" }, el("table", {}, el("thead", {}, el("tr", {},
+        ...["Error", "Errors", "Visitors", "First seen", "Last seen"].map((h) => el("th", { scope: "col", text: h })))), body)));
       return box;
     } catch (e) {
       return failedBox(panel, e);
