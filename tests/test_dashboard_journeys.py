@@ -191,6 +191,18 @@ def test_journeys_view_shows_visits_pages_transitions_related_items_errors_and_a
     ]
     assert parse_qs(urlsplit(page.url).query)["step"] == ["e:/a", "e:/b", "e:/c"]
 
+    # a step removed, and one that must come right after the previous: nobody went
+    # from /a straight to /c; both went to /b instead
+    page.get_by_role("button", name="Remove step 2").click()
+    page.get_by_label("right after step 1").check()
+    page.get_by_role("button", name="Show funnel").click()
+    _value(page, "#funnel-conversion", "0")
+    expect(page.locator("#funnel-table tbody tr").nth(1).locator("td").last).to_have_text("/b 2")
+    assert parse_qs(urlsplit(page.url).query)["step"] == ["e:/a", "n:/c"]
+    page.go_back()  # the previous funnel, as the address had it
+    _value(page, "#funnel-conversion", "0.5")
+    expect(page.get_by_label("Step 3", exact=True)).to_have_value("/c")
+
     # the address holds the whole view: a new tab opens it as it was
     shared = context.new_page()
     shared.goto(page.url)
@@ -201,6 +213,14 @@ def test_journeys_view_shows_visits_pages_transitions_related_items_errors_and_a
     expect(shared.locator("#panels")).to_be_visible()
     expect(shared.locator("#journeys")).to_be_hidden()
     assert "view=" not in shared.url
+
+    # a browser chip from the overview filters the visits: V1 and V3 used Firefox
+    shared.locator("#panel-browsers").get_by_role("button", name="Firefox").click()
+    expect(shared.locator("#chips .chip")).to_have_text(["browser: Firefox ×"])
+    shared.get_by_role("link", name="Journeys").click()
+    _value(shared, "#total-visits", "2")
+    expect(shared.locator("#total-bounce-rate")).to_have_text("50%")
+    expect(shared.locator("#journey-note")).to_contain_text("by browser, os, device, country")
     assert not errors, errors
     context.close()
 

@@ -465,7 +465,9 @@
   async function renderJourneys(seq) {
     showOnly("journeys");
     const ignored = [...new Set(state.filters.map(([dim]) => dim).filter((dim) => !visitChips.has(dim)))];
-    const note = ignored.length ? "Visits are filtered by " + [...visitChips].join(", ") + " only; the " + ignored.join(", ") + " filter applies to the overview." : "";
+    const note = !state.filters.length ? "" : "Filters apply to the visit figures, entry and exit pages and the funnel, by "
+      + [...visitChips].join(", ") + " only" + (ignored.length ? " (not by " + ignored.join(", ") + ")" : "")
+      + "; a page's transitions, related items and the errors are unfiltered.";
     const [boxes, parts, funnelled, errors] = await Promise.all([
       Promise.all(config.journeys.map((panel) => queryPanel(panel, true))),
       pageParts(),
