@@ -12,7 +12,8 @@ Visits by hand (UTC), which every figure below is worked out from:
 So: 3 visits, bounce rate 33%, median visit duration 4m 0s, 2 views per visit; entry pages
 /a 2 and /b 1; exit pages /b 2 and /c 1; /b came from /a (2, 67%) or was entered on (1,
 33%) and went to exit (2) or /c (1); /a is related to /b (2 visits hold both; /c only one,
-under the minimum support of 2); the funnel /a -> /b -> /c converts 50%.
+under the minimum support of 2); the funnel /a -> /b -> /c converts 50%. The README's
+example journey, sent today, shows on a phone.
 
 Screenshots go with the run's artifacts (``<pytest basetemp>/artifacts/dashboard/``, or
 ``METRONOME_TEST_ARTIFACTS``).
@@ -20,7 +21,9 @@ Screenshots go with the run's artifacts (``<pytest basetemp>/artifacts/dashboard
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from tests.support.backends import Backend, running_backend
 from tests.support.browser import CHROMIUM_ARGS, ensure_chromium
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 DAY = "2022-08-16"
 SITE = "https://journey.example"
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
@@ -225,22 +229,36 @@ def test_journeys_view_shows_visits_pages_transitions_related_items_errors_and_a
     context.close()
 
 
-def test_journeys_view_fits_a_phone_and_labels_every_control(
+def _readme_journey() -> list[dict[str, Any]]:
+    """The ticks of the README's example journey, as a new user would send them."""
+    section = README.read_text().split("## Journeys:", 1)[1]
+    found = re.search(r"localhost:8080/ticks .*? -d '(\[.*?\])'", section, re.S)
+    assert found, "the README's Journeys section sends no ticks"
+    return json.loads(found.group(1))  # type: ignore[no-any-return]
+
+
+def test_the_readme_journey_on_a_phone_with_every_control_labelled(
     journey: Backend, browser: Browser, artifacts: Path
 ) -> None:
+    resp = journey.client.post("/ticks", json=_readme_journey())  # today, one visitor
+    assert resp.status_code == 202, resp.text
+    journey.settle()
     context = browser.new_context(
         viewport={"width": 375, "height": 740}, is_mobile=True, timezone_id="UTC", locale="en-US"
     )
     page = context.new_page()
-    steps = "&".join(f"step=e:{p}" for p in ("/a", "/b", "/c"))
     page.goto(
-        f"{journey.server.url}/dashboard?view=journeys&range=custom&from={DAY}&to={DAY}"
-        f"&page=/b&{steps}"
+        f"{journey.server.url}/dashboard?view=journeys&range=today"
+        "&page=/pricing&step=e:/home&step=e:/signup"
     )
-    _value(page, "#funnel-conversion", "0.5")
-    expect(page.locator("#panel-went-to tbody tr")).to_have_count(2)
-    _value(page, "#total-visits", "3")
-    expect(page.locator("#panel-error-groups tbody tr")).to_have_count(1)
+    _value(page, "#total-visits", "1")
+    expect(page.locator("#total-bounce-rate")).to_have_text("0%")
+    expect(page.locator("#total-views-per-visit")).to_have_text("3")
+    assert _rows(page, "entry-pages") == [["/home", "1", "0%"]]
+    assert _rows(page, "came-from") == [["/home", "1", "100%"]]
+    assert _rows(page, "went-to") == [["/signup", "1", "100%"]]
+    _value(page, "#funnel-conversion", "1")
+    expect(page.locator("#panel-error-groups")).to_contain_text("No errors in this range.")
     width = page.evaluate("document.scrollingElement.scrollWidth")
     assert width <= 375, f"the Journeys view scrolls sideways on a phone ({width} px)"
     unlabelled = page.evaluate(
