@@ -154,8 +154,9 @@ def test_journeys_view_shows_visits_pages_transitions_related_items_errors_and_a
 
     assert _rows(page, "entry-pages") == [["/a", "2", "0%"], ["/b", "1", "100%"]]
     assert _rows(page, "exit-pages") == [["/b", "2", "1.5"], ["/c", "1", "3"]]
-    expect(page.locator("#panel-error-groups tbody tr")).to_have_count(1)
-    group = page.locator("#panel-error-groups tbody tr").first
+    groups = page.locator("#panel-error-groups tbody tr[data-fingerprint]")
+    expect(groups).to_have_count(1)
+    group = groups.first
     expect(group.locator("th")).to_contain_text("Cannot read properties of undefined")
     assert [c.get_attribute("data-value") for c in group.locator("td").all()] == [
         "2",
@@ -163,6 +164,11 @@ def test_journeys_view_shows_visits_pages_transitions_related_items_errors_and_a
         f"{DAY}T10:05:00.000+00:00",
         f"{DAY}T11:04:00.000+00:00",
     ]
+    group.get_by_role("button").click()  # the pages and browsers it was seen on
+    details = page.locator("#panel-error-groups tr.details")
+    expect(details.locator(".pages")).to_have_text(re.compile(r"^Pages: /[bc] 1, /[bc] 1$"))
+    expect(details.locator(".browsers")).to_contain_text("Firefox 1")
+    expect(details.locator(".browsers")).to_contain_text("Chrome 1")
 
     # a page picked from the exit pages: its transitions and related items
     page.locator("#panel-exit-pages").get_by_role("button", name="/b", exact=True).click()

@@ -606,18 +606,41 @@
       const body = el("tbody");
       const top = Math.max(1, ...rows.map((r) => r.errors));
       for (const r of rows) {
-        const tr = el("tr", { "data-fingerprint": r.fingerprint }, el("th", { scope: "row", text: r.group == null ? r.fingerprint : String(r.group) }),
+        const name = r.group == null ? r.fingerprint : String(r.group);
+        const more = el("tr", { className: "details", hidden: true }, el("td", { colSpan: 5 }));
+        const button = el("button", { type: "button", className: "value", text: name, "aria-expanded": "false", title: "Pages and browsers affected" });
+        button.addEventListener("click", () => toggleGroup(r.fingerprint, button, more));
+        const tr = el("tr", { "data-fingerprint": r.fingerprint }, el("th", { scope: "row" }, button),
           el("td", { "data-value": String(r.errors), text: fmt.format(r.errors) }),
           el("td", { "data-value": String(r.visitors), text: fmt.format(r.visitors) }),
           when(r.first_seen), when(r.last_seen));
         tr.style.setProperty("--share", `${(r.errors / top) * 100}%`);
-        body.append(tr);
+        body.append(tr, more);
       }
       box.append(el("div", { className: "scroll" }, el("table", {}, el("thead", {}, el("tr", {},
         ...["Error", "Errors", "Visitors", "First seen", "Last seen"].map((h) => el("th", { scope: "col", text: h })))), body)));
       return box;
     } catch (e) {
       return failedBox(panel, e);
+    }
+  }
+
+  async function toggleGroup(fingerprint, button, row) { // an error group's pages and browsers
+    const open = button.getAttribute("aria-expanded") !== "true";
+    button.setAttribute("aria-expanded", String(open));
+    row.hidden = !open;
+    if (!open || row.dataset.loaded) return;
+    const cell = row.firstChild;
+    try {
+      const answer = await api("/reports/error-groups?" + rangeParams({ group: fingerprint }));
+      const group = answer.results[0] || { pages_affected: [], browsers_affected: [] };
+      const list = (rows) => rows.map((r) => (r.name == null ? "(none)" : r.name) + " " + fmt.format(r.errors)).join(", ") || "–";
+      cell.replaceChildren(
+        el("p", { className: "pages", text: "Pages: " + list(group.pages_affected) }),
+        el("p", { className: "browsers", text: "Browsers: " + list(group.browsers_affected) }));
+      row.dataset.loaded = "1";
+    } catch (e) {
+      cell.textContent = "Not available here: " + e.message;
     }
   }
 
