@@ -3,8 +3,9 @@
 Starts ``metronome serve`` (embedded store, no sites: the page opens without a key) in a
 temporary directory, sends a month of generated ticks from a few browsers, and photographs
 ``/dashboard`` in Debian's headless Chromium (through Playwright, as the tests do): on a
-desktop screen and on a phone's. Writes ``docs/images/dashboard.png`` and
-``docs/images/dashboard-phone.png``.
+desktop screen and on a phone's, and its Journeys view (with a page and a funnel chosen).
+Writes ``docs/images/dashboard.png``, ``docs/images/dashboard-phone.png`` and
+``docs/images/dashboard-journeys.png``.
 
     python -m scripts.screenshots
 """
@@ -45,25 +46,42 @@ REFERRERS = [
     None,
 ]
 FORMATS = ["csv", "geojson", "pdf", "shp"]
+NEXT = {"parks": "trees", "trees": "schools", "bike-lanes": "bus-stops"}
+ERRORS = [
+    "Cannot read properties of undefined (reading 'rows')",
+    "Failed to fetch https://data.example.org/api/items/42",
+]
+JOURNEYS = "view=journeys&compare=1&page=trees&step=e:parks&step=e:trees&step=e:schools"
 
 
 def _send_month(url: str, rng: random.Random) -> int:
     now_ms = int(time.time() * 1000)
     sent = 0
     with httpx.Client(base_url=url, timeout=30) as client:
-        for day in range(30):
+        for day in reversed(range(30)):  # oldest first, as they would arrive
             for agent in AGENTS:
                 ticks = []
+                item, at = ITEMS[0], 0
                 for _ in range(rng.randint(5, 25) + (30 - day)):
-                    item = rng.choice(ITEMS[: rng.randint(1, len(ITEMS))])
+                    if not at or rng.random() < 0.3:  # a new visit: a popular item, any time
+                        item = rng.choice(ITEMS[: rng.randint(1, len(ITEMS))])
+                        at = now_ms - day * 86_400_000 - rng.randint(0, 80_000_000)
+                    else:  # the visit goes on, often along a common path
+                        at += rng.randint(10_000, 240_000)
+                        common = NEXT.get(item)
+                        item = common if common and rng.random() < 0.5 else rng.choice(ITEMS)
                     tick: dict[str, object] = {
                         "id": item,
                         "url": f"https://data.example.org/{item}",
-                        "ts": now_ms - day * 86_400_000 - rng.randint(0, 80_000_000),
+                        "ts": min(at, now_ms - 60_000),
                     }
                     if rng.random() < 0.2:
                         tick["event"] = "download"
                         tick["format"] = rng.choice(FORMATS)
+                    elif rng.random() < 0.03:
+                        tick["event"] = "error"
+                        tick["type"] = "TypeError"
+                        tick["message"] = rng.choice(ERRORS)
                     referrer = rng.choice(REFERRERS)
                     if referrer:
                         tick["referrer"] = referrer
@@ -89,23 +107,26 @@ def main() -> int:
             browser = playwright.chromium.launch(
                 executable_path=str(ensure_chromium()), args=CHROMIUM_ARGS, headless=True
             )
-            for name, viewport in [
-                ("dashboard.png", {"width": 1280, "height": 1000}),
-                ("dashboard-phone.png", {"width": 390, "height": 844}),
+            for name, viewport, query in [
+                ("dashboard.png", {"width": 1280, "height": 1000}, "compare=1"),
+                ("dashboard-phone.png", {"width": 390, "height": 844}, "compare=1"),
+                ("dashboard-journeys.png", {"width": 1280, "height": 1000}, JOURNEYS),
             ]:
                 page = browser.new_page(viewport=viewport)
-                page.goto(f"{server.url}/dashboard?compare=1")
+                page.goto(f"{server.url}/dashboard?{query}")
                 page.wait_for_selector("#board[data-loaded]")
                 page.wait_for_function(
                     "document.querySelector('#now-events_1min')?.dataset.value !== undefined"
                 )
-                page.screenshot(path=str(OUT / name), full_page=name == "dashboard.png")
+                page.screenshot(path=str(OUT / name), full_page="phone" not in name)
                 page.close()
             browser.close()
     finally:
         server.stop()
         shutil.rmtree(server.data_dir, ignore_errors=True)
-    print(f"{sent} ticks; wrote {OUT / 'dashboard.png'} and {OUT / 'dashboard-phone.png'}")
+    print(
+        f"{sent} ticks; wrote dashboard.png, dashboard-phone.png, dashboard-journeys.png in {OUT}"
+    )
     return 0
 
 

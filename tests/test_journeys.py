@@ -302,6 +302,25 @@ def test_a_visitor_on_two_sites_has_a_visit_on_each(tmp_path: Path) -> None:
     ]
 
 
+def test_events_of_one_millisecond_keep_the_order_they_were_sent_in(tmp_path: Path) -> None:
+    # a batch of ticks sent without times (the README's example journey) shares one
+    # millisecond; event ids are no order: here they sort backwards
+    book = VisitBook(1800, VisitState(tmp_path / "visits.sqlite3", 100))
+    batch = [_doc("e3", 0, "shop", "/home"), _doc("e2", 0, "shop", "/pricing")]
+    assigned = book.assign([*batch, _doc("e1", 0, "shop", "/signup")])
+    (summary,) = [d for d in assigned.documents if d.dataset == "visits"]
+    assert summary.source["visit"]["items"] == ["/home", "/pricing", "/signup"]
+    assert (summary.source["visit"]["entry"], summary.source["visit"]["exit"]) == (
+        "/home",
+        "/signup",
+    )
+    assert [d.source["visit"].get("prev") for d in assigned.documents[:3]] == [
+        None,
+        "/home",
+        "/pricing",
+    ]
+
+
 def test_a_restart_continues_open_visits_and_a_replay_is_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "visits.sqlite3"
     first = VisitBook(1800, VisitState(path, 100))

@@ -16,6 +16,16 @@ visitor clicked (``["is", <chip's dimension>, [value]]``) to every panel's own.
   chips and ``compare`` do not apply (insights have no referrers or countries). The live
   figure ``insights_24h`` changes when one is raised or recovered, and the page then
   reloads its panels, so a new insight shows within seconds.
+
+The **Journeys** view (``?view=journeys``) draws :data:`JOURNEY_PANELS` the same way
+(``"source": "visits"``; a ``totals`` or ``table`` panel may give ``formats``: ``number``,
+``percent``, ``duration`` in ms or ``decimal``, one per metric, and ``keys`` for its
+figures' element ids; ``picks: "page"`` rows choose the page whose transitions and
+related items show). Only the chips of :data:`VISIT_CHIPS` apply to them (a visit has
+its entry's browser, device and country, not a referrer). Its transitions
+(``GET /reports/transitions``), related items (``GET /items/related``), funnel builder
+(``"funnel"`` in ``/query``) and error groups (``GET /reports/error-groups``) are parts of
+the page: each asks one fixed endpoint.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["LIVE_FIGURES", "PANELS", "page_config"]
+__all__ = ["JOURNEY_PANELS", "LIVE_FIGURES", "PANELS", "VISIT_CHIPS", "page_config"]
 
 _VIEWS = [["is", "event", ["view"]]]
 _DOWNLOADS = [["is", "event", ["download"]]]
@@ -135,6 +145,54 @@ LIVE_FIGURES: tuple[dict[str, Any], ...] = (
 """The "now" panel: live subscriptions, one number each."""
 
 
+# journeys (issue 25): visits, entry and exit pages (the rest of the view is page code)
+VISIT_CHIPS: tuple[str, ...] = ("browser", "os", "device", "country")
+"""The chips that filter visits (the dimensions a visit summary has of its entry)."""
+
+JOURNEY_PANELS: tuple[dict[str, Any], ...] = (
+    {
+        "id": "visit-totals",
+        "kind": "totals",
+        "title": "Visits",
+        "query": {
+            "source": "visits",
+            "metrics": ["visits", "bounce_rate", {"p50": "visit_duration"}, "views_per_visit"],
+        },
+        "labels": ["Visits", "Bounce rate", "Visit duration (median)", "Views per visit"],
+        "keys": ["visits", "bounce-rate", "visit-duration", "views-per-visit"],
+        "formats": ["number", "percent", "duration", "decimal"],
+    },
+    _table(
+        "entry-pages",
+        "Entry pages",
+        "entry_page",
+        source="visits",
+        metrics=["visits", "bounce_rate"],
+        labels=["Visits", "Bounce rate"],
+        formats=["number", "percent"],
+        picks="page",
+    ),
+    _table(
+        "exit-pages",
+        "Exit pages",
+        "exit_page",
+        source="visits",
+        metrics=["visits", "views_per_visit"],
+        labels=["Visits", "Views per visit"],
+        formats=["number", "decimal"],
+        picks="page",
+    ),
+)
+"""The Journeys view's ``/query`` panels, in page order."""
+
+
 def page_config() -> bytes:
     """What the page reads at start (embedded in it as JSON)."""
-    return orjson.dumps({"panels": PANELS, "live": LIVE_FIGURES})
+    return orjson.dumps(
+        {
+            "panels": PANELS,
+            "live": LIVE_FIGURES,
+            "journeys": JOURNEY_PANELS,
+            "visit_chips": VISIT_CHIPS,
+        }
+    )

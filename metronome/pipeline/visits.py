@@ -7,8 +7,9 @@ visit by construction. Crawlers and referrer spam get no visit.
 
 How it stays exact and cheap:
 
-- The shipper sorts each batch by time (then event id) before assigning, so events that
-  arrive out of order within a batch are placed exactly.
+- The shipper sorts each batch by time (then the order the events were received in: a
+  batch of ticks sent without times shares one millisecond) before assigning, so events
+  that arrive out of order within a batch are placed exactly.
 - Per visitor it keeps the open visit (its id, first and last event times, the number of
   events so far, the pages in time order) in a bounded LRU in memory, backed by a small
   SQLite file in the spool directory (``spool/visits.sqlite3``), so a restart continues the
@@ -282,7 +283,7 @@ class VisitBook:
             and not _get(d.source, F.BOT)
             and not _get(d.source, F.REFERRER_SPAM)
         ]
-        eligible.sort(key=lambda i: (documents[i].timestamp_ms, documents[i].id))
+        eligible.sort(key=lambda i: (documents[i].timestamp_ms, i))  # ties: as received
         for i in eligible:
             doc = documents[i]
             site = str(_get(doc.source, F.SITE_ID) or F.DEFAULT_SITE)

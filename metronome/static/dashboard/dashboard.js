@@ -1,7 +1,9 @@
 // Metronome's dashboard: plain JavaScript, no framework, no build step.
 // Everything comes from the public API: POST /live/token (sign-in), POST /query (panels),
 // GET /tock (an item's page) and GET /live or /live/events (the "now" panel). The panels
-// are the list the server embeds in the page (metronome/live/dashboard.py).
+// are the list the server embeds in the page (metronome/live/dashboard.py). The Journeys
+// view adds GET /reports/transitions, GET /items/related, GET /reports/error-groups and
+// the funnel builder's POST /query.
 "use strict";
 
 (function () {
@@ -16,7 +18,8 @@
   let live = null; // the open WebSocket or EventSource
   let liveRetry = null;
   let loadSeq = 0;
-  const state = { range: "30d", from: "", to: "", compare: false, filters: [], item: null };
+  const state = { range: "30d", from: "", to: "", compare: false, filters: [], item: null, view: "", page: "", steps: [], within: "visit" };
+  const visitChips = new Set(config.visit_chips);
 
   // -- the URL holds the view, so a view can be shared ------------------------------
   function readURL() {
@@ -26,6 +29,10 @@
     state.to = q.get("to") || "";
     state.compare = q.get("compare") === "1";
     state.item = q.get("item");
+    state.view = q.get("view") === "journeys" ? "journeys" : "";
+    state.page = q.get("page") || "";
+    state.within = q.get("within") || "visit";
+    state.steps = q.getAll("step").filter((s) => /^[en]:/.test(s)).map((s) => ({ next: s[0] === "n", page: s.slice(2) }));
     state.filters = q.getAll("f").map((f) => {
       const at = f.indexOf(":");
       return at > 0 ? [f.slice(0, at), f.slice(at + 1)] : null;
@@ -42,6 +49,10 @@
     if (s.compare) q.set("compare", "1");
     for (const [dim, value] of s.filters) q.append("f", dim + ":" + value);
     if (s.item) q.set("item", s.item);
+    if (s.view) q.set("view", s.view);
+    if (s.page) q.set("page", s.page);
+    for (const step of s.steps) q.append("step", (step.next ? "n:" : "e:") + step.page);
+    if (s.within !== "visit") q.set("within", s.within);
     const text = q.toString();
     return location.pathname + (text ? "?" + text : "");
   }
@@ -95,6 +106,7 @@
 
   async function start() {
     readURL();
+    drawBuilder();
     const kept = saved();
     if (kept) { signedIn(kept, kept.open); return; }
     try {
@@ -159,38 +171,63 @@
     return "day";
   }
 
-  function chipFilters() {
-    return state.filters.map(([dim, value]) => ["is", dim, [numericDims.has(dim) ? Number(value) : value]]);
+  function chipFilters(visits) { // visits: only the chips a visit summary can answer
+    return state.filters.filter(([dim]) => !visits || visitChips.has(dim))
+      .map(([dim, value]) => ["is", dim, [numericDims.has(dim) ? Number(value) : value]]);
   }
 
-  function panelQuery(panel) {
+  function rangeParams(extra) { // the range and time zone as a report's URL parameters
+    const p = new URLSearchParams(extra || {});
+    const range = rangeSpec();
+    if (typeof range === "string") p.set("range", range);
+    else { p.set("from", range.from); if (range.to) p.set("to", range.to); }
+    p.set("tz", tz);
+    return p.toString();
+  }
+
+  function panelQuery(panel, visits) {
     const q = JSON.parse(JSON.stringify(panel.query));
     q.range = rangeSpec();
     q.tz = tz;
     if (panel.kind === "insights") return q; // no referrers or countries on insights: no chips
     if (state.compare) q.compare = "previous_period";
-    q.filters = (q.filters || []).concat(chipFilters());
+    q.filters = (q.filters || []).concat(chipFilters(visits));
     if (panel.kind === "chart") { q.dimensions = ["time:" + interval()]; q.limit = 1000; }
     return q;
   }
 
   // -- drawing --------------------------------------------------------------------------
   const fmt = new Intl.NumberFormat();
+  const pct = new Intl.NumberFormat(undefined, { style: "percent", maximumFractionDigits: 0 });
+  const dec = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
+  function duration(ms) {
+    const s = Math.round(ms / 1000);
+    if (s < 60) return s + "s";
+    const m = Math.floor(s / 60);
+    return m < 60 ? m + "m " + (s % 60) + "s" : Math.floor(m / 60) + "h " + (m % 60) + "m";
+  }
+  function show(format, value) { // a panel's "formats": number (default), percent, duration (ms), decimal
+    if (value == null) return "–";
+    if (format === "percent") return pct.format(value);
+    if (format === "duration") return duration(value);
+    if (format === "decimal") return dec.format(value);
+    return fmt.format(value);
+  }
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
       if (k === "text") node.textContent = v;
-      else if (k.startsWith("data-") || k.startsWith("aria-") || k === "role" || k === "scope" || k === "type" || k === "href" || k === "for" || k === "tabindex") node.setAttribute(k, v);
+      else if (k.startsWith("data-") || k.startsWith("aria-") || k === "role" || k === "scope" || k === "type" || k === "href" || k === "for" || k === "tabindex" || k === "list") node.setAttribute(k, v);
       else node[k] = v;
     }
     for (const child of children) if (child != null) node.append(child);
     return node;
   }
 
-  function change(now, before) {
+  function change(now, before, format) {
     if (before == null) return null;
-    const diff = before ? Math.round(((now - before) / before) * 100) : null;
-    const text = "previous " + fmt.format(before) + (diff == null ? "" : " (" + (diff >= 0 ? "+" : "") + diff + "%)");
+    const diff = before && now != null ? Math.round(((now - before) / before) * 100) : null;
+    const text = "previous " + show(format, before) + (diff == null ? "" : " (" + (diff >= 0 ? "+" : "") + diff + "%)");
     return el("span", { className: "previous", text: text });
   }
 
@@ -221,11 +258,12 @@
     const row = answer.results[0] || { metrics: panel.labels.map(() => 0) };
     const box = panelBox(panel, null);
     const figures = el("div", { className: "figures" });
+    const formats = panel.formats || [];
     panel.labels.forEach((label, i) => {
       figures.append(el("div", { className: "figure" },
         el("span", { className: "label", text: label }),
-        el("span", { className: "value", id: "total-" + label.toLowerCase(), "data-value": String(row.metrics[i]), text: fmt.format(row.metrics[i]) }),
-        row.previous ? change(row.metrics[i], row.previous[i]) : null));
+        el("span", { className: "value", id: "total-" + (panel.keys ? panel.keys[i] : label.toLowerCase()), "data-value": String(row.metrics[i]), text: show(formats[i], row.metrics[i]) }),
+        row.previous ? change(row.metrics[i], row.previous[i], formats[i]) : null));
     });
     box.append(figures);
     return box;
@@ -311,8 +349,9 @@
     for (const r of rows) {
       const value = r.dimensions[0];
       const shown = value == null ? "(none)" : String(value);
-      const button = el("button", { type: "button", className: "value", text: shown, title: "Filter everything by " + panel.dimension + " " + shown, "data-dimension": panel.dimension, "data-value": shown });
-      button.addEventListener("click", () => addFilter(panel.dimension, shown));
+      const picks = panel.picks === "page" && value != null;
+      const button = el("button", { type: "button", className: "value", text: shown, title: picks ? "Show where visits to " + shown + " came from and went" : "Filter everything by " + panel.dimension + " " + shown, "data-dimension": panel.dimension, "data-value": shown });
+      button.addEventListener("click", () => (picks ? pickPage(shown) : addFilter(panel.dimension, shown)));
       const cell = el("th", { scope: "row" }, button);
       if (panel.opens === "item" && value != null) {
         const link = el("a", { href: viewURL({ item: shown, filters: [] }), className: "open", text: "report", "aria-label": "Report of item " + shown });
@@ -321,7 +360,8 @@
       }
       const tr = el("tr", {}, cell);
       tr.style.setProperty("--share", `${(r.metrics[0] / top) * 100}%`); // CSSOM: allowed by the CSP
-      r.metrics.forEach((m, i) => tr.append(el("td", { "data-value": String(m) }, fmt.format(m), r.previous ? change(m, r.previous[i]) : null)));
+      const formats = panel.formats || [];
+      r.metrics.forEach((m, i) => tr.append(el("td", { "data-value": String(m) }, show(formats[i], m), r.previous ? change(m, r.previous[i], formats[i]) : null)));
       body.append(tr);
     }
     table.append(body);
@@ -385,27 +425,263 @@
     const seq = ++loadSeq;
     const board = $("board");
     board.setAttribute("aria-busy", "true");
-    if (state.item) await renderItem(seq); else await renderPanels(seq);
+    drawViews();
+    if (state.item) await renderItem(seq);
+    else if (state.view === "journeys") await renderJourneys(seq);
+    else await renderPanels(seq);
     if (seq === loadSeq) { board.setAttribute("aria-busy", "false"); board.dataset.loaded = String(seq); }
   }
 
+  function showOnly(id) {
+    for (const part of ["panels", "item-view", "journeys"]) $(part).hidden = part !== id;
+  }
+
+  async function queryPanel(panel, visits) {
+    try {
+      const answer = await api("/query", panelQuery(panel, visits));
+      if (panel.kind === "totals") return drawTotals(panel, answer);
+      if (panel.kind === "chart") return drawChart(panel, answer);
+      if (panel.kind === "insights") return drawInsights(panel, answer);
+      return drawTable(panel, answer);
+    } catch (e) {
+      return failedBox(panel, e);
+    }
+  }
+
+  function failedBox(panel, e) {
+    const box = panelBox(panel, null);
+    box.append(el("p", { className: "empty", text: "Not available here: " + e.message }));
+    return box;
+  }
+
   async function renderPanels(seq) {
-    $("item-view").hidden = true;
-    $("panels").hidden = false;
-    const boxes = await Promise.all(config.panels.map(async (panel) => {
-      try {
-        const answer = await api("/query", panelQuery(panel));
-        if (panel.kind === "totals") return drawTotals(panel, answer);
-        if (panel.kind === "chart") return drawChart(panel, answer);
-        if (panel.kind === "insights") return drawInsights(panel, answer);
-        return drawTable(panel, answer);
-      } catch (e) {
-        const box = panelBox(panel, null);
-        box.append(el("p", { className: "empty", text: "Not available here: " + e.message }));
-        return box;
-      }
-    }));
+    showOnly("panels");
+    const boxes = await Promise.all(config.panels.map((panel) => queryPanel(panel, false)));
     if (seq === loadSeq) $("panels").replaceChildren(...boxes);
+  }
+
+  // -- journeys: visits, entry and exit pages, a page's transitions and related items, a
+  // funnel, error groups --------------------------------------------------------------------
+  async function renderJourneys(seq) {
+    showOnly("journeys");
+    const ignored = [...new Set(state.filters.map(([dim]) => dim).filter((dim) => !visitChips.has(dim)))];
+    const note = !state.filters.length ? "" : "Filters apply to the visit figures, entry and exit pages and the funnel, by "
+      + [...visitChips].join(", ") + " only" + (ignored.length ? " (not by " + ignored.join(", ") + ")" : "")
+      + "; a page's transitions, related items and the errors are unfiltered.";
+    const [boxes, parts, funnelled, errors] = await Promise.all([
+      Promise.all(config.journeys.map((panel) => queryPanel(panel, true))),
+      pageParts(),
+      funnelPart(),
+      errorsPanel(),
+    ]);
+    if (seq !== loadSeq) return;
+    $("journey-note").textContent = note;
+    $("journey-panels").replaceChildren(...boxes);
+    $("page-parts").replaceChildren(...parts);
+    $("funnel-result").replaceChildren(funnelled);
+    $("journey-errors").replaceChildren(errors);
+    const pages = new Set([...$("journey-panels").querySelectorAll("button.value")].map((b) => b.dataset.value));
+    $("page-list").replaceChildren(...[...pages].sort().map((value) => el("option", { value: value })));
+  }
+
+  function pickPage(page) {
+    $("page").value = page;
+    go({ page: page });
+    $("panel-page").scrollIntoView({ block: "nearest" });
+  }
+
+  function pageButton(page) {
+    if (page === "entry" || page === "exit") return el("span", { text: "(" + page + ")" });
+    const button = el("button", { type: "button", className: "value", text: page, title: "Show " + page + " instead", "data-value": page });
+    button.addEventListener("click", () => pickPage(page));
+    return button;
+  }
+
+  function sharesBox(id, title, head, side) {
+    const csv = () => [["page", "count", "share"], ...side.rows.map((r) => [r.page, r.count, r.share])];
+    const box = panelBox({ id: id, kind: "table", title: title }, csv);
+    if (!side.rows.length) { box.append(el("p", { className: "empty", text: "No visits in this range." })); return box; }
+    const body = el("tbody");
+    for (const r of side.rows) {
+      const tr = el("tr", {}, el("th", { scope: "row" }, pageButton(r.page)),
+        el("td", { "data-value": String(r.count), text: fmt.format(r.count) }),
+        el("td", { "data-value": String(r.share), text: pct.format(r.share) }));
+      tr.style.setProperty("--share", `${r.share * 100}%`);
+      body.append(tr);
+    }
+    box.append(el("table", {}, el("thead", {}, el("tr", {}, el("th", { scope: "col", text: head }),
+      el("th", { scope: "col", text: "Count" }), el("th", { scope: "col", text: "Share" }))), body));
+    return box;
+  }
+
+  async function pageParts() {
+    if (!state.page) return [el("p", { className: "empty", text: "Pick a page: type it above, or click one in Entry pages or Exit pages." })];
+    const page = state.page;
+    const transitions = api("/reports/transitions?" + rangeParams({ item: page })).then((answer) => [
+      sharesBox("came-from", "Came to " + page + " from", "Previous page or referrer", answer.before),
+      sharesBox("went-to", "Went from " + page + " to", "Next page", answer.after),
+    ], (e) => [failedBox({ id: "came-from", kind: "table", title: "Transitions of " + page }, e)]);
+    const related = api("/items/related?" + rangeParams({ id: page })).then((answer) => drawRelated(page, answer),
+      (e) => failedBox({ id: "related", kind: "table", title: "Related items" }, e));
+    const [boxes, box] = await Promise.all([transitions, related]);
+    return [...boxes, box];
+  }
+
+  function drawRelated(page, answer) {
+    const rows = answer.results;
+    const csv = () => [["item", "score", "visits_with_both", "item_visits", "other_visits"],
+      ...rows.map((r) => [r.item, r.score, r.together, r.item_baskets, r.other_baskets])];
+    const box = panelBox({ id: "related", kind: "table", title: "Related to " + page }, csv);
+    if (!rows.length) {
+      box.append(el("p", { className: "empty", text: "No item shares at least " + answer.meta.min_support + " visits with it in this range." }));
+      return box;
+    }
+    const body = el("tbody");
+    const top = Math.max(...rows.map((r) => r.score), 1e-9);
+    for (const r of rows) {
+      const tr = el("tr", {}, el("th", { scope: "row" }, pageButton(r.item)),
+        el("td", { "data-value": String(r.score), text: r.score.toFixed(3) }),
+        el("td", { "data-value": String(r.together), text: fmt.format(r.together) }));
+      tr.style.setProperty("--share", `${(r.score / top) * 100}%`);
+      body.append(tr);
+    }
+    box.append(el("table", {}, el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "Item" }),
+      el("th", { scope: "col", text: "Score" }), el("th", { scope: "col", text: "Visits with both" }))), body));
+    return box;
+  }
+
+  async function funnelPart() {
+    const steps = state.steps.filter((s) => s.page);
+    if (steps.length < 2) return el("p", { className: "empty", text: "Name two steps or more, then show the funnel." });
+    const body = {
+      source: "visits", range: rangeSpec(), tz: tz,
+      funnel: { steps: steps.map((s) => (s.next ? { page: s.page, next: true } : { page: s.page })), within: state.within },
+    };
+    const filters = chipFilters(true);
+    if (filters.length) body.filters = filters;
+    try {
+      return drawFunnel((await api("/query", body)).funnel);
+    } catch (e) {
+      return el("p", { className: "empty", text: "Not available here: " + e.message });
+    }
+  }
+
+  function drawFunnel(funnel) {
+    const unit = funnel.unit === "visits" ? "Visits" : "Visitors";
+    const steps = funnel.steps;
+    const first = steps[0].reached;
+    const last = steps[steps.length - 1];
+    const wrap = el("div", {});
+    wrap.append(el("p", { className: "conversion", id: "funnel-conversion", "data-value": String(last.from_start) },
+      first ? pct.format(last.from_start) + " of the " + fmt.format(first) + " " + unit.toLowerCase() + " that reached " + steps[0].page + " went on to " + last.page + "."
+        : "No " + unit.toLowerCase() + " reached " + steps[0].page + " in this range."));
+    const body = el("tbody");
+    for (const s of steps) {
+      const dropped = s.dropped_to.map((d) => d.page + " " + fmt.format(d.count)).join(", ");
+      const tr = el("tr", { "data-page": s.page },
+        el("th", { scope: "row", text: s.step + ". " + s.page + (s.next ? " (right after)" : "") }),
+        el("td", { "data-value": String(s.reached), text: fmt.format(s.reached) }),
+        el("td", { "data-value": String(s.from_previous), text: show("percent", s.from_previous) }),
+        el("td", { "data-value": String(s.from_start), text: show("percent", s.from_start) }),
+        el("td", { "data-value": String(s.median_ms_from_previous), text: show("duration", s.median_ms_from_previous) }),
+        el("td", { "data-value": dropped, text: dropped || "–" }));
+      tr.style.setProperty("--share", `${first ? (s.reached / first) * 100 : 0}%`);
+      body.append(tr);
+    }
+    wrap.append(el("div", { className: "scroll" }, el("table", { id: "funnel-table" }, el("thead", {}, el("tr", {},
+      ...["Step", unit, "From previous", "From start", "Median time from previous", "Left instead to"].map((h) => el("th", { scope: "col", text: h })))), body)));
+    return wrap;
+  }
+
+  async function errorsPanel() {
+    const panel = { id: "error-groups", kind: "table", title: "Errors" };
+    try {
+      const answer = await api("/reports/error-groups?" + rangeParams({ limit: "10" }));
+      const rows = answer.results;
+      const csv = () => [["group", "fingerprint", "errors", "visitors", "first_seen", "last_seen"],
+        ...rows.map((r) => [r.group, r.fingerprint, r.errors, r.visitors, r.first_seen, r.last_seen])];
+      const box = panelBox(panel, csv);
+      if (!rows.length) { box.append(el("p", { className: "empty", text: "No errors in this range." })); return box; }
+      const when = (iso) => el("td", { "data-value": String(iso) }, el("time", { dateTime: String(iso), text: new Date(iso).toLocaleString() }));
+      const body = el("tbody");
+      const top = Math.max(1, ...rows.map((r) => r.errors));
+      for (const r of rows) {
+        const name = r.group == null ? r.fingerprint : String(r.group);
+        const more = el("tr", { className: "details", hidden: true }, el("td", { colSpan: 5 }));
+        const button = el("button", { type: "button", className: "value", text: name, "aria-expanded": "false", title: "Pages and browsers affected" });
+        button.addEventListener("click", () => toggleGroup(r.fingerprint, button, more));
+        const tr = el("tr", { "data-fingerprint": r.fingerprint }, el("th", { scope: "row" }, button),
+          el("td", { "data-value": String(r.errors), text: fmt.format(r.errors) }),
+          el("td", { "data-value": String(r.visitors), text: fmt.format(r.visitors) }),
+          when(r.first_seen), when(r.last_seen));
+        tr.style.setProperty("--share", `${(r.errors / top) * 100}%`);
+        body.append(tr, more);
+      }
+      box.append(el("div", { className: "scroll" }, el("table", {}, el("thead", {}, el("tr", {},
+        ...["Error", "Errors", "Visitors", "First seen", "Last seen"].map((h) => el("th", { scope: "col", text: h })))), body)));
+      return box;
+    } catch (e) {
+      return failedBox(panel, e);
+    }
+  }
+
+  async function toggleGroup(fingerprint, button, row) { // an error group's pages and browsers
+    const open = button.getAttribute("aria-expanded") !== "true";
+    button.setAttribute("aria-expanded", String(open));
+    row.hidden = !open;
+    if (!open || row.dataset.loaded) return;
+    const cell = row.firstChild;
+    try {
+      const answer = await api("/reports/error-groups?" + rangeParams({ group: fingerprint }));
+      const group = answer.results[0] || { pages_affected: [], browsers_affected: [] };
+      const list = (rows) => rows.map((r) => (r.name == null ? "(none)" : r.name) + " " + fmt.format(r.errors)).join(", ") || "–";
+      cell.replaceChildren(
+        el("p", { className: "pages", text: "Pages: " + list(group.pages_affected) }),
+        el("p", { className: "browsers", text: "Browsers: " + list(group.browsers_affected) }));
+      row.dataset.loaded = "1";
+    } catch (e) {
+      cell.textContent = "Not available here: " + e.message;
+    }
+  }
+
+  // the funnel builder: its steps are in the address once shown; the form is drawn from
+  // there at start and on back/forward only, so a refresh never erases what is typed
+  function drawSteps(steps) {
+    const rows = steps.map((step, i) => {
+      const n = i + 1;
+      const remove = el("button", { type: "button", className: "remove", text: "×", "aria-label": "Remove step " + n, disabled: steps.length <= 2 });
+      remove.addEventListener("click", () => { const now = readSteps(); now.splice(i, 1); drawSteps(now); });
+      return el("li", {},
+        el("label", { for: "step-" + n, text: "Step " + n + " " }),
+        el("input", { type: "text", id: "step-" + n, className: "step-page", value: step.page, list: "page-list", autocomplete: "off", spellcheck: false }), " ",
+        n > 1 ? el("label", { className: "check" }, el("input", { type: "checkbox", className: "step-next", checked: step.next }), "right after step " + i) : null, " ",
+        remove);
+    });
+    $("funnel-steps").replaceChildren(...rows);
+  }
+
+  function readSteps() {
+    return [...$("funnel-steps").children].map((li) => {
+      const next = li.querySelector(".step-next");
+      return { page: li.querySelector(".step-page").value.trim(), next: next ? next.checked : false };
+    });
+  }
+
+  function drawBuilder() {
+    const steps = state.steps.map((step) => Object.assign({}, step));
+    while (steps.length < 2) steps.push({ page: "", next: false });
+    drawSteps(steps);
+    $("within").value = state.within;
+    $("page").value = state.page;
+  }
+
+  function drawViews() {
+    const journeys = !state.item && state.view === "journeys";
+    $("view-overview").href = viewURL({ view: "", item: null });
+    $("view-journeys").href = viewURL({ view: "journeys", item: null });
+    for (const [id, on] of [["view-overview", !journeys], ["view-journeys", journeys]]) {
+      if (on) $(id).setAttribute("aria-current", "page"); else $(id).removeAttribute("aria-current");
+    }
   }
 
   function localDate(d) {
@@ -427,8 +703,7 @@
   }
 
   async function renderItem(seq) {
-    $("panels").hidden = true;
-    $("item-view").hidden = false;
+    showOnly("item-view");
     $("item-title").textContent = "Item " + state.item;
     let boxes;
     try {
@@ -465,8 +740,21 @@
   for (const id of ["from", "to"]) $(id).addEventListener("change", () => go({ [id]: $(id).value }));
   $("compare").addEventListener("change", () => go({ compare: $("compare").checked }));
   $("back").addEventListener("click", (e) => { e.preventDefault(); go({ item: null }); });
-  $("home").addEventListener("click", (e) => { e.preventDefault(); go({ item: null, filters: [] }); });
-  window.addEventListener("popstate", () => { readURL(); render(); });
+  $("home").addEventListener("click", (e) => { e.preventDefault(); go({ item: null, filters: [], view: "" }); });
+  $("view-overview").addEventListener("click", (e) => { e.preventDefault(); go({ item: null, view: "" }); });
+  $("view-journeys").addEventListener("click", (e) => { e.preventDefault(); go({ item: null, view: "journeys" }); });
+  $("page-form").addEventListener("submit", (e) => { e.preventDefault(); go({ page: $("page").value.trim() }); });
+  $("add-step").addEventListener("click", () => {
+    const steps = readSteps();
+    if (steps.length >= 10) return; // the query model's most steps
+    drawSteps(steps.concat([{ page: "", next: false }]));
+    $("step-" + (steps.length + 1)).focus();
+  });
+  $("funnel-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    go({ steps: readSteps().filter((s) => s.page), within: $("within").value });
+  });
+  window.addEventListener("popstate", () => { readURL(); drawBuilder(); render(); });
 
   // -- now: live subscriptions (WebSocket, else Server-Sent Events) -------------------------
   function setLive(text) { $("live-state").textContent = text; }
