@@ -8,8 +8,8 @@ browser does, and links) is served by nginx writing the standard ``combined`` lo
 visitors' paths are those of :func:`benchmarks.recommend.generate` (Zipf-popular pages,
 planted pairs a visit follows half the time), each visitor with its own address (through
 ``X-Forwarded-For`` and nginx's real-IP module, as behind a proxy) and user agent; a few
-crawlers and 404s are mixed in. nginx runs under ``faketime`` (Debian's libfaketime,
-installed with apt when missing), started at 08:00 UTC of each simulated day, so the log
+crawlers and 404s are mixed in. nginx runs with Debian's libfaketime preloaded (installed
+with apt when missing), started at 08:00 UTC of each simulated day, so the log
 spans ``--days`` days while it is written in minutes: the only thing not real about it.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +62,7 @@ def _config(directory: Path, root: Path, port: int, log: Path) -> str:
     d = directory
     return f"""
 worker_processes 1;
+env FAKETIME;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 daemon off;
@@ -85,8 +85,8 @@ http {{
 """
 
 
-def _start(command: list[str], url: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(command, start_new_session=True)
+def _start(command: list[str], url: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(command, env=env, start_new_session=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -103,8 +103,13 @@ def _start(command: list[str], url: str) -> subprocess.Popen[bytes]:
 def write_log(out: Path, days: int, visits: int, items: int, seed: int) -> int:
     """Serve the simulated days; returns the requests made."""
     nginx = ensure_nginx()
-    if shutil.which("faketime") is None:
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+    if not found:
         apt_install("faketime")
+        found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+    if not found:
+        raise RuntimeError("apt installed faketime but libfaketime.so.1 is missing")
+    library = found[0]
     stream = generate(seed, days, visits, items, max(1, items // 10), 0.5)
     rng = random.Random(seed)
     requests = 0
@@ -127,10 +132,15 @@ def write_log(out: Path, days: int, visits: int, items: int, seed: int) -> int:
         for visit in stream.visits:
             by_day.setdefault(visit.day, []).append(visit)
         for day in range(days):
-            moment = (START + timedelta(days=day, hours=8)).strftime("%Y-%m-%d %H:%M:%S")
+            # libfaketime preloaded with an offset from the real clock; ``env FAKETIME``
+            # keeps it for the worker (nginx clears its workers' environment, and
+            # libfaketime reads the variable again every few seconds)
+            moment = START + timedelta(days=day, hours=8)
+            offset = int(moment.timestamp() - time.time())
             proc = _start(
-                ["faketime", "-f", f"@{moment}", str(nginx), "-p", str(directory), "-c", str(conf)],
+                [str(nginx), "-p", str(directory), "-c", str(conf)],
                 url,
+                {**os.environ, "LD_PRELOAD": str(library), "FAKETIME": f"{offset:+d}"},
             )
             try:
                 with httpx.Client(base_url=url, timeout=10) as client:
@@ -151,7 +161,7 @@ def write_log(out: Path, days: int, visits: int, items: int, seed: int) -> int:
                         page = f"item-{rng.randrange(items):04d}"
                         client.get(f"/datasets/{page}", headers={"User-Agent": BOTS[0]})
                         requests += 1
-            finally:  # faketime runs nginx as its child: stop the whole group
+            finally:  # the master and its worker
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=10)
                 deadline = time.monotonic() + 10
