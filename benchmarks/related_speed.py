@@ -131,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--visits", type=int, default=100, help="visits a day [100]")
     parser.add_argument("--repeats", type=int, default=10, help="requests per item [10]")
     parser.add_argument("--seed", type=int, default=None, help="generator seed (recorded)")
+    parser.add_argument(
+        "--es-repeats", type=int, default=3, help="requests per item on Elasticsearch [3]"
+    )
     parser.add_argument("--skip-elasticsearch", action="store_true")
     parser.add_argument("--output", type=Path, default=None, help="results file")
     args = parser.parse_args(argv)
@@ -176,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             C.ratio(embedded["typical_old_path"]["p50_ms"], embedded["typical"]["p50_ms"])
         )
         data["embedded"] = embedded
+        data["environment"] = C.environment(loadavg_at_start=load_at_start)
+        out = C.write_results(NAME, data, args.output)  # kept if Elasticsearch fails
         print(f"related_speed: embedded {embedded}", file=sys.stderr, flush=True)
         if not args.skip_elasticsearch:
             with C.Elasticsearch() as es:
@@ -190,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ) as srv,
                         httpx.Client(base_url=srv.url, timeout=600) as http,
                     ):
-                        es_times, _ = _ask({"es": http}, typical, year, args.repeats, seed)
+                        es_times, _ = _ask({"es": http}, typical, year, args.es_repeats, seed)
                 finally:
                     es.delete(f"{prefix}-*")
                 data["elasticsearch"] = {
