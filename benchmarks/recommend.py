@@ -259,6 +259,7 @@ async def evaluate(
                 print(f"  day {day}: {predictions} predictions", file=sys.stderr, flush=True)
             if visits:
                 await store.write(documents(visits, stream.dataset))
+                await store.refresh_rollups()  # the day counted, as a server does after it
             for visit in visits:
                 popularity.update(visit.items)
                 transitions[day].update(zip(visit.items, visit.items[1:], strict=False))
@@ -305,6 +306,7 @@ async def latency(data_dir: Path, visits_per_day: int, seed: int, repeats: int) 
         started = time.perf_counter()
         for index in range(0, len(docs), 5000):
             await store.write(docs[index : index + 5000])
+        await store.refresh_rollups()  # every day counted, as a server does after it
         load_s = time.perf_counter() - started
         print(f"  latency: {len(docs)} events loaded in {load_s:.0f}s", file=sys.stderr)
         counts = Counter(i for v in stream.visits for i in v.items)

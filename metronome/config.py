@@ -790,6 +790,13 @@ class Settings:
         "A visitor's events further apart than this start a new visit (`30m`, `1h`, `900s`).",
         _duration_s(60, 86400),
     )
+    related_rollups: bool = setting(
+        "on",
+        "Answer related items on the embedded store from basket counts kept per UTC day"
+        " (on/off); off counts every candidate's baskets from its events (slower, same"
+        " answers).",
+        _bool,
+    )
     visit_state_max: int = setting(
         "100000",
         "Visitors whose open visit the shipper keeps in memory (least recently seen"

@@ -256,6 +256,8 @@ def test_a_database_made_before_the_rollups_is_counted_after_the_upgrade(tmp_pat
         "updated events",
         "created rollup_items",
         "created rollup_details",
+        "created related_counts",  # related items' basket counts (issue 25)
+        "created related_multi",
     ]
     connection = sqlite3.connect(tmp_path / "metronome.sqlite3")
     install_functions(connection)

@@ -49,6 +49,7 @@ from metronome.store.sqlite_query import (
     query_groups,
     query_top,
 )
+from metronome.store.sqlite_related import basket_popularity
 from metronome.store.sqlite_rollups import install_rollups, mark_dirty, refresh_rollups, rollup_sql
 
 __all__ = [
@@ -272,6 +273,7 @@ class SQLiteStore(ConnectionThread):
         super().__init__(Path(settings.data_dir) / DB_NAME, "sqlite")
         self._rolled_at = 0.0
         self._durable = True  # synchronous=FULL, as connect() leaves it
+        self._related_rollups = settings.related_rollups
 
     @property
     def path(self) -> Path:
@@ -443,8 +445,15 @@ class SQLiteStore(ConnectionThread):
         return rows
 
     async def baskets(self, query: BasketQuery) -> BasketCounts:
+        popularity = basket_popularity if self._related_rollups else None
+
         def _query() -> BasketCounts:
-            return query_baskets(self._connect(), query)
+            conn = self._connect()
+            conn.execute("BEGIN")  # the dirty marks and the counts of the same moment
+            try:
+                return query_baskets(conn, query, popularity)
+            finally:
+                conn.execute("COMMIT")
 
         counts: BasketCounts = await self._run(_query)
         return counts

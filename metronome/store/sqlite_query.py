@@ -14,7 +14,7 @@ import math
 import re
 import sqlite3
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from metronome.events import fields as F
@@ -32,6 +32,8 @@ from metronome.store.query import (
 __all__ = [
     "condition_sql",
     "VISITOR_EXPR",
+    "basket_sql",
+    "filter_fields",
     "query_baskets",
     "delete_sql",
     "documents_sql",
@@ -379,18 +381,34 @@ VISITOR_EXPR = f"json_extract(doc, {json_path(F.VISITOR_ID)})"
 """The visitor of a row, exactly as the events table's visitor index is built on it."""
 
 
-def _basket(visits: bool) -> str:
+def basket_sql(visits: bool) -> str:
+    """A row's basket: the visitor's day, or with ``visits`` its visit when it has one."""
     if not visits:
         return VISITOR_EXPR
     return f"COALESCE('v:' || json_extract(doc, {json_path(F.VISIT_ID)}), 'd:' || {VISITOR_EXPR})"
 
 
-def query_baskets(conn: sqlite3.Connection, query: BasketQuery) -> BasketCounts:
+def filter_fields(node: FilterNode | None) -> set[str]:
+    """The fields a filter reads (a parameter as ``params:<name>``)."""
+    if node is None:
+        return set()
+    if isinstance(node, Leaf):
+        return {f"params:{node.field.name}" if node.field.param else node.field.name}
+    return {name for item in node.items for name in filter_fields(item)}
+
+
+Popularity = Callable[[sqlite3.Connection, BasketQuery, list[str]], dict[str, int] | None]
+
+
+def query_baskets(
+    conn: sqlite3.Connection, query: BasketQuery, popularity: Popularity | None = None
+) -> BasketCounts:
     """The baskets of ``query.item`` (through the item index), every event of their
     visitors (through the visitor index), and the baskets of the items found most often
-    with it (through the item index again): no statement reads the whole range."""
+    with it: from ``popularity`` (counts kept per day) when it answers, else through the
+    item index again. No statement reads the whole range."""
     where, args = _where(query.where)
-    basket = _basket(query.visits)
+    basket = basket_sql(query.visits)
     mine = conn.execute(
         f"SELECT DISTINCT {VISITOR_EXPR}, {basket} FROM events WHERE {where} AND item_id = ?"
         f" AND {VISITOR_EXPR} IS NOT NULL",
@@ -415,13 +433,16 @@ def query_baskets(conn: sqlite3.Connection, query: BasketQuery) -> BasketCounts:
     )[: query.candidates]
     if not ranked:
         return BasketCounts(len(baskets), ())
-    popularity = dict(
-        conn.execute(
-            f"SELECT item_id, count(DISTINCT {basket}) FROM events WHERE {where}"
-            f" AND item_id IN (SELECT value FROM json_each(?)) AND {VISITOR_EXPR} IS NOT NULL"
-            " GROUP BY item_id",
-            [*args, json.dumps([item for item, _ in ranked])],
-        ).fetchall()
-    )
-    pairs = tuple((item, n, int(popularity.get(item, n))) for item, n in ranked)
+    candidates = [item for item, _ in ranked]
+    found = popularity(conn, query, candidates) if popularity is not None else None
+    if found is None:
+        found = dict(
+            conn.execute(
+                f"SELECT item_id, count(DISTINCT {basket}) FROM events WHERE {where}"
+                f" AND item_id IN (SELECT value FROM json_each(?)) AND {VISITOR_EXPR} IS NOT NULL"
+                " GROUP BY item_id",
+                [*args, json.dumps(candidates)],
+            ).fetchall()
+        )
+    pairs = tuple((item, n, int(found.get(item, n))) for item, n in ranked)
     return BasketCounts(len(baskets), pairs)

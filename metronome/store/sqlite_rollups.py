@@ -43,6 +43,12 @@ from typing import Any
 
 from metronome.store.query import BoolNode, FilterNode, GroupQuery, Leaf
 from metronome.store.sqlite_query import COLUMNS, condition_sql
+from metronome.store.sqlite_related import (
+    RELATED_SCHEMA,
+    RELATED_TABLES,
+    recount_related,
+    related_datasets,
+)
 
 __all__ = [
     "DAY_MS",
@@ -161,7 +167,10 @@ def install_rollups(conn: sqlite3.Connection) -> list[str]:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         for statement in _DIRTY + [s for r in ROLLUPS for s in r.schema()]:
             conn.execute(statement)
+        for statement in RELATED_SCHEMA:  # basket counts for related items (issue 25)
+            conn.execute(statement)
         made = [r.table for r in ROLLUPS if r.table not in tables]
+        made += [table for table in RELATED_TABLES if table not in tables]
         if made:
             conn.execute(
                 "INSERT OR IGNORE INTO rollup_dirty SELECT DISTINCT site_id, dataset,"
@@ -205,6 +214,9 @@ def refresh_rollups(
             finer = rollup
             for site, dataset, month in months if rollup.months else ():
                 rollup.sum_month(conn, site, dataset, month)
+        datasets = {site: related_datasets(conn, site) for site in {row[0] for row in dirty}}
+        for site, dataset, day in dirty:  # related items' basket counts (issue 25)
+            recount_related(conn, site, dataset, day, datasets[site])
         conn.executemany(
             "DELETE FROM rollup_dirty WHERE site_id = ? AND dataset = ? AND day = ?", dirty
         )
