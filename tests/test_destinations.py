@@ -266,7 +266,8 @@ class World:
 
     def start_worker(self) -> None:
         assert self.worker is None or self.worker.poll() is not None
-        log = open(self.source.data_dir.parent / "destinations-worker.log", "ab")  # noqa: SIM115
+        data = self.source.data_dir  # beside it, its own: tests in other processes run too
+        log = open(data.with_name(data.name + "-worker.log"), "ab")  # noqa: SIM115
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "metronome", "worker"],
             env=self.source.env,
@@ -682,6 +683,10 @@ def test_a_worker_killed_mid_delivery_leaves_each_receiver_every_event_once(
     assert again <= doubted <= kills * 25
     # another Metronome dropped what was sent again itself (asked above: each item once)
     assert world.target_items(p) == dict.fromkeys(items, 1)
+    if in_doubt(after, "hook") > in_doubt(before, "hook"):
+        status = world.source.run_cli("status")
+        (line,) = [x for x in status.stdout.splitlines() if "destination:  hook " in x]
+        assert " in doubt (last " in line, line
 
 
 # -- the parts -----------------------------------------------------------------------------
