@@ -320,6 +320,8 @@ def _destination_status_lines(settings: Settings) -> list[str]:
             f" (in {dead_letter_path(settings.data_dir, d.name)}),"
             f" {state.get('skipped', 0)} skipped"
         )
+        if state.get("in_doubt"):  # issue 23: in flight when a worker died, sent again
+            line += f", {state['in_doubt']} in doubt (last {state.get('last_in_doubt')})"
         if state.get("last_error"):
             line += f"; last error: {masked_url(str(state['last_error']))}"
         lines.append(line)

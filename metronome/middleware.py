@@ -41,9 +41,9 @@ import importlib
 import logging
 import random
 import re
-import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
+from time import perf_counter_ns, time
 from typing import Any, Protocol
 
 __all__ = [
@@ -125,6 +125,9 @@ class ApiCallTracker:
         self._methods = frozenset(m.upper() for m in exclude_methods)
         self._user = user or _default_user
         self._path_fallback = path_fallback
+        # Client.enqueue takes the tick built here (no keyword packing, a few µs less on a
+        # busy machine); any other ticker gets tick(...)
+        self._enqueue: Callable[[dict[str, Any]], bool] | None = getattr(client, "enqueue", None)
         self._random = random.random
         self.stats = TrackerStats()
 
@@ -164,15 +167,30 @@ class ApiCallTracker:
             if user is not None and type(user) is not str:
                 user = str(user)
             # None (no bytes, no user) is what the server takes for a missing value
-            if self._client.tick(
-                route,
-                ACTION,
-                method=method,
-                status=status,
-                duration_ns=duration_ns,
-                bytes=body_bytes,
-                user=user,
-            ):
+            if self._enqueue is not None:
+                queued = self._enqueue(
+                    {
+                        "id": route,
+                        "event": ACTION,
+                        "method": method,
+                        "status": status,
+                        "duration_ns": duration_ns,
+                        "bytes": body_bytes,
+                        "user": user,
+                        "ts": int(time() * 1000),
+                    }
+                )
+            else:
+                queued = self._client.tick(
+                    route,
+                    ACTION,
+                    method=method,
+                    status=status,
+                    duration_ns=duration_ns,
+                    bytes=body_bytes,
+                    user=user,
+                )
+            if queued:
                 self.stats.tracked += 1
             else:
                 self.stats.dropped += 1
@@ -216,7 +234,7 @@ class ASGIMiddleware:
             await self.app(scope, receive, send)
             return
         root_path = scope.get("root_path", "")
-        start = time.perf_counter_ns()
+        start = perf_counter_ns()
         answer = [500, 0]  # status, body bytes
 
         async def counting_send(message: MutableMapping[str, Any]) -> None:
@@ -230,7 +248,7 @@ class ASGIMiddleware:
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            duration = time.perf_counter_ns() - start
+            duration = perf_counter_ns() - start
             try:
                 route = _asgi_route(scope, root_path)
             except Exception:  # noqa: BLE001 - a framework's odd scope must not fail a request
@@ -278,23 +296,27 @@ class WSGIMiddleware:
         path = environ.get("PATH_INFO", "")
         if not tracker.wants(method, path):
             return self.app(environ, start_response)
-        start = time.perf_counter_ns()
-        status = [500]
+        start = perf_counter_ns()
+        answer: list[Any] = [500, None]  # status, Content-Length (text) when the app set one
 
         def tracking_start_response(line: str, headers: Any, exc_info: Any = None) -> Any:
             try:
-                status[0] = int(line[:3])
+                answer[0] = int(line[:3])
             except ValueError:
                 pass
+            for name, value in headers:
+                if len(name) == 14 and name.lower() == "content-length":
+                    answer[1] = value
+                    break
             return start_response(line, headers, exc_info)
 
-        def done(body_bytes: int) -> None:
-            duration = time.perf_counter_ns() - start
+        def done(body_bytes: int | None) -> None:
+            duration = perf_counter_ns() - start
             route = environ.get(ROUTE_KEY)
             if route is None:  # Flask (track_flask): the request, routed
                 rule = getattr(environ.pop(REQUEST_KEY, None), "url_rule", None)
                 route = getattr(rule, "rule", None)
-            tracker.record(environ, method, path, route, status[0], duration, body_bytes)
+            tracker.record(environ, method, path, route, answer[0], duration, body_bytes)
 
         try:
             body = self.app(environ, tracking_start_response)
@@ -303,6 +325,13 @@ class WSGIMiddleware:
             raise
         if type(body) is list:  # already whole (Falcon's and many others' answer)
             done(sum(map(len, body)))
+            return body
+        length = answer[1]
+        if length is not None and length.isdigit():
+            # the length is known (Flask's and Django's whole responses): recorded now, the
+            # body passed on untouched; a wrapper counting it costs more than the app's own
+            # answer's pass through the server. The duration ends when the app answered.
+            done(int(length))
             return body
         return _TrackedBody(body, done)
 
@@ -368,7 +397,7 @@ class DjangoMiddleware:
         method, path = request.method, request.path_info
         if not tracker.wants(method, path):
             return self.get_response(request)
-        start = time.perf_counter_ns()
+        start = perf_counter_ns()
         status: int = 500
         body_bytes: int | None = 0
         try:
@@ -377,7 +406,7 @@ class DjangoMiddleware:
             body_bytes = None if response.streaming else len(response.content)
             return response
         finally:
-            duration = time.perf_counter_ns() - start
+            duration = perf_counter_ns() - start
             match = getattr(request, "resolver_match", None)
             route = getattr(match, "route", None) or None
             if route is not None and not route.startswith("/"):

@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import re
 import signal
 import subprocess
@@ -265,7 +266,8 @@ class World:
 
     def start_worker(self) -> None:
         assert self.worker is None or self.worker.poll() is not None
-        log = open(self.source.data_dir.parent / "destinations-worker.log", "ab")  # noqa: SIM115
+        data = self.source.data_dir  # beside it, its own: tests in other processes run too
+        log = open(data.with_name(data.name + "-worker.log"), "ab")  # noqa: SIM115
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "metronome", "worker"],
             env=self.source.env,
@@ -579,6 +581,112 @@ def test_a_worker_restarted_mid_delivery_loses_and_duplicates_nothing(world: Wor
     _wait(lambda: set(world.receivers.items("webhook")) >= set(items), "the rest, after a restart")
     got = [i for i in world.receivers.items("webhook") if i.startswith(p)]
     assert got == items  # nothing lost, nothing twice, in order
+
+
+def _first_each(pairs: list[tuple[str, str]]) -> tuple[list[str], int]:
+    """(item of each event id, in the order first received; how many came again)."""
+    seen: set[str] = set()
+    order: list[str] = []
+    for event_id, item in pairs:
+        if event_id not in seen:
+            seen.add(event_id)
+            order.append(item)
+    return order, len(pairs) - len(order)
+
+
+def test_a_worker_killed_mid_delivery_leaves_each_receiver_every_event_once(
+    world: World,
+) -> None:
+    """SIGKILL, not a clean stop, several times while ticks flow: each receiver ends with
+    every event once by id, in order; another Metronome stores a resent event once itself,
+    and whatever came twice elsewhere was announced as in doubt (GA4: one request a time)."""
+    p = _prefix()
+    items = [f"{p}{n:03d}" for n in range(300)]
+    before = world.metrics()
+
+    def in_doubt(text: str, name: str) -> float:
+        return _metric(
+            text, "metronome_destination_events_total", destination=name, outcome="in_doubt"
+        )
+
+    sent = threading.Event()
+    failures: list[BaseException] = []
+
+    def flow() -> None:
+        try:
+            for start in range(0, len(items), 10):
+                world.send(items[start : start + 10])
+                time.sleep(0.02)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            failures.append(exc)
+        finally:
+            sent.set()
+
+    def hook_count() -> int:
+        return sum(i.startswith(p) for i in world.receivers.items("webhook"))
+
+    world.receivers.delay_s = 0.03  # each webhook request takes a while: kills land mid-way
+    sender = threading.Thread(target=flow)
+    sender.start()
+    kills = 0
+    try:
+        for _ in range(4):
+            reached = hook_count()
+            _wait(lambda r=reached: hook_count() >= r + 15, "delivery after a (re)start")
+            assert world.worker is not None
+            os.killpg(world.worker.pid, signal.SIGKILL)
+            world.worker.wait(timeout=30)
+            kills += 1
+            world.start_worker()
+    finally:
+        sender.join(timeout=120)
+        world.receivers.delay_s = 0.0
+    assert not failures, failures
+    assert kills == 4 and sent.is_set()
+    assert hook_count() < len(items) * 2  # the kills did land while events were flowing
+
+    wanted = set(items)
+    _wait(lambda: set(world.receivers.items("webhook")) >= wanted, "the webhook")
+    _wait(lambda: set(world.receivers.items("ga4")) >= wanted, "ga4")
+    _wait(lambda: set(world.receivers.items("amplitude")) >= wanted, "amplitude")
+    _wait(lambda: world.target_items(p) == dict.fromkeys(items, 1), "the other Metronome")
+    queued: list[dict[str, Any]] = []
+
+    def all_queued() -> bool:
+        queued.extend(world.queued(wanted))
+        return {e["item"] for e in queued} >= wanted
+
+    _wait(all_queued, "rabbitmq")
+    after = world.metrics()
+    assert world.receivers.problems == []
+
+    with world.receivers.lock:
+        hook = [(e["id"], e["item"]) for e in world.receivers.webhook if e["item"] in wanted]
+        amp = [
+            (e["insert_id"], e["event_properties"]["item"])
+            for e in world.receivers.amplitude
+            if e["event_properties"]["item"] in wanted
+        ]
+        ga = [(e["params"]["item"], e["params"]["item"]) for _, e in world.receivers.ga4]
+        ga = [x for x in ga if x[0] in wanted]
+    rabbit = [(e["_message_id"], e["item"]) for e in queued]
+    for name, pairs in (("hook", hook), ("amp", amp), ("queue", rabbit)):
+        order, again = _first_each(pairs)
+        assert order == items, name  # every event once by id, in order
+        assert again <= in_doubt(after, name) - in_doubt(before, name), name
+    # the same event always carries the same id: the webhook's and the message's agree
+    assert dict((i, e) for e, i in hook) == dict((i, e) for e, i in rabbit)
+    # GA4 cannot drop a resent event: what came twice is at most the requests in doubt
+    order, again = _first_each(ga)
+    assert order == items
+    doubted = in_doubt(after, "ga") - in_doubt(before, "ga")
+    assert again <= doubted <= kills * 25
+    # another Metronome dropped what was sent again itself (asked above: each item once)
+    assert world.target_items(p) == dict.fromkeys(items, 1)
+    if in_doubt(after, "hook") > in_doubt(before, "hook"):
+        status = world.source.run_cli("status")
+        (line,) = [x for x in status.stdout.splitlines() if "destination:  hook " in x]
+        assert " in doubt (last " in line, line
 
 
 # -- the parts -----------------------------------------------------------------------------

@@ -361,3 +361,46 @@ def test_the_server_refuses_api_calls_it_cannot_store(backend: Backend) -> None:
     answer = resp.json()
     assert answer["accepted"] == 1
     assert [r["details"]["field"] for r in answer["rejected"]] == ["method", "path", "bytes"]
+
+
+def _report_counts(backend: Backend, name: str, index: int, **params: str) -> dict[Any, int]:
+    """A named report of today: the first metric of each row by dimension ``index``."""
+    backend.settle()
+    resp = backend.client.get(f"/reports/{name}", params={"range": "1d", **params})
+    assert resp.status_code == 200, resp.text
+    counts: dict[Any, int] = {}
+    for row in resp.json()["results"]:
+        key = row["dimensions"][index]
+        counts[key] = counts.get(key, 0) + row["metrics"][0]
+    return counts
+
+
+def test_log_reports_leave_api_calls_out_unless_asked(backend: Backend) -> None:
+    """API calls share the logs source: the access-log reports do not count them (an app
+    behind a logged web server would count twice) unless ``api_calls=include``."""
+    status = 200 + random.randrange(50, 99)  # a status no other test's calls answered
+    before = _report_counts(backend, "status-codes", 1, api_calls="include").get(status, 0)
+    calls = [
+        {"id": "/reports-test", "event": "api.call", "method": "GET", "status": status}
+        | {"duration_ns": 1_000_000}
+        for _ in range(3)
+    ]
+    resp = backend.client.post("/ticks", json=calls)
+    assert resp.status_code == 202 and resp.json()["accepted"] == 3, resp.text
+    assert _report_counts(backend, "status-codes", 1).get(status, 0) == 0
+    included = _report_counts(backend, "status-codes", 1, api_calls="include")
+    assert included[status] == before + 3
+    # the concurrency report's requests with a duration: the calls count only when asked
+    plain = backend.client.get("/reports/concurrency", params={"range": "1d"})
+    asked = backend.client.get(
+        "/reports/concurrency", params={"range": "1d", "api_calls": "include"}
+    )
+    assert plain.status_code == asked.status_code == 200, (plain.text, asked.text)
+    assert _timed_requests(asked.json()) - _timed_requests(plain.json()) >= 3
+    wrong = backend.client.get("/reports/status-codes", params={"api_calls": "maybe"})
+    assert wrong.status_code == 400 and wrong.json()["details"]["parameter"] == "api_calls"
+
+
+def _timed_requests(answer: dict[str, Any]) -> int:
+    """Requests with a duration in a ``concurrency`` answer."""
+    return sum(row.get("requests", 0) for row in answer["results"])

@@ -414,7 +414,19 @@ def openapi_document() -> dict[str, Any]:
                 "description": "Each tick is checked on its own." + _GUARD_TEXT["ingest"],
                 "operationId": "postTicks",
                 "security": _INGEST_SECURITY,
-                "parameters": [_SITE_PARAMETER],
+                "parameters": [
+                    _SITE_PARAMETER,
+                    {  # issue 23: what a `metronome` destination sends
+                        "name": "X-Metronome-Forwarded",
+                        "in": "header",
+                        "required": False,
+                        "description": "`1`: the ticks come from another Metronome; each"
+                        " carries `event_id`, its event id there (32 lowercase hex digits),"
+                        " and is stored under an id made from it and the site, so a tick"
+                        " sent again is stored once",
+                        "schema": {"type": "string", "enum": ["1"]},
+                    },
+                ],
                 "requestBody": {
                     "required": True,
                     "content": {

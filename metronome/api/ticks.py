@@ -19,13 +19,20 @@ import orjson
 from metronome.config import Settings
 from metronome.errors import (
     BadRequest,
+    InvalidField,
     InvalidJSON,
     LimitExceeded,
     MetronomeError,
     StoreRefused,
     StoreUnavailable,
 )
-from metronome.events.document import Document
+from metronome.events.document import (
+    FORWARDED_HEADER,
+    SENDER_ID,
+    Document,
+    forwarded_event_id,
+    with_event_id,
+)
 from metronome.events.enrich import client_address, flag_referrer_spam, stored_address
 from metronome.events.tick import Limits, RequestInfo, build_tick
 from metronome.events.typed import EventSchemas
@@ -35,7 +42,14 @@ from metronome.pipeline import Pipeline, metrics
 from .body import Deadlines, decode_json, read_body, require_content_type, single_params
 from .guard import Access, Guard, named_sites
 
-__all__ = ["PIXEL_GIF", "BatchLines", "Pixel", "Tick", "Ticks", "count_refused"]
+__all__ = [
+    "PIXEL_GIF",
+    "BatchLines",
+    "Pixel",
+    "Tick",
+    "Ticks",
+    "count_refused",
+]
 
 _ACCEPTED_TICK = metrics.ACCEPTED.labels("/tick")
 _ACCEPTED_TICKS = metrics.ACCEPTED.labels("/ticks")
@@ -283,11 +297,15 @@ class Ticks(_TickResource):
         rejected: list[dict[str, Any]] = []
         documents: list[Document] = []
         positions: list[int] = []
+        forwarded = req.get_header(FORWARDED_HEADER) == "1"
         for index, item in enumerate(items):
             try:
                 if isinstance(item, MetronomeError):
                     raise item
-                documents.append(self._build(item, info))
+                if forwarded:
+                    documents.append(self._build_forwarded(item, info))
+                else:
+                    documents.append(self._build(item, info))
                 positions.append(index)
             except BadRequest as exc:
                 rejected.append({"index": index, **exc.to_dict()})
@@ -310,6 +328,21 @@ class Ticks(_TickResource):
         _ACCEPTED_TICKS.inc(accepted)
         resp.status = falcon.HTTP_202
         resp.media = {"accepted": accepted, "rejected": rejected, "ids": ids}
+
+    def _build_forwarded(self, raw: Any, info: RequestInfo) -> Document:
+        """A tick another Metronome forwarded: stored under an id made from its sender's
+        ``event_id`` (:func:`~metronome.events.document.forwarded_event_id`)."""
+        if not isinstance(raw, dict):
+            raise InvalidField("a tick must be a JSON object", field="(tick)")
+        sender_id = raw.get("event_id")
+        if not isinstance(sender_id, str) or not SENDER_ID.match(sender_id):
+            raise InvalidField(
+                f"with {FORWARDED_HEADER}: 1, each tick's 'event_id' must be the sender's"
+                " event id (32 lowercase hex digits)",
+                field="event_id",
+            )
+        document = self._build({k: v for k, v in raw.items() if k != "event_id"}, info)
+        return with_event_id(document, forwarded_event_id(info.site_id, sender_id))
 
 
 def count_refused(exc: Exception, events: int) -> None:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any, NoReturn
 
 __all__ = [
+    "FORWARDED_HEADER",
+    "SENDER_ID",
     "Document",
     "FrozenDict",
     "format_timestamp",
+    "forwarded_event_id",
     "freeze",
     "new_event_id",
     "parse_iso",
     "parse_iso_ms",
+    "with_event_id",
 ]
 
 
@@ -98,6 +104,32 @@ def new_event_id(now_ms: int | None = None) -> str:
 
 
 _random_bits = random.getrandbits
+
+FORWARDED_HEADER = "X-Metronome-Forwarded"
+"""``POST /ticks`` with this header (``1``): each tick carries ``event_id``, the event id
+the sending Metronome gave it (a ``metronome`` destination sends it), and is stored under
+:func:`forwarded_event_id`, so a batch sent again is stored once."""
+
+SENDER_ID = re.compile(r"^[0-9a-f]{32}$")
+"""What a forwarded tick's ``event_id`` must be: an event id of the sending Metronome."""
+
+
+def forwarded_event_id(site_id: str, sender_id: str) -> str:
+    """The id of an event another Metronome forwarded (``POST /ticks`` with
+    ``X-Metronome-Forwarded``), from the sender's own event id: the same sender id for the
+    same site always gives the same id, so a batch the sender sends again after a crash is
+    stored once. 12 hex digits of the sender id's time (ids still sort by time), then 20
+    of SHA-256 of the site and the sender id (a sender can only ever name events of the
+    sites its key may send to, never overwrite another site's)."""
+    digest = hashlib.sha256(f"{site_id}\0{sender_id}".encode()).hexdigest()
+    return sender_id[:12] + digest[:20]
+
+
+def with_event_id(document: Document, event_id: str) -> Document:
+    """``document`` under another id (its ``event.id`` too); its source is rebuilt, not
+    changed in place."""
+    source = {**document.source, "event": {**document.source["event"], "id": event_id}}
+    return Document(event_id, document.timestamp_ms, document.dataset, source)
 
 
 def format_timestamp(ms: int) -> str:

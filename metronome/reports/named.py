@@ -142,6 +142,23 @@ def _api_call_filters(params: Mapping[str, str]) -> list[Any]:
     return filters
 
 
+API_CALLS_PARAMETER = {
+    "api_calls": "include: count API calls (metronome.middleware) too; left out by default"
+}
+
+
+def access_log_filters(params: Mapping[str, str]) -> list[Any]:
+    """The filters of a report over access logs: API calls share the ``logs`` source
+    (``event.dataset`` ``metronome.api_calls``) and are left out unless
+    ``api_calls=include`` (an app behind a logged web server would count twice)."""
+    choice = params.get("api_calls", "exclude")
+    if choice == "include":
+        return []
+    if choice != "exclude":
+        raise InvalidParameter("'api_calls' is include or exclude", parameter="api_calls")
+    return [["is_not", F.EVENT_DATASET, [api_call.EVENT_DATASET]]]
+
+
 _PLAN_PARAMETERS = {name: COMMON_PARAMETERS[name] for name in ("range", "from", "to", "tz")}
 _ERRORS_PARAMETERS = {
     **_PLAN_PARAMETERS,
@@ -225,9 +242,10 @@ REPORTS: dict[str, NamedReport] = {
                 "source": "logs",
                 "metrics": ["events", "bytes"],
                 "dimensions": [f"time:{_interval(p, 'day')}", "status"],
+                "filters": access_log_filters(p),
                 "limit": 1000,
             },
-            {"interval": "hour, day (default), week or month"},
+            {"interval": "hour, day (default), week or month", **API_CALLS_PARAMETER},
         ),
         NamedReport(
             "slowest-pages",
@@ -237,10 +255,10 @@ REPORTS: dict[str, NamedReport] = {
                 "metrics": [{"p95": "duration"}, {"avg": "duration"}, "events"],
                 "dimensions": ["path"],
                 "order_by": [["p95:duration", "desc"]],
-                "filters": [["gt", "duration", -1]],
+                "filters": [["gt", "duration", -1], *access_log_filters(p)],
                 "limit": 10,
             },
-            {},
+            API_CALLS_PARAMETER,
         ),
         # API calls (issue 23): what metronome.middleware reports, per route over time
         NamedReport(
@@ -386,8 +404,17 @@ REPORTS: dict[str, NamedReport] = {
             "concurrency",
             "Requests in progress at once per time bucket, from access logs with a duration",
             None,
-            {**_PLAN_PARAMETERS, "interval": "minute, hour (default), day or week"},
-            plan=lambda p: _planned("concurrency", p, "hour", platform.concurrency_plan),
+            {
+                **_PLAN_PARAMETERS,
+                "interval": "minute, hour (default), day or week",
+                **API_CALLS_PARAMETER,
+            },
+            plan=lambda p: _planned(
+                "concurrency",
+                {k: v for k, v in p.items() if k != "api_calls"},
+                "hour",
+                lambda body: platform.concurrency_plan(body, access_log_filters(p)),
+            ),
             common=False,
         ),
         NamedReport(

@@ -17,7 +17,7 @@ range is asked.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -185,7 +185,7 @@ def downloads_query(body: Body) -> Body:
 
 
 def concurrency_plan(
-    body: Body,
+    body: Body, filters: Sequence[Any] = ()
 ) -> tuple[dict[str, Body], Callable[[Mapping[str, Answer]], Answer]]:
     """Requests in progress per bucket from access logs that log a duration.
 
@@ -196,7 +196,8 @@ def concurrency_plan(
     busiest hour when the range holds more than 10,000 minutes; equal to the mean for
     minute buckets), so a burst that an hour's mean hides still shows. Lines without a
     duration are counted in ``requests_without_duration`` only: they say a request came,
-    not how long it held a connection.
+    not how long it held a connection. ``filters``: more filters for both (the named
+    report leaves API calls out with them).
     """
     interval = body.pop("interval")
     if interval not in INTERVAL_SECONDS:
@@ -205,7 +206,7 @@ def concurrency_plan(
     timed: Body = {
         **body,
         "source": "logs",
-        "filters": [["gt", "duration", -1]],
+        "filters": [["gt", "duration", -1], *filters],
         "bots": "include",  # crawlers load the server too
         "limit": 10_000,
     }
@@ -219,7 +220,7 @@ def concurrency_plan(
         "source": "logs",
         "metrics": ["events"],
         "dimensions": [f"time:{interval}"],
-        "filters": [["not", ["gt", "duration", -1]]],
+        "filters": [["not", ["gt", "duration", -1]], *filters],
         "bots": "include",
         "limit": 10_000,
     }

@@ -43,6 +43,7 @@ __all__ = [
 
 DIRECTORY = "destinations"
 STATE = "state.json"
+IN_FLIGHT = "in-flight.json"
 
 
 def _dir(spool: Path, name: str) -> Path:
@@ -245,6 +246,47 @@ class Cursor:
         for name in names:
             if name.endswith(".pos") and name[: -len(".pos")] not in present:
                 (self.dir / name).unlink(missing_ok=True)
+
+    # -- the batch in flight -----------------------------------------------------------
+    def begin(self, entries: list[Entry]) -> None:
+        """Record, durably, the batch about to be sent (its ids and where it ends in each
+        segment) before a byte of it goes: if the process dies before :meth:`commit`,
+        :meth:`in_doubt` names exactly the events the destination may have received."""
+        positions: dict[str, int] = {}
+        for entry in entries:
+            positions[entry.segment.name] = entry.end
+        marker = {
+            "first_id": entries[0].document.id,
+            "last_id": entries[-1].document.id,
+            "events": len(entries),
+            "positions": positions,
+        }
+        private_dir(self.dir)
+        temporary = self.dir / (IN_FLIGHT + ".tmp")
+        with open_private(temporary, "wb") as handle:
+            handle.write(orjson.dumps(marker))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.dir / IN_FLIGHT)
+
+    def in_doubt(self) -> dict[str, Any] | None:
+        """The batch that was in flight when the last process forwarding to this
+        destination died (``first_id``, ``last_id``, ``events``), or None: its marker
+        reaches past the delivered positions. The marker is then removed (the batch is
+        sent again: the destination may count it twice unless it drops events by id)."""
+        path = self.dir / IN_FLIGHT
+        try:
+            marker = orjson.loads(path.read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return None
+        path.unlink(missing_ok=True)
+        if not isinstance(marker, dict) or not isinstance(marker.get("positions"), dict):
+            return None
+        for name, end in marker["positions"].items():
+            segment = self.spool / str(name)
+            if isinstance(end, int) and segment.exists() and self.position(segment) < end:
+                return {k: marker.get(k) for k in ("first_id", "last_id", "events")}
+        return None  # delivered and committed: the process died before removing the marker
 
     # -- figures -----------------------------------------------------------------------
     def write_state(self, state: dict[str, Any]) -> None:

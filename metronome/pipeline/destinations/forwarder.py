@@ -5,10 +5,16 @@ only what is already durable there, so forwarding never slows ingestion), keeps 
 its site, sources and event names, waits for its rate limit, and hands them to the sender
 (:mod:`.senders`) in batches of ``batch_size``. The cursor moves once the destination
 acknowledged: a restart sends again at most the batch that was in flight when the process
-died (SIGTERM lets it finish first). What the destination refuses for good goes to
-``<data dir>/dead-letters-<name>.ndjson`` (0600) with the reason; what may succeed later
-is sent again with doubling backoff and jitter up to ``backoff_max`` seconds, or after
-the ``Retry-After`` the destination asked for.
+died (SIGTERM lets it finish first). Before a batch goes, its ids and end are written to
+an in-flight marker (fsynced), so a restart after SIGKILL knows exactly which events the
+destination may hold twice: counted as ``in_doubt`` and logged. Destinations that drop a
+resent event by id (webhook receivers by ``id``, Amplitude by ``insert_id``, RabbitMQ
+consumers by ``message_id``, another Metronome by storing it under the same id) then hold
+it once; for GA4, which cannot, a batch is one request (at most 25 events of one
+visitor, ``one_request``), the smallest window the protocol allows. What the destination
+refuses for good goes to ``<data dir>/dead-letters-<name>.ndjson`` (0600) with the
+reason; what may succeed later is sent again with doubling backoff and jitter up to
+``backoff_max`` seconds, or after the ``Retry-After`` the destination asked for.
 
 Only one process forwards to a destination at a time (``destinations/<name>.lock``).
 """
@@ -63,8 +69,10 @@ class ForwarderStats:
     failed: int = 0  # attempts that will be tried again
     dead_lettered: int = 0
     skipped: int = 0  # given up past backlog_max_bytes
+    in_doubt: int = 0  # in flight when a process died: sent again, maybe received twice
     last_error: str | None = None
     last_delivered_at: float | None = None
+    last_in_doubt: str | None = None  # "<first id>..<last id> (<events>)"
 
 
 class Forwarder:
@@ -111,6 +119,7 @@ class Forwarder:
             log.info("destination_waiting another process forwards to %s", name)
             if await self._wait(stop, 1.0):
                 return self.stats
+        self._note_in_doubt()
         sender = self._sender or open_sender(self.destination)
         delay = 0.2
         try:
@@ -163,7 +172,14 @@ class Forwarder:
         if not wanted:
             self._commit(entries)
             return len(entries), None
+        one_request = getattr(sender, "one_request", None)
+        if one_request is not None:  # a destination that cannot drop a resent event
+            take = one_request([e.document for e in wanted])
+            if take < len(wanted):  # each of its requests is a batch: in doubt is one request
+                wanted, at = wanted[:take], at[:take]
+                upto = at[-1] + 1
         await self._rate_limit(len(wanted))
+        self._cursor.begin(wanted)
         sent: Sent = await sender.send([e.document for e in wanted])
         if sent.refused:
             self._dead_letter([(wanted[i], why) for i, why in sorted(sent.refused.items())])
@@ -188,6 +204,25 @@ class Forwarder:
             return sent.acked, sent.retry_after_s or 0.0
         self._save_state()
         return upto, None
+
+    def _note_in_doubt(self) -> None:
+        """Count and name the batch in flight when the last process died, if any: it is
+        sent again, and a destination that does not drop events by id counts it twice."""
+        doubt = self._cursor.in_doubt()
+        if doubt is None:
+            return
+        events = doubt.get("events")
+        self.stats.in_doubt += events if isinstance(events, int) else 0
+        self.stats.last_in_doubt = f"{doubt.get('first_id')}..{doubt.get('last_id')} ({events})"
+        log.warning(
+            "destination_in_doubt destination=%s events=%s first_id=%s last_id=%s: in flight"
+            " when the last forwarder died, sent again",
+            self.destination.name,
+            events,
+            doubt.get("first_id"),
+            doubt.get("last_id"),
+        )
+        self._save_state()
 
     async def _rate_limit(self, events: int) -> None:
         rate = self.destination.rate_per_s
@@ -287,8 +322,10 @@ class DestinationCollector(Collector):
             CounterMetricFamily(
                 "metronome_destination_events",
                 "Events each destination has taken (`delivered`), refused for good"
-                " (`dead_lettered`, in `dead-letters-<name>.ndjson`) or was given up for"
-                " past its backlog limit (`skipped`).",
+                " (`dead_lettered`, in `dead-letters-<name>.ndjson`), was given up for"
+                " past its backlog limit (`skipped`), or had in flight when a forwarder"
+                " died (`in_doubt`: sent again, received twice where the destination"
+                " does not drop an event it has by id).",
                 labels=["destination", "outcome"],
             ),
             CounterMetricFamily(
@@ -315,7 +352,7 @@ class DestinationCollector(Collector):
         events, failures, lag_events, lag_bytes = self._families()
         for name in names_on_disk(self._spool):
             state = read_state(self._spool, name)
-            for outcome in ("delivered", "dead_lettered", "skipped"):
+            for outcome in ("delivered", "dead_lettered", "skipped", "in_doubt"):
                 events.add_metric([name, outcome], float(state.get(outcome, 0)))
             failures.add_metric([name], float(state.get("failed", 0)))
             lag = Cursor(self._spool, name).lag()

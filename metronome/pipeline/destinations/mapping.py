@@ -44,7 +44,7 @@ class FieldMap:
 
 
 FIELDS: tuple[FieldMap, ...] = (
-    FieldMap(F.EVENT_ID, "(assigned)", "id", "insert_id", None, None),
+    FieldMap(F.EVENT_ID, "(assigned)", "id", "insert_id", None, "event_id"),
     FieldMap(F.TIMESTAMP, "ts", "time", "time", "timestamp_micros", "ts"),
     FieldMap(F.SITE_ID, "(the key's site)", "site", "event_properties.site", "params.site", None),
     FieldMap(F.EVENT_ACTION, "event", "event", "event_type", "name", "event"),

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
-from metronome.events.document import Document
+from metronome.events.document import FORWARDED_HEADER, Document
 from metronome.pipeline.destinations import mapping
 from metronome.pipeline.destinations.spec import Destination
 
@@ -255,18 +255,25 @@ class GA4Sender:
         }
         self._client = httpx.AsyncClient(timeout=destination.timeout_s)
 
+    def one_request(self, documents: Sequence[Document]) -> int:
+        """How many of the leading documents go in one request (the forwarder sends no
+        more at a time: GA4 has no way to drop an event sent twice, so what a crash leaves
+        in doubt is one request at most)."""
+        client_id = mapping.ga4_client_id(documents[0])
+        end = 1
+        while (
+            end < len(documents)
+            and end < mapping.GA4_EVENTS_MAX
+            and mapping.ga4_client_id(documents[end]) == client_id
+        ):
+            end += 1
+        return end
+
     async def send(self, documents: Sequence[Document]) -> Sent:
         done = 0
         refused: dict[int, str] = {}
         while done < len(documents):
-            client_id = mapping.ga4_client_id(documents[done])
-            end = done + 1
-            while (
-                end < len(documents)
-                and end - done < mapping.GA4_EVENTS_MAX
-                and mapping.ga4_client_id(documents[end]) == client_id
-            ):
-                end += 1
+            end = done + self.one_request(documents[done:])
             run = documents[done:end]
             result = await _split_on_refusal(run, self._post)
             refused.update({done + i: r for i, r in result.refused.items()})
@@ -298,12 +305,14 @@ class GA4Sender:
 
 class MetronomeSender:
     """Another Metronome's ``POST /ticks``: a JSON array of ticks (:func:`mapping.tick`)
-    with the destination's key; ticks it rejects in its 202 answer are refused one by one."""
+    with the destination's key; ticks it rejects in its 202 answer are refused one by one.
+    Each tick carries its event id (``event_id``, with ``X-Metronome-Forwarded: 1``): the
+    receiver stores a tick sent again (after a crash mid-batch) once."""
 
     def __init__(self, destination: Destination) -> None:
         assert destination.url is not None
         self._url = destination.url + "/ticks"
-        self._headers = {"Content-Type": "application/json"}
+        self._headers = {"Content-Type": "application/json", FORWARDED_HEADER: "1"}
         if "key" in destination.secrets:
             self._headers["Authorization"] = "Bearer " + destination.secrets["key"]
         self._client = httpx.AsyncClient(timeout=destination.timeout_s)
