@@ -34,7 +34,6 @@ How it stays exact and cheap:
 from __future__ import annotations
 
 import bisect
-import copy
 import hashlib
 import sqlite3
 from collections import OrderedDict
@@ -103,6 +102,25 @@ class OpenVisit:
     source: str  # visit.source
     base: dict[str, Any] = field(default_factory=dict)  # the entry event's fields
 
+    def working_copy(self) -> OpenVisit:
+        """A copy that :meth:`VisitBook.assign` may change (its counters and its ``pages``
+        and ``times`` lists) without touching this one; ``base`` is never changed after
+        the visit begins, so the copy shares it (a deep copy per event cost more than
+        assigning the visit did)."""
+        return OpenVisit(
+            self.visit_id,
+            self.index_ms,
+            self.start_ms,
+            self.last_ms,
+            self.seq,
+            self.events,
+            self.pageviews,
+            self.pages.copy(),
+            self.times.copy(),
+            self.source,
+            self.base,
+        )
+
     def to_json(self) -> bytes:
         return orjson.dumps([getattr(self, name) for name in self.__slots__])
 
@@ -152,12 +170,20 @@ def _base(source: dict[str, Any]) -> dict[str, Any]:
             base[name] = dict(source[name])
     agent = source.get("user_agent")
     if isinstance(agent, dict):
-        kept = {k: copy.deepcopy(v) for k, v in agent.items() if k != "original"}
-        base["user_agent"] = {k: dict(v) if isinstance(v, dict) else v for k, v in kept.items()}
+        base["user_agent"] = {k: _plain(v) for k, v in agent.items() if k != "original"}
     country = _get(source, F.CLIENT_GEO_COUNTRY_ISO_CODE)
     if country:
         base["client"] = {"geo": {"country_iso_code": country}}
     return base
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every dict and list in it copied (plain dicts and lists)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _source_of(source: dict[str, Any]) -> str:
@@ -206,7 +232,7 @@ class VisitState:
         found = self._cache.get(key)
         if found is not None:
             self._cache.move_to_end(key)
-            return copy.deepcopy(found)
+            return found.working_copy()
         if self._conn is None:
             return None
         row = self._conn.execute("SELECT state FROM open_visits WHERE key = ?", (key,)).fetchone()
@@ -214,7 +240,7 @@ class VisitState:
             return None
         visit = OpenVisit.from_json(row[0])
         self._remember(key, visit)
-        return copy.deepcopy(visit)
+        return visit.working_copy()
 
     def _remember(self, key: str, visit: OpenVisit) -> None:
         self._cache[key] = visit
