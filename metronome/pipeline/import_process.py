@@ -39,6 +39,7 @@ import multiprocessing
 import os
 import queue
 import random
+import secrets
 import sys
 import threading
 import time
@@ -132,9 +133,12 @@ class _BlockParser:
     applies them first (:meth:`apply`). Both copies thus see the same visits in the same
     order as one book would, and the events are encoded once, with their visit fields."""
 
-    def __init__(self, settings: Settings, put: Callable[[tuple[Any, ...]], None]) -> None:
+    def __init__(
+        self, settings: Settings, put: Callable[[tuple[Any, ...]], None], run_key: bytes
+    ) -> None:
         self.rejects = _Rejects()
-        self.converter = LineConverter(settings, self.rejects)
+        # old days' visitor salts: the same in both parsing processes (events/visitor.py)
+        self.converter = LineConverter(settings, self.rejects, run_key=run_key)
         self._encode = document_encoder(settings)
         self._received_ms = int(time.time() * 1000)
         self._put = put
@@ -199,6 +203,7 @@ def _parse_files(
     helper: Any,
     back: Any,
     parent: int,
+    run_key: bytes,
 ) -> None:
     """The (first) parsing process: reads every line of ``paths``, in blocks of
     :data:`BATCH_DOCS` lines; parses each block (every other one, when a ``helper``
@@ -209,7 +214,7 @@ def _parse_files(
     _watch_parent(parent)
     put = _putter(out, parent)
     forward = None if helper is None else _putter(helper, parent)
-    parser = _BlockParser(settings, put)
+    parser = _BlockParser(settings, put, run_key)
     converter = parser.converter
     auto = settings.log_format.strip().lower() == AUTO
     block_number = 0
@@ -279,7 +284,9 @@ def _parse_files(
             put(("error", RuntimeError("".join(traceback.format_exception(exc)))))
 
 
-def _parse_forwarded(settings: Settings, inbox: Any, out: Any, back: Any, parent: int) -> None:
+def _parse_forwarded(
+    settings: Settings, inbox: Any, out: Any, back: Any, parent: int, run_key: bytes
+) -> None:
     """The second parsing process: the blocks the first one forwards, parsed alike, each
     given its visits after the changes of the block before it; the visits it changed go
     ``back`` to the first process."""
@@ -288,7 +295,7 @@ def _parse_forwarded(settings: Settings, inbox: Any, out: Any, back: Any, parent
     # the first process reads every message before it sends "done": none is left behind
     back.cancel_join_thread()
     try:
-        parser = _BlockParser(settings, put)
+        parser = _BlockParser(settings, put, run_key)
         while True:
             try:
                 message = inbox.get(timeout=_POLL_S)
@@ -362,10 +369,22 @@ async def import_in_two_processes(
     helper: Any = context.Queue(maxsize=QUEUE_BATCHES) if two else None
     back: Any = context.Queue() if two else None  # visits changed, second to first process
     me = os.getpid()
+    run_key = secrets.token_bytes(32)  # this import's old-day visitor salts, never stored
     children = [
         context.Process(
             target=_parse_files,
-            args=(settings, paths, detections, detect, on_detect, channels[0], helper, back, me),
+            args=(
+                settings,
+                paths,
+                detections,
+                detect,
+                on_detect,
+                channels[0],
+                helper,
+                back,
+                me,
+                run_key,
+            ),
             name="metronome-import-parse",
             daemon=True,
         )
@@ -374,7 +393,7 @@ async def import_in_two_processes(
         children.append(
             context.Process(
                 target=_parse_forwarded,
-                args=(settings, helper, channels[1], back, me),
+                args=(settings, helper, channels[1], back, me, run_key),
                 name="metronome-import-parse-2",
                 daemon=True,
             )
