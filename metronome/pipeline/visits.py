@@ -44,7 +44,7 @@ from typing import Any
 import orjson
 
 from metronome.events import fields as F
-from metronome.events.document import Document, format_timestamp
+from metronome.events.document import Document, FrozenDict, format_timestamp
 
 __all__ = ["Assignment", "OpenVisit", "VisitBook", "VisitState", "page_of"]
 
@@ -163,26 +163,47 @@ class OpenVisit:
 
 
 def _base(source: dict[str, Any]) -> dict[str, Any]:
-    """What a summary keeps of its entry event: site, visitor, browser, device, country."""
+    """What a summary keeps of its entry event: site, visitor, browser, device, country.
+
+    The site, browser and country parts are the same for many visits: each is one shared
+    :class:`FrozenDict` per distinct value (an import keeps tens of thousands of open
+    visits in memory, in each parsing process)."""
     base: dict[str, Any] = {}
-    for name in ("site", "visitor"):
-        if isinstance(source.get(name), dict):
-            base[name] = dict(source[name])
+    site = source.get("site")
+    if isinstance(site, dict):
+        base["site"] = _shared(site)
+    visitor = source.get("visitor")
+    if isinstance(visitor, dict):
+        base["visitor"] = dict(visitor)
     agent = source.get("user_agent")
     if isinstance(agent, dict):
-        base["user_agent"] = {k: _plain(v) for k, v in agent.items() if k != "original"}
+        base["user_agent"] = _shared({k: v for k, v in agent.items() if k != "original"})
     country = _get(source, F.CLIENT_GEO_COUNTRY_ISO_CODE)
     if country:
-        base["client"] = {"geo": {"country_iso_code": country}}
+        base["client"] = _shared({"geo": {"country_iso_code": country}})
     return base
 
 
-def _plain(value: Any) -> Any:
-    """``value`` with every dict and list in it copied (plain dicts and lists)."""
+_SHARED_MAX = 4096
+_shared_parts: dict[bytes, FrozenDict] = {}
+
+
+def _shared(part: dict[str, Any]) -> FrozenDict:
+    """One frozen copy of ``part`` (its dicts frozen too) per distinct JSON of it."""
+    key = orjson.dumps(part)
+    found = _shared_parts.get(key)
+    if found is None:
+        if len(_shared_parts) >= _SHARED_MAX:
+            _shared_parts.clear()
+        found = _shared_parts[key] = _frozen(part)
+    return found
+
+
+def _frozen(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return FrozenDict({k: _frozen(v) for k, v in value.items()})
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [_frozen(v) for v in value]
     return value
 
 
