@@ -11,6 +11,13 @@ The id goes to ``visitor.id``; addresses are not part of it in any recoverable f
 Several processes on one host share the salt files (the first to need a day's salt
 creates it, atomically). Hosts behind one load balancer should share the directory
 (for example on a network file system) or a visitor is counted once per host.
+
+Days other than today and yesterday (an import of old logs) keep no salt file: a salt
+made for them would be deleted at once, so two processes importing one log (or one
+process, once it had made a newer day's salt) would give one visitor two ids. With a
+``run_key`` (random, made by ``metronome import`` before it starts its parsing
+processes, never stored), such a day's salt is derived from the key and the day: the
+same in every process of that import, and gone with it.
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ KEEP_DAYS = 2  # today and yesterday: late events of yesterday still get yesterd
 class VisitorIds:
     """Daily-salted visitor ids for one data directory."""
 
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], run_key: bytes | None = None) -> None:
         self._dir = Path(data_dir) / "salts"
+        self._run_key = run_key
         self._salts: dict[int, bytes] = {}
         self._keyed: dict[int, hashlib.blake2b] = {}  # per day: BLAKE2b keyed with its salt
         self._lock = threading.Lock()
@@ -78,6 +86,13 @@ class VisitorIds:
         with self._lock:
             if day in self._salts:
                 return self._salts[day]
+            today = int(time.time() * 1000) // _DAY_MS
+            if self._run_key is not None and not today - KEEP_DAYS < day <= today:
+                derived = hashlib.blake2b(
+                    day.to_bytes(8, "big", signed=True), key=self._run_key, digest_size=32
+                ).digest()
+                self._salts[day] = derived
+                return derived
             private_dir(self._dir)
             path = self._dir / _day_name(day)
             try:

@@ -70,13 +70,17 @@ class Summary:
 class LineConverter:
     """One line to one document (or a reject written to the reject file)."""
 
-    def __init__(self, settings: Settings, rejects: Any = None) -> None:
+    def __init__(
+        self, settings: Settings, rejects: Any = None, *, run_key: bytes | None = None
+    ) -> None:
         """``rejects``: where rejected lines go (an object with ``add(record, reject_id)``
-        and ``close()``) instead of the data directory's reject file."""
+        and ``close()``) instead of the data directory's reject file; ``run_key``: the
+        key of old days' visitor salts shared by the processes of one import
+        (:class:`~metronome.events.visitor.VisitorIds`)."""
         self._parser = compile_format(settings.log_format, settings.log_tz)
         self._rules = UrlRules.parse(settings.url_rules)
         self._trusted = settings.trusted_proxies
-        self._visitors = VisitorIds(settings.data_dir)
+        self._visitors = VisitorIds(settings.data_dir, run_key)
         self._client_ip = settings.client_ip
         self._blocklist = settings.referrer_blocklist
         self._site_id = settings.log_site

@@ -9,8 +9,12 @@ Elasticsearch): plain tuples, cheap to send. With a named format (``combined``, 
 ``log_format`` string...), whose parser reads each line apart from the others, every
 other block goes to a second parsing process, so parsing (the costliest part) takes two
 cores' worth of turns; ``auto`` and W3C parsers learn from the lines they read, so one
-process reads those files in order, exactly as it would alone. This process takes the
-batches back in block order and writes them (``write_encoded``: one transaction, or
+process reads those files in order, exactly as it would alone. Visits (issue 25) are
+assigned in the parsing processes, in block order: each keeps a copy of the import's
+visit book, and after a block hands the visits it changed to the process that assigns
+the next block, so the events are encoded once, with their visit fields, and the
+visits are those one book reading every block in order would give. This process takes
+the batches back in block order and writes them (``write_encoded``: one transaction, or
 ``_bulk`` requests, several in flight) while the next ones are parsed, and appends the
 blocks' rejected lines to the reject file (its only writer).
 
@@ -35,6 +39,7 @@ import multiprocessing
 import os
 import queue
 import random
+import secrets
 import sys
 import threading
 import time
@@ -46,8 +51,7 @@ import orjson
 
 from metronome.config import Settings
 from metronome.errors import StoreUnavailable
-from metronome.events import fields as F
-from metronome.events.document import Document, parse_iso_ms
+from metronome.events.document import Document
 from metronome.logs.formats import AUTO, AutoParser, Detection, compile_format
 from metronome.logs.formats.detect import SAMPLE_LINES
 from metronome.logs.formats.w3c import W3cParser
@@ -55,6 +59,7 @@ from metronome.logs.ingest import LineConverter, Summary, open_lines
 from metronome.logs.parse import DATASET, Reject
 from metronome.logs.rejects import RejectFile
 from metronome.pipeline.shipper import Shipper
+from metronome.pipeline.visits import OpenVisit, VisitBook, VisitState
 from metronome.store import Store, WriteOutcome, document_encoder
 
 __all__ = ["BATCH_DOCS", "QUEUE_BATCHES", "SYNC_EVERY_S", "import_in_two_processes"]
@@ -120,18 +125,29 @@ def _putter(out: Any, parent: int) -> Callable[[tuple[Any, ...]], None]:
 
 
 class _BlockParser:
-    """Blocks of lines of one file to encoded batches, with their rejects and counts."""
+    """Blocks of lines of one file to encoded batches, with their visits, rejects and counts.
 
-    def __init__(self, settings: Settings, put: Callable[[tuple[Any, ...]], None]) -> None:
+    Visits are assigned here, in block order across the whole import, from one book that
+    every parsing process keeps a copy of: after assigning a block, the process hands the
+    visits it changed (``changed``) to the process that assigns the next block, which
+    applies them first (:meth:`apply`). Both copies thus see the same visits in the same
+    order as one book would, and the events are encoded once, with their visit fields."""
+
+    def __init__(
+        self, settings: Settings, put: Callable[[tuple[Any, ...]], None], run_key: bytes
+    ) -> None:
         self.rejects = _Rejects()
-        self.converter = LineConverter(settings, self.rejects)
+        # old days' visitor salts: the same in both parsing processes (events/visitor.py)
+        self.converter = LineConverter(settings, self.rejects, run_key=run_key)
         self._encode = document_encoder(settings)
         self._received_ms = int(time.time() * 1000)
         self._put = put
+        # visits across the whole import (issue 25), in block order: in memory only
+        self._book = VisitBook(settings.visit_gap_s, VisitState(None, settings.visit_state_max))
 
-    def block(self, path: str, lines: list[tuple[int, str | None]]) -> None:
+    def documents(self, path: str, lines: list[tuple[int, str | None]]) -> list[Document]:
+        """The documents of a block's lines (its rejects kept for :meth:`send`)."""
         converter = self.converter
-        read_before = converter.summary.read
         documents: list[Document] = []
         for number, text in lines:
             if text is None:
@@ -142,8 +158,35 @@ class _BlockParser:
                 converter.reject(parsed, text, path, number, identity=f"{text}\0{number}")
                 continue
             documents.append(converter.document(parsed, text, number, self._received_ms))
-        read = converter.summary.read - read_before
-        self._put(("batch", self._encode(documents), read, self.rejects.take()))
+        return documents
+
+    def apply(self, changed: dict[str, OpenVisit] | None) -> None:
+        """The visits the other parsing process changed in the block before the next one."""
+        if changed:
+            self._book.state.commit(changed, None)
+
+    def send(self, documents: list[Document], read: int) -> dict[str, OpenVisit]:
+        """Give the block's documents their visits, send the encoded batch (events, then the
+        summaries of the visits they touched) with the block's rejects; return the visits
+        changed, for the process that assigns the next block."""
+        assigned = self._book.assign(documents)
+        self._book.commit(assigned)
+        events = len(documents)
+        self._put(
+            (
+                "batch",
+                self._encode(assigned.documents[:events]),
+                self._encode(assigned.documents[events:]),
+                read,
+                self.rejects.take(),
+            )
+        )
+        return assigned.changed
+
+    def block(self, path: str, lines: list[tuple[int, str | None]]) -> dict[str, OpenVisit]:
+        read_before = self.converter.summary.read
+        documents = self.documents(path, lines)
+        return self.send(documents, self.converter.summary.read - read_before)
 
     def done(self) -> None:
         summary = self.converter.summary
@@ -158,29 +201,44 @@ def _parse_files(
     on_detect: Callable[[str, Detection], None] | None,
     out: Any,
     helper: Any,
+    back: Any,
     parent: int,
+    run_key: bytes,
 ) -> None:
     """The (first) parsing process: reads every line of ``paths``, in blocks of
     :data:`BATCH_DOCS` lines; parses each block (every other one, when a ``helper``
-    queue leads to a second parsing process) and puts its batch on ``out``; then
-    ``("done", rejected, bots)``; or ``("error", exception)`` after the batches of the
-    lines before it."""
+    queue leads to a second parsing process, with the visits this one changed in the
+    block before; ``back`` brings the visits that one changed) and puts its batch on
+    ``out``; then ``("done", rejected, bots)``; or ``("error", exception)`` after the
+    batches of the lines before it."""
     _watch_parent(parent)
     put = _putter(out, parent)
     forward = None if helper is None else _putter(helper, parent)
-    parser = _BlockParser(settings, put)
+    parser = _BlockParser(settings, put, run_key)
     converter = parser.converter
     auto = settings.log_format.strip().lower() == AUTO
     block_number = 0
+    changed: dict[str, OpenVisit] | None = None  # by this process's latest block
+    waiting = 0  # blocks forwarded whose changed visits have not come back yet
+
+    def take_back() -> None:
+        nonlocal waiting
+        while waiting:
+            parser.apply(_get(back, parent))
+            waiting -= 1
 
     def flush(path: str, block: list[tuple[int, str | None]]) -> None:
-        nonlocal block_number
+        nonlocal block_number, changed, waiting
         if not block:
             return
         if forward is not None and block_number % 2:
-            forward(("lines", path, block))
+            forward(("lines", path, block, changed))
+            changed, waiting = None, waiting + 1
         else:
-            parser.block(path, block)
+            read_before = converter.summary.read
+            documents = parser.documents(path, block)  # while the other block is parsed
+            take_back()  # the visits of the block before, assigned by the other process
+            changed = parser.send(documents, converter.summary.read - read_before)
         block_number += 1
 
     try:
@@ -213,6 +271,7 @@ def _parse_files(
                 message = text if text.startswith("damaged") else f"damaged gzip file ({text})"
                 raise OSError(errno.EIO, message, path) from exc
             flush(path, block)
+        take_back()  # before "done": the other process's last message is read
         if forward is not None:
             forward(("done",))
         parser.done()
@@ -225,12 +284,18 @@ def _parse_files(
             put(("error", RuntimeError("".join(traceback.format_exception(exc)))))
 
 
-def _parse_forwarded(settings: Settings, inbox: Any, out: Any, parent: int) -> None:
-    """The second parsing process: the blocks the first one forwards, parsed alike."""
+def _parse_forwarded(
+    settings: Settings, inbox: Any, out: Any, back: Any, parent: int, run_key: bytes
+) -> None:
+    """The second parsing process: the blocks the first one forwards, parsed alike, each
+    given its visits after the changes of the block before it; the visits it changed go
+    ``back`` to the first process."""
     _watch_parent(parent)
     put = _putter(out, parent)
+    # the first process reads every message before it sends "done": none is left behind
+    back.cancel_join_thread()
     try:
-        parser = _BlockParser(settings, put)
+        parser = _BlockParser(settings, put, run_key)
         while True:
             try:
                 message = inbox.get(timeout=_POLL_S)
@@ -240,13 +305,26 @@ def _parse_forwarded(settings: Settings, inbox: Any, out: Any, parent: int) -> N
                 continue
             if message[0] == "done":
                 break
-            parser.block(message[1], message[2])
+            read_before = parser.converter.summary.read
+            documents = parser.documents(message[1], message[2])
+            parser.apply(message[3])
+            back.put(parser.send(documents, parser.converter.summary.read - read_before))
         parser.done()
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the importing process
         try:
             put(("error", exc))
         except Exception:  # noqa: BLE001 - an exception that cannot be pickled
             put(("error", RuntimeError("".join(traceback.format_exception(exc)))))
+
+
+def _get(channel: Any, parent: int) -> Any:
+    """The next message on ``channel``; this process ends if the importing one is gone."""
+    while True:
+        try:
+            return channel.get(timeout=_POLL_S)
+        except queue.Empty:
+            if os.getppid() != parent:
+                os._exit(1)
 
 
 def _chain(
@@ -289,11 +367,24 @@ async def import_in_two_processes(
     two = _parsers(settings) == 2
     channels: list[Any] = [context.Queue(maxsize=QUEUE_BATCHES) for _ in range(1 + two)]
     helper: Any = context.Queue(maxsize=QUEUE_BATCHES) if two else None
+    back: Any = context.Queue() if two else None  # visits changed, second to first process
     me = os.getpid()
+    run_key = secrets.token_bytes(32)  # this import's old-day visitor salts, never stored
     children = [
         context.Process(
             target=_parse_files,
-            args=(settings, paths, detections, detect, on_detect, channels[0], helper, me),
+            args=(
+                settings,
+                paths,
+                detections,
+                detect,
+                on_detect,
+                channels[0],
+                helper,
+                back,
+                me,
+                run_key,
+            ),
             name="metronome-import-parse",
             daemon=True,
         )
@@ -302,7 +393,7 @@ async def import_in_two_processes(
         children.append(
             context.Process(
                 target=_parse_forwarded,
-                args=(settings, helper, channels[1], me),
+                args=(settings, helper, channels[1], back, me, run_key),
                 name="metronome-import-parse-2",
                 daemon=True,
             )
@@ -322,10 +413,10 @@ async def import_in_two_processes(
             message = await loop.run_in_executor(None, _receive, channels[turn], children[turn])
             kind = message[0]
             if kind == "batch":
-                for record, reject_id in message[3]:
+                for record, reject_id in message[4]:
                     rejects.add(record, reject_id)
-                summary.read += message[2]
-                await writer.add(message[1], summary.read)
+                summary.read += message[3]
+                await writer.add(message[1], message[2], summary.read)
             elif kind == "done":
                 finished[turn] = True
                 summary.rejected.update(message[1])
@@ -344,7 +435,7 @@ async def import_in_two_processes(
             if child.is_alive():  # this process is failing or was interrupted
                 child.terminate()
                 child.join()
-        for channel in (*channels, *([helper] if helper is not None else [])):
+        for channel in (*channels, *([helper, back] if two else [])):
             channel.close()
     if failure is not None:
         raise failure
@@ -392,9 +483,6 @@ class _Writer:
         self._summary = summary
         self._progress = progress
         self._shipper = Shipper(settings, store)  # its dead-letter file and backoff cap
-        # visits across the whole import (issue 25), in block order: one book, in memory
-        self._book = self._shipper.visit_book(persistent=False)
-        self._encode = document_encoder(settings)
         self._stop = asyncio.Event()
         self._backoff_max_s = float(settings.ship_backoff_max_s)
         self._in_flight = _BULK_IN_FLIGHT if settings.uses_elasticsearch else 1
@@ -402,10 +490,13 @@ class _Writer:
         self._held: tuple[list[Any], int] | None = None  # the latest batch, not yet sent
         self._synced_at = time.monotonic()
 
-    async def add(self, batch: list[Any], read: int) -> None:
-        """Write the batch before this one (the last one is written durably by
+    async def add(self, batch: list[Any], summaries: list[Any], read: int) -> None:
+        """Write the summaries of the visits the batch touched (now, in block order: each
+        replaces the one stored, which ``_bulk`` requests in flight at once could swap),
+        then the batch before this one (the last one is written durably by
         :meth:`finish`), holding this one."""
-        batch = await self._with_visits(batch)
+        if summaries:
+            await self._write(summaries, durable=False, counted=False)
         held, self._held = self._held, (batch, read)
         if held is not None:
             durable = time.monotonic() - self._synced_at >= SYNC_EVERY_S
@@ -437,24 +528,9 @@ class _Writer:
         for task, _, _ in self._tasks:
             task.cancel()
 
-    async def _with_visits(self, batch: list[Any]) -> list[Any]:
-        """The batch with its events' visit fields (assigned here, in block order, which
-        one book for the whole import needs), its visits' summaries written (again, as
-        they grow: :meth:`Store.write` replaces a summary, ``write_encoded`` would not).
-        The parsing processes encode without visits; the events are decoded, given their
-        visits and encoded again: the price of exact visits across processes."""
-        if not batch:
-            return batch
-        events = [_decoded(item) for item in batch]
-        assigned = self._book.assign(events)
-        summaries = assigned.documents[len(events) :]
-        if summaries:
-            await self._shipper.store_documents(summaries, self._stop)
-        self._book.commit(assigned)
-        return list(self._encode(assigned.documents[: len(events)]))
-
-    async def _write(self, batch: list[Any], durable: bool) -> None:
-        """Store the batch: again, after a pause, what the store could not take now."""
+    async def _write(self, batch: list[Any], durable: bool, counted: bool = True) -> None:
+        """Store the batch: again, after a pause, what the store could not take now;
+        ``counted``: its documents are lines read (not visit summaries)."""
         todo = batch
         delay = 0.2
         while todo:
@@ -463,8 +539,9 @@ class _Writer:
             except StoreUnavailable as exc:
                 reason = exc.message
             else:
-                self._summary.stored += result.stored
-                self._summary.already += result.already
+                if counted:
+                    self._summary.stored += result.stored
+                    self._summary.already += result.already
                 retry = [todo[i] for i, outcome in result.failed if outcome.retriable]
                 refused = [(todo[i], o) for i, o in result.failed if not o.retriable]
                 if refused:
@@ -486,20 +563,6 @@ class _Writer:
             documents.append((_refused_document(item, outcome.id), outcome.reason or "refused"))
         self._shipper.dead_letter(documents)
         self._summary.dead_letters += len(documents)
-
-
-def _decoded(item: Any) -> Document:
-    """The document of an encoded item: a ``_bulk`` item ``(id, action + document lines)``
-    or an embedded-store row ``(id, dataset, ts, ..., doc JSON, ...)``."""
-    if isinstance(item[1], bytes):
-        source = orjson.loads(item[1].split(b"\n", 2)[1])
-        return Document(
-            id=item[0],
-            timestamp_ms=parse_iso_ms(source[F.TIMESTAMP]) or 0,
-            dataset=DATASET,
-            source=source,
-        )
-    return Document(id=item[0], timestamp_ms=item[2], dataset=item[1], source=orjson.loads(item[8]))
 
 
 def _refused_document(item: Any, doc_id: str) -> Document:

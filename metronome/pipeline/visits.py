@@ -35,7 +35,6 @@ How it stays exact and cheap:
 from __future__ import annotations
 
 import bisect
-import copy
 import hashlib
 import sqlite3
 from collections import OrderedDict
@@ -46,7 +45,7 @@ from typing import Any
 import orjson
 
 from metronome.events import fields as F
-from metronome.events.document import Document, format_timestamp
+from metronome.events.document import Document, FrozenDict, format_timestamp
 
 __all__ = ["Assignment", "OpenVisit", "VisitBook", "VisitState", "page_of"]
 
@@ -104,6 +103,25 @@ class OpenVisit:
     source: str  # visit.source
     base: dict[str, Any] = field(default_factory=dict)  # the entry event's fields
 
+    def working_copy(self) -> OpenVisit:
+        """A copy that :meth:`VisitBook.assign` may change (its counters and its ``pages``
+        and ``times`` lists) without touching this one; ``base`` is never changed after
+        the visit begins, so the copy shares it (a deep copy per event cost more than
+        assigning the visit did)."""
+        return OpenVisit(
+            self.visit_id,
+            self.index_ms,
+            self.start_ms,
+            self.last_ms,
+            self.seq,
+            self.events,
+            self.pageviews,
+            self.pages.copy(),
+            self.times.copy(),
+            self.source,
+            self.base,
+        )
+
     def to_json(self) -> bytes:
         return orjson.dumps([getattr(self, name) for name in self.__slots__])
 
@@ -146,19 +164,48 @@ class OpenVisit:
 
 
 def _base(source: dict[str, Any]) -> dict[str, Any]:
-    """What a summary keeps of its entry event: site, visitor, browser, device, country."""
+    """What a summary keeps of its entry event: site, visitor, browser, device, country.
+
+    The site, browser and country parts are the same for many visits: each is one shared
+    :class:`FrozenDict` per distinct value (an import keeps tens of thousands of open
+    visits in memory, in each parsing process)."""
     base: dict[str, Any] = {}
-    for name in ("site", "visitor"):
-        if isinstance(source.get(name), dict):
-            base[name] = dict(source[name])
+    site = source.get("site")
+    if isinstance(site, dict):
+        base["site"] = _shared(site)
+    visitor = source.get("visitor")
+    if isinstance(visitor, dict):
+        base["visitor"] = dict(visitor)
     agent = source.get("user_agent")
     if isinstance(agent, dict):
-        kept = {k: copy.deepcopy(v) for k, v in agent.items() if k != "original"}
-        base["user_agent"] = {k: dict(v) if isinstance(v, dict) else v for k, v in kept.items()}
+        base["user_agent"] = _shared({k: v for k, v in agent.items() if k != "original"})
     country = _get(source, F.CLIENT_GEO_COUNTRY_ISO_CODE)
     if country:
-        base["client"] = {"geo": {"country_iso_code": country}}
+        base["client"] = _shared({"geo": {"country_iso_code": country}})
     return base
+
+
+_SHARED_MAX = 4096
+_shared_parts: dict[bytes, FrozenDict] = {}
+
+
+def _shared(part: dict[str, Any]) -> FrozenDict:
+    """One frozen copy of ``part`` (its dicts frozen too) per distinct JSON of it."""
+    key = orjson.dumps(part)
+    found = _shared_parts.get(key)
+    if found is None:
+        if len(_shared_parts) >= _SHARED_MAX:
+            _shared_parts.clear()
+        found = _shared_parts[key] = _frozen(part)
+    return found
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, dict):
+        return FrozenDict({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [_frozen(v) for v in value]
+    return value
 
 
 def _source_of(source: dict[str, Any]) -> str:
@@ -207,7 +254,7 @@ class VisitState:
         found = self._cache.get(key)
         if found is not None:
             self._cache.move_to_end(key)
-            return copy.deepcopy(found)
+            return found.working_copy()
         if self._conn is None:
             return None
         row = self._conn.execute("SELECT state FROM open_visits WHERE key = ?", (key,)).fetchone()
@@ -215,7 +262,7 @@ class VisitState:
             return None
         visit = OpenVisit.from_json(row[0])
         self._remember(key, visit)
-        return copy.deepcopy(visit)
+        return visit.working_copy()
 
     def _remember(self, key: str, visit: OpenVisit) -> None:
         self._cache[key] = visit

@@ -398,13 +398,18 @@ class SQLiteStore(ConnectionThread):
 
     async def write_encoded(self, batch: Sequence[Any], *, durable: bool = True) -> EncodedWrite:
         """Insert :func:`sqlite_rows` rows in one transaction; rows whose id is stored
-        already are left as they are (counted in ``already``).
+        already are left as they are (counted in ``already``), except summaries (the
+        ``visits`` dataset), which replace the stored one, as :meth:`write` does, and are
+        not counted.
 
         ``durable=False`` commits with ``synchronous=NORMAL``: in WAL mode the commit is
         in the WAL file (a crash of any process loses nothing) but not yet fsynced, so a
         power cut may roll back the latest such commits, never half of one, and never a
         durable commit or anything before it: a ``synchronous=FULL`` commit fsyncs the
         WAL, every earlier commit's frames with it."""
+
+        replaced = [row for row in batch if row[1] in F.REPLACED_DATASETS]
+        rows = [row for row in batch if row[1] not in F.REPLACED_DATASETS] if replaced else batch
 
         def _insert() -> int:
             conn = self._connect()
@@ -414,8 +419,10 @@ class SQLiteStore(ConnectionThread):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 mark_dirty(conn, ((row[9], row[1], row[2]) for row in batch))  # the rollups
+                if replaced:
+                    conn.executemany(_INSERT.replace("OR IGNORE", "OR REPLACE"), replaced)
                 before = conn.total_changes
-                conn.executemany(_INSERT, batch)
+                conn.executemany(_INSERT, rows)
                 stored = conn.total_changes - before
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -424,7 +431,7 @@ class SQLiteStore(ConnectionThread):
             return stored
 
         stored: int = await self._run(_insert)
-        return EncodedWrite(stored, len(batch) - stored)
+        return EncodedWrite(stored, len(rows) - stored)
 
     async def groups(
         self, query: GroupQuery, *, after: tuple[Any, ...] | None, limit: int

@@ -1,0 +1,140 @@
+"""``metronome import`` assigns visits in its parsing processes, handing the visits each
+block changed to the process that reads the next block: the visits it stores are exactly
+those one visit book gives reading the same blocks in order (what the importing process
+did itself before, decoding and encoding every event again). Run with tiny blocks, so a
+short log crosses dozens of handovers between the two parsing processes, on old days
+(whose visitor salts are not kept on disk) across midnight."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from metronome.config import Settings
+from metronome.events.document import Document
+from metronome.logs.ingest import LineConverter
+from metronome.logs.parse import Reject
+from metronome.pipeline import import_process
+from metronome.pipeline.log_input import import_files
+from metronome.pipeline.visits import VisitBook, VisitState
+
+BLOCK = 7
+AGENTS = (
+    "Mozilla/5.0 (X11; Linux x86_64; rv:126.0) Gecko/20100101 Firefox/126.0",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15"
+    " (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+)
+
+
+def _write_log(path: Path, lines: int, seed: int) -> None:
+    """Visitors interleaved over a few hours: pauses longer than a visit's gap, lines a
+    few minutes older than the one before (stragglers across blocks), a crawler, 404s,
+    a line that is not a request, and referrers from outside and from the site."""
+    rng = random.Random(seed)
+    at = datetime(2026, 5, 7, 22, 50, tzinfo=UTC)
+    with open(path, "w") as f:
+        for i in range(lines):
+            at += timedelta(seconds=rng.choice((5, 20, 60, 240)))
+            if rng.random() < 0.03:
+                at += timedelta(minutes=40)  # everyone's visit ends
+            when = at - timedelta(minutes=rng.choice((0, 0, 0, 0, 3, 9)))
+            if i % 97 == 96:
+                f.write(f"not a request {i}\n")
+                continue
+            client = f"10.0.{rng.randrange(3)}.{rng.randrange(6)}"
+            status = 404 if rng.random() < 0.1 else 200
+            referrer = rng.choice(("-", "https://search.example/q", "https://shop.example/"))
+            f.write(
+                f"{client} - - [{when:%d/%b/%Y:%H:%M:%S} +0000]"
+                f' "GET /datasets/d{rng.randrange(12)} HTTP/1.1" {status} 512'
+                f' "{referrer}" "{rng.choice(AGENTS)}"\n'
+            )
+
+
+def _expected(
+    settings: Settings, path: Path, stored_visitors: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Visit fields by event id and summaries by visit id from one book reading the
+    file's blocks in order, as the importing process assigned them before (to events
+    with the visitor ids the import stored: another process's salts are random)."""
+    converter = LineConverter(settings, rejects=_NoRejects(), run_key=bytes(32))
+    book = VisitBook(settings.visit_gap_s, VisitState(None, settings.visit_state_max))
+    visits: dict[str, Any] = {}
+    summaries: dict[str, Any] = {}
+    lines = path.read_text().splitlines()
+    for start in range(0, len(lines), BLOCK):
+        documents: list[Document] = []
+        for number, text in enumerate(lines[start : start + BLOCK], start + 1):
+            parsed = converter.parse(text)
+            if not isinstance(parsed, Reject):
+                document = converter.document(parsed, text, number, 0)
+                own = document.source.get("visitor")
+                if own is not None:  # one of this run's visitors is one of the import's
+                    assert (
+                        _TWINS.setdefault(own["id"], stored_visitors[document.id])
+                        == (stored_visitors[document.id])
+                    )
+                    document.source["visitor"] = stored_visitors[document.id]
+                documents.append(document)
+        assigned = book.assign(documents)
+        book.commit(assigned)
+        for document in assigned.documents:
+            if document.dataset == "visits":
+                summaries[document.id] = orjson.loads(orjson.dumps(document.source))
+            else:
+                visits[document.id] = document.source.get("visit")
+    return visits, summaries
+
+
+_TWINS: dict[str, Any] = {}
+
+
+class _NoRejects:
+    def add(self, record: dict[str, Any], reject_id: str | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("log_format", ["combined", "auto"])  # two parsing processes, one
+def test_imported_visits_are_those_one_book_gives_reading_the_blocks_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_format: str
+) -> None:
+    log = tmp_path / "access.log"
+    _write_log(log, 400, seed=24)
+    settings = Settings.from_env(
+        {
+            "METRONOME_DATA_DIR": str(tmp_path / "data"),
+            "METRONOME_LOG_FORMAT": log_format,
+            "METRONOME_URL_RULES": "/datasets/{id} -> view",
+        }
+    )
+    monkeypatch.setattr(import_process, "BATCH_DOCS", BLOCK)
+    summary = asyncio.run(import_files(settings, [str(log)]))
+    assert summary.read == 400 and sum(summary.rejected.values()) == 4
+    assert summary.stored == 396
+
+    with sqlite3.connect(tmp_path / "data" / "metronome.sqlite3") as conn:
+        rows = conn.execute("SELECT id, dataset, doc FROM events").fetchall()
+    # one client and user agent on one day is one visitor, whichever process read it
+    visitors = {i: orjson.loads(doc).get("visitor") for i, ds, doc in rows if ds == "logs"}
+    _TWINS.clear()
+    visits, summaries = _expected(settings, log, visitors)
+    assert len(set(map(str, _TWINS.values()))) == len(_TWINS) >= 20
+    stored_visits = {i: orjson.loads(doc).get("visit") for i, ds, doc in rows if ds == "logs"}
+    stored_summaries = {i: orjson.loads(doc) for i, ds, doc in rows if ds == "visits"}
+    assert stored_visits == visits
+    assert stored_summaries == summaries
+    # the log crosses visits, visitors and blocks: the comparison is not a trivial one
+    assert len(summaries) >= 20
+    assert any(v and v["seq"] > 3 for v in visits.values())
+    assert sum(v is None for v in visits.values()) > 0  # the crawler's requests
