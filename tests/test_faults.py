@@ -1,12 +1,15 @@
 """Faults under load: every acknowledged event ends up in the store exactly once.
 
 Each test drives a running Metronome over real HTTP with a small load generator, breaks
-something (the server, Elasticsearch, the disk budget, a segment), then counts the store's
-documents by id.
+something (the server, the store, the disk budget, a segment), then counts the store's
+documents by id. Every test runs on each store it applies to: the embedded store,
+Elasticsearch and OpenSearch; the outage test stops and starts the run's own Elasticsearch
+or OpenSearch server (``store_server``).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -20,7 +23,7 @@ import pytest
 
 from metronome.pipeline.spool import segments, spool_dir
 from tests.support.backends import delete_prefix, unique_prefix, wait_for_drain
-from tests.support.es_server import ElasticsearchServer
+from tests.support.es_server import ElasticsearchServer, OpenSearchServer
 from tests.support.metronome_server import MetronomeServer
 
 
@@ -58,24 +61,57 @@ class World:
         return ids
 
 
-# "opensearch" works here too (the suite's own OpenSearch); it is left out of the default
-# run for the suite's time: the contract modules cover OpenSearch (tests/conftest.py)
-@pytest.fixture(params=["sqlite", "elasticsearch"])
+# the parameter values name the engines as tests/conftest.py marks them
+ENGINES = ["elasticsearch", "opensearch"]
+_URL_VARIABLE = {
+    "elasticsearch": "METRONOME_ELASTICSEARCH_URL",
+    "opensearch": "METRONOME_OPENSEARCH_URL",
+}
+
+
+@pytest.fixture(params=["sqlite", *ENGINES])
 def world(request: pytest.FixtureRequest) -> Iterator[World]:
     if request.param == "sqlite":
         yield World("sqlite", {})
         return
-    opensearch = request.param == "opensearch"
-    es_url = request.getfixturevalue("os_url" if opensearch else "es_url")
+    es_url = request.getfixturevalue("os_url" if request.param == "opensearch" else "es_url")
     prefix = unique_prefix()
-    variable = "METRONOME_OPENSEARCH_URL" if opensearch else "METRONOME_ELASTICSEARCH_URL"
     yield World(
         request.param,
-        {variable: es_url, "METRONOME_INDEX_PREFIX": prefix},
+        {_URL_VARIABLE[request.param]: es_url, "METRONOME_INDEX_PREFIX": prefix},
         es_url,
         prefix,
     )
     delete_prefix(es_url, prefix)
+
+
+@pytest.fixture(scope="session")
+def os_server(request: pytest.FixtureRequest) -> OpenSearchServer:
+    """The OpenSearch server this run owns (tests may stop and start it), like
+    ``es_server`` for Elasticsearch: a shared server given by URL cannot be stopped."""
+    if os.environ.get("METRONOME_TEST_OPENSEARCH_URL"):
+        pytest.fail(
+            "this test needs the suite's own OpenSearch server; unset METRONOME_TEST_OPENSEARCH_URL"
+        )
+    server: OpenSearchServer = request.getfixturevalue("_suite_opensearch")
+    server.wait_ready()
+    return server
+
+
+@pytest.fixture(params=ENGINES)
+def store_server(request: pytest.FixtureRequest) -> ElasticsearchServer:
+    """The run's own Elasticsearch, then its own OpenSearch: servers a test may stop."""
+    name = "es_server" if request.param == "elasticsearch" else "os_server"
+    server: ElasticsearchServer = request.getfixturevalue(name)
+    return server
+
+
+@pytest.fixture(params=ENGINES)
+def engine_url(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """``(engine, url)``: the run's Elasticsearch, then its OpenSearch."""
+    return request.param, request.getfixturevalue(
+        "os_url" if request.param == "opensearch" else "es_url"
+    )
 
 
 @dataclass
@@ -153,17 +189,18 @@ def test_server_killed_mid_load_loses_nothing_acknowledged(world: World, tmp_pat
     assert not segments(spool_dir(server.data_dir)), "shipped segments are deleted"
 
 
-def test_elasticsearch_outage_under_load_drains_by_itself_afterwards(
-    es_server: ElasticsearchServer, tmp_path: Path
+def test_store_outage_under_load_drains_by_itself_afterwards(
+    store_server: ElasticsearchServer, tmp_path: Path
 ) -> None:
+    es_server = store_server  # Elasticsearch or OpenSearch
     prefix = unique_prefix()
     env = {
-        "METRONOME_ELASTICSEARCH_URL": es_server.url,
+        _URL_VARIABLE[es_server.product]: es_server.url,
         "METRONOME_INDEX_PREFIX": prefix,
         "METRONOME_SHIP_BACKOFF_MAX_S": "2",
-        "METRONOME_ELASTICSEARCH_TIMEOUT_S": "3",
+        "METRONOME_ELASTICSEARCH_TIMEOUT_S": "3",  # OpenSearch's timeout too
     }
-    world = World("elasticsearch", env, es_server.url, prefix)
+    world = World(es_server.product, env, es_server.url, prefix)
     server = MetronomeServer(env, data_dir=tmp_path / "data")
     server.start()
     try:
@@ -260,12 +297,13 @@ def test_torn_last_record_is_cut_and_everything_before_it_ships(
     _assert_exactly_once(world.stored_ids(server.data_dir), ids)
 
 
-def test_documents_elasticsearch_refuses_go_to_dead_letters_and_the_rest_are_stored(
-    es_url: str, tmp_path: Path
+def test_documents_the_store_refuses_go_to_dead_letters_and_the_rest_are_stored(
+    engine_url: tuple[str, str], tmp_path: Path
 ) -> None:
+    engine, es_url = engine_url
     prefix = unique_prefix()
-    env = {"METRONOME_ELASTICSEARCH_URL": es_url, "METRONOME_INDEX_PREFIX": prefix}
-    world = World("elasticsearch", env, es_url, prefix)
+    env = {_URL_VARIABLE[engine]: es_url, "METRONOME_INDEX_PREFIX": prefix}
+    world = World(engine, env, es_url, prefix)
     server = MetronomeServer(env, data_dir=tmp_path / "data")
     server.start()
     try:
