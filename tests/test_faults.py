@@ -3,13 +3,16 @@
 Each test drives a running Metronome over real HTTP with a small load generator, breaks
 something (the server, the store, the disk budget, a segment), then counts the store's
 documents by id. Every test runs on each store it applies to: the embedded store,
-Elasticsearch and OpenSearch; the outage test stops and starts the run's own Elasticsearch
-or OpenSearch server (``store_server``).
+Elasticsearch and OpenSearch. The store down and back, and the store that stops answering
+for a while (frozen with SIGSTOP), use the run's own Elasticsearch or OpenSearch server
+(``store_server``: a shared server given by URL cannot be stopped).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sqlite3
 import threading
 import time
@@ -225,6 +228,59 @@ def test_store_outage_under_load_drains_by_itself_afterwards(
         assert server.stop() == 0, server.log_tail()
     _assert_exactly_once(world.stored_ids(server.data_dir), load.acknowledged)
     delete_prefix(es_server.url, prefix)
+
+
+@contextlib.contextmanager
+def _frozen(store: ElasticsearchServer) -> Iterator[None]:
+    """The store stops answering (SIGSTOP: connections open, no answer, as a node in a
+    long garbage collection or on a saturated disk), then carries on (SIGCONT)."""
+    pid = store._proc.pid if store._proc is not None else None  # noqa: SLF001
+    assert pid is not None, "the store is not running"
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(pid, signal.SIGCONT)
+
+
+def test_store_that_stops_answering_under_load_loses_and_duplicates_nothing(
+    store_server: ElasticsearchServer, tmp_path: Path
+) -> None:
+    prefix = unique_prefix()
+    env = {
+        _URL_VARIABLE[store_server.product]: store_server.url,
+        "METRONOME_INDEX_PREFIX": prefix,
+        "METRONOME_SHIP_BACKOFF_MAX_S": "2",
+        "METRONOME_ELASTICSEARCH_TIMEOUT_S": "2",
+    }
+    world = World(store_server.product, env, store_server.url, prefix)
+    server = MetronomeServer(env, data_dir=tmp_path / "data")
+    server.start()
+    try:
+        load = Load(server.url, threads=2, pause_s=0.1).start()
+        load.wait_for(300)
+        with _frozen(store_server):
+            acked_at_freeze = len(load.acknowledged)
+            deadline = time.monotonic() + 60
+            # bulk requests time out (and may still be applied once it answers again)
+            while _metric(_metrics(server), "metronome_ship_retries_total") < 1:
+                assert time.monotonic() < deadline, "no bulk request timed out"
+                time.sleep(0.1)
+            load.wait_for(acked_at_freeze + 300)  # ingestion goes on meanwhile
+        load.wait_for(len(load.acknowledged) + 300)
+        load.stop()
+        assert not load.refused, [r.text for r in load.refused[:3]]
+        wait_for_drain(server, timeout_s=120)
+        assert _metric(_metrics(server), "metronome_dead_letters_total") == 0
+    finally:
+        assert server.stop() == 0, server.log_tail()
+    # a bulk request that timed out but was applied is sent again: stored once all the same
+    _assert_exactly_once(world.stored_ids(server.data_dir), load.acknowledged)
+    delete_prefix(store_server.url, prefix)
+
+
+def _metrics(server: MetronomeServer) -> str:
+    return httpx.get(server.url + "/metrics", timeout=30).text
 
 
 def _metric(text: str, name: str) -> float:
