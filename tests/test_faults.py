@@ -1,12 +1,18 @@
 """Faults under load: every acknowledged event ends up in the store exactly once.
 
 Each test drives a running Metronome over real HTTP with a small load generator, breaks
-something (the server, Elasticsearch, the disk budget, a segment), then counts the store's
-documents by id.
+something (the server, the store, the disk budget, a segment), then counts the store's
+documents by id. Every test runs on each store it applies to: the embedded store,
+Elasticsearch and OpenSearch. The store down and back, and the store that stops answering
+for a while (frozen with SIGSTOP), use the run's own Elasticsearch or OpenSearch server
+(``store_server``: a shared server given by URL cannot be stopped).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sqlite3
 import threading
 import time
@@ -20,7 +26,7 @@ import pytest
 
 from metronome.pipeline.spool import segments, spool_dir
 from tests.support.backends import delete_prefix, unique_prefix, wait_for_drain
-from tests.support.es_server import ElasticsearchServer
+from tests.support.es_server import ElasticsearchServer, OpenSearchServer
 from tests.support.metronome_server import MetronomeServer
 
 
@@ -58,24 +64,57 @@ class World:
         return ids
 
 
-# "opensearch" works here too (the suite's own OpenSearch); it is left out of the default
-# run for the suite's time: the contract modules cover OpenSearch (tests/conftest.py)
-@pytest.fixture(params=["sqlite", "elasticsearch"])
+# the parameter values name the engines as tests/conftest.py marks them
+ENGINES = ["elasticsearch", "opensearch"]
+_URL_VARIABLE = {
+    "elasticsearch": "METRONOME_ELASTICSEARCH_URL",
+    "opensearch": "METRONOME_OPENSEARCH_URL",
+}
+
+
+@pytest.fixture(params=["sqlite", *ENGINES])
 def world(request: pytest.FixtureRequest) -> Iterator[World]:
     if request.param == "sqlite":
         yield World("sqlite", {})
         return
-    opensearch = request.param == "opensearch"
-    es_url = request.getfixturevalue("os_url" if opensearch else "es_url")
+    es_url = request.getfixturevalue("os_url" if request.param == "opensearch" else "es_url")
     prefix = unique_prefix()
-    variable = "METRONOME_OPENSEARCH_URL" if opensearch else "METRONOME_ELASTICSEARCH_URL"
     yield World(
         request.param,
-        {variable: es_url, "METRONOME_INDEX_PREFIX": prefix},
+        {_URL_VARIABLE[request.param]: es_url, "METRONOME_INDEX_PREFIX": prefix},
         es_url,
         prefix,
     )
     delete_prefix(es_url, prefix)
+
+
+@pytest.fixture(scope="session")
+def os_server(request: pytest.FixtureRequest) -> OpenSearchServer:
+    """The OpenSearch server this run owns (tests may stop and start it), like
+    ``es_server`` for Elasticsearch: a shared server given by URL cannot be stopped."""
+    if os.environ.get("METRONOME_TEST_OPENSEARCH_URL"):
+        pytest.fail(
+            "this test needs the suite's own OpenSearch server; unset METRONOME_TEST_OPENSEARCH_URL"
+        )
+    server: OpenSearchServer = request.getfixturevalue("_suite_opensearch")
+    server.wait_ready()
+    return server
+
+
+@pytest.fixture(params=ENGINES)
+def store_server(request: pytest.FixtureRequest) -> ElasticsearchServer:
+    """The run's own Elasticsearch, then its own OpenSearch: servers a test may stop."""
+    name = "es_server" if request.param == "elasticsearch" else "os_server"
+    server: ElasticsearchServer = request.getfixturevalue(name)
+    return server
+
+
+@pytest.fixture(params=ENGINES)
+def engine_url(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """``(engine, url)``: the run's Elasticsearch, then its OpenSearch."""
+    return request.param, request.getfixturevalue(
+        "os_url" if request.param == "opensearch" else "es_url"
+    )
 
 
 @dataclass
@@ -84,6 +123,7 @@ class Load:
 
     url: str
     threads: int = 3
+    name: str = "load"  # the ticks' item ids: distinct loads post distinct ticks
     batch: int = 50
     pause_s: float = 0.01  # between batches, so the machine's 2 cores serve everyone
     acknowledged: list[str] = field(default_factory=list)
@@ -97,7 +137,7 @@ class Load:
             seq = 0
             while not self._stop.is_set():
                 seq += 1
-                ticks = [{"id": f"load-{n}", "seq": seq, "i": i} for i in range(self.batch)]
+                ticks = [{"id": f"{self.name}-{n}", "seq": seq, "i": i} for i in range(self.batch)]
                 try:
                     resp = client.post("/ticks", json=ticks)
                 except httpx.TransportError:
@@ -153,17 +193,18 @@ def test_server_killed_mid_load_loses_nothing_acknowledged(world: World, tmp_pat
     assert not segments(spool_dir(server.data_dir)), "shipped segments are deleted"
 
 
-def test_elasticsearch_outage_under_load_drains_by_itself_afterwards(
-    es_server: ElasticsearchServer, tmp_path: Path
+def test_store_outage_under_load_drains_by_itself_afterwards(
+    store_server: ElasticsearchServer, tmp_path: Path
 ) -> None:
+    es_server = store_server  # Elasticsearch or OpenSearch
     prefix = unique_prefix()
     env = {
-        "METRONOME_ELASTICSEARCH_URL": es_server.url,
+        _URL_VARIABLE[es_server.product]: es_server.url,
         "METRONOME_INDEX_PREFIX": prefix,
         "METRONOME_SHIP_BACKOFF_MAX_S": "2",
-        "METRONOME_ELASTICSEARCH_TIMEOUT_S": "3",
+        "METRONOME_ELASTICSEARCH_TIMEOUT_S": "3",  # OpenSearch's timeout too
     }
-    world = World("elasticsearch", env, es_server.url, prefix)
+    world = World(es_server.product, env, es_server.url, prefix)
     server = MetronomeServer(env, data_dir=tmp_path / "data")
     server.start()
     try:
@@ -172,22 +213,81 @@ def test_elasticsearch_outage_under_load_drains_by_itself_afterwards(
         es_server.stop()
         acked_at_stop = len(load.acknowledged)
         load.wait_for(acked_at_stop + 2000)  # ingestion goes on while the store is down
+        # the store takes a minute or more to come back on 2 busy cores: stop loading
+        # meanwhile, so the backlog it comes back to stays the same size on every machine
+        load.stop()
         ready = httpx.get(server.url + "/readyz", timeout=30)
         assert ready.status_code == 200 and ready.json()["status"] == "degraded", ready.text
         es_server.start()
         es_server.wait_ready()
-        load.wait_for(len(load.acknowledged) + 1000)
-        load.stop()
-        assert not load.refused, [r.text for r in load.refused[:3]]
+        after = Load(server.url, threads=2, pause_s=0.1, name="after").start()
+        after.wait_for(1000)
+        after.stop()
+        acknowledged = load.acknowledged + after.acknowledged
+        refused = load.refused + after.refused
+        assert not refused, [r.text for r in refused[:3]]
         wait_for_drain(server, timeout_s=120)
         assert httpx.get(server.url + "/readyz", timeout=30).json()["status"] == "ready"
         metrics = httpx.get(server.url + "/metrics", timeout=30).text
         assert _metric(metrics, "metronome_ship_retries_total") >= 1
-        assert _metric(metrics, "metronome_events_shipped_total") == len(load.acknowledged)
+        assert _metric(metrics, "metronome_events_shipped_total") == len(acknowledged)
     finally:
         assert server.stop() == 0, server.log_tail()
-    _assert_exactly_once(world.stored_ids(server.data_dir), load.acknowledged)
+    _assert_exactly_once(world.stored_ids(server.data_dir), acknowledged)
     delete_prefix(es_server.url, prefix)
+
+
+@contextlib.contextmanager
+def _frozen(store: ElasticsearchServer) -> Iterator[None]:
+    """The store stops answering (SIGSTOP: connections open, no answer, as a node in a
+    long garbage collection or on a saturated disk), then carries on (SIGCONT)."""
+    pid = store._proc.pid if store._proc is not None else None  # noqa: SLF001
+    assert pid is not None, "the store is not running"
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(pid, signal.SIGCONT)
+
+
+def test_store_that_stops_answering_under_load_loses_and_duplicates_nothing(
+    store_server: ElasticsearchServer, tmp_path: Path
+) -> None:
+    prefix = unique_prefix()
+    env = {
+        _URL_VARIABLE[store_server.product]: store_server.url,
+        "METRONOME_INDEX_PREFIX": prefix,
+        "METRONOME_SHIP_BACKOFF_MAX_S": "2",
+        "METRONOME_ELASTICSEARCH_TIMEOUT_S": "2",
+    }
+    world = World(store_server.product, env, store_server.url, prefix)
+    server = MetronomeServer(env, data_dir=tmp_path / "data")
+    server.start()
+    try:
+        load = Load(server.url, threads=2, pause_s=0.1).start()
+        load.wait_for(300)
+        with _frozen(store_server):
+            acked_at_freeze = len(load.acknowledged)
+            deadline = time.monotonic() + 60
+            # bulk requests time out (and may still be applied once it answers again)
+            while _metric(_metrics(server), "metronome_ship_retries_total") < 1:
+                assert time.monotonic() < deadline, "no bulk request timed out"
+                time.sleep(0.1)
+            load.wait_for(acked_at_freeze + 300)  # ingestion goes on meanwhile
+        load.wait_for(len(load.acknowledged) + 300)
+        load.stop()
+        assert not load.refused, [r.text for r in load.refused[:3]]
+        wait_for_drain(server, timeout_s=120)
+        assert _metric(_metrics(server), "metronome_dead_letters_total") == 0
+    finally:
+        assert server.stop() == 0, server.log_tail()
+    # a bulk request that timed out but was applied is sent again: stored once all the same
+    _assert_exactly_once(world.stored_ids(server.data_dir), load.acknowledged)
+    delete_prefix(store_server.url, prefix)
+
+
+def _metrics(server: MetronomeServer) -> str:
+    return httpx.get(server.url + "/metrics", timeout=30).text
 
 
 def _metric(text: str, name: str) -> float:
@@ -260,12 +360,13 @@ def test_torn_last_record_is_cut_and_everything_before_it_ships(
     _assert_exactly_once(world.stored_ids(server.data_dir), ids)
 
 
-def test_documents_elasticsearch_refuses_go_to_dead_letters_and_the_rest_are_stored(
-    es_url: str, tmp_path: Path
+def test_documents_the_store_refuses_go_to_dead_letters_and_the_rest_are_stored(
+    engine_url: tuple[str, str], tmp_path: Path
 ) -> None:
+    engine, es_url = engine_url
     prefix = unique_prefix()
-    env = {"METRONOME_ELASTICSEARCH_URL": es_url, "METRONOME_INDEX_PREFIX": prefix}
-    world = World("elasticsearch", env, es_url, prefix)
+    env = {_URL_VARIABLE[engine]: es_url, "METRONOME_INDEX_PREFIX": prefix}
+    world = World(engine, env, es_url, prefix)
     server = MetronomeServer(env, data_dir=tmp_path / "data")
     server.start()
     try:

@@ -2,7 +2,10 @@
 
 One small dataset in June 2019 (no other test writes there): ticks from three visitors
 (one a crawler) and an access log imported with URL rules. Each test states the answer a
-person would compute by hand; both backends must give exactly that.
+person would compute by hand; every backend must give exactly that: the embedded store,
+Elasticsearch, Elasticsearch through TLS with an API key, and OpenSearch; two tests also
+through TLS with a user and password and with a client certificate
+(tests/support/secured_contract.py).
 """
 
 from __future__ import annotations
@@ -11,9 +14,20 @@ from typing import Any
 
 import pytest
 
+from tests.support import secured_contract
 from tests.support.backends import Backend
 
-OPENSEARCH_CONTRACT = True  # also on OpenSearch (tests/conftest.py)
+# the dataset's writes and import, then a /query and the named reports: also through TLS
+# with each other credential kind
+REPRESENTATIVE = {
+    "test_events_per_day_are_gap_filled_in_the_time_zone",
+    "test_named_reports_answer_common_questions",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    secured_contract.parametrize(metafunc, REPRESENTATIVE)
+
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 CHROME = (

@@ -1,12 +1,26 @@
-"""The /tock contract: exact answers from ticks with known timestamps, on every backend."""
+"""The /tock contract: exact answers from ticks with known timestamps, on every backend.
+
+Every test runs on the embedded store, Elasticsearch, Elasticsearch through TLS with an API
+key, and OpenSearch; the seed-shape test (a write and a report) also through TLS with a
+user and password and with a client certificate (tests/support/secured_contract.py).
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from tests.support import secured_contract
 from tests.support.backends import Backend
 
-OPENSEARCH_CONTRACT = True  # also on OpenSearch (tests/conftest.py)
+# also through TLS with each other credential kind
+REPRESENTATIVE = {"test_tock_answers_the_seed_shape_with_exact_counts"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    secured_contract.parametrize(metafunc, REPRESENTATIVE)
+
 
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
