@@ -26,16 +26,17 @@ Helpers that test modules import live in ``tests/support/``, not here.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
 import pytest
 
-from tests.support import compose, prefetch
+from tests.support import compose, prefetch, shared
 from tests.support.backends import Backend, running_backend
 from tests.support.es_server import ElasticsearchServer, OpenSearchServer
 from tests.support.rabbitmq import RabbitMQServer
@@ -58,6 +59,23 @@ SERVICE_FIXTURES = {
 # ``world``/``kind`` parameters that reach ``es_url`` through ``running_backend``).
 ELASTICSEARCH_PARAM = "elasticsearch"
 OPENSEARCH_PARAM = "opensearch"  # the same for OpenSearch (``os_url``)
+
+
+def _is_controller(config: pytest.Config) -> bool:
+    """Whether this process hands tests to pytest-xdist workers (``-n 2``)."""
+    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", 0))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With several test processes, give them a directory to share servers through."""
+    if _is_controller(config) and not os.environ.get(shared.ENV):
+        os.environ[shared.ENV] = tempfile.mkdtemp(prefix="metronome-test-run-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the servers the test processes shared (each worker has ended by now)."""
+    if _is_controller(config) and os.environ.get(shared.ENV):
+        shared.stop_all(Path(os.environ.pop(shared.ENV)))
 
 
 def _needs(item: pytest.Item) -> set[str]:
@@ -136,9 +154,12 @@ def _owned(server: _Server) -> Iterator[_Server]:
         server.cleanup()
 
 
-def _server_url(request: pytest.FixtureRequest, variable: str, owned: str) -> str:
-    """The URL in ``variable`` (waited for until yellow), else the server fixture
-    ``owned`` of this run."""
+def _server_url(
+    request: pytest.FixtureRequest, variable: str, owned: str, make: Callable[[], _Server]
+) -> str:
+    """The URL in ``variable`` (waited for until yellow), else the run's server: the one
+    the test processes share (tests/support/shared.py), or this process's fixture ``owned``
+    when it runs alone."""
     url = os.environ.get(variable)
     if url:
         httpx.get(
@@ -147,6 +168,9 @@ def _server_url(request: pytest.FixtureRequest, variable: str, owned: str) -> st
             timeout=70,
         )
         return url.rstrip("/")
+    directory = shared.run_dir()
+    if directory is not None:
+        return shared.shared_server(directory, owned.removeprefix("_suite_"), make)
     server: ElasticsearchServer = request.getfixturevalue(owned)
     server.wait_ready()
     return server.url
@@ -159,6 +183,12 @@ def _suite_elasticsearch() -> Iterator[ElasticsearchServer]:
 
 
 @pytest.fixture(scope="session")
+def _own_elasticsearch() -> Iterator[ElasticsearchServer]:
+    """An Elasticsearch server of this test process alone (for tests that stop it)."""
+    yield from _owned(ElasticsearchServer())
+
+
+@pytest.fixture(scope="session")
 def es_server(request: pytest.FixtureRequest) -> ElasticsearchServer:
     """The Elasticsearch server this run owns (tests may stop and start it)."""
     if os.environ.get("METRONOME_TEST_ELASTICSEARCH_URL"):
@@ -166,7 +196,9 @@ def es_server(request: pytest.FixtureRequest) -> ElasticsearchServer:
             "this test needs the suite's own Elasticsearch server; "
             "unset METRONOME_TEST_ELASTICSEARCH_URL"
         )
-    server: ElasticsearchServer = request.getfixturevalue("_suite_elasticsearch")
+    # with several test processes the shared server stays up: this one is the process's own
+    owned = "_own_elasticsearch" if shared.run_dir() is not None else "_suite_elasticsearch"
+    server: ElasticsearchServer = request.getfixturevalue(owned)
     server.wait_ready()
     return server
 
@@ -174,7 +206,9 @@ def es_server(request: pytest.FixtureRequest) -> ElasticsearchServer:
 @pytest.fixture(scope="session")
 def es_url(request: pytest.FixtureRequest) -> str:
     """``METRONOME_TEST_ELASTICSEARCH_URL`` (waited for until yellow), else the suite's own."""
-    return _server_url(request, "METRONOME_TEST_ELASTICSEARCH_URL", "_suite_elasticsearch")
+    return _server_url(
+        request, "METRONOME_TEST_ELASTICSEARCH_URL", "_suite_elasticsearch", ElasticsearchServer
+    )
 
 
 @pytest.fixture(scope="session")
@@ -201,7 +235,9 @@ def _suite_opensearch() -> Iterator[OpenSearchServer]:
 def os_url(request: pytest.FixtureRequest) -> str:
     """``METRONOME_TEST_OPENSEARCH_URL`` (waited for until yellow), else the suite's own
     OpenSearch (the integ-test distribution from Maven Central, like Elasticsearch)."""
-    return _server_url(request, "METRONOME_TEST_OPENSEARCH_URL", "_suite_opensearch")
+    return _server_url(
+        request, "METRONOME_TEST_OPENSEARCH_URL", "_suite_opensearch", OpenSearchServer
+    )
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from tests.support import prefetch
+from tests.support.shared import machine_lock
 
 __all__ = ["CHROMIUM", "CHROMIUM_ARGS", "apt_install", "ensure_chromium"]
 
@@ -73,5 +74,14 @@ def apt_install(package: str, timeout_s: float = 900) -> None:
             f"{package} is missing and cannot be installed here (needs root and apt-get)"
         )
     lock = ("-o", "DPkg::Lock::Timeout=300")
-    _run("apt-get", *lock, "update", timeout_s=timeout_s)
-    _run("apt-get", *lock, "install", "-y", "--no-install-recommends", package, timeout_s=timeout_s)
+    with machine_lock("apt"):  # one apt at a time, whichever test process asks
+        _run("apt-get", *lock, "update", timeout_s=timeout_s)
+        _run(
+            "apt-get",
+            *lock,
+            "install",
+            "-y",
+            "--no-install-recommends",
+            package,
+            timeout_s=timeout_s,
+        )

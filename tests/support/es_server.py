@@ -25,6 +25,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.shared import machine_lock
+
 __all__ = [
     "ES_VERSION",
     "OPENSEARCH_VERSION",
@@ -76,6 +78,13 @@ def install(version: str = ES_VERSION, product: str = "elasticsearch") -> Path:
     return its home directory."""
     root = cache_dir()
     home = root / f"{product}-{version}"
+    if (home / "bin" / product).exists():
+        return home
+    with machine_lock(f"install-{product}"):  # another test process may be unpacking it
+        return _install(root, home, version, product)
+
+
+def _install(root: Path, home: Path, version: str, product: str) -> Path:
     if (home / "bin" / product).exists():
         return home
     root.mkdir(parents=True, exist_ok=True)
@@ -137,6 +146,11 @@ class ElasticsearchServer:
             os.chmod(self.workdir, 0o755)
             for path in [self.workdir, *self.workdir.rglob("*")]:
                 os.chown(path, 65534, 65534)
+
+    @property
+    def pid(self) -> int | None:
+        """The process id (and process group) of the running server, if any."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def log_path(self) -> Path:

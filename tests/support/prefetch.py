@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from tests.support.shared import machine_lock
+
 __all__ = ["start", "wait"]
 
 
@@ -56,6 +58,11 @@ _thread: threading.Thread | None = None
 def _install(packages: list[str]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     lock = ["-o", "DPkg::Lock::Timeout=300"]
+    with machine_lock("apt"):  # the run's other test process prefetches the same
+        _apt(env, lock, packages)
+
+
+def _apt(env: dict[str, str], lock: list[str], packages: list[str]) -> None:
     for command in (
         ["apt-get", *lock, "update"],
         ["apt-get", *lock, "install", "-y", "--no-install-recommends", *packages],
