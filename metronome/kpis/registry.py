@@ -17,6 +17,7 @@ import orjson
 from metronome.config import Settings
 from metronome.errors import UnknownKpi
 from metronome.kpis.model import Kpi
+from metronome.store.hidden_index import HiddenIndexRegistry
 from metronome.store.sqlite import DB_NAME, ConnectionThread, connect, setup_lock
 
 __all__ = ["KpiRegistry", "SQLiteKpis", "open_kpis"]
@@ -137,59 +138,21 @@ class SQLiteKpis(ConnectionThread):
             raise _unknown(kpi_id)
 
 
-class ElasticsearchKpis:
+class ElasticsearchKpis(HiddenIndexRegistry):
     """KPI definitions in the hidden index ``<prefix>-kpis``, with a client of its own."""
 
     def __init__(self, settings: Settings) -> None:
-        from metronome.store.connection import open_client
-
-        self._index = f"{settings.index_prefix}-kpis"
-        # the body-style calls below are the ones both clients (Elasticsearch, OpenSearch) take
-        self._client: Any = open_client(settings)
-        self._ready = False
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._client.close()
-
-    async def _ensure(self) -> None:
-        from metronome.store.connection import API_ERRORS, status_of
-        from metronome.store.elasticsearch import answering
-
-        if self._ready:
-            return
-        with answering("creating the KPI index"):
-            try:
-                await self._client.indices.create(
-                    index=self._index,
-                    body={
-                        "settings": {
-                            "index": {
-                                "hidden": True,
-                                "number_of_shards": 1,
-                                "auto_expand_replicas": "0-1",
-                            }
-                        },
-                        "mappings": {
-                            "dynamic": "strict",
-                            "properties": {
-                                "site": {"type": "keyword"},
-                                "id": {"type": "keyword"},
-                                "definition": {"type": "object", "enabled": False},
-                                "created": {"type": "date", "format": "epoch_millis"},
-                            },
-                        },
-                    },
-                )
-            except API_ERRORS as exc:
-                if status_of(exc) != 400 or "already_exists" not in str(exc):
-                    raise
-        self._ready = True
+        super().__init__(
+            settings,
+            "kpis",
+            "KPI",
+            {
+                "site": {"type": "keyword"},
+                "id": {"type": "keyword"},
+                "definition": {"type": "object", "enabled": False},
+                "created": {"type": "date", "format": "epoch_millis"},
+            },
+        )
 
     async def list(self, site_id: str | None = None) -> list[Kpi]:
         from metronome.store.connection import NOT_FOUND

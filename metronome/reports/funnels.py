@@ -30,6 +30,7 @@ from metronome.config import Settings
 from metronome.errors import InvalidFunnel, InvalidQuery, UnknownFunnel
 from metronome.reports.named import COMMON_PARAMETERS, NamedReport, Plan, report_query
 from metronome.reports.query import MAX_FUNNEL_STEPS, QUERY_SCHEMA, parse_query
+from metronome.store.hidden_index import HiddenIndexRegistry
 from metronome.store.sqlite import DB_NAME, ConnectionThread, connect, setup_lock
 
 __all__ = [
@@ -298,60 +299,22 @@ class SQLiteFunnels(ConnectionThread):
             raise unknown_funnel(funnel_id)
 
 
-class ElasticsearchFunnels:
+class ElasticsearchFunnels(HiddenIndexRegistry):
     """Saved funnels in the hidden index ``<prefix>-funnels``, with a client of its own."""
 
     def __init__(self, settings: Settings) -> None:
-        from metronome.store.connection import open_client
-
-        self._index = f"{settings.index_prefix}-funnels"
-        # the body-style calls below are the ones both clients (Elasticsearch, OpenSearch) take
-        self._client: Any = open_client(settings)
-        self._ready = False
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._client.close()
-
-    async def _ensure(self) -> None:
-        from metronome.store.connection import API_ERRORS, status_of
-        from metronome.store.elasticsearch import answering
-
-        if self._ready:
-            return
-        with answering("creating the funnel index"):
-            try:
-                await self._client.indices.create(
-                    index=self._index,
-                    body={
-                        "settings": {
-                            "index": {
-                                "hidden": True,
-                                "number_of_shards": 1,
-                                "auto_expand_replicas": "0-1",
-                            }
-                        },
-                        "mappings": {
-                            "dynamic": "strict",
-                            "properties": {
-                                "site": {"type": "keyword"},
-                                "id": {"type": "keyword"},
-                                "definition": {"type": "object", "enabled": False},
-                                "created": {"type": "date", "format": "epoch_millis"},
-                                "updated": {"type": "date", "format": "epoch_millis"},
-                            },
-                        },
-                    },
-                )
-            except API_ERRORS as exc:
-                if status_of(exc) != 400 or "already_exists" not in str(exc):
-                    raise
-        self._ready = True
+        super().__init__(
+            settings,
+            "funnels",
+            "funnel",
+            {
+                "site": {"type": "keyword"},
+                "id": {"type": "keyword"},
+                "definition": {"type": "object", "enabled": False},
+                "created": {"type": "date", "format": "epoch_millis"},
+                "updated": {"type": "date", "format": "epoch_millis"},
+            },
+        )
 
     @staticmethod
     def _of(source: dict[str, Any]) -> Funnel:

@@ -1,0 +1,65 @@
+"""The lifecycle shared by small registries kept in a hidden index of their own.
+
+Saved KPIs (``<prefix>-kpis``) and saved funnels (``<prefix>-funnels``) each live in one
+hidden, single-shard index beside the events, reached through a client of their own that
+takes the body-style calls both Elasticsearch and OpenSearch accept. The index is created
+with a strict mapping on the first write, and creating it twice (another worker was first)
+is not an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+from metronome.config import Settings
+
+__all__ = ["HiddenIndexRegistry"]
+
+
+class HiddenIndexRegistry:
+    """Open the client for ``<prefix>-<name>``; :meth:`_ensure` creates the index once."""
+
+    def __init__(self, settings: Settings, name: str, what: str, properties: dict[str, Any]):
+        from metronome.store.connection import open_client
+
+        self._index = f"{settings.index_prefix}-{name}"
+        self._what = what  # "KPI", "funnel": named in the error when the store cannot answer
+        self._properties = properties
+        # the body-style calls made on it are the ones both clients (Elasticsearch, OpenSearch) take
+        self._client: Any = open_client(settings)
+        self._ready = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def _ensure(self) -> None:
+        from metronome.store.connection import API_ERRORS, status_of
+        from metronome.store.elasticsearch import answering
+
+        if self._ready:
+            return
+        with answering(f"creating the {self._what} index"):
+            try:
+                await self._client.indices.create(
+                    index=self._index,
+                    body={
+                        "settings": {
+                            "index": {
+                                "hidden": True,
+                                "number_of_shards": 1,
+                                "auto_expand_replicas": "0-1",
+                            }
+                        },
+                        "mappings": {"dynamic": "strict", "properties": self._properties},
+                    },
+                )
+            except API_ERRORS as exc:
+                if status_of(exc) != 400 or "already_exists" not in str(exc):
+                    raise
+        self._ready = True
