@@ -120,7 +120,11 @@ class Receivers:
                 self.wfile.write(data)
 
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                if len(body) < length:  # the sender was SIGKILLed mid-request: nothing came
+                    self.close_connection = True
+                    return
                 path = urlsplit(self.path)
                 if path.path == "/hook":
                     self._answer(*receivers.on_webhook(dict(self.headers), body))
