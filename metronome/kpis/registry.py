@@ -8,8 +8,6 @@ the same ones (as sites are).
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
 from typing import Any, Protocol, Self
 
 import orjson
@@ -18,7 +16,7 @@ from metronome.config import Settings
 from metronome.errors import UnknownKpi
 from metronome.kpis.model import Kpi
 from metronome.store.hidden_index import HiddenIndexRegistry
-from metronome.store.sqlite import DB_NAME, ConnectionThread, connect, setup_lock
+from metronome.store.sqlite import SQLiteDefinitions
 
 __all__ = ["KpiRegistry", "SQLiteKpis", "open_kpis"]
 
@@ -71,70 +69,27 @@ def _unknown(kpi_id: str) -> UnknownKpi:
     return UnknownKpi(f"no KPI {kpi_id[:64]!r} on this site; GET /kpis lists them", kpi=kpi_id[:64])
 
 
-class SQLiteKpis(ConnectionThread):
+class SQLiteKpis(SQLiteDefinitions):
     """KPI definitions in the embedded store's database file."""
 
     def __init__(self, data_dir: str) -> None:
-        super().__init__(Path(data_dir) / DB_NAME, "kpis")
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = connect(self._path)
-            with setup_lock(self._path):
-                conn.executescript(_SCHEMA)
-            self._conn = conn
-        return self._conn
+        super().__init__(data_dir, "kpis", ("site_id", "id", "definition", "created"), _SCHEMA)
 
     async def list(self, site_id: str | None = None) -> list[Kpi]:
-        def _read() -> list[Kpi]:
-            sql = "SELECT site_id, id, definition, created FROM kpis"
-            rows = (
-                self._db().execute(sql + " WHERE site_id = ?", (site_id,))
-                if site_id is not None
-                else self._db().execute(sql)
-            ).fetchall()
-            return [_kpi(*row) for row in rows]
-
-        found: list[Kpi] = await self._run(_read)
-        return _ordered(found)
+        return _ordered([_kpi(*row) for row in await self._rows(site_id)])
 
     async def get(self, site_id: str, kpi_id: str) -> Kpi:
-        def _read() -> Any:
-            return (
-                self._db()
-                .execute(
-                    "SELECT site_id, id, definition, created FROM kpis"
-                    " WHERE site_id = ? AND id = ?",
-                    (site_id, kpi_id),
-                )
-                .fetchone()
-            )
-
-        row = await self._run(_read)
+        row = await self._row(site_id, kpi_id)
         if row is None:
             raise _unknown(kpi_id)
         return _kpi(*row)
 
     async def put(self, kpi: Kpi) -> None:
-        def _write() -> None:
-            with self._db() as conn:
-                conn.execute(
-                    "INSERT OR REPLACE INTO kpis (site_id, id, definition, created)"
-                    " VALUES (?, ?, ?, ?)",
-                    (kpi.site_id, kpi.id, orjson.dumps(kpi.definition).decode(), kpi.created_ms),
-                )
-
-        await self._run(_write)
+        definition = orjson.dumps(kpi.definition).decode()
+        await self._put_row((kpi.site_id, kpi.id, definition, kpi.created_ms))
 
     async def delete(self, site_id: str, kpi_id: str) -> None:
-        def _delete() -> int:
-            with self._db() as conn:
-                cursor = conn.execute(
-                    "DELETE FROM kpis WHERE site_id = ? AND id = ?", (site_id, kpi_id)
-                )
-                return cursor.rowcount
-
-        if not await self._run(_delete):
+        if not await self._delete_row(site_id, kpi_id):
             raise _unknown(kpi_id)
 
 

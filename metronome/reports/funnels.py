@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, Self
 
 import orjson
@@ -31,7 +29,7 @@ from metronome.errors import InvalidFunnel, InvalidQuery, UnknownFunnel
 from metronome.reports.named import COMMON_PARAMETERS, NamedReport, Plan, report_query
 from metronome.reports.query import MAX_FUNNEL_STEPS, QUERY_SCHEMA, parse_query
 from metronome.store.hidden_index import HiddenIndexRegistry
-from metronome.store.sqlite import DB_NAME, ConnectionThread, connect, setup_lock
+from metronome.store.sqlite import SQLiteDefinitions
 
 __all__ = [
     "FUNNEL_ID",
@@ -223,79 +221,30 @@ def unknown_funnel(funnel_id: str) -> UnknownFunnel:
     )
 
 
-class SQLiteFunnels(ConnectionThread):
+class SQLiteFunnels(SQLiteDefinitions):
     """Saved funnels in the embedded store's database file."""
 
     def __init__(self, data_dir: str) -> None:
-        super().__init__(Path(data_dir) / DB_NAME, "funnels")
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = connect(self._path)
-            with setup_lock(self._path):
-                conn.executescript(_SCHEMA)
-            self._conn = conn
-        return self._conn
+        columns = ("site_id", "id", "definition", "created", "updated")
+        super().__init__(data_dir, "funnels", columns, _SCHEMA)
 
     async def list(self, site_id: str) -> list[Funnel]:
-        def _read() -> list[Funnel]:
-            rows = (
-                self._db()
-                .execute(
-                    "SELECT site_id, id, definition, created, updated FROM funnels"
-                    " WHERE site_id = ?",
-                    (site_id,),
-                )
-                .fetchall()
-            )
-            return [_funnel(*row) for row in rows]
-
-        found: list[Funnel] = await self._run(_read)
-        return _ordered(found)
+        return _ordered([_funnel(*row) for row in await self._rows(site_id)])
 
     async def get(self, site_id: str, funnel_id: str) -> Funnel:
-        def _read() -> Any:
-            return (
-                self._db()
-                .execute(
-                    "SELECT site_id, id, definition, created, updated FROM funnels"
-                    " WHERE site_id = ? AND id = ?",
-                    (site_id, funnel_id),
-                )
-                .fetchone()
-            )
-
-        row = await self._run(_read)
+        row = await self._row(site_id, funnel_id)
         if row is None:
             raise unknown_funnel(funnel_id)
         return _funnel(*row)
 
     async def put(self, funnel: Funnel) -> None:
-        def _write() -> None:
-            with self._db() as conn:
-                conn.execute(
-                    "INSERT OR REPLACE INTO funnels (site_id, id, definition, created, updated)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (
-                        funnel.site_id,
-                        funnel.id,
-                        orjson.dumps(funnel.definition).decode(),
-                        funnel.created_ms,
-                        funnel.updated_ms,
-                    ),
-                )
-
-        await self._run(_write)
+        definition = orjson.dumps(funnel.definition).decode()
+        await self._put_row(
+            (funnel.site_id, funnel.id, definition, funnel.created_ms, funnel.updated_ms)
+        )
 
     async def delete(self, site_id: str, funnel_id: str) -> None:
-        def _delete() -> int:
-            with self._db() as conn:
-                cursor = conn.execute(
-                    "DELETE FROM funnels WHERE site_id = ? AND id = ?", (site_id, funnel_id)
-                )
-                return cursor.rowcount
-
-        if not await self._run(_delete):
+        if not await self._delete_row(site_id, funnel_id):
             raise unknown_funnel(funnel_id)
 
 

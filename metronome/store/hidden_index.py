@@ -1,6 +1,7 @@
 """The lifecycle shared by small registries kept in a hidden index of their own.
 
-Saved KPIs (``<prefix>-kpis``) and saved funnels (``<prefix>-funnels``) each live in one
+Saved KPIs (``<prefix>-kpis``), saved funnels (``<prefix>-funnels``) and the jobs' leases
+(``<prefix>-leases``) each live in one
 hidden, single-shard index beside the events, reached through a client of their own that
 takes the body-style calls both Elasticsearch and OpenSearch accept. The index is created
 with a strict mapping on the first write, and creating it twice (another worker was first)
@@ -19,12 +20,22 @@ __all__ = ["HiddenIndexRegistry"]
 class HiddenIndexRegistry:
     """Open the client for ``<prefix>-<name>``; :meth:`_ensure` creates the index once."""
 
-    def __init__(self, settings: Settings, name: str, what: str, properties: dict[str, Any]):
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        what: str,
+        properties: dict[str, Any],
+        *,
+        wait_for_shard: bool = False,
+    ):
         from metronome.store.connection import open_client
 
         self._index = f"{settings.index_prefix}-{name}"
         self._what = what  # "KPI", "funnel": named in the error when the store cannot answer
         self._properties = properties
+        # reads that must see another process's fresh index wait for its shard to start
+        self._wait_for_shard = wait_for_shard
         # the body-style calls made on it are the ones both clients (Elasticsearch, OpenSearch) take
         self._client: Any = open_client(settings)
         self._ready = False
@@ -62,4 +73,8 @@ class HiddenIndexRegistry:
             except API_ERRORS as exc:
                 if status_of(exc) != 400 or "already_exists" not in str(exc):
                     raise
+            if self._wait_for_shard:
+                # another process may have created it a moment ago: wait for its shard (the
+                # cluster's own 30 s limit: OpenSearch's client takes timeout= as its own)
+                await self._client.cluster.health(index=self._index, wait_for_status="yellow")
         self._ready = True

@@ -21,6 +21,7 @@ from typing import Any, Protocol, Self
 import orjson
 
 from metronome.config import Settings
+from metronome.store.hidden_index import HiddenIndexRegistry
 from metronome.store.sqlite import DB_NAME, ConnectionThread, connect
 
 __all__ = ["Claim", "Lease", "LeaseStore", "may_claim", "open_leases"]
@@ -157,18 +158,12 @@ class SQLiteLeases(ConnectionThread):
 
 # --- Elasticsearch --------------------------------------------------------------------
 
-_MAPPINGS: dict[str, Any] = {
-    "dynamic": "strict",
-    "properties": {
-        "name": {"type": "keyword"},
-        "period": {"type": "long"},
-        "owner": {"type": "keyword"},
-        "expires_ms": {"type": "long"},
-        "state": {"type": "object", "enabled": False},
-    },
-}
-_SETTINGS: dict[str, Any] = {
-    "index": {"hidden": True, "number_of_shards": 1, "auto_expand_replicas": "0-1"}
+_PROPERTIES: dict[str, Any] = {
+    "name": {"type": "keyword"},
+    "period": {"type": "long"},
+    "owner": {"type": "keyword"},
+    "expires_ms": {"type": "long"},
+    "state": {"type": "object", "enabled": False},
 }
 
 
@@ -176,45 +171,12 @@ def leases_index(prefix: str) -> str:
     return f"{prefix}-leases"
 
 
-class ElasticsearchLeases:
+class ElasticsearchLeases(HiddenIndexRegistry):
     """Leases in the hidden ``<prefix>-leases`` index, one document per job, written
     with optimistic concurrency (a realtime GET, then a conditional write)."""
 
     def __init__(self, settings: Settings) -> None:
-        from metronome.store.connection import open_client
-
-        self._index = leases_index(settings.index_prefix)
-        # the body-style calls below are the ones both clients (Elasticsearch, OpenSearch) take
-        self._client: Any = open_client(settings)
-        self._ready = False
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._client.close()
-
-    async def _ensure(self) -> None:
-        from metronome.store.connection import API_ERRORS, status_of
-        from metronome.store.elasticsearch import answering
-
-        if self._ready:
-            return
-        with answering("creating the leases index"):
-            try:
-                await self._client.indices.create(
-                    index=self._index, body={"settings": _SETTINGS, "mappings": _MAPPINGS}
-                )
-            except API_ERRORS as exc:
-                if status_of(exc) != 400 or "already_exists" not in str(exc):
-                    raise
-            # another process may have created it a moment ago: wait for its shard (the
-            # cluster's own 30 s limit: OpenSearch's client takes timeout= as its own)
-            await self._client.cluster.health(index=self._index, wait_for_status="yellow")
-        self._ready = True
+        super().__init__(settings, "leases", "leases", _PROPERTIES, wait_for_shard=True)
 
     async def _get(self, name: str) -> tuple[Lease | None, int | None, int | None]:
         import asyncio

@@ -56,6 +56,7 @@ __all__ = [
     "COLUMNS",
     "DB_NAME",
     "ConnectionThread",
+    "SQLiteDefinitions",
     "SQLiteStore",
     "connect",
     "setup_lock",
@@ -262,6 +263,68 @@ class ConnectionThread:
 
         await self._run(_close)
         self._executor.shutdown(wait=True)
+
+
+class SQLiteDefinitions(ConnectionThread):
+    """Saved definitions (KPIs, funnels) in one table of the database file, keyed by
+    ``(site_id, id)``: rows of ``site_id, id, definition`` (JSON text) and the columns
+    that follow it (times). Subclasses turn rows into their own objects."""
+
+    def __init__(self, data_dir: str | Path, table: str, columns: tuple[str, ...], schema: str):
+        super().__init__(Path(data_dir) / DB_NAME, table)
+        self._table = table
+        self._schema = schema
+        names = ", ".join(columns)
+        self._select = f"SELECT {names} FROM {table}"
+        marks = ", ".join("?" for _ in columns)
+        self._insert = f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})"
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = connect(self._path)
+            with setup_lock(self._path):
+                conn.executescript(self._schema)
+            self._conn = conn
+        return self._conn
+
+    async def _rows(self, site_id: str | None) -> list[tuple[Any, ...]]:
+        """Every row, or a site's."""
+
+        def _read() -> list[tuple[Any, ...]]:
+            if site_id is None:
+                return self._db().execute(self._select).fetchall()
+            return self._db().execute(self._select + " WHERE site_id = ?", (site_id,)).fetchall()
+
+        rows: list[tuple[Any, ...]] = await self._run(_read)
+        return rows
+
+    async def _row(self, site_id: str, item_id: str) -> tuple[Any, ...] | None:
+        def _read() -> tuple[Any, ...] | None:
+            sql = self._select + " WHERE site_id = ? AND id = ?"
+            row: tuple[Any, ...] | None = self._db().execute(sql, (site_id, item_id)).fetchone()
+            return row
+
+        found: tuple[Any, ...] | None = await self._run(_read)
+        return found
+
+    async def _put_row(self, row: tuple[Any, ...]) -> None:
+        """Write a row (its definition already JSON text), replacing one of the same key."""
+
+        def _write() -> None:
+            with self._db() as conn:
+                conn.execute(self._insert, row)
+
+        await self._run(_write)
+
+    async def _delete_row(self, site_id: str, item_id: str) -> bool:
+        """Remove a row; False when there was none."""
+
+        def _delete() -> int:
+            with self._db() as conn:
+                sql = f"DELETE FROM {self._table} WHERE site_id = ? AND id = ?"
+                return conn.execute(sql, (site_id, item_id)).rowcount
+
+        return bool(await self._run(_delete))
 
 
 class SQLiteStore(ConnectionThread):

@@ -24,8 +24,9 @@ import orjson
 from metronome.config import Settings
 from metronome.errors import ConfigError, StoreUnavailable
 from metronome.events import fields as F
-from metronome.store.connection import API_ERRORS, NOT_FOUND, open_client, status_of
+from metronome.store.connection import NOT_FOUND
 from metronome.store.elasticsearch import answering
+from metronome.store.hidden_index import HiddenIndexRegistry
 from metronome.store.sqlite import DB_NAME, ConnectionThread, connect, setup_lock
 from metronome.store.templates import app_template
 from metronome.telemetry.model import App
@@ -104,32 +105,18 @@ def apps_index(prefix: str) -> str:
     return f"{prefix}-apps"
 
 
-_MAPPINGS: dict[str, Any] = {
-    "dynamic": "strict",
-    "properties": {"id": {"type": "keyword"}, "app": {"type": "object", "enabled": False}},
-}
-_SETTINGS: dict[str, Any] = {
-    "index": {"hidden": True, "number_of_shards": 1, "auto_expand_replicas": "0-1"}
+_PROPERTIES: dict[str, Any] = {
+    "id": {"type": "keyword"},
+    "app": {"type": "object", "enabled": False},
 }
 
 
-class ElasticsearchApps:
+class ElasticsearchApps(HiddenIndexRegistry):
     """Apps in ``<prefix>-apps``, with a client of its own."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "apps", "apps", _PROPERTIES)
         self._settings = settings
-        self._index = apps_index(settings.index_prefix)
-        # the body-style calls below are the ones both clients (Elasticsearch, OpenSearch) take
-        self._client: Any = open_client(settings)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._client.close()
 
     async def load(self) -> dict[str, App]:
         with answering("reading apps"):
@@ -144,14 +131,8 @@ class ElasticsearchApps:
         return {a.id: a for a in apps}
 
     async def put(self, app: App) -> None:
+        await self._ensure()
         with answering("storing the app"):
-            try:
-                await self._client.indices.create(
-                    index=self._index, body={"settings": _SETTINGS, "mappings": _MAPPINGS}
-                )
-            except API_ERRORS as exc:
-                if status_of(exc) != 400 or "already_exists" not in str(exc):
-                    raise
             await self._client.index(
                 index=self._index,
                 id=app.id,
