@@ -3,10 +3,12 @@ the code they drive (:mod:`metronome.sites.commands`, ...) share."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -59,6 +61,26 @@ def fail(message: str) -> NoReturn:
     """End the command with ``error: <message>`` on stderr and exit status 1."""
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+def run_with(
+    opener: Callable[[], AbstractAsyncContextManager[R]], job: Callable[[R], Awaitable[T]]
+) -> T:
+    """Run ``job`` on what ``opener()`` opens (a registry, a store), closed after; a
+    :class:`MetronomeError` ends the command with its message, as :func:`fail` does."""
+
+    async def _run() -> T:
+        async with opener() as opened:
+            return await job(opened)
+
+    try:
+        return asyncio.run(_run())
+    except MetronomeError as exc:
+        fail(exc.message)
 
 
 def expected_failure(exc: BaseException) -> str | None:

@@ -7,8 +7,6 @@ the worker evaluates every KPI each ``METRONOME_KPI_INTERVAL_S``.
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -16,6 +14,7 @@ import click
 import orjson
 
 from metronome.cli_support import load_settings as _settings
+from metronome.cli_support import run_with
 from metronome.errors import MetronomeError
 from metronome.kpis.model import parse_kpi
 from metronome.kpis.registry import KpiRegistry, open_kpis
@@ -27,16 +26,7 @@ T = TypeVar("T")
 
 def _with_registry(job: Callable[[KpiRegistry], Awaitable[T]]) -> T:
     settings = _settings()
-
-    async def _run() -> T:
-        async with open_kpis(settings) as registry:
-            return await job(registry)
-
-    try:
-        return asyncio.run(_run())
-    except MetronomeError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(1)
+    return run_with(lambda: open_kpis(settings), job)
 
 
 def _json_option(text: str | None, what: str) -> Any:

@@ -8,7 +8,6 @@ host with the same settings; running servers pick changes up within
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -18,8 +17,8 @@ import click
 import orjson
 
 from metronome.cli_support import load_settings as _settings
+from metronome.cli_support import run_with
 from metronome.config import Settings
-from metronome.errors import MetronomeError
 from metronome.sites.model import SCOPES, Key, Site, Snapshot, new_key, new_site_id, now_ms
 from metronome.sites.registry import (
     DuplicateSite,
@@ -35,15 +34,7 @@ T = TypeVar("T")
 
 
 def _with_registry(settings: Settings, job: Callable[[Registry], Awaitable[T]]) -> T:
-    async def _run() -> T:
-        async with open_registry(settings) as registry:
-            return await job(registry)
-
-    try:
-        return asyncio.run(_run())
-    except MetronomeError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(1)
+    return run_with(lambda: open_registry(settings), job)
 
 
 def require_sites(settings: Settings, named: dict[str, str]) -> None:

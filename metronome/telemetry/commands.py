@@ -8,9 +8,7 @@ with the same settings; running servers pick changes up within
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +18,7 @@ import click
 import orjson
 
 from metronome.cli_support import load_settings as _settings
+from metronome.cli_support import run_with
 from metronome.config import Settings
 from metronome.errors import MetronomeError
 from metronome.events import fields as F
@@ -35,15 +34,7 @@ T = TypeVar("T")
 
 
 def _with_apps(settings: Settings, job: Callable[[AppRegistry], Awaitable[T]]) -> T:
-    async def _run() -> T:
-        async with open_apps(settings) as registry:
-            return await job(registry)
-
-    try:
-        return asyncio.run(_run())
-    except MetronomeError as exc:
-        click.echo(f"error: {exc.message}", err=True)
-        sys.exit(1)
+    return run_with(lambda: open_apps(settings), job)
 
 
 async def _check_site(settings: Settings, site_id: str) -> None:
