@@ -8,6 +8,11 @@ has three ``[[destinations]]`` of type webhook (batches of 500) posting to a loc
 receiver in this process, which checks nothing and answers 200. The receiver's count of
 forwarded events is recorded too (events/s delivered while ingestion ran), for scale.
 
+Both servers stay up for the whole run (forwarding lags ingestion on a small machine, so
+the second one has a backlog to forward, as it would in steady use), but only the one
+being measured runs: the other's processes are paused (SIGSTOP to its process group,
+SIGCONT after), so the baseline is never measured while the other server forwards.
+
     python -m benchmarks.destinations [--duration 10] [--trials 3] [--connections 8]
 
 Goal: with destinations, ingestion keeps >= 0.9 of the events/s without them (forwarding
@@ -18,10 +23,14 @@ includes that.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -81,6 +90,20 @@ def _config(directory: Path, url: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _alone(servers: dict[str, Any], label: str) -> Iterator[None]:
+    """Only ``label``'s server runs meanwhile: every other one is paused (its process
+    group: gunicorn, its workers and the worker that ships and forwards)."""
+    paused = [s.proc.pid for name, s in servers.items() if name != label and C.alive(s)]
+    for pid in paused:
+        os.killpg(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in paused:
+            os.killpg(pid, signal.SIGCONT)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = C.base_parser(__doc__, duration=10, trials=3, warmup=3)
     parser.add_argument("--connections", type=int, default=8, help="wrk connections [default: 8]")
@@ -113,17 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     load_at_start = C.loadavg()
 
     def one_run(label: str, seconds: float) -> dict[str, Any]:
-        before = receiver.events
-        stats = C.run_wrk(
-            servers[label].url,
-            "/ticks",
-            body,
-            duration=seconds,
-            connections=args.connections,
-            threads=1,
-            expect=expect,
-        )
-        stats["forwarded"] = receiver.events - before
+        with _alone(servers, label):
+            before = receiver.events
+            stats = C.run_wrk(
+                servers[label].url,
+                "/ticks",
+                body,
+                duration=seconds,
+                connections=args.connections,
+                threads=1,
+                expect=expect,
+            )
+            stats["forwarded"] = receiver.events - before
         return stats
 
     try:
@@ -190,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             "metronome": "python -m metronome serve (2 workers, with its worker), embedded"
             f" store, METRONOME_SPOOL_MAX_BYTES={SPOOL_BYTES}",
             "baseline": "the same without destinations",
+            "isolation": "both servers up for the whole run; the one not measured is paused"
+            " (SIGSTOP to its process group) during each warm-up and trial",
             "unit": "events accepted per second (median of trials)",
         },
         "environment": C.environment(wrk=C.wrk_version(), loadavg_at_start=load_at_start),

@@ -62,7 +62,7 @@ log = logging.getLogger("metronome.middleware")
 ACTION = "api.call"  # the server's metronome.events.api_call.ACTION (the client imports no server)
 ROUTE_KEY = "metronome.route"
 USER_KEY = "metronome.user"
-REQUEST_KEY = "metronome.request"  # track_flask: the Flask request, until the call is recorded
+WERKZEUG_REQUEST = "werkzeug.request"  # Flask's request, in the environ until it answered
 NO_ROUTE = "(no route)"
 
 Scope = MutableMapping[str, Any]
@@ -89,10 +89,6 @@ class TrackerStats:
     skipped: int = 0
     dropped: int = 0
     failures: int = 0
-
-
-def _default_user(env: Any) -> Any:
-    return env.get(USER_KEY)
 
 
 class ApiCallTracker:
@@ -123,7 +119,9 @@ class ApiCallTracker:
             re.compile("|".join(fnmatch.translate(p) for p in exclude)).match if exclude else None
         )
         self._methods = frozenset(m.upper() for m in exclude_methods)
-        self._user = user or _default_user
+        self._user = user  # None: the "metronome.user" value of the scope or environ
+        # nothing to decide per request (the usual case): the middlewares skip ``wants``
+        self.selective = sample_rate < 1.0 or bool(exclude) or bool(exclude_methods)
         self._path_fallback = path_fallback
         # Client.enqueue takes the tick built here (no keyword packing, a few µs less on a
         # busy machine); any other ticker gets tick(...)
@@ -159,11 +157,14 @@ class ApiCallTracker:
             elif self._excluded is not None and self._excluded(route):
                 self.stats.skipped += 1
                 return
-            try:
-                user = self._user(env)
-            except Exception:  # noqa: BLE001 - the app's hook must not fail its request
-                self.stats.failures += 1
-                user = None
+            if self._user is None:
+                user = env.get(USER_KEY)
+            else:
+                try:
+                    user = self._user(env)
+                except Exception:  # noqa: BLE001 - the app's hook must not fail its request
+                    self.stats.failures += 1
+                    user = None
             if user is not None and type(user) is not str:
                 user = str(user)
             # None (no bytes, no user) is what the server takes for a missing value
@@ -230,7 +231,7 @@ class ASGIMiddleware:
             return
         method = scope.get("method", "GET")
         path = scope.get("path", "")
-        if not tracker.wants(method, path):
+        if tracker.selective and not tracker.wants(method, path):
             await self.app(scope, receive, send)
             return
         root_path = scope.get("root_path", "")
@@ -284,7 +285,11 @@ class _TrackedBody:
 
 class WSGIMiddleware:
     """Tracks the requests of a WSGI app (Flask through :func:`track_flask`, Falcon's
-    WSGI app through :func:`track_falcon`, any other)."""
+    WSGI app through :func:`track_falcon`, any other).
+
+    Per request it wraps ``start_response`` (which keeps the status line, the headers and
+    Flask's request, still in the environ while the response starts) and times the app;
+    everything else waits until the app answered."""
 
     def __init__(self, app: WSGIApp, tracker: ApiCallTracker) -> None:
         self.app = app
@@ -292,48 +297,67 @@ class WSGIMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         tracker = self.tracker
-        method = environ.get("REQUEST_METHOD", "GET")
-        path = environ.get("PATH_INFO", "")
-        if not tracker.wants(method, path):
+        if tracker.selective and not tracker.wants(
+            environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "")
+        ):
             return self.app(environ, start_response)
-        start = perf_counter_ns()
-        answer: list[Any] = [500, None]  # status, Content-Length (text) when the app set one
+        started: list[Any] = [None, (), None]  # status line, headers, Flask's request
 
         def tracking_start_response(line: str, headers: Any, exc_info: Any = None) -> Any:
-            try:
-                answer[0] = int(line[:3])
-            except ValueError:
-                pass
-            for name, value in headers:
-                if len(name) == 14 and name.lower() == "content-length":
-                    answer[1] = value
-                    break
+            started[0] = line
+            started[1] = headers
+            started[2] = environ.get(WERKZEUG_REQUEST)
             return start_response(line, headers, exc_info)
 
-        def done(body_bytes: int | None) -> None:
-            duration = perf_counter_ns() - start
-            route = environ.get(ROUTE_KEY)
-            if route is None:  # Flask (track_flask): the request, routed
-                rule = getattr(environ.pop(REQUEST_KEY, None), "url_rule", None)
-                route = getattr(rule, "rule", None)
-            tracker.record(environ, method, path, route, answer[0], duration, body_bytes)
-
+        start = perf_counter_ns()
         try:
             body = self.app(environ, tracking_start_response)
         except BaseException:
-            done(0)
+            self._record(environ, started, start, 0)
             raise
         if type(body) is list:  # already whole (Falcon's and many others' answer)
-            done(sum(map(len, body)))
+            self._record(environ, started, start, sum(map(len, body)))
             return body
-        length = answer[1]
-        if length is not None and length.isdigit():
-            # the length is known (Flask's and Django's whole responses): recorded now, the
-            # body passed on untouched; a wrapper counting it costs more than the app's own
-            # answer's pass through the server. The duration ends when the app answered.
-            done(int(length))
-            return body
-        return _TrackedBody(body, done)
+        # the Content-Length, when the app gave one (Flask's and Django's whole responses):
+        # recorded now, the body passed on untouched; a wrapper counting it costs more than
+        # the app's own answer's pass through the server. The duration ends when the app
+        # answered.
+        length = None
+        try:
+            for name, value in started[1]:
+                if name == "Content-Length" or (
+                    len(name) == 14 and name.lower() == "content-length"
+                ):
+                    length = int(value) if value.isdigit() else None
+                    break
+        except Exception:  # noqa: BLE001 - odd headers: counted as the body passes
+            length = None
+        if length is None:
+            return _TrackedBody(body, lambda sent: self._record(environ, started, start, sent))
+        self._record(environ, started, start, length)
+        return body
+
+    def _record(self, environ: dict[str, Any], started: list[Any], start: int, sent: int) -> None:
+        duration = perf_counter_ns() - start
+        tracker = self.tracker
+        try:
+            line = started[0]
+            status = int(line[:3]) if line else 500
+            # the route: ours in the environ (Falcon's, through FalconRoute), else the
+            # url_rule of the Flask request that answered (none: a 404)
+            route = environ.get(ROUTE_KEY)
+            if route is None and started[2] is not None:
+                try:
+                    route = started[2].url_rule.rule
+                except AttributeError:
+                    route = None
+            if type(route) is not str:
+                route = None
+        except Exception:  # noqa: BLE001 - an odd status line or request must not fail one
+            tracker.stats.failures += 1
+            status, route = 500, None
+        method = environ.get("REQUEST_METHOD", "GET")
+        tracker.record(environ, method, environ.get("PATH_INFO", ""), route, status, duration, sent)
 
 
 class FalconRoute:
@@ -363,17 +387,9 @@ def track_falcon(app: Any, tracker: ApiCallTracker) -> Any:
 
 def track_flask(app: Any, tracker: ApiCallTracker) -> Any:
     """Track a Flask app in place; returns the app. Its ``wsgi_app`` is wrapped (the app's
-    own WSGI middleware stays outside), and its ``request_class`` becomes a subclass that
-    leaves each request in the environ, where the middleware reads ``url_rule`` once the
-    response is done (Flask clears ``"werkzeug.request"`` before then). Set a custom
-    ``request_class`` before calling this."""
-
-    class TrackedRequest(app.request_class):  # type: ignore[misc]
-        def __init__(self, environ: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-            super().__init__(environ, *args, **kwargs)
-            environ[REQUEST_KEY] = self  # taken out again by the middleware
-
-    app.request_class = TrackedRequest
+    own WSGI middleware stays outside); the route is the ``url_rule`` of the request Flask
+    leaves in the environ (``"werkzeug.request"``) while the response starts (it clears it
+    before returning), so nothing runs inside Flask per request."""
     app.wsgi_app = WSGIMiddleware(app.wsgi_app, tracker)
     return app
 
@@ -389,13 +405,13 @@ class DjangoMiddleware:
 
         self.get_response = get_response
         self.tracker: ApiCallTracker = settings.METRONOME_API_CALLS
-        if self.tracker._user is _default_user:
+        if self.tracker._user is None:
             self.tracker._user = _django_user
 
     def __call__(self, request: Any) -> Any:
         tracker = self.tracker
         method, path = request.method, request.path_info
-        if not tracker.wants(method, path):
+        if tracker.selective and not tracker.wants(method, path):
             return self.get_response(request)
         start = perf_counter_ns()
         status: int = 500

@@ -21,6 +21,11 @@ How it stays exact and cheap:
   the visitor's previous event) and ``visit.prev`` (the page before). One summary document
   per visit (dataset ``visits``, its id the visit id) is written again, replacing the last,
   after each batch that adds to the visit.
+- An event the visit holds already (its id among the visit's latest ``MAX_TIMES``: a tick
+  another Metronome forwarded again after a crash, a message RabbitMQ delivered again)
+  changes nothing: the store keeps its first copy, and the summary counts it once.
+  A resend arriving after its visitor began another visit would count as a visit of its
+  own (the ids of ended visits are not kept); senders resend within minutes.
 - An event older than events of its visit that were already shipped (a straggler from
   another spool segment) still joins the visit: the summary's pages, entry, exit and
   duration stay in time order, exactly; its own ``visit.seq`` is the next number.
@@ -102,6 +107,7 @@ class OpenVisit:
     times: list[int]  # event times in time order, the latest MAX_TIMES
     source: str  # visit.source
     base: dict[str, Any] = field(default_factory=dict)  # the entry event's fields
+    ids: list[str] = field(default_factory=list)  # event ids as assigned, the latest MAX_TIMES
 
     def working_copy(self) -> OpenVisit:
         """A copy that :meth:`VisitBook.assign` may change (its counters and its ``pages``
@@ -120,6 +126,7 @@ class OpenVisit:
             self.times.copy(),
             self.source,
             self.base,
+            self.ids.copy(),
         )
 
     def to_json(self) -> bytes:
@@ -322,6 +329,7 @@ class VisitBook:
         changed: dict[str, OpenVisit] = {}
         touched: dict[str, OpenVisit] = {}  # by visit id: a batch may end one and begin another
         out = list(documents)
+        seen: dict[str, set[str]] = {}  # by visit id: its ids (a set once per batch)
         eligible = [
             i
             for i, d in enumerate(documents)
@@ -338,6 +346,13 @@ class VisitBook:
             at = doc.timestamp_ms
             page = page_of(doc)
             current = changed[key] if key in changed else self.state.get(key)
+            if current is not None:
+                known = seen.get(current.visit_id)
+                if known is None:
+                    known = seen[current.visit_id] = set(current.ids)
+                if doc.id in known:
+                    continue  # sent again: stored already (first copy kept), counted once
+                known.add(doc.id)
             if current is not None and at < current.start_ms - gap:
                 # a straggler of a visit that ended before the open one began
                 alone = self._new(doc, site, page)
@@ -352,6 +367,8 @@ class VisitBook:
             changed[key] = touched[current.visit_id] = current
             current.seq += 1
             current.events += 1
+            current.ids.append(doc.id)
+            del current.ids[:-MAX_TIMES]
             where = bisect.bisect_right(current.times, at)
             before = current.times[where - 1] if where else None
             gap_ms = 0 if before is None else at - before
@@ -388,6 +405,7 @@ class VisitBook:
             times=[at],
             source=_source_of(doc.source),
             base=_base(doc.source),
+            ids=[doc.id],
         )
 
     @staticmethod

@@ -415,7 +415,9 @@ class SQLiteStore(ConnectionThread):
                 if conn.total_changes - before != len(rows):  # some were: again, row by row
                     conn.execute("ROLLBACK")
                     conn.execute("BEGIN IMMEDIATE")
-                    mark_dirty(conn, ((row[9], row[1], row[2]) for row in rows))
+                    mark_dirty(conn, ((row[9], row[1], row[2]) for row in [*rows, *replaced]))
+                    if replaced:  # the rollback took the summaries too
+                        conn.executemany(insert.replace("OR IGNORE", "OR REPLACE"), replaced)
                     existed = []
                     for row in rows:
                         before = conn.total_changes
