@@ -11,7 +11,12 @@ baseline (``METRONOME_RELATED_ROLLUPS=off``: every candidate's baskets counted f
 events). Requests for the year's typical items (the 10 of median popularity) alternate
 between them in a shuffled order, and both answers must be identical. The same documents
 are bulk-loaded into Elasticsearch (``METRONOME_TEST_ELASTICSEARCH_URL`` or a throwaway
-node) and asked the same way. Writes ``benchmarks/results/related_speed.json``.
+node), with their slim copies in ``<prefix>-related`` (what the shipper writes beside each
+bulk, :mod:`metronome.store.es_related`), and asked the same way of two servers: the
+current one and the old path (``METRONOME_RELATED_ROLLUPS=off``: three searches over the
+365 daily indices) as the baseline, answers compared. The year's most popular items (5)
+are asked too, on both stores, old path beside new. Writes
+``benchmarks/results/related_speed.json``.
 """
 
 from __future__ import annotations
@@ -98,6 +103,34 @@ def _load_sqlite(data: Path, docs: list[Any]) -> dict[str, Any]:
     }
 
 
+def _load_copies(url: str, prefix: str, docs: Any) -> float:
+    """The events' copies for related items, as the store writes them after each bulk."""
+    from elasticsearch import Elasticsearch
+    from elasticsearch.helpers import parallel_bulk
+
+    from metronome.store.es_related import copy_of
+
+    client = Elasticsearch(url, request_timeout=300)
+    index = f"{prefix}-related"
+    actions = (
+        {"_op_type": "create", "_index": index, "_id": d.id, "_source": copy}
+        for d in docs
+        if (copy := copy_of("ticks", d.source)) is not None
+    )
+    started = time.perf_counter()
+    for ok, item in parallel_bulk(
+        client, actions, chunk_size=5000, thread_count=2, queue_size=4, raise_on_error=False
+    ):
+        if not ok and item.get("create", {}).get("status") != 409:
+            raise C.BenchmarkError(f"bulk load of the copies failed: {item}")
+    client.indices.refresh(index=index)
+    client.options(request_timeout=3600).indices.forcemerge(
+        index=index, max_num_segments=1, wait_for_completion=True
+    )
+    client.close()
+    return time.perf_counter() - started
+
+
 def _ask(
     clients: dict[str, httpx.Client],
     items: list[str],
@@ -134,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--es-repeats", type=int, default=3, help="requests per item on Elasticsearch [3]"
     )
+    parser.add_argument(
+        "--popular-repeats", type=int, default=3, help="requests per popular item [3]"
+    )
     parser.add_argument("--skip-elasticsearch", action="store_true")
     parser.add_argument("--output", type=Path, default=None, help="results file")
     args = parser.parse_args(argv)
@@ -144,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = Counter(item for visit in stream.visits for item in visit.items)
     ranked = [item for item, _ in counts.most_common()]
     typical = ranked[len(ranked) // 2 - 5 : len(ranked) // 2 + 5]
+    popular = ranked[:5]
     year = {"from": _day_text(0), "to": _day_text(364)}
     data: dict[str, Any] = {
         "benchmark": NAME,
@@ -157,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "events": len(docs),
         "typical_items_events": [counts[i] for i in typical],
+        "popular_items_events": [counts[i] for i in popular],
     }
     with tempfile.TemporaryDirectory(prefix="mt-related-speed-") as tmp:
         db = Path(tmp) / "sqlite"
@@ -172,6 +210,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             times, same = _ask(
                 {"counts": fast_http, "events": old_http}, typical, year, args.repeats, seed
             )
+            hot, hot_same = _ask(
+                {"counts": fast_http, "events": old_http},
+                popular,
+                year,
+                args.popular_repeats,
+                seed,
+            )
+        embedded["popular"] = _summary(hot["counts"])
+        embedded["popular_old_path"] = _summary(hot["events"])
+        embedded["popular_same_answers"] = hot_same
         embedded["typical"] = _summary(times["counts"])
         embedded["typical_old_path"] = _summary(times["events"])
         embedded["same_answers"] = same
@@ -185,31 +233,52 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.skip_elasticsearch:
             with C.Elasticsearch() as es:
                 prefix = "bench-" + secrets.token_hex(4)
-                C.install_templates(es.url, prefix)
+                C.install_templates(es.url, prefix)  # creates <prefix>-related, empty
                 try:
                     loaded, load_s = load_elasticsearch(es.url, prefix, docs)
+                    copies_s = _load_copies(es.url, prefix, docs)
                     env = {"METRONOME_ELASTICSEARCH_URL": es.url, "METRONOME_INDEX_PREFIX": prefix}
                     with (
                         C.running(
                             C.metronome_server(Path(tmp) / "es", args=["--no-shipper"], env=env)
                         ) as srv,
+                        C.running(
+                            C.metronome_server(
+                                Path(tmp) / "es-old", args=["--no-shipper"], env={**env, **off}
+                            )
+                        ) as srv_old,
                         httpx.Client(base_url=srv.url, timeout=600) as http,
+                        httpx.Client(base_url=srv_old.url, timeout=600) as http_old,
                     ):
-                        es_times, _ = _ask({"es": http}, typical, year, args.es_repeats, seed)
+                        both = {"copies": http, "events": http_old}
+                        es_times, es_same = _ask(both, typical, year, args.es_repeats, seed)
+                        es_hot, es_hot_same = _ask(both, popular, year, args.popular_repeats, seed)
                 finally:
                     es.delete(f"{prefix}-*")
-                data["elasticsearch"] = {
+                search: dict[str, Any] = {
                     "load_seconds": round(load_s, 1),
+                    "copies_load_seconds": round(copies_s, 1),
                     "documents": loaded,
-                    "typical": _summary(es_times["es"]),
+                    "typical": _summary(es_times["copies"]),
+                    "typical_old_path": _summary(es_times["events"]),
+                    "same_answers": es_same,
+                    "popular": _summary(es_hot["copies"]),
+                    "popular_old_path": _summary(es_hot["events"]),
+                    "popular_same_answers": es_hot_same,
                 }
+                for part in ("typical", "popular"):
+                    search[f"{part}_p50_ratio_old_to_new"] = C.rounded(
+                        C.ratio(search[f"{part}_old_path"]["p50_ms"], search[part]["p50_ms"])
+                    )
+                data["elasticsearch"] = search
     data["environment"] = C.environment(loadavg_at_start=load_at_start)
     out = C.write_results(NAME, data, args.output)
     print(
         f"related_speed: typical item p50 {embedded['typical']['p50_ms']} ms (old path"
         f" {embedded['typical_old_path']['p50_ms']} ms, {embedded['p50_ratio_old_to_new']}x)"
         + (
-            f"; Elasticsearch p50 {data['elasticsearch']['typical']['p50_ms']} ms"
+            f"; Elasticsearch p50 {data['elasticsearch']['typical']['p50_ms']} ms (old path"
+            f" {data['elasticsearch']['typical_old_path']['p50_ms']} ms)"
             if "elasticsearch" in data
             else ""
         )
