@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import secrets
 import sqlite3
 import statistics
@@ -47,6 +48,8 @@ GOAL_MS = 100.0
 
 
 def _summary(times: list[float]) -> dict[str, Any]:
+    if not times:
+        return {"requests": 0}
     return {
         "requests": len(times),
         "p50_ms": C.rounded(1000 * statistics.median(times), 2),
@@ -137,23 +140,33 @@ def _ask(
     year: dict[str, str],
     repeats: int,
     seed: int,
+    errors: dict[str, list[str]] | None = None,
 ) -> tuple[dict[str, list[float]], bool]:
     """Each item ``repeats`` times on each server, in a shuffled order; the answers of
-    the servers compared."""
+    the servers compared. With ``errors``, a refused request is recorded there per
+    server (and not timed) instead of ending the run."""
     times: dict[str, list[float]] = {name: [] for name in clients}
     answers: dict[tuple[str, str], Any] = {}
-    for item in items:  # warm up: each server's first read of the file
-        for name, client in clients.items():
-            resp = client.get(f"/items/{item}/related", params=year)
+
+    def get(name: str, item: str) -> httpx.Response | None:
+        resp = clients[name].get(f"/items/{item}/related", params=year)
+        if resp.status_code == 200 or errors is None:
             resp.raise_for_status()
-            answers[(name, item)] = resp.json()
+            return resp
+        errors.setdefault(name, []).append(f"{item}: {resp.status_code} {resp.text[:300]}")
+        return None
+
+    for item in items:  # warm up: each server's first read of the file
+        for name in clients:
+            resp = get(name, item)
+            answers[(name, item)] = resp.json() if resp is not None else None
     labels = [f"{n}\t{i}" for n in clients for i in items]
     for _, label in C.trial_order(labels, repeats, seed):
         name, item = label.split("\t")
         started = time.perf_counter()
-        resp = clients[name].get(f"/items/{item}/related", params=year)
-        times[name].append(time.perf_counter() - started)
-        resp.raise_for_status()
+        resp = get(name, item)
+        if resp is not None:
+            times[name].append(time.perf_counter() - started)
     names = list(clients)
     same = all(answers[(names[0], i)] == answers[(n, i)] for n in names for i in items)
     return times, same
@@ -171,6 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--popular-repeats", type=int, default=3, help="requests per popular item [3]"
     )
     parser.add_argument("--skip-elasticsearch", action="store_true")
+    parser.add_argument(
+        "--es-only",
+        action="store_true",
+        help="Elasticsearch only; the embedded figures are kept from the results file",
+    )
     parser.add_argument("--output", type=Path, default=None, help="results file")
     args = parser.parse_args(argv)
     seed = C.new_seed(args.seed)
@@ -199,33 +217,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mt-related-speed-") as tmp:
         db = Path(tmp) / "sqlite"
         print(f"related_speed: loading {len(docs)} events", file=sys.stderr, flush=True)
-        embedded: dict[str, Any] = _load_sqlite(db, docs)
         off = {"METRONOME_RELATED_ROLLUPS": "off"}
-        with (
-            C.running(C.metronome_server(db, args=["--no-shipper"])) as fast,
-            C.running(C.metronome_server(db, args=["--no-shipper"], env=off)) as old,
-            httpx.Client(base_url=fast.url, timeout=600) as fast_http,
-            httpx.Client(base_url=old.url, timeout=600) as old_http,
-        ):
-            times, same = _ask(
-                {"counts": fast_http, "events": old_http}, typical, year, args.repeats, seed
+        if args.es_only:
+            previous = json.loads((args.output or C.RESULTS_DIR / f"{NAME}.json").read_text())
+            embedded: dict[str, Any] = {
+                **previous["embedded"],
+                "from_run": previous["environment"]["git_short_sha"],
+            }
+        else:
+            embedded = _load_sqlite(db, docs)
+            with (
+                C.running(C.metronome_server(db, args=["--no-shipper"])) as fast,
+                C.running(C.metronome_server(db, args=["--no-shipper"], env=off)) as old,
+                httpx.Client(base_url=fast.url, timeout=600) as fast_http,
+                httpx.Client(base_url=old.url, timeout=600) as old_http,
+            ):
+                both = {"counts": fast_http, "events": old_http}
+                times, same = _ask(both, typical, year, args.repeats, seed)
+                hot, hot_same = _ask(both, popular, year, args.popular_repeats, seed)
+            embedded["popular"] = _summary(hot["counts"])
+            embedded["popular_old_path"] = _summary(hot["events"])
+            embedded["popular_same_answers"] = hot_same
+            embedded["typical"] = _summary(times["counts"])
+            embedded["typical_old_path"] = _summary(times["events"])
+            embedded["same_answers"] = same
+            embedded["p50_ratio_old_to_new"] = C.rounded(
+                C.ratio(embedded["typical_old_path"]["p50_ms"], embedded["typical"]["p50_ms"])
             )
-            hot, hot_same = _ask(
-                {"counts": fast_http, "events": old_http},
-                popular,
-                year,
-                args.popular_repeats,
-                seed,
-            )
-        embedded["popular"] = _summary(hot["counts"])
-        embedded["popular_old_path"] = _summary(hot["events"])
-        embedded["popular_same_answers"] = hot_same
-        embedded["typical"] = _summary(times["counts"])
-        embedded["typical_old_path"] = _summary(times["events"])
-        embedded["same_answers"] = same
-        embedded["p50_ratio_old_to_new"] = C.rounded(
-            C.ratio(embedded["typical_old_path"]["p50_ms"], embedded["typical"]["p50_ms"])
-        )
         data["embedded"] = embedded
         data["environment"] = C.environment(loadavg_at_start=load_at_start)
         out = C.write_results(NAME, data, args.output)  # kept if Elasticsearch fails
@@ -233,11 +251,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.skip_elasticsearch:
             with C.Elasticsearch() as es:
                 prefix = "bench-" + secrets.token_hex(4)
+                errors: dict[str, list[str]] = {}
                 C.install_templates(es.url, prefix)  # creates <prefix>-related, empty
                 try:
                     loaded, load_s = load_elasticsearch(es.url, prefix, docs)
                     copies_s = _load_copies(es.url, prefix, docs)
-                    env = {"METRONOME_ELASTICSEARCH_URL": es.url, "METRONOME_INDEX_PREFIX": prefix}
+                    env = {
+                        "METRONOME_ELASTICSEARCH_URL": es.url,
+                        "METRONOME_INDEX_PREFIX": prefix,
+                        # the old path's searches over 365 indices outlast the default 10 s
+                        "METRONOME_ELASTICSEARCH_TIMEOUT_S": "300",
+                    }
                     with (
                         C.running(
                             C.metronome_server(Path(tmp) / "es", args=["--no-shipper"], env=env)
@@ -265,8 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "popular": _summary(es_hot["copies"]),
                     "popular_old_path": _summary(es_hot["events"]),
                     "popular_same_answers": es_hot_same,
+                    "refused": {name: found[:10] for name, found in errors.items()},
                 }
                 for part in ("typical", "popular"):
+                    if not search[part]["requests"] or not search[f"{part}_old_path"]["requests"]:
+                        continue
                     search[f"{part}_p50_ratio_old_to_new"] = C.rounded(
                         C.ratio(search[f"{part}_old_path"]["p50_ms"], search[part]["p50_ms"])
                     )
