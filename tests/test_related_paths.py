@@ -213,3 +213,45 @@ def test_retention_removes_old_days_from_the_kept_counts(
     after = _pairs(_answer(backend.client, "pa", {**WHOLE, "min_support": "1"}))
     assert after["pb"][0] == before["pb"][0] - 1  # visitor 1's visit of 06-01 is gone
     assert after["pc"][0] == before["pc"][0] - 1
+
+
+def test_copies_are_made_of_the_events_a_basket_search_can_find() -> None:
+    """What the store copies after a bulk: stored events of ticks and logs with an item and
+    a visitor or a visit, with the fields the searches read, under the events' names."""
+    from metronome.store.elasticsearch import bulk_items
+    from metronome.store.es_related import copies_of_bulk
+
+    def doc(doc_id: str, dataset: str, **parts: Any) -> Any:
+        from metronome.events.document import Document
+
+        source = {"@timestamp": "1990-06-02T10:00:00.000Z", "event": {"action": "view"}}
+        return Document(doc_id, 644_320_800_000, dataset, {**source, **parts})
+
+    documents = [
+        doc("e1", "ticks", item={"id": "pa"}, visitor={"id": "v1"}, visit={"id": "x1"}),
+        doc("e2", "logs", item={"id": "pa"}, visit={"id": "x2"}, bot=True),  # no visitor
+        doc("e3", "ticks", item={"id": "pa"}),  # in no basket
+        doc("e4", "ticks", visitor={"id": "v1"}),  # no item
+        doc("e5", "visits", item={"id": "pa"}, visitor={"id": "v1"}),  # a summary
+        doc("e6", "ticks", item={"id": "pb"}, visitor={"id": "v2"}),  # refused by the store
+    ]
+    items = bulk_items("mt", documents)
+    copies = dict(copies_of_bulk("mt", items, [True, True, True, True, True, False]))
+    assert copies == {
+        "e1": {
+            "@timestamp": 644_320_800_000,
+            "dataset": "ticks",
+            "event": {"action": "view"},
+            "item": {"id": "pa"},
+            "visitor": {"id": "v1"},
+            "visit": {"id": "x1"},
+        },
+        "e2": {
+            "@timestamp": 644_320_800_000,
+            "dataset": "logs",
+            "event": {"action": "view"},
+            "item": {"id": "pa"},
+            "visit": {"id": "x2"},
+            "bot": True,
+        },
+    }

@@ -8,12 +8,12 @@ here before any document is read (4.8 s per answer at load average 20). The same
 searches over one index take milliseconds.
 
 What is kept: ``<prefix>-related`` (hidden, one shard) holds a slim copy of every event
-that is in a basket (ticks and access-log lines with an item and a visitor): its time and
-the fields baskets are formed from and the related-items filters read -- site, visitor,
-visit, item, event action, bot, referrer spam -- under the events' own names and the
-event's id, plus its ``dataset``. The searches of :mod:`.es_query` run on it unchanged
-(a term on ``dataset`` added), over the same documents' same values: the answers, counts
-and ``cardinality`` estimates included, are the events' own.
+that is in a basket (ticks and access-log lines with an item, and a visitor or a visit):
+its time and the fields baskets are formed from and the related-items filters read --
+site, visitor, visit, item, event action, bot, referrer spam -- under the events' own
+names and the event's id, plus its ``dataset``. The searches of :mod:`.es_query` run on
+it unchanged (a term on ``dataset`` added), over the same documents' same values: the
+answers, counts and ``cardinality`` estimates included, are the events' own.
 
 Why copies, not counts per day: counts summed over days count a basket crossing midnight
 twice unless corrected per basket (the embedded store's ``related_multi``), and keeping
@@ -101,10 +101,12 @@ def _dataset_of(prefix: str, index: str) -> str | None:
 
 def copy_of(dataset: str, source: dict[str, Any]) -> dict[str, Any] | None:
     """The slim copy of an event: its time and the fields baskets and their filters read,
-    under the events' own names; None when the event is in no basket (no item or no
-    visitor)."""
+    under the events' own names; None when no search of :mod:`.es_query` can find the
+    event (no item, or neither a visitor nor a visit)."""
     ts = _timestamp_ms(source.get(F.TIMESTAMP))
-    if ts is None or _get(source, F.VISITOR_ID) is None or _get(source, F.ITEM_ID) is None:
+    if ts is None or _get(source, F.ITEM_ID) is None:
+        return None
+    if _get(source, F.VISITOR_ID) is None and _get(source, F.VISIT_ID) is None:
         return None
     doc: dict[str, Any] = {F.TIMESTAMP: ts, "dataset": dataset}
     for name in _KEY_FIELDS:
