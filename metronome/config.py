@@ -792,9 +792,9 @@ class Settings:
     )
     related_rollups: bool = setting(
         "on",
-        "Answer related items on the embedded store from basket counts kept per UTC day"
-        " (on/off); off counts every candidate's baskets from its events (slower, same"
-        " answers).",
+        "Answer related items on the embedded store from basket counts kept per UTC day,"
+        " on Elasticsearch from the basket events' copies in one index (on/off); off counts"
+        " every candidate's baskets from its events (slower, same answers).",
         _bool,
     )
     visit_state_max: int = setting(

@@ -56,6 +56,7 @@ from metronome.store.es_query import (
     read_item_baskets,
     read_top,
 )
+from metronome.store.es_related import RelatedIndex
 from metronome.store.query import BasketCounts, BasketQuery, GroupQuery
 from metronome.store.roles import roles
 from metronome.store.templates import Template, load_templates
@@ -165,6 +166,9 @@ class ElasticsearchStore:
         self.backend = settings.search_engine
         self._client: Any = open_client(settings, serializer=OrjsonSerializer())
         self._templates: list[Template] = load_templates(settings)
+        # slim copies of the basket events, in one index (store/es_related.py): related items
+        self._related = RelatedIndex(self._client, self._prefix)
+        self._related_on = settings.related_rollups
 
     async def open(self) -> None:
         """The client connects lazily; only the warning of unchecked certificates now."""
@@ -216,6 +220,8 @@ class ElasticsearchStore:
                 )
         if any(c.action == "updated" for c in changes):
             await self._extend_existing_indices()
+        with answering("creating the related items' index"):
+            await self._related.ensure()
         return changes
 
     async def _extend_existing_indices(self) -> None:
@@ -334,6 +340,8 @@ class ElasticsearchStore:
         # the NDJSON body is built with orjson (the client would encode every line with
         # the json module), and only the status and error of each item come back
         ndjson = b"".join(lines for _, lines in items)
+        with answering("creating the related items' index"):
+            await self._related.ensure()  # before the first events: it then holds them all
         with answering("the bulk request"):
             # OpenSearch's client sends only text as NDJSON as is
             body = ndjson.decode() if self.backend == "opensearch" else ndjson
@@ -357,6 +365,9 @@ class ElasticsearchStore:
                         doc_id, False, reason, retriable=denied or status == 429 or status >= 500
                     )
                 )
+        # stored now or before (a resend, or a retry after a failure here): idempotent
+        with answering("the related items' basket index"):
+            await self._related.add(items, [outcome.ok for outcome in outcomes])
         return outcomes
 
     async def groups(
@@ -423,15 +434,35 @@ class ElasticsearchStore:
         aggregations: dict[str, Any] = resp.get("aggregations") or {}
         return aggregations
 
+    async def _basket_search(
+        self, query: BasketQuery, body: dict[str, Any], copies: bool
+    ) -> dict[str, Any]:
+        if not copies:
+            return await self._aggregations(query.where, body)
+        with answering("the query"):
+            resp = await self._client.search(
+                index=self._related.name,
+                body=self._related.search_body(body, query),
+                ignore_unavailable=True,
+                allow_no_indices=True,
+            )
+        aggregations: dict[str, Any] = resp.get("aggregations") or {}
+        return aggregations
+
     async def baskets(self, query: BasketQuery) -> BasketCounts:
-        first = await self._aggregations(query.where, compile_item_baskets(query))
+        copies = False
+        if self._related_on:
+            with answering("the related items' index"):
+                copies = self._related.usable(query, await self._related.complete_from())
+        first = await self._basket_search(query, compile_item_baskets(query), copies)
         if not first:  # no index yet
             return BasketCounts(0, ())
         visits, days, complete = read_item_baskets(first)
         if not visits and not days:
             return BasketCounts(0, (), complete)
         item_baskets = len(visits) + len(days)
-        second = await self._aggregations(query.where, compile_other_items(query, visits, days))
+        other = compile_other_items(query, visits, days)
+        second = await self._basket_search(query, other, copies)
         shared = read_basket_counts(second)
         ranked = sorted(
             ((item, n) for item, n in shared.items() if n >= query.min_support),
@@ -439,8 +470,8 @@ class ElasticsearchStore:
         )[: query.candidates]
         if not ranked:
             return BasketCounts(item_baskets, (), complete)
-        third = await self._aggregations(
-            query.where, compile_popularity(query, [item for item, _ in ranked])
+        third = await self._basket_search(
+            query, compile_popularity(query, [item for item, _ in ranked]), copies
         )
         popularity = read_basket_counts(third)
         pairs = tuple((item, n, max(n, popularity.get(item, n))) for item, n in ranked)
@@ -507,6 +538,8 @@ class ElasticsearchStore:
                 hits = resp["hits"]["hits"]
                 if not hits:
                     return deleted
+                # their copies first: a deletion cut short is finished by the next
+                await self._related.remove(hits)
                 operations = [{"delete": {"_index": h["_index"], "_id": h["_id"]}} for h in hits]
                 result = await self._client.bulk(body=operations, refresh=True)
                 deleted += sum(1 for item in result["items"] if item["delete"]["status"] == 200)
@@ -538,4 +571,6 @@ class ElasticsearchStore:
                 batch = ",".join(r.name for r in old[start : start + 50])
                 with answering("deleting old indices"):
                     await self._client.indices.delete(index=batch, ignore_unavailable=True)
+            with answering("the related items' index"):  # also ends a run cut short
+                await self._related.drop_before(datasets, cutoff_ms)
         return RetentionResult("indices", tuple(old), dry_run)

@@ -15,6 +15,10 @@ role`` prints them for the configured index prefix):
   sites create``: index and component templates, the sites indices, and adding new
   fields to existing indices after an upgrade.
 
+The related items' basket cells (``<prefix>-related``, store/es_related.py) are read by
+``read`` and ``serve``, and kept by ``ship``, which updates them in place (``index``,
+``delete``: only there).
+
 ``metronome serve`` with its shipper needs ``serve`` and ``ship``; nothing needs
 ``all``, ``manage`` on the cluster or ``write`` (which allows overwriting) on the data.
 """
@@ -33,9 +37,11 @@ def roles(prefix: str) -> dict[str, dict[str, Any]]:
     """Role definitions by name (``<prefix>-read`` ...) for the index ``prefix``."""
     data = [f"{prefix}-{dataset}-*" for dataset in _DATASETS]
     sites = [f"{prefix}-sites", f"{prefix}-sites-created"]
+    related = [f"{prefix}-related"]  # related items' basket cells (store/es_related.py)
     reading = [
         {"names": data, "privileges": ["read", "view_index_metadata"]},
         {"names": sites, "privileges": ["read"]},
+        {"names": related, "privileges": ["read", "view_index_metadata"]},
     ]
     return {
         f"{prefix}-read": {"cluster": ["monitor"], "indices": reading},
@@ -44,6 +50,7 @@ def roles(prefix: str) -> dict[str, dict[str, Any]]:
             "indices": [
                 {"names": data, "privileges": ["read", "view_index_metadata"]},
                 {"names": sites, "privileges": ["read", "index"]},
+                {"names": related, "privileges": ["read", "view_index_metadata"]},
             ],
         },
         f"{prefix}-ship": {
@@ -62,6 +69,17 @@ def roles(prefix: str) -> dict[str, dict[str, Any]]:
                     ],
                 },
                 {"names": sites, "privileges": ["read"]},
+                {
+                    # cells are updated in place: a script adds or removes event ids
+                    "names": related,
+                    "privileges": [
+                        "create_index",
+                        "read",
+                        "view_index_metadata",
+                        "index",
+                        "delete",
+                    ],
+                },
             ],
         },
         f"{prefix}-setup": {
@@ -69,6 +87,7 @@ def roles(prefix: str) -> dict[str, dict[str, Any]]:
             "indices": [
                 {"names": data, "privileges": ["manage", "read"]},
                 {"names": sites, "privileges": ["manage", "read", "write"]},
+                {"names": related, "privileges": ["manage", "read", "write"]},
             ],
         },
     }

@@ -140,7 +140,10 @@ def running_backend(
     def settle() -> None:
         wait_for_drain(server)
         if es_url:
-            httpx.post(f"{es_url}/{prefix}-*/_refresh", timeout=30).raise_for_status()
+            # expand_wildcards=all: the hidden <prefix>-related index (related items) too
+            httpx.post(
+                f"{es_url}/{prefix}-*/_refresh", params={"expand_wildcards": "all"}, timeout=30
+            ).raise_for_status()
 
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
