@@ -227,6 +227,7 @@ class Assignment:
     documents: list[Document]
     changed: dict[str, OpenVisit]
     events: int  # how many of ``documents`` are the batch's own
+    touched: tuple[OpenVisit, ...] = ()  # the visits the batch touched, as they now are
 
 
 class VisitState:
@@ -315,9 +316,10 @@ class VisitBook:
         self._gap_ms = gap_s * 1000
         self.state = state
 
-    def assign(self, documents: list[Document]) -> Assignment:
+    def assign(self, documents: list[Document], *, summaries: bool = True) -> Assignment:
         """``documents`` with their visit fields, then the summaries of the visits they
-        touched; nothing is remembered until :meth:`commit`."""
+        touched (not with ``summaries=False``: ``metronome import`` writes a visit's
+        summary once, from ``touched``); nothing is remembered until :meth:`commit`."""
         gap = self._gap_ms
         changed: dict[str, OpenVisit] = {}
         touched: dict[str, OpenVisit] = {}  # by visit id: a batch may end one and begin another
@@ -366,8 +368,10 @@ class VisitBook:
             current.start_ms = min(current.start_ms, at)
             current.last_ms = max(current.last_ms, at)
             out[i] = self._stamp(doc, current.visit_id, current.seq, gap_ms, prev)
-        summaries = [v.summary() for v in touched.values()]
-        return Assignment(out + summaries, changed, len(documents))
+        visits = tuple(touched.values())
+        if summaries:
+            out += [v.summary() for v in visits]
+        return Assignment(out, changed, len(documents), visits)
 
     def commit(self, assignment: Assignment, marker: tuple[str, int] | None = None) -> None:
         """Remember the visits of a stored batch (and how far in the spool it reached)."""
