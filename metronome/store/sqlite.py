@@ -66,9 +66,12 @@ DB_NAME = "metronome.sqlite3"
 _DELETE_BATCH = 5000  # rows per retention transaction
 _ROLLUP_EVERY_S = 5.0  # how often a write also counts the past days written into rollups
 _ROLLUP_DAYS = 8  # at most this many (site, dataset, day) per such pass: a bounded delay
-# The page cache of a connection that writes in bulk (``metronome import``): its batches
-# touch index pages all over the file, which SQLite's default 2 MB cache re-reads each time
+# A connection that writes in bulk (``metronome import``): its batches touch index pages
+# all over the file, which SQLite's default 2 MB page cache re-read each time; and its WAL
+# is copied into the database (a checkpoint, with an fsync) every 40 MB instead of 4 MB,
+# so a page written by many batches is copied once. Durability is the commits' own.
 _BULK_CACHE_KIB = 32768
+_BULK_CHECKPOINT_PAGES = 10000
 
 # document field -> column; fields without a column are read from the JSON document
 COLUMNS: dict[str, str] = {F.TIMESTAMP: "ts", **QUERY_COLUMNS}
@@ -427,6 +430,7 @@ class SQLiteStore(ConnectionThread):
                 self._durable = durable
             if not self._bulk:
                 conn.execute(f"PRAGMA cache_size = -{_BULK_CACHE_KIB}")
+                conn.execute(f"PRAGMA wal_autocheckpoint = {_BULK_CHECKPOINT_PAGES}")
                 self._bulk = True
             conn.execute("BEGIN IMMEDIATE")
             try:
