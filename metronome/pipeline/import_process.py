@@ -45,6 +45,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -164,7 +165,8 @@ class _BlockParser:
         # visits across the whole import (issue 25), in block order: in memory only
         self._book = VisitBook(settings.visit_gap_s, VisitState(None, settings.visit_state_max))
         self._gap_ms = settings.visit_gap_s * 1000
-        self._waiting: dict[str, OpenVisit] = {}  # by visit id, the least recently touched first
+        # by visit id, the least recently touched first
+        self._waiting: OrderedDict[str, OpenVisit] = OrderedDict()
         self._newest_ms = 0
 
     def documents(self, path: str, lines: list[tuple[int, str | None]]) -> list[Document]:
@@ -210,10 +212,11 @@ class _BlockParser:
         if documents:
             self._newest_ms = max(self._newest_ms, max(d.timestamp_ms for d in documents))
         cutoff = self._newest_ms - self._gap_ms
-        for visit_id, visit in list(waiting.items()):
+        while waiting:  # the least recently touched first (an OrderedDict: O(1) each)
+            visit = waiting[next(iter(waiting))]
             if visit.last_ms >= cutoff:  # nearly in time order: the rest wait a little more
                 break
-            del waiting[visit_id]
+            waiting.popitem(last=False)
             ended.append(visit)
         self._put(
             (

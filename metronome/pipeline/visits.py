@@ -56,9 +56,15 @@ _VISITED = ("ticks", "logs")
 _PRUNE_AFTER_MS = 2 * 86_400_000  # a visitor id lives one day; keep state two past the gap
 
 
+_PARTS: dict[str, list[str]] = {}  # a field name's parts, split once (a few names)
+
+
 def _get(source: dict[str, Any], name: str) -> Any:
     value: Any = source
-    for part in name.split("."):
+    parts = _PARTS.get(name)
+    if parts is None:
+        parts = _PARTS[name] = name.split(".")
+    for part in parts:
         if not isinstance(value, dict):
             return None
         value = value.get(part)
