@@ -555,9 +555,9 @@ class _Writer:
         self._synced_at = time.monotonic()
 
     async def add(self, batch: list[Any], summaries: list[Any], read: int) -> None:
-        """Write the summaries of the visits the batch touched (now, in block order: each
-        replaces the one stored, which ``_bulk`` requests in flight at once could swap),
-        then the batch before this one (the last one is written durably by
+        """Write the summaries of the visits that ended with the batch (now, in block
+        order: each replaces the one stored, which ``_bulk`` requests in flight at once
+        could swap), then the batch before this one (the last one is written durably by
         :meth:`finish`), holding this one."""
         if summaries:
             await self._write(summaries, durable=False, counted=False)
