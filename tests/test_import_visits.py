@@ -34,10 +34,11 @@ AGENTS = (
 )
 
 
-def _write_log(path: Path, lines: int, seed: int) -> None:
+def _write_log(path: Path, lines: int, seed: int, very_late: float = 0.0) -> None:
     """Visitors interleaved over a few hours: pauses longer than a visit's gap, lines a
     few minutes older than the one before (stragglers across blocks), a crawler, 404s,
-    a line that is not a request, and referrers from outside and from the site."""
+    a line that is not a request, and referrers from outside and from the site; with
+    ``very_late``, that share of lines 31 to 45 minutes older than the newest."""
     rng = random.Random(seed)
     at = datetime(2026, 5, 7, 22, 50, tzinfo=UTC)
     with open(path, "w") as f:
@@ -46,6 +47,8 @@ def _write_log(path: Path, lines: int, seed: int) -> None:
             if rng.random() < 0.03:
                 at += timedelta(minutes=40)  # everyone's visit ends
             when = at - timedelta(minutes=rng.choice((0, 0, 0, 0, 3, 9)))
+            if rng.random() < very_late:
+                when = at - timedelta(minutes=rng.randrange(31, 46))
             if i % 97 == 96:
                 f.write(f"not a request {i}\n")
                 continue
@@ -138,3 +141,34 @@ def test_imported_visits_are_those_one_book_gives_reading_the_blocks_in_order(
     assert len(summaries) >= 20
     assert any(v and v["seq"] > 3 for v in visits.values())
     assert sum(v is None for v in visits.values()) > 0  # the crawler's requests
+
+
+def test_a_visit_summarised_before_a_very_late_line_joins_it_is_stored_as_it_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import writes a visit's summary once the newest line is a visit gap past it;
+    a line older than that which still joins the visit (a request logged over half an
+    hour late) sends the summary again, so what is stored is still what one book gives."""
+    log = tmp_path / "access.log"
+    _write_log(log, 400, seed=25, very_late=0.08)
+    settings = Settings.from_env(
+        {
+            "METRONOME_DATA_DIR": str(tmp_path / "data"),
+            "METRONOME_LOG_FORMAT": "combined",
+            "METRONOME_URL_RULES": "/datasets/{id} -> view",
+        }
+    )
+    monkeypatch.setattr(import_process, "BATCH_DOCS", BLOCK)
+    summary = asyncio.run(import_files(settings, [str(log)]))
+    assert summary.stored == 396
+
+    with sqlite3.connect(tmp_path / "data" / "metronome.sqlite3") as conn:
+        rows = conn.execute("SELECT id, dataset, doc FROM events").fetchall()
+    visitors = {i: orjson.loads(doc).get("visitor") for i, ds, doc in rows if ds == "logs"}
+    _TWINS.clear()
+    visits, summaries = _expected(settings, log, visitors)
+    stored_visits = {i: orjson.loads(doc).get("visit") for i, ds, doc in rows if ds == "logs"}
+    assert stored_visits == visits
+    assert {i: orjson.loads(doc) for i, ds, doc in rows if ds == "visits"} == summaries
+    # some lines joined visits that began after them (the log is far from time order)
+    assert any(v and v["gap_ms"] == 0 and v["seq"] > 1 for v in visits.values())

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import gzip
 import logging
 import multiprocessing
@@ -44,6 +45,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -52,6 +54,8 @@ import orjson
 from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.events.document import Document
+from metronome.events.enrich import parse_user_agent
+from metronome.events.geo import country_iso_code
 from metronome.logs.formats import AUTO, AutoParser, Detection, compile_format
 from metronome.logs.formats.detect import SAMPLE_LINES
 from metronome.logs.formats.w3c import W3cParser
@@ -124,14 +128,30 @@ def _putter(out: Any, parent: int) -> Callable[[tuple[Any, ...]], None]:
     return put
 
 
+Handoff = tuple[dict[str, OpenVisit], tuple[str, ...]]
+"""What a parsing process hands to the one assigning the next block: the visits it changed
+(by visitor key) and the ids of every visit its block touched."""
+
+
 class _BlockParser:
     """Blocks of lines of one file to encoded batches, with their visits, rejects and counts.
 
     Visits are assigned here, in block order across the whole import, from one book that
     every parsing process keeps a copy of: after assigning a block, the process hands the
-    visits it changed (``changed``) to the process that assigns the next block, which
-    applies them first (:meth:`apply`). Both copies thus see the same visits in the same
-    order as one book would, and the events are encoded once, with their visit fields."""
+    visits it changed to the process that assigns the next block, which applies them
+    first (:meth:`apply`). Both copies thus see the same visits in the same order as one
+    book would, and the events are encoded once, with their visit fields.
+
+    A visit's summary is sent once it can no longer grow, not after every block that adds
+    to it (that wrote 0.8 summaries per event, each replacing the last: more than the
+    events cost to write): when the block's newest event is more than the visit gap past
+    the visit's last one, when another visit of the visitor began, and at the end of the
+    import. An event of an already summarised visit (a line out of time order) sends it
+    again, later in block order, so the stored summary is always the latest. Each visit
+    waits in the process that touched it last: the other process drops it from its own
+    waiting ones when it is handed over (``touched``), so a stale summary is never sent
+    after a newer one. A crash leaves the summaries of the visits still open unwritten;
+    importing again writes them (the events are stored once, the visits assigned alike)."""
 
     def __init__(
         self, settings: Settings, put: Callable[[tuple[Any, ...]], None], run_key: bytes
@@ -144,6 +164,10 @@ class _BlockParser:
         self._put = put
         # visits across the whole import (issue 25), in block order: in memory only
         self._book = VisitBook(settings.visit_gap_s, VisitState(None, settings.visit_state_max))
+        self._gap_ms = settings.visit_gap_s * 1000
+        # by visit id, the least recently touched first
+        self._waiting: OrderedDict[str, OpenVisit] = OrderedDict()
+        self._newest_ms = 0
 
     def documents(self, path: str, lines: list[tuple[int, str | None]]) -> list[Document]:
         """The documents of a block's lines (its rejects kept for :meth:`send`)."""
@@ -160,35 +184,63 @@ class _BlockParser:
             documents.append(converter.document(parsed, text, number, self._received_ms))
         return documents
 
-    def apply(self, changed: dict[str, OpenVisit] | None) -> None:
-        """The visits the other parsing process changed in the block before the next one."""
-        if changed:
-            self._book.state.commit(changed, None)
+    def apply(self, handoff: Handoff | None) -> None:
+        """The visits the other parsing process changed in the block before the next one;
+        the summaries of the visits it touched are its to send now."""
+        if handoff:
+            changed, touched = handoff
+            if changed:
+                self._book.state.commit(changed, None)
+            for visit_id in touched:
+                self._waiting.pop(visit_id, None)
 
-    def send(self, documents: list[Document], read: int) -> dict[str, OpenVisit]:
+    def send(self, documents: list[Document], read: int) -> Handoff:
         """Give the block's documents their visits, send the encoded batch (events, then the
-        summaries of the visits they touched) with the block's rejects; return the visits
-        changed, for the process that assigns the next block."""
-        assigned = self._book.assign(documents)
+        summaries of the visits that ended) with the block's rejects; return the handoff
+        for the process that assigns the next block."""
+        assigned = self._book.assign(documents, summaries=False)
         self._book.commit(assigned)
-        events = len(documents)
+        waiting = self._waiting
+        ended: list[OpenVisit] = []
+        still_open = {visit.visit_id for visit in assigned.changed.values()}
+        for visit in assigned.touched:
+            waiting.pop(visit.visit_id, None)
+            if visit.visit_id in still_open:
+                waiting[visit.visit_id] = visit  # to the end: the most recently touched
+            else:  # another visit of the visitor began, or a straggler's visit of its own
+                ended.append(visit)
+        if documents:
+            self._newest_ms = max(self._newest_ms, max(d.timestamp_ms for d in documents))
+        cutoff = self._newest_ms - self._gap_ms
+        while waiting:  # the least recently touched first (an OrderedDict: O(1) each)
+            visit = waiting[next(iter(waiting))]
+            if visit.last_ms >= cutoff:  # nearly in time order: the rest wait a little more
+                break
+            waiting.popitem(last=False)
+            ended.append(visit)
         self._put(
             (
                 "batch",
-                self._encode(assigned.documents[:events]),
-                self._encode(assigned.documents[events:]),
+                self._encode(assigned.documents),
+                self._encode([visit.summary() for visit in ended]),
                 read,
                 self.rejects.take(),
             )
         )
-        return assigned.changed
+        return assigned.changed, tuple(visit.visit_id for visit in assigned.touched)
 
-    def block(self, path: str, lines: list[tuple[int, str | None]]) -> dict[str, OpenVisit]:
+    def block(self, path: str, lines: list[tuple[int, str | None]]) -> Handoff:
         read_before = self.converter.summary.read
         documents = self.documents(path, lines)
         return self.send(documents, self.converter.summary.read - read_before)
 
     def done(self) -> None:
+        """Send the summaries of the visits still waiting, then the counts."""
+        waiting = list(self._waiting.values())
+        self._waiting.clear()
+        for start in range(0, len(waiting), BATCH_DOCS):
+            chunk = waiting[start : start + BATCH_DOCS]
+            self._put(("batch", [], self._encode([v.summary() for v in chunk]), 0, []))
         summary = self.converter.summary
         self._put(("done", dict(summary.rejected), summary.bots))
 
@@ -218,7 +270,7 @@ def _parse_files(
     converter = parser.converter
     auto = settings.log_format.strip().lower() == AUTO
     block_number = 0
-    changed: dict[str, OpenVisit] | None = None  # by this process's latest block
+    changed: Handoff | None = None  # the visits of this process's latest block
     waiting = 0  # blocks forwarded whose changed visits have not come back yet
 
     def take_back() -> None:
@@ -272,8 +324,8 @@ def _parse_files(
                 raise OSError(errno.EIO, message, path) from exc
             flush(path, block)
         take_back()  # before "done": the other process's last message is read
-        if forward is not None:
-            forward(("done",))
+        if forward is not None:  # with the visits of this one's last block
+            forward(("done", changed))
         parser.done()
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the importing process
         if forward is not None:
@@ -304,6 +356,7 @@ def _parse_forwarded(
                     os._exit(1)
                 continue
             if message[0] == "done":
+                parser.apply(message[1] if len(message) > 1 else None)
                 break
             read_before = parser.converter.summary.read
             documents = parser.documents(message[1], message[2])
@@ -398,6 +451,7 @@ async def import_in_two_processes(
                 daemon=True,
             )
         )
+    _load_shared_data()
     for child in children:
         child.start()
     writer = _Writer(settings, store, summary, progress)
@@ -440,6 +494,16 @@ async def import_in_two_processes(
     if failure is not None:
         raise failure
     return summary
+
+
+def _load_shared_data() -> None:
+    """Load the country database and the user-agent parser here, before the parsing
+    processes are forked, and freeze what this process holds (``gc.freeze``): the
+    children then share those pages with it instead of loading a copy each (about 70 MB
+    per process), and their garbage collector does not write to them."""
+    country_iso_code("192.0.2.1")
+    parse_user_agent("Mozilla/5.0 (X11; Linux x86_64)")
+    gc.freeze()
 
 
 def _receive(channel: Any, child: Any) -> tuple[Any, ...]:
@@ -491,9 +555,9 @@ class _Writer:
         self._synced_at = time.monotonic()
 
     async def add(self, batch: list[Any], summaries: list[Any], read: int) -> None:
-        """Write the summaries of the visits the batch touched (now, in block order: each
-        replaces the one stored, which ``_bulk`` requests in flight at once could swap),
-        then the batch before this one (the last one is written durably by
+        """Write the summaries of the visits that ended with the batch (now, in block
+        order: each replaces the one stored, which ``_bulk`` requests in flight at once
+        could swap), then the batch before this one (the last one is written durably by
         :meth:`finish`), holding this one."""
         if summaries:
             await self._write(summaries, durable=False, counted=False)

@@ -61,9 +61,15 @@ _VISITED = ("ticks", "logs")
 _PRUNE_AFTER_MS = 2 * 86_400_000  # a visitor id lives one day; keep state two past the gap
 
 
+_PARTS: dict[str, list[str]] = {}  # a field name's parts, split once (a few names)
+
+
 def _get(source: dict[str, Any], name: str) -> Any:
     value: Any = source
-    for part in name.split("."):
+    parts = _PARTS.get(name)
+    if parts is None:
+        parts = _PARTS[name] = name.split(".")
+    for part in parts:
         if not isinstance(value, dict):
             return None
         value = value.get(part)
@@ -234,6 +240,7 @@ class Assignment:
     documents: list[Document]
     changed: dict[str, OpenVisit]
     events: int  # how many of ``documents`` are the batch's own
+    touched: tuple[OpenVisit, ...] = ()  # the visits the batch touched, as they now are
 
 
 class VisitState:
@@ -322,9 +329,10 @@ class VisitBook:
         self._gap_ms = gap_s * 1000
         self.state = state
 
-    def assign(self, documents: list[Document]) -> Assignment:
+    def assign(self, documents: list[Document], *, summaries: bool = True) -> Assignment:
         """``documents`` with their visit fields, then the summaries of the visits they
-        touched; nothing is remembered until :meth:`commit`."""
+        touched (not with ``summaries=False``: ``metronome import`` writes a visit's
+        summary once, from ``touched``); nothing is remembered until :meth:`commit`."""
         gap = self._gap_ms
         changed: dict[str, OpenVisit] = {}
         touched: dict[str, OpenVisit] = {}  # by visit id: a batch may end one and begin another
@@ -383,8 +391,10 @@ class VisitBook:
             current.start_ms = min(current.start_ms, at)
             current.last_ms = max(current.last_ms, at)
             out[i] = self._stamp(doc, current.visit_id, current.seq, gap_ms, prev)
-        summaries = [v.summary() for v in touched.values()]
-        return Assignment(out + summaries, changed, len(documents))
+        visits = tuple(touched.values())
+        if summaries:
+            out += [v.summary() for v in visits]
+        return Assignment(out, changed, len(documents), visits)
 
     def commit(self, assignment: Assignment, marker: tuple[str, int] | None = None) -> None:
         """Remember the visits of a stored batch (and how far in the spool it reached)."""
