@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from metronome.logs import parse as P
 from metronome.logs.formats import compile_format as compile_any_format
+from metronome.logs.formats import detect
 from metronome.logs.formats.text import MAIN as TEXT_MAIN
 from metronome.logs.parse import ParsedLine, build_log_document, decode_line
 from metronome.logs.rules import UrlRules
@@ -68,6 +69,8 @@ def clear_caches() -> None:
         P._SITES,
         P._TIME_KEYS,
         P._TIMESTAMPS,
+        P._HOSTS,
+        P._urls,
     ):
         memo.clear()
 
@@ -338,3 +341,30 @@ def test_non_utf8_bytes_read_the_same_both_ways() -> None:
     ]
     lines = [decode_line(raw) for raw in raws]
     assert compare("combined", lines) == 3
+
+
+def test_every_sample_document_is_the_same_from_cold_and_warm_caches() -> None:
+    """Every family's sample (hosts, ports, forwarded lists, durations): a document built
+    from the caches is the one built without them."""
+    files = {path.name: path.read_bytes() for path in sorted(SAMPLES.glob("*.log"))}
+    rest = ' 203.0.113.7 - - [10/Oct/2000:13:55:36 -0700] "GET {} HTTP/1.1" 200 5 "-" "-"'
+    files["hosts"] = "\n".join(  # one target on many hosts, and the other way round
+        host + rest.format(target)
+        for target in ("/x?y=1", "http://c.example.org:81/x?y=1", "/datasets/a")
+        for host in ("a.example.org:443", "B.example.org.", "[2001:db8::1]:8443", "_", "-")
+    ).encode()
+    stored = 0
+    for name, content in files.items():
+        texts = [decode_line(raw.rstrip(b"\r")) for raw in content.split(b"\n")]
+        texts = [text for text in texts if text.strip()]
+        parser = detect(texts[:50]).parser
+        built = []
+        for number, text in enumerate(texts):
+            found = parser.parse(text)
+            if isinstance(found, ParsedLine):
+                clear_caches()
+                built.append((found, number, document_bytes(found, number, PROXIES)))
+        for found, number, cold in built * 2:
+            assert document_bytes(found, number, PROXIES) == cold, (name, found.line)
+        stored += len(built)
+    assert stored > 50

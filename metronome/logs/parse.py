@@ -518,8 +518,11 @@ _DURATIONS: dict[str, Callable[[str], float | None]] = {
 
 def _elb_seconds(text: str) -> float | None:
     """ELB's request, backend and response processing times (-1: not forwarded), summed."""
-    parts = [float(part) for part in text.split(" ")]
-    return None if min(parts) < 0 else sum(parts)
+    first, second, third = text.split(" ")  # the regex allows exactly three
+    request, backend, response = float(first), float(second), float(third)
+    if request < 0 or backend < 0 or response < 0:
+        return None
+    return 0.0 + request + backend + response  # added in sum()'s order
 
 
 def _haproxy_seconds(text: str) -> float | None:
@@ -1142,6 +1145,30 @@ def _time_keys(timestamp_ms: int) -> tuple[str, str]:
     return format_timestamp(timestamp_ms), f"{timestamp_ms & 0xFFFFFFFFFFFF:012x}"
 
 
+def _host_parts(host: str) -> tuple[str | None, int | None]:
+    """``(url.domain, destination.port)`` of ``$host`` (``host:port`` as logged)."""
+    return _domain(host), _host_port(host)
+
+
+_URLS_MAX = 16_384
+_urls: dict[tuple[str, str], FrozenDict] = {}
+
+
+def _with_domain(target: str, url: FrozenDict, domain: str) -> FrozenDict:
+    """The url object of an origin-form ``target`` with ``$host``'s domain, cached per
+    target and domain (the url object depends on nothing else)."""
+    key = (target, domain)
+    found = _urls.get(key)
+    if found is None:
+        found = FrozenDict(url, domain=domain)
+        if len(target) <= _MAX_CACHED_KEY_CHARS and len(domain) <= 255:
+            if len(_urls) >= _URLS_MAX:
+                _urls.clear()
+            _urls[key] = found
+    return found
+
+
+_HOSTS = _Memo(_host_parts, 4096, max_key_chars=300)
 _REFERRERS = _Memo(_referrer_fields, 4096)
 _AGENTS = _Memo(_agent, 4096)
 _REMOTES = _Memo(_remote_fields, 65_536)
@@ -1258,12 +1285,11 @@ def build_log_document(
         event["action"] = action
         source["item"] = item
     if host is not None:
-        if "domain" not in url:
-            domain = _domain(host)
-            if domain is not None:
-                source["url"] = {**url, "domain": domain}
+        domain, host_port = _HOSTS[host]
+        if domain is not None and "domain" not in url:
+            source["url"] = _with_domain(target, url, domain)
         if server_port is None:
-            server_port = _host_port(host)
+            server_port = host_port
     if server_port is not None:
         source["destination"] = {"port": server_port}
     if request_time is not None:
