@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,8 @@ def clear_caches() -> None:
         P._TIMESTAMPS,
         P._HOSTS,
         P._urls,
+        P._ISO_MS,
+        P._ISO_SECONDS,
     ):
         memo.clear()
 
@@ -368,3 +371,31 @@ def test_every_sample_document_is_the_same_from_cold_and_warm_caches() -> None:
             assert document_bytes(found, number, PROXIES) == cold, (name, found.line)
         stored += len(built)
     assert stored > 50
+
+
+def test_iso_times_read_per_second_are_the_times_read_whole() -> None:
+    """ELB's, ALB's and JSON logs' times (``...T00:00:00.186641Z``): the seconds come
+    from a cache, the fraction is added as ``datetime.timestamp()`` adds it."""
+    seconds = [0, 1, 59, 86_399, 951_782_400, 1_795_647_600, 4_102_444_799, 253_402_300_799]
+    texts = [
+        datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{fraction}Z"
+        for second in seconds
+        for fraction in ("000", "001", "499", "500", "999", "186641", "000500", "999999")
+    ]
+    texts += [
+        "1969-12-31T23:59:59.999Z",
+        "2026-13-01T00:00:00.123Z",
+        "2026-02-29T00:00:00.123Z",
+        "2026-11-26T24:00:00.000000Z",
+        "2026-11-26 00:00:00.123Z",
+        "2026-11-26T00:00:00,123Z",
+        "2026-11-26T00:00:00.12\u0663Z",
+        "2026-11-26T00:00:00.123z",
+        "2026-11-26T00:00:00.1234Z",
+        "2026-11-26T00:00:00.123+01:00",
+    ]
+    for text in texts:
+        P._ISO_SECONDS.clear()
+        assert P._iso_fraction_ms(text) == P._iso_ms(text), text
+        assert P._iso_fraction_ms(text) == P._iso_ms(text), text  # now from the cache
+    assert P._iso_fraction_ms("2026-11-26T00:00:00.186641Z") == 1_795_651_200_187

@@ -360,7 +360,32 @@ def _msec_ms(text: str) -> int | None:
 
 # a time text repeats on every line logged in the same second (or millisecond)
 _TIME_LOCAL_MS = _Memo(_time_local_ms, 8192)
-_ISO_MS = _Memo(_iso_ms, 8192)
+_ISO_SECONDS = _Memo(parse_iso, 8192, max_key_chars=20)
+
+
+def _iso_fraction_ms(text: str) -> int | None:
+    """``_iso_ms`` of ``2026-11-26T00:00:00.186641Z`` (ELB's, ALB's and most JSON logs'
+    times: 3 or 6 digits of fraction, UTC), the seconds read once per second
+    (:data:`_ISO_SECONDS`) and the ms computed as ``datetime.timestamp()`` does (exact
+    microseconds divided by 10**6, then rounded), so the answer is the same."""
+    if (
+        len(text) in (24, 27)
+        and text[19] == "."
+        and text[-1] == "Z"
+        and text[10] == "T"
+        and text[4] == "-"
+        and text[13] == ":"
+    ):
+        fraction = text[20:-1]
+        if fraction.isascii() and fraction.isdigit():
+            moment = _ISO_SECONDS[text[:19] + "Z"]
+            if moment is not None:
+                micros = int(moment.timestamp()) * 1_000_000 + int(fraction.ljust(6, "0"))
+                return _valid_ms(round(micros / 1_000_000 * 1000))
+    return _iso_ms(text)
+
+
+_ISO_MS = _Memo(_iso_fraction_ms, 8192)
 _MSEC_MS = _Memo(_msec_ms, 1024)
 
 
