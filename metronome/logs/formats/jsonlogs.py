@@ -36,6 +36,12 @@ def _shown(text: str) -> str:
 
 
 def _object(text: str) -> dict[str, Any] | Reject:
+    if text[:1] == "{":  # most lines: no stripped copies of the line
+        try:
+            found: dict[str, Any] = orjson.loads(text)  # "{" starts an object, or no JSON
+        except orjson.JSONDecodeError:
+            return Reject("bad_json", f"not JSON: {_shown(text)}")
+        return found
     if not text.strip():
         return Reject("empty", "an empty line")
     if not text.lstrip().startswith("{"):
