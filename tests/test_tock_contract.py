@@ -1,25 +1,17 @@
 """The /tock contract: exact answers from ticks with known timestamps, on every backend.
 
-Every test runs on the embedded store, Elasticsearch, Elasticsearch through TLS with an API
-key, and OpenSearch; the seed-shape test (a write and a report) also through TLS with a
-user and password and with a client certificate (tests/support/secured_contract.py).
+Every test runs on the embedded store, Elasticsearch, Elasticsearch through TLS with each
+credential kind (an API key, a user and password, a client certificate), and OpenSearch.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
-from tests.support import secured_contract
 from tests.support.backends import Backend
 
-# also through TLS with each other credential kind
-REPRESENTATIVE = {"test_tock_answers_the_seed_shape_with_exact_counts"}
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    secured_contract.parametrize(metafunc, REPRESENTATIVE)
+SECURED_CONTRACT = True  # also through TLS with each credential kind (tests/conftest.py)
+OPENSEARCH_CONTRACT = True  # and on OpenSearch
 
 
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
