@@ -4,8 +4,9 @@ The secured cluster is the suite's Elasticsearch behind nginx (tests/support/sec
 a test double of a secured cluster's door, with certificates from a CA made for the run).
 The contract modules (ticks, tock, query) run through it with each credential kind; this
 module covers the settings, the errors a wrong setup gets, and that secrets stay secret.
-Every server the module needs is started once, several at a time (``servers``): a wrong
-setup's start mostly waits on the store's answers, not on the CPU.
+Every server the module needs is started once, several at a time (``servers``), and tests
+share them where the settings are the same: a wrong setup's start mostly waits on the
+store's answers, not on the CPU. The fixture checks every server's whole log at the end.
 """
 
 from __future__ import annotations
@@ -70,11 +71,15 @@ def _settings(proxy: SecureProxy, password_file: Path) -> dict[str, dict[str, st
         "METRONOME_ELASTICSEARCH_USERNAME": proxy.reader,
         "METRONOME_ELASTICSEARCH_PASSWORD": proxy.reader_password,
     }
-    from_file = {k: v for k, v in basic.items() if k != "METRONOME_ELASTICSEARCH_PASSWORD"}
-    from_file["METRONOME_ELASTICSEARCH_PASSWORD_FILE"] = str(password_file)
+    # the password from a file, and the server's certificate pinned by its fingerprint (as
+    # openssl and Elasticsearch print it) instead of the CA file
     fingerprint = ":".join(proxy.ca_fingerprint[i : i + 2] for i in range(0, 64, 2)).upper()
-    by_fingerprint = {k: v for k, v in basic.items() if k != "METRONOME_ELASTICSEARCH_CA_CERTS"}
-    by_fingerprint["METRONOME_ELASTICSEARCH_CA_FINGERPRINT"] = fingerprint  # as openssl prints it
+    pinned = {
+        "METRONOME_ELASTICSEARCH_URL": proxy.auth_url,
+        "METRONOME_ELASTICSEARCH_USERNAME": proxy.user,
+        "METRONOME_ELASTICSEARCH_PASSWORD_FILE": str(password_file),
+        "METRONOME_ELASTICSEARCH_CA_FINGERPRINT": fingerprint,
+    }
     wrong = {
         "untrusted": {"METRONOME_ELASTICSEARCH_URL": proxy.untrusted_url, **ca},
         "expired": {"METRONOME_ELASTICSEARCH_URL": proxy.expired_url, **ca},
@@ -86,17 +91,15 @@ def _settings(proxy: SecureProxy, password_file: Path) -> dict[str, dict[str, st
             "METRONOME_ELASTICSEARCH_API_KEY": proxy.revoked_api_key,
         },
         "no_client_cert": {"METRONOME_ELASTICSEARCH_URL": proxy.mtls_url, **ca},
-        "missing_privilege": reader,
+        "missing_privilege": reader,  # also the write-privilege test's
     }
     return {
-        "password_file": from_file,
+        "pinned": pinned,
         "apikey": proxy.env("apikey"),
-        "reader": reader,
         "unchecked": {
             "METRONOME_ELASTICSEARCH_URL": proxy.untrusted_url,
             "METRONOME_ELASTICSEARCH_VERIFY_CERTS": "false",
         },
-        "fingerprint": by_fingerprint,
         **{f"wrong_{case}": env for case, env in wrong.items()},
     }
 
@@ -106,8 +109,8 @@ def servers(
     secure_proxy: SecureProxy, es_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, MetronomeServer]]:
     """Every server the module's tests look at, by name (see :func:`_settings`), started
-    four at a time; stopped and their indices deleted at the end. A test that reads a
-    server's whole log stops it first."""
+    four at a time. At the end each is stopped, its whole log must hold no traceback and
+    no secret, and its indices are deleted."""
     password_file = tmp_path_factory.mktemp("secrets") / "password"
     password_file.write_text(secure_proxy.password + "\n")
     started: dict[str, MetronomeServer] = {}
@@ -121,9 +124,15 @@ def servers(
             list(pool.map(lambda server: server.start(), started.values()))
         yield started
     finally:
+        with ThreadPoolExecutor(max_workers=len(started)) as pool:  # each waits for its exit
+            list(pool.map(lambda server: server.stop(), started.values()))
         for server in started.values():
-            server.stop()
             delete_prefix(es_url, server.env["METRONOME_INDEX_PREFIX"])
+    for name, server in started.items():
+        log = server.log_path.read_text()
+        assert "Traceback" not in log, f"{name}:\n{server.log_tail(80)}"
+        for secret in secure_proxy.secrets:
+            assert secret not in log, name
 
 
 def test_a_run_with_credentials_never_shows_them(
@@ -134,7 +143,7 @@ def test_a_run_with_credentials_never_shows_them(
     errors of a wrong password and a revoked key (their servers' logs and /readyz:
     test_a_wrong_setup_is_named_at_start_and_in_readyz)."""
     outputs: list[str] = []
-    used = [servers["password_file"], servers["apikey"]]
+    used = [servers["pinned"], servers["apikey"]]
     for server in used:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             tick = client.post("/tick", json={"id": "secret-item", "url": "https://a.example/"})
@@ -162,8 +171,7 @@ def test_a_run_with_credentials_never_shows_them(
         done = _metronome("status", env={**here, **env})
         assert done.returncode == 1 and "NOT READY" in done.stdout, done.stdout
         outputs += [done.stdout, done.stderr]
-    for server in used:
-        server.stop()
+    for server in used:  # the logs so far (and the whole logs: ``servers``)
         outputs.append(server.log_path.read_text())
     everything = "\n".join(outputs)
     assert "Traceback" not in everything
@@ -181,14 +189,12 @@ def test_a_wrong_setup_is_named_at_start_and_in_readyz(
     assert ready.status_code == 200  # ticks are still taken into the spool
     assert ready.json()["status"] == "degraded"
     assert says in ready.json()["reason"]
-    start = server.log_tail(200)
+    start = server.log_path.read_text()
     assert f"error: the store is not ready: {ready.json()['reason'].split(';')[0]}" in start
     assert says in start
-    server.stop()
-    log = server.log_path.read_text()
-    assert "Traceback" not in log
+    assert "Traceback" not in start
     for secret in secure_proxy.secrets:
-        assert secret not in log and secret not in ready.text
+        assert secret not in start and secret not in ready.text
 
 
 def _wait_for_log(server: MetronomeServer, text: str, timeout_s: float = 60) -> None:
@@ -204,16 +210,12 @@ def test_a_role_without_a_write_privilege_keeps_ticks_in_the_spool(
 ) -> None:
     """A bulk write refused for a missing privilege is not a bad document: nothing is
     dead-lettered, the tick stays in the spool, and the shipper's log names the privilege."""
-    server = servers["reader"]
+    server = servers["wrong_missing_privilege"]  # the role that may read but not write
     resp = httpx.post(server.url + "/tick", json={"id": "kept", "url": "https://a.example/"})
     assert resp.status_code == 202, resp.text
     _wait_for_log(server, "lacks the index privilege 'create_doc' for indices:data/write/bulk")
-    spool = spool_dir(server.data_dir)
-    assert backlog(spool, with_age=False).bytes_unshipped > 0  # refused, and kept
-    server.stop()
-    assert backlog(spool, with_age=False).bytes_unshipped > 0
+    assert backlog(spool_dir(server.data_dir), with_age=False).bytes_unshipped > 0  # kept
     assert not (server.data_dir / "dead-letters.ndjson").exists()
-    assert "Traceback" not in server.log_path.read_text()
 
 
 def test_unchecked_certificates_work_and_warn_at_every_start(
@@ -232,7 +234,7 @@ def test_unchecked_certificates_work_and_warn_at_every_start(
 def test_a_certificate_fingerprint_replaces_the_ca_file(
     secure_proxy: SecureProxy, servers: dict[str, MetronomeServer], tmp_path: Path
 ) -> None:
-    server = servers["fingerprint"]
+    server = servers["pinned"]
     assert "METRONOME_ELASTICSEARCH_CA_CERTS" not in server.env
     assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
     wrong = _metronome(
