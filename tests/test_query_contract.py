@@ -3,9 +3,8 @@
 One small dataset in June 2019 (no other test writes there): ticks from three visitors
 (one a crawler) and an access log imported with URL rules. Each test states the answer a
 person would compute by hand; every backend must give exactly that: the embedded store,
-Elasticsearch, Elasticsearch through TLS with an API key, and OpenSearch; two tests also
-through TLS with a user and password and with a client certificate
-(tests/support/secured_contract.py).
+Elasticsearch, Elasticsearch through TLS with each credential kind (an API key, a user and
+password, a client certificate), and OpenSearch.
 """
 
 from __future__ import annotations
@@ -14,19 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.support import secured_contract
 from tests.support.backends import Backend
 
-# the dataset's writes and import, then a /query and the named reports: also through TLS
-# with each other credential kind
-REPRESENTATIVE = {
-    "test_events_per_day_are_gap_filled_in_the_time_zone",
-    "test_named_reports_answer_common_questions",
-}
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    secured_contract.parametrize(metafunc, REPRESENTATIVE)
+SECURED_CONTRACT = True  # also through TLS with each credential kind (tests/conftest.py)
+OPENSEARCH_CONTRACT = True  # and on OpenSearch
 
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"

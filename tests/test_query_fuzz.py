@@ -4,10 +4,11 @@ Hypothesis generates requests at the edges of every limit and type -- filters ne
 to and past the limits, text values up to and past Lucene's longest term, moments across
 the whole supported range and beyond in every kind of time zone (east, west, half-hour,
 DST, +14, -11), tampered cursors, huge, tiny and not-quite numbers -- and sends them to
-``POST /query``, ``GET /reports/{name}`` and ``GET /tock`` on each store. Each answer
-must come within :data:`TIME_BOUND_S`, be a 2xx or a 400 of the one error shape (or a
-413 for a body over the limit), and leave no traceback or error line in the server's
-log. Runs are derandomized and bounded: the same requests every run."""
+``POST /query``, ``GET /reports/{name}`` and ``GET /tock`` on each store (the embedded
+store, Elasticsearch and OpenSearch). Each answer must come within :data:`TIME_BOUND_S`,
+be a 2xx or a 400 of the one error shape (or a 413 for a body over the limit), and leave
+no traceback or error line in the server's log. Runs are derandomized and bounded: the
+same requests every run."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ ZONES = [
 DAY = "2013-03-14"  # no other test writes on this day
 DAY_MS = 1_363_219_200_000
 FUZZ = fuzz(60)
+OPENSEARCH_CONTRACT = True  # on OpenSearch too (tests/conftest.py): the query suite's third store
 
 # --- what to send -----------------------------------------------------------------------
 
