@@ -492,6 +492,11 @@ def run_server(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT; workers that die are replaced."""
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     configure_logging(settings)
+    # the application's modules, imported once here: the workers forked below start with
+    # them loaded (each still builds its own app and store, in ``_Server.load``), so a
+    # start or a worker's restart costs one import of them, not one per worker
+    import metronome.app  # noqa: F401
+
     control = control_socket_path(settings)
     if control is None:
         log.info("control_socket_disabled reason=the data directory's path is too long")

@@ -44,6 +44,9 @@ from tests.support.secure_proxy import SecureProxy
 
 _Server = TypeVar("_Server", bound=ElasticsearchServer)
 
+# the slowest modules first: its pytest_collection_modifyitems orders the collection
+pytest_plugins = ["tests.support.weights"]
+
 # fixture -> the marker of the outside service it brings (its tests get the marker)
 SERVICE_FIXTURES = {
     "os_url": "opensearch",
@@ -93,8 +96,9 @@ def _needs(item: pytest.Item) -> set[str]:
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test by the services it needs; tests that need compose run last. Tests
-    marked ``cluster`` (minutes each) run only when ``-m`` names that marker."""
+    """Mark each test by the services it needs (the run's order, slowest modules first
+    and tests that need compose last: tests/support/weights.py). Tests marked
+    ``cluster`` (minutes each) run only when ``-m`` names that marker."""
     for item in items:
         for marker in sorted(_needs(item)):
             item.add_marker(marker)
@@ -103,7 +107,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if cluster:
             config.hook.pytest_deselected(items=cluster)
             items[:] = [item for item in items if item.get_closest_marker("cluster") is None]
-    items.sort(key=lambda item: item.get_closest_marker("compose") is not None)  # stable
 
 
 _compose_build: threading.Thread | None = None
