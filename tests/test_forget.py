@@ -6,6 +6,9 @@ import json
 
 from tests.support.backends import Backend
 
+# issue 18: these run on OpenSearch as a third store too (see tests/conftest.py)
+OPENSEARCH_CONTRACT = True
+
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 
 

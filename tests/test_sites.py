@@ -23,6 +23,9 @@ from metronome.sites.model import Site
 from tests.support.backends import Backend, running_backend
 from tests.support.metronome_server import MetronomeServer
 
+# issue 18: these run on OpenSearch as a third store too (see tests/conftest.py)
+OPENSEARCH_CONTRACT = True
+
 ORIGIN_A = "https://a.example"
 ORIGIN_B = "https://b.example"
 RANGE = {"from": "2026-03-01", "to": "2026-03-02"}
