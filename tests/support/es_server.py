@@ -37,7 +37,9 @@ __all__ = [
 ]
 
 ES_VERSION = "8.19.21"  # newest on Maven Central that runs on JDK 17
-OPENSEARCH_VERSION = "2.19.6"  # newest 2.x; 3.x needs JDK 21
+OPENSEARCH_VERSION = (
+    "3.8.0"  # newest integ-test zip on Maven Central; needs JDK 21+ (see _java_home)
+)
 _OPENSEARCH_BASE = (
     "https://repo1.maven.org/maven2/org/opensearch/distribution/integ-test-zip/opensearch"
 )
@@ -63,7 +65,39 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _java_home() -> str:
+def _jdk_major(home: Path) -> int:
+    """The major version a JDK's ``release`` file names (0 when it names none)."""
+    try:
+        text = (home / "release").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("JAVA_VERSION="):
+            version = line.split("=", 1)[1].strip().strip('"')
+            head = version.split(".")[0]
+            return int(head) if head.isdigit() else 0
+    return 0
+
+
+def _java_home(minimum: int = 17, env: str = "ES") -> str:
+    """A JDK for the server: ``<env>_JAVA_HOME`` or ``JAVA_HOME`` when set, else the
+    ``java`` on PATH when it is new enough, else the newest JDK in /usr/lib/jvm (the
+    machines this runs on have OpenJDK 17 and a Temurin JDK 25 beside it)."""
+    for var in (f"{env}_JAVA_HOME", "JAVA_HOME"):
+        if os.environ.get(var) and _jdk_major(Path(os.environ[var])) >= minimum:
+            return os.environ[var]
+    java = shutil.which("java")
+    if java and _jdk_major(Path(os.path.realpath(java)).parent.parent) >= minimum:
+        return str(Path(os.path.realpath(java)).parent.parent)
+    jvms = Path("/usr/lib/jvm")
+    found = sorted(
+        (home for home in (jvms.iterdir() if jvms.is_dir() else []) if home.is_dir()),
+        key=_jdk_major,
+    )
+    if found and _jdk_major(found[-1]) >= minimum:
+        return str(found[-1])
+    if minimum > 17:
+        raise RuntimeError(f"no JDK {minimum}+ found: install one or set {env}_JAVA_HOME")
     for var in ("ES_JAVA_HOME", "JAVA_HOME"):
         if os.environ.get(var):
             return os.environ[var]
@@ -127,6 +161,7 @@ class ElasticsearchServer:
     product = "elasticsearch"
     _env = "ES"  # ES_JAVA_HOME, ES_JAVA_OPTS, ES_PATH_CONF
     _settings: tuple[str, ...] = ("xpack.security.enabled=false",)
+    _jdk = 17  # the oldest JDK it runs on
 
     def __init__(self, heap: str = "512m", version: str = ES_VERSION) -> None:
         self.home = install(version, self.product)
@@ -161,7 +196,7 @@ class ElasticsearchServer:
         if self._proc is not None and self._proc.poll() is None:
             return
         env = dict(os.environ)
-        env[f"{self._env}_JAVA_HOME"] = _java_home()
+        env[f"{self._env}_JAVA_HOME"] = _java_home(self._jdk, self._env)
         env[f"{self._env}_JAVA_OPTS"] = f"-Xms{self.heap} -Xmx{self.heap}"
         env[f"{self._env}_PATH_CONF"] = str(self.workdir / "config")
         cmd = [
@@ -251,6 +286,7 @@ class OpenSearchServer(ElasticsearchServer):
     product = "opensearch"
     _env = "OPENSEARCH"
     _settings = ()
+    _jdk = 21  # OpenSearch 3
 
     def __init__(self, heap: str = "512m", version: str = OPENSEARCH_VERSION) -> None:
         super().__init__(heap, version)
