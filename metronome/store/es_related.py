@@ -170,7 +170,7 @@ class RelatedIndex:
 
     async def ensure(self) -> None:
         """Create the index once, recording from when it holds every event."""
-        from metronome.store.connection import API_ERRORS, status_of
+        from metronome.store.hidden_index import create_hidden_index
 
         if self._ready:
             return
@@ -180,27 +180,9 @@ class RelatedIndex:
                 index=events, ignore_unavailable=True, allow_no_indices=True
             )
             since = 0 if not resp.get("count") else int(time.time() * 1000)
-            try:
-                await self._client.indices.create(
-                    index=self.name,
-                    body={
-                        "settings": {
-                            "index": {
-                                "hidden": True,
-                                "number_of_shards": 1,
-                                "auto_expand_replicas": "0-1",
-                            }
-                        },
-                        "mappings": {
-                            "dynamic": "strict",
-                            "_meta": {"complete_from": since},
-                            "properties": _PROPERTIES,
-                        },
-                    },
-                )
-            except API_ERRORS as exc:
-                if status_of(exc) != 400 or "already_exists" not in str(exc):
-                    raise
+            await create_hidden_index(
+                self._client, self.name, _PROPERTIES, {"complete_from": since}
+            )
         self._ready = True
 
     async def complete_from(self) -> int | None:

@@ -14,7 +14,25 @@ from typing import Any, Self
 
 from metronome.config import Settings
 
-__all__ = ["HiddenIndexRegistry"]
+__all__ = ["HiddenIndexRegistry", "create_hidden_index"]
+
+
+async def create_hidden_index(
+    client: Any, index: str, properties: dict[str, Any], meta: dict[str, Any] | None = None
+) -> None:
+    """Create a hidden, single-shard index with a strict mapping (and ``_meta``); an index
+    that already exists (another worker was first) is not an error."""
+    from metronome.store.connection import API_ERRORS, status_of
+
+    mappings: dict[str, Any] = {"dynamic": "strict", "properties": properties}
+    if meta is not None:
+        mappings["_meta"] = meta
+    settings = {"index": {"hidden": True, "number_of_shards": 1, "auto_expand_replicas": "0-1"}}
+    try:
+        await client.indices.create(index=index, body={"settings": settings, "mappings": mappings})
+    except API_ERRORS as exc:
+        if status_of(exc) != 400 or "already_exists" not in str(exc):
+            raise
 
 
 class HiddenIndexRegistry:
@@ -50,29 +68,12 @@ class HiddenIndexRegistry:
         await self._client.close()
 
     async def _ensure(self) -> None:
-        from metronome.store.connection import API_ERRORS, status_of
         from metronome.store.elasticsearch import answering
 
         if self._ready:
             return
         with answering(f"creating the {self._what} index"):
-            try:
-                await self._client.indices.create(
-                    index=self._index,
-                    body={
-                        "settings": {
-                            "index": {
-                                "hidden": True,
-                                "number_of_shards": 1,
-                                "auto_expand_replicas": "0-1",
-                            }
-                        },
-                        "mappings": {"dynamic": "strict", "properties": self._properties},
-                    },
-                )
-            except API_ERRORS as exc:
-                if status_of(exc) != 400 or "already_exists" not in str(exc):
-                    raise
+            await create_hidden_index(self._client, self._index, self._properties)
             if self._wait_for_shard:
                 # another process may have created it a moment ago: wait for its shard (the
                 # cluster's own 30 s limit: OpenSearch's client takes timeout= as its own)
