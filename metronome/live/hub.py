@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import orjson
 
 from metronome.config import Settings
-from metronome.errors import MetronomeError
+from metronome.errors import MetronomeError, StoreUnavailable
 from metronome.live.link import Answer, EvaluatorLink, socket_path
 from metronome.pipeline.metrics import LIVE_EVALUATIONS, LIVE_PUSHES
 from metronome.reports.engine import run_query
@@ -70,6 +70,11 @@ def _error_message(sub_id: str, error: dict[str, Any]) -> bytes:
     return orjson.dumps({"type": "error", "id": sub_id, **error})
 
 
+RETRY_UNAVAILABLE_S = 0.5
+"""An evaluation the store refused (503) is asked once more after this many seconds; only
+a second refusal is pushed to the subscribers as a ``store_unavailable`` error."""
+
+
 @dataclass(eq=False)
 class Evaluation:
     """One distinct subscription in this process, and who holds it."""
@@ -104,7 +109,13 @@ class Evaluation:
         at_ms = int(time.time() * 1000)
         try:
             query = for_site(parse_query(self.body, at_ms), self.site_id)
-            answer = await run_query(self.hub.store, query, max_groups=self.hub.max_groups)
+            try:
+                answer = await run_query(self.hub.store, query, max_groups=self.hub.max_groups)
+            except StoreUnavailable:
+                # a refusal is often momentary (a new day's index whose shard is not yet
+                # started): ask once more before telling every subscriber
+                await asyncio.sleep(RETRY_UNAVAILABLE_S)
+                answer = await run_query(self.hub.store, query, max_groups=self.hub.max_groups)
             kind, payload = "result", orjson.dumps(answer, option=_DUMP)
             # the rows only: the range echoed in meta and query rolls at every evaluation
             rows = orjson.dumps(answer.get("results"), option=_DUMP)
