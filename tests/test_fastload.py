@@ -13,6 +13,7 @@ the Elasticsearch loader is ``parallel_bulk`` of the store's own documents."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import sqlite3
 from collections.abc import Iterator
@@ -103,13 +104,30 @@ async def _write(path: Path) -> None:
         await store.refresh_rollups()
 
 
+@functools.cache
+def _all_documents() -> list[Document]:
+    return list(_documents(24))
+
+
+def _part(start: int, stop: int) -> list[Document]:
+    return _all_documents()[start:stop]
+
+
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The same documents through the store's write, and through the loader: the first
+    9,000 in batches from this process, the rest in parts made by two worker processes;
+    the rollups counted in two processes, a UTC month each."""
     written = tmp_path_factory.mktemp("written")
     loaded = tmp_path_factory.mktemp("loaded")
     asyncio.run(_write(written))
-    counts = load_sqlite(loaded, _documents(24), batch=3_000)
-    assert counts["events"] > EVENTS
+    documents = _all_documents()
+    parts = [
+        functools.partial(_part, start, start + 3_000)
+        for start in range(9_000, len(documents), 3_000)
+    ]
+    counts = load_sqlite(loaded, documents[:9_000], parts=parts, batch=3_000, shards=2)
+    assert counts["events"] == len(documents)
     return written, loaded
 
 
