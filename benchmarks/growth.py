@@ -2,9 +2,10 @@
 
 For each of ``--sizes`` (default 100,000, 1,000,000 and 10,000,000) ticks over ``--days``
 (365) across ``--items`` (100,000; skewed popularity), generated as
-:mod:`benchmarks.reports` does and written straight through each store's bulk write (the
-embedded store's ``write`` in batches of 10,000; Elasticsearch's ``parallel_bulk`` into
-daily indices, a throwaway server or ``METRONOME_TEST_ELASTICSEARCH_URL``), it measures:
+:mod:`benchmarks.reports` does and loaded as each store's write path stores them (the
+embedded store by :mod:`benchmarks.fastload`, or with ``--loader write`` through its
+``write`` in batches of 10,000; Elasticsearch by ``parallel_bulk`` into daily indices, a
+throwaway server or ``METRONOME_TEST_ELASTICSEARCH_URL``), it measures:
 
 * the import rate; on the embedded store the counting of its rollups is timed apart from
   the writes (``rollup_seconds``; ``rollup_share_of_import`` is what it costs ingestion);
@@ -16,11 +17,15 @@ daily indices, a throwaway server or ``METRONOME_TEST_ELASTICSEARCH_URL``), it m
   embedded store's rollups answer it) and ``day_domain`` (it reads the events);
 * on the embedded store, the top-items query straight on one connection from the events
   (``top_items_events``, the baseline) and through the rollups (``top_items_rollups``),
-  in shuffled alternation, and whether both give the same answer;
+  in shuffled alternation, and whether both give the same answer; the same for the
+  month by day and referrer (``day_referrer_events``, ``day_referrer_rollups``, and the
+  rollup table it read);
 * peak memory: the loader (this process) and the largest of the server's processes.
 
 The results file is written after each size, so a run stopped at a size too large for
-the time keeps what it measured.
+the time keeps what it measured. With ``--loader fast`` the import rate is the
+loader's (``fast_load_docs_per_s``), not the store's; ``--loader write`` measures the
+store's own (``import_docs_per_s``), hours at 10,000,000 here.
 
     python -m benchmarks.growth [--sizes 100000,1000000] [--skip-elasticsearch]
 """
@@ -94,6 +99,13 @@ def _server_peak_mb(server: Any) -> float | None:
     ]
     known = [p for p in peaks if p]
     return round(max(known) / 1024, 1) if known else None
+
+
+def _table_of(compiled: tuple[str, list[Any]] | None) -> str | None:
+    """The rollup table a compiled query reads (None: the events alone)."""
+    if compiled is None:
+        return None
+    return next((w for w in compiled[0].split() if w.startswith("rollup_")), None)
 
 
 def _loader_peak_mb() -> float:
@@ -181,7 +193,7 @@ def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]
     from metronome.events.fields import DEFAULT_SITE
     from metronome.reports.query import for_site, parse_query
     from metronome.store.sqlite import DB_NAME
-    from metronome.store.sqlite_query import install_functions, query_top
+    from metronome.store.sqlite_query import install_functions, query_groups, query_top
     from metronome.store.sqlite_rollups import rollup_sql
 
     data = (Path(args.keep_data) if args.keep_data else tmp) / f"sqlite-{size}"
@@ -206,6 +218,17 @@ def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]
         (rolled_s if name == "rollups" else events_s).append(time.perf_counter() - started)
     same = (
         rows == query_top(conn, query, 0, True, 11) == query_top(conn, query, 0, True, 11, compiled)
+    )
+    # the same for the month by day and referrer, a query of all the month's groups
+    day_query = for_site(parse_query(_day_query(end, "referrer")), DEFAULT_SITE).group
+    day_compiled = rollup_sql(conn, day_query)
+    day_s: dict[str, list[float]] = {"events": [], "rollups": []}
+    for _, name in C.trial_order(list(day_s), args.baseline_requests, args.seed):
+        started = time.perf_counter()
+        query_groups(conn, day_query, None, 10_001, day_compiled if name == "rollups" else None)
+        day_s[name].append(time.perf_counter() - started)
+    day_same = query_groups(conn, day_query, None, 10_001) == query_groups(
+        conn, day_query, None, 10_001, day_compiled
     )
     conn.close()
     rng = random.Random(args.seed + 1)
@@ -238,6 +261,10 @@ def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]
         "top_items_rollups": summarise(rolled_s),
         "top_items_rollups_used": compiled is not None,
         "top_items_same_answer": same,
+        "day_referrer_events": summarise(day_s["events"]),
+        "day_referrer_rollups": summarise(day_s["rollups"]),
+        "day_referrer_rollup_table": _table_of(day_compiled),
+        "day_referrer_same_answer": day_same,
         "loader_peak_mb": loaded.get("loader_peak_mb"),
         "server_peak_mb": server_peak,
     }
