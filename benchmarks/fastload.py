@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import resource
 import shutil
 import sqlite3
 import time
@@ -157,7 +158,7 @@ def load_sqlite(
     ``workers`` processes; a part is a batch), into the embedded store in ``data_dir``
     (made and given its schema by the store if new); the rollups counted in ``shards``
     processes. Returns the events and the seconds spent writing rows, building indexes
-    and counting rollups."""
+    and counting rollups, and the CPU seconds of this process and its workers."""
     from metronome.config import Settings
     from metronome.events import fields as F
     from metronome.store.sqlite import _INSERT, DB_NAME, SQLiteStore
@@ -179,6 +180,7 @@ def load_sqlite(
     for name, _ in indexes:
         conn.execute(f'DROP INDEX "{name}"')
     replace = _INSERT.replace("OR IGNORE", "OR REPLACE")
+    cpu_before = _cpu_seconds()
     started = time.perf_counter()
     count = 0
 
@@ -212,4 +214,12 @@ def load_sqlite(
         "write_seconds": round(written - started, 1),
         "index_seconds": round(indexed - written, 1),
         "rollup_seconds": round(rolled - indexed, 1),
+        "cpu_seconds": round(_cpu_seconds() - cpu_before, 1),
     }
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have ended."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

@@ -248,7 +248,10 @@ def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]
         "import_docs_per_s" if args.loader == "write" else "fast_load_docs_per_s": round(
             size / total
         ),
-        **{k: loaded.get(k) for k in ("write_seconds", "index_seconds", "rollup_seconds")},
+        **{
+            k: loaded.get(k)
+            for k in ("write_seconds", "index_seconds", "rollup_seconds", "cpu_seconds")
+        },
         "rollup_share_of_import": C.rounded(loaded["rollup_seconds"] / total),
     }
     return {
