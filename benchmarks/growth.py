@@ -2,9 +2,10 @@
 
 For each of ``--sizes`` (default 100,000, 1,000,000 and 10,000,000) ticks over ``--days``
 (365) across ``--items`` (100,000; skewed popularity), generated as
-:mod:`benchmarks.reports` does and written straight through each store's bulk write (the
-embedded store's ``write`` in batches of 10,000; Elasticsearch's ``parallel_bulk`` into
-daily indices, a throwaway server or ``METRONOME_TEST_ELASTICSEARCH_URL``), it measures:
+:mod:`benchmarks.reports` does and loaded as each store's write path stores them (the
+embedded store by :mod:`benchmarks.fastload`, or with ``--loader write`` through its
+``write`` in batches of 10,000; Elasticsearch by ``parallel_bulk`` into daily indices, a
+throwaway server or ``METRONOME_TEST_ELASTICSEARCH_URL``), it measures:
 
 * the import rate; on the embedded store the counting of its rollups is timed apart from
   the writes (``rollup_seconds``; ``rollup_share_of_import`` is what it costs ingestion);
@@ -16,11 +17,15 @@ daily indices, a throwaway server or ``METRONOME_TEST_ELASTICSEARCH_URL``), it m
   embedded store's rollups answer it) and ``day_domain`` (it reads the events);
 * on the embedded store, the top-items query straight on one connection from the events
   (``top_items_events``, the baseline) and through the rollups (``top_items_rollups``),
-  in shuffled alternation, and whether both give the same answer;
+  in shuffled alternation, and whether both give the same answer; the same for the
+  month by day and referrer (``day_referrer_events``, ``day_referrer_rollups``, and the
+  rollup table it read);
 * peak memory: the loader (this process) and the largest of the server's processes.
 
 The results file is written after each size, so a run stopped at a size too large for
-the time keeps what it measured.
+the time keeps what it measured. With ``--loader fast`` the import rate is the
+loader's (``fast_load_docs_per_s``), not the store's; ``--loader write`` measures the
+store's own (``import_docs_per_s``), hours at 10,000,000 here.
 
     python -m benchmarks.growth [--sizes 100000,1000000] [--skip-elasticsearch]
 """
@@ -28,6 +33,8 @@ the time keeps what it measured.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import random
 import secrets
 import shutil
@@ -39,6 +46,7 @@ from typing import Any
 import httpx
 
 from benchmarks import _common as C
+from benchmarks.fastload import load_sqlite
 from benchmarks.reports import generate, load_elasticsearch, summarise, top_items_query
 
 NAME = "growth"
@@ -74,6 +82,8 @@ def _measure_server(
         run(name)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for _, name in C.trial_order(names, args.requests, args.seed):
+        if len(samples[name]) >= 5 and sum(samples[name]) > args.report_budget:
+            continue  # slow enough that its p95 is known; the time goes to the others
         started = time.perf_counter()
         run(name)
         samples[name].append(time.perf_counter() - started)
@@ -91,23 +101,60 @@ def _server_peak_mb(server: Any) -> float | None:
     return round(max(known) / 1024, 1) if known else None
 
 
+def _table_of(compiled: tuple[str, list[Any]] | None) -> str | None:
+    """The rollup table a compiled query reads (None: the events alone)."""
+    if compiled is None:
+        return None
+    return next((w for w in compiled[0].split() if w.startswith("rollup_")), None)
+
+
 def _loader_peak_mb() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]:
-    import sqlite3
-
+def _load_sqlite(args: Any, size: int, end: datetime, data: Path) -> dict[str, Any]:
+    """Load ``size`` generated events into the embedded store in ``data``: through the
+    store's ``write`` in batches of 10,000 (``--loader write``; the rollups counted once at
+    the end, timed apart), or with :mod:`benchmarks.fastload` (``--loader fast``). A
+    directory already loaded with the same parameters (``--keep-data``) is used as it is."""
     from metronome.config import Settings
-    from metronome.events.fields import DEFAULT_SITE
-    from metronome.reports.query import for_site, parse_query
-    from metronome.store.sqlite import DB_NAME, SQLiteStore
-    from metronome.store.sqlite_query import install_functions, query_top
-    from metronome.store.sqlite_rollups import rollup_sql
+    from metronome.store.sqlite import SQLiteStore
 
-    data = tmp / f"sqlite-{size}"
+    wanted = {
+        "events": size,
+        "items": args.items,
+        "days": args.days,
+        "seed": args.seed,
+        "end": end.isoformat(),
+        "loader": args.loader,
+    }
+    marker = data / "loaded.json"
+    if marker.exists():
+        loaded = json.loads(marker.read_text())
+        if all(loaded.get(k) == v for k, v in wanted.items()):
+            return {**loaded, "reused": True}
+    shutil.rmtree(data, ignore_errors=True)
+    if args.loader == "fast":
+        step = 50_000  # events per part, made and encoded by two worker processes
+        parts = [
+            functools.partial(
+                generate,
+                size,
+                args.items,
+                args.days,
+                args.seed,
+                end,
+                first,
+                min(first + step, size),
+            )
+            for first in range(0, size, step)
+        ]
+        figures = load_sqlite(data, parts=parts, shards=2)
+        figures["loader_peak_mb"] = _loader_peak_mb()
+        marker.write_text(json.dumps({**wanted, **figures}))
+        return figures
     store = SQLiteStore(Settings.from_env({"METRONOME_DATA_DIR": str(data)}))
 
     async def load() -> tuple[float, float]:
@@ -130,6 +177,27 @@ def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]
         return written - started, rolled - written
 
     write_s, rollup_s = asyncio.run(load())
+    figures = {
+        "events": size,
+        "write_seconds": round(write_s, 1),
+        "rollup_seconds": round(rollup_s, 1),
+        "loader_peak_mb": _loader_peak_mb(),
+    }
+    marker.write_text(json.dumps({**wanted, **figures}))
+    return figures
+
+
+def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]:
+    import sqlite3
+
+    from metronome.events.fields import DEFAULT_SITE
+    from metronome.reports.query import for_site, parse_query
+    from metronome.store.sqlite import DB_NAME
+    from metronome.store.sqlite_query import install_functions, query_groups, query_top
+    from metronome.store.sqlite_rollups import rollup_sql
+
+    data = (Path(args.keep_data) if args.keep_data else tmp) / f"sqlite-{size}"
+    loaded = _load_sqlite(args, size, end, data)
     path = data / DB_NAME
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -151,6 +219,17 @@ def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]
     same = (
         rows == query_top(conn, query, 0, True, 11) == query_top(conn, query, 0, True, 11, compiled)
     )
+    # the same for the month by day and referrer, a query of all the month's groups
+    day_query = for_site(parse_query(_day_query(end, "referrer")), DEFAULT_SITE).group
+    day_compiled = rollup_sql(conn, day_query)
+    day_s: dict[str, list[float]] = {"events": [], "rollups": []}
+    for _, name in C.trial_order(list(day_s), args.baseline_requests, args.seed):
+        started = time.perf_counter()
+        query_groups(conn, day_query, None, 10_001, day_compiled if name == "rollups" else None)
+        day_s[name].append(time.perf_counter() - started)
+    day_same = query_groups(conn, day_query, None, 10_001) == query_groups(
+        conn, day_query, None, 10_001, day_compiled
+    )
     conn.close()
     rng = random.Random(args.seed + 1)
     with (
@@ -159,14 +238,25 @@ def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]
     ):
         reports = _measure_server(http, args, end, rng)
         server_peak = _server_peak_mb(srv)
-    shutil.rmtree(data, ignore_errors=True)
-    total = write_s + rollup_s
+    if not args.keep_data:
+        shutil.rmtree(data, ignore_errors=True)
+    total = sum(loaded.get(k) or 0 for k in ("write_seconds", "index_seconds", "rollup_seconds"))
+    load = {
+        "loader": loaded.get("loader", args.loader),
+        "reused_data": bool(loaded.get("reused")),
+        # the store's import rate with --loader write; the benchmark loader's with fast
+        "import_docs_per_s" if args.loader == "write" else "fast_load_docs_per_s": round(
+            size / total
+        ),
+        **{
+            k: loaded.get(k)
+            for k in ("write_seconds", "index_seconds", "rollup_seconds", "cpu_seconds")
+        },
+        "rollup_share_of_import": C.rounded(loaded["rollup_seconds"] / total),
+    }
     return {
         "events": size,
-        "import_docs_per_s": round(size / total),
-        "write_seconds": round(write_s, 1),
-        "rollup_seconds": round(rollup_s, 1),
-        "rollup_share_of_import": C.rounded(rollup_s / total),
+        **load,
         "disk_bytes_per_event": round(disk / size, 1),
         "rollup_bytes_per_event": None if rollup_bytes is None else round(rollup_bytes / size, 1),
         **reports,
@@ -174,7 +264,11 @@ def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]
         "top_items_rollups": summarise(rolled_s),
         "top_items_rollups_used": compiled is not None,
         "top_items_same_answer": same,
-        "loader_peak_mb": _loader_peak_mb(),
+        "day_referrer_events": summarise(day_s["events"]),
+        "day_referrer_rollups": summarise(day_s["rollups"]),
+        "day_referrer_rollup_table": _table_of(day_compiled),
+        "day_referrer_same_answer": day_same,
+        "loader_peak_mb": loaded.get("loader_peak_mb"),
         "server_peak_mb": server_peak,
     }
 
@@ -261,6 +355,25 @@ def main() -> None:
     parser.add_argument("--heap", default="2g", help="Elasticsearch heap")
     parser.add_argument("--skip-elasticsearch", action="store_true")
     parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument(
+        "--loader",
+        choices=["fast", "write"],
+        default="fast",
+        help="embedded store: benchmarks.fastload, or the store's own write (slow at 10M)",
+    )
+    parser.add_argument(
+        "--keep-data",
+        metavar="DIR",
+        help="keep each embedded store in DIR/sqlite-<size>, used again by a later run with"
+        " the same parameters (--seed)",
+    )
+    parser.add_argument(
+        "--report-budget",
+        type=float,
+        default=300.0,
+        help="seconds per report and size: a report that took this long stops sampling"
+        " (with at least 5 requests); the results give the requests made",
+    )
     args = parser.parse_args()
     args.seed = C.new_seed(args.seed)
     end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)

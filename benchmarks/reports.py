@@ -49,15 +49,25 @@ _REFERRERS = [
 ]
 
 
-def generate(count: int, items: int, days: int, seed: int, end: datetime) -> Any:
+def generate(
+    count: int,
+    items: int,
+    days: int,
+    seed: int,
+    end: datetime,
+    first: int = 0,
+    stop: int | None = None,
+) -> Any:
     """Documents (metronome.events.document.Document) in time order, evenly over the days,
-    deterministic for a seed."""
+    deterministic for a seed. ``first``/``stop``: only the documents numbered so, from a
+    random sequence of their own (so parts are made in parallel, each the same each
+    time); ``first=0`` gives the whole run's own sequence."""
     from metronome.events.document import Document, format_timestamp
 
-    rng = random.Random(seed)
+    rng = random.Random(seed if first == 0 else f"{seed}:{first}")
     start_ms = int((end - timedelta(days=days)).timestamp() * 1000)
     per_day = count / days  # in time order, as they would arrive: bulks hit one index
-    for n in range(count):
+    for n in range(first, count if stop is None else stop):
         ts = start_ms + int((n + rng.random()) / per_day * 86_400_000)
         item = int(items * rng.random() ** 3)  # a few popular items, a long tail
         action = rng.choice(_EVENTS)

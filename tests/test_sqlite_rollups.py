@@ -254,6 +254,7 @@ def test_a_database_made_before_the_rollups_is_counted_after_the_upgrade(tmp_pat
 
     assert asyncio.run(upgrade()) == [
         "updated events",
+        "created rollup_pages",
         "created rollup_items",
         "created rollup_details",
         "created related_counts",  # related items' basket counts (issue 25)

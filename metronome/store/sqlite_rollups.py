@@ -25,11 +25,12 @@ How they stay exact:
   midnight (hour buckets; days in a zone not at UTC+0) never holds a whole UTC day, so
   those queries read the events, as before.
 
-Two tables: ``rollup_items`` (item, event, bot, spam: top items, views per day; per day
-and per month) and ``rollup_details`` (also the format and the referrer page: the rest of
-``/tock``; per day only: with a referrer page or a format in the key, a month holds
-nearly as many rows as its days, so month rows would double the table for little). A
-query uses the smaller one that has its columns.
+Three tables: ``rollup_pages`` (event, format, referrer page, bot, spam, no item: counts
+per day or month by referrer, format or event), ``rollup_items`` (item, event, bot, spam:
+top items, views per day; per day and per month) and ``rollup_details`` (all of them: the
+rest of ``/tock``; per day only: with an item and a referrer page or a format in the key,
+a month holds nearly as many rows as its days, so month rows would double the table for
+little). A query uses the first of them that has its columns.
 """
 
 from __future__ import annotations
@@ -87,14 +88,18 @@ class Rollup:
 
     def schema(self) -> list[str]:
         t = self.table
-        return [
+        statements = [
             f"CREATE TABLE IF NOT EXISTS {t} (level INTEGER NOT NULL, site_id TEXT NOT NULL,"
             " dataset TEXT NOT NULL, ts INTEGER NOT NULL, "
             + ", ".join(self.columns)
             + ", events INTEGER NOT NULL)",
             f"CREATE INDEX IF NOT EXISTS {t}_ts ON {t} (level, site_id, dataset, ts)",
-            f"CREATE INDEX IF NOT EXISTS {t}_item ON {t} (level, site_id, dataset, item_id, ts)",
         ]
+        if "item_id" in self.columns:
+            statements.append(
+                f"CREATE INDEX IF NOT EXISTS {t}_item ON {t} (level, site_id, dataset, item_id, ts)"
+            )
+        return statements
 
     def recount(
         self, conn: sqlite3.Connection, site: str, dataset: str, day: int, finer: Rollup | None
@@ -139,8 +144,13 @@ class Rollup:
         )
 
 
-# coarsest first (what a query prefers); each one's columns within the next one's
+# smallest first (what a query prefers); each one's columns within the last one's, which
+# is counted from the events and the others from it
 ROLLUPS = (
+    # no item (issue 24): a day of a month's "per day and referrer / format / event" is a
+    # row per referrer page there, where rollup_details has a row per item and page too,
+    # nearly one per event at a year of 10,000,000, so such a report grew with the events
+    Rollup("rollup_pages", ("action", "format", "referrer_page", "bot", "spam")),
     Rollup("rollup_items", ("item_id", "action", "bot", "spam")),
     Rollup(
         "rollup_details",
@@ -207,11 +217,10 @@ def refresh_rollups(
             sql += f" LIMIT {int(max_days)}"
         dirty = conn.execute(sql, args).fetchall()
         months = sorted({(site, dataset, _month_start(day)) for site, dataset, day in dirty})
-        finer: Rollup | None = None
-        for rollup in reversed(ROLLUPS):  # the finest first, the others summed from it
+        finest = ROLLUPS[-1]
+        for rollup in (finest, *ROLLUPS[:-1]):  # the finest first, the others summed from it
             for site, dataset, day in dirty:
-                rollup.recount(conn, site, dataset, day, finer)
-            finer = rollup
+                rollup.recount(conn, site, dataset, day, None if rollup is finest else finest)
             for site, dataset, month in months if rollup.months else ():
                 rollup.sum_month(conn, site, dataset, month)
         datasets = {site: related_datasets(conn, site) for site in {row[0] for row in dirty}}
