@@ -14,7 +14,13 @@ import httpx
 
 from metronome.events.document import Document
 from metronome.pipeline.records import HEADER, encode, scan
-from metronome.pipeline.spool import SpoolWriter, backlog, segment_size, segments
+from metronome.pipeline.spool import (
+    SpoolWriter,
+    backlog,
+    segment_size,
+    segments,
+    spool_bytes,
+)
 from tests.support.metronome_server import MetronomeServer
 
 
@@ -129,6 +135,7 @@ def test_an_active_segment_is_prepared_with_zeros_and_readers_see_only_its_recor
     assert segment.stat().st_size == 1 << 20  # prepared up to the segment's size
     assert segment_size(segment) == written
     assert backlog(tmp_path, with_age=False).bytes_unshipped == written
+    assert spool_bytes(tmp_path) == written  # the spool's limit counts records, not zeros
     writer.close()
     assert segment.stat().st_size == written
     assert len(scan(segment.read_bytes()).documents) == 20
