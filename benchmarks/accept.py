@@ -31,6 +31,9 @@ the fast path (the same calls :meth:`metronome.api.ticks.Tick.accept` makes, in 
 run on its own ``--stage-calls`` times on the same app, and the spool's ``fdatasync`` as
 metronome's CPU per request minus undurable's. ``unaccounted`` is what is left of
 undurable's figure: the event loop, tasks and futures, and the ASGI calls between stages.
+``summary.metronome_fdatasyncs_per_request`` and ``metronome_fdatasync_ms`` count and time
+the spool's syncs in metronome's trials (how many requests share one, and how long the
+disk takes: the wait every request of a group pays).
 
 No goal of its own: it says where ``benchmarks.ingest``'s gap comes from. The ratio
 bare / metronome is what the single-tick ratio would be if HTTP cost nothing; the HTTP
@@ -289,6 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     from metronome.pipeline import spool
 
     synced = spool._fdatasync
+    syncs: list[float] = []  # the wall seconds of each fdatasync of metronome's trials
+
+    def counted(fd: int) -> OSError | None:
+        """The spool's fdatasync, timed (on the spool's helper thread)."""
+        started = time.perf_counter()
+        try:
+            return synced(fd)
+        finally:
+            syncs.append(time.perf_counter() - started)
+
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     metronome_app = create_app(Settings.from_env(os.environ))
@@ -307,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     contenders = {
-        "metronome": contender(metronome_app, synced),
+        "metronome": contender(metronome_app, counted),
         "undurable": contender(metronome_app, _no_sync),
         "undurable_falcon": contender(metronome_app, _no_sync, "/tick/"),
         "bare": contender(bare_app, synced),
@@ -319,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         for _, label in C.trial_order(list(contenders), 1, seed + 1):
             r = contenders[label](min(args.requests, 5_000))
             warmups[label] = {k: round(v, 1) for k, v in r.items()}
+        syncs.clear()
         for round_no, label in C.trial_order(list(contenders), args.trials, seed):
             r = contenders[label](args.requests)
             trials.append(
@@ -386,6 +400,13 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_bare_to_undurable": C.rounded(C.ratio(cpu_us["bare"], cpu_us["undurable"])),
             "fast_path_gain": C.rounded(C.ratio(cpu_us["undurable_falcon"], cpu_us["undurable"])),
             "paired_ratios_bare_to_metronome": paired,
+            "metronome_fdatasyncs_per_request": C.rounded(
+                len(syncs) / (args.requests * args.trials)
+            ),
+            "metronome_fdatasync_ms": {
+                "p50": C.rounded((C.percentile(syncs, 50) or 0.0) * 1e3),
+                "p90": C.rounded((C.percentile(syncs, 90) or 0.0) * 1e3),
+            },
             "stages_us": stages_us,
             "goal": None,
         },

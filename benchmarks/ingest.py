@@ -17,6 +17,14 @@ what accepting a tick costs by itself; Metronome's ratio to it is what durabilit
 shipping cost on top.
 
     python -m benchmarks.ingest [--duration 10] [--trials 3] [--connections 32]
+        [--stage-requests 10000]
+
+After the wrk trials, ``summary.stages`` says where a tick's microseconds go, from a run of
+``benchmarks.accept`` in the same session (``--stage-requests`` per trial, 0 to skip): CPU
+µs per stage of ``POST /tick`` inside a worker (no HTTP), the spool's ``fdatasync`` calls
+per request and their duration, and beside them the bare app's own µs and the HTTP work
+both servers pay (the bare app's workers' µs per request under wrk minus its µs without
+HTTP).
 
 Goal (issue 24): Metronome's requests/s >= 0.5 x the bare app's, the durable spool
 unchanged (the earlier 0.7 was withdrawn: ``benchmarks.accept`` showed it needs less of
@@ -28,6 +36,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -77,6 +86,37 @@ def _children_cpu_s() -> float:
     return times.children_user + times.children_system
 
 
+def accept_stages(tmp: Any, requests: int, seed: int) -> dict[str, Any]:
+    """``benchmarks.accept`` in a child process (its own settings and event loop): the
+    summary of where a tick's CPU goes inside a worker."""
+    out = tmp / "accept.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.accept",
+            "--requests",
+            str(requests),
+            "--trials",
+            "3",
+            "--stage-calls",
+            str(requests),
+            "--seed",
+            str(seed),
+            "--output",
+            str(out),
+        ],
+        env=C.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        raise C.BenchmarkError(f"benchmarks.accept failed:\n{done.stderr[-2000:]}")
+    summary: dict[str, Any] = orjson.loads(out.read_bytes())["summary"]
+    return summary
+
+
 def run_throughput(
     *,
     name: str,
@@ -89,6 +129,7 @@ def run_throughput(
     goal: dict[str, Any],
     default_connections: int,
     undurable: bool = False,
+    stages: bool = False,
     argv: list[str] | None = None,
 ) -> int:
     """Metronome against the bare app under wrk; with ``undurable``, also Metronome with
@@ -107,6 +148,14 @@ def run_throughput(
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary data directory and server logs"
     )
+    if stages:
+        parser.add_argument(
+            "--stage-requests",
+            type=int,
+            default=10_000,
+            help="requests per trial of the per-stage breakdown (benchmarks.accept), 0 to"
+            " skip [default: 10000]",
+        )
     args = parser.parse_args(argv)
     seed = C.new_seed(args.seed)
     C.pin_git()
@@ -142,6 +191,7 @@ def run_throughput(
     trials: list[dict[str, Any]] = []
     warmups: dict[str, Any] = {}
     exit_codes: dict[str, int | None] = {}
+    accept: dict[str, Any] | None = None
     started = time.time()
     load_at_start = C.loadavg()
 
@@ -209,6 +259,13 @@ def run_throughput(
         for label, server in servers.items():
             if not C.alive(server):
                 raise C.BenchmarkError(f"{label} died during the run:\n{server.log_tail()}")
+        for label, server in servers.items():  # the breakdown runs alone
+            exit_codes[label] = server.stop()
+        accept = (
+            accept_stages(tmp, args.stage_requests, seed)
+            if stages and args.stage_requests
+            else None
+        )
     except C.BenchmarkError as exc:
         print(f"{name}: FAILED: {exc}", file=sys.stderr)
         for label, server in servers.items():
@@ -224,7 +281,8 @@ def run_throughput(
         return 1
     finally:
         for label, server in servers.items():
-            exit_codes[label] = server.stop()
+            if label not in exit_codes:
+                exit_codes[label] = server.stop()
 
     rows = stored_rows(data_dir)
     if args.keep:
@@ -264,6 +322,22 @@ def run_throughput(
         passed["metronome_events_per_s"] = (
             per_s["metronome"] is not None and per_s["metronome"] >= goal["metronome_events_per_s"]
         )
+    if accept is not None:
+        bare_http = cpu_us_per_request["bare"]["http_workers"]
+        bare_app = accept["bare_cpu_us_per_request"]
+        extra["stages"] = {
+            "unit": "CPU µs per POST /tick inside one worker (benchmarks.accept, same"
+            " session, medians of 3 trials)",
+            "metronome_us": accept["metronome_cpu_us_per_request"],
+            "undurable_us": accept["undurable_cpu_us_per_request"],
+            "bare_app_us": bare_app,
+            "http_us_both_pay": C.rounded(
+                None if bare_http is None or bare_app is None else bare_http - bare_app, 1
+            ),
+            "stages_us": accept["stages_us"],
+            "fdatasyncs_per_request": accept.get("metronome_fdatasyncs_per_request"),
+            "fdatasync_ms": accept.get("metronome_fdatasync_ms"),
+        }
     results = {
         "benchmark": name,
         "description": description.splitlines()[0],
@@ -339,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         goal={"ratio": GOAL_RATIO},
         default_connections=32,
         undurable=True,
+        stages=True,
         argv=argv,
     )
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +14,13 @@ import httpx
 
 from metronome.events.document import Document
 from metronome.pipeline.records import HEADER, encode, scan
-from metronome.pipeline.spool import SpoolWriter, backlog, segments
+from metronome.pipeline.spool import (
+    SpoolWriter,
+    backlog,
+    segment_size,
+    segments,
+    spool_bytes,
+)
 from tests.support.metronome_server import MetronomeServer
 
 
@@ -111,3 +120,59 @@ def test_status_shows_backlog_lag_and_store_health(tmp_path: Path) -> None:
     assert re.search(r"lag:\s+\d+\.\ds", result.stdout)
     assert "store:        embedded" in result.stdout and ": ready" in result.stdout
     assert "dead letters: 0" in result.stdout
+
+
+def test_an_active_segment_is_prepared_with_zeros_and_readers_see_only_its_records(
+    tmp_path: Path,
+) -> None:
+    """The writer overwrites zeros it wrote ahead (a sync then commits no new file size);
+    the backlog counts the records only, and a closed segment is its records again."""
+    writer = SpoolWriter(tmp_path, segment_max_bytes=1 << 20, max_total_bytes=1 << 30)
+    records = [encode(_doc(n)) for n in range(20)]
+    asyncio.run(writer.append(records))
+    (segment,) = segments(tmp_path)
+    written = sum(len(r) for r in records)
+    assert segment.stat().st_size == 1 << 20  # prepared up to the segment's size
+    assert segment_size(segment) == written
+    assert backlog(tmp_path, with_age=False).bytes_unshipped == written
+    assert spool_bytes(tmp_path) == written  # the spool's limit counts records, not zeros
+    writer.close()
+    assert segment.stat().st_size == written
+    assert len(scan(segment.read_bytes()).documents) == 20
+
+
+_DIES_AFTER_SPOOLING = """
+import asyncio, os, sys
+from pathlib import Path
+from metronome.events.document import Document
+from metronome.pipeline.records import encode
+from metronome.pipeline.spool import SpoolWriter
+
+writer = SpoolWriter(Path(sys.argv[1]), segment_max_bytes=1 << 22, max_total_bytes=1 << 30)
+docs = [Document(f"{1700000000000 + n:012x}{'0' * 20}", 1700000000000 + n, "ticks", {"n": n})
+        for n in range(50)]
+asyncio.run(writer.append([encode(d) for d in docs]))
+os._exit(0)  # dies without closing: its segment keeps the zeros
+"""
+
+
+def test_a_writer_that_dies_leaves_zeros_the_shipper_neither_ships_nor_counts_as_torn(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    spool = data / "spool"
+    subprocess.run(
+        [sys.executable, "-c", _DIES_AFTER_SPOOLING, str(spool)],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+    )
+    (segment,) = segments(spool)
+    assert segment.stat().st_size == 1 << 22
+    assert len(scan(segment.read_bytes()).documents) == 50
+    assert backlog(spool, with_age=False).bytes_unshipped == segment_size(segment) > 0
+    server = MetronomeServer({}, data_dir=data)  # not started: its settings for the CLI
+    drained = server.run_cli("worker", "--drain")
+    assert drained.returncode == 0, drained.stderr
+    assert "shipped 50 events" in drained.stderr
+    assert "0 torn bytes cut" in drained.stderr
+    assert not segment.exists()

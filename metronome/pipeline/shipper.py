@@ -30,7 +30,7 @@ from metronome.events.document import Document
 from metronome.files import open_private
 from metronome.pipeline import metrics
 from metronome.pipeline.records import scan
-from metronome.pipeline.spool import read_position, segments, spool_dir, try_seal
+from metronome.pipeline.spool import data_end, read_position, segments, spool_dir, try_seal
 from metronome.pipeline.visits import STATE_FILE, VisitBook, VisitState
 from metronome.store.base import Store
 
@@ -151,7 +151,7 @@ class Shipper:
             with open(segment, "rb") as handle:
                 handle.seek(position)
                 buffer = handle.read(self._batch_bytes)
-                size = os.fstat(handle.fileno()).st_size
+                size = data_end(handle.fileno(), os.fstat(handle.fileno()).st_size, position)
         except FileNotFoundError:
             return 0, False
         result = scan(buffer, self._batch_docs)

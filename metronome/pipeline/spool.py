@@ -13,6 +13,16 @@ locked, so the shipper never sees an unlocked segment that is still going to be 
 
 Files: ``<ms>-<pid>-<seq>.seg`` (records, see :mod:`records`), ``<segment>.pos`` (how
 far the shipper has confirmed, written by the shipper only).
+
+Preallocation: an active segment is filled with zeros ahead of its records
+(:data:`PREPARE_BYTES` at a time, synced once) and the records overwrite them. On ext4 (and
+the other journalling file systems) ``fdatasync`` after an append that grows the file must
+also commit the new size through the journal; after an overwrite of blocks already on disk
+it only writes the data and flushes the disk's cache: measured here, 3.5 ms against 0.2 ms
+at the median. A request is still answered only after ``fdatasync`` of its bytes returned.
+The writer cuts the zeros when it closes a segment; readers of a segment whose writer died
+find where its records end with :func:`data_end` (a record never holds a run of zeros as
+long as a block, and its last byte is JSON's ``]``).
 """
 
 from __future__ import annotations
@@ -34,7 +44,9 @@ __all__ = [
     "Backlog",
     "SpoolWriter",
     "backlog",
+    "data_end",
     "read_position",
+    "segment_size",
     "segments",
     "spool_bytes",
     "spool_dir",
@@ -43,6 +55,9 @@ __all__ = [
 
 SEGMENT_SUFFIX = ".seg"
 _SIZE_CACHE_S = 0.25
+PREPARE_BYTES = 4 << 20
+"""Zeros written (and synced once) ahead of an active segment's records at a time."""
+_BLOCK = 4096
 
 
 def spool_dir(data_dir: str | Path) -> Path:
@@ -65,27 +80,59 @@ def read_position(segment: Path) -> int:
         return 0
 
 
+def data_end(fd: int, size: int, start: int = 0) -> int:
+    """Where the records of a segment of ``size`` bytes end: before the zeros its writer
+    prepared and had not overwritten yet (all of them, past ``start``, when it closed the
+    segment itself). A record never holds a block of zeros (JSON has no NUL byte, a
+    header at most seven in a row) and ends in ``]``, so the zeros are the blocks from
+    the first all-zero one on, and the trailing zeros of the block before it."""
+    if size <= start or os.pread(fd, 1, size - 1) != b"\0":
+        return size
+    zero = bytes(_BLOCK)
+    low, high = start // _BLOCK, (size + _BLOCK - 1) // _BLOCK  # past the end: zeros
+    while low < high:  # the first block of zeros in [low, high]
+        middle = (low + high) // 2
+        block = os.pread(fd, _BLOCK, middle * _BLOCK)
+        if block == zero[: len(block)]:
+            high = middle
+        else:
+            low = middle + 1
+    if low == 0:
+        return start
+    before = os.pread(fd, _BLOCK, (low - 1) * _BLOCK).rstrip(b"\0")
+    return max(start, (low - 1) * _BLOCK + len(before))
+
+
+def segment_size(segment: Path, start: int = 0) -> int:
+    """The bytes of ``segment``'s records (:func:`data_end`); 0 when it is gone."""
+    try:
+        fd = os.open(segment, os.O_RDONLY)
+    except FileNotFoundError:
+        return 0
+    try:
+        return data_end(fd, os.fstat(fd).st_size, start)
+    finally:
+        os.close(fd)
+
+
 @dataclass(frozen=True, slots=True)
 class Backlog:
     """What the spool holds that the store has not confirmed yet."""
 
     segments: int
-    bytes_total: int  # on disk, shipped or not (what the spool limit counts)
+    bytes_total: int  # records on disk, shipped or not (what the spool limit counts)
     bytes_unshipped: int
     oldest_unshipped_ms: int | None  # receipt time of the oldest unshipped event
 
 
 def backlog(directory: Path, *, with_age: bool = True) -> Backlog:
-    """Read the spool's state from disk (cheap: a stat per segment, one read for the age)."""
+    """Read the spool's state from disk (cheap: a few reads per segment)."""
     total = unshipped = 0
     oldest: int | None = None
     found = segments(directory)
     for segment in found:
-        try:
-            size = segment.stat().st_size
-        except FileNotFoundError:
-            continue
         position = read_position(segment)
+        size = segment_size(segment)
         total += size
         if size > position:
             unshipped += size - position
@@ -95,14 +142,9 @@ def backlog(directory: Path, *, with_age: bool = True) -> Backlog:
 
 
 def spool_bytes(directory: Path) -> int:
-    """Bytes in all segments (what ``METRONOME_SPOOL_MAX_BYTES`` limits): one stat each."""
-    total = 0
-    for segment in segments(directory):
-        try:
-            total += segment.stat().st_size
-        except FileNotFoundError:
-            continue
-    return total
+    """Bytes of records in all segments (what ``METRONOME_SPOOL_MAX_BYTES`` limits; the
+    zeros prepared ahead of them do not count)."""
+    return sum(segment_size(segment) for segment in segments(directory))
 
 
 def _receipt_ms_at(segment: Path, position: int) -> int | None:
@@ -154,6 +196,7 @@ class SpoolWriter:
         self._max_total = max_total_bytes
         self._fd: int | None = None
         self._size = 0
+        self._prepared = 0  # the active segment's bytes on disk: records, then zeros
         self._seq = 0
         self._pending: list[bytes] = []
         self._waiters: list[asyncio.Future[None]] = []
@@ -264,15 +307,33 @@ class SpoolWriter:
         self._seq += 1
         name = f"{int(time.time() * 1000)}-{self._pid}-{self._seq}"
         temporary = self._dir / (name + ".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, FILE_MODE)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.rename(temporary, self._dir / (name + SEGMENT_SUFFIX))
-        self._fd, self._size = fd, 0
+        self._fd, self._size, self._prepared = fd, 0, 0
 
     def _close_segment(self) -> None:
         if self._fd is not None:
+            if self._prepared > self._size:  # the zeros go: a sealed segment is its records
+                try:
+                    os.ftruncate(self._fd, self._size)
+                except OSError:
+                    pass  # readers find the records' end themselves (data_end)
             os.close(self._fd)  # closing drops the lock: the segment is sealed
             self._fd = None
+
+    def _prepare(self, end: int) -> None:
+        """Zeros on disk up to at least ``end`` (:data:`PREPARE_BYTES` more at a time, at
+        most to the segment's size): the records then overwrite blocks the file already
+        has, and their ``fdatasync`` commits no new size. The sync of the group that
+        needed them syncs them too."""
+        assert self._fd is not None
+        target = max(end, min(self._prepared + PREPARE_BYTES, self._segment_max))
+        offset = self._prepared
+        zeros = memoryview(bytes(min(target - offset, PREPARE_BYTES)))
+        while offset < target:
+            offset += os.pwrite(self._fd, zeros[: target - offset], offset)
+        self._prepared = target
 
     def _write(self, data: bytes) -> int:
         """Write ``data`` (not synced yet) to the active segment; the size before it.
@@ -286,10 +347,13 @@ class SpoolWriter:
         assert self._fd is not None
         before = self._size
         try:
+            if before + len(data) > self._prepared:
+                self._prepare(before + len(data))
             view = memoryview(data)
+            offset = before
             while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+                written = os.pwrite(self._fd, view, offset)
+                view, offset = view[written:], offset + written
         except OSError:
             self._undo(self._fd, before)
             raise
@@ -303,7 +367,7 @@ class SpoolWriter:
             return
         try:
             os.ftruncate(fd, before)
-            self._size = before
+            self._size = self._prepared = before
         except OSError:
             self._close_segment()  # the shipper will cut the torn tail when sealed
 

@@ -28,7 +28,7 @@ import orjson
 from metronome.events.document import Document
 from metronome.files import open_private, private_dir
 from metronome.pipeline.records import HEADER, MAX_RECORD_BYTES, scan
-from metronome.pipeline.spool import segments
+from metronome.pipeline.spool import data_end, segment_size, segments
 
 __all__ = [
     "Cursor",
@@ -68,7 +68,7 @@ class Lag:
 def _read_at(segment: Path, position: int, limit: int) -> tuple[bytes, int]:
     try:
         with open(segment, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
+            size = data_end(handle.fileno(), os.fstat(handle.fileno()).st_size, position)
             handle.seek(position)
             return handle.read(limit), size
     except FileNotFoundError:
@@ -160,10 +160,7 @@ class Cursor:
         inputs: list[tuple[list[Entry], bool]] = []
         for segment in segments(self.spool):
             position = (start or {}).get(segment) or self.position(segment)
-            try:
-                if segment.stat().st_size <= position:
-                    continue
-            except FileNotFoundError:
+            if segment_size(segment, position) <= position:
                 continue
             found, more = _entries(segment, position, max_bytes, max_entries)
             if found:
@@ -193,11 +190,8 @@ class Cursor:
         """Events and bytes of the spool not delivered yet."""
         events = total = 0
         for segment in segments(self.spool):
-            try:
-                size = segment.stat().st_size
-            except FileNotFoundError:
-                continue
             position = self.position(segment)
+            size = segment_size(segment, position)
             if size > position:
                 total += size - position
                 events += count_records(segment, position, size)
@@ -208,11 +202,8 @@ class Cursor:
         (segment, bytes, events, first id, last id) of each one given up."""
         behind: list[tuple[Path, int, int]] = []
         for segment in segments(self.spool):
-            try:
-                size = segment.stat().st_size
-            except FileNotFoundError:
-                continue
             position = self.position(segment)
+            size = segment_size(segment, position)
             if size > position:
                 behind.append((segment, position, size))
         total = sum(size - position for _, position, size in behind)
