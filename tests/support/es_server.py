@@ -231,8 +231,9 @@ class ElasticsearchServer:
         )
         log.close()
 
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
-        """Block until the cluster is at least yellow; raise with the log tail if it dies."""
+    def wait_ready(self, timeout_s: float = 300.0) -> None:
+        """Block until the cluster is at least yellow; raise with the log tail if it dies.
+        The limit is generous: on two busy cores a JVM start takes minutes, not seconds."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
