@@ -128,9 +128,10 @@ def _putter(out: Any, parent: int) -> Callable[[tuple[Any, ...]], None]:
     return put
 
 
-Handoff = tuple[dict[str, OpenVisit], tuple[str, ...]]
+Handoff = tuple[dict[str, bytes], tuple[str, ...]]
 """What a parsing process hands to the one assigning the next block: the visits it changed
-(by visitor key) and the ids of every visit its block touched."""
+(by visitor key, packed by :meth:`~metronome.pipeline.visits.OpenVisit.to_json`) and the
+ids of every visit its block touched."""
 
 
 class _BlockParser:
@@ -165,8 +166,9 @@ class _BlockParser:
         # visits across the whole import (issue 25), in block order: in memory only
         self._book = VisitBook(settings.visit_gap_s, VisitState(None, settings.visit_state_max))
         self._gap_ms = settings.visit_gap_s * 1000
-        # by visit id, the least recently touched first
-        self._waiting: OrderedDict[str, OpenVisit] = OrderedDict()
+        # by visit id, the least recently touched first: (its last event's time, the visit
+        # packed as the book holds it: the same bytes, not a copy)
+        self._waiting: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
         self._newest_ms = 0
 
     def documents(self, path: str, lines: list[tuple[int, str | None]]) -> list[Document]:
@@ -190,7 +192,7 @@ class _BlockParser:
         if handoff:
             changed, touched = handoff
             if changed:
-                self._book.state.commit(changed, None)
+                self._book.state.commit_packed(changed)
             for visit_id in touched:
                 self._waiting.pop(visit_id, None)
 
@@ -199,25 +201,28 @@ class _BlockParser:
         summaries of the visits that ended) with the block's rejects; return the handoff
         for the process that assigns the next block."""
         assigned = self._book.assign(documents, summaries=False)
-        self._book.commit(assigned)
+        state = self._book.state
+        changed = {key: visit.to_json() for key, visit in assigned.changed.items()}
+        state.commit_packed(changed)
         waiting = self._waiting
         ended: list[OpenVisit] = []
-        still_open = {visit.visit_id for visit in assigned.changed.values()}
+        still_open = {visit.visit_id: key for key, visit in assigned.changed.items()}
         for visit in assigned.touched:
             waiting.pop(visit.visit_id, None)
-            if visit.visit_id in still_open:
-                waiting[visit.visit_id] = visit  # to the end: the most recently touched
+            key = still_open.get(visit.visit_id)
+            if key is not None:  # to the end: the most recently touched
+                waiting[visit.visit_id] = (visit.last_ms, changed[key])
             else:  # another visit of the visitor began, or a straggler's visit of its own
                 ended.append(visit)
         if documents:
             self._newest_ms = max(self._newest_ms, max(d.timestamp_ms for d in documents))
         cutoff = self._newest_ms - self._gap_ms
         while waiting:  # the least recently touched first (an OrderedDict: O(1) each)
-            visit = waiting[next(iter(waiting))]
-            if visit.last_ms >= cutoff:  # nearly in time order: the rest wait a little more
+            last_ms, packed = waiting[next(iter(waiting))]
+            if last_ms >= cutoff:  # nearly in time order: the rest wait a little more
                 break
             waiting.popitem(last=False)
-            ended.append(visit)
+            ended.append(OpenVisit.from_json(packed))
         self._put(
             (
                 "batch",
@@ -227,7 +232,7 @@ class _BlockParser:
                 self.rejects.take(),
             )
         )
-        return assigned.changed, tuple(visit.visit_id for visit in assigned.touched)
+        return changed, tuple(visit.visit_id for visit in assigned.touched)
 
     def block(self, path: str, lines: list[tuple[int, str | None]]) -> Handoff:
         read_before = self.converter.summary.read
@@ -236,10 +241,10 @@ class _BlockParser:
 
     def done(self) -> None:
         """Send the summaries of the visits still waiting, then the counts."""
-        waiting = list(self._waiting.values())
+        waiting = [packed for _, packed in self._waiting.values()]
         self._waiting.clear()
         for start in range(0, len(waiting), BATCH_DOCS):
-            chunk = waiting[start : start + BATCH_DOCS]
+            chunk = [OpenVisit.from_json(packed) for packed in waiting[start : start + BATCH_DOCS]]
             self._put(("batch", [], self._encode([v.summary() for v in chunk]), 0, []))
         summary = self.converter.summary
         self._put(("done", dict(summary.rejected), summary.bots))

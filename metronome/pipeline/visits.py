@@ -115,28 +115,10 @@ class OpenVisit:
     base: dict[str, Any] = field(default_factory=dict)  # the entry event's fields
     ids: list[str] = field(default_factory=list)  # event ids as assigned, the latest MAX_TIMES
 
-    def working_copy(self) -> OpenVisit:
-        """A copy that :meth:`VisitBook.assign` may change (its counters and its ``pages``
-        and ``times`` lists) without touching this one; ``base`` is never changed after
-        the visit begins, so the copy shares it (a deep copy per event cost more than
-        assigning the visit did)."""
-        return OpenVisit(
-            self.visit_id,
-            self.index_ms,
-            self.start_ms,
-            self.last_ms,
-            self.seq,
-            self.events,
-            self.pageviews,
-            self.pages.copy(),
-            self.times.copy(),
-            self.source,
-            self.base,
-            self.ids.copy(),
-        )
-
     def to_json(self) -> bytes:
-        return orjson.dumps([getattr(self, name) for name in self.__slots__])
+        """The visit packed (what the state keeps): copied to a bytes object of its own
+        length, as orjson's keeps the whole (4 KB) buffer it wrote into."""
+        return bytes(memoryview(orjson.dumps([getattr(self, name) for name in self.__slots__])))
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> OpenVisit:
@@ -247,7 +229,9 @@ class VisitState:
     """Open visits by visitor key: an LRU in memory over an optional SQLite file."""
 
     def __init__(self, path: Path | None, max_entries: int) -> None:
-        self._cache: OrderedDict[str, OpenVisit] = OrderedDict()
+        # packed (OpenVisit.to_json): a third of the objects' memory (an import keeps tens
+        # of thousands of open visits in each parsing process)
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._max = max_entries
         self._conn: sqlite3.Connection | None = None
         if path is not None:
@@ -265,21 +249,27 @@ class VisitState:
 
     def get(self, key: str) -> OpenVisit | None:
         """A copy of the visitor's open visit (changes count once committed)."""
+        found = self.packed(key)
+        return None if found is None else OpenVisit.from_json(found)
+
+    def packed(self, key: str) -> bytes | None:
+        """The visitor's open visit as :meth:`OpenVisit.to_json` packs it."""
         found = self._cache.get(key)
         if found is not None:
             self._cache.move_to_end(key)
-            return found.working_copy()
+            return found
         if self._conn is None:
             return None
         row = self._conn.execute("SELECT state FROM open_visits WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
-        visit = OpenVisit.from_json(row[0])
-        self._remember(key, visit)
-        return visit.working_copy()
+        state = row[0]
+        packed = state.encode() if isinstance(state, str) else bytes(state)
+        self._remember(key, packed)
+        return packed
 
-    def _remember(self, key: str, visit: OpenVisit) -> None:
-        self._cache[key] = visit
+    def _remember(self, key: str, packed: bytes) -> None:
+        self._cache[key] = packed
         self._cache.move_to_end(key)
         while len(self._cache) > self._max:
             self._cache.popitem(last=False)
@@ -292,8 +282,8 @@ class VisitState:
         return None if row is None else (str(row[0]), int(row[1]))
 
     def commit(self, changed: dict[str, OpenVisit], marker: tuple[str, int] | None) -> None:
-        for key, visit in changed.items():
-            self._remember(key, visit)
+        packed = {key: visit.to_json() for key, visit in changed.items()}
+        self.commit_packed(packed)
         if self._conn is None:
             return
         conn = self._conn
@@ -302,7 +292,7 @@ class VisitState:
         try:
             conn.executemany(
                 "INSERT OR REPLACE INTO open_visits (key, last_ms, state) VALUES (?, ?, ?)",
-                [(k, v.last_ms, v.to_json()) for k, v in changed.items()],
+                [(k, v.last_ms, packed[k]) for k, v in changed.items()],
             )
             if marker is not None:
                 conn.execute("DELETE FROM marker")
@@ -315,6 +305,12 @@ class VisitState:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def commit_packed(self, changed: dict[str, bytes]) -> None:
+        """Remember visits packed by :meth:`OpenVisit.to_json` (in memory: the file, if
+        any, is :meth:`commit`'s)."""
+        for key, packed in changed.items():
+            self._remember(key, packed)
 
     def close(self) -> None:
         if self._conn is not None:
