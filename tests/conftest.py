@@ -45,7 +45,7 @@ from tests.support.secure_proxy import SecureProxy
 _Server = TypeVar("_Server", bound=ElasticsearchServer)
 
 # the slowest modules first: its pytest_collection_modifyitems orders the collection
-pytest_plugins = ["tests.support.weights"]
+pytest_plugins = ["tests.support.weights", "tests.support.browser_fixtures"]
 
 # fixture -> the marker of the outside service it brings (its tests get the marker)
 SERVICE_FIXTURES = {

@@ -11,7 +11,6 @@ Screenshots are saved as test artifacts under the run's temporary directory
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,24 +18,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from metronome.api.dashboard import ASSETS, dashboard_asset
 from metronome.live.dashboard import PANELS
-from tests.support.browser import CHROMIUM_ARGS, ensure_chromium
 from tests.support.metronome_server import MetronomeServer
 
 ARCGIS = "https://www.arcgis.com/home"
 NEWS = "https://news.example/story"
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = os.environ.get("METRONOME_TEST_ARTIFACTS")
-    base = Path(root) if root else tmp_path_factory.getbasetemp() / "artifacts"
-    path = base / "dashboard"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -65,18 +54,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetronomeServer
     yield srv
     assert srv.stop() == 0, srv.log_tail()
     assert "Traceback" not in srv.log_path.read_text(), srv.log_tail(80)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's Chromium (installed with apt when missing), headless, through Playwright."""
-    executable = ensure_chromium()
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(executable), args=CHROMIUM_ARGS, headless=True
-        )
-        yield chromium
-        chromium.close()
 
 
 def _send(server: MetronomeServer, ticks: list[dict]) -> None:

@@ -22,7 +22,6 @@ Screenshots go with the run's artifacts (``<pytest basetemp>/artifacts/dashboard
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,10 +29,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from tests.support.backends import Backend, running_backend
-from tests.support.browser import CHROMIUM_ARGS, ensure_chromium
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 DAY = "2022-08-16"
@@ -80,15 +78,6 @@ JOURNEY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = os.environ.get("METRONOME_TEST_ARTIFACTS")
-    base = Path(root) if root else tmp_path_factory.getbasetemp() / "artifacts"
-    path = base / "dashboard"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 @pytest.fixture(scope="module", params=["sqlite", "elasticsearch"])
 def journey(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -102,18 +91,6 @@ def journey(
             assert resp.status_code == 202, resp.text
         started.settle()
         yield started
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's Chromium (installed with apt when missing), headless, through Playwright."""
-    executable = ensure_chromium()
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(executable), args=CHROMIUM_ARGS, headless=True
-        )
-        yield chromium
-        chromium.close()
 
 
 def _value(page: Page, selector: str, expected: str, timeout_ms: float = 20_000) -> None:

@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import json
 import math
-import os
 import threading
 import time
 import uuid
@@ -35,11 +34,10 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 from websockets.sync.client import ClientConnection, connect
 
 from tests.support.backends import Backend, running_backend
-from tests.support.browser import CHROMIUM_ARGS, ensure_chromium
 
 SECRET = "insight-test-secret"
 HOURS = 240
@@ -138,18 +136,6 @@ def world(
             receiver.close()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's Chromium (installed with apt when missing), headless, through Playwright."""
-    executable = ensure_chromium()
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(executable), args=CHROMIUM_ARGS, headless=True
-        )
-        yield chromium
-        chromium.close()
-
-
 @contextlib.contextmanager
 def _insights_subscription(backend: Backend, kpi_id: str) -> Iterator[ClientConnection]:
     """A live subscription (WebSocket) on the insights of ``kpi_id``, as a server would
@@ -186,16 +172,6 @@ def _pushed_anomaly(ws: ClientConnection, timeout_s: float = 90) -> dict[str, An
         else:
             assert message["type"] in ("welcome", "subscribed", "result"), message
     raise AssertionError(f"no anomaly pushed within {timeout_s}s")
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where screenshots go: as in tests/test_dashboard.py."""
-    root = os.environ.get("METRONOME_TEST_ARTIFACTS")
-    base = Path(root) if root else tmp_path_factory.getbasetemp() / "artifacts"
-    path = base / "dashboard"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _kpi(backend: Backend, **definition: Any) -> dict[str, Any]:

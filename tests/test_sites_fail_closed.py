@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from metronome.sites.elasticsearch import MAPPINGS, SETTINGS
+from metronome.sites.elasticsearch import PROPERTIES
+from metronome.store.hidden_index import hidden_index_body
 from tests.support.backends import Backend, running_backend
 
 TS = 1_700_000_000_000
@@ -77,7 +78,7 @@ def _restore_sites(backend: Backend, saved: list[dict[str, Any]]) -> None:
             db.execute("ALTER TABLE sites_saved RENAME TO sites")
         return
     index = f"{backend.es_url}/{backend.index_prefix}-sites"
-    httpx.put(index, json={"settings": SETTINGS, "mappings": MAPPINGS}, timeout=30)
+    httpx.put(index, json=hidden_index_body(PROPERTIES), timeout=30)
     for hit in saved:
         httpx.put(
             f"{index}/_doc/{hit['_id']}",

@@ -18,11 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from metronome.api.tracker import tracker_source
 from tests.support.backends import wait_for_drain
-from tests.support.browser import CHROMIUM_ARGS, ensure_chromium
 from tests.support.es_server import free_port
 from tests.support.metronome_server import MetronomeServer
 
@@ -247,18 +246,6 @@ def site(server: MetronomeServer, page_port: int) -> Iterator[str]:
     yield origin
     pages.shutdown()
     pages.server_close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's Chromium (installed with apt when missing), headless, through Playwright."""
-    executable = ensure_chromium()
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(executable), args=CHROMIUM_ARGS, headless=True
-        )
-        yield chromium
-        chromium.close()
 
 
 def _wait_for(

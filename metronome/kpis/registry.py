@@ -110,8 +110,7 @@ class ElasticsearchKpis(HiddenIndexRegistry):
         )
 
     async def list(self, site_id: str | None = None) -> list[Kpi]:
-        from metronome.store.connection import NOT_FOUND
-        from metronome.store.elasticsearch import answering
+        from metronome.store.connection import NOT_FOUND, answering
 
         query = {"term": {"site": site_id}} if site_id is not None else {"match_all": {}}
         with answering("reading KPIs"):
@@ -134,8 +133,7 @@ class ElasticsearchKpis(HiddenIndexRegistry):
         )
 
     async def get(self, site_id: str, kpi_id: str) -> Kpi:
-        from metronome.store.connection import NOT_FOUND
-        from metronome.store.elasticsearch import answering
+        from metronome.store.connection import NOT_FOUND, answering
 
         with answering("reading a KPI"):
             try:
@@ -146,7 +144,7 @@ class ElasticsearchKpis(HiddenIndexRegistry):
         return _kpi(s["site"], s["id"], s["definition"], s["created"])
 
     async def put(self, kpi: Kpi) -> None:
-        from metronome.store.elasticsearch import answering
+        from metronome.store.connection import answering
 
         await self._ensure()
         with answering("storing a KPI"):
@@ -163,8 +161,7 @@ class ElasticsearchKpis(HiddenIndexRegistry):
             )
 
     async def delete(self, site_id: str, kpi_id: str) -> None:
-        from metronome.store.connection import NOT_FOUND
-        from metronome.store.elasticsearch import answering
+        from metronome.store.connection import NOT_FOUND, answering
 
         with answering("removing a KPI"):
             try:

@@ -272,8 +272,7 @@ class ElasticsearchFunnels(HiddenIndexRegistry):
         )
 
     async def list(self, site_id: str) -> list[Funnel]:
-        from metronome.store.connection import NOT_FOUND
-        from metronome.store.elasticsearch import answering
+        from metronome.store.connection import NOT_FOUND, answering
 
         with answering("reading funnels"):
             try:
@@ -286,8 +285,7 @@ class ElasticsearchFunnels(HiddenIndexRegistry):
         return _ordered([self._of(h["_source"]) for h in resp["hits"]["hits"]])
 
     async def get(self, site_id: str, funnel_id: str) -> Funnel:
-        from metronome.store.connection import NOT_FOUND
-        from metronome.store.elasticsearch import answering
+        from metronome.store.connection import NOT_FOUND, answering
 
         with answering("reading a funnel"):
             try:
@@ -297,7 +295,7 @@ class ElasticsearchFunnels(HiddenIndexRegistry):
         return self._of(resp["_source"])
 
     async def put(self, funnel: Funnel) -> None:
-        from metronome.store.elasticsearch import answering
+        from metronome.store.connection import answering
 
         await self._ensure()
         with answering("storing a funnel"):
@@ -315,8 +313,7 @@ class ElasticsearchFunnels(HiddenIndexRegistry):
             )
 
     async def delete(self, site_id: str, funnel_id: str) -> None:
-        from metronome.store.connection import NOT_FOUND
-        from metronome.store.elasticsearch import answering
+        from metronome.store.connection import NOT_FOUND, answering
 
         with answering("removing a funnel"):
             try:

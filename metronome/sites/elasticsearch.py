@@ -23,34 +23,28 @@ from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.sites.base import DuplicateSite, sites_gone
 from metronome.sites.model import Key, Site, Snapshot
-from metronome.store.connection import API_ERRORS, CONFLICT, NOT_FOUND, open_client, status_of
-from metronome.store.elasticsearch import answering
+from metronome.store.connection import CONFLICT, NOT_FOUND, answering, open_client
+from metronome.store.hidden_index import create_hidden_index
 
-__all__ = ["ElasticsearchRegistry", "mark_index", "registry_index"]
+__all__ = ["PROPERTIES", "ElasticsearchRegistry", "mark_index", "registry_index"]
 
 log = logging.getLogger("metronome.sites")
 
 _MS = {"type": "date", "format": "epoch_millis"}
-MAPPINGS: dict[str, Any] = {
-    "dynamic": "strict",
-    "properties": {
-        "kind": {"type": "keyword"},
-        "id": {"type": "keyword"},
-        "name": {"type": "keyword", "ignore_above": 1024},
-        "origins": {"type": "keyword", "ignore_above": 2048},
-        "public_tock": {"type": "boolean"},
-        "store_ip": {"type": "boolean"},
-        "created": _MS,
-        "hash": {"type": "keyword"},
-        "prefix": {"type": "keyword"},
-        "site": {"type": "keyword"},
-        "scopes": {"type": "keyword"},
-        "last_used": _MS,
-        "revoked": _MS,
-    },
-}
-SETTINGS: dict[str, Any] = {
-    "index": {"hidden": True, "number_of_shards": 1, "auto_expand_replicas": "0-1"}
+PROPERTIES: dict[str, Any] = {
+    "kind": {"type": "keyword"},
+    "id": {"type": "keyword"},
+    "name": {"type": "keyword", "ignore_above": 1024},
+    "origins": {"type": "keyword", "ignore_above": 2048},
+    "public_tock": {"type": "boolean"},
+    "store_ip": {"type": "boolean"},
+    "created": _MS,
+    "hash": {"type": "keyword"},
+    "prefix": {"type": "keyword"},
+    "site": {"type": "keyword"},
+    "scopes": {"type": "keyword"},
+    "last_used": _MS,
+    "revoked": _MS,
 }
 
 
@@ -85,13 +79,7 @@ class ElasticsearchRegistry:
         await self.close()
 
     async def _create_index(self, index: str) -> None:
-        try:
-            await self._client.indices.create(
-                index=index, body={"settings": SETTINGS, "mappings": MAPPINGS}
-            )
-        except API_ERRORS as exc:
-            if status_of(exc) != 400 or "already_exists" not in str(exc):
-                raise
+        await create_hidden_index(self._client, index, PROPERTIES)
 
     async def _ensure(self) -> None:
         if self._ready:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from elastic_transport import ConnectionError as TransportConnectionError
@@ -24,6 +26,7 @@ from elasticsearch import NotFoundError as EsNotFound
 from opensearchpy import exceptions as opensearch_errors
 
 from metronome.config import Settings
+from metronome.errors import StoreUnavailable
 
 # the two clients' errors, side by side: the store catches these tuples, never one client's
 UNREACHABLE: tuple[type[Exception], ...] = (
@@ -70,6 +73,7 @@ __all__ = [
     "CONFLICT",
     "NOT_FOUND",
     "UNREACHABLE",
+    "answering",
     "body_of",
     "client_options",
     "message_of",
@@ -315,3 +319,19 @@ def explain(exc: Exception, what: str) -> str | None:
     if status == 403:
         return _missing_privilege(exc, what)
     return None
+
+
+@contextmanager
+def answering(what: str) -> Iterator[None]:
+    """Turn the client's connection and API errors into StoreUnavailable naming ``what``."""
+    try:
+        yield
+    except UNREACHABLE as exc:
+        raise StoreUnavailable(
+            explain(exc, what) or f"Elasticsearch is unreachable: {exc}"
+        ) from exc
+    except API_ERRORS as exc:
+        raise StoreUnavailable(
+            explain(exc, what)
+            or f"Elasticsearch refused {what} ({status_of(exc)}): {message_of(exc)}"
+        ) from exc

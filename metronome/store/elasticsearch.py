@@ -11,8 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -20,7 +19,6 @@ import orjson
 from elastic_transport import OrjsonSerializer
 
 from metronome.config import Settings
-from metronome.errors import StoreUnavailable
 from metronome.events import fields as F
 from metronome.events.document import Document
 from metronome.store.base import (
@@ -35,6 +33,7 @@ from metronome.store.connection import (
     API_ERRORS,
     NOT_FOUND,
     UNREACHABLE,
+    answering,
     denied_reason,
     explain,
     has_credentials,
@@ -83,22 +82,6 @@ def _merge_properties(into: dict[str, Any], properties: dict[str, Any]) -> None:
             _merge_properties(into[name]["properties"], mapping["properties"])
         else:
             into[name] = copy.deepcopy(mapping)
-
-
-@contextmanager
-def answering(what: str) -> Iterator[None]:
-    """Turn the client's connection and API errors into StoreUnavailable naming ``what``."""
-    try:
-        yield
-    except UNREACHABLE as exc:
-        raise StoreUnavailable(
-            explain(exc, what) or f"Elasticsearch is unreachable: {exc}"
-        ) from exc
-    except API_ERRORS as exc:
-        raise StoreUnavailable(
-            explain(exc, what)
-            or f"Elasticsearch refused {what} ({status_of(exc)}): {message_of(exc)}"
-        ) from exc
 
 
 PARTITIONED = frozenset({F.POINT_DATASET, "rollups"})

@@ -1,7 +1,8 @@
 """The lifecycle shared by small registries kept in a hidden index of their own.
 
-Saved KPIs (``<prefix>-kpis``), saved funnels (``<prefix>-funnels``) and the jobs' leases
-(``<prefix>-leases``) each live in one
+Saved KPIs (``<prefix>-kpis``), saved funnels (``<prefix>-funnels``), the jobs' leases
+(``<prefix>-leases``), the sites and keys (``<prefix>-sites``) and the related items'
+copies (``<prefix>-related``) each live in one
 hidden, single-shard index beside the events, reached through a client of their own that
 takes the body-style calls both Elasticsearch and OpenSearch accept. The index is created
 with a strict mapping on the first write, and creating it twice (another worker was first)
@@ -14,22 +15,30 @@ from typing import Any, Self
 
 from metronome.config import Settings
 
-__all__ = ["HiddenIndexRegistry", "create_hidden_index"]
+__all__ = ["HiddenIndexRegistry", "create_hidden_index", "hidden_index_body"]
+
+
+def hidden_index_body(
+    properties: dict[str, Any], meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The body that creates a hidden, single-shard index with a strict mapping (and
+    ``_meta``): one replica where the cluster has a second node."""
+    mappings: dict[str, Any] = {"dynamic": "strict", "properties": properties}
+    if meta is not None:
+        mappings["_meta"] = meta
+    settings = {"index": {"hidden": True, "number_of_shards": 1, "auto_expand_replicas": "0-1"}}
+    return {"settings": settings, "mappings": mappings}
 
 
 async def create_hidden_index(
     client: Any, index: str, properties: dict[str, Any], meta: dict[str, Any] | None = None
 ) -> None:
-    """Create a hidden, single-shard index with a strict mapping (and ``_meta``); an index
-    that already exists (another worker was first) is not an error."""
+    """Create a hidden index (:func:`hidden_index_body`); an index that already exists
+    (another worker was first) is not an error."""
     from metronome.store.connection import API_ERRORS, status_of
 
-    mappings: dict[str, Any] = {"dynamic": "strict", "properties": properties}
-    if meta is not None:
-        mappings["_meta"] = meta
-    settings = {"index": {"hidden": True, "number_of_shards": 1, "auto_expand_replicas": "0-1"}}
     try:
-        await client.indices.create(index=index, body={"settings": settings, "mappings": mappings})
+        await client.indices.create(index=index, body=hidden_index_body(properties, meta))
     except API_ERRORS as exc:
         if status_of(exc) != 400 or "already_exists" not in str(exc):
             raise
@@ -68,7 +77,7 @@ class HiddenIndexRegistry:
         await self._client.close()
 
     async def _ensure(self) -> None:
-        from metronome.store.elasticsearch import answering
+        from metronome.store.connection import answering
 
         if self._ready:
             return

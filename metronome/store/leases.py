@@ -201,8 +201,7 @@ class ElasticsearchLeases(HiddenIndexRegistry):
         return lease, doc["_seq_no"], doc["_primary_term"]
 
     async def claim(self, name: str, period: int, owner: str, now_ms: int, ttl_ms: int) -> Claim:
-        from metronome.store.connection import CONFLICT
-        from metronome.store.elasticsearch import answering
+        from metronome.store.connection import CONFLICT, answering
 
         await self._ensure()
         with answering("claiming a lease"):
@@ -234,8 +233,7 @@ class ElasticsearchLeases(HiddenIndexRegistry):
         return Claim(True, previous)
 
     async def release(self, name: str, period: int, owner: str, state: dict[str, Any]) -> bool:
-        from metronome.store.connection import CONFLICT
-        from metronome.store.elasticsearch import answering
+        from metronome.store.connection import CONFLICT, answering
 
         await self._ensure()
         with answering("releasing a lease"):
@@ -261,8 +259,7 @@ class ElasticsearchLeases(HiddenIndexRegistry):
         return True
 
     async def leases(self) -> list[Lease]:
-        from metronome.store.connection import NOT_FOUND
-        from metronome.store.elasticsearch import answering
+        from metronome.store.connection import NOT_FOUND, answering
 
         with answering("reading the leases"):
             try:

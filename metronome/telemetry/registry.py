@@ -24,8 +24,7 @@ import orjson
 from metronome.config import Settings
 from metronome.errors import ConfigError, StoreUnavailable
 from metronome.events import fields as F
-from metronome.store.connection import NOT_FOUND
-from metronome.store.elasticsearch import answering
+from metronome.store.connection import NOT_FOUND, answering
 from metronome.store.hidden_index import HiddenIndexRegistry
 from metronome.store.sqlite import DB_NAME, ConnectionThread, connect, setup_lock
 from metronome.store.templates import app_template
