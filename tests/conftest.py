@@ -244,13 +244,29 @@ def os_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def backend(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Backend]:
-    """Metronome on each backend in turn (one server per backend for the session), with
-    no sites: nothing needs a key (tests/test_sites.py has servers with sites)."""
-    with running_backend(request, tmp_path_factory, request.param, {}) as started:
-        yield started
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Metronome on each backend in turn, with no sites: nothing needs a key
+    (tests/test_sites.py has servers with sites). One server per backend for the test
+    process, shared by every module that takes ``backend`` (each test uses fresh items):
+    pytest ends a parametrized fixture whenever the next test wants another value, which
+    with whole modules handed out by weight (tests/support/weights.py) would restart every
+    store's server in nearly every module; ``_backend_<kind>`` keeps each until the end."""
+    started: Backend = request.getfixturevalue("_backend_" + request.param.replace("-", "_"))
+    return started
+
+
+def _one_backend(kind: str) -> Callable[..., Iterator[Backend]]:
+    """The session fixture of ``kind``'s server (stopped, and checked, at the end; before
+    the Elasticsearch, OpenSearch or proxy it uses, which it asked for while starting)."""
+
+    def fixture(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[Backend]:
+        with running_backend(request, tmp_path_factory, kind, {}) as started:
+            yield started
+
+    fixture.__doc__ = f"The ``backend`` server on {kind} for the whole test process."
+    return fixture
 
 
 # the contract modules that say ``SECURED_CONTRACT = True`` run on these too: Elasticsearch
@@ -259,6 +275,24 @@ SECURED_BACKENDS = ["elasticsearch-basic", "elasticsearch-apikey", "elasticsearc
 # and those that say ``OPENSEARCH_CONTRACT = True`` on OpenSearch as well (the suite's
 # time: every store added to every ``backend`` test would take the run past 15 minutes)
 OPENSEARCH_BACKENDS = ["opensearch"]
+
+# ``backend``'s servers, one per store, each kept until the test process ends
+_backend_sqlite = pytest.fixture(_one_backend("sqlite"), scope="session", name="_backend_sqlite")
+_backend_elasticsearch = pytest.fixture(
+    _one_backend("elasticsearch"), scope="session", name="_backend_elasticsearch"
+)
+_backend_elasticsearch_basic = pytest.fixture(
+    _one_backend("elasticsearch-basic"), scope="session", name="_backend_elasticsearch_basic"
+)
+_backend_elasticsearch_apikey = pytest.fixture(
+    _one_backend("elasticsearch-apikey"), scope="session", name="_backend_elasticsearch_apikey"
+)
+_backend_elasticsearch_mtls = pytest.fixture(
+    _one_backend("elasticsearch-mtls"), scope="session", name="_backend_elasticsearch_mtls"
+)
+_backend_opensearch = pytest.fixture(
+    _one_backend("opensearch"), scope="session", name="_backend_opensearch"
+)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -4,15 +4,13 @@ Each test drives a running Metronome over real HTTP with a small load generator,
 something (the server, the store, the disk budget, a segment), then counts the store's
 documents by id. Every test runs on each store it applies to: the embedded store,
 Elasticsearch and OpenSearch. The store down and back, and the store that stops answering
-for a while (frozen with SIGSTOP), use the run's own Elasticsearch or OpenSearch server
-(``store_server``: a shared server given by URL cannot be stopped).
+for a while, are the run's Elasticsearch or OpenSearch behind a relay that takes it off
+the network or freezes it (``store_link``: tests/support/fault_proxy.py), so neither
+needs a server of its own, nor a minute of CPU to restart one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import sqlite3
 import threading
 import time
@@ -26,7 +24,7 @@ import pytest
 
 from metronome.pipeline.spool import segments, spool_dir
 from tests.support.backends import delete_prefix, unique_prefix, wait_for_drain
-from tests.support.es_server import ElasticsearchServer, OpenSearchServer
+from tests.support.fault_proxy import FaultProxy
 from tests.support.metronome_server import MetronomeServer
 
 
@@ -88,25 +86,22 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
     delete_prefix(es_url, prefix)
 
 
-@pytest.fixture(scope="session")
-def os_server(request: pytest.FixtureRequest) -> OpenSearchServer:
-    """The OpenSearch server this run owns (tests may stop and start it), like
-    ``es_server`` for Elasticsearch: a shared server given by URL cannot be stopped."""
-    if os.environ.get("METRONOME_TEST_OPENSEARCH_URL"):
-        pytest.fail(
-            "this test needs the suite's own OpenSearch server; unset METRONOME_TEST_OPENSEARCH_URL"
-        )
-    server: OpenSearchServer = request.getfixturevalue("_suite_opensearch")
-    server.wait_ready()
-    return server
+@dataclass
+class StoreLink:
+    """A store (``engine`` at ``url``) reached through ``proxy``, which a test may take
+    down and bring back, or freeze (tests/support/fault_proxy.py)."""
+
+    engine: str
+    url: str
+    proxy: FaultProxy
 
 
 @pytest.fixture(params=ENGINES)
-def store_server(request: pytest.FixtureRequest) -> ElasticsearchServer:
-    """The run's own Elasticsearch, then its own OpenSearch: servers a test may stop."""
-    name = "es_server" if request.param == "elasticsearch" else "os_server"
-    server: ElasticsearchServer = request.getfixturevalue(name)
-    return server
+def store_link(request: pytest.FixtureRequest) -> Iterator[StoreLink]:
+    """The run's Elasticsearch, then its OpenSearch, behind a relay of this test's own."""
+    url = request.getfixturevalue("os_url" if request.param == "opensearch" else "es_url")
+    with FaultProxy(url) as proxy:
+        yield StoreLink(request.param, url, proxy)
 
 
 @pytest.fixture(params=ENGINES)
@@ -194,32 +189,30 @@ def test_server_killed_mid_load_loses_nothing_acknowledged(world: World, tmp_pat
 
 
 def test_store_outage_under_load_drains_by_itself_afterwards(
-    store_server: ElasticsearchServer, tmp_path: Path
+    store_link: StoreLink, tmp_path: Path
 ) -> None:
-    es_server = store_server  # Elasticsearch or OpenSearch
     prefix = unique_prefix()
-    env = {
-        _URL_VARIABLE[es_server.product]: es_server.url,
+    env = {  # Metronome reaches the store through the relay; the test reads it directly
+        _URL_VARIABLE[store_link.engine]: store_link.proxy.url,
         "METRONOME_INDEX_PREFIX": prefix,
         "METRONOME_SHIP_BACKOFF_MAX_S": "2",
         "METRONOME_ELASTICSEARCH_TIMEOUT_S": "3",  # OpenSearch's timeout too
     }
-    world = World(es_server.product, env, es_server.url, prefix)
+    world = World(store_link.engine, env, store_link.url, prefix)
     server = MetronomeServer(env, data_dir=tmp_path / "data")
     server.start()
     try:
         load = Load(server.url, threads=2, pause_s=0.1).start()
         load.wait_for(1000)
-        es_server.stop()
+        store_link.proxy.down()  # the store is gone: connections reset, then refused
         acked_at_stop = len(load.acknowledged)
         load.wait_for(acked_at_stop + 2000)  # ingestion goes on while the store is down
-        # the store takes a minute or more to come back on 2 busy cores: stop loading
-        # meanwhile, so the backlog it comes back to stays the same size on every machine
+        # stop loading while it is away, so the backlog it comes back to stays the same
+        # size on every machine
         load.stop()
         ready = httpx.get(server.url + "/readyz", timeout=30)
         assert ready.status_code == 200 and ready.json()["status"] == "degraded", ready.text
-        es_server.start()
-        es_server.wait_ready()
+        store_link.proxy.up()
         after = Load(server.url, threads=2, pause_s=0.1, name="after").start()
         after.wait_for(1000)
         after.stop()
@@ -234,39 +227,28 @@ def test_store_outage_under_load_drains_by_itself_afterwards(
     finally:
         assert server.stop() == 0, server.log_tail()
     _assert_exactly_once(world.stored_ids(server.data_dir), acknowledged)
-    delete_prefix(es_server.url, prefix)
-
-
-@contextlib.contextmanager
-def _frozen(store: ElasticsearchServer) -> Iterator[None]:
-    """The store stops answering (SIGSTOP: connections open, no answer, as a node in a
-    long garbage collection or on a saturated disk), then carries on (SIGCONT)."""
-    pid = store._proc.pid if store._proc is not None else None  # noqa: SLF001
-    assert pid is not None, "the store is not running"
-    os.killpg(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.killpg(pid, signal.SIGCONT)
+    delete_prefix(store_link.url, prefix)
 
 
 def test_store_that_stops_answering_under_load_loses_and_duplicates_nothing(
-    store_server: ElasticsearchServer, tmp_path: Path
+    store_link: StoreLink, tmp_path: Path
 ) -> None:
     prefix = unique_prefix()
     env = {
-        _URL_VARIABLE[store_server.product]: store_server.url,
+        _URL_VARIABLE[store_link.engine]: store_link.proxy.url,
         "METRONOME_INDEX_PREFIX": prefix,
         "METRONOME_SHIP_BACKOFF_MAX_S": "2",
         "METRONOME_ELASTICSEARCH_TIMEOUT_S": "2",
     }
-    world = World(store_server.product, env, store_server.url, prefix)
+    world = World(store_link.engine, env, store_link.url, prefix)
     server = MetronomeServer(env, data_dir=tmp_path / "data")
     server.start()
     try:
         load = Load(server.url, threads=2, pause_s=0.1).start()
         load.wait_for(300)
-        with _frozen(store_server):
+        # the store stops answering (connections open, no answer, as a node in a long
+        # garbage collection or on a saturated disk), then carries on
+        with store_link.proxy.frozen():
             acked_at_freeze = len(load.acknowledged)
             deadline = time.monotonic() + 60
             # bulk requests time out (and may still be applied once it answers again)
@@ -283,7 +265,7 @@ def test_store_that_stops_answering_under_load_loses_and_duplicates_nothing(
         assert server.stop() == 0, server.log_tail()
     # a bulk request that timed out but was applied is sent again: stored once all the same
     _assert_exactly_once(world.stored_ids(server.data_dir), load.acknowledged)
-    delete_prefix(store_server.url, prefix)
+    delete_prefix(store_link.url, prefix)
 
 
 def _metrics(server: MetronomeServer) -> str:

@@ -206,6 +206,16 @@ def test_webhook_is_signed_retried_and_delivered_once(site: Site) -> None:
     )
 
 
+def test_a_webhook_url_httpx_cannot_parse_is_a_failed_delivery_not_a_crash() -> None:
+    """A KPI's webhook is checked only for ``^https?://`` when it is saved; a URL with a
+    control character used to raise out of the delivery and end the whole worker (found
+    by tests/test_openapi.py's generated KPIs)."""
+    hook = Webhook("http://\x05example.org/hook", secret=None, attempts=2, backoff_s=0.01)
+    done = asyncio.run(deliver(hook, {"state": "down"}, "k:1"))
+    assert not done.ok and done.attempts == 2 and done.status is None
+    assert done.error is not None and done.error.startswith("InvalidURL")
+
+
 # --- monitors run by the worker, through real HTTP -------------------------------------
 
 

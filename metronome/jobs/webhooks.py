@@ -123,7 +123,7 @@ async def deliver(
                     return Delivery(True, attempt, status)
                 if status != 429 and status < 500:
                     return Delivery(False, attempt, status, f"refused with {status}")
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: not an HTTPError
                 status, error = None, f"{type(exc).__name__}: {exc}"
             log.warning(
                 "webhook_retry url=%s delivery=%s attempt=%d status=%s error=%s",
