@@ -104,7 +104,7 @@ def _count_shard(path: Path, shard: int, shards: int) -> None:
 
 def _count_rollups(path: Path, shards: int) -> None:
     from metronome.store.sqlite_related import RELATED_TABLES
-    from metronome.store.sqlite_rollups import ROLLUPS, refresh_rollups
+    from metronome.store.sqlite_rollups import ROLLUP_TABLES, refresh_rollups
 
     if shards <= 1:
         conn = _open(path)
@@ -129,9 +129,7 @@ def _count_rollups(path: Path, shards: int) -> None:
     for copy in copies:
         conn.execute("ATTACH DATABASE ? AS shard", (str(copy),))
         conn.execute("BEGIN")
-        for table in [r.table for r in ROLLUPS] + [
-            t for t in RELATED_TABLES if t != "related_multi"
-        ]:
+        for table in [*ROLLUP_TABLES] + [t for t in RELATED_TABLES if t != "related_multi"]:
             conn.execute(f"INSERT INTO main.{table} SELECT * FROM shard.{table}")
         conn.execute(
             "INSERT INTO main.related_multi SELECT * FROM shard.related_multi"

@@ -13,13 +13,14 @@ throwaway server or ``METRONOME_TEST_ELASTICSEARCH_URL``), it measures:
   share from ``dbstat``; Elasticsearch's primary store);
 * through ``metronome serve`` (2 workers), p50/p95 of ``/tock`` for a year by day for
   random items, of the top 10 items of the last whole month, and of two ``/query``
-  requests with a time and a keyword dimension over that month: ``day_referrer`` (the
-  embedded store's rollups answer it) and ``day_domain`` (it reads the events);
+  requests with a time and a keyword dimension over that month: ``day_referrer`` (a column
+  of the embedded store's rollups) and ``day_domain`` (a document field: its rollup counts
+  by value, ``rollup_fields``);
 * on the embedded store, the top-items query straight on one connection from the events
   (``top_items_events``, the baseline) and through the rollups (``top_items_rollups``),
   in shuffled alternation, and whether both give the same answer; the same for the
   month by day and referrer (``day_referrer_events``, ``day_referrer_rollups``, and the
-  rollup table it read);
+  rollup table it read) and by day and domain (``day_domain_...``);
 * peak memory: the loader (this process) and the largest of the server's processes.
 
 The results file is written after each size, so a run stopped at a size too large for
@@ -219,17 +220,23 @@ def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]
     same = (
         rows == query_top(conn, query, 0, True, 11) == query_top(conn, query, 0, True, 11, compiled)
     )
-    # the same for the month by day and referrer, a query of all the month's groups
-    day_query = for_site(parse_query(_day_query(end, "referrer")), DEFAULT_SITE).group
-    day_compiled = rollup_sql(conn, day_query)
-    day_s: dict[str, list[float]] = {"events": [], "rollups": []}
-    for _, name in C.trial_order(list(day_s), args.baseline_requests, args.seed):
-        started = time.perf_counter()
-        query_groups(conn, day_query, None, 10_001, day_compiled if name == "rollups" else None)
-        day_s[name].append(time.perf_counter() - started)
-    day_same = query_groups(conn, day_query, None, 10_001) == query_groups(
-        conn, day_query, None, 10_001, day_compiled
-    )
+    # the same for the month by day and referrer / domain, queries of all the month's groups
+    by_day: dict[str, Any] = {}
+    for dimension in ("referrer", "domain"):
+        day_query = for_site(parse_query(_day_query(end, dimension)), DEFAULT_SITE).group
+        day_compiled = rollup_sql(conn, day_query)
+        day_s: dict[str, list[float]] = {"events": [], "rollups": []}
+        for _, name in C.trial_order(list(day_s), args.baseline_requests, args.seed):
+            started = time.perf_counter()
+            query_groups(conn, day_query, None, 10_001, day_compiled if name == "rollups" else None)
+            day_s[name].append(time.perf_counter() - started)
+        by_day |= {
+            f"day_{dimension}_events": summarise(day_s["events"]),
+            f"day_{dimension}_rollups": summarise(day_s["rollups"]),
+            f"day_{dimension}_rollup_table": _table_of(day_compiled),
+            f"day_{dimension}_same_answer": query_groups(conn, day_query, None, 10_001)
+            == query_groups(conn, day_query, None, 10_001, day_compiled),
+        }
     conn.close()
     rng = random.Random(args.seed + 1)
     with (
@@ -264,10 +271,7 @@ def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]
         "top_items_rollups": summarise(rolled_s),
         "top_items_rollups_used": compiled is not None,
         "top_items_same_answer": same,
-        "day_referrer_events": summarise(day_s["events"]),
-        "day_referrer_rollups": summarise(day_s["rollups"]),
-        "day_referrer_rollup_table": _table_of(day_compiled),
-        "day_referrer_same_answer": day_same,
+        **by_day,
         "loader_peak_mb": loaded.get("loader_peak_mb"),
         "server_peak_mb": server_peak,
     }

@@ -38,6 +38,8 @@ DAYS = 140  # past the end of March: four month ends
 NOW_MS = int((START + timedelta(days=DAYS + 1)).timestamp() * 1000)
 ITEMS = [None, "a", "b", "c", "d[1]", "é"]
 FIELDS = ["item", "event", "format", "referrer", "bot"]
+# no column of their own: counted by value in rollup_fields
+KEYWORDS = ["referrer_domain", "domain", "browser", "os", "device", "country", "method", "status"]
 
 
 def _document(rng: random.Random, n: int) -> Document:
@@ -64,7 +66,23 @@ def _document(rng: random.Random, n: int) -> Document:
         source["referrer"] = {"page": page, "domain": page.split("/")[0]}
         if rng.random() < 0.8:
             source["referrer"]["spam"] = page.startswith("spam")
-    return Document(f"e{n}", ts, rng.choice(["ticks", "ticks", "logs"]), source)
+    if rng.random() < 0.9:
+        source["url"] = {"domain": rng.choice(["example.org", "data.example.org"])}
+    if rng.random() < 0.8:
+        agent: dict[str, Any] = {"name": rng.choice(["Firefox", "Chrome", "Other"])}
+        agent["os"] = {"name": rng.choice(["Linux", "Windows"])}
+        if rng.random() < 0.5:
+            agent["device"] = {"name": rng.choice(["Other", "iPhone"])}
+        source["user_agent"] = agent
+    if rng.random() < 0.7:
+        source["client"] = {"geo": {"country_iso_code": rng.choice(["DE", "FR", "NZ"])}}
+    dataset = rng.choice(["ticks", "ticks", "logs"])
+    if dataset == "logs":
+        source["http"] = {
+            "request": {"method": rng.choice(["GET", "GET", "HEAD", "POST"])},
+            "response": {"status_code": rng.choice([200, 200, 304, 404, 500])},
+        }
+    return Document(f"e{n}", ts, dataset, source)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +146,9 @@ def test_rollups_answer_the_item_report_and_top_items_exactly(conn: sqlite3.Conn
         "dimensions": ["referrer"],
         "filters": [*views["filters"], ["matches", "referrer", ["*"]]],
     }
-    for body in (views, top, referrers):
+    browsers = {**views, "dimensions": ["time:day", "browser"], "filters": views["filters"][1:]}
+    statuses = {"source": "logs", "range": top["range"], "dimensions": ["status"]}
+    for body in (views, top, referrers, browsers, statuses):
         raw, rolled, used = _both(conn, _group(body))
         assert used, body
         assert rolled == raw and sum(row[1][0] for row in raw) > 0
@@ -140,7 +160,10 @@ def test_rollups_answer_the_item_report_and_top_items_exactly(conn: sqlite3.Conn
 def test_rollups_leave_what_they_cannot_count_to_the_events(conn: sqlite3.Connection) -> None:
     for body in (
         {"dimensions": ["time:hour"], "range": "3d"},  # no whole UTC day in a bucket
-        {"dimensions": ["browser"], "range": "90d"},  # no such column
+        {"dimensions": ["path"], "range": "90d"},  # no such column, nor counted by value
+        {"dimensions": ["browser", "item"], "range": "90d"},  # a value and a column
+        {"dimensions": ["browser"], "metrics": ["items"], "range": "90d"},  # not a count
+        {"dimensions": ["country"], "range": "90d", "filters": [["is", "item", ["a"]]]},
         {"metrics": ["visitors"], "range": "90d"},  # distinct of no column
         {"range": "90d", "filters": [["is", "params.x", ["1"]]]},
     ):
@@ -182,7 +205,7 @@ def _bodies(draw: st.DrawFn) -> dict[str, Any]:
         if draw(st.booleans())
         else []
     )
-    dims += draw(st.lists(st.sampled_from(FIELDS), max_size=1))
+    dims += draw(st.lists(st.sampled_from(FIELDS + KEYWORDS), max_size=1))
     return {
         "source": draw(st.sampled_from(["ticks", "logs", "all"])),
         "range": span,
@@ -257,6 +280,7 @@ def test_a_database_made_before_the_rollups_is_counted_after_the_upgrade(tmp_pat
         "created rollup_pages",
         "created rollup_items",
         "created rollup_details",
+        "created rollup_fields",
         "created related_counts",  # related items' basket counts (issue 25)
         "created related_multi",
     ]
@@ -270,6 +294,7 @@ def test_a_database_made_before_the_rollups_is_counted_after_the_upgrade(tmp_pat
         "range": {"from": "2025-11-01", "to": "2026-04-30"},
         "dimensions": ["item"],
     }
-    raw, rolled, used = _both(connection, _group(body))
-    assert used and rolled == raw and sum(row[1][0] for row in raw) > 0
+    for dims in (["item"], ["time:month", "domain"]):
+        raw, rolled, used = _both(connection, _group({**body, "dimensions": dims}))
+        assert used and rolled == raw and sum(row[1][0] for row in raw) > 0
     connection.close()

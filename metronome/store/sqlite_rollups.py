@@ -31,6 +31,14 @@ top items, views per day; per day and per month) and ``rollup_details`` (all of 
 rest of ``/tock``; per day only: with an item and a referrer page or a format in the key,
 a month holds nearly as many rows as its days, so month rows would double the table for
 little). A query uses the first of them that has its columns.
+
+A fourth, ``rollup_fields``, answers "per day (or not) by one keyword field" for the fields
+reports break down by that have no column of their own (:data:`FIELD_ROLLUP_FIELDS`:
+domain, referrer domain, browser, OS, device, country, method, status): a row per day (and
+month), field, value, event, bot and spam, counted from the documents in one pass a day. A
+query uses it when its one non-time dimension is such a field, every metric is a count and
+every filter reads its columns (site, event, bot, spam); the field's value is grouped as
+the documents hold it, so the answer is the events' own.
 """
 
 from __future__ import annotations
@@ -42,8 +50,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from metronome.store.query import BoolNode, FilterNode, GroupQuery, Leaf
-from metronome.store.sqlite_query import COLUMNS, condition_sql
+from metronome.events import fields as F
+from metronome.store.query import BoolNode, FieldRef, FilterNode, GroupQuery, Leaf
+from metronome.store.sqlite_query import COLUMNS, condition_sql, json_path
 from metronome.store.sqlite_related import (
     RELATED_SCHEMA,
     RELATED_TABLES,
@@ -53,7 +62,11 @@ from metronome.store.sqlite_related import (
 
 __all__ = [
     "DAY_MS",
+    "FIELD_ROLLUP",
+    "FIELD_ROLLUP_FIELDS",
     "ROLLUPS",
+    "ROLLUP_TABLES",
+    "FieldRollup",
     "Rollup",
     "install_rollups",
     "mark_dirty",
@@ -158,6 +171,88 @@ ROLLUPS = (
         months=False,  # its month rows would be half its rows, for /tock's year a few less
     ),
 )
+
+# Keyword fields with no column that reports break down by, with few values a day each:
+# counted per day and value in ``rollup_fields`` (a field with a value per event, such as a
+# path or a visitor, would make it as large as the events and is left to them)
+FIELD_ROLLUP_FIELDS: tuple[str, ...] = (
+    F.URL_DOMAIN,
+    F.REFERRER_DOMAIN,
+    F.USER_AGENT_NAME,
+    F.USER_AGENT_OS_NAME,
+    F.USER_AGENT_DEVICE_NAME,
+    F.CLIENT_GEO_COUNTRY_ISO_CODE,
+    F.HTTP_REQUEST_METHOD,
+    F.HTTP_RESPONSE_STATUS_CODE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRollup:
+    """``rollup_fields``: event counts per level, site, dataset, period, field, value and
+    ``columns``, for :data:`FIELD_ROLLUP_FIELDS`; per UTC day and UTC month."""
+
+    table: str = "rollup_fields"
+    columns: tuple[str, ...] = ("action", "bot", "spam")
+    months: bool = True
+
+    @property
+    def filter_fields(self) -> frozenset[str]:
+        """The document fields a query answered from it may filter by."""
+        return frozenset(f for f, c in COLUMNS.items() if c in self.columns or c == "site_id")
+
+    def schema(self) -> list[str]:
+        t, columns = self.table, ", ".join(self.columns)
+        return [
+            f"CREATE TABLE IF NOT EXISTS {t} (level INTEGER NOT NULL, site_id TEXT NOT NULL,"
+            f" dataset TEXT NOT NULL, ts INTEGER NOT NULL, field TEXT NOT NULL, value,"
+            f" {columns}, events INTEGER NOT NULL)",
+            f"CREATE INDEX IF NOT EXISTS {t}_ts ON {t} (level, site_id, dataset, field, ts)",
+        ]
+
+    def recount(self, conn: sqlite3.Connection, site: str, dataset: str, day: int) -> None:
+        """Count one UTC day of events again from their documents: every field in one read
+        of each document (the fields' rows are joined to the event, so the document is
+        parsed once for all of them)."""
+        conn.execute(
+            f"DELETE FROM {self.table} WHERE level = {DAY} AND site_id = ? AND dataset = ?"
+            " AND ts = ?",
+            (site, dataset, day),
+        )
+        columns = ", ".join(f"e.{c}" for c in self.columns)
+        fields = ", ".join(f"('{name}', {json_path(name)})" for name in FIELD_ROLLUP_FIELDS)
+        conn.execute(
+            f"INSERT INTO {self.table} (level, site_id, dataset, ts, field, value,"
+            f" {', '.join(self.columns)}, events)"
+            f" SELECT {DAY}, e.site_id, e.dataset, ?, f.column1, json_extract(e.doc, f.column2),"
+            f" {columns}, count(*)"
+            f" FROM events AS e INDEXED BY events_site_ts_columns CROSS JOIN (VALUES {fields}) AS f"
+            " WHERE e.site_id = ? AND e.dataset = ? AND e.ts >= ? AND e.ts < ?"
+            f" GROUP BY f.column1, 6, {columns}",
+            (day, site, dataset, day, day + DAY_MS),
+        )
+
+    def sum_month(self, conn: sqlite3.Connection, site: str, dataset: str, month: int) -> None:
+        """Sum one UTC month again from its days."""
+        conn.execute(
+            f"DELETE FROM {self.table} WHERE level = {MONTH} AND site_id = ? AND dataset = ?"
+            " AND ts = ?",
+            (site, dataset, month),
+        )
+        columns = ", ".join(self.columns)
+        conn.execute(
+            f"INSERT INTO {self.table} (level, site_id, dataset, ts, field, value, {columns},"
+            f" events) SELECT {MONTH}, site_id, dataset, ?, field, value, {columns}, sum(events)"
+            f" FROM {self.table} WHERE level = {DAY} AND site_id = ? AND dataset = ?"
+            f" AND ts >= ? AND ts < ? GROUP BY field, value, {columns}",
+            (month, site, dataset, month, _next_month(month)),
+        )
+
+
+FIELD_ROLLUP = FieldRollup()
+ROLLUP_TABLES: tuple[str, ...] = (*(r.table for r in ROLLUPS), FIELD_ROLLUP.table)
+"""Every rollup table, for those who copy or compare them."""
+
 _DIRTY = [
     "CREATE TABLE IF NOT EXISTS rollup_dirty (site_id TEXT NOT NULL, dataset TEXT NOT NULL,"
     " day INTEGER NOT NULL, PRIMARY KEY (day, site_id, dataset)) WITHOUT ROWID",
@@ -175,11 +270,11 @@ def install_rollups(conn: sqlite3.Connection) -> list[str]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        for statement in _DIRTY + [s for r in ROLLUPS for s in r.schema()]:
+        for statement in _DIRTY + [s for r in (*ROLLUPS, FIELD_ROLLUP) for s in r.schema()]:
             conn.execute(statement)
         for statement in RELATED_SCHEMA:  # basket counts for related items (issue 25)
             conn.execute(statement)
-        made = [r.table for r in ROLLUPS if r.table not in tables]
+        made = [table for table in ROLLUP_TABLES if table not in tables]
         made += [table for table in RELATED_TABLES if table not in tables]
         if made:
             conn.execute(
@@ -223,6 +318,10 @@ def refresh_rollups(
                 rollup.recount(conn, site, dataset, day, None if rollup is finest else finest)
             for site, dataset, month in months if rollup.months else ():
                 rollup.sum_month(conn, site, dataset, month)
+        for site, dataset, day in dirty:
+            FIELD_ROLLUP.recount(conn, site, dataset, day)
+        for site, dataset, month in months:
+            FIELD_ROLLUP.sum_month(conn, site, dataset, month)
         datasets = {site: related_datasets(conn, site) for site in {row[0] for row in dirty}}
         for site, dataset, day in dirty:  # related items' basket counts (issue 25)
             recount_related(conn, site, dataset, day, datasets[site])
@@ -329,13 +428,31 @@ def _rollup_for(query: GroupQuery) -> Rollup | None:
     return next((r for r in ROLLUPS if used <= r.fields), None)
 
 
+def _field_for(query: GroupQuery) -> FieldRef | None:
+    """The field ``rollup_fields`` answers ``query`` by, if it does exactly: one dimension
+    on one of its fields (any others time buckets), only counts, filters on its columns."""
+    fields = [d.field for d in query.dimensions if d.field is not None]
+    if len(fields) != 1 or fields[0].param or fields[0].name not in FIELD_ROLLUP_FIELDS:
+        return None
+    if any(metric.kind != "count" for metric in query.metrics):
+        return None
+    allowed = FIELD_ROLLUP.filter_fields
+    if any(leaf.field.param or leaf.field.name not in allowed for leaf in _leaves(query.filter)):
+        return None
+    return fields[0]
+
+
 def rollup_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[Any]] | None:
     """The query's ``SELECT`` (the shape :mod:`.sqlite_query` reads: keys ``k<i>``, metrics
     ``m<i>``) over the rollups and the events, or None when the rollups cannot answer it
     exactly or would not pay. Run it in the read transaction that ran this."""
-    rollup = _rollup_for(query)
+    rollup: Rollup | FieldRollup | None = _rollup_for(query)
+    field = None
     if rollup is None:
-        return None
+        field = _field_for(query)
+        if field is None:
+            return None
+        rollup = FIELD_ROLLUP
     marks = ", ".join("?" for _ in query.datasets)
     dirty = [
         int(row[0])
@@ -354,8 +471,12 @@ def rollup_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[A
     for level, spans in ranges.items():
         if not spans:
             continue
+        where = ""
+        if level and field is not None:
+            where = "field = ? AND "
+            args.append(field.name)
         args.extend(query.datasets)
-        where = f"dataset IN ({marks}) AND ("
+        where += f"dataset IN ({marks}) AND ("
         where += " OR ".join("(ts >= ? AND ts < ?)" for _ in spans) + ")"
         args.extend(bound for span in spans for bound in span)
         if level:
@@ -363,7 +484,10 @@ def rollup_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[A
         if query.filter is not None:
             where += " AND " + condition_sql(query.filter, args)
         table, count = (rollup.table, "events") if level else ("events", "1")
-        branches.append(f"SELECT {columns}, {count} AS n FROM {table} WHERE {where}")
+        value = ""
+        if field is not None:  # the field's value: a column of rollup_fields, else the doc's
+            value = ", value" if level else f", json_extract(doc, {json_path(field.name)}) AS value"
+        branches.append(f"SELECT {columns}{value}, {count} AS n FROM {table} WHERE {where}")
     select: list[str] = []
     starts = query.bucket_starts
     for index, dim in enumerate(query.dimensions):
@@ -377,7 +501,8 @@ def rollup_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[A
             select.append(f"mbucket(ts) AS k{index}")
         else:
             assert dim.field is not None
-            select.append(f"{COLUMNS[dim.field.name]} AS k{index}")
+            column = "value" if field is not None else COLUMNS[dim.field.name]
+            select.append(f"{column} AS k{index}")
     for index, metric in enumerate(query.metrics):
         if metric.kind == "count":
             select.append(f"coalesce(sum(n), 0) AS m{index}")
