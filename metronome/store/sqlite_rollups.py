@@ -211,25 +211,32 @@ class FieldRollup:
         ]
 
     def recount(self, conn: sqlite3.Connection, site: str, dataset: str, day: int) -> None:
-        """Count one UTC day of events again from their documents: every field in one read
-        of each document (the fields' rows are joined to the event, so the document is
-        parsed once for all of them)."""
+        """Count one UTC day of events again from their documents, in one read of each:
+        the day's events grouped by all the fields' values at once (each document parsed
+        once; the combinations are few), then those groups summed per field."""
         conn.execute(
             f"DELETE FROM {self.table} WHERE level = {DAY} AND site_id = ? AND dataset = ?"
             " AND ts = ?",
             (site, dataset, day),
         )
-        columns = ", ".join(f"e.{c}" for c in self.columns)
-        fields = ", ".join(f"('{name}', {json_path(name)})" for name in FIELD_ROLLUP_FIELDS)
+        columns = ", ".join(self.columns)
+        values = ", ".join(
+            f"json_extract(doc, {json_path(name)}) AS v{i}"
+            for i, name in enumerate(FIELD_ROLLUP_FIELDS)
+        )
+        keys = ", ".join(f"v{i}" for i in range(len(FIELD_ROLLUP_FIELDS)))
+        per_field = " UNION ALL ".join(
+            f"SELECT '{name}', v{i}, {columns}, sum(n) FROM day GROUP BY v{i}, {columns}"
+            for i, name in enumerate(FIELD_ROLLUP_FIELDS)
+        )
         conn.execute(
-            f"INSERT INTO {self.table} (level, site_id, dataset, ts, field, value,"
-            f" {', '.join(self.columns)}, events)"
-            f" SELECT {DAY}, e.site_id, e.dataset, ?, f.column1, json_extract(e.doc, f.column2),"
-            f" {columns}, count(*)"
-            f" FROM events AS e INDEXED BY events_site_ts_columns CROSS JOIN (VALUES {fields}) AS f"
-            " WHERE e.site_id = ? AND e.dataset = ? AND e.ts >= ? AND e.ts < ?"
-            f" GROUP BY f.column1, 6, {columns}",
-            (day, site, dataset, day, day + DAY_MS),
+            f"WITH day AS MATERIALIZED (SELECT {values}, {columns}, count(*) AS n"
+            " FROM events INDEXED BY events_site_ts_columns"
+            " WHERE site_id = ? AND dataset = ? AND ts >= ? AND ts < ?"
+            f" GROUP BY {keys}, {columns})"
+            f" INSERT INTO {self.table} (level, site_id, dataset, ts, field, value, {columns},"
+            f" events) SELECT {DAY}, ?, ?, ?, * FROM ({per_field})",
+            (site, dataset, day, day + DAY_MS, site, dataset, day),
         )
 
     def sum_month(self, conn: sqlite3.Connection, site: str, dataset: str, month: int) -> None:
