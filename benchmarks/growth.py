@@ -12,15 +12,16 @@ throwaway server or ``METRONOME_TEST_ELASTICSEARCH_URL``), it measures:
 * disk bytes per event (the embedded store's file after a checkpoint, with the rollups'
   share from ``dbstat``; Elasticsearch's primary store);
 * through ``metronome serve`` (2 workers), p50/p95 of ``/tock`` for a year by day for
-  random items, of the top 10 items of the last whole month, and of two ``/query``
+  random items, of the top 10 items of the last whole month, and of three ``/query``
   requests with a time and a keyword dimension over that month: ``day_referrer`` (a column
-  of the embedded store's rollups) and ``day_domain`` (a document field: its rollup counts
-  by value, ``rollup_fields``);
+  of the embedded store's rollups), ``day_domain`` and ``day_country`` (document fields:
+  their rollup counts by value, ``rollup_fields``);
 * on the embedded store, the top-items query straight on one connection from the events
   (``top_items_events``, the baseline) and through the rollups (``top_items_rollups``),
   in shuffled alternation, and whether both give the same answer; the same for the
   month by day and referrer (``day_referrer_events``, ``day_referrer_rollups``, and the
-  rollup table it read) and by day and domain (``day_domain_...``);
+  rollup table it read), by day and domain (``day_domain_...``) and by day and country
+  (``day_country_...``);
 * peak memory: the loader (this process) and the largest of the server's processes.
 
 The results file is written after each size, so a run stopped at a size too large for
@@ -69,6 +70,7 @@ def _measure_server(
         "top_items": top_items_query(end),
         "day_referrer": _day_query(end, "referrer"),
         "day_domain": _day_query(end, "domain"),
+        "day_country": _day_query(end, "country"),
     }
 
     def run(name: str) -> None:
@@ -148,6 +150,7 @@ def _load_sqlite(args: Any, size: int, end: datetime, data: Path) -> dict[str, A
         "seed": args.seed,
         "end": end.isoformat(),
         "loader": args.loader,
+        "generator": 2,  # documents with hosts, agents and countries (not reusing older data)
     }
     marker = data / "loaded.json"
     if marker.exists():
@@ -240,7 +243,7 @@ def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]
     )
     # the same for the month by day and referrer / domain, queries of all the month's groups
     by_day: dict[str, Any] = {}
-    for dimension in ("referrer", "domain"):
+    for dimension in ("referrer", "domain", "country"):
         day_query = for_site(parse_query(_day_query(end, dimension)), DEFAULT_SITE).group
         day_compiled = rollup_sql(conn, day_query)
         day_s: dict[str, list[float]] = {"events": [], "rollups": []}

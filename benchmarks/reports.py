@@ -47,6 +47,19 @@ _REFERRERS = [
     "https://news.example.com/a/1",
     "https://data.gov/list",
 ]
+# what a tick's enrichment adds, with a realistic skew: the site's hosts, browsers, systems,
+# devices and 40 countries (reports by day and one of them read the embedded store's
+# rollup_fields)
+_HOSTS = ["data.example.org"] * 14 + ["www.example.org"] * 5 + ["maps.example.org"]
+_AGENTS = [
+    ("Chrome", "Windows", "Other"),
+    ("Chrome", "Android", "Generic Smartphone"),
+    ("Firefox", "Linux", "Other"),
+    ("Safari", "iOS", "iPhone"),
+    ("Safari", "Mac OS X", "Mac"),
+    ("Edge", "Windows", "Other"),
+]
+_COUNTRIES = [f"{a}{b}" for a in "ABCDEFGH" for b in "ABCDE"]
 
 
 def generate(
@@ -84,6 +97,11 @@ def generate(
         if action == "download":
             source["item"]["format"] = rng.choice(_FORMATS)
         referrer = rng.choice(_REFERRERS)
+        name, os_name, device = rng.choice(_AGENTS)
+        source["url"] = {"domain": rng.choice(_HOSTS), "path": f"/items/dataset-{item}"}
+        source["user_agent"] = {"name": name, "os": {"name": os_name}, "device": {"name": device}}
+        country = _COUNTRIES[int(len(_COUNTRIES) * rng.random() ** 2)]
+        source["client"] = {"geo": {"country_iso_code": country}}
         if referrer:
             host = referrer.split("/")[2].removeprefix("www.")
             path = "/".join(referrer.split("/")[3:])

@@ -34,7 +34,8 @@ little). A query uses the first of them that has its columns.
 
 A fourth, ``rollup_fields``, answers "per day (or not) by one keyword field" for the fields
 reports break down by that have no column of their own (:data:`FIELD_ROLLUP_FIELDS`:
-domain, referrer domain, browser, OS, device, country, method, status): a row per day (and
+domain, referrer domain, browser, OS, device, country, method, status, their versions,
+error types): a row per day (and
 month), field, value, event, bot and spam, counted from the documents in one pass a day. A
 query uses it when its one non-time dimension is such a field, every metric is a count and
 every filter reads its columns (site, event, bot, spam); the field's value is grouped as
@@ -173,8 +174,9 @@ ROLLUPS = (
 )
 
 # Keyword fields with no column that reports break down by, with few values a day each:
-# counted per day and value in ``rollup_fields`` (a field with a value per event, such as a
-# path or a visitor, would make it as large as the events and is left to them)
+# counted per day and value in ``rollup_fields``. A field with about a value per event or
+# per item (a visitor, an address, a URL, a path, the previous page) would make it about as
+# large as the events, so those are read from the events.
 FIELD_ROLLUP_FIELDS: tuple[str, ...] = (
     F.URL_DOMAIN,
     F.REFERRER_DOMAIN,
@@ -184,6 +186,12 @@ FIELD_ROLLUP_FIELDS: tuple[str, ...] = (
     F.CLIENT_GEO_COUNTRY_ISO_CODE,
     F.HTTP_REQUEST_METHOD,
     F.HTTP_RESPONSE_STATUS_CODE,
+    F.USER_AGENT_VERSION,
+    F.USER_AGENT_OS_VERSION,
+    F.EVENT_DATASET,
+    F.ERROR_TYPE,
+    F.ERROR_FINGERPRINT,
+    F.HTTP_VERSION,
 )
 
 
