@@ -142,20 +142,32 @@ class Rollup:
 
     def sum_month(self, conn: sqlite3.Connection, site: str, dataset: str, month: int) -> None:
         """Sum one UTC month again from its days."""
-        conn.execute(
-            f"DELETE FROM {self.table} WHERE level = {MONTH} AND site_id = ? AND dataset = ?"
-            " AND ts = ?",
-            (site, dataset, month),
-        )
-        columns = ", ".join(self.columns)
-        conn.execute(
-            f"INSERT INTO {self.table} ({', '.join(self.keys)}, events)"
-            f" SELECT {MONTH}, site_id, dataset, ?, {columns}, sum(events)"
-            f" FROM {self.table} INDEXED BY {self.table}_ts"
-            f" WHERE level = {DAY} AND site_id = ? AND dataset = ? AND ts >= ? AND ts < ?"
-            f" GROUP BY {columns}",
-            (month, site, dataset, month, _next_month(month)),
-        )
+        _sum_month(conn, self.table, self.columns, (site, dataset, month), f"{self.table}_ts")
+
+
+def _sum_month(
+    conn: sqlite3.Connection,
+    table: str,
+    columns: tuple[str, ...],
+    month_of: tuple[str, str, int],
+    index: str | None = None,
+) -> None:
+    """Sum one UTC month (site, dataset, month start) of ``table`` again from its days,
+    grouped by ``columns``; ``index``: the one to read the days by."""
+    site, dataset, month = month_of
+    conn.execute(
+        f"DELETE FROM {table} WHERE level = {MONTH} AND site_id = ? AND dataset = ? AND ts = ?",
+        (site, dataset, month),
+    )
+    keys = ", ".join(columns)
+    conn.execute(
+        f"INSERT INTO {table} (level, site_id, dataset, ts, {keys}, events)"
+        f" SELECT {MONTH}, site_id, dataset, ?, {keys}, sum(events)"
+        f" FROM {table}{f' INDEXED BY {index}' if index else ''}"
+        f" WHERE level = {DAY} AND site_id = ? AND dataset = ? AND ts >= ? AND ts < ?"
+        f" GROUP BY {keys}",
+        (month, site, dataset, month, _next_month(month)),
+    )
 
 
 # smallest first (what a query prefers); each one's columns within the last one's, which
@@ -249,19 +261,7 @@ class FieldRollup:
 
     def sum_month(self, conn: sqlite3.Connection, site: str, dataset: str, month: int) -> None:
         """Sum one UTC month again from its days."""
-        conn.execute(
-            f"DELETE FROM {self.table} WHERE level = {MONTH} AND site_id = ? AND dataset = ?"
-            " AND ts = ?",
-            (site, dataset, month),
-        )
-        columns = ", ".join(self.columns)
-        conn.execute(
-            f"INSERT INTO {self.table} (level, site_id, dataset, ts, field, value, {columns},"
-            f" events) SELECT {MONTH}, site_id, dataset, ?, field, value, {columns}, sum(events)"
-            f" FROM {self.table} WHERE level = {DAY} AND site_id = ? AND dataset = ?"
-            f" AND ts >= ? AND ts < ? GROUP BY field, value, {columns}",
-            (month, site, dataset, month, _next_month(month)),
-        )
+        _sum_month(conn, self.table, ("field", "value", *self.columns), (site, dataset, month))
 
 
 FIELD_ROLLUP = FieldRollup()
