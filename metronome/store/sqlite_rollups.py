@@ -35,11 +35,11 @@ little). A query uses the first of them that has its columns.
 A fourth, ``rollup_fields``, answers "per day (or not) by one keyword field" for the fields
 reports break down by that have no column of their own (:data:`FIELD_ROLLUP_FIELDS`:
 domain, referrer domain, browser, OS, device, country, method, status, their versions,
-error types): a row per day (and
-month), field, value, event, bot and spam, counted from the documents in one pass a day. A
-query uses it when its one non-time dimension is such a field, every metric is a count and
-every filter reads its columns (site, event, bot, spam); the field's value is grouped as
-the documents hold it, so the answer is the events' own.
+error types): a row per day (and month), field, value, event, bot and spam, counted from
+the documents in one pass a day. A query uses it when its one non-time dimension is such
+a field, every metric is a count and every filter reads its columns (site, event, bot,
+spam); the field's value is grouped as the documents hold it, so the answer is the
+events' own.
 """
 
 from __future__ import annotations
