@@ -280,19 +280,24 @@ def _wait(condition: Any, what: str, timeout_s: float = 90) -> None:
 
 def _ok_checks(backend: Backend) -> int:
     backend.settle()
-    resp = backend.client.post(
-        "/query",
-        json={
-            "source": "metrics",
-            "range": "1d",
-            "metrics": ["events"],
-            "filters": [
-                ["is", "metric.name", ["monitor"]],
-                ["is", "tags.monitor", ["website"]],
-                ["gt", "fields.ok", 0],
-            ],
-        },
-    )
+    body = {
+        "source": "metrics",
+        "range": "1d",
+        "metrics": ["events"],
+        "filters": [
+            ["is", "metric.name", ["monitor"]],
+            ["is", "tags.monitor", ["website"]],
+            ["gt", "fields.ok", 0],
+        ],
+    }
+    resp = backend.client.post("/query", json=body)
+    for _ in range(20):
+        # momentary, and retryable by the API's contract: Elasticsearch refuses a search that
+        # reaches a new day's index before its shard has started (on a busy machine)
+        if resp.status_code != 503 or resp.json()["error"] != "store_unavailable":
+            break
+        time.sleep(0.5)
+        resp = backend.client.post("/query", json=body)
     assert resp.status_code == 200, resp.text
     results = resp.json()["results"]
     return int(results[0]["metrics"][0]) if results else 0
