@@ -377,8 +377,9 @@ def _values(raw: Sequence[Any], metrics: Sequence[MetricSpec]) -> tuple[Any, ...
     return tuple(values)
 
 
-VISITOR_EXPR = f"json_extract(doc, {json_path(F.VISITOR_ID)})"
-"""The visitor of a row, exactly as the events table's visitor index is built on it."""
+VISITOR_EXPR = "visitor"
+"""The visitor of a row (the column holds ``json_extract(doc, '$.visitor.id')``), as the
+events table's visitor index is built on it."""
 
 
 def basket_sql(visits: bool) -> str:
