@@ -24,7 +24,6 @@ import orjson
 from metronome.config import Settings
 from metronome.errors import ConfigError, StoreUnavailable
 from metronome.events import fields as F
-from metronome.store.connection import NOT_FOUND, answering
 from metronome.store.hidden_index import HiddenIndexRegistry
 from metronome.store.sqlite import DB_NAME, ConnectionThread, connect, setup_lock
 from metronome.store.templates import app_template
@@ -118,6 +117,10 @@ class ElasticsearchApps(HiddenIndexRegistry):
         self._settings = settings
 
     async def load(self) -> dict[str, App]:
+        # here, not at the top: every CLI command imports this module, and the clients
+        # take a second to import (a second of `metronome import` on the embedded store)
+        from metronome.store.connection import NOT_FOUND, answering
+
         with answering("reading apps"):
             try:
                 resp = await self._client.search(
@@ -130,6 +133,8 @@ class ElasticsearchApps(HiddenIndexRegistry):
         return {a.id: a for a in apps}
 
     async def put(self, app: App) -> None:
+        from metronome.store.connection import answering
+
         await self._ensure()
         with answering("storing the app"):
             await self._client.index(
