@@ -242,6 +242,7 @@ def test_the_rows_the_import_writes_hold_what_each_document_says_in_its_columns(
             orjson.dumps(d.source).decode(),
             get(F.SITE_ID) or F.DEFAULT_SITE,
             get(F.REFERRER_SPAM),  # the rollups' spam column (booleans as 0/1)
+            get(F.VISITOR_ID),  # the visitor index's column
         )
 
     sources: list[dict[str, Any]] = [
@@ -251,9 +252,10 @@ def test_the_rows_the_import_writes_hold_what_each_document_says_in_its_columns(
             "referrer": {"page": "example.org/a", "domain": "example.org"},
             "bot": True,
             "site": {"id": "blog"},
+            "visitor": {"id": "v1"},
         },
-        {"event": {"id": "y"}, "bot": False},
-        {"item": "not an object", "event": None, "referrer": [], "site": {}},
+        {"event": {"id": "y"}, "bot": False, "visitor": {}},
+        {"item": "not an object", "event": None, "referrer": [], "site": {}, "visitor": "v2"},
         {},
     ]
     documents = [Document(f"id{i}", 1_000 * i, "logs", s) for i, s in enumerate(sources)]

@@ -76,20 +76,48 @@ def _get(source: dict[str, Any], name: str) -> Any:
     return value
 
 
+def _get2(source: dict[str, Any], outer: str, inner: str) -> Any:
+    """``_get(source, "outer.inner")``, without splitting the name (once per event)."""
+    value = source.get(outer)
+    return value.get(inner) if isinstance(value, dict) else None
+
+
+_EVENT, _ACTION = F.EVENT_ACTION.split(".")
+_ITEM, _ITEM_ID = F.ITEM_ID.split(".")
+_URL, _PATH = F.URL_PATH.split(".")
+_URL_AGAIN, _DOMAIN = F.URL_DOMAIN.split(".")
+_SITE, _SITE_ID = F.SITE_ID.split(".")
+_VISITOR, _VISITOR_ID = F.VISITOR_ID.split(".")
+_REFERRER, _SPAM = F.REFERRER_SPAM.split(".")
+_REFERRER_AGAIN, _REFERRER_DOMAIN = F.REFERRER_DOMAIN.split(".")
+_HTTP, _RESPONSE, _STATUS = F.HTTP_RESPONSE_STATUS_CODE.split(".")
+assert _URL == _URL_AGAIN and _REFERRER == _REFERRER_AGAIN and "." not in F.BOT
+
+
 def page_of(document: Document) -> str | None:
     """The page a document is a view of (its item id, or its path), or None when it is no
     page view: view ticks, and access-log requests without another event that succeeded."""
     source = document.source
-    action = _get(source, F.EVENT_ACTION)
+    action = _get2(source, _EVENT, _ACTION)
     if action not in (None, "view"):
         return None
     if action is None and document.dataset != "logs":
         return None
-    status = _get(source, F.HTTP_RESPONSE_STATUS_CODE)
+    response = _get2(source, _HTTP, _RESPONSE)
+    status = response.get(_STATUS) if isinstance(response, dict) else None
     if isinstance(status, int) and status >= 400:
         return None
-    page = _get(source, F.ITEM_ID) or _get(source, F.URL_PATH)
+    page = _get2(source, _ITEM, _ITEM_ID) or _get2(source, _URL, _PATH)
     return str(page) if page else None
+
+
+def _visited(source: dict[str, Any]) -> bool:
+    """An event that belongs to a visit: a visitor's, neither a crawler's nor spam."""
+    return bool(
+        _get2(source, _VISITOR, _VISITOR_ID)
+        and not source.get(F.BOT)
+        and not _get2(source, _REFERRER, _SPAM)
+    )
 
 
 def _visit_id(site: str, first_event_id: str) -> str:
@@ -167,21 +195,52 @@ def _base(source: dict[str, Any]) -> dict[str, Any]:
     base: dict[str, Any] = {}
     site = source.get("site")
     if isinstance(site, dict):
-        base["site"] = _shared(site)
+        base["site"] = _shared_of(site, _shared)
     visitor = source.get("visitor")
     if isinstance(visitor, dict):
         base["visitor"] = dict(visitor)
     agent = source.get("user_agent")
     if isinstance(agent, dict):
-        base["user_agent"] = _shared({k: v for k, v in agent.items() if k != "original"})
+        base["user_agent"] = _shared_of(agent, _agent_base)
     country = _get(source, F.CLIENT_GEO_COUNTRY_ISO_CODE)
     if country:
-        base["client"] = _shared({"geo": {"country_iso_code": country}})
+        found = _countries.get(country) if isinstance(country, str) else None
+        if found is None:
+            found = _shared({"geo": {"country_iso_code": country}})
+            if isinstance(country, str) and len(country) <= 8:
+                if len(_countries) >= _SHARED_MAX:
+                    _countries.clear()
+                _countries[country] = found
+        base["client"] = found
     return base
+
+
+def _agent_base(agent: dict[str, Any]) -> FrozenDict:
+    return _shared({k: v for k, v in agent.items() if k != "original"})
 
 
 _SHARED_MAX = 4096
 _shared_parts: dict[bytes, FrozenDict] = {}
+# A part an event shares with others (a FrozenDict: the parsed user agent, the site)
+# gives the same answer every time: kept by the part's identity, with the part itself (so
+# its id is not another object's while it is kept), without encoding it to JSON again.
+_by_part: dict[int, tuple[FrozenDict, FrozenDict]] = {}
+_countries: dict[str, FrozenDict] = {}
+
+
+def _shared_of(part: dict[str, Any], make: Any) -> FrozenDict:
+    """``make(part)``, once per shared (frozen) part."""
+    if part.__class__ is not FrozenDict:
+        result: FrozenDict = make(part)
+        return result
+    found = _by_part.get(id(part))
+    if found is not None and found[0] is part:
+        return found[1]
+    result = make(part)
+    if len(_by_part) >= _SHARED_MAX:
+        _by_part.clear()
+    _by_part[id(part)] = (part, result)  # type: ignore[assignment]  # FrozenDict checked above
+    return result
 
 
 def _shared(part: dict[str, Any]) -> FrozenDict:
@@ -205,10 +264,10 @@ def _frozen(value: Any) -> Any:
 
 def _source_of(source: dict[str, Any]) -> str:
     """The entry's external referrer host, or ``direct``."""
-    referrer = _get(source, F.REFERRER_DOMAIN)
+    referrer = _get2(source, _REFERRER, _REFERRER_DOMAIN)
     if not referrer:
         return F.VISIT_DIRECT
-    own = _get(source, F.URL_DOMAIN)
+    own = _get2(source, _URL, _DOMAIN)
     if own and str(own).lower().removeprefix("www.") == str(referrer).lower():
         return F.VISIT_DIRECT  # from a page of the same site: no external source
     return str(referrer)
@@ -335,18 +394,14 @@ class VisitBook:
         out = list(documents)
         seen: dict[str, set[str]] = {}  # by visit id: its ids (a set once per batch)
         eligible = [
-            i
-            for i, d in enumerate(documents)
-            if d.dataset in _VISITED
-            and _get(d.source, F.VISITOR_ID)
-            and not _get(d.source, F.BOT)
-            and not _get(d.source, F.REFERRER_SPAM)
+            i for i, d in enumerate(documents) if d.dataset in _VISITED and _visited(d.source)
         ]
         eligible.sort(key=lambda i: (documents[i].timestamp_ms, i))  # ties: as received
         for i in eligible:
             doc = documents[i]
-            site = str(_get(doc.source, F.SITE_ID) or F.DEFAULT_SITE)
-            key = f"{site}\x1f{_get(doc.source, F.VISITOR_ID)}"
+            source = doc.source
+            site = str(_get2(source, _SITE, _SITE_ID) or F.DEFAULT_SITE)
+            key = f"{site}\x1f{_get2(source, _VISITOR, _VISITOR_ID)}"
             at = doc.timestamp_ms
             page = page_of(doc)
             current = changed[key] if key in changed else self.state.get(key)
