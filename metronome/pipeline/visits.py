@@ -239,7 +239,7 @@ def _shared_of(part: dict[str, Any], make: Any) -> FrozenDict:
     result = make(part)
     if len(_by_part) >= _SHARED_MAX:
         _by_part.clear()
-    _by_part[id(part)] = (part, result)  # type: ignore[assignment]  # FrozenDict checked above
+    _by_part[id(part)] = (part, result)
     return result
 
 
