@@ -24,7 +24,12 @@ After the wrk trials, ``summary.stages`` says where a tick's microseconds go, fr
 µs per stage of ``POST /tick`` inside a worker (no HTTP), the spool's ``fdatasync`` calls
 per request and their duration, and beside them the bare app's own µs and the HTTP work
 both servers pay (the bare app's workers' µs per request under wrk minus its µs without
-HTTP).
+HTTP). Then, when ``perf`` is installed, ``summary.fdatasync_under_wrk`` says how the spool
+syncs under wrk: one more wrk run on Metronome (``--duration`` seconds, after the trials and
+not counted in them) with ``perf trace -s -e fdatasync`` attached to its HTTP workers, which
+counts and times every ``fdatasync`` they make: syncs per request, their mean and longest
+duration, and how many were in flight per worker on average (their summed time over the
+run's).
 
 Goal (issue 24): Metronome's requests/s >= 0.5 x the bare app's, the durable spool
 unchanged (the earlier 0.7 was withdrawn: ``benchmarks.accept`` showed it needs less of
@@ -34,7 +39,9 @@ Metronome's own work per tick than durability alone costs).
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -117,6 +124,54 @@ def accept_stages(tmp: Any, requests: int, seed: int) -> dict[str, Any]:
     return summary
 
 
+_PERF_ROW = re.compile(
+    r"^\s*fdatasync\s+(?P<calls>\d+)\s+(?P<errors>\d+)\s+(?P<total>[\d.]+)"
+    r"\s+(?P<min>[\d.]+)\s+(?P<avg>[\d.]+)\s+(?P<max>[\d.]+)",
+    re.M,
+)
+
+
+def sync_profile(server: Any, run: Any, seconds: float, workers: int) -> dict[str, Any]:
+    """One wrk run (``run(seconds)``, its stats) on Metronome with ``perf trace -s``
+    counting and timing its HTTP workers' ``fdatasync`` calls (per thread: the spool's
+    sync threads); not counted in the trials."""
+    perf = shutil.which("perf")
+    if perf is None:
+        return {"skipped": "perf is not installed"}
+    pids = [pid for pid, role in _process_roles(server).items() if role == "http_workers"]
+    tracer = subprocess.Popen(
+        [perf, "trace", "-s", "-e", "fdatasync", "-p", ",".join(map(str, pids))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)  # perf attaches to every thread
+        stats = run(seconds)
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        output, _ = tracer.communicate(timeout=60)
+    rows = [m.groupdict() for m in _PERF_ROW.finditer(output)]
+    if not rows:
+        return {"skipped": f"perf trace reported nothing: {output[-300:]}"}
+    calls = sum(int(r["calls"]) for r in rows)
+    busy_ms = sum(float(r["total"]) for r in rows)
+    requests = max(stats["requests"], 1)
+    return {
+        "requests": stats["requests"],
+        "requests_per_s": round(stats["requests_per_s"], 1),
+        "latency_ms": {k: round(v / 1000, 3) for k, v in stats["latency_us"].items()},
+        "fdatasyncs": calls,
+        "fdatasync_errors": sum(int(r["errors"]) for r in rows),
+        "fdatasyncs_per_request": round(calls / requests, 3),
+        "requests_per_fdatasync": round(requests / max(calls, 1), 1),
+        "fdatasync_ms_mean": round(busy_ms / max(calls, 1), 3),
+        "fdatasync_ms_max": max(float(r["max"]) for r in rows),
+        "in_flight_per_worker": round(busy_ms / (stats["seconds"] * 1000 * workers), 2),
+        "threads": len(rows),
+    }
+
+
 def run_throughput(
     *,
     name: str,
@@ -192,6 +247,7 @@ def run_throughput(
     warmups: dict[str, Any] = {}
     exit_codes: dict[str, int | None] = {}
     accept: dict[str, Any] | None = None
+    syncs: dict[str, Any] | None = None
     started = time.time()
     load_at_start = C.loadavg()
 
@@ -256,6 +312,14 @@ def run_throughput(
                 f"  connections per worker {stats['connections_per_worker']}",
                 file=sys.stderr,
             )
+        if stages:
+            syncs = sync_profile(
+                servers["metronome"],
+                lambda seconds: one_run("metronome", seconds),
+                args.duration,
+                args.workers,
+            )
+            print(f"  metronome's fdatasync under wrk: {syncs}", file=sys.stderr)
         for label, server in servers.items():
             if not C.alive(server):
                 raise C.BenchmarkError(f"{label} died during the run:\n{server.log_tail()}")
@@ -338,6 +402,8 @@ def run_throughput(
             "fdatasyncs_per_request": accept.get("metronome_fdatasyncs_per_request"),
             "fdatasync_ms": accept.get("metronome_fdatasync_ms"),
         }
+    if syncs is not None:
+        extra["fdatasync_under_wrk"] = syncs
     results = {
         "benchmark": name,
         "description": description.splitlines()[0],

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from metronome.errors import StoreUnavailable
 from metronome.events.document import Document
+from metronome.pipeline import spool
 from metronome.pipeline.records import HEADER, encode, scan
 from metronome.pipeline.spool import (
     SpoolWriter,
@@ -176,3 +180,169 @@ def test_a_writer_that_dies_leaves_zeros_the_shipper_neither_ships_nor_counts_as
     assert "shipped 50 events" in drained.stderr
     assert "0 torn bytes cut" in drained.stderr
     assert not segment.exists()
+
+
+class _OverlapWriter(SpoolWriter):
+    """Counts the most groups that were syncing at once."""
+
+    most_in_flight = 0
+
+    def _commit(self, loop: asyncio.AbstractEventLoop) -> None:
+        super()._commit(loop)
+        self.most_in_flight = max(self.most_in_flight, len(self._in_flight))
+
+
+def test_groups_sync_concurrently_and_each_client_is_answered_once_synced(
+    tmp_path: Path,
+) -> None:
+    """Requests that arrive while a sync runs start their own group and sync (up to the
+    writer's limit) instead of waiting for the running one to end."""
+    writer = _OverlapWriter(
+        tmp_path, segment_max_bytes=1 << 22, max_total_bytes=1 << 30, syncs_in_flight=4
+    )
+    clients, rounds = 16, 20
+
+    async def client(c: int) -> None:
+        for r in range(rounds):
+            await asyncio.sleep(0.0002 * ((c * 7 + r) % 5))  # arrive in different passes
+            await writer.append([encode(_doc(c * rounds + r))])
+
+    async def load() -> None:
+        await asyncio.gather(*(client(c) for c in range(clients)))
+
+    asyncio.run(load())
+    writer.close()
+    assert 1 < writer.most_in_flight <= 4
+    (segment,) = segments(tmp_path)
+    found = sorted(d.source["n"] for d in scan(segment.read_bytes()).documents)
+    assert found == list(range(clients * rounds))
+
+
+class _SlowSecondSync(SpoolWriter):
+    """The second group's sync takes 0.3 s (after a real ``fdatasync``), and fails when
+    ``fail`` is set: it syncs a pipe instead, which the kernel refuses (EINVAL)."""
+
+    fail = False
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(
+            directory, segment_max_bytes=1 << 22, max_total_bytes=1 << 30, syncs_in_flight=4
+        )
+        self.syncs = 0
+
+    def _sync(self, loop: asyncio.AbstractEventLoop, group: Any) -> None:
+        self.syncs += 1
+        if self.syncs != 2:
+            super()._sync(loop, group)
+            return
+        time.sleep(0.3)
+        if not self.fail:
+            super()._sync(loop, group)
+            return
+        read, write = os.pipe()
+        try:
+            group.error = spool._fdatasync(read)
+        finally:
+            os.close(read)
+            os.close(write)
+        assert group.error is not None
+        group.synced = True
+        loop.call_soon_threadsafe(self._synced, loop)
+
+
+async def _first_second_third(writer: SpoolWriter) -> tuple[Any, Any]:
+    """Group 1 answered; group 2 syncing (slowly) while group 3 is written and synced:
+    group 3 is not answered before group 2. Returns groups 2 and 3, finished."""
+    await writer.append([encode(_doc(1))])
+    second = asyncio.ensure_future(writer.append([encode(_doc(2))]))
+    await asyncio.sleep(0.05)
+    third = asyncio.ensure_future(writer.append([encode(_doc(3))]))
+    await asyncio.sleep(0.15)  # the third group's own sync has long ended
+    assert writer.syncs == 3 and not second.done() and not third.done()  # type: ignore[attr-defined]
+    await asyncio.wait([second, third])
+    return second, third
+
+
+def test_groups_are_answered_in_the_order_they_were_written(tmp_path: Path) -> None:
+    writer = _SlowSecondSync(tmp_path)
+
+    async def run() -> None:
+        second, third = await _first_second_third(writer)
+        assert second.result() is None and third.result() is None
+
+    asyncio.run(run())
+    writer.close()
+    (segment,) = segments(tmp_path)
+    assert [d.source["n"] for d in scan(segment.read_bytes()).documents] == [1, 2, 3]
+
+
+def test_a_failed_sync_fails_every_group_written_after_it_and_keeps_those_before(
+    tmp_path: Path,
+) -> None:
+    """Group 3 synced without an error, but was written after group 2, whose sync failed:
+    neither is acknowledged, the segment is cut back to where group 2 began, and the
+    writer goes on after it."""
+    writer = _SlowSecondSync(tmp_path)
+    writer.fail = True
+
+    async def run() -> None:
+        second, third = await _first_second_third(writer)
+        for refused in (second, third):
+            assert isinstance(refused.exception(), StoreUnavailable)
+        await writer.append([encode(_doc(4))])
+
+    asyncio.run(run())
+    writer.close()
+    (segment,) = segments(tmp_path)
+    assert [d.source["n"] for d in scan(segment.read_bytes()).documents] == [1, 4]
+
+
+_ACKNOWLEDGES_UNTIL_KILLED = """
+import asyncio, random, sys
+from pathlib import Path
+from metronome.events.document import Document
+from metronome.pipeline.records import encode
+from metronome.pipeline.spool import SpoolWriter
+
+writer = SpoolWriter(Path(sys.argv[1]), segment_max_bytes=1 << 16, max_total_bytes=1 << 30)
+
+async def client(c):
+    for r in range(10**6):
+        n = c * 10**6 + r
+        await asyncio.sleep(random.random() * 0.002)
+        await writer.append([encode(Document(f"{n:032x}", 1700000000000, "ticks", {"n": n}))])
+        sys.stdout.write(f"{n}\\n")
+        sys.stdout.flush()
+
+async def main():
+    await asyncio.gather(*(client(c) for c in range(16)))
+
+asyncio.run(main())
+"""
+
+
+def test_every_acknowledged_record_is_in_the_spool_after_a_sigkill(tmp_path: Path) -> None:
+    """Groups sync concurrently and segments fill and change (64 KiB each) while the
+    writer is killed: every record it acknowledged is in a segment, once."""
+    spool = tmp_path / "spool"
+    acknowledged: list[int] = []
+    with subprocess.Popen(
+        [sys.executable, "-c", _ACKNOWLEDGES_UNTIL_KILLED, str(spool)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path.cwd())},
+    ) as writer:
+        assert writer.stdout is not None
+        while len(acknowledged) < 3000:
+            line = writer.stdout.readline()
+            assert line, "the writer stopped"
+            acknowledged.append(int(line))
+        writer.send_signal(signal.SIGKILL)
+        acknowledged.extend(int(line) for line in writer.stdout.read().split())
+    found: list[int] = []
+    for segment in segments(spool):
+        with open(segment, "rb") as handle:
+            end = segment_size(segment)
+            found.extend(d.source["n"] for d in scan(handle.read(end)).documents)
+    assert len(segments(spool)) > 1
+    assert len(found) == len(set(found))
+    assert not set(acknowledged) - set(found)
