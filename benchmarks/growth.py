@@ -52,10 +52,18 @@ from benchmarks.fastload import load_sqlite
 from benchmarks.reports import generate, load_elasticsearch, summarise, top_items_query
 
 NAME = "growth"
+# the keyword dimensions of the "/query by day and ... over a month" measured: a column of
+# the rollups, fields with few values a day (rollup_fields), and fields with about a value
+# per item or per event
+DIMENSIONS = ("referrer", "domain", "country", "path", "visitor")
 
 
 def _day_query(end: datetime, dimension: str) -> dict[str, Any]:
     return {**top_items_query(end), "dimensions": ["time:day", dimension], "limit": 10_000}
+
+
+def _dimensions(args: Any) -> list[str]:
+    return [name.strip() for name in args.dimensions.split(",") if name.strip()]
 
 
 def _measure_server(
@@ -68,9 +76,7 @@ def _measure_server(
     }
     bodies = {
         "top_items": top_items_query(end),
-        "day_referrer": _day_query(end, "referrer"),
-        "day_domain": _day_query(end, "domain"),
-        "day_country": _day_query(end, "country"),
+        **{f"day_{name}": _day_query(end, name) for name in _dimensions(args)},
     }
 
     def run(name: str) -> None:
@@ -243,7 +249,7 @@ def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]
     )
     # the same for the month by day and referrer / domain, queries of all the month's groups
     by_day: dict[str, Any] = {}
-    for dimension in ("referrer", "domain", "country"):
+    for dimension in _dimensions(args):
         day_query = for_site(parse_query(_day_query(end, dimension)), DEFAULT_SITE).group
         day_compiled = rollup_sql(conn, day_query)
         day_s: dict[str, list[float]] = {"events": [], "rollups": []}
@@ -378,6 +384,11 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--requests", type=int, default=40, help="per report and size")
     parser.add_argument("--baseline-requests", type=int, default=5, help="top items on the events")
+    parser.add_argument(
+        "--dimensions",
+        default=",".join(DIMENSIONS),
+        help="the keyword fields of the /query by day over a month, comma-separated",
+    )
     parser.add_argument("--heap", default="2g", help="Elasticsearch heap")
     parser.add_argument("--skip-elasticsearch", action="store_true")
     parser.add_argument("--skip-sqlite", action="store_true")
