@@ -47,13 +47,13 @@ from __future__ import annotations
 import sqlite3
 from bisect import bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from metronome.events import fields as F
 from metronome.store.query import BoolNode, FieldRef, FilterNode, GroupQuery, Leaf
-from metronome.store.sqlite_query import COLUMNS, condition_sql, json_path
+from metronome.store.sqlite_query import COLUMNS, Row, condition_sql, json_path, query_groups
 from metronome.store.sqlite_related import (
     RELATED_SCHEMA,
     RELATED_TABLES,
@@ -64,10 +64,14 @@ from metronome.store.sqlite_related import (
 __all__ = [
     "DAY_MS",
     "FIELD_ROLLUP",
+    "FIELD_ROLLUPS",
     "FIELD_ROLLUP_FIELDS",
     "ROLLUPS",
     "ROLLUP_TABLES",
+    "VALUE_ROLLUP",
+    "VALUE_ROLLUP_FIELDS",
     "FieldRollup",
+    "group_rows",
     "Rollup",
     "install_rollups",
     "mark_dirty",
@@ -207,14 +211,45 @@ FIELD_ROLLUP_FIELDS: tuple[str, ...] = (
 )
 
 
+# Keyword fields with many values a day, or few but not in rollup_fields (issue 24): "per
+# day by path" or "by visitor" over a month read every event's document, seconds at
+# 10,000,000 events a year. ``rollup_values`` keeps their counts per day and value as
+# narrow rows read in place of the documents: nearly a row per event for the visitor, but
+# a few dozen bytes, not a kilobyte of JSON to parse. No month rows: a month holds about as
+# many values as its days, so they would double the table for little. Left out, read from
+# the events: fields with a value per event or per visit (``event.id``, ``visit.id``),
+# where a report by day stops after its first day (:func:`group_rows`), and long texts
+# (``error.stack_trace``).
+VALUE_ROLLUP_FIELDS: tuple[str, ...] = (
+    F.URL_PATH,
+    F.VISITOR_ID,
+    F.URL_ORIGINAL,
+    F.URL_QUERY,
+    F.HTTP_ROUTE,
+    F.HTTP_REQUEST_REFERRER,
+    F.USER_AGENT_ORIGINAL,
+    F.VISIT_PREV,
+    F.USER_ID,
+    F.SOURCE_ADDRESS,
+    F.ERROR_GROUP,
+    F.ERROR_SOURCE,
+    F.ERROR_MESSAGE,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class FieldRollup:
-    """``rollup_fields``: event counts per level, site, dataset, period, field, value and
-    ``columns``, for :data:`FIELD_ROLLUP_FIELDS`; per UTC day and UTC month."""
+    """Event counts per level, site, dataset, period, field, value and ``columns``, for
+    ``fields``: ``rollup_fields`` (few values a day; per UTC day and UTC month) and
+    ``rollup_values`` (about a value per event or item; per UTC day only)."""
 
     table: str = "rollup_fields"
-    columns: tuple[str, ...] = ("action", "bot", "spam")
+    fields: tuple[str, ...] = FIELD_ROLLUP_FIELDS
     months: bool = True
+    # the day's combinations of every field's value are few (so they are grouped once
+    # before each field is summed); not so for fields with a value per event
+    few: bool = True
+    columns: tuple[str, ...] = ("action", "bot", "spam")
 
     @property
     def filter_fields(self) -> frozenset[str]:
@@ -232,8 +267,8 @@ class FieldRollup:
 
     def recount(self, conn: sqlite3.Connection, site: str, dataset: str, day: int) -> None:
         """Count one UTC day of events again from their documents, in one read of each:
-        the day's events grouped by all the fields' values at once (each document parsed
-        once; the combinations are few), then those groups summed per field."""
+        the day's values of all the fields at once (each document parsed once; grouped
+        first if their combinations are ``few``), then counted per field."""
         conn.execute(
             f"DELETE FROM {self.table} WHERE level = {DAY} AND site_id = ? AND dataset = ?"
             " AND ts = ?",
@@ -241,19 +276,19 @@ class FieldRollup:
         )
         columns = ", ".join(self.columns)
         values = ", ".join(
-            f"json_extract(doc, {json_path(name)}) AS v{i}"
-            for i, name in enumerate(FIELD_ROLLUP_FIELDS)
+            f"json_extract(doc, {json_path(name)}) AS v{i}" for i, name in enumerate(self.fields)
         )
-        keys = ", ".join(f"v{i}" for i in range(len(FIELD_ROLLUP_FIELDS)))
+        keys = ", ".join(f"v{i}" for i in range(len(self.fields)))
+        group = f" GROUP BY {keys}, {columns}" if self.few else ""
         per_field = " UNION ALL ".join(
             f"SELECT '{name}', v{i}, {columns}, sum(n) FROM day GROUP BY v{i}, {columns}"
-            for i, name in enumerate(FIELD_ROLLUP_FIELDS)
+            for i, name in enumerate(self.fields)
         )
         conn.execute(
-            f"WITH day AS MATERIALIZED (SELECT {values}, {columns}, count(*) AS n"
+            f"WITH day AS MATERIALIZED (SELECT {values}, {columns},"
+            f" {'count(*)' if self.few else '1'} AS n"
             " FROM events INDEXED BY events_site_ts_columns"
-            " WHERE site_id = ? AND dataset = ? AND ts >= ? AND ts < ?"
-            f" GROUP BY {keys}, {columns})"
+            f" WHERE site_id = ? AND dataset = ? AND ts >= ? AND ts < ?{group})"
             f" INSERT INTO {self.table} (level, site_id, dataset, ts, field, value, {columns},"
             f" events) SELECT {DAY}, ?, ?, ?, * FROM ({per_field})",
             (site, dataset, day, day + DAY_MS, site, dataset, day),
@@ -265,7 +300,9 @@ class FieldRollup:
 
 
 FIELD_ROLLUP = FieldRollup()
-ROLLUP_TABLES: tuple[str, ...] = (*(r.table for r in ROLLUPS), FIELD_ROLLUP.table)
+VALUE_ROLLUP = FieldRollup("rollup_values", VALUE_ROLLUP_FIELDS, months=False, few=False)
+FIELD_ROLLUPS = (FIELD_ROLLUP, VALUE_ROLLUP)
+ROLLUP_TABLES: tuple[str, ...] = (*(r.table for r in ROLLUPS), *(r.table for r in FIELD_ROLLUPS))
 """Every rollup table, for those who copy or compare them."""
 
 _DIRTY = [
@@ -285,7 +322,7 @@ def install_rollups(conn: sqlite3.Connection) -> list[str]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        for statement in _DIRTY + [s for r in (*ROLLUPS, FIELD_ROLLUP) for s in r.schema()]:
+        for statement in _DIRTY + [s for r in (*ROLLUPS, *FIELD_ROLLUPS) for s in r.schema()]:
             conn.execute(statement)
         for statement in RELATED_SCHEMA:  # basket counts for related items (issue 25)
             conn.execute(statement)
@@ -333,10 +370,11 @@ def refresh_rollups(
                 rollup.recount(conn, site, dataset, day, None if rollup is finest else finest)
             for site, dataset, month in months if rollup.months else ():
                 rollup.sum_month(conn, site, dataset, month)
-        for site, dataset, day in dirty:
-            FIELD_ROLLUP.recount(conn, site, dataset, day)
-        for site, dataset, month in months:
-            FIELD_ROLLUP.sum_month(conn, site, dataset, month)
+        for field_rollup in FIELD_ROLLUPS:
+            for site, dataset, day in dirty:
+                field_rollup.recount(conn, site, dataset, day)
+            for site, dataset, month in months if field_rollup.months else ():
+                field_rollup.sum_month(conn, site, dataset, month)
         datasets = {site: related_datasets(conn, site) for site in {row[0] for row in dirty}}
         for site, dataset, day in dirty:  # related items' basket counts (issue 25)
             recount_related(conn, site, dataset, day, datasets[site])
@@ -443,18 +481,20 @@ def _rollup_for(query: GroupQuery) -> Rollup | None:
     return next((r for r in ROLLUPS if used <= r.fields), None)
 
 
-def _field_for(query: GroupQuery) -> FieldRef | None:
-    """The field ``rollup_fields`` answers ``query`` by, if it does exactly: one dimension
-    on one of its fields (any others time buckets), only counts, filters on its columns."""
+def _field_for(query: GroupQuery) -> tuple[FieldRollup, FieldRef] | None:
+    """The field rollup and the field it answers ``query`` by, if it does exactly: one
+    dimension on one of its fields (any others time buckets), only counts, filters on its
+    columns."""
     fields = [d.field for d in query.dimensions if d.field is not None]
-    if len(fields) != 1 or fields[0].param or fields[0].name not in FIELD_ROLLUP_FIELDS:
+    if len(fields) != 1 or fields[0].param:
         return None
-    if any(metric.kind != "count" for metric in query.metrics):
+    rollup = next((r for r in FIELD_ROLLUPS if fields[0].name in r.fields), None)
+    if rollup is None or any(metric.kind != "count" for metric in query.metrics):
         return None
-    allowed = FIELD_ROLLUP.filter_fields
+    allowed = rollup.filter_fields
     if any(leaf.field.param or leaf.field.name not in allowed for leaf in _leaves(query.filter)):
         return None
-    return fields[0]
+    return rollup, fields[0]
 
 
 def rollup_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[Any]] | None:
@@ -464,10 +504,10 @@ def rollup_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[A
     rollup: Rollup | FieldRollup | None = _rollup_for(query)
     field = None
     if rollup is None:
-        field = _field_for(query)
-        if field is None:
+        found = _field_for(query)
+        if found is None:
             return None
-        rollup = FIELD_ROLLUP
+        rollup, field = found
     marks = ", ".join("?" for _ in query.datasets)
     dirty = [
         int(row[0])
@@ -528,3 +568,51 @@ def rollup_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[A
     if query.dimensions:
         sql += " GROUP BY " + ", ".join(f"k{i}" for i in range(len(query.dimensions)))
     return sql, args
+
+
+def _by_bucket(query: GroupQuery) -> bool:
+    """Whether ``query`` is read one time bucket at a time: its first dimension is a time
+    bucket, and its rows are not the few of a rollup table counted by columns or by
+    fields with few values (one statement reads those at once)."""
+    if not query.dimensions or not query.dimensions[0].interval:
+        return False
+    if _rollup_for(query) is not None:
+        return False
+    found = _field_for(query)
+    return found is None or found[0] is VALUE_ROLLUP
+
+
+def group_rows(
+    conn: sqlite3.Connection, query: GroupQuery, after: tuple[Any, ...] | None, limit: int
+) -> list[Row]:
+    """The first ``limit`` groups of ``query`` after ``after``, in composite order (what
+    :func:`~metronome.store.sqlite_query.query_groups` gives), from the rollups where
+    they answer.
+
+    Why a bucket at a time (issue 24): a report by day and a field with about a value per
+    event (the visitor, the path) over a month has more groups than a report may return
+    (``METRONOME_QUERY_MAX_GROUPS``), so only the first ``limit`` in order are wanted; one
+    statement grouped and sorted the whole month to find them (seconds at 10,000,000
+    events a year). Groups never span time buckets and the time is the first key, so the
+    buckets are read in order, each grouped alone, until ``limit`` groups are found: the
+    first day or two of the month."""
+    if not _by_bucket(query):
+        return query_groups(conn, query, after, limit, rollup_sql(conn, query))
+    bounds = [
+        query.start_ms,
+        *(b for b in query.bucket_starts if query.start_ms < b < query.end_ms),
+    ]
+    rows: list[Row] = []
+    for low, high in zip(bounds, [*bounds[1:], query.end_ms], strict=True):
+        if after is not None and _bucket_of(query, low) < after[0]:
+            continue  # before the cursor's bucket: every group of it was given
+        part = replace(query, start_ms=low, end_ms=high)
+        rows += query_groups(conn, part, after, limit - len(rows), rollup_sql(conn, part))
+        if len(rows) >= limit:
+            break
+    return rows
+
+
+def _bucket_of(query: GroupQuery, ms: int) -> int:
+    starts = query.bucket_starts
+    return starts[max(bisect_right(starts, ms) - 1, 0)]
