@@ -12,16 +12,20 @@ throwaway server or ``METRONOME_TEST_ELASTICSEARCH_URL``), it measures:
 * disk bytes per event (the embedded store's file after a checkpoint, with the rollups'
   share from ``dbstat``; Elasticsearch's primary store);
 * through ``metronome serve`` (2 workers), p50/p95 of ``/tock`` for a year by day for
-  random items, of the top 10 items of the last whole month, and of three ``/query``
-  requests with a time and a keyword dimension over that month: ``day_referrer`` (a column
-  of the embedded store's rollups), ``day_domain`` and ``day_country`` (document fields:
-  their rollup counts by value, ``rollup_fields``);
+  random items, of the top 10 items of the last whole month, and of ``/query`` requests
+  with a time and a keyword dimension over that month (``--intervals`` x
+  ``--dimensions``, named ``<interval>_<field>``): ``day_referrer`` (a column of the
+  embedded store's rollups), ``day_domain`` and ``day_country`` (few values a day:
+  ``rollup_fields``), ``day_path`` and ``day_visitor`` (a value per item or per event:
+  ``rollup_values``; a month of them has more groups than a report may give, so the
+  answer is a 400 and its ``status`` is recorded);
 * on the embedded store, the top-items query straight on one connection from the events
   (``top_items_events``, the baseline) and through the rollups (``top_items_rollups``),
-  in shuffled alternation, and whether both give the same answer; the same for the
-  month by day and referrer (``day_referrer_events``, ``day_referrer_rollups``, and the
-  rollup table it read), by day and domain (``day_domain_...``) and by day and country
-  (``day_country_...``);
+  in shuffled alternation, and whether both give the same answer; the same for each
+  ``/query`` by time and a field: from the events in one statement
+  (``day_path_events``: the code before issue 24), from the rollups in one statement
+  (``day_path_rollups``, and the table it read), and as the store reads it now, a time
+  bucket at a time where that pays (``day_path_store``), with whether all three agree;
 * peak memory: the loader (this process) and the largest of the server's processes.
 
 The results file is written after each size, so a run stopped at a size too large for
@@ -58,12 +62,15 @@ NAME = "growth"
 DIMENSIONS = ("referrer", "domain", "country", "path", "visitor")
 
 
-def _day_query(end: datetime, dimension: str) -> dict[str, Any]:
-    return {**top_items_query(end), "dimensions": ["time:day", dimension], "limit": 10_000}
+def _day_query(end: datetime, dimension: str, interval: str = "day") -> dict[str, Any]:
+    return {**top_items_query(end), "dimensions": [f"time:{interval}", dimension], "limit": 10_000}
 
 
-def _dimensions(args: Any) -> list[str]:
-    return [name.strip() for name in args.dimensions.split(",") if name.strip()]
+def _dimensions(args: Any) -> list[tuple[str, str, str]]:
+    """(name of the report, interval, field) of each /query by time and a field."""
+    intervals = [name.strip() for name in args.intervals.split(",") if name.strip()]
+    fields = [name.strip() for name in args.dimensions.split(",") if name.strip()]
+    return [(f"{i}_{f}", i, f) for i in intervals for f in fields]
 
 
 def _measure_server(
@@ -76,7 +83,7 @@ def _measure_server(
     }
     bodies = {
         "top_items": top_items_query(end),
-        **{f"day_{name}": _day_query(end, name) for name in _dimensions(args)},
+        **{name: _day_query(end, field, interval) for name, interval, field in _dimensions(args)},
     }
 
     statuses: dict[str, set[int]] = {name: set() for name in ["tock", *bodies]}
@@ -258,14 +265,15 @@ def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]
     same = (
         rows == query_top(conn, query, 0, True, 11) == query_top(conn, query, 0, True, 11, compiled)
     )
-    # the same for the month by day and referrer / domain, queries of all the month's groups
+    # the same for each /query by time and a field over the month: its first 10,001 groups
     by_day: dict[str, Any] = {}
     try:  # what the store runs: one time bucket at a time where that pays (issue 24)
         from metronome.store.sqlite_rollups import group_rows
     except ImportError:  # code from before it
         group_rows = None
-    for dimension in _dimensions(args):
-        day_query = for_site(parse_query(_day_query(end, dimension)), DEFAULT_SITE).group
+    for report, interval, field in _dimensions(args):
+        body = _day_query(end, field, interval)
+        day_query = for_site(parse_query(body), DEFAULT_SITE).group
         day_compiled = rollup_sql(conn, day_query)
         day_s: dict[str, list[float]] = {"events": [], "rollups": []}
         if group_rows is not None:
@@ -280,11 +288,11 @@ def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]
             day_s[name].append(time.perf_counter() - started)
         answer = query_groups(conn, day_query, None, 10_001)
         by_day |= {
-            f"day_{dimension}_events": summarise(day_s["events"]),
-            f"day_{dimension}_rollups": summarise(day_s["rollups"]),
-            f"day_{dimension}_store": summarise(day_s["store"]) if "store" in day_s else None,
-            f"day_{dimension}_rollup_table": _table_of(day_compiled),
-            f"day_{dimension}_same_answer": answer
+            f"{report}_events": summarise(day_s["events"]),
+            f"{report}_rollups": summarise(day_s["rollups"]),
+            f"{report}_store": summarise(day_s["store"]) if "store" in day_s else None,
+            f"{report}_rollup_table": _table_of(day_compiled),
+            f"{report}_same_answer": answer
             == query_groups(conn, day_query, None, 10_001, day_compiled)
             and (group_rows is None or answer == group_rows(conn, day_query, None, 10_001)),
         }
@@ -412,6 +420,11 @@ def main() -> None:
         "--dimensions",
         default=",".join(DIMENSIONS),
         help="the keyword fields of the /query by day over a month, comma-separated",
+    )
+    parser.add_argument(
+        "--intervals",
+        default="day",
+        help="the time buckets of those reports, comma-separated (day, week, month)",
     )
     parser.add_argument("--heap", default="2g", help="Elasticsearch heap")
     parser.add_argument("--skip-elasticsearch", action="store_true")
