@@ -383,7 +383,10 @@ def growth(args: Any, end: datetime, tmp: Any) -> Path:
         "benchmark": NAME,
         "goal": "embedded store at 10,000,000 events: /tock year p95 <= 100 ms, top items"
         " of a month p95 <= 300 ms, time x keyword over a month p95 <= 1 s",
-        "parameters": {k: v for k, v in vars(args).items() if k != "output"},
+        # where the data was kept is this machine's business, not the results'
+        "parameters": {
+            k: bool(v) if k == "keep_data" else v for k, v in vars(args).items() if k != "output"
+        },
     }
 
     def save() -> Path:
