@@ -30,7 +30,7 @@ from metronome.reports.query import for_site, parse_query
 from metronome.store.query import GroupQuery
 from metronome.store.sqlite import SQLiteStore
 from metronome.store.sqlite_query import install_functions, query_groups, query_top
-from metronome.store.sqlite_rollups import group_rows, rollup_sql
+from metronome.store.sqlite_rollups import _merged_bucket, group_rows, rollup_sql
 from tests.support.fuzz import TIME_ZONES, fuzz
 
 START = datetime(2025, 11, 20, tzinfo=UTC)
@@ -172,6 +172,29 @@ def test_rollups_answer_the_item_report_and_top_items_exactly(conn: sqlite3.Conn
     query = _group(top)
     compiled = rollup_sql(conn, query)
     assert query_top(conn, query, 0, True, 3, compiled) == query_top(conn, query, 0, True, 3)
+
+
+@pytest.mark.parametrize("field", ["path", "visitor", "url.original"])
+def test_a_bucket_of_many_values_is_merged_from_its_days_in_order(
+    conn: sqlite3.Connection, field: str
+) -> None:
+    """A month bucket by a field of rollup_values is merged from its days' rows, which come
+    in value order; the groups are those of one statement over the events, and the first
+    few of them when only a few are asked for."""
+    for body in (
+        {"source": "all", "range": {"from": "2026-03-01", "to": "2026-03-31"}},
+        {"source": "ticks", "range": {"from": "2026-03-01", "to": "2026-03-31"}, "bots": "include"},
+    ):
+        query = _group({**body, "dimensions": ["time:month", field]})
+        raw = query_groups(conn, query, None, 100_000)
+        merged = _merged_bucket(conn, query, 100_000)
+        assert merged == raw and len(raw) > 5
+        assert _merged_bucket(conn, query, 5) == raw[:5]
+        assert group_rows(conn, query, None, 5) == raw[:5]
+    dirty = _group(
+        {"range": {"from": "2026-01-01", "to": "2026-01-31"}, "dimensions": ["time:month", field]}
+    )
+    assert _merged_bucket(conn, dirty, 10) is None  # a day of it is not counted yet
 
 
 def test_rollups_leave_what_they_cannot_count_to_the_events(conn: sqlite3.Connection) -> None:

@@ -44,6 +44,7 @@ events' own.
 
 from __future__ import annotations
 
+import heapq
 import sqlite3
 from bisect import bisect_right
 from collections.abc import Iterable
@@ -262,7 +263,8 @@ class FieldRollup:
             f"CREATE TABLE IF NOT EXISTS {t} (level INTEGER NOT NULL, site_id TEXT NOT NULL,"
             f" dataset TEXT NOT NULL, ts INTEGER NOT NULL, field TEXT NOT NULL, value,"
             f" {columns}, events INTEGER NOT NULL)",
-            f"CREATE INDEX IF NOT EXISTS {t}_ts ON {t} (level, site_id, dataset, field, ts)",
+            f"CREATE INDEX IF NOT EXISTS {t}_ts ON {t} (level, site_id, dataset, field, ts"
+            + (")" if self.few else ", value)"),  # a day's values in order: _merged_bucket
         ]
 
     def recount(self, conn: sqlite3.Connection, site: str, dataset: str, day: int) -> None:
@@ -497,6 +499,19 @@ def _field_for(query: GroupQuery) -> tuple[FieldRollup, FieldRef] | None:
     return rollup, fields[0]
 
 
+def _dirty_days(conn: sqlite3.Connection, query: GroupQuery) -> list[int]:
+    """The UTC days of ``query``'s range and datasets not counted yet, sorted."""
+    marks = ", ".join("?" for _ in query.datasets)
+    return [
+        int(row[0])
+        for row in conn.execute(
+            f"SELECT DISTINCT day FROM rollup_dirty WHERE dataset IN ({marks})"
+            " AND day >= ? AND day < ? ORDER BY day",
+            (*query.datasets, query.start_ms - DAY_MS, query.end_ms),
+        )
+    ]
+
+
 def rollup_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[Any]] | None:
     """The query's ``SELECT`` (the shape :mod:`.sqlite_query` reads: keys ``k<i>``, metrics
     ``m<i>``) over the rollups and the events, or None when the rollups cannot answer it
@@ -509,15 +524,7 @@ def rollup_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[A
             return None
         rollup, field = found
     marks = ", ".join("?" for _ in query.datasets)
-    dirty = [
-        int(row[0])
-        for row in conn.execute(
-            f"SELECT DISTINCT day FROM rollup_dirty WHERE dataset IN ({marks})"
-            " AND day >= ? AND day < ? ORDER BY day",
-            (*query.datasets, query.start_ms - DAY_MS, query.end_ms),
-        )
-    ]
-    ranges = _ranges(query, dirty, rollup.months)
+    ranges = _ranges(query, _dirty_days(conn, query), rollup.months)
     if ranges is None:
         return None
     columns = ", ".join(["ts", "site_id", *rollup.columns])
@@ -614,9 +621,78 @@ def group_rows(
         cursor = (
             after if after is not None and _bucket_of(query, bounds[first]) <= after[0] else None
         )
-        rows += query_groups(conn, part, cursor, limit - len(rows), rollup_sql(conn, part))
+        merged = None
+        if last == first + 1 and cursor is None:
+            merged = _merged_bucket(conn, part, limit - len(rows))
+        if merged is None:
+            merged = query_groups(conn, part, cursor, limit - len(rows), rollup_sql(conn, part))
+        rows += merged
         first, width = last, width * 2
     return rows
+
+
+def _merged_bucket(conn: sqlite3.Connection, part: GroupQuery, limit: int) -> list[Row] | None:
+    """The first ``limit`` groups of ``part`` (one time bucket, by a field of
+    ``rollup_values``) merged from its days' rows in value order, or None when it is not
+    made of clean whole UTC days of that table.
+
+    Why: a month bucket of visitors is about a row per event of the month; grouping and
+    sorting them all to find the first 10,001 values took seconds. Each day's rows come in
+    value order from the table's index (no sort), so merging the days' streams and summing
+    equal values gives the groups in order, reading about ``limit`` rows per day."""
+    found = _field_for(part)
+    if found is None or found[0] is not VALUE_ROLLUP or len(part.dimensions) != 2:
+        return None
+    ranges = _ranges(part, _dirty_days(conn, part), months=False)
+    if ranges is None or ranges[0] or ranges[MONTH]:
+        return None
+    days = [day for low, high in ranges[DAY] for day in range(low, high, DAY_MS)]
+    streams = []
+    for dataset in part.datasets:
+        for day in days:
+            args: list[Any] = [found[1].name, dataset, day]
+            where = f"level = {DAY} AND field = ? AND dataset = ? AND ts = ?"
+            if part.filter is not None:
+                where += " AND " + condition_sql(part.filter, args)
+            streams.append(
+                conn.execute(
+                    f"SELECT value, sum(events) FROM {VALUE_ROLLUP.table} WHERE {where}"
+                    # a value among the first ``limit`` of the merge is among the first
+                    # ``limit`` of every day that has it: the rest is never needed
+                    f" GROUP BY value ORDER BY value LIMIT {int(limit)}",
+                    args,
+                )
+            )
+    bucket = _bucket_of(part, part.start_ms)
+    rows: list[Row] = []
+    key: tuple[int, Any] | None = None
+    group: Any = None  # the value of the group being summed
+    total = 0
+    for value, count in heapq.merge(*streams, key=lambda row: _sql_order(row[0])):
+        order = _sql_order(value)
+        if key is not None and order != key:
+            rows.append(((bucket, group), tuple(total for _ in part.metrics)))
+            if len(rows) >= limit:
+                break
+            total = 0
+        if order != key:
+            key, group = order, value
+        total += count
+    else:
+        if key is not None:
+            rows.append(((bucket, group), tuple(total for _ in part.metrics)))
+    for stream in streams:
+        stream.close()
+    return rows
+
+
+def _sql_order(value: Any) -> tuple[int, Any]:
+    """A value's place in SQLite's ``ORDER BY``: NULL, numbers, text, then blobs."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, int | float):
+        return (1, value)
+    return (2, value) if isinstance(value, str) else (3, value)
 
 
 def _bucket_of(query: GroupQuery, ms: int) -> int:
