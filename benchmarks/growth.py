@@ -374,13 +374,13 @@ def grow_elasticsearch(args: Any, size: int, end: datetime, tmp: Any, es: Any) -
     }
 
 
-def growth(args: Any, end: datetime, tmp: Any) -> Path:
+def growth(args: Any, end: datetime, tmp: Any, name: str = NAME) -> Path:
     """Each store at each size; the results file is written after each size, so a run
     stopped at a size too large for the time leaves what it measured."""
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     C.pin_git()
     table: dict[str, Any] = {
-        "benchmark": NAME,
+        "benchmark": name,
         "goal": "embedded store at 10,000,000 events: /tock year p95 <= 100 ms, top items"
         " of a month p95 <= 300 ms, time x keyword over a month p95 <= 1 s",
         # where the data was kept is this machine's business, not the results'
@@ -390,7 +390,7 @@ def growth(args: Any, end: datetime, tmp: Any) -> Path:
     }
 
     def save() -> Path:
-        return C.write_results(NAME, {**table, "environment": C.environment()}, args.output)
+        return C.write_results(name, {**table, "environment": C.environment()}, args.output)
 
     path = save()
     if not args.skip_sqlite:
@@ -410,8 +410,12 @@ def growth(args: Any, end: datetime, tmp: Any) -> Path:
     return path
 
 
-def main() -> None:
-    parser = C.base_parser(__doc__.splitlines()[0], duration=None, trials=1, warmup=None)
+def main(name: str = NAME, description: str | None = None, **defaults: Any) -> None:
+    """Run from the command line; ``name``, ``description`` and ``defaults`` (of the
+    options): another benchmark made of this one (:mod:`benchmarks.growth_month`)."""
+    parser = C.base_parser(
+        description or __doc__.splitlines()[0], duration=None, trials=1, warmup=None
+    )
     parser.add_argument(
         "--sizes", default="100000,1000000,10000000", help="events, comma-separated"
     )
@@ -451,10 +455,11 @@ def main() -> None:
         help="seconds per report and size: a report that took this long stops sampling"
         " (with at least 5 requests); the results give the requests made",
     )
+    parser.set_defaults(**defaults)
     args = parser.parse_args()
     args.seed = C.new_seed(args.seed)
     end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    path = growth(args, end, C.temp_dir("metronome-bench-growth-"))
+    path = growth(args, end, C.temp_dir("metronome-bench-growth-"), name)
     print(f"results: {C.display(path)}")
 
 
