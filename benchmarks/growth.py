@@ -12,16 +12,20 @@ throwaway server or ``METRONOME_TEST_ELASTICSEARCH_URL``), it measures:
 * disk bytes per event (the embedded store's file after a checkpoint, with the rollups'
   share from ``dbstat``; Elasticsearch's primary store);
 * through ``metronome serve`` (2 workers), p50/p95 of ``/tock`` for a year by day for
-  random items, of the top 10 items of the last whole month, and of three ``/query``
-  requests with a time and a keyword dimension over that month: ``day_referrer`` (a column
-  of the embedded store's rollups), ``day_domain`` and ``day_country`` (document fields:
-  their rollup counts by value, ``rollup_fields``);
+  random items, of the top 10 items of the last whole month, and of ``/query`` requests
+  with a time and a keyword dimension over that month (``--intervals`` x
+  ``--dimensions``, named ``<interval>_<field>``): ``day_referrer`` (a column of the
+  embedded store's rollups), ``day_domain`` and ``day_country`` (few values a day:
+  ``rollup_fields``), ``day_path`` and ``day_visitor`` (a value per item or per event:
+  ``rollup_values``; a month of them has more groups than a report may give, so the
+  answer is a 400 and its ``status`` is recorded);
 * on the embedded store, the top-items query straight on one connection from the events
   (``top_items_events``, the baseline) and through the rollups (``top_items_rollups``),
-  in shuffled alternation, and whether both give the same answer; the same for the
-  month by day and referrer (``day_referrer_events``, ``day_referrer_rollups``, and the
-  rollup table it read), by day and domain (``day_domain_...``) and by day and country
-  (``day_country_...``);
+  in shuffled alternation, and whether both give the same answer; the same for each
+  ``/query`` by time and a field: from the events in one statement
+  (``day_path_events``: the code before issue 24), from the rollups in one statement
+  (``day_path_rollups``, and the table it read), and as the store reads it now, a time
+  bucket at a time where that pays (``day_path_store``), with whether all three agree;
 * peak memory: the loader (this process) and the largest of the server's processes.
 
 The results file is written after each size, so a run stopped at a size too large for
@@ -52,10 +56,21 @@ from benchmarks.fastload import load_sqlite
 from benchmarks.reports import generate, load_elasticsearch, summarise, top_items_query
 
 NAME = "growth"
+# the keyword dimensions of the "/query by day and ... over a month" measured: a column of
+# the rollups, fields with few values a day (rollup_fields), and fields with about a value
+# per item or per event
+DIMENSIONS = ("referrer", "domain", "country", "path", "visitor")
 
 
-def _day_query(end: datetime, dimension: str) -> dict[str, Any]:
-    return {**top_items_query(end), "dimensions": ["time:day", dimension], "limit": 10_000}
+def _day_query(end: datetime, dimension: str, interval: str = "day") -> dict[str, Any]:
+    return {**top_items_query(end), "dimensions": [f"time:{interval}", dimension], "limit": 10_000}
+
+
+def _dimensions(args: Any) -> list[tuple[str, str, str]]:
+    """(name of the report, interval, field) of each /query by time and a field."""
+    intervals = [name.strip() for name in args.intervals.split(",") if name.strip()]
+    fields = [name.strip() for name in args.dimensions.split(",") if name.strip()]
+    return [(f"{i}_{f}", i, f) for i in intervals for f in fields]
 
 
 def _measure_server(
@@ -68,17 +83,23 @@ def _measure_server(
     }
     bodies = {
         "top_items": top_items_query(end),
-        "day_referrer": _day_query(end, "referrer"),
-        "day_domain": _day_query(end, "domain"),
-        "day_country": _day_query(end, "country"),
+        **{name: _day_query(end, field, interval) for name, interval, field in _dimensions(args)},
     }
+
+    statuses: dict[str, set[int]] = {name: set() for name in ["tock", *bodies]}
 
     def run(name: str) -> None:
         if name == "tock":
             item = f"dataset-{int(args.items * rng.random() ** 3)}"
-            http.get(f"/tock/{item}", params=year).raise_for_status()
+            response = http.get(f"/tock/{item}", params=year)
         else:
-            http.post("/query", json=bodies[name]).raise_for_status()
+            response = http.post("/query", json=bodies[name])
+        # by day and a field with a value per event, a month has more groups than a
+        # report may give (METRONOME_QUERY_MAX_GROUPS): that answer is a 400, as quick
+        # to give as the first groups are to find
+        if not (response.status_code == 400 and "more than" in response.text):
+            response.raise_for_status()
+        statuses[name].add(response.status_code)
 
     names = ["tock", *bodies]
     for name in names:  # warm caches for everyone alike
@@ -90,7 +111,10 @@ def _measure_server(
         started = time.perf_counter()
         run(name)
         samples[name].append(time.perf_counter() - started)
-    return {name: summarise(values) for name, values in samples.items()}
+    return {
+        name: {**summarise(values), "status": sorted(statuses[name])}
+        for name, values in samples.items()
+    }
 
 
 def _server_peak_mb(server: Any) -> float | None:
@@ -241,22 +265,36 @@ def grow_sqlite(args: Any, size: int, end: datetime, tmp: Any) -> dict[str, Any]
     same = (
         rows == query_top(conn, query, 0, True, 11) == query_top(conn, query, 0, True, 11, compiled)
     )
-    # the same for the month by day and referrer / domain, queries of all the month's groups
+    # the same for each /query by time and a field over the month: its first 10,001 groups
     by_day: dict[str, Any] = {}
-    for dimension in ("referrer", "domain", "country"):
-        day_query = for_site(parse_query(_day_query(end, dimension)), DEFAULT_SITE).group
+    try:  # what the store runs: one time bucket at a time where that pays (issue 24)
+        from metronome.store.sqlite_rollups import group_rows
+    except ImportError:  # code from before it
+        group_rows = None
+    for report, interval, field in _dimensions(args):
+        body = _day_query(end, field, interval)
+        day_query = for_site(parse_query(body), DEFAULT_SITE).group
         day_compiled = rollup_sql(conn, day_query)
         day_s: dict[str, list[float]] = {"events": [], "rollups": []}
+        if group_rows is not None:
+            day_s["store"] = []
         for _, name in C.trial_order(list(day_s), args.baseline_requests, args.seed):
             started = time.perf_counter()
-            query_groups(conn, day_query, None, 10_001, day_compiled if name == "rollups" else None)
+            if name == "store":
+                group_rows(conn, day_query, None, 10_001)
+            else:
+                compiled_or_none = day_compiled if name == "rollups" else None
+                query_groups(conn, day_query, None, 10_001, compiled_or_none)
             day_s[name].append(time.perf_counter() - started)
+        answer = query_groups(conn, day_query, None, 10_001)
         by_day |= {
-            f"day_{dimension}_events": summarise(day_s["events"]),
-            f"day_{dimension}_rollups": summarise(day_s["rollups"]),
-            f"day_{dimension}_rollup_table": _table_of(day_compiled),
-            f"day_{dimension}_same_answer": query_groups(conn, day_query, None, 10_001)
-            == query_groups(conn, day_query, None, 10_001, day_compiled),
+            f"{report}_events": summarise(day_s["events"]),
+            f"{report}_rollups": summarise(day_s["rollups"]),
+            f"{report}_store": summarise(day_s["store"]) if "store" in day_s else None,
+            f"{report}_rollup_table": _table_of(day_compiled),
+            f"{report}_same_answer": answer
+            == query_groups(conn, day_query, None, 10_001, day_compiled)
+            and (group_rows is None or answer == group_rows(conn, day_query, None, 10_001)),
         }
     conn.close()
     rng = random.Random(args.seed + 1)
@@ -336,20 +374,23 @@ def grow_elasticsearch(args: Any, size: int, end: datetime, tmp: Any, es: Any) -
     }
 
 
-def growth(args: Any, end: datetime, tmp: Any) -> Path:
+def growth(args: Any, end: datetime, tmp: Any, name: str = NAME) -> Path:
     """Each store at each size; the results file is written after each size, so a run
     stopped at a size too large for the time leaves what it measured."""
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     C.pin_git()
     table: dict[str, Any] = {
-        "benchmark": NAME,
+        "benchmark": name,
         "goal": "embedded store at 10,000,000 events: /tock year p95 <= 100 ms, top items"
         " of a month p95 <= 300 ms, time x keyword over a month p95 <= 1 s",
-        "parameters": {k: v for k, v in vars(args).items() if k != "output"},
+        # where the data was kept is this machine's business, not the results'
+        "parameters": {
+            k: bool(v) if k == "keep_data" else v for k, v in vars(args).items() if k != "output"
+        },
     }
 
     def save() -> Path:
-        return C.write_results(NAME, {**table, "environment": C.environment()}, args.output)
+        return C.write_results(name, {**table, "environment": C.environment()}, args.output)
 
     path = save()
     if not args.skip_sqlite:
@@ -369,8 +410,12 @@ def growth(args: Any, end: datetime, tmp: Any) -> Path:
     return path
 
 
-def main() -> None:
-    parser = C.base_parser(__doc__.splitlines()[0], duration=None, trials=1, warmup=None)
+def main(name: str = NAME, description: str | None = None, **defaults: Any) -> None:
+    """Run from the command line; ``name``, ``description`` and ``defaults`` (of the
+    options): another benchmark made of this one (:mod:`benchmarks.growth_month`)."""
+    parser = C.base_parser(
+        description or __doc__.splitlines()[0], duration=None, trials=1, warmup=None
+    )
     parser.add_argument(
         "--sizes", default="100000,1000000,10000000", help="events, comma-separated"
     )
@@ -378,6 +423,16 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--requests", type=int, default=40, help="per report and size")
     parser.add_argument("--baseline-requests", type=int, default=5, help="top items on the events")
+    parser.add_argument(
+        "--dimensions",
+        default=",".join(DIMENSIONS),
+        help="the keyword fields of the /query by day over a month, comma-separated",
+    )
+    parser.add_argument(
+        "--intervals",
+        default="day",
+        help="the time buckets of those reports, comma-separated (day, week, month)",
+    )
     parser.add_argument("--heap", default="2g", help="Elasticsearch heap")
     parser.add_argument("--skip-elasticsearch", action="store_true")
     parser.add_argument("--skip-sqlite", action="store_true")
@@ -400,10 +455,11 @@ def main() -> None:
         help="seconds per report and size: a report that took this long stops sampling"
         " (with at least 5 requests); the results give the requests made",
     )
+    parser.set_defaults(**defaults)
     args = parser.parse_args()
     args.seed = C.new_seed(args.seed)
     end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    path = growth(args, end, C.temp_dir("metronome-bench-growth-"))
+    path = growth(args, end, C.temp_dir("metronome-bench-growth-"), name)
     print(f"results: {C.display(path)}")
 
 

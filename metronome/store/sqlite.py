@@ -46,11 +46,16 @@ from metronome.store.sqlite_query import (
     json_path,
     names_sql,
     query_baskets,
-    query_groups,
     query_top,
 )
 from metronome.store.sqlite_related import basket_popularity
-from metronome.store.sqlite_rollups import install_rollups, mark_dirty, refresh_rollups, rollup_sql
+from metronome.store.sqlite_rollups import (
+    group_rows,
+    install_rollups,
+    mark_dirty,
+    refresh_rollups,
+    rollup_sql,
+)
 
 __all__ = [
     "COLUMNS",
@@ -552,7 +557,7 @@ class SQLiteStore(ConnectionThread):
         self, query: GroupQuery, *, after: tuple[Any, ...] | None, limit: int
     ) -> list[GroupRow]:
         def _query(conn: sqlite3.Connection) -> list[GroupRow]:
-            return query_groups(conn, query, after, limit, rollup_sql(conn, query))
+            return group_rows(conn, query, after, limit)
 
         rows: list[GroupRow] = await self._run(self._read, _query)
         return rows

@@ -44,16 +44,17 @@ events' own.
 
 from __future__ import annotations
 
+import heapq
 import sqlite3
 from bisect import bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from metronome.events import fields as F
 from metronome.store.query import BoolNode, FieldRef, FilterNode, GroupQuery, Leaf
-from metronome.store.sqlite_query import COLUMNS, condition_sql, json_path
+from metronome.store.sqlite_query import COLUMNS, Row, condition_sql, json_path, query_groups
 from metronome.store.sqlite_related import (
     RELATED_SCHEMA,
     RELATED_TABLES,
@@ -64,10 +65,14 @@ from metronome.store.sqlite_related import (
 __all__ = [
     "DAY_MS",
     "FIELD_ROLLUP",
+    "FIELD_ROLLUPS",
     "FIELD_ROLLUP_FIELDS",
     "ROLLUPS",
     "ROLLUP_TABLES",
+    "VALUE_ROLLUP",
+    "VALUE_ROLLUP_FIELDS",
     "FieldRollup",
+    "group_rows",
     "Rollup",
     "install_rollups",
     "mark_dirty",
@@ -207,14 +212,45 @@ FIELD_ROLLUP_FIELDS: tuple[str, ...] = (
 )
 
 
+# Keyword fields with many values a day, or few but not in rollup_fields (issue 24): "per
+# day by path" or "by visitor" over a month read every event's document, seconds at
+# 10,000,000 events a year. ``rollup_values`` keeps their counts per day and value as
+# narrow rows read in place of the documents: nearly a row per event for the visitor, but
+# a few dozen bytes, not a kilobyte of JSON to parse. No month rows: a month holds about as
+# many values as its days, so they would double the table for little. Left out, read from
+# the events: fields with a value per event or per visit (``event.id``, ``visit.id``),
+# where a report by day stops after its first day (:func:`group_rows`), and long texts
+# (``error.stack_trace``).
+VALUE_ROLLUP_FIELDS: tuple[str, ...] = (
+    F.URL_PATH,
+    F.VISITOR_ID,
+    F.URL_ORIGINAL,
+    F.URL_QUERY,
+    F.HTTP_ROUTE,
+    F.HTTP_REQUEST_REFERRER,
+    F.USER_AGENT_ORIGINAL,
+    F.VISIT_PREV,
+    F.USER_ID,
+    F.SOURCE_ADDRESS,
+    F.ERROR_GROUP,
+    F.ERROR_SOURCE,
+    F.ERROR_MESSAGE,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class FieldRollup:
-    """``rollup_fields``: event counts per level, site, dataset, period, field, value and
-    ``columns``, for :data:`FIELD_ROLLUP_FIELDS`; per UTC day and UTC month."""
+    """Event counts per level, site, dataset, period, field, value and ``columns``, for
+    ``fields``: ``rollup_fields`` (few values a day; per UTC day and UTC month) and
+    ``rollup_values`` (about a value per event or item; per UTC day only)."""
 
     table: str = "rollup_fields"
-    columns: tuple[str, ...] = ("action", "bot", "spam")
+    fields: tuple[str, ...] = FIELD_ROLLUP_FIELDS
     months: bool = True
+    # the day's combinations of every field's value are few (so they are grouped once
+    # before each field is summed); not so for fields with a value per event
+    few: bool = True
+    columns: tuple[str, ...] = ("action", "bot", "spam")
 
     @property
     def filter_fields(self) -> frozenset[str]:
@@ -227,13 +263,14 @@ class FieldRollup:
             f"CREATE TABLE IF NOT EXISTS {t} (level INTEGER NOT NULL, site_id TEXT NOT NULL,"
             f" dataset TEXT NOT NULL, ts INTEGER NOT NULL, field TEXT NOT NULL, value,"
             f" {columns}, events INTEGER NOT NULL)",
-            f"CREATE INDEX IF NOT EXISTS {t}_ts ON {t} (level, site_id, dataset, field, ts)",
+            f"CREATE INDEX IF NOT EXISTS {t}_ts ON {t} (level, site_id, dataset, field, ts"
+            + (")" if self.few else ", value)"),  # a day's values in order: _merged_bucket
         ]
 
     def recount(self, conn: sqlite3.Connection, site: str, dataset: str, day: int) -> None:
         """Count one UTC day of events again from their documents, in one read of each:
-        the day's events grouped by all the fields' values at once (each document parsed
-        once; the combinations are few), then those groups summed per field."""
+        the day's values of all the fields at once (each document parsed once; grouped
+        first if their combinations are ``few``), then counted per field."""
         conn.execute(
             f"DELETE FROM {self.table} WHERE level = {DAY} AND site_id = ? AND dataset = ?"
             " AND ts = ?",
@@ -241,19 +278,19 @@ class FieldRollup:
         )
         columns = ", ".join(self.columns)
         values = ", ".join(
-            f"json_extract(doc, {json_path(name)}) AS v{i}"
-            for i, name in enumerate(FIELD_ROLLUP_FIELDS)
+            f"json_extract(doc, {json_path(name)}) AS v{i}" for i, name in enumerate(self.fields)
         )
-        keys = ", ".join(f"v{i}" for i in range(len(FIELD_ROLLUP_FIELDS)))
+        keys = ", ".join(f"v{i}" for i in range(len(self.fields)))
+        group = f" GROUP BY {keys}, {columns}" if self.few else ""
         per_field = " UNION ALL ".join(
             f"SELECT '{name}', v{i}, {columns}, sum(n) FROM day GROUP BY v{i}, {columns}"
-            for i, name in enumerate(FIELD_ROLLUP_FIELDS)
+            for i, name in enumerate(self.fields)
         )
         conn.execute(
-            f"WITH day AS MATERIALIZED (SELECT {values}, {columns}, count(*) AS n"
+            f"WITH day AS MATERIALIZED (SELECT {values}, {columns},"
+            f" {'count(*)' if self.few else '1'} AS n"
             " FROM events INDEXED BY events_site_ts_columns"
-            " WHERE site_id = ? AND dataset = ? AND ts >= ? AND ts < ?"
-            f" GROUP BY {keys}, {columns})"
+            f" WHERE site_id = ? AND dataset = ? AND ts >= ? AND ts < ?{group})"
             f" INSERT INTO {self.table} (level, site_id, dataset, ts, field, value, {columns},"
             f" events) SELECT {DAY}, ?, ?, ?, * FROM ({per_field})",
             (site, dataset, day, day + DAY_MS, site, dataset, day),
@@ -265,7 +302,9 @@ class FieldRollup:
 
 
 FIELD_ROLLUP = FieldRollup()
-ROLLUP_TABLES: tuple[str, ...] = (*(r.table for r in ROLLUPS), FIELD_ROLLUP.table)
+VALUE_ROLLUP = FieldRollup("rollup_values", VALUE_ROLLUP_FIELDS, months=False, few=False)
+FIELD_ROLLUPS = (FIELD_ROLLUP, VALUE_ROLLUP)
+ROLLUP_TABLES: tuple[str, ...] = (*(r.table for r in ROLLUPS), *(r.table for r in FIELD_ROLLUPS))
 """Every rollup table, for those who copy or compare them."""
 
 _DIRTY = [
@@ -285,7 +324,7 @@ def install_rollups(conn: sqlite3.Connection) -> list[str]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        for statement in _DIRTY + [s for r in (*ROLLUPS, FIELD_ROLLUP) for s in r.schema()]:
+        for statement in _DIRTY + [s for r in (*ROLLUPS, *FIELD_ROLLUPS) for s in r.schema()]:
             conn.execute(statement)
         for statement in RELATED_SCHEMA:  # basket counts for related items (issue 25)
             conn.execute(statement)
@@ -333,10 +372,11 @@ def refresh_rollups(
                 rollup.recount(conn, site, dataset, day, None if rollup is finest else finest)
             for site, dataset, month in months if rollup.months else ():
                 rollup.sum_month(conn, site, dataset, month)
-        for site, dataset, day in dirty:
-            FIELD_ROLLUP.recount(conn, site, dataset, day)
-        for site, dataset, month in months:
-            FIELD_ROLLUP.sum_month(conn, site, dataset, month)
+        for field_rollup in FIELD_ROLLUPS:
+            for site, dataset, day in dirty:
+                field_rollup.recount(conn, site, dataset, day)
+            for site, dataset, month in months if field_rollup.months else ():
+                field_rollup.sum_month(conn, site, dataset, month)
         datasets = {site: related_datasets(conn, site) for site in {row[0] for row in dirty}}
         for site, dataset, day in dirty:  # related items' basket counts (issue 25)
             recount_related(conn, site, dataset, day, datasets[site])
@@ -443,18 +483,33 @@ def _rollup_for(query: GroupQuery) -> Rollup | None:
     return next((r for r in ROLLUPS if used <= r.fields), None)
 
 
-def _field_for(query: GroupQuery) -> FieldRef | None:
-    """The field ``rollup_fields`` answers ``query`` by, if it does exactly: one dimension
-    on one of its fields (any others time buckets), only counts, filters on its columns."""
+def _field_for(query: GroupQuery) -> tuple[FieldRollup, FieldRef] | None:
+    """The field rollup and the field it answers ``query`` by, if it does exactly: one
+    dimension on one of its fields (any others time buckets), only counts, filters on its
+    columns."""
     fields = [d.field for d in query.dimensions if d.field is not None]
-    if len(fields) != 1 or fields[0].param or fields[0].name not in FIELD_ROLLUP_FIELDS:
+    if len(fields) != 1 or fields[0].param:
         return None
-    if any(metric.kind != "count" for metric in query.metrics):
+    rollup = next((r for r in FIELD_ROLLUPS if fields[0].name in r.fields), None)
+    if rollup is None or any(metric.kind != "count" for metric in query.metrics):
         return None
-    allowed = FIELD_ROLLUP.filter_fields
+    allowed = rollup.filter_fields
     if any(leaf.field.param or leaf.field.name not in allowed for leaf in _leaves(query.filter)):
         return None
-    return fields[0]
+    return rollup, fields[0]
+
+
+def _dirty_days(conn: sqlite3.Connection, query: GroupQuery) -> list[int]:
+    """The UTC days of ``query``'s range and datasets not counted yet, sorted."""
+    marks = ", ".join("?" for _ in query.datasets)
+    return [
+        int(row[0])
+        for row in conn.execute(
+            f"SELECT DISTINCT day FROM rollup_dirty WHERE dataset IN ({marks})"
+            " AND day >= ? AND day < ? ORDER BY day",
+            (*query.datasets, query.start_ms - DAY_MS, query.end_ms),
+        )
+    ]
 
 
 def rollup_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[Any]] | None:
@@ -464,20 +519,12 @@ def rollup_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[A
     rollup: Rollup | FieldRollup | None = _rollup_for(query)
     field = None
     if rollup is None:
-        field = _field_for(query)
-        if field is None:
+        found = _field_for(query)
+        if found is None:
             return None
-        rollup = FIELD_ROLLUP
+        rollup, field = found
     marks = ", ".join("?" for _ in query.datasets)
-    dirty = [
-        int(row[0])
-        for row in conn.execute(
-            f"SELECT DISTINCT day FROM rollup_dirty WHERE dataset IN ({marks})"
-            " AND day >= ? AND day < ? ORDER BY day",
-            (*query.datasets, query.start_ms - DAY_MS, query.end_ms),
-        )
-    ]
-    ranges = _ranges(query, dirty, rollup.months)
+    ranges = _ranges(query, _dirty_days(conn, query), rollup.months)
     if ranges is None:
         return None
     columns = ", ".join(["ts", "site_id", *rollup.columns])
@@ -528,3 +575,126 @@ def rollup_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[A
     if query.dimensions:
         sql += " GROUP BY " + ", ".join(f"k{i}" for i in range(len(query.dimensions)))
     return sql, args
+
+
+def _by_bucket(query: GroupQuery) -> bool:
+    """Whether ``query`` is read one time bucket at a time: its first dimension is a time
+    bucket, and its rows are not the few of a rollup table counted by columns or by
+    fields with few values (one statement reads those at once)."""
+    if not query.dimensions or not query.dimensions[0].interval:
+        return False
+    if _rollup_for(query) is not None:
+        return False
+    found = _field_for(query)
+    return found is None or found[0] is VALUE_ROLLUP
+
+
+def group_rows(
+    conn: sqlite3.Connection, query: GroupQuery, after: tuple[Any, ...] | None, limit: int
+) -> list[Row]:
+    """The first ``limit`` groups of ``query`` after ``after``, in composite order (what
+    :func:`~metronome.store.sqlite_query.query_groups` gives), from the rollups where
+    they answer.
+
+    Why by time buckets (issue 24): a report by day and a field with about a value per
+    event (the visitor, the path) over a month has more groups than a report may return
+    (``METRONOME_QUERY_MAX_GROUPS``), so only the first ``limit`` in order are wanted; one
+    statement grouped and sorted the whole month to find them (seconds at 10,000,000
+    events a year). Groups never span time buckets and the time is the first key, so the
+    buckets are read in order, a statement for the first bucket, then for the next two,
+    four..., until ``limit`` groups are found: the first day of the month there. Doubling
+    keeps a report with few groups to as many statements as doublings (an hour at a time
+    over a year would be 8,760), each range read once."""
+    if not _by_bucket(query):
+        return query_groups(conn, query, after, limit, rollup_sql(conn, query))
+    inner = [b for b in query.bucket_starts if query.start_ms < b < query.end_ms]
+    bounds = [query.start_ms, *inner, query.end_ms]
+    first = 0
+    if after is not None:  # the cursor's bucket: those before it were given whole
+        while first + 1 < len(bounds) - 1 and _bucket_of(query, bounds[first + 1]) <= after[0]:
+            first += 1
+    rows: list[Row] = []
+    width = 1
+    while first < len(bounds) - 1 and len(rows) < limit:
+        last = min(first + width, len(bounds) - 1)
+        part = replace(query, start_ms=bounds[first], end_ms=bounds[last])
+        cursor = (
+            after if after is not None and _bucket_of(query, bounds[first]) <= after[0] else None
+        )
+        merged = None
+        if last == first + 1 and cursor is None:
+            merged = _merged_bucket(conn, part, limit - len(rows))
+        if merged is None:
+            merged = query_groups(conn, part, cursor, limit - len(rows), rollup_sql(conn, part))
+        rows += merged
+        first, width = last, width * 2
+    return rows
+
+
+def _merged_bucket(conn: sqlite3.Connection, part: GroupQuery, limit: int) -> list[Row] | None:
+    """The first ``limit`` groups of ``part`` (one time bucket, by a field of
+    ``rollup_values``) merged from its days' rows in value order, or None when it is not
+    made of clean whole UTC days of that table.
+
+    Why: a month bucket of visitors is about a row per event of the month; grouping and
+    sorting them all to find the first 10,001 values took seconds. Each day's rows come in
+    value order from the table's index (no sort), so merging the days' streams and summing
+    equal values gives the groups in order, reading about ``limit`` rows per day."""
+    found = _field_for(part)
+    if found is None or found[0] is not VALUE_ROLLUP or len(part.dimensions) != 2:
+        return None
+    ranges = _ranges(part, _dirty_days(conn, part), months=False)
+    if ranges is None or ranges[0] or ranges[MONTH]:
+        return None
+    days = [day for low, high in ranges[DAY] for day in range(low, high, DAY_MS)]
+    streams = []
+    for dataset in part.datasets:
+        for day in days:
+            args: list[Any] = [found[1].name, dataset, day]
+            where = f"level = {DAY} AND field = ? AND dataset = ? AND ts = ?"
+            if part.filter is not None:
+                where += " AND " + condition_sql(part.filter, args)
+            streams.append(
+                conn.execute(
+                    f"SELECT value, sum(events) FROM {VALUE_ROLLUP.table} WHERE {where}"
+                    # a value among the first ``limit`` of the merge is among the first
+                    # ``limit`` of every day that has it: the rest is never needed
+                    f" GROUP BY value ORDER BY value LIMIT {int(limit)}",
+                    args,
+                )
+            )
+    bucket = _bucket_of(part, part.start_ms)
+    rows: list[Row] = []
+    key: tuple[int, Any] | None = None
+    group: Any = None  # the value of the group being summed
+    total = 0
+    for value, count in heapq.merge(*streams, key=lambda row: _sql_order(row[0])):
+        order = _sql_order(value)
+        if key is not None and order != key:
+            rows.append(((bucket, group), tuple(total for _ in part.metrics)))
+            if len(rows) >= limit:
+                break
+            total = 0
+        if order != key:
+            key, group = order, value
+        total += count
+    else:
+        if key is not None:
+            rows.append(((bucket, group), tuple(total for _ in part.metrics)))
+    for stream in streams:
+        stream.close()
+    return rows
+
+
+def _sql_order(value: Any) -> tuple[int, Any]:
+    """A value's place in SQLite's ``ORDER BY``: NULL, numbers, text, then blobs."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, int | float):
+        return (1, value)
+    return (2, value) if isinstance(value, str) else (3, value)
+
+
+def _bucket_of(query: GroupQuery, ms: int) -> int:
+    starts = query.bucket_starts
+    return starts[max(bisect_right(starts, ms) - 1, 0)]
