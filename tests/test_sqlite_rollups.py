@@ -28,6 +28,7 @@ from metronome.errors import InvalidQuery
 from metronome.events.document import Document, format_timestamp
 from metronome.reports.query import for_site, parse_query
 from metronome.store.query import GroupQuery
+from metronome.store import sqlite as sqlite_store
 from metronome.store.sqlite import SQLiteStore
 from metronome.store.sqlite_query import install_functions, query_groups, query_top
 from metronome.store.sqlite_rollups import _merged_bucket, group_rows, rollup_sql
@@ -110,6 +111,8 @@ def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sqlite3.Connectio
 
     async def load() -> None:
         async with SQLiteStore(Settings.from_env({"METRONOME_DATA_DIR": str(data)})) as store:
+            # only the refreshes below count days: a write also counts some every few
+            # seconds, which on a slow machine counted the days this module keeps dirty
             await store.ensure_schema()
             await store.write(docs[:2000])
             await store.write(docs[1500:2200])  # 500 delivered again
@@ -122,7 +125,9 @@ def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sqlite3.Connectio
             await store.write(late)  # on a few days
             await store.refresh_rollups(max_days=2)  # the others stay dirty, as today is
 
-    asyncio.run(load())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sqlite_store, "_ROLLUP_EVERY_S", float("inf"))
+        asyncio.run(load())
     connection = sqlite3.connect(Path(data) / "metronome.sqlite3")
     install_functions(connection)
     yield connection
