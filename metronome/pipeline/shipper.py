@@ -81,6 +81,7 @@ class Shipper:
         # each segment's position as this shipper last wrote it: read from its file (and
         # the visits' marker) once per run, not on every pass
         self._positions: dict[str, int] = {}
+        self._behind = False  # the last pass left records it had found (a backlog)
 
     def visit_book(self, persistent: bool) -> VisitBook:
         """The visits this shipper assigns: kept in ``spool/visits.sqlite3`` (the spool's
@@ -118,14 +119,23 @@ class Shipper:
         self.visit_book(persistent=True)
         try:
             while not stop.is_set():
+                started = time.monotonic()
                 moved, pending = await self.ship_pass(stop)
                 if drain and not pending:
                     break
-                if not moved:
-                    try:
-                        await asyncio.wait_for(stop.wait(), timeout=self._poll_s)
-                    except TimeoutError:
-                        pass
+                # Idle, or caught up (ticks arriving one at a time, no segment has more than
+                # the batch it gave): the next pass starts a poll interval after this one
+                # did. Passing again at once shipped a few ticks per batch, each batch paying
+                # the same two commits, position file and segment scan (issue 24: most of the
+                # shipper's CPU per tick under load); a tick still waits at most a poll
+                # interval, as when idle. A backlog is shipped batch after batch, no waiting.
+                if not moved or (not drain and not self._behind):
+                    wait = self._poll_s - (time.monotonic() - started) if moved else self._poll_s
+                    if wait > 0:
+                        try:
+                            await asyncio.wait_for(stop.wait(), timeout=wait)
+                        except TimeoutError:
+                            pass
         finally:
             self.close()
             self._positions.clear()  # the lock goes: another shipper may move them on
@@ -135,6 +145,7 @@ class Shipper:
         """One batch from each segment with unshipped data: (documents moved, any left?)."""
         moved = 0
         pending = False
+        self._behind = False
         for segment in segments(self._dir):
             if stop.is_set():
                 return moved, True
@@ -178,6 +189,7 @@ class Shipper:
             if not await self.store_documents(assigned.documents, stop):
                 return 0, True  # stopping: this batch ships next time
             position += result.end
+            self._behind = self._behind or position < size  # more than one batch was there
             await asyncio.to_thread(book.commit, assigned, (segment.name, position))
             self._write_position(segment, position)
             self._positions[segment.name] = position
