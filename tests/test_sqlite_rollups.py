@@ -27,8 +27,8 @@ from metronome.config import Settings
 from metronome.errors import InvalidQuery
 from metronome.events.document import Document, format_timestamp
 from metronome.reports.query import for_site, parse_query
-from metronome.store.query import GroupQuery
 from metronome.store import sqlite as sqlite_store
+from metronome.store.query import GroupQuery
 from metronome.store.sqlite import SQLiteStore
 from metronome.store.sqlite_query import install_functions, query_groups, query_top
 from metronome.store.sqlite_rollups import _merged_bucket, group_rows, rollup_sql
