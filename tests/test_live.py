@@ -44,11 +44,18 @@ class World:
     def ws_url(self) -> str:
         return self.server.url.replace("http://", "ws://") + "/live"
 
-    def token(self, key: str | None = None) -> str:
-        resp = httpx.post(
-            f"{self.server.url}/live/token",
-            headers={"Authorization": f"Bearer {key or self.query_key}"},
-        )
+    def token(self, key: str | None = None, *, new_key_s: float = 0) -> str:
+        """A live token for ``key``; ``new_key_s``: how long a key just made may be unknown
+        (the workers reload keys every second here)."""
+        deadline = time.monotonic() + new_key_s
+        while True:
+            resp = httpx.post(
+                f"{self.server.url}/live/token",
+                headers={"Authorization": f"Bearer {key or self.query_key}"},
+            )
+            if resp.status_code != 401 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert resp.status_code == 200, resp.text
         return str(resp.json()["token"])
 
@@ -511,7 +518,7 @@ def test_revoking_the_key_closes_its_live_connections_and_refuses_its_tokens(
     world: World,
 ) -> None:
     made = _cli_json(world.server, "keys", "create", "--site", "demo", "--scope", "query")
-    token = world.token(made["secret"])
+    token = world.token(made["secret"], new_key_s=15)
     with LiveClient(f"{world.ws_url}?token={token}") as client:
         assert client.next()["type"] == "welcome"
         revoked = world.server.run_cli("keys", "revoke", made["id"])
