@@ -67,28 +67,36 @@ class Backend:
         """Every stored document of an item, oldest first, read from the store itself."""
         self.settle()
         if self.es_url:
-            resp = httpx.post(
-                f"{self.es_url}/{self.index_prefix}-*/_search",
-                timeout=30,
-                json={"query": {"term": {"item.id": item}}, "size": 1000, "sort": ["@timestamp"]},
+            hits = self._search(
+                "*", {"query": {"term": {"item.id": item}}, "size": 1000, "sort": ["@timestamp"]}
             )
-            return [hit["_source"] for hit in resp.json()["hits"]["hits"]]
+            return [hit["_source"] for hit in hits]
         with sqlite3.connect(self.server.data_dir / "metronome.sqlite3") as conn:
             rows = conn.execute(
                 "SELECT doc FROM events WHERE item_id = ? ORDER BY ts", (item,)
             ).fetchall()
         return [json.loads(row[0]) for row in rows]
 
+    def _search(self, indices: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The hits of a search under the test's prefix. An index the shipper has just
+        made can answer 503 (its shards are still being assigned) or 429 for a moment:
+        such an answer is asked again for up to 30 s; any other error fails with its body."""
+        deadline = time.monotonic() + 30
+        while True:
+            resp = httpx.post(
+                f"{self.es_url}/{self.index_prefix}-{indices}/_search", json=body, timeout=30
+            )
+            if resp.status_code not in (429, 503) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["hits"]["hits"]  # type: ignore[no-any-return]
+
     def fetch(self, event_id: str) -> dict[str, object]:
         """The stored document for an event id, read from the store itself."""
         self.settle()
         if self.es_url:
-            resp = httpx.post(
-                f"{self.es_url}/{self.index_prefix}-ticks-*/_search",
-                json={"query": {"ids": {"values": [event_id]}}},
-                timeout=30,
-            )
-            hits = resp.json()["hits"]["hits"]
+            hits = self._search("ticks-*", {"query": {"ids": {"values": [event_id]}}})
             assert len(hits) == 1, hits
             return hits[0]["_source"]  # type: ignore[no-any-return]
         with sqlite3.connect(self.server.data_dir / "metronome.sqlite3") as conn:
