@@ -11,6 +11,7 @@ filters -- and each must give the same groups through the rollups as through the
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import sqlite3
 from collections.abc import Iterator
@@ -27,11 +28,10 @@ from metronome.config import Settings
 from metronome.errors import InvalidQuery
 from metronome.events.document import Document, format_timestamp
 from metronome.reports.query import for_site, parse_query
-from metronome.store import sqlite as sqlite_store
 from metronome.store.query import GroupQuery
 from metronome.store.sqlite import SQLiteStore
 from metronome.store.sqlite_query import install_functions, query_groups, query_top
-from metronome.store.sqlite_rollups import _merged_bucket, group_rows, rollup_sql
+from metronome.store.sqlite_rollups import _merged_bucket, _plan, group_rows, rollup_sql
 from tests.support.fuzz import TIME_ZONES, fuzz
 
 START = datetime(2025, 11, 20, tzinfo=UTC)
@@ -110,9 +110,10 @@ def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sqlite3.Connectio
     ]
 
     async def load() -> None:
-        async with SQLiteStore(Settings.from_env({"METRONOME_DATA_DIR": str(data)})) as store:
-            # only the refreshes below count days: a write also counts some every few
-            # seconds, which on a slow machine counted the days this module keeps dirty
+        settings = Settings.from_env({"METRONOME_DATA_DIR": str(data)})
+        # only the refreshes below count days: a write also counts some every few seconds,
+        # which on a slow machine counted the days this module keeps dirty
+        async with SQLiteStore(settings, rollup_every_s=math.inf) as store:
             await store.ensure_schema()
             await store.write(docs[:2000])
             await store.write(docs[1500:2200])  # 500 delivered again
@@ -125,13 +126,18 @@ def conn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sqlite3.Connectio
             await store.write(late)  # on a few days
             await store.refresh_rollups(max_days=2)  # the others stay dirty, as today is
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sqlite_store, "_ROLLUP_EVERY_S", float("inf"))
-        asyncio.run(load())
+    asyncio.run(load())
     connection = sqlite3.connect(Path(data) / "metronome.sqlite3")
     install_functions(connection)
     yield connection
     connection.close()
+
+
+def _merged(connection: sqlite3.Connection, query: GroupQuery, limit: int) -> list[Any] | None:
+    """A month bucket's groups merged from its days (None: not whole clean days)."""
+    plan = _plan(connection, query)
+    assert plan is not None, "counted by value in rollup_values"
+    return _merged_bucket(connection, query, limit, plan)
 
 
 def _both(connection: sqlite3.Connection, query: GroupQuery) -> tuple[Any, Any, bool]:
@@ -192,14 +198,14 @@ def test_a_bucket_of_many_values_is_merged_from_its_days_in_order(
     ):
         query = _group({**body, "dimensions": ["time:month", field]})
         raw = query_groups(conn, query, None, 100_000)
-        merged = _merged_bucket(conn, query, 100_000)
+        merged = _merged(conn, query, 100_000)
         assert merged == raw and len(raw) > 5
-        assert _merged_bucket(conn, query, 5) == raw[:5]
+        assert _merged(conn, query, 5) == raw[:5]
         assert group_rows(conn, query, None, 5) == raw[:5]
     dirty = _group(
         {"range": {"from": "2026-01-01", "to": "2026-01-31"}, "dimensions": ["time:month", field]}
     )
-    assert _merged_bucket(conn, dirty, 10) is None  # a day of it is not counted yet
+    assert _merged(conn, dirty, 10) is None  # a day of it is not counted yet
 
 
 def test_rollups_leave_what_they_cannot_count_to_the_events(conn: sqlite3.Connection) -> None:

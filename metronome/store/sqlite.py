@@ -368,8 +368,11 @@ class SQLiteStore(ConnectionThread):
 
     backend = "sqlite"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, rollup_every_s: float = _ROLLUP_EVERY_S) -> None:
+        """``rollup_every_s``: how often a write also counts the past days written into the
+        rollups (``math.inf``: only :meth:`refresh_rollups` counts them)."""
         super().__init__(Path(settings.data_dir) / DB_NAME, "sqlite")
+        self._rollup_every_s = rollup_every_s
         self._rolled_at = 0.0
         self._durable = True  # synchronous=FULL, as connect() leaves it
         self._bulk = False  # the connection has the bulk writer's page cache
@@ -478,7 +481,7 @@ class SQLiteStore(ConnectionThread):
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-            if time.monotonic() - self._rolled_at >= _ROLLUP_EVERY_S:
+            if time.monotonic() - self._rolled_at >= self._rollup_every_s:
                 self._rolled_at = time.monotonic()
                 with contextlib.suppress(sqlite3.OperationalError):  # stored; counted next time
                     refresh_rollups(conn, before_ms=int(time.time() * 1000), max_days=_ROLLUP_DAYS)

@@ -512,10 +512,18 @@ def _dirty_days(conn: sqlite3.Connection, query: GroupQuery) -> list[int]:
     ]
 
 
-def rollup_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[Any]] | None:
-    """The query's ``SELECT`` (the shape :mod:`.sqlite_query` reads: keys ``k<i>``, metrics
-    ``m<i>``) over the rollups and the events, or None when the rollups cannot answer it
-    exactly or would not pay. Run it in the read transaction that ran this."""
+@dataclass(frozen=True)
+class _Plan:
+    """How the rollups answer a query: found once for a query, whatever the time buckets
+    it is read in."""
+
+    rollup: Rollup | FieldRollup
+    field: FieldRef | None  # the dimension's field, for a rollup by field values
+    dirty: list[int]  # the days of the query's whole range not counted yet, sorted
+
+
+def _plan(conn: sqlite3.Connection, query: GroupQuery) -> _Plan | None:
+    """The rollup that answers ``query`` exactly, if any, with the days it has not counted."""
     rollup: Rollup | FieldRollup | None = _rollup_for(query)
     field = None
     if rollup is None:
@@ -523,8 +531,23 @@ def rollup_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[A
         if found is None:
             return None
         rollup, field = found
+    return _Plan(rollup, field, _dirty_days(conn, query))
+
+
+def rollup_sql(
+    conn: sqlite3.Connection, query: GroupQuery, plan: _Plan | None = None
+) -> tuple[str, list[Any]] | None:
+    """The query's ``SELECT`` (the shape :mod:`.sqlite_query` reads: keys ``k<i>``, metrics
+    ``m<i>``) over the rollups and the events, or None when the rollups cannot answer it
+    exactly or would not pay. Run it in the read transaction that ran this. ``plan``: the
+    one found for a query this one is a time range of (:func:`group_rows`)."""
+    if plan is None:
+        plan = _plan(conn, query)
+        if plan is None:
+            return None
+    rollup, field = plan.rollup, plan.field
     marks = ", ".join("?" for _ in query.datasets)
-    ranges = _ranges(query, _dirty_days(conn, query), rollup.months)
+    ranges = _ranges(query, plan.dirty, rollup.months)
     if ranges is None:
         return None
     columns = ", ".join(["ts", "site_id", *rollup.columns])
@@ -577,16 +600,13 @@ def rollup_sql(conn: sqlite3.Connection, query: GroupQuery) -> tuple[str, list[A
     return sql, args
 
 
-def _by_bucket(query: GroupQuery) -> bool:
+def _by_bucket(query: GroupQuery, plan: _Plan | None) -> bool:
     """Whether ``query`` is read one time bucket at a time: its first dimension is a time
     bucket, and its rows are not the few of a rollup table counted by columns or by
     fields with few values (one statement reads those at once)."""
     if not query.dimensions or not query.dimensions[0].interval:
         return False
-    if _rollup_for(query) is not None:
-        return False
-    found = _field_for(query)
-    return found is None or found[0] is VALUE_ROLLUP
+    return plan is None or plan.rollup is VALUE_ROLLUP
 
 
 def group_rows(
@@ -605,8 +625,13 @@ def group_rows(
     four..., until ``limit`` groups are found: the first day of the month there. Doubling
     keeps a report with few groups to as many statements as doublings (an hour at a time
     over a year would be 8,760), each range read once."""
-    if not _by_bucket(query):
-        return query_groups(conn, query, after, limit, rollup_sql(conn, query))
+    plan = _plan(conn, query)
+
+    def compiled(part: GroupQuery) -> tuple[str, list[Any]] | None:
+        return None if plan is None else rollup_sql(conn, part, plan)
+
+    if not _by_bucket(query, plan):
+        return query_groups(conn, query, after, limit, compiled(query))
     inner = [b for b in query.bucket_starts if query.start_ms < b < query.end_ms]
     bounds = [query.start_ms, *inner, query.end_ms]
     first = 0
@@ -622,16 +647,18 @@ def group_rows(
             after if after is not None and _bucket_of(query, bounds[first]) <= after[0] else None
         )
         merged = None
-        if last == first + 1 and cursor is None:
-            merged = _merged_bucket(conn, part, limit - len(rows))
+        if last == first + 1 and cursor is None and plan is not None:
+            merged = _merged_bucket(conn, part, limit - len(rows), plan)
         if merged is None:
-            merged = query_groups(conn, part, cursor, limit - len(rows), rollup_sql(conn, part))
+            merged = query_groups(conn, part, cursor, limit - len(rows), compiled(part))
         rows += merged
         first, width = last, width * 2
     return rows
 
 
-def _merged_bucket(conn: sqlite3.Connection, part: GroupQuery, limit: int) -> list[Row] | None:
+def _merged_bucket(
+    conn: sqlite3.Connection, part: GroupQuery, limit: int, plan: _Plan
+) -> list[Row] | None:
     """The first ``limit`` groups of ``part`` (one time bucket, by a field of
     ``rollup_values``) merged from its days' rows in value order, or None when it is not
     made of clean whole UTC days of that table.
@@ -640,17 +667,16 @@ def _merged_bucket(conn: sqlite3.Connection, part: GroupQuery, limit: int) -> li
     sorting them all to find the first 10,001 values took seconds. Each day's rows come in
     value order from the table's index (no sort), so merging the days' streams and summing
     equal values gives the groups in order, reading about ``limit`` rows per day."""
-    found = _field_for(part)
-    if found is None or found[0] is not VALUE_ROLLUP or len(part.dimensions) != 2:
+    if plan.rollup is not VALUE_ROLLUP or plan.field is None or len(part.dimensions) != 2:
         return None
-    ranges = _ranges(part, _dirty_days(conn, part), months=False)
+    ranges = _ranges(part, plan.dirty, months=False)
     if ranges is None or ranges[0] or ranges[MONTH]:
         return None
     days = [day for low, high in ranges[DAY] for day in range(low, high, DAY_MS)]
     streams = []
     for dataset in part.datasets:
         for day in days:
-            args: list[Any] = [found[1].name, dataset, day]
+            args: list[Any] = [plan.field.name, dataset, day]
             where = f"level = {DAY} AND field = ? AND dataset = ? AND ts = ?"
             if part.filter is not None:
                 where += " AND " + condition_sql(part.filter, args)
