@@ -238,3 +238,21 @@ def test_the_visit_state_lives_in_the_store_database(tmp_path: Path) -> None:
     with sqlite3.connect(data_dir / DB_NAME) as conn:
         assert conn.execute("SELECT count(*) FROM open_visits").fetchone()[0] == 3
         assert conn.execute("SELECT count(*) FROM visits_marker").fetchone()[0] == 1
+
+
+def test_a_visit_continued_from_memory_is_the_one_continued_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The shipper keeps the last batch's visits as objects; continuing them gives what a
+    new process, which reads them back from the database, gives."""
+    path = tmp_path / "visits.sqlite3"
+    running = VisitBook(1800, VisitState(path, 100))
+    first = running.assign([_tick(n) for n in range(0, 30)])
+    running.commit(first, ("segment", 1))
+    restarted = VisitBook(1800, VisitState(path, 100))
+    later = [_tick(n) for n in range(30, 60)]
+    assert running.assign(later).documents == restarted.assign(later).documents
+    again = running.assign(later)  # not committed: assigned from the same state again
+    assert again.documents == restarted.assign(later).documents
+    running.state.close()
+    restarted.state.close()

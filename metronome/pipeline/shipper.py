@@ -212,7 +212,7 @@ class Shipper:
                 )
                 if not await self.store_documents(assigned.documents, stop, also=also):
                     return 0, True  # stopping: this batch ships next time
-                book.state.commit_packed(packed)  # committed: remembered
+                book.state.remember(assigned.changed, packed)  # committed: remembered
             else:
                 if not await self.store_documents(assigned.documents, stop):
                     return 0, True  # stopping: this batch ships next time

@@ -154,6 +154,24 @@ class OpenVisit:
         length, as orjson's keeps the whole (4 KB) buffer it wrote into."""
         return bytes(memoryview(orjson.dumps([getattr(self, name) for name in self.__slots__])))
 
+    def copy(self) -> OpenVisit:
+        """A copy to change (what :meth:`from_json` of :meth:`to_json` gives, sooner: the
+        lists are copied; the entry event's fields are never changed, only replaced)."""
+        return OpenVisit(
+            self.visit_id,
+            self.index_ms,
+            self.start_ms,
+            self.last_ms,
+            self.seq,
+            self.events,
+            self.pageviews,
+            list(self.pages),
+            list(self.times),
+            self.source,
+            self.base,
+            list(self.ids),
+        )
+
     @classmethod
     def from_json(cls, raw: bytes | str) -> OpenVisit:
         values = orjson.loads(raw)
@@ -359,6 +377,10 @@ class VisitState:
         self._max = max_entries
         self._conn: sqlite3.Connection | None = None
         self._marker_table = "marker"
+        # the visits of the batch committed last, as objects too: the next batch mostly
+        # continues them, and a copy of one is cheaper than decoding it again (a long
+        # visit keeps MAX_TIMES ids and times: 100 KB of JSON)
+        self._latest: dict[str, tuple[bytes, OpenVisit]] = {}
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -388,7 +410,12 @@ class VisitState:
     def get(self, key: str) -> OpenVisit | None:
         """A copy of the visitor's open visit (changes count once committed)."""
         found = self.packed(key)
-        return None if found is None else OpenVisit.from_json(found)
+        if found is None:
+            return None
+        latest = self._latest.get(key)
+        if latest is not None and latest[0] is found:  # still what the state holds
+            return latest[1].copy()
+        return OpenVisit.from_json(found)
 
     def packed(self, key: str) -> bytes | None:
         """The visitor's open visit as :meth:`OpenVisit.to_json` packs it."""
@@ -422,7 +449,7 @@ class VisitState:
     def commit(self, changed: dict[str, OpenVisit], marker: tuple[str, int] | None) -> None:
         """Remember ``changed`` and commit it (with ``marker``) in a transaction of its own."""
         packed = self.pack(changed)
-        self.commit_packed(packed)
+        self.remember(changed, packed)
         if self._conn is None:
             return
         conn = self._conn
@@ -459,6 +486,12 @@ class VisitState:
         newest = max((v.last_ms for v in changed.values()), default=None)
         if newest is not None:  # visitor ids rotate daily: older visits never continue
             conn.execute("DELETE FROM open_visits WHERE last_ms < ?", (newest - _PRUNE_AFTER_MS,))
+
+    def remember(self, changed: dict[str, OpenVisit], packed: dict[str, bytes]) -> None:
+        """Remember a committed batch's visits (``packed``: :meth:`pack` of them); the
+        objects are the state's from now on: nothing may change them."""
+        self.commit_packed(packed)
+        self._latest = {key: (packed[key], visit) for key, visit in changed.items()}
 
     def commit_packed(self, changed: dict[str, bytes]) -> None:
         """Remember visits packed by :meth:`OpenVisit.to_json` (in memory: the file, if
