@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import logging
 import os
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from metronome.pipeline.records import scan
 from metronome.pipeline.spool import data_end, read_position, segments, spool_dir, try_seal
 from metronome.pipeline.visits import STATE_FILE, VisitBook, VisitState
 from metronome.store.base import Store
+from metronome.store.sqlite import SQLiteStore
 
 __all__ = ["DEAD_LETTERS", "Shipper", "ShipperStats"]
 
@@ -78,17 +81,29 @@ class Shipper:
         self._visit_gap_s = settings.visit_gap_s
         self._visit_state_max = settings.visit_state_max
         self._visits: VisitBook | None = None  # opened with the lock: one shipper writes it
+        # the visit state commits in the store's transaction (the embedded store): a batch's
+        # events, its visits and how far in the spool it reaches are stored together or not
+        self._visits_with_store = False
         # each segment's position as this shipper last wrote it: read from its file (and
         # the visits' marker) once per run, not on every pass
         self._positions: dict[str, int] = {}
         self._behind = False  # the last pass left records it had found (a backlog)
 
     def visit_book(self, persistent: bool) -> VisitBook:
-        """The visits this shipper assigns: kept in ``spool/visits.sqlite3`` (the spool's
-        shipper), or in memory for one run (an import)."""
+        """The visits this shipper assigns: kept with the events in the embedded store's
+        database (moved there from a ``spool/visits.sqlite3`` of an earlier Metronome), or
+        in ``spool/visits.sqlite3`` beside Elasticsearch; in memory for one run (an
+        import)."""
         if self._visits is None:
-            path = self._dir / STATE_FILE if persistent else None
-            state = VisitState(path, self._visit_state_max)
+            if not persistent:
+                state = VisitState(None, self._visit_state_max)
+            elif isinstance(self._store, SQLiteStore):
+                state = VisitState.in_store(
+                    self._store.path, self._visit_state_max, legacy=self._dir / STATE_FILE
+                )
+                self._visits_with_store = True
+            else:
+                state = VisitState(self._dir / STATE_FILE, self._visit_state_max)
             self._visits = VisitBook(self._visit_gap_s, state)
         return self._visits
 
@@ -139,6 +154,9 @@ class Shipper:
         finally:
             self.close()
             self._positions.clear()  # the lock goes: another shipper may move them on
+            if self._lock_handle is not None:
+                self._lock_handle.close()  # type: ignore[attr-defined]  # the file it opened
+                self._lock_handle = None
         return self.stats
 
     async def ship_pass(self, stop: asyncio.Event) -> tuple[int, bool]:
@@ -186,11 +204,21 @@ class Shipper:
             result = scan(buffer, 1)
         if result.documents:
             assigned = book.assign(result.documents)
-            if not await self.store_documents(assigned.documents, stop):
-                return 0, True  # stopping: this batch ships next time
-            position += result.end
+            reached = (segment.name, position + result.end)
+            if self._visits_with_store:  # one transaction: events, visits, marker
+                packed = book.state.pack(assigned.changed)
+                also = functools.partial(
+                    book.state.write_rows, changed=assigned.changed, packed=packed, marker=reached
+                )
+                if not await self.store_documents(assigned.documents, stop, also=also):
+                    return 0, True  # stopping: this batch ships next time
+                book.state.remember(assigned.changed, packed)  # committed: remembered
+            else:
+                if not await self.store_documents(assigned.documents, stop):
+                    return 0, True  # stopping: this batch ships next time
+                await asyncio.to_thread(book.commit, assigned, reached)
+            position = reached[1]
             self._behind = self._behind or position < size  # more than one batch was there
-            await asyncio.to_thread(book.commit, assigned, (segment.name, position))
             self._write_position(segment, position)
             self._positions[segment.name] = position
             metrics.SHIPPED.inc(len(result.documents))
@@ -228,16 +256,28 @@ class Shipper:
         finally:
             os.close(fd)
 
-    async def store_documents(self, documents: list[Document], stop: asyncio.Event) -> bool:
+    async def store_documents(
+        self,
+        documents: list[Document],
+        stop: asyncio.Event,
+        *,
+        also: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> bool:
         """Store every document or dead-letter it; retry what may succeed later.
 
+        ``also``: rows the embedded store writes in the same transaction as the documents
+        (it stores all of them or none, so they are never committed with part of a batch).
         Returns False only when ``stop`` was set before everything was confirmed.
         """
         todo = documents
         delay = 0.2
         while todo:
             try:
-                outcomes = await self._store.write(todo)
+                if also is not None and isinstance(self._store, SQLiteStore):
+                    outcomes = await self._store.write(todo, also=also)
+                    assert todo is documents and all(o.ok for o in outcomes)  # all or none
+                else:
+                    outcomes = await self._store.write(todo)
             except StoreUnavailable as exc:
                 outcomes = None
                 reason = exc.message

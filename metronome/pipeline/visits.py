@@ -11,12 +11,16 @@ How it stays exact and cheap:
   batch of ticks sent without times shares one millisecond) before assigning, so events
   that arrive out of order within a batch are placed exactly.
 - Per visitor it keeps the open visit (its id, first and last event times, the number of
-  events so far, the pages in time order) in a bounded LRU in memory, backed by a small
-  SQLite file in the spool directory (``spool/visits.sqlite3``), so a restart continues the
-  open visits. The state is committed after the batch is stored, with the spool position
-  it reaches, in one transaction; a crash before that re-sends the batch, which is assigned
-  again from the same state to the same answer (ids are deterministic: a hash of the site
-  and the visit's first event id), so replays store nothing twice.
+  events so far, the pages in time order) in a bounded LRU in memory, backed by SQLite, so
+  a restart continues the open visits. With the embedded store the state lives in the
+  store's own database (tables ``open_visits`` and ``visits_marker``) and is committed in
+  the very transaction that stores the batch, with the spool position it reaches: events,
+  visits and position are durable together or not at all (one ``fsync`` per batch). With
+  Elasticsearch it is a small SQLite file in the spool directory
+  (``spool/visits.sqlite3``), committed after the batch is stored, with the position, in
+  one transaction; a crash before that re-sends the batch, which is assigned again from
+  the same state to the same answer (ids are deterministic: a hash of the site and the
+  visit's first event id), so replays store nothing twice.
 - Each event gets ``visit.id``, ``visit.seq`` (its position), ``visit.gap_ms`` (time since
   the visitor's previous event) and ``visit.prev`` (the page before). One summary document
   per visit (dataset ``visits``, its id the visit id) is written again, replacing the last,
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import os
 import sqlite3
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -51,6 +56,7 @@ import orjson
 
 from metronome.events import fields as F
 from metronome.events.document import Document, FrozenDict, format_timestamp
+from metronome.store.sqlite import connect, setup_lock
 
 __all__ = ["Assignment", "OpenVisit", "VisitBook", "VisitState", "page_of"]
 
@@ -147,6 +153,24 @@ class OpenVisit:
         """The visit packed (what the state keeps): copied to a bytes object of its own
         length, as orjson's keeps the whole (4 KB) buffer it wrote into."""
         return bytes(memoryview(orjson.dumps([getattr(self, name) for name in self.__slots__])))
+
+    def copy(self) -> OpenVisit:
+        """A copy to change (what :meth:`from_json` of :meth:`to_json` gives, sooner: the
+        lists are copied; the entry event's fields are never changed, only replaced)."""
+        return OpenVisit(
+            self.visit_id,
+            self.index_ms,
+            self.start_ms,
+            self.last_ms,
+            self.seq,
+            self.events,
+            self.pageviews,
+            list(self.pages),
+            list(self.times),
+            self.source,
+            self.base,
+            list(self.ids),
+        )
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> OpenVisit:
@@ -284,8 +308,67 @@ class Assignment:
     touched: tuple[OpenVisit, ...] = ()  # the visits the batch touched, as they now are
 
 
+_STORE_MARKER = "visits_marker"  # in the store's database: a name of its own
+
+
+def _create_tables(conn: sqlite3.Connection, marker_table: str) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS open_visits (key TEXT PRIMARY KEY,"
+        " last_ms INTEGER NOT NULL, state BLOB NOT NULL) WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS open_visits_last ON open_visits (last_ms)")
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {marker_table} (segment TEXT, position INTEGER)")
+
+
+def _move_in(legacy: Path, conn: sqlite3.Connection) -> None:
+    """Copy a ``visits.sqlite3`` file's open visits and marker into the store's tables
+    (one durable transaction), then remove the file for good (its WAL merged into it
+    first, and the directory synced), so an older state is never moved in over a newer."""
+    old = sqlite3.connect(legacy, isolation_level=None)
+    try:
+        old.execute("PRAGMA journal_mode = DELETE")  # the WAL into the file, and gone
+        names = {row[0] for row in old.execute("SELECT name FROM sqlite_master")}
+        rows = (
+            old.execute("SELECT key, last_ms, state FROM open_visits").fetchall()
+            if "open_visits" in names
+            else []
+        )
+        marker = None
+        if "marker" in names:
+            marker = old.execute("SELECT segment, position FROM marker").fetchone()
+    finally:
+        old.close()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(
+            "INSERT OR REPLACE INTO open_visits (key, last_ms, state) VALUES (?, ?, ?)", rows
+        )
+        if marker is not None:
+            conn.execute(f"DELETE FROM {_STORE_MARKER}")
+            conn.execute(f"INSERT INTO {_STORE_MARKER} VALUES (?, ?)", marker)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{legacy}{suffix}").unlink(missing_ok=True)
+    fd = os.open(legacy.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class VisitState:
-    """Open visits by visitor key: an LRU in memory over an optional SQLite file."""
+    """Open visits by visitor key: an LRU in memory over an optional SQLite database.
+
+    The database is a file of its own (``VisitState(path, ...)``: the spool's
+    ``visits.sqlite3`` when the store is Elasticsearch, which commits the state in its own
+    transaction after each stored batch), or the embedded store's database
+    (:meth:`in_store`), whose tables the shipper writes in the store's own transaction,
+    with the batch's events (:meth:`write_rows`): one commit and one ``fsync`` per batch
+    rather than two, and no moment when the events are stored and their visits are not.
+    """
 
     def __init__(self, path: Path | None, max_entries: int) -> None:
         # packed (OpenVisit.to_json): a third of the objects' memory (an import keeps tens
@@ -293,23 +376,46 @@ class VisitState:
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._max = max_entries
         self._conn: sqlite3.Connection | None = None
+        self._marker_table = "marker"
+        # the visits of the batch committed last, as objects too: the next batch mostly
+        # continues them, and a copy of one is cheaper than decoding it again (a long
+        # visit keeps MAX_TIMES ids and times: 100 KB of JSON)
+        self._latest: dict[str, tuple[bytes, OpenVisit]] = {}
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS open_visits (key TEXT PRIMARY KEY,"
-                " last_ms INTEGER NOT NULL, state BLOB NOT NULL) WITHOUT ROWID"
-            )
-            conn.execute("CREATE INDEX IF NOT EXISTS open_visits_last ON open_visits (last_ms)")
-            conn.execute("CREATE TABLE IF NOT EXISTS marker (segment TEXT, position INTEGER)")
+            _create_tables(conn, self._marker_table)
             self._conn = conn
+
+    @classmethod
+    def in_store(cls, database: Path, max_entries: int, *, legacy: Path | None) -> VisitState:
+        """The state kept in the embedded store's database file (tables ``open_visits``
+        and ``visits_marker``), for the shipper to write with each batch's events.
+
+        ``legacy``: the ``visits.sqlite3`` of a Metronome before this one, moved in once
+        (in one durable transaction, then removed; a crash before the removal moves the
+        same rows again, as nothing is shipped before the move)."""
+        state = cls(None, max_entries)
+        state._marker_table = _STORE_MARKER
+        conn = connect(database)  # reads, the move, and the tables; batches use the store's
+        with setup_lock(database):
+            _create_tables(conn, _STORE_MARKER)
+        if legacy is not None and legacy.exists():
+            _move_in(legacy, conn)
+        state._conn = conn
+        return state
 
     def get(self, key: str) -> OpenVisit | None:
         """A copy of the visitor's open visit (changes count once committed)."""
         found = self.packed(key)
-        return None if found is None else OpenVisit.from_json(found)
+        if found is None:
+            return None
+        latest = self._latest.get(key)
+        if latest is not None and latest[0] is found:  # still what the state holds
+            return latest[1].copy()
+        return OpenVisit.from_json(found)
 
     def packed(self, key: str) -> bytes | None:
         """The visitor's open visit as :meth:`OpenVisit.to_json` packs it."""
@@ -337,33 +443,55 @@ class VisitState:
         """The spool segment and position the committed state reaches."""
         if self._conn is None:
             return None
-        row = self._conn.execute("SELECT segment, position FROM marker").fetchone()
+        row = self._conn.execute(f"SELECT segment, position FROM {self._marker_table}").fetchone()
         return None if row is None else (str(row[0]), int(row[1]))
 
     def commit(self, changed: dict[str, OpenVisit], marker: tuple[str, int] | None) -> None:
-        packed = {key: visit.to_json() for key, visit in changed.items()}
-        self.commit_packed(packed)
+        """Remember ``changed`` and commit it (with ``marker``) in a transaction of its own."""
+        packed = self.pack(changed)
+        self.remember(changed, packed)
         if self._conn is None:
             return
         conn = self._conn
-        newest = max((v.last_ms for v in changed.values()), default=None)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(
-                "INSERT OR REPLACE INTO open_visits (key, last_ms, state) VALUES (?, ?, ?)",
-                [(k, v.last_ms, packed[k]) for k, v in changed.items()],
-            )
-            if marker is not None:
-                conn.execute("DELETE FROM marker")
-                conn.execute("INSERT INTO marker VALUES (?, ?)", marker)
-            if newest is not None:  # visitor ids rotate daily: older visits never continue
-                conn.execute(
-                    "DELETE FROM open_visits WHERE last_ms < ?", (newest - _PRUNE_AFTER_MS,)
-                )
+            self.write_rows(conn, changed, packed, marker)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    @staticmethod
+    def pack(changed: dict[str, OpenVisit]) -> dict[str, bytes]:
+        """``changed`` as :meth:`write_rows` and :meth:`commit_packed` take it."""
+        return {key: visit.to_json() for key, visit in changed.items()}
+
+    def write_rows(
+        self,
+        conn: sqlite3.Connection,
+        changed: dict[str, OpenVisit],
+        packed: dict[str, bytes],
+        marker: tuple[str, int] | None,
+    ) -> None:
+        """Write the state's rows in the transaction open on ``conn`` (this state's own, or,
+        :meth:`in_store`, the store's, which commits them with the batch's events); then,
+        once committed, :meth:`commit_packed` remembers them."""
+        conn.executemany(
+            "INSERT OR REPLACE INTO open_visits (key, last_ms, state) VALUES (?, ?, ?)",
+            [(k, v.last_ms, packed[k]) for k, v in changed.items()],
+        )
+        if marker is not None:
+            conn.execute(f"DELETE FROM {self._marker_table}")
+            conn.execute(f"INSERT INTO {self._marker_table} VALUES (?, ?)", marker)
+        newest = max((v.last_ms for v in changed.values()), default=None)
+        if newest is not None:  # visitor ids rotate daily: older visits never continue
+            conn.execute("DELETE FROM open_visits WHERE last_ms < ?", (newest - _PRUNE_AFTER_MS,))
+
+    def remember(self, changed: dict[str, OpenVisit], packed: dict[str, bytes]) -> None:
+        """Remember a committed batch's visits (``packed``: :meth:`pack` of them); the
+        objects are the state's from now on: nothing may change them."""
+        self.commit_packed(packed)
+        self._latest = {key: (packed[key], visit) for key, visit in changed.items()}
 
     def commit_packed(self, changed: dict[str, bytes]) -> None:
         """Remember visits packed by :meth:`OpenVisit.to_json` (in memory: the file, if

@@ -16,7 +16,7 @@ import contextlib
 import fcntl
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self
@@ -447,7 +447,15 @@ class SQLiteStore(ConnectionThread):
             return exc.message
         return result
 
-    async def write(self, documents: Sequence[Document]) -> list[WriteOutcome]:
+    async def write(
+        self,
+        documents: Sequence[Document],
+        *,
+        also: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> list[WriteOutcome]:
+        """Store every document, or none (one transaction; a failure raises
+        :class:`StoreUnavailable`). ``also(conn)`` writes more rows of the same database
+        in that transaction (the shipper's visit state): committed with the documents."""
         rows = sqlite_rows(documents)
         insert = _INSERT
 
@@ -477,6 +485,8 @@ class SQLiteStore(ConnectionThread):
                         before = conn.total_changes
                         conn.execute(insert, row)
                         existed.append(conn.total_changes == before)
+                if also is not None:
+                    also(conn)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
