@@ -799,8 +799,8 @@ class Settings:
     )
     visit_state_max: int = setting(
         "100000",
-        "Visitors whose open visit the shipper keeps in memory (least recently seen"
-        " leave first; the state on disk keeps them).",
+        "Visitors whose open visit the shipper keeps in memory (those whose visit changed"
+        " least recently leave first; the state on disk keeps them).",
         _int(100, 100_000_000),
     )
     collectors: tuple[dict[str, Any], ...] = section(

@@ -200,18 +200,7 @@ def _write_crowd(path: Path, lines: int, seed: int, visitors: int) -> int:
     return late
 
 
-@pytest.mark.parametrize(
-    "log_format",
-    [
-        pytest.param(
-            "combined",  # two parsing processes
-            marks=pytest.mark.xfail(
-                strict=True, reason="each process's book evicts by its own use order"
-            ),
-        ),
-        "auto",  # one
-    ],
-)
+@pytest.mark.parametrize("log_format", ["combined", "auto"])  # two parsing processes, one
 def test_with_more_visitors_than_the_book_keeps_the_visits_are_still_one_books(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_format: str
 ) -> None:

@@ -11,11 +11,12 @@ How it stays exact and cheap:
   batch of ticks sent without times shares one millisecond) before assigning, so events
   that arrive out of order within a batch are placed exactly.
 - Per visitor it keeps the open visit (its id, first and last event times, the number of
-  events so far, the pages in time order) in a bounded LRU in memory, backed by SQLite, so
-  a restart continues the open visits. With the embedded store the state lives in the
-  store's own database (tables ``open_visits`` and ``visits_marker``) and is committed in
-  the very transaction that stores the batch, with the spool position it reaches: events,
-  visits and position are durable together or not at all (one ``fsync`` per batch). With
+  events so far, the pages in time order) in memory (the visitors whose visit changed
+  most recently, ``METRONOME_VISIT_STATE_MAX`` of them), backed by SQLite, so a restart
+  continues the open visits. With the embedded store the state lives in the store's own
+  database (tables ``open_visits`` and ``visits_marker``) and is committed in the very
+  transaction that stores the batch, with the spool position it reaches: events, visits
+  and position are durable together or not at all (one ``fsync`` per batch). With
   Elasticsearch it is a small SQLite file in the spool directory
   (``spool/visits.sqlite3``), committed after the batch is stored, with the position, in
   one transaction; a crash before that re-sends the batch, which is assigned again from
@@ -360,7 +361,15 @@ def _move_in(legacy: Path, conn: sqlite3.Connection) -> None:
 
 
 class VisitState:
-    """Open visits by visitor key: an LRU in memory over an optional SQLite database.
+    """Open visits by visitor key: in memory, the most recently changed ones (the least
+    recently changed leave first), over an optional SQLite database.
+
+    Recency is that of changes (:meth:`commit`), not of reads: ``metronome import``'s
+    parsing processes each keep a copy and see every change in the same order (the
+    handoffs), but each reads only its own blocks' visitors, so an order of reads (a
+    line that only looked its visitor up: a straggler older than the open visit, an
+    event sent again) would make them keep different visitors once there are more than
+    ``max_entries``, and assign other visits than one book reading every block.
 
     The database is a file of its own (``VisitState(path, ...)``: the spool's
     ``visits.sqlite3`` when the store is Elasticsearch, which commits the state in its own
@@ -418,10 +427,10 @@ class VisitState:
         return OpenVisit.from_json(found)
 
     def packed(self, key: str) -> bytes | None:
-        """The visitor's open visit as :meth:`OpenVisit.to_json` packs it."""
+        """The visitor's open visit as :meth:`OpenVisit.to_json` packs it (its place
+        among the most recent is unchanged: see the class)."""
         found = self._cache.get(key)
         if found is not None:
-            self._cache.move_to_end(key)
             return found
         if self._conn is None:
             return None
