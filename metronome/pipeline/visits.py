@@ -51,7 +51,7 @@ import sqlite3
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -233,9 +233,7 @@ def _base(source: dict[str, Any]) -> dict[str, Any]:
         if found is None:
             found = _shared({"geo": {"country_iso_code": country}})
             if isinstance(country, str) and len(country) <= 8:
-                if len(_countries) >= _SHARED_MAX:
-                    _countries.clear()
-                _countries[country] = found
+                _keep(_countries, country, found)
         base["client"] = found
     return base
 
@@ -245,6 +243,7 @@ def _agent_base(agent: dict[str, Any]) -> FrozenDict:
 
 
 _SHARED_MAX = 4096
+_V = TypeVar("_V")
 _shared_parts: dict[bytes, FrozenDict] = {}
 # A part an event shares with others (a FrozenDict: the parsed user agent, the site)
 # gives the same answer every time: kept by the part's identity, with the part itself (so
@@ -262,9 +261,7 @@ def _shared_of(part: dict[str, Any], make: Any) -> FrozenDict:
     if found is not None and found[0] is part:
         return found[1]
     result = make(part)
-    if len(_by_part) >= _SHARED_MAX:
-        _by_part.clear()
-    _by_part[id(part)] = (part, result)
+    _keep(_by_part, id(part), (part, result))
     return result
 
 
@@ -273,10 +270,17 @@ def _shared(part: dict[str, Any]) -> FrozenDict:
     key = orjson.dumps(part)
     found = _shared_parts.get(key)
     if found is None:
-        if len(_shared_parts) >= _SHARED_MAX:
-            _shared_parts.clear()
-        found = _shared_parts[key] = _frozen(part)
+        found = _keep(_shared_parts, key, _frozen(part))
     return found
+
+
+def _keep(cache: dict[Any, _V], key: Any, value: _V) -> _V:
+    """``value``, kept under ``key`` in one of the caches above (emptied when it holds
+    :data:`_SHARED_MAX` entries: what is shared again is kept again)."""
+    if len(cache) >= _SHARED_MAX:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _frozen(value: Any) -> Any:
