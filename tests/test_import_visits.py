@@ -62,6 +62,22 @@ def _write_log(path: Path, lines: int, seed: int, very_late: float = 0.0) -> Non
             )
 
 
+def _stored_and_expected(
+    settings: Settings, path: Path, block: int = BLOCK
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """What the import stored, beside what one book reading the file's blocks in order
+    gives: (the events' visit fields by event id, the same expected, the summaries by
+    visit id, the same expected)."""
+    with sqlite3.connect(Path(settings.data_dir) / "metronome.sqlite3") as conn:
+        rows = conn.execute("SELECT id, dataset, doc FROM events").fetchall()
+    visitors = {i: orjson.loads(doc).get("visitor") for i, ds, doc in rows if ds == "logs"}
+    _TWINS.clear()
+    visits, summaries = _expected(settings, path, visitors, block=block)
+    stored_visits = {i: orjson.loads(doc).get("visit") for i, ds, doc in rows if ds == "logs"}
+    stored_summaries = {i: orjson.loads(doc) for i, ds, doc in rows if ds == "visits"}
+    return stored_visits, visits, stored_summaries, summaries
+
+
 def _expected(
     settings: Settings, path: Path, stored_visitors: dict[str, Any], block: int = BLOCK
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -126,15 +142,9 @@ def test_imported_visits_are_those_one_book_gives_reading_the_blocks_in_order(
     assert summary.read == 400 and sum(summary.rejected.values()) == 4
     assert summary.stored == 396
 
-    with sqlite3.connect(tmp_path / "data" / "metronome.sqlite3") as conn:
-        rows = conn.execute("SELECT id, dataset, doc FROM events").fetchall()
+    stored_visits, visits, stored_summaries, summaries = _stored_and_expected(settings, log)
     # one client and user agent on one day is one visitor, whichever process read it
-    visitors = {i: orjson.loads(doc).get("visitor") for i, ds, doc in rows if ds == "logs"}
-    _TWINS.clear()
-    visits, summaries = _expected(settings, log, visitors)
     assert len(set(map(str, _TWINS.values()))) == len(_TWINS) >= 20
-    stored_visits = {i: orjson.loads(doc).get("visit") for i, ds, doc in rows if ds == "logs"}
-    stored_summaries = {i: orjson.loads(doc) for i, ds, doc in rows if ds == "visits"}
     assert stored_visits == visits
     assert stored_summaries == summaries
     # the log crosses visits, visitors and blocks: the comparison is not a trivial one
@@ -162,14 +172,9 @@ def test_a_visit_summarised_before_a_very_late_line_joins_it_is_stored_as_it_end
     summary = asyncio.run(import_files(settings, [str(log)]))
     assert summary.stored == 396
 
-    with sqlite3.connect(tmp_path / "data" / "metronome.sqlite3") as conn:
-        rows = conn.execute("SELECT id, dataset, doc FROM events").fetchall()
-    visitors = {i: orjson.loads(doc).get("visitor") for i, ds, doc in rows if ds == "logs"}
-    _TWINS.clear()
-    visits, summaries = _expected(settings, log, visitors)
-    stored_visits = {i: orjson.loads(doc).get("visit") for i, ds, doc in rows if ds == "logs"}
+    stored_visits, visits, stored_summaries, summaries = _stored_and_expected(settings, log)
     assert stored_visits == visits
-    assert {i: orjson.loads(doc) for i, ds, doc in rows if ds == "visits"} == summaries
+    assert stored_summaries == summaries
     # some lines joined visits that began after them (the log is far from time order)
     assert any(v and v["gap_ms"] == 0 and v["seq"] > 1 for v in visits.values())
 
@@ -222,13 +227,9 @@ def test_with_more_visitors_than_the_book_keeps_the_visits_are_still_one_books(
     summary = asyncio.run(import_files(settings, [str(log)]))
     assert summary.stored == 3000
 
-    with sqlite3.connect(tmp_path / "data" / "metronome.sqlite3") as conn:
-        rows = conn.execute("SELECT id, dataset, doc FROM events").fetchall()
-    visitors = {i: orjson.loads(doc).get("visitor") for i, ds, doc in rows if ds == "logs"}
-    _TWINS.clear()
-    visits, summaries = _expected(settings, log, visitors, block=50)
-    stored_visits = {i: orjson.loads(doc).get("visit") for i, ds, doc in rows if ds == "logs"}
-    stored_summaries = {i: orjson.loads(doc) for i, ds, doc in rows if ds == "visits"}
+    stored_visits, visits, stored_summaries, summaries = _stored_and_expected(
+        settings, log, block=50
+    )
     continued = sum(v["seq"] > 1 for v in visits.values())
     differing = sum(stored_visits[i] != v for i, v in visits.items())
     assert (len(stored_summaries), differing) == (len(summaries), 0)
