@@ -198,7 +198,7 @@ class OpenVisit:
     @classmethod
     def from_json(cls, raw: bytes | str) -> OpenVisit:
         values = orjson.loads(raw)
-        values[7] = [tuple(p) for p in values[7]]
+        values[7] = list(map(tuple, values[7]))
         return cls(*values)
 
     def summary(self) -> Document:
@@ -559,7 +559,8 @@ class VisitBook:
         eligible = [
             i for i, d in enumerate(documents) if d.dataset in _VISITED and _visited(d.source)
         ]
-        eligible.sort(key=lambda i: (documents[i].timestamp_ms, i))  # ties: as received
+        # ties: as received (a stable sort of indices in order keeps them so)
+        eligible.sort(key=lambda i: documents[i].timestamp_ms)
         for i in eligible:
             doc = documents[i]
             source = doc.source
