@@ -104,27 +104,35 @@ assert _URL == _URL_AGAIN and _REFERRER == _REFERRER_AGAIN and "." not in F.BOT
 def page_of(document: Document) -> str | None:
     """The page a document is a view of (its item id, or its path), or None when it is no
     page view: view ticks, and access-log requests without another event that succeeded."""
+    # _get2 written out (this runs for every event of every batch)
     source = document.source
-    action = _get2(source, _EVENT, _ACTION)
-    if action not in (None, "view"):
+    event = source.get(_EVENT)
+    action = event.get(_ACTION) if isinstance(event, dict) else None
+    if action is None:
+        if document.dataset != "logs":
+            return None
+    elif action != "view":
         return None
-    if action is None and document.dataset != "logs":
-        return None
-    response = _get2(source, _HTTP, _RESPONSE)
+    http = source.get(_HTTP)
+    response = http.get(_RESPONSE) if isinstance(http, dict) else None
     status = response.get(_STATUS) if isinstance(response, dict) else None
     if isinstance(status, int) and status >= 400:
         return None
-    page = _get2(source, _ITEM, _ITEM_ID) or _get2(source, _URL, _PATH)
+    item = source.get(_ITEM)
+    page = item.get(_ITEM_ID) if isinstance(item, dict) else None
+    if not page:
+        url = source.get(_URL)
+        page = url.get(_PATH) if isinstance(url, dict) else None
     return str(page) if page else None
 
 
 def _visited(source: dict[str, Any]) -> bool:
     """An event that belongs to a visit: a visitor's, neither a crawler's nor spam."""
-    return bool(
-        _get2(source, _VISITOR, _VISITOR_ID)
-        and not source.get(F.BOT)
-        and not _get2(source, _REFERRER, _SPAM)
-    )
+    visitor = source.get(_VISITOR)  # _get2 written out (every event of every batch)
+    if not isinstance(visitor, dict) or not visitor.get(_VISITOR_ID) or source.get(F.BOT):
+        return False
+    referrer = source.get(_REFERRER)
+    return not (isinstance(referrer, dict) and referrer.get(_SPAM))
 
 
 def _visit_id(site: str, first_event_id: str) -> str:
@@ -153,7 +161,21 @@ class OpenVisit:
     def to_json(self) -> bytes:
         """The visit packed (what the state keeps): copied to a bytes object of its own
         length, as orjson's keeps the whole (4 KB) buffer it wrote into."""
-        return bytes(memoryview(orjson.dumps([getattr(self, name) for name in self.__slots__])))
+        fields = [  # the order of __slots__ (the fields'): what from_json reads back
+            self.visit_id,
+            self.index_ms,
+            self.start_ms,
+            self.last_ms,
+            self.seq,
+            self.events,
+            self.pageviews,
+            self.pages,
+            self.times,
+            self.source,
+            self.base,
+            self.ids,
+        ]
+        return bytes(memoryview(orjson.dumps(fields)))
 
     def copy(self) -> OpenVisit:
         """A copy to change (what :meth:`from_json` of :meth:`to_json` gives, sooner: the
@@ -176,7 +198,7 @@ class OpenVisit:
     @classmethod
     def from_json(cls, raw: bytes | str) -> OpenVisit:
         values = orjson.loads(raw)
-        values[7] = [tuple(p) for p in values[7]]
+        values[7] = list(map(tuple, values[7]))
         return cls(*values)
 
     def summary(self) -> Document:
@@ -537,12 +559,16 @@ class VisitBook:
         eligible = [
             i for i, d in enumerate(documents) if d.dataset in _VISITED and _visited(d.source)
         ]
-        eligible.sort(key=lambda i: (documents[i].timestamp_ms, i))  # ties: as received
+        # ties: as received (a stable sort of indices in order keeps them so)
+        eligible.sort(key=lambda i: documents[i].timestamp_ms)
         for i in eligible:
             doc = documents[i]
             source = doc.source
-            site = str(_get2(source, _SITE, _SITE_ID) or F.DEFAULT_SITE)
-            key = f"{site}\x1f{_get2(source, _VISITOR, _VISITOR_ID)}"
+            site_part = source.get(_SITE)  # _get2 written out (every eligible event)
+            site = str(
+                (site_part.get(_SITE_ID) if isinstance(site_part, dict) else None) or F.DEFAULT_SITE
+            )
+            key = f"{site}\x1f{source[_VISITOR][_VISITOR_ID]}"  # _visited: both there
             at = doc.timestamp_ms
             page = page_of(doc)
             current = changed[key] if key in changed else self.state.get(key)
