@@ -430,9 +430,8 @@ class SQLiteStore(ConnectionThread):
                 if "visitor" not in {row[1] for row in conn.execute("PRAGMA table_info(events)")}:
                     conn.execute(_ADD_VISITOR)
                     action = "updated"
-                if _has_index(
-                    conn, _OLD_VISITOR_INDEX
-                ):  # rows written before the column (or without it)
+                # rows written before the column (or without it)
+                if _has_index(conn, _OLD_VISITOR_INDEX):
                     conn.execute("BEGIN IMMEDIATE")
                     conn.execute(_FILL_VISITOR)
                     conn.execute(f"DROP INDEX {_OLD_VISITOR_INDEX}")
