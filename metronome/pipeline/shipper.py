@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import orjson
 
@@ -77,7 +78,7 @@ class Shipper:
         self._poll_s = settings.ship_poll_ms / 1000
         self._backoff_max_s = float(settings.ship_backoff_max_s)
         self.stats = ShipperStats()
-        self._lock_handle: object | None = None
+        self._lock_handle: IO[bytes] | None = None
         self._visit_gap_s = settings.visit_gap_s
         self._visit_state_max = settings.visit_state_max
         self._visits: VisitBook | None = None  # opened with the lock: one shipper writes it
@@ -155,7 +156,7 @@ class Shipper:
             self.close()
             self._positions.clear()  # the lock goes: another shipper may move them on
             if self._lock_handle is not None:
-                self._lock_handle.close()  # type: ignore[attr-defined]  # the file it opened
+                self._lock_handle.close()  # the file it opened
                 self._lock_handle = None
         return self.stats
 
