@@ -49,7 +49,7 @@ import hashlib
 import os
 import sqlite3
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -180,20 +180,7 @@ class OpenVisit:
     def copy(self) -> OpenVisit:
         """A copy to change (what :meth:`from_json` of :meth:`to_json` gives, sooner: the
         lists are copied; the entry event's fields are never changed, only replaced)."""
-        return OpenVisit(
-            self.visit_id,
-            self.index_ms,
-            self.start_ms,
-            self.last_ms,
-            self.seq,
-            self.events,
-            self.pageviews,
-            list(self.pages),
-            list(self.times),
-            self.source,
-            self.base,
-            list(self.ids),
-        )
+        return replace(self, pages=list(self.pages), times=list(self.times), ids=list(self.ids))
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> OpenVisit:
