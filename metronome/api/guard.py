@@ -56,7 +56,7 @@ from metronome.errors import (
     UnknownSite,
 )
 from metronome.events.fields import DEFAULT_SITE
-from metronome.live.token import TokenSigner, is_token, load_secret
+from metronome.live.token import Claims, TokenSigner, is_token, load_secret
 from metronome.sites.cache import RegistryCache
 from metronome.sites.model import Key, Snapshot, now_ms
 from metronome.sites.registry import Registry
@@ -385,7 +385,7 @@ class Guard:
             return Access(DEFAULT_SITE, "open")
         secret = _bearer(req)
         if secret is not None and is_token(secret):
-            return self._with_token(snapshot, secret, names)[0]
+            return (await self._token_access(snapshot, secret, names))[0]
         if secret is not None:
             return self._with_key(snapshot, secret, names, "query", req.path)
         name = _one_site(names)
@@ -422,15 +422,32 @@ class Guard:
             )
         return self._with_key(snapshot, secret, names, "probe", req.path)
 
-    def _with_token(self, snapshot: Snapshot, token: str, names: set[str]) -> tuple[Access, int]:
-        """The access a token grants (and when it ends): its site, while its key may read."""
+    async def _token_access(
+        self, snapshot: Snapshot, token: str, names: set[str]
+    ) -> tuple[Access, int]:
+        """The access a token grants (and when it ends): its site, while its key may read.
+
+        A token is signed by this deployment's secret, so a key it names that this process
+        does not know yet was made since its copy of the keys was read (another process
+        minted the token right after the key was created): the copy is read again once
+        (:meth:`~metronome.sites.cache.RegistryCache.refresh`, at most twice a second) before
+        the token is refused. Unsigned or expired tokens are refused before that."""
         claims = self._tokens().verify(token, time.time())
+        if not snapshot.open and not any(k.id == claims.key_id for k in snapshot.keys):
+            snapshot = await self._cache.refresh()
+        return self._with_token(snapshot, claims, names)
+
+    def _with_token(
+        self, snapshot: Snapshot, claims: Claims, names: set[str]
+    ) -> tuple[Access, int]:
         if snapshot.open:
             if claims.site_id != DEFAULT_SITE:
                 raise InvalidKey("the token is for a site that does not exist")
             return Access(DEFAULT_SITE, "token"), claims.expires_s
         key = next((k for k in snapshot.keys if k.id == claims.key_id), None)
-        if key is None or not key.active or not key.allows("query"):
+        if key is None:
+            raise InvalidKey("the key that minted this token no longer exists; sign in again")
+        if not key.active or not key.allows("query"):
             raise InvalidKey("the key that minted this token was revoked; sign in again")
         if claims.site_id not in snapshot.sites:
             raise _unknown(claims.site_id)
@@ -479,7 +496,7 @@ class Guard:
             bearer = _bearer(req)
             token = bearer if bearer is not None and is_token(bearer) else None
         if token is not None:
-            access, expires = self._with_token(snapshot, token, named_sites(req))
+            access, expires = await self._token_access(snapshot, token, named_sites(req))
         else:
             access, expires = await self.read(req), None
         origin = req.get_header("Origin")

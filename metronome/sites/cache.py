@@ -5,7 +5,10 @@ It is reloaded from the registry in the background once it is half
 ``METRONOME_SITES_CACHE_S`` old; a request finding it older than the whole TTL (after a
 quiet spell) waits for the reload, at most 2 s, and not at all while the store is slow or
 failing. So a new site or key, or a revocation, takes effect in
-every process within the TTL (default 5 s), and under load no request ever waits.
+every process within the TTL (default 5 s), and under load no request ever waits. A live
+token names the key that minted it: one whose key this copy lacks reloads it at once
+(:meth:`RegistryCache.refresh`), so a token minted right after its key was created works
+in every process.
 
 While the store cannot be read (Elasticsearch down), the last snapshot keeps serving,
 and reloads are retried in the background: revocations made meanwhile wait for the store.
@@ -43,6 +46,7 @@ log = logging.getLogger("metronome.sites")
 CACHE_FILE = "sites-cache.json"
 _TOUCH_EVERY_MS = 60_000
 _WAIT_S = 2.0  # longest a request waits for a reload of a too-old snapshot
+_REFRESH_EVERY_S = 0.5  # a reload asked for by a request (refresh), at most this often
 
 
 class RegistryCache:
@@ -89,6 +93,18 @@ class RegistryCache:
         if self._snapshot is None:
             raise StoreUnavailable(f"the sites and keys cannot be read: {self._reason}")
         return self._snapshot
+
+    async def refresh(self) -> Snapshot:
+        """The keys read again now, for a request that names one the copy does not hold
+        although it must exist (a signed token's key): at most once per
+        :data:`_REFRESH_EVERY_S` (a copy read more recently is returned as it is), waiting
+        at most 2 s; the last copy while the store is slow or failing."""
+        if time.monotonic() - self._loaded_at >= _REFRESH_EVERY_S and not self._failing:
+            if self._task is None:
+                self._task = asyncio.get_running_loop().create_task(self._reload())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), _WAIT_S)
+        return await self.get()
 
     async def start(self) -> None:
         """Load once at process start (a failure is logged; requests retry)."""
