@@ -13,7 +13,10 @@ process reads those files in order, exactly as it would alone. Visits (issue 25)
 assigned in the parsing processes, in block order: each keeps a copy of the import's
 visit book, and after a block hands the visits it changed to the process that assigns
 the next block, so the events are encoded once, with their visit fields, and the
-visits are those one book reading every block in order would give. This process takes
+visits are those one book reading every block in order would give. Only that
+assignment takes turns: a block's lines reach the second process before the first one
+parses the block before it, so both parse at once, and each hands its visits on before
+it encodes and sends its batch. This process takes
 the batches back in block order and writes them (``write_encoded``: one transaction, or
 ``_bulk`` requests, several in flight) while the next ones are parsed, and appends the
 blocks' rejected lines to the reject file (its only writer).
@@ -63,7 +66,7 @@ from metronome.logs.ingest import LineConverter, Summary, open_lines
 from metronome.logs.parse import DATASET, Reject
 from metronome.logs.rejects import RejectFile
 from metronome.pipeline.shipper import Shipper
-from metronome.pipeline.visits import OpenVisit, VisitBook, VisitState
+from metronome.pipeline.visits import Assignment, OpenVisit, VisitBook, VisitState
 from metronome.store import Store, WriteOutcome, document_encoder
 
 __all__ = ["BATCH_DOCS", "QUEUE_BATCHES", "SYNC_EVERY_S", "import_in_two_processes"]
@@ -138,6 +141,7 @@ Handoff = tuple[dict[str, bytes], tuple[str, ...]]
 """What a parsing process hands to the one assigning the next block: the visits it changed
 (by visitor key, packed by :meth:`~metronome.pipeline.visits.OpenVisit.to_json`) and the
 ids of every visit its block touched."""
+_Assigned = tuple[Assignment, dict[str, bytes]]  # a block's visits, and the changed ones packed
 
 
 class _BlockParser:
@@ -202,14 +206,20 @@ class _BlockParser:
             for visit_id in touched:
                 self._waiting.pop(visit_id, None)
 
-    def send(self, documents: list[Document], read: int) -> Handoff:
-        """Give the block's documents their visits, send the encoded batch (events, then the
-        summaries of the visits that ended) with the block's rejects; return the handoff
-        for the process that assigns the next block."""
+    def assign(self, documents: list[Document]) -> tuple[Handoff, _Assigned]:
+        """Give the block's documents their visits: the handoff for the process that
+        assigns the next block, to send at once (the rest of the block's work,
+        :meth:`send`, need not wait for it)."""
         assigned = self._book.assign(documents, summaries=False)
-        state = self._book.state
         changed = {key: visit.to_json() for key, visit in assigned.changed.items()}
-        state.commit_packed(changed)
+        self._book.state.commit_packed(changed)
+        handoff = (changed, tuple(visit.visit_id for visit in assigned.touched))
+        return handoff, (assigned, changed)
+
+    def send(self, documents: list[Document], done: _Assigned, read: int) -> None:
+        """Send the block's encoded batch (events, then the summaries of the visits that
+        ended) with its rejects, once :meth:`assign` gave the documents their visits."""
+        assigned, changed = done
         waiting = self._waiting
         ended: list[OpenVisit] = []
         still_open = {visit.visit_id: key for key, visit in assigned.changed.items()}
@@ -238,12 +248,6 @@ class _BlockParser:
                 self.rejects.take(),
             )
         )
-        return changed, tuple(visit.visit_id for visit in assigned.touched)
-
-    def block(self, path: str, lines: list[tuple[int, str | None]]) -> Handoff:
-        read_before = self.converter.summary.read
-        documents = self.documents(path, lines)
-        return self.send(documents, self.converter.summary.read - read_before)
 
     def done(self) -> None:
         """Send the summaries of the visits still waiting, then the counts."""
@@ -282,7 +286,7 @@ def _parse_files(
     converter = parser.converter
     auto = settings.log_format.strip().lower() == AUTO
     block_number = 0
-    changed: Handoff | None = None  # the visits of this process's latest block
+    held: tuple[str, list[tuple[int, str | None]]] | None = None  # an even block, not parsed
     waiting = 0  # blocks forwarded whose changed visits have not come back yet
 
     def take_back() -> None:
@@ -291,19 +295,39 @@ def _parse_files(
             parser.apply(_get(back, parent))
             waiting -= 1
 
+    def parse(path: str, block: list[tuple[int, str | None]]) -> None:
+        """Parse a block of this process's and give it its visits, after those of the
+        block before (the other process's, when there is one)."""
+        read_before = converter.summary.read
+        documents = parser.documents(path, block)  # while the other block is parsed
+        take_back()  # the visits of the block before, assigned by the other process
+        handoff, assigned = parser.assign(documents)
+        if forward is not None:  # the next block's visits start from these: send them now
+            forward(("visits", handoff))
+        parser.send(documents, assigned, converter.summary.read - read_before)
+
     def flush(path: str, block: list[tuple[int, str | None]]) -> None:
-        nonlocal block_number, changed, waiting
+        """Blocks alternate between the processes: an even one waits here until the odd
+        one after it is read and on its way to the other process, so both parse at once;
+        only the visits are given in turn."""
+        nonlocal block_number, held, waiting
         if not block:
             return
-        if forward is not None and block_number % 2:
-            forward(("lines", path, block, changed))
-            changed, waiting = None, waiting + 1
+        if forward is None:
+            parse(path, block)
+        elif block_number % 2:
+            forward(("lines", path, block))
+            flush_held()  # the block before it: its visits are what this one waits for
+            waiting += 1
         else:
-            read_before = converter.summary.read
-            documents = parser.documents(path, block)  # while the other block is parsed
-            take_back()  # the visits of the block before, assigned by the other process
-            changed = parser.send(documents, converter.summary.read - read_before)
+            held = (path, block)
         block_number += 1
+
+    def flush_held() -> None:
+        nonlocal held
+        if held is not None:
+            block, held = held, None
+            parse(*block)
 
     try:
         if "-" in paths:  # multiprocessing gave this process /dev/null as sys.stdin
@@ -331,13 +355,15 @@ def _parse_files(
                         block = []
             except (EOFError, gzip.BadGzipFile) as exc:  # a damaged or cut compressed file
                 flush(path, block)  # what was read before is imported
+                flush_held()
                 text = str(exc)
                 message = text if text.startswith("damaged") else f"damaged gzip file ({text})"
                 raise OSError(errno.EIO, message, path) from exc
             flush(path, block)
+        flush_held()
         take_back()  # before "done": the other process's last message is read
-        if forward is not None:  # with the visits of this one's last block
-            forward(("done", changed))
+        if forward is not None:
+            forward(("done",))
         parser.done()
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the importing process
         if forward is not None:
@@ -361,6 +387,8 @@ def _parse_forwarded(
     back.cancel_join_thread()
     try:
         parser = _BlockParser(settings, put, run_key)
+        # a block's lines come before the visits of the block before it: parsed meanwhile
+        block: tuple[list[Document], int] | None = None
         while True:
             try:
                 message = inbox.get(timeout=_POLL_S)
@@ -368,13 +396,20 @@ def _parse_forwarded(
                 if os.getppid() != parent:
                     os._exit(1)
                 continue
-            if message[0] == "done":
-                parser.apply(message[1] if len(message) > 1 else None)
+            if message[0] == "lines":
+                read_before = parser.converter.summary.read
+                documents = parser.documents(message[1], message[2])
+                block = (documents, parser.converter.summary.read - read_before)
+            elif message[0] == "visits":
+                parser.apply(message[1])
+                if block is not None:
+                    documents, read = block
+                    block = None
+                    handoff, assigned = parser.assign(documents)
+                    back.put(handoff)  # the first process's next block starts from these
+                    parser.send(documents, assigned, read)
+            else:  # "done": every block came with the visits before it
                 break
-            read_before = parser.converter.summary.read
-            documents = parser.documents(message[1], message[2])
-            parser.apply(message[3])
-            back.put(parser.send(documents, parser.converter.summary.read - read_before))
         parser.done()
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the importing process
         try:
