@@ -71,9 +71,7 @@ class World:
 
 
 def _cli_json(server: MetronomeServer, *args: str) -> Any:
-    made = server.run_cli(*args, "--json")
-    assert made.returncode == 0, made.stderr
-    return json.loads(made.stdout)
+    return server.cli_json(*args)
 
 
 @pytest.fixture(scope="module")

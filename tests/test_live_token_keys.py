@@ -5,10 +5,8 @@ back only every ten minutes, so only the refresh a token asks for can make a new
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -17,12 +15,6 @@ from metronome.live.token import TokenSigner
 from tests.support.metronome_server import MetronomeServer
 
 SECRET = "a-test-secret-for-signing-live-tokens"
-
-
-def _cli_json(server: MetronomeServer, *args: str) -> Any:
-    made = server.run_cli(*args, "--json")
-    assert made.returncode == 0, made.stderr
-    return json.loads(made.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetronomeServer
         data_dir=tmp_path_factory.mktemp("tokens"),
         workers=2,
     )
-    _cli_json(srv, "sites", "create", "--id", "demo", "--name", "Demo")
+    srv.cli_json("sites", "create", "--id", "demo", "--name", "Demo")
     srv.start()
     yield srv
     assert srv.stop() == 0, srv.log_tail()
@@ -49,6 +41,7 @@ def _token(key_id: str | None, site: str = "demo") -> str:
 
 
 def _query(server: MetronomeServer, token: str) -> httpx.Response:
+    """``POST /query`` with ``token`` (a live token or a key) as the bearer."""
     return httpx.post(
         f"{server.url}/query",
         json={"range": "1h"},
@@ -59,32 +52,17 @@ def _query(server: MetronomeServer, token: str) -> httpx.Response:
 def test_a_token_of_a_key_made_after_the_workers_read_the_keys_is_accepted(
     server: MetronomeServer,
 ) -> None:
-    key = _cli_json(server, "keys", "create", "--site", "demo", "--scope", "query")
+    key = server.cli_json("keys", "create", "--site", "demo", "--scope", "query")
     secret = key["secret"]
     # the workers read the keys at start and not again for minutes: the key itself is
     # unknown to them (a plain key does not make a worker read the keys again)
-    assert (
-        httpx.post(
-            f"{server.url}/query",
-            json={"range": "1h"},
-            headers={"Authorization": f"Bearer {secret}"},
-        ).status_code
-        == 401
-    )
+    assert _query(server, secret).status_code == 401
     token = _token(key["id"])
     # connections are new each time: both workers answer some of these requests
     answers = [_query(server, token) for _ in range(8)]
     assert [a.status_code for a in answers] == [200] * 8, answers[0].text
     # and the key is known now to a worker that refreshed for its token
-    assert any(
-        httpx.post(
-            f"{server.url}/query",
-            json={"range": "1h"},
-            headers={"Authorization": f"Bearer {secret}"},
-        ).status_code
-        == 200
-        for _ in range(8)
-    )
+    assert any(_query(server, secret).status_code == 200 for _ in range(8))
 
 
 def test_a_token_of_a_key_that_does_not_exist_is_refused_and_says_so(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -102,6 +104,13 @@ class MetronomeServer:
             text=True,
             timeout=timeout_s,
         )
+
+    def cli_json(self, *args: str) -> Any:
+        """Run a ``metronome`` command with ``--json``; what it printed, decoded (it must
+        succeed)."""
+        made = self.run_cli(*args, "--json")
+        assert made.returncode == 0, made.stderr
+        return json.loads(made.stdout)
 
     def popen_cli(self, *args: str) -> subprocess.Popen[bytes]:
         """Start a long-running ``metronome`` command (``ship``) with this server's settings."""
