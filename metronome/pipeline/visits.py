@@ -135,6 +135,11 @@ def _visited(source: dict[str, Any]) -> bool:
     return not (isinstance(referrer, dict) and referrer.get(_SPAM))
 
 
+def _site_of(source: dict[str, Any]) -> str:
+    site = source.get(_SITE)  # _get2 written out (every event of every batch)
+    return str((site.get(_SITE_ID) if isinstance(site, dict) else None) or F.DEFAULT_SITE)
+
+
 def _visit_id(site: str, first_event_id: str) -> str:
     """Event ids are unique, so the first one names the visit; not the visitor id, which
     differs between two imports of an old day (its salt is gone: events/visitor.py)."""
@@ -534,28 +539,44 @@ class VisitBook:
         self._gap_ms = gap_s * 1000
         self.state = state
 
-    def assign(self, documents: list[Document], *, summaries: bool = True) -> Assignment:
+    @staticmethod
+    def keys(documents: list[Document]) -> list[str | None]:
+        """Each document's visitor key (its site and visitor id), or None for an event that
+        belongs to no visit: the state :meth:`assign` reads is that of these keys."""
+        keys: list[str | None] = []
+        for doc in documents:
+            source = doc.source
+            if doc.dataset not in _VISITED or not _visited(source):
+                keys.append(None)
+                continue
+            # _visited: both there
+            keys.append(f"{_site_of(source)}\x1f{source[_VISITOR][_VISITOR_ID]}")
+        return keys
+
+    def assign(
+        self,
+        documents: list[Document],
+        *,
+        summaries: bool = True,
+        keys: list[str | None] | None = None,
+    ) -> Assignment:
         """``documents`` with their visit fields, then the summaries of the visits they
         touched (not with ``summaries=False``: ``metronome import`` writes a visit's
-        summary once, from ``touched``); nothing is remembered until :meth:`commit`."""
+        summary once, from ``touched``); nothing is remembered until :meth:`commit`.
+        ``keys``: :meth:`keys` of ``documents``, if known already."""
         gap = self._gap_ms
         changed: dict[str, OpenVisit] = {}
         touched: dict[str, OpenVisit] = {}  # by visit id: a batch may end one and begin another
         out = list(documents)
         seen: dict[str, set[str]] = {}  # by visit id: its ids (a set once per batch)
-        eligible = [
-            i for i, d in enumerate(documents) if d.dataset in _VISITED and _visited(d.source)
-        ]
+        if keys is None:
+            keys = self.keys(documents)
+        eligible = [(i, key) for i, key in enumerate(keys) if key is not None]
         # ties: as received (a stable sort of indices in order keeps them so)
-        eligible.sort(key=lambda i: documents[i].timestamp_ms)
-        for i in eligible:
+        eligible.sort(key=lambda pair: documents[pair[0]].timestamp_ms)
+        for i, key in eligible:
             doc = documents[i]
-            source = doc.source
-            site_part = source.get(_SITE)  # _get2 written out (every eligible event)
-            site = str(
-                (site_part.get(_SITE_ID) if isinstance(site_part, dict) else None) or F.DEFAULT_SITE
-            )
-            key = f"{site}\x1f{source[_VISITOR][_VISITOR_ID]}"  # _visited: both there
+            site = _site_of(doc.source)
             at = doc.timestamp_ms
             page = page_of(doc)
             current = changed[key] if key in changed else self.state.get(key)
