@@ -229,8 +229,8 @@ def _base(source: dict[str, Any]) -> dict[str, Any]:
     """What a summary keeps of its entry event: site, visitor, browser, device, country.
 
     The site, browser and country parts are the same for many visits: each is one shared
-    :class:`FrozenDict` per distinct value (an import keeps tens of thousands of open
-    visits in memory, in each parsing process)."""
+    :class:`FrozenDict` per distinct value (an import keeps up to
+    ``METRONOME_VISIT_STATE_MAX`` open visits in memory)."""
     base: dict[str, Any] = {}
     site = source.get("site")
     if isinstance(site, dict):
@@ -383,11 +383,11 @@ class VisitState:
     recently changed leave first), over an optional SQLite database.
 
     Recency is that of changes (:meth:`commit`), not of reads: ``metronome import``'s
-    parsing processes each keep a copy and see every change in the same order (the
-    handoffs), but each reads only its own blocks' visitors, so an order of reads (a
-    line that only looked its visitor up: a straggler older than the open visit, an
-    event sent again) would make them keep different visitors once there are more than
-    ``max_entries``, and assign other visits than one book reading every block.
+    first parsing process keeps the book and also looks up (:meth:`packed`) the visitors
+    of the blocks the second one assigns, whose changes come back in block order, so an
+    order of reads (those lookups, or a line that only looked its visitor up: a straggler
+    older than the open visit, an event sent again) would make it keep other visitors
+    once there are more than ``max_entries`` than one book reading every block would.
 
     The database is a file of its own (``VisitState(path, ...)``: the spool's
     ``visits.sqlite3`` when the store is Elasticsearch, which commits the state in its own
@@ -398,8 +398,8 @@ class VisitState:
     """
 
     def __init__(self, path: Path | None, max_entries: int) -> None:
-        # packed (OpenVisit.to_json): a third of the objects' memory (an import keeps tens
-        # of thousands of open visits in each parsing process)
+        # packed (OpenVisit.to_json): a third of the objects' memory (an import keeps up
+        # to max_entries open visits in memory)
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._max = max_entries
         self._conn: sqlite3.Connection | None = None
