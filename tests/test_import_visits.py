@@ -236,3 +236,50 @@ def test_with_more_visitors_than_the_book_keeps_the_visits_are_still_one_books(
     assert stored_summaries == summaries
     # the book overflowed (most returns began a new visit), yet some visits went on
     assert len(_TWINS) == 400 and len(summaries) > 2 * 400 and continued > 100 and late > 50
+
+
+def test_the_second_parsing_process_keeps_no_book_and_assigns_what_the_book_would(
+    tmp_path: Path,
+) -> None:
+    """The import keeps one visit book, in the first parsing process (a copy in each was
+    most of their memory: issue 24). The second one keeps no visit between blocks: it
+    assigns each block from the open visits the first looks up for the block's visitors,
+    hands back what changed, and its batches are those of the book itself."""
+    log = tmp_path / "access.log"
+    late = _write_crowd(log, 1500, seed=11, visitors=300)
+    settings = Settings.from_env(
+        {
+            "METRONOME_DATA_DIR": str(tmp_path / "data"),
+            "METRONOME_LOG_FORMAT": "combined",
+            "METRONOME_URL_RULES": "/datasets/{id} -> view",
+            "METRONOME_VISIT_STATE_MAX": "100",
+        }
+    )
+    lines = [(n, t) for n, t in enumerate(log.read_text().splitlines(), 1)]
+    blocks = [lines[i : i + 25] for i in range(0, len(lines), 25)]
+
+    def run(split: bool) -> tuple[list[Any], dict[str, Any]]:
+        sent: list[tuple[Any, ...]] = []
+        first = import_process._BlockParser(settings, sent.append, bytes(32))
+        second = import_process._BlockParser(settings, sent.append, bytes(32), book=False)
+        first._received_ms = second._received_ms = 1_778_000_000_000  # event.ingested
+        for number, block in enumerate(blocks):
+            if split and number % 2:
+                documents = second.documents(str(log), block)
+                keys = VisitBook.keys(documents)
+                found = first.lookup([k for k in dict.fromkeys(keys) if k is not None])
+                handoff, assigned, ended = second.assign_forwarded(documents, keys, found)
+                first.apply(handoff)
+                second.send_assigned(assigned, ended, len(block))
+            else:
+                first.send_assigned(*first.assign(first.documents(str(log), block)), len(block))
+        assert second._waiting == {} and second._book is None
+        first.done()
+        events = [row for message in sent if message[0] == "batch" for row in message[1]]
+        summaries = {row[0]: row for message in sent if message[0] == "batch" for row in message[2]}
+        return events, summaries  # the summary stored last of each visit
+
+    one_book, split = run(False), run(True)
+    assert split[0] == one_book[0] and len(one_book[0]) == 1500
+    assert split[1] == one_book[1] and len(one_book[1]) > 300
+    assert late > 10

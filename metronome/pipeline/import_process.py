@@ -10,13 +10,15 @@ Elasticsearch): plain tuples, cheap to send. With a named format (``combined``, 
 other block goes to a second parsing process, so parsing (the costliest part) takes two
 cores' worth of turns; ``auto`` and W3C parsers learn from the lines they read, so one
 process reads those files in order, exactly as it would alone. Visits (issue 25) are
-assigned in the parsing processes, in block order: each keeps a copy of the import's
-visit book, and after a block hands the visits it changed to the process that assigns
-the next block, so the events are encoded once, with their visit fields, and the
-visits are those one book reading every block in order would give. Only that
-assignment takes turns: a block's lines reach the second process before the first one
-parses the block before it, so both parse at once, and each hands its visits on before
-it encodes and sends its batch. This process takes
+assigned in the parsing processes, in block order, from one visit book, which the first
+parsing process keeps: the second asks it for the open visits of its block's visitors
+and hands back the visits it changed before the next block is assigned, so the events
+are encoded once, with their visit fields, the visits are those one book reading every
+block in order would give, and the import holds one book, not a copy per parsing
+process (issue 24: the book was most of their memory). Only that assignment takes
+turns: a block's lines reach the second process before the first parses the block
+before it, so both parse at once, and the first answers a lookup as soon as its own
+block before is assigned, between the steps of its work. This process takes
 the batches back in block order and writes them (``write_encoded``: one transaction, or
 ``_bulk`` requests, several in flight) while the next ones are parsed, and appends the
 blocks' rejected lines to the reject file (its only writer).
@@ -49,7 +51,7 @@ import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -67,7 +69,7 @@ from metronome.logs.ingest import LineConverter, Summary, open_lines
 from metronome.logs.parse import DATASET, Reject
 from metronome.logs.rejects import RejectFile
 from metronome.pipeline.shipper import Shipper
-from metronome.pipeline.visits import Assignment, OpenVisit, VisitBook, VisitState
+from metronome.pipeline.visits import OpenVisit, VisitBook, VisitState
 from metronome.store import Store, WriteOutcome, document_encoder
 
 __all__ = ["BATCH_DOCS", "QUEUE_BATCHES", "SYNC_EVERY_S", "import_in_two_processes"]
@@ -138,35 +140,44 @@ def _putter(out: Any, parent: int) -> Callable[[tuple[Any, ...]], None]:
     return put
 
 
-Handoff = tuple[dict[str, bytes], tuple[str, ...]]
-"""What a parsing process hands to the one assigning the next block: the visits it changed
-(by visitor key, packed by :meth:`~metronome.pipeline.visits.OpenVisit.to_json`) and the
-ids of every visit its block touched."""
-_Assigned = tuple[Assignment, dict[str, bytes]]  # a block's visits, and the changed ones packed
+Handoff = tuple[dict[str, bytes], tuple[tuple[str, str | None, int], ...], int]
+"""What the second parsing process hands back to the first, which keeps the visit book,
+after assigning a block's visits: the visits it changed (by visitor key, packed by
+:meth:`~metronome.pipeline.visits.OpenVisit.to_json`, in the order it changed them), each
+visit the block touched (its id; its visitor key while it is still open, else None, its
+summary sent with the block; its last event's time) and the block's newest event time."""
 
 
 class _BlockParser:
     """Blocks of lines of one file to encoded batches, with their visits, rejects and counts.
 
-    Visits are assigned here, in block order across the whole import, from one book that
-    every parsing process keeps a copy of: after assigning a block, the process hands the
-    visits it changed to the process that assigns the next block, which applies them
-    first (:meth:`apply`). Both copies thus see the same visits in the same order as one
-    book would, and the events are encoded once, with their visit fields.
+    Visits are assigned in block order across the whole import, from one visit book, which
+    the first parsing process keeps (``book=True``). The second one keeps none: for each
+    block it reads it asks the first for the open visits of the block's visitors
+    (:meth:`lookup`: as the book holds them after the block before), assigns the block's
+    visits from those alone (:meth:`assign_forwarded`) and hands the visits it changed back
+    (:meth:`apply`) before the first assigns the next block. The book thus sees the same
+    changes in the same order as if one process read every block, and the events are
+    encoded once, with their visit fields; the import keeps one book, not a copy in each
+    parsing process (the book is most of their memory: issue 24).
 
     A visit's summary is sent once it can no longer grow, not after every block that adds
     to it (that wrote 0.8 summaries per event, each replacing the last: more than the
-    events cost to write): when the block's newest event is more than the visit gap past
-    the visit's last one, when another visit of the visitor began, and at the end of the
-    import. An event of an already summarised visit (a line out of time order) sends it
-    again, later in block order, so the stored summary is always the latest. Each visit
-    waits in the process that touched it last: the other process drops it from its own
-    waiting ones when it is handed over (``touched``), so a stale summary is never sent
-    after a newer one. A crash leaves the summaries of the visits still open unwritten;
-    importing again writes them (the events are stored once, the visits assigned alike)."""
+    events cost to write): when the newest event so far is more than the visit gap past
+    the visit's last one (the first process sends those, with its next block), when
+    another visit of the visitor began (with the block that began it), and at the end of
+    the import. An event of an already summarised visit (a line out of time order) sends
+    it again, later in block order, so the stored summary is always the latest. A crash
+    leaves the summaries of the visits still open unwritten; importing again writes them
+    (the events are stored once, the visits assigned alike)."""
 
     def __init__(
-        self, settings: Settings, put: Callable[[tuple[Any, ...]], None], run_key: bytes
+        self,
+        settings: Settings,
+        put: Callable[[tuple[Any, ...]], None],
+        run_key: bytes,
+        *,
+        book: bool = True,
     ) -> None:
         self.rejects = _Rejects()
         # old days' visitor salts: the same in both parsing processes (events/visitor.py)
@@ -174,8 +185,13 @@ class _BlockParser:
         self._encode = document_encoder(settings)
         self._received_ms = int(time.time() * 1000)
         self._put = put
+        self._gap_s = settings.visit_gap_s
         # visits across the whole import (issue 25), in block order: in memory only
-        self._book = VisitBook(settings.visit_gap_s, VisitState(None, settings.visit_state_max))
+        self._book = (
+            VisitBook(settings.visit_gap_s, VisitState(None, settings.visit_state_max))
+            if book
+            else None
+        )
         self._gap_ms = settings.visit_gap_s * 1000
         # by visit id, the least recently touched first: (its last event's time, the visit
         # packed as the book holds it: the same bytes, not a copy)
@@ -197,30 +213,38 @@ class _BlockParser:
             documents.append(converter.document(parsed, text, number, self._received_ms))
         return documents
 
-    def apply(self, handoff: Handoff | None) -> None:
-        """The visits the other parsing process changed in the block before the next one;
-        the summaries of the visits it touched are its to send now."""
-        if handoff:
-            changed, touched = handoff
-            if changed:
-                self._book.state.commit_packed(changed)
-            for visit_id in touched:
-                self._waiting.pop(visit_id, None)
+    def lookup(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The book's open visits of ``keys`` (packed), for the other process's block."""
+        assert self._book is not None
+        packed = self._book.state.packed
+        found = {}
+        for key in keys:
+            visit = packed(key)
+            if visit is not None:
+                found[key] = visit
+        return found
 
-    def assign(self, documents: list[Document]) -> tuple[Handoff, _Assigned]:
-        """Give the block's documents their visits: the handoff for the process that
-        assigns the next block, to send at once (the rest of the block's work,
-        :meth:`send`, need not wait for it)."""
+    def apply(self, handoff: Handoff) -> None:
+        """The visits the other parsing process changed in the block before the next one,
+        into the book; those it touched that are still open wait here for their summary."""
+        assert self._book is not None
+        changed, touched, newest_ms = handoff
+        self._book.state.commit_packed(changed)
+        waiting = self._waiting
+        for visit_id, key, last_ms in touched:
+            waiting.pop(visit_id, None)
+            if key is not None:  # to the end: the most recently touched
+                waiting[visit_id] = (last_ms, changed[key])
+        self._newest_ms = max(self._newest_ms, newest_ms)
+
+    def assign(self, documents: list[Document]) -> tuple[list[Document], list[OpenVisit]]:
+        """Give the block's documents their visits from the book; the documents and the
+        visits that ended with the block, for :meth:`send_assigned`. The book holds the
+        block's changes once this returns: the other process's next lookup may be answered."""
+        assert self._book is not None
         assigned = self._book.assign(documents, summaries=False)
         changed = {key: visit.to_json() for key, visit in assigned.changed.items()}
         self._book.state.commit_packed(changed)
-        handoff = (changed, tuple(visit.visit_id for visit in assigned.touched))
-        return handoff, (assigned, changed)
-
-    def send(self, documents: list[Document], done: _Assigned, read: int) -> None:
-        """Send the block's encoded batch (events, then the summaries of the visits that
-        ended) with its rejects, once :meth:`assign` gave the documents their visits."""
-        assigned, changed = done
         waiting = self._waiting
         ended: list[OpenVisit] = []
         still_open = {visit.visit_id: key for key, visit in assigned.changed.items()}
@@ -240,10 +264,37 @@ class _BlockParser:
                 break
             waiting.popitem(last=False)
             ended.append(OpenVisit.from_json(packed))
+        return assigned.documents, ended
+
+    def assign_forwarded(
+        self, documents: list[Document], keys: list[str | None], visits: dict[str, bytes]
+    ) -> tuple[Handoff, list[Document], list[OpenVisit]]:
+        """Give a block of the other process's book's visitors (``keys``: the documents'
+        visitor keys; ``visits``: their open visits in the book now) their visits; return
+        the handoff for the book, the documents with their visit fields, and the visits
+        that ended (another visit of the visitor began), for :meth:`send_assigned`."""
+        state = VisitState(None, max(len(visits), 1))  # this block's visitors alone
+        state.commit_packed(visits)
+        assigned = VisitBook(self._gap_s, state).assign(documents, summaries=False, keys=keys)
+        changed = {key: visit.to_json() for key, visit in assigned.changed.items()}
+        still_open = {visit.visit_id: key for key, visit in assigned.changed.items()}
+        touched = tuple(
+            (visit.visit_id, still_open.get(visit.visit_id), visit.last_ms)
+            for visit in assigned.touched
+        )
+        ended = [visit for visit in assigned.touched if visit.visit_id not in still_open]
+        newest_ms = max((d.timestamp_ms for d in documents), default=0)
+        return (changed, touched, newest_ms), assigned.documents, ended
+
+    def send_assigned(self, documents: list[Document], ended: list[OpenVisit], read: int) -> None:
+        """Send the batch :meth:`assign` or :meth:`assign_forwarded` gave."""
+        self._send(documents, ended, read)
+
+    def _send(self, documents: list[Document], ended: list[OpenVisit], read: int) -> None:
         self._put(
             (
                 "batch",
-                self._encode(assigned.documents),
+                self._encode(documents),
                 self._encode([visit.summary() for visit in ended]),
                 read,
                 self.rejects.take(),
@@ -275,10 +326,11 @@ def _parse_files(
 ) -> None:
     """The (first) parsing process: reads every line of ``paths``, in blocks of
     :data:`BATCH_DOCS` lines; parses each block (every other one, when a ``helper``
-    queue leads to a second parsing process, with the visits this one changed in the
-    block before; ``back`` brings the visits that one changed) and puts its batch on
-    ``out``; then ``("done", rejected, bots)``; or ``("error", exception)`` after the
-    batches of the lines before it."""
+    queue leads to a second parsing process, which asks on ``back`` for the open visits
+    of its block's visitors, answered on ``helper``, then hands back what it changed)
+    and puts its batch on ``out``; then ``("done", rejected, bots)``; or ``("error",
+    exception)`` after the batches of the lines before it. It keeps the import's visit
+    book."""
     gc.set_threshold(*_GC_THRESHOLDS)
     _watch_parent(parent)
     put = _putter(out, parent)
@@ -288,24 +340,50 @@ def _parse_files(
     auto = settings.log_format.strip().lower() == AUTO
     block_number = 0
     held: tuple[str, list[tuple[int, str | None]]] | None = None  # an even block, not parsed
-    waiting = 0  # blocks forwarded whose changed visits have not come back yet
+    waiting = 0  # blocks forwarded before the one parsed here whose visits are still to come
+    needs: deque[list[str]] = deque()  # the other process's lookups, in block order
+    answered = 0  # the other process's blocks whose lookups were answered
+    assigned_here = 0  # this process's blocks given their visits
 
-    def take_back() -> None:
-        nonlocal waiting
-        while waiting:
-            parser.apply(_get(back, parent))
-            waiting -= 1
+    def pump(wait: bool) -> None:
+        """Answer the other process's lookups that may be answered (a lookup for block
+        ``2i + 1`` once this process assigned block ``2i``: the book is then as one book
+        reading every block before it would hold it) and apply the visits it assigned;
+        with ``wait``, until no block forwarded before this process's current one is
+        still to come back."""
+        nonlocal waiting, answered
+        while True:
+            while needs and answered < assigned_here:
+                forward(("visits", parser.lookup(needs.popleft())))  # type: ignore[misc]
+                answered += 1
+            if wait and waiting:
+                message = _get(back, parent)
+            else:
+                try:
+                    message = back.get_nowait()
+                except queue.Empty:
+                    return
+            if message[0] == "need":
+                needs.append(message[1])
+            else:  # the visits of the other process's block, assigned
+                parser.apply(message[1])
+                waiting -= 1
 
     def parse(path: str, block: list[tuple[int, str | None]]) -> None:
-        """Parse a block of this process's and give it its visits, after those of the
-        block before (the other process's, when there is one)."""
+        """Parse a block of this process's and give it its visits from the book, after
+        those of the block before (the other process's, when there is one)."""
+        nonlocal assigned_here
         read_before = converter.summary.read
         documents = parser.documents(path, block)  # while the other block is parsed
-        take_back()  # the visits of the block before, assigned by the other process
-        handoff, assigned = parser.assign(documents)
-        if forward is not None:  # the next block's visits start from these: send them now
-            forward(("visits", handoff))
-        parser.send(documents, assigned, converter.summary.read - read_before)
+        if forward is not None:
+            pump(wait=True)  # the visits of the block before, assigned by the other process
+        documents, ended = parser.assign(documents)
+        assigned_here += 1
+        if forward is not None:
+            pump(wait=False)  # the next block's lookup, if it came: answered now
+        parser.send_assigned(documents, ended, converter.summary.read - read_before)
+        if forward is not None:
+            pump(wait=False)
 
     def flush(path: str, block: list[tuple[int, str | None]]) -> None:
         """Blocks alternate between the processes: an even one waits here until the odd
@@ -362,8 +440,8 @@ def _parse_files(
                 raise OSError(errno.EIO, message, path) from exc
             flush(path, block)
         flush_held()
-        take_back()  # before "done": the other process's last message is read
         if forward is not None:
+            pump(wait=True)  # before "done": the other process's last message is read
             forward(("done",))
         parser.done()
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the importing process
@@ -378,39 +456,45 @@ def _parse_files(
 def _parse_forwarded(
     settings: Settings, inbox: Any, out: Any, back: Any, parent: int, run_key: bytes
 ) -> None:
-    """The second parsing process: the blocks the first one forwards, parsed alike, each
-    given its visits after the changes of the block before it; the visits it changed go
-    ``back`` to the first process."""
+    """The second parsing process: the blocks the first one forwards, parsed alike; each
+    block's visits are assigned from the open visits of its visitors, which it asks the
+    first process for (``back``, answered on ``inbox``), and the visits it changed go
+    ``back`` to the first process's book before its batch is encoded."""
     gc.set_threshold(*_GC_THRESHOLDS)
     _watch_parent(parent)
     put = _putter(out, parent)
     # the first process reads every message before it sends "done": none is left behind
     back.cancel_join_thread()
     try:
-        parser = _BlockParser(settings, put, run_key)
-        # a block's lines come before the visits of the block before it: parsed meanwhile
-        block: tuple[list[Document], int] | None = None
+        parser = _BlockParser(settings, put, run_key, book=False)
+        # blocks parsed while the visits of an earlier one are awaited, in block order
+        parsed: deque[tuple[list[Document], list[str | None], int]] = deque()
+        asked = False  # the visits of parsed[0] were asked for
+
+        def ask() -> None:
+            nonlocal asked
+            if parsed and not asked:
+                wanted = parsed[0][1]
+                back.put(("need", list(dict.fromkeys(k for k in wanted if k is not None))))
+                asked = True
+
         while True:
-            try:
-                message = inbox.get(timeout=_POLL_S)
-            except queue.Empty:
-                if os.getppid() != parent:
-                    os._exit(1)
-                continue
+            message = _get(inbox, parent)
+            if message[0] == "done":
+                break
             if message[0] == "lines":
                 read_before = parser.converter.summary.read
                 documents = parser.documents(message[1], message[2])
-                block = (documents, parser.converter.summary.read - read_before)
-            elif message[0] == "visits":
-                parser.apply(message[1])
-                if block is not None:
-                    documents, read = block
-                    block = None
-                    handoff, assigned = parser.assign(documents)
-                    back.put(handoff)  # the first process's next block starts from these
-                    parser.send(documents, assigned, read)
-            else:  # "done": every block came with the visits before it
-                break
+                keys = VisitBook.keys(documents)
+                parsed.append((documents, keys, parser.converter.summary.read - read_before))
+                ask()
+            else:  # "visits": those of parsed[0]'s visitors, as the book holds them now
+                documents, keys, read = parsed.popleft()
+                asked = False
+                handoff, assigned, ended = parser.assign_forwarded(documents, keys, message[1])
+                back.put(("assigned", handoff))  # the first process goes on while this encodes
+                ask()  # the next block's lookup, after this block's changes
+                parser.send_assigned(assigned, ended, read)
         parser.done()
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the importing process
         try:

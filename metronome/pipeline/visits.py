@@ -135,6 +135,11 @@ def _visited(source: dict[str, Any]) -> bool:
     return not (isinstance(referrer, dict) and referrer.get(_SPAM))
 
 
+def _site_of(source: dict[str, Any]) -> str:
+    site = source.get(_SITE)  # _get2 written out (every event of every batch)
+    return str((site.get(_SITE_ID) if isinstance(site, dict) else None) or F.DEFAULT_SITE)
+
+
 def _visit_id(site: str, first_event_id: str) -> str:
     """Event ids are unique, so the first one names the visit; not the visitor id, which
     differs between two imports of an old day (its salt is gone: events/visitor.py)."""
@@ -224,8 +229,8 @@ def _base(source: dict[str, Any]) -> dict[str, Any]:
     """What a summary keeps of its entry event: site, visitor, browser, device, country.
 
     The site, browser and country parts are the same for many visits: each is one shared
-    :class:`FrozenDict` per distinct value (an import keeps tens of thousands of open
-    visits in memory, in each parsing process)."""
+    :class:`FrozenDict` per distinct value (an import keeps up to
+    ``METRONOME_VISIT_STATE_MAX`` open visits in memory)."""
     base: dict[str, Any] = {}
     site = source.get("site")
     if isinstance(site, dict):
@@ -378,11 +383,11 @@ class VisitState:
     recently changed leave first), over an optional SQLite database.
 
     Recency is that of changes (:meth:`commit`), not of reads: ``metronome import``'s
-    parsing processes each keep a copy and see every change in the same order (the
-    handoffs), but each reads only its own blocks' visitors, so an order of reads (a
-    line that only looked its visitor up: a straggler older than the open visit, an
-    event sent again) would make them keep different visitors once there are more than
-    ``max_entries``, and assign other visits than one book reading every block.
+    first parsing process keeps the book and also looks up (:meth:`packed`) the visitors
+    of the blocks the second one assigns, whose changes come back in block order, so an
+    order of reads (those lookups, or a line that only looked its visitor up: a straggler
+    older than the open visit, an event sent again) would make it keep other visitors
+    once there are more than ``max_entries`` than one book reading every block would.
 
     The database is a file of its own (``VisitState(path, ...)``: the spool's
     ``visits.sqlite3`` when the store is Elasticsearch, which commits the state in its own
@@ -393,8 +398,8 @@ class VisitState:
     """
 
     def __init__(self, path: Path | None, max_entries: int) -> None:
-        # packed (OpenVisit.to_json): a third of the objects' memory (an import keeps tens
-        # of thousands of open visits in each parsing process)
+        # packed (OpenVisit.to_json): a third of the objects' memory (an import keeps up
+        # to max_entries open visits in memory)
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._max = max_entries
         self._conn: sqlite3.Connection | None = None
@@ -534,28 +539,44 @@ class VisitBook:
         self._gap_ms = gap_s * 1000
         self.state = state
 
-    def assign(self, documents: list[Document], *, summaries: bool = True) -> Assignment:
+    @staticmethod
+    def keys(documents: list[Document]) -> list[str | None]:
+        """Each document's visitor key (its site and visitor id), or None for an event that
+        belongs to no visit: the state :meth:`assign` reads is that of these keys."""
+        keys: list[str | None] = []
+        for doc in documents:
+            source = doc.source
+            if doc.dataset not in _VISITED or not _visited(source):
+                keys.append(None)
+                continue
+            # _visited: both there
+            keys.append(f"{_site_of(source)}\x1f{source[_VISITOR][_VISITOR_ID]}")
+        return keys
+
+    def assign(
+        self,
+        documents: list[Document],
+        *,
+        summaries: bool = True,
+        keys: list[str | None] | None = None,
+    ) -> Assignment:
         """``documents`` with their visit fields, then the summaries of the visits they
         touched (not with ``summaries=False``: ``metronome import`` writes a visit's
-        summary once, from ``touched``); nothing is remembered until :meth:`commit`."""
+        summary once, from ``touched``); nothing is remembered until :meth:`commit`.
+        ``keys``: :meth:`keys` of ``documents``, if known already."""
         gap = self._gap_ms
         changed: dict[str, OpenVisit] = {}
         touched: dict[str, OpenVisit] = {}  # by visit id: a batch may end one and begin another
         out = list(documents)
         seen: dict[str, set[str]] = {}  # by visit id: its ids (a set once per batch)
-        eligible = [
-            i for i, d in enumerate(documents) if d.dataset in _VISITED and _visited(d.source)
-        ]
+        if keys is None:
+            keys = self.keys(documents)
+        eligible = [(i, key) for i, key in enumerate(keys) if key is not None]
         # ties: as received (a stable sort of indices in order keeps them so)
-        eligible.sort(key=lambda i: documents[i].timestamp_ms)
-        for i in eligible:
+        eligible.sort(key=lambda pair: documents[pair[0]].timestamp_ms)
+        for i, key in eligible:
             doc = documents[i]
-            source = doc.source
-            site_part = source.get(_SITE)  # _get2 written out (every eligible event)
-            site = str(
-                (site_part.get(_SITE_ID) if isinstance(site_part, dict) else None) or F.DEFAULT_SITE
-            )
-            key = f"{site}\x1f{source[_VISITOR][_VISITOR_ID]}"  # _visited: both there
+            site = _site_of(doc.source)
             at = doc.timestamp_ms
             page = page_of(doc)
             current = changed[key] if key in changed else self.state.get(key)
