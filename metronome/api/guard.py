@@ -433,7 +433,7 @@ class Guard:
         (:meth:`~metronome.sites.cache.RegistryCache.refresh`, at most twice a second) before
         the token is refused. Unsigned or expired tokens are refused before that."""
         claims = self._tokens().verify(token, time.time())
-        if not snapshot.open and not any(k.id == claims.key_id for k in snapshot.keys):
+        if not snapshot.open and claims.key_id not in snapshot.by_id:
             snapshot = await self._cache.refresh()
         return self._with_token(snapshot, claims, names)
 
@@ -444,7 +444,7 @@ class Guard:
             if claims.site_id != DEFAULT_SITE:
                 raise InvalidKey("the token is for a site that does not exist")
             return Access(DEFAULT_SITE, "token"), claims.expires_s
-        key = next((k for k in snapshot.keys if k.id == claims.key_id), None)
+        key = snapshot.by_id.get(claims.key_id) if claims.key_id is not None else None
         if key is None:
             raise InvalidKey("the key that minted this token no longer exists; sign in again")
         if not key.active or not key.allows("query"):
@@ -465,7 +465,7 @@ class Guard:
         snapshot = await self._cache.get()
         if access.key is None:
             return snapshot.open == (access.via in ("open", "token"))
-        key = next((k for k in snapshot.keys if k.id == access.key.id), None)
+        key = snapshot.by_id.get(access.key.id)
         return (
             key is not None
             and key.active

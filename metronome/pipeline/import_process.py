@@ -69,7 +69,7 @@ from metronome.logs.ingest import LineConverter, Summary, open_lines
 from metronome.logs.parse import DATASET, Reject
 from metronome.logs.rejects import RejectFile
 from metronome.pipeline.shipper import Shipper
-from metronome.pipeline.visits import OpenVisit, VisitBook, VisitState
+from metronome.pipeline.visits import Assignment, OpenVisit, VisitBook, VisitState
 from metronome.store import Store, WriteOutcome, document_encoder
 
 __all__ = ["BATCH_DOCS", "QUEUE_BATCHES", "SYNC_EVERY_S", "import_in_two_processes"]
@@ -148,6 +148,21 @@ visit the block touched (its id; its visitor key while it is still open, else No
 summary sent with the block; its last event's time) and the block's newest event time."""
 
 
+def _handoff(assigned: Assignment) -> tuple[Handoff, list[Document], list[OpenVisit]]:
+    """A block's assignment as the book takes it (:meth:`_BlockParser.apply`), the
+    documents with their visit fields, and the visits that ended with the block (another
+    visit of the visitor began, or a straggler's visit of its own)."""
+    changed = {key: visit.to_json() for key, visit in assigned.changed.items()}
+    still_open = {visit.visit_id: key for key, visit in assigned.changed.items()}
+    touched = tuple(
+        (visit.visit_id, still_open.get(visit.visit_id), visit.last_ms)
+        for visit in assigned.touched
+    )
+    ended = [visit for visit in assigned.touched if visit.visit_id not in still_open]
+    newest_ms = max((d.timestamp_ms for d in assigned.documents), default=0)
+    return (changed, touched, newest_ms), assigned.documents, ended
+
+
 class _BlockParser:
     """Blocks of lines of one file to encoded batches, with their visits, rejects and counts.
 
@@ -192,7 +207,6 @@ class _BlockParser:
             if book
             else None
         )
-        self._gap_ms = settings.visit_gap_s * 1000
         # by visit id, the least recently touched first: (its last event's time, the visit
         # packed as the book holds it: the same bytes, not a copy)
         self._waiting: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
@@ -242,29 +256,17 @@ class _BlockParser:
         visits that ended with the block, for :meth:`send_assigned`. The book holds the
         block's changes once this returns: the other process's next lookup may be answered."""
         assert self._book is not None
-        assigned = self._book.assign(documents, summaries=False)
-        changed = {key: visit.to_json() for key, visit in assigned.changed.items()}
-        self._book.state.commit_packed(changed)
+        handoff, documents, ended = _handoff(self._book.assign(documents, summaries=False))
+        self.apply(handoff)  # as the other process's blocks are
         waiting = self._waiting
-        ended: list[OpenVisit] = []
-        still_open = {visit.visit_id: key for key, visit in assigned.changed.items()}
-        for visit in assigned.touched:
-            waiting.pop(visit.visit_id, None)
-            key = still_open.get(visit.visit_id)
-            if key is not None:  # to the end: the most recently touched
-                waiting[visit.visit_id] = (visit.last_ms, changed[key])
-            else:  # another visit of the visitor began, or a straggler's visit of its own
-                ended.append(visit)
-        if documents:
-            self._newest_ms = max(self._newest_ms, max(d.timestamp_ms for d in documents))
-        cutoff = self._newest_ms - self._gap_ms
+        cutoff = self._newest_ms - self._gap_s * 1000
         while waiting:  # the least recently touched first (an OrderedDict: O(1) each)
             last_ms, packed = waiting[next(iter(waiting))]
             if last_ms >= cutoff:  # nearly in time order: the rest wait a little more
                 break
             waiting.popitem(last=False)
             ended.append(OpenVisit.from_json(packed))
-        return assigned.documents, ended
+        return documents, ended
 
     def assign_forwarded(
         self, documents: list[Document], keys: list[str | None], visits: dict[str, bytes]
@@ -275,22 +277,11 @@ class _BlockParser:
         that ended (another visit of the visitor began), for :meth:`send_assigned`."""
         state = VisitState(None, max(len(visits), 1))  # this block's visitors alone
         state.commit_packed(visits)
-        assigned = VisitBook(self._gap_s, state).assign(documents, summaries=False, keys=keys)
-        changed = {key: visit.to_json() for key, visit in assigned.changed.items()}
-        still_open = {visit.visit_id: key for key, visit in assigned.changed.items()}
-        touched = tuple(
-            (visit.visit_id, still_open.get(visit.visit_id), visit.last_ms)
-            for visit in assigned.touched
-        )
-        ended = [visit for visit in assigned.touched if visit.visit_id not in still_open]
-        newest_ms = max((d.timestamp_ms for d in documents), default=0)
-        return (changed, touched, newest_ms), assigned.documents, ended
+        return _handoff(VisitBook(self._gap_s, state).assign(documents, summaries=False, keys=keys))
 
     def send_assigned(self, documents: list[Document], ended: list[OpenVisit], read: int) -> None:
-        """Send the batch :meth:`assign` or :meth:`assign_forwarded` gave."""
-        self._send(documents, ended, read)
-
-    def _send(self, documents: list[Document], ended: list[OpenVisit], read: int) -> None:
+        """Send the batch :meth:`assign` or :meth:`assign_forwarded` gave (events, then the
+        summaries of the visits that ended) with the block's rejects."""
         self._put(
             (
                 "batch",
@@ -352,9 +343,11 @@ def _parse_files(
         with ``wait``, until no block forwarded before this process's current one is
         still to come back."""
         nonlocal waiting, answered
+        if forward is None:  # one parsing process: nobody to answer
+            return
         while True:
             while needs and answered < assigned_here:
-                forward(("visits", parser.lookup(needs.popleft())))  # type: ignore[misc]
+                forward(("visits", parser.lookup(needs.popleft())))
                 answered += 1
             if wait and waiting:
                 message = _get(back, parent)
@@ -375,15 +368,12 @@ def _parse_files(
         nonlocal assigned_here
         read_before = converter.summary.read
         documents = parser.documents(path, block)  # while the other block is parsed
-        if forward is not None:
-            pump(wait=True)  # the visits of the block before, assigned by the other process
+        pump(wait=True)  # the visits of the block before, assigned by the other process
         documents, ended = parser.assign(documents)
         assigned_here += 1
-        if forward is not None:
-            pump(wait=False)  # the next block's lookup, if it came: answered now
+        pump(wait=False)  # the next block's lookup, if it came: answered now
         parser.send_assigned(documents, ended, converter.summary.read - read_before)
-        if forward is not None:
-            pump(wait=False)
+        pump(wait=False)
 
     def flush(path: str, block: list[tuple[int, str | None]]) -> None:
         """Blocks alternate between the processes: an even one waits here until the odd
@@ -440,8 +430,8 @@ def _parse_files(
                 raise OSError(errno.EIO, message, path) from exc
             flush(path, block)
         flush_held()
+        pump(wait=True)  # before "done": the other process's last message is read
         if forward is not None:
-            pump(wait=True)  # before "done": the other process's last message is read
             forward(("done",))
         parser.done()
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the importing process

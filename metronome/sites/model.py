@@ -294,10 +294,13 @@ class Snapshot:
     sites: dict[str, Site]
     keys: tuple[Key, ...]
     by_hash: dict[str, Key] = field(default_factory=dict, compare=False, repr=False)
+    by_id: dict[str, Key] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.by_hash:
             object.__setattr__(self, "by_hash", {k.hash: k for k in self.keys if k.active})
+        if not self.by_id:  # revoked keys too: a token of one is refused as revoked
+            object.__setattr__(self, "by_id", {k.id: k for k in self.keys})
 
     @classmethod
     def empty(cls) -> Snapshot:
