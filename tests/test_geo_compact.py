@@ -1,6 +1,7 @@
-"""The country database keeps its IPv4 first addresses in arrays (less memory, and no
-pages copied by ``metronome import``'s forked parsing processes): its answers are the
-ones the package gives with its own lists, read in a separate process."""
+"""The country database keeps its per-network values (first addresses, IPv4 and IPv6,
+prefix lengths, countries) in arrays (a third of the memory, and no pages copied by
+``metronome import``'s forked parsing processes): its answers are the ones the package
+gives with its own lists, read in a separate process."""
 
 from __future__ import annotations
 
@@ -34,8 +35,23 @@ def _addresses(count: int, seed: int) -> list[str]:
     return found
 
 
+def _edges() -> list[str]:
+    """The first and last networks' first addresses of every chunk, and their neighbours:
+    where a bisection goes wrong first."""
+    geo.country_iso_code("192.0.2.1")  # loads and compacts the database
+    found = []
+    for chunk in sys.modules["geoip2fast.geoip2fast"].mainListFirstIP:
+        for value in (chunk[0], chunk[len(chunk) - 1], chunk[len(chunk) // 2]):
+            for near in (value - 1, value, value + 1):
+                if 0 <= near < 1 << 32:
+                    found.append(str(ipaddress.IPv4Address(near)))
+                elif (1 << 32) <= near < 1 << 128:
+                    found.append(str(ipaddress.IPv6Address(near)))
+    return found
+
+
 def test_compacted_database_answers_every_address_as_the_package_does() -> None:
-    addresses = _addresses(4000, seed=24)
+    addresses = _addresses(4000, seed=24) + _edges()
     plain = subprocess.run(
         [sys.executable, "-c", _PLAIN],
         input=json.dumps(addresses),
@@ -47,6 +63,12 @@ def test_compacted_database_answers_every_address_as_the_package_does() -> None:
     database = geo._database()
     compacted = [[r.country_code, r.is_private] for r in map(database.lookup, addresses)]
     assert compacted == expected
-    chunks = sys.modules["geoip2fast.geoip2fast"].mainListFirstIP
+    package = sys.modules["geoip2fast.geoip2fast"]
+    chunks = package.mainListFirstIP
     assert sum(len(c) for c in chunks if isinstance(c, array)) > 400_000  # it did compact
+    wide = [c for c in chunks if isinstance(c, geo._WideAddresses)]  # IPv6, two arrays
+    assert sum(map(len, wide)) > 200_000
+    assert not any(isinstance(c, list) for c in chunks)
+    for per_network in (package.mainListNetlength, package.mainListIDCountryCodes):
+        assert all(isinstance(c, array) and c.itemsize <= 2 for c in per_network)
     assert sum(code not in ("", "--", "<not found in database>") for code, _ in expected) > 2000
