@@ -23,7 +23,7 @@ from metronome.logs.ingest import LineConverter
 from metronome.logs.parse import Reject
 from metronome.pipeline import import_process
 from metronome.pipeline.log_input import import_files
-from metronome.pipeline.visits import VisitBook, VisitState
+from metronome.pipeline.visits import OpenVisit, VisitBook, VisitState
 
 BLOCK = 7
 AGENTS = (
@@ -113,6 +113,17 @@ def _expected(
     return visits, summaries
 
 
+def _settings(tmp_path: Path, log_format: str, **extra: str) -> Settings:
+    """An import's settings: a data directory of the test's, the dataset pages a view."""
+    env = {
+        "METRONOME_DATA_DIR": str(tmp_path / "data"),
+        "METRONOME_LOG_FORMAT": log_format,
+        "METRONOME_URL_RULES": "/datasets/{id} -> view",
+    }
+    env.update({f"METRONOME_{name.upper()}": value for name, value in extra.items()})
+    return Settings.from_env(env)
+
+
 _TWINS: dict[str, Any] = {}
 
 
@@ -130,13 +141,7 @@ def test_imported_visits_are_those_one_book_gives_reading_the_blocks_in_order(
 ) -> None:
     log = tmp_path / "access.log"
     _write_log(log, 400, seed=24)
-    settings = Settings.from_env(
-        {
-            "METRONOME_DATA_DIR": str(tmp_path / "data"),
-            "METRONOME_LOG_FORMAT": log_format,
-            "METRONOME_URL_RULES": "/datasets/{id} -> view",
-        }
-    )
+    settings = _settings(tmp_path, log_format)
     monkeypatch.setattr(import_process, "BATCH_DOCS", BLOCK)
     summary = asyncio.run(import_files(settings, [str(log)]))
     assert summary.read == 400 and sum(summary.rejected.values()) == 4
@@ -161,13 +166,7 @@ def test_a_visit_summarised_before_a_very_late_line_joins_it_is_stored_as_it_end
     hour late) sends the summary again, so what is stored is still what one book gives."""
     log = tmp_path / "access.log"
     _write_log(log, 400, seed=25, very_late=0.08)
-    settings = Settings.from_env(
-        {
-            "METRONOME_DATA_DIR": str(tmp_path / "data"),
-            "METRONOME_LOG_FORMAT": "combined",
-            "METRONOME_URL_RULES": "/datasets/{id} -> view",
-        }
-    )
+    settings = _settings(tmp_path, "combined")
     monkeypatch.setattr(import_process, "BATCH_DOCS", BLOCK)
     summary = asyncio.run(import_files(settings, [str(log)]))
     assert summary.stored == 396
@@ -215,14 +214,7 @@ def test_with_more_visitors_than_the_book_keeps_the_visits_are_still_one_books(
     what one book reading every block in order gives."""
     log = tmp_path / "access.log"
     late = _write_crowd(log, 3000, seed=7, visitors=400)
-    settings = Settings.from_env(
-        {
-            "METRONOME_DATA_DIR": str(tmp_path / "data"),
-            "METRONOME_LOG_FORMAT": log_format,
-            "METRONOME_URL_RULES": "/datasets/{id} -> view",
-            "METRONOME_VISIT_STATE_MAX": "100",
-        }
-    )
+    settings = _settings(tmp_path, log_format, visit_state_max="100")
     monkeypatch.setattr(import_process, "BATCH_DOCS", 50)
     summary = asyncio.run(import_files(settings, [str(log)]))
     assert summary.stored == 3000
@@ -244,17 +236,12 @@ def test_the_second_parsing_process_keeps_no_book_and_assigns_what_the_book_woul
     """The import keeps one visit book, in the first parsing process (a copy in each was
     most of their memory: issue 24). The second one keeps no visit between blocks: it
     assigns each block from the open visits the first looks up for the block's visitors,
-    hands back what changed, and its batches are those of the book itself."""
+    hands back what changed, and its batches are those of the book itself. It also
+    summarises the visits that the first finds ended by time (the first is the busier),
+    a block later, and the summary stored last of each visit is still the book's."""
     log = tmp_path / "access.log"
     late = _write_crowd(log, 1500, seed=11, visitors=300)
-    settings = Settings.from_env(
-        {
-            "METRONOME_DATA_DIR": str(tmp_path / "data"),
-            "METRONOME_LOG_FORMAT": "combined",
-            "METRONOME_URL_RULES": "/datasets/{id} -> view",
-            "METRONOME_VISIT_STATE_MAX": "100",
-        }
-    )
+    settings = _settings(tmp_path, "combined", visit_state_max="100")
     lines = [(n, t) for n, t in enumerate(log.read_text().splitlines(), 1)]
     blocks = [lines[i : i + 25] for i in range(0, len(lines), 25)]
 
@@ -263,13 +250,18 @@ def test_the_second_parsing_process_keeps_no_book_and_assigns_what_the_book_woul
         first = import_process._BlockParser(settings, sent.append, bytes(32))
         second = import_process._BlockParser(settings, sent.append, bytes(32), book=False)
         first._received_ms = second._received_ms = 1_778_000_000_000  # event.ingested
+        if split:  # the visits that end by time go to the second process, as in an import
+            first.pass_to_other()
         for number, block in enumerate(blocks):
             if split and number % 2:
                 documents = second.documents(str(log), block)
                 keys = VisitBook.keys(documents)
                 found = first.lookup([k for k in dict.fromkeys(keys) if k is not None])
+                passed = first.passed()  # with the lookup's answer
+                passed_on[0] += len(passed)
                 handoff, assigned, ended = second.assign_forwarded(documents, keys, found)
                 first.apply(handoff)
+                ended[:0] = map(OpenVisit.from_json, passed)
                 second.send_assigned(assigned, ended, len(block))
             else:
                 first.send_assigned(*first.assign(first.documents(str(log), block)), len(block))
@@ -279,7 +271,45 @@ def test_the_second_parsing_process_keeps_no_book_and_assigns_what_the_book_woul
         summaries = {row[0]: row for message in sent if message[0] == "batch" for row in message[2]}
         return events, summaries  # the summary stored last of each visit
 
+    passed_on = [0]
     one_book, split = run(False), run(True)
     assert split[0] == one_book[0] and len(one_book[0]) == 1500
     assert split[1] == one_book[1] and len(one_book[1]) > 300
+    assert passed_on[0] > 100  # summarised by the second process, a block later
     assert late > 10
+
+
+def test_a_visit_ended_by_time_then_joined_by_a_late_line_is_stored_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first parsing process finds a visit ended by time (the newest line is a visit
+    gap past it) and passes it to the second, which summarises it with its next block;
+    when that very block adds a late line to the visit and ends it (the visitor comes back
+    hours later), the summary stored is the later one, with the late line."""
+    log = tmp_path / "access.log"
+    agent = AGENTS[0]
+
+    def line(who: str, at: str, page: str) -> str:
+        return (
+            f'{who} - - [07/May/2026:{at} +0000] "GET /datasets/{page} HTTP/1.1" 200 512'
+            f' "-" "{agent}"\n'
+        )
+
+    log.write_text(
+        line("10.1.0.1", "10:00:00", "a")  # block 0 (first process): the visit begins
+        + line("10.1.0.2", "10:40:00", "b")  # the newest: the visit has ended by time
+        + line("10.1.0.1", "10:05:00", "c")  # block 1 (second process): late, joins it
+        + line("10.1.0.1", "12:00:00", "d")  # back hours later: a new visit, the first ends
+    )
+    settings = _settings(tmp_path, "combined")
+    monkeypatch.setattr(import_process, "BATCH_DOCS", 2)
+    summary = asyncio.run(import_files(settings, [str(log)]))
+    assert summary.stored == 4
+
+    stored_visits, visits, stored_summaries, summaries = _stored_and_expected(
+        settings, log, block=2
+    )
+    assert stored_visits == visits
+    assert stored_summaries == summaries
+    first = next(s["visit"] for s in stored_summaries.values() if s["visit"]["entry"] == "a")
+    assert (first["events"], first["items"]) == (2, ["a", "c"])
