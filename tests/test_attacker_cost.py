@@ -93,7 +93,12 @@ def test_slow_clients_from_one_address_leave_the_server_to_the_others(
     finally:
         srv.stop()
     assert statuses and set(statuses) == {200}, statuses
-    assert max(latencies) < 1.0, max(latencies)
+    # nearly every answer in milliseconds; none held as long as a slow client's header
+    # interval (3 s), which is what being left behind them would cost (a shared 2-core
+    # machine may still pause one request for a second: seen at load average 5)
+    ordered = sorted(latencies)
+    assert ordered[int(len(ordered) * 0.9)] < 0.25, ordered
+    assert ordered[-1] < 3.0, ordered
     refused = [a for a in answers if a.startswith(b"HTTP/1.1 429")]
     assert len(refused) >= SLOW_CLIENTS - 32 - 10, len(refused)
     head, _, body = refused[0].partition(b"\r\n\r\n")
