@@ -281,6 +281,7 @@ def run_measured(
     name: str,
     timeout_s: float,
     poll_s: float = 0.02,
+    tree_poll_s: float = 0.5,
 ) -> dict[str, Any]:
     """Run ``cmd`` to the end: wall seconds, exit code, peak RSS and CPU time.
 
@@ -288,7 +289,12 @@ def run_measured(
     while it runs: ``ru_maxrss`` from ``wait4`` (or ``RUSAGE_CHILDREN``) is useless here,
     as Linux carries the parent's high-water mark across the (v)fork + exec into the
     child's, so a child of this process (which held the generated lines) would show ours.
-    CPU time (user, system) comes from ``wait4``.
+    The PSS of the process tree is summed every ``tree_poll_s`` only: reading
+    ``smaps_rollup`` walks each process's page tables, about 12 ms of CPU per sample
+    with an import's three processes, which at every ``poll_s`` took a third of a core
+    from a command that uses both (GoAccess, on one core, left the other to it); the
+    peak it looks for lasts seconds (the visit book fills, then holds). CPU time (user,
+    system) comes from ``wait4``.
     """
     out_path, err_path = out_dir / f"{name}.stdout", out_dir / f"{name}.stderr"
     reaped: dict[str, Any] = {}
@@ -307,12 +313,15 @@ def run_measured(
         reaper = threading.Thread(target=reap, daemon=True)
         reaper.start()
         deadline = started + timeout_s
+        tree_at = started
         while reaper.is_alive() and time.perf_counter() < deadline:
             hwm = C.proc_status_kb(proc.pid, "VmHWM")
             if hwm is not None:
                 peak_kb = max(peak_kb, hwm)
                 samples += 1
-                tree_peak_kb = max(tree_peak_kb, _tree_pss_kb(proc.pid))
+                if time.perf_counter() >= tree_at:
+                    tree_peak_kb = max(tree_peak_kb, _tree_pss_kb(proc.pid))
+                    tree_at = time.perf_counter() + tree_poll_s
             reaper.join(poll_s)
         if reaper.is_alive():
             os.killpg(proc.pid, signal.SIGKILL)
@@ -759,15 +768,16 @@ def _rounded(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def log_arguments(parser: Any, default_lines: int) -> None:
+    """``--lines`` and ``--lines-seed``: the generated log this benchmark and
+    ``benchmarks.import_stages`` read."""
     from benchmarks import parse as P
 
-    parser = C.base_parser(__doc__.splitlines()[0], duration=None, trials=1, warmup=None)
     parser.add_argument(
         "--lines",
         type=int,
-        default=DEFAULT_LINES,
-        help=f"lines in the generated log [default: {DEFAULT_LINES}]",
+        default=default_lines,
+        help=f"lines in the generated log [default: {default_lines}]",
     )
     parser.add_argument(
         "--lines-seed",
@@ -775,6 +785,11 @@ def main(argv: list[str] | None = None) -> int:
         default=P.DEFAULT_LINES_SEED,
         help=f"seed of the generated lines [default: {P.DEFAULT_LINES_SEED}]",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = C.base_parser(__doc__.splitlines()[0], duration=None, trials=1, warmup=None)
+    log_arguments(parser, DEFAULT_LINES)
     parser.add_argument(
         "--contenders",
         default=",".join(CONTENDERS),
