@@ -110,13 +110,13 @@ class ElasticsearchKpis(HiddenIndexRegistry):
         )
 
     async def list(self, site_id: str | None = None) -> list[Kpi]:
-        from metronome.store.connection import NOT_FOUND, answering
+        from metronome.store.connection import NOT_FOUND, answering, search
 
         query = {"term": {"site": site_id}} if site_id is not None else {"match_all": {}}
         with answering("reading KPIs"):
             try:
-                resp = await self._client.search(
-                    index=self._index, body={"query": query, "size": 10_000}
+                resp = await search(
+                    self._client, index=self._index, body={"query": query, "size": 10_000}
                 )
             except NOT_FOUND:
                 return []

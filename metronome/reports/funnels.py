@@ -272,11 +272,12 @@ class ElasticsearchFunnels(HiddenIndexRegistry):
         )
 
     async def list(self, site_id: str) -> list[Funnel]:
-        from metronome.store.connection import NOT_FOUND, answering
+        from metronome.store.connection import NOT_FOUND, answering, search
 
         with answering("reading funnels"):
             try:
-                resp = await self._client.search(
+                resp = await search(
+                    self._client,
                     index=self._index,
                     body={"query": {"term": {"site": site_id}}, "size": MAX_FUNNELS},
                 )

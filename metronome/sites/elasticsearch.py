@@ -23,7 +23,7 @@ from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.sites.base import DuplicateSite, sites_gone
 from metronome.sites.model import Key, Site, Snapshot
-from metronome.store.connection import CONFLICT, NOT_FOUND, answering, open_client
+from metronome.store.connection import CONFLICT, NOT_FOUND, answering, open_client, search
 from metronome.store.hidden_index import create_hidden_index
 
 __all__ = ["PROPERTIES", "ElasticsearchRegistry", "mark_index", "registry_index"]
@@ -109,7 +109,8 @@ class ElasticsearchRegistry:
         after: list[Any] | None = None
         with answering("reading sites and keys"):
             while True:
-                resp = await self._client.search(
+                resp = await search(
+                    self._client,
                     index=f"{self._index},{self._mark}",
                     ignore_unavailable=True,
                     allow_no_indices=True,

@@ -12,6 +12,7 @@ put into a message.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Iterator
@@ -79,6 +80,7 @@ __all__ = [
     "message_of",
     "open_client",
     "opensearch_options",
+    "search",
     "status_of",
     "denied_reason",
     "explain",
@@ -88,6 +90,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("metronome.store")
+
+SHARD_WAITS_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+"""How long :func:`search` waits, one pause per try, for an index's shards to start."""
 
 _PRIVILEGE = re.compile(
     r"is unauthorized for (?:user|API key id) \[([^\]]*)\].*?"
@@ -316,9 +321,94 @@ def explain(exc: Exception, what: str) -> str | None:
             )
     if status == 401:
         return f"Elasticsearch {_refused_credentials(exc)}"
+    if _shards_unavailable(exc):
+        return _shards_reason(what)
     if status == 403:
         return _missing_privilege(exc, what)
     return None
+
+
+def _shards_reason(what: str) -> str:
+    """Why a search was refused when some shards had no started copy."""
+    return (
+        f"Elasticsearch could not search every shard for {what}: some have no started"
+        " copy (a node is down, or the cluster cannot allocate them; see GET"
+        " _cluster/health and GET _cluster/allocation/explain). Metronome gives no"
+        " answer rather than an incomplete one"
+    )
+
+
+def _unstarted(failures: Any) -> list[bool]:
+    """For each of a search's shard failures, whether it failed for want of a started
+    copy (``no_shard_available_action_exception``) rather than for a reason of its own."""
+    return [
+        (f.get("reason") or {}).get("type") == "no_shard_available_action_exception"
+        for f in failures or ()
+        if isinstance(f, dict)
+    ]
+
+
+def _shards_unavailable(exc: Exception) -> bool:
+    """Whether a search failed only because its shards have no started copy.
+
+    That is every new index for a moment: the cluster answers ``503
+    search_phase_execution_exception`` for a search that reaches only an index created by
+    the first document of a new day or dataset, until its primary shard starts a fraction
+    of a second later. It is also a node lost with no replica of its shards. The failed
+    shards (grouped by reason) say ``no_shard_available_action_exception``, or OpenSearch
+    lists none; a started shard that failed says why.
+    """
+    if status_of(exc) != 503:
+        return False
+    body = body_of(exc)
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or error.get("type") != "search_phase_execution_exception":
+        return False
+    return all(_unstarted(error.get("failed_shards")))
+
+
+def _unsearched(resp: Any) -> int:
+    """How many of an answered search's shards had no started copy: those counted in
+    ``total`` but neither ``successful`` (which includes the skipped) nor ``failed``, and
+    those listed as failed for want of a started copy."""
+    shards = resp.get("_shards") or {}
+    uncounted = (
+        int(shards.get("total", 0))
+        - int(shards.get("successful", 0))
+        - int(shards.get("failed", 0))
+    )
+    return uncounted + sum(_unstarted(shards.get("failures")))
+
+
+async def search(client: Any, **request: Any) -> Any:
+    """``client.search(**request)`` over every shard or not at all, waiting up to about
+    three seconds for shards that are starting (the client's own errors otherwise, for
+    the caller's :func:`answering`).
+
+    A search that reaches an index whose shard has no started copy fails if that is the
+    only index, and otherwise answers 200 counting only the other indices (the missing
+    shard listed as failed, or not even that): a report that is silently low. The first
+    happens to every new index for a moment (at midnight, or a dataset's first event),
+    until its primary shard starts a few hundred milliseconds later; both happen for as
+    long as a node without replicas is down. So such a search is asked again after each
+    pause of :data:`SHARD_WAITS_S`, and refused (StoreUnavailable) if shards are still
+    missing after the last. (Shards that fail the query itself keep the cluster's own
+    answer.)
+    """
+    for pause in SHARD_WAITS_S:
+        try:
+            resp = await client.search(**request)
+        except API_ERRORS as exc:
+            if not _shards_unavailable(exc):
+                raise
+        else:
+            if _unsearched(resp) <= 0:
+                return resp
+        await asyncio.sleep(pause)
+    resp = await client.search(**request)  # the last try: its error, or missing shards, stand
+    if _unsearched(resp) > 0:
+        raise StoreUnavailable(_shards_reason("a search"))
+    return resp
 
 
 @contextmanager

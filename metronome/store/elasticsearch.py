@@ -39,6 +39,7 @@ from metronome.store.connection import (
     has_credentials,
     message_of,
     open_client,
+    search,
     status_of,
     unverified_warning,
 )
@@ -364,7 +365,8 @@ class ElasticsearchStore:
         while True:
             page = min(_page_size(query), limit - len(rows))
             with answering("the query"):
-                resp = await self._client.search(
+                resp = await search(
+                    self._client,
                     index=index,
                     body=compile_groups(query, es_after, page),
                     ignore_unavailable=True,
@@ -399,7 +401,8 @@ class ElasticsearchStore:
     ) -> list[GroupRow]:
         index = ",".join(f"{self._prefix}-{d}-*" for d in query.datasets)
         with answering("the query"):
-            resp = await self._client.search(
+            resp = await search(
+                self._client,
                 index=index,
                 body=compile_top(query, metric, descending, size),
                 ignore_unavailable=True,
@@ -411,8 +414,8 @@ class ElasticsearchStore:
     async def _aggregations(self, query: GroupQuery, body: dict[str, Any]) -> dict[str, Any]:
         index = ",".join(f"{self._prefix}-{d}-*" for d in query.datasets)
         with answering("the query"):
-            resp = await self._client.search(
-                index=index, body=body, ignore_unavailable=True, allow_no_indices=True
+            resp = await search(
+                self._client, index=index, body=body, ignore_unavailable=True, allow_no_indices=True
             )
         aggregations: dict[str, Any] = resp.get("aggregations") or {}
         return aggregations
@@ -423,7 +426,8 @@ class ElasticsearchStore:
         if not copies:
             return await self._aggregations(query.where, body)
         with answering("the query"):
-            resp = await self._client.search(
+            resp = await search(
+                self._client,
                 index=self._related.name,
                 body=self._related.search_body(body, query),
                 ignore_unavailable=True,
@@ -476,8 +480,12 @@ class ElasticsearchStore:
                 if after is not None:
                     body["search_after"] = after
                 # body-style: the call both clients (Elasticsearch, OpenSearch) take
-                resp = await self._client.search(
-                    index=index, body=body, ignore_unavailable=True, allow_no_indices=True
+                resp = await search(
+                    self._client,
+                    index=index,
+                    body=body,
+                    ignore_unavailable=True,
+                    allow_no_indices=True,
                 )
                 hits = resp["hits"]["hits"]
                 found.extend(hit["_source"] for hit in hits)
@@ -507,7 +515,8 @@ class ElasticsearchStore:
         deleted = 0
         with answering("the deletion"):
             while True:  # search, delete by id, refresh: until nothing matches
-                resp = await self._client.search(
+                resp = await search(
+                    self._client,
                     index=index,
                     body={
                         "query": compile_where(query),

@@ -46,6 +46,7 @@ import orjson
 
 from metronome.events import fields as F
 from metronome.events.document import parse_iso_ms
+from metronome.store.connection import search
 from metronome.store.query import BasketQuery, FilterNode, Leaf
 
 __all__ = [
@@ -238,7 +239,7 @@ class RelatedIndex:
             "sort": ["_doc"],
         }
         while True:  # search, delete by id, refresh: until nothing matches
-            resp = await self._client.search(index=self.name, body=body)
+            resp = await search(self._client, index=self.name, body=body)
             hits = resp["hits"]["hits"]
             if not hits:
                 return

@@ -259,13 +259,13 @@ class ElasticsearchLeases(HiddenIndexRegistry):
         return True
 
     async def leases(self) -> list[Lease]:
-        from metronome.store.connection import NOT_FOUND, answering
+        from metronome.store.connection import NOT_FOUND, answering, search
 
         with answering("reading the leases"):
             try:
                 await self._client.indices.refresh(index=self._index)  # what was just written
-                found = await self._client.search(
-                    index=self._index, body={"size": 1000, "sort": [{"name": "asc"}]}
+                found = await search(
+                    self._client, index=self._index, body={"size": 1000, "sort": [{"name": "asc"}]}
                 )
             except NOT_FOUND:
                 return []

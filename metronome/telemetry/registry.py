@@ -119,11 +119,12 @@ class ElasticsearchApps(HiddenIndexRegistry):
     async def load(self) -> dict[str, App]:
         # here, not at the top: every CLI command imports this module, and the clients
         # take a second to import (a second of `metronome import` on the embedded store)
-        from metronome.store.connection import NOT_FOUND, answering
+        from metronome.store.connection import NOT_FOUND, answering, search
 
         with answering("reading apps"):
             try:
-                resp = await self._client.search(
+                resp = await search(
+                    self._client,
                     index=self._index,
                     body={"size": 10_000, "query": {"match_all": {}}, "sort": [{"id": "asc"}]},
                 )
