@@ -204,6 +204,7 @@ def test_store_outage_under_load_drains_by_itself_afterwards(
     try:
         load = Load(server.url, threads=2, pause_s=0.1).start()
         load.wait_for(1000)
+        _wait_until_shipping(server)
         store_link.proxy.down()  # the store is gone: connections reset, then refused
         acked_at_stop = len(load.acknowledged)
         load.wait_for(acked_at_stop + 2000)  # ingestion goes on while the store is down
@@ -246,6 +247,7 @@ def test_store_that_stops_answering_under_load_loses_and_duplicates_nothing(
     try:
         load = Load(server.url, threads=2, pause_s=0.1).start()
         load.wait_for(300)
+        _wait_until_shipping(server)
         # the store stops answering (connections open, no answer, as a node in a long
         # garbage collection or on a saturated disk), then carries on
         with store_link.proxy.frozen():
@@ -266,6 +268,17 @@ def test_store_that_stops_answering_under_load_loses_and_duplicates_nothing(
     # a bulk request that timed out but was applied is sent again: stored once all the same
     _assert_exactly_once(world.stored_ids(server.data_dir), load.acknowledged)
     delete_prefix(store_link.url, prefix)
+
+
+def _wait_until_shipping(server: MetronomeServer) -> None:
+    """Wait until the shipper has stored a first batch: the store is then broken under bulk
+    requests. Broken earlier, it stops the shipper's schema install instead, retried on its
+    own (``schema_install_retry``, not a ship retry) before any bulk request is made: on a
+    busy machine the shipper may still be installing it when 300 ticks are acknowledged."""
+    deadline = time.monotonic() + 60
+    while _metric(_metrics(server), "metronome_events_shipped_total") < 1:
+        assert time.monotonic() < deadline, "nothing shipped in 60 s:\n" + server.log_tail()
+        time.sleep(0.05)
 
 
 def _metrics(server: MetronomeServer) -> str:
