@@ -195,6 +195,21 @@ def test_a_wrong_setup_is_named_at_start_and_in_readyz(
     assert "Traceback" not in start
     for secret in secure_proxy.secrets:
         assert secret not in start and secret not in ready.text
+    if case != "missing_privilege":  # that role may install the templates, not write events
+        # the worker cannot install the templates, so nothing ships: /metrics says so
+        _wait_for_metric(server, "metronome_schema_install_retries_total")
+
+
+def _wait_for_metric(server: MetronomeServer, name: str, timeout_s: float = 60) -> None:
+    """Wait until the counter ``name`` in ``/metrics`` is at least 1."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = httpx.get(server.url + "/metrics", timeout=30).text
+        values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
+        if values and values[0] >= 1:
+            return
+        assert time.monotonic() < deadline, f"{name} is {values}:\n{server.log_tail()}"
+        time.sleep(0.1)
 
 
 def _wait_for_log(server: MetronomeServer, text: str, timeout_s: float = 60) -> None:

@@ -19,6 +19,7 @@ from metronome.config import Settings
 from metronome.errors import StoreUnavailable
 from metronome.heap import settle
 from metronome.jobs.retention import RetentionPolicy, apply_policy
+from metronome.pipeline import metrics
 from metronome.pipeline.shipper import Shipper, ShipperStats
 from metronome.store import Store, open_store
 
@@ -194,6 +195,7 @@ async def run_worker(
                     await store.ensure_schema()
                     break
                 except StoreUnavailable as exc:
+                    metrics.SCHEMA_RETRIES.inc()
                     log.warning("schema_install_retry delay_s=%.1f reason=%s", delay, exc.message)
                     try:
                         await asyncio.wait_for(stop.wait(), timeout=delay * random.uniform(0.5, 1))

@@ -31,6 +31,7 @@ __all__ = [
     "REJECTED",
     "REQUEST_SECONDS",
     "RETRIES",
+    "SCHEMA_RETRIES",
     "RouteTally",
     "SHIPPED",
     "TELEMETRY_ACCEPTED",
@@ -56,6 +57,12 @@ REJECTED = Counter(
 )
 SHIPPED = Counter("metronome_events_shipped", "Events the store confirmed.")
 RETRIES = Counter("metronome_ship_retries", "Bulk writes retried after a retriable failure.")
+SCHEMA_RETRIES = Counter(
+    "metronome_schema_install_retries",
+    "Times the worker asked the store again to install the index templates, which it does"
+    " before shipping anything: while this grows, nothing ships (the store is unreachable"
+    " or refuses them; the log's `schema_install_retry` says why).",
+)
 DEAD_LETTERS = Counter("metronome_dead_letters", "Events the store refused for good.")
 TORN_BYTES = Counter("metronome_spool_torn_bytes", "Bytes cut from torn segment tails.")
 COLLECTOR_RUNS = Counter(
