@@ -272,9 +272,10 @@ def test_store_that_stops_answering_under_load_loses_and_duplicates_nothing(
 
 def _wait_until_shipping(server: MetronomeServer) -> None:
     """Wait until the shipper has stored a first batch: the store is then broken under bulk
-    requests. Broken earlier, it stops the shipper's schema install instead, retried on its
-    own (``schema_install_retry``, not a ship retry) before any bulk request is made: on a
-    busy machine the shipper may still be installing it when 300 ticks are acknowledged."""
+    requests. Broken earlier, it stops the worker's install of the templates instead,
+    retried on its own (``metronome_schema_install_retries_total``, not a ship retry) before
+    any bulk request is made: on a busy machine the worker may still be installing them
+    when 300 ticks are acknowledged."""
     deadline = time.monotonic() + 60
     while _metric(_metrics(server), "metronome_events_shipped_total") < 1:
         assert time.monotonic() < deadline, "nothing shipped in 60 s:\n" + server.log_tail()
