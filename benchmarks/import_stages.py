@@ -231,11 +231,7 @@ async def _stages(path: str, data_dir: Path) -> dict[str, Any]:
         finally:
             gc.callbacks.remove(gc_clock)
         read = converter.summary.read
-    conn = sqlite3.connect(data_dir / "metronome.sqlite3")
-    try:
-        stored = dict(conn.execute("SELECT dataset, count(*) FROM events GROUP BY dataset"))
-    finally:
-        conn.close()
+    stored = _rows_per_dataset(data_dir)
     return {
         "cpu_seconds": cpu_seconds,
         "seconds": seconds,
@@ -247,6 +243,15 @@ async def _stages(path: str, data_dir: Path) -> dict[str, Any]:
         "stored_rows": stored,
         **counts,
     }
+
+
+def _rows_per_dataset(data_dir: Path) -> dict[str, int]:
+    """The events an embedded store in ``data_dir`` holds, by dataset."""
+    conn = sqlite3.connect(data_dir / "metronome.sqlite3")
+    try:
+        return dict(conn.execute("SELECT dataset, count(*) FROM events GROUP BY dataset"))
+    finally:
+        conn.close()
 
 
 def run_stages(path: Path, lines: int, work: Path, name: str, cpu: int | None) -> dict[str, Any]:
@@ -272,13 +277,7 @@ def run_import(path: Path, lines: int, work: Path, name: str, timeout_s: float) 
     dataset it left, to compare with the stages'."""
     try:
         r = run_sqlite(path, lines, work, name, timeout_s, keep=True)
-        conn = sqlite3.connect(work / f"{name}-data" / "metronome.sqlite3")
-        try:
-            r["stored_rows"] = dict(
-                conn.execute("SELECT dataset, count(*) FROM events GROUP BY dataset")
-            )
-        finally:
-            conn.close()
+        r["stored_rows"] = _rows_per_dataset(work / f"{name}-data")
     finally:
         shutil.rmtree(work / f"{name}-data", ignore_errors=True)
     return r

@@ -665,6 +665,16 @@ _M_ARENA_MAX = -8
 _MMAP_THRESHOLD_BYTES = 256 * 1024
 
 
+def _glibc(name: str) -> Any:
+    """The C library's function ``name`` when that library is glibc, else None."""
+    try:
+        if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
+            return None
+        return getattr(ctypes.CDLL(None), name)
+    except (ValueError, OSError, AttributeError):  # not glibc
+        return None
+
+
 def _bound_malloc() -> None:
     """Have glibc's malloc give the import's large short-lived buffers back to the system.
 
@@ -678,11 +688,8 @@ def _bound_malloc() -> None:
     per process, not one more per thread that allocates (the queues' feeder threads, the
     writer's executor): their heaps held free space of their own. Inherited by the
     parsing processes; a no-op where the C library is not glibc."""
-    try:
-        if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
-            return
-        mallopt = ctypes.CDLL(None).mallopt
-    except (ValueError, OSError, AttributeError):  # not glibc
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
@@ -696,11 +703,8 @@ def _heap_trimmer() -> Callable[[], object]:
     visit book, caches, SQLite's pages) that glibc otherwise gives back only from the top
     of its heap; this gives the free pages anywhere in it back (issue 24: 11 MiB less at
     the peak of a 1,000,000-line import, its CPU within the runs' noise)."""
-    try:
-        if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
-            return _nothing
-        trim = ctypes.CDLL(None).malloc_trim
-    except (ValueError, OSError, AttributeError):  # not glibc
+    trim = _glibc("malloc_trim")
+    if trim is None:
         return _nothing
     trim.argtypes = (ctypes.c_size_t,)
     trim.restype = ctypes.c_int
