@@ -25,7 +25,7 @@ import pytest
 from metronome.pipeline.spool import segments, spool_dir
 from tests.support.backends import delete_prefix, unique_prefix, wait_for_drain
 from tests.support.fault_proxy import FaultProxy
-from tests.support.metronome_server import MetronomeServer
+from tests.support.metronome_server import MetronomeServer, metric_value
 
 
 @dataclass
@@ -222,9 +222,9 @@ def test_store_outage_under_load_drains_by_itself_afterwards(
         assert not refused, [r.text for r in refused[:3]]
         wait_for_drain(server, timeout_s=120)
         assert httpx.get(server.url + "/readyz", timeout=30).json()["status"] == "ready"
-        metrics = httpx.get(server.url + "/metrics", timeout=30).text
-        assert _metric(metrics, "metronome_ship_retries_total") >= 1
-        assert _metric(metrics, "metronome_events_shipped_total") == len(acknowledged)
+        metrics = server.metrics()
+        assert metric_value(metrics, "metronome_ship_retries_total") >= 1
+        assert metric_value(metrics, "metronome_events_shipped_total") == len(acknowledged)
     finally:
         assert server.stop() == 0, server.log_tail()
     _assert_exactly_once(world.stored_ids(server.data_dir), acknowledged)
@@ -254,7 +254,7 @@ def test_store_that_stops_answering_under_load_loses_and_duplicates_nothing(
             acked_at_freeze = len(load.acknowledged)
             deadline = time.monotonic() + 60
             # bulk requests time out (and may still be applied once it answers again)
-            while _metric(_metrics(server), "metronome_ship_retries_total") < 1:
+            while server.metric("metronome_ship_retries_total") < 1:
                 assert time.monotonic() < deadline, "no bulk request timed out"
                 time.sleep(0.1)
             load.wait_for(acked_at_freeze + 300)  # ingestion goes on meanwhile
@@ -262,7 +262,7 @@ def test_store_that_stops_answering_under_load_loses_and_duplicates_nothing(
         load.stop()
         assert not load.refused, [r.text for r in load.refused[:3]]
         wait_for_drain(server, timeout_s=120)
-        assert _metric(_metrics(server), "metronome_dead_letters_total") == 0
+        assert server.metric("metronome_dead_letters_total") == 0
     finally:
         assert server.stop() == 0, server.log_tail()
     # a bulk request that timed out but was applied is sent again: stored once all the same
@@ -277,20 +277,9 @@ def _wait_until_shipping(server: MetronomeServer) -> None:
     any bulk request is made: on a busy machine the worker may still be installing them
     when 300 ticks are acknowledged."""
     deadline = time.monotonic() + 60
-    while _metric(_metrics(server), "metronome_events_shipped_total") < 1:
+    while server.metric("metronome_events_shipped_total") < 1:
         assert time.monotonic() < deadline, "nothing shipped in 60 s:\n" + server.log_tail()
         time.sleep(0.05)
-
-
-def _metrics(server: MetronomeServer) -> str:
-    return httpx.get(server.url + "/metrics", timeout=30).text
-
-
-def _metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 def test_full_spool_answers_503_with_retry_after_and_keeps_what_it_acknowledged(
@@ -321,8 +310,8 @@ def test_full_spool_answers_503_with_retry_after_and_keeps_what_it_acknowledged(
             assert time.monotonic() < deadline, ready.text
             time.sleep(0.1)
         assert ready.json()["error"] == "spool_full"
-        metrics = httpx.get(server.url + "/metrics", timeout=30).text
-        assert _metric(metrics, "metronome_spool_bytes") >= 262144
+        metrics = server.metrics()
+        assert metric_value(metrics, "metronome_spool_bytes") >= 262144
     finally:
         assert server.stop() == 0, server.log_tail()
     drained = server.run_cli("worker", "--drain")
@@ -378,8 +367,8 @@ def test_documents_the_store_refuses_go_to_dead_letters_and_the_rest_are_stored(
         assert resp.status_code == 202
         ids = resp.json()["ids"]
         wait_for_drain(server)
-        metrics = httpx.get(server.url + "/metrics", timeout=30).text
-        assert _metric(metrics, "metronome_dead_letters_total") == 5
+        metrics = server.metrics()
+        assert metric_value(metrics, "metronome_dead_letters_total") == 5
     finally:
         assert server.stop() == 0, server.log_tail()
         httpx.put(

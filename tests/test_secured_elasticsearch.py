@@ -203,12 +203,8 @@ def test_a_wrong_setup_is_named_at_start_and_in_readyz(
 def _wait_for_metric(server: MetronomeServer, name: str, timeout_s: float = 60) -> None:
     """Wait until the counter ``name`` in ``/metrics`` is at least 1."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        text = httpx.get(server.url + "/metrics", timeout=30).text
-        values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
-        if values and values[0] >= 1:
-            return
-        assert time.monotonic() < deadline, f"{name} is {values}:\n{server.log_tail()}"
+    while (value := server.metric(name, missing=0)) < 1:  # not there until counted once
+        assert time.monotonic() < deadline, f"{name} is {value}:\n{server.log_tail()}"
         time.sleep(0.1)
 
 

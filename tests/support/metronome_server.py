@@ -13,10 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.es_server import free_port
 
-__all__ = ["MetronomeServer"]
+__all__ = ["MetronomeServer", "metric_value"]
+
+
+def metric_value(text: str, name: str, missing: float | None = None) -> float:
+    """The value of the first sample called ``name`` (a counter's ``..._total``) in a
+    ``/metrics`` page; ``missing`` when there is none (by default, that fails)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    assert missing is not None, f"{name} not in /metrics"
+    return missing
 
 
 class MetronomeServer:
@@ -111,6 +123,14 @@ class MetronomeServer:
         made = self.run_cli(*args, "--json")
         assert made.returncode == 0, made.stderr
         return json.loads(made.stdout)
+
+    def metrics(self) -> str:
+        """``GET /metrics``: every worker's and the shipper's metrics, as Prometheus text."""
+        return httpx.get(self.url + "/metrics", timeout=30).text
+
+    def metric(self, name: str, missing: float | None = None) -> float:
+        """One metric's value from ``/metrics`` (:func:`metric_value`)."""
+        return metric_value(self.metrics(), name, missing)
 
     def popen_cli(self, *args: str) -> subprocess.Popen[bytes]:
         """Start a long-running ``metronome`` command (``ship``) with this server's settings."""
